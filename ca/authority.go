@@ -1,0 +1,284 @@
+package ca
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sort"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Limits are the hard caps that no policy can lift.
+type Limits struct {
+	MaxUserTTL    time.Duration // default 1h
+	MaxHostTTL    time.Duration // default 24h (plus room for renewal setups)
+	MaxPrincipals int           // default 32
+	// Extensions and CriticalOptions are the allow-lists of what a policy may grant.
+	Extensions      []string
+	CriticalOptions []string
+}
+
+// DefaultLimits are the caps used where Config.Limits leaves a field zero.
+var DefaultLimits = Limits{
+	MaxUserTTL:    time.Hour,
+	MaxHostTTL:    24 * time.Hour,
+	MaxPrincipals: 32,
+	Extensions: []string{
+		"permit-pty", "permit-port-forwarding", "permit-agent-forwarding",
+		"permit-X11-forwarding", "permit-user-rc", "no-touch-required",
+	},
+	CriticalOptions: []string{"force-command", "source-address", "verify-required"},
+}
+
+// Config wires an Authority. Every field but Logger, Now and Limits is required.
+type Config struct {
+	Authenticator Authenticator
+	Policy        Policy
+	UserSigner    Signer
+	HostSigner    Signer
+	Store         CertStore
+	Limits        Limits
+	Now           func() time.Time
+	Logger        *slog.Logger
+}
+
+// Authority issues certificates: authenticate → validate → decide → sign → record. A
+// certificate is returned only after it has been recorded; it never carries an empty principal
+// list, more principals than requested, a longer lifetime than requested, or anything beyond
+// Limits, whatever the policy says.
+type Authority struct {
+	auth   Authenticator
+	policy Policy
+	user   Signer
+	host   Signer
+	store  CertStore
+	limits Limits
+	now    func() time.Time
+	log    *slog.Logger
+}
+
+// New checks the configuration and returns an Authority.
+func New(c Config) (*Authority, error) {
+	if c.Authenticator == nil || c.Policy == nil || c.UserSigner == nil || c.HostSigner == nil || c.Store == nil {
+		return nil, errors.New("sshca: authority: authenticator, policy, user and host signers and store are required")
+	}
+	l := c.Limits
+	if l.MaxUserTTL == 0 {
+		l.MaxUserTTL = DefaultLimits.MaxUserTTL
+	}
+	if l.MaxHostTTL == 0 {
+		l.MaxHostTTL = DefaultLimits.MaxHostTTL
+	}
+	if l.MaxPrincipals == 0 {
+		l.MaxPrincipals = DefaultLimits.MaxPrincipals
+	}
+	if l.Extensions == nil {
+		l.Extensions = DefaultLimits.Extensions
+	}
+	if l.CriticalOptions == nil {
+		l.CriticalOptions = DefaultLimits.CriticalOptions
+	}
+	a := &Authority{auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
+		store: c.Store, limits: l, now: c.Now, log: c.Logger}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	return a, nil
+}
+
+// Limits returns the hard caps in force.
+func (a *Authority) Limits() Limits { return a.limits }
+
+// MaxTTL is the hard cap on the lifetime of a certificate of the kind.
+func (a *Authority) MaxTTL(kind CertKind) time.Duration {
+	if kind == HostCert {
+		return a.limits.MaxHostTTL
+	}
+	return a.limits.MaxUserTTL
+}
+
+// UserCAKeys are the public keys hosts trust for user certificates.
+func (a *Authority) UserCAKeys() []ssh.PublicKey { return []ssh.PublicKey{a.user.PublicKey()} }
+
+// HostCAKeys are the public keys clients trust for host certificates.
+func (a *Authority) HostCAKeys() []ssh.PublicKey { return []ssh.PublicKey{a.host.PublicKey()} }
+
+// Issue authenticates the bearer token and issues the certificate the request asks for, as far
+// as the policy and the hard caps allow.
+func (a *Authority) Issue(ctx context.Context, token string, req Request) (Issued, error) {
+	if req.Kind != UserCert && req.Kind != HostCert {
+		return Issued{}, Invalid("unknown certificate kind %q", req.Kind)
+	}
+	// Authenticate before looking at the request, so an anonymous caller learns nothing.
+	id, err := a.auth.Authenticate(ctx, token)
+	if err != nil {
+		return Issued{}, err
+	}
+	if err := a.validate(req); err != nil {
+		return Issued{}, err
+	}
+	now := a.now()
+	in := PolicyInput{
+		Kind:     req.Kind,
+		Identity: id,
+		Request: PolicyRequest{
+			Principals:     nonNil(req.Principals),
+			TTLSeconds:     int64(req.TTL / time.Second),
+			KeyType:        req.PublicKey.Type(),
+			KeyFingerprint: ssh.FingerprintSHA256(req.PublicKey),
+			SourceIP:       req.SourceIP,
+			Reason:         req.Reason,
+		},
+		Now: now.UTC().Format(time.RFC3339),
+	}
+	if in.Identity.Groups == nil {
+		in.Identity.Groups = []string{}
+	}
+	if in.Identity.AMR == nil {
+		in.Identity.AMR = []string{}
+	}
+	if in.Identity.Claims == nil {
+		in.Identity.Claims = map[string]any{}
+	}
+	dec, err := a.policy.Decide(ctx, in)
+	if err != nil {
+		return Issued{}, Unavailable("policy could not decide", err)
+	}
+	if !dec.Allow {
+		reasons := dec.Reasons
+		if len(reasons) == 0 {
+			reasons = []string{"the policy grants nothing for this request"}
+		}
+		a.log.InfoContext(ctx, "denied", "kind", req.Kind, "identity", id.Name(), "reasons", reasons, "policy", dec.Revision)
+		return Issued{}, Denied("policy denied the request", reasons...)
+	}
+	tmpl, ttl, err := a.template(req, id, dec)
+	if err != nil {
+		return Issued{}, err
+	}
+	signer := a.user
+	if req.Kind == HostCert {
+		signer = a.host
+	}
+	cert, err := signer.Sign(ctx, tmpl, ttl)
+	if err != nil {
+		return Issued{}, signErr(err)
+	}
+	rec := Certificate{
+		Serial:         cert.Serial,
+		KeyID:          cert.KeyId,
+		Kind:           req.Kind,
+		Identity:       id.Name(),
+		Principals:     cert.ValidPrincipals,
+		KeyFingerprint: ssh.FingerprintSHA256(cert.Key),
+		CAFingerprint:  ssh.FingerprintSHA256(cert.SignatureKey),
+		ValidAfter:     time.Unix(int64(cert.ValidAfter), 0).UTC(),
+		ValidBefore:    time.Unix(int64(cert.ValidBefore), 0).UTC(),
+	}
+	if err := a.store.Record(ctx, rec); err != nil {
+		return Issued{}, Unavailable("certificate inventory unavailable; no certificate issued", err)
+	}
+	a.log.InfoContext(ctx, "issued", "kind", req.Kind, "identity", rec.Identity, "serial", rec.Serial,
+		"key_id", rec.KeyID, "principals", rec.Principals, "valid_before", rec.ValidBefore, "policy", dec.Revision)
+	return Issued{Cert: cert, Record: rec}, nil
+}
+
+func (a *Authority) validate(req Request) error {
+	if req.PublicKey == nil {
+		return Invalid("public_key is required")
+	}
+	if req.Kind == HostCert && len(req.Principals) == 0 {
+		return Invalid("hostnames: at least one host name is required")
+	}
+	if req.TTL < 0 {
+		return Invalid("ttl must be positive")
+	}
+	if max := a.MaxTTL(req.Kind); req.TTL > max {
+		return Invalid("ttl %s exceeds the service maximum of %s", req.TTL, max)
+	}
+	if len(req.Reason) > 1024 {
+		return Invalid("reason is longer than 1024 bytes")
+	}
+	return validatePrincipals(req.Kind, req.Principals, a.limits.MaxPrincipals)
+}
+
+// template narrows the decision to what was asked and what the caps allow, and builds the
+// certificate template. A policy that grants more than that is cut down, never trusted.
+func (a *Authority) template(req Request, id Identity, dec Decision) (*ssh.Certificate, time.Duration, error) {
+	principals := dec.Principals
+	if len(req.Principals) > 0 {
+		principals = nil
+		for _, p := range dec.Principals {
+			if slices.Contains(req.Principals, p) {
+				principals = append(principals, p)
+			}
+		}
+	}
+	principals = dedupe(principals)
+	if len(principals) == 0 {
+		return nil, 0, Denied("policy denied the request", "the policy grants none of the requested principals")
+	}
+	if err := validatePrincipals(req.Kind, principals, a.limits.MaxPrincipals); err != nil {
+		// The policy produced a principal the service refuses to sign: fail closed.
+		return nil, 0, Denied("policy granted a principal the service does not accept", err.(*Error).Msg)
+	}
+	ttl := dec.TTL
+	if req.TTL > 0 && req.TTL < ttl {
+		ttl = req.TTL
+	}
+	if max := a.MaxTTL(req.Kind); ttl > max {
+		ttl = max
+	}
+	if ttl <= 0 {
+		return nil, 0, Denied("policy denied the request", "the policy granted no lifetime")
+	}
+	perms := ssh.Permissions{}
+	if req.Kind == UserCert {
+		perms.Extensions = allowed(dec.Extensions, a.limits.Extensions)
+		perms.CriticalOptions = allowed(dec.CriticalOptions, a.limits.CriticalOptions)
+	}
+	return &ssh.Certificate{
+		Key:             req.PublicKey,
+		CertType:        req.Kind.SSHCertType(),
+		KeyId:           id.Name(),
+		ValidPrincipals: principals,
+		Permissions:     perms,
+	}, ttl, nil
+}
+
+func signErr(err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return Unavailable("signing failed", err)
+}
+
+func allowed(granted map[string]string, allow []string) map[string]string {
+	out := map[string]string{}
+	for k, v := range granted {
+		if slices.Contains(allow, k) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func dedupe(ps []string) []string {
+	out := slices.Clone(ps)
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

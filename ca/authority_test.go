@@ -1,0 +1,182 @@
+package ca_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+)
+
+type fakeAuth struct{ id ca.Identity }
+
+func (f fakeAuth) Authenticate(_ context.Context, token string) (ca.Identity, error) {
+	if token != "good" {
+		return ca.Identity{}, ca.Unauthenticated("bad token", nil)
+	}
+	return f.id, nil
+}
+
+type fakePolicy struct {
+	dec  ca.Decision
+	err  error
+	seen ca.PolicyInput
+}
+
+func (f *fakePolicy) Decide(_ context.Context, in ca.PolicyInput) (ca.Decision, error) {
+	f.seen = in
+	return f.dec, f.err
+}
+
+// fakeSigner signs for real with an in-memory key, with a fixed serial.
+type fakeSigner struct {
+	key ssh.Signer
+	now func() time.Time
+	err error
+}
+
+func (f fakeSigner) PublicKey() ssh.PublicKey { return f.key.PublicKey() }
+func (f fakeSigner) Sign(_ context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	c := *tmpl
+	c.Serial = 42
+	c.KeyId += "#" + strconv.Itoa(42)
+	c.ValidAfter = uint64(f.now().Add(-30 * time.Second).Unix())
+	c.ValidBefore = uint64(f.now().Add(ttl).Unix())
+	if err := c.SignCert(rand.Reader, f.key); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+type fakeStore struct {
+	mu   sync.Mutex
+	recs []ca.Certificate
+	err  error
+}
+
+func (f *fakeStore) Record(_ context.Context, c ca.Certificate) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	f.recs = append(f.recs, c)
+	return nil
+}
+func (f *fakeStore) Live(context.Context, string, time.Time) ([]ca.Certificate, error) {
+	return nil, nil
+}
+
+func newSSHKey(t testing.TB) (ssh.Signer, ssh.PublicKey) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, s.PublicKey()
+}
+
+func TestIssue(t *testing.T) {
+	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	caKey, _ := newSSHKey(t)
+	_, userKey := newSSHKey(t)
+	alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice", Groups: []string{"dev"}}
+	grant := ca.Decision{Allow: true, Principals: []string{"alice", "deploy"}, TTL: 10 * time.Minute,
+		Extensions: map[string]string{"permit-pty": "", "made-up": ""}, CriticalOptions: map[string]string{"force-command": "/bin/true", "bogus": "x"}}
+
+	tests := []struct {
+		name           string
+		token          string
+		req            ca.Request
+		dec            ca.Decision
+		policyErr      error
+		storeErr       error
+		wantKind       ca.Kind
+		wantErr        bool
+		wantPrincipals []string
+		wantTTL        time.Duration
+	}{
+		{name: "grant all", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: grant,
+			wantPrincipals: []string{"alice", "deploy"}, wantTTL: 10 * time.Minute},
+		{name: "narrowed to request", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey, Principals: []string{"alice"}, TTL: 5 * time.Minute}, dec: grant,
+			wantPrincipals: []string{"alice"}, wantTTL: 5 * time.Minute},
+		{name: "policy wider than asked is cut", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey, Principals: []string{"deploy"}}, dec: grant,
+			wantPrincipals: []string{"deploy"}, wantTTL: 10 * time.Minute},
+		{name: "bad token", token: "bad", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: grant, wantErr: true, wantKind: ca.KindUnauthenticated},
+		{name: "denied", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: ca.Decision{Reasons: []string{"no"}}, wantErr: true, wantKind: ca.KindDenied},
+		{name: "policy error fails closed", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, policyErr: errors.New("boom"), wantErr: true, wantKind: ca.KindUnavailable},
+		{name: "empty principals never signed", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: ca.Decision{Allow: true, TTL: time.Minute}, wantErr: true, wantKind: ca.KindDenied},
+		{name: "granted none of requested", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey, Principals: []string{"bob"}}, dec: grant, wantErr: true, wantKind: ca.KindDenied},
+		{name: "policy principal with comma refused", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: ca.Decision{Allow: true, TTL: time.Minute, Principals: []string{"a,b"}}, wantErr: true, wantKind: ca.KindDenied},
+		{name: "ttl over hard cap", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 2 * time.Hour}, dec: grant, wantErr: true, wantKind: ca.KindInvalid},
+		{name: "policy ttl capped", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: ca.Decision{Allow: true, TTL: 48 * time.Hour, Principals: []string{"alice"}, Extensions: grant.Extensions, CriticalOptions: grant.CriticalOptions},
+			wantPrincipals: []string{"alice"}, wantTTL: time.Hour},
+		{name: "bad principal grammar", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey, Principals: []string{"Alice"}}, dec: grant, wantErr: true, wantKind: ca.KindInvalid},
+		{name: "host needs names", token: "good", req: ca.Request{Kind: ca.HostCert, PublicKey: userKey}, dec: grant, wantErr: true, wantKind: ca.KindInvalid},
+		{name: "host wildcard refused", token: "good", req: ca.Request{Kind: ca.HostCert, PublicKey: userKey, Principals: []string{"*.example.com"}}, dec: grant, wantErr: true, wantKind: ca.KindInvalid},
+		{name: "store down: nothing issued", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: grant, storeErr: errors.New("down"), wantErr: true, wantKind: ca.KindUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pol := &fakePolicy{dec: tt.dec, err: tt.policyErr}
+			store := &fakeStore{err: tt.storeErr}
+			sgn := fakeSigner{key: caKey, now: clock}
+			a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: pol, UserSigner: sgn, HostSigner: sgn, Store: store, Now: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := a.Issue(context.Background(), tt.token, tt.req)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("issued %v, want error of kind %v", got.Cert.ValidPrincipals, tt.wantKind)
+				}
+				if k := ca.KindOf(err); k != tt.wantKind {
+					t.Fatalf("error kind = %v (%v), want %v", k, err, tt.wantKind)
+				}
+				if len(store.recs) != 0 {
+					t.Fatalf("recorded %d certs on error", len(store.recs))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Issue: %v", err)
+			}
+			if diff := cmp.Diff(tt.wantPrincipals, got.Cert.ValidPrincipals); diff != "" {
+				t.Errorf("principals (-want +got):\n%s", diff)
+			}
+			if ttl := time.Duration(got.Cert.ValidBefore-uint64(now.Unix())) * time.Second; ttl != tt.wantTTL {
+				t.Errorf("ttl = %v, want %v", ttl, tt.wantTTL)
+			}
+			if diff := cmp.Diff(map[string]string{"permit-pty": ""}, got.Cert.Extensions); diff != "" {
+				t.Errorf("extensions not filtered by the allow-list (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(map[string]string{"force-command": "/bin/true"}, got.Cert.CriticalOptions); diff != "" {
+				t.Errorf("critical options not filtered (-want +got):\n%s", diff)
+			}
+			if got.Cert.KeyId != "alice@example.com#42" {
+				t.Errorf("key id = %q", got.Cert.KeyId)
+			}
+			if len(store.recs) != 1 || store.recs[0].Serial != 42 || store.recs[0].Identity != "alice@example.com" {
+				t.Errorf("record = %+v", store.recs)
+			}
+			if pol.seen.Request.KeyType != ssh.KeyAlgoED25519 || pol.seen.Identity.Username != "alice" || pol.seen.Now != "2026-11-25T10:00:00Z" {
+				t.Errorf("policy input = %+v", pol.seen)
+			}
+		})
+	}
+}

@@ -1,0 +1,142 @@
+package ca
+
+import (
+	"context"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// CertKind is the kind of certificate asked for, and the policy input's "kind".
+type CertKind string
+
+const (
+	UserCert CertKind = "user"
+	HostCert CertKind = "host"
+)
+
+// SSHCertType is the OpenSSH certificate type for the kind.
+func (k CertKind) SSHCertType() uint32 {
+	if k == HostCert {
+		return ssh.HostCert
+	}
+	return ssh.UserCert
+}
+
+// Identity is who the caller is, as established by an Authenticator. The JSON form is the
+// policy input's "identity" object.
+type Identity struct {
+	Issuer   string         `json:"issuer"`
+	Subject  string         `json:"subject"`
+	Email    string         `json:"email"`
+	Username string         `json:"username"`
+	Groups   []string       `json:"groups"`
+	AMR      []string       `json:"amr"`
+	ACR      string         `json:"acr,omitempty"`
+	AuthTime int64          `json:"auth_time,omitempty"`
+	Workload bool           `json:"workload"`
+	Claims   map[string]any `json:"claims"`
+}
+
+// Name is how certificates and records name the identity: the email, else the subject.
+func (id Identity) Name() string {
+	if id.Email != "" {
+		return id.Email
+	}
+	return id.Subject
+}
+
+// Request is what a caller asks for, after the transport has parsed it.
+// Principals are user names for a user certificate and host names for a host certificate;
+// empty means "everything the policy grants" for users and is invalid for hosts.
+// TTL zero means the policy's default.
+type Request struct {
+	Kind       CertKind
+	PublicKey  ssh.PublicKey
+	Principals []string
+	TTL        time.Duration
+	Reason     string
+	SourceIP   string
+}
+
+// PolicyRequest is the policy input's "request" object.
+type PolicyRequest struct {
+	Principals     []string `json:"principals"`
+	TTLSeconds     int64    `json:"ttl_seconds"`
+	KeyType        string   `json:"key_type"`
+	KeyFingerprint string   `json:"key_fingerprint"`
+	SourceIP       string   `json:"source_ip"`
+	Reason         string   `json:"reason"`
+}
+
+// PolicyInput is the whole document a Policy decides on (DESIGN.md, policy contract).
+type PolicyInput struct {
+	Kind     CertKind      `json:"kind"`
+	Identity Identity      `json:"identity"`
+	Request  PolicyRequest `json:"request"`
+	Now      string        `json:"now"`
+}
+
+// Decision is what a Policy grants. The Authority never issues more than the decision grants,
+// nor more than the request asked, nor beyond its own hard caps.
+type Decision struct {
+	Allow           bool
+	Reasons         []string
+	Principals      []string
+	TTL             time.Duration
+	Extensions      map[string]string
+	CriticalOptions map[string]string
+	// Revision names the policy version that decided (for the record).
+	Revision string
+}
+
+// Certificate is the inventory record of an issued certificate, kept until it expires.
+type Certificate struct {
+	Serial         uint64    `json:"serial,string"`
+	KeyID          string    `json:"key_id"`
+	Kind           CertKind  `json:"kind"`
+	Identity       string    `json:"identity"`
+	Principals     []string  `json:"principals"`
+	KeyFingerprint string    `json:"key_fingerprint"`
+	CAFingerprint  string    `json:"ca_fingerprint"`
+	ValidAfter     time.Time `json:"valid_after"`
+	ValidBefore    time.Time `json:"valid_before"`
+}
+
+// Issued is the result of a successful issue: the signed certificate and its record.
+type Issued struct {
+	Cert   *ssh.Certificate
+	Record Certificate
+}
+
+// Authenticator turns a bearer token into an Identity. Errors are *Error of
+// KindUnauthenticated (bad token) or KindDenied (a valid token that names no usable identity).
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (Identity, error)
+}
+
+// Policy decides what an identity may be granted. An error means the policy could not be
+// evaluated; the Authority then fails closed.
+type Policy interface {
+	Decide(ctx context.Context, in PolicyInput) (Decision, error)
+}
+
+// Signer signs an approved template. It chooses (and reserves) the serial, appends
+// "#<serial>" to the template's KeyId, sets the validity to [now-skew, now+ttl], and signs
+// with its CA key.
+type Signer interface {
+	Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error)
+	PublicKey() ssh.PublicKey
+}
+
+// CertStore is the inventory of issued certificates. Records are kept at least until their
+// ValidBefore; Live returns those of an identity that have not expired at now.
+type CertStore interface {
+	Record(ctx context.Context, c Certificate) error
+	Live(ctx context.Context, identity string, now time.Time) ([]Certificate, error)
+}
+
+// Checker reports whether a dependency can serve; used for readiness.
+type Checker interface {
+	Check(ctx context.Context) error
+}

@@ -1,0 +1,109 @@
+package services
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-kit/kit/endpoint"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// Endpoints collects one endpoint per Service method.
+type Endpoints struct {
+	IssueUser  endpoint.Endpoint
+	IssueHost  endpoint.Endpoint
+	UserCAKeys endpoint.Endpoint
+	HostCAKeys endpoint.Endpoint
+}
+
+// MakeEndpoints returns the endpoints of s.
+func MakeEndpoints(s Service) Endpoints {
+	return Endpoints{
+		IssueUser:  makeIssueEndpoint(s, ca.UserCert),
+		IssueHost:  makeIssueEndpoint(s, ca.HostCert),
+		UserCAKeys: func(context.Context, any) (any, error) { return caKeysResponse{Keys: s.UserCAKeys()}, nil },
+		HostCAKeys: func(context.Context, any) (any, error) { return caKeysResponse{Keys: s.HostCAKeys()}, nil },
+	}
+}
+
+// certRequest is the body of POST /v1/certs/user and /v1/certs/host (DESIGN.md). Principals
+// and Hostnames are the same field for the two kinds; only the matching one may be set.
+type certRequest struct {
+	PublicKey  string   `json:"public_key"`
+	Principals []string `json:"principals,omitempty"`
+	Hostnames  []string `json:"hostnames,omitempty"`
+	TTL        string   `json:"ttl,omitempty"`
+	Reason     string   `json:"reason,omitempty"`
+
+	token    string
+	sourceIP string
+}
+
+// certResponse is the answer to a certificate request. Err carries a business error to the
+// transport's error encoder (go-kit's "failer" pattern).
+type certResponse struct {
+	Certificate string   `json:"certificate"`
+	Serial      string   `json:"serial"`
+	KeyID       string   `json:"key_id"`
+	Principals  []string `json:"principals"`
+	ValidAfter  string   `json:"valid_after"`
+	ValidBefore string   `json:"valid_before"`
+	Err         error    `json:"-"`
+}
+
+func (r certResponse) Failed() error { return r.Err }
+
+type caKeysResponse struct {
+	Keys []ssh.PublicKey
+}
+
+func makeIssueEndpoint(s Service, kind ca.CertKind) endpoint.Endpoint {
+	return func(ctx context.Context, request any) (any, error) {
+		req := request.(certRequest)
+		r, err := toRequest(s, kind, req)
+		if err != nil {
+			return certResponse{Err: err}, nil
+		}
+		issued, err := s.Issue(ctx, req.token, r)
+		if err != nil {
+			return certResponse{Err: err}, nil
+		}
+		c := issued.Cert
+		return certResponse{
+			Certificate: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(c))),
+			Serial:      strconv.FormatUint(c.Serial, 10),
+			KeyID:       c.KeyId,
+			Principals:  c.ValidPrincipals,
+			ValidAfter:  issued.Record.ValidAfter.Format(time.RFC3339),
+			ValidBefore: issued.Record.ValidBefore.Format(time.RFC3339),
+		}, nil
+	}
+}
+
+func toRequest(s Service, kind ca.CertKind, req certRequest) (ca.Request, error) {
+	if req.token == "" {
+		return ca.Request{}, ca.Unauthenticated("missing bearer token: send \"Authorization: Bearer <ID token>\"", nil)
+	}
+	principals := req.Principals
+	switch {
+	case kind == ca.UserCert && len(req.Hostnames) > 0:
+		return ca.Request{}, ca.Invalid("hostnames are for host certificates; user certificates take principals")
+	case kind == ca.HostCert && len(req.Principals) > 0:
+		return ca.Request{}, ca.Invalid("principals are for user certificates; host certificates take hostnames")
+	case kind == ca.HostCert:
+		principals = req.Hostnames
+	}
+	key, err := ca.ParsePublicKey(req.PublicKey)
+	if err != nil {
+		return ca.Request{}, err
+	}
+	ttl, err := ca.ParseTTL(req.TTL, s.MaxTTL(kind))
+	if err != nil {
+		return ca.Request{}, err
+	}
+	return ca.Request{Kind: kind, PublicKey: key, Principals: principals, TTL: ttl, Reason: req.Reason, SourceIP: req.sourceIP}, nil
+}

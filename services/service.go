@@ -1,0 +1,25 @@
+// Package services exposes the authority over HTTP in go-kit's three layers: the Service (plain
+// Go, no HTTP), its endpoints (one per method, request and response structs) and the HTTP
+// transport (decoding, encoding, and the one place where a ca.Kind becomes a status code).
+// Middlewares (logging, metrics) wrap the Service and are stacked in cmd/sshca.
+package services
+
+import (
+	"context"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// Service is what the HTTP API needs of the authority. *ca.Authority implements it.
+type Service interface {
+	// Issue authenticates the bearer token and issues the certificate the request asks for.
+	Issue(ctx context.Context, token string, req ca.Request) (ca.Issued, error)
+	// UserCAKeys and HostCAKeys are the published CA public keys.
+	UserCAKeys() []ssh.PublicKey
+	HostCAKeys() []ssh.PublicKey
+	// MaxTTL is the hard cap on a certificate's lifetime, used to reject requests early.
+	MaxTTL(kind ca.CertKind) time.Duration
+}

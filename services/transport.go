@@ -1,0 +1,271 @@
+package services
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/go-kit/kit/transport"
+	kithttp "github.com/go-kit/kit/transport/http"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// MaxBodyBytes is the largest request body accepted; larger bodies get 413.
+const MaxBodyBytes = 64 << 10
+
+// HTTPOptions configure the HTTP transport.
+type HTTPOptions struct {
+	Logger *slog.Logger
+	// KnownHostsPattern is the host pattern of the @cert-authority lines (default "*").
+	KnownHostsPattern string
+	// TrustedProxies are the addresses whose X-Forwarded-For is believed. Empty: the client
+	// address is always the connection's peer.
+	TrustedProxies []netip.Prefix
+	// Ready reports the readiness of each named dependency (nil error: ready).
+	Ready func(ctx context.Context) map[string]error
+}
+
+// NewHTTPHandler mounts the endpoints on a mux with the paths of DESIGN.md.
+func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.KnownHostsPattern == "" {
+		o.KnownHostsPattern = "*"
+	}
+	opts := []kithttp.ServerOption{
+		kithttp.ServerErrorEncoder(encodeError),
+		kithttp.ServerErrorHandler(transport.ErrorHandlerFunc(func(ctx context.Context, err error) {
+			logError(ctx, o.Logger, err)
+		})),
+	}
+	mux := http.NewServeMux()
+	mux.Handle("POST /v1/certs/user", kithttp.NewServer(e.IssueUser, decodeCertRequest(o.TrustedProxies), encodeResponse, opts...))
+	mux.Handle("POST /v1/certs/host", kithttp.NewServer(e.IssueHost, decodeCertRequest(o.TrustedProxies), encodeResponse, opts...))
+	mux.Handle("GET /v1/ca/user.pub", kithttp.NewServer(e.UserCAKeys, kithttp.NopRequestDecoder, encodeUserCAKeys, opts...))
+	mux.Handle("GET /v1/ca/known_hosts", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeKnownHosts(o.KnownHostsPattern), opts...))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", readyHandler(o.Ready))
+	return mux
+}
+
+func decodeCertRequest(trusted []netip.Prefix) kithttp.DecodeRequestFunc {
+	return func(_ context.Context, r *http.Request) (any, error) {
+		var req certRequest
+		if err := decodeJSON(r, &req); err != nil {
+			return nil, err
+		}
+		req.token = bearer(r)
+		req.sourceIP = ClientIP(r, trusted)
+		return req, nil
+	}
+}
+
+// decodeJSON reads one JSON object of at most MaxBodyBytes with no unknown fields.
+func decodeJSON(r *http.Request, v any) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
+	if err != nil {
+		return ca.Invalid("reading request body: %v", err)
+	}
+	if len(body) > MaxBodyBytes {
+		return errTooLarge
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return ca.Invalid("request body is empty; send a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return ca.Invalid("request body: %s", jsonProblem(err))
+	}
+	if dec.More() {
+		return ca.Invalid("request body: unexpected data after the JSON object")
+	}
+	return nil
+}
+
+func jsonProblem(err error) string {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Sprintf("malformed JSON at byte %d", syn.Offset)
+	case errors.As(err, &typ):
+		return fmt.Sprintf("field %q must be %s, not %s", typ.Field, typ.Type, typ.Value)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "truncated JSON"
+	default:
+		return "not a JSON object"
+	}
+}
+
+var errTooLarge = errors.New("request body exceeds 64 KiB")
+
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+// ClientIP is the caller's address: the peer, or, when the peer is a trusted proxy, the
+// right-most address in X-Forwarded-For that is not itself a trusted proxy.
+func ClientIP(r *http.Request, trusted []netip.Prefix) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	peer, err := netip.ParseAddr(host)
+	if err != nil || !isTrusted(peer, trusted) {
+		return host
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			break
+		}
+		if !isTrusted(a, trusted) {
+			return a.String()
+		}
+	}
+	return host
+}
+
+func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {
+	for _, p := range trusted {
+		if p.Contains(a.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+type failer interface{ Failed() error }
+
+func encodeResponse(ctx context.Context, w http.ResponseWriter, response any) error {
+	if f, ok := response.(failer); ok && f.Failed() != nil {
+		encodeError(ctx, f.Failed(), w)
+		return nil
+	}
+	writeJSON(w, http.StatusOK, response)
+	return nil
+}
+
+func encodeUserCAKeys(_ context.Context, w http.ResponseWriter, response any) error {
+	var b strings.Builder
+	for _, k := range response.(caKeysResponse).Keys {
+		fmt.Fprintf(&b, "%s %s\n", strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))), "sshca-user-ca")
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func encodeKnownHosts(pattern string) kithttp.EncodeResponseFunc {
+	return func(_ context.Context, w http.ResponseWriter, response any) error {
+		var b strings.Builder
+		for _, k := range response.(caKeysResponse).Keys {
+			fmt.Fprintf(&b, "@cert-authority %s %s %s\n", pattern, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))), "sshca-host-ca")
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, err := io.WriteString(w, b.String())
+		return err
+	}
+}
+
+// errorBody is the error shape of DESIGN.md.
+type errorBody struct {
+	Error   string   `json:"error"`
+	Reasons []string `json:"reasons,omitempty"`
+}
+
+// err2code is the one place where a domain error becomes an HTTP status.
+func err2code(err error) int {
+	if errors.Is(err, errTooLarge) {
+		return http.StatusRequestEntityTooLarge
+	}
+	switch ca.KindOf(err) {
+	case ca.KindInvalid:
+		return http.StatusBadRequest
+	case ca.KindUnauthenticated:
+		return http.StatusUnauthorized
+	case ca.KindDenied:
+		return http.StatusForbidden
+	case ca.KindNotFound:
+		return http.StatusNotFound
+	case ca.KindConflict:
+		return http.StatusConflict
+	case ca.KindUnavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+func encodeError(_ context.Context, err error, w http.ResponseWriter) {
+	code := err2code(err)
+	body := errorBody{Error: err.Error()}
+	var e *ca.Error
+	switch {
+	case errors.As(err, &e) && e.Kind != ca.KindInternal:
+		// The message is for the caller; the cause (Err) may hold details that are not.
+		body = errorBody{Error: e.Msg, Reasons: e.Reasons}
+	case code == http.StatusInternalServerError:
+		body = errorBody{Error: "internal error"}
+	}
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="sshca"`)
+	}
+	writeJSON(w, code, body)
+}
+
+func logError(ctx context.Context, log *slog.Logger, err error) {
+	level := slog.LevelInfo
+	if k := ca.KindOf(err); k == ca.KindInternal || k == ca.KindUnavailable {
+		level = slog.LevelError
+	}
+	log.Log(ctx, level, "request failed", "err", err)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func readyHandler(ready func(context.Context) map[string]error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		checks := map[string]string{}
+		code := http.StatusOK
+		if ready != nil {
+			for name, err := range ready(r.Context()) {
+				checks[name] = "ok"
+				if err != nil {
+					checks[name] = "unavailable: " + err.Error()
+					code = http.StatusServiceUnavailable
+				}
+			}
+		}
+		status := "ready"
+		if code != http.StatusOK {
+			status = "not ready"
+		}
+		writeJSON(w, code, map[string]any{"status": status, "checks": checks})
+	}
+}
