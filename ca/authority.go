@@ -13,8 +13,8 @@ import (
 
 // Limits are the hard caps that no policy can lift.
 type Limits struct {
-	MaxUserTTL    time.Duration // default 1h
-	MaxHostTTL    time.Duration // default 24h (plus room for renewal setups)
+	MaxUserTTL    time.Duration // default 24h; the shipped policy grants at most 1h
+	MaxHostTTL    time.Duration // default 7 days; the shipped policy grants at most 24h
 	MaxPrincipals int           // default 32
 	// Extensions and CriticalOptions are the allow-lists of what a policy may grant.
 	Extensions      []string
@@ -23,8 +23,8 @@ type Limits struct {
 
 // DefaultLimits are the caps used where Config.Limits leaves a field zero.
 var DefaultLimits = Limits{
-	MaxUserTTL:    time.Hour,
-	MaxHostTTL:    24 * time.Hour,
+	MaxUserTTL:    24 * time.Hour,
+	MaxHostTTL:    7 * 24 * time.Hour,
 	MaxPrincipals: 32,
 	Extensions: []string{
 		"permit-pty", "permit-port-forwarding", "permit-agent-forwarding",

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// certFlags are the flags shared by `sshca cert user` and `sshca cert host`.
+type certFlags struct {
+	server    string
+	key       string
+	tokenEnv  string
+	tokenFile string
+	ttl       string
+	reason    string
+	names     []string
+	print     bool
+}
+
+func newCertCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "cert", Short: "Get a certificate for an existing public key"}
+	cmd.AddCommand(certSubcommand("user", "principal", "principals to ask for (default: all the policy grants)"),
+		certSubcommand("host", "hostname", "host names the certificate is for (required)"))
+	return cmd
+}
+
+func certSubcommand(kind, nameFlag, nameHelp string) *cobra.Command {
+	f := certFlags{}
+	cmd := &cobra.Command{
+		Use:   kind + " --server URL --key FILE.pub",
+		Short: "Get a " + kind + " certificate; writes FILE-cert.pub next to the key",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runCert(cmd.Context(), cmd.OutOrStdout(), kind, f)
+		},
+	}
+	home, _ := os.UserHomeDir()
+	cmd.Flags().StringVar(&f.server, "server", os.Getenv("SSHCA_SERVER"), "sshca server URL (env SSHCA_SERVER)")
+	cmd.Flags().StringVar(&f.key, "key", filepath.Join(home, ".ssh", "id_ed25519.pub"), "public key to certify")
+	cmd.Flags().StringVar(&f.tokenEnv, "token-env", "SSHCA_TOKEN", "environment variable holding the bearer token")
+	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token (instead of --token-env)")
+	cmd.Flags().StringVar(&f.ttl, "ttl", "", "certificate lifetime, e.g. 5m (default: the policy's)")
+	cmd.Flags().StringSliceVar(&f.names, nameFlag, nil, nameHelp)
+	cmd.Flags().BoolVar(&f.print, "print", false, "print the certificate to stdout instead of writing it")
+	if kind == "user" {
+		cmd.Flags().StringVar(&f.reason, "reason", "", "why you need access (recorded; some principals require a ticket)")
+	}
+	return cmd
+}
+
+// certReply is the service's answer to a certificate request.
+type certReply struct {
+	Certificate string   `json:"certificate"`
+	Serial      string   `json:"serial"`
+	KeyID       string   `json:"key_id"`
+	Principals  []string `json:"principals"`
+	ValidBefore string   `json:"valid_before"`
+}
+
+func runCert(ctx context.Context, out io.Writer, kind string, f certFlags) error {
+	if f.server == "" {
+		return errors.New("--server is required (or set SSHCA_SERVER)")
+	}
+	token, err := readToken(f.tokenEnv, f.tokenFile)
+	if err != nil {
+		return err
+	}
+	pub, err := os.ReadFile(f.key)
+	if err != nil {
+		return fmt.Errorf("read public key: %w", err)
+	}
+	body := map[string]any{"public_key": strings.TrimSpace(string(pub))}
+	if f.ttl != "" {
+		body["ttl"] = f.ttl
+	}
+	if f.reason != "" {
+		body["reason"] = f.reason
+	}
+	if len(f.names) > 0 {
+		if kind == "user" {
+			body["principals"] = f.names
+		} else {
+			body["hostnames"] = f.names
+		}
+	}
+	var reply certReply
+	if err := postJSON(ctx, strings.TrimRight(f.server, "/")+"/v1/certs/"+kind, token, body, &reply); err != nil {
+		return err
+	}
+	if f.print {
+		_, err := fmt.Fprintln(out, reply.Certificate)
+		return err
+	}
+	certPath := strings.TrimSuffix(f.key, ".pub") + "-cert.pub"
+	if err := os.WriteFile(certPath, []byte(reply.Certificate+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write certificate: %w", err)
+	}
+	until := reply.ValidBefore
+	if t, err := time.Parse(time.RFC3339, reply.ValidBefore); err == nil {
+		until = t.Local().Format("2006-01-02 15:04:05 MST")
+	}
+	fmt.Fprintf(out, "wrote %s\n  principals %s\n  valid until %s\n  serial %s, key id %s\n",
+		certPath, strings.Join(reply.Principals, ","), until, reply.Serial, reply.KeyID)
+	return nil
+}
+
+func readToken(env, file string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("read token: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if t := strings.TrimSpace(os.Getenv(env)); t != "" {
+		return t, nil
+	}
+	return "", fmt.Errorf("no token: set %s or pass --token-file", env)
+}
+
+// postJSON posts body and decodes a 200 answer into reply; any other answer becomes an error
+// that carries the service's message and reasons.
+func postJSON(ctx context.Context, url, token string, body, reply any) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("server unreachable: %w", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error   string   `json:"error"`
+			Reasons []string `json:"reasons"`
+		}
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			msg := e.Error
+			if len(e.Reasons) > 0 {
+				msg += ": " + strings.Join(e.Reasons, "; ")
+			}
+			return fmt.Errorf("%s (HTTP %d)", msg, resp.StatusCode)
+		}
+		return fmt.Errorf("HTTP %d from %s", resp.StatusCode, url)
+	}
+	return json.Unmarshal(data, reply)
+}

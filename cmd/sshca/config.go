@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"gopkg.in/yaml.v3"
+
+	"github.com/sshca/sshca/identity"
+)
+
+// Config is the whole configuration of `sshca serve`, loaded from one YAML file and validated
+// once at start with every problem reported together.
+type Config struct {
+	// Listen is the address of the HTTP(S) listener, e.g. "0.0.0.0:8443".
+	Listen string    `yaml:"listen"`
+	TLS    TLSConfig `yaml:"tls"`
+	// BehindTLSProxy says a TLS-terminating proxy sits in front; the service then accepts
+	// bearer tokens over plain HTTP on a non-loopback address, and takes the client address
+	// from X-Forwarded-For only when the peer is one of TrustedProxies.
+	BehindTLSProxy bool     `yaml:"behind_tls_proxy"`
+	TrustedProxies []string `yaml:"trusted_proxies"`
+
+	UserCA KeyConfig `yaml:"user_ca"`
+	HostCA KeyConfig `yaml:"host_ca"`
+
+	Redis  RedisConfig     `yaml:"redis"`
+	OIDC   identity.Config `yaml:"oidc"`
+	Policy PolicyConfig    `yaml:"policy"`
+	Limits LimitsConfig    `yaml:"limits"`
+
+	// KnownHostsPattern is the host pattern of /v1/ca/known_hosts lines (default "*").
+	KnownHostsPattern string `yaml:"known_hosts_pattern"`
+}
+
+// TLSConfig names the server's certificate and key files.
+type TLSConfig struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// KeyConfig is a CA key: the KMS that holds it and the key within it, both as URIs, e.g.
+// kms "pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=ssh-ca?pin-source=/etc/sshca/pin"
+// and key "pkcs11:id=7331;object=ssh-user-ca", or kms "softkms:" and key
+// "softkms:path=/var/lib/sshca/user_ca.pem".
+type KeyConfig struct {
+	KMS string `yaml:"kms"`
+	Key string `yaml:"key"`
+}
+
+// RedisConfig maps onto go-redis UniversalOptions: one address is a single server, several are
+// a Cluster, and master_name selects Sentinel.
+type RedisConfig struct {
+	Addrs            []string      `yaml:"addrs"`
+	DB               int           `yaml:"db"`
+	Username         string        `yaml:"username"`
+	Password         string        `yaml:"password"`
+	PasswordFile     string        `yaml:"password_file"`
+	MasterName       string        `yaml:"master_name"`
+	SentinelUsername string        `yaml:"sentinel_username"`
+	SentinelPassword string        `yaml:"sentinel_password"`
+	ClusterMode      bool          `yaml:"cluster_mode"`
+	TLS              bool          `yaml:"tls"`
+	CAFile           string        `yaml:"ca_file"`
+	DialTimeout      time.Duration `yaml:"dial_timeout"`
+	ReadTimeout      time.Duration `yaml:"read_timeout"`
+	WriteTimeout     time.Duration `yaml:"write_timeout"`
+	PoolSize         int           `yaml:"pool_size"`
+}
+
+// PolicyConfig locates the Rego policy. Empty Dir: the embedded default policy; DataFile
+// replaces only the policy's data.
+type PolicyConfig struct {
+	Dir      string `yaml:"dir"`
+	DataFile string `yaml:"data_file"`
+}
+
+// LimitsConfig are the hard caps no policy can lift.
+type LimitsConfig struct {
+	MaxUserTTL    time.Duration `yaml:"max_user_ttl"`
+	MaxHostTTL    time.Duration `yaml:"max_host_ttl"`
+	MaxPrincipals int           `yaml:"max_principals"`
+}
+
+// LoadConfig reads and validates a YAML configuration file. Unknown keys are errors.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("sshca: config: %w", err)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("sshca: config %s: %w", path, err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("sshca: config %s has problems:\n%w", path, err)
+	}
+	return &c, nil
+}
+
+// Validate reports every problem at once, one per line.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf("  - "+format, args...)) }
+
+	host, _, err := net.SplitHostPort(c.Listen)
+	if c.Listen == "" || err != nil {
+		add("listen: %q is not a host:port address", c.Listen)
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		add("tls: cert_file and key_file must be given together")
+	}
+	for _, f := range []string{c.TLS.CertFile, c.TLS.KeyFile} {
+		if f != "" {
+			if _, err := os.Stat(f); err != nil {
+				add("tls: %v", err)
+			}
+		}
+	}
+	if err == nil && c.TLS.CertFile == "" && !c.BehindTLSProxy && !isLoopback(host) {
+		add("listen: bearer tokens would travel over plain HTTP on %s; configure tls, or set behind_tls_proxy: true when a TLS-terminating proxy is in front", c.Listen)
+	}
+	if len(c.TrustedProxies) > 0 && !c.BehindTLSProxy {
+		add("trusted_proxies: only meaningful with behind_tls_proxy: true")
+	}
+	if _, err := c.trustedProxies(); err != nil {
+		add("trusted_proxies: %v", err)
+	}
+	for _, ck := range []struct {
+		name string
+		k    KeyConfig
+	}{{"user_ca", c.UserCA}, {"host_ca", c.HostCA}} {
+		name, k := ck.name, ck.k
+		if k.KMS == "" {
+			add("%s.kms: required (e.g. \"softkms:\" or \"pkcs11:module-path=...;token=...\")", name)
+		}
+		if k.Key == "" {
+			add("%s.key: required (e.g. \"softkms:path=/var/lib/sshca/%s.pem\" or \"pkcs11:id=...;object=...\")", name, name)
+		}
+	}
+	if c.UserCA.Key != "" && c.UserCA == c.HostCA {
+		add("user_ca and host_ca must be different keys")
+	}
+	if len(c.Redis.Addrs) == 0 {
+		add("redis.addrs: at least one address is required")
+	}
+	if c.Redis.Password != "" && c.Redis.PasswordFile != "" {
+		add("redis: give password or password_file, not both")
+	}
+	if c.Redis.PasswordFile != "" {
+		if _, err := os.Stat(c.Redis.PasswordFile); err != nil {
+			add("redis.password_file: %v", err)
+		}
+	}
+	if c.Redis.CAFile != "" && !c.Redis.TLS {
+		add("redis.ca_file: set tls: true to use it")
+	}
+	for _, e := range c.OIDC.Validate() {
+		add("oidc: %v", e)
+	}
+	if c.Policy.Dir != "" {
+		if st, err := os.Stat(c.Policy.Dir); err != nil || !st.IsDir() {
+			add("policy.dir: %q is not a directory", c.Policy.Dir)
+		}
+	}
+	if c.Policy.DataFile != "" {
+		if _, err := os.Stat(c.Policy.DataFile); err != nil {
+			add("policy.data_file: %v", err)
+		}
+	}
+	if c.Limits.MaxUserTTL < 0 || c.Limits.MaxHostTTL < 0 || c.Limits.MaxPrincipals < 0 {
+		add("limits: values must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) trustedProxies() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range c.TrustedProxies {
+		if !strings.Contains(s, "/") {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("%q is not an address or CIDR", s)
+			}
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an address or CIDR", s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// UniversalOptions turns the configuration into go-redis options.
+func (r RedisConfig) UniversalOptions() (*redis.UniversalOptions, error) {
+	o := &redis.UniversalOptions{
+		Addrs: r.Addrs, DB: r.DB, Username: r.Username, Password: r.Password,
+		MasterName: r.MasterName, SentinelUsername: r.SentinelUsername, SentinelPassword: r.SentinelPassword,
+		IsClusterMode: r.ClusterMode, DialTimeout: r.DialTimeout, ReadTimeout: r.ReadTimeout,
+		WriteTimeout: r.WriteTimeout, PoolSize: r.PoolSize,
+	}
+	if r.PasswordFile != "" {
+		b, err := os.ReadFile(r.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("redis password_file: %w", err)
+		}
+		o.Password = strings.TrimSpace(string(b))
+	}
+	if r.TLS {
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		if r.CAFile != "" {
+			pem, err := os.ReadFile(r.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("redis ca_file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("redis ca_file %s: no PEM certificates", r.CAFile)
+			}
+			o.TLSConfig.RootCAs = pool
+		}
+	}
+	return o, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}

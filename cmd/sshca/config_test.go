@@ -1,0 +1,77 @@
+package main
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestConfigReportsEveryProblem: a file with several faults gets all of them in one error.
+func TestConfigReportsEveryProblem(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, path, `
+listen: 0.0.0.0:8443
+user_ca:
+  kms: "softkms:"
+host_ca:
+  kms: "softkms:"
+  key: "softkms:path=/tmp/host.pem"
+redis:
+  addrs: []
+tls:
+  cert_file: /nonexistent/cert.pem
+oidc:
+  issuers:
+    - issuer_url: "not a url"
+policy:
+  dir: /nonexistent/policy
+`)
+	_, err := LoadConfig(path)
+	if err == nil {
+		t.Fatal("LoadConfig accepted a broken config")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		"user_ca.key: required",
+		"redis.addrs",
+		"cert_file and key_file must be given together",
+		"policy.dir",
+		"oidc:",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the error does not report %q:\n%s", want, msg)
+		}
+	}
+	if n := strings.Count(msg, "\n  - "); n < 5 {
+		t.Errorf("%d problems reported, want at least 5:\n%s", n, msg)
+	}
+}
+
+func TestConfigRefusesPlainHTTPOffLoopback(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	base := `
+user_ca: {kms: "softkms:", key: "softkms:path=/tmp/u.pem"}
+host_ca: {kms: "softkms:", key: "softkms:path=/tmp/h.pem"}
+redis: {addrs: ["127.0.0.1:6379"]}
+oidc:
+  issuers:
+    - issuer_url: https://idp.example.com
+      audiences: [sshca]
+`
+	for _, tt := range []struct {
+		extra string
+		ok    bool
+	}{
+		{"listen: 0.0.0.0:8080\n", false},
+		{"listen: 127.0.0.1:8080\n", true},
+		{"listen: 0.0.0.0:8080\nbehind_tls_proxy: true\ntrusted_proxies: [10.0.0.0/8]\n", true},
+		{"listen: 0.0.0.0:8080\nbehind_tls_proxy: true\ntrusted_proxies: [not-a-cidr]\n", false},
+		{"listen: 127.0.0.1:8080\nunknown_key: 1\n", false},
+	} {
+		writeFile(t, path, base+tt.extra)
+		_, err := LoadConfig(path)
+		if (err == nil) != tt.ok {
+			t.Errorf("%q: err = %v, want ok=%v", tt.extra, err, tt.ok)
+		}
+	}
+}

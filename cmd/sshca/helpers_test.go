@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sshca/sshca/internal/testenv"
+)
+
+// testLog writes the service's log into the test's log.
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// startDev runs `sshca dev` in-process on a free loopback port with a fresh state dir.
+func startDev(t *testing.T) (base, state string) {
+	t.Helper()
+	state = t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- runDev(ctx, devOptions{listen: "127.0.0.1:0", state: state, out: io.Discard, log: testLog(t), ready: ready})
+	}()
+	select {
+	case base = <-ready:
+	case err := <-errc:
+		cancel()
+		t.Fatalf("sshca dev: %v", err)
+	case <-time.After(60 * time.Second):
+		cancel()
+		t.Fatal("sshca dev did not start within 60s")
+	}
+	t.Cleanup(func() {
+		cancel()
+		<-errc
+	})
+	return base, state
+}
+
+// devToken mints a token from the dev issuer with the given claims.
+func devToken(t *testing.T, base string, claims map[string]any) string {
+	t.Helper()
+	code, body := call(t, http.MethodPost, base+"/dev/token", "", claims)
+	if code != http.StatusOK {
+		t.Fatalf("POST /dev/token = %d %s", code, body)
+	}
+	var r struct {
+		IDToken string `json:"id_token"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil || r.IDToken == "" {
+		t.Fatalf("POST /dev/token: %v %s", err, body)
+	}
+	return r.IDToken
+}
+
+// call sends body (a string is sent as is, anything else as JSON) and returns status and body.
+func call(t *testing.T, method, url, token string, body any) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+// keygen creates an SSH key pair with ssh-keygen and returns the private key path.
+func keygen(t *testing.T, dir, name string, args ...string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if len(args) == 0 {
+		args = []string{"-t", "ed25519"}
+	}
+	testenv.Run(t, testenv.Need(t, "ssh-keygen"), append(args, "-q", "-N", "", "-C", name, "-f", path)...)
+	return path
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,34 @@
+// Command sshca is the one binary of sshca: the signing service (`serve`), the development
+// service with embedded defaults (`dev`), and the client commands. It is the only place that
+// wires concrete parts together.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRootCommand().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "sshca:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "sshca",
+		Short:         "Short-lived SSH certificates from an OIDC identity and an OPA policy",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newServeCommand(), newDevCommand(), newCertCommand())
+	return root
+}

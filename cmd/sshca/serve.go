@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/kms"
+	"github.com/sshca/sshca/policies"
+	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/signer"
+)
+
+func newServeCommand() *cobra.Command {
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "serve --config FILE",
+		Short: "Run the signing service (production)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+			return serve(cmd.Context(), cfg, log, nil)
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "/etc/sshca/config.yaml", "configuration file (YAML)")
+	return cmd
+}
+
+// serve runs the production service until ctx ends. ready, when not nil, receives the bound
+// address once the listener is open (tests use it).
+func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- string) error {
+	userKey, err := kms.Open(ctx, kms.KeyRef{KMS: cfg.UserCA.KMS, Key: cfg.UserCA.Key})
+	if err != nil {
+		return fmt.Errorf("user CA key: %w", err)
+	}
+	defer userKey.Close()
+	hostKey, err := kms.Open(ctx, kms.KeyRef{KMS: cfg.HostCA.KMS, Key: cfg.HostCA.Key})
+	if err != nil {
+		return fmt.Errorf("host CA key: %w", err)
+	}
+	defer hostKey.Close()
+
+	ropts, err := cfg.Redis.UniversalOptions()
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewUniversalClient(ropts)
+	defer rdb.Close()
+	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
+
+	pol, err := loadPolicy(ctx, cfg.Policy)
+	if err != nil {
+		return err
+	}
+	auth, err := identity.New(ctx, cfg.OIDC)
+	if err != nil {
+		return fmt.Errorf("oidc: %w", err)
+	}
+	proxies, _ := cfg.trustedProxies() // validated in LoadConfig
+
+	h, err := apiHandler(parts{
+		auth:       auth,
+		policy:     pol,
+		userSigner: signer.New(userKey.Signer(), store, signer.Options{}),
+		hostSigner: signer.New(hostKey.Signer(), store, signer.Options{}),
+		store:      store,
+		limits: ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL,
+			MaxPrincipals: cfg.Limits.MaxPrincipals},
+		checks: map[string]ca.Checker{
+			"redis": store, "policy": pol,
+			"kms_user_ca": userKey, "kms_host_ca": hostKey,
+		},
+		knownHostsPattern: cfg.KnownHostsPattern,
+		trustedProxies:    proxies,
+		log:               log,
+	})
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	log.Info("sshca serving", "addr", l.Addr().String(), "tls", cfg.TLS.CertFile != "",
+		"user_ca", userKey.Signer().PublicKey().Type(), "host_ca", hostKey.Signer().PublicKey().Type(), "policy", pol.Revision())
+	if ready != nil {
+		ready <- l.Addr().String()
+	}
+	return serveUntilDone(ctx, newHTTPServer(h, log), l, cfg.TLS.CertFile, cfg.TLS.KeyFile)
+}
+
+func loadPolicy(ctx context.Context, pc PolicyConfig) (*policies.Engine, error) {
+	var opts []policies.Option
+	if pc.DataFile != "" {
+		opts = append(opts, policies.WithDataFile(pc.DataFile))
+	}
+	var (
+		e   *policies.Engine
+		err error
+	)
+	if pc.Dir == "" {
+		e, err = policies.LoadFS(ctx, policies.Embedded, opts...)
+	} else {
+		e, err = policies.LoadDir(ctx, pc.Dir, opts...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	return e, nil
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/identity/devissuer"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/kms"
+)
+
+// startIssuer serves a development OIDC issuer on its own loopback listener, standing in for an
+// independent identity provider.
+func startIssuer(t *testing.T, audience string) *devissuer.Issuer {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + l.Addr().String() + "/oidc"
+	iss, err := devissuer.New(url, devissuer.Options{Audience: audience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/oidc/", http.StripPrefix("/oidc", iss.Handler()))
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return iss
+}
+
+// startServe runs `sshca serve` (production wiring) with cfg and returns its base URL.
+func startServe(t *testing.T, cfg *Config) string {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	errc := make(chan error, 1)
+	go func() { errc <- serve(ctx, cfg, testLog(t), ready) }()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-errc:
+		cancel()
+		t.Fatalf("serve: %v", err)
+	case <-time.After(60 * time.Second):
+		cancel()
+		t.Fatal("serve did not start within 60s")
+	}
+	t.Cleanup(func() {
+		cancel()
+		<-errc
+	})
+	return "http://" + addr
+}
+
+func serveConfig(t *testing.T, redisAddr string, issuers ...identity.IssuerConfig) *Config {
+	t.Helper()
+	dir := t.TempDir()
+	ctx := context.Background()
+	for _, name := range []string{"user_ca.pem", "host_ca.pem"} {
+		k, err := kms.Create(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(dir, name)}, kms.ECDSAP256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.Close()
+	}
+	return &Config{
+		Listen: "127.0.0.1:0",
+		UserCA: KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(dir, "user_ca.pem")},
+		HostCA: KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(dir, "host_ca.pem")},
+		Redis:  RedisConfig{Addrs: []string{redisAddr}, DialTimeout: time.Second, ReadTimeout: time.Second},
+		OIDC:   identity.Config{Issuers: issuers},
+	}
+}
+
+// TestServeTwoIssuersWithRotation: `serve` trusts two independent issuers; one rotates its
+// signing key mid-test. Tokens from both verify; a token signed by the retired key does not.
+func TestServeTwoIssuersWithRotation(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := startIssuer(t, "sshca-a")
+	b := startIssuer(t, "sshca-b")
+	base := startServe(t, serveConfig(t, r.Addr,
+		identity.IssuerConfig{IssuerURL: a.URL(), Audiences: []string{"sshca-a"}},
+		identity.IssuerConfig{IssuerURL: b.URL(), Audiences: []string{"other-app", "sshca-b"}},
+	))
+	userKey := keygen(t, t.TempDir(), "user")
+	body := map[string]any{"public_key": readFile(t, userKey+".pub")}
+	mint := func(iss *devissuer.Issuer, user string) string {
+		tok, err := iss.Mint(map[string]any{"sub": user, "preferred_username": user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	for _, tt := range []struct {
+		iss  *devissuer.Issuer
+		user string
+	}{{a, "alice"}, {b, "bob"}} {
+		c := issue(t, base, "user", mint(tt.iss, tt.user), body)
+		if strings.Join(c.Principals, ",") != tt.user {
+			t.Errorf("%s: principals %v", tt.user, c.Principals)
+		}
+	}
+
+	retired := mint(a, "alice")
+	if err := a.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	issue(t, base, "user", mint(a, "carol"), body) // new key: JWKS refetched
+	if code, out := call(t, http.MethodPost, base+"/v1/certs/user", retired, body); code != http.StatusUnauthorized {
+		t.Fatalf("token signed by the retired key: status %d %s, want 401", code, out)
+	}
+	issue(t, base, "user", mint(b, "bob"), body) // the other issuer is unaffected
+}
+
+// TestReadyzFollowsRedis: /readyz is 503 while redis-server is down and 200 once it is back.
+func TestReadyzFollowsRedis(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := startIssuer(t, "sshca")
+	base := startServe(t, serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: a.URL(), Audiences: []string{"sshca"}}))
+	waitStatus := func(want int) string {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			code, out := call(t, http.MethodGet, base+"/readyz", "", nil)
+			if code == want {
+				return string(out)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/readyz = %d %s, want %d", code, out, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitStatus(http.StatusOK)
+	r.Stop()
+	out := waitStatus(http.StatusServiceUnavailable)
+	if !strings.Contains(out, `"redis"`) {
+		t.Errorf("/readyz does not name redis: %s", out)
+	}
+	// While Redis is down, a certificate request gets 503, not a certificate that was never recorded.
+	tok, _ := a.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
+	userKey := keygen(t, t.TempDir(), "user")
+	if code, out := call(t, http.MethodPost, base+"/v1/certs/user", tok, map[string]any{"public_key": readFile(t, userKey+".pub")}); code != http.StatusServiceUnavailable {
+		t.Errorf("issue with redis down = %d %s, want 503", code, out)
+	}
+	r.Start()
+	waitStatus(http.StatusOK)
+}

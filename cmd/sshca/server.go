@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/services"
+)
+
+// parts are the concrete pieces an HTTP API is built from, in serve and in dev mode alike.
+type parts struct {
+	auth       ca.Authenticator
+	policy     ca.Policy
+	userSigner ca.Signer
+	hostSigner ca.Signer
+	store      ca.CertStore
+	limits     ca.Limits
+	// checks are the dependencies /readyz reports on, by name.
+	checks            map[string]ca.Checker
+	knownHostsPattern string
+	trustedProxies    []netip.Prefix
+	log               *slog.Logger
+}
+
+// apiHandler builds the authority and its HTTP API, with /metrics.
+func apiHandler(p parts) (http.Handler, error) {
+	authority, err := ca.New(ca.Config{
+		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
+		Store: p.store, Limits: p.limits, Logger: p.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var svc services.Service = authority
+	svc = services.InstrumentingMiddleware(services.NewMetrics(reg))(svc)
+	svc = services.LoggingMiddleware(p.log)(svc)
+
+	mux := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{
+		Logger:            p.log,
+		KnownHostsPattern: p.knownHostsPattern,
+		TrustedProxies:    p.trustedProxies,
+		Ready:             readiness(p.checks),
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux, nil
+}
+
+func readiness(checks map[string]ca.Checker) func(context.Context) map[string]error {
+	return func(ctx context.Context) map[string]error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		out := make(map[string]error, len(checks))
+		for name, c := range checks {
+			out[name] = c.Check(ctx)
+		}
+		return out
+	}
+}
+
+// newHTTPServer is an http.Server with every timeout set, so a slow client cannot hold a
+// connection open.
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+// serveUntilDone serves on l until ctx ends, then shuts down gracefully.
+func serveUntilDone(ctx context.Context, srv *http.Server, l net.Listener, certFile, keyFile string) error {
+	errc := make(chan error, 1)
+	go func() {
+		if certFile != "" {
+			errc <- srv.ServeTLS(l, certFile, keyFile)
+			return
+		}
+		errc <- srv.Serve(l)
+	}()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+type checkFunc func(context.Context) error
+
+func (f checkFunc) Check(ctx context.Context) error { return f(ctx) }

@@ -1,0 +1,93 @@
+// Package revocation holds what sshca must remember about certificates it issued: the
+// inventory of live certificates (who holds access now) and the reservation of serials, in
+// Redis for production and in memory for tests. Both implementations pass one contract test.
+package revocation
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// Memory is an in-process store. It forgets everything on restart.
+type Memory struct {
+	now func() time.Time
+
+	mu      sync.Mutex
+	certs   map[uint64]ca.Certificate
+	serials map[uint64]time.Time
+}
+
+// NewMemory returns an empty in-memory store; now is the clock used to expire entries.
+func NewMemory(now func() time.Time) *Memory {
+	if now == nil {
+		now = time.Now
+	}
+	return &Memory{now: now, certs: map[uint64]ca.Certificate{}, serials: map[uint64]time.Time{}}
+}
+
+// Record stores c until its ValidBefore.
+func (m *Memory) Record(_ context.Context, c ca.Certificate) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pruneLocked(m.now())
+	m.certs[c.Serial] = c
+	return nil
+}
+
+// Live returns the identity's certificates still valid at now, by serial.
+func (m *Memory) Live(_ context.Context, identity string, now time.Time) ([]ca.Certificate, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []ca.Certificate
+	for _, c := range m.certs {
+		if c.Identity == identity && c.ValidBefore.After(now) {
+			out = append(out, c)
+		}
+	}
+	sortBySerial(out)
+	return out, nil
+}
+
+// Get returns the record of a serial, if it is still kept.
+func (m *Memory) Get(_ context.Context, serial uint64) (ca.Certificate, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.certs[serial]
+	return c, ok, nil
+}
+
+// ReserveSerial reserves serial until until; false when it is already reserved.
+func (m *Memory) ReserveSerial(_ context.Context, serial uint64, until time.Time) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	if exp, ok := m.serials[serial]; ok && exp.After(now) {
+		return false, nil
+	}
+	m.serials[serial] = until
+	return true, nil
+}
+
+// Check always succeeds: memory is always there.
+func (m *Memory) Check(context.Context) error { return nil }
+
+func (m *Memory) pruneLocked(now time.Time) {
+	for s, c := range m.certs {
+		if !c.ValidBefore.After(now) {
+			delete(m.certs, s)
+		}
+	}
+	for s, exp := range m.serials {
+		if !exp.After(now) {
+			delete(m.serials, s)
+		}
+	}
+}
+
+func sortBySerial(cs []ca.Certificate) {
+	sort.Slice(cs, func(i, j int) bool { return cs[i].Serial < cs[j].Serial })
+}
