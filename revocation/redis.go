@@ -26,7 +26,9 @@ type RedisOptions struct {
 // <prefix>:{inventory}:id:<identity> is a sorted set of serials scored by ValidBefore (unix
 // ms). Sorted-set members never expire by themselves, so writers prune them by score; readers
 // filter by score, which also keeps the store right on servers whose keys do not expire with
-// real time (miniredis in `sshca dev`).
+// real time (miniredis in `sshca dev`). An identity's set is emptied (and so deleted) by the
+// pruning of its next Record; the set of an identity that never returns keeps its expired
+// serials, a few bytes each.
 type Redis struct {
 	rdb    redis.UniversalClient
 	prefix string
@@ -66,8 +68,6 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 		p.PExpireAt(ctx, r.certKey(c.Serial), c.ValidBefore)
 		p.ZRemRangeByScore(ctx, idKey, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
 		p.ZAdd(ctx, idKey, redis.Z{Score: float64(c.ValidBefore.UnixMilli()), Member: strconv.FormatUint(c.Serial, 10)})
-		// GT: the set lives as long as its longest-lived member.
-		p.PExpireAt(ctx, idKey, c.ValidBefore).Err()
 		return nil
 	})
 	if err != nil {

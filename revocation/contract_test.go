@@ -1,0 +1,221 @@
+package revocation_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/revocation"
+)
+
+// store is what the contract covers: the inventory and the serial reservation.
+type store interface {
+	ca.CertStore
+	Get(ctx context.Context, serial uint64) (ca.Certificate, bool, error)
+	ReserveSerial(ctx context.Context, serial uint64, until time.Time) (bool, error)
+	Check(ctx context.Context) error
+}
+
+// clock is a settable clock shared by a store and its test.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.t = t }
+
+// TestContract runs one contract against every implementation: memory, a real redis-server,
+// and miniredis (what `sshca dev` runs on).
+func TestContract(t *testing.T) {
+	t.Run("memory", func(t *testing.T) {
+		testContract(t, func(t *testing.T, c *clock) store { return revocation.NewMemory(c.Now) })
+	})
+	t.Run("redis-server", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		testContract(t, func(t *testing.T, c *clock) store {
+			rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+			t.Cleanup(func() { rdb.FlushAll(context.Background()); rdb.Close() })
+			return revocation.NewRedis(rdb, revocation.RedisOptions{Now: c.Now})
+		})
+	})
+	t.Run("miniredis", func(t *testing.T) {
+		testContract(t, func(t *testing.T, c *clock) store {
+			mr := miniredis.RunT(t)
+			rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+			t.Cleanup(func() { rdb.Close() })
+			return revocation.NewRedis(rdb, revocation.RedisOptions{Now: c.Now})
+		})
+	})
+}
+
+func testContract(t *testing.T, newStore func(*testing.T, *clock) store) {
+	ctx := context.Background()
+	// Real time, truncated: Redis expiries run on the server's clock.
+	t0 := time.Now().UTC().Truncate(time.Second)
+	cert := func(serial uint64, identity string, ttl time.Duration) ca.Certificate {
+		return ca.Certificate{Serial: serial, KeyID: identity + "#x", Kind: ca.UserCert, Identity: identity,
+			Principals: []string{"p"}, KeyFingerprint: "SHA256:k", CAFingerprint: "SHA256:ca",
+			ValidAfter: t0.Add(-30 * time.Second), ValidBefore: t0.Add(ttl)}
+	}
+
+	t.Run("record and live", func(t *testing.T) {
+		c := &clock{t: t0}
+		s := newStore(t, c)
+		a1, a2, b1 := cert(3, "alice", 10*time.Minute), cert(1, "alice", time.Hour), cert(2, "bob", time.Hour)
+		for _, x := range []ca.Certificate{a1, a2, b1} {
+			if err := s.Record(ctx, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.Live(ctx, "alice", t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]ca.Certificate{a2, a1}, got); diff != "" {
+			t.Errorf("live alice (-want +got):\n%s", diff)
+		}
+		got, _ = s.Live(ctx, "alice", t0.Add(20*time.Minute))
+		if diff := cmp.Diff([]ca.Certificate{a2}, got); diff != "" {
+			t.Errorf("live alice after a1 expired (-want +got):\n%s", diff)
+		}
+		if got, _ := s.Live(ctx, "carol", t0); len(got) != 0 {
+			t.Errorf("carol has %v", got)
+		}
+		g, ok, err := s.Get(ctx, 2)
+		if err != nil || !ok || !cmp.Equal(g, b1) {
+			t.Errorf("Get(2) = %v %v %v", g, ok, err)
+		}
+		if _, ok, _ := s.Get(ctx, 99); ok {
+			t.Error("Get(99) found something")
+		}
+	})
+
+	t.Run("expired members are pruned on write", func(t *testing.T) {
+		c := &clock{t: t0}
+		s := newStore(t, c)
+		_ = s.Record(ctx, cert(10, "alice", time.Minute))
+		c.Set(t0.Add(2 * time.Minute))
+		_ = s.Record(ctx, cert(11, "alice", time.Hour))
+		got, _ := s.Live(ctx, "alice", t0) // asked at t0: 10 would still be live, but it was pruned
+		if len(got) != 1 || got[0].Serial != 11 {
+			t.Errorf("live = %v, want only serial 11", got)
+		}
+	})
+
+	t.Run("reserve serial", func(t *testing.T) {
+		c := &clock{t: t0}
+		s := newStore(t, c)
+		ok, err := s.ReserveSerial(ctx, 7, t0.Add(time.Hour))
+		if err != nil || !ok {
+			t.Fatalf("first reservation = %v %v", ok, err)
+		}
+		if ok, err := s.ReserveSerial(ctx, 7, t0.Add(time.Hour)); err != nil || ok {
+			t.Fatalf("second reservation = %v %v, want false", ok, err)
+		}
+		if ok, _ := s.ReserveSerial(ctx, 8, t0.Add(time.Hour)); !ok {
+			t.Fatal("serial 8 not free")
+		}
+	})
+
+	t.Run("concurrent records", func(t *testing.T) {
+		c := &clock{t: t0}
+		s := newStore(t, c)
+		var wg sync.WaitGroup
+		for i := range 50 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := s.Record(ctx, cert(uint64(100+i), "alice", time.Hour)); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		got, _ := s.Live(ctx, "alice", t0)
+		if len(got) != 50 {
+			t.Errorf("%d live certs, want 50", len(got))
+		}
+		if err := s.Check(ctx); err != nil {
+			t.Errorf("Check: %v", err)
+		}
+	})
+}
+
+// TestRedisReservationExpires: on a real server the reservation goes away at its time.
+func TestRedisReservationExpires(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	s := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	ctx := context.Background()
+	if ok, _ := s.ReserveSerial(ctx, 5, time.Now().Add(1100*time.Millisecond)); !ok {
+		t.Fatal("not reserved")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if ok, _ := s.ReserveSerial(ctx, 5, time.Now().Add(time.Hour)); ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("reservation did not expire")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestRedisCheck: Check fails while redis-server is down and recovers when it is back.
+func TestRedisCheck(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer rdb.Close()
+	s := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	ctx := context.Background()
+	if err := s.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.Stop()
+	if err := s.Check(ctx); err == nil {
+		t.Fatal("Check succeeded with redis-server stopped")
+	}
+	r.Start()
+	if err := s.Check(ctx); err != nil {
+		t.Fatalf("Check after restart: %v", err)
+	}
+}
+
+// TestRedisCorruptRecord: bad data in Redis is an error, not a panic.
+func TestRedisCorruptRecord(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	s := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	_ = mr.Set("sshca:{inventory}:cert:9", "{not json")
+	if _, _, err := s.Get(context.Background(), 9); err == nil {
+		t.Fatal("corrupt record read without error")
+	}
+}
+
+func BenchmarkRecordRedis(b *testing.B) {
+	r := testenv.StartRedis(b)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	s := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	ctx := context.Background()
+	c := ca.Certificate{Identity: "alice", Principals: []string{"alice"}, ValidBefore: time.Now().Add(time.Hour)}
+	var n uint64
+	for b.Loop() {
+		n++
+		c.Serial = n
+		if err := s.Record(ctx, c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
