@@ -16,10 +16,14 @@ import (
 type Memory struct {
 	now func() time.Time
 
-	mu      sync.Mutex
-	certs   map[uint64]ca.Certificate
-	serials map[uint64]time.Time
+	mu        sync.Mutex
+	certs     map[uint64]ca.Certificate
+	serials   map[uint64]time.Time
+	nextPrune time.Time
 }
+
+// pruneEvery bounds the cost of pruning: a full sweep at most once per interval.
+const pruneEvery = time.Second
 
 // NewMemory returns an empty in-memory store; now is the clock used to expire entries.
 func NewMemory(now func() time.Time) *Memory {
@@ -76,6 +80,10 @@ func (m *Memory) ReserveSerial(_ context.Context, serial uint64, until time.Time
 func (m *Memory) Check(context.Context) error { return nil }
 
 func (m *Memory) pruneLocked(now time.Time) {
+	if now.Before(m.nextPrune) {
+		return
+	}
+	m.nextPrune = now.Add(pruneEvery)
 	for s, c := range m.certs {
 		if !c.ValidBefore.After(now) {
 			delete(m.certs, s)

@@ -122,6 +122,7 @@ func TestEndToEndOpenSSH(t *testing.T) {
 	bobToken := devToken(t, base, map[string]any{"sub": "u-bob", "preferred_username": "bob"})
 	bc := issue(t, base, "user", bobToken, map[string]any{"public_key": readFile(t, bobKey+".pub")})
 	writeFile(t, bobKey+"-cert.pub", bc.Certificate+"\n")
+	checkWithKeygen(t, bobKey+"-cert.pub", bc, 10*time.Minute) // the policy's default TTL
 	if out, err := sshd.SSH(bobKey, bobKey+"-cert.pub", filepath.Join(dir, "known_hosts"), "true"); err == nil {
 		t.Fatalf("bob's certificate (principal bob) logged in as a user that accepts only alice:\n%s", out)
 	}
