@@ -20,6 +20,8 @@ type Memory struct {
 	certs     map[uint64]ca.Certificate
 	serials   map[uint64]time.Time
 	nextPrune time.Time
+	scopes    map[string]*memScope
+	blocked   map[string]time.Time
 }
 
 // pruneEvery bounds the cost of pruning: a full sweep at most once per interval.

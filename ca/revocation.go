@@ -1,0 +1,53 @@
+package ca
+
+import (
+	"context"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// EntryKind is what a revocation entry names.
+type EntryKind string
+
+const (
+	// RevokedSerial is a certificate serial, within one CA key's scope.
+	RevokedSerial EntryKind = "serial"
+	// RevokedKeyID is a certificate key ID, within one CA key's scope.
+	RevokedKeyID EntryKind = "key_id"
+	// RevokedKey is a public key (base64 of its wire form): every certificate for it, any CA.
+	RevokedKey EntryKind = "key"
+)
+
+// RevocationEntry is one revoked thing. It may be forgotten after Expiry: a certificate it
+// names has expired by then anyway.
+type RevocationEntry struct {
+	Kind   EntryKind `json:"kind"`
+	Value  string    `json:"value"`
+	Expiry time.Time `json:"expires"`
+}
+
+// RevocationState is what one CA key's scope holds at a version: every unexpired entry.
+type RevocationState struct {
+	CA      ssh.PublicKey
+	Version uint64
+	Entries []RevocationEntry
+}
+
+// RevocationStore keeps, per CA key, what is revoked. Every change bumps the scope's version
+// (monotonic) so consumers can order states; Revoke is idempotent (re-revoking changes
+// nothing and returns the current version).
+type RevocationStore interface {
+	Revoke(ctx context.Context, caKey ssh.PublicKey, entries []RevocationEntry) (version uint64, err error)
+	State(ctx context.Context, caKey ssh.PublicKey) (RevocationState, error)
+	// BlockIdentity refuses new certificates to identity until until.
+	BlockIdentity(ctx context.Context, identity string, until time.Time) error
+	// Refused reports why a request for identity and key must be refused at signing time
+	// ("" when it need not be): a revoked key, or a blocked identity.
+	Refused(ctx context.Context, caKey ssh.PublicKey, identity string, key ssh.PublicKey) (string, error)
+}
+
+// InventoryReader is the read side of the inventory the revocation API needs.
+type InventoryReader interface {
+	Get(ctx context.Context, serial uint64) (Certificate, bool, error)
+}
