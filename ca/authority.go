@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"log/slog"
 	"slices"
@@ -16,6 +17,9 @@ type Limits struct {
 	MaxUserTTL    time.Duration // default 24h; the shipped policy grants at most 1h
 	MaxHostTTL    time.Duration // default 7 days; the shipped policy grants at most 24h
 	MaxPrincipals int           // default 32
+	// IdentityBlock is how long revoking an identity refuses it new certificates (default
+	// 24h); disable the account at the identity provider for longer.
+	IdentityBlock time.Duration
 	// Extensions and CriticalOptions are the allow-lists of what a policy may grant.
 	Extensions      []string
 	CriticalOptions []string
@@ -26,6 +30,7 @@ var DefaultLimits = Limits{
 	MaxUserTTL:    24 * time.Hour,
 	MaxHostTTL:    7 * 24 * time.Hour,
 	MaxPrincipals: 32,
+	IdentityBlock: 24 * time.Hour,
 	Extensions: []string{
 		"permit-pty", "permit-port-forwarding", "permit-agent-forwarding",
 		"permit-X11-forwarding", "permit-user-rc", "no-touch-required",
@@ -40,6 +45,7 @@ type Config struct {
 	UserSigner    Signer
 	HostSigner    Signer
 	Store         CertStore
+	Revocations   RevocationStore
 	Limits        Limits
 	Now           func() time.Time
 	Logger        *slog.Logger
@@ -50,20 +56,21 @@ type Config struct {
 // list, more principals than requested, a longer lifetime than requested, or anything beyond
 // Limits, whatever the policy says.
 type Authority struct {
-	auth   Authenticator
-	policy Policy
-	user   Signer
-	host   Signer
-	store  CertStore
-	limits Limits
-	now    func() time.Time
-	log    *slog.Logger
+	auth        Authenticator
+	policy      Policy
+	user        Signer
+	host        Signer
+	store       CertStore
+	revocations RevocationStore
+	limits      Limits
+	now         func() time.Time
+	log         *slog.Logger
 }
 
 // New checks the configuration and returns an Authority.
 func New(c Config) (*Authority, error) {
-	if c.Authenticator == nil || c.Policy == nil || c.UserSigner == nil || c.HostSigner == nil || c.Store == nil {
-		return nil, errors.New("sshca: authority: authenticator, policy, user and host signers and store are required")
+	if c.Authenticator == nil || c.Policy == nil || c.UserSigner == nil || c.HostSigner == nil || c.Store == nil || c.Revocations == nil {
+		return nil, errors.New("sshca: authority: authenticator, policy, user and host signers, store and revocations are required")
 	}
 	l := c.Limits
 	if l.MaxUserTTL == 0 {
@@ -75,6 +82,9 @@ func New(c Config) (*Authority, error) {
 	if l.MaxPrincipals == 0 {
 		l.MaxPrincipals = DefaultLimits.MaxPrincipals
 	}
+	if l.IdentityBlock == 0 {
+		l.IdentityBlock = DefaultLimits.IdentityBlock
+	}
 	if l.Extensions == nil {
 		l.Extensions = DefaultLimits.Extensions
 	}
@@ -82,7 +92,7 @@ func New(c Config) (*Authority, error) {
 		l.CriticalOptions = DefaultLimits.CriticalOptions
 	}
 	a := &Authority{auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
-		store: c.Store, limits: l, now: c.Now, log: c.Logger}
+		store: c.Store, revocations: c.Revocations, limits: l, now: c.Now, log: c.Logger}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -123,6 +133,18 @@ func (a *Authority) Issue(ctx context.Context, token string, req Request) (Issue
 	if err := a.validate(req); err != nil {
 		return Issued{}, err
 	}
+	signer := a.user
+	if req.Kind == HostCert {
+		signer = a.host
+	}
+	// A revoked key or identity does not get a new certificate.
+	why, err := a.revocations.Refused(ctx, signer.PublicKey(), id.Name(), req.PublicKey)
+	if err != nil {
+		return Issued{}, Unavailable("revocation store unavailable; no certificate issued", err)
+	}
+	if why != "" {
+		return Issued{}, Denied("revoked", why)
+	}
 	now := a.now()
 	in := PolicyInput{
 		Kind:     req.Kind,
@@ -137,34 +159,19 @@ func (a *Authority) Issue(ctx context.Context, token string, req Request) (Issue
 		},
 		Now: now.UTC().Format(time.RFC3339),
 	}
-	if in.Identity.Groups == nil {
-		in.Identity.Groups = []string{}
-	}
-	if in.Identity.AMR == nil {
-		in.Identity.AMR = []string{}
-	}
-	if in.Identity.Claims == nil {
-		in.Identity.Claims = map[string]any{}
-	}
+	fillDefaults(&in.Identity)
 	dec, err := a.policy.Decide(ctx, in)
 	if err != nil {
 		return Issued{}, Unavailable("policy could not decide", err)
 	}
 	if !dec.Allow {
-		reasons := dec.Reasons
-		if len(reasons) == 0 {
-			reasons = []string{"the policy grants nothing for this request"}
-		}
+		reasons := orDefault(dec.Reasons)
 		a.log.InfoContext(ctx, "denied", "kind", req.Kind, "identity", id.Name(), "reasons", reasons, "policy", dec.Revision)
 		return Issued{}, Denied("policy denied the request", reasons...)
 	}
 	tmpl, ttl, err := a.template(req, id, dec)
 	if err != nil {
 		return Issued{}, err
-	}
-	signer := a.user
-	if req.Kind == HostCert {
-		signer = a.host
 	}
 	cert, err := signer.Sign(ctx, tmpl, ttl)
 	if err != nil {
@@ -282,3 +289,18 @@ func nonNil(s []string) []string {
 	}
 	return s
 }
+
+// fillDefaults gives the policy empty lists and objects rather than nulls.
+func fillDefaults(id *Identity) {
+	if id.Groups == nil {
+		id.Groups = []string{}
+	}
+	if id.AMR == nil {
+		id.AMR = []string{}
+	}
+	if id.Claims == nil {
+		id.Claims = map[string]any{}
+	}
+}
+
+func base64Std(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

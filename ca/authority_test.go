@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/revocation"
 )
 
 type fakeAuth struct{ id ca.Identity }
@@ -78,6 +79,10 @@ func (f *fakeStore) Live(context.Context, string, time.Time) ([]ca.Certificate, 
 	return nil, nil
 }
 
+func (f *fakeStore) Get(context.Context, uint64) (ca.Certificate, bool, error) {
+	return ca.Certificate{}, false, nil
+}
+
 func newSSHKey(t testing.TB) (ssh.Signer, ssh.PublicKey) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -136,7 +141,7 @@ func TestIssue(t *testing.T) {
 			pol := &fakePolicy{dec: tt.dec, err: tt.policyErr}
 			store := &fakeStore{err: tt.storeErr}
 			sgn := fakeSigner{key: caKey, now: clock}
-			a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: pol, UserSigner: sgn, HostSigner: sgn, Store: store, Now: clock})
+			a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: pol, UserSigner: sgn, HostSigner: sgn, Store: store, Revocations: revocation.NewMemory(clock), Now: clock})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -31,7 +31,7 @@ func BenchmarkIssueUser(b *testing.B) {
 	sgn := signer.New(key.Signer(), store, signer.Options{})
 	a, err := ca.New(ca.Config{
 		Authenticator: fakeAuth{ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice", Groups: []string{"dev"}}},
-		Policy:        pol, UserSigner: sgn, HostSigner: sgn, Store: store,
+		Policy:        pol, UserSigner: sgn, HostSigner: sgn, Store: store, Revocations: store,
 	})
 	if err != nil {
 		b.Fatal(err)

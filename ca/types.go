@@ -67,6 +67,8 @@ type PolicyRequest struct {
 	KeyFingerprint string   `json:"key_fingerprint"`
 	SourceIP       string   `json:"source_ip"`
 	Reason         string   `json:"reason"`
+	// Target names what a revoke request is about ("serial:N", "identity:alice@example.com").
+	Target string `json:"target,omitempty"`
 }
 
 // PolicyInput is the whole document a Policy decides on (DESIGN.md, policy contract).
@@ -134,6 +136,7 @@ type Signer interface {
 type CertStore interface {
 	Record(ctx context.Context, c Certificate) error
 	Live(ctx context.Context, identity string, now time.Time) ([]Certificate, error)
+	Get(ctx context.Context, serial uint64) (Certificate, bool, error)
 }
 
 // Checker reports whether a dependency can serve; used for readiness.

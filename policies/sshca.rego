@@ -82,7 +82,19 @@ else := {}
 # --- reasons to deny ---------------------------------------------------------------------
 
 deny contains sprintf("certificate kind %q is not supported", [input.kind]) if {
-	not input.kind in {"user", "host"}
+	not input.kind in {"user", "host", "revoke"}
+}
+
+# --- revocation: revoking, and reading what is revoked or issued -----------------------
+
+is_admin if {
+	some g in input.identity.groups
+	g in object.get(settings, "admin_groups", [])
+}
+
+deny contains sprintf("%s may not revoke or read revocations: that needs membership of one of the groups %v", [who, object.get(settings, "admin_groups", [])]) if {
+	input.kind == "revoke"
+	not is_admin
 }
 
 deny contains sprintf("principal %s is not granted to %s", [p, who]) if {

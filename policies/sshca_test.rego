@@ -109,3 +109,16 @@ test_unknown_kind_denied if {
 	not d.allow
 	d.reasons == ["certificate kind \"admin\" is not supported"]
 }
+
+test_admin_may_revoke if {
+	admin := object.union(alice, {"groups": ["sshca-admins"]})
+	d := sshca.decision with input as req("revoke", admin, [], 0)
+	d.allow
+	d.principals == []
+}
+
+test_others_may_not_revoke if {
+	d := sshca.decision with input as req("revoke", alice, [], 0)
+	not d.allow
+	d.reasons == ["alice@example.com may not revoke or read revocations: that needs membership of one of the groups [\"sshca-admins\"]"]
+}

@@ -18,6 +18,11 @@ type Endpoints struct {
 	IssueHost  endpoint.Endpoint
 	UserCAKeys endpoint.Endpoint
 	HostCAKeys endpoint.Endpoint
+
+	Revoke      endpoint.Endpoint
+	Revocations endpoint.Endpoint
+	Inventory   endpoint.Endpoint
+	KRL         endpoint.Endpoint
 }
 
 // MakeEndpoints returns the endpoints of s.
@@ -27,6 +32,11 @@ func MakeEndpoints(s Service) Endpoints {
 		IssueHost:  makeIssueEndpoint(s, ca.HostCert),
 		UserCAKeys: func(context.Context, any) (any, error) { return caKeysResponse{Keys: s.UserCAKeys()}, nil },
 		HostCAKeys: func(context.Context, any) (any, error) { return caKeysResponse{Keys: s.HostCAKeys()}, nil },
+
+		Revoke:      makeRevokeEndpoint(s),
+		Revocations: makeRevocationsEndpoint(s),
+		Inventory:   makeInventoryEndpoint(s),
+		KRL:         makeKRLEndpoint(s),
 	}
 }
 
@@ -86,7 +96,7 @@ func makeIssueEndpoint(s Service, kind ca.CertKind) endpoint.Endpoint {
 
 func toRequest(s Service, kind ca.CertKind, req certRequest) (ca.Request, error) {
 	if req.token == "" {
-		return ca.Request{}, ca.Unauthenticated("missing bearer token: send \"Authorization: Bearer <ID token>\"", nil)
+		return ca.Request{}, errMissingToken
 	}
 	principals := req.Principals
 	switch {

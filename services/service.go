@@ -22,4 +22,13 @@ type Service interface {
 	HostCAKeys() []ssh.PublicKey
 	// MaxTTL is the hard cap on a certificate's lifetime, used to reject requests early.
 	MaxTTL(kind ca.CertKind) time.Duration
+
+	// Revoke revokes what the request names (policy kind "revoke").
+	Revoke(ctx context.Context, token string, req ca.RevokeRequest) (ca.RevokeResult, error)
+	// Revocations lists what is revoked, per CA key (authorized as for revoking).
+	Revocations(ctx context.Context, token string) (user, host ca.RevocationState, err error)
+	// Inventory lists an identity's live certificates (authorized as for revoking).
+	Inventory(ctx context.Context, token, identity string) ([]ca.Certificate, error)
+	// RevocationStates is the unauthenticated read behind GET /v1/krl: a KRL is public.
+	RevocationStates(ctx context.Context) (user, host ca.RevocationState, err error)
 }

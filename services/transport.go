@@ -33,6 +33,8 @@ type HTTPOptions struct {
 	TrustedProxies []netip.Prefix
 	// Ready reports the readiness of each named dependency (nil error: ready).
 	Ready func(ctx context.Context) map[string]error
+	// RenderKRL encodes a revocation state as an OpenSSH KRL (GET /v1/krl).
+	RenderKRL func(ca.RevocationState) ([]byte, error)
 }
 
 // NewHTTPHandler mounts the endpoints on a mux with the paths of DESIGN.md.
@@ -54,6 +56,13 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	mux.Handle("POST /v1/certs/host", kithttp.NewServer(e.IssueHost, decodeCertRequest(o.TrustedProxies), encodeResponse, opts...))
 	mux.Handle("GET /v1/ca/user.pub", kithttp.NewServer(e.UserCAKeys, kithttp.NopRequestDecoder, encodeUserCAKeys, opts...))
 	mux.Handle("GET /v1/ca/known_hosts", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeKnownHosts(o.KnownHostsPattern), opts...))
+	mux.Handle("POST /v1/revocations", kithttp.NewServer(e.Revoke, decodeRevokeRequest, encodeResponse, opts...))
+	mux.Handle("GET /v1/revocations", kithttp.NewServer(e.Revocations, decodeToken, encodeResponse, opts...))
+	mux.Handle("GET /v1/certs", kithttp.NewServer(e.Inventory, decodeInventoryRequest, encodeResponse, opts...))
+	if o.RenderKRL != nil {
+		mux.Handle("GET /v1/krl", kithttp.NewServer(e.KRL, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL),
+			append(opts, kithttp.ServerBefore(withIfNoneMatch))...))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -91,6 +91,9 @@ func runDev(ctx context.Context, o devOptions) error {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
 	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	if err := store.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
+		return fmt.Errorf("dev: embedded redis: %w", err)
+	}
 
 	// Listen first: the verifier's discovery below fetches from this very listener.
 	l, err := net.Listen("tcp", o.listen)
@@ -126,6 +129,7 @@ func runDev(ctx context.Context, o devOptions) error {
 		userSigner: signer.New(userKey.Signer(), store, signer.Options{}),
 		hostSigner: signer.New(hostKey.Signer(), store, signer.Options{}),
 		store:      store,
+		revoked:    store,
 		checks:     map[string]ca.Checker{"redis": store, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey},
 		log:        o.log,
 	})

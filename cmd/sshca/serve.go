@@ -58,6 +58,9 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	rdb := redis.NewUniversalClient(ropts)
 	defer rdb.Close()
 	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	if err := store.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
+		log.Warn("cannot publish the user CA to bastions yet; Redis unreachable?", "err", err)
+	}
 
 	pol, err := loadPolicy(ctx, cfg.Policy)
 	if err != nil {
@@ -75,6 +78,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		userSigner: signer.New(userKey.Signer(), store, signer.Options{}),
 		hostSigner: signer.New(hostKey.Signer(), store, signer.Options{}),
 		store:      store,
+		revoked:    store,
 		limits: ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL,
 			MaxPrincipals: cfg.Limits.MaxPrincipals},
 		checks: map[string]ca.Checker{

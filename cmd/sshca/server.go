@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/services"
 )
 
@@ -25,6 +26,7 @@ type parts struct {
 	userSigner ca.Signer
 	hostSigner ca.Signer
 	store      ca.CertStore
+	revoked    ca.RevocationStore
 	limits     ca.Limits
 	// checks are the dependencies /readyz reports on, by name.
 	checks            map[string]ca.Checker
@@ -37,7 +39,7 @@ type parts struct {
 func apiHandler(p parts) (http.Handler, error) {
 	authority, err := ca.New(ca.Config{
 		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
-		Store: p.store, Limits: p.limits, Logger: p.log,
+		Store: p.store, Revocations: p.revoked, Limits: p.limits, Logger: p.log,
 	})
 	if err != nil {
 		return nil, err
@@ -53,6 +55,9 @@ func apiHandler(p parts) (http.Handler, error) {
 		KnownHostsPattern: p.knownHostsPattern,
 		TrustedProxies:    p.trustedProxies,
 		Ready:             readiness(p.checks),
+		RenderKRL: func(st ca.RevocationState) ([]byte, error) {
+			return revocation.EncodeKRL(time.Now(), st)
+		},
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux, nil

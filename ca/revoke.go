@@ -1,0 +1,237 @@
+package ca
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// RevokeRequest names what to revoke: exactly one of Serial, KeyID, PublicKey or Identity.
+type RevokeRequest struct {
+	Serial    uint64
+	KeyID     string
+	PublicKey ssh.PublicKey
+	Identity  string
+	Reason    string
+}
+
+// RevokeResult says what a revocation changed.
+type RevokeResult struct {
+	Revoked []RevocationEntry
+	// Certificates are the inventory records of the certificates revoked by serial or key ID.
+	Certificates []Certificate
+	// BlockedUntil is when an identity revocation stops refusing new certificates.
+	BlockedUntil time.Time
+	Version      uint64
+}
+
+// KindRevoke is the policy input kind of revocation and of reading revocation state.
+const KindRevoke CertKind = "revoke"
+
+// Revoke authenticates the caller, asks the policy (kind "revoke"), and revokes. It is
+// idempotent: revoking again changes nothing and answers with what is revoked.
+func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest) (RevokeResult, error) {
+	id, err := a.auth.Authenticate(ctx, token)
+	if err != nil {
+		return RevokeResult{}, err
+	}
+	target, err := revokeTarget(req)
+	if err != nil {
+		return RevokeResult{}, err
+	}
+	if err := a.authorize(ctx, id, req.Reason, target); err != nil {
+		return RevokeResult{}, err
+	}
+	now := a.now()
+	var res RevokeResult
+	byCA := map[string][]RevocationEntry{}
+	caKeys := map[string]ssh.PublicKey{}
+	add := func(caKey ssh.PublicKey, e RevocationEntry) {
+		fp := ssh.FingerprintSHA256(caKey)
+		byCA[fp] = append(byCA[fp], e)
+		caKeys[fp] = caKey
+		res.Revoked = append(res.Revoked, e)
+	}
+	switch {
+	case req.Serial != 0 || req.KeyID != "":
+		rec, err := a.lookup(ctx, req)
+		if err != nil {
+			return RevokeResult{}, err
+		}
+		caKey, err := a.caKeyOf(rec)
+		if err != nil {
+			return RevokeResult{}, err
+		}
+		if req.KeyID != "" {
+			add(caKey, RevocationEntry{Kind: RevokedKeyID, Value: rec.KeyID, Expiry: rec.ValidBefore})
+		} else {
+			add(caKey, RevocationEntry{Kind: RevokedSerial, Value: strconv.FormatUint(rec.Serial, 10), Expiry: rec.ValidBefore})
+		}
+		res.Certificates = []Certificate{rec}
+	case req.PublicKey != nil:
+		// Every certificate for the key, from either CA; and no new ones for as long as one
+		// could live.
+		add(a.user.PublicKey(), RevocationEntry{Kind: RevokedKey, Value: keyEntry(req.PublicKey), Expiry: now.Add(a.limits.MaxUserTTL)})
+		add(a.host.PublicKey(), RevocationEntry{Kind: RevokedKey, Value: keyEntry(req.PublicKey), Expiry: now.Add(a.limits.MaxHostTTL)})
+	case req.Identity != "":
+		live, err := a.store.Live(ctx, req.Identity, now)
+		if err != nil {
+			return RevokeResult{}, Unavailable("certificate inventory unavailable", err)
+		}
+		for _, rec := range live {
+			caKey, err := a.caKeyOf(rec)
+			if err != nil {
+				continue // signed by a key no longer in use: it expires on its own
+			}
+			add(caKey, RevocationEntry{Kind: RevokedSerial, Value: strconv.FormatUint(rec.Serial, 10), Expiry: rec.ValidBefore})
+			res.Certificates = append(res.Certificates, rec)
+		}
+		res.BlockedUntil = now.Add(a.limits.IdentityBlock).UTC()
+		if err := a.revocations.BlockIdentity(ctx, req.Identity, res.BlockedUntil); err != nil {
+			return RevokeResult{}, Unavailable("revocation store unavailable", err)
+		}
+	}
+	for fp, entries := range byCA {
+		v, err := a.revocations.Revoke(ctx, caKeys[fp], entries)
+		if err != nil {
+			return RevokeResult{}, Unavailable("revocation store unavailable; nothing was revoked in it", err)
+		}
+		if ssh.FingerprintSHA256(a.user.PublicKey()) == fp {
+			res.Version = v
+		}
+	}
+	a.log.InfoContext(ctx, "revoked", "by", id.Name(), "target", target, "reason", req.Reason, "entries", len(res.Revoked))
+	return res, nil
+}
+
+// RevocationStates returns the revocation state of the user and host CA keys.
+func (a *Authority) RevocationStates(ctx context.Context) (user, host RevocationState, err error) {
+	if user, err = a.revocations.State(ctx, a.user.PublicKey()); err != nil {
+		return user, host, Unavailable("revocation store unavailable", err)
+	}
+	if user.CA == nil {
+		user.CA = a.user.PublicKey()
+	}
+	if host, err = a.revocations.State(ctx, a.host.PublicKey()); err != nil {
+		return user, host, Unavailable("revocation store unavailable", err)
+	}
+	if host.CA == nil {
+		host.CA = a.host.PublicKey()
+	}
+	return user, host, nil
+}
+
+// Revocations authorizes the caller (as for revoking) and returns what is revoked.
+func (a *Authority) Revocations(ctx context.Context, token string) (user, host RevocationState, err error) {
+	if err := a.authenticateAdmin(ctx, token, "list revocations"); err != nil {
+		return user, host, err
+	}
+	return a.RevocationStates(ctx)
+}
+
+// Inventory authorizes the caller (as for revoking) and lists the identity's live certificates.
+func (a *Authority) Inventory(ctx context.Context, token, identity string) ([]Certificate, error) {
+	if identity == "" {
+		return nil, Invalid("identity is required (GET /v1/certs?identity=alice@example.com)")
+	}
+	if err := a.authenticateAdmin(ctx, token, "list certificates of "+identity); err != nil {
+		return nil, err
+	}
+	certs, err := a.store.Live(ctx, identity, a.now())
+	if err != nil {
+		return nil, Unavailable("certificate inventory unavailable", err)
+	}
+	return certs, nil
+}
+
+func (a *Authority) authenticateAdmin(ctx context.Context, token, target string) error {
+	id, err := a.auth.Authenticate(ctx, token)
+	if err != nil {
+		return err
+	}
+	return a.authorize(ctx, id, "", target)
+}
+
+func (a *Authority) authorize(ctx context.Context, id Identity, reason, target string) error {
+	in := PolicyInput{Kind: KindRevoke, Identity: id, Now: a.now().UTC().Format(time.RFC3339),
+		Request: PolicyRequest{Principals: []string{}, Reason: reason, Target: target}}
+	fillDefaults(&in.Identity)
+	dec, err := a.policy.Decide(ctx, in)
+	if err != nil {
+		return Unavailable("policy could not decide", err)
+	}
+	if !dec.Allow {
+		return Denied("policy denied the request", orDefault(dec.Reasons)...)
+	}
+	return nil
+}
+
+func revokeTarget(req RevokeRequest) (string, error) {
+	var targets []string
+	if req.Serial != 0 {
+		targets = append(targets, "serial:"+strconv.FormatUint(req.Serial, 10))
+	}
+	if req.KeyID != "" {
+		targets = append(targets, "key_id:"+req.KeyID)
+	}
+	if req.PublicKey != nil {
+		targets = append(targets, "public_key:"+ssh.FingerprintSHA256(req.PublicKey))
+	}
+	if req.Identity != "" {
+		targets = append(targets, "identity:"+req.Identity)
+	}
+	if len(targets) != 1 {
+		return "", Invalid("name exactly one of serial, key_id, public_key or identity (got %d)", len(targets))
+	}
+	if strings.TrimSpace(req.Reason) == "" {
+		return "", Invalid("reason is required: say why (it is recorded)")
+	}
+	if len(req.Reason) > 1024 {
+		return "", Invalid("reason is longer than 1024 bytes")
+	}
+	return targets[0], nil
+}
+
+// lookup finds the inventory record a serial or key ID names.
+func (a *Authority) lookup(ctx context.Context, req RevokeRequest) (Certificate, error) {
+	serial := req.Serial
+	if req.KeyID != "" {
+		// Our key IDs end in "#<serial>".
+		i := strings.LastIndexByte(req.KeyID, '#')
+		n, err := strconv.ParseUint(req.KeyID[i+1:], 10, 64)
+		if i < 0 || err != nil {
+			return Certificate{}, &Error{Kind: KindNotFound, Msg: fmt.Sprintf("key_id %q was not issued by this CA (ours end in #<serial>)", req.KeyID)}
+		}
+		serial = n
+	}
+	rec, ok, err := a.store.Get(ctx, serial)
+	if err != nil {
+		return Certificate{}, Unavailable("certificate inventory unavailable", err)
+	}
+	if !ok || (req.KeyID != "" && rec.KeyID != req.KeyID) {
+		return Certificate{}, &Error{Kind: KindNotFound, Msg: "no live certificate with that serial or key ID in the inventory (expired ones need no revocation)"}
+	}
+	return rec, nil
+}
+
+func (a *Authority) caKeyOf(rec Certificate) (ssh.PublicKey, error) {
+	for _, k := range []ssh.PublicKey{a.user.PublicKey(), a.host.PublicKey()} {
+		if ssh.FingerprintSHA256(k) == rec.CAFingerprint {
+			return k, nil
+		}
+	}
+	return nil, &Error{Kind: KindNotFound, Msg: "the certificate was signed by a CA key no longer in use"}
+}
+
+func keyEntry(k ssh.PublicKey) string { return base64Std(k.Marshal()) }
+
+func orDefault(reasons []string) []string {
+	if len(reasons) == 0 {
+		return []string{"the policy grants nothing for this request"}
+	}
+	return reasons
+}

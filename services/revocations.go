@@ -1,0 +1,255 @@
+package services
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-kit/kit/endpoint"
+	kithttp "github.com/go-kit/kit/transport/http"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// revokeRequest is the body of POST /v1/revocations: exactly one target, and a reason.
+type revokeRequest struct {
+	Serial    string `json:"serial,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
+	PublicKey string `json:"public_key,omitempty"`
+	Identity  string `json:"identity,omitempty"`
+	Reason    string `json:"reason"`
+
+	token string
+}
+
+type entryJSON struct {
+	Kind    string `json:"kind"`
+	Value   string `json:"value"`
+	Expires string `json:"expires"`
+}
+
+type certJSON struct {
+	Serial         string   `json:"serial"`
+	KeyID          string   `json:"key_id"`
+	Kind           string   `json:"kind"`
+	Identity       string   `json:"identity"`
+	Principals     []string `json:"principals"`
+	KeyFingerprint string   `json:"key_fingerprint"`
+	CAFingerprint  string   `json:"ca_fingerprint"`
+	ValidAfter     string   `json:"valid_after"`
+	ValidBefore    string   `json:"valid_before"`
+}
+
+type revokeResponse struct {
+	Revoked      []entryJSON `json:"revoked"`
+	Certificates []certJSON  `json:"certificates"`
+	BlockedUntil string      `json:"blocked_until,omitempty"`
+	Version      string      `json:"version"`
+	Err          error       `json:"-"`
+}
+
+func (r revokeResponse) Failed() error { return r.Err }
+
+type scopeJSON struct {
+	CA          string      `json:"ca"`
+	Fingerprint string      `json:"fingerprint"`
+	Version     string      `json:"version"`
+	Entries     []entryJSON `json:"entries"`
+}
+
+type revocationsResponse struct {
+	UserCA scopeJSON `json:"user_ca"`
+	HostCA scopeJSON `json:"host_ca"`
+	Err    error     `json:"-"`
+}
+
+func (r revocationsResponse) Failed() error { return r.Err }
+
+type inventoryRequest struct{ token, identity string }
+
+type inventoryResponse struct {
+	Certificates []certJSON `json:"certificates"`
+	Err          error      `json:"-"`
+}
+
+func (r inventoryResponse) Failed() error { return r.Err }
+
+type krlResponse struct {
+	State ca.RevocationState
+	Err   error
+}
+
+func (r krlResponse) Failed() error { return r.Err }
+
+func makeRevokeEndpoint(s Service) endpoint.Endpoint {
+	return func(ctx context.Context, request any) (any, error) {
+		req := request.(revokeRequest)
+		if req.token == "" {
+			return revokeResponse{Err: errMissingToken}, nil
+		}
+		r := ca.RevokeRequest{KeyID: req.KeyID, Identity: req.Identity, Reason: req.Reason}
+		if req.Serial != "" {
+			n, err := strconv.ParseUint(req.Serial, 10, 64)
+			if err != nil || n == 0 {
+				return revokeResponse{Err: ca.Invalid("serial %q is not a non-zero decimal 64-bit number (send it as a JSON string)", truncate(req.Serial, 40))}, nil
+			}
+			r.Serial = n
+		}
+		if req.PublicKey != "" {
+			k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.PublicKey))
+			if err != nil {
+				return revokeResponse{Err: ca.Invalid("public_key is not an OpenSSH public key in authorized_keys format")}, nil
+			}
+			if c, ok := k.(*ssh.Certificate); ok {
+				k = c.Key // revoking a certificate's key revokes it and every other cert for the key
+			}
+			r.PublicKey = k
+		}
+		res, err := s.Revoke(ctx, req.token, r)
+		if err != nil {
+			return revokeResponse{Err: err}, nil
+		}
+		out := revokeResponse{Revoked: entriesJSON(res.Revoked), Certificates: certsJSON(res.Certificates), Version: strconv.FormatUint(res.Version, 10)}
+		if !res.BlockedUntil.IsZero() {
+			out.BlockedUntil = res.BlockedUntil.Format(time.RFC3339)
+		}
+		return out, nil
+	}
+}
+
+func makeRevocationsEndpoint(s Service) endpoint.Endpoint {
+	return func(ctx context.Context, request any) (any, error) {
+		user, host, err := s.Revocations(ctx, request.(string))
+		if err != nil {
+			return revocationsResponse{Err: err}, nil
+		}
+		return revocationsResponse{UserCA: scopeOf(user), HostCA: scopeOf(host)}, nil
+	}
+}
+
+func makeInventoryEndpoint(s Service) endpoint.Endpoint {
+	return func(ctx context.Context, request any) (any, error) {
+		req := request.(inventoryRequest)
+		certs, err := s.Inventory(ctx, req.token, req.identity)
+		if err != nil {
+			return inventoryResponse{Err: err}, nil
+		}
+		return inventoryResponse{Certificates: certsJSON(certs)}, nil
+	}
+}
+
+func makeKRLEndpoint(s Service) endpoint.Endpoint {
+	return func(ctx context.Context, _ any) (any, error) {
+		user, _, err := s.RevocationStates(ctx)
+		return krlResponse{State: user, Err: err}, nil
+	}
+}
+
+func scopeOf(st ca.RevocationState) scopeJSON {
+	out := scopeJSON{Version: strconv.FormatUint(st.Version, 10), Entries: entriesJSON(st.Entries)}
+	if st.CA != nil {
+		out.CA = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(st.CA)))
+		out.Fingerprint = ssh.FingerprintSHA256(st.CA)
+	}
+	return out
+}
+
+func entriesJSON(es []ca.RevocationEntry) []entryJSON {
+	out := make([]entryJSON, 0, len(es))
+	for _, e := range es {
+		out = append(out, entryJSON{Kind: string(e.Kind), Value: e.Value, Expires: e.Expiry.UTC().Format(time.RFC3339)})
+	}
+	return out
+}
+
+func certsJSON(cs []ca.Certificate) []certJSON {
+	out := make([]certJSON, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, certJSON{Serial: strconv.FormatUint(c.Serial, 10), KeyID: c.KeyID, Kind: string(c.Kind), Identity: c.Identity,
+			Principals: c.Principals, KeyFingerprint: c.KeyFingerprint, CAFingerprint: c.CAFingerprint,
+			ValidAfter: c.ValidAfter.Format(time.RFC3339), ValidBefore: c.ValidBefore.Format(time.RFC3339)})
+	}
+	return out
+}
+
+func decodeRevokeRequest(_ context.Context, r *http.Request) (any, error) {
+	var req revokeRequest
+	if err := decodeJSON(r, &req); err != nil {
+		return nil, err
+	}
+	req.token = bearer(r)
+	return req, nil
+}
+
+func decodeToken(_ context.Context, r *http.Request) (any, error) {
+	t := bearer(r)
+	if t == "" {
+		return nil, errMissingToken
+	}
+	return t, nil
+}
+
+func decodeInventoryRequest(_ context.Context, r *http.Request) (any, error) {
+	req := inventoryRequest{token: bearer(r), identity: r.URL.Query().Get("identity")}
+	if req.token == "" {
+		return nil, errMissingToken
+	}
+	return req, nil
+}
+
+// encodeKRL answers with the binary KRL, its version as ETag, and 304 when the client has it.
+func encodeKRL(render func(ca.RevocationState) ([]byte, error)) kithttp.EncodeResponseFunc {
+	return func(ctx context.Context, w http.ResponseWriter, response any) error {
+		resp := response.(krlResponse)
+		if resp.Err != nil {
+			encodeError(ctx, resp.Err, w)
+			return nil
+		}
+		etag := `"` + strconv.FormatUint(resp.State.Version, 10) + "-" + shortFingerprint(resp.State.CA) + `"`
+		w.Header().Set("ETag", etag)
+		w.Header().Set("X-KRL-Version", strconv.FormatUint(resp.State.Version, 10))
+		w.Header().Set("Cache-Control", "no-cache")
+		if inm, _ := ctx.Value(ifNoneMatchKey{}).(string); inm == etag {
+			w.WriteHeader(http.StatusNotModified)
+			return nil
+		}
+		b, err := render(resp.State)
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		_, err = w.Write(b)
+		return err
+	}
+}
+
+func shortFingerprint(k ssh.PublicKey) string {
+	if k == nil {
+		return "none"
+	}
+	fp := strings.TrimPrefix(ssh.FingerprintSHA256(k), "SHA256:")
+	if len(fp) > 12 {
+		fp = fp[:12]
+	}
+	return strings.NewReplacer("/", "_", "+", "-").Replace(fp)
+}
+
+var errMissingToken = ca.Unauthenticated("missing bearer token: send \"Authorization: Bearer <ID token>\"", nil)
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+type ifNoneMatchKey struct{}
+
+// withIfNoneMatch carries the request's If-None-Match to the KRL encoder.
+func withIfNoneMatch(ctx context.Context, r *http.Request) context.Context {
+	return context.WithValue(ctx, ifNoneMatchKey{}, r.Header.Get("If-None-Match"))
+}
