@@ -25,6 +25,8 @@ type SSHDConfig struct {
 	Principals []string
 	// Extra lines appended to sshd_config.
 	Extra []string
+	// LogFile, when set, receives sshd's log as well (for the bastion agent to follow).
+	LogFile string
 }
 
 // SSHD is a real OpenSSH sshd on a free 127.0.0.1 port, started for one test.
@@ -34,8 +36,9 @@ type SSHD struct {
 	User string // the Unix user logins map to (the one running the test)
 	Dir  string
 
-	mu  sync.Mutex
-	out bytes.Buffer
+	mu   sync.Mutex
+	out  bytes.Buffer
+	file *os.File
 }
 
 // Log is what sshd has written so far (it runs with -e, LogLevel VERBOSE).
@@ -48,6 +51,9 @@ func (s *SSHD) Log() string {
 func (s *SSHD) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.file != nil {
+		_, _ = s.file.Write(p)
+	}
 	return s.out.Write(p)
 }
 
@@ -98,6 +104,14 @@ func StartSSHD(t testing.TB, c SSHDConfig) *SSHD {
 	}
 	if out, err := exec.Command(bin, "-t", "-f", cfg).CombinedOutput(); err != nil {
 		t.Fatalf("testenv: sshd -t rejects the test config: %v\n%s", err, out)
+	}
+	if c.LogFile != "" {
+		f, err := os.OpenFile(c.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.file = f
+		t.Cleanup(func() { f.Close() })
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "-D", "-e", "-f", cfg)

@@ -71,6 +71,9 @@ type Redis struct {
 	bin  string
 	port int
 
+	// dir, when set, is where the server keeps an append-only file, so data survives Stop.
+	dir string
+
 	mu  sync.Mutex
 	cmd *exec.Cmd
 	out *bytes.Buffer
@@ -87,6 +90,17 @@ func StartRedis(t testing.TB) *Redis {
 	return r
 }
 
+// StartRedisPersistent is StartRedis with an fsync-always append-only file, so that the data
+// survives Stop and Start, as a production Redis's would.
+func StartRedisPersistent(t testing.TB) *Redis {
+	t.Helper()
+	r := &Redis{t: t, bin: Need(t, "redis-server"), port: FreePort(t), dir: t.TempDir()}
+	r.Addr = "127.0.0.1:" + strconv.Itoa(r.port)
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
 // Start (re)starts the server on the same port.
 func (r *Redis) Start() {
 	r.t.Helper()
@@ -96,8 +110,13 @@ func (r *Redis) Start() {
 		return
 	}
 	r.out = &bytes.Buffer{}
-	cmd := exec.Command(r.bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--protected-mode", "yes")
+	args := []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--protected-mode", "yes"}
+	if r.dir != "" {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir)
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
+	cmd := exec.Command(r.bin, args...)
 	cmd.Stdout, cmd.Stderr = r.out, r.out
 	if err := cmd.Start(); err != nil {
 		r.t.Fatalf("testenv: start redis-server: %v", err)

@@ -1,0 +1,478 @@
+package bastion
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/krl"
+	"github.com/sshca/sshca/revocation"
+)
+
+// Options configure an Agent. KRLPath and at least one source are required.
+type Options struct {
+	KRLPath    string // sshd's RevokedKeys
+	UserCAPath string // sshd's TrustedUserCAKeys (optional)
+	// Redis is the primary source (read-only credentials suffice); HTTP the fallback, or the
+	// only source.
+	Redis *revocation.Redis
+	HTTP  *HTTPSource
+	// PollEvery is the HTTP polling interval (default 1s).
+	PollEvery time.Duration
+	// OnRevoked is called with every newly revoked entry (lockdown of live sessions).
+	OnRevoked func(ctx context.Context, entries []ca.RevocationEntry)
+	Now       func() time.Time
+	Log       *slog.Logger
+}
+
+// Status is what the agent reports on its health endpoint.
+type Status struct {
+	Source     string    `json:"source"`
+	Connected  bool      `json:"connected"`
+	KRLVersion uint64    `json:"krl_version"`
+	KRLWritten time.Time `json:"krl_written"`
+	LastError  string    `json:"last_error,omitempty"`
+}
+
+// Agent keeps the KRL and trusted CA key files current.
+type Agent struct {
+	o Options
+
+	mu     sync.Mutex
+	status Status
+	caFile []byte // last written trusted CA keys
+}
+
+// NewAgent checks the options.
+func NewAgent(o Options) (*Agent, error) {
+	if o.KRLPath == "" {
+		return nil, errors.New("bastion: --krl is required")
+	}
+	if o.Redis == nil && o.HTTP == nil {
+		return nil, errors.New("bastion: give --redis or --server (or both: Redis first, HTTPS as fallback)")
+	}
+	if o.PollEvery == 0 {
+		o.PollEvery = time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{o: o, status: Status{Source: "none"}}, nil
+}
+
+// Status returns the current status.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status
+}
+
+// Prepare makes sure sshd can start: a valid (empty) KRL exists, and records the version of
+// the one in place. Run calls it; call it alone before starting sshd.
+func (a *Agent) Prepare() error {
+	b, err := os.ReadFile(a.o.KRLPath)
+	if errors.Is(err, os.ErrNotExist) {
+		empty, err := (&krl.KRL{GeneratedDate: a.o.Now(), Comment: "sshca: empty until the first sync"}).MarshalBinary()
+		if err != nil {
+			return err
+		}
+		if err := writeAtomic(a.o.KRLPath, empty, 0o644); err != nil {
+			return err
+		}
+		a.o.Log.Info("wrote an empty KRL so sshd can start", "path", a.o.KRLPath)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bastion: read %s: %w", a.o.KRLPath, err)
+	}
+	k, err := krl.Parse(b)
+	if err != nil {
+		// sshd refuses everyone with this file; the first good state from a source replaces it.
+		a.o.Log.Error("the KRL in place is unreadable: sshd refuses every certificate until a source answers", "path", a.o.KRLPath, "err", err)
+		return nil
+	}
+	a.mu.Lock()
+	a.status.KRLVersion = k.Version
+	if st, err := os.Stat(a.o.KRLPath); err == nil {
+		a.status.KRLWritten = st.ModTime()
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// Run keeps the files current until ctx ends. It never returns because a source failed: it
+// keeps the last good files, says so in Status, and reconnects with backoff.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.Prepare(); err != nil {
+		return err
+	}
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		var err error
+		if a.o.Redis != nil {
+			err = a.runRedis(ctx)
+			if errors.Is(err, errCAsChanged) {
+				continue
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if err != nil {
+			a.setError("redis", err)
+			a.o.Log.Warn("revocation source lost; keeping the last good KRL", "source", "redis", "err", err, "retry_in", backoff)
+		}
+		if a.o.HTTP != nil {
+			// Poll over HTTPS meanwhile; go back to Redis after a while if there is one.
+			until := time.Time{}
+			if a.o.Redis != nil {
+				until = a.o.Now().Add(backoff + time.Second)
+			}
+			if err := a.runHTTP(ctx, until); err != nil && ctx.Err() == nil {
+				a.setError("https", err)
+			}
+		} else {
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+		}
+		if err != nil {
+			backoff = min(backoff*2, 5*time.Second)
+		} else {
+			backoff = 100 * time.Millisecond
+		}
+	}
+	return nil
+}
+
+var errCAsChanged = errors.New("bastion: the set of CA keys changed")
+
+type scope struct {
+	state ca.RevocationState
+	pos   string
+}
+
+type followed struct {
+	fp string
+	revocation.Change
+}
+
+func (a *Agent) runRedis(ctx context.Context) error {
+	r := a.o.Redis
+	cas, err := r.CAs(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.writeCAs(cas); err != nil {
+		return err
+	}
+	scopes := map[string]*scope{}
+	for _, k := range cas {
+		fp := ssh.FingerprintSHA256(k)
+		st, pos, err := r.Snapshot(ctx, fp)
+		if err != nil {
+			return err
+		}
+		if st.CA == nil {
+			st.CA = k
+		}
+		scopes[fp] = &scope{state: st, pos: pos}
+	}
+	if err := a.install(scopes, "redis"); err != nil {
+		return err
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changes := make(chan followed)
+	errc := make(chan error, len(scopes))
+	for fp, s := range scopes {
+		go func(fp, pos string) {
+			for {
+				cs, err := r.Changes(fctx, fp, pos, 5*time.Second)
+				if err != nil {
+					errc <- err
+					return
+				}
+				for _, c := range cs {
+					select {
+					case changes <- followed{fp, c}:
+					case <-fctx.Done():
+						return
+					}
+					pos = c.ID
+				}
+			}
+		}(fp, s.pos)
+	}
+	recheck := time.NewTicker(15 * time.Second)
+	defer recheck.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errc:
+			return err
+		case c := <-changes:
+			s := scopes[c.fp]
+			switch {
+			case c.Version <= s.state.Version:
+				continue // already in the snapshot
+			case c.Version == s.state.Version+1:
+				s.state.Entries = append(s.state.Entries, c.Entries...)
+				s.state.Version = c.Version
+			default:
+				// A gap: our position was trimmed away, or we missed a change. Reload the
+				// whole state rather than skip anything.
+				a.o.Log.Info("revocation stream gap; reloading the state", "ca", c.fp, "have", s.state.Version, "got", c.Version)
+				st, _, err := r.Snapshot(ctx, c.fp)
+				if err != nil {
+					return err
+				}
+				if st.CA == nil {
+					st.CA = s.state.CA
+				}
+				s.state = st
+			}
+			if err := a.install(scopes, "redis"); err != nil {
+				return err
+			}
+			if a.o.OnRevoked != nil {
+				a.o.OnRevoked(ctx, c.Entries)
+			}
+		case <-recheck.C:
+			now, err := r.CAs(ctx)
+			if err != nil {
+				return err
+			}
+			if !sameKeys(now, cas) {
+				return errCAsChanged
+			}
+		}
+	}
+}
+
+// install builds the KRL from the scopes (dropping expired entries) and installs it.
+func (a *Agent) install(scopes map[string]*scope, source string) error {
+	now := a.o.Now()
+	fps := make([]string, 0, len(scopes))
+	for fp := range scopes {
+		fps = append(fps, fp)
+	}
+	sort.Strings(fps)
+	states := make([]ca.RevocationState, 0, len(fps))
+	for _, fp := range fps {
+		st := scopes[fp].state
+		live := st.Entries[:0:0]
+		for _, e := range st.Entries {
+			if e.Expiry.After(now) {
+				live = append(live, e)
+			}
+		}
+		st.Entries = live
+		states = append(states, st)
+	}
+	k, err := revocation.BuildKRL(now, states...)
+	if err != nil {
+		return err
+	}
+	b, err := k.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	return a.installKRL(b, source)
+}
+
+// installKRL decodes b (sshd must be able to read it), refuses an older version than the one
+// in place, and replaces the file atomically.
+func (a *Agent) installKRL(b []byte, source string) error {
+	k, err := krl.Parse(b)
+	if err != nil {
+		return fmt.Errorf("bastion: refusing to install an unreadable KRL: %w", err)
+	}
+	a.mu.Lock()
+	current := a.status.KRLVersion
+	a.mu.Unlock()
+	if k.Version < current {
+		a.o.Log.Warn("refusing to install an older KRL", "have", current, "offered", k.Version, "source", source)
+		a.setConnected(source)
+		return nil
+	}
+	if err := writeAtomic(a.o.KRLPath, b, 0o644); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.status.KRLVersion = k.Version
+	a.status.KRLWritten = a.o.Now()
+	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *Agent) writeCAs(keys []ssh.PublicKey) error {
+	if a.o.UserCAPath == "" || len(keys) == 0 {
+		return nil
+	}
+	var b bytes.Buffer
+	for _, k := range keys {
+		b.WriteString(strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))) + " sshca-user-ca\n")
+	}
+	return a.writeCAFile(b.Bytes())
+}
+
+func (a *Agent) writeCAFile(b []byte) error {
+	a.mu.Lock()
+	same := bytes.Equal(a.caFile, b)
+	a.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := writeAtomic(a.o.UserCAPath, b, 0o644); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.caFile = b
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *Agent) setError(source string, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.status.Source, a.status.Connected, a.status.LastError = source, false, err.Error()
+}
+
+func (a *Agent) setConnected(source string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
+}
+
+func sameKeys(a, b []ssh.PublicKey) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i].Marshal(), b[i].Marshal()) {
+			return false
+		}
+	}
+	return true
+}
+
+// HTTPSource pulls the KRL and the user CA keys from the CA service over HTTPS, trusting only
+// a pinned CA certificate: a KRL is unsigned, so the channel must be authenticated.
+type HTTPSource struct {
+	base   string
+	client *http.Client
+	etag   string
+}
+
+// NewHTTPSource returns a source for the server at base (https only), trusting the PEM CA
+// certificates in caFile and nothing else.
+func NewHTTPSource(base, caFile string) (*HTTPSource, error) {
+	u, err := url.Parse(base)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("bastion: --server %q must be an https URL: a KRL is unsigned, only TLS with a pinned CA protects it", base)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("bastion: --server-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("bastion: --server-ca %s holds no PEM certificate", caFile)
+	}
+	return &HTTPSource{base: strings.TrimRight(base, "/"), client: &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
+	}}, nil
+}
+
+func (h *HTTPSource) get(ctx context.Context, path, etag string) ([]byte, string, int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.base+path, nil)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	if etag != "" {
+		req.Header.Set("If-None-Match", etag)
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return nil, "", 0, err
+	}
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotModified {
+		return nil, "", resp.StatusCode, fmt.Errorf("GET %s: HTTP %d", path, resp.StatusCode)
+	}
+	return b, resp.Header.Get("ETag"), resp.StatusCode, nil
+}
+
+// runHTTP polls until ctx ends or until (when not zero).
+func (a *Agent) runHTTP(ctx context.Context, until time.Time) error {
+	h := a.o.HTTP
+	t := time.NewTicker(a.o.PollEvery)
+	defer t.Stop()
+	for {
+		if err := a.pollOnce(ctx, h); err != nil {
+			a.setError("https", err)
+		}
+		if !until.IsZero() && a.o.Now().After(until) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) pollOnce(ctx context.Context, h *HTTPSource) error {
+	if a.o.UserCAPath != "" {
+		b, _, _, err := h.get(ctx, "/v1/ca/user.pub", "")
+		if err != nil {
+			return err
+		}
+		if len(bytes.TrimSpace(b)) > 0 {
+			if err := a.writeCAFile(b); err != nil {
+				return err
+			}
+		}
+	}
+	b, etag, code, err := h.get(ctx, "/v1/krl", h.etag)
+	if err != nil {
+		return err
+	}
+	if code == http.StatusNotModified {
+		a.setConnected("https")
+		return nil
+	}
+	if err := a.installKRL(b, "https"); err != nil {
+		return err
+	}
+	h.etag = etag
+	return nil
+}

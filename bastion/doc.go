@@ -1,0 +1,7 @@
+// Package bastion is what a hardened bastion host runs next to sshd: the agent that keeps
+// sshd's RevokedKeys file (an OpenSSH KRL) and TrustedUserCAKeys file current from Redis, or
+// from the CA's HTTPS endpoint when Redis is out of reach, and ends live sessions of revoked
+// certificates. The agent fails static: without a source it keeps the last good files, never
+// installs an older KRL over a newer one, and never installs a file sshd could not read (sshd
+// treats an unreadable KRL as "everything revoked").
+package bastion

@@ -1,0 +1,203 @@
+package bastion
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// Sessions tracks live sshd sessions authenticated by certificates, from sshd's log at
+// LogLevel VERBOSE, and ends those whose certificate gets revoked. sshd checks the KRL only at
+// authentication; without this, a session opened before the revocation would live on.
+type Sessions struct {
+	log *slog.Logger
+
+	mu   sync.Mutex
+	live map[string]session // by "ip:port" of the client
+}
+
+type session struct {
+	serial uint64
+	keyID  string
+	keyFP  string
+	user   string
+}
+
+// NewSessions returns an empty tracker.
+func NewSessions(log *slog.Logger) *Sessions {
+	return &Sessions{log: log, live: map[string]session{}}
+}
+
+var (
+	acceptedRE     = regexp.MustCompile(`Accepted publickey for (\S+) from (\S+) port (\d+) ssh2: \S+-CERT (SHA256:\S+) ID (.*) \(serial (\d+)\) CA `)
+	disconnectedRE = regexp.MustCompile(`(?:Disconnected from user \S+|Connection closed by|Received disconnect from) (\S+) port (\d+)`)
+)
+
+// Observe reads one sshd log line.
+func (s *Sessions) Observe(line string) {
+	if m := acceptedRE.FindStringSubmatch(line); m != nil {
+		serial, _ := strconv.ParseUint(m[6], 10, 64)
+		s.mu.Lock()
+		s.live[net.JoinHostPort(m[2], m[3])] = session{serial: serial, keyID: m[5], keyFP: m[4], user: m[1]}
+		s.mu.Unlock()
+		return
+	}
+	if m := disconnectedRE.FindStringSubmatch(line); m != nil {
+		s.mu.Lock()
+		delete(s.live, net.JoinHostPort(m[1], m[2]))
+		s.mu.Unlock()
+	}
+}
+
+// Follow reads the log file from its start and then as it grows, until ctx ends.
+func (s *Sessions) Follow(ctx context.Context, path string) error {
+	var f *os.File
+	for {
+		var err error
+		if f, err = os.Open(path); err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		select { // sshd may not have written it yet
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	defer f.Close()
+	r := bufio.NewReader(f)
+	var partial string
+	for {
+		line, err := r.ReadString('\n')
+		partial += line
+		if err == nil {
+			s.Observe(strings.TrimRight(partial, "\n"))
+			partial = ""
+			continue
+		}
+		if !errors.Is(err, io.EOF) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// EndRevoked ends the live sessions whose certificate the entries revoke.
+func (s *Sessions) EndRevoked(_ context.Context, entries []ca.RevocationEntry) {
+	serials, ids, fps := map[uint64]bool{}, map[string]bool{}, map[string]bool{}
+	for _, e := range entries {
+		switch e.Kind {
+		case ca.RevokedSerial:
+			n, _ := strconv.ParseUint(e.Value, 10, 64)
+			serials[n] = true
+		case ca.RevokedKeyID:
+			ids[e.Value] = true
+		case ca.RevokedKey:
+			if b, err := base64.StdEncoding.DecodeString(e.Value); err == nil {
+				if k, err := ssh.ParsePublicKey(b); err == nil {
+					fps[ssh.FingerprintSHA256(k)] = true
+				}
+			}
+		}
+	}
+	s.mu.Lock()
+	var victims []string
+	for addr, ss := range s.live {
+		if serials[ss.serial] || ids[ss.keyID] || fps[ss.keyFP] {
+			victims = append(victims, addr)
+			delete(s.live, addr)
+		}
+	}
+	s.mu.Unlock()
+	for _, addr := range victims {
+		pids, err := socketOwners(addr)
+		if err != nil || len(pids) == 0 {
+			// Usually the session ended before its log line was read.
+			s.log.Debug("revoked session: no live connection", "client", addr, "err", err)
+			continue
+		}
+		for _, pid := range pids {
+			if err := syscall.Kill(pid, syscall.SIGTERM); err == nil {
+				s.log.Info("ended a session of a revoked certificate", "client", addr, "pid", pid)
+			}
+		}
+	}
+}
+
+// socketOwners finds the processes holding an established TCP connection whose remote end is
+// addr (Linux /proc).
+func socketOwners(addr string) ([]int, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	ip := net.ParseIP(host)
+	port, _ := strconv.Atoi(portStr)
+	want := procAddr(ip, port)
+	inodes := map[string]bool{}
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 9 && f[3] == "01" && strings.EqualFold(f[2], want) {
+				inodes["socket:["+f[9]+"]"] = true
+			}
+		}
+	}
+	if len(inodes) == 0 {
+		return nil, fmt.Errorf("no established connection from %s", addr)
+	}
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	seen := map[int]bool{}
+	for _, fd := range procs {
+		link, err := os.Readlink(fd)
+		if err != nil || !inodes[link] {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.Split(fd, "/")[2])
+		if err == nil && !seen[pid] && pid != os.Getpid() {
+			seen[pid] = true
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+// procAddr renders ip:port as /proc/net/tcp does (IPv4: little-endian hex; port: hex).
+func procAddr(ip net.IP, port int) string {
+	if v4 := ip.To4(); v4 != nil {
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", v4[3], v4[2], v4[1], v4[0], port)
+	}
+	var b strings.Builder
+	for i := 0; i < 16; i += 4 {
+		fmt.Fprintf(&b, "%02X%02X%02X%02X", ip[i+3], ip[i+2], ip[i+1], ip[i])
+	}
+	return fmt.Sprintf("%s:%04X", b.String(), port)
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+
+	"github.com/sshca/sshca/bastion"
+	"github.com/sshca/sshca/revocation"
+)
+
+func newBastionCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "bastion", Short: "Run on bastion hosts: keep sshd's KRL and trusted CA keys current"}
+	cmd.AddCommand(newBastionAgentCommand())
+	return cmd
+}
+
+type agentFlags struct {
+	redisURL, server, serverCA, krlPath, userCA, health, sshdLog string
+	poll                                                         time.Duration
+}
+
+func newBastionAgentCommand() *cobra.Command {
+	f := agentFlags{}
+	cmd := &cobra.Command{
+		Use:   "agent --redis URL | --server URL --server-ca FILE --krl FILE --user-ca FILE",
+		Short: "Follow revocations (Redis stream, else HTTPS polling) and rewrite the KRL atomically",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runAgent(cmd.Context(), f, slog.New(slog.NewTextHandler(os.Stderr, nil)), nil)
+		},
+	}
+	cmd.Flags().StringVar(&f.redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db with read-only credentials (env SSHCA_REDIS_URL)")
+	cmd.Flags().StringVar(&f.server, "server", "", "https URL of the CA service: the fallback (or only) source")
+	cmd.Flags().StringVar(&f.serverCA, "server-ca", "", "PEM CA certificate pinned for --server")
+	cmd.Flags().StringVar(&f.krlPath, "krl", "/etc/ssh/sshca.krl", "sshd RevokedKeys file")
+	cmd.Flags().StringVar(&f.userCA, "user-ca", "/etc/ssh/sshca_user_ca.pub", "sshd TrustedUserCAKeys file")
+	cmd.Flags().StringVar(&f.health, "health", "127.0.0.1:9851", "address of /healthz and /metrics")
+	cmd.Flags().StringVar(&f.sshdLog, "sshd-log", "", "sshd log file (LogLevel VERBOSE) to end live sessions of revoked certificates")
+	cmd.Flags().DurationVar(&f.poll, "poll", time.Second, "HTTPS polling interval")
+	return cmd
+}
+
+// runAgent runs the bastion agent until ctx ends; ready, when not nil, receives the agent once
+// its files are in place and its health endpoint listens.
+func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- *bastion.Agent) error {
+	o := bastion.Options{KRLPath: f.krlPath, UserCAPath: f.userCA, PollEvery: f.poll, Log: log}
+	if f.redisURL != "" {
+		ropts, err := redis.ParseURL(f.redisURL)
+		if err != nil {
+			return errors.New("--redis: not a redis:// URL") // the URL may hold a password: not echoed
+		}
+		ropts.DialTimeout, ropts.ReadTimeout = time.Second, 2*time.Second
+		rdb := redis.NewClient(ropts)
+		defer rdb.Close()
+		o.Redis = revocation.NewRedis(rdb, revocation.RedisOptions{})
+	}
+	if f.server != "" {
+		h, err := bastion.NewHTTPSource(f.server, f.serverCA)
+		if err != nil {
+			return err
+		}
+		o.HTTP = h
+	}
+	var sessions *bastion.Sessions
+	if f.sshdLog != "" {
+		sessions = bastion.NewSessions(log)
+		go func() {
+			if err := sessions.Follow(ctx, f.sshdLog); err != nil && ctx.Err() == nil {
+				log.Error("following the sshd log stopped; revoked sessions will not be ended", "err", err)
+			}
+		}()
+		o.OnRevoked = sessions.EndRevoked
+	}
+	agent, err := bastion.NewAgent(o)
+	if err != nil {
+		return err
+	}
+	if err := agent.Prepare(); err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", f.health)
+	if err != nil {
+		return fmt.Errorf("--health: %w", err)
+	}
+	srv := newHTTPServer(agentHealthHandler(agent), log)
+	go func() { _ = serveUntilDone(ctx, srv, l, "", "") }()
+	if ready != nil {
+		ready <- agent
+	}
+	return agent.Run(ctx)
+}
+
+func agentHealthHandler(a *bastion.Agent) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_krl_version", Help: "Version of the installed KRL."},
+			func() float64 { return float64(a.Status().KRLVersion) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_krl_age_seconds", Help: "Seconds since the KRL file was last written."},
+			func() float64 { return time.Since(a.Status().KRLWritten).Seconds() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_source_up", Help: "1 when the revocation source answers; 0 while the agent fails static."},
+			func() float64 {
+				if a.Status().Connected {
+					return 1
+				}
+				return 0
+			}),
+	)
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		st := a.Status()
+		code := http.StatusOK
+		if !st.Connected {
+			code = http.StatusServiceUnavailable // fail static: the last good KRL stays in place
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"source": st.Source, "connected": st.Connected, "krl_version": st.KRLVersion,
+			"krl_age_seconds": int(time.Since(st.KRLWritten).Seconds()), "last_error": st.LastError,
+		})
+	})
+	return mux
+}

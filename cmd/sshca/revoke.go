@@ -1,0 +1,90 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+func newRevokeCommand() *cobra.Command {
+	var server, tokenEnv, tokenFile, serial, keyID, identity, publicKeyFile, reason string
+	cmd := &cobra.Command{
+		Use:   "revoke --serial N | --key-id ID | --identity X | --public-key FILE --reason TEXT",
+		Short: "Revoke certificates; bastions running the agent refuse them within about a second",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if server == "" {
+				return errors.New("--server is required (or set SSHCA_SERVER)")
+			}
+			if reason == "" {
+				return errors.New("--reason is required: say why (it is recorded)")
+			}
+			body := map[string]string{"reason": reason}
+			n := 0
+			for k, v := range map[string]string{"serial": serial, "key_id": keyID, "identity": identity} {
+				if v != "" {
+					body[k] = v
+					n++
+				}
+			}
+			if publicKeyFile != "" {
+				b, err := os.ReadFile(publicKeyFile)
+				if err != nil {
+					return fmt.Errorf("read public key: %w", err)
+				}
+				body["public_key"] = strings.TrimSpace(string(b))
+				n++
+			}
+			if n != 1 {
+				return errors.New("name exactly one of --serial, --key-id, --identity or --public-key")
+			}
+			token, err := readToken(tokenEnv, tokenFile)
+			if err != nil {
+				return err
+			}
+			var reply struct {
+				Revoked []struct {
+					Kind, Value, Expires string
+				} `json:"revoked"`
+				Certificates []struct {
+					Serial, KeyID string
+				} `json:"certificates"`
+				BlockedUntil string `json:"blocked_until"`
+				Version      string `json:"version"`
+			}
+			if err := postJSON(cmd.Context(), strings.TrimRight(server, "/")+"/v1/revocations", token, body, &reply); err != nil {
+				return err
+			}
+			return printRevoked(cmd.OutOrStdout(), reply.Revoked, reply.BlockedUntil, reply.Version)
+		},
+	}
+	cmd.Flags().StringVar(&server, "server", os.Getenv("SSHCA_SERVER"), "sshca server URL (env SSHCA_SERVER)")
+	cmd.Flags().StringVar(&tokenEnv, "token-env", "SSHCA_TOKEN", "environment variable holding the bearer token")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token")
+	cmd.Flags().StringVar(&serial, "serial", "", "certificate serial (decimal)")
+	cmd.Flags().StringVar(&keyID, "key-id", "", "certificate key ID, e.g. alice@example.com#123")
+	cmd.Flags().StringVar(&identity, "identity", "", "every live certificate of this identity (email, else subject)")
+	cmd.Flags().StringVar(&publicKeyFile, "public-key", "", "file with a public key (or certificate): every certificate for the key")
+	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded)")
+	return cmd
+}
+
+func printRevoked[E any](w io.Writer, revoked []E, blockedUntil, version string) error {
+	if len(revoked) == 0 {
+		fmt.Fprintln(w, "nothing new to revoke (already revoked, or no live certificate)")
+	}
+	for _, e := range revoked {
+		b, _ := json.Marshal(e)
+		fmt.Fprintf(w, "revoked %s\n", b)
+	}
+	if blockedUntil != "" {
+		fmt.Fprintf(w, "new certificates refused until %s\n", blockedUntil)
+	}
+	fmt.Fprintf(w, "revocation list version %s\n", version)
+	return nil
+}
