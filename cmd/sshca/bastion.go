@@ -22,7 +22,32 @@ import (
 
 func newBastionCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "bastion", Short: "Run on bastion hosts: keep sshd's KRL and trusted CA keys current"}
-	cmd.AddCommand(newBastionAgentCommand())
+	cmd.AddCommand(newBastionAgentCommand(), newSSHDConfigCommand())
+	return cmd
+}
+
+func newSSHDConfigCommand() *cobra.Command {
+	var o bastion.SSHDConfigOptions
+	cmd := &cobra.Command{
+		Use:   "sshd-config",
+		Short: "Print a hardened sshd_config for a bastion (check it with sshd -t -f FILE)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := bastion.SSHDConfig(o)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprint(cmd.OutOrStdout(), cfg)
+			return err
+		},
+	}
+	cmd.Flags().IntVar(&o.Port, "port", 22, "port")
+	cmd.Flags().StringSliceVar(&o.ListenAddresses, "listen", nil, "listen addresses (default: all)")
+	cmd.Flags().StringSliceVar(&o.HostKeys, "host-key", nil, "host private keys (default /etc/ssh/ssh_host_ed25519_key)")
+	cmd.Flags().StringSliceVar(&o.HostCertificates, "host-cert", nil, "host certificates (default /etc/ssh/ssh_host_ed25519_key-cert.pub)")
+	cmd.Flags().StringVar(&o.TrustedUserCAKeys, "user-ca", "", "TrustedUserCAKeys file (default /etc/ssh/sshca_user_ca.pub)")
+	cmd.Flags().StringVar(&o.RevokedKeys, "krl", "", "RevokedKeys file (default /etc/ssh/sshca.krl)")
+	cmd.Flags().StringVar(&o.AuthorizedPrincipalsFile, "principals", "", "AuthorizedPrincipalsFile (default /etc/ssh/auth_principals/%u)")
 	return cmd
 }
 
