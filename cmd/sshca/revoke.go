@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -48,9 +47,7 @@ func newRevokeCommand() *cobra.Command {
 				return err
 			}
 			var reply struct {
-				Revoked []struct {
-					Kind, Value, Expires string
-				} `json:"revoked"`
+				Revoked      []revokedEntry `json:"revoked"`
 				Certificates []struct {
 					Serial, KeyID string
 				} `json:"certificates"`
@@ -74,17 +71,22 @@ func newRevokeCommand() *cobra.Command {
 	return cmd
 }
 
-func printRevoked[E any](w io.Writer, revoked []E, blockedUntil, version string) error {
+func printRevoked(w io.Writer, revoked []revokedEntry, blockedUntil, version string) error {
 	if len(revoked) == 0 {
-		fmt.Fprintln(w, "nothing new to revoke (already revoked, or no live certificate)")
+		fmt.Fprintln(w, "no live certificate to revoke")
 	}
 	for _, e := range revoked {
-		b, _ := json.Marshal(e)
-		fmt.Fprintf(w, "revoked %s\n", b)
+		fmt.Fprintf(w, "revoked %s %s (kept in the KRL until %s)\n", strings.ReplaceAll(e.Kind, "_", " "), e.Value, e.Expires)
 	}
 	if blockedUntil != "" {
 		fmt.Fprintf(w, "new certificates refused until %s\n", blockedUntil)
 	}
 	fmt.Fprintf(w, "revocation list version %s\n", version)
 	return nil
+}
+
+type revokedEntry struct {
+	Kind    string `json:"kind"`
+	Value   string `json:"value"`
+	Expires string `json:"expires"`
 }
