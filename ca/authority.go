@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -187,12 +188,16 @@ func (a *Authority) Issue(ctx context.Context, token string, req Request) (Issue
 		CAFingerprint:  ssh.FingerprintSHA256(cert.SignatureKey),
 		ValidAfter:     time.Unix(int64(cert.ValidAfter), 0).UTC(),
 		ValidBefore:    time.Unix(int64(cert.ValidBefore), 0).UTC(),
+		Ticket:         dec.Ticket,
+		Reason:         req.Reason,
+		PolicyRevision: dec.Revision,
 	}
 	if err := a.store.Record(ctx, rec); err != nil {
 		return Issued{}, Unavailable("certificate inventory unavailable; no certificate issued", err)
 	}
 	a.log.InfoContext(ctx, "issued", "kind", req.Kind, "identity", rec.Identity, "serial", rec.Serial,
-		"key_id", rec.KeyID, "principals", rec.Principals, "valid_before", rec.ValidBefore, "policy", dec.Revision)
+		"key_id", rec.KeyID, "principals", rec.Principals, "valid_before", rec.ValidBefore, "ticket", rec.Ticket,
+		"reason", rec.Reason, "policy", dec.Revision)
 	return Issued{Cert: cert, Record: rec}, nil
 }
 
@@ -250,10 +255,17 @@ func (a *Authority) template(req Request, id Identity, dec Decision) (*ssh.Certi
 		perms.Extensions = allowed(dec.Extensions, a.limits.Extensions)
 		perms.CriticalOptions = allowed(dec.CriticalOptions, a.limits.CriticalOptions)
 	}
+	keyID := id.Name()
+	if dec.Ticket != "" {
+		if len(dec.Ticket) > 64 || strings.ContainsAny(dec.Ticket, "# \t\r\n") {
+			return nil, 0, Denied("policy granted a ticket the service does not accept", "ticket must be at most 64 characters without spaces or '#'")
+		}
+		keyID += "/" + dec.Ticket
+	}
 	return &ssh.Certificate{
 		Key:             req.PublicKey,
 		CertType:        req.Kind.SSHCertType(),
-		KeyId:           id.Name(),
+		KeyId:           keyID,
 		ValidPrincipals: principals,
 		Permissions:     perms,
 	}, ttl, nil

@@ -122,6 +122,11 @@ func TestIssue(t *testing.T) {
 			wantPrincipals: []string{"alice"}, wantTTL: 5 * time.Minute},
 		{name: "policy wider than asked is cut", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey, Principals: []string{"deploy"}}, dec: grant,
 			wantPrincipals: []string{"deploy"}, wantTTL: 10 * time.Minute},
+		{name: "ticket in key id", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey, Principals: []string{"alice"}},
+			dec: ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: time.Minute, Ticket: "OPS-7", Extensions: grant.Extensions, CriticalOptions: grant.CriticalOptions},
+			wantPrincipals: []string{"alice"}, wantTTL: time.Minute},
+		{name: "ticket with # refused", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey},
+			dec: ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: time.Minute, Ticket: "OPS#7"}, wantErr: true, wantKind: ca.KindDenied},
 		{name: "bad token", token: "bad", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: grant, wantErr: true, wantKind: ca.KindUnauthenticated},
 		{name: "denied", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: ca.Decision{Reasons: []string{"no"}}, wantErr: true, wantKind: ca.KindDenied},
 		{name: "policy error fails closed", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, policyErr: errors.New("boom"), wantErr: true, wantKind: ca.KindUnavailable},
@@ -173,7 +178,11 @@ func TestIssue(t *testing.T) {
 			if diff := cmp.Diff(map[string]string{"force-command": "/bin/true"}, got.Cert.CriticalOptions); diff != "" {
 				t.Errorf("critical options not filtered (-want +got):\n%s", diff)
 			}
-			if got.Cert.KeyId != "alice@example.com#42" {
+			wantKeyID := "alice@example.com#42"
+			if tt.dec.Ticket != "" {
+				wantKeyID = "alice@example.com/" + tt.dec.Ticket + "#42"
+			}
+			if got.Cert.KeyId != wantKeyID {
 				t.Errorf("key id = %q", got.Cert.KeyId)
 			}
 			if len(store.recs) != 1 || store.recs[0].Serial != 42 || store.recs[0].Identity != "alice@example.com" {

@@ -88,6 +88,9 @@ type Decision struct {
 	TTL             time.Duration
 	Extensions      map[string]string
 	CriticalOptions map[string]string
+	// Ticket is the change or incident ticket the policy required and found in the reason;
+	// it goes into the key ID and the record.
+	Ticket string
 	// Revision names the policy version that decided (for the record).
 	Revision string
 }
@@ -103,6 +106,9 @@ type Certificate struct {
 	CAFingerprint  string    `json:"ca_fingerprint"`
 	ValidAfter     time.Time `json:"valid_after"`
 	ValidBefore    time.Time `json:"valid_before"`
+	Ticket         string    `json:"ticket,omitempty"`
+	Reason         string    `json:"reason,omitempty"`
+	PolicyRevision string    `json:"policy_revision,omitempty"`
 }
 
 // Issued is the result of a successful issue: the signed certificate and its record.

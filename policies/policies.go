@@ -210,6 +210,13 @@ func parseDecision(v any) (ca.Decision, error) {
 	if d.CriticalOptions, err = stringMap(m, "critical_options"); err != nil {
 		return ca.Decision{}, err
 	}
+	if t, ok := m["ticket"]; ok && t != nil {
+		s, ok := t.(string)
+		if !ok {
+			return ca.Decision{}, errors.New("policies: decision.ticket is not a string")
+		}
+		d.Ticket = s
+	}
 	if raw, ok := m["ttl_seconds"]; ok {
 		n, ok := raw.(json.Number)
 		if !ok {

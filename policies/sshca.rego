@@ -1,12 +1,19 @@
 # The default sshca policy. It decides what an authenticated identity may be granted; the
 # service then signs no more than this, no more than was asked, and nothing beyond its own hard
 # caps. Settings live in data.json (data.sshca_settings) so an organisation changes who gets
-# what without touching this file. Contract: DESIGN.md, "Policy contract".
+# what without touching this file. Contract: DESIGN.md, "Policy contract"; the data's shape:
+# README.md beside this file.
 package sshca
 
 import rego.v1
 
 settings := data.sshca_settings
+
+user_settings := object.get(settings, "user", {})
+
+host_settings := object.get(settings, "host", {})
+
+privileged_settings := object.get(user_settings, "privileged", {})
 
 # The decision is always defined: a request that no rule grants is denied with reasons.
 decision := {
@@ -15,8 +22,11 @@ decision := {
 	"principals": granted,
 	"ttl_seconds": ttl,
 	"extensions": extensions,
-	"critical_options": {},
+	"critical_options": critical_options,
+	"ticket": ticket,
 }
+
+now_ns := time.parse_rfc3339_ns(input.now)
 
 who := input.identity.email if input.identity.email != ""
 
@@ -24,11 +34,13 @@ else := input.identity.subject
 
 requested := {p | some p in input.request.principals}
 
-kind_settings := settings.user if input.kind == "user"
+groups := {g | some g in input.identity.groups}
 
-else := settings.host if input.kind == "host"
+kind_settings := user_settings if input.kind == "user"
 
-else := {"default_ttl_seconds": 0, "max_ttl_seconds": 0}
+else := host_settings if input.kind == "host"
+
+else := {}
 
 # --- user certificates -------------------------------------------------------------------
 
@@ -40,16 +52,158 @@ user_principals contains input.identity.username if {
 
 user_principals contains p if {
 	input.kind == "user"
-	some g in input.identity.groups
-	some p in settings.user.group_principals[g]
+	some g in groups
+	some p in object.get(object.get(user_settings, "group_principals", {}), g, [])
 }
+
+# Privileged principals (e.g. root, prod-*) need a second factor, a fresh sign-in and a ticket.
+privileged(p) if {
+	some pattern in object.get(privileged_settings, "principals", [])
+	glob.match(pattern, [], p)
+}
+
+forced_command(p) := object.get(object.get(user_settings, "principal_force_command", {}), p, "")
+
+# Privileged principals and principals bound to a forced command are granted only when asked
+# for by name, so a plain login never needs MFA nor ends up restricted.
+explicit_only(p) if privileged(p)
+
+explicit_only(p) if forced_command(p) != ""
+
+granted_user := sort([p | some p in requested; p in user_principals]) if count(requested) > 0
+
+else := sort([p | some p in user_principals; not explicit_only(p)])
+
+granted_privileged := {p | some p in granted_user; privileged(p)}
+
+# A second factor by the issuer's own rule: amr values or an acr value, per issuer ("*" for
+# any issuer without its own entry).
+mfa_rule := object.get(object.get(user_settings, "mfa", {}), input.identity.issuer, object.get(object.get(user_settings, "mfa", {}), "*", {}))
+
+has_mfa if {
+	some a in input.identity.amr
+	a in object.get(mfa_rule, "amr", [])
+}
+
+has_mfa if {
+	acr := object.get(input.identity, "acr", "")
+	acr != ""
+	acr in object.get(mfa_rule, "acr", [])
+}
+
+auth_age := (now_ns / 1000000000) - object.get(input.identity, "auth_time", 0)
+
+max_auth_age := object.get(privileged_settings, "max_auth_age_seconds", 0)
+
+fresh_sign_in if max_auth_age == 0
+
+fresh_sign_in if {
+	object.get(input.identity, "auth_time", 0) > 0
+	auth_age <= max_auth_age
+}
+
+ticket_pattern := object.get(privileged_settings, "ticket_pattern", "")
+
+ticket := regex.find_n(ticket_pattern, input.request.reason, 1)[0] if {
+	ticket_pattern != ""
+	count(regex.find_n(ticket_pattern, input.request.reason, 1)) > 0
+}
+
+else := ""
+
+# Extensions: the defaults plus what the identity's groups add (e.g. port forwarding for the
+# principal a bastion is used with).
+extensions := object.union_n(array.concat(
+	[object.get(user_settings, "default_extensions", {})],
+	[object.get(object.get(user_settings, "group_extensions", {}), g, {}) | some g in groups],
+)) if input.kind == "user"
+
+else := {}
+
+source_addresses := sort({cidr |
+	some g in groups
+	some cidr in object.get(object.get(user_settings, "group_source_addresses", {}), g, [])
+})
+
+forced_commands := {c | some p in granted_user; c := forced_command(p); c != ""}
+
+co_source := {"source-address": concat(",", source_addresses)} if count(source_addresses) > 0
+
+else := {}
+
+co_force := {"force-command": c} if {
+	count(forced_commands) == 1
+	some c in forced_commands
+}
+
+else := {}
+
+critical_options := object.union(co_source, co_force) if input.kind == "user"
+
+else := {}
+
+# --- time-boxed access (contractors, vendors) ---------------------------------------------
+
+time_boxes := object.get(user_settings, "time_boxes", {})
+
+box_tz(box) := object.get(box, "timezone", "UTC")
+
+minutes(hhmm) := (to_number(split(hhmm, ":")[0]) * 60) + to_number(split(hhmm, ":")[1])
+
+after_start(box) if object.get(box, "not_before", "") == ""
+
+after_start(box) if now_ns >= time.parse_rfc3339_ns(object.get(box, "not_before", ""))
+
+before_end(box) if object.get(box, "not_after", "") == ""
+
+before_end(box) if now_ns < time.parse_rfc3339_ns(object.get(box, "not_after", ""))
+
+on_weekday(box) if count(object.get(box, "weekdays", [])) == 0
+
+on_weekday(box) if time.weekday([now_ns, box_tz(box)]) in object.get(box, "weekdays", [])
+
+in_hours(box) if count(object.get(box, "hours", [])) == 0
+
+in_hours(box) if {
+	[h, m, _] := time.clock([now_ns, box_tz(box)])
+	(h * 60) + m >= minutes(box.hours[0])
+	(h * 60) + m < minutes(box.hours[1])
+}
+
+inside(box) if {
+	after_start(box)
+	before_end(box)
+	on_weekday(box)
+	in_hours(box)
+}
+
+describe(box) := sprintf("from %s until %s, on %v, between %v (%s)", [
+	object.get(box, "not_before", "any date"), object.get(box, "not_after", "any date"),
+	object.get(box, "weekdays", ["any day"]), object.get(box, "hours", ["any time"]), box_tz(box),
+])
 
 # --- host certificates -------------------------------------------------------------------
 
 host_patterns contains pattern if {
 	input.kind == "host"
-	some g in input.identity.groups
-	some pattern in settings.host.group_patterns[g]
+	some g in groups
+	some pattern in object.get(object.get(host_settings, "group_patterns", {}), g, [])
+}
+
+# Workloads (CI jobs): patterns by claims such as repository_id and ref. Match immutable IDs
+# where the platform has them: names can be re-registered.
+host_patterns contains pattern if {
+	input.kind == "host"
+	input.identity.workload
+	some rule in object.get(host_settings, "workload_rules", [])
+	claims_match(rule.claims)
+	some pattern in rule.patterns
+}
+
+claims_match(want) if {
+	every k, v in want {
+		object.get(input.identity.claims, k, null) == v
+	}
 }
 
 # A pattern's "*" matches exactly one DNS label: "*.dev.internal" covers "a.dev.internal",
@@ -61,40 +215,37 @@ host_granted(h) if {
 
 # --- what is granted ---------------------------------------------------------------------
 
-allowed := user_principals if input.kind == "user"
+granted := granted_user if input.kind == "user"
 
-else := {h | some h in requested; host_granted(h)} if input.kind == "host"
+else := sort([h | some h in requested; host_granted(h)]) if input.kind == "host"
 
-else := set()
+else := []
 
-granted := sort([p | some p in requested; p in allowed]) if count(requested) > 0
+group_max_ttls := [t |
+	some g in groups
+	t := object.get(object.get(user_settings, "group_max_ttl_seconds", {}), g, -1)
+	t >= 0
+]
 
-else := sort([p | some p in allowed])
+kind_max_ttl := min(group_max_ttls) if {
+	input.kind == "user"
+	count(group_max_ttls) > 0
+}
+
+else := object.get(kind_settings, "max_ttl_seconds", 0)
+
+max_ttl := min([kind_max_ttl, object.get(privileged_settings, "max_ttl_seconds", kind_max_ttl)]) if count(granted_privileged) > 0
+
+else := kind_max_ttl
 
 ttl := input.request.ttl_seconds if input.request.ttl_seconds > 0
 
-else := kind_settings.default_ttl_seconds
-
-extensions := object.get(settings.user, "default_extensions", {}) if input.kind == "user"
-
-else := {}
+else := min([object.get(kind_settings, "default_ttl_seconds", 0), max_ttl])
 
 # --- reasons to deny ---------------------------------------------------------------------
 
 deny contains sprintf("certificate kind %q is not supported", [input.kind]) if {
 	not input.kind in {"user", "host", "revoke"}
-}
-
-# --- revocation: revoking, and reading what is revoked or issued -----------------------
-
-is_admin if {
-	some g in input.identity.groups
-	g in object.get(settings, "admin_groups", [])
-}
-
-deny contains sprintf("%s may not revoke or read revocations: that needs membership of one of the groups %v", [who, object.get(settings, "admin_groups", [])]) if {
-	input.kind == "revoke"
-	not is_admin
 }
 
 deny contains sprintf("principal %s is not granted to %s", [p, who]) if {
@@ -109,6 +260,49 @@ deny contains msg if {
 	msg := sprintf("no principal can be granted to %s: the token carries no usable username and no group of %v grants one", [who, input.identity.groups])
 }
 
+deny contains msg if {
+	input.kind == "user"
+	count(user_principals) > 0
+	count(requested) == 0
+	count(granted_user) == 0
+	msg := sprintf("every principal of %s needs to be asked for by name: use --principal (one of %v)", [who, sort([p | some p in user_principals])])
+}
+
+deny contains sprintf("principal %s needs a second factor: sign in with MFA and give a ticket in --reason", [p]) if {
+	some p in granted_privileged
+	not has_mfa
+}
+
+deny contains sprintf("principal %s needs a recent sign-in (within %ds; yours was %ds ago): sign in again", [p, max_auth_age, auth_age]) if {
+	some p in granted_privileged
+	has_mfa
+	not fresh_sign_in
+}
+
+deny contains sprintf("principal %s needs a ticket matching %s in --reason", [p, ticket_pattern]) if {
+	some p in granted_privileged
+	ticket_pattern != ""
+	ticket == ""
+}
+
+deny contains sprintf("principals %v carry different forced commands: ask for one of them at a time", [sort([p | some p in granted_user; forced_command(p) != ""])]) if {
+	count(forced_commands) > 1
+}
+
+deny contains sprintf("principal %s is restricted to a forced command: ask for it alone", [p]) if {
+	count(forced_commands) == 1
+	some p in granted_user
+	forced_command(p) != ""
+	count(granted_user) > 1
+}
+
+deny contains sprintf("group %s has access only %s; it is now %s", [g, describe(box), input.now]) if {
+	input.kind == "user"
+	some g in groups
+	box := time_boxes[g]
+	not inside(box)
+}
+
 deny contains "no host names were requested" if {
 	input.kind == "host"
 	count(requested) == 0
@@ -120,7 +314,19 @@ deny contains sprintf("host name %s is not granted to %s (groups %v)", [h, who, 
 	not host_granted(h)
 }
 
-deny contains sprintf("ttl %ds exceeds the policy maximum of %ds for %s certificates", [input.request.ttl_seconds, kind_settings.max_ttl_seconds, input.kind]) if {
+deny contains sprintf("ttl %ds exceeds the policy maximum of %ds for this request", [input.request.ttl_seconds, max_ttl]) if {
 	input.kind in {"user", "host"}
-	input.request.ttl_seconds > kind_settings.max_ttl_seconds
+	input.request.ttl_seconds > max_ttl
+}
+
+# --- revocation: revoking, and reading what is revoked or issued -----------------------
+
+is_admin if {
+	some g in groups
+	g in object.get(settings, "admin_groups", [])
+}
+
+deny contains sprintf("%s may not revoke or read revocations: that needs membership of one of the groups %v", [who, object.get(settings, "admin_groups", [])]) if {
+	input.kind == "revoke"
+	not is_admin
 }

@@ -10,6 +10,8 @@ ci := {"issuer": "https://ci", "subject": "repo:org/infra", "email": "", "userna
 
 req(kind, id, principals, ttl) := {"kind": kind, "identity": id, "request": {"principals": principals, "ttl_seconds": ttl, "key_type": "ssh-ed25519", "key_fingerprint": "SHA256:x", "source_ip": "127.0.0.1", "reason": ""}, "now": "2026-11-25T10:00:00Z"}
 
+at(r, now) := object.union(r, {"now": now})
+
 test_user_gets_username_with_defaults if {
 	d := sshca.decision with input as req("user", alice, [], 0)
 	d.allow
@@ -35,7 +37,7 @@ test_user_denied_other_principal if {
 test_user_ttl_over_max_denied if {
 	d := sshca.decision with input as req("user", alice, [], 7200)
 	not d.allow
-	d.reasons == ["ttl 7200s exceeds the policy maximum of 3600s for user certificates"]
+	d.reasons == ["ttl 7200s exceeds the policy maximum of 3600s for this request"]
 }
 
 test_user_ttl_at_max_allowed if {
@@ -121,4 +123,166 @@ test_others_may_not_revoke if {
 	d := sshca.decision with input as req("revoke", alice, [], 0)
 	not d.allow
 	d.reasons == ["alice@example.com may not revoke or read revocations: that needs membership of one of the groups [\"sshca-admins\"]"]
+}
+
+# --- privileged principals ----------------------------------------------------------------
+
+ops := object.union(alice, {"groups": ["ops"], "amr": ["pwd", "mfa"], "auth_time": 1795000000})
+
+# 2026-11-25T10:00:00Z is 1795600800; auth_time 1795598400 is 40 minutes earlier.
+ops_fresh := object.union(ops, {"auth_time": 1795598400})
+
+with_reason(r, reason) := object.union(r, {"request": object.union(r.request, {"reason": reason})})
+
+test_root_not_in_default_grant if {
+	d := sshca.decision with input as req("user", ops_fresh, [], 0)
+	d.allow
+	d.principals == ["alice"]
+}
+
+test_root_with_mfa_fresh_and_ticket if {
+	d := sshca.decision with input as with_reason(req("user", ops_fresh, ["root"], 0), "fix OPS-1234 now")
+	d.allow
+	d.principals == ["root"]
+	d.ticket == "OPS-1234"
+	d.ttl_seconds == 600
+}
+
+test_root_ttl_capped_lower if {
+	d := sshca.decision with input as with_reason(req("user", ops_fresh, ["root"], 1800), "OPS-1")
+	not d.allow
+	d.reasons == ["ttl 1800s exceeds the policy maximum of 900s for this request"]
+}
+
+test_root_without_mfa if {
+	d := sshca.decision with input as with_reason(req("user", object.union(ops_fresh, {"amr": ["pwd"]}), ["root"], 0), "OPS-1")
+	not d.allow
+	d.reasons == ["principal root needs a second factor: sign in with MFA and give a ticket in --reason"]
+}
+
+test_root_with_acr if {
+	id := object.union(ops_fresh, {"amr": [], "acr": "phrh"})
+	d := sshca.decision with input as with_reason(req("user", id, ["root"], 0), "OPS-1")
+	d.allow
+}
+
+test_root_per_issuer_mfa_rule if {
+	id := object.union(ops_fresh, {"amr": ["otp"]})
+	d := sshca.decision with input as with_reason(req("user", id, ["root"], 0), "OPS-1")
+		with data.sshca_settings.user.mfa as {"https://idp": {"acr": ["gold"]}, "*": {"amr": ["otp"]}}
+	not d.allow
+}
+
+test_root_stale_sign_in if {
+	d := sshca.decision with input as with_reason(req("user", ops, ["root"], 0), "OPS-1")
+	not d.allow
+	d.reasons == ["principal root needs a recent sign-in (within 3600s; yours was 600800s ago): sign in again"]
+}
+
+test_root_without_ticket if {
+	d := sshca.decision with input as with_reason(req("user", ops_fresh, ["root"], 0), "because")
+	not d.allow
+	d.reasons == ["principal root needs a ticket matching [A-Z]+-[0-9]+ in --reason"]
+}
+
+test_prod_glob_privileged if {
+	id := object.union(ops_fresh, {"amr": []})
+	d := sshca.decision with input as req("user", id, ["prod-db"], 0)
+		with data.sshca_settings.user.group_principals as {"ops": ["prod-db"]}
+	not d.allow
+	count(d.reasons) == 2
+}
+
+# --- options, extensions, forced commands --------------------------------------------------
+
+test_group_extensions if {
+	d := sshca.decision with input as req("user", object.union(alice, {"groups": ["bastion-users"]}), [], 0)
+	d.extensions == {"permit-pty": "", "permit-port-forwarding": ""}
+}
+
+test_source_address if {
+	d := sshca.decision with input as req("user", object.union(alice, {"groups": ["contractors"]}), [], 0)
+		with input.now as "2026-11-25T10:00:00Z"
+	d.allow
+	d.critical_options == {"source-address": "10.0.0.0/8,192.168.0.0/16"}
+	d.ttl_seconds == 600
+}
+
+test_group_max_ttl if {
+	d := sshca.decision with input as req("user", object.union(alice, {"groups": ["contractors"]}), [], 3600)
+	not d.allow
+	d.reasons == ["ttl 3600s exceeds the policy maximum of 1800s for this request"]
+}
+
+test_force_command if {
+	id := object.union(alice, {"groups": ["backup-operators"]})
+	d := sshca.decision with input as req("user", id, ["backup"], 0)
+	d.allow
+	d.critical_options == {"force-command": "/usr/local/bin/backup-only"}
+	plain := sshca.decision with input as req("user", id, [], 0)
+	plain.principals == ["alice"]
+	plain.critical_options == {}
+	mixed := sshca.decision with input as req("user", id, ["alice", "backup"], 0)
+	not mixed.allow
+	mixed.reasons == ["principal backup is restricted to a forced command: ask for it alone"]
+}
+
+# --- time boxes -----------------------------------------------------------------------------
+
+contractor := object.union(alice, {"groups": ["contractors"]})
+
+test_time_box_inside if {
+	d := sshca.decision with input as at(req("user", contractor, [], 0), "2026-11-25T17:59:00Z")
+	d.allow
+}
+
+test_time_box_weekend if {
+	d := sshca.decision with input as at(req("user", contractor, [], 0), "2026-11-28T10:00:00Z")
+	not d.allow
+	startswith(d.reasons[0], "group contractors has access only from 2026-01-01T00:00:00Z until 2027-07-01T00:00:00Z")
+}
+
+test_time_box_night if {
+	d := sshca.decision with input as at(req("user", contractor, [], 0), "2026-11-25T18:00:00Z")
+	not d.allow
+}
+
+test_time_box_after_end if {
+	d := sshca.decision with input as at(req("user", contractor, [], 0), "2027-07-01T10:00:00Z")
+	not d.allow
+}
+
+test_time_box_timezone if {
+	# 07:30 UTC is 08:30 in Berlin in winter.
+	d := sshca.decision with input as at(req("user", contractor, [], 0), "2026-11-25T07:30:00Z")
+		with data.sshca_settings.user.time_boxes.contractors.timezone as "Europe/Berlin"
+	d.allow
+}
+
+# --- workloads --------------------------------------------------------------------------------
+
+gha := {"issuer": "https://token.actions.githubusercontent.com", "subject": "repo:org/infra:ref:refs/heads/main", "email": "", "username": "", "groups": [], "amr": [], "workload": true, "claims": {"repository": "org/infra", "repository_id": "123456789", "ref": "refs/heads/main"}}
+
+test_workload_main_gets_prod if {
+	d := sshca.decision with input as req("host", gha, ["db1.prod.internal"], 0)
+	d.allow
+}
+
+test_workload_other_branch_denied if {
+	id := object.union(gha, {"claims": object.union(gha.claims, {"ref": "refs/heads/feature"})})
+	d := sshca.decision with input as req("host", id, ["db1.prod.internal"], 0)
+	not d.allow
+}
+
+test_workload_renamed_repo_denied if {
+	# Same name, another repository ID: a re-registered name gets nothing.
+	id := object.union(gha, {"claims": object.union(gha.claims, {"repository_id": "999"})})
+	d := sshca.decision with input as req("host", id, ["db1.prod.internal"], 0)
+	not d.allow
+}
+
+test_person_with_matching_claims_denied if {
+	id := object.union(gha, {"workload": false})
+	d := sshca.decision with input as req("host", id, ["db1.prod.internal"], 0)
+	not d.allow
 }
