@@ -271,6 +271,8 @@ func stringMap(m map[string]any, key string) (map[string]string, error) {
 	return out, nil
 }
 
+var errNoTests = errors.New("policies: test: no Rego tests found")
+
 // Test runs the Rego tests (*_test.rego) of the policy in dir with its data.json and returns
 // an error naming every failing test.
 func Test(ctx context.Context, dir string) error {
@@ -289,7 +291,7 @@ func Test(ctx context.Context, dir string) error {
 		}
 	}
 	if len(results) == 0 {
-		return errors.New("policies: test: no Rego tests found")
+		return errNoTests
 	}
 	if len(failed) > 0 {
 		return fmt.Errorf("policies: %d of %d Rego tests failed:\n  %s", len(failed), len(results), strings.Join(failed, "\n  "))

@@ -33,6 +33,8 @@ type HTTPOptions struct {
 	TrustedProxies []netip.Prefix
 	// Ready reports the readiness of each named dependency (nil error: ready).
 	Ready func(ctx context.Context) map[string]error
+	// Details are non-fatal facts /readyz shows (e.g. a refused policy reload).
+	Details func() map[string]string
 	// RenderKRL encodes a revocation state as an OpenSSH KRL (GET /v1/krl).
 	RenderKRL func(ca.RevocationState) ([]byte, error)
 }
@@ -66,7 +68,7 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.HandleFunc("GET /readyz", readyHandler(o.Ready))
+	mux.HandleFunc("GET /readyz", readyHandler(o.Ready, o.Details))
 	return mux
 }
 
@@ -258,7 +260,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func readyHandler(ready func(context.Context) map[string]error) http.HandlerFunc {
+func readyHandler(ready func(context.Context) map[string]error, details func() map[string]string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		checks := map[string]string{}
 		code := http.StatusOK
@@ -275,6 +277,10 @@ func readyHandler(ready func(context.Context) map[string]error) http.HandlerFunc
 		if code != http.StatusOK {
 			status = "not ready"
 		}
-		writeJSON(w, code, map[string]any{"status": status, "checks": checks})
+		body := map[string]any{"status": status, "checks": checks}
+		if details != nil {
+			body["details"] = details()
+		}
+		writeJSON(w, code, body)
 	}
 }

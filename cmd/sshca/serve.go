@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
@@ -62,7 +63,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		log.Warn("cannot publish the user CA to bastions yet; Redis unreachable?", "err", err)
 	}
 
-	pol, err := loadPolicy(ctx, cfg.Policy)
+	reg := newRegistry()
+	pol, details, err := policyInForce(ctx, cfg.Policy, log, reg)
 	if err != nil {
 		return err
 	}
@@ -86,6 +88,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 			"kms_user_ca": userKey, "kms_host_ca": hostKey,
 		},
 		knownHostsPattern: cfg.KnownHostsPattern,
+		details:           details,
+		reg:               reg,
 		trustedProxies:    proxies,
 		log:               log,
 	})
@@ -102,6 +106,46 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		ready <- l.Addr().String()
 	}
 	return serveUntilDone(ctx, newHTTPServer(h, log), l, cfg.TLS.CertFile, cfg.TLS.KeyFile)
+}
+
+// policy is what serve needs of a policy engine.
+type policy interface {
+	ca.Policy
+	ca.Checker
+	Revision() string
+}
+
+// policyInForce loads the configured policy. A policy directory is watched and hot-reloaded
+// (tested before it replaces the old one); the embedded default is fixed.
+func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg prometheus.Registerer) (policy, func() map[string]string, error) {
+	if pc.Dir == "" {
+		e, err := loadPolicy(ctx, pc)
+		if err != nil {
+			return nil, nil, err
+		}
+		return e, func() map[string]string { return map[string]string{"policy_revision": e.Revision()} }, nil
+	}
+	var opts []policies.Option
+	if pc.DataFile != "" {
+		opts = append(opts, policies.WithDataFile(pc.DataFile))
+	}
+	r, err := policies.NewReloader(ctx, pc.Dir, opts, policies.WithLogger(log), policies.WithMetrics(reg))
+	if err != nil {
+		return nil, nil, fmt.Errorf("policy: %w", err)
+	}
+	go func() {
+		if err := r.Watch(ctx); err != nil {
+			log.Error("policy directory is not watched; restart to load changes", "err", err)
+		}
+	}()
+	return r, func() map[string]string {
+		rev, err := r.Status()
+		d := map[string]string{"policy_revision": rev}
+		if err != nil {
+			d["policy_reload"] = "refused, last good policy in force: " + err.Error()
+		}
+		return d
+	}, nil
 }
 
 func loadPolicy(ctx context.Context, pc PolicyConfig) (*policies.Engine, error) {

@@ -31,6 +31,8 @@ type parts struct {
 	// checks are the dependencies /readyz reports on, by name.
 	checks            map[string]ca.Checker
 	knownHostsPattern string
+	details           func() map[string]string
+	reg               *prometheus.Registry
 	trustedProxies    []netip.Prefix
 	log               *slog.Logger
 }
@@ -44,8 +46,10 @@ func apiHandler(p parts) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := p.reg
+	if reg == nil {
+		reg = newRegistry()
+	}
 	var svc services.Service = authority
 	svc = services.InstrumentingMiddleware(services.NewMetrics(reg))(svc)
 	svc = services.LoggingMiddleware(p.log)(svc)
@@ -55,6 +59,7 @@ func apiHandler(p parts) (http.Handler, error) {
 		KnownHostsPattern: p.knownHostsPattern,
 		TrustedProxies:    p.trustedProxies,
 		Ready:             readiness(p.checks),
+		Details:           p.details,
 		RenderKRL: func(st ca.RevocationState) ([]byte, error) {
 			return revocation.EncodeKRL(time.Now(), st)
 		},
@@ -115,3 +120,9 @@ func serveUntilDone(ctx context.Context, srv *http.Server, l net.Listener, certF
 type checkFunc func(context.Context) error
 
 func (f checkFunc) Check(ctx context.Context) error { return f(ctx) }
+
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCLI(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := newRootCommand()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetIn(strings.NewReader(stdin))
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestPolicyTools(t *testing.T) {
+	dir := filepath.Join("..", "..", "policies")
+	out, err := runCLI(t, "", "policy", "test", dir)
+	if err != nil || !strings.Contains(out, "PASS") {
+		t.Fatalf("policy test: %v\n%s", err, out)
+	}
+	in := `{"kind":"user","identity":{"issuer":"https://idp","subject":"u1","email":"alice@example.com","username":"alice","groups":["ops"],"amr":["pwd"],"workload":false,"claims":{}},
+	 "request":{"principals":["root"],"ttl_seconds":0,"key_type":"ssh-ed25519","key_fingerprint":"SHA256:x","source_ip":"127.0.0.1","reason":"because"},"now":"2026-11-25T10:00:00Z"}`
+	out, err = runCLI(t, in, "policy", "eval", dir, "--input", "-")
+	if err != nil || !strings.Contains(out, `"allow": false`) || !strings.Contains(out, "needs a second factor") {
+		t.Fatalf("policy eval: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, in, "policy", "explain", dir, "--input", "-")
+	if err != nil || !strings.Contains(out, `granted_privileged   ["root"]`) || !strings.Contains(out, "has_mfa              \"(undefined") {
+		t.Fatalf("policy explain: %v\n%s", err, out)
+	}
+	broken := t.TempDir()
+	writeFile(t, filepath.Join(broken, "p.rego"), "package sshca\n\nimport rego.v1\n\ntest_fails if false\n")
+	if out, err := runCLI(t, "", "policy", "test", broken); err == nil {
+		t.Fatalf("policy test passed a failing test:\n%s", out)
+	}
+}

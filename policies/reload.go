@@ -1,0 +1,177 @@
+package policies
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// Reloader serves decisions from the policy in a directory and replaces it when the files
+// change. A new version is compiled and its Rego tests (*_test.rego, with the directory's own
+// data.json) are run before it replaces the old one; a version that fails either is refused,
+// the last good one stays in force, and the failure is logged, reported by Status and counted
+// in metrics.
+type Reloader struct {
+	dir  string
+	opts []Option
+	log  *slog.Logger
+
+	cur atomic.Pointer[Engine]
+
+	mu       sync.Mutex
+	lastErr  error
+	failedAt time.Time
+
+	reloads *prometheus.CounterVec
+	failing prometheus.Gauge
+}
+
+// ReloaderOption tunes a Reloader.
+type ReloaderOption func(*Reloader)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) ReloaderOption { return func(r *Reloader) { r.log = l } }
+
+// WithMetrics registers the reload metrics with reg.
+func WithMetrics(reg prometheus.Registerer) ReloaderOption {
+	return func(r *Reloader) {
+		r.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sshca_policy_reloads_total",
+			Help: "Policy reloads by result (loaded, refused)."}, []string{"result"})
+		r.failing = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sshca_policy_reload_failing",
+			Help: "1 while the newest policy files were refused and the last good policy is in force."})
+		reg.MustRegister(r.reloads, r.failing)
+	}
+}
+
+// NewReloader loads and tests the policy in dir; it fails when that first version does.
+func NewReloader(ctx context.Context, dir string, loadOpts []Option, opts ...ReloaderOption) (*Reloader, error) {
+	r := &Reloader{dir: dir, opts: loadOpts, log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o(r)
+	}
+	e, err := r.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.cur.Store(e)
+	return r, nil
+}
+
+func (r *Reloader) load(ctx context.Context) (*Engine, error) {
+	e, err := LoadDir(ctx, r.dir, r.opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := Test(ctx, r.dir); err != nil && !errors.Is(err, errNoTests) {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Decide evaluates the policy in force.
+func (r *Reloader) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, error) {
+	return r.cur.Load().Decide(ctx, in)
+}
+
+// Revision is the revision of the policy in force.
+func (r *Reloader) Revision() string { return r.cur.Load().Revision() }
+
+// Check succeeds: a policy is always in force once NewReloader succeeded.
+func (r *Reloader) Check(context.Context) error { return nil }
+
+// Status reports the policy in force and, when the newest files were refused, why.
+func (r *Reloader) Status() (revision string, lastErr error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur.Load().Revision(), r.lastErr
+}
+
+// Reload loads, compiles and tests the files now in the directory and puts them in force.
+// On failure the policy in force stays.
+func (r *Reloader) Reload(ctx context.Context) error {
+	e, err := r.load(ctx)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.lastErr, r.failedAt = err, time.Now()
+		r.count("refused", 1)
+		r.log.Error("policy refused; the last good policy stays in force", "dir", r.dir, "in_force", r.cur.Load().Revision(), "err", err)
+		return err
+	}
+	old := r.cur.Swap(e)
+	r.lastErr = nil
+	r.count("loaded", 0)
+	if old.Revision() != e.Revision() {
+		r.log.Info("policy reloaded", "dir", r.dir, "revision", e.Revision(), "previous", old.Revision())
+	}
+	return nil
+}
+
+func (r *Reloader) count(result string, failing float64) {
+	if r.reloads != nil {
+		r.reloads.WithLabelValues(result).Inc()
+		r.failing.Set(failing)
+	}
+}
+
+// Watch reloads whenever a file in the directory (or the data file) changes, until ctx ends.
+// Bursts of events (an editor's save, a checkout) are folded into one reload.
+func (r *Reloader) Watch(ctx context.Context) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("policies: watch: %w", err)
+	}
+	defer w.Close()
+	if err := w.Add(r.dir); err != nil {
+		return fmt.Errorf("policies: watch %s: %w", r.dir, err)
+	}
+	var o loadOptions
+	for _, opt := range r.opts {
+		opt(&o)
+	}
+	if o.dataFile != "" && filepath.Dir(o.dataFile) != filepath.Clean(r.dir) {
+		if err := w.Add(filepath.Dir(o.dataFile)); err != nil {
+			return fmt.Errorf("policies: watch %s: %w", o.dataFile, err)
+		}
+	}
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if relevant(ev.Name, o.dataFile) {
+				debounce = time.After(200 * time.Millisecond)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			r.log.Warn("policy watch", "err", err)
+		case <-debounce:
+			debounce = nil
+			_ = r.Reload(ctx)
+		}
+	}
+}
+
+func relevant(name, dataFile string) bool {
+	base := filepath.Base(name)
+	if len(base) > 0 && (base[0] == '.' || base[len(base)-1] == '~') {
+		return false // editor temporaries
+	}
+	return filepath.Ext(name) == ".rego" || filepath.Ext(name) == ".json" || (dataFile != "" && filepath.Clean(name) == filepath.Clean(dataFile))
+}

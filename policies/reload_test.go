@@ -1,0 +1,123 @@
+package policies_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sshca/sshca/policies"
+)
+
+func copyPolicy(t *testing.T) string {
+	dir := t.TempDir()
+	for _, f := range []string{"sshca.rego", "sshca_test.rego", "data.json"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestHotReload: a changed data file is picked up; a broken policy, or one whose Rego tests
+// fail, is refused and the last good one stays in force, visibly.
+func TestHotReload(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := copyPolicy(t)
+	reg := prometheus.NewRegistry()
+	r, err := policies.NewReloader(ctx, dir, nil, policies.WithMetrics(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go r.Watch(ctx)
+	time.Sleep(100 * time.Millisecond) // the watcher is set up
+	in := userInput([]string{"dba"}, "postgres")
+	grants := func() bool { d, err := r.Decide(ctx, in); return err == nil && d.Allow }
+	if grants() {
+		t.Fatal("postgres granted before the change")
+	}
+	first := r.Revision()
+
+	data, _ := os.ReadFile(filepath.Join(dir, "data.json"))
+	changed := strings.Replace(string(data), `"admins": ["admin"],`, `"admins": ["admin"], "dba": ["postgres"],`, 1)
+	if err := os.WriteFile(filepath.Join(dir, "data.json"), []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new data is in force", grants)
+	second := r.Revision()
+	if second == first {
+		t.Error("revision unchanged")
+	}
+
+	// Broken Rego: refused.
+	if err := os.WriteFile(filepath.Join(dir, "broken.rego"), []byte("package sshca\n\nimport rego.v1\n\nx := {"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the broken policy is refused", func() bool { _, err := r.Status(); return err != nil })
+	if !grants() || r.Revision() != second {
+		t.Fatal("the last good policy is not in force")
+	}
+	if got := testutil.ToFloat64(prometheusGauge(t, reg, "sshca_policy_reload_failing")); got != 1 {
+		t.Errorf("sshca_policy_reload_failing = %v", got)
+	}
+	os.Remove(filepath.Join(dir, "broken.rego"))
+	eventually(t, "the fixed policy is back", func() bool { _, err := r.Status(); return err == nil })
+
+	// Valid Rego whose tests fail: refused too.
+	bad := strings.Replace(readOrFail(t, filepath.Join(dir, "sshca.rego")), `"allow": count(deny) == 0,`, `"allow": true,`, 1)
+	if err := os.WriteFile(filepath.Join(dir, "sshca.rego"), []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a policy failing its tests is refused", func() bool {
+		_, err := r.Status()
+		return err != nil && strings.Contains(err.Error(), "Rego tests failed")
+	})
+	if d, _ := r.Decide(ctx, userInput(nil, "root")); d.Allow {
+		t.Fatal("the refused allow-all policy is in force")
+	}
+}
+
+func readOrFail(t *testing.T, p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func prometheusGauge(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name})
+			g.Set(mf.GetMetric()[0].GetGauge().GetValue())
+			return g
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return nil
+}
