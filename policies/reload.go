@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -22,9 +23,10 @@ import (
 // the last good one stays in force, and the failure is logged, reported by Status and counted
 // in metrics.
 type Reloader struct {
-	dir  string
-	opts []Option
-	log  *slog.Logger
+	dir    string
+	opts   []Option
+	loader func(context.Context) (*Engine, error)
+	log    *slog.Logger
 
 	cur atomic.Pointer[Engine]
 
@@ -56,10 +58,22 @@ func WithMetrics(reg prometheus.Registerer) ReloaderOption {
 // NewReloader loads and tests the policy in dir; it fails when that first version does.
 func NewReloader(ctx context.Context, dir string, loadOpts []Option, opts ...ReloaderOption) (*Reloader, error) {
 	r := &Reloader{dir: dir, opts: loadOpts, log: slog.New(slog.DiscardHandler)}
+	r.loader = r.loadDir
+	return r.start(ctx, opts)
+}
+
+// NewBundleReloader loads the policy from an OPA bundle server; Poll refreshes it.
+func NewBundleReloader(ctx context.Context, url string, client *http.Client, opts ...ReloaderOption) (*Reloader, error) {
+	r := &Reloader{dir: url, log: slog.New(slog.DiscardHandler)}
+	r.loader = func(ctx context.Context) (*Engine, error) { return LoadBundleURL(ctx, url, client) }
+	return r.start(ctx, opts)
+}
+
+func (r *Reloader) start(ctx context.Context, opts []ReloaderOption) (*Reloader, error) {
 	for _, o := range opts {
 		o(r)
 	}
-	e, err := r.load(ctx)
+	e, err := r.loader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +81,7 @@ func NewReloader(ctx context.Context, dir string, loadOpts []Option, opts ...Rel
 	return r, nil
 }
 
-func (r *Reloader) load(ctx context.Context) (*Engine, error) {
+func (r *Reloader) loadDir(ctx context.Context) (*Engine, error) {
 	e, err := LoadDir(ctx, r.dir, r.opts...)
 	if err != nil {
 		return nil, err
@@ -99,7 +113,7 @@ func (r *Reloader) Status() (revision string, lastErr error) {
 // Reload loads, compiles and tests the files now in the directory and puts them in force.
 // On failure the policy in force stays.
 func (r *Reloader) Reload(ctx context.Context) error {
-	e, err := r.load(ctx)
+	e, err := r.loader(ctx)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
@@ -163,6 +177,20 @@ func (r *Reloader) Watch(ctx context.Context) error {
 			r.log.Warn("policy watch", "err", err)
 		case <-debounce:
 			debounce = nil
+			_ = r.Reload(ctx)
+		}
+	}
+}
+
+// Poll reloads every interval until ctx ends (for bundle servers).
+func (r *Reloader) Poll(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 			_ = r.Reload(ctx)
 		}
 	}

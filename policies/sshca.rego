@@ -9,11 +9,29 @@ import rego.v1
 
 settings := data.sshca_settings
 
-user_settings := object.get(settings, "user", {})
+default user_settings := {}
 
-host_settings := object.get(settings, "host", {})
+user_settings := settings.user
 
-privileged_settings := object.get(user_settings, "privileged", {})
+default host_settings := {}
+
+host_settings := settings.host
+
+default privileged_settings := {}
+
+default privileged_patterns := []
+
+privileged_patterns := privileged_settings.principals
+
+default default_extensions := {}
+
+default_extensions := user_settings.default_extensions
+
+default admin_groups := []
+
+admin_groups := settings.admin_groups
+
+privileged_settings := user_settings.privileged
 
 # The decision is always defined: a request that no rule grants is denied with reasons.
 decision := {
@@ -53,16 +71,22 @@ user_principals contains input.identity.username if {
 user_principals contains p if {
 	input.kind == "user"
 	some g in groups
-	some p in object.get(object.get(user_settings, "group_principals", {}), g, [])
+	some p in user_settings.group_principals[g]
 }
 
 # Privileged principals (e.g. root, prod-*) need a second factor, a fresh sign-in and a ticket.
 privileged(p) if {
-	some pattern in object.get(privileged_settings, "principals", [])
+	some pattern in privileged_patterns
 	glob.match(pattern, [], p)
 }
 
-forced_command(p) := object.get(object.get(user_settings, "principal_force_command", {}), p, "")
+default forced_commands_map := {}
+
+forced_commands_map := user_settings.principal_force_command
+
+forced_command(p) := c if {
+	c := forced_commands_map[p]
+} else := ""
 
 # Privileged principals and principals bound to a forced command are granted only when asked
 # for by name, so a plain login never needs MFA nor ends up restricted.
@@ -78,22 +102,30 @@ granted_privileged := {p | some p in granted_user; privileged(p)}
 
 # A second factor by the issuer's own rule: amr values or an acr value, per issuer ("*" for
 # any issuer without its own entry).
-mfa_rule := object.get(object.get(user_settings, "mfa", {}), input.identity.issuer, object.get(object.get(user_settings, "mfa", {}), "*", {}))
+default mfa_rule := {}
+
+mfa_rule := r if {
+	r := user_settings.mfa[input.identity.issuer]
+} else := r if {
+	r := user_settings.mfa["*"]
+}
 
 has_mfa if {
 	some a in input.identity.amr
-	a in object.get(mfa_rule, "amr", [])
+	a in mfa_rule.amr
 }
 
 has_mfa if {
 	acr := object.get(input.identity, "acr", "")
 	acr != ""
-	acr in object.get(mfa_rule, "acr", [])
+	acr in mfa_rule.acr
 }
 
 auth_age := (now_ns / 1000000000) - object.get(input.identity, "auth_time", 0)
 
-max_auth_age := object.get(privileged_settings, "max_auth_age_seconds", 0)
+default max_auth_age := 0
+
+max_auth_age := privileged_settings.max_auth_age_seconds
 
 fresh_sign_in if max_auth_age == 0
 
@@ -102,7 +134,9 @@ fresh_sign_in if {
 	auth_age <= max_auth_age
 }
 
-ticket_pattern := object.get(privileged_settings, "ticket_pattern", "")
+default ticket_pattern := ""
+
+ticket_pattern := privileged_settings.ticket_pattern
 
 ticket := regex.find_n(ticket_pattern, input.request.reason, 1)[0] if {
 	ticket_pattern != ""
@@ -114,15 +148,15 @@ else := ""
 # Extensions: the defaults plus what the identity's groups add (e.g. port forwarding for the
 # principal a bastion is used with).
 extensions := object.union_n(array.concat(
-	[object.get(user_settings, "default_extensions", {})],
-	[object.get(object.get(user_settings, "group_extensions", {}), g, {}) | some g in groups],
+	[default_extensions],
+	[e | some g in groups; e := user_settings.group_extensions[g]],
 )) if input.kind == "user"
 
 else := {}
 
 source_addresses := sort({cidr |
 	some g in groups
-	some cidr in object.get(object.get(user_settings, "group_source_addresses", {}), g, [])
+	some cidr in user_settings.group_source_addresses[g]
 })
 
 forced_commands := {c | some p in granted_user; c := forced_command(p); c != ""}
@@ -144,7 +178,9 @@ else := {}
 
 # --- time-boxed access (contractors, vendors) ---------------------------------------------
 
-time_boxes := object.get(user_settings, "time_boxes", {})
+default time_boxes := {}
+
+time_boxes := user_settings.time_boxes
 
 box_tz(box) := object.get(box, "timezone", "UTC")
 
@@ -187,7 +223,7 @@ describe(box) := sprintf("from %s until %s, on %v, between %v (%s)", [
 host_patterns contains pattern if {
 	input.kind == "host"
 	some g in groups
-	some pattern in object.get(object.get(host_settings, "group_patterns", {}), g, [])
+	some pattern in host_settings.group_patterns[g]
 }
 
 # Workloads (CI jobs): patterns by claims such as repository_id and ref. Match immutable IDs
@@ -195,7 +231,7 @@ host_patterns contains pattern if {
 host_patterns contains pattern if {
 	input.kind == "host"
 	input.identity.workload
-	some rule in object.get(host_settings, "workload_rules", [])
+	some rule in host_settings.workload_rules
 	claims_match(rule.claims)
 	some pattern in rule.patterns
 }
@@ -221,10 +257,13 @@ else := sort([h | some h in requested; host_granted(h)]) if input.kind == "host"
 
 else := []
 
+default kind_max_ttl := 0
+
+default ttl := 0
+
 group_max_ttls := [t |
 	some g in groups
-	t := object.get(object.get(user_settings, "group_max_ttl_seconds", {}), g, -1)
-	t >= 0
+	t := user_settings.group_max_ttl_seconds[g]
 ]
 
 kind_max_ttl := min(group_max_ttls) if {
@@ -232,15 +271,15 @@ kind_max_ttl := min(group_max_ttls) if {
 	count(group_max_ttls) > 0
 }
 
-else := object.get(kind_settings, "max_ttl_seconds", 0)
+else := kind_settings.max_ttl_seconds
 
-max_ttl := min([kind_max_ttl, object.get(privileged_settings, "max_ttl_seconds", kind_max_ttl)]) if count(granted_privileged) > 0
+max_ttl := min([kind_max_ttl, privileged_settings.max_ttl_seconds]) if count(granted_privileged) > 0
 
 else := kind_max_ttl
 
 ttl := input.request.ttl_seconds if input.request.ttl_seconds > 0
 
-else := min([object.get(kind_settings, "default_ttl_seconds", 0), max_ttl])
+else := min([kind_settings.default_ttl_seconds, max_ttl])
 
 # --- reasons to deny ---------------------------------------------------------------------
 
@@ -323,10 +362,10 @@ deny contains sprintf("ttl %ds exceeds the policy maximum of %ds for this reques
 
 is_admin if {
 	some g in groups
-	g in object.get(settings, "admin_groups", [])
+	g in admin_groups
 }
 
-deny contains sprintf("%s may not revoke or read revocations: that needs membership of one of the groups %v", [who, object.get(settings, "admin_groups", [])]) if {
+deny contains sprintf("%s may not revoke or read revocations: that needs membership of one of the groups %v", [who, admin_groups]) if {
 	input.kind == "revoke"
 	not is_admin
 }

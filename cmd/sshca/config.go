@@ -82,6 +82,10 @@ type RedisConfig struct {
 type PolicyConfig struct {
 	Dir      string `yaml:"dir"`
 	DataFile string `yaml:"data_file"`
+	// BundleURL loads the policy from an OPA bundle server instead, polled every BundlePoll
+	// (default 30s).
+	BundleURL  string        `yaml:"bundle_url"`
+	BundlePoll time.Duration `yaml:"bundle_poll"`
 }
 
 // LimitsConfig are the hard caps no policy can lift.
@@ -173,6 +177,9 @@ func (c *Config) Validate() error {
 		if st, err := os.Stat(c.Policy.Dir); err != nil || !st.IsDir() {
 			add("policy.dir: %q is not a directory", c.Policy.Dir)
 		}
+	}
+	if c.Policy.BundleURL != "" && (c.Policy.Dir != "" || c.Policy.DataFile != "") {
+		add("policy: bundle_url replaces dir and data_file; give one or the other")
 	}
 	if c.Policy.DataFile != "" {
 		if _, err := os.Stat(c.Policy.DataFile); err != nil {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -118,6 +119,18 @@ type policy interface {
 // policyInForce loads the configured policy. A policy directory is watched and hot-reloaded
 // (tested before it replaces the old one); the embedded default is fixed.
 func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg prometheus.Registerer) (policy, func() map[string]string, error) {
+	if pc.BundleURL != "" {
+		r, err := policies.NewBundleReloader(ctx, pc.BundleURL, nil, policies.WithLogger(log), policies.WithMetrics(reg))
+		if err != nil {
+			return nil, nil, fmt.Errorf("policy: %w", err)
+		}
+		every := pc.BundlePoll
+		if every <= 0 {
+			every = 30 * time.Second
+		}
+		go r.Poll(ctx, every)
+		return r, reloaderDetails(r), nil
+	}
 	if pc.Dir == "" {
 		e, err := loadPolicy(ctx, pc)
 		if err != nil {
@@ -138,14 +151,18 @@ func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg p
 			log.Error("policy directory is not watched; restart to load changes", "err", err)
 		}
 	}()
-	return r, func() map[string]string {
+	return r, reloaderDetails(r), nil
+}
+
+func reloaderDetails(r *policies.Reloader) func() map[string]string {
+	return func() map[string]string {
 		rev, err := r.Status()
 		d := map[string]string{"policy_revision": rev}
 		if err != nil {
 			d["policy_reload"] = "refused, last good policy in force: " + err.Error()
 		}
 		return d
-	}, nil
+	}
 }
 
 func loadPolicy(ctx context.Context, pc PolicyConfig) (*policies.Engine, error) {

@@ -162,3 +162,25 @@ func TestReadyzFollowsRedis(t *testing.T) {
 	r.Start()
 	waitStatus(http.StatusOK)
 }
+
+// TestServePolicyReloadVisible: a broken policy written into the watched directory is refused;
+// the service keeps deciding with the last good one and /readyz says so.
+func TestServePolicyReloadVisible(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: a.URL(), Audiences: []string{"sshca"}})
+	dir := t.TempDir()
+	for _, f := range []string{"sshca.rego", "sshca_test.rego", "data.json"} {
+		writeFile(t, filepath.Join(dir, f), readFile(t, filepath.Join("..", "..", "policies", f)))
+	}
+	cfg.Policy.Dir = dir
+	base := startServe(t, cfg)
+	writeFile(t, filepath.Join(dir, "broken.rego"), "package sshca\n\ndecision := {")
+	waitFor(t, 10*time.Second, "/readyz reports the refused reload", func() bool {
+		code, out := call(t, http.MethodGet, base+"/readyz", "", nil)
+		return code == http.StatusOK && strings.Contains(string(out), "refused, last good policy in force")
+	})
+	tok, _ := a.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
+	userKey := keygen(t, t.TempDir(), "user")
+	issue(t, base, "user", tok, map[string]any{"public_key": readFile(t, userKey+".pub")})
+}
