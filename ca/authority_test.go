@@ -123,7 +123,7 @@ func TestIssue(t *testing.T) {
 		{name: "policy wider than asked is cut", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey, Principals: []string{"deploy"}}, dec: grant,
 			wantPrincipals: []string{"deploy"}, wantTTL: 10 * time.Minute},
 		{name: "ticket in key id", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey, Principals: []string{"alice"}},
-			dec: ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: time.Minute, Ticket: "OPS-7", Extensions: grant.Extensions, CriticalOptions: grant.CriticalOptions},
+			dec:            ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: time.Minute, Ticket: "OPS-7", Extensions: grant.Extensions, CriticalOptions: grant.CriticalOptions},
 			wantPrincipals: []string{"alice"}, wantTTL: time.Minute},
 		{name: "ticket with # refused", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey},
 			dec: ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: time.Minute, Ticket: "OPS#7"}, wantErr: true, wantKind: ca.KindDenied},
