@@ -47,9 +47,11 @@ type Config struct {
 	HostSigner    Signer
 	Store         CertStore
 	Revocations   RevocationStore
-	Limits        Limits
-	Now           func() time.Time
-	Logger        *slog.Logger
+	// Tokens records single-use tokens; required when an authenticator marks tokens so.
+	Tokens TokenLedger
+	Limits Limits
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Authority issues certificates: authenticate → validate → decide → sign → record. A
@@ -63,6 +65,7 @@ type Authority struct {
 	host        Signer
 	store       CertStore
 	revocations RevocationStore
+	tokens      TokenLedger
 	limits      Limits
 	now         func() time.Time
 	log         *slog.Logger
@@ -93,7 +96,7 @@ func New(c Config) (*Authority, error) {
 		l.CriticalOptions = DefaultLimits.CriticalOptions
 	}
 	a := &Authority{auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
-		store: c.Store, revocations: c.Revocations, limits: l, now: c.Now, log: c.Logger}
+		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, limits: l, now: c.Now, log: c.Logger}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -172,6 +175,10 @@ func (a *Authority) Issue(ctx context.Context, token string, req Request) (Issue
 	}
 	tmpl, ttl, err := a.template(req, id, dec)
 	if err != nil {
+		return Issued{}, err
+	}
+	// Spend a single-use token only now, so that a refused request does not burn it.
+	if err := a.spend(ctx, id.Token); err != nil {
 		return Issued{}, err
 	}
 	cert, err := signer.Sign(ctx, tmpl, ttl)
@@ -300,6 +307,23 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+func (a *Authority) spend(ctx context.Context, t TokenUse) error {
+	if !t.SingleUse {
+		return nil
+	}
+	if a.tokens == nil || t.ID == "" {
+		return Unavailable("replay protection is not configured; no certificate issued", nil)
+	}
+	fresh, err := a.tokens.UseToken(ctx, t.ID, t.Expiry)
+	if err != nil {
+		return Unavailable("token ledger unavailable; no certificate issued", err)
+	}
+	if !fresh {
+		return Unauthenticated("token already used: a token gives one certificate; get a new one", nil)
+	}
+	return nil
 }
 
 // fillDefaults gives the policy empty lists and objects rather than nulls.

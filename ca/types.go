@@ -36,6 +36,17 @@ type Identity struct {
 	AuthTime int64          `json:"auth_time,omitempty"`
 	Workload bool           `json:"workload"`
 	Claims   map[string]any `json:"claims"`
+
+	// Token names the credential for replay protection (not shown to the policy).
+	Token TokenUse `json:"-"`
+}
+
+// TokenUse says whether the credential may be used for one certificate only, and how to
+// recognise it: its jti, or a hash of the token when it has none, until it expires.
+type TokenUse struct {
+	SingleUse bool
+	ID        string
+	Expiry    time.Time
 }
 
 // Name is how certificates and records name the identity: the email, else the subject.
@@ -143,6 +154,11 @@ type CertStore interface {
 	Record(ctx context.Context, c Certificate) error
 	Live(ctx context.Context, identity string, now time.Time) ([]Certificate, error)
 	Get(ctx context.Context, serial uint64) (Certificate, bool, error)
+}
+
+// TokenLedger records single-use tokens: Use reports false when id was used before.
+type TokenLedger interface {
+	UseToken(ctx context.Context, id string, until time.Time) (bool, error)
 }
 
 // Checker reports whether a dependency can serve; used for readiness.

@@ -6,7 +6,9 @@ package identity
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,6 +47,9 @@ type IssuerConfig struct {
 	AllowedEmailDomains []string `yaml:"allowed_email_domains"`
 	// Workload marks tokens of this issuer as CI workload identities.
 	Workload bool `yaml:"workload"`
+	// ReplayProtection makes each token good for one certificate (default true): its jti,
+	// or a hash of the token without one, is recorded until the token expires.
+	ReplayProtection *bool `yaml:"replay_protection"`
 }
 
 // Validate returns every problem of the configuration.
@@ -205,7 +210,19 @@ func (v *Verifier) Authenticate(ctx context.Context, token string) (ca.Identity,
 	if nbf, ok := claims["nbf"].(float64); ok && time.Unix(int64(nbf), 0).After(v.now().Add(Leeway)) {
 		return ca.Identity{}, ca.Unauthenticated("token is not valid yet (nbf in the future)", nil)
 	}
-	return v.identity(is, idt.Issuer, idt.Subject, claims), nil
+	id := v.identity(is, idt.Issuer, idt.Subject, claims)
+	id.Token = ca.TokenUse{SingleUse: is.cfg.ReplayProtection == nil || *is.cfg.ReplayProtection,
+		ID: idt.Issuer + "|" + tokenID(claims, token), Expiry: idt.Expiry}
+	return id, nil
+}
+
+// tokenID is the token's jti, or a hash of the whole token when it has none.
+func tokenID(claims map[string]any, token string) string {
+	if jti, _ := claims["jti"].(string); jti != "" {
+		return "jti:" + jti
+	}
+	sum := sha256.Sum256([]byte(token))
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 func (v *Verifier) identity(is *issuer, iss, sub string, claims map[string]any) ca.Identity {

@@ -108,6 +108,10 @@ func TestAuthenticate(t *testing.T) {
 				t.Fatal(err)
 			}
 			got.Claims = nil
+			if !got.Token.SingleUse || got.Token.ID == "" || got.Token.Expiry.IsZero() {
+				t.Errorf("token use = %+v, want single use by default", got.Token)
+			}
+			got.Token = ca.TokenUse{}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("identity (-want +got):\n%s", diff)
 			}

@@ -22,6 +22,7 @@ type Memory struct {
 	nextPrune time.Time
 	scopes    map[string]*memScope
 	blocked   map[string]time.Time
+	tokens    map[string]time.Time
 }
 
 // pruneEvery bounds the cost of pruning: a full sweep at most once per interval.

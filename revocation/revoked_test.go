@@ -165,3 +165,35 @@ func TestFollow(t *testing.T) {
 		t.Fatalf("CAs = %v %v", cas, err)
 	}
 }
+
+// TestTokenLedgerContract: a token is accepted once, on every store.
+func TestTokenLedgerContract(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	mr := miniredis.RunT(t)
+	mrdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer mrdb.Close()
+	ctx := context.Background()
+	for name, s := range map[string]ca.TokenLedger{
+		"memory":       revocation.NewMemory(time.Now),
+		"redis-server": revocation.NewRedis(rdb, revocation.RedisOptions{}),
+		"miniredis":    revocation.NewRedis(mrdb, revocation.RedisOptions{}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			exp := time.Now().Add(time.Minute)
+			if ok, err := s.UseToken(ctx, "iss|jti-1", exp); err != nil || !ok {
+				t.Fatalf("first use = %v %v", ok, err)
+			}
+			if ok, _ := s.UseToken(ctx, "iss|jti-1", exp); ok {
+				t.Fatal("second use accepted")
+			}
+			if ok, _ := s.UseToken(ctx, "other|jti-1", exp); !ok {
+				t.Fatal("the same jti from another issuer was refused")
+			}
+			if ok, _ := s.UseToken(ctx, "iss|expired", time.Now().Add(-time.Second)); ok {
+				t.Fatal("an expired token was accepted")
+			}
+		})
+	}
+}

@@ -87,6 +87,8 @@ func TestBadInput(t *testing.T) {
 		{"user cannot get host certs", "host", alice, body("hostnames", []string{"a.dev.internal"}), 403, ""},
 		{"ok user (control)", "user", alice, body("ttl", "5m"), 200, ""},
 		{"ok host (control)", "host", ci, body("hostnames", []string{"web1.dev.internal"}), 200, ""},
+		{"replayed token", "user", alice, body("ttl", "5m"), 401, "token already used"},
+		{"replayed workload token", "host", ci, body("hostnames", []string{"web1.dev.internal"}), 401, "token already used"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

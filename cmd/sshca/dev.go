@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
@@ -130,6 +131,7 @@ func runDev(ctx context.Context, o devOptions) error {
 		hostSigner: signer.New(hostKey.Signer(), store, signer.Options{}),
 		store:      store,
 		revoked:    store,
+		tokens:     store,
 		checks:     map[string]ca.Checker{"redis": store, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey},
 		log:        o.log,
 	})
@@ -169,6 +171,7 @@ func newDevTokenCommand() *cobra.Command {
 	var server string
 	claims := map[string]*string{}
 	var groups []string
+	var mfa bool
 	cmd := &cobra.Command{
 		Use:   "token --server URL --sub NAME [--email E] [--groups G,...]",
 		Short: "Mint a token from a running `sshca dev` issuer (prints it)",
@@ -189,6 +192,10 @@ func newDevTokenCommand() *cobra.Command {
 			if len(groups) > 0 {
 				body["groups"] = groups
 			}
+			if mfa {
+				body["amr"] = []string{"pwd", "mfa"}
+				body["auth_time"] = time.Now().Unix()
+			}
 			var reply struct {
 				IDToken string `json:"id_token"`
 			}
@@ -205,5 +212,6 @@ func newDevTokenCommand() *cobra.Command {
 		cmd.Flags().StringVar(claims[c], strings.ReplaceAll(c, "_", "-"), "", "the "+c+" claim")
 	}
 	cmd.Flags().StringSliceVar(&groups, "groups", nil, "the groups claim")
+	cmd.Flags().BoolVar(&mfa, "mfa", false, "claim a second factor (amr mfa) and a sign-in now (auth_time)")
 	return cmd
 }

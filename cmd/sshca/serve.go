@@ -82,6 +82,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		hostSigner: signer.New(hostKey.Signer(), store, signer.Options{}),
 		store:      store,
 		revoked:    store,
+		tokens:     store,
 		limits: ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL,
 			MaxPrincipals: cfg.Limits.MaxPrincipals},
 		checks: map[string]ca.Checker{

@@ -115,15 +115,24 @@ func TestServeTwoIssuersWithRotation(t *testing.T) {
 		}
 	}
 
-	retired := mint(a, "alice")
+	// Tokens signed by the key about to be retired (single use each, so one per attempt).
+	var retired []string
+	for range 50 {
+		retired = append(retired, mint(a, "alice"))
+	}
 	if err := a.Rotate(); err != nil {
 		t.Fatal(err)
 	}
 	issue(t, base, "user", mint(a, "carol"), body) // new key: JWKS refetched
 	// (go-oidc replaces its cached key set a moment after the refetch answers.)
 	waitFor(t, 2*time.Second, "a token signed by the retired key gets 401", func() bool {
-		code, _ := call(t, http.MethodPost, base+"/v1/certs/user", retired, body)
-		return code == http.StatusUnauthorized
+		if len(retired) == 0 {
+			t.Fatal("every retired-key token was accepted")
+		}
+		tok := retired[0]
+		retired = retired[1:]
+		code, out := call(t, http.MethodPost, base+"/v1/certs/user", tok, body)
+		return code == http.StatusUnauthorized && strings.Contains(string(out), "token rejected")
 	})
 	issue(t, base, "user", mint(b, "bob"), body) // the other issuer is unaffected
 }

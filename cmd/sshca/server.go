@@ -27,6 +27,7 @@ type parts struct {
 	hostSigner ca.Signer
 	store      ca.CertStore
 	revoked    ca.RevocationStore
+	tokens     ca.TokenLedger
 	limits     ca.Limits
 	// checks are the dependencies /readyz reports on, by name.
 	checks            map[string]ca.Checker
@@ -41,7 +42,7 @@ type parts struct {
 func apiHandler(p parts) (http.Handler, error) {
 	authority, err := ca.New(ca.Config{
 		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
-		Store: p.store, Revocations: p.revoked, Limits: p.limits, Logger: p.log,
+		Store: p.store, Revocations: p.revoked, Tokens: p.tokens, Limits: p.limits, Logger: p.log,
 	})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,47 @@
+package revocation
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// UseToken records a single-use token until it expires (SET NX): false when it was used
+// before. One key per token, so it spreads over a Redis Cluster's slots.
+func (r *Redis) UseToken(ctx context.Context, id string, until time.Time) (bool, error) {
+	if !until.After(r.now()) {
+		return false, nil // expired tokens never get this far; refuse rather than store forever
+	}
+	sum := sha256.Sum256([]byte(id))
+	ok, err := r.rdb.SetArgs(ctx, r.prefix+":token:"+hex.EncodeToString(sum[:]), "1", redis.SetArgs{Mode: "NX", ExpireAt: until}).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("revocation: token ledger: %w", err)
+	}
+	return ok == "OK", nil
+}
+
+// UseToken records a single-use token until it expires: false when it was used before.
+func (m *Memory) UseToken(_ context.Context, id string, until time.Time) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	if m.tokens == nil {
+		m.tokens = map[string]time.Time{}
+	}
+	if exp, ok := m.tokens[id]; ok && exp.After(now) {
+		return false, nil
+	}
+	if !until.After(now) {
+		return false, nil
+	}
+	m.tokens[id] = until
+	return true, nil
+}
