@@ -286,3 +286,18 @@ test_person_with_matching_claims_denied if {
 	d := sshca.decision with input as req("host", id, ["db1.prod.internal"], 0)
 	not d.allow
 }
+
+gitlab := {"issuer": "https://gitlab.example.com", "subject": "project_path:org/app:ref_type:branch:ref:main", "email": "", "username": "", "groups": [], "amr": [], "workload": true, "claims": {"project_path": "org/app", "project_id": "4242", "namespace_path": "org", "ref": "main", "ref_type": "branch", "pipeline_source": "push"}}
+
+test_gitlab_main_gets_staging if {
+	d := sshca.decision with input as req("host", gitlab, ["web.staging.internal"], 0)
+	d.allow
+	not_prod := sshca.decision with input as req("host", gitlab, ["web.prod.internal"], 0)
+	not not_prod.allow
+}
+
+test_gitlab_tag_denied if {
+	id := object.union(gitlab, {"claims": object.union(gitlab.claims, {"ref_type": "tag"})})
+	d := sshca.decision with input as req("host", id, ["web.staging.internal"], 0)
+	not d.allow
+}
