@@ -33,10 +33,19 @@ type HTTPOptions struct {
 	TrustedProxies []netip.Prefix
 	// Ready reports the readiness of each named dependency (nil error: ready).
 	Ready func(ctx context.Context) map[string]error
+	// Login is what `sshca login` needs to sign users in (GET /v1/login/config); nil: 404.
+	Login *LoginConfig
 	// Details are non-fatal facts /readyz shows (e.g. a refused policy reload).
 	Details func() map[string]string
 	// RenderKRL encodes a revocation state as an OpenSSH KRL (GET /v1/krl).
 	RenderKRL func(ca.RevocationState) ([]byte, error)
+}
+
+// LoginConfig is the OIDC client setting the CLI signs users in with.
+type LoginConfig struct {
+	Issuer   string   `json:"issuer" yaml:"issuer_url"`
+	ClientID string   `json:"client_id" yaml:"client_id"`
+	Scopes   []string `json:"scopes" yaml:"scopes"`
 }
 
 // NewHTTPHandler mounts the endpoints on a mux with the paths of DESIGN.md.
@@ -64,6 +73,12 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	if o.RenderKRL != nil {
 		mux.Handle("GET /v1/krl", kithttp.NewServer(e.KRL, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL),
 			append(opts, kithttp.ServerBefore(withIfNoneMatch))...))
+	}
+	if o.Login != nil {
+		login := *o.Login
+		mux.HandleFunc("GET /v1/login/config", func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, http.StatusOK, login)
+		})
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/services"
 )
 
 // Config is the whole configuration of `sshca serve`, loaded from one YAML file and validated
@@ -36,7 +37,9 @@ type Config struct {
 	Redis  RedisConfig     `yaml:"redis"`
 	OIDC   identity.Config `yaml:"oidc"`
 	Policy PolicyConfig    `yaml:"policy"`
-	Limits LimitsConfig    `yaml:"limits"`
+	// Login is published at /v1/login/config for `sshca login` (optional).
+	Login  *services.LoginConfig `yaml:"login"`
+	Limits LimitsConfig          `yaml:"limits"`
 
 	// KnownHostsPattern is the host pattern of /v1/ca/known_hosts lines (default "*").
 	KnownHostsPattern string `yaml:"known_hosts_pattern"`
@@ -185,6 +188,9 @@ func (c *Config) Validate() error {
 		if _, err := os.Stat(c.Policy.DataFile); err != nil {
 			add("policy.data_file: %v", err)
 		}
+	}
+	if c.Login != nil && (c.Login.Issuer == "" || c.Login.ClientID == "") {
+		add("login: issuer_url and client_id are required for sshca login")
 	}
 	if c.Limits.MaxUserTTL < 0 || c.Limits.MaxHostTTL < 0 || c.Limits.MaxPrincipals < 0 {
 		add("limits: values must not be negative")

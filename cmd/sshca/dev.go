@@ -21,6 +21,7 @@ import (
 	"github.com/sshca/sshca/identity/devissuer"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/services"
 	"github.com/sshca/sshca/signer"
 )
 
@@ -110,6 +111,7 @@ func runDev(ctx context.Context, o devOptions) error {
 	mux := http.NewServeMux()
 	mux.Handle("/dev/oidc/", http.StripPrefix("/dev/oidc", iss.Handler()))
 	mux.Handle("POST /dev/token", iss.TokenHandler())
+	mux.Handle("POST /dev/device/approve", iss.ApproveHandler())
 	srv := newHTTPServer(mux, o.log)
 	errc := make(chan error, 1)
 	go func() { errc <- serveUntilDone(ctx, srv, l, "", "") }()
@@ -133,6 +135,7 @@ func runDev(ctx context.Context, o devOptions) error {
 		revoked:    store,
 		tokens:     store,
 		checks:     map[string]ca.Checker{"redis": store, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey},
+		login:      &services.LoginConfig{Issuer: issuerURL, ClientID: devAudience, Scopes: []string{"openid", "email", "profile"}},
 		log:        o.log,
 	})
 	if err != nil {

@@ -91,6 +91,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		},
 		knownHostsPattern: cfg.KnownHostsPattern,
 		details:           details,
+		login:             cfg.Login,
 		reg:               reg,
 		trustedProxies:    proxies,
 		log:               log,

@@ -33,6 +33,7 @@ type parts struct {
 	checks            map[string]ca.Checker
 	knownHostsPattern string
 	details           func() map[string]string
+	login             *services.LoginConfig
 	reg               *prometheus.Registry
 	trustedProxies    []netip.Prefix
 	log               *slog.Logger
@@ -61,6 +62,7 @@ func apiHandler(p parts) (http.Handler, error) {
 		TrustedProxies:    p.trustedProxies,
 		Ready:             readiness(p.checks),
 		Details:           p.details,
+		Login:             p.login,
 		RenderKRL: func(st ca.RevocationState) ([]byte, error) {
 			return revocation.EncodeKRL(time.Now(), st)
 		},

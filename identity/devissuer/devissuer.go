@@ -38,6 +38,8 @@ type Issuer struct {
 	mu  sync.Mutex
 	key crypto.Signer
 	kid string
+
+	devices devices
 }
 
 // New returns an issuer whose identifier is url (no trailing slash).
@@ -131,6 +133,8 @@ func (i *Issuer) Handler() http.Handler {
 			"jwks_uri":                              i.url + "/jwks",
 			"authorization_endpoint":                i.url + "/authorize",
 			"token_endpoint":                        i.url + "/token",
+			"device_authorization_endpoint":         i.url + "/device_authorization",
+			"grant_types_supported":                 []string{"urn:ietf:params:oauth:grant-type:device_code"},
 			"response_types_supported":              []string{"id_token"},
 			"subject_types_supported":               []string{"public"},
 			"id_token_signing_alg_values_supported": []string{i.opt.Algorithm},
@@ -143,6 +147,8 @@ func (i *Issuer) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{
 			Key: key.Public(), KeyID: kid, Algorithm: i.opt.Algorithm, Use: "sig"}}})
 	})
+	mux.HandleFunc("POST /device_authorization", i.deviceAuthorization)
+	mux.HandleFunc("POST /token", i.token)
 	return mux
 }
 

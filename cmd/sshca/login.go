@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/oauth2"
+
+	"github.com/sshca/sshca/services"
+)
+
+type loginFlags struct {
+	server     string
+	key        string
+	principals []string
+	ttl        string
+	reason     string
+	noAgent    bool
+	print      bool
+}
+
+func newLoginCommand() *cobra.Command {
+	f := loginFlags{}
+	cmd := &cobra.Command{
+		Use:   "login --server URL",
+		Short: "Sign in (device flow) and get a certificate, written next to the key and added to ssh-agent",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runLogin(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f)
+		},
+	}
+	cmd.Flags().StringVar(&f.server, "server", os.Getenv("SSHCA_SERVER"), "sshca server URL (env SSHCA_SERVER)")
+	cmd.Flags().StringVar(&f.key, "key", "", "private key to certify (default ~/.ssh/sshca/id_ed25519, created if missing)")
+	cmd.Flags().StringSliceVar(&f.principals, "principal", nil, "principals to ask for (default: all the policy grants)")
+	cmd.Flags().StringVar(&f.ttl, "ttl", "", "certificate lifetime, e.g. 5m (default: the policy's)")
+	cmd.Flags().StringVar(&f.reason, "reason", "", "why you need access (some principals need a ticket here)")
+	cmd.Flags().BoolVar(&f.noAgent, "no-agent", false, "do not add the key and certificate to ssh-agent")
+	cmd.Flags().BoolVar(&f.print, "print", false, "print the certificate to stdout (for scripts)")
+	return cmd
+}
+
+func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
+	if f.server == "" {
+		return errors.New("--server is required (or set SSHCA_SERVER)")
+	}
+	server := strings.TrimRight(f.server, "/")
+	var lc services.LoginConfig
+	if err := getJSON(ctx, server+"/v1/login/config", &lc); err != nil {
+		return fmt.Errorf("cannot reach the sshca server at %s (%v); check --server and your network", server, err)
+	}
+	// Everything that can fail without the user is checked before they sign in.
+	keyPath, raw, err := loadOrCreateKey(f.key)
+	if err != nil {
+		return err
+	}
+	signer, err := ssh.NewSignerFromKey(raw)
+	if err != nil {
+		return fmt.Errorf("the key %s: %w", keyPath, err)
+	}
+	if !f.noAgent {
+		if err := agentReachable(); err != nil {
+			return err
+		}
+	}
+	idToken, err := deviceSignIn(ctx, msg, lc)
+	if err != nil {
+		return err
+	}
+	body := map[string]any{"public_key": strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))}
+	if f.ttl != "" {
+		body["ttl"] = f.ttl
+	}
+	if f.reason != "" {
+		body["reason"] = f.reason
+	}
+	if len(f.principals) > 0 {
+		body["principals"] = f.principals
+	}
+	var reply certReply
+	if err := postJSON(ctx, server+"/v1/certs/user", idToken, body, &reply); err != nil {
+		return err
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(reply.Certificate))
+	if err != nil {
+		return fmt.Errorf("the server answered with an unreadable certificate: %w", err)
+	}
+	cert, ok := pub.(*ssh.Certificate)
+	if !ok {
+		return errors.New("the server answered with a key, not a certificate")
+	}
+	if f.print {
+		fmt.Fprintln(out, reply.Certificate)
+	}
+	certPath := keyPath + "-cert.pub"
+	if err := os.WriteFile(certPath, []byte(reply.Certificate+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write certificate: %w", err)
+	}
+	until := time.Unix(int64(cert.ValidBefore), 0)
+	fmt.Fprintf(msg, "signed in: principals %s, valid until %s\n  certificate %s\n",
+		strings.Join(cert.ValidPrincipals, ","), until.Local().Format("2006-01-02 15:04:05 MST"), certPath)
+	if f.noAgent {
+		return nil
+	}
+	if err := addToAgent(raw, cert, until); err != nil {
+		return err
+	}
+	fmt.Fprintf(msg, "  added to ssh-agent until it expires\n")
+	return nil
+}
+
+// deviceSignIn runs the OAuth 2.0 device authorization flow (RFC 8628) against the issuer
+// and returns the ID token.
+func deviceSignIn(ctx context.Context, msg io.Writer, lc services.LoginConfig) (string, error) {
+	provider, err := oidc.NewProvider(ctx, lc.Issuer)
+	if err != nil {
+		return "", fmt.Errorf("cannot reach the identity provider %s (%v)", lc.Issuer, err)
+	}
+	var meta struct {
+		DeviceAuth string `json:"device_authorization_endpoint"`
+	}
+	if err := provider.Claims(&meta); err != nil || meta.DeviceAuth == "" {
+		return "", fmt.Errorf("the identity provider %s does not offer the device flow", lc.Issuer)
+	}
+	ep := provider.Endpoint()
+	ep.DeviceAuthURL = meta.DeviceAuth
+	ep.AuthStyle = oauth2.AuthStyleInParams // a public client: no secret, no retry in another style
+	conf := &oauth2.Config{ClientID: lc.ClientID, Endpoint: ep, Scopes: lc.Scopes}
+	da, err := conf.DeviceAuth(ctx)
+	if err != nil {
+		return "", fmt.Errorf("the identity provider refused to start a sign-in: %w", err)
+	}
+	where := da.VerificationURI
+	if da.VerificationURIComplete != "" {
+		where = da.VerificationURIComplete
+	}
+	fmt.Fprintf(msg, "To sign in, open %s and enter the code %s\n", where, da.UserCode)
+	tok, err := conf.DeviceAccessToken(ctx, da)
+	if err != nil {
+		var re *oauth2.RetrieveError
+		switch {
+		case errors.As(err, &re) && re.ErrorCode == "access_denied":
+			return "", errors.New("sign-in was denied; run sshca login again if that was a mistake")
+		case errors.As(err, &re) && re.ErrorCode == "expired_token", errors.Is(err, context.DeadlineExceeded):
+			return "", errors.New("the sign-in code expired before it was approved; run sshca login again")
+		}
+		return "", fmt.Errorf("sign-in failed: %w", err)
+	}
+	idToken, _ := tok.Extra("id_token").(string)
+	if idToken == "" {
+		return "", errors.New("the identity provider returned no ID token; is the openid scope allowed for this client?")
+	}
+	return idToken, nil
+}
+
+// loadOrCreateKey reads the private key at path, or creates an Ed25519 key at
+// ~/.ssh/sshca/id_ed25519 (0600, directory 0700) when no path is given and none exists.
+func loadOrCreateKey(path string) (string, any, error) {
+	if path == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", nil, fmt.Errorf("no home directory for the default key; pass --key: %w", err)
+		}
+		path = filepath.Join(home, ".ssh", "sshca", "id_ed25519")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			if err := createKey(path); err != nil {
+				return "", nil, err
+			}
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", nil, fmt.Errorf("cannot read the key %s: %w", path, err)
+	}
+	raw, err := ssh.ParseRawPrivateKey(b)
+	if err != nil {
+		var missing *ssh.PassphraseMissingError
+		if errors.As(err, &missing) {
+			return "", nil, fmt.Errorf("the key %s has a passphrase; use a key without one for sshca (its certificate lives minutes), or pass another --key", path)
+		}
+		return "", nil, fmt.Errorf("the key %s is not an OpenSSH private key: %w", path, err)
+	}
+	return path, raw, nil
+}
+
+func createKey(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "sshca")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		return fmt.Errorf("write key: %w", err)
+	}
+	sshPub, _ := ssh.NewPublicKey(pub)
+	return os.WriteFile(path+".pub", ssh.MarshalAuthorizedKey(sshPub), 0o644)
+}
+
+// addToAgent adds the key with its certificate to the running ssh-agent, for exactly as long
+// as the certificate is valid.
+func addToAgent(priv any, cert *ssh.Certificate, until time.Time) error {
+	conn, err := dialAgent()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	life := time.Until(until)
+	if life <= 0 {
+		return errors.New("the certificate has already expired")
+	}
+	if err := agent.NewClient(conn).Add(agent.AddedKey{
+		PrivateKey: priv, Certificate: cert, LifetimeSecs: uint32(life / time.Second),
+		Comment: cert.KeyId,
+	}); err != nil {
+		return fmt.Errorf("ssh-agent refused the key: %w", err)
+	}
+	return nil
+}
+
+func dialAgent() (net.Conn, error) {
+	sock := os.Getenv("SSH_AUTH_SOCK")
+	if sock == "" {
+		return nil, errors.New("ssh-agent is not running (SSH_AUTH_SOCK is not set): start one with eval $(ssh-agent), or use --no-agent")
+	}
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach ssh-agent at %s (%v): start one with eval $(ssh-agent), or use --no-agent", sock, err)
+	}
+	return conn, nil
+}
+
+func agentReachable() error {
+	conn, err := dialAgent()
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+func getJSON(ctx context.Context, url string, v any) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v)
+}

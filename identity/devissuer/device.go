@@ -1,0 +1,169 @@
+package devissuer
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The device authorization flow (RFC 8628), for `sshca login` against `sshca dev`. Nobody
+// signs in: a pending request is approved (with the claims to put in the ID token) or denied
+// through Approve/Deny, which `sshca dev` exposes at POST /dev/device/approve for tests and for
+// a developer at a terminal.
+
+type deviceAuth struct {
+	userCode string
+	expires  time.Time
+	state    string // pending, approved, denied
+	claims   map[string]any
+}
+
+type devices struct {
+	mu     sync.Mutex
+	byCode map[string]*deviceAuth // by device code
+}
+
+// DeviceCodeTTL is how long a device code waits for approval.
+var DeviceCodeTTL = 5 * time.Minute
+
+func randomCode(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func userCode() string {
+	const alphabet = "BCDFGHJKLMNPQRSTVWXZ" // no vowels: no words
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b[:4]) + "-" + string(b[4:])
+}
+
+func (i *Issuer) deviceAuthorization(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil || r.PostForm.Get("client_id") == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "client_id is required"})
+		return
+	}
+	if r.PostForm.Get("client_id") != i.opt.Audience {
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_client"})
+		return
+	}
+	d := &deviceAuth{userCode: userCode(), expires: i.opt.Now().Add(DeviceCodeTTL), state: "pending"}
+	code := randomCode(16)
+	i.devices.mu.Lock()
+	if i.devices.byCode == nil {
+		i.devices.byCode = map[string]*deviceAuth{}
+	}
+	i.devices.byCode[code] = d
+	i.devices.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{
+		"device_code":               code,
+		"user_code":                 d.userCode,
+		"verification_uri":          i.url + "/device",
+		"verification_uri_complete": i.url + "/device?user_code=" + d.userCode,
+		"expires_in":                int(DeviceCodeTTL / time.Second),
+		"interval":                  1,
+	})
+}
+
+func (i *Issuer) token(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request"})
+		return
+	}
+	if r.PostForm.Get("grant_type") != "urn:ietf:params:oauth:grant-type:device_code" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "unsupported_grant_type"})
+		return
+	}
+	i.devices.mu.Lock()
+	d := i.devices.byCode[r.PostForm.Get("device_code")]
+	var state string
+	var claims map[string]any
+	if d != nil {
+		state, claims = d.state, d.claims
+		if i.opt.Now().After(d.expires) {
+			state = "expired"
+		}
+		if state == "approved" || state == "expired" {
+			delete(i.devices.byCode, r.PostForm.Get("device_code")) // a device code is good once
+		}
+	}
+	i.devices.mu.Unlock()
+	switch {
+	case d == nil:
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_grant"})
+	case state == "expired":
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "expired_token"})
+	case state == "denied":
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "access_denied"})
+	case state == "pending":
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "authorization_pending"})
+	default:
+		tok, err := i.Mint(claims)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_grant", "error_description": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"access_token": randomCode(16), "token_type": "Bearer", "expires_in": 600, "id_token": tok})
+	}
+}
+
+// Approve approves the pending request with the user code; the ID token will carry claims.
+func (i *Issuer) Approve(userCode string, claims map[string]any) bool {
+	return i.decide(userCode, "approved", claims)
+}
+
+// Deny denies the pending request with the user code.
+func (i *Issuer) Deny(userCode string) bool { return i.decide(userCode, "denied", nil) }
+
+func (i *Issuer) decide(code, state string, claims map[string]any) bool {
+	i.devices.mu.Lock()
+	defer i.devices.mu.Unlock()
+	for _, d := range i.devices.byCode {
+		if d.userCode == strings.ToUpper(strings.TrimSpace(code)) && d.state == "pending" {
+			d.state, d.claims = state, claims
+			return true
+		}
+	}
+	return false
+}
+
+// ApproveHandler answers POST {"user_code": "...", "claims": {...}} (approve) or
+// {"user_code": "...", "deny": true}.
+func (i *Issuer) ApproveHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			UserCode string         `json:"user_code"`
+			Claims   map[string]any `json:"claims"`
+			Deny     bool           `json:"deny"`
+		}
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil || req.UserCode == "" {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": `body: {"user_code": "...", "claims": {"sub": "..."}} or {"user_code": "...", "deny": true}`})
+			return
+		}
+		if !req.Deny {
+			if s, _ := req.Claims["sub"].(string); s == "" {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": `claims.sub is required`})
+				return
+			}
+		}
+		ok := false
+		if req.Deny {
+			ok = i.Deny(req.UserCode)
+		} else {
+			ok = i.Approve(req.UserCode, req.Claims)
+		}
+		if !ok {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no pending sign-in with that user code"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "done"})
+	})
+}
