@@ -134,6 +134,11 @@ func (a *Authority) Issue(ctx context.Context, token string, req Request) (Issue
 	if err != nil {
 		return Issued{}, err
 	}
+	return a.issueFor(ctx, id, req, req.Kind)
+}
+
+// issueFor issues for an authenticated identity; policyKind is the policy input's kind.
+func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, policyKind CertKind) (Issued, error) {
 	if err := a.validate(req); err != nil {
 		return Issued{}, err
 	}
@@ -151,7 +156,7 @@ func (a *Authority) Issue(ctx context.Context, token string, req Request) (Issue
 	}
 	now := a.now()
 	in := PolicyInput{
-		Kind:     req.Kind,
+		Kind:     policyKind,
 		Identity: id,
 		Request: PolicyRequest{
 			Principals:     nonNil(req.Principals),

@@ -56,7 +56,7 @@ groups := {g | some g in input.identity.groups}
 
 kind_settings := user_settings if input.kind == "user"
 
-else := host_settings if input.kind == "host"
+else := host_settings if input.kind in {"host", "renew"}
 
 else := {}
 
@@ -255,6 +255,9 @@ granted := granted_user if input.kind == "user"
 
 else := sort([h | some h in requested; host_granted(h)]) if input.kind == "host"
 
+# A renewal keeps the host names of the certificate it renews (its possession was proven).
+else := sort([h | some h in requested]) if input.kind == "renew"
+
 else := []
 
 default kind_max_ttl := 0
@@ -284,7 +287,7 @@ else := min([kind_settings.default_ttl_seconds, max_ttl])
 # --- reasons to deny ---------------------------------------------------------------------
 
 deny contains sprintf("certificate kind %q is not supported", [input.kind]) if {
-	not input.kind in {"user", "host", "revoke"}
+	not input.kind in {"user", "host", "revoke", "renew"}
 }
 
 deny contains sprintf("principal %s is not granted to %s", [p, who]) if {
@@ -354,7 +357,7 @@ deny contains sprintf("host name %s is not granted to %s (groups %v)", [h, who, 
 }
 
 deny contains sprintf("ttl %ds exceeds the policy maximum of %ds for this request", [input.request.ttl_seconds, max_ttl]) if {
-	input.kind in {"user", "host"}
+	input.kind in {"user", "host", "renew"}
 	input.request.ttl_seconds > max_ttl
 }
 

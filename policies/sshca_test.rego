@@ -301,3 +301,11 @@ test_gitlab_tag_denied if {
 	d := sshca.decision with input as req("host", id, ["web.staging.internal"], 0)
 	not d.allow
 }
+
+test_renew_keeps_host_names if {
+	host := {"issuer": "sshca:renew", "subject": "ci-job", "email": "", "username": "", "groups": [], "amr": [], "workload": true, "claims": {"serial": "7"}}
+	d := sshca.decision with input as req("renew", host, ["web1.dev.internal", "localhost"], 0)
+	d.allow
+	d.principals == ["localhost", "web1.dev.internal"]
+	d.ttl_seconds == 3600
+}

@@ -16,6 +16,7 @@ import (
 type Endpoints struct {
 	IssueUser  endpoint.Endpoint
 	IssueHost  endpoint.Endpoint
+	RenewHost  endpoint.Endpoint
 	UserCAKeys endpoint.Endpoint
 	HostCAKeys endpoint.Endpoint
 
@@ -30,6 +31,7 @@ func MakeEndpoints(s Service) Endpoints {
 	return Endpoints{
 		IssueUser:  makeIssueEndpoint(s, ca.UserCert),
 		IssueHost:  makeIssueEndpoint(s, ca.HostCert),
+		RenewHost:  makeRenewEndpoint(s),
 		UserCAKeys: func(context.Context, any) (any, error) { return caKeysResponse{Keys: s.UserCAKeys()}, nil },
 		HostCAKeys: func(context.Context, any) (any, error) { return caKeysResponse{Keys: s.HostCAKeys()}, nil },
 
@@ -82,15 +84,29 @@ func makeIssueEndpoint(s Service, kind ca.CertKind) endpoint.Endpoint {
 		if err != nil {
 			return certResponse{Err: err}, nil
 		}
-		c := issued.Cert
-		return certResponse{
-			Certificate: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(c))),
-			Serial:      strconv.FormatUint(c.Serial, 10),
-			KeyID:       c.KeyId,
-			Principals:  c.ValidPrincipals,
-			ValidAfter:  issued.Record.ValidAfter.Format(time.RFC3339),
-			ValidBefore: issued.Record.ValidBefore.Format(time.RFC3339),
-		}, nil
+		return issuedResponse(issued), nil
+	}
+}
+
+func makeRenewEndpoint(s Service) endpoint.Endpoint {
+	return func(ctx context.Context, request any) (any, error) {
+		issued, err := s.Renew(ctx, request.(string))
+		if err != nil {
+			return certResponse{Err: err}, nil
+		}
+		return issuedResponse(issued), nil
+	}
+}
+
+func issuedResponse(issued ca.Issued) certResponse {
+	c := issued.Cert
+	return certResponse{
+		Certificate: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(c))),
+		Serial:      strconv.FormatUint(c.Serial, 10),
+		KeyID:       c.KeyId,
+		Principals:  c.ValidPrincipals,
+		ValidAfter:  issued.Record.ValidAfter.Format(time.RFC3339),
+		ValidBefore: issued.Record.ValidBefore.Format(time.RFC3339),
 	}
 }
 

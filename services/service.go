@@ -23,6 +23,9 @@ type Service interface {
 	// MaxTTL is the hard cap on a certificate's lifetime, used to reject requests early.
 	MaxTTL(kind ca.CertKind) time.Duration
 
+	// Renew renews a host certificate on a proof of possession signed by the host key.
+	Renew(ctx context.Context, token string) (ca.Issued, error)
+
 	// Revoke revokes what the request names (policy kind "revoke").
 	Revoke(ctx context.Context, token string, req ca.RevokeRequest) (ca.RevokeResult, error)
 	// Revocations lists what is revoked, per CA key (authorized as for revoking).

@@ -26,6 +26,8 @@ type certFlags struct {
 	reason    string
 	names     []string
 	print     bool
+	renew     bool
+	reloadCmd string
 }
 
 func newCertCommand() *cobra.Command {
@@ -55,6 +57,9 @@ func certSubcommand(kind, nameFlag, nameHelp string) *cobra.Command {
 	cmd.Flags().BoolVar(&f.print, "print", false, "print the certificate to stdout instead of writing it")
 	if kind == "user" {
 		cmd.Flags().StringVar(&f.reason, "reason", "", "why you need access (recorded; some principals require a ticket)")
+	} else {
+		cmd.Flags().BoolVar(&f.renew, "renew", false, "stay running and renew at 2/3 of the lifetime (proof of possession: no new token needed)")
+		cmd.Flags().StringVar(&f.reloadCmd, "reload-cmd", "", "command run after each renewal, e.g. \"systemctl reload ssh\"")
 	}
 	return cmd
 }
@@ -75,6 +80,15 @@ func runCert(ctx context.Context, out io.Writer, kind string, f certFlags) error
 	token, err := readToken(f.tokenEnv, f.tokenFile)
 	if err != nil {
 		return err
+	}
+	privPath := strings.TrimSuffix(f.key, ".pub")
+	if kind == "host" && privPath != f.key {
+		if _, err := os.Stat(privPath); errors.Is(err, os.ErrNotExist) {
+			if err := createKey(privPath); err != nil {
+				return fmt.Errorf("create host key: %w", err)
+			}
+			fmt.Fprintf(out, "created host key %s (0600)\n", privPath)
+		}
 	}
 	pub, err := os.ReadFile(f.key)
 	if err != nil {
@@ -112,7 +126,14 @@ func runCert(ctx context.Context, out io.Writer, kind string, f certFlags) error
 	}
 	fmt.Fprintf(out, "wrote %s\n  principals %s\n  valid until %s\n  serial %s, key id %s\n",
 		certPath, strings.Join(reply.Principals, ","), until, reply.Serial, reply.KeyID)
-	return nil
+	if kind != "host" {
+		return nil
+	}
+	fmt.Fprintf(out, "sshd_config:\n  HostCertificate %s\n", certPath)
+	if !f.renew {
+		return nil
+	}
+	return renewLoop(ctx, out, strings.TrimRight(f.server, "/"), privPath, certPath, f.reloadCmd)
 }
 
 func readToken(env, file string) (string, error) {

@@ -1,0 +1,139 @@
+package ca
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// KindRenew is the policy input kind of a host certificate renewal.
+const KindRenew CertKind = "renew"
+
+// RenewClaims is the payload of a renewal proof of possession: the host's current
+// certificate, and a short validity with a single-use ID. The token is
+// base64url(JSON payload) "." base64url(SSH signature of "sshca-renew-v1\x00" + payload),
+// signed by the certificate's own private key.
+type RenewClaims struct {
+	Certificate string `json:"certificate"`
+	IssuedAt    int64  `json:"iat"`
+	Expiry      int64  `json:"exp"`
+	ID          string `json:"jti"`
+}
+
+// RenewContext is what the signature covers besides the payload.
+const RenewContext = "sshca-renew-v1\x00"
+
+// MaxRenewTokenAge bounds a proof of possession's lifetime.
+const MaxRenewTokenAge = 5 * time.Minute
+
+// SignRenewToken builds a renewal proof of possession with the host key.
+func SignRenewToken(key ssh.Signer, cert *ssh.Certificate, now time.Time, id string) (string, error) {
+	payload, err := json.Marshal(RenewClaims{
+		Certificate: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(cert))),
+		IssuedAt:    now.Unix(), Expiry: now.Add(2 * time.Minute).Unix(), ID: id,
+	})
+	if err != nil {
+		return "", err
+	}
+	sig, err := key.Sign(nil, append([]byte(RenewContext), payload...))
+	if err != nil {
+		return "", fmt.Errorf("sign renewal token: %w", err)
+	}
+	enc := base64.RawURLEncoding
+	return enc.EncodeToString(payload) + "." + enc.EncodeToString(ssh.Marshal(sig)), nil
+}
+
+// Renew issues a new host certificate for the same key and host names as the current one the
+// proof of possession carries: the current certificate must be ours, unexpired and unrevoked,
+// and the token signed by its key, fresh and unused. The policy decides with kind "renew".
+func (a *Authority) Renew(ctx context.Context, token string) (Issued, error) {
+	cert, claims, err := a.verifyRenewToken(ctx, token)
+	if err != nil {
+		return Issued{}, err
+	}
+	name := cert.KeyId
+	if i := strings.LastIndexByte(name, '#'); i >= 0 {
+		name = name[:i]
+	}
+	id := Identity{Issuer: "sshca:renew", Subject: name, Workload: true, Groups: []string{}, AMR: []string{},
+		Claims: map[string]any{"serial": strconv.FormatUint(cert.Serial, 10), "key_id": cert.KeyId},
+		Token:  TokenUse{SingleUse: true, ID: "renew|" + claims.ID, Expiry: time.Unix(claims.Expiry, 0)}}
+	if id.Token.ID == "renew|" {
+		return Issued{}, Unauthenticated("renewal token has no jti", nil)
+	}
+	return a.issueFor(ctx, id, Request{Kind: HostCert, PublicKey: cert.Key, Principals: cert.ValidPrincipals}, KindRenew)
+}
+
+func (a *Authority) verifyRenewToken(ctx context.Context, token string) (*ssh.Certificate, RenewClaims, error) {
+	bad := func(why string) (*ssh.Certificate, RenewClaims, error) {
+		return nil, RenewClaims{}, Unauthenticated("renewal token rejected: "+why, nil)
+	}
+	if token == "" {
+		return bad("missing bearer token (a proof of possession signed by the host key)")
+	}
+	p, s, ok := strings.Cut(token, ".")
+	enc := base64.RawURLEncoding
+	payload, err1 := enc.DecodeString(p)
+	sigBytes, err2 := enc.DecodeString(s)
+	if !ok || err1 != nil || err2 != nil {
+		return bad("not <payload>.<signature> in base64url")
+	}
+	var c RenewClaims
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return bad("payload is not the renewal JSON")
+	}
+	now := a.now()
+	iat, exp := time.Unix(c.IssuedAt, 0), time.Unix(c.Expiry, 0)
+	switch {
+	case exp.Before(now):
+		return bad("expired; sign a new one")
+	case iat.After(now.Add(30*time.Second)) || exp.Sub(iat) > MaxRenewTokenAge:
+		return bad("issued in the future or valid too long (at most 5 minutes)")
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(c.Certificate))
+	if err != nil {
+		return bad("certificate unreadable")
+	}
+	cert, isCert := pub.(*ssh.Certificate)
+	if !isCert || cert.CertType != ssh.HostCert {
+		return bad("not a host certificate")
+	}
+	if !bytes.Equal(cert.SignatureKey.Marshal(), a.host.PublicKey().Marshal()) {
+		return bad("certificate not signed by this host CA")
+	}
+	checker := ssh.CertChecker{Clock: a.now}
+	if len(cert.ValidPrincipals) == 0 {
+		return bad("certificate names no host")
+	}
+	if err := checker.CheckCert(cert.ValidPrincipals[0], cert); err != nil {
+		return bad("current certificate is not valid now; get a new one with a workload token")
+	}
+	var sig ssh.Signature
+	if err := ssh.Unmarshal(sigBytes, &sig); err != nil {
+		return bad("signature unreadable")
+	}
+	if err := cert.Key.Verify(append([]byte(RenewContext), payload...), &sig); err != nil {
+		return bad("not signed by the certificate's key")
+	}
+	st, err := a.revocations.State(ctx, a.host.PublicKey())
+	if err != nil {
+		return nil, RenewClaims{}, Unavailable("revocation store unavailable", err)
+	}
+	for _, e := range st.Entries {
+		if (e.Kind == RevokedSerial && e.Value == strconv.FormatUint(cert.Serial, 10)) ||
+			(e.Kind == RevokedKeyID && e.Value == cert.KeyId) ||
+			(e.Kind == RevokedKey && e.Value == keyEntry(cert.Key)) {
+			return nil, RenewClaims{}, Denied("revoked", "the current certificate (or its key) was revoked; it cannot be renewed")
+		}
+	}
+	return cert, c, nil
+}
