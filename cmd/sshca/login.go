@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -33,6 +34,17 @@ type loginFlags struct {
 	reason     string
 	noAgent    bool
 	print      bool
+	browser    bool
+}
+
+// openBrowser shows a URL to the user; tests replace it with a scripted browser.
+var openBrowser = func(url string) error {
+	for _, cmd := range []string{"xdg-open", "open"} {
+		if p, err := exec.LookPath(cmd); err == nil {
+			return exec.Command(p, url).Start()
+		}
+	}
+	return errors.New("no browser opener found")
 }
 
 func newLoginCommand() *cobra.Command {
@@ -52,6 +64,7 @@ func newLoginCommand() *cobra.Command {
 	cmd.Flags().StringVar(&f.reason, "reason", "", "why you need access (some principals need a ticket here)")
 	cmd.Flags().BoolVar(&f.noAgent, "no-agent", false, "do not add the key and certificate to ssh-agent")
 	cmd.Flags().BoolVar(&f.print, "print", false, "print the certificate to stdout (for scripts)")
+	cmd.Flags().BoolVar(&f.browser, "browser", false, "sign in in a browser (authorization code + PKCE, loopback redirect) instead of the device flow")
 	return cmd
 }
 
@@ -78,7 +91,11 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 			return err
 		}
 	}
-	idToken, err := deviceSignIn(ctx, msg, lc)
+	signIn := deviceSignIn
+	if f.browser {
+		signIn = browserSignIn
+	}
+	idToken, err := signIn(ctx, msg, lc)
 	if err != nil {
 		return err
 	}
@@ -122,6 +139,80 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 	}
 	fmt.Fprintf(msg, "  added to ssh-agent until it expires\n")
 	return nil
+}
+
+// browserSignIn runs the authorization code flow with PKCE and a loopback redirect.
+func browserSignIn(ctx context.Context, msg io.Writer, lc services.LoginConfig) (string, error) {
+	provider, err := oidc.NewProvider(ctx, lc.Issuer)
+	if err != nil {
+		return "", fmt.Errorf("cannot reach the identity provider %s (%v)", lc.Issuer, err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("cannot listen on loopback for the sign-in redirect: %w", err)
+	}
+	defer l.Close()
+	ep := provider.Endpoint()
+	ep.AuthStyle = oauth2.AuthStyleInParams
+	conf := &oauth2.Config{ClientID: lc.ClientID, Endpoint: ep, Scopes: lc.Scopes,
+		RedirectURL: "http://" + l.Addr().String() + "/callback"}
+	verifier, state, nonce := oauth2.GenerateVerifier(), oauth2.GenerateVerifier(), oauth2.GenerateVerifier()
+	authURL := conf.AuthCodeURL(state, oauth2.S256ChallengeOption(verifier), oidc.Nonce(nonce))
+	type result struct {
+		code string
+		err  error
+	}
+	got := make(chan result, 1)
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/callback" {
+			http.NotFound(w, r)
+			return
+		}
+		q := r.URL.Query()
+		res := result{code: q.Get("code")}
+		switch {
+		case q.Get("error") != "":
+			res.err = fmt.Errorf("sign-in was refused: %s", q.Get("error"))
+		case q.Get("state") != state:
+			res.err = errors.New("sign-in answer does not match this request (state); run sshca login again")
+		}
+		fmt.Fprintln(w, "sshca: signed in; you may close this window.")
+		select {
+		case got <- res:
+		default:
+		}
+	})}
+	go srv.Serve(l)
+	defer srv.Close()
+	fmt.Fprintf(msg, "To sign in, open %s\n", authURL)
+	if err := openBrowser(authURL); err != nil {
+		fmt.Fprintf(msg, "(could not open a browser: %v; open the address yourself)\n", err)
+	}
+	var res result
+	select {
+	case res = <-got:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	case <-time.After(5 * time.Minute):
+		return "", errors.New("no sign-in within 5 minutes; run sshca login again")
+	}
+	if res.err != nil {
+		return "", res.err
+	}
+	tok, err := conf.Exchange(ctx, res.code, oauth2.VerifierOption(verifier))
+	if err != nil {
+		return "", fmt.Errorf("sign-in failed at the token exchange: %w", err)
+	}
+	idToken, _ := tok.Extra("id_token").(string)
+	if idToken == "" {
+		return "", errors.New("the identity provider returned no ID token")
+	}
+	// The server verifies the token; the nonce binds it to this sign-in.
+	idt, err := provider.Verifier(&oidc.Config{ClientID: lc.ClientID, SupportedSigningAlgs: []string{oidc.RS256, oidc.ES256, oidc.ES384, oidc.PS256, oidc.EdDSA}}).Verify(ctx, idToken)
+	if err != nil || idt.Nonce != nonce {
+		return "", errors.New("the ID token does not belong to this sign-in (nonce); run sshca login again")
+	}
+	return idToken, nil
 }
 
 // deviceSignIn runs the OAuth 2.0 device authorization flow (RFC 8628) against the issuer

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -157,5 +159,56 @@ func TestLoginEndToEnd(t *testing.T) {
 	}
 	if err := runLogin(context.Background(), &bytes.Buffer{}, &bytes.Buffer{}, loginFlags{server: base, key: filepath.Join(dir, "missing")}); err == nil {
 		t.Error("login with an unreadable key succeeded")
+	}
+}
+
+// TestLoginBrowser: `sshca login --browser` signs in with the authorization code flow, PKCE
+// and a loopback redirect; a scripted browser fills the development sign-in page.
+func TestLoginBrowser(t *testing.T) {
+	base, _ := startDev(t)
+	t.Setenv("HOME", t.TempDir())
+	old := openBrowser
+	defer func() { openBrowser = old }()
+	openBrowser = func(authURL string) error {
+		go func() {
+			resp, err := http.Get(authURL) // the sign-in page
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			u, _ := url.Parse(authURL)
+			form := u.Query()
+			form.Set("sub", "alice")
+			form.Set("email", "alice@example.com")
+			resp, err = http.PostForm(u.Scheme+"://"+u.Host+u.Path, form) // follows the redirect to the CLI
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(b), "signed in") {
+				t.Errorf("callback page: %s", b)
+			}
+		}()
+		return nil
+	}
+	var msg bytes.Buffer
+	if err := runLogin(context.Background(), &bytes.Buffer{}, &msg, loginFlags{server: base, browser: true, noAgent: true}); err != nil {
+		t.Fatalf("login --browser: %v\n%s", err, msg.String())
+	}
+	if !strings.Contains(msg.String(), "principals alice") {
+		t.Errorf("output:\n%s", msg.String())
+	}
+	// A code cannot be exchanged without the PKCE verifier.
+	resp, err := http.PostForm(base+"/dev/oidc/token", url.Values{"grant_type": {"authorization_code"}, "code": {"nope"}, "code_verifier": {"x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(out), "invalid_grant") {
+		t.Errorf("bogus code exchange: %d %s", resp.StatusCode, out)
 	}
 }

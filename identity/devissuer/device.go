@@ -25,6 +25,7 @@ type deviceAuth struct {
 type devices struct {
 	mu     sync.Mutex
 	byCode map[string]*deviceAuth // by device code
+	codes  map[string]*authCode   // authorization codes
 }
 
 // DeviceCodeTTL is how long a device code waits for approval.
@@ -76,6 +77,10 @@ func (i *Issuer) deviceAuthorization(w http.ResponseWriter, r *http.Request) {
 func (i *Issuer) token(w http.ResponseWriter, r *http.Request) {
 	if err := r.ParseForm(); err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request"})
+		return
+	}
+	if r.PostForm.Get("grant_type") == "authorization_code" {
+		i.exchangeCode(w, r)
 		return
 	}
 	if r.PostForm.Get("grant_type") != "urn:ietf:params:oauth:grant-type:device_code" {

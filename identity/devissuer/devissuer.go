@@ -134,8 +134,9 @@ func (i *Issuer) Handler() http.Handler {
 			"authorization_endpoint":                i.url + "/authorize",
 			"token_endpoint":                        i.url + "/token",
 			"device_authorization_endpoint":         i.url + "/device_authorization",
-			"grant_types_supported":                 []string{"urn:ietf:params:oauth:grant-type:device_code"},
-			"response_types_supported":              []string{"id_token"},
+			"grant_types_supported":                 []string{"urn:ietf:params:oauth:grant-type:device_code", "authorization_code"},
+			"code_challenge_methods_supported":      []string{"S256"},
+			"response_types_supported":              []string{"code", "id_token"},
 			"subject_types_supported":               []string{"public"},
 			"id_token_signing_alg_values_supported": []string{i.opt.Algorithm},
 		})
@@ -149,6 +150,8 @@ func (i *Issuer) Handler() http.Handler {
 	})
 	mux.HandleFunc("POST /device_authorization", i.deviceAuthorization)
 	mux.HandleFunc("POST /token", i.token)
+	mux.HandleFunc("GET /authorize", i.authorize)
+	mux.HandleFunc("POST /authorize", i.authorize)
 	return mux
 }
 
