@@ -16,13 +16,11 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
-	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/identity/devissuer"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/services"
-	"github.com/sshca/sshca/signer"
 )
 
 // devAudience is the audience of the development issuer's tokens.
@@ -126,18 +124,10 @@ func runDev(ctx context.Context, o devOptions) error {
 	if err != nil {
 		return err
 	}
-	api, err := apiHandler(parts{
-		auth:       auth,
-		policy:     pol,
-		userSigner: signer.New(userKey.Signer(), store, signer.Options{}),
-		hostSigner: signer.New(hostKey.Signer(), store, signer.Options{}),
-		store:      store,
-		revoked:    store,
-		tokens:     store,
-		checks:     map[string]ca.Checker{"redis": store, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey},
-		login:      &services.LoginConfig{Issuer: issuerURL, ClientID: devAudience, Scopes: []string{"openid", "email", "profile"}},
-		log:        o.log,
-	})
+	p := redisParts(userKey, hostKey, store, pol, o.log)
+	p.auth = auth
+	p.login = &services.LoginConfig{Issuer: issuerURL, ClientID: devAudience, Scopes: []string{"openid", "email", "profile"}}
+	api, err := apiHandler(p)
 	if err != nil {
 		return err
 	}

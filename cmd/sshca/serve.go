@@ -17,7 +17,6 @@ import (
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/policies"
 	"github.com/sshca/sshca/revocation"
-	"github.com/sshca/sshca/signer"
 )
 
 func newServeCommand() *cobra.Command {
@@ -75,27 +74,12 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	}
 	proxies, _ := cfg.trustedProxies() // validated in LoadConfig
 
-	h, err := apiHandler(parts{
-		auth:       auth,
-		policy:     pol,
-		userSigner: signer.New(userKey.Signer(), store, signer.Options{}),
-		hostSigner: signer.New(hostKey.Signer(), store, signer.Options{}),
-		store:      store,
-		revoked:    store,
-		tokens:     store,
-		limits: ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL,
-			MaxPrincipals: cfg.Limits.MaxPrincipals},
-		checks: map[string]ca.Checker{
-			"redis": store, "policy": pol,
-			"kms_user_ca": userKey, "kms_host_ca": hostKey,
-		},
-		knownHostsPattern: cfg.KnownHostsPattern,
-		details:           details,
-		login:             cfg.Login,
-		reg:               reg,
-		trustedProxies:    proxies,
-		log:               log,
-	})
+	p := redisParts(userKey, hostKey, store, pol, log)
+	p.auth = auth
+	p.limits = ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals}
+	p.knownHostsPattern, p.trustedProxies = cfg.KnownHostsPattern, proxies
+	p.details, p.login, p.reg = details, cfg.Login, reg
+	h, err := apiHandler(p)
 	if err != nil {
 		return err
 	}

@@ -15,8 +15,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/services"
+	"github.com/sshca/sshca/signer"
 )
 
 // parts are the concrete pieces an HTTP API is built from, in serve and in dev mode alike.
@@ -37,6 +39,21 @@ type parts struct {
 	reg               *prometheus.Registry
 	trustedProxies    []netip.Prefix
 	log               *slog.Logger
+}
+
+// redisParts are the parts every mode shares: the CA keys signing through the signer, with
+// the Redis store as inventory, serial reservation, revocations and token ledger.
+func redisParts(userKey, hostKey *kms.Key, store *revocation.Redis, pol policy, log *slog.Logger) parts {
+	return parts{
+		policy:     pol,
+		userSigner: signer.New(userKey.Signer(), store, signer.Options{}),
+		hostSigner: signer.New(hostKey.Signer(), store, signer.Options{}),
+		store:      store,
+		revoked:    store,
+		tokens:     store,
+		checks:     map[string]ca.Checker{"redis": store, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey},
+		log:        log,
+	}
 }
 
 // apiHandler builds the authority and its HTTP API, with /metrics.
