@@ -2,6 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -192,4 +200,43 @@ func TestServePolicyReloadVisible(t *testing.T) {
 	tok, _ := a.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
 	userKey := keygen(t, t.TempDir(), "user")
 	issue(t, base, "user", tok, map[string]any{"public_key": readFile(t, userKey+".pub")})
+}
+
+// TestServeTLS: with tls files configured, the service answers over HTTPS only.
+func TestServeTLS(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: a.URL(), Audiences: []string{"sshca"}})
+	dir := t.TempDir()
+	certPEM, keyPEM := selfSigned(t)
+	cfg.TLS = TLSConfig{CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key")}
+	writeFile(t, cfg.TLS.CertFile, string(certPEM))
+	writeFile(t, cfg.TLS.KeyFile, string(keyPEM))
+	base := startServe(t, cfg)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := client.Get(strings.Replace(base, "http://", "https://", 1) + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("https healthz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if resp, err := http.Get(base + "/healthz"); err == nil && resp.StatusCode == 200 {
+		t.Fatal("plain HTTP answered on the TLS listener")
+	}
+}
+
+func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
