@@ -75,3 +75,20 @@ oidc:
 		}
 	}
 }
+
+// TestExampleConfig: deploy/config.example.yaml uses only keys the service knows; what it
+// lacks on this machine (files, directories) is reported, nothing else.
+func TestExampleConfig(t *testing.T) {
+	_, err := LoadConfig(filepath.Join("..", "..", "deploy", "config.example.yaml"))
+	if err == nil {
+		return
+	}
+	for _, line := range strings.Split(err.Error(), "\n")[1:] {
+		if !strings.Contains(line, "no such file or directory") && !strings.Contains(line, "is not a directory") {
+			t.Errorf("unexpected problem with the example config: %s", line)
+		}
+	}
+	if strings.Contains(err.Error(), "not found in type") {
+		t.Errorf("the example uses unknown keys: %v", err)
+	}
+}
