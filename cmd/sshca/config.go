@@ -102,16 +102,16 @@ type LimitsConfig struct {
 func LoadConfig(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("sshca: config: %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("sshca: config %s: %w", path, err)
+		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	if err := c.Validate(); err != nil {
-		return nil, fmt.Errorf("sshca: config %s has problems:\n%w", path, err)
+		return nil, fmt.Errorf("config %s has problems:\n%w", path, err)
 	}
 	return &c, nil
 }
