@@ -67,7 +67,7 @@ func LoadFS(ctx context.Context, fsys fs.FS, opts ...Option) (*Engine, error) {
 	if err := json.Unmarshal(data.content, &doc); err != nil {
 		return nil, fmt.Errorf("policies: %s: %w", data.name, err)
 	}
-	args := []func(*rego.Rego){rego.Query(Query), rego.Store(inmem.NewFromObject(doc))}
+	args := []func(*rego.Rego){rego.Query(Query), rego.Store(inmem.NewFromObjectWithOpts(doc, inmem.OptReturnASTValuesOnRead(true)))}
 	h := sha256.New()
 	for _, m := range append(modules, data) {
 		fmt.Fprintf(h, "%s\x00%d\x00", m.name, len(m.content))
