@@ -197,3 +197,38 @@ func TestTokenLedgerContract(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyringStore: concurrent updates are all kept, with the version bumped for each.
+func TestKeyringStore(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	s := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	ctx := context.Background()
+	if k, err := s.Keyring(ctx); err != nil || k.Version != 0 {
+		t.Fatalf("empty keyring: %+v %v", k, err)
+	}
+	done := make(chan error, 8)
+	for i := range 8 {
+		go func() {
+			_, err := s.UpdateKeyring(ctx, func(k *ca.Keyring) error {
+				k.Keys = append(k.Keys, ca.CAKey{CA: ca.UserCert, Fingerprint: string(rune('a' + i))})
+				return nil
+			})
+			done <- err
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	k, _ := s.Keyring(ctx)
+	if k.Version != 8 || len(k.Keys) != 8 {
+		t.Fatalf("after 8 concurrent updates: version %d, %d keys", k.Version, len(k.Keys))
+	}
+	_, err := s.UpdateKeyring(ctx, func(k *ca.Keyring) error { return ca.Invalid("no") })
+	if ca.KindOf(err) != ca.KindInvalid {
+		t.Errorf("an error from fn: %v", err)
+	}
+}
