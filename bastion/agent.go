@@ -34,6 +34,9 @@ type Options struct {
 	HTTP  *HTTPSource
 	// PollEvery is the HTTP polling interval (default 1s).
 	PollEvery time.Duration
+	// CARefresh is how often the set of trusted CA keys is re-read from Redis (default 15s):
+	// it bounds how long a newly generated CA key takes to reach sshd's TrustedUserCAKeys.
+	CARefresh time.Duration
 	// OnRevoked is called with every newly revoked entry (lockdown of live sessions).
 	OnRevoked func(ctx context.Context, entries []ca.RevocationEntry)
 	Now       func() time.Time
@@ -71,6 +74,9 @@ func NewAgent(o Options) (*Agent, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.CARefresh == 0 {
+		o.CARefresh = 15 * time.Second
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -223,7 +229,7 @@ func (a *Agent) runRedis(ctx context.Context) error {
 			}
 		}(fp, s.pos)
 	}
-	recheck := time.NewTicker(15 * time.Second)
+	recheck := time.NewTicker(a.o.CARefresh)
 	defer recheck.Stop()
 	for {
 		select {

@@ -117,11 +117,33 @@ func (a *Authority) MaxTTL(kind CertKind) time.Duration {
 	return a.limits.MaxUserTTL
 }
 
+// Publisher is a Signer with a keyring behind it: the keys to trust now (next, active, retired
+// whose certificates may live) and the keys announced as compromised.
+type Publisher interface {
+	Published() []ssh.PublicKey
+	Compromised() []ssh.PublicKey
+}
+
 // UserCAKeys are the public keys hosts trust for user certificates.
-func (a *Authority) UserCAKeys() []ssh.PublicKey { return []ssh.PublicKey{a.user.PublicKey()} }
+func (a *Authority) UserCAKeys() []ssh.PublicKey { return published(a.user) }
 
 // HostCAKeys are the public keys clients trust for host certificates.
-func (a *Authority) HostCAKeys() []ssh.PublicKey { return []ssh.PublicKey{a.host.PublicKey()} }
+func (a *Authority) HostCAKeys() []ssh.PublicKey { return published(a.host) }
+
+// RevokedHostCAKeys are compromised host CA keys, for @revoked lines in known_hosts.
+func (a *Authority) RevokedHostCAKeys() []ssh.PublicKey {
+	if p, ok := a.host.(Publisher); ok {
+		return p.Compromised()
+	}
+	return nil
+}
+
+func published(s Signer) []ssh.PublicKey {
+	if p, ok := s.(Publisher); ok {
+		return p.Published()
+	}
+	return []ssh.PublicKey{s.PublicKey()}
+}
 
 // Issue authenticates the bearer token and issues the certificate the request asks for, as far
 // as the policy and the hard caps allow.

@@ -43,7 +43,7 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 	if err != nil {
 		return RevokeResult{}, err
 	}
-	if err := a.authorize(ctx, id, req.Reason, target); err != nil {
+	if err := a.authorize(ctx, id, KindRevoke, req.Reason, target); err != nil {
 		return RevokeResult{}, err
 	}
 	now := a.now()
@@ -149,15 +149,24 @@ func (a *Authority) Inventory(ctx context.Context, token, identity string) ([]Ce
 }
 
 func (a *Authority) authenticateAdmin(ctx context.Context, token, target string) error {
+	return a.Authorize(ctx, token, KindRevoke, target)
+}
+
+// KindAdmin is the policy input kind of administration (CA key rotation).
+const KindAdmin CertKind = "admin"
+
+// Authorize authenticates the token and asks the policy whether its identity may do kind to
+// target (e.g. KindAdmin, "promote user CA key").
+func (a *Authority) Authorize(ctx context.Context, token string, kind CertKind, target string) error {
 	id, err := a.auth.Authenticate(ctx, token)
 	if err != nil {
 		return err
 	}
-	return a.authorize(ctx, id, "", target)
+	return a.authorize(ctx, id, kind, "", target)
 }
 
-func (a *Authority) authorize(ctx context.Context, id Identity, reason, target string) error {
-	in := PolicyInput{Kind: KindRevoke, Identity: id, Now: a.now().UTC().Format(time.RFC3339),
+func (a *Authority) authorize(ctx context.Context, id Identity, kind CertKind, reason, target string) error {
+	in := PolicyInput{Kind: kind, Identity: id, Now: a.now().UTC().Format(time.RFC3339),
 		Request: PolicyRequest{Principals: []string{}, Reason: reason, Target: target}}
 	fillDefaults(&in.Identity)
 	dec, err := a.policy.Decide(ctx, in)
@@ -219,7 +228,7 @@ func (a *Authority) lookup(ctx context.Context, req RevokeRequest) (Certificate,
 }
 
 func (a *Authority) caKeyOf(rec Certificate) (ssh.PublicKey, error) {
-	for _, k := range []ssh.PublicKey{a.user.PublicKey(), a.host.PublicKey()} {
+	for _, k := range append(a.UserCAKeys(), a.HostCAKeys()...) {
 		if ssh.FingerprintSHA256(k) == rec.CAFingerprint {
 			return k, nil
 		}

@@ -287,7 +287,7 @@ else := min([kind_settings.default_ttl_seconds, max_ttl])
 # --- reasons to deny ---------------------------------------------------------------------
 
 deny contains sprintf("certificate kind %q is not supported", [input.kind]) if {
-	not input.kind in {"user", "host", "revoke", "renew"}
+	not input.kind in {"user", "host", "revoke", "renew", "admin"}
 }
 
 deny contains sprintf("principal %s is not granted to %s", [p, who]) if {
@@ -370,5 +370,10 @@ is_admin if {
 
 deny contains sprintf("%s may not revoke or read revocations: that needs membership of one of the groups %v", [who, admin_groups]) if {
 	input.kind == "revoke"
+	not is_admin
+}
+
+deny contains sprintf("%s may not administer CA keys: that needs membership of one of the groups %v", [who, admin_groups]) if {
+	input.kind == "admin"
 	not is_admin
 }

@@ -107,9 +107,16 @@ test_host_ttl_cap if {
 }
 
 test_unknown_kind_denied if {
-	d := sshca.decision with input as req("admin", alice, [], 0)
+	d := sshca.decision with input as req("superuser", alice, [], 0)
 	not d.allow
-	d.reasons == ["certificate kind \"admin\" is not supported"]
+	d.reasons == ["certificate kind \"superuser\" is not supported"]
+}
+
+test_admin_kind_for_admins_only if {
+	d := sshca.decision with input as req("admin", object.union(alice, {"groups": ["sshca-admins"]}), [], 0)
+	d.allow
+	n := sshca.decision with input as req("admin", alice, [], 0)
+	not n.allow
 }
 
 test_admin_may_revoke if {

@@ -33,7 +33,9 @@ func MakeEndpoints(s Service) Endpoints {
 		IssueHost:  makeIssueEndpoint(s, ca.HostCert),
 		RenewHost:  makeRenewEndpoint(s),
 		UserCAKeys: func(context.Context, any) (any, error) { return caKeysResponse{Keys: s.UserCAKeys()}, nil },
-		HostCAKeys: func(context.Context, any) (any, error) { return caKeysResponse{Keys: s.HostCAKeys()}, nil },
+		HostCAKeys: func(context.Context, any) (any, error) {
+			return caKeysResponse{Keys: s.HostCAKeys(), Revoked: s.RevokedHostCAKeys()}, nil
+		},
 
 		Revoke:      makeRevokeEndpoint(s),
 		Revocations: makeRevocationsEndpoint(s),
@@ -70,7 +72,8 @@ type certResponse struct {
 func (r certResponse) Failed() error { return r.Err }
 
 type caKeysResponse struct {
-	Keys []ssh.PublicKey
+	Keys    []ssh.PublicKey
+	Revoked []ssh.PublicKey
 }
 
 func makeIssueEndpoint(s Service, kind ca.CertKind) endpoint.Endpoint {

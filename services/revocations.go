@@ -2,6 +2,7 @@ package services
 
 import (
 	"context"
+	"encoding/base64"
 	"net/http"
 	"strconv"
 	"strings"
@@ -252,4 +253,21 @@ type ifNoneMatchKey struct{}
 // withIfNoneMatch carries the request's If-None-Match to the KRL encoder.
 func withIfNoneMatch(ctx context.Context, r *http.Request) context.Context {
 	return context.WithValue(ctx, ifNoneMatchKey{}, r.Header.Get("If-None-Match"))
+}
+
+func encodeHostKRL(render func(ca.RevocationState) ([]byte, error)) kithttp.EncodeResponseFunc {
+	return func(_ context.Context, w http.ResponseWriter, response any) error {
+		st := ca.RevocationState{Version: uint64(len(response.(caKeysResponse).Revoked))}
+		for _, k := range response.(caKeysResponse).Revoked {
+			st.Entries = append(st.Entries, ca.RevocationEntry{Kind: ca.RevokedKey,
+				Value: base64.StdEncoding.EncodeToString(k.Marshal()), Expiry: time.Now().Add(100 * 365 * 24 * time.Hour)})
+		}
+		b, err := render(st)
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		_, err = w.Write(b)
+		return err
+	}
 }

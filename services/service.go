@@ -20,6 +20,8 @@ type Service interface {
 	// UserCAKeys and HostCAKeys are the published CA public keys.
 	UserCAKeys() []ssh.PublicKey
 	HostCAKeys() []ssh.PublicKey
+	// RevokedHostCAKeys are compromised host CA keys (@revoked lines in known_hosts).
+	RevokedHostCAKeys() []ssh.PublicKey
 	// MaxTTL is the hard cap on a certificate's lifetime, used to reject requests early.
 	MaxTTL(kind ca.CertKind) time.Duration
 

@@ -35,6 +35,8 @@ type HTTPOptions struct {
 	Ready func(ctx context.Context) map[string]error
 	// Login is what `sshca login` needs to sign users in (GET /v1/login/config); nil: 404.
 	Login *LoginConfig
+	// Keys, when set, mounts the CA key administration endpoints under /v1/keys.
+	Keys KeyAdmin
 	// Details are non-fatal facts /readyz shows (e.g. a refused policy reload).
 	Details func() map[string]string
 	// RenderKRL encodes a revocation state as an OpenSSH KRL (GET /v1/krl).
@@ -72,8 +74,13 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	mux.Handle("GET /v1/revocations", kithttp.NewServer(e.Revocations, decodeToken, encodeResponse, opts...))
 	mux.Handle("GET /v1/certs", kithttp.NewServer(e.Inventory, decodeInventoryRequest, encodeResponse, opts...))
 	if o.RenderKRL != nil {
+		// Compromised host CA keys as a KRL, for clients' RevokedHostKeys.
+		mux.Handle("GET /v1/krl/host", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeHostKRL(o.RenderKRL), opts...))
 		mux.Handle("GET /v1/krl", kithttp.NewServer(e.KRL, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL),
 			append(opts, kithttp.ServerBefore(withIfNoneMatch))...))
+	}
+	if o.Keys != nil {
+		mountKeys(mux, o.Keys, opts)
 	}
 	if o.Login != nil {
 		login := *o.Login
@@ -207,8 +214,12 @@ func encodeUserCAKeys(_ context.Context, w http.ResponseWriter, response any) er
 func encodeKnownHosts(pattern string) kithttp.EncodeResponseFunc {
 	return func(_ context.Context, w http.ResponseWriter, response any) error {
 		var b strings.Builder
-		for _, k := range response.(caKeysResponse).Keys {
+		resp := response.(caKeysResponse)
+		for _, k := range resp.Keys {
 			fmt.Fprintf(&b, "@cert-authority %s %s %s\n", pattern, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))), "sshca-host-ca")
+		}
+		for _, k := range resp.Revoked {
+			fmt.Fprintf(&b, "@revoked * %s %s\n", strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))), "sshca-host-ca-compromised")
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, err := io.WriteString(w, b.String())

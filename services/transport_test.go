@@ -40,6 +40,7 @@ func (f *fakeService) Issue(_ context.Context, token string, req ca.Request) (ca
 }
 func (f *fakeService) UserCAKeys() []ssh.PublicKey                      { return []ssh.PublicKey{f.key.PublicKey()} }
 func (f *fakeService) HostCAKeys() []ssh.PublicKey                      { return []ssh.PublicKey{f.key.PublicKey()} }
+func (f *fakeService) RevokedHostCAKeys() []ssh.PublicKey               { return nil }
 func (f *fakeService) MaxTTL(ca.CertKind) time.Duration                 { return time.Hour }
 func (f *fakeService) Renew(context.Context, string) (ca.Issued, error) { return ca.Issued{}, f.err }
 func (f *fakeService) Revoke(context.Context, string, ca.RevokeRequest) (ca.RevokeResult, error) {

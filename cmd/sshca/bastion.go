@@ -53,7 +53,7 @@ func newSSHDConfigCommand() *cobra.Command {
 
 type agentFlags struct {
 	redisURL, server, serverCA, krlPath, userCA, health, sshdLog string
-	poll                                                         time.Duration
+	poll, caRefresh                                              time.Duration
 }
 
 func newBastionAgentCommand() *cobra.Command {
@@ -74,13 +74,14 @@ func newBastionAgentCommand() *cobra.Command {
 	cmd.Flags().StringVar(&f.health, "health", "127.0.0.1:9851", "address of /healthz and /metrics")
 	cmd.Flags().StringVar(&f.sshdLog, "sshd-log", "", "sshd log file (LogLevel VERBOSE) to end live sessions of revoked certificates")
 	cmd.Flags().DurationVar(&f.poll, "poll", time.Second, "HTTPS polling interval")
+	cmd.Flags().DurationVar(&f.caRefresh, "ca-refresh", 15*time.Second, "how often the trusted CA keys are re-read (rotation)")
 	return cmd
 }
 
 // runAgent runs the bastion agent until ctx ends; ready, when not nil, receives the agent once
 // its files are in place and its health endpoint listens.
 func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- *bastion.Agent) error {
-	o := bastion.Options{KRLPath: f.krlPath, UserCAPath: f.userCA, PollEvery: f.poll, Log: log}
+	o := bastion.Options{KRLPath: f.krlPath, UserCAPath: f.userCA, PollEvery: f.poll, CARefresh: f.caRefresh, Log: log}
 	if f.redisURL != "" {
 		ropts, err := redis.ParseURL(f.redisURL)
 		if err != nil {

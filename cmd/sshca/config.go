@@ -37,6 +37,9 @@ type Config struct {
 	Redis  RedisConfig     `yaml:"redis"`
 	OIDC   identity.Config `yaml:"oidc"`
 	Policy PolicyConfig    `yaml:"policy"`
+	// Keyring turns on CA key rotation: the keys live in a keyring in Redis shared by all
+	// replicas; user_ca and host_ca seed it on first start.
+	Keyring KeyringConfig `yaml:"keyring"`
 	// Login is published at /v1/login/config for `sshca login` (optional).
 	Login  *services.LoginConfig `yaml:"login"`
 	Limits LimitsConfig          `yaml:"limits"`
@@ -89,6 +92,19 @@ type PolicyConfig struct {
 	// (default 30s).
 	BundleURL  string        `yaml:"bundle_url"`
 	BundlePoll time.Duration `yaml:"bundle_poll"`
+}
+
+// KeyringConfig configures CA key rotation.
+type KeyringConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// KMS is where `sshca keys generate` creates keys; for softkms, KeyDir holds the files.
+	KMS    string `yaml:"kms"`
+	KeyDir string `yaml:"key_dir"`
+	// TrustRefresh is how long a next key must be published before promote (default 15m):
+	// at least the interval at which hosts and bastions refresh their trusted keys.
+	TrustRefresh time.Duration `yaml:"trust_refresh"`
+	// Refresh is how often each replica re-reads the keyring (default 2s).
+	Refresh time.Duration `yaml:"refresh"`
 }
 
 // LimitsConfig are the hard caps no policy can lift.
@@ -188,6 +204,12 @@ func (c *Config) Validate() error {
 		if _, err := os.Stat(c.Policy.DataFile); err != nil {
 			add("policy.data_file: %v", err)
 		}
+	}
+	if c.Keyring.Enabled && c.Keyring.KMS == "" {
+		add("keyring.kms: required with keyring.enabled (where new CA keys are created)")
+	}
+	if c.Keyring.Enabled && strings.HasPrefix(c.Keyring.KMS, "softkms:") && c.Keyring.KeyDir == "" {
+		add("keyring.key_dir: required for softkms (where new CA key files go)")
 	}
 	if c.Login != nil && (c.Login.Issuer == "" || c.Login.ClientID == "") {
 		add("login: issuer_url and client_id are required for sshca login")

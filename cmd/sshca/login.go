@@ -349,12 +349,18 @@ func agentReachable() error {
 	return conn.Close()
 }
 
-func getJSON(ctx context.Context, url string, v any) error {
+func getJSON(ctx context.Context, url string, v any) error { return getJSONAuth(ctx, url, "", v) }
+
+// getJSONAuth GETs url with an optional bearer token and decodes a 200 answer.
+func getJSONAuth(ctx context.Context, url, token string, v any) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -362,6 +368,13 @@ func getJSON(ctx context.Context, url string, v any) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error   string   `json:"error"`
+			Reasons []string `json:"reasons"`
+		}
+		if json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e) == nil && e.Error != "" {
+			return fmt.Errorf("%s (HTTP %d)", strings.Join(append([]string{e.Error}, e.Reasons...), ": "), resp.StatusCode)
+		}
 		return fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	return json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v)

@@ -14,9 +14,11 @@ import (
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/keyring"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/policies"
 	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/services"
 )
 
 func newServeCommand() *cobra.Command {
@@ -79,6 +81,11 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	p.limits = ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals}
 	p.knownHostsPattern, p.trustedProxies = cfg.KnownHostsPattern, proxies
 	p.details, p.login, p.reg = details, cfg.Login, reg
+	if cfg.Keyring.Enabled {
+		if err := useKeyring(ctx, &p, cfg, userKey, hostKey, store); err != nil {
+			return err
+		}
+	}
 	h, err := apiHandler(p)
 	if err != nil {
 		return err
@@ -169,4 +176,52 @@ func loadPolicy(ctx context.Context, pc PolicyConfig) (*policies.Engine, error) 
 		return nil, fmt.Errorf("policy: %w", err)
 	}
 	return e, nil
+}
+
+// useKeyring serves the CA keys from the shared keyring (seeded with the configured keys on
+// first start) and mounts the key administration endpoints.
+func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *kms.Key, store *revocation.Redis) error {
+	kc := cfg.Keyring
+	if kc.Refresh <= 0 {
+		kc.Refresh = 2 * time.Second
+	}
+	if kc.TrustRefresh <= 0 {
+		kc.TrustRefresh = 15 * time.Minute
+	}
+	for _, seed := range []struct {
+		kind ca.CertKind
+		ref  KeyConfig
+		key  *kms.Key
+	}{{ca.UserCert, cfg.UserCA, userKey}, {ca.HostCert, cfg.HostCA, hostKey}} {
+		if err := keyring.Bootstrap(ctx, store, seed.kind, kms.KeyRef{KMS: seed.ref.KMS, Key: seed.ref.Key}, seed.key); err != nil {
+			return fmt.Errorf("keyring: %w", err)
+		}
+	}
+	userCA, err := keyring.New(ctx, ca.UserCert, store, store, p.log)
+	if err != nil {
+		return err
+	}
+	hostCA, err := keyring.New(ctx, ca.HostCert, store, store, p.log)
+	if err != nil {
+		return err
+	}
+	go userCA.Run(ctx, kc.Refresh)
+	go hostCA.Run(ctx, kc.Refresh)
+	for _, k := range userCA.Published() {
+		if err := store.RegisterCA(ctx, k); err != nil {
+			return fmt.Errorf("keyring: publish to bastions: %w", err)
+		}
+	}
+	limits := ca.DefaultLimits
+	if cfg.Limits.MaxUserTTL > 0 {
+		limits.MaxUserTTL = cfg.Limits.MaxUserTTL
+	}
+	if cfg.Limits.MaxHostTTL > 0 {
+		limits.MaxHostTTL = cfg.Limits.MaxHostTTL
+	}
+	m := &keyring.Manager{Store: store, KMS: kc.KMS, KeyDir: kc.KeyDir, TrustRefresh: kc.TrustRefresh,
+		MaxUserTTL: limits.MaxUserTTL, MaxHostTTL: limits.MaxHostTTL}
+	p.userSigner, p.hostSigner = userCA, hostCA
+	p.keys = func(a *ca.Authority) services.KeyAdmin { return keysAdmin{authority: a, manager: m} }
+	return nil
 }

@@ -36,6 +36,7 @@ type parts struct {
 	knownHostsPattern string
 	details           func() map[string]string
 	login             *services.LoginConfig
+	keys              func(*ca.Authority) services.KeyAdmin
 	reg               *prometheus.Registry
 	trustedProxies    []netip.Prefix
 	log               *slog.Logger
@@ -80,12 +81,20 @@ func apiHandler(p parts) (http.Handler, error) {
 		Ready:             readiness(p.checks),
 		Details:           p.details,
 		Login:             p.login,
+		Keys:              keyAdmin(p, authority),
 		RenderKRL: func(st ca.RevocationState) ([]byte, error) {
 			return revocation.EncodeKRL(time.Now(), st)
 		},
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux, nil
+}
+
+func keyAdmin(p parts, a *ca.Authority) services.KeyAdmin {
+	if p.keys == nil {
+		return nil
+	}
+	return p.keys(a)
 }
 
 func readiness(checks map[string]ca.Checker) func(context.Context) map[string]error {

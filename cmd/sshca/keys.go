@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/keyring"
+	"github.com/sshca/sshca/kms"
+)
+
+// keysAdmin authorizes each key operation with the policy (kind "admin") and carries it out.
+type keysAdmin struct {
+	authority *ca.Authority
+	manager   *keyring.Manager
+}
+
+func (k keysAdmin) Keys(ctx context.Context, token string) (ca.Keyring, error) {
+	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "list CA keys"); err != nil {
+		return ca.Keyring{}, err
+	}
+	return k.manager.Store.Keyring(ctx)
+}
+
+func (k keysAdmin) GenerateKey(ctx context.Context, token string, kind ca.CertKind, keyType string) (ca.CAKey, error) {
+	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "generate "+string(kind)+" CA key"); err != nil {
+		return ca.CAKey{}, err
+	}
+	if keyType == "" {
+		keyType = string(kms.ECDSAP256)
+		if !strings.HasPrefix(k.manager.KMS, "pkcs11:") {
+			keyType = string(kms.Ed25519)
+		}
+	}
+	typ, err := kms.ParseKeyType(keyType)
+	if err != nil {
+		return ca.CAKey{}, ca.Invalid("%v", err)
+	}
+	return k.manager.Generate(ctx, kind, typ)
+}
+
+func (k keysAdmin) PromoteKey(ctx context.Context, token string, kind ca.CertKind, force bool) (ca.CAKey, error) {
+	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "promote "+string(kind)+" CA key"); err != nil {
+		return ca.CAKey{}, err
+	}
+	return k.manager.Promote(ctx, kind, force)
+}
+
+func (k keysAdmin) RetireKey(ctx context.Context, token, fp string, force bool) (ca.CAKey, error) {
+	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "retire CA key "+fp); err != nil {
+		return ca.CAKey{}, err
+	}
+	return k.manager.Retire(ctx, fp, force)
+}
+
+func (k keysAdmin) CompromisedKey(ctx context.Context, token, fp string) (ca.CAKey, error) {
+	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "mark CA key "+fp+" compromised"); err != nil {
+		return ca.CAKey{}, err
+	}
+	return k.manager.Compromised(ctx, fp)
+}
+
+func newKeysCommand() *cobra.Command {
+	var server, tokenEnv, kind, typ string
+	var force bool
+	cmd := &cobra.Command{Use: "keys", Short: "Rotate CA keys: list, generate, promote, retire, compromised"}
+	cmd.PersistentFlags().StringVar(&server, "server", os.Getenv("SSHCA_SERVER"), "sshca server URL (env SSHCA_SERVER)")
+	cmd.PersistentFlags().StringVar(&tokenEnv, "token-env", "SSHCA_TOKEN", "environment variable holding an admin's bearer token")
+	call := func(cmd *cobra.Command, op string, body map[string]any) error {
+		if server == "" {
+			return errors.New("--server is required (or set SSHCA_SERVER)")
+		}
+		token, err := readToken(tokenEnv, "")
+		if err != nil {
+			return err
+		}
+		var reply struct {
+			Key  *ca.CAKey   `json:"key"`
+			Ring *ca.Keyring `json:"keyring"`
+		}
+		url := strings.TrimRight(server, "/") + "/v1/keys"
+		if op == "list" {
+			if err := getJSONAuth(cmd.Context(), url, token, &reply); err != nil {
+				return err
+			}
+		} else if err := postJSON(cmd.Context(), url+"/"+op, token, body, &reply); err != nil {
+			return err
+		}
+		w := cmd.OutOrStdout()
+		if reply.Ring != nil {
+			return printKeys(w, reply.Ring.Keys)
+		}
+		if reply.Key != nil {
+			fmt.Fprintf(w, "%s: %s CA key %s is now %s\n", op, reply.Key.CA, reply.Key.Fingerprint, reply.Key.State)
+			return printKeys(w, []ca.CAKey{*reply.Key})
+		}
+		return nil
+	}
+	list := &cobra.Command{Use: "list", Short: "List the keyring", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return call(cmd, "list", nil) }}
+	generate := &cobra.Command{Use: "generate --ca user|host [--type ed25519|ecdsa-p256|rsa-3072]", Short: "Create a key in the KMS and add it as next", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return call(cmd, "generate", map[string]any{"ca": kind, "type": typ})
+		}}
+	generate.Flags().StringVar(&typ, "type", "", "key type (default ed25519 on softkms, ecdsa-p256 on PKCS#11)")
+	promote := &cobra.Command{Use: "promote --ca user|host", Short: "Make the next key active; the active one becomes retired", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return call(cmd, "promote", map[string]any{"ca": kind, "force": force})
+		}}
+	retire := &cobra.Command{Use: "retire FINGERPRINT", Short: "Withdraw a retired key from publication", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return call(cmd, "retire", map[string]any{"fingerprint": args[0], "force": force})
+		}}
+	compromised := &cobra.Command{Use: "compromised FINGERPRINT", Short: "Emergency: withdraw a key and revoke everything it signed", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return call(cmd, "compromised", map[string]any{"fingerprint": args[0]})
+		}}
+	for _, c := range []*cobra.Command{generate, promote} {
+		c.Flags().StringVar(&kind, "ca", "", "user or host")
+	}
+	for _, c := range []*cobra.Command{promote, retire} {
+		c.Flags().BoolVar(&force, "force", false, "skip the safety wait")
+	}
+	cmd.AddCommand(list, generate, promote, retire, compromised)
+	return cmd
+}
+
+func printKeys(w io.Writer, keys []ca.CAKey) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CA\tSTATE\tFINGERPRINT\tALGORITHM\tCREATED\tPROMOTED\tRETIRE-AFTER")
+	t := func(x time.Time) string {
+		if x.IsZero() {
+			return "-"
+		}
+		return x.UTC().Format(time.RFC3339)
+	}
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.CA, k.State, k.Fingerprint, k.Algorithm, t(k.Created), t(k.Promoted), t(k.RetireAfter))
+	}
+	return tw.Flush()
+}

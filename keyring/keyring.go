@@ -1,0 +1,164 @@
+// Package keyring serves the CA keys of a keyring kept in Redis: the active key signs, next,
+// active and not-yet-expired retired keys are published, compromised keys are announced. Every
+// replica refreshes from the shared keyring, so a rotation reaches all of them within seconds
+// without a restart. Key material stays in the KMS; the keyring holds URIs and states.
+package keyring
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/kms"
+	"github.com/sshca/sshca/signer"
+)
+
+// CA is the keyring of one certificate authority (user or host), as a ca.Signer.
+type CA struct {
+	kind     ca.CertKind
+	store    ca.KeyringStore
+	reserver signer.SerialReserver
+	now      func() time.Time
+	log      *slog.Logger
+
+	mu     sync.Mutex
+	opened map[string]*kms.Key // by fingerprint
+
+	cur atomic.Pointer[view]
+}
+
+type view struct {
+	version     uint64
+	active      *signer.Signer
+	published   []ssh.PublicKey
+	compromised []ssh.PublicKey
+}
+
+// New loads the keyring and opens the CA's active key.
+func New(ctx context.Context, kind ca.CertKind, store ca.KeyringStore, reserver signer.SerialReserver, log *slog.Logger) (*CA, error) {
+	c := &CA{kind: kind, store: store, reserver: reserver, now: time.Now, log: log, opened: map[string]*kms.Key{}}
+	if err := c.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Bootstrap makes the configured key the CA's active key when the keyring has none for it yet.
+func Bootstrap(ctx context.Context, store ca.KeyringStore, kind ca.CertKind, ref kms.KeyRef, key *kms.Key) error {
+	pub := key.Signer().PublicKey()
+	_, err := store.UpdateKeyring(ctx, func(r *ca.Keyring) error {
+		for _, k := range r.Keys {
+			if k.CA == kind {
+				return errNothingToDo
+			}
+		}
+		now := time.Now()
+		r.Keys = append(r.Keys, ca.CAKey{CA: kind, KMS: ref.KMS, Key: ref.Key, PublicKey: authorizedLine(pub),
+			Fingerprint: ssh.FingerprintSHA256(pub), Algorithm: pub.Type(), State: ca.KeyActive, Created: now, Promoted: now})
+		return nil
+	})
+	if errors.Is(err, errNothingToDo) {
+		return nil
+	}
+	return err
+}
+
+var errNothingToDo = errors.New("keyring: nothing to do")
+
+// Refresh reloads the keyring and opens a newly active key.
+func (c *CA) Refresh(ctx context.Context) error {
+	r, err := c.store.Keyring(ctx)
+	if err != nil {
+		return err
+	}
+	if v := c.cur.Load(); v != nil && v.version == r.Version {
+		// Retired keys leave publication with time, not with a new version.
+		c.cur.Store(c.view(r, v.active))
+		return nil
+	}
+	active, ok := r.Active(c.kind)
+	if !ok {
+		return fmt.Errorf("keyring: the %s CA has no active key", c.kind)
+	}
+	key, err := c.open(ctx, active)
+	if err != nil {
+		return err
+	}
+	c.cur.Store(c.view(r, signer.New(key.Signer(), c.reserver, signer.Options{})))
+	return nil
+}
+
+func (c *CA) view(r ca.Keyring, active *signer.Signer) *view {
+	v := &view{version: r.Version, active: active}
+	for _, k := range r.Published(c.kind, c.now()) {
+		if pub, err := k.SSHPublicKey(); err == nil {
+			v.published = append(v.published, pub)
+		}
+	}
+	for _, k := range r.Compromised(c.kind) {
+		if pub, err := k.SSHPublicKey(); err == nil {
+			v.compromised = append(v.compromised, pub)
+		}
+	}
+	return v
+}
+
+func (c *CA) open(ctx context.Context, k ca.CAKey) (*kms.Key, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if key := c.opened[k.Fingerprint]; key != nil {
+		return key, nil
+	}
+	key, err := kms.Open(ctx, kms.KeyRef{KMS: k.KMS, Key: k.Key})
+	if err != nil {
+		return nil, fmt.Errorf("keyring: open %s key %s: %w", c.kind, k.Fingerprint, err)
+	}
+	if got := ssh.FingerprintSHA256(key.Signer().PublicKey()); got != k.Fingerprint {
+		key.Close()
+		return nil, fmt.Errorf("keyring: the KMS key for %s has fingerprint %s", k.Fingerprint, got)
+	}
+	c.opened[k.Fingerprint] = key
+	return key, nil
+}
+
+// Run refreshes every interval until ctx ends; a failed refresh keeps the keys in force.
+func (c *CA) Run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := c.Refresh(ctx); err != nil {
+				c.log.Warn("keyring refresh failed; the keys in force stay", "ca", c.kind, "err", err)
+			}
+		}
+	}
+}
+
+// Sign signs with the active key.
+func (c *CA) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error) {
+	return c.cur.Load().active.Sign(ctx, tmpl, ttl)
+}
+
+// PublicKey is the active key.
+func (c *CA) PublicKey() ssh.PublicKey { return c.cur.Load().active.PublicKey() }
+
+// Published are the keys to trust now (next, active, retired whose certificates may live).
+func (c *CA) Published() []ssh.PublicKey { return c.cur.Load().published }
+
+// Compromised are the keys announced as revoked.
+func (c *CA) Compromised() []ssh.PublicKey { return c.cur.Load().compromised }
+
+func authorizedLine(k ssh.PublicKey) string {
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
+}

@@ -1,0 +1,149 @@
+package keyring
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/kms"
+	"github.com/sshca/sshca/revocation"
+)
+
+// Manager carries out the rotation commands on the shared keyring. Authorization is the
+// caller's (the service asks the policy, kind "admin").
+type Manager struct {
+	Store *revocation.Redis
+	// KMS is where new keys are created; for softkms, KeyDir is where their files go.
+	KMS    string
+	KeyDir string
+	// TrustRefresh is how long a next key must be published before it may be promoted.
+	TrustRefresh time.Duration
+	// MaxTTL per CA: how long a retired key's certificates may live.
+	MaxUserTTL, MaxHostTTL time.Duration
+	Now                    func() time.Time
+}
+
+func (m *Manager) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
+}
+
+func (m *Manager) maxTTL(kind ca.CertKind) time.Duration {
+	if kind == ca.HostCert {
+		return m.MaxHostTTL
+	}
+	return m.MaxUserTTL
+}
+
+// Generate creates a key in the KMS and adds it as the CA's next key. A user CA key is
+// published to bastions at once, so hosts trust it before it signs anything.
+func (m *Manager) Generate(ctx context.Context, kind ca.CertKind, typ kms.KeyType) (ca.CAKey, error) {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	ref := kms.KeyRef{KMS: m.KMS}
+	if strings.HasPrefix(m.KMS, "pkcs11:") {
+		ref.Key = fmt.Sprintf("pkcs11:id=%s;object=sshca-%s-ca-%s", id, kind, id)
+	} else {
+		ref.Key = "softkms:path=" + filepath.Join(m.KeyDir, fmt.Sprintf("%s_ca_%s.pem", kind, id))
+	}
+	key, err := kms.Create(ctx, ref, typ)
+	if err != nil {
+		return ca.CAKey{}, ca.Invalid("cannot create a %s key: %v", typ, err)
+	}
+	defer key.Close()
+	pub := key.Signer().PublicKey()
+	k := ca.CAKey{CA: kind, KMS: ref.KMS, Key: ref.Key, PublicKey: authorizedLine(pub), Fingerprint: ssh.FingerprintSHA256(pub), Algorithm: pub.Type()}
+	r, err := m.Store.UpdateKeyring(ctx, func(r *ca.Keyring) error { return r.AddNext(k, m.now()) })
+	if err != nil {
+		return ca.CAKey{}, err
+	}
+	if kind == ca.UserCert {
+		if err := m.Store.RegisterCA(ctx, pub); err != nil {
+			return ca.CAKey{}, ca.Unavailable("key added, but not yet published to bastions", err)
+		}
+	}
+	return find(r, k.Fingerprint), nil
+}
+
+// Promote makes the CA's next key active.
+func (m *Manager) Promote(ctx context.Context, kind ca.CertKind, force bool) (ca.CAKey, error) {
+	var out ca.CAKey
+	_, err := m.Store.UpdateKeyring(ctx, func(r *ca.Keyring) error {
+		k, err := r.Promote(kind, m.now(), m.TrustRefresh, m.maxTTL(kind), force)
+		out = k
+		return err
+	})
+	return out, err
+}
+
+// Retire withdraws a retired key from publication.
+func (m *Manager) Retire(ctx context.Context, fp string, force bool) (ca.CAKey, error) {
+	var out ca.CAKey
+	if _, err := m.Store.UpdateKeyring(ctx, func(r *ca.Keyring) error {
+		k, err := r.Retire(fp, m.now(), force)
+		out = k
+		return err
+	}); err != nil {
+		return ca.CAKey{}, err
+	}
+	if out.CA == ca.UserCert {
+		if err := m.Store.UnregisterCA(ctx, out.PublicKey); err != nil {
+			return out, ca.Unavailable("retired, but bastions may trust it until their next refresh", err)
+		}
+	}
+	return out, nil
+}
+
+// Compromised withdraws a key at once. For the user CA the key itself goes into the KRL, so
+// bastions refuse every certificate it signed within a second; for the host CA,
+// /v1/ca/known_hosts announces it with an @revoked line.
+func (m *Manager) Compromised(ctx context.Context, fp string) (ca.CAKey, error) {
+	var out ca.CAKey
+	var active ca.CAKey
+	if _, err := m.Store.UpdateKeyring(ctx, func(r *ca.Keyring) error {
+		k, err := r.MarkCompromised(fp, m.now())
+		out = k
+		active, _ = r.Active(k.CA)
+		return err
+	}); err != nil {
+		return ca.CAKey{}, err
+	}
+	if out.CA != ca.UserCert {
+		return out, nil
+	}
+	bad, err := out.SSHPublicKey()
+	if err != nil {
+		return out, err
+	}
+	scope, err := active.SSHPublicKey()
+	if err != nil {
+		return out, err
+	}
+	entry := ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(bad), Expiry: m.now().Add(m.maxTTL(ca.UserCert))}
+	if _, err := m.Store.Revoke(ctx, scope, []ca.RevocationEntry{entry}); err != nil {
+		return out, ca.Unavailable("marked compromised, but not yet in the KRL: run the command again", err)
+	}
+	if err := m.Store.UnregisterCA(ctx, out.PublicKey); err != nil {
+		return out, ca.Unavailable("in the KRL, but bastions may trust it until their next refresh", err)
+	}
+	return out, nil
+}
+
+func find(r ca.Keyring, fp string) ca.CAKey {
+	for _, k := range r.Keys {
+		if k.Fingerprint == fp {
+			return k
+		}
+	}
+	return ca.CAKey{}
+}
