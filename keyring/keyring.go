@@ -44,6 +44,9 @@ type view struct {
 
 // New loads the keyring and opens the CA's active key.
 func New(ctx context.Context, kind ca.CertKind, store ca.KeyringStore, reserver signer.SerialReserver, log *slog.Logger) (*CA, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	c := &CA{kind: kind, store: store, reserver: reserver, now: time.Now, log: log, opened: map[string]*kms.Key{}}
 	if err := c.Refresh(ctx); err != nil {
 		return nil, err
