@@ -188,7 +188,11 @@ func (a *Agent) runRedis(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := a.writeCAs(cas); err != nil {
+	trusted, err := r.TrustedCAs(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.writeCAs(trusted); err != nil {
 		return err
 	}
 	scopes := map[string]*scope{}
@@ -271,6 +275,13 @@ func (a *Agent) runRedis(ctx context.Context) error {
 			}
 			if !sameKeys(now, cas) {
 				return errCAsChanged
+			}
+			nowTrusted, err := r.TrustedCAs(ctx)
+			if err != nil {
+				return err
+			}
+			if err := a.writeCAs(nowTrusted); err != nil {
+				return err
 			}
 		}
 	}

@@ -125,6 +125,27 @@ func (a *Authority) RevocationStates(ctx context.Context) (user, host Revocation
 	return user, host, nil
 }
 
+// UserRevocationStates are the revocation states of every user CA key (active, retired,
+// compromised alike), for the KRL bastions enforce.
+func (a *Authority) UserRevocationStates(ctx context.Context) ([]RevocationState, error) {
+	keys := []ssh.PublicKey{a.user.PublicKey()}
+	if s, ok := a.user.(interface{ Scopes() []ssh.PublicKey }); ok {
+		keys = s.Scopes()
+	}
+	out := make([]RevocationState, 0, len(keys))
+	for _, k := range keys {
+		st, err := a.revocations.State(ctx, k)
+		if err != nil {
+			return nil, Unavailable("revocation store unavailable", err)
+		}
+		if st.CA == nil {
+			st.CA = k
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
 // Revocations authorizes the caller (as for revoking) and returns what is revoked.
 func (a *Authority) Revocations(ctx context.Context, token string) (user, host RevocationState, err error) {
 	if err := a.authenticateAdmin(ctx, token, "list revocations"); err != nil {

@@ -40,6 +40,7 @@ type view struct {
 	active      *signer.Signer
 	published   []ssh.PublicKey
 	compromised []ssh.PublicKey
+	all         []ssh.PublicKey
 }
 
 // New loads the keyring and opens the CA's active key.
@@ -106,6 +107,11 @@ func (c *CA) view(r ca.Keyring, active *signer.Signer) *view {
 			v.published = append(v.published, pub)
 		}
 	}
+	for _, k := range r.Keys {
+		if pub, err := k.SSHPublicKey(); err == nil && k.CA == c.kind {
+			v.all = append(v.all, pub)
+		}
+	}
 	for _, k := range r.Compromised(c.kind) {
 		if pub, err := k.SSHPublicKey(); err == nil {
 			v.compromised = append(v.compromised, pub)
@@ -158,6 +164,10 @@ func (c *CA) PublicKey() ssh.PublicKey { return c.cur.Load().active.PublicKey() 
 
 // Published are the keys to trust now (next, active, retired whose certificates may live).
 func (c *CA) Published() []ssh.PublicKey { return c.cur.Load().published }
+
+// Scopes are every key of the CA in the keyring, whatever its state: their revocations stay
+// in the KRL until they expire.
+func (c *CA) Scopes() []ssh.PublicKey { return c.cur.Load().all }
 
 // Compromised are the keys announced as revoked.
 func (c *CA) Compromised() []ssh.PublicKey { return c.cur.Load().compromised }

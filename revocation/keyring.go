@@ -71,9 +71,10 @@ func (r *Redis) UpdateKeyring(ctx context.Context, fn func(*ca.Keyring) error) (
 	return ca.Keyring{}, errors.New("revocation: keyring update: too much contention")
 }
 
-// UnregisterCA withdraws a CA key's scope from what bastions trust (its revocations stay).
+// UnregisterCA withdraws a CA key from what bastions trust; its revocation scope stays
+// followed, so nothing it revoked comes back and the KRL version never goes down.
 func (r *Redis) UnregisterCA(ctx context.Context, caLine string) error {
-	if err := r.rdb.SRem(ctx, r.prefix+":cas", caLine).Err(); err != nil {
+	if err := r.rdb.SRem(ctx, r.prefix+":trusted-user-cas", caLine).Err(); err != nil {
 		return fmt.Errorf("revocation: unregister CA: %w", err)
 	}
 	return nil

@@ -220,9 +220,18 @@ func (r *Redis) Changes(ctx context.Context, fp, after string, block time.Durati
 	return out, nil
 }
 
-// CAs lists the CA keys that have revocation scopes.
-func (r *Redis) CAs(ctx context.Context) ([]ssh.PublicKey, error) {
-	lines, err := r.rdb.SMembers(ctx, r.prefix+":cas").Result()
+// CAs lists the CA keys that have revocation scopes. A scope stays listed when its key is no
+// longer trusted, so the KRL keeps its entries (and its version keeps growing) until they
+// expire.
+func (r *Redis) CAs(ctx context.Context) ([]ssh.PublicKey, error) { return r.keySet(ctx, ":cas") }
+
+// TrustedCAs lists the user CA keys sshd should trust now (TrustedUserCAKeys).
+func (r *Redis) TrustedCAs(ctx context.Context) ([]ssh.PublicKey, error) {
+	return r.keySet(ctx, ":trusted-user-cas")
+}
+
+func (r *Redis) keySet(ctx context.Context, suffix string) ([]ssh.PublicKey, error) {
+	lines, err := r.rdb.SMembers(ctx, r.prefix+suffix).Result()
 	if err != nil {
 		return nil, fmt.Errorf("revocation: CA list: %w", err)
 	}
@@ -238,12 +247,14 @@ func (r *Redis) CAs(ctx context.Context) ([]ssh.PublicKey, error) {
 	return out, nil
 }
 
-// RegisterCA makes a CA key's scope known to bastions before anything is revoked in it.
+// RegisterCA makes a user CA key trusted by bastions, and its revocation scope followed,
+// before anything is revoked in it.
 func (r *Redis) RegisterCA(ctx context.Context, caKey ssh.PublicKey) error {
 	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(caKey)))
 	s := r.scope(ssh.FingerprintSHA256(caKey))
 	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.SAdd(ctx, r.prefix+":cas", line)
+		p.SAdd(ctx, r.prefix+":trusted-user-cas", line)
 		p.Set(ctx, s+"ca", line, 0)
 		return nil
 	})

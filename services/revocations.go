@@ -2,7 +2,9 @@ package services
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"net/http"
 	"strconv"
 	"strings"
@@ -79,8 +81,8 @@ type inventoryResponse struct {
 func (r inventoryResponse) Failed() error { return r.Err }
 
 type krlResponse struct {
-	State ca.RevocationState
-	Err   error
+	States []ca.RevocationState
+	Err    error
 }
 
 func (r krlResponse) Failed() error { return r.Err }
@@ -144,8 +146,8 @@ func makeInventoryEndpoint(s Service) endpoint.Endpoint {
 
 func makeKRLEndpoint(s Service) endpoint.Endpoint {
 	return func(ctx context.Context, _ any) (any, error) {
-		user, _, err := s.RevocationStates(ctx)
-		return krlResponse{State: user, Err: err}, nil
+		states, err := s.UserRevocationStates(ctx)
+		return krlResponse{States: states, Err: err}, nil
 	}
 }
 
@@ -202,22 +204,30 @@ func decodeInventoryRequest(_ context.Context, r *http.Request) (any, error) {
 }
 
 // encodeKRL answers with the binary KRL, its version as ETag, and 304 when the client has it.
-func encodeKRL(render func(ca.RevocationState) ([]byte, error)) kithttp.EncodeResponseFunc {
+func encodeKRL(render func(...ca.RevocationState) ([]byte, error)) kithttp.EncodeResponseFunc {
 	return func(ctx context.Context, w http.ResponseWriter, response any) error {
 		resp := response.(krlResponse)
 		if resp.Err != nil {
 			encodeError(ctx, resp.Err, w)
 			return nil
 		}
-		etag := `"` + strconv.FormatUint(resp.State.Version, 10) + "-" + shortFingerprint(resp.State.CA) + `"`
+		// The KRL's version is the sum of the scopes' versions (each only grows, and scopes are
+		// never dropped); the ETag adds which scopes, so a new CA key changes it too.
+		var version uint64
+		scopes := ""
+		for _, st := range resp.States {
+			version += st.Version
+			scopes += shortFingerprint(st.CA)
+		}
+		etag := `"` + strconv.FormatUint(version, 10) + "-" + shortHash(scopes) + `"`
 		w.Header().Set("ETag", etag)
-		w.Header().Set("X-KRL-Version", strconv.FormatUint(resp.State.Version, 10))
+		w.Header().Set("X-KRL-Version", strconv.FormatUint(version, 10))
 		w.Header().Set("Cache-Control", "no-cache")
 		if inm, _ := ctx.Value(ifNoneMatchKey{}).(string); inm == etag {
 			w.WriteHeader(http.StatusNotModified)
 			return nil
 		}
-		b, err := render(resp.State)
+		b, err := render(resp.States...)
 		if err != nil {
 			return err
 		}
@@ -226,6 +236,11 @@ func encodeKRL(render func(ca.RevocationState) ([]byte, error)) kithttp.EncodeRe
 		_, err = w.Write(b)
 		return err
 	}
+}
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:6])
 }
 
 func shortFingerprint(k ssh.PublicKey) string {
@@ -255,7 +270,7 @@ func withIfNoneMatch(ctx context.Context, r *http.Request) context.Context {
 	return context.WithValue(ctx, ifNoneMatchKey{}, r.Header.Get("If-None-Match"))
 }
 
-func encodeHostKRL(render func(ca.RevocationState) ([]byte, error)) kithttp.EncodeResponseFunc {
+func encodeHostKRL(render func(...ca.RevocationState) ([]byte, error)) kithttp.EncodeResponseFunc {
 	return func(_ context.Context, w http.ResponseWriter, response any) error {
 		st := ca.RevocationState{Version: uint64(len(response.(caKeysResponse).Revoked))}
 		for _, k := range response.(caKeysResponse).Revoked {

@@ -34,6 +34,6 @@ type Service interface {
 	Revocations(ctx context.Context, token string) (user, host ca.RevocationState, err error)
 	// Inventory lists an identity's live certificates (authorized as for revoking).
 	Inventory(ctx context.Context, token, identity string) ([]ca.Certificate, error)
-	// RevocationStates is the unauthenticated read behind GET /v1/krl: a KRL is public.
-	RevocationStates(ctx context.Context) (user, host ca.RevocationState, err error)
+	// UserRevocationStates is the unauthenticated read behind GET /v1/krl: a KRL is public.
+	UserRevocationStates(ctx context.Context) ([]ca.RevocationState, error)
 }

@@ -40,7 +40,7 @@ type HTTPOptions struct {
 	// Details are non-fatal facts /readyz shows (e.g. a refused policy reload).
 	Details func() map[string]string
 	// RenderKRL encodes a revocation state as an OpenSSH KRL (GET /v1/krl).
-	RenderKRL func(ca.RevocationState) ([]byte, error)
+	RenderKRL func(...ca.RevocationState) ([]byte, error)
 }
 
 // LoginConfig is the OIDC client setting the CLI signs users in with.

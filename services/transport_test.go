@@ -52,8 +52,8 @@ func (f *fakeService) Revocations(context.Context, string) (ca.RevocationState, 
 func (f *fakeService) Inventory(context.Context, string, string) ([]ca.Certificate, error) {
 	return nil, f.err
 }
-func (f *fakeService) RevocationStates(context.Context) (ca.RevocationState, ca.RevocationState, error) {
-	return ca.RevocationState{Version: 3, CA: f.key.PublicKey()}, ca.RevocationState{}, f.err
+func (f *fakeService) UserRevocationStates(context.Context) ([]ca.RevocationState, error) {
+	return []ca.RevocationState{{Version: 3, CA: f.key.PublicKey()}}, f.err
 }
 
 func newServer(t *testing.T, svc *fakeService) *httptest.Server {
@@ -61,7 +61,7 @@ func newServer(t *testing.T, svc *fakeService) *httptest.Server {
 	svc.key, _ = ssh.NewSignerFromKey(priv)
 	h := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{
 		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-		RenderKRL:      func(ca.RevocationState) ([]byte, error) { return []byte("KRL"), nil },
+		RenderKRL:      func(...ca.RevocationState) ([]byte, error) { return []byte("KRL"), nil },
 	})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -128,6 +129,15 @@ func TestRunbook(t *testing.T) {
 	if !works(old) {
 		t.Fatal("the first certificate does not log in")
 	}
+	// A certificate of the original key, revoked before any rotation: it must stay refused,
+	// on the bastion and in /v1/krl, whatever happens to its key.
+	revoked := newCert()
+	rc := parseCert(t, readFile(t, revoked))
+	if c, out := call(t, http.MethodPost, base+"/v1/revocations", admin, map[string]any{"serial": strconv.FormatUint(rc.Serial, 10), "reason": "test"}); c != 200 {
+		t.Fatalf("revoke: %d %s", c, out)
+	}
+	waitFor(t, 5*time.Second, "the revoked certificate is refused", func() bool { return !works(revoked) })
+	var second string // signed by the key the emergency rotation marks compromised
 	for _, s := range steps {
 		switch s.name {
 		case "promote":
@@ -142,7 +152,7 @@ func TestRunbook(t *testing.T) {
 			}
 		case "promote":
 			time.Sleep(400 * time.Millisecond) // replicas refresh the keyring
-			second := newCert()
+			second = newCert()
 			if !works(second) || !works(old) {
 				t.Fatalf("after promote: new cert works=%v, old cert works=%v", works(second), works(old))
 			}
@@ -151,9 +161,12 @@ func TestRunbook(t *testing.T) {
 		case "emergency-promote":
 			time.Sleep(400 * time.Millisecond)
 		case "compromised":
-			// cert2 was signed by the key just marked compromised; a new one by the replacement.
+			// second was signed by the key just marked compromised; a new one by the replacement.
+			if second == "" {
+				t.Fatal("the runbook has no promote step before compromised")
+			}
 			start := time.Now()
-			waitFor(t, time.Second, "the compromised key's certificates are refused", func() bool { return !works(filepath.Join(dir, "cert2.pub")) })
+			waitFor(t, time.Second, "the compromised key's certificates are refused", func() bool { return !works(second) })
 			t.Logf("compromised-key certificate refused %s after the command", time.Since(start))
 			if fresh := newCert(); !works(fresh) {
 				t.Fatal("a certificate from the replacement key is refused")
@@ -162,6 +175,15 @@ func TestRunbook(t *testing.T) {
 				t.Fatal("a certificate from the (retired, not compromised) first key is refused")
 			}
 		}
+	}
+
+	if works(revoked) {
+		t.Error("a certificate revoked before the rotation logs in after it")
+	}
+	_, krlBytes := call(t, http.MethodGet, base+"/v1/krl", "", nil)
+	writeFile(t, filepath.Join(dir, "served.krl"), string(krlBytes))
+	if out, _ := exec.Command("ssh-keygen", "-Q", "-f", filepath.Join(dir, "served.krl"), revoked).CombinedOutput(); !strings.Contains(string(out), "REVOKED") {
+		t.Errorf("/v1/krl after the rotation forgot a revocation of the old key: %s", out)
 	}
 
 	// The host CA: a compromised key is announced with @revoked and in the host KRL.

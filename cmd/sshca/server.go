@@ -82,8 +82,8 @@ func apiHandler(p parts) (http.Handler, error) {
 		Details:           p.details,
 		Login:             p.login,
 		Keys:              keyAdmin(p, authority),
-		RenderKRL: func(st ca.RevocationState) ([]byte, error) {
-			return revocation.EncodeKRL(time.Now(), st)
+		RenderKRL: func(states ...ca.RevocationState) ([]byte, error) {
+			return revocation.EncodeKRL(time.Now(), states...)
 		},
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
