@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
@@ -18,28 +19,44 @@ import (
 	"github.com/sshca/sshca/revocation"
 )
 
-// TestShippedRedisACL loads deploy/redis/users.acl into a real redis-server: the CA service's
-// user can do all it does; the bastion user can follow revocations but write nothing.
+// aclUsers returns the `user` lines of a shipped Redis file, split into words.
+func aclUsers(t *testing.T, name string) [][]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "deploy", "redis", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var users [][]string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "user" {
+			users = append(users, f[1:])
+		}
+	}
+	return users
+}
+
+// TestShippedRedisACL loads the ACL users of deploy/redis/redis.conf into a real redis-server:
+// the CA service's user can do all it does; the bastion user can follow revocations but write
+// nothing. deploy/redis/users.acl must declare the same users.
 func TestShippedRedisACL(t *testing.T) {
+	users := aclUsers(t, "redis.conf")
+	if diff := cmp.Diff(users, aclUsers(t, "users.acl")); diff != "" {
+		t.Errorf("users.acl and redis.conf declare different users (-redis.conf +users.acl):\n%s", diff)
+	}
 	r := testenv.StartRedis(t)
 	ctx := context.Background()
 	root := redis.NewClient(&redis.Options{Addr: r.Addr})
 	defer root.Close()
-	b, err := os.ReadFile(filepath.Join("..", "deploy", "redis", "users.acl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 || f[0] != "user" || f[1] == "default" {
-			continue
+	for _, u := range users {
+		if u[0] == "default" {
+			continue // turned off last, below: the test connects as default to set things up
 		}
 		args := []any{"ACL", "SETUSER"}
-		for _, x := range f[1:] {
+		for _, x := range u {
 			args = append(args, x)
 		}
 		if err := root.Do(ctx, args...).Err(); err != nil {
-			t.Fatalf("ACL SETUSER %s: %v", f[1], err)
+			t.Fatalf("ACL SETUSER %s: %v", u[0], err)
 		}
 	}
 	client := func(user, pass string) *redis.Client {
@@ -73,7 +90,22 @@ func TestShippedRedisACL(t *testing.T) {
 	if _, err := svc.Refused(ctx, caKey, "bob", caKey); err != nil {
 		t.Fatalf("service refused: %v", err)
 	}
+	if ok, err := svc.UseToken(ctx, "token-1", exp); err != nil || !ok {
+		t.Fatalf("service token replay mark: %v %v", ok, err)
+	}
+	if _, err := svc.UpdateKeyring(ctx, func(*ca.Keyring) error { return nil }); err != nil {
+		t.Fatalf("service keyring (WATCH/MULTI): %v", err)
+	}
+	if err := svc.Check(ctx); err != nil {
+		t.Fatalf("service health: %v", err)
+	}
 	// Everything the bastion does.
+	if err := bas.Check(ctx); err != nil {
+		t.Fatalf("bastion health: %v", err)
+	}
+	if _, err := bas.Keyring(ctx); err != nil {
+		t.Fatalf("bastion keyring: %v", err)
+	}
 	if cas, err := bas.CAs(ctx); err != nil || len(cas) != 1 {
 		t.Fatalf("bastion CAs: %v %v", cas, err)
 	}
@@ -91,5 +123,51 @@ func TestShippedRedisACL(t *testing.T) {
 	}
 	if err := bas.Record(ctx, ca.Certificate{Serial: 9, Identity: "x", ValidBefore: exp}); err == nil {
 		t.Error("bastion could write the inventory")
+	}
+	// Command by command, for the bastion's raw credentials.
+	raw := client("bastion", "CHANGE-ME-bastion")
+	if err := raw.XRead(ctx, &redis.XReadArgs{Streams: []string{"sshca:any-stream", "0-0"}, Count: 1, Block: -1}).Err(); err != nil && err != redis.Nil {
+		t.Errorf("bastion XREAD: %v", err)
+	}
+	if err := raw.Get(ctx, "sshca:anything").Err(); err != nil && err != redis.Nil {
+		t.Errorf("bastion GET: %v", err)
+	}
+	for name, cmd := range map[string][]any{
+		"SET":                {"SET", "sshca:x", "1"},
+		"DEL":                {"DEL", "sshca:x"},
+		"XADD":               {"XADD", "sshca:s", "*", "k", "v"},
+		"ZREMRANGEBYSCORE":   {"ZREMRANGEBYSCORE", "sshca:z", "-inf", "+inf"},
+		"GET outside sshca:": {"GET", "other:x"},
+		"KEYS":               {"KEYS", "*"},
+		"FLUSHALL":           {"FLUSHALL"},
+		"CONFIG SET":         {"CONFIG", "SET", "maxmemory", "1"},
+		"ACL SETUSER":        {"ACL", "SETUSER", "bastion", "+@all"},
+		"EVAL":               {"EVAL", "return redis.call('SET','sshca:x','1')", "0"},
+		"PUBLISH":            {"PUBLISH", "sshca:c", "x"},
+	} {
+		if err := raw.Do(ctx, cmd...).Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+			t.Errorf("bastion %s: %v, want NOPERM", name, err)
+		}
+	}
+	// The CA service's user stays in its keys and away from administration.
+	rawSvc := client("sshca", "CHANGE-ME-sshca")
+	for name, cmd := range map[string][]any{
+		"SET outside sshca:": {"SET", "other:x", "1"},
+		"FLUSHALL":           {"FLUSHALL"},
+		"CONFIG SET":         {"CONFIG", "SET", "maxmemory", "1"},
+		"KEYS":               {"KEYS", "*"},
+	} {
+		if err := rawSvc.Do(ctx, cmd...).Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+			t.Errorf("sshca %s: %v, want NOPERM", name, err)
+		}
+	}
+	// Last, the default user goes off: an unauthenticated connection can do nothing.
+	if err := root.Do(ctx, "ACL", "SETUSER", "default", "off").Err(); err != nil {
+		t.Fatal(err)
+	}
+	anon := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1})
+	defer anon.Close()
+	if err := anon.Get(ctx, "sshca:anything").Err(); err == nil || err == redis.Nil {
+		t.Errorf("the default user still works: %v", err)
 	}
 }

@@ -3,5 +3,8 @@
 // from the CA's HTTPS endpoint when Redis is out of reach, and ends live sessions of revoked
 // certificates. The agent fails static: without a source it keeps the last good files, never
 // installs an older KRL over a newer one, and never installs a file sshd could not read (sshd
-// treats an unreadable KRL as "everything revoked").
+// treats an unreadable KRL as "everything revoked"). SSHDConfig renders the hardened
+// sshd_config that goes with it (deploy/bastion/sshd_config is its default rendering):
+// sshca certificates only, the agent's KRL enforced, modern algorithms, forwarding only where
+// the certificate grants it.
 package bastion

@@ -1,114 +1,232 @@
 package bastion
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 )
 
+// Defaults of SSHDConfigOptions; the agent's flags default to the same files.
+const (
+	DefaultHostKey                  = "/etc/ssh/ssh_host_ed25519_key"
+	DefaultHostCertificate          = "/etc/ssh/ssh_host_ed25519_key-cert.pub"
+	DefaultTrustedUserCAKeys        = "/etc/ssh/sshca_user_ca.pub"
+	DefaultRevokedKeys              = "/etc/ssh/sshca.krl"
+	DefaultAuthorizedPrincipalsFile = "/etc/ssh/auth_principals/%u"
+)
+
+// Algorithms a bastion offers and accepts: those of OpenSSH 9.2 without SHA-1 (ssh-rsa),
+// DSA, CBC/CTR ciphers, encrypt-and-MAC MACs, or NIST-curve key exchange.
+const (
+	kexAlgorithms = "sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org"
+	ciphers       = "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com"
+	macs          = "hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com"
+	// Host keys are never security keys, so no sk- variants here.
+	hostKeyAlgorithms = "ssh-ed25519-cert-v01@openssh.com,ecdsa-sha2-nistp256-cert-v01@openssh.com," +
+		"ecdsa-sha2-nistp384-cert-v01@openssh.com,ecdsa-sha2-nistp521-cert-v01@openssh.com," +
+		"rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com," +
+		"ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256"
+	// Certificates only: with AuthorizedKeysFile none a plain key could never log in anyway.
+	pubkeyAcceptedAlgorithms = "ssh-ed25519-cert-v01@openssh.com,sk-ssh-ed25519-cert-v01@openssh.com," +
+		"ecdsa-sha2-nistp256-cert-v01@openssh.com,ecdsa-sha2-nistp384-cert-v01@openssh.com," +
+		"ecdsa-sha2-nistp521-cert-v01@openssh.com,sk-ecdsa-sha2-nistp256-cert-v01@openssh.com," +
+		"rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com"
+	caSignatureAlgorithms = "ssh-ed25519,sk-ssh-ed25519@openssh.com,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384," +
+		"ecdsa-sha2-nistp521,sk-ecdsa-sha2-nistp256@openssh.com,rsa-sha2-512,rsa-sha2-256"
+)
+
 // SSHDConfigOptions are the site-specific parts of a bastion's sshd_config. Zero values take
-// the defaults shown on each field.
+// the defaults named on each field; everything else in the configuration is fixed.
 type SSHDConfigOptions struct {
 	Port                     int      // 22
 	ListenAddresses          []string // none: every address
-	HostKeys                 []string // /etc/ssh/ssh_host_ed25519_key
-	HostCertificates         []string // /etc/ssh/ssh_host_ed25519_key-cert.pub
-	TrustedUserCAKeys        string   // /etc/ssh/sshca_user_ca.pub (kept current by the agent)
-	RevokedKeys              string   // /etc/ssh/sshca.krl (kept current by the agent)
-	AuthorizedPrincipalsFile string   // /etc/ssh/auth_principals/%u
-	// PermitRootLogin is "no" unless set (tests that run as root set "prohibit-password").
+	HostKeys                 []string // DefaultHostKey
+	HostCertificates         []string // DefaultHostCertificate; an empty non-nil slice: none
+	TrustedUserCAKeys        string   // DefaultTrustedUserCAKeys (kept current by the agent)
+	RevokedKeys              string   // DefaultRevokedKeys (kept current by the agent)
+	AuthorizedPrincipalsFile string   // DefaultAuthorizedPrincipalsFile
+
+	// DisableForwarding turns every kind of forwarding off whatever the certificate grants.
+	// By default the certificate decides (see the comment in the rendered configuration).
+	DisableForwarding bool
+	// X11Forwarding lets certificates with permit-X11-forwarding forward X11; off by default.
+	X11Forwarding bool
+
+	// PermitRootLogin is "no" unless set. For tests only, which run as root: they set
+	// "prohibit-password" (root by certificate). Other values are refused.
 	PermitRootLogin string
 }
 
 // SSHDConfig renders a hardened sshd_config for a bastion: certificates from the sshca user CA
-// only, the KRL enforced, modern algorithms only, verbose logging (the agent reads each
-// session's certificate serial from it).
+// are the only way in, the KRL is enforced on every authentication, only modern algorithms are
+// offered, and LogLevel VERBOSE logs each session's certificate key ID and serial (the agent
+// ends sessions of revoked certificates from it). Every directive carries a comment saying why.
+//
+// Values are checked, not escaped: a path with whitespace, a quote, '#' or a control
+// character is an error, so no option can smuggle in another directive. All problems are
+// reported together.
 func SSHDConfig(o SSHDConfigOptions) (string, error) {
 	if o.Port == 0 {
 		o.Port = 22
 	}
 	if len(o.HostKeys) == 0 {
-		o.HostKeys = []string{"/etc/ssh/ssh_host_ed25519_key"}
+		o.HostKeys = []string{DefaultHostKey}
 	}
 	if o.HostCertificates == nil {
-		o.HostCertificates = []string{"/etc/ssh/ssh_host_ed25519_key-cert.pub"}
+		o.HostCertificates = []string{DefaultHostCertificate}
 	}
 	if o.TrustedUserCAKeys == "" {
-		o.TrustedUserCAKeys = "/etc/ssh/sshca_user_ca.pub"
+		o.TrustedUserCAKeys = DefaultTrustedUserCAKeys
 	}
 	if o.RevokedKeys == "" {
-		o.RevokedKeys = "/etc/ssh/sshca.krl"
+		o.RevokedKeys = DefaultRevokedKeys
 	}
 	if o.AuthorizedPrincipalsFile == "" {
-		o.AuthorizedPrincipalsFile = "/etc/ssh/auth_principals/%u"
+		o.AuthorizedPrincipalsFile = DefaultAuthorizedPrincipalsFile
 	}
 	if o.PermitRootLogin == "" {
 		o.PermitRootLogin = "no"
 	}
-	values := append(append(append([]string{o.TrustedUserCAKeys, o.RevokedKeys, o.AuthorizedPrincipalsFile, o.PermitRootLogin},
-		o.ListenAddresses...), o.HostKeys...), o.HostCertificates...)
-	for _, v := range values {
-		if v == "" || strings.ContainsAny(v, " \t\r\n#\"") {
-			return "", fmt.Errorf("bastion: sshd_config value %q must be one word without spaces, quotes or '#'", v)
-		}
+	if err := o.validate(); err != nil {
+		return "", err
 	}
-	if o.Port < 1 || o.Port > 65535 {
-		return "", fmt.Errorf("bastion: port %d out of range", o.Port)
-	}
+
 	var b strings.Builder
+	section := func(title string) { fmt.Fprintf(&b, "\n## %s\n", title) }
+	// line writes one directive with the reason for it; a why of "" means the comment above
+	// (same reason as the previous directive) covers it.
 	line := func(directive, value, why string) {
 		if why != "" {
-			fmt.Fprintf(&b, "# %s\n", why)
+			for _, w := range strings.Split(why, "\n") {
+				fmt.Fprintf(&b, "# %s\n", w)
+			}
 		}
 		fmt.Fprintf(&b, "%s %s\n", directive, value)
 	}
-	b.WriteString("# sshd_config for an sshca bastion (generated by `sshca bastion sshd-config`).\n\n")
-	line("Port", strconv.Itoa(o.Port), "")
-	for _, a := range o.ListenAddresses {
-		line("ListenAddress", a, "")
+	yesNo := func(v bool) string {
+		if v {
+			return "yes"
+		}
+		return "no"
 	}
-	for _, k := range o.HostKeys {
-		line("HostKey", k, "")
+
+	b.WriteString("# sshd_config for an sshca bastion, generated by `sshca bastion sshd-config`.\n")
+	b.WriteString("# Check it with `sshd -t -f FILE` before installing it. sshd keeps the first value it\n")
+	b.WriteString("# reads for a directive: a line appended below cannot loosen anything set here.\n")
+
+	section("Listening and host identity")
+	line("Port", strconv.Itoa(o.Port), "The port clients connect to.")
+	for i, a := range o.ListenAddresses {
+		line("ListenAddress", a, first(i, "Only these addresses; a bastion should not listen on its inner side."))
 	}
-	for _, c := range o.HostCertificates {
-		line("HostCertificate", c, "Clients trust the host through the sshca host CA (@cert-authority), not by key.")
+	for i, k := range o.HostKeys {
+		line("HostKey", k, first(i, "Host private keys (ed25519 by default; no DSA)."))
 	}
-	b.WriteString("\n")
-	line("TrustedUserCAKeys", o.TrustedUserCAKeys, "Certificates from the sshca user CA are the only way in; the agent keeps this file current.")
-	line("RevokedKeys", o.RevokedKeys, "The KRL the agent rewrites atomically; sshd re-reads it on every authentication.")
+	for i, c := range o.HostCertificates {
+		line("HostCertificate", c, first(i, "Clients trust the host through the sshca host CA (@cert-authority), not key by key."))
+	}
+
+	section("Authentication: sshca user certificates only")
+	line("TrustedUserCAKeys", o.TrustedUserCAKeys, "The sshca user CA keys; the agent keeps this file current through key rotations.")
+	line("RevokedKeys", o.RevokedKeys, "The KRL the agent replaces atomically; sshd re-reads it on every authentication.\n"+
+		"A missing or unreadable file refuses every key, so the agent writes an empty KRL before sshd starts.")
 	line("AuthorizedPrincipalsFile", o.AuthorizedPrincipalsFile, "Which certificate principals may log in as each local user.")
 	line("AuthorizedKeysFile", "none", "No authorized_keys: a long-lived key must not be a way around the CA.")
-	line("PubkeyAuthentication", "yes", "")
-	line("PasswordAuthentication", "no", "")
-	line("KbdInteractiveAuthentication", "no", "")
-	line("HostbasedAuthentication", "no", "")
-	line("PermitEmptyPasswords", "no", "")
-	line("PermitRootLogin", o.PermitRootLogin, "")
-	line("AuthenticationMethods", "publickey", "")
-	b.WriteString("\n")
-	line("KexAlgorithms", "sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org", "Modern algorithms only.")
-	line("Ciphers", "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com", "")
-	line("MACs", "hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com", "")
-	line("HostKeyAlgorithms", "ssh-ed25519-cert-v01@openssh.com,ecdsa-sha2-nistp256-cert-v01@openssh.com,rsa-sha2-512-cert-v01@openssh.com,ssh-ed25519,ecdsa-sha2-nistp256,rsa-sha2-512", "")
-	line("PubkeyAcceptedAlgorithms", "ssh-ed25519-cert-v01@openssh.com,sk-ssh-ed25519-cert-v01@openssh.com,ecdsa-sha2-nistp256-cert-v01@openssh.com,ecdsa-sha2-nistp384-cert-v01@openssh.com,sk-ecdsa-sha2-nistp256-cert-v01@openssh.com,rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com",
-		"Certificates only; no SHA-1 RSA, no DSA.")
-	line("CASignatureAlgorithms", "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,rsa-sha2-512", "")
-	b.WriteString("\n")
-	line("MaxAuthTries", "3", "Slow down guessing; keep unauthenticated connections short.")
-	line("LoginGraceTime", "20", "")
-	line("MaxStartups", "10:30:60", "")
-	line("ClientAliveInterval", "60", "")
-	line("ClientAliveCountMax", "3", "")
-	line("UseDNS", "no", "")
-	line("LogLevel", "VERBOSE", "VERBOSE logs each session's certificate key ID and serial: the agent ends sessions of revoked certificates with it.")
-	b.WriteString("\n")
-	line("AllowTcpForwarding", "yes",
-		"Forwarding is off unless the certificate grants it: sshd honours the certificate's permit-port-forwarding,\n# permit-agent-forwarding and permit-user-rc extensions, which sshca grants only where the policy says.")
-	line("AllowAgentForwarding", "yes", "")
-	line("X11Forwarding", "no", "")
-	line("PermitTunnel", "no", "")
-	line("GatewayPorts", "no", "")
-	line("PermitUserEnvironment", "no", "")
-	line("DisableForwarding", "no", "")
+	line("PubkeyAuthentication", "yes", "Certificates are public-key authentication.")
+	line("AuthenticationMethods", "publickey", "And nothing else is ever enough to log in.")
+	line("PasswordAuthentication", "no", "No passwords: they can be guessed, phished and are not short-lived.")
+	line("PermitEmptyPasswords", "no", "Never, even if password authentication were turned back on.")
+	line("KbdInteractiveAuthentication", "no", "No keyboard-interactive (PAM prompts, OTP): the CA decides who gets in.")
+	line("ChallengeResponseAuthentication", "no", "The older name of the same thing, for readers who look for it.")
+	line("HostbasedAuthentication", "no", "Trusting another host's word for a user would bypass the CA.")
+	line("IgnoreRhosts", "yes", "Nor .rhosts/.shosts files.")
+	line("PermitRootLogin", o.PermitRootLogin, "Log in as yourself and escalate on the host, where it is audited.")
+	line("MaxAuthTries", "3", "Few attempts per connection: a client offers its certificate first.")
+	line("LoginGraceTime", "20", "Unauthenticated connections are cut after 20 seconds.")
+	line("MaxStartups", "10:30:60", "Shed unauthenticated connections early under a flood (start 10, 30% drop, max 60).")
+
+	section("Algorithms: modern only (no SHA-1, no DSA, no CBC, no encrypt-and-MAC)")
+	line("KexAlgorithms", kexAlgorithms, "Post-quantum hybrid first, then X25519.")
+	line("Ciphers", ciphers, "AEAD ciphers only.")
+	line("MACs", macs, "Encrypt-then-MAC SHA-2 only (unused with AEAD ciphers, which carry their own).")
+	line("HostKeyAlgorithms", hostKeyAlgorithms, "Host certificates first; RSA only with SHA-2 signatures.")
+	line("PubkeyAcceptedAlgorithms", pubkeyAcceptedAlgorithms, "User certificates only, security keys (sk-) included; RSA only with SHA-2.")
+	line("CASignatureAlgorithms", caSignatureAlgorithms, "A certificate signed by its CA with SHA-1 (ssh-rsa) is refused.")
+
+	section("Sessions")
+	line("LogLevel", "VERBOSE", "Logs each login's certificate key ID and serial; the agent ends sessions of\n"+
+		"revoked certificates from it (sshd checks the KRL only when a session starts).")
+	line("ClientAliveInterval", "60", "Probe idle clients every minute...")
+	line("ClientAliveCountMax", "3", "...and drop the dead ones after three unanswered probes.")
+	line("UseDNS", "no", "Log and match client addresses as they are, without trusting reverse DNS.")
+	line("PermitUserEnvironment", "no", "Users' ~/.ssh/environment could set LD_PRELOAD and friends.")
+	line("PermitUserRC", "yes", "~/.ssh/rc runs only for certificates with permit-user-rc: the certificate decides.")
+
+	section("Forwarding: off unless the certificate grants it")
+	fwd := "The certificate decides: sshd allows port and agent forwarding only for certificates\n" +
+		"carrying permit-port-forwarding / permit-agent-forwarding, which sshca adds only when the\n" +
+		"policy grants them. \"no\" here would overrule every certificate, so it stays \"yes\"."
+	if o.DisableForwarding {
+		fwd = "This site turns every kind of forwarding off, whatever a certificate grants."
+		line("DisableForwarding", "yes", fwd)
+		fwd = ""
+	}
+	line("AllowTcpForwarding", yesNo(!o.DisableForwarding), fwd)
+	line("AllowAgentForwarding", yesNo(!o.DisableForwarding), "")
+	line("AllowStreamLocalForwarding", "no", "Unix socket forwarding is not something a bastion offers.")
+	if o.X11Forwarding && !o.DisableForwarding {
+		line("X11Forwarding", "yes", "This site allows X11 forwarding to certificates with permit-X11-forwarding.")
+	} else {
+		line("X11Forwarding", "no", "X11 forwarding exposes the client's display; a bastion does not need it.")
+	}
+	line("PermitTunnel", "no", "No tun/tap devices: a bastion is not a VPN.")
+	line("GatewayPorts", "no", "Remote forwards listen on loopback only, never for the whole network.")
 	return b.String(), nil
+}
+
+// first returns why for the first of repeated directives, "" for the others.
+func first(i int, why string) string {
+	if i == 0 {
+		return why
+	}
+	return ""
+}
+
+func (o SSHDConfigOptions) validate() error {
+	var errs []error
+	if o.Port < 1 || o.Port > 65535 {
+		errs = append(errs, fmt.Errorf("port %d out of range", o.Port))
+	}
+	check := func(what, v string) {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is empty", what))
+			return
+		}
+		for _, r := range v {
+			if r <= ' ' || r == 0x7f || r == '"' || r == '\'' || r == '#' || r == '\\' {
+				errs = append(errs, fmt.Errorf("%s %q: whitespace, quotes, '#', '\\' and control characters are not allowed", what, v))
+				return
+			}
+		}
+	}
+	check("TrustedUserCAKeys", o.TrustedUserCAKeys)
+	check("RevokedKeys", o.RevokedKeys)
+	check("AuthorizedPrincipalsFile", o.AuthorizedPrincipalsFile)
+	for _, a := range o.ListenAddresses {
+		check("ListenAddress", a)
+	}
+	for _, k := range o.HostKeys {
+		check("HostKey", k)
+	}
+	for _, c := range o.HostCertificates {
+		check("HostCertificate", c)
+	}
+	if o.PermitRootLogin != "no" && o.PermitRootLogin != "prohibit-password" {
+		errs = append(errs, fmt.Errorf("PermitRootLogin %q: only \"no\" (or \"prohibit-password\" in tests)", o.PermitRootLogin))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("bastion: sshd_config: %w", err)
+	}
+	return nil
 }

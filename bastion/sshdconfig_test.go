@@ -1,12 +1,18 @@
 package bastion_test
 
 import (
+	"bytes"
+	"context"
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/sshca/sshca/bastion"
 	"github.com/sshca/sshca/internal/testenv"
@@ -14,57 +20,264 @@ import (
 
 var update = flag.Bool("update", false, "rewrite deploy/bastion/sshd_config")
 
-// TestSSHDConfigAcceptedBySSHD: sshd -t accepts the rendered configuration.
-func TestSSHDConfigAcceptedBySSHD(t *testing.T) {
-	sshd := testenv.Need(t, "sshd", "/usr/sbin")
-	keygen := testenv.Need(t, "ssh-keygen")
-	dir := t.TempDir()
-	testenv.Run(t, keygen, "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "host"))
-	testenv.Run(t, keygen, "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "ca"))
-	testenv.Run(t, keygen, "-q", "-s", filepath.Join(dir, "ca"), "-h", "-I", "host", "-n", "127.0.0.1", filepath.Join(dir, "host.pub"))
-	testenv.Run(t, keygen, "-q", "-k", "-f", filepath.Join(dir, "krl"))
-	cfg, err := bastion.SSHDConfig(bastion.SSHDConfigOptions{
+// bastionHost is a directory with what a bastion's sshd needs: a host key and certificate,
+// a user CA, a KRL and principals files, and the options that point at them.
+type bastionHost struct {
+	dir, keygen string
+	opts        bastion.SSHDConfigOptions
+}
+
+func newBastionHost(t *testing.T) *bastionHost {
+	t.Helper()
+	h := &bastionHost{dir: t.TempDir(), keygen: testenv.Need(t, "ssh-keygen")}
+	h.run(t, "-q", "-t", "ed25519", "-N", "", "-C", "host", "-f", h.path("host"))
+	h.run(t, "-q", "-t", "ed25519", "-N", "", "-C", "user-ca", "-f", h.path("ca"))
+	h.run(t, "-q", "-s", h.path("ca"), "-h", "-I", "host", "-n", "127.0.0.1", h.path("host.pub"))
+	h.run(t, "-q", "-k", "-f", h.path("krl"))
+	h.opts = bastion.SSHDConfigOptions{
 		Port: testenv.FreePort(t), ListenAddresses: []string{"127.0.0.1"},
-		HostKeys: []string{filepath.Join(dir, "host")}, HostCertificates: []string{filepath.Join(dir, "host-cert.pub")},
-		TrustedUserCAKeys: filepath.Join(dir, "ca.pub"), RevokedKeys: filepath.Join(dir, "krl"),
-		AuthorizedPrincipalsFile: filepath.Join(dir, "principals-%u"),
-	})
+		HostKeys: []string{h.path("host")}, HostCertificates: []string{h.path("host-cert.pub")},
+		TrustedUserCAKeys: h.path("ca.pub"), RevokedKeys: h.path("krl"),
+		AuthorizedPrincipalsFile: h.path("principals-%u"),
+	}
+	return h
+}
+
+func (h *bastionHost) path(name string) string { return filepath.Join(h.dir, name) }
+
+func (h *bastionHost) run(t *testing.T, args ...string) string {
+	t.Helper()
+	return testenv.Run(t, h.keygen, args...)
+}
+
+// write renders the options, appends extra lines (which can only set what the rendering
+// leaves unset: sshd keeps the first value) and checks the result with sshd -t.
+func (h *bastionHost) write(t *testing.T, extra ...string) (sshd, path string) {
+	t.Helper()
+	sshd = testenv.Need(t, "sshd", "/usr/sbin")
+	cfg, err := bastion.SSHDConfig(h.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "sshd_config")
+	cfg += strings.Join(extra, "\n") + "\n"
+	path = h.path("sshd_config")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_ = os.MkdirAll("/run/sshd", 0o755)
-	if out, err := exec.Command(sshd, "-t", "-f", path).CombinedOutput(); err != nil {
-		t.Fatalf("sshd -t rejects the configuration: %v\n%s\n%s", err, out, cfg)
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		t.Fatal(err)
 	}
+	if out, err := exec.Command(sshd, "-t", "-f", path).CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) != 0 {
+		t.Fatalf("sshd -t: %v\n%s\nconfiguration:\n%s", err, out, cfg)
+	}
+	return sshd, path
+}
+
+// TestSSHDConfigAcceptedBySSHD: sshd -t accepts the rendering without a warning, and the
+// effective configuration (sshd -T) is the hardened one.
+func TestSSHDConfigAcceptedBySSHD(t *testing.T) {
+	h := newBastionHost(t)
+	sshd, path := h.write(t)
 	out, err := exec.Command(sshd, "-T", "-f", path).CombinedOutput()
 	if err != nil {
 		t.Fatalf("sshd -T: %v\n%s", err, out)
 	}
-	for _, want := range []string{"passwordauthentication no", "kbdinteractiveauthentication no", "permitrootlogin no",
-		"authorizedkeysfile none", "loglevel VERBOSE", "maxauthtries 3", "x11forwarding no", "revokedkeys " + filepath.Join(dir, "krl")} {
-		if !strings.Contains(string(out), want+"\n") {
+	effective := string(out)
+	for _, want := range []string{
+		"pubkeyauthentication yes", "passwordauthentication no", "kbdinteractiveauthentication no",
+		"hostbasedauthentication no", "permitemptypasswords no", "permitrootlogin no",
+		"authorizedkeysfile none", "authenticationmethods publickey",
+		"trustedusercakeys " + h.path("ca.pub"), "revokedkeys " + h.path("krl"),
+		"authorizedprincipalsfile " + h.path("principals-%u"),
+		"hostcertificate " + h.path("host-cert.pub"),
+		"loglevel VERBOSE", "maxauthtries 3", "logingracetime 20", "maxstartups 10:30:60",
+		"clientaliveinterval 60", "clientalivecountmax 3", "usedns no",
+		"allowtcpforwarding yes", "allowagentforwarding yes", "x11forwarding no", "permittunnel no",
+		"gatewayports no", "permituserenvironment no", "permituserrc yes", "disableforwarding no",
+		"kexalgorithms sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org",
+		"ciphers chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com",
+		"macs hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com",
+	} {
+		if !strings.Contains(effective, "\n"+want+"\n") {
 			t.Errorf("effective configuration lacks %q", want)
 		}
 	}
+	for _, l := range strings.Split(effective, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 2 && (f[0] == "gssapikeyexchange" || f[0] == "gssapiauthentication") && f[1] != "no" {
+			t.Errorf("%s %s", f[0], f[1])
+		}
+		// Debian's GSSAPI key exchange patch lists SHA-1 groups, used only with
+		// GSSAPIKeyExchange, which is off (checked above).
+		if len(f) != 2 || f[0] == "gssapikexalgorithms" || !strings.HasSuffix(f[0], "algorithms") && f[0] != "ciphers" && f[0] != "macs" {
+			continue
+		}
+		for _, alg := range strings.Split(f[1], ",") {
+			if alg == "ssh-rsa" || strings.HasPrefix(alg, "ssh-rsa-cert") || strings.Contains(alg, "dss") ||
+				strings.Contains(alg, "sha1") || strings.Contains(alg, "cbc") || strings.Contains(alg, "md5") {
+				t.Errorf("%s offers the weak %s", f[0], alg)
+			}
+		}
+	}
+}
+
+// TestSSHDConfigForwardingOptions: a site can turn forwarding off entirely, or allow X11.
+func TestSSHDConfigForwardingOptions(t *testing.T) {
+	h := newBastionHost(t)
+	h.opts.DisableForwarding, h.opts.X11Forwarding = true, true
+	sshd, path := h.write(t)
+	out := testenv.Run(t, sshd, "-T", "-f", path)
+	for _, want := range []string{"disableforwarding yes", "allowtcpforwarding no", "allowagentforwarding no", "x11forwarding no"} {
+		if !strings.Contains(out, "\n"+want+"\n") {
+			t.Errorf("DisableForwarding: effective configuration lacks %q", want)
+		}
+	}
+	h.opts.DisableForwarding = false
+	sshd, path = h.write(t)
+	if out := testenv.Run(t, sshd, "-T", "-f", path); !strings.Contains(out, "\nx11forwarding yes\n") {
+		t.Error("X11Forwarding: x11forwarding is not yes")
+	}
+}
+
+// TestSSHDConfigLogin runs sshd with the rendered configuration and logs in with the real ssh
+// client: a CA-signed certificate gets in; a plain key, a revoked certificate, a certificate
+// for another principal and a password do not.
+func TestSSHDConfigLogin(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("sshd runs sessions only as root; this test logs in as root (prohibit-password)")
+	}
+	sshBin := testenv.Need(t, "ssh")
+	h := newBastionHost(t)
+	h.opts.PermitRootLogin = "prohibit-password" // the test user is root
+	if err := os.WriteFile(h.path("principals-root"), []byte("alice\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.run(t, "-q", "-t", "ed25519", "-N", "", "-f", h.path("user"))
+	cert := func(name, principal string, serial int) string {
+		t.Helper()
+		h.run(t, "-q", "-t", "ed25519", "-N", "", "-f", h.path(name))
+		h.run(t, "-q", "-s", h.path("ca"), "-I", "alice@example.com#"+strconv.Itoa(serial), "-n", principal,
+			"-z", strconv.Itoa(serial), "-V", "+5m", h.path(name+".pub"))
+		return h.path(name)
+	}
+	good := cert("good", "alice", 42)
+	revoked := cert("revoked", "alice", 43)
+	other := cert("other", "mallory", 44)
+	plain := h.path("plain")
+	h.run(t, "-q", "-t", "ed25519", "-N", "", "-f", plain)
+	if err := os.WriteFile(h.path("krl.spec"), []byte("serial: 43\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.run(t, "-q", "-k", "-f", h.path("krl"), "-s", h.path("ca.pub"), h.path("krl.spec"))
+
+	// Test directories live under /tmp (StrictModes would refuse them) and the pid file must
+	// not be the system's: both are left unset by the rendering, so appending works.
+	sshd, path := h.write(t, "StrictModes no", "PidFile "+h.path("sshd.pid"))
+	var log syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, sshd, "-D", "-e", "-f", path)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("sshd log:\n%s", log.String())
+		}
+	})
+	addr := "127.0.0.1:" + strconv.Itoa(h.opts.Port)
+	testenv.WaitDial(t, addr, 10*time.Second)
+
+	ssh := func(key string, opts ...string) (string, error) {
+		args := []string{"-F", "none", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+			"-o", "UserKnownHostsFile=/dev/null", "-o", "GlobalKnownHostsFile=/dev/null",
+			"-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ConnectTimeout=10",
+			"-o", "LogLevel=ERROR", "-p", strconv.Itoa(h.opts.Port)}
+		if key != "" {
+			args = append(args, "-i", key)
+		}
+		args = append(append(args, opts...), "root@127.0.0.1", "echo", "logged-in")
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, sshBin, args...).CombinedOutput()
+		return string(out), err
+	}
+	withCert := func(key string) []string { return []string{"-o", "CertificateFile=" + key + "-cert.pub"} }
+
+	if out, err := ssh(good, withCert(good)...); err != nil || !strings.Contains(out, "logged-in") {
+		t.Fatalf("a certificate from the CA was refused: %v\n%s", err, out)
+	}
+	// LogLevel VERBOSE names the certificate's key ID and serial, which the agent relies on.
+	testenv.Eventually(t, 5*time.Second, "sshd logs the certificate's serial", func() bool {
+		return strings.Contains(log.String(), "ID alice@example.com#42 (serial 42) CA ED25519")
+	})
+	refused := func(what, key string, opts ...string) {
+		t.Helper()
+		out, err := ssh(key, opts...)
+		if err == nil || strings.Contains(out, "logged-in") {
+			t.Errorf("%s logged in:\n%s", what, out)
+		} else if !strings.Contains(out, "Permission denied (publickey)") {
+			t.Errorf("%s: want Permission denied (publickey), got %v\n%s", what, err, out)
+		}
+	}
+	refused("a plain key without a certificate", plain)
+	refused("a certificate whose serial is in the KRL", revoked, withCert(revoked)...)
+	refused("a certificate for a principal not in the principals file", other, withCert(other)...)
+	// The server offers publickey alone: a client that wants a password gets nothing to try.
+	refused("password authentication", "", "-o", "PreferredAuthentications=password,keyboard-interactive",
+		"-o", "PubkeyAuthentication=no")
+	if !strings.Contains(log.String(), "Authentication key ED25519-CERT") || !strings.Contains(log.String(), "revoked by file") {
+		t.Error("sshd did not log refusing the revoked certificate")
+	}
+}
+
+// syncBuffer is a bytes.Buffer that sshd's output and the test can share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestSSHDConfigRefusesInjection(t *testing.T) {
-	for _, bad := range []string{"/etc/x\nPasswordAuthentication yes", "a b", "x#y", ""} {
-		if _, err := bastion.SSHDConfig(bastion.SSHDConfigOptions{TrustedUserCAKeys: bad + "z"}); err == nil && bad != "" {
-			t.Errorf("%q accepted", bad)
+	for name, o := range map[string]bastion.SSHDConfigOptions{
+		"newline":        {TrustedUserCAKeys: "/etc/x\nPasswordAuthentication yes"},
+		"carriage":       {RevokedKeys: "/etc/x\rPermitRootLogin yes"},
+		"space":          {AuthorizedPrincipalsFile: "/etc/a b"},
+		"tab":            {HostKeys: []string{"/etc/a\tb"}},
+		"comment":        {HostCertificates: []string{"/etc/x#y"}},
+		"quote":          {ListenAddresses: []string{`"0.0.0.0"`}},
+		"empty listen":   {ListenAddresses: []string{""}},
+		"port":           {Port: 70000},
+		"negative port":  {Port: -1},
+		"root login yes": {PermitRootLogin: "yes"},
+		"root injection": {PermitRootLogin: "no\nPasswordAuthentication yes"},
+	} {
+		if cfg, err := bastion.SSHDConfig(o); err == nil {
+			t.Errorf("%s: accepted:\n%s", name, cfg)
 		}
 	}
-	if _, err := bastion.SSHDConfig(bastion.SSHDConfigOptions{Port: 70000}); err == nil {
-		t.Error("port 70000 accepted")
+	_, err := bastion.SSHDConfig(bastion.SSHDConfigOptions{Port: 70000, RevokedKeys: "a b"})
+	if err == nil || !strings.Contains(err.Error(), "port") || !strings.Contains(err.Error(), "RevokedKeys") {
+		t.Errorf("want every problem reported together, got %v", err)
 	}
 }
 
-// TestShippedSSHDConfig: deploy/bastion/sshd_config is exactly the default rendering
-// (go test ./bastion -update rewrites it).
+// TestShippedSSHDConfig: deploy/bastion/sshd_config is exactly the default rendering, so the
+// two cannot drift (go test ./bastion -run TestShippedSSHDConfig -update rewrites it).
 func TestShippedSSHDConfig(t *testing.T) {
 	want, err := bastion.SSHDConfig(bastion.SSHDConfigOptions{})
 	if err != nil {
@@ -81,6 +294,22 @@ func TestShippedSSHDConfig(t *testing.T) {
 		t.Fatalf("%v (run go test ./bastion -update)", err)
 	}
 	if string(got) != want {
-		t.Errorf("%s differs from SSHDConfig(defaults); run go test ./bastion -update", path)
+		t.Errorf("%s differs from SSHDConfig(defaults); run go test ./bastion -run TestShippedSSHDConfig -update", path)
 	}
+}
+
+func ExampleSSHDConfig() {
+	cfg, err := bastion.SSHDConfig(bastion.SSHDConfigOptions{Port: 2222, ListenAddresses: []string{"192.0.2.10"}})
+	if err != nil {
+		panic(err)
+	}
+	for _, l := range strings.Split(cfg, "\n") {
+		if strings.HasPrefix(l, "Port ") || strings.HasPrefix(l, "ListenAddress ") || strings.HasPrefix(l, "RevokedKeys ") {
+			fmt.Println(l)
+		}
+	}
+	// Output:
+	// Port 2222
+	// ListenAddress 192.0.2.10
+	// RevokedKeys /etc/ssh/sshca.krl
 }
