@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/tester"
@@ -37,16 +38,30 @@ const Query = "data.sshca.decision"
 // Option tunes loading.
 type Option func(*loadOptions)
 
-type loadOptions struct{ dataFile string }
+type loadOptions struct {
+	dataFile    string
+	interpreted bool
+}
+
+// Interpreted evaluates with OPA's topdown evaluator only, never the compiled plan: the
+// reference the compiled path is checked against, and an escape hatch.
+func Interpreted() Option { return func(o *loadOptions) { o.interpreted = true } }
 
 // WithDataFile replaces the policy's data.json with the file at path (same Rego).
 func WithDataFile(path string) Option { return func(o *loadOptions) { o.dataFile = path } }
 
-// Engine evaluates a loaded policy.
+// Engine evaluates a loaded policy: through its compiled plan when the policy allows it
+// (compiled.go), else through OPA's topdown evaluator.
 type Engine struct {
 	query    rego.PreparedEvalQuery
+	compiled *program
+	mode     string
 	revision string
 }
+
+// Mode says how decisions are evaluated: "compiled", or "interpreted (why)" when the policy
+// uses something the compiled evaluator does not run.
+func (e *Engine) Mode() string { return e.mode }
 
 // LoadDir loads the policy in a directory: every *.rego file but the tests, and data.json.
 func LoadDir(ctx context.Context, dir string, opts ...Option) (*Engine, error) {
@@ -67,7 +82,11 @@ func LoadFS(ctx context.Context, fsys fs.FS, opts ...Option) (*Engine, error) {
 	if err := json.Unmarshal(data.content, &doc); err != nil {
 		return nil, fmt.Errorf("policies: %s: %w", data.name, err)
 	}
-	args := []func(*rego.Rego){rego.Query(Query), rego.Store(inmem.NewFromObjectWithOpts(doc, inmem.OptReturnASTValuesOnRead(true)))}
+	dataValue, err := ast.InterfaceToValue(doc)
+	if err != nil {
+		return nil, fmt.Errorf("policies: %s: %w", data.name, err)
+	}
+	args := []func(*rego.Rego){rego.Query(Query)}
 	h := sha256.New()
 	for _, m := range append(modules, data) {
 		fmt.Fprintf(h, "%s\x00%d\x00", m.name, len(m.content))
@@ -76,11 +95,27 @@ func LoadFS(ctx context.Context, fsys fs.FS, opts ...Option) (*Engine, error) {
 	for _, m := range modules {
 		args = append(args, rego.Module(m.name, string(m.content)))
 	}
-	pq, err := rego.New(args...).PrepareForEval(ctx)
+	store := rego.Store(inmem.NewFromObjectWithOpts(doc, inmem.OptReturnASTValuesOnRead(true)))
+	pq, err := rego.New(append(args, store)...).PrepareForEval(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("policies: compile: %w", err)
 	}
-	return &Engine{query: pq, revision: hex.EncodeToString(h.Sum(nil))[:12]}, nil
+	e := &Engine{query: pq, mode: "compiled", revision: hex.EncodeToString(h.Sum(nil))[:12]}
+	if o.interpreted {
+		e.mode = "interpreted (by request)"
+		return e, nil
+	}
+	p, err := plan(ctx, args)
+	if err == nil {
+		e.compiled, err = compile(p, dataValue)
+	}
+	if err == nil {
+		err = e.selfCheck(ctx)
+	}
+	if err != nil {
+		e.compiled, e.mode = nil, "interpreted ("+strings.TrimPrefix(err.Error(), "policies: ")+")"
+	}
+	return e, nil
 }
 
 type file struct {
@@ -130,16 +165,42 @@ func (e *Engine) Revision() string { return e.revision }
 // Check reports the engine ready; a loaded engine always is.
 func (e *Engine) Check(context.Context) error { return nil }
 
-// Decide evaluates the prepared query on in.
+// Decide evaluates the policy on in.
 func (e *Engine) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, error) {
-	rs, err := e.query.Eval(ctx, rego.EvalInput(inputDocument(in)))
+	if e.compiled == nil {
+		return e.decideInterpreted(ctx, in)
+	}
+	if err := ctx.Err(); err != nil {
+		return ca.Decision{}, fmt.Errorf("policies: eval: %w", err)
+	}
+	v, err := e.compiled.eval(ctx, inputValue(in))
+	if err != nil {
+		return ca.Decision{}, fmt.Errorf("policies: eval: %w", err)
+	}
+	if v == nil {
+		return ca.Decision{}, fmt.Errorf("policies: %s is undefined", Query)
+	}
+	raw, err := ast.JSON(v)
+	if err != nil {
+		return ca.Decision{}, fmt.Errorf("policies: decision: %w", err)
+	}
+	return e.finish(raw)
+}
+
+// decideInterpreted evaluates in with OPA's topdown evaluator.
+func (e *Engine) decideInterpreted(ctx context.Context, in ca.PolicyInput) (ca.Decision, error) {
+	rs, err := e.query.Eval(ctx, rego.EvalParsedInput(inputValue(in)))
 	if err != nil {
 		return ca.Decision{}, fmt.Errorf("policies: eval: %w", err)
 	}
 	if len(rs) != 1 || len(rs[0].Expressions) != 1 {
 		return ca.Decision{}, fmt.Errorf("policies: %s is undefined", Query)
 	}
-	d, err := parseDecision(rs[0].Expressions[0].Value)
+	return e.finish(rs[0].Expressions[0].Value)
+}
+
+func (e *Engine) finish(raw any) (ca.Decision, error) {
+	d, err := parseDecision(raw)
 	if err != nil {
 		return ca.Decision{}, err
 	}
@@ -147,43 +208,81 @@ func (e *Engine) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, er
 	return d, nil
 }
 
-// inputDocument builds the input as plain maps and slices, which OPA converts without a JSON
-// round trip.
-func inputDocument(in ca.PolicyInput) map[string]any {
+// inputValue builds the input document (DESIGN.md, "Policy contract") as OPA values directly:
+// no JSON round trip, no conversion inside OPA.
+func inputValue(in ca.PolicyInput) ast.Value {
 	id := in.Identity
-	claims := id.Claims
-	if claims == nil {
-		claims = map[string]any{}
+	claims := ast.NewObject()
+	if len(id.Claims) > 0 {
+		if v, err := ast.InterfaceToValue(id.Claims); err == nil {
+			if o, ok := v.(ast.Object); ok {
+				claims = o
+			}
+		}
 	}
-	identity := map[string]any{
-		"issuer": id.Issuer, "subject": id.Subject, "email": id.Email, "username": id.Username,
-		"groups": strings2any(id.Groups), "amr": strings2any(id.AMR), "workload": id.Workload,
-		"claims": claims,
-	}
+	identity := ast.NewObject(
+		ast.Item(keyIssuer, ast.StringTerm(id.Issuer)),
+		ast.Item(keySubject, ast.StringTerm(id.Subject)),
+		ast.Item(keyEmail, ast.StringTerm(id.Email)),
+		ast.Item(keyUsername, ast.StringTerm(id.Username)),
+		ast.Item(keyGroups, stringsTerm(id.Groups)),
+		ast.Item(keyAmr, stringsTerm(id.AMR)),
+		ast.Item(keyWorkload, ast.InternedTerm(id.Workload)),
+		ast.Item(keyClaims, ast.NewTerm(claims)),
+	)
 	if id.ACR != "" {
-		identity["acr"] = id.ACR
+		identity.Insert(keyAcr, ast.StringTerm(id.ACR))
 	}
 	if id.AuthTime != 0 {
-		identity["auth_time"] = json.Number(fmt.Sprint(id.AuthTime))
+		identity.Insert(keyAuthTime, ast.IntNumberTerm(int(id.AuthTime)))
 	}
 	r := in.Request
-	return map[string]any{
-		"kind":     string(in.Kind),
-		"identity": identity,
-		"request": map[string]any{
-			"principals": strings2any(r.Principals), "ttl_seconds": json.Number(fmt.Sprint(r.TTLSeconds)),
-			"key_type": r.KeyType, "key_fingerprint": r.KeyFingerprint, "source_ip": r.SourceIP, "reason": r.Reason,
-		},
-		"now": in.Now,
-	}
+	request := ast.NewObject(
+		ast.Item(keyPrincipals, stringsTerm(r.Principals)),
+		ast.Item(keyTTLSeconds, ast.IntNumberTerm(int(r.TTLSeconds))),
+		ast.Item(keyKeyType, ast.StringTerm(r.KeyType)),
+		ast.Item(keyKeyFingerprint, ast.StringTerm(r.KeyFingerprint)),
+		ast.Item(keySourceIp, ast.StringTerm(r.SourceIP)),
+		ast.Item(keyReason, ast.StringTerm(r.Reason)),
+	)
+	return ast.NewObject(
+		ast.Item(keyKind, ast.StringTerm(string(in.Kind))),
+		ast.Item(keyIdentity, ast.NewTerm(identity)),
+		ast.Item(keyRequest, ast.NewTerm(request)),
+		ast.Item(keyNow, ast.StringTerm(in.Now)),
+	)
 }
 
-func strings2any(ss []string) []any {
-	out := make([]any, len(ss))
+// The input document's keys, made once.
+var (
+	keyIssuer         = ast.StringTerm("issuer")
+	keySubject        = ast.StringTerm("subject")
+	keyEmail          = ast.StringTerm("email")
+	keyUsername       = ast.StringTerm("username")
+	keyGroups         = ast.StringTerm("groups")
+	keyAmr            = ast.StringTerm("amr")
+	keyWorkload       = ast.StringTerm("workload")
+	keyClaims         = ast.StringTerm("claims")
+	keyAcr            = ast.StringTerm("acr")
+	keyAuthTime       = ast.StringTerm("auth_time")
+	keyPrincipals     = ast.StringTerm("principals")
+	keyTTLSeconds     = ast.StringTerm("ttl_seconds")
+	keyKeyType        = ast.StringTerm("keyType")
+	keyKeyFingerprint = ast.StringTerm("keyFingerprint")
+	keySourceIp       = ast.StringTerm("source_ip")
+	keyReason         = ast.StringTerm("reason")
+	keyKind           = ast.StringTerm("kind")
+	keyIdentity       = ast.StringTerm("identity")
+	keyRequest        = ast.StringTerm("request")
+	keyNow            = ast.StringTerm("now")
+)
+
+func stringsTerm(ss []string) *ast.Term {
+	terms := make([]*ast.Term, len(ss))
 	for i, s := range ss {
-		out[i] = s
+		terms[i] = ast.StringTerm(s)
 	}
-	return out
+	return ast.ArrayTerm(terms...)
 }
 
 func parseDecision(v any) (ca.Decision, error) {

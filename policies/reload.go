@@ -97,6 +97,9 @@ func (r *Reloader) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, 
 	return r.cur.Load().Decide(ctx, in)
 }
 
+// Mode says how the policy in force is evaluated (Engine.Mode).
+func (r *Reloader) Mode() string { return r.cur.Load().Mode() }
+
 // Revision is the revision of the policy in force.
 func (r *Reloader) Revision() string { return r.cur.Load().Revision() }
 
@@ -126,7 +129,7 @@ func (r *Reloader) Reload(ctx context.Context) error {
 	r.lastErr = nil
 	r.count("loaded", 0)
 	if old.Revision() != e.Revision() {
-		r.log.Info("policy reloaded", "dir", r.dir, "revision", e.Revision(), "previous", old.Revision())
+		r.log.Info("policy reloaded", "dir", r.dir, "revision", e.Revision(), "previous", old.Revision(), "evaluator", e.Mode())
 	}
 	return nil
 }

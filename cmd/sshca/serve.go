@@ -95,7 +95,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		return fmt.Errorf("listen: %w", err)
 	}
 	log.Info("sshca serving", "addr", l.Addr().String(), "tls", cfg.TLS.CertFile != "",
-		"user_ca", userKey.Signer().PublicKey().Type(), "host_ca", hostKey.Signer().PublicKey().Type(), "policy", pol.Revision())
+		"user_ca", userKey.Signer().PublicKey().Type(), "host_ca", hostKey.Signer().PublicKey().Type(), "policy", pol.Revision(), "policy_evaluator", pol.Mode())
 	if ready != nil {
 		ready <- l.Addr().String()
 	}
@@ -107,6 +107,7 @@ type policy interface {
 	ca.Policy
 	ca.Checker
 	Revision() string
+	Mode() string
 }
 
 // policyInForce loads the configured policy. A policy directory is watched and hot-reloaded
@@ -129,7 +130,9 @@ func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg p
 		if err != nil {
 			return nil, nil, err
 		}
-		return e, func() map[string]string { return map[string]string{"policy_revision": e.Revision()} }, nil
+		return e, func() map[string]string {
+			return map[string]string{"policy_revision": e.Revision(), "policy_evaluator": e.Mode()}
+		}, nil
 	}
 	var opts []policies.Option
 	if pc.DataFile != "" {
@@ -150,7 +153,7 @@ func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg p
 func reloaderDetails(r *policies.Reloader) func() map[string]string {
 	return func() map[string]string {
 		rev, err := r.Status()
-		d := map[string]string{"policy_revision": rev}
+		d := map[string]string{"policy_revision": rev, "policy_evaluator": r.Mode()}
 		if err != nil {
 			d["policy_reload"] = "refused, last good policy in force: " + err.Error()
 		}
