@@ -13,7 +13,6 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/bundle"
 	"github.com/open-policy-agent/opa/v1/rego"
-	"github.com/open-policy-agent/opa/v1/storage/inmem"
 )
 
 // LoadBundleURL fetches an OPA bundle (the .tar.gz format OPA bundle servers serve) and loads
@@ -39,7 +38,7 @@ func LoadBundleURL(ctx context.Context, url string, client *http.Client) (*Engin
 		return nil, fmt.Errorf("policies: bundle %s: %w", url, err)
 	}
 	h := sha256.New()
-	args := []func(*rego.Rego){rego.Query(Query), rego.Store(inmem.NewFromObject(b.Data))}
+	var args []func(*rego.Rego)
 	mods := b.Modules
 	sort.Slice(mods, func(i, j int) bool { return mods[i].Path < mods[j].Path })
 	n := 0
@@ -56,13 +55,13 @@ func LoadBundleURL(ctx context.Context, url string, client *http.Client) (*Engin
 		return nil, fmt.Errorf("policies: bundle %s holds no policy", url)
 	}
 	fmt.Fprintf(h, "data\x00%v", b.Data)
-	pq, err := rego.New(args...).PrepareForEval(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("policies: bundle %s: compile: %w", url, err)
-	}
 	rev := hex.EncodeToString(h.Sum(nil))[:12]
 	if b.Manifest.Revision != "" {
 		rev = b.Manifest.Revision
 	}
-	return &Engine{query: pq, revision: rev}, nil
+	e, err := newEngine(ctx, args, b.Data, rev, loadOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("policies: bundle %s: %w", url, err)
+	}
+	return e, nil
 }

@@ -54,6 +54,9 @@ func TestBundleServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if r.Mode() != "compiled" {
+		t.Errorf("a bundle's policy is evaluated %s, want compiled", r.Mode())
+	}
 	if r.Revision() != "v1" {
 		t.Errorf("revision %q, want the manifest's v1", r.Revision())
 	}

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/ir"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/topdown"
-	"github.com/open-policy-agent/opa/v1/topdown/builtins"
 
 	"github.com/sshca/sshca/ca"
 )
@@ -73,6 +73,13 @@ func plan(ctx context.Context, args []func(*rego.Rego)) (*ir.Policy, error) {
 	return captured, nil
 }
 
+// callStmt is a CallStmt with its target resolved at compile time; it replaces the CallStmt in
+// the plan (which is ours: each load plans afresh).
+type callStmt struct {
+	*ir.CallStmt
+	callee *callee
+}
+
 // callee is a resolved CallStmt target: a planned function or an OPA built-in.
 type callee struct {
 	fn      *ir.Func
@@ -93,6 +100,8 @@ type program struct {
 	locals int
 	memos  int
 	pool   sync.Pool // of *run
+	// termHint is the most terms one run has made: the size of the next runs' slabs.
+	termHint atomic.Int32
 }
 
 // nondeterministic or world-reading built-ins the compiled path refuses; topdown handles them.
@@ -105,7 +114,7 @@ func compile(p *ir.Policy, data ast.Value) (*program, error) {
 	if p.Plans == nil || len(p.Plans.Plans) != 1 {
 		return nil, fmt.Errorf("%w: expected one plan", errUnsupported)
 	}
-	prog := &program{plan: p.Plans.Plans[0], calls: map[*ir.CallStmt]*callee{}, data: ast.NewTerm(data)}
+	prog := &program{plan: p.Plans.Plans[0], data: ast.NewTerm(data)}
 	if p.Static != nil {
 		for _, s := range p.Static.Strings {
 			prog.strs = append(prog.strs, ast.StringTerm(s.Value))
@@ -151,14 +160,16 @@ func compile(p *ir.Policy, data ast.Value) (*program, error) {
 				}
 			}
 		}
-		for _, s := range b.Stmts {
+		for i, s := range b.Stmts {
 			switch s := s.(type) {
 			case *ir.CallStmt:
 				c, err := resolve(s.Func)
 				if err != nil {
 					return err
 				}
-				prog.calls[s] = c
+				b.Stmts[i] = &callStmt{CallStmt: s, callee: c}
+				note(s.Result)
+			case *callStmt: // a function's blocks are walked once per compile; a block may be shared
 				note(s.Result)
 			case *ir.BlockStmt:
 				for _, nb := range s.Blocks {
@@ -260,6 +271,21 @@ type run struct {
 	stack []*ast.Term
 	sp    int
 	args  []*ast.Term
+	terms []ast.Term // a slab the terms this run makes come from: one allocation, not one each
+	made  int32
+}
+
+// term wraps v in a term from the run's slab. The slab is never reused: the decision may refer
+// to its terms after the run is back in the pool.
+func (r *run) term(v ast.Value) *ast.Term {
+	if len(r.terms) == 0 {
+		r.terms = make([]ast.Term, max(8, r.p.termHint.Load()))
+	}
+	t := &r.terms[0]
+	r.terms = r.terms[1:]
+	r.made++
+	t.Value = v
+	return t
 }
 
 func (p *program) newRun() *run {
@@ -276,7 +302,10 @@ func (p *program) release(r *run) {
 	clear(r.done)
 	clear(r.out)
 	clear(r.args)
-	r.out, r.ret, r.bout, r.sp = r.out[:0], nil, nil, 0
+	if r.made > p.termHint.Load() {
+		p.termHint.Store(r.made) // the next runs' slabs fit what runs make
+	}
+	r.out, r.ret, r.bout, r.sp, r.terms, r.made = r.out[:0], nil, nil, 0, nil, 0
 	r.bctx = topdown.BuiltinContext{}
 	p.pool.Put(r)
 }
@@ -303,7 +332,8 @@ func (r *run) pop(f []*ast.Term) {
 func (p *program) eval(ctx context.Context, input ast.Value) (ast.Value, error) {
 	r := p.newRun()
 	defer p.release(r)
-	r.bctx = topdown.BuiltinContext{Context: ctx, Cache: builtins.Cache{}}
+	// No per-query cache: only rand.intn writes to it, and the compiled path refuses it.
+	r.bctx = topdown.BuiltinContext{Context: ctx}
 	frame := r.push(p.locals)
 	defer r.pop(frame)
 	frame[ir.Input] = ast.NewTerm(input)
@@ -346,7 +376,7 @@ func (r *run) operand(f []*ast.Term, o ir.Operand) *ast.Term {
 func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 	for _, s := range b.Stmts {
 		switch s := s.(type) {
-		case *ir.CallStmt:
+		case *callStmt:
 			v, err := r.call(f, s)
 			if err != nil {
 				return 0, err
@@ -432,11 +462,11 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 		case *ir.AssignIntStmt:
 			f[s.Target] = ast.InternedTerm(int(s.Value))
 		case *ir.MakeArrayStmt:
-			f[s.Target] = ast.NewTerm(ast.NewArrayWithCapacity(int(s.Capacity)))
+			f[s.Target] = r.term(ast.NewArrayWithCapacity(int(s.Capacity)))
 		case *ir.MakeObjectStmt:
-			f[s.Target] = ast.NewTerm(ast.NewObject())
+			f[s.Target] = r.term(ast.NewObject())
 		case *ir.MakeSetStmt:
-			f[s.Target] = ast.NewTerm(ast.NewSet())
+			f[s.Target] = r.term(ast.NewSet())
 		case *ir.ArrayAppendStmt:
 			arr := f[s.Array].Value.(*ast.Array)
 			// In place, as the plan expects: every local holding this array sees the element.
@@ -546,8 +576,8 @@ func scanned(n int, err error) (int, error) {
 	return n - 2, nil
 }
 
-func (r *run) call(f []*ast.Term, s *ir.CallStmt) (*ast.Term, error) {
-	c := r.p.calls[s]
+func (r *run) call(f []*ast.Term, s *callStmt) (*ast.Term, error) {
+	c := s.callee
 	if c.fn == nil {
 		if cap(r.args) < len(s.Args) {
 			r.args = make([]*ast.Term, len(s.Args))

@@ -229,6 +229,18 @@ func TestCompiledConflictFailsClosed(t *testing.T) {
 	if _, err := e.Decide(context.Background(), ca.PolicyInput{}); err == nil {
 		t.Fatal("Decide granted on a conflict")
 	}
+	// The same for a key of a partial object with two values.
+	src = "package sshca\n\nimport rego.v1\n\no[k] := v if { some k, v in input.a }\n\no[k] := 0 if { some k, _ in input.a }\n\ndecision := {\"allow\": true, \"o\": o}\n"
+	if e, err = LoadFS(context.Background(), fstest.MapFS{"p.rego": {Data: []byte(src)}}); err != nil {
+		t.Fatal(err)
+	}
+	c, _, cerr, ierr = both(t, e, ast.MustParseTerm(`{"a": {"x": 1}}`).Value)
+	if cerr == nil || ierr == nil {
+		t.Fatalf("partial object: compiled %v (error %v), topdown error %v: want both to fail", c, cerr, ierr)
+	}
+	if c, it, cerr, ierr := both(t, e, ast.MustParseTerm(`{"a": {"x": 0}}`).Value); cerr != nil || ierr != nil || ast.Compare(c, it) != 0 {
+		t.Fatalf("partial object without a conflict: %v (%v), %v (%v)", c, cerr, it, ierr)
+	}
 }
 
 // TestInterpretedFallback: a policy that uses what the compiled evaluator does not run is

@@ -82,25 +82,36 @@ func LoadFS(ctx context.Context, fsys fs.FS, opts ...Option) (*Engine, error) {
 	if err := json.Unmarshal(data.content, &doc); err != nil {
 		return nil, fmt.Errorf("policies: %s: %w", data.name, err)
 	}
-	dataValue, err := ast.InterfaceToValue(doc)
-	if err != nil {
-		return nil, fmt.Errorf("policies: %s: %w", data.name, err)
-	}
-	args := []func(*rego.Rego){rego.Query(Query)}
 	h := sha256.New()
 	for _, m := range append(modules, data) {
 		fmt.Fprintf(h, "%s\x00%d\x00", m.name, len(m.content))
 		h.Write(m.content)
 	}
+	var mods []func(*rego.Rego)
 	for _, m := range modules {
-		args = append(args, rego.Module(m.name, string(m.content)))
+		mods = append(mods, rego.Module(m.name, string(m.content)))
 	}
+	e, err := newEngine(ctx, mods, doc, hex.EncodeToString(h.Sum(nil))[:12], o)
+	if err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
+	return e, nil
+}
+
+// newEngine compiles the modules with their data: prepared for topdown, and planned and
+// compiled unless the policy needs topdown or o asks for it.
+func newEngine(ctx context.Context, modules []func(*rego.Rego), doc map[string]any, revision string, o loadOptions) (*Engine, error) {
+	dataValue, err := ast.InterfaceToValue(doc)
+	if err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
+	args := append([]func(*rego.Rego){rego.Query(Query)}, modules...)
 	store := rego.Store(inmem.NewFromObjectWithOpts(doc, inmem.OptReturnASTValuesOnRead(true)))
 	pq, err := rego.New(append(args, store)...).PrepareForEval(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("policies: compile: %w", err)
+		return nil, fmt.Errorf("compile: %w", err)
 	}
-	e := &Engine{query: pq, mode: "compiled", revision: hex.EncodeToString(h.Sum(nil))[:12]}
+	e := &Engine{query: pq, mode: "compiled", revision: revision}
 	if o.interpreted {
 		e.mode = "interpreted (by request)"
 		return e, nil
@@ -180,11 +191,7 @@ func (e *Engine) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, er
 	if v == nil {
 		return ca.Decision{}, fmt.Errorf("policies: %s is undefined", Query)
 	}
-	raw, err := ast.JSON(v)
-	if err != nil {
-		return ca.Decision{}, fmt.Errorf("policies: decision: %w", err)
-	}
-	return e.finish(raw)
+	return e.finish(v)
 }
 
 // decideInterpreted evaluates in with OPA's topdown evaluator.
@@ -196,11 +203,15 @@ func (e *Engine) decideInterpreted(ctx context.Context, in ca.PolicyInput) (ca.D
 	if len(rs) != 1 || len(rs[0].Expressions) != 1 {
 		return ca.Decision{}, fmt.Errorf("policies: %s is undefined", Query)
 	}
-	return e.finish(rs[0].Expressions[0].Value)
+	v, err := ast.InterfaceToValue(rs[0].Expressions[0].Value)
+	if err != nil {
+		return ca.Decision{}, fmt.Errorf("policies: decision: %w", err)
+	}
+	return e.finish(v)
 }
 
-func (e *Engine) finish(raw any) (ca.Decision, error) {
-	d, err := parseDecision(raw)
+func (e *Engine) finish(v ast.Value) (ca.Decision, error) {
+	d, err := parseDecision(v)
 	if err != nil {
 		return ca.Decision{}, err
 	}
@@ -211,47 +222,66 @@ func (e *Engine) finish(raw any) (ca.Decision, error) {
 // inputValue builds the input document (DESIGN.md, "Policy contract") as OPA values directly:
 // no JSON round trip, no conversion inside OPA.
 func inputValue(in ca.PolicyInput) ast.Value {
-	id := in.Identity
-	claims := ast.NewObject()
+	id, r := in.Identity, in.Request
+	// The terms come from one slab: a decision's input is a few dozen of them.
+	slab := make([]ast.Term, 0, 16+len(id.Groups)+len(id.AMR)+len(r.Principals))
+	str := func(s string) *ast.Term {
+		if s == "" {
+			return emptyString
+		}
+		slab = append(slab, ast.Term{Value: ast.String(s)})
+		return &slab[len(slab)-1]
+	}
+	list := func(ss []string) *ast.Term {
+		terms := make([]*ast.Term, len(ss))
+		for i, s := range ss {
+			terms[i] = str(s)
+		}
+		return ast.ArrayTerm(terms...)
+	}
+	claims := emptyObject
 	if len(id.Claims) > 0 {
 		if v, err := ast.InterfaceToValue(id.Claims); err == nil {
-			if o, ok := v.(ast.Object); ok {
-				claims = o
-			}
+			claims = ast.NewTerm(v)
 		}
 	}
 	identity := ast.NewObject(
-		ast.Item(keyIssuer, ast.StringTerm(id.Issuer)),
-		ast.Item(keySubject, ast.StringTerm(id.Subject)),
-		ast.Item(keyEmail, ast.StringTerm(id.Email)),
-		ast.Item(keyUsername, ast.StringTerm(id.Username)),
-		ast.Item(keyGroups, stringsTerm(id.Groups)),
-		ast.Item(keyAmr, stringsTerm(id.AMR)),
+		ast.Item(keyIssuer, str(id.Issuer)),
+		ast.Item(keySubject, str(id.Subject)),
+		ast.Item(keyEmail, str(id.Email)),
+		ast.Item(keyUsername, str(id.Username)),
+		ast.Item(keyGroups, list(id.Groups)),
+		ast.Item(keyAmr, list(id.AMR)),
 		ast.Item(keyWorkload, ast.InternedTerm(id.Workload)),
-		ast.Item(keyClaims, ast.NewTerm(claims)),
+		ast.Item(keyClaims, claims),
 	)
 	if id.ACR != "" {
-		identity.Insert(keyAcr, ast.StringTerm(id.ACR))
+		identity.Insert(keyAcr, str(id.ACR))
 	}
 	if id.AuthTime != 0 {
 		identity.Insert(keyAuthTime, ast.IntNumberTerm(int(id.AuthTime)))
 	}
-	r := in.Request
 	request := ast.NewObject(
-		ast.Item(keyPrincipals, stringsTerm(r.Principals)),
+		ast.Item(keyPrincipals, list(r.Principals)),
 		ast.Item(keyTTLSeconds, ast.IntNumberTerm(int(r.TTLSeconds))),
-		ast.Item(keyKeyType, ast.StringTerm(r.KeyType)),
-		ast.Item(keyKeyFingerprint, ast.StringTerm(r.KeyFingerprint)),
-		ast.Item(keySourceIp, ast.StringTerm(r.SourceIP)),
-		ast.Item(keyReason, ast.StringTerm(r.Reason)),
+		ast.Item(keyKeyType, str(r.KeyType)),
+		ast.Item(keyKeyFingerprint, str(r.KeyFingerprint)),
+		ast.Item(keySourceIP, str(r.SourceIP)),
+		ast.Item(keyReason, str(r.Reason)),
 	)
 	return ast.NewObject(
-		ast.Item(keyKind, ast.StringTerm(string(in.Kind))),
+		ast.Item(keyKind, str(string(in.Kind))),
 		ast.Item(keyIdentity, ast.NewTerm(identity)),
 		ast.Item(keyRequest, ast.NewTerm(request)),
-		ast.Item(keyNow, ast.StringTerm(in.Now)),
+		ast.Item(keyNow, str(in.Now)),
 	)
 }
+
+// Shared, never modified: neither evaluator writes to the input.
+var (
+	emptyString = ast.StringTerm("")
+	emptyObject = ast.NewTerm(ast.NewObject())
+)
 
 // The input document's keys, made once.
 var (
@@ -269,7 +299,7 @@ var (
 	keyTTLSeconds     = ast.StringTerm("ttl_seconds")
 	keyKeyType        = ast.StringTerm("keyType")
 	keyKeyFingerprint = ast.StringTerm("keyFingerprint")
-	keySourceIp       = ast.StringTerm("source_ip")
+	keySourceIP       = ast.StringTerm("source_ip")
 	keyReason         = ast.StringTerm("reason")
 	keyKind           = ast.StringTerm("kind")
 	keyIdentity       = ast.StringTerm("identity")
@@ -277,25 +307,18 @@ var (
 	keyNow            = ast.StringTerm("now")
 )
 
-func stringsTerm(ss []string) *ast.Term {
-	terms := make([]*ast.Term, len(ss))
-	for i, s := range ss {
-		terms[i] = ast.StringTerm(s)
-	}
-	return ast.ArrayTerm(terms...)
-}
-
-func parseDecision(v any) (ca.Decision, error) {
-	m, ok := v.(map[string]any)
+// parseDecision reads the decision object. Anything malformed is an error, never a grant.
+func parseDecision(v ast.Value) (ca.Decision, error) {
+	m, ok := v.(ast.Object)
 	if !ok {
-		return ca.Decision{}, fmt.Errorf("policies: decision is %T, not an object", v)
+		return ca.Decision{}, fmt.Errorf("policies: decision is %s, not an object", ast.ValueName(v))
 	}
 	var d ca.Decision
-	allow, ok := m["allow"].(bool)
+	allow, ok := field(m, "allow").(ast.Boolean)
 	if !ok {
 		return ca.Decision{}, errors.New("policies: decision.allow is not a boolean")
 	}
-	d.Allow = allow
+	d.Allow = bool(allow)
 	var err error
 	if d.Reasons, err = stringsOf(m, "reasons"); err != nil {
 		return ca.Decision{}, err
@@ -309,19 +332,19 @@ func parseDecision(v any) (ca.Decision, error) {
 	if d.CriticalOptions, err = stringMap(m, "critical_options"); err != nil {
 		return ca.Decision{}, err
 	}
-	if t, ok := m["ticket"]; ok && t != nil {
-		s, ok := t.(string)
-		if !ok {
-			return ca.Decision{}, errors.New("policies: decision.ticket is not a string")
-		}
-		d.Ticket = s
+	switch t := field(m, "ticket").(type) {
+	case nil, ast.Null:
+	case ast.String:
+		d.Ticket = string(t)
+	default:
+		return ca.Decision{}, errors.New("policies: decision.ticket is not a string")
 	}
-	if raw, ok := m["ttl_seconds"]; ok {
-		n, ok := raw.(json.Number)
+	if raw := field(m, "ttl_seconds"); raw != nil {
+		n, ok := raw.(ast.Number)
 		if !ok {
 			return ca.Decision{}, errors.New("policies: decision.ttl_seconds is not a number")
 		}
-		secs, err := n.Int64()
+		secs, err := json.Number(n).Int64()
 		if err != nil || secs < 0 {
 			return ca.Decision{}, fmt.Errorf("policies: decision.ttl_seconds %s is not a non-negative integer", n)
 		}
@@ -330,44 +353,63 @@ func parseDecision(v any) (ca.Decision, error) {
 	return d, nil
 }
 
-func stringsOf(m map[string]any, key string) ([]string, error) {
-	raw, ok := m[key]
-	if !ok || raw == nil {
-		return nil, nil
+// field is m[key], or nil.
+func field(m ast.Object, key string) ast.Value {
+	if t := m.Get(ast.InternedTerm(key)); t != nil {
+		return t.Value
 	}
-	list, ok := raw.([]any)
-	if !ok {
+	return nil
+}
+
+// stringsOf reads a list (or set) of strings.
+func stringsOf(m ast.Object, key string) ([]string, error) {
+	var elems []*ast.Term
+	switch c := field(m, key).(type) {
+	case nil, ast.Null:
+		return nil, nil
+	case *ast.Array:
+		elems = make([]*ast.Term, c.Len())
+		for i := range elems {
+			elems[i] = c.Elem(i)
+		}
+	case ast.Set:
+		elems = c.Slice()
+	default:
 		return nil, fmt.Errorf("policies: decision.%s is not a list", key)
 	}
-	out := make([]string, 0, len(list))
-	for _, e := range list {
-		s, ok := e.(string)
+	out := make([]string, 0, len(elems))
+	for _, e := range elems {
+		s, ok := e.Value.(ast.String)
 		if !ok {
 			return nil, fmt.Errorf("policies: decision.%s holds a non-string", key)
 		}
-		out = append(out, s)
+		out = append(out, string(s))
 	}
 	return out, nil
 }
 
-func stringMap(m map[string]any, key string) (map[string]string, error) {
-	raw, ok := m[key]
-	if !ok || raw == nil {
+func stringMap(m ast.Object, key string) (map[string]string, error) {
+	var obj ast.Object
+	switch c := field(m, key).(type) {
+	case nil, ast.Null:
 		return map[string]string{}, nil
-	}
-	obj, ok := raw.(map[string]any)
-	if !ok {
+	case ast.Object:
+		obj = c
+	default:
 		return nil, fmt.Errorf("policies: decision.%s is not an object", key)
 	}
-	out := make(map[string]string, len(obj))
-	for k, v := range obj {
-		s, ok := v.(string)
-		if !ok {
-			return nil, fmt.Errorf("policies: decision.%s.%s is not a string", key, k)
+	out := make(map[string]string, obj.Len())
+	var err error
+	obj.Foreach(func(k, v *ast.Term) {
+		ks, kok := k.Value.(ast.String)
+		vs, vok := v.Value.(ast.String)
+		if !kok || !vok {
+			err = fmt.Errorf("policies: decision.%s.%v is not a string", key, k)
+			return
 		}
-		out[k] = s
-	}
-	return out, nil
+		out[string(ks)] = string(vs)
+	})
+	return out, err
 }
 
 var errNoTests = errors.New("policies: test: no Rego tests found")

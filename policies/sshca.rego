@@ -33,6 +33,17 @@ admin_groups := settings.admin_groups
 
 privileged_settings := user_settings.privileged
 
+# Constants as rules: a rule is evaluated once per decision, a literal each time it is met.
+known_kinds := {"user", "host", "revoke", "renew", "admin"}
+
+certificate_kinds := {"user", "host", "renew"}
+
+host_kinds := {"host", "renew"}
+
+no_delimiters := []
+
+dns_delimiters := ["."]
+
 # The decision is always defined: a request that no rule grants is denied with reasons.
 decision := {
 	"allow": count(deny) == 0,
@@ -56,7 +67,7 @@ groups := {g | some g in input.identity.groups}
 
 kind_settings := user_settings if input.kind == "user"
 
-else := host_settings if input.kind in {"host", "renew"}
+else := host_settings if input.kind in host_kinds
 
 else := {}
 
@@ -77,7 +88,7 @@ user_principals contains p if {
 # Privileged principals (e.g. root, prod-*) need a second factor, a fresh sign-in and a ticket.
 privileged(p) if {
 	some pattern in privileged_patterns
-	glob.match(pattern, [], p)
+	glob.match(pattern, no_delimiters, p)
 }
 
 default forced_commands_map := {}
@@ -246,7 +257,7 @@ claims_match(want) if {
 # not "dev.internal" nor "a.dev.internal.evil.com".
 host_granted(h) if {
 	some pattern in host_patterns
-	glob.match(pattern, ["."], h)
+	glob.match(pattern, dns_delimiters, h)
 }
 
 # --- what is granted ---------------------------------------------------------------------
@@ -287,7 +298,7 @@ else := min([kind_settings.default_ttl_seconds, max_ttl])
 # --- reasons to deny ---------------------------------------------------------------------
 
 deny contains sprintf("certificate kind %q is not supported", [input.kind]) if {
-	not input.kind in {"user", "host", "revoke", "renew", "admin"}
+	not input.kind in known_kinds
 }
 
 deny contains sprintf("principal %s is not granted to %s", [p, who]) if {
@@ -357,7 +368,7 @@ deny contains sprintf("host name %s is not granted to %s (groups %v)", [h, who, 
 }
 
 deny contains sprintf("ttl %ds exceeds the policy maximum of %ds for this request", [input.request.ttl_seconds, max_ttl]) if {
-	input.kind in {"user", "host", "renew"}
+	input.kind in certificate_kinds
 	input.request.ttl_seconds > max_ttl
 }
 
