@@ -26,7 +26,7 @@ func newPolicyCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "PASS: every Rego test in %s; policy revision %s\n", args[0], e.Revision())
+			fmt.Fprintf(cmd.OutOrStdout(), "PASS: every Rego test in %s; policy revision %s; decisions %s\n", args[0], e.Revision(), e.Mode())
 			return nil
 		},
 	}
