@@ -91,13 +91,15 @@ func (m *Memory) BlockIdentity(_ context.Context, identity string, until time.Ti
 }
 
 // Refused reports why a request must be refused at signing time.
-func (m *Memory) Refused(_ context.Context, caKey ssh.PublicKey, identity string, key ssh.PublicKey) (string, error) {
+func (m *Memory) Refused(_ context.Context, _ ssh.PublicKey, identity string, key ssh.PublicKey) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var keyExp, idExp float64
 	var keyFound, idFound bool
-	if s := m.scopes[ssh.FingerprintSHA256(caKey)]; s != nil {
-		if e, ok := s.entries[member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: KeyEntry(key)})]; ok {
+	// Under any CA key's scope: a rotation must not let a revoked key back in.
+	mk := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: KeyEntry(key)})
+	for _, s := range m.scopes {
+		if e, ok := s.entries[mk]; ok && float64(e.Expiry.UnixMilli()) > keyExp {
 			keyExp, keyFound = float64(e.Expiry.UnixMilli()), true
 		}
 	}

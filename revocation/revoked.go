@@ -75,11 +75,27 @@ func (r *Redis) Revoke(ctx context.Context, caKey ssh.PublicKey, entries []ca.Re
 	fp := ssh.FingerprintSHA256(caKey)
 	s := r.scope(fp)
 	args := []any{r.now().UnixMilli(), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(caKey))), StreamMaxLen}
+	var keys []redis.Z
 	for _, e := range entries {
 		if err := validEntry(e); err != nil {
 			return 0, err
 		}
 		args = append(args, member(e), e.Expiry.UnixMilli())
+		if e.Kind == ca.RevokedKey {
+			keys = append(keys, redis.Z{Score: float64(e.Expiry.UnixMilli()), Member: member(e)})
+		}
+	}
+	if len(keys) > 0 {
+		// Revoked public keys are refused at signing time whichever CA key signs next (a
+		// rotation must not let a revoked key back in). Written before the scope: a failure
+		// in between refuses more, never less.
+		if _, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.ZRemRangeByScore(ctx, r.revokedKeys(), "-inf", strconv.FormatInt(r.now().UnixMilli(), 10))
+			p.ZAddGT(ctx, r.revokedKeys(), keys...)
+			return nil
+		}); err != nil {
+			return 0, fmt.Errorf("revocation: revoke keys: %w", err)
+		}
 	}
 	v, err := revokeScript.Run(ctx, r.rdb, []string{s + "entries", s + "version", s + "stream", s + "ca"}, args...).Int64()
 	if err != nil {
@@ -278,18 +294,29 @@ func (r *Redis) BlockIdentity(ctx context.Context, identity string, until time.T
 	return nil
 }
 
-// Refused reports why a request must be refused at signing time, in one round trip.
+// revokedKeys is the sorted set of every revoked public key, under any CA key (score: expiry).
+func (r *Redis) revokedKeys() string { return r.prefix + ":{keys}:revoked" }
+
+// Refused reports why a request must be refused at signing time, in one round trip: the key
+// revoked under the signing CA key's scope or under any other (revokedKeys; the scope check
+// also covers keys revoked before that set existed), or the identity blocked.
 func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identity string, key ssh.PublicKey) (string, error) {
-	var keyCmd, idCmd *redis.FloatCmd
+	var scopeCmd, anyCmd, idCmd *redis.FloatCmd
+	m := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: KeyEntry(key)})
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		keyCmd = p.ZScore(ctx, r.scope(ssh.FingerprintSHA256(caKey))+"entries", member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: KeyEntry(key)}))
+		scopeCmd = p.ZScore(ctx, r.scope(ssh.FingerprintSHA256(caKey))+"entries", m)
+		anyCmd = p.ZScore(ctx, r.revokedKeys(), m)
 		idCmd = p.ZScore(ctx, r.prefix+":{identities}:blocked", identity)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return "", fmt.Errorf("revocation: check: %w", err)
 	}
-	return refusal(r.now(), keyCmd.Val(), keyCmd.Err() == nil, idCmd.Val(), idCmd.Err() == nil, identity), nil
+	keyExp, keyFound := scopeCmd.Val(), scopeCmd.Err() == nil
+	if anyCmd.Err() == nil && (!keyFound || anyCmd.Val() > keyExp) {
+		keyExp, keyFound = anyCmd.Val(), true
+	}
+	return refusal(r.now(), keyExp, keyFound, idCmd.Val(), idCmd.Err() == nil, identity), nil
 }
 
 func refusal(now time.Time, keyExp float64, keyFound bool, idExp float64, idFound bool, identity string) string {

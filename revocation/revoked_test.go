@@ -112,6 +112,10 @@ func testRevocations(t *testing.T, newStore func(*testing.T, *clock) ca.Revocati
 		if why, _ := s.Refused(ctx, caKey, "alice", userKey); !strings.Contains(why, "public key has been revoked") {
 			t.Errorf("revoked key: %q", why)
 		}
+		// After a CA key rotation the next CA key signs: the key stays refused.
+		if why, _ := s.Refused(ctx, pubKey(t), "alice", userKey); !strings.Contains(why, "public key has been revoked") {
+			t.Errorf("revoked key, asked of another CA key: %q", why)
+		}
 		if err := s.BlockIdentity(ctx, "bob", t0.Add(time.Hour)); err != nil {
 			t.Fatal(err)
 		}
