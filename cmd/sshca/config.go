@@ -112,6 +112,9 @@ type LimitsConfig struct {
 	MaxUserTTL    time.Duration `yaml:"max_user_ttl"`
 	MaxHostTTL    time.Duration `yaml:"max_host_ttl"`
 	MaxPrincipals int           `yaml:"max_principals"`
+	// IdentityBlock is how long revoking an identity refuses it new certificates (24h when
+	// unset): long enough to disable the account at the identity provider.
+	IdentityBlock time.Duration `yaml:"identity_block"`
 }
 
 // LoadConfig reads and validates a YAML configuration file. Unknown keys are errors.
@@ -214,7 +217,7 @@ func (c *Config) Validate() error {
 	if c.Login != nil && (c.Login.Issuer == "" || c.Login.ClientID == "") {
 		add("login: issuer_url and client_id are required for sshca login")
 	}
-	if c.Limits.MaxUserTTL < 0 || c.Limits.MaxHostTTL < 0 || c.Limits.MaxPrincipals < 0 {
+	if c.Limits.MaxUserTTL < 0 || c.Limits.MaxHostTTL < 0 || c.Limits.MaxPrincipals < 0 || c.Limits.IdentityBlock < 0 {
 		add("limits: values must not be negative")
 	}
 	return errors.Join(errs...)

@@ -67,6 +67,8 @@ oidc:
 		{"listen: 0.0.0.0:8080\nbehind_tls_proxy: true\ntrusted_proxies: [10.0.0.0/8]\n", true},
 		{"listen: 0.0.0.0:8080\nbehind_tls_proxy: true\ntrusted_proxies: [not-a-cidr]\n", false},
 		{"listen: 127.0.0.1:8080\nunknown_key: 1\n", false},
+		{"listen: 127.0.0.1:8080\nlimits: {identity_block: 2h}\n", true},
+		{"listen: 127.0.0.1:8080\nlimits: {identity_block: -2h}\n", false},
 	} {
 		writeFile(t, path, base+tt.extra)
 		_, err := LoadConfig(path)

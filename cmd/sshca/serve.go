@@ -78,7 +78,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 
 	p := redisParts(userKey, hostKey, store, pol, log)
 	p.auth = auth
-	p.limits = ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals}
+	p.limits = ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals,
+		IdentityBlock: cfg.Limits.IdentityBlock}
 	p.knownHostsPattern, p.trustedProxies = cfg.KnownHostsPattern, proxies
 	p.details, p.login, p.reg = details, cfg.Login, reg
 	if cfg.Keyring.Enabled {
