@@ -70,6 +70,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	if err != nil {
 		return err
 	}
+	pol = timePolicy(pol, reg)
 	auth, err := identity.New(ctx, cfg.OIDC)
 	if err != nil {
 		return fmt.Errorf("oidc: %w", err)
@@ -109,6 +110,33 @@ type policy interface {
 	ca.Checker
 	Revision() string
 	Mode() string
+}
+
+// timedPolicy observes how long each decision takes, by evaluator (compiled or interpreted).
+type timedPolicy struct {
+	policy
+	seconds *prometheus.HistogramVec
+}
+
+func timePolicy(p policy, reg prometheus.Registerer) policy {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sshca_policy_decision_seconds",
+		Help:    "Time to evaluate the policy for one request, by evaluator (compiled, or interpreted by OPA's topdown).",
+		Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .01},
+	}, []string{"evaluator"})
+	reg.MustRegister(h)
+	return timedPolicy{p, h}
+}
+
+func (t timedPolicy) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, error) {
+	begin := time.Now()
+	d, err := t.policy.Decide(ctx, in)
+	evaluator := "compiled"
+	if t.Mode() != evaluator {
+		evaluator = "interpreted"
+	}
+	t.seconds.WithLabelValues(evaluator).Observe(time.Since(begin).Seconds())
+	return d, err
 }
 
 // policyInForce loads the configured policy. A policy directory is watched and hot-reloaded

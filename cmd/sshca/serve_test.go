@@ -200,6 +200,13 @@ func TestServePolicyReloadVisible(t *testing.T) {
 	tok, _ := a.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
 	userKey := keygen(t, t.TempDir(), "user")
 	issue(t, base, "user", tok, map[string]any{"public_key": readFile(t, userKey+".pub")})
+	// The policy in force is compiled, says so, and its decisions are timed.
+	if _, out := call(t, http.MethodGet, base+"/readyz", "", nil); !strings.Contains(string(out), `"policy_evaluator":"compiled"`) {
+		t.Errorf("/readyz does not name the compiled evaluator: %s", out)
+	}
+	if _, out := call(t, http.MethodGet, base+"/metrics", "", nil); !strings.Contains(string(out), `sshca_policy_decision_seconds_count{evaluator="compiled"} 1`) {
+		t.Errorf("/metrics has no decision timing:\n%s", out)
+	}
 }
 
 // TestServeTLS: with tls files configured, the service answers over HTTPS only.
