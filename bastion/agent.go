@@ -39,8 +39,11 @@ type Options struct {
 	CARefresh time.Duration
 	// OnRevoked is called with every newly revoked entry (lockdown of live sessions).
 	OnRevoked func(ctx context.Context, entries []ca.RevocationEntry)
-	Now       func() time.Time
-	Log       *slog.Logger
+	// OnKRL is called with each newer KRL installed from the HTTPS source, which has no change
+	// stream (lockdown of live sessions in HTTPS mode).
+	OnKRL func(k *krl.KRL)
+	Now   func() time.Time
+	Log   *slog.Logger
 }
 
 // Status is what the agent reports on its health endpoint.
@@ -341,6 +344,9 @@ func (a *Agent) installKRL(b []byte, source string) error {
 	a.status.KRLWritten = a.o.Now()
 	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
 	a.mu.Unlock()
+	if source == "https" && k.Version > current && a.o.OnKRL != nil {
+		a.o.OnKRL(k)
+	}
 	return nil
 }
 

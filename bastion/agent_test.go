@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -101,7 +102,12 @@ func TestAgentHTTPSource(t *testing.T) {
 	}
 	srv.set(encode(5, 1, 2), 5)
 	krlPath := filepath.Join(dir, "sshca.krl")
-	a, err := bastion.NewAgent(bastion.Options{KRLPath: krlPath, UserCAPath: filepath.Join(dir, "ca.pub"), HTTP: src, PollEvery: 20 * time.Millisecond})
+	var (
+		seenMu sync.Mutex
+		seen   []uint64 // versions handed to OnKRL (lockdown in HTTPS mode)
+	)
+	onKRL := func(k *krl.KRL) { seenMu.Lock(); seen = append(seen, k.Version); seenMu.Unlock() }
+	a, err := bastion.NewAgent(bastion.Options{KRLPath: krlPath, UserCAPath: filepath.Join(dir, "ca.pub"), HTTP: src, PollEvery: 20 * time.Millisecond, OnKRL: onKRL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +136,11 @@ func TestAgentHTTPSource(t *testing.T) {
 	}
 	srv.set(encode(7, 1, 2, 3), 7)
 	waitUntil(t, "version 7 is installed", func() bool { return installedKRL(t, krlPath).Version == 7 })
+	seenMu.Lock()
+	if !slices.Equal(seen, []uint64{5, 7}) {
+		t.Errorf("OnKRL saw versions %v, want each newer installed one: [5 7]", seen)
+	}
+	seenMu.Unlock()
 
 	// Fail static: with the source gone, the last good KRL stays and health says so.
 	ts.Close()

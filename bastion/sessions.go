@@ -2,6 +2,7 @@ package bastion
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -12,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +24,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/krl"
 )
 
 // Sessions tracks live sshd sessions authenticated by certificates, from sshd's log at
@@ -37,6 +41,7 @@ type session struct {
 	serial uint64
 	keyID  string
 	keyFP  string
+	caFP   string
 	user   string
 }
 
@@ -46,7 +51,7 @@ func NewSessions(log *slog.Logger) *Sessions {
 }
 
 var (
-	acceptedRE     = regexp.MustCompile(`Accepted publickey for (\S+) from (\S+) port (\d+) ssh2: \S+-CERT (SHA256:\S+) ID (.*) \(serial (\d+)\) CA `)
+	acceptedRE     = regexp.MustCompile(`Accepted publickey for (\S+) from (\S+) port (\d+) ssh2: \S+-CERT (SHA256:\S+) ID (.*) \(serial (\d+)\) CA \S+ (SHA256:\S+)`)
 	disconnectedRE = regexp.MustCompile(`(?:Disconnected from user \S+|Connection closed by|Received disconnect from) (\S+) port (\d+)`)
 )
 
@@ -55,7 +60,7 @@ func (s *Sessions) Observe(line string) {
 	if m := acceptedRE.FindStringSubmatch(line); m != nil {
 		serial, _ := strconv.ParseUint(m[6], 10, 64)
 		s.mu.Lock()
-		s.live[net.JoinHostPort(m[2], m[3])] = session{serial: serial, keyID: m[5], keyFP: m[4], user: m[1]}
+		s.live[net.JoinHostPort(m[2], m[3])] = session{serial: serial, keyID: m[5], keyFP: m[4], caFP: m[7], user: m[1]}
 		s.mu.Unlock()
 		return
 	}
@@ -123,10 +128,66 @@ func (s *Sessions) EndRevoked(_ context.Context, entries []ca.RevocationEntry) {
 			}
 		}
 	}
+	s.end(func(ss session) bool { return serials[ss.serial] || ids[ss.keyID] || fps[ss.keyFP] })
+}
+
+// EndRevokedBy ends the live sessions whose certificate k revokes: by serial or key ID under
+// the session's CA (or any CA), or by the certificate's key. The HTTPS source has no change
+// stream, so each newer KRL it installs is checked against every live session.
+func (s *Sessions) EndRevokedBy(k *krl.KRL) {
+	fps := map[string]bool{}
+	for _, key := range k.RevokedKeys {
+		fps[ssh.FingerprintSHA256(key)] = true
+	}
+	for _, h := range k.RevokedSHA256 {
+		fps["SHA256:"+base64.RawStdEncoding.EncodeToString(h[:])] = true
+	}
+	type section struct {
+		caFP    string // "" for any CA
+		serials []krl.SerialRange
+		ids     map[string]bool
+	}
+	secs := make([]section, 0, len(k.Certificates))
+	for _, c := range k.Certificates {
+		sec := section{serials: c.Serials, ids: map[string]bool{}}
+		if c.CA != nil {
+			sec.caFP = ssh.FingerprintSHA256(c.CA)
+		}
+		if !slices.IsSortedFunc(sec.serials, func(a, b krl.SerialRange) int { return cmp.Compare(a.Lo, b.Lo) }) {
+			sec.serials = slices.SortedFunc(slices.Values(sec.serials), func(a, b krl.SerialRange) int { return cmp.Compare(a.Lo, b.Lo) })
+		}
+		for _, id := range c.KeyIDs {
+			sec.ids[id] = true
+		}
+		secs = append(secs, sec)
+	}
+	s.end(func(ss session) bool {
+		if fps[ss.keyFP] {
+			return true
+		}
+		for _, sec := range secs {
+			if sec.caFP != "" && ss.caFP != "" && sec.caFP != ss.caFP {
+				continue
+			}
+			if sec.ids[ss.keyID] {
+				return true
+			}
+			// The last range starting at or below the serial is the only one that can hold it.
+			i := sort.Search(len(sec.serials), func(i int) bool { return sec.serials[i].Lo > ss.serial })
+			if i > 0 && sec.serials[i-1].Hi >= ss.serial {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// end forgets the live sessions for which revoked holds and ends their connections.
+func (s *Sessions) end(revoked func(session) bool) {
 	s.mu.Lock()
 	var victims []string
 	for addr, ss := range s.live {
-		if serials[ss.serial] || ids[ss.keyID] || fps[ss.keyFP] {
+		if revoked(ss) {
 			victims = append(victims, addr)
 			delete(s.live, addr)
 		}

@@ -107,7 +107,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 				log.Error("following the sshd log stopped; revoked sessions will not be ended", "err", err)
 			}
 		}()
-		o.OnRevoked = sessions.EndRevoked
+		o.OnRevoked, o.OnKRL = sessions.EndRevoked, sessions.EndRevokedBy
 	}
 	agent, err := bastion.NewAgent(o)
 	if err != nil {
