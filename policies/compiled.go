@@ -275,6 +275,9 @@ type run struct {
 	made  int32
 }
 
+// maxTermHint bounds slabs: one unusual request must not make every later slab large.
+const maxTermHint = 256
+
 // term wraps v in a term from the run's slab. The slab is never reused: the decision may refer
 // to its terms after the run is back in the pool.
 func (r *run) term(v ast.Value) *ast.Term {
@@ -302,7 +305,7 @@ func (p *program) release(r *run) {
 	clear(r.done)
 	clear(r.out)
 	clear(r.args)
-	if r.made > p.termHint.Load() {
+	if r.made > p.termHint.Load() && r.made <= maxTermHint {
 		p.termHint.Store(r.made) // the next runs' slabs fit what runs make
 	}
 	r.out, r.ret, r.bout, r.sp, r.terms, r.made = r.out[:0], nil, nil, 0, nil, 0
