@@ -16,6 +16,7 @@ import (
 
 	"github.com/sshca/sshca/bastion"
 	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/identity/devissuer"
 	"github.com/sshca/sshca/internal/testenv"
 )
 
@@ -31,46 +32,14 @@ func TestRevocationEndToEnd(t *testing.T) {
 	idp := startIssuer(t, "sshca")
 	base := startServe(t, serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}}))
 	dir := t.TempDir()
-	mint := func(claims map[string]any) string {
-		tok, err := idp.Mint(claims)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
-	}
+	mint := minter(t, idp)
 	admin := mint(map[string]any{"sub": "admin", "preferred_username": "admin1", "email": "admin@example.com", "email_verified": true, "groups": []string{"sshca-admins"}})
 
 	// The bastion agent, before sshd starts: it writes the empty KRL and the trusted CA keys.
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan *bastion.Agent, 1)
-	agentDone := make(chan error, 1)
 	flags := agentFlags{redisURL: "redis://" + r.Addr, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
 		health: "127.0.0.1:0", sshdLog: filepath.Join(dir, "sshd.log"), poll: time.Second}
-	go func() { agentDone <- runAgent(ctx, flags, testLog(t), ready) }()
-	t.Cleanup(func() { cancel(); <-agentDone })
-	var agent *bastion.Agent
-	select {
-	case agent = <-ready:
-	case err := <-agentDone:
-		t.Fatalf("agent: %v", err)
-	}
-	waitFor(t, 10*time.Second, "the agent writes the trusted CA keys", func() bool {
-		b, err := os.ReadFile(flags.userCA)
-		return err == nil && strings.HasPrefix(string(b), "ecdsa-sha2-nistp256 ")
-	})
-
-	hostKey := keygen(t, dir, "host_key")
-	hc := issue(t, base, "host", mint(map[string]any{"sub": "ci", "groups": []string{"ci"}}), map[string]any{
-		"public_key": readFile(t, hostKey+".pub"), "hostnames": []string{"127.0.0.1"}})
-	writeFile(t, hostKey+"-cert.pub", hc.Certificate+"\n")
-	_, knownHosts := call(t, http.MethodGet, base+"/v1/ca/known_hosts", "", nil)
-	writeFile(t, filepath.Join(dir, "known_hosts"), string(knownHosts))
-	sshd := testenv.StartSSHD(t, testenv.SSHDConfig{
-		HostKey: hostKey, HostCertificate: hostKey + "-cert.pub",
-		TrustedUserCAKeys: flags.userCA, RevokedKeys: flags.krlPath,
-		Principals: []string{"alice"}, LogFile: flags.sshdLog,
-	})
-	kh := filepath.Join(dir, "known_hosts")
+	agent := startAgent(t, flags)
+	sshd, kh := startBastionSSHD(t, base, mint, dir, flags)
 
 	userKey := keygen(t, dir, "alice")
 	alice := func() string {
@@ -95,15 +64,7 @@ func TestRevocationEndToEnd(t *testing.T) {
 	if out, err := sshd.SSH(userKey, certPath, kh, "true"); err != nil {
 		t.Fatalf("login before revocation: %v\n%s", err, out)
 	}
-	session := exec.Command("ssh", sshArgs(sshd, userKey, certPath, kh, "sleep 120")...)
-	if err := session.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sessionDone := make(chan error, 1)
-	go func() { sessionDone <- session.Wait() }()
-	waitFor(t, 10*time.Second, "sshd logs the session", func() bool {
-		return strings.Contains(sshd.Log(), "Starting session: command")
-	})
+	sessionDone := startSession(t, sshd, userKey, certPath, kh)
 	revoke(map[string]any{"serial": c0.Serial})
 	waitFor(t, 5*time.Second, "a revoked certificate is refused", func() bool {
 		_, err := sshd.SSH(userKey, certPath, kh, "true")
@@ -112,7 +73,6 @@ func TestRevocationEndToEnd(t *testing.T) {
 	select {
 	case <-sessionDone:
 	case <-time.After(5 * time.Second):
-		session.Process.Kill()
 		t.Fatal("the live session of the revoked certificate was not ended")
 	}
 	if m, _ := agentHealth(t, agent); !m.Connected {
@@ -208,6 +168,77 @@ func agentHealth(t *testing.T, a *bastion.Agent) (agentStatus, error) {
 	b, _ := json.Marshal(st)
 	var s agentStatus
 	return s, json.Unmarshal(b, &s)
+}
+
+// minter mints tokens from the test issuer.
+func minter(t *testing.T, idp *devissuer.Issuer) func(map[string]any) string {
+	return func(claims map[string]any) string {
+		t.Helper()
+		tok, err := idp.Mint(claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+}
+
+// startAgent runs the bastion agent with flags until the test ends.
+func startAgent(t *testing.T, flags agentFlags) *bastion.Agent {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan *bastion.Agent, 1)
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- runAgent(ctx, flags, testLog(t), ready) }()
+	t.Cleanup(func() { cancel(); <-agentDone })
+	var agent *bastion.Agent
+	select {
+	case agent = <-ready:
+	case err := <-agentDone:
+		t.Fatalf("agent: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the agent writes the trusted CA keys", func() bool {
+		b, err := os.ReadFile(flags.userCA)
+		return err == nil && strings.HasPrefix(string(b), "ecdsa-sha2-nistp256 ")
+	})
+	return agent
+}
+
+// startBastionSSHD starts sshd as a bastion runs it: a host certificate from the CA, the
+// agent's trusted CA keys and KRL, logging to the file the agent follows. It returns sshd and
+// a known_hosts file that trusts the host CA.
+func startBastionSSHD(t *testing.T, base string, mint func(map[string]any) string, dir string, flags agentFlags) (*testenv.SSHD, string) {
+	t.Helper()
+	hostKey := keygen(t, dir, "host_key")
+	hc := issue(t, base, "host", mint(map[string]any{"sub": "ci", "groups": []string{"ci"}}), map[string]any{
+		"public_key": readFile(t, hostKey+".pub"), "hostnames": []string{"127.0.0.1"}})
+	writeFile(t, hostKey+"-cert.pub", hc.Certificate+"\n")
+	_, knownHosts := call(t, http.MethodGet, base+"/v1/ca/known_hosts", "", nil)
+	kh := filepath.Join(dir, "known_hosts")
+	writeFile(t, kh, string(knownHosts))
+	sshd := testenv.StartSSHD(t, testenv.SSHDConfig{
+		HostKey: hostKey, HostCertificate: hostKey + "-cert.pub",
+		TrustedUserCAKeys: flags.userCA, RevokedKeys: flags.krlPath,
+		Principals: []string{"alice"}, LogFile: flags.sshdLog,
+	})
+	return sshd, kh
+}
+
+// startSession opens a long ssh session and waits until sshd has logged it; the channel gets
+// the session's end. The session is killed when the test ends.
+func startSession(t *testing.T, sshd *testenv.SSHD, key, cert, knownHosts string) <-chan error {
+	t.Helper()
+	before := strings.Count(sshd.Log(), "Starting session: command")
+	session := exec.Command("ssh", sshArgs(sshd, key, cert, knownHosts, "sleep 120")...)
+	if err := session.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- session.Wait() }()
+	t.Cleanup(func() { _ = session.Process.Kill() })
+	waitFor(t, 10*time.Second, "sshd logs the session", func() bool {
+		return strings.Count(sshd.Log(), "Starting session: command") > before
+	})
+	return done
 }
 
 func sshArgs(s *testenv.SSHD, key, cert, knownHosts string, command string) []string {
