@@ -49,6 +49,9 @@ type Config struct {
 	Revocations   RevocationStore
 	// Tokens records single-use tokens; required when an authenticator marks tokens so.
 	Tokens TokenLedger
+	// Audit keeps a record of every decision; with it, nothing is issued, revoked or
+	// administered unless its record is kept.
+	Audit  AuditLog
 	Limits Limits
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -66,6 +69,7 @@ type Authority struct {
 	store       CertStore
 	revocations RevocationStore
 	tokens      TokenLedger
+	audit       AuditLog
 	limits      Limits
 	now         func() time.Time
 	log         *slog.Logger
@@ -96,7 +100,7 @@ func New(c Config) (*Authority, error) {
 		l.CriticalOptions = DefaultLimits.CriticalOptions
 	}
 	a := &Authority{auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
-		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, limits: l, now: c.Now, log: c.Logger}
+		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, limits: l, now: c.Now, log: c.Logger}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -159,8 +163,19 @@ func (a *Authority) Issue(ctx context.Context, token string, req Request) (Issue
 	return a.issueFor(ctx, id, req, req.Kind)
 }
 
-// issueFor issues for an authenticated identity; policyKind is the policy input's kind.
-func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, policyKind CertKind) (Issued, error) {
+// issueFor issues for an authenticated identity; policyKind is the policy input's kind. Every
+// outcome leaves an audit record; a certificate is returned only once its record is kept.
+func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, policyKind CertKind) (_ Issued, err error) {
+	rec := a.auditRecord(policyKind, id)
+	rec.Requested, rec.SourceIP, rec.Reason = req.Principals, req.SourceIP, req.Reason
+	if req.PublicKey != nil {
+		rec.KeyFingerprint = ssh.FingerprintSHA256(req.PublicKey)
+	}
+	defer func() {
+		if err != nil {
+			a.settle(ctx, &rec, err)
+		}
+	}()
 	if err := a.validate(req); err != nil {
 		return Issued{}, err
 	}
@@ -174,6 +189,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		return Issued{}, Unavailable("revocation store unavailable; no certificate issued", err)
 	}
 	if why != "" {
+		rec.Outcome = "refused"
 		return Issued{}, Denied("revoked", why)
 	}
 	now := a.now()
@@ -195,8 +211,10 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	if err != nil {
 		return Issued{}, Unavailable("policy could not decide", err)
 	}
+	rec.PolicyRevision, rec.Ticket = dec.Revision, dec.Ticket
 	if !dec.Allow {
 		reasons := orDefault(dec.Reasons)
+		rec.Reasons = reasons
 		a.log.InfoContext(ctx, "denied", "kind", req.Kind, "identity", id.Name(), "reasons", reasons, "policy", dec.Revision)
 		return Issued{}, Denied("policy denied the request", reasons...)
 	}
@@ -212,7 +230,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	if err != nil {
 		return Issued{}, signErr(err)
 	}
-	rec := Certificate{
+	cr := Certificate{
 		Serial:         cert.Serial,
 		KeyID:          cert.KeyId,
 		Kind:           req.Kind,
@@ -226,13 +244,18 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		Reason:         req.Reason,
 		PolicyRevision: dec.Revision,
 	}
-	if err := a.store.Record(ctx, rec); err != nil {
+	if err := a.store.Record(ctx, cr); err != nil {
 		return Issued{}, Unavailable("certificate inventory unavailable; no certificate issued", err)
 	}
-	a.log.InfoContext(ctx, "issued", "kind", req.Kind, "identity", rec.Identity, "serial", rec.Serial,
-		"key_id", rec.KeyID, "principals", rec.Principals, "valid_before", rec.ValidBefore, "ticket", rec.Ticket,
-		"reason", rec.Reason, "policy", dec.Revision)
-	return Issued{Cert: cert, Record: rec}, nil
+	rec.Outcome, rec.Serial, rec.KeyID, rec.Principals, rec.ValidBefore = "issued", cr.Serial, cr.KeyID, cr.Principals, cr.ValidBefore
+	if err := a.keep(ctx, rec); err != nil {
+		rec.Outcome = ""
+		return Issued{}, err
+	}
+	a.log.InfoContext(ctx, "issued", "kind", req.Kind, "identity", cr.Identity, "serial", cr.Serial,
+		"key_id", cr.KeyID, "principals", cr.Principals, "valid_before", cr.ValidBefore, "ticket", cr.Ticket,
+		"reason", cr.Reason, "policy", dec.Revision)
+	return Issued{Cert: cert, Record: cr}, nil
 }
 
 func (a *Authority) validate(req Request) error {

@@ -83,6 +83,23 @@ func (f *fakeStore) Get(context.Context, uint64) (ca.Certificate, bool, error) {
 	return ca.Certificate{}, false, nil
 }
 
+// fakeAudit keeps records in memory, or fails.
+type fakeAudit struct {
+	mu   sync.Mutex
+	recs []ca.AuditRecord
+	err  error
+}
+
+func (f *fakeAudit) Append(_ context.Context, r ca.AuditRecord) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	f.recs = append(f.recs, r)
+	return nil
+}
+
 func newSSHKey(t testing.TB) (ssh.Signer, ssh.PublicKey) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -111,6 +128,7 @@ func TestIssue(t *testing.T) {
 		dec            ca.Decision
 		policyErr      error
 		storeErr       error
+		auditErr       error
 		wantKind       ca.Kind
 		wantErr        bool
 		wantPrincipals []string
@@ -140,17 +158,42 @@ func TestIssue(t *testing.T) {
 		{name: "host needs names", token: "good", req: ca.Request{Kind: ca.HostCert, PublicKey: userKey}, dec: grant, wantErr: true, wantKind: ca.KindInvalid},
 		{name: "host wildcard refused", token: "good", req: ca.Request{Kind: ca.HostCert, PublicKey: userKey, Principals: []string{"*.example.com"}}, dec: grant, wantErr: true, wantKind: ca.KindInvalid},
 		{name: "store down: nothing issued", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: grant, storeErr: errors.New("down"), wantErr: true, wantKind: ca.KindUnavailable},
+		{name: "audit down: nothing handed out", token: "good", req: ca.Request{Kind: ca.UserCert, PublicKey: userKey}, dec: grant, auditErr: errors.New("down"), wantErr: true, wantKind: ca.KindUnavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pol := &fakePolicy{dec: tt.dec, err: tt.policyErr}
 			store := &fakeStore{err: tt.storeErr}
+			log := &fakeAudit{err: tt.auditErr}
 			sgn := fakeSigner{key: caKey, now: clock}
-			a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: pol, UserSigner: sgn, HostSigner: sgn, Store: store, Revocations: revocation.NewMemory(clock), Now: clock})
+			a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: pol, UserSigner: sgn, HostSigner: sgn, Store: store, Revocations: revocation.NewMemory(clock), Audit: log, Now: clock})
 			if err != nil {
 				t.Fatal(err)
 			}
 			got, err := a.Issue(context.Background(), tt.token, tt.req)
+			// Every decision on an authenticated request leaves one audit record.
+			wantRecords, wantOutcome := 1, "issued"
+			switch {
+			case tt.token != "good", tt.auditErr != nil:
+				wantRecords = 0
+			case tt.wantErr:
+				wantOutcome = tt.wantKind.String()
+			}
+			if len(log.recs) != wantRecords {
+				t.Fatalf("%d audit records, want %d: %+v", len(log.recs), wantRecords, log.recs)
+			}
+			if wantRecords == 1 {
+				r := log.recs[0]
+				if r.Outcome != wantOutcome || r.Identity != "alice@example.com" || r.Action != tt.req.Kind || !r.Time.Equal(now) {
+					t.Errorf("audit record %+v, want outcome %s", r, wantOutcome)
+				}
+				if tt.wantErr && len(r.Reasons) == 0 {
+					t.Errorf("audit record of a refusal without reasons: %+v", r)
+				}
+				if !tt.wantErr && (r.Serial != 42 || r.KeyID != got.Cert.KeyId || r.Ticket != tt.dec.Ticket || len(r.Principals) == 0) {
+					t.Errorf("audit record of an issue: %+v", r)
+				}
+			}
 			if tt.wantErr {
 				if err == nil {
 					t.Fatalf("issued %v, want error of kind %v", got.Cert.ValidPrincipals, tt.wantKind)
@@ -158,7 +201,7 @@ func TestIssue(t *testing.T) {
 				if k := ca.KindOf(err); k != tt.wantKind {
 					t.Fatalf("error kind = %v (%v), want %v", k, err, tt.wantKind)
 				}
-				if len(store.recs) != 0 {
+				if len(store.recs) != 0 && tt.auditErr == nil {
 					t.Fatalf("recorded %d certs on error", len(store.recs))
 				}
 				return
@@ -190,6 +233,56 @@ func TestIssue(t *testing.T) {
 			}
 			if pol.seen.Request.KeyType != ssh.KeyAlgoED25519 || pol.seen.Identity.Username != "alice" || pol.seen.Now != "2026-11-25T10:00:00Z" {
 				t.Errorf("policy input = %+v", pol.seen)
+			}
+		})
+	}
+}
+
+// TestRevokeAudited: revoking is a policy decision kept in the audit log; a denied one is
+// kept with its reasons, and an allowed one takes effect only once its record is kept.
+func TestRevokeAudited(t *testing.T) {
+	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	caKey, _ := newSSHKey(t)
+	admin := ca.Identity{Issuer: "https://idp", Subject: "a1", Email: "admin@example.com"}
+	for _, tt := range []struct {
+		name        string
+		dec         ca.Decision
+		auditErr    error
+		wantKind    ca.Kind
+		wantOutcome string
+		wantBlocked bool
+	}{
+		{name: "allowed", dec: ca.Decision{Allow: true}, wantOutcome: "allowed", wantBlocked: true},
+		{name: "denied", dec: ca.Decision{Reasons: []string{"not an admin"}}, wantKind: ca.KindDenied, wantOutcome: "denied"},
+		{name: "audit down", dec: ca.Decision{Allow: true}, auditErr: errors.New("down"), wantKind: ca.KindUnavailable},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sgn := fakeSigner{key: caKey, now: clock}
+			revs := revocation.NewMemory(clock)
+			log := &fakeAudit{err: tt.auditErr}
+			a, err := ca.New(ca.Config{Authenticator: fakeAuth{admin}, Policy: &fakePolicy{dec: tt.dec}, UserSigner: sgn, HostSigner: sgn,
+				Store: &fakeStore{}, Revocations: revs, Audit: log, Now: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = a.Revoke(context.Background(), "good", ca.RevokeRequest{Identity: "bob@example.com", Reason: "offboarding"})
+			if tt.wantOutcome == "allowed" && err != nil || tt.wantOutcome != "allowed" && ca.KindOf(err) != tt.wantKind {
+				t.Fatalf("Revoke: %v, want kind %v", err, tt.wantKind)
+			}
+			why, _ := revs.Refused(context.Background(), caKey.PublicKey(), "bob@example.com", caKey.PublicKey())
+			if blocked := why != ""; blocked != tt.wantBlocked {
+				t.Errorf("identity blocked = %v, want %v", blocked, tt.wantBlocked)
+			}
+			if tt.auditErr != nil {
+				return
+			}
+			if len(log.recs) != 1 {
+				t.Fatalf("%d audit records: %+v", len(log.recs), log.recs)
+			}
+			r := log.recs[0]
+			if r.Action != ca.KindRevoke || r.Outcome != tt.wantOutcome || r.Target != "identity:bob@example.com" || r.Reason != "offboarding" || r.Identity != "admin@example.com" {
+				t.Errorf("audit record %+v", r)
 			}
 		})
 	}

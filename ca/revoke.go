@@ -186,18 +186,29 @@ func (a *Authority) Authorize(ctx context.Context, token string, kind CertKind, 
 	return a.authorize(ctx, id, kind, "", target)
 }
 
-func (a *Authority) authorize(ctx context.Context, id Identity, kind CertKind, reason, target string) error {
+// authorize asks the policy whether id may do kind (revoke, admin) to target, and keeps the
+// decision in the audit log: an allowed action goes ahead only once its record is kept.
+func (a *Authority) authorize(ctx context.Context, id Identity, kind CertKind, reason, target string) (err error) {
+	rec := a.auditRecord(kind, id)
+	rec.Reason, rec.Target = reason, target
 	in := PolicyInput{Kind: kind, Identity: id, Now: a.now().UTC().Format(time.RFC3339),
 		Request: PolicyRequest{Principals: []string{}, Reason: reason, Target: target}}
 	fillDefaults(&in.Identity)
 	dec, err := a.policy.Decide(ctx, in)
 	if err != nil {
-		return Unavailable("policy could not decide", err)
+		err = Unavailable("policy could not decide", err)
+		a.settle(ctx, &rec, err)
+		return err
 	}
+	rec.PolicyRevision = dec.Revision
 	if !dec.Allow {
-		return Denied("policy denied the request", orDefault(dec.Reasons)...)
+		rec.Reasons = orDefault(dec.Reasons)
+		err = Denied("policy denied the request", rec.Reasons...)
+		a.settle(ctx, &rec, err)
+		return err
 	}
-	return nil
+	rec.Outcome = "allowed"
+	return a.keep(ctx, rec)
 }
 
 func revokeTarget(req RevokeRequest) (string, error) {

@@ -43,6 +43,7 @@ type Config struct {
 	// Login is published at /v1/login/config for `sshca login` (optional).
 	Login  *services.LoginConfig `yaml:"login"`
 	Limits LimitsConfig          `yaml:"limits"`
+	Audit  AuditConfig           `yaml:"audit"`
 
 	// KnownHostsPattern is the host pattern of /v1/ca/known_hosts lines (default "*").
 	KnownHostsPattern string `yaml:"known_hosts_pattern"`
@@ -216,6 +217,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Login != nil && (c.Login.Issuer == "" || c.Login.ClientID == "") {
 		add("login: issuer_url and client_id are required for sshca login")
+	}
+	if c.Audit.KeyFile != "" {
+		if _, err := readAuditKey(c.Audit.KeyFile); err != nil {
+			add("audit.key_file: %v", err)
+		}
 	}
 	if c.Limits.MaxUserTTL < 0 || c.Limits.MaxHostTTL < 0 || c.Limits.MaxPrincipals < 0 || c.Limits.IdentityBlock < 0 {
 		add("limits: values must not be negative")

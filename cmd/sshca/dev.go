@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
+	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/identity/devissuer"
 	"github.com/sshca/sshca/kms"
@@ -126,6 +127,11 @@ func runDev(ctx context.Context, o devOptions) error {
 	}
 	p := redisParts(userKey, hostKey, store, pol, o.log)
 	p.auth = auth
+	auditKey, err := auditKeyOrCreate(filepath.Join(o.state, "audit.key"))
+	if err != nil {
+		return fmt.Errorf("dev: audit key: %w", err)
+	}
+	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: o.log})
 	p.login = &services.LoginConfig{Issuer: issuerURL, ClientID: devAudience, Scopes: []string{"openid", "email", "profile"}}
 	api, err := apiHandler(p)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
+	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/keyring"
@@ -79,6 +80,15 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 
 	p := redisParts(userKey, hostKey, store, pol, log)
 	p.auth = auth
+	var auditKey []byte
+	if cfg.Audit.KeyFile != "" {
+		if auditKey, err = readAuditKey(cfg.Audit.KeyFile); err != nil {
+			return fmt.Errorf("audit.key_file: %w", err)
+		}
+	} else {
+		log.Warn("the audit log is chained with plain SHA-256: anyone who can write to Redis can rewrite it; set audit.key_file (sshca audit genkey)")
+	}
+	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: log})
 	p.limits = ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals,
 		IdentityBlock: cfg.Limits.IdentityBlock}
 	p.knownHostsPattern, p.trustedProxies = cfg.KnownHostsPattern, proxies

@@ -30,6 +30,7 @@ type parts struct {
 	store      ca.CertStore
 	revoked    ca.RevocationStore
 	tokens     ca.TokenLedger
+	audit      ca.AuditLog
 	limits     ca.Limits
 	// checks are the dependencies /readyz reports on, by name.
 	checks            map[string]ca.Checker
@@ -61,7 +62,7 @@ func redisParts(userKey, hostKey *kms.Key, store *revocation.Redis, pol policy, 
 func apiHandler(p parts) (http.Handler, error) {
 	authority, err := ca.New(ca.Config{
 		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
-		Store: p.store, Revocations: p.revoked, Tokens: p.tokens, Limits: p.limits, Logger: p.log,
+		Store: p.store, Revocations: p.revoked, Tokens: p.tokens, Audit: p.audit, Limits: p.limits, Logger: p.log,
 	})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,82 @@
+package ca
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// AuditRecord is one decision as the audit log keeps it: who asked for what, what the policy
+// said and why, and what was issued. It never holds a token or a private key.
+type AuditRecord struct {
+	Time time.Time `json:"time"`
+	// Action is what was asked: "user", "host", "renew", "revoke" or "admin".
+	Action CertKind `json:"action"`
+	// Outcome is "issued", "allowed" (revoke, admin), "refused" (a revoked key or identity),
+	// or the kind of the error the request ended with: "denied" (the policy or the caps),
+	// "invalid", "unauthenticated" (a replayed token), "unavailable" (a dependency failed;
+	// nothing was done).
+	Outcome        string    `json:"outcome"`
+	Identity       string    `json:"identity"`
+	Issuer         string    `json:"issuer,omitempty"`
+	Subject        string    `json:"subject,omitempty"`
+	Workload       bool      `json:"workload,omitempty"`
+	Requested      []string  `json:"requested,omitempty"`
+	KeyFingerprint string    `json:"key_fingerprint,omitempty"`
+	SourceIP       string    `json:"source_ip,omitempty"`
+	Reason         string    `json:"reason,omitempty"`
+	Target         string    `json:"target,omitempty"`
+	Reasons        []string  `json:"reasons,omitempty"`
+	Ticket         string    `json:"ticket,omitempty"`
+	Serial         uint64    `json:"serial,omitempty,string"`
+	KeyID          string    `json:"key_id,omitempty"`
+	Principals     []string  `json:"principals,omitempty"`
+	ValidBefore    time.Time `json:"valid_before,omitzero"`
+	PolicyRevision string    `json:"policy_revision,omitempty"`
+}
+
+// AuditLog keeps the audit records, tamper-evident (the audit package chains them). A decision
+// to issue, revoke or administer takes effect only once its record is kept.
+type AuditLog interface {
+	Append(ctx context.Context, rec AuditRecord) error
+}
+
+// auditRecord starts a record for id asking for action.
+func (a *Authority) auditRecord(action CertKind, id Identity) AuditRecord {
+	return AuditRecord{Time: a.now().UTC(), Action: action, Identity: id.Name(), Issuer: id.Issuer,
+		Subject: id.Subject, Workload: id.Workload}
+}
+
+// keep appends rec. For a grant, failing to keep it is an error (nothing takes effect); for a
+// refusal it is only logged, since the caller is refused anyway.
+func (a *Authority) keep(ctx context.Context, rec AuditRecord) error {
+	if a.audit == nil {
+		return nil
+	}
+	err := a.audit.Append(ctx, rec)
+	if err == nil {
+		return nil
+	}
+	if rec.Outcome == "issued" || rec.Outcome == "allowed" {
+		return Unavailable("audit log unavailable; nothing was done", err)
+	}
+	a.log.ErrorContext(ctx, "audit record lost", "action", rec.Action, "outcome", rec.Outcome, "identity", rec.Identity, "err", err)
+	return nil
+}
+
+// settle completes rec from the error a request ended with (outcome and reasons, unless set)
+// and keeps it.
+func (a *Authority) settle(ctx context.Context, rec *AuditRecord, err error) {
+	var e *Error
+	if errors.As(err, &e) {
+		if rec.Outcome == "" {
+			rec.Outcome = e.Kind.String()
+		}
+		if len(rec.Reasons) == 0 {
+			rec.Reasons = append([]string{e.Msg}, e.Reasons...)
+		}
+	} else if rec.Outcome == "" {
+		rec.Outcome = KindInternal.String()
+	}
+	_ = a.keep(ctx, *rec)
+}
