@@ -85,8 +85,12 @@ func serveConfig(t *testing.T, redisAddr string, issuers ...identity.IssuerConfi
 		}
 		k.Close()
 	}
+	if err := writeAuditKey(filepath.Join(dir, "audit.key")); err != nil {
+		t.Fatal(err)
+	}
 	return &Config{
 		Listen: "127.0.0.1:0",
+		Audit:  AuditConfig{KeyFile: filepath.Join(dir, "audit.key")},
 		UserCA: KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(dir, "user_ca.pem")},
 		HostCA: KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(dir, "host_ca.pem")},
 		Redis:  RedisConfig{Addrs: []string{redisAddr}, DialTimeout: time.Second, ReadTimeout: time.Second},

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/internal/testenv"
+)
+
+// TestAuditTrail: against real redis-server, each decision the service makes (a privileged
+// certificate with its ticket, a denial with its reasons, a revocation) is in the audit chain,
+// `sshca audit verify` checks the chain with the key and prints the records, and a record
+// removed from Redis makes it fail.
+func TestAuditTrail(t *testing.T) {
+	r := testenv.StartRedis(t)
+	idp := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	base := startServe(t, cfg)
+	mint := minter(t, idp)
+	userKey := keygen(t, t.TempDir(), "alice")
+	pub := readFile(t, userKey+".pub")
+
+	ops := mint(map[string]any{"sub": "u-alice", "preferred_username": "alice", "email": "alice@example.com", "email_verified": true,
+		"groups": []string{"ops"}, "amr": []string{"pwd", "mfa"}, "auth_time": time.Now().Unix()})
+	c := issue(t, base, "user", ops, map[string]any{"public_key": pub, "principals": []string{"root"}, "reason": "OPS-4242 disk full"})
+	plain := mint(map[string]any{"sub": "u-bob", "preferred_username": "bob", "email": "bob@example.com", "email_verified": true})
+	if code, out := call(t, http.MethodPost, base+"/v1/certs/user", plain, map[string]any{"public_key": pub, "principals": []string{"root"}}); code != http.StatusForbidden {
+		t.Fatalf("bob asking for root = %d %s", code, out)
+	}
+	admin := mint(map[string]any{"sub": "admin", "preferred_username": "admin1", "email": "admin@example.com", "email_verified": true, "groups": []string{"sshca-admins"}})
+	if code, out := call(t, http.MethodPost, base+"/v1/revocations", admin, map[string]any{"serial": c.Serial, "reason": "done"}); code != http.StatusOK {
+		t.Fatalf("revoke = %d %s", code, out)
+	}
+
+	out, err := runCLI(t, "", "audit", "verify", "--redis", "redis://"+r.Addr, "--key-file", cfg.Audit.KeyFile, "--print")
+	if err != nil {
+		t.Fatalf("audit verify: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"OK: 3 audit records, chain intact, keyed",
+		`"outcome":"issued"`, `"ticket":"OPS-4242"`, `"serial":"` + c.Serial + `"`, `"principals":["root"]`,
+		`"outcome":"denied"`, `"identity":"bob@example.com"`, "principal root is not granted",
+		`"action":"revoke","outcome":"allowed"`, `"target":"serial:` + c.Serial + `"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("audit verify output lacks %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, ops) || strings.Contains(out, "eyJ") {
+		t.Error("a token reached the audit log")
+	}
+
+	// Without the key the chain does not verify; with a record gone it fails where it broke.
+	other := filepath.Join(t.TempDir(), "other.key")
+	if err := writeAuditKey(other); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runCLI(t, "", "audit", "verify", "--redis", "redis://"+r.Addr, "--key-file", other); err == nil {
+		t.Fatalf("verified with another key:\n%s", out)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	msgs, err := rdb.XRange(ctx, "sshca:{audit}:log", "-", "+").Result()
+	if err != nil || len(msgs) != 3 {
+		t.Fatalf("stream: %d entries, %v", len(msgs), err)
+	}
+	rdb.XDel(ctx, "sshca:{audit}:log", msgs[1].ID)
+	out, err = runCLI(t, "", "audit", "verify", "--redis", "redis://"+r.Addr, "--key-file", cfg.Audit.KeyFile)
+	if err == nil || !strings.Contains(err.Error(), "record 3 where 2 should be") {
+		t.Fatalf("a removed record went unnoticed: %v\n%s", err, out)
+	}
+}
+
+// TestAuditKeyFile: the key file is created 0600 and never overwritten; one readable by others
+// is refused.
+func TestAuditKeyFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.key")
+	if out, err := runCLI(t, "", "audit", "genkey", "--out", path); err != nil {
+		t.Fatalf("genkey: %v\n%s", err, out)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v, %v", st.Mode(), err)
+	}
+	if _, err := runCLI(t, "", "audit", "genkey", "--out", path); err == nil {
+		t.Fatal("genkey overwrote an existing key")
+	}
+	if _, err := readAuditKey(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readAuditKey(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("a world-readable key was accepted: %v", err)
+	}
+}
