@@ -131,7 +131,11 @@ func newAuditCommand() *cobra.Command {
 			if key == nil {
 				keyed = "unkeyed (SHA-256; give --key-file to check the MACs)"
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "OK: %d audit records, chain intact, %s, head %.16s\n", rep.Records, keyed, rep.Head)
+			noun := "records"
+			if rep.Records == 1 {
+				noun = "record"
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "OK: %d audit %s, chain intact, %s, head %.16s\n", rep.Records, noun, keyed, rep.Head)
 			return nil
 		},
 	}

@@ -104,3 +104,19 @@ func TestAuditKeyFile(t *testing.T) {
 		t.Fatalf("a world-readable key was accepted: %v", err)
 	}
 }
+
+// TestDevAudit: the audit command `sshca dev` prints verifies the decisions it made.
+func TestDevAudit(t *testing.T) {
+	base, _, banner := startDevBanner(t)
+	tok := devToken(t, base, map[string]any{"sub": "alice", "email": "alice@example.com", "preferred_username": "alice"})
+	issue(t, base, "user", tok, map[string]any{"public_key": readFile(t, keygen(t, t.TempDir(), "alice")+".pub")})
+	_, line, ok := strings.Cut(banner, "sshca audit verify ")
+	if !ok {
+		t.Fatalf("the banner has no audit command:\n%s", banner)
+	}
+	line, _, _ = strings.Cut(line, "\n")
+	out, err := runCLI(t, "", append([]string{"audit", "verify"}, strings.Fields(line)...)...)
+	if err != nil || !strings.Contains(out, "OK: 1 audit record, chain intact, keyed") || !strings.Contains(out, `"outcome":"issued"`) {
+		t.Fatalf("audit verify %s: %v\n%s", line, err, out)
+	}
+}

@@ -138,19 +138,20 @@ func runDev(ctx context.Context, o devOptions) error {
 		return err
 	}
 	mux.Handle("/", api)
-	printDevBanner(o.out, base, issuerURL, o.state)
+	printDevBanner(o.out, base, issuerURL, o.state, mr.Addr())
 	if o.ready != nil {
 		o.ready <- base
 	}
 	return <-errc
 }
 
-func printDevBanner(w io.Writer, base, issuer, state string) {
-	r := strings.NewReplacer("$BASE", base, "$ISSUER", issuer, "$STATE", state, "$AUD", devAudience)
+func printDevBanner(w io.Writer, base, issuer, state, redisAddr string) {
+	r := strings.NewReplacer("$BASE", base, "$ISSUER", issuer, "$STATE", state, "$AUD", devAudience, "$REDIS", redisAddr)
 	fmt.Fprint(w, r.Replace(`sshca dev is serving on $BASE
   OIDC issuer  $ISSUER   (audience "$AUD", ES256; discovery at $ISSUER/.well-known/openid-configuration)
   CA keys      $STATE/user_ca.pem, $STATE/host_ca.pem (kept across restarts)
-  Redis        in-process, on loopback; nothing is persisted
+  Redis        in-process at $REDIS; nothing is persisted
+  Audit log    every decision, chained: sshca audit verify --redis redis://$REDIS --key-file $STATE/audit.key --print
 
 Trust the CA (hosts: sshd_config "TrustedUserCAKeys /etc/ssh/sshca_user_ca.pub"; clients: known_hosts):
   curl -s $BASE/v1/ca/user.pub > /etc/ssh/sshca_user_ca.pub

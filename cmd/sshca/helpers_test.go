@@ -31,12 +31,20 @@ func (w testWriter) Write(p []byte) (int, error) {
 // startDev runs `sshca dev` in-process on a free loopback port with a fresh state dir.
 func startDev(t *testing.T) (base, state string) {
 	t.Helper()
+	base, state, _ = startDevBanner(t)
+	return base, state
+}
+
+// startDevBanner is startDev, also returning the banner `sshca dev` printed.
+func startDevBanner(t *testing.T) (base, state, banner string) {
+	t.Helper()
 	state = t.TempDir()
+	var out bytes.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	errc := make(chan error, 1)
 	go func() {
-		errc <- runDev(ctx, devOptions{listen: "127.0.0.1:0", state: state, out: io.Discard, log: testLog(t), ready: ready})
+		errc <- runDev(ctx, devOptions{listen: "127.0.0.1:0", state: state, out: &out, log: testLog(t), ready: ready})
 	}()
 	select {
 	case base = <-ready:
@@ -51,7 +59,7 @@ func startDev(t *testing.T) (base, state string) {
 		cancel()
 		<-errc
 	})
-	return base, state
+	return base, state, out.String() // written before ready
 }
 
 // devToken mints a token from the dev issuer with the given claims.
