@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
@@ -118,7 +118,7 @@ func compile(p *ir.Policy, data ast.Value) (*program, error) {
 	if p.Static != nil {
 		for _, s := range p.Static.Strings {
 			prog.strs = append(prog.strs, ast.StringTerm(s.Value))
-			prog.nums = append(prog.nums, ast.NewTerm(numberOrZero(s.Value)))
+			prog.nums = append(prog.nums, ast.NewTerm(ast.Number(s.Value))) // read only by MakeNumberRef
 		}
 		for _, f := range p.Static.Files {
 			prog.files = append(prog.files, f.Value)
@@ -140,7 +140,9 @@ func compile(p *ir.Policy, data ast.Value) (*program, error) {
 			return c, nil
 		}
 		b, ok := ast.BuiltinMap[name]
-		if !ok || refusedBuiltins[name] || b.Nondeterministic {
+		// Relations (walk) hand the plan every result at once; topdown's implementations
+		// yield them one by one, so they stay with topdown.
+		if !ok || refusedBuiltins[name] || b.Nondeterministic || b.Relation {
 			return nil, fmt.Errorf("%w: built-in %s", errUnsupported, name)
 		}
 		impl := topdown.GetBuiltin(name)
@@ -245,13 +247,6 @@ func compile(p *ir.Policy, data ast.Value) (*program, error) {
 		c.locals = max
 	}
 	return prog, nil
-}
-
-func numberOrZero(s string) ast.Number {
-	if _, err := strconv.ParseFloat(s, 64); err == nil {
-		return ast.Number(s)
-	}
-	return ast.Number("0")
 }
 
 // returning is the break depth that carries a function's return up through every block.
@@ -507,7 +502,10 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 				return 0, nil
 			}
 		case *ir.ResultSetAddStmt:
-			r.out = append(r.out, f[s.Value])
+			// The result set is a set: the same result twice is one result.
+			if v := f[s.Value]; !slices.ContainsFunc(r.out, func(t *ast.Term) bool { return ast.Compare(t.Value, v.Value) == 0 }) {
+				r.out = append(r.out, v)
+			}
 		case *ir.NopStmt:
 		default:
 			return 0, fmt.Errorf("policies: %w: statement %T", errUnsupported, s)

@@ -172,6 +172,14 @@ decision := {
 	"glob": [n | some n in input.names; glob.match("a*", [], n)],
 	"set_ref": {x | some x in {"p", "q"}; x != "q"},
 }`,
+		"numbers": `
+decision := {
+	"big": 123456789012345678901234567890 + input.n,
+	"float": 0.5 * input.n,
+	"exp": 1e3 > input.n,
+	"eq": 1.0 == 1,
+	"sum": sum([x | some x in input.xs]),
+}`,
 		"undefined": `
 decision := {"v": v} if v := input.nope
 else := {"v": "fallback"}`,
@@ -250,6 +258,7 @@ func TestInterpretedFallback(t *testing.T) {
 		"with":    "f := input.kind\n\ndecision := {\"allow\": g, \"principals\": [\"x\"]}\n\ng if f == \"user\" with input.kind as \"user\"\n",
 		"now":     "decision := {\"allow\": time.now_ns() > 0, \"principals\": [\"x\"]}\n",
 		"runtime": "decision := {\"allow\": is_object(opa.runtime()), \"principals\": [\"x\"]}\n",
+		"walk":    "decision := {\"allow\": count([p | walk(input, [p, _])]) > 0, \"principals\": [\"x\"]}\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			src := "package sshca\n\nimport rego.v1\n\n" + body
