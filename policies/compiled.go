@@ -92,7 +92,6 @@ type callee struct {
 // program is a planned query ready to run.
 type program struct {
 	plan   *ir.Plan
-	calls  map[*ir.CallStmt]*callee
 	strs   []*ast.Term
 	files  []string
 	nums   []*ast.Term
@@ -162,7 +161,57 @@ func compile(p *ir.Policy, data ast.Value) (*program, error) {
 				}
 			}
 		}
+		noteOps := func(ops ...ir.Operand) {
+			for _, o := range ops {
+				if l, ok := o.Value.(ir.Local); ok {
+					note(l)
+				}
+			}
+		}
 		for i, s := range b.Stmts {
+			// Every local a statement names, read or written, must fit in the frame.
+			switch s := s.(type) {
+			case *ir.CallStmt:
+				noteOps(s.Args...)
+			case *ir.DotStmt:
+				noteOps(s.Source, s.Key)
+			case *ir.LenStmt:
+				noteOps(s.Source)
+			case *ir.AssignVarStmt:
+				noteOps(s.Source)
+			case *ir.AssignVarOnceStmt:
+				noteOps(s.Source)
+			case *ir.EqualStmt:
+				noteOps(s.A, s.B)
+			case *ir.NotEqualStmt:
+				noteOps(s.A, s.B)
+			case *ir.IsArrayStmt:
+				noteOps(s.Source)
+			case *ir.IsObjectStmt:
+				noteOps(s.Source)
+			case *ir.IsSetStmt:
+				noteOps(s.Source)
+			case *ir.IsDefinedStmt:
+				note(s.Source)
+			case *ir.IsUndefinedStmt:
+				note(s.Source)
+			case *ir.ReturnLocalStmt:
+				note(s.Source)
+			case *ir.ArrayAppendStmt:
+				note(s.Array)
+				noteOps(s.Value)
+			case *ir.ObjectInsertStmt:
+				note(s.Object)
+				noteOps(s.Key, s.Value)
+			case *ir.ObjectInsertOnceStmt:
+				note(s.Object)
+				noteOps(s.Key, s.Value)
+			case *ir.SetAddStmt:
+				note(s.Set)
+				noteOps(s.Value)
+			case *ir.ResultSetAddStmt:
+				note(s.Value)
+			}
 			switch s := s.(type) {
 			case *ir.CallStmt:
 				c, err := resolve(s.Func)
@@ -172,6 +221,7 @@ func compile(p *ir.Policy, data ast.Value) (*program, error) {
 				b.Stmts[i] = &callStmt{CallStmt: s, callee: c}
 				note(s.Result)
 			case *callStmt: // a function's blocks are walked once per compile; a block may be shared
+				noteOps(s.Args...)
 				note(s.Result)
 			case *ir.BlockStmt:
 				for _, nb := range s.Blocks {
@@ -296,6 +346,7 @@ func (p *program) newRun() *run {
 }
 
 func (p *program) release(r *run) {
+	clear(r.stack) // frames are cleared as they are popped; this is for a run that panicked
 	clear(r.memo)
 	clear(r.done)
 	clear(r.out)
@@ -327,7 +378,13 @@ func (r *run) pop(f []*ast.Term) {
 }
 
 // eval runs the plan on input and returns the query's single result, or nil when undefined.
-func (p *program) eval(ctx context.Context, input ast.Value) (ast.Value, error) {
+func (p *program) eval(ctx context.Context, input ast.Value) (_ ast.Value, err error) {
+	defer func() {
+		// A fault of the evaluator must deny, not take the request down with it.
+		if v := recover(); v != nil {
+			err = fmt.Errorf("policies: compiled evaluation failed: %v", v)
+		}
+	}()
 	r := p.newRun()
 	defer p.release(r)
 	// No per-query cache: only rand.intn writes to it, and the compiled path refuses it.

@@ -371,3 +371,27 @@ func TestCompiledConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestCompiledFaultDenies: a fault inside the compiled evaluator (here a frame made too small)
+// is an error from Decide, a denial, and leaves the engine usable.
+func TestCompiledFaultDenies(t *testing.T) {
+	ctx := context.Background()
+	e, err := LoadFS(ctx, Embedded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := randomInput(rand.New(rand.NewPCG(7, 8)))
+	want, err := e.Decide(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := e.compiled.locals
+	e.compiled.locals = 1
+	if d, err := e.Decide(ctx, in); err == nil || !strings.Contains(err.Error(), "compiled evaluation failed") {
+		t.Fatalf("a faulty evaluation gave %+v, %v", d, err)
+	}
+	e.compiled.locals = saved
+	if got, err := e.Decide(ctx, in); err != nil || !cmp.Equal(got, want) {
+		t.Fatalf("after a fault: %+v, %v; want %+v", got, err, want)
+	}
+}
