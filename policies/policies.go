@@ -353,9 +353,22 @@ func parseDecision(v ast.Value) (ca.Decision, error) {
 	return d, nil
 }
 
+// decisionKeys are the decision's keys as terms, made once.
+var decisionKeys = map[string]*ast.Term{}
+
+func init() {
+	for _, k := range []string{"allow", "reasons", "principals", "extensions", "critical_options", "ticket", "ttl_seconds"} {
+		decisionKeys[k] = ast.StringTerm(k)
+	}
+}
+
 // field is m[key], or nil.
 func field(m ast.Object, key string) ast.Value {
-	if t := m.Get(ast.InternedTerm(key)); t != nil {
+	k := decisionKeys[key]
+	if k == nil {
+		k = ast.StringTerm(key)
+	}
+	if t := m.Get(k); t != nil {
 		return t.Value
 	}
 	return nil
