@@ -108,6 +108,9 @@ func TestAuditKeyFile(t *testing.T) {
 // TestDevAudit: the audit command `sshca dev` prints verifies the decisions it made.
 func TestDevAudit(t *testing.T) {
 	base, _, banner := startDevBanner(t)
+	if _, out := call(t, http.MethodGet, base+"/readyz", "", nil); !strings.Contains(string(out), `"policy_evaluator":"compiled"`) {
+		t.Errorf("dev /readyz does not say how the policy is evaluated: %s", out)
+	}
 	tok := devToken(t, base, map[string]any{"sub": "alice", "email": "alice@example.com", "preferred_username": "alice"})
 	issue(t, base, "user", tok, map[string]any{"public_key": readFile(t, keygen(t, t.TempDir(), "alice")+".pub")})
 	_, line, ok := strings.Cut(banner, "sshca audit verify ")

@@ -127,6 +127,9 @@ func runDev(ctx context.Context, o devOptions) error {
 	}
 	p := redisParts(userKey, hostKey, store, pol, o.log)
 	p.auth = auth
+	p.details = func() map[string]string {
+		return map[string]string{"policy_revision": pol.Revision(), "policy_evaluator": pol.Mode()}
+	}
 	auditKey, err := auditKeyOrCreate(filepath.Join(o.state, "audit.key"))
 	if err != nil {
 		return fmt.Errorf("dev: audit key: %w", err)
