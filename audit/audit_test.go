@@ -1,6 +1,7 @@
 package audit_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -132,6 +133,76 @@ func testChain(t *testing.T, newClient func(*testing.T) *redis.Client) {
 			}
 		})
 	}
+
+	t.Run("archive, trim and go on", func(t *testing.T) {
+		rdb := newClient(t)
+		l := audit.New(rdb, audit.Options{Key: key})
+		for i := range 10 {
+			if err := l.Append(ctx, record(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var first bytes.Buffer
+		rep, err := l.Archive(ctx, &first)
+		if err != nil || rep.Records != 10 {
+			t.Fatalf("archive: %+v %v", rep, err)
+		}
+		if n, _ := rdb.XLen(ctx, "sshca:{audit}:log").Result(); n != 0 {
+			t.Fatalf("%d entries left in Redis after archiving", n)
+		}
+		if rep, err := l.Verify(ctx, nil); err != nil || rep.Records != 0 {
+			t.Fatalf("verify after trimming: %+v %v", rep, err)
+		}
+		for i := 10; i < 15; i++ {
+			if err := l.Append(ctx, record(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if rep, err := l.Verify(ctx, nil); err != nil || rep.Records != 5 {
+			t.Fatalf("verify of the records after the archive: %+v %v", rep, err)
+		}
+		var second bytes.Buffer
+		if _, err := l.Archive(ctx, &second); err != nil {
+			t.Fatal(err)
+		}
+		// The archives, in order, are one chain from the first record.
+		both := first.String() + second.String()
+		ar, err := l.VerifyArchive(strings.NewReader(both), nil)
+		if err != nil || ar.Records != 15 || ar.FirstSeq != 1 || ar.FirstPrev != "" || ar.LastSeq != 15 {
+			t.Fatalf("archives: %+v %v", ar, err)
+		}
+		if _, err := l.VerifyArchive(strings.NewReader(second.String()+first.String()), nil); err == nil {
+			t.Fatal("archives out of order verified")
+		}
+		if _, err := l.VerifyArchive(strings.NewReader(strings.Replace(both, "user3@", "userX@", 1)), nil); err == nil ||
+			!strings.Contains(err.Error(), "MAC does not match") {
+			t.Fatalf("a changed archived record verified: %v", err)
+		}
+	})
+
+	t.Run("verify while others append", func(t *testing.T) {
+		rdb := newClient(t)
+		l := audit.New(rdb, audit.Options{Key: key})
+		done := make(chan error, 1)
+		go func() {
+			w := audit.New(rdb, audit.Options{Key: key})
+			for i := range 300 {
+				if err := w.Append(ctx, record(i)); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+		for range 30 {
+			if _, err := l.Verify(ctx, nil); err != nil {
+				t.Fatalf("verify during appends: %v", err)
+			}
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
 
 	t.Run("an empty log verifies", func(t *testing.T) {
 		rep, err := audit.New(newClient(t), audit.Options{Key: key}).Verify(ctx, nil)

@@ -73,45 +73,72 @@ func auditKeyOrCreate(path string) ([]byte, error) {
 	return readAuditKey(path)
 }
 
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
 func newAuditCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "audit", Short: "The tamper-evident audit log: make its key, verify its chain"}
-	var out string
+	cmd := &cobra.Command{Use: "audit", Short: "The tamper-evident audit log: make its key, verify its chain, archive it"}
+	var keyOut string
 	genkey := &cobra.Command{
 		Use:   "genkey --out FILE",
 		Short: "Write a new audit key (hex, mode 0600) for audit.key_file; never overwrites",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if out == "" {
+			if keyOut == "" {
 				return errors.New("--out FILE is required")
 			}
-			if err := writeAuditKey(out); err != nil {
+			if err := writeAuditKey(keyOut); err != nil {
 				return fmt.Errorf("audit genkey: %w", err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s; set audit.key_file to it on every CA replica\n", out)
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s; set audit.key_file to it on every CA replica\n", keyOut)
 			return nil
 		},
 	}
-	genkey.Flags().StringVar(&out, "out", "", "the key file to create")
+	genkey.Flags().StringVar(&keyOut, "out", "", "the key file to create")
 
-	var redisURL, keyFile string
+	var redisURL, keyFile, archiveFile string
 	var print bool
+	open := func() (*audit.Log, func(), []byte, error) {
+		var key []byte
+		if keyFile != "" {
+			var err error
+			if key, err = readAuditKey(keyFile); err != nil {
+				return nil, nil, nil, fmt.Errorf("--key-file: %w", err)
+			}
+		}
+		if redisURL == "" {
+			return audit.New(nil, audit.Options{Key: key}), func() {}, key, nil
+		}
+		ropts, err := redis.ParseURL(redisURL)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--redis: %w", err)
+		}
+		rdb := redis.NewClient(ropts)
+		return audit.New(rdb, audit.Options{Key: key}), func() { rdb.Close() }, key, nil
+	}
+	keyed := func(key []byte) string {
+		if key == nil {
+			return "unkeyed (SHA-256; give --key-file to check the MACs)"
+		}
+		return "keyed (HMAC-SHA256)"
+	}
 	verify := &cobra.Command{
-		Use:   "verify --redis URL [--key-file FILE] [--print]",
-		Short: "Check the whole audit chain; exit 1 at the first record that breaks it",
+		Use:   "verify (--redis URL | --archive FILE) [--key-file FILE] [--print]",
+		Short: "Check the audit chain in Redis, or an archive; exit 1 at the first record that breaks it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ropts, err := redis.ParseURL(redisURL)
+			if (redisURL == "") == (archiveFile == "") {
+				return errors.New("give --redis URL (the chain in Redis) or --archive FILE (an archive), one of them")
+			}
+			al, done, key, err := open()
 			if err != nil {
-				return fmt.Errorf("--redis: %w", err)
+				return err
 			}
-			rdb := redis.NewClient(ropts)
-			defer rdb.Close()
-			var key []byte
-			if keyFile != "" {
-				if key, err = readAuditKey(keyFile); err != nil {
-					return fmt.Errorf("--key-file: %w", err)
-				}
-			}
+			defer done()
 			enc := json.NewEncoder(cmd.OutOrStdout())
 			var each func(audit.Entry)
 			if print {
@@ -123,25 +150,64 @@ func newAuditCommand() *cobra.Command {
 					}{e.Seq, e.MAC, e.Record})
 				}
 			}
-			rep, err := audit.New(rdb, audit.Options{Key: key}).Verify(cmd.Context(), each)
+			if archiveFile != "" {
+				f, err := os.Open(archiveFile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				rep, err := al.VerifyArchive(f, each)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, records %d to %d, last %.16s\n",
+					plural(rep.Records, "audit record"), keyed(key), rep.FirstSeq, rep.LastSeq, rep.LastMAC)
+				return nil
+			}
+			rep, err := al.Verify(cmd.Context(), each)
 			if err != nil {
 				return err
 			}
-			keyed := "keyed (HMAC-SHA256)"
-			if key == nil {
-				keyed = "unkeyed (SHA-256; give --key-file to check the MACs)"
-			}
-			noun := "records"
-			if rep.Records == 1 {
-				noun = "record"
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "OK: %d audit %s, chain intact, %s, head %.16s\n", rep.Records, noun, keyed, rep.Head)
+			fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, head %.16s\n", plural(rep.Records, "audit record"), keyed(key), rep.Head)
 			return nil
 		},
 	}
-	verify.Flags().StringVar(&redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db (env SSHCA_REDIS_URL)")
-	verify.Flags().StringVar(&keyFile, "key-file", "", "the audit key (audit.key_file of the CA)")
+	var archiveOut string
+	archive := &cobra.Command{
+		Use:   "archive --redis URL --key-file FILE --out FILE",
+		Short: "Verify the chain, append its records to a file (synced), then trim them from Redis",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if redisURL == "" || archiveOut == "" {
+				return errors.New("--redis URL and --out FILE are required")
+			}
+			al, done, key, err := open()
+			if err != nil {
+				return err
+			}
+			defer done()
+			f, err := os.OpenFile(archiveOut, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+			if err != nil {
+				return err
+			}
+			rep, err := al.Archive(cmd.Context(), f)
+			if cerr := f.Close(); err == nil && cerr != nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "archived %s to %s (%s) and trimmed them from Redis\n", plural(rep.Records, "audit record"), archiveOut, keyed(key))
+			return nil
+		},
+	}
+	archive.Flags().StringVar(&archiveOut, "out", "", "the archive file (appended to, mode 0600)")
+	for _, c := range []*cobra.Command{verify, archive} {
+		c.Flags().StringVar(&redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db (env SSHCA_REDIS_URL)")
+		c.Flags().StringVar(&keyFile, "key-file", "", "the audit key (audit.key_file of the CA)")
+	}
+	verify.Flags().StringVar(&archiveFile, "archive", "", "verify an archive file instead of the chain in Redis")
 	verify.Flags().BoolVar(&print, "print", false, "print each record (JSON lines) as it is checked")
-	cmd.AddCommand(genkey, verify)
+	cmd.AddCommand(genkey, verify, archive)
 	return cmd
 }
