@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -150,5 +151,45 @@ func TestDevAudit(t *testing.T) {
 	out, err := runCLI(t, "", append([]string{"audit", "verify"}, strings.Fields(line)...)...)
 	if err != nil || !strings.Contains(out, "OK: 1 audit record, chain intact, keyed") || !strings.Contains(out, `"outcome":"issued"`) {
 		t.Fatalf("audit verify %s: %v\n%s", line, err, out)
+	}
+}
+
+// TestShippedArchiveUnit: the archive unit runs commands this binary has, with flags it knows,
+// and verifies the very file it archived to.
+func TestShippedArchiveUnit(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "systemd", "sshca-audit-archive.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmds [][]string
+	for _, l := range strings.Split(string(b), "\n") {
+		if _, line, ok := strings.Cut(l, "/usr/local/bin/sshca "); ok && strings.HasPrefix(l, "ExecStart") {
+			line = regexp.MustCompile(`\$\([^)]*\)`).ReplaceAllString(line, "MONTH") // the shell's $(date ...)
+			cmds = append(cmds, strings.Fields(strings.TrimSuffix(line, "'")))
+		}
+	}
+	if len(cmds) != 2 {
+		t.Fatalf("%d sshca commands in the unit, want archive and verify", len(cmds))
+	}
+	files := map[string]string{}
+	for _, args := range cmds {
+		c, rest, err := newRootCommand().Find(args)
+		if err != nil {
+			t.Fatalf("sshca %v: %v", args, err)
+		}
+		if err := c.ParseFlags(rest); err != nil {
+			t.Fatalf("sshca %v: %v", args, err)
+		}
+		for _, name := range []string{"out", "archive"} {
+			if f := c.Flags().Lookup(name); f != nil && f.Value.String() != "" {
+				files[c.Name()] = f.Value.String()
+			}
+		}
+		if f := c.Flags().Lookup("key-file"); f == nil || f.Value.String() != "/etc/sshca/audit.key" {
+			t.Errorf("sshca %s does not use the audit key", c.Name())
+		}
+	}
+	if files["archive"] == "" || files["archive"] != files["verify"] {
+		t.Errorf("the unit archives to %q and verifies %q", files["archive"], files["verify"])
 	}
 }
