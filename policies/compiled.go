@@ -444,8 +444,11 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 			f[s.Target] = r.operand(f, s.Source)
 		case *ir.AssignVarOnceStmt:
 			v := r.operand(f, s.Source)
-			if cur := f[s.Target]; cur != nil && ast.Compare(cur.Value, v.Value) != 0 {
-				return 0, r.conflict(s.Location, "complete rules must not produce multiple outputs")
+			if cur := f[s.Target]; cur != nil {
+				if ast.Compare(cur.Value, v.Value) != 0 {
+					return 0, r.conflict(s.Location, "complete rules must not produce multiple outputs")
+				}
+				continue // equal (1 and 1.0 are): the first value stays, as in topdown
 			}
 			f[s.Target] = v
 		case *ir.DotStmt:
@@ -737,8 +740,9 @@ func (r *run) conflict(loc ir.Location, msg string) error {
 }
 
 // selfCheck evaluates representative requests of every kind through both evaluators and
-// refuses the compiled path when they disagree on any: a policy then runs slower, never
-// differently.
+// refuses the compiled path when they answer differently, or when it answers where topdown
+// fails: a policy then runs slower, never differently. (Where the plan errors, Decide asks
+// topdown.)
 func (e *Engine) selfCheck(ctx context.Context) error {
 	for i, in := range checkInputs() {
 		v := inputValue(in)
@@ -748,11 +752,12 @@ func (e *Engine) selfCheck(ctx context.Context) error {
 		if ierr == nil && len(rs) == 1 && len(rs[0].Expressions) == 1 {
 			want, ierr = ast.InterfaceToValue(rs[0].Expressions[0].Value)
 		}
-		if (cerr == nil) != (ierr == nil) {
-			return fmt.Errorf("compiled and interpreted evaluation disagree on check request %d (errors %v, %v)", i, cerr, ierr)
-		}
-		if cerr != nil {
-			continue
+		switch {
+		case cerr != nil:
+			continue // Decide hands a request the plan cannot answer to topdown
+		case ierr != nil:
+			// The plan answers where the reference fails closed: never use it.
+			return fmt.Errorf("compiled evaluation answers check request %d where interpreted fails: %v", i, ierr)
 		}
 		if c != nil {
 			raw, err := ast.JSON(c)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -372,9 +373,9 @@ func TestCompiledConcurrent(t *testing.T) {
 	}
 }
 
-// TestCompiledFaultDenies: a fault inside the compiled evaluator (here a frame made too small)
-// is an error from Decide, a denial, and leaves the engine usable.
-func TestCompiledFaultDenies(t *testing.T) {
+// TestCompiledFaultFallsBack: a fault inside the compiled evaluator (here a frame made too
+// small) is caught; that request is decided by topdown, and the engine stays usable.
+func TestCompiledFaultFallsBack(t *testing.T) {
 	ctx := context.Background()
 	e, err := LoadFS(ctx, Embedded)
 	if err != nil {
@@ -387,11 +388,58 @@ func TestCompiledFaultDenies(t *testing.T) {
 	}
 	saved := e.compiled.locals
 	e.compiled.locals = 1
-	if d, err := e.Decide(ctx, in); err == nil || !strings.Contains(err.Error(), "compiled evaluation failed") {
-		t.Fatalf("a faulty evaluation gave %+v, %v", d, err)
+	if _, err := e.compiled.eval(ctx, inputValue(in)); err == nil || !strings.Contains(err.Error(), "compiled evaluation failed") {
+		t.Fatalf("a faulty evaluation gave no error: %v", err)
+	}
+	if got, err := e.Decide(ctx, in); err != nil || !cmp.Equal(got, want) {
+		t.Fatalf("Decide during the fault: %+v, %v; want topdown's %+v", got, err, want)
 	}
 	e.compiled.locals = saved
 	if got, err := e.Decide(ctx, in); err != nil || !cmp.Equal(got, want) {
 		t.Fatalf("after a fault: %+v, %v; want %+v", got, err, want)
+	}
+}
+
+// TestCompiledAsTopdownOnEdges: cases found by review where the plan and topdown part ways.
+// Two rules giving equal values (600 and 600.0) keep the first, as topdown does; a conflict
+// in a rule body topdown never evaluates (early exit) does not turn an answer into an error.
+func TestCompiledAsTopdownOnEdges(t *testing.T) {
+	ctx := context.Background()
+	for name, body := range map[string]string{
+		"first of equal values": `
+ttl := 600 if input.kind == "user"
+ttl := 600.0 if input.kind == "user"
+decision := {"allow": true, "principals": ["x"], "ttl_seconds": ttl}`,
+		"conflict past an early exit": `
+default allow := false
+allow if input.kind == "user"
+allow if conflicting == 1
+conflicting := 1 if input.kind == "user"
+conflicting := 2 if input.kind == "user"
+decision := {"allow": allow, "principals": ["x"], "ttl_seconds": 600}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			src := "package sshca\n\nimport rego.v1\n" + body + "\n"
+			compiled, err := LoadFS(ctx, fstest.MapFS{"p.rego": {Data: []byte(src)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if compiled.Mode() != "compiled" {
+				t.Fatalf("not compiled: %s", compiled.Mode())
+			}
+			interpreted, err := LoadFS(ctx, fstest.MapFS{"p.rego": {Data: []byte(src)}}, Interpreted())
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := ca.PolicyInput{Kind: ca.UserCert}
+			want, err := interpreted.Decide(ctx, in)
+			if err != nil || !want.Allow || want.TTL != 10*time.Minute {
+				t.Fatalf("topdown: %+v, %v", want, err)
+			}
+			got, err := compiled.Decide(ctx, in)
+			if err != nil || !cmp.Equal(got, want) {
+				t.Fatalf("compiled: %+v, %v; topdown: %+v", got, err, want)
+			}
+		})
 	}
 }

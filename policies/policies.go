@@ -186,7 +186,11 @@ func (e *Engine) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, er
 	}
 	v, err := e.compiled.eval(ctx, inputValue(in))
 	if err != nil {
-		return ca.Decision{}, fmt.Errorf("policies: eval: %w", err)
+		// The plan evaluates every rule body; topdown stops early where an answer is settled
+		// (early exit, rule indexing), so a conflict in a body topdown never reaches is an
+		// error here only. Topdown is the reference: it decides such a request (and fails
+		// closed itself on a real conflict).
+		return e.decideInterpreted(ctx, in)
 	}
 	if v == nil {
 		return ca.Decision{}, fmt.Errorf("policies: %s is undefined", Query)
