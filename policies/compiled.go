@@ -745,13 +745,7 @@ func (r *run) conflict(loc ir.Location, msg string) error {
 // topdown.)
 func (e *Engine) selfCheck(ctx context.Context) error {
 	for i, in := range checkInputs() {
-		v := inputValue(in)
-		c, cerr := e.compiled.eval(ctx, v)
-		var want ast.Value
-		rs, ierr := e.query.Eval(ctx, rego.EvalParsedInput(v))
-		if ierr == nil && len(rs) == 1 && len(rs[0].Expressions) == 1 {
-			want, ierr = ast.InterfaceToValue(rs[0].Expressions[0].Value)
-		}
+		c, want, cerr, ierr := e.evalBoth(ctx, inputValue(in))
 		switch {
 		case cerr != nil:
 			continue // Decide hands a request the plan cannot answer to topdown
@@ -759,20 +753,31 @@ func (e *Engine) selfCheck(ctx context.Context) error {
 			// The plan answers where the reference fails closed: never use it.
 			return fmt.Errorf("compiled evaluation answers check request %d where interpreted fails: %v", i, ierr)
 		}
-		if c != nil {
-			raw, err := ast.JSON(c)
-			if err == nil {
-				c, err = ast.InterfaceToValue(raw)
-			}
-			if err != nil {
-				return fmt.Errorf("check request %d: %w", i, err)
-			}
-		}
 		if (c == nil) != (want == nil) || (c != nil && ast.Compare(c, want) != 0) {
 			return fmt.Errorf("compiled and interpreted evaluation disagree on check request %d", i)
 		}
 	}
 	return nil
+}
+
+// evalBoth evaluates input through the compiled plan and through topdown, each result as it
+// leaves OPA's rego API (sets become arrays), so the two compare with ast.Compare.
+func (e *Engine) evalBoth(ctx context.Context, input ast.Value) (compiled, interpreted ast.Value, cerr, ierr error) {
+	compiled, cerr = e.compiled.eval(ctx, input)
+	if cerr == nil && compiled != nil {
+		raw, err := ast.JSON(compiled)
+		if err == nil {
+			compiled, err = ast.InterfaceToValue(raw)
+		}
+		if err != nil {
+			compiled, cerr = nil, err
+		}
+	}
+	rs, ierr := e.query.Eval(ctx, rego.EvalParsedInput(input))
+	if ierr == nil && len(rs) == 1 && len(rs[0].Expressions) == 1 {
+		interpreted, ierr = ast.InterfaceToValue(rs[0].Expressions[0].Value)
+	}
+	return compiled, interpreted, cerr, ierr
 }
 
 // checkInputs are the self-check's requests: each kind, with and without groups, a second

@@ -13,7 +13,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/open-policy-agent/opa/v1/ast"
-	"github.com/open-policy-agent/opa/v1/rego"
 
 	"github.com/sshca/sshca/ca"
 )
@@ -21,23 +20,7 @@ import (
 // both evaluates input through the compiled plan and through topdown.
 func both(t *testing.T, e *Engine, input ast.Value) (compiled, interpreted ast.Value, cerr, ierr error) {
 	t.Helper()
-	ctx := context.Background()
-	compiled, cerr = e.compiled.eval(ctx, input)
-	if cerr == nil && compiled != nil {
-		// As results leave OPA: sets become arrays (the rego API does the same to topdown's).
-		raw, err := ast.JSON(compiled)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if compiled, err = ast.InterfaceToValue(raw); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rs, ierr := e.query.Eval(ctx, rego.EvalParsedInput(input))
-	if ierr == nil && len(rs) == 1 {
-		interpreted, ierr = ast.InterfaceToValue(rs[0].Expressions[0].Value)
-	}
-	return compiled, interpreted, cerr, ierr
+	return e.evalBoth(context.Background(), input)
 }
 
 // randomInput draws a request from the space the shipped policy and its data care about.
