@@ -88,7 +88,11 @@ func mountKeys(mux *http.ServeMux, k KeyAdmin, opts []kithttp.ServerOption) {
 					return nil, err
 				}
 			}
-			req.op, req.token = op, bearer(r)
+			req.op = op
+			var err error
+			if req.token, err = bearer(r); err != nil {
+				return nil, err
+			}
 			return req, nil
 		}
 	}

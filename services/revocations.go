@@ -180,15 +180,21 @@ func certsJSON(cs []ca.Certificate) []certJSON {
 
 func decodeRevokeRequest(_ context.Context, r *http.Request) (any, error) {
 	var req revokeRequest
-	if err := decodeJSON(r, &req); err != nil {
+	err := decodeJSON(r, &req)
+	if err != nil {
 		return nil, err
 	}
-	req.token = bearer(r)
+	if req.token, err = bearer(r); err != nil {
+		return nil, err
+	}
 	return req, nil
 }
 
 func decodeToken(_ context.Context, r *http.Request) (any, error) {
-	t := bearer(r)
+	t, err := bearer(r)
+	if err != nil {
+		return nil, err
+	}
 	if t == "" {
 		return nil, errMissingToken
 	}
@@ -196,7 +202,11 @@ func decodeToken(_ context.Context, r *http.Request) (any, error) {
 }
 
 func decodeInventoryRequest(_ context.Context, r *http.Request) (any, error) {
-	req := inventoryRequest{token: bearer(r), identity: r.URL.Query().Get("identity")}
+	t, err := bearer(r)
+	if err != nil {
+		return nil, err
+	}
+	req := inventoryRequest{token: t, identity: r.URL.Query().Get("identity")}
 	if req.token == "" {
 		return nil, errMissingToken
 	}

@@ -1,7 +1,6 @@
 package services
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -98,63 +97,16 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 func decodeCertRequest(trusted []netip.Prefix) kithttp.DecodeRequestFunc {
 	return func(_ context.Context, r *http.Request) (any, error) {
 		var req certRequest
-		if err := decodeJSON(r, &req); err != nil {
+		err := decodeJSON(r, &req)
+		if err != nil {
 			return nil, err
 		}
-		req.token = bearer(r)
+		if req.token, err = bearer(r); err != nil {
+			return nil, err
+		}
 		req.sourceIP = ClientIP(r, trusted)
 		return req, nil
 	}
-}
-
-// decodeJSON reads one JSON object of at most MaxBodyBytes with no unknown fields.
-func decodeJSON(r *http.Request, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
-	if err != nil {
-		return ca.Invalid("reading request body: %v", err)
-	}
-	if len(body) > MaxBodyBytes {
-		return errTooLarge
-	}
-	if len(bytes.TrimSpace(body)) == 0 {
-		return ca.Invalid("request body is empty; send a JSON object")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return ca.Invalid("request body: %s", jsonProblem(err))
-	}
-	if dec.More() {
-		return ca.Invalid("request body: unexpected data after the JSON object")
-	}
-	return nil
-}
-
-func jsonProblem(err error) string {
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &syn):
-		return fmt.Sprintf("malformed JSON at byte %d", syn.Offset)
-	case errors.As(err, &typ):
-		return fmt.Sprintf("field %q must be %s, not %s", typ.Field, typ.Type, typ.Value)
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ")
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return "truncated JSON"
-	default:
-		return "not a JSON object"
-	}
-}
-
-var errTooLarge = errors.New("request body exceeds 64 KiB")
-
-func bearer(r *http.Request) string {
-	h := r.Header.Get("Authorization")
-	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		return strings.TrimSpace(h[7:])
-	}
-	return ""
 }
 
 // ClientIP is the caller's address: the peer, or, when the peer is a trusted proxy, the

@@ -71,6 +71,7 @@ func newServer(t *testing.T, svc *fakeService) *httptest.Server {
 func post(t *testing.T, url, body string, hdr map[string]string) (*http.Response, map[string]any) {
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer tok")
+	req.Header.Set("Content-Type", "application/json")
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
