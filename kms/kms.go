@@ -1,7 +1,8 @@
 // Package kms opens SSH CA keys held in a key management system by URI, through
 // go.step.sm/crypto/kms, and hands them out as ssh.Signer. Shipped backends: softkms (PEM
 // files) and pkcs11 (HSMs; tested with SoftHSM2). Key material never leaves the KMS; errors
-// never carry a URI's secrets (pin-value and other query parameters are redacted).
+// never carry a URI's secrets: every URI is printed through Redact, and the backends' own errors
+// are scrubbed of the URIs they embed.
 package kms
 
 import (
@@ -15,7 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"net/url"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 
 	stepkms "go.step.sm/crypto/kms"
@@ -82,7 +86,7 @@ func Open(ctx context.Context, ref KeyRef) (*Key, error) {
 	s, err := km.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: ref.Key, PublicKey: ref.Key})
 	if err != nil {
 		km.Close()
-		return nil, fmt.Errorf("kms: open %s: %w", ref, redactErr(err))
+		return nil, fmt.Errorf("kms: open %s: %w", ref, scrub(err, ref.KMS, ref.Key))
 	}
 	return newKey(km, s, ref)
 }
@@ -107,12 +111,12 @@ func Create(ctx context.Context, ref KeyRef, typ KeyType) (*Key, error) {
 	resp, err := km.CreateKey(&apiv1.CreateKeyRequest{Name: ref.Key, SignatureAlgorithm: alg, Bits: bits})
 	if err != nil {
 		km.Close()
-		return nil, fmt.Errorf("kms: create %s key %s: %w", typ, ref, redactErr(err))
+		return nil, fmt.Errorf("kms: create %s key %s: %w", typ, ref, scrub(err, ref.KMS, ref.Key))
 	}
 	s, err := km.CreateSigner(&resp.CreateSignerRequest)
 	if err != nil {
 		km.Close()
-		return nil, fmt.Errorf("kms: open created key %s: %w", ref, redactErr(err))
+		return nil, fmt.Errorf("kms: open created key %s: %w", ref, scrub(err, ref.KMS, ref.Key))
 	}
 	return newKey(km, s, ref)
 }
@@ -131,7 +135,7 @@ func OpenOrCreate(ctx context.Context, ref KeyRef, typ KeyType) (*Key, error) {
 func createSoft(_ context.Context, ref KeyRef, typ KeyType) (*Key, error) {
 	path := softPath(ref.Key)
 	if path == "" {
-		return nil, fmt.Errorf("kms: softkms key URI %q has no path (softkms:path=/file.pem)", ref.Key)
+		return nil, fmt.Errorf("kms: softkms key URI %q has no path (softkms:path=/file.pem)", Redact(ref.Key))
 	}
 	if _, err := os.Stat(path); err == nil {
 		return nil, fmt.Errorf("kms: create %s: %s already exists", typ, path)
@@ -169,7 +173,7 @@ func openKMS(ctx context.Context, ref KeyRef) (apiv1.KeyManager, error) {
 	typ, _, _ := strings.Cut(ref.KMS, ":")
 	km, err := stepkms.New(ctx, apiv1.Options{Type: apiv1.Type(typ), URI: ref.KMS})
 	if err != nil {
-		return nil, fmt.Errorf("kms: open %s: %w", Redact(ref.KMS), redactErr(err))
+		return nil, fmt.Errorf("kms: open %s: %w", Redact(ref.KMS), scrub(err, ref.KMS, ref.Key))
 	}
 	return km, nil
 }
@@ -247,18 +251,103 @@ func softPath(keyURI string) string {
 	return ""
 }
 
-// Redact removes everything after "?" from a URI (pin-value, pin-source and the like).
+// Redact returns uri with the value of every secret attribute replaced by REDACTED, in the
+// path (";"-separated) and in the query ("&"-separated) alike: pin-value, and any attribute
+// whose name contains "pin", "secret", "password", "passwd" or "token" (names compared without
+// case and after percent-decoding). Two attributes keep their value because they name where a
+// thing is, not a secret: "token" (the PKCS#11 token label) and "pin-source" (the file holding
+// the PIN). It is the one way a KMS or key URI is printed or put into an error.
 func Redact(uri string) string {
-	if i := strings.IndexByte(uri, '?'); i >= 0 {
-		return uri[:i] + "?REDACTED"
+	out, rest := "", uri
+	if scheme, r, ok := strings.Cut(uri, ":"); ok {
+		out, rest = scheme+":", r
 	}
-	return uri
+	path, query, hasQuery := strings.Cut(rest, "?")
+	out += redactAttrs(path, ";")
+	if hasQuery {
+		out += "?" + redactAttrs(query, "&")
+	}
+	return out
 }
 
-func redactErr(err error) error {
-	msg := err.Error()
-	if i := strings.Index(msg, "pin-value="); i >= 0 {
-		return errors.New(msg[:i] + "pin-value=REDACTED")
+func redactAttrs(s, sep string) string {
+	parts := strings.Split(s, sep)
+	for i, p := range parts {
+		name, _, ok := strings.Cut(p, "=")
+		if ok && secretAttr(name) {
+			parts[i] = name + "=REDACTED"
+		}
 	}
-	return err
+	return strings.Join(parts, sep)
+}
+
+// secretAttr says whether a URI attribute of that name holds a secret.
+func secretAttr(name string) bool {
+	if n, err := url.PathUnescape(name); err == nil {
+		name = n
+	}
+	name = strings.ToLower(strings.TrimSpace(name))
+	if name == "token" || name == "pin-source" {
+		return false
+	}
+	for _, w := range []string{"pin", "secret", "password", "passwd", "token"} {
+		if strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// secretValues lists the values of the secret attributes of the URIs, in every form an error
+// may print them: as written, percent-decoded, and Go-quoted (%q) of either.
+func secretValues(uris ...string) []string {
+	var out []string
+	for _, uri := range uris {
+		rest := uri
+		if _, r, ok := strings.Cut(uri, ":"); ok {
+			rest = r
+		}
+		for _, p := range strings.FieldsFunc(rest, func(r rune) bool { return r == ';' || r == '?' || r == '&' }) {
+			name, v, ok := strings.Cut(p, "=")
+			if !ok || v == "" || !secretAttr(name) {
+				continue
+			}
+			forms := []string{v}
+			if d, err := url.PathUnescape(v); err == nil && d != v {
+				forms = append(forms, d)
+			}
+			if d, err := url.QueryUnescape(v); err == nil && d != v {
+				forms = append(forms, d)
+			}
+			for _, f := range forms {
+				out = append(out, f)
+				if q := strconv.Quote(f); q[1:len(q)-1] != f {
+					out = append(out, q[1:len(q)-1])
+				}
+			}
+		}
+	}
+	// Longest first, so that a secret containing another is replaced whole.
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// scrub returns err with every URI of uris and every secret value in them replaced by their
+// redacted forms. go.step.sm/crypto prints the URIs it was given into its errors ("key with uri
+// %s not found", "error parsing %s"); the original error is not kept (no Unwrap), so no caller
+// can reach the raw text by unwrapping and logging it.
+func scrub(err error, uris ...string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	for _, u := range uris {
+		if u != "" {
+			msg = strings.ReplaceAll(msg, u, Redact(u))
+		}
+	}
+	for _, v := range secretValues(uris...) {
+		msg = strings.ReplaceAll(msg, v, "REDACTED")
+	}
+	return errors.New(msg)
 }
