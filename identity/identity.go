@@ -6,10 +6,6 @@ package identity
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,7 +27,14 @@ type Config struct {
 	// ReservedPrincipals are never derived from claims, only granted by the policy. "root" is
 	// always reserved.
 	ReservedPrincipals []string `yaml:"reserved_principals"`
+	// MaxTokenLifetime is the longest a token may be valid: its exp at most this long after its
+	// iat (after now without iat). It also bounds how long the token ledger keeps a token's
+	// record. Default 24h.
+	MaxTokenLifetime time.Duration `yaml:"max_token_lifetime"`
 }
+
+// DefaultMaxTokenLifetime is MaxTokenLifetime when the configuration leaves it out.
+const DefaultMaxTokenLifetime = 24 * time.Hour
 
 // IssuerConfig is one trusted OIDC issuer.
 type IssuerConfig struct {
@@ -47,8 +50,8 @@ type IssuerConfig struct {
 	AllowedEmailDomains []string `yaml:"allowed_email_domains"`
 	// Workload marks tokens of this issuer as CI workload identities.
 	Workload bool `yaml:"workload"`
-	// ReplayProtection makes each token good for one certificate (default true): its jti,
-	// or a hash of the token without one, is recorded until the token expires.
+	// ReplayProtection makes each token good for one certificate (default true): its jti, or
+	// without one a hash of its decoded header and payload, is recorded until the token expires.
 	ReplayProtection *bool `yaml:"replay_protection"`
 }
 
@@ -57,6 +60,9 @@ func (c Config) Validate() []error {
 	var errs []error
 	if len(c.Issuers) == 0 {
 		errs = append(errs, errors.New("issuers: at least one issuer is required"))
+	}
+	if c.MaxTokenLifetime < 0 {
+		errs = append(errs, fmt.Errorf("max_token_lifetime: %s is negative; give a duration such as 24h, or leave it out for the default", c.MaxTokenLifetime))
 	}
 	seen := map[string]bool{}
 	for i, is := range c.Issuers {
@@ -91,11 +97,12 @@ func WithLogger(l *slog.Logger) Option { return func(v *Verifier) { v.log = l } 
 
 // Verifier authenticates bearer ID tokens.
 type Verifier struct {
-	issuers  map[string]*issuer
-	reserved map[string]bool
-	now      func() time.Time
-	client   *http.Client
-	log      *slog.Logger
+	issuers     map[string]*issuer
+	reserved    map[string]bool
+	maxLifetime time.Duration
+	now         func() time.Time
+	client      *http.Client
+	log         *slog.Logger
 }
 
 type issuer struct {
@@ -108,7 +115,7 @@ type issuer struct {
 	lastErr  error
 }
 
-// Leeway is the clock skew tolerated on nbf.
+// Leeway is the clock skew tolerated on nbf, iat and auth_time (never on exp).
 const Leeway = 30 * time.Second
 
 // rediscoverAfter limits discovery retries of an issuer that was unreachable.
@@ -120,8 +127,11 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Verifier, error) {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("identity: %w", errors.Join(errs...))
 	}
-	v := &Verifier{issuers: map[string]*issuer{}, reserved: map[string]bool{"root": true}, now: time.Now,
-		client: &http.Client{Timeout: 10 * time.Second}, log: slog.New(slog.DiscardHandler)}
+	v := &Verifier{issuers: map[string]*issuer{}, reserved: map[string]bool{"root": true}, maxLifetime: cfg.MaxTokenLifetime,
+		now: time.Now, client: &http.Client{Timeout: 10 * time.Second}, log: slog.New(slog.DiscardHandler)}
+	if v.maxLifetime == 0 {
+		v.maxLifetime = DefaultMaxTokenLifetime
+	}
 	for _, o := range opts {
 		o(v)
 	}
@@ -167,115 +177,157 @@ func (v *Verifier) discover(ctx context.Context, is *issuer) (*oidc.IDTokenVerif
 	}
 	is.verifier = p.Verifier(&oidc.Config{
 		SkipClientIDCheck: true, // audiences are a list: checked in Authenticate
-		Now:               v.now,
-		SupportedSigningAlgs: []string{oidc.RS256, oidc.RS384, oidc.RS512, oidc.ES256, oidc.ES384, oidc.ES512,
-			oidc.PS256, oidc.PS384, oidc.PS512, oidc.EdDSA},
+		// Dates are judged in Authenticate (tokenClaims.checkTimes), with messages that name
+		// the claim and the fix; go-oidc checks the signature and the issuer.
+		SkipExpiryCheck:      true,
+		Now:                  v.now,
+		SupportedSigningAlgs: supportedAlgs,
 	})
 	is.lastErr = nil
 	return is.verifier, nil
 }
 
-// Authenticate verifies the token and returns the identity it establishes.
+// Authenticate verifies the token and returns the identity it establishes. In order: the
+// token's form (parseToken: size, canonical base64url, header, claim types), the issuer, the
+// signature (with the issuer's published keys, through go-oidc), the dates, the audience. Every
+// refusal is ca.Unauthenticated with a message that names the claim and the fix, except an
+// unreachable identity provider (ca.Unavailable). The identity's Token names the token in the
+// token ledger (parsedToken.replayKey) until its exp.
 func (v *Verifier) Authenticate(ctx context.Context, token string) (ca.Identity, error) {
 	if token == "" {
 		return ca.Identity{}, ca.Unauthenticated("missing bearer token: send \"Authorization: Bearer <ID token>\"", nil)
 	}
-	issURL, err := unverifiedIssuer(token)
+	t, err := parseToken(token)
 	if err != nil {
-		return ca.Identity{}, ca.Unauthenticated("malformed token: "+err.Error(), nil)
+		return ca.Identity{}, err
 	}
-	is := v.issuers[strings.TrimRight(issURL, "/")]
+	is := v.issuers[strings.TrimRight(t.iss, "/")]
 	if is == nil {
-		return ca.Identity{}, ca.Unauthenticated(fmt.Sprintf("token issuer %q is not trusted", truncate(issURL, 100)), nil)
+		return ca.Identity{}, ca.Unauthenticated(fmt.Sprintf("token issuer %q is not trusted", truncate(t.iss, 100)), nil)
 	}
 	verifier, err := v.discover(ctx, is)
 	if err != nil {
 		return ca.Identity{}, ca.Unavailable(fmt.Sprintf("identity provider %s is unreachable", is.cfg.IssuerURL), err)
 	}
-	idt, err := verifier.Verify(oidc.ClientContext(ctx, v.client), token)
-	if err != nil {
-		var expired *oidc.TokenExpiredError
-		if errors.As(err, &expired) {
-			return ca.Identity{}, ca.Unauthenticated("token expired at "+expired.Expiry.UTC().Format(time.RFC3339)+"; sign in again", nil)
-		}
-		return ca.Identity{}, ca.Unauthenticated("token rejected: "+strings.TrimPrefix(err.Error(), "oidc: "), nil)
+	if _, err := verifier.Verify(oidc.ClientContext(ctx, v.client), token); err != nil {
+		return ca.Identity{}, v.verifyError(ctx, is, t, err)
 	}
-	if !slices.ContainsFunc(idt.Audience, func(a string) bool { return slices.Contains(is.cfg.Audiences, a) }) {
-		return ca.Identity{}, ca.Unauthenticated(fmt.Sprintf("token audience %q is not accepted by this service", truncate(strings.Join(idt.Audience, ","), 100)), nil)
+	if err := t.checkTimes(v.now(), v.maxLifetime); err != nil {
+		return ca.Identity{}, err
 	}
-	var claims map[string]any
-	if err := idt.Claims(&claims); err != nil {
-		return ca.Identity{}, ca.Unauthenticated("token claims are not a JSON object", nil)
+	if !slices.ContainsFunc(t.aud, func(a string) bool { return slices.Contains(is.cfg.Audiences, a) }) {
+		return ca.Identity{}, ca.Unauthenticated(fmt.Sprintf("token audience %q is not accepted by this service; get a token issued for this service's client ID", truncate(strings.Join(t.aud, ","), 100)), nil)
 	}
-	if nbf, ok := claims["nbf"].(float64); ok && time.Unix(int64(nbf), 0).After(v.now().Add(Leeway)) {
-		return ca.Identity{}, ca.Unauthenticated("token is not valid yet (nbf in the future)", nil)
-	}
-	id := v.identity(is, idt.Issuer, idt.Subject, claims)
+	id := v.identity(ctx, is, t.tokenClaims)
 	id.Token = ca.TokenUse{SingleUse: is.cfg.ReplayProtection == nil || *is.cfg.ReplayProtection,
-		ID: idt.Issuer + "|" + tokenID(claims, token), Expiry: idt.Expiry}
+		ID: t.replayKey(), Expiry: t.exp.time()}
 	return id, nil
 }
 
-// tokenID is the token's jti, or a hash of the whole token when it has none.
-func tokenID(claims map[string]any, token string) string {
-	if jti, _ := claims["jti"].(string); jti != "" {
-		return "jti:" + jti
+// verifyError turns a go-oidc verification failure into a message for the caller; go-oidc's
+// own text (package prefixes, decoder errors) is logged at debug level only.
+func (v *Verifier) verifyError(ctx context.Context, is *issuer, t *parsedToken, err error) error {
+	msg := err.Error()
+	v.log.DebugContext(ctx, "token verification failed", "issuer", is.cfg.IssuerURL, "alg", t.alg, "kid", t.kid, "err", msg)
+	switch {
+	case strings.Contains(msg, "fetching keys"):
+		return ca.Unavailable(fmt.Sprintf("identity provider %s: its key set (jwks_uri) is unreachable", is.cfg.IssuerURL), err)
+	case strings.HasPrefix(msg, "failed to verify signature"):
+		kid := ""
+		if t.kid != "" {
+			kid = fmt.Sprintf(" for kid %q", truncate(t.kid, 64))
+		}
+		return ca.Unauthenticated(fmt.Sprintf("token signature does not verify with any %s key that issuer %s publishes%s; get a new token from the identity provider",
+			t.alg, is.cfg.IssuerURL, kid), nil)
+	case strings.Contains(msg, "issued by a different provider"):
+		return ca.Unauthenticated(fmt.Sprintf("token issuer %q differs from the issuer named by the discovery document of %s", truncate(t.iss, 100), is.cfg.IssuerURL), nil)
+	case strings.Contains(msg, "claim"), strings.Contains(msg, "source"):
+		return ca.Unauthenticated("token claims are not those of an OIDC ID token: check _claim_names and _claim_sources (OIDC Core section 5.6.2)", nil)
+	default:
+		return ca.Unauthenticated("token is not a signed JWT this service can read (RFC 7515 compact serialization); get a new token from the identity provider", nil)
 	}
-	sum := sha256.Sum256([]byte(token))
-	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-func (v *Verifier) identity(is *issuer, iss, sub string, claims map[string]any) ca.Identity {
+// userNamePattern is the grammar of ca.ValidUserPrincipal (ca/validate.go), for messages.
+const userNamePattern = `^[a-z_][a-z0-9._-]{0,31}$`
+
+// identity maps verified claims to an identity: groups, amr, acr and auth_time as they are;
+// email only when email_verified is true (the JSON boolean, or the string "true" some
+// providers send); the username from the issuer's username claim, else from the local part of
+// a verified email in an allowed domain, and only when it is a usable principal. A refused
+// username is no error (the policy may still grant principals by group): why none was derived
+// goes to the debug log.
+func (v *Verifier) identity(ctx context.Context, is *issuer, c *tokenClaims) ca.Identity {
+	claims := c.claims
 	id := ca.Identity{
-		Issuer:   iss,
-		Subject:  sub,
+		Issuer:   c.iss,
+		Subject:  c.sub,
 		Groups:   stringList(claims[is.cfg.GroupsClaim]),
 		AMR:      stringList(claims["amr"]),
 		Workload: is.cfg.Workload,
 		Claims:   claims,
 	}
 	id.ACR, _ = claims["acr"].(string)
-	if at, ok := claims["auth_time"].(float64); ok {
-		id.AuthTime = int64(at)
+	if c.authTime.set {
+		id.AuthTime = int64(c.authTime.secs)
 	}
 	email, _ := claims["email"].(string)
-	verified, _ := claims["email_verified"].(bool)
-	if verified && email != "" {
+	if emailVerified(claims["email_verified"]) && email != "" {
 		id.Email = email
 	}
-	if u, _ := claims[is.cfg.UsernameClaim].(string); v.usable(u) {
+	uc := is.cfg.UsernameClaim
+	raw, present := claims[uc]
+	u, isString := raw.(string)
+	if v.usable(u) {
 		id.Username = u
-	} else if local, domain, ok := strings.Cut(strings.ToLower(id.Email), "@"); ok && is.domains[domain] && v.usable(local) {
-		id.Username = local
+		return id
 	}
+	var why string
+	switch {
+	case !present:
+		why = fmt.Sprintf("no claim %s", uc)
+	case !isString:
+		why = fmt.Sprintf("claim %s is not a string", uc)
+	case v.reserved[u]:
+		why = fmt.Sprintf("claim %s %q is a reserved name (granted only by the policy)", uc, truncate(u, 64))
+	default:
+		why = fmt.Sprintf("claim %s %q is not a usable user name (must match %s)", uc, truncate(u, 64), userNamePattern)
+	}
+	local, domain, ok := strings.Cut(strings.ToLower(id.Email), "@")
+	switch {
+	case len(is.domains) == 0:
+	case id.Email == "" && email != "":
+		why += fmt.Sprintf("; claim email is not verified (email_verified %s)", truncate(quoteJSON(claims["email_verified"]), 20))
+	case !ok:
+		why += "; no verified email claim"
+	case !is.domains[domain]:
+		why += fmt.Sprintf("; email domain %q is not in allowed_email_domains", truncate(domain, 64))
+	case !v.usable(local):
+		why += fmt.Sprintf("; email local part %q is reserved or not a usable user name (must match %s)", truncate(local, 64), userNamePattern)
+	default:
+		id.Username = local
+		return id
+	}
+	v.log.DebugContext(ctx, why+"; no username principal derived", "issuer", c.iss, "subject", c.sub)
 	return id
+}
+
+// emailVerified reads email_verified (OIDC Core section 5.1): the boolean, or exactly the
+// string "true" or "false" that some providers send; anything else is not verified.
+func emailVerified(v any) bool {
+	switch t := v.(type) {
+	case bool:
+		return t
+	case string:
+		return t == "true"
+	}
+	return false
 }
 
 // usable: a principal may be derived from a claim only when it is a well-formed user name and
 // not reserved (root and the configured names come from the policy alone).
 func (v *Verifier) usable(name string) bool {
 	return ca.ValidUserPrincipal(name) && !v.reserved[name]
-}
-
-func unverifiedIssuer(token string) (string, error) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return "", errors.New("not a JWT (header.payload.signature)")
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return "", errors.New("payload is not base64url")
-	}
-	var c struct {
-		Iss string `json:"iss"`
-	}
-	if err := json.Unmarshal(payload, &c); err != nil {
-		return "", errors.New("payload is not a JSON object")
-	}
-	if c.Iss == "" {
-		return "", errors.New("no iss claim")
-	}
-	return c.Iss, nil
 }
 
 func stringList(v any) []string {
