@@ -1,75 +1,11 @@
 package ca
 
 import (
-	"crypto/rsa"
 	"fmt"
 	"regexp"
 	"strings"
 	"time"
-
-	"golang.org/x/crypto/ssh"
 )
-
-// Key types a certificate may be issued for. FIDO (sk-*) keys are accepted; their type reaches
-// the policy as request.key_type.
-var acceptedKeyTypes = map[string]bool{
-	ssh.KeyAlgoED25519:    true,
-	ssh.KeyAlgoECDSA256:   true,
-	ssh.KeyAlgoECDSA384:   true,
-	ssh.KeyAlgoECDSA521:   true,
-	ssh.KeyAlgoRSA:        true,
-	ssh.KeyAlgoSKED25519:  true,
-	ssh.KeyAlgoSKECDSA256: true,
-}
-
-// MinRSABits is the smallest RSA key a certificate is issued for.
-const MinRSABits = 2048
-
-// ParsePublicKey parses an authorized_keys line and checks that it is a plain public key of an
-// accepted type and size. Errors are KindInvalid and say what was wrong.
-func ParsePublicKey(line string) (ssh.PublicKey, error) {
-	line = strings.TrimSpace(line)
-	if line == "" {
-		return nil, Invalid("public_key is required")
-	}
-	typ, _, _ := strings.Cut(line, " ")
-	if strings.Contains(typ, "-cert-v01@openssh.com") {
-		return nil, Invalid("public_key is a certificate (%s); send the plain public key", typ)
-	}
-	if typ == ssh.KeyAlgoDSA {
-		return nil, Invalid("public_key: DSA keys are not accepted; use ed25519, ecdsa or rsa >= %d", MinRSABits)
-	}
-	key, _, _, rest, err := ssh.ParseAuthorizedKey([]byte(line))
-	if err != nil {
-		if !acceptedKeyTypes[typ] {
-			return nil, Invalid("public_key: unsupported key type %q; use ssh-ed25519, ecdsa-sha2-nistp256/384/521, ssh-rsa (>= %d bits) or a FIDO key", truncate(typ, 64), MinRSABits)
-		}
-		return nil, Invalid("public_key: not a valid %s public key in authorized_keys format", typ)
-	}
-	if len(strings.TrimSpace(string(rest))) > 0 {
-		return nil, Invalid("public_key: exactly one key expected")
-	}
-	if _, ok := key.(*ssh.Certificate); ok {
-		return nil, Invalid("public_key is a certificate; send the plain public key")
-	}
-	if !acceptedKeyTypes[key.Type()] {
-		return nil, Invalid("public_key: unsupported key type %q", key.Type())
-	}
-	if key.Type() == ssh.KeyAlgoRSA {
-		ck, ok := key.(ssh.CryptoPublicKey)
-		if !ok {
-			return nil, Invalid("public_key: unreadable RSA key")
-		}
-		if pk, ok := ck.CryptoPublicKey().(*rsa.PublicKey); !ok || pk.N.BitLen() < MinRSABits {
-			bits := 0
-			if ok {
-				bits = pk.N.BitLen()
-			}
-			return nil, Invalid("public_key: RSA key of %d bits is too small; at least %d bits", bits, MinRSABits)
-		}
-	}
-	return key, nil
-}
 
 // ParseTTL parses a Go duration string. Empty means "the policy's default" (zero).
 func ParseTTL(s string, max time.Duration) (time.Duration, error) {
