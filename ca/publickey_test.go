@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"strings"
 	"sync"
@@ -401,6 +402,98 @@ func TestRevokeWeakKey(t *testing.T) {
 		if err != nil || len(st.Entries) == 0 || st.Entries[0].Value != base64.StdEncoding.EncodeToString(weak.Marshal()) {
 			t.Fatalf("%s: state %+v, %v", h, st, err)
 		}
+	}
+}
+
+// constantSigner "signs" for a small-order Ed25519 key without any private key: R = the
+// identity point, S = 0 verifies for every message.
+type constantSigner struct{ pub ssh.PublicKey }
+
+func (s constantSigner) PublicKey() ssh.PublicKey { return s.pub }
+
+func (s constantSigner) Sign(io.Reader, []byte) (*ssh.Signature, error) {
+	blob, _ := hex.DecodeString(identityPoint + strings.Repeat("00", 32))
+	return &ssh.Signature{Format: ssh.KeyAlgoED25519, Blob: blob}, nil
+}
+
+func identityKey(t testing.TB) ssh.PublicKey {
+	t.Helper()
+	k, err := ssh.ParsePublicKey(ssh.Marshal(struct {
+		Name string
+		Key  []byte
+	}{ssh.KeyAlgoED25519, unhex(t, identityPoint)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// onceLedger is a single-use token ledger in memory.
+type onceLedger struct {
+	mu   sync.Mutex
+	used map[string]bool
+}
+
+func (l *onceLedger) UseToken(_ context.Context, id string, _ time.Time) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.used[id] {
+		return false, nil
+	}
+	if l.used == nil {
+		l.used = map[string]bool{}
+	}
+	l.used[id] = true
+	return true, nil
+}
+
+// TestRenewWeakKey: a host certificate issued for the identity point before keys were checked
+// does not renew itself with the constant signature; the same renewal with a real key does.
+func TestRenewWeakKey(t *testing.T) {
+	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	caKey, _ := newSSHKey(t)
+	realKey, _ := newSSHKey(t)
+	for _, tt := range []struct {
+		name    string
+		signer  ssh.Signer
+		wantErr string
+	}{
+		{"real key renews", realKey, ""},
+		{"identity point refused", constantSigner{identityKey(t)}, "renewal token rejected: the certificate's key is unfit (Ed25519 point is of small order: anyone can sign for it)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sgn := fakeSigner{key: caKey, now: clock}
+			a, err := ca.New(ca.Config{Authenticator: fakeAuth{}, Policy: &fakePolicy{dec: ca.Decision{Allow: true, Principals: []string{"web1.example.com"}, TTL: time.Hour}},
+				UserSigner: sgn, HostSigner: sgn, Store: &fakeStore{}, Revocations: revocation.NewMemory(clock), Audit: &fakeAudit{}, Tokens: &onceLedger{}, Now: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Signed directly, as a CA without the check would have.
+			cert := &ssh.Certificate{Key: tt.signer.PublicKey(), Serial: 7, CertType: ssh.HostCert, KeyId: "ci-job#7",
+				ValidPrincipals: []string{"web1.example.com"},
+				ValidAfter:      uint64(now.Add(-time.Minute).Unix()), ValidBefore: uint64(now.Add(time.Hour).Unix())}
+			if err := cert.SignCert(rand.Reader, caKey); err != nil {
+				t.Fatal(err)
+			}
+			tok, err := ca.SignRenewToken(tt.signer, cert, now, "jti-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := a.Renew(context.Background(), tok)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Renew: %v", err)
+				}
+				if string(got.Cert.Key.Marshal()) != string(cert.Key.Marshal()) {
+					t.Fatalf("renewed for another key")
+				}
+				return
+			}
+			if err == nil || ca.KindOf(err) != ca.KindUnauthenticated || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Renew: %v (kind %v), want unauthenticated %q", err, ca.KindOf(err), tt.wantErr)
+			}
+		})
 	}
 }
 

@@ -117,6 +117,14 @@ func (a *Authority) verifyRenewToken(ctx context.Context, token string) (*ssh.Ce
 	if err := checker.CheckCert(cert.ValidPrincipals[0], cert); err != nil {
 		return bad("current certificate is not valid now; get a new one with a workload token")
 	}
+	// A certificate issued before keys were checked may be for a key anyone can sign for (the
+	// Ed25519 identity point verifies one constant signature for every message), and would
+	// renew itself forever. The signature below proves possession of nothing then, so this is
+	// a refused credential (401), not a malformed request: no retry with this certificate can
+	// succeed, and the host needs a new key and a certificate from its workload token.
+	if problem := weakKey(cert.Key); problem != "" {
+		return bad("the certificate's key is unfit (" + problem + "); make a new host key and get a certificate for it with a workload token")
+	}
 	var sig ssh.Signature
 	if err := ssh.Unmarshal(sigBytes, &sig); err != nil {
 		return bad("signature unreadable")
