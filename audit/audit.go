@@ -6,14 +6,36 @@
 // (WATCH the head, MULTI/EXEC the entry and the new head, retry on a conflict).
 //
 // Layout: <prefix>:{audit}:log is a stream of entries {seq, prev, mac, rec}; <prefix>:{audit}:head
-// is "<seq> <mac>" of the last entry, and <prefix>:{audit}:base that of the last entry archived
-// away (Archive writes the entries to a file, then trims them). All carry the hash tag {audit},
-// so the scripts work on Redis Cluster.
+// is "<seq> <mac>" of the last entry, and <prefix>:{audit}:base the base mark: where the chain
+// kept in Redis starts, after Archive wrote the entries before it to a file and trimmed them.
+// All carry the hash tag {audit}, so the scripts work on Redis Cluster.
+//
+// A record's MAC is 64 lowercase hex characters: HMAC-SHA256(key, prev ‖ "\n" ‖ seq in decimal ‖
+// "\n" ‖ rec), prev being the MAC of the record before ("" for the first) and rec the record's
+// JSON (ca.AuditRecord; a record without "v" is version 1, later ones say their version).
+//
+// The base mark is "<seq> <mac> <base mac>" (single spaces): the sequence number in decimal and
+// the MAC of the last record archived, and
+//
+//	base mac = hex(HMAC-SHA256(key, "sshca-audit-base-v1\x00" ‖ seq as 8 bytes big-endian ‖ mac))
+//
+// where mac is the record MAC's 64 hex characters as bytes. The context string keeps any
+// record's MAC from standing in for a base mac, so deleting the oldest records and pointing the
+// base past them needs the key. Only Archive writes a base mark, and it writes it first as the
+// archive's last line, {"base":"<seq> <mac> <base mac>"}, after the records it covers, so the
+// archive shows where the chain in Redis must go on from. Marks of the older form "<seq> <mac>"
+// (written before base marks were signed) cannot be authenticated: Verify refuses them unless
+// Options.AcceptLegacyBase is set, or an archive that ends at exactly that record is given;
+// Archive accepts one under the same conditions and replaces it with a signed mark.
 //
 // What the chain does not stop: someone with write access to Redis and the audit key can
-// rewrite it, and without the key anyone with write access can recompute it; truncating the
-// tail together with the head goes unseen by Verify alone. The service also logs each
-// record's sequence number and MAC, so logs shipped elsewhere anchor the chain.
+// rewrite it, and without the key anyone with write access can recompute it (a chain kept
+// without a key, base marks included, is plain SHA-256: it shows accidents, not an attacker).
+// Truncating the tail together with the head goes unseen by Verify: every record since the
+// last archive, or the whole log when there is no archive. Given the latest archive
+// (VerifyAfter), an emptied or shortened log is found as long as the archive holds more than
+// what is left. The service also logs each record's sequence number and MAC, so logs shipped
+// elsewhere anchor the chain.
 package audit
 
 import (
@@ -21,6 +43,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -43,6 +66,8 @@ type Log struct {
 	key    []byte
 	prefix string
 	log    *slog.Logger
+	// acceptLegacy: Options.AcceptLegacyBase.
+	acceptLegacy bool
 
 	mu    sync.Mutex
 	known string // the head as this replica last saw it
@@ -53,6 +78,11 @@ type Options struct {
 	Prefix string       // default "sshca"
 	Key    []byte       // the HMAC key; nil for a plain SHA-256 chain
 	Logger *slog.Logger // each appended record's seq and MAC are logged here (nil: not logged)
+	// AcceptLegacyBase makes Verify and Archive accept a base mark of the old unsigned form
+	// "<seq> <mac>" that no archive vouches for. Nothing then shows whether records before it
+	// were removed: set it once, to move a log from before base marks were signed, after
+	// checking the base against the archive by other means.
+	AcceptLegacyBase bool
 }
 
 // KeySize is the size of a generated audit key.
@@ -60,7 +90,7 @@ const KeySize = 32
 
 // New returns the audit log kept in rdb.
 func New(rdb redis.UniversalClient, o Options) *Log {
-	l := &Log{rdb: rdb, key: o.Key, prefix: o.Prefix, log: o.Logger}
+	l := &Log{rdb: rdb, key: o.Key, prefix: o.Prefix, log: o.Logger, acceptLegacy: o.AcceptLegacyBase}
 	if l.prefix == "" {
 		l.prefix = "sshca"
 	}
@@ -73,18 +103,13 @@ func New(rdb redis.UniversalClient, o Options) *Log {
 func (l *Log) stream() string { return l.prefix + ":{audit}:log" }
 func (l *Log) head() string   { return l.prefix + ":{audit}:head" }
 
-// base is "<seq> <mac>" of the last record archived and trimmed away ("" when none was): where
-// the chain kept in Redis starts.
+// base is the base mark "<seq> <mac> <base mac>" of the last record archived and trimmed away
+// (none when none was): where the chain kept in Redis starts.
 func (l *Log) base() string { return l.prefix + ":{audit}:base" }
 
 // mac is the chain's link: over the previous MAC, the sequence number and the record.
 func (l *Log) mac(prev string, seq uint64, rec []byte) string {
-	var h hash.Hash
-	if l.key != nil {
-		h = hmac.New(sha256.New, l.key)
-	} else {
-		h = sha256.New()
-	}
+	h := l.hash()
 	fmt.Fprintf(h, "%s\n%d\n", prev, seq)
 	h.Write(rec)
 	return hex.EncodeToString(h.Sum(nil))
@@ -105,8 +130,13 @@ return {1, ARGV[2]}
 `)
 
 // Append adds rec at the end of the chain. It links rec to the head this replica last saw:
-// one round trip when no other replica appended in between, one more per head it missed.
+// one round trip when no other replica appended in between, one more per head it missed. A
+// record without a version (V 0) is written as ca.AuditRecordVersion, the shape it is
+// marshalled in.
 func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
+	if rec.V == 0 {
+		rec.V = ca.AuditRecordVersion
+	}
 	body, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
@@ -152,44 +182,164 @@ func parseHead(v string) (uint64, string, error) {
 	return seq, mac, nil
 }
 
-func (l *Log) readBase(ctx context.Context) (uint64, string, error) {
+// baseContext starts every base MAC, so that no record's MAC (whose input starts with the
+// previous MAC's hex) is ever one.
+const baseContext = "sshca-audit-base-v1\x00"
+
+// ErrBaseNotSigned: the base mark's third field is not the base MAC of its record.
+var ErrBaseNotSigned = errors.New("audit: the base mark of the chain is not signed with the audit key: records before it may have been removed")
+
+// ErrLegacyBase: the base mark is of the older unsigned form "<seq> <mac>".
+var ErrLegacyBase = errors.New("audit: the base mark of the chain is in the old unsigned form \"<seq> <mac>\", which cannot be authenticated: records before it may have been removed")
+
+// hash is HMAC-SHA256 with the key, or SHA-256 without one.
+func (l *Log) hash() hash.Hash {
+	if l.key != nil {
+		return hmac.New(sha256.New, l.key)
+	}
+	return sha256.New()
+}
+
+// baseMAC signs a base mark (see the package doc for the exact bytes).
+func (l *Log) baseMAC(seq uint64, recMAC string) string {
+	h := l.hash()
+	h.Write([]byte(baseContext))
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seq)
+	h.Write(b[:])
+	h.Write([]byte(recMAC))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// signedBase is the base mark for record seq whose MAC is recMAC.
+func (l *Log) signedBase(seq uint64, recMAC string) string {
+	return strconv.FormatUint(seq, 10) + " " + recMAC + " " + l.baseMAC(seq, recMAC)
+}
+
+// baseMark is a parsed base mark; the zero value is "no base" (a log never archived).
+type baseMark struct {
+	raw string // as kept in Redis
+	seq uint64
+	mac string // the MAC of record seq
+	sig string // the base MAC; "" in a legacy mark
+}
+
+func (b baseMark) legacy() bool { return b.seq > 0 && b.sig == "" }
+
+// parseBase reads "<seq> <mac> <base mac>", or the legacy "<seq> <mac>"; it does not check the
+// base MAC.
+func parseBase(v string) (baseMark, error) {
+	if v == "" {
+		return baseMark{}, nil
+	}
+	f := strings.Split(v, " ")
+	var seq uint64
+	var err error
+	if len(f) == 2 || len(f) == 3 {
+		seq, err = strconv.ParseUint(f[0], 10, 64)
+	}
+	if (len(f) != 2 && len(f) != 3) || err != nil || seq == 0 || !isMAC(f[1]) {
+		return baseMark{}, fmt.Errorf("audit: the base mark of the chain is malformed: %.120q", v)
+	}
+	b := baseMark{raw: v, seq: seq, mac: f[1]}
+	if len(f) == 3 {
+		b.sig = f[2]
+	}
+	return b, nil
+}
+
+// isMAC: 64 lowercase hex characters.
+func isMAC(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkSigned is nil when b carries a valid base MAC.
+func (l *Log) checkSigned(b baseMark) error {
+	if b.sig == "" || !hmac.Equal([]byte(b.sig), []byte(l.baseMAC(b.seq, b.mac))) {
+		return ErrBaseNotSigned
+	}
+	return nil
+}
+
+func (l *Log) readBase(ctx context.Context) (baseMark, error) {
 	v, err := l.rdb.Get(ctx, l.base()).Result()
 	if errors.Is(err, redis.Nil) {
-		return 0, "", nil
+		return baseMark{}, nil
 	}
 	if err != nil {
-		return 0, "", fmt.Errorf("audit: read: %w", err)
+		return baseMark{}, fmt.Errorf("audit: read: %w", err)
 	}
-	return parseHead(v)
+	return parseBase(v)
 }
 
 // Report is what Verify found.
 type Report struct {
-	Records int    // entries checked
-	Head    string // MAC of the last entry ("" for an empty log)
+	Records int    // entries checked (Archive: entries written to the archive)
+	Head    string // MAC of the last entry ("" when none was checked)
+	// BaseSeq is the record the chain in Redis goes on from (0: it starts at the first record).
+	BaseSeq uint64
+	// LegacyBase: the base mark was of the old unsigned form and was accepted because
+	// Options.AcceptLegacyBase is set; nothing proves that no records before it were removed.
+	LegacyBase bool
 }
 
 // Entry is one record as kept, with its place in the chain.
 type Entry struct {
-	ID     string
-	Seq    uint64
-	Prev   string
-	MAC    string
-	Raw    json.RawMessage // the record as chained
-	Record ca.AuditRecord
+	ID      string
+	Seq     uint64
+	Prev    string
+	MAC     string
+	Raw     json.RawMessage // the record as chained
+	Version int             // the record's version: its "v", 1 when it has none
+	Record  ca.AuditRecord
 }
 
 // Verify walks the whole chain kept in Redis and reports the first entry that breaks it. each,
 // when not nil, sees every entry that checks out, in order. It checks up to the head it read
-// first, so records appended while it runs do not trouble it.
+// first, so records appended while it runs do not trouble it. A base mark must be signed
+// (ErrBaseNotSigned); a legacy one is refused (ErrLegacyBase) unless Options.AcceptLegacyBase.
 func (l *Log) Verify(ctx context.Context, each func(Entry)) (Report, error) {
+	return l.walk(ctx, func(b baseMark) (bool, error) { return false, nil }, each)
+}
+
+// VerifyAfter is Verify for a chain in Redis that must go on from the latest archive, as
+// VerifyArchive found it: the base mark must name the archive's last record (sequence number
+// and MAC), so a log emptied or cut short (the base, head and stream deleted, or the base
+// moved) fails. A legacy base mark that names exactly that record is accepted, the archive
+// vouching for it. An archive with nothing in it constrains nothing.
+func (l *Log) VerifyAfter(ctx context.Context, ar ArchiveReport, each func(Entry)) (Report, error) {
+	return l.walk(ctx, func(b baseMark) (bool, error) {
+		if !ar.positioned() {
+			return false, nil
+		}
+		if b.seq == 0 {
+			return false, fmt.Errorf("audit: the chain in Redis has no base mark, but the archive ends at record %d: the log was emptied or lost (or the archive is not of this log)", ar.LastSeq)
+		}
+		if b.seq != ar.LastSeq || b.mac != ar.LastMAC {
+			return false, fmt.Errorf("audit: the base mark says the chain in Redis goes on from record %d (%.16s…), the archive ends at record %d (%.16s…): records were removed, or this is not the latest archive, or an archive run was cut short before trimming (run `sshca audit archive` again)", b.seq, b.mac, ar.LastSeq, ar.LastMAC)
+		}
+		return true, nil
+	}, each)
+}
+
+// walk verifies the chain. start sees the base mark before anything else: it answers whether a
+// legacy mark is vouched for, or an error that ends the walk.
+func (l *Log) walk(ctx context.Context, start func(baseMark) (bool, error), each func(Entry)) (Report, error) {
 	var rep Report
 	marks, err := l.rdb.MGet(ctx, l.base(), l.head()).Result()
 	if err != nil {
 		return rep, fmt.Errorf("audit: read: %w", err)
 	}
 	mark := func(v any) string { s, _ := v.(string); return s }
-	seq, prev, err := parseHead(mark(marks[0]))
+	b, err := parseBase(mark(marks[0]))
 	if err != nil {
 		return rep, err
 	}
@@ -197,6 +347,22 @@ func (l *Log) Verify(ctx context.Context, each func(Entry)) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
+	vouched, err := start(b)
+	if err != nil {
+		return rep, err
+	}
+	switch {
+	case b.legacy() && !vouched && !l.acceptLegacy:
+		return rep, fmt.Errorf("%w (record %d)", ErrLegacyBase, b.seq)
+	case b.legacy():
+		rep.LegacyBase = !vouched
+	case b.seq > 0:
+		if err := l.checkSigned(b); err != nil {
+			return rep, err
+		}
+	}
+	rep.BaseSeq = b.seq
+	seq, prev := b.seq, b.mac
 	from := "-"
 	for seq < headSeq {
 		msgs, err := l.rdb.XRangeN(ctx, l.stream(), from, "+", 1000).Result()
@@ -250,75 +416,129 @@ func (l *Log) check(m redis.XMessage, prev string, wantSeq uint64) (Entry, error
 	if err := json.Unmarshal(body, &e.Record); err != nil {
 		return Entry{}, fmt.Errorf("malformed record: %w", err)
 	}
+	var v struct {
+		V *int `json:"v"`
+	}
+	_ = json.Unmarshal(body, &v) // it decoded above
+	switch {
+	case v.V == nil:
+		e.Version = 1
+	case *v.V < 1:
+		return Entry{}, fmt.Errorf("malformed record: version %d", *v.V)
+	default:
+		e.Version = *v.V
+	}
 	return e, nil
 }
 
-// archived is one line of an archive: an entry with what its link needs.
+// archived is one line of an archive: an entry with what its link needs, or (Base set, nothing
+// else) the signed base mark of the record before it.
 type archived struct {
-	Seq  uint64          `json:"seq"`
-	Prev string          `json:"prev"`
-	MAC  string          `json:"mac"`
-	Rec  json.RawMessage `json:"rec"`
+	Seq  uint64          `json:"seq,omitempty"`
+	Prev string          `json:"prev,omitempty"`
+	MAC  string          `json:"mac,omitempty"`
+	Rec  json.RawMessage `json:"rec,omitempty"`
+	Base string          `json:"base,omitempty"`
 }
 
-// trimScript removes the archived entries up to and including the last one, and moves the base
-// to it, unless someone else archived in between.
+// trimScript moves the base mark from ARGV[1] (what the archive started from) to ARGV[2] and
+// removes the entries up to and including ARGV[3] (none when it is ""), unless someone else
+// archived in between.
 var trimScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if not cur then cur = '' end
 if cur ~= ARGV[1] then return 0 end
-redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3])
-redis.call('XDEL', KEYS[2], ARGV[3])
+if ARGV[3] ~= '' then
+  redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3])
+  redis.call('XDEL', KEYS[2], ARGV[3])
+end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
 `)
 
 // Archive verifies the chain, writes every entry to w (JSON lines that VerifyArchive checks,
-// without Redis), syncs w when it can (a file), and then trims the entries from Redis, moving
-// the chain's base past them. Records appended meanwhile stay. Once trimmed, the archive is
-// the only copy.
-func (l *Log) Archive(ctx context.Context, w io.Writer) (Report, error) {
-	baseSeq, baseMAC, err := l.readBase(ctx)
+// without Redis) followed by the signed base mark of the last one, syncs w when it can (a
+// file), and then trims the entries from Redis and moves the base mark to the last one. Records
+// appended meanwhile stay. Once trimmed, the archive is the only copy.
+//
+// prior is what VerifyArchive found in what w appends to (nil or empty for a new file). When
+// given, the chain must go on from it: entries it already holds (an earlier run that wrote
+// them but did not trim) are checked against its end and not written again, and an archive
+// that ends before the base mark, or after the head, is refused. A legacy base mark is
+// accepted when prior ends at exactly its record, or with Options.AcceptLegacyBase; it is
+// replaced by a signed one even when there is nothing to trim.
+func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (Report, error) {
+	pos := prior != nil && prior.positioned()
+	var base baseMark
+	var last Entry
+	written, sawEnd := 0, !pos
+	enc := json.NewEncoder(w)
+	var werr error
+	rep, err := l.walk(ctx, func(b baseMark) (bool, error) {
+		base = b
+		if !pos {
+			return false, nil
+		}
+		switch {
+		case prior.LastSeq < b.seq:
+			return false, fmt.Errorf("audit: archive: the file ends at record %d, the chain in Redis goes on from record %d: the records between are in a later archive; archive to that one or to a new file", prior.LastSeq, b.seq)
+		case prior.LastSeq == b.seq && prior.LastMAC != b.mac:
+			return false, fmt.Errorf("audit: archive: the file ends at record %d (%.16s…), the base mark names another record %d (%.16s…)", prior.LastSeq, prior.LastMAC, b.seq, b.mac)
+		}
+		sawEnd = prior.LastSeq == b.seq
+		return sawEnd, nil
+	}, func(e Entry) {
+		last = e
+		if pos && e.Seq <= prior.LastSeq {
+			if e.Seq == prior.LastSeq {
+				if e.MAC != prior.LastMAC && werr == nil {
+					werr = fmt.Errorf("the file's record %d (%.16s…) is not the chain's (%.16s…)", e.Seq, prior.LastMAC, e.MAC)
+				}
+				sawEnd = true
+			}
+			return
+		}
+		if werr == nil {
+			werr = enc.Encode(archived{Seq: e.Seq, Prev: e.Prev, MAC: e.MAC, Rec: e.Raw})
+			written++
+		}
+	})
 	if err != nil {
 		return Report{}, err
 	}
-	enc := json.NewEncoder(w)
-	var last Entry
-	var werr error
-	rep, err := l.Verify(ctx, func(e Entry) {
-		if werr == nil {
-			werr = enc.Encode(archived{Seq: e.Seq, Prev: e.Prev, MAC: e.MAC, Rec: e.Raw})
-		}
-		last = e
-	})
-	if err != nil {
-		return rep, err
-	}
 	if werr != nil {
-		return rep, fmt.Errorf("audit: archive: %w", werr)
+		return Report{}, fmt.Errorf("audit: archive: %w", werr)
 	}
-	if rep.Records == 0 {
-		return rep, nil
+	if !sawEnd {
+		return Report{}, fmt.Errorf("audit: archive: the file holds records up to %d, the chain in Redis ends at record %d: the log was cut short", prior.LastSeq, base.seq+uint64(rep.Records))
+	}
+	endSeq, endMAC := base.seq, base.mac
+	if rep.Records > 0 {
+		endSeq, endMAC = last.Seq, last.MAC
+	}
+	if rep.Records == 0 && !base.legacy() {
+		return Report{BaseSeq: base.seq}, nil // nothing to trim, nothing to sign
+	}
+	newBase := l.signedBase(endSeq, endMAC)
+	if !(pos && prior.EndsSigned && prior.LastSeq == endSeq) {
+		if err := enc.Encode(archived{Base: newBase}); err != nil {
+			return Report{}, fmt.Errorf("audit: archive: %w", err)
+		}
 	}
 	// The archive must be on disk before the records leave Redis.
 	if f, ok := w.(interface{ Sync() error }); ok {
 		if err := f.Sync(); err != nil {
-			return rep, fmt.Errorf("audit: archive: %w", err)
+			return Report{}, fmt.Errorf("audit: archive: %w", err)
 		}
 	}
-	old := ""
-	if baseSeq > 0 {
-		old = strconv.FormatUint(baseSeq, 10) + " " + baseMAC
-	}
-	ok, err := trimScript.Run(ctx, l.rdb, []string{l.base(), l.stream()}, old,
-		strconv.FormatUint(last.Seq, 10)+" "+last.MAC, last.ID).Int()
+	ok, err := trimScript.Run(ctx, l.rdb, []string{l.base(), l.stream()}, base.raw, newBase, last.ID).Int()
 	if err != nil {
-		return rep, fmt.Errorf("audit: trim: %w", err)
+		return Report{}, fmt.Errorf("audit: trim: %w", err)
 	}
 	if ok != 1 {
-		return rep, errors.New("audit: trim: another archive ran at the same time; nothing was trimmed")
+		return Report{}, errors.New("audit: trim: another archive ran at the same time; nothing was trimmed")
 	}
-	return rep, nil
+	return Report{Records: written, Head: rep.Head, BaseSeq: endSeq, LegacyBase: rep.LegacyBase}, nil
 }
 
 // ArchiveReport is what VerifyArchive found: the records, and where the archive sits in the
@@ -327,11 +547,21 @@ type ArchiveReport struct {
 	Records   int
 	FirstSeq  uint64
 	FirstPrev string
-	LastSeq   uint64
+	LastSeq   uint64 // the last record, or the base mark after it
 	LastMAC   string
+	// Bases counts the signed base marks; EndsSigned says the archive's last line is one (an
+	// archive written by Archive since base marks are signed ends so; one cut short, or
+	// written before, does not).
+	Bases      int
+	EndsSigned bool
 }
 
+// positioned: the archive says where the chain stands after it.
+func (r ArchiveReport) positioned() bool { return r.Records > 0 || r.Bases > 0 }
+
 // VerifyArchive checks an archive written by Archive (or several, concatenated in order).
+// Archives written before base marks were signed have none and still verify; every base mark
+// present must be signed and name the record just before it.
 func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error) {
 	var rep ArchiveReport
 	sc := bufio.NewScanner(r)
@@ -341,10 +571,30 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
 			return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
 		}
+		if a.Base != "" {
+			if a.Seq != 0 || a.Prev != "" || a.MAC != "" || a.Rec != nil {
+				return rep, fmt.Errorf("audit: archive line %d: a base mark with a record in it", line)
+			}
+			b, err := parseBase(a.Base)
+			if err != nil {
+				return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
+			}
+			if l.checkSigned(b) != nil {
+				return rep, fmt.Errorf("audit: archive line %d: the base mark is not signed with the audit key: records before it may have been removed", line)
+			}
+			if rep.positioned() && (b.seq != rep.LastSeq || b.mac != rep.LastMAC) {
+				return rep, fmt.Errorf("audit: archive line %d: the base mark names record %d, the record before it is %d: records were removed, inserted or reordered", line, b.seq, rep.LastSeq)
+			}
+			rep.LastSeq, rep.LastMAC = b.seq, b.mac
+			rep.Bases++
+			rep.EndsSigned = true
+			continue
+		}
+		if rep.positioned() && (a.Seq != rep.LastSeq+1 || a.Prev != rep.LastMAC) {
+			return rep, fmt.Errorf("audit: archive line %d: record %d does not follow record %d: records were removed, inserted or reordered", line, a.Seq, rep.LastSeq)
+		}
 		if rep.Records == 0 {
 			rep.FirstSeq, rep.FirstPrev = a.Seq, a.Prev
-		} else if a.Seq != rep.LastSeq+1 || a.Prev != rep.LastMAC {
-			return rep, fmt.Errorf("audit: archive line %d: record %d does not follow record %d: records were removed, inserted or reordered", line, a.Seq, rep.LastSeq)
 		}
 		e, err := l.check(redis.XMessage{ID: strconv.Itoa(line), Values: map[string]any{
 			"seq": strconv.FormatUint(a.Seq, 10), "prev": a.Prev, "mac": a.MAC, "rec": string(a.Rec)}}, a.Prev, a.Seq)
@@ -356,6 +606,7 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 		}
 		rep.Records++
 		rep.LastSeq, rep.LastMAC = a.Seq, a.MAC
+		rep.EndsSigned = false
 	}
 	if err := sc.Err(); err != nil {
 		return rep, fmt.Errorf("audit: archive: %w", err)

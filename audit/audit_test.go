@@ -143,7 +143,7 @@ func testChain(t *testing.T, newClient func(*testing.T) *redis.Client) {
 			}
 		}
 		var first bytes.Buffer
-		rep, err := l.Archive(ctx, &first)
+		rep, err := l.Archive(ctx, &first, nil)
 		if err != nil || rep.Records != 10 {
 			t.Fatalf("archive: %+v %v", rep, err)
 		}
@@ -162,7 +162,7 @@ func testChain(t *testing.T, newClient func(*testing.T) *redis.Client) {
 			t.Fatalf("verify of the records after the archive: %+v %v", rep, err)
 		}
 		var second bytes.Buffer
-		if _, err := l.Archive(ctx, &second); err != nil {
+		if _, err := l.Archive(ctx, &second, nil); err != nil {
 			t.Fatal(err)
 		}
 		// The archives, in order, are one chain from the first record.

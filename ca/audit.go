@@ -9,6 +9,11 @@ import (
 // AuditRecord is one decision as the audit log keeps it: who asked for what, what the policy
 // said and why, and what was issued. It never holds a token or a private key.
 type AuditRecord struct {
+	// V is the record's format version, AuditRecordVersion for records written now. Records
+	// written before the field existed have none in their JSON and are version 1. Any later
+	// change to what a record holds raises it, and readers of the audit log (verify, archives,
+	// rebuilds) read every version.
+	V    int       `json:"v"`
 	Time time.Time `json:"time"`
 	// Action is what was asked: "user", "host", "renew", "revoke" or "admin".
 	Action CertKind `json:"action"`
@@ -35,6 +40,9 @@ type AuditRecord struct {
 	PolicyRevision string    `json:"policy_revision,omitempty"`
 }
 
+// AuditRecordVersion is the version of the records this package writes (AuditRecord.V).
+const AuditRecordVersion = 2
+
 // AuditLog keeps the audit records, tamper-evident (the audit package chains them). A decision
 // to issue, revoke or administer takes effect only once its record is kept.
 type AuditLog interface {
@@ -43,7 +51,7 @@ type AuditLog interface {
 
 // auditRecord starts a record for id asking for action.
 func (a *Authority) auditRecord(action CertKind, id Identity) AuditRecord {
-	return AuditRecord{Time: a.now().UTC(), Action: action, Identity: id.Name(), Issuer: id.Issuer,
+	return AuditRecord{V: AuditRecordVersion, Time: a.now().UTC(), Action: action, Identity: id.Name(), Issuer: id.Issuer,
 		Subject: id.Subject, Workload: id.Workload}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,7 +16,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sshca/sshca/audit"
-	"github.com/sshca/sshca/ca"
 )
 
 // AuditConfig configures the audit log (a hash chain in Redis, package audit).
@@ -101,7 +101,7 @@ func newAuditCommand() *cobra.Command {
 	genkey.Flags().StringVar(&keyOut, "out", "", "the key file to create")
 
 	var redisURL, keyFile, archiveFile string
-	var print bool
+	var print, acceptLegacy bool
 	open := func() (*audit.Log, func(), []byte, error) {
 		var key []byte
 		if keyFile != "" {
@@ -110,15 +110,16 @@ func newAuditCommand() *cobra.Command {
 				return nil, nil, nil, fmt.Errorf("--key-file: %w", err)
 			}
 		}
+		o := audit.Options{Key: key, AcceptLegacyBase: acceptLegacy}
 		if redisURL == "" {
-			return audit.New(nil, audit.Options{Key: key}), func() {}, key, nil
+			return audit.New(nil, o), func() {}, key, nil
 		}
 		ropts, err := redis.ParseURL(redisURL)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("--redis: %w", err)
 		}
 		rdb := redis.NewClient(ropts)
-		return audit.New(rdb, audit.Options{Key: key}), func() { rdb.Close() }, key, nil
+		return audit.New(rdb, o), func() { rdb.Close() }, key, nil
 	}
 	keyed := func(key []byte) string {
 		if key == nil {
@@ -126,13 +127,29 @@ func newAuditCommand() *cobra.Command {
 		}
 		return "keyed (HMAC-SHA256)"
 	}
+	// warn says what a verification could not show.
+	warn := func(w io.Writer, key []byte, rep audit.Report) {
+		if key == nil {
+			fmt.Fprintln(w, "WARNING: without the audit key the chain and its base mark are plain SHA-256, which anyone who can write to Redis can recompute: this shows accidents, not tampering")
+		}
+		if rep.LegacyBase {
+			fmt.Fprintf(w, "WARNING: the base mark (record %d) is of the old unsigned form, accepted because of --accept-legacy-base: nothing shows that no records before it were removed; `sshca audit archive` replaces it with a signed one\n", rep.BaseSeq)
+		}
+	}
+	// legacyHint completes ErrLegacyBase with what the operator can do.
+	legacyHint := func(err error) error {
+		if errors.Is(err, audit.ErrLegacyBase) {
+			return fmt.Errorf("%w; give the archive that ends at that record (--archive FILE), or, having checked the base against it by other means, --accept-legacy-base once", err)
+		}
+		return err
+	}
 	verify := &cobra.Command{
-		Use:   "verify (--redis URL | --archive FILE) [--key-file FILE] [--print]",
-		Short: "Check the audit chain in Redis, or an archive; exit 1 at the first record that breaks it",
+		Use:   "verify (--redis URL | --archive FILE | both) [--key-file FILE] [--print] [--accept-legacy-base]",
+		Short: "Check the audit chain in Redis, an archive, or both in one (the chain in Redis must go on from the archive); exit 1 at the first record that breaks it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if (redisURL == "") == (archiveFile == "") {
-				return errors.New("give --redis URL (the chain in Redis) or --archive FILE (an archive), one of them")
+			if redisURL == "" && archiveFile == "" {
+				return errors.New("give --redis URL (the chain in Redis), --archive FILE (an archive), or both (the chain in Redis after the latest archive)")
 			}
 			al, done, key, err := open()
 			if err != nil {
@@ -144,39 +161,60 @@ func newAuditCommand() *cobra.Command {
 			if print {
 				each = func(e audit.Entry) {
 					_ = enc.Encode(struct {
-						Seq    uint64         `json:"seq"`
-						MAC    string         `json:"mac"`
-						Record ca.AuditRecord `json:"record"`
-					}{e.Seq, e.MAC, e.Record})
+						Seq    uint64          `json:"seq"`
+						MAC    string          `json:"mac"`
+						V      int             `json:"v"`
+						Record json.RawMessage `json:"record"`
+					}{e.Seq, e.MAC, e.Version, e.Raw})
 				}
 			}
+			var ar audit.ArchiveReport
 			if archiveFile != "" {
 				f, err := os.Open(archiveFile)
 				if err != nil {
 					return err
 				}
 				defer f.Close()
-				rep, err := al.VerifyArchive(f, each)
-				if err != nil {
+				if ar, err = al.VerifyArchive(f, each); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, records %d to %d, last %.16s\n",
-					plural(rep.Records, "audit record"), keyed(key), rep.FirstSeq, rep.LastSeq, rep.LastMAC)
-				return nil
+					plural(ar.Records, "audit record"), keyed(key), ar.FirstSeq, ar.LastSeq, ar.LastMAC)
+				if ar.Records > 0 && !ar.EndsSigned {
+					fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: the archive does not end with a signed base mark: it was written before base marks were signed, or its end was cut off")
+				}
+				if redisURL == "" {
+					warn(cmd.ErrOrStderr(), key, audit.Report{})
+					return nil
+				}
 			}
-			rep, err := al.Verify(cmd.Context(), each)
+			var rep audit.Report
+			if archiveFile != "" {
+				rep, err = al.VerifyAfter(cmd.Context(), ar, each)
+			} else {
+				rep, err = al.Verify(cmd.Context(), each)
+			}
 			if err != nil {
-				return err
+				return legacyHint(err)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, head %.16s\n", plural(rep.Records, "audit record"), keyed(key), rep.Head)
+			if archiveFile != "" && ar.Records+ar.Bases > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "the chain in Redis goes on from the archive's last record %d\n", ar.LastSeq)
+			}
+			warn(cmd.ErrOrStderr(), key, rep)
 			return nil
 		},
 	}
 	var archiveOut string
 	archive := &cobra.Command{
-		Use:   "archive --redis URL --key-file FILE --out FILE",
-		Short: "Verify the chain, append its records to a file (synced), then trim them from Redis",
-		Args:  cobra.NoArgs,
+		Use:   "archive --redis URL --key-file FILE --out FILE [--accept-legacy-base]",
+		Short: "Verify the chain, append its records and a signed base mark to a file (synced), then trim them from Redis",
+		Long: `Verify the chain, append its records and a signed base mark to a file (synced), then trim
+them from Redis. When the file already holds records, they are verified first and the chain
+in Redis must go on from them; records an interrupted run wrote but did not trim are not
+written twice. A base mark of the old unsigned form is replaced by a signed one when the file
+ends at exactly its record, or with --accept-legacy-base.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if redisURL == "" || archiveOut == "" {
 				return errors.New("--redis URL and --out FILE are required")
@@ -186,18 +224,24 @@ func newAuditCommand() *cobra.Command {
 				return err
 			}
 			defer done()
-			f, err := os.OpenFile(archiveOut, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+			f, err := os.OpenFile(archiveOut, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 			if err != nil {
 				return err
 			}
-			rep, err := al.Archive(cmd.Context(), f)
+			defer f.Close()
+			prior, err := al.VerifyArchive(f, nil)
+			if err != nil {
+				return fmt.Errorf("%s does not verify, so nothing is appended to it: %w", archiveOut, err)
+			}
+			rep, err := al.Archive(cmd.Context(), f, &prior)
 			if cerr := f.Close(); err == nil && cerr != nil {
 				err = cerr
 			}
 			if err != nil {
-				return err
+				return legacyHint(err)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "archived %s to %s (%s) and trimmed them from Redis\n", plural(rep.Records, "audit record"), archiveOut, keyed(key))
+			fmt.Fprintf(cmd.ErrOrStderr(), "archived %s to %s (%s) and trimmed them from Redis; the chain in Redis goes on from record %d\n", plural(rep.Records, "audit record"), archiveOut, keyed(key), rep.BaseSeq)
+			warn(cmd.ErrOrStderr(), key, rep)
 			return nil
 		},
 	}
@@ -205,8 +249,9 @@ func newAuditCommand() *cobra.Command {
 	for _, c := range []*cobra.Command{verify, archive} {
 		c.Flags().StringVar(&redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db (env SSHCA_REDIS_URL)")
 		c.Flags().StringVar(&keyFile, "key-file", "", "the audit key (audit.key_file of the CA)")
+		c.Flags().BoolVar(&acceptLegacy, "accept-legacy-base", false, "accept a base mark of the old unsigned form that no archive vouches for (once, when moving a log from before base marks were signed)")
 	}
-	verify.Flags().StringVar(&archiveFile, "archive", "", "verify an archive file instead of the chain in Redis")
+	verify.Flags().StringVar(&archiveFile, "archive", "", "verify an archive file; with --redis, the chain in Redis must go on from its last record")
 	verify.Flags().BoolVar(&print, "print", false, "print each record (JSON lines) as it is checked")
 	cmd.AddCommand(genkey, verify, archive)
 	return cmd
