@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sshca/sshca/audit"
+	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/internal/testenv"
 )
@@ -47,6 +50,7 @@ func TestAuditTrail(t *testing.T) {
 	}
 	for _, want := range []string{
 		"OK: 3 audit records, chain intact, keyed",
+		`"v":2,`, // ca writes version 2 records
 		`"outcome":"issued"`, `"ticket":"OPS-4242"`, `"serial":"` + c.Serial + `"`, `"principals":["root"]`,
 		`"outcome":"denied"`, `"identity":"bob@example.com"`, "principal root is not granted",
 		`"action":"revoke","outcome":"allowed"`, `"target":"serial:` + c.Serial + `"`,
@@ -193,3 +197,135 @@ func TestShippedArchiveUnit(t *testing.T) {
 		t.Errorf("the unit archives to %q and verifies %q", files["archive"], files["verify"])
 	}
 }
+
+// TestAuditBaseMarkCLI: against real redis-server, `sshca audit verify` refuses a chain whose
+// oldest records were deleted and whose base mark was moved past them without the key; the
+// honest archive and verify pass; with --archive an emptied log fails; a legacy base mark is
+// refused unless vouched for, and archive signs it; without a key verify says a base is forgeable.
+func TestAuditBaseMarkCLI(t *testing.T) {
+	r := testenv.StartRedis(t)
+	ctx := context.Background()
+	keyFile := filepath.Join(t.TempDir(), "audit.key")
+	if err := writeAuditKey(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	key, err := readAuditKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	l := audit.New(rdb, audit.Options{Key: key})
+	appendN := func(l *audit.Log, from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			if err := l.Append(ctx, ca.AuditRecord{Time: time.Unix(1764064800+int64(i), 0).UTC(), Action: ca.UserCert,
+				Outcome: "issued", Identity: fmt.Sprintf("user%d@example.com", i), Serial: uint64(1000 + i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	url := "redis://" + r.Addr
+	verify := func(extra ...string) (string, error) {
+		return runCLI(t, "", append([]string{"audit", "verify", "--redis", url, "--key-file", keyFile}, extra...)...)
+	}
+	const base = "sshca:{audit}:base"
+
+	// The honest path: archive, then verify the chain alone and after the archive.
+	appendN(l, 0, 10)
+	archiveFile := filepath.Join(t.TempDir(), "audit.jsonl")
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", url, "--key-file", keyFile, "--out", archiveFile); err != nil ||
+		!strings.Contains(out, "archived 10 audit records") || !strings.Contains(out, "goes on from record 10") {
+		t.Fatalf("archive: %v\n%s", err, out)
+	}
+	appendN(l, 10, 15)
+	if out, err := verify(); err != nil || !strings.Contains(out, "OK: 5 audit records") || strings.Contains(out, "WARNING") {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
+	if out, err := verify("--archive", archiveFile); err != nil || !strings.Contains(out, "OK: 10 audit records, chain intact, keyed (HMAC-SHA256), records 1 to 10") ||
+		!strings.Contains(out, "OK: 5 audit records") || !strings.Contains(out, "goes on from the archive's last record 10") || strings.Contains(out, "WARNING") {
+		t.Fatalf("verify with the archive: %v\n%s", err, out)
+	}
+	signed, _ := rdb.Get(ctx, base).Result()
+
+	// The attack: the two oldest records deleted, the base moved to the second of them.
+	msgs, _ := rdb.XRange(ctx, "sshca:{audit}:log", "-", "+").Result()
+	rdb.XDel(ctx, "sshca:{audit}:log", msgs[0].ID, msgs[1].ID)
+	moved := msgs[1].Values["seq"].(string) + " " + msgs[1].Values["mac"].(string)
+	for _, tt := range []struct{ base, want string }{
+		{moved, "old unsigned form"},
+		{moved + " " + strings.Repeat("ab", 32), "the base mark of the chain is not signed with the audit key: records before it may have been removed"},
+	} {
+		rdb.Set(ctx, base, tt.base, 0)
+		if out, err := verify(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("base %q: verify = %v\n%s", tt.base, err, out)
+		}
+		if out, err := verify("--archive", archiveFile); err == nil {
+			t.Errorf("base %q: verify --archive passed\n%s", tt.base, out)
+		}
+		if strings.Contains(fmt.Sprint(err), hexKey(key)) {
+			t.Error("the audit key is in an error")
+		}
+	}
+
+	// The whole log truncated: alone it looks new; the archive shows otherwise.
+	rdb.Del(ctx, "sshca:{audit}:log", "sshca:{audit}:head", base)
+	if out, err := verify(); err != nil {
+		t.Fatalf("pinned: an emptied log verifies alone: %v\n%s", err, out)
+	}
+	if out, err := verify("--archive", archiveFile); err == nil || !strings.Contains(err.Error(), "the log was emptied or lost") {
+		t.Fatalf("an emptied log after an archive: %v\n%s", err, out)
+	}
+
+	// A legacy base mark, as archives wrote before base marks were signed.
+	rdb.FlushAll(ctx)
+	l = audit.New(rdb, audit.Options{Key: key})
+	appendN(l, 0, 10)
+	legacyFile := filepath.Join(t.TempDir(), "legacy.jsonl")
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", url, "--key-file", keyFile, "--out", legacyFile); err != nil {
+		t.Fatalf("archive: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(legacyFile)
+	lines := strings.SplitAfter(string(b), "\n")
+	if err := os.WriteFile(legacyFile, []byte(strings.Join(lines[:10], "")), 0o600); err != nil { // without its base line
+		t.Fatal(err)
+	}
+	signed, _ = rdb.Get(ctx, base).Result()
+	f := strings.Fields(signed)
+	rdb.Set(ctx, base, f[0]+" "+f[1], 0)
+	appendN(l, 10, 12)
+	if out, err := verify(); err == nil || !strings.Contains(err.Error(), "--accept-legacy-base") {
+		t.Fatalf("a legacy base verified: %v\n%s", err, out)
+	}
+	if out, err := verify("--accept-legacy-base"); err != nil || !strings.Contains(out, "WARNING: the base mark (record 10) is of the old unsigned form") {
+		t.Fatalf("verify --accept-legacy-base: %v\n%s", err, out)
+	}
+	if out, err := verify("--archive", legacyFile); err != nil || !strings.Contains(out, "WARNING: the archive does not end with a signed base mark") {
+		t.Fatalf("verify after the archive that ends at the legacy base: %v\n%s", err, out)
+	}
+	// Archive into the file that ends at it signs it.
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", url, "--key-file", keyFile, "--out", legacyFile); err != nil || !strings.Contains(out, "archived 2 audit records") {
+		t.Fatalf("archive after a legacy base: %v\n%s", err, out)
+	}
+	if out, err := verify("--archive", legacyFile); err != nil || strings.Contains(out, "WARNING") {
+		t.Fatalf("verify after signing: %v\n%s", err, out)
+	}
+
+	// Without a key: the base mark is forgeable, and verify says so.
+	unkeyed := "redis://" + r.Addr + "/1"
+	rdb1 := redis.NewClient(&redis.Options{Addr: r.Addr, DB: 1})
+	defer rdb1.Close()
+	appendN(audit.New(rdb1, audit.Options{}), 0, 3)
+	plainFile := filepath.Join(t.TempDir(), "plain.jsonl")
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", unkeyed, "--out", plainFile); err != nil {
+		t.Fatalf("archive: %v\n%s", err, out)
+	}
+	for _, args := range [][]string{{"--redis", unkeyed}, {"--archive", plainFile}, {"--redis", unkeyed, "--archive", plainFile}} {
+		if out, err := runCLI(t, "", append([]string{"audit", "verify"}, args...)...); err != nil ||
+			!strings.Contains(out, "WARNING: without the audit key the chain and its base mark are plain SHA-256") {
+			t.Errorf("verify %v: %v\n%s", args, err, out)
+		}
+	}
+}
+
+func hexKey(key []byte) string { return fmt.Sprintf("%x", key) }
