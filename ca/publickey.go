@@ -186,26 +186,63 @@ func weakKey(key ssh.PublicKey) string {
 	return ""
 }
 
-// weakEd25519 decodes the point once (SetBytes) and checks that it is canonically encoded and
-// not of small order. Ed25519 verification (RFC 8032, and OpenSSH's supercop ref10) accepts
-// S = 0 and R = A's small-order multiple for such a key, for every message.
+// weakEd25519 checks that the point is canonically encoded, decodes it once (SetBytes: one
+// square root, the only costly step), and checks that it is not of small order. Ed25519
+// verification (RFC 8032, Go's crypto/ed25519, OpenSSH's supercop ref10) accepts R = the
+// identity and S = 0 for every message under a small-order key.
 func weakEd25519(pk ed25519.PublicKey) string {
 	if len(pk) != ed25519.PublicKeySize {
 		return "Ed25519 key is not 32 bytes"
+	}
+	if !canonicalEd25519(pk) {
+		return "Ed25519 point is not canonically encoded: send the key as ssh-keygen made it"
 	}
 	p, err := new(edwards25519.Point).SetBytes(pk)
 	if err != nil {
 		return "Ed25519 key is not a point on the curve"
 	}
-	// SetBytes accepts y >= p and x = 0 with the sign bit set; only the canonical encoding
-	// re-encodes to the same bytes.
-	if !bytes.Equal(p.Bytes(), pk) {
-		return "Ed25519 point is not canonically encoded: send the key as ssh-keygen made it"
-	}
 	if p.MultByCofactor(p).Equal(edwards25519.NewIdentityPoint()) == 1 {
 		return "Ed25519 point is of small order: anyone can sign for it"
 	}
 	return ""
+}
+
+// canonicalEd25519 reports whether b is the one encoding RFC 8032 5.1.2 gives its point,
+// without decoding it. SetBytes also accepts the two other forms: y >= p = 2^255-19 (the 19
+// values p..2^255-1), and x = 0 (y = 1 or y = p-1) with the sign bit set. Re-encoding the
+// decoded point would find the same, at the cost of a field inversion;
+// TestCanonicalEd25519MatchesReencoding checks that the two agree.
+func canonicalEd25519(b []byte) bool {
+	sign := b[31] >> 7
+	top := b[31] & 0x7f
+	middleAllFF := true
+	for _, c := range b[1:31] {
+		if c != 0xff {
+			middleAllFF = false
+			break
+		}
+	}
+	if top == 0x7f && middleAllFF && b[0] >= 0xed {
+		return false // y >= p
+	}
+	if sign == 1 {
+		if top == 0x7f && middleAllFF && b[0] == 0xec {
+			return false // y = p-1, x = 0
+		}
+		if top == 0 && b[0] == 1 && allZero(b[1:31]) {
+			return false // y = 1, x = 0
+		}
+	}
+	return true
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // smallPrimesProduct is the product of all primes below 2^16 (6542 primes, about 94,000 bits),

@@ -356,6 +356,87 @@ func TestSmallOrderPointsAreTheTorsionSubgroup(t *testing.T) {
 	}
 }
 
+// ed25519Verdict checks ParsePublicKey on one 32-byte point against the reference: decode
+// with SetBytes, re-encode and compare, multiply by the cofactor.
+func ed25519Verdict(t *testing.T, b []byte) {
+	t.Helper()
+	_, err := ca.ParsePublicKey(edLine(b))
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	p, derr := new(edwards25519.Point).SetBytes(b)
+	switch {
+	case derr != nil:
+		if err == nil {
+			t.Fatalf("%x does not decode but is accepted", b)
+		}
+	case hex.EncodeToString(p.Bytes()) != hex.EncodeToString(b):
+		if !strings.Contains(msg, "not canonically encoded") {
+			t.Fatalf("%x is not canonical (re-encodes as %x); ParsePublicKey: %v", b, p.Bytes(), err)
+		}
+	case new(edwards25519.Point).MultByCofactor(p).Equal(edwards25519.NewIdentityPoint()) == 1:
+		if !strings.Contains(msg, "small order") {
+			t.Fatalf("%x is of small order; ParsePublicKey: %v", b, err)
+		}
+	default:
+		if err != nil {
+			t.Fatalf("%x is a canonical point of large order; ParsePublicKey: %v", b, err)
+		}
+	}
+}
+
+// ed25519EdgeEncodings are every encoding with y >= p, y in {0, 1, p-1} and the small-order
+// points, each with and without the sign bit.
+func ed25519EdgeEncodings(t testing.TB) [][]byte {
+	var out [][]byte
+	add := func(b []byte) {
+		for _, sign := range []byte{0, 0x80} {
+			c := append([]byte(nil), b...)
+			c[31] = c[31]&0x7f | sign
+			out = append(out, c)
+		}
+	}
+	for k := 0; k < 19; k++ { // y = p+k, little-endian: (0xed+k) ff..ff 7f
+		b := make([]byte, 32)
+		for i := range b {
+			b[i] = 0xff
+		}
+		b[0], b[31] = byte(0xed+k), 0x7f
+		add(b)
+	}
+	for _, h := range append([]string{undecodable, "0300000000000000000000000000000000000000000000000000000000000000"}, smallOrderPoints...) {
+		add(unhex(t, h))
+	}
+	return out
+}
+
+// TestCanonicalEd25519MatchesReencoding: the byte-level canonical check (no field inversion)
+// agrees with decoding and re-encoding on every edge encoding and on random ones.
+func TestCanonicalEd25519MatchesReencoding(t *testing.T) {
+	for _, b := range ed25519EdgeEncodings(t) {
+		ed25519Verdict(t, b)
+	}
+	b := make([]byte, 32)
+	for range 3000 {
+		_, _ = rand.Read(b)
+		ed25519Verdict(t, b)
+	}
+}
+
+// FuzzEd25519Point: for any 32 bytes, ParsePublicKey decides as the reference does.
+func FuzzEd25519Point(f *testing.F) {
+	for _, b := range ed25519EdgeEncodings(f) {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) != 32 {
+			return
+		}
+		ed25519Verdict(t, b)
+	})
+}
+
 // TestEd25519ConstantSignatureVerifies is why the identity point is refused: one signature
 // (R = identity, S = 0) verifies for any message under Go's verifier too.
 func TestEd25519ConstantSignatureVerifies(t *testing.T) {
