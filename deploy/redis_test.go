@@ -83,7 +83,7 @@ type workload struct {
 	acked    acked
 }
 
-func newWorkload(t *testing.T, addr string) *workload {
+func newWorkload(t testing.TB, addr string) *workload {
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
