@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -102,16 +106,24 @@ func runDev(ctx context.Context, o devOptions) error {
 		return fmt.Errorf("dev: listen: %w", err)
 	}
 	base := "http://" + l.Addr().String()
-	issuerURL := base + "/dev/oidc"
-	iss, err := devissuer.New(issuerURL, devissuer.Options{Audience: devAudience})
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	secret, secretPath, err := writeDevSecret(o.state)
 	if err != nil {
+		l.Close()
+		return fmt.Errorf("dev: secret: %w", err)
+	}
+	defer os.Remove(secretPath)
+	issuerURL := base + "/dev/oidc"
+	iss, err := devissuer.New(issuerURL, devissuer.Options{Audience: devAudience, Secret: secret})
+	if err != nil {
+		l.Close()
 		return fmt.Errorf("dev: issuer: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/dev/oidc/", http.StripPrefix("/dev/oidc", iss.Handler()))
 	mux.Handle("POST /dev/token", iss.TokenHandler())
 	mux.Handle("POST /dev/device/approve", iss.ApproveHandler())
-	srv := newHTTPServer(mux, o.log)
+	srv := newHTTPServer(loopbackHostOnly(mux, port), o.log)
 	errc := make(chan error, 1)
 	go func() { errc <- serveUntilDone(ctx, srv, l, "", "") }()
 
@@ -141,17 +153,72 @@ func runDev(ctx context.Context, o devOptions) error {
 		return err
 	}
 	mux.Handle("/", api)
-	printDevBanner(o.out, base, issuerURL, o.state, mr.Addr())
+	printDevBanner(o.out, base, issuerURL, o.state, mr.Addr(), secretPath)
 	if o.ready != nil {
 		o.ready <- base
 	}
 	return <-errc
 }
 
-func printDevBanner(w io.Writer, base, issuer, state, redisAddr string) {
-	r := strings.NewReplacer("$BASE", base, "$ISSUER", issuer, "$STATE", state, "$AUD", devAudience, "$REDIS", redisAddr)
+// devSecretFile is the name, in the state directory, of the file holding the secret that
+// /dev/token and /dev/device/approve require.
+const devSecretFile = "dev.secret"
+
+// writeDevSecret makes this run's secret and writes it, mode 0600, into the state directory,
+// where `sshca dev token` on this machine reads it. A new file replaces any earlier one, so
+// a secret of an earlier run stops working and the mode is never inherited.
+func writeDevSecret(state string) (secret, path string, err error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", "", err
+	}
+	secret, path = hex.EncodeToString(b), filepath.Join(state, devSecretFile)
+	tmp := path + ".tmp"
+	_ = os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", "", err
+	}
+	_, err = f.WriteString(secret + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return "", "", err
+	}
+	return secret, path, nil
+}
+
+// loopbackHostOnly answers only requests addressed to this listener by a loopback name:
+// Host 127.0.0.1:port, [::1]:port or localhost:port. Listening on loopback is not enough: a
+// web page the developer visits can resolve its own name to 127.0.0.1 (DNS rebinding) and
+// then read the answers, which its browser sends with the page's own Host.
+func loopbackHostOnly(h http.Handler, port string) http.Handler {
+	allowed := map[string]bool{"127.0.0.1:" + port: true, "[::1]:" + port: true, "localhost:" + port: true}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !allowed[strings.ToLower(r.Host)] {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusMisdirectedRequest)
+			fmt.Fprintf(w, "sshca dev answers only requests addressed to 127.0.0.1:%s, [::1]:%s or localhost:%s; "+
+				"this one names another host in its Host header (refused against DNS rebinding)\n", port, port, port)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func printDevBanner(w io.Writer, base, issuer, state, redisAddr, secretPath string) {
+	r := strings.NewReplacer("$BASE", base, "$ISSUER", issuer, "$STATE", state, "$AUD", devAudience, "$REDIS", redisAddr,
+		"$SECRET", secretPath, "$HEADER", devissuer.SecretHeader)
 	fmt.Fprint(w, r.Replace(`sshca dev is serving on $BASE
   OIDC issuer  $ISSUER   (audience "$AUD", ES256; discovery at $ISSUER/.well-known/openid-configuration)
+  Dev secret   $SECRET (mode 0600, new each run): /dev/token and /dev/device/approve want it
+               in a $HEADER header; sshca dev token reads it from there
   CA keys      $STATE/user_ca.pem, $STATE/host_ca.pem (kept across restarts)
   Redis        in-process at $REDIS; nothing is persisted
   Audit log    every decision, chained: sshca audit verify --redis redis://$REDIS --key-file $STATE/audit.key --print
@@ -161,7 +228,7 @@ Trust the CA (hosts: sshd_config "TrustedUserCAKeys /etc/ssh/sshca_user_ca.pub";
   curl -s $BASE/v1/ca/known_hosts >> ~/.ssh/known_hosts
 
 Get a development token and a 10-minute certificate for ~/.ssh/id_ed25519.pub, then use it:
-  export SSHCA_TOKEN=$(sshca dev token --server $BASE --sub alice --email alice@example.com)
+  export SSHCA_TOKEN=$(sshca dev token --server $BASE --state $STATE --sub alice --email alice@example.com)
   sshca cert user --server $BASE --key ~/.ssh/id_ed25519.pub
   ssh-keygen -L -f ~/.ssh/id_ed25519-cert.pub
   ssh -i ~/.ssh/id_ed25519 alice@your-host
@@ -171,13 +238,13 @@ Press Ctrl-C to stop.
 }
 
 func newDevTokenCommand() *cobra.Command {
-	var server string
+	var server, state string
 	claims := map[string]*string{}
 	var groups []string
 	var mfa bool
 	cmd := &cobra.Command{
-		Use:   "token --server URL --sub NAME [--email E] [--groups G,...]",
-		Short: "Mint a token from a running `sshca dev` issuer (prints it)",
+		Use:   "token --server URL --sub NAME [--email E] [--groups G,...] [--state DIR]",
+		Short: "Mint a token from a running `sshca dev` issuer (prints it); reads the dev secret from its state directory",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			body := map[string]any{}
@@ -199,17 +266,20 @@ func newDevTokenCommand() *cobra.Command {
 				body["amr"] = []string{"pwd", "mfa"}
 				body["auth_time"] = time.Now().Unix()
 			}
-			var reply struct {
-				IDToken string `json:"id_token"`
-			}
-			if err := postJSON(cmd.Context(), strings.TrimRight(server, "/")+"/dev/token", "", body, &reply); err != nil {
+			secret, err := readDevSecret(state)
+			if err != nil {
 				return err
 			}
-			_, err := fmt.Fprintln(cmd.OutOrStdout(), reply.IDToken)
+			tok, err := mintDevToken(cmd.Context(), strings.TrimRight(server, "/")+"/dev/token", secret, body)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), tok)
 			return err
 		},
 	}
 	cmd.Flags().StringVar(&server, "server", "http://127.0.0.1:8080", "URL of `sshca dev`")
+	cmd.Flags().StringVar(&state, "state", defaultStateDir(), "state directory of `sshca dev` (holds "+devSecretFile+")")
 	for _, c := range []string{"sub", "email", "preferred_username"} {
 		claims[c] = new(string)
 		cmd.Flags().StringVar(claims[c], strings.ReplaceAll(c, "_", "-"), "", "the "+c+" claim")
@@ -217,4 +287,52 @@ func newDevTokenCommand() *cobra.Command {
 	cmd.Flags().StringSliceVar(&groups, "groups", nil, "the groups claim")
 	cmd.Flags().BoolVar(&mfa, "mfa", false, "claim a second factor (amr mfa) and a sign-in now (auth_time)")
 	return cmd
+}
+
+// readDevSecret reads the secret a running `sshca dev` wrote into its state directory.
+func readDevSecret(state string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(state, devSecretFile))
+	if err != nil {
+		return "", fmt.Errorf("dev secret: %w (is sshca dev running with --state %s?)", err, state)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// mintDevToken posts the claims to /dev/token with the dev secret and returns the ID token.
+func mintDevToken(ctx context.Context, url, secret string, claims map[string]any) (string, error) {
+	b, err := json.Marshal(claims)
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(devissuer.SecretHeader, secret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("server unreachable: %w", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return "", fmt.Errorf("read answer: %w", err)
+	}
+	var reply struct {
+		IDToken string `json:"id_token"`
+		Error   string `json:"error"`
+	}
+	_ = json.Unmarshal(data, &reply)
+	switch {
+	case resp.StatusCode != http.StatusOK && reply.Error != "":
+		return "", fmt.Errorf("%s (HTTP %d)", reply.Error, resp.StatusCode)
+	case resp.StatusCode != http.StatusOK:
+		return "", fmt.Errorf("HTTP %d from %s: %s", resp.StatusCode, url, strings.TrimSpace(string(data)))
+	case reply.IDToken == "":
+		return "", fmt.Errorf("no id_token in the answer from %s", url)
+	}
+	return reply.IDToken, nil
 }

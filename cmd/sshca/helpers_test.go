@@ -59,13 +59,14 @@ func startDevBanner(t *testing.T) (base, state, banner string) {
 		cancel()
 		<-errc
 	})
+	devSecrets.Store(base, readDevSecretT(t, state))
 	return base, state, out.String() // written before ready
 }
 
 // devToken mints a token from the dev issuer with the given claims.
 func devToken(t *testing.T, base string, claims map[string]any) string {
 	t.Helper()
-	code, body := call(t, http.MethodPost, base+"/dev/token", "", claims)
+	code, body := devCall(t, http.MethodPost, base+"/dev/token", claims)
 	if code != http.StatusOK {
 		t.Fatalf("POST /dev/token = %d %s", code, body)
 	}

@@ -69,7 +69,7 @@ func login(t *testing.T, base string, f loginFlags, approve func(code string)) (
 
 func approveAs(t *testing.T, base string, claims map[string]any) func(string) {
 	return func(code string) {
-		if c, out := call(t, http.MethodPost, base+"/dev/device/approve", "", map[string]any{"user_code": code, "claims": claims}); c != 200 {
+		if c, out := devCall(t, http.MethodPost, base+"/dev/device/approve", map[string]any{"user_code": code, "claims": claims}); c != 200 {
 			t.Errorf("approve: %d %s", c, out)
 		}
 	}
@@ -137,7 +137,7 @@ func TestLoginEndToEnd(t *testing.T) {
 
 	// Denied consent, an expired code, no agent, an unreachable server: a clear message each.
 	_, err = login(t, base, loginFlags{}, func(code string) {
-		call(t, http.MethodPost, base+"/dev/device/approve", "", map[string]any{"user_code": code, "deny": true})
+		devCall(t, http.MethodPost, base+"/dev/device/approve", map[string]any{"user_code": code, "deny": true})
 	})
 	if err == nil || !strings.Contains(err.Error(), "sign-in was denied") {
 		t.Errorf("denied: %v", err)
@@ -176,9 +176,11 @@ func TestLoginBrowser(t *testing.T) {
 				t.Error(err)
 				return
 			}
+			page, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			u, _ := url.Parse(authURL)
 			form := u.Query()
+			form.Set("dev_secret", hiddenField(string(page), "dev_secret")) // as a browser posts the page's form
 			form.Set("sub", "alice")
 			form.Set("email", "alice@example.com")
 			resp, err = http.PostForm(u.Scheme+"://"+u.Host+u.Path, form) // follows the redirect to the CLI

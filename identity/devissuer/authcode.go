@@ -29,6 +29,7 @@ var signInPage = template.Must(template.New("signin").Parse(`<!doctype html>
 <p>Development only: you become whoever you type.</p>
 <form method="post" action="authorize">
 {{range $k, $v := .Params}}<input type="hidden" name="{{$k}}" value="{{$v}}">
+{{end}}{{with .Secret}}<input type="hidden" name="dev_secret" value="{{.}}">
 {{end}}<label>sub <input name="sub" value="alice"></label>
 <label>email <input name="email" value="alice@example.com"></label>
 <label>groups (comma separated) <input name="groups" value=""></label>
@@ -61,7 +62,14 @@ func (i *Issuer) authorize(w http.ResponseWriter, r *http.Request) {
 			params[k] = q.Get(k)
 		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_ = signInPage.Execute(w, map[string]any{"Params": params})
+		// The page carries the secret, as a form carries a CSRF token: only a reader of this
+		// answer can post the form, and a page of another origin cannot read it.
+		w.Header().Set("Cache-Control", "no-store")
+		_ = signInPage.Execute(w, map[string]any{"Params": params, "Secret": i.opt.Secret})
+		return
+	}
+	if !i.hasSecret(r.PostForm.Get(secretField)) {
+		http.Error(w, "the sign-in form lacks the dev secret: open the sign-in page again and submit it from there", http.StatusUnauthorized)
 		return
 	}
 	sub := strings.TrimSpace(q.Get("sub"))

@@ -141,9 +141,10 @@ func (i *Issuer) decide(code, state string, claims map[string]any) bool {
 }
 
 // ApproveHandler answers POST {"user_code": "...", "claims": {...}} (approve) or
-// {"user_code": "...", "deny": true}.
+// {"user_code": "...", "deny": true}. With Options.Secret, only requests that carry it in
+// SecretHeader.
 func (i *Issuer) ApproveHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return i.requireSecret(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			UserCode string         `json:"user_code"`
 			Claims   map[string]any `json:"claims"`
@@ -170,5 +171,5 @@ func (i *Issuer) ApproveHandler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "done"})
-	})
+	}))
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -28,6 +29,38 @@ type Options struct {
 	Algorithm string           // "ES256" (default) or "RS256"
 	TTL       time.Duration    // token lifetime, default 10m
 	Now       func() time.Time // default time.Now
+	// Secret, when set, is required by everything that mints a token or approves a sign-in:
+	// TokenHandler and ApproveHandler want it in the SecretHeader header, the sign-in form
+	// (POST /authorize) in its dev_secret field, which the sign-in page (GET /authorize)
+	// carries. Discovery, the JWKS and the OAuth token endpoint stay open: they hand out
+	// nothing that a device code or a PKCE verifier does not already protect.
+	Secret string
+}
+
+// SecretHeader is the request header that carries Options.Secret.
+const SecretHeader = "X-Sshca-Dev-Secret"
+
+// secretField is the sign-in form's field that carries Options.Secret.
+const secretField = "dev_secret"
+
+// hasSecret says whether a request presents the secret (always true without one).
+func (i *Issuer) hasSecret(presented string) bool {
+	if i.opt.Secret == "" {
+		return true
+	}
+	return subtle.ConstantTimeCompare([]byte(presented), []byte(i.opt.Secret)) == 1
+}
+
+// requireSecret refuses a request without the secret in SecretHeader.
+func (i *Issuer) requireSecret(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !i.hasSecret(r.Header.Get(SecretHeader)) {
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong " + SecretHeader +
+				" header: send the secret that sshca dev wrote to its state directory (its banner names the file; sshca dev token reads it)"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Issuer mints ID tokens and publishes the key that verifies them.
@@ -156,9 +189,9 @@ func (i *Issuer) Handler() http.Handler {
 }
 
 // TokenHandler answers POST requests whose body is the claims to mint with
-// {"id_token": "..."}.
+// {"id_token": "..."}. With Options.Secret, only requests that carry it in SecretHeader.
 func (i *Issuer) TokenHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return i.requireSecret(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10+1))
 		if err != nil || len(body) > 64<<10 {
 			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": "claims over 64 KiB"})
@@ -177,7 +210,7 @@ func (i *Issuer) TokenHandler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"id_token": tok})
-	})
+	}))
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
