@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -82,12 +83,42 @@ type PolicyRequest struct {
 	Target string `json:"target,omitempty"`
 }
 
-// PolicyInput is the whole document a Policy decides on (DESIGN.md, policy contract).
+// PolicyInput is the whole document a Policy decides on (DESIGN.md, "Policy contract"). It is
+// the one definition of that document: its JSON form (MarshalJSON) is what every policy sees,
+// whether the server builds it (policies' fast builder is tested equal to it) or `sshca policy
+// eval` reads it from a file. Shape: {"kind", "identity": {...}, "request": {...}, "now"}.
 type PolicyInput struct {
 	Kind     CertKind      `json:"kind"`
 	Identity Identity      `json:"identity"`
 	Request  PolicyRequest `json:"request"`
 	Now      string        `json:"now"`
+}
+
+// MarshalJSON writes the input document. Lists and claims that are nil are written as [] and
+// {}, never null: a policy can count and iterate them whoever built the input.
+func (in PolicyInput) MarshalJSON() ([]byte, error) {
+	type document PolicyInput // the same fields, without this method
+	in.Identity.Groups = nonNil(in.Identity.Groups)
+	in.Identity.AMR = nonNil(in.Identity.AMR)
+	if in.Identity.Claims == nil {
+		in.Identity.Claims = map[string]any{}
+	}
+	in.Request.Principals = nonNil(in.Request.Principals)
+	return json.Marshal(document(in))
+}
+
+// PolicyDecision is the decision document a policy returns (data.sshca.decision; DESIGN.md,
+// "Policy contract"): {"allow", "reasons", "principals", "ttl_seconds", "extensions",
+// "critical_options", "ticket"}. Its JSON keys are the contract; policies reads decisions by
+// them and turns them into a Decision.
+type PolicyDecision struct {
+	Allow           bool              `json:"allow"`
+	Reasons         []string          `json:"reasons"`
+	Principals      []string          `json:"principals"`
+	TTLSeconds      int64             `json:"ttl_seconds"`
+	Extensions      map[string]string `json:"extensions"`
+	CriticalOptions map[string]string `json:"critical_options"`
+	Ticket          string            `json:"ticket"`
 }
 
 // Decision is what a Policy grants. The Authority never issues more than the decision grants,

@@ -5,6 +5,7 @@
 package policies
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"embed"
@@ -13,11 +14,15 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path"
+	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
@@ -184,7 +189,11 @@ func (e *Engine) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, er
 	if err := ctx.Err(); err != nil {
 		return ca.Decision{}, fmt.Errorf("policies: eval: %w", err)
 	}
-	v, err := e.compiled.eval(ctx, inputValue(in))
+	input := inputValue(in)
+	if input == nil {
+		return ca.Decision{}, errNoInput
+	}
+	v, err := e.compiled.eval(ctx, input)
 	if err != nil {
 		// The plan evaluates every rule body; topdown stops early where an answer is settled
 		// (early exit, rule indexing), so a conflict in a body topdown never reaches is an
@@ -198,9 +207,16 @@ func (e *Engine) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, er
 	return e.finish(v)
 }
 
+// errNoInput: the request has no JSON form, so no policy can be shown it.
+var errNoInput = errors.New("policies: input: the request's claims have no JSON form")
+
 // decideInterpreted evaluates in with OPA's topdown evaluator.
 func (e *Engine) decideInterpreted(ctx context.Context, in ca.PolicyInput) (ca.Decision, error) {
-	rs, err := e.query.Eval(ctx, rego.EvalParsedInput(inputValue(in)))
+	input := inputValue(in)
+	if input == nil {
+		return ca.Decision{}, errNoInput
+	}
+	rs, err := e.query.Eval(ctx, rego.EvalParsedInput(input))
 	if err != nil {
 		return ca.Decision{}, fmt.Errorf("policies: eval: %w", err)
 	}
@@ -223,8 +239,11 @@ func (e *Engine) finish(v ast.Value) (ca.Decision, error) {
 	return d, nil
 }
 
-// inputValue builds the input document (DESIGN.md, "Policy contract") as OPA values directly:
-// no JSON round trip, no conversion inside OPA.
+// inputValue is the input document (ca.PolicyInput's JSON form, DESIGN.md "Policy contract")
+// built as OPA values directly: no JSON round trip, no conversion inside OPA. It is exactly the
+// value json.Marshal(in) parses to (FuzzInputValue), keys read from the type's JSON tags
+// (inputKeys). It is nil when in has no JSON form (claims that json.Marshal refuses, such as
+// NaN): Decide then fails closed.
 func inputValue(in ca.PolicyInput) ast.Value {
 	id, r := in.Identity, in.Request
 	// The terms come from one slab: a decision's input is a few dozen of them.
@@ -233,7 +252,7 @@ func inputValue(in ca.PolicyInput) ast.Value {
 		if s == "" {
 			return emptyString
 		}
-		slab = append(slab, ast.Term{Value: ast.String(s)})
+		slab = append(slab, ast.Term{Value: ast.String(jsonString(s))})
 		return &slab[len(slab)-1]
 	}
 	list := func(ss []string) *ast.Term {
@@ -245,40 +264,136 @@ func inputValue(in ca.PolicyInput) ast.Value {
 	}
 	claims := emptyObject
 	if len(id.Claims) > 0 {
-		if v, err := ast.InterfaceToValue(id.Claims); err == nil {
-			claims = ast.NewTerm(v)
+		v, err := claimsValue(id.Claims)
+		if err != nil {
+			return nil
 		}
+		claims = ast.NewTerm(v)
 	}
+	k := &inputKeys
 	identity := ast.NewObject(
-		ast.Item(keyIssuer, str(id.Issuer)),
-		ast.Item(keySubject, str(id.Subject)),
-		ast.Item(keyEmail, str(id.Email)),
-		ast.Item(keyUsername, str(id.Username)),
-		ast.Item(keyGroups, list(id.Groups)),
-		ast.Item(keyAmr, list(id.AMR)),
-		ast.Item(keyWorkload, ast.InternedTerm(id.Workload)),
-		ast.Item(keyClaims, claims),
+		ast.Item(k.issuer, str(id.Issuer)),
+		ast.Item(k.subject, str(id.Subject)),
+		ast.Item(k.email, str(id.Email)),
+		ast.Item(k.username, str(id.Username)),
+		ast.Item(k.groups, list(id.Groups)),
+		ast.Item(k.amr, list(id.AMR)),
+		ast.Item(k.workload, ast.InternedTerm(id.Workload)),
+		ast.Item(k.claims, claims),
 	)
+	// omitempty in ca.Identity and ca.PolicyRequest: absent when zero, as in the JSON.
 	if id.ACR != "" {
-		identity.Insert(keyAcr, str(id.ACR))
+		identity.Insert(k.acr, str(id.ACR))
 	}
 	if id.AuthTime != 0 {
-		identity.Insert(keyAuthTime, ast.IntNumberTerm(int(id.AuthTime)))
+		identity.Insert(k.authTime, ast.IntNumberTerm(int(id.AuthTime)))
 	}
 	request := ast.NewObject(
-		ast.Item(keyPrincipals, list(r.Principals)),
-		ast.Item(keyTTLSeconds, ast.IntNumberTerm(int(r.TTLSeconds))),
-		ast.Item(keyKeyType, str(r.KeyType)),
-		ast.Item(keyKeyFingerprint, str(r.KeyFingerprint)),
-		ast.Item(keySourceIP, str(r.SourceIP)),
-		ast.Item(keyReason, str(r.Reason)),
+		ast.Item(k.principals, list(r.Principals)),
+		ast.Item(k.ttlSeconds, ast.IntNumberTerm(int(r.TTLSeconds))),
+		ast.Item(k.keyType, str(r.KeyType)),
+		ast.Item(k.keyFingerprint, str(r.KeyFingerprint)),
+		ast.Item(k.sourceIP, str(r.SourceIP)),
+		ast.Item(k.reason, str(r.Reason)),
 	)
+	if r.Target != "" {
+		request.Insert(k.target, str(r.Target))
+	}
 	return ast.NewObject(
-		ast.Item(keyKind, str(string(in.Kind))),
-		ast.Item(keyIdentity, ast.NewTerm(identity)),
-		ast.Item(keyRequest, ast.NewTerm(request)),
-		ast.Item(keyNow, str(in.Now)),
+		ast.Item(k.kind, str(string(in.Kind))),
+		ast.Item(k.identity, ast.NewTerm(identity)),
+		ast.Item(k.request, ast.NewTerm(request)),
+		ast.Item(k.now, str(in.Now)),
 	)
+}
+
+// jsonString is s as encoding/json writes it: each byte that is not part of valid UTF-8
+// becomes U+FFFD.
+func jsonString(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 {
+			b.WriteString("\uFFFD")
+		} else {
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
+
+// claimsValue is the claims object as its JSON parses. Claims decoded from a token (strings,
+// float64, bool, nil, []any, map[string]any) are converted directly; anything else goes
+// through json.Marshal, so the policy sees what the JSON form holds.
+func claimsValue(claims map[string]any) (ast.Value, error) {
+	if t, ok := claimTerm(claims); ok {
+		return t.Value, nil
+	}
+	b, err := json.Marshal(claims)
+	if err != nil {
+		return nil, fmt.Errorf("policies: input: claims: %w", err)
+	}
+	return ast.ValueFromReader(bytes.NewReader(b))
+}
+
+// claimTerm converts the JSON-decoded value v, or reports false when v holds anything else.
+func claimTerm(v any) (*ast.Term, bool) {
+	switch x := v.(type) {
+	case nil:
+		return ast.InternedNullTerm, true
+	case bool:
+		return ast.InternedTerm(x), true
+	case string:
+		return ast.StringTerm(jsonString(x)), true
+	case float64:
+		s, ok := jsonFloat(x)
+		return ast.NumberTerm(json.Number(s)), ok
+	case []any:
+		terms := make([]*ast.Term, len(x))
+		for i, e := range x {
+			t, ok := claimTerm(e)
+			if !ok {
+				return nil, false
+			}
+			terms[i] = t
+		}
+		return ast.ArrayTerm(terms...), true
+	case map[string]any:
+		obj := ast.NewObjectWithCapacity(len(x))
+		for k, e := range x {
+			t, ok := claimTerm(e)
+			if !ok || !utf8.ValidString(k) {
+				return nil, false
+			}
+			obj.Insert(ast.StringTerm(k), t)
+		}
+		return ast.NewTerm(obj), true
+	}
+	return nil, false
+}
+
+// jsonFloat formats f as encoding/json does (ES6 number formatting), false for NaN and ±Inf.
+func jsonFloat(f float64) (string, bool) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return "", false
+	}
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b := strconv.AppendFloat(nil, f, format, -1, 64)
+	if format == 'e' {
+		// e-09 becomes e-9, as encoding/json writes it.
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return string(b), true
 }
 
 // Shared, never modified: neither evaluator writes to the input.
@@ -287,101 +402,125 @@ var (
 	emptyObject = ast.NewTerm(ast.NewObject())
 )
 
-// The input document's keys, made once.
-var (
-	keyIssuer         = ast.StringTerm("issuer")
-	keySubject        = ast.StringTerm("subject")
-	keyEmail          = ast.StringTerm("email")
-	keyUsername       = ast.StringTerm("username")
-	keyGroups         = ast.StringTerm("groups")
-	keyAmr            = ast.StringTerm("amr")
-	keyWorkload       = ast.StringTerm("workload")
-	keyClaims         = ast.StringTerm("claims")
-	keyAcr            = ast.StringTerm("acr")
-	keyAuthTime       = ast.StringTerm("auth_time")
-	keyPrincipals     = ast.StringTerm("principals")
-	keyTTLSeconds     = ast.StringTerm("ttl_seconds")
-	keyKeyType        = ast.StringTerm("keyType")
-	keyKeyFingerprint = ast.StringTerm("keyFingerprint")
-	keySourceIP       = ast.StringTerm("source_ip")
-	keyReason         = ast.StringTerm("reason")
-	keyKind           = ast.StringTerm("kind")
-	keyIdentity       = ast.StringTerm("identity")
-	keyRequest        = ast.StringTerm("request")
-	keyNow            = ast.StringTerm("now")
-)
+// inputKeys are the input document's keys, read once from the JSON tags of ca.PolicyInput,
+// ca.Identity and ca.PolicyRequest: the type is their one definition. A field named here that
+// the type lacks, or that has no JSON name, stops the package from loading.
+var inputKeys = struct {
+	kind, identity, request, now                                                   *ast.Term
+	issuer, subject, email, username, groups, amr, acr, authTime, workload, claims *ast.Term
+	principals, ttlSeconds, keyType, keyFingerprint, sourceIP, reason, target      *ast.Term
+}{
+	kind: key[ca.PolicyInput]("Kind"), identity: key[ca.PolicyInput]("Identity"),
+	request: key[ca.PolicyInput]("Request"), now: key[ca.PolicyInput]("Now"),
 
-// parseDecision reads the decision object. Anything malformed is an error, never a grant.
+	issuer: key[ca.Identity]("Issuer"), subject: key[ca.Identity]("Subject"), email: key[ca.Identity]("Email"),
+	username: key[ca.Identity]("Username"), groups: key[ca.Identity]("Groups"), amr: key[ca.Identity]("AMR"),
+	acr: key[ca.Identity]("ACR"), authTime: key[ca.Identity]("AuthTime"), workload: key[ca.Identity]("Workload"),
+	claims: key[ca.Identity]("Claims"),
+
+	principals: key[ca.PolicyRequest]("Principals"), ttlSeconds: key[ca.PolicyRequest]("TTLSeconds"),
+	keyType: key[ca.PolicyRequest]("KeyType"), keyFingerprint: key[ca.PolicyRequest]("KeyFingerprint"),
+	sourceIP: key[ca.PolicyRequest]("SourceIP"), reason: key[ca.PolicyRequest]("Reason"),
+	target: key[ca.PolicyRequest]("Target"),
+}
+
+// key is the JSON name of T's field as a term.
+func key[T any](field string) *ast.Term {
+	name := jsonName[T](field)
+	return ast.StringTerm(name)
+}
+
+// jsonName is the name encoding/json gives T's field; it panics when there is none.
+func jsonName[T any](field string) string {
+	t := reflect.TypeFor[T]()
+	f, ok := t.FieldByName(field)
+	name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+	if !ok || name == "" || name == "-" {
+		panic(fmt.Sprintf("policies: %s.%s has no JSON name", t, field))
+	}
+	return name
+}
+
+// parseDecision reads the decision object (ca.PolicyDecision's JSON form) by the keys of
+// decisionKeys. Anything malformed is an error, never a grant.
 func parseDecision(v ast.Value) (ca.Decision, error) {
 	m, ok := v.(ast.Object)
 	if !ok {
 		return ca.Decision{}, fmt.Errorf("policies: decision is %s, not an object", ast.ValueName(v))
 	}
+	k := &decisionKeys
 	var d ca.Decision
-	allow, ok := field(m, "allow").(ast.Boolean)
+	allow, ok := field(m, k.allow).(ast.Boolean)
 	if !ok {
-		return ca.Decision{}, errors.New("policies: decision.allow is not a boolean")
+		return ca.Decision{}, fmt.Errorf("policies: decision.%s is not a boolean", k.allow.name)
 	}
 	d.Allow = bool(allow)
 	var err error
-	if d.Reasons, err = stringsOf(m, "reasons"); err != nil {
+	if d.Reasons, err = stringsOf(m, k.reasons); err != nil {
 		return ca.Decision{}, err
 	}
-	if d.Principals, err = stringsOf(m, "principals"); err != nil {
+	if d.Principals, err = stringsOf(m, k.principals); err != nil {
 		return ca.Decision{}, err
 	}
-	if d.Extensions, err = stringMap(m, "extensions"); err != nil {
+	if d.Extensions, err = stringMap(m, k.extensions); err != nil {
 		return ca.Decision{}, err
 	}
-	if d.CriticalOptions, err = stringMap(m, "critical_options"); err != nil {
+	if d.CriticalOptions, err = stringMap(m, k.criticalOptions); err != nil {
 		return ca.Decision{}, err
 	}
-	switch t := field(m, "ticket").(type) {
+	switch t := field(m, k.ticket).(type) {
 	case nil, ast.Null:
 	case ast.String:
 		d.Ticket = string(t)
 	default:
-		return ca.Decision{}, errors.New("policies: decision.ticket is not a string")
+		return ca.Decision{}, fmt.Errorf("policies: decision.%s is not a string", k.ticket.name)
 	}
-	if raw := field(m, "ttl_seconds"); raw != nil {
+	if raw := field(m, k.ttlSeconds); raw != nil {
 		n, ok := raw.(ast.Number)
 		if !ok {
-			return ca.Decision{}, errors.New("policies: decision.ttl_seconds is not a number")
+			return ca.Decision{}, fmt.Errorf("policies: decision.%s is not a number", k.ttlSeconds.name)
 		}
 		secs, err := json.Number(n).Int64()
 		if err != nil || secs < 0 {
-			return ca.Decision{}, fmt.Errorf("policies: decision.ttl_seconds %s is not a non-negative integer", n)
+			return ca.Decision{}, fmt.Errorf("policies: decision.%s %s is not a non-negative integer", k.ttlSeconds.name, n)
 		}
 		d.TTL = time.Duration(secs) * time.Second
 	}
 	return d, nil
 }
 
-// decisionKeys are the decision's keys as terms, made once.
-var decisionKeys = map[string]*ast.Term{}
-
-func init() {
-	for _, k := range []string{"allow", "reasons", "principals", "extensions", "critical_options", "ticket", "ttl_seconds"} {
-		decisionKeys[k] = ast.StringTerm(k)
-	}
+// decisionKey is one key of the decision document, as a term made once.
+type decisionKey struct {
+	name string
+	term *ast.Term
 }
 
-// field is m[key], or nil.
-func field(m ast.Object, key string) ast.Value {
-	k := decisionKeys[key]
-	if k == nil {
-		k = ast.StringTerm(key)
-	}
-	if t := m.Get(k); t != nil {
+func decisionKeyOf(field string) decisionKey {
+	name := jsonName[ca.PolicyDecision](field)
+	return decisionKey{name, ast.StringTerm(name)}
+}
+
+// decisionKeys are the decision's keys, read once from ca.PolicyDecision's JSON tags.
+var decisionKeys = struct {
+	allow, reasons, principals, ttlSeconds, extensions, criticalOptions, ticket decisionKey
+}{
+	allow: decisionKeyOf("Allow"), reasons: decisionKeyOf("Reasons"), principals: decisionKeyOf("Principals"),
+	ttlSeconds: decisionKeyOf("TTLSeconds"), extensions: decisionKeyOf("Extensions"),
+	criticalOptions: decisionKeyOf("CriticalOptions"), ticket: decisionKeyOf("Ticket"),
+}
+
+// field is m[k], or nil.
+func field(m ast.Object, k decisionKey) ast.Value {
+	if t := m.Get(k.term); t != nil {
 		return t.Value
 	}
 	return nil
 }
 
 // stringsOf reads a list (or set) of strings.
-func stringsOf(m ast.Object, key string) ([]string, error) {
+func stringsOf(m ast.Object, k decisionKey) ([]string, error) {
 	var elems []*ast.Term
-	switch c := field(m, key).(type) {
+	switch c := field(m, k).(type) {
 	case nil, ast.Null:
 		return nil, nil
 	case *ast.Array:
@@ -392,36 +531,36 @@ func stringsOf(m ast.Object, key string) ([]string, error) {
 	case ast.Set:
 		elems = c.Slice()
 	default:
-		return nil, fmt.Errorf("policies: decision.%s is not a list", key)
+		return nil, fmt.Errorf("policies: decision.%s is not a list", k.name)
 	}
 	out := make([]string, 0, len(elems))
 	for _, e := range elems {
 		s, ok := e.Value.(ast.String)
 		if !ok {
-			return nil, fmt.Errorf("policies: decision.%s holds a non-string", key)
+			return nil, fmt.Errorf("policies: decision.%s holds a non-string", k.name)
 		}
 		out = append(out, string(s))
 	}
 	return out, nil
 }
 
-func stringMap(m ast.Object, key string) (map[string]string, error) {
+func stringMap(m ast.Object, k decisionKey) (map[string]string, error) {
 	var obj ast.Object
-	switch c := field(m, key).(type) {
+	switch c := field(m, k).(type) {
 	case nil, ast.Null:
 		return map[string]string{}, nil
 	case ast.Object:
 		obj = c
 	default:
-		return nil, fmt.Errorf("policies: decision.%s is not an object", key)
+		return nil, fmt.Errorf("policies: decision.%s is not an object", k.name)
 	}
 	out := make(map[string]string, obj.Len())
 	var err error
-	obj.Foreach(func(k, v *ast.Term) {
-		ks, kok := k.Value.(ast.String)
+	obj.Foreach(func(key, v *ast.Term) {
+		ks, kok := key.Value.(ast.String)
 		vs, vok := v.Value.(ast.String)
 		if !kok || !vok {
-			err = fmt.Errorf("policies: decision.%s.%v is not a string", key, k)
+			err = fmt.Errorf("policies: decision.%s.%v is not a string", k.name, key)
 			return
 		}
 		out[string(ks)] = string(vs)
@@ -432,11 +571,22 @@ func stringMap(m ast.Object, key string) (map[string]string, error) {
 var errNoTests = errors.New("policies: test: no Rego tests found")
 
 // Test runs the Rego tests (*_test.rego) of the policy in dir with its data.json and returns
-// an error naming every failing test.
+// an error naming every failing test. Directories named testdata are skipped, as go skips
+// them: they hold test policies and documents, not the policy.
 func Test(ctx context.Context, dir string) error {
-	results, err := tester.Run(ctx, dir)
+	modules, store, err := tester.Load([]string{dir}, func(_ string, info fs.FileInfo, depth int) bool {
+		return depth > 0 && info.IsDir() && info.Name() == "testdata"
+	})
 	if err != nil {
 		return fmt.Errorf("policies: test: %w", err)
+	}
+	ch, err := tester.NewRunner().SetStore(store).Run(ctx, modules)
+	if err != nil {
+		return fmt.Errorf("policies: test: %w", err)
+	}
+	var results []*tester.Result
+	for r := range ch {
+		results = append(results, r)
 	}
 	var failed []string
 	for _, r := range results {

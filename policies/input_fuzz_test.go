@@ -1,0 +1,291 @@
+package policies
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// fuzzKinds are the kinds a fuzzed input draws from; a last choice takes a string from the data.
+var fuzzKinds = []ca.CertKind{ca.UserCert, ca.HostCert, ca.KindRenew, ca.KindRevoke, ca.KindAdmin}
+
+// inputCases are the table FuzzInputValue is seeded from: the golden inputs, and edges of the
+// JSON form (nil lists, omitted fields, strings that are not UTF-8, numbers json writes in
+// exponent form, nested claims).
+func inputCases() map[string]ca.PolicyInput {
+	out := map[string]ca.PolicyInput{}
+	for kind, in := range goldenInputs() {
+		out["golden-"+string(kind)] = in
+	}
+	out["zero"] = ca.PolicyInput{}
+	out["nil-lists"] = ca.PolicyInput{Kind: ca.UserCert, Identity: ca.Identity{Subject: "u"}, Request: ca.PolicyRequest{KeyType: "ssh-rsa"}}
+	out["not-utf8"] = ca.PolicyInput{Kind: "us\xffer", Identity: ca.Identity{Email: "a\xc3@x", Groups: []string{"\xff\xfe", "ok"},
+		Claims: map[string]any{"name": "b\xe2\x82"}}, Request: ca.PolicyRequest{Reason: "\xed\xa0\x80", Target: "\x80"}, Now: "\xc0\xaf"}
+	out["claims-numbers"] = ca.PolicyInput{Kind: ca.HostCert, Identity: ca.Identity{AuthTime: -1, ACR: "x", Workload: true,
+		Claims: map[string]any{"big": 1e21, "small": 1e-7, "neg": -0.0, "int": 12345678901234567890.0, "frac": 0.1,
+			"nested": map[string]any{"list": []any{nil, true, "s", 2.5, map[string]any{}}}}},
+		Request: ca.PolicyRequest{TTLSeconds: -300, Principals: []string{""}}}
+	return out
+}
+
+// fuzzBytes is the reader FuzzInputValue fills a PolicyInput from, field by field.
+type fuzzBytes struct{ b []byte }
+
+func (r *fuzzBytes) byte() byte {
+	if len(r.b) == 0 {
+		return 0
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
+
+func (r *fuzzBytes) bytes(n int) []byte {
+	n = min(n, len(r.b))
+	out := r.b[:n]
+	r.b = r.b[n:]
+	return out
+}
+
+var (
+	certKindType = reflect.TypeFor[ca.CertKind]()
+	claimsType   = reflect.TypeFor[map[string]any]()
+)
+
+// fill sets every field of v that has a JSON form from r (claims from claims), walking the
+// type: a field added to the input document is fuzzed without a change here, and one of a
+// type fill does not know fails the test.
+func fill(t testing.TB, v reflect.Value, r *fuzzBytes, claims []byte) {
+	switch {
+	case v.Type() == certKindType:
+		if i := int(r.byte()); i < len(fuzzKinds) {
+			v.SetString(string(fuzzKinds[i]))
+		} else {
+			v.SetString(string(r.bytes(int(r.byte()))))
+		}
+	case v.Type() == claimsType:
+		m := map[string]any{}
+		dec := json.NewDecoder(bytes.NewReader(claims))
+		switch r.byte() {
+		case 0:
+			return // nil
+		case 2:
+			dec.UseNumber()
+		}
+		if dec.Decode(&m) == nil {
+			v.Set(reflect.ValueOf(m))
+		}
+	case v.Kind() == reflect.Struct:
+		for i := range v.NumField() {
+			if f := v.Type().Field(i); f.IsExported() && f.Tag.Get("json") != "-" {
+				fill(t, v.Field(i), r, claims)
+			}
+		}
+	case v.Kind() == reflect.String:
+		v.SetString(string(r.bytes(int(r.byte()))))
+	case v.Kind() == reflect.Int64:
+		if r.byte() != 0 {
+			var n [8]byte
+			copy(n[:], r.bytes(8))
+			v.SetInt(int64(binary.BigEndian.Uint64(n[:])))
+		}
+	case v.Kind() == reflect.Bool:
+		v.SetBool(r.byte()&1 == 1)
+	case v.Type() == reflect.TypeFor[[]string]():
+		if n := int(r.byte()); n > 0 {
+			ss := make([]string, n-1)
+			for i := range ss {
+				ss[i] = string(r.bytes(int(r.byte())))
+			}
+			v.Set(reflect.ValueOf(ss))
+		}
+	default:
+		t.Fatalf("fill: %s is a type the fuzzer does not fill: teach fill and unfill", v.Type())
+	}
+}
+
+// unfill is fill's inverse: the bytes (and claims) that fill turns into v.
+func unfill(t testing.TB, v reflect.Value, w *bytes.Buffer, claims *[]byte) {
+	str := func(s string) {
+		if len(s) > 255 {
+			t.Fatalf("unfill: %q is longer than 255 bytes", s)
+		}
+		w.WriteByte(byte(len(s)))
+		w.WriteString(s)
+	}
+	switch {
+	case v.Type() == certKindType:
+		for i, k := range fuzzKinds {
+			if string(k) == v.String() {
+				w.WriteByte(byte(i))
+				return
+			}
+		}
+		w.WriteByte(byte(len(fuzzKinds)))
+		str(v.String())
+	case v.Type() == claimsType:
+		if v.IsNil() {
+			w.WriteByte(0)
+			return
+		}
+		w.WriteByte(1)
+		b, err := json.Marshal(v.Interface())
+		if err != nil {
+			t.Fatal(err)
+		}
+		*claims = b
+	case v.Kind() == reflect.Struct:
+		for i := range v.NumField() {
+			if f := v.Type().Field(i); f.IsExported() && f.Tag.Get("json") != "-" {
+				unfill(t, v.Field(i), w, claims)
+			}
+		}
+	case v.Kind() == reflect.String:
+		str(v.String())
+	case v.Kind() == reflect.Int64:
+		if v.Int() == 0 {
+			w.WriteByte(0)
+			return
+		}
+		w.WriteByte(1)
+		binary.Write(w, binary.BigEndian, v.Int())
+	case v.Kind() == reflect.Bool:
+		if v.Bool() {
+			w.WriteByte(1)
+		} else {
+			w.WriteByte(0)
+		}
+	case v.Type() == reflect.TypeFor[[]string]():
+		if v.IsNil() {
+			w.WriteByte(0)
+			return
+		}
+		w.WriteByte(byte(v.Len() + 1))
+		for i := range v.Len() {
+			str(v.Index(i).String())
+		}
+	default:
+		t.Fatalf("unfill: %s is a type the fuzzer does not fill: teach fill and unfill", v.Type())
+	}
+}
+
+// encodeCase is the fuzz arguments that fill turns into in.
+func encodeCase(t testing.TB, in ca.PolicyInput) (data, claims []byte) {
+	var w bytes.Buffer
+	unfill(t, reflect.ValueOf(in), &w, &claims)
+	return w.Bytes(), claims
+}
+
+// checkInputValue: inputValue(in) is the value json.Marshal(in) parses to, number and string
+// representations included, and is nil exactly when in has no JSON form.
+func checkInputValue(t *testing.T, in ca.PolicyInput) {
+	t.Helper()
+	got := inputValue(in)
+	b, err := json.Marshal(in)
+	if err != nil || got == nil {
+		if (err != nil) != (got == nil) {
+			t.Fatalf("json.Marshal error %v, inputValue %v: both or neither must refuse %#v", err, got, in)
+		}
+		return
+	}
+	want, err := ast.ValueFromReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Compare(want) != 0 {
+		t.Fatalf("inputValue differs from the JSON form:\n got %v\nwant %v", got, want)
+	}
+	seen, err := json.Marshal(ast.MustJSON(got))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(canonical(t, b), canonical(t, seen)); diff != "" {
+		t.Fatalf("inputValue writes values differently from the JSON form (-json +inputValue):\n%s", diff)
+	}
+}
+
+// TestInputValueCases runs the table FuzzInputValue is seeded from, and checks that fill and
+// unfill agree on it (so the seeds are the cases).
+func TestInputValueCases(t *testing.T) {
+	for name, in := range inputCases() {
+		t.Run(name, func(t *testing.T) {
+			checkInputValue(t, in)
+			data, claims := encodeCase(t, in)
+			var back ca.PolicyInput
+			fill(t, reflect.ValueOf(&back).Elem(), &fuzzBytes{data}, claims)
+			if diff := cmp.Diff(jsonValue(t, in).String(), jsonValue(t, back).String()); diff != "" {
+				t.Errorf("fill(unfill(case)) has another JSON form (-case +filled):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestInputValueRefusesWhatJSONRefuses: claims json.Marshal cannot write (NaN) make no input,
+// so Decide fails closed instead of showing the policy something else.
+func TestInputValueRefusesWhatJSONRefuses(t *testing.T) {
+	in := goldenInputs()[ca.UserCert]
+	in.Identity.Claims = map[string]any{"score": nan()}
+	checkInputValue(t, in)
+	if inputValue(in) != nil {
+		t.Fatal("inputValue made an input of claims json.Marshal refuses")
+	}
+	e, err := LoadFS(t.Context(), Embedded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := e.Decide(t.Context(), in); err == nil {
+		t.Fatalf("Decide on an input with no JSON form: %+v, want an error", d)
+	}
+}
+
+func nan() float64 { var z float64; return z / z }
+
+// FuzzInputValue: for inputs of every kind, with any field values and any JSON claims,
+// inputValue(in) equals the value json.Marshal(in) parses to. Seeded from inputCases; the
+// corpus under testdata/fuzz/FuzzInputValue holds the same seeds (-update writes them).
+func FuzzInputValue(f *testing.F) {
+	for _, in := range inputCases() {
+		data, claims := encodeCase(f, in)
+		f.Add(data, claims)
+	}
+	f.Fuzz(func(t *testing.T, data, claims []byte) {
+		var in ca.PolicyInput
+		fill(t, reflect.ValueOf(&in).Elem(), &fuzzBytes{data}, claims)
+		checkInputValue(t, in)
+	})
+}
+
+// TestFuzzCorpus: testdata/fuzz/FuzzInputValue holds the table's seeds (-update writes them).
+func TestFuzzCorpus(t *testing.T) {
+	dir := filepath.Join("testdata", "fuzz", "FuzzInputValue")
+	for name, in := range inputCases() {
+		data, claims := encodeCase(t, in)
+		want := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n[]byte(%q)\n", data, claims)
+		path := filepath.Join(dir, "seed-"+name)
+		if *update {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (-update writes it)", err)
+		}
+		if string(got) != want {
+			t.Errorf("%s is not the seed of case %s (-update if intended)", path, name)
+		}
+	}
+}
