@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/policies"
 )
 
@@ -82,22 +83,26 @@ func dataOpt(path string) []policies.Option {
 	return []policies.Option{policies.WithDataFile(path)}
 }
 
-func readInput(cmd *cobra.Command) (any, error) {
+// readInput reads the --input document into ca.PolicyInput, the type the server decides on,
+// so the policy is shown here what the server would show it: keys the type does not have
+// (such as keyType for key_type) are refused, not passed on for a rule to miss.
+func readInput(cmd *cobra.Command) (ca.PolicyInput, error) {
 	path, _ := cmd.Flags().GetString("input")
 	var r io.Reader = cmd.InOrStdin()
 	if path != "-" {
 		f, err := os.Open(path)
 		if err != nil {
-			return nil, err
+			return ca.PolicyInput{}, err
 		}
 		defer f.Close()
 		r = f
 	}
-	var in any
+	var in ca.PolicyInput
 	dec := json.NewDecoder(r)
 	dec.UseNumber()
+	dec.DisallowUnknownFields()
 	if err := dec.Decode(&in); err != nil {
-		return nil, fmt.Errorf("--input: not JSON: %w", err)
+		return ca.PolicyInput{}, fmt.Errorf("--input: not a policy input document (policies/README.md, \"The input document\"): %w", err)
 	}
 	return in, nil
 }
