@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sort"
@@ -51,7 +52,9 @@ type Config struct {
 	Tokens TokenLedger
 	// Audit keeps a record of every decision; with it, nothing is issued, revoked or
 	// administered unless its record is kept.
-	Audit  AuditLog
+	Audit AuditLog
+	// Faults, optional, learns of every policy fault (metrics, readiness details).
+	Faults FaultObserver
 	Limits Limits
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -70,6 +73,7 @@ type Authority struct {
 	revocations RevocationStore
 	tokens      TokenLedger
 	audit       AuditLog
+	faults      FaultObserver
 	limits      Limits
 	now         func() time.Time
 	log         *slog.Logger
@@ -100,7 +104,7 @@ func New(c Config) (*Authority, error) {
 		l.CriticalOptions = DefaultLimits.CriticalOptions
 	}
 	a := &Authority{auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
-		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, limits: l, now: c.Now, log: c.Logger}
+		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, faults: c.Faults, limits: l, now: c.Now, log: c.Logger}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -218,7 +222,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		a.log.InfoContext(ctx, "denied", "kind", req.Kind, "identity", id.Name(), "reasons", reasons, "policy", dec.Revision)
 		return Issued{}, Denied("policy denied the request", reasons...)
 	}
-	tmpl, ttl, err := a.template(req, id, dec)
+	tmpl, ttl, err := a.template(ctx, req, id, dec)
 	if err != nil {
 		return Issued{}, err
 	}
@@ -268,6 +272,9 @@ func (a *Authority) validate(req Request) error {
 	if req.TTL < 0 {
 		return Invalid("ttl must be positive")
 	}
+	if req.TTL != 0 && req.TTL.Truncate(time.Second) < MinTTL {
+		return Invalid("ttl must be at least 1m")
+	}
 	if max := a.MaxTTL(req.Kind); req.TTL > max {
 		return Invalid("ttl %s exceeds the service maximum of %s", req.TTL, max)
 	}
@@ -278,8 +285,10 @@ func (a *Authority) validate(req Request) error {
 }
 
 // template narrows the decision to what was asked and what the caps allow, and builds the
-// certificate template. A policy that grants more than that is cut down, never trusted.
-func (a *Authority) template(req Request, id Identity, dec Decision) (*ssh.Certificate, time.Duration, error) {
+// certificate template. A policy that grants more than that is cut down, never trusted; a
+// policy that grants what sshd would refuse or read differently (CheckCertificateContent) is a
+// policy fault: denied, logged at error level, counted, and nothing is signed.
+func (a *Authority) template(ctx context.Context, req Request, id Identity, dec Decision) (*ssh.Certificate, time.Duration, error) {
 	principals := dec.Principals
 	if len(req.Principals) > 0 {
 		principals = nil
@@ -293,24 +302,29 @@ func (a *Authority) template(req Request, id Identity, dec Decision) (*ssh.Certi
 	if len(principals) == 0 {
 		return nil, 0, Denied("policy denied the request", "the policy grants none of the requested principals")
 	}
-	if err := validatePrincipals(req.Kind, principals, a.limits.MaxPrincipals); err != nil {
-		// The policy produced a principal the service refuses to sign: fail closed.
-		return nil, 0, Denied("policy granted a principal the service does not accept", err.(*Error).Msg)
+	if max := a.limits.MaxPrincipals; max > 0 && len(principals) > max {
+		return nil, 0, Denied("policy granted more principals than the service signs", fmt.Sprintf("%d principals; at most %d", len(principals), max))
+	}
+	if dec.TTL <= 0 {
+		return nil, 0, Denied("policy denied the request", "the policy granted no lifetime")
 	}
 	ttl := dec.TTL
-	if req.TTL > 0 && req.TTL < ttl {
-		ttl = req.TTL
+	if rt := req.TTL.Truncate(time.Second); rt > 0 && rt < ttl {
+		ttl = rt
 	}
 	if max := a.MaxTTL(req.Kind); ttl > max {
 		ttl = max
 	}
-	if ttl <= 0 {
-		return nil, 0, Denied("policy denied the request", "the policy granted no lifetime")
-	}
-	perms := ssh.Permissions{}
-	if req.Kind == UserCert {
-		perms.Extensions = allowed(dec.Extensions, a.limits.Extensions)
-		perms.CriticalOptions = allowed(dec.CriticalOptions, a.limits.CriticalOptions)
+	// Everything the policy granted goes to the check, for host certificates too: what the
+	// allow-lists or the kind exclude is a fault, never dropped in silence.
+	perms := ssh.Permissions{Extensions: nonNilMap(dec.Extensions), CriticalOptions: nonNilMap(dec.CriticalOptions)}
+	if f := CheckCertificateContent(req.Kind, principals, ttl, perms, a.limits.Extensions, a.limits.CriticalOptions); f != nil {
+		a.log.ErrorContext(ctx, "policy fault: not signed", "field", f.Field, "value", f.Value, "why", f.Why,
+			"kind", req.Kind, "identity", id.Name(), "policy", dec.Revision)
+		if a.faults != nil {
+			a.faults.PolicyFault(*f)
+		}
+		return nil, 0, &Error{Kind: KindDenied, Msg: "the policy granted a certificate the service does not sign", Reasons: []string{f.Reason()}, Err: f}
 	}
 	keyID := id.Name()
 	if dec.Ticket != "" {
@@ -336,14 +350,13 @@ func signErr(err error) error {
 	return Unavailable("signing failed", err)
 }
 
-func allowed(granted map[string]string, allow []string) map[string]string {
-	out := map[string]string{}
-	for k, v := range granted {
-		if slices.Contains(allow, k) {
-			out[k] = v
-		}
+// nonNilMap is m, or an empty map: x/crypto/ssh marshals both the same, and the inventory
+// and tests compare with empty maps.
+func nonNilMap(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
 	}
-	return out
+	return m
 }
 
 func dedupe(ps []string) []string {
