@@ -117,6 +117,9 @@ func newEngine(ctx context.Context, modules []func(*rego.Rego), doc map[string]a
 		return nil, fmt.Errorf("compile: %w", err)
 	}
 	e := &Engine{query: pq, mode: "compiled", revision: revision}
+	if err := checkLoaded(ctx, e, doc); err != nil { // datacheck.go; topdown decides until compiled
+		return nil, err
+	}
 	if o.interpreted {
 		e.mode = "interpreted (by request)"
 		return e, nil
