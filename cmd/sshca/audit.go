@@ -114,7 +114,7 @@ func newAuditCommand() *cobra.Command {
 		if redisURL == "" {
 			return audit.New(nil, o), func() {}, key, nil
 		}
-		ropts, err := redis.ParseURL(redisURL)
+		ropts, err := parseRedisURL(redisURL) // errors never echo the URL: it may hold a password
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("--redis: %w", err)
 		}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -83,9 +82,9 @@ func newBastionAgentCommand() *cobra.Command {
 func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- *bastion.Agent) error {
 	o := bastion.Options{KRLPath: f.krlPath, UserCAPath: f.userCA, PollEvery: f.poll, CARefresh: f.caRefresh, Log: log}
 	if f.redisURL != "" {
-		ropts, err := redis.ParseURL(f.redisURL)
+		ropts, err := parseRedisURL(f.redisURL) // errors never echo the URL: it may hold a password
 		if err != nil {
-			return errors.New("--redis: not a redis:// URL") // the URL may hold a password: not echoed
+			return fmt.Errorf("--redis: %w", err)
 		}
 		ropts.DialTimeout, ropts.ReadTimeout = time.Second, 2*time.Second
 		rdb := redis.NewClient(ropts)

@@ -182,6 +182,13 @@ func (c *Config) Validate() error {
 	if len(c.Redis.Addrs) == 0 {
 		add("redis.addrs: at least one address is required")
 	}
+	for i, a := range c.Redis.Addrs {
+		// Not echoed: a URL here (redis://user:password@host) would carry its password into
+		// this error, and go-redis would print it in every dial error, log line and /readyz.
+		if _, _, err := net.SplitHostPort(a); err != nil || strings.ContainsAny(a, "@/") {
+			add("redis.addrs[%d]: not a host:port address (give credentials in redis.username and redis.password_file, not in a URL)", i)
+		}
+	}
 	if c.Redis.Password != "" && c.Redis.PasswordFile != "" {
 		add("redis: give password or password_file, not both")
 	}
