@@ -38,6 +38,10 @@ type AuditRecord struct {
 	Principals     []string  `json:"principals,omitempty"`
 	ValidBefore    time.Time `json:"valid_before,omitzero"`
 	PolicyRevision string    `json:"policy_revision,omitempty"`
+	// Late says the request's deadline had passed when this record was kept, so its answer
+	// left after the caller may have stopped listening: a certificate issued late may never
+	// have reached anyone. Added in version 2 without raising V (absent means false).
+	Late bool `json:"late,omitempty"`
 }
 
 // AuditRecordVersion is the version of the records this package writes (AuditRecord.V).
@@ -66,7 +70,7 @@ func (a *Authority) keep(ctx context.Context, rec AuditRecord) error {
 		return nil
 	}
 	if rec.Outcome == "issued" || rec.Outcome == "allowed" {
-		return Unavailable("audit log unavailable; nothing was done", err)
+		return storeErr("audit log unavailable; nothing was done", err)
 	}
 	a.log.ErrorContext(ctx, "audit record lost", "action", rec.Action, "outcome", rec.Outcome, "identity", rec.Identity, "err", err)
 	return nil

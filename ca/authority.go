@@ -175,9 +175,13 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	if req.PublicKey != nil {
 		rec.KeyFingerprint = ssh.FingerprintSHA256(req.PublicKey)
 	}
+	// Records are kept under the request's deadline until a certificate is signed, and under
+	// a bound of their own after (recordCtx is replaced then).
+	recordCtx := ctx
 	defer func() {
 		if err != nil {
-			a.settle(ctx, &rec, err)
+			rec.Late = ctx.Err() != nil
+			a.settle(recordCtx, &rec, err)
 		}
 	}()
 	if err := a.validate(req); err != nil {
@@ -190,7 +194,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// A revoked key or identity does not get a new certificate.
 	why, err := a.revocations.Refused(ctx, signer.PublicKey(), id.Name(), req.PublicKey)
 	if err != nil {
-		return Issued{}, Unavailable("revocation store unavailable; no certificate issued", err)
+		return Issued{}, storeErr("revocation store unavailable; no certificate issued", err)
 	}
 	if why != "" {
 		rec.Outcome = "refused"
@@ -230,10 +234,21 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	if err := a.spend(ctx, id.Token); err != nil {
 		return Issued{}, err
 	}
+	// No signing starts once the request's deadline has passed: the caller has been told
+	// nothing useful by then (or has given up), and a certificate nobody receives only adds
+	// to what is outstanding.
+	if err := ctx.Err(); err != nil {
+		return Issued{}, Unavailable("the request's deadline passed; no certificate issued", err)
+	}
 	cert, err := signer.Sign(ctx, tmpl, ttl)
 	if err != nil {
 		return Issued{}, signErr(err)
 	}
+	// A certificate exists now: record and audit it to completion under a bound of its own,
+	// even if the request's deadline passes meanwhile, so that the inventory never misses a
+	// signed certificate (and a failure to record it is audited with its serial).
+	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SignedCertTimeout)
+	defer cancel()
 	cr := Certificate{
 		Serial:         cert.Serial,
 		KeyID:          cert.KeyId,
@@ -248,11 +263,15 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		Reason:         req.Reason,
 		PolicyRevision: dec.Revision,
 	}
-	if err := a.store.Record(ctx, cr); err != nil {
-		return Issued{}, Unavailable("certificate inventory unavailable; no certificate issued", err)
+	rec.Serial, rec.KeyID = cr.Serial, cr.KeyID
+	if err := a.store.Record(recordCtx, cr); err != nil {
+		return Issued{}, storeErr("certificate inventory unavailable; no certificate issued", err)
 	}
-	rec.Outcome, rec.Serial, rec.KeyID, rec.Principals, rec.ValidBefore = "issued", cr.Serial, cr.KeyID, cr.Principals, cr.ValidBefore
-	if err := a.keep(ctx, rec); err != nil {
+	rec.Outcome, rec.Principals, rec.ValidBefore = "issued", cr.Principals, cr.ValidBefore
+	// The authority cannot know whether its answer reaches the caller; it can say that the
+	// answer left after the request's deadline, when the caller may have stopped listening.
+	rec.Late = ctx.Err() != nil
+	if err := a.keep(recordCtx, rec); err != nil {
 		rec.Outcome = ""
 		return Issued{}, err
 	}
@@ -381,7 +400,7 @@ func (a *Authority) spend(ctx context.Context, t TokenUse) error {
 	}
 	fresh, err := a.tokens.UseToken(ctx, t.ID, t.Expiry)
 	if err != nil {
-		return Unavailable("token ledger unavailable; no certificate issued", err)
+		return storeErr("token ledger unavailable; no certificate issued", err)
 	}
 	if !fresh {
 		return Unauthenticated("token already used: a token gives one certificate; get a new one", nil)

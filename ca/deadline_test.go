@@ -1,0 +1,152 @@
+package ca_test
+
+import (
+	"context"
+	"crypto/rand"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/revocation"
+)
+
+// slowPolicy allows, but only answers once the request's deadline has passed (a policy, or
+// anything before signing, that ate the whole budget).
+type slowPolicy struct{ dec ca.Decision }
+
+func (p slowPolicy) Decide(ctx context.Context, _ ca.PolicyInput) (ca.Decision, error) {
+	<-ctx.Done()
+	return p.dec, nil
+}
+
+// countingSigner counts signatures; with waitDeadline it signs only after the request's
+// deadline has passed (a KMS signature that took too long).
+type countingSigner struct {
+	key          ssh.Signer
+	waitDeadline bool
+	mu           sync.Mutex
+	signed       int
+}
+
+func (s *countingSigner) PublicKey() ssh.PublicKey { return s.key.PublicKey() }
+func (s *countingSigner) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error) {
+	if s.waitDeadline {
+		<-ctx.Done()
+	}
+	s.mu.Lock()
+	s.signed++
+	s.mu.Unlock()
+	c := *tmpl
+	c.Serial = 7
+	c.KeyId += "#7"
+	c.ValidBefore = uint64(time.Now().Add(ttl).Unix())
+	if err := c.SignCert(rand.Reader, s.key); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// ctxStore and ctxAudit refuse a context that is already done, as a real store would, and
+// remember the deadline they were given.
+type ctxStore struct {
+	fakeStore
+	deadline time.Time
+}
+
+func (s *ctxStore) Record(ctx context.Context, c ca.Certificate) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.deadline, _ = ctx.Deadline()
+	return s.fakeStore.Record(ctx, c)
+}
+
+type ctxAudit struct{ fakeAudit }
+
+func (a *ctxAudit) Append(ctx context.Context, r ca.AuditRecord) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return a.fakeAudit.Append(ctx, r)
+}
+
+func deadlineAuthority(t *testing.T, pol ca.Policy, sgn ca.Signer, store ca.CertStore, log ca.AuditLog) *ca.Authority {
+	t.Helper()
+	alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
+	a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: pol, UserSigner: sgn, HostSigner: sgn,
+		Store: store, Revocations: revocation.NewMemory(time.Now), Audit: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+var deadlineGrant = ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: 5 * time.Minute}
+
+// TestIssueNoSigningAfterDeadline: once the request's deadline has passed, nothing is signed
+// and nothing recorded; the answer is unavailable, and the refusal's record says it was late.
+func TestIssueNoSigningAfterDeadline(t *testing.T) {
+	caKey, _ := newSSHKey(t)
+	_, userKey := newSSHKey(t)
+	sgn := &countingSigner{key: caKey}
+	store, log := &fakeStore{}, &fakeAudit{}
+	a := deadlineAuthority(t, slowPolicy{deadlineGrant}, sgn, store, log)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := a.Issue(ctx, "good", ca.Request{Kind: ca.UserCert, PublicKey: userKey})
+	if ca.KindOf(err) != ca.KindUnavailable {
+		t.Fatalf("Issue after the deadline = %v, want unavailable", err)
+	}
+	if sgn.signed != 0 || len(store.recs) != 0 {
+		t.Errorf("signed %d, recorded %d after the deadline; want none", sgn.signed, len(store.recs))
+	}
+	if len(log.recs) != 1 || log.recs[0].Outcome != "unavailable" || !log.recs[0].Late {
+		t.Errorf("audit records %+v, want one unavailable and late", log.recs)
+	}
+}
+
+// TestIssueSignedIsRecordedPastDeadline: a certificate signed as the deadline passes is still
+// recorded and audited (under a bound of its own, not the spent request context), returned,
+// and its audit record says the answer was late.
+func TestIssueSignedIsRecordedPastDeadline(t *testing.T) {
+	caKey, _ := newSSHKey(t)
+	_, userKey := newSSHKey(t)
+	sgn := &countingSigner{key: caKey, waitDeadline: true}
+	store, log := &ctxStore{}, &ctxAudit{}
+	a := deadlineAuthority(t, &fakePolicy{dec: deadlineGrant}, sgn, store, log)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	begin := time.Now()
+	got, err := a.Issue(ctx, "good", ca.Request{Kind: ca.UserCert, PublicKey: userKey})
+	if err != nil {
+		t.Fatalf("Issue: %v", err)
+	}
+	if len(store.recs) != 1 || store.recs[0].Serial != got.Cert.Serial {
+		t.Fatalf("inventory %+v, want the signed serial %d", store.recs, got.Cert.Serial)
+	}
+	if store.deadline.IsZero() || store.deadline.Sub(begin) > ca.SignedCertTimeout+time.Second {
+		t.Errorf("recorded with deadline %v (begin %v), want a bound of about %s", store.deadline, begin, ca.SignedCertTimeout)
+	}
+	if len(log.recs) != 1 || log.recs[0].Outcome != "issued" || log.recs[0].Serial != got.Cert.Serial || !log.recs[0].Late {
+		t.Errorf("audit records %+v, want one issued, late, serial %d", log.recs, got.Cert.Serial)
+	}
+}
+
+// TestIssueInTimeIsNotLate: the Late mark is not set on every record.
+func TestIssueInTimeIsNotLate(t *testing.T) {
+	caKey, _ := newSSHKey(t)
+	_, userKey := newSSHKey(t)
+	store, log := &ctxStore{}, &ctxAudit{}
+	a := deadlineAuthority(t, &fakePolicy{dec: deadlineGrant}, &countingSigner{key: caKey}, store, log)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := a.Issue(ctx, "good", ca.Request{Kind: ca.UserCert, PublicKey: userKey}); err != nil {
+		t.Fatal(err)
+	}
+	if len(log.recs) != 1 || log.recs[0].Late {
+		t.Errorf("audit records %+v, want one, not late", log.recs)
+	}
+}
