@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/go-kit/kit/transport"
 	kithttp "github.com/go-kit/kit/transport/http"
@@ -239,12 +240,29 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// ReadyTimeout is the one deadline all of /readyz's checks share: a load balancer's probe
+// gets its answer within it, whatever hangs.
+const ReadyTimeout = time.Second
+
+// readyHandler answers /readyz: 200 when every check is ready, else 503 naming what failed.
+// The checks run under one ReadyTimeout deadline; ready is expected to run them in parallel
+// (Checks does), and a ready that does not return in time is itself reported as not ready.
 func readyHandler(ready func(context.Context) map[string]error, details func() map[string]string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		checks := map[string]string{}
 		code := http.StatusOK
 		if ready != nil {
-			for name, err := range ready(r.Context()) {
+			ctx, cancel := context.WithTimeout(r.Context(), ReadyTimeout)
+			defer cancel()
+			results := make(chan map[string]error, 1)
+			go func() { results <- ready(ctx) }()
+			var res map[string]error
+			select {
+			case res = <-results:
+			case <-time.After(ReadyTimeout + ReadyTimeout/10):
+				res = map[string]error{"readiness": fmt.Errorf("checks did not answer within %s", ReadyTimeout)}
+			}
+			for name, err := range res {
 				checks[name] = "ok"
 				if err != nil {
 					checks[name] = "unavailable: " + err.Error()
@@ -261,5 +279,36 @@ func readyHandler(ready func(context.Context) map[string]error, details func() m
 			body["details"] = details()
 		}
 		writeJSON(w, code, body)
+	}
+}
+
+// Checks runs the named checks in parallel under ctx and returns when all have answered or
+// ctx is done; a check that has not answered by then is reported as such, so one dependency
+// that hangs neither delays the answer nor hides the others.
+func Checks(checks map[string]ca.Checker) func(context.Context) map[string]error {
+	return func(ctx context.Context) map[string]error {
+		type result struct {
+			name string
+			err  error
+		}
+		results := make(chan result, len(checks))
+		for name, c := range checks {
+			go func() { results <- result{name, c.Check(ctx)} }()
+		}
+		out := make(map[string]error, len(checks))
+		for range checks {
+			select {
+			case r := <-results:
+				out[r.name] = r.err
+			case <-ctx.Done():
+				for name := range checks {
+					if _, ok := out[name]; !ok {
+						out[name] = fmt.Errorf("no answer in time: %w", ctx.Err())
+					}
+				}
+				return out
+			}
+		}
+		return out
 	}
 }
