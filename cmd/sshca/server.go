@@ -60,16 +60,17 @@ func redisParts(userKey, hostKey *kms.Key, store *revocation.Redis, pol policy, 
 
 // apiHandler builds the authority and its HTTP API, with /metrics.
 func apiHandler(p parts) (http.Handler, error) {
-	authority, err := ca.New(ca.Config{
-		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
-		Store: p.store, Revocations: p.revoked, Tokens: p.tokens, Audit: p.audit, Limits: p.limits, Logger: p.log,
-	})
-	if err != nil {
-		return nil, err
-	}
 	reg := p.reg
 	if reg == nil {
 		reg = newRegistry()
+	}
+	faults := services.NewPolicyFaults(reg, time.Now)
+	authority, err := ca.New(ca.Config{
+		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
+		Store: p.store, Revocations: p.revoked, Tokens: p.tokens, Audit: p.audit, Faults: faults, Limits: p.limits, Logger: p.log,
+	})
+	if err != nil {
+		return nil, err
 	}
 	var svc services.Service = authority
 	svc = services.InstrumentingMiddleware(services.NewMetrics(reg))(svc)
@@ -80,7 +81,7 @@ func apiHandler(p parts) (http.Handler, error) {
 		KnownHostsPattern: p.knownHostsPattern,
 		TrustedProxies:    p.trustedProxies,
 		Ready:             readiness(p.checks),
-		Details:           p.details,
+		Details:           withFaults(p.details, faults),
 		Login:             p.login,
 		Keys:              keyAdmin(p, authority),
 		RenderKRL: func(states ...ca.RevocationState) ([]byte, error) {
@@ -89,6 +90,19 @@ func apiHandler(p parts) (http.Handler, error) {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux, nil
+}
+
+// withFaults adds the last policy fault (when and in which field) to the /readyz details.
+func withFaults(details func() map[string]string, faults *services.PolicyFaults) func() map[string]string {
+	return func() map[string]string {
+		d := faults.Details()
+		if details != nil {
+			for k, v := range details() {
+				d[k] = v
+			}
+		}
+		return d
+	}
 }
 
 func keyAdmin(p parts, a *ca.Authority) services.KeyAdmin {
