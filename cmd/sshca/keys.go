@@ -27,7 +27,8 @@ func (k keysAdmin) Keys(ctx context.Context, token string) (ca.Keyring, error) {
 	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "list CA keys"); err != nil {
 		return ca.Keyring{}, err
 	}
-	return k.manager.Store.Keyring(ctx)
+	r, err := k.manager.Store.Keyring(ctx)
+	return shownKeyring(r), err
 }
 
 func (k keysAdmin) GenerateKey(ctx context.Context, token string, kind ca.CertKind, keyType string) (ca.CAKey, error) {
@@ -44,28 +45,28 @@ func (k keysAdmin) GenerateKey(ctx context.Context, token string, kind ca.CertKi
 	if err != nil {
 		return ca.CAKey{}, ca.Invalid("%v", err)
 	}
-	return k.manager.Generate(ctx, kind, typ)
+	return shownKey(k.manager.Generate(ctx, kind, typ))
 }
 
 func (k keysAdmin) PromoteKey(ctx context.Context, token string, kind ca.CertKind, force bool) (ca.CAKey, error) {
 	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "promote "+string(kind)+" CA key"); err != nil {
 		return ca.CAKey{}, err
 	}
-	return k.manager.Promote(ctx, kind, force)
+	return shownKey(k.manager.Promote(ctx, kind, force))
 }
 
 func (k keysAdmin) RetireKey(ctx context.Context, token, fp string, force bool) (ca.CAKey, error) {
 	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "retire CA key "+fp); err != nil {
 		return ca.CAKey{}, err
 	}
-	return k.manager.Retire(ctx, fp, force)
+	return shownKey(k.manager.Retire(ctx, fp, force))
 }
 
 func (k keysAdmin) CompromisedKey(ctx context.Context, token, fp string) (ca.CAKey, error) {
 	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "mark CA key "+fp+" compromised"); err != nil {
 		return ca.CAKey{}, err
 	}
-	return k.manager.Compromised(ctx, fp)
+	return shownKey(k.manager.Compromised(ctx, fp))
 }
 
 func newKeysCommand() *cobra.Command {
