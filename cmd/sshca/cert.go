@@ -28,6 +28,8 @@ type certFlags struct {
 	print     bool
 	renew     bool
 	reloadCmd string
+	// after is the renewal loop's timer (nil: time.After); tests inject it.
+	after func(time.Duration) <-chan time.Time
 }
 
 func newCertCommand() *cobra.Command {
@@ -133,7 +135,7 @@ func runCert(ctx context.Context, out io.Writer, kind string, f certFlags) error
 	if !f.renew {
 		return nil
 	}
-	return renewLoop(ctx, out, strings.TrimRight(f.server, "/"), privPath, certPath, f.reloadCmd)
+	return renewLoop(ctx, out, strings.TrimRight(f.server, "/"), privPath, certPath, f.reloadCmd, f.after)
 }
 
 func readToken(env, file string) (string, error) {

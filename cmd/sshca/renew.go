@@ -20,8 +20,12 @@ import (
 
 // renewLoop keeps a host certificate renewed until ctx ends: at 2/3 of its lifetime (with
 // jitter, so a fleet does not renew at once), on a proof of possession signed by the host key,
-// retrying with backoff until the certificate expires.
-func renewLoop(ctx context.Context, out io.Writer, server, keyPath, certPath, reloadCmd string) error {
+// retrying with backoff until the certificate expires. after is the timer that waits for the
+// renewal time (nil: time.After), so tests need not wait two thirds of a certificate's life.
+func renewLoop(ctx context.Context, out io.Writer, server, keyPath, certPath, reloadCmd string, after func(time.Duration) <-chan time.Time) error {
+	if after == nil {
+		after = time.After
+	}
 	b, err := os.ReadFile(keyPath)
 	if err != nil {
 		return fmt.Errorf("read host key: %w", err)
@@ -43,7 +47,7 @@ func renewLoop(ctx context.Context, out io.Writer, server, keyPath, certPath, re
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(time.Until(at)):
+		case <-after(time.Until(at)):
 		}
 		backoff := time.Second
 		for {

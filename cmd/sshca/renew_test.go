@@ -71,17 +71,30 @@ func TestHostRenewal(t *testing.T) {
 		t.Errorf("revoked certificate: %d %s", code, out)
 	}
 
-	// The CLI: creates the host key, prints the sshd line, renews at 2/3 of 9s and reloads.
+	// The CLI: creates the host key, prints the sshd line, renews at 2/3 of a 60s lifetime
+	// (with jitter of a tenth) and reloads. The renewal timer is injected: it records how long
+	// the loop would wait and fires at once the first time (the certificate is still valid, so
+	// the server renews it as it would 40s later), then never.
 	keyPub := filepath.Join(dir, "new_host_key.pub")
 	reloaded := filepath.Join(dir, "reloaded")
 	t.Setenv("SSHCA_TOKEN", devToken(t, base, map[string]any{"sub": "ci-job", "groups": []string{"ci"}}))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var buf syncBuffer
+	waits := make(chan time.Duration, 16)
+	after := func(d time.Duration) <-chan time.Time {
+		waits <- d
+		if len(waits) > 1 {
+			return nil // later renewals: wait until the test ends
+		}
+		fired := make(chan time.Time, 1)
+		fired <- time.Now()
+		return fired
+	}
 	done := make(chan error, 1)
 	go func() {
-		done <- runCert(ctx, &buf, "host", certFlags{server: base, key: keyPub, tokenEnv: "SSHCA_TOKEN", ttl: "9s",
-			names: []string{"localhost"}, renew: true, reloadCmd: "echo ok >> " + reloaded})
+		done <- runCert(ctx, &buf, "host", certFlags{server: base, key: keyPub, tokenEnv: "SSHCA_TOKEN", ttl: "60s",
+			names: []string{"localhost"}, renew: true, reloadCmd: "echo ok >> " + reloaded, after: after})
 	}()
 	waitFor(t, 30*time.Second, "the CLI renews and reloads", func() bool { _, err := os.Stat(reloaded); return err == nil })
 	cancel()
@@ -92,6 +105,11 @@ func TestHostRenewal(t *testing.T) {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, buf.String())
 		}
+	}
+	// left is at most 60s (the certificate's ValidBefore, in whole seconds, minus the time
+	// taken since it was signed); the wait is 2/3 of it with jitter of a tenth: 34s-46s.
+	if first := <-waits; first < 33*time.Second || first > 46*time.Second {
+		t.Errorf("first renewal after %v, want about 40s (2/3 of 60s, jitter 6s)", first)
 	}
 	if st, err := os.Stat(filepath.Join(dir, "new_host_key")); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("host key mode: %v %v", st, err)
