@@ -228,14 +228,14 @@ func (v *Verifier) Authenticate(ctx context.Context, token string) (ca.Identity,
 // own text (package prefixes, decoder errors) is logged at debug level only.
 func (v *Verifier) verifyError(ctx context.Context, is *issuer, t *parsedToken, err error) error {
 	msg := err.Error()
-	v.log.DebugContext(ctx, "token verification failed", "issuer", is.cfg.IssuerURL, "alg", t.alg, "kid", t.kid, "err", msg)
+	v.log.DebugContext(ctx, "token verification failed", "issuer", is.cfg.IssuerURL, "alg", t.alg, "kid", t.kidString(), "err", msg)
 	switch {
 	case strings.Contains(msg, "fetching keys"):
 		return ca.Unavailable(fmt.Sprintf("identity provider %s: its key set (jwks_uri) is unreachable", is.cfg.IssuerURL), err)
 	case strings.HasPrefix(msg, "failed to verify signature"):
 		kid := ""
-		if t.kid != "" {
-			kid = fmt.Sprintf(" for kid %q", truncate(t.kid, 64))
+		if k := t.kidString(); k != "" {
+			kid = fmt.Sprintf(" for kid %q", truncate(k, 64))
 		}
 		return ca.Unauthenticated(fmt.Sprintf("token signature does not verify with any %s key that issuer %s publishes%s; get a new token from the identity provider",
 			t.alg, is.cfg.IssuerURL, kid), nil)

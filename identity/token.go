@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,16 +30,14 @@ var supportedAlgs = []string{"RS256", "RS384", "RS512", "ES256", "ES384", "ES512
 // refuses the line breaks the decoder skips.
 var strictB64 = base64.RawURLEncoding.Strict()
 
-var segmentNames = [3]string{"header", "payload", "signature"}
-
 // parsedToken is a compact JWS (RFC 7515 section 7.1) whose three segments are canonical
 // base64url, whose header names a supported alg and no crit, and whose payload is a JSON object
 // of claims with the types OIDC Core section 2 gives them. Nothing in it is verified yet.
 type parsedToken struct {
-	header  []byte // decoded protected header (JSON)
-	payload []byte // decoded payload (JSON)
-	alg     string
-	kid     string
+	header  []byte          // decoded protected header (JSON)
+	payload []byte          // decoded payload (JSON)
+	alg     string          // one of supportedAlgs
+	kid     json.RawMessage // a JSON string, or nil
 	*tokenClaims
 }
 
@@ -93,18 +90,23 @@ func parseToken(token string) (*parsedToken, error) {
 	if n := strings.Count(token, ".") + 1; n != 3 {
 		return nil, unauthenticated("malformed token: a JWT has 3 dot-separated segments (header.payload.signature), this one has %d; send the ID token, not an access token or an encrypted token", n)
 	}
-	var segs [3][]byte
-	rest := token
-	for i := range segs {
-		var seg string
-		seg, rest, _ = strings.Cut(rest, ".")
-		b, ok := canonicalSegment(seg)
-		if !ok {
-			return nil, unauthenticated("token is not canonical base64url: its %s segment must be unpadded base64url (A-Z a-z 0-9 - _) with zero unused bits and no line breaks (RFC 7515 section 2)", segmentNames[i])
-		}
-		segs[i] = b
+	hseg, rest, _ := strings.Cut(token, ".")
+	pseg, sseg, _ := strings.Cut(rest, ".")
+	notCanonical := func(segment string) error {
+		return unauthenticated("token is not canonical base64url: its %s segment must be unpadded base64url (A-Z a-z 0-9 - _) with zero unused bits and no line breaks (RFC 7515 section 2)", segment)
 	}
-	t := &parsedToken{header: segs[0], payload: segs[1]}
+	t := &parsedToken{}
+	var ok bool
+	if t.header, ok = canonicalSegment(hseg, nil); !ok {
+		return nil, notCanonical("header")
+	}
+	if t.payload, ok = canonicalSegment(pseg, nil); !ok {
+		return nil, notCanonical("payload")
+	}
+	var sig [512]byte // RSA-4096 and smaller signatures are decoded here, then dropped
+	if !canonicalSignature(sseg, &sig) {
+		return nil, notCanonical("signature")
+	}
 	if err := t.parseHeader(); err != nil {
 		return nil, err
 	}
@@ -116,42 +118,87 @@ func parseToken(token string) (*parsedToken, error) {
 	return t, nil
 }
 
-// canonicalSegment decodes seg, and reports whether seg is the one encoding of its bytes:
-// decoded strictly and encoded again to the same text.
-func canonicalSegment(seg string) ([]byte, bool) {
-	b, err := strictB64.DecodeString(seg)
-	if err != nil || strictB64.EncodedLen(len(b)) != len(seg) {
+// canonicalSegment decodes seg into dst (or a new slice when dst is too small) and reports
+// whether seg is the one encoding of the bytes: decoded strictly and encoded again to the same
+// text.
+func canonicalSegment(seg string, dst []byte) ([]byte, bool) {
+	if n := strictB64.DecodedLen(len(seg)); n > len(dst) {
+		dst = make([]byte, n)
+	}
+	n, err := strictB64.Decode(dst, []byte(seg))
+	if err != nil || strictB64.EncodedLen(n) != len(seg) {
 		return nil, false
 	}
 	var buf [2048]byte
-	if strictB64.EncodedLen(len(b)) > len(buf) {
-		return b, strictB64.EncodeToString(b) == seg
+	if len(seg) > len(buf) {
+		return dst[:n], strictB64.EncodeToString(dst[:n]) == seg
 	}
-	return b, string(strictB64.AppendEncode(buf[:0], b)) == seg
+	return dst[:n], string(strictB64.AppendEncode(buf[:0], dst[:n])) == seg
+}
+
+// canonicalSignature is canonicalSegment for the signature, whose bytes are not kept.
+func canonicalSignature(seg string, buf *[512]byte) bool {
+	_, ok := canonicalSegment(seg, buf[:])
+	return ok
+}
+
+// jwsHeader holds the header parameters Authenticate reads (RFC 7515 section 4.1). Field names
+// match case-insensitively: a header that spells one of them in other case is read as having it
+// (refused, or the same as go-jose reads it), never as lacking it.
+type jwsHeader struct {
+	Alg  json.RawMessage `json:"alg"`
+	Kid  json.RawMessage `json:"kid"`
+	Crit json.RawMessage `json:"crit"`
 }
 
 func (t *parsedToken) parseHeader() error {
-	var h map[string]any
-	if err := json.Unmarshal(t.header, &h); err != nil || h == nil {
+	var h jwsHeader
+	if err := json.Unmarshal(t.header, &h); err != nil || !isObject(t.header) {
 		return unauthenticated("token header is not a JSON object (RFC 7515 section 4)")
 	}
-	alg, ok := h["alg"].(string)
-	switch {
-	case h["alg"] == nil:
+	if h.Alg == nil {
 		return unauthenticated("token header has no alg; it must name one of %s", strings.Join(supportedAlgs, ", "))
-	case !ok || !slices.Contains(supportedAlgs, alg):
-		return unauthenticated("token alg %s is not accepted: ID tokens must be signed with one of %s", quoteJSON(h["alg"]), strings.Join(supportedAlgs, ", "))
 	}
-	if crit, ok := h["crit"]; ok {
-		return unauthenticated("token header crit names extensions this service does not support (%s); the identity provider must not mark header parameters critical", truncate(quoteJSON(crit), 100))
+	if t.alg = supportedAlg(h.Alg); t.alg == "" {
+		return unauthenticated("token alg %s is not accepted: ID tokens must be signed with one of %s", truncate(string(h.Alg), 40), strings.Join(supportedAlgs, ", "))
 	}
-	if kid, ok := h["kid"]; ok {
-		if t.kid, ok = kid.(string); !ok {
+	if h.Crit != nil {
+		return unauthenticated("token header crit names extensions this service does not support (%s); the identity provider must not mark header parameters critical", truncate(string(h.Crit), 100))
+	}
+	if h.Kid != nil {
+		if h.Kid[0] != '"' {
 			return unauthenticated("token header kid must be a string (RFC 7515 section 4.1.4)")
 		}
+		t.kid = h.Kid
 	}
-	t.alg = alg
 	return nil
+}
+
+// supportedAlg returns the supported alg that the JSON value raw names, or "". A name written
+// with escapes ("ES\u0032\u0035\u0036") is not recognised: refused, not misread.
+func supportedAlg(raw []byte) string {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return ""
+	}
+	for _, a := range supportedAlgs {
+		if string(raw[1:len(raw)-1]) == a {
+			return a
+		}
+	}
+	return ""
+}
+
+// kidString is the header's kid, for messages ("" without one).
+func (t *parsedToken) kidString() string {
+	var kid string
+	_ = json.Unmarshal(t.kid, &kid)
+	return kid
+}
+
+// isObject reports whether valid JSON text b is an object.
+func isObject(b []byte) bool {
+	b = bytes.TrimLeft(b, " \t\r\n")
+	return len(b) > 0 && b[0] == '{'
 }
 
 // parseClaims decodes a token payload: one JSON object (RFC 7519 section 7.2) whose iss, sub
