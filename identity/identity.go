@@ -237,7 +237,7 @@ func (v *Verifier) verifyError(ctx context.Context, is *issuer, t *parsedToken, 
 		if k := t.kidString(); k != "" {
 			kid = fmt.Sprintf(" for kid %q", truncate(k, 64))
 		}
-		return ca.Unauthenticated(fmt.Sprintf("token signature does not verify with any %s key that issuer %s publishes%s; get a new token from the identity provider",
+		return ca.Unauthenticated(fmt.Sprintf("token rejected: its signature does not verify with any %s key that issuer %s publishes%s; get a new token from the identity provider",
 			t.alg, is.cfg.IssuerURL, kid), nil)
 	case strings.Contains(msg, "issued by a different provider"):
 		return ca.Unauthenticated(fmt.Sprintf("token issuer %q differs from the issuer named by the discovery document of %s", truncate(t.iss, 100), is.cfg.IssuerURL), nil)
