@@ -88,7 +88,7 @@ func ParsePublicKey(line string) (ssh.PublicKey, error) {
 		if looksLikeBase64(typ) {
 			return nil, Invalid("public_key has no key type in front of the base64 blob; " + sendPubLine)
 		}
-		return nil, Invalid("public_key: an unrecognised key type; " + useTypes)
+		return nil, Invalid("public_key: unsupported key type: an unrecognised key type; " + useTypes)
 	}
 	if strings.Contains(typ, "-cert-v01@") {
 		return nil, Invalid("public_key is a certificate (%s); send the plain public key", typ)
@@ -104,7 +104,7 @@ func ParsePublicKey(line string) (ssh.PublicKey, error) {
 	}
 	blob, err := base64.StdEncoding.DecodeString(fields[1])
 	if err != nil {
-		return nil, Invalid("public_key: the key after %q is not base64; %s", typ, sendPubLine)
+		return nil, Invalid("public_key: not a valid %s public key: the key after the type is not base64; %s", typ, sendPubLine)
 	}
 	key, err := ssh.ParsePublicKey(blob)
 	if err != nil {
@@ -158,7 +158,7 @@ func weakKey(key ssh.PublicKey) string {
 		if knownKeyTypes[typ] {
 			return typ + " keys are not accepted; " + useTypes
 		}
-		return "an unrecognised key type; " + useTypes
+		return "unsupported key type: an unrecognised key type; " + useTypes
 	}
 	ck, ok := key.(ssh.CryptoPublicKey)
 	if !ok {
