@@ -31,6 +31,9 @@ func inputCases() map[string]ca.PolicyInput {
 	out["nil-lists"] = ca.PolicyInput{Kind: ca.UserCert, Identity: ca.Identity{Subject: "u"}, Request: ca.PolicyRequest{KeyType: "ssh-rsa"}}
 	out["not-utf8"] = ca.PolicyInput{Kind: "us\xffer", Identity: ca.Identity{Email: "a\xc3@x", Groups: []string{"\xff\xfe", "ok"},
 		Claims: map[string]any{"name": "b\xe2\x82"}}, Request: ca.PolicyRequest{Reason: "\xed\xa0\x80", Target: "\x80"}, Now: "\xc0\xaf"}
+	out["claims-json-numbers"] = ca.PolicyInput{Kind: ca.UserCert, Identity: ca.Identity{Claims: map[string]any{
+		"iat": json.Number("1795600500"), "frac": json.Number("1.50"), "exp": json.Number("-2E+3"), "zero": json.Number("0"),
+		"list": []any{json.Number("7"), "x\xffy"}}}}
 	out["claims-numbers"] = ca.PolicyInput{Kind: ca.HostCert, Identity: ca.Identity{AuthTime: -1, ACR: "x", Workload: true,
 		Claims: map[string]any{"big": 1e21, "small": 1e-7, "neg": -0.0, "int": 12345678901234567890.0, "frac": 0.1,
 			"nested": map[string]any{"list": []any{nil, true, "s", 2.5, map[string]any{}}}}},
@@ -138,7 +141,7 @@ func unfill(t testing.TB, v reflect.Value, w *bytes.Buffer, claims *[]byte) {
 			w.WriteByte(0)
 			return
 		}
-		w.WriteByte(1)
+		w.WriteByte(2) // decoded with UseNumber: numbers as written, as identity decodes them
 		b, err := json.Marshal(v.Interface())
 		if err != nil {
 			t.Fatal(err)
@@ -186,21 +189,21 @@ func encodeCase(t testing.TB, in ca.PolicyInput) (data, claims []byte) {
 	return w.Bytes(), claims
 }
 
-// checkInputValue: inputValue(in) is the value json.Marshal(in) parses to, number and string
-// representations included, and is nil exactly when in has no JSON form.
+// checkInputValue: inputValue(in) is the value json.Marshal(in) parses to in OPA, number and
+// string representations included, and is nil exactly when there is no such value.
 func checkInputValue(t *testing.T, in ca.PolicyInput) {
 	t.Helper()
 	got := inputValue(in)
 	b, err := json.Marshal(in)
+	var want ast.Value
+	if err == nil {
+		want, err = ast.ValueFromReader(bytes.NewReader(b))
+	}
 	if err != nil || got == nil {
 		if (err != nil) != (got == nil) {
-			t.Fatalf("json.Marshal error %v, inputValue %v: both or neither must refuse %#v", err, got, in)
+			t.Fatalf("JSON form: error %v; inputValue %v: both or neither must refuse %#v", err, got, in)
 		}
 		return
-	}
-	want, err := ast.ValueFromReader(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
 	}
 	if got.Compare(want) != 0 {
 		t.Fatalf("inputValue differs from the JSON form:\n got %v\nwant %v", got, want)
@@ -245,6 +248,19 @@ func TestInputValueRefusesWhatJSONRefuses(t *testing.T) {
 	}
 	if d, err := e.Decide(t.Context(), in); err == nil {
 		t.Fatalf("Decide on an input with no JSON form: %+v, want an error", d)
+	}
+}
+
+// TestInputValueRefusesWhatOPARefuses: a claim that json.Marshal writes but OPA does not read
+// (an exponent out of range), or that json.Marshal refuses (not a number), makes no input.
+func TestInputValueRefusesWhatOPARefuses(t *testing.T) {
+	for _, n := range []json.Number{"1e999999", "0x10", "1.", "-"} {
+		in := goldenInputs()[ca.UserCert]
+		in.Identity.Claims = map[string]any{"n": n}
+		checkInputValue(t, in)
+		if inputValue(in) != nil {
+			t.Errorf("claim %q: inputValue made an input", n)
+		}
 	}
 }
 

@@ -245,8 +245,8 @@ func (e *Engine) finish(v ast.Value) (ca.Decision, error) {
 // inputValue is the input document (ca.PolicyInput's JSON form, DESIGN.md "Policy contract")
 // built as OPA values directly: no JSON round trip, no conversion inside OPA. It is exactly the
 // value json.Marshal(in) parses to (FuzzInputValue), keys read from the type's JSON tags
-// (inputKeys). It is nil when in has no JSON form (claims that json.Marshal refuses, such as
-// NaN): Decide then fails closed.
+// (inputKeys). It is nil when in has no JSON form that OPA reads (claims json.Marshal
+// refuses, such as NaN, or a number OPA refuses, such as 1e999999): Decide then fails closed.
 func inputValue(in ca.PolicyInput) ast.Value {
 	id, r := in.Identity, in.Request
 	// The terms come from one slab: a decision's input is a few dozen of them.
@@ -329,54 +329,122 @@ func jsonString(s string) string {
 	return b.String()
 }
 
-// claimsValue is the claims object as its JSON parses. Claims decoded from a token (strings,
-// float64, bool, nil, []any, map[string]any) are converted directly; anything else goes
-// through json.Marshal, so the policy sees what the JSON form holds.
+// claimsValue is the claims object as OPA parses its JSON form. Claims as a token's JSON
+// decodes them (strings, json.Number or float64, bool, nil, []any, map[string]any) are
+// converted directly; anything else goes through json.Marshal. An error means the claims
+// have no JSON form OPA reads (NaN, an invalid json.Number, an exponent out of range).
 func claimsValue(claims map[string]any) (ast.Value, error) {
-	if t, ok := claimTerm(claims); ok {
-		return t.Value, nil
+	v, err := claimValue(claims)
+	if errors.Is(err, errNotPlain) {
+		var b []byte
+		if b, err = json.Marshal(claims); err == nil {
+			v, err = ast.ValueFromReader(bytes.NewReader(b))
+		}
 	}
-	b, err := json.Marshal(claims)
 	if err != nil {
 		return nil, fmt.Errorf("policies: input: claims: %w", err)
 	}
-	return ast.ValueFromReader(bytes.NewReader(b))
+	return v, nil
 }
 
-// claimTerm converts the JSON-decoded value v, or reports false when v holds anything else.
-func claimTerm(v any) (*ast.Term, bool) {
+// errNotPlain: a claim holds something that is not a decoded JSON value.
+var errNotPlain = errors.New("not a decoded JSON value")
+
+// claimValue converts a decoded JSON value as json.Marshal writes it and OPA parses it back.
+func claimValue(v any) (ast.Value, error) {
 	switch x := v.(type) {
 	case nil:
-		return ast.InternedNullTerm, true
+		return ast.NullValue, nil
 	case bool:
-		return ast.InternedTerm(x), true
+		return ast.Boolean(x), nil
 	case string:
-		return ast.StringTerm(jsonString(x)), true
+		return ast.String(jsonString(x)), nil
+	case json.Number:
+		if x == "" {
+			x = "0" // as json.Marshal writes it
+		}
+		if !validNumber(string(x)) {
+			return nil, fmt.Errorf("json.Number %q is not a number", string(x))
+		}
+		return ast.InterfaceToValue(x)
 	case float64:
-		s, ok := jsonFloat(x)
-		return ast.NumberTerm(json.Number(s)), ok
+		n, ok := jsonFloat(x)
+		if !ok {
+			return nil, fmt.Errorf("%v has no JSON form", x)
+		}
+		if t := ast.InternedIntNumberTermFromString(n); t != nil {
+			return t.Value, nil
+		}
+		return ast.Number(n), nil
 	case []any:
-		terms := make([]*ast.Term, len(x))
+		terms := make([]ast.Term, len(x))
+		ptrs := make([]*ast.Term, len(x))
 		for i, e := range x {
-			t, ok := claimTerm(e)
-			if !ok {
-				return nil, false
+			v, err := claimValue(e)
+			if err != nil {
+				return nil, err
 			}
-			terms[i] = t
+			terms[i].Value, ptrs[i] = v, &terms[i]
 		}
-		return ast.ArrayTerm(terms...), true
+		return ast.NewArray(ptrs...), nil
 	case map[string]any:
-		obj := ast.NewObjectWithCapacity(len(x))
+		terms := make([]ast.Term, 2*len(x))
+		items := make([][2]*ast.Term, 0, len(x))
+		i := 0
 		for k, e := range x {
-			t, ok := claimTerm(e)
-			if !ok || !utf8.ValidString(k) {
-				return nil, false
+			if !utf8.ValidString(k) {
+				// Keys json.Marshal mends may collide; let it decide which one stays.
+				return nil, errNotPlain
 			}
-			obj.Insert(ast.StringTerm(k), t)
+			v, err := claimValue(e)
+			if err != nil {
+				return nil, err
+			}
+			terms[i].Value, terms[i+1].Value = ast.String(k), v
+			items = append(items, [2]*ast.Term{&terms[i], &terms[i+1]})
+			i += 2
 		}
-		return ast.NewTerm(obj), true
+		return ast.NewObject(items...), nil
 	}
-	return nil, false
+	return nil, errNotPlain
+}
+
+// validNumber reports whether s is a JSON number (RFC 8259 section 6), as json.Marshal checks
+// a json.Number before writing it.
+func validNumber(s string) bool {
+	digits := func() {
+		for len(s) > 0 && '0' <= s[0] && s[0] <= '9' {
+			s = s[1:]
+		}
+	}
+	if s != "" && s[0] == '-' {
+		s = s[1:]
+	}
+	switch {
+	case s == "":
+		return false
+	case s[0] == '0':
+		s = s[1:]
+	case '1' <= s[0] && s[0] <= '9':
+		digits()
+	default:
+		return false
+	}
+	if len(s) >= 2 && s[0] == '.' && '0' <= s[1] && s[1] <= '9' {
+		s = s[2:]
+		digits()
+	}
+	if len(s) >= 2 && (s[0] == 'e' || s[0] == 'E') {
+		s = s[1:]
+		if s[0] == '+' || s[0] == '-' {
+			s = s[1:]
+			if s == "" {
+				return false
+			}
+		}
+		digits()
+	}
+	return s == ""
 }
 
 // jsonFloat formats f as encoding/json does (ES6 number formatting), false for NaN and ±Inf.
@@ -388,7 +456,8 @@ func jsonFloat(f float64) (string, bool) {
 	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
 		format = 'e'
 	}
-	b := strconv.AppendFloat(nil, f, format, -1, 64)
+	var buf [32]byte
+	b := strconv.AppendFloat(buf[:0], f, format, -1, 64)
 	if format == 'e' {
 		// e-09 becomes e-9, as encoding/json writes it.
 		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
