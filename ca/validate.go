@@ -57,7 +57,7 @@ func validatePrincipals(kind CertKind, ps []string, max int) error {
 	for _, p := range ps {
 		if !valid(p) {
 			if kind == HostCert {
-				return Invalid("hostname %q: %s; use a lower-case DNS name (RFC 1123) or an IP address in canonical form", truncate(p, 64), hostNameProblem(p))
+				return Invalid("hostname %q is not a host name the service signs: %s; use a lower-case DNS name (RFC 1123) or an IP address in canonical form", truncate(p, 64), hostNameProblem(p))
 			}
 			return Invalid("principal %q must match ^[a-z_][a-z0-9._-]{0,31}$", truncate(p, 64))
 		}
