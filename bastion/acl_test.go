@@ -87,7 +87,7 @@ func TestShippedRedisACL(t *testing.T) {
 	if err := svc.BlockIdentity(ctx, "bob", exp); err != nil {
 		t.Fatalf("service block: %v", err)
 	}
-	if _, err := svc.Refused(ctx, caKey, "bob", caKey); err != nil {
+	if _, err := svc.Refused(ctx, caKey, []string{"bob"}, caKey); err != nil {
 		t.Fatalf("service refused: %v", err)
 	}
 	if ok, err := svc.UseToken(ctx, "token-1", exp); err != nil || !ok {

@@ -21,16 +21,19 @@ type AuditRecord struct {
 	// or the kind of the error the request ended with: "denied" (the policy or the caps),
 	// "invalid", "unauthenticated" (a replayed token), "unavailable" (a dependency failed;
 	// nothing was done).
-	Outcome        string    `json:"outcome"`
-	Identity       string    `json:"identity"`
-	Issuer         string    `json:"issuer,omitempty"`
-	Subject        string    `json:"subject,omitempty"`
-	Workload       bool      `json:"workload,omitempty"`
-	Requested      []string  `json:"requested,omitempty"`
-	KeyFingerprint string    `json:"key_fingerprint,omitempty"`
-	SourceIP       string    `json:"source_ip,omitempty"`
-	Reason         string    `json:"reason,omitempty"`
-	Target         string    `json:"target,omitempty"`
+	Outcome        string   `json:"outcome"`
+	Identity       string   `json:"identity"`
+	Issuer         string   `json:"issuer,omitempty"`
+	Subject        string   `json:"subject,omitempty"`
+	Workload       bool     `json:"workload,omitempty"`
+	Requested      []string `json:"requested,omitempty"`
+	KeyFingerprint string   `json:"key_fingerprint,omitempty"`
+	SourceIP       string   `json:"source_ip,omitempty"`
+	Reason         string   `json:"reason,omitempty"`
+	Target         string   `json:"target,omitempty"`
+	// Matches are the identities a revoke-by-identity covered (canonical names). Added in
+	// version 2 without raising V (absent means none).
+	Matches        []string  `json:"matches,omitempty"`
 	Reasons        []string  `json:"reasons,omitempty"`
 	Ticket         string    `json:"ticket,omitempty"`
 	Serial         uint64    `json:"serial,omitempty,string"`

@@ -192,7 +192,10 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		signer = a.host
 	}
 	// A revoked key or identity does not get a new certificate.
-	why, err := a.revocations.Refused(ctx, signer.PublicKey(), id.Name(), req.PublicKey)
+	// Under every name the identity goes by: a block given by e-mail or username holds for
+	// the identity whatever its token says next time.
+	names := append([]string{id.Name()}, id.Aliases()...)
+	why, err := a.revocations.Refused(ctx, signer.PublicKey(), names, req.PublicKey)
 	if err != nil {
 		return Issued{}, storeErr("revocation store unavailable; no certificate issued", err)
 	}
@@ -262,6 +265,8 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		Ticket:         dec.Ticket,
 		Reason:         req.Reason,
 		PolicyRevision: dec.Revision,
+		Aliases:        id.Aliases(),
+		IndexUntil:     a.now().Add(a.limits.IdentityBlock),
 	}
 	rec.Serial, rec.KeyID = cr.Serial, cr.KeyID
 	if err := a.store.Record(recordCtx, cr); err != nil {
@@ -345,7 +350,7 @@ func (a *Authority) template(ctx context.Context, req Request, id Identity, dec 
 		}
 		return nil, 0, &Error{Kind: KindDenied, Msg: "the policy granted a certificate the service does not sign", Reasons: []string{f.Reason()}, Err: f}
 	}
-	keyID := id.Name()
+	keyID := id.KeyIDName()
 	if dec.Ticket != "" {
 		if len(dec.Ticket) > 64 || strings.ContainsAny(dec.Ticket, "# \t\r\n") {
 			return nil, 0, Denied("policy granted a ticket the service does not accept", "ticket must be at most 64 characters without spaces or '#'")

@@ -79,6 +79,9 @@ func (f *fakeStore) Live(context.Context, string, time.Time) ([]ca.Certificate, 
 	return nil, nil
 }
 
+func (f *fakeStore) ResolveAlias(context.Context, string, time.Time) ([]string, error) {
+	return nil, nil
+}
 func (f *fakeStore) Get(context.Context, uint64) (ca.Certificate, bool, error) {
 	return ca.Certificate{}, false, nil
 }
@@ -184,7 +187,7 @@ func TestIssue(t *testing.T) {
 			}
 			if wantRecords == 1 {
 				r := log.recs[0]
-				if r.Outcome != wantOutcome || r.Identity != "alice@example.com" || r.Action != tt.req.Kind || !r.Time.Equal(now) {
+				if r.Outcome != wantOutcome || r.Identity != "https://idp|u1" || r.Action != tt.req.Kind || !r.Time.Equal(now) {
 					t.Errorf("audit record %+v, want outcome %s", r, wantOutcome)
 				}
 				if tt.wantErr && len(r.Reasons) == 0 {
@@ -221,14 +224,15 @@ func TestIssue(t *testing.T) {
 			if diff := cmp.Diff(map[string]string{"force-command": "/bin/true"}, got.Cert.CriticalOptions); diff != "" {
 				t.Errorf("critical options (-want +got):\n%s", diff)
 			}
-			wantKeyID := "alice@example.com#42"
+			// The display name, then the pair's handle: readable in sshd's log, one identity.
+			wantKeyID := "alice@example.com~" + alice.Handle() + "#42"
 			if tt.dec.Ticket != "" {
-				wantKeyID = "alice@example.com/" + tt.dec.Ticket + "#42"
+				wantKeyID = "alice@example.com~" + alice.Handle() + "/" + tt.dec.Ticket + "#42"
 			}
 			if got.Cert.KeyId != wantKeyID {
 				t.Errorf("key id = %q", got.Cert.KeyId)
 			}
-			if len(store.recs) != 1 || store.recs[0].Serial != 42 || store.recs[0].Identity != "alice@example.com" {
+			if len(store.recs) != 1 || store.recs[0].Serial != 42 || store.recs[0].Identity != "https://idp|u1" {
 				t.Errorf("record = %+v", store.recs)
 			}
 			if pol.seen.Request.KeyType != ssh.KeyAlgoED25519 || pol.seen.Identity.Username != "alice" || pol.seen.Now != "2026-11-25T10:00:00Z" {
@@ -270,7 +274,8 @@ func TestRevokeAudited(t *testing.T) {
 			if tt.wantOutcome == "allowed" && err != nil || tt.wantOutcome != "allowed" && ca.KindOf(err) != tt.wantKind {
 				t.Fatalf("Revoke: %v, want kind %v", err, tt.wantKind)
 			}
-			why, _ := revs.Refused(context.Background(), caKey.PublicKey(), "bob@example.com", caKey.PublicKey())
+			// Blocked under the form given, whoever it turns out to be at the next sign-in.
+			why, _ := revs.Refused(context.Background(), caKey.PublicKey(), []string{"https://idp|b1", "email:bob@example.com"}, caKey.PublicKey())
 			if blocked := why != ""; blocked != tt.wantBlocked {
 				t.Errorf("identity blocked = %v, want %v", blocked, tt.wantBlocked)
 			}
@@ -281,7 +286,7 @@ func TestRevokeAudited(t *testing.T) {
 				t.Fatalf("%d audit records: %+v", len(log.recs), log.recs)
 			}
 			r := log.recs[0]
-			if r.Action != ca.KindRevoke || r.Outcome != tt.wantOutcome || r.Target != "identity:bob@example.com" || r.Reason != "offboarding" || r.Identity != "admin@example.com" {
+			if r.Action != ca.KindRevoke || r.Outcome != tt.wantOutcome || r.Target != "identity:bob@example.com" || r.Reason != "offboarding" || r.Identity != "https://idp|a1" {
 				t.Errorf("audit record %+v", r)
 			}
 		})

@@ -475,7 +475,7 @@ func TestRevokeWeakKey(t *testing.T) {
 		if len(res.Revoked) != 2 || res.Revoked[0].Kind != ca.RevokedKey {
 			t.Fatalf("%s: revoked %+v, want the key under both CAs", h, res.Revoked)
 		}
-		why, err := revs.Refused(context.Background(), caKey.PublicKey(), "someone", weak)
+		why, err := revs.Refused(context.Background(), caKey.PublicKey(), []string{"someone"}, weak)
 		if err != nil || why == "" {
 			t.Fatalf("%s: revoked weak key not refused: %q, %v", h, why, err)
 		}

@@ -42,9 +42,10 @@ type RevocationStore interface {
 	State(ctx context.Context, caKey ssh.PublicKey) (RevocationState, error)
 	// BlockIdentity refuses new certificates to identity until until.
 	BlockIdentity(ctx context.Context, identity string, until time.Time) error
-	// Refused reports why a request for identity and key must be refused at signing time
-	// ("" when it need not be): a revoked key, or a blocked identity.
-	Refused(ctx context.Context, caKey ssh.PublicKey, identity string, key ssh.PublicKey) (string, error)
+	// Refused reports why a request for key by the identity named by identities (its canonical
+	// name, then its aliases) must be refused at signing time ("" when it need not be): a
+	// revoked key, or a block on any of the names.
+	Refused(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey) (string, error)
 }
 
 // InventoryReader is the read side of the inventory the revocation API needs.

@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,8 +16,12 @@ type RevokeRequest struct {
 	Serial    uint64
 	KeyID     string
 	PublicKey ssh.PublicKey
-	Identity  string
-	Reason    string
+	// Identity is a canonical name ("<issuer>|<subject>"), a verified e-mail or a username
+	// (IdentityForm). An e-mail or username may name several identities: all are revoked only
+	// with AllMatches, else the answer is a conflict that lists them.
+	Identity   string
+	AllMatches bool
+	Reason     string
 }
 
 // RevokeResult says what a revocation changed.
@@ -26,7 +31,9 @@ type RevokeResult struct {
 	Certificates []Certificate
 	// BlockedUntil is when an identity revocation stops refusing new certificates.
 	BlockedUntil time.Time
-	Version      uint64
+	// Matches are the canonical names of the identities an identity revocation covered.
+	Matches []string
+	Version uint64
 }
 
 // KindRevoke is the policy input kind of revocation and of reading revocation state.
@@ -43,10 +50,26 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 	if err != nil {
 		return RevokeResult{}, err
 	}
-	if err := a.authorize(ctx, id, KindRevoke, req.Reason, target); err != nil {
+	now := a.now()
+	var matches []string
+	if req.Identity != "" {
+		if matches, err = a.identityMatches(ctx, req.Identity, now); err != nil {
+			return RevokeResult{}, err
+		}
+	}
+	// Which identities a name covers is said only to a caller the policy allows to revoke, and
+	// the decision's record lists them.
+	err = a.authorizeThen(ctx, id, KindRevoke, req.Reason, target, func(rec *AuditRecord) error {
+		rec.Matches = matches
+		if len(matches) > 1 && !req.AllMatches {
+			return &Error{Kind: KindConflict, Msg: fmt.Sprintf("identity %q names %d identities; revoke them all with all_matches (sshca revoke --all-matches), or name one as issuer|subject", req.Identity, len(matches)),
+				Reasons: matches}
+		}
+		return nil
+	})
+	if err != nil {
 		return RevokeResult{}, err
 	}
-	now := a.now()
 	var res RevokeResult
 	byCA := map[string][]RevocationEntry{}
 	caKeys := map[string]ssh.PublicKey{}
@@ -78,21 +101,38 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 		add(a.user.PublicKey(), RevocationEntry{Kind: RevokedKey, Value: keyEntry(req.PublicKey), Expiry: now.Add(a.limits.MaxUserTTL)})
 		add(a.host.PublicKey(), RevocationEntry{Kind: RevokedKey, Value: keyEntry(req.PublicKey), Expiry: now.Add(a.limits.MaxHostTTL)})
 	case req.Identity != "":
-		live, err := a.store.Live(ctx, req.Identity, now)
-		if err != nil {
-			return RevokeResult{}, Unavailable("certificate inventory unavailable", err)
-		}
-		for _, rec := range live {
-			caKey, err := a.caKeyOf(rec)
-			if err != nil {
-				continue // signed by a key no longer in use: it expires on its own
-			}
-			add(caKey, RevocationEntry{Kind: RevokedSerial, Value: strconv.FormatUint(rec.Serial, 10), Expiry: rec.ValidBefore})
-			res.Certificates = append(res.Certificates, rec)
-		}
+		// Block first, then read the live certificates: a certificate recorded after the read
+		// was issued after the block was checked... or before it, which the revocation-reach
+		// work makes atomic; blocking first at least never widens the gap.
 		res.BlockedUntil = now.Add(a.limits.IdentityBlock).UTC()
-		if err := a.revocations.BlockIdentity(ctx, req.Identity, res.BlockedUntil); err != nil {
-			return RevokeResult{}, Unavailable("revocation store unavailable", err)
+		res.Matches = matches
+		canonical, alias := IdentityForm(req.Identity)
+		blocks := append(slices.Clone(matches), canonical+alias) // the form given, too
+		for _, name := range dedupe(blocks) {
+			if err := a.revocations.BlockIdentity(ctx, name, res.BlockedUntil); err != nil {
+				return RevokeResult{}, Unavailable("revocation store unavailable", err)
+			}
+		}
+		// Records written before identities were canonical name them by e-mail or subject:
+		// the name as given finds those until they expire (at most max_host_ttl).
+		seen := map[uint64]bool{}
+		for _, name := range dedupe(append(slices.Clone(matches), req.Identity)) {
+			live, err := a.store.Live(ctx, name, now)
+			if err != nil {
+				return RevokeResult{}, Unavailable("certificate inventory unavailable", err)
+			}
+			for _, rec := range live {
+				if seen[rec.Serial] {
+					continue
+				}
+				seen[rec.Serial] = true
+				caKey, err := a.caKeyOf(rec)
+				if err != nil {
+					continue // signed by a key no longer in use: it expires on its own
+				}
+				add(caKey, RevocationEntry{Kind: RevokedSerial, Value: strconv.FormatUint(rec.Serial, 10), Expiry: rec.ValidBefore})
+				res.Certificates = append(res.Certificates, rec)
+			}
 		}
 	}
 	for fp, entries := range byCA {
@@ -186,9 +226,30 @@ func (a *Authority) Authorize(ctx context.Context, token string, kind CertKind, 
 	return a.authorize(ctx, id, kind, "", target)
 }
 
+// identityMatches resolves a name given to revoke-by-identity to canonical names: itself when
+// it is one, else the identities recorded under the alias (none is not an error: the alias is
+// still blocked).
+func (a *Authority) identityMatches(ctx context.Context, name string, now time.Time) ([]string, error) {
+	canonical, alias := IdentityForm(name)
+	if canonical != "" {
+		return []string{canonical}, nil
+	}
+	ids, err := a.store.ResolveAlias(ctx, alias, now)
+	if err != nil {
+		return nil, Unavailable("certificate inventory unavailable", err)
+	}
+	return ids, nil
+}
+
 // authorize asks the policy whether id may do kind (revoke, admin) to target, and keeps the
 // decision in the audit log: an allowed action goes ahead only once its record is kept.
-func (a *Authority) authorize(ctx context.Context, id Identity, kind CertKind, reason, target string) (err error) {
+func (a *Authority) authorize(ctx context.Context, id Identity, kind CertKind, reason, target string) error {
+	return a.authorizeThen(ctx, id, kind, reason, target, nil)
+}
+
+// authorizeThen is authorize with a check run once the policy allows and before the record is
+// kept: it may add to the record, and an error it returns settles the record with it.
+func (a *Authority) authorizeThen(ctx context.Context, id Identity, kind CertKind, reason, target string, check func(*AuditRecord) error) (err error) {
 	rec := a.auditRecord(kind, id)
 	rec.Reason, rec.Target = reason, target
 	in := PolicyInput{Kind: kind, Identity: id, Now: a.now().UTC().Format(time.RFC3339),
@@ -206,6 +267,12 @@ func (a *Authority) authorize(ctx context.Context, id Identity, kind CertKind, r
 		err = Denied("policy denied the request", rec.Reasons...)
 		a.settle(ctx, &rec, err)
 		return err
+	}
+	if check != nil {
+		if err := check(&rec); err != nil {
+			a.settle(ctx, &rec, err)
+			return err
+		}
 	}
 	rec.Outcome = "allowed"
 	return a.keep(ctx, rec)

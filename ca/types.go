@@ -50,14 +50,6 @@ type TokenUse struct {
 	Expiry    time.Time
 }
 
-// Name is how certificates and records name the identity: the email, else the subject.
-func (id Identity) Name() string {
-	if id.Email != "" {
-		return id.Email
-	}
-	return id.Subject
-}
-
 // Request is what a caller asks for, after the transport has parsed it.
 // Principals are user names for a user certificate and host names for a host certificate;
 // empty means "everything the policy grants" for users and is invalid for hosts.
@@ -151,6 +143,13 @@ type Certificate struct {
 	Ticket         string    `json:"ticket,omitempty"`
 	Reason         string    `json:"reason,omitempty"`
 	PolicyRevision string    `json:"policy_revision,omitempty"`
+	// Aliases are the other names of the identity (Identity.Aliases: "email:…", "username:…");
+	// the store indexes each to Identity, for revoke-by-identity.
+	Aliases []string `json:"aliases,omitempty"`
+	// IndexUntil is how long the store keeps the alias index entries (at least ValidBefore): as
+	// long as revoking the identity blocks it, so a later revocation by alias still finds the
+	// identity after its certificates expired. Not part of the record.
+	IndexUntil time.Time `json:"-"`
 }
 
 // Issued is the result of a successful issue: the signed certificate and its record.
@@ -185,6 +184,9 @@ type CertStore interface {
 	Record(ctx context.Context, c Certificate) error
 	Live(ctx context.Context, identity string, now time.Time) ([]Certificate, error)
 	Get(ctx context.Context, serial uint64) (Certificate, bool, error)
+	// ResolveAlias returns the canonical names of the identities recorded under alias
+	// ("email:…" or "username:…") whose index entries last beyond now, sorted.
+	ResolveAlias(ctx context.Context, alias string, now time.Time) ([]string, error)
 }
 
 // TokenLedger records single-use tokens: Use reports false when id was used before.

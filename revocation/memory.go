@@ -4,6 +4,7 @@
 package revocation
 
 import (
+	"slices"
 	"context"
 	"sort"
 	"sync"
@@ -23,6 +24,7 @@ type Memory struct {
 	scopes    map[string]*memScope
 	blocked   map[string]time.Time
 	tokens    map[string]time.Time
+	aliases   map[string]map[string]time.Time // alias → identity → until
 }
 
 // pruneEvery bounds the cost of pruning: a full sweep at most once per interval.
@@ -42,7 +44,36 @@ func (m *Memory) Record(_ context.Context, c ca.Certificate) error {
 	defer m.mu.Unlock()
 	m.pruneLocked(m.now())
 	m.certs[c.Serial] = c
+	until := c.ValidBefore
+	if c.IndexUntil.After(until) {
+		until = c.IndexUntil
+	}
+	for _, a := range c.Aliases {
+		if m.aliases == nil {
+			m.aliases = map[string]map[string]time.Time{}
+		}
+		if m.aliases[a] == nil {
+			m.aliases[a] = map[string]time.Time{}
+		}
+		if until.After(m.aliases[a][c.Identity]) {
+			m.aliases[a][c.Identity] = until
+		}
+	}
 	return nil
+}
+
+// ResolveAlias returns the identities recorded under alias whose entries last beyond now.
+func (m *Memory) ResolveAlias(_ context.Context, alias string, now time.Time) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for id, until := range m.aliases[alias] {
+		if until.After(now) {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // Live returns the identity's certificates still valid at now, by serial.

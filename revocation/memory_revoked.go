@@ -91,7 +91,7 @@ func (m *Memory) BlockIdentity(_ context.Context, identity string, until time.Ti
 }
 
 // Refused reports why a request must be refused at signing time.
-func (m *Memory) Refused(_ context.Context, _ ssh.PublicKey, identity string, key ssh.PublicKey) (string, error) {
+func (m *Memory) Refused(_ context.Context, _ ssh.PublicKey, identities []string, key ssh.PublicKey) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var keyExp, idExp float64
@@ -103,8 +103,13 @@ func (m *Memory) Refused(_ context.Context, _ ssh.PublicKey, identity string, ke
 			keyExp, keyFound = float64(e.Expiry.UnixMilli()), true
 		}
 	}
-	if t, ok := m.blocked[identity]; ok {
-		idExp, idFound = float64(t.UnixMilli()), true
+	identity := ""
+	now := float64(m.now().UnixMilli())
+	for _, name := range identities {
+		if t, ok := m.blocked[name]; ok && float64(t.UnixMilli()) > now {
+			idExp, idFound, identity = float64(t.UnixMilli()), true, name
+			break
+		}
 	}
 	return refusal(m.now(), keyExp, keyFound, idExp, idFound, identity), nil
 }

@@ -1,6 +1,7 @@
 package revocation
 
 import (
+	"slices"
 	"context"
 	"encoding/json"
 	"errors"
@@ -51,6 +52,10 @@ func (r *Redis) certKey(serial uint64) string {
 	return r.prefix + ":{inventory}:cert:" + strconv.FormatUint(serial, 10)
 }
 func (r *Redis) identityKey(id string) string { return r.prefix + ":{inventory}:id:" + id }
+
+// aliasKey is the sorted set of the canonical identities recorded under an alias, scored by
+// how long each entry lasts (unix ms).
+func (r *Redis) aliasKey(alias string) string { return r.prefix + ":{inventory}:alias:" + alias }
 func (r *Redis) serialKey(serial uint64) string {
 	return r.prefix + ":{inventory}:serial:" + strconv.FormatUint(serial, 10)
 }
@@ -68,6 +73,15 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 		p.PExpireAt(ctx, r.certKey(c.Serial), c.ValidBefore)
 		p.ZRemRangeByScore(ctx, idKey, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
 		p.ZAdd(ctx, idKey, redis.Z{Score: float64(c.ValidBefore.UnixMilli()), Member: strconv.FormatUint(c.Serial, 10)})
+		until := c.ValidBefore
+		if c.IndexUntil.After(until) {
+			until = c.IndexUntil
+		}
+		for _, a := range c.Aliases {
+			k := r.aliasKey(a)
+			p.ZRemRangeByScore(ctx, k, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
+			p.ZAddGT(ctx, k, redis.Z{Score: float64(until.UnixMilli()), Member: c.Identity})
+		}
 		return nil
 	})
 	if err != nil {
@@ -113,6 +127,18 @@ func (r *Redis) Live(ctx context.Context, identity string, now time.Time) ([]ca.
 	}
 	sortBySerial(out)
 	return out, nil
+}
+
+// ResolveAlias returns the canonical names of the identities recorded under alias whose index
+// entries last beyond now, sorted.
+func (r *Redis) ResolveAlias(ctx context.Context, alias string, now time.Time) ([]string, error) {
+	ids, err := r.rdb.ZRangeByScore(ctx, r.aliasKey(alias), &redis.ZRangeBy{
+		Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf"}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("revocation: resolve identity alias: %w", err)
+	}
+	slices.Sort(ids)
+	return ids, nil
 }
 
 // Get returns the record of a serial, if it is still kept.

@@ -300,13 +300,16 @@ func (r *Redis) revokedKeys() string { return r.prefix + ":{keys}:revoked" }
 // Refused reports why a request must be refused at signing time, in one round trip: the key
 // revoked under the signing CA key's scope or under any other (revokedKeys; the scope check
 // also covers keys revoked before that set existed), or the identity blocked.
-func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identity string, key ssh.PublicKey) (string, error) {
-	var scopeCmd, anyCmd, idCmd *redis.FloatCmd
+func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey) (string, error) {
+	var scopeCmd, anyCmd *redis.FloatCmd
+	var idCmd *redis.FloatSliceCmd
 	m := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: KeyEntry(key)})
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		scopeCmd = p.ZScore(ctx, r.scope(ssh.FingerprintSHA256(caKey))+"entries", m)
 		anyCmd = p.ZScore(ctx, r.revokedKeys(), m)
-		idCmd = p.ZScore(ctx, r.prefix+":{identities}:blocked", identity)
+		if len(identities) > 0 {
+			idCmd = p.ZMScore(ctx, r.prefix+":{identities}:blocked", identities...)
+		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -316,7 +319,17 @@ func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identity strin
 	if anyCmd.Err() == nil && (!keyFound || anyCmd.Val() > keyExp) {
 		keyExp, keyFound = anyCmd.Val(), true
 	}
-	return refusal(r.now(), keyExp, keyFound, idCmd.Val(), idCmd.Err() == nil, identity), nil
+	// ZMSCORE answers nil (0 here) for a name that is not blocked: take the latest block.
+	var idExp float64
+	identity := ""
+	if idCmd != nil {
+		for i, exp := range idCmd.Val() {
+			if exp > idExp {
+				idExp, identity = exp, identities[i]
+			}
+		}
+	}
+	return refusal(r.now(), keyExp, keyFound, idExp, identity != "", identity), nil
 }
 
 func refusal(now time.Time, keyExp float64, keyFound bool, idExp float64, idFound bool, identity string) string {

@@ -103,27 +103,27 @@ func testRevocations(t *testing.T, newStore func(*testing.T, *clock) ca.Revocati
 	t.Run("refused at signing", func(t *testing.T) {
 		c := &clock{t: t0}
 		s := newStore(t, c)
-		if why, err := s.Refused(ctx, caKey, "alice", userKey); err != nil || why != "" {
+		if why, err := s.Refused(ctx, caKey, []string{"alice"}, userKey); err != nil || why != "" {
 			t.Fatalf("Refused = %q, %v before any revocation", why, err)
 		}
 		if _, err := s.Revoke(ctx, caKey, []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(userKey), Expiry: t0.Add(time.Hour)}}); err != nil {
 			t.Fatal(err)
 		}
-		if why, _ := s.Refused(ctx, caKey, "alice", userKey); !strings.Contains(why, "public key has been revoked") {
+		if why, _ := s.Refused(ctx, caKey, []string{"alice"}, userKey); !strings.Contains(why, "public key has been revoked") {
 			t.Errorf("revoked key: %q", why)
 		}
 		// After a CA key rotation the next CA key signs: the key stays refused.
-		if why, _ := s.Refused(ctx, pubKey(t), "alice", userKey); !strings.Contains(why, "public key has been revoked") {
+		if why, _ := s.Refused(ctx, pubKey(t), []string{"alice"}, userKey); !strings.Contains(why, "public key has been revoked") {
 			t.Errorf("revoked key, asked of another CA key: %q", why)
 		}
 		if err := s.BlockIdentity(ctx, "bob", t0.Add(time.Hour)); err != nil {
 			t.Fatal(err)
 		}
-		if why, _ := s.Refused(ctx, caKey, "bob", pubKey(t)); !strings.Contains(why, "bob were revoked") {
+		if why, _ := s.Refused(ctx, caKey, []string{"bob"}, pubKey(t)); !strings.Contains(why, "bob were revoked") {
 			t.Errorf("blocked identity: %q", why)
 		}
 		c.Set(t0.Add(2 * time.Hour))
-		if why, _ := s.Refused(ctx, caKey, "bob", userKey); why != "" {
+		if why, _ := s.Refused(ctx, caKey, []string{"bob"}, userKey); why != "" {
 			t.Errorf("after expiry: %q", why)
 		}
 	})
