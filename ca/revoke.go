@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -202,10 +203,27 @@ func (a *Authority) Inventory(ctx context.Context, token, identity string) ([]Ce
 	if err := a.authenticateAdmin(ctx, token, "list certificates of "+identity); err != nil {
 		return nil, err
 	}
-	certs, err := a.store.Live(ctx, identity, a.now())
+	now := a.now()
+	matches, err := a.identityMatches(ctx, identity, now)
 	if err != nil {
-		return nil, Unavailable("certificate inventory unavailable", err)
+		return nil, err
 	}
+	// Also the name as given: records written before identities were canonical.
+	var certs []Certificate
+	seen := map[uint64]bool{}
+	for _, name := range dedupe(append(matches, identity)) {
+		live, err := a.store.Live(ctx, name, now)
+		if err != nil {
+			return nil, Unavailable("certificate inventory unavailable", err)
+		}
+		for _, c := range live {
+			if !seen[c.Serial] {
+				seen[c.Serial] = true
+				certs = append(certs, c)
+			}
+		}
+	}
+	slices.SortFunc(certs, func(x, y Certificate) int { return cmp.Compare(x.Serial, y.Serial) })
 	return certs, nil
 }
 

@@ -110,6 +110,51 @@ func testContract(t *testing.T, newStore func(*testing.T, *clock) store) {
 		}
 	})
 
+	t.Run("identity aliases", func(t *testing.T) {
+		c := &clock{t: t0}
+		s := newStore(t, c)
+		// Two identities share a username (two issuers); one keeps its index entry beyond its
+		// certificate (IndexUntil), the other only as long as its certificate.
+		a := cert(10, "https://idp-a|u1", 10*time.Minute)
+		a.Aliases, a.IndexUntil = []string{"email:alice@example.com", "username:alice"}, t0.Add(2*time.Hour)
+		b := cert(11, "https://idp-b|x9", 5*time.Minute)
+		b.Aliases = []string{"username:alice"}
+		for _, x := range []ca.Certificate{a, b} {
+			if err := s.Record(ctx, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+		resolve := func(alias string, at time.Time) []string {
+			t.Helper()
+			got, err := s.ResolveAlias(ctx, alias, at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return got
+		}
+		if diff := cmp.Diff([]string{"https://idp-a|u1", "https://idp-b|x9"}, resolve("username:alice", t0)); diff != "" {
+			t.Errorf("username:alice (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff([]string{"https://idp-a|u1"}, resolve("email:alice@example.com", t0)); diff != "" {
+			t.Errorf("email (-want +got):\n%s", diff)
+		}
+		// After b's certificate expired its entry is gone; a's lasts until its IndexUntil.
+		if diff := cmp.Diff([]string{"https://idp-a|u1"}, resolve("username:alice", t0.Add(time.Hour))); diff != "" {
+			t.Errorf("an hour later (-want +got):\n%s", diff)
+		}
+		if got := resolve("username:alice", t0.Add(3*time.Hour)); len(got) != 0 {
+			t.Errorf("after IndexUntil: %v", got)
+		}
+		if got := resolve("username:bob", t0); len(got) != 0 {
+			t.Errorf("unknown alias resolved to %v", got)
+		}
+		// The record itself carries the aliases, never IndexUntil.
+		got, ok, err := s.Get(ctx, 10)
+		if err != nil || !ok || len(got.Aliases) != 2 || !got.IndexUntil.IsZero() {
+			t.Errorf("record = %+v, %v, %v", got, ok, err)
+		}
+	})
+
 	t.Run("reserve serial", func(t *testing.T) {
 		c := &clock{t: t0}
 		s := newStore(t, c)

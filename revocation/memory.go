@@ -4,8 +4,8 @@
 package revocation
 
 import (
-	"slices"
 	"context"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -43,11 +43,12 @@ func (m *Memory) Record(_ context.Context, c ca.Certificate) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.pruneLocked(m.now())
-	m.certs[c.Serial] = c
 	until := c.ValidBefore
 	if c.IndexUntil.After(until) {
 		until = c.IndexUntil
 	}
+	c.IndexUntil = time.Time{} // not part of the record, as in Redis
+	m.certs[c.Serial] = c
 	for _, a := range c.Aliases {
 		if m.aliases == nil {
 			m.aliases = map[string]map[string]time.Time{}

@@ -22,8 +22,11 @@ type revokeRequest struct {
 	Serial    string `json:"serial,omitempty"`
 	KeyID     string `json:"key_id,omitempty"`
 	PublicKey string `json:"public_key,omitempty"`
-	Identity  string `json:"identity,omitempty"`
-	Reason    string `json:"reason"`
+	// Identity is "<issuer>|<subject>", a verified e-mail or a username; AllMatches revokes
+	// every identity an e-mail or username names (else several matches are a 409 listing them).
+	Identity   string `json:"identity,omitempty"`
+	AllMatches bool   `json:"all_matches,omitempty"`
+	Reason     string `json:"reason"`
 
 	token string
 }
@@ -50,8 +53,10 @@ type revokeResponse struct {
 	Revoked      []entryJSON `json:"revoked"`
 	Certificates []certJSON  `json:"certificates"`
 	BlockedUntil string      `json:"blocked_until,omitempty"`
-	Version      string      `json:"version"`
-	Err          error       `json:"-"`
+	// Matches are the identities (canonical names) an identity revocation covered.
+	Matches []string `json:"matches,omitempty"`
+	Version string   `json:"version"`
+	Err     error    `json:"-"`
 }
 
 func (r revokeResponse) Failed() error { return r.Err }
@@ -93,7 +98,7 @@ func makeRevokeEndpoint(s Service) endpoint.Endpoint {
 		if req.token == "" {
 			return revokeResponse{Err: errMissingToken}, nil
 		}
-		r := ca.RevokeRequest{KeyID: req.KeyID, Identity: req.Identity, Reason: req.Reason}
+		r := ca.RevokeRequest{KeyID: req.KeyID, Identity: req.Identity, AllMatches: req.AllMatches, Reason: req.Reason}
 		if req.Serial != "" {
 			n, err := strconv.ParseUint(req.Serial, 10, 64)
 			if err != nil || n == 0 {
@@ -115,7 +120,8 @@ func makeRevokeEndpoint(s Service) endpoint.Endpoint {
 		if err != nil {
 			return revokeResponse{Err: err}, nil
 		}
-		out := revokeResponse{Revoked: entriesJSON(res.Revoked), Certificates: certsJSON(res.Certificates), Version: strconv.FormatUint(res.Version, 10)}
+		out := revokeResponse{Revoked: entriesJSON(res.Revoked), Certificates: certsJSON(res.Certificates), Matches: res.Matches,
+			Version: strconv.FormatUint(res.Version, 10)}
 		if !res.BlockedUntil.IsZero() {
 			out.BlockedUntil = res.BlockedUntil.Format(time.RFC3339)
 		}

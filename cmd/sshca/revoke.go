@@ -12,6 +12,7 @@ import (
 
 func newRevokeCommand() *cobra.Command {
 	var server, tokenEnv, tokenFile, serial, keyID, identity, publicKeyFile, reason string
+	var allMatches bool
 	cmd := &cobra.Command{
 		Use:   "revoke --serial N | --key-id ID | --identity X | --public-key FILE --reason TEXT",
 		Short: "Revoke certificates; bastions running the agent refuse them within about a second",
@@ -23,7 +24,13 @@ func newRevokeCommand() *cobra.Command {
 			if reason == "" {
 				return errors.New("--reason is required: say why (it is recorded)")
 			}
-			body := map[string]string{"reason": reason}
+			body := map[string]any{"reason": reason}
+			if allMatches {
+				if identity == "" {
+					return errors.New("--all-matches goes with --identity")
+				}
+				body["all_matches"] = true
+			}
 			n := 0
 			for k, v := range map[string]string{"serial": serial, "key_id": keyID, "identity": identity} {
 				if v != "" {
@@ -51,11 +58,18 @@ func newRevokeCommand() *cobra.Command {
 				Certificates []struct {
 					Serial, KeyID string
 				} `json:"certificates"`
-				BlockedUntil string `json:"blocked_until"`
-				Version      string `json:"version"`
+				BlockedUntil string   `json:"blocked_until"`
+				Matches      []string `json:"matches"`
+				Version      string   `json:"version"`
 			}
 			if err := postJSON(cmd.Context(), strings.TrimRight(server, "/")+"/v1/revocations", token, body, &reply); err != nil {
+				if strings.Contains(err.Error(), "(HTTP 409)") && identity != "" {
+					return fmt.Errorf("%w\nname one identity as --identity 'issuer|subject', or revoke every one with --all-matches", err)
+				}
 				return err
+			}
+			for _, m := range reply.Matches {
+				fmt.Fprintf(cmd.OutOrStdout(), "identity %s\n", m)
 			}
 			return printRevoked(cmd.OutOrStdout(), reply.Revoked, reply.BlockedUntil, reply.Version)
 		},
@@ -65,7 +79,8 @@ func newRevokeCommand() *cobra.Command {
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token")
 	cmd.Flags().StringVar(&serial, "serial", "", "certificate serial (decimal)")
 	cmd.Flags().StringVar(&keyID, "key-id", "", "certificate key ID, e.g. alice@example.com#123")
-	cmd.Flags().StringVar(&identity, "identity", "", "every live certificate of this identity (email, else subject)")
+	cmd.Flags().StringVar(&identity, "identity", "", "every live certificate of this identity: a verified e-mail, a username or 'issuer|subject'; blocks new ones")
+	cmd.Flags().BoolVar(&allMatches, "all-matches", false, "with --identity: revoke every identity the e-mail or username names")
 	cmd.Flags().StringVar(&publicKeyFile, "public-key", "", "file with a public key (or certificate): every certificate for the key")
 	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded)")
 	return cmd
