@@ -68,11 +68,18 @@ func (a *Authority) keep(ctx context.Context, rec AuditRecord) error {
 	if a.audit == nil {
 		return nil
 	}
+	grant := rec.Outcome == "issued" || rec.Outcome == "allowed"
+	if err := ctx.Err(); err != nil && !grant {
+		// The request's deadline has passed (the store stalled): the record cannot be written,
+		// and waiting behind other appends would only delay the refusal.
+		a.log.ErrorContext(ctx, "audit record lost", "action", rec.Action, "outcome", rec.Outcome, "identity", rec.Identity, "err", err)
+		return nil
+	}
 	err := a.audit.Append(ctx, rec)
 	if err == nil {
 		return nil
 	}
-	if rec.Outcome == "issued" || rec.Outcome == "allowed" {
+	if grant {
 		return storeErr("audit log unavailable; nothing was done", err)
 	}
 	a.log.ErrorContext(ctx, "audit record lost", "action", rec.Action, "outcome", rec.Outcome, "identity", rec.Identity, "err", err)
@@ -82,6 +89,52 @@ func (a *Authority) keep(ctx context.Context, rec AuditRecord) error {
 // settle completes rec from the error a request ended with (outcome and reasons, unless set)
 // and keeps it.
 func (a *Authority) settle(ctx context.Context, rec *AuditRecord, err error) {
+	complete(rec, err)
+	_ = a.keep(ctx, *rec)
+}
+
+// SignedAuditRetry is how long the record of a certificate that was signed but not handed out
+// is retried: long enough for a stalled or restarting store to come back.
+const SignedAuditRetry = time.Minute
+
+// settleSigned keeps the record of a certificate that was signed but not handed out (its
+// inventory record or its audit record failed): once now, then, if that fails, in the
+// background with backoff for up to SignedAuditRetry, each attempt under SignedCertTimeout. A
+// write that timed out in the client may land later, and then the inventory holds a
+// certificate that only this record explains.
+func (a *Authority) settleSigned(ctx context.Context, rec AuditRecord, cause error) {
+	complete(&rec, cause)
+	if a.audit == nil {
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, SignedCertTimeout)
+	err := a.audit.Append(actx, rec)
+	cancel()
+	if err != nil {
+		go a.retrySigned(ctx, rec)
+	}
+}
+
+func (a *Authority) retrySigned(ctx context.Context, rec AuditRecord) {
+	giveUp := time.Now().Add(SignedAuditRetry)
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		time.Sleep(wait)
+		actx, cancel := context.WithTimeout(ctx, SignedCertTimeout)
+		err := a.audit.Append(actx, rec)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().Add(wait).After(giveUp) {
+			a.log.ErrorContext(ctx, "audit record of a signed certificate lost", "serial", rec.Serial, "key_id", rec.KeyID,
+				"identity", rec.Identity, "outcome", rec.Outcome, "err", err)
+			return
+		}
+	}
+}
+
+// complete fills rec's outcome and reasons, unless set, from the error a request ended with.
+func complete(rec *AuditRecord, err error) {
 	var e *Error
 	if errors.As(err, &e) {
 		if rec.Outcome == "" {
@@ -93,5 +146,4 @@ func (a *Authority) settle(ctx context.Context, rec *AuditRecord, err error) {
 	} else if rec.Outcome == "" {
 		rec.Outcome = KindInternal.String()
 	}
-	_ = a.keep(ctx, *rec)
 }

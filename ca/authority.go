@@ -175,14 +175,21 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	if req.PublicKey != nil {
 		rec.KeyFingerprint = ssh.FingerprintSHA256(req.PublicKey)
 	}
-	// Records are kept under the request's deadline until a certificate is signed, and under
-	// a bound of their own after (recordCtx is replaced then).
-	recordCtx := ctx
+	// Records are kept under the request's deadline until a certificate is signed. The failure
+	// of a signed certificate is audited with its serial under a bound of its own, and retried
+	// in the background until kept (settleSigned): writes that timed out, the inventory's record
+	// among them, may still land once a stalled store resumes, and this record must land beside
+	// them.
 	defer func() {
-		if err != nil {
-			rec.Late = ctx.Err() != nil
-			a.settle(recordCtx, &rec, err)
+		if err == nil {
+			return
 		}
+		rec.Late = ctx.Err() != nil
+		if rec.Serial == 0 {
+			a.settle(ctx, &rec, err)
+			return
+		}
+		a.settleSigned(context.WithoutCancel(ctx), rec, err)
 	}()
 	if err := a.validate(req); err != nil {
 		return Issued{}, err

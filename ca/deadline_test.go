@@ -87,7 +87,8 @@ func deadlineAuthority(t *testing.T, pol ca.Policy, sgn ca.Signer, store ca.Cert
 var deadlineGrant = ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: 5 * time.Minute}
 
 // TestIssueNoSigningAfterDeadline: once the request's deadline has passed, nothing is signed
-// and nothing recorded; the answer is unavailable, and the refusal's record says it was late.
+// and nothing recorded; the answer is unavailable, and the refusal is logged, not audited
+// (an append would wait behind others on a stalled store).
 func TestIssueNoSigningAfterDeadline(t *testing.T) {
 	caKey, _ := newSSHKey(t)
 	_, userKey := newSSHKey(t)
@@ -103,8 +104,8 @@ func TestIssueNoSigningAfterDeadline(t *testing.T) {
 	if sgn.signed != 0 || len(store.recs) != 0 {
 		t.Errorf("signed %d, recorded %d after the deadline; want none", sgn.signed, len(store.recs))
 	}
-	if len(log.recs) != 1 || log.recs[0].Outcome != "unavailable" || !log.recs[0].Late {
-		t.Errorf("audit records %+v, want one unavailable and late", log.recs)
+	if len(log.recs) != 0 {
+		t.Errorf("audit records %+v, want none", log.recs)
 	}
 }
 
@@ -148,5 +149,76 @@ func TestIssueInTimeIsNotLate(t *testing.T) {
 	}
 	if len(log.recs) != 1 || log.recs[0].Late {
 		t.Errorf("audit records %+v, want one, not late", log.recs)
+	}
+}
+
+// TestIssueSignedNotRecordedIsAudited: when the inventory fails after signing (as the
+// deadline passes), nothing is returned and the failure is audited with the serial under a
+// bound of its own, so that a write that lands late in the inventory has its audit record.
+func TestIssueSignedNotRecordedIsAudited(t *testing.T) {
+	caKey, _ := newSSHKey(t)
+	_, userKey := newSSHKey(t)
+	sgn := &countingSigner{key: caKey, waitDeadline: true}
+	store, log := &ctxStore{fakeStore: fakeStore{err: context.DeadlineExceeded}}, &ctxAudit{}
+	a := deadlineAuthority(t, &fakePolicy{dec: deadlineGrant}, sgn, store, log)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := a.Issue(ctx, "good", ca.Request{Kind: ca.UserCert, PublicKey: userKey})
+	if ca.KindOf(err) != ca.KindUnavailable {
+		t.Fatalf("Issue with the inventory failing = %v, want unavailable", err)
+	}
+	var recs []ca.AuditRecord
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		log.mu.Lock()
+		recs = append([]ca.AuditRecord(nil), log.recs...)
+		log.mu.Unlock()
+		if len(recs) > 0 {
+			break
+		}
+	}
+	if len(recs) != 1 || recs[0].Outcome != "unavailable" || recs[0].Serial != 7 || !recs[0].Late {
+		t.Errorf("audit records %+v, want one unavailable, late, serial 7", recs)
+	}
+}
+
+// flakyAudit fails its first appends (a store that has not come back yet).
+type flakyAudit struct {
+	fakeAudit
+	failures int
+}
+
+func (a *flakyAudit) Append(ctx context.Context, r ca.AuditRecord) error {
+	a.mu.Lock()
+	if a.failures > 0 {
+		a.failures--
+		a.mu.Unlock()
+		return context.DeadlineExceeded
+	}
+	a.mu.Unlock()
+	return a.fakeAudit.Append(ctx, r)
+}
+
+// TestIssueSignedFailureAuditRetried: the record of a signed certificate whose audit failed
+// is retried until the audit log takes it.
+func TestIssueSignedFailureAuditRetried(t *testing.T) {
+	caKey, _ := newSSHKey(t)
+	_, userKey := newSSHKey(t)
+	store, log := &fakeStore{}, &flakyAudit{failures: 3}
+	a := deadlineAuthority(t, &fakePolicy{dec: deadlineGrant}, &countingSigner{key: caKey}, store, log)
+	_, err := a.Issue(context.Background(), "good", ca.Request{Kind: ca.UserCert, PublicKey: userKey})
+	if ca.KindOf(err) != ca.KindUnavailable {
+		t.Fatalf("Issue with the audit log failing = %v, want unavailable", err)
+	}
+	var recs []ca.AuditRecord
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		log.mu.Lock()
+		recs = append([]ca.AuditRecord(nil), log.recs...)
+		log.mu.Unlock()
+		if len(recs) > 0 {
+			break
+		}
+	}
+	if len(store.recs) != 1 || len(recs) != 1 || recs[0].Outcome != "unavailable" || recs[0].Serial != 7 || recs[0].Late {
+		t.Errorf("inventory %d, audit records %+v, want one unavailable, serial 7, not late", len(store.recs), recs)
 	}
 }

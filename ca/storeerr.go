@@ -10,8 +10,9 @@ import (
 // SignedCertTimeout bounds the work left once a certificate is signed: recording it in the
 // inventory and keeping its audit record. That work runs to completion under this bound of its
 // own, even when the request's deadline has passed meanwhile, so that the inventory never
-// misses a signed certificate. A server's write timeout must leave room for the request
-// deadline plus this.
+// misses a signed certificate; a failure of that work is audited under a second such bound
+// (then retried in the background, see SignedAuditRetry). A server's write timeout must leave
+// room for the request deadline plus twice this.
 const SignedCertTimeout = 2 * time.Second
 
 // storeReply is how a store's client marks an error that is the server's own answer to a

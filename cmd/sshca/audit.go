@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
@@ -118,7 +119,8 @@ func newAuditCommand() *cobra.Command {
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("--redis: %w", err)
 		}
-		rdb := redis.NewClient(ropts)
+		// A command-line tool reads whole logs: 5 s an attempt unless the URL asks for less.
+		rdb := redis.NewClient(newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts))
 		return audit.New(rdb, o), func() { rdb.Close() }, key, nil
 	}
 	keyed := func(key []byte) string {

@@ -86,8 +86,9 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		if err != nil {
 			return fmt.Errorf("--redis: %w", err)
 		}
-		ropts.DialTimeout, ropts.ReadTimeout = time.Second, 2*time.Second
-		rdb := redis.NewClient(ropts)
+		// No request deadline here: each call is bounded by about 4 s (2 s an attempt, one retry);
+		// the stream's blocking read has its own bound.
+		rdb := redis.NewClient(newRedisBounds(4*time.Second, time.Second, 2*time.Second, 0).single(ropts))
 		defer rdb.Close()
 		o.Redis = revocation.NewRedis(rdb, revocation.RedisOptions{})
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"gopkg.in/yaml.v3"
 
+	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/services"
 )
@@ -47,6 +48,19 @@ type Config struct {
 
 	// KnownHostsPattern is the host pattern of /v1/ca/known_hosts lines (default "*").
 	KnownHostsPattern string `yaml:"known_hosts_pattern"`
+
+	// RequestTimeout is every request's deadline (default 2s): a dependency that does not
+	// answer within it is a 503. It must leave the HTTP server's write timeout room for a
+	// signed certificate to be recorded and audited after it (2 × ca.SignedCertTimeout).
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+}
+
+// requestTimeout is RequestTimeout or its default.
+func (c *Config) requestTimeout() time.Duration {
+	if c.RequestTimeout > 0 {
+		return c.RequestTimeout
+	}
+	return services.DefaultRequestTimeout
 }
 
 // TLSConfig names the server's certificate and key files.
@@ -229,6 +243,10 @@ func (c *Config) Validate() error {
 		if _, err := readAuditKey(c.Audit.KeyFile); err != nil {
 			add("audit.key_file: %v", err)
 		}
+	}
+	if c.RequestTimeout < 0 || c.RequestTimeout > 0 && c.RequestTimeout+2*ca.SignedCertTimeout >= httpWriteTimeout {
+		add("request_timeout: %s must be positive and below the HTTP write timeout (%s) less twice the %s a signed certificate is given to be recorded and audited",
+			c.RequestTimeout, httpWriteTimeout, ca.SignedCertTimeout)
 	}
 	if c.Limits.MaxUserTTL < 0 || c.Limits.MaxHostTTL < 0 || c.Limits.MaxPrincipals < 0 || c.Limits.IdentityBlock < 0 {
 		add("limits: values must not be negative")

@@ -93,7 +93,7 @@ func runDev(ctx context.Context, o devOptions) error {
 		return fmt.Errorf("dev: embedded redis: %w", err)
 	}
 	defer mr.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	rdb := redis.NewClient(newRedisBounds(0, 0, 0, 0).single(&redis.Options{Addr: mr.Addr()}))
 	defer rdb.Close()
 	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
 	if err := store.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
@@ -137,7 +137,7 @@ func runDev(ctx context.Context, o devOptions) error {
 	if err != nil {
 		return err
 	}
-	p := redisParts(userKey, hostKey, store, pol, o.log)
+	p := redisParts(userKey, hostKey, rdb, store, pol, o.log)
 	p.auth = auth
 	p.details = func() map[string]string {
 		return map[string]string{"policy_revision": pol.Revision(), "policy_evaluator": pol.Mode()}

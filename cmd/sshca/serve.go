@@ -59,7 +59,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	if err != nil {
 		return err
 	}
-	rdb := redis.NewUniversalClient(ropts)
+	rc := cfg.Redis
+	rdb := redis.NewUniversalClient(newRedisBounds(cfg.requestTimeout(), rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
 	defer rdb.Close()
 	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
 	if err := store.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
@@ -78,8 +79,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	}
 	proxies, _ := cfg.trustedProxies() // validated in LoadConfig
 
-	p := redisParts(userKey, hostKey, store, pol, log)
-	p.auth = auth
+	p := redisParts(userKey, hostKey, rdb, store, pol, log)
+	p.auth, p.requestTimeout = auth, cfg.requestTimeout()
 	var auditKey []byte
 	if cfg.Audit.KeyFile != "" {
 		if auditKey, err = readAuditKey(cfg.Audit.KeyFile); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -13,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/kms"
@@ -41,12 +44,17 @@ type parts struct {
 	reg               *prometheus.Registry
 	trustedProxies    []netip.Prefix
 	log               *slog.Logger
+	// rdb, when set, is probed with writes for readiness.
+	rdb redis.UniversalClient
+	// requestTimeout is every request's deadline (0: services.DefaultRequestTimeout).
+	requestTimeout time.Duration
 }
 
 // redisParts are the parts every mode shares: the CA keys signing through the signer, with
 // the Redis store as inventory, serial reservation, revocations and token ledger.
-func redisParts(userKey, hostKey *kms.Key, store *revocation.Redis, pol policy, log *slog.Logger) parts {
+func redisParts(userKey, hostKey *kms.Key, rdb redis.UniversalClient, store *revocation.Redis, pol policy, log *slog.Logger) parts {
 	return parts{
+		rdb:        rdb,
 		policy:     pol,
 		userSigner: signer.New(userKey.Signer(), store, signer.Options{}),
 		hostSigner: signer.New(hostKey.Signer(), store, signer.Options{}),
@@ -80,7 +88,7 @@ func apiHandler(p parts) (http.Handler, error) {
 		Logger:            p.log,
 		KnownHostsPattern: p.knownHostsPattern,
 		TrustedProxies:    p.trustedProxies,
-		Ready:             readiness(p.checks),
+		Ready:             services.Checks(p.readyChecks()),
 		Details:           withFaults(p.details, faults),
 		Login:             p.login,
 		Keys:              keyAdmin(p, authority),
@@ -89,7 +97,27 @@ func apiHandler(p parts) (http.Handler, error) {
 		},
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	return mux, nil
+	return services.RequestDeadline(p.requestTimeout, nil, mux), nil
+}
+
+// readyChecks are the checks /readyz runs: the configured ones, with Redis probed by a write
+// in every hash tag of durable state (the CA keys' scopes as the signers publish them now).
+func (p parts) readyChecks() map[string]ca.Checker {
+	checks := maps.Clone(p.checks)
+	if p.rdb != nil {
+		user, host := p.userSigner, p.hostSigner
+		checks["redis"] = redisProbe{rdb: p.rdb, prefix: "sshca", caKeys: func() []ssh.PublicKey {
+			return append(publishedKeys(user), publishedKeys(host)...)
+		}}
+	}
+	return checks
+}
+
+func publishedKeys(s ca.Signer) []ssh.PublicKey {
+	if p, ok := s.(ca.Publisher); ok {
+		return p.Published()
+	}
+	return []ssh.PublicKey{s.PublicKey()}
 }
 
 // withFaults adds the last policy fault (when and in which field) to the /readyz details.
@@ -112,17 +140,8 @@ func keyAdmin(p parts, a *ca.Authority) services.KeyAdmin {
 	return p.keys(a)
 }
 
-func readiness(checks map[string]ca.Checker) func(context.Context) map[string]error {
-	return func(ctx context.Context) map[string]error {
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		out := make(map[string]error, len(checks))
-		for name, c := range checks {
-			out[name] = c.Check(ctx)
-		}
-		return out
-	}
-}
+// httpWriteTimeout is the HTTP server's write timeout; request_timeout is validated below it.
+const httpWriteTimeout = 30 * time.Second
 
 // newHTTPServer is an http.Server with every timeout set, so a slow client cannot hold a
 // connection open.
@@ -131,7 +150,7 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      httpWriteTimeout,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/services"
+)
+
+// Every Redis client sshca builds goes through redisBounds, so that each one honours the
+// deadline of the request it serves. Without ContextTimeoutEnabled go-redis ignores context
+// deadlines and waits for its own read timeout (3 s by default) up to 3 retries: a stalled
+// Redis then held an issue request for the whole stall. With it, a command ends at the
+// context's deadline; the timeouts below bound the calls that have none (background loops,
+// the CLI) to about one request deadline each, and one retry with a short backoff fits in
+// what a deadline leaves after a dropped connection.
+type redisBounds struct {
+	dial, read, write, pool time.Duration
+}
+
+// newRedisBounds derives the bounds from the request deadline d; a configured dial, read or
+// write timeout is kept when it is shorter than half of d (each attempt must leave room for
+// the retry), capped otherwise.
+func newRedisBounds(d, dial, read, write time.Duration) redisBounds {
+	if d <= 0 {
+		d = services.DefaultRequestTimeout
+	}
+	attempt := d / 2
+	capped := func(v time.Duration) time.Duration {
+		if v <= 0 || v > attempt {
+			return attempt
+		}
+		return v
+	}
+	return redisBounds{dial: capped(dial), read: capped(read), write: capped(write), pool: d}
+}
+
+const (
+	redisMaxRetries = 1
+	redisMinBackoff = 8 * time.Millisecond
+	redisMaxBackoff = 64 * time.Millisecond
+)
+
+// universal applies the bounds to options for redis.NewUniversalClient (serve).
+func (b redisBounds) universal(o *redis.UniversalOptions) *redis.UniversalOptions {
+	o.ContextTimeoutEnabled = true
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = b.dial, b.read, b.write, b.pool
+	o.MaxRetries, o.MinRetryBackoff, o.MaxRetryBackoff = redisMaxRetries, redisMinBackoff, redisMaxBackoff
+	return o
+}
+
+// single applies the bounds to options for redis.NewClient (dev, the bastion agent, the CLI).
+func (b redisBounds) single(o *redis.Options) *redis.Options {
+	o.ContextTimeoutEnabled = true
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = b.dial, b.read, b.write, b.pool
+	o.MaxRetries, o.MinRetryBackoff, o.MaxRetryBackoff = redisMaxRetries, redisMinBackoff, redisMaxBackoff
+	return o
+}
+
+// redisProbe is the Redis readiness check. It writes (SET <key> 1, expiring in 5 s) one probe key in
+// every hash tag that holds durable state, so that readiness is false whenever a write that
+// matters would fail: Redis at maxmemory with noeviction answers PING and reads but refuses
+// every write, a replica after a failover refuses writes, and on a Cluster each tag may live
+// on another node. The probe keys expire by themselves and match the sshca user's ACL
+// (~sshca:* +@write).
+type redisProbe struct {
+	rdb    redis.UniversalClient
+	prefix string
+	// caKeys are the CA keys whose revocation scopes ({ca:<fingerprint>}) are probed.
+	caKeys func() []ssh.PublicKey
+}
+
+// redisProbeTags are the hash tags of durable state (revocation/redis.go, revoked.go,
+// keyring.go, audit/audit.go), besides one {ca:<fingerprint>} per CA key. Spent tokens and the
+// CA sets carry no tag: the untagged probe key stands for them.
+var redisProbeTags = []string{"{inventory}", "{audit}", "{identities}", "{keys}", "{keyring}"}
+
+func (p redisProbe) keys() []string {
+	var out []string
+	for _, tag := range redisProbeTags {
+		out = append(out, p.prefix+":"+tag+":probe")
+	}
+	seen := map[string]bool{}
+	if p.caKeys != nil {
+		for _, k := range p.caKeys() {
+			fp := ssh.FingerprintSHA256(k)
+			if !seen[fp] {
+				seen[fp] = true
+				out = append(out, p.prefix+":{ca:"+fp+"}:probe")
+			}
+		}
+	}
+	return append(out, p.prefix+":probe")
+}
+
+// Check writes every probe key in one pipeline and names the keys whose write failed.
+func (p redisProbe) Check(ctx context.Context) error {
+	keys := p.keys()
+	cmds, err := p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		for _, k := range keys {
+			pl.Set(ctx, k, "1", 5*time.Second)
+		}
+		return nil
+	})
+	if err == nil {
+		return nil
+	}
+	var failed []string
+	for i, c := range cmds {
+		if c.Err() != nil {
+			failed = append(failed, keys[i])
+		}
+	}
+	if len(failed) == 0 {
+		return fmt.Errorf("redis: write probe: %w", err)
+	}
+	return fmt.Errorf("redis: write probe %s refused: %w", strings.Join(failed, ", "), err)
+}
