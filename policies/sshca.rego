@@ -73,11 +73,26 @@ else := {}
 
 # --- user certificates -------------------------------------------------------------------
 
-# The identity's username, and what its groups map to.
+# The identity's username, and what its groups map to. A username claim never yields a
+# protected principal: those come from the data alone.
 user_principals contains input.identity.username if {
 	input.kind == "user"
 	input.identity.username != ""
+	not protected(input.identity.username)
 }
+
+# Protected principals: granted to a group (group_principals), bound to a forced command
+# (principal_force_command), or privileged (privileged.principals). A token's username that is
+# one of them (preferred_username "admin" with no group) is not granted; an operator's policy
+# can reuse protected(p) for its own rules.
+protected(p) if {
+	some ps in user_settings.group_principals
+	p in ps
+}
+
+protected(p) if forced_command(p) != ""
+
+protected(p) if privileged(p)
 
 user_principals contains p if {
 	input.kind == "user"
@@ -311,6 +326,14 @@ deny contains msg if {
 	input.kind == "user"
 	count(user_principals) == 0
 	msg := sprintf("no principal can be granted to %s: the token carries no usable username and no group of %v grants one", [who, input.identity.groups])
+}
+
+deny contains sprintf("principal %s is protected: it comes from a group of the policy's data, never from the username claim", [p]) if {
+	input.kind == "user"
+	some p in requested
+	p == input.identity.username
+	protected(p)
+	not p in user_principals
 }
 
 deny contains msg if {

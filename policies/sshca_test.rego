@@ -59,6 +59,45 @@ test_group_mapping_from_data if {
 	d.principals == ["postgres"]
 }
 
+# A username claim never yields a protected principal: one granted to a group, one bound to a
+# forced command, one privileged. Each is still granted through the data.
+test_username_admin_without_group_not_granted if {
+	d := sshca.decision with input as req("user", object.union(alice, {"username": "admin"}), [], 0)
+	not d.allow
+	startswith(d.reasons[0], "no principal can be granted")
+}
+
+test_username_admin_asked_for_is_protected if {
+	d := sshca.decision with input as req("user", object.union(alice, {"username": "admin"}), ["admin"], 0)
+	not d.allow
+	"principal admin is protected: it comes from a group of the policy's data, never from the username claim" in d.reasons
+}
+
+test_username_admin_with_group_granted if {
+	d := sshca.decision with input as req("user", object.union(alice, {"username": "admin", "groups": ["admins"]}), [], 0)
+	d.allow
+	d.principals == ["admin"]
+}
+
+test_username_forced_command_principal_not_granted if {
+	d := sshca.decision with input as req("user", object.union(alice, {"username": "backup"}), ["backup"], 0)
+	not d.allow
+}
+
+test_username_privileged_principal_not_granted if {
+	d := sshca.decision with input as req("user", object.union(alice, {"username": "prod-db"}), ["prod-db"], 0)
+	not d.allow
+	not "prod-db" in d.principals
+}
+
+test_protected_helper if {
+	sshca.protected("admin")
+	sshca.protected("root")
+	sshca.protected("prod-web")
+	sshca.protected("backup")
+	not sshca.protected("alice")
+}
+
 test_no_username_no_group_denied if {
 	d := sshca.decision with input as req("user", object.union(alice, {"username": ""}), [], 0)
 	not d.allow
