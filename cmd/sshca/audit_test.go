@@ -52,7 +52,7 @@ func TestAuditTrail(t *testing.T) {
 		"OK: 3 audit records, chain intact, keyed",
 		`"v":2,`, // ca writes version 2 records
 		`"outcome":"issued"`, `"ticket":"OPS-4242"`, `"serial":"` + c.Serial + `"`, `"principals":["root"]`,
-		`"outcome":"denied"`, `"identity":"bob@example.com"`, "principal root is not granted",
+		`"outcome":"denied"`, `|u-bob","issuer":`, `"subject":"u-bob"`, "principal root is not granted",
 		`"action":"revoke","outcome":"allowed"`, `"target":"serial:` + c.Serial + `"`,
 	} {
 		if !strings.Contains(out, want) {

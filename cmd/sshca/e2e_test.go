@@ -100,7 +100,7 @@ func TestEndToEndOpenSSH(t *testing.T) {
 	userKey := keygen(t, dir, "alice")
 	aliceToken := devToken(t, base, map[string]any{"sub": "u-alice", "preferred_username": "alice", "email": "alice@example.com", "email_verified": true})
 	uc := issue(t, base, "user", aliceToken, map[string]any{"public_key": readFile(t, userKey+".pub"), "ttl": "5m"})
-	if strings.Join(uc.Principals, ",") != "alice" || !strings.HasPrefix(uc.KeyID, "alice@example.com#") {
+	if strings.Join(uc.Principals, ",") != "alice" || !strings.HasPrefix(uc.KeyID, "alice@example.com~") {
 		t.Fatalf("user cert principals %v key id %q", uc.Principals, uc.KeyID)
 	}
 	writeFile(t, userKey+"-cert.pub", uc.Certificate+"\n")
