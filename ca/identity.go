@@ -104,8 +104,16 @@ func escapeKeyID(s string, max int) string {
 }
 
 func percentEncode(s string, escape func(byte) bool, max int) string {
+	clean := len(s) <= max
+	for i := 0; clean && i < len(s); i++ {
+		clean = !escape(s[i])
+	}
+	if clean {
+		return s // the usual case: nothing to escape, nothing to cut, no copy
+	}
 	const hexDigits = "0123456789ABCDEF"
 	var b strings.Builder
+	b.Grow(min(max, 3*len(s)))
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !escape(c) {
