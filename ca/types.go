@@ -63,6 +63,19 @@ type Request struct {
 	SourceIP   string
 }
 
+// CertRequest is a certificate request as the caller sent it: the public key an
+// authorized_keys line and the TTL a duration string, neither parsed yet. IssueRequest parses
+// them only once the caller is authenticated. Principals and TTL mean what they mean in Request
+// (an empty TTL is the policy's default).
+type CertRequest struct {
+	Kind       CertKind
+	PublicKey  string
+	Principals []string
+	TTL        string
+	Reason     string
+	SourceIP   string
+}
+
 // PolicyRequest is the policy input's "request" object.
 type PolicyRequest struct {
 	Principals     []string `json:"principals"`

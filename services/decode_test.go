@@ -109,7 +109,7 @@ func FuzzDecodeCertRequest(f *testing.F) {
 	svc.key, _ = ssh.NewSignerFromKey(priv)
 	h := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{})
 	f.Fuzz(func(t *testing.T, body string) {
-		svc.seen = ca.Request{}
+		svc.seen = ca.CertRequest{}
 		r := httptest.NewRequest(http.MethodPost, "/v1/certs/user", strings.NewReader(body))
 		r.Header.Set("Content-Type", "application/json")
 		r.Header.Set("Authorization", "Bearer tok")
@@ -126,7 +126,7 @@ func FuzzDecodeCertRequest(f *testing.F) {
 			var sent struct {
 				PublicKey string `json:"public_key"`
 			}
-			if err := json.Unmarshal([]byte(body), &sent); err != nil || svc.seen.PublicKey == nil {
+			if err := json.Unmarshal([]byte(body), &sent); err != nil || svc.seen.PublicKey == "" {
 				t.Fatalf("accepted %q but the service saw no key", body)
 			}
 			return

@@ -79,11 +79,11 @@ type caKeysResponse struct {
 func makeIssueEndpoint(s Service, kind ca.CertKind) endpoint.Endpoint {
 	return func(ctx context.Context, request any) (any, error) {
 		req := request.(certRequest)
-		r, err := toRequest(s, kind, req)
+		r, err := toCertRequest(kind, req)
 		if err != nil {
 			return certResponse{Err: err}, nil
 		}
-		issued, err := s.Issue(ctx, req.token, r)
+		issued, err := s.IssueRequest(ctx, req.token, r)
 		if err != nil {
 			return certResponse{Err: err}, nil
 		}
@@ -113,26 +113,21 @@ func issuedResponse(issued ca.Issued) certResponse {
 	}
 }
 
-func toRequest(s Service, kind ca.CertKind, req certRequest) (ca.Request, error) {
+// toCertRequest checks only the envelope: a bearer token is present, and the body names the
+// field of its endpoint (principals or hostnames). The key and the TTL are parsed by the
+// authority once the caller is authenticated (ca.Authority.IssueRequest).
+func toCertRequest(kind ca.CertKind, req certRequest) (ca.CertRequest, error) {
 	if req.token == "" {
-		return ca.Request{}, errMissingToken
+		return ca.CertRequest{}, errMissingToken
 	}
 	principals := req.Principals
 	switch {
 	case kind == ca.UserCert && len(req.Hostnames) > 0:
-		return ca.Request{}, ca.Invalid("hostnames are for host certificates; user certificates take principals")
+		return ca.CertRequest{}, ca.Invalid("hostnames are for host certificates; user certificates take principals")
 	case kind == ca.HostCert && len(req.Principals) > 0:
-		return ca.Request{}, ca.Invalid("principals are for user certificates; host certificates take hostnames")
+		return ca.CertRequest{}, ca.Invalid("principals are for user certificates; host certificates take hostnames")
 	case kind == ca.HostCert:
 		principals = req.Hostnames
 	}
-	key, err := ca.ParsePublicKey(req.PublicKey)
-	if err != nil {
-		return ca.Request{}, err
-	}
-	ttl, err := ca.ParseTTL(req.TTL, s.MaxTTL(kind))
-	if err != nil {
-		return ca.Request{}, err
-	}
-	return ca.Request{Kind: kind, PublicKey: key, Principals: principals, TTL: ttl, Reason: req.Reason, SourceIP: req.sourceIP}, nil
+	return ca.CertRequest{Kind: kind, PublicKey: req.PublicKey, Principals: principals, TTL: req.TTL, Reason: req.Reason, SourceIP: req.sourceIP}, nil
 }

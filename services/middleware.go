@@ -24,7 +24,7 @@ type logging struct {
 	log *slog.Logger
 }
 
-func (m logging) Issue(ctx context.Context, token string, req ca.Request) (issued ca.Issued, err error) {
+func (m logging) IssueRequest(ctx context.Context, token string, req ca.CertRequest) (issued ca.Issued, err error) {
 	defer func(begin time.Time) {
 		attrs := []any{"kind", req.Kind, "source_ip", req.SourceIP, "took", time.Since(begin)}
 		if err != nil {
@@ -33,7 +33,7 @@ func (m logging) Issue(ctx context.Context, token string, req ca.Request) (issue
 		}
 		m.log.InfoContext(ctx, "issue", append(attrs, "result", "issued", "serial", issued.Record.Serial, "key_id", issued.Record.KeyID)...)
 	}(time.Now())
-	return m.Service.Issue(ctx, token, req)
+	return m.Service.IssueRequest(ctx, token, req)
 }
 
 // Metrics are the service's Prometheus collectors.
@@ -69,7 +69,7 @@ type instrumenting struct {
 	m *Metrics
 }
 
-func (mw instrumenting) Issue(ctx context.Context, token string, req ca.Request) (issued ca.Issued, err error) {
+func (mw instrumenting) IssueRequest(ctx context.Context, token string, req ca.CertRequest) (issued ca.Issued, err error) {
 	defer func(begin time.Time) {
 		result := "issued"
 		if err != nil {
@@ -78,5 +78,5 @@ func (mw instrumenting) Issue(ctx context.Context, token string, req ca.Request)
 		mw.m.Requests.WithLabelValues(string(req.Kind), result).Inc()
 		mw.m.Duration.WithLabelValues(string(req.Kind)).Observe(time.Since(begin).Seconds())
 	}(time.Now())
-	return mw.Service.Issue(ctx, token, req)
+	return mw.Service.IssueRequest(ctx, token, req)
 }

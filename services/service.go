@@ -6,7 +6,6 @@ package services
 
 import (
 	"context"
-	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -15,15 +14,14 @@ import (
 
 // Service is what the HTTP API needs of the authority. *ca.Authority implements it.
 type Service interface {
-	// Issue authenticates the bearer token and issues the certificate the request asks for.
-	Issue(ctx context.Context, token string, req ca.Request) (ca.Issued, error)
+	// IssueRequest authenticates the bearer token, then parses the request as sent and issues
+	// the certificate it asks for. Nothing in the request is parsed for an anonymous caller.
+	IssueRequest(ctx context.Context, token string, req ca.CertRequest) (ca.Issued, error)
 	// UserCAKeys and HostCAKeys are the published CA public keys.
 	UserCAKeys() []ssh.PublicKey
 	HostCAKeys() []ssh.PublicKey
 	// RevokedHostCAKeys are compromised host CA keys (@revoked lines in known_hosts).
 	RevokedHostCAKeys() []ssh.PublicKey
-	// MaxTTL is the hard cap on a certificate's lifetime, used to reject requests early.
-	MaxTTL(kind ca.CertKind) time.Duration
 
 	// Renew renews a host certificate on a proof of possession signed by the host key.
 	Renew(ctx context.Context, token string) (ca.Issued, error)

@@ -19,19 +19,24 @@ import (
 	"github.com/sshca/sshca/services"
 )
 
-// fakeService answers Issue with err, or with a certificate; it records the request.
+// fakeService answers IssueRequest with err, or with a certificate; it records the request.
+// Like the authority, it parses the key only after "authenticating" (it accepts any token).
 type fakeService struct {
 	err  error
-	seen ca.Request
+	seen ca.CertRequest
 	key  ssh.Signer
 }
 
-func (f *fakeService) Issue(_ context.Context, token string, req ca.Request) (ca.Issued, error) {
+func (f *fakeService) IssueRequest(_ context.Context, token string, req ca.CertRequest) (ca.Issued, error) {
 	f.seen = req
 	if f.err != nil {
 		return ca.Issued{}, f.err
 	}
-	c := &ssh.Certificate{Key: req.PublicKey, Serial: 18446744073709551615, CertType: ssh.UserCert, KeyId: "a#1",
+	pub, err := ca.ParsePublicKey(req.PublicKey)
+	if err != nil {
+		return ca.Issued{}, err
+	}
+	c := &ssh.Certificate{Key: pub, Serial: 18446744073709551615, CertType: ssh.UserCert, KeyId: "a#1",
 		ValidPrincipals: []string{"alice"}, ValidBefore: uint64(time.Now().Add(time.Hour).Unix())}
 	if err := c.SignCert(rand.Reader, f.key); err != nil {
 		return ca.Issued{}, err
