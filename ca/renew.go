@@ -68,7 +68,28 @@ func (a *Authority) Renew(ctx context.Context, token string) (Issued, error) {
 	if id.Token.ID == "renew|" {
 		return Issued{}, Unauthenticated("renewal token has no jti", nil)
 	}
-	return a.issueFor(ctx, id, Request{Kind: HostCert, PublicKey: cert.Key, Principals: cert.ValidPrincipals}, KindRenew)
+	return a.issueFor(ctx, id, Request{Kind: HostCert, PublicKey: cert.Key, Principals: cert.ValidPrincipals,
+		TTL: a.renewTTL(cert)}, KindRenew)
+}
+
+// renewBackdating is how far before its signing a certificate becomes valid: the signer's
+// allowance for clock skew (signer.Options.Skew, 30 s by default). A certificate's lifetime
+// as asked for is its validity window less this.
+const renewBackdating = 30 * time.Second
+
+// renewTTL asks for the lifetime the current certificate was issued with, so that a host that
+// was given minutes keeps minutes, and one given a day keeps a day as far as the policy still
+// grants it (the policy and the service's maximum cap what is asked). A window that cannot be
+// a lifetime this service issues (from before the one-minute floor, or beyond today's
+// maximum) is brought within the bounds rather than refused: a renewal is a host keeping the
+// access it has.
+func (a *Authority) renewTTL(cert *ssh.Certificate) time.Duration {
+	limit := a.MaxTTL(HostCert)
+	if cert.ValidBefore <= cert.ValidAfter || cert.ValidBefore-cert.ValidAfter > uint64((limit+renewBackdating)/time.Second) {
+		return limit // also a window too long for a time.Duration
+	}
+	ttl := time.Duration(cert.ValidBefore-cert.ValidAfter)*time.Second - renewBackdating
+	return min(max(ttl, MinTTL), limit)
 }
 
 func (a *Authority) verifyRenewToken(ctx context.Context, token string) (*ssh.Certificate, RenewClaims, error) {

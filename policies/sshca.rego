@@ -306,7 +306,14 @@ max_ttl := min([kind_max_ttl, privileged_settings.max_ttl_seconds]) if count(gra
 
 else := kind_max_ttl
 
-ttl := input.request.ttl_seconds if input.request.ttl_seconds > 0
+# A renewal asks for the lifetime of the certificate it renews: capped here, never refused,
+# so that a lower maximum shortens hosts' certificates instead of ending them.
+ttl := min([input.request.ttl_seconds, max_ttl]) if {
+	input.kind == "renew"
+	input.request.ttl_seconds > 0
+}
+
+else := input.request.ttl_seconds if input.request.ttl_seconds > 0
 
 else := min([kind_settings.default_ttl_seconds, max_ttl])
 
@@ -392,6 +399,7 @@ deny contains sprintf("host name %s is not granted to %s (groups %v)", [h, who, 
 
 deny contains sprintf("ttl %ds exceeds the policy maximum of %ds for this request", [input.request.ttl_seconds, max_ttl]) if {
 	input.kind in certificate_kinds
+	input.kind != "renew"
 	input.request.ttl_seconds > max_ttl
 }
 

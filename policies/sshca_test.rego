@@ -355,3 +355,13 @@ test_renew_keeps_host_names if {
 	d.principals == ["localhost", "web1.dev.internal"]
 	d.ttl_seconds == 3600
 }
+
+test_renew_keeps_its_lifetime_capped_not_refused if {
+	host := {"issuer": "sshca:renew", "subject": "ci-job", "email": "", "username": "", "groups": [], "amr": [], "workload": true, "claims": {"serial": "7"}}
+	short := sshca.decision with input as req("renew", host, ["localhost"], 120)
+	short.allow
+	short.ttl_seconds == 120
+	long := sshca.decision with input as req("renew", host, ["localhost"], 172800)
+	long.allow
+	long.ttl_seconds == 86400
+}
