@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -153,7 +154,7 @@ func readToken(env, file string) (string, error) {
 }
 
 // postJSON posts body and decodes a 200 answer into reply; any other answer becomes an error
-// that carries the service's message and reasons.
+// that carries the service's message and reasons (see statusError).
 func postJSON(ctx context.Context, url, token string, body, reply any) error {
 	b, err := json.Marshal(body)
 	if err != nil {
@@ -179,18 +180,60 @@ func postJSON(ctx context.Context, url, token string, body, reply any) error {
 		return fmt.Errorf("read answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error   string   `json:"error"`
-			Reasons []string `json:"reasons"`
-		}
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			msg := e.Error
-			if len(e.Reasons) > 0 {
-				msg += ": " + strings.Join(e.Reasons, "; ")
-			}
-			return fmt.Errorf("%s (HTTP %d)", msg, resp.StatusCode)
-		}
-		return fmt.Errorf("HTTP %d from %s", resp.StatusCode, url)
+		return statusError(http.MethodPost, url, resp, data)
 	}
 	return json.Unmarshal(data, reply)
+}
+
+// statusError turns an answer other than 200 into the error the CLI prints: the endpoint, the
+// service's message and reasons, "(HTTP NNN)" (callers match on it, e.g. revoke on 409), and
+// on the next line what to do about it.
+func statusError(method, rawURL string, resp *http.Response, data []byte) error {
+	endpoint := rawURL
+	if u, err := url.Parse(rawURL); err == nil && u.Path != "" {
+		endpoint = u.Path
+	}
+	var e struct {
+		Error   string   `json:"error"`
+		Reasons []string `json:"reasons"`
+	}
+	msg := "no error message in the answer"
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		msg = e.Error
+		if len(e.Reasons) > 0 {
+			msg += ": " + strings.Join(e.Reasons, "; ")
+		}
+	}
+	err := fmt.Sprintf("%s %s: %s (HTTP %d)", method, endpoint, msg, resp.StatusCode)
+	if h := statusHint(resp); h != "" {
+		err += "\n" + h
+	}
+	return errors.New(err)
+}
+
+// statusHint says what to do about an HTTP status, "" when the message says it all.
+func statusHint(resp *http.Response) string {
+	later := "retry later"
+	if s := resp.Header.Get("Retry-After"); s != "" {
+		later = "retry in " + s + "s"
+	}
+	switch c := resp.StatusCode; {
+	case c == http.StatusBadRequest:
+		return "the service refused the request as sent: check the flags' values"
+	case c == http.StatusUnauthorized:
+		return "sign in again (sshca login) or get a new token: tokens expire and each is good for one certificate"
+	case c == http.StatusForbidden:
+		return "the policy refused for the reasons above: ask for less (principals, --ttl), or ask its owners for access"
+	case c == http.StatusNotFound:
+		return "check --server (is it an sshca service, with no extra path?) and that the server's version has this endpoint"
+	case c == http.StatusRequestEntityTooLarge:
+		return "the request is over the service's 64 KiB limit"
+	case c == http.StatusTooManyRequests:
+		return "rate limited: " + later
+	case c == http.StatusServiceUnavailable:
+		return "the service or one of its dependencies is unavailable: " + later
+	case c >= 500:
+		return "the service failed: " + later + ", and tell its operators if it persists"
+	}
+	return ""
 }

@@ -368,14 +368,8 @@ func getJSONAuth(ctx context.Context, url, token string, v any) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error   string   `json:"error"`
-			Reasons []string `json:"reasons"`
-		}
-		if json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e) == nil && e.Error != "" {
-			return fmt.Errorf("%s (HTTP %d)", strings.Join(append([]string{e.Error}, e.Reasons...), ": "), resp.StatusCode)
-		}
-		return fmt.Errorf("HTTP %d", resp.StatusCode)
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return statusError(http.MethodGet, url, resp, data)
 	}
 	return json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v)
 }
