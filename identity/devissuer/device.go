@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"html/template"
 	"net/http"
 	"strings"
 	"sync"
@@ -12,8 +13,9 @@ import (
 
 // The device authorization flow (RFC 8628), for `sshca login` against `sshca dev`. Nobody
 // signs in: a pending request is approved (with the claims to put in the ID token) or denied
-// through Approve/Deny, which `sshca dev` exposes at POST /dev/device/approve for tests and for
-// a developer at a terminal.
+// through Approve/Deny, which the verification page (GET /device, the URL `sshca login`
+// prints) offers a developer in a browser, and `sshca dev` exposes at POST
+// /dev/device/approve for tests and for a developer at a terminal.
 
 type deviceAuth struct {
 	userCode string
@@ -172,4 +174,91 @@ func (i *Issuer) ApproveHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "done"})
 	}))
+}
+
+var devicePage = template.Must(template.New("device").Parse(`<!doctype html>
+<title>sshca dev: approve a sign-in</title>
+<h1>sshca development sign-in</h1>
+{{if .Done}}<p>{{.Done}}</p>
+{{else}}<p>Development only: the terminal that shows this code becomes whoever you type.</p>
+{{with .Problem}}<p><strong>{{.}}</strong></p>
+{{end}}<form method="post" action="device">
+{{with .Secret}}<input type="hidden" name="dev_secret" value="{{.}}">
+{{end}}<p><label>code shown by sshca login <input name="user_code" value="{{.UserCode}}" autocomplete="off"></label></p>
+<p><label>sub <input name="sub" value="alice"></label></p>
+<p><label>username <input name="username" value="alice"></label></p>
+<p><label>email <input name="email" value="alice@example.com"></label></p>
+<p><label>groups (comma separated) <input name="groups" value=""></label></p>
+<p><button name="action" value="approve">Approve</button> <button name="action" value="deny">Deny</button></p>
+</form>
+{{end}}`))
+
+// devicePageHandler serves the verification URL: GET shows the form (with the user code of
+// verification_uri_complete filled in), POST approves or denies the pending sign-in with the
+// claims typed. As on the sign-in page, the form carries the secret, so only a reader of the
+// page can post it; the page is never cached or framed.
+func (i *Issuer) devicePageHandler(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Frame-Options", "DENY")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; form-action 'self'; frame-ancestors 'none'")
+	page := map[string]any{"Secret": i.opt.Secret, "UserCode": r.URL.Query().Get("user_code")}
+	if r.Method == http.MethodGet {
+		_ = devicePage.Execute(w, page)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form", http.StatusBadRequest)
+		return
+	}
+	f := r.PostForm
+	page["UserCode"] = f.Get("user_code")
+	if !i.hasSecret(f.Get(secretField)) {
+		http.Error(w, "the form lacks the dev secret: open the page sshca login printed and submit it from there", http.StatusUnauthorized)
+		return
+	}
+	code := strings.TrimSpace(f.Get("user_code"))
+	if f.Get("action") == "deny" {
+		if !i.Deny(code) {
+			w.WriteHeader(http.StatusNotFound)
+			page["Problem"] = "No pending sign-in has the code " + code + "."
+			_ = devicePage.Execute(w, page)
+			return
+		}
+		page["Done"] = "Sign-in denied; sshca login reports it."
+		_ = devicePage.Execute(w, page)
+		return
+	}
+	sub := strings.TrimSpace(f.Get("sub"))
+	if sub == "" {
+		w.WriteHeader(http.StatusBadRequest)
+		page["Problem"] = "sub is required."
+		_ = devicePage.Execute(w, page)
+		return
+	}
+	claims := map[string]any{"sub": sub, "preferred_username": sub}
+	if u := strings.TrimSpace(f.Get("username")); u != "" {
+		claims["preferred_username"] = u
+	}
+	if e := strings.TrimSpace(f.Get("email")); e != "" {
+		claims["email"], claims["email_verified"] = e, true
+	}
+	if g := strings.TrimSpace(f.Get("groups")); g != "" {
+		var groups []string
+		for _, x := range strings.Split(g, ",") {
+			if x = strings.TrimSpace(x); x != "" {
+				groups = append(groups, x)
+			}
+		}
+		claims["groups"] = groups
+	}
+	if !i.Approve(code, claims) {
+		w.WriteHeader(http.StatusNotFound)
+		page["Problem"] = "No pending sign-in has the code " + code + " (expired, already decided, or mistyped)."
+		_ = devicePage.Execute(w, page)
+		return
+	}
+	page["Done"] = "Signed in as " + sub + ": return to your terminal."
+	_ = devicePage.Execute(w, page)
 }

@@ -31,8 +31,8 @@ type Options struct {
 	Now       func() time.Time // default time.Now
 	// Secret, when set, is required by everything that mints a token or approves a sign-in:
 	// TokenHandler and ApproveHandler want it in the SecretHeader header, the sign-in form
-	// (POST /authorize) in its dev_secret field, which the sign-in page (GET /authorize)
-	// carries. Discovery, the JWKS and the OAuth token endpoint stay open: they hand out
+	// (POST /authorize) and the device verification form (POST /device) in their dev_secret
+	// field, which their pages (GET /authorize, GET /device) carry. Discovery, the JWKS and the OAuth token endpoint stay open: they hand out
 	// nothing that a device code or a PKCE verifier does not already protect.
 	Secret string
 }
@@ -183,6 +183,8 @@ func (i *Issuer) Handler() http.Handler {
 	})
 	mux.HandleFunc("POST /device_authorization", i.deviceAuthorization)
 	mux.HandleFunc("POST /token", i.token)
+	mux.HandleFunc("GET /device", i.devicePageHandler)
+	mux.HandleFunc("POST /device", i.devicePageHandler)
 	mux.HandleFunc("GET /authorize", i.authorize)
 	mux.HandleFunc("POST /authorize", i.authorize)
 	return mux
