@@ -317,6 +317,9 @@ func echoed(input, msg string, n int, vocabulary []string) string {
 			panic("echoed: " + name + " is not a known key type")
 		}
 		input = strings.ReplaceAll(input, name, "\x00")
+		// A type name the message quotes is not an echo, nor is any piece of one (the input
+		// "sk-ssh-ed25519@openssh.com 519@openssh.com " met the quoted name's tail).
+		msg = strings.ReplaceAll(msg, name, "\x00")
 	}
 next:
 	for i := 0; i+n <= len(input); i++ {
