@@ -11,12 +11,30 @@ import (
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/policies"
 	"github.com/sshca/sshca/signer"
-	"github.com/sshca/sshca/store"
 )
+
+// nothingRevoked is a revocation store with nothing revoked or blocked.
+type nothingRevoked struct{}
+
+func (nothingRevoked) Revoke(context.Context, ssh.PublicKey, []ca.RevocationEntry) (uint64, error) {
+	return 1, nil
+}
+func (nothingRevoked) State(context.Context, ssh.PublicKey) (ca.RevocationState, error) {
+	return ca.RevocationState{}, nil
+}
+func (nothingRevoked) BlockIdentity(context.Context, string, time.Time) error { return nil }
+func (nothingRevoked) Refused(context.Context, ssh.PublicKey, []string, ssh.PublicKey) (string, error) {
+	return "", nil
+}
+
+// anySerial reserves every serial.
+type anySerial struct{}
+
+func (anySerial) ReserveSerial(context.Context, uint64, time.Time) (bool, error) { return true, nil }
 
 // TestRenewKeepsLifetime: a renewal asks for the lifetime of the certificate it renews (its
 // validity window less the signer's back-dating), and the shipped policy caps it at its host
-// maximum (24 h) instead of refusing. Real signer (its default skew), real policy, memory store.
+// maximum (24 h) instead of refusing. Real signer (its default skew), real policy.
 func TestRenewKeepsLifetime(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
@@ -26,10 +44,9 @@ func TestRenewKeepsLifetime(t *testing.T) {
 		t.Fatal(err)
 	}
 	caKey, _ := newSSHKey(t)
-	db := store.NewMemory(clock)
-	sgn := signer.New(caKey, db, signer.Options{Now: clock})
+	sgn := signer.New(caKey, anySerial{}, signer.Options{Now: clock})
 	a, err := ca.New(ca.Config{Authenticator: fakeAuth{}, Policy: pol, UserSigner: sgn, HostSigner: sgn,
-		Store: db, Revocations: db, Tokens: db, Audit: &fakeAudit{}, Now: clock})
+		Store: &fakeStore{}, Revocations: nothingRevoked{}, Tokens: &onceLedger{}, Audit: &fakeAudit{}, Now: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
