@@ -58,6 +58,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/store"
 )
 
 // Log is the Redis audit log; it implements ca.AuditLog.
@@ -100,12 +101,13 @@ func New(rdb redis.UniversalClient, o Options) *Log {
 	return l
 }
 
-func (l *Log) stream() string { return l.prefix + ":{audit}:log" }
-func (l *Log) head() string   { return l.prefix + ":{audit}:head" }
+// The chain's keys are named, with every other key of sshca, in store/keys.go.
+func (l *Log) stream() string { return store.Keys{Prefix: l.prefix}.AuditLog() }
+func (l *Log) head() string   { return store.Keys{Prefix: l.prefix}.AuditHead() }
 
 // base is the base mark "<seq> <mac> <base mac>" of the last record archived and trimmed away
 // (none when none was): where the chain kept in Redis starts.
-func (l *Log) base() string { return l.prefix + ":{audit}:base" }
+func (l *Log) base() string { return store.Keys{Prefix: l.prefix}.AuditBase() }
 
 // mac is the chain's link: over the previous MAC, the sequence number and the record.
 func (l *Log) mac(prev string, seq uint64, rec []byte) string {

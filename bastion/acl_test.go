@@ -16,7 +16,7 @@ import (
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 // aclUsers returns the `user` lines of a shipped Redis file, split into words.
@@ -64,8 +64,8 @@ func TestShippedRedisACL(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	svc := revocation.NewRedis(client("sshca", "CHANGE-ME-sshca"), revocation.RedisOptions{})
-	bas := revocation.NewRedis(client("bastion", "CHANGE-ME-bastion"), revocation.RedisOptions{})
+	svc := store.NewRedis(client("sshca", "CHANGE-ME-sshca"), store.RedisOptions{})
+	bas := store.NewRedis(client("bastion", "CHANGE-ME-bastion"), store.RedisOptions{})
 
 	pub, _, _ := ed25519.GenerateKey(rand.Reader)
 	caKey, _ := ssh.NewPublicKey(pub)

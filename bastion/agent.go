@@ -28,9 +28,9 @@ import (
 type Options struct {
 	KRLPath    string // sshd's RevokedKeys
 	UserCAPath string // sshd's TrustedUserCAKeys (optional)
-	// Redis is the primary source (read-only credentials suffice); HTTP the fallback, or the
-	// only source.
-	Redis *revocation.Redis
+	// Feed is the primary source, Redis in production (read-only credentials suffice); HTTP
+	// the fallback, or the only source.
+	Feed Feed
 	HTTP  *HTTPSource
 	// PollEvery is the HTTP polling interval (default 1s).
 	PollEvery time.Duration
@@ -69,7 +69,7 @@ func NewAgent(o Options) (*Agent, error) {
 	if o.KRLPath == "" {
 		return nil, errors.New("bastion: --krl is required")
 	}
-	if o.Redis == nil && o.HTTP == nil {
+	if o.Feed == nil && o.HTTP == nil {
 		return nil, errors.New("bastion: give --redis or --server (or both: Redis first, HTTPS as fallback)")
 	}
 	if o.PollEvery == 0 {
@@ -136,7 +136,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		var err error
-		if a.o.Redis != nil {
+		if a.o.Feed != nil {
 			err = a.runRedis(ctx)
 			if errors.Is(err, errCAsChanged) {
 				continue
@@ -152,7 +152,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.o.HTTP != nil {
 			// Poll over HTTPS meanwhile; go back to Redis after a while if there is one.
 			until := time.Time{}
-			if a.o.Redis != nil {
+			if a.o.Feed != nil {
 				until = a.o.Now().Add(backoff + time.Second)
 			}
 			if err := a.runHTTP(ctx, until); err != nil && ctx.Err() == nil {
@@ -186,7 +186,7 @@ type followed struct {
 }
 
 func (a *Agent) runRedis(ctx context.Context) error {
-	r := a.o.Redis
+	r := a.o.Feed
 	cas, err := r.CAs(ctx)
 	if err != nil {
 		return err

@@ -22,7 +22,7 @@ import (
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/krl"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 func caKey(t *testing.T) ssh.PublicKey {
@@ -174,16 +174,16 @@ func TestAgentRedisFailStatic(t *testing.T) {
 	r := testenv.StartRedisPersistent(t)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, DialTimeout: 200 * time.Millisecond, MaxRetries: -1})
 	defer rdb.Close()
-	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	db := store.NewRedis(rdb, store.RedisOptions{})
 	ctx := context.Background()
 	key := caKey(t)
-	if err := store.RegisterCA(ctx, key); err != nil {
+	if err := db.RegisterCA(ctx, key); err != nil {
 		t.Fatal(err)
 	}
 	exp := time.Now().Add(time.Hour)
 	revoke := func(serial string) {
 		t.Helper()
-		if _, err := store.Revoke(ctx, key, []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: serial, Expiry: exp}}); err != nil {
+		if _, err := db.Revoke(ctx, key, []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: serial, Expiry: exp}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -191,7 +191,7 @@ func TestAgentRedisFailStatic(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sshca.krl")
 	agentRDB := redis.NewClient(&redis.Options{Addr: r.Addr, DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second})
 	defer agentRDB.Close()
-	a, err := bastion.NewAgent(bastion.Options{KRLPath: path, Redis: revocation.NewRedis(agentRDB, revocation.RedisOptions{})})
+	a, err := bastion.NewAgent(bastion.Options{KRLPath: path, Feed: store.NewRedis(agentRDB, store.RedisOptions{})})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 type fakeAuth struct{ id ca.Identity }
@@ -166,10 +166,10 @@ func TestIssue(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pol := &fakePolicy{dec: tt.dec, err: tt.policyErr}
-			store := &fakeStore{err: tt.storeErr}
+			inv := &fakeStore{err: tt.storeErr}
 			log := &fakeAudit{err: tt.auditErr}
 			sgn := fakeSigner{key: caKey, now: clock}
-			a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: pol, UserSigner: sgn, HostSigner: sgn, Store: store, Revocations: revocation.NewMemory(clock), Audit: log, Now: clock})
+			a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: pol, UserSigner: sgn, HostSigner: sgn, Store: inv, Revocations: store.NewMemory(clock), Audit: log, Now: clock})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -204,8 +204,8 @@ func TestIssue(t *testing.T) {
 				if k := ca.KindOf(err); k != tt.wantKind {
 					t.Fatalf("error kind = %v (%v), want %v", k, err, tt.wantKind)
 				}
-				if len(store.recs) != 0 && tt.auditErr == nil {
-					t.Fatalf("recorded %d certs on error", len(store.recs))
+				if len(inv.recs) != 0 && tt.auditErr == nil {
+					t.Fatalf("recorded %d certs on error", len(inv.recs))
 				}
 				return
 			}
@@ -232,8 +232,8 @@ func TestIssue(t *testing.T) {
 			if got.Cert.KeyId != wantKeyID {
 				t.Errorf("key id = %q", got.Cert.KeyId)
 			}
-			if len(store.recs) != 1 || store.recs[0].Serial != 42 || store.recs[0].Identity != "https://idp|u1" {
-				t.Errorf("record = %+v", store.recs)
+			if len(inv.recs) != 1 || inv.recs[0].Serial != 42 || inv.recs[0].Identity != "https://idp|u1" {
+				t.Errorf("record = %+v", inv.recs)
 			}
 			if pol.seen.Request.KeyType != ssh.KeyAlgoED25519 || pol.seen.Identity.Username != "alice" || pol.seen.Now != "2026-11-25T10:00:00Z" {
 				t.Errorf("policy input = %+v", pol.seen)
@@ -263,7 +263,7 @@ func TestRevokeAudited(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			sgn := fakeSigner{key: caKey, now: clock}
-			revs := revocation.NewMemory(clock)
+			revs := store.NewMemory(clock)
 			log := &fakeAudit{err: tt.auditErr}
 			a, err := ca.New(ca.Config{Authenticator: fakeAuth{admin}, Policy: &fakePolicy{dec: tt.dec}, UserSigner: sgn, HostSigner: sgn,
 				Store: &fakeStore{}, Revocations: revs, Audit: log, Now: clock})

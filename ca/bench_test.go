@@ -9,8 +9,8 @@ import (
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/policies"
-	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/signer"
+	"github.com/sshca/sshca/store"
 )
 
 // BenchmarkIssueUser is the authority's user-certificate path with real parts: a verified
@@ -27,11 +27,11 @@ func BenchmarkIssueUser(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer key.Close()
-	store := revocation.NewMemory(time.Now)
-	sgn := signer.New(key.Signer(), store, signer.Options{})
+	db := store.NewMemory(time.Now)
+	sgn := signer.New(key.Signer(), db, signer.Options{})
 	a, err := ca.New(ca.Config{
 		Authenticator: fakeAuth{ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice", Groups: []string{"dev"}}},
-		Policy:        pol, UserSigner: sgn, HostSigner: sgn, Store: store, Revocations: store,
+		Policy:        pol, UserSigner: sgn, HostSigner: sgn, Store: db, Revocations: db,
 	})
 	if err != nil {
 		b.Fatal(err)

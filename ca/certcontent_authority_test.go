@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 // spendLedger counts the single-use tokens spent.
@@ -84,10 +84,10 @@ func TestPolicyFaultNotSigned(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var logs bytes.Buffer
-			store, tokens, faults := &fakeStore{}, &spendLedger{}, &faultLog{}
+			inv, tokens, faults := &fakeStore{}, &spendLedger{}, &faultLog{}
 			sgn := fakeSigner{key: caKey, now: clock}
 			a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: &fakePolicy{dec: tt.dec}, UserSigner: sgn, HostSigner: sgn,
-				Store: store, Revocations: revocation.NewMemory(clock), Tokens: tokens, Faults: faults, Now: clock,
+				Store: inv, Revocations: store.NewMemory(clock), Tokens: tokens, Faults: faults, Now: clock,
 				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			if err != nil {
 				t.Fatal(err)
@@ -97,8 +97,8 @@ func TestPolicyFaultNotSigned(t *testing.T) {
 				if err != nil {
 					t.Fatalf("Issue: %v", err)
 				}
-				if len(tokens.spent) != 1 || len(store.recs) != 1 || len(faults.faults) != 0 || got.Cert == nil {
-					t.Fatalf("spent %v, recorded %d, faults %v", tokens.spent, len(store.recs), faults.faults)
+				if len(tokens.spent) != 1 || len(inv.recs) != 1 || len(faults.faults) != 0 || got.Cert == nil {
+					t.Fatalf("spent %v, recorded %d, faults %v", tokens.spent, len(inv.recs), faults.faults)
 				}
 				return
 			}
@@ -113,8 +113,8 @@ func TestPolicyFaultNotSigned(t *testing.T) {
 			if !errors.As(err, &pf) || pf.Field != tt.wantField {
 				t.Errorf("cause %v, want a PolicyFault in %s", err, tt.wantField)
 			}
-			if got.Cert != nil || len(store.recs) != 0 || len(tokens.spent) != 0 {
-				t.Errorf("certificate %v, %d recorded, tokens spent %v: want none", got.Cert, len(store.recs), tokens.spent)
+			if got.Cert != nil || len(inv.recs) != 0 || len(tokens.spent) != 0 {
+				t.Errorf("certificate %v, %d recorded, tokens spent %v: want none", got.Cert, len(inv.recs), tokens.spent)
 			}
 			if len(faults.faults) != 1 || faults.faults[0].Field != tt.wantField {
 				t.Errorf("faults observed: %+v", faults.faults)
@@ -143,7 +143,7 @@ func TestRequestTTLBelowMinute(t *testing.T) {
 		pol, tokens := &fakePolicy{dec: ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: time.Hour}}, &spendLedger{}
 		sgn := fakeSigner{key: caKey, now: clock}
 		a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: pol, UserSigner: sgn, HostSigner: sgn,
-			Store: &fakeStore{}, Revocations: revocation.NewMemory(clock), Tokens: tokens, Now: clock})
+			Store: &fakeStore{}, Revocations: store.NewMemory(clock), Tokens: tokens, Now: clock})
 		if err != nil {
 			t.Fatal(err)
 		}

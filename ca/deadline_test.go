@@ -10,7 +10,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 // slowPolicy allows, but only answers once the request's deadline has passed (a policy, or
@@ -73,11 +73,11 @@ func (a *ctxAudit) Append(ctx context.Context, r ca.AuditRecord) error {
 	return a.fakeAudit.Append(ctx, r)
 }
 
-func deadlineAuthority(t *testing.T, pol ca.Policy, sgn ca.Signer, store ca.CertStore, log ca.AuditLog) *ca.Authority {
+func deadlineAuthority(t *testing.T, pol ca.Policy, sgn ca.Signer, inv ca.CertStore, log ca.AuditLog) *ca.Authority {
 	t.Helper()
 	alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
 	a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: pol, UserSigner: sgn, HostSigner: sgn,
-		Store: store, Revocations: revocation.NewMemory(time.Now), Audit: log})
+		Store: inv, Revocations: store.NewMemory(time.Now), Audit: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package ca
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -52,14 +51,6 @@ func (k CAKey) SSHPublicKey() (ssh.PublicKey, error) {
 type Keyring struct {
 	Version uint64  `json:"version"`
 	Keys    []CAKey `json:"keys"`
-}
-
-// KeyringStore keeps the keyring shared by all replicas. Update applies fn to the current
-// keyring and stores the result with the version bumped, atomically (fn may run again when
-// another writer got there first); an error from fn aborts.
-type KeyringStore interface {
-	Keyring(ctx context.Context) (Keyring, error)
-	UpdateKeyring(ctx context.Context, fn func(*Keyring) error) (Keyring, error)
 }
 
 // Active is the CA's signing key.

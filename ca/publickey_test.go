@@ -22,7 +22,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 // smallOrderPoints are the canonical encodings of the 8 points of the Ed25519 torsion subgroup
@@ -463,7 +463,7 @@ func TestRevokeWeakKey(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: the revocation parse refuses a weak key: %v", h, err)
 		}
-		revs := revocation.NewMemory(clock)
+		revs := store.NewMemory(clock)
 		sgn := fakeSigner{key: caKey, now: clock}
 		a, err := ca.New(ca.Config{Authenticator: fakeAuth{ca.Identity{Issuer: "https://idp", Subject: "a1", Email: "admin@example.com"}},
 			Policy: &fakePolicy{dec: ca.Decision{Allow: true}}, UserSigner: sgn, HostSigner: sgn,
@@ -549,7 +549,7 @@ func TestRenewWeakKey(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			sgn := fakeSigner{key: caKey, now: clock}
 			a, err := ca.New(ca.Config{Authenticator: fakeAuth{}, Policy: &fakePolicy{dec: ca.Decision{Allow: true, Principals: []string{"web1.example.com"}, TTL: time.Hour}},
-				UserSigner: sgn, HostSigner: sgn, Store: &fakeStore{}, Revocations: revocation.NewMemory(clock), Audit: &fakeAudit{}, Tokens: &onceLedger{}, Now: clock})
+				UserSigner: sgn, HostSigner: sgn, Store: &fakeStore{}, Revocations: store.NewMemory(clock), Audit: &fakeAudit{}, Tokens: &onceLedger{}, Now: clock})
 			if err != nil {
 				t.Fatal(err)
 			}

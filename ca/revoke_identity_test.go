@@ -10,8 +10,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/signer"
+	"github.com/sshca/sshca/store"
 )
 
 // TestRevokeByIdentityForms: an identity is (issuer, subject); an e-mail or username given to
@@ -23,12 +23,12 @@ func TestRevokeByIdentityForms(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	clock := func() time.Time { return now }
 	caKey, _ := newSSHKey(t)
-	store := revocation.NewMemory(clock)
-	sgn := signer.New(caKey, store, signer.Options{Now: clock})
+	db := store.NewMemory(clock)
+	sgn := signer.New(caKey, db, signer.Options{Now: clock})
 	grant := ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: time.Hour, Extensions: map[string]string{"permit-pty": ""}}
 	authority := func(id ca.Identity) *ca.Authority {
 		a, err := ca.New(ca.Config{Authenticator: fakeAuth{id}, Policy: &fakePolicy{dec: grant}, UserSigner: sgn, HostSigner: sgn,
-			Store: store, Revocations: store, Now: clock})
+			Store: db, Revocations: db, Now: clock})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,7 +58,7 @@ func TestRevokeByIdentityForms(t *testing.T) {
 	if ca.KindOf(err) != ca.KindConflict || !asError(err, &e) || !cmp.Equal(e.Reasons, []string{"https://idp|u1", "https://other-idp|x9"}) {
 		t.Fatalf("revoke alice: %v, want a conflict listing both identities", err)
 	}
-	if st, _ := store.State(ctx, caKey.PublicKey()); len(st.Entries) != 0 {
+	if st, _ := db.State(ctx, caKey.PublicKey()); len(st.Entries) != 0 {
 		t.Fatalf("a conflict revoked %v", st.Entries)
 	}
 
@@ -106,7 +106,7 @@ func TestRevokeByIdentityForms(t *testing.T) {
 	// Records written before identities were canonical are found by the old name.
 	old := ca.Certificate{Serial: 777, KeyID: "bob@example.com#777", Kind: ca.UserCert, Identity: "bob@example.com",
 		Principals: []string{"bob"}, CAFingerprint: res.Certificates[0].CAFingerprint, ValidAfter: now, ValidBefore: now.Add(time.Hour)}
-	if err := store.Record(ctx, old); err != nil {
+	if err := db.Record(ctx, old); err != nil {
 		t.Fatal(err)
 	}
 	res, err = admin.Revoke(ctx, "good", ca.RevokeRequest{Identity: "bob@example.com", Reason: "offboarding"})

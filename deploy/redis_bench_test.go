@@ -10,7 +10,7 @@ import (
 	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 // BenchmarkShippedRedisFsync measures the shipped redis.conf with appendfsync always (shipped)
@@ -36,7 +36,7 @@ func benchFsync(b *testing.B, fsync, op string, clients int) {
 	r := testenv.StartRedisConfig(b, shippedConf, "--appendfsync", fsync)
 	rdb := client(r.Addr, svcUser, svcPass)
 	defer rdb.Close()
-	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	db := store.NewRedis(rdb, store.RedisOptions{})
 	log := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize)})
 	w := newWorkload(b, r.Addr)
 	exp := time.Now().Add(time.Hour)
@@ -47,16 +47,16 @@ func benchFsync(b *testing.B, fsync, op string, clients int) {
 		serial := next.Add(1)
 		id := "alice@example.com#" + strconv.FormatUint(serial, 10)
 		if op == "revoke" {
-			_, err := store.Revoke(ctx, w.caKey, []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: strconv.FormatUint(serial, 10), Expiry: exp}})
+			_, err := db.Revoke(ctx, w.caKey, []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: strconv.FormatUint(serial, 10), Expiry: exp}})
 			return err
 		}
-		if _, err := store.ReserveSerial(ctx, serial, exp); err != nil {
+		if _, err := db.ReserveSerial(ctx, serial, exp); err != nil {
 			return err
 		}
-		if _, err := store.UseToken(ctx, "token-"+id, exp); err != nil {
+		if _, err := db.UseToken(ctx, "token-"+id, exp); err != nil {
 			return err
 		}
-		if err := store.Record(ctx, ca.Certificate{Serial: serial, KeyID: id, Kind: ca.UserCert, Identity: "alice@example.com", ValidBefore: exp}); err != nil {
+		if err := db.Record(ctx, ca.Certificate{Serial: serial, KeyID: id, Kind: ca.UserCert, Identity: "alice@example.com", ValidBefore: exp}); err != nil {
 			return err
 		}
 		return log.Append(ctx, auditRecord(serial, id))

@@ -28,7 +28,7 @@ import (
 	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 var (
@@ -106,7 +106,7 @@ func (w *workload) run(replicas, workers int, stop <-chan struct{}) <-chan struc
 	exp := time.Now().Add(time.Hour)
 	for range replicas {
 		rdb := client(w.addr, svcUser, svcPass)
-		store := revocation.NewRedis(rdb, revocation.RedisOptions{})
+		db := store.NewRedis(rdb, store.RedisOptions{})
 		log := audit.New(rdb, audit.Options{Key: w.auditKey})
 		var rwg sync.WaitGroup
 		for range workers {
@@ -124,19 +124,19 @@ func (w *workload) run(replicas, workers int, stop <-chan struct{}) <-chan struc
 					}
 					serial := w.next.Add(1)
 					id := "alice@example.com#" + strconv.FormatUint(serial, 10)
-					if _, err := store.Revoke(ctx, w.caKey, []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: strconv.FormatUint(serial, 10), Expiry: exp}}); err != nil {
+					if _, err := db.Revoke(ctx, w.caKey, []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: strconv.FormatUint(serial, 10), Expiry: exp}}); err != nil {
 						return
 					}
 					w.acked.mu.Lock()
 					w.acked.serials = append(w.acked.serials, serial)
 					w.acked.mu.Unlock()
-					if ok, err := store.UseToken(ctx, "token-"+id, exp); err != nil || !ok {
+					if ok, err := db.UseToken(ctx, "token-"+id, exp); err != nil || !ok {
 						return
 					}
 					w.acked.mu.Lock()
 					w.acked.tokens = append(w.acked.tokens, "token-"+id)
 					w.acked.mu.Unlock()
-					if err := store.Record(ctx, ca.Certificate{Serial: serial, KeyID: id, Kind: ca.UserCert, Identity: "alice@example.com", ValidBefore: exp}); err != nil {
+					if err := db.Record(ctx, ca.Certificate{Serial: serial, KeyID: id, Kind: ca.UserCert, Identity: "alice@example.com", ValidBefore: exp}); err != nil {
 						return
 					}
 					w.acked.mu.Lock()
@@ -181,11 +181,11 @@ func (w *workload) missing(t *testing.T) (serials, tokens, records, audits int) 
 	ctx := context.Background()
 	rdb := client(w.addr, svcUser, svcPass)
 	defer rdb.Close()
-	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	db := store.NewRedis(rdb, store.RedisOptions{})
 	w.acked.mu.Lock()
 	defer w.acked.mu.Unlock()
 
-	st, err := store.State(ctx, w.caKey)
+	st, err := db.State(ctx, w.caKey)
 	if err != nil {
 		t.Fatalf("read revocations: %v", err)
 	}
@@ -199,7 +199,7 @@ func (w *workload) missing(t *testing.T) (serials, tokens, records, audits int) 
 		}
 	}
 	for _, tok := range w.acked.tokens {
-		ok, err := store.UseToken(ctx, tok, time.Now().Add(time.Hour))
+		ok, err := db.UseToken(ctx, tok, time.Now().Add(time.Hour))
 		if err != nil {
 			t.Fatalf("token ledger: %v", err)
 		}
@@ -208,7 +208,7 @@ func (w *workload) missing(t *testing.T) (serials, tokens, records, audits int) 
 		}
 	}
 	for _, s := range w.acked.records {
-		if _, ok, err := store.Get(ctx, s); err != nil {
+		if _, ok, err := db.Get(ctx, s); err != nil {
 			t.Fatalf("inventory: %v", err)
 		} else if !ok {
 			records++

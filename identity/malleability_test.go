@@ -17,8 +17,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/signer"
+	"github.com/sshca/sshca/store"
 )
 
 const b64url = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -241,7 +241,7 @@ func TestReplayThroughAuthority(t *testing.T) {
 		v := ti.verifier(t)
 		for _, jti := range []any{"j-" + alg, absent} {
 			t.Run(fmt.Sprintf("%s jti=%v", alg, jti != absent), func(t *testing.T) {
-				mem := revocation.NewMemory(nil)
+				mem := store.NewMemory(nil)
 				sgn := signer.New(caKey, mem, signer.Options{})
 				a, err := ca.New(ca.Config{Authenticator: v, Policy: grantAlice{}, UserSigner: sgn, HostSigner: sgn,
 					Store: mem, Revocations: mem, Tokens: mem})

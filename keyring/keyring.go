@@ -24,7 +24,7 @@ import (
 // CA is the keyring of one certificate authority (user or host), as a ca.Signer.
 type CA struct {
 	kind     ca.CertKind
-	store    ca.KeyringStore
+	store    Document
 	reserver signer.SerialReserver
 	now      func() time.Time
 	log      *slog.Logger
@@ -44,7 +44,7 @@ type view struct {
 }
 
 // New loads the keyring and opens the CA's active key.
-func New(ctx context.Context, kind ca.CertKind, store ca.KeyringStore, reserver signer.SerialReserver, log *slog.Logger) (*CA, error) {
+func New(ctx context.Context, kind ca.CertKind, store Document, reserver signer.SerialReserver, log *slog.Logger) (*CA, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -56,7 +56,7 @@ func New(ctx context.Context, kind ca.CertKind, store ca.KeyringStore, reserver 
 }
 
 // Bootstrap makes the configured key the CA's active key when the keyring has none for it yet.
-func Bootstrap(ctx context.Context, store ca.KeyringStore, kind ca.CertKind, ref kms.KeyRef, key *kms.Key) error {
+func Bootstrap(ctx context.Context, store Document, kind ca.CertKind, ref kms.KeyRef, key *kms.Key) error {
 	pub := key.Signer().PublicKey()
 	_, err := store.UpdateKeyring(ctx, func(r *ca.Keyring) error {
 		for _, k := range r.Keys {

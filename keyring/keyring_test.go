@@ -14,7 +14,7 @@ import (
 	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/keyring"
 	"github.com/sshca/sshca/kms"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 // TestRotationOnPKCS11: the seed key is softkms; the next key is created on a SoftHSM2 token
@@ -25,26 +25,26 @@ func TestRotationOnPKCS11(t *testing.T) {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
-	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	db := store.NewRedis(rdb, store.RedisOptions{})
 
 	ref := kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "user.pem")}
 	seed, err := kms.Create(ctx, ref, kms.Ed25519)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := keyring.Bootstrap(ctx, store, ca.UserCert, ref, seed); err != nil {
+	if err := keyring.Bootstrap(ctx, db, ca.UserCert, ref, seed); err != nil {
 		t.Fatal(err)
 	}
-	if err := keyring.Bootstrap(ctx, store, ca.UserCert, ref, seed); err != nil { // idempotent
+	if err := keyring.Bootstrap(ctx, db, ca.UserCert, ref, seed); err != nil { // idempotent
 		t.Fatal(err)
 	}
-	c, err := keyring.New(ctx, ca.UserCert, store, store, nil)
+	c, err := keyring.New(ctx, ca.UserCert, db, db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	first := ssh.FingerprintSHA256(c.PublicKey())
 
-	m := &keyring.Manager{Store: store, KMS: uri, MaxUserTTL: time.Hour, MaxHostTTL: time.Hour}
+	m := &keyring.Manager{Store: db, KMS: uri, MaxUserTTL: time.Hour, MaxHostTTL: time.Hour}
 	next, err := m.Generate(ctx, ca.UserCert, kms.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +78,7 @@ func TestRotationOnPKCS11(t *testing.T) {
 	if _, err := m.Compromised(ctx, first); err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.State(ctx, c.PublicKey())
+	st, err := db.State(ctx, c.PublicKey())
 	if err != nil || len(st.Entries) != 1 || st.Entries[0].Kind != ca.RevokedKey {
 		t.Fatalf("the compromised key is not in the KRL state: %+v %v", st, err)
 	}

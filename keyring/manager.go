@@ -19,7 +19,7 @@ import (
 // Manager carries out the rotation commands on the shared keyring. Authorization is the
 // caller's (the service asks the policy, kind "admin").
 type Manager struct {
-	Store *revocation.Redis
+	Store ManagerStore
 	// KMS is where new keys are created; for softkms, KeyDir is where their files go.
 	KMS    string
 	KeyDir string

@@ -30,7 +30,7 @@ func BuildKRL(generated time.Time, states ...ca.RevocationState) (*krl.KRL, erro
 				}
 				k.RevokeKeyIDs(st.CA, e.Value)
 			case ca.RevokedKey:
-				key, err := keyFromEntry(e.Value)
+				key, err := ParseKeyEntry(e.Value)
 				if err != nil {
 					return nil, err
 				}

@@ -16,7 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sshca/sshca/bastion"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 func newBastionCommand() *cobra.Command {
@@ -90,7 +90,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		// the stream's blocking read has its own bound.
 		rdb := redis.NewClient(newRedisBounds(4*time.Second, time.Second, 2*time.Second, 0).single(ropts))
 		defer rdb.Close()
-		o.Redis = revocation.NewRedis(rdb, revocation.RedisOptions{})
+		o.Feed = store.NewRedis(rdb, store.RedisOptions{})
 	}
 	if f.server != "" {
 		h, err := bastion.NewHTTPSource(f.server, f.serverCA)

@@ -24,8 +24,8 @@ import (
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/identity/devissuer"
 	"github.com/sshca/sshca/kms"
-	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/services"
+	"github.com/sshca/sshca/store"
 )
 
 // devAudience is the audience of the development issuer's tokens.
@@ -95,8 +95,8 @@ func runDev(ctx context.Context, o devOptions) error {
 	defer mr.Close()
 	rdb := redis.NewClient(newRedisBounds(0, 0, 0, 0).single(&redis.Options{Addr: mr.Addr()}))
 	defer rdb.Close()
-	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
-	if err := store.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
+	db := store.NewRedis(rdb, store.RedisOptions{})
+	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
 		return fmt.Errorf("dev: embedded redis: %w", err)
 	}
 
@@ -137,7 +137,7 @@ func runDev(ctx context.Context, o devOptions) error {
 	if err != nil {
 		return err
 	}
-	p := redisParts(userKey, hostKey, rdb, store, pol, o.log)
+	p := redisParts(userKey, hostKey, rdb, db, pol, o.log)
 	p.auth = auth
 	p.details = func() map[string]string {
 		return map[string]string{"policy_revision": pol.Revision(), "policy_evaluator": pol.Mode()}

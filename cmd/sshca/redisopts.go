@@ -10,6 +10,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/services"
+	"github.com/sshca/sshca/store"
 )
 
 // Every Redis client sshca builds goes through redisBounds, so that each one honours the
@@ -75,15 +76,16 @@ type redisProbe struct {
 	caKeys func() []ssh.PublicKey
 }
 
-// redisProbeTags are the hash tags of durable state (revocation/redis.go, revoked.go,
-// keyring.go, audit/audit.go), besides one {ca:<fingerprint>} per CA key. Spent tokens and the
-// CA sets carry no tag: the untagged probe key stands for them.
-var redisProbeTags = []string{"{inventory}", "{audit}", "{identities}", "{keys}", "{keyring}"}
+// redisProbeTags are the hash tags of durable state (store/keys.go), besides one
+// {ca:<fingerprint>} per CA key. Spent tokens and the CA sets carry no tag: the untagged probe
+// key stands for them.
+var redisProbeTags = store.DurableTags
 
 func (p redisProbe) keys() []string {
 	var out []string
+	keys := store.Keys{Prefix: p.prefix}
 	for _, tag := range redisProbeTags {
-		out = append(out, p.prefix+":"+tag+":probe")
+		out = append(out, keys.Probe(tag))
 	}
 	seen := map[string]bool{}
 	if p.caKeys != nil {
@@ -91,11 +93,11 @@ func (p redisProbe) keys() []string {
 			fp := ssh.FingerprintSHA256(k)
 			if !seen[fp] {
 				seen[fp] = true
-				out = append(out, p.prefix+":{ca:"+fp+"}:probe")
+				out = append(out, keys.Probe(store.TagCA(fp)))
 			}
 		}
 	}
-	return append(out, p.prefix+":probe")
+	return append(out, keys.Probe(""))
 }
 
 // Check writes every probe key in one pipeline and names the keys whose write failed.

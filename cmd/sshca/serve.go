@@ -18,8 +18,8 @@ import (
 	"github.com/sshca/sshca/keyring"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/policies"
-	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/services"
+	"github.com/sshca/sshca/store"
 )
 
 func newServeCommand() *cobra.Command {
@@ -62,8 +62,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	rc := cfg.Redis
 	rdb := redis.NewUniversalClient(newRedisBounds(cfg.requestTimeout(), rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
 	defer rdb.Close()
-	store := revocation.NewRedis(rdb, revocation.RedisOptions{})
-	if err := store.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
+	db := store.NewRedis(rdb, store.RedisOptions{})
+	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
 		log.Warn("cannot publish the user CA to bastions yet; Redis unreachable?", "err", err)
 	}
 
@@ -79,7 +79,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	}
 	proxies, _ := cfg.trustedProxies() // validated in LoadConfig
 
-	p := redisParts(userKey, hostKey, rdb, store, pol, log)
+	p := redisParts(userKey, hostKey, rdb, db, pol, log)
 	p.auth, p.requestTimeout = auth, cfg.requestTimeout()
 	var auditKey []byte
 	if cfg.Audit.KeyFile != "" {
@@ -95,7 +95,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	p.knownHostsPattern, p.trustedProxies = cfg.KnownHostsPattern, proxies
 	p.details, p.login, p.reg = details, cfg.Login, reg
 	if cfg.Keyring.Enabled {
-		if err := useKeyring(ctx, &p, cfg, userKey, hostKey, store); err != nil {
+		if err := useKeyring(ctx, &p, cfg, userKey, hostKey, db); err != nil {
 			return err
 		}
 	}
@@ -223,7 +223,7 @@ func loadPolicy(ctx context.Context, pc PolicyConfig) (*policies.Engine, error) 
 
 // useKeyring serves the CA keys from the shared keyring (seeded with the configured keys on
 // first start) and mounts the key administration endpoints.
-func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *kms.Key, store *revocation.Redis) error {
+func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *kms.Key, db *store.Redis) error {
 	kc := cfg.Keyring
 	if kc.Refresh <= 0 {
 		kc.Refresh = 2 * time.Second
@@ -236,22 +236,22 @@ func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *km
 		ref  KeyConfig
 		key  *kms.Key
 	}{{ca.UserCert, cfg.UserCA, userKey}, {ca.HostCert, cfg.HostCA, hostKey}} {
-		if err := keyring.Bootstrap(ctx, store, seed.kind, kms.KeyRef{KMS: seed.ref.KMS, Key: seed.ref.Key}, seed.key); err != nil {
+		if err := keyring.Bootstrap(ctx, db, seed.kind, kms.KeyRef{KMS: seed.ref.KMS, Key: seed.ref.Key}, seed.key); err != nil {
 			return fmt.Errorf("keyring: %w", err)
 		}
 	}
-	userCA, err := keyring.New(ctx, ca.UserCert, store, store, p.log)
+	userCA, err := keyring.New(ctx, ca.UserCert, db, db, p.log)
 	if err != nil {
 		return err
 	}
-	hostCA, err := keyring.New(ctx, ca.HostCert, store, store, p.log)
+	hostCA, err := keyring.New(ctx, ca.HostCert, db, db, p.log)
 	if err != nil {
 		return err
 	}
 	go userCA.Run(ctx, kc.Refresh)
 	go hostCA.Run(ctx, kc.Refresh)
 	for _, k := range userCA.Published() {
-		if err := store.RegisterCA(ctx, k); err != nil {
+		if err := db.RegisterCA(ctx, k); err != nil {
 			return fmt.Errorf("keyring: publish to bastions: %w", err)
 		}
 	}
@@ -262,7 +262,7 @@ func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *km
 	if cfg.Limits.MaxHostTTL > 0 {
 		limits.MaxHostTTL = cfg.Limits.MaxHostTTL
 	}
-	m := &keyring.Manager{Store: store, KMS: kc.KMS, KeyDir: kc.KeyDir, TrustRefresh: kc.TrustRefresh,
+	m := &keyring.Manager{Store: db, KMS: kc.KMS, KeyDir: kc.KeyDir, TrustRefresh: kc.TrustRefresh,
 		MaxUserTTL: limits.MaxUserTTL, MaxHostTTL: limits.MaxHostTTL}
 	p.userSigner, p.hostSigner = userCA, hostCA
 	p.keys = func(a *ca.Authority) services.KeyAdmin { return keysAdmin{authority: a, manager: m} }

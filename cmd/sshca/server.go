@@ -22,6 +22,7 @@ import (
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/services"
 	"github.com/sshca/sshca/signer"
+	"github.com/sshca/sshca/store"
 )
 
 // parts are the concrete pieces an HTTP API is built from, in serve and in dev mode alike.
@@ -52,16 +53,16 @@ type parts struct {
 
 // redisParts are the parts every mode shares: the CA keys signing through the signer, with
 // the Redis store as inventory, serial reservation, revocations and token ledger.
-func redisParts(userKey, hostKey *kms.Key, rdb redis.UniversalClient, store *revocation.Redis, pol policy, log *slog.Logger) parts {
+func redisParts(userKey, hostKey *kms.Key, rdb redis.UniversalClient, db *store.Redis, pol policy, log *slog.Logger) parts {
 	return parts{
 		rdb:        rdb,
 		policy:     pol,
-		userSigner: signer.New(userKey.Signer(), store, signer.Options{}),
-		hostSigner: signer.New(hostKey.Signer(), store, signer.Options{}),
-		store:      store,
-		revoked:    store,
-		tokens:     store,
-		checks:     map[string]ca.Checker{"redis": store, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey},
+		userSigner: signer.New(userKey.Signer(), db, signer.Options{}),
+		hostSigner: signer.New(hostKey.Signer(), db, signer.Options{}),
+		store:      db,
+		revoked:    db,
+		tokens:     db,
+		checks:     map[string]ca.Checker{"redis": db, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey},
 		log:        log,
 	}
 }

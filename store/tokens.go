@@ -1,4 +1,4 @@
-package revocation
+package store
 
 import (
 	"context"
@@ -9,21 +9,31 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// The token ledger: single-use tokens spent (ca.TokenLedger), one key per token
+// (Keys.Token), so they spread over a Redis Cluster's slots.
+
+var (
+	_ ca.TokenLedger = (*Redis)(nil)
+	_ ca.TokenLedger = (*Memory)(nil)
 )
 
 // UseToken records a single-use token until it expires (SET NX): false when it was used
-// before. One key per token, so it spreads over a Redis Cluster's slots.
+// before.
 func (r *Redis) UseToken(ctx context.Context, id string, until time.Time) (bool, error) {
 	if !until.After(r.now()) {
 		return false, nil // expired tokens never get this far; refuse rather than store forever
 	}
 	sum := sha256.Sum256([]byte(id))
-	ok, err := r.rdb.SetArgs(ctx, r.prefix+":token:"+hex.EncodeToString(sum[:]), "1", redis.SetArgs{Mode: "NX", ExpireAt: until}).Result()
+	ok, err := r.rdb.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), "1", redis.SetArgs{Mode: "NX", ExpireAt: until}).Result()
 	if errors.Is(err, redis.Nil) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("revocation: token ledger: %w", err)
+		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
 	return ok == "OK", nil
 }

@@ -1,4 +1,4 @@
-package revocation_test
+package store_test
 
 import (
 	"context"
@@ -12,51 +12,23 @@ import (
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
-	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
-// store is what the contract covers: the inventory and the serial reservation.
-type store interface {
+// TestInventoryContract: the inventory (ca.CertStore) on every backend.
+func TestInventoryContract(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newStore newStore) {
+		testInventory(t, func(t *testing.T, c *clock) inventory { return newStore(t, c) })
+	})
+}
+
+// inventory is what ca consumes (ca.CertStore), with the readiness check.
+type inventory interface {
 	ca.CertStore
-	Get(ctx context.Context, serial uint64) (ca.Certificate, bool, error)
-	ReserveSerial(ctx context.Context, serial uint64, until time.Time) (bool, error)
 	Check(ctx context.Context) error
 }
 
-// clock is a settable clock shared by a store and its test.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.t = t }
-
-// TestContract runs one contract against every implementation: memory, a real redis-server,
-// and miniredis (what `sshca dev` runs on).
-func TestContract(t *testing.T) {
-	t.Run("memory", func(t *testing.T) {
-		testContract(t, func(t *testing.T, c *clock) store { return revocation.NewMemory(c.Now) })
-	})
-	t.Run("redis-server", func(t *testing.T) {
-		r := testenv.StartRedis(t)
-		testContract(t, func(t *testing.T, c *clock) store {
-			rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-			t.Cleanup(func() { rdb.FlushAll(context.Background()); rdb.Close() })
-			return revocation.NewRedis(rdb, revocation.RedisOptions{Now: c.Now})
-		})
-	})
-	t.Run("miniredis", func(t *testing.T) {
-		testContract(t, func(t *testing.T, c *clock) store {
-			mr := miniredis.RunT(t)
-			rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-			t.Cleanup(func() { rdb.Close() })
-			return revocation.NewRedis(rdb, revocation.RedisOptions{Now: c.Now})
-		})
-	})
-}
-
-func testContract(t *testing.T, newStore func(*testing.T, *clock) store) {
+func testInventory(t *testing.T, newStore func(*testing.T, *clock) inventory) {
 	ctx := context.Background()
 	// Real time, truncated: Redis expiries run on the server's clock.
 	t0 := time.Now().UTC().Truncate(time.Second)
@@ -155,21 +127,6 @@ func testContract(t *testing.T, newStore func(*testing.T, *clock) store) {
 		}
 	})
 
-	t.Run("reserve serial", func(t *testing.T) {
-		c := &clock{t: t0}
-		s := newStore(t, c)
-		ok, err := s.ReserveSerial(ctx, 7, t0.Add(time.Hour))
-		if err != nil || !ok {
-			t.Fatalf("first reservation = %v %v", ok, err)
-		}
-		if ok, err := s.ReserveSerial(ctx, 7, t0.Add(time.Hour)); err != nil || ok {
-			t.Fatalf("second reservation = %v %v, want false", ok, err)
-		}
-		if ok, _ := s.ReserveSerial(ctx, 8, t0.Add(time.Hour)); !ok {
-			t.Fatal("serial 8 not free")
-		}
-	})
-
 	t.Run("concurrent records", func(t *testing.T) {
 		c := &clock{t: t0}
 		s := newStore(t, c)
@@ -194,34 +151,12 @@ func testContract(t *testing.T, newStore func(*testing.T, *clock) store) {
 	})
 }
 
-// TestRedisReservationExpires: on a real server the reservation goes away at its time.
-func TestRedisReservationExpires(t *testing.T) {
-	r := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	defer rdb.Close()
-	s := revocation.NewRedis(rdb, revocation.RedisOptions{})
-	ctx := context.Background()
-	if ok, _ := s.ReserveSerial(ctx, 5, time.Now().Add(1100*time.Millisecond)); !ok {
-		t.Fatal("not reserved")
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if ok, _ := s.ReserveSerial(ctx, 5, time.Now().Add(time.Hour)); ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("reservation did not expire")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // TestRedisCheck: Check fails while redis-server is down and recovers when it is back.
 func TestRedisCheck(t *testing.T) {
 	r := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	defer rdb.Close()
-	s := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	s := store.NewRedis(rdb, store.RedisOptions{})
 	ctx := context.Background()
 	if err := s.Check(ctx); err != nil {
 		t.Fatal(err)
@@ -241,7 +176,7 @@ func TestRedisCorruptRecord(t *testing.T) {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
-	s := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	s := store.NewRedis(rdb, store.RedisOptions{})
 	_ = mr.Set("sshca:{inventory}:cert:9", "{not json")
 	if _, _, err := s.Get(context.Background(), 9); err == nil {
 		t.Fatal("corrupt record read without error")
@@ -252,7 +187,7 @@ func BenchmarkRecordRedis(b *testing.B) {
 	r := testenv.StartRedis(b)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	defer rdb.Close()
-	s := revocation.NewRedis(rdb, revocation.RedisOptions{})
+	s := store.NewRedis(rdb, store.RedisOptions{})
 	ctx := context.Background()
 	c := ca.Certificate{Identity: "alice", Principals: []string{"alice"}, ValidBefore: time.Now().Add(time.Hour)}
 	var n uint64

@@ -1,0 +1,224 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/revocation"
+)
+
+// The change feed: every change of a revocation scope is also appended, in the same script,
+// to the scope's stream (Keys.ScopeStream), trimmed to about StreamMaxLen. A consumer reads a
+// snapshot and the feed position it corresponds to, then follows the feed from there; a
+// consumer that finds a version gap (its position was trimmed away) reloads the snapshot
+// rather than skip anything. Bastions follow it with read-only credentials
+// (bastion.Feed).
+
+// StreamMaxLen is the approximate length a scope's feed is trimmed to.
+const StreamMaxLen = 10000
+
+// maxChangesRead bounds one Changes answer.
+const maxChangesRead = 1000
+
+// CAs lists the CA keys that have revocation scopes. A scope stays listed when its key is no
+// longer trusted, so the KRL keeps its entries (and its version keeps growing) until they
+// expire.
+func (r *Redis) CAs(ctx context.Context) ([]ssh.PublicKey, error) {
+	return r.keySet(ctx, r.keys.CAs())
+}
+
+// Snapshot returns the state of the scope with the given CA fingerprint, and the feed
+// position it corresponds to ("0-0" when the feed is empty), read in one transaction.
+func (r *Redis) Snapshot(ctx context.Context, fp string) (ca.RevocationState, string, error) {
+	now := strconv.FormatInt(r.now().UnixMilli(), 10)
+	var caCmd, verCmd *redis.StringCmd
+	var zCmd *redis.ZSliceCmd
+	var xCmd *redis.XMessageSliceCmd
+	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		caCmd = p.Get(ctx, r.keys.ScopeCA(fp))
+		verCmd = p.Get(ctx, r.keys.ScopeVersion(fp))
+		zCmd = p.ZRangeByScoreWithScores(ctx, r.keys.ScopeEntries(fp), &redis.ZRangeBy{Min: "(" + now, Max: "+inf"})
+		xCmd = p.XRevRangeN(ctx, r.keys.ScopeStream(fp), "+", "-", 1)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return ca.RevocationState{}, "", fmt.Errorf("store: snapshot: %w", err)
+	}
+	var st ca.RevocationState
+	if line, err := caCmd.Result(); err == nil {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+		if err != nil {
+			return ca.RevocationState{}, "", fmt.Errorf("store: snapshot: CA key: %w", err)
+		}
+		st.CA = k
+	}
+	if v, err := verCmd.Uint64(); err == nil {
+		st.Version = v
+	}
+	for _, z := range zCmd.Val() {
+		e, err := parseMember(z.Member.(string), z.Score)
+		if err != nil {
+			return ca.RevocationState{}, "", err
+		}
+		st.Entries = append(st.Entries, e)
+	}
+	sortEntries(st.Entries)
+	pos := "0-0"
+	if msgs := xCmd.Val(); len(msgs) > 0 {
+		pos = msgs[0].ID
+	}
+	return st, pos, nil
+}
+
+// Changes blocks up to block (0: until ctx ends; negative: not at all) for changes after
+// feed position after, and returns them in order.
+func (r *Redis) Changes(ctx context.Context, fp, after string, block time.Duration) ([]revocation.Change, error) {
+	res, err := r.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{r.keys.ScopeStream(fp), after}, Block: block, Count: maxChangesRead}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: follow: %w", err)
+	}
+	var out []revocation.Change
+	for _, s := range res {
+		for _, m := range s.Messages {
+			c := revocation.Change{ID: m.ID}
+			for k, v := range m.Values {
+				str, _ := v.(string)
+				if k == "v" {
+					c.Version, _ = strconv.ParseUint(str, 10, 64)
+					continue
+				}
+				ms, err := strconv.ParseFloat(str, 64)
+				if err != nil {
+					return nil, fmt.Errorf("store: follow: bad expiry in %s", m.ID)
+				}
+				e, err := parseMember(k, ms)
+				if err != nil {
+					return nil, err
+				}
+				c.Entries = append(c.Entries, e)
+			}
+			sortEntries(c.Entries)
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// TrimFeed keeps only the last maxLen changes of a scope's feed (exactly; Revoke trims to
+// about StreamMaxLen by itself). For operators and tests of consumers that fall behind.
+func (r *Redis) TrimFeed(ctx context.Context, fp string, maxLen int64) error {
+	if err := r.rdb.XTrimMaxLen(ctx, r.keys.ScopeStream(fp), maxLen).Err(); err != nil {
+		return fmt.Errorf("store: trim feed: %w", err)
+	}
+	return nil
+}
+
+// memChange is one change of a memory feed; its position is "<seq>-0".
+type memChange struct {
+	seq uint64
+	revocation.Change
+}
+
+// appendLocked appends a change to the scope's feed, trims it, and wakes readers.
+func (m *Memory) appendLocked(s *memScope, entries []ca.RevocationEntry) {
+	s.lastSeq++
+	sortEntries(entries)
+	s.feed = append(s.feed, memChange{seq: s.lastSeq, Change: revocation.Change{
+		ID: strconv.FormatUint(s.lastSeq, 10) + "-0", Version: s.version, Entries: entries}})
+	if over := len(s.feed) - m.feedMax; over > 0 {
+		s.feed = slices.Delete(s.feed, 0, over)
+	}
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+// CAs lists the CA keys that have revocation scopes, as Redis.CAs.
+func (m *Memory) CAs(context.Context) ([]ssh.PublicKey, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	lines := make([]string, 0, len(m.scopes))
+	for _, s := range m.scopes {
+		lines = append(lines, authorizedLine(s.ca))
+	}
+	return parseKeyLines(lines)
+}
+
+// Snapshot returns the state of a scope and the feed position it corresponds to.
+func (m *Memory) Snapshot(_ context.Context, fp string) (ca.RevocationState, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st, pos := m.snapshotLocked(fp)
+	return st, pos, nil
+}
+
+// Changes blocks up to block (0: until ctx ends; negative: not at all) for changes after feed
+// position after, and returns them in order.
+func (m *Memory) Changes(ctx context.Context, fp, after string, block time.Duration) ([]revocation.Change, error) {
+	seq, err := parseFeedPosition(after)
+	if err != nil {
+		return nil, err
+	}
+	var timeout <-chan time.Time
+	if block > 0 {
+		t := time.NewTimer(block)
+		defer t.Stop()
+		timeout = t.C
+	}
+	for {
+		m.mu.Lock()
+		var out []revocation.Change
+		if s := m.scopes[fp]; s != nil {
+			for _, c := range s.feed {
+				if c.seq > seq && len(out) < maxChangesRead {
+					c.Entries = slices.Clone(c.Entries)
+					out = append(out, c.Change)
+				}
+			}
+		}
+		wake := m.changed
+		m.mu.Unlock()
+		if len(out) > 0 || block < 0 {
+			return out, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("store: follow: %w", ctx.Err())
+		case <-timeout:
+			return nil, nil
+		case <-wake:
+		}
+	}
+}
+
+func parseFeedPosition(pos string) (uint64, error) {
+	s, _, _ := strings.Cut(pos, "-")
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("store: follow: bad feed position %q", pos)
+	}
+	return n, nil
+}
+
+// TrimFeed keeps only the last maxLen changes of a scope's feed.
+func (m *Memory) TrimFeed(_ context.Context, fp string, maxLen int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s := m.scopes[fp]; s != nil {
+		if over := int64(len(s.feed)) - maxLen; over > 0 {
+			s.feed = slices.Delete(s.feed, 0, int(over))
+		}
+	}
+	return nil
+}

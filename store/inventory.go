@@ -1,0 +1,185 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// The inventory: who holds access now (ca.CertStore). Every key carries the hash tag
+// {inventory}, so the multi-key transaction of Record works on Redis Cluster: a record
+// (Keys.Cert) expiring at its ValidBefore, a sorted set of serials per identity
+// (Keys.Identity) and one of identities per alias (Keys.Alias). An identity's set is emptied
+// (and so deleted) by the pruning of its next Record; the set of an identity that never
+// returns keeps its expired serials, a few bytes each.
+
+var (
+	_ ca.CertStore = (*Redis)(nil)
+	_ ca.CertStore = (*Memory)(nil)
+)
+
+// Record stores c until its ValidBefore, in one transaction.
+func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("store: record: %w", err)
+	}
+	now := r.now()
+	idKey := r.keys.Identity(c.Identity)
+	_, err = r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, r.keys.Cert(c.Serial), b, 0)
+		p.PExpireAt(ctx, r.keys.Cert(c.Serial), c.ValidBefore)
+		p.ZRemRangeByScore(ctx, idKey, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
+		p.ZAdd(ctx, idKey, redis.Z{Score: float64(c.ValidBefore.UnixMilli()), Member: strconv.FormatUint(c.Serial, 10)})
+		until := c.ValidBefore
+		if c.IndexUntil.After(until) {
+			until = c.IndexUntil
+		}
+		for _, a := range c.Aliases {
+			k := r.keys.Alias(a)
+			p.ZRemRangeByScore(ctx, k, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
+			p.ZAddGT(ctx, k, redis.Z{Score: float64(until.UnixMilli()), Member: c.Identity})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+	}
+	return nil
+}
+
+// Live returns the identity's certificates still valid at now, by serial.
+func (r *Redis) Live(ctx context.Context, identity string, now time.Time) ([]ca.Certificate, error) {
+	serials, err := r.rdb.ZRangeByScore(ctx, r.keys.Identity(identity), &redis.ZRangeBy{
+		Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf"}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: live certificates: %w", err)
+	}
+	if len(serials) == 0 {
+		return nil, nil
+	}
+	keys := make([]string, len(serials))
+	for i, s := range serials {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("store: live certificates: bad serial %q in index", s)
+		}
+		keys[i] = r.keys.Cert(n)
+	}
+	var out []ca.Certificate
+	for _, k := range keys {
+		b, err := r.rdb.Get(ctx, k).Bytes()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store: live certificates: %w", err)
+		}
+		var c ca.Certificate
+		if err := json.Unmarshal(b, &c); err != nil {
+			return nil, fmt.Errorf("store: corrupt record %s: %w", k, err)
+		}
+		if c.ValidBefore.After(now) {
+			out = append(out, c)
+		}
+	}
+	sortBySerial(out)
+	return out, nil
+}
+
+// ResolveAlias returns the canonical names of the identities recorded under alias whose index
+// entries last beyond now, sorted.
+func (r *Redis) ResolveAlias(ctx context.Context, alias string, now time.Time) ([]string, error) {
+	ids, err := r.rdb.ZRangeByScore(ctx, r.keys.Alias(alias), &redis.ZRangeBy{
+		Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf"}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: resolve identity alias: %w", err)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// Get returns the record of a serial, if it is still kept.
+func (r *Redis) Get(ctx context.Context, serial uint64) (ca.Certificate, bool, error) {
+	b, err := r.rdb.Get(ctx, r.keys.Cert(serial)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return ca.Certificate{}, false, nil
+	}
+	if err != nil {
+		return ca.Certificate{}, false, fmt.Errorf("store: get serial %d: %w", serial, err)
+	}
+	var c ca.Certificate
+	if err := json.Unmarshal(b, &c); err != nil {
+		return ca.Certificate{}, false, fmt.Errorf("store: corrupt record for serial %d: %w", serial, err)
+	}
+	return c, true, nil
+}
+
+// Record stores c until its ValidBefore.
+func (m *Memory) Record(_ context.Context, c ca.Certificate) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pruneLocked(m.now())
+	until := c.ValidBefore
+	if c.IndexUntil.After(until) {
+		until = c.IndexUntil
+	}
+	c.IndexUntil = time.Time{} // not part of the record, as in Redis
+	m.certs[c.Serial] = c
+	for _, a := range c.Aliases {
+		if m.aliases == nil {
+			m.aliases = map[string]map[string]time.Time{}
+		}
+		if m.aliases[a] == nil {
+			m.aliases[a] = map[string]time.Time{}
+		}
+		if until.After(m.aliases[a][c.Identity]) {
+			m.aliases[a][c.Identity] = until
+		}
+	}
+	return nil
+}
+
+// ResolveAlias returns the identities recorded under alias whose entries last beyond now.
+func (m *Memory) ResolveAlias(_ context.Context, alias string, now time.Time) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for id, until := range m.aliases[alias] {
+		if until.After(now) {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// Live returns the identity's certificates still valid at now, by serial.
+func (m *Memory) Live(_ context.Context, identity string, now time.Time) ([]ca.Certificate, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []ca.Certificate
+	for _, c := range m.certs {
+		if c.Identity == identity && c.ValidBefore.After(now) {
+			out = append(out, c)
+		}
+	}
+	sortBySerial(out)
+	return out, nil
+}
+
+// Get returns the record of a serial, if it is still kept.
+func (m *Memory) Get(_ context.Context, serial uint64) (ca.Certificate, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.certs[serial]
+	return c, ok, nil
+}

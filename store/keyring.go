@@ -1,0 +1,111 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// The keyring document: every CA key and its state, in one key (Keys.Keyring) as JSON with
+// its version; writers update it optimistically (WATCH, then MULTI/EXEC), so concurrent
+// replicas never lose a change (keyring.Document).
+
+// Keyring reads the keyring (empty when there is none yet).
+func (r *Redis) Keyring(ctx context.Context) (ca.Keyring, error) {
+	b, err := r.rdb.Get(ctx, r.keys.Keyring()).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return ca.Keyring{}, nil
+	}
+	if err != nil {
+		return ca.Keyring{}, fmt.Errorf("store: keyring: %w", err)
+	}
+	return decodeKeyring(b)
+}
+
+func decodeKeyring(b []byte) (ca.Keyring, error) {
+	var k ca.Keyring
+	if len(b) == 0 {
+		return k, nil
+	}
+	if err := json.Unmarshal(b, &k); err != nil {
+		return ca.Keyring{}, fmt.Errorf("store: keyring is corrupt: %w", err)
+	}
+	return k, nil
+}
+
+// UpdateKeyring applies fn and stores the result with the version bumped, atomically.
+func (r *Redis) UpdateKeyring(ctx context.Context, fn func(*ca.Keyring) error) (ca.Keyring, error) {
+	var out ca.Keyring
+	for range 10 {
+		err := r.rdb.Watch(ctx, func(tx *redis.Tx) error {
+			k, err := r.Keyring(ctx)
+			if err != nil {
+				return err
+			}
+			if err := fn(&k); err != nil {
+				return err
+			}
+			k.Version++
+			b, err := json.Marshal(k)
+			if err != nil {
+				return err
+			}
+			_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				p.Set(ctx, r.keys.Keyring(), b, 0)
+				return nil
+			})
+			out = k
+			return err
+		}, r.keys.Keyring())
+		if errors.Is(err, redis.TxFailedErr) {
+			continue // another replica changed it: apply fn to the new state
+		}
+		if err != nil {
+			var e *ca.Error
+			if errors.As(err, &e) {
+				return ca.Keyring{}, err
+			}
+			return ca.Keyring{}, fmt.Errorf("store: keyring update: %w", err)
+		}
+		return out, nil
+	}
+	return ca.Keyring{}, errors.New("store: keyring update: too much contention")
+}
+
+// Keyring reads the keyring (empty when there is none yet).
+func (m *Memory) Keyring(context.Context) (ca.Keyring, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return decodeKeyring(m.keyring)
+}
+
+// UpdateKeyring applies fn to a copy of the keyring and keeps the result with the version
+// bumped; an error from fn changes nothing. fn runs under the store's lock: it must not call
+// the store.
+func (m *Memory) UpdateKeyring(_ context.Context, fn func(*ca.Keyring) error) (ca.Keyring, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k, err := decodeKeyring(m.keyring)
+	if err != nil {
+		return ca.Keyring{}, err
+	}
+	if err := fn(&k); err != nil {
+		var e *ca.Error
+		if errors.As(err, &e) {
+			return ca.Keyring{}, err
+		}
+		return ca.Keyring{}, fmt.Errorf("store: keyring update: %w", err)
+	}
+	k.Version++
+	b, err := json.Marshal(k)
+	if err != nil {
+		return ca.Keyring{}, fmt.Errorf("store: keyring update: %w", err)
+	}
+	m.keyring = b
+	return k, nil
+}

@@ -1,0 +1,180 @@
+package store
+
+import (
+	"strconv"
+)
+
+// LayoutVersion is the version of the Redis layout this file lists. A change that a replica
+// running the previous layout cannot read (a key renamed, a value re-encoded) bumps it and
+// comes with a migration that a rolling upgrade of several replicas survives.
+const LayoutVersion = 1
+
+// DefaultPrefix is the first part of every key unless configured otherwise.
+const DefaultPrefix = "sshca"
+
+// The hash tags of sshca's keys. Keys that one transaction or script touches share a tag, so
+// that it runs on Redis Cluster: the inventory (a record and its indexes), a CA key's revocation
+// scope ({ca:<fingerprint>}), the identity blocks, the revoked public keys, the keyring
+// document, and the audit chain. Spent tokens and the CA sets are single-key writes, untagged.
+const (
+	TagInventory  = "{inventory}"
+	TagIdentities = "{identities}"
+	TagKeys       = "{keys}"
+	TagKeyring    = "{keyring}"
+	TagAudit      = "{audit}"
+)
+
+// TagCA is the hash tag of the revocation scope of the CA key with this SHA256 fingerprint.
+func TagCA(fp string) string { return "{ca:" + fp + "}" }
+
+// DurableTags are the fixed hash tags that hold durable state (besides one TagCA per CA key):
+// a write probe in each of them tells whether every write that matters would succeed.
+var DurableTags = []string{TagInventory, TagAudit, TagIdentities, TagKeys, TagKeyring}
+
+// Keys builds every Redis key of sshca under one prefix. It is the one place that names them:
+// the stores here, audit/ and the readiness probe use it, and a test keeps deploy/redis's ACL
+// patterns in step with it.
+type Keys struct{ Prefix string }
+
+func (k Keys) p() string {
+	if k.Prefix == "" {
+		return DefaultPrefix
+	}
+	return k.Prefix
+}
+
+// Cert is the JSON record of a certificate, expiring at its ValidBefore (inventory).
+func (k Keys) Cert(serial uint64) string {
+	return k.p() + ":" + TagInventory + ":cert:" + strconv.FormatUint(serial, 10)
+}
+
+// Identity is the sorted set of an identity's serials, scored by ValidBefore in unix ms
+// (inventory).
+func (k Keys) Identity(id string) string { return k.p() + ":" + TagInventory + ":id:" + id }
+
+// Alias is the sorted set of the canonical identities recorded under an alias ("email:…",
+// "username:…"), scored by how long each entry lasts in unix ms (inventory).
+func (k Keys) Alias(alias string) string { return k.p() + ":" + TagInventory + ":alias:" + alias }
+
+// Serial is a serial's reservation, expiring with it (serials).
+func (k Keys) Serial(serial uint64) string {
+	return k.p() + ":" + TagInventory + ":serial:" + strconv.FormatUint(serial, 10)
+}
+
+// Token is a spent single-use token, by the hex SHA-256 of its ID, expiring with the token
+// (token ledger). One key per token, so they spread over a Cluster's slots.
+func (k Keys) Token(sha256Hex string) string { return k.p() + ":token:" + sha256Hex }
+
+// Keyring is the keyring document: JSON with its version (keyring).
+func (k Keys) Keyring() string { return k.p() + ":" + TagKeyring }
+
+// TrustedUserCAs is the set of user CA public keys (authorized_keys form) that bastions
+// trust now (CA trust registry).
+func (k Keys) TrustedUserCAs() string { return k.p() + ":trusted-user-cas" }
+
+// CAs is the set of CA public keys that have revocation scopes, followed by bastions; a key
+// stays listed after it is no longer trusted (CA trust registry, feed).
+func (k Keys) CAs() string { return k.p() + ":cas" }
+
+// ScopeEntries is a CA key's revoked entries, members "<kind>:<value>" scored by expiry in
+// unix ms (revocations).
+func (k Keys) ScopeEntries(fp string) string { return k.scope(fp) + "entries" }
+
+// ScopeVersion is a CA key's scope version, bumped by every change (revocations).
+func (k Keys) ScopeVersion(fp string) string { return k.scope(fp) + "version" }
+
+// ScopeStream is a CA key's change feed, trimmed to about StreamMaxLen: fields v=<version>,
+// then member=expiry pairs (feed).
+func (k Keys) ScopeStream(fp string) string { return k.scope(fp) + "stream" }
+
+// ScopeCA is the CA public key of a scope, authorized_keys form, for building KRLs.
+func (k Keys) ScopeCA(fp string) string { return k.scope(fp) + "ca" }
+
+func (k Keys) scope(fp string) string { return k.p() + ":" + TagCA(fp) + ":" }
+
+// Blocked is the sorted set of identities refused new certificates, scored by the end of the
+// block in unix ms (revocations).
+func (k Keys) Blocked() string { return k.p() + ":" + TagIdentities + ":blocked" }
+
+// RevokedKeys is the sorted set of every revoked public key under any CA key, scored by
+// expiry in unix ms (revocations: refused at signing time whichever CA key signs).
+func (k Keys) RevokedKeys() string { return k.p() + ":" + TagKeys + ":revoked" }
+
+// AuditLog is the audit chain's stream of entries {seq, prev, mac, rec} (audit/).
+func (k Keys) AuditLog() string { return k.p() + ":" + TagAudit + ":log" }
+
+// AuditHead is "<seq> <mac>" of the audit chain's last entry (audit/).
+func (k Keys) AuditHead() string { return k.p() + ":" + TagAudit + ":head" }
+
+// AuditBase is the audit chain's base mark: where the chain starts (audit/).
+func (k Keys) AuditBase() string { return k.p() + ":" + TagAudit + ":base" }
+
+// Probe is the readiness probe's key in a hash tag ("" for the untagged one), written with a
+// 5 s expiry.
+func (k Keys) Probe(tag string) string {
+	if tag == "" {
+		return k.p() + ":probe"
+	}
+	return k.p() + ":" + tag + ":probe"
+}
+
+// Reader says who reads a key.
+type Reader int
+
+const (
+	// ReadByCA keys are read and written by the CA service only.
+	ReadByCA Reader = iota
+	// ReadByBastion keys are also read by bastion agents (with read-only credentials).
+	ReadByBastion
+)
+
+// KeySpec describes one kind of key: an example of it, the Keys method that builds it, its
+// hash tag, the role that owns it, and whether bastions read it.
+type KeySpec struct {
+	Example string
+	Builder string // the Keys method
+	Tag     string // "" when untagged
+	Role    string
+	Reader  Reader
+}
+
+// The placeholders of Layout's examples.
+const (
+	exampleFP       = "SHA256:ab+c/DEexampleFingerprint0123456789abcdefghi"
+	exampleSerial   = 1
+	exampleIdentity = "https://issuer|subject"
+	exampleAlias    = "email:alice@example.com"
+	exampleToken    = "00ff"
+)
+
+// Layout lists every kind of key sshca writes, one example each with the placeholders filled
+// in: the list that deploy/redis's ACL patterns are checked against.
+func (k Keys) Layout() []KeySpec {
+	ca := TagCA(exampleFP)
+	return []KeySpec{
+		{k.Cert(exampleSerial), "Cert", TagInventory, "inventory", ReadByCA},
+		{k.Identity(exampleIdentity), "Identity", TagInventory, "inventory", ReadByCA},
+		{k.Alias(exampleAlias), "Alias", TagInventory, "inventory", ReadByCA},
+		{k.Serial(exampleSerial), "Serial", TagInventory, "serials", ReadByCA},
+		{k.Token(exampleToken), "Token", "", "tokens", ReadByCA},
+		{k.Keyring(), "Keyring", TagKeyring, "keyring", ReadByCA},
+		{k.TrustedUserCAs(), "TrustedUserCAs", "", "trust", ReadByBastion},
+		{k.CAs(), "CAs", "", "trust", ReadByBastion},
+		{k.ScopeEntries(exampleFP), "ScopeEntries", ca, "revocations", ReadByBastion},
+		{k.ScopeVersion(exampleFP), "ScopeVersion", ca, "revocations", ReadByBastion},
+		{k.ScopeCA(exampleFP), "ScopeCA", ca, "revocations", ReadByBastion},
+		{k.ScopeStream(exampleFP), "ScopeStream", ca, "feed", ReadByBastion},
+		{k.Blocked(), "Blocked", TagIdentities, "revocations", ReadByCA},
+		{k.RevokedKeys(), "RevokedKeys", TagKeys, "revocations", ReadByCA},
+		{k.AuditLog(), "AuditLog", TagAudit, "audit", ReadByCA},
+		{k.AuditHead(), "AuditHead", TagAudit, "audit", ReadByCA},
+		{k.AuditBase(), "AuditBase", TagAudit, "audit", ReadByCA},
+		{k.Probe(TagInventory), "Probe", TagInventory, "probe", ReadByCA},
+		{k.Probe(TagAudit), "Probe", TagAudit, "probe", ReadByCA},
+		{k.Probe(TagIdentities), "Probe", TagIdentities, "probe", ReadByCA},
+		{k.Probe(TagKeys), "Probe", TagKeys, "probe", ReadByCA},
+		{k.Probe(TagKeyring), "Probe", TagKeyring, "probe", ReadByCA},
+		{k.Probe(ca), "Probe", ca, "probe", ReadByCA},
+		{k.Probe(""), "Probe", "", "probe", ReadByCA},
+	}
+}

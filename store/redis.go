@@ -1,0 +1,47 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisOptions configure a Redis store.
+type RedisOptions struct {
+	Prefix string           // default "sshca"
+	Now    func() time.Time // default time.Now
+}
+
+// Redis keeps sshca's shared state in Redis, every role in its own file, every key named in
+// keys.go. Sorted-set members never expire by themselves, so writers prune them by score and
+// readers filter by score, which also keeps the store right on servers whose keys do not
+// expire with real time (miniredis in `sshca dev`).
+type Redis struct {
+	rdb  redis.UniversalClient
+	keys Keys
+	now  func() time.Time
+}
+
+// NewRedis returns a store on rdb.
+func NewRedis(rdb redis.UniversalClient, o RedisOptions) *Redis {
+	r := &Redis{rdb: rdb, keys: Keys{Prefix: o.Prefix}, now: o.Now}
+	if r.keys.Prefix == "" {
+		r.keys.Prefix = DefaultPrefix
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	return r
+}
+
+// Check pings Redis.
+func (r *Redis) Check(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := r.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("store: redis: %w", err)
+	}
+	return nil
+}

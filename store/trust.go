@@ -1,0 +1,98 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+)
+
+// The CA trust registry: the user CA keys bastions write to sshd's TrustedUserCAKeys
+// (Keys.TrustedUserCAs), and the CA keys whose revocation scopes they follow (Keys.CAs). A key
+// leaves the first when it is retired or compromised, never the second: its scope stays
+// followed, so nothing it revoked comes back and the KRL version never goes down.
+
+// RegisterCA makes a user CA key trusted by bastions, and its revocation scope followed,
+// before anything is revoked in it.
+func (r *Redis) RegisterCA(ctx context.Context, caKey ssh.PublicKey) error {
+	line := authorizedLine(caKey)
+	fp := ssh.FingerprintSHA256(caKey)
+	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.SAdd(ctx, r.keys.CAs(), line)
+		p.SAdd(ctx, r.keys.TrustedUserCAs(), line)
+		p.Set(ctx, r.keys.ScopeCA(fp), line, 0)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: register CA: %w", err)
+	}
+	return nil
+}
+
+// UnregisterCA withdraws a CA key (its authorized_keys line) from what bastions trust; its
+// revocation scope stays followed.
+func (r *Redis) UnregisterCA(ctx context.Context, caLine string) error {
+	if err := r.rdb.SRem(ctx, r.keys.TrustedUserCAs(), caLine).Err(); err != nil {
+		return fmt.Errorf("store: unregister CA: %w", err)
+	}
+	return nil
+}
+
+// TrustedCAs lists the user CA keys sshd should trust now (TrustedUserCAKeys).
+func (r *Redis) TrustedCAs(ctx context.Context) ([]ssh.PublicKey, error) {
+	return r.keySet(ctx, r.keys.TrustedUserCAs())
+}
+
+func (r *Redis) keySet(ctx context.Context, key string) ([]ssh.PublicKey, error) {
+	lines, err := r.rdb.SMembers(ctx, key).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: CA list: %w", err)
+	}
+	return parseKeyLines(lines)
+}
+
+func parseKeyLines(lines []string) ([]ssh.PublicKey, error) {
+	sort.Strings(lines)
+	var out []ssh.PublicKey
+	for _, l := range lines {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(l))
+		if err != nil {
+			return nil, fmt.Errorf("store: CA list: %w", err)
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+// RegisterCA makes a user CA key trusted by bastions, and its revocation scope followed.
+func (m *Memory) RegisterCA(_ context.Context, caKey ssh.PublicKey) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.scopeLocked(caKey)
+	if m.trusted == nil {
+		m.trusted = map[string]bool{}
+	}
+	m.trusted[authorizedLine(caKey)] = true
+	return nil
+}
+
+// UnregisterCA withdraws a CA key from what bastions trust; its scope stays followed.
+func (m *Memory) UnregisterCA(_ context.Context, caLine string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.trusted, caLine)
+	return nil
+}
+
+// TrustedCAs lists the user CA keys sshd should trust now.
+func (m *Memory) TrustedCAs(context.Context) ([]ssh.PublicKey, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	lines := make([]string, 0, len(m.trusted))
+	for l := range m.trusted {
+		lines = append(lines, l)
+	}
+	return parseKeyLines(lines)
+}
