@@ -248,7 +248,8 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// A revoked key or identity does not get a new certificate.
 	// Under every name the identity goes by: a block given by e-mail or username holds for
 	// the identity whatever its token says next time.
-	names := append([]string{id.Name()}, id.Aliases()...)
+	aliases := id.Aliases()
+	names := append([]string{rec.Identity}, aliases...)
 	why, err := a.revocations.Refused(ctx, signer.PublicKey(), names, req.PublicKey)
 	if err != nil {
 		return Issued{}, storeErr("revocation store unavailable; no certificate issued", err)
@@ -265,7 +266,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 			Principals:     nonNil(req.Principals),
 			TTLSeconds:     int64(req.TTL / time.Second),
 			KeyType:        req.PublicKey.Type(),
-			KeyFingerprint: ssh.FingerprintSHA256(req.PublicKey),
+			KeyFingerprint: rec.KeyFingerprint, // req.PublicKey's, computed once
 			SourceIP:       req.SourceIP,
 			Reason:         req.Reason,
 		},
@@ -310,16 +311,16 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		Serial:         cert.Serial,
 		KeyID:          cert.KeyId,
 		Kind:           req.Kind,
-		Identity:       id.Name(),
+		Identity:       rec.Identity,
 		Principals:     cert.ValidPrincipals,
-		KeyFingerprint: ssh.FingerprintSHA256(cert.Key),
+		KeyFingerprint: ssh.FingerprintSHA256(cert.Key), // the key certified, whatever the signer did
 		CAFingerprint:  ssh.FingerprintSHA256(cert.SignatureKey),
 		ValidAfter:     time.Unix(int64(cert.ValidAfter), 0).UTC(),
 		ValidBefore:    time.Unix(int64(cert.ValidBefore), 0).UTC(),
 		Ticket:         dec.Ticket,
 		Reason:         req.Reason,
 		PolicyRevision: dec.Revision,
-		Aliases:        id.Aliases(),
+		Aliases:        aliases,
 		IndexUntil:     a.now().Add(a.limits.IdentityBlock),
 	}
 	rec.Serial, rec.KeyID = cr.Serial, cr.KeyID
