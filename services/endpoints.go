@@ -10,6 +10,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
 )
 
 // Endpoints collects one endpoint per Service method.
@@ -44,14 +45,10 @@ func MakeEndpoints(s Service) Endpoints {
 	}
 }
 
-// certRequest is the body of POST /v1/certs/user and /v1/certs/host (DESIGN.md). Principals
-// and Hostnames are the same field for the two kinds; only the matching one may be set.
+// certRequest is the body of POST /v1/certs/user and /v1/certs/host as sent, with what the
+// transport adds from the HTTP request.
 type certRequest struct {
-	PublicKey  string   `json:"public_key"`
-	Principals []string `json:"principals,omitempty"`
-	Hostnames  []string `json:"hostnames,omitempty"`
-	TTL        string   `json:"ttl,omitempty"`
-	Reason     string   `json:"reason,omitempty"`
+	client.CertRequest
 
 	token    string
 	sourceIP string
@@ -60,13 +57,8 @@ type certRequest struct {
 // certResponse is the answer to a certificate request. Err carries a business error to the
 // transport's error encoder (go-kit's "failer" pattern).
 type certResponse struct {
-	Certificate string   `json:"certificate"`
-	Serial      string   `json:"serial"`
-	KeyID       string   `json:"key_id"`
-	Principals  []string `json:"principals"`
-	ValidAfter  string   `json:"valid_after"`
-	ValidBefore string   `json:"valid_before"`
-	Err         error    `json:"-"`
+	client.CertResponse
+	Err error `json:"-"`
 }
 
 func (r certResponse) Failed() error { return r.Err }
@@ -103,14 +95,14 @@ func makeRenewEndpoint(s Service) endpoint.Endpoint {
 
 func issuedResponse(issued ca.Issued) certResponse {
 	c := issued.Cert
-	return certResponse{
+	return certResponse{CertResponse: client.CertResponse{
 		Certificate: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(c))),
 		Serial:      strconv.FormatUint(c.Serial, 10),
 		KeyID:       c.KeyId,
 		Principals:  c.ValidPrincipals,
 		ValidAfter:  issued.Record.ValidAfter.Format(time.RFC3339),
 		ValidBefore: issued.Record.ValidBefore.Format(time.RFC3339),
-	}
+	}}
 }
 
 // toCertRequest checks only the envelope: a bearer token is present, and the body names the

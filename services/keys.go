@@ -8,6 +8,7 @@ import (
 	kithttp "github.com/go-kit/kit/transport/http"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
 )
 
 // KeyAdmin is CA key administration (rotation), each call authorized by the policy as kind
@@ -20,21 +21,18 @@ type KeyAdmin interface {
 	CompromisedKey(ctx context.Context, token, fingerprint string) (ca.CAKey, error)
 }
 
-// keyRequest is the body of the POST /v1/keys/... calls.
+// keyRequest is the body of the POST /v1/keys/... calls as sent, with the operation its path
+// names and the bearer token.
 type keyRequest struct {
-	CA          string `json:"ca,omitempty"`
-	Type        string `json:"type,omitempty"`
-	Fingerprint string `json:"fingerprint,omitempty"`
-	Force       bool   `json:"force,omitempty"`
+	client.KeyRequest
 
 	op    string
 	token string
 }
 
 type keyResponse struct {
-	Key  *ca.CAKey   `json:"key,omitempty"`
-	Ring *ca.Keyring `json:"keyring,omitempty"`
-	Err  error       `json:"-"`
+	client.KeyResponse
+	Err error `json:"-"`
 }
 
 func (r keyResponse) Failed() error { return r.Err }
@@ -61,7 +59,7 @@ func makeKeyEndpoint(k KeyAdmin) endpoint.Endpoint {
 			if err != nil {
 				return keyResponse{Err: err}, nil
 			}
-			return keyResponse{Ring: &ring}, nil
+			return keyResponse{KeyResponse: client.KeyResponse{Ring: &ring}}, nil
 		case "generate":
 			key, err = k.GenerateKey(ctx, req.token, kind, req.Type)
 		case "promote":
@@ -74,7 +72,7 @@ func makeKeyEndpoint(k KeyAdmin) endpoint.Endpoint {
 		if err != nil {
 			return keyResponse{Err: err}, nil
 		}
-		return keyResponse{Key: &key}, nil
+		return keyResponse{KeyResponse: client.KeyResponse{Key: &key}}, nil
 	}
 }
 
@@ -84,7 +82,7 @@ func mountKeys(mux *http.ServeMux, k KeyAdmin, opts []kithttp.ServerOption) {
 		return func(_ context.Context, r *http.Request) (any, error) {
 			req := keyRequest{}
 			if op != "list" {
-				if err := decodeJSON(r, &req); err != nil {
+				if err := decodeJSON(r, &req.KeyRequest); err != nil {
 					return nil, err
 				}
 			}

@@ -15,63 +15,26 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
 )
 
-// revokeRequest is the body of POST /v1/revocations: exactly one target, and a reason.
+// revokeRequest is the body of POST /v1/revocations as sent, with the bearer token.
 type revokeRequest struct {
-	Serial    string `json:"serial,omitempty"`
-	KeyID     string `json:"key_id,omitempty"`
-	PublicKey string `json:"public_key,omitempty"`
-	// Identity is "<issuer>|<subject>", a verified e-mail or a username; AllMatches revokes
-	// every identity an e-mail or username names (else several matches are a 409 listing them).
-	Identity   string `json:"identity,omitempty"`
-	AllMatches bool   `json:"all_matches,omitempty"`
-	Reason     string `json:"reason"`
+	client.RevokeRequest
 
 	token string
 }
 
-type entryJSON struct {
-	Kind    string `json:"kind"`
-	Value   string `json:"value"`
-	Expires string `json:"expires"`
-}
-
-type certJSON struct {
-	Serial         string   `json:"serial"`
-	KeyID          string   `json:"key_id"`
-	Kind           string   `json:"kind"`
-	Identity       string   `json:"identity"`
-	Principals     []string `json:"principals"`
-	KeyFingerprint string   `json:"key_fingerprint"`
-	CAFingerprint  string   `json:"ca_fingerprint"`
-	ValidAfter     string   `json:"valid_after"`
-	ValidBefore    string   `json:"valid_before"`
-}
-
 type revokeResponse struct {
-	Revoked      []entryJSON `json:"revoked"`
-	Certificates []certJSON  `json:"certificates"`
-	BlockedUntil string      `json:"blocked_until,omitempty"`
-	// Matches are the identities (canonical names) an identity revocation covered.
-	Matches []string `json:"matches,omitempty"`
-	Version string   `json:"version"`
-	Err     error    `json:"-"`
+	client.RevokeResponse
+	Err error `json:"-"`
 }
 
 func (r revokeResponse) Failed() error { return r.Err }
 
-type scopeJSON struct {
-	CA          string      `json:"ca"`
-	Fingerprint string      `json:"fingerprint"`
-	Version     string      `json:"version"`
-	Entries     []entryJSON `json:"entries"`
-}
-
 type revocationsResponse struct {
-	UserCA scopeJSON `json:"user_ca"`
-	HostCA scopeJSON `json:"host_ca"`
-	Err    error     `json:"-"`
+	client.RevocationsResponse
+	Err error `json:"-"`
 }
 
 func (r revocationsResponse) Failed() error { return r.Err }
@@ -79,8 +42,8 @@ func (r revocationsResponse) Failed() error { return r.Err }
 type inventoryRequest struct{ token, identity string }
 
 type inventoryResponse struct {
-	Certificates []certJSON `json:"certificates"`
-	Err          error      `json:"-"`
+	client.InventoryResponse
+	Err error `json:"-"`
 }
 
 func (r inventoryResponse) Failed() error { return r.Err }
@@ -120,8 +83,8 @@ func makeRevokeEndpoint(s Service) endpoint.Endpoint {
 		if err != nil {
 			return revokeResponse{Err: err}, nil
 		}
-		out := revokeResponse{Revoked: entriesJSON(res.Revoked), Certificates: certsJSON(res.Certificates), Matches: res.Matches,
-			Version: strconv.FormatUint(res.Version, 10)}
+		out := revokeResponse{RevokeResponse: client.RevokeResponse{Revoked: entriesJSON(res.Revoked), Certificates: certsJSON(res.Certificates),
+			Matches: res.Matches, Version: strconv.FormatUint(res.Version, 10)}}
 		if !res.BlockedUntil.IsZero() {
 			out.BlockedUntil = res.BlockedUntil.Format(time.RFC3339)
 		}
@@ -135,7 +98,7 @@ func makeRevocationsEndpoint(s Service) endpoint.Endpoint {
 		if err != nil {
 			return revocationsResponse{Err: err}, nil
 		}
-		return revocationsResponse{UserCA: scopeOf(user), HostCA: scopeOf(host)}, nil
+		return revocationsResponse{RevocationsResponse: client.RevocationsResponse{UserCA: scopeOf(user), HostCA: scopeOf(host)}}, nil
 	}
 }
 
@@ -146,7 +109,7 @@ func makeInventoryEndpoint(s Service) endpoint.Endpoint {
 		if err != nil {
 			return inventoryResponse{Err: err}, nil
 		}
-		return inventoryResponse{Certificates: certsJSON(certs)}, nil
+		return inventoryResponse{InventoryResponse: client.InventoryResponse{Certificates: certsJSON(certs)}}, nil
 	}
 }
 
@@ -157,8 +120,8 @@ func makeKRLEndpoint(s Service) endpoint.Endpoint {
 	}
 }
 
-func scopeOf(st ca.RevocationState) scopeJSON {
-	out := scopeJSON{Version: strconv.FormatUint(st.Version, 10), Entries: entriesJSON(st.Entries)}
+func scopeOf(st ca.RevocationState) client.RevocationScope {
+	out := client.RevocationScope{Version: strconv.FormatUint(st.Version, 10), Entries: entriesJSON(st.Entries)}
 	if st.CA != nil {
 		out.CA = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(st.CA)))
 		out.Fingerprint = ssh.FingerprintSHA256(st.CA)
@@ -166,18 +129,18 @@ func scopeOf(st ca.RevocationState) scopeJSON {
 	return out
 }
 
-func entriesJSON(es []ca.RevocationEntry) []entryJSON {
-	out := make([]entryJSON, 0, len(es))
+func entriesJSON(es []ca.RevocationEntry) []client.RevocationEntry {
+	out := make([]client.RevocationEntry, 0, len(es))
 	for _, e := range es {
-		out = append(out, entryJSON{Kind: string(e.Kind), Value: e.Value, Expires: e.Expiry.UTC().Format(time.RFC3339)})
+		out = append(out, client.RevocationEntry{Kind: string(e.Kind), Value: e.Value, Expires: e.Expiry.UTC().Format(time.RFC3339)})
 	}
 	return out
 }
 
-func certsJSON(cs []ca.Certificate) []certJSON {
-	out := make([]certJSON, 0, len(cs))
+func certsJSON(cs []ca.Certificate) []client.Certificate {
+	out := make([]client.Certificate, 0, len(cs))
 	for _, c := range cs {
-		out = append(out, certJSON{Serial: strconv.FormatUint(c.Serial, 10), KeyID: c.KeyID, Kind: string(c.Kind), Identity: c.Identity,
+		out = append(out, client.Certificate{Serial: strconv.FormatUint(c.Serial, 10), KeyID: c.KeyID, Kind: string(c.Kind), Identity: c.Identity,
 			Principals: c.Principals, KeyFingerprint: c.KeyFingerprint, CAFingerprint: c.CAFingerprint,
 			ValidAfter: c.ValidAfter.Format(time.RFC3339), ValidBefore: c.ValidBefore.Format(time.RFC3339)})
 	}
@@ -186,7 +149,7 @@ func certsJSON(cs []ca.Certificate) []certJSON {
 
 func decodeRevokeRequest(_ context.Context, r *http.Request) (any, error) {
 	var req revokeRequest
-	err := decodeJSON(r, &req)
+	err := decodeJSON(r, &req.RevokeRequest)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
 )
 
 // MaxBodyBytes is the largest request body accepted; larger bodies get 413.
@@ -43,12 +44,9 @@ type HTTPOptions struct {
 	RenderKRL func(...ca.RevocationState) ([]byte, error)
 }
 
-// LoginConfig is the OIDC client setting the CLI signs users in with.
-type LoginConfig struct {
-	Issuer   string   `json:"issuer" yaml:"issuer_url"`
-	ClientID string   `json:"client_id" yaml:"client_id"`
-	Scopes   []string `json:"scopes" yaml:"scopes"`
-}
+// LoginConfig is the OIDC client setting the CLI signs users in with (the body of
+// GET /v1/login/config, defined in client).
+type LoginConfig = client.LoginConfig
 
 // NewHTTPHandler mounts the endpoints on a mux with the paths of DESIGN.md.
 func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
@@ -98,7 +96,7 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 func decodeCertRequest(trusted []netip.Prefix) kithttp.DecodeRequestFunc {
 	return func(_ context.Context, r *http.Request) (any, error) {
 		var req certRequest
-		err := decodeJSON(r, &req)
+		err := decodeJSON(r, &req.CertRequest)
 		if err != nil {
 			return nil, err
 		}
@@ -180,12 +178,6 @@ func encodeKnownHosts(pattern string) kithttp.EncodeResponseFunc {
 	}
 }
 
-// errorBody is the error shape of DESIGN.md.
-type errorBody struct {
-	Error   string   `json:"error"`
-	Reasons []string `json:"reasons,omitempty"`
-}
-
 // err2code is the one place where a domain error becomes an HTTP status.
 func err2code(err error) int {
 	if errors.Is(err, errTooLarge) {
@@ -211,14 +203,14 @@ func err2code(err error) int {
 
 func encodeError(_ context.Context, err error, w http.ResponseWriter) {
 	code := err2code(err)
-	body := errorBody{Error: err.Error()}
+	body := client.ErrorBody{Error: err.Error()}
 	var e *ca.Error
 	switch {
 	case errors.As(err, &e) && e.Kind != ca.KindInternal:
 		// The message is for the caller; the cause (Err) may hold details that are not.
-		body = errorBody{Error: e.Msg, Reasons: e.Reasons}
+		body = client.ErrorBody{Error: e.Msg, Reasons: e.Reasons}
 	case code == http.StatusInternalServerError:
-		body = errorBody{Error: "internal error"}
+		body = client.ErrorBody{Error: "internal error"}
 	}
 	if code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sshca"`)

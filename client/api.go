@@ -1,0 +1,122 @@
+package client
+
+import "github.com/sshca/sshca/ca"
+
+// The request and response bodies of the v1 API (DESIGN.md, "Contracts"). services encodes
+// and decodes exactly these types, so the server and its clients cannot drift apart. Serials
+// and versions are decimal strings (a uint64 does not survive JSON numbers in every client),
+// times RFC 3339.
+
+// CertRequest is the body of POST /v1/certs/user and /v1/certs/host. Principals are for user
+// certificates and Hostnames for host certificates; only the matching one may be set.
+type CertRequest struct {
+	PublicKey  string   `json:"public_key"`
+	Principals []string `json:"principals,omitempty"`
+	Hostnames  []string `json:"hostnames,omitempty"`
+	TTL        string   `json:"ttl,omitempty"`
+	Reason     string   `json:"reason,omitempty"`
+}
+
+// CertResponse is the answer to a certificate request or a renewal.
+type CertResponse struct {
+	// Certificate is the certificate as one authorized_keys line (*-cert-v01@openssh.com).
+	Certificate string   `json:"certificate"`
+	Serial      string   `json:"serial"`
+	KeyID       string   `json:"key_id"`
+	Principals  []string `json:"principals"`
+	ValidAfter  string   `json:"valid_after"`
+	ValidBefore string   `json:"valid_before"`
+}
+
+// RevokeRequest is the body of POST /v1/revocations: exactly one target, and a reason.
+type RevokeRequest struct {
+	Serial    string `json:"serial,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
+	PublicKey string `json:"public_key,omitempty"`
+	// Identity is "<issuer>|<subject>", a verified e-mail or a username; AllMatches revokes
+	// every identity an e-mail or username names (else several matches are a 409 listing them).
+	Identity   string `json:"identity,omitempty"`
+	AllMatches bool   `json:"all_matches,omitempty"`
+	Reason     string `json:"reason"`
+}
+
+// RevocationEntry is one entry of a revocation list: what is revoked (Kind "serial",
+// "key_id" or "key"), and until when it stays in the KRL.
+type RevocationEntry struct {
+	Kind    string `json:"kind"`
+	Value   string `json:"value"`
+	Expires string `json:"expires"`
+}
+
+// Certificate is an inventory record of a live certificate.
+type Certificate struct {
+	Serial         string   `json:"serial"`
+	KeyID          string   `json:"key_id"`
+	Kind           string   `json:"kind"`
+	Identity       string   `json:"identity"`
+	Principals     []string `json:"principals"`
+	KeyFingerprint string   `json:"key_fingerprint"`
+	CAFingerprint  string   `json:"ca_fingerprint"`
+	ValidAfter     string   `json:"valid_after"`
+	ValidBefore    string   `json:"valid_before"`
+}
+
+// RevokeResponse says what a revocation changed.
+type RevokeResponse struct {
+	Revoked      []RevocationEntry `json:"revoked"`
+	Certificates []Certificate     `json:"certificates"`
+	BlockedUntil string            `json:"blocked_until,omitempty"`
+	// Matches are the identities (canonical names) an identity revocation covered.
+	Matches []string `json:"matches,omitempty"`
+	Version string   `json:"version"`
+}
+
+// RevocationScope is the revocation list of one CA key.
+type RevocationScope struct {
+	CA          string            `json:"ca"`
+	Fingerprint string            `json:"fingerprint"`
+	Version     string            `json:"version"`
+	Entries     []RevocationEntry `json:"entries"`
+}
+
+// RevocationsResponse is the answer to GET /v1/revocations.
+type RevocationsResponse struct {
+	UserCA RevocationScope `json:"user_ca"`
+	HostCA RevocationScope `json:"host_ca"`
+}
+
+// InventoryResponse is the answer to GET /v1/certs?identity=....
+type InventoryResponse struct {
+	Certificates []Certificate `json:"certificates"`
+}
+
+// LoginConfig is the answer to GET /v1/login/config: the OIDC client setting `sshca login`
+// signs users in with. The yaml tags are the server's configuration of it.
+type LoginConfig struct {
+	Issuer   string   `json:"issuer" yaml:"issuer_url"`
+	ClientID string   `json:"client_id" yaml:"client_id"`
+	Scopes   []string `json:"scopes" yaml:"scopes"`
+}
+
+// KeyRequest is the body of the POST /v1/keys/{generate,promote,retire,compromised} calls.
+// CA ("user" or "host") is for generate and promote, Fingerprint for retire and compromised.
+type KeyRequest struct {
+	CA          string `json:"ca,omitempty"`
+	Type        string `json:"type,omitempty"`
+	Fingerprint string `json:"fingerprint,omitempty"`
+	Force       bool   `json:"force,omitempty"`
+}
+
+// KeyResponse is the answer of the key administration calls: the keyring for GET /v1/keys,
+// the key changed for the others.
+type KeyResponse struct {
+	Key  *ca.CAKey   `json:"key,omitempty"`
+	Ring *ca.Keyring `json:"keyring,omitempty"`
+}
+
+// ErrorBody is the body of every answer other than 200 (DESIGN.md): a message for the caller
+// and, for a policy refusal, the policy's reasons.
+type ErrorBody struct {
+	Error   string   `json:"error"`
+	Reasons []string `json:"reasons,omitempty"`
+}
