@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/sshca/sshca/client"
 )
 
 // certFlags are the flags shared by `sshca cert user` and `sshca cert host`.
@@ -67,15 +67,6 @@ func certSubcommand(kind, nameFlag, nameHelp string) *cobra.Command {
 	return cmd
 }
 
-// certReply is the service's answer to a certificate request.
-type certReply struct {
-	Certificate string   `json:"certificate"`
-	Serial      string   `json:"serial"`
-	KeyID       string   `json:"key_id"`
-	Principals  []string `json:"principals"`
-	ValidBefore string   `json:"valid_before"`
-}
-
 func runCert(ctx context.Context, out io.Writer, kind string, f certFlags) error {
 	if f.server == "" {
 		return errors.New("--server is required (or set SSHCA_SERVER)")
@@ -97,23 +88,17 @@ func runCert(ctx context.Context, out io.Writer, kind string, f certFlags) error
 	if err != nil {
 		return fmt.Errorf("read public key: %w", err)
 	}
-	body := map[string]any{"public_key": strings.TrimSpace(string(pub))}
-	if f.ttl != "" {
-		body["ttl"] = f.ttl
+	req := client.CertRequest{PublicKey: strings.TrimSpace(string(pub)), TTL: f.ttl, Reason: f.reason}
+	issue := client.New(f.server).IssueUser
+	if kind == "user" {
+		req.Principals = f.names
+	} else {
+		req.Hostnames = f.names
+		issue = client.New(f.server).IssueHost
 	}
-	if f.reason != "" {
-		body["reason"] = f.reason
-	}
-	if len(f.names) > 0 {
-		if kind == "user" {
-			body["principals"] = f.names
-		} else {
-			body["hostnames"] = f.names
-		}
-	}
-	var reply certReply
-	if err := postJSON(ctx, strings.TrimRight(f.server, "/")+"/v1/certs/"+kind, token, body, &reply); err != nil {
-		return err
+	reply, err := issue(ctx, token, req)
+	if err != nil {
+		return cliError(err)
 	}
 	if f.print {
 		_, err := fmt.Fprintln(out, reply.Certificate)
@@ -153,71 +138,46 @@ func readToken(env, file string) (string, error) {
 	return "", fmt.Errorf("no token: set %s or pass --token-file", env)
 }
 
-// postJSON posts body and decodes a 200 answer into reply; any other answer becomes an error
-// that carries the service's message and reasons (see statusError).
-func postJSON(ctx context.Context, url, token string, body, reply any) error {
-	b, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("server unreachable: %w", err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return fmt.Errorf("read answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return statusError(http.MethodPost, url, resp, data)
-	}
-	return json.Unmarshal(data, reply)
+// postJSON posts body to rawURL (the server's URL and an endpoint's path) and decodes a 200
+// answer into reply, for an endpoint the typed client does not name; errors as cliError.
+func postJSON(ctx context.Context, rawURL, token string, body, reply any) error {
+	return callURL(ctx, http.MethodPost, rawURL, token, body, reply)
 }
 
-// statusError turns an answer other than 200 into the error the CLI prints: the endpoint, the
-// service's message and reasons, "(HTTP NNN)" (callers match on it, e.g. revoke on 409), and
-// on the next line what to do about it.
-func statusError(method, rawURL string, resp *http.Response, data []byte) error {
-	endpoint := rawURL
-	if u, err := url.Parse(rawURL); err == nil && u.Path != "" {
-		endpoint = u.Path
+func callURL(ctx context.Context, method, rawURL, token string, body, reply any) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return err
 	}
-	var e struct {
-		Error   string   `json:"error"`
-		Reasons []string `json:"reasons"`
+	path := u.EscapedPath()
+	if u.RawQuery != "" {
+		path += "?" + u.RawQuery
 	}
-	msg := "no error message in the answer"
-	if json.Unmarshal(data, &e) == nil && e.Error != "" {
-		msg = e.Error
-		if len(e.Reasons) > 0 {
-			msg += ": " + strings.Join(e.Reasons, "; ")
-		}
+	u.Path, u.RawPath, u.RawQuery = "", "", ""
+	return cliError(client.New(u.String()).Do(ctx, method, path, token, body, reply))
+}
+
+// cliError is the error the CLI prints for err: a *client.Error reads "POST /v1/certs/user:
+// <message>: <reasons> (HTTP 403)" (callers match on its status, e.g. revoke on 409) and says on
+// the next line what to do about it; other errors are left as they are.
+func cliError(err error) error {
+	var e *client.Error
+	if !errors.As(err, &e) {
+		return err
 	}
-	err := fmt.Sprintf("%s %s: %s (HTTP %d)", method, endpoint, msg, resp.StatusCode)
-	if h := statusHint(resp); h != "" {
-		err += "\n" + h
+	if h := statusHint(e); h != "" {
+		return fmt.Errorf("%w\n%s", err, h)
 	}
-	return errors.New(err)
+	return err
 }
 
 // statusHint says what to do about an HTTP status, "" when the message says it all.
-func statusHint(resp *http.Response) string {
+func statusHint(e *client.Error) string {
 	later := "retry later"
-	if s := resp.Header.Get("Retry-After"); s != "" {
-		later = "retry in " + s + "s"
+	if e.RetryAfter != "" {
+		later = "retry in " + e.RetryAfter + "s"
 	}
-	switch c := resp.StatusCode; {
+	switch c := e.Status; {
 	case c == http.StatusBadRequest:
 		return "the service refused the request as sent: check the flags' values"
 	case c == http.StatusUnauthorized:

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
 	"github.com/sshca/sshca/keyring"
 	"github.com/sshca/sshca/kms"
 )
@@ -75,7 +76,7 @@ func newKeysCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "keys", Short: "Rotate CA keys: list, generate, promote, retire, compromised"}
 	cmd.PersistentFlags().StringVar(&server, "server", os.Getenv("SSHCA_SERVER"), "sshca server URL (env SSHCA_SERVER)")
 	cmd.PersistentFlags().StringVar(&tokenEnv, "token-env", "SSHCA_TOKEN", "environment variable holding an admin's bearer token")
-	call := func(cmd *cobra.Command, op string, body map[string]any) error {
+	call := func(cmd *cobra.Command, op string, req client.KeyRequest) error {
 		if server == "" {
 			return errors.New("--server is required (or set SSHCA_SERVER)")
 		}
@@ -83,46 +84,42 @@ func newKeysCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		var reply struct {
-			Key  *ca.CAKey   `json:"key"`
-			Ring *ca.Keyring `json:"keyring"`
-		}
-		url := strings.TrimRight(server, "/") + "/v1/keys"
+		c, ctx, w := client.New(server), cmd.Context(), cmd.OutOrStdout()
 		if op == "list" {
-			if err := getJSONAuth(cmd.Context(), url, token, &reply); err != nil {
-				return err
+			ring, err := c.Keys(ctx, token)
+			if err != nil {
+				return cliError(err)
 			}
-		} else if err := postJSON(cmd.Context(), url+"/"+op, token, body, &reply); err != nil {
-			return err
+			return printKeys(w, ring.Keys)
 		}
-		w := cmd.OutOrStdout()
-		if reply.Ring != nil {
-			return printKeys(w, reply.Ring.Keys)
+		do := map[string]func(context.Context, string, client.KeyRequest) (ca.CAKey, error){
+			"generate": c.GenerateKey, "promote": c.PromoteKey, "retire": c.RetireKey, "compromised": c.CompromisedKey,
+		}[op]
+		key, err := do(ctx, token, req)
+		if err != nil {
+			return cliError(err)
 		}
-		if reply.Key != nil {
-			fmt.Fprintf(w, "%s: %s CA key %s is now %s\n", op, reply.Key.CA, reply.Key.Fingerprint, reply.Key.State)
-			return printKeys(w, []ca.CAKey{*reply.Key})
-		}
-		return nil
+		fmt.Fprintf(w, "%s: %s CA key %s is now %s\n", op, key.CA, key.Fingerprint, key.State)
+		return printKeys(w, []ca.CAKey{key})
 	}
 	list := &cobra.Command{Use: "list", Short: "List the keyring", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return call(cmd, "list", nil) }}
+		RunE: func(cmd *cobra.Command, _ []string) error { return call(cmd, "list", client.KeyRequest{}) }}
 	generate := &cobra.Command{Use: "generate --ca user|host [--type ed25519|ecdsa-p256|rsa-3072]", Short: "Create a key in the KMS and add it as next", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return call(cmd, "generate", map[string]any{"ca": kind, "type": typ})
+			return call(cmd, "generate", client.KeyRequest{CA: kind, Type: typ})
 		}}
 	generate.Flags().StringVar(&typ, "type", "", "key type (default ed25519 on softkms, ecdsa-p256 on PKCS#11)")
 	promote := &cobra.Command{Use: "promote --ca user|host", Short: "Make the next key active; the active one becomes retired", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return call(cmd, "promote", map[string]any{"ca": kind, "force": force})
+			return call(cmd, "promote", client.KeyRequest{CA: kind, Force: force})
 		}}
 	retire := &cobra.Command{Use: "retire FINGERPRINT", Short: "Withdraw a retired key from publication", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(cmd, "retire", map[string]any{"fingerprint": args[0], "force": force})
+			return call(cmd, "retire", client.KeyRequest{Fingerprint: args[0], Force: force})
 		}}
 	compromised := &cobra.Command{Use: "compromised FINGERPRINT", Short: "Emergency: withdraw a key and revoke everything it signed", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(cmd, "compromised", map[string]any{"fingerprint": args[0]})
+			return call(cmd, "compromised", client.KeyRequest{Fingerprint: args[0]})
 		}}
 	for _, c := range []*cobra.Command{generate, promote} {
 		c.Flags().StringVar(&kind, "ca", "", "user or host")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -23,7 +22,7 @@ import (
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/oauth2"
 
-	"github.com/sshca/sshca/services"
+	"github.com/sshca/sshca/client"
 )
 
 type loginFlags struct {
@@ -73,8 +72,9 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 		return errors.New("--server is required (or set SSHCA_SERVER)")
 	}
 	server := strings.TrimRight(f.server, "/")
-	var lc services.LoginConfig
-	if err := getJSON(ctx, server+"/v1/login/config", &lc); err != nil {
+	c := client.New(server)
+	lc, err := c.LoginConfig(ctx)
+	if err != nil {
 		return fmt.Errorf("cannot reach the sshca server at %s (%v); check --server and your network", server, err)
 	}
 	// Everything that can fail without the user is checked before they sign in.
@@ -99,19 +99,12 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 	if err != nil {
 		return err
 	}
-	body := map[string]any{"public_key": strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))}
-	if f.ttl != "" {
-		body["ttl"] = f.ttl
-	}
-	if f.reason != "" {
-		body["reason"] = f.reason
-	}
-	if len(f.principals) > 0 {
-		body["principals"] = f.principals
-	}
-	var reply certReply
-	if err := postJSON(ctx, server+"/v1/certs/user", idToken, body, &reply); err != nil {
-		return err
+	reply, err := c.IssueUser(ctx, idToken, client.CertRequest{
+		PublicKey:  strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))),
+		Principals: f.principals, TTL: f.ttl, Reason: f.reason,
+	})
+	if err != nil {
+		return cliError(err)
 	}
 	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(reply.Certificate))
 	if err != nil {
@@ -142,7 +135,7 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 }
 
 // browserSignIn runs the authorization code flow with PKCE and a loopback redirect.
-func browserSignIn(ctx context.Context, msg io.Writer, lc services.LoginConfig) (string, error) {
+func browserSignIn(ctx context.Context, msg io.Writer, lc client.LoginConfig) (string, error) {
 	provider, err := oidc.NewProvider(ctx, lc.Issuer)
 	if err != nil {
 		return "", fmt.Errorf("cannot reach the identity provider %s (%v)", lc.Issuer, err)
@@ -217,7 +210,7 @@ func browserSignIn(ctx context.Context, msg io.Writer, lc services.LoginConfig) 
 
 // deviceSignIn runs the OAuth 2.0 device authorization flow (RFC 8628) against the issuer
 // and returns the ID token.
-func deviceSignIn(ctx context.Context, msg io.Writer, lc services.LoginConfig) (string, error) {
+func deviceSignIn(ctx context.Context, msg io.Writer, lc client.LoginConfig) (string, error) {
 	provider, err := oidc.NewProvider(ctx, lc.Issuer)
 	if err != nil {
 		return "", fmt.Errorf("cannot reach the identity provider %s (%v)", lc.Issuer, err)
@@ -349,27 +342,8 @@ func agentReachable() error {
 	return conn.Close()
 }
 
-func getJSON(ctx context.Context, url string, v any) error { return getJSONAuth(ctx, url, "", v) }
-
-// getJSONAuth GETs url with an optional bearer token and decodes a 200 answer.
-func getJSONAuth(ctx context.Context, url, token string, v any) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return statusError(http.MethodGet, url, resp, data)
-	}
-	return json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v)
+// getJSON GETs rawURL (the server's URL and an endpoint's path) and decodes a 200 answer into
+// v, for an endpoint the typed client does not name; errors as cliError.
+func getJSON(ctx context.Context, rawURL string, v any) error {
+	return callURL(ctx, http.MethodGet, rawURL, "", nil, v)
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
 )
 
 // renewLoop keeps a host certificate renewed until ctx ends: at 2/3 of its lifetime (with
@@ -85,9 +86,9 @@ func renewOnce(ctx context.Context, server string, hostKey ssh.Signer, cert *ssh
 	if err != nil {
 		return err
 	}
-	var reply certReply
-	if err := postJSON(ctx, server+"/v1/certs/host/renew", token, map[string]any{}, &reply); err != nil {
-		return err
+	reply, err := client.New(server).RenewHost(ctx, token)
+	if err != nil {
+		return cliError(err)
 	}
 	return os.WriteFile(certPath, []byte(reply.Certificate+"\n"), 0o644)
 }

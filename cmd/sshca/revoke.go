@@ -4,10 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/sshca/sshca/client"
 )
 
 func newRevokeCommand() *cobra.Command {
@@ -24,17 +27,13 @@ func newRevokeCommand() *cobra.Command {
 			if reason == "" {
 				return errors.New("--reason is required: say why (it is recorded)")
 			}
-			body := map[string]any{"reason": reason}
-			if allMatches {
-				if identity == "" {
-					return errors.New("--all-matches goes with --identity")
-				}
-				body["all_matches"] = true
+			if allMatches && identity == "" {
+				return errors.New("--all-matches goes with --identity")
 			}
+			req := client.RevokeRequest{Serial: serial, KeyID: keyID, Identity: identity, AllMatches: allMatches, Reason: reason}
 			n := 0
-			for k, v := range map[string]string{"serial": serial, "key_id": keyID, "identity": identity} {
+			for _, v := range []string{serial, keyID, identity} {
 				if v != "" {
-					body[k] = v
 					n++
 				}
 			}
@@ -43,7 +42,7 @@ func newRevokeCommand() *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("read public key: %w", err)
 				}
-				body["public_key"] = strings.TrimSpace(string(b))
+				req.PublicKey = strings.TrimSpace(string(b))
 				n++
 			}
 			if n != 1 {
@@ -53,20 +52,13 @@ func newRevokeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var reply struct {
-				Revoked      []revokedEntry `json:"revoked"`
-				Certificates []struct {
-					Serial, KeyID string
-				} `json:"certificates"`
-				BlockedUntil string   `json:"blocked_until"`
-				Matches      []string `json:"matches"`
-				Version      string   `json:"version"`
-			}
-			if err := postJSON(cmd.Context(), strings.TrimRight(server, "/")+"/v1/revocations", token, body, &reply); err != nil {
-				if strings.Contains(err.Error(), "(HTTP 409)") && identity != "" {
-					return fmt.Errorf("%w\nname one identity as --identity 'issuer|subject', or revoke every one with --all-matches", err)
+			reply, err := client.New(server).Revoke(cmd.Context(), token, req)
+			if err != nil {
+				var e *client.Error
+				if errors.As(err, &e) && e.Status == http.StatusConflict && identity != "" {
+					return fmt.Errorf("%w\nname one identity as --identity 'issuer|subject', or revoke every one with --all-matches", cliError(err))
 				}
-				return err
+				return cliError(err)
 			}
 			for _, m := range reply.Matches {
 				fmt.Fprintf(cmd.OutOrStdout(), "identity %s\n", m)
@@ -86,7 +78,7 @@ func newRevokeCommand() *cobra.Command {
 	return cmd
 }
 
-func printRevoked(w io.Writer, revoked []revokedEntry, blockedUntil, version string) error {
+func printRevoked(w io.Writer, revoked []client.RevocationEntry, blockedUntil, version string) error {
 	if len(revoked) == 0 {
 		fmt.Fprintln(w, "no live certificate to revoke")
 	}
@@ -98,10 +90,4 @@ func printRevoked(w io.Writer, revoked []revokedEntry, blockedUntil, version str
 	}
 	fmt.Fprintf(w, "revocation list version %s\n", version)
 	return nil
-}
-
-type revokedEntry struct {
-	Kind    string `json:"kind"`
-	Value   string `json:"value"`
-	Expires string `json:"expires"`
 }
