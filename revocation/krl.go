@@ -9,13 +9,39 @@ import (
 	"github.com/sshca/sshca/krl"
 )
 
+// GenerationShift places the store's generation in a version: a scope's version, and so a
+// KRL's, is generation<<GenerationShift | counter. A store rebuilt after losing its state
+// raises its generation, so every version it publishes is above every version the lost store
+// published, and a bastion that "never installs an older version" installs them; a store
+// rolled back without a rebuild publishes versions below the ones bastions hold, which they
+// refuse (and report).
+const GenerationShift = 48
+
+const counterMask = 1<<GenerationShift - 1
+
+// ComposeVersion is the version of a counter in a generation.
+func ComposeVersion(generation uint16, counter uint64) uint64 {
+	return uint64(generation)<<GenerationShift | counter&counterMask
+}
+
+// SplitVersion is ComposeVersion's inverse.
+func SplitVersion(v uint64) (generation uint16, counter uint64) {
+	return uint16(v >> GenerationShift), v & counterMask
+}
+
 // BuildKRL turns revocation states into one OpenSSH KRL for sshd's RevokedKeys. Its version
-// is the sum of the states' versions: each only grows, so the sum orders KRLs built from the
-// same CA keys. The generation date is generated.
+// carries the newest of the states' generations in its high 16 bits, and the sum of their
+// counters below: each counter only grows within a generation, so the sum orders KRLs built
+// from the same CA keys, and a newer generation orders above all of an older one. The
+// generation date is generated.
 func BuildKRL(generated time.Time, states ...ca.RevocationState) (*krl.KRL, error) {
 	k := &krl.KRL{GeneratedDate: generated.UTC().Truncate(time.Second), Comment: "sshca"}
+	var gen uint16
+	var sum uint64
 	for _, st := range states {
-		k.Version += st.Version
+		g, n := SplitVersion(st.Version)
+		gen = max(gen, g)
+		sum += n
 		for _, e := range st.Entries {
 			switch e.Kind {
 			case ca.RevokedSerial:
@@ -40,6 +66,7 @@ func BuildKRL(generated time.Time, states ...ca.RevocationState) (*krl.KRL, erro
 			}
 		}
 	}
+	k.Version = ComposeVersion(gen, sum)
 	return k, nil
 }
 

@@ -37,13 +37,20 @@ func (r *Redis) CAs(ctx context.Context) ([]ssh.PublicKey, error) {
 }
 
 // Snapshot returns the state of the scope with the given CA fingerprint, and the feed
-// position it corresponds to ("0-0" when the feed is empty), read in one transaction.
+// position it corresponds to ("0-0" when the feed is empty), read in one transaction with the
+// scope's mark: the version carries the mark's generation, and a mark that the process's
+// witness finds missing or older is ErrStateLost (a KRL built from it would be emptier than
+// the ones bastions hold). Bastions read it with read-only credentials: it writes nothing.
 func (r *Redis) Snapshot(ctx context.Context, fp string) (ca.RevocationState, string, error) {
 	now := strconv.FormatInt(r.now().UnixMilli(), 10)
 	var caCmd, verCmd *redis.StringCmd
 	var zCmd *redis.ZSliceCmd
 	var xCmd *redis.XMessageSliceCmd
+	var markCmd *redis.SliceCmd
+	tag := TagCA(fp)
+	exp := r.witness.expect(tag)
 	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		markCmd = p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
 		caCmd = p.Get(ctx, r.keys.ScopeCA(fp))
 		verCmd = p.Get(ctx, r.keys.ScopeVersion(fp))
 		zCmd = p.ZRangeByScoreWithScores(ctx, r.keys.ScopeEntries(fp), &redis.ZRangeBy{Min: "(" + now, Max: "+inf"})
@@ -52,6 +59,14 @@ func (r *Redis) Snapshot(ctx context.Context, fp string) (ca.RevocationState, st
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return ca.RevocationState{}, "", fmt.Errorf("store: snapshot: %w", err)
+	}
+	mk, present, err := parseMark(markCmd.Val())
+	if err != nil {
+		return ca.RevocationState{}, "", err
+	}
+	r.witness.observe(tag, exp, mk, present)
+	if err := r.witness.Lost(); err != nil {
+		return ca.RevocationState{}, "", err
 	}
 	var st ca.RevocationState
 	if line, err := caCmd.Result(); err == nil {
@@ -62,7 +77,7 @@ func (r *Redis) Snapshot(ctx context.Context, fp string) (ca.RevocationState, st
 		st.CA = k
 	}
 	if v, err := verCmd.Uint64(); err == nil {
-		st.Version = v
+		st.Version = revocation.ComposeVersion(mk.Epoch, v)
 	}
 	for _, z := range zCmd.Val() {
 		e, err := parseMember(z.Member.(string), z.Score)
@@ -93,10 +108,15 @@ func (r *Redis) Changes(ctx context.Context, fp, after string, block time.Durati
 	for _, s := range res {
 		for _, m := range s.Messages {
 			c := revocation.Change{ID: m.ID}
+			var gen uint64
 			for k, v := range m.Values {
 				str, _ := v.(string)
-				if k == "v" {
+				switch k {
+				case "v":
 					c.Version, _ = strconv.ParseUint(str, 10, 64)
+					continue
+				case "g": // the generation, when not 0 (members always hold a colon)
+					gen, _ = strconv.ParseUint(str, 10, 16)
 					continue
 				}
 				ms, err := strconv.ParseFloat(str, 64)
@@ -109,6 +129,7 @@ func (r *Redis) Changes(ctx context.Context, fp, after string, block time.Durati
 				}
 				c.Entries = append(c.Entries, e)
 			}
+			c.Version = revocation.ComposeVersion(uint16(gen), c.Version)
 			sortEntries(c.Entries)
 			out = append(out, c)
 		}

@@ -38,11 +38,34 @@ func decodeKeyring(b []byte) (ca.Keyring, error) {
 	return k, nil
 }
 
-// UpdateKeyring applies fn and stores the result with the version bumped, atomically.
+// UpdateKeyring applies fn and stores the result with the version bumped, atomically, and
+// bumps the keyring's generation mark in the same MULTI/EXEC (the mark is WATCHed with the
+// document). A mark found lost is left as found and the change written anyway: a key marked
+// compromised must not wait for a rebuild.
 func (r *Redis) UpdateKeyring(ctx context.Context, fn func(*ca.Keyring) error) (ca.Keyring, error) {
 	var out ca.Keyring
+	markKey := r.keys.Mark(TagKeyring)
 	for range 10 {
-		err := r.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		g, err := r.generation(ctx)
+		if err != nil && !errors.Is(err, ErrStateLost) {
+			return ca.Keyring{}, fmt.Errorf("store: keyring update: %w", err)
+		}
+		exp := r.witness.expect(TagKeyring)
+		if err != nil {
+			g = exp.gen
+		}
+		var found Mark
+		var present, create, bump bool
+		err = r.rdb.Watch(ctx, func(tx *redis.Tx) error {
+			vals, err := tx.HMGet(ctx, markKey, "id", "epoch", "n").Result()
+			if err != nil {
+				return err
+			}
+			if found, present, err = parseMark(vals); err != nil {
+				return err
+			}
+			create = !present && !exp.seen
+			bump = present && found.Generation == g && (!exp.seen || found.N >= exp.n)
 			k, err := r.Keyring(ctx)
 			if err != nil {
 				return err
@@ -57,11 +80,17 @@ func (r *Redis) UpdateKeyring(ctx context.Context, fn func(*ca.Keyring) error) (
 			}
 			_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 				p.Set(ctx, r.keys.Keyring(), b, 0)
+				switch {
+				case create:
+					p.HSet(ctx, markKey, "id", g.ID, "epoch", g.Epoch, "n", 1)
+				case bump:
+					p.HIncrBy(ctx, markKey, "n", 1)
+				}
 				return nil
 			})
 			out = k
 			return err
-		}, r.keys.Keyring())
+		}, r.keys.Keyring(), markKey)
 		if errors.Is(err, redis.TxFailedErr) {
 			continue // another replica changed it: apply fn to the new state
 		}
@@ -71,6 +100,18 @@ func (r *Redis) UpdateKeyring(ctx context.Context, fn func(*ca.Keyring) error) (
 				return ca.Keyring{}, err
 			}
 			return ca.Keyring{}, fmt.Errorf("store: keyring update: %w", err)
+		}
+		switch {
+		case create:
+			r.witness.observe(TagKeyring, exp, Mark{Generation: g, N: 1}, true)
+		case bump:
+			found.N++
+			r.witness.observe(TagKeyring, exp, found, true)
+		case present && found.Epoch > g.Epoch:
+			r.witness.observe(TagKeyring, exp, found, true) // a rebuild: adopt its generation
+		default:
+			r.witness.lose(TagKeyring, fmt.Sprintf("a write found the mark %s/%d/%d (present %t), expected %s/%d and at least %d",
+				found.ID, found.Epoch, found.N, present, g.ID, g.Epoch, exp.seenArg()))
 		}
 		return out, nil
 	}

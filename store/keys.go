@@ -22,6 +22,8 @@ const (
 	TagKeys       = "{keys}"
 	TagKeyring    = "{keyring}"
 	TagAudit      = "{audit}"
+	// TagGeneration holds the store's generation record (Keys.Generation), alone in its slot.
+	TagGeneration = "{gen}"
 )
 
 // TagCA is the hash tag of the revocation scope of the CA key with this SHA256 fingerprint.
@@ -29,7 +31,11 @@ func TagCA(fp string) string { return "{ca:" + fp + "}" }
 
 // DurableTags are the fixed hash tags that hold durable state (besides one TagCA per CA key):
 // a write probe in each of them tells whether every write that matters would succeed.
-var DurableTags = []string{TagInventory, TagAudit, TagIdentities, TagKeys, TagKeyring}
+var DurableTags = []string{TagInventory, TagAudit, TagIdentities, TagKeys, TagKeyring, TagGeneration}
+
+// MarkedTags are the fixed hash tags whose writes carry the generation mark (Keys.Mark),
+// besides one TagCA per revocation scope: identity blocks, revoked public keys, the keyring.
+var MarkedTags = []string{TagIdentities, TagKeys, TagKeyring}
 
 // Keys builds every Redis key of sshca under one prefix. It is the one place that names them:
 // the stores here, audit/ and the readiness probe use it, and a test keeps deploy/redis's ACL
@@ -118,6 +124,16 @@ func (k Keys) Probe(tag string) string {
 	return k.p() + ":" + tag + ":probe"
 }
 
+// Generation is the store's generation record, a hash {id, epoch}: a random ID written once
+// when an empty store is first used, and the generation number that a rebuild raises (the
+// high 16 bits of every KRL version). See mark.go.
+func (k Keys) Generation() string { return k.p() + ":" + TagGeneration }
+
+// Mark is the generation mark of a hash tag, a hash {id, epoch, n}: the store's generation
+// and a counter bumped by every durable write in the tag, by the same script (mark.go).
+// Bastions read a scope's mark with its snapshot.
+func (k Keys) Mark(tag string) string { return k.p() + ":" + tag + ":mark" }
+
 // Reader says who reads a key.
 type Reader int
 
@@ -174,7 +190,13 @@ func (k Keys) Layout() []KeySpec {
 		{k.Probe(TagIdentities), "Probe", TagIdentities, "probe", ReadByCA},
 		{k.Probe(TagKeys), "Probe", TagKeys, "probe", ReadByCA},
 		{k.Probe(TagKeyring), "Probe", TagKeyring, "probe", ReadByCA},
+		{k.Probe(TagGeneration), "Probe", TagGeneration, "probe", ReadByCA},
 		{k.Probe(ca), "Probe", ca, "probe", ReadByCA},
 		{k.Probe(""), "Probe", "", "probe", ReadByCA},
+		{k.Generation(), "Generation", TagGeneration, "mark", ReadByCA},
+		{k.Mark(ca), "Mark", ca, "mark", ReadByBastion},
+		{k.Mark(TagIdentities), "Mark", TagIdentities, "mark", ReadByCA},
+		{k.Mark(TagKeys), "Mark", TagKeys, "mark", ReadByCA},
+		{k.Mark(TagKeyring), "Mark", TagKeyring, "mark", ReadByCA},
 	}
 }

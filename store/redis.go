@@ -12,6 +12,9 @@ import (
 type RedisOptions struct {
 	Prefix string           // default "sshca"
 	Now    func() time.Time // default time.Now
+	// Witness holds the newest generation mark seen, outside Redis (mark.go); default a new
+	// one. Stores of one process that share a Redis may share it.
+	Witness *Witness
 }
 
 // Redis keeps sshca's shared state in Redis, every role in its own file, every key named in
@@ -19,14 +22,18 @@ type RedisOptions struct {
 // readers filter by score, which also keeps the store right on servers whose keys do not
 // expire with real time (miniredis in `sshca dev`).
 type Redis struct {
-	rdb  redis.UniversalClient
-	keys Keys
-	now  func() time.Time
+	rdb     redis.UniversalClient
+	keys    Keys
+	now     func() time.Time
+	witness *Witness
 }
 
 // NewRedis returns a store on rdb.
 func NewRedis(rdb redis.UniversalClient, o RedisOptions) *Redis {
-	r := &Redis{rdb: rdb, keys: Keys{Prefix: o.Prefix}, now: o.Now}
+	r := &Redis{rdb: rdb, keys: Keys{Prefix: o.Prefix}, now: o.Now, witness: o.Witness}
+	if r.witness == nil {
+		r.witness = &Witness{}
+	}
 	if r.keys.Prefix == "" {
 		r.keys.Prefix = DefaultPrefix
 	}

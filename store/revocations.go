@@ -27,11 +27,17 @@ var (
 	_ ca.RevocationStore = (*Memory)(nil)
 )
 
-var revokeScript = redis.NewScript(`
+// revokeScript: KEYS entries, version, stream, ca, mark; ARGV now, CA line, stream length,
+// then the mark's id, epoch, seen, then member, expiry pairs. Answers the mark's {status, id,
+// epoch, n} and the scope's version. The stream entry carries the generation (g) when it is
+// not 0, so a follower composes the same versions as a snapshot.
+var revokeScript = redis.NewScript(markLua + `
+local r = mark(KEYS[5], ARGV[4], ARGV[5], ARGV[6])
+if r[1] == 'newer' then table.insert(r, '0') return r end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 redis.call('SET', KEYS[4], ARGV[2])
 local changed = {}
-for i = 4, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local m, e = ARGV[i], tonumber(ARGV[i+1])
   local cur = redis.call('ZSCORE', KEYS[1], m)
   if (not cur) or tonumber(cur) < e then
@@ -41,13 +47,36 @@ for i = 4, #ARGV, 2 do
   end
 end
 if #changed == 0 then
-  return tonumber(redis.call('GET', KEYS[2]) or '0')
+  table.insert(r, tostring(redis.call('GET', KEYS[2]) or '0'))
+  return r
 end
+r = bump(KEYS[5], r)
 local v = redis.call('INCR', KEYS[2])
 local args = {'XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'v', tostring(v)}
+if r[3] ~= '0' and r[3] ~= '' then table.insert(args, 'g') table.insert(args, r[3]) end
 for _, x in ipairs(changed) do table.insert(args, x) end
 redis.call(unpack(args))
-return v
+table.insert(r, tostring(v))
+return r
+`)
+
+// blockScript: KEYS blocked, mark; ARGV now, until, identity, then the mark's id, epoch, seen.
+var blockScript = redis.NewScript(markLua + `
+local r = mark(KEYS[2], ARGV[4], ARGV[5], ARGV[6])
+if r[1] == 'newer' then return r end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[3])
+return bump(KEYS[2], r)
+`)
+
+// revokeKeysScript: KEYS revoked keys, mark; ARGV now, the mark's id, epoch, seen, then
+// expiry, member pairs.
+var revokeKeysScript = redis.NewScript(markLua + `
+local r = mark(KEYS[2], ARGV[2], ARGV[3], ARGV[4])
+if r[1] == 'newer' then return r end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for i = 5, #ARGV, 2 do redis.call('ZADD', KEYS[1], 'GT', ARGV[i], ARGV[i+1]) end
+return bump(KEYS[2], r)
 `)
 
 func member(e ca.RevocationEntry) string { return string(e.Kind) + ":" + e.Value }
@@ -69,38 +98,47 @@ func authorizedLine(k ssh.PublicKey) string {
 // nothing; then the version stays.
 func (r *Redis) Revoke(ctx context.Context, caKey ssh.PublicKey, entries []ca.RevocationEntry) (uint64, error) {
 	fp := ssh.FingerprintSHA256(caKey)
-	args := []any{r.now().UnixMilli(), authorizedLine(caKey), StreamMaxLen}
-	var keys []redis.Z
+	now := r.now().UnixMilli()
+	var members, keys []any
 	for _, e := range entries {
 		if err := revocation.ValidEntry(e); err != nil {
 			return 0, err
 		}
-		args = append(args, member(e), e.Expiry.UnixMilli())
+		members = append(members, member(e), e.Expiry.UnixMilli())
 		if e.Kind == ca.RevokedKey {
-			keys = append(keys, redis.Z{Score: float64(e.Expiry.UnixMilli()), Member: member(e)})
+			keys = append(keys, e.Expiry.UnixMilli(), member(e))
 		}
 	}
 	if len(keys) > 0 {
 		// Revoked public keys are refused at signing time whichever CA key signs next (a
 		// rotation must not let a revoked key back in). Written before the scope: a failure
 		// in between refuses more, never less.
-		if _, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.ZRemRangeByScore(ctx, r.keys.RevokedKeys(), "-inf", strconv.FormatInt(r.now().UnixMilli(), 10))
-			p.ZAddGT(ctx, r.keys.RevokedKeys(), keys...)
-			return nil
-		}); err != nil {
+		_, err := r.runMarked(ctx, TagKeys, revokeKeysScript, []string{r.keys.RevokedKeys(), r.keys.Mark(TagKeys)},
+			func(g Generation, exp expectation) []any {
+				return append(append([]any{now}, markArgs(g, exp)...), keys...)
+			})
+		if err != nil {
 			return 0, fmt.Errorf("store: revoke keys: %w", err)
 		}
 	}
-	scope := []string{r.keys.ScopeEntries(fp), r.keys.ScopeVersion(fp), r.keys.ScopeStream(fp), r.keys.ScopeCA(fp)}
-	v, err := revokeScript.Run(ctx, r.rdb, scope, args...).Int64()
+	tag := TagCA(fp)
+	scope := []string{r.keys.ScopeEntries(fp), r.keys.ScopeVersion(fp), r.keys.ScopeStream(fp), r.keys.ScopeCA(fp), r.keys.Mark(tag)}
+	res, err := r.runMarked(ctx, tag, revokeScript, scope, func(g Generation, exp expectation) []any {
+		return append(append([]any{now, authorizedLine(caKey), StreamMaxLen}, markArgs(g, exp)...), members...)
+	})
 	if err != nil {
 		return 0, fmt.Errorf("store: revoke: %w", err)
+	}
+	var v uint64
+	if len(res) == 1 {
+		s, _ := res[0].(string)
+		v, _ = strconv.ParseUint(s, 10, 64)
 	}
 	if err := r.rdb.SAdd(ctx, r.keys.CAs(), authorizedLine(caKey)).Err(); err != nil {
 		return 0, fmt.Errorf("store: register CA: %w", err)
 	}
-	return uint64(v), nil
+	g, _ := r.witness.Generation()
+	return revocation.ComposeVersion(g.Epoch, v), nil
 }
 
 // State returns the scope's unexpired entries at its current version.
@@ -111,12 +149,11 @@ func (r *Redis) State(ctx context.Context, caKey ssh.PublicKey) (ca.RevocationSt
 
 // BlockIdentity refuses new certificates to identity until until.
 func (r *Redis) BlockIdentity(ctx context.Context, identity string, until time.Time) error {
-	key := r.keys.Blocked()
-	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(r.now().UnixMilli(), 10))
-		p.ZAddGT(ctx, key, redis.Z{Score: float64(until.UnixMilli()), Member: identity})
-		return nil
-	})
+	now := r.now().UnixMilli()
+	_, err := r.runMarked(ctx, TagIdentities, blockScript, []string{r.keys.Blocked(), r.keys.Mark(TagIdentities)},
+		func(g Generation, exp expectation) []any {
+			return append([]any{now, until.UnixMilli(), identity}, markArgs(g, exp)...)
+		})
 	if err != nil {
 		return fmt.Errorf("store: block identity: %w", err)
 	}
@@ -125,21 +162,46 @@ func (r *Redis) BlockIdentity(ctx context.Context, identity string, until time.T
 
 // Refused reports why a request must be refused at signing time, in one round trip: the key
 // revoked under the signing CA key's scope or under any other (Keys.RevokedKeys; the scope
-// check also covers keys revoked before that set existed), or the identity blocked.
+// check also covers keys revoked before that set existed), or the identity blocked. The same
+// round trip reads the marks of the three tags it depends on: a store that lost any of them
+// is ErrStateLost (no certificate until it is rebuilt).
 func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey) (string, error) {
+	if _, err := r.generation(ctx); err != nil {
+		return "", fmt.Errorf("store: check: %w", err)
+	}
 	var scopeCmd, anyCmd *redis.FloatCmd
 	var idCmd *redis.FloatSliceCmd
+	fp := ssh.FingerprintSHA256(caKey)
+	tags := []string{TagCA(fp), TagKeys, TagIdentities}
+	exps := make([]expectation, len(tags))
+	markCmds := make([]*redis.SliceCmd, len(tags))
+	for i, tag := range tags {
+		exps[i] = r.witness.expect(tag)
+	}
 	m := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(key)})
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		scopeCmd = p.ZScore(ctx, r.keys.ScopeEntries(ssh.FingerprintSHA256(caKey)), m)
+		scopeCmd = p.ZScore(ctx, r.keys.ScopeEntries(fp), m)
 		anyCmd = p.ZScore(ctx, r.keys.RevokedKeys(), m)
 		if len(identities) > 0 {
 			idCmd = p.ZMScore(ctx, r.keys.Blocked(), identities...)
+		}
+		for i, tag := range tags {
+			markCmds[i] = p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
 		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return "", fmt.Errorf("store: check: %w", err)
+	}
+	for i, tag := range tags {
+		mk, present, err := parseMark(markCmds[i].Val())
+		if err != nil {
+			return "", err
+		}
+		r.witness.observe(tag, exps[i], mk, present)
+	}
+	if err := r.witness.Lost(); err != nil {
+		return "", err
 	}
 	keyExp, keyFound := scopeCmd.Val(), scopeCmd.Err() == nil
 	if anyCmd.Err() == nil && (!keyFound || anyCmd.Val() > keyExp) {

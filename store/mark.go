@@ -1,0 +1,394 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// The generation mark: how sshca notices a store that came back without its state (an empty
+// restart, a restore from an old snapshot, a failover to a lagging replica).
+//
+// The store has a generation record (Keys.Generation): a random ID written once, when a
+// process that has seen no generation finds none, and a generation number (epoch) that only a
+// rebuild raises. Each hash tag that holds durable state (a revocation scope, identity blocks,
+// revoked keys, the keyring: MarkedTags) has a mark (Keys.Mark): that generation and a counter
+// that the same script (or MULTI/EXEC) that writes the tag's state checks and bumps, so a
+// write and its mark are never apart.
+//
+// A mark kept only in Redis comes back with the snapshot it must detect, so the newest mark is
+// also held outside: by every CA process in memory (Witness), by every bastion in the version
+// of its installed KRL (the generation in the high 16 bits, revocation.GenerationShift). A
+// store whose generation record or mark is missing, belongs to another generation ID, or is
+// older than the witness has lost state: the witness remembers that until a newer generation
+// (a rebuild) shows up, and the store then refuses issuance and KRLs with ErrStateLost while
+// still accepting revocations (they are written; the mark is left as found).
+//
+// What it cannot see: every witness lost at once (every replica restarted and every bastion
+// reinstalled while the store was rolled back), and a writer with the Redis password that
+// rewrites the marks: the mark detects loss, not malice.
+
+// ErrStateLost is the error of every read that issuance or a KRL depends on, once the store
+// has been found to have lost durable state. It is a ca.Error of KindUnavailable (a 503), so
+// ca passes it through with its message.
+var ErrStateLost = &ca.Error{Kind: ca.KindUnavailable,
+	Msg: "revocation state lost: the store came back without it; run sshca store rebuild"}
+
+// Generation is a store's generation: its random ID and its generation number.
+type Generation struct {
+	ID    string
+	Epoch uint16
+}
+
+// Mark is the generation mark of one hash tag.
+type Mark struct {
+	Generation
+	N uint64 // bumped by every durable write in the tag
+}
+
+// Witness holds, outside the store, the newest generation and marks a process has seen, and
+// whether the store was found to have lost state (sticky until a newer generation is seen).
+// Every write and every read that issuance depends on compares against it. The zero value is
+// ready to use; one per process (NewRedis makes one unless given).
+type Witness struct {
+	mu    sync.Mutex
+	gen   Generation
+	known bool              // gen is set
+	marks map[string]uint64 // tag → newest counter seen in gen
+	lost  map[string]string // tag → why it is lost
+}
+
+// expectation is what the witness knew when an operation started: comparing a read's answer
+// only with what completed before it was sent keeps concurrent writes from looking like a
+// rollback.
+type expectation struct {
+	gen   Generation
+	known bool
+	n     uint64
+	seen  bool // the tag's mark was seen
+}
+
+func (w *Witness) expect(tag string) expectation {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, seen := w.marks[tag]
+	return expectation{gen: w.gen, known: w.known, n: n, seen: seen}
+}
+
+// seenArg is the counter a write script must find at least (-1: the tag's mark was never seen,
+// so a missing mark may be created).
+func (e expectation) seenArg() int64 {
+	if !e.seen {
+		return -1
+	}
+	return int64(e.n)
+}
+
+// Generation returns the generation the witness holds.
+func (w *Witness) Generation() (Generation, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gen, w.known
+}
+
+// Lost returns ErrStateLost, wrapped with what was found, once any tag was found to have lost
+// state; nil otherwise.
+func (w *Witness) Lost() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for tag, why := range w.lost {
+		return fmt.Errorf("%w (%s: %s)", ErrStateLost, tag, why)
+	}
+	return nil
+}
+
+// adoptLocked moves the witness to generation g (a first sight, or a rebuild's newer one):
+// what was seen of an older generation no longer applies.
+func (w *Witness) adoptLocked(g Generation) {
+	w.gen, w.known = g, true
+	w.marks = map[string]uint64{}
+	w.lost = nil
+}
+
+func (w *Witness) lose(tag, why string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.loseLocked(tag, why)
+}
+
+func (w *Witness) loseLocked(tag, why string) {
+	if w.lost == nil {
+		w.lost = map[string]string{}
+	}
+	if _, ok := w.lost[tag]; !ok {
+		w.lost[tag] = why
+	}
+}
+
+// observeGeneration compares the generation record read (present false: missing) with what
+// was known when the read started.
+func (w *Witness) observeGeneration(exp expectation, g Generation, present bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case !present:
+		if exp.known {
+			w.loseLocked(TagGeneration, "the generation record is missing")
+		}
+	case !w.known || g.Epoch > w.gen.Epoch:
+		w.adoptLocked(g)
+	case g.Epoch < exp.gen.Epoch || (exp.known && g.Epoch == exp.gen.Epoch && g.ID != exp.gen.ID):
+		w.loseLocked(TagGeneration, fmt.Sprintf("generation %d/%s, the store had %d/%s", g.Epoch, g.ID, exp.gen.Epoch, exp.gen.ID))
+	}
+}
+
+// observe compares a tag's mark read (present false: missing) with what was known when the
+// read started, and keeps the newest.
+func (w *Witness) observe(tag string, exp expectation, m Mark, present bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case !present:
+		if exp.seen {
+			w.loseLocked(tag, fmt.Sprintf("the mark is missing; it was at %d", exp.n))
+		}
+		return
+	case !w.known || m.Epoch > w.gen.Epoch:
+		w.adoptLocked(m.Generation)
+	case m.Epoch < w.gen.Epoch || m.ID != w.gen.ID:
+		w.loseLocked(tag, fmt.Sprintf("the mark is of generation %d/%s, the store had %d/%s", m.Epoch, m.ID, w.gen.Epoch, w.gen.ID))
+		return
+	case exp.seen && exp.gen == w.gen && m.N < exp.n:
+		w.loseLocked(tag, fmt.Sprintf("the mark went back from %d to %d", exp.n, m.N))
+		return
+	}
+	if m.N >= w.marks[tag] {
+		w.marks[tag] = m.N
+	}
+}
+
+func newGenerationID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// generationInitScript reads the generation record, creating it (epoch 0) only when it is
+// missing and the process asking has never seen one.
+var generationInitScript = redis.NewScript(`
+local g = redis.call('HMGET', KEYS[1], 'id', 'epoch')
+if g[1] then return {g[1], g[2]} end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'epoch', 0)
+return {ARGV[1], '0'}
+`)
+
+// generation returns the store's generation: the witness's, or on first use by this process
+// the store's record, created when the store has none. A store without a record whose marked
+// tags carry marks was initialised and has lost it: ErrStateLost.
+func (r *Redis) generation(ctx context.Context) (Generation, error) {
+	if g, ok := r.witness.Generation(); ok {
+		return g, nil
+	}
+	// A store with marks but no record was used before: do not start a new generation on it.
+	var cmds []*redis.IntCmd
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		cmds = append(cmds, p.Exists(ctx, r.keys.Generation()))
+		for _, tag := range MarkedTags {
+			cmds = append(cmds, p.Exists(ctx, r.keys.Mark(tag)))
+		}
+		return nil
+	})
+	if err != nil {
+		return Generation{}, fmt.Errorf("store: generation: %w", err)
+	}
+	if cmds[0].Val() == 0 {
+		for i, c := range cmds[1:] {
+			if c.Val() > 0 {
+				r.witness.lose(TagGeneration, "the generation record is missing but "+MarkedTags[i]+" has a mark")
+				return Generation{}, r.witness.Lost()
+			}
+		}
+	}
+	exp := r.witness.expect(TagGeneration)
+	res, err := generationInitScript.Run(ctx, r.rdb, []string{r.keys.Generation()}, newGenerationID()).StringSlice()
+	if err != nil {
+		return Generation{}, fmt.Errorf("store: generation: %w", err)
+	}
+	g, err := parseGeneration(res[0], res[1])
+	if err != nil {
+		return Generation{}, err
+	}
+	r.witness.observeGeneration(exp, g, true)
+	g, _ = r.witness.Generation()
+	return g, nil
+}
+
+func parseGeneration(id, epoch string) (Generation, error) {
+	e, err := strconv.ParseUint(epoch, 10, 16)
+	if err != nil || id == "" {
+		return Generation{}, fmt.Errorf("store: malformed generation %q/%q", id, epoch)
+	}
+	return Generation{ID: id, Epoch: uint16(e)}, nil
+}
+
+// parseMark reads HMGET id epoch n; present is false when the mark is missing.
+func parseMark(vals []any) (m Mark, present bool, err error) {
+	if len(vals) != 3 || vals[0] == nil {
+		return Mark{}, false, nil
+	}
+	id, _ := vals[0].(string)
+	epoch, _ := vals[1].(string)
+	n, _ := vals[2].(string)
+	g, err := parseGeneration(id, epoch)
+	if err != nil {
+		return Mark{}, false, err
+	}
+	m.Generation = g
+	if m.N, err = strconv.ParseUint(n, 10, 64); err != nil {
+		return Mark{}, false, fmt.Errorf("store: malformed mark counter %q", n)
+	}
+	return m, true, nil
+}
+
+// markLua checks a tag's mark at the start of a write script: mark(key, id, epoch, seen)
+// answers {status, id, epoch, n}. "ok": the mark is this generation's and at least seen (a
+// missing one is created when the caller never saw it); "newer": a rebuild raised the
+// generation, nothing may be written with the old one; "lost": missing though seen, another
+// generation, or behind seen. bump(key, r) then counts an "ok" write.
+const markLua = `
+local function mark(k, id, epoch, seen)
+  local m = redis.call('HMGET', k, 'id', 'epoch', 'n')
+  seen = tonumber(seen)
+  if not m[1] then
+    if seen >= 0 then return {'lost', '', '0', '0'} end
+    redis.call('HSET', k, 'id', id, 'epoch', epoch, 'n', 0)
+    return {'ok', id, epoch, '0'}
+  end
+  local st = 'ok'
+  if tonumber(m[2]) > tonumber(epoch) then st = 'newer'
+  elseif m[1] ~= id or tonumber(m[2]) < tonumber(epoch) or tonumber(m[3]) < seen then st = 'lost' end
+  return {st, m[1], m[2], m[3]}
+end
+local function bump(k, r)
+  if r[1] == 'ok' then r[4] = tostring(redis.call('HINCRBY', k, 'n', 1)) end
+  return r
+end
+`
+
+// markedScript is a write script that starts with mark(); markArgs are its id, epoch and
+// seen arguments, at the positions the script expects them.
+func markArgs(g Generation, exp expectation) []any {
+	return []any{g.ID, strconv.Itoa(int(g.Epoch)), exp.seenArg()}
+}
+
+// runMarked runs a write script on the tag's state whose reply starts with the mark's
+// {status, id, epoch, n} and returns the rest. args builds the script's arguments for a
+// generation and the witness's expectation. A newer generation (a rebuild) is adopted and the
+// write retried; a lost one is written anyway (revocations are accepted when state was lost)
+// and remembered by the witness.
+func (r *Redis) runMarked(ctx context.Context, tag string, s *redis.Script, keys []string, args func(g Generation, exp expectation) []any) ([]any, error) {
+	for range 3 {
+		g, err := r.generation(ctx)
+		if err != nil && !errors.Is(err, ErrStateLost) {
+			return nil, err
+		}
+		exp := r.witness.expect(tag)
+		if err != nil {
+			g = exp.gen // lost already: write with what is known, the script says lost
+		}
+		res, err := s.Run(ctx, r.rdb, keys, args(g, exp)...).Slice()
+		if err != nil {
+			return nil, err
+		}
+		if len(res) < 4 {
+			return nil, fmt.Errorf("store: short reply from a marked write: %v", res)
+		}
+		status, _ := res[0].(string)
+		m, _, err := parseMark(res[1:4])
+		if err != nil && status != "lost" {
+			return nil, err
+		}
+		switch status {
+		case "ok":
+			r.witness.observe(tag, exp, m, true)
+			return res[4:], nil
+		case "newer":
+			r.witness.observe(tag, exp, m, true) // adopts the newer generation
+			continue
+		case "lost":
+			r.witness.lose(tag, fmt.Sprintf("a write found the mark %s/%d/%d, expected %s/%d and at least %d",
+				m.ID, m.Epoch, m.N, g.ID, g.Epoch, exp.seenArg()))
+			return res[4:], nil
+		default:
+			return nil, fmt.Errorf("store: unknown mark status %q", status)
+		}
+	}
+	return nil, errors.New("store: the generation keeps changing")
+}
+
+// Witness is the process's witness of the store's marks.
+func (r *Redis) Witness() *Witness { return r.witness }
+
+// CheckState is the readiness check of the store's state: it reads the generation record and
+// the marks of the marked tags, of the scopes of caKeys, and of every tag the witness has seen,
+// in one round trip, and fails with ErrStateLost when any is missing or older than the
+// witness.
+func (r *Redis) CheckState(ctx context.Context, caKeys ...ssh.PublicKey) error {
+	if _, err := r.generation(ctx); err != nil {
+		return err
+	}
+	tags := append([]string{}, MarkedTags...)
+	for _, k := range caKeys {
+		tags = append(tags, TagCA(ssh.FingerprintSHA256(k)))
+	}
+	r.witness.mu.Lock()
+	for tag := range r.witness.marks {
+		tags = append(tags, tag)
+	}
+	r.witness.mu.Unlock()
+	genExp := r.witness.expect(TagGeneration)
+	exps := make([]expectation, len(tags))
+	for i, tag := range tags {
+		exps[i] = r.witness.expect(tag)
+	}
+	var genCmd *redis.SliceCmd
+	cmds := make([]*redis.SliceCmd, len(tags))
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		genCmd = p.HMGet(ctx, r.keys.Generation(), "id", "epoch")
+		for i, tag := range tags {
+			cmds[i] = p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: state check: %w", err)
+	}
+	if v := genCmd.Val(); len(v) == 2 && v[0] != nil {
+		id, _ := v[0].(string)
+		epoch, _ := v[1].(string)
+		g, err := parseGeneration(id, epoch)
+		if err != nil {
+			return err
+		}
+		r.witness.observeGeneration(genExp, g, true)
+	} else {
+		r.witness.observeGeneration(genExp, Generation{}, false)
+	}
+	for i, tag := range tags {
+		m, present, err := parseMark(cmds[i].Val())
+		if err != nil {
+			return err
+		}
+		r.witness.observe(tag, exps[i], m, present)
+	}
+	return r.witness.Lost()
+}
