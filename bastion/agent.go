@@ -53,6 +53,12 @@ type Status struct {
 	KRLVersion uint64    `json:"krl_version"`
 	KRLWritten time.Time `json:"krl_written"`
 	LastError  string    `json:"last_error,omitempty"`
+	// Alert says why the source's KRL is not installed when it offers an older version than
+	// the one in place: its store lost or rolled back its revocation state (the installed
+	// version is a witness of the newest state). Cleared when a newer KRL is installed.
+	Alert string `json:"alert,omitempty"`
+	// OfferedVersion is the version of the older KRL last refused.
+	OfferedVersion uint64 `json:"offered_krl_version,omitempty"`
 }
 
 // Agent keeps the KRL and trusted CA key files current.
@@ -332,8 +338,19 @@ func (a *Agent) installKRL(b []byte, source string) error {
 	current := a.status.KRLVersion
 	a.mu.Unlock()
 	if k.Version < current {
-		a.o.Log.Warn("refusing to install an older KRL", "have", current, "offered", k.Version, "source", source)
-		a.setConnected(source)
+		// Fail static, and say so: a source behind the installed KRL lost revocations (a store
+		// restored from an old snapshot, a failover to a lagging replica, an empty restart),
+		// and nothing it revokes from now on reaches sshd until it is rebuilt.
+		hg, hn := revocation.SplitVersion(current)
+		og, on := revocation.SplitVersion(k.Version)
+		alert := fmt.Sprintf("the %s source offers KRL version %d (generation %d, change %d), older than the installed %d (generation %d, change %d): "+
+			"its revocation state was lost or rolled back; keeping the installed KRL until the store is rebuilt (sshca store rebuild)",
+			source, k.Version, og, on, current, hg, hn)
+		a.o.Log.Error("refusing to install an older KRL", "have", current, "offered", k.Version, "source", source, "alert", alert)
+		a.mu.Lock()
+		a.status.Source, a.status.Connected, a.status.LastError = source, false, alert
+		a.status.Alert, a.status.OfferedVersion = alert, k.Version
+		a.mu.Unlock()
 		return nil
 	}
 	if err := writeAtomic(a.o.KRLPath, b, 0o644); err != nil {
@@ -343,6 +360,7 @@ func (a *Agent) installKRL(b []byte, source string) error {
 	a.status.KRLVersion = k.Version
 	a.status.KRLWritten = a.o.Now()
 	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
+	a.status.Alert, a.status.OfferedVersion = "", 0
 	a.mu.Unlock()
 	if source == "https" && k.Version > current && a.o.OnKRL != nil {
 		a.o.OnKRL(k)
@@ -386,6 +404,9 @@ func (a *Agent) setError(source string, err error) {
 func (a *Agent) setConnected(source string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.status.Alert != "" {
+		return // the source still offers the older KRL it was refused for (304)
+	}
 	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
 }
 
