@@ -31,7 +31,7 @@ type Options struct {
 	// Feed is the primary source, Redis in production (read-only credentials suffice); HTTP
 	// the fallback, or the only source.
 	Feed Feed
-	HTTP  *HTTPSource
+	HTTP *HTTPSource
 	// PollEvery is the HTTP polling interval (default 1s).
 	PollEvery time.Duration
 	// CARefresh is how often the set of trusted CA keys is re-read from Redis (default 15s):
