@@ -41,8 +41,10 @@ type RevokeResult struct {
 const KindRevoke CertKind = "revoke"
 
 // Revoke authenticates the caller, asks the policy (kind "revoke"), and revokes. It is
-// idempotent: revoking again changes nothing and answers with what is revoked.
-func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest) (RevokeResult, error) {
+// idempotent: revoking again changes nothing and answers with what is revoked. The "allowed"
+// record is kept before anything is revoked (nothing is revoked unless its record is kept); a
+// revocation that then fails is settled by a second record with its real outcome.
+func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest) (res RevokeResult, err error) {
 	id, err := a.auth.Authenticate(ctx, token)
 	if err != nil {
 		return RevokeResult{}, err
@@ -60,7 +62,7 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 	}
 	// Which identities a name covers is said only to a caller the policy allows to revoke, and
 	// the decision's record lists them.
-	err = a.authorizeThen(ctx, id, KindRevoke, req.Reason, target, func(rec *AuditRecord) error {
+	allowed, err := a.authorizeThen(ctx, id, KindRevoke, req.Reason, target, func(rec *AuditRecord) error {
 		rec.Matches = matches
 		if len(matches) > 1 && !req.AllMatches {
 			return &Error{Kind: KindConflict, Msg: fmt.Sprintf("identity %q names %d identities; revoke them all with all_matches (sshca revoke --all-matches), or name one as issuer|subject", req.Identity, len(matches)),
@@ -71,7 +73,11 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 	if err != nil {
 		return RevokeResult{}, err
 	}
-	var res RevokeResult
+	defer func() {
+		if err != nil {
+			a.settleAllowed(ctx, allowed, err)
+		}
+	}()
 	byCA := map[string][]RevocationEntry{}
 	caKeys := map[string]ssh.PublicKey{}
 	add := func(caKey ssh.PublicKey, e RevocationEntry) {
@@ -244,6 +250,37 @@ func (a *Authority) Authorize(ctx context.Context, token string, kind CertKind, 
 	return a.authorize(ctx, id, kind, "", target)
 }
 
+// AuthorizeThen is Authorize followed by act, once the decision's "allowed" record is kept
+// (nothing is done unless its record is kept). When act fails, a second record settles the
+// decision with act's real outcome (e.g. unavailable), so the audit log never shows as done
+// an action that failed.
+func (a *Authority) AuthorizeThen(ctx context.Context, token string, kind CertKind, target string, act func(context.Context) error) error {
+	id, err := a.auth.Authenticate(ctx, token)
+	if err != nil {
+		return err
+	}
+	allowed, err := a.authorizeThen(ctx, id, kind, "", target, nil)
+	if err != nil {
+		return err
+	}
+	if err := act(ctx); err != nil {
+		a.settleAllowed(ctx, allowed, err)
+		return err
+	}
+	return nil
+}
+
+// settleAllowed keeps the second record of an action that failed after its "allowed" record
+// was kept: the same decision (action, identity, target, reason, policy revision) at the time
+// of the failure, with the failure's outcome and caller-safe message; its cause is logged by
+// the transport, never recorded.
+func (a *Authority) settleAllowed(ctx context.Context, allowed AuditRecord, err error) {
+	rec := allowed
+	rec.Time = a.now().UTC()
+	rec.Outcome, rec.Reasons = "", nil
+	a.settle(ctx, &rec, err)
+}
+
 // identityMatches resolves a name given to revoke-by-identity to canonical names: itself when
 // it is one, else the identities recorded under the alias (none is not an error: the alias is
 // still blocked).
@@ -262,12 +299,14 @@ func (a *Authority) identityMatches(ctx context.Context, name string, now time.T
 // authorize asks the policy whether id may do kind (revoke, admin) to target, and keeps the
 // decision in the audit log: an allowed action goes ahead only once its record is kept.
 func (a *Authority) authorize(ctx context.Context, id Identity, kind CertKind, reason, target string) error {
-	return a.authorizeThen(ctx, id, kind, reason, target, nil)
+	_, err := a.authorizeThen(ctx, id, kind, reason, target, nil)
+	return err
 }
 
 // authorizeThen is authorize with a check run once the policy allows and before the record is
-// kept: it may add to the record, and an error it returns settles the record with it.
-func (a *Authority) authorizeThen(ctx context.Context, id Identity, kind CertKind, reason, target string, check func(*AuditRecord) error) (err error) {
+// kept: it may add to the record, and an error it returns settles the record with it. It
+// returns the "allowed" record it kept, for settleAllowed should the action then fail.
+func (a *Authority) authorizeThen(ctx context.Context, id Identity, kind CertKind, reason, target string, check func(*AuditRecord) error) (_ AuditRecord, err error) {
 	rec := a.auditRecord(kind, id)
 	rec.Reason, rec.Target = reason, target
 	in := PolicyInput{Kind: kind, Identity: id, Now: a.now().UTC().Format(time.RFC3339),
@@ -277,23 +316,23 @@ func (a *Authority) authorizeThen(ctx context.Context, id Identity, kind CertKin
 	if err != nil {
 		err = Unavailable("policy could not decide", err)
 		a.settle(ctx, &rec, err)
-		return err
+		return rec, err
 	}
 	rec.PolicyRevision = dec.Revision
 	if !dec.Allow {
 		rec.Reasons = orDefault(dec.Reasons)
 		err = Denied("policy denied the request", rec.Reasons...)
 		a.settle(ctx, &rec, err)
-		return err
+		return rec, err
 	}
 	if check != nil {
 		if err := check(&rec); err != nil {
 			a.settle(ctx, &rec, err)
-			return err
+			return rec, err
 		}
 	}
 	rec.Outcome = "allowed"
-	return a.keep(ctx, rec)
+	return rec, a.keep(ctx, rec)
 }
 
 func revokeTarget(req RevokeRequest) (string, error) {
