@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -63,7 +64,7 @@ func (m *Manager) Generate(ctx context.Context, kind ca.CertKind, typ kms.KeyTyp
 	defer key.Close()
 	pub := key.Signer().PublicKey()
 	k := ca.CAKey{CA: kind, KMS: ref.KMS, Key: ref.Key, PublicKey: authorizedLine(pub), Fingerprint: ssh.FingerprintSHA256(pub), Algorithm: pub.Type()}
-	r, err := m.Store.UpdateKeyring(ctx, func(r *ca.Keyring) error { return r.AddNext(k, m.now()) })
+	r, err := m.update(ctx, func(r *ca.Keyring) error { return r.AddNext(k, m.now()) })
 	if err != nil {
 		return ca.CAKey{}, err
 	}
@@ -78,7 +79,7 @@ func (m *Manager) Generate(ctx context.Context, kind ca.CertKind, typ kms.KeyTyp
 // Promote makes the CA's next key active.
 func (m *Manager) Promote(ctx context.Context, kind ca.CertKind, force bool) (ca.CAKey, error) {
 	var out ca.CAKey
-	_, err := m.Store.UpdateKeyring(ctx, func(r *ca.Keyring) error {
+	_, err := m.update(ctx, func(r *ca.Keyring) error {
 		k, err := r.Promote(kind, m.now(), m.TrustRefresh, m.maxTTL(kind), force)
 		out = k
 		return err
@@ -89,7 +90,7 @@ func (m *Manager) Promote(ctx context.Context, kind ca.CertKind, force bool) (ca
 // Retire withdraws a retired key from publication.
 func (m *Manager) Retire(ctx context.Context, fp string, force bool) (ca.CAKey, error) {
 	var out ca.CAKey
-	if _, err := m.Store.UpdateKeyring(ctx, func(r *ca.Keyring) error {
+	if _, err := m.update(ctx, func(r *ca.Keyring) error {
 		k, err := r.Retire(fp, m.now(), force)
 		out = k
 		return err
@@ -110,7 +111,7 @@ func (m *Manager) Retire(ctx context.Context, fp string, force bool) (ca.CAKey, 
 func (m *Manager) Compromised(ctx context.Context, fp string) (ca.CAKey, error) {
 	var out ca.CAKey
 	var active ca.CAKey
-	if _, err := m.Store.UpdateKeyring(ctx, func(r *ca.Keyring) error {
+	if _, err := m.update(ctx, func(r *ca.Keyring) error {
 		k, err := r.MarkCompromised(fp, m.now())
 		out = k
 		active, _ = r.Active(k.CA)
@@ -137,6 +138,18 @@ func (m *Manager) Compromised(ctx context.Context, fp string) (ca.CAKey, error) 
 		return out, ca.Unavailable("in the KRL, but bastions may trust it until their next refresh", err)
 	}
 	return out, nil
+}
+
+// update is m.Store.UpdateKeyring with the store's failures classified: an error of fn (the
+// keyring's own refusals) or one the store already classified stays as it is; any other is
+// the store not answering, a dependency failure (503), not a fault of ours.
+func (m *Manager) update(ctx context.Context, fn func(*ca.Keyring) error) (ca.Keyring, error) {
+	r, err := m.Store.UpdateKeyring(ctx, fn)
+	var e *ca.Error
+	if err != nil && !errors.As(err, &e) {
+		return r, ca.Unavailable("keyring store unavailable", err)
+	}
+	return r, err
 }
 
 func find(r ca.Keyring, fp string) ca.CAKey {

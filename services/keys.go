@@ -76,7 +76,7 @@ func makeKeyEndpoint(k KeyAdmin) endpoint.Endpoint {
 	}
 }
 
-func mountKeys(mux *http.ServeMux, k KeyAdmin, opts []kithttp.ServerOption) {
+func mountKeys(mux *http.ServeMux, k KeyAdmin, encodeResponse kithttp.EncodeResponseFunc, opts []kithttp.ServerOption) {
 	e := makeKeyEndpoint(k)
 	decode := func(op string) kithttp.DecodeRequestFunc {
 		return func(_ context.Context, r *http.Request) (any, error) {

@@ -13,8 +13,13 @@ import (
 // Middleware decorates a Service.
 type Middleware func(Service) Service
 
-// LoggingMiddleware logs every issue request with its outcome and duration. It never logs the
-// token or the key, only the key's fingerprint through the authority's own records.
+// KeyAdminMiddleware decorates a KeyAdmin. A nil KeyAdmin (no key administration) stays nil.
+type KeyAdminMiddleware func(KeyAdmin) KeyAdmin
+
+// LoggingMiddleware logs every call of the Service with its outcome and duration, at info
+// level: a 5xx is logged at error level, with its cause, by the transport (encodeResponse),
+// once. It never logs the token or the key, only the key's fingerprint through the
+// authority's own records.
 func LoggingMiddleware(log *slog.Logger) Middleware {
 	return func(next Service) Service { return logging{next, log} }
 }
@@ -22,6 +27,16 @@ func LoggingMiddleware(log *slog.Logger) Middleware {
 type logging struct {
 	Service
 	log *slog.Logger
+}
+
+// logCall logs one call: msg, its outcome (the error's kind, or ok) and duration.
+func logCall(ctx context.Context, log *slog.Logger, msg string, begin time.Time, err error, attrs ...any) {
+	attrs = append(attrs, "took", time.Since(begin))
+	if err != nil {
+		log.InfoContext(ctx, msg, append(attrs, "result", ca.KindOf(err).String(), "err", err)...)
+		return
+	}
+	log.InfoContext(ctx, msg, append(attrs, "result", "ok")...)
 }
 
 func (m logging) IssueRequest(ctx context.Context, token string, req ca.CertRequest) (issued ca.Issued, err error) {
@@ -36,14 +51,102 @@ func (m logging) IssueRequest(ctx context.Context, token string, req ca.CertRequ
 	return m.Service.IssueRequest(ctx, token, req)
 }
 
+func (m logging) Renew(ctx context.Context, token string) (issued ca.Issued, err error) {
+	defer func(begin time.Time) {
+		if err != nil {
+			logCall(ctx, m.log, "renew", begin, err)
+			return
+		}
+		m.log.InfoContext(ctx, "renew", "took", time.Since(begin), "result", "issued", "serial", issued.Record.Serial, "key_id", issued.Record.KeyID)
+	}(time.Now())
+	return m.Service.Renew(ctx, token)
+}
+
+func (m logging) Revoke(ctx context.Context, token string, req ca.RevokeRequest) (res ca.RevokeResult, err error) {
+	defer func(begin time.Time) { logCall(ctx, m.log, "revoke", begin, err, "entries", len(res.Revoked)) }(time.Now())
+	return m.Service.Revoke(ctx, token, req)
+}
+
+func (m logging) Revocations(ctx context.Context, token string) (user, host ca.RevocationState, err error) {
+	defer func(begin time.Time) { logCall(ctx, m.log, "revocations", begin, err) }(time.Now())
+	return m.Service.Revocations(ctx, token)
+}
+
+func (m logging) Inventory(ctx context.Context, token, identity string) (certs []ca.Certificate, err error) {
+	defer func(begin time.Time) { logCall(ctx, m.log, "inventory", begin, err, "certificates", len(certs)) }(time.Now())
+	return m.Service.Inventory(ctx, token, identity)
+}
+
+// UserRevocationStates (GET /v1/krl, polled by every bastion) is logged only when it fails.
+func (m logging) UserRevocationStates(ctx context.Context) (states []ca.RevocationState, err error) {
+	defer func(begin time.Time) {
+		if err != nil {
+			logCall(ctx, m.log, "krl", begin, err)
+		}
+	}(time.Now())
+	return m.Service.UserRevocationStates(ctx)
+}
+
+// LoggingKeyAdmin logs every key administration call as LoggingMiddleware does.
+func LoggingKeyAdmin(log *slog.Logger) KeyAdminMiddleware {
+	return func(next KeyAdmin) KeyAdmin {
+		if next == nil {
+			return nil
+		}
+		return keyLogging{next, log}
+	}
+}
+
+type keyLogging struct {
+	next KeyAdmin
+	log  *slog.Logger
+}
+
+func (m keyLogging) Keys(ctx context.Context, token string) (r ca.Keyring, err error) {
+	defer func(begin time.Time) { logCall(ctx, m.log, "keys list", begin, err) }(time.Now())
+	return m.next.Keys(ctx, token)
+}
+
+func (m keyLogging) GenerateKey(ctx context.Context, token string, kind ca.CertKind, keyType string) (k ca.CAKey, err error) {
+	defer func(begin time.Time) {
+		logCall(ctx, m.log, "keys generate", begin, err, "ca", kind, "fingerprint", k.Fingerprint)
+	}(time.Now())
+	return m.next.GenerateKey(ctx, token, kind, keyType)
+}
+
+func (m keyLogging) PromoteKey(ctx context.Context, token string, kind ca.CertKind, force bool) (k ca.CAKey, err error) {
+	defer func(begin time.Time) {
+		logCall(ctx, m.log, "keys promote", begin, err, "ca", kind, "force", force, "fingerprint", k.Fingerprint)
+	}(time.Now())
+	return m.next.PromoteKey(ctx, token, kind, force)
+}
+
+func (m keyLogging) RetireKey(ctx context.Context, token, fingerprint string, force bool) (k ca.CAKey, err error) {
+	defer func(begin time.Time) {
+		logCall(ctx, m.log, "keys retire", begin, err, "fingerprint", fingerprint, "force", force)
+	}(time.Now())
+	return m.next.RetireKey(ctx, token, fingerprint, force)
+}
+
+func (m keyLogging) CompromisedKey(ctx context.Context, token, fingerprint string) (k ca.CAKey, err error) {
+	defer func(begin time.Time) { logCall(ctx, m.log, "keys compromised", begin, err, "fingerprint", fingerprint) }(time.Now())
+	return m.next.CompromisedKey(ctx, token, fingerprint)
+}
+
 // Metrics are the service's Prometheus collectors.
 type Metrics struct {
+	// Requests and Duration are certificate requests (issue) by kind.
 	Requests *prometheus.CounterVec
 	Duration *prometheus.HistogramVec
+	// Calls and CallDuration are every call of the API by method (issue_user, renew, revoke,
+	// keys_promote, ...), issue included.
+	Calls        *prometheus.CounterVec
+	CallDuration *prometheus.HistogramVec
 }
 
 // NewMetrics registers the collectors with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
+	buckets := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}
 	m := &Metrics{
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sshca_issue_requests_total",
@@ -52,14 +155,33 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "sshca_issue_duration_seconds",
 			Help:    "Time to answer a certificate request.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+			Buckets: buckets,
 		}, []string{"kind"}),
+		Calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sshca_api_calls_total",
+			Help: "Calls of the API by method and result (ok, invalid, unauthenticated, denied, not found, conflict, unavailable, internal).",
+		}, []string{"method", "result"}),
+		CallDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "sshca_api_call_duration_seconds",
+			Help:    "Time to answer a call of the API, by method.",
+			Buckets: buckets,
+		}, []string{"method"}),
 	}
-	reg.MustRegister(m.Requests, m.Duration)
+	reg.MustRegister(m.Requests, m.Duration, m.Calls, m.CallDuration)
 	return m
 }
 
-// InstrumentingMiddleware counts and times issue requests.
+// observe counts and times one call of method.
+func (m *Metrics) observe(method string, begin time.Time, err error) {
+	result := "ok"
+	if err != nil {
+		result = ca.KindOf(err).String()
+	}
+	m.Calls.WithLabelValues(method, result).Inc()
+	m.CallDuration.WithLabelValues(method).Observe(time.Since(begin).Seconds())
+}
+
+// InstrumentingMiddleware counts and times every call of the Service.
 func InstrumentingMiddleware(m *Metrics) Middleware {
 	return func(next Service) Service { return instrumenting{next, m} }
 }
@@ -77,6 +199,72 @@ func (mw instrumenting) IssueRequest(ctx context.Context, token string, req ca.C
 		}
 		mw.m.Requests.WithLabelValues(string(req.Kind), result).Inc()
 		mw.m.Duration.WithLabelValues(string(req.Kind)).Observe(time.Since(begin).Seconds())
+		mw.m.observe("issue_"+string(req.Kind), begin, err)
 	}(time.Now())
 	return mw.Service.IssueRequest(ctx, token, req)
+}
+
+func (mw instrumenting) Renew(ctx context.Context, token string) (_ ca.Issued, err error) {
+	defer func(begin time.Time) { mw.m.observe("renew", begin, err) }(time.Now())
+	return mw.Service.Renew(ctx, token)
+}
+
+func (mw instrumenting) Revoke(ctx context.Context, token string, req ca.RevokeRequest) (_ ca.RevokeResult, err error) {
+	defer func(begin time.Time) { mw.m.observe("revoke", begin, err) }(time.Now())
+	return mw.Service.Revoke(ctx, token, req)
+}
+
+func (mw instrumenting) Revocations(ctx context.Context, token string) (_, _ ca.RevocationState, err error) {
+	defer func(begin time.Time) { mw.m.observe("revocations", begin, err) }(time.Now())
+	return mw.Service.Revocations(ctx, token)
+}
+
+func (mw instrumenting) Inventory(ctx context.Context, token, identity string) (_ []ca.Certificate, err error) {
+	defer func(begin time.Time) { mw.m.observe("inventory", begin, err) }(time.Now())
+	return mw.Service.Inventory(ctx, token, identity)
+}
+
+func (mw instrumenting) UserRevocationStates(ctx context.Context) (_ []ca.RevocationState, err error) {
+	defer func(begin time.Time) { mw.m.observe("krl", begin, err) }(time.Now())
+	return mw.Service.UserRevocationStates(ctx)
+}
+
+// InstrumentingKeyAdmin counts and times every key administration call.
+func InstrumentingKeyAdmin(m *Metrics) KeyAdminMiddleware {
+	return func(next KeyAdmin) KeyAdmin {
+		if next == nil {
+			return nil
+		}
+		return keyInstrumenting{next, m}
+	}
+}
+
+type keyInstrumenting struct {
+	next KeyAdmin
+	m    *Metrics
+}
+
+func (mw keyInstrumenting) Keys(ctx context.Context, token string) (_ ca.Keyring, err error) {
+	defer func(begin time.Time) { mw.m.observe("keys_list", begin, err) }(time.Now())
+	return mw.next.Keys(ctx, token)
+}
+
+func (mw keyInstrumenting) GenerateKey(ctx context.Context, token string, kind ca.CertKind, keyType string) (_ ca.CAKey, err error) {
+	defer func(begin time.Time) { mw.m.observe("keys_generate", begin, err) }(time.Now())
+	return mw.next.GenerateKey(ctx, token, kind, keyType)
+}
+
+func (mw keyInstrumenting) PromoteKey(ctx context.Context, token string, kind ca.CertKind, force bool) (_ ca.CAKey, err error) {
+	defer func(begin time.Time) { mw.m.observe("keys_promote", begin, err) }(time.Now())
+	return mw.next.PromoteKey(ctx, token, kind, force)
+}
+
+func (mw keyInstrumenting) RetireKey(ctx context.Context, token, fingerprint string, force bool) (_ ca.CAKey, err error) {
+	defer func(begin time.Time) { mw.m.observe("keys_retire", begin, err) }(time.Now())
+	return mw.next.RetireKey(ctx, token, fingerprint, force)
+}
+
+func (mw keyInstrumenting) CompromisedKey(ctx context.Context, token, fingerprint string) (_ ca.CAKey, err error) {
+	defer func(begin time.Time) { mw.m.observe("keys_compromised", begin, err) }(time.Now())
+	return mw.next.CompromisedKey(ctx, token, fingerprint)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -183,11 +184,11 @@ func decodeInventoryRequest(_ context.Context, r *http.Request) (any, error) {
 }
 
 // encodeKRL answers with the binary KRL, its version as ETag, and 304 when the client has it.
-func encodeKRL(render func(...ca.RevocationState) ([]byte, error)) kithttp.EncodeResponseFunc {
+func encodeKRL(render func(...ca.RevocationState) ([]byte, error), log *slog.Logger) kithttp.EncodeResponseFunc {
 	return func(ctx context.Context, w http.ResponseWriter, response any) error {
 		resp := response.(krlResponse)
 		if resp.Err != nil {
-			encodeError(ctx, resp.Err, w)
+			answerFailure(ctx, log, resp.Err, w)
 			return nil
 		}
 		// The KRL's version is the sum of the scopes' versions (each only grows, and scopes are

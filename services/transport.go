@@ -57,11 +57,13 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 		o.KnownHostsPattern = "*"
 	}
 	opts := []kithttp.ServerOption{
+		kithttp.ServerBefore(kithttp.PopulateRequestContext), // method and path for logError
 		kithttp.ServerErrorEncoder(encodeError),
 		kithttp.ServerErrorHandler(transport.ErrorHandlerFunc(func(ctx context.Context, err error) {
 			logError(ctx, o.Logger, err)
 		})),
 	}
+	encodeResponse := encodeResponse(o.Logger)
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/certs/user", kithttp.NewServer(e.IssueUser, decodeCertRequest(o.TrustedProxies), encodeResponse, opts...))
 	mux.Handle("POST /v1/certs/host", kithttp.NewServer(e.IssueHost, decodeCertRequest(o.TrustedProxies), encodeResponse, opts...))
@@ -74,11 +76,11 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	if o.RenderKRL != nil {
 		// Compromised host CA keys as a KRL, for clients' RevokedHostKeys.
 		mux.Handle("GET /v1/krl/host", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeHostKRL(o.RenderKRL), opts...))
-		mux.Handle("GET /v1/krl", kithttp.NewServer(e.KRL, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL),
+		mux.Handle("GET /v1/krl", kithttp.NewServer(e.KRL, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL, o.Logger),
 			append(opts, kithttp.ServerBefore(withIfNoneMatch))...))
 	}
 	if o.Keys != nil {
-		mountKeys(mux, o.Keys, opts)
+		mountKeys(mux, o.Keys, encodeResponse, opts)
 	}
 	if o.Login != nil {
 		login := *o.Login
@@ -143,13 +145,27 @@ func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {
 
 type failer interface{ Failed() error }
 
-func encodeResponse(ctx context.Context, w http.ResponseWriter, response any) error {
-	if f, ok := response.(failer); ok && f.Failed() != nil {
-		encodeError(ctx, f.Failed(), w)
+// encodeResponse answers with the response as JSON, or with the business error it carries
+// (go-kit's failer pattern).
+func encodeResponse(log *slog.Logger) kithttp.EncodeResponseFunc {
+	return func(ctx context.Context, w http.ResponseWriter, response any) error {
+		if f, ok := response.(failer); ok && f.Failed() != nil {
+			answerFailure(ctx, log, f.Failed(), w)
+			return nil
+		}
+		writeJSON(w, http.StatusOK, response)
 		return nil
 	}
-	writeJSON(w, http.StatusOK, response)
-	return nil
+}
+
+// answerFailure answers a business error. go-kit's error handler sees only the transport's
+// own errors (decoding, encoding), so this is where a 5xx from the service is logged, at error
+// level with its cause, once; a 4xx is the caller's, and the logging middleware records it.
+func answerFailure(ctx context.Context, log *slog.Logger, err error, w http.ResponseWriter) {
+	if err2code(err) >= 500 {
+		logError(ctx, log, err)
+	}
+	encodeError(ctx, err, w)
 }
 
 func encodeUserCAKeys(_ context.Context, w http.ResponseWriter, response any) error {
@@ -218,12 +234,17 @@ func encodeError(_ context.Context, err error, w http.ResponseWriter) {
 	writeJSON(w, code, body)
 }
 
+// logError logs an error answer with the request's method and path and the error's cause
+// (which the answer never shows): a 5xx at error level, anything else at info.
 func logError(ctx context.Context, log *slog.Logger, err error) {
+	code := err2code(err)
 	level := slog.LevelInfo
-	if k := ca.KindOf(err); k == ca.KindInternal || k == ca.KindUnavailable {
+	if code >= 500 {
 		level = slog.LevelError
 	}
-	log.Log(ctx, level, "request failed", "err", err)
+	method, _ := ctx.Value(kithttp.ContextKeyRequestMethod).(string)
+	path, _ := ctx.Value(kithttp.ContextKeyRequestPath).(string)
+	log.Log(ctx, level, "request failed", "method", method, "path", path, "status", code, "err", err)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
