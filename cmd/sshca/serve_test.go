@@ -151,7 +151,7 @@ func TestServeTwoIssuersWithRotation(t *testing.T) {
 
 // TestReadyzFollowsRedis: /readyz is 503 while redis-server is down and 200 once it is back.
 func TestReadyzFollowsRedis(t *testing.T) {
-	r := testenv.StartRedis(t)
+	r := testenv.StartRedisPersistent(t) // a restart keeps the data, as production's does: an empty one is lost state
 	a := startIssuer(t, "sshca")
 	base := startServe(t, serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: a.URL(), Audiences: []string{"sshca"}}))
 	waitStatus := func(want int) string {

@@ -47,6 +47,10 @@ type parts struct {
 	log               *slog.Logger
 	// rdb, when set, is probed with writes for readiness.
 	rdb redis.UniversalClient
+	// state, when set, is the store whose generation marks /readyz compares with this
+	// process's witness (store.Redis.CheckState): a store that came back without its state
+	// makes the replica not ready.
+	state *store.Redis
 	// requestTimeout is every request's deadline (0: services.DefaultRequestTimeout).
 	requestTimeout time.Duration
 }
@@ -56,6 +60,7 @@ type parts struct {
 func redisParts(userKey, hostKey *kms.Key, rdb redis.UniversalClient, db *store.Redis, pol policy, log *slog.Logger) parts {
 	return parts{
 		rdb:        rdb,
+		state:      db,
 		policy:     pol,
 		userSigner: signer.New(userKey.Signer(), db, signer.Options{}),
 		hostSigner: signer.New(hostKey.Signer(), db, signer.Options{}),
@@ -102,14 +107,19 @@ func apiHandler(p parts) (http.Handler, error) {
 }
 
 // readyChecks are the checks /readyz runs: the configured ones, with Redis probed by a write
-// in every hash tag of durable state (the CA keys' scopes as the signers publish them now).
+// in every hash tag of durable state (the CA keys' scopes as the signers publish them now),
+// and the store's generation marks compared with what this replica has seen (store_state).
 func (p parts) readyChecks() map[string]ca.Checker {
 	checks := maps.Clone(p.checks)
+	user, host := p.userSigner, p.hostSigner
+	caKeys := func() []ssh.PublicKey { return append(publishedKeys(user), publishedKeys(host)...) }
 	if p.rdb != nil {
-		user, host := p.userSigner, p.hostSigner
-		checks["redis"] = redisProbe{rdb: p.rdb, prefix: "sshca", caKeys: func() []ssh.PublicKey {
-			return append(publishedKeys(user), publishedKeys(host)...)
-		}}
+		checks["redis"] = redisProbe{rdb: p.rdb, prefix: "sshca", caKeys: caKeys}
+	}
+	if p.state != nil {
+		checks["store_state"] = checkFunc(func(ctx context.Context) error {
+			return p.state.CheckState(ctx, caKeys()...)
+		})
 	}
 	return checks
 }
