@@ -29,45 +29,57 @@ func (k keysAdmin) Keys(ctx context.Context, token string) (ca.Keyring, error) {
 		return ca.Keyring{}, err
 	}
 	r, err := k.manager.Store.Keyring(ctx)
+	var e *ca.Error
+	if err != nil && !errors.As(err, &e) {
+		err = ca.Unavailable("keyring store unavailable", err)
+	}
 	return shownKeyring(r), err
 }
 
+// do authorizes a key operation and carries it out; an operation that fails once allowed is
+// settled in the audit log with its real outcome (ca.Authority.AuthorizeThen).
+func (k keysAdmin) do(ctx context.Context, token, target string, op func(context.Context) (ca.CAKey, error)) (ca.CAKey, error) {
+	var key ca.CAKey
+	err := k.authority.AuthorizeThen(ctx, token, ca.KindAdmin, target, func(ctx context.Context) error {
+		var err error
+		key, err = op(ctx)
+		return err
+	})
+	return shownKey(key, err)
+}
+
 func (k keysAdmin) GenerateKey(ctx context.Context, token string, kind ca.CertKind, keyType string) (ca.CAKey, error) {
-	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "generate "+string(kind)+" CA key"); err != nil {
-		return ca.CAKey{}, err
-	}
-	if keyType == "" {
-		keyType = string(kms.ECDSAP256)
-		if !strings.HasPrefix(k.manager.KMS, "pkcs11:") {
-			keyType = string(kms.Ed25519)
+	return k.do(ctx, token, "generate "+string(kind)+" CA key", func(ctx context.Context) (ca.CAKey, error) {
+		if keyType == "" {
+			keyType = string(kms.ECDSAP256)
+			if !strings.HasPrefix(k.manager.KMS, "pkcs11:") {
+				keyType = string(kms.Ed25519)
+			}
 		}
-	}
-	typ, err := kms.ParseKeyType(keyType)
-	if err != nil {
-		return ca.CAKey{}, ca.Invalid("%v", err)
-	}
-	return shownKey(k.manager.Generate(ctx, kind, typ))
+		typ, err := kms.ParseKeyType(keyType)
+		if err != nil {
+			return ca.CAKey{}, ca.Invalid("%v", err)
+		}
+		return k.manager.Generate(ctx, kind, typ)
+	})
 }
 
 func (k keysAdmin) PromoteKey(ctx context.Context, token string, kind ca.CertKind, force bool) (ca.CAKey, error) {
-	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "promote "+string(kind)+" CA key"); err != nil {
-		return ca.CAKey{}, err
-	}
-	return shownKey(k.manager.Promote(ctx, kind, force))
+	return k.do(ctx, token, "promote "+string(kind)+" CA key", func(ctx context.Context) (ca.CAKey, error) {
+		return k.manager.Promote(ctx, kind, force)
+	})
 }
 
 func (k keysAdmin) RetireKey(ctx context.Context, token, fp string, force bool) (ca.CAKey, error) {
-	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "retire CA key "+fp); err != nil {
-		return ca.CAKey{}, err
-	}
-	return shownKey(k.manager.Retire(ctx, fp, force))
+	return k.do(ctx, token, "retire CA key "+fp, func(ctx context.Context) (ca.CAKey, error) {
+		return k.manager.Retire(ctx, fp, force)
+	})
 }
 
 func (k keysAdmin) CompromisedKey(ctx context.Context, token, fp string) (ca.CAKey, error) {
-	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "mark CA key "+fp+" compromised"); err != nil {
-		return ca.CAKey{}, err
-	}
-	return shownKey(k.manager.Compromised(ctx, fp))
+	return k.do(ctx, token, "mark CA key "+fp+" compromised", func(ctx context.Context) (ca.CAKey, error) {
+		return k.manager.Compromised(ctx, fp)
+	})
 }
 
 func newKeysCommand() *cobra.Command {
