@@ -87,8 +87,10 @@ func apiHandler(p parts) (http.Handler, error) {
 		return nil, err
 	}
 	var svc services.Service = authority
-	svc = services.InstrumentingMiddleware(services.NewMetrics(reg))(svc)
+	metrics := services.NewMetrics(reg)
+	svc = services.InstrumentingMiddleware(metrics)(svc)
 	svc = services.LoggingMiddleware(p.log)(svc)
+	keys := services.LoggingKeyAdmin(p.log)(services.InstrumentingKeyAdmin(metrics)(keyAdmin(p, authority)))
 
 	mux := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{
 		Logger:            p.log,
@@ -97,7 +99,7 @@ func apiHandler(p parts) (http.Handler, error) {
 		Ready:             services.Checks(p.readyChecks()),
 		Details:           withFaults(p.details, faults),
 		Login:             p.login,
-		Keys:              keyAdmin(p, authority),
+		Keys:              keys,
 		RenderKRL: func(states ...ca.RevocationState) ([]byte, error) {
 			return revocation.EncodeKRL(time.Now(), states...)
 		},
