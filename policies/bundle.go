@@ -12,12 +12,16 @@ import (
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/bundle"
-	"github.com/open-policy-agent/opa/v1/rego"
 )
 
 // LoadBundleURL fetches an OPA bundle (the .tar.gz format OPA bundle servers serve) and loads
-// its policy and data. Rego test files in the bundle are not evaluated for decisions.
-func LoadBundleURL(ctx context.Context, url string, client *http.Client) (*Engine, error) {
+// its policy and data. Rego test files in the bundle are not evaluated for decisions; their
+// inputs are run by the self-check. WithDataFile does not apply to bundles.
+func LoadBundleURL(ctx context.Context, url string, client *http.Client, opts ...Option) (*Engine, error) {
+	var o loadOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if client == nil {
 		client = &http.Client{Timeout: 30 * time.Second}
 	}
@@ -38,17 +42,18 @@ func LoadBundleURL(ctx context.Context, url string, client *http.Client) (*Engin
 		return nil, fmt.Errorf("policies: bundle %s: %w", url, err)
 	}
 	h := sha256.New()
-	var args []func(*rego.Rego)
+	var modules, tests []file
 	mods := b.Modules
 	sort.Slice(mods, func(i, j int) bool { return mods[i].Path < mods[j].Path })
 	n := 0
 	for _, m := range mods {
 		if strings.HasSuffix(m.Path, "_test.rego") {
+			tests = append(tests, file{m.Path, m.Raw})
 			continue
 		}
 		fmt.Fprintf(h, "%s\x00%d\x00", m.Path, len(m.Raw))
 		h.Write(m.Raw)
-		args = append(args, rego.Module(m.Path, string(m.Raw)))
+		modules = append(modules, file{m.Path, m.Raw})
 		n++
 	}
 	if n == 0 {
@@ -59,7 +64,7 @@ func LoadBundleURL(ctx context.Context, url string, client *http.Client) (*Engin
 	if b.Manifest.Revision != "" {
 		rev = b.Manifest.Revision
 	}
-	e, err := newEngine(ctx, args, b.Data, rev, loadOptions{})
+	e, err := newEngine(ctx, modules, tests, b.Data, rev, loadOptions{evaluator: o.evaluator, fallbacks: o.fallbacks})
 	if err != nil {
 		return nil, fmt.Errorf("policies: bundle %s: %w", url, err)
 	}

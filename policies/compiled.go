@@ -2,768 +2,142 @@ package policies
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
-	"sync"
-	"sync/atomic"
-	"unicode/utf8"
+	"strconv"
+	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
-	"github.com/open-policy-agent/opa/v1/ir"
 	"github.com/open-policy-agent/opa/v1/rego"
-	"github.com/open-policy-agent/opa/v1/topdown"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/policies/plan"
 )
 
-// The compiled path. OPA's topdown evaluator interprets the policy's rules by unification;
-// for a policy the size of ours that costs ~200 µs a decision, most of it bookkeeping. OPA also
-// plans a query into its intermediate representation (IR, the same plan it compiles to Wasm):
-// plain statements over numbered locals. program runs that plan directly, on OPA's own values
-// and with OPA's own built-in functions, so a decision means exactly what topdown says it means
-// (a differential test holds the two to the same answers), at a fraction of the cost.
-//
-// Only what a pure decision needs is supported: a policy that uses `with`, dynamic calls or a
-// built-in that reads the world (http.send, time.now_ns, rand.*, opa.runtime, print, ...)
-// is evaluated by topdown instead, and LoadFS says so in Engine.Mode.
+// The compiled path: the plan evaluator of policies/plan (README.md there) decides, held to
+// topdown's answers. For a policy the size of ours topdown costs ~200 µs a decision, most of
+// it bookkeeping; the plan evaluator ~25 µs. Which one decides is Option WithEvaluator's
+// choice; this file is the engine's side of it: loading the plan, checking it against topdown
+// before it is used, and the requests the check runs.
 
-// errUnsupported marks a plan the compiled path does not run; the engine falls back to topdown.
-var errUnsupported = errors.New("not supported by the compiled evaluator")
+// Evaluator chooses how decisions are evaluated (config policy.evaluator).
+type Evaluator string
 
-// planTarget is the rego target under which PrepareForEval hands us the planned query.
-const planTarget = "sshca.plan"
-
-// planCapture is a rego target plugin that keeps the plan it is given. Rego hands a target
-// plugin the plan inside PrepareForEval and keeps the plugin's evaluator to itself, so plan
-// takes the plan from here, one planning at a time.
-type planCapture struct{}
-
-var (
-	planMu   sync.Mutex
-	captured *ir.Policy
+const (
+	// EvaluatorAuto runs the plan when the policy's plan can run and agrees with topdown on
+	// the self-check, else topdown (Mode says why).
+	EvaluatorAuto Evaluator = "auto"
+	// EvaluatorCompiled runs the plan, and refuses to load a policy whose plan cannot run or
+	// disagrees with topdown on the self-check.
+	EvaluatorCompiled Evaluator = "compiled"
+	// EvaluatorTopdown runs OPA's topdown evaluator only.
+	EvaluatorTopdown Evaluator = "topdown"
 )
 
-func (planCapture) IsTarget(t string) bool { return t == planTarget }
-
-func (planCapture) PrepareForEval(_ context.Context, p *ir.Policy, _ ...rego.PrepareOption) (rego.TargetPluginEval, error) {
-	captured = p
-	return planned{p}, nil
-}
-
-type planned struct{ policy *ir.Policy }
-
-func (planned) Eval(context.Context, *rego.EvalContext, ast.Value) (ast.Value, error) {
-	return nil, errors.New("policies: the plan target is for planning only")
-}
-
-func init() { rego.RegisterPlugin(planTarget, planCapture{}) }
-
-// plan asks OPA to compile the query over the modules into IR.
-func plan(ctx context.Context, args []func(*rego.Rego)) (*ir.Policy, error) {
-	planMu.Lock()
-	defer planMu.Unlock()
-	captured = nil
-	if _, err := rego.New(append(args, rego.Target(planTarget))...).PrepareForEval(ctx); err != nil {
-		return nil, err
+// ParseEvaluator reads a configured evaluator; empty is EvaluatorAuto.
+func ParseEvaluator(s string) (Evaluator, error) {
+	switch ev := Evaluator(s); ev {
+	case "":
+		return EvaluatorAuto, nil
+	case EvaluatorAuto, EvaluatorCompiled, EvaluatorTopdown:
+		return ev, nil
 	}
-	if captured == nil {
-		return nil, errors.New("policies: OPA produced no plan")
-	}
-	return captured, nil
+	return "", fmt.Errorf("policies: evaluator %q: want auto, compiled or topdown", s)
 }
 
-// callStmt is a CallStmt with its target resolved at compile time; it replaces the CallStmt in
-// the plan (which is ours: each load plans afresh).
-type callStmt struct {
-	*ir.CallStmt
-	callee *callee
+// WithEvaluator chooses the evaluator (default EvaluatorAuto).
+func WithEvaluator(ev Evaluator) Option { return func(o *loadOptions) { o.evaluator = ev } }
+
+// planEvaluator is what the engine needs of a compiled plan (plan.Program).
+type planEvaluator interface {
+	Eval(ctx context.Context, input ast.Value) (ast.Value, error)
 }
 
-// callee is a resolved CallStmt target: a planned function or an OPA built-in.
-type callee struct {
-	fn      *ir.Func
-	slot    int // memo slot for functions of (input, data) only; -1 otherwise
-	locals  int
-	builtin topdown.BuiltinFunc
-	name    string
+// SelfCheck says what the load-time check ran through both evaluators.
+type SelfCheck struct {
+	// Requests are the built-in check requests (every kind, with and without groups, a
+	// second factor, principals and host names).
+	Requests int
+	// TestInputs are the ground `with input as ...` values of the policy's *_test.rego
+	// (values computed from the test module's own constants and functions count).
+	TestInputs int
+	// SkippedTests are the tests whose input is not ground: built from the test's own
+	// variables, overriding part of input, or overriding data.
+	SkippedTests int
 }
 
-// program is a planned query ready to run.
-type program struct {
-	plan   *ir.Plan
-	strs   []*ast.Term
-	files  []string
-	nums   []*ast.Term
-	data   *ast.Term
-	locals int
-	memos  int
-	pool   sync.Pool // of *run
-	// termHint is the most terms one run has made: the size of the next runs' slabs.
-	termHint atomic.Int32
-}
-
-// nondeterministic or world-reading built-ins the compiled path refuses; topdown handles them.
-var refusedBuiltins = map[string]bool{
-	"opa.runtime": true, "trace": true, "print": true, "internal.print": true, "walk": true,
-	"internal.test_case": true,
-}
-
-func compile(p *ir.Policy, data ast.Value) (*program, error) {
-	if p.Plans == nil || len(p.Plans.Plans) != 1 {
-		return nil, fmt.Errorf("%w: expected one plan", errUnsupported)
+// loadPlan compiles the policy's plan and checks it against topdown; with EvaluatorAuto a
+// failure leaves topdown deciding and says why in Mode, with EvaluatorCompiled it is an error.
+func (e *Engine) loadPlan(ctx context.Context, modules, tests []file, doc map[string]any, dataValue ast.Value, ev Evaluator) error {
+	var pm []plan.Module
+	for _, m := range modules {
+		pm = append(pm, plan.Module{Name: m.name, Source: string(m.content)})
 	}
-	prog := &program{plan: p.Plans.Plans[0], data: ast.NewTerm(data)}
-	if p.Static != nil {
-		for _, s := range p.Static.Strings {
-			prog.strs = append(prog.strs, ast.StringTerm(s.Value))
-			prog.nums = append(prog.nums, ast.NewTerm(ast.Number(s.Value))) // read only by MakeNumberRef
-		}
-		for _, f := range p.Static.Files {
-			prog.files = append(prog.files, f.Value)
-		}
+	prog, err := plan.Compile(ctx, Query, pm, dataValue)
+	if err == nil {
+		e.compiled = prog
+		e.check, err = e.selfCheck(ctx, testInputs(ctx, modules, tests, doc))
 	}
-	funcs := map[string]*callee{}
-	if p.Funcs != nil {
-		for _, f := range p.Funcs.Funcs {
-			c := &callee{fn: f, slot: -1, name: f.Name}
-			if len(f.Params) == 2 {
-				c.slot = prog.memos
-				prog.memos++
-			}
-			funcs[f.Name] = c
-		}
-	}
-	resolve := func(name string) (*callee, error) {
-		if c, ok := funcs[name]; ok {
-			return c, nil
-		}
-		b, ok := ast.BuiltinMap[name]
-		// Relations (walk) hand the plan every result at once; topdown's implementations
-		// yield them one by one, so they stay with topdown.
-		if !ok || refusedBuiltins[name] || b.Nondeterministic || b.Relation {
-			return nil, fmt.Errorf("%w: built-in %s", errUnsupported, name)
-		}
-		impl := topdown.GetBuiltin(name)
-		if impl == nil {
-			return nil, fmt.Errorf("%w: built-in %s has no implementation", errUnsupported, name)
-		}
-		c := &callee{slot: -1, builtin: impl, name: name}
-		funcs[name] = c
-		return c, nil
-	}
-	var walk func(b *ir.Block, max *int) error
-	walk = func(b *ir.Block, max *int) error {
-		note := func(ls ...ir.Local) {
-			for _, l := range ls {
-				if int(l) >= *max {
-					*max = int(l) + 1
-				}
-			}
-		}
-		noteOps := func(ops ...ir.Operand) {
-			for _, o := range ops {
-				if l, ok := o.Value.(ir.Local); ok {
-					note(l)
-				}
-			}
-		}
-		for i, s := range b.Stmts {
-			// Every local a statement names, read or written, must fit in the frame.
-			switch s := s.(type) {
-			case *ir.CallStmt:
-				noteOps(s.Args...)
-			case *ir.DotStmt:
-				noteOps(s.Source, s.Key)
-			case *ir.LenStmt:
-				noteOps(s.Source)
-			case *ir.AssignVarStmt:
-				noteOps(s.Source)
-			case *ir.AssignVarOnceStmt:
-				noteOps(s.Source)
-			case *ir.EqualStmt:
-				noteOps(s.A, s.B)
-			case *ir.NotEqualStmt:
-				noteOps(s.A, s.B)
-			case *ir.IsArrayStmt:
-				noteOps(s.Source)
-			case *ir.IsObjectStmt:
-				noteOps(s.Source)
-			case *ir.IsSetStmt:
-				noteOps(s.Source)
-			case *ir.IsDefinedStmt:
-				note(s.Source)
-			case *ir.IsUndefinedStmt:
-				note(s.Source)
-			case *ir.ReturnLocalStmt:
-				note(s.Source)
-			case *ir.ArrayAppendStmt:
-				note(s.Array)
-				noteOps(s.Value)
-			case *ir.ObjectInsertStmt:
-				note(s.Object)
-				noteOps(s.Key, s.Value)
-			case *ir.ObjectInsertOnceStmt:
-				note(s.Object)
-				noteOps(s.Key, s.Value)
-			case *ir.SetAddStmt:
-				note(s.Set)
-				noteOps(s.Value)
-			case *ir.ResultSetAddStmt:
-				note(s.Value)
-			}
-			switch s := s.(type) {
-			case *ir.CallStmt:
-				c, err := resolve(s.Func)
-				if err != nil {
-					return err
-				}
-				b.Stmts[i] = &callStmt{CallStmt: s, callee: c}
-				note(s.Result)
-			case *callStmt: // a function's blocks are walked once per compile; a block may be shared
-				noteOps(s.Args...)
-				note(s.Result)
-			case *ir.BlockStmt:
-				for _, nb := range s.Blocks {
-					if err := walk(nb, max); err != nil {
-						return err
-					}
-				}
-			case *ir.ScanStmt:
-				note(s.Source, s.Key, s.Value)
-				if err := walk(s.Block, max); err != nil {
-					return err
-				}
-			case *ir.NotStmt:
-				if err := walk(s.Block, max); err != nil {
-					return err
-				}
-			case *ir.DotStmt:
-				note(s.Target)
-			case *ir.LenStmt:
-				note(s.Target)
-			case *ir.AssignIntStmt:
-				note(s.Target)
-			case *ir.AssignVarStmt:
-				note(s.Target)
-			case *ir.AssignVarOnceStmt:
-				note(s.Target)
-			case *ir.ResetLocalStmt:
-				note(s.Target)
-			case *ir.MakeNullStmt:
-				note(s.Target)
-			case *ir.MakeNumberIntStmt:
-				note(s.Target)
-			case *ir.MakeNumberRefStmt:
-				note(s.Target)
-			case *ir.MakeArrayStmt:
-				note(s.Target)
-			case *ir.MakeObjectStmt:
-				note(s.Target)
-			case *ir.MakeSetStmt:
-				note(s.Target)
-			case *ir.ReturnLocalStmt, *ir.BreakStmt, *ir.EqualStmt, *ir.NotEqualStmt, *ir.IsArrayStmt,
-				*ir.IsObjectStmt, *ir.IsSetStmt, *ir.IsDefinedStmt, *ir.IsUndefinedStmt, *ir.ArrayAppendStmt,
-				*ir.ObjectInsertStmt, *ir.ObjectInsertOnceStmt, *ir.SetAddStmt, *ir.NopStmt, *ir.ResultSetAddStmt:
-			default:
-				return fmt.Errorf("%w: statement %T", errUnsupported, s)
-			}
-		}
+	if err == nil {
 		return nil
 	}
-	for _, b := range prog.plan.Blocks {
-		if err := walk(b, &prog.locals); err != nil {
-			return nil, err
-		}
+	e.compiled = nil
+	if ev == EvaluatorCompiled {
+		return fmt.Errorf("evaluator compiled: %w", err)
 	}
-	if prog.locals < 2 {
-		prog.locals = 2
-	}
-	for _, c := range funcs {
-		if c.fn == nil {
-			continue
-		}
-		max := 0
-		for _, l := range append(c.fn.Params, c.fn.Return) {
-			if int(l) >= max {
-				max = int(l) + 1
-			}
-		}
-		for _, b := range c.fn.Blocks {
-			if err := walk(b, &max); err != nil {
-				return nil, err
-			}
-		}
-		c.locals = max
-	}
-	return prog, nil
-}
-
-// returning is the break depth that carries a function's return up through every block.
-const returning = 1 << 30
-
-// run is one evaluation. Runs are pooled: frames come from one stack of locals, so a
-// decision allocates little beyond the values it builds.
-type run struct {
-	p     *program
-	bctx  topdown.BuiltinContext
-	memo  []*ast.Term
-	done  []bool
-	out   []*ast.Term
-	ret   *ast.Term
-	bout  *ast.Term
-	biter func(*ast.Term) error
-	stack []*ast.Term
-	sp    int
-	args  []*ast.Term
-	terms []ast.Term // a slab the terms this run makes come from: one allocation, not one each
-	made  int32
-}
-
-// maxTermHint bounds slabs: one unusual request must not make every later slab large.
-const maxTermHint = 256
-
-// term wraps v in a term from the run's slab. The slab is never reused: the decision may refer
-// to its terms after the run is back in the pool.
-func (r *run) term(v ast.Value) *ast.Term {
-	if len(r.terms) == 0 {
-		r.terms = make([]ast.Term, max(8, r.p.termHint.Load()))
-	}
-	t := &r.terms[0]
-	r.terms = r.terms[1:]
-	r.made++
-	t.Value = v
-	return t
-}
-
-func (p *program) newRun() *run {
-	if r, ok := p.pool.Get().(*run); ok {
-		return r
-	}
-	r := &run{p: p, memo: make([]*ast.Term, p.memos), done: make([]bool, p.memos), stack: make([]*ast.Term, 256)}
-	r.biter = func(t *ast.Term) error { r.bout = t; return nil }
-	return r
-}
-
-func (p *program) release(r *run) {
-	clear(r.stack) // frames are cleared as they are popped; this is for a run that panicked
-	clear(r.memo)
-	clear(r.done)
-	clear(r.out)
-	clear(r.args)
-	if r.made > p.termHint.Load() && r.made <= maxTermHint {
-		p.termHint.Store(r.made) // the next runs' slabs fit what runs make
-	}
-	r.out, r.ret, r.bout, r.sp, r.terms, r.made = r.out[:0], nil, nil, 0, nil, 0
-	r.bctx = topdown.BuiltinContext{}
-	p.pool.Put(r)
-}
-
-// push takes a cleared frame of n locals from the stack.
-func (r *run) push(n int) []*ast.Term {
-	if r.sp+n > len(r.stack) {
-		// Frames already handed out keep the old array; new ones come from a bigger one.
-		r.stack, r.sp = make([]*ast.Term, max(2*len(r.stack), 2*n)), 0
-	}
-	f := r.stack[r.sp : r.sp+n : r.sp+n]
-	r.sp += n
-	return f
-}
-
-func (r *run) pop(f []*ast.Term) {
-	clear(f)
-	if r.sp >= len(f) && &r.stack[r.sp-len(f)] == &f[0] {
-		r.sp -= len(f)
-	}
-}
-
-// eval runs the plan on input and returns the query's single result, or nil when undefined.
-func (p *program) eval(ctx context.Context, input ast.Value) (_ ast.Value, err error) {
-	defer func() {
-		// A fault of the evaluator must deny, not take the request down with it.
-		if v := recover(); v != nil {
-			err = fmt.Errorf("policies: compiled evaluation failed: %v", v)
-		}
-	}()
-	r := p.newRun()
-	defer p.release(r)
-	// No per-query cache: only rand.intn writes to it, and the compiled path refuses it.
-	r.bctx = topdown.BuiltinContext{Context: ctx}
-	frame := r.push(p.locals)
-	defer r.pop(frame)
-	frame[ir.Input] = ast.NewTerm(input)
-	frame[ir.Data] = p.data
-	for _, b := range p.plan.Blocks {
-		if _, err := r.block(frame, b); err != nil {
-			return nil, err
-		}
-	}
-	switch len(r.out) {
-	case 0:
-		return nil, nil
-	case 1:
-	default:
-		return nil, fmt.Errorf("policies: the query has %d results, want one", len(r.out))
-	}
-	obj, ok := r.out[0].Value.(ast.Object)
-	if !ok || obj.Len() != 1 {
-		return nil, errors.New("policies: malformed query result")
-	}
-	var v ast.Value
-	obj.Foreach(func(_, t *ast.Term) { v = t.Value })
-	return v, nil
-}
-
-func (r *run) operand(f []*ast.Term, o ir.Operand) *ast.Term {
-	switch v := o.Value.(type) {
-	case ir.Local:
-		return f[v]
-	case ir.StringIndex:
-		return r.p.strs[v]
-	case ir.Bool:
-		return ast.InternedTerm(bool(v))
-	}
+	why := strings.TrimPrefix(strings.TrimPrefix(err.Error(), "policies: "), "plan: ")
+	e.mode = "interpreted (" + why + ")"
 	return nil
 }
 
-// block runs b. It returns -1 when b ran to its end, or how many enclosing blocks remain to be
-// left when b was left by a break or an undefined statement (0: just b).
-func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
-	for _, s := range b.Stmts {
-		switch s := s.(type) {
-		case *callStmt:
-			v, err := r.call(f, s)
-			if err != nil {
-				return 0, err
-			}
-			if v == nil {
-				return 0, nil
-			}
-			f[s.Result] = v
-		case *ir.AssignVarStmt:
-			f[s.Target] = r.operand(f, s.Source)
-		case *ir.AssignVarOnceStmt:
-			v := r.operand(f, s.Source)
-			if cur := f[s.Target]; cur != nil {
-				if ast.Compare(cur.Value, v.Value) != 0 {
-					return 0, r.conflict(s.Location, "complete rules must not produce multiple outputs")
-				}
-				continue // equal (1 and 1.0 are): the first value stays, as in topdown
-			}
-			f[s.Target] = v
-		case *ir.DotStmt:
-			v := dot(r.operand(f, s.Source), r.operand(f, s.Key))
-			if v == nil {
-				return 0, nil
-			}
-			f[s.Target] = v
-		case *ir.BlockStmt:
-			for _, nb := range s.Blocks {
-				n, err := r.block(f, nb)
-				if err != nil {
-					return 0, err
-				}
-				if n > 0 {
-					return n - 1, nil
-				}
-			}
-		case *ir.ScanStmt:
-			n, err := r.scan(f, s)
-			if err != nil {
-				return 0, err
-			}
-			if n >= 0 {
-				return n, nil
-			}
-		case *ir.NotStmt:
-			n, err := r.block(f, s.Block)
-			if err != nil {
-				return 0, err
-			}
-			switch {
-			case n < 0: // the negated block held: not is undefined
-				return 0, nil
-			case n > 0:
-				return n - 1, nil
-			}
-		case *ir.BreakStmt:
-			return int(s.Index), nil
-		case *ir.ReturnLocalStmt:
-			r.ret = f[s.Source]
-			return returning, nil
-		case *ir.EqualStmt:
-			a, b := r.operand(f, s.A), r.operand(f, s.B)
-			if a == nil || b == nil || ast.Compare(a.Value, b.Value) != 0 {
-				return 0, nil
-			}
-		case *ir.NotEqualStmt:
-			a, b := r.operand(f, s.A), r.operand(f, s.B)
-			if a == nil || b == nil || ast.Compare(a.Value, b.Value) == 0 {
-				return 0, nil
-			}
-		case *ir.IsDefinedStmt:
-			if f[s.Source] == nil {
-				return 0, nil
-			}
-		case *ir.IsUndefinedStmt:
-			if f[s.Source] != nil {
-				return 0, nil
-			}
-		case *ir.ResetLocalStmt:
-			f[s.Target] = nil
-		case *ir.MakeNullStmt:
-			f[s.Target] = ast.InternedNullTerm
-		case *ir.MakeNumberIntStmt:
-			f[s.Target] = ast.InternedTerm(int(s.Value))
-		case *ir.MakeNumberRefStmt:
-			f[s.Target] = r.p.nums[s.Index]
-		case *ir.AssignIntStmt:
-			f[s.Target] = ast.InternedTerm(int(s.Value))
-		case *ir.MakeArrayStmt:
-			f[s.Target] = r.term(ast.NewArrayWithCapacity(int(s.Capacity)))
-		case *ir.MakeObjectStmt:
-			f[s.Target] = r.term(ast.NewObject())
-		case *ir.MakeSetStmt:
-			f[s.Target] = r.term(ast.NewSet())
-		case *ir.ArrayAppendStmt:
-			arr := f[s.Array].Value.(*ast.Array)
-			// In place, as the plan expects: every local holding this array sees the element.
-			*arr = *arr.Append(r.operand(f, s.Value))
-		case *ir.ObjectInsertStmt:
-			f[s.Object].Value.(ast.Object).Insert(r.operand(f, s.Key), r.operand(f, s.Value))
-		case *ir.ObjectInsertOnceStmt:
-			obj := f[s.Object].Value.(ast.Object)
-			k, v := r.operand(f, s.Key), r.operand(f, s.Value)
-			if cur := obj.Get(k); cur != nil {
-				if ast.Compare(cur.Value, v.Value) != 0 {
-					return 0, r.conflict(s.Location, "object keys must be unique")
-				}
-				continue
-			}
-			obj.Insert(k, v)
-		case *ir.SetAddStmt:
-			f[s.Set].Value.(ast.Set).Add(r.operand(f, s.Value))
-		case *ir.LenStmt:
-			n, ok := length(r.operand(f, s.Source))
-			if !ok {
-				return 0, nil
-			}
-			f[s.Target] = ast.InternedTerm(n)
-		case *ir.IsArrayStmt:
-			if v := r.operand(f, s.Source); v == nil || !isArray(v.Value) {
-				return 0, nil
-			}
-		case *ir.IsObjectStmt:
-			if v := r.operand(f, s.Source); v == nil || !isObject(v.Value) {
-				return 0, nil
-			}
-		case *ir.IsSetStmt:
-			if v := r.operand(f, s.Source); v == nil || !isSet(v.Value) {
-				return 0, nil
-			}
-		case *ir.ResultSetAddStmt:
-			// The result set is a set: the same result twice is one result.
-			if v := f[s.Value]; !slices.ContainsFunc(r.out, func(t *ast.Term) bool { return ast.Compare(t.Value, v.Value) == 0 }) {
-				r.out = append(r.out, v)
-			}
-		case *ir.NopStmt:
-		default:
-			return 0, fmt.Errorf("policies: %w: statement %T", errUnsupported, s)
-		}
-	}
-	return -1, nil
+// SelfCheck reports what the load-time check ran (zero when topdown was asked for).
+func (e *Engine) SelfCheck() SelfCheck { return e.check }
+
+// checkTests are the `with input as ...` values of a policy's Rego tests that the self-check
+// runs, and how many tests it skipped.
+type checkTests struct {
+	inputs  []ast.Value
+	skipped int
 }
 
-func isArray(v ast.Value) bool  { _, ok := v.(*ast.Array); return ok }
-func isObject(v ast.Value) bool { _, ok := v.(ast.Object); return ok }
-func isSet(v ast.Value) bool    { _, ok := v.(ast.Set); return ok }
-
-// scan runs s's block for each element of its source. As in OPA's Wasm compilation, a scan is
-// two blocks deep: leaving its block (0) moves to the next element, leaving one more (1) ends
-// the scan. It returns -1 to go on after the scan, or the depth still to leave from the block
-// that holds it.
-func (r *run) scan(f []*ast.Term, s *ir.ScanStmt) (int, error) {
-	src := f[s.Source]
-	if src == nil {
-		return -1, nil
-	}
-	switch c := src.Value.(type) {
-	case *ast.Array:
-		for i := 0; i < c.Len(); i++ {
-			if n, err := r.visit(f, s, ast.InternedTerm(i), c.Elem(i)); n != -1 || err != nil {
-				return scanned(n, err)
-			}
-		}
-	case ast.Set:
-		for _, t := range c.Slice() {
-			if n, err := r.visit(f, s, t, t); n != -1 || err != nil {
-				return scanned(n, err)
-			}
-		}
-	case ast.Object:
-		for it := c.KeysIterator(); ; {
-			k, ok := it.Next()
-			if !ok {
-				break
-			}
-			if n, err := r.visit(f, s, k, c.Get(k)); n != -1 || err != nil {
-				return scanned(n, err)
-			}
-		}
-	}
-	return -1, nil
-}
-
-// visit runs a scan's block on one element: -1 to go on to the next, else the depth it left.
-func (r *run) visit(f []*ast.Term, s *ir.ScanStmt, k, v *ast.Term) (int, error) {
-	f[s.Key], f[s.Value] = k, v
-	n, err := r.block(f, s.Block)
-	if n == 0 {
-		n = -1
-	}
-	return n, err
-}
-
-// scanned turns the depth a scan's block was left by (1 or more) into the scan's own result.
-func scanned(n int, err error) (int, error) {
-	switch {
-	case err != nil:
-		return 0, err
-	case n == returning:
-		return returning, nil
-	case n == 1:
-		return -1, nil
-	}
-	return n - 2, nil
-}
-
-func (r *run) call(f []*ast.Term, s *callStmt) (*ast.Term, error) {
-	c := s.callee
-	if c.fn == nil {
-		if cap(r.args) < len(s.Args) {
-			r.args = make([]*ast.Term, len(s.Args))
-		}
-		args := r.args[:len(s.Args)]
-		for i, a := range s.Args {
-			if args[i] = r.operand(f, a); args[i] == nil {
-				return nil, nil
-			}
-		}
-		r.bout = nil
-		if err := c.builtin(r.bctx, args, r.biter); err != nil {
-			var halt topdown.Halt
-			if errors.As(err, &halt) {
-				return nil, err
-			}
-			// As topdown without strict built-in errors: a failing built-in is undefined.
-			return nil, nil
-		}
-		return r.bout, nil
-	}
-	if c.slot >= 0 && r.done[c.slot] {
-		return r.memo[c.slot], nil
-	}
-	frame := r.push(c.locals)
-	defer r.pop(frame)
-	for i, p := range c.fn.Params {
-		frame[p] = r.operand(f, s.Args[i])
-	}
-	r.ret = nil
-	var v *ast.Term
-	for _, b := range c.fn.Blocks {
-		n, err := r.block(frame, b)
-		if err != nil {
-			return nil, err
-		}
-		if n == returning {
-			v = r.ret
-			break
-		}
-	}
-	if v == nil {
-		v = frame[c.fn.Return]
-	}
-	if c.slot >= 0 {
-		r.memo[c.slot], r.done[c.slot] = v, true
-	}
-	return v, nil
-}
-
-func dot(src, key *ast.Term) *ast.Term {
-	if src == nil || key == nil {
-		return nil
-	}
-	switch c := src.Value.(type) {
-	case ast.Object:
-		return c.Get(key)
-	case *ast.Array:
-		n, ok := key.Value.(ast.Number)
-		if !ok {
-			return nil
-		}
-		i, ok := n.Int()
-		if !ok || i < 0 || i >= c.Len() {
-			return nil
-		}
-		return c.Elem(i)
-	case ast.Set:
-		if c.Contains(key) {
-			return key
-		}
-	}
-	return nil
-}
-
-func length(t *ast.Term) (int, bool) {
-	if t == nil {
-		return 0, false
-	}
-	switch c := t.Value.(type) {
-	case *ast.Array:
-		return c.Len(), true
-	case ast.Object:
-		return c.Len(), true
-	case ast.Set:
-		return c.Len(), true
-	case ast.String:
-		return utf8.RuneCountInString(string(c)), true
-	}
-	return 0, false
-}
-
-func (r *run) conflict(loc ir.Location, msg string) error {
-	file := "?"
-	if loc.File >= 0 && loc.File < len(r.p.files) {
-		file = r.p.files[loc.File]
-	}
-	return fmt.Errorf("policies: eval_conflict_error: %s:%d: %s", file, loc.Row, msg)
-}
-
-// selfCheck evaluates representative requests of every kind through both evaluators and
-// refuses the compiled path when they answer differently, or when it answers where topdown
-// fails: a policy then runs slower, never differently. (Where the plan errors, Decide asks
-// topdown.)
-func (e *Engine) selfCheck(ctx context.Context) error {
-	for i, in := range checkInputs() {
-		c, want, cerr, ierr := e.evalBoth(ctx, inputValue(in))
+// selfCheck evaluates representative requests of every kind, and the ground inputs of the
+// policy's Rego tests, through both evaluators and refuses the compiled path when they answer
+// differently, or when it answers where topdown fails: a policy then runs slower, never
+// differently. (Where the plan errors, Decide asks topdown.)
+func (e *Engine) selfCheck(ctx context.Context, tests checkTests) (SelfCheck, error) {
+	check := func(what string, i int, input ast.Value) error {
+		c, want, cerr, ierr := e.evalBoth(ctx, input)
 		switch {
 		case cerr != nil:
-			continue // Decide hands a request the plan cannot answer to topdown
+			return nil // Decide hands a request the plan cannot answer to topdown
 		case ierr != nil:
 			// The plan answers where the reference fails closed: never use it.
-			return fmt.Errorf("compiled evaluation answers check request %d where interpreted fails: %v", i, ierr)
+			return fmt.Errorf("compiled evaluation answers %s %d where interpreted fails: %v", what, i, ierr)
 		}
 		if (c == nil) != (want == nil) || (c != nil && ast.Compare(c, want) != 0) {
-			return fmt.Errorf("compiled and interpreted evaluation disagree on check request %d", i)
+			return fmt.Errorf("compiled and interpreted evaluation disagree on %s %d", what, i)
+		}
+		return nil
+	}
+	reqs := checkInputs()
+	for i, in := range reqs {
+		if err := check("check request", i, inputValue(in)); err != nil {
+			return SelfCheck{}, err
 		}
 	}
-	return nil
+	for i, in := range tests.inputs {
+		if err := check("Rego test input", i, in); err != nil {
+			return SelfCheck{}, err
+		}
+	}
+	return SelfCheck{Requests: len(reqs), TestInputs: len(tests.inputs), SkippedTests: tests.skipped}, nil
 }
 
 // evalBoth evaluates input through the compiled plan and through topdown, each result as it
 // leaves OPA's rego API (sets become arrays), so the two compare with ast.Compare.
 func (e *Engine) evalBoth(ctx context.Context, input ast.Value) (compiled, interpreted ast.Value, cerr, ierr error) {
-	compiled, cerr = e.compiled.eval(ctx, input)
+	compiled, cerr = e.compiled.Eval(ctx, input)
 	if cerr == nil && compiled != nil {
 		raw, err := ast.JSON(compiled)
 		if err == nil {
@@ -803,4 +177,126 @@ func checkInputs() []ca.PolicyInput {
 		}
 	}
 	return out
+}
+
+// testInputs finds the `with input as X` of every test rule (test_*) of the policy's Rego
+// tests where X is ground: it names no variable of the test's own, only constants, the test
+// module's rules and functions, imports and data. Such X are evaluated once, by topdown, with
+// the policy, its tests and its data. A test that overrides data, overrides part of input
+// (with input.now as ...), or builds input from its own variables is skipped and counted. A
+// test file that does not parse or compile is left to the Rego test run, which reports it.
+func testInputs(ctx context.Context, modules, tests []file, doc map[string]any) checkTests {
+	var out checkTests
+	all := make([]func(*rego.Rego), 0, len(modules)+2*len(tests))
+	for _, m := range append(slices.Clone(modules), tests...) {
+		all = append(all, rego.Module(m.name, string(m.content)))
+	}
+	for ti, tf := range tests {
+		m, err := ast.ParseModuleWithOpts(tf.name, string(tf.content), ast.ParserOptions{RegoVersion: ast.RegoV1})
+		if err != nil {
+			continue
+		}
+		known := map[ast.Var]bool{}
+		for _, r := range m.Rules {
+			known[r.Head.Ref()[0].Value.(ast.Var)] = true
+		}
+		for _, imp := range m.Imports {
+			if v := imp.Name(); v != "" {
+				known[v] = true
+			}
+		}
+		var values []*ast.Term
+		for _, r := range m.Rules {
+			if !strings.HasPrefix(r.Head.Ref()[0].Value.String(), "test_") {
+				continue
+			}
+			var found []*ast.Term
+			skip := false
+			ast.WalkExprs(r, func(x *ast.Expr) bool {
+				for _, w := range x.With {
+					if target, ok := w.Target.Value.(ast.Ref); !ok || !target.Equal(ast.InputRootRef) || !constant(w.Value, known) {
+						skip = true
+					} else {
+						found = append(found, w.Value)
+					}
+				}
+				return false
+			})
+			if skip {
+				out.skipped++
+				continue
+			}
+			values = append(values, found...)
+		}
+		if len(values) == 0 {
+			continue
+		}
+		// One rule per value, in the test's own package, so that its names mean what they
+		// mean in the test.
+		var src strings.Builder
+		fmt.Fprintf(&src, "%s\n\n", m.Package)
+		for _, imp := range m.Imports {
+			fmt.Fprintf(&src, "%s\n", imp)
+		}
+		for i, v := range values {
+			fmt.Fprintf(&src, "sshca_selfcheck_inputs[%d] := %s\n", i, v)
+		}
+		gen := fmt.Sprintf("sshca-selfcheck-%d.rego", ti)
+		query := m.Package.Path.Append(ast.StringTerm("sshca_selfcheck_inputs")).String()
+		args := append(slices.Clone(all), rego.Module(gen, src.String()), rego.Query(query),
+			rego.Store(inmem.NewFromObject(doc)))
+		rs, err := rego.New(args...).Eval(ctx)
+		if err != nil || len(rs) != 1 || len(rs[0].Expressions) != 1 {
+			continue
+		}
+		got, ok := rs[0].Expressions[0].Value.(map[string]any)
+		if !ok {
+			continue
+		}
+		for i := range values {
+			raw, ok := got[strconv.Itoa(i)]
+			if !ok {
+				continue // undefined: the test itself would not run
+			}
+			if v, err := ast.InterfaceToValue(raw); err == nil {
+				out.inputs = append(out.inputs, v)
+			}
+		}
+	}
+	return out
+}
+
+// constant reports whether t names no variable but known ones (the module's rules, its
+// imports) and data: it has the same value wherever in the module it is written.
+func constant(t *ast.Term, known map[ast.Var]bool) bool {
+	ok := true
+	var vis *ast.GenericVisitor
+	vis = ast.NewGenericVisitor(func(x any) bool {
+		switch x := x.(type) {
+		case ast.Call:
+			for _, a := range x[1:] { // x[0] names a function or a built-in
+				vis.Walk(a)
+			}
+			return true
+		case ast.Ref:
+			head, isVar := x[0].Value.(ast.Var)
+			if !isVar || !(known[head] || head.Equal(ast.DefaultRootDocument.Value)) {
+				ok = false
+			}
+			for _, p := range x[1:] {
+				vis.Walk(p)
+			}
+			return true
+		case ast.Var:
+			if !known[x] {
+				ok = false
+			}
+		case *ast.ArrayComprehension, *ast.SetComprehension, *ast.ObjectComprehension, *ast.TemplateString:
+			ok = false
+			return true
+		}
+		return false
+	})
+	vis.Walk(t)
+	return ok
 }

@@ -3,6 +3,7 @@ package policies
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -13,8 +14,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/policies/plan"
 )
 
 // both evaluates input through the compiled plan and through topdown.
@@ -305,15 +309,29 @@ func TestSelfCheckCatchesDisagreement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.selfCheck(ctx); err != nil {
+	if _, err := e.selfCheck(ctx, checkTests{}); err != nil {
 		t.Fatalf("the shipped policy fails its own check: %v", err)
 	}
-	for i, s := range e.compiled.strs {
-		if s.Value.Compare(ast.String("admins")) == 0 || strings.Contains(s.String(), "is not granted") {
-			e.compiled.strs[i] = ast.StringTerm("tampered")
-		}
+	src, err := Embedded.ReadFile("sshca.rego")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := e.selfCheck(ctx); err == nil {
+	tampered := strings.ReplaceAll(string(src), "is not granted", "tampered")
+	if tampered == string(src) {
+		t.Fatal("nothing to tamper with in sshca.rego")
+	}
+	raw, err := Embedded.ReadFile("data.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := ast.ValueFromReader(strings.NewReader(string(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.compiled, err = plan.Compile(ctx, Query, []plan.Module{{Name: "sshca.rego", Source: tampered}}, data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.selfCheck(ctx, checkTests{}); err == nil {
 		t.Fatal("a tampered plan passed the check")
 	}
 }
@@ -356,11 +374,20 @@ func TestCompiledConcurrent(t *testing.T) {
 	}
 }
 
-// TestCompiledFaultFallsBack: a fault inside the compiled evaluator (here a frame made too
-// small) is caught; that request is decided by topdown, and the engine stays usable.
+// faultyPlan answers as a plan evaluator that faulted (policies/plan's TestFaultIsAnError:
+// a fault inside Eval, such as a frame made too small, is recovered as this error).
+type faultyPlan struct{}
+
+func (faultyPlan) Eval(context.Context, ast.Value) (ast.Value, error) {
+	return nil, errors.New("plan: evaluation failed: runtime error: index out of range [1] with length 1")
+}
+
+// TestCompiledFaultFallsBack: a fault inside the compiled evaluator is caught (policies/plan);
+// that request is decided by topdown, counted, and the engine stays usable.
 func TestCompiledFaultFallsBack(t *testing.T) {
 	ctx := context.Background()
-	e, err := LoadFS(ctx, Embedded)
+	fallbacks := prometheus.NewCounter(prometheus.CounterOpts{Name: "fallbacks"})
+	e, err := LoadFS(ctx, Embedded, WithFallbackCounter(fallbacks))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,17 +396,20 @@ func TestCompiledFaultFallsBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	saved := e.compiled.locals
-	e.compiled.locals = 1
-	if _, err := e.compiled.eval(ctx, inputValue(in)); err == nil || !strings.Contains(err.Error(), "compiled evaluation failed") {
-		t.Fatalf("a faulty evaluation gave no error: %v", err)
-	}
+	saved := e.compiled
+	e.compiled = faultyPlan{}
 	if got, err := e.Decide(ctx, in); err != nil || !cmp.Equal(got, want) {
 		t.Fatalf("Decide during the fault: %+v, %v; want topdown's %+v", got, err, want)
 	}
-	e.compiled.locals = saved
+	if n := testutil.ToFloat64(fallbacks); n != 1 {
+		t.Errorf("fallbacks counted %v, want 1", n)
+	}
+	e.compiled = saved
 	if got, err := e.Decide(ctx, in); err != nil || !cmp.Equal(got, want) {
 		t.Fatalf("after a fault: %+v, %v; want %+v", got, err, want)
+	}
+	if n := testutil.ToFloat64(fallbacks); n != 1 {
+		t.Errorf("fallbacks counted %v after the fault, want 1", n)
 	}
 }
 
@@ -424,5 +454,48 @@ decision := {"allow": allow, "principals": ["x"], "ttl_seconds": 600}`,
 				t.Fatalf("compiled: %+v, %v; topdown: %+v", got, err, want)
 			}
 		})
+	}
+}
+
+// TestSelfCheckRunsTestInputs: the load-time check runs the ground inputs of the shipped
+// policy's Rego tests through both evaluators, and skips (and counts) the tests that override
+// data or build input from their own variables.
+func TestSelfCheckRunsTestInputs(t *testing.T) {
+	e, err := LoadFS(context.Background(), Embedded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.SelfCheck()
+	if c.Requests != len(checkInputs()) || c.TestInputs < 30 || c.SkippedTests == 0 {
+		t.Fatalf("self-check %+v: want every check request, the tests' ground inputs and some skipped tests", c)
+	}
+	t.Logf("self-check of the shipped policy: %d check requests, %d Rego test inputs, %d tests skipped", c.Requests, c.TestInputs, c.SkippedTests)
+}
+
+// TestEvaluatorSwitch: topdown never plans; compiled refuses a policy its plan cannot run,
+// where auto falls back to topdown and says why.
+func TestEvaluatorSwitch(t *testing.T) {
+	ctx := context.Background()
+	now := fstest.MapFS{"p.rego": {Data: []byte("package sshca\n\nimport rego.v1\n\ndecision := {\"allow\": time.now_ns() > 0, \"principals\": [\"x\"]}\n")}}
+	if _, err := LoadFS(ctx, now, WithEvaluator(EvaluatorCompiled)); err == nil || !strings.Contains(err.Error(), "evaluator compiled") {
+		t.Fatalf("compiled loaded a policy its plan cannot run: %v", err)
+	}
+	e, err := LoadFS(ctx, now, WithEvaluator(EvaluatorAuto))
+	if err != nil || !strings.HasPrefix(e.Mode(), "interpreted (") {
+		t.Fatalf("auto: %v, %v", e, err)
+	}
+	for ev, mode := range map[Evaluator]string{EvaluatorCompiled: "compiled", EvaluatorAuto: "compiled", EvaluatorTopdown: "interpreted (by request)"} {
+		e, err := LoadFS(ctx, Embedded, WithEvaluator(ev))
+		if err != nil || e.Mode() != mode {
+			t.Fatalf("%s: mode %v, %v; want %s", ev, e, err, mode)
+		}
+	}
+	if _, err := LoadFS(ctx, Embedded, WithEvaluator("fast")); err == nil {
+		t.Fatal("an unknown evaluator loaded")
+	}
+	for _, s := range []string{"", "auto", "compiled", "topdown"} {
+		if _, err := ParseEvaluator(s); err != nil {
+			t.Errorf("ParseEvaluator(%q): %v", s, err)
+		}
 	}
 }

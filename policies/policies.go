@@ -28,6 +28,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/tester"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sshca/sshca/ca"
 )
@@ -44,24 +45,42 @@ const Query = "data.sshca.decision"
 type Option func(*loadOptions)
 
 type loadOptions struct {
-	dataFile    string
-	interpreted bool
+	dataFile  string
+	evaluator Evaluator
+	fallbacks prometheus.Counter
 }
 
 // Interpreted evaluates with OPA's topdown evaluator only, never the compiled plan: the
-// reference the compiled path is checked against, and an escape hatch.
-func Interpreted() Option { return func(o *loadOptions) { o.interpreted = true } }
+// reference the compiled path is checked against, and an escape hatch. It is
+// WithEvaluator(EvaluatorTopdown).
+func Interpreted() Option { return WithEvaluator(EvaluatorTopdown) }
+
+// WithFallbackCounter counts in c every request on which the compiled plan errored and
+// topdown decided instead (NewFallbackCounter makes the one sshca serves).
+func WithFallbackCounter(c prometheus.Counter) Option {
+	return func(o *loadOptions) { o.fallbacks = c }
+}
+
+// NewFallbackCounter registers sshca_policy_topdown_fallbacks_total with reg.
+func NewFallbackCounter(reg prometheus.Registerer) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "sshca_policy_topdown_fallbacks_total",
+		Help: "Requests on which the compiled policy plan errored and OPA's topdown evaluator decided instead."})
+	reg.MustRegister(c)
+	return c
+}
 
 // WithDataFile replaces the policy's data.json with the file at path (same Rego).
 func WithDataFile(path string) Option { return func(o *loadOptions) { o.dataFile = path } }
 
 // Engine evaluates a loaded policy: through its compiled plan when the policy allows it
-// (compiled.go), else through OPA's topdown evaluator.
+// (compiled.go, policies/plan), else through OPA's topdown evaluator.
 type Engine struct {
-	query    rego.PreparedEvalQuery
-	compiled *program
-	mode     string
-	revision string
+	query     rego.PreparedEvalQuery
+	compiled  planEvaluator // nil: topdown decides
+	mode      string
+	revision  string
+	fallbacks prometheus.Counter // nil: not counted
+	check     SelfCheck
 }
 
 // Mode says how decisions are evaluated: "compiled", or "interpreted (why)" when the policy
@@ -79,7 +98,7 @@ func LoadFS(ctx context.Context, fsys fs.FS, opts ...Option) (*Engine, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	modules, data, err := readBundle(fsys, o.dataFile)
+	modules, tests, data, err := readBundle(fsys, o.dataFile)
 	if err != nil {
 		return nil, err
 	}
@@ -92,11 +111,7 @@ func LoadFS(ctx context.Context, fsys fs.FS, opts ...Option) (*Engine, error) {
 		fmt.Fprintf(h, "%s\x00%d\x00", m.name, len(m.content))
 		h.Write(m.content)
 	}
-	var mods []func(*rego.Rego)
-	for _, m := range modules {
-		mods = append(mods, rego.Module(m.name, string(m.content)))
-	}
-	e, err := newEngine(ctx, mods, doc, hex.EncodeToString(h.Sum(nil))[:12], o)
+	e, err := newEngine(ctx, modules, tests, doc, hex.EncodeToString(h.Sum(nil))[:12], o)
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
 	}
@@ -104,35 +119,39 @@ func LoadFS(ctx context.Context, fsys fs.FS, opts ...Option) (*Engine, error) {
 }
 
 // newEngine compiles the modules with their data: prepared for topdown, and planned and
-// compiled unless the policy needs topdown or o asks for it.
-func newEngine(ctx context.Context, modules []func(*rego.Rego), doc map[string]any, revision string, o loadOptions) (*Engine, error) {
+// compiled unless the policy needs topdown or o asks for it. tests are the policy's Rego
+// tests, whose inputs the self-check also runs.
+func newEngine(ctx context.Context, modules, tests []file, doc map[string]any, revision string, o loadOptions) (*Engine, error) {
+	ev := o.evaluator
+	if ev == "" {
+		ev = EvaluatorAuto
+	}
+	if _, err := ParseEvaluator(string(ev)); err != nil {
+		return nil, err
+	}
 	dataValue, err := ast.InterfaceToValue(doc)
 	if err != nil {
 		return nil, fmt.Errorf("data: %w", err)
 	}
-	args := append([]func(*rego.Rego){rego.Query(Query)}, modules...)
+	args := []func(*rego.Rego){rego.Query(Query)}
+	for _, m := range modules {
+		args = append(args, rego.Module(m.name, string(m.content)))
+	}
 	store := rego.Store(inmem.NewFromObjectWithOpts(doc, inmem.OptReturnASTValuesOnRead(true)))
 	pq, err := rego.New(append(args, store)...).PrepareForEval(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("compile: %w", err)
 	}
-	e := &Engine{query: pq, mode: "compiled", revision: revision}
+	e := &Engine{query: pq, mode: "compiled", revision: revision, fallbacks: o.fallbacks}
 	if err := checkLoaded(ctx, e, doc); err != nil { // datacheck.go; topdown decides until compiled
 		return nil, err
 	}
-	if o.interpreted {
+	if ev == EvaluatorTopdown {
 		e.mode = "interpreted (by request)"
 		return e, nil
 	}
-	p, err := plan(ctx, args)
-	if err == nil {
-		e.compiled, err = compile(p, dataValue)
-	}
-	if err == nil {
-		err = e.selfCheck(ctx)
-	}
-	if err != nil {
-		e.compiled, e.mode = nil, "interpreted ("+strings.TrimPrefix(err.Error(), "policies: ")+")"
+	if err := e.loadPlan(ctx, modules, tests, doc, dataValue, ev); err != nil { // compiled.go
+		return nil, err
 	}
 	return e, nil
 }
@@ -142,40 +161,42 @@ type file struct {
 	content []byte
 }
 
-func readBundle(fsys fs.FS, dataFile string) (modules []file, data file, err error) {
+// readBundle reads the policy's modules, its Rego tests (*_test.rego) and its data.
+func readBundle(fsys fs.FS, dataFile string) (modules, tests []file, data file, err error) {
 	names, err := fs.Glob(fsys, "*.rego")
 	if err != nil {
-		return nil, file{}, fmt.Errorf("policies: %w", err)
+		return nil, nil, file{}, fmt.Errorf("policies: %w", err)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		if strings.HasSuffix(n, "_test.rego") {
-			continue
-		}
 		b, err := fs.ReadFile(fsys, n)
 		if err != nil {
-			return nil, file{}, fmt.Errorf("policies: %w", err)
+			return nil, nil, file{}, fmt.Errorf("policies: %w", err)
+		}
+		if strings.HasSuffix(n, "_test.rego") {
+			tests = append(tests, file{n, b})
+			continue
 		}
 		modules = append(modules, file{n, b})
 	}
 	if len(modules) == 0 {
-		return nil, file{}, errors.New("policies: no .rego files found")
+		return nil, nil, file{}, errors.New("policies: no .rego files found")
 	}
 	if dataFile != "" {
 		b, err := os.ReadFile(dataFile)
 		if err != nil {
-			return nil, file{}, fmt.Errorf("policies: data file: %w", err)
+			return nil, nil, file{}, fmt.Errorf("policies: data file: %w", err)
 		}
-		return modules, file{path.Base(dataFile), b}, nil
+		return modules, tests, file{path.Base(dataFile), b}, nil
 	}
 	b, err := fs.ReadFile(fsys, "data.json")
 	if errors.Is(err, fs.ErrNotExist) {
-		return modules, file{"data.json", []byte("{}")}, nil
+		return modules, tests, file{"data.json", []byte("{}")}, nil
 	}
 	if err != nil {
-		return nil, file{}, fmt.Errorf("policies: %w", err)
+		return nil, nil, file{}, fmt.Errorf("policies: %w", err)
 	}
-	return modules, file{"data.json", b}, nil
+	return modules, tests, file{"data.json", b}, nil
 }
 
 // Revision is a short hash of the policy files and data: which policy decided.
@@ -196,12 +217,15 @@ func (e *Engine) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, er
 	if input == nil {
 		return ca.Decision{}, errNoInput
 	}
-	v, err := e.compiled.eval(ctx, input)
+	v, err := e.compiled.Eval(ctx, input)
 	if err != nil {
 		// The plan evaluates every rule body; topdown stops early where an answer is settled
 		// (early exit, rule indexing), so a conflict in a body topdown never reaches is an
 		// error here only. Topdown is the reference: it decides such a request (and fails
 		// closed itself on a real conflict).
+		if e.fallbacks != nil {
+			e.fallbacks.Inc()
+		}
 		return e.decideInterpreted(ctx, in)
 	}
 	if v == nil {

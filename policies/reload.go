@@ -55,6 +55,12 @@ func WithMetrics(reg prometheus.Registerer) ReloaderOption {
 	}
 }
 
+// WithLoadOptions adds options for every load (for a bundle reloader, the only way to give
+// them; WithDataFile does not apply to bundles).
+func WithLoadOptions(opts ...Option) ReloaderOption {
+	return func(r *Reloader) { r.opts = append(r.opts, opts...) }
+}
+
 // NewReloader loads and tests the policy in dir; it fails when that first version does.
 func NewReloader(ctx context.Context, dir string, loadOpts []Option, opts ...ReloaderOption) (*Reloader, error) {
 	r := &Reloader{dir: dir, opts: loadOpts, log: slog.New(slog.DiscardHandler)}
@@ -65,7 +71,7 @@ func NewReloader(ctx context.Context, dir string, loadOpts []Option, opts ...Rel
 // NewBundleReloader loads the policy from an OPA bundle server; Poll refreshes it.
 func NewBundleReloader(ctx context.Context, url string, client *http.Client, opts ...ReloaderOption) (*Reloader, error) {
 	r := &Reloader{dir: url, log: slog.New(slog.DiscardHandler)}
-	r.loader = func(ctx context.Context) (*Engine, error) { return LoadBundleURL(ctx, url, client) }
+	r.loader = func(ctx context.Context) (*Engine, error) { return LoadBundleURL(ctx, url, client, r.opts...) }
 	return r.start(ctx, opts)
 }
 

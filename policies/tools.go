@@ -17,7 +17,7 @@ func Eval(ctx context.Context, dir string, input any, query string, opts ...Opti
 	for _, opt := range opts {
 		opt(&o)
 	}
-	modules, data, err := readBundle(os.DirFS(dir), o.dataFile)
+	modules, _, data, err := readBundle(os.DirFS(dir), o.dataFile)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,694 @@
+package plan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/ir"
+	"github.com/open-policy-agent/opa/v1/topdown"
+)
+
+// callStmt is a CallStmt with its target resolved at compile time; it replaces the CallStmt in
+// the plan (which is ours: each load plans afresh).
+type callStmt struct {
+	*ir.CallStmt
+	callee *callee
+}
+
+// callee is a resolved CallStmt target: a planned function or an OPA built-in.
+type callee struct {
+	fn      *ir.Func
+	slot    int // memo slot for functions of (input, data) only; -1 otherwise
+	locals  int
+	builtin topdown.BuiltinFunc
+	name    string
+}
+
+// Program is a planned query ready to run. It is safe for concurrent use: each evaluation
+// takes its own run from a pool, and nothing an evaluation makes is shared.
+type Program struct {
+	plan   *ir.Plan
+	stmts  map[string]bool // the kinds of statement the plan holds, for Statements
+	strs   []*ast.Term
+	files  []string
+	nums   []*ast.Term
+	data   *ast.Term
+	locals int
+	memos  int
+	pool   sync.Pool // of *run
+	// termHint is the most terms one run has made: the size of the next runs' slabs.
+	termHint atomic.Int32
+}
+
+// refused are the built-ins the plan evaluator does not call although OPA marks them
+// deterministic: they read the runtime, print, or are relations (walk).
+func refused(name string) bool {
+	switch name {
+	case "opa.runtime", "trace", "print", "internal.print", "walk", "internal.test_case":
+		return true
+	}
+	return false
+}
+
+// prepare resolves p's calls and sizes its frames. p is ours: its CallStmts are replaced.
+func prepare(p *ir.Policy, data ast.Value) (*Program, error) {
+	if p.Plans == nil || len(p.Plans.Plans) != 1 {
+		return nil, fmt.Errorf("%w: expected one plan", ErrUnsupported)
+	}
+	prog := &Program{plan: p.Plans.Plans[0], data: ast.NewTerm(data), stmts: map[string]bool{}}
+	if p.Static != nil {
+		for _, s := range p.Static.Strings {
+			prog.strs = append(prog.strs, ast.StringTerm(s.Value))
+			prog.nums = append(prog.nums, ast.NewTerm(ast.Number(s.Value))) // read only by MakeNumberRef
+		}
+		for _, f := range p.Static.Files {
+			prog.files = append(prog.files, f.Value)
+		}
+	}
+	funcs := map[string]*callee{}
+	if p.Funcs != nil {
+		for _, f := range p.Funcs.Funcs {
+			c := &callee{fn: f, slot: -1, name: f.Name}
+			if len(f.Params) == 2 {
+				c.slot = prog.memos
+				prog.memos++
+			}
+			funcs[f.Name] = c
+		}
+	}
+	resolve := func(name string) (*callee, error) {
+		if c, ok := funcs[name]; ok {
+			return c, nil
+		}
+		b, ok := ast.BuiltinMap[name]
+		// Relations (walk) hand the plan every result at once; topdown's implementations
+		// yield them one by one, so they stay with topdown.
+		if !ok || refused(name) || b.Nondeterministic || b.Relation {
+			return nil, fmt.Errorf("%w: built-in %s", ErrUnsupported, name)
+		}
+		impl := topdown.GetBuiltin(name)
+		if impl == nil {
+			return nil, fmt.Errorf("%w: built-in %s has no implementation", ErrUnsupported, name)
+		}
+		c := &callee{slot: -1, builtin: impl, name: name}
+		funcs[name] = c
+		return c, nil
+	}
+	var walk func(b *ir.Block, max *int) error
+	walk = func(b *ir.Block, max *int) error {
+		note := func(ls ...ir.Local) {
+			for _, l := range ls {
+				if int(l) >= *max {
+					*max = int(l) + 1
+				}
+			}
+		}
+		noteOps := func(ops ...ir.Operand) {
+			for _, o := range ops {
+				if l, ok := o.Value.(ir.Local); ok {
+					note(l)
+				}
+			}
+		}
+		for i, s := range b.Stmts {
+			prog.stmts[stmtName(s)] = true
+			operands(s)
+			// Every local a statement names, read or written, must fit in the frame.
+			switch s := s.(type) {
+			case *ir.CallStmt:
+				noteOps(s.Args...)
+			case *ir.DotStmt:
+				noteOps(s.Source, s.Key)
+			case *ir.LenStmt:
+				noteOps(s.Source)
+			case *ir.AssignVarStmt:
+				noteOps(s.Source)
+			case *ir.AssignVarOnceStmt:
+				noteOps(s.Source)
+			case *ir.EqualStmt:
+				noteOps(s.A, s.B)
+			case *ir.NotEqualStmt:
+				noteOps(s.A, s.B)
+			case *ir.IsArrayStmt:
+				noteOps(s.Source)
+			case *ir.IsObjectStmt:
+				noteOps(s.Source)
+			case *ir.IsSetStmt:
+				noteOps(s.Source)
+			case *ir.IsDefinedStmt:
+				note(s.Source)
+			case *ir.IsUndefinedStmt:
+				note(s.Source)
+			case *ir.ReturnLocalStmt:
+				note(s.Source)
+			case *ir.ArrayAppendStmt:
+				note(s.Array)
+				noteOps(s.Value)
+			case *ir.ObjectInsertStmt:
+				note(s.Object)
+				noteOps(s.Key, s.Value)
+			case *ir.ObjectInsertOnceStmt:
+				note(s.Object)
+				noteOps(s.Key, s.Value)
+			case *ir.SetAddStmt:
+				note(s.Set)
+				noteOps(s.Value)
+			case *ir.ResultSetAddStmt:
+				note(s.Value)
+			}
+			switch s := s.(type) {
+			case *ir.CallStmt:
+				c, err := resolve(s.Func)
+				if err != nil {
+					return err
+				}
+				b.Stmts[i] = &callStmt{CallStmt: s, callee: c}
+				note(s.Result)
+			case *callStmt: // a function's blocks are walked once per compile; a block may be shared
+				noteOps(s.Args...)
+				note(s.Result)
+			case *ir.BlockStmt:
+				for _, nb := range s.Blocks {
+					if err := walk(nb, max); err != nil {
+						return err
+					}
+				}
+			case *ir.ScanStmt:
+				note(s.Source, s.Key, s.Value)
+				if err := walk(s.Block, max); err != nil {
+					return err
+				}
+			case *ir.NotStmt:
+				if err := walk(s.Block, max); err != nil {
+					return err
+				}
+			case *ir.DotStmt:
+				note(s.Target)
+			case *ir.LenStmt:
+				note(s.Target)
+			case *ir.AssignIntStmt:
+				note(s.Target)
+			case *ir.AssignVarStmt:
+				note(s.Target)
+			case *ir.AssignVarOnceStmt:
+				note(s.Target)
+			case *ir.ResetLocalStmt:
+				note(s.Target)
+			case *ir.MakeNullStmt:
+				note(s.Target)
+			case *ir.MakeNumberIntStmt:
+				note(s.Target)
+			case *ir.MakeNumberRefStmt:
+				note(s.Target)
+			case *ir.MakeArrayStmt:
+				note(s.Target)
+			case *ir.MakeObjectStmt:
+				note(s.Target)
+			case *ir.MakeSetStmt:
+				note(s.Target)
+			case *ir.ReturnLocalStmt, *ir.BreakStmt, *ir.EqualStmt, *ir.NotEqualStmt, *ir.IsArrayStmt,
+				*ir.IsObjectStmt, *ir.IsSetStmt, *ir.IsDefinedStmt, *ir.IsUndefinedStmt, *ir.ArrayAppendStmt,
+				*ir.ObjectInsertStmt, *ir.ObjectInsertOnceStmt, *ir.SetAddStmt, *ir.NopStmt, *ir.ResultSetAddStmt:
+			default:
+				return fmt.Errorf("%w: statement %T", ErrUnsupported, s)
+			}
+		}
+		return nil
+	}
+	for _, b := range prog.plan.Blocks {
+		if err := walk(b, &prog.locals); err != nil {
+			return nil, err
+		}
+	}
+	if prog.locals < 2 {
+		prog.locals = 2
+	}
+	for _, c := range funcs {
+		if c.fn == nil {
+			continue
+		}
+		max := 0
+		for _, l := range append(c.fn.Params, c.fn.Return) {
+			if int(l) >= max {
+				max = int(l) + 1
+			}
+		}
+		for _, b := range c.fn.Blocks {
+			if err := walk(b, &max); err != nil {
+				return nil, err
+			}
+		}
+		c.locals = max
+	}
+	return prog, nil
+}
+
+// returning is the break depth that carries a function's return up through every block.
+const returning = 1 << 30
+
+// run is one evaluation. Runs are pooled: frames come from one stack of locals, so a
+// decision allocates little beyond the values it builds.
+type run struct {
+	p     *Program
+	bctx  topdown.BuiltinContext
+	memo  []*ast.Term
+	done  []bool
+	out   []*ast.Term
+	ret   *ast.Term
+	bout  *ast.Term
+	biter func(*ast.Term) error
+	stack []*ast.Term
+	sp    int
+	args  []*ast.Term
+	terms []ast.Term // a slab the terms this run makes come from: one allocation, not one each
+	made  int32
+}
+
+// maxTermHint bounds slabs: one unusual request must not make every later slab large.
+const maxTermHint = 256
+
+// term wraps v in a term from the run's slab. The slab is never reused: the decision may refer
+// to its terms after the run is back in the pool.
+func (r *run) term(v ast.Value) *ast.Term {
+	if len(r.terms) == 0 {
+		r.terms = make([]ast.Term, max(8, r.p.termHint.Load()))
+	}
+	t := &r.terms[0]
+	r.terms = r.terms[1:]
+	r.made++
+	t.Value = v
+	return t
+}
+
+func (p *Program) newRun() *run {
+	if r, ok := p.pool.Get().(*run); ok {
+		return r
+	}
+	r := &run{p: p, memo: make([]*ast.Term, p.memos), done: make([]bool, p.memos), stack: make([]*ast.Term, 256)}
+	r.biter = func(t *ast.Term) error { r.bout = t; return nil }
+	return r
+}
+
+func (p *Program) release(r *run) {
+	clear(r.stack) // frames are cleared as they are popped; this is for a run that panicked
+	clear(r.memo)
+	clear(r.done)
+	clear(r.out)
+	clear(r.args)
+	if r.made > p.termHint.Load() && r.made <= maxTermHint {
+		p.termHint.Store(r.made) // the next runs' slabs fit what runs make
+	}
+	r.out, r.ret, r.bout, r.sp, r.terms, r.made = r.out[:0], nil, nil, 0, nil, 0
+	r.bctx = topdown.BuiltinContext{}
+	p.pool.Put(r)
+}
+
+// push takes a cleared frame of n locals from the stack.
+func (r *run) push(n int) []*ast.Term {
+	if r.sp+n > len(r.stack) {
+		// Frames already handed out keep the old array; new ones come from a bigger one.
+		r.stack, r.sp = make([]*ast.Term, max(2*len(r.stack), 2*n)), 0
+	}
+	f := r.stack[r.sp : r.sp+n : r.sp+n]
+	r.sp += n
+	return f
+}
+
+func (r *run) pop(f []*ast.Term) {
+	clear(f)
+	if r.sp >= len(f) && &r.stack[r.sp-len(f)] == &f[0] {
+		r.sp -= len(f)
+	}
+}
+
+// Eval runs the plan on input and returns the query's single result, or nil when it is
+// undefined. An error is a conflict (a complete rule or an object key with two values), a
+// query with more than one result, a halting built-in error, or a fault of the evaluator
+// itself (recovered): the caller decides the request another way (the policies package asks
+// topdown). Eval never writes to input.
+func (p *Program) Eval(ctx context.Context, input ast.Value) (_ ast.Value, err error) {
+	defer func() {
+		// A fault of the evaluator must deny, not take the request down with it.
+		if v := recover(); v != nil {
+			err = fmt.Errorf("plan: evaluation failed: %v", v)
+		}
+	}()
+	r := p.newRun()
+	defer p.release(r)
+	// No per-query cache: only rand.intn writes to it, and the compiled path refuses it.
+	r.bctx = topdown.BuiltinContext{Context: ctx}
+	frame := r.push(p.locals)
+	defer r.pop(frame)
+	frame[ir.Input] = ast.NewTerm(input)
+	frame[ir.Data] = p.data
+	for _, b := range p.plan.Blocks {
+		if _, err := r.block(frame, b); err != nil {
+			return nil, err
+		}
+	}
+	switch len(r.out) {
+	case 0:
+		return nil, nil
+	case 1:
+	default:
+		return nil, fmt.Errorf("plan: the query has %d results, want one", len(r.out))
+	}
+	obj, ok := r.out[0].Value.(ast.Object)
+	if !ok || obj.Len() != 1 {
+		return nil, errors.New("plan: malformed query result")
+	}
+	var v ast.Value
+	obj.Foreach(func(_, t *ast.Term) { v = t.Value })
+	return v, nil
+}
+
+func (r *run) operand(f []*ast.Term, o ir.Operand) *ast.Term {
+	switch v := o.Value.(type) {
+	case ir.Local:
+		return f[v]
+	case ir.StringIndex:
+		return r.p.strs[v]
+	case ir.Bool:
+		return ast.InternedTerm(bool(v))
+	}
+	return nil
+}
+
+// block runs b. It returns -1 when b ran to its end, or how many enclosing blocks remain to be
+// left when b was left by a break or an undefined statement (0: just b).
+func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
+	for _, s := range b.Stmts {
+		switch s := s.(type) {
+		case *callStmt:
+			v, err := r.call(f, s)
+			if err != nil {
+				return 0, err
+			}
+			if v == nil {
+				return 0, nil
+			}
+			f[s.Result] = v
+		case *ir.AssignVarStmt:
+			f[s.Target] = r.operand(f, s.Source)
+		case *ir.AssignVarOnceStmt:
+			v := r.operand(f, s.Source)
+			if cur := f[s.Target]; cur != nil {
+				if ast.Compare(cur.Value, v.Value) != 0 {
+					return 0, r.conflict(s.Location, "complete rules must not produce multiple outputs")
+				}
+				continue // equal (1 and 1.0 are): the first value stays, as in topdown
+			}
+			f[s.Target] = v
+		case *ir.DotStmt:
+			v := dot(r.operand(f, s.Source), r.operand(f, s.Key))
+			if v == nil {
+				return 0, nil
+			}
+			f[s.Target] = v
+		case *ir.BlockStmt:
+			for _, nb := range s.Blocks {
+				n, err := r.block(f, nb)
+				if err != nil {
+					return 0, err
+				}
+				if n > 0 {
+					return n - 1, nil
+				}
+			}
+		case *ir.ScanStmt:
+			n, err := r.scan(f, s)
+			if err != nil {
+				return 0, err
+			}
+			if n >= 0 {
+				return n, nil
+			}
+		case *ir.NotStmt:
+			n, err := r.block(f, s.Block)
+			if err != nil {
+				return 0, err
+			}
+			switch {
+			case n < 0: // the negated block held: not is undefined
+				return 0, nil
+			case n > 0:
+				return n - 1, nil
+			}
+		case *ir.BreakStmt:
+			return int(s.Index), nil
+		case *ir.ReturnLocalStmt:
+			r.ret = f[s.Source]
+			return returning, nil
+		case *ir.EqualStmt:
+			a, b := r.operand(f, s.A), r.operand(f, s.B)
+			if a == nil || b == nil || ast.Compare(a.Value, b.Value) != 0 {
+				return 0, nil
+			}
+		case *ir.NotEqualStmt:
+			a, b := r.operand(f, s.A), r.operand(f, s.B)
+			if a == nil || b == nil || ast.Compare(a.Value, b.Value) == 0 {
+				return 0, nil
+			}
+		case *ir.IsDefinedStmt:
+			if f[s.Source] == nil {
+				return 0, nil
+			}
+		case *ir.IsUndefinedStmt:
+			if f[s.Source] != nil {
+				return 0, nil
+			}
+		case *ir.ResetLocalStmt:
+			f[s.Target] = nil
+		case *ir.MakeNullStmt:
+			f[s.Target] = ast.InternedNullTerm
+		case *ir.MakeNumberIntStmt:
+			f[s.Target] = ast.InternedTerm(int(s.Value))
+		case *ir.MakeNumberRefStmt:
+			f[s.Target] = r.p.nums[s.Index]
+		case *ir.AssignIntStmt:
+			f[s.Target] = ast.InternedTerm(int(s.Value))
+		case *ir.MakeArrayStmt:
+			f[s.Target] = r.term(ast.NewArrayWithCapacity(int(s.Capacity)))
+		case *ir.MakeObjectStmt:
+			f[s.Target] = r.term(ast.NewObject())
+		case *ir.MakeSetStmt:
+			f[s.Target] = r.term(ast.NewSet())
+		case *ir.ArrayAppendStmt:
+			arr := f[s.Array].Value.(*ast.Array)
+			// In place, as the plan expects: every local holding this array sees the element.
+			*arr = *arr.Append(r.operand(f, s.Value))
+		case *ir.ObjectInsertStmt:
+			f[s.Object].Value.(ast.Object).Insert(r.operand(f, s.Key), r.operand(f, s.Value))
+		case *ir.ObjectInsertOnceStmt:
+			obj := f[s.Object].Value.(ast.Object)
+			k, v := r.operand(f, s.Key), r.operand(f, s.Value)
+			if cur := obj.Get(k); cur != nil {
+				if ast.Compare(cur.Value, v.Value) != 0 {
+					return 0, r.conflict(s.Location, "object keys must be unique")
+				}
+				continue
+			}
+			obj.Insert(k, v)
+		case *ir.SetAddStmt:
+			f[s.Set].Value.(ast.Set).Add(r.operand(f, s.Value))
+		case *ir.LenStmt:
+			n, ok := length(r.operand(f, s.Source))
+			if !ok {
+				return 0, nil
+			}
+			f[s.Target] = ast.InternedTerm(n)
+		case *ir.IsArrayStmt:
+			if v := r.operand(f, s.Source); v == nil || !isArray(v.Value) {
+				return 0, nil
+			}
+		case *ir.IsObjectStmt:
+			if v := r.operand(f, s.Source); v == nil || !isObject(v.Value) {
+				return 0, nil
+			}
+		case *ir.IsSetStmt:
+			if v := r.operand(f, s.Source); v == nil || !isSet(v.Value) {
+				return 0, nil
+			}
+		case *ir.ResultSetAddStmt:
+			// The result set is a set: the same result twice is one result.
+			if v := f[s.Value]; !slices.ContainsFunc(r.out, func(t *ast.Term) bool { return ast.Compare(t.Value, v.Value) == 0 }) {
+				r.out = append(r.out, v)
+			}
+		case *ir.NopStmt:
+		default:
+			return 0, fmt.Errorf("plan: %w: statement %T", ErrUnsupported, s)
+		}
+	}
+	return -1, nil
+}
+
+func isArray(v ast.Value) bool  { _, ok := v.(*ast.Array); return ok }
+func isObject(v ast.Value) bool { _, ok := v.(ast.Object); return ok }
+func isSet(v ast.Value) bool    { _, ok := v.(ast.Set); return ok }
+
+// scan runs s's block for each element of its source. As in OPA's Wasm compilation, a scan is
+// two blocks deep: leaving its block (0) moves to the next element, leaving one more (1) ends
+// the scan. It returns -1 to go on after the scan, or the depth still to leave from the block
+// that holds it.
+func (r *run) scan(f []*ast.Term, s *ir.ScanStmt) (int, error) {
+	src := f[s.Source]
+	if src == nil {
+		return -1, nil
+	}
+	switch c := src.Value.(type) {
+	case *ast.Array:
+		for i := 0; i < c.Len(); i++ {
+			if n, err := r.visit(f, s, ast.InternedTerm(i), c.Elem(i)); n != -1 || err != nil {
+				return scanned(n, err)
+			}
+		}
+	case ast.Set:
+		for _, t := range c.Slice() {
+			if n, err := r.visit(f, s, t, t); n != -1 || err != nil {
+				return scanned(n, err)
+			}
+		}
+	case ast.Object:
+		for it := c.KeysIterator(); ; {
+			k, ok := it.Next()
+			if !ok {
+				break
+			}
+			if n, err := r.visit(f, s, k, c.Get(k)); n != -1 || err != nil {
+				return scanned(n, err)
+			}
+		}
+	}
+	return -1, nil
+}
+
+// visit runs a scan's block on one element: -1 to go on to the next, else the depth it left.
+func (r *run) visit(f []*ast.Term, s *ir.ScanStmt, k, v *ast.Term) (int, error) {
+	f[s.Key], f[s.Value] = k, v
+	n, err := r.block(f, s.Block)
+	if n == 0 {
+		n = -1
+	}
+	return n, err
+}
+
+// scanned turns the depth a scan's block was left by (1 or more) into the scan's own result.
+func scanned(n int, err error) (int, error) {
+	switch {
+	case err != nil:
+		return 0, err
+	case n == returning:
+		return returning, nil
+	case n == 1:
+		return -1, nil
+	}
+	return n - 2, nil
+}
+
+func (r *run) call(f []*ast.Term, s *callStmt) (*ast.Term, error) {
+	c := s.callee
+	if c.fn == nil {
+		if cap(r.args) < len(s.Args) {
+			r.args = make([]*ast.Term, len(s.Args))
+		}
+		args := r.args[:len(s.Args)]
+		for i, a := range s.Args {
+			if args[i] = r.operand(f, a); args[i] == nil {
+				return nil, nil
+			}
+		}
+		r.bout = nil
+		if err := c.builtin(r.bctx, args, r.biter); err != nil {
+			var halt topdown.Halt
+			if errors.As(err, &halt) {
+				return nil, err
+			}
+			// As topdown without strict built-in errors: a failing built-in is undefined.
+			return nil, nil
+		}
+		return r.bout, nil
+	}
+	if c.slot >= 0 && r.done[c.slot] {
+		return r.memo[c.slot], nil
+	}
+	frame := r.push(c.locals)
+	defer r.pop(frame)
+	for i, p := range c.fn.Params {
+		frame[p] = r.operand(f, s.Args[i])
+	}
+	r.ret = nil
+	var v *ast.Term
+	for _, b := range c.fn.Blocks {
+		n, err := r.block(frame, b)
+		if err != nil {
+			return nil, err
+		}
+		if n == returning {
+			v = r.ret
+			break
+		}
+	}
+	if v == nil {
+		v = frame[c.fn.Return]
+	}
+	if c.slot >= 0 {
+		r.memo[c.slot], r.done[c.slot] = v, true
+	}
+	return v, nil
+}
+
+func dot(src, key *ast.Term) *ast.Term {
+	if src == nil || key == nil {
+		return nil
+	}
+	switch c := src.Value.(type) {
+	case ast.Object:
+		return c.Get(key)
+	case *ast.Array:
+		n, ok := key.Value.(ast.Number)
+		if !ok {
+			return nil
+		}
+		i, ok := n.Int()
+		if !ok || i < 0 || i >= c.Len() {
+			return nil
+		}
+		return c.Elem(i)
+	case ast.Set:
+		if c.Contains(key) {
+			return key
+		}
+	}
+	return nil
+}
+
+func length(t *ast.Term) (int, bool) {
+	if t == nil {
+		return 0, false
+	}
+	switch c := t.Value.(type) {
+	case *ast.Array:
+		return c.Len(), true
+	case ast.Object:
+		return c.Len(), true
+	case ast.Set:
+		return c.Len(), true
+	case ast.String:
+		return utf8.RuneCountInString(string(c)), true
+	}
+	return 0, false
+}
+
+func (r *run) conflict(loc ir.Location, msg string) error {
+	file := "?"
+	if loc.File >= 0 && loc.File < len(r.p.files) {
+		file = r.p.files[loc.File]
+	}
+	return fmt.Errorf("plan: eval_conflict_error: %s:%d: %s", file, loc.Row, msg)
+}
