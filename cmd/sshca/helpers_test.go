@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sshca/sshca/internal/testenv"
 )
@@ -39,28 +37,9 @@ func startDev(t *testing.T) (base, state string) {
 func startDevBanner(t *testing.T) (base, state, banner string) {
 	t.Helper()
 	state = t.TempDir()
-	var out bytes.Buffer
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	errc := make(chan error, 1)
-	go func() {
-		errc <- runDev(ctx, devOptions{listen: "127.0.0.1:0", state: state, out: &out, log: testLog(t), ready: ready})
-	}()
-	select {
-	case base = <-ready:
-	case err := <-errc:
-		cancel()
-		t.Fatalf("sshca dev: %v", err)
-	case <-time.After(60 * time.Second):
-		cancel()
-		t.Fatal("sshca dev did not start within 60s")
-	}
-	t.Cleanup(func() {
-		cancel()
-		<-errc
-	})
+	base, banner, _ = startDevIn(t, state)
 	devSecrets.Store(base, readDevSecretT(t, state))
-	return base, state, out.String() // written before ready
+	return base, state, banner
 }
 
 // devToken mints a token from the dev issuer with the given claims.
