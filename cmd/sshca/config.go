@@ -17,6 +17,7 @@ import (
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/policies"
 	"github.com/sshca/sshca/services"
 )
 
@@ -107,6 +108,9 @@ type PolicyConfig struct {
 	// (default 30s).
 	BundleURL  string        `yaml:"bundle_url"`
 	BundlePoll time.Duration `yaml:"bundle_poll"`
+	// Evaluator is auto (default: the compiled plan where it runs the policy, else topdown),
+	// compiled (refuse a policy its plan cannot run) or topdown (policies/plan/README.md).
+	Evaluator string `yaml:"evaluator"`
 }
 
 // KeyringConfig configures CA key rotation.
@@ -224,6 +228,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Policy.BundleURL != "" && (c.Policy.Dir != "" || c.Policy.DataFile != "") {
 		add("policy: bundle_url replaces dir and data_file; give one or the other")
+	}
+	if _, err := policies.ParseEvaluator(c.Policy.Evaluator); err != nil {
+		add("policy.evaluator: %q: want auto, compiled or topdown", c.Policy.Evaluator)
 	}
 	if c.Policy.DataFile != "" {
 		if _, err := os.Stat(c.Policy.DataFile); err != nil {

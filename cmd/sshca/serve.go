@@ -153,8 +153,13 @@ func (t timedPolicy) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision
 // policyInForce loads the configured policy. A policy directory is watched and hot-reloaded
 // (tested before it replaces the old one); the embedded default is fixed.
 func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg prometheus.Registerer) (policy, func() map[string]string, error) {
+	evaluator, err := policies.ParseEvaluator(pc.Evaluator)
+	if err != nil {
+		return nil, nil, fmt.Errorf("policy: %w", err)
+	}
+	engineOpts := []policies.Option{policies.WithEvaluator(evaluator), policies.WithFallbackCounter(policies.NewFallbackCounter(reg))}
 	if pc.BundleURL != "" {
-		r, err := policies.NewBundleReloader(ctx, pc.BundleURL, nil, policies.WithLogger(log), policies.WithMetrics(reg))
+		r, err := policies.NewBundleReloader(ctx, pc.BundleURL, nil, policies.WithLogger(log), policies.WithMetrics(reg), policies.WithLoadOptions(engineOpts...))
 		if err != nil {
 			return nil, nil, fmt.Errorf("policy: %w", err)
 		}
@@ -166,7 +171,7 @@ func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg p
 		return r, reloaderDetails(r), nil
 	}
 	if pc.Dir == "" {
-		e, err := loadPolicy(ctx, pc)
+		e, err := loadPolicy(ctx, pc, engineOpts...)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -174,7 +179,7 @@ func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg p
 			return map[string]string{"policy_revision": e.Revision(), "policy_evaluator": e.Mode()}
 		}, nil
 	}
-	var opts []policies.Option
+	opts := engineOpts
 	if pc.DataFile != "" {
 		opts = append(opts, policies.WithDataFile(pc.DataFile))
 	}
@@ -201,8 +206,7 @@ func reloaderDetails(r *policies.Reloader) func() map[string]string {
 	}
 }
 
-func loadPolicy(ctx context.Context, pc PolicyConfig) (*policies.Engine, error) {
-	var opts []policies.Option
+func loadPolicy(ctx context.Context, pc PolicyConfig, opts ...policies.Option) (*policies.Engine, error) {
 	if pc.DataFile != "" {
 		opts = append(opts, policies.WithDataFile(pc.DataFile))
 	}
