@@ -132,7 +132,7 @@ func TestIssue(t *testing.T) {
 		policyErr      error
 		storeErr       error
 		auditErr       error
-		wantKind       ca.Kind
+		wantKind       ca.ErrorKind
 		wantErr        bool
 		wantPrincipals []string
 		wantTTL        time.Duration
@@ -253,7 +253,7 @@ func TestRevokeAudited(t *testing.T) {
 		name        string
 		dec         ca.Decision
 		auditErr    error
-		wantKind    ca.Kind
+		wantKind    ca.ErrorKind
 		wantOutcome string
 		wantBlocked bool
 	}{

@@ -6,12 +6,12 @@ import (
 	"strings"
 )
 
-// Kind classifies an error for the caller: what went wrong, not how to say it over HTTP.
-type Kind int
+// ErrorKind classifies an error for the caller: what went wrong, not how to say it over HTTP.
+type ErrorKind int
 
 const (
 	// KindInternal is a fault of ours. Transports must not show its details.
-	KindInternal Kind = iota
+	KindInternal ErrorKind = iota
 	// KindInvalid is malformed input or a value beyond the service's hard caps.
 	KindInvalid
 	// KindUnauthenticated is a missing, invalid, expired or replayed credential.
@@ -26,7 +26,7 @@ const (
 	KindUnavailable
 )
 
-func (k Kind) String() string {
+func (k ErrorKind) String() string {
 	switch k {
 	case KindInvalid:
 		return "invalid"
@@ -48,7 +48,7 @@ func (k Kind) String() string {
 // Error is the error type of the domain. Msg is safe to show to the caller; Err (the cause)
 // may hold details that are not, and is only logged.
 type Error struct {
-	Kind    Kind
+	Kind    ErrorKind
 	Msg     string
 	Reasons []string
 	Err     error
@@ -90,8 +90,8 @@ func Unavailable(msg string, cause error) error {
 	return &Error{Kind: KindUnavailable, Msg: msg, Err: cause}
 }
 
-// KindOf returns the Kind of err, KindInternal for errors that are not *Error.
-func KindOf(err error) Kind {
+// KindOf returns the ErrorKind of err, KindInternal for errors that are not *Error.
+func KindOf(err error) ErrorKind {
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Kind

@@ -38,7 +38,7 @@ func TestIssueRequestAuthenticatesFirst(t *testing.T) {
 	grant := ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: 10 * time.Minute}
 	for _, tt := range []struct {
 		name, token, key, ttl string
-		kind                  ca.Kind
+		kind                  ca.ErrorKind
 		outcome               string // of the audit record, "" for none
 	}{
 		{"anonymous, bad key", "bad", "ssh-ed25519 AAAA", "", ca.KindUnauthenticated, ""},

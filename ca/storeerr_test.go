@@ -51,7 +51,7 @@ func TestStoreErr(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		err  error
-		want Kind
+		want ErrorKind
 	}{
 		{"WRONGTYPE", wrongType, KindInternal},
 		{"script error on an argument", scriptErr, KindInternal},

@@ -23,7 +23,7 @@ type badToken struct {
 	name  string
 	token string
 	want  []string
-	kind  ca.Kind // default KindUnauthenticated
+	kind  ca.ErrorKind // default KindUnauthenticated
 }
 
 // forbidden never appear in a message: Go internals and zero values.

@@ -1,6 +1,6 @@
 // Package services exposes the authority over HTTP in go-kit's three layers: the Service (plain
 // Go, no HTTP), its endpoints (one per method, request and response structs) and the HTTP
-// transport (decoding, encoding, and the one place where a ca.Kind becomes a status code).
+// transport (decoding, encoding, and the one place where a ca.ErrorKind becomes a status code).
 // Middlewares (logging, metrics) wrap the Service and are stacked in cmd/sshca.
 package services
 
