@@ -126,10 +126,15 @@ func (a *Authority) MaxTTL(kind CertKind) time.Duration {
 }
 
 // Publisher is a Signer with a keyring behind it: the keys to trust now (next, active, retired
-// whose certificates may live) and the keys announced as compromised.
+// whose certificates may live), the keys announced as compromised, and every key whose
+// certificates the revocation list covers. The Authority asks a Signer for it; a Signer that
+// is not one publishes its own key only. keyring.CA is one, checked at compile time.
 type Publisher interface {
 	Published() []ssh.PublicKey
 	Compromised() []ssh.PublicKey
+	// Scopes are every key of the keyring (active, next, retired, compromised): the
+	// revocation scopes a KRL covers.
+	Scopes() []ssh.PublicKey
 }
 
 // UserCAKeys are the public keys hosts trust for user certificates.

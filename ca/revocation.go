@@ -47,8 +47,3 @@ type RevocationStore interface {
 	// revoked key, or a block on any of the names.
 	Refused(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey) (string, error)
 }
-
-// InventoryReader is the read side of the inventory the revocation API needs.
-type InventoryReader interface {
-	Get(ctx context.Context, serial uint64) (Certificate, bool, error)
-}

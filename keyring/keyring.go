@@ -172,6 +172,9 @@ func (c *CA) Scopes() []ssh.PublicKey { return c.cur.Load().all }
 // Compromised are the keys announced as revoked.
 func (c *CA) Compromised() []ssh.PublicKey { return c.cur.Load().compromised }
 
+// A CA publishes its keyring to the Authority (trusted keys, @revoked lines, KRL scopes).
+var _ ca.Publisher = (*CA)(nil)
+
 func authorizedLine(k ssh.PublicKey) string {
 	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
 }
