@@ -21,6 +21,9 @@ func (noRevocations) State(context.Context, ssh.PublicKey) (ca.RevocationState, 
 	return ca.RevocationState{}, nil
 }
 func (noRevocations) BlockIdentity(context.Context, string, time.Time) error { return nil }
+func (noRevocations) LiftKey(context.Context, ssh.PublicKey) (map[string]uint64, error) {
+	return nil, nil
+}
 func (noRevocations) Refused(context.Context, ssh.PublicKey, []string, ssh.PublicKey) (string, error) {
 	return "", nil
 }

@@ -23,6 +23,9 @@ func (nothingRevoked) State(context.Context, ssh.PublicKey) (ca.RevocationState,
 	return ca.RevocationState{}, nil
 }
 func (nothingRevoked) BlockIdentity(context.Context, string, time.Time) error { return nil }
+func (nothingRevoked) LiftKey(context.Context, ssh.PublicKey) (map[string]uint64, error) {
+	return nil, nil
+}
 func (nothingRevoked) Refused(context.Context, ssh.PublicKey, []string, ssh.PublicKey) (string, error) {
 	return "", nil
 }

@@ -20,7 +20,9 @@ const (
 )
 
 // RevocationEntry is one revoked thing. It may be forgotten after Expiry: a certificate it
-// names has expired by then anyway.
+// names has expired by then anyway. A zero Expiry means "until lifted": a banned public key or
+// a compromised CA key stays revoked (in every KRL, refused at signing time) until an
+// administrator lifts it (Authority.Unrevoke), however far the clock moves.
 type RevocationEntry struct {
 	Kind   EntryKind `json:"kind"`
 	Value  string    `json:"value"`
@@ -46,4 +48,9 @@ type RevocationStore interface {
 	// name, then its aliases) must be refused at signing time ("" when it need not be): a
 	// revoked key, or a block on any of the names.
 	Refused(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey) (string, error)
+	// LiftKey removes every revocation of the public key key: its entry in every CA key's
+	// scope (each change bumps that scope's version and goes to its feed, so bastions rebuild
+	// their KRL) and from the keys refused at signing time. It answers the new versions of the
+	// scopes it changed, by CA fingerprint (none when the key was not revoked).
+	LiftKey(ctx context.Context, key ssh.PublicKey) (versions map[string]uint64, err error)
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -16,8 +17,11 @@ import (
 )
 
 // Change is one change of a CA key's revocation scope, as its feed carries it: the scope's
-// version after the change, and the entries it added. ID is the change's position in the
-// feed (opaque; a consumer passes it back to read what follows).
+// version after the change, and the entries it set. Each entry is its member's new state: an
+// entry added or lasting longer, or an entry lifted, which carries Lifted as its Expiry (a
+// time long past). A consumer applies changes in order, the last word on a member winning,
+// and keeps what is Live (LiveEntries). ID is the change's position in the feed (opaque; a
+// consumer passes it back to read what follows).
 type Change struct {
 	ID      string
 	Version uint64
@@ -40,9 +44,46 @@ func ParseKeyEntry(v string) (ssh.PublicKey, error) {
 	return k, nil
 }
 
+// Lifted is the Expiry a feed gives an entry an administrator lifted (the Unix epoch: long
+// past, so never Live, and distinct from the zero Expiry of a permanent entry).
+var Lifted = time.UnixMilli(0).UTC()
+
+// Permanent reports whether an entry lasts until an administrator lifts it (a banned public
+// key, a compromised CA key): its Expiry is zero. Stores keep it with the score +inf, so
+// pruning up to any time never drops it.
+func Permanent(e ca.RevocationEntry) bool { return e.Expiry.IsZero() }
+
+// Live reports whether an entry is in force at now: permanent, or expiring after now.
+func Live(e ca.RevocationEntry, now time.Time) bool { return Permanent(e) || e.Expiry.After(now) }
+
+// LiveEntries is what a sequence of entries (a snapshot's, then its changes' in feed order)
+// leaves in force at now: per member (kind and value) the last entry wins, so a lift undoes
+// the revocation before it, and only Live ones are kept, in the order of their last words.
+func LiveEntries(entries []ca.RevocationEntry, now time.Time) []ca.RevocationEntry {
+	type member struct {
+		kind  ca.EntryKind
+		value string
+	}
+	last := make(map[member]int, len(entries))
+	for i, e := range entries {
+		last[member{e.Kind, e.Value}] = i
+	}
+	out := make([]ca.RevocationEntry, 0, len(last))
+	for i, e := range entries {
+		if j := last[member{e.Kind, e.Value}]; j == i && Live(e, now) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // ValidEntry checks that an entry can be kept and put into a KRL: a serial is a non-zero
-// decimal, a key ID is not empty, a key entry is a public key.
+// decimal, a key ID is not empty, a key entry is a public key. Only a key entry may be
+// permanent (a zero Expiry): a serial or key ID lasts until its certificate expires.
 func ValidEntry(e ca.RevocationEntry) error {
+	if Permanent(e) && e.Kind != ca.RevokedKey {
+		return fmt.Errorf("revocation: a %s entry needs an expiry (only a key entry is permanent)", e.Kind)
+	}
 	switch e.Kind {
 	case ca.RevokedSerial:
 		if n, err := strconv.ParseUint(e.Value, 10, 64); err != nil || n == 0 {

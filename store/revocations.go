@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,21 +28,34 @@ var (
 	_ ca.RevocationStore = (*Memory)(nil)
 )
 
+// scoreLua reads a score as Redis (inf) or miniredis (+Inf) answers it, or as sent (+inf):
+// a permanent entry's is +inf (revocation.Permanent), which Lua's tonumber need not parse.
+const scoreLua = `
+local function score(s)
+  local l = string.lower(tostring(s))
+  if string.find(l, 'inf', 1, true) then
+    if string.sub(l, 1, 1) == '-' then return -math.huge end
+    return math.huge
+  end
+  return tonumber(s)
+end
+`
+
 // revokeScript: KEYS entries, version, stream, ca, mark; ARGV now, CA line, stream length,
 // then the mark's id, epoch, seen, then member, expiry pairs. Answers the mark's {status, id,
 // epoch, n} and the scope's version. The stream entry carries the generation (g) when it is
 // not 0, so a follower composes the same versions as a snapshot.
-var revokeScript = redis.NewScript(markLua + `
+var revokeScript = redis.NewScript(markLua + scoreLua + `
 local r = mark(KEYS[5], ARGV[4], ARGV[5], ARGV[6])
 if r[1] == 'newer' then table.insert(r, '0') return r end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 redis.call('SET', KEYS[4], ARGV[2])
 local changed = {}
 for i = 7, #ARGV, 2 do
-  local m, e = ARGV[i], tonumber(ARGV[i+1])
+  local m, e = ARGV[i], score(ARGV[i+1])
   local cur = redis.call('ZSCORE', KEYS[1], m)
-  if (not cur) or tonumber(cur) < e then
-    redis.call('ZADD', KEYS[1], e, m)
+  if (not cur) or score(cur) < e then
+    redis.call('ZADD', KEYS[1], ARGV[i+1], m)
     table.insert(changed, m)
     table.insert(changed, ARGV[i+1])
   end
@@ -79,6 +93,38 @@ for i = 5, #ARGV, 2 do redis.call('ZADD', KEYS[1], 'GT', ARGV[i], ARGV[i+1]) end
 return bump(KEYS[2], r)
 `)
 
+// liftScript: KEYS entries, version, stream, mark; ARGV the mark's id, epoch, seen, then the
+// stream length and the member to lift. Answers the mark's {status, id, epoch, n}, then '1'
+// and the scope's new version when the member was there (the feed carries it with the
+// expiry 0, revocation.Lifted), else '0' and the version as it was.
+var liftScript = redis.NewScript(markLua + `
+local r = mark(KEYS[4], ARGV[1], ARGV[2], ARGV[3])
+if r[1] == 'newer' then table.insert(r, '0') table.insert(r, '0') return r end
+if redis.call('ZREM', KEYS[1], ARGV[5]) == 0 then
+  table.insert(r, '0')
+  table.insert(r, tostring(redis.call('GET', KEYS[2]) or '0'))
+  return r
+end
+r = bump(KEYS[4], r)
+local v = redis.call('INCR', KEYS[2])
+local args = {'XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'v', tostring(v)}
+if r[3] ~= '0' and r[3] ~= '' then table.insert(args, 'g') table.insert(args, r[3]) end
+table.insert(args, ARGV[5])
+table.insert(args, '0')
+redis.call(unpack(args))
+table.insert(r, '1')
+table.insert(r, tostring(v))
+return r
+`)
+
+// liftKeysScript: KEYS revoked keys, mark; ARGV the mark's id, epoch, seen, then the member.
+var liftKeysScript = redis.NewScript(markLua + `
+local r = mark(KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+if r[1] == 'newer' then return r end
+if redis.call('ZREM', KEYS[1], ARGV[4]) == 0 then return r end
+return bump(KEYS[2], r)
+`)
+
 func member(e ca.RevocationEntry) string { return string(e.Kind) + ":" + e.Value }
 
 func parseMember(m string, expiryMS float64) (ca.RevocationEntry, error) {
@@ -86,7 +132,20 @@ func parseMember(m string, expiryMS float64) (ca.RevocationEntry, error) {
 	if !ok {
 		return ca.RevocationEntry{}, fmt.Errorf("store: malformed revocation entry %q", m)
 	}
-	return ca.RevocationEntry{Kind: ca.EntryKind(kind), Value: value, Expiry: time.UnixMilli(int64(expiryMS)).UTC()}, nil
+	e := ca.RevocationEntry{Kind: ca.EntryKind(kind), Value: value}
+	if !math.IsInf(expiryMS, 1) { // +inf: permanent, the zero Expiry
+		e.Expiry = time.UnixMilli(int64(max(expiryMS, 0))).UTC()
+	}
+	return e, nil
+}
+
+// score is the sorted-set score of an entry's expiry: unix ms, or +inf for a permanent one
+// (never pruned: writers prune up to now).
+func score(e ca.RevocationEntry) any {
+	if revocation.Permanent(e) {
+		return "+inf"
+	}
+	return e.Expiry.UnixMilli()
 }
 
 func authorizedLine(k ssh.PublicKey) string {
@@ -104,9 +163,9 @@ func (r *Redis) Revoke(ctx context.Context, caKey ssh.PublicKey, entries []ca.Re
 		if err := revocation.ValidEntry(e); err != nil {
 			return 0, err
 		}
-		members = append(members, member(e), e.Expiry.UnixMilli())
+		members = append(members, member(e), score(e))
 		if e.Kind == ca.RevokedKey {
-			keys = append(keys, e.Expiry.UnixMilli(), member(e))
+			keys = append(keys, score(e), member(e))
 		}
 	}
 	if len(keys) > 0 {
@@ -220,6 +279,42 @@ func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []s
 	return refusal(r.now(), keyExp, keyFound, idExp, identity != "", identity), nil
 }
 
+// LiftKey removes every revocation of key: from each CA key's scope (CAs lists them), each
+// removal bumping the scope's version and going to its feed in the same script, then from the
+// keys refused at signing time. Scopes first: a failure in between leaves the key refused at
+// signing time, never the other way round; running it again finishes it.
+func (r *Redis) LiftKey(ctx context.Context, key ssh.PublicKey) (map[string]uint64, error) {
+	m := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(key)})
+	cas, err := r.CAs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: lift key: %w", err)
+	}
+	versions := map[string]uint64{}
+	for _, caKey := range cas {
+		fp := ssh.FingerprintSHA256(caKey)
+		tag := TagCA(fp)
+		scope := []string{r.keys.ScopeEntries(fp), r.keys.ScopeVersion(fp), r.keys.ScopeStream(fp), r.keys.Mark(tag)}
+		res, err := r.runMarked(ctx, tag, liftScript, scope, func(g Generation, exp expectation) []any {
+			return append(markArgs(g, exp), StreamMaxLen, m)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("store: lift key: %w", err)
+		}
+		if len(res) == 2 && res[0] == "1" {
+			s, _ := res[1].(string)
+			v, _ := strconv.ParseUint(s, 10, 64)
+			g, _ := r.witness.Generation()
+			versions[fp] = revocation.ComposeVersion(g.Epoch, v)
+		}
+	}
+	_, err = r.runMarked(ctx, TagKeys, liftKeysScript, []string{r.keys.RevokedKeys(), r.keys.Mark(TagKeys)},
+		func(g Generation, exp expectation) []any { return append(markArgs(g, exp), m) })
+	if err != nil {
+		return nil, fmt.Errorf("store: lift key: %w", err)
+	}
+	return versions, nil
+}
+
 func refusal(now time.Time, keyExp float64, keyFound bool, idExp float64, idFound bool, identity string) string {
 	ms := float64(now.UnixMilli())
 	switch {
@@ -261,14 +356,14 @@ func (m *Memory) Revoke(_ context.Context, caKey ssh.PublicKey, entries []ca.Rev
 	s := m.scopeLocked(caKey)
 	now := m.now()
 	for k, e := range s.entries {
-		if !e.Expiry.After(now) {
+		if !revocation.Live(e, now) {
 			delete(s.entries, k)
 		}
 	}
 	var changed []ca.RevocationEntry
 	for _, e := range entries {
 		e.Expiry = e.Expiry.UTC().Truncate(time.Millisecond)
-		if cur, ok := s.entries[member(e)]; !ok || cur.Expiry.Before(e.Expiry) {
+		if cur, ok := s.entries[member(e)]; !ok || memScore(cur) < memScore(e) {
 			s.entries[member(e)] = e
 			changed = append(changed, e)
 		}
@@ -309,7 +404,7 @@ func (m *Memory) snapshotLocked(fp string) (ca.RevocationState, string) {
 	st := ca.RevocationState{CA: s.ca, Version: s.version}
 	now := m.now()
 	for _, e := range s.entries {
-		if e.Expiry.After(now) {
+		if revocation.Live(e, now) {
 			st.Entries = append(st.Entries, e)
 		}
 	}
@@ -343,8 +438,8 @@ func (m *Memory) Refused(_ context.Context, _ ssh.PublicKey, identities []string
 	// Under any CA key's scope: a rotation must not let a revoked key back in.
 	mk := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(key)})
 	for _, s := range m.scopes {
-		if e, ok := s.entries[mk]; ok && float64(e.Expiry.UnixMilli()) > keyExp {
-			keyExp, keyFound = float64(e.Expiry.UnixMilli()), true
+		if e, ok := s.entries[mk]; ok && (!keyFound || memScore(e) > keyExp) {
+			keyExp, keyFound = memScore(e), true
 		}
 	}
 	identity := ""
@@ -356,4 +451,30 @@ func (m *Memory) Refused(_ context.Context, _ ssh.PublicKey, identities []string
 		}
 	}
 	return refusal(m.now(), keyExp, keyFound, idExp, idFound, identity), nil
+}
+
+// memScore is an entry's expiry as Redis scores it: unix ms, +inf when permanent.
+func memScore(e ca.RevocationEntry) float64 {
+	if revocation.Permanent(e) {
+		return math.Inf(1)
+	}
+	return float64(e.Expiry.UnixMilli())
+}
+
+// LiftKey removes every revocation of key; see Redis.LiftKey.
+func (m *Memory) LiftKey(_ context.Context, key ssh.PublicKey) (map[string]uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	lifted := ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(key), Expiry: revocation.Lifted}
+	versions := map[string]uint64{}
+	for fp, s := range m.scopes {
+		if _, ok := s.entries[member(lifted)]; !ok {
+			continue
+		}
+		delete(s.entries, member(lifted))
+		s.version++
+		m.appendLocked(s, []ca.RevocationEntry{lifted})
+		versions[fp] = s.version
+	}
+	return versions, nil
 }
