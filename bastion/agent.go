@@ -275,7 +275,7 @@ func (a *Agent) runRedis(ctx context.Context) error {
 				return err
 			}
 			if a.o.OnRevoked != nil {
-				a.o.OnRevoked(ctx, c.Entries)
+				a.o.OnRevoked(ctx, revocation.LiveEntries(c.Entries, a.o.Now())) // not what a lift removed
 			}
 		case <-recheck.C:
 			now, err := r.CAs(ctx)
@@ -307,13 +307,9 @@ func (a *Agent) install(scopes map[string]*scope, source string) error {
 	states := make([]ca.RevocationState, 0, len(fps))
 	for _, fp := range fps {
 		st := scopes[fp].state
-		live := st.Entries[:0:0]
-		for _, e := range st.Entries {
-			if e.Expiry.After(now) {
-				live = append(live, e)
-			}
-		}
-		st.Entries = live
+		// The snapshot's entries then the changes', in order: a lift undoes the revocation
+		// before it, a ban (zero Expiry) lasts until lifted.
+		st.Entries = revocation.LiveEntries(st.Entries, now)
 		states = append(states, st)
 	}
 	k, err := revocation.BuildKRL(now, states...)
