@@ -6,12 +6,10 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -21,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
@@ -31,7 +30,8 @@ import (
 // LogLevel VERBOSE, and ends those whose certificate gets revoked. sshd checks the KRL only at
 // authentication; without this, a session opened before the revocation would live on.
 type Sessions struct {
-	log *slog.Logger
+	log  *slog.Logger
+	proc string // where procfs is mounted; tests point it at a fake tree
 
 	mu   sync.Mutex
 	live map[string]session // by "ip:port" of the client
@@ -47,7 +47,7 @@ type session struct {
 
 // NewSessions returns an empty tracker.
 func NewSessions(log *slog.Logger) *Sessions {
-	return &Sessions{log: log, live: map[string]session{}}
+	return &Sessions{log: log, proc: procfs.DefaultMountPoint, live: map[string]session{}}
 }
 
 var (
@@ -194,7 +194,7 @@ func (s *Sessions) end(revoked func(session) bool) {
 	}
 	s.mu.Unlock()
 	for _, addr := range victims {
-		pids, err := socketOwners(addr)
+		pids, err := socketOwners(s.proc, addr, os.Getpid())
 		if err != nil || len(pids) == 0 {
 			// Usually the session ended before its log line was read.
 			s.log.Debug("revoked session: no live connection", "client", addr, "err", err)
@@ -206,59 +206,4 @@ func (s *Sessions) end(revoked func(session) bool) {
 			}
 		}
 	}
-}
-
-// socketOwners finds the processes holding an established TCP connection whose remote end is
-// addr (Linux /proc).
-func socketOwners(addr string) ([]int, error) {
-	host, portStr, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	ip := net.ParseIP(host)
-	port, _ := strconv.Atoi(portStr)
-	want := procAddr(ip, port)
-	inodes := map[string]bool{}
-	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		b, err := os.ReadFile(table)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n")[1:] {
-			f := strings.Fields(line)
-			if len(f) > 9 && f[3] == "01" && strings.EqualFold(f[2], want) {
-				inodes["socket:["+f[9]+"]"] = true
-			}
-		}
-	}
-	if len(inodes) == 0 {
-		return nil, fmt.Errorf("no established connection from %s", addr)
-	}
-	var pids []int
-	procs, _ := filepath.Glob("/proc/[0-9]*/fd/*")
-	seen := map[int]bool{}
-	for _, fd := range procs {
-		link, err := os.Readlink(fd)
-		if err != nil || !inodes[link] {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.Split(fd, "/")[2])
-		if err == nil && !seen[pid] && pid != os.Getpid() {
-			seen[pid] = true
-			pids = append(pids, pid)
-		}
-	}
-	return pids, nil
-}
-
-// procAddr renders ip:port as /proc/net/tcp does (IPv4: little-endian hex; port: hex).
-func procAddr(ip net.IP, port int) string {
-	if v4 := ip.To4(); v4 != nil {
-		return fmt.Sprintf("%02X%02X%02X%02X:%04X", v4[3], v4[2], v4[1], v4[0], port)
-	}
-	var b strings.Builder
-	for i := 0; i < 16; i += 4 {
-		fmt.Fprintf(&b, "%02X%02X%02X%02X", ip[i+3], ip[i+2], ip[i+1], ip[i])
-	}
-	return fmt.Sprintf("%s:%04X", b.String(), port)
 }

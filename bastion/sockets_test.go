@@ -1,0 +1,133 @@
+package bastion
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeProc builds a procfs tree in a temporary directory: the TCP tables of testdata/proc/net
+// and, for each pid, an fd directory whose entries link to the given targets (a nil list: a
+// process whose fds may not be read).
+func fakeProc(t *testing.T, fds map[int][]string) string {
+	t.Helper()
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "net"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(filepath.Join("testdata", "proc", "net", table))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "net", table), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for pid, targets := range fds {
+		dir := filepath.Join(root, strconv.Itoa(pid))
+		if targets == nil {
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "fd"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for n, target := range targets {
+			if err := os.Symlink(target, filepath.Join(dir, "fd", strconv.Itoa(n))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return root
+}
+
+// TestSocketOwnersFakeProc: the processes holding the established connection from a client are
+// found through the TCP table of its address family and the processes' fd links; a connection in
+// another state, or a client with no connection, is an error.
+func TestSocketOwnersFakeProc(t *testing.T) {
+	const self = 42
+	root := fakeProc(t, map[int][]string{
+		self: {"/dev/null", "socket:[1001]"},                 // the agent itself: never signalled
+		100:  {"/dev/null", "socket:[900]", "socket:[1001]"}, // sshd's privileged monitor
+		101:  {"socket:[1001]", "pipe:[77]"},                 // the session's unprivileged child
+		102:  {"socket:[1002]"},
+		200:  {"socket:[2001]"},
+		201:  {"socket:[2002]"},
+		300:  nil, // fds not readable: skipped
+	})
+	for _, tc := range []struct {
+		addr    string
+		want    []int
+		wantErr bool
+	}{
+		{addr: "192.0.2.10:50000", want: []int{100, 101}},
+		{addr: "192.0.2.11:50000", want: []int{102}},
+		{addr: "[2001:db8::5]:40000", want: []int{200}},
+		{addr: "192.0.2.10:50001", wantErr: true}, // TIME_WAIT
+		{addr: "192.0.2.10:50009", wantErr: true}, // no such connection
+		{addr: "192.0.2.11:50001", wantErr: true}, // same client, other port
+		// sshd logs IPv4 clients as IPv4 and its IPv6 listeners are IPv6-only, so an IPv4
+		// client is looked up in /proc/net/tcp alone, never as an IPv4-mapped tcp6 entry.
+		{addr: "192.0.2.12:50002", wantErr: true},
+		{addr: "[::ffff:192.0.2.12]:50002", wantErr: true},
+		{addr: "not-an-ip:22", wantErr: true},
+		{addr: "192.0.2.10", wantErr: true},
+	} {
+		got, err := socketOwners(root, tc.addr, self)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("socketOwners(%s): err = %v, want error %v", tc.addr, err, tc.wantErr)
+			continue
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("socketOwners(%s) (-want +got):\n%s", tc.addr, diff)
+		}
+	}
+}
+
+// TestSocketOwnersLive: on this machine's /proc, the test process holds the server end of a
+// loopback connection, and is left out when it is self.
+func TestSocketOwnersLive(t *testing.T) {
+	if _, err := os.Stat("/proc/net/tcp"); err != nil {
+		t.Skipf("no Linux procfs: %v", err)
+	}
+	for _, network := range []string{"tcp4", "tcp6"} {
+		host := "127.0.0.1"
+		if network == "tcp6" {
+			host = "::1"
+		}
+		ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Logf("%s: no loopback listener: %v", network, err)
+			continue
+		}
+		defer ln.Close()
+		client, err := net.Dial(network, ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		server, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer server.Close()
+		addr := client.LocalAddr().String() // the remote end of the server's socket
+		got, err := socketOwners("/proc", addr, -1)
+		if err != nil {
+			t.Fatalf("%s: socketOwners(%s): %v", network, addr, err)
+		}
+		if diff := cmp.Diff([]int{os.Getpid()}, got); diff != "" {
+			t.Errorf("%s: socketOwners(%s) (-want +got):\n%s", network, addr, diff)
+		}
+		if got, err := socketOwners("/proc", addr, os.Getpid()); err != nil || len(got) != 0 {
+			t.Errorf("%s: socketOwners(%s) leaving out self = %v, %v; want none", network, addr, got, err)
+		}
+	}
+}
