@@ -31,7 +31,7 @@ import (
 // authentication; without this, a session opened before the revocation would live on.
 type Sessions struct {
 	log  *slog.Logger
-	proc string // where procfs is mounted; tests point it at a fake tree
+	proc string // where procfs is mounted (procfs.DefaultMountPoint, /proc)
 
 	mu   sync.Mutex
 	live map[string]session // by "ip:port" of the client
