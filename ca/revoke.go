@@ -103,10 +103,11 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 		}
 		res.Certificates = []Certificate{rec}
 	case req.PublicKey != nil:
-		// Every certificate for the key, from either CA; and no new ones for as long as one
-		// could live.
-		add(a.user.PublicKey(), RevocationEntry{Kind: RevokedKey, Value: keyEntry(req.PublicKey), Expiry: now.Add(a.limits.MaxUserTTL)})
-		add(a.host.PublicKey(), RevocationEntry{Kind: RevokedKey, Value: keyEntry(req.PublicKey), Expiry: now.Add(a.limits.MaxHostTTL)})
+		// Every certificate for the key, from either CA, and no new ones: a ban is permanent
+		// (zero Expiry) until an administrator lifts it (Unrevoke). One that lapsed after the
+		// TTL caps would let the key sign in again once any later change rebuilt the KRL.
+		add(a.user.PublicKey(), RevocationEntry{Kind: RevokedKey, Value: keyEntry(req.PublicKey)})
+		add(a.host.PublicKey(), RevocationEntry{Kind: RevokedKey, Value: keyEntry(req.PublicKey)})
 	case req.Identity != "":
 		// Block first, then read the live certificates: a certificate recorded after the read
 		// was issued after the block was checked... or before it, which the revocation-reach
@@ -152,6 +153,77 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 		}
 	}
 	a.log.InfoContext(ctx, "revoked", "by", id.Name(), "target", target, "reason", req.Reason, "entries", len(res.Revoked))
+	return res, nil
+}
+
+// UnrevokeRequest names a banned public key to lift, and why.
+type UnrevokeRequest struct {
+	PublicKey ssh.PublicKey
+	Reason    string
+}
+
+// UnrevokeResult says what lifting a ban changed: Lifted is false when the key was not banned
+// (nothing changed). Version is the user CA key's scope version, as for RevokeResult.
+type UnrevokeResult struct {
+	Lifted  bool
+	Version uint64
+}
+
+// Unrevoke lifts the ban of a public key (a `revoke --public-key`): it authenticates the
+// caller, asks the policy (kind "revoke", target "unrevoke public_key:<fingerprint>"), keeps
+// the "allowed" record with the reason, and removes the key from every CA key's revocation
+// scope (each removal goes to its feed, so bastions rebuild their KRL) and from the keys
+// refused at signing time. It is idempotent. A compromised CA key is never lifted: there is no
+// un-compromise.
+func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequest) (res UnrevokeResult, err error) {
+	id, err := a.auth.Authenticate(ctx, token)
+	if err != nil {
+		return UnrevokeResult{}, err
+	}
+	if req.PublicKey == nil {
+		return UnrevokeResult{}, Invalid("public_key is required: the banned key to lift")
+	}
+	target, err := revokeTarget(RevokeRequest{PublicKey: req.PublicKey, Reason: req.Reason})
+	if err != nil {
+		return UnrevokeResult{}, err
+	}
+	target = "unrevoke " + target
+	fp := ssh.FingerprintSHA256(req.PublicKey)
+	allowed, err := a.authorizeThen(ctx, id, KindRevoke, req.Reason, target, func(*AuditRecord) error {
+		for _, s := range []Signer{a.user, a.host} {
+			if p, ok := s.(Publisher); ok {
+				for _, k := range p.Compromised() {
+					if ssh.FingerprintSHA256(k) == fp {
+						return &Error{Kind: KindConflict, Msg: "this is a compromised CA key: it stays revoked for good"}
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return UnrevokeResult{}, err
+	}
+	defer func() {
+		if err != nil {
+			a.settleAllowed(ctx, allowed, err)
+		}
+	}()
+	versions, err := a.revocations.LiftKey(ctx, req.PublicKey)
+	if err != nil {
+		return UnrevokeResult{}, Unavailable("revocation store unavailable; the ban may be lifted in part: run the command again", err)
+	}
+	res.Lifted = len(versions) > 0
+	v, ok := versions[ssh.FingerprintSHA256(a.user.PublicKey())]
+	if !ok {
+		st, err := a.revocations.State(ctx, a.user.PublicKey())
+		if err != nil {
+			return UnrevokeResult{}, Unavailable("revocation store unavailable", err)
+		}
+		v = st.Version
+	}
+	res.Version = v
+	a.log.InfoContext(ctx, "ban lifted", "by", id.Name(), "target", target, "reason", req.Reason, "lifted", res.Lifted)
 	return res, nil
 }
 

@@ -130,7 +130,10 @@ func (m *Manager) Compromised(ctx context.Context, fp string) (ca.CAKey, error) 
 	if err != nil {
 		return out, err
 	}
-	entry := ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(bad), Expiry: m.now().Add(m.maxTTL(ca.UserCert))}
+	// For as long as the key is marked compromised, which is for good: permanent (zero Expiry).
+	// One that lapsed after max_user_ttl would let a host that pulls the KRL, but trusts the key
+	// from an earlier user.pub, accept certificates minted with the stolen key.
+	entry := ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(bad)}
 	if _, err := m.Store.Revoke(ctx, scope, []ca.RevocationEntry{entry}); err != nil {
 		return out, ca.Unavailable("marked compromised, but not yet in the KRL: run the command again", err)
 	}
