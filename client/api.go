@@ -41,11 +41,28 @@ type RevokeRequest struct {
 }
 
 // RevocationEntry is one entry of a revocation list: what is revoked (Kind "serial",
-// "key_id" or "key"), and until when it stays in the KRL.
+// "key_id" or "key"), and until when it stays in the KRL. A permanent entry (a banned public
+// key, a compromised CA key) stays until an administrator lifts it: Permanent, and Expires
+// empty.
 type RevocationEntry struct {
-	Kind    string `json:"kind"`
-	Value   string `json:"value"`
-	Expires string `json:"expires"`
+	Kind      string `json:"kind"`
+	Value     string `json:"value"`
+	Expires   string `json:"expires"`
+	Permanent bool   `json:"permanent,omitempty"`
+}
+
+// UnrevokeRequest is the body of POST /v1/revocations/lift: the banned public key to lift
+// (authorized_keys line; a certificate names its key), and a reason.
+type UnrevokeRequest struct {
+	PublicKey string `json:"public_key"`
+	Reason    string `json:"reason"`
+}
+
+// UnrevokeResponse says what lifting a ban changed: Lifted is false when the key was not
+// banned. Version is the user CA key's revocation list version.
+type UnrevokeResponse struct {
+	Lifted  bool   `json:"lifted"`
+	Version string `json:"version"`
 }
 
 // Certificate is an inventory record of a live certificate.

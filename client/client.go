@@ -103,6 +103,13 @@ func (c *Client) Revoke(ctx context.Context, token string, req RevokeRequest) (R
 	return out, err
 }
 
+// Unrevoke lifts the ban of a public key (POST /v1/revocations/lift).
+func (c *Client) Unrevoke(ctx context.Context, token string, req UnrevokeRequest) (UnrevokeResponse, error) {
+	var out UnrevokeResponse
+	err := c.Do(ctx, http.MethodPost, "/v1/revocations/lift", token, req, &out)
+	return out, err
+}
+
 // Revocations lists what is revoked, per CA key (GET /v1/revocations).
 func (c *Client) Revocations(ctx context.Context, token string) (RevocationsResponse, error) {
 	var out RevocationsResponse

@@ -22,6 +22,7 @@ type Endpoints struct {
 	HostCAKeys endpoint.Endpoint
 
 	Revoke      endpoint.Endpoint
+	Unrevoke    endpoint.Endpoint
 	Revocations endpoint.Endpoint
 	Inventory   endpoint.Endpoint
 	KRL         endpoint.Endpoint
@@ -39,6 +40,7 @@ func MakeEndpoints(s Service) Endpoints {
 		},
 
 		Revoke:      makeRevokeEndpoint(s),
+		Unrevoke:    makeUnrevokeEndpoint(s),
 		Revocations: makeRevocationsEndpoint(s),
 		Inventory:   makeInventoryEndpoint(s),
 		KRL:         makeKRLEndpoint(s),

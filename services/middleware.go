@@ -67,6 +67,11 @@ func (m logging) Revoke(ctx context.Context, token string, req ca.RevokeRequest)
 	return m.Service.Revoke(ctx, token, req)
 }
 
+func (m logging) Unrevoke(ctx context.Context, token string, req ca.UnrevokeRequest) (res ca.UnrevokeResult, err error) {
+	defer func(begin time.Time) { logCall(ctx, m.log, "unrevoke", begin, err, "lifted", res.Lifted) }(time.Now())
+	return m.Service.Unrevoke(ctx, token, req)
+}
+
 func (m logging) Revocations(ctx context.Context, token string) (user, host ca.RevocationState, err error) {
 	defer func(begin time.Time) { logCall(ctx, m.log, "revocations", begin, err) }(time.Now())
 	return m.Service.Revocations(ctx, token)
@@ -212,6 +217,11 @@ func (mw instrumenting) Renew(ctx context.Context, token string) (_ ca.Issued, e
 func (mw instrumenting) Revoke(ctx context.Context, token string, req ca.RevokeRequest) (_ ca.RevokeResult, err error) {
 	defer func(begin time.Time) { mw.m.observe("revoke", begin, err) }(time.Now())
 	return mw.Service.Revoke(ctx, token, req)
+}
+
+func (mw instrumenting) Unrevoke(ctx context.Context, token string, req ca.UnrevokeRequest) (_ ca.UnrevokeResult, err error) {
+	defer func(begin time.Time) { mw.m.observe("unrevoke", begin, err) }(time.Now())
+	return mw.Service.Unrevoke(ctx, token, req)
 }
 
 func (mw instrumenting) Revocations(ctx context.Context, token string) (_, _ ca.RevocationState, err error) {

@@ -93,6 +93,53 @@ func makeRevokeEndpoint(s Service) endpoint.Endpoint {
 	}
 }
 
+// unrevokeRequest is the body of POST /v1/revocations/lift as sent, with the bearer token.
+type unrevokeRequest struct {
+	client.UnrevokeRequest
+
+	token string
+}
+
+type unrevokeResponse struct {
+	client.UnrevokeResponse
+	Err error `json:"-"`
+}
+
+func (r unrevokeResponse) Failed() error { return r.Err }
+
+func makeUnrevokeEndpoint(s Service) endpoint.Endpoint {
+	return func(ctx context.Context, request any) (any, error) {
+		req := request.(unrevokeRequest)
+		if req.token == "" {
+			return unrevokeResponse{Err: errMissingToken}, nil
+		}
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.PublicKey))
+		if err != nil {
+			return unrevokeResponse{Err: ca.Invalid("public_key is not an OpenSSH public key in authorized_keys format")}, nil
+		}
+		if c, ok := k.(*ssh.Certificate); ok {
+			k = c.Key // a ban is of the key
+		}
+		res, err := s.Unrevoke(ctx, req.token, ca.UnrevokeRequest{PublicKey: k, Reason: req.Reason})
+		if err != nil {
+			return unrevokeResponse{Err: err}, nil
+		}
+		return unrevokeResponse{UnrevokeResponse: client.UnrevokeResponse{Lifted: res.Lifted, Version: strconv.FormatUint(res.Version, 10)}}, nil
+	}
+}
+
+func decodeUnrevokeRequest(_ context.Context, r *http.Request) (any, error) {
+	var req unrevokeRequest
+	err := decodeJSON(r, &req.UnrevokeRequest)
+	if err != nil {
+		return nil, err
+	}
+	if req.token, err = bearer(r); err != nil {
+		return nil, err
+	}
+	return req, nil
+}
+
 func makeRevocationsEndpoint(s Service) endpoint.Endpoint {
 	return func(ctx context.Context, request any) (any, error) {
 		user, host, err := s.Revocations(ctx, request.(string))
@@ -133,6 +180,10 @@ func scopeOf(st ca.RevocationState) client.RevocationScope {
 func entriesJSON(es []ca.RevocationEntry) []client.RevocationEntry {
 	out := make([]client.RevocationEntry, 0, len(es))
 	for _, e := range es {
+		if e.Expiry.IsZero() { // until lifted
+			out = append(out, client.RevocationEntry{Kind: string(e.Kind), Value: e.Value, Permanent: true})
+			continue
+		}
 		out = append(out, client.RevocationEntry{Kind: string(e.Kind), Value: e.Value, Expires: e.Expiry.UTC().Format(time.RFC3339)})
 	}
 	return out

@@ -28,6 +28,8 @@ type Service interface {
 
 	// Revoke revokes what the request names (policy kind "revoke").
 	Revoke(ctx context.Context, token string, req ca.RevokeRequest) (ca.RevokeResult, error)
+	// Unrevoke lifts the ban of a public key (policy kind "revoke", audited).
+	Unrevoke(ctx context.Context, token string, req ca.UnrevokeRequest) (ca.UnrevokeResult, error)
 	// Revocations lists what is revoked, per CA key (authorized as for revoking).
 	Revocations(ctx context.Context, token string) (user, host ca.RevocationState, err error)
 	// Inventory lists an identity's live certificates (authorized as for revoking).
