@@ -15,11 +15,15 @@ import (
 
 func newRevokeCommand() *cobra.Command {
 	var server, tokenEnv, tokenFile, serial, keyID, identity, publicKeyFile, reason string
-	var allMatches bool
+	var allMatches, lift bool
 	cmd := &cobra.Command{
-		Use:   "revoke --serial N | --key-id ID | --identity X | --public-key FILE --reason TEXT",
+		Use:   "revoke --serial N | --key-id ID | --identity X | --public-key FILE [--lift] --reason TEXT",
 		Short: "Revoke certificates; bastions running the agent refuse them within about a second",
-		Args:  cobra.NoArgs,
+		Long: `Revoke certificates; bastions running the agent refuse them within about a second.
+
+--public-key bans a key until an administrator lifts the ban with --public-key FILE --lift
+(audited, with its reason).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if server == "" {
 				return errors.New("--server is required (or set SSHCA_SERVER)")
@@ -29,6 +33,12 @@ func newRevokeCommand() *cobra.Command {
 			}
 			if allMatches && identity == "" {
 				return errors.New("--all-matches goes with --identity")
+			}
+			if lift {
+				if publicKeyFile == "" || serial != "" || keyID != "" || identity != "" {
+					return errors.New("--lift goes with --public-key only: it lifts a key's ban")
+				}
+				return liftBan(cmd, server, tokenEnv, tokenFile, publicKeyFile, reason)
 			}
 			req := client.RevokeRequest{Serial: serial, KeyID: keyID, Identity: identity, AllMatches: allMatches, Reason: reason}
 			n := 0
@@ -75,6 +85,7 @@ func newRevokeCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&allMatches, "all-matches", false, "with --identity: revoke every identity the e-mail or username names")
 	cmd.Flags().StringVar(&publicKeyFile, "public-key", "", "file with a public key (or certificate): every certificate for the key")
 	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded)")
+	cmd.Flags().BoolVar(&lift, "lift", false, "with --public-key: lift the key's ban (new certificates for it, out of the KRL)")
 	return cmd
 }
 
@@ -83,11 +94,38 @@ func printRevoked(w io.Writer, revoked []client.RevocationEntry, blockedUntil, v
 		fmt.Fprintln(w, "no live certificate to revoke")
 	}
 	for _, e := range revoked {
-		fmt.Fprintf(w, "revoked %s %s (kept in the KRL until %s)\n", strings.ReplaceAll(e.Kind, "_", " "), e.Value, e.Expires)
+		until := e.Expires
+		if e.Permanent {
+			until = "lifted (sshca revoke --public-key FILE --lift)"
+		}
+		fmt.Fprintf(w, "revoked %s %s (kept in the KRL until %s)\n", strings.ReplaceAll(e.Kind, "_", " "), e.Value, until)
 	}
 	if blockedUntil != "" {
 		fmt.Fprintf(w, "new certificates refused until %s\n", blockedUntil)
 	}
 	fmt.Fprintf(w, "revocation list version %s\n", version)
+	return nil
+}
+
+// liftBan lifts the ban of the public key in file (POST /v1/revocations/lift).
+func liftBan(cmd *cobra.Command, server, tokenEnv, tokenFile, file, reason string) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("read public key: %w", err)
+	}
+	token, err := readToken(tokenEnv, tokenFile)
+	if err != nil {
+		return err
+	}
+	reply, err := client.New(server).Unrevoke(cmd.Context(), token, client.UnrevokeRequest{PublicKey: strings.TrimSpace(string(b)), Reason: reason})
+	if err != nil {
+		return cliError(err)
+	}
+	if reply.Lifted {
+		fmt.Fprintln(cmd.OutOrStdout(), "ban lifted: new certificates may be issued for the key; bastions drop it from their KRL")
+	} else {
+		fmt.Fprintln(cmd.OutOrStdout(), "the key was not banned: nothing changed")
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "revocation list version %s\n", reply.Version)
 	return nil
 }
