@@ -64,6 +64,13 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 	// the decision's record lists them.
 	allowed, err := a.authorizeThen(ctx, id, KindRevoke, req.Reason, target, func(rec *AuditRecord) error {
 		rec.Matches = matches
+		// What a rebuild needs to restore this revocation exactly (sshca store rebuild).
+		if req.PublicKey != nil {
+			rec.PublicKey = keyEntry(req.PublicKey)
+		}
+		if req.Identity != "" {
+			rec.BlockedUntil = now.Add(a.limits.IdentityBlock).UTC()
+		}
 		if len(matches) > 1 && !req.AllMatches {
 			return &Error{Kind: KindConflict, Msg: fmt.Sprintf("identity %q names %d identities; revoke them all with all_matches (sshca revoke --all-matches), or name one as issuer|subject", req.Identity, len(matches)),
 				Reasons: matches}
