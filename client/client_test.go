@@ -95,6 +95,10 @@ func (a *api) UserRevocationStates(context.Context) ([]ca.RevocationState, error
 	return []ca.RevocationState{{Version: 5, CA: a.caKey.PublicKey()}}, a.err
 }
 
+func (a *api) HostRevocationStates(context.Context) ([]ca.RevocationState, error) {
+	return []ca.RevocationState{{Version: 2, CA: a.caKey.PublicKey()}}, a.err
+}
+
 var caKey = ca.CAKey{CA: ca.UserCert, Fingerprint: "SHA256:next", Algorithm: "ssh-ed25519", State: ca.KeyState("next"), Created: validBefore}
 
 func (a *api) Keys(_ context.Context, token string) (ca.Keyring, error) {

@@ -35,9 +35,7 @@ func MakeEndpoints(s Service) Endpoints {
 		IssueHost:  makeIssueEndpoint(s, ca.HostCert),
 		RenewHost:  makeRenewEndpoint(s),
 		UserCAKeys: func(context.Context, any) (any, error) { return caKeysResponse{Keys: s.UserCAKeys()}, nil },
-		HostCAKeys: func(context.Context, any) (any, error) {
-			return caKeysResponse{Keys: s.HostCAKeys(), Revoked: s.RevokedHostCAKeys()}, nil
-		},
+		HostCAKeys: makeHostCAKeysEndpoint(s),
 
 		Revoke:      makeRevokeEndpoint(s),
 		Unrevoke:    makeUnrevokeEndpoint(s),

@@ -92,6 +92,17 @@ func (m logging) UserRevocationStates(ctx context.Context) (states []ca.Revocati
 	return m.Service.UserRevocationStates(ctx)
 }
 
+// HostRevocationStates (GET /v1/krl/host and /v1/ca/known_hosts, read at every login) is
+// logged only when it fails.
+func (m logging) HostRevocationStates(ctx context.Context) (states []ca.RevocationState, err error) {
+	defer func(begin time.Time) {
+		if err != nil {
+			logCall(ctx, m.log, "host revocations", begin, err)
+		}
+	}(time.Now())
+	return m.Service.HostRevocationStates(ctx)
+}
+
 // LoggingKeyAdmin logs every key administration call as LoggingMiddleware does.
 func LoggingKeyAdmin(log *slog.Logger) KeyAdminMiddleware {
 	return func(next KeyAdmin) KeyAdmin {
@@ -237,6 +248,11 @@ func (mw instrumenting) Inventory(ctx context.Context, token, identity string) (
 func (mw instrumenting) UserRevocationStates(ctx context.Context) (_ []ca.RevocationState, err error) {
 	defer func(begin time.Time) { mw.m.observe("krl", begin, err) }(time.Now())
 	return mw.Service.UserRevocationStates(ctx)
+}
+
+func (mw instrumenting) HostRevocationStates(ctx context.Context) (_ []ca.RevocationState, err error) {
+	defer func(begin time.Time) { mw.m.observe("host_revocations", begin, err) }(time.Now())
+	return mw.Service.HostRevocationStates(ctx)
 }
 
 // InstrumentingKeyAdmin counts and times every key administration call.

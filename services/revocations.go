@@ -56,6 +56,50 @@ type krlResponse struct {
 
 func (r krlResponse) Failed() error { return r.Err }
 
+// hostKeysResponse is what clients are told about host CA keys: the keys to trust (Keys) and
+// what is revoked under them (States, as ca.Authority.HostRevocationStates gives them). It
+// answers both GET /v1/ca/known_hosts and GET /v1/krl/host, so the two never disagree.
+type hostKeysResponse struct {
+	Keys []ssh.PublicKey
+	krlResponse
+}
+
+func makeHostCAKeysEndpoint(s Service) endpoint.Endpoint {
+	return func(ctx context.Context, _ any) (any, error) {
+		states, err := s.HostRevocationStates(ctx)
+		return hostKeysResponse{Keys: s.HostCAKeys(), krlResponse: krlResponse{States: states, Err: err}}, nil
+	}
+}
+
+// revokedKeys are the public keys the states revoke outright (banned keys, compromised CA
+// keys), each once, in the states' order, with whether it is a compromised CA key (an entry of
+// the state without a CA).
+func revokedKeys(states []ca.RevocationState) (keys []ssh.PublicKey, compromised []bool) {
+	seen := map[string]int{}
+	for _, st := range states {
+		for _, e := range st.Entries {
+			if e.Kind != ca.RevokedKey {
+				continue
+			}
+			b, err := base64.StdEncoding.DecodeString(e.Value)
+			if err != nil {
+				continue
+			}
+			k, err := ssh.ParsePublicKey(b)
+			if err != nil {
+				continue // the KRL encoder refuses it too, and says so
+			}
+			if i, ok := seen[string(b)]; ok {
+				compromised[i] = compromised[i] || st.CA == nil
+				continue
+			}
+			seen[string(b)] = len(keys)
+			keys, compromised = append(keys, k), append(compromised, st.CA == nil)
+		}
+	}
+	return keys, compromised
+}
+
 func makeRevokeEndpoint(s Service) endpoint.Endpoint {
 	return func(ctx context.Context, request any) (any, error) {
 		req := request.(revokeRequest)
@@ -234,10 +278,17 @@ func decodeInventoryRequest(_ context.Context, r *http.Request) (any, error) {
 	return req, nil
 }
 
-// encodeKRL answers with the binary KRL, its version as ETag, and 304 when the client has it.
+// encodeKRL answers with the binary KRL of the states (GET /v1/krl of user CA keys, GET
+// /v1/krl/host of host CA keys), its version as ETag, and 304 when the client has it.
 func encodeKRL(render func(...ca.RevocationState) ([]byte, error), log *slog.Logger) kithttp.EncodeResponseFunc {
 	return func(ctx context.Context, w http.ResponseWriter, response any) error {
-		resp := response.(krlResponse)
+		var resp krlResponse
+		switch r := response.(type) {
+		case krlResponse:
+			resp = r
+		case hostKeysResponse:
+			resp = r.krlResponse
+		}
 		if resp.Err != nil {
 			answerFailure(ctx, log, resp.Err, w)
 			return nil
@@ -299,21 +350,4 @@ type ifNoneMatchKey struct{}
 // withIfNoneMatch carries the request's If-None-Match to the KRL encoder.
 func withIfNoneMatch(ctx context.Context, r *http.Request) context.Context {
 	return context.WithValue(ctx, ifNoneMatchKey{}, r.Header.Get("If-None-Match"))
-}
-
-func encodeHostKRL(render func(...ca.RevocationState) ([]byte, error)) kithttp.EncodeResponseFunc {
-	return func(_ context.Context, w http.ResponseWriter, response any) error {
-		st := ca.RevocationState{Version: uint64(len(response.(caKeysResponse).Revoked))}
-		for _, k := range response.(caKeysResponse).Revoked {
-			st.Entries = append(st.Entries, ca.RevocationEntry{Kind: ca.RevokedKey,
-				Value: base64.StdEncoding.EncodeToString(k.Marshal()), Expiry: time.Now().Add(100 * 365 * 24 * time.Hour)})
-		}
-		b, err := render(st)
-		if err != nil {
-			return err
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		_, err = w.Write(b)
-		return err
-	}
 }

@@ -36,4 +36,8 @@ type Service interface {
 	Inventory(ctx context.Context, token, identity string) ([]ca.Certificate, error)
 	// UserRevocationStates is the unauthenticated read behind GET /v1/krl: a KRL is public.
 	UserRevocationStates(ctx context.Context) ([]ca.RevocationState, error)
+	// HostRevocationStates is the unauthenticated read behind GET /v1/krl/host and the
+	// @revoked lines of GET /v1/ca/known_hosts: every host CA key's scope, and the compromised
+	// host CA keys (ca.Authority.HostRevocationStates).
+	HostRevocationStates(ctx context.Context) ([]ca.RevocationState, error)
 }

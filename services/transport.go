@@ -69,14 +69,16 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	mux.Handle("POST /v1/certs/host", kithttp.NewServer(e.IssueHost, decodeCertRequest(o.TrustedProxies), encodeResponse, opts...))
 	mux.Handle("POST /v1/certs/host/renew", kithttp.NewServer(e.RenewHost, decodeToken, encodeResponse, opts...))
 	mux.Handle("GET /v1/ca/user.pub", kithttp.NewServer(e.UserCAKeys, kithttp.NopRequestDecoder, encodeUserCAKeys, opts...))
-	mux.Handle("GET /v1/ca/known_hosts", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeKnownHosts(o.KnownHostsPattern), opts...))
+	mux.Handle("GET /v1/ca/known_hosts", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeKnownHosts(o.KnownHostsPattern, o.Logger), opts...))
 	mux.Handle("POST /v1/revocations", kithttp.NewServer(e.Revoke, decodeRevokeRequest, encodeResponse, opts...))
 	mux.Handle("GET /v1/revocations", kithttp.NewServer(e.Revocations, decodeToken, encodeResponse, opts...))
 	mux.Handle("POST /v1/revocations/lift", kithttp.NewServer(e.Unrevoke, decodeUnrevokeRequest, encodeResponse, opts...))
 	mux.Handle("GET /v1/certs", kithttp.NewServer(e.Inventory, decodeInventoryRequest, encodeResponse, opts...))
 	if o.RenderKRL != nil {
-		// Compromised host CA keys as a KRL, for clients' RevokedHostKeys.
-		mux.Handle("GET /v1/krl/host", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeHostKRL(o.RenderKRL), opts...))
+		// Revoked host certificates and keys, and compromised host CA keys, as a KRL for
+		// clients' RevokedHostKeys.
+		mux.Handle("GET /v1/krl/host", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL, o.Logger),
+			append(opts, kithttp.ServerBefore(withIfNoneMatch))...))
 		mux.Handle("GET /v1/krl", kithttp.NewServer(e.KRL, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL, o.Logger),
 			append(opts, kithttp.ServerBefore(withIfNoneMatch))...))
 	}
@@ -179,15 +181,30 @@ func encodeUserCAKeys(_ context.Context, w http.ResponseWriter, response any) er
 	return err
 }
 
-func encodeKnownHosts(pattern string) kithttp.EncodeResponseFunc {
-	return func(_ context.Context, w http.ResponseWriter, response any) error {
+// encodeKnownHosts answers GET /v1/ca/known_hosts: an @cert-authority line per published host
+// CA key, then an @revoked line per public key revoked outright under the host CA keys (a
+// compromised host CA key, commented sshca-host-ca-compromised; a banned key, host or other,
+// commented sshca-revoked-key). Certificates revoked by serial or key ID cannot be said in
+// known_hosts: they are in GET /v1/krl/host. A store that cannot answer is a 503, never a
+// known_hosts without its @revoked lines.
+func encodeKnownHosts(pattern string, log *slog.Logger) kithttp.EncodeResponseFunc {
+	return func(ctx context.Context, w http.ResponseWriter, response any) error {
 		var b strings.Builder
-		resp := response.(caKeysResponse)
+		resp := response.(hostKeysResponse)
+		if resp.Err != nil {
+			answerFailure(ctx, log, resp.Err, w)
+			return nil
+		}
 		for _, k := range resp.Keys {
 			fmt.Fprintf(&b, "@cert-authority %s %s %s\n", pattern, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))), "sshca-host-ca")
 		}
-		for _, k := range resp.Revoked {
-			fmt.Fprintf(&b, "@revoked * %s %s\n", strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))), "sshca-host-ca-compromised")
+		keys, compromised := revokedKeys(resp.States)
+		for i, k := range keys {
+			comment := "sshca-revoked-key"
+			if compromised[i] {
+				comment = "sshca-host-ca-compromised"
+			}
+			fmt.Fprintf(&b, "@revoked * %s %s\n", strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))), comment)
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, err := io.WriteString(w, b.String())

@@ -25,6 +25,7 @@ type fakeService struct {
 	err  error
 	seen ca.CertRequest
 	key  ssh.Signer
+	host []ca.RevocationState // HostRevocationStates
 }
 
 func (f *fakeService) IssueRequest(_ context.Context, token string, req ca.CertRequest) (ca.Issued, error) {
@@ -59,6 +60,9 @@ func (f *fakeService) Inventory(context.Context, string, string) ([]ca.Certifica
 }
 func (f *fakeService) UserRevocationStates(context.Context) ([]ca.RevocationState, error) {
 	return []ca.RevocationState{{Version: 3, CA: f.key.PublicKey()}}, f.err
+}
+func (f *fakeService) HostRevocationStates(context.Context) ([]ca.RevocationState, error) {
+	return f.host, f.err
 }
 
 func newServer(t *testing.T, svc *fakeService) *httptest.Server {

@@ -1,0 +1,302 @@
+package services
+
+import (
+	"container/list"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/sshca/sshca/client"
+)
+
+// RateLimits configure the limits that protect one replica. They act per replica: behind a
+// load balancer, N replicas allow N times these rates. A zero field takes its value from
+// DefaultRateLimits.
+//
+// Requests fall in three classes: probes (/healthz, /readyz, /metrics), never limited; KRL and
+// CA key pulls (GET /v1/krl, /v1/krl/host, /v1/ca/...), which have limits of their own so that
+// issuance load cannot starve revocation delivery; and the rest of the API.
+type RateLimits struct {
+	// PerAddress is the sustained rate, in requests per second, of one source address (an IPv4
+	// address, or an IPv6 /64) to the API other than KRL pulls; Burst is how many it may make
+	// at once. Checked before the bearer token is verified (the largest CPU cost of a request).
+	PerAddress float64
+	Burst      int
+	// PerIdentity is the sustained rate, in certificate requests per second, of one canonical
+	// identity (ca.Identity.Name), whatever its addresses; IdentityBurst is how many at once.
+	// Checked by the authority right after authentication (ca.Config.IdentityLimiter).
+	PerIdentity   float64
+	IdentityBurst int
+	// KRLPerAddress and KRLBurst are the per-address rate (requests per second) and burst of
+	// KRL and CA key pulls.
+	KRLPerAddress float64
+	KRLBurst      int
+	// InFlight is how many API requests (KRL pulls apart) one replica works on at once; more
+	// are shed with 503 and Retry-After at once rather than queued, before latency collapses.
+	// KRLInFlight is the same bound for KRL and CA key pulls.
+	InFlight    int
+	KRLInFlight int
+	// MaxEntries bounds each limiter map (addresses, KRL addresses, identities): beyond it the
+	// least recently seen entry is dropped. Entries idle for Idle (or for as long as their
+	// bucket takes to refill, if longer) are dropped too; a dropped entry starts again full.
+	MaxEntries int
+	Idle       time.Duration
+	// TrustedProxies are the peers whose X-Forwarded-For names the source address (ClientIP).
+	TrustedProxies []netip.Prefix
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// DefaultRateLimits are generous enough for an office behind one NAT address and a fleet of
+// bastions pulling KRLs every few seconds, and small enough that one address cannot keep a
+// replica's CPU busy verifying tokens.
+var DefaultRateLimits = RateLimits{
+	PerAddress:    20,
+	Burst:         100,
+	PerIdentity:   1,
+	IdentityBurst: 20,
+	KRLPerAddress: 20,
+	KRLBurst:      100,
+	InFlight:      128,
+	KRLInFlight:   128,
+	MaxEntries:    100_000,
+	Idle:          10 * time.Minute,
+}
+
+// withDefaults is l with every zero field taken from DefaultRateLimits.
+func (l RateLimits) withDefaults() RateLimits {
+	d := DefaultRateLimits
+	setF := func(v *float64, def float64) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setI := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setF(&l.PerAddress, d.PerAddress)
+	setI(&l.Burst, d.Burst)
+	setF(&l.PerIdentity, d.PerIdentity)
+	setI(&l.IdentityBurst, d.IdentityBurst)
+	setF(&l.KRLPerAddress, d.KRLPerAddress)
+	setI(&l.KRLBurst, d.KRLBurst)
+	setI(&l.InFlight, d.InFlight)
+	setI(&l.KRLInFlight, d.KRLInFlight)
+	setI(&l.MaxEntries, d.MaxEntries)
+	if l.Idle == 0 {
+		l.Idle = d.Idle
+	}
+	if l.Now == nil {
+		l.Now = time.Now
+	}
+	return l
+}
+
+// RateLimiter enforces RateLimits: Handler in front of the HTTP API, Allow as the authority's
+// ca.IdentityLimiter.
+type RateLimiter struct {
+	now        func() time.Time
+	trusted    []netip.Prefix
+	addresses  *buckets
+	krl        *buckets
+	identities *buckets
+	// slots and krlSlots are the in-flight semaphores.
+	slots    chan struct{}
+	krlSlots chan struct{}
+	limited  *prometheus.CounterVec
+}
+
+// NewRateLimiter builds the limiters of l; reg, when not nil, gets the counter
+// sshca_requests_limited_total{limit} (limit: address, identity, krl_address, in_flight,
+// krl_in_flight).
+func NewRateLimiter(l RateLimits, reg prometheus.Registerer) *RateLimiter {
+	l = l.withDefaults()
+	r := &RateLimiter{
+		now:        l.Now,
+		trusted:    l.TrustedProxies,
+		addresses:  newBuckets(rate.Limit(l.PerAddress), l.Burst, l.MaxEntries, l.Idle),
+		krl:        newBuckets(rate.Limit(l.KRLPerAddress), l.KRLBurst, l.MaxEntries, l.Idle),
+		identities: newBuckets(rate.Limit(l.PerIdentity), l.IdentityBurst, l.MaxEntries, l.Idle),
+		slots:      make(chan struct{}, l.InFlight),
+		krlSlots:   make(chan struct{}, l.KRLInFlight),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sshca_requests_limited_total",
+			Help: "Requests refused by a rate limit (429) or shed by an in-flight limit (503), by limit: address, identity, krl_address, in_flight, krl_in_flight.",
+		}, []string{"limit"}),
+	}
+	if reg != nil {
+		reg.MustRegister(r.limited)
+	}
+	return r
+}
+
+// Allow takes one token from the identity's bucket (ca.IdentityLimiter); when empty, it says
+// how long until one is available.
+func (r *RateLimiter) Allow(identity string) (bool, time.Duration) {
+	ok, wait := r.identities.take(identity, r.now())
+	if !ok {
+		r.limited.WithLabelValues("identity").Inc()
+	}
+	return ok, wait
+}
+
+// requestClass sorts requests into the classes of RateLimits.
+type requestClass int
+
+const (
+	classAPI requestClass = iota
+	classKRL
+	classProbe
+)
+
+func classify(r *http.Request) requestClass {
+	switch p := r.URL.Path; {
+	case p == "/healthz" || p == "/readyz" || p == "/metrics":
+		return classProbe
+	case (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		(p == "/v1/krl" || p == "/v1/krl/host" || strings.HasPrefix(p, "/v1/ca/")):
+		return classKRL
+	default:
+		return classAPI
+	}
+}
+
+// Handler limits the requests next serves: per source address first (before any token is
+// looked at), then by the in-flight bound of the request's class. A request over a rate gets
+// 429 and one shed gets 503, both with Retry-After in seconds.
+func (r *RateLimiter) Handler(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		class := classify(req)
+		if class == classProbe {
+			next.ServeHTTP(w, req)
+			return
+		}
+		b, slots, rateName, slotName := r.addresses, r.slots, "address", "in_flight"
+		if class == classKRL {
+			b, slots, rateName, slotName = r.krl, r.krlSlots, "krl_address", "krl_in_flight"
+		}
+		if ok, wait := b.take(AddressKey(ClientIP(req, r.trusted)), r.now()); !ok {
+			r.limited.WithLabelValues(rateName).Inc()
+			refuse(w, http.StatusTooManyRequests, wait, "too many requests from this address")
+			return
+		}
+		select {
+		case slots <- struct{}{}:
+			defer func() { <-slots }()
+		default:
+			r.limited.WithLabelValues(slotName).Inc()
+			refuse(w, http.StatusServiceUnavailable, time.Second, "server busy: too many requests in flight")
+			return
+		}
+		next.ServeHTTP(w, req)
+	})
+}
+
+// refuse answers code with Retry-After (whole seconds, at least 1) and an error body that says
+// when to retry.
+func refuse(w http.ResponseWriter, code int, wait time.Duration, msg string) {
+	secs := retryAfterSeconds(wait)
+	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	writeJSON(w, code, client.ErrorBody{Error: fmt.Sprintf("%s; retry in %ds", msg, secs)})
+}
+
+// retryAfterSeconds is wait rounded up to whole seconds, at least 1 (Retry-After: 0 invites an
+// immediate retry).
+func retryAfterSeconds(wait time.Duration) int64 {
+	return max(1, int64((wait+time.Second-1)/time.Second))
+}
+
+// AddressKey is the rate-limit key of a source address: an IPv4 address as is, an IPv6 address
+// by its /64 (one subscriber's allocation; an IPv4-mapped one as IPv4). A string that is not an
+// address is its own key.
+func AddressKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.Unmap().WithZone("")
+	if a.Is4() {
+		return a.String()
+	}
+	return netip.PrefixFrom(a, 64).Masked().String()
+}
+
+// buckets are token buckets by key, at most max of them: the least recently used is dropped
+// when a new key needs room, and entries idle longer than idle are dropped as they reach the
+// back of the list. Dropping an entry idle for as long as its bucket takes to refill loses
+// nothing (it would be full again).
+type buckets struct {
+	limit rate.Limit
+	burst int
+	max   int
+	idle  time.Duration
+
+	mu    sync.Mutex
+	byKey map[string]*list.Element
+	lru   list.List // of *bucket, most recently used first
+}
+
+type bucket struct {
+	key  string
+	lim  *rate.Limiter
+	last time.Time
+}
+
+func newBuckets(limit rate.Limit, burst, maxEntries int, idle time.Duration) *buckets {
+	if refill := time.Duration(float64(burst) / float64(limit) * float64(time.Second)); refill > idle {
+		idle = refill
+	}
+	return &buckets{limit: limit, burst: burst, max: maxEntries, idle: idle, byKey: make(map[string]*list.Element)}
+}
+
+// take takes one token from key's bucket at now; when there is none, it says how long until
+// there is.
+func (b *buckets) take(key string, now time.Time) (bool, time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for e := b.lru.Back(); e != nil && now.Sub(e.Value.(*bucket).last) >= b.idle; e = b.lru.Back() {
+		b.drop(e)
+	}
+	e, ok := b.byKey[key]
+	if ok {
+		b.lru.MoveToFront(e)
+	} else {
+		if b.lru.Len() >= b.max {
+			b.drop(b.lru.Back())
+		}
+		e = b.lru.PushFront(&bucket{key: key, lim: rate.NewLimiter(b.limit, b.burst)})
+		b.byKey[key] = e
+	}
+	bk := e.Value.(*bucket)
+	bk.last = now
+	res := bk.lim.ReserveN(now, 1)
+	if !res.OK() {
+		return false, time.Second
+	}
+	if wait := res.DelayFrom(now); wait > 0 {
+		res.CancelAt(now)
+		return false, wait
+	}
+	return true, 0
+}
+
+func (b *buckets) drop(e *list.Element) {
+	b.lru.Remove(e)
+	delete(b.byKey, e.Value.(*bucket).key)
+}
+
+// len is how many entries the map holds.
+func (b *buckets) len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.byKey)
+}

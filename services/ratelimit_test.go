@@ -1,0 +1,251 @@
+package services_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/services"
+)
+
+// clock is a settable clock for the limiters.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// countingService counts the calls that reach the service, where the token is verified.
+type countingService struct {
+	*fakeService
+	calls atomic.Int64
+}
+
+func (c *countingService) IssueRequest(ctx context.Context, token string, req ca.CertRequest) (ca.Issued, error) {
+	c.calls.Add(1)
+	return c.fakeService.IssueRequest(ctx, token, req)
+}
+
+// limitedAPI is the HTTP API of a fake service behind a RateLimiter with limits l.
+func limitedAPI(t *testing.T, l services.RateLimits) (http.Handler, *countingService, *services.RateLimiter) {
+	t.Helper()
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	key, _ := ssh.NewSignerFromKey(priv)
+	svc := &countingService{fakeService: &fakeService{key: key}}
+	rl := services.NewRateLimiter(l, nil)
+	h := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{
+		RenderKRL: func(...ca.RevocationState) ([]byte, error) { return []byte("KRL"), nil },
+	})
+	return rl.Handler(h), svc, rl
+}
+
+func certBody(t *testing.T) string {
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	sshPub, _ := ssh.NewPublicKey(pub)
+	return `{"public_key":"` + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))) + `"}`
+}
+
+// do serves one request from addr (host:port) and returns the recorder.
+func do(h http.Handler, method, path, addr, body string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	r.RemoteAddr = addr
+	r.Header.Set("Authorization", "Bearer tok")
+	r.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+// retryAfter checks that w carries a Retry-After of whole seconds in [min, max] and returns it.
+func retryAfter(t *testing.T, w *httptest.ResponseRecorder, lo, hi int) {
+	t.Helper()
+	s := w.Header().Get("Retry-After")
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		t.Errorf("Retry-After %q, want whole seconds in [%d, %d]", s, lo, hi)
+	}
+}
+
+// TestRateLimitPerAddress: a burst beyond an address's limit gets 429 with Retry-After and an
+// error naming the wait, without reaching the service (no token verified); another address
+// is served meanwhile; the address is served again once its bucket refills.
+func TestRateLimitPerAddress(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
+	h, svc, _ := limitedAPI(t, services.RateLimits{PerAddress: 0.5, Burst: 3, Now: clk.now})
+	body := certBody(t)
+	for i := range 3 {
+		if w := do(h, "POST", "/v1/certs/user", "192.0.2.1:4000", body); w.Code != 200 {
+			t.Fatalf("request %d within the burst: %d %s", i+1, w.Code, w.Body)
+		}
+	}
+	for range 5 {
+		w := do(h, "POST", "/v1/certs/user", "192.0.2.1:4001", body)
+		if w.Code != http.StatusTooManyRequests {
+			t.Fatalf("request beyond the burst: %d %s, want 429", w.Code, w.Body)
+		}
+		retryAfter(t, w, 2, 2) // one token every 2s
+		if !strings.Contains(w.Body.String(), "retry in 2s") {
+			t.Errorf("body %s does not say when to retry", w.Body)
+		}
+	}
+	if n := svc.calls.Load(); n != 3 {
+		t.Errorf("the service (token verification) was reached %d times, want 3: limited requests must stop before it", n)
+	}
+	if w := do(h, "POST", "/v1/certs/user", "192.0.2.2:4000", body); w.Code != 200 {
+		t.Errorf("another address while the first is limited: %d %s", w.Code, w.Body)
+	}
+	clk.add(2 * time.Second)
+	if w := do(h, "POST", "/v1/certs/user", "192.0.2.1:4002", body); w.Code != 200 {
+		t.Errorf("after the bucket refilled: %d %s", w.Code, w.Body)
+	}
+}
+
+// TestRateLimitIPv6By64: IPv6 addresses in one /64 share a bucket; another /64 has its own; an
+// IPv4-mapped IPv6 address is its IPv4 address.
+func TestRateLimitIPv6By64(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
+	h, _, _ := limitedAPI(t, services.RateLimits{PerAddress: 0.1, Burst: 1, Now: clk.now})
+	body := certBody(t)
+	for _, tt := range []struct {
+		addr string
+		code int
+	}{
+		{"[2001:db8:1:2::1]:4000", 200},
+		{"[2001:db8:1:2:ffff:ffff:ffff:fffe]:4000", 429}, // same /64
+		{"[2001:db8:1:3::1]:4000", 200},                  // next /64
+		{"192.0.2.7:4000", 200},
+		{"[::ffff:192.0.2.7]:4000", 429}, // the same IPv4 address
+	} {
+		if w := do(h, "POST", "/v1/certs/user", tt.addr, body); w.Code != tt.code {
+			t.Errorf("%s: %d, want %d", tt.addr, w.Code, tt.code)
+		}
+	}
+	for in, want := range map[string]string{
+		"2001:db8:1:2:aaaa::1": "2001:db8:1:2::/64",
+		"fe80::1%eth0":         "fe80::/64",
+		"::ffff:10.1.2.3":      "10.1.2.3",
+		"10.1.2.3":             "10.1.2.3",
+		"not-an-ip":            "not-an-ip",
+	} {
+		if got := services.AddressKey(in); got != want {
+			t.Errorf("AddressKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestRateLimitPerIdentity: an identity's bucket is shared by all its requests whatever their
+// addresses; another identity has its own; the wait is when the next token comes.
+func TestRateLimitPerIdentity(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
+	rl := services.NewRateLimiter(services.RateLimits{PerIdentity: 0.25, IdentityBurst: 2, Now: clk.now}, nil)
+	var _ ca.IdentityLimiter = rl
+	alice := ca.Identity{Issuer: "https://idp", Subject: "alice"}.Name()
+	bob := ca.Identity{Issuer: "https://idp", Subject: "bob"}.Name()
+	for i := range 2 {
+		if ok, _ := rl.Allow(alice); !ok {
+			t.Fatalf("alice's request %d within the burst refused", i+1)
+		}
+	}
+	if ok, wait := rl.Allow(alice); ok || wait != 4*time.Second {
+		t.Fatalf("alice beyond the burst: ok %v wait %s, want refused for 4s", ok, wait)
+	}
+	if ok, _ := rl.Allow(bob); !ok {
+		t.Error("bob refused while alice is limited")
+	}
+	clk.add(4 * time.Second)
+	if ok, _ := rl.Allow(alice); !ok {
+		t.Error("alice refused after her bucket refilled")
+	}
+}
+
+// TestInFlightShedsAndKRLServed: with the in-flight bound reached by slow requests, another API
+// request is shed with 503 and Retry-After at once; KRL and CA key pulls, with bounds of their
+// own, are still served, and so are they while the address is rate limited for the API.
+func TestInFlightShedsAndKRLServed(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 8)
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			entered <- struct{}{}
+			<-release
+		}
+		w.WriteHeader(200)
+	})
+	clk := &clock{t: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
+	h := services.NewRateLimiter(services.RateLimits{InFlight: 2, PerAddress: 1, Burst: 3, Now: clk.now}, nil).Handler(slow)
+
+	var wg sync.WaitGroup
+	codes := make([]int, 2)
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = do(h, "GET", "/slow", "192.0.2."+strconv.Itoa(10+i)+":1", "").Code
+		}()
+	}
+	<-entered
+	<-entered
+	w := do(h, "POST", "/v1/certs/user", "192.0.2.20:1", "")
+	if w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("third request in flight: %d, want 503", w.Code)
+	}
+	retryAfter(t, w, 1, 1)
+	for _, p := range []string{"/v1/krl", "/v1/krl/host", "/v1/ca/user.pub", "/v1/ca/known_hosts"} {
+		if w := do(h, "GET", p, "192.0.2.20:1", ""); w.Code != 200 {
+			t.Errorf("GET %s while the API sheds: %d", p, w.Code)
+		}
+	}
+	close(release)
+	wg.Wait()
+	if codes[0] != 200 || codes[1] != 200 {
+		t.Errorf("requests in flight: %v, want both 200", codes)
+	}
+
+	// The address uses up its API burst (one request was shed without a token back: 2 left).
+	for range 2 {
+		if w := do(h, "POST", "/v1/certs/user", "192.0.2.20:1", ""); w.Code != 200 {
+			t.Fatalf("within the burst: %d", w.Code)
+		}
+	}
+	if w := do(h, "POST", "/v1/certs/user", "192.0.2.20:1", ""); w.Code != http.StatusTooManyRequests {
+		t.Fatalf("beyond the burst: %d, want 429", w.Code)
+	}
+	for range 10 {
+		if w := do(h, "GET", "/v1/krl", "192.0.2.20:1", ""); w.Code != 200 {
+			t.Fatalf("GET /v1/krl while issuance is limited: %d", w.Code)
+		}
+	}
+	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+		if w := do(h, "GET", p, "192.0.2.20:1", ""); w.Code != 200 {
+			t.Errorf("probe %s limited: %d", p, w.Code)
+		}
+	}
+}
+
+// TestRateLimitedErrorIs429: the authority's per-identity refusal (ca.KindRateLimited) is 429
+// with Retry-After rounded up to whole seconds and the caller-safe message.
+func TestRateLimitedErrorIs429(t *testing.T) {
+	srv := newServer(t, &fakeService{err: ca.RateLimited("too many certificate requests for this identity; retry in 3s", 2500*time.Millisecond)})
+	resp, m := post(t, srv.URL+"/v1/certs/user", certBody(t), nil)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "3" ||
+		m["error"] != "too many certificate requests for this identity; retry in 3s" {
+		t.Errorf("%d Retry-After %q %v, want 429, 3 and the message", resp.StatusCode, resp.Header.Get("Retry-After"), m)
+	}
+}
