@@ -33,7 +33,20 @@ type AuditRecord struct {
 	Target         string   `json:"target,omitempty"`
 	// Matches are the identities a revoke-by-identity covered (canonical names). Added in
 	// version 2 without raising V (absent means none).
-	Matches        []string  `json:"matches,omitempty"`
+	Matches []string `json:"matches,omitempty"`
+	// BlockedUntil is when a revoke-by-identity stops refusing new certificates. Added in
+	// version 2 without raising V (absent: the record predates it; a rebuild then takes the
+	// record's time plus limits.identity_block).
+	BlockedUntil time.Time `json:"blocked_until,omitzero"`
+	// PublicKey is the public key a ban names (target "public_key:<fingerprint>"), base64 of
+	// its wire form as in a revocation entry, so that `sshca store rebuild` can restore the
+	// ban exactly. Added in version 2 without raising V (absent: the record predates it, and
+	// only the fingerprint in the target is known).
+	PublicKey string `json:"public_key,omitempty"`
+	// CAFingerprint is the SHA256 fingerprint of the CA key that signed an issued
+	// certificate. Added in version 2 without raising V (absent: the record predates it; a
+	// rebuild then takes the active key of the kind).
+	CAFingerprint  string    `json:"ca_fingerprint,omitempty"`
 	Reasons        []string  `json:"reasons,omitempty"`
 	Ticket         string    `json:"ticket,omitempty"`
 	Serial         uint64    `json:"serial,omitempty,string"`

@@ -365,6 +365,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	}
 	rec.Outcome, rec.Principals, rec.ValidBefore = "issued", cr.Principals, cr.ValidBefore
 	rec.CAFingerprint = cr.CAFingerprint // a rebuild restores the inventory from this record
+	rec.CAFingerprint = cr.CAFingerprint // a rebuild restores the inventory from this record
 	// The authority cannot know whether its answer reaches the caller; it can say that the
 	// answer left after the request's deadline, when the caller may have stopped listening.
 	rec.Late = ctx.Err() != nil

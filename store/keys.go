@@ -71,6 +71,11 @@ func (k Keys) Serial(serial uint64) string {
 // (token ledger). One key per token, so they spread over a Cluster's slots.
 func (k Keys) Token(sha256Hex string) string { return k.p() + ":token:" + sha256Hex }
 
+// TokensRefused is the time (unix ms) before which every single-use token's expiry makes the
+// token ledger refuse it, written by a rebuild (RefuseTokensUntil): the tokens spent before
+// the store lost its state are not known, so none that may have been issued then is taken.
+func (k Keys) TokensRefused() string { return k.p() + ":tokens-refused" }
+
 // Keyring is the keyring document: JSON with its version (keyring).
 func (k Keys) Keyring() string { return k.p() + ":" + TagKeyring }
 
@@ -173,6 +178,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.Alias(exampleAlias), "Alias", TagInventory, "inventory", ReadByCA},
 		{k.Serial(exampleSerial), "Serial", TagInventory, "serials", ReadByCA},
 		{k.Token(exampleToken), "Token", "", "tokens", ReadByCA},
+		{k.TokensRefused(), "TokensRefused", "", "tokens", ReadByCA},
 		{k.Keyring(), "Keyring", TagKeyring, "keyring", ReadByCA},
 		{k.TrustedUserCAs(), "TrustedUserCAs", "", "trust", ReadByBastion},
 		{k.CAs(), "CAs", "", "trust", ReadByBastion},

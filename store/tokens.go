@@ -28,7 +28,24 @@ func (r *Redis) UseToken(ctx context.Context, id string, until time.Time) (bool,
 		return false, nil // expired tokens never get this far; refuse rather than store forever
 	}
 	sum := sha256.Sum256([]byte(id))
-	ok, err := r.rdb.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), "1", redis.SetArgs{Mode: "NX", ExpireAt: until}).Result()
+	// One round trip: the rebuild's refusal (RefuseTokensUntil) and the spend. A token the
+	// refusal covers is spent too, which changes nothing: it expires before the refusal ends.
+	var refused *redis.StringCmd
+	var set *redis.StatusCmd
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		refused = p.Get(ctx, r.keys.TokensRefused())
+		set = p.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), "1", redis.SetArgs{Mode: "NX", ExpireAt: until})
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return false, fmt.Errorf("store: token ledger: %w", err)
+	}
+	if ms, err := refused.Int64(); err == nil && until.UnixMilli() < ms {
+		return false, nil
+	} else if err != nil && !errors.Is(err, redis.Nil) {
+		return false, fmt.Errorf("store: token ledger: %w", err)
+	}
+	ok, err := set.Result()
 	if errors.Is(err, redis.Nil) {
 		return false, nil
 	}

@@ -1,0 +1,488 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/revocation"
+)
+
+// Rebuilding a store that lost its state (`sshca store rebuild`): the state itself is written
+// back through the store's own writers (Revoke, BlockIdentity, LiftKey, Record), and then
+// NewGeneration moves the store to a generation above every one it shows, so that CA
+// replicas whose witness found the loss adopt it (and serve again), and bastions install the
+// KRLs it publishes (their versions carry the generation in their high 16 bits). What a
+// rebuild cannot know, the single-use tokens spent before the loss, RefuseTokensUntil covers.
+
+// NextGeneration returns a new generation (a new random ID) whose number is above the
+// store's generation record, above every mark the store holds (Keys.Mark, found by SCAN), and
+// above floor (the newest generation a witness outside the store showed: a bastion's KRL
+// version, revocation.SplitVersion). It writes nothing.
+func (r *Redis) NextGeneration(ctx context.Context, floor uint16) (Generation, error) {
+	top := int(floor)
+	vals, err := r.rdb.HMGet(ctx, r.keys.Generation(), "id", "epoch").Result()
+	if err != nil {
+		return Generation{}, fmt.Errorf("store: rebuild: generation: %w", err)
+	}
+	if len(vals) == 2 && vals[0] != nil {
+		id, _ := vals[0].(string)
+		epoch, _ := vals[1].(string)
+		g, err := parseGeneration(id, epoch)
+		if err != nil {
+			return Generation{}, err
+		}
+		top = max(top, int(g.Epoch))
+	}
+	marks, err := r.markKeys(ctx)
+	if err != nil {
+		return Generation{}, err
+	}
+	for _, k := range marks {
+		e, err := r.rdb.HGet(ctx, k, "epoch").Int()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return Generation{}, fmt.Errorf("store: rebuild: mark %s: %w", k, err)
+		}
+		top = max(top, e)
+	}
+	if top >= 1<<16-1 {
+		return Generation{}, fmt.Errorf("store: rebuild: the generation number is at its limit (%d)", top)
+	}
+	return Generation{ID: newGenerationID(), Epoch: uint16(top + 1)}, nil
+}
+
+// markKeys lists the mark keys the store holds (every hash tag's, scopes included).
+func (r *Redis) markKeys(ctx context.Context) ([]string, error) {
+	var out []string
+	scan := func(ctx context.Context, c *redis.Client) error {
+		it := c.Scan(ctx, 0, r.keys.p()+":*:mark", 1000).Iterator()
+		for it.Next(ctx) {
+			out = append(out, it.Val())
+		}
+		return it.Err()
+	}
+	var err error
+	if cc, ok := r.rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, scan)
+	} else {
+		it := r.rdb.Scan(ctx, 0, r.keys.p()+":*:mark", 1000).Iterator()
+		for it.Next(ctx) {
+			out = append(out, it.Val())
+		}
+		err = it.Err()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: rebuild: list marks: %w", err)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// switchScript moves the store to a new generation at once: KEYS the generation record, then
+// ARGV[3] mark keys, then (scope version, scope stream) pairs; ARGV id, epoch, the number of
+// marks, the stream length. Every mark becomes {id, epoch, n=0}, every scope's version is
+// bumped with a change of no entries in its feed carrying the new generation (a bastion
+// following the feed sees a newer version and reloads the snapshot), and the record is
+// written last.
+var switchScript = redis.NewScript(`
+local m = tonumber(ARGV[3])
+for i = 2, m + 1 do
+  redis.call('DEL', KEYS[i])
+  redis.call('HSET', KEYS[i], 'id', ARGV[1], 'epoch', ARGV[2], 'n', 0)
+end
+for j = m + 2, #KEYS, 2 do
+  local v = redis.call('INCR', KEYS[j])
+  redis.call('XADD', KEYS[j+1], 'MAXLEN', '~', ARGV[4], '*', 'v', tostring(v), 'g', ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'epoch', ARGV[2])
+return 1
+`)
+
+// SwitchGeneration moves the store to generation g (from NextGeneration), after the rebuild
+// wrote the state back: the marks of MarkedTags, of the scopes of scopes and of the CA keys
+// listed in Keys.CAs, and every other mark found, then the generation record. On a single
+// Redis (or Sentinel) one script does it all, so a CA replica never sees half of it; on a
+// Cluster the keys lie in different slots and are written one tag at a time, marks first: a
+// replica that read the store in between may keep reporting lost state, and is restarted.
+// The process's own witness adopts g.
+func (r *Redis) SwitchGeneration(ctx context.Context, g Generation, scopes ...ssh.PublicKey) error {
+	found, err := r.markKeys(ctx)
+	if err != nil {
+		return err
+	}
+	marks := map[string]bool{}
+	for _, k := range found {
+		marks[k] = true
+	}
+	for _, t := range MarkedTags {
+		marks[r.keys.Mark(t)] = true
+	}
+	cas, err := r.CAs(ctx)
+	if err != nil {
+		return fmt.Errorf("store: rebuild: %w", err)
+	}
+	fps := map[string]bool{}
+	for _, k := range append(cas, scopes...) {
+		fps[ssh.FingerprintSHA256(k)] = true
+	}
+	for fp := range fps {
+		marks[r.keys.Mark(TagCA(fp))] = true
+	}
+	markList := make([]string, 0, len(marks))
+	for k := range marks {
+		markList = append(markList, k)
+	}
+	slices.Sort(markList)
+	fpList := make([]string, 0, len(fps))
+	for fp := range fps {
+		fpList = append(fpList, fp)
+	}
+	slices.Sort(fpList)
+	epoch := strconv.Itoa(int(g.Epoch))
+	if _, cluster := r.rdb.(*redis.ClusterClient); cluster {
+		for _, k := range markList {
+			if err := r.rdb.HSet(ctx, k, "id", g.ID, "epoch", epoch, "n", 0).Err(); err != nil {
+				return fmt.Errorf("store: rebuild: mark %s: %w", k, err)
+			}
+		}
+		for _, fp := range fpList {
+			v, err := r.rdb.Incr(ctx, r.keys.ScopeVersion(fp)).Result()
+			if err != nil {
+				return fmt.Errorf("store: rebuild: scope %s: %w", fp, err)
+			}
+			if err := r.rdb.XAdd(ctx, &redis.XAddArgs{Stream: r.keys.ScopeStream(fp), MaxLen: StreamMaxLen, Approx: true,
+				Values: []any{"v", strconv.FormatInt(v, 10), "g", epoch}}).Err(); err != nil {
+				return fmt.Errorf("store: rebuild: scope %s: %w", fp, err)
+			}
+		}
+		if err := r.rdb.HSet(ctx, r.keys.Generation(), "id", g.ID, "epoch", epoch).Err(); err != nil {
+			return fmt.Errorf("store: rebuild: generation: %w", err)
+		}
+	} else {
+		keys := append([]string{r.keys.Generation()}, markList...)
+		for _, fp := range fpList {
+			keys = append(keys, r.keys.ScopeVersion(fp), r.keys.ScopeStream(fp))
+		}
+		if err := switchScript.Run(ctx, r.rdb, keys, g.ID, epoch, len(markList), StreamMaxLen).Err(); err != nil {
+			return fmt.Errorf("store: rebuild: new generation: %w", err)
+		}
+	}
+	r.witness.mu.Lock()
+	r.witness.adoptLocked(g)
+	r.witness.mu.Unlock()
+	return nil
+}
+
+// RefuseTokensUntil records that the token ledger refuses every single-use token that expires
+// before until (Keys.TokensRefused, unix ms; a later call never moves it earlier). A rebuild
+// sets it to the rebuild's time plus the longest token lifetime: the spent tokens were lost
+// with the store, and a token that expires before then may have been issued, and spent,
+// before the loss. A token issued after the rebuild with the longest lifetime expires after it
+// and is accepted; shorter-lived ones are refused until then.
+func (r *Redis) RefuseTokensUntil(ctx context.Context, until time.Time) error {
+	ms := until.UnixMilli()
+	cur, err := r.rdb.Get(ctx, r.keys.TokensRefused()).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("store: refuse tokens: %w", err)
+	}
+	if cur >= ms {
+		return nil
+	}
+	// Kept a little beyond until, then gone: nothing is refused after it anyway.
+	if err := r.rdb.Set(ctx, r.keys.TokensRefused(), ms, 0).Err(); err != nil {
+		return fmt.Errorf("store: refuse tokens: %w", err)
+	}
+	if err := r.rdb.PExpireAt(ctx, r.keys.TokensRefused(), until.Add(time.Minute)).Err(); err != nil {
+		return fmt.Errorf("store: refuse tokens: %w", err)
+	}
+	return nil
+}
+
+// Restore collects, from verified audit records in chain order (Add), what a store that lost
+// its state must hold again, and writes it back (Apply): the certificates still live (from
+// the records of issuance), the serials and key IDs revoked, the public keys banned and not
+// lifted since, and the identities still blocked with the serials their revocation covered.
+// Every revocation record it cannot restore exactly is listed in Skipped with the reason.
+//
+// A record of issuance written before records carried the CA fingerprint is taken to be
+// signed by the active key of its kind (UserCA, HostCA), and counted in Assumed. A ban
+// recorded before records carried the public key (only its fingerprint) cannot be restored.
+type Restore struct {
+	// UserCA and HostCA are the active CA keys: bans go into both scopes (as a revocation
+	// does), and certificates whose record names no CA are taken to be theirs.
+	UserCA, HostCA ssh.PublicKey
+	// OtherCAs are further CA keys (retired ones) that a record's CA fingerprint may name.
+	OtherCAs []ssh.PublicKey
+	// IdentityBlock is how long an identity revocation blocks, for records that do not say
+	// (limits.identity_block of the CA, default 24h).
+	IdentityBlock time.Duration
+
+	issued  map[uint64]ca.AuditRecord
+	actions []restoreAction
+	// Records counts the records read; Keyring counts the key-ring changes seen (action admin,
+	// outcome allowed), which Apply does not replay: the key ring is restored from the
+	// configuration and the key files (sshca serve seeds it), and each is listed in Skipped.
+	Records int
+	Skipped []Skip
+}
+
+// Skip is a record Restore did not restore, and why.
+type Skip struct {
+	Time   time.Time
+	Target string
+	Why    string
+}
+
+type restoreAction struct {
+	rec  ca.AuditRecord
+	kind string // serial, key_id, ban, lift, identity
+	arg  string
+}
+
+// Add takes one verified audit record, in chain order.
+func (s *Restore) Add(rec ca.AuditRecord) {
+	s.Records++
+	if s.issued == nil {
+		s.issued = map[uint64]ca.AuditRecord{}
+	}
+	switch {
+	case rec.Outcome == "issued" && rec.Serial != 0:
+		s.issued[rec.Serial] = rec
+	case rec.Action == ca.KindAdmin && rec.Outcome == "allowed":
+		s.Skipped = append(s.Skipped, Skip{rec.Time, rec.Target, "a key-ring change is not replayed: the key ring comes back from the configuration and key files; check it with sshca keys list"})
+	case rec.Action == ca.KindRevoke && rec.Outcome == "allowed":
+		kind, arg, ok := strings.Cut(rec.Target, ":")
+		switch {
+		case !ok:
+			return // reading (list revocations, list certificates of …): nothing to restore
+		case kind == "unrevoke public_key":
+			s.actions = append(s.actions, restoreAction{rec, "lift", arg})
+		case kind == "public_key":
+			s.actions = append(s.actions, restoreAction{rec, "ban", arg})
+		case kind == "serial" || kind == "key_id" || kind == "identity":
+			s.actions = append(s.actions, restoreAction{rec, kind, arg})
+		}
+	}
+}
+
+// RestoreReport says what Apply wrote back.
+type RestoreReport struct {
+	Certificates int // live certificates recorded in the inventory again
+	Assumed      int // of those, whose record named no CA key (the active key of the kind was taken)
+	Revocations  int // revocation records restored (serial, key ID, ban, identity)
+	Lifts        int // bans lifted since, applied
+	Expired      int // revocation records whose effect has ended (nothing to restore)
+	Blocks       int // identity names blocked again
+}
+
+// caKeyFor is the CA key of an issuance record: the one it names, else the active key of its
+// kind (assumed true).
+func (s *Restore) caKeyFor(rec ca.AuditRecord) (k ssh.PublicKey, assumed bool, err error) {
+	if rec.CAFingerprint != "" {
+		for _, k := range append([]ssh.PublicKey{s.UserCA, s.HostCA}, s.OtherCAs...) {
+			if k != nil && ssh.FingerprintSHA256(k) == rec.CAFingerprint {
+				return k, false, nil
+			}
+		}
+		return nil, false, fmt.Errorf("signed by CA key %s, which is not among the CA keys given", rec.CAFingerprint)
+	}
+	if rec.Action == ca.UserCert {
+		return s.UserCA, true, nil
+	}
+	return s.HostCA, true, nil
+}
+
+// Apply writes back what the records added say is in force at now, through r's writers
+// (each idempotent: a store restored from an old snapshot keeps what it has, and Apply may
+// run again). It does not touch the generation: SwitchGeneration does, once Apply is done.
+func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreReport, error) {
+	var rep RestoreReport
+	if s.UserCA == nil || s.HostCA == nil {
+		return rep, errors.New("store: rebuild: the user and host CA keys are required")
+	}
+	block := s.IdentityBlock
+	if block <= 0 {
+		block = ca.DefaultLimits.IdentityBlock
+	}
+	skip := func(a restoreAction, why string) {
+		s.Skipped = append(s.Skipped, Skip{a.rec.Time, a.rec.Target, why})
+	}
+	// The inventory first: revocations by identity below read nothing from it, but an
+	// operator's next revocation does.
+	serials := make([]uint64, 0, len(s.issued))
+	for n, rec := range s.issued {
+		if rec.ValidBefore.After(now) {
+			serials = append(serials, n)
+		}
+	}
+	slices.Sort(serials)
+	for _, n := range serials {
+		rec := s.issued[n]
+		k, assumed, err := s.caKeyFor(rec)
+		if err != nil {
+			s.Skipped = append(s.Skipped, Skip{rec.Time, "certificate serial:" + strconv.FormatUint(n, 10), err.Error()})
+			continue
+		}
+		kind := ca.UserCert
+		if rec.Action != ca.UserCert {
+			kind = ca.HostCert
+		}
+		c := ca.Certificate{Serial: n, KeyID: rec.KeyID, Kind: kind, Identity: rec.Identity, Principals: rec.Principals,
+			KeyFingerprint: rec.KeyFingerprint, CAFingerprint: ssh.FingerprintSHA256(k),
+			ValidAfter: rec.Time, ValidBefore: rec.ValidBefore, Ticket: rec.Ticket, Reason: rec.Reason, PolicyRevision: rec.PolicyRevision}
+		if err := r.Record(ctx, c); err != nil {
+			return rep, err
+		}
+		rep.Certificates++
+		if assumed {
+			rep.Assumed++
+		}
+	}
+	// Bans: the last word per fingerprint wins (a lift undoes the ban before it).
+	type ban struct {
+		key  ssh.PublicKey
+		a    restoreAction
+		live bool
+	}
+	bans := map[string]*ban{}
+	var order []string
+	revokeCert := func(a restoreAction, kind ca.EntryKind, serial uint64, keyID string) error {
+		rec, ok := s.issued[serial]
+		if !ok || (keyID != "" && rec.KeyID != keyID) {
+			skip(a, "no record of the certificate's issuance in the audit trail (give the archive that holds it with --archive); its expiry and CA key are unknown")
+			return nil
+		}
+		if !rec.ValidBefore.After(now) {
+			rep.Expired++
+			return nil
+		}
+		k, _, err := s.caKeyFor(rec)
+		if err != nil {
+			skip(a, err.Error())
+			return nil
+		}
+		value := strconv.FormatUint(serial, 10)
+		if kind == ca.RevokedKeyID {
+			value = keyID
+		}
+		if _, err := r.Revoke(ctx, k, []ca.RevocationEntry{{Kind: kind, Value: value, Expiry: rec.ValidBefore}}); err != nil {
+			return err
+		}
+		return nil
+	}
+	for _, a := range s.actions {
+		switch a.kind {
+		case "serial":
+			n, err := strconv.ParseUint(a.arg, 10, 64)
+			if err != nil || n == 0 {
+				skip(a, "malformed serial")
+				continue
+			}
+			before := len(s.Skipped)
+			if err := revokeCert(a, ca.RevokedSerial, n, ""); err != nil {
+				return rep, err
+			}
+			if len(s.Skipped) == before {
+				rep.Revocations++
+			}
+		case "key_id":
+			i := strings.LastIndexByte(a.arg, '#')
+			n, err := strconv.ParseUint(a.arg[i+1:], 10, 64)
+			if i < 0 || err != nil {
+				skip(a, "the key ID does not end in #<serial>")
+				continue
+			}
+			before := len(s.Skipped)
+			if err := revokeCert(a, ca.RevokedKeyID, n, a.arg); err != nil {
+				return rep, err
+			}
+			if len(s.Skipped) == before {
+				rep.Revocations++
+			}
+		case "ban":
+			if a.rec.PublicKey == "" {
+				skip(a, "the record holds only the key's fingerprint (written before records carried the key): ban it again with sshca revoke --public-key FILE")
+				continue
+			}
+			k, err := revocation.ParseKeyEntry(a.rec.PublicKey)
+			if err != nil || ssh.FingerprintSHA256(k) != a.arg {
+				skip(a, "the record's public key does not match its target")
+				continue
+			}
+			if bans[a.arg] == nil {
+				order = append(order, a.arg)
+			}
+			bans[a.arg] = &ban{key: k, a: a, live: true}
+		case "lift":
+			if b := bans[a.arg]; b != nil && b.live {
+				b.live = false
+				rep.Lifts++
+			}
+		case "identity":
+			until := a.rec.BlockedUntil
+			if until.IsZero() {
+				until = a.rec.Time.Add(block)
+			}
+			canonical, alias := ca.IdentityForm(a.arg)
+			names := append(slices.Clone(a.rec.Matches), canonical+alias)
+			slices.Sort(names)
+			names = slices.Compact(names)
+			if until.After(now) {
+				for _, name := range names {
+					if err := r.BlockIdentity(ctx, name, until); err != nil {
+						return rep, err
+					}
+					rep.Blocks++
+				}
+			}
+			// The certificates the revocation covered: those of its identities issued before it
+			// and still valid then.
+			covered := append(names, a.arg)
+			n := 0
+			for _, serial := range serials {
+				rec := s.issued[serial]
+				if !slices.Contains(covered, rec.Identity) || !rec.Time.Before(a.rec.Time) || !rec.ValidBefore.After(a.rec.Time) {
+					continue
+				}
+				before := len(s.Skipped)
+				if err := revokeCert(a, ca.RevokedSerial, serial, ""); err != nil {
+					return rep, err
+				}
+				if len(s.Skipped) == before {
+					n++
+				}
+			}
+			if !until.After(now) && n == 0 {
+				rep.Expired++
+			} else {
+				rep.Revocations++
+			}
+		}
+	}
+	for _, fp := range order {
+		b := bans[fp]
+		if !b.live {
+			// A store restored from a snapshot may still hold a ban lifted since.
+			if _, err := r.LiftKey(ctx, b.key); err != nil {
+				return rep, err
+			}
+			continue
+		}
+		e := []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(b.key)}}
+		for _, k := range []ssh.PublicKey{s.UserCA, s.HostCA} {
+			if _, err := r.Revoke(ctx, k, e); err != nil {
+				return rep, err
+			}
+		}
+		rep.Revocations++
+	}
+	return rep, nil
+}
