@@ -58,6 +58,11 @@ type AuditRecord struct {
 	// left after the caller may have stopped listening: a certificate issued late may never
 	// have reached anyone. Added in version 2 without raising V (absent means false).
 	Late bool `json:"late,omitempty"`
+	// RequestID is the ID of the request this record answers (X-Request-ID, taken from the
+	// context with RequestID), so the record, the request's log lines and the caller's answer
+	// can be matched. Added in version 2 without raising V (absent: the record predates it, or
+	// the request came with no ID, as from the CLI's offline paths).
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // AuditRecordVersion is the version of the records this package writes (AuditRecord.V).
@@ -80,6 +85,9 @@ func (a *Authority) auditRecord(action CertKind, id Identity) AuditRecord {
 func (a *Authority) keep(ctx context.Context, rec AuditRecord) error {
 	if a.audit == nil {
 		return nil
+	}
+	if rec.RequestID == "" {
+		rec.RequestID = RequestID(ctx)
 	}
 	grant := rec.Outcome == "issued" || rec.Outcome == "allowed"
 	if err := ctx.Err(); err != nil && !grant {
@@ -119,6 +127,9 @@ func (a *Authority) settleSigned(ctx context.Context, rec AuditRecord, cause err
 	complete(&rec, cause)
 	if a.audit == nil {
 		return
+	}
+	if rec.RequestID == "" {
+		rec.RequestID = RequestID(ctx)
 	}
 	actx, cancel := context.WithTimeout(ctx, SignedCertTimeout)
 	err := a.audit.Append(actx, rec)

@@ -57,12 +57,17 @@ type agentFlags struct {
 
 func newBastionAgentCommand() *cobra.Command {
 	f := agentFlags{}
+	var logOpts logOptions
 	cmd := &cobra.Command{
 		Use:   "agent --redis URL | --server URL --server-ca FILE --krl FILE --user-ca FILE",
 		Short: "Follow revocations (Redis stream, else HTTPS polling) and rewrite the KRL atomically",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runAgent(cmd.Context(), f, slog.New(slog.NewTextHandler(os.Stderr, nil)), nil)
+			log, err := newLogger(cmd.ErrOrStderr(), logOpts)
+			if err != nil {
+				return err
+			}
+			return runAgent(cmd.Context(), f, log, nil)
 		},
 	}
 	cmd.Flags().StringVar(&f.redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db with read-only credentials (env SSHCA_REDIS_URL)")
@@ -74,6 +79,7 @@ func newBastionAgentCommand() *cobra.Command {
 	cmd.Flags().StringVar(&f.sshdLog, "sshd-log", "", "sshd log file (LogLevel VERBOSE) to end live sessions of revoked certificates")
 	cmd.Flags().DurationVar(&f.poll, "poll", time.Second, "HTTPS polling interval")
 	cmd.Flags().DurationVar(&f.caRefresh, "ca-refresh", 15*time.Second, "how often the trusted CA keys are re-read (rotation)")
+	addLogFlags(cmd, &logOpts, "text")
 	return cmd
 }
 

@@ -42,18 +42,23 @@ type devOptions struct {
 
 func newDevCommand() *cobra.Command {
 	o := devOptions{}
+	var logOpts logOptions
 	cmd := &cobra.Command{
 		Use:   "dev [--listen 127.0.0.1:8080] [--state DIR]",
 		Short: "Run the service with embedded defaults: softkms keys, in-process Redis, a development OIDC issuer",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.out = cmd.OutOrStdout()
-			o.log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			var err error
+			if o.log, err = newLogger(cmd.ErrOrStderr(), logOpts); err != nil {
+				return err
+			}
 			return runDev(cmd.Context(), o)
 		},
 	}
 	cmd.Flags().StringVar(&o.listen, "listen", "127.0.0.1:8080", "loopback address to listen on")
 	cmd.Flags().StringVar(&o.state, "state", defaultStateDir(), "directory for the CA keys (kept across restarts)")
+	addLogFlags(cmd, &logOpts, "text")
 	cmd.AddCommand(newDevTokenCommand())
 	return cmd
 }
@@ -123,7 +128,7 @@ func runDev(ctx context.Context, o devOptions) error {
 	mux.Handle("/dev/oidc/", http.StripPrefix("/dev/oidc", iss.Handler()))
 	mux.Handle("POST /dev/token", iss.TokenHandler())
 	mux.Handle("POST /dev/device/approve", iss.ApproveHandler())
-	srv := newHTTPServer(loopbackHostOnly(mux, port), o.log)
+	srv := newHTTPServer(services.RequestID(nil, loopbackHostOnly(mux, port)), o.log) // the issuer's answers carry X-Request-ID too
 	errc := make(chan error, 1)
 	go func() { errc <- serveUntilDone(ctx, srv, l, "", "") }()
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,20 +23,25 @@ import (
 
 func newServeCommand() *cobra.Command {
 	var configPath string
+	var logOpts logOptions
 	cmd := &cobra.Command{
 		Use:   "serve --config FILE",
 		Short: "Run the signing service (production)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(cmd.ErrOrStderr(), logOpts)
+			if err != nil {
+				return err
+			}
 			cfg, err := LoadConfig(configPath)
 			if err != nil {
 				return err
 			}
-			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 			return serve(cmd.Context(), cfg, log, nil)
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "/etc/sshca/config.yaml", "configuration file (YAML)")
+	addLogFlags(cmd, &logOpts, "json")
 	return cmd
 }
 

@@ -78,6 +78,7 @@ func apiHandler(p parts) (http.Handler, error) {
 	if reg == nil {
 		reg = newRegistry()
 	}
+	p.log = services.LogRequestIDs(p.log) // every line logged under a request names its X-Request-ID
 	faults := services.NewPolicyFaults(reg, time.Now)
 	authority, err := ca.New(ca.Config{
 		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
@@ -105,7 +106,7 @@ func apiHandler(p parts) (http.Handler, error) {
 		},
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	return services.RequestDeadline(p.requestTimeout, nil, mux), nil
+	return services.RequestID(p.trustedProxies, services.RequestDeadline(p.requestTimeout, nil, mux)), nil
 }
 
 // readyChecks are the checks /readyz runs: the configured ones, with Redis probed by a write
