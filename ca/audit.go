@@ -46,7 +46,11 @@ type AuditRecord struct {
 	// CAFingerprint is the SHA256 fingerprint of the CA key that signed an issued
 	// certificate. Added in version 2 without raising V (absent: the record predates it; a
 	// rebuild then takes the active key of the kind).
-	CAFingerprint  string    `json:"ca_fingerprint,omitempty"`
+	CAFingerprint string `json:"ca_fingerprint,omitempty"`
+	// Aliases are the other names of the identity an issued certificate was for ("email:…",
+	// "username:…"), which the inventory indexes for revoke-by-identity. Added in version 2
+	// without raising V (absent: the record predates it).
+	Aliases        []string  `json:"aliases,omitempty"`
 	Reasons        []string  `json:"reasons,omitempty"`
 	Ticket         string    `json:"ticket,omitempty"`
 	Serial         uint64    `json:"serial,omitempty,string"`

@@ -364,8 +364,8 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		return Issued{}, storeErr("certificate inventory unavailable; no certificate issued", err)
 	}
 	rec.Outcome, rec.Principals, rec.ValidBefore = "issued", cr.Principals, cr.ValidBefore
-	rec.CAFingerprint = cr.CAFingerprint // a rebuild restores the inventory from this record
-	rec.CAFingerprint = cr.CAFingerprint // a rebuild restores the inventory from this record
+	// What a rebuild restores the inventory from (sshca store rebuild).
+	rec.CAFingerprint, rec.Aliases = cr.CAFingerprint, cr.Aliases
 	// The authority cannot know whether its answer reaches the caller; it can say that the
 	// answer left after the request's deadline, when the caller may have stopped listening.
 	rec.Late = ctx.Err() != nil

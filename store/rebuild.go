@@ -281,6 +281,7 @@ type RestoreReport struct {
 	Lifts        int // bans lifted since, applied
 	Expired      int // revocation records whose effect has ended (nothing to restore)
 	Blocks       int // identity names blocked again
+	NoAliases    int // live certificates whose record names no alias (found by canonical name only)
 }
 
 // caKeyFor is the CA key of an issuance record: the one it names, else the active key of its
@@ -337,11 +338,15 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 		}
 		c := ca.Certificate{Serial: n, KeyID: rec.KeyID, Kind: kind, Identity: rec.Identity, Principals: rec.Principals,
 			KeyFingerprint: rec.KeyFingerprint, CAFingerprint: ssh.FingerprintSHA256(k),
-			ValidAfter: rec.Time, ValidBefore: rec.ValidBefore, Ticket: rec.Ticket, Reason: rec.Reason, PolicyRevision: rec.PolicyRevision}
+			ValidAfter: rec.Time, ValidBefore: rec.ValidBefore, Ticket: rec.Ticket, Reason: rec.Reason, PolicyRevision: rec.PolicyRevision,
+			Aliases: rec.Aliases, IndexUntil: rec.Time.Add(block)}
 		if err := r.Record(ctx, c); err != nil {
 			return rep, err
 		}
 		rep.Certificates++
+		if len(rec.Aliases) == 0 {
+			rep.NoAliases++
+		}
 		if assumed {
 			rep.Assumed++
 		}

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/krl"
+	"github.com/sshca/sshca/revocation"
+)
+
+func parsePub(t *testing.T, path string) ssh.PublicKey {
+	t.Helper()
+	k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(readFile(t, path)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// TestStoreRebuild loses the whole store (FLUSHALL on redis-server running the shipped
+// configuration) after revocations of every kind: a serial, a ban, a ban lifted since, an
+// identity (by e-mail) with a live certificate, and a certificate left live. The audit log was
+// archived first (the chain in Redis is lost with the store). The CA fails closed; `sshca
+// store rebuild` (the cobra command) with the archive, the audit key, the CA public keys and
+// the bastion's installed KRL version brings it back: /readyz 200, the banned key and the
+// blocked identity are refused at issuance again, the token spent before the loss is refused,
+// a fresh token is taken, the lifted key is issued, the KRL (version above the bastion's)
+// revokes the serial, the identity's certificate and the banned key but neither the lifted key
+// nor the live certificate, the bastion agent installs it, and the inventory lists the live
+// certificate again.
+func TestStoreRebuild(t *testing.T) {
+	srv := testenv.StartRedisConfig(t, filepath.Join("..", "..", "deploy", "redis", "redis.conf"),
+		"--user", "test-admin", "on", ">test-admin-pw", "~*", "&*", "+@all",
+		"--appendonly", "no", "--save", "")
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "test-admin", Password: "test-admin-pw"})
+	defer admin.Close()
+	ctx := context.Background()
+	idp := startIssuer(t, "sshca")
+	mint := minter(t, idp)
+	cfg := serveConfig(t, srv.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	cfg.Redis.Username, cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
+	redisURL := "redis://sshca:CHANGE-ME-sshca@" + srv.Addr
+	base, _ := startServeStoppable(t, cfg)
+	dir := t.TempDir()
+	flags := agentFlags{redisURL: "redis://bastion:CHANGE-ME-bastion@" + srv.Addr, krlPath: filepath.Join(dir, "sshca.krl"),
+		userCA: filepath.Join(dir, "user_ca.pub"), health: "127.0.0.1:0", poll: time.Second, caRefresh: time.Second}
+	agent, _ := startAgentStoppable(t, flags)
+
+	tok := func(sub string) string {
+		return mint(map[string]any{"sub": "u-" + sub, "preferred_username": sub, "email": sub + "@example.com", "email_verified": true})
+	}
+	adminTok := func() string {
+		return mint(map[string]any{"sub": "admin", "preferred_username": "admin1", "email": "admin@example.com", "email_verified": true, "groups": []string{"sshca-admins"}})
+	}
+	post := func(path string, b map[string]any) {
+		t.Helper()
+		b["reason"] = "test"
+		if code, out := call(t, http.MethodPost, base+path, adminTok(), b); code != http.StatusOK {
+			t.Fatalf("POST %s = %d %s", path, code, out)
+		}
+	}
+	body := func(key string) map[string]any {
+		return map[string]any{"public_key": readFile(t, key+".pub"), "ttl": "10m"}
+	}
+	aliceKey, bobKey, carolKey := keygen(t, dir, "alice"), keygen(t, dir, "bob"), keygen(t, dir, "carol")
+	malloryKey, eveKey := keygen(t, dir, "mallory"), keygen(t, dir, "eve")
+
+	// The CA public keys, as an operator would save them.
+	_, userPub := getBody(t, base+"/v1/ca/user.pub")
+	_, knownHosts := getBody(t, base+"/v1/ca/known_hosts")
+	hostLine := strings.TrimPrefix(strings.SplitN(knownHosts, "\n", 2)[0], "@cert-authority * ")
+	userCAFile, hostCAFile := filepath.Join(dir, "user-ca.pub"), filepath.Join(dir, "host-ca.pub")
+	if err := os.WriteFile(userCAFile, []byte(userPub), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hostCAFile, []byte(hostLine+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	aliceTok := tok("alice")
+	revokedCert := issue(t, base, "user", aliceTok, body(aliceKey))
+	post("/v1/revocations", map[string]any{"serial": revokedCert.Serial})
+	bobCert := issue(t, base, "user", tok("bob"), body(bobKey))
+	post("/v1/revocations", map[string]any{"identity": "bob@example.com"})
+	post("/v1/revocations", map[string]any{"public_key": readFile(t, malloryKey+".pub")})
+	post("/v1/revocations", map[string]any{"public_key": readFile(t, eveKey+".pub")})
+	post("/v1/revocations/lift", map[string]any{"public_key": readFile(t, eveKey+".pub")})
+	liveCert := issue(t, base, "user", tok("carol"), body(carolKey))
+
+	var installed uint64
+	waitFor(t, 10*time.Second, "the agent installs the KRL of every revocation", func() bool {
+		st := agent.Status()
+		installed = st.KRLVersion
+		return st.Connected && installed >= 5
+	})
+	archive := filepath.Join(dir, "audit.archive")
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", redisURL, "--key-file", cfg.Audit.KeyFile, "--out", archive); err != nil {
+		t.Fatalf("audit archive: %v\n%s", err, out)
+	}
+
+	// The store loses everything.
+	if err := admin.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "/readyz says the state was lost", func() bool {
+		code, out := getBody(t, base+"/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(out, "revocation state lost")
+	})
+	if code, out := call(t, http.MethodPost, base+"/v1/certs/user", tok("mallory"), body(malloryKey)); code != http.StatusServiceUnavailable {
+		t.Fatalf("issuance on the emptied store = %d %s, want 503", code, out)
+	}
+
+	start := time.Now()
+	out, err := runCLI(t, "", "store", "rebuild", "--redis", redisURL, "--audit-key", cfg.Audit.KeyFile, "--archive", archive,
+		"--user-ca", userCAFile, "--host-ca", hostCAFile, "--above-version", strconv.FormatUint(installed, 10), "--token-lifetime", "10m")
+	t.Logf("store rebuild (%s):\n%s", time.Since(start).Round(time.Millisecond), out)
+	if err != nil {
+		t.Fatalf("store rebuild: %v", err)
+	}
+	for _, want := range []string{"could not restore: 0", "restored: 3 revocations, 1 ban lifted, 2 identity names blocked, 3 live certificates", "new generation 1 "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("store rebuild output lacks %q", want)
+		}
+	}
+
+	waitFor(t, 10*time.Second, "/readyz is 200 again", func() bool {
+		code, _ := getBody(t, base+"/readyz")
+		return code == http.StatusOK
+	})
+	time.Sleep(1100 * time.Millisecond) // fresh tokens expire after the refusal (whole seconds)
+	if code, out := call(t, http.MethodPost, base+"/v1/certs/user", tok("mallory"), body(malloryKey)); code != http.StatusForbidden || !strings.Contains(string(out), "revoked") {
+		t.Errorf("the banned key after the rebuild = %d %s, want 403 revoked", code, out)
+	}
+	if code, out := call(t, http.MethodPost, base+"/v1/certs/user", tok("bob"), body(bobKey)); code != http.StatusForbidden || !strings.Contains(string(out), "revoked") {
+		t.Errorf("the blocked identity after the rebuild = %d %s, want 403 revoked", code, out)
+	}
+	if code, out := call(t, http.MethodPost, base+"/v1/certs/user", aliceTok, body(aliceKey)); code != http.StatusUnauthorized {
+		t.Errorf("a token spent before the loss, replayed after the rebuild = %d %s, want 401", code, out)
+	}
+	issue(t, base, "user", tok("alice"), body(aliceKey)) // a fresh token is taken
+	issue(t, base, "user", tok("eve"), body(eveKey))     // the lift holds
+
+	code, krlBody := getBody(t, base+"/v1/krl")
+	if code != http.StatusOK {
+		t.Fatalf("/v1/krl after the rebuild = %d %q", code, krlBody)
+	}
+	k, err := krl.Parse([]byte(krlBody))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen, _ := revocation.SplitVersion(k.Version)
+	if k.Version <= installed || gen != 1 {
+		t.Errorf("KRL version after the rebuild %d (generation %d), the bastion holds %d", k.Version, gen, installed)
+	}
+	if !k.IsRevoked(parseCert(t, revokedCert.Certificate)) || !k.IsRevoked(parseCert(t, bobCert.Certificate)) {
+		t.Errorf("the rebuilt KRL does not revoke the serial %s or the identity's certificate %s", revokedCert.Serial, bobCert.Serial)
+	}
+	if !k.IsKeyRevoked(parsePub(t, malloryKey+".pub")) {
+		t.Error("the rebuilt KRL does not revoke the banned key")
+	}
+	if k.IsKeyRevoked(parsePub(t, eveKey+".pub")) || k.IsRevoked(parseCert(t, liveCert.Certificate)) {
+		t.Error("the rebuilt KRL revokes the lifted key or the live certificate")
+	}
+	waitFor(t, 15*time.Second, "the agent installs the rebuilt KRL", func() bool {
+		st := agent.Status()
+		return st.Alert == "" && st.KRLVersion >= k.Version
+	})
+	if v := installedVersion(t, flags.krlPath); v < k.Version {
+		t.Errorf("the agent's KRL file is at version %d, the rebuilt one %d", v, k.Version)
+	}
+
+	code, inv := call(t, http.MethodGet, base+"/v1/certs?identity=carol@example.com", adminTok(), nil)
+	var certs []struct {
+		Serial string `json:"serial"`
+	}
+	_ = json.Unmarshal(inv, &certs)
+	if code != http.StatusOK || !strings.Contains(string(inv), liveCert.Serial) {
+		t.Errorf("inventory of carol after the rebuild = %d %s, want serial %s", code, inv, liveCert.Serial)
+	}
+	t.Logf("bastion held %d, rebuilt KRL %d (generation %d); agent %+v", installed, k.Version, gen, agent.Status())
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/audit"
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
+)
+
+// rebuildTargetPrefix starts the target of a rebuild's own audit record, followed by the new
+// generation's number: a later rebuild reads it as a witness of the generations used.
+const rebuildTargetPrefix = "store rebuild generation "
+
+// rebuildFlags are the inputs of `sshca store rebuild`.
+type rebuildFlags struct {
+	redisURL      string
+	auditKey      string
+	archives      []string
+	userCA        string
+	hostCA        string
+	otherCAs      []string
+	aboveVersion  uint64
+	identityBlock time.Duration
+	tokenLifetime time.Duration
+}
+
+func newStoreCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "store", Short: "The Redis store: rebuild it after it lost its state"}
+	var f rebuildFlags
+	rebuild := &cobra.Command{
+		Use:   "rebuild --redis URL --audit-key FILE --user-ca FILE --host-ca FILE [--archive FILE]... [--above-version N]",
+		Short: "Restore revocations, bans, identity blocks and the live inventory from the verified audit trail, and start a new generation",
+		Long: `Restore a store that lost its state (an empty restart, a restore from an old snapshot, a
+failover to a lagging replica: the CA then answers "revocation state lost") from the verified
+audit trail: the archives given with --archive, in order, then the chain in Redis.
+
+It restores the live certificates (from the records of issuance), the serials and key IDs
+revoked, the public keys banned and not lifted since, the identities still blocked and the
+certificates their revocation covered, and lists every record it could not restore, with why.
+Key-ring changes are not replayed: the key ring comes back from the configuration and key files.
+The spent single-use tokens cannot be restored: tokens that expire before now plus
+--token-lifetime are refused (they may have been spent before the loss).
+
+It then starts a new generation above every one the store shows and above --above-version (a
+bastion's installed KRL version, from its status): CA replicas that found the loss serve
+again, and bastions install the KRLs it publishes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runRebuild(cmd.Context(), f, cmd.OutOrStdout(), time.Now)
+		},
+	}
+	fl := rebuild.Flags()
+	fl.StringVar(&f.redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db of the store (env SSHCA_REDIS_URL)")
+	fl.StringVar(&f.auditKey, "audit-key", "", "the audit key (audit.key_file of the CA): the trail is verified with it")
+	fl.StringArrayVar(&f.archives, "archive", nil, "an audit archive (sshca audit archive --out), oldest first; repeat for several")
+	fl.StringVar(&f.userCA, "user-ca", "", "the active user CA public key (a file as GET /v1/ca/user.pub serves)")
+	fl.StringVar(&f.hostCA, "host-ca", "", "the active host CA public key (a file with one public key line)")
+	fl.StringArrayVar(&f.otherCAs, "ca", nil, "another CA public key whose certificates may still be live (a retired key); repeat for several")
+	fl.Uint64Var(&f.aboveVersion, "above-version", 0, "the newest KRL version a bastion holds (sshca bastion status): the new generation is above its generation")
+	fl.DurationVar(&f.identityBlock, "identity-block", ca.DefaultLimits.IdentityBlock, "limits.identity_block of the CA: how long an identity revocation recorded without its end blocks")
+	fl.DurationVar(&f.tokenLifetime, "token-lifetime", identity.DefaultMaxTokenLifetime, "the longest lifetime of the tokens the CA accepts (oidc max_token_lifetime, or the identity provider's shorter one): single-use tokens expiring before now plus this are refused")
+	cmd.AddCommand(rebuild)
+	return cmd
+}
+
+// readCAKey reads the first public key of an authorized_keys-form file.
+func readCAKey(flag, path string) (ssh.PublicKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	k, _, _, _, err := ssh.ParseAuthorizedKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %s holds no public key line: %w", flag, path, err)
+	}
+	return k, nil
+}
+
+// runRebuild is `sshca store rebuild`: verify the trail, restore, start a new generation.
+func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() time.Time) error {
+	var missing []string
+	if f.redisURL == "" {
+		missing = append(missing, "--redis URL (the store to rebuild)")
+	}
+	if f.auditKey == "" {
+		missing = append(missing, "--audit-key FILE (the trail is trusted only once verified with it)")
+	}
+	if f.userCA == "" || f.hostCA == "" {
+		missing = append(missing, "--user-ca FILE and --host-ca FILE (the active CA public keys)")
+	}
+	if f.tokenLifetime <= 0 {
+		missing = append(missing, "--token-lifetime must be positive")
+	}
+	if len(missing) > 0 {
+		return errors.New("store rebuild: " + strings.Join(missing, "; "))
+	}
+	key, err := readAuditKey(f.auditKey)
+	if err != nil {
+		return fmt.Errorf("--audit-key: %w", err)
+	}
+	restore := &store.Restore{IdentityBlock: f.identityBlock}
+	if restore.UserCA, err = readCAKey("user-ca", f.userCA); err != nil {
+		return err
+	}
+	if restore.HostCA, err = readCAKey("host-ca", f.hostCA); err != nil {
+		return err
+	}
+	for _, p := range f.otherCAs {
+		k, err := readCAKey("ca", p)
+		if err != nil {
+			return err
+		}
+		restore.OtherCAs = append(restore.OtherCAs, k)
+	}
+	ropts, err := parseRedisURL(f.redisURL) // errors never echo the URL: it may hold a password
+	if err != nil {
+		return fmt.Errorf("--redis: %w", err)
+	}
+	rdb := redis.NewClient(newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts))
+	defer rdb.Close()
+	al := audit.New(rdb, audit.Options{Key: key})
+
+	// The trail: each record once, archives first. A chain in Redis restored from a snapshot
+	// may repeat records an archive holds (same sequence number and MAC): those are skipped.
+	var gen uint16 // the newest generation a rebuild recorded
+	seen := map[uint64]string{}
+	add := func(e audit.Entry) {
+		if mac, ok := seen[e.Seq]; ok && mac == e.MAC {
+			return
+		}
+		seen[e.Seq] = e.MAC
+		if rest, ok := strings.CutPrefix(e.Record.Target, rebuildTargetPrefix); ok && e.Record.Action == ca.KindAdmin {
+			if n, err := strconv.ParseUint(strings.Fields(rest + " ")[0], 10, 16); err == nil {
+				gen = max(gen, uint16(n))
+			}
+			return
+		}
+		restore.Add(e.Record)
+	}
+	var last audit.ArchiveReport
+	fromArchives := 0
+	for _, p := range f.archives {
+		fh, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("--archive: %w", err)
+		}
+		ar, err := al.VerifyArchive(fh, add)
+		fh.Close()
+		if err != nil {
+			return fmt.Errorf("--archive %s does not verify, so nothing was rebuilt: %w", p, err)
+		}
+		if ar.Records+ar.Bases > 0 {
+			last = ar
+		}
+		fromArchives += ar.Records
+		fmt.Fprintf(out, "archive %s: %s verified, records %d to %d\n", p, plural(ar.Records, "audit record"), ar.FirstSeq, ar.LastSeq)
+	}
+	// The chain in Redis: read into a list first, since a chain that does not go on from the
+	// archive (the log was lost with the store, and started again) is still read, after a
+	// warning, and only a chain that verifies is used.
+	var inRedis []audit.Entry
+	collect := func(e audit.Entry) { inRedis = append(inRedis, e) }
+	rep, err := al.VerifyAfter(ctx, last, collect)
+	if err != nil && len(f.archives) > 0 {
+		inRedis = nil
+		rep, err = al.Verify(ctx, collect)
+		if err == nil {
+			fmt.Fprintf(out, "WARNING: the audit chain in Redis does not go on from the last archive (record %d): the records written between that archive and the loss are gone, and what they did cannot be restored\n", last.LastSeq)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("the audit chain in Redis does not verify, so nothing was rebuilt: %w", err)
+	}
+	for _, e := range inRedis {
+		add(e)
+	}
+	fmt.Fprintf(out, "audit chain in Redis: %s verified (from record %d)\n", plural(rep.Records, "audit record"), rep.BaseSeq+1)
+
+	start := now()
+	st := store.NewRedis(rdb, store.RedisOptions{Now: now})
+	res, err := restore.Apply(ctx, st, start)
+	if err != nil {
+		return fmt.Errorf("store rebuild: restoring (run it again: every step is idempotent): %w", err)
+	}
+	refuseUntil := start.Add(f.tokenLifetime)
+	if err := st.RefuseTokensUntil(ctx, refuseUntil); err != nil {
+		return err
+	}
+	floor, _ := revocation.SplitVersion(f.aboveVersion)
+	g, err := st.NextGeneration(ctx, max(floor, gen))
+	if err != nil {
+		return err
+	}
+	if err := st.SwitchGeneration(ctx, g, append([]ssh.PublicKey{restore.UserCA, restore.HostCA}, restore.OtherCAs...)...); err != nil {
+		return err
+	}
+	summary := fmt.Sprintf("restored %d revocations (%d lifts applied, %d identity names blocked), %d live certificates; %d revocations had expired; could not restore %d",
+		res.Revocations, res.Lifts, res.Blocks, res.Certificates, res.Expired, len(restore.Skipped))
+	if err := al.Append(ctx, ca.AuditRecord{Time: start.UTC(), Action: ca.KindAdmin, Outcome: "allowed", Identity: "sshca store rebuild",
+		Target: rebuildTargetPrefix + strconv.Itoa(int(g.Epoch)) + " " + g.ID, Reasons: []string{summary}}); err != nil {
+		fmt.Fprintf(out, "WARNING: the rebuild's own audit record was not kept: %v\n", err)
+	}
+
+	fmt.Fprintf(out, "read %s (%d from archives)\n", plural(restore.Records, "audit record"), fromArchives)
+	fmt.Fprintf(out, "restored: %s, %s lifted, %s blocked, %s", plural(res.Revocations, "revocation"), plural(res.Lifts, "ban"),
+		plural(res.Blocks, "identity name"), plural(res.Certificates, "live certificate"))
+	if res.Assumed > 0 {
+		fmt.Fprintf(out, " (%d recorded without their CA key: taken as signed by the active key of their kind)", res.Assumed)
+	}
+	fmt.Fprintf(out, "\nexpired, nothing to restore: %s\n", plural(res.Expired, "revocation"))
+	fmt.Fprintf(out, "could not restore: %d\n", len(restore.Skipped))
+	for _, s := range restore.Skipped {
+		fmt.Fprintf(out, "  %s %s: %s\n", s.Time.UTC().Format(time.RFC3339), s.Target, s.Why)
+	}
+	if res.NoAliases > 0 {
+		fmt.Fprintf(out, "%d live certificates were recorded without their identity's e-mail and username: the inventory finds them by canonical name (issuer|subject) only\n", res.NoAliases)
+	}
+	fmt.Fprintf(out, "single-use tokens expiring before %s are refused (the tokens spent before the loss are not known)\n", refuseUntil.UTC().Format(time.RFC3339))
+	fmt.Fprintf(out, "new generation %d (%s): KRL versions are now above %d; CA replicas serve again, bastions install the rebuilt KRL\n",
+		g.Epoch, g.ID, revocation.ComposeVersion(g.Epoch, 0))
+	return nil
+}
