@@ -184,8 +184,9 @@ func (c *Client) KRL(ctx context.Context, ifNoneMatch string) (KRL, error) {
 	return out, nil
 }
 
-// HostKRL fetches the KRL of compromised host CA keys (GET /v1/krl/host), for clients'
-// RevokedHostKeys.
+// HostKRL fetches the KRL of revoked hosts (GET /v1/krl/host), in OpenSSH's binary format for
+// clients' RevokedHostKeys: host certificates revoked by serial or key ID, banned keys and
+// compromised host CA keys.
 func (c *Client) HostKRL(ctx context.Context) ([]byte, error) {
 	b, _, err := c.get(ctx, "/v1/krl/host", "")
 	return b, err

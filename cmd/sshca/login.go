@@ -23,6 +23,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/krl"
 )
 
 type loginFlags struct {
@@ -34,6 +35,9 @@ type loginFlags struct {
 	noAgent    bool
 	print      bool
 	browser    bool
+	// revokedHosts is the client-side KRL of revoked hosts (RevokedHostKeys), kept fresh from
+	// GET /v1/krl/host at every login.
+	revokedHosts string
 }
 
 // openBrowser shows a URL to the user; tests replace it with a scripted browser.
@@ -64,6 +68,7 @@ func newLoginCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&f.noAgent, "no-agent", false, "do not add the key and certificate to ssh-agent")
 	cmd.Flags().BoolVar(&f.print, "print", false, "print the certificate to stdout (for scripts)")
 	cmd.Flags().BoolVar(&f.browser, "browser", false, "sign in in a browser (authorization code + PKCE, loopback redirect) instead of the device flow")
+	cmd.Flags().StringVar(&f.revokedHosts, "revoked-hosts", "", "the KRL of revoked hosts to keep fresh for ssh's RevokedHostKeys (default ~/.ssh/sshca/revoked_hosts.krl)")
 	return cmd
 }
 
@@ -77,6 +82,8 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 	if err != nil {
 		return fmt.Errorf("cannot reach the sshca server at %s (%v); check --server and your network", server, err)
 	}
+	// Revoked hosts need no sign-in: they are refreshed even when the sign-in then fails.
+	keepHostKRL(ctx, msg, c, f.revokedHosts)
 	// Everything that can fail without the user is checked before they sign in.
 	keyPath, raw, err := loadOrCreateKey(f.key)
 	if err != nil {
@@ -346,4 +353,110 @@ func agentReachable() error {
 // v, for an endpoint the typed client does not name; errors as cliError.
 func getJSON(ctx context.Context, rawURL string, v any) error {
 	return callURL(ctx, http.MethodGet, rawURL, "", nil, v)
+}
+
+// keepHostKRL keeps the client-side KRL of revoked hosts (path, default
+// ~/.ssh/sshca/revoked_hosts.krl) fresh from GET /v1/krl/host and says which RevokedHostKeys
+// line ssh needs. It never fails the login: a KRL that cannot be refreshed is reported and the
+// installed one stays.
+func keepHostKRL(ctx context.Context, msg io.Writer, c *client.Client, path string) {
+	if path == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			fmt.Fprintf(msg, "warning: no home directory for the KRL of revoked hosts (%v); pass --revoked-hosts\n", err)
+			return
+		}
+		path = filepath.Join(home, ".ssh", "sshca", "revoked_hosts.krl")
+	}
+	version, changed, err := refreshHostKRL(ctx, c, path)
+	if err != nil {
+		fmt.Fprintf(msg, "warning: revoked hosts not refreshed: %v\n", err)
+		return
+	}
+	state := "unchanged"
+	if changed {
+		state = "updated"
+	}
+	fmt.Fprintf(msg, "revoked hosts: %s (version %d, %s); ssh checks it with this line in ~/.ssh/config:\n  RevokedHostKeys %s\n", path, version, state, path)
+}
+
+// refreshHostKRL installs the host KRL the server publishes at path, an OpenSSH KRL file for
+// RevokedHostKeys, and answers the version installed and whether it changed. A valid empty
+// KRL is written first when the file is missing: OpenSSH's client refuses every connection
+// while the file RevokedHostKeys names cannot be read. The server's KRL is decoded before it
+// is installed (a KRL ssh cannot read would refuse every host), and never replaces a newer one
+// (a higher KRL version: the server's versions only grow, so a lower one comes from a replica
+// or cache that lags). Writes are atomic: a temporary file in the same directory, renamed.
+func refreshHostKRL(ctx context.Context, c *client.Client, path string) (version uint64, changed bool, err error) {
+	installed, err := readKRL(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		empty, err := (&krl.KRL{Comment: "sshca: no revoked hosts known yet"}).MarshalBinary()
+		if err != nil {
+			return 0, false, err
+		}
+		if err := writeFileAtomic(path, empty); err != nil {
+			return 0, false, err
+		}
+		installed = &krl.KRL{}
+	case err != nil:
+		installed = nil // unreadable: any valid KRL from the server replaces it
+	}
+	data, err := c.HostKRL(ctx)
+	if err != nil {
+		return 0, false, fmt.Errorf("GET /v1/krl/host: %w", err)
+	}
+	fetched, err := krl.Parse(data)
+	if err != nil {
+		return 0, false, fmt.Errorf("the server's host KRL does not decode (%v); kept %s", err, path)
+	}
+	if installed != nil && installed.Version >= fetched.Version {
+		if installed.Version > fetched.Version {
+			return installed.Version, false, fmt.Errorf("the server's host KRL (version %d) is older than the one installed (version %d); kept %s", fetched.Version, installed.Version, path)
+		}
+		return installed.Version, false, nil
+	}
+	if err := writeFileAtomic(path, data); err != nil {
+		return 0, false, err
+	}
+	return fetched.Version, true, nil
+}
+
+func readKRL(path string) (*krl.KRL, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return krl.Parse(b)
+}
+
+// writeFileAtomic replaces path with data (mode 0644, a KRL is public), creating its directory
+// (0700) if needed: readers see the old file or the new one, never a part.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name()) // a no-op once renamed
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
