@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -230,6 +231,8 @@ func err2code(err error) int {
 		return http.StatusConflict
 	case ca.KindUnavailable:
 		return http.StatusServiceUnavailable
+	case ca.KindRateLimited:
+		return http.StatusTooManyRequests
 	default:
 		return http.StatusInternalServerError
 	}
@@ -248,6 +251,9 @@ func encodeError(_ context.Context, err error, w http.ResponseWriter) {
 	}
 	if code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sshca"`)
+	}
+	if e != nil && e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(retryAfterSeconds(e.RetryAfter), 10))
 	}
 	writeJSON(w, code, body)
 }
