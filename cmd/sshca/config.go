@@ -32,6 +32,13 @@ type Config struct {
 	// from X-Forwarded-For only when the peer is one of TrustedProxies.
 	BehindTLSProxy bool     `yaml:"behind_tls_proxy"`
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// DiagListen is the address of the diagnostics listener: plain HTTP with /metrics, /readyz
+	// with every check and detail, and /healthz, for the platform's probes and scrapers and
+	// not for the public (check errors name internal addresses). Default
+	// DefaultDiagListen when the key is absent; "0.0.0.0:9850" lets a scraper in another pod
+	// reach it. An explicit empty value turns it off: then /metrics and the /readyz details
+	// stay on the public listener, as they were before it existed.
+	DiagListen string `yaml:"diag_listen"`
 
 	UserCA KeyConfig `yaml:"user_ca"`
 	HostCA KeyConfig `yaml:"host_ca"`
@@ -55,6 +62,10 @@ type Config struct {
 	// signed certificate to be recorded and audited after it (2 × ca.SignedCertTimeout).
 	RequestTimeout time.Duration `yaml:"request_timeout"`
 }
+
+// DefaultDiagListen is diag_listen when the configuration file does not name it: loopback, so
+// nothing beyond the host reads the diagnostics unless the operator says so.
+const DefaultDiagListen = "127.0.0.1:9850"
 
 // requestTimeout is RequestTimeout or its default.
 func (c *Config) requestTimeout() time.Duration {
@@ -142,7 +153,7 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	var c Config
+	c := Config{DiagListen: DefaultDiagListen} // absent: the default; an explicit "" turns it off
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
@@ -175,6 +186,13 @@ func (c *Config) Validate() error {
 	}
 	if err == nil && c.TLS.CertFile == "" && !c.BehindTLSProxy && !isLoopback(host) {
 		add("listen: bearer tokens would travel over plain HTTP on %s; configure tls, or set behind_tls_proxy: true when a TLS-terminating proxy is in front", c.Listen)
+	}
+	if c.DiagListen != "" {
+		if _, _, err := net.SplitHostPort(c.DiagListen); err != nil {
+			add("diag_listen: %q is not a host:port address (e.g. %q)", c.DiagListen, DefaultDiagListen)
+		} else if c.DiagListen == c.Listen {
+			add("diag_listen: %q is also listen; the diagnostics need an address of their own", c.DiagListen)
+		}
 	}
 	if len(c.TrustedProxies) > 0 && !c.BehindTLSProxy {
 		add("trusted_proxies: only meaningful with behind_tls_proxy: true")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -98,6 +99,9 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		IdentityBlock: cfg.Limits.IdentityBlock}
 	p.knownHostsPattern, p.trustedProxies = cfg.KnownHostsPattern, proxies
 	p.details, p.login, p.reg = details, cfg.Login, reg
+	if cfg.DiagListen != "" {
+		p.diag = http.NewServeMux()
+	}
 	if cfg.Keyring.Enabled {
 		if err := useKeyring(ctx, &p, cfg, userKey, hostKey, db); err != nil {
 			return err
@@ -113,6 +117,10 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	}
 	log.Info("sshca serving", "addr", l.Addr().String(), "tls", cfg.TLS.CertFile != "",
 		"user_ca", userKey.Signer().PublicKey().Type(), "host_ca", hostKey.Signer().PublicKey().Type(), "policy", pol.Revision(), "policy_evaluator", pol.Mode())
+	if err := serveDiag(ctx, cfg.DiagListen, p.diag, log); err != nil {
+		l.Close()
+		return err
+	}
 	if ready != nil {
 		ready <- l.Addr().String()
 	}

@@ -45,6 +45,10 @@ type parts struct {
 	reg               *prometheus.Registry
 	trustedProxies    []netip.Prefix
 	log               *slog.Logger
+	// diag, when set, gets /metrics and the detailed /readyz (services.MountDiag; serve mounts
+	// it on diag_listen), and the public /readyz says only ready or not. Nil: both stay on the
+	// API's own mux (dev mode, on loopback).
+	diag *http.ServeMux
 	// rdb, when set, is probed with writes for readiness.
 	rdb redis.UniversalClient
 	// state, when set, is the store whose generation marks /readyz compares with this
@@ -72,7 +76,8 @@ func redisParts(userKey, hostKey *kms.Key, rdb redis.UniversalClient, db *store.
 	}
 }
 
-// apiHandler builds the authority and its HTTP API, with /metrics.
+// apiHandler builds the authority and its HTTP API, with /metrics and /readyz details on
+// p.diag when set, else on the API itself.
 func apiHandler(p parts) (http.Handler, error) {
 	reg := p.reg
 	if reg == nil {
@@ -93,19 +98,26 @@ func apiHandler(p parts) (http.Handler, error) {
 	svc = services.LoggingMiddleware(p.log)(svc)
 	keys := services.LoggingKeyAdmin(p.log)(services.InstrumentingKeyAdmin(metrics)(keyAdmin(p, authority)))
 
+	ready, details := services.Checks(p.readyChecks()), withFaults(p.details, faults)
+	if p.diag != nil {
+		services.MountDiag(p.diag, ready, details, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		ready, details = services.ReadyStatus(ready), nil
+	}
 	mux := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{
 		Logger:            p.log,
 		KnownHostsPattern: p.knownHostsPattern,
 		TrustedProxies:    p.trustedProxies,
-		Ready:             services.Checks(p.readyChecks()),
-		Details:           withFaults(p.details, faults),
+		Ready:             ready,
+		Details:           details,
 		Login:             p.login,
 		Keys:              keys,
 		RenderKRL: func(states ...ca.RevocationState) ([]byte, error) {
 			return revocation.EncodeKRL(time.Now(), states...)
 		},
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if p.diag == nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	}
 	return services.RequestID(p.trustedProxies, services.RequestDeadline(p.requestTimeout, nil, mux)), nil
 }
 
