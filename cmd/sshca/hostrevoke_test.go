@@ -202,3 +202,37 @@ func TestHostKRLKeptSafe(t *testing.T) {
 		t.Errorf("temporary files left behind: %v", left)
 	}
 }
+
+// TestHostKRLDefaultPath: without --revoked-hosts the KRL goes to
+// ~/.ssh/sshca/revoked_hosts.krl, and the RevokedHostKeys line names it; a server that cannot
+// answer is a warning that leaves a valid empty KRL there, never a failed login.
+func TestHostKRLDefaultPath(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	var serve atomic.Pointer[[]byte] // nil: 404
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b := serve.Load(); b != nil {
+			w.Write(*b)
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	var msg bytes.Buffer
+	keepHostKRL(context.Background(), &msg, client.New(srv.URL), "")
+	want := filepath.Join(home, ".ssh", "sshca", "revoked_hosts.krl")
+	if k, err := readKRL(want); err != nil || k.Version != 0 {
+		t.Fatalf("KRL at %s: %v %+v, want the valid empty one", want, err, k)
+	}
+	if !strings.Contains(msg.String(), "warning: revoked hosts not refreshed: GET /v1/krl/host") {
+		t.Errorf("message:\n%s\nwant a warning naming the request", msg.String())
+	}
+
+	b, _ := (&krl.KRL{Version: 3}).MarshalBinary()
+	serve.Store(&b)
+	msg.Reset()
+	keepHostKRL(context.Background(), &msg, client.New(srv.URL), "")
+	if !strings.Contains(msg.String(), "(version 3, updated)") || !strings.HasSuffix(msg.String(), "\n  RevokedHostKeys "+want+"\n") {
+		t.Errorf("message:\n%s\nwant version 3 updated and the RevokedHostKeys line for %s", msg.String(), want)
+	}
+}

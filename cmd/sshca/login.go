@@ -361,12 +361,11 @@ func getJSON(ctx context.Context, rawURL string, v any) error {
 // installed one stays.
 func keepHostKRL(ctx context.Context, msg io.Writer, c *client.Client, path string) {
 	if path == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
+		var err error
+		if path, err = defaultRevokedHosts(); err != nil {
 			fmt.Fprintf(msg, "warning: no home directory for the KRL of revoked hosts (%v); pass --revoked-hosts\n", err)
 			return
 		}
-		path = filepath.Join(home, ".ssh", "sshca", "revoked_hosts.krl")
 	}
 	version, changed, err := refreshHostKRL(ctx, c, path)
 	if err != nil {
@@ -378,6 +377,16 @@ func keepHostKRL(ctx context.Context, msg io.Writer, c *client.Client, path stri
 		state = "updated"
 	}
 	fmt.Fprintf(msg, "revoked hosts: %s (version %d, %s); ssh checks it with this line in ~/.ssh/config:\n  RevokedHostKeys %s\n", path, version, state, path)
+}
+
+// defaultRevokedHosts is where sshca login keeps the KRL of revoked hosts unless told
+// otherwise: ~/.ssh/sshca/revoked_hosts.krl (what an ssh config's RevokedHostKeys names).
+func defaultRevokedHosts() (string, error) {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(home, ".ssh", "sshca", "revoked_hosts.krl"), nil
 }
 
 // refreshHostKRL installs the host KRL the server publishes at path, an OpenSSH KRL file for
