@@ -256,6 +256,8 @@ func (s *Restore) Add(rec ca.AuditRecord) {
 	switch {
 	case rec.Outcome == "issued" && rec.Serial != 0:
 		s.issued[rec.Serial] = rec
+	case rec.Action == ca.KindAdmin && rec.Outcome == "allowed" && strings.HasSuffix(rec.Target, " compromised"):
+		s.Skipped = append(s.Skipped, Skip{rec.Time, rec.Target, "a compromised CA key is not replayed (the record holds only its fingerprint): keep it out of the configuration and of every trusted file, and restore the keyring document from a copy"})
 	case rec.Action == ca.KindAdmin && rec.Outcome == "allowed":
 		s.Skipped = append(s.Skipped, Skip{rec.Time, rec.Target, "a key-ring change is not replayed: the key ring comes back from the configuration and key files; check it with sshca keys list"})
 	case rec.Action == ca.KindRevoke && rec.Outcome == "allowed":
@@ -359,27 +361,42 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 	}
 	bans := map[string]*ban{}
 	var order []string
-	revokeCert := func(a restoreAction, kind ca.EntryKind, serial uint64, keyID string) error {
+	// revokeCert revokes a certificate by serial or key ID from its record of issuance: true
+	// when it was revoked; false when it had expired (counted) or cannot be (listed).
+	revokeCert := func(a restoreAction, kind ca.EntryKind, serial uint64, keyID string) (bool, error) {
 		rec, ok := s.issued[serial]
 		if !ok || (keyID != "" && rec.KeyID != keyID) {
 			skip(a, "no record of the certificate's issuance in the audit trail (give the archive that holds it with --archive); its expiry and CA key are unknown")
-			return nil
+			return false, nil
 		}
 		if !rec.ValidBefore.After(now) {
-			rep.Expired++
-			return nil
+			return false, nil
 		}
 		k, _, err := s.caKeyFor(rec)
 		if err != nil {
 			skip(a, err.Error())
-			return nil
+			return false, nil
 		}
 		value := strconv.FormatUint(serial, 10)
 		if kind == ca.RevokedKeyID {
 			value = keyID
 		}
 		if _, err := r.Revoke(ctx, k, []ca.RevocationEntry{{Kind: kind, Value: value, Expiry: rec.ValidBefore}}); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	// one counts a revocation by serial or key ID.
+	one := func(a restoreAction, kind ca.EntryKind, serial uint64, keyID string) error {
+		before := len(s.Skipped)
+		done, err := revokeCert(a, kind, serial, keyID)
+		switch {
+		case err != nil:
 			return err
+		case done:
+			rep.Revocations++
+		case len(s.Skipped) == before:
+			rep.Expired++
 		}
 		return nil
 	}
@@ -391,12 +408,8 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 				skip(a, "malformed serial")
 				continue
 			}
-			before := len(s.Skipped)
-			if err := revokeCert(a, ca.RevokedSerial, n, ""); err != nil {
+			if err := one(a, ca.RevokedSerial, n, ""); err != nil {
 				return rep, err
-			}
-			if len(s.Skipped) == before {
-				rep.Revocations++
 			}
 		case "key_id":
 			i := strings.LastIndexByte(a.arg, '#')
@@ -405,12 +418,8 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 				skip(a, "the key ID does not end in #<serial>")
 				continue
 			}
-			before := len(s.Skipped)
-			if err := revokeCert(a, ca.RevokedKeyID, n, a.arg); err != nil {
+			if err := one(a, ca.RevokedKeyID, n, a.arg); err != nil {
 				return rep, err
-			}
-			if len(s.Skipped) == before {
-				rep.Revocations++
 			}
 		case "ban":
 			if a.rec.PublicKey == "" {
@@ -457,11 +466,11 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 				if !slices.Contains(covered, rec.Identity) || !rec.Time.Before(a.rec.Time) || !rec.ValidBefore.After(a.rec.Time) {
 					continue
 				}
-				before := len(s.Skipped)
-				if err := revokeCert(a, ca.RevokedSerial, serial, ""); err != nil {
+				done, err := revokeCert(a, ca.RevokedSerial, serial, "")
+				if err != nil {
 					return rep, err
 				}
-				if len(s.Skipped) == before {
+				if done {
 					n++
 				}
 			}

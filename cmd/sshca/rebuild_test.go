@@ -191,3 +191,115 @@ func TestStoreRebuild(t *testing.T) {
 	}
 	t.Logf("bastion held %d, rebuilt KRL %d (generation %d); agent %+v", installed, k.Version, gen, agent.Status())
 }
+
+// TestStoreRebuildFromSnapshot restores redis-server from an RDB copy taken before N
+// revocations, with the audit log archived after them, and restarts the CA replica and the
+// bastion agent (so only the agent's installed KRL remembers the newer state: it refuses the
+// older KRL and alerts). `sshca store rebuild` with the archive (the restored chain in Redis
+// repeats its first records, which are read once) and the agent's version brings back every
+// revocation: the agent installs the rebuilt KRL and the alert clears.
+func TestStoreRebuildFromSnapshot(t *testing.T) {
+	srv := testenv.StartRedisConfig(t, filepath.Join("..", "..", "deploy", "redis", "redis.conf"),
+		"--user", "test-admin", "on", ">test-admin-pw", "~*", "&*", "+@all",
+		"--appendonly", "no", "--save", "")
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "test-admin", Password: "test-admin-pw"})
+	defer admin.Close()
+	ctx := context.Background()
+	idp := startIssuer(t, "sshca")
+	mint := minter(t, idp)
+	cfg := serveConfig(t, srv.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	cfg.Redis.Username, cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
+	redisURL := "redis://sshca:CHANGE-ME-sshca@" + srv.Addr
+	base, stopReplica := startServeStoppable(t, cfg)
+	dir := t.TempDir()
+	flags := agentFlags{redisURL: "redis://bastion:CHANGE-ME-bastion@" + srv.Addr, krlPath: filepath.Join(dir, "sshca.krl"),
+		userCA: filepath.Join(dir, "user_ca.pub"), health: "127.0.0.1:0", poll: time.Second, caRefresh: time.Second}
+	agent, stopAgent := startAgentStoppable(t, flags)
+	alice := func() string {
+		return mint(map[string]any{"sub": "u-alice", "preferred_username": "alice", "email": "alice@example.com", "email_verified": true})
+	}
+	adminTok := func() string {
+		return mint(map[string]any{"sub": "admin", "preferred_username": "admin1", "email": "admin@example.com", "email_verified": true, "groups": []string{"sshca-admins"}})
+	}
+	userKey := keygen(t, dir, "alice")
+	var revoked []issuedCert
+	revokeNew := func() {
+		t.Helper()
+		c := issue(t, base, "user", alice(), map[string]any{"public_key": readFile(t, userKey+".pub"), "ttl": "10m"})
+		if code, out := call(t, http.MethodPost, base+"/v1/revocations", adminTok(), map[string]any{"serial": c.Serial, "reason": "test"}); code != http.StatusOK {
+			t.Fatalf("revoke = %d %s", code, out)
+		}
+		revoked = append(revoked, c)
+	}
+	_, userPub := getBody(t, base+"/v1/ca/user.pub")
+	_, knownHosts := getBody(t, base+"/v1/ca/known_hosts")
+	userCAFile, hostCAFile := filepath.Join(dir, "user-ca.pub"), filepath.Join(dir, "host-ca.pub")
+	if err := os.WriteFile(userCAFile, []byte(userPub), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hostCAFile, []byte(strings.TrimPrefix(strings.SplitN(knownHosts, "\n", 2)[0], "@cert-authority * ")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	revokeNew()
+	if err := admin.Save(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	snapshot, err := os.ReadFile(filepath.Join(srv.Dir, "dump.rdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 4
+	for range n {
+		revokeNew()
+	}
+	waitFor(t, 10*time.Second, "the agent installs the KRL of every revocation", func() bool {
+		return agent.Status().KRLVersion == n+1
+	})
+	archive := filepath.Join(dir, "audit.archive")
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", redisURL, "--key-file", cfg.Audit.KeyFile, "--out", archive); err != nil {
+		t.Fatalf("audit archive: %v\n%s", err, out)
+	}
+
+	stopReplica()
+	stopAgent()
+	srv.Kill()
+	if err := os.WriteFile(filepath.Join(srv.Dir, "dump.rdb"), snapshot, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	base, _ = startServeStoppable(t, cfg)
+	agent, _ = startAgentStoppable(t, flags)
+	waitFor(t, 15*time.Second, "the restarted agent refuses the older KRL and alerts", func() bool {
+		st := agent.Status()
+		return !st.Connected && st.Alert != "" && st.KRLVersion == n+1
+	})
+
+	out, err := runCLI(t, "", "store", "rebuild", "--redis", redisURL, "--audit-key", cfg.Audit.KeyFile, "--archive", archive,
+		"--user-ca", userCAFile, "--host-ca", hostCAFile, "--above-version", strconv.FormatUint(agent.Status().KRLVersion, 10), "--token-lifetime", "10m")
+	t.Logf("store rebuild:\n%s", out)
+	if err != nil {
+		t.Fatalf("store rebuild: %v", err)
+	}
+	if !strings.Contains(out, "restored: 5 revocations") || !strings.Contains(out, "could not restore: 0") {
+		t.Errorf("store rebuild did not restore the %d revocations", n+1)
+	}
+	waitFor(t, 15*time.Second, "the agent installs the rebuilt KRL and the alert clears", func() bool {
+		st := agent.Status()
+		return st.Connected && st.Alert == "" && st.KRLVersion > n+1
+	})
+	k, err := krl.Parse([]byte(readFile(t, flags.krlPath)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range revoked {
+		if !k.IsRevoked(parseCert(t, c.Certificate)) {
+			t.Errorf("serial %s is not in the bastion's KRL after the rebuild", c.Serial)
+		}
+	}
+	if code, out := getBody(t, base+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz after the rebuild = %d %s", code, out)
+	}
+	gen, _ := revocation.SplitVersion(k.Version)
+	t.Logf("bastion KRL %d (generation %d) after the rebuild; it held %d", k.Version, gen, n+1)
+}

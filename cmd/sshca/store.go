@@ -175,15 +175,27 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	var inRedis []audit.Entry
 	collect := func(e audit.Entry) { inRedis = append(inRedis, e) }
 	rep, err := al.VerifyAfter(ctx, last, collect)
+	detached := false
 	if err != nil && len(f.archives) > 0 {
 		inRedis = nil
 		rep, err = al.Verify(ctx, collect)
-		if err == nil {
-			fmt.Fprintf(out, "WARNING: the audit chain in Redis does not go on from the last archive (record %d): the records written between that archive and the loss are gone, and what they did cannot be restored\n", last.LastSeq)
-		}
+		detached = err == nil
 	}
 	if err != nil {
 		return fmt.Errorf("the audit chain in Redis does not verify, so nothing was rebuilt: %w", err)
+	}
+	if detached {
+		repeated := 0
+		for _, e := range inRedis {
+			if seen[e.Seq] == e.MAC {
+				repeated++
+			}
+		}
+		if repeated == len(inRedis) {
+			fmt.Fprintf(out, "the audit chain in Redis is an older part of the archived chain (the store was restored from a copy): nothing in it is new\n")
+		} else {
+			fmt.Fprintf(out, "WARNING: the audit chain in Redis does not go on from the last archive (record %d): the records written after that archive and before the loss are gone, and what they did cannot be restored; revoke again what was revoked since\n", last.LastSeq)
+		}
 	}
 	for _, e := range inRedis {
 		add(e)

@@ -1,0 +1,193 @@
+package store_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
+)
+
+func newPub(t *testing.T) ssh.PublicKey {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// TestRestoreSaysWhatItCannotRestore: records of every kind against redis-server, at a fixed
+// now. Restored: a serial and a key ID with their issuance records, a ban recorded with its
+// key, a ban lifted since, an identity (old record: the block's end from IdentityBlock) with
+// the certificate it covered. Listed as not restored, with the reason: a ban recorded with
+// its fingerprint only, a serial without its issuance record, a key-ring change and a
+// compromised CA key. Counted as expired: a serial whose certificate has expired.
+func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Second)
+	st := store.NewRedis(rdb, store.RedisOptions{Now: func() time.Time { return now }})
+	userCA, hostCA := newPub(t), newPub(t)
+	banned, lifted, oldBan := newPub(t), newPub(t), newPub(t)
+	at := func(d time.Duration) time.Time { return now.Add(d) }
+	issued := func(serial uint64, id string, vb time.Time) ca.AuditRecord {
+		return ca.AuditRecord{Time: at(-time.Hour), Action: ca.UserCert, Outcome: "issued", Identity: id, Serial: serial,
+			KeyID: id + "#" + strconv.FormatUint(serial, 10), ValidBefore: vb, Principals: []string{"p"}}
+	}
+	revoke := func(target string) ca.AuditRecord {
+		return ca.AuditRecord{Time: at(-30 * time.Minute), Action: ca.KindRevoke, Outcome: "allowed", Target: target}
+	}
+	ban := revoke("public_key:" + ssh.FingerprintSHA256(banned))
+	ban.PublicKey = revocation.KeyEntry(banned)
+	banLifted := revoke("public_key:" + ssh.FingerprintSHA256(lifted))
+	banLifted.PublicKey = revocation.KeyEntry(lifted)
+	byIdentity := revoke("identity:https://idp|bob")
+	records := []ca.AuditRecord{
+		issued(11, "https://idp|alice", at(time.Hour)),
+		issued(12, "https://idp|alice", at(time.Hour)),
+		issued(13, "https://idp|alice", at(-time.Minute)), // expired
+		issued(14, "https://idp|bob", at(time.Hour)),
+		issued(15, "https://idp|carol", at(time.Hour)), // live, never revoked
+		revoke("serial:11"),
+		revoke("key_id:https://idp|alice#12"),
+		revoke("serial:13"),
+		revoke("serial:99"), // no issuance record
+		ban,
+		banLifted,
+		{Time: at(-20 * time.Minute), Action: ca.KindRevoke, Outcome: "allowed", Target: "unrevoke public_key:" + ssh.FingerprintSHA256(lifted)},
+		revoke("public_key:" + ssh.FingerprintSHA256(oldBan)), // fingerprint only
+		byIdentity,
+		revoke("list revocations"), // a read: nothing to restore, nothing to report
+		{Time: at(-10 * time.Minute), Action: ca.KindAdmin, Outcome: "allowed", Target: "promote user CA key"},
+		{Time: at(-10 * time.Minute), Action: ca.KindAdmin, Outcome: "allowed", Target: "mark CA key SHA256:x compromised"},
+	}
+	r := &store.Restore{UserCA: userCA, HostCA: hostCA, IdentityBlock: time.Hour}
+	for _, rec := range records {
+		r.Add(rec)
+	}
+	rep, err := r.Apply(ctx, st, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := store.RestoreReport{Certificates: 4, Assumed: 4, Revocations: 4, Lifts: 1, Expired: 1, Blocks: 1, NoAliases: 4}
+	if rep != want {
+		t.Errorf("report %+v, want %+v", rep, want)
+	}
+	var why []string
+	for _, s := range r.Skipped {
+		why = append(why, s.Target+": "+s.Why)
+	}
+	for _, w := range []string{"serial:99: no record of the certificate's issuance", "public_key:" + ssh.FingerprintSHA256(oldBan) + ": the record holds only the key's fingerprint",
+		"promote user CA key: a key-ring change is not replayed", "mark CA key SHA256:x compromised: a compromised CA key is not replayed"} {
+		if !slices.ContainsFunc(why, func(s string) bool { return strings.HasPrefix(s, w) }) {
+			t.Errorf("not listed as skipped: %q; skipped: %q", w, why)
+		}
+	}
+	if len(why) != 4 {
+		t.Errorf("skipped %d records, want 4: %q", len(why), why)
+	}
+
+	state, err := st.State(ctx, userCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range state.Entries {
+		got = append(got, string(e.Kind)+":"+e.Value)
+	}
+	slices.Sort(got)
+	wantEntries := []string{"key:" + revocation.KeyEntry(banned), "key_id:https://idp|alice#12", "serial:11", "serial:14"}
+	slices.Sort(wantEntries)
+	if !slices.Equal(got, wantEntries) {
+		t.Errorf("user CA scope %q, want %q", got, wantEntries)
+	}
+	if why, err := st.Refused(ctx, userCA, []string{"https://idp|bob"}, newPub(t)); err != nil || !strings.Contains(why, "revoked") {
+		t.Errorf("bob refused = %q, %v; want blocked until %s", why, err, byIdentity.Time.Add(time.Hour))
+	}
+	if why, _ := st.Refused(ctx, hostCA, nil, banned); why == "" {
+		t.Error("the banned key is not refused under the host CA key")
+	}
+	if why, _ := st.Refused(ctx, userCA, nil, lifted); why != "" {
+		t.Errorf("the lifted key is refused: %q", why)
+	}
+	if live, err := st.Live(ctx, "https://idp|carol", now); err != nil || len(live) != 1 || live[0].CAFingerprint != ssh.FingerprintSHA256(userCA) {
+		t.Errorf("carol's live certificates = %+v, %v", live, err)
+	}
+}
+
+// TestNextGenerationAndTokenRefusal: the next generation is above the record, every mark and
+// the floor; SwitchGeneration writes it to the record and every mark; the token ledger refuses
+// tokens expiring before RefuseTokensUntil's time and takes later ones.
+func TestNextGenerationAndTokenRefusal(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	st := store.NewRedis(rdb, store.RedisOptions{})
+	caKey := newPub(t)
+	if _, err := st.Revoke(ctx, caKey, []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: "7", Expiry: time.Now().Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	fp := ssh.FingerprintSHA256(caKey)
+	keys := store.Keys{}
+	rdb.HSet(ctx, keys.Mark(store.TagCA(fp)), "epoch", 3)
+	g, err := st.NextGeneration(ctx, 0)
+	if err != nil || g.Epoch != 4 || g.ID == "" {
+		t.Fatalf("NextGeneration above a mark at 3 = %+v, %v", g, err)
+	}
+	if g, _ := st.NextGeneration(ctx, 7); g.Epoch != 8 {
+		t.Errorf("NextGeneration above a floor of 7 = %d", g.Epoch)
+	}
+	if err := st.SwitchGeneration(ctx, g, caKey); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{keys.Generation(), keys.Mark(store.TagCA(fp)), keys.Mark(store.TagKeys), keys.Mark(store.TagIdentities), keys.Mark(store.TagKeyring)} {
+		if v, _ := rdb.HMGet(ctx, k, "id", "epoch").Result(); len(v) != 2 || v[0] != g.ID || v[1] != "4" {
+			t.Errorf("%s = %v after the switch, want %s/4", k, v, g.ID)
+		}
+	}
+	// A fresh process sees the new generation, and the KRL version carries it.
+	fresh := store.NewRedis(rdb, store.RedisOptions{})
+	if err := fresh.CheckState(ctx, caKey); err != nil {
+		t.Fatalf("state after the switch: %v", err)
+	}
+	s, err := fresh.State(ctx, caKey)
+	if gen, _ := revocation.SplitVersion(s.Version); err != nil || gen != 4 || len(s.Entries) != 1 {
+		t.Errorf("state after the switch: version %d (generation %d), %d entries, %v", s.Version, gen, len(s.Entries), err)
+	}
+
+	until := time.Now().Add(time.Hour)
+	if err := st.RefuseTokensUntil(ctx, until); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RefuseTokensUntil(ctx, until.Add(-time.Minute)); err != nil { // never earlier
+		t.Fatal(err)
+	}
+	if ok, err := st.UseToken(ctx, "iss|before", until.Add(-time.Second)); err != nil || ok {
+		t.Errorf("a token expiring before the refusal's end = %t, %v; want refused", ok, err)
+	}
+	if ok, err := st.UseToken(ctx, "iss|after", until.Add(time.Second)); err != nil || !ok {
+		t.Errorf("a token expiring after the refusal's end = %t, %v; want taken", ok, err)
+	}
+	if ok, _ := st.UseToken(ctx, "iss|after", until.Add(time.Second)); ok {
+		t.Error("a token was taken twice")
+	}
+}
