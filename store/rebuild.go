@@ -260,6 +260,21 @@ func (s *Restore) Add(rec ca.AuditRecord) {
 		s.Skipped = append(s.Skipped, Skip{rec.Time, rec.Target, "a compromised CA key is not replayed (the record holds only its fingerprint): keep it out of the configuration and of every trusted file, and restore the keyring document from a copy"})
 	case rec.Action == ca.KindAdmin && rec.Outcome == "allowed":
 		s.Skipped = append(s.Skipped, Skip{rec.Time, rec.Target, "a key-ring change is not replayed: the key ring comes back from the configuration and key files; check it with sshca keys list"})
+	case rec.Action == ca.KindRevoke && (rec.Outcome == "unavailable" || rec.Outcome == "internal"):
+		// A lift that failed once allowed is settled by a second record of the same decision:
+		// the ban stands. (A revocation that failed is restored anyway: revoking more is safe.)
+		if arg, ok := strings.CutPrefix(rec.Target, "unrevoke public_key:"); ok {
+			for i := len(s.actions) - 1; i >= 0; i-- {
+				a := s.actions[i]
+				if a.arg != arg {
+					continue
+				}
+				if a.kind == "lift" && a.rec.Identity == rec.Identity && a.rec.Reason == rec.Reason {
+					s.actions = slices.Delete(s.actions, i, i+1)
+				}
+				break
+			}
+		}
 	case rec.Action == ca.KindRevoke && rec.Outcome == "allowed":
 		kind, arg, ok := strings.Cut(rec.Target, ":")
 		switch {

@@ -37,7 +37,8 @@ func newPub(t *testing.T) ssh.PublicKey {
 // key, a ban lifted since, an identity (old record: the block's end from IdentityBlock) with
 // the certificate it covered. Listed as not restored, with the reason: a ban recorded with
 // its fingerprint only, a serial without its issuance record, a key-ring change and a
-// compromised CA key. Counted as expired: a serial whose certificate has expired.
+// compromised CA key. A lift that failed once allowed (settled unavailable) leaves the ban.
+// Counted as expired: a serial whose certificate has expired.
 func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
@@ -60,6 +61,9 @@ func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 	banLifted := revoke("public_key:" + ssh.FingerprintSHA256(lifted))
 	banLifted.PublicKey = revocation.KeyEntry(lifted)
 	byIdentity := revoke("identity:https://idp|bob")
+	stillBanned := newPub(t)
+	ban2 := revoke("public_key:" + ssh.FingerprintSHA256(stillBanned))
+	ban2.PublicKey = revocation.KeyEntry(stillBanned)
 	records := []ca.AuditRecord{
 		issued(11, "https://idp|alice", at(time.Hour)),
 		issued(12, "https://idp|alice", at(time.Hour)),
@@ -74,6 +78,9 @@ func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 		banLifted,
 		{Time: at(-20 * time.Minute), Action: ca.KindRevoke, Outcome: "allowed", Target: "unrevoke public_key:" + ssh.FingerprintSHA256(lifted)},
 		revoke("public_key:" + ssh.FingerprintSHA256(oldBan)), // fingerprint only
+		ban2,
+		{Time: at(-15 * time.Minute), Action: ca.KindRevoke, Outcome: "allowed", Target: "unrevoke public_key:" + ssh.FingerprintSHA256(stillBanned)},
+		{Time: at(-15 * time.Minute), Action: ca.KindRevoke, Outcome: "unavailable", Target: "unrevoke public_key:" + ssh.FingerprintSHA256(stillBanned)}, // the lift failed
 		byIdentity,
 		revoke("list revocations"), // a read: nothing to restore, nothing to report
 		{Time: at(-10 * time.Minute), Action: ca.KindAdmin, Outcome: "allowed", Target: "promote user CA key"},
@@ -87,7 +94,7 @@ func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := store.RestoreReport{Certificates: 4, Assumed: 4, Revocations: 4, Lifts: 1, Expired: 1, Blocks: 1, NoAliases: 4}
+	want := store.RestoreReport{Certificates: 4, Assumed: 4, Revocations: 5, Lifts: 1, Expired: 1, Blocks: 1, NoAliases: 4}
 	if rep != want {
 		t.Errorf("report %+v, want %+v", rep, want)
 	}
@@ -114,7 +121,7 @@ func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 		got = append(got, string(e.Kind)+":"+e.Value)
 	}
 	slices.Sort(got)
-	wantEntries := []string{"key:" + revocation.KeyEntry(banned), "key_id:https://idp|alice#12", "serial:11", "serial:14"}
+	wantEntries := []string{"key:" + revocation.KeyEntry(banned), "key:" + revocation.KeyEntry(stillBanned), "key_id:https://idp|alice#12", "serial:11", "serial:14"}
 	slices.Sort(wantEntries)
 	if !slices.Equal(got, wantEntries) {
 		t.Errorf("user CA scope %q, want %q", got, wantEntries)
