@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -145,6 +146,70 @@ type LimitsConfig struct {
 	// IdentityBlock is how long revoking an identity refuses it new certificates (24h when
 	// unset): long enough to disable the account at the identity provider.
 	IdentityBlock time.Duration `yaml:"identity_block"`
+	// Rate are the request rate limits and in-flight bounds of each replica.
+	Rate RateConfig `yaml:"rate"`
+}
+
+// RateConfig are the rate limits and in-flight bounds of one replica (services.RateLimits):
+// they act per replica, so N replicas behind a load balancer allow N times these rates. Rates
+// are requests per second (fractions allowed: 0.2 is one every 5 s), bursts and bounds are
+// request counts; an unset (zero) value takes the default of services.DefaultRateLimits,
+// shown in deploy/config.example.yaml.
+type RateConfig struct {
+	// PerAddress and Burst limit each source address (an IPv6 /64 counts as one) on the API
+	// other than KRL pulls, checked before its token is verified.
+	PerAddress float64 `yaml:"per_address"`
+	Burst      int     `yaml:"burst"`
+	// PerIdentity and IdentityBurst limit each identity's certificate requests, whatever
+	// addresses it comes from.
+	PerIdentity   float64 `yaml:"per_identity"`
+	IdentityBurst int     `yaml:"identity_burst"`
+	// KRLPerAddress and KRLBurst limit each source address on GET /v1/krl, /v1/krl/host and
+	// /v1/ca/..., apart from the rest, so issuance load cannot starve revocation delivery.
+	KRLPerAddress float64 `yaml:"krl_per_address"`
+	KRLBurst      int     `yaml:"krl_burst"`
+	// InFlight and KRLInFlight bound the requests a replica works on at once (API, KRL
+	// pulls); beyond them requests are shed with 503 and Retry-After.
+	InFlight    int `yaml:"in_flight"`
+	KRLInFlight int `yaml:"krl_in_flight"`
+	// MaxEntries bounds each limiter's map of addresses or identities (least recently seen
+	// dropped first); Idle is how long an unused entry is kept.
+	MaxEntries int           `yaml:"max_entries"`
+	Idle       time.Duration `yaml:"idle"`
+}
+
+// rateLimits are the limits of c for services.NewRateLimiter (zero fields: defaults; the
+// trusted proxies are the server's).
+func (c RateConfig) rateLimits() services.RateLimits {
+	return services.RateLimits{
+		PerAddress: c.PerAddress, Burst: c.Burst, PerIdentity: c.PerIdentity, IdentityBurst: c.IdentityBurst,
+		KRLPerAddress: c.KRLPerAddress, KRLBurst: c.KRLBurst, InFlight: c.InFlight, KRLInFlight: c.KRLInFlight,
+		MaxEntries: c.MaxEntries, Idle: c.Idle,
+	}
+}
+
+// validate reports each value out of range, naming its key under limits.rate.
+func (c RateConfig) validate(add func(format string, args ...any)) {
+	for _, f := range []struct {
+		key string
+		v   float64
+	}{{"per_address", c.PerAddress}, {"per_identity", c.PerIdentity}, {"krl_per_address", c.KRLPerAddress}} {
+		if f.v < 0 || math.IsNaN(f.v) || math.IsInf(f.v, 0) {
+			add("limits.rate.%s: %v must be a positive number of requests per second (or unset for the default)", f.key, f.v)
+		}
+	}
+	for _, f := range []struct {
+		key string
+		v   int
+	}{{"burst", c.Burst}, {"identity_burst", c.IdentityBurst}, {"krl_burst", c.KRLBurst},
+		{"in_flight", c.InFlight}, {"krl_in_flight", c.KRLInFlight}, {"max_entries", c.MaxEntries}} {
+		if f.v < 0 {
+			add("limits.rate.%s: %d must be a positive number of requests (or unset for the default)", f.key, f.v)
+		}
+	}
+	if c.Idle < 0 {
+		add("limits.rate.idle: %s must be a positive duration such as 10m (or unset for the default)", c.Idle)
+	}
 }
 
 // LoadConfig reads and validates a YAML configuration file. Unknown keys are errors.
@@ -276,6 +341,7 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxUserTTL < 0 || c.Limits.MaxHostTTL < 0 || c.Limits.MaxPrincipals < 0 || c.Limits.IdentityBlock < 0 {
 		add("limits: values must not be negative")
 	}
+	c.Limits.Rate.validate(add)
 	return errors.Join(errs...)
 }
 

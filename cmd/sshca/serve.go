@@ -86,6 +86,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 
 	p := redisParts(userKey, hostKey, rdb, db, pol, log)
 	p.auth, p.requestTimeout = auth, cfg.requestTimeout()
+	p.rate = cfg.Limits.Rate.rateLimits()
 	var auditKey []byte
 	if cfg.Audit.KeyFile != "" {
 		if auditKey, err = readAuditKey(cfg.Audit.KeyFile); err != nil {

@@ -95,6 +95,7 @@ func serveConfig(t *testing.T, redisAddr string, issuers ...identity.IssuerConfi
 		HostCA: KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(dir, "host_ca.pem")},
 		Redis:  RedisConfig{Addrs: []string{redisAddr}, DialTimeout: time.Second, ReadTimeout: time.Second},
 		OIDC:   identity.Config{Issuers: issuers},
+		Limits: LimitsConfig{Rate: testRates}, // tests that load the service are not testing its limits
 	}
 }
 

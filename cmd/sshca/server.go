@@ -57,6 +57,8 @@ type parts struct {
 	state *store.Redis
 	// requestTimeout is every request's deadline (0: services.DefaultRequestTimeout).
 	requestTimeout time.Duration
+	// rate are the rate limits and in-flight bounds (zero fields: services.DefaultRateLimits).
+	rate services.RateLimits
 }
 
 // redisParts are the parts every mode shares: the CA keys signing through the signer, with
@@ -85,9 +87,12 @@ func apiHandler(p parts) (http.Handler, error) {
 	}
 	p.log = services.LogRequestIDs(p.log) // every line logged under a request names its X-Request-ID
 	faults := services.NewPolicyFaults(reg, time.Now)
+	p.rate.TrustedProxies = p.trustedProxies
+	limiter := services.NewRateLimiter(p.rate, reg)
 	authority, err := ca.New(ca.Config{
 		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
 		Store: p.store, Revocations: p.revoked, Tokens: p.tokens, Audit: p.audit, Faults: faults, Limits: p.limits, Logger: p.log,
+		IdentityLimiter: limiter,
 	})
 	if err != nil {
 		return nil, err
@@ -118,7 +123,7 @@ func apiHandler(p parts) (http.Handler, error) {
 	if p.diag == nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
-	return services.RequestID(p.trustedProxies, services.RequestDeadline(p.requestTimeout, nil, mux)), nil
+	return services.RequestID(p.trustedProxies, limiter.Handler(services.RequestDeadline(p.requestTimeout, nil, mux))), nil
 }
 
 // readyChecks are the checks /readyz runs: the configured ones, with Redis probed by a write
@@ -183,7 +188,12 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// serveUntilDone serves on l until ctx ends, then shuts down gracefully.
+// serveUntilDone serves on l until ctx ends (SIGTERM or SIGINT in main), then shuts down
+// gracefully: the listener closes at once, so new connections are refused (the load balancer
+// moves them to other replicas), idle keep-alive connections close, and requests in flight
+// finish and get their answers. The drain lasts at most the server's write timeout, past which
+// no answer could be written anyway; connections still busy then are closed and the error says
+// so. Orchestrators should allow a little more than that before killing the process.
 func serveUntilDone(ctx context.Context, srv *http.Server, l net.Listener, certFile, keyFile string) error {
 	errc := make(chan error, 1)
 	go func() {
@@ -198,10 +208,15 @@ func serveUntilDone(ctx context.Context, srv *http.Server, l net.Listener, certF
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	drain := srv.WriteTimeout
+	if drain <= 0 {
+		drain = 10 * time.Second
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+		srv.Close()
+		return fmt.Errorf("shutdown: requests still in flight after %s were cut off: %w", drain, err)
 	}
 	return nil
 }

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// TestServeDrainsInFlight: when the context ends (SIGTERM in main), a request in flight
+// completes with 200 and its body, new connections are refused at once, and serveUntilDone
+// returns only after the request has been answered.
+func TestServeDrainsInFlight(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+		io.WriteString(w, "signed")
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- serveUntilDone(ctx, newHTTPServer(h, testLog(t)), l, "", "") }()
+
+	type answer struct {
+		code int
+		body string
+		err  error
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		resp, err := http.Post("http://"+addr+"/v1/certs/user", "application/json", nil)
+		if err != nil {
+			answered <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		answered <- answer{resp.StatusCode, string(b), err}
+	}()
+	<-entered
+	cancel()
+
+	// New connections are refused while the request is still in flight.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("new connections still accepted 5s after shutdown began")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("serveUntilDone returned (%v) with a request in flight", err)
+	case a := <-answered:
+		t.Fatalf("the request in flight was answered (%+v) before its handler finished", a)
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	close(release)
+	a := <-answered
+	if a.err != nil || a.code != http.StatusOK || a.body != "signed" {
+		t.Errorf("request in flight during shutdown: %d %q %v, want 200 \"signed\"", a.code, a.body, a.err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serveUntilDone: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("serveUntilDone did not return after the last request was answered")
+	}
+}
