@@ -32,23 +32,37 @@ func (c *clock) add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// countingService counts the calls that reach the service, where the token is verified.
+// countingService counts the calls that reach the service, where the token is verified. With
+// release set it is slow: each call says it entered, then waits for release to close.
 type countingService struct {
 	*fakeService
-	calls atomic.Int64
+	calls            atomic.Int64
+	entered, release chan struct{}
+	mu               sync.Mutex // fakeService is not safe for concurrent use
 }
 
 func (c *countingService) IssueRequest(ctx context.Context, token string, req ca.CertRequest) (ca.Issued, error) {
 	c.calls.Add(1)
+	if c.release != nil {
+		c.entered <- struct{}{}
+		<-c.release
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.fakeService.IssueRequest(ctx, token, req)
 }
 
 // limitedAPI is the HTTP API of a fake service behind a RateLimiter with limits l.
 func limitedAPI(t *testing.T, l services.RateLimits) (http.Handler, *countingService, *services.RateLimiter) {
+	return limitedService(t, l, &countingService{})
+}
+
+// limitedService is limitedAPI with svc, given a CA key.
+func limitedService(t *testing.T, l services.RateLimits, svc *countingService) (http.Handler, *countingService, *services.RateLimiter) {
 	t.Helper()
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	key, _ := ssh.NewSignerFromKey(priv)
-	svc := &countingService{fakeService: &fakeService{key: key}}
+	svc.fakeService = &fakeService{key: key}
 	rl := services.NewRateLimiter(l, nil)
 	h := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{
 		RenderKRL: func(...ca.RevocationState) ([]byte, error) { return []byte("KRL"), nil },
@@ -175,21 +189,15 @@ func TestRateLimitPerIdentity(t *testing.T) {
 	}
 }
 
-// TestInFlightShedsAndKRLServed: with the in-flight bound reached by slow requests, another API
-// request is shed with 503 and Retry-After at once; KRL and CA key pulls, with bounds of their
-// own, are still served, and so are they while the address is rate limited for the API.
+// TestInFlightShedsAndKRLServed: with the in-flight bound reached by requests to a slow
+// service, another API request is shed with 503 and Retry-After at once; KRL and CA key pulls,
+// with bounds of their own, are still served, and so are they while the address is rate
+// limited for the API.
 func TestInFlightShedsAndKRLServed(t *testing.T) {
-	release := make(chan struct{})
-	entered := make(chan struct{}, 8)
-	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			entered <- struct{}{}
-			<-release
-		}
-		w.WriteHeader(200)
-	})
 	clk := &clock{t: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
-	h := services.NewRateLimiter(services.RateLimits{InFlight: 2, PerAddress: 1, Burst: 3, Now: clk.now}, nil).Handler(slow)
+	slow := &countingService{entered: make(chan struct{}, 8), release: make(chan struct{})}
+	h, _, _ := limitedService(t, services.RateLimits{InFlight: 2, PerAddress: 1, Burst: 3, Now: clk.now}, slow)
+	body := certBody(t)
 
 	var wg sync.WaitGroup
 	codes := make([]int, 2)
@@ -197,34 +205,34 @@ func TestInFlightShedsAndKRLServed(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			codes[i] = do(h, "GET", "/slow", "192.0.2."+strconv.Itoa(10+i)+":1", "").Code
+			codes[i] = do(h, "POST", "/v1/certs/user", "192.0.2."+strconv.Itoa(10+i)+":1", body).Code
 		}()
 	}
-	<-entered
-	<-entered
-	w := do(h, "POST", "/v1/certs/user", "192.0.2.20:1", "")
-	if w.Code != http.StatusServiceUnavailable {
-		t.Fatalf("third request in flight: %d, want 503", w.Code)
+	<-slow.entered
+	<-slow.entered
+	w := do(h, "POST", "/v1/certs/user", "192.0.2.20:1", body)
+	if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "too many requests in flight") {
+		t.Fatalf("third request in flight: %d %s, want 503", w.Code, w.Body)
 	}
 	retryAfter(t, w, 1, 1)
 	for _, p := range []string{"/v1/krl", "/v1/krl/host", "/v1/ca/user.pub", "/v1/ca/known_hosts"} {
 		if w := do(h, "GET", p, "192.0.2.20:1", ""); w.Code != 200 {
-			t.Errorf("GET %s while the API sheds: %d", p, w.Code)
+			t.Errorf("GET %s while the API sheds: %d %s", p, w.Code, w.Body)
 		}
 	}
-	close(release)
+	close(slow.release)
 	wg.Wait()
 	if codes[0] != 200 || codes[1] != 200 {
 		t.Errorf("requests in flight: %v, want both 200", codes)
 	}
 
-	// The address uses up its API burst (one request was shed without a token back: 2 left).
+	// The address uses up its API burst (the shed request took a token: 2 left).
 	for range 2 {
-		if w := do(h, "POST", "/v1/certs/user", "192.0.2.20:1", ""); w.Code != 200 {
-			t.Fatalf("within the burst: %d", w.Code)
+		if w := do(h, "POST", "/v1/certs/user", "192.0.2.20:1", body); w.Code != 200 {
+			t.Fatalf("within the burst: %d %s", w.Code, w.Body)
 		}
 	}
-	if w := do(h, "POST", "/v1/certs/user", "192.0.2.20:1", ""); w.Code != http.StatusTooManyRequests {
+	if w := do(h, "POST", "/v1/certs/user", "192.0.2.20:1", body); w.Code != http.StatusTooManyRequests {
 		t.Fatalf("beyond the burst: %d, want 429", w.Code)
 	}
 	for range 10 {
@@ -232,7 +240,7 @@ func TestInFlightShedsAndKRLServed(t *testing.T) {
 			t.Fatalf("GET /v1/krl while issuance is limited: %d", w.Code)
 		}
 	}
-	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+	for _, p := range []string{"/healthz", "/readyz"} {
 		if w := do(h, "GET", p, "192.0.2.20:1", ""); w.Code != 200 {
 			t.Errorf("probe %s limited: %d", p, w.Code)
 		}
