@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
@@ -128,6 +129,36 @@ func TestRateLimitPerAddress(t *testing.T) {
 	clk.add(2 * time.Second)
 	if w := do(h, "POST", "/v1/certs/user", "192.0.2.1:4002", body); w.Code != 200 {
 		t.Errorf("after the bucket refilled: %d %s", w.Code, w.Body)
+	}
+}
+
+// TestRateLimitCounted: refusals are counted by limit, with no address or identity label.
+func TestRateLimitCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	rl := services.NewRateLimiter(services.RateLimits{PerAddress: 0.001, Burst: 1, PerIdentity: 0.001, IdentityBurst: 1}, reg)
+	h := rl.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	for range 3 {
+		do(h, "GET", "/v1/revocations", "192.0.2.1:1", "")
+		rl.Allow("https://idp|alice")
+	}
+	got := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "sshca_requests_limited_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) != 1 {
+				t.Errorf("labels %v, want only limit", m.GetLabel())
+			}
+			got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+		}
+	}
+	if got["address"] != 2 || got["identity"] != 2 {
+		t.Errorf("sshca_requests_limited_total = %v, want address 2 and identity 2", got)
 	}
 }
 
