@@ -134,6 +134,13 @@ func TestStoreRebuild(t *testing.T) {
 			t.Errorf("store rebuild output lacks %q", want)
 		}
 	}
+	// Records written now carry what an exact rebuild needs: the CA key of each certificate
+	// and the e-mail and username of its identity.
+	for _, unwanted := range []string{"without their CA key", "without their identity's e-mail"} {
+		if strings.Contains(out, unwanted) {
+			t.Errorf("store rebuild output says %q: the records of issuance lack what they should carry", unwanted)
+		}
+	}
 
 	waitFor(t, 10*time.Second, "/readyz is 200 again", func() bool {
 		code, _ := getBody(t, base+"/readyz")
