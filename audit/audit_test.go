@@ -38,7 +38,7 @@ func TestChain(t *testing.T) {
 }
 
 func record(i int) ca.AuditRecord {
-	return ca.AuditRecord{Time: time.Unix(1764064800+int64(i), 0).UTC(), Action: ca.UserCert, Outcome: "issued",
+	return ca.AuditRecord{Time: time.Unix(1764064800+int64(i), 0).UTC(), Action: ca.ActionUser, Outcome: "issued",
 		Identity: fmt.Sprintf("user%d@example.com", i), Serial: uint64(1000 + i), Ticket: "OPS-1"}
 }
 

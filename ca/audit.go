@@ -16,7 +16,7 @@ type AuditRecord struct {
 	V    int       `json:"v"`
 	Time time.Time `json:"time"`
 	// Action is what was asked: "user", "host", "renew", "revoke" or "admin".
-	Action CertKind `json:"action"`
+	Action Action `json:"action"`
 	// Outcome is "issued", "allowed" (revoke, admin), "refused" (a revoked key or identity),
 	// or the kind of the error the request ended with: "denied" (the policy or the caps),
 	// "invalid", "unauthenticated" (a replayed token), "unavailable" (a dependency failed;
@@ -79,7 +79,7 @@ type AuditLog interface {
 }
 
 // auditRecord starts a record for id asking for action.
-func (a *Authority) auditRecord(action CertKind, id Identity) AuditRecord {
+func (a *Authority) auditRecord(action Action, id Identity) AuditRecord {
 	return AuditRecord{V: AuditRecordVersion, Time: a.now().UTC(), Action: action, Identity: id.Name(), Issuer: id.Issuer,
 		Subject: id.Subject, Workload: id.Workload}
 }

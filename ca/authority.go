@@ -205,11 +205,11 @@ func (a *Authority) IssueRequest(ctx context.Context, token string, cr CertReque
 	}
 	req, err := a.parseRequest(cr)
 	if err != nil {
-		rec := a.issueRecord(cr.Kind, id, req)
+		rec := a.issueRecord(cr.Kind.Action(), id, req)
 		a.settle(ctx, &rec, err)
 		return Issued{}, err
 	}
-	return a.issueFor(ctx, id, req, req.Kind)
+	return a.issueFor(ctx, id, req, req.Kind.Action())
 }
 
 // parseRequest parses the public key and the TTL of a request as sent. On error, the Request
@@ -241,11 +241,11 @@ func (a *Authority) Issue(ctx context.Context, token string, req Request) (Issue
 	if err := a.limitIdentity(id); err != nil {
 		return Issued{}, err
 	}
-	return a.issueFor(ctx, id, req, req.Kind)
+	return a.issueFor(ctx, id, req, req.Kind.Action())
 }
 
 // issueRecord starts the audit record of id asking for req.
-func (a *Authority) issueRecord(policyKind CertKind, id Identity, req Request) AuditRecord {
+func (a *Authority) issueRecord(policyKind Action, id Identity, req Request) AuditRecord {
 	rec := a.auditRecord(policyKind, id)
 	rec.Requested, rec.SourceIP, rec.Reason = req.Principals, req.SourceIP, req.Reason
 	if req.PublicKey != nil {
@@ -256,7 +256,7 @@ func (a *Authority) issueRecord(policyKind CertKind, id Identity, req Request) A
 
 // issueFor issues for an authenticated identity; policyKind is the policy input's kind. Every
 // outcome leaves an audit record; a certificate is returned only once its record is kept.
-func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, policyKind CertKind) (_ Issued, err error) {
+func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, policyKind Action) (_ Issued, err error) {
 	rec := a.issueRecord(policyKind, id, req)
 	// Records are kept under the request's deadline until a certificate is signed. The failure
 	// of a signed certificate is audited with its serial under a bound of its own, and retried

@@ -187,7 +187,7 @@ func TestIssue(t *testing.T) {
 			}
 			if wantRecords == 1 {
 				r := log.recs[0]
-				if r.Outcome != wantOutcome || r.Identity != "https://idp|u1" || r.Action != tt.req.Kind || !r.Time.Equal(now) {
+				if r.Outcome != wantOutcome || r.Identity != "https://idp|u1" || r.Action != tt.req.Kind.Action() || !r.Time.Equal(now) {
 					t.Errorf("audit record %+v, want outcome %s", r, wantOutcome)
 				}
 				if tt.wantErr && len(r.Reasons) == 0 {
@@ -286,7 +286,7 @@ func TestRevokeAudited(t *testing.T) {
 				t.Fatalf("%d audit records: %+v", len(log.recs), log.recs)
 			}
 			r := log.recs[0]
-			if r.Action != ca.KindRevoke || r.Outcome != tt.wantOutcome || r.Target != "identity:bob@example.com" || r.Reason != "offboarding" || r.Identity != "https://idp|a1" {
+			if r.Action != ca.ActionRevoke || r.Outcome != tt.wantOutcome || r.Target != "identity:bob@example.com" || r.Reason != "offboarding" || r.Identity != "https://idp|a1" {
 				t.Errorf("audit record %+v", r)
 			}
 		})

@@ -13,9 +13,6 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// KindRenew is the policy input kind of a host certificate renewal.
-const KindRenew CertKind = "renew"
-
 // RenewClaims is the payload of a renewal proof of possession: the host's current
 // certificate, and a short validity with a single-use ID. The token is
 // base64url(JSON payload) "." base64url(SSH signature of "sshca-renew-v1\x00" + payload),
@@ -69,7 +66,7 @@ func (a *Authority) Renew(ctx context.Context, token string) (Issued, error) {
 		return Issued{}, Unauthenticated("renewal token has no jti", nil)
 	}
 	return a.issueFor(ctx, id, Request{Kind: HostCert, PublicKey: cert.Key, Principals: cert.ValidPrincipals,
-		TTL: a.renewTTL(cert)}, KindRenew)
+		TTL: a.renewTTL(cert)}, ActionRenew)
 }
 
 // renewBackdating is how far before its signing a certificate becomes valid: the signer's

@@ -37,9 +37,6 @@ type RevokeResult struct {
 	Version uint64
 }
 
-// KindRevoke is the policy input kind of revocation and of reading revocation state.
-const KindRevoke CertKind = "revoke"
-
 // Revoke authenticates the caller, asks the policy (kind "revoke"), and revokes. It is
 // idempotent: revoking again changes nothing and answers with what is revoked. The "allowed"
 // record is kept before anything is revoked (nothing is revoked unless its record is kept); a
@@ -62,7 +59,7 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 	}
 	// Which identities a name covers is said only to a caller the policy allows to revoke, and
 	// the decision's record lists them.
-	allowed, err := a.authorizeThen(ctx, id, KindRevoke, req.Reason, target, func(rec *AuditRecord) error {
+	allowed, err := a.authorizeThen(ctx, id, ActionRevoke, req.Reason, target, func(rec *AuditRecord) error {
 		rec.Matches = matches
 		// What a rebuild needs to restore this revocation exactly (sshca store rebuild).
 		if req.PublicKey != nil {
@@ -196,7 +193,7 @@ func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequ
 	}
 	target = "unrevoke " + target
 	fp := ssh.FingerprintSHA256(req.PublicKey)
-	allowed, err := a.authorizeThen(ctx, id, KindRevoke, req.Reason, target, func(*AuditRecord) error {
+	allowed, err := a.authorizeThen(ctx, id, ActionRevoke, req.Reason, target, func(*AuditRecord) error {
 		for _, s := range []Signer{a.user, a.host} {
 			if p, ok := s.(Publisher); ok {
 				for _, k := range p.Compromised() {
@@ -344,15 +341,12 @@ func (a *Authority) Inventory(ctx context.Context, token, identity string) ([]Ce
 }
 
 func (a *Authority) authenticateAdmin(ctx context.Context, token, target string) error {
-	return a.Authorize(ctx, token, KindRevoke, target)
+	return a.Authorize(ctx, token, ActionRevoke, target)
 }
 
-// KindAdmin is the policy input kind of administration (CA key rotation).
-const KindAdmin CertKind = "admin"
-
 // Authorize authenticates the token and asks the policy whether its identity may do kind to
-// target (e.g. KindAdmin, "promote user CA key").
-func (a *Authority) Authorize(ctx context.Context, token string, kind CertKind, target string) error {
+// target (e.g. ActionAdmin, "promote user CA key").
+func (a *Authority) Authorize(ctx context.Context, token string, kind Action, target string) error {
 	id, err := a.auth.Authenticate(ctx, token)
 	if err != nil {
 		return err
@@ -364,7 +358,7 @@ func (a *Authority) Authorize(ctx context.Context, token string, kind CertKind, 
 // (nothing is done unless its record is kept). When act fails, a second record settles the
 // decision with act's real outcome (e.g. unavailable), so the audit log never shows as done
 // an action that failed.
-func (a *Authority) AuthorizeThen(ctx context.Context, token string, kind CertKind, target string, act func(context.Context) error) error {
+func (a *Authority) AuthorizeThen(ctx context.Context, token string, kind Action, target string, act func(context.Context) error) error {
 	id, err := a.auth.Authenticate(ctx, token)
 	if err != nil {
 		return err
@@ -408,7 +402,7 @@ func (a *Authority) identityMatches(ctx context.Context, name string, now time.T
 
 // authorize asks the policy whether id may do kind (revoke, admin) to target, and keeps the
 // decision in the audit log: an allowed action goes ahead only once its record is kept.
-func (a *Authority) authorize(ctx context.Context, id Identity, kind CertKind, reason, target string) error {
+func (a *Authority) authorize(ctx context.Context, id Identity, kind Action, reason, target string) error {
 	_, err := a.authorizeThen(ctx, id, kind, reason, target, nil)
 	return err
 }
@@ -416,7 +410,7 @@ func (a *Authority) authorize(ctx context.Context, id Identity, kind CertKind, r
 // authorizeThen is authorize with a check run once the policy allows and before the record is
 // kept: it may add to the record, and an error it returns settles the record with it. It
 // returns the "allowed" record it kept, for settleAllowed should the action then fail.
-func (a *Authority) authorizeThen(ctx context.Context, id Identity, kind CertKind, reason, target string, check func(*AuditRecord) error) (_ AuditRecord, err error) {
+func (a *Authority) authorizeThen(ctx context.Context, id Identity, kind Action, reason, target string, check func(*AuditRecord) error) (_ AuditRecord, err error) {
 	rec := a.auditRecord(kind, id)
 	rec.Reason, rec.Target = reason, target
 	in := PolicyInput{Kind: kind, Identity: id, Now: a.now().UTC().Format(time.RFC3339),

@@ -63,17 +63,17 @@ func TestAllowedThenFailedIsSettled(t *testing.T) {
 	}
 
 	audit.recs = nil
-	err = a.AuthorizeThen(ctx, "good", ca.KindAdmin, "promote user CA key", func(context.Context) error {
+	err = a.AuthorizeThen(ctx, "good", ca.ActionAdmin, "promote user CA key", func(context.Context) error {
 		return ca.Unavailable("keyring store unavailable", errors.New("secret cause"))
 	})
 	if ca.KindOf(err) != ca.KindUnavailable || len(audit.recs) != 2 || audit.recs[0].Outcome != "allowed" || audit.recs[1].Outcome != "unavailable" ||
-		audit.recs[1].Target != "promote user CA key" || audit.recs[1].Action != ca.KindAdmin {
+		audit.recs[1].Target != "promote user CA key" || audit.recs[1].Action != ca.ActionAdmin {
 		t.Errorf("AuthorizeThen: %v, records %+v", err, audit.recs)
 	}
 
 	// An action that succeeds has its one "allowed" record.
 	audit.recs = nil
-	if err := a.AuthorizeThen(ctx, "good", ca.KindAdmin, "list CA keys", func(context.Context) error { return nil }); err != nil || len(audit.recs) != 1 {
+	if err := a.AuthorizeThen(ctx, "good", ca.ActionAdmin, "list CA keys", func(context.Context) error { return nil }); err != nil || len(audit.recs) != 1 {
 		t.Errorf("AuthorizeThen that succeeds: %v, %d records", err, len(audit.recs))
 	}
 }

@@ -8,13 +8,30 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// CertKind is the kind of certificate asked for, and the policy input's "kind".
+// CertKind is the kind of certificate asked for: a user or a host certificate.
 type CertKind string
 
 const (
 	UserCert CertKind = "user"
 	HostCert CertKind = "host"
 )
+
+// Action is what a caller asks the policy to allow, the policy input's "kind": a certificate
+// (ActionUser, ActionHost), a renewal (ActionRenew), a revocation or a read of revocation state
+// (ActionRevoke), or key administration (ActionAdmin). It is not a CertKind: a renewal asks for
+// a host certificate, a revocation for none.
+type Action string
+
+const (
+	ActionUser   Action = "user"
+	ActionHost   Action = "host"
+	ActionRenew  Action = "renew"
+	ActionRevoke Action = "revoke"
+	ActionAdmin  Action = "admin"
+)
+
+// Action is the policy action of asking for a certificate of the kind.
+func (k CertKind) Action() Action { return Action(k) }
 
 // SSHCertType is the OpenSSH certificate type for the kind.
 func (k CertKind) SSHCertType() uint32 {
@@ -93,7 +110,7 @@ type PolicyRequest struct {
 // whether the server builds it (policies' fast builder is tested equal to it) or `sshca policy
 // eval` reads it from a file. Shape: {"kind", "identity": {...}, "request": {...}, "now"}.
 type PolicyInput struct {
-	Kind     CertKind      `json:"kind"`
+	Kind     Action        `json:"kind"`
 	Identity Identity      `json:"identity"`
 	Request  PolicyRequest `json:"request"`
 	Now      string        `json:"now"`

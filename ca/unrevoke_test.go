@@ -73,13 +73,13 @@ func TestBanHoldsUntilLifted(t *testing.T) {
 	if !got.Lifted || got.Version != before.Version+1 {
 		t.Errorf("Unrevoke = %+v; want lifted at version %d", got, before.Version+1)
 	}
-	if pol.seen.Kind != ca.KindRevoke || pol.seen.Request.Target != "unrevoke public_key:"+ssh.FingerprintSHA256(key) {
+	if pol.seen.Kind != ca.ActionRevoke || pol.seen.Request.Target != "unrevoke public_key:"+ssh.FingerprintSHA256(key) {
 		t.Errorf("policy asked kind %q target %q", pol.seen.Kind, pol.seen.Request.Target)
 	}
 	if len(log.recs) != n+1 {
 		t.Fatalf("%d audit records for the lift, want 1", len(log.recs)-n)
 	}
-	if r := log.recs[n]; r.Action != ca.KindRevoke || r.Outcome != "allowed" || r.Target != "unrevoke public_key:"+ssh.FingerprintSHA256(key) ||
+	if r := log.recs[n]; r.Action != ca.ActionRevoke || r.Outcome != "allowed" || r.Target != "unrevoke public_key:"+ssh.FingerprintSHA256(key) ||
 		r.Reason != "laptop found, disk was encrypted" {
 		t.Errorf("audit record of the lift: %+v", r)
 	}

@@ -165,7 +165,7 @@ func checkInputs() []ca.PolicyInput {
 	job := ca.Identity{Issuer: "https://ci.example", Subject: "repo:org/app:ref:refs/heads/main", Workload: true,
 		Claims: map[string]any{"repository_id": "123456789", "ref": "refs/heads/main", "project_id": "4242", "ref_type": "branch"}}
 	var out []ca.PolicyInput
-	for _, kind := range []ca.CertKind{"user", "host", "renew", "revoke", "admin", "other"} {
+	for _, kind := range []ca.Action{"user", "host", "renew", "revoke", "admin", "other"} {
 		for _, id := range []ca.Identity{person, bare, job} {
 			for _, req := range []ca.PolicyRequest{
 				{KeyType: "ssh-ed25519"},

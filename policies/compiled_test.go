@@ -67,7 +67,7 @@ func randomInput(rnd *rand.Rand) ca.PolicyInput {
 		}
 	}
 	return ca.PolicyInput{
-		Kind: ca.CertKind(pick(kinds)), Identity: id, Now: now,
+		Kind: ca.Action(pick(kinds)), Identity: id, Now: now,
 		Request: ca.PolicyRequest{
 			Principals: subset(principals), TTLSeconds: []int64{0, 0, 300, 900, 1800, 3600, 7200, 100000}[rnd.IntN(8)],
 			KeyType: "ssh-ed25519", Reason: pick([]string{"", "OPS-1234 fix the disk", "no ticket here", "ops-12"}),
@@ -257,7 +257,7 @@ func TestInterpretedFallback(t *testing.T) {
 			if !strings.HasPrefix(e.Mode(), "interpreted (") {
 				t.Fatalf("mode %q, want interpreted", e.Mode())
 			}
-			d, err := e.Decide(context.Background(), ca.PolicyInput{Kind: ca.UserCert})
+			d, err := e.Decide(context.Background(), ca.PolicyInput{Kind: ca.ActionUser})
 			if err != nil || !d.Allow || !cmp.Equal(d.Principals, []string{"x"}) {
 				t.Fatalf("decision %+v, %v", d, err)
 			}
@@ -444,7 +444,7 @@ decision := {"allow": allow, "principals": ["x"], "ttl_seconds": 600}`,
 			if err != nil {
 				t.Fatal(err)
 			}
-			in := ca.PolicyInput{Kind: ca.UserCert}
+			in := ca.PolicyInput{Kind: ca.ActionUser}
 			want, err := interpreted.Decide(ctx, in)
 			if err != nil || !want.Allow || want.TTL != 10*time.Minute {
 				t.Fatalf("topdown: %+v, %v", want, err)

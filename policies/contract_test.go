@@ -69,7 +69,7 @@ func TestFIDODenyRuleFires(t *testing.T) {
 	if err := Test(ctx, writeFS(t, fsys)); err != nil {
 		t.Fatal(err)
 	}
-	in := goldenInputs()[ca.UserCert]
+	in := goldenInputs()[ca.ActionUser]
 	in.Request.Principals = []string{"root"}
 	for _, ev := range evaluators {
 		t.Run(ev.name, func(t *testing.T) {

@@ -179,8 +179,8 @@ func checkDecisions(ctx context.Context, e *Engine) error {
 	for i, in := range checkInputs() {
 		kind := ca.UserCert
 		switch in.Kind {
-		case ca.UserCert:
-		case ca.HostCert, ca.KindRenew:
+		case ca.ActionUser:
+		case ca.ActionHost, ca.ActionRenew:
 			kind = ca.HostCert
 		default:
 			continue

@@ -9,7 +9,7 @@ import (
 // BenchmarkInputValue: building a user certificate's input document, the part of Decide that
 // inputValue adds to the evaluation.
 func BenchmarkInputValue(b *testing.B) {
-	in := ca.PolicyInput{Kind: ca.UserCert, Now: "2026-11-25T10:00:00Z",
+	in := ca.PolicyInput{Kind: ca.ActionUser, Now: "2026-11-25T10:00:00Z",
 		Identity: ca.Identity{Issuer: "https://idp.example", Subject: "u1", Email: "alice@example.com", Username: "alice",
 			Groups: []string{"ops", "bastion-users", "team-7"}, AMR: []string{"pwd", "mfa"}, ACR: "phr", AuthTime: 1795600500,
 			Claims: map[string]any{"department": "sre", "groups": []any{"ops", "bastion-users"}, "email_verified": true, "iat": 1795600500.0}},

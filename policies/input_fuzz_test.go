@@ -17,7 +17,7 @@ import (
 )
 
 // fuzzKinds are the kinds a fuzzed input draws from; a last choice takes a string from the data.
-var fuzzKinds = []ca.CertKind{ca.UserCert, ca.HostCert, ca.KindRenew, ca.KindRevoke, ca.KindAdmin}
+var fuzzKinds = []ca.Action{ca.ActionUser, ca.ActionHost, ca.ActionRenew, ca.ActionRevoke, ca.ActionAdmin}
 
 // inputCases are the table FuzzInputValue is seeded from: the golden inputs, and edges of the
 // JSON form (nil lists, omitted fields, strings that are not UTF-8, numbers json writes in
@@ -28,13 +28,13 @@ func inputCases() map[string]ca.PolicyInput {
 		out["golden-"+string(kind)] = in
 	}
 	out["zero"] = ca.PolicyInput{}
-	out["nil-lists"] = ca.PolicyInput{Kind: ca.UserCert, Identity: ca.Identity{Subject: "u"}, Request: ca.PolicyRequest{KeyType: "ssh-rsa"}}
+	out["nil-lists"] = ca.PolicyInput{Kind: ca.ActionUser, Identity: ca.Identity{Subject: "u"}, Request: ca.PolicyRequest{KeyType: "ssh-rsa"}}
 	out["not-utf8"] = ca.PolicyInput{Kind: "us\xffer", Identity: ca.Identity{Email: "a\xc3@x", Groups: []string{"\xff\xfe", "ok"},
 		Claims: map[string]any{"name": "b\xe2\x82"}}, Request: ca.PolicyRequest{Reason: "\xed\xa0\x80", Target: "\x80"}, Now: "\xc0\xaf"}
-	out["claims-json-numbers"] = ca.PolicyInput{Kind: ca.UserCert, Identity: ca.Identity{Claims: map[string]any{
+	out["claims-json-numbers"] = ca.PolicyInput{Kind: ca.ActionUser, Identity: ca.Identity{Claims: map[string]any{
 		"iat": json.Number("1795600500"), "frac": json.Number("1.50"), "exp": json.Number("-2E+3"), "zero": json.Number("0"),
 		"list": []any{json.Number("7"), "x\xffy"}}}}
-	out["claims-numbers"] = ca.PolicyInput{Kind: ca.HostCert, Identity: ca.Identity{AuthTime: -1, ACR: "x", Workload: true,
+	out["claims-numbers"] = ca.PolicyInput{Kind: ca.ActionHost, Identity: ca.Identity{AuthTime: -1, ACR: "x", Workload: true,
 		Claims: map[string]any{"big": 1e21, "small": 1e-7, "neg": -0.0, "int": 12345678901234567890.0, "frac": 0.1,
 			"nested": map[string]any{"list": []any{nil, true, "s", 2.5, map[string]any{}}}}},
 		Request: ca.PolicyRequest{TTLSeconds: -300, Principals: []string{""}}}
@@ -61,8 +61,8 @@ func (r *fuzzBytes) bytes(n int) []byte {
 }
 
 var (
-	certKindType = reflect.TypeFor[ca.CertKind]()
-	claimsType   = reflect.TypeFor[map[string]any]()
+	actionType = reflect.TypeFor[ca.Action]()
+	claimsType = reflect.TypeFor[map[string]any]()
 )
 
 // fill sets every field of v that has a JSON form from r (claims from claims), walking the
@@ -70,7 +70,7 @@ var (
 // type fill does not know fails the test.
 func fill(t testing.TB, v reflect.Value, r *fuzzBytes, claims []byte) {
 	switch {
-	case v.Type() == certKindType:
+	case v.Type() == actionType:
 		if i := int(r.byte()); i < len(fuzzKinds) {
 			v.SetString(string(fuzzKinds[i]))
 		} else {
@@ -127,7 +127,7 @@ func unfill(t testing.TB, v reflect.Value, w *bytes.Buffer, claims *[]byte) {
 		w.WriteString(s)
 	}
 	switch {
-	case v.Type() == certKindType:
+	case v.Type() == actionType:
 		for i, k := range fuzzKinds {
 			if string(k) == v.String() {
 				w.WriteByte(byte(i))
@@ -236,7 +236,7 @@ func TestInputValueCases(t *testing.T) {
 // TestInputValueRefusesWhatJSONRefuses: claims json.Marshal cannot write (NaN) make no input,
 // so Decide fails closed instead of showing the policy something else.
 func TestInputValueRefusesWhatJSONRefuses(t *testing.T) {
-	in := goldenInputs()[ca.UserCert]
+	in := goldenInputs()[ca.ActionUser]
 	in.Identity.Claims = map[string]any{"score": nan()}
 	checkInputValue(t, in)
 	if inputValue(in) != nil {
@@ -255,7 +255,7 @@ func TestInputValueRefusesWhatJSONRefuses(t *testing.T) {
 // (an exponent out of range), or that json.Marshal refuses (not a number), makes no input.
 func TestInputValueRefusesWhatOPARefuses(t *testing.T) {
 	for _, n := range []json.Number{"1e999999", "0x10", "1.", "-"} {
-		in := goldenInputs()[ca.UserCert]
+		in := goldenInputs()[ca.ActionUser]
 		in.Identity.Claims = map[string]any{"n": n}
 		checkInputValue(t, in)
 		if inputValue(in) != nil {

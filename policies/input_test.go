@@ -19,11 +19,11 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/ and the JSON blocks of README.md")
 
 // goldenKinds are the kinds the server builds inputs for, in the order README.md shows them.
-var goldenKinds = []ca.CertKind{ca.UserCert, ca.HostCert, ca.KindRenew, ca.KindRevoke, ca.KindAdmin}
+var goldenKinds = []ca.Action{ca.ActionUser, ca.ActionHost, ca.ActionRenew, ca.ActionRevoke, ca.ActionAdmin}
 
 // goldenInputs are one input of each kind, as ca.Authority builds them (issueFor, Renew,
 // authorize): testdata/input/<kind>.json are their JSON form, README.md shows them.
-func goldenInputs() map[ca.CertKind]ca.PolicyInput {
+func goldenInputs() map[ca.Action]ca.PolicyInput {
 	now := "2026-11-25T10:00:00Z"
 	alice := ca.Identity{Issuer: "https://idp.example", Subject: "u1", Email: "alice@example.com", Username: "alice",
 		Groups: []string{"ops", "bastion-users"}, AMR: []string{"pwd", "mfa"}, ACR: "phr", AuthTime: 1795600500,
@@ -34,19 +34,19 @@ func goldenInputs() map[ca.CertKind]ca.PolicyInput {
 		AMR: []string{}, Workload: true, Claims: map[string]any{"repository_id": "123456789", "ref": "refs/heads/main"}}
 	host := ca.Identity{Issuer: "sshca:renew", Subject: "repo:org/app:ref:refs/heads/main", Groups: []string{},
 		AMR: []string{}, Workload: true, Claims: map[string]any{"serial": "1234567", "key_id": "repo:org/app:ref:refs/heads/main#1234567"}}
-	return map[ca.CertKind]ca.PolicyInput{
-		ca.UserCert: {Kind: ca.UserCert, Identity: alice, Now: now, Request: ca.PolicyRequest{
+	return map[ca.Action]ca.PolicyInput{
+		ca.ActionUser: {Kind: ca.ActionUser, Identity: alice, Now: now, Request: ca.PolicyRequest{
 			Principals: []string{"alice"}, TTLSeconds: 300, KeyType: "ssh-ed25519",
 			KeyFingerprint: "SHA256:1Fhx0GcLqgZQx8VzJ2e8QkXSpYLxTnLJKrYQeYxXqk4", SourceIP: "192.0.2.10", Reason: "OPS-1234 disk full"}},
-		ca.HostCert: {Kind: ca.HostCert, Identity: job, Now: now, Request: ca.PolicyRequest{
+		ca.ActionHost: {Kind: ca.ActionHost, Identity: job, Now: now, Request: ca.PolicyRequest{
 			Principals: []string{"web1.prod.internal"}, TTLSeconds: 3600, KeyType: "ecdsa-sha2-nistp256",
 			KeyFingerprint: "SHA256:Yt3xPkVv8o2mC6Zb1m2Qn0f9l7eR5wS4aT3uV2xW1yZ", SourceIP: "192.0.2.20"}},
-		ca.KindRenew: {Kind: ca.KindRenew, Identity: host, Now: now, Request: ca.PolicyRequest{
+		ca.ActionRenew: {Kind: ca.ActionRenew, Identity: host, Now: now, Request: ca.PolicyRequest{
 			Principals: []string{"web1.prod.internal"}, KeyType: "ecdsa-sha2-nistp256",
 			KeyFingerprint: "SHA256:Yt3xPkVv8o2mC6Zb1m2Qn0f9l7eR5wS4aT3uV2xW1yZ", SourceIP: "192.0.2.20"}},
-		ca.KindRevoke: {Kind: ca.KindRevoke, Identity: admin, Now: now, Request: ca.PolicyRequest{
+		ca.ActionRevoke: {Kind: ca.ActionRevoke, Identity: admin, Now: now, Request: ca.PolicyRequest{
 			Principals: []string{}, Reason: "laptop stolen (SEC-77)", Target: "serial:1234567"}},
-		ca.KindAdmin: {Kind: ca.KindAdmin, Identity: admin, Now: now, Request: ca.PolicyRequest{
+		ca.ActionAdmin: {Kind: ca.ActionAdmin, Identity: admin, Now: now, Request: ca.PolicyRequest{
 			Principals: []string{}, Target: "promote user CA key"}},
 	}
 }

@@ -22,7 +22,7 @@ func TestRego(t *testing.T) {
 
 func userInput(groups []string, principals ...string) ca.PolicyInput {
 	return ca.PolicyInput{
-		Kind:     ca.UserCert,
+		Kind:     ca.ActionUser,
 		Identity: ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice", Groups: groups, AMR: []string{}, Claims: map[string]any{}},
 		Request:  ca.PolicyRequest{Principals: principals, KeyType: "ssh-ed25519"},
 		Now:      "2026-11-25T10:00:00Z",

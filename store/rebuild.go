@@ -256,11 +256,11 @@ func (s *Restore) Add(rec ca.AuditRecord) {
 	switch {
 	case rec.Outcome == "issued" && rec.Serial != 0:
 		s.issued[rec.Serial] = rec
-	case rec.Action == ca.KindAdmin && rec.Outcome == "allowed" && strings.HasSuffix(rec.Target, " compromised"):
+	case rec.Action == ca.ActionAdmin && rec.Outcome == "allowed" && strings.HasSuffix(rec.Target, " compromised"):
 		s.Skipped = append(s.Skipped, Skip{rec.Time, rec.Target, "a compromised CA key is not replayed (the record holds only its fingerprint): keep it out of the configuration and of every trusted file, and restore the keyring document from a copy"})
-	case rec.Action == ca.KindAdmin && rec.Outcome == "allowed":
+	case rec.Action == ca.ActionAdmin && rec.Outcome == "allowed":
 		s.Skipped = append(s.Skipped, Skip{rec.Time, rec.Target, "a key-ring change is not replayed: the key ring comes back from the configuration and key files; check it with sshca keys list"})
-	case rec.Action == ca.KindRevoke && (rec.Outcome == "unavailable" || rec.Outcome == "internal"):
+	case rec.Action == ca.ActionRevoke && (rec.Outcome == "unavailable" || rec.Outcome == "internal"):
 		// A lift that failed once allowed is settled by a second record of the same decision:
 		// the ban stands. (A revocation that failed is restored anyway: revoking more is safe.)
 		if arg, ok := strings.CutPrefix(rec.Target, "unrevoke public_key:"); ok {
@@ -275,7 +275,7 @@ func (s *Restore) Add(rec ca.AuditRecord) {
 				break
 			}
 		}
-	case rec.Action == ca.KindRevoke && rec.Outcome == "allowed":
+	case rec.Action == ca.ActionRevoke && rec.Outcome == "allowed":
 		kind, arg, ok := strings.Cut(rec.Target, ":")
 		switch {
 		case !ok:
@@ -312,7 +312,7 @@ func (s *Restore) caKeyFor(rec ca.AuditRecord) (k ssh.PublicKey, assumed bool, e
 		}
 		return nil, false, fmt.Errorf("signed by CA key %s, which is not among the CA keys given", rec.CAFingerprint)
 	}
-	if rec.Action == ca.UserCert {
+	if rec.Action == ca.ActionUser {
 		return s.UserCA, true, nil
 	}
 	return s.HostCA, true, nil
@@ -350,7 +350,7 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 			continue
 		}
 		kind := ca.UserCert
-		if rec.Action != ca.UserCert {
+		if rec.Action != ca.ActionUser {
 			kind = ca.HostCert
 		}
 		c := ca.Certificate{Serial: n, KeyID: rec.KeyID, Kind: kind, Identity: rec.Identity, Principals: rec.Principals,

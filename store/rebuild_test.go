@@ -50,11 +50,11 @@ func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 	banned, lifted, oldBan := newPub(t), newPub(t), newPub(t)
 	at := func(d time.Duration) time.Time { return now.Add(d) }
 	issued := func(serial uint64, id string, vb time.Time) ca.AuditRecord {
-		return ca.AuditRecord{Time: at(-time.Hour), Action: ca.UserCert, Outcome: "issued", Identity: id, Serial: serial,
+		return ca.AuditRecord{Time: at(-time.Hour), Action: ca.ActionUser, Outcome: "issued", Identity: id, Serial: serial,
 			KeyID: id + "#" + strconv.FormatUint(serial, 10), ValidBefore: vb, Principals: []string{"p"}}
 	}
 	revoke := func(target string) ca.AuditRecord {
-		return ca.AuditRecord{Time: at(-30 * time.Minute), Action: ca.KindRevoke, Outcome: "allowed", Target: target}
+		return ca.AuditRecord{Time: at(-30 * time.Minute), Action: ca.ActionRevoke, Outcome: "allowed", Target: target}
 	}
 	ban := revoke("public_key:" + ssh.FingerprintSHA256(banned))
 	ban.PublicKey = revocation.KeyEntry(banned)
@@ -76,15 +76,15 @@ func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 		revoke("serial:99"), // no issuance record
 		ban,
 		banLifted,
-		{Time: at(-20 * time.Minute), Action: ca.KindRevoke, Outcome: "allowed", Target: "unrevoke public_key:" + ssh.FingerprintSHA256(lifted)},
+		{Time: at(-20 * time.Minute), Action: ca.ActionRevoke, Outcome: "allowed", Target: "unrevoke public_key:" + ssh.FingerprintSHA256(lifted)},
 		revoke("public_key:" + ssh.FingerprintSHA256(oldBan)), // fingerprint only
 		ban2,
-		{Time: at(-15 * time.Minute), Action: ca.KindRevoke, Outcome: "allowed", Target: "unrevoke public_key:" + ssh.FingerprintSHA256(stillBanned)},
-		{Time: at(-15 * time.Minute), Action: ca.KindRevoke, Outcome: "unavailable", Target: "unrevoke public_key:" + ssh.FingerprintSHA256(stillBanned)}, // the lift failed
+		{Time: at(-15 * time.Minute), Action: ca.ActionRevoke, Outcome: "allowed", Target: "unrevoke public_key:" + ssh.FingerprintSHA256(stillBanned)},
+		{Time: at(-15 * time.Minute), Action: ca.ActionRevoke, Outcome: "unavailable", Target: "unrevoke public_key:" + ssh.FingerprintSHA256(stillBanned)}, // the lift failed
 		byIdentity,
 		revoke("list revocations"), // a read: nothing to restore, nothing to report
-		{Time: at(-10 * time.Minute), Action: ca.KindAdmin, Outcome: "allowed", Target: "promote user CA key"},
-		{Time: at(-10 * time.Minute), Action: ca.KindAdmin, Outcome: "allowed", Target: "mark CA key SHA256:x compromised"},
+		{Time: at(-10 * time.Minute), Action: ca.ActionAdmin, Outcome: "allowed", Target: "promote user CA key"},
+		{Time: at(-10 * time.Minute), Action: ca.ActionAdmin, Outcome: "allowed", Target: "mark CA key SHA256:x compromised"},
 	}
 	r := &store.Restore{UserCA: userCA, HostCA: hostCA, IdentityBlock: time.Hour}
 	for _, rec := range records {

@@ -219,7 +219,7 @@ func TestAuditBaseMarkCLI(t *testing.T) {
 	appendN := func(l *audit.Log, from, to int) {
 		t.Helper()
 		for i := from; i < to; i++ {
-			if err := l.Append(ctx, ca.AuditRecord{Time: time.Unix(1764064800+int64(i), 0).UTC(), Action: ca.UserCert,
+			if err := l.Append(ctx, ca.AuditRecord{Time: time.Unix(1764064800+int64(i), 0).UTC(), Action: ca.ActionUser,
 				Outcome: "issued", Identity: fmt.Sprintf("user%d@example.com", i), Serial: uint64(1000 + i)}); err != nil {
 				t.Fatal(err)
 			}

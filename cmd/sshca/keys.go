@@ -25,7 +25,7 @@ type keysAdmin struct {
 }
 
 func (k keysAdmin) Keys(ctx context.Context, token string) (ca.Keyring, error) {
-	if err := k.authority.Authorize(ctx, token, ca.KindAdmin, "list CA keys"); err != nil {
+	if err := k.authority.Authorize(ctx, token, ca.ActionAdmin, "list CA keys"); err != nil {
 		return ca.Keyring{}, err
 	}
 	r, err := k.manager.Store.Keyring(ctx)
@@ -40,7 +40,7 @@ func (k keysAdmin) Keys(ctx context.Context, token string) (ca.Keyring, error) {
 // settled in the audit log with its real outcome (ca.Authority.AuthorizeThen).
 func (k keysAdmin) do(ctx context.Context, token, target string, op func(context.Context) (ca.CAKey, error)) (ca.CAKey, error) {
 	var key ca.CAKey
-	err := k.authority.AuthorizeThen(ctx, token, ca.KindAdmin, target, func(ctx context.Context) error {
+	err := k.authority.AuthorizeThen(ctx, token, ca.ActionAdmin, target, func(ctx context.Context) error {
 		var err error
 		key, err = op(ctx)
 		return err

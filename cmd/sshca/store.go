@@ -143,7 +143,7 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 			return
 		}
 		seen[e.Seq] = e.MAC
-		if rest, ok := strings.CutPrefix(e.Record.Target, rebuildTargetPrefix); ok && e.Record.Action == ca.KindAdmin {
+		if rest, ok := strings.CutPrefix(e.Record.Target, rebuildTargetPrefix); ok && e.Record.Action == ca.ActionAdmin {
 			if n, err := strconv.ParseUint(strings.Fields(rest + " ")[0], 10, 16); err == nil {
 				gen = max(gen, uint16(n))
 			}
@@ -222,7 +222,7 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	}
 	summary := fmt.Sprintf("restored %d revocations (%d lifts applied, %d identity names blocked), %d live certificates; %d revocations had expired; could not restore %d",
 		res.Revocations, res.Lifts, res.Blocks, res.Certificates, res.Expired, len(restore.Skipped))
-	if err := al.Append(ctx, ca.AuditRecord{Time: start.UTC(), Action: ca.KindAdmin, Outcome: "allowed", Identity: "sshca store rebuild",
+	if err := al.Append(ctx, ca.AuditRecord{Time: start.UTC(), Action: ca.ActionAdmin, Outcome: "allowed", Identity: "sshca store rebuild",
 		Target: rebuildTargetPrefix + strconv.Itoa(int(g.Epoch)) + " " + g.ID, Reasons: []string{summary}}); err != nil {
 		fmt.Fprintf(out, "WARNING: the rebuild's own audit record was not kept: %v\n", err)
 	}
