@@ -39,11 +39,10 @@ func (id Identity) DisplayName() string {
 // Handle is a short stable name of the pair: the first 8 bytes of SHA-256 of issuer, NUL,
 // subject, in hex.
 func (id Identity) Handle() string {
-	h := sha256.New()
-	h.Write([]byte(id.Issuer))
-	h.Write([]byte{0})
-	h.Write([]byte(id.Subject))
-	return hex.EncodeToString(h.Sum(nil)[:8])
+	var buf [256]byte // issuer, NUL and subject fit here in the usual case: no allocation
+	b := append(append(append(buf[:0], id.Issuer...), 0), id.Subject...)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
 }
 
 // MaxKeyIDName is the most bytes the identity part of a key ID takes (DESIGN.md: printable ASCII
