@@ -29,6 +29,6 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCommand(), newDevCommand(), newCertCommand(), newRevokeCommand(), newBastionCommand(), newPolicyCommand(), newLoginCommand(), newSSHConfigCommand(), newKeysCommand(), newAuditCommand(), newStoreCommand())
+	root.AddCommand(newServeCommand(), newDevCommand(), newCertCommand(), newRevokeCommand(), newBastionCommand(), newPolicyCommand(), newLoginCommand(), newSSHConfigCommand(), newKeysCommand(), newAuditCommand(), newStoreCommand(), newBenchCommand())
 	return root
 }

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// benchLine is the last line of `sshca bench`.
+var benchLine = regexp.MustCompile(`^certs/s: (\d+)  p50: ([0-9.]+) ms  p99: ([0-9.]+) ms  errors: (\d+)  server_cpu_us_per_cert: (\d+|n/a)$`)
+
+type benchFigures struct {
+	certsPerSec, p50, p99 float64
+	errors                int
+	serverCPU             string
+}
+
+// runBenchCLI runs `sshca bench args...` and parses the last line of its standard output.
+func runBenchCLI(t *testing.T, args ...string) (benchFigures, string, string, error) {
+	t.Helper()
+	cmd := newRootCommand()
+	var out, errOut bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	cmd.SetArgs(append([]string{"bench"}, args...))
+	err := cmd.ExecuteContext(context.Background())
+	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
+	m := benchLine.FindStringSubmatch(lines[len(lines)-1])
+	if m == nil {
+		t.Fatalf("sshca bench %v: last line %q is not the figures line (err %v)\n%s\n%s", args, lines[len(lines)-1], err, out.String(), errOut.String())
+	}
+	var f benchFigures
+	f.certsPerSec, _ = strconv.ParseFloat(m[1], 64)
+	f.p50, _ = strconv.ParseFloat(m[2], 64)
+	f.p99, _ = strconv.ParseFloat(m[3], 64)
+	f.errors, _ = strconv.Atoi(m[4])
+	f.serverCPU = m[5]
+	t.Logf("sshca bench %s:\n%s", strings.Join(args, " "), out.String())
+	return f, out.String(), errOut.String(), err
+}
+
+// TestBench drives a `sshca dev` (in this process, so --server-pid is ours) closed loop and
+// open loop: every certificate is issued and verified, none refused by the rate limits (the
+// bench spreads its requests over identities and source addresses), and a wrong --server
+// path counts its requests as errors.
+func TestBench(t *testing.T) {
+	base, state := startDev(t)
+	pid := strconv.Itoa(os.Getpid())
+
+	f, out, progress, err := runBenchCLI(t, "--server", base, "--state", state, "--concurrency", "4", "--duration", "2s", "--tokens", "1500", "--server-pid", pid)
+	if err != nil {
+		t.Fatalf("closed loop: %v", err)
+	}
+	if f.certsPerSec <= 0 || f.errors != 0 || f.p99 < f.p50 || f.p50 <= 0 || f.serverCPU == "n/a" {
+		t.Errorf("closed loop figures %+v", f)
+	}
+	if !strings.Contains(out, "identities (sub bench-") || !strings.Contains(out, "source addresses 127.") || !strings.Contains(out, "client_cpu_us_per_cert: ") {
+		t.Errorf("closed loop does not say how it spreads the load or its own CPU:\n%s", out)
+	}
+	if !regexp.MustCompile(`(?m)^bench: +1s  \d+ requests`).MatchString(progress) {
+		t.Errorf("no progress line on stderr after a second:\n%s", progress)
+	}
+
+	f, out, _, err = runBenchCLI(t, "--server", base, "--state", state, "--rate", "50/s", "--duration", "1s")
+	if err != nil {
+		t.Fatalf("open loop: %v", err)
+	}
+	if f.certsPerSec <= 0 || f.errors != 0 || f.p99 < f.p50 || f.serverCPU != "n/a" {
+		t.Errorf("open loop figures %+v", f)
+	}
+	if !strings.Contains(out, "50 requests in") || !strings.Contains(out, "open loop at 50/s") {
+		t.Errorf("open loop at 50/s for 1s did not send 50 requests:\n%s", out)
+	}
+
+	f, out, _, err = runBenchCLI(t, "--server", base+"/wrong", "--state", state, "--concurrency", "4", "--duration", "1s", "--tokens", "20")
+	if err == nil || f.errors != 20 || f.certsPerSec != 0 {
+		t.Errorf("wrong path: err %v, figures %+v, want 20 errors and an error", err, f)
+	}
+	if !strings.Contains(out, "HTTP 404: 20") {
+		t.Errorf("wrong path: errors not by kind:\n%s", out)
+	}
+}
+
+// TestBenchVerify: a certificate for another key, or signed by a key the server does not
+// publish, is an error of the bench, not a certificate counted.
+func TestBenchVerify(t *testing.T) {
+	base, _ := startDev(t)
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	key, _ := ssh.NewPublicKey(pub)
+	other, _, _ := ed25519.GenerateKey(rand.Reader)
+	otherKey, _ := ssh.NewPublicKey(other)
+	tok := devToken(t, base, map[string]any{"sub": "u-alice", "preferred_username": "alice", "email": "alice@example.com", "email_verified": true})
+	code, body := call(t, http.MethodPost, base+"/v1/certs/user", tok, map[string]any{"public_key": string(ssh.MarshalAuthorizedKey(key))})
+	if code != http.StatusOK {
+		t.Fatalf("issue = %d %s", code, body)
+	}
+	caKeys, err := fetchUserCAKeys(context.Background(), http.DefaultClient, base+"/v1/ca/user.pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verifyBenchCert(body, key, caKeys); err != nil {
+		t.Errorf("the real certificate: %v", err)
+	}
+	if err := verifyBenchCert(body, otherKey, caKeys); err == nil || !strings.Contains(err.Error(), "another key") {
+		t.Errorf("for another key: %v", err)
+	}
+	if err := verifyBenchCert(body, key, []ssh.PublicKey{otherKey}); err == nil || !strings.Contains(err.Error(), "not in /v1/ca/user.pub") {
+		t.Errorf("another CA: %v", err)
+	}
+	if err := verifyBenchCert([]byte(`{"certificate":"`+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))+`"}`), key, caKeys); err == nil {
+		t.Error("a plain key was taken for a certificate")
+	}
+}
