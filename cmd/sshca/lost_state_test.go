@@ -97,6 +97,45 @@ func installedVersion(t *testing.T, path string) uint64 {
 	return k.Version
 }
 
+// lostStateRig is what the lost-state and rebuild tests share: redis-server with the shipped
+// configuration and ACL users (persistence by explicit SAVE only, a test admin user for
+// SAVE/FLUSHALL), an OIDC issuer, a serve replica and a bastion agent, both stoppable.
+type lostStateRig struct {
+	srv         *testenv.ConfiguredRedis
+	admin       *redis.Client
+	ctx         context.Context
+	mint        func(map[string]any) string
+	cfg         *Config
+	redisURL    string // the sshca user's
+	base        string
+	stopReplica func()
+	dir         string
+	flags       agentFlags
+	agent       *bastion.Agent
+	stopAgent   func()
+}
+
+func startLostStateRig(t *testing.T) *lostStateRig {
+	t.Helper()
+	r := &lostStateRig{ctx: context.Background()}
+	r.srv = testenv.StartRedisConfig(t, filepath.Join("..", "..", "deploy", "redis", "redis.conf"),
+		"--user", "test-admin", "on", ">test-admin-pw", "~*", "&*", "+@all",
+		"--appendonly", "no", "--save", "")
+	r.admin = redis.NewClient(&redis.Options{Addr: r.srv.Addr, Username: "test-admin", Password: "test-admin-pw"})
+	t.Cleanup(func() { r.admin.Close() })
+	idp := startIssuer(t, "sshca")
+	r.mint = minter(t, idp)
+	r.cfg = serveConfig(t, r.srv.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	r.cfg.Redis.Username, r.cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
+	r.redisURL = "redis://sshca:CHANGE-ME-sshca@" + r.srv.Addr
+	r.base, r.stopReplica = startServeStoppable(t, r.cfg)
+	r.dir = t.TempDir()
+	r.flags = agentFlags{redisURL: "redis://bastion:CHANGE-ME-bastion@" + r.srv.Addr, krlPath: filepath.Join(r.dir, "sshca.krl"),
+		userCA: filepath.Join(r.dir, "user_ca.pub"), health: "127.0.0.1:0", poll: time.Second, caRefresh: time.Second}
+	r.agent, r.stopAgent = startAgentStoppable(t, r.flags)
+	return r
+}
+
 // TestStoreLostStateFailsClosed restores redis-server from an RDB copy taken before N
 // revocations (the shipped configuration and ACL users, persistence by explicit SAVE only).
 // (a) With the CA replica that made them still running, its in-memory witness notices: /readyz
@@ -106,21 +145,9 @@ func installedVersion(t *testing.T, path string) uint64 {
 // by itself) and the agent, the agent's installed KRL is the witness: it refuses the older KRL
 // the rolled-back store offers, keeps the installed file, and alerts in its status.
 func TestStoreLostStateFailsClosed(t *testing.T) {
-	srv := testenv.StartRedisConfig(t, filepath.Join("..", "..", "deploy", "redis", "redis.conf"),
-		"--user", "test-admin", "on", ">test-admin-pw", "~*", "&*", "+@all",
-		"--appendonly", "no", "--save", "")
-	admin := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "test-admin", Password: "test-admin-pw"})
-	defer admin.Close()
-	ctx := context.Background()
-	idp := startIssuer(t, "sshca")
-	mint := minter(t, idp)
-	cfg := serveConfig(t, srv.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
-	cfg.Redis.Username, cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
-	base, stopReplica := startServeStoppable(t, cfg)
-	dir := t.TempDir()
-	flags := agentFlags{redisURL: "redis://bastion:CHANGE-ME-bastion@" + srv.Addr, krlPath: filepath.Join(dir, "sshca.krl"),
-		userCA: filepath.Join(dir, "user_ca.pub"), health: "127.0.0.1:0", poll: time.Second, caRefresh: time.Second}
-	agent, stopAgent := startAgentStoppable(t, flags)
+	r := startLostStateRig(t)
+	srv, admin, ctx, mint, cfg, dir, flags := r.srv, r.admin, r.ctx, r.mint, r.cfg, r.dir, r.flags
+	base, stopReplica, agent, stopAgent := r.base, r.stopReplica, r.agent, r.stopAgent
 
 	adminTok := func() string {
 		return mint(map[string]any{"sub": "admin", "preferred_username": "admin1", "email": "admin@example.com", "email_verified": true, "groups": []string{"sshca-admins"}})

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -11,11 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/sshca/sshca/identity"
-	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/krl"
 	"github.com/sshca/sshca/revocation"
 )
@@ -41,22 +37,8 @@ func parsePub(t *testing.T, path string) ssh.PublicKey {
 // nor the live certificate, the bastion agent installs it, and the inventory lists the live
 // certificate again.
 func TestStoreRebuild(t *testing.T) {
-	srv := testenv.StartRedisConfig(t, filepath.Join("..", "..", "deploy", "redis", "redis.conf"),
-		"--user", "test-admin", "on", ">test-admin-pw", "~*", "&*", "+@all",
-		"--appendonly", "no", "--save", "")
-	admin := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "test-admin", Password: "test-admin-pw"})
-	defer admin.Close()
-	ctx := context.Background()
-	idp := startIssuer(t, "sshca")
-	mint := minter(t, idp)
-	cfg := serveConfig(t, srv.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
-	cfg.Redis.Username, cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
-	redisURL := "redis://sshca:CHANGE-ME-sshca@" + srv.Addr
-	base, _ := startServeStoppable(t, cfg)
-	dir := t.TempDir()
-	flags := agentFlags{redisURL: "redis://bastion:CHANGE-ME-bastion@" + srv.Addr, krlPath: filepath.Join(dir, "sshca.krl"),
-		userCA: filepath.Join(dir, "user_ca.pub"), health: "127.0.0.1:0", poll: time.Second, caRefresh: time.Second}
-	agent, _ := startAgentStoppable(t, flags)
+	r := startLostStateRig(t)
+	admin, ctx, mint, cfg, redisURL, base, dir, flags, agent := r.admin, r.ctx, r.mint, r.cfg, r.redisURL, r.base, r.dir, r.flags, r.agent
 
 	tok := func(sub string) string {
 		return mint(map[string]any{"sub": "u-" + sub, "preferred_username": sub, "email": sub + "@example.com", "email_verified": true})
@@ -206,22 +188,9 @@ func TestStoreRebuild(t *testing.T) {
 // repeats its first records, which are read once) and the agent's version brings back every
 // revocation: the agent installs the rebuilt KRL and the alert clears.
 func TestStoreRebuildFromSnapshot(t *testing.T) {
-	srv := testenv.StartRedisConfig(t, filepath.Join("..", "..", "deploy", "redis", "redis.conf"),
-		"--user", "test-admin", "on", ">test-admin-pw", "~*", "&*", "+@all",
-		"--appendonly", "no", "--save", "")
-	admin := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "test-admin", Password: "test-admin-pw"})
-	defer admin.Close()
-	ctx := context.Background()
-	idp := startIssuer(t, "sshca")
-	mint := minter(t, idp)
-	cfg := serveConfig(t, srv.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
-	cfg.Redis.Username, cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
-	redisURL := "redis://sshca:CHANGE-ME-sshca@" + srv.Addr
-	base, stopReplica := startServeStoppable(t, cfg)
-	dir := t.TempDir()
-	flags := agentFlags{redisURL: "redis://bastion:CHANGE-ME-bastion@" + srv.Addr, krlPath: filepath.Join(dir, "sshca.krl"),
-		userCA: filepath.Join(dir, "user_ca.pub"), health: "127.0.0.1:0", poll: time.Second, caRefresh: time.Second}
-	agent, stopAgent := startAgentStoppable(t, flags)
+	r := startLostStateRig(t)
+	srv, admin, ctx, mint, cfg, redisURL, dir, flags := r.srv, r.admin, r.ctx, r.mint, r.cfg, r.redisURL, r.dir, r.flags
+	base, stopReplica, agent, stopAgent := r.base, r.stopReplica, r.agent, r.stopAgent
 	alice := func() string {
 		return mint(map[string]any{"sub": "u-alice", "preferred_username": "alice", "email": "alice@example.com", "email_verified": true})
 	}

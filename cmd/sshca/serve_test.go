@@ -53,25 +53,8 @@ func startServe(t *testing.T, cfg *Config) string {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	errc := make(chan error, 1)
-	go func() { errc <- serve(ctx, cfg, testLog(t), ready) }()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-errc:
-		cancel()
-		t.Fatalf("serve: %v", err)
-	case <-time.After(60 * time.Second):
-		cancel()
-		t.Fatal("serve did not start within 60s")
-	}
-	t.Cleanup(func() {
-		cancel()
-		<-errc
-	})
-	return "http://" + addr
+	base, _ := startServeStoppable(t, cfg)
+	return base
 }
 
 func serveConfig(t *testing.T, redisAddr string, issuers ...identity.IssuerConfig) *Config {
