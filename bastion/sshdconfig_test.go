@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -173,7 +172,7 @@ func TestSSHDConfigLogin(t *testing.T) {
 	// Test directories live under /tmp (StrictModes would refuse them) and the pid file must
 	// not be the system's: both are left unset by the rendering, so appending works.
 	sshd, path := h.write(t, "StrictModes no", "PidFile "+h.path("sshd.pid"))
-	var log syncBuffer
+	var log testenv.SyncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, sshd, "-D", "-e", "-f", path)
 	cmd.Stdout, cmd.Stderr = &log, &log
@@ -232,24 +231,6 @@ func TestSSHDConfigLogin(t *testing.T) {
 	if !strings.Contains(log.String(), "Authentication key ED25519-CERT") || !strings.Contains(log.String(), "revoked by file") {
 		t.Error("sshd did not log refusing the revoked certificate")
 	}
-}
-
-// syncBuffer is a bytes.Buffer that sshd's output and the test can share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestSSHDConfigRefusesInjection(t *testing.T) {

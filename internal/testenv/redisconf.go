@@ -29,7 +29,7 @@ type ConfiguredRedis struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the running process has exited
 
-	out syncBuffer // the output of every run, in order
+	out SyncBuffer // the output of every run, in order
 }
 
 // StartRedisConfig starts `redis-server conf --port P --bind 127.0.0.1 --dir D args...` on a
@@ -143,19 +143,19 @@ func WriteFile(t testing.TB, name, content string) string {
 	return p
 }
 
-// syncBuffer is a bytes.Buffer that the process's output and the test may use at once.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer that a process's output and a test may use at once.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
