@@ -210,7 +210,21 @@ func (v *Verifier) Authenticate(ctx context.Context, token string) (ca.Identity,
 		return ca.Identity{}, ca.Unavailable(fmt.Sprintf("identity provider %s is unreachable", is.cfg.IssuerURL), err)
 	}
 	if _, err := verifier.Verify(oidc.ClientContext(ctx, v.client), token); err != nil {
-		return ca.Identity{}, v.verifyError(ctx, is, t, err)
+		if !strings.HasPrefix(err.Error(), "failed to verify signature") {
+			return ca.Identity{}, v.verifyError(ctx, is, t, err)
+		}
+		// go-oidc's key set answers a request that arrives just after a refetch finished, and
+		// before the refetched keys replaced its cache, with the keys of that older fetch: a
+		// token signed by a key the issuer just rotated in fails once. One more try, after
+		// the cache has been replaced, fetches again if the key is still unknown.
+		select {
+		case <-ctx.Done():
+			return ca.Identity{}, v.verifyError(ctx, is, t, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if _, err := verifier.Verify(oidc.ClientContext(ctx, v.client), token); err != nil {
+			return ca.Identity{}, v.verifyError(ctx, is, t, err)
+		}
 	}
 	if err := t.checkTimes(v.now(), v.maxLifetime); err != nil {
 		return ca.Identity{}, err
