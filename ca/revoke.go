@@ -122,7 +122,7 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 		blocks := append(slices.Clone(matches), canonical+alias) // the form given, too
 		for _, name := range dedupe(blocks) {
 			if err := a.revocations.BlockIdentity(ctx, name, res.BlockedUntil); err != nil {
-				return RevokeResult{}, Unavailable("revocation store unavailable", err)
+				return RevokeResult{}, storeErr("revocation store unavailable", err)
 			}
 		}
 		// Records written before identities were canonical name them by e-mail or subject:
@@ -222,7 +222,7 @@ func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequ
 	if !ok {
 		st, err := a.revocations.State(ctx, a.user.PublicKey())
 		if err != nil {
-			return UnrevokeResult{}, Unavailable("revocation store unavailable", err)
+			return UnrevokeResult{}, storeErr("revocation store unavailable", err)
 		}
 		v = st.Version
 	}
@@ -234,13 +234,13 @@ func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequ
 // RevocationStates returns the revocation state of the user and host CA keys.
 func (a *Authority) RevocationStates(ctx context.Context) (user, host RevocationState, err error) {
 	if user, err = a.revocations.State(ctx, a.user.PublicKey()); err != nil {
-		return user, host, Unavailable("revocation store unavailable", err)
+		return user, host, storeErr("revocation store unavailable", err)
 	}
 	if user.CA == nil {
 		user.CA = a.user.PublicKey()
 	}
 	if host, err = a.revocations.State(ctx, a.host.PublicKey()); err != nil {
-		return user, host, Unavailable("revocation store unavailable", err)
+		return user, host, storeErr("revocation store unavailable", err)
 	}
 	if host.CA == nil {
 		host.CA = a.host.PublicKey()
@@ -259,7 +259,7 @@ func (a *Authority) UserRevocationStates(ctx context.Context) ([]RevocationState
 	for _, k := range keys {
 		st, err := a.revocations.State(ctx, k)
 		if err != nil {
-			return nil, Unavailable("revocation store unavailable", err)
+			return nil, storeErr("revocation store unavailable", err)
 		}
 		if st.CA == nil {
 			st.CA = k
@@ -286,7 +286,7 @@ func (a *Authority) HostRevocationStates(ctx context.Context) ([]RevocationState
 	for _, k := range keys {
 		st, err := a.revocations.State(ctx, k)
 		if err != nil {
-			return nil, Unavailable("revocation store unavailable", err)
+			return nil, storeErr("revocation store unavailable", err)
 		}
 		if st.CA == nil {
 			st.CA = k

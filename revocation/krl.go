@@ -29,19 +29,29 @@ func SplitVersion(v uint64) (generation uint16, counter uint64) {
 	return uint16(v >> GenerationShift), v & counterMask
 }
 
-// BuildKRL turns revocation states into one OpenSSH KRL for sshd's RevokedKeys. Its version
-// carries the newest of the states' generations in its high 16 bits, and the sum of their
-// counters below: each counter only grows within a generation, so the sum orders KRLs built
-// from the same CA keys, and a newer generation orders above all of an older one. The
-// generation date is generated.
-func BuildKRL(generated time.Time, states ...ca.RevocationState) (*krl.KRL, error) {
-	k := &krl.KRL{GeneratedDate: generated.UTC().Truncate(time.Second), Comment: "sshca"}
+// Version is the version of the KRL built from states: the newest of the states'
+// generations in the high 16 bits (GenerationShift), the sum of their counters below (masked
+// to 48 bits). Each counter only grows within a generation and scopes are never dropped, so
+// the sum orders KRLs built from the same CA keys, and a newer generation (a rebuilt store)
+// orders above every version of an older one. It is the version BuildKRL writes into the KRL,
+// and what /v1/krl sends as X-KRL-Version and in its ETag, so a bastion compares the same
+// number wherever it reads it.
+func Version(states ...ca.RevocationState) uint64 {
 	var gen uint16
 	var sum uint64
 	for _, st := range states {
 		g, n := SplitVersion(st.Version)
 		gen = max(gen, g)
 		sum += n
+	}
+	return ComposeVersion(gen, sum)
+}
+
+// BuildKRL turns revocation states into one OpenSSH KRL for sshd's RevokedKeys, at version
+// Version(states...). The generation date is generated.
+func BuildKRL(generated time.Time, states ...ca.RevocationState) (*krl.KRL, error) {
+	k := &krl.KRL{GeneratedDate: generated.UTC().Truncate(time.Second), Comment: "sshca", Version: Version(states...)}
+	for _, st := range states {
 		for _, e := range st.Entries {
 			switch e.Kind {
 			case ca.RevokedSerial:
@@ -66,7 +76,6 @@ func BuildKRL(generated time.Time, states ...ca.RevocationState) (*krl.KRL, erro
 			}
 		}
 	}
-	k.Version = ComposeVersion(gen, sum)
 	return k, nil
 }
 

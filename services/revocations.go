@@ -17,6 +17,7 @@ import (
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/revocation"
 )
 
 // revokeRequest is the body of POST /v1/revocations as sent, with the bearer token.
@@ -293,12 +294,11 @@ func encodeKRL(render func(...ca.RevocationState) ([]byte, error), log *slog.Log
 			answerFailure(ctx, log, resp.Err, w)
 			return nil
 		}
-		// The KRL's version is the sum of the scopes' versions (each only grows, and scopes are
-		// never dropped); the ETag adds which scopes, so a new CA key changes it too.
-		var version uint64
+		// The version is the one the KRL carries (revocation.Version: the generation in the
+		// high bits); the ETag adds which scopes, so a new CA key changes it too.
+		version := revocation.Version(resp.States...)
 		scopes := ""
 		for _, st := range resp.States {
-			version += st.Version
 			scopes += shortFingerprint(st.CA)
 		}
 		etag := `"` + strconv.FormatUint(version, 10) + "-" + shortHash(scopes) + `"`

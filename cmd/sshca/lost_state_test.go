@@ -209,8 +209,8 @@ func TestStoreLostStateFailsClosed(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(string(out), "revocation state lost") || !strings.Contains(string(out), "sshca store rebuild") {
 		t.Errorf("issuance on the restored store = %d %s, want 503 revocation state lost", code, out)
 	}
-	if code, out := getBody(t, base+"/v1/krl"); code != http.StatusServiceUnavailable {
-		t.Errorf("/v1/krl on the restored store = %d %q, want 503", code, out)
+	if code, out := getBody(t, base+"/v1/krl"); code != http.StatusServiceUnavailable || !strings.Contains(out, "revocation state lost") || !strings.Contains(out, "sshca store rebuild") {
+		t.Errorf("/v1/krl on the restored store = %d %q, want 503 saying the revocation state was lost and to run sshca store rebuild", code, out)
 	}
 	other := keygen(t, dir, "mallory")
 	if code, out := revoke(map[string]any{"public_key": readFile(t, other+".pub")}); code != http.StatusOK {

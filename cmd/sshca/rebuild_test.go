@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -87,6 +88,7 @@ func TestStoreRebuild(t *testing.T) {
 		installed = st.KRLVersion
 		return st.Connected && installed >= 5
 	})
+	oldHeader := krlHeaderVersion(t, base)
 	archive := filepath.Join(dir, "audit.archive")
 	if out, err := runCLI(t, "", "audit", "archive", "--redis", redisURL, "--key-file", cfg.Audit.KeyFile, "--out", archive); err != nil {
 		t.Fatalf("audit archive: %v\n%s", err, out)
@@ -152,6 +154,11 @@ func TestStoreRebuild(t *testing.T) {
 	gen, _ := revocation.SplitVersion(k.Version)
 	if k.Version <= installed || gen != 1 {
 		t.Errorf("KRL version after the rebuild %d (generation %d), the bastion holds %d", k.Version, gen, installed)
+	}
+	// X-KRL-Version is the KRL's own version, so it too is above every version published
+	// before the loss.
+	if v := krlHeaderVersion(t, base); v != k.Version || v <= oldHeader {
+		t.Errorf("X-KRL-Version after the rebuild %d, the KRL says %d, before the loss %d", v, k.Version, oldHeader)
 	}
 	if !k.IsRevoked(parseCert(t, revokedCert.Certificate)) || !k.IsRevoked(parseCert(t, bobCert.Certificate)) {
 		t.Errorf("the rebuilt KRL does not revoke the serial %s or the identity's certificate %s", revokedCert.Serial, bobCert.Serial)
@@ -278,4 +285,31 @@ func TestStoreRebuildFromSnapshot(t *testing.T) {
 	}
 	gen, _ := revocation.SplitVersion(k.Version)
 	t.Logf("bastion KRL %d (generation %d) after the rebuild; it held %d", k.Version, gen, n+1)
+}
+
+// krlHeaderVersion is the X-KRL-Version of GET /v1/krl, which must be the version inside the
+// KRL it answers with.
+func krlHeaderVersion(t *testing.T, base string) uint64 {
+	t.Helper()
+	resp, err := http.Get(base + "/v1/krl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/v1/krl = %d %s", resp.StatusCode, b)
+	}
+	v, err := strconv.ParseUint(resp.Header.Get("X-KRL-Version"), 10, 64)
+	if err != nil {
+		t.Fatalf("X-KRL-Version %q: %v", resp.Header.Get("X-KRL-Version"), err)
+	}
+	k, err := krl.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Version != v {
+		t.Errorf("X-KRL-Version %d, the KRL's version %d", v, k.Version)
+	}
+	return v
 }
