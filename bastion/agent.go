@@ -28,6 +28,14 @@ import (
 type Options struct {
 	KRLPath    string // sshd's RevokedKeys
 	UserCAPath string // sshd's TrustedUserCAKeys (optional)
+	// KRLLink and UserCALink (optional) are the paths sshd reads, in a directory the agent
+	// cannot write (/etc/ssh), that must be symbolic links leading to KRLPath and UserCAPath.
+	// When one is removed or re-pointed, Status.FilesAlert says so and Run returns an
+	// ErrSSHDLink error: the service manager re-creates the links before restarting the agent.
+	KRLLink, UserCALink string
+	// GuardEvery is how often the files are re-checked besides watching them (default 1s): a
+	// file deleted or changed behind the agent's back is put back within it.
+	GuardEvery time.Duration
 	// Feed is the primary source, Redis in production (read-only credentials suffice); HTTP
 	// the fallback, or the only source.
 	Feed Feed
@@ -59,15 +67,22 @@ type Status struct {
 	Alert string `json:"alert,omitempty"`
 	// OfferedVersion is the version of the older KRL last refused.
 	OfferedVersion uint64 `json:"offered_krl_version,omitempty"`
+	// FilesRestored counts the files sshd reads that the agent put back after they were
+	// deleted or changed behind its back (a counter since start).
+	FilesRestored uint64 `json:"files_restored"`
+	// FilesAlert says why sshd does not read what the agent writes (a link removed or
+	// re-pointed, a file that could not be put back); Run returns an error with it.
+	FilesAlert string `json:"files_alert,omitempty"`
 }
 
 // Agent keeps the KRL and trusted CA key files current.
 type Agent struct {
 	o Options
 
+	krlFile, userCAFile *ownedFile // userCAFile nil without UserCAPath
+
 	mu     sync.Mutex
 	status Status
-	caFile []byte // last written trusted CA keys
 }
 
 // NewAgent checks the options.
@@ -90,7 +105,14 @@ func NewAgent(o Options) (*Agent, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{o: o, status: Status{Source: "none"}}, nil
+	if o.GuardEvery == 0 {
+		o.GuardEvery = time.Second
+	}
+	a := &Agent{o: o, status: Status{Source: "none"}, krlFile: &ownedFile{path: o.KRLPath, mode: 0o644}}
+	if o.UserCAPath != "" {
+		a.userCAFile = &ownedFile{path: o.UserCAPath, mode: 0o644}
+	}
+	return a, nil
 }
 
 // Status returns the current status.
@@ -109,7 +131,7 @@ func (a *Agent) Prepare() error {
 		if err != nil {
 			return err
 		}
-		if err := writeAtomic(a.o.KRLPath, empty, 0o644); err != nil {
+		if err := a.krlFile.set(empty, false); err != nil {
 			return err
 		}
 		a.o.Log.Info("wrote an empty KRL so sshd can start", "path", a.o.KRLPath)
@@ -124,6 +146,7 @@ func (a *Agent) Prepare() error {
 		a.o.Log.Error("the KRL in place is unreadable: sshd refuses every certificate until a source answers", "path", a.o.KRLPath, "err", err)
 		return nil
 	}
+	a.krlFile.adopt(b)
 	a.mu.Lock()
 	a.status.KRLVersion = k.Version
 	if st, err := os.Stat(a.o.KRLPath); err == nil {
@@ -134,11 +157,14 @@ func (a *Agent) Prepare() error {
 }
 
 // Run keeps the files current until ctx ends. It never returns because a source failed: it
-// keeps the last good files, says so in Status, and reconnects with backoff.
+// keeps the last good files, says so in Status, and reconnects with backoff. It returns an
+// error when sshd's files cannot be kept true (see Options.KRLLink and Status.FilesAlert).
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.Prepare(); err != nil {
 		return err
 	}
+	ctx, stopGuard := a.guarded(ctx) // ends ctx when sshd's files cannot be kept true
+	defer stopGuard()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		var err error
@@ -176,7 +202,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			backoff = 100 * time.Millisecond
 		}
 	}
-	return nil
+	return guardErr(ctx)
 }
 
 var errCAsChanged = errors.New("bastion: the set of CA keys changed")
@@ -349,7 +375,7 @@ func (a *Agent) installKRL(b []byte, source string) error {
 		a.mu.Unlock()
 		return nil
 	}
-	if err := writeAtomic(a.o.KRLPath, b, 0o644); err != nil {
+	if err := a.krlFile.set(b, false); err != nil {
 		return err
 	}
 	a.mu.Lock()
@@ -376,19 +402,7 @@ func (a *Agent) writeCAs(keys []ssh.PublicKey) error {
 }
 
 func (a *Agent) writeCAFile(b []byte) error {
-	a.mu.Lock()
-	same := bytes.Equal(a.caFile, b)
-	a.mu.Unlock()
-	if same {
-		return nil
-	}
-	if err := writeAtomic(a.o.UserCAPath, b, 0o644); err != nil {
-		return err
-	}
-	a.mu.Lock()
-	a.caFile = b
-	a.mu.Unlock()
-	return nil
+	return a.userCAFile.set(b, true)
 }
 
 func (a *Agent) setError(source string, err error) {

@@ -52,6 +52,11 @@ func TestShippedAgentUnit(t *testing.T) {
 		if got, want := links[c.sshdPath], flag(c.flag); got != want {
 			t.Errorf("sshd reads %s, which links to %q; the agent writes --%s %s", c.sshdPath, got, c.flag, want)
 		}
+		// The agent checks the link it exits for, and ExecStartPre (run on every restart)
+		// makes exactly that one.
+		if got := flag(c.flag + "-link"); got != c.sshdPath {
+			t.Errorf("--%s-link %s, but sshd reads %s", c.flag, got, c.sshdPath)
+		}
 		if rw := directive("ReadWritePaths"); len(rw) != 1 || filepath.Dir(flag(c.flag)) != rw[0] {
 			t.Errorf("--%s %s is not in ReadWritePaths %v", c.flag, flag(c.flag), rw)
 		}

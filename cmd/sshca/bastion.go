@@ -52,6 +52,7 @@ func newSSHDConfigCommand() *cobra.Command {
 
 type agentFlags struct {
 	redisURL, server, serverCA, krlPath, userCA, health, sshdLog string
+	krlLink, userCALink                                          string
 	poll, caRefresh                                              time.Duration
 }
 
@@ -75,6 +76,8 @@ func newBastionAgentCommand() *cobra.Command {
 	cmd.Flags().StringVar(&f.serverCA, "server-ca", "", "PEM CA certificate pinned for --server")
 	cmd.Flags().StringVar(&f.krlPath, "krl", "/etc/ssh/sshca.krl", "sshd RevokedKeys file")
 	cmd.Flags().StringVar(&f.userCA, "user-ca", "/etc/ssh/sshca_user_ca.pub", "sshd TrustedUserCAKeys file")
+	cmd.Flags().StringVar(&f.krlLink, "krl-link", "", "the RevokedKeys path sshd reads, a symbolic link to --krl; the agent exits when it is removed or re-pointed")
+	cmd.Flags().StringVar(&f.userCALink, "user-ca-link", "", "the TrustedUserCAKeys path sshd reads, a symbolic link to --user-ca; the agent exits when it is removed or re-pointed")
 	cmd.Flags().StringVar(&f.health, "health", "127.0.0.1:9851", "address of /healthz and /metrics")
 	cmd.Flags().StringVar(&f.sshdLog, "sshd-log", "", "sshd log file (LogLevel VERBOSE) to end live sessions of revoked certificates")
 	cmd.Flags().DurationVar(&f.poll, "poll", time.Second, "HTTPS polling interval")
@@ -86,7 +89,8 @@ func newBastionAgentCommand() *cobra.Command {
 // runAgent runs the bastion agent until ctx ends; ready, when not nil, receives the agent once
 // its files are in place and its health endpoint listens.
 func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- *bastion.Agent) error {
-	o := bastion.Options{KRLPath: f.krlPath, UserCAPath: f.userCA, PollEvery: f.poll, CARefresh: f.caRefresh, Log: log}
+	o := bastion.Options{KRLPath: f.krlPath, UserCAPath: f.userCA, KRLLink: f.krlLink, UserCALink: f.userCALink,
+		PollEvery: f.poll, CARefresh: f.caRefresh, Log: log}
 	if f.redisURL != "" {
 		ropts, err := parseRedisURL(f.redisURL) // errors never echo the URL: it may hold a password
 		if err != nil {
@@ -154,7 +158,7 @@ func agentHealthHandler(a *bastion.Agent) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		st := a.Status()
 		code := http.StatusOK
-		if !st.Connected {
+		if !st.Connected || len(st.Problems()) > 0 {
 			code = http.StatusServiceUnavailable // fail static: the last good KRL stays in place
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -162,6 +166,7 @@ func agentHealthHandler(a *bastion.Agent) http.Handler {
 		_ = json.NewEncoder(w).Encode(map[string]any{
 			"source": st.Source, "connected": st.Connected, "krl_version": st.KRLVersion,
 			"krl_age_seconds": int(time.Since(st.KRLWritten).Seconds()), "last_error": st.LastError,
+			"problems": st.Problems(), "files_restored": st.FilesRestored,
 		})
 	})
 	return mux
