@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -28,7 +29,10 @@ func newRootCommand() *cobra.Command {
 		Short:         "Short-lived SSH certificates from an OIDC identity and an OPA policy",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Version makes cobra add --version, which prints what `sshca version` does.
+		Version: versionLine(debug.ReadBuildInfo),
 	}
-	root.AddCommand(newServeCommand(), newDevCommand(), newCertCommand(), newRevokeCommand(), newBastionCommand(), newPolicyCommand(), newLoginCommand(), newSSHConfigCommand(), newKeysCommand(), newAuditCommand(), newStoreCommand(), newBenchCommand())
+	root.SetVersionTemplate("sshca {{.Version}}\n")
+	root.AddCommand(newServeCommand(), newDevCommand(), newCertCommand(), newRevokeCommand(), newBastionCommand(), newPolicyCommand(), newLoginCommand(), newSSHConfigCommand(), newKeysCommand(), newAuditCommand(), newStoreCommand(), newBenchCommand(), newVersionCommand())
 	return root
 }
