@@ -57,6 +57,8 @@ type Config struct {
 	Faults FaultObserver
 	// IdentityLimiter, optional, bounds how often one identity may ask for certificates.
 	IdentityLimiter IdentityLimiter
+	// Stages, optional, learns how long each dependency call takes (metrics).
+	Stages StageObserver
 
 	Limits Limits
 	Now    func() time.Time
@@ -88,6 +90,7 @@ func New(c Config) (*Authority, error) {
 	if c.Authenticator == nil || c.Policy == nil || c.UserSigner == nil || c.HostSigner == nil || c.Store == nil || c.Revocations == nil {
 		return nil, errors.New("sshca: authority: authenticator, policy, user and host signers, store and revocations are required")
 	}
+	c = c.observed()
 	l := c.Limits
 	if l.MaxUserTTL == 0 {
 		l.MaxUserTTL = DefaultLimits.MaxUserTTL
