@@ -149,7 +149,10 @@ func (m keyLogging) CompromisedKey(ctx context.Context, token, fingerprint strin
 	return m.next.CompromisedKey(ctx, token, fingerprint)
 }
 
-// Metrics are the service's Prometheus collectors.
+// Metrics are the service's Prometheus collectors. No label carries an identity, an address,
+// a serial or a key: label values come from fixed sets (kinds, methods, results, stages, CA
+// roles, route patterns, status codes), so the series stay few and the metrics say nothing
+// about who asked (TestMetricsCarryNoIdentity).
 type Metrics struct {
 	// Requests and Duration are certificate requests (issue) by kind.
 	Requests *prometheus.CounterVec
@@ -158,6 +161,9 @@ type Metrics struct {
 	// keys_promote, ...), issue included.
 	Calls        *prometheus.CounterVec
 	CallDuration *prometheus.HistogramVec
+	// The rest are in metrics.go: stages, dependency errors, revocations, KRL versions and
+	// the HTTP requests by route.
+	extra
 }
 
 // NewMetrics registers the collectors with reg.
@@ -182,8 +188,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time to answer a call of the API, by method.",
 			Buckets: buckets,
 		}, []string{"method"}),
+		extra: newExtra(buckets),
 	}
 	reg.MustRegister(m.Requests, m.Duration, m.Calls, m.CallDuration)
+	m.extra.register(reg)
 	return m
 }
 
@@ -225,8 +233,11 @@ func (mw instrumenting) Renew(ctx context.Context, token string) (_ ca.Issued, e
 	return mw.Service.Renew(ctx, token)
 }
 
-func (mw instrumenting) Revoke(ctx context.Context, token string, req ca.RevokeRequest) (_ ca.RevokeResult, err error) {
-	defer func(begin time.Time) { mw.m.observe("revoke", begin, err) }(time.Now())
+func (mw instrumenting) Revoke(ctx context.Context, token string, req ca.RevokeRequest) (res ca.RevokeResult, err error) {
+	defer func(begin time.Time) {
+		mw.m.observe("revoke", begin, err)
+		mw.m.revoked(res.Revoked)
+	}(time.Now())
 	return mw.Service.Revoke(ctx, token, req)
 }
 
@@ -245,13 +256,19 @@ func (mw instrumenting) Inventory(ctx context.Context, token, identity string) (
 	return mw.Service.Inventory(ctx, token, identity)
 }
 
-func (mw instrumenting) UserRevocationStates(ctx context.Context) (_ []ca.RevocationState, err error) {
-	defer func(begin time.Time) { mw.m.observe("krl", begin, err) }(time.Now())
+func (mw instrumenting) UserRevocationStates(ctx context.Context) (states []ca.RevocationState, err error) {
+	defer func(begin time.Time) {
+		mw.m.observe("krl", begin, err)
+		mw.m.servedKRL("user", states, err)
+	}(time.Now())
 	return mw.Service.UserRevocationStates(ctx)
 }
 
-func (mw instrumenting) HostRevocationStates(ctx context.Context) (_ []ca.RevocationState, err error) {
-	defer func(begin time.Time) { mw.m.observe("host_revocations", begin, err) }(time.Now())
+func (mw instrumenting) HostRevocationStates(ctx context.Context) (states []ca.RevocationState, err error) {
+	defer func(begin time.Time) {
+		mw.m.observe("host_revocations", begin, err)
+		mw.m.servedKRL("host", states, err)
+	}(time.Now())
 	return mw.Service.HostRevocationStates(ctx)
 }
 

@@ -133,6 +133,9 @@ func NewRateLimiter(l RateLimits, reg prometheus.Registerer) *RateLimiter {
 			Help: "Requests refused by a rate limit (429) or shed by an in-flight limit (503), by limit: address, identity, krl_address, in_flight, krl_in_flight.",
 		}, []string{"limit"}),
 	}
+	for _, limit := range []string{"address", "identity", "krl_address", "in_flight", "krl_in_flight"} {
+		r.limited.WithLabelValues(limit) // exported at 0 before the first refusal
+	}
 	if reg != nil {
 		reg.MustRegister(r.limited)
 	}

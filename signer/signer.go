@@ -30,6 +30,14 @@ type Options struct {
 	Skew time.Duration
 }
 
+// KeyError is a signature the CA key (the KMS behind the ssh.Signer) did not make, as opposed
+// to a refused template or a serial the store could not reserve: what metrics count as a KMS
+// error. Find it with errors.As.
+type KeyError struct{ Err error }
+
+func (e *KeyError) Error() string { return "signer: sign: " + e.Err.Error() }
+func (e *KeyError) Unwrap() error { return e.Err }
+
 // Signer signs certificates with one CA key.
 type Signer struct {
 	key     ssh.Signer
@@ -91,7 +99,7 @@ func (s *Signer) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Durat
 	c.ValidBefore = uint64(validBefore.Unix())
 	c.Nonce = nil // SignCert draws a fresh nonce
 	if err := c.SignCert(s.rand, s.key); err != nil {
-		return nil, fmt.Errorf("signer: sign: %w", err)
+		return nil, &KeyError{Err: err}
 	}
 	return &c, nil
 }

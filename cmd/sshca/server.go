@@ -89,16 +89,20 @@ func apiHandler(p parts) (http.Handler, error) {
 	faults := services.NewPolicyFaults(reg, time.Now)
 	p.rate.TrustedProxies = p.trustedProxies
 	limiter := services.NewRateLimiter(p.rate, reg)
+	metrics := services.NewMetrics(reg)
+	metrics.IsKMSError = isKMSError
+	if p.rdb != nil {
+		countRedisErrors(p.rdb, reg)
+	}
 	authority, err := ca.New(ca.Config{
 		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
 		Store: p.store, Revocations: p.revoked, Tokens: p.tokens, Audit: p.audit, Faults: faults, Limits: p.limits, Logger: p.log,
-		IdentityLimiter: limiter,
+		IdentityLimiter: limiter, Stages: metrics,
 	})
 	if err != nil {
 		return nil, err
 	}
 	var svc services.Service = authority
-	metrics := services.NewMetrics(reg)
 	svc = services.InstrumentingMiddleware(metrics)(svc)
 	svc = services.LoggingMiddleware(p.log)(svc)
 	keys := services.LoggingKeyAdmin(p.log)(services.InstrumentingKeyAdmin(metrics)(keyAdmin(p, authority)))
@@ -123,7 +127,7 @@ func apiHandler(p parts) (http.Handler, error) {
 	if p.diag == nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
-	return services.RequestID(p.trustedProxies, limiter.Handler(services.RequestDeadline(p.requestTimeout, nil, mux))), nil
+	return metrics.InstrumentHTTP(mux, services.RequestID(p.trustedProxies, limiter.Handler(services.RequestDeadline(p.requestTimeout, nil, mux)))), nil
 }
 
 // readyChecks are the checks /readyz runs: the configured ones, with Redis probed by a write

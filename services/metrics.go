@@ -1,0 +1,138 @@
+package services
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/revocation"
+)
+
+// extra are the collectors of Metrics beyond the per-method calls: every one is created with
+// its known label values at zero, so a series exists (and an alert on it can fire) before
+// its first event.
+type extra struct {
+	// Stages times every dependency call of the authority by stage (ca.Stages); StageErrors
+	// counts those that failed on the dependency's side (unavailable or internal, not a
+	// refused token or a policy denial).
+	Stages      *prometheus.HistogramVec
+	StageErrors *prometheus.CounterVec
+	// KMSErrors counts signatures the CA key did not make (IsKMSError of a failed sign stage).
+	KMSErrors prometheus.Counter
+	// IsKMSError says whether a failed sign stage is the key's (KMS) failure rather than the
+	// serial's reservation in the store; cmd/sshca sets it (signer.KeyError). Nil: none is.
+	IsKMSError func(error) bool
+	// Revocations counts entries newly revoked, by entry kind (serial, key_id, key).
+	Revocations *prometheus.CounterVec
+	// KRLVersion is the version of the KRL last served, by CA role (user: /v1/krl, host:
+	// /v1/krl/host and known_hosts).
+	KRLVersion *prometheus.GaugeVec
+	// HTTPRequests and HTTPDuration are every HTTP request by route pattern (endpoint) and
+	// status code (InstrumentHTTP).
+	HTTPRequests *prometheus.CounterVec
+	HTTPDuration *prometheus.HistogramVec
+}
+
+func newExtra(buckets []float64) extra {
+	e := extra{
+		Stages: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "sshca_stage_duration_seconds",
+			Help:    "Time of one dependency call of the authority, by stage: authenticate (token verification), policy, store (inventory, revocations, token ledger), sign (serial reservation and the KMS signature), audit.",
+			Buckets: append([]float64{.00005, .0001, .00025}, buckets...),
+		}, []string{"stage"}),
+		StageErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sshca_stage_errors_total",
+			Help: "Dependency calls of the authority that failed on the dependency's side (unavailable or internal), by stage.",
+		}, []string{"stage"}),
+		KMSErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sshca_kms_errors_total",
+			Help: "Signatures the CA key (its KMS) failed to make.",
+		}),
+		Revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sshca_revocations_total",
+			Help: "Revocation entries newly added through this replica, by kind (serial, key_id, key).",
+		}, []string{"kind"}),
+		KRLVersion: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sshca_krl_version",
+			Help: "Version of the KRL this replica last served, by CA role (user: /v1/krl; host: /v1/krl/host, known_hosts); 0 until the first.",
+		}, []string{"ca"}),
+		HTTPRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sshca_http_requests_total",
+			Help: "HTTP requests by endpoint (the route pattern, \"other\" when none matches) and status code, limited and shed ones included.",
+		}, []string{"endpoint", "code"}),
+		HTTPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "sshca_http_request_duration_seconds",
+			Help:    "Time to answer an HTTP request, by endpoint (the route pattern).",
+			Buckets: buckets,
+		}, []string{"endpoint"}),
+	}
+	for _, s := range ca.Stages {
+		e.Stages.WithLabelValues(string(s))
+		e.StageErrors.WithLabelValues(string(s))
+	}
+	for _, k := range []ca.EntryKind{ca.RevokedSerial, ca.RevokedKeyID, ca.RevokedKey} {
+		e.Revocations.WithLabelValues(string(k))
+	}
+	for _, r := range []string{"user", "host"} {
+		e.KRLVersion.WithLabelValues(r)
+	}
+	return e
+}
+
+func (e extra) register(reg prometheus.Registerer) {
+	reg.MustRegister(e.Stages, e.StageErrors, e.KMSErrors, e.Revocations, e.KRLVersion, e.HTTPRequests, e.HTTPDuration)
+}
+
+var _ ca.StageObserver = (*Metrics)(nil)
+
+// ObserveStage implements ca.StageObserver (ca.Config.Stages).
+func (m *Metrics) ObserveStage(stage ca.Stage, took time.Duration, err error) {
+	m.Stages.WithLabelValues(string(stage)).Observe(took.Seconds())
+	if err == nil {
+		return
+	}
+	if k := ca.KindOf(err); k == ca.KindUnavailable || k == ca.KindInternal {
+		m.StageErrors.WithLabelValues(string(stage)).Inc()
+	}
+	if stage == ca.StageSign && m.IsKMSError != nil && m.IsKMSError(err) {
+		m.KMSErrors.Inc()
+	}
+}
+
+func (m *Metrics) revoked(entries []ca.RevocationEntry) {
+	for _, e := range entries {
+		m.Revocations.WithLabelValues(string(e.Kind)).Inc()
+	}
+}
+
+func (m *Metrics) servedKRL(role string, states []ca.RevocationState, err error) {
+	if err == nil && len(states) > 0 {
+		m.KRLVersion.WithLabelValues(role).Set(float64(revocation.Version(states...)))
+	}
+}
+
+type endpointKey struct{}
+
+// InstrumentHTTP counts and times every request that next answers by the route pattern that
+// mux would serve it with ("GET /v1/krl", "POST /v1/certs/user"; "other" when none matches)
+// and its status code: the endpoint is the pattern, never the path, so no host name, serial
+// or identity in a URL becomes a label. Put it outermost, so requests that the rate limits
+// refuse (429) or shed (503) are counted too.
+func (m *Metrics) InstrumentHTTP(mux *http.ServeMux, next http.Handler) http.Handler {
+	endpoint := promhttp.WithLabelFromCtx("endpoint", func(ctx context.Context) string {
+		e, _ := ctx.Value(endpointKey{}).(string)
+		return e
+	})
+	h := promhttp.InstrumentHandlerCounter(m.HTTPRequests, promhttp.InstrumentHandlerDuration(m.HTTPDuration, next, endpoint), endpoint)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, pattern := mux.Handler(r)
+		if pattern == "" {
+			pattern = "other"
+		}
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), endpointKey{}, pattern)))
+	})
+}

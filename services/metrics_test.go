@@ -1,0 +1,75 @@
+package services_test
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/services"
+)
+
+var errKMS = errors.New("kms: device removed")
+
+// TestObserveStage: a dependency's failure (unavailable, internal) counts as a stage error, a
+// caller's (a refused token, a denial) does not; only a failed signature that IsKMSError
+// recognises counts as a KMS error, not one of the serial's reservation.
+func TestObserveStage(t *testing.T) {
+	m := services.NewMetrics(prometheus.NewRegistry())
+	m.IsKMSError = func(err error) bool { return errors.Is(err, errKMS) }
+	m.ObserveStage(ca.StageAuthenticate, time.Millisecond, ca.Unauthenticated("bad token", nil))
+	m.ObserveStage(ca.StagePolicy, time.Millisecond, ca.Denied("no"))
+	m.ObserveStage(ca.StageStore, time.Millisecond, ca.Unavailable("store down", errors.New("dial")))
+	m.ObserveStage(ca.StageSign, time.Millisecond, errors.New("signer: reserve serial: dial"))
+	m.ObserveStage(ca.StageSign, time.Millisecond, ca.Unavailable("signing failed", errKMS))
+	m.ObserveStage(ca.StageAudit, time.Millisecond, nil)
+	for stage, want := range map[ca.Stage]float64{ca.StageAuthenticate: 0, ca.StagePolicy: 0, ca.StageStore: 1, ca.StageSign: 2, ca.StageAudit: 0} {
+		if got := testutil.ToFloat64(m.StageErrors.WithLabelValues(string(stage))); got != want {
+			t.Errorf("stage errors of %s = %v, want %v", stage, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(m.KMSErrors); got != 1 {
+		t.Errorf("KMS errors = %v, want 1", got)
+	}
+	if got := testutil.CollectAndCount(m.Stages); got != len(ca.Stages) {
+		t.Errorf("%d stage histograms, want %d", got, len(ca.Stages))
+	}
+}
+
+// TestInstrumentHTTP: requests are counted by route pattern, never by path: two host names in
+// the path are one series; a path no route matches is "other"; what an outer handler answers
+// itself (a rate limit's 429) is counted too.
+func TestInstrumentHTTP(t *testing.T) {
+	m := services.NewMetrics(prometheus.NewRegistry())
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/hosts/{name}", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	limited := false
+	h := m.InstrumentHTTP(mux, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if limited {
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}))
+	for _, path := range []string{"/v1/hosts/web1.example.com", "/v1/hosts/db.example.com", "/nowhere/alice"} {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, path, nil))
+	}
+	limited = true
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/v1/hosts/web1.example.com", nil))
+	for _, tt := range []struct {
+		endpoint, code string
+		want           float64
+	}{{"GET /v1/hosts/{name}", "204", 2}, {"other", "404", 1}, {"GET /v1/hosts/{name}", "429", 1}} {
+		if got := testutil.ToFloat64(m.HTTPRequests.WithLabelValues(tt.endpoint, tt.code)); got != tt.want {
+			t.Errorf("requests{%s,%s} = %v, want %v", tt.endpoint, tt.code, got, tt.want)
+		}
+	}
+	if n := testutil.CollectAndCount(m.HTTPRequests); n != 3 {
+		t.Errorf("%d request series, want 3 (no path in a label)", n)
+	}
+}
