@@ -73,6 +73,15 @@ type Status struct {
 	// FilesAlert says why sshd does not read what the agent writes (a link removed or
 	// re-pointed, a file that could not be put back); Run returns an error with it.
 	FilesAlert string `json:"files_alert,omitempty"`
+	// LastSync is when a source last confirmed that the installed KRL is current: a KRL
+	// installed, a 304 from the HTTPS source, or an answer of the Redis change stream (which
+	// blocks at most 5 s). Unlike KRLWritten it moves while nothing is revoked, so its age
+	// is what says the KRL may be stale (sshca_bastion_sync_age_seconds).
+	LastSync time.Time `json:"last_sync"`
+	// ConfigDrift is how many of sshd's effective settings differ from the hardened
+	// configuration. Nothing sets it yet: it stays 0 until the effective-config drift check
+	// reports here (its metric, sshca_bastion_config_drift, is exported already).
+	ConfigDrift int `json:"config_drift"`
 }
 
 // Agent keeps the KRL and trusted CA key files current.
@@ -257,6 +266,9 @@ func (a *Agent) runRedis(ctx context.Context) error {
 					errc <- err
 					return
 				}
+				if len(cs) == 0 {
+					a.synced() // nothing new: what is installed is current
+				}
 				for _, c := range cs {
 					select {
 					case changes <- followed{fp, c}:
@@ -381,6 +393,7 @@ func (a *Agent) installKRL(b []byte, source string) error {
 	a.mu.Lock()
 	a.status.KRLVersion = k.Version
 	a.status.KRLWritten = a.o.Now()
+	a.status.LastSync = a.status.KRLWritten
 	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
 	a.status.Alert, a.status.OfferedVersion = "", 0
 	a.mu.Unlock()
@@ -418,6 +431,17 @@ func (a *Agent) setConnected(source string) {
 		return // the source still offers the older KRL it was refused for (304)
 	}
 	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
+	a.status.LastSync = a.o.Now()
+}
+
+// synced notes that the Redis change stream answered: the KRL in place is current, unless a
+// refused older KRL (Alert) says it is not.
+func (a *Agent) synced() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.status.Alert == "" && a.status.Connected {
+		a.status.LastSync = a.o.Now()
+	}
 }
 
 func sameKeys(a, b []ssh.PublicKey) bool {

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,7 +36,14 @@ type Sessions struct {
 
 	mu   sync.Mutex
 	live map[string]session // by "ip:port" of the client
+
+	// ended counts the sessions ended since start (at least one of their processes was sent
+	// SIGTERM): sshca_bastion_sessions_ended_total.
+	ended atomic.Uint64
 }
+
+// Ended is how many sessions of revoked certificates were ended since start.
+func (s *Sessions) Ended() uint64 { return s.ended.Load() }
 
 type session struct {
 	serial uint64
@@ -200,10 +208,15 @@ func (s *Sessions) end(revoked func(session) bool) {
 			s.log.Debug("revoked session: no live connection", "client", addr, "err", err)
 			continue
 		}
+		killed := false
 		for _, pid := range pids {
 			if err := syscall.Kill(pid, syscall.SIGTERM); err == nil {
 				s.log.Info("ended a session of a revoked certificate", "client", addr, "pid", pid)
+				killed = true
 			}
+		}
+		if killed {
+			s.ended.Add(1)
 		}
 	}
 }

@@ -130,7 +130,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 	if err != nil {
 		return fmt.Errorf("--health: %w", err)
 	}
-	srv := newHTTPServer(agentHealthHandler(agent), log)
+	srv := newHTTPServer(agentHealthHandler(agent, sessions), log)
 	go func() { _ = serveUntilDone(ctx, srv, l, "", "") }()
 	if ready != nil {
 		ready <- agent
@@ -138,19 +138,43 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 	return agent.Run(ctx)
 }
 
-func agentHealthHandler(a *bastion.Agent) http.Handler {
+// agentHealthHandler serves the agent's /healthz and /metrics. Every metric comes from the
+// agent's Status (and sessions' count, when it ends sessions; nil: none), read at scrape time.
+func agentHealthHandler(a *bastion.Agent, sessions *bastion.Sessions) http.Handler {
+	started := time.Now()
+	status := func(f func(bastion.Status) float64) func() float64 {
+		return func() float64 { return f(a.Status()) }
+	}
+	one := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_krl_version", Help: "Version of the installed KRL."},
-			func() float64 { return float64(a.Status().KRLVersion) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_krl_age_seconds", Help: "Seconds since the KRL file was last written."},
-			func() float64 { return time.Since(a.Status().KRLWritten).Seconds() }),
+			status(func(st bastion.Status) float64 { return float64(st.KRLVersion) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_krl_age_seconds", Help: "Seconds since the KRL file was last written (grows while nothing is revoked; see sshca_bastion_sync_age_seconds for staleness)."},
+			status(func(st bastion.Status) float64 { return sinceOr(st.KRLWritten, started) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_sync_age_seconds", Help: "Seconds since a source last confirmed that the installed KRL is current (since the agent started when none has yet)."},
+			status(func(st bastion.Status) float64 { return sinceOr(st.LastSync, started) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_source_up", Help: "1 when the revocation source answers; 0 while the agent fails static."},
+			status(func(st bastion.Status) float64 { return one(st.Connected) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_krl_refused", Help: "1 while the source offers an older KRL than the installed one (its revocation state was lost or rolled back) and the agent keeps the installed one."},
+			status(func(st bastion.Status) float64 { return one(st.Alert != "") })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sshca_bastion_files_restored_total", Help: "Files sshd reads (KRL, trusted CA keys) that the agent put back after they were deleted or changed behind its back."},
+			status(func(st bastion.Status) float64 { return float64(st.FilesRestored) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_files_alert", Help: "1 while sshd does not read what the agent writes (a link removed or re-pointed, a file that could not be put back)."},
+			status(func(st bastion.Status) float64 { return one(st.FilesAlert != "") })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_config_drift", Help: "sshd settings in effect that differ from the hardened configuration (0 until the drift check reports)."},
+			status(func(st bastion.Status) float64 { return float64(st.ConfigDrift) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sshca_bastion_sessions_ended_total", Help: "Live sessions of revoked certificates that the agent ended (with --sshd-log)."},
 			func() float64 {
-				if a.Status().Connected {
-					return 1
+				if sessions == nil {
+					return 0
 				}
-				return 0
+				return float64(sessions.Ended())
 			}),
 	)
 	mux := http.NewServeMux()
@@ -170,4 +194,12 @@ func agentHealthHandler(a *bastion.Agent) http.Handler {
 		})
 	})
 	return mux
+}
+
+// sinceOr is the seconds since t, or since or when t is zero (never happened).
+func sinceOr(t, or time.Time) float64 {
+	if t.IsZero() {
+		t = or
+	}
+	return time.Since(t).Seconds()
 }

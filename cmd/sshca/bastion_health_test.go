@@ -37,7 +37,7 @@ func TestAgentHealthRedOnBrokenLink(t *testing.T) {
 		t.Fatalf("Run: %v, want an ErrSSHDLink error", err)
 	}
 	rec := httptest.NewRecorder()
-	agentHealthHandler(a).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	agentHealthHandler(a, nil).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
 	var body struct{ Problems []string }
 	_ = json.Unmarshal(rec.Body.Bytes(), &body)
 	if rec.Code != http.StatusServiceUnavailable || len(body.Problems) != 1 || !strings.Contains(body.Problems[0], "stale.krl") {
