@@ -15,7 +15,9 @@ type AuditRecord struct {
 	// rebuilds) read every version.
 	V    int       `json:"v"`
 	Time time.Time `json:"time"`
-	// Action is what was asked: "user", "host", "renew", "revoke" or "admin".
+	// Action is what was asked: "user", "host", "renew", "revoke", "admin", and since version 3
+	// "request" (an access request created, cancelled or revoked) and "approve" (one approved
+	// or denied).
 	Action Action `json:"action"`
 	// Outcome is "issued", "allowed" (revoke, admin), "refused" (a revoked key or identity),
 	// or the kind of the error the request ended with: "denied" (the policy or the caps),
@@ -67,10 +69,26 @@ type AuditRecord struct {
 	// can be matched. Added in version 2 without raising V (absent: the record predates it, or
 	// the request came with no ID, as from the CLI's offline paths).
 	RequestID string `json:"request_id,omitempty"`
+	// AccessRequest is the access request the record is about: the one created, approved,
+	// denied, cancelled or revoked (Event says which), or the one a certificate was issued
+	// under. Added in version 3.
+	AccessRequest string `json:"access_request,omitempty"`
+	// Event is what happened to AccessRequest: "create", "approve", "deny", "cancel" or
+	// "revoke" ("" for a certificate issued under it). Added in version 3.
+	Event string `json:"event,omitempty"`
+	// Approvers are the canonical names of the approvals of AccessRequest that counted when
+	// the record was kept. Added in version 3.
+	Approvers []string `json:"approvers,omitempty"`
+	// WindowSeconds is the access window an access request asked for. Added in version 3.
+	WindowSeconds int64 `json:"window_seconds,omitempty"`
+	// BreakGlass marks emergency access granted without approval. Added in version 3.
+	BreakGlass bool `json:"break_glass,omitempty"`
 }
 
 // AuditRecordVersion is the version of the records this package writes (AuditRecord.V).
-const AuditRecordVersion = 2
+// Version 3 added the access request fields (AccessRequest, Event, Approvers, WindowSeconds,
+// BreakGlass) and the actions "request" and "approve".
+const AuditRecordVersion = 3
 
 // AuditLog keeps the audit records, tamper-evident (the audit package chains them). A decision
 // to issue, revoke or administer takes effect only once its record is kept.

@@ -59,6 +59,10 @@ type Config struct {
 	IdentityLimiter IdentityLimiter
 	// Stages, optional, learns how long each dependency call takes (metrics).
 	Stages StageObserver
+	// Requests, optional, keeps access requests; without it they are refused as unavailable.
+	Requests AccessRequestStore
+	// AccessRequests are the hard caps on access requests (zero fields: defaults).
+	AccessRequests AccessRequestLimits
 
 	Limits Limits
 	Now    func() time.Time
@@ -80,9 +84,12 @@ type Authority struct {
 	audit       AuditLog
 	faults      FaultObserver
 	idLimiter   IdentityLimiter
+	requests    AccessRequestStore
 	limits      Limits
-	now         func() time.Time
-	log         *slog.Logger
+	// accessLimits are the caps on access requests.
+	accessLimits AccessRequestLimits
+	now          func() time.Time
+	log          *slog.Logger
 }
 
 // New checks the configuration and returns an Authority.
@@ -110,7 +117,14 @@ func New(c Config) (*Authority, error) {
 	if l.CriticalOptions == nil {
 		l.CriticalOptions = DefaultLimits.CriticalOptions
 	}
-	a := &Authority{auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
+	al := c.AccessRequests
+	if al.PendingTimeout <= 0 {
+		al.PendingTimeout = DefaultAccessRequestLimits.PendingTimeout
+	}
+	if al.MaxWindow <= 0 {
+		al.MaxWindow = DefaultAccessRequestLimits.MaxWindow
+	}
+	a := &Authority{requests: c.Requests, accessLimits: al, auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
 		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, log: c.Logger}
 	if a.now == nil {
 		a.now = time.Now
@@ -218,7 +232,7 @@ func (a *Authority) IssueRequest(ctx context.Context, token string, cr CertReque
 // parseRequest parses the public key and the TTL of a request as sent. On error, the Request
 // holds what did parse (for the audit record).
 func (a *Authority) parseRequest(cr CertRequest) (Request, error) {
-	req := Request{Kind: cr.Kind, Principals: cr.Principals, Reason: cr.Reason, SourceIP: cr.SourceIP}
+	req := Request{Kind: cr.Kind, Principals: cr.Principals, Reason: cr.Reason, SourceIP: cr.SourceIP, AccessRequest: cr.AccessRequest}
 	key, err := ParsePublicKey(cr.PublicKey)
 	if err != nil {
 		return req, err
@@ -298,6 +312,34 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		return Issued{}, Denied("revoked", why)
 	}
 	now := a.now()
+	// Under an access request: its requester only, approved, in its window, with its approvals
+	// still counting; the principals within the request's.
+	var ar AccessRequest
+	var counting []Approval
+	if req.AccessRequest != "" {
+		if req.Kind != UserCert || policyKind != ActionUser {
+			return Issued{}, Invalid("access_request: only user certificates are issued under an access request")
+		}
+		if ValidAccessRequestID(req.AccessRequest) {
+			rec.AccessRequest = req.AccessRequest
+		}
+		if ar, counting, err = a.underRequest(ctx, id, req.AccessRequest, now); err != nil {
+			return Issued{}, err
+		}
+		rec.Approvers = approverNames(counting)
+		if len(req.Principals) == 0 {
+			req.Principals = ar.Principals
+		}
+		for _, p := range req.Principals {
+			if !slices.Contains(ar.Principals, p) {
+				return Issued{}, Denied("principal "+p+" is not in access request "+ar.ID, "the request grants "+strings.Join(ar.Principals, ", "))
+			}
+		}
+		if req.Reason == "" {
+			req.Reason = ar.Reason
+		}
+		rec.Requested, rec.Reason = req.Principals, req.Reason
+	}
 	in := PolicyInput{
 		Kind:     policyKind,
 		Identity: id,
@@ -310,6 +352,11 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 			Reason:         req.Reason,
 		},
 		Now: now.UTC().Format(time.RFC3339),
+	}
+	if ar.ID != "" {
+		view := ar
+		view.Approvals = counting
+		in.AccessRequest = view.policyView()
 	}
 	fillDefaults(&in.Identity)
 	dec, err := a.policy.Decide(ctx, in)
@@ -326,6 +373,16 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	tmpl, ttl, err := a.template(ctx, req, id, dec)
 	if err != nil {
 		return Issued{}, err
+	}
+	if ar.ID != "" {
+		// No certificate outlives the approved window; the request's ID goes into the key ID,
+		// so sshd's log names it.
+		left := ar.NotAfter.Sub(now).Truncate(time.Second)
+		if left < MinTTL {
+			return Issued{}, Denied("access request "+ar.ID+" ends in less than a minute", "create a new request (sshca request create)")
+		}
+		ttl = min(ttl, left)
+		tmpl.KeyId += "/" + ar.ID
 	}
 	// Spend a single-use token only now, so that a refused request does not burn it.
 	if err := a.spend(ctx, id.Token); err != nil {
@@ -363,8 +420,26 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		IndexUntil:     a.now().Add(a.limits.IdentityBlock),
 	}
 	rec.Serial, rec.KeyID = cr.Serial, cr.KeyID
-	if err := a.store.Record(recordCtx, cr); err != nil {
-		return Issued{}, storeErr("certificate inventory unavailable; no certificate issued", err)
+	if ar.ID == "" {
+		if err := a.store.Record(recordCtx, cr); err != nil {
+			return Issued{}, storeErr("certificate inventory unavailable; no certificate issued", err)
+		}
+	} else {
+		cr.AccessRequest, cr.Approvers = ar.ID, rec.Approvers
+		// The request's state is checked in the step that records the certificate: a request
+		// cancelled, revoked or ended while this one was signed yields no certificate.
+		err := a.requests.RecordUnderRequest(recordCtx, cr, ar.ID, func(cur AccessRequest) error {
+			if cur.Requester.Name() != cr.Identity {
+				return Denied("access request " + ar.ID + " is not yours")
+			}
+			return usable(cur, a.now())
+		})
+		if KindOf(err) == KindDenied {
+			return Issued{}, err
+		}
+		if err != nil {
+			return Issued{}, storeErr("certificate inventory unavailable; no certificate issued", err)
+		}
 	}
 	rec.Outcome, rec.Principals, rec.ValidBefore = "issued", cr.Principals, cr.ValidBefore
 	// What a rebuild restores the inventory from (sshca store rebuild).

@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -28,6 +29,10 @@ const (
 	ActionRenew  Action = "renew"
 	ActionRevoke Action = "revoke"
 	ActionAdmin  Action = "admin"
+	// ActionRequest is creating an access request (ca/access.go), ActionApprove deciding one
+	// (approving or denying it).
+	ActionRequest Action = "request"
+	ActionApprove Action = "approve"
 )
 
 // Action is the policy action of asking for a certificate of the kind.
@@ -78,6 +83,10 @@ type Request struct {
 	TTL        time.Duration
 	Reason     string
 	SourceIP   string
+	// AccessRequest, when set, is the ID of the approved access request the certificate is
+	// asked under (user certificates only): the policy input carries the request and its
+	// approvals, the key ID and the inventory record name it.
+	AccessRequest string
 }
 
 // CertRequest is a certificate request as the caller sent it: the public key an
@@ -91,6 +100,9 @@ type CertRequest struct {
 	TTL        string
 	Reason     string
 	SourceIP   string
+	// AccessRequest, when set, is the ID of the approved access request the certificate is
+	// asked under (user certificates only).
+	AccessRequest string
 }
 
 // PolicyRequest is the policy input's "request" object.
@@ -108,12 +120,16 @@ type PolicyRequest struct {
 // PolicyInput is the whole document a Policy decides on (DESIGN.md, "Policy contract"). It is
 // the one definition of that document: its JSON form (MarshalJSON) is what every policy sees,
 // whether the server builds it (policies' fast builder is tested equal to it) or `sshca policy
-// eval` reads it from a file. Shape: {"kind", "identity": {...}, "request": {...}, "now"}.
+// eval` reads it from a file. Shape: {"kind", "identity": {...}, "request": {...}, "now",
+// "access_request": {...}}; "access_request" is there only for kinds "request" and "approve"
+// and for a certificate asked under an access request.
 type PolicyInput struct {
 	Kind     Action        `json:"kind"`
 	Identity Identity      `json:"identity"`
 	Request  PolicyRequest `json:"request"`
 	Now      string        `json:"now"`
+	// AccessRequest is the access request the input is about (zero: none).
+	AccessRequest PolicyAccessRequest `json:"access_request,omitzero"`
 }
 
 // MarshalJSON writes the input document. Lists and claims that are nil are written as [] and
@@ -126,12 +142,24 @@ func (in PolicyInput) MarshalJSON() ([]byte, error) {
 		in.Identity.Claims = map[string]any{}
 	}
 	in.Request.Principals = nonNil(in.Request.Principals)
+	if !in.AccessRequest.IsZero() {
+		ar := &in.AccessRequest
+		ar.Principals = nonNil(ar.Principals)
+		fillDefaults(&ar.Requester)
+		if ar.Approvals == nil {
+			ar.Approvals = []PolicyApproval{}
+		}
+		ar.Approvals = slices.Clone(ar.Approvals)
+		for i := range ar.Approvals {
+			fillDefaults(&ar.Approvals[i].Approver)
+		}
+	}
 	return json.Marshal(document(in))
 }
 
 // PolicyDecision is the decision document a policy returns (data.sshca.decision; DESIGN.md,
 // "Policy contract"): {"allow", "reasons", "principals", "ttl_seconds", "extensions",
-// "critical_options", "ticket"}. Its JSON keys are the contract; policies reads decisions by
+// "critical_options", "ticket", "approvals_required"}. Its JSON keys are the contract; policies reads decisions by
 // them and turns them into a Decision.
 type PolicyDecision struct {
 	Allow           bool              `json:"allow"`
@@ -141,6 +169,9 @@ type PolicyDecision struct {
 	Extensions      map[string]string `json:"extensions"`
 	CriticalOptions map[string]string `json:"critical_options"`
 	Ticket          string            `json:"ticket"`
+	// ApprovalsRequired is how many distinct approvers an access request needs (kinds
+	// "request" and "approve"; 0 elsewhere).
+	ApprovalsRequired int64 `json:"approvals_required"`
 }
 
 // Decision is what a Policy grants. The Authority never issues more than the decision grants,
@@ -157,6 +188,9 @@ type Decision struct {
 	Ticket string
 	// Revision names the policy version that decided (for the record).
 	Revision string
+	// ApprovalsRequired is how many distinct approvers an access request needs (kinds
+	// "request" and "approve").
+	ApprovalsRequired int
 }
 
 // Certificate is the inventory record of an issued certificate, kept until it expires.
@@ -180,6 +214,10 @@ type Certificate struct {
 	// long as revoking the identity blocks it, so a later revocation by alias still finds the
 	// identity after its certificates expired. Not part of the record.
 	IndexUntil time.Time `json:"-"`
+	// AccessRequest is the ID of the access request the certificate was issued under, and
+	// Approvers the canonical names of the approvals that counted then.
+	AccessRequest string   `json:"access_request,omitempty"`
+	Approvers     []string `json:"approvers,omitempty"`
 }
 
 // Issued is the result of a successful issue: the signed certificate and its record.

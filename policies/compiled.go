@@ -165,7 +165,7 @@ func checkInputs() []ca.PolicyInput {
 	job := ca.Identity{Issuer: "https://ci.example", Subject: "repo:org/app:ref:refs/heads/main", Workload: true,
 		Claims: map[string]any{"repository_id": "123456789", "ref": "refs/heads/main", "project_id": "4242", "ref_type": "branch"}}
 	var out []ca.PolicyInput
-	for _, kind := range []ca.Action{"user", "host", "renew", "revoke", "admin", "other"} {
+	for _, kind := range []ca.Action{"user", "host", "renew", "revoke", "admin", "request", "approve", "other"} {
 		for _, id := range []ca.Identity{person, bare, job} {
 			for _, req := range []ca.PolicyRequest{
 				{KeyType: "ssh-ed25519"},
@@ -174,6 +174,26 @@ func checkInputs() []ca.PolicyInput {
 			} {
 				out = append(out, ca.PolicyInput{Kind: kind, Identity: id, Request: req, Now: now})
 			}
+		}
+	}
+	// Access requests: asked for, approved by another person, by the requester, and a
+	// certificate under one.
+	lead := person
+	lead.Subject, lead.Email, lead.Groups, lead.AMR = "u3", "lead@example.com", []string{"sre-leads"}, []string{"hwk"}
+	for _, principals := range [][]string{{"root"}, {"prod-db", "root"}, {"alice"}} {
+		ar := ca.PolicyAccessRequest{ID: "req_aaaaaaaaaaaaaaaa", Requester: person, Principals: principals, TTLSeconds: 1800,
+			Reason: "OPS-1 disk", Approvals: []ca.PolicyApproval{{Approver: lead, At: now, Reason: "ok"}}}
+		req := ca.PolicyRequest{Principals: principals, TTLSeconds: 1800, Reason: "OPS-1 disk", Target: "request:" + ar.ID}
+		for _, in := range []ca.PolicyInput{
+			{Kind: "request", Identity: person, Request: req, AccessRequest: ar},
+			{Kind: "request", Identity: job, Request: req, AccessRequest: ar},
+			{Kind: "approve", Identity: lead, Request: req, AccessRequest: ar},
+			{Kind: "approve", Identity: person, Request: req, AccessRequest: ar},
+			{Kind: "approve", Identity: job, Request: req, AccessRequest: ar},
+			{Kind: "user", Identity: person, Request: ca.PolicyRequest{Principals: principals, TTLSeconds: 300, Reason: "OPS-1 disk"}, AccessRequest: ar},
+		} {
+			in.Now = now
+			out = append(out, in)
 		}
 	}
 	return out

@@ -22,7 +22,7 @@ func TestParseDecisionGolden(t *testing.T) {
 	}
 	want := ca.Decision{Allow: true, Reasons: []string{}, Principals: []string{"alice", "root"}, TTL: 300 * time.Second,
 		Extensions: map[string]string{"permit-pty": ""}, CriticalOptions: map[string]string{"source-address": "10.0.0.0/8"},
-		Ticket: "OPS-1234"}
+		Ticket: "OPS-1234", ApprovalsRequired: 2}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("decision (-want +got):\n%s", diff)
 	}
@@ -77,7 +77,8 @@ func TestInputValueCoversEveryField(t *testing.T) {
 		case reflect.Bool:
 			v.SetBool(true)
 		case reflect.Slice:
-			v.Set(reflect.ValueOf([]string{"x"}))
+			v.Set(reflect.MakeSlice(v.Type(), 1, 1))
+			set(v.Index(0))
 		case reflect.Map:
 			v.Set(reflect.ValueOf(map[string]any{"x": "x"}))
 		default:

@@ -17,7 +17,8 @@ import (
 )
 
 // fuzzKinds are the kinds a fuzzed input draws from; a last choice takes a string from the data.
-var fuzzKinds = []ca.Action{ca.ActionUser, ca.ActionHost, ca.ActionRenew, ca.ActionRevoke, ca.ActionAdmin}
+var fuzzKinds = []ca.Action{ca.ActionUser, ca.ActionHost, ca.ActionRenew, ca.ActionRevoke, ca.ActionAdmin,
+	ca.ActionRequest, ca.ActionApprove}
 
 // inputCases are the table FuzzInputValue is seeded from: the golden inputs, and edges of the
 // JSON form (nil lists, omitted fields, strings that are not UTF-8, numbers json writes in
@@ -112,6 +113,14 @@ func fill(t testing.TB, v reflect.Value, r *fuzzBytes, claims []byte) {
 			}
 			v.Set(reflect.ValueOf(ss))
 		}
+	case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Struct:
+		if n := int(r.byte()); n > 0 {
+			s := reflect.MakeSlice(v.Type(), (n-1)%4, (n-1)%4)
+			for i := range s.Len() {
+				fill(t, s.Index(i), r, claims)
+			}
+			v.Set(s)
+		}
 	default:
 		t.Fatalf("fill: %s is a type the fuzzer does not fill: teach fill and unfill", v.Type())
 	}
@@ -176,6 +185,18 @@ func unfill(t testing.TB, v reflect.Value, w *bytes.Buffer, claims *[]byte) {
 		w.WriteByte(byte(v.Len() + 1))
 		for i := range v.Len() {
 			str(v.Index(i).String())
+		}
+	case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Struct:
+		if v.IsNil() {
+			w.WriteByte(0)
+			return
+		}
+		if v.Len() > 3 {
+			t.Fatalf("unfill: %d elements; fill makes at most 3", v.Len())
+		}
+		w.WriteByte(byte(v.Len() + 1))
+		for i := range v.Len() {
+			unfill(t, v.Index(i), w, claims)
 		}
 	default:
 		t.Fatalf("unfill: %s is a type the fuzzer does not fill: teach fill and unfill", v.Type())

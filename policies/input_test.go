@@ -19,7 +19,8 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/ and the JSON blocks of README.md")
 
 // goldenKinds are the kinds the server builds inputs for, in the order README.md shows them.
-var goldenKinds = []ca.Action{ca.ActionUser, ca.ActionHost, ca.ActionRenew, ca.ActionRevoke, ca.ActionAdmin}
+var goldenKinds = []ca.Action{ca.ActionUser, ca.ActionHost, ca.ActionRenew, ca.ActionRevoke, ca.ActionAdmin,
+	ca.ActionRequest, ca.ActionApprove}
 
 // goldenInputs are one input of each kind, as ca.Authority builds them (issueFor, Renew,
 // authorize): testdata/input/<kind>.json are their JSON form, README.md shows them.
@@ -34,7 +35,19 @@ func goldenInputs() map[ca.Action]ca.PolicyInput {
 		AMR: []string{}, Workload: true, Claims: map[string]any{"repository_id": "123456789", "ref": "refs/heads/main"}}
 	host := ca.Identity{Issuer: "sshca:renew", Subject: "repo:org/app:ref:refs/heads/main", Groups: []string{},
 		AMR: []string{}, Workload: true, Claims: map[string]any{"serial": "1234567", "key_id": "repo:org/app:ref:refs/heads/main#1234567"}}
+	lead := ca.Identity{Issuer: "https://idp.example", Subject: "u7", Email: "lead@example.com", Username: "lead",
+		Groups: []string{"sre-leads"}, AMR: []string{"pwd", "hwk"}, AuthTime: 1795600800, Claims: map[string]any{"department": "sre"}}
+	rootRequest := ca.PolicyAccessRequest{ID: "req_k5qw3bfn7yxa2dzc", Requester: alice, Principals: []string{"root"},
+		TTLSeconds: 1800, Reason: "OPS-1234 disk full", Approvals: []ca.PolicyApproval{}}
+	approved := rootRequest
+	approved.Approvals = []ca.PolicyApproval{{Approver: lead, At: "2026-11-25T09:58:00Z", Reason: "looked at OPS-1234"}}
 	return map[ca.Action]ca.PolicyInput{
+		ca.ActionRequest: {Kind: ca.ActionRequest, Identity: alice, Now: now, Request: ca.PolicyRequest{
+			Principals: []string{"root"}, TTLSeconds: 1800, SourceIP: "192.0.2.10", Reason: "OPS-1234 disk full",
+			Target: "request:req_k5qw3bfn7yxa2dzc"}, AccessRequest: rootRequest},
+		ca.ActionApprove: {Kind: ca.ActionApprove, Identity: lead, Now: now, Request: ca.PolicyRequest{
+			Principals: []string{"root"}, TTLSeconds: 1800, Reason: "looked at OPS-1234",
+			Target: "request:req_k5qw3bfn7yxa2dzc"}, AccessRequest: approved},
 		ca.ActionUser: {Kind: ca.ActionUser, Identity: alice, Now: now, Request: ca.PolicyRequest{
 			Principals: []string{"alice"}, TTLSeconds: 300, KeyType: "ssh-ed25519",
 			KeyFingerprint: "SHA256:1Fhx0GcLqgZQx8VzJ2e8QkXSpYLxTnLJKrYQeYxXqk4", SourceIP: "192.0.2.10", Reason: "OPS-1234 disk full"}},
@@ -55,7 +68,7 @@ func goldenInputs() map[ca.Action]ca.PolicyInput {
 func goldenDecision() ca.PolicyDecision {
 	return ca.PolicyDecision{Allow: true, Reasons: []string{}, Principals: []string{"alice", "root"}, TTLSeconds: 300,
 		Extensions: map[string]string{"permit-pty": ""}, CriticalOptions: map[string]string{"source-address": "10.0.0.0/8"},
-		Ticket: "OPS-1234"}
+		Ticket: "OPS-1234", ApprovalsRequired: 2}
 }
 
 // goldens are the golden files and the Go values they are the JSON form of.

@@ -289,31 +289,38 @@ func inputValue(in ca.PolicyInput) ast.Value {
 		}
 		return ast.ArrayTerm(terms...)
 	}
-	claims := emptyObject
-	if len(id.Claims) > 0 {
-		v, err := claimsValue(id.Claims)
-		if err != nil {
-			return nil
-		}
-		claims = ast.NewTerm(v)
-	}
 	k := &inputKeys
-	identity := ast.NewObject(
-		ast.Item(k.issuer, str(id.Issuer)),
-		ast.Item(k.subject, str(id.Subject)),
-		ast.Item(k.email, str(id.Email)),
-		ast.Item(k.username, str(id.Username)),
-		ast.Item(k.groups, list(id.Groups)),
-		ast.Item(k.amr, list(id.AMR)),
-		ast.Item(k.workload, ast.InternedTerm(id.Workload)),
-		ast.Item(k.claims, claims),
-	)
-	// omitempty in ca.Identity and ca.PolicyRequest: absent when zero, as in the JSON.
-	if id.ACR != "" {
-		identity.Insert(k.acr, str(id.ACR))
+	identityOf := func(id ca.Identity) *ast.Term {
+		claims := emptyObject
+		if len(id.Claims) > 0 {
+			v, err := claimsValue(id.Claims)
+			if err != nil {
+				return nil
+			}
+			claims = ast.NewTerm(v)
+		}
+		identity := ast.NewObject(
+			ast.Item(k.issuer, str(id.Issuer)),
+			ast.Item(k.subject, str(id.Subject)),
+			ast.Item(k.email, str(id.Email)),
+			ast.Item(k.username, str(id.Username)),
+			ast.Item(k.groups, list(id.Groups)),
+			ast.Item(k.amr, list(id.AMR)),
+			ast.Item(k.workload, ast.InternedTerm(id.Workload)),
+			ast.Item(k.claims, claims),
+		)
+		// omitempty in ca.Identity and ca.PolicyRequest: absent when zero, as in the JSON.
+		if id.ACR != "" {
+			identity.Insert(k.acr, str(id.ACR))
+		}
+		if id.AuthTime != 0 {
+			identity.Insert(k.authTime, ast.IntNumberTerm(int(id.AuthTime)))
+		}
+		return ast.NewTerm(identity)
 	}
-	if id.AuthTime != 0 {
-		identity.Insert(k.authTime, ast.IntNumberTerm(int(id.AuthTime)))
+	identity := identityOf(id)
+	if identity == nil {
+		return nil
 	}
 	request := ast.NewObject(
 		ast.Item(k.principals, list(r.Principals)),
@@ -326,12 +333,41 @@ func inputValue(in ca.PolicyInput) ast.Value {
 	if r.Target != "" {
 		request.Insert(k.target, str(r.Target))
 	}
-	return ast.NewObject(
+	doc := ast.NewObject(
 		ast.Item(k.kind, str(string(in.Kind))),
-		ast.Item(k.identity, ast.NewTerm(identity)),
+		ast.Item(k.identity, identity),
 		ast.Item(k.request, ast.NewTerm(request)),
 		ast.Item(k.now, str(in.Now)),
 	)
+	// omitzero: absent when there is no request (ca.PolicyAccessRequest.IsZero).
+	if ar := in.AccessRequest; !ar.IsZero() {
+		requester := identityOf(ar.Requester)
+		if requester == nil {
+			return nil
+		}
+		approvals := make([]*ast.Term, len(ar.Approvals))
+		for i, ap := range ar.Approvals {
+			approver := identityOf(ap.Approver)
+			if approver == nil {
+				return nil
+			}
+			approvals[i] = ast.ObjectTerm(
+				ast.Item(k.approver, approver),
+				ast.Item(k.at, str(ap.At)),
+				ast.Item(k.approvalReason, str(ap.Reason)),
+			)
+		}
+		doc.Insert(k.accessRequest, ast.ObjectTerm(
+			ast.Item(k.arID, str(ar.ID)),
+			ast.Item(k.requester, requester),
+			ast.Item(k.arPrincipals, list(ar.Principals)),
+			ast.Item(k.arTTLSeconds, ast.IntNumberTerm(int(ar.TTLSeconds))),
+			ast.Item(k.arReason, str(ar.Reason)),
+			ast.Item(k.approvals, ast.ArrayTerm(approvals...)),
+			ast.Item(k.breakGlass, ast.InternedTerm(ar.BreakGlass)),
+		))
+	}
+	return doc
 }
 
 // jsonString is s as encoding/json writes it: each byte that is not part of valid UTF-8
@@ -505,6 +541,9 @@ var inputKeys = struct {
 	kind, identity, request, now                                                   *ast.Term
 	issuer, subject, email, username, groups, amr, acr, authTime, workload, claims *ast.Term
 	principals, ttlSeconds, keyType, keyFingerprint, sourceIP, reason, target      *ast.Term
+
+	accessRequest, arID, requester, arPrincipals, arTTLSeconds, arReason, approvals, breakGlass *ast.Term
+	approver, at, approvalReason                                                                *ast.Term
 }{
 	kind: key[ca.PolicyInput]("Kind"), identity: key[ca.PolicyInput]("Identity"),
 	request: key[ca.PolicyInput]("Request"), now: key[ca.PolicyInput]("Now"),
@@ -518,6 +557,14 @@ var inputKeys = struct {
 	keyType: key[ca.PolicyRequest]("KeyType"), keyFingerprint: key[ca.PolicyRequest]("KeyFingerprint"),
 	sourceIP: key[ca.PolicyRequest]("SourceIP"), reason: key[ca.PolicyRequest]("Reason"),
 	target: key[ca.PolicyRequest]("Target"),
+
+	accessRequest: key[ca.PolicyInput]("AccessRequest"),
+	arID:          key[ca.PolicyAccessRequest]("ID"), requester: key[ca.PolicyAccessRequest]("Requester"),
+	arPrincipals: key[ca.PolicyAccessRequest]("Principals"), arTTLSeconds: key[ca.PolicyAccessRequest]("TTLSeconds"),
+	arReason: key[ca.PolicyAccessRequest]("Reason"), approvals: key[ca.PolicyAccessRequest]("Approvals"),
+	breakGlass: key[ca.PolicyAccessRequest]("BreakGlass"),
+	approver:   key[ca.PolicyApproval]("Approver"), at: key[ca.PolicyApproval]("At"),
+	approvalReason: key[ca.PolicyApproval]("Reason"),
 }
 
 // key is the JSON name of T's field as a term.
@@ -571,6 +618,17 @@ func parseDecision(v ast.Value) (ca.Decision, error) {
 	default:
 		return ca.Decision{}, fmt.Errorf("policies: decision.%s is not a string", k.ticket.name)
 	}
+	if raw := field(m, k.approvalsRequired); raw != nil {
+		n, ok := raw.(ast.Number)
+		if !ok {
+			return ca.Decision{}, fmt.Errorf("policies: decision.%s is not a number", k.approvalsRequired.name)
+		}
+		c, err := json.Number(n).Int64()
+		if err != nil || c < 0 || c > 100 {
+			return ca.Decision{}, fmt.Errorf("policies: decision.%s %s is not an integer from 0 to 100", k.approvalsRequired.name, n)
+		}
+		d.ApprovalsRequired = int(c)
+	}
 	if raw := field(m, k.ttlSeconds); raw != nil {
 		n, ok := raw.(ast.Number)
 		if !ok {
@@ -598,11 +656,12 @@ func decisionKeyOf(field string) decisionKey {
 
 // decisionKeys are the decision's keys, read once from ca.PolicyDecision's JSON tags.
 var decisionKeys = struct {
-	allow, reasons, principals, ttlSeconds, extensions, criticalOptions, ticket decisionKey
+	allow, reasons, principals, ttlSeconds, extensions, criticalOptions, ticket, approvalsRequired decisionKey
 }{
 	allow: decisionKeyOf("Allow"), reasons: decisionKeyOf("Reasons"), principals: decisionKeyOf("Principals"),
 	ttlSeconds: decisionKeyOf("TTLSeconds"), extensions: decisionKeyOf("Extensions"),
 	criticalOptions: decisionKeyOf("CriticalOptions"), ticket: decisionKeyOf("Ticket"),
+	approvalsRequired: decisionKeyOf("ApprovalsRequired"),
 }
 
 // field is m[k], or nil.

@@ -34,7 +34,7 @@ admin_groups := settings.admin_groups
 privileged_settings := user_settings.privileged
 
 # Constants as rules: a rule is evaluated once per decision, a literal each time it is met.
-known_kinds := {"user", "host", "revoke", "renew", "admin"}
+known_kinds := {"user", "host", "revoke", "renew", "admin", "request", "approve"}
 
 certificate_kinds := {"user", "host", "renew"}
 
@@ -53,6 +53,7 @@ decision := {
 	"extensions": extensions,
 	"critical_options": critical_options,
 	"ticket": ticket,
+	"approvals_required": approvals_required,
 }
 
 now_ns := time.parse_rfc3339_ns(input.now)
@@ -98,6 +99,14 @@ user_principals contains p if {
 	input.kind == "user"
 	some g in groups
 	some p in user_settings.group_principals[g]
+}
+
+# Under an approved access request (the service passes it only to its requester, approved, in
+# its window, with its approvals still counting), its principals are granted. Privileged ones
+# still need the second factor, fresh sign-in and ticket below.
+user_principals contains p if {
+	input.kind == "user"
+	some p in input.access_request.principals
 }
 
 # Privileged principals (e.g. root, prod-*) need a second factor, a fresh sign-in and a ticket.
@@ -418,4 +427,149 @@ deny contains sprintf("%s may not revoke or read revocations: that needs members
 deny contains sprintf("%s may not administer CA keys: that needs membership of one of the groups %v", [who, admin_groups]) if {
 	input.kind == "admin"
 	not is_admin
+}
+
+# --- access requests: asking, approving ---------------------------------------------------
+
+default access_settings := {}
+
+access_settings := settings.access_requests
+
+default access_rules := []
+
+access_rules := access_settings.approvals
+
+default requestable := {}
+
+requestable := access_settings.requestable
+
+ar := input.access_request
+
+ar_principals := {p | some p in ar.principals}
+
+# May the identity ask for principal p? A glob of one of its groups in requestable.
+may_request(p) if {
+	some g in groups
+	some pattern in requestable[g]
+	glob.match(pattern, no_delimiters, p)
+}
+
+# The approval rules that cover the request: those with a pattern matching one of its
+# principals. A request no rule covers needs the default.
+covering_rules contains i if {
+	some i, rule in access_rules
+	some p in ar_principals
+	some pattern in rule.principals
+	glob.match(pattern, no_delimiters, p)
+}
+
+default default_approvals := 1
+
+default_approvals := access_settings.default_approvals
+
+# The most any covering rule asks for.
+approvals_required := max(array.concat([n | some i in covering_rules; n := access_rules[i].count], [default_approvals])) if {
+	input.kind in {"request", "approve"}
+}
+
+else := 0
+
+default default_approver_groups := []
+
+default_approver_groups := access_settings.default_approver_groups
+
+# Who may approve: a member of an approver group of every covering rule (or of the defaults when
+# none covers).
+approver_groups_needed contains gs if {
+	some i in covering_rules
+	gs := {g | some g in access_rules[i].approver_groups}
+}
+
+approver_groups_needed contains gs if {
+	count(covering_rules) == 0
+	gs := {g | some g in default_approver_groups}
+}
+
+default max_window := 0
+
+max_window := access_settings.max_window_seconds
+
+default approver_max_auth_age := 0
+
+approver_max_auth_age := access_settings.approver_max_auth_age_seconds
+
+# The same person as the requester: the same (issuer, subject), or the same verified e-mail.
+is_requester if {
+	input.identity.issuer == ar.requester.issuer
+	input.identity.subject == ar.requester.subject
+}
+
+is_requester if {
+	input.identity.email != ""
+	lower(input.identity.email) == lower(ar.requester.email)
+}
+
+deny contains sprintf("%s may not request principal %s: no group of %v may (access_requests.requestable)", [who, p, input.identity.groups]) if {
+	input.kind == "request"
+	some p in requested
+	not may_request(p)
+}
+
+deny contains "an access request names at least one principal" if {
+	input.kind == "request"
+	count(requested) == 0
+}
+
+deny contains "a workload identity cannot request access" if {
+	input.kind == "request"
+	input.identity.workload
+}
+
+deny contains sprintf("access window %ds exceeds the policy maximum of %ds", [input.request.ttl_seconds, max_window]) if {
+	input.kind == "request"
+	input.request.ttl_seconds > max_window
+}
+
+deny contains sprintf("an access request needs a ticket matching %s in --reason", [ticket_pattern]) if {
+	input.kind == "request"
+	ticket_pattern != ""
+	ticket == ""
+}
+
+deny contains "a workload identity cannot approve access requests" if {
+	input.kind == "approve"
+	input.identity.workload
+}
+
+deny contains sprintf("%s cannot approve their own access request", [who]) if {
+	input.kind == "approve"
+	is_requester
+}
+
+deny contains sprintf("approving access to %v needs membership of one of the groups %v", [sort([p | some p in ar_principals]), sort([g | some g in gs])]) if {
+	input.kind == "approve"
+	some gs in approver_groups_needed
+	count(gs & groups) == 0
+}
+
+deny contains "no approver group is configured for this access request (access_requests)" if {
+	input.kind == "approve"
+	count(approver_groups_needed) == 0
+}
+
+deny contains "approving needs a second factor: sign in with MFA" if {
+	input.kind == "approve"
+	not has_mfa
+}
+
+deny contains sprintf("approving needs a sign-in within %ds; yours was %ds ago: sign in again", [approver_max_auth_age, auth_age]) if {
+	input.kind == "approve"
+	approver_max_auth_age > 0
+	has_mfa
+	not approver_fresh
+}
+
+approver_fresh if {
+	object.get(input.identity, "auth_time", 0) > 0
+	auth_age <= approver_max_auth_age
 }

@@ -23,6 +23,7 @@ import (
 // interface its consumer declares.
 type allRoles interface {
 	ca.CertStore
+	ca.AccessRequestStore
 	ca.TokenLedger
 	ca.RevocationStore
 	keyring.Document

@@ -32,28 +32,33 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 	if err != nil {
 		return fmt.Errorf("store: record: %w", err)
 	}
-	now := r.now()
-	idKey := r.keys.Identity(c.Identity)
 	_, err = r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, r.keys.Cert(c.Serial), b, 0)
-		p.PExpireAt(ctx, r.keys.Cert(c.Serial), c.ValidBefore)
-		p.ZRemRangeByScore(ctx, idKey, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
-		p.ZAdd(ctx, idKey, redis.Z{Score: float64(c.ValidBefore.UnixMilli()), Member: strconv.FormatUint(c.Serial, 10)})
-		until := c.ValidBefore
-		if c.IndexUntil.After(until) {
-			until = c.IndexUntil
-		}
-		for _, a := range c.Aliases {
-			k := r.keys.Alias(a)
-			p.ZRemRangeByScore(ctx, k, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
-			p.ZAddGT(ctx, k, redis.Z{Score: float64(until.UnixMilli()), Member: c.Identity})
-		}
+		r.recordCmds(ctx, p, c, b)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 	}
 	return nil
+}
+
+// recordCmds queues the writes of Record for c (b its JSON) on p, a transaction.
+func (r *Redis) recordCmds(ctx context.Context, p redis.Pipeliner, c ca.Certificate, b []byte) {
+	now := r.now()
+	idKey := r.keys.Identity(c.Identity)
+	p.Set(ctx, r.keys.Cert(c.Serial), b, 0)
+	p.PExpireAt(ctx, r.keys.Cert(c.Serial), c.ValidBefore)
+	p.ZRemRangeByScore(ctx, idKey, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
+	p.ZAdd(ctx, idKey, redis.Z{Score: float64(c.ValidBefore.UnixMilli()), Member: strconv.FormatUint(c.Serial, 10)})
+	until := c.ValidBefore
+	if c.IndexUntil.After(until) {
+		until = c.IndexUntil
+	}
+	for _, a := range c.Aliases {
+		k := r.keys.Alias(a)
+		p.ZRemRangeByScore(ctx, k, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
+		p.ZAddGT(ctx, k, redis.Z{Score: float64(until.UnixMilli()), Member: c.Identity})
+	}
 }
 
 // Live returns the identity's certificates still valid at now, by serial.
@@ -127,6 +132,11 @@ func (r *Redis) Get(ctx context.Context, serial uint64) (ca.Certificate, bool, e
 func (m *Memory) Record(_ context.Context, c ca.Certificate) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.recordLocked(c)
+	return nil
+}
+
+func (m *Memory) recordLocked(c ca.Certificate) {
 	m.pruneLocked(m.now())
 	until := c.ValidBefore
 	if c.IndexUntil.After(until) {
@@ -145,7 +155,6 @@ func (m *Memory) Record(_ context.Context, c ca.Certificate) error {
 			m.aliases[a][c.Identity] = until
 		}
 	}
-	return nil
 }
 
 // ResolveAlias returns the identities recorded under alias whose entries last beyond now.

@@ -139,6 +139,15 @@ func (k Keys) Generation() string { return k.p() + ":" + TagGeneration }
 // Bastions read a scope's mark with its snapshot.
 func (k Keys) Mark(tag string) string { return k.p() + ":" + tag + ":mark" }
 
+// Request is an access request's JSON record (ca.AccessRequest), expiring at its KeepUntil
+// (requests). In the inventory's tag: a certificate issued under a request is recorded in the
+// same transaction that checks the request (RecordUnderRequest).
+func (k Keys) Request(id string) string { return k.p() + ":" + TagInventory + ":request:" + id }
+
+// Requests is the sorted set of access request IDs, scored by their KeepUntil in unix ms
+// (requests).
+func (k Keys) Requests() string { return k.p() + ":" + TagInventory + ":requests" }
+
 // Reader says who reads a key.
 type Reader int
 
@@ -166,6 +175,7 @@ const (
 	exampleIdentity = "https://issuer|subject"
 	exampleAlias    = "email:alice@example.com"
 	exampleToken    = "00ff"
+	exampleRequest  = "req_abcdefghijklmnop"
 )
 
 // Layout lists every kind of key sshca writes, one example each with the placeholders filled
@@ -204,5 +214,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.Mark(TagIdentities), "Mark", TagIdentities, "mark", ReadByCA},
 		{k.Mark(TagKeys), "Mark", TagKeys, "mark", ReadByCA},
 		{k.Mark(TagKeyring), "Mark", TagKeyring, "mark", ReadByCA},
+		{k.Request(exampleRequest), "Request", TagInventory, "requests", ReadByCA},
+		{k.Requests(), "Requests", TagInventory, "requests", ReadByCA},
 	}
 }

@@ -24,6 +24,7 @@ type Memory struct {
 	scopes    map[string]*memScope // by CA fingerprint; listed by CAs
 	trusted   map[string]bool      // authorized_keys lines of trusted user CA keys
 	blocked   map[string]time.Time
+	requests  map[string][]byte // access requests by ID, JSON as in Redis
 	// changed is closed and replaced whenever a scope's feed grows, waking Changes.
 	changed chan struct{}
 	feedMax int

@@ -50,7 +50,7 @@ func TestAuditTrail(t *testing.T) {
 	}
 	for _, want := range []string{
 		"OK: 3 audit records, chain intact, keyed",
-		`"v":2,`, // ca writes version 2 records
+		`"v":3,`, // ca writes version 3 records
 		`"outcome":"issued"`, `"ticket":"OPS-4242"`, `"serial":"` + c.Serial + `"`, `"principals":["root"]`,
 		`"outcome":"denied"`, `|u-bob","issuer":`, `"subject":"u-bob"`, "principal root is not granted",
 		`"action":"revoke","outcome":"allowed"`, `"target":"serial:` + c.Serial + `"`,

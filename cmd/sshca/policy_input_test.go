@@ -33,7 +33,7 @@ func canonicalJSON(t *testing.T, b []byte) string {
 func TestPolicyEvalSeesGolden(t *testing.T) {
 	policiesDir := filepath.Join("..", "..", "policies")
 	echo := filepath.Join(policiesDir, "testdata", "echo")
-	for _, kind := range []string{"user", "host", "renew", "revoke", "admin"} {
+	for _, kind := range []string{"user", "host", "renew", "revoke", "admin", "request", "approve"} {
 		path := filepath.Join(policiesDir, "testdata", "input", kind+".json")
 		golden, err := os.ReadFile(path)
 		if err != nil {

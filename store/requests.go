@@ -1,0 +1,294 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// Access requests (ca.AccessRequestStore): each a JSON record (Keys.Request) expiring at its
+// KeepUntil, listed in a sorted set scored by KeepUntil (Keys.Requests). Both carry the
+// inventory's hash tag, so that RecordUnderRequest checks the request and records the
+// certificate in one transaction, on Redis Cluster too. Changes are optimistic: WATCH the
+// record, read it, change it, write it in MULTI/EXEC, and start again if it changed meanwhile.
+
+var (
+	_ ca.AccessRequestStore = (*Redis)(nil)
+	_ ca.AccessRequestStore = (*Memory)(nil)
+)
+
+// maxRequestRetries bounds the optimistic retries of one change: past it the record is being
+// written continuously, which no caller's change should wait out.
+const maxRequestRetries = 16
+
+func errRequestContended(id string) error {
+	return &ca.Error{Kind: ca.KindUnavailable, Msg: "access request " + id + " is being changed by others; try again"}
+}
+
+func errRequestNotFound(id string) error {
+	return &ca.Error{Kind: ca.KindNotFound, Msg: "no access request " + id}
+}
+
+// CreateRequest stores a new request until its KeepUntil; KindConflict when the ID exists.
+func (r *Redis) CreateRequest(ctx context.Context, req ca.AccessRequest) error {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("store: create request: %w", err)
+	}
+	var set *redis.BoolCmd
+	_, err = r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		set = p.SetNX(ctx, r.keys.Request(req.ID), b, 0)
+		p.PExpireAt(ctx, r.keys.Request(req.ID), req.KeepUntil())
+		r.indexRequest(ctx, p, req)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: create request %s: %w", req.ID, err)
+	}
+	if !set.Val() {
+		return &ca.Error{Kind: ca.KindConflict, Msg: "access request " + req.ID + " exists"}
+	}
+	return nil
+}
+
+func (r *Redis) indexRequest(ctx context.Context, p redis.Pipeliner, req ca.AccessRequest) {
+	p.ZRemRangeByScore(ctx, r.keys.Requests(), "-inf", strconv.FormatInt(r.now().UnixMilli(), 10))
+	p.ZAdd(ctx, r.keys.Requests(), redis.Z{Score: float64(req.KeepUntil().UnixMilli()), Member: req.ID})
+}
+
+// GetRequest returns the request, if kept.
+func (r *Redis) GetRequest(ctx context.Context, id string) (ca.AccessRequest, bool, error) {
+	return r.getRequest(ctx, r.rdb, id)
+}
+
+func (r *Redis) getRequest(ctx context.Context, c redis.Cmdable, id string) (ca.AccessRequest, bool, error) {
+	b, err := c.Get(ctx, r.keys.Request(id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return ca.AccessRequest{}, false, nil
+	}
+	if err != nil {
+		return ca.AccessRequest{}, false, fmt.Errorf("store: get request %s: %w", id, err)
+	}
+	var req ca.AccessRequest
+	if err := json.Unmarshal(b, &req); err != nil {
+		return ca.AccessRequest{}, false, fmt.Errorf("store: corrupt request %s: %w", id, err)
+	}
+	if !req.KeepUntil().After(r.now()) {
+		return ca.AccessRequest{}, false, nil // a server whose keys do not expire (miniredis)
+	}
+	return req, true, nil
+}
+
+// ListRequests returns the kept requests, oldest first.
+func (r *Redis) ListRequests(ctx context.Context) ([]ca.AccessRequest, error) {
+	ids, err := r.rdb.ZRangeByScore(ctx, r.keys.Requests(), &redis.ZRangeBy{
+		Min: "(" + strconv.FormatInt(r.now().UnixMilli(), 10), Max: "+inf"}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: list requests: %w", err)
+	}
+	var out []ca.AccessRequest
+	for _, id := range ids {
+		req, ok, err := r.getRequest(ctx, r.rdb, id)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, req)
+		}
+	}
+	sortRequests(out)
+	return out, nil
+}
+
+// UpdateRequest applies change to the request and writes it, unless the request changed
+// meanwhile (then it starts again, up to maxRequestRetries times).
+func (r *Redis) UpdateRequest(ctx context.Context, id string, change func(*ca.AccessRequest) error) (ca.AccessRequest, error) {
+	var out ca.AccessRequest
+	err := r.changeRequest(ctx, id, func(tx *redis.Tx, req ca.AccessRequest) (func(redis.Pipeliner), error) {
+		if err := change(&req); err != nil {
+			return nil, err
+		}
+		req.ID = id // a change cannot move a request
+		b, err := json.Marshal(req)
+		if err != nil {
+			return nil, fmt.Errorf("store: update request: %w", err)
+		}
+		out = req
+		return func(p redis.Pipeliner) {
+			p.Set(ctx, r.keys.Request(id), b, 0)
+			p.PExpireAt(ctx, r.keys.Request(id), req.KeepUntil())
+			r.indexRequest(ctx, p, req)
+		}, nil
+	})
+	return out, err
+}
+
+// RecordUnderRequest records c and appends its serial to the request, in one transaction, if
+// check passes on the request as it is.
+func (r *Redis) RecordUnderRequest(ctx context.Context, c ca.Certificate, id string, check func(ca.AccessRequest) error) error {
+	cb, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+	}
+	return r.changeRequest(ctx, id, func(tx *redis.Tx, req ca.AccessRequest) (func(redis.Pipeliner), error) {
+		if err := check(req); err != nil {
+			return nil, err
+		}
+		req.Serials = append(req.Serials, c.Serial)
+		b, err := json.Marshal(req)
+		if err != nil {
+			return nil, fmt.Errorf("store: record under request: %w", err)
+		}
+		return func(p redis.Pipeliner) {
+			r.recordCmds(ctx, p, c, cb)
+			p.Set(ctx, r.keys.Request(id), b, redis.KeepTTL)
+		}, nil
+	})
+}
+
+// changeRequest runs one optimistic change of a request: write, given the request as read
+// under WATCH, returns the commands to run in MULTI/EXEC (or an error, returned as is).
+func (r *Redis) changeRequest(ctx context.Context, id string, write func(*redis.Tx, ca.AccessRequest) (func(redis.Pipeliner), error)) error {
+	key := r.keys.Request(id)
+	for range maxRequestRetries {
+		err := r.rdb.Watch(ctx, func(tx *redis.Tx) error {
+			req, ok, err := r.getRequest(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return errRequestNotFound(id)
+			}
+			cmds, err := write(tx, req)
+			if err != nil {
+				return err
+			}
+			_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				cmds(p)
+				return nil
+			})
+			return err
+		}, key)
+		if errors.Is(err, redis.TxFailedErr) {
+			continue
+		}
+		var e *ca.Error
+		if err != nil && !errors.As(err, &e) {
+			return fmt.Errorf("store: request %s: %w", id, err)
+		}
+		return err
+	}
+	return errRequestContended(id)
+}
+
+func sortRequests(rs []ca.AccessRequest) {
+	slices.SortStableFunc(rs, func(a, b ca.AccessRequest) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+}
+
+// CreateRequest stores a new request; KindConflict when the ID exists.
+func (m *Memory) CreateRequest(_ context.Context, req ca.AccessRequest) error {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("store: create request: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.requestLocked(req.ID); ok {
+		return &ca.Error{Kind: ca.KindConflict, Msg: "access request " + req.ID + " exists"}
+	}
+	if m.requests == nil {
+		m.requests = map[string][]byte{}
+	}
+	m.requests[req.ID] = b
+	return nil
+}
+
+// requestLocked decodes a kept request; records that do not decode were never written.
+func (m *Memory) requestLocked(id string) (ca.AccessRequest, bool) {
+	b, ok := m.requests[id]
+	if !ok {
+		return ca.AccessRequest{}, false
+	}
+	var req ca.AccessRequest
+	if json.Unmarshal(b, &req) != nil || !req.KeepUntil().After(m.now()) {
+		delete(m.requests, id)
+		return ca.AccessRequest{}, false
+	}
+	return req, true
+}
+
+// GetRequest returns the request, if kept.
+func (m *Memory) GetRequest(_ context.Context, id string) (ca.AccessRequest, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	req, ok := m.requestLocked(id)
+	return req, ok, nil
+}
+
+// ListRequests returns the kept requests, oldest first.
+func (m *Memory) ListRequests(context.Context) ([]ca.AccessRequest, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []ca.AccessRequest
+	for id := range m.requests {
+		if req, ok := m.requestLocked(id); ok {
+			out = append(out, req)
+		}
+	}
+	sortRequests(out)
+	return out, nil
+}
+
+// UpdateRequest applies change to the request and writes it.
+func (m *Memory) UpdateRequest(_ context.Context, id string, change func(*ca.AccessRequest) error) (ca.AccessRequest, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	req, ok := m.requestLocked(id)
+	if !ok {
+		return ca.AccessRequest{}, errRequestNotFound(id)
+	}
+	if err := change(&req); err != nil {
+		return ca.AccessRequest{}, err
+	}
+	req.ID = id
+	b, err := json.Marshal(req)
+	if err != nil {
+		return ca.AccessRequest{}, fmt.Errorf("store: update request: %w", err)
+	}
+	m.requests[id] = b
+	return req, nil
+}
+
+// RecordUnderRequest records c and appends its serial to the request if check passes.
+func (m *Memory) RecordUnderRequest(_ context.Context, c ca.Certificate, id string, check func(ca.AccessRequest) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	req, ok := m.requestLocked(id)
+	if !ok {
+		return errRequestNotFound(id)
+	}
+	if err := check(req); err != nil {
+		return err
+	}
+	req.Serials = append(req.Serials, c.Serial)
+	b, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("store: record under request: %w", err)
+	}
+	m.requests[id] = b
+	m.recordLocked(c)
+	return nil
+}
