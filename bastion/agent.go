@@ -36,6 +36,10 @@ type Options struct {
 	// GuardEvery is how often the files are re-checked besides watching them (default 1s): a
 	// file deleted or changed behind the agent's back is put back within it.
 	GuardEvery time.Duration
+	// Drift, when set, checks sshd's effective configuration against the baseline.
+	Drift *DriftCheck
+
+	noWatch bool // tests: the periodic re-check alone (export_test.go)
 	// Feed is the primary source, Redis in production (read-only credentials suffice); HTTP
 	// the fallback, or the only source.
 	Feed Feed
@@ -79,9 +83,17 @@ type Status struct {
 	// is what says the KRL may be stale (sshca_bastion_sync_age_seconds).
 	LastSync time.Time `json:"last_sync"`
 	// ConfigDrift is how many of sshd's effective settings differ from the hardened
-	// configuration. Nothing sets it yet: it stays 0 until the effective-config drift check
-	// reports here (its metric, sshca_bastion_config_drift, is exported already).
+	// configuration, len(SSHDDrift) (sshca_bastion_config_drift); 0 when not checked.
 	ConfigDrift int `json:"config_drift"`
+	// SSHDDrift lists the effective values of sshd that differ from the baseline, per
+	// connection (see DriftReport); its length is the drift gauge. Empty when none or unchecked.
+	SSHDDrift []string `json:"sshd_drift,omitempty"`
+	// SSHDUnchecked lists Match criteria the drift check could not reach.
+	SSHDUnchecked []string `json:"sshd_unchecked,omitempty"`
+	// SSHDCheckError says why sshd's effective configuration could not be read.
+	SSHDCheckError string `json:"sshd_check_error,omitempty"`
+	// SSHDChecked is when the drift check last ran (zero: never, or not configured).
+	SSHDChecked time.Time `json:"sshd_checked,omitzero"`
 }
 
 // Agent keeps the KRL and trusted CA key files current.

@@ -61,6 +61,9 @@ func TestShippedAgentUnit(t *testing.T) {
 			t.Errorf("--%s %s is not in ReadWritePaths %v", c.flag, flag(c.flag), rw)
 		}
 	}
+	if got := flag("sshd-config"); got != "/etc/ssh/sshd_config" {
+		t.Errorf("--sshd-config %s: the drift check must read the sshd_config sshd reads", got)
+	}
 	krlPath := flag("krl")
 	if !strings.Contains(strings.Join(directive("ExecStartPre"), "\n"), "test -s "+krlPath+" || exec /usr/bin/ssh-keygen -q -k -f "+krlPath) {
 		t.Error("no ExecStartPre writes an empty KRL when there is none")

@@ -49,16 +49,21 @@ func (h *bastionHost) run(t *testing.T, args ...string) string {
 	return testenv.Run(t, h.keygen, args...)
 }
 
-// write renders the options, appends extra lines (which can only set what the rendering
-// leaves unset: sshd keeps the first value) and checks the result with sshd -t.
-func (h *bastionHost) write(t *testing.T, extra ...string) (sshd, path string) {
+// write renders the options, adds site lines where the rendering says they go (above its
+// `Match all` block; they can only set what the rendering leaves unset: sshd keeps the first
+// value), appends the lines of appended, and checks the result with sshd -t.
+func (h *bastionHost) write(t *testing.T, site []string, appended ...string) (sshd, path string) {
 	t.Helper()
 	sshd = testenv.Need(t, "sshd", "/usr/sbin")
 	cfg, err := bastion.SSHDConfig(h.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg += strings.Join(extra, "\n") + "\n"
+	head, tail, ok := strings.Cut(cfg, "\n## Every connection")
+	if !ok {
+		t.Fatal("the rendering has no Match all block")
+	}
+	cfg = head + strings.Join(site, "\n") + "\n\n## Every connection" + tail + strings.Join(appended, "\n") + "\n"
 	path = h.path("sshd_config")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -76,7 +81,7 @@ func (h *bastionHost) write(t *testing.T, extra ...string) (sshd, path string) {
 // effective configuration (sshd -T) is the hardened one.
 func TestSSHDConfigAcceptedBySSHD(t *testing.T) {
 	h := newBastionHost(t)
-	sshd, path := h.write(t)
+	sshd, path := h.write(t, nil)
 	out, err := exec.Command(sshd, "-T", "-f", path).CombinedOutput()
 	if err != nil {
 		t.Fatalf("sshd -T: %v\n%s", err, out)
@@ -86,6 +91,7 @@ func TestSSHDConfigAcceptedBySSHD(t *testing.T) {
 		"pubkeyauthentication yes", "passwordauthentication no", "kbdinteractiveauthentication no",
 		"hostbasedauthentication no", "permitemptypasswords no", "permitrootlogin no",
 		"authorizedkeysfile none", "authenticationmethods publickey",
+		"authorizedkeyscommand none", "authorizedprincipalscommand none",
 		"trustedusercakeys " + h.path("ca.pub"), "revokedkeys " + h.path("krl"),
 		"authorizedprincipalsfile " + h.path("principals-%u"),
 		"hostcertificate " + h.path("host-cert.pub"),
@@ -99,6 +105,16 @@ func TestSSHDConfigAcceptedBySSHD(t *testing.T) {
 	} {
 		if !strings.Contains(effective, "\n"+want+"\n") {
 			t.Errorf("effective configuration lacks %q", want)
+		}
+	}
+	// The baseline the agent checks against is what sshd prints for the rendering.
+	base, err := bastion.Baseline(h.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range base {
+		if !strings.Contains(effective, "\n"+k+" "+v+"\n") {
+			t.Errorf("baseline %s %s is not what sshd prints", k, v)
 		}
 	}
 	for _, l := range strings.Split(effective, "\n") {
@@ -124,7 +140,7 @@ func TestSSHDConfigAcceptedBySSHD(t *testing.T) {
 func TestSSHDConfigForwardingOptions(t *testing.T) {
 	h := newBastionHost(t)
 	h.opts.DisableForwarding, h.opts.X11Forwarding = true, true
-	sshd, path := h.write(t)
+	sshd, path := h.write(t, nil)
 	out := testenv.Run(t, sshd, "-T", "-f", path)
 	for _, want := range []string{"disableforwarding yes", "allowtcpforwarding no", "allowagentforwarding no", "x11forwarding no"} {
 		if !strings.Contains(out, "\n"+want+"\n") {
@@ -132,7 +148,7 @@ func TestSSHDConfigForwardingOptions(t *testing.T) {
 		}
 	}
 	h.opts.DisableForwarding = false
-	sshd, path = h.write(t)
+	sshd, path = h.write(t, nil)
 	if out := testenv.Run(t, sshd, "-T", "-f", path); !strings.Contains(out, "\nx11forwarding yes\n") {
 		t.Error("X11Forwarding: x11forwarding is not yes")
 	}
@@ -171,7 +187,7 @@ func TestSSHDConfigLogin(t *testing.T) {
 
 	// Test directories live under /tmp (StrictModes would refuse them) and the pid file must
 	// not be the system's: both are left unset by the rendering, so appending works.
-	sshd, path := h.write(t, "StrictModes no", "PidFile "+h.path("sshd.pid"))
+	sshd, path := h.write(t, []string{"StrictModes no", "PidFile " + h.path("sshd.pid")})
 	var log testenv.SyncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, sshd, "-D", "-e", "-f", path)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -34,7 +35,9 @@ func (a *Agent) guard(ctx context.Context) error {
 	}
 	var events <-chan fsnotify.Event
 	var errs <-chan error
-	if w, err := fsnotify.NewWatcher(); err != nil {
+	if a.o.noWatch {
+		// Tests of the periodic re-check alone.
+	} else if w, err := fsnotify.NewWatcher(); err != nil {
 		a.o.Log.Warn("cannot watch sshd's files; re-checking them every interval only", "every", a.o.GuardEvery, "err", err)
 	} else {
 		defer w.Close()
@@ -171,14 +174,16 @@ func (g guardFailed) Error() string { return g.err.Error() }
 // what it cannot repair (guardErr then returns it); stop ends the guard and waits for it.
 func (a *Agent) guarded(parent context.Context) (ctx context.Context, stop func()) {
 	ctx, cancel := context.WithCancelCause(parent)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		if err := a.guard(ctx); err != nil {
 			cancel(guardFailed{err})
 		}
-	}()
-	return ctx, func() { cancel(nil); <-done }
+	})
+	if a.o.Drift != nil {
+		wg.Go(func() { a.followDrift(ctx, a.o.Drift) })
+	}
+	return ctx, func() { cancel(nil); wg.Wait() }
 }
 
 // guardErr is the guard's error if it ended ctx, else nil.
@@ -191,10 +196,15 @@ func guardErr(ctx context.Context) error {
 }
 
 // Problems lists what makes the agent unhealthy besides a lost source, one sentence each: an
-// older KRL refused (Alert), sshd not reading the agent's files (FilesAlert). Empty when none.
+// older KRL refused (Alert), sshd not reading the agent's files (FilesAlert), sshd's effective
+// configuration drifting from the baseline or unreadable. Empty when none.
 func (s Status) Problems() []string {
 	var ps []string
-	for _, p := range []string{s.Alert, s.FilesAlert} {
+	drift := ""
+	if len(s.SSHDDrift) > 0 {
+		drift = fmt.Sprintf("sshd's effective configuration differs from the baseline in %d values (sshd_drift), e.g. %s", len(s.SSHDDrift), s.SSHDDrift[0])
+	}
+	for _, p := range []string{s.Alert, s.FilesAlert, drift, s.SSHDCheckError} {
 		if p != "" {
 			ps = append(ps, p)
 		}

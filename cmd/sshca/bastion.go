@@ -53,7 +53,11 @@ func newSSHDConfigCommand() *cobra.Command {
 type agentFlags struct {
 	redisURL, server, serverCA, krlPath, userCA, health, sshdLog string
 	krlLink, userCALink                                          string
-	poll, caRefresh                                              time.Duration
+	// The drift check of sshd's effective configuration (on with sshdConfig).
+	sshdConfig, sshdPrincipals string
+	sshdNoForwarding, sshdX11  bool
+	sshdCheckEvery             time.Duration
+	poll, caRefresh            time.Duration
 }
 
 func newBastionAgentCommand() *cobra.Command {
@@ -80,6 +84,11 @@ func newBastionAgentCommand() *cobra.Command {
 	cmd.Flags().StringVar(&f.userCALink, "user-ca-link", "", "the TrustedUserCAKeys path sshd reads, a symbolic link to --user-ca; the agent exits when it is removed or re-pointed")
 	cmd.Flags().StringVar(&f.health, "health", "127.0.0.1:9851", "address of /healthz and /metrics")
 	cmd.Flags().StringVar(&f.sshdLog, "sshd-log", "", "sshd log file (LogLevel VERBOSE) to end live sessions of revoked certificates")
+	cmd.Flags().StringVar(&f.sshdConfig, "sshd-config", "", "check sshd's effective configuration (sshd -T -C) of this file against the hardened baseline, report drift on /healthz")
+	cmd.Flags().StringVar(&f.sshdPrincipals, "sshd-principals", bastion.DefaultAuthorizedPrincipalsFile, "baseline: the AuthorizedPrincipalsFile given to sshd-config")
+	cmd.Flags().BoolVar(&f.sshdNoForwarding, "sshd-disable-forwarding", false, "baseline: sshd-config was rendered with forwarding off")
+	cmd.Flags().BoolVar(&f.sshdX11, "sshd-x11-forwarding", false, "baseline: sshd-config was rendered with X11 forwarding")
+	cmd.Flags().DurationVar(&f.sshdCheckEvery, "sshd-check-every", time.Minute, "how often sshd's effective configuration is checked")
 	cmd.Flags().DurationVar(&f.poll, "poll", time.Second, "HTTPS polling interval")
 	cmd.Flags().DurationVar(&f.caRefresh, "ca-refresh", 15*time.Second, "how often the trusted CA keys are re-read (rotation)")
 	addLogFlags(cmd, &logOpts, "text")
@@ -109,6 +118,13 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		}
 		o.HTTP = h
 	}
+	if f.sshdConfig != "" {
+		d, err := driftCheck(f)
+		if err != nil {
+			return err
+		}
+		o.Drift = d
+	}
 	var sessions *bastion.Sessions
 	if f.sshdLog != "" {
 		sessions = bastion.NewSessions(log)
@@ -136,6 +152,24 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		ready <- agent
 	}
 	return agent.Run(ctx)
+}
+
+// driftCheck is the check of sshd's effective configuration against the rendering of
+// sshd-config with the agent's files as sshd reads them (the links when given).
+func driftCheck(f agentFlags) (*bastion.DriftCheck, error) {
+	o := bastion.SSHDConfigOptions{TrustedUserCAKeys: f.userCA, RevokedKeys: f.krlPath, AuthorizedPrincipalsFile: f.sshdPrincipals,
+		DisableForwarding: f.sshdNoForwarding, X11Forwarding: f.sshdX11}
+	if f.krlLink != "" {
+		o.RevokedKeys = f.krlLink
+	}
+	if f.userCALink != "" {
+		o.TrustedUserCAKeys = f.userCALink
+	}
+	base, err := bastion.Baseline(o)
+	if err != nil {
+		return nil, fmt.Errorf("--sshd-config baseline: %w", err)
+	}
+	return &bastion.DriftCheck{SSHD: bastion.SSHDEffective{Config: f.sshdConfig}, Baseline: base, Every: f.sshdCheckEvery}, nil
 }
 
 // agentHealthHandler serves the agent's /healthz and /metrics. Every metric comes from the
@@ -190,7 +224,7 @@ func agentHealthHandler(a *bastion.Agent, sessions *bastion.Sessions) http.Handl
 		_ = json.NewEncoder(w).Encode(map[string]any{
 			"source": st.Source, "connected": st.Connected, "krl_version": st.KRLVersion,
 			"krl_age_seconds": int(time.Since(st.KRLWritten).Seconds()), "last_error": st.LastError,
-			"problems": st.Problems(), "files_restored": st.FilesRestored,
+			"problems": st.Problems(), "files_restored": st.FilesRestored, "sshd_drift": st.SSHDDrift,
 		})
 	})
 	return mux
