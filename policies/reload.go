@@ -51,6 +51,9 @@ func WithMetrics(reg prometheus.Registerer) ReloaderOption {
 			Help: "Policy reloads by result (loaded, refused)."}, []string{"result"})
 		r.failing = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sshca_policy_reload_failing",
 			Help: "1 while the newest policy files were refused and the last good policy is in force."})
+		for _, result := range []string{"loaded", "refused"} {
+			r.reloads.WithLabelValues(result) // exported at 0, so an alert on refusals can fire at the first
+		}
 		reg.MustRegister(r.reloads, r.failing)
 	}
 }

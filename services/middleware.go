@@ -190,10 +190,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"method"}),
 		extra: newExtra(buckets),
 	}
+	// Series that exist before the first request, for dashboards and alerts.
+	for _, kind := range []ca.CertKind{ca.UserCert, ca.HostCert} {
+		m.Requests.WithLabelValues(string(kind), "issued")
+		m.Duration.WithLabelValues(string(kind))
+	}
+	for _, method := range apiMethods {
+		m.Calls.WithLabelValues(method, "ok")
+		m.CallDuration.WithLabelValues(method)
+	}
 	reg.MustRegister(m.Requests, m.Duration, m.Calls, m.CallDuration)
 	m.extra.register(reg)
 	return m
 }
+
+// apiMethods are the method labels of sshca_api_calls_total.
+var apiMethods = []string{"issue_user", "issue_host", "renew", "revoke", "unrevoke", "revocations", "inventory", "krl", "host_revocations",
+	"keys_list", "keys_generate", "keys_promote", "keys_retire", "keys_compromised"}
 
 // observe counts and times one call of method.
 func (m *Metrics) observe(method string, begin time.Time, err error) {

@@ -34,6 +34,9 @@ func NewPolicyFaults(reg prometheus.Registerer, now func() time.Time) *PolicyFau
 		}, []string{"field"}),
 		now: now,
 	}
+	for _, f := range []string{"principals", "ttl_seconds", "extensions", "critical_options", "critical_options.source-address", "critical_options.force-command"} {
+		p.total.WithLabelValues(f) // exported at 0 before the first fault, so an alert on it can fire
+	}
 	reg.MustRegister(p.total)
 	return p
 }

@@ -12,7 +12,8 @@ import (
 	"github.com/sshca/sshca/services"
 )
 
-// TestPolicyFaults: faults are counted by field; the details name the time and field of the
+// TestPolicyFaults: faults are counted by field, every field exported at 0 before its first;
+// the details name the time and field of the
 // last one, never its value.
 func TestPolicyFaults(t *testing.T) {
 	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
@@ -28,8 +29,12 @@ func TestPolicyFaults(t *testing.T) {
 	want := `
 # HELP sshca_policy_faults_total Allowed decisions the service refused to sign because sshd would refuse or misread the certificate, by field (principals, ttl_seconds, extensions, critical_options, critical_options.source-address, critical_options.force-command).
 # TYPE sshca_policy_faults_total counter
+sshca_policy_faults_total{field="critical_options"} 0
+sshca_policy_faults_total{field="critical_options.force-command"} 0
 sshca_policy_faults_total{field="critical_options.source-address"} 2
+sshca_policy_faults_total{field="extensions"} 0
 sshca_policy_faults_total{field="principals"} 1
+sshca_policy_faults_total{field="ttl_seconds"} 0
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "sshca_policy_faults_total"); err != nil {
 		t.Error(err)

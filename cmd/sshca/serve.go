@@ -149,17 +149,22 @@ func timePolicy(p policy, reg prometheus.Registerer) policy {
 		Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .01},
 	}, []string{"evaluator"})
 	reg.MustRegister(h)
+	h.WithLabelValues(evaluatorLabel(p.Mode())) // exported before the first decision
 	return timedPolicy{p, h}
+}
+
+// evaluatorLabel is the evaluator label of a policy mode: compiled, or interpreted (topdown).
+func evaluatorLabel(mode string) string {
+	if mode == "compiled" {
+		return mode
+	}
+	return "interpreted"
 }
 
 func (t timedPolicy) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, error) {
 	begin := time.Now()
 	d, err := t.policy.Decide(ctx, in)
-	evaluator := "compiled"
-	if t.Mode() != evaluator {
-		evaluator = "interpreted"
-	}
-	t.seconds.WithLabelValues(evaluator).Observe(time.Since(begin).Seconds())
+	t.seconds.WithLabelValues(evaluatorLabel(t.Mode())).Observe(time.Since(begin).Seconds())
 	return d, err
 }
 
