@@ -420,8 +420,16 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		IndexUntil:     a.now().Add(a.limits.IdentityBlock),
 	}
 	rec.Serial, rec.KeyID = cr.Serial, cr.KeyID
+	// Recording checks the identity's blocks in the same atomic step (CertStore.Record, and
+	// RecordUnderRequest likewise): a revocation that blocked the identity after the check
+	// above refuses the record here, so the certificate is never returned; one that blocked it
+	// after the record reads it among the live certificates and revokes it.
 	if ar.ID == "" {
 		if err := a.store.Record(recordCtx, cr); err != nil {
+			if KindOf(err) == KindDenied {
+				rec.Outcome = "refused"
+				return Issued{}, err
+			}
 			return Issued{}, storeErr("certificate inventory unavailable; no certificate issued", err)
 		}
 	} else {

@@ -113,11 +113,11 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 		add(a.user.PublicKey(), RevocationEntry{Kind: RevokedKey, Value: keyEntry(req.PublicKey)})
 		add(a.host.PublicKey(), RevocationEntry{Kind: RevokedKey, Value: keyEntry(req.PublicKey)})
 	case req.Identity != "":
-		// Block first, then read the live certificates: a certificate recorded after the read
-		// was issued after the block was checked... or before it, which the revocation-reach
-		// work makes atomic; blocking first at least never widens the gap.
+		// Block first, then read the live certificates. Recording a certificate checks the
+		// blocks in the same atomic step (CertStore.Record), so once the block is written no
+		// certificate of the identity is recorded (nor returned), and the read below finds
+		// every one recorded before it: all are revoked.
 		res.BlockedUntil = now.Add(a.limits.IdentityBlock).UTC()
-		res.Matches = matches
 		canonical, alias := IdentityForm(req.Identity)
 		blocks := append(slices.Clone(matches), canonical+alias) // the form given, too
 		for _, name := range dedupe(blocks) {
@@ -125,6 +125,25 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 				return RevokeResult{}, storeErr("revocation store unavailable", err)
 			}
 		}
+		// An alias was resolved before the block: an identity first recorded under it since
+		// then is found now (its record holds the alias index in the same step), and blocked
+		// too, whatever its next token says.
+		if alias != "" {
+			again, err := a.store.ResolveAlias(ctx, alias, now)
+			if err != nil {
+				return RevokeResult{}, Unavailable("certificate inventory unavailable", err)
+			}
+			for _, name := range again {
+				if slices.Contains(matches, name) {
+					continue
+				}
+				if err := a.revocations.BlockIdentity(ctx, name, res.BlockedUntil); err != nil {
+					return RevokeResult{}, Unavailable("revocation store unavailable", err)
+				}
+				matches = append(matches, name)
+			}
+		}
+		res.Matches = matches
 		// Records written before identities were canonical name them by e-mail or subject:
 		// the name as given finds those until they expire (at most max_host_ttl).
 		seen := map[uint64]bool{}

@@ -248,6 +248,13 @@ type Signer interface {
 
 // CertStore is the inventory of issued certificates. Records are kept at least until their
 // ValidBefore; Live returns those of an identity that have not expired at now.
+//
+// Record refuses a certificate whose Identity or one of whose Aliases is blocked
+// (RevocationStore.BlockIdentity of the same store), with an *Error of KindDenied that says the
+// identity was revoked, and checks that in the same atomic step as the write: a Record that
+// follows a block is refused, and a Live that follows a block sees every Record that preceded
+// it. Revoking an identity relies on it (block, then read and revoke the live certificates), so
+// Config.Store and Config.Revocations must be one store for identity revocation to be exact.
 type CertStore interface {
 	Record(ctx context.Context, c Certificate) error
 	Live(ctx context.Context, identity string, now time.Time) ([]Certificate, error)

@@ -15,34 +15,80 @@ import (
 )
 
 // The inventory: who holds access now (ca.CertStore). Every key carries the hash tag
-// {inventory}, so the multi-key transaction of Record works on Redis Cluster: a record
-// (Keys.Cert) expiring at its ValidBefore, a sorted set of serials per identity
-// (Keys.Identity) and one of identities per alias (Keys.Alias). An identity's set is emptied
-// (and so deleted) by the pruning of its next Record; the set of an identity that never
-// returns keeps its expired serials, a few bytes each.
+// {inventory}, so the script of Record works on Redis Cluster: a record (Keys.Cert) expiring at
+// its ValidBefore, a sorted set of serials per identity (Keys.Identity), one of identities per
+// alias (Keys.Alias), and the identity blocks (Keys.Blocked) that Record checks. An identity's
+// set is emptied (and so deleted) by the pruning of its next Record; the set of an identity
+// that never returns keeps its expired serials, a few bytes each.
 
 var (
 	_ ca.CertStore = (*Redis)(nil)
 	_ ca.CertStore = (*Memory)(nil)
 )
 
-// Record stores c until its ValidBefore, in one transaction.
+// recordScript: KEYS record, identity index, blocked, then one alias index per alias; ARGV now
+// (unix ms), the record's JSON, its valid_before and the index's end (unix ms), the serial,
+// then the identity and its aliases (one per alias index). Answers {'blocked', name, until}
+// without writing anything when the identity or an alias is blocked beyond now, else {'ok'}.
+// The check and the write are one step: a block written before it refuses the record, and a
+// read of the inventory after a block sees every record written before it.
+var recordScript = redis.NewScript(scoreLua + `
+local now = tonumber(ARGV[1])
+for i = 6, #ARGV do
+  local s = redis.call('ZSCORE', KEYS[3], ARGV[i])
+  if s and score(s) > now then return {'blocked', ARGV[i], tostring(s)} end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+for i = 4, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[1])
+  redis.call('ZADD', KEYS[i], 'GT', ARGV[4], ARGV[6])
+end
+return {'ok'}
+`)
+
+// Record stores c until its ValidBefore, in one script that first checks the identity blocks:
+// when c's identity or one of its aliases is blocked (BlockIdentity), nothing is written and
+// the answer is a ca.Error of KindDenied that says the identity was revoked.
 func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 	b, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("store: record: %w", err)
 	}
-	_, err = r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		r.recordCmds(ctx, p, c, b)
-		return nil
-	})
+	now := r.now()
+	until := c.ValidBefore
+	if c.IndexUntil.After(until) {
+		until = c.IndexUntil
+	}
+	keys := make([]string, 0, 3+len(c.Aliases))
+	keys = append(keys, r.keys.Cert(c.Serial), r.keys.Identity(c.Identity), r.keys.Blocked())
+	args := make([]any, 0, 6+len(c.Aliases))
+	args = append(args, now.UnixMilli(), b, c.ValidBefore.UnixMilli(), until.UnixMilli(), strconv.FormatUint(c.Serial, 10), c.Identity)
+	for _, a := range c.Aliases {
+		keys = append(keys, r.keys.Alias(a))
+		args = append(args, a)
+	}
+	res, err := recordScript.Run(ctx, r.rdb, keys, args...).StringSlice()
 	if err != nil {
 		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+	}
+	if len(res) == 3 && res[0] == "blocked" {
+		until, _ := strconv.ParseFloat(res[2], 64)
+		return blockedErr(res[1], until)
 	}
 	return nil
 }
 
-// recordCmds queues the writes of Record for c (b its JSON) on p, a transaction.
+// blockedErr is the refusal of a certificate for an identity blocked until untilMS (unix ms),
+// the same whether found before signing (Refused) or when recording (Record).
+func blockedErr(name string, untilMS float64) error {
+	return ca.Denied("revoked", identityRefusal(name, untilMS))
+}
+
+// recordCmds queues the writes of Record for c (b its JSON) on p, a transaction, without
+// Record's check of the blocks: the caller checks them under WATCH (RecordUnderRequest).
 func (r *Redis) recordCmds(ctx context.Context, p redis.Pipeliner, c ca.Certificate, b []byte) {
 	now := r.now()
 	idKey := r.keys.Identity(c.Identity)
@@ -128,11 +174,29 @@ func (r *Redis) Get(ctx context.Context, serial uint64) (ca.Certificate, bool, e
 	return c, true, nil
 }
 
-// Record stores c until its ValidBefore.
+// Record stores c until its ValidBefore, unless its identity or one of its aliases is blocked
+// (see Redis.Record): the check and the write hold the same lock as BlockIdentity.
 func (m *Memory) Record(_ context.Context, c ca.Certificate) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := m.blockedLocked(c); err != nil {
+		return err
+	}
 	m.recordLocked(c)
+	return nil
+}
+
+// blockedLocked refuses c when its identity or one of its aliases is blocked (Record).
+func (m *Memory) blockedLocked(c ca.Certificate) error {
+	now := m.now()
+	if t, ok := m.blocked[c.Identity]; ok && t.After(now) {
+		return blockedErr(c.Identity, float64(t.UnixMilli()))
+	}
+	for _, a := range c.Aliases {
+		if t, ok := m.blocked[a]; ok && t.After(now) {
+			return blockedErr(a, float64(t.UnixMilli()))
+		}
+	}
 	return nil
 }
 

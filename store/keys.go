@@ -6,18 +6,29 @@ import (
 
 // LayoutVersion is the version of the Redis layout this file lists. A change that a replica
 // running the previous layout cannot read (a key renamed, a value re-encoded) bumps it and
-// comes with a migration that a rolling upgrade of several replicas survives.
-const LayoutVersion = 1
+// comes with a migration that a rolling upgrade of several replicas survives; the store says
+// which layouts may still write to it in Keys.StoreLayout (layout.go).
+//
+// 1: identity blocks in {identities} (Keys.LegacyBlocked).
+// 2: identity blocks in {inventory} (Keys.Blocked), beside the records they refuse, so that
+// the script recording a certificate checks them in the same atomic step (Redis.Record). While
+// the store's layout is 1, replicas of layout 2 also write and read the blocks of layout 1;
+// `sshca store migrate` (Redis.Migrate) copies the remaining ones over and moves the store to 2.
+const LayoutVersion = 2
 
 // DefaultPrefix is the first part of every key unless configured otherwise.
 const DefaultPrefix = "sshca"
 
 // The hash tags of sshca's keys. Keys that one transaction or script touches share a tag, so
 // that it runs on Redis Cluster: the inventory (a record and its indexes), a CA key's revocation
-// scope ({ca:<fingerprint>}), the identity blocks, the revoked public keys, the keyring
-// document, and the audit chain. Spent tokens and the CA sets are single-key writes, untagged.
+// scope ({ca:<fingerprint>}), the revoked public keys, the keyring document, and the audit
+// chain. An identity's block shares the inventory's tag with its records: the script that
+// records a certificate refuses a blocked identity in the same step (layout 2). Spent tokens
+// and the CA sets are single-key writes, untagged.
 const (
-	TagInventory  = "{inventory}"
+	TagInventory = "{inventory}"
+	// TagIdentities held the identity blocks of layout 1 (Keys.LegacyBlocked), still written
+	// and read while the store's layout is 1.
 	TagIdentities = "{identities}"
 	TagKeys       = "{keys}"
 	TagKeyring    = "{keyring}"
@@ -34,8 +45,9 @@ func TagCA(fp string) string { return "{ca:" + fp + "}" }
 var DurableTags = []string{TagInventory, TagAudit, TagIdentities, TagKeys, TagKeyring, TagGeneration}
 
 // MarkedTags are the fixed hash tags whose writes carry the generation mark (Keys.Mark),
-// besides one TagCA per revocation scope: identity blocks, revoked public keys, the keyring.
-var MarkedTags = []string{TagIdentities, TagKeys, TagKeyring}
+// besides one TagCA per revocation scope: identity blocks (in the inventory's tag; those of
+// layout 1 in {identities}), revoked public keys, the keyring.
+var MarkedTags = []string{TagInventory, TagIdentities, TagKeys, TagKeyring}
 
 // Keys builds every Redis key of sshca under one prefix. It is the one place that names them:
 // the stores here, audit/ and the readiness probe use it, and a test keeps deploy/redis's ACL
@@ -103,9 +115,21 @@ func (k Keys) ScopeCA(fp string) string { return k.scope(fp) + "ca" }
 
 func (k Keys) scope(fp string) string { return k.p() + ":" + TagCA(fp) + ":" }
 
-// Blocked is the sorted set of identities refused new certificates, scored by the end of the
-// block in unix ms (revocations).
-func (k Keys) Blocked() string { return k.p() + ":" + TagIdentities + ":blocked" }
+// Blocked is the sorted set of identities (canonical names and aliases) refused new
+// certificates, scored by the end of the block in unix ms (revocations). It carries the
+// inventory's tag: Record checks it in the script that writes the record (layout 2).
+func (k Keys) Blocked() string { return k.p() + ":" + TagInventory + ":blocked" }
+
+// LegacyBlocked is layout 1's set of blocked identities, same members and scores as Blocked.
+// Replicas of layout 2 write and read it too while the store's layout (StoreLayout) is 1, so
+// that replicas of layout 1 still running during a rolling upgrade honour their blocks; once
+// migrated it is no longer read, and it expires with its last block.
+func (k Keys) LegacyBlocked() string { return k.p() + ":" + TagIdentities + ":blocked" }
+
+// StoreLayout is the oldest layout version whose replicas may still write to the store, a
+// decimal string (missing: 1, a store written by layout 1). Written by the replica that
+// creates the generation record of an empty store (LayoutVersion) and by Redis.Migrate.
+func (k Keys) StoreLayout() string { return k.p() + ":" + TagGeneration + ":layout" }
 
 // RevokedKeys is the sorted set of every revoked public key under any CA key, scored by
 // expiry in unix ms (revocations: refused at signing time whichever CA key signs).
@@ -196,7 +220,9 @@ func (k Keys) Layout() []KeySpec {
 		{k.ScopeVersion(exampleFP), "ScopeVersion", ca, "revocations", ReadByBastion},
 		{k.ScopeCA(exampleFP), "ScopeCA", ca, "revocations", ReadByBastion},
 		{k.ScopeStream(exampleFP), "ScopeStream", ca, "feed", ReadByBastion},
-		{k.Blocked(), "Blocked", TagIdentities, "revocations", ReadByCA},
+		{k.Blocked(), "Blocked", TagInventory, "revocations", ReadByCA},
+		{k.LegacyBlocked(), "LegacyBlocked", TagIdentities, "revocations", ReadByCA},
+		{k.StoreLayout(), "StoreLayout", TagGeneration, "layout", ReadByCA},
 		{k.RevokedKeys(), "RevokedKeys", TagKeys, "revocations", ReadByCA},
 		{k.AuditLog(), "AuditLog", TagAudit, "audit", ReadByCA},
 		{k.AuditHead(), "AuditHead", TagAudit, "audit", ReadByCA},
@@ -211,6 +237,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.Probe(""), "Probe", "", "probe", ReadByCA},
 		{k.Generation(), "Generation", TagGeneration, "mark", ReadByCA},
 		{k.Mark(ca), "Mark", ca, "mark", ReadByBastion},
+		{k.Mark(TagInventory), "Mark", TagInventory, "mark", ReadByCA},
 		{k.Mark(TagIdentities), "Mark", TagIdentities, "mark", ReadByCA},
 		{k.Mark(TagKeys), "Mark", TagKeys, "mark", ReadByCA},
 		{k.Mark(TagKeyring), "Mark", TagKeyring, "mark", ReadByCA},

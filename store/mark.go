@@ -183,11 +183,13 @@ func newGenerationID() string {
 }
 
 // generationInitScript reads the generation record, creating it (epoch 0) only when it is
-// missing and the process asking has never seen one.
+// missing and the process asking has never seen one; with it, on an empty store, the store's
+// layout (KEYS[2], ARGV[2]; layout.go).
 var generationInitScript = redis.NewScript(`
 local g = redis.call('HMGET', KEYS[1], 'id', 'epoch')
 if g[1] then return {g[1], g[2]} end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'epoch', 0)
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2]) end
 return {ARGV[1], '0'}
 `)
 
@@ -199,11 +201,16 @@ func (r *Redis) generation(ctx context.Context) (Generation, error) {
 		return g, nil
 	}
 	// A store with marks but no record was used before: do not start a new generation on it.
+	// One with data of an older layout keeps its layout until migrated (layout.go).
 	var cmds []*redis.IntCmd
+	var older []*redis.IntCmd
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		cmds = append(cmds, p.Exists(ctx, r.keys.Generation()))
 		for _, tag := range MarkedTags {
 			cmds = append(cmds, p.Exists(ctx, r.keys.Mark(tag)))
+		}
+		for _, k := range []string{r.keys.LegacyBlocked(), r.keys.Keyring(), r.keys.CAs()} {
+			older = append(older, p.Exists(ctx, k)) // one by one: different slots on Cluster
 		}
 		return nil
 	})
@@ -218,8 +225,14 @@ func (r *Redis) generation(ctx context.Context) (Generation, error) {
 			}
 		}
 	}
+	layout := strconv.Itoa(LayoutVersion)
+	for _, c := range older {
+		if c.Val() > 0 {
+			layout = ""
+		}
+	}
 	exp := r.witness.expect(TagGeneration)
-	res, err := generationInitScript.Run(ctx, r.rdb, []string{r.keys.Generation()}, newGenerationID()).StringSlice()
+	res, err := generationInitScript.Run(ctx, r.rdb, []string{r.keys.Generation(), r.keys.StoreLayout()}, newGenerationID(), layout).StringSlice()
 	if err != nil {
 		return Generation{}, fmt.Errorf("store: generation: %w", err)
 	}

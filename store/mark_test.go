@@ -50,14 +50,14 @@ func TestMarkDetectsLostState(t *testing.T) {
 		t.Fatalf("intact store refuses: %q %v", why, err)
 	}
 	marks := map[string]string{}
-	for _, tag := range []string{store.TagCA(fingerprint(caKey)), store.TagIdentities, store.TagKeyring} {
+	for _, tag := range []string{store.TagCA(fingerprint(caKey)), store.TagInventory, store.TagKeyring} {
 		n, err := rdb.HGet(ctx, store.Keys{}.Mark(tag), "n").Result()
 		if err != nil {
 			t.Fatalf("mark of %s: %v", tag, err)
 		}
 		marks[tag] = n
 	}
-	if marks[store.TagCA(fingerprint(caKey))] != "3" || marks[store.TagIdentities] != "1" || marks[store.TagKeyring] != "1" {
+	if marks[store.TagCA(fingerprint(caKey))] != "3" || marks[store.TagInventory] != "1" || marks[store.TagKeyring] != "1" {
 		t.Fatalf("marks after 3 revocations, 1 block, 1 keyring change: %v", marks)
 	}
 

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -26,6 +27,9 @@ type Redis struct {
 	keys    Keys
 	now     func() time.Time
 	witness *Witness
+	// migrated is set once the store was seen at LayoutVersion (layout.go): from then on the
+	// keys of older layouts are neither written nor read.
+	migrated atomic.Bool
 }
 
 // NewRedis returns a store on rdb.

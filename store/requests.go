@@ -132,13 +132,25 @@ func (r *Redis) UpdateRequest(ctx context.Context, id string, change func(*ca.Ac
 }
 
 // RecordUnderRequest records c and appends its serial to the request, in one transaction, if
-// check passes on the request as it is.
+// check passes on the request as it is and c's identity is not blocked (as Record: the blocks
+// are watched with the request, so a block written meanwhile makes it start again).
 func (r *Redis) RecordUnderRequest(ctx context.Context, c ca.Certificate, id string, check func(ca.AccessRequest) error) error {
 	cb, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 	}
+	names := append([]string{c.Identity}, c.Aliases...)
 	return r.changeRequest(ctx, id, func(tx *redis.Tx, req ca.AccessRequest) (func(redis.Pipeliner), error) {
+		blocks, err := tx.ZMScore(ctx, r.keys.Blocked(), names...).Result()
+		if err != nil {
+			return nil, err
+		}
+		now := float64(r.now().UnixMilli())
+		for i, until := range blocks { // 0 for a name that is not blocked
+			if until > now {
+				return nil, blockedErr(names[i], until)
+			}
+		}
 		if err := check(req); err != nil {
 			return nil, err
 		}
@@ -151,12 +163,13 @@ func (r *Redis) RecordUnderRequest(ctx context.Context, c ca.Certificate, id str
 			r.recordCmds(ctx, p, c, cb)
 			p.Set(ctx, r.keys.Request(id), b, redis.KeepTTL)
 		}, nil
-	})
+	}, r.keys.Blocked())
 }
 
 // changeRequest runs one optimistic change of a request: write, given the request as read
-// under WATCH, returns the commands to run in MULTI/EXEC (or an error, returned as is).
-func (r *Redis) changeRequest(ctx context.Context, id string, write func(*redis.Tx, ca.AccessRequest) (func(redis.Pipeliner), error)) error {
+// under WATCH (with the keys also, in the same hash tag), returns the commands to run in
+// MULTI/EXEC (or an error, returned as is).
+func (r *Redis) changeRequest(ctx context.Context, id string, write func(*redis.Tx, ca.AccessRequest) (func(redis.Pipeliner), error), also ...string) error {
 	key := r.keys.Request(id)
 	for range maxRequestRetries {
 		err := r.rdb.Watch(ctx, func(tx *redis.Tx) error {
@@ -176,7 +189,7 @@ func (r *Redis) changeRequest(ctx context.Context, id string, write func(*redis.
 				return nil
 			})
 			return err
-		}, key)
+		}, append([]string{key}, also...)...)
 		if errors.Is(err, redis.TxFailedErr) {
 			continue
 		}
@@ -279,6 +292,9 @@ func (m *Memory) RecordUnderRequest(_ context.Context, c ca.Certificate, id stri
 	req, ok := m.requestLocked(id)
 	if !ok {
 		return errRequestNotFound(id)
+	}
+	if err := m.blockedLocked(c); err != nil {
+		return err
 	}
 	if err := check(req); err != nil {
 		return err

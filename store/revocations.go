@@ -20,8 +20,10 @@ import (
 // Revocation scopes (ca.RevocationStore): per CA key, what is revoked, all under the hash tag
 // {ca:<fingerprint>} so that one script covers a scope on Redis Cluster (Keys.ScopeEntries,
 // ScopeVersion, ScopeStream, ScopeCA); besides, the identities refused new certificates
-// (Keys.Blocked) and every revoked public key under any scope (Keys.RevokedKeys). Every write
-// prunes entries whose expiry has passed, and reads filter by score.
+// (Keys.Blocked, in the inventory's tag so that Record checks them in its own script; while
+// the store's layout is 1 also Keys.LegacyBlocked, see layout.go) and every revoked public key
+// under any scope (Keys.RevokedKeys). Every write prunes entries whose expiry has passed, and
+// reads filter by score.
 
 var (
 	_ ca.RevocationStore = (*Redis)(nil)
@@ -74,12 +76,14 @@ table.insert(r, tostring(v))
 return r
 `)
 
-// blockScript: KEYS blocked, mark; ARGV now, until, identity, then the mark's id, epoch, seen.
+// blockScript: KEYS blocked (Keys.Blocked or LegacyBlocked), the mark of its tag; ARGV now,
+// the mark's id, epoch, seen, then until (unix ms), identity pairs. A block only ever
+// lengthens (ZADD GT).
 var blockScript = redis.NewScript(markLua + `
-local r = mark(KEYS[2], ARGV[4], ARGV[5], ARGV[6])
+local r = mark(KEYS[2], ARGV[2], ARGV[3], ARGV[4])
 if r[1] == 'newer' then return r end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[3])
+for i = 5, #ARGV, 2 do redis.call('ZADD', KEYS[1], 'GT', ARGV[i], ARGV[i+1]) end
 return bump(KEYS[2], r)
 `)
 
@@ -206,32 +210,58 @@ func (r *Redis) State(ctx context.Context, caKey ssh.PublicKey) (ca.RevocationSt
 	return st, err
 }
 
-// BlockIdentity refuses new certificates to identity until until.
+// BlockIdentity refuses new certificates to identity until until: once it has returned, Record
+// refuses every certificate of the identity (the block and the records share the inventory's
+// tag), so a read of the inventory that follows sees every certificate recorded before it.
+// While the store's layout is 1 (replicas of layout 1 may still run), the block is also
+// written where they look (Keys.LegacyBlocked); a failure in between refuses more, never less.
 func (r *Redis) BlockIdentity(ctx context.Context, identity string, until time.Time) error {
-	now := r.now().UnixMilli()
-	_, err := r.runMarked(ctx, TagIdentities, blockScript, []string{r.keys.Blocked(), r.keys.Mark(TagIdentities)},
-		func(g Generation, exp expectation) []any {
-			return append([]any{now, until.UnixMilli(), identity}, markArgs(g, exp)...)
-		})
+	if err := r.block(ctx, TagInventory, r.keys.Blocked(), []any{until.UnixMilli(), identity}); err != nil {
+		return fmt.Errorf("store: block identity: %w", err)
+	}
+	layout, err := r.storeLayout(ctx)
 	if err != nil {
 		return fmt.Errorf("store: block identity: %w", err)
 	}
+	if layout < LayoutVersion {
+		if err := r.block(ctx, TagIdentities, r.keys.LegacyBlocked(), []any{until.UnixMilli(), identity}); err != nil {
+			return fmt.Errorf("store: block identity for replicas of layout %d: %w", layout, err)
+		}
+	}
 	return nil
+}
+
+// block runs blockScript on a set of blocks in tag with until, identity pairs.
+func (r *Redis) block(ctx context.Context, tag, key string, pairs []any) error {
+	now := r.now().UnixMilli()
+	_, err := r.runMarked(ctx, tag, blockScript, []string{key, r.keys.Mark(tag)}, func(g Generation, exp expectation) []any {
+		return append(append([]any{now}, markArgs(g, exp)...), pairs...)
+	})
+	return err
 }
 
 // Refused reports why a request must be refused at signing time, in one round trip: the key
 // revoked under the signing CA key's scope or under any other (Keys.RevokedKeys; the scope
 // check also covers keys revoked before that set existed), or the identity blocked. The same
-// round trip reads the marks of the three tags it depends on: a store that lost any of them
-// is ErrStateLost (no certificate until it is rebuilt).
+// round trip reads the marks of the tags it depends on: a store that lost any of them is
+// ErrStateLost (no certificate until it is rebuilt). While the store's layout is 1, it also
+// reads the blocks that replicas of layout 1 write (Keys.LegacyBlocked) and the store's
+// layout; once that says the store is migrated, neither is read again. The identity check
+// here saves the signing of a certificate that Record would refuse; Record's check is the
+// one that cannot be raced.
 func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey) (string, error) {
 	if _, err := r.generation(ctx); err != nil {
 		return "", fmt.Errorf("store: check: %w", err)
 	}
 	var scopeCmd, anyCmd *redis.FloatCmd
-	var idCmd *redis.FloatSliceCmd
+	var idCmd, legacyCmd *redis.FloatSliceCmd
+	var layoutCmd *redis.StringCmd
 	fp := ssh.FingerprintSHA256(caKey)
-	tags := []string{TagCA(fp), TagKeys, TagIdentities}
+	tags := []string{TagCA(fp), TagKeys, TagInventory}
+	legacy := !r.migrated.Load()
+	if legacy {
+		tags = append(tags, TagIdentities)
+	}
 	exps := make([]expectation, len(tags))
 	markCmds := make([]*redis.SliceCmd, len(tags))
 	for i, tag := range tags {
@@ -243,6 +273,12 @@ func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []s
 		anyCmd = p.ZScore(ctx, r.keys.RevokedKeys(), m)
 		if len(identities) > 0 {
 			idCmd = p.ZMScore(ctx, r.keys.Blocked(), identities...)
+			if legacy {
+				legacyCmd = p.ZMScore(ctx, r.keys.LegacyBlocked(), identities...)
+			}
+		}
+		if legacy {
+			layoutCmd = p.Get(ctx, r.keys.StoreLayout())
 		}
 		for i, tag := range tags {
 			markCmds[i] = p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
@@ -262,6 +298,11 @@ func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []s
 	if err := r.witness.Lost(); err != nil {
 		return "", err
 	}
+	if layoutCmd != nil {
+		if _, err := r.observeLayout(layoutCmd.Result()); err != nil {
+			return "", fmt.Errorf("store: check: %w", err)
+		}
+	}
 	keyExp, keyFound := scopeCmd.Val(), scopeCmd.Err() == nil
 	if anyCmd.Err() == nil && (!keyFound || anyCmd.Val() > keyExp) {
 		keyExp, keyFound = anyCmd.Val(), true
@@ -269,8 +310,11 @@ func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []s
 	// ZMSCORE answers nil (0 here) for a name that is not blocked: take the latest block.
 	var idExp float64
 	identity := ""
-	if idCmd != nil {
-		for i, exp := range idCmd.Val() {
+	for _, cmd := range []*redis.FloatSliceCmd{idCmd, legacyCmd} {
+		if cmd == nil {
+			continue
+		}
+		for i, exp := range cmd.Val() {
 			if exp > idExp {
 				idExp, identity = exp, identities[i]
 			}
@@ -321,9 +365,15 @@ func refusal(now time.Time, keyExp float64, keyFound bool, idExp float64, idFoun
 	case keyFound && keyExp > ms:
 		return "this public key has been revoked; generate a new key"
 	case idFound && idExp > ms:
-		return fmt.Sprintf("the certificates of %s were revoked; no new ones until %s", identity, time.UnixMilli(int64(idExp)).UTC().Format(time.RFC3339))
+		return identityRefusal(identity, idExp)
 	}
 	return ""
+}
+
+// identityRefusal says that the certificates of identity (a canonical name or an alias) were
+// revoked, and until when (unix ms) it gets no new ones.
+func identityRefusal(identity string, untilMS float64) string {
+	return fmt.Sprintf("the certificates of %s were revoked; no new ones until %s", identity, time.UnixMilli(int64(untilMS)).UTC().Format(time.RFC3339))
 }
 
 func sortEntries(es []ca.RevocationEntry) {
