@@ -44,10 +44,13 @@ var DefaultLimits = Limits{
 type Config struct {
 	Authenticator Authenticator
 	Policy        Policy
-	UserSigner    Signer
-	HostSigner    Signer
-	Store         CertStore
-	Revocations   RevocationStore
+	// UserSigner and HostSigner sign. A Signer that is also a Publisher (keyring.CA) says
+	// which keys to trust, which are compromised and which revocation scopes a KRL covers; any
+	// other publishes its own key only.
+	UserSigner  Signer
+	HostSigner  Signer
+	Store       CertStore
+	Revocations RevocationStore
 	// Tokens records single-use tokens; required when an authenticator marks tokens so.
 	Tokens TokenLedger
 	// Audit keeps a record of every decision; with it, nothing is issued, revoked or
@@ -78,6 +81,8 @@ type Authority struct {
 	policy      Policy
 	user        Signer
 	host        Signer
+	userKeys    Publisher // user's keyring, or its one key
+	hostKeys    Publisher
 	store       CertStore
 	revocations RevocationStore
 	tokens      TokenLedger
@@ -125,6 +130,7 @@ func New(c Config) (*Authority, error) {
 		al.MaxWindow = DefaultAccessRequestLimits.MaxWindow
 	}
 	a := &Authority{requests: c.Requests, accessLimits: al, auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
+		userKeys: publisherOf(c.UserSigner), hostKeys: publisherOf(c.HostSigner),
 		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, log: c.Logger}
 	if a.now == nil {
 		a.now = time.Now
@@ -148,8 +154,9 @@ func (a *Authority) MaxTTL(kind CertKind) time.Duration {
 
 // Publisher is a Signer with a keyring behind it: the keys to trust now (next, active, retired
 // whose certificates may live), the keys announced as compromised, and every key whose
-// certificates the revocation list covers. The Authority asks a Signer for it; a Signer that
-// is not one publishes its own key only. keyring.CA is one, checked at compile time.
+// certificates the revocation list covers. New takes it from each Signer, once: a Signer that
+// is not one publishes its own key only (singleKey). keyring.CA is one, checked at compile
+// time.
 type Publisher interface {
 	Published() []ssh.PublicKey
 	Compromised() []ssh.PublicKey
@@ -158,26 +165,31 @@ type Publisher interface {
 	Scopes() []ssh.PublicKey
 }
 
+// singleKey is the Publisher of a Signer without a keyring: its one key, never compromised.
+type singleKey struct{ Signer }
+
+var _ Publisher = singleKey{}
+
+func (s singleKey) Published() []ssh.PublicKey   { return []ssh.PublicKey{s.PublicKey()} }
+func (s singleKey) Compromised() []ssh.PublicKey { return nil }
+func (s singleKey) Scopes() []ssh.PublicKey      { return []ssh.PublicKey{s.PublicKey()} }
+
+// publisherOf is s's Publisher: s itself when it has a keyring behind it, else its one key.
+func publisherOf(s Signer) Publisher {
+	if p, ok := s.(Publisher); ok {
+		return p
+	}
+	return singleKey{s}
+}
+
 // UserCAKeys are the public keys hosts trust for user certificates.
-func (a *Authority) UserCAKeys() []ssh.PublicKey { return published(a.user) }
+func (a *Authority) UserCAKeys() []ssh.PublicKey { return a.userKeys.Published() }
 
 // HostCAKeys are the public keys clients trust for host certificates.
-func (a *Authority) HostCAKeys() []ssh.PublicKey { return published(a.host) }
+func (a *Authority) HostCAKeys() []ssh.PublicKey { return a.hostKeys.Published() }
 
 // RevokedHostCAKeys are compromised host CA keys, for @revoked lines in known_hosts.
-func (a *Authority) RevokedHostCAKeys() []ssh.PublicKey {
-	if p, ok := a.host.(Publisher); ok {
-		return p.Compromised()
-	}
-	return nil
-}
-
-func published(s Signer) []ssh.PublicKey {
-	if p, ok := s.(Publisher); ok {
-		return p.Published()
-	}
-	return []ssh.PublicKey{s.PublicKey()}
-}
+func (a *Authority) RevokedHostCAKeys() []ssh.PublicKey { return a.hostKeys.Compromised() }
 
 // IdentityLimiter bounds the rate of certificate requests per identity. Allow is asked once per
 // authenticated request with the identity's canonical name (Identity.Name); a refusal says how

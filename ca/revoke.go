@@ -213,12 +213,10 @@ func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequ
 	target = "unrevoke " + target
 	fp := ssh.FingerprintSHA256(req.PublicKey)
 	allowed, err := a.authorizeThen(ctx, id, ActionRevoke, req.Reason, target, func(*AuditRecord) error {
-		for _, s := range []Signer{a.user, a.host} {
-			if p, ok := s.(Publisher); ok {
-				for _, k := range p.Compromised() {
-					if ssh.FingerprintSHA256(k) == fp {
-						return &Error{Kind: KindConflict, Msg: "this is a compromised CA key: it stays revoked for good"}
-					}
+		for _, p := range []Publisher{a.userKeys, a.hostKeys} {
+			for _, k := range p.Compromised() {
+				if ssh.FingerprintSHA256(k) == fp {
+					return &Error{Kind: KindConflict, Msg: "this is a compromised CA key: it stays revoked for good"}
 				}
 			}
 		}
@@ -270,10 +268,7 @@ func (a *Authority) RevocationStates(ctx context.Context) (user, host Revocation
 // UserRevocationStates are the revocation states of every user CA key (active, retired,
 // compromised alike), for the KRL bastions enforce.
 func (a *Authority) UserRevocationStates(ctx context.Context) ([]RevocationState, error) {
-	keys := []ssh.PublicKey{a.user.PublicKey()}
-	if s, ok := a.user.(interface{ Scopes() []ssh.PublicKey }); ok {
-		keys = s.Scopes()
-	}
+	keys := a.userKeys.Scopes()
 	out := make([]RevocationState, 0, len(keys))
 	for _, k := range keys {
 		st, err := a.revocations.State(ctx, k)
@@ -296,11 +291,7 @@ func (a *Authority) UserRevocationStates(ctx context.Context) ([]RevocationState
 // compromised keys, which only grows (there is no un-compromise), so the versions of the
 // states still only grow when a key is compromised.
 func (a *Authority) HostRevocationStates(ctx context.Context) ([]RevocationState, error) {
-	keys := []ssh.PublicKey{a.host.PublicKey()}
-	var compromised []ssh.PublicKey
-	if p, ok := a.host.(Publisher); ok {
-		keys, compromised = p.Scopes(), p.Compromised()
-	}
+	keys, compromised := a.hostKeys.Scopes(), a.hostKeys.Compromised()
 	out := make([]RevocationState, 0, len(keys)+1)
 	for _, k := range keys {
 		st, err := a.revocations.State(ctx, k)
