@@ -102,6 +102,8 @@ func New(c Config) (*Authority, error) {
 	if c.Authenticator == nil || c.Policy == nil || c.UserSigner == nil || c.HostSigner == nil || c.Store == nil || c.Revocations == nil {
 		return nil, errors.New("sshca: authority: authenticator, policy, user and host signers, store and revocations are required")
 	}
+	// The keyrings are the signers' own, taken before they are wrapped for observation.
+	userKeys, hostKeys := publisherOf(c.UserSigner), publisherOf(c.HostSigner)
 	c = c.observed()
 	l := c.Limits
 	if l.MaxUserTTL == 0 {
@@ -130,7 +132,7 @@ func New(c Config) (*Authority, error) {
 		al.MaxWindow = DefaultAccessRequestLimits.MaxWindow
 	}
 	a := &Authority{requests: c.Requests, accessLimits: al, auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
-		userKeys: publisherOf(c.UserSigner), hostKeys: publisherOf(c.HostSigner),
+		userKeys: userKeys, hostKeys: hostKeys,
 		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, log: c.Logger}
 	if a.now == nil {
 		a.now = time.Now
