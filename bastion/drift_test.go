@@ -238,3 +238,24 @@ func TestAgentReportsSSHDDrift(t *testing.T) {
 	}
 	waitUntil(t, "an unreadable configuration is reported", func() bool { return a.Status().SSHDCheckError != "" })
 }
+
+// BenchmarkDriftCheck: one check of the rendering with the four appended Match blocks of
+// TestSSHDConfigAppendedMatchCannotLoosen (sshd -T globally and for 5 connections).
+func BenchmarkDriftCheck(b *testing.B) {
+	h := newBastionHost(b)
+	var appended []string
+	for _, m := range []string{"Match all", "Match User root", "Match Address 10.0.0.0/8,192.0.2.0/24", "Match User alice,bob Host *.example.com"} {
+		appended = append(append(appended, m), loosening...)
+	}
+	sshd, path := h.write(b, nil, appended...)
+	base, err := bastion.Baseline(h.opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := bastion.DriftCheck{SSHD: bastion.SSHDEffective{Bin: sshd, Config: path}, Baseline: base}
+	for b.Loop() {
+		if r, err := d.Check(context.Background()); err != nil || len(r.Drift) != 0 {
+			b.Fatal(err, r.Drift)
+		}
+	}
+}

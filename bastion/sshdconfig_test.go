@@ -26,7 +26,7 @@ type bastionHost struct {
 	opts        bastion.SSHDConfigOptions
 }
 
-func newBastionHost(t *testing.T) *bastionHost {
+func newBastionHost(t testing.TB) *bastionHost {
 	t.Helper()
 	h := &bastionHost{dir: t.TempDir(), keygen: testenv.Need(t, "ssh-keygen")}
 	h.run(t, "-q", "-t", "ed25519", "-N", "", "-C", "host", "-f", h.path("host"))
@@ -44,7 +44,7 @@ func newBastionHost(t *testing.T) *bastionHost {
 
 func (h *bastionHost) path(name string) string { return filepath.Join(h.dir, name) }
 
-func (h *bastionHost) run(t *testing.T, args ...string) string {
+func (h *bastionHost) run(t testing.TB, args ...string) string {
 	t.Helper()
 	return testenv.Run(t, h.keygen, args...)
 }
@@ -52,7 +52,7 @@ func (h *bastionHost) run(t *testing.T, args ...string) string {
 // write renders the options, adds site lines where the rendering says they go (above its
 // `Match all` block; they can only set what the rendering leaves unset: sshd keeps the first
 // value), appends the lines of appended, and checks the result with sshd -t.
-func (h *bastionHost) write(t *testing.T, site []string, appended ...string) (sshd, path string) {
+func (h *bastionHost) write(t testing.TB, site []string, appended ...string) (sshd, path string) {
 	t.Helper()
 	sshd = testenv.Need(t, "sshd", "/usr/sbin")
 	cfg, err := bastion.SSHDConfig(h.opts)
