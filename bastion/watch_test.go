@@ -233,6 +233,7 @@ func TestAgentStopsOnBrokenLink(t *testing.T) {
 			}
 			return replaceLink(h.caLink, h.path("hop"))
 		}},
+		{"the agent's directory moved away", func(h *guardedHost) error { return os.Rename(filepath.Dir(h.krl), filepath.Dir(h.krl)+".gone") }},
 		{"CA link replaced by a copy", func(h *guardedHost) error {
 			b, err := os.ReadFile(h.userCA)
 			if err != nil {
