@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
 )
 
 // The store's layout version, and the migration a rolling upgrade goes through.
@@ -33,8 +35,9 @@ import (
 // blocks: an empty store) starts at layout 2 (Redis.generation). A store whose layout is newer
 // than this code's (LayoutVersion) is refused: issuance answers that sshca must be upgraded.
 
-// errNewerLayout is the answer of a replica older than the store it is given.
-var errNewerLayout = errors.New("the store's layout is newer than this sshca's: upgrade sshca")
+// errNewerLayout is the answer of a replica older than the store it is given: a ca.Error of
+// KindUnavailable (a 503), so ca passes it through with its message.
+var errNewerLayout = &ca.Error{Kind: ca.KindUnavailable, Msg: "the store's layout is newer than this sshca's: upgrade sshca"}
 
 // observeLayout reads the answer of GET Keys.StoreLayout, and remembers once the store is at
 // LayoutVersion: a store's layout only goes up, so it need not be read again.

@@ -203,7 +203,7 @@ func TestRollingUpgradeLayout1To2(t *testing.T) {
 			// A store of a later layout than this code: refused, not written to.
 			must(rdb.Set(ctx, keys.StoreLayout(), LayoutVersion+1, 0).Err())
 			older := NewRedis(rdb, RedisOptions{})
-			if _, err := older.Refused(ctx, testKey(t), []string{"https://idp|x"}, testKey(t)); !errors.Is(err, errNewerLayout) {
+			if _, err := older.Refused(ctx, testKey(t), []string{"https://idp|x"}, testKey(t)); !errors.Is(err, errNewerLayout) || ca.KindOf(err) != ca.KindUnavailable {
 				t.Errorf("a replica older than the store issues: %v", err)
 			}
 			if _, err := older.Migrate(ctx); !errors.Is(err, errNewerLayout) {

@@ -39,7 +39,7 @@ type rebuildFlags struct {
 }
 
 func newStoreCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "store", Short: "The Redis store: rebuild it after it lost its state"}
+	cmd := &cobra.Command{Use: "store", Short: "The Redis store: rebuild it after it lost its state, migrate it after an upgrade"}
 	var f rebuildFlags
 	rebuild := &cobra.Command{
 		Use:   "rebuild --redis URL --audit-key FILE --user-ca FILE --host-ca FILE [--archive FILE]... [--above-version N]",
@@ -73,7 +73,7 @@ again, and bastions install the KRLs it publishes.`,
 	fl.Uint64Var(&f.aboveVersion, "above-version", 0, "the newest KRL version a bastion holds (sshca bastion status): the new generation is above its generation")
 	fl.DurationVar(&f.identityBlock, "identity-block", ca.DefaultLimits.IdentityBlock, "limits.identity_block of the CA: how long an identity revocation recorded without its end blocks")
 	fl.DurationVar(&f.tokenLifetime, "token-lifetime", identity.DefaultMaxTokenLifetime, "the longest lifetime of the tokens the CA accepts (oidc max_token_lifetime, or the identity provider's shorter one): single-use tokens expiring before now plus this are refused")
-	cmd.AddCommand(rebuild)
+	cmd.AddCommand(rebuild, newStoreMigrateCommand())
 	return cmd
 }
 
