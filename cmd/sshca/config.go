@@ -231,7 +231,12 @@ func LoadConfig(path string) (*Config, error) {
 }
 
 // Validate reports every problem at once, one per line.
-func (c *Config) Validate() error {
+func (c *Config) Validate() error { return c.validate(true) }
+
+// validate is Validate; with secretFiles false it does not look at the files that hold key
+// material or passwords (TLS certificate and key, redis.password_file, audit.key_file), which
+// exist only where the service runs (sshca serve --check-config --offline).
+func (c *Config) validate(secretFiles bool) error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf("  - "+format, args...)) }
 
@@ -243,7 +248,7 @@ func (c *Config) Validate() error {
 		add("tls: cert_file and key_file must be given together")
 	}
 	for _, f := range []string{c.TLS.CertFile, c.TLS.KeyFile} {
-		if f != "" {
+		if f != "" && secretFiles {
 			if _, err := os.Stat(f); err != nil {
 				add("tls: %v", err)
 			}
@@ -293,7 +298,7 @@ func (c *Config) Validate() error {
 	if c.Redis.Password != "" && c.Redis.PasswordFile != "" {
 		add("redis: give password or password_file, not both")
 	}
-	if c.Redis.PasswordFile != "" {
+	if c.Redis.PasswordFile != "" && secretFiles {
 		if _, err := os.Stat(c.Redis.PasswordFile); err != nil {
 			add("redis.password_file: %v", err)
 		}
@@ -329,7 +334,7 @@ func (c *Config) Validate() error {
 	if c.Login != nil && (c.Login.Issuer == "" || c.Login.ClientID == "") {
 		add("login: issuer_url and client_id are required for sshca login")
 	}
-	if c.Audit.KeyFile != "" {
+	if c.Audit.KeyFile != "" && secretFiles {
 		if _, err := readAuditKey(c.Audit.KeyFile); err != nil {
 			add("audit.key_file: %v", err)
 		}

@@ -23,13 +23,20 @@ import (
 )
 
 func newServeCommand() *cobra.Command {
-	var configPath string
+	var configPath, checkPath string
+	var offline bool
 	var logOpts logOptions
 	cmd := &cobra.Command{
-		Use:   "serve --config FILE",
-		Short: "Run the signing service (production)",
+		Use:   "serve --config FILE | --check-config FILE [--offline]",
+		Short: "Run the signing service (production), or check its configuration",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if checkPath != "" {
+				return runCheckConfig(cmd.Context(), cmd.OutOrStdout(), checkPath, offline)
+			}
+			if offline {
+				return fmt.Errorf("--offline goes with --check-config FILE")
+			}
 			log, err := newLogger(cmd.ErrOrStderr(), logOpts)
 			if err != nil {
 				return err
@@ -42,6 +49,8 @@ func newServeCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "/etc/sshca/config.yaml", "configuration file (YAML)")
+	cmd.Flags().StringVar(&checkPath, "check-config", "", "check this configuration file and report every problem, then exit (non-zero status on problems): keys, Redis (durability settings, ACL), identity providers, policy")
+	cmd.Flags().BoolVar(&offline, "offline", false, "with --check-config: only what needs no network and no key material (the YAML, every value, the policy)")
 	addLogFlags(cmd, &logOpts, "json")
 	return cmd
 }
