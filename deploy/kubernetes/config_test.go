@@ -23,10 +23,10 @@ import (
 // The embedded configuration is checked against the configuration struct of `sshca serve` as
 // its source declares it (cmd/sshca/config.go and the types it names), read with go/parser:
 // this module cannot import package main, and a hand-kept copy of the keys would drift.
-// What this does not do is run the service's own Config.Validate: sshca has no
-// `serve --check-config --offline` yet, and Validate stats files that exist only in the pod.
-// The checks below repeat the parts of it that need no files, and add what only the
-// manifests can tell: that every file the configuration names is mounted, from a Secret.
+// The service's own checks run too: checkcli_test.go runs the configuration through
+// `sshca serve --check-config --offline` (which looks at no file that exists only in the pod).
+// The checks below add what only the manifests can tell: that every file the configuration
+// names is mounted, from a Secret, and that the ports agree.
 
 const (
 	mainModule = "github.com/sshca/sshca"
@@ -322,6 +322,9 @@ func str(n *yaml.Node, keys ...string) string {
 type deployedConfig struct {
 	listenPort int32
 	tls        bool
+	// diagPort is diag_listen's port; diagAllInterfaces says it listens beyond loopback.
+	diagPort          int32
+	diagAllInterfaces bool
 }
 
 // checkConfig finds the configuration the container is started with, in the rendered
@@ -372,6 +375,11 @@ func checkConfig(t *testing.T, cm *corev1.ConfigMap, pod *corev1.PodSpec, c *cor
 		bad("listen: %q is not a host:port address", str(root, "listen"))
 	} else {
 		out.listenPort = int32(p)
+	}
+	if dh, dp, err := net.SplitHostPort(str(root, "diag_listen")); err != nil {
+		bad("diag_listen: %q is not a host:port address (the probes and Prometheus read it)", str(root, "diag_listen"))
+	} else if p, err := strconv.ParseUint(dp, 10, 16); err == nil {
+		out.diagPort, out.diagAllInterfaces = int32(p), dh == "0.0.0.0" || dh == "::" || dh == ""
 	}
 	certFile, keyFile := str(root, "tls", "cert_file"), str(root, "tls", "key_file")
 	if (certFile == "") != (keyFile == "") {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -234,10 +235,33 @@ func checkRendered(t *testing.T, r *rendered) {
 	if cfg.listenPort != port.ContainerPort {
 		t.Errorf("config listens on port %d, the container port https is %d", cfg.listenPort, port.ContainerPort)
 	}
-	scheme := corev1.URISchemeHTTP
-	if cfg.tls {
-		scheme = corev1.URISchemeHTTPS
+	// diag_listen: its own port, reachable from other pods, probed and scraped there.
+	diag := containerPort(t, c, "diag")
+	if cfg.diagPort != diag.ContainerPort || !cfg.diagAllInterfaces {
+		t.Errorf("diag_listen port %d (all interfaces: %v), container port diag %d: want them equal, on all interfaces so the kubelet and Prometheus reach it",
+			cfg.diagPort, cfg.diagAllInterfaces, diag.ContainerPort)
 	}
+	ann := d.Spec.Template.Annotations
+	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != strconv.Itoa(int(diag.ContainerPort)) || ann["prometheus.io/path"] != "/metrics" {
+		t.Errorf("pod annotations %v: want prometheus.io/scrape true, port %d, path /metrics", ann, diag.ContainerPort)
+	}
+	for _, sp := range r.service.Spec.Ports {
+		if resolvePort(t, c, sp.TargetPort) == diag.ContainerPort {
+			t.Errorf("Service port %s exposes the diagnostics port", sp.Name)
+		}
+	}
+	if !allowsIngress(t, r.networkPolicy, c, diag.ContainerPort) {
+		t.Errorf("NetworkPolicy does not admit the diagnostics port %d (Prometheus)", diag.ContainerPort)
+	}
+	for _, rule := range r.networkPolicy.Spec.Ingress {
+		for _, p := range rule.Ports {
+			if (p.Port == nil || resolvePort(t, c, *p.Port) == diag.ContainerPort) && len(rule.From) == 0 {
+				t.Errorf("NetworkPolicy admits everyone to the diagnostics port: its /readyz names internal addresses")
+			}
+		}
+	}
+	port = diag
+	scheme := corev1.URISchemeHTTP // diag_listen is plain HTTP
 	for _, p := range []struct {
 		name  string
 		probe *corev1.Probe
@@ -257,6 +281,7 @@ func checkRendered(t *testing.T, r *rendered) {
 		t.Errorf("readiness probe: timeoutSeconds %d, want at least 2 (/readyz may take 1s)", rp.TimeoutSeconds)
 	}
 
+	port = containerPort(t, c, "https")
 	// Service, PDB, HPA and NetworkPolicy all point at these pods and this port.
 	if !subset(r.service.Spec.Selector, podLabels) || len(r.service.Spec.Selector) == 0 {
 		t.Errorf("Service selector %v does not select the pods %v", r.service.Spec.Selector, podLabels)
