@@ -128,6 +128,13 @@ const AccessRequestRetention = 7 * 24 * time.Hour
 // principals, TTL and reason, each length-prefixed so that no two contents share an encoding.
 // An approval names it, so it counts only for the content the approver saw.
 func (r AccessRequest) ContentHash() string {
+	return AccessRequestContentHash(r.ID, r.Requester.Name(), r.Principals, r.TTLSeconds, r.Reason)
+}
+
+// AccessRequestContentHash is AccessRequest.ContentHash from the request's fields as an API
+// client sees them (requester as its canonical name), so that an approver's client computes
+// the hash of what it showed rather than trusting the server's.
+func AccessRequestContentHash(id, requester string, principals []string, ttlSeconds int64, reason string) string {
 	h := sha256.New()
 	field := func(s string) {
 		var n [8]byte
@@ -136,13 +143,13 @@ func (r AccessRequest) ContentHash() string {
 		h.Write([]byte(s))
 	}
 	field("sshca access request v1")
-	field(r.ID)
-	field(r.Requester.Name())
-	field(strings.Join(r.Principals, "\x00"))
+	field(id)
+	field(requester)
+	field(strings.Join(principals, "\x00"))
 	var ttl [8]byte
-	binary.BigEndian.PutUint64(ttl[:], uint64(r.TTLSeconds))
+	binary.BigEndian.PutUint64(ttl[:], uint64(ttlSeconds))
 	h.Write(ttl[:])
-	field(r.Reason)
+	field(reason)
 	return hex.EncodeToString(h.Sum(nil))
 }
 

@@ -141,8 +141,9 @@ func (a *Authority) checkNewAccessRequest(nr NewAccessRequest) (time.Duration, e
 	return window.Truncate(time.Second), nil
 }
 
-// GetAccessRequest authenticates the caller and returns the request. Its requester, and anyone
-// the policy allows to decide it (kind "approve", not audited: a read) or to revoke, may see it.
+// GetAccessRequest authenticates the caller and returns the request. Its requester (also under
+// another identity with the same verified e-mail), and anyone the policy allows to decide it
+// (kind "approve", not audited: a read), may see it.
 func (a *Authority) GetAccessRequest(ctx context.Context, token, reqID string) (AccessRequest, error) {
 	id, err := a.auth.Authenticate(ctx, token)
 	if err != nil {
@@ -152,7 +153,7 @@ func (a *Authority) GetAccessRequest(ctx context.Context, token, reqID string) (
 	if err != nil {
 		return AccessRequest{}, err
 	}
-	if r.Requester.Name() == id.Name() || a.mayDecide(ctx, id, r) {
+	if r.SameRequester(id) || a.mayDecide(ctx, id, r) {
 		return r, nil
 	}
 	// Not 403: whether a request exists is not told to whoever may not see it.

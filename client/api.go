@@ -15,6 +15,9 @@ type CertRequest struct {
 	Hostnames  []string `json:"hostnames,omitempty"`
 	TTL        string   `json:"ttl,omitempty"`
 	Reason     string   `json:"reason,omitempty"`
+	// AccessRequest is the ID of an approved access request of the caller's to issue the
+	// user certificate under (sshca login --request ID).
+	AccessRequest string `json:"access_request,omitempty"`
 }
 
 // CertResponse is the answer to a certificate request or a renewal.
@@ -136,4 +139,69 @@ type KeyResponse struct {
 type ErrorBody struct {
 	Error   string   `json:"error"`
 	Reasons []string `json:"reasons,omitempty"`
+}
+
+// NewAccessRequest is the body of POST /v1/requests: the principals asked for, how long the
+// access lasts once approved (a duration, "30m"), and why (with the ticket).
+type NewAccessRequest struct {
+	Principals []string `json:"principals"`
+	TTL        string   `json:"ttl"`
+	Reason     string   `json:"reason"`
+}
+
+// AccessDecision is the body of POST /v1/requests/{id}/approve, /deny and /cancel.
+// ContentHash (approve only) is the hash of the request's content the approver saw
+// (AccessRequest.Hash recomputes it); Reason is required to deny, and to revoke another's
+// request.
+type AccessDecision struct {
+	ContentHash string `json:"content_hash,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+}
+
+// AccessRequest is an access request as the API shows it (GET /v1/requests/{id}, and the answer
+// to every change). State is its state when answered: pending, approved, denied, expired,
+// cancelled or revoked. Times are RFC 3339; Serials are decimal strings.
+type AccessRequest struct {
+	ID string `json:"id"`
+	// Requester is the requester's canonical identity ("issuer|subject"), RequesterName what
+	// people call it (verified e-mail, username or subject).
+	Requester         string     `json:"requester"`
+	RequesterName     string     `json:"requester_name"`
+	Principals        []string   `json:"principals"`
+	TTLSeconds        int64      `json:"ttl_seconds"`
+	Reason            string     `json:"reason"`
+	Ticket            string     `json:"ticket,omitempty"`
+	BreakGlass        bool       `json:"break_glass,omitempty"`
+	State             string     `json:"state"`
+	CreatedAt         string     `json:"created_at"`
+	PendingUntil      string     `json:"pending_until"`
+	ApprovalsRequired int        `json:"approvals_required"`
+	Approvals         []Approval `json:"approvals"`
+	DecidedAt         string     `json:"decided_at,omitempty"`
+	DecidedBy         string     `json:"decided_by,omitempty"`
+	DecisionReason    string     `json:"decision_reason,omitempty"`
+	// NotAfter is the end of the approved window.
+	NotAfter string   `json:"not_after,omitempty"`
+	Serials  []string `json:"serials,omitempty"`
+	// ContentHash is the server's hash of the content; approvers send their own (Hash).
+	ContentHash string `json:"content_hash"`
+}
+
+// Approval is one approval of an access request.
+type Approval struct {
+	Approver     string `json:"approver"`
+	ApproverName string `json:"approver_name"`
+	At           string `json:"at"`
+	Reason       string `json:"reason,omitempty"`
+}
+
+// Hash is the content hash of the request as shown (ca.AccessRequestContentHash): what an
+// approval names.
+func (r AccessRequest) Hash() string {
+	return ca.AccessRequestContentHash(r.ID, r.Requester, r.Principals, r.TTLSeconds, r.Reason)
+}
+
+// AccessRequestList is the answer to GET /v1/requests.
+type AccessRequestList struct {
+	Requests []AccessRequest `json:"requests"`
 }

@@ -5,12 +5,12 @@ import rego.v1
 import data.sshca
 
 # Access requests (kinds "request" and "approve") and certificates under an approved request,
-# with the shipped data: ops may ask for root and prod-*; root needs one approval from
-# sre-leads, prod-* two.
+# with the shipped data: developers may ask for root and prod-* (ops, who hold root already,
+# for prod-*); root needs one approval from sre-leads, prod-* two.
 
 now := "2026-11-25T10:00:00Z"
 
-alice := {"issuer": "https://idp", "subject": "u1", "email": "alice@example.com", "username": "alice", "groups": ["ops"], "amr": ["pwd", "mfa"], "auth_time": 1795600500, "workload": false, "claims": {}}
+alice := {"issuer": "https://idp", "subject": "u1", "email": "alice@example.com", "username": "alice", "groups": ["developers"], "amr": ["pwd", "mfa"], "auth_time": 1795600500, "workload": false, "claims": {}}
 
 lead := {"issuer": "https://idp", "subject": "u7", "email": "lead@example.com", "username": "lead", "groups": ["sre-leads"], "amr": ["pwd", "hwk"], "auth_time": 1795600500, "workload": false, "claims": {}}
 
@@ -75,7 +75,7 @@ test_request_other_principal_not_requestable if {
 }
 
 test_workload_cannot_request if {
-	job := object.union(ci_lead, {"groups": ["ops"]})
+	job := object.union(ci_lead, {"groups": ["developers"]})
 	d := sshca.decision with input as asking(job, ["root"], 1800, "OPS-1 disk full")
 	not d.allow
 	"a workload identity cannot request access" in d.reasons
@@ -94,7 +94,7 @@ test_lead_prod_needs_two if {
 }
 
 test_requester_cannot_approve if {
-	self := object.union(alice, {"groups": ["ops", "sre-leads"]})
+	self := object.union(alice, {"groups": ["developers", "sre-leads"]})
 	d := sshca.decision with input as approving(self, ["root"])
 	not d.allow
 	d.reasons == ["alice@example.com cannot approve their own access request"]
@@ -113,7 +113,7 @@ test_workload_cannot_approve if {
 }
 
 test_non_lead_cannot_approve if {
-	bob := object.union(lead, {"subject": "u8", "email": "bob@example.com", "groups": ["ops"]})
+	bob := object.union(lead, {"subject": "u8", "email": "bob@example.com", "groups": ["developers"]})
 	d := sshca.decision with input as approving(bob, ["root"])
 	not d.allow
 	d.reasons == [`approving access to ["root"] needs membership of one of the groups ["sre-leads"]`]
@@ -153,9 +153,17 @@ test_certificate_under_request_capped_by_privileged_ttl if {
 }
 
 test_root_without_request_denied if {
-	plain := object.remove(under_request(["root"], 300), ["access_request"])
-	d := sshca.decision with input as object.union(plain, {"identity": object.union(alice, {"groups": []})})
+	d := sshca.decision with input as object.remove(under_request(["root"], 300), ["access_request"])
 	not d.allow
+	d.reasons == ["principal root is not granted to alice@example.com"]
+}
+
+test_ops_may_request_prod_only if {
+	ops := object.union(alice, {"groups": ["ops"]})
+	d := sshca.decision with input as asking(ops, ["prod-db"], 1800, "OPS-1 disk full")
+	d.allow
+	d2 := sshca.decision with input as asking(ops, ["root"], 1800, "OPS-1 disk full")
+	not d2.allow
 }
 
 test_other_kinds_need_no_approvals if {

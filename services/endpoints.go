@@ -121,5 +121,9 @@ func toCertRequest(kind ca.CertKind, req certRequest) (ca.CertRequest, error) {
 	case kind == ca.HostCert:
 		principals = req.Hostnames
 	}
-	return ca.CertRequest{Kind: kind, PublicKey: req.PublicKey, Principals: principals, TTL: req.TTL, Reason: req.Reason, SourceIP: req.sourceIP}, nil
+	if kind == ca.HostCert && req.AccessRequest != "" {
+		return ca.CertRequest{}, ca.Invalid("access_request is for user certificates only")
+	}
+	return ca.CertRequest{Kind: kind, PublicKey: req.PublicKey, Principals: principals, TTL: req.TTL, Reason: req.Reason, SourceIP: req.sourceIP,
+		AccessRequest: req.AccessRequest}, nil
 }

@@ -39,6 +39,8 @@ type HTTPOptions struct {
 	Login *LoginConfig
 	// Keys, when set, mounts the CA key administration endpoints under /v1/keys.
 	Keys KeyAdmin
+	// Requests, when set, mounts the access request API under /v1/requests.
+	Requests AccessRequests
 	// Details are non-fatal facts /readyz shows (e.g. a refused policy reload).
 	Details func() map[string]string
 	// RenderKRL encodes a revocation state as an OpenSSH KRL (GET /v1/krl).
@@ -85,6 +87,9 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	}
 	if o.Keys != nil {
 		mountKeys(mux, o.Keys, encodeResponse, opts)
+	}
+	if o.Requests != nil {
+		mountRequests(mux, o.Requests, o.TrustedProxies, encodeResponse, opts)
 	}
 	if o.Login != nil {
 		login := *o.Login

@@ -25,6 +25,7 @@ type certFlags struct {
 	tokenFile string
 	ttl       string
 	reason    string
+	request   string
 	names     []string
 	print     bool
 	renew     bool
@@ -60,6 +61,7 @@ func certSubcommand(kind, nameFlag, nameHelp string) *cobra.Command {
 	cmd.Flags().BoolVar(&f.print, "print", false, "print the certificate to stdout instead of writing it")
 	if kind == "user" {
 		cmd.Flags().StringVar(&f.reason, "reason", "", "why you need access (recorded; some principals require a ticket)")
+		cmd.Flags().StringVar(&f.request, "request", "", "an approved access request of yours to get the certificate under (sshca request create)")
 	} else {
 		cmd.Flags().BoolVar(&f.renew, "renew", false, "stay running and renew at 2/3 of the lifetime (proof of possession: no new token needed)")
 		cmd.Flags().StringVar(&f.reloadCmd, "reload-cmd", "", "command run after each renewal, e.g. \"systemctl reload ssh\"")
@@ -88,7 +90,7 @@ func runCert(ctx context.Context, out io.Writer, kind string, f certFlags) error
 	if err != nil {
 		return fmt.Errorf("read public key: %w", err)
 	}
-	req := client.CertRequest{PublicKey: strings.TrimSpace(string(pub)), TTL: f.ttl, Reason: f.reason}
+	req := client.CertRequest{PublicKey: strings.TrimSpace(string(pub)), TTL: f.ttl, Reason: f.reason, AccessRequest: f.request}
 	issue := client.New(f.server).IssueUser
 	if kind == "user" {
 		req.Principals = f.names

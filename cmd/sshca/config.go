@@ -146,6 +146,11 @@ type LimitsConfig struct {
 	// IdentityBlock is how long revoking an identity refuses it new certificates (24h when
 	// unset): long enough to disable the account at the identity provider.
 	IdentityBlock time.Duration `yaml:"identity_block"`
+	// AccessRequestTimeout is how long an access request waits for its approvals before it
+	// expires (1h when unset); MaxAccessWindow the longest access an access request may ask
+	// for (12h when unset), whatever the policy allows.
+	AccessRequestTimeout time.Duration `yaml:"access_request_timeout"`
+	MaxAccessWindow      time.Duration `yaml:"max_access_window"`
 	// Rate are the request rate limits and in-flight bounds of each replica.
 	Rate RateConfig `yaml:"rate"`
 }
@@ -343,7 +348,8 @@ func (c *Config) validate(secretFiles bool) error {
 		add("request_timeout: %s must be positive and below the HTTP write timeout (%s) less twice the %s a signed certificate is given to be recorded and audited",
 			c.RequestTimeout, httpWriteTimeout, ca.SignedCertTimeout)
 	}
-	if c.Limits.MaxUserTTL < 0 || c.Limits.MaxHostTTL < 0 || c.Limits.MaxPrincipals < 0 || c.Limits.IdentityBlock < 0 {
+	if c.Limits.MaxUserTTL < 0 || c.Limits.MaxHostTTL < 0 || c.Limits.MaxPrincipals < 0 || c.Limits.IdentityBlock < 0 ||
+		c.Limits.AccessRequestTimeout < 0 || c.Limits.MaxAccessWindow < 0 {
 		add("limits: values must not be negative")
 	}
 	c.Limits.Rate.validate(add)

@@ -32,6 +32,7 @@ type loginFlags struct {
 	principals []string
 	ttl        string
 	reason     string
+	request    string
 	noAgent    bool
 	print      bool
 	browser    bool
@@ -65,6 +66,7 @@ func newLoginCommand() *cobra.Command {
 	cmd.Flags().StringSliceVar(&f.principals, "principal", nil, "principals to ask for (default: all the policy grants)")
 	cmd.Flags().StringVar(&f.ttl, "ttl", "", "certificate lifetime, e.g. 5m (default: the policy's)")
 	cmd.Flags().StringVar(&f.reason, "reason", "", "why you need access (some principals need a ticket here)")
+	cmd.Flags().StringVar(&f.request, "request", "", "an approved access request of yours to get the certificate under (sshca request create)")
 	cmd.Flags().BoolVar(&f.noAgent, "no-agent", false, "do not add the key and certificate to ssh-agent")
 	cmd.Flags().BoolVar(&f.print, "print", false, "print the certificate to stdout (for scripts)")
 	cmd.Flags().BoolVar(&f.browser, "browser", false, "sign in in a browser (authorization code + PKCE, loopback redirect) instead of the device flow")
@@ -108,7 +110,7 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 	}
 	reply, err := c.IssueUser(ctx, idToken, client.CertRequest{
 		PublicKey:  strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))),
-		Principals: f.principals, TTL: f.ttl, Reason: f.reason,
+		Principals: f.principals, TTL: f.ttl, Reason: f.reason, AccessRequest: f.request,
 	})
 	if err != nil {
 		return cliError(err)

@@ -33,6 +33,6 @@ func newRootCommand() *cobra.Command {
 		Version: versionLine(debug.ReadBuildInfo),
 	}
 	root.SetVersionTemplate("sshca {{.Version}}\n")
-	root.AddCommand(newServeCommand(), newDevCommand(), newCertCommand(), newRevokeCommand(), newBastionCommand(), newPolicyCommand(), newLoginCommand(), newSSHConfigCommand(), newKeysCommand(), newAuditCommand(), newStoreCommand(), newBenchCommand(), newVersionCommand())
+	root.AddCommand(newServeCommand(), newDevCommand(), newCertCommand(), newRevokeCommand(), newBastionCommand(), newPolicyCommand(), newLoginCommand(), newSSHConfigCommand(), newKeysCommand(), newAuditCommand(), newStoreCommand(), newBenchCommand(), newVersionCommand(), newRequestCommand())
 	return root
 }

@@ -107,6 +107,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: log})
 	p.limits = ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals,
 		IdentityBlock: cfg.Limits.IdentityBlock}
+	p.accessLimits = ca.AccessRequestLimits{PendingTimeout: cfg.Limits.AccessRequestTimeout, MaxWindow: cfg.Limits.MaxAccessWindow}
 	p.knownHostsPattern, p.trustedProxies = cfg.KnownHostsPattern, proxies
 	p.details, p.login, p.reg = details, cfg.Login, reg
 	if cfg.DiagListen != "" {

@@ -34,8 +34,12 @@ type parts struct {
 	store      ca.CertStore
 	revoked    ca.RevocationStore
 	tokens     ca.TokenLedger
-	audit      ca.AuditLog
-	limits     ca.Limits
+	// requests keeps access requests (nil: /v1/requests answers 503).
+	requests ca.AccessRequestStore
+	audit    ca.AuditLog
+	limits   ca.Limits
+	// accessLimits are the caps on access requests (zero: ca's defaults).
+	accessLimits ca.AccessRequestLimits
 	// checks are the dependencies /readyz reports on, by name.
 	checks            map[string]ca.Checker
 	knownHostsPattern string
@@ -73,6 +77,7 @@ func redisParts(userKey, hostKey *kms.Key, rdb redis.UniversalClient, db *store.
 		store:      db,
 		revoked:    db,
 		tokens:     db,
+		requests:   db,
 		checks:     map[string]ca.Checker{"redis": db, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey},
 		log:        log,
 	}
@@ -97,7 +102,7 @@ func apiHandler(p parts) (http.Handler, error) {
 	authority, err := ca.New(ca.Config{
 		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
 		Store: p.store, Revocations: p.revoked, Tokens: p.tokens, Audit: p.audit, Faults: faults, Limits: p.limits, Logger: p.log,
-		IdentityLimiter: limiter, Stages: metrics,
+		IdentityLimiter: limiter, Stages: metrics, Requests: p.requests, AccessRequests: p.accessLimits,
 	})
 	if err != nil {
 		return nil, err
@@ -120,6 +125,7 @@ func apiHandler(p parts) (http.Handler, error) {
 		Details:           details,
 		Login:             p.login,
 		Keys:              keys,
+		Requests:          authority,
 		RenderKRL: func(states ...ca.RevocationState) ([]byte, error) {
 			return revocation.EncodeKRL(time.Now(), states...)
 		},
