@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sshca/sshca/bastion"
+	"github.com/sshca/sshca/internal/testenv"
 )
 
 // driftCheck checks the configuration at path against the baseline of h's options.
@@ -257,5 +258,43 @@ func BenchmarkDriftCheck(b *testing.B) {
 		if r, err := d.Check(context.Background()); err != nil || len(r.Drift) != 0 {
 			b.Fatal(err, r.Drift)
 		}
+	}
+}
+
+// TestSSHDEffectiveAsAgentUser: the agent runs as its own user, and sshd -T loads root's
+// host keys: with CAP_DAC_READ_SEARCH as an ambient capability (what the unit grants) the
+// reader works; without it, the error says which key sshd could not load.
+func TestSSHDEffectiveAsAgentUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("changing user needs root")
+	}
+	setpriv := testenv.Need(t, "setpriv")
+	h := newBastionHost(t)
+	sshd, path := h.write(t, nil)
+	// As installed: sshd_config world-readable, the host key root's alone.
+	for p, mode := range map[string]os.FileMode{h.path("host"): 0o600, path: 0o644, h.dir: 0o755, filepath.Dir(h.dir): 0o755} {
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	as := func(name string, caps ...string) string {
+		script := h.path(name)
+		args := "--reuid=nobody --regid=nogroup --clear-groups " + strings.Join(caps, " ")
+		if err := os.WriteFile(script, []byte("#!/bin/sh\nexec "+setpriv+" "+args+" "+sshd+" \"$@\"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return script
+	}
+	withCap := bastion.SSHDEffective{Bin: as("sshd-agent", "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"), Config: path}
+	eff, err := withCap.Read(context.Background(), &bastion.Connection{User: "root", Host: "h.invalid", Addr: "203.0.113.7"})
+	if err != nil {
+		t.Fatalf("as the agent's user with CAP_DAC_READ_SEARCH: %v", err)
+	}
+	if eff.Get("passwordauthentication") != "no" {
+		t.Errorf("passwordauthentication %q", eff.Get("passwordauthentication"))
+	}
+	without := bastion.SSHDEffective{Bin: as("sshd-nocap"), Config: path}
+	if _, err := without.Read(context.Background(), nil); err == nil || !strings.Contains(err.Error(), h.path("host")) {
+		t.Errorf("without the capability: %v, want an error naming the host key", err)
 	}
 }
