@@ -128,8 +128,12 @@ func (rt raceTrial) run(t *testing.T) raceOutcome {
 			}
 		})
 	}
-	for issued.Load() < int64(rt.minBefore) {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); issued.Load() < int64(rt.minBefore); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("trial %d: only %d certificates issued in 30s", rt.trial, issued.Load())
+		}
 	}
 	out.revokeStarted = time.Now()
 	_, err := out.admin.Revoke(ctx, "good", ca.RevokeRequest{Identity: victim.Name(), Reason: "race trial " + strconv.Itoa(rt.trial)})

@@ -4,7 +4,8 @@
 // implementation (production: several replicas and bastions share one Redis, single,
 // Sentinel or Cluster) and its in-memory one side by side; one contract test per role runs
 // against memory, redis-server and miniredis. keys.go names every Redis key of sshca, its
-// hash tag and the layout version.
+// hash tag and the layout version; layout.go is how a store moves to a new layout while
+// replicas of both run (a rolling upgrade), finished by `sshca store migrate`.
 //
 // The interfaces are declared by their consumers: ca (CertStore, TokenLedger,
 // RevocationStore), signer (SerialReserver), keyring (Document, Manager's

@@ -1,0 +1,42 @@
+package store_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
+)
+
+// BenchmarkRefusedRedis is the check before signing on a real redis-server (one round trip),
+// for an identity with two aliases: on a store at the current layout, and on one still at
+// layout 1 (a rolling upgrade), where it also reads the legacy blocks and the store's layout.
+func BenchmarkRefusedRedis(b *testing.B) {
+	r := testenv.StartRedis(b)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	caKey, key := pubKey(b), pubKey(b)
+	names := []string{"https://idp|alice", "email:alice@example.com", "username:alice"}
+	for _, layout1 := range []bool{false, true} {
+		name := "current layout"
+		if layout1 {
+			name = "store at layout 1"
+		}
+		b.Run(name, func(b *testing.B) {
+			rdb.FlushAll(ctx)
+			if layout1 {
+				rdb.ZAdd(ctx, store.Keys{}.LegacyBlocked(), redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: "https://idp|bob"})
+			}
+			s := store.NewRedis(rdb, store.RedisOptions{})
+			for b.Loop() {
+				if why, err := s.Refused(ctx, caKey, names, key); err != nil || why != "" {
+					b.Fatal(why, err)
+				}
+			}
+		})
+	}
+}
