@@ -77,6 +77,11 @@ type AccessRequest struct {
 	DecidedAt      time.Time `json:"decided_at,omitzero"`
 	DecidedBy      string    `json:"decided_by,omitempty"`
 	DecisionReason string    `json:"decision_reason,omitempty"`
+	// ReviewedAt, ReviewedBy (a canonical name) and ReviewReason are the follow-up review a
+	// break-glass request needs (sshca request review); reports show it missing until then.
+	ReviewedAt   time.Time `json:"reviewed_at,omitzero"`
+	ReviewedBy   string    `json:"reviewed_by,omitempty"`
+	ReviewReason string    `json:"review_reason,omitempty"`
 	// NotAfter is the end of the approved window: approval time plus TTLSeconds.
 	NotAfter time.Time `json:"not_after,omitzero"`
 	// Serials are the certificates issued under the request, recorded in the same atomic step
@@ -187,6 +192,10 @@ type PolicyAccessRequest struct {
 	Reason     string           `json:"reason"`
 	Approvals  []PolicyApproval `json:"approvals"`
 	BreakGlass bool             `json:"break_glass"`
+	// BreakGlassLast24h is how many break-glass requests the requester created in the 24
+	// hours before this one (kind "request" of a break-glass request; 0 otherwise), for the
+	// policy's limit per day.
+	BreakGlassLast24h int64 `json:"break_glass_last_24h"`
 }
 
 // IsZero reports whether there is no request (no ID): the input then has no "access_request".

@@ -30,6 +30,9 @@ type NewAccessRequest struct {
 	TTL        string
 	Reason     string
 	SourceIP   string
+	// BreakGlass asks for emergency access without approval: granted at once where the policy
+	// allows it, and reviewed afterwards (ReviewAccessRequest).
+	BreakGlass bool
 }
 
 // AccessDecision is an approver's decision as sent: approve (naming the content hash the
@@ -57,7 +60,8 @@ func (a *Authority) CreateAccessRequest(ctx context.Context, token string, nr Ne
 	}
 	now := a.now()
 	r := AccessRequest{ID: NewAccessRequestID(), Requester: id, Principals: dedupe(nr.Principals), Reason: nr.Reason,
-		CreatedAt: now.UTC(), PendingUntil: now.Add(a.accessLimits.PendingTimeout).UTC(), Status: RequestPending}
+		CreatedAt: now.UTC(), PendingUntil: now.Add(a.accessLimits.PendingTimeout).UTC(), Status: RequestPending,
+		BreakGlass: nr.BreakGlass}
 	r.Requester.Token = TokenUse{}
 	rec := a.auditRecord(ActionRequest, id)
 	rec.Event, rec.AccessRequest, rec.Requested, rec.Reason, rec.SourceIP = "create", r.ID, r.Principals, nr.Reason, nr.SourceIP
@@ -66,11 +70,18 @@ func (a *Authority) CreateAccessRequest(ctx context.Context, token string, nr Ne
 		a.settle(ctx, &rec, err)
 		return AccessRequest{}, err
 	}
-	r.TTLSeconds, rec.WindowSeconds = int64(window/time.Second), int64(window/time.Second)
+	r.TTLSeconds, rec.WindowSeconds, rec.BreakGlass = int64(window/time.Second), int64(window/time.Second), r.BreakGlass
+	view := r.policyView()
+	if r.BreakGlass {
+		if view.BreakGlassLast24h, err = a.breakGlassLast24h(ctx, id, now); err != nil {
+			a.settle(ctx, &rec, err)
+			return AccessRequest{}, err
+		}
+	}
 	in := PolicyInput{Kind: ActionRequest, Identity: id, Now: now.UTC().Format(time.RFC3339),
 		Request: PolicyRequest{Principals: r.Principals, TTLSeconds: r.TTLSeconds, SourceIP: nr.SourceIP, Reason: nr.Reason,
 			Target: "request:" + r.ID},
-		AccessRequest: r.policyView()}
+		AccessRequest: view}
 	fillDefaults(&in.Identity)
 	dec, err := a.policy.Decide(ctx, in)
 	if err != nil {
@@ -85,7 +96,12 @@ func (a *Authority) CreateAccessRequest(ctx context.Context, token string, nr Ne
 		a.settle(ctx, &rec, err)
 		return AccessRequest{}, err
 	}
-	if dec.ApprovalsRequired < 1 {
+	if r.BreakGlass && dec.ApprovalsRequired > 0 {
+		err := Denied("the policy does not grant break-glass access here", fmt.Sprintf("it asks for %d approval(s): create a request without --break-glass", dec.ApprovalsRequired))
+		a.settle(ctx, &rec, err)
+		return AccessRequest{}, err
+	}
+	if !r.BreakGlass && dec.ApprovalsRequired < 1 {
 		// A request that needs nobody's approval is not a request: the policy meant a plain
 		// grant (kind "user") or break-glass, and must say so there.
 		err := &Error{Kind: KindDenied, Msg: "the policy allowed an access request that needs no approval",
@@ -100,6 +116,11 @@ func (a *Authority) CreateAccessRequest(ctx context.Context, token string, nr Ne
 		return AccessRequest{}, err
 	}
 	r.ApprovalsRequired, r.Ticket, r.PolicyRevision = dec.ApprovalsRequired, dec.Ticket, dec.Revision
+	if r.BreakGlass {
+		// Granted at once; its review is owed (ReviewAccessRequest).
+		r.Status, r.DecidedAt, r.DecidedBy, r.DecisionReason = RequestApproved, now.UTC(), "break-glass", r.Reason
+		r.NotAfter = now.Add(window).UTC()
+	}
 	rec.Outcome = "allowed"
 	if err := a.keep(ctx, rec); err != nil {
 		return AccessRequest{}, err
@@ -108,6 +129,11 @@ func (a *Authority) CreateAccessRequest(ctx context.Context, token string, nr Ne
 		err = storeErr("access request store unavailable; no request was created", err)
 		a.settleAllowed(ctx, rec, err)
 		return AccessRequest{}, err
+	}
+	if r.BreakGlass {
+		a.log.WarnContext(ctx, "break-glass access granted", "request", r.ID, "identity", id.Name(), "principals", r.Principals,
+			"window", window, "reason", r.Reason)
+		return r, nil
 	}
 	a.log.InfoContext(ctx, "access requested", "request", r.ID, "identity", id.Name(), "principals", r.Principals,
 		"window", window, "reason", r.Reason, "approvals_required", r.ApprovalsRequired)
@@ -522,4 +548,88 @@ func usable(r AccessRequest, now time.Time) error {
 	default:
 		return Denied("access request "+r.ID+" is "+string(st), "create a new request (sshca request create)")
 	}
+}
+
+// breakGlassLast24h counts the break-glass requests id created in the 24 hours before now (the
+// store keeps requests a week after they end).
+func (a *Authority) breakGlassLast24h(ctx context.Context, id Identity, now time.Time) (int64, error) {
+	all, err := a.requests.ListRequests(ctx)
+	if err != nil {
+		return 0, storeErr("access request store unavailable", err)
+	}
+	var n int64
+	for _, r := range all {
+		if r.BreakGlass && r.Requester.Name() == id.Name() && r.CreatedAt.After(now.Add(-24*time.Hour)) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// ReviewAccessRequest records the follow-up review of a break-glass request: by someone the
+// policy lets decide the request (kind "approve"), never its requester nor a workload identity,
+// once. Reports show a break-glass request without it as missing its review.
+func (a *Authority) ReviewAccessRequest(ctx context.Context, token, reqID, reason string) (AccessRequest, error) {
+	id, err := a.auth.Authenticate(ctx, token)
+	if err != nil {
+		return AccessRequest{}, err
+	}
+	r, err := a.loadAccessRequest(ctx, reqID)
+	if err != nil {
+		return AccessRequest{}, err
+	}
+	rec := a.auditRecord(ActionApprove, id)
+	rec.Event, rec.AccessRequest, rec.Target, rec.Reason, rec.BreakGlass = "review", r.ID, "request:"+r.ID, reason, r.BreakGlass
+	check := func(cur AccessRequest) error {
+		switch {
+		case !cur.BreakGlass:
+			return &Error{Kind: KindConflict, Msg: "access request " + cur.ID + " is not break-glass: only break-glass requests are reviewed"}
+		case cur.ReviewedBy != "":
+			return &Error{Kind: KindConflict, Msg: "access request " + cur.ID + " was reviewed already by " + cur.ReviewedBy}
+		case id.Workload:
+			return Denied("a workload identity cannot review access requests", "sign in as a person")
+		case cur.SameRequester(id):
+			return Denied("you cannot review your own break-glass access", "ask an approver to review it")
+		case len(reason) > 1024:
+			return Invalid("reason is longer than 1024 bytes")
+		}
+		return nil
+	}
+	if err := check(r); err != nil {
+		a.settle(ctx, &rec, err)
+		return AccessRequest{}, err
+	}
+	dec, err := a.policy.Decide(ctx, a.approveInput(id, r, reason))
+	if err != nil {
+		err = Unavailable("policy could not decide", err)
+		a.settle(ctx, &rec, err)
+		return AccessRequest{}, err
+	}
+	rec.PolicyRevision = dec.Revision
+	if !dec.Allow {
+		rec.Reasons = orDefault(dec.Reasons)
+		err := Denied("policy does not let you review this access request", rec.Reasons...)
+		a.settle(ctx, &rec, err)
+		return AccessRequest{}, err
+	}
+	rec.Outcome = "allowed"
+	if err := a.keep(ctx, rec); err != nil {
+		return AccessRequest{}, err
+	}
+	now := a.now()
+	updated, err := a.requests.UpdateRequest(ctx, r.ID, func(cur *AccessRequest) error {
+		if err := check(*cur); err != nil {
+			return err
+		}
+		cur.ReviewedAt, cur.ReviewedBy, cur.ReviewReason = now.UTC(), id.Name(), reason
+		return nil
+	})
+	if err != nil {
+		if KindOf(err) == KindInternal {
+			err = storeErr("access request store unavailable", err)
+		}
+		a.settleAllowed(ctx, rec, err)
+		return AccessRequest{}, err
+	}
+	return updated, nil
 }

@@ -32,6 +32,8 @@ var (
 	accAliceElsewhere = ca.Identity{Issuer: "https://other-idp.example", Subject: "x9", Email: "ALICE@example.com",
 		Groups: []string{"sre-leads"}, AMR: []string{"hwk"}}
 	accJob = ca.Identity{Issuer: "https://ci.example", Subject: "repo:org/app", Groups: []string{"sre-leads"}, AMR: []string{"hwk"}, Workload: true}
+	accOncall = ca.Identity{Issuer: "https://idp.example", Subject: "u5", Email: "oncall@example.com", Username: "oncall",
+		Groups: []string{"oncall"}, AMR: []string{"pwd", "mfa"}}
 	accBob = ca.Identity{Issuer: "https://idp.example", Subject: "u2", Email: "bob@example.com", Username: "bob",
 		Groups: []string{"developers"}, AMR: []string{"pwd", "mfa"}}
 )
@@ -132,7 +134,7 @@ func newAccessRig(t *testing.T) *accessRig {
 	hostKey, _ := newSSHKey(t)
 	_, r.key = newSSHKey(t)
 	ids := map[string]ca.Identity{"alice": accAlice, "lead": accLead, "lead2": accLead2, "alice-elsewhere": accAliceElsewhere,
-		"job": accJob, "bob": accBob}
+		"job": accJob, "bob": accBob, "oncall": accOncall}
 	r.a, err = ca.New(ca.Config{Authenticator: tokenAuth{ids: ids, now: r.clock}, Policy: r.policy,
 		UserSigner: &serialSigner{key: userKey, now: r.clock}, HostSigner: &serialSigner{key: hostKey, now: r.clock},
 		Store: r.st, Revocations: r.st, Requests: r.st, Audit: r.audit, Now: r.clock})
@@ -502,4 +504,62 @@ func TestAccessRequestVisibility(t *testing.T) {
 	if list, _ := r.a.ListAccessRequests(t.Context(), "token-lead", true, false); len(list) != 0 {
 		t.Errorf("lead's own requests: %v", list)
 	}
+}
+
+// TestAccessRequestBreakGlass: oncall gets root at once, without approval, marked break-glass,
+// at most per_day times a day; a review follows, by an approver and never by the requester.
+func TestAccessRequestBreakGlass(t *testing.T) {
+	r := newAccessRig(t)
+	bg := func(who, ttl string) (ca.AccessRequest, error) {
+		return r.a.CreateAccessRequest(t.Context(), "token-"+who, ca.NewAccessRequest{Principals: []string{"root"}, TTL: ttl,
+			Reason: "INC-9 site down", BreakGlass: true})
+	}
+	req, err := bg("oncall", "20m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.Status != ca.RequestApproved || req.DecidedBy != "break-glass" || !req.BreakGlass || !req.NotAfter.Equal(r.clock().Add(20*time.Minute)) {
+		t.Fatalf("break-glass request %+v", req)
+	}
+	iss, err := r.cert("oncall", req.ID, nil, "5m")
+	if err != nil || !slices.Equal(iss.Cert.ValidPrincipals, []string{"root"}) {
+		t.Fatalf("certificate under break-glass: %v %v", iss.Cert, err)
+	}
+	var marked int
+	for _, rec := range r.audit.recs {
+		if rec.AccessRequest == req.ID && rec.Event == "create" && rec.BreakGlass && rec.Outcome == "allowed" {
+			marked++
+		}
+	}
+	if marked != 1 {
+		t.Errorf("%d break-glass create records, want 1: %+v", marked, r.audit.recs)
+	}
+	_, err = bg("alice", "20m")
+	wantKind(t, "alice is not oncall", err, ca.KindDenied, "may not use break-glass")
+	_, err = bg("oncall", "31m")
+	wantKind(t, "longer than break-glass allows", err, ca.KindDenied, "at most 1800s")
+	if _, err := bg("oncall", "20m"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = bg("oncall", "20m")
+	wantKind(t, "a third within a day", err, ca.KindDenied, "2 times in the last 24 hours")
+	r.advance(24*time.Hour + time.Minute)
+	if _, err := bg("oncall", "20m"); err != nil {
+		t.Errorf("a day later: %v", err)
+	}
+
+	// The review.
+	for who, want := range map[string]string{"oncall": "your own break-glass access", "job": "workload identity", "bob": "needs membership"} {
+		_, err := r.a.ReviewAccessRequest(t.Context(), "token-"+who, req.ID, "ok")
+		wantKind(t, who+" reviews", err, ca.KindDenied, want)
+	}
+	reviewed, err := r.a.ReviewAccessRequest(t.Context(), "token-lead", req.ID, "checked the incident")
+	if err != nil || reviewed.ReviewedBy != accLead.Name() || reviewed.ReviewReason != "checked the incident" {
+		t.Fatalf("review: %+v %v", reviewed, err)
+	}
+	_, err = r.a.ReviewAccessRequest(t.Context(), "token-lead2", req.ID, "again")
+	wantKind(t, "second review", err, ca.KindConflict, "reviewed already")
+	plain := r.create("alice", []string{"root"}, "30m", "OPS-1234 disk full")
+	_, err = r.a.ReviewAccessRequest(t.Context(), "token-lead", plain.ID, "x")
+	wantKind(t, "review of a request that is not break-glass", err, ca.KindConflict, "not break-glass")
 }

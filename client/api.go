@@ -147,6 +147,9 @@ type NewAccessRequest struct {
 	Principals []string `json:"principals"`
 	TTL        string   `json:"ttl"`
 	Reason     string   `json:"reason"`
+	// BreakGlass asks for emergency access without approval, where the policy allows it; it
+	// is granted at once and needs a review afterwards (POST /v1/requests/{id}/review).
+	BreakGlass bool `json:"break_glass,omitempty"`
 }
 
 // AccessDecision is the body of POST /v1/requests/{id}/approve, /deny and /cancel.
@@ -180,6 +183,11 @@ type AccessRequest struct {
 	DecidedAt         string     `json:"decided_at,omitempty"`
 	DecidedBy         string     `json:"decided_by,omitempty"`
 	DecisionReason    string     `json:"decision_reason,omitempty"`
+	// ReviewedAt, ReviewedBy and ReviewReason are a break-glass request's follow-up review
+	// (empty while it is missing).
+	ReviewedAt   string `json:"reviewed_at,omitempty"`
+	ReviewedBy   string `json:"reviewed_by,omitempty"`
+	ReviewReason string `json:"review_reason,omitempty"`
 	// NotAfter is the end of the approved window.
 	NotAfter string   `json:"not_after,omitempty"`
 	Serials  []string `json:"serials,omitempty"`

@@ -58,6 +58,12 @@ func (c *Client) CancelRequest(ctx context.Context, token, id string, d AccessDe
 	return c.decide(ctx, token, id, "cancel", d)
 }
 
+// ReviewRequest records the follow-up review of a break-glass request
+// (POST /v1/requests/{id}/review).
+func (c *Client) ReviewRequest(ctx context.Context, token, id string, d AccessDecision) (AccessRequest, error) {
+	return c.decide(ctx, token, id, "review", d)
+}
+
 func (c *Client) decide(ctx context.Context, token, id, op string, d AccessDecision) (AccessRequest, error) {
 	var out AccessRequest
 	err := c.Do(ctx, http.MethodPost, "/v1/requests/"+url.PathEscape(id)+"/"+op, token, d, &out)

@@ -170,3 +170,41 @@ test_other_kinds_need_no_approvals if {
 	d := sshca.decision with input as object.remove(under_request(["root"], 300), ["access_request"])
 	d.approvals_required == 0
 }
+
+# Break-glass: oncall may take root at once, with a reason, at most 30 minutes, twice a day.
+oncall := object.union(alice, {"groups": ["oncall"]})
+
+breaking(id, principals, ttl, last24h) := object.union(asking(id, principals, ttl, "INC-9 site down"), {"access_request": object.union(
+	access(principals, ttl, "INC-9 site down"),
+	{"requester": id, "break_glass": true, "break_glass_last_24h": last24h},
+)})
+
+test_break_glass_granted_without_approval if {
+	d := sshca.decision with input as breaking(oncall, ["root"], 1800, 1)
+	d.allow
+	d.approvals_required == 0
+}
+
+test_break_glass_needs_group if {
+	d := sshca.decision with input as breaking(alice, ["root"], 1800, 0)
+	not d.allow
+	d.reasons == [`alice@example.com may not use break-glass: that needs membership of one of the groups ["oncall"]`]
+}
+
+test_break_glass_principals_limited if {
+	d := sshca.decision with input as breaking(oncall, ["prod-db"], 1800, 0)
+	not d.allow
+	d.reasons == ["principal prod-db is not available through break-glass (access_requests.break_glass.principals)"]
+}
+
+test_break_glass_short if {
+	d := sshca.decision with input as breaking(oncall, ["root"], 1801, 0)
+	not d.allow
+	d.reasons == ["break-glass access lasts at most 1800s"]
+}
+
+test_break_glass_per_day if {
+	d := sshca.decision with input as breaking(oncall, ["root"], 1800, 2)
+	not d.allow
+	d.reasons == ["alice@example.com has used break-glass 2 times in the last 24 hours; the policy allows 2: ask for an approved request"]
+}

@@ -365,6 +365,7 @@ func inputValue(in ca.PolicyInput) ast.Value {
 			ast.Item(k.arReason, str(ar.Reason)),
 			ast.Item(k.approvals, ast.ArrayTerm(approvals...)),
 			ast.Item(k.breakGlass, ast.InternedTerm(ar.BreakGlass)),
+			ast.Item(k.breakGlassLast24h, ast.IntNumberTerm(int(ar.BreakGlassLast24h))),
 		))
 	}
 	return doc
@@ -543,6 +544,7 @@ var inputKeys = struct {
 	principals, ttlSeconds, keyType, keyFingerprint, sourceIP, reason, target      *ast.Term
 
 	accessRequest, arID, requester, arPrincipals, arTTLSeconds, arReason, approvals, breakGlass *ast.Term
+	breakGlassLast24h                                                                           *ast.Term
 	approver, at, approvalReason                                                                *ast.Term
 }{
 	kind: key[ca.PolicyInput]("Kind"), identity: key[ca.PolicyInput]("Identity"),
@@ -562,8 +564,8 @@ var inputKeys = struct {
 	arID:          key[ca.PolicyAccessRequest]("ID"), requester: key[ca.PolicyAccessRequest]("Requester"),
 	arPrincipals: key[ca.PolicyAccessRequest]("Principals"), arTTLSeconds: key[ca.PolicyAccessRequest]("TTLSeconds"),
 	arReason: key[ca.PolicyAccessRequest]("Reason"), approvals: key[ca.PolicyAccessRequest]("Approvals"),
-	breakGlass: key[ca.PolicyAccessRequest]("BreakGlass"),
-	approver:   key[ca.PolicyApproval]("Approver"), at: key[ca.PolicyApproval]("At"),
+	breakGlass: key[ca.PolicyAccessRequest]("BreakGlass"), breakGlassLast24h: key[ca.PolicyAccessRequest]("BreakGlassLast24h"),
+	approver: key[ca.PolicyApproval]("Approver"), at: key[ca.PolicyApproval]("At"),
 	approvalReason: key[ca.PolicyApproval]("Reason"),
 }
 

@@ -468,7 +468,13 @@ default default_approvals := 1
 default_approvals := access_settings.default_approvals
 
 # The most any covering rule asks for.
-approvals_required := max(array.concat([n | some i in covering_rules; n := access_rules[i].count], [default_approvals])) if {
+# A break-glass request is granted at once: it needs no approval (only a review afterwards).
+approvals_required := 0 if {
+	input.kind in {"request", "approve"}
+	ar.break_glass
+}
+
+else := max(array.concat([n | some i in covering_rules; n := access_rules[i].count], [default_approvals])) if {
 	input.kind in {"request", "approve"}
 }
 
@@ -511,6 +517,7 @@ is_requester if {
 
 deny contains sprintf("%s may not request principal %s: no group of %v may (access_requests.requestable)", [who, p, input.identity.groups]) if {
 	input.kind == "request"
+	not ar.break_glass
 	some p in requested
 	not may_request(p)
 }
@@ -572,4 +579,45 @@ deny contains sprintf("approving needs a sign-in within %ds; yours was %ds ago: 
 approver_fresh if {
 	object.get(input.identity, "auth_time", 0) > 0
 	auth_age <= approver_max_auth_age
+}
+
+# --- break-glass: emergency access without approval ----------------------------------------
+
+default break_glass_settings := {}
+
+break_glass_settings := access_settings.break_glass
+
+may_break_glass if {
+	some g in groups
+	g in object.get(break_glass_settings, "groups", [])
+}
+
+break_glass_principal(p) if {
+	some pattern in object.get(break_glass_settings, "principals", [])
+	glob.match(pattern, no_delimiters, p)
+}
+
+deny contains sprintf("%s may not use break-glass: that needs membership of one of the groups %v", [who, object.get(break_glass_settings, "groups", [])]) if {
+	input.kind == "request"
+	ar.break_glass
+	not may_break_glass
+}
+
+deny contains sprintf("principal %s is not available through break-glass (access_requests.break_glass.principals)", [p]) if {
+	input.kind == "request"
+	ar.break_glass
+	some p in requested
+	not break_glass_principal(p)
+}
+
+deny contains sprintf("break-glass access lasts at most %ds", [object.get(break_glass_settings, "max_window_seconds", 0)]) if {
+	input.kind == "request"
+	ar.break_glass
+	input.request.ttl_seconds > object.get(break_glass_settings, "max_window_seconds", 0)
+}
+
+deny contains sprintf("%s has used break-glass %d times in the last 24 hours; the policy allows %d: ask for an approved request", [who, ar.break_glass_last_24h, object.get(break_glass_settings, "per_day", 0)]) if {
+	input.kind == "request"
+	ar.break_glass
+	ar.break_glass_last_24h >= object.get(break_glass_settings, "per_day", 0)
 }

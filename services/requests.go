@@ -23,6 +23,7 @@ type AccessRequests interface {
 	ListAccessRequests(ctx context.Context, token string, mine, pending bool) ([]ca.AccessRequest, error)
 	DecideAccessRequest(ctx context.Context, token, id string, d ca.AccessDecision) (ca.AccessRequest, error)
 	CancelAccessRequest(ctx context.Context, token, id, reason string) (ca.AccessRequest, error)
+	ReviewAccessRequest(ctx context.Context, token, id, reason string) (ca.AccessRequest, error)
 }
 
 var _ AccessRequests = (*ca.Authority)(nil)
@@ -30,7 +31,7 @@ var _ AccessRequests = (*ca.Authority)(nil)
 // requestCall is one call of the access request API as decoded: the operation its method and
 // path name, the request ID in the path, the body, the list filters and the bearer token.
 type requestCall struct {
-	op       string // create, get, list, approve, deny, cancel
+	op       string // create, get, list, approve, deny, cancel, review
 	id       string
 	create   client.NewAccessRequest
 	decision client.AccessDecision
@@ -75,7 +76,7 @@ func makeRequestsEndpoint(s AccessRequests, now func() time.Time) endpoint.Endpo
 			return requestListResponse{AccessRequestList: out}, nil
 		case "create":
 			r, err = s.CreateAccessRequest(ctx, c.token, ca.NewAccessRequest{Principals: c.create.Principals, TTL: c.create.TTL,
-				Reason: c.create.Reason, SourceIP: c.sourceIP})
+				Reason: c.create.Reason, SourceIP: c.sourceIP, BreakGlass: c.create.BreakGlass})
 		case "get":
 			r, err = s.GetAccessRequest(ctx, c.token, c.id)
 		case "approve", "deny":
@@ -83,6 +84,8 @@ func makeRequestsEndpoint(s AccessRequests, now func() time.Time) endpoint.Endpo
 				ContentHash: c.decision.ContentHash, Reason: c.decision.Reason})
 		case "cancel":
 			r, err = s.CancelAccessRequest(ctx, c.token, c.id, c.decision.Reason)
+		case "review":
+			r, err = s.ReviewAccessRequest(ctx, c.token, c.id, c.decision.Reason)
 		}
 		if err != nil {
 			return requestResponse{Err: err}, nil
@@ -103,7 +106,8 @@ func AccessRequestView(r ca.AccessRequest, now time.Time) client.AccessRequest {
 		Principals: r.Principals, TTLSeconds: r.TTLSeconds, Reason: r.Reason, Ticket: r.Ticket, BreakGlass: r.BreakGlass,
 		State: string(r.StateAt(now)), CreatedAt: rfc(r.CreatedAt), PendingUntil: rfc(r.PendingUntil),
 		ApprovalsRequired: r.ApprovalsRequired, Approvals: []client.Approval{}, DecidedAt: rfc(r.DecidedAt),
-		DecidedBy: r.DecidedBy, DecisionReason: r.DecisionReason, NotAfter: rfc(r.NotAfter), ContentHash: r.ContentHash()}
+		DecidedBy: r.DecidedBy, DecisionReason: r.DecisionReason, NotAfter: rfc(r.NotAfter), ContentHash: r.ContentHash(),
+		ReviewedAt: rfc(r.ReviewedAt), ReviewedBy: r.ReviewedBy, ReviewReason: r.ReviewReason}
 	hash := r.ContentHash()
 	for _, a := range r.Approvals {
 		if a.ContentHash != hash {
@@ -119,7 +123,7 @@ func AccessRequestView(r ca.AccessRequest, now time.Time) client.AccessRequest {
 }
 
 // mountRequests mounts the access request API: POST and GET /v1/requests, GET
-// /v1/requests/{id}, POST /v1/requests/{id}/approve, /deny and /cancel.
+// /v1/requests/{id}, POST /v1/requests/{id}/approve, /deny, /cancel and /review.
 func mountRequests(mux *http.ServeMux, s AccessRequests, trusted []netip.Prefix, encodeResponse kithttp.EncodeResponseFunc, opts []kithttp.ServerOption) {
 	e := makeRequestsEndpoint(s, time.Now)
 	decode := func(op string) kithttp.DecodeRequestFunc {
@@ -129,7 +133,7 @@ func mountRequests(mux *http.ServeMux, s AccessRequests, trusted []netip.Prefix,
 			switch op {
 			case "create":
 				err = decodeJSON(r, &c.create)
-			case "approve", "deny", "cancel":
+			case "approve", "deny", "cancel", "review":
 				err = decodeJSON(r, &c.decision)
 			case "list":
 				q := r.URL.Query()
@@ -148,7 +152,7 @@ func mountRequests(mux *http.ServeMux, s AccessRequests, trusted []netip.Prefix,
 	mux.Handle("POST /v1/requests", kithttp.NewServer(e, decode("create"), encodeResponse, opts...))
 	mux.Handle("GET /v1/requests", kithttp.NewServer(e, decode("list"), encodeResponse, opts...))
 	mux.Handle("GET /v1/requests/{id}", kithttp.NewServer(e, decode("get"), encodeResponse, opts...))
-	for _, op := range []string{"approve", "deny", "cancel"} {
+	for _, op := range []string{"approve", "deny", "cancel", "review"} {
 		mux.Handle("POST /v1/requests/{id}/"+op, kithttp.NewServer(e, decode(op), encodeResponse, opts...))
 	}
 }

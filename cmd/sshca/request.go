@@ -53,7 +53,8 @@ The policy decides who may ask for what, who may approve, and how many approvals
 needs. A request that is not decided in time expires; an approved one lasts --ttl.`,
 	}
 	cmd.AddCommand(newRequestCreateCommand(), newRequestListCommand(), newRequestShowCommand(),
-		newRequestDecideCommand("approve"), newRequestDecideCommand("deny"), newRequestDecideCommand("cancel"))
+		newRequestDecideCommand("approve"), newRequestDecideCommand("deny"), newRequestDecideCommand("cancel"),
+		newRequestDecideCommand("review"))
 	return cmd
 }
 
@@ -68,7 +69,7 @@ func newRequestCreateCommand() *cobra.Command {
 	var f requestFlags
 	var principals []string
 	var ttl, reason string
-	var noWait bool
+	var noWait, breakGlass bool
 	wait := requestWait{interval: 2 * time.Second}
 	cmd := &cobra.Command{
 		Use:   "create --principal P [--principal P] --ttl 30m --reason TEXT [--no-wait]",
@@ -88,11 +89,17 @@ func newRequestCreateCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, err := c.CreateRequest(cmd.Context(), token, client.NewAccessRequest{Principals: principals, TTL: ttl, Reason: reason})
+			r, err := c.CreateRequest(cmd.Context(), token, client.NewAccessRequest{Principals: principals, TTL: ttl, Reason: reason,
+				BreakGlass: breakGlass})
 			if err != nil {
 				return requestError(err)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), r.ID)
+			if r.BreakGlass {
+				fmt.Fprintf(cmd.ErrOrStderr(), "BREAK-GLASS access %s granted: %s until %s; it is recorded and must be reviewed (sshca request review %s)\nget a certificate: sshca login --request %s\n",
+					r.ID, strings.Join(r.Principals, ","), localTime(r.NotAfter), r.ID, r.ID)
+				return nil
+			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "access request %s: %s for %s, needs %d approval(s); expires unless decided by %s\n",
 				r.ID, strings.Join(r.Principals, ","), time.Duration(r.TTLSeconds)*time.Second, r.ApprovalsRequired, localTime(r.PendingUntil))
 			if noWait {
@@ -107,6 +114,7 @@ func newRequestCreateCommand() *cobra.Command {
 	cmd.Flags().StringVar(&ttl, "ttl", "", "how long the access lasts once approved, e.g. 30m")
 	cmd.Flags().StringVar(&reason, "reason", "", "why, with the ticket the policy asks for")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "print the request ID and return at once")
+	cmd.Flags().BoolVar(&breakGlass, "break-glass", false, "emergency access without approval, where the policy allows it: granted at once, reviewed afterwards")
 	cmd.Flags().DurationVar(&wait.interval, "poll", 2*time.Second, "how often to ask whether the request was decided")
 	return cmd
 }
@@ -192,10 +200,17 @@ func newRequestListCommand() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), rs)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTATE\tREQUESTER\tPRINCIPALS\tTTL\tAPPROVALS\tREASON")
+			fmt.Fprintln(tw, "ID\tSTATE\tREQUESTER\tPRINCIPALS\tTTL\tAPPROVALS\tREASON\tNOTE")
 			for _, r := range rs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\n", r.ID, r.State, r.RequesterName, strings.Join(r.Principals, ","),
-					time.Duration(r.TTLSeconds)*time.Second, len(r.Approvals), r.ApprovalsRequired, oneLine(r.Reason, 60))
+				note := ""
+				if r.BreakGlass {
+					note = "break-glass, review missing"
+					if r.ReviewedBy != "" {
+						note = "break-glass, reviewed"
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", r.ID, r.State, oneLine(r.RequesterName, 80), strings.Join(r.Principals, ","),
+					time.Duration(r.TTLSeconds)*time.Second, len(r.Approvals), r.ApprovalsRequired, oneLine(r.Reason, 60), note)
 			}
 			return tw.Flush()
 		},
@@ -258,6 +273,13 @@ func printRequest(w io.Writer, r client.AccessRequest) {
 	if r.NotAfter != "" {
 		fmt.Fprintf(w, "access until %s\n", localTime(r.NotAfter))
 	}
+	if r.BreakGlass {
+		review := "MISSING (sshca request review " + r.ID + ")"
+		if r.ReviewedBy != "" {
+			review = fmt.Sprintf("%s by %s: %s", localTime(r.ReviewedAt), oneLine(r.ReviewedBy, 300), oneLine(r.ReviewReason, 200))
+		}
+		fmt.Fprintf(w, "break-glass review %s\n", review)
+	}
 	if len(r.Serials) > 0 {
 		fmt.Fprintf(w, "certificates %s\n", strings.Join(r.Serials, ", "))
 	}
@@ -285,6 +307,7 @@ func newRequestDecideCommand(op string) *cobra.Command {
 		"approve": "Approve an access request (shows it first; the approval counts only for what was shown)",
 		"deny":    "Deny an access request, with a reason",
 		"cancel":  "End an access request: your own (cancel), or another's as an administrator (revoke); its certificates are revoked",
+		"review":  "Review a break-glass access afterwards (an approver; never its requester)",
 	}[op]
 	cmd := &cobra.Command{
 		Use:   op + " ID [--reason TEXT]",
@@ -317,11 +340,16 @@ func newRequestDecideCommand(op string) *cobra.Command {
 				r, err = c.DenyRequest(ctx, token, id, client.AccessDecision{Reason: reason})
 			case "cancel":
 				r, err = c.CancelRequest(ctx, token, id, client.AccessDecision{Reason: reason})
+			case "review":
+				r, err = c.ReviewRequest(ctx, token, id, client.AccessDecision{Reason: reason})
 			}
 			if err != nil {
 				return requestError(err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "access request %s is %s (%d of %d approvals)\n", r.ID, r.State, len(r.Approvals), r.ApprovalsRequired)
+			if op == "review" {
+				fmt.Fprintf(cmd.OutOrStdout(), "break-glass access reviewed by %s\n", r.ReviewedBy)
+			}
 			if len(r.Serials) > 0 && op == "cancel" {
 				fmt.Fprintf(cmd.OutOrStdout(), "revoked its certificates %s\n", strings.Join(r.Serials, ", "))
 			}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -98,5 +100,52 @@ func TestLoginUnderRequest(t *testing.T) {
 	out, err = login(t, base, loginFlags{request: r.ID, noAgent: true, ttl: "5m"}, approveAs(t, base, leadClaims))
 	if err == nil || !strings.Contains(err.Error(), "only its requester can use it") {
 		t.Fatalf("lead logged in under alice's request: %v\n%s", err, out)
+	}
+}
+
+// TestBreakGlassCLI: `sshca request create --break-glass` is granted at once for oncall, a
+// certificate follows under it, reports show its review missing until an approver reviews it.
+func TestBreakGlassCLI(t *testing.T) {
+	base, _ := startDev(t)
+	dir := t.TempDir()
+	tokenFile := func(claims map[string]any) string {
+		claims["auth_time"] = time.Now().Unix()
+		path := filepath.Join(dir, fmt.Sprint(claims["sub"], time.Now().UnixNano(), ".token"))
+		writeFile(t, path, devToken(t, base, claims))
+		return path
+	}
+	oncall := func() string {
+		return tokenFile(map[string]any{"sub": "u-oncall", "preferred_username": "oncall", "email": "oncall@example.com",
+			"email_verified": true, "groups": []string{"oncall"}, "amr": []string{"mfa"}})
+	}
+	lead := func() string {
+		return tokenFile(map[string]any{"sub": "u-lead", "preferred_username": "lead", "email": "lead@example.com",
+			"email_verified": true, "groups": []string{"sre-leads"}, "amr": []string{"hwk"}})
+	}
+	out, err := runCLI(t, "", "request", "create", "--break-glass", "--principal", "root", "--ttl", "20m", "--reason", "INC-9 site down",
+		"--server", base, "--token-file", oncall())
+	if err != nil || !strings.Contains(out, "BREAK-GLASS access") {
+		t.Fatalf("break-glass: %v\n%s", err, out)
+	}
+	id := strings.SplitN(out, "\n", 2)[0]
+	userKey := keygen(t, dir, "oncall")
+	out, err = runCLI(t, "", "cert", "user", "--key", userKey+".pub", "--request", id, "--ttl", "5m", "--server", base, "--token-file", oncall())
+	if err != nil || !strings.Contains(out, "principals root") {
+		t.Fatalf("certificate under break-glass: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "", "request", "list", "--server", base, "--token-file", lead())
+	if err != nil || !strings.Contains(out, id) || !strings.Contains(out, "break-glass, review missing") {
+		t.Fatalf("list before review: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, "", "request", "review", id, "--server", base, "--token-file", oncall()); err == nil {
+		t.Fatalf("the requester reviewed their own break-glass:\n%s", out)
+	}
+	out, err = runCLI(t, "", "request", "review", id, "--reason", "incident INC-9 confirmed", "--server", base, "--token-file", lead())
+	if err != nil || !strings.Contains(out, "reviewed by") {
+		t.Fatalf("review: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "", "request", "show", id, "--server", base, "--token-file", lead())
+	if err != nil || !strings.Contains(out, "break-glass review ") || strings.Contains(out, "MISSING") || !strings.Contains(out, "incident INC-9 confirmed") {
+		t.Fatalf("show after review: %v\n%s", err, out)
 	}
 }
