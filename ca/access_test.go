@@ -31,7 +31,7 @@ var (
 	// alice again, signed in through another issuer that is in sre-leads there.
 	accAliceElsewhere = ca.Identity{Issuer: "https://other-idp.example", Subject: "x9", Email: "ALICE@example.com",
 		Groups: []string{"sre-leads"}, AMR: []string{"hwk"}}
-	accJob = ca.Identity{Issuer: "https://ci.example", Subject: "repo:org/app", Groups: []string{"sre-leads"}, AMR: []string{"hwk"}, Workload: true}
+	accJob    = ca.Identity{Issuer: "https://ci.example", Subject: "repo:org/app", Groups: []string{"sre-leads"}, AMR: []string{"hwk"}, Workload: true}
 	accOncall = ca.Identity{Issuer: "https://idp.example", Subject: "u5", Email: "oncall@example.com", Username: "oncall",
 		Groups: []string{"oncall"}, AMR: []string{"pwd", "mfa"}}
 	accBob = ca.Identity{Issuer: "https://idp.example", Subject: "u2", Email: "bob@example.com", Username: "bob",
