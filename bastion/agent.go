@@ -44,8 +44,12 @@ type Options struct {
 	// the fallback, or the only source.
 	Feed Feed
 	HTTP *HTTPSource
-	// PollEvery is the HTTP polling interval (default 1s).
+	// PollEvery is the HTTP polling interval (default 1s) against a server without the long
+	// poll of GET /v1/krl, and the pause after a failed request.
 	PollEvery time.Duration
+	// LongPollWait is how long one long poll of GET /v1/krl may wait for a change (default
+	// 25s; the server caps it). Negative: never long poll, only poll every PollEvery.
+	LongPollWait time.Duration
 	// CARefresh is how often the set of trusted CA keys is re-read from Redis (default 15s):
 	// it bounds how long a newly generated CA key takes to reach sshd's TrustedUserCAKeys.
 	CARefresh time.Duration
@@ -116,6 +120,9 @@ func NewAgent(o Options) (*Agent, error) {
 	}
 	if o.PollEvery == 0 {
 		o.PollEvery = time.Second
+	}
+	if o.LongPollWait == 0 {
+		o.LongPollWait = 25 * time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -308,6 +315,7 @@ func (a *Agent) runRedis(ctx context.Context) error {
 			case c.Version == s.state.Version+1:
 				s.state.Entries = append(s.state.Entries, c.Entries...)
 				s.state.Version = c.Version
+				s.state.Changed = c.At // the KRL's date, as the server's (revocation.BuildKRL)
 			default:
 				// A gap: our position was trimmed away, or we missed a change. Reload the
 				// whole state rather than skip anything.
@@ -362,7 +370,7 @@ func (a *Agent) install(scopes map[string]*scope, source string) error {
 		st.Entries = revocation.LiveEntries(st.Entries, now)
 		states = append(states, st)
 	}
-	k, err := revocation.BuildKRL(now, states...)
+	k, err := revocation.BuildKRL(states...)
 	if err != nil {
 		return err
 	}
@@ -469,12 +477,17 @@ func sameKeys(a, b []ssh.PublicKey) bool {
 }
 
 // HTTPSource pulls the KRL and the user CA keys from the CA service over HTTPS, trusting only
-// a pinned CA certificate: a KRL is unsigned, so the channel must be authenticated.
+// a pinned CA certificate: a KRL is unsigned, so the channel must be authenticated. It long
+// polls GET /v1/krl (?wait=, If-None-Match: the server answers when the KRL changes or the
+// wait ends) and falls back to polling a server that does not (no X-KRL-Wait in its answer).
 type HTTPSource struct {
 	base   string
 	client *http.Client
 	etag   string
 }
+
+// requestTimeout bounds a request that does not wait on purpose.
+const requestTimeout = 10 * time.Second
 
 // NewHTTPSource returns a source for the server at base (https only), trusting the PEM CA
 // certificates in caFile and nothing else.
@@ -491,78 +504,97 @@ func NewHTTPSource(base, caFile string) (*HTTPSource, error) {
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, fmt.Errorf("bastion: --server-ca %s holds no PEM certificate", caFile)
 	}
+	// No client timeout: each request has a deadline of its own (a long poll waits longer).
 	return &HTTPSource{base: strings.TrimRight(base, "/"), client: &http.Client{
-		Timeout:   10 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
 	}}, nil
 }
 
-func (h *HTTPSource) get(ctx context.Context, path, etag string) ([]byte, string, int, error) {
+// get fetches path with If-None-Match etag; a wait above zero asks for a long poll of that
+// wait, and waited says whether the server granted one (X-KRL-Wait).
+func (h *HTTPSource) get(ctx context.Context, path, etag string, wait time.Duration) (b []byte, newETag string, code int, waited bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, wait+requestTimeout)
+	defer cancel()
+	if wait > 0 {
+		path += "?wait=" + url.QueryEscape(wait.String())
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.base+path, nil)
 	if err != nil {
-		return nil, "", 0, err
+		return nil, "", 0, false, err
 	}
 	if etag != "" {
 		req.Header.Set("If-None-Match", etag)
 	}
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return nil, "", 0, err
+		return nil, "", 0, false, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	b, err = io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
-		return nil, "", 0, err
+		return nil, "", 0, false, err
 	}
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotModified {
-		return nil, "", resp.StatusCode, fmt.Errorf("GET %s: HTTP %d", path, resp.StatusCode)
+		return nil, "", resp.StatusCode, false, fmt.Errorf("GET %s: HTTP %d", path, resp.StatusCode)
 	}
-	return b, resp.Header.Get("ETag"), resp.StatusCode, nil
+	return b, resp.Header.Get("ETag"), resp.StatusCode, resp.Header.Get("X-KRL-Wait") != "", nil
 }
 
-// runHTTP polls until ctx ends or until (when not zero).
+// runHTTP follows the server until ctx ends or until (when not zero): long polls one after
+// the other while the server grants them, else polls every PollEvery.
 func (a *Agent) runHTTP(ctx context.Context, until time.Time) error {
 	h := a.o.HTTP
-	t := time.NewTicker(a.o.PollEvery)
-	defer t.Stop()
 	for {
-		if err := a.pollOnce(ctx, h); err != nil {
+		wait := a.o.LongPollWait
+		if !until.IsZero() {
+			wait = min(wait, until.Sub(a.o.Now()))
+		}
+		waited, err := a.pollOnce(ctx, h, max(wait, 0))
+		if err != nil {
 			a.setError("https", err)
 		}
 		if !until.IsZero() && a.o.Now().After(until) {
 			return nil
 		}
+		if err == nil && waited {
+			continue // the wait was the pause; ask again at once
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-t.C:
+		case <-time.After(a.o.PollEvery):
 		}
 	}
 }
 
-func (a *Agent) pollOnce(ctx context.Context, h *HTTPSource) error {
+// pollOnce fetches the user CA keys and the KRL once, long polling the KRL for up to wait; it
+// says whether the server held the request (a long poll), so the caller asks again at once.
+func (a *Agent) pollOnce(ctx context.Context, h *HTTPSource, wait time.Duration) (bool, error) {
 	if a.o.UserCAPath != "" {
-		b, _, _, err := h.get(ctx, "/v1/ca/user.pub", "")
+		b, _, _, _, err := h.get(ctx, "/v1/ca/user.pub", "", 0)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if len(bytes.TrimSpace(b)) > 0 {
 			if err := a.writeCAFile(b); err != nil {
-				return err
+				return false, err
 			}
 		}
 	}
-	b, etag, code, err := h.get(ctx, "/v1/krl", h.etag)
+	begin := time.Now()
+	b, etag, code, waited, err := h.get(ctx, "/v1/krl", h.etag, wait)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if code == http.StatusNotModified {
 		a.setConnected("https")
-		return nil
+		// A 304 long before the wait ended: the server is shutting down (or something in
+		// between answers for it); pause rather than ask again at once.
+		return waited && time.Since(begin) >= wait/2, nil
 	}
 	if err := a.installKRL(b, "https"); err != nil {
-		return err
+		return false, err
 	}
 	h.etag = etag
-	return nil
+	return waited, nil
 }

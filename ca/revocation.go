@@ -30,10 +30,15 @@ type RevocationEntry struct {
 }
 
 // RevocationState is what one CA key's scope holds at a version: every unexpired entry.
+// Changed is when its newest change was made (the store's clock, to the millisecond; zero when
+// the scope never changed or its feed was emptied): a KRL built from states carries the newest
+// of their Changed as its generation date, so the same state gives the same bytes wherever it
+// is built (the server's GET /v1/krl, a bastion following Redis).
 type RevocationState struct {
 	CA      ssh.PublicKey
 	Version uint64
 	Entries []RevocationEntry
+	Changed time.Time
 }
 
 // RevocationStore keeps, per CA key, what is revoked. Every change bumps the scope's version

@@ -72,7 +72,7 @@ func TestCompromisedStaysInKRL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := revocation.EncodeKRL(clock(), st)
+	b, err := revocation.EncodeKRL(st)
 	if err != nil {
 		t.Fatal(err)
 	}

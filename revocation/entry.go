@@ -21,11 +21,13 @@ import (
 // entry added or lasting longer, or an entry lifted, which carries Lifted as its Expiry (a
 // time long past). A consumer applies changes in order, the last word on a member winning,
 // and keeps what is Live (LiveEntries). ID is the change's position in the feed (opaque; a
-// consumer passes it back to read what follows).
+// consumer passes it back to read what follows). At is when the change was made (the store's
+// clock, to the millisecond): a state's Changed after applying it.
 type Change struct {
 	ID      string
 	Version uint64
 	Entries []ca.RevocationEntry
+	At      time.Time
 }
 
 // KeyEntry names a public key for a RevokedKey entry.

@@ -48,10 +48,20 @@ func Version(states ...ca.RevocationState) uint64 {
 }
 
 // BuildKRL turns revocation states into one OpenSSH KRL for sshd's RevokedKeys, at version
-// Version(states...). The generation date is generated.
-func BuildKRL(generated time.Time, states ...ca.RevocationState) (*krl.KRL, error) {
-	k := &krl.KRL{GeneratedDate: generated.UTC().Truncate(time.Second), Comment: "sshca", Version: Version(states...)}
+// Version(states...).
+//
+// Its generation date is the newest of the states' Changed (to the second; 0 when none
+// changed), never a clock: the same states give the same bytes wherever they are built, the
+// server's GET /v1/krl and a bastion following the store alike, and a KRL says when what it
+// holds was last changed rather than when it happened to be encoded. Entries that expired
+// since are dropped by the caller (LiveEntries), which changes the content but not the date.
+func BuildKRL(states ...ca.RevocationState) (*krl.KRL, error) {
+	k := &krl.KRL{Comment: "sshca", Version: Version(states...)}
+	var newest time.Time
 	for _, st := range states {
+		if st.Changed.After(newest) {
+			newest = st.Changed
+		}
 		for _, e := range st.Entries {
 			switch e.Kind {
 			case ca.RevokedSerial:
@@ -76,12 +86,15 @@ func BuildKRL(generated time.Time, states ...ca.RevocationState) (*krl.KRL, erro
 			}
 		}
 	}
+	if !newest.IsZero() {
+		k.GeneratedDate = newest.UTC().Truncate(time.Second)
+	}
 	return k, nil
 }
 
 // EncodeKRL is BuildKRL followed by the binary encoding.
-func EncodeKRL(generated time.Time, states ...ca.RevocationState) ([]byte, error) {
-	k, err := BuildKRL(generated, states...)
+func EncodeKRL(states ...ca.RevocationState) ([]byte, error) {
+	k, err := BuildKRL(states...)
 	if err != nil {
 		return nil, err
 	}

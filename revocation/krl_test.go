@@ -48,7 +48,7 @@ func TestVersionOrdersGenerations(t *testing.T) {
 	if g, _ := revocation.SplitVersion(mixed); g != 2 || mixed <= old {
 		t.Errorf("mixed generations: version %d (generation %d), want generation 2 above %d", mixed, g, old)
 	}
-	k, err := revocation.BuildKRL(time.Now(), st(user, 2, 1), st(host, 2, 0))
+	k, err := revocation.BuildKRL(st(user, 2, 1), st(host, 2, 0))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,22 +72,20 @@ func TestHostRevocationsPublished(t *testing.T) {
 	live := cert(active, hostKey.PublicKey(), 4243, "web1#4243")
 	bannedCert := cert(active, bannedHost.PublicKey(), 5, "web3#5")
 	keyEntry := func(k ssh.PublicKey) string { return base64.StdEncoding.EncodeToString(k.Marshal()) }
+	generated := time.Date(2026, 11, 29, 20, 0, 0, 0, time.UTC)
 	svc := &fakeService{host: []ca.RevocationState{
-		{CA: active.PublicKey(), Version: 7, Entries: []ca.RevocationEntry{
+		{CA: active.PublicKey(), Version: 7, Changed: generated.Add(-time.Hour), Entries: []ca.RevocationEntry{
 			{Kind: ca.RevokedKeyID, Value: "web2#77", Expiry: time.Now().Add(time.Hour)},
 			{Kind: ca.RevokedKey, Value: keyEntry(bannedHost.PublicKey())},
 			{Kind: ca.RevokedKey, Value: keyEntry(gone.PublicKey())},
 		}},
-		{CA: retired.PublicKey(), Version: 2, Entries: []ca.RevocationEntry{
+		{CA: retired.PublicKey(), Version: 2, Changed: generated.Add(900 * time.Millisecond), Entries: []ca.RevocationEntry{
 			{Kind: ca.RevokedSerial, Value: "4242", Expiry: time.Now().Add(time.Hour)},
 		}},
 		{Version: 1, Entries: []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: keyEntry(gone.PublicKey())}}},
 	}}
 	svc.key = active
-	generated := time.Date(2026, 11, 29, 20, 0, 0, 0, time.UTC)
-	h := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{
-		RenderKRL: func(states ...ca.RevocationState) ([]byte, error) { return revocation.EncodeKRL(generated, states...) },
-	})
+	h := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{RenderKRL: revocation.EncodeKRL})
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 
@@ -114,7 +112,7 @@ func TestHostRevocationsPublished(t *testing.T) {
 		t.Errorf("host KRL version %d, X-KRL-Version %q; want %d, 10", k.Version, resp.Header.Get("X-KRL-Version"), want)
 	}
 	if !k.GeneratedDate.Equal(generated) {
-		t.Errorf("generated %v, want the renderer's %v", k.GeneratedDate, generated)
+		t.Errorf("generated %v, want the newest change of the states %v", k.GeneratedDate, generated)
 	}
 	etag := resp.Header.Get("ETag")
 	if again, _ := get(t, srv.URL+"/v1/krl/host", etag); etag == "" || again.StatusCode != http.StatusNotModified {

@@ -43,6 +43,11 @@ type RateLimits struct {
 	// KRLInFlight is the same bound for KRL and CA key pulls.
 	InFlight    int
 	KRLInFlight int
+	// LongPollsPerAddress is how many long polls of GET /v1/krl (IsLongPoll) one source
+	// address may hold open at once; more get 429 with Retry-After. Long polls wait on
+	// purpose, so they hold no in-flight slot (a fleet of waiting bastions would starve KRL
+	// pulls) but take a token of the KRL rate like any pull.
+	LongPollsPerAddress int
 	// MaxEntries bounds each limiter map (addresses, KRL addresses, identities): beyond it the
 	// least recently seen entry is dropped. Entries idle for Idle (or for as long as their
 	// bucket takes to refill, if longer) are dropped too; a dropped entry starts again full.
@@ -66,8 +71,10 @@ var DefaultRateLimits = RateLimits{
 	KRLBurst:      100,
 	InFlight:      128,
 	KRLInFlight:   128,
-	MaxEntries:    100_000,
-	Idle:          10 * time.Minute,
+	// Bastions behind one NAT address each hold one.
+	LongPollsPerAddress: 64,
+	MaxEntries:          100_000,
+	Idle:                10 * time.Minute,
 }
 
 // withDefaults is l with every zero field taken from DefaultRateLimits.
@@ -91,6 +98,7 @@ func (l RateLimits) withDefaults() RateLimits {
 	setI(&l.KRLBurst, d.KRLBurst)
 	setI(&l.InFlight, d.InFlight)
 	setI(&l.KRLInFlight, d.KRLInFlight)
+	setI(&l.LongPollsPerAddress, d.LongPollsPerAddress)
 	setI(&l.MaxEntries, d.MaxEntries)
 	if l.Idle == 0 {
 		l.Idle = d.Idle
@@ -112,25 +120,31 @@ type RateLimiter struct {
 	// slots and krlSlots are the in-flight semaphores.
 	slots    chan struct{}
 	krlSlots chan struct{}
-	limited  *prometheus.CounterVec
+	// longPolls counts the long polls open by address key, at most longPollCap each.
+	longPollCap int
+	pollsMu     sync.Mutex
+	longPolls   map[string]int
+	limited     *prometheus.CounterVec
 }
 
 // NewRateLimiter builds the limiters of l; reg, when not nil, gets the counter
 // sshca_requests_limited_total{limit} (limit: address, identity, krl_address, in_flight,
-// krl_in_flight).
+// krl_in_flight, long_poll_address).
 func NewRateLimiter(l RateLimits, reg prometheus.Registerer) *RateLimiter {
 	l = l.withDefaults()
 	r := &RateLimiter{
-		now:        l.Now,
-		trusted:    l.TrustedProxies,
-		addresses:  newBuckets(rate.Limit(l.PerAddress), l.Burst, l.MaxEntries, l.Idle),
-		krl:        newBuckets(rate.Limit(l.KRLPerAddress), l.KRLBurst, l.MaxEntries, l.Idle),
-		identities: newBuckets(rate.Limit(l.PerIdentity), l.IdentityBurst, l.MaxEntries, l.Idle),
-		slots:      make(chan struct{}, l.InFlight),
-		krlSlots:   make(chan struct{}, l.KRLInFlight),
+		now:         l.Now,
+		trusted:     l.TrustedProxies,
+		addresses:   newBuckets(rate.Limit(l.PerAddress), l.Burst, l.MaxEntries, l.Idle),
+		krl:         newBuckets(rate.Limit(l.KRLPerAddress), l.KRLBurst, l.MaxEntries, l.Idle),
+		identities:  newBuckets(rate.Limit(l.PerIdentity), l.IdentityBurst, l.MaxEntries, l.Idle),
+		slots:       make(chan struct{}, l.InFlight),
+		krlSlots:    make(chan struct{}, l.KRLInFlight),
+		longPollCap: l.LongPollsPerAddress,
+		longPolls:   map[string]int{},
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sshca_requests_limited_total",
-			Help: "Requests refused by a rate limit (429) or shed by an in-flight limit (503), by limit: address, identity, krl_address, in_flight, krl_in_flight.",
+			Help: "Requests refused by a rate limit (429) or shed by an in-flight limit (503), by limit: address, identity, krl_address, in_flight, krl_in_flight, long_poll_address.",
 		}, []string{"limit"}),
 	}
 	for _, limit := range []string{"address", "identity", "krl_address", "in_flight", "krl_in_flight"} {
@@ -174,8 +188,9 @@ func classify(r *http.Request) requestClass {
 }
 
 // Handler limits the requests next serves: per source address first (before any token is
-// looked at), then by the in-flight bound of the request's class. A request over a rate gets
-// 429 and one shed gets 503, both with Retry-After in seconds.
+// looked at), then by the in-flight bound of the request's class, or for a long poll by the
+// long polls its address holds open. A request over a rate or a long poll over the cap gets
+// 429 and one shed gets 503, all with Retry-After in seconds.
 func (r *RateLimiter) Handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		class := classify(req)
@@ -187,9 +202,22 @@ func (r *RateLimiter) Handler(next http.Handler) http.Handler {
 		if class == classKRL {
 			b, slots, rateName, slotName = r.krl, r.krlSlots, "krl_address", "krl_in_flight"
 		}
-		if ok, wait := b.take(AddressKey(ClientIP(req, r.trusted)), r.now()); !ok {
+		key := AddressKey(ClientIP(req, r.trusted))
+		if ok, wait := b.take(key, r.now()); !ok {
 			r.limited.WithLabelValues(rateName).Inc()
 			refuse(w, http.StatusTooManyRequests, wait, "too many requests from this address")
+			return
+		}
+		if IsLongPoll(req) {
+			if !r.openLongPoll(key) {
+				r.limited.WithLabelValues("long_poll_address").Inc()
+				// A slot frees when one of the address's polls ends, within MaxLongPollWait.
+				refuse(w, http.StatusTooManyRequests, MaxLongPollWait/5,
+					fmt.Sprintf("too many long polls of /v1/krl open from this address (at most %d)", r.longPollCap))
+				return
+			}
+			defer r.closeLongPoll(key)
+			next.ServeHTTP(w, req)
 			return
 		}
 		select {
@@ -202,6 +230,24 @@ func (r *RateLimiter) Handler(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, req)
 	})
+}
+
+func (r *RateLimiter) openLongPoll(key string) bool {
+	r.pollsMu.Lock()
+	defer r.pollsMu.Unlock()
+	if r.longPolls[key] >= r.longPollCap {
+		return false
+	}
+	r.longPolls[key]++
+	return true
+}
+
+func (r *RateLimiter) closeLongPoll(key string) {
+	r.pollsMu.Lock()
+	defer r.pollsMu.Unlock()
+	if r.longPolls[key]--; r.longPolls[key] <= 0 {
+		delete(r.longPolls, key) // the map holds only addresses with polls open
+	}
 }
 
 // refuse answers code with Retry-After (whole seconds, at least 1) and an error body that says

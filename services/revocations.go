@@ -294,16 +294,9 @@ func encodeKRL(render func(...ca.RevocationState) ([]byte, error), log *slog.Log
 			answerFailure(ctx, log, resp.Err, w)
 			return nil
 		}
-		// The version is the one the KRL carries (revocation.Version: the generation in the
-		// high bits); the ETag adds which scopes, so a new CA key changes it too.
-		version := revocation.Version(resp.States...)
-		scopes := ""
-		for _, st := range resp.States {
-			scopes += shortFingerprint(st.CA)
-		}
-		etag := `"` + strconv.FormatUint(version, 10) + "-" + shortHash(scopes) + `"`
+		etag, version := krlETag(resp.States)
 		w.Header().Set("ETag", etag)
-		w.Header().Set("X-KRL-Version", strconv.FormatUint(version, 10))
+		w.Header().Set("X-KRL-Version", version)
 		w.Header().Set("Cache-Control", "no-cache")
 		if inm, _ := ctx.Value(ifNoneMatchKey{}).(string); inm == etag {
 			w.WriteHeader(http.StatusNotModified)
@@ -318,6 +311,18 @@ func encodeKRL(render func(...ca.RevocationState) ([]byte, error), log *slog.Log
 		_, err = w.Write(b)
 		return err
 	}
+}
+
+// krlETag is the ETag of the KRL of states, and the version it names: the one the KRL carries
+// (revocation.Version: the generation in the high bits); the ETag adds which scopes, so a new
+// CA key changes it too.
+func krlETag(states []ca.RevocationState) (etag, version string) {
+	scopes := ""
+	for _, st := range states {
+		scopes += shortFingerprint(st.CA)
+	}
+	version = strconv.FormatUint(revocation.Version(states...), 10)
+	return `"` + version + "-" + shortHash(scopes) + `"`, version
 }
 
 func shortHash(s string) string {

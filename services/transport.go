@@ -45,6 +45,12 @@ type HTTPOptions struct {
 	Details func() map[string]string
 	// RenderKRL encodes a revocation state as an OpenSSH KRL (GET /v1/krl).
 	RenderKRL func(...ca.RevocationState) ([]byte, error)
+	// KRLFeed, when set, is where GET /v1/krl reads the states it publishes (instead of the
+	// Service), and what its long poll (GET /v1/krl?wait=25s) waits on; see IsLongPoll.
+	KRLFeed KRLFeed
+	// Stop ends every long poll waiting (with 304) when closed: the server is shutting down,
+	// and its graceful drain must not wait for them.
+	Stop <-chan struct{}
 }
 
 // LoginConfig is the OIDC client setting the CLI signs users in with (the body of
@@ -82,8 +88,12 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 		// clients' RevokedHostKeys.
 		mux.Handle("GET /v1/krl/host", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL, o.Logger),
 			append(opts, kithttp.ServerBefore(withIfNoneMatch))...))
-		mux.Handle("GET /v1/krl", kithttp.NewServer(e.KRL, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL, o.Logger),
-			append(opts, kithttp.ServerBefore(withIfNoneMatch))...))
+		if o.KRLFeed != nil {
+			mux.Handle("GET /v1/krl", newKRLHandler(o.KRLFeed, o.RenderKRL, o.Logger, o.Stop))
+		} else {
+			mux.Handle("GET /v1/krl", kithttp.NewServer(e.KRL, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL, o.Logger),
+				append(opts, kithttp.ServerBefore(withIfNoneMatch))...))
+		}
 	}
 	if o.Keys != nil {
 		mountKeys(mux, o.Keys, encodeResponse, opts)

@@ -35,12 +35,16 @@ type allRoles interface {
 	CAs(ctx context.Context) ([]ssh.PublicKey, error)
 	Snapshot(ctx context.Context, fp string) (ca.RevocationState, string, error)
 	Changes(ctx context.Context, fp, after string, block time.Duration) ([]revocation.Change, error)
+	Follow(ctx context.Context, after map[string]string, block time.Duration) (map[string][]revocation.Change, error)
 	TrimFeed(ctx context.Context, fp string, maxLen int64) error
 }
 
 var (
 	_ allRoles = (*store.Redis)(nil)
 	_ allRoles = (*store.Memory)(nil)
+	// The one follower of a CA replica reads the store through it.
+	_ revocation.FollowFeed = (*store.Redis)(nil)
+	_ revocation.FollowFeed = (*store.Memory)(nil)
 )
 
 // clock is a settable clock shared by a store and its test.

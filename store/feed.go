@@ -90,6 +90,7 @@ func (r *Redis) Snapshot(ctx context.Context, fp string) (ca.RevocationState, st
 	pos := "0-0"
 	if msgs := xCmd.Val(); len(msgs) > 0 {
 		pos = msgs[0].ID
+		st.Changed = streamTime(pos)
 	}
 	return st, pos, nil
 }
@@ -106,35 +107,98 @@ func (r *Redis) Changes(ctx context.Context, fp, after string, block time.Durati
 	}
 	var out []revocation.Change
 	for _, s := range res {
-		for _, m := range s.Messages {
-			c := revocation.Change{ID: m.ID}
-			var gen uint64
-			for k, v := range m.Values {
-				str, _ := v.(string)
-				switch k {
-				case "v":
-					c.Version, _ = strconv.ParseUint(str, 10, 64)
-					continue
-				case "g": // the generation, when not 0 (members always hold a colon)
-					gen, _ = strconv.ParseUint(str, 10, 16)
-					continue
-				}
-				ms, err := strconv.ParseFloat(str, 64)
-				if err != nil {
-					return nil, fmt.Errorf("store: follow: bad expiry in %s", m.ID)
-				}
-				e, err := parseMember(k, ms)
-				if err != nil {
-					return nil, err
-				}
-				c.Entries = append(c.Entries, e)
-			}
-			c.Version = revocation.ComposeVersion(uint16(gen), c.Version)
-			sortEntries(c.Entries)
-			out = append(out, c)
+		cs, err := parseChanges(s.Messages)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, cs...)
+	}
+	return out, nil
+}
+
+// Follow is Changes over many scopes in one XREAD: it blocks up to block (0: until ctx ends;
+// negative: not at all) for changes after the given positions (CA fingerprint → feed
+// position), and returns them by fingerprint, each scope's in order. A CA replica follows every
+// scope with it in one loop, however many agents wait on it (services' long poll of GET
+// /v1/krl).
+func (r *Redis) Follow(ctx context.Context, after map[string]string, block time.Duration) (map[string][]revocation.Change, error) {
+	if len(after) == 0 {
+		return nil, errors.New("store: follow: no scope to follow")
+	}
+	fps := make([]string, 0, len(after))
+	for fp := range after {
+		fps = append(fps, fp)
+	}
+	slices.Sort(fps)
+	streams := make([]string, 2*len(fps))
+	byStream := make(map[string]string, len(fps))
+	for i, fp := range fps {
+		streams[i], streams[len(fps)+i] = r.keys.ScopeStream(fp), after[fp]
+		byStream[r.keys.ScopeStream(fp)] = fp
+	}
+	res, err := r.rdb.XRead(ctx, &redis.XReadArgs{Streams: streams, Block: block, Count: maxChangesRead}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: follow: %w", err)
+	}
+	out := map[string][]revocation.Change{}
+	for _, s := range res {
+		cs, err := parseChanges(s.Messages)
+		if err != nil {
+			return nil, err
+		}
+		if fp, ok := byStream[s.Stream]; ok && len(cs) > 0 {
+			out[fp] = append(out[fp], cs...)
 		}
 	}
 	return out, nil
+}
+
+// parseChanges turns a scope's feed messages into changes. A change's At is the time of its
+// stream ID (Redis's clock, to the millisecond).
+func parseChanges(msgs []redis.XMessage) ([]revocation.Change, error) {
+	var out []revocation.Change
+	for _, m := range msgs {
+		c := revocation.Change{ID: m.ID}
+		var gen uint64
+		for k, v := range m.Values {
+			str, _ := v.(string)
+			switch k {
+			case "v":
+				c.Version, _ = strconv.ParseUint(str, 10, 64)
+				continue
+			case "g": // the generation, when not 0 (members always hold a colon)
+				gen, _ = strconv.ParseUint(str, 10, 16)
+				continue
+			}
+			ms, err := strconv.ParseFloat(str, 64)
+			if err != nil {
+				return nil, fmt.Errorf("store: follow: bad expiry in %s", m.ID)
+			}
+			e, err := parseMember(k, ms)
+			if err != nil {
+				return nil, err
+			}
+			c.Entries = append(c.Entries, e)
+		}
+		c.Version = revocation.ComposeVersion(uint16(gen), c.Version)
+		c.At = streamTime(m.ID)
+		sortEntries(c.Entries)
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// streamTime is the time part of a stream ID ("<ms>-<seq>"); zero when it has none.
+func streamTime(id string) time.Time {
+	ms, _, _ := strings.Cut(id, "-")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil || n <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n).UTC()
 }
 
 // TrimFeed keeps only the last maxLen changes of a scope's feed (exactly; Revoke trims to
@@ -155,9 +219,11 @@ type memChange struct {
 // appendLocked appends a change to the scope's feed, trims it, and wakes readers.
 func (m *Memory) appendLocked(s *memScope, entries []ca.RevocationEntry) {
 	s.lastSeq++
+	// To the millisecond, as Redis's stream IDs: the same state gives the same KRL bytes.
+	s.changed = m.now().UTC().Truncate(time.Millisecond)
 	sortEntries(entries)
 	s.feed = append(s.feed, memChange{seq: s.lastSeq, Change: revocation.Change{
-		ID: strconv.FormatUint(s.lastSeq, 10) + "-0", Version: s.version, Entries: entries}})
+		ID: strconv.FormatUint(s.lastSeq, 10) + "-0", Version: s.version, Entries: entries, At: s.changed}})
 	if over := len(s.feed) - m.feedMax; over > 0 {
 		s.feed = slices.Delete(s.feed, 0, over)
 	}
@@ -242,4 +308,53 @@ func (m *Memory) TrimFeed(_ context.Context, fp string, maxLen int64) error {
 		}
 	}
 	return nil
+}
+
+// Follow is Changes over many scopes at once, as Redis.Follow.
+func (m *Memory) Follow(ctx context.Context, after map[string]string, block time.Duration) (map[string][]revocation.Change, error) {
+	if len(after) == 0 {
+		return nil, errors.New("store: follow: no scope to follow")
+	}
+	seqs := make(map[string]uint64, len(after))
+	for fp, pos := range after {
+		seq, err := parseFeedPosition(pos)
+		if err != nil {
+			return nil, err
+		}
+		seqs[fp] = seq
+	}
+	var timeout <-chan time.Time
+	if block > 0 {
+		t := time.NewTimer(block)
+		defer t.Stop()
+		timeout = t.C
+	}
+	for {
+		m.mu.Lock()
+		out := map[string][]revocation.Change{}
+		for fp, seq := range seqs {
+			s := m.scopes[fp]
+			if s == nil {
+				continue
+			}
+			for _, c := range s.feed {
+				if c.seq > seq && len(out[fp]) < maxChangesRead {
+					c.Entries = slices.Clone(c.Entries)
+					out[fp] = append(out[fp], c.Change)
+				}
+			}
+		}
+		wake := m.changed
+		m.mu.Unlock()
+		if len(out) > 0 || block < 0 {
+			return out, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("store: follow: %w", ctx.Err())
+		case <-timeout:
+			return nil, nil
+		case <-wake:
+		}
+	}
 }

@@ -18,6 +18,7 @@ type feed interface {
 	TrustedCAs(ctx context.Context) ([]ssh.PublicKey, error)
 	Snapshot(ctx context.Context, fp string) (ca.RevocationState, string, error)
 	Changes(ctx context.Context, fp, after string, block time.Duration) ([]revocation.Change, error)
+	Follow(ctx context.Context, after map[string]string, block time.Duration) (map[string][]revocation.Change, error)
 	RegisterCA(ctx context.Context, caKey ssh.PublicKey) error
 	Revoke(ctx context.Context, caKey ssh.PublicKey, entries []ca.RevocationEntry) (uint64, error)
 	TrimFeed(ctx context.Context, fp string, maxLen int64) error
@@ -37,6 +38,66 @@ func testFeed(t *testing.T, newStore func(*testing.T, *clock) feed) {
 	serial := func(n int) []ca.RevocationEntry {
 		return []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: strconv.Itoa(n), Expiry: t0.Add(time.Hour)}}
 	}
+
+	t.Run("follow every scope in one read", func(t *testing.T) {
+		s := newStore(t, &clock{t: t0})
+		a, b := pubKey(t), pubKey(t)
+		fa, fb := ssh.FingerprintSHA256(a), ssh.FingerprintSHA256(b)
+		after := map[string]string{}
+		for _, k := range []ssh.PublicKey{a, b} {
+			if err := s.RegisterCA(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+			_, pos, err := s.Snapshot(ctx, ssh.FingerprintSHA256(k))
+			if err != nil {
+				t.Fatal(err)
+			}
+			after[ssh.FingerprintSHA256(k)] = pos
+		}
+		// Nothing yet: the read waits out its block and returns nothing.
+		if got, err := s.Follow(ctx, after, 50*time.Millisecond); err != nil || len(got) != 0 {
+			t.Fatalf("follow before any change = %+v, %v", got, err)
+		}
+		// A read that is waiting wakes on a change of either scope.
+		woke := make(chan map[string][]revocation.Change, 1)
+		go func() {
+			got, err := s.Follow(ctx, after, 5*time.Second)
+			if err != nil {
+				t.Error(err)
+			}
+			woke <- got
+		}()
+		time.Sleep(100 * time.Millisecond)
+		if _, err := s.Revoke(ctx, b, serial(1)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-woke:
+			if len(got[fb]) != 1 || len(got[fa]) != 0 {
+				t.Fatalf("follow woken by a change of b = %+v", got)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatal("a waiting follow did not wake on a change")
+		}
+		if _, err := s.Revoke(ctx, a, serial(2)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Follow(ctx, after, -1)
+		if err != nil || len(got[fa]) != 1 || len(got[fb]) != 1 {
+			t.Fatalf("follow after a change in each scope = %+v, %v", got, err)
+		}
+		// A state's Changed is its newest change's At: what the KRL's date is taken from.
+		st, _, err := s.Snapshot(ctx, fa)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if at := got[fa][0].At; at.IsZero() || !st.Changed.Equal(at) {
+			t.Errorf("snapshot Changed %v, want the change's At %v (not zero)", st.Changed, at)
+		}
+		if _, err := s.Follow(ctx, map[string]string{}, -1); err == nil {
+			t.Error("follow of no scope: no error")
+		}
+	})
 
 	t.Run("snapshot and follow", func(t *testing.T) {
 		s := newStore(t, &clock{t: t0})

@@ -392,6 +392,7 @@ type memScope struct {
 	entries map[string]ca.RevocationEntry // by member
 	feed    []memChange                   // oldest first, at most Memory.feedMax
 	lastSeq uint64                        // of the last change ever appended
+	changed time.Time                     // of the last change ever appended
 }
 
 // Revoke adds entries to the scope of caKey; see Redis.Revoke.
@@ -451,7 +452,7 @@ func (m *Memory) snapshotLocked(fp string) (ca.RevocationState, string) {
 	if s == nil {
 		return ca.RevocationState{}, "0-0"
 	}
-	st := ca.RevocationState{CA: s.ca, Version: s.version}
+	st := ca.RevocationState{CA: s.ca, Version: s.version, Changed: s.changed}
 	now := m.now()
 	for _, e := range s.entries {
 		if revocation.Live(e, now) {

@@ -143,6 +143,7 @@ func runDev(ctx context.Context, o devOptions) error {
 		return err
 	}
 	p := redisParts(userKey, hostKey, rdb, db, pol, o.log)
+	followRevocations(ctx, &p, db)
 	p.auth = auth
 	p.details = func() map[string]string {
 		return map[string]string{"policy_revision": pol.Revision(), "policy_evaluator": pol.Mode()}

@@ -94,6 +94,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	proxies, _ := cfg.trustedProxies() // validated in LoadConfig
 
 	p := redisParts(userKey, hostKey, rdb, db, pol, log)
+	followRevocations(ctx, &p, db)
 	p.auth, p.requestTimeout = auth, cfg.requestTimeout()
 	p.rate = cfg.Limits.Rate.rateLimits()
 	var auditKey []byte

@@ -63,6 +63,18 @@ type parts struct {
 	requestTimeout time.Duration
 	// rate are the rate limits and in-flight bounds (zero fields: services.DefaultRateLimits).
 	rate services.RateLimits
+	// krlFeed, when set, serves GET /v1/krl and its long poll (followRevocations); stop ends
+	// the long polls waiting when the server shuts down.
+	krlFeed services.KRLFeed
+	stop    <-chan struct{}
+}
+
+// followRevocations starts the replica's one follower of the revocation feeds (until ctx
+// ends), behind GET /v1/krl and its long poll, and ends the long polls when ctx ends (shutdown).
+func followRevocations(ctx context.Context, p *parts, db *store.Redis) {
+	f := revocation.NewFollower(db, p.log)
+	go f.Run(ctx)
+	p.krlFeed, p.stop = f, ctx.Done()
 }
 
 // redisParts are the parts every mode shares: the CA keys signing through the signer, with
@@ -126,14 +138,14 @@ func apiHandler(p parts) (http.Handler, error) {
 		Login:             p.login,
 		Keys:              keys,
 		Requests:          authority,
-		RenderKRL: func(states ...ca.RevocationState) ([]byte, error) {
-			return revocation.EncodeKRL(time.Now(), states...)
-		},
+		RenderKRL:         revocation.EncodeKRL,
+		KRLFeed:           p.krlFeed,
+		Stop:              p.stop,
 	})
 	if p.diag == nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
-	return metrics.InstrumentHTTP(mux, services.RequestID(p.trustedProxies, limiter.Handler(services.RequestDeadline(p.requestTimeout, nil, mux)))), nil
+	return metrics.InstrumentHTTP(mux, services.RequestID(p.trustedProxies, limiter.Handler(services.RequestDeadline(p.requestTimeout, services.IsLongPoll, mux)))), nil
 }
 
 // readyChecks are the checks /readyz runs: the configured ones, with Redis probed by a write
