@@ -1,0 +1,148 @@
+package bastion_test
+
+import (
+	"context"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sshca/sshca/bastion"
+	"github.com/sshca/sshca/krl"
+)
+
+// longPollServer answers GET /v1/krl?wait= as the CA service does (services' long poll): at
+// once when the ETag differs, else when the KRL changes or the wait ends (304), with
+// X-KRL-Wait on every answer to a long poll.
+type longPollServer struct {
+	krlServer
+	changed  chan struct{}
+	requests atomic.Int64
+}
+
+func (s *longPollServer) set(b []byte, ver int) {
+	s.krlServer.set(b, ver)
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+func (s *longPollServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.requests.Add(1)
+	if r.URL.Path != "/v1/krl" || !r.URL.Query().Has("wait") {
+		s.krlServer.ServeHTTP(w, r)
+		return
+	}
+	wait, err := time.ParseDuration(r.URL.Query().Get("wait"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("X-KRL-Wait", wait.String())
+	s.mu.Lock()
+	etag, changed := `"`+strconv.Itoa(s.ver)+`"`, s.changed
+	s.mu.Unlock()
+	if r.Header.Get("If-None-Match") == etag {
+		select {
+		case <-changed:
+		case <-time.After(wait):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	s.krlServer.ServeHTTP(w, r)
+}
+
+func encodeKRL(t *testing.T, version uint64, serials ...uint64) []byte {
+	t.Helper()
+	k := &krl.KRL{Version: version}
+	k.RevokeSerials(caKey(t), serials...)
+	b, err := k.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func startHTTPAgent(t *testing.T, h http.Handler, poll time.Duration) string {
+	t.Helper()
+	ts := httptest.NewTLSServer(h)
+	t.Cleanup(ts.Close)
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "server-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src, err := bastion.NewHTTPSource(ts.URL, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	krlPath := filepath.Join(dir, "sshca.krl")
+	a, err := bastion.NewAgent(bastion.Options{KRLPath: krlPath, HTTP: src, PollEvery: poll, LongPollWait: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return krlPath
+}
+
+// TestAgentHTTPLongPoll: against a server that long polls, the agent installs a new KRL as
+// soon as the server answers, though its polling interval is an hour; it asks again at once
+// after each answer, and waits (no busy loop) while nothing changes.
+func TestAgentHTTPLongPoll(t *testing.T) {
+	srv := &longPollServer{changed: make(chan struct{})}
+	srv.krlServer.set(encodeKRL(t, 1, 1), 1)
+	krlPath := startHTTPAgent(t, srv, time.Hour)
+	waitUntil(t, "version 1 is installed", func() bool { k := installedKRL(t, krlPath); return k != nil && k.Version == 1 })
+	for v := 2; v <= 4; v++ {
+		time.Sleep(100 * time.Millisecond) // the agent waits in its long poll
+		set := time.Now()
+		srv.set(encodeKRL(t, uint64(v), 1, uint64(v)), v)
+		for {
+			if k := installedKRL(t, krlPath); k != nil && k.Version == uint64(v) {
+				break
+			}
+			if time.Since(set) > time.Second {
+				t.Fatalf("version %d not installed 1s after the server had it (polling every hour: the long poll is not used)", v)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		t.Logf("version %d installed %s after the server had it", v, time.Since(set))
+	}
+	before := srv.requests.Load()
+	time.Sleep(time.Second)
+	if n := srv.requests.Load() - before; n > 2 {
+		t.Errorf("%d requests in 1s without a change (long polls of 2s): a busy loop", n)
+	}
+}
+
+// TestAgentHTTPPollsOldServer: a server without the long poll (no X-KRL-Wait; it answers at
+// once) is polled every PollEvery, not asked again and again.
+func TestAgentHTTPPollsOldServer(t *testing.T) {
+	srv := &longPollServer{changed: make(chan struct{})}
+	srv.krlServer.set(encodeKRL(t, 1, 1), 1)
+	var requests atomic.Int64
+	old := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		srv.krlServer.ServeHTTP(w, r) // ignores wait
+	})
+	krlPath := startHTTPAgent(t, old, 200*time.Millisecond)
+	waitUntil(t, "version 1 is installed", func() bool { k := installedKRL(t, krlPath); return k != nil && k.Version == 1 })
+	srv.krlServer.set(encodeKRL(t, 2, 1, 2), 2)
+	waitUntil(t, "version 2 is installed by polling", func() bool { return installedKRL(t, krlPath).Version == 2 })
+	before := requests.Load()
+	time.Sleep(time.Second)
+	if n := requests.Load() - before; n > 8 {
+		t.Errorf("%d requests in 1s polling every 200ms", n)
+	}
+}
