@@ -31,6 +31,7 @@ type allRoles interface {
 	Check(ctx context.Context) error
 	RegisterCA(ctx context.Context, caKey ssh.PublicKey) error
 	UnregisterCA(ctx context.Context, caLine string) error
+	RegisterHostCA(ctx context.Context, caKey ssh.PublicKey) error
 	TrustedCAs(ctx context.Context) ([]ssh.PublicKey, error)
 	CAs(ctx context.Context) ([]ssh.PublicKey, error)
 	Snapshot(ctx context.Context, fp string) (ca.RevocationState, string, error)

@@ -237,7 +237,9 @@ func (m *Memory) CAs(context.Context) ([]ssh.PublicKey, error) {
 	defer m.mu.Unlock()
 	lines := make([]string, 0, len(m.scopes))
 	for _, s := range m.scopes {
-		lines = append(lines, authorizedLine(s.ca))
+		if l := authorizedLine(s.ca); !m.hostCAs[l] {
+			lines = append(lines, l)
+		}
 	}
 	return parseKeyLines(lines)
 }

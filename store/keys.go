@@ -99,6 +99,11 @@ func (k Keys) TrustedUserCAs() string { return k.p() + ":trusted-user-cas" }
 // stays listed after it is no longer trusted (CA trust registry, feed).
 func (k Keys) CAs() string { return k.p() + ":cas" }
 
+// HostCAs is the set of host CA public keys (authorized_keys form): their scopes hold host
+// revocations (GET /v1/krl/host), so they are kept out of CAs, whose scopes make the user KRL
+// (CA trust registry).
+func (k Keys) HostCAs() string { return k.p() + ":host-cas" }
+
 // ScopeEntries is a CA key's revoked entries, members "<kind>:<value>" scored by expiry in
 // unix ms (revocations).
 func (k Keys) ScopeEntries(fp string) string { return k.scope(fp) + "entries" }
@@ -216,6 +221,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.Keyring(), "Keyring", TagKeyring, "keyring", ReadByCA},
 		{k.TrustedUserCAs(), "TrustedUserCAs", "", "trust", ReadByBastion},
 		{k.CAs(), "CAs", "", "trust", ReadByBastion},
+		{k.HostCAs(), "HostCAs", "", "trust", ReadByCA},
 		{k.ScopeEntries(exampleFP), "ScopeEntries", ca, "revocations", ReadByBastion},
 		{k.ScopeVersion(exampleFP), "ScopeVersion", ca, "revocations", ReadByBastion},
 		{k.ScopeCA(exampleFP), "ScopeCA", ca, "revocations", ReadByBastion},

@@ -23,6 +23,7 @@ type Memory struct {
 	keyring   []byte               // the keyring document, JSON as in Redis
 	scopes    map[string]*memScope // by CA fingerprint; listed by CAs
 	trusted   map[string]bool      // authorized_keys lines of trusted user CA keys
+	hostCAs   map[string]bool      // authorized_keys lines of host CA keys: not listed by CAs
 	blocked   map[string]time.Time
 	requests  map[string][]byte // access requests by ID, JSON as in Redis
 	// changed is closed and replaced whenever a scope's feed grows, waking Changes.

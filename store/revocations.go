@@ -197,8 +197,16 @@ func (r *Redis) Revoke(ctx context.Context, caKey ssh.PublicKey, entries []ca.Re
 		s, _ := res[0].(string)
 		v, _ = strconv.ParseUint(s, 10, 64)
 	}
-	if err := r.rdb.SAdd(ctx, r.keys.CAs(), authorizedLine(caKey)).Err(); err != nil {
+	// Listed for the user KRL, unless it is a host CA key (RegisterHostCA).
+	line := authorizedLine(caKey)
+	host, err := r.rdb.SIsMember(ctx, r.keys.HostCAs(), line).Result()
+	if err != nil {
 		return 0, fmt.Errorf("store: register CA: %w", err)
+	}
+	if !host {
+		if err := r.rdb.SAdd(ctx, r.keys.CAs(), line).Err(); err != nil {
+			return 0, fmt.Errorf("store: register CA: %w", err)
+		}
 	}
 	g, _ := r.witness.Generation()
 	return revocation.ComposeVersion(g.Epoch, v), nil

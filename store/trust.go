@@ -31,6 +31,25 @@ func (r *Redis) RegisterCA(ctx context.Context, caKey ssh.PublicKey) error {
 	return nil
 }
 
+// RegisterHostCA records a host CA key as such, and takes it out of CAs: its scope (host
+// certificates and keys revoked) belongs in the host KRL, never in the user KRL that bastions
+// build from CAs. Revoke lists a scope in CAs only when its key is not a registered host CA
+// key, so a host CA key registered before it revokes anything never gets there. Not atomic
+// with Revoke (the two sets are untagged, in different Cluster slots): a host CA key revoked
+// in while it is being registered may stay listed until the next RegisterHostCA (at every
+// start), which only puts host entries in the user KRL, where no user certificate matches
+// them.
+func (r *Redis) RegisterHostCA(ctx context.Context, caKey ssh.PublicKey) error {
+	line := authorizedLine(caKey)
+	if err := r.rdb.SAdd(ctx, r.keys.HostCAs(), line).Err(); err != nil {
+		return fmt.Errorf("store: register host CA: %w", err)
+	}
+	if err := r.rdb.SRem(ctx, r.keys.CAs(), line).Err(); err != nil {
+		return fmt.Errorf("store: register host CA: %w", err)
+	}
+	return nil
+}
+
 // UnregisterCA withdraws a CA key (its authorized_keys line) from what bastions trust; its
 // revocation scope stays followed.
 func (r *Redis) UnregisterCA(ctx context.Context, caLine string) error {
@@ -75,6 +94,17 @@ func (m *Memory) RegisterCA(_ context.Context, caKey ssh.PublicKey) error {
 		m.trusted = map[string]bool{}
 	}
 	m.trusted[authorizedLine(caKey)] = true
+	return nil
+}
+
+// RegisterHostCA records a host CA key as such, and takes it out of CAs, as Redis.RegisterHostCA.
+func (m *Memory) RegisterHostCA(_ context.Context, caKey ssh.PublicKey) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.hostCAs == nil {
+		m.hostCAs = map[string]bool{}
+	}
+	m.hostCAs[authorizedLine(caKey)] = true
 	return nil
 }
 

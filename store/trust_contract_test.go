@@ -16,6 +16,8 @@ import (
 type trust interface {
 	RegisterCA(ctx context.Context, caKey ssh.PublicKey) error
 	UnregisterCA(ctx context.Context, caLine string) error
+	RegisterHostCA(ctx context.Context, caKey ssh.PublicKey) error
+	Revoke(ctx context.Context, caKey ssh.PublicKey, entries []ca.RevocationEntry) (uint64, error)
 	TrustedCAs(ctx context.Context) ([]ssh.PublicKey, error)
 	CAs(ctx context.Context) ([]ssh.PublicKey, error)
 	State(ctx context.Context, caKey ssh.PublicKey) (ca.RevocationState, error)
@@ -75,6 +77,39 @@ func testTrust(t *testing.T, newStore func(*testing.T, *clock) trust) {
 		}
 		if got, _ := s.CAs(ctx); !same(got, a, b) {
 			t.Errorf("followed after unregistering a = %d keys, want a and b still", len(got))
+		}
+	})
+
+	// A host CA key's scope holds host revocations: never listed with the user CA keys
+	// (whose scopes make the user KRL), whether it revoked before or after it was registered.
+	t.Run("host CA keys are not followed for the user KRL", func(t *testing.T) {
+		s := newStore(t, &clock{t: time.Now()})
+		user, host, early := pubKey(t), pubKey(t), pubKey(t)
+		if err := s.RegisterCA(ctx, user); err != nil {
+			t.Fatal(err)
+		}
+		entry := []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: "9", Expiry: time.Now().Add(time.Hour)}}
+		// One host CA key revokes before it is registered (a replica of the previous
+		// layout, or a start with Redis down), the other after.
+		if _, err := s.Revoke(ctx, early, entry); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []ssh.PublicKey{host, early} {
+			if err := s.RegisterHostCA(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.Revoke(ctx, host, entry); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Revoke(ctx, user, entry); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.CAs(ctx); err != nil || !same(got, user) {
+			t.Errorf("followed = %d keys (%v), want the user CA key only", len(got), err)
+		}
+		if st, err := s.State(ctx, host); err != nil || st.Version == 0 || len(st.Entries) != 1 {
+			t.Errorf("the host CA key's scope = %+v, %v: its revocation must still be kept", st, err)
 		}
 	})
 }

@@ -104,6 +104,9 @@ func runDev(ctx context.Context, o devOptions) error {
 	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
 		return fmt.Errorf("dev: embedded redis: %w", err)
 	}
+	if err := db.RegisterHostCA(ctx, hostKey.Signer().PublicKey()); err != nil {
+		return fmt.Errorf("dev: embedded redis: %w", err)
+	}
 
 	// Listen first: the verifier's discovery below fetches from this very listener.
 	l, err := net.Listen("tcp", o.listen)

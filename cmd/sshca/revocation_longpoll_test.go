@@ -23,6 +23,7 @@ import (
 	"github.com/sshca/sshca/bastion"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/krl"
 )
 
 // TestRevocationHTTPSLongPoll: two serve replicas on one real redis-server; a bastion agent
@@ -70,6 +71,7 @@ func TestRevocationHTTPSLongPoll(t *testing.T) {
 	installs := newInstallSampler(t, httpsAgent.Status, redisAgent.Status)
 	const n = 50
 	var latencies, httpsInstall, redisInstall []time.Duration
+	var lastRevoked, lastAnswered time.Time
 	for i := range n {
 		c := issue(t, baseA, "user", alice(), map[string]any{"public_key": readFile(t, userKey+".pub"), "ttl": "10m"})
 		path := filepath.Join(dir, "c"+strconv.Itoa(i)+"-cert.pub")
@@ -90,6 +92,7 @@ func TestRevocationHTTPSLongPoll(t *testing.T) {
 				t.Fatalf("round %d: serial %s still accepted after 10s", i, c.Serial)
 			}
 		}
+		lastRevoked, lastAnswered = start, time.Now()
 		latencies = append(latencies, time.Since(start))
 		httpsInstall = append(httpsInstall, installs.after(t, 0, had, start))
 		redisInstall = append(redisInstall, installs.after(t, 1, had, start))
@@ -110,6 +113,26 @@ func TestRevocationHTTPSLongPoll(t *testing.T) {
 		t.Errorf("p99 revoke-to-refusal %s over HTTPS, want well under 2s (target 0.5s)", p99)
 	}
 
+	// A host certificate revoked: its scope is the host CA key's, which is in neither agent's
+	// KRL (the user KRL's version does not move), only in GET /v1/krl/host.
+	userVersion := httpsAgent.Status().KRLVersion
+	hostKey := keygen(t, dir, "web1")
+	hc := issue(t, baseA, "host", mint(map[string]any{"sub": "ci", "groups": []string{"ci"}}), map[string]any{
+		"public_key": readFile(t, hostKey+".pub"), "hostnames": []string{"127.0.0.1"}})
+	if code, out := call(t, http.MethodPost, baseA+"/v1/revocations", admin, map[string]any{"serial": hc.Serial, "reason": "test"}); code != http.StatusOK {
+		t.Fatalf("revoke a host certificate = %d %s", code, out)
+	}
+	_, hostKRL := call(t, http.MethodGet, baseB+"/v1/krl/host", "", nil)
+	if hk, err := krl.Parse(hostKRL); err != nil || !hk.IsRevoked(parseCert(t, hc.Certificate)) {
+		t.Fatalf("the host KRL does not revoke the host certificate (%v)", err)
+	}
+	time.Sleep(time.Second) // time for a (wrong) change to reach the agents
+	for name, a := range map[string]*bastion.Agent{"HTTPS": httpsAgent, "Redis": redisAgent} {
+		if v := a.Status().KRLVersion; v != userVersion {
+			t.Errorf("the %s agent's KRL moved from version %d to %d on a host certificate's revocation: the host CA's scope is in the user KRL", name, userVersion, v)
+		}
+	}
+
 	// Byte-identical KRLs: the Redis agent, the HTTPS agent, and GET /v1/krl of each replica.
 	waitFor(t, 10*time.Second, "both agents have the same KRL version", func() bool {
 		return httpsAgent.Status().KRLVersion == redisAgent.Status().KRLVersion && httpsAgent.Status().KRLVersion > 0
@@ -124,6 +147,10 @@ func TestRevocationHTTPSLongPoll(t *testing.T) {
 	}
 	if !bytes.Equal(httpsKRL, redisKRL) {
 		t.Errorf("the HTTPS agent's KRL (%d bytes) and the Redis agent's (%d bytes) differ for the same state", len(httpsKRL), len(redisKRL))
+	}
+	// Its date is the state's newest change (the last revocation), not when it was encoded.
+	if k, err := krl.Parse(redisKRL); err != nil || k.GeneratedDate.Before(lastRevoked.Truncate(time.Second)) || k.GeneratedDate.After(lastAnswered) {
+		t.Errorf("KRL generated %v, want the last change's time (between %v and %v); err %v", k.GeneratedDate, lastRevoked, lastAnswered, err)
 	}
 	for _, base := range []string{baseA, baseB} {
 		if code, body := call(t, http.MethodGet, base+"/v1/krl", "", nil); code != http.StatusOK || !bytes.Equal(body, redisKRL) {

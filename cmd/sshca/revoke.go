@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,7 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/krl"
 )
 
 func newRevokeCommand() *cobra.Command {
@@ -62,7 +65,8 @@ func newRevokeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reply, err := client.New(server).Revoke(cmd.Context(), token, req)
+			c := client.New(server)
+			reply, err := c.Revoke(cmd.Context(), token, req)
 			if err != nil {
 				var e *client.Error
 				if errors.As(err, &e) && e.Status == http.StatusConflict && identity != "" {
@@ -73,7 +77,10 @@ func newRevokeCommand() *cobra.Command {
 			for _, m := range reply.Matches {
 				fmt.Fprintf(cmd.OutOrStdout(), "identity %s\n", m)
 			}
-			return printRevoked(cmd.OutOrStdout(), reply.Revoked, reply.BlockedUntil, reply.Version)
+			if err := printRevoked(cmd.OutOrStdout(), reply.Revoked, reply.BlockedUntil); err != nil {
+				return err
+			}
+			return printKRLVersions(cmd.Context(), cmd.OutOrStdout(), c, reply)
 		},
 	}
 	cmd.Flags().StringVar(&server, "server", os.Getenv("SSHCA_SERVER"), "sshca server URL (env SSHCA_SERVER)")
@@ -89,7 +96,7 @@ func newRevokeCommand() *cobra.Command {
 	return cmd
 }
 
-func printRevoked(w io.Writer, revoked []client.RevocationEntry, blockedUntil, version string) error {
+func printRevoked(w io.Writer, revoked []client.RevocationEntry, blockedUntil string) error {
 	if len(revoked) == 0 {
 		fmt.Fprintln(w, "no live certificate to revoke")
 	}
@@ -103,8 +110,62 @@ func printRevoked(w io.Writer, revoked []client.RevocationEntry, blockedUntil, v
 	if blockedUntil != "" {
 		fmt.Fprintf(w, "new certificates refused until %s\n", blockedUntil)
 	}
-	fmt.Fprintf(w, "revocation list version %s\n", version)
 	return nil
+}
+
+// printKRLVersions says which KRLs now carry what was revoked, and the version to look for:
+// the user KRL's is the krl_version a bastion's agent reports (its /healthz) once it enforces
+// the revocation; the host KRL's that of the file ssh's RevokedHostKeys reads (sshca login keeps
+// it). The revocation's own answer has no such number: a scope's version counts the changes of
+// one CA key, while a KRL covers every CA key of its kind (a retired key's revocations, a host
+// CA's), so the version is read from the KRL the server publishes right after. Both only grow,
+// so a later version carries this revocation too.
+func printKRLVersions(ctx context.Context, w io.Writer, c *client.Client, reply client.RevokeResponse) error {
+	user, host := false, false
+	for _, e := range reply.Revoked {
+		if e.Kind == string(ca.RevokedKey) { // banned under both CAs
+			user, host = true, true
+		}
+	}
+	for _, cert := range reply.Certificates {
+		switch ca.CertKind(cert.Kind) {
+		case ca.UserCert:
+			user = true
+		case ca.HostCert:
+			host = true
+		}
+	}
+	if user {
+		k, err := c.KRL(ctx, "")
+		if err != nil {
+			return fmt.Errorf("revoked, but the KRL cannot be read to tell its version: %w", cliError(err))
+		}
+		v, err := krlVersion(k.Data)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "user KRL version %d: bastions enforce this once their agent reports krl_version %d or more\n", v, v)
+	}
+	if host {
+		b, err := c.HostKRL(ctx)
+		if err != nil {
+			return fmt.Errorf("revoked, but the host KRL cannot be read to tell its version: %w", cliError(err))
+		}
+		v, err := krlVersion(b)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "host KRL version %d: ssh clients refuse the host once their RevokedHostKeys file (GET /v1/krl/host, kept by sshca login) has version %d or more\n", v, v)
+	}
+	return nil
+}
+
+func krlVersion(b []byte) (uint64, error) {
+	k, err := krl.Parse(b)
+	if err != nil {
+		return 0, fmt.Errorf("revoked, but the server's KRL does not parse: %w", err)
+	}
+	return k.Version, nil
 }
 
 // liftBan lifts the ban of the public key in file (POST /v1/revocations/lift).
@@ -121,11 +182,11 @@ func liftBan(cmd *cobra.Command, server, tokenEnv, tokenFile, file, reason strin
 	if err != nil {
 		return cliError(err)
 	}
-	if reply.Lifted {
-		fmt.Fprintln(cmd.OutOrStdout(), "ban lifted: new certificates may be issued for the key; bastions drop it from their KRL")
-	} else {
+	if !reply.Lifted {
 		fmt.Fprintln(cmd.OutOrStdout(), "the key was not banned: nothing changed")
+		return nil
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "revocation list version %s\n", reply.Version)
-	return nil
+	fmt.Fprintln(cmd.OutOrStdout(), "ban lifted: new certificates may be issued for the key; bastions drop it from their KRL")
+	// Lifted from the user and the host KRLs alike.
+	return printKRLVersions(cmd.Context(), cmd.OutOrStdout(), client.New(server), client.RevokeResponse{Revoked: []client.RevocationEntry{{Kind: string(ca.RevokedKey)}}})
 }

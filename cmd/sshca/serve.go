@@ -80,6 +80,10 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
 		log.Warn("cannot publish the user CA to bastions yet; Redis unreachable?", "err", err)
 	}
+	// Its scope belongs in the host KRL, never in the user KRL bastions build.
+	if err := db.RegisterHostCA(ctx, hostKey.Signer().PublicKey()); err != nil {
+		log.Warn("cannot register the host CA key as such; Redis unreachable?", "err", err)
+	}
 
 	reg := newRegistry()
 	pol, details, err := policyInForce(ctx, cfg.Policy, log, reg)
@@ -286,6 +290,11 @@ func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *km
 	for _, k := range userCA.Published() {
 		if err := db.RegisterCA(ctx, k); err != nil {
 			return fmt.Errorf("keyring: publish to bastions: %w", err)
+		}
+	}
+	for _, k := range hostCA.Scopes() {
+		if err := db.RegisterHostCA(ctx, k); err != nil {
+			return fmt.Errorf("keyring: register host CA keys: %w", err)
 		}
 	}
 	limits := ca.DefaultLimits
