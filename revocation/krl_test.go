@@ -56,3 +56,39 @@ func TestVersionOrdersGenerations(t *testing.T) {
 		t.Errorf("BuildKRL wrote version %d, Version says %d", k.Version, rebuilt)
 	}
 }
+
+// TestBuildKRLDateFromState: a KRL's generation date is the newest change of its states, not
+// the encoder's clock: the same states encoded at different times are the same bytes, and
+// states that never changed give date 0.
+func TestBuildKRLDateFromState(t *testing.T) {
+	user, retired := caKey(t), caKey(t)
+	older := time.Date(2026, 11, 29, 20, 0, 0, 0, time.UTC)
+	newer := older.Add(90*time.Minute + 700*time.Millisecond)
+	states := []ca.RevocationState{
+		{CA: user, Version: 3, Changed: older, Entries: []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: "7", Expiry: newer.Add(time.Hour)}}},
+		{CA: retired, Version: 1, Changed: newer, Entries: []ca.RevocationEntry{{Kind: ca.RevokedKeyID, Value: "a#1", Expiry: newer.Add(time.Hour)}}},
+	}
+	k, err := revocation.BuildKRL(states...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := newer.Truncate(time.Second); !k.GeneratedDate.Equal(want) {
+		t.Errorf("generated %v, want the newest change %v", k.GeneratedDate, want)
+	}
+	first, err := revocation.EncodeKRL(states...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // a clock-dated encoder would now write another second
+	again, err := revocation.EncodeKRL(states...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(first) != string(again) {
+		t.Error("the same states encoded a second apart give different bytes")
+	}
+	k, err = revocation.BuildKRL(ca.RevocationState{CA: user})
+	if err != nil || !k.GeneratedDate.IsZero() {
+		t.Errorf("a scope that never changed: generated %v (%v), want 0", k.GeneratedDate, err)
+	}
+}

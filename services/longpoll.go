@@ -200,3 +200,22 @@ func (h *krlHandler) answer(ctx context.Context, w http.ResponseWriter, inm stri
 	w.Header().Set("Content-Length", strconv.Itoa(len(k.body)))
 	_, _ = w.Write(k.body)
 }
+
+// InstrumentKRLFeed times the feed's reads and records the version of the KRL they publish
+// (sshca_krl_version{ca="user"}), as InstrumentingMiddleware does for the Service's.
+func InstrumentKRLFeed(m *Metrics) func(KRLFeed) KRLFeed {
+	return func(f KRLFeed) KRLFeed { return instrumentedFeed{f, m} }
+}
+
+type instrumentedFeed struct {
+	KRLFeed
+	m *Metrics
+}
+
+func (f instrumentedFeed) States(ctx context.Context) (states []ca.RevocationState, err error) {
+	defer func(begin time.Time) {
+		f.m.observe("krl", begin, err)
+		f.m.servedKRL("user", states, err)
+	}(time.Now())
+	return f.KRLFeed.States(ctx)
+}

@@ -2,6 +2,7 @@ package services_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -95,7 +96,11 @@ func TestKRLLongPoll(t *testing.T) {
 	done := make(chan answer, 1)
 	begin := time.Now()
 	go func() {
-		resp, body := get(t, srv.URL+"/v1/krl?wait=10s", etag)
+		resp, body, err := fetch(srv.URL+"/v1/krl?wait=10s", etag)
+		if err != nil {
+			t.Error(err)
+			resp = &http.Response{Header: http.Header{}}
+		}
 		done <- answer{resp, body, time.Since(begin)}
 	}()
 	time.Sleep(700 * time.Millisecond)
@@ -152,7 +157,12 @@ func TestKRLLongPollOneReadPerChange(t *testing.T) {
 	before := feed.reads.Load()
 	for range agents {
 		wg.Go(func() {
-			resp, _ := get(t, srv.URL+"/v1/krl?wait=20s", etag)
+			resp, _, err := fetch(srv.URL+"/v1/krl?wait=20s", etag)
+			if err != nil {
+				t.Error(err)
+				codes <- 0
+				return
+			}
 			codes <- resp.StatusCode
 		})
 	}
@@ -180,7 +190,12 @@ func TestKRLLongPollShutdown(t *testing.T) {
 	etag := resp.Header.Get("ETag")
 	done := make(chan int, 1)
 	go func() {
-		resp, _ := get(t, srv.URL+"/v1/krl?wait=25s", etag)
+		resp, _, err := fetch(srv.URL+"/v1/krl?wait=25s", etag)
+		if err != nil {
+			t.Error(err)
+			done <- 0
+			return
+		}
 		done <- resp.StatusCode
 	}()
 	testEventually(t, 5*time.Second, "the agent waits", func() bool { return feed.reads.Load() == 2 })
@@ -208,7 +223,7 @@ func TestKRLLongPollCap(t *testing.T) {
 	resp, _ := get(t, srv.URL+"/v1/krl", "")
 	etag := resp.Header.Get("ETag")
 	for range 2 {
-		go get(t, srv.URL+"/v1/krl?wait=20s", etag)
+		go fetch(srv.URL+"/v1/krl?wait=20s", etag)
 	}
 	testEventually(t, 5*time.Second, "two agents wait", func() bool { return feed.reads.Load() == 3 })
 	resp, body := get(t, srv.URL+"/v1/krl?wait=20s", etag)
@@ -251,4 +266,22 @@ func testEventually(t *testing.T, within time.Duration, what string, cond func()
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// fetch is get for other goroutines than the test's: it returns its error.
+func fetch(url, ifNoneMatch string) (*http.Response, []byte, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ifNoneMatch != "" {
+		req.Header.Set("If-None-Match", ifNoneMatch)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp, b, err
 }

@@ -123,6 +123,9 @@ func apiHandler(p parts) (http.Handler, error) {
 	svc = services.InstrumentingMiddleware(metrics)(svc)
 	svc = services.LoggingMiddleware(p.log)(svc)
 	keys := services.LoggingKeyAdmin(p.log)(services.InstrumentingKeyAdmin(metrics)(keyAdmin(p, authority)))
+	if p.krlFeed != nil {
+		p.krlFeed = services.InstrumentKRLFeed(metrics)(p.krlFeed)
+	}
 
 	ready, details := services.Checks(p.readyChecks()), withFaults(p.details, faults)
 	if p.diag != nil {
