@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -309,25 +310,37 @@ func (a *Agent) runRedis(ctx context.Context) error {
 			return err
 		case c := <-changes:
 			s := scopes[c.fp]
+			reload := false
 			switch {
-			case c.Version <= s.state.Version:
+			case c.Version <= s.state.Version && !feedAfter(c.ID, s.pos):
 				continue // already in the snapshot
+			case c.Version <= s.state.Version:
+				// Made after everything we hold, at a version we hold already: the store's
+				// versions went back (restored from an old copy, a failover to a lagging
+				// replica). The snapshot says so (its generation mark), or its older KRL is
+				// refused with an alert; never skip it silently.
+				a.o.Log.Warn("revocation change at an older version than the state; reloading the state", "ca", c.fp, "have", s.state.Version, "got", c.Version)
+				reload = true
 			case c.Version == s.state.Version+1:
 				s.state.Entries = append(s.state.Entries, c.Entries...)
 				s.state.Version = c.Version
 				s.state.Changed = c.At // the KRL's date, as the server's (revocation.BuildKRL)
+				s.pos = c.ID
 			default:
 				// A gap: our position was trimmed away, or we missed a change. Reload the
 				// whole state rather than skip anything.
 				a.o.Log.Info("revocation stream gap; reloading the state", "ca", c.fp, "have", s.state.Version, "got", c.Version)
-				st, _, err := r.Snapshot(ctx, c.fp)
+				reload = true
+			}
+			if reload {
+				st, pos, err := r.Snapshot(ctx, c.fp)
 				if err != nil {
 					return err
 				}
 				if st.CA == nil {
 					st.CA = s.state.CA
 				}
-				s.state = st
+				s.state, s.pos = st, pos
 			}
 			if err := a.install(scopes, "redis"); err != nil {
 				return err
@@ -462,6 +475,23 @@ func (a *Agent) synced() {
 	if a.status.Alert == "" && a.status.Connected {
 		a.status.LastSync = a.o.Now()
 	}
+}
+
+// feedAfter reports whether feed position id ("<ms>-<seq>", a Redis stream ID) comes after
+// pos; an ID that does not parse counts as after (reload rather than skip).
+func feedAfter(id, pos string) bool {
+	parse := func(s string) (uint64, uint64, bool) {
+		a, b, ok := strings.Cut(s, "-")
+		ms, err1 := strconv.ParseUint(a, 10, 64)
+		seq, err2 := strconv.ParseUint(b, 10, 64)
+		return ms, seq, ok && err1 == nil && err2 == nil
+	}
+	im, is, ok1 := parse(id)
+	pm, ps, ok2 := parse(pos)
+	if !ok1 || !ok2 {
+		return true
+	}
+	return im > pm || im == pm && is > ps
 }
 
 func sameKeys(a, b []ssh.PublicKey) bool {
