@@ -201,7 +201,7 @@ func agentHealthHandler(a *bastion.Agent, sessions *bastion.Sessions) http.Handl
 			status(func(st bastion.Status) float64 { return float64(st.FilesRestored) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_files_alert", Help: "1 while sshd does not read what the agent writes (a link removed or re-pointed, a file that could not be put back)."},
 			status(func(st bastion.Status) float64 { return one(st.FilesAlert != "") })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_config_drift", Help: "sshd settings in effect that differ from the hardened configuration (0 until the drift check reports)."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_config_drift", Help: "sshd settings in effect that differ from the hardened configuration (0 without --sshd-config)."},
 			status(func(st bastion.Status) float64 { return float64(st.ConfigDrift) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sshca_bastion_sessions_ended_total", Help: "Live sessions of revoked certificates that the agent ended (with --sshd-log)."},
 			func() float64 {

@@ -157,6 +157,22 @@ func runDev(ctx context.Context, o devOptions) error {
 	}
 	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: o.log})
 	p.login = &services.LoginConfig{Issuer: issuerURL, ClientID: devAudience, Scopes: []string{"openid", "email", "profile"}}
+	// The keyring is on, as with keyring.enabled in production, so that the rotation commands
+	// (sshca keys ..., README "CA key rotation") work here: generated keys are files in the
+	// state directory; the keyring itself lives in the in-process Redis and starts again from
+	// user_ca.pem and host_ca.pem at each start. A key must be published for a minute (not 15)
+	// before it may be promoted.
+	keysCfg := &Config{
+		UserCA:  KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(o.state, "user_ca.pem")},
+		HostCA:  KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(o.state, "host_ca.pem")},
+		Keyring: KeyringConfig{Enabled: true, KMS: "softkms:", KeyDir: filepath.Join(o.state, "keys"), TrustRefresh: devTrustRefresh},
+	}
+	if err := os.MkdirAll(keysCfg.Keyring.KeyDir, 0o700); err != nil {
+		return fmt.Errorf("dev: keyring: %w", err)
+	}
+	if err := useKeyring(ctx, &p, keysCfg, userKey, hostKey, db); err != nil {
+		return fmt.Errorf("dev: keyring: %w", err)
+	}
 	api, err := apiHandler(p)
 	if err != nil {
 		return err
@@ -168,6 +184,9 @@ func runDev(ctx context.Context, o devOptions) error {
 	}
 	return <-errc
 }
+
+// devTrustRefresh is how long sshca dev publishes a new CA key before it may be promoted.
+const devTrustRefresh = time.Minute
 
 // devSecretFile is the name, in the state directory, of the file holding the secret that
 // /dev/token and /dev/device/approve require.
@@ -228,7 +247,9 @@ func printDevBanner(w io.Writer, base, issuer, state, redisAddr, secretPath stri
   OIDC issuer  $ISSUER   (audience "$AUD", ES256; discovery at $ISSUER/.well-known/openid-configuration)
   Dev secret   $SECRET (mode 0600, new each run): /dev/token and /dev/device/approve want it
                in a $HEADER header; sshca dev token reads it from there
-  CA keys      $STATE/user_ca.pem, $STATE/host_ca.pem (kept across restarts)
+  CA keys      $STATE/user_ca.pem, $STATE/host_ca.pem (kept across restarts); keyring on:
+               sshca keys list|generate|promote|retire with a token of group sshca-admins
+               (new keys go to $STATE/keys; promote after a minute)
   Redis        in-process at $REDIS; nothing is persisted
   Audit log    every decision, chained: sshca audit verify --redis redis://$REDIS --key-file $STATE/audit.key --print
 
