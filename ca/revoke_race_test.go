@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,6 +61,10 @@ type raceTrial struct {
 	// layout1 starts the store as replicas of layout 1 left it (a block of theirs, no layout
 	// record): the rolling upgrade's state, in which replicas of layout 2 write both sets.
 	layout1 bool
+	// byEmail gives each client an identity of its own (issuer, subject) with one verified
+	// e-mail, and revokes the e-mail with all_matches: the alias path, where identities
+	// that first appear while the revocation runs must be caught too.
+	byEmail bool
 }
 
 // raceGrant allows every request, for the principal "victim".
@@ -80,7 +85,17 @@ func (rt raceTrial) run(t *testing.T) raceOutcome {
 	}
 	db := store.NewRedis(rt.rdb, store.RedisOptions{})
 	sgn := signer.New(rt.caKey, db, signer.Options{})
-	victim := ca.Identity{Issuer: "https://idp", Subject: "victim-" + strconv.Itoa(rt.trial), Email: "victim@example.com", Username: "victim"}
+	email := "victim-" + strconv.Itoa(rt.trial) + "@example.com"
+	victims := []ca.Identity{{Issuer: "https://idp", Subject: "victim-" + strconv.Itoa(rt.trial), Email: email, Username: "victim"}}
+	if rt.byEmail {
+		for c := 1; c < rt.clients; c++ {
+			victims = append(victims, ca.Identity{Issuer: "https://idp", Subject: "victim-" + strconv.Itoa(rt.trial) + "-" + strconv.Itoa(c), Email: email})
+		}
+	}
+	target := ca.RevokeRequest{Identity: victims[0].Name(), Reason: "race trial " + strconv.Itoa(rt.trial)}
+	if rt.byEmail {
+		target.Identity, target.AllMatches = email, true
+	}
 	audit := &fakeAudit{}
 	newAuthority := func(id ca.Identity, audit ca.AuditLog) *ca.Authority {
 		a, err := ca.New(ca.Config{Authenticator: fakeAuth{id}, Policy: raceGrant, UserSigner: sgn, HostSigner: sgn, Store: db, Revocations: db, Audit: audit})
@@ -89,7 +104,10 @@ func (rt raceTrial) run(t *testing.T) raceOutcome {
 		}
 		return a
 	}
-	replica := newAuthority(victim, audit)
+	var replicas []*ca.Authority
+	for _, v := range victims {
+		replicas = append(replicas, newAuthority(v, audit))
+	}
 	out := raceOutcome{admin: newAuthority(ca.Identity{Issuer: "https://idp", Subject: "admin"}, nil)}
 
 	var (
@@ -109,7 +127,7 @@ func (rt raceTrial) run(t *testing.T) raceOutcome {
 				default:
 				}
 				is := issuance{started: time.Now()}
-				got, err := replica.Issue(ctx, "good", ca.Request{Kind: ca.UserCert, PublicKey: rt.userKey})
+				got, err := replicas[c%len(replicas)].Issue(ctx, "good", ca.Request{Kind: ca.UserCert, PublicKey: rt.userKey})
 				is.returned, is.cert, is.err = time.Now(), got.Cert, err
 				if at := revokedAt.Load(); at != nil && is.started.After(*at) {
 					afterRevoke[c].Add(1)
@@ -136,7 +154,7 @@ func (rt raceTrial) run(t *testing.T) raceOutcome {
 		}
 	}
 	out.revokeStarted = time.Now()
-	_, err := out.admin.Revoke(ctx, "good", ca.RevokeRequest{Identity: victim.Name(), Reason: "race trial " + strconv.Itoa(rt.trial)})
+	_, err := out.admin.Revoke(ctx, "good", target)
 	at := time.Now()
 	revokedAt.Store(&at)
 	if err != nil {
@@ -161,7 +179,7 @@ func (rt raceTrial) run(t *testing.T) raceOutcome {
 		if n, _ := rt.rdb.Exists(ctx, keys.StoreLayout()).Result(); n != 0 {
 			t.Fatalf("trial %d: the store left layout 1", rt.trial)
 		}
-		if s, err := rt.rdb.ZScore(ctx, keys.LegacyBlocked(), victim.Name()).Result(); err != nil || s < float64(at.UnixMilli()) {
+		if s, err := rt.rdb.ZScore(ctx, keys.LegacyBlocked(), victims[0].Name()).Result(); err != nil || s < float64(at.UnixMilli()) {
 			t.Fatalf("trial %d: the block was not written for replicas of layout 1: %v %v", rt.trial, s, err)
 		}
 	}
@@ -176,8 +194,12 @@ func (rt raceTrial) run(t *testing.T) raceOutcome {
 			out.revoked[n] = true
 		}
 	}
-	if out.recorded, err = db.Live(ctx, victim.Name(), time.Now()); err != nil {
-		t.Fatal(err)
+	for _, v := range victims {
+		live, err := db.Live(ctx, v.Name(), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out.recorded = append(out.recorded, live...)
 	}
 	for _, is := range out.issued {
 		if is.returned.After(at) {
@@ -211,15 +233,19 @@ func TestIdentityRevocationAtomicWithIssuance(t *testing.T) {
 	const trials, clients = 10, 16
 	caKey, _ := newSSHKey(t)
 	_, userKey := newSSHKey(t)
-	for _, layout1 := range []bool{false, true} {
-		name := "layout 2"
-		if layout1 {
-			name = "rolling upgrade, store at layout 1"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, mode := range []struct {
+		name             string
+		layout1, byEmail bool
+	}{
+		{"layout 2", false, false},
+		{"rolling upgrade, store at layout 1", true, false},
+		{"by e-mail, 16 identities", false, true},
+	} {
+		layout1, byEmail := mode.layout1, mode.byEmail
+		t.Run(mode.name, func(t *testing.T) {
 			var issued, refused, refusedSigned, after, escaped, unrevokedRecords int
 			for trial := range trials {
-				o := raceTrial{rdb: rdb, caKey: caKey, userKey: userKey, trial: trial, clients: clients, minBefore: 40, layout1: layout1}.run(t)
+				o := raceTrial{rdb: rdb, caKey: caKey, userKey: userKey, trial: trial, clients: clients, minBefore: 40, layout1: layout1, byEmail: byEmail}.run(t)
 				issued += len(o.issued)
 				refused += o.refused
 				refusedSigned += o.refusedSigned
@@ -332,4 +358,67 @@ func TestIdentityRevocationRaceWithSSHD(t *testing.T) {
 		}
 	}
 	t.Logf("%d trials: %d certificates returned after the revocation started, %d of them logged in", trials, tried, loggedIn)
+}
+
+// lateRecorder is an inventory in which a certificate of a new identity is recorded right
+// after the first alias resolution answers: what a request in flight does when it records
+// between the revocation's resolution of an e-mail and its block.
+type lateRecorder struct {
+	*store.Memory
+	once sync.Once
+	late ca.Certificate
+}
+
+func (l *lateRecorder) ResolveAlias(ctx context.Context, alias string, now time.Time) ([]string, error) {
+	ids, err := l.Memory.ResolveAlias(ctx, alias, now)
+	l.once.Do(func() {
+		if err := l.Memory.Record(ctx, l.late); err != nil {
+			panic(err)
+		}
+	})
+	return ids, err
+}
+
+// TestRevokeByEmailCatchesIdentityRecordedMeanwhile: revoking an e-mail resolves it to the
+// identities recorded under it before blocking; an identity whose first certificate is
+// recorded in between is found after the block, blocked, listed among the matches, and its
+// certificate revoked.
+func TestRevokeByEmailCatchesIdentityRecordedMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Second)
+	clock := func() time.Time { return now }
+	caKey, _ := newSSHKey(t)
+	db := store.NewMemory(clock)
+	sgn := signer.New(caKey, db, signer.Options{Now: clock})
+	early := ca.Identity{Issuer: "https://idp", Subject: "early", Email: "shared@example.com"}
+	issuer, err := ca.New(ca.Config{Authenticator: fakeAuth{early}, Policy: raceGrant, UserSigner: sgn, HostSigner: sgn, Store: db, Revocations: db, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, key := newSSHKey(t)
+	if _, err := issuer.Issue(ctx, "good", ca.Request{Kind: ca.UserCert, PublicKey: key}); err != nil {
+		t.Fatal(err)
+	}
+	late := ca.Certificate{Serial: 4242, KeyID: "late#4242", Kind: ca.UserCert, Identity: "https://idp|late", Aliases: []string{"email:shared@example.com"},
+		Principals: []string{"victim"}, CAFingerprint: ssh.FingerprintSHA256(caKey.PublicKey()), ValidAfter: now, ValidBefore: now.Add(time.Hour), IndexUntil: now.Add(24 * time.Hour)}
+	inv := &lateRecorder{Memory: db, late: late}
+	admin, err := ca.New(ca.Config{Authenticator: fakeAuth{ca.Identity{Issuer: "https://idp", Subject: "admin"}}, Policy: raceGrant, UserSigner: sgn, HostSigner: sgn,
+		Store: inv, Revocations: db, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := admin.Revoke(ctx, "good", ca.RevokeRequest{Identity: "shared@example.com", AllMatches: true, Reason: "offboarding"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range res.Certificates {
+		found = found || c.Serial == late.Serial
+	}
+	if !found || !slices.Contains(res.Matches, late.Identity) {
+		t.Fatalf("the identity recorded between resolution and block escaped: certificates %+v, matches %v", res.Certificates, res.Matches)
+	}
+	if why, err := db.Refused(ctx, caKey.PublicKey(), []string{late.Identity}, key); err != nil || why == "" {
+		t.Errorf("the late identity is not blocked by its own name: %q, %v", why, err)
+	}
 }
