@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -71,6 +72,22 @@ func TestVersionCommand(t *testing.T) {
 		}
 		if !strings.HasPrefix(string(out), "sshca v9.8.7-test (commit c0ffee1) go") || strings.Count(string(out), "\n") != 1 {
 			t.Errorf("sshca %v = %q, want the -ldflags values on one line", args, out)
+		}
+	}
+}
+
+// TestLdflagsNameTheVariables: the Taskfile and both Dockerfiles set exactly the variables
+// that TestVersionCommand shows to work (-X with a name that does not exist is silently
+// ignored by the linker).
+func TestLdflagsNameTheVariables(t *testing.T) {
+	x := regexp.MustCompile(`-X main\.([A-Za-z_]+)=`)
+	for _, f := range []string{"../../Taskfile.yml", "../../deploy/docker/Dockerfile", "../../deploy/docker/Dockerfile.pkcs11"} {
+		var names []string
+		for _, m := range x.FindAllStringSubmatch(readFile(t, f), -1) {
+			names = append(names, m[1])
+		}
+		if strings.Join(names, ",") != "version,commit" {
+			t.Errorf("%s sets -X main.%v, want version and commit", f, names)
 		}
 	}
 }
