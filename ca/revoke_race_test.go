@@ -291,7 +291,7 @@ func TestIdentityRevocationRaceWithSSHD(t *testing.T) {
 	user, userPath := keyFiles(t, dir, "user")
 	hostKey, hostPath := keyFiles(t, dir, "host")
 	krlPath := filepath.Join(dir, "revoked.krl")
-	empty, err := revocation.EncodeKRL(time.Now())
+	empty, err := revocation.EncodeKRL()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +320,7 @@ func TestIdentityRevocationRaceWithSSHD(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		krl, err := revocation.EncodeKRL(time.Now(), states...)
+		krl, err := revocation.EncodeKRL(states...)
 		if err != nil {
 			t.Fatal(err)
 		}
