@@ -91,12 +91,12 @@ func runCert(ctx context.Context, out io.Writer, kind string, f certFlags) error
 		return fmt.Errorf("read public key: %w", err)
 	}
 	req := client.CertRequest{PublicKey: strings.TrimSpace(string(pub)), TTL: f.ttl, Reason: f.reason, AccessRequest: f.request}
-	issue := client.New(f.server).IssueUser
+	issue := apiClient(ctx, f.server).IssueUser
 	if kind == "user" {
 		req.Principals = f.names
 	} else {
 		req.Hostnames = f.names
-		issue = client.New(f.server).IssueHost
+		issue = apiClient(ctx, f.server).IssueHost
 	}
 	reply, err := issue(ctx, token, req)
 	if err != nil {
@@ -156,7 +156,7 @@ func callURL(ctx context.Context, method, rawURL, token string, body, reply any)
 		path += "?" + u.RawQuery
 	}
 	u.Path, u.RawPath, u.RawQuery = "", "", ""
-	return cliError(client.New(u.String()).Do(ctx, method, path, token, body, reply))
+	return cliError(apiClient(ctx, u.String()).Do(ctx, method, path, token, body, reply))
 }
 
 // cliError is the error the CLI prints for err: a *client.Error reads "POST /v1/certs/user:

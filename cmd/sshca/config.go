@@ -76,10 +76,22 @@ func (c *Config) requestTimeout() time.Duration {
 	return services.DefaultRequestTimeout
 }
 
-// TLSConfig names the server's certificate and key files.
+// TLSConfig is the main listener's TLS: TLS 1.2 or later only. Without cert_file the listener
+// speaks plain HTTP (loopback, or behind_tls_proxy).
 type TLSConfig struct {
+	// CertFile is the server certificate chain (PEM, leaf first). It and KeyFile are re-read
+	// when either changes, without a restart; a pair that does not load together (one file
+	// replaced, the other not yet) is logged and the pair in force stays.
 	CertFile string `yaml:"cert_file"`
-	KeyFile  string `yaml:"key_file"`
+	// KeyFile is the private key of CertFile (PEM: PKCS#1, PKCS#8 or SEC 1).
+	KeyFile string `yaml:"key_file"`
+	// ClientCAFile is a PEM bundle of the CA certificates that issue admin client
+	// certificates. When set, the admin endpoints (/v1/revocations, /v1/keys, GET /v1/certs,
+	// approving and denying access requests) answer 403 unless the connection presented a
+	// client certificate that verifies against it, in addition to the bearer token and the
+	// policy; a certificate from another CA fails the TLS handshake. Other endpoints need none.
+	// Requires cert_file. Read once at start.
+	ClientCAFile string `yaml:"client_ca_file"`
 }
 
 // KeyConfig is a CA key: the KMS that holds it and the key within it, both as URIs, e.g.
@@ -251,6 +263,13 @@ func (c *Config) validate(secretFiles bool) error {
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		add("tls: cert_file and key_file must be given together")
+	}
+	if c.TLS.ClientCAFile != "" {
+		if c.TLS.CertFile == "" {
+			add("tls.client_ca_file: client certificates need TLS on this listener; set tls.cert_file and tls.key_file")
+		} else if _, err := loadCertPool(c.TLS.ClientCAFile); err != nil && secretFiles {
+			add("tls.client_ca_file: %v", err)
+		}
 	}
 	for _, f := range []string{c.TLS.CertFile, c.TLS.KeyFile} {
 		if f != "" && secretFiles {

@@ -96,7 +96,7 @@ func newKeysCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		c, ctx, w := client.New(server), cmd.Context(), cmd.OutOrStdout()
+		c, ctx, w := apiClient(cmd.Context(), server), cmd.Context(), cmd.OutOrStdout()
 		if op == "list" {
 			ring, err := c.Keys(ctx, token)
 			if err != nil {

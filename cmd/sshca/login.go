@@ -79,7 +79,7 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 		return errors.New("--server is required (or set SSHCA_SERVER)")
 	}
 	server := strings.TrimRight(f.server, "/")
-	c := client.New(server)
+	c := apiClient(ctx, server)
 	lc, err := c.LoginConfig(ctx)
 	if err != nil {
 		return fmt.Errorf("cannot reach the sshca server at %s (%v); check --server and your network", server, err)

@@ -33,6 +33,9 @@ func newRootCommand() *cobra.Command {
 		Version: versionLine(debug.ReadBuildInfo),
 	}
 	root.SetVersionTemplate("sshca {{.Version}}\n")
+	var tlsFlags cliTLSFlags
+	tlsFlags.register(root)
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return tlsFlags.withHTTPClient(cmd) }
 	root.AddCommand(newServeCommand(), newDevCommand(), newCertCommand(), newRevokeCommand(), newBastionCommand(), newPolicyCommand(), newLoginCommand(), newSSHConfigCommand(), newKeysCommand(), newAuditCommand(), newStoreCommand(), newBenchCommand(), newVersionCommand(), newRequestCommand())
 	return root
 }

@@ -16,7 +16,6 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/client"
 )
 
 // renewLoop keeps a host certificate renewed until ctx ends: at 2/3 of its lifetime (with
@@ -86,7 +85,7 @@ func renewOnce(ctx context.Context, server string, hostKey ssh.Signer, cert *ssh
 	if err != nil {
 		return err
 	}
-	reply, err := client.New(server).RenewHost(ctx, token)
+	reply, err := apiClient(ctx, server).RenewHost(ctx, token)
 	if err != nil {
 		return cliError(err)
 	}

@@ -28,7 +28,7 @@ func (f *requestFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token (instead of --token-env)")
 }
 
-func (f *requestFlags) client() (*client.Client, string, error) {
+func (f *requestFlags) client(ctx context.Context) (*client.Client, string, error) {
 	if f.server == "" {
 		return nil, "", errors.New("--server is required (or set SSHCA_SERVER)")
 	}
@@ -36,7 +36,7 @@ func (f *requestFlags) client() (*client.Client, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	return client.New(strings.TrimRight(f.server, "/")), token, nil
+	return apiClient(ctx, strings.TrimRight(f.server, "/")), token, nil
 }
 
 func newRequestCommand() *cobra.Command {
@@ -85,7 +85,7 @@ func newRequestCreateCommand() *cobra.Command {
 			if strings.TrimSpace(reason) == "" {
 				return errors.New("--reason is required: why, with the ticket (e.g. --reason \"OPS-1234 disk full\")")
 			}
-			c, token, err := f.client()
+			c, token, err := f.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -188,7 +188,7 @@ func newRequestListCommand() *cobra.Command {
 		Short: "List your access requests and those you may decide",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, token, err := f.client()
+			c, token, err := f.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -230,7 +230,7 @@ func newRequestShowCommand() *cobra.Command {
 		Short: "Show an access request: content, state, approvals, certificates",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, token, err := f.client()
+			c, token, err := f.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -317,7 +317,7 @@ func newRequestDecideCommand(op string) *cobra.Command {
 			if op == "deny" && strings.TrimSpace(reason) == "" {
 				return errors.New("--reason is required to deny: say why")
 			}
-			c, token, err := f.client()
+			c, token, err := f.client(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -65,7 +65,7 @@ func newRevokeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c := client.New(server)
+			c := apiClient(cmd.Context(), server)
 			reply, err := c.Revoke(cmd.Context(), token, req)
 			if err != nil {
 				var e *client.Error
@@ -178,7 +178,7 @@ func liftBan(cmd *cobra.Command, server, tokenEnv, tokenFile, file, reason strin
 	if err != nil {
 		return err
 	}
-	reply, err := client.New(server).Unrevoke(cmd.Context(), token, client.UnrevokeRequest{PublicKey: strings.TrimSpace(string(b)), Reason: reason})
+	reply, err := apiClient(cmd.Context(), server).Unrevoke(cmd.Context(), token, client.UnrevokeRequest{PublicKey: strings.TrimSpace(string(b)), Reason: reason})
 	if err != nil {
 		return cliError(err)
 	}

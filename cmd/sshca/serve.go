@@ -127,11 +127,18 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	if err != nil {
 		return err
 	}
+	tlsConf, err := serverTLS(cfg.TLS, log)
+	if err != nil {
+		return err
+	}
+	if cfg.TLS.ClientCAFile != "" {
+		h = adminCertRequired(h)
+	}
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	log.Info("sshca serving", "addr", l.Addr().String(), "tls", cfg.TLS.CertFile != "",
+	log.Info("sshca serving", "addr", l.Addr().String(), "tls", cfg.TLS.CertFile != "", "admin_client_certs", cfg.TLS.ClientCAFile != "",
 		"user_ca", userKey.Signer().PublicKey().Type(), "host_ca", hostKey.Signer().PublicKey().Type(), "policy", pol.Revision(), "policy_evaluator", pol.Mode())
 	if err := serveDiag(ctx, cfg.DiagListen, p.diag, log); err != nil {
 		l.Close()
@@ -140,7 +147,9 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	if ready != nil {
 		ready <- l.Addr().String()
 	}
-	return serveUntilDone(ctx, newHTTPServer(h, log), l, cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	srv := newHTTPServer(h, log)
+	srv.TLSConfig = tlsConf
+	return serveUntilDone(ctx, srv, l, "", "")
 }
 
 // policy is what serve needs of a policy engine.

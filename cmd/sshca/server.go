@@ -219,10 +219,11 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 // finish and get their answers. The drain lasts at most the server's write timeout, past which
 // no answer could be written anyway; connections still busy then are closed and the error says
 // so. Orchestrators should allow a little more than that before killing the process.
+// It serves TLS when certFile is set or srv.TLSConfig is (serve's reloading certificate).
 func serveUntilDone(ctx context.Context, srv *http.Server, l net.Listener, certFile, keyFile string) error {
 	errc := make(chan error, 1)
 	go func() {
-		if certFile != "" {
+		if certFile != "" || srv.TLSConfig != nil {
 			errc <- srv.ServeTLS(l, certFile, keyFile)
 			return
 		}
