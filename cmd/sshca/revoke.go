@@ -188,5 +188,5 @@ func liftBan(cmd *cobra.Command, server, tokenEnv, tokenFile, file, reason strin
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), "ban lifted: new certificates may be issued for the key; bastions drop it from their KRL")
 	// Lifted from the user and the host KRLs alike.
-	return printKRLVersions(cmd.Context(), cmd.OutOrStdout(), client.New(server), client.RevokeResponse{Revoked: []client.RevocationEntry{{Kind: string(ca.RevokedKey)}}})
+	return printKRLVersions(cmd.Context(), cmd.OutOrStdout(), apiClient(cmd.Context(), server), client.RevokeResponse{Revoked: []client.RevocationEntry{{Kind: string(ca.RevokedKey)}}})
 }
