@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,6 +42,10 @@ type Follower struct {
 	// scope (a CA key generated on another replica) takes to be followed, and how long Run
 	// takes to notice that ctx ended.
 	Block time.Duration
+
+	// perScope: one read per scope (Redis Cluster), set when a read of every scope at once
+	// fails with CROSSSLOT.
+	perScope bool
 
 	mu      sync.Mutex
 	changed chan struct{}
@@ -117,7 +122,7 @@ func (f *Follower) Run(ctx context.Context) {
 		}
 		var changes map[string][]Change
 		if err == nil {
-			changes, err = f.feed.Follow(ctx, pos, f.Block)
+			changes, err = f.read(ctx, pos)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -149,6 +154,37 @@ func (f *Follower) Run(ctx context.Context) {
 		failed, backoff = false, 100*time.Millisecond
 	}
 }
+
+// read is one read of the feed: every scope in one blocking read, or, on Redis Cluster (where
+// the scopes' streams sit in different slots and one XREAD over them fails with CROSSSLOT), one
+// short read per scope in turn. Either way the cost depends on the number of CA keys, never on
+// the number of waiting agents.
+func (f *Follower) read(ctx context.Context, pos map[string]string) (map[string][]Change, error) {
+	if !f.perScope || len(pos) == 1 {
+		changes, err := f.feed.Follow(ctx, pos, f.Block)
+		if err == nil || len(pos) == 1 || !strings.Contains(err.Error(), "CROSSSLOT") {
+			return changes, err
+		}
+		f.log.Info("the revocation feeds are in different cluster slots: following them one at a time", "scopes", len(pos))
+		f.perScope = true
+	}
+	block := min(f.Block, max(perScopeBlock/time.Duration(len(pos)), 10*time.Millisecond))
+	out := map[string][]Change{}
+	for fp, p := range pos {
+		cs, err := f.feed.Follow(ctx, map[string]string{fp: p}, block)
+		if err != nil {
+			return nil, err
+		}
+		if len(cs[fp]) > 0 {
+			out[fp] = cs[fp]
+		}
+	}
+	return out, nil
+}
+
+// perScopeBlock is how long a round of per-scope reads blocks in all: the delay a change may
+// wait for its scope's turn on Redis Cluster.
+const perScopeBlock = 100 * time.Millisecond
 
 // track adds the scopes not followed yet, at their current positions; grew says whether there
 // were any after the first call (a new scope changes the KRL).

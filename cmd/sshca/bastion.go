@@ -58,6 +58,10 @@ type agentFlags struct {
 	sshdNoForwarding, sshdX11  bool
 	sshdCheckEvery             time.Duration
 	poll, caRefresh            time.Duration
+	// longPoll is --long-poll; longPollSet says it was given (0 given: only poll; unset: the
+	// agent's default).
+	longPoll    time.Duration
+	longPollSet bool
 }
 
 func newBastionAgentCommand() *cobra.Command {
@@ -65,13 +69,14 @@ func newBastionAgentCommand() *cobra.Command {
 	var logOpts logOptions
 	cmd := &cobra.Command{
 		Use:   "agent --redis URL | --server URL --server-ca FILE --krl FILE --user-ca FILE",
-		Short: "Follow revocations (Redis stream, else HTTPS polling) and rewrite the KRL atomically",
+		Short: "Follow revocations (Redis stream, else an HTTPS long poll) and rewrite the KRL atomically",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(cmd.ErrOrStderr(), logOpts)
 			if err != nil {
 				return err
 			}
+			f.longPollSet = cmd.Flags().Changed("long-poll")
 			return runAgent(cmd.Context(), f, log, nil)
 		},
 	}
@@ -89,7 +94,8 @@ func newBastionAgentCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&f.sshdNoForwarding, "sshd-disable-forwarding", false, "baseline: sshd-config was rendered with forwarding off")
 	cmd.Flags().BoolVar(&f.sshdX11, "sshd-x11-forwarding", false, "baseline: sshd-config was rendered with X11 forwarding")
 	cmd.Flags().DurationVar(&f.sshdCheckEvery, "sshd-check-every", time.Minute, "how often sshd's effective configuration is checked")
-	cmd.Flags().DurationVar(&f.poll, "poll", time.Second, "HTTPS polling interval")
+	cmd.Flags().DurationVar(&f.poll, "poll", time.Second, "HTTPS polling interval against a server without the long poll, and the pause after a failure")
+	cmd.Flags().DurationVar(&f.longPoll, "long-poll", 25*time.Second, "longest wait of one long poll of GET /v1/krl (the server caps it at 25s; 0: only poll)")
 	cmd.Flags().DurationVar(&f.caRefresh, "ca-refresh", 15*time.Second, "how often the trusted CA keys are re-read (rotation)")
 	addLogFlags(cmd, &logOpts, "text")
 	return cmd
@@ -100,6 +106,12 @@ func newBastionAgentCommand() *cobra.Command {
 func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- *bastion.Agent) error {
 	o := bastion.Options{KRLPath: f.krlPath, UserCAPath: f.userCA, KRLLink: f.krlLink, UserCALink: f.userCALink,
 		PollEvery: f.poll, CARefresh: f.caRefresh, Log: log}
+	switch {
+	case f.longPoll == 0 && f.longPollSet:
+		o.LongPollWait = -1 // only poll
+	case f.longPoll > 0:
+		o.LongPollWait = f.longPoll
+	}
 	if f.redisURL != "" {
 		ropts, err := parseRedisURL(f.redisURL) // errors never echo the URL: it may hold a password
 		if err != nil {

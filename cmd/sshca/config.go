@@ -189,6 +189,10 @@ type RateConfig struct {
 	// pulls); beyond them requests are shed with 503 and Retry-After.
 	InFlight    int `yaml:"in_flight"`
 	KRLInFlight int `yaml:"krl_in_flight"`
+	// LongPollsPerAddress bounds the long polls of GET /v1/krl (bastion agents in HTTPS mode
+	// waiting for a change) one source address holds open at once; more get 429. They hold
+	// no in-flight slot.
+	LongPollsPerAddress int `yaml:"long_polls_per_address"`
 	// MaxEntries bounds each limiter's map of addresses or identities (least recently seen
 	// dropped first); Idle is how long an unused entry is kept.
 	MaxEntries int           `yaml:"max_entries"`
@@ -201,7 +205,7 @@ func (c RateConfig) rateLimits() services.RateLimits {
 	return services.RateLimits{
 		PerAddress: c.PerAddress, Burst: c.Burst, PerIdentity: c.PerIdentity, IdentityBurst: c.IdentityBurst,
 		KRLPerAddress: c.KRLPerAddress, KRLBurst: c.KRLBurst, InFlight: c.InFlight, KRLInFlight: c.KRLInFlight,
-		MaxEntries: c.MaxEntries, Idle: c.Idle,
+		LongPollsPerAddress: c.LongPollsPerAddress, MaxEntries: c.MaxEntries, Idle: c.Idle,
 	}
 }
 
@@ -219,7 +223,8 @@ func (c RateConfig) validate(add func(format string, args ...any)) {
 		key string
 		v   int
 	}{{"burst", c.Burst}, {"identity_burst", c.IdentityBurst}, {"krl_burst", c.KRLBurst},
-		{"in_flight", c.InFlight}, {"krl_in_flight", c.KRLInFlight}, {"max_entries", c.MaxEntries}} {
+		{"in_flight", c.InFlight}, {"krl_in_flight", c.KRLInFlight}, {"long_polls_per_address", c.LongPollsPerAddress},
+		{"max_entries", c.MaxEntries}} {
 		if f.v < 0 {
 			add("limits.rate.%s: %d must be a positive number of requests (or unset for the default)", f.key, f.v)
 		}
