@@ -82,6 +82,9 @@ type AccessRequest struct {
 	ReviewedAt   time.Time `json:"reviewed_at,omitzero"`
 	ReviewedBy   string    `json:"reviewed_by,omitempty"`
 	ReviewReason string    `json:"review_reason,omitempty"`
+	// ExpiryNotified says the "expire" event of a request that expired pending was queued
+	// (Authority.NotifyExpired).
+	ExpiryNotified bool `json:"expiry_notified,omitempty"`
 	// NotAfter is the end of the approved window: approval time plus TTLSeconds.
 	NotAfter time.Time `json:"not_after,omitzero"`
 	// Serials are the certificates issued under the request, recorded in the same atomic step

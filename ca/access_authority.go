@@ -131,10 +131,12 @@ func (a *Authority) CreateAccessRequest(ctx context.Context, token string, nr Ne
 		return AccessRequest{}, err
 	}
 	if r.BreakGlass {
+		a.notify(ctx, "break_glass", r, id, r.Reason)
 		a.log.WarnContext(ctx, "break-glass access granted", "request", r.ID, "identity", id.Name(), "principals", r.Principals,
 			"window", window, "reason", r.Reason)
 		return r, nil
 	}
+	a.notify(ctx, "create", r, id, "")
 	a.log.InfoContext(ctx, "access requested", "request", r.ID, "identity", id.Name(), "principals", r.Principals,
 		"window", window, "reason", r.Reason, "approvals_required", r.ApprovalsRequired)
 	return r, nil
@@ -340,6 +342,7 @@ func (a *Authority) DecideAccessRequest(ctx context.Context, token, reqID string
 		a.settleAllowed(ctx, rec, err)
 		return AccessRequest{}, err
 	}
+	a.notify(ctx, rec.Event, updated, id, d.Reason)
 	a.log.InfoContext(ctx, "access request decided", "request", r.ID, "by", id.Name(), "event", rec.Event,
 		"state", updated.Status, "approvals_required", need)
 	return updated, nil
@@ -478,6 +481,7 @@ func (a *Authority) CancelAccessRequest(ctx context.Context, token, reqID, reaso
 		a.settleAllowed(ctx, rec, err)
 		return AccessRequest{}, err
 	}
+	a.notify(ctx, event, updated, id, reason)
 	a.log.InfoContext(ctx, "access request ended", "request", r.ID, "by", id.Name(), "event", event, "certificates", len(updated.Serials))
 	return updated, nil
 }
@@ -631,5 +635,41 @@ func (a *Authority) ReviewAccessRequest(ctx context.Context, token, reqID, reaso
 		a.settleAllowed(ctx, rec, err)
 		return AccessRequest{}, err
 	}
+	a.notify(ctx, "review", updated, id, reason)
 	return updated, nil
+}
+
+// NotifyExpired queues the "expire" event of each request that expired pending and whose event
+// was not queued yet, marking it in the request in the same change (UpdateRequest), so that
+// among several replicas one queues it, once, and a restart does not queue it again. Run it
+// periodically (notify.Dispatcher). It answers how many it queued.
+func (a *Authority) NotifyExpired(ctx context.Context) (int, error) {
+	if a.requests == nil || a.notifier == nil {
+		return 0, nil
+	}
+	all, err := a.requests.ListRequests(ctx)
+	if err != nil {
+		return 0, err
+	}
+	now := a.now()
+	n := 0
+	for _, r := range all {
+		if r.Status != RequestPending || r.StateAt(now) != RequestExpired || r.ExpiryNotified {
+			continue
+		}
+		var won bool
+		updated, err := a.requests.UpdateRequest(ctx, r.ID, func(cur *AccessRequest) error {
+			won = !cur.ExpiryNotified && cur.Status == RequestPending
+			cur.ExpiryNotified = true
+			return nil
+		})
+		if err != nil {
+			return n, err
+		}
+		if won {
+			a.notify(ctx, "expire", updated, Identity{}, "")
+			n++
+		}
+	}
+	return n, nil
 }

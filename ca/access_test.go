@@ -563,3 +563,70 @@ func TestAccessRequestBreakGlass(t *testing.T) {
 	_, err = r.a.ReviewAccessRequest(t.Context(), "token-lead", plain.ID, "x")
 	wantKind(t, "review of a request that is not break-glass", err, ca.KindConflict, "not break-glass")
 }
+
+// fakeNotifier keeps the events queued.
+type fakeNotifier struct {
+	mu     sync.Mutex
+	events []ca.AccessEvent
+}
+
+func (f *fakeNotifier) Queue(_ context.Context, ev ca.AccessEvent) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events = append(f.events, ev)
+	return nil
+}
+
+func (f *fakeNotifier) types() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, ev := range f.events {
+		out = append(out, ev.Type+":"+ev.Request)
+	}
+	return out
+}
+
+// TestAccessRequestNotifications: every decision queues its event; an expiry is queued once,
+// by whichever of two authorities sweeps first.
+func TestAccessRequestNotifications(t *testing.T) {
+	r := newAccessRig(t)
+	n := &fakeNotifier{}
+	other, err := ca.New(ca.Config{Authenticator: fakeAuth{}, Policy: r.policy, UserSigner: &serialSigner{key: mustSigner(t), now: r.clock},
+		HostSigner: &serialSigner{key: mustSigner(t), now: r.clock}, Store: r.st, Revocations: r.st, Requests: r.st, Notifier: n, Now: r.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.a, err = ca.New(ca.Config{Authenticator: tokenAuth{ids: map[string]ca.Identity{"alice": accAlice, "lead": accLead}, now: r.clock},
+		Policy: r.policy, UserSigner: &serialSigner{key: mustSigner(t), now: r.clock}, HostSigner: &serialSigner{key: mustSigner(t), now: r.clock},
+		Store: r.st, Revocations: r.st, Requests: r.st, Audit: r.audit, Notifier: n, Now: r.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := r.create("alice", []string{"root"}, "30m", "OPS-1 x")
+	if _, err := r.approve("lead", a); err != nil {
+		t.Fatal(err)
+	}
+	b := r.create("alice", []string{"root"}, "30m", "OPS-2 y")
+	if _, err := r.a.DecideAccessRequest(t.Context(), "token-lead", b.ID, ca.AccessDecision{Reason: "no"}); err != nil {
+		t.Fatal(err)
+	}
+	c := r.create("alice", []string{"root"}, "30m", "OPS-3 z")
+	r.advance(time.Hour)
+	for range 2 {
+		for _, auth := range []*ca.Authority{r.a, other} {
+			if _, err := auth.NotifyExpired(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := []string{"create:" + a.ID, "approve:" + a.ID, "create:" + b.ID, "deny:" + b.ID, "create:" + c.ID, "expire:" + c.ID}
+	if got := n.types(); !slices.Equal(got, want) {
+		t.Errorf("events %v, want %v", got, want)
+	}
+}
+
+func mustSigner(t *testing.T) ssh.Signer {
+	s, _ := newSSHKey(t)
+	return s
+}

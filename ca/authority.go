@@ -66,6 +66,8 @@ type Config struct {
 	Requests AccessRequestStore
 	// AccessRequests are the hard caps on access requests (zero fields: defaults).
 	AccessRequests AccessRequestLimits
+	// Notifier, optional, queues access request events for webhooks.
+	Notifier Notifier
 
 	Limits Limits
 	Now    func() time.Time
@@ -90,6 +92,7 @@ type Authority struct {
 	faults      FaultObserver
 	idLimiter   IdentityLimiter
 	requests    AccessRequestStore
+	notifier    Notifier
 	limits      Limits
 	// accessLimits are the caps on access requests.
 	accessLimits AccessRequestLimits
@@ -131,7 +134,7 @@ func New(c Config) (*Authority, error) {
 	if al.MaxWindow <= 0 {
 		al.MaxWindow = DefaultAccessRequestLimits.MaxWindow
 	}
-	a := &Authority{requests: c.Requests, accessLimits: al, auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
+	a := &Authority{requests: c.Requests, notifier: c.Notifier, accessLimits: al, auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
 		userKeys: userKeys, hostKeys: hostKeys,
 		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, log: c.Logger}
 	if a.now == nil {

@@ -38,6 +38,9 @@ type allRoles interface {
 	Changes(ctx context.Context, fp, after string, block time.Duration) ([]revocation.Change, error)
 	Follow(ctx context.Context, after map[string]string, block time.Duration) (map[string][]revocation.Change, error)
 	TrimFeed(ctx context.Context, fp string, maxLen int64) error
+	AppendEvent(ctx context.Context, event []byte) error
+	TakeEvents(ctx context.Context, consumer string, count int64, block, claimAfter time.Duration) ([]store.OutboxEntry, error)
+	AckEvent(ctx context.Context, id string) error
 }
 
 var (

@@ -177,6 +177,11 @@ func (k Keys) Request(id string) string { return k.p() + ":" + TagInventory + ":
 // (requests).
 func (k Keys) Requests() string { return k.p() + ":" + TagInventory + ":requests" }
 
+// Outbox is the stream of notification events waiting to be sent (fields "event": JSON),
+// trimmed to about OutboxMaxLen; one consumer group, OutboxGroup, shares it among replicas so
+// that each event is handled by one (outbox). One key, untagged: every command names it alone.
+func (k Keys) Outbox() string { return k.p() + ":outbox" }
+
 // Reader says who reads a key.
 type Reader int
 
@@ -249,5 +254,6 @@ func (k Keys) Layout() []KeySpec {
 		{k.Mark(TagKeyring), "Mark", TagKeyring, "mark", ReadByCA},
 		{k.Request(exampleRequest), "Request", TagInventory, "requests", ReadByCA},
 		{k.Requests(), "Requests", TagInventory, "requests", ReadByCA},
+		{k.Outbox(), "Outbox", "", "outbox", ReadByCA},
 	}
 }

@@ -26,6 +26,7 @@ type Memory struct {
 	hostCAs   map[string]bool      // authorized_keys lines of host CA keys: not listed by CAs
 	blocked   map[string]time.Time
 	requests  map[string][]byte // access requests by ID, JSON as in Redis
+	outbox    memOutbox         // its own lock: TakeEvents waits without holding mu
 	// changed is closed and replaced whenever a scope's feed grows, waking Changes.
 	changed chan struct{}
 	feedMax int

@@ -54,6 +54,8 @@ type Config struct {
 	Login  *services.LoginConfig `yaml:"login"`
 	Limits LimitsConfig          `yaml:"limits"`
 	Audit  AuditConfig           `yaml:"audit"`
+	// Notifications are the webhooks that hear of access requests.
+	Notifications NotificationsConfig `yaml:"notifications"`
 
 	// KnownHostsPattern is the host pattern of /v1/ca/known_hosts lines (default "*").
 	KnownHostsPattern string `yaml:"known_hosts_pattern"`
@@ -377,6 +379,7 @@ func (c *Config) validate(secretFiles bool) error {
 		add("limits: values must not be negative")
 	}
 	c.Limits.Rate.validate(add)
+	c.Notifications.validate(secretFiles, add)
 	return errors.Join(errs...)
 }
 

@@ -2,15 +2,22 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/notify"
 )
 
 // TestAccessRequestEndToEnd: the CLI against `sshca serve` on a real redis-server, with a real
@@ -19,7 +26,8 @@ import (
 // alice's waiting `request create` sees it, and `cert user --request` gives a certificate that
 // logs in as root; only alice can use the request. A denied request, an expired one and one
 // missing an approval each fail with their reason. Cancelling the request revokes its
-// certificate: sshd refuses it and its live session ends.
+// certificate: sshd refuses it and its live session ends. Break-glass gives oncall root at once.
+// A webhook on loopback hears of every step, signed.
 func TestAccessRequestEndToEnd(t *testing.T) {
 	testenv.Need(t, "sshd", "/usr/sbin")
 	testenv.Need(t, "ssh")
@@ -27,8 +35,39 @@ func TestAccessRequestEndToEnd(t *testing.T) {
 	idp := startIssuer(t, "sshca")
 	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
 	cfg.Limits.AccessRequestTimeout = 3 * time.Second // the expired request below
-	base := startServe(t, cfg)
 	dir := t.TempDir()
+	// A webhook receiver on loopback that checks every signature and keeps the events.
+	var hookMu sync.Mutex
+	var events []ca.AccessEvent
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := notify.Verify([]byte("webhook-secret-0123456789"), r.Header.Get(notify.HeaderTimestamp), r.Header.Get(notify.HeaderSignature), body, time.Now(), time.Minute); err != nil {
+			t.Errorf("webhook: %v", err)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var ev ca.AccessEvent
+		if err := json.Unmarshal(body, &ev); err != nil || ev.ID != r.Header.Get(notify.HeaderEventID) {
+			t.Errorf("webhook body %s: %v", body, err)
+		}
+		hookMu.Lock()
+		events = append(events, ev)
+		hookMu.Unlock()
+	}))
+	t.Cleanup(hook.Close)
+	writeFile(t, filepath.Join(dir, "webhook.secret"), "webhook-secret-0123456789\n")
+	cfg.Notifications.Webhooks = []WebhookConfig{{URL: hook.URL, SecretFile: filepath.Join(dir, "webhook.secret")}}
+	heard := func(typ, request string) bool {
+		hookMu.Lock()
+		defer hookMu.Unlock()
+		for _, ev := range events {
+			if ev.Type == typ && ev.Request == request {
+				return true
+			}
+		}
+		return false
+	}
+	base := startServe(t, cfg)
 	mint := minter(t, idp)
 
 	// Tokens as files, one fresh token per command (each may be single-use).
@@ -42,6 +81,8 @@ func TestAccessRequestEndToEnd(t *testing.T) {
 			"lead2": {"sub": "u-lead2", "preferred_username": "lead2", "email": "lead2@example.com", "email_verified": true,
 				"groups": []string{"sre-leads"}, "amr": []string{"hwk"}},
 			// alice again, with another subject but the same verified e-mail, in sre-leads.
+			"oncall": {"sub": "u-oncall", "preferred_username": "oncall", "email": "oncall@example.com", "email_verified": true,
+				"groups": []string{"oncall"}, "amr": []string{"pwd", "mfa"}},
 			"alice-lead": {"sub": "u-alice-2", "preferred_username": "alice2", "email": "Alice@example.com", "email_verified": true,
 				"groups": []string{"sre-leads"}, "amr": []string{"hwk"}},
 		}[who]
@@ -191,6 +232,25 @@ func TestAccessRequestEndToEnd(t *testing.T) {
 	}
 	if _, err := os.Stat(certPath); err != nil {
 		t.Fatal(err)
+	}
+
+	// Break-glass: oncall takes root at once, logs in as root, and the webhook hears of it.
+	out, err = cli("oncall", "request", "create", "--break-glass", "--principal", "root", "--ttl", "20m", "--reason", "INC-9 site down")
+	if err != nil || !strings.Contains(out, "BREAK-GLASS access") {
+		t.Fatalf("break-glass: %v\n%s", err, out)
+	}
+	bg := strings.SplitN(out, "\n", 2)[0]
+	oncallKey := keygen(t, dir, "oncall")
+	if out, err := cli("oncall", "cert", "user", "--key", oncallKey+".pub", "--request", bg, "--ttl", "5m"); err != nil {
+		t.Fatalf("certificate under break-glass: %v\n%s", err, out)
+	}
+	if out, err := sshd.SSH(oncallKey, oncallKey+"-cert.pub", kh, "id", "-un"); err != nil || strings.TrimSpace(out) != "root" {
+		t.Fatalf("ssh as root under break-glass: %v\n%s", err, out)
+	}
+	// Every decision reached the webhook, the expiry too (found by the sweep, sent once).
+	for _, want := range [][2]string{{"create", id}, {"approve", id}, {"cancel", id}, {"deny", denied}, {"approve", prod},
+		{"expire", expired}, {"break_glass", bg}} {
+		waitFor(t, 20*time.Second, "the webhook hears "+want[0]+" of "+want[1], func() bool { return heard(want[0], want[1]) })
 	}
 }
 

@@ -123,6 +123,9 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 			return err
 		}
 	}
+	if p.notifier, err = newDispatcher(cfg.Notifications, db, reg, log); err != nil {
+		return err
+	}
 	h, err := apiHandler(p)
 	if err != nil {
 		return err
@@ -134,6 +137,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	if cfg.TLS.ClientCAFile != "" {
 		h = adminCertRequired(h)
 	}
+	runDispatcher(ctx, p.notifier)
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)

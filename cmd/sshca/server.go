@@ -19,6 +19,7 @@ import (
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/kms"
+	"github.com/sshca/sshca/notify"
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/services"
 	"github.com/sshca/sshca/signer"
@@ -40,6 +41,9 @@ type parts struct {
 	limits   ca.Limits
 	// accessLimits are the caps on access requests (zero: ca's defaults).
 	accessLimits ca.AccessRequestLimits
+	// notifier, when set, queues access request events for the webhooks; apiHandler gives it
+	// the authority's sweep of expired requests.
+	notifier *notify.Dispatcher
 	// checks are the dependencies /readyz reports on, by name.
 	checks            map[string]ca.Checker
 	knownHostsPattern string
@@ -114,10 +118,13 @@ func apiHandler(p parts) (http.Handler, error) {
 	authority, err := ca.New(ca.Config{
 		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
 		Store: p.store, Revocations: p.revoked, Tokens: p.tokens, Audit: p.audit, Faults: faults, Limits: p.limits, Logger: p.log,
-		IdentityLimiter: limiter, Stages: metrics, Requests: p.requests, AccessRequests: p.accessLimits,
+		IdentityLimiter: limiter, Stages: metrics, Requests: p.requests, AccessRequests: p.accessLimits, Notifier: notifierOf(p),
 	})
 	if err != nil {
 		return nil, err
+	}
+	if p.notifier != nil {
+		p.notifier.SetExpire(authority.NotifyExpired)
 	}
 	var svc services.Service = authority
 	svc = services.InstrumentingMiddleware(metrics)(svc)
@@ -255,4 +262,13 @@ func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
+}
+
+// notifierOf is p's notifier as a ca.Notifier: nil when there is none (not a nil pointer in an
+// interface).
+func notifierOf(p parts) ca.Notifier {
+	if p.notifier == nil {
+		return nil
+	}
+	return p.notifier
 }
