@@ -219,7 +219,7 @@ func TestHostKRLDefaultPath(t *testing.T) {
 	}))
 	defer srv.Close()
 	var msg bytes.Buffer
-	keepHostKRL(context.Background(), &msg, client.New(srv.URL), "")
+	keepHostKRL(context.Background(), &msg, &msg, client.New(srv.URL), "")
 	want := filepath.Join(home, ".ssh", "sshca", "revoked_hosts.krl")
 	if k, err := readKRL(want); err != nil || k.Version != 0 {
 		t.Fatalf("KRL at %s: %v %+v, want the valid empty one", want, err, k)
@@ -231,7 +231,7 @@ func TestHostKRLDefaultPath(t *testing.T) {
 	b, _ := (&krl.KRL{Version: 3}).MarshalBinary()
 	serve.Store(&b)
 	msg.Reset()
-	keepHostKRL(context.Background(), &msg, client.New(srv.URL), "")
+	keepHostKRL(context.Background(), &msg, &msg, client.New(srv.URL), "")
 	if !strings.Contains(msg.String(), "(version 3, updated)") || !strings.HasSuffix(msg.String(), "\n  RevokedHostKeys "+want+"\n") {
 		t.Errorf("message:\n%s\nwant version 3 updated and the RevokedHostKeys line for %s", msg.String(), want)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -39,7 +40,17 @@ type loginFlags struct {
 	// revokedHosts is the client-side KRL of revoked hosts (RevokedHostKeys), kept fresh from
 	// GET /v1/krl/host at every login.
 	revokedHosts string
+	// ifExpiring skips the sign-in while the certificate next to the key has more than
+	// loginMinValidity left (the host KRL is refreshed all the same); ssh's Match exec line
+	// runs it before every connection.
+	ifExpiring bool
+	// quiet prints only what needs the user (the sign-in prompt) and errors.
+	quiet bool
 }
+
+// loginMinValidity is how long a certificate must still be valid for `login --if-expiring` to
+// keep it: enough for ssh to authenticate with it after the check.
+const loginMinValidity = time.Minute
 
 // openBrowser shows a URL to the user; tests replace it with a scripted browser.
 var openBrowser = func(url string) error {
@@ -70,6 +81,8 @@ func newLoginCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&f.noAgent, "no-agent", false, "do not add the key and certificate to ssh-agent")
 	cmd.Flags().BoolVar(&f.print, "print", false, "print the certificate to stdout (for scripts)")
 	cmd.Flags().BoolVar(&f.browser, "browser", false, "sign in in a browser (authorization code + PKCE, loopback redirect) instead of the device flow")
+	cmd.Flags().BoolVar(&f.ifExpiring, "if-expiring", false, "sign in only when the certificate next to the key is missing, for another key, or valid for less than a minute more (what ssh's Match exec line from sshca ssh-config --write runs)")
+	cmd.Flags().BoolVar(&f.quiet, "quiet", false, "print nothing but the sign-in prompt and errors")
 	cmd.Flags().StringVar(&f.revokedHosts, "revoked-hosts", "", "the KRL of revoked hosts to keep fresh for ssh's RevokedHostKeys (default ~/.ssh/sshca/revoked_hosts.krl)")
 	return cmd
 }
@@ -84,8 +97,12 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 	if err != nil {
 		return fmt.Errorf("cannot reach the sshca server at %s (%v); check --server and your network", server, err)
 	}
+	info := msg
+	if f.quiet {
+		info = io.Discard
+	}
 	// Revoked hosts need no sign-in: they are refreshed even when the sign-in then fails.
-	keepHostKRL(ctx, msg, c, f.revokedHosts)
+	keepHostKRL(ctx, msg, info, c, f.revokedHosts)
 	// Everything that can fail without the user is checked before they sign in.
 	keyPath, raw, err := loadOrCreateKey(f.key)
 	if err != nil {
@@ -94,6 +111,12 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 	signer, err := ssh.NewSignerFromKey(raw)
 	if err != nil {
 		return fmt.Errorf("the key %s: %w", keyPath, err)
+	}
+	if f.ifExpiring {
+		if left, ok := certStillValid(keyPath+"-cert.pub", signer.PublicKey(), time.Now()); ok {
+			fmt.Fprintf(info, "certificate %s valid for %s more; not signing in\n", keyPath+"-cert.pub", left.Round(time.Second))
+			return nil
+		}
 	}
 	if !f.noAgent {
 		if err := agentReachable(); err != nil {
@@ -131,7 +154,7 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 		return fmt.Errorf("write certificate: %w", err)
 	}
 	until := time.Unix(int64(cert.ValidBefore), 0)
-	fmt.Fprintf(msg, "signed in: principals %s, valid until %s\n  certificate %s\n",
+	fmt.Fprintf(info, "signed in: principals %s, valid until %s\n  certificate %s\n",
 		strings.Join(cert.ValidPrincipals, ","), until.Local().Format("2006-01-02 15:04:05 MST"), certPath)
 	if f.noAgent {
 		return nil
@@ -139,8 +162,30 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 	if err := addToAgent(raw, cert, until); err != nil {
 		return err
 	}
-	fmt.Fprintf(msg, "  added to ssh-agent until it expires\n")
+	fmt.Fprintf(info, "  added to ssh-agent until it expires\n")
 	return nil
+}
+
+// certStillValid says how long the certificate in path stays valid, when it certifies key and
+// has more than loginMinValidity left at now.
+func certStillValid(path string, key ssh.PublicKey, now time.Time) (time.Duration, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(b)
+	if err != nil {
+		return 0, false
+	}
+	cert, ok := pub.(*ssh.Certificate)
+	if !ok || !bytes.Equal(cert.Key.Marshal(), key.Marshal()) {
+		return 0, false
+	}
+	left := time.Unix(int64(cert.ValidBefore), 0).Sub(now)
+	if int64(cert.ValidAfter) > now.Unix() || left <= loginMinValidity {
+		return left, false
+	}
+	return left, true
 }
 
 // browserSignIn runs the authorization code flow with PKCE and a loopback redirect.
@@ -357,11 +402,11 @@ func getJSON(ctx context.Context, rawURL string, v any) error {
 	return callURL(ctx, http.MethodGet, rawURL, "", nil, v)
 }
 
-// keepHostKRL keeps the client-side KRL of revoked hosts (path, default
+// keepHostKRL (warnings to msg, the outcome to info) keeps the client-side KRL of revoked hosts (path, default
 // ~/.ssh/sshca/revoked_hosts.krl) fresh from GET /v1/krl/host and says which RevokedHostKeys
 // line ssh needs. It never fails the login: a KRL that cannot be refreshed is reported and the
 // installed one stays.
-func keepHostKRL(ctx context.Context, msg io.Writer, c *client.Client, path string) {
+func keepHostKRL(ctx context.Context, msg, info io.Writer, c *client.Client, path string) {
 	if path == "" {
 		var err error
 		if path, err = defaultRevokedHosts(); err != nil {
@@ -378,7 +423,7 @@ func keepHostKRL(ctx context.Context, msg io.Writer, c *client.Client, path stri
 	if changed {
 		state = "updated"
 	}
-	fmt.Fprintf(msg, "revoked hosts: %s (version %d, %s); ssh checks it with this line in ~/.ssh/config:\n  RevokedHostKeys %s\n", path, version, state, path)
+	fmt.Fprintf(info, "revoked hosts: %s (version %d, %s); ssh checks it with this line in ~/.ssh/config:\n  RevokedHostKeys %s\n", path, version, state, path)
 }
 
 // defaultRevokedHosts is where sshca login keeps the KRL of revoked hosts unless told
