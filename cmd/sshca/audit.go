@@ -255,6 +255,6 @@ ends at exactly its record, or with --accept-legacy-base.`,
 	}
 	verify.Flags().StringVar(&archiveFile, "archive", "", "verify an archive file; with --redis, the chain in Redis must go on from its last record")
 	verify.Flags().BoolVar(&print, "print", false, "print each record (JSON lines) as it is checked")
-	cmd.AddCommand(genkey, verify, archive)
+	cmd.AddCommand(genkey, verify, archive, newAuditReportCommand())
 	return cmd
 }

@@ -252,6 +252,38 @@ func TestAccessRequestEndToEnd(t *testing.T) {
 		{"expire", expired}, {"break_glass", bg}} {
 		waitFor(t, 20*time.Second, "the webhook hears "+want[0]+" of "+want[1], func() bool { return heard(want[0], want[1]) })
 	}
+
+	// The auditor's question: who had root, why, approved by whom, from the verified chain.
+	out, err = runCLI(t, "", "audit", "report", "--redis", "redis://"+r.Addr, "--key-file", cfg.Audit.KeyFile, "--since", "1d",
+		"--principal", "root", "--format", "json")
+	if err != nil {
+		t.Fatalf("audit report: %v\n%s", err, out)
+	}
+	var grants []struct {
+		Requester, Request, Ticket, Ended string
+		BreakGlass                        bool `json:"break_glass"`
+		Approvers, Serials, Revoked       []string
+	}
+	if err := json.Unmarshal([]byte(out), &grants); err != nil {
+		t.Fatalf("audit report JSON: %v\n%s", err, out)
+	}
+	byRequest := map[string]int{}
+	for i, g := range grants {
+		byRequest[g.Request] = i
+	}
+	g, ok := grants[byRequest[id]], len(grants) > 0
+	if !ok || g.Request != id || g.Ticket != "OPS-1234" || len(g.Approvers) != 1 || !strings.Contains(g.Approvers[0], "|u-lead") ||
+		len(g.Serials) != 1 || len(g.Revoked) != 1 || g.Ended != "cancel" {
+		t.Errorf("the approved request in the report: %+v\n%s", g, out)
+	}
+	if i, ok := byRequest[bg]; !ok || !grants[i].BreakGlass || len(grants[i].Serials) != 1 {
+		t.Errorf("the break-glass grant in the report: %v\n%s", ok, out)
+	}
+	for _, other := range []string{denied, prod, expired} {
+		if _, ok := byRequest[other]; ok {
+			t.Errorf("request %s granted nothing but is in the report:\n%s", other, out)
+		}
+	}
 }
 
 // createNoWait creates a request for alice and returns its ID.
