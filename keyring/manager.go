@@ -68,9 +68,16 @@ func (m *Manager) Generate(ctx context.Context, kind ca.CertKind, typ kms.KeyTyp
 	if err != nil {
 		return ca.CAKey{}, err
 	}
-	if kind == ca.UserCert {
+	switch kind {
+	case ca.UserCert:
 		if err := m.Store.RegisterCA(ctx, pub); err != nil {
 			return ca.CAKey{}, ca.Unavailable("key added, but not yet published to bastions", err)
+		}
+	case ca.HostCert:
+		// Registered now, not at the next serve start: a host revocation under this key
+		// before then would otherwise be listed in the user KRL.
+		if err := m.Store.RegisterHostCA(ctx, pub); err != nil {
+			return ca.CAKey{}, ca.Unavailable("key added, but not yet registered as a host CA key", err)
 		}
 	}
 	return find(r, k.Fingerprint), nil

@@ -22,6 +22,9 @@ type Document interface {
 type TrustRegistry interface {
 	RegisterCA(ctx context.Context, caKey ssh.PublicKey) error
 	UnregisterCA(ctx context.Context, caLine string) error
+	// RegisterHostCA records a host CA key as such, so that its scope (host revocations) is
+	// never followed for the user KRL.
+	RegisterHostCA(ctx context.Context, caKey ssh.PublicKey) error
 }
 
 // ManagerStore is what the Manager changes: the keyring document, the trust registry, and
