@@ -56,8 +56,9 @@ type Options struct {
 	CARefresh time.Duration
 	// OnRevoked is called with every newly revoked entry (lockdown of live sessions).
 	OnRevoked func(ctx context.Context, entries []ca.RevocationEntry)
-	// OnKRL is called with each newer KRL installed from the HTTPS source, which has no change
-	// stream (lockdown of live sessions in HTTPS mode).
+	// OnKRL is called with each KRL installed, from either source: lockdown of live sessions
+	// in HTTPS mode (no change stream), and in both modes of whatever a change does not name
+	// (a state reloaded after a gap or a new CA key, sessions learned after the change).
 	OnKRL func(k *krl.KRL)
 	Now   func() time.Time
 	Log   *slog.Logger
@@ -430,7 +431,7 @@ func (a *Agent) installKRL(b []byte, source string) error {
 	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
 	a.status.Alert, a.status.OfferedVersion = "", 0
 	a.mu.Unlock()
-	if source == "https" && k.Version > current && a.o.OnKRL != nil {
+	if a.o.OnKRL != nil {
 		a.o.OnKRL(k)
 	}
 	return nil

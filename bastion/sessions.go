@@ -1,12 +1,9 @@
 package bastion
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"encoding/base64"
-	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -14,7 +11,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,15 +23,39 @@ import (
 	"github.com/sshca/sshca/krl"
 )
 
-// Sessions tracks live sshd sessions authenticated by certificates, from sshd's log at
-// LogLevel VERBOSE, and ends those whose certificate gets revoked. sshd checks the KRL only at
-// authentication; without this, a session opened before the revocation would live on.
+// Sessions tracks live sshd sessions authenticated by certificates and ends those whose
+// certificate gets revoked. sshd checks the KRL only at authentication; without this, a
+// session opened before the revocation would live on.
+//
+// What a session's certificate is comes from sshd's log at LogLevel VERBOSE (its Accepted
+// line), but a log line alone proves nothing: any local user can write one into a syslog file
+// (logger -t sshd). So a line counts only when procfs confirms it: an Accepted line adds a
+// session only while an sshd process of the agent's uid holds the TCP connection from that
+// client address (and, when the line names its pid, that process is one of them); a
+// Connection closed line drops a session only once no such process holds it any more. A
+// forged Accepted line for a live connection adds a certificate to the session's list, never
+// replaces the one sshd logged: the session ends when any of them is revoked, so a forger can
+// end another's session but cannot keep it alive.
 type Sessions struct {
-	log  *slog.Logger
-	proc string // where procfs is mounted (procfs.DefaultMountPoint, /proc)
+	log *slog.Logger
+	// scan lists the established TCP connections and their holders (scanConns on /proc).
+	scan func() (map[string]*tcpConn, error)
+	// kill signals a process (syscall.Kill).
+	kill func(pid int, sig syscall.Signal) error
+	now  func() time.Time
 
-	mu   sync.Mutex
-	live map[string]session // by "ip:port" of the client
+	mu sync.Mutex
+	// live is every confirmed session, by client address (connAddr).
+	live map[string]*session
+	// closing holds the addresses whose close was logged while sshd still held the connection,
+	// with when it was first logged: checked again until closeGrace has passed.
+	closing map[string]time.Time
+	// newest is the newest KRL installed, checked against each session learned after it: a
+	// session whose Accepted line is read after its certificate's revocation was applied.
+	newest *krl.KRL
+	// searched is when each connection (socket inode) with no session was last looked up in
+	// the log files.
+	searched map[uint64]time.Time
 
 	// ended counts the sessions ended since start (at least one of their processes was sent
 	// SIGTERM): sshca_bastion_sessions_ended_total.
@@ -46,79 +66,169 @@ type Sessions struct {
 func (s *Sessions) Ended() uint64 { return s.ended.Load() }
 
 type session struct {
+	inode uint64 // of the connection's socket: a reused client port is another connection
+	certs []certInfo
+}
+
+// certInfo is what an Accepted line says of a session's certificate.
+type certInfo struct {
 	serial uint64
 	keyID  string
-	keyFP  string
-	caFP   string
+	keyFP  string // SHA256:... of the certificate's key
+	caFP   string // SHA256:... of the CA key that signed it
 	user   string
 }
 
-// NewSessions returns an empty tracker.
+// closeGrace is how long a logged close waits for sshd to release the connection before it
+// is taken for forged: sshd logs "Received disconnect" before it closes the socket.
+const closeGrace = 5 * time.Second
+
+// NewSessions returns an empty tracker that confirms log lines against /proc, trusting sshd
+// processes of the agent's own uid (root on a bastion), and signals with SIGTERM.
 func NewSessions(log *slog.Logger) *Sessions {
-	return &Sessions{log: log, proc: procfs.DefaultMountPoint, live: map[string]session{}}
+	self, uid := os.Getpid(), os.Geteuid()
+	return newSessions(log, func() (map[string]*tcpConn, error) { return scanConns(procfs.DefaultMountPoint, self, uid) })
+}
+
+func newSessions(log *slog.Logger, scan func() (map[string]*tcpConn, error)) *Sessions {
+	return &Sessions{log: log, scan: scan, kill: syscall.Kill, now: time.Now,
+		live: map[string]*session{}, closing: map[string]time.Time{}, searched: map[uint64]time.Time{}}
 }
 
 var (
 	acceptedRE     = regexp.MustCompile(`Accepted publickey for (\S+) from (\S+) port (\d+) ssh2: \S+-CERT (SHA256:\S+) ID (.*) \(serial (\d+)\) CA \S+ (SHA256:\S+)`)
 	disconnectedRE = regexp.MustCompile(`(?:Disconnected from user \S+|Connection closed by|Received disconnect from) (\S+) port (\d+)`)
+	// syslogPIDRE is the pid a syslog line names (sshd[PID]: or sshd-session[PID]:).
+	syslogPIDRE = regexp.MustCompile(`\bsshd(?:-session)?\[(\d+)\]: `)
 )
 
-// Observe reads one sshd log line.
+// accepted parses an Accepted line: the client address (connAddr form), the pid the line
+// names (0 if none) and the certificate.
+func accepted(line string) (addr string, pid int, c certInfo, ok bool) {
+	m := acceptedRE.FindStringSubmatch(line)
+	if m == nil {
+		return "", 0, c, false
+	}
+	addr, err := normalAddr(net.JoinHostPort(m[2], m[3])) // sshd logs IPv6 clients unbracketed
+	if err != nil {
+		return "", 0, c, false
+	}
+	serial, err := strconv.ParseUint(m[6], 10, 64)
+	if err != nil {
+		return "", 0, c, false
+	}
+	if p := syslogPIDRE.FindStringSubmatch(line); p != nil {
+		pid, _ = strconv.Atoi(p[1])
+	}
+	return addr, pid, certInfo{serial: serial, keyID: m[5], keyFP: m[4], caFP: m[7], user: m[1]}, true
+}
+
+func closed(line string) (addr string, ok bool) {
+	m := disconnectedRE.FindStringSubmatch(line)
+	if m == nil {
+		return "", false
+	}
+	addr, err := normalAddr(net.JoinHostPort(m[1], m[2]))
+	return addr, err == nil
+}
+
+// Observe reads one sshd log line: an Accepted line adds its session and a close drops it,
+// each once procfs confirms it (see Sessions).
 func (s *Sessions) Observe(line string) {
-	if m := acceptedRE.FindStringSubmatch(line); m != nil {
-		serial, _ := strconv.ParseUint(m[6], 10, 64)
-		s.mu.Lock()
-		s.live[net.JoinHostPort(m[2], m[3])] = session{serial: serial, keyID: m[5], keyFP: m[4], caFP: m[7], user: m[1]}
-		s.mu.Unlock()
+	if addr, pid, c, ok := accepted(line); ok {
+		conns, err := s.scan()
+		if err != nil {
+			s.log.Warn("cannot confirm an Accepted line against /proc; session not tracked", "client", addr, "err", err)
+			return
+		}
+		conn := conns[addr]
+		switch {
+		case conn == nil || len(conn.sshd) == 0:
+			// Forged, or the session ended before we read its line: nothing to end either way.
+			s.log.Debug("ignored an Accepted line: no sshd process holds the connection", "client", addr)
+			return
+		case pid != 0 && !slices.Contains(conn.sshd, pid):
+			s.log.Warn("ignored an Accepted line naming a pid that does not hold the connection (forged?)", "client", addr, "pid", pid)
+			return
+		}
+		s.add(addr, conn.inode, c)
 		return
 	}
-	if m := disconnectedRE.FindStringSubmatch(line); m != nil {
+	if addr, ok := closed(line); ok {
 		s.mu.Lock()
-		delete(s.live, net.JoinHostPort(m[1], m[2]))
+		_, known := s.live[addr]
+		if known {
+			if _, ok := s.closing[addr]; !ok {
+				s.closing[addr] = s.now()
+			}
+		}
 		s.mu.Unlock()
+		if known {
+			s.confirmClosed()
+		}
 	}
 }
 
-// Follow reads the log file from its start and then as it grows, until ctx ends.
-func (s *Sessions) Follow(ctx context.Context, path string) error {
-	var f *os.File
-	for {
-		var err error
-		if f, err = os.Open(path); err == nil {
-			break
-		}
-		if !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		select { // sshd may not have written it yet
-		case <-ctx.Done():
-			return nil
-		case <-time.After(200 * time.Millisecond):
-		}
+// add records c for the connection from addr (socket inode), and ends the session at once
+// when the newest KRL already revokes c.
+func (s *Sessions) add(addr string, inode uint64, c certInfo) {
+	s.mu.Lock()
+	ss := s.live[addr]
+	if ss == nil || ss.inode != inode {
+		ss = &session{inode: inode}
+		s.live[addr] = ss
 	}
-	defer f.Close()
-	r := bufio.NewReader(f)
-	var partial string
-	for {
-		line, err := r.ReadString('\n')
-		partial += line
-		if err == nil {
-			s.Observe(strings.TrimRight(partial, "\n"))
-			partial = ""
+	if !slices.Contains(ss.certs, c) {
+		ss.certs = append(ss.certs, c)
+	}
+	if len(ss.certs) > 1 {
+		s.log.Warn("a connection has more than one Accepted line: one is forged; the session ends when any of their certificates is revoked",
+			"client", addr, "key_ids", len(ss.certs))
+	}
+	newest := s.newest
+	s.mu.Unlock()
+	if newest != nil {
+		revoked := revokedBy(newest)
+		s.end(func(c certInfo) bool { return revoked(c) })
+	}
+}
+
+// confirmClosed drops the closing sessions that no sshd process holds any more, and forgets
+// the close of those still held after closeGrace.
+func (s *Sessions) confirmClosed() {
+	s.mu.Lock()
+	n := len(s.closing)
+	s.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	conns, err := s.scan()
+	if err != nil {
+		return // checked again on the next tick
+	}
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for addr, since := range s.closing {
+		ss := s.live[addr]
+		if ss == nil || !heldBySSHD(conns[addr], ss.inode) {
+			delete(s.live, addr)
+			delete(s.closing, addr)
 			continue
 		}
-		if !errors.Is(err, io.EOF) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(50 * time.Millisecond):
+		if now.Sub(since) > closeGrace {
+			delete(s.closing, addr)
+			s.log.Warn("ignored a close line for a connection sshd still holds (forged?)", "client", addr)
 		}
 	}
 }
 
-// EndRevoked ends the live sessions whose certificate the entries revoke.
+func heldBySSHD(c *tcpConn, inode uint64) bool {
+	return c != nil && c.inode == inode && len(c.sshd) > 0
+}
+
+// EndRevoked ends the live sessions whose certificate the entries revoke: by serial, key ID,
+// the certificate's key, or the key of the CA that signed it (a compromised CA key).
 func (s *Sessions) EndRevoked(_ context.Context, entries []ca.RevocationEntry) {
 	serials, ids, fps := map[uint64]bool{}, map[string]bool{}, map[string]bool{}
 	for _, e := range entries {
@@ -136,13 +246,27 @@ func (s *Sessions) EndRevoked(_ context.Context, entries []ca.RevocationEntry) {
 			}
 		}
 	}
-	s.end(func(ss session) bool { return serials[ss.serial] || ids[ss.keyID] || fps[ss.keyFP] })
+	s.end(func(c certInfo) bool { return serials[c.serial] || ids[c.keyID] || fps[c.keyFP] || fps[c.caFP] })
 }
 
-// EndRevokedBy ends the live sessions whose certificate k revokes: by serial or key ID under
-// the session's CA (or any CA), or by the certificate's key. The HTTPS source has no change
-// stream, so each newer KRL it installs is checked against every live session.
+// EndRevokedBy ends the live sessions whose certificate k revokes (as sshd would refuse it):
+// by serial or key ID under the session's CA (or any CA), by the certificate's key, or by the
+// CA key that signed it. k is kept to check the sessions learned after it. The agent calls it
+// with every KRL it installs, from either source.
 func (s *Sessions) EndRevokedBy(k *krl.KRL) {
+	s.mu.Lock()
+	if s.newest == nil || k.Version >= s.newest.Version {
+		s.newest = k
+	}
+	s.mu.Unlock()
+	s.end(revokedBy(k))
+}
+
+// revokedBy is whether k revokes a certificate: sshd checks the certificate's key and its
+// CA's key against the KRL's keys (PROTOCOL.krl, KRL_SECTION_EXPLICIT_KEY and
+// KRL_SECTION_FINGERPRINT_SHA256), and its serial and key ID against the sections of its CA
+// or of any CA (KRL_SECTION_CERTIFICATES with an empty CA key).
+func revokedBy(k *krl.KRL) func(certInfo) bool {
 	fps := map[string]bool{}
 	for _, key := range k.RevokedKeys {
 		fps[ssh.FingerprintSHA256(key)] = true
@@ -169,48 +293,58 @@ func (s *Sessions) EndRevokedBy(k *krl.KRL) {
 		}
 		secs = append(secs, sec)
 	}
-	s.end(func(ss session) bool {
-		if fps[ss.keyFP] {
+	return func(c certInfo) bool {
+		if fps[c.keyFP] || fps[c.caFP] {
 			return true
 		}
 		for _, sec := range secs {
-			if sec.caFP != "" && ss.caFP != "" && sec.caFP != ss.caFP {
+			if sec.caFP != "" && c.caFP != "" && sec.caFP != c.caFP {
 				continue
 			}
-			if sec.ids[ss.keyID] {
+			if sec.ids[c.keyID] {
 				return true
 			}
 			// The last range starting at or below the serial is the only one that can hold it.
-			i := sort.Search(len(sec.serials), func(i int) bool { return sec.serials[i].Lo > ss.serial })
-			if i > 0 && sec.serials[i-1].Hi >= ss.serial {
+			i := sort.Search(len(sec.serials), func(i int) bool { return sec.serials[i].Lo > c.serial })
+			if i > 0 && sec.serials[i-1].Hi >= c.serial {
 				return true
 			}
 		}
 		return false
-	})
+	}
 }
 
-// end forgets the live sessions for which revoked holds and ends their connections.
-func (s *Sessions) end(revoked func(session) bool) {
+// end forgets the live sessions one of whose certificates is revoked and ends their
+// connections: SIGTERM to the sshd processes that hold the same socket as when the session was
+// confirmed (never to another process, nor to a later connection from the same port).
+func (s *Sessions) end(revoked func(certInfo) bool) {
 	s.mu.Lock()
-	var victims []string
+	victims := map[string]uint64{}
 	for addr, ss := range s.live {
-		if revoked(ss) {
-			victims = append(victims, addr)
+		if slices.ContainsFunc(ss.certs, revoked) {
+			victims[addr] = ss.inode
 			delete(s.live, addr)
+			delete(s.closing, addr)
 		}
 	}
 	s.mu.Unlock()
-	for _, addr := range victims {
-		pids, err := socketOwners(s.proc, addr, os.Getpid())
-		if err != nil || len(pids) == 0 {
-			// Usually the session ended before its log line was read.
-			s.log.Debug("revoked session: no live connection", "client", addr, "err", err)
+	if len(victims) == 0 {
+		return
+	}
+	conns, err := s.scan()
+	if err != nil {
+		s.log.Error("cannot read /proc to end the sessions of revoked certificates", "sessions", len(victims), "err", err)
+		return
+	}
+	for addr, inode := range victims {
+		c := conns[addr]
+		if !heldBySSHD(c, inode) {
+			s.log.Debug("revoked session: no live connection", "client", addr)
 			continue
 		}
 		killed := false
-		for _, pid := range pids {
-			if err := syscall.Kill(pid, syscall.SIGTERM); err == nil {
+		for _, pid := range c.sshd {
+			if err := s.kill(pid, syscall.SIGTERM); err == nil {
 				s.log.Info("ended a session of a revoked certificate", "client", addr, "pid", pid)
 				killed = true
 			}
@@ -219,4 +353,11 @@ func (s *Sessions) end(revoked func(session) bool) {
 			s.ended.Add(1)
 		}
 	}
+}
+
+// Live is the number of sessions tracked.
+func (s *Sessions) Live() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.live)
 }

@@ -1,17 +1,26 @@
 package bastion
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"slices"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/krl"
+	"github.com/sshca/sshca/revocation"
 )
 
 func testKey(t *testing.T) ssh.PublicKey {
@@ -27,33 +36,122 @@ func testKey(t *testing.T) ssh.PublicKey {
 	return k
 }
 
-// TestEndRevokedBy: in HTTPS mode each newer KRL is checked against the live sessions; those it
-// revokes (serial or key ID under their CA or any CA, their key, its SHA-256) are ended and the
-// others live on. The addresses are TEST-NET ones no process holds, so nothing is signalled.
+// fakeHost is a procfs stand-in: the connections sshd holds (by client address) and the
+// signals sent.
+type fakeHost struct {
+	mu     sync.Mutex
+	conns  map[string]*tcpConn
+	killed []int
+}
+
+func (h *fakeHost) scan() (map[string]*tcpConn, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]*tcpConn, len(h.conns))
+	for a, c := range h.conns {
+		cc := *c
+		out[a] = &cc
+	}
+	return out, nil
+}
+
+func (h *fakeHost) kill(pid int, _ syscall.Signal) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.killed = append(h.killed, pid)
+	return nil
+}
+
+func (h *fakeHost) set(addr string, c *tcpConn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if c == nil {
+		delete(h.conns, addr)
+		return
+	}
+	h.conns[addr] = c
+}
+
+func (h *fakeHost) signalled() []int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := slices.Clone(h.killed)
+	slices.Sort(out)
+	return out
+}
+
+func newFakeSessions(t *testing.T) (*Sessions, *fakeHost) {
+	h := &fakeHost{conns: map[string]*tcpConn{}}
+	s := newSessions(slog.New(slog.DiscardHandler), h.scan)
+	s.kill = h.kill
+	return s, h
+}
+
+func acceptedLine(user, addr string, port int, key ssh.PublicKey, id string, serial uint64, caKey ssh.PublicKey) string {
+	return fmt.Sprintf("Accepted publickey for %s from %s port %d ssh2: ED25519-CERT %s ID %s (serial %d) CA ED25519 %s",
+		user, addr, port, ssh.FingerprintSHA256(key), id, serial, ssh.FingerprintSHA256(caKey))
+}
+
+func (s *Sessions) users() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, ss := range s.live {
+		for _, c := range ss.certs {
+			out = append(out, c.user)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestEndRevokedBy: each installed KRL is checked against the live sessions; those it revokes
+// (serial or key ID under their CA or any CA, their key, its SHA-256, or the key of the CA that
+// signed them) are ended, by signalling the sshd processes holding their connection, and the
+// others live on.
 func TestEndRevokedBy(t *testing.T) {
-	ca1, ca2 := testKey(t), testKey(t)
+	ca1, ca2, stolen := testKey(t), testKey(t), testKey(t)
 	keys := map[string]ssh.PublicKey{}
-	s := NewSessions(slog.New(slog.DiscardHandler))
+	s, h := newFakeSessions(t)
+	pid := 1000
 	accept := func(name string, port int, serial uint64, id string, caKey ssh.PublicKey) {
 		keys[name] = testKey(t)
-		s.Observe(fmt.Sprintf("sshd[1]: Accepted publickey for %s from 192.0.2.1 port %d ssh2: ED25519-CERT %s ID %s (serial %d) CA ED25519 %s",
-			name, port, ssh.FingerprintSHA256(keys[name]), id, serial, ssh.FingerprintSHA256(caKey)))
+		pid += 2
+		h.set(fmt.Sprintf("192.0.2.1:%d", port), &tcpConn{inode: uint64(port), pids: []int{pid, pid + 1}, sshd: []int{pid, pid + 1}})
+		s.Observe("sshd[1]: " + acceptedLine(name, "192.0.2.1", port, keys[name], id, serial, caKey))
 	}
-	accept("serial", 1001, 500, "a#500", ca1)  // in a revoked range of ca1
-	accept("otherca", 1002, 500, "b#500", ca2) // same serial, other CA: lives
-	accept("keyid", 1003, 7, "mallory#7", ca2) // key ID revoked for any CA
-	accept("key", 1004, 8, "c#8", ca1)         // its key is revoked
-	accept("keyhash", 1005, 9, "d#9", ca1)     // its key's SHA-256 is revoked
-	accept("clean", 1006, 10, "e#10", ca1)     // nothing revokes it
-	accept("edge", 1007, 600, "f#600", ca1)    // just past the range
-	if len(s.live) != 7 {
-		t.Fatalf("%d sessions tracked from the log, want 7", len(s.live))
+	accept("serial", 1001, 500, "a#500", ca1)    // in a revoked range of ca1: pids 1002, 1003
+	accept("otherca", 1002, 500, "b#500", ca2)   // same serial, other CA: lives
+	accept("keyid", 1003, 7, "mallory#7", ca2)   // key ID revoked for any CA: 1006, 1007
+	accept("key", 1004, 8, "c#8", ca1)           // its key is revoked: 1008, 1009
+	accept("keyhash", 1005, 9, "d#9", ca1)       // its key's SHA-256 is revoked: 1010, 1011
+	accept("clean", 1006, 10, "e#10", ca1)       // nothing revokes it
+	accept("edge", 1007, 600, "f#600", ca1)      // just past the range
+	accept("castolen", 1008, 11, "g#11", stolen) // signed by a compromised CA key: 1016, 1017
+	if s.Live() != 0 {
+		t.Fatalf("%d sessions from lines naming pid 1, which holds none of the connections; want 0", s.Live())
+	}
+	// The same lines as sshd -e writes them (no pid) count.
+	accept2 := func(name string, port int, serial uint64, id string, caKey ssh.PublicKey) {
+		s.Observe(acceptedLine(name, "192.0.2.1", port, keys[name], id, serial, caKey))
+	}
+	accept2("serial", 1001, 500, "a#500", ca1)
+	accept2("otherca", 1002, 500, "b#500", ca2)
+	accept2("keyid", 1003, 7, "mallory#7", ca2)
+	accept2("key", 1004, 8, "c#8", ca1)
+	accept2("keyhash", 1005, 9, "d#9", ca1)
+	accept2("clean", 1006, 10, "e#10", ca1)
+	accept2("edge", 1007, 600, "f#600", ca1)
+	accept2("castolen", 1008, 11, "g#11", stolen)
+	if s.Live() != 8 {
+		t.Fatalf("%d sessions tracked from the log, want 8", s.Live())
 	}
 	k := &krl.KRL{Version: 2}
 	k.RevokeSerialRange(ca1, 400, 599)
 	k.RevokeSerials(ca1, 3)
 	k.RevokeKeyIDs(nil, "mallory#7")
 	k.RevokeKey(keys["key"])
+	k.RevokeKey(stolen)
 	b, err := k.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -64,12 +162,144 @@ func TestEndRevokedBy(t *testing.T) {
 	}
 	parsed.RevokedSHA256 = append(parsed.RevokedSHA256, sha256.Sum256(keys["keyhash"].Marshal()))
 	s.EndRevokedBy(parsed)
-	var left []string
-	for _, ss := range s.live {
-		left = append(left, ss.user)
+	if diff := cmp.Diff([]string{"clean", "edge", "otherca"}, s.users()); diff != "" {
+		t.Errorf("sessions left (-want +got):\n%s", diff)
 	}
-	slices.Sort(left)
-	if want := []string{"clean", "edge", "otherca"}; !slices.Equal(left, want) {
-		t.Errorf("sessions left %v, want %v", left, want)
+	if diff := cmp.Diff([]int{1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1016, 1017}, h.signalled()); diff != "" {
+		t.Errorf("signalled (-want +got):\n%s", diff)
+	}
+
+	// A session learned after the KRL that revokes it (its line read late) ends at once.
+	late := testKey(t)
+	h.set("192.0.2.1:1009", &tcpConn{inode: 1009, pids: []int{2000}, sshd: []int{2000}})
+	s.Observe(acceptedLine("late", "192.0.2.1", 1009, late, "h#450", 450, ca1))
+	if slices.Contains(s.users(), "late") || !slices.Contains(h.signalled(), 2000) {
+		t.Errorf("a session whose certificate the newest KRL revokes was kept: %v, signalled %v", s.users(), h.signalled())
+	}
+}
+
+// TestEndRevoked: in Redis mode each change's entries end the sessions they cover, a
+// compromised CA key (a key entry naming it) included.
+func TestEndRevoked(t *testing.T) {
+	caKey, other, userKey := testKey(t), testKey(t), testKey(t)
+	s, h := newFakeSessions(t)
+	for i, name := range []string{"bykey", "byca", "byserial", "byid", "clean"} {
+		port := 2000 + i
+		h.set(fmt.Sprintf("192.0.2.2:%d", port), &tcpConn{inode: uint64(port), pids: []int{port}, sshd: []int{port}})
+		k, c := testKey(t), other
+		switch name {
+		case "bykey":
+			k = userKey
+		case "byca":
+			c = caKey
+		}
+		s.Observe(acceptedLine(name, "192.0.2.2", port, k, name+"#1", uint64(100+i), c))
+	}
+	s.EndRevoked(context.Background(), []ca.RevocationEntry{
+		{Kind: ca.RevokedKey, Value: revocation.KeyEntry(userKey)},
+		{Kind: ca.RevokedKey, Value: revocation.KeyEntry(caKey)},
+		{Kind: ca.RevokedSerial, Value: "102"},
+		{Kind: ca.RevokedKeyID, Value: "byid#1"},
+	})
+	if diff := cmp.Diff([]string{"clean"}, s.users()); diff != "" {
+		t.Errorf("sessions left (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]int{2000, 2001, 2002, 2003}, h.signalled()); diff != "" {
+		t.Errorf("signalled (-want +got):\n%s", diff)
+	}
+}
+
+// TestForgedLines: a log line counts only when procfs confirms it. Forged Accepted lines (for a
+// connection nobody holds, one held by a process that is not sshd, one naming a pid that does
+// not hold it) add nothing; a forged close for a live session drops nothing; a forged Accepted
+// line for a live session cannot hide it from a revocation of its real certificate. A real
+// close (the connection released) drops the session.
+func TestForgedLines(t *testing.T) {
+	caKey, key := testKey(t), testKey(t)
+	s, h := newFakeSessions(t)
+	now := time.Unix(1_800_000_000, 0)
+	s.now = func() time.Time { return now }
+
+	s.Observe(acceptedLine("ghost", "127.0.0.1", 4000, key, "ghost#1", 1, caKey)) // no connection
+	h.set("127.0.0.1:4001", &tcpConn{inode: 41, pids: []int{77}})                 // held, not by sshd
+	s.Observe(acceptedLine("notsshd", "127.0.0.1", 4001, key, "x#2", 2, caKey))
+	h.set("127.0.0.1:4002", &tcpConn{inode: 42, pids: []int{88}, sshd: []int{88}})
+	s.Observe("Nov 29 22:00:00 bastion sshd[99]: " + acceptedLine("wrongpid", "127.0.0.1", 4002, key, "x#3", 3, caKey))
+	if s.Live() != 0 {
+		t.Fatalf("forged Accepted lines added sessions: %v", s.users())
+	}
+
+	// The real session, then lines forged about it.
+	s.Observe("Nov 29 22:00:01 bastion sshd[88]: " + acceptedLine("alice", "127.0.0.1", 4002, key, "alice#10", 10, caKey))
+	s.Observe(acceptedLine("decoy", "127.0.0.1", 4002, testKey(t), "decoy#11", 11, caKey))
+	for _, forged := range []string{
+		"Connection closed by 127.0.0.1 port 4002 [preauth]",
+		"Received disconnect from 127.0.0.1 port 4002:11: disconnected by user",
+		"Disconnected from user alice 127.0.0.1 port 4002",
+	} {
+		s.Observe(forged)
+	}
+	now = now.Add(closeGrace + time.Second)
+	s.confirmClosed()
+	if diff := cmp.Diff([]string{"alice", "decoy"}, s.users()); diff != "" {
+		t.Fatalf("after forged lines (-want +got):\n%s", diff)
+	}
+	s.Observe("Connection closed by 127.0.0.1 port 4002") // forged again, after the grace
+	s.EndRevoked(context.Background(), []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: "10"}})
+	if s.Live() != 0 || !slices.Equal(h.signalled(), []int{88}) {
+		t.Errorf("the revoked session (with a forged decoy line) was not ended: live %v, signalled %v", s.users(), h.signalled())
+	}
+
+	// A real close: sshd releases the connection a little after it logs it.
+	h.set("127.0.0.1:4003", &tcpConn{inode: 43, pids: []int{90}, sshd: []int{90}})
+	s.Observe(acceptedLine("bob", "127.0.0.1", 4003, key, "bob#12", 12, caKey))
+	s.Observe("Received disconnect from 127.0.0.1 port 4003:11: disconnected by user")
+	if s.Live() != 1 {
+		t.Fatal("a close sshd has not acted on yet dropped the session")
+	}
+	h.set("127.0.0.1:4003", nil)
+	s.confirmClosed()
+	if s.Live() != 0 {
+		t.Errorf("a real close left the session: %v", s.users())
+	}
+
+	// A reused client port is another connection: the old session's revocation spares it.
+	h.set("127.0.0.1:4004", &tcpConn{inode: 44, pids: []int{91}, sshd: []int{91}})
+	s.Observe(acceptedLine("carol", "127.0.0.1", 4004, key, "carol#13", 13, caKey))
+	h.set("127.0.0.1:4004", &tcpConn{inode: 45, pids: []int{92}, sshd: []int{92}})
+	s.EndRevoked(context.Background(), []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: "13"}})
+	if slices.Contains(h.signalled(), 92) {
+		t.Error("a later connection from the same client port was signalled")
+	}
+}
+
+// TestForgedAcceptedLive: on this machine's /proc, a connection held by a process that is not
+// sshd (this test) does not vouch for an Accepted line.
+func TestForgedAcceptedLive(t *testing.T) {
+	if _, err := os.Stat("/proc/net/tcp"); err != nil {
+		t.Skipf("no Linux procfs: %v", err)
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	self, uid := -1, os.Geteuid() // the test process is a candidate holder, of the trusted uid
+	s := newSessions(slog.New(slog.DiscardHandler), func() (map[string]*tcpConn, error) { return scanConns("/proc", self, uid) })
+	s.kill = func(int, syscall.Signal) error { t.Error("signalled a process"); return nil }
+	port := client.LocalAddr().(*net.TCPAddr).Port
+	s.Observe(acceptedLine("mallory", "127.0.0.1", port, testKey(t), "m#1", 1, testKey(t)))
+	if s.Live() != 0 {
+		t.Errorf("a connection held by %s (not sshd) vouched for an Accepted line", os.Args[0])
 	}
 }

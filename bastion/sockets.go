@@ -5,6 +5,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/prometheus/procfs"
 )
@@ -12,48 +13,90 @@ import (
 // tcpEstablished is TCP_ESTABLISHED, the st column of /proc/net/tcp{,6}.
 const tcpEstablished = 1
 
-// socketOwners finds the processes, other than self, holding an established TCP connection whose
-// remote end is addr, from the procfs mounted at root (Linux). An IPv4 address (IPv4-mapped
-// included) is looked up in /proc/net/tcp only and any other in /proc/net/tcp6 only: sshd
-// listens on IPv6 with IPV6_V6ONLY and logs IPv4 clients as IPv4. The pids come in ascending
-// order.
-func socketOwners(root, addr string, self int) ([]int, error) {
+// tcpConn is an established TCP connection as procfs shows it: its socket's inode, the
+// processes (other than the agent) that hold the socket, and which of them are sshd.
+type tcpConn struct {
+	inode uint64
+	pids  []int // every holder, ascending
+	sshd  []int // the holders that are sshd processes of the trusted uid, ascending
+}
+
+// sshdProcess reports whether p is an sshd process running as uid: its command name is sshd
+// (OpenSSH up to 9.7, which names every process of a connection sshd) or sshd-session (9.8 on)
+// and its real user ID is uid. A local user can write any line to a syslog file but cannot
+// make a process of another uid, so only a connection held by such a process vouches for a
+// log line.
+func sshdProcess(p procfs.Proc, uid int) bool {
+	comm, err := p.Comm()
+	if err != nil || (comm != "sshd" && comm != "sshd-session") {
+		return false
+	}
+	st, err := p.NewStatus()
+	return err == nil && st.UIDs[0] == uint64(uid)
+}
+
+// connAddr is the key of a connection by its client end, as sshd logs it: "ip:port" for an
+// IPv4 client, "[ip]:port" for an IPv6 one.
+func connAddr(ip net.IP, port uint64) string {
+	return net.JoinHostPort(ip.String(), strconv.FormatUint(port, 10))
+}
+
+// normalAddr parses a client address as sshd logs it ("ip:port", "[ip]:port") into connAddr's
+// form. An IPv4-mapped IPv6 address is refused: sshd logs IPv4 clients as IPv4 and listens
+// on IPv6 with IPV6_V6ONLY, so no connection of its can have one.
+func normalAddr(addr string) (string, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	ip := net.ParseIP(host)
 	if ip == nil {
-		return nil, fmt.Errorf("bastion: client address %q is not an IP address", addr)
+		return "", fmt.Errorf("bastion: client address %q is not an IP address", addr)
+	}
+	if ip.To4() != nil && strings.Contains(host, ":") {
+		return "", fmt.Errorf("bastion: client address %q is IPv4-mapped IPv6: sshd logs IPv4 clients as IPv4", addr)
 	}
 	port, err := strconv.ParseUint(portStr, 10, 16)
 	if err != nil {
-		return nil, fmt.Errorf("bastion: client port in %q: %w", addr, err)
+		return "", fmt.Errorf("bastion: client port in %q: %w", addr, err)
 	}
+	return connAddr(ip, port), nil
+}
+
+// scanConns lists the established TCP connections of the procfs mounted at root by their
+// client end (connAddr), with the processes other than self that hold them (none when no
+// other process we may inspect does); uid is the one an sshd process must run as to count
+// (sshdProcess). IPv4-mapped entries of the IPv6 table are left out (see normalAddr).
+func scanConns(root string, self, uid int) (map[string]*tcpConn, error) {
 	fs, err := procfs.NewFS(root)
 	if err != nil {
 		return nil, err
 	}
-	table := fs.NetTCP6
-	if v4 := ip.To4(); v4 != nil {
-		ip, table = v4, fs.NetTCP
-	}
-	// A table that cannot be read holds nothing we can find: the error below says so.
-	conns, _ := table()
-	inodes := map[string]bool{}
-	for _, c := range conns {
-		if c.St == tcpEstablished && c.RemPort == port && c.RemAddr.Equal(ip) {
-			inodes["socket:["+strconv.FormatUint(c.Inode, 10)+"]"] = true
+	byInode := map[string]*tcpConn{}
+	conns := map[string]*tcpConn{}
+	for _, table := range []func() (procfs.NetTCP, error){fs.NetTCP, fs.NetTCP6} {
+		// A table that cannot be read (no IPv6) holds nothing we can find.
+		lines, _ := table()
+		for _, l := range lines {
+			if l.St != tcpEstablished || l.Inode == 0 {
+				continue
+			}
+			ip := l.RemAddr
+			if len(ip) == net.IPv6len && ip.To4() != nil {
+				continue // IPv4-mapped: never sshd's (see normalAddr)
+			}
+			c := &tcpConn{inode: l.Inode}
+			byInode["socket:["+strconv.FormatUint(l.Inode, 10)+"]"] = c
+			conns[connAddr(ip, l.RemPort)] = c
 		}
 	}
-	if len(inodes) == 0 {
-		return nil, fmt.Errorf("no established connection from %s", addr)
+	if len(conns) == 0 {
+		return conns, nil
 	}
 	procs, err := fs.AllProcs()
 	if err != nil {
 		return nil, err
 	}
-	var pids []int
 	for _, p := range procs {
 		if p.PID == self {
 			continue
@@ -63,10 +106,47 @@ func socketOwners(root, addr string, self int) ([]int, error) {
 		if err != nil {
 			continue
 		}
-		if slices.ContainsFunc(targets, func(t string) bool { return inodes[t] }) {
-			pids = append(pids, p.PID)
+		isSSHD := -1 // not yet known: looked up only for holders
+		for _, t := range targets {
+			c := byInode[t]
+			if c == nil || slices.Contains(c.pids, p.PID) {
+				continue
+			}
+			c.pids = append(c.pids, p.PID)
+			if isSSHD < 0 {
+				isSSHD = 0
+				if sshdProcess(p, uid) {
+					isSSHD = 1
+				}
+			}
+			if isSSHD == 1 {
+				c.sshd = append(c.sshd, p.PID)
+			}
 		}
 	}
-	slices.Sort(pids)
-	return pids, nil
+	for _, c := range conns {
+		slices.Sort(c.pids)
+		slices.Sort(c.sshd)
+	}
+	return conns, nil
+}
+
+// socketOwners finds the processes, other than self, holding an established TCP connection whose
+// remote end is addr, from the procfs mounted at root (Linux). An IPv4 address is looked up in
+// /proc/net/tcp only and any other in /proc/net/tcp6 only: sshd listens on IPv6 with
+// IPV6_V6ONLY and logs IPv4 clients as IPv4. The pids come in ascending order.
+func socketOwners(root, addr string, self int) ([]int, error) {
+	key, err := normalAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	conns, err := scanConns(root, self, -1)
+	if err != nil {
+		return nil, err
+	}
+	c := conns[key]
+	if c == nil {
+		return nil, fmt.Errorf("no established connection from %s", addr)
+	}
+	return c.pids, nil
 }

@@ -1,6 +1,7 @@
 package bastion
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -129,5 +130,47 @@ func TestSocketOwnersLive(t *testing.T) {
 		if got, err := socketOwners("/proc", addr, os.Getpid()); err != nil || len(got) != 0 {
 			t.Errorf("%s: socketOwners(%s) leaving out self = %v, %v; want none", network, addr, got, err)
 		}
+	}
+}
+
+// TestScanConnsTrustsOnlySSHD: a connection vouches for a log line only through a holder
+// named sshd (or sshd-session) running as the trusted uid; a process of another uid named
+// sshd, or one of the trusted uid named otherwise, does not.
+func TestScanConnsTrustsOnlySSHD(t *testing.T) {
+	root := fakeProc(t, map[int][]string{
+		100: {"socket:[1001]"}, // sshd, root: trusted
+		101: {"socket:[1001]"}, // sshd, uid 1000 (the session's unprivileged child)
+		102: {"socket:[1002]"}, // a user's own program named sshd
+		200: {"socket:[2001]"}, // sshd-session, root (OpenSSH 9.8 on)
+		201: {"socket:[1002]"}, // root, named otherwise
+	})
+	for pid, p := range map[int]struct {
+		comm string
+		uid  int
+	}{100: {"sshd", 0}, 101: {"sshd", 1000}, 102: {"sshd", 1000}, 200: {"sshd-session", 0}, 201: {"bash", 0}} {
+		dir := filepath.Join(root, strconv.Itoa(pid))
+		status := fmt.Sprintf("Name:\t%s\nPid:\t%d\nUid:\t%d\t%d\t%d\t%d\nGid:\t0\t0\t0\t0\n", p.comm, pid, p.uid, p.uid, p.uid, p.uid)
+		if err := os.WriteFile(filepath.Join(dir, "comm"), []byte(p.comm+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "status"), []byte(status), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conns, err := scanConns(root, -1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][2][]int{}
+	for addr, c := range conns {
+		got[addr] = [2][]int{c.pids, c.sshd}
+	}
+	want := map[string][2][]int{
+		"192.0.2.10:50000":    {{100, 101}, {100}},
+		"192.0.2.11:50000":    {{102, 201}, nil},
+		"[2001:db8::5]:40000": {{200}, {200}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("scanConns (-want +got):\n%s", diff)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -27,6 +28,8 @@ type SSHDConfig struct {
 	Extra []string
 	// LogFile, when set, receives sshd's log as well (for the bastion agent to follow).
 	LogFile string
+	// LogWriter, when set, receives sshd's log as well (a test that rotates the file itself).
+	LogWriter io.Writer
 }
 
 // SSHD is a real OpenSSH sshd on a free 127.0.0.1 port, started for one test.
@@ -39,6 +42,7 @@ type SSHD struct {
 	mu   sync.Mutex
 	out  bytes.Buffer
 	file *os.File
+	w    io.Writer
 }
 
 // Log is what sshd has written so far (it runs with -e, LogLevel VERBOSE).
@@ -53,6 +57,9 @@ func (s *SSHD) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	if s.file != nil {
 		_, _ = s.file.Write(p)
+	}
+	if s.w != nil {
+		_, _ = s.w.Write(p)
 	}
 	return s.out.Write(p)
 }
@@ -69,7 +76,7 @@ func StartSSHD(t testing.TB, c SSHDConfig) *SSHD {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	s := &SSHD{Port: FreePort(t), User: u.Username, Dir: dir}
+	s := &SSHD{Port: FreePort(t), User: u.Username, Dir: dir, w: c.LogWriter}
 	s.Addr = "127.0.0.1:" + strconv.Itoa(s.Port)
 	principals := filepath.Join(dir, "principals")
 	if err := os.WriteFile(principals, []byte(strings.Join(c.Principals, "\n")+"\n"), 0o644); err != nil {
