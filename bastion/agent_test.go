@@ -136,6 +136,8 @@ func TestAgentHTTPSource(t *testing.T) {
 	}
 	srv.set(encode(7, 1, 2, 3), 7)
 	waitUntil(t, "version 7 is installed", func() bool { return installedKRL(t, krlPath).Version == 7 })
+	// OnKRL runs just after the file is in place.
+	waitUntil(t, "OnKRL sees version 7", func() bool { seenMu.Lock(); defer seenMu.Unlock(); return slices.Contains(seen, 7) })
 	seenMu.Lock()
 	if !slices.Equal(seen, []uint64{5, 7}) {
 		t.Errorf("OnKRL saw versions %v, want each newer installed one: [5 7]", seen)
