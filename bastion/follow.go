@@ -104,7 +104,8 @@ func (s *Sessions) follow(ctx context.Context, path string, off int64) error {
 }
 
 // sync reconciles the table with /proc: it drops sessions whose connection no sshd process
-// holds, and looks up the connections sshd holds with no session in path.1 and path (all of
+// held at two sweeps in a row, adds the Accepted lines read earlier that sshd now confirms
+// (unconfirmed), and looks up the connections sshd holds with no session in path.1 and path (all of
 // them when rotated, else those not looked up within searchAgain). It returns the offset just
 // past the last complete line of path (0 when it cannot be read), reading path only when
 // something is looked up or rotated is set.
@@ -116,11 +117,29 @@ func (s *Sessions) sync(path string, rotated bool) int64 {
 	}
 	now := s.now()
 	want := map[string]uint64{}
+	type confirmedLine struct {
+		inode uint64
+		certs []certInfo
+	}
+	confirmed := map[string]confirmedLine{}
 	s.mu.Lock()
 	for addr, ss := range s.live {
-		if !heldBySSHD(conns[addr], ss.inode) {
+		if heldBySSHD(conns[addr], ss.inode) {
+			delete(s.missing, addr)
+			continue
+		}
+		if s.missing[addr]++; s.missing[addr] >= 2 {
 			delete(s.live, addr)
 			delete(s.closing, addr)
+			delete(s.missing, addr)
+		}
+	}
+	for addr, u := range s.unconfirmed {
+		if c := conns[addr]; c != nil && len(c.sshd) > 0 && now.Sub(u.at) < unconfirmedFor {
+			confirmed[addr] = confirmedLine{inode: c.inode, certs: u.certs}
+		}
+		if c := conns[addr]; now.Sub(u.at) >= unconfirmedFor || (c != nil && len(c.sshd) > 0) {
+			delete(s.unconfirmed, addr)
 		}
 	}
 	held := map[uint64]bool{}
@@ -130,6 +149,9 @@ func (s *Sessions) sync(path string, rotated bool) int64 {
 		}
 		held[c.inode] = true
 		if ss := s.live[addr]; ss != nil && ss.inode == c.inode {
+			continue
+		}
+		if _, ok := confirmed[addr]; ok {
 			continue
 		}
 		if at, ok := s.searched[c.inode]; ok && !rotated && now.Sub(at) < searchAgain {
@@ -144,6 +166,11 @@ func (s *Sessions) sync(path string, rotated bool) int64 {
 		}
 	}
 	s.mu.Unlock()
+	for addr, u := range confirmed {
+		for _, c := range u.certs {
+			s.add(addr, u.inode, c)
+		}
+	}
 	if len(want) == 0 && !rotated {
 		return -1
 	}

@@ -56,6 +56,13 @@ type Sessions struct {
 	// searched is when each connection (socket inode) with no session was last looked up in
 	// the log files.
 	searched map[uint64]time.Time
+	// unconfirmed holds, by client address, the Accepted lines that no sshd connection
+	// confirmed when they were read, for unconfirmedFor: a read of /proc can miss an entry of
+	// a busy TCP table, so the next sweep adds them if sshd holds that connection then.
+	unconfirmed map[string]unconfirmedLine
+	// missing counts, by client address, the sweeps in a row that did not find a session's
+	// connection: dropped at the second, for the same reason.
+	missing map[string]int
 
 	// ended counts the sessions ended since start (at least one of their processes was sent
 	// SIGTERM): sshca_bastion_sessions_ended_total.
@@ -64,6 +71,18 @@ type Sessions struct {
 
 // Ended is how many sessions of revoked certificates were ended since start.
 func (s *Sessions) Ended() uint64 { return s.ended.Load() }
+
+type unconfirmedLine struct {
+	at    time.Time
+	certs []certInfo
+}
+
+const (
+	// unconfirmedFor is how long an unconfirmed Accepted line waits for a sweep: about two.
+	unconfirmedFor = 2*sweepEvery + time.Second
+	// maxUnconfirmed bounds the lines kept (forged ones cost the forger nothing to write).
+	maxUnconfirmed = 1024
+)
 
 type session struct {
 	inode uint64 // of the connection's socket: a reused client port is another connection
@@ -92,7 +111,8 @@ func NewSessions(log *slog.Logger) *Sessions {
 
 func newSessions(log *slog.Logger, scan func() (map[string]*tcpConn, error)) *Sessions {
 	return &Sessions{log: log, scan: scan, kill: syscall.Kill, now: time.Now,
-		live: map[string]*session{}, closing: map[string]time.Time{}, searched: map[uint64]time.Time{}}
+		live: map[string]*session{}, closing: map[string]time.Time{}, searched: map[uint64]time.Time{},
+		unconfirmed: map[string]unconfirmedLine{}, missing: map[string]int{}}
 }
 
 var (
@@ -138,14 +158,16 @@ func (s *Sessions) Observe(line string) {
 	if addr, pid, c, ok := accepted(line); ok {
 		conns, err := s.scan()
 		if err != nil {
-			s.log.Warn("cannot confirm an Accepted line against /proc; session not tracked", "client", addr, "err", err)
+			s.log.Warn("cannot confirm an Accepted line against /proc; the next sweep tries again", "client", addr, "err", err)
+			s.keepUnconfirmed(addr, c)
 			return
 		}
 		conn := conns[addr]
 		switch {
 		case conn == nil || len(conn.sshd) == 0:
-			// Forged, or the session ended before we read its line: nothing to end either way.
-			s.log.Debug("ignored an Accepted line: no sshd process holds the connection", "client", addr)
+			// Forged, or the session ended before we read its line, or /proc missed it.
+			s.log.Debug("Accepted line not confirmed: no sshd process holds the connection", "client", addr)
+			s.keepUnconfirmed(addr, c)
 			return
 		case pid != 0 && !slices.Contains(conn.sshd, pid):
 			s.log.Warn("ignored an Accepted line naming a pid that does not hold the connection (forged?)", "client", addr, "pid", pid)
@@ -167,6 +189,20 @@ func (s *Sessions) Observe(line string) {
 			s.confirmClosed()
 		}
 	}
+}
+
+func (s *Sessions) keepUnconfirmed(addr string, c certInfo) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u, ok := s.unconfirmed[addr]
+	if !ok && len(s.unconfirmed) >= maxUnconfirmed {
+		return
+	}
+	u.at = s.now()
+	if !slices.Contains(u.certs, c) {
+		u.certs = append(u.certs, c)
+	}
+	s.unconfirmed[addr] = u
 }
 
 // add records c for the connection from addr (socket inode), and ends the session at once

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -301,5 +302,57 @@ func TestForgedAcceptedLive(t *testing.T) {
 	s.Observe(acceptedLine("mallory", "127.0.0.1", port, testKey(t), "m#1", 1, testKey(t)))
 	if s.Live() != 0 {
 		t.Errorf("a connection held by %s (not sshd) vouched for an Accepted line", os.Args[0])
+	}
+}
+
+// TestSessionsSurviveAMissedProcRead: a read of a busy /proc/net/tcp can miss an entry. A
+// session whose connection one sweep does not see stays (dropped only at the second); an
+// Accepted line read while /proc missed its connection is added at the next sweep that sees
+// it, and ended there when the newest KRL revokes it; one that no sweep confirms is forgotten.
+func TestSessionsSurviveAMissedProcRead(t *testing.T) {
+	caKey, key := testKey(t), testKey(t)
+	s, h := newFakeSessions(t)
+	now := time.Unix(1_800_000_000, 0)
+	s.now = func() time.Time { return now }
+	nolog := filepath.Join(t.TempDir(), "sshd.log")
+
+	h.set("127.0.0.1:5001", &tcpConn{inode: 51, pids: []int{51}, sshd: []int{51}})
+	s.Observe(acceptedLine("alice", "127.0.0.1", 5001, key, "alice#1", 1, caKey))
+	h.set("127.0.0.1:5001", nil) // missed by one read
+	s.sync(nolog, false)
+	if !s.tracks("alice#1") {
+		t.Fatal("one sweep that missed the connection dropped the session")
+	}
+	h.set("127.0.0.1:5001", &tcpConn{inode: 51, pids: []int{51}, sshd: []int{51}})
+	s.sync(nolog, false)
+	h.set("127.0.0.1:5001", nil)
+	s.sync(nolog, false)
+	if !s.tracks("alice#1") {
+		t.Fatal("misses in two sweeps that were not in a row dropped the session")
+	}
+	s.sync(nolog, false)
+	if s.tracks("alice#1") {
+		t.Error("a session whose connection two sweeps in a row did not find was kept")
+	}
+
+	k := &krl.KRL{Version: 5}
+	k.RevokeSerials(caKey, 2)
+	s.EndRevokedBy(k)
+	s.Observe(acceptedLine("bob", "127.0.0.1", 5002, key, "bob#2", 2, caKey)) // /proc misses it
+	s.Observe(acceptedLine("carol", "127.0.0.1", 5003, key, "carol#3", 3, caKey))
+	if s.Live() != 0 {
+		t.Fatal("an unconfirmed line added a session")
+	}
+	h.set("127.0.0.1:5002", &tcpConn{inode: 52, pids: []int{52}, sshd: []int{52}})
+	now = now.Add(sweepEvery)
+	s.sync(nolog, false)
+	if s.tracks("bob#2") || !slices.Contains(h.signalled(), 52) {
+		t.Errorf("the revoked session confirmed at the sweep was not ended: live %v, signalled %v", s.users(), h.signalled())
+	}
+	now = now.Add(unconfirmedFor)
+	h.set("127.0.0.1:5003", &tcpConn{inode: 53, pids: []int{53}, sshd: []int{53}})
+	s.sync(nolog, false)
+	if s.tracks("carol#3") {
+		t.Error("an Accepted line older than unconfirmedFor was taken for a later connection")
 	}
 }

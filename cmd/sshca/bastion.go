@@ -119,7 +119,13 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		}
 		// No request deadline here: each call is bounded by about 4 s (2 s an attempt, one retry);
 		// the stream's blocking read has its own bound.
-		rdb := redis.NewClient(newRedisBounds(4*time.Second, time.Second, 2*time.Second, 0).single(ropts))
+		ro := newRedisBounds(4*time.Second, time.Second, 2*time.Second, 0).single(ropts)
+		// The agent holds one connection per CA key's scope in a blocking XREAD, and every key
+		// ever made keeps its scope: with go-redis's default pool (10 per CPU) the scopes past
+		// it waited seconds for a connection, and so did their revocations (a compromised CA
+		// key's 4 s after about 20 rotations). Connections open only as they are needed.
+		ro.PoolSize = max(ro.PoolSize, 256)
+		rdb := redis.NewClient(ro)
 		defer rdb.Close()
 		o.Feed = store.NewRedis(rdb, store.RedisOptions{})
 	}
