@@ -24,6 +24,8 @@ type SSHDConfig struct {
 	RevokedKeys       string // optional KRL
 	// Principals maps to the Unix user the test runs as: the certificate principals it accepts.
 	Principals []string
+	// AuthorizedKeysFile is sshd's AuthorizedKeysFile (default none: certificates only).
+	AuthorizedKeysFile string
 	// Extra lines appended to sshd_config.
 	Extra []string
 	// LogFile, when set, receives sshd's log as well (for the bastion agent to follow).
@@ -82,13 +84,17 @@ func StartSSHD(t testing.TB, c SSHDConfig) *SSHD {
 	if err := os.WriteFile(principals, []byte(strings.Join(c.Principals, "\n")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	akf := "none"
+	if c.AuthorizedKeysFile != "" {
+		akf = c.AuthorizedKeysFile
+	}
 	lines := []string{
 		"Port " + strconv.Itoa(s.Port),
 		"ListenAddress 127.0.0.1",
 		"HostKey " + c.HostKey,
 		"TrustedUserCAKeys " + c.TrustedUserCAKeys,
 		"AuthorizedPrincipalsFile " + principals,
-		"AuthorizedKeysFile none",
+		"AuthorizedKeysFile " + akf,
 		"PubkeyAuthentication yes",
 		"PasswordAuthentication no",
 		"KbdInteractiveAuthentication no",

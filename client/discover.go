@@ -1,0 +1,54 @@
+package client
+
+import "time"
+
+// DiscoveredKey is one key of an authorized_keys file found by a host's discovery: a way to
+// log in that bypasses certificates (issue 18 §2).
+type DiscoveredKey struct {
+	Account string `json:"account"` // the local account the file lets in
+	File    string `json:"file"`    // absolute path, AuthorizedKeysFile with %h %u %U %% expanded
+	Line    int    `json:"line"`    // 1-based line of the key in File
+	// Fingerprint is OpenSSH's SHA256 fingerprint ("SHA256:" + unpadded base64), as sshd logs it.
+	Fingerprint string `json:"fingerprint"`
+	Type        string `json:"type"` // the key's algorithm name, e.g. ssh-ed25519, ssh-rsa
+	Bits        int    `json:"bits"` // key size in bits (RSA modulus, ECDSA curve; 256 for Ed25519)
+	// Options are the line's options as written (from="10.0.0.0/8", command="...",
+	// cert-authority), in order.
+	Options []string `json:"options,omitempty"`
+	Comment string   `json:"comment,omitempty"`
+	// FileModTime is File's modification time.
+	FileModTime time.Time `json:"file_mtime"`
+	// LastAccepted is the newest time sshd's log shows the key accepted for Account (an
+	// "Accepted publickey" line of a plain key, never a certificate); nil when the log read
+	// has none.
+	LastAccepted *time.Time `json:"last_accepted,omitempty"`
+}
+
+// SkippedFile is an authorized_keys path that exists but was not read, and why: a symbolic
+// link at some component, not a regular file, larger than the cap, unreadable.
+type SkippedFile struct {
+	Account string `json:"account"`
+	File    string `json:"file"`
+	Reason  string `json:"reason"`
+}
+
+// DiscoveryReport is a host's inventory of the ways in that bypass certificates.
+type DiscoveryReport struct {
+	Host  string          `json:"host"`  // the host name the report is for
+	Taken time.Time       `json:"taken"` // when discovery ran, host clock
+	Keys  []DiscoveredKey `json:"keys"`
+	// Skipped files exist but could not be inspected safely; each may still let someone in.
+	Skipped []SkippedFile `json:"skipped,omitempty"`
+	// Accounts is how many accounts of the password database were inspected; AccountsTruncated
+	// says the database had more than the cap.
+	Accounts          int  `json:"accounts"`
+	AccountsTruncated bool `json:"accounts_truncated,omitempty"`
+	// AuthorizedKeysCommand is sshd's effective command ("" when none), reported, never run,
+	// and the user it runs as.
+	AuthorizedKeysCommand     string `json:"authorized_keys_command,omitempty"`
+	AuthorizedKeysCommandUser string `json:"authorized_keys_command_user,omitempty"`
+	// Password and keyboard-interactive authentication as sshd's effective configuration has
+	// them (sshd -T).
+	PasswordAuthentication       bool `json:"password_authentication"`
+	KbdInteractiveAuthentication bool `json:"kbd_interactive_authentication"`
+}
