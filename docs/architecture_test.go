@@ -136,7 +136,7 @@ func TestDiagram(t *testing.T) {
 			drawn[m[1]+" --> "+m[2]] = true
 		}
 	}
-	node := func(pkg string) string { return strings.ReplaceAll(pkg, "/", "_") }
+	node := func(pkg string) string { return strings.NewReplacer("/", "_", "-", "_").Replace(pkg) }
 	real := map[string]bool{}
 	for pkg, deps := range imports(t) {
 		for _, d := range deps {
