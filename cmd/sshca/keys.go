@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -14,73 +13,7 @@ import (
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/client"
-	"github.com/sshca/sshca/keyring"
-	"github.com/sshca/sshca/kms"
 )
-
-// keysAdmin authorizes each key operation with the policy (kind "admin") and carries it out.
-type keysAdmin struct {
-	authority *ca.Authority
-	manager   *keyring.Manager
-}
-
-func (k keysAdmin) Keys(ctx context.Context, token string) (ca.Keyring, error) {
-	if err := k.authority.Authorize(ctx, token, ca.ActionAdmin, "list CA keys"); err != nil {
-		return ca.Keyring{}, err
-	}
-	r, err := k.manager.Store.Keyring(ctx)
-	var e *ca.Error
-	if err != nil && !errors.As(err, &e) {
-		err = ca.Unavailable("keyring store unavailable", err)
-	}
-	return shownKeyring(r), err
-}
-
-// do authorizes a key operation and carries it out; an operation that fails once allowed is
-// settled in the audit log with its real outcome (ca.Authority.AuthorizeThen).
-func (k keysAdmin) do(ctx context.Context, token, target string, op func(context.Context) (ca.CAKey, error)) (ca.CAKey, error) {
-	var key ca.CAKey
-	err := k.authority.AuthorizeThen(ctx, token, ca.ActionAdmin, target, func(ctx context.Context) error {
-		var err error
-		key, err = op(ctx)
-		return err
-	})
-	return shownKey(key, err)
-}
-
-func (k keysAdmin) GenerateKey(ctx context.Context, token string, kind ca.CertKind, keyType string) (ca.CAKey, error) {
-	return k.do(ctx, token, "generate "+string(kind)+" CA key", func(ctx context.Context) (ca.CAKey, error) {
-		if keyType == "" {
-			keyType = string(kms.ECDSAP256)
-			if !strings.HasPrefix(k.manager.KMS, "pkcs11:") {
-				keyType = string(kms.Ed25519)
-			}
-		}
-		typ, err := kms.ParseKeyType(keyType)
-		if err != nil {
-			return ca.CAKey{}, ca.Invalid("%v", err)
-		}
-		return k.manager.Generate(ctx, kind, typ)
-	})
-}
-
-func (k keysAdmin) PromoteKey(ctx context.Context, token string, kind ca.CertKind, force bool) (ca.CAKey, error) {
-	return k.do(ctx, token, "promote "+string(kind)+" CA key", func(ctx context.Context) (ca.CAKey, error) {
-		return k.manager.Promote(ctx, kind, force)
-	})
-}
-
-func (k keysAdmin) RetireKey(ctx context.Context, token, fp string, force bool) (ca.CAKey, error) {
-	return k.do(ctx, token, "retire CA key "+fp, func(ctx context.Context) (ca.CAKey, error) {
-		return k.manager.Retire(ctx, fp, force)
-	})
-}
-
-func (k keysAdmin) CompromisedKey(ctx context.Context, token, fp string) (ca.CAKey, error) {
-	return k.do(ctx, token, "mark CA key "+fp+" compromised", func(ctx context.Context) (ca.CAKey, error) {
-		return k.manager.Compromised(ctx, fp)
-	})
-}
 
 func newKeysCommand() *cobra.Command {
 	var server, tokenEnv, kind, typ string

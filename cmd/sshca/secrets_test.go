@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/sshca/sshca/bastion"
-	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/internal/testenv"
 )
@@ -303,30 +301,4 @@ func TestServeSecretsNeverShown(t *testing.T) {
 		noSecret(t, "start-up error", err.Error(), pin, url.QueryEscape(pin))
 		noSecret(t, "start-up log", logs.String(), pin)
 	}
-}
-
-// TestKeyAPIShowsRedactedURIs: the key administration API shows a key's URIs without the
-// PIN they may carry, and leaves the keyring it was given unchanged.
-func TestKeyAPIShowsRedactedURIs(t *testing.T) {
-	pin := plantedSecret(t)
-	kmsURI := "pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=ssh-ca;pin-value=" + pin + "?pin-value=" + pin
-	r := ca.Keyring{Version: 3, Keys: []ca.CAKey{
-		{CA: ca.UserCert, KMS: kmsURI, Key: "pkcs11:id=7331;object=u;pin-value=" + pin, Fingerprint: "SHA256:a"},
-		{CA: ca.HostCert, KMS: "softkms:", Key: "softkms:path=/var/lib/sshca/host_ca.pem", Fingerprint: "SHA256:b"},
-	}}
-	shown := shownKeyring(r)
-	b, err := json.Marshal(shown)
-	if err != nil {
-		t.Fatal(err)
-	}
-	noSecret(t, "keyring answer", string(b), pin)
-	if shown.Keys[0].KMS != "pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so;token=ssh-ca;pin-value=REDACTED?pin-value=REDACTED" ||
-		shown.Keys[1].Key != "softkms:path=/var/lib/sshca/host_ca.pem" || shown.Version != 3 {
-		t.Errorf("shown keyring: %s", b)
-	}
-	if r.Keys[0].KMS != kmsURI {
-		t.Error("shownKeyring changed the keyring it was given")
-	}
-	k, _ := shownKey(r.Keys[0], nil)
-	noSecret(t, "key answer", k.KMS+k.Key, pin)
 }

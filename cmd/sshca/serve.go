@@ -320,6 +320,6 @@ func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *km
 	m := &keyring.Manager{Store: db, KMS: kc.KMS, KeyDir: kc.KeyDir, TrustRefresh: kc.TrustRefresh,
 		MaxUserTTL: limits.MaxUserTTL, MaxHostTTL: limits.MaxHostTTL}
 	p.userSigner, p.hostSigner = userCA, hostCA
-	p.keys = func(a *ca.Authority) services.KeyAdmin { return keysAdmin{authority: a, manager: m} }
+	p.keys = func(a *ca.Authority) services.KeyAdmin { return keyring.Admin{Authority: a, Manager: m} }
 	return nil
 }
