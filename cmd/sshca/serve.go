@@ -90,7 +90,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	if err != nil {
 		return err
 	}
-	pol = timePolicy(pol, reg)
+	pol = policies.Timed(pol, reg)
 	auth, err := identity.New(ctx, cfg.OIDC)
 	if err != nil {
 		return fmt.Errorf("oidc: %w", err)
@@ -156,49 +156,9 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	return serveUntilDone(ctx, srv, l, "", "")
 }
 
-// policy is what serve needs of a policy engine.
-type policy interface {
-	ca.Policy
-	ca.Checker
-	Revision() string
-	Mode() string
-}
-
-// timedPolicy observes how long each decision takes, by evaluator (compiled or interpreted).
-type timedPolicy struct {
-	policy
-	seconds *prometheus.HistogramVec
-}
-
-func timePolicy(p policy, reg prometheus.Registerer) policy {
-	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "sshca_policy_decision_seconds",
-		Help:    "Time to evaluate the policy for one request, by evaluator (compiled, or interpreted by OPA's topdown).",
-		Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .01},
-	}, []string{"evaluator"})
-	reg.MustRegister(h)
-	h.WithLabelValues(evaluatorLabel(p.Mode())) // exported before the first decision
-	return timedPolicy{p, h}
-}
-
-// evaluatorLabel is the evaluator label of a policy mode: compiled, or interpreted (topdown).
-func evaluatorLabel(mode string) string {
-	if mode == "compiled" {
-		return mode
-	}
-	return "interpreted"
-}
-
-func (t timedPolicy) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, error) {
-	begin := time.Now()
-	d, err := t.policy.Decide(ctx, in)
-	t.seconds.WithLabelValues(evaluatorLabel(t.Mode())).Observe(time.Since(begin).Seconds())
-	return d, err
-}
-
 // policyInForce loads the configured policy. A policy directory is watched and hot-reloaded
 // (tested before it replaces the old one); the embedded default is fixed.
-func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg prometheus.Registerer) (policy, func() map[string]string, error) {
+func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg prometheus.Registerer) (policies.Loaded, func() map[string]string, error) {
 	evaluator, err := policies.ParseEvaluator(pc.Evaluator)
 	if err != nil {
 		return nil, nil, fmt.Errorf("policy: %w", err)

@@ -20,6 +20,7 @@ import (
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/notify"
+	"github.com/sshca/sshca/policies"
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/services"
 	"github.com/sshca/sshca/signer"
@@ -83,7 +84,7 @@ func followRevocations(ctx context.Context, p *parts, db *store.Redis) {
 
 // redisParts are the parts every mode shares: the CA keys signing through the signer, with
 // the Redis store as inventory, serial reservation, revocations and token ledger.
-func redisParts(userKey, hostKey *kms.Key, rdb redis.UniversalClient, db *store.Redis, pol policy, log *slog.Logger) parts {
+func redisParts(userKey, hostKey *kms.Key, rdb redis.UniversalClient, db *store.Redis, pol policies.Loaded, log *slog.Logger) parts {
 	return parts{
 		rdb:        rdb,
 		state:      db,
