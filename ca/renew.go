@@ -90,8 +90,21 @@ func (a *Authority) renewTTL(cert *ssh.Certificate) time.Duration {
 }
 
 func (a *Authority) verifyRenewToken(ctx context.Context, token string) (*ssh.Certificate, RenewClaims, error) {
-	bad := func(why string) (*ssh.Certificate, RenewClaims, error) {
-		return nil, RenewClaims{}, Unauthenticated("renewal token rejected: "+why, nil)
+	var c RenewClaims
+	cert, err := a.verifyHostProof(ctx, token, RenewContext, "renewal", &c, &c)
+	if err != nil {
+		return nil, RenewClaims{}, err
+	}
+	return cert, c, nil
+}
+
+// verifyHostProof checks a proof signed by a host key under sigContext (renewal, discovery
+// report: a different context for each, so that neither proof stands for the other), its
+// payload decoded into claims, whose common fields are base. The certificate must be ours,
+// valid now and unrevoked, its key fit and the signature by it.
+func (a *Authority) verifyHostProof(ctx context.Context, token, sigContext, what string, claims any, base *RenewClaims) (*ssh.Certificate, error) {
+	bad := func(why string) (*ssh.Certificate, error) {
+		return nil, Unauthenticated(what+" token rejected: "+why, nil)
 	}
 	if token == "" {
 		return bad("missing bearer token (a proof of possession signed by the host key)")
@@ -103,12 +116,12 @@ func (a *Authority) verifyRenewToken(ctx context.Context, token string) (*ssh.Ce
 	if !ok || err1 != nil || err2 != nil {
 		return bad("not <payload>.<signature> in base64url")
 	}
-	var c RenewClaims
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return bad("payload is not the renewal JSON")
+	if err := dec.Decode(claims); err != nil {
+		return bad("payload is not the " + what + " JSON")
 	}
+	c := base
 	now := a.now()
 	iat, exp := time.Unix(c.IssuedAt, 0), time.Unix(c.Expiry, 0)
 	switch {
@@ -147,19 +160,19 @@ func (a *Authority) verifyRenewToken(ctx context.Context, token string) (*ssh.Ce
 	if err := ssh.Unmarshal(sigBytes, &sig); err != nil {
 		return bad("signature unreadable")
 	}
-	if err := cert.Key.Verify(append([]byte(RenewContext), payload...), &sig); err != nil {
+	if err := cert.Key.Verify(append([]byte(sigContext), payload...), &sig); err != nil {
 		return bad("not signed by the certificate's key")
 	}
 	st, err := a.revocations.State(ctx, a.host.PublicKey())
 	if err != nil {
-		return nil, RenewClaims{}, Unavailable("revocation store unavailable", err)
+		return nil, Unavailable("revocation store unavailable", err)
 	}
 	for _, e := range st.Entries {
 		if (e.Kind == RevokedSerial && e.Value == strconv.FormatUint(cert.Serial, 10)) ||
 			(e.Kind == RevokedKeyID && e.Value == cert.KeyId) ||
 			(e.Kind == RevokedKey && e.Value == keyEntry(cert.Key)) {
-			return nil, RenewClaims{}, Denied("revoked", "the current certificate (or its key) was revoked; it cannot be renewed")
+			return nil, Denied("revoked", "the current certificate (or its key) was revoked; it cannot be renewed")
 		}
 	}
-	return cert, c, nil
+	return cert, nil
 }

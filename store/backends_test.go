@@ -41,6 +41,7 @@ type allRoles interface {
 	AppendEvent(ctx context.Context, event []byte) error
 	TakeEvents(ctx context.Context, consumer string, count int64, block, claimAfter time.Duration) ([]store.OutboxEntry, error)
 	AckEvent(ctx context.Context, id string) error
+	ca.DiscoveryStore
 }
 
 var (

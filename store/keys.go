@@ -182,6 +182,10 @@ func (k Keys) Requests() string { return k.p() + ":" + TagInventory + ":requests
 // that each event is handled by one (outbox). One key, untagged: every command names it alone.
 func (k Keys) Outbox() string { return k.p() + ":outbox" }
 
+// Discovery is the hash of the last discovery report of each host (field: host name, value:
+// ca.DiscoveryRecord as JSON) (discovery). One key, untagged.
+func (k Keys) Discovery() string { return k.p() + ":discovery" }
+
 // Reader says who reads a key.
 type Reader int
 
@@ -255,5 +259,6 @@ func (k Keys) Layout() []KeySpec {
 		{k.Request(exampleRequest), "Request", TagInventory, "requests", ReadByCA},
 		{k.Requests(), "Requests", TagInventory, "requests", ReadByCA},
 		{k.Outbox(), "Outbox", "", "outbox", ReadByCA},
+		{k.Discovery(), "Discovery", "", "discovery", ReadByCA},
 	}
 }

@@ -179,6 +179,7 @@ func TestLayoutListsWrittenKeys(t *testing.T) {
 		{Kind: ca.RevokedKey, Value: "AAAAC3NzaC1lZDI1NTE5AAAAIFk3mWIyuU0kx6V9Gcft0mrXyBhmGuAFzKAHHFMuR7d3", Expiry: exp}})
 	must(err)
 	must(r.BlockIdentity(ctx, "https://idp|u1", exp))
+	must(r.PutDiscovery(ctx, ca.DiscoveryRecord{Host: "web1", Report: []byte(`{"host":"web1"}`)}))
 
 	var shapes []*regexp.Regexp
 	placeholders := strings.NewReplacer(

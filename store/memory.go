@@ -27,6 +27,7 @@ type Memory struct {
 	blocked   map[string]time.Time
 	requests  map[string][]byte // access requests by ID, JSON as in Redis
 	outbox    memOutbox         // its own lock: TakeEvents waits without holding mu
+	discovery memDiscovery      // its own lock
 	// changed is closed and replaced whenever a scope's feed grows, waking Changes.
 	changed chan struct{}
 	feedMax int
