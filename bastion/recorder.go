@@ -360,10 +360,8 @@ func dialRecorder(path string, hello RecordHello) (*socketSink, error) {
 	}
 	b, _ := json.Marshal(hello)
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := writeFrame(c, frameHello, b); err != nil {
-		c.Close()
-		return nil, err
-	}
+	// A refusal can come before the hello is read, so the write may fail: the reply says why.
+	_ = writeFrame(c, frameHello, b)
 	line, err := bufio.NewReaderSize(c, 4096).ReadBytes('\n')
 	if err != nil {
 		c.Close()

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -337,4 +338,45 @@ func (s *RecordServer) session(c *net.UnixConn) error {
 			return err
 		}
 	}
+}
+
+// ListenRecordSocket listens on the recording socket at path, mode 0660 and owned by group
+// (the group the recorder is installed setgid to; empty: the agent's own), so that only the
+// recorder can connect, not other processes of the session user. A socket left by an earlier
+// agent is replaced; any other file at path is an error.
+func ListenRecordSocket(path, group string) (*net.UnixListener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("record socket %s: exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("record socket: %w", err)
+		}
+	}
+	gid := -1
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			return nil, fmt.Errorf("record socket group: %w", err)
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return nil, fmt.Errorf("record socket group %s: gid %q", group, g.Gid)
+		}
+	}
+	// Created under a umask that leaves nobody else a moment to connect before the chmod.
+	old := unix.Umask(0o177)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("record socket: %w", err)
+	}
+	if err := os.Chown(path, -1, gid); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("record socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("record socket: %w", err)
+	}
+	return l, nil
 }

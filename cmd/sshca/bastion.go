@@ -58,6 +58,9 @@ type agentFlags struct {
 	sshdNoForwarding, sshdX11  bool
 	sshdCheckEvery             time.Duration
 	poll, caRefresh            time.Duration
+	// Session recording (on with recordSocket).
+	recordSocket, recordGroup, recordings string
+	recordSessionCap, recordHostCap       int64
 	// longPoll is --long-poll; longPollSet says it was given (0 given: only poll; unset: the
 	// agent's default).
 	longPoll    time.Duration
@@ -97,6 +100,11 @@ func newBastionAgentCommand() *cobra.Command {
 	cmd.Flags().DurationVar(&f.poll, "poll", time.Second, "HTTPS polling interval against a server without the long poll, and the pause after a failure")
 	cmd.Flags().DurationVar(&f.longPoll, "long-poll", 25*time.Second, "longest wait of one long poll of GET /v1/krl (the server caps it at 25s; 0: only poll)")
 	cmd.Flags().DurationVar(&f.caRefresh, "ca-refresh", 15*time.Second, "how often the trusted CA keys are re-read (rotation)")
+	cmd.Flags().StringVar(&f.recordSocket, "record-socket", "", "listen for sshca-record on this Unix socket (e.g. "+bastion.DefaultRecordSocket+"); empty: no recording")
+	cmd.Flags().StringVar(&f.recordGroup, "record-group", "", "group of --record-socket (mode 0660): the group sshca-record is installed setgid to")
+	cmd.Flags().StringVar(&f.recordings, "recordings", "/var/lib/sshca/recordings", "directory the agent keeps session recordings in")
+	cmd.Flags().Int64Var(&f.recordSessionCap, "record-session-cap", 64<<20, "bytes of output recorded per session; beyond, output is dropped and the drop marked")
+	cmd.Flags().Int64Var(&f.recordHostCap, "record-host-cap", 4<<30, "bytes of recordings kept in --recordings; beyond, output is dropped and the drop marked")
 	addLogFlags(cmd, &logOpts, "text")
 	return cmd
 }
@@ -156,6 +164,23 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 	agent, err := bastion.NewAgent(o)
 	if err != nil {
 		return err
+	}
+	if f.recordSocket != "" {
+		if f.recordSessionCap <= 0 || f.recordHostCap <= 0 {
+			return fmt.Errorf("--record-session-cap and --record-host-cap: give a positive number of bytes")
+		}
+		rl, err := bastion.ListenRecordSocket(f.recordSocket, f.recordGroup)
+		if err != nil {
+			return fmt.Errorf("--record-socket: %w", err)
+		}
+		host, _ := os.Hostname()
+		rs := &bastion.RecordServer{Dir: f.recordings, Host: host, SessionCap: f.recordSessionCap,
+			HostCap: f.recordHostCap, RequireSSHD: true, Log: log}
+		go func() {
+			if err := rs.Serve(ctx, rl); err != nil {
+				log.Error("session recording stopped; recorded sessions are refused", "err", err)
+			}
+		}()
 	}
 	if err := agent.Prepare(); err != nil {
 		return err
