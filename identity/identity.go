@@ -23,6 +23,7 @@ import (
 
 // Config is the identity part of the service configuration.
 type Config struct {
+	// Issuers are the trusted OIDC issuers, people's and workloads' alike (at least one).
 	Issuers []IssuerConfig `yaml:"issuers"`
 	// ReservedPrincipals are never derived from claims, only granted by the policy. "root" is
 	// always reserved.
@@ -38,6 +39,8 @@ const DefaultMaxTokenLifetime = 24 * time.Hour
 
 // IssuerConfig is one trusted OIDC issuer.
 type IssuerConfig struct {
+	// IssuerURL is the issuer's URL as in its tokens' iss claim: https (http only on
+	// loopback); its discovery document and keys are fetched from it.
 	IssuerURL string `yaml:"issuer_url"`
 	// Audiences: a token must name at least one of them in "aud".
 	Audiences []string `yaml:"audiences"`

@@ -41,19 +41,28 @@ type Config struct {
 	// stay on the public listener, as they were before it existed.
 	DiagListen string `yaml:"diag_listen"`
 
+	// UserCA is the key that signs user certificates (hosts trust it in TrustedUserCAKeys).
 	UserCA KeyConfig `yaml:"user_ca"`
+	// HostCA is the key that signs host certificates (clients trust it with @cert-authority);
+	// a different key from UserCA.
 	HostCA KeyConfig `yaml:"host_ca"`
 
-	Redis  RedisConfig     `yaml:"redis"`
-	OIDC   identity.Config `yaml:"oidc"`
-	Policy PolicyConfig    `yaml:"policy"`
+	// Redis holds all shared state: inventory, revocations, token ledger, keyring, audit log.
+	Redis RedisConfig `yaml:"redis"`
+	// OIDC are the identity providers whose ID tokens (people) and workload tokens (CI jobs,
+	// hosts) are accepted.
+	OIDC identity.Config `yaml:"oidc"`
+	// Policy locates the Rego policy that decides every request (default: the embedded one).
+	Policy PolicyConfig `yaml:"policy"`
 	// Keyring turns on CA key rotation: the keys live in a keyring in Redis shared by all
 	// replicas; user_ca and host_ca seed it on first start.
 	Keyring KeyringConfig `yaml:"keyring"`
 	// Login is published at /v1/login/config for `sshca login` (optional).
-	Login  *services.LoginConfig `yaml:"login"`
-	Limits LimitsConfig          `yaml:"limits"`
-	Audit  AuditConfig           `yaml:"audit"`
+	Login *services.LoginConfig `yaml:"login"`
+	// Limits are the hard caps no policy can lift, and the rate limits.
+	Limits LimitsConfig `yaml:"limits"`
+	// Audit configures the audit log's hash chain.
+	Audit AuditConfig `yaml:"audit"`
 	// Notifications are the webhooks that hear of access requests.
 	Notifications NotificationsConfig `yaml:"notifications"`
 
@@ -101,34 +110,58 @@ type TLSConfig struct {
 // and key "pkcs11:id=7331;object=ssh-user-ca", or kms "softkms:" and key
 // "softkms:path=/var/lib/sshca/user_ca.pem".
 type KeyConfig struct {
+	// KMS is the URI of the key management system: "softkms:" (key files), or a
+	// "pkcs11:module-path=...;token=...?pin-source=FILE" URI for an HSM (select the token by
+	// label, never by slot).
 	KMS string `yaml:"kms"`
+	// Key is the URI of the key within the KMS: "softkms:path=FILE" or
+	// "pkcs11:id=...;object=...".
 	Key string `yaml:"key"`
 }
 
 // RedisConfig maps onto go-redis UniversalOptions: one address is a single server, several are
 // a Cluster, and master_name selects Sentinel.
 type RedisConfig struct {
-	Addrs            []string      `yaml:"addrs"`
-	DB               int           `yaml:"db"`
-	Username         string        `yaml:"username"`
-	Password         string        `yaml:"password"`
-	PasswordFile     string        `yaml:"password_file"`
-	MasterName       string        `yaml:"master_name"`
-	SentinelUsername string        `yaml:"sentinel_username"`
-	SentinelPassword string        `yaml:"sentinel_password"`
-	ClusterMode      bool          `yaml:"cluster_mode"`
-	TLS              bool          `yaml:"tls"`
-	CAFile           string        `yaml:"ca_file"`
-	DialTimeout      time.Duration `yaml:"dial_timeout"`
-	ReadTimeout      time.Duration `yaml:"read_timeout"`
-	WriteTimeout     time.Duration `yaml:"write_timeout"`
-	PoolSize         int           `yaml:"pool_size"`
+	// Addrs are host:port addresses: one for a single server, several for a Cluster, the
+	// Sentinels' with MasterName.
+	Addrs []string `yaml:"addrs"`
+	// DB is the database number (single server and Sentinel only; default 0).
+	DB int `yaml:"db"`
+	// Username is the ACL user (deploy/redis/users.acl); Password or PasswordFile its password.
+	Username string `yaml:"username"`
+	// Password is the ACL user's password inline; prefer PasswordFile, which keeps it out of
+	// the configuration (not both).
+	Password string `yaml:"password"`
+	// PasswordFile is a file holding the password (trailing newline ignored).
+	PasswordFile string `yaml:"password_file"`
+	// MasterName selects Sentinel: the name of the monitored master.
+	MasterName string `yaml:"master_name"`
+	// SentinelUsername and SentinelPassword authenticate to the Sentinels themselves.
+	SentinelUsername string `yaml:"sentinel_username"`
+	SentinelPassword string `yaml:"sentinel_password"`
+	// ClusterMode forces Redis Cluster with a single address.
+	ClusterMode bool `yaml:"cluster_mode"`
+	// TLS connects to Redis over TLS 1.2 or later; CAFile is the PEM CA that issued the
+	// server's certificate (default: the system's roots).
+	TLS    bool   `yaml:"tls"`
+	CAFile string `yaml:"ca_file"`
+	// DialTimeout, ReadTimeout and WriteTimeout bound each Redis attempt; unset or longer than
+	// half of request_timeout, they are half of request_timeout, so one retry fits in it.
+	DialTimeout  time.Duration `yaml:"dial_timeout"`
+	ReadTimeout  time.Duration `yaml:"read_timeout"`
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// PoolSize is the connection pool size per node (default: go-redis's, 10 per CPU).
+	PoolSize int `yaml:"pool_size"`
 }
 
 // PolicyConfig locates the Rego policy. Empty Dir: the embedded default policy; DataFile
 // replaces only the policy's data.
 type PolicyConfig struct {
-	Dir      string `yaml:"dir"`
+	// Dir is a directory of Rego files (and data.json), watched: a new version is tested
+	// before it replaces the one in force.
+	Dir string `yaml:"dir"`
+	// DataFile is a JSON file that replaces the policy's data (groups, principals), with the
+	// embedded Rego or with Dir.
 	DataFile string `yaml:"data_file"`
 	// BundleURL loads the policy from an OPA bundle server instead, polled every BundlePoll
 	// (default 30s).
@@ -141,6 +174,7 @@ type PolicyConfig struct {
 
 // KeyringConfig configures CA key rotation.
 type KeyringConfig struct {
+	// Enabled turns the keyring and the /v1/keys endpoints on (sshca keys ...).
 	Enabled bool `yaml:"enabled"`
 	// KMS is where `sshca keys generate` creates keys; for softkms, KeyDir holds the files.
 	KMS    string `yaml:"kms"`
@@ -154,9 +188,14 @@ type KeyringConfig struct {
 
 // LimitsConfig are the hard caps no policy can lift.
 type LimitsConfig struct {
-	MaxUserTTL    time.Duration `yaml:"max_user_ttl"`
-	MaxHostTTL    time.Duration `yaml:"max_host_ttl"`
-	MaxPrincipals int           `yaml:"max_principals"`
+	// MaxUserTTL is the longest user certificate, whatever the policy grants (default 24h;
+	// the shipped policy grants at most 1h).
+	MaxUserTTL time.Duration `yaml:"max_user_ttl"`
+	// MaxHostTTL is the longest host certificate (default 7 days; the shipped policy grants
+	// at most 24h).
+	MaxHostTTL time.Duration `yaml:"max_host_ttl"`
+	// MaxPrincipals is the most principals (or host names) in one certificate (default 32).
+	MaxPrincipals int `yaml:"max_principals"`
 	// IdentityBlock is how long revoking an identity refuses it new certificates (24h when
 	// unset): long enough to disable the account at the identity provider.
 	IdentityBlock time.Duration `yaml:"identity_block"`

@@ -17,6 +17,7 @@ import (
 // NotificationsConfig configures the webhooks that hear of access requests (created, approved,
 // denied, expired, break-glass, reviewed, cancelled, revoked).
 type NotificationsConfig struct {
+	// Webhooks each receive every event.
 	Webhooks []WebhookConfig `yaml:"webhooks"`
 }
 
@@ -24,8 +25,11 @@ type NotificationsConfig struct {
 // ("json", the default, or "slack") and the file holding the secret its signatures are keyed
 // with (X-Sshca-Signature: "v1=" hex HMAC-SHA256 over "timestamp.body").
 type WebhookConfig struct {
-	URL        string `yaml:"url"`
-	Format     string `yaml:"format"`
+	// URL is where events are POSTed: https, or http on loopback only.
+	URL string `yaml:"url"`
+	// Format is "json" (default) or "slack".
+	Format string `yaml:"format"`
+	// SecretFile holds the HMAC key of the X-Sshca-Signature header.
 	SecretFile string `yaml:"secret_file"`
 }
 
