@@ -110,3 +110,19 @@ func (a *Authority) Discoveries(ctx context.Context, st DiscoveryStore, token st
 	}
 	return recs, nil
 }
+
+// DiscoveryDesk binds the authority's discovery calls to the store the server wires.
+type DiscoveryDesk struct {
+	Authority *Authority
+	Store     DiscoveryStore
+}
+
+// AcceptDiscovery is Authority.AcceptDiscovery on the desk's store.
+func (d DiscoveryDesk) AcceptDiscovery(ctx context.Context, token string, report []byte) (string, error) {
+	return d.Authority.AcceptDiscovery(ctx, d.Store, token, report)
+}
+
+// Discoveries is Authority.Discoveries on the desk's store.
+func (d DiscoveryDesk) Discoveries(ctx context.Context, token string) ([]DiscoveryRecord, error) {
+	return d.Authority.Discoveries(ctx, d.Store, token)
+}

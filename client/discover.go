@@ -1,6 +1,11 @@
 package client
 
-import "time"
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"time"
+)
 
 // DiscoveredKey is one key of an authorized_keys file found by a host's discovery: a way to
 // log in that bypasses certificates (issue 18 §2).
@@ -51,4 +56,38 @@ type DiscoveryReport struct {
 	// them (sshd -T).
 	PasswordAuthentication       bool `json:"password_authentication"`
 	KbdInteractiveAuthentication bool `json:"kbd_interactive_authentication"`
+}
+
+// DiscoveryRecord is a host's last report as the CA keeps it: when it was received (CA
+// clock) and the report.
+type DiscoveryRecord struct {
+	Host     string          `json:"host"`
+	Received time.Time       `json:"received"`
+	Report   DiscoveryReport `json:"report"`
+}
+
+// DiscoveryList is the answer of GET /v1/discovery: every host's last report, by host name.
+type DiscoveryList struct {
+	Hosts []DiscoveryRecord `json:"hosts"`
+}
+
+// ReportDiscovery sends a host's report (POST /v1/discovery). body is the report's JSON
+// exactly as proof signed it (ca.SignDiscoverProof binds the proof to these bytes).
+func (c *Client) ReportDiscovery(ctx context.Context, proof string, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, PostTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.server+"/v1/discovery", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	_, _, err = c.send(req, proof)
+	return err
+}
+
+// Discoveries lists every host's last discovery report (GET /v1/discovery; admins).
+func (c *Client) Discoveries(ctx context.Context, token string) ([]DiscoveryRecord, error) {
+	var out DiscoveryList
+	err := c.Do(ctx, http.MethodGet, "/v1/discovery", token, nil, &out)
+	return out.Hosts, err
 }

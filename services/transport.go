@@ -41,6 +41,8 @@ type HTTPOptions struct {
 	Keys KeyAdmin
 	// Requests, when set, mounts the access request API under /v1/requests.
 	Requests AccessRequests
+	// Discovery, when set, mounts the long-lived key discovery API under /v1/discovery.
+	Discovery Discovery
 	// Details are non-fatal facts /readyz shows (e.g. a refused policy reload).
 	Details func() map[string]string
 	// RenderKRL encodes a revocation state as an OpenSSH KRL (GET /v1/krl).
@@ -97,6 +99,9 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	}
 	if o.Keys != nil {
 		mountKeys(mux, o.Keys, encodeResponse, opts)
+	}
+	if o.Discovery != nil {
+		mountDiscovery(mux, o.Discovery, o.Logger, encodeResponse, opts)
 	}
 	if o.Requests != nil {
 		mountRequests(mux, o.Requests, o.TrustedProxies, encodeResponse, opts)

@@ -38,8 +38,10 @@ type parts struct {
 	tokens     ca.TokenLedger
 	// requests keeps access requests (nil: /v1/requests answers 503).
 	requests ca.AccessRequestStore
-	audit    ca.AuditLog
-	limits   ca.Limits
+	// discovery keeps hosts' reports of long-lived keys (nil: /v1/discovery is not mounted).
+	discovery ca.DiscoveryStore
+	audit     ca.AuditLog
+	limits    ca.Limits
 	// accessLimits are the caps on access requests (zero: ca's defaults).
 	accessLimits ca.AccessRequestLimits
 	// notifier, when set, queues access request events for the webhooks; apiHandler gives it
@@ -95,9 +97,18 @@ func redisParts(userKey, hostKey *kms.Key, rdb redis.UniversalClient, db *store.
 		revoked:    db,
 		tokens:     db,
 		requests:   db,
+		discovery:  db,
 		checks:     map[string]ca.Checker{"redis": db, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey},
 		log:        log,
 	}
+}
+
+// discoveryDesk is the discovery API on store, or nil (not mounted) without one.
+func discoveryDesk(a *ca.Authority, st ca.DiscoveryStore) services.Discovery {
+	if st == nil {
+		return nil
+	}
+	return ca.DiscoveryDesk{Authority: a, Store: st}
 }
 
 // apiHandler builds the authority and its HTTP API, with /metrics and /readyz details on
@@ -149,6 +160,7 @@ func apiHandler(p parts) (http.Handler, error) {
 		Login:             p.login,
 		Keys:              keys,
 		Requests:          authority,
+		Discovery:         discoveryDesk(authority, p.discovery),
 		RenderKRL:         revocation.EncodeKRL,
 		KRLFeed:           p.krlFeed,
 		Stop:              p.stop,

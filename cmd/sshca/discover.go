@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/csv"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/bastion"
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
+)
+
+func newDiscoverCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "discover",
+		Short: "Find the long-lived keys that let people in without certificates",
+		Long: `Find the long-lived keys that let people in without certificates.
+
+"sshca discover send" runs on a host: it lists every key of the authorized_keys files sshd's
+effective AuthorizedKeysFile names for each account of /etc/passwd, sshd's
+AuthorizedKeysCommand (never run) and whether passwords are on, and reports them to the CA
+with a proof signed by the host key and carrying its host certificate. "sshca discover
+report" lists what every host reported (admins).`,
+	}
+	cmd.AddCommand(newDiscoverSendCommand(), newDiscoverReportCommand())
+	return cmd
+}
+
+type discoverSendFlags struct {
+	server, hostKey, hostCert, host, sshdConfig, sshdLog, passwd string
+	print                                                        bool
+}
+
+func newDiscoverSendCommand() *cobra.Command {
+	var f discoverSendFlags
+	cmd := &cobra.Command{
+		Use:   "send --server URL --host-key FILE --host-cert FILE [--host H]",
+		Short: "Inventory this host's long-lived keys and report them to the CA",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return discoverSend(cmd.Context(), cmd.OutOrStdout(), f)
+		},
+	}
+	cmd.Flags().StringVar(&f.server, "server", os.Getenv("SSHCA_SERVER"), "sshca server URL (env SSHCA_SERVER)")
+	cmd.Flags().StringVar(&f.hostKey, "host-key", "/etc/ssh/ssh_host_ed25519_key", "the host's private key (signs the report)")
+	cmd.Flags().StringVar(&f.hostCert, "host-cert", "", "the host certificate of that key (default: --host-key + -cert.pub)")
+	cmd.Flags().StringVar(&f.host, "host", "", "the host name to report under, one of the certificate's (default: its first)")
+	cmd.Flags().StringVar(&f.sshdConfig, "sshd-config", "/etc/ssh/sshd_config", "sshd_config, read through sshd -T")
+	cmd.Flags().StringVar(&f.sshdLog, "sshd-log", "", "sshd's log (LogLevel VERBOSE), for when each key was last accepted")
+	cmd.Flags().StringVar(&f.passwd, "passwd", "/etc/passwd", "the password database")
+	cmd.Flags().BoolVar(&f.print, "print", false, "print the report (JSON) instead of sending it")
+	return cmd
+}
+
+func discoverSend(ctx context.Context, out io.Writer, f discoverSendFlags) error {
+	rep, err := bastion.Discovery{SSHD: bastion.SSHDEffective{Config: f.sshdConfig}, SSHDLog: f.sshdLog, Passwd: f.passwd}.Run(ctx)
+	if err != nil {
+		return err
+	}
+	if f.print {
+		rep.Host = f.host
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	if f.server == "" {
+		return errors.New("--server is required (or set SSHCA_SERVER)")
+	}
+	b, err := os.ReadFile(f.hostKey)
+	if err != nil {
+		return fmt.Errorf("read host key: %w", err)
+	}
+	key, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		return fmt.Errorf("host key %s: %w", f.hostKey, err)
+	}
+	if f.hostCert == "" {
+		f.hostCert = f.hostKey + "-cert.pub"
+	}
+	cert, err := readCert(f.hostCert)
+	if err != nil {
+		return err
+	}
+	host := f.host
+	if host == "" {
+		if len(cert.ValidPrincipals) == 0 {
+			return fmt.Errorf("%s names no host; give --host", f.hostCert)
+		}
+		host = cert.ValidPrincipals[0]
+	}
+	rep.Host = host
+	body, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	var id [12]byte
+	_, _ = rand.Read(id[:])
+	proof, err := ca.SignDiscoverProof(key, cert, host, body, time.Now(), hex.EncodeToString(id[:]))
+	if err != nil {
+		return err
+	}
+	if err := apiClient(ctx, f.server).ReportDiscovery(ctx, proof, body); err != nil {
+		return cliError(err)
+	}
+	fmt.Fprintf(out, "reported %d keys of %d accounts (%d files skipped) for %s\n", len(rep.Keys), rep.Accounts, len(rep.Skipped), host)
+	return nil
+}
+
+type discoverReportFlags struct {
+	server, tokenEnv, tokenFile, host, unusedFor, format string
+}
+
+func newDiscoverReportCommand() *cobra.Command {
+	var f discoverReportFlags
+	cmd := &cobra.Command{
+		Use:   "report [--host H] [--unused-for 90d] [--format table|json|csv]",
+		Short: "List the long-lived keys every host reported, and which were used recently",
+		Long: `List the long-lived keys every host reported: the account each opens, its
+fingerprint, type, options and comment, the file and its time, and when sshd last accepted
+it (from the host's sshd log; "never" when its log shows no login with it). --unused-for
+keeps the keys not accepted within that long (e.g. 90d, 12h): the zombie credentials to
+retire. Each host's password and keyboard-interactive authentication, AuthorizedKeysCommand
+and files it could not read safely are listed after the keys (table), or in the JSON.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.server == "" {
+				return errors.New("--server is required (or set SSHCA_SERVER)")
+			}
+			var unused time.Duration
+			if f.unusedFor != "" {
+				var err error
+				if unused, err = parseDays(f.unusedFor); err != nil || unused <= 0 {
+					return fmt.Errorf("--unused-for %q: want a positive duration such as 90d or 12h", f.unusedFor)
+				}
+			}
+			if f.format != "table" && f.format != "json" && f.format != "csv" {
+				return fmt.Errorf("--format %q: want table, json or csv", f.format)
+			}
+			token, err := readToken(f.tokenEnv, f.tokenFile)
+			if err != nil {
+				return err
+			}
+			recs, err := apiClient(cmd.Context(), f.server).Discoveries(cmd.Context(), token)
+			if err != nil {
+				return cliError(err)
+			}
+			return printDiscoveries(cmd.OutOrStdout(), recs, f.host, unused, f.format, time.Now())
+		},
+	}
+	cmd.Flags().StringVar(&f.server, "server", os.Getenv("SSHCA_SERVER"), "sshca server URL (env SSHCA_SERVER)")
+	cmd.Flags().StringVar(&f.tokenEnv, "token-env", "SSHCA_TOKEN", "environment variable holding the bearer token")
+	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token")
+	cmd.Flags().StringVar(&f.host, "host", "", "only this host")
+	cmd.Flags().StringVar(&f.unusedFor, "unused-for", "", "only keys not accepted for this long (90d, 12h)")
+	cmd.Flags().StringVar(&f.format, "format", "table", "table, json or csv")
+	return cmd
+}
+
+// parseDays is time.ParseDuration that also takes whole days ("90d").
+func parseDays(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		d, err := strconv.Atoi(n)
+		if err != nil {
+			return 0, err
+		}
+		return time.Duration(d) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
+}
+
+// discoveredRow is one key of one host in the report's outputs.
+type discoveredRow struct {
+	Host     string    `json:"host"`
+	Received time.Time `json:"received"`
+	client.DiscoveredKey
+}
+
+func printDiscoveries(w io.Writer, recs []client.DiscoveryRecord, host string, unused time.Duration, format string, now time.Time) error {
+	rows := []discoveredRow{}
+	var kept []client.DiscoveryRecord
+	for _, r := range recs {
+		if host != "" && r.Host != host {
+			continue
+		}
+		kept = append(kept, r)
+		for _, k := range r.Report.Keys {
+			if unused > 0 && k.LastAccepted != nil && now.Sub(*k.LastAccepted) < unused {
+				continue
+			}
+			rows = append(rows, discoveredRow{Host: r.Host, Received: r.Received, DiscoveredKey: k})
+		}
+	}
+	last := func(k client.DiscoveredKey) string {
+		if k.LastAccepted == nil {
+			return "never"
+		}
+		return k.LastAccepted.UTC().Format(time.RFC3339)
+	}
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Keys  []discoveredRow          `json:"keys"`
+			Hosts []client.DiscoveryRecord `json:"hosts"`
+		}{rows, kept})
+	case "csv":
+		cw := csv.NewWriter(w)
+		_ = cw.Write([]string{"host", "account", "fingerprint", "type", "bits", "options", "comment", "file", "line", "file_mtime", "last_accepted", "reported"})
+		for _, r := range rows {
+			_ = cw.Write([]string{r.Host, r.Account, r.Fingerprint, r.Type, strconv.Itoa(r.Bits), strings.Join(r.Options, ","),
+				r.Comment, r.File, strconv.Itoa(r.Line), r.FileModTime.UTC().Format(time.RFC3339), last(r.DiscoveredKey), r.Received.UTC().Format(time.RFC3339)})
+		}
+		cw.Flush()
+		return cw.Error()
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tACCOUNT\tFINGERPRINT\tTYPE\tOPTIONS\tCOMMENT\tFILE\tLAST ACCEPTED")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s %d\t%s\t%s\t%s:%d\t%s\n", r.Host, r.Account, r.Fingerprint, r.Type, r.Bits,
+			strings.Join(r.Options, ","), r.Comment, r.File, r.Line, last(r.DiscoveredKey))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range kept {
+		rep := r.Report
+		var notes []string
+		if rep.PasswordAuthentication {
+			notes = append(notes, "password authentication on")
+		}
+		if rep.KbdInteractiveAuthentication {
+			notes = append(notes, "keyboard-interactive authentication on")
+		}
+		if rep.AuthorizedKeysCommand != "" {
+			notes = append(notes, fmt.Sprintf("AuthorizedKeysCommand %q as %s", rep.AuthorizedKeysCommand, rep.AuthorizedKeysCommandUser))
+		}
+		if rep.AccountsTruncated {
+			notes = append(notes, fmt.Sprintf("only the first %d accounts inspected", rep.Accounts))
+		}
+		for _, s := range rep.Skipped {
+			notes = append(notes, fmt.Sprintf("not read: %s (%s): %s", s.File, s.Account, s.Reason))
+		}
+		for _, n := range notes {
+			fmt.Fprintf(w, "%s: %s\n", r.Host, n)
+		}
+	}
+	return nil
+}

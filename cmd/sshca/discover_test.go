@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/internal/testenv"
+)
+
+// TestDiscoverSendAndReport: a host inventories its keys (sshd -T of its own sshd_config, a
+// passwd file), reports them under its host certificate, and an admin lists them as table,
+// CSV and JSON, filtered by host and by use; a report for a host name its certificate lacks,
+// a body changed after signing, a renewal proof and a non-admin listing are refused.
+func TestDiscoverSendAndReport(t *testing.T) {
+	testenv.Need(t, "sshd", "/usr/sbin")
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		t.Skip("sshd -T needs /run/sshd")
+	}
+	base, _ := startDev(t)
+	dir := t.TempDir()
+	hostKeyPath := keygen(t, dir, "host")
+	userKey := keygen(t, dir, "alice-laptop")
+	ci := devToken(t, base, map[string]any{"sub": "ci-job", "groups": []string{"ci"}})
+	hc := issue(t, base, "host", ci, map[string]any{"public_key": readFile(t, hostKeyPath+".pub"), "hostnames": []string{"web1.dev.internal"}, "ttl": "1h"})
+	writeFile(t, hostKeyPath+"-cert.pub", hc.Certificate+"\n")
+
+	home := filepath.Join(dir, "home", "alice")
+	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(home, ".ssh", "authorized_keys"), `from="10.0.0.0/8" `+readFile(t, userKey+".pub"))
+	passwd := filepath.Join(dir, "passwd")
+	writeFile(t, passwd, "alice:x:1000:1000::"+home+":/bin/sh\n")
+	cfg := filepath.Join(dir, "sshd_config")
+	writeFile(t, cfg, "HostKey "+hostKeyPath+"\nAuthorizedKeysFile .ssh/authorized_keys\nPasswordAuthentication yes\nUsePAM no\n")
+
+	ctx := context.Background()
+	var out bytes.Buffer
+	f := discoverSendFlags{server: base, hostKey: hostKeyPath, sshdConfig: cfg, passwd: passwd}
+	if err := discoverSend(ctx, &out, f); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if !strings.Contains(out.String(), "reported 1 keys of 1 accounts (0 files skipped) for web1.dev.internal") {
+		t.Errorf("send printed %q", out.String())
+	}
+	f.host = "db1.dev.internal"
+	if err := discoverSend(ctx, &out, f); err == nil || !strings.Contains(err.Error(), "not among the host names") {
+		t.Errorf("report for a host the certificate does not name: %v", err)
+	}
+
+	body := []byte(`{"host":"web1.dev.internal","taken":"2026-11-29T10:00:00Z","keys":[],"accounts":0,"password_authentication":false,"kbd_interactive_authentication":false}`)
+	key := parseSigner(t, readFile(t, hostKeyPath))
+	cert := parseCert(t, hc.Certificate)
+	proof, err := ca.SignDiscoverProof(key, cert, "web1.dev.internal", body, time.Now(), "p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	emptied := bytes.Replace(body, []byte(`"accounts":0`), []byte(`"accounts":1`), 1)
+	if code, resp := call(t, http.MethodPost, base+"/v1/discovery", proof, emptied); code != http.StatusUnauthorized {
+		t.Errorf("body changed after signing: %d %s", code, resp)
+	}
+	renewTok, _ := ca.SignRenewToken(key, cert, time.Now(), "r1")
+	if code, resp := call(t, http.MethodPost, base+"/v1/discovery", renewTok, body); code != http.StatusUnauthorized {
+		t.Errorf("renewal proof as a report proof: %d %s", code, resp)
+	}
+	if code, resp := call(t, http.MethodPost, base+"/v1/discovery", proof, `{"host":"web1.dev.internal","keys":[],"extra":1}`); code != http.StatusBadRequest || !strings.Contains(string(resp), "extra") {
+		t.Errorf("unknown field: %d %s", code, resp)
+	}
+	user := devToken(t, base, map[string]any{"sub": "bob", "preferred_username": "bob", "groups": []string{"dev"}})
+	if code, resp := call(t, http.MethodGet, base+"/v1/discovery", user, nil); code != http.StatusForbidden {
+		t.Errorf("a non-admin lists discoveries: %d %s", code, resp)
+	}
+
+	admin := devToken(t, base, map[string]any{"sub": "admin", "preferred_username": "admin1", "groups": []string{"sshca-admins"}})
+	recs, err := apiClient(ctx, base).Discoveries(ctx, admin)
+	if err != nil || len(recs) != 1 || len(recs[0].Report.Keys) != 1 {
+		t.Fatalf("list: %v %+v", err, recs)
+	}
+	k := recs[0].Report.Keys[0]
+	if k.Account != "alice" || k.Comment != "alice-laptop" || len(k.Options) != 1 || k.Options[0] != `from="10.0.0.0/8"` || !recs[0].Report.PasswordAuthentication {
+		t.Errorf("reported: %+v", recs[0])
+	}
+	var table, csvOut, js bytes.Buffer
+	now := time.Now()
+	if err := printDiscoveries(&table, recs, "", 0, "table", now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"web1.dev.internal", "alice", k.Fingerprint, "never", "password authentication on"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+	_ = printDiscoveries(&csvOut, recs, "web1.dev.internal", 90*24*time.Hour, "csv", now)
+	if lines := strings.Split(strings.TrimSpace(csvOut.String()), "\n"); len(lines) != 2 || !strings.Contains(lines[1], k.Fingerprint) {
+		t.Errorf("csv of a never-used key:\n%s", csvOut.String())
+	}
+	// A key accepted an hour ago is not "unused for 90d"; another host's keys are filtered out.
+	used := now.Add(-time.Hour)
+	recs[0].Report.Keys[0].LastAccepted = &used
+	_ = printDiscoveries(&js, recs, "", 90*24*time.Hour, "json", now)
+	var got struct {
+		Keys  []client.DiscoveredKey   `json:"keys"`
+		Hosts []client.DiscoveryRecord `json:"hosts"`
+	}
+	if err := json.Unmarshal(js.Bytes(), &got); err != nil || len(got.Keys) != 0 || len(got.Hosts) != 1 {
+		t.Errorf("json, used key filtered: %v %s", err, js.String())
+	}
+	csvOut.Reset()
+	_ = printDiscoveries(&csvOut, recs, "other.dev.internal", 0, "csv", now)
+	if lines := strings.Split(strings.TrimSpace(csvOut.String()), "\n"); len(lines) != 1 {
+		t.Errorf("other host's filter shows keys:\n%s", csvOut.String())
+	}
+}
