@@ -80,12 +80,7 @@ type Config struct {
 const DefaultDiagListen = "127.0.0.1:9850"
 
 // requestTimeout is RequestTimeout or its default.
-func (c *Config) requestTimeout() time.Duration {
-	if c.RequestTimeout > 0 {
-		return c.RequestTimeout
-	}
-	return services.DefaultRequestTimeout
-}
+func (c *Config) requestTimeout() time.Duration { return c.withDefaults().RequestTimeout }
 
 // TLSConfig is the main listener's TLS: TLS 1.2 or later only. Without cert_file the listener
 // speaks plain HTTP (loopback, or behind_tls_proxy).

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -58,6 +57,8 @@ func newServeCommand() *cobra.Command {
 // serve runs the production service until ctx ends. ready, when not nil, receives the bound
 // address once the listener is open (tests use it).
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- string) error {
+	withDefaults := cfg.withDefaults()
+	cfg = &withDefaults
 	userKey, err := kms.Open(ctx, kms.KeyRef{KMS: cfg.UserCA.KMS, Key: cfg.UserCA.Key})
 	if err != nil {
 		return fmt.Errorf("user CA key: %w", err)
@@ -74,7 +75,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		return err
 	}
 	rc := cfg.Redis
-	rdb := redis.NewUniversalClient(newRedisBounds(cfg.requestTimeout(), rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
+	rdb := redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
 	defer rdb.Close()
 	db := store.NewRedis(rdb, store.RedisOptions{})
 	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
@@ -99,7 +100,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 
 	p := redisParts(userKey, hostKey, rdb, db, pol, log)
 	followRevocations(ctx, &p, db)
-	p.auth, p.requestTimeout = auth, cfg.requestTimeout()
+	p.auth, p.requestTimeout = auth, cfg.RequestTimeout
 	p.rate = cfg.Limits.Rate.rateLimits()
 	var auditKey []byte
 	if cfg.Audit.KeyFile != "" {
@@ -169,11 +170,7 @@ func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg p
 		if err != nil {
 			return nil, nil, fmt.Errorf("policy: %w", err)
 		}
-		every := pc.BundlePoll
-		if every <= 0 {
-			every = 30 * time.Second
-		}
-		go r.Poll(ctx, every)
+		go r.Poll(ctx, pc.BundlePoll)
 		return r, reloaderDetails(r), nil
 	}
 	if pc.Dir == "" {
@@ -234,13 +231,9 @@ func loadPolicy(ctx context.Context, pc PolicyConfig, opts ...policies.Option) (
 // useKeyring serves the CA keys from the shared keyring (seeded with the configured keys on
 // first start) and mounts the key administration endpoints.
 func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *kms.Key, db *store.Redis) error {
+	withDefaults := cfg.withDefaults() // sshca dev sets only what it needs
+	cfg = &withDefaults
 	kc := cfg.Keyring
-	if kc.Refresh <= 0 {
-		kc.Refresh = 2 * time.Second
-	}
-	if kc.TrustRefresh <= 0 {
-		kc.TrustRefresh = 15 * time.Minute
-	}
 	for _, seed := range []struct {
 		kind ca.CertKind
 		ref  KeyConfig
@@ -270,15 +263,8 @@ func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *km
 			return fmt.Errorf("keyring: register host CA keys: %w", err)
 		}
 	}
-	limits := ca.DefaultLimits
-	if cfg.Limits.MaxUserTTL > 0 {
-		limits.MaxUserTTL = cfg.Limits.MaxUserTTL
-	}
-	if cfg.Limits.MaxHostTTL > 0 {
-		limits.MaxHostTTL = cfg.Limits.MaxHostTTL
-	}
 	m := &keyring.Manager{Store: db, KMS: kc.KMS, KeyDir: kc.KeyDir, TrustRefresh: kc.TrustRefresh,
-		MaxUserTTL: limits.MaxUserTTL, MaxHostTTL: limits.MaxHostTTL}
+		MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL}
 	p.userSigner, p.hostSigner = userCA, hostCA
 	p.keys = func(a *ca.Authority) services.KeyAdmin { return keyring.Admin{Authority: a, Manager: m} }
 	return nil

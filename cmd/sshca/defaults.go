@@ -1,0 +1,73 @@
+package main
+
+import (
+	"time"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/services"
+)
+
+// defaultConfig is every limit, timeout and interval the server takes when the configuration
+// leaves it unset: the one place serve reads them from. The domain's caps come from the
+// packages that enforce them (ca.DefaultLimits, ca.DefaultAccessRequestLimits,
+// services.DefaultRateLimits, services.DefaultRequestTimeout) so that a package used on its
+// own applies the same values; deploy/config.example.yaml and the README show these values
+// (TestDocumentedDefaults).
+func defaultConfig() Config {
+	l, al, r := ca.DefaultLimits, ca.DefaultAccessRequestLimits, services.DefaultRateLimits
+	return Config{
+		DiagListen:     DefaultDiagListen,
+		RequestTimeout: services.DefaultRequestTimeout,
+		Policy:         PolicyConfig{BundlePoll: 30 * time.Second},
+		Keyring: KeyringConfig{
+			// At least the interval at which hosts and bastions refresh their trusted keys.
+			TrustRefresh: 15 * time.Minute,
+			Refresh:      2 * time.Second,
+		},
+		Limits: LimitsConfig{
+			MaxUserTTL: l.MaxUserTTL, MaxHostTTL: l.MaxHostTTL, MaxPrincipals: l.MaxPrincipals, IdentityBlock: l.IdentityBlock,
+			AccessRequestTimeout: al.PendingTimeout, MaxAccessWindow: al.MaxWindow,
+			Rate: RateConfig{PerAddress: r.PerAddress, Burst: r.Burst, PerIdentity: r.PerIdentity, IdentityBurst: r.IdentityBurst,
+				KRLPerAddress: r.KRLPerAddress, KRLBurst: r.KRLBurst, InFlight: r.InFlight, KRLInFlight: r.KRLInFlight,
+				LongPollsPerAddress: r.LongPollsPerAddress, MaxEntries: r.MaxEntries, Idle: r.Idle},
+		},
+	}
+}
+
+// withDefaults is c with every unset (zero or negative) limit, timeout and interval taken
+// from defaultConfig; diag_listen is left as it is, since "" turns the diagnostics listener
+// off (LoadConfig starts from DefaultDiagListen).
+func (c Config) withDefaults() Config {
+	d := defaultConfig()
+	def(&c.RequestTimeout, d.RequestTimeout)
+	def(&c.Policy.BundlePoll, d.Policy.BundlePoll)
+	def(&c.Keyring.TrustRefresh, d.Keyring.TrustRefresh)
+	def(&c.Keyring.Refresh, d.Keyring.Refresh)
+	l, dl := &c.Limits, d.Limits
+	def(&l.MaxUserTTL, dl.MaxUserTTL)
+	def(&l.MaxHostTTL, dl.MaxHostTTL)
+	def(&l.MaxPrincipals, dl.MaxPrincipals)
+	def(&l.IdentityBlock, dl.IdentityBlock)
+	def(&l.AccessRequestTimeout, dl.AccessRequestTimeout)
+	def(&l.MaxAccessWindow, dl.MaxAccessWindow)
+	r, dr := &l.Rate, dl.Rate
+	def(&r.PerAddress, dr.PerAddress)
+	def(&r.Burst, dr.Burst)
+	def(&r.PerIdentity, dr.PerIdentity)
+	def(&r.IdentityBurst, dr.IdentityBurst)
+	def(&r.KRLPerAddress, dr.KRLPerAddress)
+	def(&r.KRLBurst, dr.KRLBurst)
+	def(&r.InFlight, dr.InFlight)
+	def(&r.KRLInFlight, dr.KRLInFlight)
+	def(&r.LongPollsPerAddress, dr.LongPollsPerAddress)
+	def(&r.MaxEntries, dr.MaxEntries)
+	def(&r.Idle, dr.Idle)
+	return c
+}
+
+// def sets *v to d when *v is unset (zero or negative).
+func def[T int | float64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
+}
