@@ -32,7 +32,7 @@ var (
 )
 
 // buildRecorder builds cmd/sshca-record once per test binary.
-func buildRecorder(t *testing.T) string {
+func buildRecorder(t testing.TB) string {
 	t.Helper()
 	recorderOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "sshca-record-")
@@ -82,7 +82,7 @@ type fixtureOptions struct {
 	noAgent      bool
 }
 
-func writeKey(t *testing.T, path string) ssh.Signer {
+func writeKey(t testing.TB, path string) ssh.Signer {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {

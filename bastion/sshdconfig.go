@@ -14,6 +14,7 @@ const (
 	DefaultTrustedUserCAKeys        = "/etc/ssh/sshca_user_ca.pub"
 	DefaultRevokedKeys              = "/etc/ssh/sshca.krl"
 	DefaultAuthorizedPrincipalsFile = "/etc/ssh/auth_principals/%u"
+	DefaultRecordCommand            = "/usr/libexec/sshca/sshca-record"
 )
 
 // Algorithms a bastion offers and accepts: those of OpenSSH 9.2 without SHA-1 (ssh-rsa),
@@ -53,6 +54,12 @@ type SSHDConfigOptions struct {
 	// X11Forwarding lets certificates with permit-X11-forwarding forward X11; off by default.
 	X11Forwarding bool
 
+	// RecordGroups are the Unix groups whose sessions sshca-record records: their Match block
+	// runs RecordCommand as ForceCommand. Empty: the block is rendered commented out, as an
+	// example to enable.
+	RecordGroups  []string
+	RecordCommand string // DefaultRecordCommand
+
 	// PermitRootLogin is "no" unless set. For tests only, which run as root: they set
 	// "prohibit-password" (root by certificate). Other values are refused.
 	PermitRootLogin string
@@ -84,6 +91,9 @@ func renderSSHDConfig(o SSHDConfigOptions) (string, []directive, error) {
 	}
 	if o.HostCertificates == nil {
 		o.HostCertificates = []string{DefaultHostCertificate}
+	}
+	if o.RecordCommand == "" {
+		o.RecordCommand = DefaultRecordCommand
 	}
 	if o.TrustedUserCAKeys == "" {
 		o.TrustedUserCAKeys = DefaultTrustedUserCAKeys
@@ -202,6 +212,8 @@ func renderSSHDConfig(o SSHDConfigOptions) (string, []directive, error) {
 	line("PermitTunnel", "no", "No tun/tap devices: a bastion is not a VPN.")
 	line("GatewayPorts", "no", "Remote forwards listen on loopback only, never for the whole network.")
 
+	recordBlock(&b, o)
+
 	b.WriteString("\n## Every connection: the values above again (site additions go above this line)\n")
 	b.WriteString("# sshd applies a matching Match block over the global values, and the first matching\n")
 	b.WriteString("# block's value wins: this one matches every connection and comes first, so a Match\n")
@@ -213,6 +225,41 @@ func renderSSHDConfig(o SSHDConfigOptions) (string, []directive, error) {
 		}
 	}
 	return b.String(), set, nil
+}
+
+// recordBlock renders the Match block of recorded sessions. It sits above `Match all` because
+// the first matching block's value wins: below it, `PermitUserRC yes` and the forwarding of
+// `Match all` would win over this block's.
+func recordBlock(b *strings.Builder, o SSHDConfigOptions) {
+	prefix := ""
+	b.WriteString("\n## Recorded sessions (sshca-record, see README: Session recording)\n")
+	if len(o.RecordGroups) == 0 {
+		b.WriteString("# To record the sessions of some groups, render with --record-group, or uncomment this\n")
+		b.WriteString("# block and name them. sshd runs the recorder through the user's shell, so recorded\n")
+		b.WriteString("# accounts need start-up files (~/.bashrc, ~/.profile) they cannot write. Once it is\n")
+		b.WriteString("# uncommented, site additions go above it (below its Match line they belong to it).\n")
+		prefix = "# "
+	} else {
+		b.WriteString("# Site additions go above this block: below its Match line they belong to it.\n")
+	}
+	groups := "sshca-recorded"
+	if len(o.RecordGroups) > 0 {
+		groups = strings.Join(o.RecordGroups, ",")
+	}
+	fmt.Fprintf(b, "%sMatch Group %s\n", prefix, groups)
+	for _, d := range []directive{
+		{"ForceCommand", o.RecordCommand}, // reads the certificate's force-command from $SSH_USER_AUTH
+		{"ExposeAuthInfo", "yes"},
+		{"PermitUserRC", "no"}, // ~/.ssh/rc would run before the recorder, unrecorded
+		{"DisableForwarding", "yes"},
+		{"AllowTcpForwarding", "no"},
+		{"AllowAgentForwarding", "no"},
+		{"AllowStreamLocalForwarding", "no"},
+		{"X11Forwarding", "no"},
+		{"PermitTunnel", "no"},
+	} {
+		fmt.Fprintf(b, "%s\t%s %s\n", prefix, d.keyword, d.value)
+	}
 }
 
 // matchKeywords are the keywords sshd (OpenSSH 9.2) allows in a Match block, lower case
@@ -296,6 +343,15 @@ func (o SSHDConfigOptions) validate() error {
 	check("TrustedUserCAKeys", o.TrustedUserCAKeys)
 	check("RevokedKeys", o.RevokedKeys)
 	check("AuthorizedPrincipalsFile", o.AuthorizedPrincipalsFile)
+	if len(o.RecordGroups) > 0 {
+		check("RecordCommand", o.RecordCommand)
+	}
+	for _, g := range o.RecordGroups {
+		check("RecordGroups", g)
+		if strings.ContainsAny(g, ",!*?") {
+			errs = append(errs, fmt.Errorf("RecordGroups %q: one group name, no pattern characters (, ! * ?)", g))
+		}
+	}
 	for _, a := range o.ListenAddresses {
 		check("ListenAddress", a)
 	}

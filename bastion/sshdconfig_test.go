@@ -310,3 +310,47 @@ func ExampleSSHDConfig() {
 	// ListenAddress 192.0.2.10
 	// RevokedKeys /etc/ssh/sshca.krl
 }
+
+// TestSSHDConfigRecordBlock: with RecordGroups, sshd's effective configuration for a member
+// runs the recorder with ExposeAuthInfo, no ~/.ssh/rc and no forwarding (the block sits above
+// Match all, whose values would otherwise win), and a non-member's is unchanged; without it
+// the block is only a comment. A group list or pattern in one name is refused.
+func TestSSHDConfigRecordBlock(t *testing.T) {
+	effective := func(t *testing.T, h *bastionHost, user string) string {
+		sshd, path := h.write(t, nil)
+		out, err := exec.Command(sshd, "-T", "-C", "user="+user+",host=client,addr=127.0.0.1", "-f", path).CombinedOutput()
+		if err != nil {
+			t.Fatalf("sshd -T -C: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	h := newBastionHost(t)
+	h.opts.RecordGroups = []string{"root"}
+	h.opts.RecordCommand = "/opt/sshca/sshca-record"
+	member := effective(t, h, "root")
+	for _, want := range []string{"forcecommand /opt/sshca/sshca-record", "exposeauthinfo yes", "permituserrc no",
+		"disableforwarding yes", "allowtcpforwarding no", "allowagentforwarding no", "x11forwarding no", "permittunnel no"} {
+		if !strings.Contains(member, "\n"+want+"\n") {
+			t.Errorf("a member's effective configuration lacks %q", want)
+		}
+	}
+	other := effective(t, h, "nobody")
+	for _, want := range []string{"permituserrc yes", "exposeauthinfo no", "disableforwarding no"} {
+		if !strings.Contains(other, "\n"+want+"\n") {
+			t.Errorf("a non-member's effective configuration lacks %q", want)
+		}
+	}
+	if strings.Contains(other, "forcecommand /opt") {
+		t.Error("a non-member's sessions are recorded")
+	}
+	h.opts.RecordGroups = nil
+	if off := effective(t, h, "root"); strings.Contains(off, "forcecommand /") || !strings.Contains(off, "\npermituserrc yes\n") {
+		t.Error("without RecordGroups the block is in force")
+	}
+	for _, bad := range []string{"a,b", "!root", "wheel*", "two words"} {
+		h.opts.RecordGroups = []string{bad}
+		if _, err := bastion.SSHDConfig(h.opts); err == nil || !strings.Contains(err.Error(), "RecordGroups") {
+			t.Errorf("RecordGroups %q: %v, want refused naming RecordGroups", bad, err)
+		}
+	}
+}

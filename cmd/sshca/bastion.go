@@ -47,6 +47,8 @@ func newSSHDConfigCommand() *cobra.Command {
 	cmd.Flags().StringVar(&o.TrustedUserCAKeys, "user-ca", "", "TrustedUserCAKeys file (default /etc/ssh/sshca_user_ca.pub)")
 	cmd.Flags().StringVar(&o.RevokedKeys, "krl", "", "RevokedKeys file (default /etc/ssh/sshca.krl)")
 	cmd.Flags().StringVar(&o.AuthorizedPrincipalsFile, "principals", "", "AuthorizedPrincipalsFile (default /etc/ssh/auth_principals/%u)")
+	cmd.Flags().StringSliceVar(&o.RecordGroups, "record-group", nil, "record the sessions of this Unix group with sshca-record (repeatable; default: the block is a comment)")
+	cmd.Flags().StringVar(&o.RecordCommand, "record-command", "", "the installed sshca-record (default "+bastion.DefaultRecordCommand+")")
 	return cmd
 }
 
