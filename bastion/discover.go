@@ -318,7 +318,10 @@ func openNoFollow(path string) (int, error) {
 // walkNoFollow opens path one component at a time from "/", each directory with O_PATH |
 // O_DIRECTORY | O_NOFOLLOW and the last with openFlags, so a symbolic link anywhere fails
 // with ELOOP (or ENOTDIR for a directory component).
-func walkNoFollow(path string) (int, error) {
+func walkNoFollow(path string) (int, error) { return walkNoFollowFlags(path, openFlags) }
+
+// walkNoFollowFlags is walkNoFollow opening the last component with flags.
+func walkNoFollowFlags(path string, flags int) (int, error) {
 	if !filepath.IsAbs(path) {
 		return -1, unix.EINVAL
 	}
@@ -333,7 +336,7 @@ func walkNoFollow(path string) (int, error) {
 	for i, p := range parts {
 		var next int
 		if i == len(parts)-1 {
-			next, err = unix.Openat(dir, p, openFlags, 0)
+			next, err = unix.Openat(dir, p, flags, 0)
 		} else {
 			next, err = unix.Openat(dir, p, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 			if err == unix.ENOTDIR {

@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -165,5 +168,102 @@ func TestDiscoveryRealSSHD(t *testing.T) {
 	}
 	if want := filepath.Join(d.keys, d.usedAcct, "authorized_keys"); used.File != want {
 		t.Errorf("file %s, want %s", used.File, want)
+	}
+}
+
+// TestDisableKeyRealSSHD: DisableKey comments out the key that logged in, as the file's owner
+// (same inode, owner and mode; a backup and a marker in the state directory), and sshd then
+// refuses that key while a certificate still logs in to the same account and the file's other
+// key stays; a file its owner may not write is left alone (the agent's privileges are not
+// used to write); RestoreKey lets the key in again.
+func TestDisableKeyRealSSHD(t *testing.T) {
+	d := newDiscoveryHost(t)
+	h := d.h
+	file := filepath.Join(d.keys, d.usedAcct, "authorized_keys")
+	u, err := user.Lookup(d.usedAcct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Chown(file, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.run(t, "-q", "-t", "ed25519", "-N", "", "-C", "cert-user", "-f", h.path("certuser"))
+	h.run(t, "-q", "-s", h.path("ca"), "-I", "alice@example.com#1", "-n", d.usedAcct, "-V", "-1m:+10m", h.path("certuser.pub"))
+	login := func(key, cert string) error {
+		out, err := sshAs(d.sshd, d.known, d.usedAcct, key, cert)
+		if err == nil && !strings.Contains(out, "in-as-"+d.usedAcct) {
+			return fmt.Errorf("unexpected output %q", out)
+		}
+		return err
+	}
+	if err := login(h.path("used"), ""); err != nil {
+		t.Fatalf("the planted key does not log in before disable: %v", err)
+	}
+	fp := strings.Fields(h.run(t, "-l", "-E", "sha256", "-f", h.path("used.pub")))[1]
+	before, _ := os.ReadFile(file)
+	var st0 syscall.Stat_t
+	if err := syscall.Stat(file, &st0); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(h.dir, "agent-state")
+	rec, err := bastion.DisableKey(file, fp, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st1 syscall.Stat_t
+	if err := syscall.Stat(file, &st1); err != nil {
+		t.Fatal(err)
+	}
+	if st1.Ino != st0.Ino || st1.Uid != uint32(uid) || st1.Gid != uint32(gid) || st1.Mode != st0.Mode {
+		t.Errorf("rewritten file: inode %d→%d, owner %d:%d, mode %o→%o", st0.Ino, st1.Ino, st1.Uid, st1.Gid, st0.Mode, st1.Mode)
+	}
+	if b, err := os.ReadFile(rec.Backup); err != nil || string(b) != string(before) {
+		t.Errorf("backup %s: %v %q", rec.Backup, err, b)
+	}
+	if m, err := os.ReadFile(filepath.Join(state, "disabled.jsonl")); err != nil || !strings.Contains(string(m), fp) {
+		t.Errorf("marker: %v %s", err, m)
+	}
+	if err := login(h.path("used"), ""); err == nil {
+		t.Error("the disabled key still logs in")
+	}
+	if err := login(h.path("certuser"), h.path("certuser-cert.pub")); err != nil {
+		t.Errorf("a certificate no longer logs in after disable: %v", err)
+	}
+	for _, k := range d.discover(t).Keys {
+		if k.Fingerprint == fp {
+			t.Errorf("discovery still lists the disabled key: %+v", k)
+		}
+	}
+	after, _ := os.ReadFile(file)
+	if !strings.Contains(string(after), "never-used") || strings.Count(string(after), bastion.DisabledPrefix) != 1 {
+		t.Errorf("file after disable:\n%s", after)
+	}
+	if _, err := bastion.DisableKey(file, fp, state); err == nil {
+		t.Error("disabling a key twice reports no error")
+	}
+
+	// The owner may not write this one: neither may the agent.
+	if err := os.Chmod(file, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bastion.RestoreKey(file, fp); err == nil {
+		t.Error("rewrote a file its owner may not write")
+	}
+	if b, _ := os.ReadFile(file); string(b) != string(after) {
+		t.Error("a file its owner may not write was changed")
+	}
+	if err := os.Chmod(file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := bastion.RestoreKey(file, fp); err != nil || n != 1 {
+		t.Fatalf("restore: %d %v", n, err)
+	}
+	if err := login(h.path("used"), ""); err != nil {
+		t.Errorf("the restored key does not log in: %v", err)
 	}
 }
