@@ -125,6 +125,7 @@ func newRecordFixture(t *testing.T, o fixtureOptions) *recordFixture {
 		TrustedUserCAKeys: filepath.Join(dir, "ca.pub"),
 		Principals:        []string{"rec"},
 		Extra: []string{"ExposeAuthInfo yes", "PermitUserRC no", "DisableForwarding yes",
+			"Subsystem sftp " + DefaultSFTPServer,
 			"ForceCommand " + strings.Join(force, " ")},
 	})
 	f.known = filepath.Join(dir, "known_hosts")
@@ -468,5 +469,34 @@ func TestRecordCap(t *testing.T) {
 	fi, _ := es[0].Info()
 	if fi.Size() > 3*sessionCap {
 		t.Errorf("the recording file is %d bytes for a %d-byte cap", fi.Size(), sessionCap)
+	}
+}
+
+// TestRecordSFTP: an sftp subsystem request runs the sftp server under the recorder, recorded
+// as a file-transfer session, and the transfer works.
+func TestRecordSFTP(t *testing.T) {
+	testenv.Need(t, "sftp")
+	f := newRecordFixture(t, fixtureOptions{})
+	src := filepath.Join(f.dir, "src")
+	dst := filepath.Join(f.dir, "dst")
+	if err := os.WriteFile(src, []byte("payload-for-sftp\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sftp", "-F", "none", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+		"-o", "UserKnownHostsFile="+f.known, "-o", "GlobalKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
+		"-o", "IdentityAgent=none", "-o", "CertificateFile="+f.cert(nil), "-i", f.key, "-P", strconv.Itoa(f.sshd.Port),
+		"-b", "-", f.sshd.User+"@127.0.0.1")
+	cmd.Stdin = strings.NewReader("put " + src + " " + dst + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sftp: %v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(dst); err != nil || string(b) != "payload-for-sftp\n" {
+		t.Fatalf("the file did not arrive: %q, %v", b, err)
+	}
+	r := f.ended()
+	if r.Header.Kind != "sftp" || r.Header.PTY {
+		t.Errorf("header %+v: want an sftp session without a pty", r.Header)
 	}
 }
