@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/spf13/cobra"
 
 	"github.com/sshca/sshca/client"
@@ -30,8 +31,8 @@ type certFlags struct {
 	print     bool
 	renew     bool
 	reloadCmd string
-	// after is the renewal loop's timer (nil: time.After); tests inject it.
-	after func(time.Duration) <-chan time.Time
+	// clock is the renewal loop's clock (nil: the real one); tests inject a fake.
+	clock clockwork.Clock
 }
 
 func newCertCommand() *cobra.Command {
@@ -123,7 +124,7 @@ func runCert(ctx context.Context, out io.Writer, kind string, f certFlags) error
 	if !f.renew {
 		return nil
 	}
-	return renewLoop(ctx, out, strings.TrimRight(f.server, "/"), privPath, certPath, f.reloadCmd, f.after)
+	return renewLoop(ctx, out, strings.TrimRight(f.server, "/"), privPath, certPath, f.reloadCmd, f.clock)
 }
 
 func readToken(env, file string) (string, error) {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
@@ -20,11 +21,12 @@ import (
 
 // renewLoop keeps a host certificate renewed until ctx ends: at 2/3 of its lifetime (with
 // jitter, so a fleet does not renew at once), on a proof of possession signed by the host key,
-// retrying with backoff until the certificate expires. after is the timer that waits for the
-// renewal time (nil: time.After), so tests need not wait two thirds of a certificate's life.
-func renewLoop(ctx context.Context, out io.Writer, server, keyPath, certPath, reloadCmd string, after func(time.Duration) <-chan time.Time) error {
-	if after == nil {
-		after = time.After
+// retrying with backoff (1 s doubling to 1 min) until the certificate expires. Every reading
+// of time and every wait goes through clk (nil: the real clock), so tests run the loop on a
+// fake clock instead of waiting two thirds of a certificate's life.
+func renewLoop(ctx context.Context, out io.Writer, server, keyPath, certPath, reloadCmd string, clk clockwork.Clock) error {
+	if clk == nil {
+		clk = clockwork.NewRealClock()
 	}
 	b, err := os.ReadFile(keyPath)
 	if err != nil {
@@ -41,31 +43,31 @@ func renewLoop(ctx context.Context, out io.Writer, server, keyPath, certPath, re
 		}
 		// 2/3 of what is left (ValidAfter lies in the past by the clock-skew allowance).
 		before := time.Unix(int64(cert.ValidBefore), 0)
-		left := time.Until(before)
-		at := time.Now().Add(left * 2 / 3).Add(jitter(left / 10))
+		left := before.Sub(clk.Now())
+		at := clk.Now().Add(left * 2 / 3).Add(jitter(left / 10))
 		fmt.Fprintf(out, "next renewal at %s\n", at.Local().Format("2006-01-02 15:04:05 MST"))
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-after(time.Until(at)):
+		case <-clk.After(at.Sub(clk.Now())):
 		}
 		backoff := time.Second
 		for {
-			err := renewOnce(ctx, server, hostKey, cert, certPath)
+			err := renewOnce(ctx, server, hostKey, cert, certPath, clk.Now())
 			if err == nil {
 				break
 			}
 			if ctx.Err() != nil {
 				return nil
 			}
-			if time.Now().Add(backoff).After(before) {
+			if clk.Now().Add(backoff).After(before) {
 				return fmt.Errorf("the certificate expired before it could be renewed (%v); get a new one with a workload token", err)
 			}
 			fmt.Fprintf(out, "renewal failed (%v); retrying in %s\n", err, backoff)
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-time.After(backoff):
+			case <-clk.After(backoff):
 			}
 			backoff = min(backoff*2, time.Minute)
 		}
@@ -78,10 +80,10 @@ func renewLoop(ctx context.Context, out io.Writer, server, keyPath, certPath, re
 	}
 }
 
-func renewOnce(ctx context.Context, server string, hostKey ssh.Signer, cert *ssh.Certificate, certPath string) error {
+func renewOnce(ctx context.Context, server string, hostKey ssh.Signer, cert *ssh.Certificate, certPath string, now time.Time) error {
 	var id [12]byte
 	_, _ = rand.Read(id[:])
-	token, err := ca.SignRenewToken(hostKey, cert, time.Now(), hex.EncodeToString(id[:]))
+	token, err := ca.SignRenewToken(hostKey, cert, now, hex.EncodeToString(id[:]))
 	if err != nil {
 		return err
 	}

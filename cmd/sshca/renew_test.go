@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
@@ -94,7 +95,7 @@ func TestHostRenewal(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- runCert(ctx, &buf, "host", certFlags{server: base, key: keyPub, tokenEnv: "SSHCA_TOKEN", ttl: "60s",
-			names: []string{"localhost"}, renew: true, reloadCmd: "echo ok >> " + reloaded, after: after})
+			names: []string{"localhost"}, renew: true, reloadCmd: "echo ok >> " + reloaded, clock: afterClock{clockwork.NewRealClock(), after}})
 	}()
 	waitFor(t, 30*time.Second, "the CLI renews and reloads", func() bool { _, err := os.Stat(reloaded); return err == nil })
 	cancel()
@@ -115,6 +116,14 @@ func TestHostRenewal(t *testing.T) {
 		t.Errorf("host key mode: %v %v", st, err)
 	}
 }
+
+// afterClock is the real clock with After replaced by after.
+type afterClock struct {
+	clockwork.Clock
+	after func(time.Duration) <-chan time.Time
+}
+
+func (c afterClock) After(d time.Duration) <-chan time.Time { return c.after(d) }
 
 func parseSigner(t *testing.T, pemKey string) ssh.Signer {
 	s, err := ssh.ParsePrivateKey([]byte(pemKey))
