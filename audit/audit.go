@@ -70,6 +70,9 @@ type Log struct {
 	// acceptLegacy: Options.AcceptLegacyBase.
 	acceptLegacy bool
 
+	// marks: Options.Marks.
+	marks *store.Redis
+
 	mu    sync.Mutex
 	known string // the head as this replica last saw it
 }
@@ -84,6 +87,11 @@ type Options struct {
 	// were removed: set it once, to move a log from before base marks were signed, after
 	// checking the base against the archive by other means.
 	AcceptLegacyBase bool
+	// Marks, when set, is the store whose generation mark of the {audit} tag each append
+	// checks and bumps in its own script (store.MarkedTags): a chain that came back from an old
+	// snapshot is then noticed by the process's witness, as every other durable tag is. The
+	// CA service sets it; tools that only read or archive the chain need not.
+	Marks *store.Redis
 }
 
 // KeySize is the size of a generated audit key.
@@ -91,7 +99,7 @@ const KeySize = 32
 
 // New returns the audit log kept in rdb.
 func New(rdb redis.UniversalClient, o Options) *Log {
-	l := &Log{rdb: rdb, key: o.Key, prefix: o.Prefix, log: o.Logger, acceptLegacy: o.AcceptLegacyBase}
+	l := &Log{rdb: rdb, key: o.Key, prefix: o.Prefix, log: o.Logger, acceptLegacy: o.AcceptLegacyBase, marks: o.Marks}
 	if l.prefix == "" {
 		l.prefix = "sshca"
 	}
@@ -121,13 +129,20 @@ func (l *Log) mac(prev string, seq uint64, rec []byte) string {
 const maxAttempts = 100
 
 // appendScript adds an entry only if the head is still the one its link was computed from;
-// otherwise it answers the current head, from which the caller computes the link again.
-var appendScript = redis.NewScript(`
+// otherwise it answers the current head, from which the caller computes the link again. With a
+// third key (the {audit} tag's generation mark) and ARGV[7..9] its id, epoch and seen, it
+// checks and bumps the mark when it appends, and answers the mark's reply after the head
+// (store.MarkLua); the record is appended whatever the mark says.
+var appendScript = redis.NewScript(store.MarkLua + `
 local cur = redis.call('GET', KEYS[1])
 if not cur then cur = '' end
 if cur ~= ARGV[1] then return {0, cur} end
 redis.call('XADD', KEYS[2], '*', 'seq', ARGV[3], 'prev', ARGV[4], 'mac', ARGV[5], 'rec', ARGV[6])
 redis.call('SET', KEYS[1], ARGV[2])
+if KEYS[3] then
+  local r = bump(KEYS[3], mark(KEYS[3], ARGV[7], ARGV[8], ARGV[9]))
+  return {1, ARGV[2], r[1], r[2], r[3], r[4]}
+end
 return {1, ARGV[2]}
 `)
 
@@ -153,16 +168,32 @@ func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 		seq := prevSeq + 1
 		mac := l.mac(prev, seq, body)
 		head := strconv.FormatUint(seq, 10) + " " + mac
-		res, err := appendScript.Run(ctx, l.rdb, []string{l.head(), l.stream()},
-			l.known, head, strconv.FormatUint(seq, 10), prev, mac, body).Slice()
+		keys := []string{l.head(), l.stream()}
+		args := []any{l.known, head, strconv.FormatUint(seq, 10), prev, mac, body}
+		var mw *store.MarkedWrite
+		if l.marks != nil {
+			if mw, err = l.marks.BeginMarked(ctx, store.TagAudit); err != nil {
+				return fmt.Errorf("audit: append: %w", err)
+			}
+			keys = append(keys, store.Keys{Prefix: l.prefix}.Mark(store.TagAudit))
+			args = append(args, mw.Args()...)
+		}
+		res, err := appendScript.Run(ctx, l.rdb, keys, args...).Slice()
 		if err != nil {
 			return fmt.Errorf("audit: append: %w", err)
 		}
-		if len(res) != 2 {
+		if len(res) < 2 {
 			return fmt.Errorf("audit: append: unexpected answer %v", res)
 		}
 		ok, _ := res[0].(int64)
 		l.known, _ = res[1].(string)
+		if ok == 1 && mw != nil {
+			// The record is in; a lost mark is the witness's to remember, not this append's
+			// failure.
+			if err := mw.Finish(res[2:]); err != nil {
+				return fmt.Errorf("audit: append: %w", err)
+			}
+		}
 		if ok == 1 {
 			l.log.InfoContext(ctx, "audit", "seq", seq, "mac", mac, "action", rec.Action, "outcome", rec.Outcome, "identity", rec.Identity)
 			return nil

@@ -90,7 +90,7 @@ func TestShippedRedisACL(t *testing.T) {
 	if _, err := svc.Refused(ctx, caKey, []string{"bob"}, caKey); err != nil {
 		t.Fatalf("service refused: %v", err)
 	}
-	if ok, err := svc.UseToken(ctx, "token-1", exp); err != nil || !ok {
+	if ok, err := svc.UseToken(ctx, "token-1", time.Time{}, exp); err != nil || !ok {
 		t.Fatalf("service token replay mark: %v %v", ok, err)
 	}
 	if _, err := svc.UpdateKeyring(ctx, func(*ca.Keyring) error { return nil }); err != nil {

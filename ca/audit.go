@@ -83,12 +83,22 @@ type AuditRecord struct {
 	WindowSeconds int64 `json:"window_seconds,omitempty"`
 	// BreakGlass marks emergency access granted without approval. Added in version 3.
 	BreakGlass bool `json:"break_glass,omitempty"`
+	// Keyring is the key ring a key-ring change left (outcome "done", the record kept once
+	// the change is made, after its "allowed" one), with every KMS URI's PIN (pin-value)
+	// redacted: `sshca store rebuild` restores the last one. Added in version 3 (absent: the
+	// record is of another kind, or predates it and the change cannot be replayed).
+	Keyring *Keyring `json:"keyring,omitempty"`
 }
 
 // AuditRecordVersion is the version of the records this package writes (AuditRecord.V).
 // Version 3 added the access request fields (AccessRequest, Event, Approvers, WindowSeconds,
-// BreakGlass) and the actions "request" and "approve".
+// BreakGlass), the actions "request" and "approve", and the "done" records of key-ring changes
+// with Keyring.
 const AuditRecordVersion = 3
+
+// OutcomeDone is the outcome of the record that follows an "allowed" one once the action is
+// carried out, holding what it left (AuditRecord.Keyring for a key-ring change).
+const OutcomeDone = "done"
 
 // AuditLog keeps the audit records, tamper-evident (the audit package chains them). A decision
 // to issue, revoke or administer takes effect only once its record is kept.

@@ -599,7 +599,7 @@ func (a *Authority) spend(ctx context.Context, t TokenUse) error {
 	if a.tokens == nil || t.ID == "" {
 		return Unavailable("replay protection is not configured; no certificate issued", nil)
 	}
-	fresh, err := a.tokens.UseToken(ctx, t.ID, t.Expiry)
+	fresh, err := a.tokens.UseToken(ctx, t.ID, t.IssuedAt, t.Expiry)
 	if err != nil {
 		return storeErr("token ledger unavailable; no certificate issued", err)
 	}

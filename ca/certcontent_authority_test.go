@@ -20,7 +20,7 @@ type spendLedger struct {
 	spent []string
 }
 
-func (l *spendLedger) UseToken(_ context.Context, id string, _ time.Time) (bool, error) {
+func (l *spendLedger) UseToken(_ context.Context, id string, _, _ time.Time) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.spent = append(l.spent, id)

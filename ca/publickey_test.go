@@ -518,7 +518,7 @@ type onceLedger struct {
 	used map[string]bool
 }
 
-func (l *onceLedger) UseToken(_ context.Context, id string, _ time.Time) (bool, error) {
+func (l *onceLedger) UseToken(_ context.Context, id string, _, _ time.Time) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.used[id] {

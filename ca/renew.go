@@ -61,7 +61,7 @@ func (a *Authority) Renew(ctx context.Context, token string) (Issued, error) {
 	}
 	id := Identity{Issuer: "sshca:renew", Subject: name, Workload: true, Groups: []string{}, AMR: []string{},
 		Claims: map[string]any{"serial": strconv.FormatUint(cert.Serial, 10), "key_id": cert.KeyId},
-		Token:  TokenUse{SingleUse: true, ID: "renew|" + claims.ID, Expiry: time.Unix(claims.Expiry, 0)}}
+		Token:  TokenUse{SingleUse: true, ID: "renew|" + claims.ID, IssuedAt: time.Unix(claims.IssuedAt, 0), Expiry: time.Unix(claims.Expiry, 0)}}
 	if id.Token.ID == "renew|" {
 		return Issued{}, Unauthenticated("renewal token has no jti", nil)
 	}

@@ -384,6 +384,37 @@ func (a *Authority) AuthorizeThen(ctx context.Context, token string, kind Action
 	return nil
 }
 
+// AuthorizeThenKeep is AuthorizeThen whose act also answers what it left, kept as a second
+// record once act succeeded: the "allowed" record, at the time act ended, with outcome
+// OutcomeDone and done's fields (Keyring for a key-ring change), so that the audit trail can
+// restore the result (`sshca store rebuild`). The action is done either way: a failure to keep
+// that record is logged, and the next change's record holds the whole key ring again.
+func (a *Authority) AuthorizeThenKeep(ctx context.Context, token string, kind Action, target string, act func(context.Context) (AuditRecord, error)) error {
+	id, err := a.auth.Authenticate(ctx, token)
+	if err != nil {
+		return err
+	}
+	allowed, err := a.authorizeThen(ctx, id, kind, "", target, nil)
+	if err != nil {
+		return err
+	}
+	done, err := act(ctx)
+	if err != nil {
+		a.settleAllowed(ctx, allowed, err)
+		return err
+	}
+	rec := allowed
+	rec.Time = a.now().UTC()
+	rec.Outcome, rec.Reasons = OutcomeDone, nil
+	rec.Keyring = done.Keyring
+	if a.audit != nil {
+		if err := a.audit.Append(ctx, rec); err != nil {
+			a.log.ErrorContext(ctx, "audit record lost", "action", rec.Action, "outcome", rec.Outcome, "identity", rec.Identity, "err", err)
+		}
+	}
+	return nil
+}
+
 // settleAllowed keeps the second record of an action that failed after its "allowed" record
 // was kept: the same decision (action, identity, target, reason, policy revision) at the time
 // of the failure, with the failure's outcome and caller-safe message; its cause is logged by

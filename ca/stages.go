@@ -150,9 +150,9 @@ type observedTokens struct {
 	o    StageObserver
 }
 
-func (w observedTokens) UseToken(ctx context.Context, id string, until time.Time) (_ bool, err error) {
+func (w observedTokens) UseToken(ctx context.Context, id string, issued, until time.Time) (_ bool, err error) {
 	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
-	return w.next.UseToken(ctx, id, until)
+	return w.next.UseToken(ctx, id, issued, until)
 }
 
 type observedAudit struct {

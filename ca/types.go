@@ -65,10 +65,14 @@ type Identity struct {
 }
 
 // TokenUse says whether the credential may be used for one certificate only, and how to
-// recognise it: its jti, or a hash of the token when it has none, until it expires.
+// recognise it: its jti, or a hash of the token when it has none, until it expires. IssuedAt
+// is its iat (zero when the token has none): a store rebuilt after losing its spent tokens
+// refuses the tokens issued before the rebuild, and can tell them only by iat (by expiry
+// without it).
 type TokenUse struct {
 	SingleUse bool
 	ID        string
+	IssuedAt  time.Time
 	Expiry    time.Time
 }
 
@@ -264,9 +268,12 @@ type CertStore interface {
 	ResolveAlias(ctx context.Context, alias string, now time.Time) ([]string, error)
 }
 
-// TokenLedger records single-use tokens: Use reports false when id was used before.
+// TokenLedger records single-use tokens: UseToken records id until until (the token's
+// expiry) and reports false when id was used before, or when the ledger refuses the token
+// without knowing (a rebuilt ledger lost the tokens spent before the rebuild: it refuses
+// tokens issued before it, by issued, the token's iat, or by until when issued is zero).
 type TokenLedger interface {
-	UseToken(ctx context.Context, id string, until time.Time) (bool, error)
+	UseToken(ctx context.Context, id string, issued, until time.Time) (bool, error)
 }
 
 // Checker reports whether a dependency can serve; used for readiness.

@@ -53,7 +53,7 @@ func benchFsync(b *testing.B, fsync, op string, clients int) {
 		if _, err := db.ReserveSerial(ctx, serial, exp); err != nil {
 			return err
 		}
-		if _, err := db.UseToken(ctx, "token-"+id, exp); err != nil {
+		if _, err := db.UseToken(ctx, "token-"+id, time.Time{}, exp); err != nil {
 			return err
 		}
 		if err := db.Record(ctx, ca.Certificate{Serial: serial, KeyID: id, Kind: ca.UserCert, Identity: "alice@example.com", ValidBefore: exp}); err != nil {

@@ -130,7 +130,7 @@ func (w *workload) run(replicas, workers int, stop <-chan struct{}) <-chan struc
 					w.acked.mu.Lock()
 					w.acked.serials = append(w.acked.serials, serial)
 					w.acked.mu.Unlock()
-					if ok, err := db.UseToken(ctx, "token-"+id, exp); err != nil || !ok {
+					if ok, err := db.UseToken(ctx, "token-"+id, time.Time{}, exp); err != nil || !ok {
 						return
 					}
 					w.acked.mu.Lock()
@@ -199,7 +199,7 @@ func (w *workload) missing(t *testing.T) (serials, tokens, records, audits int) 
 		}
 	}
 	for _, tok := range w.acked.tokens {
-		ok, err := db.UseToken(ctx, tok, time.Now().Add(time.Hour))
+		ok, err := db.UseToken(ctx, tok, time.Time{}, time.Now().Add(time.Hour))
 		if err != nil {
 			t.Fatalf("token ledger: %v", err)
 		}

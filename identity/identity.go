@@ -238,6 +238,9 @@ func (v *Verifier) Authenticate(ctx context.Context, token string) (ca.Identity,
 	id := v.identity(ctx, is, t.tokenClaims)
 	id.Token = ca.TokenUse{SingleUse: is.cfg.ReplayProtection == nil || *is.cfg.ReplayProtection,
 		ID: t.replayKey(), Expiry: t.exp.time()}
+	if t.iat.set {
+		id.Token.IssuedAt = t.iat.time()
+	}
 	return id, nil
 }
 

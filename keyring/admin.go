@@ -10,11 +10,12 @@ import (
 )
 
 // Authorizer asks the policy whether a token's identity may take an action (ca.Authority is
-// the one sshca wires). AuthorizeThen runs act only once the "allowed" decision is recorded,
-// and settles that record with act's real outcome when act fails.
+// the one sshca wires). AuthorizeThenKeep runs act only once the "allowed" decision is
+// recorded, settles that record with act's real outcome when act fails, and keeps what act
+// answers in a "done" record when it succeeds.
 type Authorizer interface {
 	Authorize(ctx context.Context, token string, action ca.Action, target string) error
-	AuthorizeThen(ctx context.Context, token string, action ca.Action, target string, act func(context.Context) error) error
+	AuthorizeThenKeep(ctx context.Context, token string, action ca.Action, target string, act func(context.Context) (ca.AuditRecord, error)) error
 }
 
 var _ Authorizer = (*ca.Authority)(nil)
@@ -84,13 +85,24 @@ func (a Admin) CompromisedKey(ctx context.Context, token, fp string) (ca.CAKey, 
 }
 
 // do authorizes a key operation and carries it out; an operation that fails once allowed is
-// settled in the audit log with its real outcome (Authorizer.AuthorizeThen).
+// settled in the audit log with its real outcome, and one that succeeded is followed by a
+// record of the key ring it left, URIs redacted, which `sshca store rebuild` restores
+// (Authorizer.AuthorizeThenKeep).
 func (a Admin) do(ctx context.Context, token, target string, op func(context.Context) (ca.CAKey, error)) (ca.CAKey, error) {
 	var key ca.CAKey
-	err := a.Authority.AuthorizeThen(ctx, token, ca.ActionAdmin, target, func(ctx context.Context) error {
+	err := a.Authority.AuthorizeThenKeep(ctx, token, ca.ActionAdmin, target, func(ctx context.Context) (ca.AuditRecord, error) {
 		var err error
-		key, err = op(ctx)
-		return err
+		if key, err = op(ctx); err != nil {
+			return ca.AuditRecord{}, err
+		}
+		// The ring as it is now: a change made meanwhile by another replica is in it too, and
+		// recorded again by that replica.
+		ring, err := a.Manager.Store.Keyring(ctx)
+		if err != nil {
+			return ca.AuditRecord{}, nil // done; the next change's record holds the ring
+		}
+		ring = Redacted(ring)
+		return ca.AuditRecord{Keyring: &ring}, nil
 	})
 	return RedactedKey(key), err
 }

@@ -34,11 +34,11 @@ func (f *fakeAuthorizer) Authorize(_ context.Context, token string, action ca.Ac
 	return nil
 }
 
-func (f *fakeAuthorizer) AuthorizeThen(ctx context.Context, token string, action ca.Action, target string, act func(context.Context) error) error {
+func (f *fakeAuthorizer) AuthorizeThenKeep(ctx context.Context, token string, action ca.Action, target string, act func(context.Context) (ca.AuditRecord, error)) error {
 	if err := f.Authorize(ctx, token, action, target); err != nil {
 		return err
 	}
-	if err := act(ctx); err != nil {
+	if _, err := act(ctx); err != nil {
 		f.settled = append(f.settled, err)
 		return err
 	}

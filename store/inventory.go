@@ -26,15 +26,17 @@ var (
 	_ ca.CertStore = (*Memory)(nil)
 )
 
-// recordScript: KEYS record, identity index, blocked, then one alias index per alias; ARGV now
-// (unix ms), the record's JSON, its valid_before and the index's end (unix ms), the serial,
-// then the identity and its aliases (one per alias index). Answers {'blocked', name, until}
-// without writing anything when the identity or an alias is blocked beyond now, else {'ok'}.
-// The check and the write are one step: a block written before it refuses the record, and a
-// read of the inventory after a block sees every record written before it.
-var recordScript = redis.NewScript(scoreLua + `
+// recordScript: KEYS record, identity index, blocked, the inventory's mark, then one alias
+// index per alias; ARGV now (unix ms), the record's JSON, its valid_before and the index's end
+// (unix ms), the serial, the mark's id, epoch and seen, then the identity and its aliases (one
+// per alias index). Answers {'blocked', name, until} without writing anything when the
+// identity or an alias is blocked beyond now, else {'ok'} and the mark's reply, checked and
+// bumped (markLua; the record is written whatever it says). The check and the write are one
+// step: a block written before it refuses the record, and a read of the inventory after a
+// block sees every record written before it.
+var recordScript = redis.NewScript(scoreLua + markLua + `
 local now = tonumber(ARGV[1])
-for i = 6, #ARGV do
+for i = 9, #ARGV do
   local s = redis.call('ZSCORE', KEYS[3], ARGV[i])
   if s and score(s) > now then return {'blocked', ARGV[i], tostring(s)} end
 end
@@ -42,16 +44,18 @@ redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[1])
-  redis.call('ZADD', KEYS[i], 'GT', ARGV[4], ARGV[6])
+  redis.call('ZADD', KEYS[i], 'GT', ARGV[4], ARGV[9])
 end
-return {'ok'}
+local r = bump(KEYS[4], mark(KEYS[4], ARGV[6], ARGV[7], ARGV[8]))
+return {'ok', r[1], r[2], r[3], r[4]}
 `)
 
 // Record stores c until its ValidBefore, in one script that first checks the identity blocks:
 // when c's identity or one of its aliases is blocked (BlockIdentity), nothing is written and
-// the answer is a ca.Error of KindDenied that says the identity was revoked.
+// the answer is a ca.Error of KindDenied that says the identity was revoked. The same script
+// checks and bumps the inventory's generation mark.
 func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 	b, err := json.Marshal(c)
 	if err != nil {
@@ -62,10 +66,15 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 	if c.IndexUntil.After(until) {
 		until = c.IndexUntil
 	}
-	keys := make([]string, 0, 3+len(c.Aliases))
-	keys = append(keys, r.keys.Cert(c.Serial), r.keys.Identity(c.Identity), r.keys.Blocked())
-	args := make([]any, 0, 6+len(c.Aliases))
-	args = append(args, now.UnixMilli(), b, c.ValidBefore.UnixMilli(), until.UnixMilli(), strconv.FormatUint(c.Serial, 10), c.Identity)
+	mw, err := r.BeginMarked(ctx, TagInventory)
+	if err != nil {
+		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+	}
+	keys := make([]string, 0, 4+len(c.Aliases))
+	keys = append(keys, r.keys.Cert(c.Serial), r.keys.Identity(c.Identity), r.keys.Blocked(), r.keys.Mark(TagInventory))
+	args := make([]any, 0, 9+len(c.Aliases))
+	args = append(args, now.UnixMilli(), b, c.ValidBefore.UnixMilli(), until.UnixMilli(), strconv.FormatUint(c.Serial, 10))
+	args = append(append(args, mw.Args()...), c.Identity)
 	for _, a := range c.Aliases {
 		keys = append(keys, r.keys.Alias(a))
 		args = append(args, a)
@@ -78,7 +87,10 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 		until, _ := strconv.ParseFloat(res[2], 64)
 		return blockedErr(res[1], until)
 	}
-	return nil
+	if len(res) != 5 {
+		return fmt.Errorf("store: record serial %d: unexpected answer %q", c.Serial, res)
+	}
+	return mw.Finish([]any{res[1], res[2], res[3], res[4]})
 }
 
 // blockedErr is the refusal of a certificate for an identity blocked until untilMS (unix ms),

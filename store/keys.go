@@ -23,8 +23,9 @@ const DefaultPrefix = "sshca"
 // that it runs on Redis Cluster: the inventory (a record and its indexes), a CA key's revocation
 // scope ({ca:<fingerprint>}), the revoked public keys, the keyring document, and the audit
 // chain. An identity's block shares the inventory's tag with its records: the script that
-// records a certificate refuses a blocked identity in the same step (layout 2). Spent tokens
-// and the CA sets are single-key writes, untagged.
+// records a certificate refuses a blocked identity in the same step (layout 2). The token
+// ledger's tag holds its mark and a rebuild's refusal. Spent tokens and the CA sets are
+// single-key writes, untagged.
 const (
 	TagInventory = "{inventory}"
 	// TagIdentities held the identity blocks of layout 1 (Keys.LegacyBlocked), still written
@@ -33,6 +34,9 @@ const (
 	TagKeys       = "{keys}"
 	TagKeyring    = "{keyring}"
 	TagAudit      = "{audit}"
+	// TagTokens holds the token ledger's mark and a rebuild's refusal; the spent tokens
+	// themselves are untagged (Keys.Token).
+	TagTokens = "{tokens}"
 	// TagGeneration holds the store's generation record (Keys.Generation), alone in its slot.
 	TagGeneration = "{gen}"
 )
@@ -42,12 +46,14 @@ func TagCA(fp string) string { return "{ca:" + fp + "}" }
 
 // DurableTags are the fixed hash tags that hold durable state (besides one TagCA per CA key):
 // a write probe in each of them tells whether every write that matters would succeed.
-var DurableTags = []string{TagInventory, TagAudit, TagIdentities, TagKeys, TagKeyring, TagGeneration}
+var DurableTags = []string{TagInventory, TagAudit, TagIdentities, TagKeys, TagKeyring, TagTokens, TagGeneration}
 
 // MarkedTags are the fixed hash tags whose writes carry the generation mark (Keys.Mark),
 // besides one TagCA per revocation scope: identity blocks (in the inventory's tag; those of
-// layout 1 in {identities}), revoked public keys, the keyring.
-var MarkedTags = []string{TagInventory, TagIdentities, TagKeys, TagKeyring}
+// layout 1 in {identities}), revoked public keys, the keyring, the inventory, the token ledger
+// and the audit chain: every tag that holds durable state (on Redis Cluster each may sit on
+// another shard, and be lost or rolled back alone).
+var MarkedTags = []string{TagInventory, TagIdentities, TagKeys, TagKeyring, TagTokens, TagAudit}
 
 // Keys builds every Redis key of sshca under one prefix. It is the one place that names them:
 // the stores here, audit/ and the readiness probe use it, and a test keeps deploy/redis's ACL
@@ -83,10 +89,11 @@ func (k Keys) Serial(serial uint64) string {
 // (token ledger). One key per token, so they spread over a Cluster's slots.
 func (k Keys) Token(sha256Hex string) string { return k.p() + ":token:" + sha256Hex }
 
-// TokensRefused is the time (unix ms) before which every single-use token's expiry makes the
-// token ledger refuse it, written by a rebuild (RefuseTokensUntil): the tokens spent before
-// the store lost its state are not known, so none that may have been issued then is taken.
-func (k Keys) TokensRefused() string { return k.p() + ":tokens-refused" }
+// TokensRefused is a rebuild's refusal of single-use tokens, a hash {since, until} of unix ms
+// (RefuseTokens): the tokens spent before the store lost its state are not known, so a token
+// issued before since (by its iat), or without iat expiring before until, is refused (token
+// ledger).
+func (k Keys) TokensRefused() string { return k.p() + ":" + TagTokens + ":refused" }
 
 // Keyring is the keyring document: JSON with its version (keyring).
 func (k Keys) Keyring() string { return k.p() + ":" + TagKeyring }
@@ -226,7 +233,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.Alias(exampleAlias), "Alias", TagInventory, "inventory", ReadByCA},
 		{k.Serial(exampleSerial), "Serial", TagInventory, "serials", ReadByCA},
 		{k.Token(exampleToken), "Token", "", "tokens", ReadByCA},
-		{k.TokensRefused(), "TokensRefused", "", "tokens", ReadByCA},
+		{k.TokensRefused(), "TokensRefused", TagTokens, "tokens", ReadByCA},
 		{k.Keyring(), "Keyring", TagKeyring, "keyring", ReadByCA},
 		{k.TrustedUserCAs(), "TrustedUserCAs", "", "trust", ReadByBastion},
 		{k.CAs(), "CAs", "", "trust", ReadByBastion},
@@ -247,6 +254,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.Probe(TagIdentities), "Probe", TagIdentities, "probe", ReadByCA},
 		{k.Probe(TagKeys), "Probe", TagKeys, "probe", ReadByCA},
 		{k.Probe(TagKeyring), "Probe", TagKeyring, "probe", ReadByCA},
+		{k.Probe(TagTokens), "Probe", TagTokens, "probe", ReadByCA},
 		{k.Probe(TagGeneration), "Probe", TagGeneration, "probe", ReadByCA},
 		{k.Probe(ca), "Probe", ca, "probe", ReadByCA},
 		{k.Probe(""), "Probe", "", "probe", ReadByCA},
@@ -260,5 +268,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.Requests(), "Requests", TagInventory, "requests", ReadByCA},
 		{k.Outbox(), "Outbox", "", "outbox", ReadByCA},
 		{k.Discovery(), "Discovery", "", "discovery", ReadByCA},
+		{k.Mark(TagAudit), "Mark", TagAudit, "mark", ReadByCA},
+		{k.Mark(TagTokens), "Mark", TagTokens, "mark", ReadByCA},
 	}
 }

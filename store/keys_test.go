@@ -169,7 +169,7 @@ func TestLayoutListsWrittenKeys(t *testing.T) {
 	must(r.Record(ctx, ca.Certificate{Serial: 9, Identity: "https://idp|u1", Aliases: []string{"username:alice"}, ValidBefore: exp}))
 	_, err = r.ReserveSerial(ctx, 9, exp)
 	must(err)
-	_, err = r.UseToken(ctx, "iss|jti", exp)
+	_, err = r.UseToken(ctx, "iss|jti", time.Time{}, exp)
 	must(err)
 	_, err = r.UpdateKeyring(ctx, func(*ca.Keyring) error { return nil })
 	must(err)

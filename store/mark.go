@@ -348,6 +348,62 @@ func (r *Redis) runMarked(ctx context.Context, tag string, s *redis.Script, keys
 	return nil, errors.New("store: the generation keeps changing")
 }
 
+// MarkLua is markLua for a write script outside this package that keeps its tag's mark
+// (audit/): it defines mark(key, id, epoch, seen) and bump(key, r) (see markLua); the script
+// passes MarkedWrite.Args as id, epoch, seen and answers mark's reply, bumped, first.
+const MarkLua = markLua
+
+// MarkedWrite is one write, by a script outside this package, that checks and bumps the mark
+// of a tag in the same script (BeginMarked, Args, Finish).
+type MarkedWrite struct {
+	r   *Redis
+	tag string
+	g   Generation
+	exp expectation
+}
+
+// BeginMarked starts a marked write in tag: the store's generation (read once per process)
+// and what the witness expects of the tag's mark.
+func (r *Redis) BeginMarked(ctx context.Context, tag string) (*MarkedWrite, error) {
+	g, err := r.generation(ctx)
+	if err != nil && !errors.Is(err, ErrStateLost) {
+		return nil, err
+	}
+	exp := r.witness.expect(tag)
+	if err != nil {
+		g = exp.gen // lost already: the script says lost
+	}
+	return &MarkedWrite{r: r, tag: tag, g: g, exp: exp}, nil
+}
+
+// Args are the script's mark arguments: the generation's id, its epoch, and the counter the
+// mark must be at least at (-1: never seen, a missing mark may be created).
+func (m *MarkedWrite) Args() []any { return markArgs(m.g, m.exp) }
+
+// Finish takes the mark's reply {status, id, epoch, n} (status "ok": checked and bumped;
+// "newer": a rebuild's generation, adopted; "lost": remembered by the witness, so that
+// issuance and KRLs fail with ErrStateLost until a rebuild). The write itself stands in every
+// case: an error is only a malformed reply.
+func (m *MarkedWrite) Finish(reply []any) error {
+	if len(reply) < 4 {
+		return fmt.Errorf("store: short reply from a marked write: %v", reply)
+	}
+	status, _ := reply[0].(string)
+	mk, _, err := parseMark(reply[1:4])
+	switch {
+	case status == "lost":
+		m.r.witness.lose(m.tag, fmt.Sprintf("a write found the mark %s/%d/%d, expected %s/%d and at least %d",
+			mk.ID, mk.Epoch, mk.N, m.g.ID, m.g.Epoch, m.exp.seenArg()))
+		return nil
+	case err != nil:
+		return err
+	case status == "ok" || status == "newer":
+		m.r.witness.observe(m.tag, m.exp, mk, true)
+		return nil
+	}
+	return fmt.Errorf("store: unknown mark status %q", status)
+}
+
 // Witness is the process's witness of the store's marks.
 func (r *Redis) Witness() *Witness { return r.witness }
 
@@ -404,4 +460,39 @@ func (r *Redis) CheckState(ctx context.Context, caKeys ...ssh.PublicKey) error {
 		r.witness.observe(tag, exps[i], m, present)
 	}
 	return r.witness.Lost()
+}
+
+// markInTx is the mark in a MULTI/EXEC of plain commands (no script: the inventory's Record):
+// the mark as found, then created when missing (HSETNX) and bumped. Unlike markLua it writes
+// whatever it finds; finishTx judges what was found, so a missing or older mark is still
+// remembered as lost, and the write stands.
+func (m *MarkedWrite) markInTx(ctx context.Context, p redis.Pipeliner) *redis.SliceCmd {
+	k := m.r.keys.Mark(m.tag)
+	c := p.HMGet(ctx, k, "id", "epoch", "n")
+	p.HSetNX(ctx, k, "id", m.g.ID)
+	p.HSetNX(ctx, k, "epoch", strconv.Itoa(int(m.g.Epoch)))
+	p.HIncrBy(ctx, k, "n", 1)
+	return c
+}
+
+// finishTx judges the mark markInTx found, as Finish does for a script.
+func (m *MarkedWrite) finishTx(found *redis.SliceCmd) error {
+	mk, present, err := parseMark(found.Val())
+	if err != nil {
+		return err
+	}
+	switch {
+	case !present && m.exp.seen:
+		m.r.witness.lose(m.tag, fmt.Sprintf("a write found the mark missing; it was at %d", m.exp.n))
+	case !present:
+		m.r.witness.observe(m.tag, m.exp, Mark{Generation: m.g, N: 1}, true)
+	case mk.Generation == m.g && m.exp.seen && mk.N < m.exp.n:
+		m.r.witness.lose(m.tag, fmt.Sprintf("a write found the mark at %d; it was at %d", mk.N, m.exp.n))
+	case mk.Generation == m.g:
+		mk.N++ // what this write made it
+		m.r.witness.observe(m.tag, m.exp, mk, true)
+	default:
+		m.r.witness.observe(m.tag, m.exp, mk, true) // a newer generation is adopted; another is lost
+	}
+	return nil
 }

@@ -181,26 +181,28 @@ func (r *Redis) SwitchGeneration(ctx context.Context, g Generation, scopes ...ss
 	return nil
 }
 
-// RefuseTokensUntil records that the token ledger refuses every single-use token that expires
-// before until (Keys.TokensRefused, unix ms; a later call never moves it earlier). A rebuild
-// sets it to the rebuild's time plus the longest token lifetime: the spent tokens were lost
-// with the store, and a token that expires before then may have been issued, and spent,
-// before the loss. A token issued after the rebuild with the longest lifetime expires after it
-// and is accepted; shorter-lived ones are refused until then.
-func (r *Redis) RefuseTokensUntil(ctx context.Context, until time.Time) error {
-	ms := until.UnixMilli()
-	cur, err := r.rdb.Get(ctx, r.keys.TokensRefused()).Int64()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("store: refuse tokens: %w", err)
-	}
-	if cur >= ms {
-		return nil
-	}
-	// Kept a little beyond until, then gone: nothing is refused after it anyway.
-	if err := r.rdb.Set(ctx, r.keys.TokensRefused(), ms, 0).Err(); err != nil {
-		return fmt.Errorf("store: refuse tokens: %w", err)
-	}
-	if err := r.rdb.PExpireAt(ctx, r.keys.TokensRefused(), until.Add(time.Minute)).Err(); err != nil {
+// refuseScript: KEYS the refusal; ARGV since, until (unix ms). Each only moves later.
+var refuseScript = redis.NewScript(`
+local f = redis.call('HMGET', KEYS[1], 'since', 'until')
+local s, u = ARGV[1], ARGV[2]
+if f[1] and tonumber(f[1]) > tonumber(s) then s = f[1] end
+if f[2] and tonumber(f[2]) > tonumber(u) then u = f[2] end
+redis.call('HSET', KEYS[1], 'since', s, 'until', u)
+redis.call('PEXPIREAT', KEYS[1], tonumber(u) + 60000)
+return {s, u}
+`)
+
+// RefuseTokens records that the token ledger refuses the single-use tokens that may have
+// been spent before the store lost them (Keys.TokensRefused: since and until, unix ms; a
+// later call never moves either earlier). A rebuild gives since = its own time and until =
+// since plus the longest token lifetime. A token with an iat is refused when issued before
+// since: it may have been spent before the loss; one issued after is taken whatever its
+// lifetime. A token without iat cannot be placed: it is refused when it expires before until
+// (any token that may have been issued before since expires by then), so shorter-lived
+// tokens without iat are refused until until. The record is gone a minute after until,
+// when nothing it covers is valid any more.
+func (r *Redis) RefuseTokens(ctx context.Context, since, until time.Time) error {
+	if err := refuseScript.Run(ctx, r.rdb, []string{r.keys.TokensRefused()}, since.UnixMilli(), until.UnixMilli()).Err(); err != nil {
 		return fmt.Errorf("store: refuse tokens: %w", err)
 	}
 	return nil
@@ -225,11 +227,18 @@ type Restore struct {
 	// (limits.identity_block of the CA, default 24h).
 	IdentityBlock time.Duration
 
+	// KMSURIs maps a KMS URI as the records keep it, secrets redacted (kms.Redact), to the URI
+	// itself (keyring.kms, PIN included): a restored key whose URI was redacted gets it back
+	// from here, else from the same key in the store's key ring.
+	KMSURIs map[string]string
+
 	issued  map[uint64]ca.AuditRecord
 	actions []restoreAction
-	// Records counts the records read; Keyring counts the key-ring changes seen (action admin,
-	// outcome allowed), which Apply does not replay: the key ring is restored from the
-	// configuration and the key files (sshca serve seeds it), and each is listed in Skipped.
+	// keyring is the key ring the last key-ring change left (its "done" record); changes are
+	// the allowed key-ring changes seen after it with no record of what they left.
+	keyring *ca.Keyring
+	changes []ca.AuditRecord
+	// Records counts the records read.
 	Records int
 	Skipped []Skip
 }
@@ -256,10 +265,15 @@ func (s *Restore) Add(rec ca.AuditRecord) {
 	switch {
 	case rec.Outcome == "issued" && rec.Serial != 0:
 		s.issued[rec.Serial] = rec
-	case rec.Action == ca.ActionAdmin && rec.Outcome == "allowed" && strings.HasSuffix(rec.Target, " compromised"):
-		s.Skipped = append(s.Skipped, Skip{rec.Time, rec.Target, "a compromised CA key is not replayed (the record holds only its fingerprint): keep it out of the configuration and of every trusted file, and restore the keyring document from a copy"})
-	case rec.Action == ca.ActionAdmin && rec.Outcome == "allowed":
-		s.Skipped = append(s.Skipped, Skip{rec.Time, rec.Target, "a key-ring change is not replayed: the key ring comes back from the configuration and key files; check it with sshca keys list"})
+	case rec.Action == ca.ActionAdmin && rec.Outcome == ca.OutcomeDone && rec.Keyring != nil:
+		s.keyring, s.changes = rec.Keyring, nil // the whole ring as the change left it
+	case rec.Action == ca.ActionAdmin && rec.Outcome == "allowed" && keyringChange(rec.Target):
+		s.changes = append(s.changes, rec)
+	case rec.Action == ca.ActionAdmin && keyringChange(rec.Target):
+		// A change that failed: its decision settled with the failure; nothing to restore.
+		if i := slices.IndexFunc(s.changes, func(c ca.AuditRecord) bool { return c.Target == rec.Target && c.Identity == rec.Identity }); i >= 0 {
+			s.changes = slices.Delete(s.changes, i, i+1)
+		}
 	case rec.Action == ca.ActionRevoke && (rec.Outcome == "unavailable" || rec.Outcome == "internal"):
 		// A lift that failed once allowed is settled by a second record of the same decision:
 		// the ban stands. (A revocation that failed is restored anyway: revoking more is safe.)
@@ -290,15 +304,25 @@ func (s *Restore) Add(rec ca.AuditRecord) {
 	}
 }
 
+// keyringChange: an admin record's target names a change of the key ring (generate,
+// promote, retire, compromised), not a listing.
+func keyringChange(target string) bool {
+	return strings.Contains(target, "CA key") && !strings.HasPrefix(target, "list ")
+}
+
 // RestoreReport says what Apply wrote back.
 type RestoreReport struct {
-	Certificates int // live certificates recorded in the inventory again
-	Assumed      int // of those, whose record named no CA key (the active key of the kind was taken)
-	Revocations  int // revocation records restored (serial, key ID, ban, identity)
-	Lifts        int // bans lifted since, applied
-	Expired      int // revocation records whose effect has ended (nothing to restore)
-	Blocks       int // identity names blocked again
-	NoAliases    int // live certificates whose record names no alias (found by canonical name only)
+	// KeyringVersion is the version of the key ring written back from the last record of a
+	// key-ring change (0: none was written: no record, or the store's is the same).
+	KeyringVersion uint64
+	KeyringKeys    int
+	Certificates   int // live certificates recorded in the inventory again
+	Assumed        int // of those, whose record named no CA key (the active key of the kind was taken)
+	Revocations    int // revocation records restored (serial, key ID, ban, identity)
+	Lifts          int // bans lifted since, applied
+	Expired        int // revocation records whose effect has ended (nothing to restore)
+	Blocks         int // identity names blocked again
+	NoAliases      int // live certificates whose record names no alias (found by canonical name only)
 }
 
 // caKeyFor is the CA key of an issuance record: the one it names, else the active key of its
@@ -332,6 +356,10 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 	}
 	skip := func(a restoreAction, why string) {
 		s.Skipped = append(s.Skipped, Skip{a.rec.Time, a.rec.Target, why})
+	}
+	// The key ring first: a compromised user CA key is revoked in the active key's scope.
+	if err := s.applyKeyring(ctx, r, now, &rep); err != nil {
+		return rep, err
 	}
 	// The inventory first: revocations by identity below read nothing from it, but an
 	// operator's next revocation does.
@@ -514,4 +542,83 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 		rep.Revocations++
 	}
 	return rep, nil
+}
+
+// applyKeyring writes back the key ring the last recorded key-ring change left, unless the
+// store holds the same keys: with a version above both the recorded one and the store's
+// (replicas reload a ring whose version changed), the PINs of KMS URIs put back
+// (KeyringKMS, or the store's own key), the user CA keys published to bastions as the ring
+// says, and each compromised user CA key revoked for good in the active key's scope, as
+// keyring.Manager.Compromised does.
+func (s *Restore) applyKeyring(ctx context.Context, r *Redis, now time.Time, rep *RestoreReport) error {
+	for _, c := range s.changes {
+		s.Skipped = append(s.Skipped, Skip{c.Time, c.Target, "a key-ring change recorded without the key ring it left (written before records carried it, or that record was not kept): check the key ring with sshca keys list and make the change again"})
+	}
+	if s.keyring == nil {
+		return nil
+	}
+	cur, err := r.Keyring(ctx)
+	if err != nil {
+		return fmt.Errorf("store: rebuild: keyring: %w", err)
+	}
+	want := *s.keyring
+	want.Keys = slices.Clone(want.Keys)
+	for i, k := range want.Keys {
+		if !strings.Contains(k.KMS, "=REDACTED") {
+			continue
+		}
+		if real, ok := s.KMSURIs[k.KMS]; ok {
+			want.Keys[i].KMS = real
+			continue
+		}
+		if j := slices.IndexFunc(cur.Keys, func(c ca.CAKey) bool { return c.Fingerprint == k.Fingerprint }); j >= 0 {
+			want.Keys[i].KMS = cur.Keys[j].KMS
+			continue
+		}
+		s.Skipped = append(s.Skipped, Skip{now, "CA key " + k.Fingerprint, "its KMS URI was recorded with the PIN redacted and --keyring-kms does not give it back: the key ring holds it redacted; set it right before the key is promoted"})
+	}
+	if !slices.EqualFunc(cur.Keys, want.Keys, func(a, b ca.CAKey) bool { return a == b }) {
+		written, err := r.UpdateKeyring(ctx, func(k *ca.Keyring) error {
+			v := max(want.Version, k.Version+1)
+			*k = want
+			k.Version = v - 1 // UpdateKeyring adds one
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("store: rebuild: keyring: %w", err)
+		}
+		rep.KeyringVersion, rep.KeyringKeys = written.Version, len(written.Keys)
+	}
+	published := want.Published(ca.UserCert, now)
+	active, hasActive := want.Active(ca.UserCert)
+	for _, k := range want.Keys {
+		if k.CA != ca.UserCert {
+			continue
+		}
+		pub, err := k.SSHPublicKey()
+		if err != nil {
+			s.Skipped = append(s.Skipped, Skip{now, "CA key " + k.Fingerprint, err.Error()})
+			continue
+		}
+		// Registered first in every case: its scope is followed (Keys.CAs) even when it is
+		// no longer trusted.
+		if err := r.RegisterCA(ctx, pub); err != nil {
+			return fmt.Errorf("store: rebuild: %w", err)
+		}
+		if !slices.ContainsFunc(published, func(p ca.CAKey) bool { return p.Fingerprint == k.Fingerprint }) {
+			if err := r.UnregisterCA(ctx, authorizedLine(pub)); err != nil {
+				return fmt.Errorf("store: rebuild: %w", err)
+			}
+		}
+		if k.State == ca.KeyCompromised && hasActive {
+			scope, err := active.SSHPublicKey()
+			if err != nil {
+				return fmt.Errorf("store: rebuild: %w", err)
+			}
+			if _, err := r.Revoke(ctx, scope, []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(pub)}}); err != nil {
+				return fmt.Errorf("store: rebuild: compromised CA key: %w", err)
+			}
+		}
+	}
+	return nil
 }

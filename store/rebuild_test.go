@@ -36,8 +36,8 @@ func newPub(t *testing.T) ssh.PublicKey {
 // now. Restored: a serial and a key ID with their issuance records, a ban recorded with its
 // key, a ban lifted since, an identity (old record: the block's end from IdentityBlock) with
 // the certificate it covered. Listed as not restored, with the reason: a ban recorded with
-// its fingerprint only, a serial without its issuance record, a key-ring change and a
-// compromised CA key. A lift that failed once allowed (settled unavailable) leaves the ban.
+// its fingerprint only, a serial without its issuance record, and two key-ring changes
+// recorded before records carried the key ring they left. A lift that failed once allowed (settled unavailable) leaves the ban.
 // Counted as expired: a serial whose certificate has expired.
 func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 	srv := testenv.StartRedis(t)
@@ -103,7 +103,7 @@ func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 		why = append(why, s.Target+": "+s.Why)
 	}
 	for _, w := range []string{"serial:99: no record of the certificate's issuance", "public_key:" + ssh.FingerprintSHA256(oldBan) + ": the record holds only the key's fingerprint",
-		"promote user CA key: a key-ring change is not replayed", "mark CA key SHA256:x compromised: a compromised CA key is not replayed"} {
+		"promote user CA key: a key-ring change recorded without the key ring it left", "mark CA key SHA256:x compromised: a key-ring change recorded without the key ring it left"} {
 		if !slices.ContainsFunc(why, func(s string) bool { return strings.HasPrefix(s, w) }) {
 			t.Errorf("not listed as skipped: %q; skipped: %q", w, why)
 		}
@@ -181,20 +181,46 @@ func TestNextGenerationAndTokenRefusal(t *testing.T) {
 		t.Errorf("state after the switch: version %d (generation %d), %d entries, %v", s.Version, gen, len(s.Entries), err)
 	}
 
-	until := time.Now().Add(time.Hour)
-	if err := st.RefuseTokensUntil(ctx, until); err != nil {
+}
+
+// TestTokenRefusalAfterRebuild: after a rebuild's refusal (since, until), a token with iat is
+// refused when issued before since, whatever its expiry, and taken when issued at or after
+// it, even when it expires before until; a token without iat is refused when it expires
+// before until and taken when it expires after. Later calls never move the refusal earlier.
+func TestTokenRefusalAfterRebuild(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	st := store.NewRedis(rdb, store.RedisOptions{})
+	since := time.Now()
+	until := since.Add(time.Hour)
+	if err := st.RefuseTokens(ctx, since, until); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.RefuseTokensUntil(ctx, until.Add(-time.Minute)); err != nil { // never earlier
+	if err := st.RefuseTokens(ctx, since.Add(-time.Hour), until.Add(-time.Minute)); err != nil { // never earlier
 		t.Fatal(err)
 	}
-	if ok, err := st.UseToken(ctx, "iss|before", until.Add(-time.Second)); err != nil || ok {
-		t.Errorf("a token expiring before the refusal's end = %t, %v; want refused", ok, err)
-	}
-	if ok, err := st.UseToken(ctx, "iss|after", until.Add(time.Second)); err != nil || !ok {
-		t.Errorf("a token expiring after the refusal's end = %t, %v; want taken", ok, err)
-	}
-	if ok, _ := st.UseToken(ctx, "iss|after", until.Add(time.Second)); ok {
-		t.Error("a token was taken twice")
+	for _, c := range []struct {
+		name          string
+		issued, until time.Time
+		want          bool
+	}{
+		{"iat before the rebuild, expiring after the refusal", since.Add(-time.Second), until.Add(time.Hour), false},
+		{"iat before the rebuild, expiring soon", since.Add(-time.Second), since.Add(time.Minute), false},
+		{"iat after the rebuild, expiring before the refusal ends", since.Add(time.Second), since.Add(time.Minute), true},
+		{"iat at the rebuild", since, since.Add(time.Minute), true},
+		{"no iat, expiring before the refusal ends", time.Time{}, until.Add(-time.Second), false},
+		{"no iat, expiring after the refusal ends", time.Time{}, until.Add(time.Second), true},
+	} {
+		ok, err := st.UseToken(ctx, "iss|"+c.name, c.issued, c.until)
+		if err != nil || ok != c.want {
+			t.Errorf("%s: taken %t, %v; want %t", c.name, ok, err, c.want)
+		}
+		if c.want {
+			if ok, _ := st.UseToken(ctx, "iss|"+c.name, c.issued, c.until); ok {
+				t.Errorf("%s: taken twice", c.name)
+			}
+		}
 	}
 }

@@ -140,7 +140,12 @@ func (r *Redis) RecordUnderRequest(ctx context.Context, c ca.Certificate, id str
 		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 	}
 	names := append([]string{c.Identity}, c.Aliases...)
-	return r.changeRequest(ctx, id, func(tx *redis.Tx, req ca.AccessRequest) (func(redis.Pipeliner), error) {
+	mw, err := r.BeginMarked(ctx, TagInventory)
+	if err != nil {
+		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+	}
+	var mark *redis.SliceCmd
+	err = r.changeRequest(ctx, id, func(tx *redis.Tx, req ca.AccessRequest) (func(redis.Pipeliner), error) {
 		blocks, err := tx.ZMScore(ctx, r.keys.Blocked(), names...).Result()
 		if err != nil {
 			return nil, err
@@ -160,10 +165,15 @@ func (r *Redis) RecordUnderRequest(ctx context.Context, c ca.Certificate, id str
 			return nil, fmt.Errorf("store: record under request: %w", err)
 		}
 		return func(p redis.Pipeliner) {
+			mark = mw.markInTx(ctx, p)
 			r.recordCmds(ctx, p, c, cb)
 			p.Set(ctx, r.keys.Request(id), b, redis.KeepTTL)
 		}, nil
 	}, r.keys.Blocked())
+	if err != nil {
+		return err
+	}
+	return mw.finishTx(mark)
 }
 
 // changeRequest runs one optimistic change of a request: write, given the request as read

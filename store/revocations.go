@@ -251,8 +251,9 @@ func (r *Redis) block(ctx context.Context, tag, key string, pairs []any) error {
 // Refused reports why a request must be refused at signing time, in one round trip: the key
 // revoked under the signing CA key's scope or under any other (Keys.RevokedKeys; the scope
 // check also covers keys revoked before that set existed), or the identity blocked. The same
-// round trip reads the marks of the tags it depends on: a store that lost any of them is
-// ErrStateLost (no certificate until it is rebuilt). While the store's layout is 1, it also
+// round trip reads the marks of the tags it depends on, and of the tags issuance writes to
+// (token ledger, audit; the inventory is one of the first): a store that lost any of them is
+// ErrStateLost (no certificate until it is rebuilt), found before anything is signed. While the store's layout is 1, it also
 // reads the blocks that replicas of layout 1 write (Keys.LegacyBlocked) and the store's
 // layout; once that says the store is migrated, neither is read again. The identity check
 // here saves the signing of a certificate that Record would refuse; Record's check is the
@@ -265,7 +266,9 @@ func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []s
 	var idCmd, legacyCmd *redis.FloatSliceCmd
 	var layoutCmd *redis.StringCmd
 	fp := ssh.FingerprintSHA256(caKey)
-	tags := []string{TagCA(fp), TagKeys, TagInventory}
+	// The tags issuance writes (inventory, token ledger, audit) are checked here too, before
+	// anything is signed, at no extra round trip.
+	tags := []string{TagCA(fp), TagKeys, TagInventory, TagTokens, TagAudit}
 	legacy := !r.migrated.Load()
 	if legacy {
 		tags = append(tags, TagIdentities)

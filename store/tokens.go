@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,29 +22,71 @@ var (
 	_ ca.TokenLedger = (*Memory)(nil)
 )
 
+// tokenScript checks and bumps the token ledger's mark and reads the rebuild's refusal: KEYS
+// the mark, the refusal (Keys.TokensRefused); ARGV the mark's id, epoch, seen. Answers the
+// mark's {status, id, epoch, n}, then the refusal's since and until ("" when none).
+var tokenScript = redis.NewScript(markLua + `
+local r = bump(KEYS[1], mark(KEYS[1], ARGV[1], ARGV[2], ARGV[3]))
+local f = redis.call('HMGET', KEYS[2], 'since', 'until')
+table.insert(r, f[1] or '')
+table.insert(r, f[2] or '')
+return r
+`)
+
 // UseToken records a single-use token until it expires (SET NX): false when it was used
-// before.
-func (r *Redis) UseToken(ctx context.Context, id string, until time.Time) (bool, error) {
+// before, or when a rebuild's refusal (RefuseTokens) covers it: a token issued (its iat)
+// before the rebuild, or, when issued is zero (a token without iat), one that expires before
+// the refusal ends. It is one round trip: the script on the token ledger's tag checks and
+// bumps its generation mark (Keys.Mark(TagTokens)) and reads the refusal, and the SET NX goes
+// beside it in the same pipeline (the tokens themselves are spread over a Cluster's slots).
+// A ledger found to have lost its state answers ErrStateLost: the tokens spent before the
+// loss are not known, so no token is taken until a rebuild refuses them.
+func (r *Redis) UseToken(ctx context.Context, id string, issued, until time.Time) (bool, error) {
 	if !until.After(r.now()) {
 		return false, nil // expired tokens never get this far; refuse rather than store forever
 	}
+	g, err := r.generation(ctx)
+	if err != nil && !errors.Is(err, ErrStateLost) {
+		return false, fmt.Errorf("store: token ledger: %w", err)
+	}
+	exp := r.witness.expect(TagTokens)
+	if err != nil {
+		g = exp.gen // lost already: the script says lost, the token is refused below
+	}
 	sum := sha256.Sum256([]byte(id))
-	// One round trip: the rebuild's refusal (RefuseTokensUntil) and the spend. A token the
-	// refusal covers is spent too, which changes nothing: it expires before the refusal ends.
-	var refused *redis.StringCmd
+	var marked *redis.Cmd
 	var set *redis.StatusCmd
-	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		refused = p.Get(ctx, r.keys.TokensRefused())
+	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		marked = tokenScript.Eval(ctx, p, []string{r.keys.Mark(TagTokens), r.keys.TokensRefused()}, markArgs(g, exp)...)
 		set = p.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), "1", redis.SetArgs{Mode: "NX", ExpireAt: until})
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
-	if ms, err := refused.Int64(); err == nil && until.UnixMilli() < ms {
-		return false, nil
-	} else if err != nil && !errors.Is(err, redis.Nil) {
+	res, err := marked.Slice()
+	if err != nil {
 		return false, fmt.Errorf("store: token ledger: %w", err)
+	}
+	if len(res) != 6 {
+		return false, fmt.Errorf("store: token ledger: unexpected answer %v", res)
+	}
+	status, _ := res[0].(string)
+	m, _, merr := parseMark(res[1:4])
+	switch {
+	case status == "lost":
+		r.witness.lose(TagTokens, fmt.Sprintf("a token found the mark %s/%d/%d, expected %s/%d and at least %d",
+			m.ID, m.Epoch, m.N, g.ID, g.Epoch, exp.seenArg()))
+	case merr != nil:
+		return false, merr
+	default: // ok, or newer: a rebuild, whose generation the witness adopts
+		r.witness.observe(TagTokens, exp, m, true)
+	}
+	if err := r.witness.Lost(); err != nil {
+		return false, err
+	}
+	if refusedToken(res[4], res[5], issued, until) {
+		return false, nil
 	}
 	ok, err := set.Result()
 	if errors.Is(err, redis.Nil) {
@@ -55,8 +98,19 @@ func (r *Redis) UseToken(ctx context.Context, id string, until time.Time) (bool,
 	return ok == "OK", nil
 }
 
+// refusedToken: the rebuild's refusal (since, until: unix ms as strings, "" when there is
+// none) covers a token issued at issued (zero: unknown) that expires at until.
+func refusedToken(sinceV, untilV any, issued, exp time.Time) bool {
+	since, _ := strconv.ParseInt(fmt.Sprint(sinceV), 10, 64)
+	until, _ := strconv.ParseInt(fmt.Sprint(untilV), 10, 64)
+	if !issued.IsZero() {
+		return issued.UnixMilli() < since
+	}
+	return exp.UnixMilli() < until
+}
+
 // UseToken records a single-use token until it expires: false when it was used before.
-func (m *Memory) UseToken(_ context.Context, id string, until time.Time) (bool, error) {
+func (m *Memory) UseToken(_ context.Context, id string, _, until time.Time) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()

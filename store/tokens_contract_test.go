@@ -20,16 +20,16 @@ func testTokenLedger(t *testing.T, newStore func(*testing.T, *clock) ca.TokenLed
 	t.Run("single use", func(t *testing.T) {
 		s := newStore(t, &clock{t: time.Now()})
 		exp := time.Now().Add(time.Minute)
-		if ok, err := s.UseToken(ctx, "iss|jti-1", exp); err != nil || !ok {
+		if ok, err := s.UseToken(ctx, "iss|jti-1", time.Time{}, exp); err != nil || !ok {
 			t.Fatalf("first use = %v %v", ok, err)
 		}
-		if ok, _ := s.UseToken(ctx, "iss|jti-1", exp); ok {
+		if ok, _ := s.UseToken(ctx, "iss|jti-1", time.Time{}, exp); ok {
 			t.Fatal("second use accepted")
 		}
-		if ok, _ := s.UseToken(ctx, "other|jti-1", exp); !ok {
+		if ok, _ := s.UseToken(ctx, "other|jti-1", time.Time{}, exp); !ok {
 			t.Fatal("the same jti from another issuer was refused")
 		}
-		if ok, _ := s.UseToken(ctx, "iss|expired", time.Now().Add(-time.Second)); ok {
+		if ok, _ := s.UseToken(ctx, "iss|expired", time.Time{}, time.Now().Add(-time.Second)); ok {
 			t.Fatal("an expired token was accepted")
 		}
 	})

@@ -155,7 +155,7 @@ func runDev(ctx context.Context, o devOptions) error {
 	if err != nil {
 		return fmt.Errorf("dev: audit key: %w", err)
 	}
-	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: o.log})
+	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: o.log, Marks: db})
 	p.login = &services.LoginConfig{Issuer: issuerURL, ClientID: devAudience, Scopes: []string{"openid", "email", "profile"}}
 	// The keyring is on, as with keyring.enabled in production, so that the rotation commands
 	// (sshca keys ..., README "CA key rotation") work here: generated keys are files in the

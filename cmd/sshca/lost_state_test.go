@@ -115,7 +115,7 @@ type lostStateRig struct {
 	stopAgent   func()
 }
 
-func startLostStateRig(t *testing.T) *lostStateRig {
+func startLostStateRig(t *testing.T, configure ...func(*Config)) *lostStateRig {
 	t.Helper()
 	r := &lostStateRig{ctx: context.Background()}
 	r.srv = testenv.StartRedisConfig(t, filepath.Join("..", "..", "deploy", "redis", "redis.conf"),
@@ -128,6 +128,9 @@ func startLostStateRig(t *testing.T) *lostStateRig {
 	r.cfg = serveConfig(t, r.srv.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
 	r.cfg.Redis.Username, r.cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
 	r.redisURL = "redis://sshca:CHANGE-ME-sshca@" + r.srv.Addr
+	for _, c := range configure {
+		c(r.cfg)
+	}
 	r.base, r.stopReplica = startServeStoppable(t, r.cfg)
 	r.dir = t.TempDir()
 	r.flags = agentFlags{redisURL: "redis://bastion:CHANGE-ME-bastion@" + r.srv.Addr, krlPath: filepath.Join(r.dir, "sshca.krl"),

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,8 +16,10 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/krl"
 	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 func parsePub(t *testing.T, path string) ssh.PublicKey {
@@ -312,4 +317,122 @@ func krlHeaderVersion(t *testing.T, base string) uint64 {
 		t.Errorf("X-KRL-Version %d, the KRL's version %d", v, k.Version)
 	}
 	return v
+}
+
+// TestStoreRebuildKeyring: key-ring changes through the API (a user key generated and
+// promoted, the old one marked compromised, a host key generated and promoted, a next user key
+// generated), the audit log archived, the whole store lost (FLUSHALL): `sshca store rebuild`
+// writes back the keyring document byte for byte (keys, states, times, version), the user CA
+// keys bastions trust, and the compromised user key in the KRL; the replicas serve again.
+func TestStoreRebuildKeyring(t *testing.T) {
+	keyDir := t.TempDir()
+	r := startLostStateRig(t, func(c *Config) {
+		c.Keyring = KeyringConfig{Enabled: true, KMS: "softkms:", KeyDir: keyDir, TrustRefresh: 2 * time.Second, Refresh: 200 * time.Millisecond}
+	})
+	admin, ctx, mint, cfg, redisURL, base, dir := r.admin, r.ctx, r.mint, r.cfg, r.redisURL, r.base, r.dir
+	adminTok := mint(map[string]any{"sub": "sre", "preferred_username": "sre", "groups": []string{"sshca-admins"}})
+	keys := func(args ...string) string {
+		t.Helper()
+		out, err := runCLIEnv(t, base, adminTok, append([]string{"keys"}, args...)...)
+		if err != nil {
+			t.Fatalf("keys %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	doc := func() (ca.Keyring, []byte) {
+		t.Helper()
+		b, err := admin.Get(ctx, store.Keys{}.Keyring()).Bytes()
+		if err != nil {
+			t.Fatalf("keyring document: %v", err)
+		}
+		var k ca.Keyring
+		if err := json.Unmarshal(b, &k); err != nil {
+			t.Fatal(err)
+		}
+		return k, b
+	}
+	oldUser, _ := doc()
+	firstUser, _ := oldUser.Active(ca.UserCert)
+	keys("generate", "--ca", "user")
+	keys("promote", "--ca", "user", "--force")
+	waitFor(t, 10*time.Second, "the replica signs with the promoted user key", func() bool {
+		_, rv := call(t, http.MethodGet, base+"/v1/revocations", adminTok, nil)
+		var got struct {
+			UserCA struct {
+				Fingerprint string `json:"fingerprint"`
+			} `json:"user_ca"`
+		}
+		_ = json.Unmarshal(rv, &got)
+		return got.UserCA.Fingerprint != "" && got.UserCA.Fingerprint != firstUser.Fingerprint
+	})
+	keys("compromised", firstUser.Fingerprint)
+	keys("generate", "--ca", "host")
+	keys("promote", "--ca", "host", "--force")
+	keys("generate", "--ca", "user")
+	// A change the keyring refuses (promoting with no next key) leaves no key ring to restore,
+	// and must not be reported as lost.
+	if out, err := runCLIEnv(t, base, adminTok, "keys", "promote", "--ca", "host"); err == nil {
+		t.Fatalf("promote without a next key succeeded: %s", out)
+	}
+	before, beforeBytes := doc()
+	trustedBefore, _ := admin.SMembers(ctx, store.Keys{}.TrustedUserCAs()).Result()
+	if len(before.Keys) != 5 {
+		t.Fatalf("key ring before the loss has %d keys, want 5:\n%s", len(before.Keys), beforeBytes)
+	}
+	activeUser, _ := before.Active(ca.UserCert)
+	activeHost, _ := before.Active(ca.HostCert)
+	userCAFile, hostCAFile := filepath.Join(dir, "user-ca.pub"), filepath.Join(dir, "host-ca.pub")
+	writeFile(t, userCAFile, activeUser.PublicKey+"\n")
+	writeFile(t, hostCAFile, activeHost.PublicKey+"\n")
+
+	archive := filepath.Join(dir, "audit.archive")
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", redisURL, "--key-file", cfg.Audit.KeyFile, "--out", archive); err != nil {
+		t.Fatalf("audit archive: %v\n%s", err, out)
+	}
+	if err := admin.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "/readyz says the state was lost", func() bool {
+		code, out := getBody(t, base+"/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(out, "revocation state lost")
+	})
+
+	out, err := runCLI(t, "", "store", "rebuild", "--redis", redisURL, "--audit-key", cfg.Audit.KeyFile, "--archive", archive,
+		"--user-ca", userCAFile, "--host-ca", hostCAFile, "--ca", userCAFile, "--keyring-kms", "softkms:", "--token-lifetime", "10m")
+	t.Logf("store rebuild:\n%s", out)
+	if err != nil {
+		t.Fatalf("store rebuild: %v", err)
+	}
+	if !strings.Contains(out, "could not restore: 0") || !strings.Contains(out, fmt.Sprintf("key ring: restored at version %d with 5 keys", before.Version)) {
+		t.Errorf("store rebuild did not restore the key ring at version %d", before.Version)
+	}
+	after, afterBytes := doc()
+	if !bytes.Equal(afterBytes, beforeBytes) {
+		t.Errorf("keyring document after the rebuild:\n%s\nbefore the loss:\n%s", afterBytes, beforeBytes)
+	}
+	if after.Version != before.Version {
+		t.Errorf("keyring version %d after the rebuild, %d before", after.Version, before.Version)
+	}
+	trustedAfter, _ := admin.SMembers(ctx, store.Keys{}.TrustedUserCAs()).Result()
+	slices.Sort(trustedBefore)
+	slices.Sort(trustedAfter)
+	if !slices.Equal(trustedAfter, trustedBefore) {
+		t.Errorf("user CA keys trusted by bastions after the rebuild %q, before %q", trustedAfter, trustedBefore)
+	}
+	waitFor(t, 10*time.Second, "/readyz is 200 again", func() bool {
+		code, _ := getBody(t, base+"/readyz")
+		return code == http.StatusOK
+	})
+	bad, err := firstUser.SSHPublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the rebuilt KRL revokes the compromised user CA key", func() bool {
+		code, krlBody := getBody(t, base+"/v1/krl")
+		k, err := krl.Parse([]byte(krlBody))
+		return code == http.StatusOK && err == nil && k.IsKeyRevoked(bad)
+	})
+	if list := keys("list"); !strings.Contains(list, activeUser.Fingerprint) || !strings.Contains(list, "compromised") {
+		t.Errorf("keys list after the rebuild:\n%s", list)
+	}
 }

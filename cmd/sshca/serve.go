@@ -110,7 +110,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	} else {
 		log.Warn("the audit log is chained with plain SHA-256: anyone who can write to Redis can rewrite it; set audit.key_file (sshca audit genkey)")
 	}
-	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: log})
+	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: log, Marks: db})
 	p.limits = ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals,
 		IdentityBlock: cfg.Limits.IdentityBlock}
 	p.accessLimits = ca.AccessRequestLimits{PendingTimeout: cfg.Limits.AccessRequestTimeout, MaxWindow: cfg.Limits.MaxAccessWindow}

@@ -17,6 +17,7 @@ import (
 	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/store"
 )
@@ -36,6 +37,7 @@ type rebuildFlags struct {
 	aboveVersion  uint64
 	identityBlock time.Duration
 	tokenLifetime time.Duration
+	keyringKMS    string
 }
 
 func newStoreCommand() *cobra.Command {
@@ -50,10 +52,13 @@ audit trail: the archives given with --archive, in order, then the chain in Redi
 
 It restores the live certificates (from the records of issuance), the serials and key IDs
 revoked, the public keys banned and not lifted since, the identities still blocked and the
-certificates their revocation covered, and lists every record it could not restore, with why.
-Key-ring changes are not replayed: the key ring comes back from the configuration and key files.
-The spent single-use tokens cannot be restored: tokens that expire before now plus
---token-lifetime are refused (they may have been spent before the loss).
+certificates their revocation covered, and the key ring as the last key-ring change left it
+(with the user CA keys published to bastions, and compromised ones revoked), and lists every
+record it could not restore, with why. Audit records keep KMS URIs without their PIN: give
+--keyring-kms (keyring.kms) to put it back.
+The spent single-use tokens cannot be restored: tokens issued (iat) before the rebuild are
+refused (they may have been spent before the loss), and tokens without iat when they expire
+before now plus --token-lifetime.
 
 It then starts a new generation above every one the store shows and above --above-version (a
 bastion's installed KRL version, from its status): CA replicas that found the loss serve
@@ -73,6 +78,7 @@ again, and bastions install the KRLs it publishes.`,
 	fl.Uint64Var(&f.aboveVersion, "above-version", 0, "the newest KRL version a bastion holds (sshca bastion status): the new generation is above its generation")
 	fl.DurationVar(&f.identityBlock, "identity-block", ca.DefaultLimits.IdentityBlock, "limits.identity_block of the CA: how long an identity revocation recorded without its end blocks")
 	fl.DurationVar(&f.tokenLifetime, "token-lifetime", identity.DefaultMaxTokenLifetime, "the longest lifetime of the tokens the CA accepts (oidc max_token_lifetime, or the identity provider's shorter one): single-use tokens expiring before now plus this are refused")
+	fl.StringVar(&f.keyringKMS, "keyring-kms", "", "keyring.kms of the CA (with its PIN, if any): the audit records keep KMS URIs with the PIN redacted")
 	cmd.AddCommand(rebuild, newStoreMigrateCommand())
 	return cmd
 }
@@ -113,6 +119,9 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 		return fmt.Errorf("--audit-key: %w", err)
 	}
 	restore := &store.Restore{IdentityBlock: f.identityBlock}
+	if f.keyringKMS != "" {
+		restore.KMSURIs = map[string]string{kms.Redact(f.keyringKMS): f.keyringKMS}
+	}
 	if restore.UserCA, err = readCAKey("user-ca", f.userCA); err != nil {
 		return err
 	}
@@ -209,7 +218,7 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 		return fmt.Errorf("store rebuild: restoring (run it again: every step is idempotent): %w", err)
 	}
 	refuseUntil := start.Add(f.tokenLifetime)
-	if err := st.RefuseTokensUntil(ctx, refuseUntil); err != nil {
+	if err := st.RefuseTokens(ctx, start, refuseUntil); err != nil {
 		return err
 	}
 	floor, _ := revocation.SplitVersion(f.aboveVersion)
@@ -234,6 +243,11 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 		fmt.Fprintf(out, " (%d recorded without their CA key: taken as signed by the active key of their kind)", res.Assumed)
 	}
 	fmt.Fprintf(out, "\nexpired, nothing to restore: %s\n", plural(res.Expired, "revocation"))
+	if res.KeyringVersion > 0 {
+		fmt.Fprintf(out, "key ring: restored at version %d with %s, as the last recorded key-ring change left it\n", res.KeyringVersion, plural(res.KeyringKeys, "key"))
+	} else {
+		fmt.Fprintf(out, "key ring: unchanged (no recorded key-ring change, or the store holds the same keys)\n")
+	}
 	fmt.Fprintf(out, "could not restore: %d\n", len(restore.Skipped))
 	for _, s := range restore.Skipped {
 		fmt.Fprintf(out, "  %s %s: %s\n", s.Time.UTC().Format(time.RFC3339), s.Target, s.Why)
@@ -241,7 +255,8 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	if res.NoAliases > 0 {
 		fmt.Fprintf(out, "%d live certificates were recorded without their identity's e-mail and username: the inventory finds them by canonical name (issuer|subject) only\n", res.NoAliases)
 	}
-	fmt.Fprintf(out, "single-use tokens expiring before %s are refused (the tokens spent before the loss are not known)\n", refuseUntil.UTC().Format(time.RFC3339))
+	fmt.Fprintf(out, "single-use tokens issued before %s are refused (the tokens spent before the loss are not known); those without iat, when they expire before %s\n",
+		start.UTC().Format(time.RFC3339), refuseUntil.UTC().Format(time.RFC3339))
 	fmt.Fprintf(out, "new generation %d (%s): KRL versions are now above %d; CA replicas serve again, bastions install the rebuilt KRL\n",
 		g.Epoch, g.ID, revocation.ComposeVersion(g.Epoch, 0))
 	return nil
