@@ -88,6 +88,18 @@ type AuditRecord struct {
 	// redacted: `sshca store rebuild` restores the last one. Added in version 3 (absent: the
 	// record is of another kind, or predates it and the change cannot be replayed).
 	Keyring *Keyring `json:"keyring,omitempty"`
+	// Store is the store's generation and marks when an audit archive was written (target
+	// "audit archive", outcome "done"): the archive is then a witness outside the store, and a
+	// store found older than it was rolled back. Added in version 3.
+	Store *StoreWitness `json:"store,omitempty"`
+}
+
+// StoreWitness is what a store's generation marks said at one moment: the generation's random
+// ID and number, and the counter of each hash tag's mark in that generation (tag → counter).
+type StoreWitness struct {
+	Generation string            `json:"generation"`
+	Epoch      uint16            `json:"epoch"`
+	Marks      map[string]uint64 `json:"marks,omitempty"`
 }
 
 // AuditRecordVersion is the version of the records this package writes (AuditRecord.V).

@@ -9,6 +9,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -199,11 +201,14 @@ func (w *workload) missing(t *testing.T) (serials, tokens, records, audits int) 
 		}
 	}
 	for _, tok := range w.acked.tokens {
-		ok, err := db.UseToken(ctx, tok, time.Time{}, time.Now().Add(time.Hour))
+		// The spent token's key itself: the ledger would also refuse every token of a store
+		// whose generation marks were lost, which is not what is counted here.
+		sum := sha256.Sum256([]byte(tok))
+		n, err := rdb.Exists(ctx, store.Keys{}.Token(hex.EncodeToString(sum[:]))).Result()
 		if err != nil {
 			t.Fatalf("token ledger: %v", err)
 		}
-		if ok { // the token could be spent again: its mark was lost
+		if n == 0 { // the token could be spent again
 			tokens++
 		}
 	}

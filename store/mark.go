@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -316,7 +317,7 @@ func (r *Redis) runMarked(ctx context.Context, tag string, s *redis.Script, keys
 		}
 		exp := r.witness.expect(tag)
 		if err != nil {
-			g = exp.gen // lost already: write with what is known, the script says lost
+			g, exp = lostArgs(exp) // lost already: write with what is known, the script says lost
 		}
 		res, err := s.Run(ctx, r.rdb, keys, args(g, exp)...).Slice()
 		if err != nil {
@@ -371,9 +372,22 @@ func (r *Redis) BeginMarked(ctx context.Context, tag string) (*MarkedWrite, erro
 	}
 	exp := r.witness.expect(tag)
 	if err != nil {
-		g = exp.gen // lost already: the script says lost
+		g, exp = lostArgs(exp)
 	}
 	return &MarkedWrite{r: r, tag: tag, g: g, exp: exp}, nil
+}
+
+// lostArgs are the generation and expectation a write passes once the store was found to
+// have lost state: the script must only report the mark, never create one (a mark created
+// now, with no generation known, would make the lost store look initialised to a process that
+// reads it next), so a missing mark counts as seen and an unknown generation matches none.
+func lostArgs(exp expectation) (Generation, expectation) {
+	g := exp.gen
+	if !exp.known {
+		g = Generation{ID: "-"}
+	}
+	exp.seen = true
+	return g, exp
 }
 
 // Args are the script's mark arguments: the generation's id, its epoch, and the counter the
@@ -493,6 +507,60 @@ func (m *MarkedWrite) finishTx(found *redis.SliceCmd) error {
 		m.r.witness.observe(m.tag, m.exp, mk, true)
 	default:
 		m.r.witness.observe(m.tag, m.exp, mk, true) // a newer generation is adopted; another is lost
+	}
+	return nil
+}
+
+// Witnessed reads the store's generation record and every mark it holds (found by SCAN, on
+// each master of a Cluster) of that generation: what an audit archive keeps as a witness
+// outside the store (ca.StoreWitness). Marks of another generation are left out: they are
+// already a loss, which the witness of the process that wrote them reports.
+func (r *Redis) Witnessed(ctx context.Context) (ca.StoreWitness, error) {
+	vals, err := r.rdb.HMGet(ctx, r.keys.Generation(), "id", "epoch").Result()
+	if err != nil {
+		return ca.StoreWitness{}, fmt.Errorf("store: witness: %w", err)
+	}
+	if len(vals) != 2 || vals[0] == nil {
+		return ca.StoreWitness{}, errors.New("store: witness: the store has no generation record (never used, or lost)")
+	}
+	id, _ := vals[0].(string)
+	epoch, _ := vals[1].(string)
+	g, err := parseGeneration(id, epoch)
+	if err != nil {
+		return ca.StoreWitness{}, err
+	}
+	keys, err := r.markKeys(ctx)
+	if err != nil {
+		return ca.StoreWitness{}, err
+	}
+	out := ca.StoreWitness{Generation: g.ID, Epoch: g.Epoch, Marks: map[string]uint64{}}
+	prefix := r.keys.p() + ":"
+	for _, k := range keys {
+		m, present, err := parseMark(r.rdb.HMGet(ctx, k, "id", "epoch", "n").Val())
+		if err != nil || !present || m.Generation != g {
+			continue
+		}
+		out.Marks[strings.TrimSuffix(strings.TrimPrefix(k, prefix), ":mark")] = m.N
+	}
+	return out, nil
+}
+
+// Seed makes the witness start from w (an audit archive's record of the store), unless it
+// has already seen a generation: every later read compares the store with it, so a store
+// found without that generation record, with an older one, or with a mark missing or behind
+// w's has lost state (ErrStateLost), exactly as if this process had seen w itself.
+func (w *Witness) Seed(sw ca.StoreWitness) error {
+	if sw.Generation == "" {
+		return errors.New("store: witness without a generation")
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.known {
+		return nil
+	}
+	w.adoptLocked(Generation{ID: sw.Generation, Epoch: sw.Epoch})
+	for tag, n := range sw.Marks {
+		w.marks[tag] = n
 	}
 	return nil
 }

@@ -45,19 +45,15 @@ func (r *Redis) UseToken(ctx context.Context, id string, issued, until time.Time
 	if !until.After(r.now()) {
 		return false, nil // expired tokens never get this far; refuse rather than store forever
 	}
-	g, err := r.generation(ctx)
-	if err != nil && !errors.Is(err, ErrStateLost) {
-		return false, fmt.Errorf("store: token ledger: %w", err)
-	}
-	exp := r.witness.expect(TagTokens)
+	mw, err := r.BeginMarked(ctx, TagTokens)
 	if err != nil {
-		g = exp.gen // lost already: the script says lost, the token is refused below
+		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
 	sum := sha256.Sum256([]byte(id))
 	var marked *redis.Cmd
 	var set *redis.StatusCmd
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		marked = tokenScript.Eval(ctx, p, []string{r.keys.Mark(TagTokens), r.keys.TokensRefused()}, markArgs(g, exp)...)
+		marked = tokenScript.Eval(ctx, p, []string{r.keys.Mark(TagTokens), r.keys.TokensRefused()}, mw.Args()...)
 		set = p.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), "1", redis.SetArgs{Mode: "NX", ExpireAt: until})
 		return nil
 	})
@@ -71,16 +67,8 @@ func (r *Redis) UseToken(ctx context.Context, id string, issued, until time.Time
 	if len(res) != 6 {
 		return false, fmt.Errorf("store: token ledger: unexpected answer %v", res)
 	}
-	status, _ := res[0].(string)
-	m, _, merr := parseMark(res[1:4])
-	switch {
-	case status == "lost":
-		r.witness.lose(TagTokens, fmt.Sprintf("a token found the mark %s/%d/%d, expected %s/%d and at least %d",
-			m.ID, m.Epoch, m.N, g.ID, g.Epoch, exp.seenArg()))
-	case merr != nil:
-		return false, merr
-	default: // ok, or newer: a rebuild, whose generation the witness adopts
-		r.witness.observe(TagTokens, exp, m, true)
+	if err := mw.Finish(res[:4]); err != nil {
+		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
 	if err := r.witness.Lost(); err != nil {
 		return false, err

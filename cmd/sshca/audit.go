@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -17,6 +18,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sshca/sshca/audit"
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/store"
 )
 
 // AuditConfig configures the audit log (a hash chain in Redis, package audit).
@@ -24,6 +27,52 @@ type AuditConfig struct {
 	// KeyFile holds the HMAC key of the chain (hex, as `sshca audit genkey` writes it). Without
 	// it the chain is plain SHA-256: it shows accidents, not someone who can write to Redis.
 	KeyFile string `yaml:"key_file"`
+	// ArchiveFile is the newest audit archive (`sshca audit archive --out`), optional. Each
+	// archive run records the store's generation marks in it; at start the CA compares the
+	// store with that record, so a store restored from a copy older than the archive is found
+	// to have lost state even when no running replica or bastion saw the newer state.
+	ArchiveFile string `yaml:"archive_file"`
+}
+
+// archiveTarget is the target of the record that `sshca audit archive` appends before
+// archiving: the store's generation marks at that moment (ca.AuditRecord.Store).
+const archiveTarget = "audit archive"
+
+// archiveWitness verifies the archive at path with al's key and returns what it found and
+// the store witness of its newest archive record (nil when it holds none: written before
+// archives held one). each, when not nil, sees every record.
+func archiveWitness(al *audit.Log, path string, each func(audit.Entry)) (audit.ArchiveReport, *ca.StoreWitness, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return audit.ArchiveReport{}, nil, err
+	}
+	defer f.Close()
+	var w *ca.StoreWitness
+	ar, err := al.VerifyArchive(f, func(e audit.Entry) {
+		if e.Record.Store != nil && e.Record.Target == archiveTarget {
+			w = e.Record.Store
+		}
+		if each != nil {
+			each(e)
+		}
+	})
+	return ar, w, err
+}
+
+// checkAgainstArchive compares the store with an archive's witness (nil: nothing to compare):
+// an error when the store lost state or was rolled back since the archive was written.
+func checkAgainstArchive(ctx context.Context, st *store.Redis, w *ca.StoreWitness) error {
+	if w == nil {
+		return nil
+	}
+	if err := st.Witness().Seed(*w); err != nil {
+		return err
+	}
+	if err := st.CheckState(ctx); err != nil {
+		return fmt.Errorf("the store is older than the audit archive's record of it (generation %d, %s): it was restored from an older copy or lost state; run sshca store rebuild: %w",
+			w.Epoch, plural(len(w.Marks), "mark"), err)
+	}
+	return nil
 }
 
 // readAuditKey reads a key file that only its owner may read.
@@ -103,6 +152,7 @@ func newAuditCommand() *cobra.Command {
 
 	var redisURL, keyFile, archiveFile string
 	var print, acceptLegacy bool
+	var opened redis.UniversalClient // the client open made, nil without --redis
 	open := func() (*audit.Log, func(), []byte, error) {
 		var key []byte
 		if keyFile != "" {
@@ -121,6 +171,7 @@ func newAuditCommand() *cobra.Command {
 		}
 		// A command-line tool reads whole logs: 5 s an attempt unless the URL asks for less.
 		rdb := redis.NewClient(newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts))
+		opened = rdb
 		return audit.New(rdb, o), func() { rdb.Close() }, key, nil
 	}
 	keyed := func(key []byte) string {
@@ -171,13 +222,9 @@ func newAuditCommand() *cobra.Command {
 				}
 			}
 			var ar audit.ArchiveReport
+			var witness *ca.StoreWitness
 			if archiveFile != "" {
-				f, err := os.Open(archiveFile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if ar, err = al.VerifyArchive(f, each); err != nil {
+				if ar, witness, err = archiveWitness(al, archiveFile, each); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, records %d to %d, last %.16s\n",
@@ -189,6 +236,14 @@ func newAuditCommand() *cobra.Command {
 					warn(cmd.ErrOrStderr(), key, audit.Report{})
 					return nil
 				}
+			}
+			// The archive is a witness of the store: a store older than it was rolled back,
+			// whatever the chain in Redis says.
+			if err := checkAgainstArchive(cmd.Context(), store.NewRedis(opened, store.RedisOptions{}), witness); err != nil {
+				return err
+			}
+			if witness != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "the store is at or beyond the archive's record of it (generation %d)\n", witness.Epoch)
 			}
 			var rep audit.Report
 			if archiveFile != "" {
@@ -231,9 +286,27 @@ ends at exactly its record, or with --accept-legacy-base.`,
 				return err
 			}
 			defer f.Close()
-			prior, err := al.VerifyArchive(f, nil)
+			var witness *ca.StoreWitness
+			prior, err := al.VerifyArchive(f, func(e audit.Entry) {
+				if e.Record.Store != nil && e.Record.Target == archiveTarget {
+					witness = e.Record.Store
+				}
+			})
 			if err != nil {
 				return fmt.Errorf("%s does not verify, so nothing is appended to it: %w", archiveOut, err)
+			}
+			// The file's newest record of the store must not be older than the store: an archive
+			// of a rolled-back store would make the older state look like the newest.
+			st := store.NewRedis(opened, store.RedisOptions{})
+			if err := checkAgainstArchive(cmd.Context(), st, witness); err != nil {
+				return fmt.Errorf("nothing archived: %w", err)
+			}
+			// The store's marks as of now go into the chain, and so into this archive.
+			if w, err := st.Witnessed(cmd.Context()); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: the archive holds no record of the store's generation: %v\n", err)
+			} else if err := audit.New(opened, audit.Options{Key: key, Marks: st}).Append(cmd.Context(), ca.AuditRecord{Time: time.Now().UTC(),
+				Action: ca.ActionAdmin, Outcome: ca.OutcomeDone, Identity: "sshca audit archive", Target: archiveTarget, Store: &w}); err != nil {
+				return fmt.Errorf("audit archive: the record of the store's generation: %w", err)
 			}
 			rep, err := al.Archive(cmd.Context(), f, &prior)
 			if cerr := f.Close(); err == nil && cerr != nil {

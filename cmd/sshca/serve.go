@@ -111,6 +111,20 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		log.Warn("the audit log is chained with plain SHA-256: anyone who can write to Redis can rewrite it; set audit.key_file (sshca audit genkey)")
 	}
 	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: log, Marks: db})
+	if cfg.Audit.ArchiveFile != "" {
+		// The newest archive's record of the store is a witness outside it: this replica then
+		// finds a store restored from an older copy even though it never saw the newer state.
+		_, w, err := archiveWitness(audit.New(nil, audit.Options{Key: auditKey}), cfg.Audit.ArchiveFile, nil)
+		if err != nil {
+			return fmt.Errorf("audit.archive_file: %w", err)
+		}
+		if w != nil {
+			if err := db.Witness().Seed(*w); err != nil {
+				return fmt.Errorf("audit.archive_file: %w", err)
+			}
+			log.Info("the store is compared with the audit archive's record of it", "generation", w.Epoch, "marks", len(w.Marks))
+		}
+	}
 	p.limits = ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals,
 		IdentityBlock: cfg.Limits.IdentityBlock}
 	p.accessLimits = ca.AccessRequestLimits{PendingTimeout: cfg.Limits.AccessRequestTimeout, MaxWindow: cfg.Limits.MaxAccessWindow}

@@ -145,13 +145,16 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 
 	// The trail: each record once, archives first. A chain in Redis restored from a snapshot
 	// may repeat records an archive holds (same sequence number and MAC): those are skipped.
-	var gen uint16 // the newest generation a rebuild recorded
+	var gen uint16 // the newest generation a rebuild or an archive recorded
 	seen := map[uint64]string{}
 	add := func(e audit.Entry) {
 		if mac, ok := seen[e.Seq]; ok && mac == e.MAC {
 			return
 		}
 		seen[e.Seq] = e.MAC
+		if e.Record.Store != nil { // an archive's record of the store: a generation it had
+			gen = max(gen, e.Record.Store.Epoch)
+		}
 		if rest, ok := strings.CutPrefix(e.Record.Target, rebuildTargetPrefix); ok && e.Record.Action == ca.ActionAdmin {
 			if n, err := strconv.ParseUint(strings.Fields(rest + " ")[0], 10, 16); err == nil {
 				gen = max(gen, uint16(n))
