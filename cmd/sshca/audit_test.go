@@ -78,17 +78,18 @@ func TestAuditTrail(t *testing.T) {
 	if err != nil || len(msgs) != 3 {
 		t.Fatalf("stream: %d entries, %v", len(msgs), err)
 	}
-	// Archive the three records to a file, then the chain in Redis goes on from them.
+	// Archive the three records to a file, with the record of the store's generation marks that
+	// archive appends first, then the chain in Redis goes on from them.
 	archiveFile := filepath.Join(t.TempDir(), "audit.jsonl")
 	if out, err := runCLI(t, "", "audit", "archive", "--redis", "redis://"+r.Addr, "--key-file", cfg.Audit.KeyFile, "--out", archiveFile); err != nil ||
-		!strings.Contains(out, "archived 3 audit records") {
+		!strings.Contains(out, "archived 4 audit records") {
 		t.Fatalf("audit archive: %v\n%s", err, out)
 	}
 	if st, err := os.Stat(archiveFile); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("archive file: %v %v", st, err)
 	}
 	if out, err := runCLI(t, "", "audit", "verify", "--archive", archiveFile, "--key-file", cfg.Audit.KeyFile); err != nil ||
-		!strings.Contains(out, "OK: 3 audit records, chain intact, keyed (HMAC-SHA256), records 1 to 3") {
+		!strings.Contains(out, "OK: 4 audit records, chain intact, keyed (HMAC-SHA256), records 1 to 4") {
 		t.Fatalf("audit verify --archive: %v\n%s", err, out)
 	}
 	if n, _ := rdb.XLen(ctx, "sshca:{audit}:log").Result(); n != 0 {
@@ -109,7 +110,7 @@ func TestAuditTrail(t *testing.T) {
 	}
 	rdb.XDel(ctx, "sshca:{audit}:log", msgs[1].ID)
 	out, err = runCLI(t, "", "audit", "verify", "--redis", "redis://"+r.Addr, "--key-file", cfg.Audit.KeyFile)
-	if err == nil || !strings.Contains(err.Error(), "record 6 where 5 should be") {
+	if err == nil || !strings.Contains(err.Error(), "record 7 where 6 should be") {
 		t.Fatalf("a removed record went unnoticed: %v\n%s", err, out)
 	}
 }
