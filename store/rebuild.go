@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -62,10 +63,13 @@ func (r *Redis) NextGeneration(ctx context.Context, floor uint16) (Generation, e
 // markKeys lists the mark keys the store holds (every hash tag's, scopes included).
 func (r *Redis) markKeys(ctx context.Context) ([]string, error) {
 	var out []string
+	var mu sync.Mutex // ForEachMaster scans the masters at once
 	scan := func(ctx context.Context, c *redis.Client) error {
 		it := c.Scan(ctx, 0, r.keys.p()+":*:mark", 1000).Iterator()
 		for it.Next(ctx) {
+			mu.Lock()
 			out = append(out, it.Val())
+			mu.Unlock()
 		}
 		return it.Err()
 	}
