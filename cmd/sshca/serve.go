@@ -78,6 +78,10 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 	rdb := redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
 	defer rdb.Close()
 	db := store.NewRedis(rdb, store.RedisOptions{})
+	// Before anything reads the store: the witness then starts from the archive's record.
+	if err := seedFromArchive(db, cfg, log); err != nil {
+		return err
+	}
 	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
 		log.Warn("cannot publish the user CA to bastions yet; Redis unreachable?", "err", err)
 	}
@@ -111,20 +115,6 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		log.Warn("the audit log is chained with plain SHA-256: anyone who can write to Redis can rewrite it; set audit.key_file (sshca audit genkey)")
 	}
 	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: log, Marks: db})
-	if cfg.Audit.ArchiveFile != "" {
-		// The newest archive's record of the store is a witness outside it: this replica then
-		// finds a store restored from an older copy even though it never saw the newer state.
-		_, w, err := archiveWitness(audit.New(nil, audit.Options{Key: auditKey}), cfg.Audit.ArchiveFile, nil)
-		if err != nil {
-			return fmt.Errorf("audit.archive_file: %w", err)
-		}
-		if w != nil {
-			if err := db.Witness().Seed(*w); err != nil {
-				return fmt.Errorf("audit.archive_file: %w", err)
-			}
-			log.Info("the store is compared with the audit archive's record of it", "generation", w.Epoch, "marks", len(w.Marks))
-		}
-	}
 	p.limits = ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals,
 		IdentityBlock: cfg.Limits.IdentityBlock}
 	p.accessLimits = ca.AccessRequestLimits{PendingTimeout: cfg.Limits.AccessRequestTimeout, MaxWindow: cfg.Limits.MaxAccessWindow}
@@ -281,5 +271,34 @@ func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *km
 		MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL}
 	p.userSigner, p.hostSigner = userCA, hostCA
 	p.keys = func(a *ca.Authority) services.KeyAdmin { return keyring.Admin{Authority: a, Manager: m} }
+	return nil
+}
+
+// seedFromArchive makes db's witness start from the newest audit archive's record of the store
+// (audit.archive_file), a witness outside it: this replica then finds a store restored from an
+// older copy even though it never saw the newer state.
+func seedFromArchive(db *store.Redis, cfg *Config, log *slog.Logger) error {
+	if cfg.Audit.ArchiveFile == "" {
+		return nil
+	}
+	var key []byte
+	if cfg.Audit.KeyFile != "" {
+		var err error
+		if key, err = readAuditKey(cfg.Audit.KeyFile); err != nil {
+			return fmt.Errorf("audit.key_file: %w", err)
+		}
+	}
+	_, w, err := archiveWitness(audit.New(nil, audit.Options{Key: key}), cfg.Audit.ArchiveFile, nil)
+	if err != nil {
+		return fmt.Errorf("audit.archive_file: %w", err)
+	}
+	if w == nil {
+		log.Warn("audit.archive_file holds no record of the store (written before archives kept one): the store is not compared with it")
+		return nil
+	}
+	if err := db.Witness().Seed(*w); err != nil {
+		return fmt.Errorf("audit.archive_file: %w", err)
+	}
+	log.Info("the store is compared with the audit archive's record of it", "generation", w.Epoch, "marks", len(w.Marks))
 	return nil
 }
