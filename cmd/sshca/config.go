@@ -20,6 +20,7 @@ import (
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/policies"
 	"github.com/sshca/sshca/services"
+	"github.com/sshca/sshca/ui"
 )
 
 // Config is the whole configuration of `sshca serve`, loaded from one YAML file and validated
@@ -59,6 +60,9 @@ type Config struct {
 	Keyring KeyringConfig `yaml:"keyring"`
 	// Login is published at /v1/login/config for `sshca login` (optional).
 	Login *services.LoginConfig `yaml:"login"`
+	// Console turns on the approvers' web console under /ui/ (README "For approvers"); it
+	// signs in with Login's issuer and client.
+	Console ConsoleConfig `yaml:"console"`
 	// Limits are the hard caps no policy can lift, and the rate limits.
 	Limits LimitsConfig `yaml:"limits"`
 	// Audit configures the audit log's hash chain.
@@ -81,6 +85,15 @@ const DefaultDiagListen = "127.0.0.1:9850"
 
 // requestTimeout is RequestTimeout or its default.
 func (c *Config) requestTimeout() time.Duration { return c.withDefaults().RequestTimeout }
+
+// ConsoleConfig is the approvers' web console (package ui).
+type ConsoleConfig struct {
+	// PublicURL is the server's base URL as browsers reach it, e.g. "https://ca.example.com"
+	// (scheme and host, no path). Empty: no console. The identity provider must accept
+	// PublicURL + "/ui/callback" as a redirect URI of login.client_id. Plain http:// only for a
+	// loopback host.
+	PublicURL string `yaml:"public_url"`
+}
 
 // TLSConfig is the main listener's TLS: TLS 1.2 or later only. Without cert_file the listener
 // speaks plain HTTP (loopback, or behind_tls_proxy).
@@ -398,6 +411,13 @@ func (c *Config) validate(secretFiles bool) error {
 	}
 	if c.Login != nil && (c.Login.Issuer == "" || c.Login.ClientID == "") {
 		add("login: issuer_url and client_id are required for sshca login")
+	}
+	if c.Console.PublicURL != "" {
+		if c.Login == nil {
+			add("console.public_url: the console signs in with login's issuer_url and client_id; set login too")
+		} else if _, err := ui.ParsePublicURL(c.Console.PublicURL); err != nil {
+			add("console.public_url: %v", err)
+		}
 	}
 	if c.Audit.KeyFile != "" && secretFiles {
 		if _, err := readAuditKey(c.Audit.KeyFile); err != nil {

@@ -157,6 +157,7 @@ func runDev(ctx context.Context, o devOptions) error {
 	}
 	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: o.log, Marks: db})
 	p.login = &services.LoginConfig{Issuer: issuerURL, ClientID: devAudience, Scopes: []string{"openid", "email", "profile"}}
+	p.consoleURL = base // plain HTTP on loopback: the console's cookie is sshca-dev, not Secure (ui.CookieFor)
 	// The keyring is on, as with keyring.enabled in production, so that the rotation commands
 	// (sshca keys ..., README "CA key rotation") work here: generated keys are files in the
 	// state directory; the keyring itself lives in the in-process Redis and starts again from

@@ -119,7 +119,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- stri
 		IdentityBlock: cfg.Limits.IdentityBlock}
 	p.accessLimits = ca.AccessRequestLimits{PendingTimeout: cfg.Limits.AccessRequestTimeout, MaxWindow: cfg.Limits.MaxAccessWindow}
 	p.knownHostsPattern, p.trustedProxies = cfg.KnownHostsPattern, proxies
-	p.details, p.login, p.reg = details, cfg.Login, reg
+	p.details, p.login, p.reg, p.consoleURL = details, cfg.Login, reg, cfg.Console.PublicURL
 	if cfg.DiagListen != "" {
 		p.diag = http.NewServeMux()
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/sshca/sshca/services"
 	"github.com/sshca/sshca/signer"
 	"github.com/sshca/sshca/store"
+	"github.com/sshca/sshca/ui"
 )
 
 // parts are the concrete pieces an HTTP API is built from, in serve and in dev mode alike.
@@ -52,10 +53,13 @@ type parts struct {
 	knownHostsPattern string
 	details           func() map[string]string
 	login             *services.LoginConfig
-	keys              func(*ca.Authority) services.KeyAdmin
-	reg               *prometheus.Registry
-	trustedProxies    []netip.Prefix
-	log               *slog.Logger
+	// consoleURL, when set with login, mounts the approvers' console under /ui/ (package ui)
+	// with this public URL.
+	consoleURL     string
+	keys           func(*ca.Authority) services.KeyAdmin
+	reg            *prometheus.Registry
+	trustedProxies []netip.Prefix
+	log            *slog.Logger
 	// diag, when set, gets /metrics and the detailed /readyz (services.MountDiag; serve mounts
 	// it on diag_listen), and the public /readyz says only ready or not. Nil: both stay on the
 	// API's own mux (dev mode, on loopback).
@@ -165,6 +169,16 @@ func apiHandler(p parts) (http.Handler, error) {
 		KRLFeed:           p.krlFeed,
 		Stop:              p.stop,
 	})
+	if p.login != nil && p.consoleURL != "" {
+		// The console calls the authority with the signed-in user's ID token, as the API does
+		// with a bearer token: the same authentication, policy and audit.
+		console, err := ui.New(ui.Options{PublicURL: p.consoleURL, Issuer: p.login.Issuer, ClientID: p.login.ClientID,
+			Scopes: p.login.Scopes, Requests: authority, Logger: p.log})
+		if err != nil {
+			return nil, fmt.Errorf("console: %w", err)
+		}
+		mux.Handle("/ui/", console.Handler())
+	}
 	if p.diag == nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}

@@ -33,6 +33,7 @@ var signInPage = template.Must(template.New("signin").Parse(`<!doctype html>
 {{end}}<label>sub <input name="sub" value="alice"></label>
 <label>email <input name="email" value="alice@example.com"></label>
 <label>groups (comma separated) <input name="groups" value=""></label>
+<label>sign-in methods, amr (comma separated) <input name="amr" value="pwd,hwk"></label>
 <button>Sign in</button>
 </form>`))
 
@@ -83,6 +84,12 @@ func (i *Issuer) authorize(w http.ResponseWriter, r *http.Request) {
 	}
 	if g := strings.TrimSpace(q.Get("groups")); g != "" {
 		claims["groups"] = strings.Split(g, ",")
+	}
+	// auth_time is now: this form is the sign-in. amr says which factors were "used", so the
+	// policy's second-factor rules (approving, privileged principals) can be met or not.
+	claims["auth_time"] = i.opt.Now().Unix()
+	if a := strings.TrimSpace(q.Get("amr")); a != "" {
+		claims["amr"] = strings.Split(a, ",")
 	}
 	if n := q.Get("nonce"); n != "" {
 		claims["nonce"] = n

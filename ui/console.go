@@ -1,0 +1,448 @@
+package ui
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"golang.org/x/oauth2"
+
+	"github.com/sshca/sshca/ca"
+)
+
+//go:embed templates/*.html static/style.css
+var files embed.FS
+
+var pages = template.Must(template.New("").Funcs(template.FuncMap{
+	"join": strings.Join,
+	"when": func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format("2006-01-02 15:04:05 UTC")
+	},
+	"dur": func(s int64) string { return (time.Duration(s) * time.Second).String() },
+}).ParseFS(files, "templates/*.html"))
+
+// Requests is what the console calls, with the signed-in user's ID token as the token: the
+// access request calls of the API, authenticated and decided by the policy in the domain.
+// *ca.Authority implements it.
+type Requests interface {
+	GetAccessRequest(ctx context.Context, token, id string) (ca.AccessRequest, error)
+	ListAccessRequests(ctx context.Context, token string, mine, pending bool) ([]ca.AccessRequest, error)
+	DecideAccessRequest(ctx context.Context, token, id string, d ca.AccessDecision) (ca.AccessRequest, error)
+}
+
+var _ Requests = (*ca.Authority)(nil)
+
+// Options configure a Console.
+type Options struct {
+	// PublicURL is the server's base URL as browsers reach it ("https://ca.example.com"); the
+	// OIDC redirect URI is PublicURL + "/ui/callback" and must be registered at the issuer.
+	// http:// is accepted only for a loopback host (sshca dev).
+	PublicURL string
+	// Issuer and ClientID name the OIDC issuer and the public client (no secret; PKCE) the
+	// console signs in with, as for `sshca login`; Scopes default to openid, email, profile.
+	Issuer, ClientID string
+	Scopes           []string
+	Requests         Requests
+	// Now is the clock (default time.Now); Logger gets failures (never a token).
+	Now    func() time.Time
+	Logger *slog.Logger
+	// HTTPClient reaches the issuer (default http.DefaultClient).
+	HTTPClient *http.Client
+}
+
+// Console serves the pages under /ui/.
+type Console struct {
+	o        Options
+	public   *url.URL
+	cookie   Cookie
+	sessions *sessions
+
+	mu       sync.Mutex
+	provider *oidc.Provider // discovered at the first sign-in, kept once found
+}
+
+// ParsePublicURL checks a console public URL: scheme://host[:port], https, or http on a
+// loopback host (sshca dev), where the session cookie cannot be Secure.
+func ParsePublicURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil || u.Fragment != "" {
+		return nil, fmt.Errorf("ui: public URL %q must be scheme://host[:port] with no path", raw)
+	}
+	if u.Scheme != "https" && (u.Scheme != "http" || !loopbackHost(u)) {
+		return nil, fmt.Errorf("ui: public URL %q must be https (plain http only on a loopback host, for sshca dev)", raw)
+	}
+	return u, nil
+}
+
+// New checks the options and returns the console.
+func New(o Options) (*Console, error) {
+	u, err := ParsePublicURL(o.PublicURL)
+	if err != nil {
+		return nil, err
+	}
+	if o.Issuer == "" || o.ClientID == "" || o.Requests == nil {
+		return nil, errors.New("ui: the issuer URL, client ID and the request service are required")
+	}
+	if len(o.Scopes) == 0 {
+		o.Scopes = []string{oidc.ScopeOpenID, "email", "profile"}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.HTTPClient == nil {
+		o.HTTPClient = http.DefaultClient
+	}
+	u.Path = ""
+	return &Console{o: o, public: u, cookie: CookieFor(u), sessions: newSessions(o.Now)}, nil
+}
+
+// Handler serves every /ui/ path; mount it at "/ui/".
+func (c *Console) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ui/style.css", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/css; charset=utf-8")
+		http.ServeFileFS(w, r, files, "static/style.css")
+	})
+	mux.HandleFunc("GET /ui/login", c.login)
+	mux.HandleFunc("GET /ui/callback", c.callback)
+	mux.HandleFunc("POST /ui/logout", c.signedIn(c.logout))
+	mux.HandleFunc("GET /ui/{$}", c.signedIn(c.pending))
+	mux.HandleFunc("GET /ui/access", c.signedIn(c.access))
+	mux.HandleFunc("GET /ui/requests/{id}", c.signedIn(c.request))
+	mux.HandleFunc("POST /ui/requests/{id}/approve", c.signedIn(c.decide(true)))
+	mux.HandleFunc("POST /ui/requests/{id}/deny", c.signedIn(c.decide(false)))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		setSecurityHeaders(w.Header())
+		mux.ServeHTTP(w, r)
+	})
+}
+
+type page struct {
+	Title string
+	User  string
+	CSRF  string
+	Error string
+	Data  any
+}
+
+func (c *Console) render(w http.ResponseWriter, code int, name string, p page) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(code)
+	if err := pages.ExecuteTemplate(w, name, p); err != nil {
+		c.o.Logger.Error("ui: render", "page", name, "err", err)
+	}
+}
+
+// fail renders the domain error's caller-safe message with the status the API would give.
+func (c *Console) fail(w http.ResponseWriter, s session, err error) {
+	code, msg := http.StatusInternalServerError, "internal error; the server log has the details"
+	var de *ca.Error
+	if errors.As(err, &de) {
+		code = statusOf(de.Kind)
+		if de.Kind != ca.KindInternal {
+			msg = de.Msg
+			if len(de.Reasons) > 0 {
+				msg += ": " + strings.Join(de.Reasons, "; ")
+			}
+		}
+	}
+	if code >= 500 {
+		c.o.Logger.Error("ui: request failed", "err", err)
+	}
+	c.render(w, code, "error.html", page{Title: "Error", User: s.user, CSRF: s.csrf, Error: msg})
+}
+
+// statusOf maps a domain error kind to the status the API gives it (services.err2code).
+func statusOf(k ca.ErrorKind) int {
+	switch k {
+	case ca.KindInvalid:
+		return http.StatusBadRequest
+	case ca.KindUnauthenticated:
+		return http.StatusUnauthorized
+	case ca.KindDenied:
+		return http.StatusForbidden
+	case ca.KindNotFound:
+		return http.StatusNotFound
+	case ca.KindConflict:
+		return http.StatusConflict
+	case ca.KindUnavailable:
+		return http.StatusServiceUnavailable
+	case ca.KindRateLimited:
+		return http.StatusTooManyRequests
+	}
+	return http.StatusInternalServerError
+}
+
+func (c *Console) current(r *http.Request) (string, session, bool) {
+	ck, err := r.Cookie(c.cookie.Name)
+	if err != nil {
+		return "", session{}, false
+	}
+	s, ok := c.sessions.get(ck.Value)
+	return ck.Value, s, ok
+}
+
+// signedIn runs h for a signed-in session and sends anyone else to sign in, back to this page
+// afterwards. A POST must carry the session's CSRF token and, when the browser sends one, the
+// console's own Origin.
+func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, string, session)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, s, ok := c.current(r)
+		if !ok || !s.signedIn() {
+			if r.Method != http.MethodGet {
+				c.render(w, http.StatusUnauthorized, "error.html", page{Title: "Signed out",
+					Error: "your session has ended; sign in again and repeat the action"})
+				return
+			}
+			c.render(w, http.StatusOK, "signin.html", page{Title: "Sign in", Data: "/ui/login?" + url.Values{"return": {r.URL.RequestURI()}}.Encode()})
+			return
+		}
+		if r.Method == http.MethodPost {
+			if o := r.Header.Get("Origin"); o != "" && o != c.public.Scheme+"://"+c.public.Host {
+				c.render(w, http.StatusForbidden, "error.html", page{Title: "Refused", User: s.user, CSRF: s.csrf,
+					Error: "this form was posted from another site (Origin " + o + "); use the console's own pages"})
+				return
+			}
+			r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+			if err := r.ParseForm(); err != nil || !sameToken(r.PostForm.Get("csrf"), s.csrf) {
+				c.render(w, http.StatusForbidden, "error.html", page{Title: "Refused", User: s.user, CSRF: s.csrf,
+					Error: "the form's csrf token is missing or not this session's: reload the page and submit it again"})
+				return
+			}
+		}
+		h(w, r, id, s)
+	}
+}
+
+func (c *Console) oauth(ctx context.Context) (*oauth2.Config, *oidc.Provider, error) {
+	c.mu.Lock()
+	p := c.provider
+	c.mu.Unlock()
+	if p == nil {
+		var err error
+		if p, err = oidc.NewProvider(oidc.ClientContext(ctx, c.o.HTTPClient), c.o.Issuer); err != nil {
+			return nil, nil, err
+		}
+		c.mu.Lock()
+		c.provider = p
+		c.mu.Unlock()
+	}
+	ep := p.Endpoint()
+	ep.AuthStyle = oauth2.AuthStyleInParams // a public client: no secret
+	return &oauth2.Config{ClientID: c.o.ClientID, Endpoint: ep, Scopes: c.o.Scopes,
+		RedirectURL: c.public.String() + "/ui/callback"}, p, nil
+}
+
+// login starts the authorization code flow with PKCE (RFC 7636): a fresh login session holds
+// the verifier, state, nonce and the local return path; the browser goes to the issuer. It
+// is a GET reached by a link, not a form: Chromium applies form-action to the redirects
+// that follow a form post, and the issuer is another origin.
+func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	conf, _, err := c.oauth(r.Context())
+	if err != nil {
+		c.o.Logger.Error("ui: OIDC discovery", "issuer", c.o.Issuer, "err", err)
+		c.render(w, http.StatusServiceUnavailable, "error.html", page{Title: "Error", Error: "cannot reach the identity provider " + c.o.Issuer + "; try again later"})
+		return
+	}
+	old, _, _ := c.current(r)
+	s := session{csrf: randomToken(), expires: c.o.Now().Add(loginTimeout), state: randomToken(),
+		verifier: oauth2.GenerateVerifier(), nonce: randomToken(), returnTo: LocalPath(r.URL.Query().Get("return"))}
+	id, ok := c.sessions.put(old, s)
+	if !ok {
+		c.render(w, http.StatusServiceUnavailable, "error.html", page{Title: "Error", Error: "too many sign-ins in progress; try again in a few minutes"})
+		return
+	}
+	c.cookie.set(w, id, int(loginTimeout/time.Second))
+	http.Redirect(w, r, conf.AuthCodeURL(s.state, oauth2.S256ChallengeOption(s.verifier), oidc.Nonce(s.nonce)), http.StatusSeeOther)
+}
+
+// callback ends the flow: the state must be the login session's, the code is exchanged with
+// its verifier, the ID token verified (issuer, audience, expiry, nonce). The login session is
+// then replaced by a signed-in one under a new ID that lasts as long as the ID token.
+func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
+	old, s, ok := c.current(r)
+	q := r.URL.Query()
+	refuse := func(msg string) {
+		if ok {
+			c.sessions.end(old)
+		}
+		c.cookie.clear(w)
+		c.render(w, http.StatusBadRequest, "error.html", page{Title: "Sign-in failed", Error: msg, Data: "/ui/login"})
+	}
+	switch {
+	case !ok || s.signedIn() || s.state == "":
+		refuse("no sign-in is in progress in this browser (or it took longer than 10 minutes); start again")
+		return
+	case q.Get("error") != "":
+		refuse("the identity provider refused the sign-in: " + q.Get("error"))
+		return
+	case !sameToken(q.Get("state"), s.state):
+		refuse("the identity provider's answer does not belong to this sign-in (state); start again")
+		return
+	}
+	conf, provider, err := c.oauth(r.Context())
+	if err != nil {
+		refuse("cannot reach the identity provider; try again later")
+		return
+	}
+	tok, err := conf.Exchange(oidc.ClientContext(r.Context(), c.o.HTTPClient), q.Get("code"), oauth2.VerifierOption(s.verifier))
+	if err != nil {
+		c.o.Logger.Warn("ui: code exchange failed", "err", err)
+		refuse("the identity provider did not accept the sign-in code; start again")
+		return
+	}
+	raw, _ := tok.Extra("id_token").(string)
+	idt, err := provider.Verifier(&oidc.Config{ClientID: c.o.ClientID, Now: c.o.Now,
+		SupportedSigningAlgs: []string{oidc.RS256, oidc.ES256, oidc.ES384, oidc.PS256, oidc.EdDSA}}).Verify(r.Context(), raw)
+	if err != nil || !sameToken(idt.Nonce, s.nonce) {
+		refuse("the identity provider's ID token does not verify or does not belong to this sign-in (nonce); start again")
+		return
+	}
+	var claims struct {
+		Username string `json:"preferred_username"`
+		Email    string `json:"email"`
+	}
+	_ = idt.Claims(&claims)
+	user := cmpOr(claims.Username, claims.Email, idt.Subject)
+	id, ok2 := c.sessions.put(old, session{csrf: randomToken(), expires: idt.Expiry, idToken: raw, user: user, sub: idt.Subject})
+	if !ok2 {
+		refuse("too many sessions; try again in a few minutes")
+		return
+	}
+	c.cookie.set(w, id, max(1, int(idt.Expiry.Sub(c.o.Now())/time.Second)))
+	http.Redirect(w, r, s.returnTo, http.StatusSeeOther)
+}
+
+func cmpOr(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func (c *Console) logout(w http.ResponseWriter, r *http.Request, id string, _ session) {
+	c.sessions.end(id)
+	c.cookie.clear(w)
+	c.render(w, http.StatusOK, "signin.html", page{Title: "Signed out", Data: "/ui/login"})
+}
+
+// requestView is one request as a page shows it, with the policy's view of what it lacks.
+type requestView struct {
+	ca.AccessRequest
+	State     string
+	Counted   []ca.Approval
+	Needs     int
+	Own       bool
+	Hash      string
+	Decidable bool
+}
+
+func (c *Console) view(r ca.AccessRequest, sub string) requestView {
+	v := requestView{AccessRequest: r, State: string(r.StateAt(c.o.Now())), Hash: r.ContentHash()}
+	for _, a := range r.Approvals {
+		if a.ContentHash == v.Hash { // an approval of other content never counts (ca.checkDecision)
+			v.Counted = append(v.Counted, a)
+		}
+	}
+	v.Needs = max(0, r.ApprovalsRequired-len(v.Counted))
+	v.Own = r.Requester.Subject == sub // a hint on the page; the domain refuses self-approval by canonical identity and e-mail
+	v.Decidable = v.State == string(ca.RequestPending)
+	return v
+}
+
+func (c *Console) pending(w http.ResponseWriter, r *http.Request, _ string, s session) {
+	rs, err := c.o.Requests.ListAccessRequests(r.Context(), s.idToken, false, true)
+	if err != nil {
+		c.fail(w, s, err)
+		return
+	}
+	var vs []requestView
+	for _, q := range rs {
+		vs = append(vs, c.view(q, s.sub))
+	}
+	c.render(w, http.StatusOK, "pending.html", page{Title: "Pending requests", User: s.user, CSRF: s.csrf, Data: vs})
+}
+
+func (c *Console) request(w http.ResponseWriter, r *http.Request, _ string, s session) {
+	q, err := c.o.Requests.GetAccessRequest(r.Context(), s.idToken, r.PathValue("id"))
+	if err != nil {
+		c.fail(w, s, err)
+		return
+	}
+	c.render(w, http.StatusOK, "request.html", page{Title: "Request " + q.ID, User: s.user, CSRF: s.csrf, Data: c.view(q, s.sub)})
+}
+
+// decide approves or denies through the same domain call as POST /v1/requests/ID/approve,
+// naming the content hash the page showed: an approval counts only for what the approver saw.
+func (c *Console) decide(approve bool) func(http.ResponseWriter, *http.Request, string, session) {
+	return func(w http.ResponseWriter, r *http.Request, _ string, s session) {
+		id := r.PathValue("id")
+		_, err := c.o.Requests.DecideAccessRequest(r.Context(), s.idToken, id, ca.AccessDecision{Approve: approve,
+			ContentHash: r.PostForm.Get("content_hash"), Reason: r.PostForm.Get("reason")})
+		if err != nil {
+			c.fail(w, s, err)
+			return
+		}
+		http.Redirect(w, r, "/ui/requests/"+url.PathEscape(id), http.StatusSeeOther)
+	}
+}
+
+// holding is one approved request in its window and the certificates issued under it.
+type holding struct {
+	requestView
+	Serials []string
+}
+
+// access lists who holds access now: the approved requests whose window is open and the
+// certificates issued under them, filtered by identity and principal. It shows the requests
+// the signed-in user may see (its own and those it may decide), as the API would.
+func (c *Console) access(w http.ResponseWriter, r *http.Request, _ string, s session) {
+	rs, err := c.o.Requests.ListAccessRequests(r.Context(), s.idToken, false, false)
+	if err != nil {
+		c.fail(w, s, err)
+		return
+	}
+	ident, principal := strings.TrimSpace(r.URL.Query().Get("identity")), strings.TrimSpace(r.URL.Query().Get("principal"))
+	var hs []holding
+	for _, q := range rs {
+		v := c.view(q, s.sub)
+		// Approved and in its window, or revoked before its window ended (flagged): a
+		// certificate lives no longer than the window it was issued in.
+		live := v.State == string(ca.RequestApproved) || q.Status == ca.RequestRevoked && c.o.Now().Before(q.NotAfter)
+		if !live {
+			continue
+		}
+		if ident != "" && !strings.Contains(q.Requester.Name(), ident) && !strings.Contains(q.Requester.Email, ident) {
+			continue
+		}
+		if principal != "" && !slices.Contains(q.Principals, principal) {
+			continue
+		}
+		h := holding{requestView: v}
+		for _, sn := range q.Serials {
+			h.Serials = append(h.Serials, strconv.FormatUint(sn, 10))
+		}
+		hs = append(hs, h)
+	}
+	c.render(w, http.StatusOK, "access.html", page{Title: "Who holds access now", User: s.user, CSRF: s.csrf,
+		Data: map[string]any{"Holdings": hs, "Identity": ident, "Principal": principal}})
+}

@@ -1,0 +1,430 @@
+package ui
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/identity/devissuer"
+)
+
+// fakeRequests stands in for the authority: it reads the token's subject (verified by the
+// console before, so only parsed here) and refuses self-approval as the domain does.
+type fakeRequests struct {
+	mu      sync.Mutex
+	req     ca.AccessRequest
+	tokens  []string
+	decided []ca.AccessDecision
+}
+
+func subjectOf(tok string) string {
+	var c struct {
+		Sub string `json:"sub"`
+	}
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	b, err := base64URL(parts[1])
+	if err != nil {
+		return ""
+	}
+	_ = jsonUnmarshal(b, &c)
+	return c.Sub
+}
+
+func (f *fakeRequests) GetAccessRequest(_ context.Context, token, id string) (ca.AccessRequest, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tokens = append(f.tokens, token)
+	if id != f.req.ID {
+		return ca.AccessRequest{}, &ca.Error{Kind: ca.KindNotFound, Msg: "no access request " + id + " that you may see"}
+	}
+	return f.req, nil
+}
+
+func (f *fakeRequests) ListAccessRequests(_ context.Context, token string, _, _ bool) ([]ca.AccessRequest, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tokens = append(f.tokens, token)
+	return []ca.AccessRequest{f.req}, nil
+}
+
+func (f *fakeRequests) DecideAccessRequest(_ context.Context, token, id string, d ca.AccessDecision) (ca.AccessRequest, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tokens = append(f.tokens, token)
+	if subjectOf(token) == f.req.Requester.Subject {
+		return ca.AccessRequest{}, ca.Denied("you may not approve your own request")
+	}
+	if d.ContentHash != f.req.ContentHash() {
+		return ca.AccessRequest{}, &ca.Error{Kind: ca.KindConflict, Msg: "the request's content differs from what you saw"}
+	}
+	f.decided = append(f.decided, d)
+	f.req.Approvals = append(f.req.Approvals, ca.Approval{Approver: ca.Identity{Subject: subjectOf(token)}, ContentHash: d.ContentHash, Reason: d.Reason})
+	f.req.Status, f.req.DecidedAt, f.req.NotAfter = ca.RequestApproved, time.Now(), time.Now().Add(30*time.Minute)
+	return f.req, nil
+}
+
+type rig struct {
+	t       *testing.T
+	srv     *httptest.Server
+	console *Console
+	reqs    *fakeRequests
+	mu      sync.Mutex
+	now     time.Time
+	// locations are every redirect target the browser was sent to.
+	locations []string
+}
+
+func (r *rig) clock() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now }
+
+const secret = "dev-secret-for-tests"
+
+// newRig serves the dev issuer under /idp and the console under /ui/ on one loopback server.
+func newRig(t *testing.T, public func(srvURL string) string) *rig {
+	t.Helper()
+	r := &rig{t: t, now: time.Now()}
+	mux := http.NewServeMux()
+	r.srv = httptest.NewServer(mux)
+	t.Cleanup(r.srv.Close)
+	iss, err := devissuer.New(r.srv.URL+"/idp", devissuer.Options{Audience: "sshca", Secret: secret, Now: r.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux.Handle("/idp/", http.StripPrefix("/idp", iss.Handler()))
+	now := time.Now()
+	r.reqs = &fakeRequests{req: ca.AccessRequest{ID: "req_AAAAAAAAAAAAAAAA", Requester: ca.Identity{Issuer: r.srv.URL + "/idp", Subject: "alice"},
+		Principals: []string{"root"}, TTLSeconds: 1800, Reason: "OPS-1234 disk full", Ticket: "OPS-1234", CreatedAt: now,
+		PendingUntil: now.Add(time.Hour), ApprovalsRequired: 1, Status: ca.RequestPending}}
+	pub := r.srv.URL
+	if public != nil {
+		pub = public(r.srv.URL)
+	}
+	r.console, err = New(Options{PublicURL: pub, Issuer: r.srv.URL + "/idp", ClientID: "sshca", Requests: r.reqs, Now: r.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux.Handle("/ui/", r.console.Handler())
+	return r
+}
+
+// browser is a client with a cookie jar that records every redirect.
+func (r *rig) browser() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Jar: jar, CheckRedirect: func(req *http.Request, via []*http.Request) error {
+		r.mu.Lock()
+		r.locations = append(r.locations, req.URL.String())
+		r.mu.Unlock()
+		return nil
+	}}
+}
+
+func body(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// signIn follows the console's sign-in link through the dev issuer's form as sub and returns
+// the page it lands on.
+func (r *rig) signIn(c *http.Client, sub, returnTo string) (*http.Response, string) {
+	r.t.Helper()
+	resp, err := c.Get(r.srv.URL + "/ui/login?return=" + url.QueryEscape(returnTo))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	page := body(r.t, resp)
+	if resp.StatusCode != 200 || !strings.Contains(page, "dev_secret") {
+		r.t.Fatalf("issuer sign-in page: %d %s", resp.StatusCode, page)
+	}
+	form := url.Values{}
+	for _, m := range regexp.MustCompile(`name="([a-z_]+)" value="([^"]*)"`).FindAllStringSubmatch(page, -1) {
+		form.Set(m[1], htmlUnescape(m[2]))
+	}
+	form.Set("sub", sub)
+	form.Set("email", sub+"@example.com")
+	form.Set("groups", "sre-leads")
+	resp, err = c.PostForm(resp.Request.URL.String(), form)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return resp, body(r.t, resp)
+}
+
+func csrfOf(t *testing.T, page string) string {
+	t.Helper()
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no csrf field in page:\n%s", page)
+	}
+	return m[1]
+}
+
+func TestSignInApproveSignOut(t *testing.T) {
+	r := newRig(t, nil)
+	c := r.browser()
+
+	resp, err := c.Get(r.srv.URL + "/ui/requests/" + r.reqs.req.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := body(t, resp); !strings.Contains(p, `href="/ui/login?return=%2Fui%2Frequests%2F`+r.reqs.req.ID+`"`) || strings.Contains(p, "OPS-1234") {
+		t.Fatalf("signed-out page should offer a sign-in link back here and show nothing:\n%s", p)
+	}
+	if _, err := c.Get(r.srv.URL + "/ui/login?return=/ui/"); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(r.srv.URL)
+	var loginID string
+	for _, ck := range c.Jar.Cookies(u) {
+		if ck.Name == "sshca-dev" {
+			loginID = ck.Value
+		}
+	}
+	if loginID == "" {
+		t.Fatal("no login session cookie")
+	}
+
+	resp, page := r.signIn(c, "bob", "/ui/requests/"+r.reqs.req.ID)
+	if resp.Request.URL.Path != "/ui/requests/"+r.reqs.req.ID || !strings.Contains(page, "needs 1 more approval") || !strings.Contains(page, "OPS-1234 disk full") {
+		t.Fatalf("after sign-in landed on %s:\n%s", resp.Request.URL, page)
+	}
+	// Rotation: the login session's ID names nothing now.
+	if _, ok := r.console.sessions.get(loginID); ok {
+		t.Fatal("the login session ID still names a session after sign-in")
+	}
+	// No token in any URL: the browser's redirects carried a code, never the ID token.
+	tok := r.reqs.tokens[len(r.reqs.tokens)-1]
+	for _, l := range r.locations {
+		if strings.Contains(l, tok) || strings.Contains(l, "id_token") {
+			t.Fatalf("a redirect carried the ID token: %s", l)
+		}
+	}
+	if subjectOf(tok) != "bob" {
+		t.Fatalf("the console called the domain with a token of %q, want bob's", subjectOf(tok))
+	}
+
+	csrf := csrfOf(t, page)
+	forged := csrf[:len(csrf)-1] + map[bool]string{true: "B", false: "A"}[csrf[len(csrf)-1] == 'A']
+	hash := r.reqs.req.ContentHash()
+	post := func(form url.Values, hdr map[string]string) *http.Response {
+		req, _ := http.NewRequest("POST", r.srv.URL+"/ui/requests/"+r.reqs.req.ID+"/approve", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	for name, tc := range map[string]struct {
+		form url.Values
+		hdr  map[string]string
+	}{
+		"forged csrf":    {url.Values{"csrf": {forged}, "content_hash": {hash}, "reason": {"ok"}}, nil},
+		"no csrf":        {url.Values{"content_hash": {hash}, "reason": {"ok"}}, nil},
+		"foreign origin": {url.Values{"csrf": {csrf}, "content_hash": {hash}, "reason": {"ok"}}, map[string]string{"Origin": "https://evil.example"}},
+	} {
+		resp := post(tc.form, tc.hdr)
+		if p := body(t, resp); resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s: status %d, want 403:\n%s", name, resp.StatusCode, p)
+		}
+	}
+	if len(r.reqs.decided) != 0 {
+		t.Fatalf("a refused form reached the domain: %+v", r.reqs.decided)
+	}
+	resp = post(url.Values{"csrf": {csrf}, "content_hash": {hash}, "reason": {"looked at OPS-1234"}}, map[string]string{"Origin": r.srv.URL})
+	if p := body(t, resp); resp.StatusCode != 200 || !strings.Contains(p, `id="state">approved`) || !strings.Contains(p, "looked at OPS-1234") {
+		t.Fatalf("approve: %d\n%s", resp.StatusCode, p)
+	}
+	if got := r.reqs.decided; len(got) != 1 || !got[0].Approve || got[0].ContentHash != hash {
+		t.Fatalf("decisions = %+v", got)
+	}
+
+	// GET on a state-changing path changes nothing.
+	resp, _ = c.Get(r.srv.URL + "/ui/requests/" + r.reqs.req.ID + "/approve?csrf=" + csrf)
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET approve: %d, want 405", resp.StatusCode)
+	}
+	resp.Body.Close()
+
+	req, _ := http.NewRequest("POST", r.srv.URL+"/ui/logout", strings.NewReader(url.Values{"csrf": {csrf}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, _ = c.Do(req)
+	body(t, resp)
+	resp, _ = c.Get(r.srv.URL + "/ui/")
+	if p := body(t, resp); !strings.Contains(p, `id="signin"`) {
+		t.Fatalf("after sign-out /ui/ still shows:\n%s", p)
+	}
+	if n := len(r.console.sessions.m); n != 0 {
+		t.Fatalf("%d sessions left after sign-out", n)
+	}
+}
+
+func TestSelfApprovalRefused(t *testing.T) {
+	r := newRig(t, nil)
+	c := r.browser()
+	_, page := r.signIn(c, "alice", "/ui/requests/"+r.reqs.req.ID)
+	if !strings.Contains(page, "your own request") || strings.Contains(page, `id="approve"`) {
+		t.Fatalf("the requester's page offers to approve:\n%s", page)
+	}
+	// Posting the form anyway reaches the domain, which refuses: the console grants nothing.
+	form := url.Values{"csrf": {csrfOf(t, page)}, "content_hash": {r.reqs.req.ContentHash()}, "reason": {"me"}}
+	resp, _ := c.PostForm(r.srv.URL+"/ui/requests/"+r.reqs.req.ID+"/approve", form)
+	if p := body(t, resp); resp.StatusCode != http.StatusForbidden || !strings.Contains(p, "own request") {
+		t.Fatalf("self-approval: %d\n%s", resp.StatusCode, p)
+	}
+}
+
+func TestForeignReturnPath(t *testing.T) {
+	r := newRig(t, nil)
+	for _, rt := range []string{"https://evil.example/ui/", "//evil.example/", "/ui/../v1/requests"} {
+		resp, _ := r.signIn(r.browser(), "bob", rt)
+		if resp.Request.URL.Host != strings.TrimPrefix(r.srv.URL, "http://") || resp.Request.URL.Path != "/ui/" {
+			t.Errorf("return %q landed on %s", rt, resp.Request.URL)
+		}
+	}
+}
+
+func TestSecurityHeadersOnEveryPage(t *testing.T) {
+	r := newRig(t, nil)
+	c := r.browser()
+	r.signIn(c, "bob", "/ui/")
+	for _, p := range []string{"/ui/", "/ui/access", "/ui/requests/" + r.reqs.req.ID, "/ui/requests/req_NOPE", "/ui/style.css", "/ui/nope", "/ui/callback"} {
+		resp, err := c.Get(r.srv.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("Content-Security-Policy"); got != "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'" {
+			t.Errorf("%s: CSP %q", p, got)
+		}
+		if got := resp.Header.Get("Referrer-Policy"); got != "no-referrer" {
+			t.Errorf("%s: Referrer-Policy %q", p, got)
+		}
+	}
+}
+
+func TestCallbackRefusesForeignState(t *testing.T) {
+	r := newRig(t, nil)
+	c := r.browser()
+	// A login begun in this browser, then a callback with another state (an attacker's code).
+	resp, _ := c.Get(r.srv.URL + "/ui/login?return=/ui/")
+	body(t, resp)
+	resp, _ = c.Get(r.srv.URL + "/ui/callback?code=x&state=attacker")
+	if p := body(t, resp); resp.StatusCode != http.StatusBadRequest || !strings.Contains(p, "state") {
+		t.Fatalf("foreign state: %d\n%s", resp.StatusCode, p)
+	}
+	// Without any login in progress.
+	resp, _ = r.browser().Get(r.srv.URL + "/ui/callback?code=x&state=y")
+	if body(t, resp); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("callback without login: %d", resp.StatusCode)
+	}
+}
+
+func TestSessionEndsWithIDToken(t *testing.T) {
+	r := newRig(t, nil)
+	c := r.browser()
+	r.signIn(c, "bob", "/ui/")
+	resp, _ := c.Get(r.srv.URL + "/ui/")
+	if p := body(t, resp); !strings.Contains(p, "Sign out") {
+		t.Fatalf("not signed in:\n%s", p)
+	}
+	r.mu.Lock()
+	r.now = r.now.Add(10*time.Minute + time.Second) // the dev issuer's tokens last 10 minutes
+	r.mu.Unlock()
+	resp, _ = c.Get(r.srv.URL + "/ui/")
+	if p := body(t, resp); strings.Contains(p, "Sign out") || !strings.Contains(p, `id="signin"`) {
+		t.Fatalf("session outlived the ID token:\n%s", p)
+	}
+}
+
+func TestDevCookieOnPlainHTTP(t *testing.T) {
+	r := newRig(t, nil)
+	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Get(r.srv.URL + "/ui/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	sc := resp.Header.Get("Set-Cookie")
+	if !strings.HasPrefix(sc, "sshca-dev=") || !strings.Contains(sc, "HttpOnly") || !strings.Contains(sc, "SameSite=Lax") ||
+		!strings.Contains(sc, "Path=/") || strings.Contains(sc, "Secure") || strings.Contains(sc, "Domain") {
+		t.Fatalf("dev cookie: %s", sc)
+	}
+	loc := resp.Header.Get("Location")
+	q, _ := url.Parse(loc)
+	if q.Query().Get("code_challenge_method") != "S256" || q.Query().Get("code_challenge") == "" || q.Query().Get("redirect_uri") != r.srv.URL+"/ui/callback" {
+		t.Fatalf("authorization request lacks PKCE or the callback: %s", loc)
+	}
+}
+
+func TestHostCookieOnHTTPS(t *testing.T) {
+	r := newRig(t, func(string) string { return "https://ca.example.com" })
+	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Get(r.srv.URL + "/ui/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	ck := resp.Cookies()
+	if len(ck) != 1 {
+		t.Fatalf("cookies: %v", ck)
+	}
+	if c := ck[0]; c.Name != "__Host-sshca" || !c.Secure || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Path != "/" || c.Domain != "" {
+		t.Fatalf("cookie: %s", resp.Header.Get("Set-Cookie"))
+	}
+	if !strings.Contains(resp.Header.Get("Location"), url.QueryEscape("https://ca.example.com/ui/callback")) {
+		t.Fatalf("redirect_uri is not the public URL's: %s", resp.Header.Get("Location"))
+	}
+}
+
+func TestAccessPage(t *testing.T) {
+	r := newRig(t, nil)
+	now := time.Now()
+	r.reqs.req.Status, r.reqs.req.DecidedAt, r.reqs.req.NotAfter, r.reqs.req.Serials = ca.RequestApproved, now, now.Add(30*time.Minute), []uint64{4242}
+	c := r.browser()
+	r.signIn(c, "bob", "/ui/")
+	get := func(q string) string {
+		resp, err := c.Get(r.srv.URL + "/ui/access" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return body(t, resp)
+	}
+	if p := get(""); !strings.Contains(p, `<code class="serial">4242</code>`) || strings.Contains(p, `class="revoked"`) {
+		t.Fatalf("access page:\n%s", p)
+	}
+	if p := get("?principal=root&identity=alice"); !strings.Contains(p, "4242") {
+		t.Fatalf("filter root/alice hides the holding:\n%s", p)
+	}
+	for _, q := range []string{"?principal=admin", "?identity=carol"} {
+		if p := get(q); strings.Contains(p, "4242") {
+			t.Fatalf("filter %s shows the holding:\n%s", q, p)
+		}
+	}
+	r.reqs.mu.Lock()
+	r.reqs.req.Status = ca.RequestRevoked
+	r.reqs.mu.Unlock()
+	if p := get(""); !strings.Contains(p, `class="revoked"`) || !strings.Contains(p, "4242") {
+		t.Fatalf("revoked holding not flagged:\n%s", p)
+	}
+	r.mu.Lock()
+	r.now = now.Add(31 * time.Minute)
+	r.mu.Unlock()
+	r.signIn(c, "bob", "/ui/") // the first session ended with its token
+	if p := get(""); strings.Contains(p, "4242") {
+		t.Fatalf("a holding past its window is shown:\n%s", p)
+	}
+}

@@ -1,0 +1,79 @@
+package ui
+
+import (
+	"net/url"
+	"testing"
+)
+
+func TestLocalPath(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/ui/", "/ui/"},
+		{"/ui/access?identity=bob&principal=root", "/ui/access?identity=bob&principal=root"},
+		{"/ui/requests/req_ABC", "/ui/requests/req_ABC"},
+		// Each of these gets past a naive "starts with /" check and leaves the console.
+		{"//evil.example/ui/", "/ui/"},
+		{"/ui//evil.example", "/ui/"},
+		{"https://evil.example/ui/", "/ui/"},
+		{"/\\evil.example", "/ui/"},
+		{"/ui/\\\\evil.example", "/ui/"},
+		{"/ui/../v1/requests", "/ui/"},
+		{"/ui/%2e%2e/v1/requests", "/ui/"},
+		{"/ui/%2E%2E%2Fv1", "/ui/"},
+		{"/ui/\r\nSet-Cookie: x=y", "/ui/"},
+		{"/ui/\tx", "/ui/"},
+		{"javascript:alert(1)", "/ui/"},
+		{"/v1/requests", "/ui/"},
+		{"", "/ui/"},
+		{"ui/", "/ui/"},
+	} {
+		if got := LocalPath(tc.in); got != tc.want {
+			t.Errorf("LocalPath(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func FuzzLocalPath(f *testing.F) {
+	for _, s := range []string{"/ui/", "//evil", "/ui/../x", "/ui/%2e%2e/x", "https://x/ui/", "/ui/a?b=//c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := LocalPath(s)
+		u, err := url.Parse(got)
+		if err != nil || u.Scheme != "" || u.Host != "" || len(got) < 4 || got[:4] != "/ui/" || got[4:] != "" && got[4] == '/' {
+			t.Fatalf("LocalPath(%q) = %q, which is not a console path", s, got)
+		}
+		// Resolved against the console's origin, the result stays on it.
+		base, _ := url.Parse("https://ca.example.com/ui/x")
+		if r := base.ResolveReference(u); r.Host != "ca.example.com" {
+			t.Fatalf("LocalPath(%q) = %q resolves to host %q", s, got, r.Host)
+		}
+	})
+}
+
+func TestCookieFor(t *testing.T) {
+	for _, tc := range []struct {
+		url  string
+		want Cookie
+	}{
+		{"https://ca.example.com", Cookie{Name: "__Host-sshca", Secure: true}},
+		{"http://127.0.0.1:8089", Cookie{Name: "sshca-dev", Secure: false}},
+	} {
+		u, _ := url.Parse(tc.url)
+		if got := CookieFor(u); got != tc.want {
+			t.Errorf("CookieFor(%s) = %+v, want %+v", tc.url, got, tc.want)
+		}
+	}
+}
+
+func TestNewRefusesPlainHTTPOffLoopback(t *testing.T) {
+	for _, u := range []string{"http://ca.example.com", "http://10.0.0.1:8089", "https://ca.example.com/ui", "ca.example.com", "http://127.0.0.1.evil.example"} {
+		if _, err := New(Options{PublicURL: u, Issuer: "https://idp", ClientID: "sshca", Requests: &fakeRequests{}}); err == nil {
+			t.Errorf("New accepted public URL %q", u)
+		}
+	}
+	for _, u := range []string{"https://ca.example.com", "http://127.0.0.1:8089", "http://localhost:1", "http://[::1]:2"} {
+		if _, err := New(Options{PublicURL: u, Issuer: "https://idp", ClientID: "sshca", Requests: &fakeRequests{}}); err != nil {
+			t.Errorf("New refused public URL %q: %v", u, err)
+		}
+	}
+}
