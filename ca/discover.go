@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -65,38 +66,66 @@ type DiscoveryStore interface {
 	PutDiscovery(ctx context.Context, rec DiscoveryRecord) error
 	// Discoveries lists every host's record, by host name.
 	Discoveries(ctx context.Context) ([]DiscoveryRecord, error)
+	// OrderDisable asks the host to disable the key with this fingerprint; DisableOrders
+	// lists the host's pending orders; DoneDisable drops one.
+	OrderDisable(ctx context.Context, host, fingerprint string) error
+	DisableOrders(ctx context.Context, host string) ([]string, error)
+	DoneDisable(ctx context.Context, host, fingerprint string) error
 }
 
 // AcceptDiscovery keeps a host's discovery report: the proof must be signed with
 // DiscoverContext by the key of a current, unrevoked host certificate of ours, over these
 // exact bytes, for a host name that the certificate names and the report gives as its
 // "host". Anything else is refused (401; 400 for a report that is not JSON with a host).
-func (a *Authority) AcceptDiscovery(ctx context.Context, st DiscoveryStore, token string, report []byte) (string, error) {
+// It returns the host name and the fingerprints of the keys an admin ordered disabled there
+// that the report still lists (an order is done once a report no longer lists its key).
+func (a *Authority) AcceptDiscovery(ctx context.Context, st DiscoveryStore, token string, report []byte) (string, []string, error) {
 	var c DiscoverClaims
 	cert, err := a.verifyHostProof(ctx, token, DiscoverContext, "discovery", &c, &c.RenewClaims)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	sum := sha256.Sum256(report)
 	if c.ReportSHA256 != hex.EncodeToString(sum[:]) {
-		return "", Unauthenticated("discovery token rejected: report_sha256 is not the SHA-256 of the body sent; sign the body you send", nil)
+		return "", nil, Unauthenticated("discovery token rejected: report_sha256 is not the SHA-256 of the body sent; sign the body you send", nil)
 	}
 	var head struct {
 		Host string `json:"host"`
+		Keys []struct {
+			Fingerprint string `json:"fingerprint"`
+		} `json:"keys"`
 	}
 	if err := json.Unmarshal(report, &head); err != nil || head.Host == "" {
-		return "", Invalid("discovery report: not a JSON object with a \"host\" (the host name its certificate names)")
+		return "", nil, Invalid("discovery report: not a JSON object with a \"host\" (the host name its certificate names)")
 	}
 	if head.Host != c.Host {
-		return "", Invalid("discovery report: host %q differs from the proof's host %q; sign for the host the report is for", head.Host, c.Host)
+		return "", nil, Invalid("discovery report: host %q differs from the proof's host %q; sign for the host the report is for", head.Host, c.Host)
 	}
 	if !slices.Contains(cert.ValidPrincipals, c.Host) {
-		return "", Unauthenticated(fmt.Sprintf("discovery token rejected: host %q is not among the host names of the certificate; report under one of %q", c.Host, cert.ValidPrincipals), nil)
+		return "", nil, Unauthenticated(fmt.Sprintf("discovery token rejected: host %q is not among the host names of the certificate; report under one of %q", c.Host, cert.ValidPrincipals), nil)
 	}
 	if err := st.PutDiscovery(ctx, DiscoveryRecord{Host: c.Host, Received: a.now().UTC(), Report: report}); err != nil {
-		return "", Unavailable("discovery store unavailable", err)
+		return "", nil, Unavailable("discovery store unavailable", err)
 	}
-	return c.Host, nil
+	orders, err := st.DisableOrders(ctx, c.Host)
+	if err != nil {
+		return "", nil, Unavailable("discovery store unavailable", err)
+	}
+	listed := map[string]bool{}
+	for _, k := range head.Keys {
+		listed[k.Fingerprint] = true
+	}
+	var pending []string
+	for _, fp := range orders {
+		if !listed[fp] {
+			if err := st.DoneDisable(ctx, c.Host, fp); err != nil {
+				return "", nil, Unavailable("discovery store unavailable", err)
+			}
+			continue
+		}
+		pending = append(pending, fp)
+	}
+	return c.Host, pending, nil
 }
 
 // Discoveries lists the last report of every host to an admin (policy kind "admin").
@@ -111,6 +140,32 @@ func (a *Authority) Discoveries(ctx context.Context, st DiscoveryStore, token st
 	return recs, nil
 }
 
+// fingerprintRE is OpenSSH's SHA256 fingerprint: "SHA256:" and 43 characters of unpadded
+// base64.
+var fingerprintRE = regexp.MustCompile(`^SHA256:[A-Za-z0-9+/]{43}$`)
+
+// DisableDiscovered orders host to comment out the key with this fingerprint from the
+// authorized_keys files its last report lists it in (policy kind "admin", audited with the
+// reason). The host's next report gets the order and applies it; a later report that no
+// longer lists the key ends the order. Restoring is done on the host only.
+func (a *Authority) DisableDiscovered(ctx context.Context, st DiscoveryStore, token, host, fingerprint, reason string) error {
+	switch {
+	case host == "" || strings.ContainsAny(host, " \t\n/"):
+		return Invalid("host: give the host name the report is under (sshca discover report lists them)")
+	case !fingerprintRE.MatchString(fingerprint):
+		return Invalid("fingerprint %q: want SHA256:<43 base64 characters>, as sshca discover report prints it", fingerprint)
+	case strings.TrimSpace(reason) == "":
+		return Invalid("reason is required: say why (it is recorded)")
+	}
+	target := fmt.Sprintf("disable long-lived key %s on %s: %s", fingerprint, host, reason)
+	return a.AuthorizeThen(ctx, token, ActionAdmin, target, func(ctx context.Context) error {
+		if err := st.OrderDisable(ctx, host, fingerprint); err != nil {
+			return Unavailable("discovery store unavailable", err)
+		}
+		return nil
+	})
+}
+
 // DiscoveryDesk binds the authority's discovery calls to the store the server wires.
 type DiscoveryDesk struct {
 	Authority *Authority
@@ -118,8 +173,13 @@ type DiscoveryDesk struct {
 }
 
 // AcceptDiscovery is Authority.AcceptDiscovery on the desk's store.
-func (d DiscoveryDesk) AcceptDiscovery(ctx context.Context, token string, report []byte) (string, error) {
+func (d DiscoveryDesk) AcceptDiscovery(ctx context.Context, token string, report []byte) (string, []string, error) {
 	return d.Authority.AcceptDiscovery(ctx, d.Store, token, report)
+}
+
+// DisableDiscovered is Authority.DisableDiscovered on the desk's store.
+func (d DiscoveryDesk) DisableDiscovered(ctx context.Context, token, host, fingerprint, reason string) error {
+	return d.Authority.DisableDiscovered(ctx, d.Store, token, host, fingerprint, reason)
 }
 
 // Discoveries is Authority.Discoveries on the desk's store.

@@ -3,6 +3,7 @@ package ca_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,8 +18,9 @@ import (
 
 // memDiscoveries is a DiscoveryStore in a map.
 type memDiscoveries struct {
-	mu   sync.Mutex
-	recs map[string]ca.DiscoveryRecord
+	mu     sync.Mutex
+	recs   map[string]ca.DiscoveryRecord
+	orders []string // "host fingerprint"
 }
 
 func (m *memDiscoveries) PutDiscovery(_ context.Context, r ca.DiscoveryRecord) error {
@@ -28,6 +30,32 @@ func (m *memDiscoveries) PutDiscovery(_ context.Context, r ca.DiscoveryRecord) e
 		m.recs = map[string]ca.DiscoveryRecord{}
 	}
 	m.recs[r.Host] = r
+	return nil
+}
+
+func (m *memDiscoveries) OrderDisable(_ context.Context, host, fp string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.orders = append(m.orders, host+" "+fp)
+	return nil
+}
+
+func (m *memDiscoveries) DisableOrders(_ context.Context, host string) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for _, o := range m.orders {
+		if h, fp, _ := strings.Cut(o, " "); h == host {
+			out = append(out, fp)
+		}
+	}
+	return out, nil
+}
+
+func (m *memDiscoveries) DoneDisable(_ context.Context, host, fp string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.orders = slices.DeleteFunc(m.orders, func(o string) bool { return o == host+" "+fp })
 	return nil
 }
 
@@ -104,7 +132,7 @@ func TestAcceptDiscovery(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			st := &memDiscoveries{}
-			host, err := a.AcceptDiscovery(ctx, st, tt.token, tt.body)
+			host, _, err := a.AcceptDiscovery(ctx, st, tt.token, tt.body)
 			if tt.want == 0 {
 				if err != nil || len(st.recs) != 1 || string(st.recs[host].Report) != string(tt.body) || !st.recs[host].Received.Equal(now) {
 					t.Fatalf("refused or not kept: %v, %+v", err, st.recs)
@@ -126,5 +154,75 @@ func TestAcceptDiscovery(t *testing.T) {
 	}
 	if _, err := a.Discoveries(ctx, &memDiscoveries{}, "good"); err != nil {
 		t.Errorf("admin listing: %v", err)
+	}
+}
+
+// TestDisableDiscovered: an admin's order reaches the host with its next report while that
+// report lists the key, and ends once a report no longer does; bad input is a 400 naming the
+// field; a non-admin's order is refused and not kept.
+func TestDisableDiscovered(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	clock := func() time.Time { return now }
+	pol, err := policies.LoadFS(ctx, policies.Embedded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caKey, _ := newSSHKey(t)
+	sgn := signer.New(caKey, anySerial{}, signer.Options{Now: clock})
+	admin := ca.Identity{Issuer: "https://idp", Subject: "admin", Username: "admin", Groups: []string{"sshca-admins"}}
+	audit := &fakeAudit{}
+	newAuthority := func(id ca.Identity) *ca.Authority {
+		a, err := ca.New(ca.Config{Authenticator: fakeAuth{id: id}, Policy: pol, UserSigner: sgn, HostSigner: sgn,
+			Store: &fakeStore{}, Revocations: nothingRevoked{}, Tokens: &onceLedger{}, Audit: audit, Now: clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	a := newAuthority(admin)
+	hostKey, hostPub := newSSHKey(t)
+	cert, err := sgn.Sign(ctx, &ssh.Certificate{Key: hostPub, CertType: ssh.HostCert, KeyId: "web1", ValidPrincipals: []string{"web1"}}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := ssh.FingerprintSHA256(hostPub)
+	st := &memDiscoveries{}
+	for _, bad := range []struct{ host, fp, reason, field string }{
+		{"", fp, "r", "host"}, {"web1", "MD5:aa", "r", "fingerprint"}, {"web1", fp, " ", "reason"}, {"a b", fp, "r", "host"},
+	} {
+		var e *ca.Error
+		if err := a.DisableDiscovered(ctx, st, "good", bad.host, bad.fp, bad.reason); !errors.As(err, &e) || e.Kind != ca.KindInvalid || !strings.Contains(err.Error(), bad.field) {
+			t.Errorf("%+v: %v, want invalid naming %s", bad, err, bad.field)
+		}
+	}
+	user := ca.Identity{Issuer: "https://idp", Subject: "bob", Username: "bob", Groups: []string{"dev"}}
+	if err := newAuthority(user).DisableDiscovered(ctx, st, "good", "web1", fp, "left"); err == nil || len(st.orders) != 0 {
+		t.Errorf("a non-admin ordered a disable: %v %v", err, st.orders)
+	}
+	if err := a.DisableDiscovered(ctx, st, "good", "web1", fp, "bob left"); err != nil {
+		t.Fatal(err)
+	}
+	send := func(body string) []string {
+		t.Helper()
+		tok, err := ca.SignDiscoverProof(hostKey, cert, "web1", []byte(body), now, "j")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, orders, err := a.AcceptDiscovery(ctx, st, tok, []byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return orders
+	}
+	with := `{"host":"web1","keys":[{"fingerprint":"` + fp + `"}]}`
+	if got := send(with); len(got) != 1 || got[0] != fp {
+		t.Errorf("orders with the key listed: %v", got)
+	}
+	if got := send(with); len(got) != 1 {
+		t.Errorf("the order ended before the key was gone: %v", got)
+	}
+	if got := send(`{"host":"web1","keys":[]}`); len(got) != 0 || len(st.orders) != 0 {
+		t.Errorf("the order outlived the key: %v %v", got, st.orders)
 	}
 }

@@ -3,6 +3,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"time"
 )
@@ -71,18 +73,44 @@ type DiscoveryList struct {
 	Hosts []DiscoveryRecord `json:"hosts"`
 }
 
+// DiscoveryAccepted is the answer to a report: the host it was kept under, and the
+// fingerprints of keys an admin ordered disabled there that the report still lists.
+type DiscoveryAccepted struct {
+	Host    string   `json:"host"`
+	Disable []string `json:"disable"`
+}
+
+// DiscoveryDisableRequest is the body of POST /v1/discovery/disable.
+type DiscoveryDisableRequest struct {
+	Host        string `json:"host"`
+	Fingerprint string `json:"fingerprint"`
+	Reason      string `json:"reason"`
+}
+
+// DisableDiscovered orders a host to comment out a key (POST /v1/discovery/disable; admins).
+func (c *Client) DisableDiscovered(ctx context.Context, token string, req DiscoveryDisableRequest) error {
+	return c.Do(ctx, http.MethodPost, "/v1/discovery/disable", token, req, nil)
+}
+
 // ReportDiscovery sends a host's report (POST /v1/discovery). body is the report's JSON
 // exactly as proof signed it (ca.SignDiscoverProof binds the proof to these bytes).
-func (c *Client) ReportDiscovery(ctx context.Context, proof string, body []byte) error {
+func (c *Client) ReportDiscovery(ctx context.Context, proof string, body []byte) (DiscoveryAccepted, error) {
 	ctx, cancel := context.WithTimeout(ctx, PostTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.server+"/v1/discovery", bytes.NewReader(body))
 	if err != nil {
-		return err
+		return DiscoveryAccepted{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	_, _, err = c.send(req, proof)
-	return err
+	var out DiscoveryAccepted
+	data, _, err := c.send(req, proof)
+	if err != nil {
+		return out, err
+	}
+	if err := json.Unmarshal(data, &out); err != nil {
+		return out, fmt.Errorf("POST /v1/discovery: unreadable answer: %w", err)
+	}
+	return out, nil
 }
 
 // Discoveries lists every host's last discovery report (GET /v1/discovery; admins).

@@ -20,22 +20,31 @@ import (
 // signed by their host key (POST /v1/discovery), admins list (GET /v1/discovery).
 // ca.DiscoveryDesk implements it.
 type Discovery interface {
-	AcceptDiscovery(ctx context.Context, token string, report []byte) (string, error)
+	AcceptDiscovery(ctx context.Context, token string, report []byte) (string, []string, error)
+	DisableDiscovered(ctx context.Context, token, host, fingerprint, reason string) error
 	Discoveries(ctx context.Context, token string) ([]ca.DiscoveryRecord, error)
 }
 
 var _ Discovery = ca.DiscoveryDesk{}
 
 type discoveryCall struct {
-	list   bool
-	token  string
-	report []byte
+	list    bool
+	disable *client.DiscoveryDisableRequest
+	token   string
+	report  []byte
 }
 
 type discoveryAccepted struct {
-	Host string `json:"host"`
-	Err  error  `json:"-"`
+	client.DiscoveryAccepted
+	Err error `json:"-"`
 }
+
+type discoveryDisabled struct {
+	Ordered bool  `json:"ordered"`
+	Err     error `json:"-"`
+}
+
+func (r discoveryDisabled) Failed() error { return r.Err }
 
 func (r discoveryAccepted) Failed() error { return r.Err }
 
@@ -49,13 +58,23 @@ func (r discoveryListResponse) Failed() error { return r.Err }
 func makeDiscoveryEndpoint(s Discovery, log *slog.Logger) endpoint.Endpoint {
 	return func(ctx context.Context, request any) (any, error) {
 		c := request.(discoveryCall)
+		if d := c.disable; d != nil {
+			err := s.DisableDiscovered(ctx, c.token, d.Host, d.Fingerprint, d.Reason)
+			if err == nil {
+				log.InfoContext(ctx, "discovery disable ordered", "host", d.Host, "fingerprint", d.Fingerprint)
+			}
+			return discoveryDisabled{Ordered: err == nil, Err: err}, nil
+		}
 		if !c.list {
 			begin := time.Now()
-			host, err := s.AcceptDiscovery(ctx, c.token, c.report)
+			host, orders, err := s.AcceptDiscovery(ctx, c.token, c.report)
 			if err == nil {
-				log.InfoContext(ctx, "discovery report", "host", host, "bytes", len(c.report), "took", time.Since(begin))
+				log.InfoContext(ctx, "discovery report", "host", host, "bytes", len(c.report), "disable", len(orders), "took", time.Since(begin))
 			}
-			return discoveryAccepted{Host: host, Err: err}, nil
+			if orders == nil {
+				orders = []string{}
+			}
+			return discoveryAccepted{DiscoveryAccepted: client.DiscoveryAccepted{Host: host, Disable: orders}, Err: err}, nil
 		}
 		recs, err := s.Discoveries(ctx, c.token)
 		out := client.DiscoveryList{Hosts: []client.DiscoveryRecord{}}
@@ -98,14 +117,24 @@ func decodeDiscoveryReport(_ context.Context, r *http.Request) (any, error) {
 	return c, nil
 }
 
+func decodeDiscoveryDisable(_ context.Context, r *http.Request) (any, error) {
+	var d client.DiscoveryDisableRequest
+	if err := decodeJSON(r, &d); err != nil {
+		return nil, err
+	}
+	token, err := bearer(r)
+	return discoveryCall{disable: &d, token: token}, err
+}
+
 func decodeDiscoveryList(_ context.Context, r *http.Request) (any, error) {
 	token, err := bearer(r)
 	return discoveryCall{list: true, token: token}, err
 }
 
-// mountDiscovery mounts POST and GET /v1/discovery.
+// mountDiscovery mounts POST and GET /v1/discovery and POST /v1/discovery/disable.
 func mountDiscovery(mux *http.ServeMux, s Discovery, log *slog.Logger, encodeResponse kithttp.EncodeResponseFunc, opts []kithttp.ServerOption) {
 	e := makeDiscoveryEndpoint(s, log)
 	mux.Handle("POST /v1/discovery", kithttp.NewServer(e, decodeDiscoveryReport, encodeResponse, opts...))
 	mux.Handle("GET /v1/discovery", kithttp.NewServer(e, decodeDiscoveryList, encodeResponse, opts...))
+	mux.Handle("POST /v1/discovery/disable", kithttp.NewServer(e, decodeDiscoveryDisable, encodeResponse, opts...))
 }

@@ -50,10 +50,71 @@ func (r *Redis) Discoveries(ctx context.Context) ([]ca.DiscoveryRecord, error) {
 	return out, nil
 }
 
+// OrderDisable adds fingerprint to the host's disable orders (a set, Keys.DiscoveryDisable).
+func (r *Redis) OrderDisable(ctx context.Context, host, fingerprint string) error {
+	if err := r.rdb.SAdd(ctx, r.keys.DiscoveryDisable(host), fingerprint).Err(); err != nil {
+		return fmt.Errorf("store: discovery order: %w", err)
+	}
+	return nil
+}
+
+// DisableOrders lists the host's pending disable orders, sorted.
+func (r *Redis) DisableOrders(ctx context.Context, host string) ([]string, error) {
+	fps, err := r.rdb.SMembers(ctx, r.keys.DiscoveryDisable(host)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: discovery orders: %w", err)
+	}
+	sort.Strings(fps)
+	return fps, nil
+}
+
+// DoneDisable drops one of the host's disable orders.
+func (r *Redis) DoneDisable(ctx context.Context, host, fingerprint string) error {
+	if err := r.rdb.SRem(ctx, r.keys.DiscoveryDisable(host), fingerprint).Err(); err != nil {
+		return fmt.Errorf("store: discovery order done: %w", err)
+	}
+	return nil
+}
+
 // memDiscovery is Memory's discovery role, under its own lock.
 type memDiscovery struct {
-	mu   sync.Mutex
-	recs map[string][]byte // JSON, as in Redis
+	mu     sync.Mutex
+	recs   map[string][]byte          // JSON, as in Redis
+	orders map[string]map[string]bool // host → fingerprints
+}
+
+// OrderDisable adds fingerprint to the host's disable orders.
+func (m *Memory) OrderDisable(_ context.Context, host, fingerprint string) error {
+	m.discovery.mu.Lock()
+	defer m.discovery.mu.Unlock()
+	if m.discovery.orders == nil {
+		m.discovery.orders = map[string]map[string]bool{}
+	}
+	if m.discovery.orders[host] == nil {
+		m.discovery.orders[host] = map[string]bool{}
+	}
+	m.discovery.orders[host][fingerprint] = true
+	return nil
+}
+
+// DisableOrders lists the host's pending disable orders, sorted.
+func (m *Memory) DisableOrders(_ context.Context, host string) ([]string, error) {
+	m.discovery.mu.Lock()
+	defer m.discovery.mu.Unlock()
+	fps := []string{}
+	for fp := range m.discovery.orders[host] {
+		fps = append(fps, fp)
+	}
+	sort.Strings(fps)
+	return fps, nil
+}
+
+// DoneDisable drops one of the host's disable orders.
+func (m *Memory) DoneDisable(_ context.Context, host, fingerprint string) error {
+	m.discovery.mu.Lock()
+	defer m.discovery.mu.Unlock()
+	delete(m.discovery.orders[host], fingerprint)
+	return nil
 }
 
 // PutDiscovery replaces the host's record.

@@ -40,5 +40,27 @@ func TestDiscoveryContract(t *testing.T) {
 		if diff := cmp.Diff([]ca.DiscoveryRecord{w1, w2}, got); diff != "" {
 			t.Errorf("(-want +got):\n%s", diff)
 		}
+
+		// Disable orders: per host, a set, dropped one at a time.
+		for _, o := range [][2]string{{"web1", "SHA256:b"}, {"web1", "SHA256:a"}, {"web1", "SHA256:b"}, {"web2", "SHA256:c"}} {
+			if err := s.OrderDisable(ctx, o[0], o[1]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got, err := s.DisableOrders(ctx, "web1"); err != nil || !cmp.Equal(got, []string{"SHA256:a", "SHA256:b"}) {
+			t.Errorf("web1 orders %v %v", got, err)
+		}
+		if err := s.DoneDisable(ctx, "web1", "SHA256:a"); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.DisableOrders(ctx, "web1"); !cmp.Equal(got, []string{"SHA256:b"}) {
+			t.Errorf("web1 orders after one done: %v", got)
+		}
+		if got, _ := s.DisableOrders(ctx, "web2"); !cmp.Equal(got, []string{"SHA256:c"}) {
+			t.Errorf("web2 orders: %v", got)
+		}
+		if got, err := s.DisableOrders(ctx, "web3"); err != nil || len(got) != 0 {
+			t.Errorf("a host without orders: %v %v", got, err)
+		}
 	})
 }

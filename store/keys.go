@@ -193,6 +193,10 @@ func (k Keys) Outbox() string { return k.p() + ":outbox" }
 // ca.DiscoveryRecord as JSON) (discovery). One key, untagged.
 func (k Keys) Discovery() string { return k.p() + ":discovery" }
 
+// DiscoveryDisable is the set of fingerprints an admin ordered the host to disable, until a
+// report of the host no longer lists them (discovery). One key, untagged.
+func (k Keys) DiscoveryDisable(host string) string { return k.p() + ":discovery:disable:" + host }
+
 // Reader says who reads a key.
 type Reader int
 
@@ -221,6 +225,7 @@ const (
 	exampleAlias    = "email:alice@example.com"
 	exampleToken    = "00ff"
 	exampleRequest  = "req_abcdefghijklmnop"
+	exampleHost     = "web1.example.com"
 )
 
 // Layout lists every kind of key sshca writes, one example each with the placeholders filled
@@ -270,5 +275,6 @@ func (k Keys) Layout() []KeySpec {
 		{k.Discovery(), "Discovery", "", "discovery", ReadByCA},
 		{k.Mark(TagAudit), "Mark", TagAudit, "mark", ReadByCA},
 		{k.Mark(TagTokens), "Mark", TagTokens, "mark", ReadByCA},
+		{k.DiscoveryDisable(exampleHost), "DiscoveryDisable", "", "discovery", ReadByCA},
 	}
 }

@@ -180,6 +180,7 @@ func TestLayoutListsWrittenKeys(t *testing.T) {
 	must(err)
 	must(r.BlockIdentity(ctx, "https://idp|u1", exp))
 	must(r.PutDiscovery(ctx, ca.DiscoveryRecord{Host: "web1", Report: []byte(`{"host":"web1"}`)}))
+	must(r.OrderDisable(ctx, exampleHost, "SHA256:x"))
 
 	var shapes []*regexp.Regexp
 	placeholders := strings.NewReplacer(

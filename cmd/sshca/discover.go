@@ -35,13 +35,13 @@ AuthorizedKeysCommand (never run) and whether passwords are on, and reports them
 with a proof signed by the host key and carrying its host certificate. "sshca discover
 report" lists what every host reported (admins).`,
 	}
-	cmd.AddCommand(newDiscoverSendCommand(), newDiscoverReportCommand())
+	cmd.AddCommand(newDiscoverSendCommand(), newDiscoverReportCommand(), newDiscoverDisableCommand(), newDiscoverRestoreCommand())
 	return cmd
 }
 
 type discoverSendFlags struct {
-	server, hostKey, hostCert, host, sshdConfig, sshdLog, passwd string
-	print                                                        bool
+	server, hostKey, hostCert, host, sshdConfig, sshdLog, passwd, stateDir string
+	print                                                                  bool
 }
 
 func newDiscoverSendCommand() *cobra.Command {
@@ -62,61 +62,91 @@ func newDiscoverSendCommand() *cobra.Command {
 	cmd.Flags().StringVar(&f.sshdLog, "sshd-log", "", "sshd's log (LogLevel VERBOSE), for when each key was last accepted")
 	cmd.Flags().StringVar(&f.passwd, "passwd", "/etc/passwd", "the password database")
 	cmd.Flags().BoolVar(&f.print, "print", false, "print the report (JSON) instead of sending it")
+	cmd.Flags().StringVar(&f.stateDir, "state-dir", "/etc/ssh/sshca/discover", "where keys disabled on an admin's order leave their backup and marker")
 	return cmd
 }
 
+// discoverSend inventories the host and reports it; when the CA answers with orders to
+// disable keys, it comments them out (bastion.DisableKey) and reports again, so the CA sees
+// them gone and ends the orders.
 func discoverSend(ctx context.Context, out io.Writer, f discoverSendFlags) error {
+	for round := 0; ; round++ {
+		orders, rep, err := discoverSendOnce(ctx, out, f)
+		if err != nil || len(orders) == 0 || f.print {
+			return err
+		}
+		if round == 1 {
+			return fmt.Errorf("the CA still orders %d keys disabled after they were; see %s", len(orders), f.stateDir)
+		}
+		for _, fp := range orders {
+			files := map[string]bool{}
+			for _, k := range rep.Keys {
+				if k.Fingerprint == fp && !files[k.File] {
+					files[k.File] = true
+					rec, err := bastion.DisableKey(k.File, fp, f.stateDir)
+					if err != nil {
+						return fmt.Errorf("disable %s in %s: %w", fp, k.File, err)
+					}
+					fmt.Fprintf(out, "disabled %s in %s (lines %v; backup %s)\n", fp, k.File, rec.Lines, rec.Backup)
+				}
+			}
+		}
+	}
+}
+
+func discoverSendOnce(ctx context.Context, out io.Writer, f discoverSendFlags) ([]string, client.DiscoveryReport, error) {
 	rep, err := bastion.Discovery{SSHD: bastion.SSHDEffective{Config: f.sshdConfig}, SSHDLog: f.sshdLog, Passwd: f.passwd}.Run(ctx)
 	if err != nil {
-		return err
+		return nil, rep, err
 	}
 	if f.print {
 		rep.Host = f.host
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return nil, rep, enc.Encode(rep)
 	}
 	if f.server == "" {
-		return errors.New("--server is required (or set SSHCA_SERVER)")
+		return nil, rep, errors.New("--server is required (or set SSHCA_SERVER)")
 	}
 	b, err := os.ReadFile(f.hostKey)
 	if err != nil {
-		return fmt.Errorf("read host key: %w", err)
+		return nil, rep, fmt.Errorf("read host key: %w", err)
 	}
 	key, err := ssh.ParsePrivateKey(b)
 	if err != nil {
-		return fmt.Errorf("host key %s: %w", f.hostKey, err)
+		return nil, rep, fmt.Errorf("host key %s: %w", f.hostKey, err)
 	}
 	if f.hostCert == "" {
 		f.hostCert = f.hostKey + "-cert.pub"
 	}
 	cert, err := readCert(f.hostCert)
 	if err != nil {
-		return err
+		return nil, rep, err
 	}
 	host := f.host
 	if host == "" {
 		if len(cert.ValidPrincipals) == 0 {
-			return fmt.Errorf("%s names no host; give --host", f.hostCert)
+			return nil, rep, fmt.Errorf("%s names no host; give --host", f.hostCert)
 		}
 		host = cert.ValidPrincipals[0]
 	}
 	rep.Host = host
 	body, err := json.Marshal(rep)
 	if err != nil {
-		return err
+		return nil, rep, err
 	}
 	var id [12]byte
 	_, _ = rand.Read(id[:])
 	proof, err := ca.SignDiscoverProof(key, cert, host, body, time.Now(), hex.EncodeToString(id[:]))
 	if err != nil {
-		return err
+		return nil, rep, err
 	}
-	if err := apiClient(ctx, f.server).ReportDiscovery(ctx, proof, body); err != nil {
-		return cliError(err)
+	accepted, err := apiClient(ctx, f.server).ReportDiscovery(ctx, proof, body)
+	if err != nil {
+		return nil, rep, cliError(err)
 	}
 	fmt.Fprintf(out, "reported %d keys of %d accounts (%d files skipped) for %s\n", len(rep.Keys), rep.Accounts, len(rep.Skipped), host)
-	return nil
+	return accepted.Disable, rep, nil
 }
 
 type discoverReportFlags struct {
@@ -259,4 +289,64 @@ func printDiscoveries(w io.Writer, recs []client.DiscoveryRecord, host string, u
 		}
 	}
 	return nil
+}
+
+func newDiscoverDisableCommand() *cobra.Command {
+	var server, tokenEnv, tokenFile string
+	var req client.DiscoveryDisableRequest
+	cmd := &cobra.Command{
+		Use:   "disable --host H --fingerprint SHA256:... --reason TEXT",
+		Short: "Order a host to comment a long-lived key out of authorized_keys (admins, audited)",
+		Long: `Order a host to comment a long-lived key out of the authorized_keys files its last
+report lists it in (policy kind admin, audited with the reason). The host applies the order
+with its next "sshca discover send", as each file's owner, keeping owner and mode, with a
+backup and a marker in its --state-dir. The file's owner can add the key back, and the next
+report then shows it again. Restoring is "sshca discover restore" on the host: the remote
+channel only takes access away.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if server == "" {
+				return errors.New("--server is required (or set SSHCA_SERVER)")
+			}
+			token, err := readToken(tokenEnv, tokenFile)
+			if err != nil {
+				return err
+			}
+			if err := apiClient(cmd.Context(), server).DisableDiscovered(cmd.Context(), token, req); err != nil {
+				return cliError(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ordered: %s disables %s with its next report\n", req.Host, req.Fingerprint)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&server, "server", os.Getenv("SSHCA_SERVER"), "sshca server URL (env SSHCA_SERVER)")
+	cmd.Flags().StringVar(&tokenEnv, "token-env", "SSHCA_TOKEN", "environment variable holding the bearer token")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token")
+	cmd.Flags().StringVar(&req.Host, "host", "", "the host, as sshca discover report names it")
+	cmd.Flags().StringVar(&req.Fingerprint, "fingerprint", "", "the key's SHA256 fingerprint, as sshca discover report prints it")
+	cmd.Flags().StringVar(&req.Reason, "reason", "", "why (recorded)")
+	return cmd
+}
+
+func newDiscoverRestoreCommand() *cobra.Command {
+	var file, fp string
+	cmd := &cobra.Command{
+		Use:   "restore --file PATH --fingerprint SHA256:...",
+		Short: "Put back a key that sshca discover disabled (on the host only)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" || fp == "" {
+				return errors.New("--file and --fingerprint are required")
+			}
+			n, err := bastion.RestoreKey(file, fp)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "restored %d lines of %s in %s\n", n, fp, file)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&file, "file", "", "the authorized_keys file")
+	cmd.Flags().StringVar(&fp, "fingerprint", "", "the key's SHA256 fingerprint")
+	return cmd
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -118,5 +119,39 @@ func TestDiscoverSendAndReport(t *testing.T) {
 	_ = printDiscoveries(&csvOut, recs, "other.dev.internal", 0, "csv", now)
 	if lines := strings.Split(strings.TrimSpace(csvOut.String()), "\n"); len(lines) != 1 {
 		t.Errorf("other host's filter shows keys:\n%s", csvOut.String())
+	}
+
+	// disable: a non-admin's order is refused; an admin's reaches the host with its next
+	// report, which comments the key out and reports again, ending the order.
+	order := client.DiscoveryDisableRequest{Host: "web1.dev.internal", Fingerprint: k.Fingerprint, Reason: "alice left"}
+	var ce *client.Error
+	if err := apiClient(ctx, base).DisableDiscovered(ctx, user, order); !errors.As(err, &ce) || ce.Status != http.StatusForbidden {
+		t.Errorf("a non-admin's disable order: %v", err)
+	}
+	bad := order
+	bad.Fingerprint = "MD5:00"
+	if err := apiClient(ctx, base).DisableDiscovered(ctx, admin, bad); !errors.As(err, &ce) || ce.Status != http.StatusBadRequest || !strings.Contains(err.Error(), "fingerprint") {
+		t.Errorf("a malformed fingerprint: %v", err)
+	}
+	if err := apiClient(ctx, base).DisableDiscovered(ctx, admin, order); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	f.host, f.stateDir = "", filepath.Join(dir, "state")
+	if err := discoverSend(ctx, &out, f); err != nil {
+		t.Fatalf("send with an order: %v\n%s", err, out.String())
+	}
+	akf := readFile(t, filepath.Join(home, ".ssh", "authorized_keys"))
+	if !strings.HasPrefix(akf, "# sshca-disabled ") || !strings.Contains(out.String(), "disabled "+k.Fingerprint) ||
+		!strings.Contains(out.String(), "reported 0 keys") {
+		t.Errorf("after the order: file %q, output:\n%s", akf, out.String())
+	}
+	recs, _ = apiClient(ctx, base).Discoveries(ctx, admin)
+	if len(recs) != 1 || len(recs[0].Report.Keys) != 0 {
+		t.Errorf("the CA's last report still lists the key: %+v", recs)
+	}
+	out.Reset()
+	if err := discoverSend(ctx, &out, f); err != nil || strings.Contains(out.String(), "disabled") {
+		t.Errorf("the order outlived the key: %v %s", err, out.String())
 	}
 }
