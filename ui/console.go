@@ -199,9 +199,23 @@ func (c *Console) current(r *http.Request) (string, session, bool) {
 	return ck.Value, s, ok
 }
 
+// crossSite says why a POST came from another site, or "" when nothing says so: the browser's
+// Sec-Fetch-Site when it sends one, else its Origin. With Referrer-Policy no-referrer Chromium
+// sends "Origin: null" for the console's own forms, so null proves nothing either way; the
+// CSRF token is the check that always applies.
+func (c *Console) crossSite(r *http.Request) string {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" {
+		return "this form was posted from another site (Sec-Fetch-Site " + site + "); use the console's own pages"
+	}
+	if o := r.Header.Get("Origin"); o != "" && o != "null" && o != c.public.Scheme+"://"+c.public.Host {
+		return "this form was posted from another site (Origin " + o + "); use the console's own pages"
+	}
+	return ""
+}
+
 // signedIn runs h for a signed-in session and sends anyone else to sign in, back to this page
-// afterwards. A POST must carry the session's CSRF token and, when the browser sends one, the
-// console's own Origin.
+// afterwards. A POST must carry the session's CSRF token and come from no other site
+// (crossSite).
 func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, string, session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id, s, ok := c.current(r)
@@ -215,9 +229,8 @@ func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, string, se
 			return
 		}
 		if r.Method == http.MethodPost {
-			if o := r.Header.Get("Origin"); o != "" && o != c.public.Scheme+"://"+c.public.Host {
-				c.render(w, http.StatusForbidden, "error.html", page{Title: "Refused", User: s.user, CSRF: s.csrf,
-					Error: "this form was posted from another site (Origin " + o + "); use the console's own pages"})
+			if msg := c.crossSite(r); msg != "" {
+				c.render(w, http.StatusForbidden, "error.html", page{Title: "Refused", User: s.user, CSRF: s.csrf, Error: msg})
 				return
 			}
 			r.Body = http.MaxBytesReader(w, r.Body, 16<<10)

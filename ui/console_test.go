@@ -237,6 +237,8 @@ func TestSignInApproveSignOut(t *testing.T) {
 		"forged csrf":    {url.Values{"csrf": {forged}, "content_hash": {hash}, "reason": {"ok"}}, nil},
 		"no csrf":        {url.Values{"content_hash": {hash}, "reason": {"ok"}}, nil},
 		"foreign origin": {url.Values{"csrf": {csrf}, "content_hash": {hash}, "reason": {"ok"}}, map[string]string{"Origin": "https://evil.example"}},
+		"cross-site":     {url.Values{"csrf": {csrf}, "content_hash": {hash}, "reason": {"ok"}}, map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "null"}},
+		"same-site":      {url.Values{"csrf": {csrf}, "content_hash": {hash}, "reason": {"ok"}}, map[string]string{"Sec-Fetch-Site": "same-site"}},
 	} {
 		resp := post(tc.form, tc.hdr)
 		if p := body(t, resp); resp.StatusCode != http.StatusForbidden {
@@ -246,7 +248,7 @@ func TestSignInApproveSignOut(t *testing.T) {
 	if len(r.reqs.decided) != 0 {
 		t.Fatalf("a refused form reached the domain: %+v", r.reqs.decided)
 	}
-	resp = post(url.Values{"csrf": {csrf}, "content_hash": {hash}, "reason": {"looked at OPS-1234"}}, map[string]string{"Origin": r.srv.URL})
+	resp = post(url.Values{"csrf": {csrf}, "content_hash": {hash}, "reason": {"looked at OPS-1234"}}, map[string]string{"Origin": "null", "Sec-Fetch-Site": "same-origin"})
 	if p := body(t, resp); resp.StatusCode != 200 || !strings.Contains(p, `id="state">approved`) || !strings.Contains(p, "looked at OPS-1234") {
 		t.Fatalf("approve: %d\n%s", resp.StatusCode, p)
 	}
