@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
@@ -138,15 +139,19 @@ func (c *CA) open(ctx context.Context, k ca.CAKey) (*kms.Key, error) {
 	return key, nil
 }
 
-// Run refreshes every interval until ctx ends; a failed refresh keeps the keys in force.
-func (c *CA) Run(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
+// Run refreshes every interval on clk's ticker (nil: the real clock) until ctx ends; a failed
+// refresh is logged and keeps the keys in force, and the next tick tries again.
+func (c *CA) Run(ctx context.Context, clk clockwork.Clock, every time.Duration) {
+	if clk == nil {
+		clk = clockwork.NewRealClock()
+	}
+	t := clk.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.Chan():
 			if err := c.Refresh(ctx); err != nil {
 				c.log.Warn("keyring refresh failed; the keys in force stay", "ca", c.kind, "err", err)
 			}

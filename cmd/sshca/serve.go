@@ -255,8 +255,8 @@ func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *km
 	if err != nil {
 		return err
 	}
-	go userCA.Run(ctx, kc.Refresh)
-	go hostCA.Run(ctx, kc.Refresh)
+	go userCA.Run(ctx, nil, kc.Refresh)
+	go hostCA.Run(ctx, nil, kc.Refresh)
 	for _, k := range userCA.Published() {
 		if err := db.RegisterCA(ctx, k); err != nil {
 			return fmt.Errorf("keyring: publish to bastions: %w", err)
