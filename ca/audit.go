@@ -17,7 +17,8 @@ type AuditRecord struct {
 	Time time.Time `json:"time"`
 	// Action is what was asked: "user", "host", "renew", "revoke", "admin", and since version 3
 	// "request" (an access request created, cancelled or revoked) and "approve" (one approved
-	// or denied).
+	// or denied), and "read" (the inventory or the revocations listed; earlier records of
+	// version 3 and before show such reads as "revoke" with a target "list …").
 	Action Action `json:"action"`
 	// Outcome is "issued", "allowed" (revoke, admin), "refused" (a revoked key or identity),
 	// or the kind of the error the request ended with: "denied" (the policy or the caps),

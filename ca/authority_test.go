@@ -82,6 +82,9 @@ func (f *fakeStore) Live(context.Context, string, time.Time) ([]ca.Certificate, 
 func (f *fakeStore) ResolveAlias(context.Context, string, time.Time) ([]string, error) {
 	return nil, nil
 }
+func (f *fakeStore) AllLive(context.Context, time.Time) ([]ca.Certificate, error) {
+	return nil, nil
+}
 func (f *fakeStore) Get(context.Context, uint64) (ca.Certificate, bool, error) {
 	return ca.Certificate{}, false, nil
 }

@@ -1,7 +1,6 @@
 package ca
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -310,48 +309,18 @@ func (a *Authority) HostRevocationStates(ctx context.Context) ([]RevocationState
 	return append(out, gone), nil
 }
 
-// Revocations authorizes the caller (as for revoking) and returns what is revoked.
+// Revocations authorizes the caller (kind "read") and returns what is revoked.
 func (a *Authority) Revocations(ctx context.Context, token string) (user, host RevocationState, err error) {
-	if err := a.authenticateAdmin(ctx, token, "list revocations"); err != nil {
+	if err := a.authenticateReader(ctx, token, "list revocations"); err != nil {
 		return user, host, err
 	}
 	return a.RevocationStates(ctx)
 }
 
-// Inventory authorizes the caller (as for revoking) and lists the identity's live certificates.
-func (a *Authority) Inventory(ctx context.Context, token, identity string) ([]Certificate, error) {
-	if identity == "" {
-		return nil, Invalid("identity is required (GET /v1/certs?identity=alice@example.com)")
-	}
-	if err := a.authenticateAdmin(ctx, token, "list certificates of "+identity); err != nil {
-		return nil, err
-	}
-	now := a.now()
-	matches, err := a.identityMatches(ctx, identity, now)
-	if err != nil {
-		return nil, err
-	}
-	// Also the name as given: records written before identities were canonical.
-	var certs []Certificate
-	seen := map[uint64]bool{}
-	for _, name := range dedupe(append(matches, identity)) {
-		live, err := a.store.Live(ctx, name, now)
-		if err != nil {
-			return nil, Unavailable("certificate inventory unavailable", err)
-		}
-		for _, c := range live {
-			if !seen[c.Serial] {
-				seen[c.Serial] = true
-				certs = append(certs, c)
-			}
-		}
-	}
-	slices.SortFunc(certs, func(x, y Certificate) int { return cmp.Compare(x.Serial, y.Serial) })
-	return certs, nil
-}
-
-func (a *Authority) authenticateAdmin(ctx context.Context, token, target string) error {
-	return a.Authorize(ctx, token, ActionRevoke, target)
+// authenticateReader authorizes a read of the inventory or of revocation state (kind
+// "read"), audited as such.
+func (a *Authority) authenticateReader(ctx context.Context, token, target string) error {
+	return a.Authorize(ctx, token, ActionRead, target)
 }
 
 // Authorize authenticates the token and asks the policy whether its identity may do kind to

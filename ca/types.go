@@ -18,8 +18,8 @@ const (
 )
 
 // Action is what a caller asks the policy to allow, the policy input's "kind": a certificate
-// (ActionUser, ActionHost), a renewal (ActionRenew), a revocation or a read of revocation state
-// (ActionRevoke), or key administration (ActionAdmin). It is not a CertKind: a renewal asks for
+// (ActionUser, ActionHost), a renewal (ActionRenew), a revocation (ActionRevoke), a read of the
+// inventory or of revocation state (ActionRead), or key administration (ActionAdmin). It is not a CertKind: a renewal asks for
 // a host certificate, a revocation for none.
 type Action string
 
@@ -29,6 +29,9 @@ const (
 	ActionRenew  Action = "renew"
 	ActionRevoke Action = "revoke"
 	ActionAdmin  Action = "admin"
+	// ActionRead is reading what was issued or revoked (GET /v1/certs, GET /v1/revocations):
+	// an auditor may be allowed it without being allowed to revoke, approve or administer.
+	ActionRead Action = "read"
 	// ActionRequest is creating an access request (ca/access.go), ActionApprove deciding one
 	// (approving or denying it).
 	ActionRequest Action = "request"
@@ -262,6 +265,9 @@ type Signer interface {
 type CertStore interface {
 	Record(ctx context.Context, c Certificate) error
 	Live(ctx context.Context, identity string, now time.Time) ([]Certificate, error)
+	// AllLive returns every certificate, of any identity, still valid at now, by serial:
+	// "who has access now" (Authority.ListCertificates).
+	AllLive(ctx context.Context, now time.Time) ([]Certificate, error)
 	Get(ctx context.Context, serial uint64) (Certificate, bool, error)
 	// ResolveAlias returns the canonical names of the identities recorded under alias
 	// ("email:…" or "username:…") whose index entries last beyond now, sorted.

@@ -79,6 +79,13 @@ type Certificate struct {
 	CAFingerprint  string   `json:"ca_fingerprint"`
 	ValidAfter     string   `json:"valid_after"`
 	ValidBefore    string   `json:"valid_before"`
+	Ticket         string   `json:"ticket,omitempty"`
+	// AccessRequest is the access request it was issued under, Approvers who approved it.
+	AccessRequest string   `json:"access_request,omitempty"`
+	Approvers     []string `json:"approvers,omitempty"`
+	// Revoked says why an unexpired certificate no longer grants access (GET /v1/certs):
+	// "serial", "key_id", "public_key" or "ca_compromised"; "" when it still does.
+	Revoked string `json:"revoked,omitempty"`
 }
 
 // RevokeResponse says what a revocation changed.
@@ -105,7 +112,8 @@ type RevocationsResponse struct {
 	HostCA RevocationScope `json:"host_ca"`
 }
 
-// InventoryResponse is the answer to GET /v1/certs?identity=....
+// InventoryResponse is the answer to GET /v1/certs[?identity=…][&principal=…][&live=true]:
+// the unexpired certificates selected, by serial.
 type InventoryResponse struct {
 	Certificates []Certificate `json:"certificates"`
 }

@@ -117,10 +117,32 @@ func (c *Client) Revocations(ctx context.Context, token string) (RevocationsResp
 	return out, err
 }
 
-// Inventory lists the live certificates of an identity (GET /v1/certs?identity=...).
-func (c *Client) Inventory(ctx context.Context, token, identity string) ([]Certificate, error) {
+// CertQuery selects certificates of GET /v1/certs; every field is optional.
+type CertQuery struct {
+	// Identity is a canonical name, an e-mail or "username:…"; Principal a principal the
+	// certificate names; Live keeps only those not revoked.
+	Identity, Principal string
+	Live                bool
+}
+
+// Inventory lists the unexpired certificates q selects, revoked ones flagged (GET /v1/certs).
+func (c *Client) Inventory(ctx context.Context, token string, q CertQuery) ([]Certificate, error) {
 	var out InventoryResponse
-	err := c.Do(ctx, http.MethodGet, "/v1/certs?identity="+url.QueryEscape(identity), token, nil, &out)
+	v := url.Values{}
+	if q.Identity != "" {
+		v.Set("identity", q.Identity)
+	}
+	if q.Principal != "" {
+		v.Set("principal", q.Principal)
+	}
+	if q.Live {
+		v.Set("live", "true")
+	}
+	path := "/v1/certs"
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	err := c.Do(ctx, http.MethodGet, path, token, nil, &out)
 	return out.Certificates, err
 }
 

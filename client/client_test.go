@@ -83,12 +83,12 @@ func (a *api) Revocations(_ context.Context, token string) (ca.RevocationState, 
 	return st, ca.RevocationState{CA: a.caKey.PublicKey()}, a.err
 }
 
-func (a *api) Inventory(_ context.Context, token, identity string) ([]ca.Certificate, error) {
+func (a *api) ListCertificates(_ context.Context, token string, q ca.CertQuery) ([]ca.ListedCertificate, error) {
 	a.token = token
-	if identity != "alice@example.com" {
-		return nil, ca.Invalid("identity %q", identity)
+	if q != (ca.CertQuery{Identity: "alice@example.com", Principal: "alice", Live: true}) {
+		return nil, ca.Invalid("query %+v", q)
 	}
-	return []ca.Certificate{record}, a.err
+	return []ca.ListedCertificate{{Certificate: record, Revoked: ca.RevokedBySerial}}, a.err
 }
 
 func (a *api) UserRevocationStates(context.Context) ([]ca.RevocationState, error) {
@@ -203,11 +203,13 @@ func TestRoundTrip(t *testing.T) {
 		HostCA: client.RevocationScope{CA: caLine, Fingerprint: fp, Version: "0", Entries: []client.RevocationEntry{}},
 	}, lists)
 
-	inv, err := c.Inventory(ctx, "tok-i", "alice@example.com")
+	inv, err := c.Inventory(ctx, "tok-i", client.CertQuery{Identity: "alice@example.com", Principal: "alice", Live: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	diff(t, "inventory", []client.Certificate{wantCert}, inv)
+	listed := wantCert
+	listed.Revoked = "serial"
+	diff(t, "inventory", []client.Certificate{listed}, inv)
 
 	krl, err := c.KRL(ctx, "")
 	if err != nil || string(krl.Data) != "KRL" || krl.Version != 5 || krl.ETag == "" || krl.NotModified {
@@ -277,8 +279,11 @@ func TestErrors(t *testing.T) {
 	a.err = ca.Unavailable("revocation store unavailable", errors.New("dial tcp 10.0.0.9:6379: secret detail"))
 	for name, call := range map[string]func() error{
 		"GET /v1/revocations": func() error { _, err := c.Revocations(ctx, "t"); return err },
-		"GET /v1/certs":       func() error { _, err := c.Inventory(ctx, "t", "alice@example.com"); return err },
-		"GET /v1/krl":         func() error { _, err := c.KRL(ctx, ""); return err },
+		"GET /v1/certs": func() error {
+			_, err := c.Inventory(ctx, "t", client.CertQuery{Identity: "alice@example.com", Principal: "alice", Live: true})
+			return err
+		},
+		"GET /v1/krl": func() error { _, err := c.KRL(ctx, ""); return err },
 		"POST /v1/keys/promote": func() error {
 			_, err := c.PromoteKey(ctx, "t", client.KeyRequest{CA: "user"})
 			return err
@@ -290,9 +295,9 @@ func TestErrors(t *testing.T) {
 		}
 	}
 
-	_, err = c.Inventory(ctx, "t", "")
+	_, err = c.Inventory(ctx, "t", client.CertQuery{Principal: "root"})
 	if !errors.As(err, &e) || e.Status != 400 || e.Endpoint != "GET /v1/certs" {
-		t.Errorf("inventory without identity: %v", err)
+		t.Errorf("inventory with a query the service refuses: %v", err)
 	}
 	if _, err := client.New("http://127.0.0.1:1").LoginConfig(ctx); err == nil || errors.As(err, &e) || !strings.Contains(err.Error(), "server unreachable") {
 		t.Errorf("no server: %v", err)

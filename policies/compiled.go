@@ -159,13 +159,13 @@ func (e *Engine) evalBoth(ctx context.Context, input ast.Value) (compiled, inter
 func checkInputs() []ca.PolicyInput {
 	now := "2026-11-25T10:00:00Z"
 	person := ca.Identity{Issuer: "https://idp.example", Subject: "u1", Email: "alice@example.com", Username: "alice",
-		Groups: []string{"admins", "ops", "contractors", "bastion-users", "ci", "sshca-admins"}, AMR: []string{"pwd", "mfa"},
+		Groups: []string{"admins", "ops", "contractors", "bastion-users", "ci", "sshca-admins", "auditors"}, AMR: []string{"pwd", "mfa"},
 		ACR: "phr", AuthTime: 1764064700, Claims: map[string]any{"groups": []any{"ops"}}}
 	bare := ca.Identity{Issuer: "https://idp.example", Subject: "u2", Claims: map[string]any{}}
 	job := ca.Identity{Issuer: "https://ci.example", Subject: "repo:org/app:ref:refs/heads/main", Workload: true,
 		Claims: map[string]any{"repository_id": "123456789", "ref": "refs/heads/main", "project_id": "4242", "ref_type": "branch"}}
 	var out []ca.PolicyInput
-	for _, kind := range []ca.Action{"user", "host", "renew", "revoke", "admin", "request", "approve", "other"} {
+	for _, kind := range []ca.Action{"user", "host", "renew", "revoke", "admin", "read", "request", "approve", "other"} {
 		for _, id := range []ca.Identity{person, bare, job} {
 			for _, req := range []ca.PolicyRequest{
 				{KeyType: "ssh-ed25519"},

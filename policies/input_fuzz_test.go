@@ -18,7 +18,7 @@ import (
 
 // fuzzKinds are the kinds a fuzzed input draws from; a last choice takes a string from the data.
 var fuzzKinds = []ca.Action{ca.ActionUser, ca.ActionHost, ca.ActionRenew, ca.ActionRevoke, ca.ActionAdmin,
-	ca.ActionRequest, ca.ActionApprove}
+	ca.ActionRead, ca.ActionRequest, ca.ActionApprove}
 
 // inputCases are the table FuzzInputValue is seeded from: the golden inputs, and edges of the
 // JSON form (nil lists, omitted fields, strings that are not UTF-8, numbers json writes in

@@ -20,7 +20,7 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 
 // goldenKinds are the kinds the server builds inputs for, in the order README.md shows them.
 var goldenKinds = []ca.Action{ca.ActionUser, ca.ActionHost, ca.ActionRenew, ca.ActionRevoke, ca.ActionAdmin,
-	ca.ActionRequest, ca.ActionApprove}
+	ca.ActionRead, ca.ActionRequest, ca.ActionApprove}
 
 // goldenInputs are one input of each kind, as ca.Authority builds them (issueFor, Renew,
 // authorize): testdata/input/<kind>.json are their JSON form, README.md shows them.
@@ -41,7 +41,11 @@ func goldenInputs() map[ca.Action]ca.PolicyInput {
 		TTLSeconds: 1800, Reason: "OPS-1234 disk full", Approvals: []ca.PolicyApproval{}}
 	approved := rootRequest
 	approved.Approvals = []ca.PolicyApproval{{Approver: lead, At: "2026-11-25T09:58:00Z", Reason: "looked at OPS-1234"}}
+	auditor := ca.Identity{Issuer: "https://idp.example", Subject: "u12", Email: "audit@example.com", Username: "audit",
+		Groups: []string{"auditors"}, AMR: []string{"pwd", "hwk"}, AuthTime: 1795600300, Claims: map[string]any{}}
 	return map[ca.Action]ca.PolicyInput{
+		ca.ActionRead: {Kind: ca.ActionRead, Identity: auditor, Now: now, Request: ca.PolicyRequest{
+			Principals: []string{}, Target: "list certificates with principal root"}},
 		ca.ActionRequest: {Kind: ca.ActionRequest, Identity: alice, Now: now, Request: ca.PolicyRequest{
 			Principals: []string{"root"}, TTLSeconds: 1800, SourceIP: "192.0.2.10", Reason: "OPS-1234 disk full",
 			Target: "request:req_k5qw3bfn7yxa2dzc"}, AccessRequest: rootRequest},

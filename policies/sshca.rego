@@ -31,10 +31,14 @@ default admin_groups := []
 
 admin_groups := settings.admin_groups
 
+default auditor_groups := []
+
+auditor_groups := settings.auditor_groups
+
 privileged_settings := user_settings.privileged
 
 # Constants as rules: a rule is evaluated once per decision, a literal each time it is met.
-known_kinds := {"user", "host", "revoke", "renew", "admin", "request", "approve"}
+known_kinds := {"user", "host", "revoke", "renew", "admin", "read", "request", "approve"}
 
 certificate_kinds := {"user", "host", "renew"}
 
@@ -412,16 +416,30 @@ deny contains sprintf("ttl %ds exceeds the policy maximum of %ds for this reques
 	input.request.ttl_seconds > max_ttl
 }
 
-# --- revocation: revoking, and reading what is revoked or issued -----------------------
+# --- revocation, and reading what is revoked or issued ------------------------------------
 
 is_admin if {
 	some g in groups
 	g in admin_groups
 }
 
-deny contains sprintf("%s may not revoke or read revocations: that needs membership of one of the groups %v", [who, admin_groups]) if {
+deny contains sprintf("%s may not revoke: that needs membership of one of the groups %v", [who, admin_groups]) if {
 	input.kind == "revoke"
 	not is_admin
+}
+
+# Reading the inventory and the revocations (sshca certs list, GET /v1/revocations): admins,
+# and auditors, who may read without being able to revoke, approve or administer keys.
+may_read if is_admin
+
+may_read if {
+	some g in groups
+	g in auditor_groups
+}
+
+deny contains sprintf("%s may not read the certificate inventory or revocations: that needs membership of one of the groups %v", [who, sort(array.concat(admin_groups, auditor_groups))]) if {
+	input.kind == "read"
+	not may_read
 }
 
 deny contains sprintf("%s may not administer CA keys: that needs membership of one of the groups %v", [who, admin_groups]) if {

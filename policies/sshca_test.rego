@@ -168,7 +168,35 @@ test_admin_may_revoke if {
 test_others_may_not_revoke if {
 	d := sshca.decision with input as req("revoke", alice, [], 0)
 	not d.allow
-	d.reasons == ["alice@example.com may not revoke or read revocations: that needs membership of one of the groups [\"sshca-admins\"]"]
+	d.reasons == ["alice@example.com may not revoke: that needs membership of one of the groups [\"sshca-admins\"]"]
+}
+
+auditor := object.union(alice, {"groups": ["auditors"]})
+
+test_auditor_may_read if {
+	d := sshca.decision with input as req("read", auditor, [], 0)
+	d.allow
+	d.principals == []
+}
+
+test_admin_may_read if {
+	d := sshca.decision with input as req("read", object.union(alice, {"groups": ["sshca-admins"]}), [], 0)
+	d.allow
+}
+
+test_auditor_may_not_revoke_approve_or_administer if {
+	not sshca.decision.allow with input as req("revoke", auditor, [], 0)
+	not sshca.decision.allow with input as req("admin", auditor, [], 0)
+	not sshca.decision.allow with input as object.union(req("approve", auditor, ["root"], 1800), {"access_request": {
+		"id": "req_k5qw3bfn7yxa2dzc", "requester": alice, "principals": ["root"], "ttl_seconds": 1800,
+		"reason": "OPS-1 disk", "approvals": [],
+	}})
+}
+
+test_others_may_not_read if {
+	d := sshca.decision with input as req("read", alice, [], 0)
+	not d.allow
+	d.reasons == ["alice@example.com may not read the certificate inventory or revocations: that needs membership of one of the groups [\"auditors\", \"sshca-admins\"]"]
 }
 
 # --- privileged principals ----------------------------------------------------------------

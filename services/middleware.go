@@ -77,9 +77,9 @@ func (m logging) Revocations(ctx context.Context, token string) (user, host ca.R
 	return m.Service.Revocations(ctx, token)
 }
 
-func (m logging) Inventory(ctx context.Context, token, identity string) (certs []ca.Certificate, err error) {
+func (m logging) ListCertificates(ctx context.Context, token string, q ca.CertQuery) (certs []ca.ListedCertificate, err error) {
 	defer func(begin time.Time) { logCall(ctx, m.log, "inventory", begin, err, "certificates", len(certs)) }(time.Now())
-	return m.Service.Inventory(ctx, token, identity)
+	return m.Service.ListCertificates(ctx, token, q)
 }
 
 // UserRevocationStates (GET /v1/krl, polled by every bastion) is logged only when it fails.
@@ -264,9 +264,9 @@ func (mw instrumenting) Revocations(ctx context.Context, token string) (_, _ ca.
 	return mw.Service.Revocations(ctx, token)
 }
 
-func (mw instrumenting) Inventory(ctx context.Context, token, identity string) (_ []ca.Certificate, err error) {
+func (mw instrumenting) ListCertificates(ctx context.Context, token string, q ca.CertQuery) (_ []ca.ListedCertificate, err error) {
 	defer func(begin time.Time) { mw.m.observe("inventory", begin, err) }(time.Now())
-	return mw.Service.Inventory(ctx, token, identity)
+	return mw.Service.ListCertificates(ctx, token, q)
 }
 
 func (mw instrumenting) UserRevocationStates(ctx context.Context) (states []ca.RevocationState, err error) {

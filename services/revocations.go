@@ -41,7 +41,10 @@ type revocationsResponse struct {
 
 func (r revocationsResponse) Failed() error { return r.Err }
 
-type inventoryRequest struct{ token, identity string }
+type inventoryRequest struct {
+	token string
+	query ca.CertQuery
+}
 
 type inventoryResponse struct {
 	client.InventoryResponse
@@ -198,11 +201,17 @@ func makeRevocationsEndpoint(s Service) endpoint.Endpoint {
 func makeInventoryEndpoint(s Service) endpoint.Endpoint {
 	return func(ctx context.Context, request any) (any, error) {
 		req := request.(inventoryRequest)
-		certs, err := s.Inventory(ctx, req.token, req.identity)
+		certs, err := s.ListCertificates(ctx, req.token, req.query)
 		if err != nil {
 			return inventoryResponse{Err: err}, nil
 		}
-		return inventoryResponse{InventoryResponse: client.InventoryResponse{Certificates: certsJSON(certs)}}, nil
+		out := make([]client.Certificate, 0, len(certs))
+		for _, c := range certs {
+			j := certJSON(c.Certificate)
+			j.Revoked = c.Revoked
+			out = append(out, j)
+		}
+		return inventoryResponse{InventoryResponse: client.InventoryResponse{Certificates: out}}, nil
 	}
 }
 
@@ -237,11 +246,16 @@ func entriesJSON(es []ca.RevocationEntry) []client.RevocationEntry {
 func certsJSON(cs []ca.Certificate) []client.Certificate {
 	out := make([]client.Certificate, 0, len(cs))
 	for _, c := range cs {
-		out = append(out, client.Certificate{Serial: strconv.FormatUint(c.Serial, 10), KeyID: c.KeyID, Kind: string(c.Kind), Identity: c.Identity,
-			Principals: c.Principals, KeyFingerprint: c.KeyFingerprint, CAFingerprint: c.CAFingerprint,
-			ValidAfter: c.ValidAfter.Format(time.RFC3339), ValidBefore: c.ValidBefore.Format(time.RFC3339)})
+		out = append(out, certJSON(c))
 	}
 	return out
+}
+
+func certJSON(c ca.Certificate) client.Certificate {
+	return client.Certificate{Serial: strconv.FormatUint(c.Serial, 10), KeyID: c.KeyID, Kind: string(c.Kind), Identity: c.Identity,
+		Principals: c.Principals, KeyFingerprint: c.KeyFingerprint, CAFingerprint: c.CAFingerprint,
+		ValidAfter: c.ValidAfter.Format(time.RFC3339), ValidBefore: c.ValidBefore.Format(time.RFC3339),
+		Ticket: c.Ticket, AccessRequest: c.AccessRequest, Approvers: c.Approvers}
 }
 
 func decodeRevokeRequest(_ context.Context, r *http.Request) (any, error) {
@@ -272,9 +286,15 @@ func decodeInventoryRequest(_ context.Context, r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	req := inventoryRequest{token: t, identity: r.URL.Query().Get("identity")}
-	if req.token == "" {
+	if t == "" {
 		return nil, errMissingToken
+	}
+	q := r.URL.Query()
+	req := inventoryRequest{token: t, query: ca.CertQuery{Identity: q.Get("identity"), Principal: q.Get("principal")}}
+	if v := q.Get("live"); v != "" {
+		if req.query.Live, err = strconv.ParseBool(v); err != nil {
+			return nil, ca.Invalid("live %q: want true or false (GET /v1/certs?live=true)", v)
+		}
 	}
 	return req, nil
 }

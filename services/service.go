@@ -30,10 +30,11 @@ type Service interface {
 	Revoke(ctx context.Context, token string, req ca.RevokeRequest) (ca.RevokeResult, error)
 	// Unrevoke lifts the ban of a public key (policy kind "revoke", audited).
 	Unrevoke(ctx context.Context, token string, req ca.UnrevokeRequest) (ca.UnrevokeResult, error)
-	// Revocations lists what is revoked, per CA key (authorized as for revoking).
+	// Revocations lists what is revoked, per CA key (policy kind "read", audited).
 	Revocations(ctx context.Context, token string) (user, host ca.RevocationState, err error)
-	// Inventory lists an identity's live certificates (authorized as for revoking).
-	Inventory(ctx context.Context, token, identity string) ([]ca.Certificate, error)
+	// ListCertificates lists the unexpired certificates a query selects, flagged when revoked
+	// (policy kind "read", audited).
+	ListCertificates(ctx context.Context, token string, q ca.CertQuery) ([]ca.ListedCertificate, error)
 	// UserRevocationStates is the unauthenticated read behind GET /v1/krl: a KRL is public.
 	UserRevocationStates(ctx context.Context) ([]ca.RevocationState, error)
 	// HostRevocationStates is the unauthenticated read behind GET /v1/krl/host and the

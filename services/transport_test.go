@@ -55,7 +55,7 @@ func (f *fakeService) Revoke(context.Context, string, ca.RevokeRequest) (ca.Revo
 func (f *fakeService) Revocations(context.Context, string) (ca.RevocationState, ca.RevocationState, error) {
 	return ca.RevocationState{}, ca.RevocationState{}, f.err
 }
-func (f *fakeService) Inventory(context.Context, string, string) ([]ca.Certificate, error) {
+func (f *fakeService) ListCertificates(context.Context, string, ca.CertQuery) ([]ca.ListedCertificate, error) {
 	return nil, f.err
 }
 func (f *fakeService) UserRevocationStates(context.Context) ([]ca.RevocationState, error) {

@@ -16,18 +16,20 @@ import (
 
 // The inventory: who holds access now (ca.CertStore). Every key carries the hash tag
 // {inventory}, so the script of Record works on Redis Cluster: a record (Keys.Cert) expiring at
-// its ValidBefore, a sorted set of serials per identity (Keys.Identity), one of identities per
-// alias (Keys.Alias), and the identity blocks (Keys.Blocked) that Record checks. An identity's
-// set is emptied (and so deleted) by the pruning of its next Record; the set of an identity
-// that never returns keeps its expired serials, a few bytes each.
+// its ValidBefore, a sorted set of serials per identity (Keys.Identity), one of every live
+// serial (Keys.LiveCerts, for "who has access now" without knowing whom to ask about), one of
+// identities per alias (Keys.Alias), and the identity blocks (Keys.Blocked) that Record checks.
+// An identity's set is emptied (and so deleted) by the pruning of its next Record; the set of an
+// identity that never returns keeps its expired serials, a few bytes each. The global set is
+// pruned by every Record, so it holds about as many members as there are live certificates.
 
 var (
 	_ ca.CertStore = (*Redis)(nil)
 	_ ca.CertStore = (*Memory)(nil)
 )
 
-// recordScript: KEYS record, identity index, blocked, the inventory's mark, then one alias
-// index per alias; ARGV now (unix ms), the record's JSON, its valid_before and the index's end
+// recordScript: KEYS record, identity index, blocked, the inventory's mark, the live index,
+// then one alias index per alias; ARGV now (unix ms), the record's JSON, its valid_before and the index's end
 // (unix ms), the serial, the mark's id, epoch and seen, then the identity and its aliases (one
 // per alias index). Answers {'blocked', name, until} without writing anything when the
 // identity or an alias is blocked beyond now, else {'ok'} and the mark's reply, checked and
@@ -44,7 +46,9 @@ redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
-for i = 5, #KEYS do
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[5])
+for i = 6, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[1])
   redis.call('ZADD', KEYS[i], 'GT', ARGV[4], ARGV[9])
 end
@@ -70,8 +74,8 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 	if err != nil {
 		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 	}
-	keys := make([]string, 0, 4+len(c.Aliases))
-	keys = append(keys, r.keys.Cert(c.Serial), r.keys.Identity(c.Identity), r.keys.Blocked(), r.keys.Mark(TagInventory))
+	keys := make([]string, 0, 5+len(c.Aliases))
+	keys = append(keys, r.keys.Cert(c.Serial), r.keys.Identity(c.Identity), r.keys.Blocked(), r.keys.Mark(TagInventory), r.keys.LiveCerts())
 	args := make([]any, 0, 9+len(c.Aliases))
 	args = append(args, now.UnixMilli(), b, c.ValidBefore.UnixMilli(), until.UnixMilli(), strconv.FormatUint(c.Serial, 10))
 	args = append(append(args, mw.Args()...), c.Identity)
@@ -108,6 +112,8 @@ func (r *Redis) recordCmds(ctx context.Context, p redis.Pipeliner, c ca.Certific
 	p.PExpireAt(ctx, r.keys.Cert(c.Serial), c.ValidBefore)
 	p.ZRemRangeByScore(ctx, idKey, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
 	p.ZAdd(ctx, idKey, redis.Z{Score: float64(c.ValidBefore.UnixMilli()), Member: strconv.FormatUint(c.Serial, 10)})
+	p.ZRemRangeByScore(ctx, r.keys.LiveCerts(), "-inf", strconv.FormatInt(now.UnixMilli(), 10))
+	p.ZAdd(ctx, r.keys.LiveCerts(), redis.Z{Score: float64(c.ValidBefore.UnixMilli()), Member: strconv.FormatUint(c.Serial, 10)})
 	until := c.ValidBefore
 	if c.IndexUntil.After(until) {
 		until = c.IndexUntil
@@ -121,7 +127,24 @@ func (r *Redis) recordCmds(ctx context.Context, p redis.Pipeliner, c ca.Certific
 
 // Live returns the identity's certificates still valid at now, by serial.
 func (r *Redis) Live(ctx context.Context, identity string, now time.Time) ([]ca.Certificate, error) {
-	serials, err := r.rdb.ZRangeByScore(ctx, r.keys.Identity(identity), &redis.ZRangeBy{
+	return r.liveIn(ctx, r.keys.Identity(identity), now)
+}
+
+// AllLive returns every certificate still valid at now, by serial, from the global index
+// (Keys.LiveCerts): one ZRANGEBYSCORE, then the records in MGETs of up to liveBatch keys (one
+// hash tag, so one slot on Redis Cluster).
+func (r *Redis) AllLive(ctx context.Context, now time.Time) ([]ca.Certificate, error) {
+	return r.liveIn(ctx, r.keys.LiveCerts(), now)
+}
+
+// liveBatch bounds the keys of one MGET, so that a large inventory does not make one reply of
+// many megabytes that blocks Redis while it is written.
+const liveBatch = 512
+
+// liveIn reads the records of the serials of the index (a sorted set scored by ValidBefore in
+// unix ms) that are valid at now. A serial whose record has expired meanwhile is skipped.
+func (r *Redis) liveIn(ctx context.Context, index string, now time.Time) ([]ca.Certificate, error) {
+	serials, err := r.rdb.ZRangeByScore(ctx, index, &redis.ZRangeBy{
 		Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf"}).Result()
 	if err != nil {
 		return nil, fmt.Errorf("store: live certificates: %w", err)
@@ -138,20 +161,23 @@ func (r *Redis) Live(ctx context.Context, identity string, now time.Time) ([]ca.
 		keys[i] = r.keys.Cert(n)
 	}
 	var out []ca.Certificate
-	for _, k := range keys {
-		b, err := r.rdb.Get(ctx, k).Bytes()
-		if errors.Is(err, redis.Nil) {
-			continue
-		}
+	for batch := range slices.Chunk(keys, liveBatch) {
+		vals, err := r.rdb.MGet(ctx, batch...).Result()
 		if err != nil {
 			return nil, fmt.Errorf("store: live certificates: %w", err)
 		}
-		var c ca.Certificate
-		if err := json.Unmarshal(b, &c); err != nil {
-			return nil, fmt.Errorf("store: corrupt record %s: %w", k, err)
-		}
-		if c.ValidBefore.After(now) {
-			out = append(out, c)
+		for i, v := range vals {
+			s, ok := v.(string)
+			if !ok {
+				continue // expired since the index was read
+			}
+			var c ca.Certificate
+			if err := json.Unmarshal([]byte(s), &c); err != nil {
+				return nil, fmt.Errorf("store: corrupt record %s: %w", batch[i], err)
+			}
+			if c.ValidBefore.After(now) {
+				out = append(out, c)
+			}
 		}
 	}
 	sortBySerial(out)
@@ -254,6 +280,20 @@ func (m *Memory) Live(_ context.Context, identity string, now time.Time) ([]ca.C
 	var out []ca.Certificate
 	for _, c := range m.certs {
 		if c.Identity == identity && c.ValidBefore.After(now) {
+			out = append(out, c)
+		}
+	}
+	sortBySerial(out)
+	return out, nil
+}
+
+// AllLive returns every certificate still valid at now, by serial.
+func (m *Memory) AllLive(_ context.Context, now time.Time) ([]ca.Certificate, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []ca.Certificate
+	for _, c := range m.certs {
+		if c.ValidBefore.After(now) {
 			out = append(out, c)
 		}
 	}

@@ -70,6 +70,41 @@ func testInventory(t *testing.T, newStore func(*testing.T, *clock) inventory) {
 		}
 	})
 
+	t.Run("every live certificate", func(t *testing.T) {
+		c := &clock{t: t0}
+		s := newStore(t, c)
+		if got, err := s.AllLive(ctx, t0); err != nil || len(got) != 0 {
+			t.Fatalf("empty store: %v %v", got, err)
+		}
+		a1, b1, c1 := cert(30, "alice", 10*time.Minute), cert(7, "bob", time.Hour), cert(12, "https://idp|carol", time.Hour)
+		for _, x := range []ca.Certificate{a1, b1, c1} {
+			if err := s.Record(ctx, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.AllLive(ctx, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]ca.Certificate{b1, c1, a1}, got); diff != "" {
+			t.Errorf("every live certificate, by serial (-want +got):\n%s", diff)
+		}
+		got, _ = s.AllLive(ctx, t0.Add(20*time.Minute))
+		if diff := cmp.Diff([]ca.Certificate{b1, c1}, got); diff != "" {
+			t.Errorf("after alice's expired (-want +got):\n%s", diff)
+		}
+		// A blocked identity's refused record is in no index.
+		if err := s.(ca.RevocationStore).BlockIdentity(ctx, "dave", t0.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Record(ctx, cert(40, "dave", time.Hour)); ca.KindOf(err) != ca.KindDenied {
+			t.Fatalf("record of a blocked identity: %v", err)
+		}
+		if got, _ := s.AllLive(ctx, t0); len(got) != 3 {
+			t.Errorf("after a refused record: %v, want the 3 recorded", got)
+		}
+	})
+
 	t.Run("expired members are pruned on write", func(t *testing.T) {
 		c := &clock{t: t0}
 		s := newStore(t, c)
@@ -197,5 +232,52 @@ func BenchmarkRecordRedis(b *testing.B) {
 		if err := s.Record(ctx, c); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestRedisLiveIndexPruned: the global index of live certificates (Keys.LiveCerts) loses its
+// expired members at the next Record, on a real redis-server, through both writers (Record
+// and RecordUnderRequest), so it holds about as many members as there are live certificates.
+func TestRedisLiveIndexPruned(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	t0 := time.Now().UTC().Truncate(time.Second)
+	c := &clock{t: t0}
+	s := store.NewRedis(rdb, store.RedisOptions{Now: c.Now})
+	ctx := context.Background()
+	cert := func(serial uint64, ttl time.Duration) ca.Certificate {
+		return ca.Certificate{Serial: serial, KeyID: "alice#x", Kind: ca.UserCert, Identity: "alice", Principals: []string{"p"},
+			ValidAfter: t0.Add(-30 * time.Second), ValidBefore: t0.Add(ttl)}
+	}
+	for i := range uint64(20) {
+		if err := s.Record(ctx, cert(100+i, time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := store.Keys{}.LiveCerts()
+	if n := rdb.ZCard(ctx, key).Val(); n != 20 {
+		t.Fatalf("index holds %d members, want 20", n)
+	}
+	c.Set(t0.Add(2 * time.Minute))
+	if err := s.Record(ctx, cert(200, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if got := rdb.ZRange(ctx, key, 0, -1).Val(); len(got) != 1 || got[0] != "200" {
+		t.Errorf("index after the others expired: %v, want [200]", got)
+	}
+	// The writer of certificates issued under an access request prunes it too.
+	req := ca.AccessRequest{ID: "req_prunedprunedprun", Requester: ca.Identity{Issuer: "https://idp", Subject: "alice"},
+		Principals: []string{"root"}, Status: ca.RequestApproved, CreatedAt: t0, PendingUntil: t0.Add(time.Hour), NotAfter: t0.Add(4 * time.Hour)}
+	if err := s.CreateRequest(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	c.Set(t0.Add(2 * time.Hour))
+	late := cert(300, 3*time.Hour)
+	if err := s.RecordUnderRequest(ctx, late, req.ID, func(ca.AccessRequest) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got := rdb.ZRange(ctx, key, 0, -1).Val(); len(got) != 1 || got[0] != "300" {
+		t.Errorf("index after a record under a request: %v, want [300]", got)
 	}
 }

@@ -76,6 +76,11 @@ func (k Keys) Cert(serial uint64) string {
 // (inventory).
 func (k Keys) Identity(id string) string { return k.p() + ":" + TagInventory + ":id:" + id }
 
+// LiveCerts is the sorted set of the serials of every recorded certificate, scored by
+// ValidBefore in unix ms and pruned up to now by every Record (inventory): "who has access
+// now" across identities (GET /v1/certs without an identity).
+func (k Keys) LiveCerts() string { return k.p() + ":" + TagInventory + ":live" }
+
 // Alias is the sorted set of the canonical identities recorded under an alias ("email:…",
 // "username:…"), scored by how long each entry lasts in unix ms (inventory).
 func (k Keys) Alias(alias string) string { return k.p() + ":" + TagInventory + ":alias:" + alias }
@@ -235,6 +240,7 @@ func (k Keys) Layout() []KeySpec {
 	return []KeySpec{
 		{k.Cert(exampleSerial), "Cert", TagInventory, "inventory", ReadByCA},
 		{k.Identity(exampleIdentity), "Identity", TagInventory, "inventory", ReadByCA},
+		{k.LiveCerts(), "LiveCerts", TagInventory, "inventory", ReadByCA},
 		{k.Alias(exampleAlias), "Alias", TagInventory, "inventory", ReadByCA},
 		{k.Serial(exampleSerial), "Serial", TagInventory, "serials", ReadByCA},
 		{k.Token(exampleToken), "Token", "", "tokens", ReadByCA},

@@ -297,7 +297,7 @@ func (s *Restore) Add(rec ca.AuditRecord) {
 		kind, arg, ok := strings.Cut(rec.Target, ":")
 		switch {
 		case !ok:
-			return // reading (list revocations, list certificates of …): nothing to restore
+			return // a read audited by versions before kind "read" (list revocations, …): nothing to restore
 		case kind == "unrevoke public_key":
 			s.actions = append(s.actions, restoreAction{rec, "lift", arg})
 		case kind == "public_key":

@@ -54,7 +54,7 @@ func TestRevokeCLIAndAdminReads(t *testing.T) {
 	user := devToken(t, base, map[string]any{"sub": "u-bob", "preferred_username": "bob"})
 	for _, path := range []string{"/v1/revocations", "/v1/certs?identity=alice@example.com"} {
 		code, out := call(t, http.MethodGet, base+path, user, nil)
-		if code != 403 || !strings.Contains(string(out), "may not revoke or read revocations") {
+		if code != 403 || !strings.Contains(string(out), "may not read the certificate inventory or revocations") {
 			t.Errorf("GET %s as a non-admin: %d %s", path, code, out)
 		}
 	}
