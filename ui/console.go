@@ -42,6 +42,9 @@ type Requests interface {
 	GetAccessRequest(ctx context.Context, token, id string) (ca.AccessRequest, error)
 	ListAccessRequests(ctx context.Context, token string, mine, pending bool) ([]ca.AccessRequest, error)
 	DecideAccessRequest(ctx context.Context, token, id string, d ca.AccessDecision) (ca.AccessRequest, error)
+	// CancelAccessRequest by an administrator (policy kind "revoke") revokes the request: its
+	// live certificates are revoked and their sessions ended like any revocation.
+	CancelAccessRequest(ctx context.Context, token, id, reason string) (ca.AccessRequest, error)
 }
 
 var _ Requests = (*ca.Authority)(nil)
@@ -128,6 +131,7 @@ func (c *Console) Handler() http.Handler {
 	mux.HandleFunc("GET /ui/requests/{id}", c.signedIn(c.request))
 	mux.HandleFunc("POST /ui/requests/{id}/approve", c.signedIn(c.decide(true)))
 	mux.HandleFunc("POST /ui/requests/{id}/deny", c.signedIn(c.decide(false)))
+	mux.HandleFunc("POST /ui/requests/{id}/revoke", c.signedIn(c.revoke))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		setSecurityHeaders(w.Header())
 		mux.ServeHTTP(w, r)
@@ -417,6 +421,33 @@ func (c *Console) decide(approve bool) func(http.ResponseWriter, *http.Request, 
 		}
 		http.Redirect(w, r, "/ui/requests/"+url.PathEscape(id), http.StatusSeeOther)
 	}
+}
+
+// revoke ends a request through the same domain call as POST /v1/requests/ID/cancel: for an
+// administrator (policy kind "revoke") that revokes it and every certificate issued under it;
+// anyone else is refused there (a requester's own cancel is `sshca request cancel`).
+func (c *Console) revoke(w http.ResponseWriter, r *http.Request, _ string, s session) {
+	id := r.PathValue("id")
+	q, err := c.o.Requests.GetAccessRequest(r.Context(), s.idToken, id)
+	if err != nil {
+		c.fail(w, s, err)
+		return
+	}
+	if q.Requester.Subject == s.sub {
+		c.render(w, http.StatusForbidden, "error.html", page{Title: "Refused", User: s.user, CSRF: s.csrf,
+			Error: "the console revokes others' access; end your own request with sshca request cancel " + id})
+		return
+	}
+	if strings.TrimSpace(r.PostForm.Get("reason")) == "" {
+		c.render(w, http.StatusBadRequest, "error.html", page{Title: "Refused", User: s.user, CSRF: s.csrf,
+			Error: "reason is required to revoke someone else's access: say why"})
+		return
+	}
+	if _, err := c.o.Requests.CancelAccessRequest(r.Context(), s.idToken, id, r.PostForm.Get("reason")); err != nil {
+		c.fail(w, s, err)
+		return
+	}
+	http.Redirect(w, r, "/ui/access", http.StatusSeeOther)
 }
 
 // holding is one approved request in its window and the certificates issued under it.

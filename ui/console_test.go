@@ -24,6 +24,7 @@ type fakeRequests struct {
 	req     ca.AccessRequest
 	tokens  []string
 	decided []ca.AccessDecision
+	cancels int
 }
 
 func subjectOf(tok string) string {
@@ -72,6 +73,19 @@ func (f *fakeRequests) DecideAccessRequest(_ context.Context, token, id string, 
 	f.decided = append(f.decided, d)
 	f.req.Approvals = append(f.req.Approvals, ca.Approval{Approver: ca.Identity{Subject: subjectOf(token)}, ContentHash: d.ContentHash, Reason: d.Reason})
 	f.req.Status, f.req.DecidedAt, f.req.NotAfter = ca.RequestApproved, time.Now(), time.Now().Add(30*time.Minute)
+	return f.req, nil
+}
+
+// CancelAccessRequest lets only carol (the administrator of these tests) revoke another's request.
+func (f *fakeRequests) CancelAccessRequest(_ context.Context, token, id, reason string) (ca.AccessRequest, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tokens = append(f.tokens, token)
+	if subjectOf(token) != "carol" {
+		return ca.AccessRequest{}, ca.Denied("revoking another's access request is not allowed", "needs group sshca-admins")
+	}
+	f.req.Status, f.req.DecisionReason = ca.RequestRevoked, reason
+	f.cancels++
 	return f.req, nil
 }
 
@@ -428,5 +442,39 @@ func TestAccessPage(t *testing.T) {
 	r.signIn(c, "bob", "/ui/") // the first session ended with its token
 	if p := get(""); strings.Contains(p, "4242") {
 		t.Fatalf("a holding past its window is shown:\n%s", p)
+	}
+}
+
+func TestRevokeFromAccessPage(t *testing.T) {
+	r := newRig(t, nil)
+	now := time.Now()
+	r.reqs.req.Status, r.reqs.req.DecidedAt, r.reqs.req.NotAfter, r.reqs.req.Serials = ca.RequestApproved, now, now.Add(30*time.Minute), []uint64{77}
+	revoke := func(who, reason string) (int, string) {
+		c := r.browser()
+		_, page := r.signIn(c, who, "/ui/access")
+		if !strings.Contains(page, `class="revoke"`) {
+			t.Fatalf("%s: no revoke button:\n%s", who, page)
+		}
+		resp, err := c.PostForm(r.srv.URL+"/ui/requests/"+r.reqs.req.ID+"/revoke", url.Values{"csrf": {csrfOf(t, page)}, "reason": {reason}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, body(t, resp)
+	}
+	if code, p := revoke("bob", "leaving"); code != http.StatusForbidden || !strings.Contains(p, "sshca-admins") {
+		t.Fatalf("non-admin revoke: %d\n%s", code, p)
+	}
+	if code, p := revoke("alice", "done"); code != http.StatusForbidden || !strings.Contains(p, "sshca request cancel") {
+		t.Fatalf("requester revoke: %d\n%s", code, p)
+	}
+	if code, _ := revoke("carol", " "); code != http.StatusBadRequest {
+		t.Fatalf("revoke without a reason: %d", code)
+	}
+	if r.reqs.cancels != 0 {
+		t.Fatalf("%d revocations before the administrator's", r.reqs.cancels)
+	}
+	code, p := revoke("carol", "incident INC-7")
+	if code != 200 || !strings.Contains(p, `<span class="revoked">revoked</span>`) || strings.Contains(p, `class="revoke"`) {
+		t.Fatalf("admin revoke: %d\n%s", code, p)
 	}
 }

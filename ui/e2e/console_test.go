@@ -5,7 +5,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -278,6 +280,32 @@ func TestConsole(t *testing.T) {
 		t.Fatalf("who holds access lacks serial %s of %s:\n%s", m[1], req1, a)
 	}
 	shot(t, ctx, "console-access")
+
+	// An administrator revokes it from the same page: the request and its certificate are
+	// revoked (the KRL that bastions install lists the certificate).
+	run(t, ctx, "sign out", chromedp.Click(chromedp.CSS("header form button")), chromedp.WaitVisible(chromedp.CSS("#signin")))
+	// The console lists the requests one may see (its own and those it may decide, as the API
+	// does), so this administrator is also an approver.
+	signIn(t, ctx, d.base+"/ui/access", "carol", "sshca-admins,sre-leads", true)
+	run(t, ctx, "revoke", chromedp.SetValue(chromedp.CSS(".revoke-reason"), "INC-7 laptop lost"), chromedp.Click(chromedp.CSS("button.revoke")),
+		chromedp.WaitNotPresent(chromedp.CSS("button.revoke")), chromedp.WaitVisible(chromedp.CSS("#access")))
+	if a := text(t, ctx, "#access"); !strings.Contains(a, "revoked") || !strings.Contains(a, string(m[1])) {
+		t.Fatalf("after revocation who holds access shows:\n%s", a)
+	}
+	shot(t, ctx, "console-revoked")
+	resp, err := http.Get(d.base + "/v1/krl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	krl, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	krlPath := filepath.Join(t.TempDir(), "krl")
+	if err := os.WriteFile(krlPath, krl, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if q, _ := exec.Command("ssh-keygen", "-Q", "-f", krlPath, key+"-cert.pub").CombinedOutput(); !strings.Contains(string(q), "REVOKED") {
+		t.Fatalf("the KRL does not revoke the certificate: %s", q)
+	}
 
 	// The requester signs in and cannot approve their own request, even by posting the form.
 	run(t, ctx, "sign out", chromedp.Click(chromedp.CSS("header form button")), chromedp.WaitVisible(chromedp.CSS("#signin")))
