@@ -200,9 +200,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		var err error
 		if a.o.Feed != nil {
 			err = a.runRedis(ctx)
-			if errors.Is(err, errCAsChanged) {
-				continue
-			}
 		}
 		if ctx.Err() != nil {
 			break
@@ -235,24 +232,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	return guardErr(ctx)
 }
 
-var errCAsChanged = errors.New("bastion: the set of CA keys changed")
-
 type scope struct {
 	state ca.RevocationState
 	pos   string
 }
 
-type followed struct {
-	fp string
-	revocation.Change
+// feedRead is the outcome of one read of the feed.
+type feedRead struct {
+	changes map[string][]revocation.Change
+	err     error
 }
 
+// runRedis follows the feed until ctx ends or the source fails. Every scope is read by one
+// blocking read at a time (feedReader), so the agent holds one connection in it and one for
+// the rest, however many CA keys were ever made; a scope that appears (a new CA key) is
+// snapshotted, installed, and read from the next read on (within feedBlock), and one that
+// leaves (a key registered as a host CA) is dropped from the KRL.
 func (a *Agent) runRedis(ctx context.Context) error {
 	r := a.o.Feed
-	cas, err := r.CAs(ctx)
-	if err != nil {
-		return err
-	}
 	trusted, err := r.TrustedCAs(ctx)
 	if err != nil {
 		return err
@@ -261,101 +258,70 @@ func (a *Agent) runRedis(ctx context.Context) error {
 		return err
 	}
 	scopes := map[string]*scope{}
-	for _, k := range cas {
-		fp := ssh.FingerprintSHA256(k)
-		st, pos, err := r.Snapshot(ctx, fp)
-		if err != nil {
-			return err
-		}
-		if st.CA == nil {
-			st.CA = k
-		}
-		scopes[fp] = &scope{state: st, pos: pos}
+	if _, err := a.trackScopes(ctx, scopes); err != nil {
+		return err
 	}
 	if err := a.install(scopes, "redis"); err != nil {
 		return err
 	}
-	fctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	changes := make(chan followed)
-	errc := make(chan error, len(scopes))
-	for fp, s := range scopes {
-		go func(fp, pos string) {
-			for {
-				cs, err := r.Changes(fctx, fp, pos, 5*time.Second)
-				if err != nil {
-					errc <- err
-					return
-				}
-				if len(cs) == 0 {
-					a.synced() // nothing new: what is installed is current
-				}
-				for _, c := range cs {
-					select {
-					case changes <- followed{fp, c}:
-					case <-fctx.Done():
-						return
-					}
-					pos = c.ID
-				}
-			}
-		}(fp, s.pos)
+	reader := &feedReader{feed: r, log: a.o.Log}
+	// Buffered: a read still blocked when runRedis returns ends by itself within feedBlock
+	// (go-redis does not interrupt a blocking read when its context ends) and must not leak.
+	reads := make(chan feedRead, 1)
+	reading := false
+	startRead := func() {
+		if reading || len(scopes) == 0 {
+			return
+		}
+		pos := make(map[string]string, len(scopes))
+		for fp, s := range scopes {
+			pos[fp] = s.pos
+		}
+		reading = true
+		go func() {
+			cs, err := reader.read(ctx, pos)
+			reads <- feedRead{cs, err}
+		}()
 	}
+	startRead()
 	recheck := time.NewTicker(a.o.CARefresh)
 	defer recheck.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case err := <-errc:
-			return err
-		case c := <-changes:
-			s := scopes[c.fp]
-			reload := false
-			switch {
-			case c.Version <= s.state.Version && !feedAfter(c.ID, s.pos):
-				continue // already in the snapshot
-			case c.Version <= s.state.Version:
-				// Made after everything we hold, at a version we hold already: the store's
-				// versions went back (restored from an old copy, a failover to a lagging
-				// replica). The snapshot says so (its generation mark), or its older KRL is
-				// refused with an alert; never skip it silently.
-				a.o.Log.Warn("revocation change at an older version than the state; reloading the state", "ca", c.fp, "have", s.state.Version, "got", c.Version)
-				reload = true
-			case c.Version == s.state.Version+1:
-				s.state.Entries = append(s.state.Entries, c.Entries...)
-				s.state.Version = c.Version
-				s.state.Changed = c.At // the KRL's date, as the server's (revocation.BuildKRL)
-				s.pos = c.ID
-			default:
-				// A gap: our position was trimmed away, or we missed a change. Reload the
-				// whole state rather than skip anything.
-				a.o.Log.Info("revocation stream gap; reloading the state", "ca", c.fp, "have", s.state.Version, "got", c.Version)
-				reload = true
+		case rd := <-reads:
+			reading = false
+			if rd.err != nil {
+				return rd.err
 			}
-			if reload {
-				st, pos, err := r.Snapshot(ctx, c.fp)
-				if err != nil {
-					return err
-				}
-				if st.CA == nil {
-					st.CA = s.state.CA
-				}
-				s.state, s.pos = st, pos
+			if len(rd.changes) == 0 {
+				a.synced() // nothing new: what is installed is current
+				startRead()
+				continue
 			}
-			if err := a.install(scopes, "redis"); err != nil {
-				return err
-			}
-			if a.o.OnRevoked != nil {
-				a.o.OnRevoked(ctx, revocation.LiveEntries(c.Entries, a.o.Now())) // not what a lift removed
-			}
-		case <-recheck.C:
-			now, err := r.CAs(ctx)
+			revoked, err := a.apply(ctx, scopes, rd.changes)
 			if err != nil {
 				return err
 			}
-			if !sameKeys(now, cas) {
-				return errCAsChanged
+			// Follow on before ending sessions: a change made meanwhile waits for no one.
+			startRead()
+			if err := a.install(scopes, "redis"); err != nil {
+				return err
+			}
+			if a.o.OnRevoked != nil && len(revoked) > 0 {
+				a.o.OnRevoked(ctx, revocation.LiveEntries(revoked, a.o.Now())) // not what a lift removed
+			}
+		case <-recheck.C:
+			changed, err := a.trackScopes(ctx, scopes)
+			if err != nil {
+				return err
+			}
+			if changed {
+				if err := a.install(scopes, "redis"); err != nil {
+					return err
+				}
+				startRead()
 			}
 			nowTrusted, err := r.TrustedCAs(ctx)
 			if err != nil {
@@ -366,6 +332,94 @@ func (a *Agent) runRedis(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// trackScopes makes scopes those of the CA keys the feed lists now: a new one is added with
+// its snapshot, one no longer listed is dropped. changed says whether the set changed.
+func (a *Agent) trackScopes(ctx context.Context, scopes map[string]*scope) (changed bool, err error) {
+	cas, err := a.o.Feed.CAs(ctx)
+	if err != nil {
+		return false, err
+	}
+	listed := make(map[string]bool, len(cas))
+	for _, k := range cas {
+		fp := ssh.FingerprintSHA256(k)
+		listed[fp] = true
+		if scopes[fp] != nil {
+			continue
+		}
+		st, pos, err := a.o.Feed.Snapshot(ctx, fp)
+		if err != nil {
+			return false, err
+		}
+		if st.CA == nil {
+			st.CA = k
+		}
+		scopes[fp] = &scope{state: st, pos: pos}
+		changed = true
+	}
+	for fp := range scopes {
+		if !listed[fp] {
+			delete(scopes, fp)
+			changed = true
+		}
+	}
+	return changed, nil
+}
+
+// apply brings the scopes up to the changes read (fingerprint → changes in feed order), each
+// scope in turn, and returns the entries the changes carried, for ending sessions. A scope
+// whose changes do not follow from its state (a gap, or versions that went back) is reloaded
+// from its snapshot instead: never skip anything.
+func (a *Agent) apply(ctx context.Context, scopes map[string]*scope, changes map[string][]revocation.Change) ([]ca.RevocationEntry, error) {
+	fps := make([]string, 0, len(changes))
+	for fp := range changes {
+		fps = append(fps, fp)
+	}
+	sort.Strings(fps)
+	var revoked []ca.RevocationEntry
+	for _, fp := range fps {
+		s := scopes[fp]
+		if s == nil {
+			continue // dropped while the read was under way
+		}
+		for _, c := range changes[fp] {
+			reload := false
+			switch {
+			case c.Version <= s.state.Version && !feedAfter(c.ID, s.pos):
+				continue // already in the snapshot
+			case c.Version <= s.state.Version:
+				// Made after everything we hold, at a version we hold already: the store's
+				// versions went back (restored from an old copy, a failover to a lagging
+				// replica). The snapshot says so (its generation mark), or its older KRL is
+				// refused with an alert; never skip it silently.
+				a.o.Log.Warn("revocation change at an older version than the state; reloading the state", "ca", fp, "have", s.state.Version, "got", c.Version)
+				reload = true
+			case c.Version == s.state.Version+1:
+				s.state.Entries = append(s.state.Entries, c.Entries...)
+				s.state.Version = c.Version
+				s.state.Changed = c.At // the KRL's date, as the server's (revocation.BuildKRL)
+				s.pos = c.ID
+			default:
+				// A gap: our position was trimmed away, or we missed a change. Reload the
+				// whole state rather than skip anything.
+				a.o.Log.Info("revocation stream gap; reloading the state", "ca", fp, "have", s.state.Version, "got", c.Version)
+				reload = true
+			}
+			if reload {
+				st, pos, err := a.o.Feed.Snapshot(ctx, fp)
+				if err != nil {
+					return nil, err
+				}
+				if st.CA == nil {
+					st.CA = s.state.CA
+				}
+				s.state, s.pos = st, pos
+			}
+			revoked = append(revoked, c.Entries...)
+		}
+	}
+	return revoked, nil
 }
 
 // install builds the KRL from the scopes (dropping expired entries) and installs it.
@@ -493,18 +547,6 @@ func feedAfter(id, pos string) bool {
 		return true
 	}
 	return im > pm || im == pm && is > ps
-}
-
-func sameKeys(a, b []ssh.PublicKey) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !bytes.Equal(a[i].Marshal(), b[i].Marshal()) {
-			return false
-		}
-	}
-	return true
 }
 
 // HTTPSource pulls the KRL and the user CA keys from the CA service over HTTPS, trusting only

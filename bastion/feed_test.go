@@ -20,7 +20,7 @@ import (
 	"github.com/sshca/sshca/store"
 )
 
-// gatedFeed holds the agent's first Changes call until released, and counts snapshots: the
+// gatedFeed holds the agent's first Follow call until released, and counts snapshots: the
 // test decides what the agent missed while it was away.
 type gatedFeed struct {
 	*store.Memory
@@ -38,7 +38,7 @@ func (g *gatedFeed) Snapshot(ctx context.Context, fp string) (ca.RevocationState
 	return g.Memory.Snapshot(ctx, fp)
 }
 
-func (g *gatedFeed) Changes(ctx context.Context, fp, after string, block time.Duration) ([]revocation.Change, error) {
+func (g *gatedFeed) Follow(ctx context.Context, after map[string]string, block time.Duration) (map[string][]revocation.Change, error) {
 	g.once.Do(func() {
 		close(g.entered)
 		select {
@@ -46,7 +46,7 @@ func (g *gatedFeed) Changes(ctx context.Context, fp, after string, block time.Du
 		case <-ctx.Done():
 		}
 	})
-	return g.Memory.Changes(ctx, fp, after, block)
+	return g.Memory.Follow(ctx, after, block)
 }
 
 func (g *gatedFeed) snapshotCount() int {

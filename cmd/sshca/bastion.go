@@ -130,11 +130,13 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		// No request deadline here: each call is bounded by about 4 s (2 s an attempt, one retry);
 		// the stream's blocking read has its own bound.
 		ro := newRedisBounds(4*time.Second, time.Second, 2*time.Second, 0).single(ropts)
-		// The agent holds one connection per CA key's scope in a blocking XREAD, and every key
-		// ever made keeps its scope: with go-redis's default pool (10 per CPU) the scopes past
-		// it waited seconds for a connection, and so did their revocations (a compromised CA
-		// key's 4 s after about 20 rotations). Connections open only as they are needed.
-		ro.PoolSize = max(ro.PoolSize, 256)
+		// The agent follows every CA key's scope with one blocking XREAD and makes its other
+		// reads (CA set, trusted keys, snapshots) one at a time beside it: two connections, a
+		// third while a read left by a reconnect ends (within its 5 s block). A small pool says
+		// so; a pool sized by the number of scopes would hide a regression to one read per
+		// scope (whose scopes past the pool waited seconds for a connection). Transactions
+		// (snapshots) stay on this pool: go-redis otherwise opens a pool of its own for them.
+		ro.PoolSize, ro.PipelinePoolSize = 4, -1
 		rdb := redis.NewClient(ro)
 		defer rdb.Close()
 		o.Feed = store.NewRedis(rdb, store.RedisOptions{})
