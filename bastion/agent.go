@@ -246,7 +246,7 @@ type feedRead struct {
 // runRedis follows the feed until ctx ends or the source fails. Every scope is read by one
 // blocking read at a time (feedReader), so the agent holds one connection in it and one for
 // the rest, however many CA keys were ever made; a scope that appears (a new CA key) is
-// snapshotted, installed, and read from the next read on (within feedBlock), and one that
+// snapshotted, installed, and read at once (a new read replaces the one under way), and one that
 // leaves (a key registered as a host CA) is dropped from the KRL.
 func (a *Agent) runRedis(ctx context.Context) error {
 	r := a.o.Feed
@@ -265,22 +265,25 @@ func (a *Agent) runRedis(ctx context.Context) error {
 		return err
 	}
 	reader := &feedReader{feed: r, log: a.o.Log}
-	// Buffered: a read still blocked when runRedis returns ends by itself within feedBlock
-	// (go-redis does not interrupt a blocking read when its context ends) and must not leak.
-	reads := make(chan feedRead, 1)
-	reading := false
+	// Each read answers on a channel of its own, buffered: a read abandoned (the CA set
+	// changed while it blocked) or still blocked when runRedis returns ends by itself within
+	// feedBlock (go-redis does not interrupt a blocking read when its context ends), and
+	// neither leaks nor is mistaken for the current one.
+	var reads chan feedRead
 	startRead := func() {
-		if reading || len(scopes) == 0 {
+		reads = nil
+		if len(scopes) == 0 {
 			return
 		}
 		pos := make(map[string]string, len(scopes))
 		for fp, s := range scopes {
 			pos[fp] = s.pos
 		}
-		reading = true
+		ch := make(chan feedRead, 1)
+		reads = ch
 		go func() {
 			cs, err := reader.read(ctx, pos)
-			reads <- feedRead{cs, err}
+			ch <- feedRead{cs, err}
 		}()
 	}
 	startRead()
@@ -290,8 +293,7 @@ func (a *Agent) runRedis(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case rd := <-reads:
-			reading = false
+		case rd := <-reads: // nil (never ready) while no scope is followed
 			if rd.err != nil {
 				return rd.err
 			}
@@ -321,6 +323,10 @@ func (a *Agent) runRedis(ctx context.Context) error {
 				if err := a.install(scopes, "redis"); err != nil {
 					return err
 				}
+				// Read the new set at once rather than after the read under way: the new key
+				// is the active one, and what is revoked next goes into its scope (a
+				// compromised key's ban). The abandoned read's changes are read again from
+				// the same positions; its connection is back within feedBlock.
 				startRead()
 			}
 			nowTrusted, err := r.TrustedCAs(ctx)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -50,19 +51,20 @@ type feedReader struct {
 	feed Feed
 	log  *slog.Logger
 	// perScope is set at the first CROSSSLOT and kept: the slots do not move back together.
-	perScope bool
+	// Atomic: a read abandoned for a new CA set may still run beside its successor.
+	perScope atomic.Bool
 }
 
 // read returns the changes after pos (fingerprint → position, not empty) within about
-// feedBlock. It is called from one goroutine at a time.
+// feedBlock.
 func (f *feedReader) read(ctx context.Context, pos map[string]string) (map[string][]revocation.Change, error) {
-	if !f.perScope || len(pos) == 1 {
+	if !f.perScope.Load() || len(pos) == 1 {
 		changes, err := f.feed.Follow(ctx, pos, feedBlock)
 		if err == nil || len(pos) == 1 || !strings.Contains(err.Error(), "CROSSSLOT") {
 			return changes, err
 		}
 		f.log.Info("the revocation feeds are in different cluster slots: following them one at a time", "scopes", len(pos))
-		f.perScope = true
+		f.perScope.Store(true)
 	}
 	block := min(feedBlock, max(perScopeBlock/time.Duration(len(pos)), 10*time.Millisecond))
 	out := map[string][]revocation.Change{}
