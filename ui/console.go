@@ -49,6 +49,15 @@ type Requests interface {
 
 var _ Requests = (*ca.Authority)(nil)
 
+// Certificates is the certificate inventory (GET /v1/certs): the global index of live
+// certificates, each flagged when revoked, for callers the policy lets read (kind "read":
+// administrators and auditors). *ca.Authority implements it.
+type Certificates interface {
+	ListCertificates(ctx context.Context, token string, q ca.CertQuery) ([]ca.ListedCertificate, error)
+}
+
+var _ Certificates = (*ca.Authority)(nil)
+
 // Options configure a Console.
 type Options struct {
 	// PublicURL is the server's base URL as browsers reach it ("https://ca.example.com"); the
@@ -60,6 +69,9 @@ type Options struct {
 	Issuer, ClientID string
 	Scopes           []string
 	Requests         Requests
+	// Certificates, when set, adds the whole inventory to "who holds access now" for those
+	// the policy lets read it.
+	Certificates Certificates
 	// Now is the clock (default time.Now); Logger gets failures (never a token).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -487,6 +499,19 @@ func (c *Console) access(w http.ResponseWriter, r *http.Request, _ string, s ses
 		}
 		hs = append(hs, h)
 	}
-	c.render(w, http.StatusOK, "access.html", page{Title: "Who holds access now", User: s.user, CSRF: s.csrf,
-		Data: map[string]any{"Holdings": hs, "Identity": ident, "Principal": principal}})
+	data := map[string]any{"Holdings": hs, "Identity": ident, "Principal": principal}
+	if c.o.Certificates != nil {
+		// The whole inventory for readers; anyone else sees the requests above and a note.
+		certs, err := c.o.Certificates.ListCertificates(r.Context(), s.idToken, ca.CertQuery{Identity: ident, Principal: principal})
+		switch {
+		case err == nil:
+			data["Inventory"] = certs
+		case ca.KindOf(err) == ca.KindDenied:
+			data["InventoryNote"] = "The whole certificate inventory is shown to those the policy lets read it (administrators and auditors)."
+		default:
+			c.fail(w, s, err)
+			return
+		}
+	}
+	c.render(w, http.StatusOK, "access.html", page{Title: "Who holds access now", User: s.user, CSRF: s.csrf, Data: data})
 }

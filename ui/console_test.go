@@ -478,3 +478,38 @@ func TestRevokeFromAccessPage(t *testing.T) {
 		t.Fatalf("admin revoke: %d\n%s", code, p)
 	}
 }
+
+// fakeInventory lets only carol read; it returns one live and one revoked certificate.
+type fakeInventory struct{ queries []ca.CertQuery }
+
+func (f *fakeInventory) ListCertificates(_ context.Context, token string, q ca.CertQuery) ([]ca.ListedCertificate, error) {
+	if subjectOf(token) != "carol" {
+		return nil, ca.Denied("bob may not read the certificate inventory")
+	}
+	f.queries = append(f.queries, q)
+	return []ca.ListedCertificate{
+		{Certificate: ca.Certificate{Serial: 501, Identity: "idp|dave", Principals: []string{"dave"}, ValidBefore: time.Now().Add(time.Hour)}},
+		{Certificate: ca.Certificate{Serial: 502, Identity: "idp|erin", Principals: []string{"root"}, AccessRequest: "req_BBBBBBBBBBBBBBBB"}, Revoked: ca.RevokedBySerial},
+	}, nil
+}
+
+func TestAccessPageInventory(t *testing.T) {
+	r := newRig(t, nil)
+	inv := &fakeInventory{}
+	r.console.o.Certificates = inv
+	c := r.browser()
+	_, page := r.signIn(c, "bob", "/ui/access")
+	if !strings.Contains(page, "administrators and auditors") || strings.Contains(page, "501") {
+		t.Fatalf("a non-reader's access page:\n%s", page)
+	}
+	c = r.browser()
+	_, page = r.signIn(c, "carol", "/ui/access?identity=erin&principal=root")
+	for _, want := range []string{`<code>501</code>`, `<code>502</code>`, `revoked (serial)`, `href="/ui/requests/req_BBBBBBBBBBBBBBBB"`} {
+		if !strings.Contains(page, want) {
+			t.Fatalf("reader's access page lacks %s:\n%s", want, page)
+		}
+	}
+	if len(inv.queries) != 1 || inv.queries[0] != (ca.CertQuery{Identity: "erin", Principal: "root"}) {
+		t.Fatalf("queries = %+v", inv.queries)
+	}
+}

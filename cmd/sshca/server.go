@@ -173,7 +173,7 @@ func apiHandler(p parts) (http.Handler, error) {
 		// The console calls the authority with the signed-in user's ID token, as the API does
 		// with a bearer token: the same authentication, policy and audit.
 		console, err := ui.New(ui.Options{PublicURL: p.consoleURL, Issuer: p.login.Issuer, ClientID: p.login.ClientID,
-			Scopes: p.login.Scopes, Requests: authority, Logger: p.log})
+			Scopes: p.login.Scopes, Requests: authority, Certificates: authority, Logger: p.log})
 		if err != nil {
 			return nil, fmt.Errorf("console: %w", err)
 		}

@@ -287,10 +287,16 @@ func TestConsole(t *testing.T) {
 	// The console lists the requests one may see (its own and those it may decide, as the API
 	// does), so this administrator is also an approver.
 	signIn(t, ctx, d.base+"/ui/access", "carol", "sshca-admins,sre-leads", true)
+	if inv := text(t, ctx, "#inventory"); !strings.Contains(inv, string(m[1])) || !strings.Contains(inv, "live") {
+		t.Fatalf("an administrator's inventory lacks live serial %s:\n%s", m[1], inv)
+	}
 	run(t, ctx, "revoke", chromedp.SetValue(chromedp.CSS(".revoke-reason"), "INC-7 laptop lost"), chromedp.Click(chromedp.CSS("button.revoke")),
 		chromedp.WaitNotPresent(chromedp.CSS("button.revoke")), chromedp.WaitVisible(chromedp.CSS("#access")))
 	if a := text(t, ctx, "#access"); !strings.Contains(a, "revoked") || !strings.Contains(a, string(m[1])) {
 		t.Fatalf("after revocation who holds access shows:\n%s", a)
+	}
+	if inv := text(t, ctx, "#inventory"); !strings.Contains(inv, string(m[1])) || !strings.Contains(inv, "revoked (serial)") {
+		t.Fatalf("after revocation the inventory shows:\n%s", inv)
 	}
 	shot(t, ctx, "console-revoked")
 	resp, err := http.Get(d.base + "/v1/krl")
