@@ -39,7 +39,9 @@ func TestLockdownEndsLiveSessions(t *testing.T) {
 	testenv.Need(t, "sshd", "/usr/sbin")
 	testenv.Need(t, "ssh")
 	for _, mode := range []string{"redis", "https"} {
-		t.Run(mode, func(t *testing.T) { lockdown(t, mode) })
+		// The modes share nothing (own redis-server, serve, agent and sshd) and mostly wait
+		// on ssh, so they run side by side: half the wall time of this, the suite's longest test.
+		t.Run(mode, func(t *testing.T) { t.Parallel(); lockdown(t, mode) })
 	}
 }
 

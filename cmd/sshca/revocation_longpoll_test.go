@@ -269,3 +269,43 @@ func (s *installSampler) after(t *testing.T, i int, had uint64, start time.Time)
 	t.Fatalf("agent %d did not install a version above %d within 10s", i, had)
 	return 0
 }
+
+// TestServeShutdownEndsLongPolls: a replica shutting down answers its waiting long polls at
+// once (304) and stops well within the drain bound, instead of waiting out their waits.
+func TestServeShutdownEndsLongPolls(t *testing.T) {
+	r := testenv.StartRedis(t)
+	idp := startIssuer(t, "sshca")
+	base, stop := startServeStoppable(t, serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}}))
+	resp, err := http.Get(base + "/v1/krl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	codes := make(chan int, 3)
+	for range 3 {
+		go func() {
+			req, _ := http.NewRequest(http.MethodGet, base+"/v1/krl?wait=25s", nil)
+			req.Header.Set("If-None-Match", resp.Header.Get("ETag"))
+			r, err := http.DefaultClient.Do(req)
+			if err != nil {
+				codes <- 0
+				return
+			}
+			r.Body.Close()
+			codes <- r.StatusCode
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // waiting
+	begin := time.Now()
+	stop()
+	took := time.Since(begin)
+	for range 3 {
+		if c := <-codes; c != http.StatusNotModified {
+			t.Errorf("a long poll at shutdown got %d, want 304", c)
+		}
+	}
+	t.Logf("serve stopped %s after shutdown began, with 3 long polls of 25s waiting", took)
+	if took > 5*time.Second {
+		t.Errorf("shutdown took %s with long polls waiting: the drain waited for them", took)
+	}
+}
