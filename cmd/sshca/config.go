@@ -106,7 +106,8 @@ type TLSConfig struct {
 	KeyFile string `yaml:"key_file"`
 	// ClientCAFile is a PEM bundle of the CA certificates that issue admin client
 	// certificates. When set, the admin endpoints (/v1/revocations, /v1/keys, GET /v1/certs,
-	// approving and denying access requests) answer 403 unless the connection presented a
+	// approving and denying access requests, and the web console's approve, deny and revoke
+	// actions) answer 403 unless the connection presented a
 	// client certificate that verifies against it, in addition to the bearer token and the
 	// policy; a certificate from another CA fails the TLS handshake. Other endpoints need none.
 	// Requires cert_file. Read once at start.

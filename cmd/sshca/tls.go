@@ -146,6 +146,9 @@ func isAdminRoute(r *http.Request) bool {
 		return true
 	case strings.HasPrefix(p, "/v1/requests/"):
 		return strings.HasSuffix(p, "/approve") || strings.HasSuffix(p, "/deny")
+	case strings.HasPrefix(p, "/ui/requests/"):
+		// The web console's admin actions follow the API's rule (its pages only read).
+		return strings.HasSuffix(p, "/approve") || strings.HasSuffix(p, "/deny") || strings.HasSuffix(p, "/revoke")
 	}
 	return false
 }
@@ -158,11 +161,15 @@ func isAdminRoute(r *http.Request) bool {
 func adminCertRequired(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isAdminRoute(r) && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+			msg := "a client certificate is required for " + r.URL.Path + ": this server asks admin requests for a TLS client certificate issued by its tls.client_ca_file; present one with sshca --tls-cert FILE --tls-key FILE"
+			if strings.HasPrefix(r.URL.Path, "/ui/") {
+				msg = "a client certificate is required for " + r.URL.Path + ": this server asks the console's admin actions for a TLS client certificate issued by its tls.client_ca_file; install one in your browser and reload"
+				http.Error(w, msg, http.StatusForbidden)
+				return
+			}
 			w.Header().Set("Content-Type", "application/json; charset=utf-8")
 			w.WriteHeader(http.StatusForbidden)
-			_ = json.NewEncoder(w).Encode(map[string]any{
-				"error": "a client certificate is required for " + r.URL.Path + ": this server asks admin requests for a TLS client certificate issued by its tls.client_ca_file; present one with sshca --tls-cert FILE --tls-key FILE",
-			})
+			_ = json.NewEncoder(w).Encode(map[string]any{"error": msg})
 			return
 		}
 		next.ServeHTTP(w, r)

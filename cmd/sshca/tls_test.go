@@ -270,6 +270,8 @@ func TestServeAdminClientCert(t *testing.T) {
 		{"GET", "/v1/revocations"}, {"POST", "/v1/revocations"}, {"POST", "/v1/revocations/lift"},
 		{"GET", "/v1/certs"}, {"GET", "/v1/keys"}, {"POST", "/v1/keys/generate"},
 		{"POST", "/v1/requests/r1/approve"}, {"POST", "/v1/requests/r1/deny"},
+		// The web console's admin actions, whether or not the console is mounted.
+		{"POST", "/ui/requests/r1/approve"}, {"POST", "/ui/requests/r1/deny"}, {"POST", "/ui/requests/r1/revoke"},
 	} {
 		code, out, err := do(none, route.method, route.path, admin, map[string]any{})
 		if err != nil || code != http.StatusForbidden || !strings.Contains(out, "client certificate is required") {
@@ -300,7 +302,7 @@ func TestServeAdminClientCert(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &issued); err != nil || issued.Serial == "" {
 		t.Fatalf("POST /v1/certs/user: %v %s", err, out)
 	}
-	for _, path := range []string{"/v1/krl", "/v1/ca/user.pub", "/v1/requests/r1"} {
+	for _, path := range []string{"/v1/krl", "/v1/ca/user.pub", "/v1/requests/r1", "/ui/requests/r1"} {
 		if code, out, err := do(none, "GET", path, alice, nil); err != nil || code == http.StatusForbidden && strings.Contains(out, "client certificate") {
 			t.Errorf("GET %s without a client certificate = %d %s %v, want no client certificate requirement", path, code, out, err)
 		}
