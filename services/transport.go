@@ -233,29 +233,13 @@ func encodeKnownHosts(pattern string, log *slog.Logger) kithttp.EncodeResponseFu
 	}
 }
 
-// err2code is the one place where a domain error becomes an HTTP status.
+// err2code is the one place where a domain error becomes an HTTP status (client.StatusOf,
+// shared with the web console).
 func err2code(err error) int {
 	if errors.Is(err, errTooLarge) {
 		return http.StatusRequestEntityTooLarge
 	}
-	switch ca.KindOf(err) {
-	case ca.KindInvalid:
-		return http.StatusBadRequest
-	case ca.KindUnauthenticated:
-		return http.StatusUnauthorized
-	case ca.KindDenied:
-		return http.StatusForbidden
-	case ca.KindNotFound:
-		return http.StatusNotFound
-	case ca.KindConflict:
-		return http.StatusConflict
-	case ca.KindUnavailable:
-		return http.StatusServiceUnavailable
-	case ca.KindRateLimited:
-		return http.StatusTooManyRequests
-	default:
-		return http.StatusInternalServerError
-	}
+	return client.StatusOf(ca.KindOf(err))
 }
 
 func encodeError(_ context.Context, err error, w http.ResponseWriter) {

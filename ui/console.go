@@ -19,6 +19,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
 )
 
 //go:embed templates/*.html static/style.css
@@ -171,7 +172,7 @@ func (c *Console) fail(w http.ResponseWriter, s session, err error) {
 	code, msg := http.StatusInternalServerError, "internal error; the server log has the details"
 	var de *ca.Error
 	if errors.As(err, &de) {
-		code = statusOf(de.Kind)
+		code = client.StatusOf(de.Kind)
 		if de.Kind != ca.KindInternal {
 			msg = de.Msg
 			if len(de.Reasons) > 0 {
@@ -183,27 +184,6 @@ func (c *Console) fail(w http.ResponseWriter, s session, err error) {
 		c.o.Logger.Error("ui: request failed", "err", err)
 	}
 	c.render(w, code, "error.html", page{Title: "Error", User: s.user, CSRF: s.csrf, Error: msg})
-}
-
-// statusOf maps a domain error kind to the status the API gives it (services.err2code).
-func statusOf(k ca.ErrorKind) int {
-	switch k {
-	case ca.KindInvalid:
-		return http.StatusBadRequest
-	case ca.KindUnauthenticated:
-		return http.StatusUnauthorized
-	case ca.KindDenied:
-		return http.StatusForbidden
-	case ca.KindNotFound:
-		return http.StatusNotFound
-	case ca.KindConflict:
-		return http.StatusConflict
-	case ca.KindUnavailable:
-		return http.StatusServiceUnavailable
-	case ca.KindRateLimited:
-		return http.StatusTooManyRequests
-	}
-	return http.StatusInternalServerError
 }
 
 func (c *Console) current(r *http.Request) (string, session, bool) {
