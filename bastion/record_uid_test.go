@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,7 +59,9 @@ func TestRecordSocketSecondUID(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ctx, l) }()
-	t.Cleanup(func() { cancel(); <-done })
+	// Serve returns once every session's connection has been handled to its end.
+	stop := sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(stop)
 
 	ca := writeKey(t, filepath.Join(dir, "ca"))
 	user := writeKey(t, filepath.Join(dir, "user"))
@@ -89,6 +92,9 @@ func TestRecordSocketSecondUID(t *testing.T) {
 	if err != nil || strings.TrimSpace(out) != "gid=65534 groups=65534" {
 		t.Errorf("the setgid recorder: %v, %q; want the session run, its child without group %s", err, out, group)
 	}
+	// The recorder exits as soon as its last frame is written; the agent may still be storing
+	// it. Stop the server, which waits for its sessions, before reading the recording.
+	stop()
 	es, _ := os.ReadDir(recs)
 	if len(es) != 1 {
 		t.Fatalf("%d recordings, want the setgid recorder's one", len(es))
