@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,7 +29,9 @@ func TestRecordWindowSize(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = (&RecordServer{Dir: recs}).Serve(ctx, l) }()
-	defer func() { cancel(); <-done }()
+	// Serve returns once every session's connection has been handled to its end.
+	stop := sync.OnceFunc(func() { cancel(); <-done })
+	defer stop()
 	ca := writeKey(t, filepath.Join(dir, "ca"))
 	user := writeKey(t, filepath.Join(dir, "user"))
 	c := &ssh.Certificate{Key: user.PublicKey(), Serial: 3, CertType: ssh.UserCert, KeyId: "w#3",
@@ -58,6 +61,9 @@ func TestRecordWindowSize(t *testing.T) {
 	if !strings.Contains(string(out), "31 101") {
 		t.Fatalf("stty size in the session printed %q, want 31 101", out)
 	}
+	// The recorder exits as soon as its last frame is written; the agent may still be storing
+	// it. Stop the server, which waits for its sessions, before reading the recording.
+	stop()
 	es, _ := os.ReadDir(recs)
 	if len(es) != 1 {
 		t.Fatalf("%d recordings", len(es))
