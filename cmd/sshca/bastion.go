@@ -132,7 +132,8 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		ro := newRedisBounds(4*time.Second, time.Second, 2*time.Second, 0).single(ropts)
 		// The agent follows every CA key's scope with one blocking XREAD and makes its other
 		// reads (CA set, trusted keys, snapshots) one at a time beside it: two connections, a
-		// third while a read left by a reconnect ends (within its 5 s block). A small pool says
+		// third while a read left by a reconnect or a new CA set ends (within its 5 s block),
+		// which go-redis then keeps open, idle, in the pool. A small pool says
 		// so; a pool sized by the number of scopes would hide a regression to one read per
 		// scope (whose scopes past the pool waited seconds for a connection). Transactions
 		// (snapshots) stay on this pool: go-redis otherwise opens a pool of its own for them.
