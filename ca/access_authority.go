@@ -288,17 +288,8 @@ func (a *Authority) DecideAccessRequest(ctx context.Context, token, reqID string
 	}
 	view := r
 	view.Approvals = counting
-	dec, err := a.policy.Decide(ctx, a.approveInput(id, view, d.Reason))
+	dec, err := a.decide(ctx, &rec, a.approveInput(id, view, d.Reason), "policy does not let you decide this access request")
 	if err != nil {
-		err = Unavailable("policy could not decide", err)
-		a.settle(ctx, &rec, err)
-		return AccessRequest{}, err
-	}
-	rec.PolicyRevision = dec.Revision
-	if !dec.Allow {
-		rec.Reasons = orDefault(dec.Reasons)
-		err := Denied("policy does not let you decide this access request", rec.Reasons...)
-		a.settle(ctx, &rec, err)
 		return AccessRequest{}, err
 	}
 	need := max(dec.ApprovalsRequired, 1)
@@ -603,17 +594,7 @@ func (a *Authority) ReviewAccessRequest(ctx context.Context, token, reqID, reaso
 		a.settle(ctx, &rec, err)
 		return AccessRequest{}, err
 	}
-	dec, err := a.policy.Decide(ctx, a.approveInput(id, r, reason))
-	if err != nil {
-		err = Unavailable("policy could not decide", err)
-		a.settle(ctx, &rec, err)
-		return AccessRequest{}, err
-	}
-	rec.PolicyRevision = dec.Revision
-	if !dec.Allow {
-		rec.Reasons = orDefault(dec.Reasons)
-		err := Denied("policy does not let you review this access request", rec.Reasons...)
-		a.settle(ctx, &rec, err)
+	if _, err := a.decide(ctx, &rec, a.approveInput(id, r, reason), "policy does not let you review this access request"); err != nil {
 		return AccessRequest{}, err
 	}
 	rec.Outcome = "allowed"

@@ -154,6 +154,26 @@ func (a *Authority) keep(ctx context.Context, rec AuditRecord) error {
 
 // settle completes rec from the error a request ended with (outcome and reasons, unless set)
 // and keeps it.
+// decide asks the policy about in and, when it cannot decide (503) or does not allow (403,
+// with denied as the message and its reasons), settles rec with that error. It records the
+// policy revision either way.
+func (a *Authority) decide(ctx context.Context, rec *AuditRecord, in PolicyInput, denied string) (Decision, error) {
+	dec, err := a.policy.Decide(ctx, in)
+	if err != nil {
+		err = Unavailable("policy could not decide", err)
+		a.settle(ctx, rec, err)
+		return dec, err
+	}
+	rec.PolicyRevision = dec.Revision
+	if !dec.Allow {
+		rec.Reasons = orDefault(dec.Reasons)
+		err = Denied(denied, rec.Reasons...)
+		a.settle(ctx, rec, err)
+		return dec, err
+	}
+	return dec, nil
+}
+
 func (a *Authority) settle(ctx context.Context, rec *AuditRecord, err error) {
 	complete(rec, err)
 	_ = a.keep(ctx, *rec)

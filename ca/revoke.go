@@ -426,17 +426,7 @@ func (a *Authority) authorizeThen(ctx context.Context, id Identity, kind Action,
 	in := PolicyInput{Kind: kind, Identity: id, Now: a.now().UTC().Format(time.RFC3339),
 		Request: PolicyRequest{Principals: []string{}, Reason: reason, Target: target}}
 	fillDefaults(&in.Identity)
-	dec, err := a.policy.Decide(ctx, in)
-	if err != nil {
-		err = Unavailable("policy could not decide", err)
-		a.settle(ctx, &rec, err)
-		return rec, err
-	}
-	rec.PolicyRevision = dec.Revision
-	if !dec.Allow {
-		rec.Reasons = orDefault(dec.Reasons)
-		err = Denied("policy denied the request", rec.Reasons...)
-		a.settle(ctx, &rec, err)
+	if _, err := a.decide(ctx, &rec, in, "policy denied the request"); err != nil {
 		return rec, err
 	}
 	if check != nil {
