@@ -244,7 +244,7 @@ type feedRead struct {
 }
 
 // runRedis follows the feed until ctx ends or the source fails. Every scope is read by one
-// blocking read at a time (feedReader), so the agent holds one connection in it and one for
+// blocking read at a time (revocation.ScopeReader), so the agent holds one connection in it and one for
 // the rest, however many CA keys were ever made; a scope that appears (a new CA key) is
 // snapshotted, installed, and read at once (a new read replaces the one under way), and one that
 // leaves (a key registered as a host CA) is dropped from the KRL.
@@ -264,7 +264,7 @@ func (a *Agent) runRedis(ctx context.Context) error {
 	if err := a.install(scopes, "redis"); err != nil {
 		return err
 	}
-	reader := &feedReader{feed: r, log: a.o.Log}
+	reader := &revocation.ScopeReader{}
 	// Each read answers on a channel of its own, buffered: a read abandoned (the CA set
 	// changed while it blocked) or still blocked when runRedis returns ends by itself within
 	// feedBlock (go-redis does not interrupt a blocking read when its context ends), and
@@ -282,7 +282,7 @@ func (a *Agent) runRedis(ctx context.Context) error {
 		ch := make(chan feedRead, 1)
 		reads = ch
 		go func() {
-			cs, err := reader.read(ctx, pos)
+			cs, err := reader.Read(ctx, r, a.o.Log, pos, feedBlock)
 			ch <- feedRead{cs, err}
 		}()
 	}

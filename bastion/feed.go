@@ -2,9 +2,6 @@ package bastion
 
 import (
 	"context"
-	"log/slog"
-	"strings"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -38,44 +35,3 @@ type Feed interface {
 // key) waits to be read, and how long a reconnect may leave the previous read behind. Status
 // LastSync moves at least this often while the source answers.
 const feedBlock = 5 * time.Second
-
-// perScopeBlock is how long a round of per-scope reads blocks in all on Redis Cluster: the
-// delay a change may wait for its scope's turn (as revocation.Follower).
-const perScopeBlock = 100 * time.Millisecond
-
-// feedReader reads every followed scope's changes: in one blocking read, or, where the
-// scopes' streams sit in different Redis Cluster slots and one XREAD over them fails with
-// CROSSSLOT, in short reads of one scope at a time (as revocation.Follower, the server's long
-// poll, does). Either way the reads hold one connection, whatever the number of scopes.
-type feedReader struct {
-	feed Feed
-	log  *slog.Logger
-	// perScope is set at the first CROSSSLOT and kept: the slots do not move back together.
-	// Atomic: a read abandoned for a new CA set may still run beside its successor.
-	perScope atomic.Bool
-}
-
-// read returns the changes after pos (fingerprint → position, not empty) within about
-// feedBlock.
-func (f *feedReader) read(ctx context.Context, pos map[string]string) (map[string][]revocation.Change, error) {
-	if !f.perScope.Load() || len(pos) == 1 {
-		changes, err := f.feed.Follow(ctx, pos, feedBlock)
-		if err == nil || len(pos) == 1 || !strings.Contains(err.Error(), "CROSSSLOT") {
-			return changes, err
-		}
-		f.log.Info("the revocation feeds are in different cluster slots: following them one at a time", "scopes", len(pos))
-		f.perScope.Store(true)
-	}
-	block := min(feedBlock, max(perScopeBlock/time.Duration(len(pos)), 10*time.Millisecond))
-	out := map[string][]revocation.Change{}
-	for fp, p := range pos {
-		cs, err := f.feed.Follow(ctx, map[string]string{fp: p}, block)
-		if err != nil {
-			return nil, err
-		}
-		if len(cs[fp]) > 0 {
-			out[fp] = cs[fp]
-		}
-	}
-	return out, nil
-}

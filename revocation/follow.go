@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -43,9 +44,8 @@ type Follower struct {
 	// takes to notice that ctx ended.
 	Block time.Duration
 
-	// perScope: one read per scope (Redis Cluster), set when a read of every scope at once
-	// fails with CROSSSLOT.
-	perScope bool
+	// scopes reads every scope at once, or one at a time on Redis Cluster.
+	scopes ScopeReader
 
 	mu      sync.Mutex
 	changed chan struct{}
@@ -155,23 +155,36 @@ func (f *Follower) Run(ctx context.Context) {
 	}
 }
 
-// read is one read of the feed: every scope in one blocking read, or, on Redis Cluster (where
-// the scopes' streams sit in different slots and one XREAD over them fails with CROSSSLOT), one
-// short read per scope in turn. Either way the cost depends on the number of CA keys, never on
-// the number of waiting agents.
+// read is one read of the feed (ScopeReader.Read): the cost depends on the number of CA keys,
+// never on the number of waiting agents.
 func (f *Follower) read(ctx context.Context, pos map[string]string) (map[string][]Change, error) {
-	if !f.perScope || len(pos) == 1 {
-		changes, err := f.feed.Follow(ctx, pos, f.Block)
+	return f.scopes.Read(ctx, f.feed, f.log, pos, f.Block)
+}
+
+// ScopeReader reads the changes of every followed scope: in one blocking XREAD, or, where the
+// scopes' streams sit in different Redis Cluster slots and that read fails with CROSSSLOT, in
+// short reads of one scope at a time from then on (the slots do not move back together).
+// Either way the reads hold one connection, whatever the number of scopes. The server's
+// Follower and the bastion agent both read through it. Safe for concurrent use.
+type ScopeReader struct {
+	perScope atomic.Bool
+}
+
+// Read returns the changes after pos (fingerprint → stream position, not empty), blocking up
+// to block (one scope at a time: about perScopeBlock per round).
+func (r *ScopeReader) Read(ctx context.Context, feed FollowFeed, log *slog.Logger, pos map[string]string, block time.Duration) (map[string][]Change, error) {
+	if !r.perScope.Load() || len(pos) == 1 {
+		changes, err := feed.Follow(ctx, pos, block)
 		if err == nil || len(pos) == 1 || !strings.Contains(err.Error(), "CROSSSLOT") {
 			return changes, err
 		}
-		f.log.Info("the revocation feeds are in different cluster slots: following them one at a time", "scopes", len(pos))
-		f.perScope = true
+		log.Info("the revocation feeds are in different cluster slots: following them one at a time", "scopes", len(pos))
+		r.perScope.Store(true)
 	}
-	block := min(f.Block, max(perScopeBlock/time.Duration(len(pos)), 10*time.Millisecond))
+	each := min(block, max(perScopeBlock/time.Duration(len(pos)), 10*time.Millisecond))
 	out := map[string][]Change{}
 	for fp, p := range pos {
-		cs, err := f.feed.Follow(ctx, map[string]string{fp: p}, block)
+		cs, err := feed.Follow(ctx, map[string]string{fp: p}, each)
 		if err != nil {
 			return nil, err
 		}
