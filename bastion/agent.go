@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
@@ -60,7 +61,10 @@ type Options struct {
 	// in HTTPS mode (no change stream), and in both modes of whatever a change does not name
 	// (a state reloaded after a gap or a new CA key, sessions learned after the change).
 	OnKRL func(k *krl.KRL)
-	Now   func() time.Time
+	// Clock is read for every timestamp and drives every wait: the reconnection backoff, the
+	// polling interval, the CA re-read, the file guard's and the drift check's intervals.
+	// Default the real clock; tests pass a clockwork.FakeClock and advance it.
+	Clock clockwork.Clock
 	Log   *slog.Logger
 }
 
@@ -126,8 +130,8 @@ func NewAgent(o Options) (*Agent, error) {
 	if o.LongPollWait == 0 {
 		o.LongPollWait = 25 * time.Second
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = clockwork.NewRealClock()
 	}
 	if o.CARefresh == 0 {
 		o.CARefresh = 15 * time.Second
@@ -157,7 +161,7 @@ func (a *Agent) Status() Status {
 func (a *Agent) Prepare() error {
 	b, err := os.ReadFile(a.o.KRLPath)
 	if errors.Is(err, os.ErrNotExist) {
-		empty, err := (&krl.KRL{GeneratedDate: a.o.Now(), Comment: "sshca: empty until the first sync"}).MarshalBinary()
+		empty, err := (&krl.KRL{GeneratedDate: a.o.Clock.Now(), Comment: "sshca: empty until the first sync"}).MarshalBinary()
 		if err != nil {
 			return err
 		}
@@ -212,7 +216,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			// Poll over HTTPS meanwhile; go back to Redis after a while if there is one.
 			until := time.Time{}
 			if a.o.Feed != nil {
-				until = a.o.Now().Add(backoff + time.Second)
+				until = a.o.Clock.Now().Add(backoff + time.Second)
 			}
 			if err := a.runHTTP(ctx, until); err != nil && ctx.Err() == nil {
 				a.setError("https", err)
@@ -220,7 +224,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		} else {
 			select {
 			case <-ctx.Done():
-			case <-time.After(backoff):
+			case <-a.o.Clock.After(backoff):
 			}
 		}
 		if err != nil {
@@ -287,7 +291,7 @@ func (a *Agent) runRedis(ctx context.Context) error {
 		}()
 	}
 	startRead()
-	recheck := time.NewTicker(a.o.CARefresh)
+	recheck := a.o.Clock.NewTicker(a.o.CARefresh)
 	defer recheck.Stop()
 	for {
 		select {
@@ -312,9 +316,9 @@ func (a *Agent) runRedis(ctx context.Context) error {
 				return err
 			}
 			if a.o.OnRevoked != nil && len(revoked) > 0 {
-				a.o.OnRevoked(ctx, revocation.LiveEntries(revoked, a.o.Now())) // not what a lift removed
+				a.o.OnRevoked(ctx, revocation.LiveEntries(revoked, a.o.Clock.Now())) // not what a lift removed
 			}
-		case <-recheck.C:
+		case <-recheck.Chan():
 			changed, err := a.trackScopes(ctx, scopes)
 			if err != nil {
 				return err
@@ -430,7 +434,7 @@ func (a *Agent) apply(ctx context.Context, scopes map[string]*scope, changes map
 
 // install builds the KRL from the scopes (dropping expired entries) and installs it.
 func (a *Agent) install(scopes map[string]*scope, source string) error {
-	now := a.o.Now()
+	now := a.o.Clock.Now()
 	fps := make([]string, 0, len(scopes))
 	for fp := range scopes {
 		fps = append(fps, fp)
@@ -486,7 +490,7 @@ func (a *Agent) installKRL(b []byte, source string) error {
 	}
 	a.mu.Lock()
 	a.status.KRLVersion = k.Version
-	a.status.KRLWritten = a.o.Now()
+	a.status.KRLWritten = a.o.Clock.Now()
 	a.status.LastSync = a.status.KRLWritten
 	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
 	a.status.Alert, a.status.OfferedVersion = "", 0
@@ -525,7 +529,7 @@ func (a *Agent) setConnected(source string) {
 		return // the source still offers the older KRL it was refused for (304)
 	}
 	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
-	a.status.LastSync = a.o.Now()
+	a.status.LastSync = a.o.Clock.Now()
 }
 
 // synced notes that the Redis change stream answered: the KRL in place is current, unless a
@@ -534,7 +538,7 @@ func (a *Agent) synced() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.status.Alert == "" && a.status.Connected {
-		a.status.LastSync = a.o.Now()
+		a.status.LastSync = a.o.Clock.Now()
 	}
 }
 
@@ -592,6 +596,8 @@ func NewHTTPSource(base, caFile string) (*HTTPSource, error) {
 // get fetches path with If-None-Match etag; a wait above zero asks for a long poll of that
 // wait, and waited says whether the server granted one (X-KRL-Wait).
 func (h *HTTPSource) get(ctx context.Context, path, etag string, wait time.Duration) (b []byte, newETag string, code int, waited bool, err error) {
+	// The real clock, not Options.Clock: this deadline interrupts a socket, which only the
+	// runtime's timers can do.
 	ctx, cancel := context.WithTimeout(ctx, wait+requestTimeout)
 	defer cancel()
 	if wait > 0 {
@@ -626,13 +632,13 @@ func (a *Agent) runHTTP(ctx context.Context, until time.Time) error {
 	for {
 		wait := a.o.LongPollWait
 		if !until.IsZero() {
-			wait = min(wait, until.Sub(a.o.Now()))
+			wait = min(wait, until.Sub(a.o.Clock.Now()))
 		}
 		waited, err := a.pollOnce(ctx, h, max(wait, 0))
 		if err != nil {
 			a.setError("https", err)
 		}
-		if !until.IsZero() && a.o.Now().After(until) {
+		if !until.IsZero() && a.o.Clock.Now().After(until) {
 			return nil
 		}
 		if err == nil && waited {
@@ -641,7 +647,7 @@ func (a *Agent) runHTTP(ctx context.Context, until time.Time) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(a.o.PollEvery):
+		case <-a.o.Clock.After(a.o.PollEvery):
 		}
 	}
 }
@@ -660,7 +666,7 @@ func (a *Agent) pollOnce(ctx context.Context, h *HTTPSource, wait time.Duration)
 			}
 		}
 	}
-	begin := time.Now()
+	begin := a.o.Clock.Now()
 	b, etag, code, waited, err := h.get(ctx, "/v1/krl", h.etag, wait)
 	if err != nil {
 		return false, err
@@ -669,7 +675,7 @@ func (a *Agent) pollOnce(ctx context.Context, h *HTTPSource, wait time.Duration)
 		a.setConnected("https")
 		// A 304 long before the wait ended: the server is shutting down (or something in
 		// between answers for it); pause rather than ask again at once.
-		return waited && time.Since(begin) >= wait/2, nil
+		return waited && a.o.Clock.Since(begin) >= wait/2, nil
 	}
 	if err := a.installKRL(b, "https"); err != nil {
 		return false, err

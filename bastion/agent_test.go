@@ -74,12 +74,13 @@ func (s *krlServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func TestAgentHTTPSource(t *testing.T) {
-	srv := &krlServer{}
-	ts := httptest.NewTLSServer(srv)
-	defer ts.Close()
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "server-ca.pem")
+// tlsSource serves h over TLS (closed at the end of the test) and returns an HTTPS source
+// that pins the server's certificate.
+func tlsSource(t *testing.T, h http.Handler) (*bastion.HTTPSource, *httptest.Server) {
+	t.Helper()
+	ts := httptest.NewTLSServer(h)
+	t.Cleanup(ts.Close)
+	caFile := filepath.Join(t.TempDir(), "server-ca.pem")
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +91,13 @@ func TestAgentHTTPSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return src, ts
+}
+
+func TestAgentHTTPSource(t *testing.T) {
+	srv := &krlServer{}
+	src, ts := tlsSource(t, srv)
+	dir := t.TempDir()
 	key := caKey(t)
 	encode := func(version uint64, serials ...uint64) []byte {
 		k := &krl.KRL{Version: version, GeneratedDate: time.Now()}

@@ -74,14 +74,14 @@ func (d DriftCheck) Check(ctx context.Context) (DriftReport, error) {
 	return r, nil
 }
 
-// followDrift checks sshd's effective configuration every d.Every until ctx ends and records
-// each outcome in Status.
+// followDrift checks sshd's effective configuration every d.Every (on the agent's clock) until
+// ctx ends and records each outcome in Status.
 func (a *Agent) followDrift(ctx context.Context, d *DriftCheck) {
 	every := d.Every
 	if every == 0 {
 		every = time.Minute
 	}
-	t := time.NewTicker(every)
+	t := a.o.Clock.NewTicker(every)
 	defer t.Stop()
 	for {
 		r, err := d.Check(ctx)
@@ -95,7 +95,7 @@ func (a *Agent) followDrift(ctx context.Context, d *DriftCheck) {
 		if err != nil {
 			a.status.SSHDCheckError = err.Error()
 		}
-		a.status.SSHDChecked = a.o.Now()
+		a.status.SSHDChecked = a.o.Clock.Now()
 		a.mu.Unlock()
 		switch {
 		case err != nil:
@@ -111,7 +111,7 @@ func (a *Agent) followDrift(ctx context.Context, d *DriftCheck) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.Chan():
 		}
 	}
 }

@@ -41,7 +41,7 @@ func (s *Sessions) Follow(ctx context.Context, path string) error {
 		s.log.Error("following the sshd log failed; restarting it", "path", path, "err", err)
 		select {
 		case <-ctx.Done():
-		case <-time.After(time.Second):
+		case <-s.clock.After(time.Second):
 		}
 		off = -1 // from the end: the sweep looks up what was missed
 		s.sync(path, true)
@@ -69,9 +69,9 @@ func (s *Sessions) follow(ctx context.Context, path string, off int64) error {
 	}
 	defer t.Cleanup()
 	defer func() { _ = t.Stop() }()
-	closes := time.NewTicker(250 * time.Millisecond)
+	closes := s.clock.NewTicker(250 * time.Millisecond)
 	defer closes.Stop()
-	sweep := time.NewTicker(sweepEvery)
+	sweep := s.clock.NewTicker(sweepEvery)
 	defer sweep.Stop()
 	read := 0
 	for {
@@ -95,9 +95,9 @@ func (s *Sessions) follow(ctx context.Context, path string, off int64) error {
 			}
 			read++
 			s.Observe(l.Text)
-		case <-closes.C:
+		case <-closes.Chan():
 			s.confirmClosed()
-		case <-sweep.C:
+		case <-sweep.Chan():
 			s.sync(path, false)
 		}
 	}
@@ -115,7 +115,7 @@ func (s *Sessions) sync(path string, rotated bool) int64 {
 		s.log.Warn("cannot read /proc to reconcile the session table", "err", err)
 		return -1
 	}
-	now := s.now()
+	now := s.clock.Now()
 	want := map[string]uint64{}
 	type confirmedLine struct {
 		inode uint64

@@ -2,10 +2,7 @@ package bastion_test
 
 import (
 	"context"
-	"encoding/pem"
 	"net/http"
-	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strconv"
 
@@ -73,18 +70,8 @@ func encodeKRL(t *testing.T, version uint64, serials ...uint64) []byte {
 
 func startHTTPAgent(t *testing.T, h http.Handler, poll time.Duration) string {
 	t.Helper()
-	ts := httptest.NewTLSServer(h)
-	t.Cleanup(ts.Close)
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "server-ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	src, err := bastion.NewHTTPSource(ts.URL, caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	krlPath := filepath.Join(dir, "sshca.krl")
+	src, _ := tlsSource(t, h)
+	krlPath := filepath.Join(t.TempDir(), "sshca.krl")
 	a, err := bastion.NewAgent(bastion.Options{KRLPath: krlPath, HTTP: src, PollEvery: poll, LongPollWait: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -6,10 +6,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
@@ -19,18 +19,6 @@ import (
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/store"
 )
-
-type settableClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *settableClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *settableClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // TestAgentKeepsBanUntilLifted: a banned public key (a permanent entry) followed from a real
 // redis-server stays in the KRL the agent builds ten days later, after a later change made it
@@ -42,7 +30,7 @@ func TestAgentKeepsBanUntilLifted(t *testing.T) {
 	r := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	defer rdb.Close()
-	clock := &settableClock{t: time.Now()}
+	clock := clockwork.NewFakeClockAt(time.Now())
 	st := store.NewRedis(rdb, store.RedisOptions{Now: clock.Now})
 	userCA, banned := caKey(t), caKey(t)
 	if err := st.RegisterCA(ctx, userCA); err != nil {
@@ -57,7 +45,7 @@ func TestAgentKeepsBanUntilLifted(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "revoked.krl")
-	a, err := bastion.NewAgent(bastion.Options{KRLPath: path, Feed: st, CARefresh: time.Hour, Now: clock.Now})
+	a, err := bastion.NewAgent(bastion.Options{KRLPath: path, Feed: st, CARefresh: time.Hour, Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +61,7 @@ func TestAgentKeepsBanUntilLifted(t *testing.T) {
 		t.Fatalf("first KRL: ssh-keygen -Q: %s", out)
 	}
 
-	clock.Add(10 * 24 * time.Hour)
+	clock.Advance(10 * 24 * time.Hour)
 	if _, err := st.Revoke(ctx, userCA, []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: "9", Expiry: clock.Now().Add(time.Hour)}}); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/prometheus/procfs"
 	"golang.org/x/crypto/ssh"
 
@@ -42,7 +43,9 @@ type Sessions struct {
 	scan func() (map[string]*tcpConn, error)
 	// kill signals a process (syscall.Kill).
 	kill func(pid int, sig syscall.Signal) error
-	now  func() time.Time
+	// clock stamps closes and look-ups and drives Follow's sweeps and restarts (the real
+	// clock; tests set a clockwork.FakeClock).
+	clock clockwork.Clock
 
 	mu sync.Mutex
 	// live is every confirmed session, by client address (connAddr).
@@ -110,7 +113,7 @@ func NewSessions(log *slog.Logger) *Sessions {
 }
 
 func newSessions(log *slog.Logger, scan func() (map[string]*tcpConn, error)) *Sessions {
-	return &Sessions{log: log, scan: scan, kill: syscall.Kill, now: time.Now,
+	return &Sessions{log: log, scan: scan, kill: syscall.Kill, clock: clockwork.NewRealClock(),
 		live: map[string]*session{}, closing: map[string]time.Time{}, searched: map[uint64]time.Time{},
 		unconfirmed: map[string]unconfirmedLine{}, missing: map[string]int{}}
 }
@@ -181,7 +184,7 @@ func (s *Sessions) Observe(line string) {
 		_, known := s.live[addr]
 		if known {
 			if _, ok := s.closing[addr]; !ok {
-				s.closing[addr] = s.now()
+				s.closing[addr] = s.clock.Now()
 			}
 		}
 		s.mu.Unlock()
@@ -198,7 +201,7 @@ func (s *Sessions) keepUnconfirmed(addr string, c certInfo) {
 	if !ok && len(s.unconfirmed) >= maxUnconfirmed {
 		return
 	}
-	u.at = s.now()
+	u.at = s.clock.Now()
 	if !slices.Contains(u.certs, c) {
 		u.certs = append(u.certs, c)
 	}
@@ -242,7 +245,7 @@ func (s *Sessions) confirmClosed() {
 	if err != nil {
 		return // checked again on the next tick
 	}
-	now := s.now()
+	now := s.clock.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for addr, since := range s.closing {

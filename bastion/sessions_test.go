@@ -17,9 +17,11 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/krl"
 	"github.com/sshca/sshca/revocation"
 )
@@ -218,8 +220,8 @@ func TestEndRevoked(t *testing.T) {
 func TestForgedLines(t *testing.T) {
 	caKey, key := testKey(t), testKey(t)
 	s, h := newFakeSessions(t)
-	now := time.Unix(1_800_000_000, 0)
-	s.now = func() time.Time { return now }
+	clk := clockwork.NewFakeClockAt(time.Unix(1_800_000_000, 0))
+	s.clock = clk
 
 	s.Observe(acceptedLine("ghost", "127.0.0.1", 4000, key, "ghost#1", 1, caKey)) // no connection
 	h.set("127.0.0.1:4001", &tcpConn{inode: 41, pids: []int{77}})                 // held, not by sshd
@@ -240,7 +242,7 @@ func TestForgedLines(t *testing.T) {
 	} {
 		s.Observe(forged)
 	}
-	now = now.Add(closeGrace + time.Second)
+	clk.Advance(closeGrace + time.Second)
 	s.confirmClosed()
 	if diff := cmp.Diff([]string{"alice", "decoy"}, s.users()); diff != "" {
 		t.Fatalf("after forged lines (-want +got):\n%s", diff)
@@ -312,8 +314,8 @@ func TestForgedAcceptedLive(t *testing.T) {
 func TestSessionsSurviveAMissedProcRead(t *testing.T) {
 	caKey, key := testKey(t), testKey(t)
 	s, h := newFakeSessions(t)
-	now := time.Unix(1_800_000_000, 0)
-	s.now = func() time.Time { return now }
+	clk := clockwork.NewFakeClockAt(time.Unix(1_800_000_000, 0))
+	s.clock = clk
 	nolog := filepath.Join(t.TempDir(), "sshd.log")
 
 	h.set("127.0.0.1:5001", &tcpConn{inode: 51, pids: []int{51}, sshd: []int{51}})
@@ -344,15 +346,103 @@ func TestSessionsSurviveAMissedProcRead(t *testing.T) {
 		t.Fatal("an unconfirmed line added a session")
 	}
 	h.set("127.0.0.1:5002", &tcpConn{inode: 52, pids: []int{52}, sshd: []int{52}})
-	now = now.Add(sweepEvery)
+	clk.Advance(sweepEvery)
 	s.sync(nolog, false)
 	if s.tracks("bob#2") || !slices.Contains(h.signalled(), 52) {
 		t.Errorf("the revoked session confirmed at the sweep was not ended: live %v, signalled %v", s.users(), h.signalled())
 	}
-	now = now.Add(unconfirmedFor)
+	clk.Advance(unconfirmedFor)
 	h.set("127.0.0.1:5003", &tcpConn{inode: 53, pids: []int{53}, sshd: []int{53}})
 	s.sync(nolog, false)
 	if s.tracks("carol#3") {
 		t.Error("an Accepted line older than unconfirmedFor was taken for a later connection")
 	}
+}
+
+// TestFollowSweepsOnItsClock: Follow reconciles the table with /proc every sweepEvery of the
+// tracker's clock and at no other time (a clockwork.FakeClock here, which nothing but the test
+// moves): a session whose connection is gone is dropped at the second sweep that misses it,
+// 2×sweepEvery after the connection went, whatever real time passes.
+func TestFollowSweepsOnItsClock(t *testing.T) {
+	caKey, key := testKey(t), testKey(t)
+	s, h := newFakeSessions(t)
+	start := time.Unix(1_800_000_000, 0)
+	clk := clockwork.NewFakeClockAt(start)
+	s.clock = clk
+	// Each read of /proc says when it ran and waits for the test: while it waits, the sweep
+	// before it is over and its own has not begun.
+	scanned, proceed := make(chan time.Time), make(chan struct{})
+	s.scan = func() (map[string]*tcpConn, error) {
+		scanned <- clk.Now()
+		<-proceed
+		return h.scan()
+	}
+	sweep := func(what string) time.Time {
+		t.Helper()
+		select {
+		case at := <-scanned:
+			return at
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no read of /proc", what)
+			return time.Time{}
+		}
+	}
+	noSweep := func(what string) {
+		t.Helper()
+		select {
+		case at := <-scanned:
+			t.Fatalf("%s: /proc read at %v, before sweepEvery had passed on the clock", what, at.Sub(start))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	log := filepath.Join(t.TempDir(), "sshd.log")
+	h.set("127.0.0.1:6001", &tcpConn{inode: 61, pids: []int{61}, sshd: []int{61}})
+	if err := os.WriteFile(log, []byte("Nov 30 00:00:00 bastion sshd[61]: "+acceptedLine("alice", "127.0.0.1", 6001, key, "alice#1", 1, caKey)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Follow(ctx, log) }()
+	defer func() {
+		cancel()
+		for {
+			select {
+			case <-scanned: // a sweep under way when ctx ended
+				proceed <- struct{}{}
+			case <-done:
+				return
+			}
+		}
+	}()
+	if at := sweep("the rebuild at start"); !at.Equal(start) {
+		t.Fatalf("rebuild at %v", at)
+	}
+	proceed <- struct{}{}
+	ctxWait, cancelWait := context.WithTimeout(ctx, 10*time.Second)
+	defer cancelWait()
+	if err := clk.BlockUntilContext(ctxWait, 2); err != nil { // the sweep's and the close check's tickers
+		t.Fatalf("Follow does not wait on its clock: %v", err)
+	}
+	h.set("127.0.0.1:6001", nil) // the connection ends without a logged close
+	clk.Advance(sweepEvery - time.Millisecond)
+	noSweep("just before the first sweep")
+	clk.Advance(time.Millisecond)
+	if at := sweep("the first sweep"); !at.Equal(start.Add(sweepEvery)) {
+		t.Errorf("first sweep at %v, want %v", at.Sub(start), sweepEvery)
+	}
+	if !s.tracks("alice#1") {
+		t.Fatal("the rebuild did not find the session in the log")
+	}
+	proceed <- struct{}{}
+	clk.Advance(sweepEvery - time.Millisecond)
+	noSweep("just before the second sweep")
+	clk.Advance(time.Millisecond)
+	if at := sweep("the second sweep"); !at.Equal(start.Add(2 * sweepEvery)) {
+		t.Errorf("second sweep at %v, want %v", at.Sub(start), 2*sweepEvery)
+	}
+	if !s.tracks("alice#1") {
+		t.Fatal("one sweep that missed the connection dropped the session")
+	}
+	proceed <- struct{}{}
+	testenv.Eventually(t, 10*time.Second, "the session is dropped at the second sweep", func() bool { return !s.tracks("alice#1") })
 }

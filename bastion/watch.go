@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/fsnotify/fsnotify"
 )
@@ -48,7 +47,7 @@ func (a *Agent) guard(ctx context.Context) error {
 		}
 		events, errs = w.Events, w.Errors
 	}
-	tick := time.NewTicker(a.o.GuardEvery)
+	tick := a.o.Clock.NewTicker(a.o.GuardEvery)
 	defer tick.Stop()
 	for {
 		if err := a.checkFiles(); err != nil {
@@ -57,7 +56,7 @@ func (a *Agent) guard(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-tick.Chan():
 		case ev, ok := <-events:
 			if !ok {
 				events = nil

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/jonboulle/clockwork"
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
@@ -46,6 +47,9 @@ type loginFlags struct {
 	ifExpiring bool
 	// quiet prints only what needs the user (the sign-in prompt) and errors.
 	quiet bool
+	// clock tells whether the certificate in place is still valid and bounds the wait for the
+	// browser's redirect (nil: the real clock); tests inject a fake.
+	clock clockwork.Clock
 }
 
 // loginMinValidity is how long a certificate must still be valid for `login --if-expiring` to
@@ -91,6 +95,9 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 	if f.server == "" {
 		return errors.New("--server is required (or set SSHCA_SERVER)")
 	}
+	if f.clock == nil {
+		f.clock = clockwork.NewRealClock()
+	}
 	server := strings.TrimRight(f.server, "/")
 	c := apiClient(ctx, server)
 	lc, err := c.LoginConfig(ctx)
@@ -113,7 +120,7 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 		return fmt.Errorf("the key %s: %w", keyPath, err)
 	}
 	if f.ifExpiring {
-		if left, ok := certStillValid(keyPath+"-cert.pub", signer.PublicKey(), time.Now()); ok {
+		if left, ok := certStillValid(keyPath+"-cert.pub", signer.PublicKey(), f.clock.Now()); ok {
 			fmt.Fprintf(info, "certificate %s valid for %s more; not signing in\n", keyPath+"-cert.pub", left.Round(time.Second))
 			return nil
 		}
@@ -123,11 +130,12 @@ func runLogin(ctx context.Context, out, msg io.Writer, f loginFlags) error {
 			return err
 		}
 	}
-	signIn := deviceSignIn
+	var idToken string
 	if f.browser {
-		signIn = browserSignIn
+		idToken, err = browserSignIn(ctx, msg, lc, f.clock)
+	} else {
+		idToken, err = deviceSignIn(ctx, msg, lc)
 	}
-	idToken, err := signIn(ctx, msg, lc)
 	if err != nil {
 		return err
 	}
@@ -188,8 +196,12 @@ func certStillValid(path string, key ssh.PublicKey, now time.Time) (time.Duratio
 	return left, true
 }
 
-// browserSignIn runs the authorization code flow with PKCE and a loopback redirect.
-func browserSignIn(ctx context.Context, msg io.Writer, lc client.LoginConfig) (string, error) {
+// browserSignInWait is how long browserSignIn waits for the browser's redirect.
+const browserSignInWait = 5 * time.Minute
+
+// browserSignIn runs the authorization code flow with PKCE and a loopback redirect, waiting
+// browserSignInWait of clk for the redirect.
+func browserSignIn(ctx context.Context, msg io.Writer, lc client.LoginConfig, clk clockwork.Clock) (string, error) {
 	provider, err := oidc.NewProvider(ctx, lc.Issuer)
 	if err != nil {
 		return "", fmt.Errorf("cannot reach the identity provider %s (%v)", lc.Issuer, err)
@@ -240,8 +252,8 @@ func browserSignIn(ctx context.Context, msg io.Writer, lc client.LoginConfig) (s
 	case res = <-got:
 	case <-ctx.Done():
 		return "", ctx.Err()
-	case <-time.After(5 * time.Minute):
-		return "", errors.New("no sign-in within 5 minutes; run sshca login again")
+	case <-clk.After(browserSignInWait):
+		return "", fmt.Errorf("no sign-in within %s; run sshca login again", browserSignInWait)
 	}
 	if res.err != nil {
 		return "", res.err
@@ -363,7 +375,7 @@ func addToAgent(priv any, cert *ssh.Certificate, until time.Time) error {
 		return err
 	}
 	defer conn.Close()
-	life := time.Until(until)
+	life := time.Until(until) // the real clock: ssh-agent counts the lifetime on it
 	if life <= 0 {
 		return errors.New("the certificate has already expired")
 	}

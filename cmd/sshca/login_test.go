@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
+
 	"github.com/sshca/sshca/identity/devissuer"
 	"github.com/sshca/sshca/internal/testenv"
 )
@@ -212,5 +214,51 @@ func TestLoginBrowser(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(out), "invalid_grant") {
 		t.Errorf("bogus code exchange: %d %s", resp.StatusCode, out)
+	}
+}
+
+// TestLoginBrowserGivesUpOnItsClock: `sshca login --browser` waits browserSignInWait for the
+// redirect on its clock (a clockwork.FakeClock that only the test moves): not done a second
+// before, it gives up at the mark with a message that says what to do, however little real
+// time passed.
+func TestLoginBrowserGivesUpOnItsClock(t *testing.T) {
+	base, _ := startDev(t)
+	t.Setenv("HOME", t.TempDir())
+	opened := make(chan string, 1)
+	old := openBrowser
+	defer func() { openBrowser = old }()
+	openBrowser = func(authURL string) error { opened <- authURL; return nil } // the user never signs in
+	clk := clockwork.NewFakeClock()
+	done := make(chan error, 1)
+	var msg syncBuffer
+	go func() {
+		done <- runLogin(context.Background(), &bytes.Buffer{}, &msg, loginFlags{server: base, browser: true, noAgent: true, clock: clk})
+	}()
+	select {
+	case <-opened:
+	case err := <-done:
+		t.Fatalf("login --browser ended before opening the browser: %v\n%s", err, msg.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("login --browser opened no browser")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := clk.BlockUntilContext(ctx, 1); err != nil {
+		t.Fatalf("login --browser does not wait on its clock: %v", err)
+	}
+	clk.Advance(browserSignInWait - time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("login --browser gave up a second before %s: %v", browserSignInWait, err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	clk.Advance(time.Second)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "no sign-in within 5m0s; run sshca login again") {
+			t.Errorf("after %s: %v", browserSignInWait, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("login --browser still waits %s into a %s wait", browserSignInWait, browserSignInWait)
 	}
 }
