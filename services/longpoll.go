@@ -85,11 +85,33 @@ type krlHandler struct {
 	// readTimeout bounds each read of the states (requests that wait have no deadline).
 	readTimeout time.Duration
 
+	// now is the clock that ages last (time.Now).
+	now func() time.Time
+
 	mu sync.Mutex
 	// wake is the read made after the change notice woke: the first waiter woken by a notice
 	// reads and renders, the others take its answer (one read per change, not per waiter).
 	wake *sharedRead
+	// last is the newest successful read and the notice taken before it. A long poll from an
+	// agent that already holds that KRL waits without reading again while the notice has not
+	// fired and the read is younger than reuseRead: after a change every agent asks again at
+	// once, and a read each (a transaction and the whole revocation set from the store, then
+	// an encoding) would make one revocation cost the store and the CA O(agents) work.
+	last *lastRead
 }
+
+// lastRead is a read and the change notice taken before it: the read is current while that
+// notice is open (the follower has seen no change since).
+type lastRead struct {
+	next <-chan struct{}
+	krl  renderedKRL
+	at   time.Time // when the read began
+}
+
+// reuseRead bounds how long a read answers long polls without a new one: the follower does
+// not wake waiters when the store stops answering, so a fresh read is what tells arriving
+// agents (503) within about this long.
+const reuseRead = time.Second
 
 type sharedRead struct {
 	after <-chan struct{} // the notice that woke the read
@@ -99,7 +121,33 @@ type sharedRead struct {
 }
 
 func newKRLHandler(feed KRLFeed, render func(...ca.RevocationState) ([]byte, error), log *slog.Logger, stop <-chan struct{}) *krlHandler {
-	return &krlHandler{feed: feed, render: render, log: log, stop: stop, readTimeout: DefaultRequestTimeout}
+	return &krlHandler{feed: feed, render: render, log: log, stop: stop, readTimeout: DefaultRequestTimeout, now: time.Now}
+}
+
+// remember keeps k, read after notice next was taken at begin, for long polls to reuse.
+func (h *krlHandler) remember(next <-chan struct{}, k renderedKRL, begin time.Time) {
+	if k.err != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.last == nil || !begin.Before(h.last.at) {
+		h.last = &lastRead{next: next, krl: k, at: begin}
+	}
+}
+
+// held returns the last read when an agent holding etag inm may wait on it without a read of
+// its own: nothing changed since the read (next is the notice taken before it), the read is
+// recent, and the agent holds that very KRL. An agent behind or ahead of it (another replica
+// answered it first) gets a read of its own.
+func (h *krlHandler) held(next <-chan struct{}, inm string) (renderedKRL, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.last
+	if l == nil || l.next != next || l.krl.etag != inm || h.now().Sub(l.at) >= reuseRead {
+		return renderedKRL{}, false
+	}
+	return l.krl, true
 }
 
 // read reads the states and renders them, under a deadline of its own.
@@ -129,7 +177,9 @@ func (h *krlHandler) afterWake(woke <-chan struct{}) (renderedKRL, <-chan struct
 		h.mu.Unlock()
 		// Not the request's context: another waiter may be the one that takes this answer.
 		s.next = h.feed.Changed()
+		begin := h.now()
 		s.krl = h.read(context.Background())
+		h.remember(s.next, s.krl, begin)
 		close(s.done)
 	} else {
 		h.mu.Unlock()
@@ -154,7 +204,15 @@ func (h *krlHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-KRL-Wait", wait.String())
 	}
 	next := h.feed.Changed() // before the read, so that no change falls between
-	cur := h.read(ctx)
+	cur, held := renderedKRL{}, false
+	if wait > 0 && inm != "" {
+		cur, held = h.held(next, inm)
+	}
+	if !held {
+		begin := h.now()
+		cur = h.read(ctx)
+		h.remember(next, cur, begin)
+	}
 	if cur.err != nil || wait == 0 || inm == "" || inm != cur.etag {
 		h.answer(ctx, w, inm, cur)
 		return

@@ -1,0 +1,180 @@
+package services
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/revocation"
+)
+
+// countedFeed is a KRLFeed that counts its reads (States) and the notices taken (Changed).
+type countedFeed struct {
+	mu      sync.Mutex
+	st      ca.RevocationState
+	changed chan struct{}
+	reads   atomic.Int64
+	notices atomic.Int64
+}
+
+func (f *countedFeed) States(context.Context) ([]ca.RevocationState, error) {
+	f.reads.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := f.st
+	st.Entries = append([]ca.RevocationEntry(nil), f.st.Entries...)
+	return []ca.RevocationState{st}, nil
+}
+
+func (f *countedFeed) Changed() <-chan struct{} {
+	f.notices.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+func (f *countedFeed) revoke(serial string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st.Version++
+	f.st.Entries = append(f.st.Entries, ca.RevocationEntry{Kind: ca.RevokedSerial, Value: serial, Expiry: time.Now().Add(time.Hour)})
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// TestKRLLongPollReusesRead: after a change every agent of a fleet asks again at once with
+// the KRL it was just given; those long polls wait on the last read instead of each reading
+// the store and encoding the KRL again (one revocation would cost O(agents) reads). What must
+// still read: an agent holding another KRL (behind, or ahead because another replica answered
+// it first), any agent once a change was noticed after the last read (it must get the new KRL
+// at once, not wait on a stale one), and any agent once the read is reuseRead old (a store that
+// stopped answering is told within it).
+func TestKRLLongPollReusesRead(t *testing.T) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed := &countedFeed{st: ca.RevocationState{CA: signer.PublicKey(), Version: 1}, changed: make(chan struct{})}
+	stop := make(chan struct{})
+	h := newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop)
+	var clock atomic.Int64 // nanoseconds past base
+	base := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	h.now = func() time.Time { return base.Add(time.Duration(clock.Load())) }
+
+	type answer struct {
+		code int
+		etag string
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	poll := func(ctx context.Context, query, inm string) <-chan answer {
+		out := make(chan answer, 1)
+		wg.Go(func() {
+			req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/v1/krl"+query, nil)
+			if inm != "" {
+				req.Header.Set("If-None-Match", inm)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			out <- answer{rec.Code, rec.Header().Get("ETag")}
+		})
+		return out
+	}
+	waitNotices := func(n int64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for feed.notices.Load() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d requests arrived", feed.notices.Load(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	expectReads := func(want int64, what string) {
+		t.Helper()
+		if got := feed.reads.Load(); got != want {
+			t.Fatalf("%s: %d reads of the states in all, want %d", what, got, want)
+		}
+	}
+
+	first := <-poll(ctx, "", "")
+	if first.code != http.StatusOK || first.etag == "" {
+		t.Fatalf("plain GET = %d, ETag %q", first.code, first.etag)
+	}
+	e1 := first.etag
+	expectReads(1, "a plain GET")
+
+	// Agents that hold the current KRL arrive: they wait, and read nothing.
+	const agents = 30
+	waiting := make([]<-chan answer, agents)
+	for i := range waiting {
+		waiting[i] = poll(ctx, "?wait=20s", e1)
+	}
+	waitNotices(1 + agents)
+	expectReads(1, "30 long polls holding the current KRL")
+
+	// An agent ahead of this replica (an ETag it never served) and one behind are read for.
+	for _, inm := range []string{`"99-ffffffffffff"`, `"0-000000000000"`} {
+		if a := <-poll(ctx, "?wait=20s", inm); a.code != http.StatusOK || a.etag != e1 {
+			t.Fatalf("long poll holding %s = %d %s, want 200 at once with %s", inm, a.code, a.etag, e1)
+		}
+	}
+	expectReads(3, "two long polls holding another KRL")
+
+	// Once the read is reuseRead old, an arriving agent reads (and waits: nothing changed).
+	clock.Add(int64(reuseRead))
+	late := poll(ctx, "?wait=20s", e1)
+	waitNotices(1 + agents + 2 + 1)
+	expectReads(4, "a long poll after the last read aged")
+
+	// A change: every waiter gets the new KRL from one shared read.
+	feed.revoke("7")
+	var e2 string
+	for i, ch := range append(waiting, late) {
+		a := <-ch
+		if a.code != http.StatusOK || a.etag == e1 {
+			t.Fatalf("waiter %d after the change = %d %s, want 200 with a new ETag", i, a.code, a.etag)
+		}
+		e2 = a.etag
+	}
+	expectReads(5, "one change with 31 waiters")
+
+	// They all ask again at once, holding the new KRL: no read of their own.
+	before := feed.notices.Load()
+	for i := range waiting {
+		waiting[i] = poll(ctx, "?wait=20s", e2)
+	}
+	waitNotices(before + agents)
+	expectReads(5, "the fleet asking again after a change")
+
+	// A change noticed after the last read, with nobody waiting for it yet: an agent that holds
+	// the KRL of the last read must not wait on it.
+	cancel() // end the waiters
+	for _, ch := range waiting {
+		<-ch
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	feed.revoke("8")
+	if a := <-poll(ctx, "?wait=2s", e2); a.code != http.StatusOK || a.etag == e2 {
+		t.Fatalf("long poll holding the last read's KRL after a change = %d %s, want 200 with a new ETag at once", a.code, a.etag)
+	}
+	expectReads(6, "a long poll after an unread change")
+}
