@@ -67,6 +67,7 @@ type agentFlags struct {
 	// agent's default).
 	longPoll    time.Duration
 	longPollSet bool
+	discover    agentDiscoverFlags
 }
 
 func newBastionAgentCommand() *cobra.Command {
@@ -107,6 +108,7 @@ func newBastionAgentCommand() *cobra.Command {
 	cmd.Flags().StringVar(&f.recordings, "recordings", "/var/lib/sshca/recordings", "directory the agent keeps session recordings in")
 	cmd.Flags().Int64Var(&f.recordSessionCap, "record-session-cap", 64<<20, "bytes of output recorded per session; beyond, output is dropped and the drop marked")
 	cmd.Flags().Int64Var(&f.recordHostCap, "record-host-cap", 4<<30, "bytes of recordings kept in --recordings; beyond, output is dropped and the drop marked")
+	addAgentDiscoverFlags(cmd, &f.discover)
 	addLogFlags(cmd, &logOpts, "text")
 	return cmd
 }
@@ -187,6 +189,15 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 			}
 		}()
 	}
+	discovery, err := agentDiscovery(f, log)
+	if err != nil {
+		return err
+	}
+	var parts []agentHealthPart
+	if discovery != nil {
+		go func() { _ = discovery.Run(ctx) }()
+		parts = append(parts, discoveryHealth{discovery})
+	}
 	if err := agent.Prepare(); err != nil {
 		return err
 	}
@@ -194,7 +205,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 	if err != nil {
 		return fmt.Errorf("--health: %w", err)
 	}
-	srv := newHTTPServer(agentHealthHandler(agent, sessions), log)
+	srv := newHTTPServer(agentHealthHandler(agent, sessions, parts...), log)
 	go func() { _ = serveUntilDone(ctx, srv, l, "", "") }()
 	if ready != nil {
 		ready <- agent
@@ -222,7 +233,7 @@ func driftCheck(f agentFlags) (*bastion.DriftCheck, error) {
 
 // agentHealthHandler serves the agent's /healthz and /metrics. Every metric comes from the
 // agent's Status (and sessions' count, when it ends sessions; nil: none), read at scrape time.
-func agentHealthHandler(a *bastion.Agent, sessions *bastion.Sessions) http.Handler {
+func agentHealthHandler(a *bastion.Agent, sessions *bastion.Sessions, parts ...agentHealthPart) http.Handler {
 	started := time.Now()
 	status := func(f func(bastion.Status) float64) func() float64 {
 		return func() float64 { return f(a.Status()) }
@@ -259,21 +270,32 @@ func agentHealthHandler(a *bastion.Agent, sessions *bastion.Sessions) http.Handl
 				return float64(sessions.Ended())
 			}),
 	)
+	for _, p := range parts {
+		reg.MustRegister(p.collectors()...)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		st := a.Status()
+		problems := st.Problems()
+		body := map[string]any{
+			"source": st.Source, "connected": st.Connected, "krl_version": st.KRLVersion,
+			"krl_age_seconds": int(time.Since(st.KRLWritten).Seconds()), "last_error": st.LastError,
+			"files_restored": st.FilesRestored, "sshd_drift": st.SSHDDrift,
+		}
+		for _, p := range parts {
+			name, detail, ps := p.health()
+			body[name] = detail
+			problems = append(problems, ps...)
+		}
+		body["problems"] = problems
 		code := http.StatusOK
-		if !st.Connected || len(st.Problems()) > 0 {
+		if !st.Connected || len(problems) > 0 {
 			code = http.StatusServiceUnavailable // fail static: the last good KRL stays in place
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(map[string]any{
-			"source": st.Source, "connected": st.Connected, "krl_version": st.KRLVersion,
-			"krl_age_seconds": int(time.Since(st.KRLWritten).Seconds()), "last_error": st.LastError,
-			"problems": st.Problems(), "files_restored": st.FilesRestored, "sshd_drift": st.SSHDDrift,
-		})
+		_ = json.NewEncoder(w).Encode(body)
 	})
 	return mux
 }

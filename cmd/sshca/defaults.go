@@ -71,3 +71,13 @@ func def[T int | float64 | time.Duration](v *T, d T) {
 		*v = d
 	}
 }
+
+// DefaultDiscoverEvery is the bastion agent's mean interval between discovery reports
+// (--discover-every; each wait is drawn within ± a tenth of it). An hour keeps "last accepted"
+// and newly planted keys at most about an hour old at the CA for one small request per host;
+// a report reads every account's authorized_keys (bounded: 10 000 accounts, 1 MiB a file).
+const DefaultDiscoverEvery = time.Hour
+
+// DefaultDiscoverOrders is where the agent writes the CA's disable orders for
+// sshca-discover-disable.service: in the agent's own directory, the one path it may write.
+const DefaultDiscoverOrders = "/etc/ssh/sshca/discover/orders.json"

@@ -35,7 +35,7 @@ AuthorizedKeysCommand (never run) and whether passwords are on, and reports them
 with a proof signed by the host key and carrying its host certificate. "sshca discover
 report" lists what every host reported (admins).`,
 	}
-	cmd.AddCommand(newDiscoverSendCommand(), newDiscoverReportCommand(), newDiscoverDisableCommand(), newDiscoverRestoreCommand())
+	cmd.AddCommand(newDiscoverSendCommand(), newDiscoverReportCommand(), newDiscoverDisableCommand(), newDiscoverRestoreCommand(), newDiscoverApplyCommand())
 	return cmd
 }
 
@@ -78,18 +78,12 @@ func discoverSend(ctx context.Context, out io.Writer, f discoverSendFlags) error
 		if round == 1 {
 			return fmt.Errorf("the CA still orders %d keys disabled after they were; see %s", len(orders), f.stateDir)
 		}
-		for _, fp := range orders {
-			files := map[string]bool{}
-			for _, k := range rep.Keys {
-				if k.Fingerprint == fp && !files[k.File] {
-					files[k.File] = true
-					rec, err := bastion.DisableKey(k.File, fp, f.stateDir)
-					if err != nil {
-						return fmt.Errorf("disable %s in %s: %w", fp, k.File, err)
-					}
-					fmt.Fprintf(out, "disabled %s in %s (lines %v; backup %s)\n", fp, k.File, rec.Lines, rec.Backup)
-				}
-			}
+		done, err := bastion.ApplyDisableOrders(rep, orders, f.stateDir)
+		for _, rec := range done {
+			fmt.Fprintf(out, "disabled %s in %s (lines %v; backup %s)\n", rec.Fingerprint, rec.File, rec.Lines, rec.Backup)
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
