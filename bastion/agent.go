@@ -52,8 +52,9 @@ type Options struct {
 	// LongPollWait is how long one long poll of GET /v1/krl may wait for a change (default
 	// 25s; the server caps it). Negative: never long poll, only poll every PollEvery.
 	LongPollWait time.Duration
-	// CARefresh is how often the set of trusted CA keys is re-read from Redis (default 15s):
-	// it bounds how long a newly generated CA key takes to reach sshd's TrustedUserCAKeys.
+	// CARefresh is how often the set of trusted CA keys is re-read, from Redis or over HTTPS
+	// (default 15s): it bounds how long a newly generated CA key takes to reach sshd's
+	// TrustedUserCAKeys.
 	CARefresh time.Duration
 	// OnRevoked is called with every newly revoked entry (lockdown of live sessions).
 	OnRevoked func(ctx context.Context, entries []ca.RevocationEntry)
@@ -567,6 +568,8 @@ type HTTPSource struct {
 	base   string
 	client *http.Client
 	etag   string
+	// caRead is when the user CA keys were last read (zero: not yet).
+	caRead time.Time
 }
 
 // requestTimeout bounds a request that does not wait on purpose.
@@ -655,7 +658,10 @@ func (a *Agent) runHTTP(ctx context.Context, until time.Time) error {
 // pollOnce fetches the user CA keys and the KRL once, long polling the KRL for up to wait; it
 // says whether the server held the request (a long poll), so the caller asks again at once.
 func (a *Agent) pollOnce(ctx context.Context, h *HTTPSource, wait time.Duration) (bool, error) {
-	if a.o.UserCAPath != "" {
+	// The CA keys every CARefresh, as from Redis, not before every long poll: after a
+	// revocation every agent of a fleet asks again at once, and a second request each would
+	// double what one revocation costs the CA.
+	if a.o.UserCAPath != "" && (h.caRead.IsZero() || a.o.Clock.Since(h.caRead) >= a.o.CARefresh) {
 		b, _, _, _, err := h.get(ctx, "/v1/ca/user.pub", "", 0)
 		if err != nil {
 			return false, err
@@ -665,6 +671,7 @@ func (a *Agent) pollOnce(ctx context.Context, h *HTTPSource, wait time.Duration)
 				return false, err
 			}
 		}
+		h.caRead = a.o.Clock.Now()
 	}
 	begin := a.o.Clock.Now()
 	b, etag, code, waited, err := h.get(ctx, "/v1/krl", h.etag, wait)

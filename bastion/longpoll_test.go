@@ -3,12 +3,15 @@ package bastion_test
 import (
 	"context"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
-
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 
 	"github.com/sshca/sshca/bastion"
 	"github.com/sshca/sshca/krl"
@@ -132,4 +135,47 @@ func TestAgentHTTPPollsOldServer(t *testing.T) {
 	if n := requests.Load() - before; n > 8 {
 		t.Errorf("%d requests in 1s polling every 200ms", n)
 	}
+}
+
+// TestAgentHTTPReadsCAKeysEveryCARefresh: over HTTPS the agent reads the user CA keys once per
+// CARefresh, not before every long poll: after a revocation every agent of a fleet asks again
+// at once, and a second request each would double what a revocation costs the CA. Once
+// CARefresh has passed, the next poll reads them again (a rotated key still arrives).
+func TestAgentHTTPReadsCAKeysEveryCARefresh(t *testing.T) {
+	srv := &longPollServer{changed: make(chan struct{})}
+	srv.krlServer.set(encodeKRL(t, 1, 1), 1)
+	var caReads atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/ca/user.pub" {
+			caReads.Add(1)
+		}
+		srv.ServeHTTP(w, r)
+	})
+	src, _ := tlsSource(t, h)
+	dir := t.TempDir()
+	krlPath, userCA := filepath.Join(dir, "sshca.krl"), filepath.Join(dir, "user_ca.pub")
+	clock := clockwork.NewFakeClock()
+	a, err := bastion.NewAgent(bastion.Options{KRLPath: krlPath, UserCAPath: userCA, HTTP: src, PollEvery: time.Hour,
+		LongPollWait: 20 * time.Second, CARefresh: time.Minute, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitUntil(t, "version 1 is installed", func() bool { k := installedKRL(t, krlPath); return k != nil && k.Version == 1 })
+	if b, err := os.ReadFile(userCA); err != nil || !strings.HasPrefix(string(b), "ssh-ed25519 ") {
+		t.Fatalf("the user CA keys were not written: %q %v", b, err)
+	}
+	for v := 2; v <= 4; v++ {
+		srv.set(encodeKRL(t, uint64(v), 1, uint64(v)), v)
+		waitUntil(t, "version "+strconv.Itoa(v)+" is installed", func() bool { return installedKRL(t, krlPath).Version == uint64(v) })
+	}
+	if n := caReads.Load(); n != 1 {
+		t.Errorf("%d reads of /v1/ca/user.pub for 4 KRLs within CARefresh, want 1", n)
+	}
+	clock.Advance(time.Minute)
+	srv.set(encodeKRL(t, 5, 1, 5), 5) // ends the long poll under way; the next poll is due a read
+	waitUntil(t, "the CA keys are read again once CARefresh has passed", func() bool { return caReads.Load() == 2 })
 }
