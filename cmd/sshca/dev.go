@@ -11,21 +11,19 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
-	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/identity/devissuer"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/services"
-	"github.com/sshca/sshca/store"
 )
 
 // devAudience is the audience of the development issuer's tokens.
@@ -73,7 +71,10 @@ func defaultStateDir() string {
 	return ".sshca-dev"
 }
 
-// runDev runs the development service until ctx ends. Nothing outside the process is needed.
+// runDev runs the development service until ctx ends. Nothing outside the process is needed:
+// it brings the CA keys (softkms files in the state directory), an in-process Redis-protocol
+// server, and a development OIDC issuer, and otherwise builds and runs the very server
+// `sshca serve` does (buildServer, run).
 func runDev(ctx context.Context, o devOptions) error {
 	host, _, err := net.SplitHostPort(o.listen)
 	if err != nil || !isLoopback(host) {
@@ -82,33 +83,34 @@ func runDev(ctx context.Context, o devOptions) error {
 	if err := os.MkdirAll(o.state, 0o700); err != nil {
 		return fmt.Errorf("dev: state dir: %w", err)
 	}
-	userKey, err := kms.OpenOrCreate(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(o.state, "user_ca.pem")}, kms.Ed25519)
-	if err != nil {
-		return fmt.Errorf("dev: user CA key: %w", err)
+	userCA := KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(o.state, "user_ca.pem")}
+	hostCA := KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(o.state, "host_ca.pem")}
+	for _, k := range []struct {
+		name string
+		ref  KeyConfig
+	}{{"user", userCA}, {"host", hostCA}} {
+		key, err := kms.OpenOrCreate(ctx, kms.KeyRef{KMS: k.ref.KMS, Key: k.ref.Key}, kms.Ed25519)
+		if err != nil {
+			return fmt.Errorf("dev: %s CA key: %w", k.name, err)
+		}
+		key.Close() // buildServer opens it as serve opens a configured key
 	}
-	defer userKey.Close()
-	hostKey, err := kms.OpenOrCreate(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(o.state, "host_ca.pem")}, kms.Ed25519)
-	if err != nil {
-		return fmt.Errorf("dev: host CA key: %w", err)
+	auditKeyFile := filepath.Join(o.state, "audit.key")
+	if _, err := auditKeyOrCreate(auditKeyFile); err != nil {
+		return fmt.Errorf("dev: audit key: %w", err)
 	}
-	defer hostKey.Close()
+	keyDir := filepath.Join(o.state, "keys")
+	if err := os.MkdirAll(keyDir, 0o700); err != nil {
+		return fmt.Errorf("dev: keyring: %w", err)
+	}
 
 	mr := miniredis.NewMiniRedis()
 	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 		return fmt.Errorf("dev: embedded redis: %w", err)
 	}
-	defer mr.Close()
-	rdb := redis.NewClient(newRedisBounds(0, 0, 0, 0).single(&redis.Options{Addr: mr.Addr()}))
-	defer rdb.Close()
-	db := store.NewRedis(rdb, store.RedisOptions{})
-	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
-		return fmt.Errorf("dev: embedded redis: %w", err)
-	}
-	if err := db.RegisterHostCA(ctx, hostKey.Signer().PublicKey()); err != nil {
-		return fmt.Errorf("dev: embedded redis: %w", err)
-	}
+	defer mr.Close() // after run closed its client
 
-	// Listen first: the verifier's discovery below fetches from this very listener.
+	// Listen first: the issuer's URL names the port.
 	l, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("dev: listen: %w", err)
@@ -127,63 +129,57 @@ func runDev(ctx context.Context, o devOptions) error {
 		l.Close()
 		return fmt.Errorf("dev: issuer: %w", err)
 	}
+	issuer := http.StripPrefix("/dev/oidc", iss.Handler())
+
+	cfg := &Config{
+		UserCA: userCA, HostCA: hostCA,
+		Redis: RedisConfig{Addrs: []string{mr.Addr()}},
+		OIDC: identity.Config{Issuers: []identity.IssuerConfig{{
+			IssuerURL: issuerURL, Audiences: []string{devAudience}, AllowedEmailDomains: []string{"example.com"},
+		}}},
+		Audit: AuditConfig{KeyFile: auditKeyFile},
+		Login: &services.LoginConfig{Issuer: issuerURL, ClientID: devAudience, Scopes: []string{"openid", "email", "profile"}},
+		// Plain HTTP on loopback: the console's cookie is sshca-dev, not Secure (ui.CookieFor).
+		Console: ConsoleConfig{PublicURL: base},
+		// The keyring is on, as with keyring.enabled in production, so that the rotation
+		// commands (sshca keys ..., README "CA key rotation") work here: generated keys are
+		// files in the state directory; the keyring itself lives in the in-process Redis and
+		// starts again from user_ca.pem and host_ca.pem at each start. A key must be published
+		// for a minute (not 15) before it may be promoted.
+		Keyring: KeyringConfig{Enabled: true, KMS: "softkms:", KeyDir: keyDir, TrustRefresh: devTrustRefresh},
+		// No diag_listen: /metrics and the /readyz details stay on the loopback API.
+	}
+	// The verifier reaches the issuer in process: the listener does not serve before the
+	// server is built, and discovery at build time must find it.
+	s, err := buildServer(ctx, cfg, o.log, identity.WithHTTPClient(&http.Client{Transport: inProcess{issuer}, Timeout: 10 * time.Second}))
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("dev: %w", err)
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/dev/oidc/", http.StripPrefix("/dev/oidc", iss.Handler()))
+	mux.Handle("/dev/oidc/", issuer)
 	mux.Handle("POST /dev/token", iss.TokenHandler())
 	mux.Handle("POST /dev/device/approve", iss.ApproveHandler())
-	srv := newHTTPServer(services.RequestID(nil, loopbackHostOnly(mux, port)), o.log) // the issuer's answers carry X-Request-ID too
-	errc := make(chan error, 1)
-	go func() { errc <- serveUntilDone(ctx, srv, l, "", "") }()
-
-	auth, err := identity.New(ctx, identity.Config{Issuers: []identity.IssuerConfig{{
-		IssuerURL: issuerURL, Audiences: []string{devAudience}, AllowedEmailDomains: []string{"example.com"},
-	}}})
-	if err != nil {
-		return fmt.Errorf("dev: oidc: %w", err)
-	}
-	pol, err := loadPolicy(ctx, PolicyConfig{})
-	if err != nil {
-		return err
-	}
-	p := redisParts(userKey, hostKey, rdb, db, pol, o.log)
-	followRevocations(ctx, &p, db)
-	p.auth = auth
-	p.details = func() map[string]string {
-		return map[string]string{"policy_revision": pol.Revision(), "policy_evaluator": pol.Mode()}
-	}
-	auditKey, err := auditKeyOrCreate(filepath.Join(o.state, "audit.key"))
-	if err != nil {
-		return fmt.Errorf("dev: audit key: %w", err)
-	}
-	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: o.log, Marks: db})
-	p.login = &services.LoginConfig{Issuer: issuerURL, ClientID: devAudience, Scopes: []string{"openid", "email", "profile"}}
-	p.consoleURL = base // plain HTTP on loopback: the console's cookie is sshca-dev, not Secure (ui.CookieFor)
-	// The keyring is on, as with keyring.enabled in production, so that the rotation commands
-	// (sshca keys ..., README "CA key rotation") work here: generated keys are files in the
-	// state directory; the keyring itself lives in the in-process Redis and starts again from
-	// user_ca.pem and host_ca.pem at each start. A key must be published for a minute (not 15)
-	// before it may be promoted.
-	keysCfg := &Config{
-		UserCA:  KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(o.state, "user_ca.pem")},
-		HostCA:  KeyConfig{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(o.state, "host_ca.pem")},
-		Keyring: KeyringConfig{Enabled: true, KMS: "softkms:", KeyDir: filepath.Join(o.state, "keys"), TrustRefresh: devTrustRefresh},
-	}
-	if err := os.MkdirAll(keysCfg.Keyring.KeyDir, 0o700); err != nil {
-		return fmt.Errorf("dev: keyring: %w", err)
-	}
-	if err := useKeyring(ctx, &p, keysCfg, userKey, hostKey, db); err != nil {
-		return fmt.Errorf("dev: keyring: %w", err)
-	}
-	api, err := apiHandler(p)
-	if err != nil {
-		return err
-	}
-	mux.Handle("/", api)
+	mux.Handle("/", s.api)
 	printDevBanner(o.out, base, issuerURL, o.state, mr.Addr(), secretPath)
-	if o.ready != nil {
-		o.ready <- base
-	}
-	return <-errc
+	// The issuer's answers carry X-Request-ID too.
+	return s.run(ctx, l, services.RequestID(nil, loopbackHostOnly(mux, port)), func() {
+		if o.ready != nil {
+			o.ready <- base
+		}
+	})
+}
+
+// inProcess is an http.RoundTripper that answers every request with its handler, in this
+// process: sshca dev's verifier fetches its issuer's discovery document and keys through it.
+type inProcess struct{ h http.Handler }
+
+func (t inProcess) RoundTrip(r *http.Request) (*http.Response, error) {
+	rec := httptest.NewRecorder()
+	t.h.ServeHTTP(rec, r)
+	resp := rec.Result()
+	resp.Request = r
+	return resp, nil
 }
 
 // devTrustRefresh is how long sshca dev publishes a new CA key before it may be promoted.

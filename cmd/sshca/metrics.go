@@ -21,8 +21,9 @@ func isKMSError(err error) bool {
 // redisErrors is a go-redis hook counting the commands and pipelines that failed, whoever sent
 // them (store, audit, readiness probes): sshca_redis_errors_total. Answers that are part of
 // normal work are not errors: a missing key (redis.Nil), a WATCH conflict that the store
-// retries (redis.TxFailedErr), NOSCRIPT before go-redis loads a script with EVAL, and
-// CLIENT SETINFO, which go-redis sends on every new connection and Redis before 7.2 refuses.
+// retries (redis.TxFailedErr), NOSCRIPT before go-redis loads a script with EVAL, and the
+// handshake's CLIENT SETINFO and CLIENT MAINT_NOTIFICATIONS, which go-redis sends on new
+// connections and Redis before 7.2 (8.x for the latter) refuses.
 type redisErrors struct{ count prometheus.Counter }
 
 // countRedisErrors registers sshca_redis_errors_total with reg and counts rdb's errors in it.
@@ -35,6 +36,10 @@ func countRedisErrors(rdb redis.UniversalClient, reg prometheus.Registerer) {
 	rdb.AddHook(h)
 }
 
+// handshake are the CLIENT subcommands go-redis sends on a new connection whether the server
+// knows them or not.
+var handshake = map[string]bool{"setinfo": true, "maint_notifications": true}
+
 // failed says whether cmd's error err is a failure.
 func failed(cmd redis.Cmder, err error) bool {
 	switch {
@@ -42,7 +47,7 @@ func failed(cmd redis.Cmder, err error) bool {
 		return false
 	case strings.HasPrefix(err.Error(), "NOSCRIPT"):
 		return false
-	case cmd != nil && cmd.Name() == "client" && len(cmd.Args()) > 1 && strings.EqualFold(fmt.Sprint(cmd.Args()[1]), "setinfo"):
+	case cmd != nil && cmd.Name() == "client" && len(cmd.Args()) > 1 && handshake[strings.ToLower(fmt.Sprint(cmd.Args()[1]))]:
 		return false
 	}
 	return true

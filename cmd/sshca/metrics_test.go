@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/identity"
@@ -186,6 +189,30 @@ func assertNoIdentity(t *testing.T, samples []sample, secrets []string, forbidde
 					t.Errorf("%s{%s=%q} carries %q", s.name, k, v, secret)
 				}
 			}
+		}
+	}
+}
+
+// TestRedisErrorsSkipHandshake: the CLIENT subcommands go-redis sends on every new connection
+// (SETINFO, MAINT_NOTIFICATIONS), refused by Redis 7.0, are not counted as Redis errors; any
+// other refused CLIENT subcommand is, and so is any command that merely names one.
+func TestRedisErrorsSkipHandshake(t *testing.T) {
+	refused := errors.New("ERR unknown subcommand")
+	for _, tt := range []struct {
+		args []any
+		err  error
+		want bool
+	}{
+		{[]any{"client", "setinfo", "lib-name", "go-redis"}, refused, false},
+		{[]any{"client", "maint_notifications", "on", "moving-endpoint-type", "internal-ip"}, refused, false},
+		{[]any{"CLIENT", "MAINT_NOTIFICATIONS", "on"}, refused, false},
+		{[]any{"client", "list"}, refused, true},
+		{[]any{"client", "kill", "maint_notifications"}, refused, true},
+		{[]any{"get", "maint_notifications"}, refused, true},
+	} {
+		cmd := redis.NewCmd(context.Background(), tt.args...)
+		if got := failed(cmd, tt.err); got != tt.want {
+			t.Errorf("failed(%v, %v) = %v, want %v", tt.args, tt.err, got, tt.want)
 		}
 	}
 }

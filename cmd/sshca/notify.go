@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -95,11 +94,4 @@ func newDispatcher(n NotificationsConfig, outbox notify.Outbox, reg prometheus.R
 		hooks = append(hooks, notify.Webhook{URL: w.URL, Format: w.Format, Secret: secret})
 	}
 	return notify.New(notify.Options{Webhooks: hooks, Outbox: outbox, Registerer: reg, Logger: log})
-}
-
-// runDispatcher sends notifications until ctx ends.
-func runDispatcher(ctx context.Context, d *notify.Dispatcher) {
-	if d != nil {
-		go d.Run(ctx)
-	}
 }

@@ -5,19 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/sshca/sshca/audit"
-	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/identity"
-	"github.com/sshca/sshca/keyring"
-	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/policies"
-	"github.com/sshca/sshca/services"
 	"github.com/sshca/sshca/store"
 )
 
@@ -54,137 +48,51 @@ func newServeCommand() *cobra.Command {
 	return cmd
 }
 
-// serve runs the production service until ctx ends. ready, when not nil, receives the bound
-// address once the listener is open (tests use it).
+// serve runs the production service until ctx ends (run says in which order it stops). ready,
+// when not nil, receives the bound address once the listeners are open (tests use it).
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, ready chan<- string) error {
-	withDefaults := cfg.withDefaults()
-	cfg = &withDefaults
-	userKey, err := kms.Open(ctx, kms.KeyRef{KMS: cfg.UserCA.KMS, Key: cfg.UserCA.Key})
-	if err != nil {
-		return fmt.Errorf("user CA key: %w", err)
-	}
-	defer userKey.Close()
-	hostKey, err := kms.Open(ctx, kms.KeyRef{KMS: cfg.HostCA.KMS, Key: cfg.HostCA.Key})
-	if err != nil {
-		return fmt.Errorf("host CA key: %w", err)
-	}
-	defer hostKey.Close()
-
-	ropts, err := cfg.Redis.UniversalOptions()
+	s, err := buildServer(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	rc := cfg.Redis
-	rdb := redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
-	defer rdb.Close()
-	db := store.NewRedis(rdb, store.RedisOptions{})
-	// Before anything reads the store: the witness then starts from the archive's record.
-	if err := seedFromArchive(db, cfg, log); err != nil {
-		return err
-	}
-	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
-		log.Warn("cannot publish the user CA to bastions yet; Redis unreachable?", "err", err)
-	}
-	// Its scope belongs in the host KRL, never in the user KRL bastions build.
-	if err := db.RegisterHostCA(ctx, hostKey.Signer().PublicKey()); err != nil {
-		log.Warn("cannot register the host CA key as such; Redis unreachable?", "err", err)
-	}
-
-	reg := newRegistry()
-	pol, details, err := policyInForce(ctx, cfg.Policy, log, reg)
-	if err != nil {
-		return err
-	}
-	pol = policies.Timed(pol, reg)
-	auth, err := identity.New(ctx, cfg.OIDC)
-	if err != nil {
-		return fmt.Errorf("oidc: %w", err)
-	}
-	proxies, _ := cfg.trustedProxies() // validated in LoadConfig
-
-	p := redisParts(userKey, hostKey, rdb, db, pol, log)
-	followRevocations(ctx, &p, db)
-	p.auth, p.requestTimeout = auth, cfg.RequestTimeout
-	p.rate = cfg.Limits.Rate.rateLimits()
-	var auditKey []byte
-	if cfg.Audit.KeyFile != "" {
-		if auditKey, err = readAuditKey(cfg.Audit.KeyFile); err != nil {
-			return fmt.Errorf("audit.key_file: %w", err)
-		}
-	} else {
-		log.Warn("the audit log is chained with plain SHA-256: anyone who can write to Redis can rewrite it; set audit.key_file (sshca audit genkey)")
-	}
-	p.audit = audit.New(rdb, audit.Options{Key: auditKey, Logger: log, Marks: db})
-	p.limits = ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals,
-		IdentityBlock: cfg.Limits.IdentityBlock}
-	p.accessLimits = ca.AccessRequestLimits{PendingTimeout: cfg.Limits.AccessRequestTimeout, MaxWindow: cfg.Limits.MaxAccessWindow}
-	p.knownHostsPattern, p.trustedProxies = cfg.KnownHostsPattern, proxies
-	p.details, p.login, p.reg, p.consoleURL = details, cfg.Login, reg, cfg.Console.PublicURL
-	if cfg.DiagListen != "" {
-		p.diag = http.NewServeMux()
-	}
-	if cfg.Keyring.Enabled {
-		if err := useKeyring(ctx, &p, cfg, userKey, hostKey, db); err != nil {
-			return err
-		}
-	}
-	if p.notifier, err = newDispatcher(cfg.Notifications, db, reg, log); err != nil {
-		return err
-	}
-	h, err := apiHandler(p)
-	if err != nil {
-		return err
-	}
-	tlsConf, err := serverTLS(cfg.TLS, log)
-	if err != nil {
-		return err
-	}
-	if cfg.TLS.ClientCAFile != "" {
-		h = adminCertRequired(h)
-	}
-	runDispatcher(ctx, p.notifier)
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
+		s.close()
 		return fmt.Errorf("listen: %w", err)
 	}
-	log.Info("sshca serving", "addr", l.Addr().String(), "tls", cfg.TLS.CertFile != "", "admin_client_certs", cfg.TLS.ClientCAFile != "",
-		"user_ca", userKey.Signer().PublicKey().Type(), "host_ca", hostKey.Signer().PublicKey().Type(), "policy", pol.Revision(), "policy_evaluator", pol.Mode())
-	if err := serveDiag(ctx, cfg.DiagListen, p.diag, log); err != nil {
-		l.Close()
-		return err
-	}
-	if ready != nil {
-		ready <- l.Addr().String()
-	}
-	srv := newHTTPServer(h, log)
-	srv.TLSConfig = tlsConf
-	return serveUntilDone(ctx, srv, l, "", "")
+	log.Info("sshca serving", append([]any{"addr", l.Addr().String()}, s.about...)...)
+	return s.run(ctx, l, s.api, func() {
+		if ready != nil {
+			ready <- l.Addr().String()
+		}
+	})
 }
 
-// policyInForce loads the configured policy. A policy directory is watched and hot-reloaded
-// (tested before it replaces the old one); the embedded default is fixed.
-func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg prometheus.Registerer) (policies.Loaded, func() map[string]string, error) {
+// policyInForce loads the configured policy, with the loops that keep it current. A policy
+// directory is watched and hot-reloaded, a bundle server polled (each version tested before it
+// replaces the old one); the embedded default is fixed and has no loop.
+func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg prometheus.Registerer) (policies.Loaded, func() map[string]string, []loop, error) {
 	evaluator, err := policies.ParseEvaluator(pc.Evaluator)
 	if err != nil {
-		return nil, nil, fmt.Errorf("policy: %w", err)
+		return nil, nil, nil, fmt.Errorf("policy: %w", err)
 	}
 	engineOpts := []policies.Option{policies.WithEvaluator(evaluator), policies.WithFallbackCounter(policies.NewFallbackCounter(reg))}
 	if pc.BundleURL != "" {
 		r, err := policies.NewBundleReloader(ctx, pc.BundleURL, nil, policies.WithLogger(log), policies.WithMetrics(reg), policies.WithLoadOptions(engineOpts...))
 		if err != nil {
-			return nil, nil, fmt.Errorf("policy: %w", err)
+			return nil, nil, nil, fmt.Errorf("policy: %w", err)
 		}
-		go r.Poll(ctx, pc.BundlePoll)
-		return r, reloaderDetails(r), nil
+		poll := forever("policy bundle poll", func(ctx context.Context) { r.Poll(ctx, pc.BundlePoll) })
+		return r, reloaderDetails(r), []loop{poll}, nil
 	}
 	if pc.Dir == "" {
 		e, err := loadPolicy(ctx, pc, engineOpts...)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		return e, func() map[string]string {
 			return map[string]string{"policy_revision": e.Revision(), "policy_evaluator": e.Mode()}
-		}, nil
+		}, nil, nil
 	}
 	opts := engineOpts
 	if pc.DataFile != "" {
@@ -192,14 +100,35 @@ func policyInForce(ctx context.Context, pc PolicyConfig, log *slog.Logger, reg p
 	}
 	r, err := policies.NewReloader(ctx, pc.Dir, opts, policies.WithLogger(log), policies.WithMetrics(reg))
 	if err != nil {
-		return nil, nil, fmt.Errorf("policy: %w", err)
+		return nil, nil, nil, fmt.Errorf("policy: %w", err)
 	}
-	go func() {
-		if err := r.Watch(ctx); err != nil {
-			log.Error("policy directory is not watched; restart to load changes", "err", err)
+	watch := forever("policy watch", func(ctx context.Context) { watchPolicy(ctx, r, log, nil) })
+	return r, reloaderDetails(r), []loop{watch}, nil
+}
+
+// watchPolicy keeps r watching its directory until ctx ends. A watch that cannot be set up or
+// breaks (the directory replaced or briefly gone during a deployment, inotify limits) is
+// logged and set up again after a pause that doubles up to a minute, with a reload first, so a
+// change made while nothing watched is not missed. after is the pause's timer (nil: time.After).
+func watchPolicy(ctx context.Context, r *policies.Reloader, log *slog.Logger, after func(time.Duration) <-chan time.Time) {
+	if after == nil {
+		after = time.After
+	}
+	pause := time.Second
+	for {
+		err := r.Watch(ctx)
+		if ctx.Err() != nil {
+			return
 		}
-	}()
-	return r, reloaderDetails(r), nil
+		log.Error("policy directory is not watched; trying again (the policy in force stays)", "err", err, "retry_in", pause)
+		select {
+		case <-ctx.Done():
+			return
+		case <-after(pause):
+		}
+		pause = min(2*pause, time.Minute)
+		_ = r.Reload(ctx) // logs and counts a refused version itself
+	}
 }
 
 func reloaderDetails(r *policies.Reloader) func() map[string]string {
@@ -230,48 +159,6 @@ func loadPolicy(ctx context.Context, pc PolicyConfig, opts ...policies.Option) (
 		return nil, fmt.Errorf("policy: %w", err)
 	}
 	return e, nil
-}
-
-// useKeyring serves the CA keys from the shared keyring (seeded with the configured keys on
-// first start) and mounts the key administration endpoints.
-func useKeyring(ctx context.Context, p *parts, cfg *Config, userKey, hostKey *kms.Key, db *store.Redis) error {
-	withDefaults := cfg.withDefaults() // sshca dev sets only what it needs
-	cfg = &withDefaults
-	kc := cfg.Keyring
-	for _, seed := range []struct {
-		kind ca.CertKind
-		ref  KeyConfig
-		key  *kms.Key
-	}{{ca.UserCert, cfg.UserCA, userKey}, {ca.HostCert, cfg.HostCA, hostKey}} {
-		if err := keyring.Bootstrap(ctx, db, seed.kind, kms.KeyRef{KMS: seed.ref.KMS, Key: seed.ref.Key}, seed.key); err != nil {
-			return fmt.Errorf("keyring: %w", err)
-		}
-	}
-	userCA, err := keyring.New(ctx, ca.UserCert, db, db, p.log)
-	if err != nil {
-		return err
-	}
-	hostCA, err := keyring.New(ctx, ca.HostCert, db, db, p.log)
-	if err != nil {
-		return err
-	}
-	go userCA.Run(ctx, nil, kc.Refresh)
-	go hostCA.Run(ctx, nil, kc.Refresh)
-	for _, k := range userCA.Published() {
-		if err := db.RegisterCA(ctx, k); err != nil {
-			return fmt.Errorf("keyring: publish to bastions: %w", err)
-		}
-	}
-	for _, k := range hostCA.Scopes() {
-		if err := db.RegisterHostCA(ctx, k); err != nil {
-			return fmt.Errorf("keyring: register host CA keys: %w", err)
-		}
-	}
-	m := &keyring.Manager{Store: db, KMS: kc.KMS, KeyDir: kc.KeyDir, TrustRefresh: kc.TrustRefresh,
-		MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL}
-	p.userSigner, p.hostSigner = userCA, hostCA
-	p.keys = func(a *ca.Authority) services.KeyAdmin { return keyring.Admin{Authority: a, Manager: m} }
-	return nil
 }
 
 // seedFromArchive makes db's witness start from the newest audit archive's record of the store

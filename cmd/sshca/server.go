@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
 	"net/http"
-	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,8 +16,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sync/errgroup"
 
+	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/keyring"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/notify"
 	"github.com/sshca/sshca/policies"
@@ -28,178 +32,347 @@ import (
 	"github.com/sshca/sshca/ui"
 )
 
-// parts are the concrete pieces an HTTP API is built from, in serve and in dev mode alike.
-type parts struct {
-	auth       ca.Authenticator
-	policy     ca.Policy
-	userSigner ca.Signer
-	hostSigner ca.Signer
-	store      ca.CertStore
-	revoked    ca.RevocationStore
-	tokens     ca.TokenLedger
-	// requests keeps access requests (nil: /v1/requests answers 503).
-	requests ca.AccessRequestStore
-	// discovery keeps hosts' reports of long-lived keys (nil: /v1/discovery is not mounted).
-	discovery ca.DiscoveryStore
-	audit     ca.AuditLog
-	limits    ca.Limits
-	// accessLimits are the caps on access requests (zero: ca's defaults).
-	accessLimits ca.AccessRequestLimits
-	// notifier, when set, queues access request events for the webhooks; apiHandler gives it
-	// the authority's sweep of expired requests.
-	notifier *notify.Dispatcher
-	// checks are the dependencies /readyz reports on, by name.
-	checks            map[string]ca.Checker
-	knownHostsPattern string
-	details           func() map[string]string
-	login             *services.LoginConfig
-	// consoleURL, when set with login, mounts the approvers' console under /ui/ (package ui)
-	// with this public URL.
-	consoleURL     string
-	keys           func(*ca.Authority) services.KeyAdmin
-	reg            *prometheus.Registry
-	trustedProxies []netip.Prefix
-	log            *slog.Logger
-	// diag, when set, gets /metrics and the detailed /readyz (services.MountDiag; serve mounts
-	// it on diag_listen), and the public /readyz says only ready or not. Nil: both stay on the
-	// API's own mux (dev mode, on loopback).
-	diag *http.ServeMux
-	// rdb, when set, is probed with writes for readiness.
-	rdb redis.UniversalClient
-	// state, when set, is the store whose generation marks /readyz compares with this
-	// process's witness (store.Redis.CheckState): a store that came back without its state
-	// makes the replica not ready.
-	state *store.Redis
-	// requestTimeout is every request's deadline (0: services.DefaultRequestTimeout).
-	requestTimeout time.Duration
-	// rate are the rate limits and in-flight bounds (zero fields: services.DefaultRateLimits).
-	rate services.RateLimits
-	// krlFeed, when set, serves GET /v1/krl and its long poll (followRevocations); stop ends
-	// the long polls waiting when the server shuts down.
-	krlFeed services.KRLFeed
-	stop    <-chan struct{}
+// server is the signing service built from its configuration, not yet serving: the API's
+// handler, the background loops that keep the replica current, and what it holds open.
+// buildServer makes one; run serves it and shuts it down in order. `sshca serve` and
+// `sshca dev` differ only in the configuration and the verifier options they pass.
+type server struct {
+	log *slog.Logger
+	// api is every route of the v1 API, the console, /healthz and /readyz (and /metrics when
+	// diag is nil), with the request ID, rate limits, deadline and HTTP metrics around it.
+	api http.Handler
+	// diag, when set, gets /metrics and the detailed /readyz (services.MountDiag), served on
+	// diagAddr beside the API; nil (diag_listen "", and dev mode) keeps them on the API.
+	diag     *http.ServeMux
+	diagAddr string
+	tls      *tls.Config
+	// loops run under one errgroup for the server's lifetime (run).
+	loops []loop
+	// draining is closed when shutdown begins: the long polls of GET /v1/krl answer then,
+	// instead of holding the drain for up to their 25 s.
+	draining chan struct{}
+	// rdb is closed last, once the requests and the loops that use it are done.
+	rdb  redis.UniversalClient
+	keys []*kms.Key
+	// about are the attributes of the "sshca serving" log line.
+	about []any
 }
 
-// followRevocations starts the replica's one follower of the revocation feeds (until ctx
-// ends), behind GET /v1/krl and its long poll, and ends the long polls when ctx ends (shutdown).
-func followRevocations(ctx context.Context, p *parts, db *store.Redis) {
-	f := revocation.NewFollower(db, p.log)
-	go f.Run(ctx)
-	p.krlFeed, p.stop = f, ctx.Done()
+// loop is a background loop of the server. run logs and retries what is transient; its error
+// is one the server cannot go on without, and stops the server.
+type loop struct {
+	name string
+	run  func(context.Context) error
 }
 
-// redisParts are the parts every mode shares: the CA keys signing through the signer, with
-// the Redis store as inventory, serial reservation, revocations and token ledger.
-func redisParts(userKey, hostKey *kms.Key, rdb redis.UniversalClient, db *store.Redis, pol policies.Loaded, log *slog.Logger) parts {
-	return parts{
-		rdb:        rdb,
-		state:      db,
-		policy:     pol,
-		userSigner: signer.New(userKey.Signer(), db, signer.Options{}),
-		hostSigner: signer.New(hostKey.Signer(), db, signer.Options{}),
-		store:      db,
-		revoked:    db,
-		tokens:     db,
-		requests:   db,
-		discovery:  db,
-		checks:     map[string]ca.Checker{"redis": db, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey},
-		log:        log,
+// forever is a loop that only ends with its context (it logs and retries its own failures).
+func forever(name string, run func(context.Context)) loop {
+	return loop{name, func(ctx context.Context) error { run(ctx); return nil }}
+}
+
+// buildServer builds the server of cfg, in the order its parts need each other: the stores
+// (Redis, the audit log), the signers (CA keys from the KMS, through the keyring when it is
+// on), the policy, the identity verifier, the authority, its endpoints, and the HTTP handler.
+// oidc are options of the verifier (sshca dev reaches its own issuer in process). Nothing runs
+// yet except what construction itself does (policy load, OIDC discovery, publishing the CA keys
+// to bastions); on error, what was opened is closed.
+func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...identity.Option) (_ *server, err error) {
+	withDefaults := cfg.withDefaults()
+	cfg = &withDefaults
+	s := &server{log: log, draining: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	reg := newRegistry()
+
+	// Stores: everything shared lives in Redis.
+	ropts, err := cfg.Redis.UniversalOptions()
+	if err != nil {
+		return nil, err
 	}
-}
-
-// discoveryDesk is the discovery API on store, or nil (not mounted) without one.
-func discoveryDesk(a *ca.Authority, st ca.DiscoveryStore) services.Discovery {
-	if st == nil {
-		return nil
+	rc := cfg.Redis
+	s.rdb = redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
+	countRedisErrors(s.rdb, reg)
+	db := store.NewRedis(s.rdb, store.RedisOptions{})
+	// Before anything reads the store: the witness then starts from the archive's record.
+	if err := seedFromArchive(db, cfg, log); err != nil {
+		return nil, err
 	}
-	return ca.DiscoveryDesk{Authority: a, Store: st}
-}
-
-// apiHandler builds the authority and its HTTP API, with /metrics and /readyz details on
-// p.diag when set, else on the API itself.
-func apiHandler(p parts) (http.Handler, error) {
-	reg := p.reg
-	if reg == nil {
-		reg = newRegistry()
+	var auditKey []byte
+	if cfg.Audit.KeyFile != "" {
+		if auditKey, err = readAuditKey(cfg.Audit.KeyFile); err != nil {
+			return nil, fmt.Errorf("audit.key_file: %w", err)
+		}
+	} else {
+		log.Warn("the audit log is chained with plain SHA-256: anyone who can write to Redis can rewrite it; set audit.key_file (sshca audit genkey)")
 	}
-	p.log = services.LogRequestIDs(p.log) // every line logged under a request names its X-Request-ID
+	auditLog := audit.New(s.rdb, audit.Options{Key: auditKey, Logger: log, Marks: db})
+
+	// Signers: the configured CA keys, or, with the keyring on, the keyring they seed.
+	userKey, err := kms.Open(ctx, kms.KeyRef{KMS: cfg.UserCA.KMS, Key: cfg.UserCA.Key})
+	if err != nil {
+		return nil, fmt.Errorf("user CA key: %w", err)
+	}
+	s.keys = append(s.keys, userKey)
+	hostKey, err := kms.Open(ctx, kms.KeyRef{KMS: cfg.HostCA.KMS, Key: cfg.HostCA.Key})
+	if err != nil {
+		return nil, fmt.Errorf("host CA key: %w", err)
+	}
+	s.keys = append(s.keys, hostKey)
+	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
+		log.Warn("cannot publish the user CA to bastions yet; Redis unreachable?", "err", err)
+	}
+	// Its scope belongs in the host KRL, never in the user KRL bastions build.
+	if err := db.RegisterHostCA(ctx, hostKey.Signer().PublicKey()); err != nil {
+		log.Warn("cannot register the host CA key as such; Redis unreachable?", "err", err)
+	}
+	var userSigner, hostSigner ca.Signer = signer.New(userKey.Signer(), db, signer.Options{}), signer.New(hostKey.Signer(), db, signer.Options{})
+	var keyManager *keyring.Manager
+	if cfg.Keyring.Enabled {
+		userCA, hostCA, err := openKeyring(ctx, cfg, userKey, hostKey, db, log)
+		if err != nil {
+			return nil, err
+		}
+		userSigner, hostSigner = userCA, hostCA
+		s.loops = append(s.loops,
+			forever("keyring refresh (user CA)", func(ctx context.Context) { userCA.Run(ctx, nil, cfg.Keyring.Refresh) }),
+			forever("keyring refresh (host CA)", func(ctx context.Context) { hostCA.Run(ctx, nil, cfg.Keyring.Refresh) }))
+		kc := cfg.Keyring
+		keyManager = &keyring.Manager{Store: db, KMS: kc.KMS, KeyDir: kc.KeyDir, TrustRefresh: kc.TrustRefresh,
+			MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL}
+	}
+
+	// Policy and identity.
+	pol, details, policyLoops, err := policyInForce(ctx, cfg.Policy, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	s.loops = append(s.loops, policyLoops...)
+	timedPol := policies.Timed(pol, reg)
+	auth, err := identity.New(ctx, cfg.OIDC, oidc...)
+	if err != nil {
+		return nil, fmt.Errorf("oidc: %w", err)
+	}
+
+	// The replica's one follower of the revocation feeds, behind GET /v1/krl and its long poll.
+	follower := revocation.NewFollower(db, log)
+	s.loops = append(s.loops, forever("revocation follower", follower.Run))
+	notifier, err := newDispatcher(cfg.Notifications, db, reg, log)
+	if err != nil {
+		return nil, err
+	}
+
+	// The authority: authenticate, decide, sign, record.
+	reqLog := services.LogRequestIDs(log) // every line logged under a request names its X-Request-ID
+	proxies, _ := cfg.trustedProxies()    // validated in LoadConfig
 	faults := services.NewPolicyFaults(reg, time.Now)
-	p.rate.TrustedProxies = p.trustedProxies
-	limiter := services.NewRateLimiter(p.rate, reg)
+	rate := cfg.Limits.Rate.rateLimits()
+	rate.TrustedProxies = proxies
+	limiter := services.NewRateLimiter(rate, reg)
 	metrics := services.NewMetrics(reg)
 	metrics.IsKMSError = isKMSError
-	if p.rdb != nil {
-		countRedisErrors(p.rdb, reg)
-	}
 	authority, err := ca.New(ca.Config{
-		Authenticator: p.auth, Policy: p.policy, UserSigner: p.userSigner, HostSigner: p.hostSigner,
-		Store: p.store, Revocations: p.revoked, Tokens: p.tokens, Audit: p.audit, Faults: faults, Limits: p.limits, Logger: p.log,
-		IdentityLimiter: limiter, Stages: metrics, Requests: p.requests, AccessRequests: p.accessLimits, Notifier: notifierOf(p),
+		Authenticator: auth, Policy: timedPol, UserSigner: userSigner, HostSigner: hostSigner,
+		Store: db, Revocations: db, Tokens: db, Audit: auditLog, Faults: faults, Logger: reqLog,
+		Limits: ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals,
+			IdentityBlock: cfg.Limits.IdentityBlock},
+		IdentityLimiter: limiter, Stages: metrics, Requests: db, Notifier: notifierOf(notifier),
+		AccessRequests: ca.AccessRequestLimits{PendingTimeout: cfg.Limits.AccessRequestTimeout, MaxWindow: cfg.Limits.MaxAccessWindow},
 	})
 	if err != nil {
 		return nil, err
 	}
-	if p.notifier != nil {
-		p.notifier.SetExpire(authority.NotifyExpired)
-	}
-	var svc services.Service = authority
-	svc = services.InstrumentingMiddleware(metrics)(svc)
-	svc = services.LoggingMiddleware(p.log)(svc)
-	keys := services.LoggingKeyAdmin(p.log)(services.InstrumentingKeyAdmin(metrics)(keyAdmin(p, authority)))
-	if p.krlFeed != nil {
-		p.krlFeed = services.InstrumentKRLFeed(metrics)(p.krlFeed)
+	if notifier != nil {
+		// The dispatcher's sweep of expired access requests is the authority's: it exists only now.
+		notifier.SetExpire(authority.NotifyExpired)
+		s.loops = append(s.loops, loop{"notification outbox", notifier.Run})
 	}
 
-	ready, details := services.Checks(p.readyChecks()), withFaults(p.details, faults)
-	if p.diag != nil {
-		services.MountDiag(p.diag, ready, details, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		ready, details = services.ReadyStatus(ready), nil
+	// Endpoints, each through the same logging and instrumenting middleware.
+	var svc services.Service = authority
+	svc = services.InstrumentingMiddleware(metrics)(svc)
+	svc = services.LoggingMiddleware(reqLog)(svc)
+	var keys services.KeyAdmin
+	if keyManager != nil {
+		keys = services.LoggingKeyAdmin(reqLog)(services.InstrumentingKeyAdmin(metrics)(keyring.Admin{Authority: authority, Manager: keyManager}))
+	}
+
+	// HTTP: the API's routes, /metrics and /readyz on the diagnostics listener when there is one.
+	ready := services.Checks(readyChecks(db, s.rdb, userSigner, hostSigner,
+		map[string]ca.Checker{"redis": db, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey}))
+	detailsWithFaults := withFaults(details, faults)
+	if cfg.DiagListen != "" {
+		s.diag, s.diagAddr = http.NewServeMux(), cfg.DiagListen
+		services.MountDiag(s.diag, ready, detailsWithFaults, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		ready, detailsWithFaults = services.ReadyStatus(ready), nil
 	}
 	mux := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{
-		Logger:            p.log,
-		KnownHostsPattern: p.knownHostsPattern,
-		TrustedProxies:    p.trustedProxies,
+		Logger:            reqLog,
+		KnownHostsPattern: cfg.KnownHostsPattern,
+		TrustedProxies:    proxies,
 		Ready:             ready,
-		Details:           details,
-		Login:             p.login,
+		Details:           detailsWithFaults,
+		Login:             cfg.Login,
 		Keys:              keys,
 		Requests:          authority,
-		Discovery:         discoveryDesk(authority, p.discovery),
+		Discovery:         ca.DiscoveryDesk{Authority: authority, Store: db},
 		RenderKRL:         revocation.EncodeKRL,
-		KRLFeed:           p.krlFeed,
-		Stop:              p.stop,
+		KRLFeed:           services.InstrumentKRLFeed(metrics)(follower),
+		Stop:              s.draining,
 	})
-	if p.login != nil && p.consoleURL != "" {
+	if cfg.Login != nil && cfg.Console.PublicURL != "" {
 		// The console calls the authority with the signed-in user's ID token, as the API does
 		// with a bearer token: the same authentication, policy and audit.
-		console, err := ui.New(ui.Options{PublicURL: p.consoleURL, Issuer: p.login.Issuer, ClientID: p.login.ClientID,
-			Scopes: p.login.Scopes, Requests: authority, Certificates: authority, Logger: p.log})
+		console, err := ui.New(ui.Options{PublicURL: cfg.Console.PublicURL, Issuer: cfg.Login.Issuer, ClientID: cfg.Login.ClientID,
+			Scopes: cfg.Login.Scopes, Requests: authority, Certificates: authority, Logger: reqLog})
 		if err != nil {
 			return nil, fmt.Errorf("console: %w", err)
 		}
 		mux.Handle("/ui/", console.Handler())
 	}
-	if p.diag == nil {
+	if s.diag == nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
-	return metrics.InstrumentHTTP(mux, services.RequestID(p.trustedProxies, limiter.Handler(services.RequestDeadline(p.requestTimeout, services.IsLongPoll, mux)))), nil
+	s.api = metrics.InstrumentHTTP(mux, services.RequestID(proxies, limiter.Handler(services.RequestDeadline(cfg.RequestTimeout, services.IsLongPoll, mux))))
+	if cfg.TLS.ClientCAFile != "" {
+		s.api = adminCertRequired(s.api)
+	}
+	if s.tls, err = serverTLS(cfg.TLS, log); err != nil {
+		return nil, err
+	}
+	s.about = []any{"tls", cfg.TLS.CertFile != "", "admin_client_certs", cfg.TLS.ClientCAFile != "",
+		"user_ca", userKey.Signer().PublicKey().Type(), "host_ca", hostKey.Signer().PublicKey().Type(),
+		"policy", pol.Revision(), "policy_evaluator", pol.Mode()}
+	return s, nil
 }
 
-// readyChecks are the checks /readyz runs: the configured ones, with Redis probed by a write
-// in every hash tag of durable state (the CA keys' scopes as the signers publish them now),
-// and the store's generation marks compared with what this replica has seen (store_state).
-func (p parts) readyChecks() map[string]ca.Checker {
-	checks := maps.Clone(p.checks)
-	user, host := p.userSigner, p.hostSigner
-	caKeys := func() []ssh.PublicKey { return append(publishedKeys(user), publishedKeys(host)...) }
-	if p.rdb != nil {
-		checks["redis"] = redisProbe{rdb: p.rdb, prefix: "sshca", caKeys: caKeys}
+// run serves h (s.api, or dev's handler around it) on l, and the diagnostics listener, with
+// every background loop under one errgroup, until ctx ends (SIGTERM or SIGINT in main) or a
+// loop fails. ready, when not nil, is called once every listener is open. Then it shuts down
+// in order, each step once the one before has ended:
+//
+//  1. stop accepting: the listener closes, new connections are refused (the load balancer
+//     moves them to other replicas), and the long polls of /v1/krl answer;
+//  2. drain: requests in flight finish and get their answers, for at most the HTTP server's
+//     write timeout (serveUntilDone);
+//  3. stop the loops (and the diagnostics listener), and wait for them;
+//  4. close Redis, which the requests and the loops used until then, and the CA keys.
+//
+// Its error is the failed loop's (the server stopped because of it), else the drain's.
+func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready func()) error {
+	// The loops outlive ctx: they stop only once the requests that read what they keep
+	// current (the KRL feed, the keyring, the policy) are answered.
+	loopsCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLoops()
+	g, gctx := errgroup.WithContext(loopsCtx)
+	loops := s.loops
+	if s.diag != nil {
+		dl, err := net.Listen("tcp", s.diagAddr)
+		if err != nil {
+			l.Close()
+			s.close()
+			return fmt.Errorf("diag_listen: %w", err)
+		}
+		s.log.Info("sshca diagnostics", "addr", dl.Addr().String(), "paths", "/metrics /readyz /healthz")
+		diag := newHTTPServer(s.diag, s.log)
+		loops = append(loops, loop{"diagnostics listener", func(ctx context.Context) error {
+			return serveUntilDone(ctx, diag, dl, "", "")
+		}})
+	} else {
+		s.log.Warn("diag_listen is off: /metrics and the /readyz details are served on the public listener")
 	}
-	if p.state != nil {
-		checks["store_state"] = checkFunc(func(ctx context.Context) error {
-			return p.state.CheckState(ctx, caKeys()...)
+	for _, lp := range loops {
+		g.Go(func() error {
+			err := lp.run(gctx)
+			if err != nil && loopsCtx.Err() == nil {
+				s.log.Error("a background loop failed; the server stops", "loop", lp.name, "err", err)
+				return fmt.Errorf("%s: %w", lp.name, err)
+			}
+			s.log.Debug("background loop ended", "loop", lp.name)
+			return nil
 		})
 	}
+
+	// Serving ends when ctx ends or when a loop failed (gctx ends before loopsCtx then).
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	context.AfterFunc(gctx, stopServing)
+	srv := newHTTPServer(h, s.log)
+	srv.TLSConfig = s.tls
+	// Shutdown calls this once the listener is closed.
+	srv.RegisterOnShutdown(func() {
+		s.log.Info("shutdown: not accepting connections; draining the requests in flight")
+		close(s.draining)
+	})
+	if ready != nil {
+		ready()
+	}
+	serveErr := serveUntilDone(serveCtx, srv, l, "", "")
+	s.log.Info("shutdown: requests drained; stopping the background loops", "err", serveErr)
+	stopLoops()
+	loopErr := g.Wait()
+	s.log.Info("shutdown: background loops ended; closing Redis")
+	s.close()
+	s.log.Info("shutdown: Redis closed")
+	if loopErr != nil {
+		return loopErr
+	}
+	return serveErr
+}
+
+// close closes Redis and the CA keys, what buildServer opened.
+func (s *server) close() {
+	if s.rdb != nil {
+		s.rdb.Close()
+	}
+	for _, k := range s.keys {
+		k.Close()
+	}
+}
+
+// openKeyring serves the CA keys from the shared keyring (seeded with the configured keys on
+// first start) and publishes its keys to bastions and to the host KRL's registry.
+func openKeyring(ctx context.Context, cfg *Config, userKey, hostKey *kms.Key, db *store.Redis, log *slog.Logger) (userCA, hostCA *keyring.CA, err error) {
+	for _, seed := range []struct {
+		kind ca.CertKind
+		ref  KeyConfig
+		key  *kms.Key
+	}{{ca.UserCert, cfg.UserCA, userKey}, {ca.HostCert, cfg.HostCA, hostKey}} {
+		if err := keyring.Bootstrap(ctx, db, seed.kind, kms.KeyRef{KMS: seed.ref.KMS, Key: seed.ref.Key}, seed.key); err != nil {
+			return nil, nil, fmt.Errorf("keyring: %w", err)
+		}
+	}
+	if userCA, err = keyring.New(ctx, ca.UserCert, db, db, log); err != nil {
+		return nil, nil, err
+	}
+	if hostCA, err = keyring.New(ctx, ca.HostCert, db, db, log); err != nil {
+		return nil, nil, err
+	}
+	for _, k := range userCA.Published() {
+		if err := db.RegisterCA(ctx, k); err != nil {
+			return nil, nil, fmt.Errorf("keyring: publish to bastions: %w", err)
+		}
+	}
+	for _, k := range hostCA.Scopes() {
+		if err := db.RegisterHostCA(ctx, k); err != nil {
+			return nil, nil, fmt.Errorf("keyring: register host CA keys: %w", err)
+		}
+	}
+	return userCA, hostCA, nil
+}
+
+// readyChecks are the checks /readyz runs: the given ones, with Redis probed by a write in
+// every hash tag of durable state (the CA keys' scopes as the signers publish them now), and
+// the store's generation marks compared with what this replica has seen (store_state).
+func readyChecks(state *store.Redis, rdb redis.UniversalClient, user, host ca.Signer, given map[string]ca.Checker) map[string]ca.Checker {
+	checks := maps.Clone(given)
+	caKeys := func() []ssh.PublicKey { return append(publishedKeys(user), publishedKeys(host)...) }
+	checks["redis"] = redisProbe{rdb: rdb, prefix: "sshca", caKeys: caKeys}
+	checks["store_state"] = checkFunc(func(ctx context.Context) error {
+		return state.CheckState(ctx, caKeys()...)
+	})
 	return checks
 }
 
@@ -221,13 +394,6 @@ func withFaults(details func() map[string]string, faults *services.PolicyFaults)
 		}
 		return d
 	}
-}
-
-func keyAdmin(p parts, a *ca.Authority) services.KeyAdmin {
-	if p.keys == nil {
-		return nil
-	}
-	return p.keys(a)
 }
 
 // httpWriteTimeout is the HTTP server's write timeout; request_timeout is validated below it.
@@ -291,11 +457,11 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// notifierOf is p's notifier as a ca.Notifier: nil when there is none (not a nil pointer in an
+// notifierOf is d as a ca.Notifier: nil when there is none (not a nil pointer in an
 // interface).
-func notifierOf(p parts) ca.Notifier {
-	if p.notifier == nil {
+func notifierOf(d *notify.Dispatcher) ca.Notifier {
+	if d == nil {
 		return nil
 	}
-	return p.notifier
+	return d
 }

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/identity/devissuer"
+	"github.com/sshca/sshca/internal/testenv"
+)
+
+// heldIssuer is a development OIDC issuer on loopback whose key set (/oidc/jwks) is held until
+// release: the server fetches it on the first token it verifies, so a request for a
+// certificate stays in flight inside the server for as long as the test wants.
+type heldIssuer struct {
+	*devissuer.Issuer
+	asked   chan struct{} // closed when the key set was first asked for
+	release chan struct{}
+	once    sync.Once
+}
+
+func startHeldIssuer(t *testing.T, audience string) *heldIssuer {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := devissuer.New("http://"+l.Addr().String()+"/oidc", devissuer.Options{Audience: audience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &heldIssuer{Issuer: iss, asked: make(chan struct{}), release: make(chan struct{})}
+	oidc := http.StripPrefix("/oidc", iss.Handler())
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/oidc/jwks" {
+			h.once.Do(func() { close(h.asked) })
+			<-h.release
+		}
+		oidc.ServeHTTP(w, r)
+	}))
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() {
+		select {
+		case <-h.release:
+		default:
+			close(h.release)
+		}
+	})
+	return h
+}
+
+// TestServeShutdownOrder: `sshca serve` with every background loop it has (revocation
+// follower, policy directory watch, keyring refresh of both CAs, webhook outbox, diagnostics
+// listener) against a real redis-server, stopped while a certificate request is in flight.
+// The request completes with 200 and a certificate (it writes to Redis during the drain); a
+// new connection is refused as soon as shutdown begins; serve returns nil only after the
+// answer; the log shows the order (not accepting, drained, every loop ended, Redis closed) and
+// no command on a closed client; and no goroutine of the server is left.
+func TestServeShutdownOrder(t *testing.T) {
+	r := testenv.StartRedis(t)
+	idp := startHeldIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	dir := t.TempDir()
+	for _, f := range []string{"sshca.rego", "sshca_test.rego", "data.json"} {
+		writeFile(t, filepath.Join(dir, f), readFile(t, filepath.Join("..", "..", "policies", f)))
+	}
+	cfg.Policy.Dir = dir
+	cfg.Keyring = KeyringConfig{Enabled: true, KMS: "softkms:", KeyDir: t.TempDir()}
+	cfg.DiagListen = "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	hooks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) }))
+	t.Cleanup(hooks.Close)
+	secret := filepath.Join(t.TempDir(), "hook.secret")
+	if err := os.WriteFile(secret, []byte("0123456789abcdef0123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Notifications = NotificationsConfig{Webhooks: []WebhookConfig{{URL: hooks.URL + "/hook", SecretFile: secret}}}
+	// Room for the held request: the key set is released once the test has seen the listener
+	// refuse connections, well within this.
+	cfg.RequestTimeout = 10 * time.Second
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	token, err := idp.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"public_key": ` + jsonString(readFile(t, keygen(t, t.TempDir(), "user")+".pub")) + `}`
+	client := &http.Client{Transport: &http.Transport{}}
+	// Everything the test itself started (redis-server's waiter, the issuer, the webhook
+	// receiver) is running now: what is left after serve returns beyond these is the server's.
+	leaks := goleak.IgnoreCurrent()
+
+	logs := &logCapture{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready, errc := make(chan string, 1), make(chan error, 1)
+	go func() {
+		errc <- serve(ctx, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ready)
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-errc:
+		t.Fatalf("serve: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not start within 60s")
+	}
+
+	type answer struct {
+		code int
+		body []byte
+		err  error
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/certs/user", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			answered <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		answered <- answer{resp.StatusCode, b, err}
+	}()
+	select {
+	case <-idp.asked: // the request is in the server, verifying its token
+	case a := <-answered:
+		t.Fatalf("the request was answered (%d %s %v) before the server fetched the issuer's keys", a.code, a.body, a.err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server never asked the issuer for its keys")
+	}
+	cancel()
+
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("new connections still accepted 5s after shutdown began")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-errc:
+		t.Fatalf("serve returned (%v) with a request in flight", err)
+	case a := <-answered:
+		t.Fatalf("the request in flight was answered (%d %s %v) while the issuer's keys were held", a.code, a.body, a.err)
+	default:
+	}
+
+	close(idp.release)
+	a := <-answered
+	if a.err != nil || a.code != http.StatusOK || !strings.Contains(string(a.body), "-cert-v01@openssh.com ") {
+		t.Errorf("request in flight during shutdown: %d %s %v, want 200 and a certificate", a.code, a.body, a.err)
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Errorf("serve after SIGTERM: %v, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not return within 30s of the last answer")
+	}
+
+	checkShutdownLog(t, logs.String(), "revocation follower", "policy watch", "keyring refresh (user CA)",
+		"keyring refresh (host CA)", "notification outbox", "diagnostics listener")
+
+	// Idle keep-alive connections are pooled, not leaked: the test's own client and the
+	// verifier's (http.DefaultTransport) close theirs.
+	client.CloseIdleConnections()
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	goleak.VerifyNone(t, leaks)
+}
+
+// checkShutdownLog checks the server's JSON log lines for the shutdown order: not accepting,
+// then drained, then each of loops ended, then Redis closed; and that nothing ran a Redis
+// command on the closed client.
+func checkShutdownLog(t *testing.T, log string, loops ...string) {
+	t.Helper()
+	at := map[string]int{}
+	n := 0
+	for line := range strings.SplitSeq(log, "\n") {
+		var rec struct {
+			Msg  string `json:"msg"`
+			Loop string `json:"loop"`
+		}
+		if json.Unmarshal([]byte(line), &rec) != nil {
+			continue
+		}
+		n++
+		key := rec.Msg
+		if rec.Loop != "" {
+			key += ": " + rec.Loop
+		}
+		if _, seen := at[key]; !seen {
+			at[key] = n
+		}
+		if strings.Contains(line, "client is closed") {
+			t.Errorf("a Redis command ran on the closed client: %s", line)
+		}
+	}
+	order := []string{"shutdown: not accepting connections; draining the requests in flight", "shutdown: requests drained; stopping the background loops"}
+	for _, l := range loops {
+		order = append(order, "background loop ended: "+l)
+	}
+	order = append(order, "shutdown: background loops ended; closing Redis", "shutdown: Redis closed")
+	drained, closing := at[order[1]], at[order[len(order)-2]]
+	for i, step := range order {
+		pos, ok := at[step]
+		switch {
+		case !ok:
+			t.Errorf("the log has no %q line", step)
+		case i == 1 && pos < at[order[0]]:
+			t.Errorf("%q logged before %q", step, order[0])
+		case i >= 2 && i < len(order)-2 && (pos < drained || pos > closing):
+			t.Errorf("%q logged outside the step that stops the loops (after the drain, before Redis closes)", step)
+		case i == len(order)-1 && pos < closing:
+			t.Errorf("%q logged before the loops ended", step)
+		}
+	}
+	if t.Failed() {
+		t.Logf("server log:\n%s", log)
+	}
+}
+
+func jsonString(s string) string {
+	b, _ := json.Marshal(s) // a string always marshals
+	return string(b)
+}
