@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
@@ -43,6 +44,10 @@ type Follower struct {
 	// scope (a CA key generated on another replica) takes to be followed, and how long Run
 	// takes to notice that ctx ended.
 	Block time.Duration
+	// Clock drives Run's waits: the look for a first scope every Block and the backoff after
+	// a failed read (default the real clock; tests advance a clockwork.FakeClock). A read's
+	// own Block is waited by the store (XREAD BLOCK), on its clock.
+	Clock clockwork.Clock
 
 	// scopes reads every scope at once, or one at a time on Redis Cluster.
 	scopes ScopeReader
@@ -56,7 +61,7 @@ func NewFollower(feed FollowFeed, log *slog.Logger) *Follower {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Follower{feed: feed, log: log, Block: 5 * time.Second, changed: make(chan struct{})}
+	return &Follower{feed: feed, log: log, Block: 5 * time.Second, Clock: clockwork.NewRealClock(), changed: make(chan struct{})}
 }
 
 // Changed returns a channel closed at the next change after the call: a change of a scope, a
@@ -116,7 +121,7 @@ func (f *Follower) Run(ctx context.Context) {
 			// Nothing to follow yet (a store before its first CA key): look again later.
 			select {
 			case <-ctx.Done():
-			case <-time.After(f.Block):
+			case <-f.Clock.After(f.Block):
 			}
 			continue
 		}
@@ -135,7 +140,7 @@ func (f *Follower) Run(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(backoff):
+			case <-f.Clock.After(backoff):
 			}
 			backoff = min(backoff*2, 5*time.Second)
 			continue
