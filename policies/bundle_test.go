@@ -10,9 +10,13 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
+
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/policies"
 )
 
@@ -78,5 +82,52 @@ func TestBundleServer(t *testing.T) {
 	eventually(t, "bundle v3 is refused", func() bool { _, err := r.Status(); return err != nil })
 	if r.Revision() != "v2" {
 		t.Errorf("revision %q after a broken bundle, want v2", r.Revision())
+	}
+}
+
+// TestBundlePollOnItsClock: Poll asks the bundle server again every interval of the
+// reloader's clock (a clockwork.FakeClock that only the test moves), and at no other time.
+func TestBundlePollOnItsClock(t *testing.T) {
+	rego, _ := os.ReadFile("sshca.rego")
+	data, _ := os.ReadFile("data.json")
+	var mu sync.Mutex
+	revision := "v1"
+	var requests atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("Content-Type", "application/gzip")
+		w.Write(tarball(t, map[string]string{"/sshca.rego": string(rego), "/data.json": string(data), "/.manifest": `{"revision":"` + revision + `"}`}))
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clk := clockwork.NewFakeClock()
+	r, err := policies.NewBundleReloader(ctx, srv.URL+"/bundles/sshca.tar.gz", nil, policies.WithClock(clk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { r.Poll(ctx, time.Minute); close(done) }()
+	defer func() { cancel(); <-done }()
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := clk.BlockUntilContext(wctx, 1); err != nil {
+		t.Fatalf("Poll does not wait on its clock: %v", err)
+	}
+	mu.Lock()
+	revision = "v2"
+	mu.Unlock()
+	clk.Advance(59 * time.Second)
+	time.Sleep(200 * time.Millisecond) // room for a poll that should not happen
+	if n := requests.Load(); n != 1 || r.Revision() != "v1" {
+		t.Fatalf("59 s into a 1 min interval: %d requests (want the first load only), revision %s", n, r.Revision())
+	}
+	clk.Advance(time.Second)
+	// A reload compiles the bundle: seconds on a loaded machine.
+	testenv.Eventually(t, time.Minute, "bundle v2 is in force after one interval", func() bool { return r.Revision() == "v2" })
+	if n := requests.Load(); n != 2 {
+		t.Errorf("%d requests after one interval, want 2", n)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/jonboulle/clockwork"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sshca/sshca/ca"
@@ -30,9 +31,11 @@ type Reloader struct {
 
 	cur atomic.Pointer[Engine]
 
-	mu       sync.Mutex
-	lastErr  error
-	failedAt time.Time
+	// clock drives Watch's debounce and Poll's interval.
+	clock clockwork.Clock
+
+	mu      sync.Mutex
+	lastErr error
 
 	reloads *prometheus.CounterVec
 	failing prometheus.Gauge
@@ -58,6 +61,10 @@ func WithMetrics(reg prometheus.Registerer) ReloaderOption {
 	}
 }
 
+// WithClock sets the clock that Watch's debounce and Poll's interval run on (default the real
+// clock; tests advance a clockwork.FakeClock).
+func WithClock(c clockwork.Clock) ReloaderOption { return func(r *Reloader) { r.clock = c } }
+
 // WithLoadOptions adds options for every load (for a bundle reloader, the only way to give
 // them; WithDataFile does not apply to bundles).
 func WithLoadOptions(opts ...Option) ReloaderOption {
@@ -66,14 +73,14 @@ func WithLoadOptions(opts ...Option) ReloaderOption {
 
 // NewReloader loads and tests the policy in dir; it fails when that first version does.
 func NewReloader(ctx context.Context, dir string, loadOpts []Option, opts ...ReloaderOption) (*Reloader, error) {
-	r := &Reloader{dir: dir, opts: loadOpts, log: slog.New(slog.DiscardHandler)}
+	r := &Reloader{dir: dir, opts: loadOpts, log: slog.New(slog.DiscardHandler), clock: clockwork.NewRealClock()}
 	r.loader = r.loadDir
 	return r.start(ctx, opts)
 }
 
 // NewBundleReloader loads the policy from an OPA bundle server; Poll refreshes it.
 func NewBundleReloader(ctx context.Context, url string, client *http.Client, opts ...ReloaderOption) (*Reloader, error) {
-	r := &Reloader{dir: url, log: slog.New(slog.DiscardHandler)}
+	r := &Reloader{dir: url, log: slog.New(slog.DiscardHandler), clock: clockwork.NewRealClock()}
 	r.loader = func(ctx context.Context) (*Engine, error) { return LoadBundleURL(ctx, url, client, r.opts...) }
 	return r.start(ctx, opts)
 }
@@ -129,7 +136,7 @@ func (r *Reloader) Reload(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
-		r.lastErr, r.failedAt = err, time.Now()
+		r.lastErr = err
 		r.count("refused", 1)
 		r.log.Error("policy refused; the last good policy stays in force", "dir", r.dir, "in_force", r.cur.Load().Revision(), "err", err)
 		return err
@@ -151,7 +158,8 @@ func (r *Reloader) count(result string, failing float64) {
 }
 
 // Watch reloads whenever a file in the directory (or the data file) changes, until ctx ends.
-// Bursts of events (an editor's save, a checkout) are folded into one reload.
+// Bursts of events (an editor's save, a checkout) are folded into one reload, 200 ms of the
+// reloader's clock after the last.
 func (r *Reloader) Watch(ctx context.Context) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -170,7 +178,13 @@ func (r *Reloader) Watch(ctx context.Context) error {
 			return fmt.Errorf("policies: watch %s: %w", o.dataFile, err)
 		}
 	}
-	var debounce <-chan time.Time
+	var debounce clockwork.Timer // armed by the last relevant event
+	var fire <-chan time.Time
+	defer func() {
+		if debounce != nil {
+			debounce.Stop()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -179,30 +193,39 @@ func (r *Reloader) Watch(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
-			if relevant(ev.Name, o.dataFile) {
-				debounce = time.After(200 * time.Millisecond)
+			if !relevant(ev.Name, o.dataFile) {
+				continue
 			}
+			if debounce == nil {
+				debounce = r.clock.NewTimer(reloadDebounce)
+			} else {
+				debounce.Reset(reloadDebounce)
+			}
+			fire = debounce.Chan()
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
 			r.log.Warn("policy watch", "err", err)
-		case <-debounce:
-			debounce = nil
+		case <-fire:
+			fire = nil
 			_ = r.Reload(ctx)
 		}
 	}
 }
 
-// Poll reloads every interval until ctx ends (for bundle servers).
+// reloadDebounce is how long Watch waits after the last event of a burst before it reloads.
+const reloadDebounce = 200 * time.Millisecond
+
+// Poll reloads every interval of the reloader's clock until ctx ends (for bundle servers).
 func (r *Reloader) Poll(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
+	t := r.clock.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.Chan():
 			_ = r.Reload(ctx)
 		}
 	}

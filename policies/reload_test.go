@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -115,4 +116,55 @@ func prometheusGauge(t *testing.T, reg *prometheus.Registry, name string) promet
 	}
 	t.Fatalf("metric %s not found", name)
 	return nil
+}
+
+// TestWatchReloadsOnItsClock: a changed file is put in force reloadDebounce (200 ms) after its
+// event on the reloader's clock (a clockwork.FakeClock that only the test moves), not before,
+// however much real time passes.
+func TestWatchReloadsOnItsClock(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := copyPolicy(t)
+	clk := clockwork.NewFakeClock()
+	r, err := policies.NewReloader(ctx, dir, nil, policies.WithClock(clk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Watch(ctx) }()
+	defer func() { cancel(); <-done }()
+	first := r.Revision()
+	data, _ := os.ReadFile(filepath.Join(dir, "data.json"))
+	changed := strings.Replace(string(data), `"admins": ["admin"],`, `"admins": ["admin"], "dba": ["postgres"],`, 1)
+	// Renamed into place: one event for data.json (the temporary's name is ignored). Again
+	// until the watch, set up in the background, sees one and arms its timer.
+	replace := func() {
+		tmp := filepath.Join(dir, ".data.json.tmp")
+		if err := os.WriteFile(tmp, []byte(changed), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "data.json")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	armed := func() bool {
+		wctx, wcancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer wcancel()
+		return clk.BlockUntilContext(wctx, 1) == nil
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for replace(); !armed(); replace() {
+		if time.Now().After(deadline) {
+			t.Fatal("Watch armed no timer on its clock after the data file changed")
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // real time passes: nothing may happen
+	clk.Advance(199 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	if r.Revision() != first {
+		t.Fatal("reloaded before 200 ms had passed on the reloader's clock")
+	}
+	clk.Advance(time.Millisecond)
+	// A reload compiles the policy and runs its Rego tests: seconds on a loaded machine.
+	testenv.Eventually(t, time.Minute, "the new data is in force 200 ms after the change", func() bool { return r.Revision() != first })
 }
