@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sshca/sshca/ca"
@@ -71,7 +72,9 @@ type Options struct {
 	SweepEvery time.Duration
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
-	Now        func() time.Time
+	// Clock stamps signatures and drives every wait: the sweep interval and the pauses
+	// between sends (default the real clock; tests advance a clockwork.FakeClock).
+	Clock clockwork.Clock
 }
 
 // Dispatcher queues and sends events. It implements ca.Notifier.
@@ -117,8 +120,8 @@ func New(o Options) (*Dispatcher, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = clockwork.NewRealClock()
 	}
 	d := &Dispatcher{o: o, tries: map[string][]int{}, delivered: map[string][]bool{},
 		client: &http.Client{Timeout: o.Timeout,
@@ -165,7 +168,7 @@ func (d *Dispatcher) Queue(ctx context.Context, ev ca.AccessEvent) error {
 func (d *Dispatcher) Run(ctx context.Context) error {
 	nextSweep := time.Time{}
 	for ctx.Err() == nil {
-		if now := time.Now(); !now.Before(nextSweep) {
+		if now := d.o.Clock.Now(); !now.Before(nextSweep) {
 			nextSweep = now.Add(d.o.SweepEvery)
 			d.mu.Lock()
 			expire := d.expire
@@ -182,7 +185,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 				break
 			}
 			d.o.Logger.Warn("notify: reading the outbox failed", "err", err)
-			sleep(ctx, time.Second)
+			d.sleep(ctx, time.Second)
 			continue
 		}
 		for _, e := range entries {
@@ -237,7 +240,7 @@ func (d *Dispatcher) handle(ctx context.Context, e store.OutboxEntry) {
 		if wait > 2*time.Second || ctx.Err() != nil {
 			return // the outbox hands it out again after ClaimAfter
 		}
-		sleep(ctx, wait)
+		d.sleep(ctx, wait)
 	}
 	if err := d.o.Outbox.AckEvent(ctx, e.ID); err != nil {
 		d.o.Logger.Warn("notify: acknowledging an event failed; it may be sent again", "event", ev.ID, "err", err)
@@ -256,7 +259,7 @@ func (d *Dispatcher) send(ctx context.Context, w Webhook, ev ca.AccessEvent) err
 	if err != nil {
 		return err
 	}
-	ts := strconv.FormatInt(d.o.Now().Unix(), 10)
+	ts := strconv.FormatInt(d.o.Clock.Now().Unix(), 10)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(body))
 	if err != nil {
 		return err
@@ -347,11 +350,12 @@ func slackEscape(s string) string {
 	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
 }
 
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
+// sleep waits d on the dispatcher's clock, or until ctx ends.
+func (d *Dispatcher) sleep(ctx context.Context, wait time.Duration) {
+	t := d.o.Clock.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-	case <-t.C:
+	case <-t.Chan():
 	}
 }

@@ -6,11 +6,15 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/jonboulle/clockwork"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
@@ -219,5 +223,117 @@ func TestVerify(t *testing.T) {
 		if err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// stepClock advances clk by step each time the code under test waits on it (one waiter), until
+// done says so; it fails the test when the code neither waits nor gets done within 10 s.
+func stepClock(t *testing.T, clk *clockwork.FakeClock, step time.Duration, done func() bool) {
+	t.Helper()
+	waiting := func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		defer cancel()
+		return clk.BlockUntilContext(ctx, 1) == nil
+	}
+	for !done() {
+		deadline := time.Now().Add(10 * time.Second)
+		for !done() && !waiting() {
+			if time.Now().After(deadline) {
+				t.Fatal("the dispatcher does not wait on its clock")
+			}
+		}
+		if !done() {
+			clk.Advance(step)
+		}
+	}
+}
+
+// TestWebhookBackoffOnItsClock: a receiver that keeps failing is sent an event again after
+// 200 ms, 600 ms and 1.8 s of the dispatcher's clock (a clockwork.FakeClock advanced 100 ms
+// at a time), then left to the outbox's next hand-out; each send is signed with that clock's
+// time.
+func TestWebhookBackoffOnItsClock(t *testing.T) {
+	clk := clockwork.NewFakeClockAt(time.Unix(1_800_000_000, 0))
+	var mu sync.Mutex
+	var at []time.Time
+	var stamps []string
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		at, stamps = append(at, clk.Now()), append(stamps, r.Header.Get(notify.HeaderTimestamp))
+		mu.Unlock()
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(failing.Close)
+	d, err := notify.New(notify.Options{Outbox: store.NewMemory(nil), ClaimAfter: time.Hour, Clock: clk,
+		Webhooks: []notify.Webhook{{URL: failing.URL, Secret: []byte("k")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, d)
+	if err := d.Queue(t.Context(), event("e9", "x")); err != nil {
+		t.Fatal(err)
+	}
+	sends := func() int { mu.Lock(); defer mu.Unlock(); return len(at) }
+	stepClock(t, clk, 100*time.Millisecond, func() bool { return sends() == 4 })
+	testenv.Eventually(t, 10*time.Second, "the fourth failure is counted", func() bool {
+		return testutil.ToFloat64(d.Metric().WithLabelValues("failed")) == 4
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	var gaps []time.Duration
+	for i := 1; i < len(at); i++ {
+		gaps = append(gaps, at[i].Sub(at[i-1]))
+	}
+	if diff := cmp.Diff([]time.Duration{200 * time.Millisecond, 600 * time.Millisecond, 1800 * time.Millisecond}, gaps); diff != "" {
+		t.Errorf("pauses between sends on the dispatcher's clock (-want +got):\n%s", diff)
+	}
+	if stamps[0] != "1800000000" {
+		t.Errorf("first send signed at %s, want the dispatcher's clock 1800000000", stamps[0])
+	}
+}
+
+// countingOutbox counts the reads of an outbox.
+type countingOutbox struct {
+	notify.Outbox
+	takes atomic.Int64
+}
+
+func (c *countingOutbox) TakeEvents(ctx context.Context, consumer string, count int64, block, claimAfter time.Duration) ([]store.OutboxEntry, error) {
+	c.takes.Add(1)
+	return c.Outbox.TakeEvents(ctx, consumer, count, block, claimAfter)
+}
+
+// TestSweepOnItsClock: expired requests are looked for at start and then once SweepEvery has
+// passed on the dispatcher's clock: however many reads of the outbox come between, not before.
+func TestSweepOnItsClock(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	clk := clockwork.NewFakeClockAt(start)
+	out := &countingOutbox{Outbox: store.NewMemory(nil)}
+	d, err := notify.New(notify.Options{Outbox: out, SweepEvery: time.Minute, Clock: clk,
+		Webhooks: []notify.Webhook{{URL: "http://127.0.0.1:1", Secret: []byte("k")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var sweeps []time.Time
+	d.SetExpire(func(context.Context) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		sweeps = append(sweeps, clk.Now())
+		return 0, nil
+	})
+	swept := func() []time.Time { mu.Lock(); defer mu.Unlock(); return slices.Clone(sweeps) }
+	run(t, d)
+	testenv.Eventually(t, 10*time.Second, "the sweep at start", func() bool { return len(swept()) == 1 })
+	clk.Advance(59 * time.Second)
+	n := out.takes.Load()
+	testenv.Eventually(t, 10*time.Second, "two more reads of the outbox", func() bool { return out.takes.Load() >= n+2 })
+	if got := swept(); len(got) != 1 {
+		t.Fatalf("swept at %v before SweepEvery had passed on the clock", got)
+	}
+	clk.Advance(time.Second)
+	testenv.Eventually(t, 10*time.Second, "the sweep once SweepEvery has passed", func() bool { return len(swept()) == 2 })
+	if diff := cmp.Diff([]time.Time{start, start.Add(time.Minute)}, swept()); diff != "" {
+		t.Errorf("sweeps on the dispatcher's clock (-want +got):\n%s", diff)
 	}
 }
