@@ -205,16 +205,16 @@ func (a *Authority) settleSigned(ctx context.Context, rec AuditRecord, cause err
 }
 
 func (a *Authority) retrySigned(ctx context.Context, rec AuditRecord) {
-	giveUp := time.Now().Add(SignedAuditRetry)
+	giveUp := a.now().Add(SignedAuditRetry)
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		time.Sleep(wait)
+		<-a.after(wait)
 		actx, cancel := context.WithTimeout(ctx, SignedCertTimeout)
 		err := a.audit.Append(actx, rec)
 		cancel()
 		if err == nil {
 			return
 		}
-		if time.Now().Add(wait).After(giveUp) {
+		if a.now().Add(wait).After(giveUp) {
 			a.log.ErrorContext(ctx, "audit record of a signed certificate lost", "serial", rec.Serial, "key_id", rec.KeyID,
 				"identity", rec.Identity, "outcome", rec.Outcome, "err", err)
 			return

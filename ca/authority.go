@@ -70,7 +70,10 @@ type Config struct {
 	Notifier Notifier
 
 	Limits Limits
+	// Now is the clock (default time.Now), and After its timer (default time.After): the
+	// background retry of a signed certificate's audit record waits on it.
 	Now    func() time.Time
+	After  func(time.Duration) <-chan time.Time
 	Logger *slog.Logger
 }
 
@@ -97,6 +100,7 @@ type Authority struct {
 	// accessLimits are the caps on access requests.
 	accessLimits AccessRequestLimits
 	now          func() time.Time
+	after        func(time.Duration) <-chan time.Time
 	log          *slog.Logger
 }
 
@@ -136,9 +140,12 @@ func New(c Config) (*Authority, error) {
 	}
 	a := &Authority{requests: c.Requests, notifier: c.Notifier, accessLimits: al, auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
 		userKeys: userKeys, hostKeys: hostKeys,
-		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, log: c.Logger}
+		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, after: c.After, log: c.Logger}
 	if a.now == nil {
 		a.now = time.Now
+	}
+	if a.after == nil {
+		a.after = time.After
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)

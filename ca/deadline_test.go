@@ -3,13 +3,19 @@ package ca_test
 import (
 	"context"
 	"crypto/rand"
+	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/store"
 )
 
@@ -220,5 +226,85 @@ func TestIssueSignedFailureAuditRetried(t *testing.T) {
 	}
 	if len(store.recs) != 1 || len(recs) != 1 || recs[0].Outcome != "unavailable" || recs[0].Serial != 7 || recs[0].Late {
 		t.Errorf("inventory %d, audit records %+v, want one unavailable, serial 7, not late", len(store.recs), recs)
+	}
+}
+
+// clockedAudit fails every append, recording the clock's time at each append of a record
+// with the given outcome.
+type clockedAudit struct {
+	clk     clockwork.Clock
+	outcome string
+	mu      sync.Mutex
+	at      []time.Time
+}
+
+func (a *clockedAudit) Append(_ context.Context, r ca.AuditRecord) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r.Outcome == a.outcome {
+		a.at = append(a.at, a.clk.Now())
+	}
+	return context.DeadlineExceeded
+}
+
+func (a *clockedAudit) times() []time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.at)
+}
+
+// TestSignedAuditRetryOnItsClock: the record of a signed certificate whose audit keeps
+// failing is retried after 100 ms, doubling up to 2 s, on the authority's clock (Config.Now
+// and After, a clockwork.FakeClock advanced 100 ms at a time), and given up, logged as lost,
+// once the next pause would end past SignedAuditRetry after the first attempt; nothing is
+// tried after that, however far the clock moves.
+func TestSignedAuditRetryOnItsClock(t *testing.T) {
+	caKey, _ := newSSHKey(t)
+	_, userKey := newSSHKey(t)
+	clk := clockwork.NewFakeClockAt(time.Now())
+	audit := &clockedAudit{clk: clk, outcome: "unavailable"} // the signed certificate's record
+	var logs testenv.SyncBuffer
+	alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
+	a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: &fakePolicy{dec: deadlineGrant}, UserSigner: &countingSigner{key: caKey},
+		HostSigner: &countingSigner{key: caKey}, Store: &fakeStore{}, Revocations: store.NewMemory(clk.Now), Audit: audit,
+		Now: clk.Now, After: clk.After, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Issue(context.Background(), "good", ca.Request{Kind: ca.UserCert, PublicKey: userKey}); ca.KindOf(err) != ca.KindUnavailable {
+		t.Fatalf("Issue with the audit log failing = %v, want unavailable", err)
+	}
+	lost := func() bool { return strings.Contains(logs.String(), "audit record of a signed certificate lost") }
+	waiting := func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		defer cancel()
+		return clk.BlockUntilContext(ctx, 1) == nil
+	}
+	for deadline := time.Now().Add(10 * time.Second); !lost(); {
+		if waiting() {
+			clk.Advance(100 * time.Millisecond)
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the retry neither waits on the authority's clock nor gives up (%d attempts)", len(audit.times()))
+		}
+	}
+	at := audit.times()
+	var gaps []time.Duration
+	for i := 1; i < len(at); i++ {
+		gaps = append(gaps, at[i].Sub(at[i-1]))
+	}
+	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond}
+	for len(want) < len(gaps) {
+		want = append(want, 2*time.Second)
+	}
+	if diff := cmp.Diff(want, gaps); diff != "" {
+		t.Errorf("pauses between attempts on the authority's clock (-want +got):\n%s", diff)
+	}
+	if span := at[len(at)-1].Sub(at[0]); span > ca.SignedAuditRetry || span+2*time.Second <= ca.SignedAuditRetry {
+		t.Errorf("last attempt %v after the first; want within SignedAuditRetry (%v) and the next pause past it", span, ca.SignedAuditRetry)
+	}
+	clk.Advance(time.Hour)
+	time.Sleep(100 * time.Millisecond)
+	if n := len(audit.times()); n != len(at) {
+		t.Errorf("%d attempts after giving up", n-len(at))
 	}
 }
