@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -209,15 +210,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			break
 		}
+		// Agents that lost Redis together (a restart, a failover) must not come back together:
+		// each reconnection reads a snapshot of every scope, and a fleet retrying on the same
+		// schedule would send them all in the same instant.
+		pause := retryPause(backoff)
 		if err != nil {
 			a.setError("redis", err)
-			a.o.Log.Warn("revocation source lost; keeping the last good KRL", "source", "redis", "err", err, "retry_in", backoff)
+			a.o.Log.Warn("revocation source lost; keeping the last good KRL", "source", "redis", "err", err, "retry_in", pause)
 		}
 		if a.o.HTTP != nil {
 			// Poll over HTTPS meanwhile; go back to Redis after a while if there is one.
 			until := time.Time{}
 			if a.o.Feed != nil {
-				until = a.o.Clock.Now().Add(backoff + time.Second)
+				until = a.o.Clock.Now().Add(pause + time.Second)
 			}
 			if err := a.runHTTP(ctx, until); err != nil && ctx.Err() == nil {
 				a.setError("https", err)
@@ -225,7 +230,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		} else {
 			select {
 			case <-ctx.Done():
-			case <-a.o.Clock.After(backoff):
+			case <-a.o.Clock.After(pause):
 			}
 		}
 		if err != nil {
@@ -235,6 +240,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	return guardErr(ctx)
+}
+
+// retryPause is the pause before reconnecting after backoff: a uniformly random duration
+// between backoff/2 and backoff ("equal jitter"), so that a fleet's reconnections after a
+// shared outage spread over half the backoff (2.5 s at the 5 s cap) instead of arriving at once,
+// while none retries sooner than half the backoff.
+func retryPause(backoff time.Duration) time.Duration {
+	return backoff/2 + rand.N(backoff/2+1)
 }
 
 type scope struct {

@@ -111,8 +111,9 @@ func (downFeed) Follow(context.Context, map[string]string, time.Duration) (map[s
 }
 
 // TestAgentBacksOffOnItsClock: with Redis down and no HTTPS fallback, the agent tries again
-// after 100 ms, doubling the pause up to 5 s, on its clock: advanced 50 ms at a time, the
-// tries are exactly 100, 200, 400, 800, 1600, 3200, 5000 and 5000 ms apart. Status says the
+// after a backoff of 100 ms, doubling up to 5 s, on its clock, each pause drawn between half
+// the backoff and the backoff: advanced 50 ms at a time, the tries are 50–100, 100–200,
+// 200–400, 400–800, 800–1600, 1600–3200, 2500–5000 and 2500–5000 ms apart. Status says the
 // source is lost meanwhile.
 func TestAgentBacksOffOnItsClock(t *testing.T) {
 	clk := clockwork.NewFakeClockAt(time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC))
@@ -125,13 +126,63 @@ func TestAgentBacksOffOnItsClock(t *testing.T) {
 	runAgent(t, a)
 	// Two waiters while it pauses: the file guard's ticker and the backoff.
 	stepUntil(t, clk, 2, 50*time.Millisecond, calls, 9)
-	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond,
+	backoffs := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond,
 		1600 * time.Millisecond, 3200 * time.Millisecond, 5 * time.Second, 5 * time.Second}
-	if diff := cmp.Diff(want, calls.gaps()); diff != "" {
-		t.Errorf("pauses between tries on the agent's clock (-want +got):\n%s", diff)
+	gaps := calls.gaps()
+	if len(gaps) != len(backoffs) {
+		t.Fatalf("%d pauses, want %d: %v", len(gaps), len(backoffs), gaps)
+	}
+	for i, b := range backoffs {
+		if gaps[i] < b/2 || gaps[i] > b {
+			t.Errorf("pause %d between tries on the agent's clock: %s, want between %s and %s (all: %v)", i+1, gaps[i], b/2, b, gaps)
+		}
 	}
 	if st := a.Status(); st.Connected || st.Source != "redis" || !strings.Contains(st.LastError, "connection refused") {
 		t.Errorf("status while Redis is down: %+v", st)
+	}
+}
+
+// TestAgentsLosingRedisTogetherRetryApart: agents that lose Redis at the same instant (a
+// restart, a failover) do not retry in step, which would send a fleet's reconnections, each
+// with a snapshot of every scope, to Redis at once: ten agents on one clock, advanced 50 ms at
+// a time, make their sixth try (backoff 1.6 s, a pause of 0.8–1.6 s) at several different
+// times.
+func TestAgentsLosingRedisTogetherRetryApart(t *testing.T) {
+	clk := clockwork.NewFakeClockAt(time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC))
+	const agents = 10
+	calls := make([]*callTimes, agents)
+	for i := range calls {
+		calls[i] = &callTimes{clk: clk}
+		a, err := bastion.NewAgent(bastion.Options{KRLPath: filepath.Join(t.TempDir(), "sshca.krl"), Feed: downFeed{calls[i]},
+			GuardEvery: time.Hour, Clock: clk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runAgent(t, a)
+	}
+	const tries = 6
+	for {
+		done := true
+		for _, c := range calls {
+			done = done && c.count() >= tries
+		}
+		if done {
+			break
+		}
+		// Every agent waits on two timers: its file guard's and its pause (or, past its
+		// sixth try, its next pause).
+		blockUntil(t, clk, 2*agents, "between steps")
+		clk.Advance(50 * time.Millisecond)
+	}
+	at := map[time.Time]int{}
+	for _, c := range calls {
+		c.mu.Lock()
+		at[c.at[tries-1]]++
+		c.mu.Unlock()
+	}
+	t.Logf("the ten agents' sixth tries fall at %d different times", len(at))
+	if len(at) < 3 {
+		t.Errorf("ten agents that lost Redis together made their sixth try at %d different times, want them spread (%v)", len(at), at)
 	}
 }
 
