@@ -68,6 +68,7 @@ type agentFlags struct {
 	longPoll    time.Duration
 	longPollSet bool
 	discover    agentDiscoverFlags
+	startup     agentStartupFlags
 }
 
 func newBastionAgentCommand() *cobra.Command {
@@ -109,6 +110,7 @@ func newBastionAgentCommand() *cobra.Command {
 	cmd.Flags().Int64Var(&f.recordSessionCap, "record-session-cap", 64<<20, "bytes of output recorded per session; beyond, output is dropped and the drop marked")
 	cmd.Flags().Int64Var(&f.recordHostCap, "record-host-cap", 4<<30, "bytes of recordings kept in --recordings; beyond, output is dropped and the drop marked")
 	addAgentDiscoverFlags(cmd, &f.discover)
+	addAgentStartupFlags(cmd, &f.startup)
 	addLogFlags(cmd, &logOpts, "text")
 	return cmd
 }
@@ -197,6 +199,14 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 	if discovery != nil {
 		go func() { _ = discovery.Run(ctx) }()
 		parts = append(parts, discoveryHealth{discovery})
+	}
+	startup, err := agentStartupCheck(f.startup, log)
+	if err != nil {
+		return err
+	}
+	if startup != nil {
+		go func() { _ = startup.Run(ctx) }()
+		parts = append(parts, startupHealth{startup})
 	}
 	if err := agent.Prepare(); err != nil {
 		return err

@@ -250,7 +250,8 @@ policy: {dir: %s}
 
 	health := "127.0.0.1:" + freePort(t)
 	start(t, "agent", exec.Command(bin, "bastion", "agent", "--redis", "redis://127.0.0.1:"+redisPort,
-		"--krl", filepath.Join(dir, "sshca.krl"), "--user-ca", filepath.Join(dir, "user_ca.pub"), "--health", health))
+		"--krl", filepath.Join(dir, "sshca.krl"), "--user-ca", filepath.Join(dir, "user_ca.pub"), "--health", health,
+		"--startup-check-user", "root"))
 	waitFor(t, "the bastion agent's health", func() bool { return get(t, "http://"+health+"/healthz") == http.StatusOK })
 
 	exported := map[string]bool{}
