@@ -45,11 +45,14 @@ func BenchmarkIssueUser(b *testing.B) {
 	_, userKey := newSSHKey(b)
 	req := ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute}
 	b.ReportAllocs()
+	cpu, ops := testenv.CPUPerOp(b), 0
 	for b.Loop() {
 		if _, err := a.Issue(ctx, "good", req); err != nil {
 			b.Fatal(err)
 		}
+		ops++
 	}
+	cpu(ops)
 }
 
 // singleUseAuth is fakeAuth whose every token is a new single-use one (the token ledger
@@ -100,9 +103,12 @@ func BenchmarkIssueUserRedis(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
+	cpu, ops := testenv.CPUPerOp(b), 0
 	for b.Loop() {
 		if _, err := a.Issue(ctx, "good", req); err != nil {
 			b.Fatal(err)
 		}
+		ops++
 	}
+	cpu(ops)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/identity/devissuer"
+	"github.com/sshca/sshca/internal/testenv"
 )
 
 // startIssuer serves a development issuer on a loopback httptest server.
@@ -217,11 +218,14 @@ func benchmarkVerify(b *testing.B, alg string) {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
+	cpu, ops := testenv.CPUPerOp(b), 0
 	for b.Loop() {
 		if _, err := v.Authenticate(ctx, tok); err != nil {
 			b.Fatal(err)
 		}
+		ops++
 	}
+	cpu(ops)
 }
 
 func BenchmarkVerifyES256(b *testing.B) { benchmarkVerify(b, "ES256") }
