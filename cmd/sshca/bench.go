@@ -41,7 +41,14 @@ type benchOptions struct {
 	tlsCA       string
 	serverPIDs  []int
 	state       string
-	tokens      int
+	// tokenURL is the development issuer's POST /dev/token (default: at the server's
+	// scheme://host); another URL when the server is `sshca serve` trusting a `sshca dev`
+	// issuer (go tool task bench-serve-tls).
+	tokenURL string
+	// pprofURL and pprofOut: a CPU profile of the server over the measured window, from its
+	// /debug/pprof/profile (diag_pprof), written to pprofOut.
+	pprofURL, pprofOut string
+	tokens             int
 	// identityRate and identityBurst are the server's per-identity limit (limits.rate.per_identity,
 	// identity_burst); addressRate and addressBurst its per-address limit (per_address, burst).
 	identityRate, addressRate   float64
@@ -82,6 +89,9 @@ A progress line goes to stderr every second. The exit status is 1 when any reque
 	f.StringVar(&o.tlsCA, "tls-ca", "", "PEM file of the CA that signed the server's TLS certificate")
 	f.IntSliceVar(&o.serverPIDs, "server-pid", nil, "processes whose CPU is measured (the server and its redis-server), comma-separated")
 	f.StringVar(&o.state, "state", defaultStateDir(), "state directory of `sshca dev` (holds "+devSecretFile+")")
+	f.StringVar(&o.tokenURL, "token-url", "", "the development issuer's POST /dev/token URL (default: /dev/token at the --server's scheme://host), e.g. the `sshca dev` that a `sshca serve` under test trusts")
+	f.StringVar(&o.pprofURL, "pprof-url", "", "the server's CPU profile endpoint (http://DIAG/debug/pprof/profile with diag_pprof on): profile the measured window, less its last second, into --pprof-out")
+	f.StringVar(&o.pprofOut, "pprof-out", "server.pprof", "file for the profile that --pprof-url fetches")
 	f.IntVar(&o.tokens, "tokens", 0, "tokens to pre-mint, one per request (0: rate×duration with --rate, else 3000/s×duration); the window ends early when they run out")
 	f.Float64Var(&o.identityRate, "identity-rate", 1, "the server's limits.rate.per_identity, requests per second")
 	f.IntVar(&o.identityBurst, "identity-burst", 20, "the server's limits.rate.identity_burst")
@@ -233,7 +243,11 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 		keys[i] = k
 		bodies[i], _ = json.Marshal(client.CertRequest{PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))), TTL: "5m"})
 	}
-	tokens, err := mintBenchTokens(ctx, u.Scheme+"://"+u.Host+"/dev/token", secret, n, identities, tag, tlsConf, progress)
+	tokenURL := o.tokenURL
+	if tokenURL == "" {
+		tokenURL = u.Scheme + "://" + u.Host + "/dev/token"
+	}
+	tokens, err := mintBenchTokens(ctx, tokenURL, secret, n, identities, tag, tlsConf, progress)
 	if err != nil {
 		return fmt.Errorf("bench: minting tokens: %w", err)
 	}
@@ -246,11 +260,17 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 	}
 	results := make([]benchResult, n)
 	var next, done, failed atomic.Int64
-	serverBefore, serverErr := processCPU(o.serverPIDs)
+	serverBefore, _, serverErr := processCPU(o.serverPIDs)
 	if serverErr != nil {
 		return fmt.Errorf("bench: --server-pid: %w", serverErr)
 	}
 	selfBefore := selfCPU()
+	var profiled chan error
+	if o.pprofURL != "" {
+		profiled = make(chan error, 1)
+		secs := max(1, int((o.duration-time.Second)/time.Second))
+		go func() { profiled <- fetchProfile(ctx, o.pprofURL, secs, o.pprofOut) }()
+	}
 	start := time.Now()
 	deadline := start.Add(o.duration)
 	stopProgress := make(chan struct{})
@@ -308,11 +328,18 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 	wg.Wait()
 	elapsed := time.Since(start)
 	selfAfter := selfCPU()
-	serverAfter, serverErr := processCPU(o.serverPIDs)
+	serverAfter, serverNames, serverErr := processCPU(o.serverPIDs)
 	close(stopProgress)
 	progressDone.Wait()
 	if serverErr != nil {
 		return fmt.Errorf("bench: --server-pid: %w", serverErr)
+	}
+	if profiled != nil {
+		if err := <-profiled; err != nil {
+			fmt.Fprintf(out, "bench: warning: no CPU profile: %v\n", err)
+		} else {
+			fmt.Fprintf(out, "bench: CPU profile of the server in %s\n", o.pprofOut)
+		}
 	}
 	sent := min(int(next.Load()), n)
 	if rate == 0 && sent >= n && time.Now().Before(deadline) {
@@ -382,7 +409,14 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 	fmt.Fprintf(out, "bench: client_cpu_us_per_cert: %s\n", perCert(selfAfter-selfBefore, ok))
 	serverCPU := "n/a"
 	if len(o.serverPIDs) > 0 {
-		serverCPU = perCert(serverAfter-serverBefore, ok)
+		serverCPU = perCert(sumCPU(serverBefore, serverAfter), ok)
+		// Each process apart: the profile of the server covers its own CPU only, and the
+		// non-cryptographic share is computed from it (docs/performance.md).
+		parts := make([]string, len(o.serverPIDs))
+		for i, pid := range o.serverPIDs {
+			parts[i] = fmt.Sprintf("%d (%s): %s", pid, serverNames[i], perCert(serverAfter[i]-serverBefore[i], ok))
+		}
+		fmt.Fprintf(out, "bench: server_cpu_us_per_cert by process: %s\n", strings.Join(parts, ", "))
 	}
 	fmt.Fprintf(out, "certs/s: %.0f  p50: %.2f ms  p99: %.2f ms  errors: %d  server_cpu_us_per_cert: %s\n",
 		certsPerSec, ms(percentile(lat, 0.50)), ms(percentile(lat, 0.99)), errs, serverCPU)
@@ -390,6 +424,28 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 		return fmt.Errorf("bench: %d of %d requests failed", errs, ok+errs)
 	}
 	return nil
+}
+
+// fetchProfile gets a CPU profile of secs seconds from the pprof endpoint url and writes it
+// to path.
+func fetchProfile(ctx context.Context, url string, secs int, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"?seconds="+strconv.Itoa(secs), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Timeout: time.Duration(secs+30) * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: HTTP %d: %.200s", url, resp.StatusCode, bytes.TrimSpace(data))
+	}
+	return os.WriteFile(path, data, 0o600)
 }
 
 // perCert is cpu spent per certificate in microseconds, or "n/a" when none was issued.
@@ -581,19 +637,29 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// processCPU is the CPU time (utime+stime from /proc/PID/stat) of pids, summed.
-func processCPU(pids []int) (time.Duration, error) {
-	var total float64
-	for _, pid := range pids {
+// processCPU is the CPU time (utime+stime from /proc/PID/stat) of each of pids, and their
+// command names.
+func processCPU(pids []int) ([]time.Duration, []string, error) {
+	cpu, names := make([]time.Duration, len(pids)), make([]string, len(pids))
+	for i, pid := range pids {
 		p, err := procfs.NewProc(pid)
 		if err != nil {
-			return 0, fmt.Errorf("process %d: %w", pid, err)
+			return nil, nil, fmt.Errorf("process %d: %w", pid, err)
 		}
 		st, err := p.Stat()
 		if err != nil {
-			return 0, fmt.Errorf("process %d: %w", pid, err)
+			return nil, nil, fmt.Errorf("process %d: %w", pid, err)
 		}
-		total += st.CPUTime()
+		cpu[i], names[i] = time.Duration(st.CPUTime()*float64(time.Second)), st.Comm
 	}
-	return time.Duration(total * float64(time.Second)), nil
+	return cpu, names, nil
+}
+
+// sumCPU is the sum of after[i]-before[i].
+func sumCPU(before, after []time.Duration) time.Duration {
+	var total time.Duration
+	for i := range after {
+		total += after[i] - before[i]
+	}
+	return total
 }

@@ -41,6 +41,11 @@ type Config struct {
 	// reach it. An explicit empty value turns it off: then /metrics and the /readyz details
 	// stay on the public listener, as they were before it existed.
 	DiagListen string `yaml:"diag_listen"`
+	// DiagPprof serves Go's profiler (net/http/pprof) under /debug/pprof/ on the diagnostics
+	// listener, for performance work (docs/performance.md: a CPU profile of serve under load).
+	// Off by default: a profile shows the service's internals and costs CPU while it runs.
+	// Requires diag_listen.
+	DiagPprof bool `yaml:"diag_pprof"`
 
 	// UserCA is the key that signs user certificates (hosts trust it in TrustedUserCAKeys).
 	UserCA KeyConfig `yaml:"user_ca"`
@@ -335,6 +340,9 @@ func (c *Config) validate(secretFiles bool) error {
 	}
 	if err == nil && c.TLS.CertFile == "" && !c.BehindTLSProxy && !isLoopback(host) {
 		add("listen: bearer tokens would travel over plain HTTP on %s; configure tls, or set behind_tls_proxy: true when a TLS-terminating proxy is in front", c.Listen)
+	}
+	if c.DiagPprof && c.DiagListen == "" {
+		add("diag_pprof: needs diag_listen (the profiler is served on the diagnostics listener only); set diag_listen or remove diag_pprof")
 	}
 	if c.DiagListen != "" {
 		if _, _, err := net.SplitHostPort(c.DiagListen); err != nil {

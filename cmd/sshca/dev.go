@@ -32,8 +32,11 @@ const devAudience = "sshca"
 type devOptions struct {
 	listen string
 	state  string
-	out    io.Writer
-	log    *slog.Logger
+	// tokenAlg is the development issuer's signing algorithm: ES256 or RS256 (what most
+	// identity providers use; docs/performance.md measures both).
+	tokenAlg string
+	out      io.Writer
+	log      *slog.Logger
 	// ready, when not nil, receives the base URL once the service answers.
 	ready chan<- string
 }
@@ -56,6 +59,7 @@ func newDevCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.listen, "listen", "127.0.0.1:8080", "loopback address to listen on")
 	cmd.Flags().StringVar(&o.state, "state", defaultStateDir(), "directory for the CA keys (kept across restarts)")
+	cmd.Flags().StringVar(&o.tokenAlg, "token-algorithm", "ES256", "signing algorithm of the development issuer's tokens: ES256 or RS256 (as most identity providers)")
 	addLogFlags(cmd, &logOpts, "text")
 	cmd.AddCommand(newDevTokenCommand())
 	return cmd
@@ -76,6 +80,12 @@ func defaultStateDir() string {
 // server, and a development OIDC issuer, and otherwise builds and runs the very server
 // `sshca serve` does (buildServer, run).
 func runDev(ctx context.Context, o devOptions) error {
+	if o.tokenAlg == "" {
+		o.tokenAlg = "ES256"
+	}
+	if o.tokenAlg != "ES256" && o.tokenAlg != "RS256" {
+		return fmt.Errorf("dev: --token-algorithm %q: use ES256 or RS256", o.tokenAlg)
+	}
 	host, _, err := net.SplitHostPort(o.listen)
 	if err != nil || !isLoopback(host) {
 		return fmt.Errorf("dev: --listen %q must be a loopback address such as 127.0.0.1:8080: the development issuer mints tokens for anyone who asks", o.listen)
@@ -124,7 +134,7 @@ func runDev(ctx context.Context, o devOptions) error {
 	}
 	defer os.Remove(secretPath)
 	issuerURL := base + "/dev/oidc"
-	iss, err := devissuer.New(issuerURL, devissuer.Options{Audience: devAudience, Secret: secret})
+	iss, err := devissuer.New(issuerURL, devissuer.Options{Audience: devAudience, Secret: secret, Algorithm: o.tokenAlg})
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("dev: issuer: %w", err)

@@ -62,6 +62,13 @@ func TestServeDiagListener(t *testing.T) {
 		}
 	}
 
+	// The profiler only with diag_pprof.
+	for _, url := range []string{base + "/debug/pprof/cmdline", diag + "/debug/pprof/cmdline"} {
+		if code, _ := getBody(t, url); code == http.StatusOK {
+			t.Errorf("%s = %d without diag_pprof, want no profiler", url, code)
+		}
+	}
+
 	// Redis down: both say 503; only the diagnostics say why.
 	r.Stop()
 	waitFor(t, 15*time.Second, "public /readyz 503 with Redis down", func() bool {
@@ -96,6 +103,8 @@ oidc: {issuers: [{issuer_url: "https://issuer.example.com", audiences: [sshca]}]
 		{"all interfaces", "diag_listen: 0.0.0.0:9850", "0.0.0.0:9850", ""},
 		{"no port", "diag_listen: 127.0.0.1", "", `diag_listen: "127.0.0.1" is not a host:port address`},
 		{"the public listener", "diag_listen: 127.0.0.1:8443", "", `diag_listen: "127.0.0.1:8443" is also listen`},
+		{"profiler", "diag_pprof: true", DefaultDiagListen, ""},
+		{"profiler without diagnostics", "diag_listen: \"\"\ndiag_pprof: true", "", "diag_pprof: needs diag_listen"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "config.yaml")
@@ -112,5 +121,25 @@ oidc: {issuers: [{issuer_url: "https://issuer.example.com", audiences: [sshca]}]
 				t.Errorf("diag_listen = %q, want %q", c.DiagListen, tt.want)
 			}
 		})
+	}
+}
+
+// TestServeDiagPprof: with diag_pprof, Go's profiler answers on the diagnostics listener (a
+// CPU profile of a second is a pprof file) and still not on the public one.
+func TestServeDiagPprof(t *testing.T) {
+	r := testenv.StartRedis(t)
+	iss := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: iss.URL(), Audiences: []string{"sshca"}})
+	cfg.DiagListen = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	cfg.DiagPprof = true
+	base := startServe(t, cfg)
+	diag := "http://" + cfg.DiagListen
+	if code, _ := getBody(t, base+"/debug/pprof/cmdline"); code == http.StatusOK {
+		t.Errorf("public /debug/pprof/cmdline = %d, want no profiler", code)
+	}
+	code, out := getBody(t, diag+"/debug/pprof/profile?seconds=1")
+	// A CPU profile is gzip-compressed protobuf.
+	if code != http.StatusOK || !strings.HasPrefix(out, "\x1f\x8b") {
+		t.Errorf("diag CPU profile = %d %.40q, want a gzip'd profile", code, out)
 	}
 }

@@ -206,6 +206,10 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	if cfg.DiagListen != "" {
 		s.diag, s.diagAddr = http.NewServeMux(), cfg.DiagListen
 		services.MountDiag(s.diag, ready, detailsWithFaults, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if cfg.DiagPprof {
+			mountPprof(s.diag)
+			log.Warn("diag_pprof is on: the Go profiler answers under /debug/pprof/ on the diagnostics listener", "addr", cfg.DiagListen)
+		}
 		ready, detailsWithFaults = services.ReadyStatus(ready), nil
 	}
 	mux := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{
