@@ -2,8 +2,10 @@
 // of the one before it, its own sequence number, and a MAC over both and its body (HMAC-SHA256
 // with the audit key, which lives only on the CA servers; SHA-256 without one). Removing,
 // reordering, inserting or changing a record breaks the chain at that record, and Verify says
-// where. Every CA replica appends to the one chain: appends are serialised optimistically
-// (WATCH the head, MULTI/EXEC the entry and the new head, retry on a conflict).
+// where. Every CA replica appends to the one chain: appends are serialised optimistically (a
+// script appends only if the head is the one the links were computed from; the replica retries
+// from the newer head otherwise), and within a replica the records appended at the same time
+// share one script (group commit).
 //
 // Layout: <prefix>:{audit}:log is a stream of entries {seq, prev, mac, rec}; <prefix>:{audit}:head
 // is "<seq> <mac>" of the last entry, and <prefix>:{audit}:base the base mark: where the chain
@@ -51,9 +53,11 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -73,8 +77,13 @@ type Log struct {
 	// marks: Options.Marks.
 	marks *store.Redis
 
+	// mu is held by the one caller that appends (commit) at a time.
 	mu    sync.Mutex
 	known string // the head as this replica last saw it
+
+	// qmu guards queue: the records waiting for the next commit, in arrival order.
+	qmu   sync.Mutex
+	queue []*pending
 }
 
 // Options tune a Log.
@@ -128,28 +137,51 @@ func (l *Log) mac(prev string, seq uint64, rec []byte) string {
 // maxAttempts bounds the retries of an append that keeps losing the race for the head.
 const maxAttempts = 100
 
-// appendScript adds an entry only if the head is still the one its link was computed from;
-// otherwise it answers the current head, from which the caller computes the link again. With a
-// third key (the {audit} tag's generation mark) and ARGV[7..9] its id, epoch and seen, it
-// checks and bumps the mark when it appends, and answers the mark's reply after the head
-// (store.MarkLua); the record is appended whatever the mark says.
+// maxBatch bounds the records of one appendScript call: its arguments stay small (a few
+// hundred kilobytes at most), and Redis is not held long by one script.
+const maxBatch = 128
+
+// appendScript adds a batch of entries only if the head is still the one their links were
+// computed from; otherwise it answers the current head, from which the caller computes the
+// links again. ARGV: the head expected, the new head, the number of entries n, then seq, prev,
+// mac and rec of each entry in chain order. With a third key (the {audit} tag's generation
+// mark) and the three ARGV after the entries (its id, epoch and seen), it checks and bumps the
+// mark once when it appends, and answers the mark's reply after the head (store.MarkLua); the
+// records are appended whatever the mark says.
 var appendScript = redis.NewScript(store.MarkLua + `
 local cur = redis.call('GET', KEYS[1])
 if not cur then cur = '' end
 if cur ~= ARGV[1] then return {0, cur} end
-redis.call('XADD', KEYS[2], '*', 'seq', ARGV[3], 'prev', ARGV[4], 'mac', ARGV[5], 'rec', ARGV[6])
+local n = tonumber(ARGV[3])
+for i = 0, n - 1 do
+  local b = 4 + i * 4
+  redis.call('XADD', KEYS[2], '*', 'seq', ARGV[b], 'prev', ARGV[b + 1], 'mac', ARGV[b + 2], 'rec', ARGV[b + 3])
+end
 redis.call('SET', KEYS[1], ARGV[2])
 if KEYS[3] then
-  local r = bump(KEYS[3], mark(KEYS[3], ARGV[7], ARGV[8], ARGV[9]))
+  local m = 4 + n * 4
+  local r = bump(KEYS[3], mark(KEYS[3], ARGV[m], ARGV[m + 1], ARGV[m + 2]))
   return {1, ARGV[2], r[1], r[2], r[3], r[4]}
 end
 return {1, ARGV[2]}
 `)
 
-// Append adds rec at the end of the chain. It links rec to the head this replica last saw:
-// one round trip when no other replica appended in between, one more per head it missed. A
-// record without a version (V 0) is written as ca.AuditRecordVersion, the shape it is
-// marshalled in.
+// pending is one record waiting to be appended by a group commit.
+type pending struct {
+	body     []byte
+	rec      *ca.AuditRecord // for the log line
+	logCtx   context.Context // its caller's, for the log line only (the request's ID)
+	deadline time.Time       // its caller's deadline (zero: none)
+	done     chan error      // receives the outcome once, buffered
+}
+
+// Append adds rec at the end of the chain, and returns once it is kept (or failed). Records
+// that callers append at the same time share one round trip (group commit): whoever holds the
+// chain's lock appends every record queued meanwhile, in one script, and tells each caller
+// its own outcome, so a caller's answer still waits for its own record. It links the records
+// to the head this replica last saw: one round trip when no other replica appended in between,
+// one more per head it missed. A record without a version (V 0) is written as
+// ca.AuditRecordVersion, the shape it is marshalled in.
 func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 	if rec.V == 0 {
 		rec.V = ca.AuditRecordVersion
@@ -158,18 +190,71 @@ func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
+	p := &pending{body: body, rec: &rec, logCtx: ctx, done: make(chan error, 1)}
+	p.deadline, _ = ctx.Deadline()
+	l.qmu.Lock()
+	l.queue = append(l.queue, p)
+	l.qmu.Unlock()
+
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for {
+		// A leader before this one may have appended p along with its own.
+		select {
+		case err := <-p.done:
+			return err
+		default:
+		}
+		l.qmu.Lock()
+		n := min(len(l.queue), maxBatch)
+		batch := slices.Clone(l.queue[:n])
+		l.queue = slices.Delete(l.queue, 0, n)
+		l.qmu.Unlock()
+		err := l.commit(ctx, batch)
+		for _, b := range batch {
+			b.done <- err
+		}
+	}
+}
+
+// commit appends batch, in order, in one script (retried from the newer head when another
+// replica appended meanwhile). It runs under the latest deadline of the batch's callers (none
+// when one of them has none), not under ctx's cancellation: the caller that happens to commit
+// must not fail the records of the others by giving up on its own.
+func (l *Log) commit(ctx context.Context, batch []*pending) error {
+	var latest time.Time
+	for _, b := range batch {
+		if b.deadline.IsZero() {
+			latest = time.Time{}
+			break
+		}
+		if b.deadline.After(latest) {
+			latest = b.deadline
+		}
+	}
+	ctx = context.WithoutCancel(ctx)
+	if !latest.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, latest)
+		defer cancel()
+	}
 	for range maxAttempts {
 		prevSeq, prev, err := parseHead(l.known)
 		if err != nil {
 			return err
 		}
-		seq := prevSeq + 1
-		mac := l.mac(prev, seq, body)
-		head := strconv.FormatUint(seq, 10) + " " + mac
 		keys := []string{l.head(), l.stream()}
-		args := []any{l.known, head, strconv.FormatUint(seq, 10), prev, mac, body}
+		args := make([]any, 0, 3+4*len(batch)+3)
+		args = append(args, l.known, "", len(batch))
+		seqs, macs := make([]uint64, len(batch)), make([]string, len(batch))
+		for i, b := range batch {
+			seq := prevSeq + 1 + uint64(i)
+			mac := l.mac(prev, seq, b.body)
+			args = append(args, strconv.FormatUint(seq, 10), prev, mac, b.body)
+			seqs[i], macs[i], prev = seq, mac, mac
+		}
+		head := strconv.FormatUint(seqs[len(seqs)-1], 10) + " " + prev
+		args[1] = head
 		var mw *store.MarkedWrite
 		if l.marks != nil {
 			if mw, err = l.marks.BeginMarked(ctx, store.TagAudit); err != nil {
@@ -188,14 +273,16 @@ func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 		ok, _ := res[0].(int64)
 		l.known, _ = res[1].(string)
 		if ok == 1 && mw != nil {
-			// The record is in; a lost mark is the witness's to remember, not this append's
+			// The records are in; a lost mark is the witness's to remember, not this append's
 			// failure.
 			if err := mw.Finish(res[2:]); err != nil {
 				return fmt.Errorf("audit: append: %w", err)
 			}
 		}
 		if ok == 1 {
-			l.log.InfoContext(ctx, "audit", "seq", seq, "mac", mac, "action", rec.Action, "outcome", rec.Outcome, "identity", rec.Identity)
+			for i, b := range batch {
+				l.log.InfoContext(b.logCtx, "audit", "seq", seqs[i], "mac", macs[i], "action", b.rec.Action, "outcome", b.rec.Outcome, "identity", b.rec.Identity)
+			}
 			return nil
 		}
 	}
