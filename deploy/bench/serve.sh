@@ -189,11 +189,8 @@ done
 if [ -f "$OUT/serve.pprof" ]; then
 	go tool pprof -top -nodecount 40 "$dir/sshca" "$OUT/serve.pprof" >"$OUT/serve.top" 2>/dev/null
 	echo "bench-serve-tls: CPU profile of serve: $OUT/serve.pprof (top: $OUT/serve.top; go tool pprof -top $dir/sshca $OUT/serve.pprof)"
-	# The cryptography's share of serve's CPU: token signature verification (ECDSA or RSA)
-	# and certificate signing (Ed25519, or the PKCS#11 call), cumulative.
-	go tool pprof -top -cum -nodecount 400 "$dir/sshca" "$OUT/serve.pprof" 2>/dev/null |
-		awk '/Duration:|crypto\/ecdsa\.VerifyASN1$|crypto\/rsa\.VerifyPKCS1v15$|crypto\/ed25519\.Sign$|crypto\/ed25519\.PrivateKey\.Sign$|pkcs11\.\(\*Ctx\)\.Sign$/' >"$OUT/serve.crypto"
-	cat "$OUT/serve.crypto"
+	# Per stage, and the cryptography's share of serve's CPU.
+	bash "$(dirname "$0")/stages.sh" "$dir/sshca" "$OUT/serve.pprof" | tee "$OUT/serve.stages"
 	cp "$dir/sshca" "$OUT/sshca" # the binary the profile's symbols come from
 fi
 echo "bench-serve-tls summary (ALG=$ALG CA=$CA, median [min..max] of $RUNS runs of $DURATION):"
