@@ -53,6 +53,10 @@ type Config struct {
 	Revocations RevocationStore
 	// Tokens records single-use tokens; required when an authenticator marks tokens so.
 	Tokens TokenLedger
+	// Admission, optional, is the store that checks the signing-time refusals and spends the
+	// token in one round trip; issuance then asks it instead of Revocations.Refused and
+	// Tokens, once the policy has allowed the request, just before signing.
+	Admission Admission
 	// Audit keeps a record of every decision; with it, nothing is issued, revoked or
 	// administered unless its record is kept.
 	Audit AuditLog
@@ -91,6 +95,7 @@ type Authority struct {
 	store       CertStore
 	revocations RevocationStore
 	tokens      TokenLedger
+	admission   Admission
 	audit       AuditLog
 	faults      FaultObserver
 	idLimiter   IdentityLimiter
@@ -140,7 +145,7 @@ func New(c Config) (*Authority, error) {
 	}
 	a := &Authority{requests: c.Requests, notifier: c.Notifier, accessLimits: al, auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
 		userKeys: userKeys, hostKeys: hostKeys,
-		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, after: c.After, log: c.Logger}
+		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, admission: c.Admission, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, after: c.After, log: c.Logger}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -324,16 +329,19 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	}
 	// A revoked key or identity does not get a new certificate.
 	// Under every name the identity goes by: a block given by e-mail or username holds for
-	// the identity whatever its token says next time.
+	// the identity whatever its token says next time. With an Admission, the check waits for
+	// the token's spending below and shares its round trip.
 	aliases := id.Aliases()
 	names := append([]string{rec.Identity}, aliases...)
-	why, err := a.revocations.Refused(ctx, signer.PublicKey(), names, req.PublicKey)
-	if err != nil {
-		return Issued{}, storeErr("revocation store unavailable; no certificate issued", err)
-	}
-	if why != "" {
-		rec.Outcome = "refused"
-		return Issued{}, Denied("revoked", why)
+	if a.admission == nil {
+		why, err := a.revocations.Refused(ctx, signer.PublicKey(), names, req.PublicKey)
+		if err != nil {
+			return Issued{}, storeErr("revocation store unavailable; no certificate issued", err)
+		}
+		if why != "" {
+			rec.Outcome = "refused"
+			return Issued{}, Denied("revoked", why)
+		}
 	}
 	now := a.now()
 	// Under an access request: its requester only, approved, in its window, with its approvals
@@ -408,8 +416,14 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		ttl = min(ttl, left)
 		tmpl.KeyId += "/" + ar.ID
 	}
-	// Spend a single-use token only now, so that a refused request does not burn it.
-	if err := a.spend(ctx, id.Token); err != nil {
+	// Spend a single-use token only now, so that a request the policy denies does not burn it. Both
+	// this and the refusal check come before the signature: replaying a captured token, or
+	// presenting a revoked key, never makes the KMS sign.
+	if a.admission != nil {
+		if err := a.admit(ctx, &rec, signer.PublicKey(), names, req.PublicKey, id.Token); err != nil {
+			return Issued{}, err
+		}
+	} else if err := a.spend(ctx, id.Token); err != nil {
 		return Issued{}, err
 	}
 	// No signing starts once the request's deadline has passed: the caller has been told
@@ -609,6 +623,26 @@ func (a *Authority) spend(ctx context.Context, t TokenUse) error {
 	fresh, err := a.tokens.UseToken(ctx, t.ID, t.IssuedAt, t.Expiry)
 	if err != nil {
 		return storeErr("token ledger unavailable; no certificate issued", err)
+	}
+	if !fresh {
+		return Unauthenticated("token already used: a token gives one certificate; get a new one", nil)
+	}
+	return nil
+}
+
+// admit asks the Admission whether the request may be signed: not refused (revoked key or
+// identity, lost store state), and its single-use token fresh, in one round trip.
+func (a *Authority) admit(ctx context.Context, rec *AuditRecord, caKey ssh.PublicKey, names []string, key ssh.PublicKey, t TokenUse) error {
+	if t.SingleUse && t.ID == "" {
+		return Unavailable("replay protection is not configured; no certificate issued", nil)
+	}
+	why, fresh, err := a.admission.Admit(ctx, caKey, names, key, t)
+	if err != nil {
+		return storeErr("revocation store or token ledger unavailable; no certificate issued", err)
+	}
+	if why != "" {
+		rec.Outcome = "refused"
+		return Denied("revoked", why)
 	}
 	if !fresh {
 		return Unauthenticated("token already used: a token gives one certificate; get a new one", nil)

@@ -61,6 +61,9 @@ func (c Config) observed() Config {
 	if c.Tokens != nil {
 		c.Tokens = observedTokens{c.Tokens, o}
 	}
+	if c.Admission != nil {
+		c.Admission = observedAdmission{c.Admission, o}
+	}
 	if c.Audit != nil {
 		c.Audit = observedAudit{c.Audit, o}
 	}
@@ -158,6 +161,16 @@ type observedTokens struct {
 func (w observedTokens) UseToken(ctx context.Context, id string, issued, until time.Time) (_ bool, err error) {
 	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
 	return w.next.UseToken(ctx, id, issued, until)
+}
+
+type observedAdmission struct {
+	next Admission
+	o    StageObserver
+}
+
+func (w observedAdmission) Admit(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey, t TokenUse) (_ string, _ bool, err error) {
+	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
+	return w.next.Admit(ctx, caKey, identities, key, t)
 }
 
 type observedAudit struct {

@@ -42,6 +42,7 @@ type allRoles interface {
 	TakeEvents(ctx context.Context, consumer string, count int64, block, claimAfter time.Duration) ([]store.OutboxEntry, error)
 	AckEvent(ctx context.Context, id string) error
 	ca.DiscoveryStore
+	ca.Admission
 }
 
 var (

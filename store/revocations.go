@@ -262,72 +262,94 @@ func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []s
 	if _, err := r.generation(ctx); err != nil {
 		return "", fmt.Errorf("store: check: %w", err)
 	}
-	var scopeCmd, anyCmd *redis.FloatCmd
-	var idCmd, legacyCmd *redis.FloatSliceCmd
-	var layoutCmd *redis.StringCmd
-	fp := ssh.FingerprintSHA256(caKey)
-	// The tags issuance writes (inventory, token ledger, audit) are checked here too, before
-	// anything is signed, at no extra round trip.
-	tags := []string{TagCA(fp), TagKeys, TagInventory, TagTokens, TagAudit}
-	legacy := !r.migrated.Load()
-	if legacy {
-		tags = append(tags, TagIdentities)
-	}
-	exps := make([]expectation, len(tags))
-	markCmds := make([]*redis.SliceCmd, len(tags))
-	for i, tag := range tags {
-		exps[i] = r.witness.expect(tag)
-	}
-	m := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(key)})
+	var rc *refusedCmds
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		scopeCmd = p.ZScore(ctx, r.keys.ScopeEntries(fp), m)
-		anyCmd = p.ZScore(ctx, r.keys.RevokedKeys(), m)
-		if len(identities) > 0 {
-			idCmd = p.ZMScore(ctx, r.keys.Blocked(), identities...)
-			if legacy {
-				legacyCmd = p.ZMScore(ctx, r.keys.LegacyBlocked(), identities...)
-			}
-		}
-		if legacy {
-			layoutCmd = p.Get(ctx, r.keys.StoreLayout())
-		}
-		for i, tag := range tags {
-			markCmds[i] = p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
-		}
+		rc = r.queueRefused(ctx, p, caKey, identities, key)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return "", fmt.Errorf("store: check: %w", err)
 	}
-	for i, tag := range tags {
-		mk, present, err := parseMark(markCmds[i].Val())
+	return r.refusedResult(rc)
+}
+
+// refusedCmds are the reads of Refused, queued on a pipeline (queueRefused) and answered by
+// refusedResult once it ran: Refused sends them alone, Admit beside the token ledger's.
+type refusedCmds struct {
+	identities       []string
+	tags             []string
+	exps             []expectation
+	markCmds         []*redis.SliceCmd
+	scopeCmd, anyCmd *redis.FloatCmd
+	idCmd, legacyCmd *redis.FloatSliceCmd
+	layoutCmd        *redis.StringCmd
+}
+
+// queueRefused queues Refused's reads on p. The caller has made sure of the generation
+// (r.generation) first.
+func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, caKey ssh.PublicKey, identities []string, key ssh.PublicKey) *refusedCmds {
+	fp := ssh.FingerprintSHA256(caKey)
+	// The tags issuance writes (inventory, token ledger, audit) are checked here too, before
+	// anything is signed, at no extra round trip.
+	rc := &refusedCmds{identities: identities, tags: []string{TagCA(fp), TagKeys, TagInventory, TagTokens, TagAudit}}
+	legacy := !r.migrated.Load()
+	if legacy {
+		rc.tags = append(rc.tags, TagIdentities)
+	}
+	rc.exps = make([]expectation, len(rc.tags))
+	rc.markCmds = make([]*redis.SliceCmd, len(rc.tags))
+	for i, tag := range rc.tags {
+		rc.exps[i] = r.witness.expect(tag)
+	}
+	m := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(key)})
+	rc.scopeCmd = p.ZScore(ctx, r.keys.ScopeEntries(fp), m)
+	rc.anyCmd = p.ZScore(ctx, r.keys.RevokedKeys(), m)
+	if len(identities) > 0 {
+		rc.idCmd = p.ZMScore(ctx, r.keys.Blocked(), identities...)
+		if legacy {
+			rc.legacyCmd = p.ZMScore(ctx, r.keys.LegacyBlocked(), identities...)
+		}
+	}
+	if legacy {
+		rc.layoutCmd = p.Get(ctx, r.keys.StoreLayout())
+	}
+	for i, tag := range rc.tags {
+		rc.markCmds[i] = p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
+	}
+	return rc
+}
+
+// refusedResult is Refused's answer from the reads that queueRefused queued, once they ran.
+func (r *Redis) refusedResult(rc *refusedCmds) (string, error) {
+	for i, tag := range rc.tags {
+		mk, present, err := parseMark(rc.markCmds[i].Val())
 		if err != nil {
 			return "", err
 		}
-		r.witness.observe(tag, exps[i], mk, present)
+		r.witness.observe(tag, rc.exps[i], mk, present)
 	}
 	if err := r.witness.Lost(); err != nil {
 		return "", err
 	}
-	if layoutCmd != nil {
-		if _, err := r.observeLayout(layoutCmd.Result()); err != nil {
+	if rc.layoutCmd != nil {
+		if _, err := r.observeLayout(rc.layoutCmd.Result()); err != nil {
 			return "", fmt.Errorf("store: check: %w", err)
 		}
 	}
-	keyExp, keyFound := scopeCmd.Val(), scopeCmd.Err() == nil
-	if anyCmd.Err() == nil && (!keyFound || anyCmd.Val() > keyExp) {
-		keyExp, keyFound = anyCmd.Val(), true
+	keyExp, keyFound := rc.scopeCmd.Val(), rc.scopeCmd.Err() == nil
+	if rc.anyCmd.Err() == nil && (!keyFound || rc.anyCmd.Val() > keyExp) {
+		keyExp, keyFound = rc.anyCmd.Val(), true
 	}
 	// ZMSCORE answers nil (0 here) for a name that is not blocked: take the latest block.
 	var idExp float64
 	identity := ""
-	for _, cmd := range []*redis.FloatSliceCmd{idCmd, legacyCmd} {
+	for _, cmd := range []*redis.FloatSliceCmd{rc.idCmd, rc.legacyCmd} {
 		if cmd == nil {
 			continue
 		}
 		for i, exp := range cmd.Val() {
 			if exp > idExp {
-				idExp, identity = exp, identities[i]
+				idExp, identity = exp, rc.identities[i]
 			}
 		}
 	}

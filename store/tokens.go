@@ -49,34 +49,57 @@ func (r *Redis) UseToken(ctx context.Context, id string, issued, until time.Time
 	if err != nil {
 		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
-	sum := sha256.Sum256([]byte(id))
-	var marked *redis.Cmd
-	var set *redis.StatusCmd
+	var tc *tokenCmds
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		marked = tokenScript.Eval(ctx, p, []string{r.keys.Mark(TagTokens), r.keys.TokensRefused()}, mw.Args()...)
-		set = p.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), "1", redis.SetArgs{Mode: "NX", ExpireAt: until})
+		tc = r.queueToken(ctx, p, mw, id, issued, until)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
-	res, err := marked.Slice()
+	return r.tokenResult(tc)
+}
+
+// tokenCmds are the commands of UseToken, queued on a pipeline (queueToken) and answered by
+// tokenResult once it ran: UseToken sends them alone, Admit beside the refusal check's reads.
+type tokenCmds struct {
+	mw            *MarkedWrite
+	marked        *redis.Cmd
+	set           *redis.StatusCmd
+	issued, until time.Time
+}
+
+// queueToken queues the ledger's script (its mark, checked and bumped, and the rebuild's
+// refusal) and the SET NX of the token on p.
+func (r *Redis) queueToken(ctx context.Context, p redis.Pipeliner, mw *MarkedWrite, id string, issued, until time.Time) *tokenCmds {
+	sum := sha256.Sum256([]byte(id))
+	return &tokenCmds{
+		mw:     mw,
+		marked: tokenScript.Eval(ctx, p, []string{r.keys.Mark(TagTokens), r.keys.TokensRefused()}, mw.Args()...),
+		set:    p.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), "1", redis.SetArgs{Mode: "NX", ExpireAt: until}),
+		issued: issued, until: until,
+	}
+}
+
+// tokenResult is UseToken's answer from the commands that queueToken queued, once they ran.
+func (r *Redis) tokenResult(tc *tokenCmds) (bool, error) {
+	res, err := tc.marked.Slice()
 	if err != nil {
 		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
 	if len(res) != 6 {
 		return false, fmt.Errorf("store: token ledger: unexpected answer %v", res)
 	}
-	if err := mw.Finish(res[:4]); err != nil {
+	if err := tc.mw.Finish(res[:4]); err != nil {
 		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
 	if err := r.witness.Lost(); err != nil {
 		return false, err
 	}
-	if refusedToken(res[4], res[5], issued, until) {
+	if refusedToken(res[4], res[5], tc.issued, tc.until) {
 		return false, nil
 	}
-	ok, err := set.Result()
+	ok, err := tc.set.Result()
 	if errors.Is(err, redis.Nil) {
 		return false, nil
 	}
