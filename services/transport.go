@@ -76,9 +76,10 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	}
 	encodeResponse := encodeResponse(o.Logger)
 	mux := http.NewServeMux()
-	mux.Handle("POST /v1/certs/user", kithttp.NewServer(e.IssueUser, decodeCertRequest(o.TrustedProxies), encodeResponse, opts...))
-	mux.Handle("POST /v1/certs/host", kithttp.NewServer(e.IssueHost, decodeCertRequest(o.TrustedProxies), encodeResponse, opts...))
-	mux.Handle("POST /v1/certs/host/renew", kithttp.NewServer(e.RenewHost, decodeToken, encodeResponse, opts...))
+	// Issuance runs on a stack grown once up front (grownStack), not by doubling under the policy.
+	mux.Handle("POST /v1/certs/user", grownStack(kithttp.NewServer(e.IssueUser, decodeCertRequest(o.TrustedProxies), encodeResponse, opts...)))
+	mux.Handle("POST /v1/certs/host", grownStack(kithttp.NewServer(e.IssueHost, decodeCertRequest(o.TrustedProxies), encodeResponse, opts...)))
+	mux.Handle("POST /v1/certs/host/renew", grownStack(kithttp.NewServer(e.RenewHost, decodeToken, encodeResponse, opts...)))
 	mux.Handle("GET /v1/ca/user.pub", kithttp.NewServer(e.UserCAKeys, kithttp.NopRequestDecoder, encodeUserCAKeys, opts...))
 	mux.Handle("GET /v1/ca/known_hosts", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeKnownHosts(o.KnownHostsPattern, o.Logger), opts...))
 	mux.Handle("POST /v1/revocations", kithttp.NewServer(e.Revoke, decodeRevokeRequest, encodeResponse, opts...))
