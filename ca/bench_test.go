@@ -2,6 +2,8 @@ package ca_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
@@ -22,7 +24,17 @@ import (
 // BenchmarkIssueUser is the authority's user-certificate path with real parts: a verified
 // identity (the token check is measured in identity/), the shipped policy prepared once, an
 // Ed25519 softkms CA key, and the in-memory inventory. It is the baseline for performance work.
-func BenchmarkIssueUser(b *testing.B) {
+func BenchmarkIssueUser(b *testing.B) { benchmarkIssueUser(b, nil) }
+
+// BenchmarkIssueUserLogged is BenchmarkIssueUser with the authority's decision log line
+// ("issued") written as serve writes it, JSON, to io.Discard: the difference is what one log
+// line per decision costs (serve writes three per certificate: the authority's, the logging
+// middleware's and the audit log's).
+func BenchmarkIssueUserLogged(b *testing.B) {
+	benchmarkIssueUser(b, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+}
+
+func benchmarkIssueUser(b *testing.B, log *slog.Logger) {
 	ctx := context.Background()
 	pol, err := policies.LoadFS(ctx, policies.Embedded)
 	if err != nil {
@@ -37,7 +49,7 @@ func BenchmarkIssueUser(b *testing.B) {
 	sgn := signer.New(key.Signer(), db, signer.Options{})
 	a, err := ca.New(ca.Config{
 		Authenticator: fakeAuth{ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice", Groups: []string{"dev"}}},
-		Policy:        pol, UserSigner: sgn, HostSigner: sgn, Store: db, Revocations: db,
+		Policy:        pol, UserSigner: sgn, HostSigner: sgn, Store: db, Revocations: db, Logger: log,
 	})
 	if err != nil {
 		b.Fatal(err)
