@@ -139,6 +139,7 @@ func TestBastionFleet(t *testing.T) {
 	// Agents log warnings and errors only, into the test's log.
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	fleet := make([]*fleetAgent, agents)
+	flags := make([]agentFlags, agents)
 	for i := range fleet {
 		adir := filepath.Join(dir, "agent"+strconv.Itoa(i))
 		if err := os.Mkdir(adir, 0o755); err != nil {
@@ -151,7 +152,14 @@ func TestBastionFleet(t *testing.T) {
 		} else {
 			f.redisURL = "redis://" + r.Addr
 		}
-		fleet[i] = &fleetAgent{mode: mode, krlPath: f.krlPath}
+		fleet[i], flags[i] = &fleetAgent{mode: mode, krlPath: f.krlPath}, f
+	}
+	// The watch first: every agent takes an inotify instance of its own for its guard, and
+	// past fs.inotify.max_user_instances (128 by default, for every process of the user) the
+	// agents fall back to re-checking their files every second, but this watch would fail.
+	w := watchFleet(t, fleet)
+	for i, f := range flags {
+		mode := fleet[i].mode
 		ready := make(chan *bastion.Agent, 1)
 		wg.Go(func() {
 			if err := runAgent(ctx, f, log, ready); err != nil && ctx.Err() == nil {
@@ -172,7 +180,6 @@ func TestBastionFleet(t *testing.T) {
 		}
 		return true
 	})
-	w := watchFleet(t, fleet)
 
 	// Idle: what waiting agents cost.
 	time.Sleep(2 * time.Second) // settle: every agent in its XREAD or long poll
