@@ -93,6 +93,10 @@ type AuditRecord struct {
 	// "audit archive", outcome "done"): the archive is then a witness outside the store, and a
 	// store found older than it was rolled back. Added in version 3.
 	Store *StoreWitness `json:"store,omitempty"`
+	// Session is a recorded session's start or end (Action ActionSession, Event "start" or
+	// "end"), kept on its bastion agent's report. Added in version 3 without raising V (absent:
+	// a record of another kind).
+	Session *SessionAudit `json:"session,omitempty"`
 }
 
 // StoreWitness is what a store's generation marks said at one moment: the generation's random

@@ -202,6 +202,31 @@ func (k Keys) Discovery() string { return k.p() + ":discovery" }
 // report of the host no longer lists them (discovery). One key, untagged.
 func (k Keys) DiscoveryDisable(host string) string { return k.p() + ":discovery:disable:" + host }
 
+// TagRecording is the hash tag of one recorded session's keys (recordings role, on the
+// recordings Redis): its record and its lines, which one script appends to together.
+func TagRecording(session string) string { return "{rec:" + session + "}" }
+
+// RecordingSession is a recorded session's record, a hash {received, rec}: the lines of the
+// agent's file received so far, and ca.SessionRecording as JSON (recordings, recordings Redis).
+func (k Keys) RecordingSession(id string) string {
+	return k.p() + ":rec:" + TagRecording(id) + ":session"
+}
+
+// RecordingLines is the list of a recorded session's kept lines (recordings, recordings Redis).
+func (k Keys) RecordingLines(id string) string { return k.p() + ":rec:" + TagRecording(id) + ":lines" }
+
+// RecordingIndex is the sorted set of recorded session IDs scored by their start in unix ms,
+// agent clock (recordings, recordings Redis). Untagged.
+func (k Keys) RecordingIndex() string { return k.p() + ":rec:sessions" }
+
+// RecordingHostBytes is the bytes of lines kept of a host's sessions (recordings, recordings
+// Redis): what the host cap is checked against. Untagged.
+func (k Keys) RecordingHostBytes(host string) string { return k.p() + ":rec:host:" + host + ":bytes" }
+
+// RecordingProof is a spent recording proof, by the hex SHA-256 of its jti, expiring with the
+// proof (recordings, recordings Redis). Untagged, one key per proof.
+func (k Keys) RecordingProof(sha256Hex string) string { return k.p() + ":rec:proof:" + sha256Hex }
+
 // Reader says who reads a key.
 type Reader int
 
@@ -231,6 +256,7 @@ const (
 	exampleToken    = "00ff"
 	exampleRequest  = "req_abcdefghijklmnop"
 	exampleHost     = "web1.example.com"
+	exampleSession  = "0123456789abcdef01234567"
 )
 
 // Layout lists every kind of key sshca writes, one example each with the placeholders filled
@@ -282,5 +308,10 @@ func (k Keys) Layout() []KeySpec {
 		{k.Mark(TagAudit), "Mark", TagAudit, "mark", ReadByCA},
 		{k.Mark(TagTokens), "Mark", TagTokens, "mark", ReadByCA},
 		{k.DiscoveryDisable(exampleHost), "DiscoveryDisable", "", "discovery", ReadByCA},
+		{k.RecordingSession(exampleSession), "RecordingSession", TagRecording(exampleSession), "recordings", ReadByCA},
+		{k.RecordingLines(exampleSession), "RecordingLines", TagRecording(exampleSession), "recordings", ReadByCA},
+		{k.RecordingIndex(), "RecordingIndex", "", "recordings", ReadByCA},
+		{k.RecordingHostBytes(exampleHost), "RecordingHostBytes", "", "recordings", ReadByCA},
+		{k.RecordingProof(exampleToken), "RecordingProof", "", "recordings", ReadByCA},
 	}
 }

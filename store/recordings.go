@@ -1,0 +1,305 @@
+package store
+
+// Session recordings (issue 18 §1): what bastion agents ship, kept on a Redis of their own
+// (recordings.redis), never on the one issuance and revocation depend on, so that a session
+// that prints without end can at worst fill this one. Per session: its record (a hash
+// {received, rec}: the lines received so far and ca.SessionRecording as JSON) and its kept
+// lines (a list), both under the session's hash tag so that one script appends to them; an
+// index of sessions by start; each host's byte total; and the recording proofs spent.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// Recordings is the Redis recording store (ca.RecordingStore), on its own client.
+type Recordings struct {
+	rdb  redis.UniversalClient
+	keys Keys
+	now  func() time.Time
+}
+
+var (
+	_ ca.RecordingStore = (*Recordings)(nil)
+	_ ca.RecordingStore = (*MemoryRecordings)(nil)
+)
+
+// NewRecordings returns the recording store on rdb (the recordings Redis, not the main one),
+// its keys under prefix ("" for DefaultPrefix).
+func NewRecordings(rdb redis.UniversalClient, prefix string, now func() time.Time) *Recordings {
+	if now == nil {
+		now = time.Now
+	}
+	return &Recordings{rdb: rdb, keys: Keys{Prefix: prefix}, now: now}
+}
+
+// Check pings the recordings Redis.
+func (r *Recordings) Check(ctx context.Context) error {
+	if err := r.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("store: recordings redis: %w", err)
+	}
+	return nil
+}
+
+// appendRecording checks the received count and appends in one step. KEYS: record, lines.
+// ARGV: prev received, new received, record JSON, replace last (0/1), lines...
+var appendRecording = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], 'received')
+if ARGV[1] == '0' then
+  if cur then return 0 end
+elseif cur ~= ARGV[1] then
+  return 0
+end
+local first = 5
+if ARGV[4] == '1' and #ARGV >= 5 then
+  redis.call('LSET', KEYS[2], -1, ARGV[5])
+  first = 6
+end
+for i = first, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('HSET', KEYS[1], 'received', ARGV[2], 'rec', ARGV[3])
+return 1
+`)
+
+// SessionRecording is the session's record; false when none.
+func (r *Recordings) SessionRecording(ctx context.Context, id string) (ca.SessionRecording, bool, error) {
+	var rec ca.SessionRecording
+	b, err := r.rdb.HGet(ctx, r.keys.RecordingSession(id), "rec").Bytes()
+	if errors.Is(err, redis.Nil) {
+		return rec, false, nil
+	}
+	if err != nil {
+		return rec, false, fmt.Errorf("store: recording %s: %w", id, err)
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return rec, false, fmt.Errorf("store: recording %s: %w", id, err)
+	}
+	return rec, true, nil
+}
+
+// AppendRecording stores rec and appends lines if the stored record's Received is still prev
+// (ca.RecordingStore). The host's total and the index are written after the script, each by
+// one command: on a Cluster they sit in other slots, and both only grow.
+func (r *Recordings) AppendRecording(ctx context.Context, rec ca.SessionRecording, prev int64, replaceLast bool, lines [][]byte) (bool, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return false, fmt.Errorf("store: recording %s: %w", rec.ID, err)
+	}
+	args := []any{strconv.FormatInt(prev, 10), strconv.FormatInt(rec.Received, 10), b, boolArg(replaceLast)}
+	var n int64
+	for i, l := range lines {
+		args = append(args, l)
+		if i > 0 || !replaceLast {
+			n += int64(len(l))
+		}
+	}
+	ok, err := appendRecording.Run(ctx, r.rdb, []string{r.keys.RecordingSession(rec.ID), r.keys.RecordingLines(rec.ID)}, args...).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: recording %s append: %w", rec.ID, err)
+	}
+	if ok != 1 {
+		return false, nil
+	}
+	if n > 0 {
+		if err := r.rdb.IncrBy(ctx, r.keys.RecordingHostBytes(rec.Host), n).Err(); err != nil {
+			return true, fmt.Errorf("store: recording host total: %w", err)
+		}
+	}
+	if prev == 0 {
+		z := redis.Z{Score: float64(rec.Header.Start.UnixMilli()), Member: rec.ID}
+		if err := r.rdb.ZAdd(ctx, r.keys.RecordingIndex(), z).Err(); err != nil {
+			return true, fmt.Errorf("store: recording index: %w", err)
+		}
+	}
+	return true, nil
+}
+
+func boolArg(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// HostRecordingBytes is the bytes of lines kept of the host's sessions.
+func (r *Recordings) HostRecordingBytes(ctx context.Context, host string) (int64, error) {
+	n, err := r.rdb.Get(ctx, r.keys.RecordingHostBytes(host)).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("store: recording host total: %w", err)
+	}
+	return n, nil
+}
+
+// RecordingLines are the session's kept lines, in order.
+func (r *Recordings) RecordingLines(ctx context.Context, id string) ([][]byte, error) {
+	ss, err := r.rdb.LRange(ctx, r.keys.RecordingLines(id), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: recording %s lines: %w", id, err)
+	}
+	out := make([][]byte, len(ss))
+	for i, s := range ss {
+		out[i] = []byte(s)
+	}
+	return out, nil
+}
+
+// SessionRecordings lists the records of sessions started (agent clock) at or after since,
+// oldest first.
+func (r *Recordings) SessionRecordings(ctx context.Context, since time.Time) ([]ca.SessionRecording, error) {
+	min := "-inf"
+	if !since.IsZero() {
+		min = strconv.FormatInt(since.UnixMilli(), 10)
+	}
+	ids, err := r.rdb.ZRangeByScore(ctx, r.keys.RecordingIndex(), &redis.ZRangeBy{Min: min, Max: "+inf"}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: recording index: %w", err)
+	}
+	out := []ca.SessionRecording{}
+	for _, id := range ids {
+		rec, ok, err := r.SessionRecording(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
+// UseRecordProof spends a proof's jti until its expiry (SET NX, one key per proof).
+func (r *Recordings) UseRecordProof(ctx context.Context, id string, until time.Time) (bool, error) {
+	ttl := until.Sub(r.now())
+	if ttl < time.Second {
+		ttl = time.Second
+	}
+	sum := sha256.Sum256([]byte(id))
+	ok, err := r.rdb.SetNX(ctx, r.keys.RecordingProof(hex.EncodeToString(sum[:])), "1", ttl).Result()
+	if err != nil {
+		return false, fmt.Errorf("store: recording proof: %w", err)
+	}
+	return ok, nil
+}
+
+// MemoryRecordings is the in-memory recording store, for tests and `sshca dev`.
+type MemoryRecordings struct {
+	now func() time.Time
+
+	mu     sync.Mutex
+	recs   map[string][]byte // JSON, as in Redis
+	got    map[string]int64  // received
+	lines  map[string][][]byte
+	hosts  map[string]int64
+	proofs map[string]time.Time
+}
+
+// NewMemoryRecordings returns an empty in-memory recording store on the clock now.
+func NewMemoryRecordings(now func() time.Time) *MemoryRecordings {
+	if now == nil {
+		now = time.Now
+	}
+	return &MemoryRecordings{now: now, recs: map[string][]byte{}, got: map[string]int64{}, lines: map[string][][]byte{},
+		hosts: map[string]int64{}, proofs: map[string]time.Time{}}
+}
+
+// SessionRecording is the session's record; false when none.
+func (m *MemoryRecordings) SessionRecording(_ context.Context, id string) (ca.SessionRecording, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var rec ca.SessionRecording
+	b, ok := m.recs[id]
+	if !ok {
+		return rec, false, nil
+	}
+	return rec, true, json.Unmarshal(b, &rec)
+}
+
+// AppendRecording is Recordings.AppendRecording in memory.
+func (m *MemoryRecordings) AppendRecording(_ context.Context, rec ca.SessionRecording, prev int64, replaceLast bool, lines [][]byte) (bool, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur, exists := m.got[rec.ID]
+	if (prev == 0 && exists) || (prev != 0 && cur != prev) {
+		return false, nil
+	}
+	kept := m.lines[rec.ID]
+	if replaceLast && len(lines) > 0 && len(kept) > 0 {
+		kept[len(kept)-1] = lines[0]
+		lines = lines[1:]
+	}
+	for _, l := range lines {
+		kept = append(kept, append([]byte(nil), l...))
+		m.hosts[rec.Host] += int64(len(l))
+	}
+	m.lines[rec.ID], m.recs[rec.ID], m.got[rec.ID] = kept, b, rec.Received
+	return true, nil
+}
+
+// HostRecordingBytes is the bytes of lines kept of the host's sessions.
+func (m *MemoryRecordings) HostRecordingBytes(_ context.Context, host string) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.hosts[host], nil
+}
+
+// RecordingLines are the session's kept lines, in order.
+func (m *MemoryRecordings) RecordingLines(_ context.Context, id string) ([][]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([][]byte{}, m.lines[id]...), nil
+}
+
+// SessionRecordings lists the records of sessions started at or after since, oldest first.
+func (m *MemoryRecordings) SessionRecordings(_ context.Context, since time.Time) ([]ca.SessionRecording, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := []ca.SessionRecording{}
+	for _, b := range m.recs {
+		var rec ca.SessionRecording
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return nil, err
+		}
+		if since.IsZero() || rec.Header.Start.UnixMilli() >= since.UnixMilli() {
+			out = append(out, rec)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].Header.Start.Equal(out[j].Header.Start) {
+			return out[i].Header.Start.Before(out[j].Header.Start)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// UseRecordProof spends a proof's jti until its expiry.
+func (m *MemoryRecordings) UseRecordProof(_ context.Context, id string, until time.Time) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	if u, ok := m.proofs[id]; ok && now.Before(u) {
+		return false, nil
+	}
+	m.proofs[id] = until
+	return true, nil
+}

@@ -1,0 +1,129 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
+)
+
+// forEachRecordingBackend runs a contract against every recording store: memory, a real
+// redis-server and miniredis.
+func forEachRecordingBackend(t *testing.T, contract func(t *testing.T, st ca.RecordingStore, c *clock)) {
+	t.Run("memory", func(t *testing.T) {
+		c := &clock{t: time.Now()}
+		contract(t, store.NewMemoryRecordings(c.Now), c)
+	})
+	t.Run("redis-server", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+		t.Cleanup(func() { rdb.Close() })
+		c := &clock{t: time.Now()}
+		contract(t, store.NewRecordings(rdb, "", c.Now), c)
+	})
+	t.Run("miniredis", func(t *testing.T) {
+		mr := miniredis.RunT(t)
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		t.Cleanup(func() { rdb.Close() })
+		c := &clock{t: time.Now()}
+		contract(t, store.NewRecordings(rdb, "", c.Now), c)
+	})
+}
+
+// TestRecordingsContract: a session's record and lines are written only when the received
+// count is still the one the writer read (a new session only when none exists); the last line
+// can be replaced; lines come back in order; the host's total counts appended lines; the list
+// is by start, from since; a proof is spent once.
+func TestRecordingsContract(t *testing.T) {
+	forEachRecordingBackend(t, func(t *testing.T, st ca.RecordingStore, c *clock) {
+		ctx := context.Background()
+		t0 := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
+		mk := func(id string, start time.Time, received int64) ca.SessionRecording {
+			return ca.SessionRecording{ID: id, Host: "b1", Header: ca.RecordingHeader{Version: 1, ID: id, Start: start, User: "root"},
+				Received: received, Started: start, Updated: start}
+		}
+		if _, found, err := st.SessionRecording(ctx, "a"); found || err != nil {
+			t.Fatalf("empty store: %v %v", found, err)
+		}
+		a := mk("a", t0, 2)
+		if ok, err := st.AppendRecording(ctx, a, 0, false, [][]byte{[]byte("h"), []byte("l1")}); !ok || err != nil {
+			t.Fatalf("new session: %v %v", ok, err)
+		}
+		if ok, err := st.AppendRecording(ctx, a, 0, false, [][]byte{[]byte("x")}); ok || err != nil {
+			t.Fatalf("a second new session under the same ID: %v %v", ok, err)
+		}
+		a3 := mk("a", t0, 3)
+		if ok, err := st.AppendRecording(ctx, a3, 1, false, [][]byte{[]byte("x")}); ok || err != nil {
+			t.Fatalf("stale received count: %v %v", ok, err)
+		}
+		if ok, err := st.AppendRecording(ctx, a3, 2, false, [][]byte{[]byte("cut1")}); !ok || err != nil {
+			t.Fatalf("append: %v %v", ok, err)
+		}
+		a5 := mk("a", t0, 5)
+		a5.Cut = &ca.RecordingCut{Cap: "session", Chunks: 2, Bytes: 10}
+		if ok, err := st.AppendRecording(ctx, a5, 3, true, [][]byte{[]byte("cut2"), []byte("end")}); !ok || err != nil {
+			t.Fatalf("replace last: %v %v", ok, err)
+		}
+		lines, err := st.RecordingLines(ctx, "a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]string{"h", "l1", "cut2", "end"}, strs(lines)); diff != "" {
+			t.Fatalf("lines (-want +got):\n%s", diff)
+		}
+		got, found, err := st.SessionRecording(ctx, "a")
+		if err != nil || !found {
+			t.Fatal(found, err)
+		}
+		if diff := cmp.Diff(a5, got); diff != "" {
+			t.Fatalf("record (-want +got):\n%s", diff)
+		}
+		if n, err := st.HostRecordingBytes(ctx, "b1"); err != nil || n != int64(len("h")+len("l1")+len("cut1")+len("end")) {
+			t.Fatalf("host total %d %v", n, err)
+		}
+		b := mk("b", t0.Add(time.Hour), 1)
+		if ok, err := st.AppendRecording(ctx, b, 0, false, [][]byte{[]byte("h")}); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		for _, tt := range []struct {
+			since time.Time
+			want  []string
+		}{{time.Time{}, []string{"a", "b"}}, {t0, []string{"a", "b"}}, {t0.Add(time.Minute), []string{"b"}}, {t0.Add(2 * time.Hour), nil}} {
+			recs, err := st.SessionRecordings(ctx, tt.since)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ids []string
+			for _, r := range recs {
+				ids = append(ids, r.ID)
+			}
+			if diff := cmp.Diff(tt.want, ids); diff != "" {
+				t.Errorf("since %v (-want +got):\n%s", tt.since, diff)
+			}
+		}
+		for i, want := range []bool{true, false} {
+			if ok, err := st.UseRecordProof(ctx, "record|j1", c.Now().Add(time.Minute)); ok != want || err != nil {
+				t.Fatalf("use %d: %v %v", i, ok, err)
+			}
+		}
+		if ok, _ := st.UseRecordProof(ctx, "record|j2", c.Now().Add(time.Minute)); !ok {
+			t.Fatal(fmt.Sprint("another proof refused"))
+		}
+	})
+}
+
+func strs(bs [][]byte) []string {
+	out := []string{}
+	for _, b := range bs {
+		out = append(out, string(b))
+	}
+	return out
+}
