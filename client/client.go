@@ -314,6 +314,11 @@ func (c *Client) get(ctx context.Context, path, ifNoneMatch string) ([]byte, *ht
 // send does req and reads the answer; an answer other than 200 (or 304 to a conditional
 // request) is an *Error.
 func (c *Client) send(req *http.Request, token string) ([]byte, *http.Response, error) {
+	return c.sendMax(req, token, MaxAnswerBytes)
+}
+
+// sendMax is send reading at most max bytes of the answer.
+func (c *Client) sendMax(req *http.Request, token string, max int64) ([]byte, *http.Response, error) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -326,7 +331,7 @@ func (c *Client) send(req *http.Request, token string) ([]byte, *http.Response, 
 		return nil, nil, fmt.Errorf("server unreachable: %w", err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxAnswerBytes))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, max))
 	if err != nil {
 		return nil, nil, fmt.Errorf("read answer: %w", err)
 	}

@@ -43,6 +43,8 @@ type HTTPOptions struct {
 	Requests AccessRequests
 	// Discovery, when set, mounts the long-lived key discovery API under /v1/discovery.
 	Discovery Discovery
+	// Recordings, when set, mounts the session recording API under /v1/recordings.
+	Recordings Recordings
 	// Details are non-fatal facts /readyz shows (e.g. a refused policy reload).
 	Details func() map[string]string
 	// RenderKRL encodes a revocation state as an OpenSSH KRL (GET /v1/krl).
@@ -103,6 +105,9 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	}
 	if o.Discovery != nil {
 		mountDiscovery(mux, o.Discovery, o.Logger, encodeResponse, opts)
+	}
+	if o.Recordings != nil {
+		mountRecordings(mux, o.Recordings, o.Logger, encodeResponse, opts)
 	}
 	if o.Requests != nil {
 		mountRequests(mux, o.Requests, o.TrustedProxies, encodeResponse, opts)
@@ -237,7 +242,7 @@ func encodeKnownHosts(pattern string, log *slog.Logger) kithttp.EncodeResponseFu
 // err2code is the one place where a domain error becomes an HTTP status (client.StatusOf,
 // shared with the web console).
 func err2code(err error) int {
-	if errors.Is(err, errTooLarge) {
+	if errors.Is(err, errTooLarge) || errors.Is(err, errBatchTooLarge) {
 		return http.StatusRequestEntityTooLarge
 	}
 	return client.StatusOf(ca.KindOf(err))

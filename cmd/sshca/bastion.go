@@ -14,8 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/bastion"
+	"github.com/sshca/sshca/client"
 	"github.com/sshca/sshca/store"
 )
 
@@ -63,6 +65,10 @@ type agentFlags struct {
 	// Session recording (on with recordSocket).
 	recordSocket, recordGroup, recordings string
 	recordSessionCap, recordHostCap       int64
+	// Shipping recordings to the CA (on with shipRecordings, over --server).
+	shipRecordings                  bool
+	shipHostKey, shipHostCert, ship string
+	shipEvery                       time.Duration
 	// longPoll is --long-poll; longPollSet says it was given (0 given: only poll; unset: the
 	// agent's default).
 	longPoll    time.Duration
@@ -111,8 +117,43 @@ func newBastionAgentCommand() *cobra.Command {
 	cmd.Flags().Int64Var(&f.recordHostCap, "record-host-cap", 4<<30, "bytes of recordings kept in --recordings; beyond, output is dropped and the drop marked")
 	addAgentDiscoverFlags(cmd, &f.discover)
 	addAgentStartupFlags(cmd, &f.startup)
+	cmd.Flags().BoolVar(&f.shipRecordings, "ship-recordings", false, "ship the recordings of --recordings to the CA at --server (POST /v1/recordings), signed by the host key")
+	cmd.Flags().StringVar(&f.shipHostKey, "ship-host-key", "/etc/ssh/ssh_host_ed25519_key", "the host key that signs shipped recordings")
+	cmd.Flags().StringVar(&f.shipHostCert, "ship-host-cert", "", "its host certificate (default: --ship-host-key + -cert.pub), re-read for each batch")
+	cmd.Flags().StringVar(&f.ship, "ship-host", "", "the host name to ship recordings under, one of the certificate's (default: its first)")
+	cmd.Flags().DurationVar(&f.shipEvery, "ship-every", 2*time.Second, "how often new recording lines are shipped")
 	addLogFlags(cmd, &logOpts, "text")
 	return cmd
+}
+
+// recordShipper is the shipper of the agent's recordings to --server, signed by the host key.
+func recordShipper(f agentFlags, log *slog.Logger) (*bastion.RecordShipper, error) {
+	if f.server == "" {
+		return nil, fmt.Errorf("--ship-recordings: give --server (and --server-ca), the CA to ship to")
+	}
+	conf, err := clientTLS(f.serverCA, "", "")
+	if err != nil {
+		return nil, fmt.Errorf("--server-ca: %w", err)
+	}
+	b, err := os.ReadFile(f.shipHostKey)
+	if err != nil {
+		return nil, fmt.Errorf("--ship-host-key: %w", err)
+	}
+	key, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("--ship-host-key %s: %w", f.shipHostKey, err)
+	}
+	certPath := f.shipHostCert
+	if certPath == "" {
+		certPath = f.shipHostKey + "-cert.pub"
+	}
+	if _, err := readCert(certPath); err != nil {
+		return nil, fmt.Errorf("--ship-host-cert: %w", err)
+	}
+	c := client.New(f.server)
+	c.HTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: conf}}
+	return &bastion.RecordShipper{Dir: f.recordings, Client: c, Key: key, Cert: func() (*ssh.Certificate, error) { return readCert(certPath) },
+		Host: f.ship, Every: f.shipEvery, Log: log}, nil
 }
 
 // runAgent runs the bastion agent until ctx ends; ready, when not nil, receives the agent once
@@ -207,6 +248,13 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 	if startup != nil {
 		go func() { _ = startup.Run(ctx) }()
 		parts = append(parts, startupHealth{startup})
+	}
+	if f.shipRecordings {
+		sh, err := recordShipper(f, log)
+		if err != nil {
+			return err
+		}
+		go sh.Run(ctx)
 	}
 	if err := agent.Prepare(); err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -55,6 +56,10 @@ type Config struct {
 
 	// Redis holds all shared state: inventory, revocations, token ledger, keyring, audit log.
 	Redis RedisConfig `yaml:"redis"`
+	// Recordings is where the session recordings that bastion agents ship are kept: a Redis of
+	// its own, so that no session's output can fill the one issuance and revocation depend on.
+	// Without recordings.redis, POST and GET /v1/recordings are not served.
+	Recordings RecordingsConfig `yaml:"recordings"`
 	// OIDC are the identity providers whose ID tokens (people) and workload tokens (CI jobs,
 	// hosts) are accepted.
 	OIDC identity.Config `yaml:"oidc"`
@@ -166,6 +171,20 @@ type RedisConfig struct {
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// PoolSize is the connection pool size per node (default: go-redis's, 10 per CPU).
 	PoolSize int `yaml:"pool_size"`
+}
+
+// RecordingsConfig is the store of shipped session recordings and its caps.
+type RecordingsConfig struct {
+	// Redis is the recordings' own Redis, configured as redis is (ACL user with the keys
+	// "sshca:rec:*"); none of its addresses may be one of redis.addrs. Give it a maxmemory with
+	// noeviction: when it is full, batches are refused (503, the agent keeps them and retries)
+	// and issuance goes on.
+	Redis RedisConfig `yaml:"redis"`
+	// SessionCap is the most bytes of recording lines kept per session (default 64 MiB),
+	// HostCap per host over all its sessions (default 4 GiB). Past a cap the CA keeps one line
+	// that counts what it left out, and the session's end record says so.
+	SessionCap int64 `yaml:"session_cap"`
+	HostCap    int64 `yaml:"host_cap"`
 }
 
 // PolicyConfig locates the Rego policy. Empty Dir: the embedded default policy; DataFile
@@ -375,23 +394,17 @@ func (c *Config) validate(secretFiles bool) error {
 	if len(c.Redis.Addrs) == 0 {
 		add("redis.addrs: at least one address is required")
 	}
-	for i, a := range c.Redis.Addrs {
-		// Not echoed: a URL here (redis://user:password@host) would carry its password into
-		// this error, and go-redis would print it in every dial error, log line and /readyz.
-		if _, _, err := net.SplitHostPort(a); err != nil || strings.ContainsAny(a, "@/") {
-			add("redis.addrs[%d]: not a host:port address (give credentials in redis.username and redis.password_file, not in a URL)", i)
+	validateRedis("redis", c.Redis, secretFiles, add)
+	if rc := c.Recordings.Redis; len(rc.Addrs) > 0 {
+		validateRedis("recordings.redis", rc, secretFiles, add)
+		for i, a := range rc.Addrs {
+			if slices.Contains(c.Redis.Addrs, a) {
+				add("recordings.redis.addrs[%d]: also one of redis.addrs; recordings need a Redis of their own, so that a session's output cannot fill the one issuance and revocation use", i)
+			}
 		}
 	}
-	if c.Redis.Password != "" && c.Redis.PasswordFile != "" {
-		add("redis: give password or password_file, not both")
-	}
-	if c.Redis.PasswordFile != "" && secretFiles {
-		if _, err := os.Stat(c.Redis.PasswordFile); err != nil {
-			add("redis.password_file: %v", err)
-		}
-	}
-	if c.Redis.CAFile != "" && !c.Redis.TLS {
-		add("redis.ca_file: set tls: true to use it")
+	if c.Recordings.SessionCap < 0 || c.Recordings.HostCap < 0 {
+		add("recordings: session_cap and host_cap are bytes, 0 (the default) or more")
 	}
 	for _, e := range c.OIDC.Validate() {
 		add("oidc: %v", e)
@@ -464,6 +477,28 @@ func (c *Config) trustedProxies() ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// validateRedis reports the problems of a Redis section named name.
+func validateRedis(name string, r RedisConfig, secretFiles bool, add func(string, ...any)) {
+	for i, a := range r.Addrs {
+		// Not echoed: a URL here (redis://user:password@host) would carry its password into
+		// this error, and go-redis would print it in every dial error, log line and /readyz.
+		if _, _, err := net.SplitHostPort(a); err != nil || strings.ContainsAny(a, "@/") {
+			add("%s.addrs[%d]: not a host:port address (give credentials in %s.username and %s.password_file, not in a URL)", name, i, name, name)
+		}
+	}
+	if r.Password != "" && r.PasswordFile != "" {
+		add("%s: give password or password_file, not both", name)
+	}
+	if r.PasswordFile != "" && secretFiles {
+		if _, err := os.Stat(r.PasswordFile); err != nil {
+			add("%s.password_file: %v", name, err)
+		}
+	}
+	if r.CAFile != "" && !r.TLS {
+		add("%s.ca_file: set tls: true to use it", name)
+	}
 }
 
 // UniversalOptions turns the configuration into go-redis options.

@@ -119,6 +119,13 @@ func runDev(ctx context.Context, o devOptions) error {
 		return fmt.Errorf("dev: embedded redis: %w", err)
 	}
 	defer mr.Close() // after run closed its client
+	// Session recordings that agents ship go to a second in-process Redis, as production keeps
+	// them on a Redis of their own (recordings.redis).
+	recMR := miniredis.NewMiniRedis()
+	if err := recMR.StartAddr("127.0.0.1:0"); err != nil {
+		return fmt.Errorf("dev: embedded redis for recordings: %w", err)
+	}
+	defer recMR.Close()
 
 	// Listen first: the issuer's URL names the port.
 	l, err := net.Listen("tcp", o.listen)
@@ -143,7 +150,8 @@ func runDev(ctx context.Context, o devOptions) error {
 
 	cfg := &Config{
 		UserCA: userCA, HostCA: hostCA,
-		Redis: RedisConfig{Addrs: []string{mr.Addr()}},
+		Redis:      RedisConfig{Addrs: []string{mr.Addr()}},
+		Recordings: RecordingsConfig{Redis: RedisConfig{Addrs: []string{recMR.Addr()}}},
 		OIDC: identity.Config{Issuers: []identity.IssuerConfig{{
 			IssuerURL: issuerURL, Audiences: []string{devAudience}, AllowedEmailDomains: []string{"example.com"},
 		}}},

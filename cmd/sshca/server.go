@@ -51,9 +51,11 @@ type server struct {
 	// draining is closed when shutdown begins: the long polls of GET /v1/krl answer then,
 	// instead of holding the drain for up to their 25 s.
 	draining chan struct{}
-	// rdb is closed last, once the requests and the loops that use it are done.
-	rdb  redis.UniversalClient
-	keys []*kms.Key
+	// rdb is closed last, once the requests and the loops that use it are done; recRDB, the
+	// recordings' own Redis (recordings.redis), with it.
+	rdb    redis.UniversalClient
+	recRDB redis.UniversalClient
+	keys   []*kms.Key
 	// about are the attributes of the "sshca serving" log line.
 	about []any
 }
@@ -68,6 +70,14 @@ type loop struct {
 // forever is a loop that only ends with its context (it logs and retries its own failures).
 func forever(name string, run func(context.Context)) loop {
 	return loop{name, func(ctx context.Context) error { run(ctx); return nil }}
+}
+
+// recordingDesk is the recording API on st, or nil (not mounted) without a store.
+func recordingDesk(a *ca.Authority, st ca.RecordingStore, lim ca.RecordingLimits) services.Recordings {
+	if st == nil {
+		return nil
+	}
+	return ca.RecordingDesk{Authority: a, Store: st, Limits: lim}
 }
 
 // buildServer builds the server of cfg, in the order its parts need each other: the stores
@@ -109,6 +119,18 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 		log.Warn("the audit log is chained with plain SHA-256: anyone who can write to Redis can rewrite it; set audit.key_file (sshca audit genkey)")
 	}
 	auditLog := audit.New(s.rdb, audit.Options{Key: auditKey, Logger: log, Marks: db})
+	// Session recordings: on a Redis of their own, with a client and pool of their own, so
+	// that a recordings Redis that is slow or full holds up only the requests that ship or
+	// read recordings. Without one, /v1/recordings is not served.
+	var recordings ca.RecordingStore
+	if rc := cfg.Recordings.Redis; len(rc.Addrs) > 0 {
+		recOpts, err := rc.UniversalOptions()
+		if err != nil {
+			return nil, fmt.Errorf("recordings.redis: %w", err)
+		}
+		s.recRDB = redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(recOpts))
+		recordings = store.NewRecordings(s.recRDB, "", nil)
+	}
 
 	// Signers: the configured CA keys, or, with the keyring on, the keyring they seed.
 	userKey, err := kms.Open(ctx, kms.KeyRef{KMS: cfg.UserCA.KMS, Key: cfg.UserCA.Key})
@@ -222,9 +244,11 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 		Keys:              keys,
 		Requests:          authority,
 		Discovery:         ca.DiscoveryDesk{Authority: authority, Store: db},
-		RenderKRL:         revocation.EncodeKRL,
-		KRLFeed:           services.InstrumentKRLFeed(metrics)(follower),
-		Stop:              s.draining,
+		Recordings: recordingDesk(authority, recordings,
+			ca.RecordingLimits{SessionCap: cfg.Recordings.SessionCap, HostCap: cfg.Recordings.HostCap}),
+		RenderKRL: revocation.EncodeKRL,
+		KRLFeed:   services.InstrumentKRLFeed(metrics)(follower),
+		Stop:      s.draining,
 	})
 	if cfg.Login != nil && cfg.Console.PublicURL != "" {
 		// The console calls the authority with the signed-in user's ID token, as the API does
@@ -330,6 +354,9 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 func (s *server) close() {
 	if s.rdb != nil {
 		s.rdb.Close()
+	}
+	if s.recRDB != nil {
+		s.recRDB.Close()
 	}
 	for _, k := range s.keys {
 		k.Close()

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/bastion"
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/internal/testenv"
+)
+
+// writeRecording writes an agent's recording file (header, output chunks, an end) into dir,
+// chained as the agent chains it, and returns its final hash.
+func writeRecording(t *testing.T, dir, id string, h ca.RecordingHeader, output [][]byte, exit int) string {
+	t.Helper()
+	h.Version, h.ID = 1, id
+	line, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	b.Write(append(line, '\n'))
+	last := ca.RecordingChainStart(line)
+	add := func(kind string, data []byte) {
+		tt := int64(b.Len())
+		last = ca.RecordingChainNext(last, kind, tt, data)
+		l, _ := json.Marshal(ca.RecordingChunk{T: tt, Kind: kind, Data: data, Hash: hex.EncodeToString(last[:])})
+		b.Write(append(l, '\n'))
+	}
+	for _, o := range output {
+		add(ca.ChunkOutput, o)
+	}
+	if exit >= 0 {
+		end, _ := json.Marshal(ca.RecordingEnd{Exit: exit})
+		add(ca.ChunkEnd, end)
+	}
+	if err := os.WriteFile(filepath.Join(dir, id+".rec"), b.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(last[:])
+}
+
+func randomChunks(n, size int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = make([]byte, size)
+		_, _ = rand.Read(out[i])
+	}
+	return out
+}
+
+// TestRecordingsOnTheirOwnRedis: `serve` keeps shipped recordings on recordings.redis, never
+// on redis: a session that prints megabytes (cat /dev/urandom) is cut at the session cap, its
+// end and final hash still arrive, nothing of it lands on the main Redis, and certificates are
+// issued meanwhile. With the recordings Redis at maxmemory, a batch gets a 503 that says so and
+// how to make room, and issuance goes on; a reader lists and fetches what was kept.
+func TestRecordingsOnTheirOwnRedis(t *testing.T) {
+	main := testenv.StartRedis(t)
+	conf := testenv.WriteFile(t, "recordings.conf", "maxmemory 4mb\nmaxmemory-policy noeviction\nappendonly no\nsave \"\"\n")
+	recRedis := testenv.StartRedisConfig(t, conf)
+	iss := startIssuer(t, "sshca")
+	cfg := serveConfig(t, main.Addr, identity.IssuerConfig{IssuerURL: iss.URL(), Audiences: []string{"sshca"}})
+	cfg.Recordings = RecordingsConfig{Redis: RedisConfig{Addrs: []string{recRedis.Addr}}, SessionCap: 256 << 10}
+	cfg.RequestTimeout = 5 * time.Second
+	base := startServe(t, cfg)
+	ctx := context.Background()
+	mint := func(claims map[string]any) string {
+		tok, err := iss.Mint(claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	dir := t.TempDir()
+	hostKeyPath := keygen(t, dir, "host")
+	hc := issue(t, base, "host", mint(map[string]any{"sub": "ci-job", "groups": []string{"ci"}}),
+		map[string]any{"public_key": readFile(t, hostKeyPath+".pub"), "hostnames": []string{"bastion1.dev.internal"}, "ttl": "1h"})
+	writeFile(t, hostKeyPath+"-cert.pub", hc.Certificate+"\n")
+	userKey := keygen(t, dir, "alice")
+	issueAlice := func() {
+		t.Helper()
+		issue(t, base, "user", mint(map[string]any{"sub": "alice", "preferred_username": "alice"}), map[string]any{"public_key": readFile(t, userKey+".pub")})
+	}
+
+	recDir := filepath.Join(dir, "recordings")
+	if err := os.MkdirAll(recDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const noisy = "00000000000000000000000a"
+	start := time.Now().UTC().Truncate(time.Second)
+	final := writeRecording(t, recDir, noisy, ca.RecordingHeader{Start: start, User: "root", KeyID: "alice~00#5", Serial: "5",
+		Kind: "exec", Command: "cat /dev/urandom"}, randomChunks(40, 64<<10), 130)
+	sh := &bastion.RecordShipper{Dir: recDir, Client: client.New(base), Key: parseSigner(t, readFile(t, hostKeyPath)),
+		Cert: func() (*ssh.Certificate, error) { return readCert(hostKeyPath + "-cert.pub") }}
+	done := make(chan error, 1)
+	go func() { done <- sh.ShipOnce(ctx) }()
+	issueAlice() // while the stream is shipped
+	if err := <-done; err != nil {
+		t.Fatalf("shipping the noisy session: %v", err)
+	}
+	issueAlice()
+	if st := readFile(t, filepath.Join(recDir, noisy+".shipped")); !strings.HasSuffix(strings.TrimSpace(st), "done") {
+		t.Fatalf("shipping state %q, want done", st)
+	}
+
+	auditor := mint(map[string]any{"sub": "carol", "preferred_username": "carol", "groups": []string{"auditors"}})
+	got, err := apiClient(ctx, base).Recording(ctx, auditor, noisy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept int
+	for _, l := range got.Lines {
+		kept += len(l)
+	}
+	r, err := ca.ReadRecording(strings.NewReader(strings.Join(got.Lines, "\n") + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kept > 256<<10+1024 || r.Cut.Cap != "session" || r.End == nil || r.End.Exit != 130 || r.Final != final {
+		t.Fatalf("kept %d bytes, cut %+v, end %+v, final %s (want %s)", kept, r.Cut, r.End, r.Final, final)
+	}
+	mainRDB := redis.NewClient(&redis.Options{Addr: main.Addr})
+	defer mainRDB.Close()
+	if keys, err := mainRDB.Keys(ctx, "sshca:rec:*").Result(); err != nil || len(keys) != 0 {
+		t.Fatalf("recording keys on the main Redis: %v %v", keys, err)
+	}
+
+	// The recordings Redis reaches its maxmemory (other hosts' sessions, say): a new session's
+	// batch is refused with a 503 that says so, and nothing else is.
+	recRDB := redis.NewClient(&redis.Options{Addr: recRedis.Addr})
+	defer recRDB.Close()
+	// Large values first, then small ones into what the last large one's buffers left.
+	for i, size := 0, 64<<10; size >= 16; size /= 4 {
+		for ; ; i++ {
+			err := recRDB.Set(ctx, "filler:"+strconv.Itoa(i), bytes.Repeat([]byte("f"), size), 0).Err()
+			if err != nil && strings.HasPrefix(err.Error(), "OOM") {
+				break
+			}
+			if err != nil || i > 100000 {
+				t.Fatalf("filling the recordings Redis: %v after %d", err, i)
+			}
+		}
+	}
+	const big = "00000000000000000000000b"
+	writeRecording(t, recDir, big, ca.RecordingHeader{Start: start, User: "root", Kind: "exec", Command: "cat /dev/urandom"},
+		randomChunks(2, 1<<10), -1)
+	shipErr := sh.ShipOnce(ctx)
+	var ce *client.Error
+	if !errors.As(shipErr, &ce) || ce.Status != http.StatusServiceUnavailable || !strings.Contains(ce.Message, "recording store is full") ||
+		!strings.Contains(ce.Message, "maxmemory") {
+		t.Fatalf("shipping into a full recordings Redis: %v", shipErr)
+	}
+	issueAlice() // issuance goes on
+
+	list, err := apiClient(ctx, base).Recordings(ctx, auditor, client.RecordingQuery{Principal: "root"})
+	if err != nil || len(list) != 1 || list[0].ID != noisy || list[0].Live() {
+		t.Fatalf("list: %v %+v", err, list)
+	}
+	// Room again: the batch goes through, and the session is listed as live (no end yet).
+	if err := recRDB.FlushDB(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.ShipOnce(ctx); err != nil {
+		t.Fatalf("shipping once there is room: %v", err)
+	}
+	if list, err := apiClient(ctx, base).Recordings(ctx, auditor, client.RecordingQuery{Live: true}); err != nil || len(list) != 1 || list[0].ID != big {
+		t.Fatalf("live list: %v %+v", err, list)
+	}
+	user := mint(map[string]any{"sub": "bob", "preferred_username": "bob"})
+	if _, err := apiClient(ctx, base).Recordings(ctx, user, client.RecordingQuery{}); !errors.As(err, &ce) || ce.Status != http.StatusForbidden {
+		t.Fatalf("a user without read lists recordings: %v", err)
+	}
+}
