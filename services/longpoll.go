@@ -98,6 +98,16 @@ type krlHandler struct {
 	// once, and a read each (a transaction and the whole revocation set from the store, then
 	// an encoding) would make one revocation cost the store and the CA O(agents) work.
 	last *lastRead
+	// confirm is the read under way for long polls that waited on a held read and end without a
+	// notice (see confirmed): one read for every poll that arrived before it began.
+	confirm *confirmRead
+}
+
+// confirmRead is a read begun at begin, shared by the polls that arrived before begin.
+type confirmRead struct {
+	begin time.Time
+	done  chan struct{} // closed when krl is set
+	krl   renderedKRL
 }
 
 // lastRead is a read and the change notice taken before it: the read is current while that
@@ -148,6 +158,34 @@ func (h *krlHandler) held(next <-chan struct{}, inm string) (renderedKRL, bool) 
 		return renderedKRL{}, false
 	}
 	return l.krl, true
+}
+
+// confirmed returns a read begun after since (when the poll arrived): the last read when it
+// began later, else the confirming read under way when it began later, else a new one. A poll
+// that waited on a held read answers from it when its wait ends without a notice: the held read
+// began before the poll arrived, and the follower's notice lags the store (its XREAD, its
+// backoff after a failure), so a revocation already acknowledged to the revoker may be missing
+// from it. Polls held together time out together and share one read.
+func (h *krlHandler) confirmed(since time.Time) renderedKRL {
+	h.mu.Lock()
+	if l := h.last; l != nil && l.at.After(since) {
+		h.mu.Unlock()
+		return l.krl
+	}
+	if c := h.confirm; c != nil && c.begin.After(since) {
+		h.mu.Unlock()
+		<-c.done
+		return c.krl
+	}
+	c := &confirmRead{begin: h.now(), done: make(chan struct{})}
+	h.confirm = c
+	h.mu.Unlock()
+	// Not the request's context: another poll may be the one that takes this answer.
+	next := h.feed.Changed()
+	c.krl = h.read(context.Background())
+	h.remember(next, c.krl, c.begin)
+	close(c.done)
+	return c.krl
 }
 
 // read reads the states and renders them, under a deadline of its own.
@@ -203,6 +241,7 @@ func (h *krlHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// The client knows by this that the server long polls (else it polls).
 		w.Header().Set("X-KRL-Wait", wait.String())
 	}
+	arrived := h.now()
 	next := h.feed.Changed() // before the read, so that no change falls between
 	cur, held := renderedKRL{}, false
 	if wait > 0 && inm != "" {
@@ -225,12 +264,19 @@ func (h *krlHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-next:
 			cur, next = h.afterWake(next)
+			held = false // read after the notice, so after the poll arrived
 		case <-timer.C:
+			if held {
+				cur = h.confirmed(arrived)
+			}
 			h.answer(ctx, w, inm, cur)
 			return
 		case <-h.stop:
 			// Shutting down: answer now, so the graceful drain does not wait for the wait
 			// (the agent asks again at once, and reaches another replica).
+			if held {
+				cur = h.confirmed(arrived)
+			}
 			h.answer(ctx, w, inm, cur)
 			return
 		case <-ctx.Done():

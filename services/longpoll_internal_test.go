@@ -178,3 +178,66 @@ func TestKRLLongPollReusesRead(t *testing.T) {
 	}
 	expectReads(6, "a long poll after an unread change")
 }
+
+// TestKRLLongPollHeldReadIsConfirmed: a revocation acknowledged before an agent's long poll
+// arrived, which the follower has not noticed yet (its XREAD lags, or it is backing off), may
+// let the poll wait on the last read (it is recent and its notice is still open). When that wait
+// ends without a notice, the answer must come from a read begun after the poll arrived: a 304
+// from the held read would tell the agent "no change" about a revocation the revoker was
+// already told is done, and the agent would stay behind for another whole wait.
+func TestKRLLongPollHeldReadIsConfirmed(t *testing.T) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed := &countedFeed{st: ca.RevocationState{CA: signer.PublicKey(), Version: 1}, changed: make(chan struct{})}
+	stop := make(chan struct{})
+	h := newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop)
+	var clock atomic.Int64
+	base := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	h.now = func() time.Time { return base.Add(time.Duration(clock.Add(1))) } // every reading a later instant
+
+	get := func(query, inm string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, "/v1/krl"+query, nil)
+		if inm != "" {
+			req.Header.Set("If-None-Match", inm)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	e1 := get("", "").Header().Get("ETag")
+
+	// Revoked and acknowledged in the store; the follower has not noticed (no close).
+	feed.mu.Lock()
+	feed.st.Version++
+	feed.st.Entries = append(feed.st.Entries, ca.RevocationEntry{Kind: ca.RevokedSerial, Value: "9", Expiry: time.Now().Add(time.Hour)})
+	feed.mu.Unlock()
+
+	rec := get("?wait=50ms", e1)
+	if rec.Code != http.StatusOK || rec.Header().Get("ETag") == e1 {
+		t.Fatalf("long poll sent after an acknowledged revocation = %d %s, want 200 with a new ETag (not %s)", rec.Code, rec.Header().Get("ETag"), e1)
+	}
+	e2 := rec.Header().Get("ETag")
+
+	// A fleet held on one read and timing out together confirms with one read, not one each.
+	before := feed.reads.Load()
+	var wg sync.WaitGroup
+	codes := make([]int, 20)
+	for i := range codes {
+		wg.Go(func() { codes[i] = get("?wait=50ms", e2).Code })
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != http.StatusNotModified {
+			t.Fatalf("agent %d holding the current KRL = %d, want 304", i, c)
+		}
+	}
+	if n := feed.reads.Load() - before; n < 1 || n > 10 {
+		t.Fatalf("20 held long polls ending together read the states %d times, want about 1 (more only for polls that arrive after a confirming read began), not one each", n)
+	}
+}
