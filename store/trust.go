@@ -15,17 +15,24 @@ import (
 // followed, so nothing it revoked comes back and the KRL version never goes down.
 
 // RegisterCA makes a user CA key trusted by bastions, and its revocation scope followed,
-// before anything is revoked in it.
+// before anything is revoked in it. The three keys sit in three hash slots (CAs and
+// TrustedUserCAs are untagged, the scope's CA line is in the scope's tag), so no transaction
+// can hold them on a Cluster: the scope is made followed first and the key trusted last, so
+// that a failure in between leaves a followed scope of a key not yet trusted, never a trusted
+// key whose revocations bastions do not follow. Every write is idempotent: the next call
+// (every start, every keyring publication) finishes it.
 func (r *Redis) RegisterCA(ctx context.Context, caKey ssh.PublicKey) error {
 	line := authorizedLine(caKey)
 	fp := ssh.FingerprintSHA256(caKey)
-	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.SAdd(ctx, r.keys.CAs(), line)
-		p.SAdd(ctx, r.keys.TrustedUserCAs(), line)
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, r.keys.ScopeCA(fp), line, 0)
+		p.SAdd(ctx, r.keys.CAs(), line)
 		return nil
 	})
 	if err != nil {
+		return fmt.Errorf("store: register CA: %w", err)
+	}
+	if err := r.rdb.SAdd(ctx, r.keys.TrustedUserCAs(), line).Err(); err != nil {
 		return fmt.Errorf("store: register CA: %w", err)
 	}
 	return nil
