@@ -501,7 +501,7 @@ func (a *Authority) revokeSerials(ctx context.Context, serials []uint64) error {
 	}
 	for fp, entries := range byCA {
 		if _, err := a.revocations.Revoke(ctx, keys[fp], entries); err != nil {
-			return Unavailable("revocation store unavailable; the request's certificates were not revoked", err)
+			return storeErr("revocation store unavailable; the request's certificates were not revoked", err)
 		}
 	}
 	return nil

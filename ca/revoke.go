@@ -137,7 +137,7 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 					continue
 				}
 				if err := a.revocations.BlockIdentity(ctx, name, res.BlockedUntil); err != nil {
-					return RevokeResult{}, Unavailable("revocation store unavailable", err)
+					return RevokeResult{}, storeErr("revocation store unavailable", err)
 				}
 				matches = append(matches, name)
 			}
@@ -168,7 +168,7 @@ func (a *Authority) Revoke(ctx context.Context, token string, req RevokeRequest)
 	for fp, entries := range byCA {
 		v, err := a.revocations.Revoke(ctx, caKeys[fp], entries)
 		if err != nil {
-			return RevokeResult{}, Unavailable("revocation store unavailable; nothing was revoked in it", err)
+			return RevokeResult{}, storeErr("revocation store unavailable; nothing was revoked in it", err)
 		}
 		if ssh.FingerprintSHA256(a.user.PublicKey()) == fp {
 			res.Version = v
@@ -231,7 +231,7 @@ func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequ
 	}()
 	versions, err := a.revocations.LiftKey(ctx, req.PublicKey)
 	if err != nil {
-		return UnrevokeResult{}, Unavailable("revocation store unavailable; the ban may be lifted in part: run the command again", err)
+		return UnrevokeResult{}, storeErr("revocation store unavailable; the ban may be lifted in part: run the command again", err)
 	}
 	res.Lifted = len(versions) > 0
 	v, ok := versions[ssh.FingerprintSHA256(a.user.PublicKey())]

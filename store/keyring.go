@@ -89,7 +89,16 @@ func (r *Redis) UpdateKeyring(ctx context.Context, fn func(*ca.Keyring) error) (
 				return nil
 			})
 			out = k
-			return err
+			if err != nil {
+				return err
+			}
+			// On the connection that carried the EXEC (WAIT waits for this connection's
+			// writes): a promoted replica must not bring back a key that was retired or
+			// marked compromised.
+			if wait, timeout := r.waitArgs(ctx); wait != nil {
+				return r.checkWait("keyring change", tx.Do(ctx, wait...), timeout)
+			}
+			return nil
 		}, r.keys.Keyring(), markKey)
 		if errors.Is(err, redis.TxFailedErr) {
 			continue // another replica changed it: apply fn to the new state

@@ -46,7 +46,7 @@ func (o layout1) init(ctx context.Context) error {
 
 func (o layout1) BlockIdentity(ctx context.Context, identity string, until time.Time) error {
 	now := o.r.now().UnixMilli()
-	_, err := o.r.runMarked(ctx, TagIdentities, layout1BlockScript, []string{o.r.keys.LegacyBlocked(), o.r.keys.Mark(TagIdentities)},
+	_, err := o.r.runMarked(ctx, "identity block", TagIdentities, layout1BlockScript, []string{o.r.keys.LegacyBlocked(), o.r.keys.Mark(TagIdentities)},
 		func(g Generation, exp expectation) []any {
 			return append([]any{now, until.UnixMilli(), identity}, markArgs(g, exp)...)
 		})

@@ -60,12 +60,22 @@ type Mark struct {
 // whether the store was found to have lost state (sticky until a newer generation is seen).
 // Every write and every read that issuance depends on compares against it. The zero value is
 // ready to use; one per process (NewRedis makes one unless given).
+//
+// On a replicated Redis (RedisOptions.WaitReplicas), a mark the master answered may not be on
+// the replica that a failover promotes: issuance's writes are not waited for. There the
+// witness holds a mark only once the replicas confirmed it (confirmReplicated, after every
+// waited write and ConfirmReplicated): a failover that loses writes made since the last
+// confirmation is taken, one that goes back further is lost state.
 type Witness struct {
 	mu    sync.Mutex
 	gen   Generation
 	known bool              // gen is set
-	marks map[string]uint64 // tag → newest counter seen in gen
+	marks map[string]uint64 // tag → newest counter seen in gen (replicated: confirmed)
 	lost  map[string]string // tag → why it is lost
+	// replicated is set by a store that waits for replicas; pending then holds, per tag, the
+	// newest counter seen in gen and not yet confirmed.
+	replicated bool
+	pending    map[string]uint64
 }
 
 // expectation is what the witness knew when an operation started: comparing a read's answer
@@ -117,6 +127,7 @@ func (w *Witness) Lost() error {
 func (w *Witness) adoptLocked(g Generation) {
 	w.gen, w.known = g, true
 	w.marks = map[string]uint64{}
+	w.pending = nil
 	w.lost = nil
 }
 
@@ -172,8 +183,38 @@ func (w *Witness) observe(tag string, exp expectation, m Mark, present bool) {
 		w.loseLocked(tag, fmt.Sprintf("the mark went back from %d to %d", exp.n, m.N))
 		return
 	}
+	if w.replicated {
+		if w.pending == nil {
+			w.pending = map[string]uint64{}
+		}
+		if m.N >= w.pending[tag] {
+			w.pending[tag] = m.N
+		}
+		return
+	}
 	if m.N >= w.marks[tag] {
 		w.marks[tag] = m.N
+	}
+}
+
+// pendingMark is what the witness saw of tag's mark and the replicas have not confirmed yet.
+func (w *Witness) pendingMark(tag string) (Generation, uint64, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, ok := w.pending[tag]
+	return w.gen, n, ok
+}
+
+// confirmReplicated holds tag's mark at n (seen in generation g before a WAIT that the
+// replicas answered): a failover can no longer take it back.
+func (w *Witness) confirmReplicated(tag string, g Generation, n uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.known || w.gen != g {
+		return // a newer generation was adopted meanwhile
+	}
+	if cur, ok := w.marks[tag]; !ok || n > cur {
+		w.marks[tag] = n
 	}
 }
 
@@ -305,11 +346,12 @@ func markArgs(g Generation, exp expectation) []any {
 }
 
 // runMarked runs a write script on the tag's state whose reply starts with the mark's
-// {status, id, epoch, n} and returns the rest. args builds the script's arguments for a
+// {status, id, epoch, n} and returns the rest; op names the write in a refusal. With
+// RedisOptions.WaitReplicas, the write waits for the replicas (runWaited). args builds the script's arguments for a
 // generation and the witness's expectation. A newer generation (a rebuild) is adopted and the
 // write retried; a lost one is written anyway (revocations are accepted when state was lost)
 // and remembered by the witness.
-func (r *Redis) runMarked(ctx context.Context, tag string, s *redis.Script, keys []string, args func(g Generation, exp expectation) []any) ([]any, error) {
+func (r *Redis) runMarked(ctx context.Context, op, tag string, s *redis.Script, keys []string, args func(g Generation, exp expectation) []any) ([]any, error) {
 	for range 3 {
 		g, err := r.generation(ctx)
 		if err != nil && !errors.Is(err, ErrStateLost) {
@@ -319,7 +361,15 @@ func (r *Redis) runMarked(ctx context.Context, tag string, s *redis.Script, keys
 		if err != nil {
 			g, exp = lostArgs(exp) // lost already: write with what is known, the script says lost
 		}
-		res, err := s.Run(ctx, r.rdb, keys, args(g, exp)...).Slice()
+		var res []any
+		if r.waitReplicas > 0 {
+			// Not acknowledged, nor seen by the witness, before the replicas have it: a
+			// failover must not lose what was acknowledged, nor make the witness expect a
+			// mark the promoted master never had.
+			res, err = r.runWaited(ctx, op, tag, s, keys, args(g, exp))
+		} else {
+			res, err = s.Run(ctx, r.rdb, keys, args(g, exp)...).Slice()
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -16,6 +16,14 @@ type RedisOptions struct {
 	// Witness holds the newest generation mark seen, outside Redis (mark.go); default a new
 	// one. Stores of one process that share a Redis may share it.
 	Witness *Witness
+	// WaitReplicas is how many replicas must confirm a write that must not be lost
+	// (revocations, identity blocks, lifts, the keyring) before it is acknowledged: the
+	// replicas that Sentinel (or a Cluster) may promote. 0 waits for none (a single server).
+	// See replication.go.
+	WaitReplicas int
+	// WaitTimeout bounds each WAIT (default DefaultWaitTimeout, and never more than half of
+	// what the request's deadline leaves).
+	WaitTimeout time.Duration
 }
 
 // Redis keeps sshca's shared state in Redis, every role in its own file, every key named in
@@ -30,13 +38,25 @@ type Redis struct {
 	// migrated is set once the store was seen at LayoutVersion (layout.go): from then on the
 	// keys of older layouts are neither written nor read.
 	migrated atomic.Bool
+	// waitReplicas and waitTimeout are RedisOptions.WaitReplicas and WaitTimeout.
+	waitReplicas int
+	waitTimeout  time.Duration
 }
 
 // NewRedis returns a store on rdb.
 func NewRedis(rdb redis.UniversalClient, o RedisOptions) *Redis {
-	r := &Redis{rdb: rdb, keys: Keys{Prefix: o.Prefix}, now: o.Now, witness: o.Witness}
+	r := &Redis{rdb: rdb, keys: Keys{Prefix: o.Prefix}, now: o.Now, witness: o.Witness,
+		waitReplicas: o.WaitReplicas, waitTimeout: o.WaitTimeout}
+	if r.waitTimeout <= 0 {
+		r.waitTimeout = DefaultWaitTimeout
+	}
 	if r.witness == nil {
 		r.witness = &Witness{}
+	}
+	if r.waitReplicas > 0 {
+		r.witness.mu.Lock()
+		r.witness.replicated = true
+		r.witness.mu.Unlock()
 	}
 	if r.keys.Prefix == "" {
 		r.keys.Prefix = DefaultPrefix

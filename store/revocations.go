@@ -176,7 +176,7 @@ func (r *Redis) Revoke(ctx context.Context, caKey ssh.PublicKey, entries []ca.Re
 		// Revoked public keys are refused at signing time whichever CA key signs next (a
 		// rotation must not let a revoked key back in). Written before the scope: a failure
 		// in between refuses more, never less.
-		_, err := r.runMarked(ctx, TagKeys, revokeKeysScript, []string{r.keys.RevokedKeys(), r.keys.Mark(TagKeys)},
+		_, err := r.runMarked(ctx, "revocation of a public key", TagKeys, revokeKeysScript, []string{r.keys.RevokedKeys(), r.keys.Mark(TagKeys)},
 			func(g Generation, exp expectation) []any {
 				return append(append([]any{now}, markArgs(g, exp)...), keys...)
 			})
@@ -186,7 +186,7 @@ func (r *Redis) Revoke(ctx context.Context, caKey ssh.PublicKey, entries []ca.Re
 	}
 	tag := TagCA(fp)
 	scope := []string{r.keys.ScopeEntries(fp), r.keys.ScopeVersion(fp), r.keys.ScopeStream(fp), r.keys.ScopeCA(fp), r.keys.Mark(tag)}
-	res, err := r.runMarked(ctx, tag, revokeScript, scope, func(g Generation, exp expectation) []any {
+	res, err := r.runMarked(ctx, "revocation", tag, revokeScript, scope, func(g Generation, exp expectation) []any {
 		return append(append([]any{now, authorizedLine(caKey), StreamMaxLen}, markArgs(g, exp)...), members...)
 	})
 	if err != nil {
@@ -242,7 +242,7 @@ func (r *Redis) BlockIdentity(ctx context.Context, identity string, until time.T
 // block runs blockScript on a set of blocks in tag with until, identity pairs.
 func (r *Redis) block(ctx context.Context, tag, key string, pairs []any) error {
 	now := r.now().UnixMilli()
-	_, err := r.runMarked(ctx, tag, blockScript, []string{key, r.keys.Mark(tag)}, func(g Generation, exp expectation) []any {
+	_, err := r.runMarked(ctx, "identity block", tag, blockScript, []string{key, r.keys.Mark(tag)}, func(g Generation, exp expectation) []any {
 		return append(append([]any{now}, markArgs(g, exp)...), pairs...)
 	})
 	return err
@@ -371,7 +371,7 @@ func (r *Redis) LiftKey(ctx context.Context, key ssh.PublicKey) (map[string]uint
 		fp := ssh.FingerprintSHA256(caKey)
 		tag := TagCA(fp)
 		scope := []string{r.keys.ScopeEntries(fp), r.keys.ScopeVersion(fp), r.keys.ScopeStream(fp), r.keys.Mark(tag)}
-		res, err := r.runMarked(ctx, tag, liftScript, scope, func(g Generation, exp expectation) []any {
+		res, err := r.runMarked(ctx, "lift of a revoked key", tag, liftScript, scope, func(g Generation, exp expectation) []any {
 			return append(markArgs(g, exp), StreamMaxLen, m)
 		})
 		if err != nil {
@@ -384,7 +384,7 @@ func (r *Redis) LiftKey(ctx context.Context, key ssh.PublicKey) (map[string]uint
 			versions[fp] = revocation.ComposeVersion(g.Epoch, v)
 		}
 	}
-	_, err = r.runMarked(ctx, TagKeys, liftKeysScript, []string{r.keys.RevokedKeys(), r.keys.Mark(TagKeys)},
+	_, err = r.runMarked(ctx, "lift of a revoked key", TagKeys, liftKeysScript, []string{r.keys.RevokedKeys(), r.keys.Mark(TagKeys)},
 		func(g Generation, exp expectation) []any { return append(markArgs(g, exp), m) })
 	if err != nil {
 		return nil, fmt.Errorf("store: lift key: %w", err)
