@@ -21,6 +21,7 @@ import (
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/policies"
 	"github.com/sshca/sshca/services"
+	"github.com/sshca/sshca/store"
 	"github.com/sshca/sshca/ui"
 )
 
@@ -171,6 +172,21 @@ type RedisConfig struct {
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// PoolSize is the connection pool size per node (default: go-redis's, 10 per CPU).
 	PoolSize int `yaml:"pool_size"`
+	// WaitReplicas is how many replicas must confirm a revocation, an identity block, a lifted
+	// ban or a keyring change (Redis WAIT) before sshca acknowledges it: the replicas that
+	// Sentinel may promote (with master_name it is required, at least 1). Short of that
+	// within wait_timeout, the change stays in force on the master and the answer is a 503
+	// that says so. Issuance never waits (docs/scaling.md). Redis 7.0 replicas confirm what
+	// they hold in memory, not on disk.
+	WaitReplicas int `yaml:"wait_replicas"`
+	// WaitTimeout bounds each wait for the replicas (default 1s; at most half of
+	// request_timeout).
+	WaitTimeout time.Duration `yaml:"wait_timeout"`
+}
+
+// StoreOptions are the store's options from the configuration (the replicas it waits for).
+func (r RedisConfig) StoreOptions() store.RedisOptions {
+	return store.RedisOptions{WaitReplicas: r.WaitReplicas, WaitTimeout: r.WaitTimeout}
 }
 
 // RecordingsConfig is the store of shipped session recordings and its caps.
@@ -405,6 +421,17 @@ func (c *Config) validate(secretFiles bool) error {
 	}
 	if c.Recordings.SessionCap < 0 || c.Recordings.HostCap < 0 {
 		add("recordings: session_cap and host_cap are bytes, 0 (the default) or more")
+	}
+	switch {
+	case c.Redis.WaitReplicas < 0:
+		add("redis.wait_replicas: must not be negative (the number of replicas Sentinel may promote)")
+	case c.Redis.MasterName != "" && c.Redis.WaitReplicas == 0:
+		add("redis.wait_replicas: required with master_name: set it to the number of replicas Sentinel may promote (at least 1), so that a failover cannot lose an acknowledged revocation")
+	}
+	if c.Redis.WaitTimeout < 0 {
+		add("redis.wait_timeout: must not be negative (e.g. 1s)")
+	} else if rt := c.requestTimeout(); c.Redis.WaitTimeout > rt/2 {
+		add("redis.wait_timeout: %s is more than half of request_timeout (%s): the 503 that says the replicas did not confirm must come back within the request's deadline", c.Redis.WaitTimeout, rt)
 	}
 	for _, e := range c.OIDC.Validate() {
 		add("oidc: %v", e)

@@ -94,3 +94,39 @@ func TestExampleConfig(t *testing.T) {
 		t.Errorf("the example uses unknown keys: %v", err)
 	}
 }
+
+// TestConfigSentinelWaitReplicas: a Sentinel deployment (master_name) must say how many
+// replicas confirm a revocation before it is acknowledged, and the wait must fit in the
+// request's deadline; each fault is named with its fix. A single server needs neither.
+func TestConfigSentinelWaitReplicas(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	base := `
+listen: 127.0.0.1:8080
+user_ca: {kms: "softkms:", key: "softkms:path=/tmp/u.pem"}
+host_ca: {kms: "softkms:", key: "softkms:path=/tmp/h.pem"}
+oidc:
+  issuers:
+    - issuer_url: https://idp.example.com
+      audiences: [sshca]
+`
+	for _, tt := range []struct {
+		redis, want string // want "": accepted
+	}{
+		{`{addrs: ["127.0.0.1:6379"]}`, ""},
+		{`{addrs: ["127.0.0.1:26379", "127.0.0.2:26379"], master_name: sshca, wait_replicas: 1}`, ""},
+		{`{addrs: ["127.0.0.1:26379"], master_name: sshca, wait_replicas: 2, wait_timeout: 1s}`, ""},
+		{`{addrs: ["127.0.0.1:26379"], master_name: sshca}`, "redis.wait_replicas: required with master_name: set it to the number of replicas Sentinel may promote"},
+		{`{addrs: ["127.0.0.1:6379"], wait_replicas: -1}`, "redis.wait_replicas: must not be negative"},
+		{`{addrs: ["127.0.0.1:26379"], master_name: sshca, wait_replicas: 1, wait_timeout: 1500ms}`, "redis.wait_timeout: 1.5s is more than half of request_timeout (2s)"},
+		{`{addrs: ["127.0.0.1:6379"], wait_timeout: -1s}`, "redis.wait_timeout: must not be negative"},
+	} {
+		writeFile(t, path, base+"redis: "+tt.redis+"\n")
+		_, err := LoadConfig(path)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s: refused: %v", tt.redis, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s: err = %v, want it to say %q", tt.redis, err, tt.want)
+		}
+	}
+}

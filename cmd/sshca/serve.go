@@ -189,3 +189,29 @@ func seedFromArchive(db *store.Redis, cfg *Config, log *slog.Logger) error {
 	log.Info("the store is compared with the audit archive's record of it", "generation", w.Epoch, "marks", len(w.Marks))
 	return nil
 }
+
+// confirmReplicated has the replicas confirm the store's marks at every tick until ctx ends
+// (store.Redis.ConfirmReplicated): it bounds how much of issuance's writes a failover may
+// lose before sshca takes it for lost state. A failure is logged once until it recovers:
+// each tick tries again.
+func confirmReplicated(ctx context.Context, db *store.Redis, tick *time.Ticker, log *slog.Logger) {
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := db.ConfirmReplicated(cctx)
+		cancel()
+		switch {
+		case err != nil && !failing:
+			log.Warn("the Redis replicas do not confirm the store's marks; revocations are refused until they do", "err", err)
+		case err == nil && failing:
+			log.Info("the Redis replicas confirm the store's marks again")
+		}
+		failing = err != nil
+	}
+}

@@ -105,10 +105,15 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	rc := cfg.Redis
 	s.rdb = redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
 	countRedisErrors(s.rdb, reg)
-	db := store.NewRedis(s.rdb, store.RedisOptions{})
+	db := store.NewRedis(s.rdb, cfg.Redis.StoreOptions())
 	// Before anything reads the store: the witness then starts from the archive's record.
 	if err := seedFromArchive(db, cfg, log); err != nil {
 		return nil, err
+	}
+	if cfg.Redis.WaitReplicas > 0 {
+		s.loops = append(s.loops, forever("replicated marks", func(ctx context.Context) {
+			confirmReplicated(ctx, db, time.NewTicker(time.Second), log)
+		}))
 	}
 	var auditKey []byte
 	if cfg.Audit.KeyFile != "" {
