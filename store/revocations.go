@@ -321,6 +321,27 @@ func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, caKey ssh.P
 
 // refusedResult is Refused's answer from the reads that queueRefused queued, once they ran.
 func (r *Redis) refusedResult(rc *refusedCmds) (string, error) {
+	// The pipeline's own error is its first failed command's, redis.Nil whenever the key is not
+	// revoked (the first read finds nothing): a later read that failed (an ACL that refuses it,
+	// a reply cut off) is seen only here, and must fail the check rather than read as nothing
+	// revoked or blocked.
+	cmds := []redis.Cmder{rc.scopeCmd, rc.anyCmd}
+	for _, c := range []*redis.FloatSliceCmd{rc.idCmd, rc.legacyCmd} {
+		if c != nil {
+			cmds = append(cmds, c)
+		}
+	}
+	if rc.layoutCmd != nil {
+		cmds = append(cmds, rc.layoutCmd)
+	}
+	for _, c := range rc.markCmds {
+		cmds = append(cmds, c)
+	}
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return "", fmt.Errorf("store: check: %w", err)
+		}
+	}
 	for i, tag := range rc.tags {
 		mk, present, err := parseMark(rc.markCmds[i].Val())
 		if err != nil {
