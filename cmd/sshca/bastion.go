@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sshca/sshca/bastion"
 	"github.com/sshca/sshca/client"
@@ -201,19 +202,28 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		}
 		o.Drift = d
 	}
+	// The agent's loops, each under the errgroup below: the one that follows the revocation
+	// sources and keeps sshd's files, and those the flags turn on.
+	var loops []loop
 	var sessions *bastion.Sessions
 	if f.sshdLog != "" {
 		sessions = bastion.NewSessions(log)
-		go func() {
-			if err := sessions.Follow(ctx, f.sshdLog); err != nil && ctx.Err() == nil {
-				log.Error("following the sshd log stopped; revoked sessions will not be ended", "err", err)
-			}
-		}()
+		loops = append(loops, loop{"sshd log follower", func(ctx context.Context) error { return sessions.Follow(ctx, f.sshdLog) }})
 		o.OnRevoked, o.OnKRL = sessions.EndRevoked, sessions.EndRevokedBy
 	}
 	agent, err := bastion.NewAgent(o)
 	if err != nil {
 		return err
+	}
+	loops = append(loops, loop{"revocation sources", agent.Run})
+	discovery, err := agentDiscovery(f, log)
+	if err != nil {
+		return err
+	}
+	var parts []agentHealthPart
+	if discovery != nil {
+		loops = append(loops, loop{"discovery reports", discovery.Run})
+		parts = append(parts, discoveryHealth{discovery})
 	}
 	if f.recordSocket != "" {
 		if f.recordSessionCap <= 0 || f.recordHostCap <= 0 {
@@ -223,30 +233,20 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		if err != nil {
 			return fmt.Errorf("--record-socket: %w", err)
 		}
+		defer rl.Close() // Serve closes it when it ends; this covers a start that fails below
 		host, _ := os.Hostname()
 		rs := &bastion.RecordServer{Dir: f.recordings, Host: host, SessionCap: f.recordSessionCap,
 			HostCap: f.recordHostCap, RequireSSHD: true, Log: log}
-		go func() {
-			if err := rs.Serve(ctx, rl); err != nil {
-				log.Error("session recording stopped; recorded sessions are refused", "err", err)
-			}
-		}()
-	}
-	discovery, err := agentDiscovery(f, log)
-	if err != nil {
-		return err
-	}
-	var parts []agentHealthPart
-	if discovery != nil {
-		go func() { _ = discovery.Run(ctx) }()
-		parts = append(parts, discoveryHealth{discovery})
+		// A recorder that stopped would refuse every recorded session until a restart: it ends
+		// the agent instead, which its service manager restarts (the KRL stays in place).
+		loops = append(loops, loop{"session recorder", func(ctx context.Context) error { return rs.Serve(ctx, rl) }})
 	}
 	startup, err := agentStartupCheck(f.startup, log)
 	if err != nil {
 		return err
 	}
 	if startup != nil {
-		go func() { _ = startup.Run(ctx) }()
+		loops = append(loops, loop{"start-up file check", startup.Run})
 		parts = append(parts, startupHealth{startup})
 	}
 	if f.shipRecordings {
@@ -254,7 +254,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		if err != nil {
 			return err
 		}
-		go sh.Run(ctx)
+		loops = append(loops, forever("recording shipper", sh.Run))
 	}
 	if err := agent.Prepare(); err != nil {
 		return err
@@ -264,11 +264,17 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		return fmt.Errorf("--health: %w", err)
 	}
 	srv := newHTTPServer(agentHealthHandler(agent, sessions, parts...), log)
-	go func() { _ = serveUntilDone(ctx, srv, l, "", "") }()
+	loops = append(loops, loop{"health listener", func(ctx context.Context) error { return serveUntilDone(ctx, srv, l, "", "") }})
+	// Every loop stops when ctx ends or one of them cannot go on; Redis (deferred above)
+	// closes after the last one ended.
+	g, gctx := errgroup.WithContext(ctx)
+	goLoops(g, gctx, ctx, log, loops)
 	if ready != nil {
 		ready <- agent
 	}
-	return agent.Run(ctx)
+	err = g.Wait()
+	log.Info("bastion agent stopped", "err", err)
+	return err
 }
 
 // driftCheck is the check of sshd's effective configuration against the rendering of

@@ -88,6 +88,14 @@ type Config struct {
 	// answer within it is a 503. It must leave the HTTP server's write timeout room for a
 	// signed certificate to be recorded and audited after it (2 × ca.SignedCertTimeout).
 	RequestTimeout time.Duration `yaml:"request_timeout"`
+
+	// ShutdownTimeout bounds the drain on SIGTERM or SIGINT (default 20s): once the listener
+	// closed, requests in flight get this long to be answered; those still running then are
+	// cut off. The background loops stop and Redis closes after it, so the orchestrator's
+	// grace period (Kubernetes terminationGracePeriodSeconds, systemd TimeoutStopSec) should
+	// exceed it by a few seconds. At most the HTTP write timeout (30s), past which no answer
+	// could be written anyway.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }
 
 // DefaultDiagListen is diag_listen when the configuration file does not name it: loopback, so
@@ -476,6 +484,10 @@ func (c *Config) validate(secretFiles bool) error {
 	if c.RequestTimeout < 0 || c.RequestTimeout > 0 && c.RequestTimeout+2*ca.SignedCertTimeout >= httpWriteTimeout {
 		add("request_timeout: %s must be positive and below the HTTP write timeout (%s) less twice the %s a signed certificate is given to be recorded and audited",
 			c.RequestTimeout, httpWriteTimeout, ca.SignedCertTimeout)
+	}
+	if c.ShutdownTimeout < 0 || c.ShutdownTimeout > httpWriteTimeout {
+		add("shutdown_timeout: %s must be positive and at most the HTTP write timeout (%s), past which no answer can be written; unset, it is %s",
+			c.ShutdownTimeout, httpWriteTimeout, DefaultShutdownTimeout)
 	}
 	if c.Limits.MaxUserTTL < 0 || c.Limits.MaxHostTTL < 0 || c.Limits.MaxPrincipals < 0 || c.Limits.IdentityBlock < 0 ||
 		c.Limits.AccessRequestTimeout < 0 || c.Limits.MaxAccessWindow < 0 {

@@ -81,3 +81,11 @@ const DefaultDiscoverEvery = time.Hour
 // DefaultDiscoverOrders is where the agent writes the CA's disable orders for
 // sshca-discover-disable.service: in the agent's own directory, the one path it may write.
 const DefaultDiscoverOrders = "/etc/ssh/sshca/discover/orders.json"
+
+// DefaultShutdownTimeout is shutdown_timeout when the configuration leaves it unset: how long
+// the requests in flight at SIGTERM get to be answered. Every request has its deadline
+// (request_timeout, 2 s) plus the seconds a signed certificate gets to be recorded, and the
+// long polls of /v1/krl answer as soon as shutdown begins, so a drain normally takes a few
+// seconds; the bound leaves Kubernetes' default grace period of 30 s (deploy/kubernetes) room
+// to stop the loops and close Redis after it.
+const DefaultShutdownTimeout = 20 * time.Second

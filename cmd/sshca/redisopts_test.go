@@ -41,3 +41,21 @@ func TestRequestTimeoutValidated(t *testing.T) {
 		t.Errorf("default request timeout %v", got)
 	}
 }
+
+// TestShutdownTimeoutValidated: shutdown_timeout is unset (the default) or positive and at
+// most the HTTP write timeout; the refusal names the key and the bound.
+func TestShutdownTimeoutValidated(t *testing.T) {
+	for _, tt := range []struct {
+		d     time.Duration
+		valid bool
+	}{{0, true}, {time.Second, true}, {httpWriteTimeout, true}, {-time.Second, false}, {httpWriteTimeout + time.Nanosecond, false}, {time.Hour, false}} {
+		err := (&Config{ShutdownTimeout: tt.d}).Validate()
+		bad := err != nil && strings.Contains(err.Error(), "shutdown_timeout")
+		if bad == tt.valid {
+			t.Errorf("shutdown_timeout %v: %v", tt.d, err)
+		}
+		if bad && !strings.Contains(err.Error(), httpWriteTimeout.String()) {
+			t.Errorf("shutdown_timeout %v: the refusal does not name the bound: %v", tt.d, err)
+		}
+	}
+}

@@ -46,6 +46,8 @@ type server struct {
 	diag     *http.ServeMux
 	diagAddr string
 	tls      *tls.Config
+	// drain bounds how long shutdown waits for the requests in flight (shutdown_timeout).
+	drain time.Duration
 	// loops run under one errgroup for the server's lifetime (run).
 	loops []loop
 	// draining is closed when shutdown begins: the long polls of GET /v1/krl answer then,
@@ -89,7 +91,10 @@ func recordingDesk(a *ca.Authority, st ca.RecordingStore, lim ca.RecordingLimits
 func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...identity.Option) (_ *server, err error) {
 	withDefaults := cfg.withDefaults()
 	cfg = &withDefaults
-	s := &server{log: log, draining: make(chan struct{})}
+	s := &server{log: log, draining: make(chan struct{}), drain: cfg.ShutdownTimeout}
+	if s.drain <= 0 {
+		s.drain = DefaultShutdownTimeout
+	}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -288,8 +293,8 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 //
 //  1. stop accepting: the listener closes, new connections are refused (the load balancer
 //     moves them to other replicas), and the long polls of /v1/krl answer;
-//  2. drain: requests in flight finish and get their answers, for at most the HTTP server's
-//     write timeout (serveUntilDone);
+//  2. drain: requests in flight finish and get their answers, for at most shutdown_timeout;
+//     those still running then are cut off, and run's error says so;
 //  3. stop the loops (and the diagnostics listener), and wait for them;
 //  4. close Redis, which the requests and the loops used until then, and the CA keys.
 //
@@ -316,17 +321,7 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 	} else {
 		s.log.Warn("diag_listen is off: /metrics and the /readyz details are served on the public listener")
 	}
-	for _, lp := range loops {
-		g.Go(func() error {
-			err := lp.run(gctx)
-			if err != nil && loopsCtx.Err() == nil {
-				s.log.Error("a background loop failed; the server stops", "loop", lp.name, "err", err)
-				return fmt.Errorf("%s: %w", lp.name, err)
-			}
-			s.log.Debug("background loop ended", "loop", lp.name)
-			return nil
-		})
-	}
+	goLoops(g, gctx, loopsCtx, s.log, loops)
 
 	// Serving ends when ctx ends or when a loop failed (gctx ends before loopsCtx then).
 	serveCtx, stopServing := context.WithCancel(ctx)
@@ -342,8 +337,13 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 	if ready != nil {
 		ready()
 	}
-	serveErr := serveUntilDone(serveCtx, srv, l, "", "")
-	s.log.Info("shutdown: requests drained; stopping the background loops", "err", serveErr)
+	serveErr := serveDraining(serveCtx, srv, l, "", "", s.drain)
+	if serveErr != nil {
+		serveErr = fmt.Errorf("shutdown_timeout: %w", serveErr)
+		s.log.Error("shutdown: requests not drained; stopping the background loops", "err", serveErr)
+	} else {
+		s.log.Info("shutdown: requests drained; stopping the background loops")
+	}
 	stopLoops()
 	loopErr := g.Wait()
 	s.log.Info("shutdown: background loops ended; closing Redis")
@@ -353,6 +353,25 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 		return loopErr
 	}
 	return serveErr
+}
+
+// goLoops runs every loop in g with ctx (g's context). A loop that returns an error while
+// lifetime (what the loops live for) has not ended cannot go on: that is logged as the reason
+// the process stops, and its error ends the group. Errors on the way out after lifetime ended
+// are not failures. Each loop's end is logged at debug level, so the order of shutdown can be
+// read from the log.
+func goLoops(g *errgroup.Group, ctx, lifetime context.Context, log *slog.Logger, loops []loop) {
+	for _, lp := range loops {
+		g.Go(func() error {
+			err := lp.run(ctx)
+			if err != nil && lifetime.Err() == nil {
+				log.Error("a background loop failed; stopping", "loop", lp.name, "err", err)
+				return fmt.Errorf("%s: %w", lp.name, err)
+			}
+			log.Debug("background loop ended", "loop", lp.name)
+			return nil
+		})
+	}
 }
 
 // close closes Redis and the CA keys, what buildServer opened.
@@ -449,14 +468,20 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// serveUntilDone serves on l until ctx ends (SIGTERM or SIGINT in main), then shuts down
+// serveUntilDone is serveDraining with the drain bounded by the server's write timeout, past
+// which no answer could be written anyway (the diagnostics listener, dev's, the agent's).
+func serveUntilDone(ctx context.Context, srv *http.Server, l net.Listener, certFile, keyFile string) error {
+	return serveDraining(ctx, srv, l, certFile, keyFile, srv.WriteTimeout)
+}
+
+// serveDraining serves on l until ctx ends (SIGTERM or SIGINT in main), then shuts down
 // gracefully: the listener closes at once, so new connections are refused (the load balancer
 // moves them to other replicas), idle keep-alive connections close, and requests in flight
-// finish and get their answers. The drain lasts at most the server's write timeout, past which
-// no answer could be written anyway; connections still busy then are closed and the error says
-// so. Orchestrators should allow a little more than that before killing the process.
-// It serves TLS when certFile is set or srv.TLSConfig is (serve's reloading certificate).
-func serveUntilDone(ctx context.Context, srv *http.Server, l net.Listener, certFile, keyFile string) error {
+// finish and get their answers. The drain lasts at most drain (0: 10 s); connections still
+// busy then are closed and the error says so. Orchestrators should allow a little more than
+// that before killing the process. It serves TLS when certFile is set or srv.TLSConfig is
+// (serve's reloading certificate).
+func serveDraining(ctx context.Context, srv *http.Server, l net.Listener, certFile, keyFile string, drain time.Duration) error {
 	errc := make(chan error, 1)
 	go func() {
 		if certFile != "" || srv.TLSConfig != nil {
@@ -470,7 +495,6 @@ func serveUntilDone(ctx context.Context, srv *http.Server, l net.Listener, certF
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	drain := srv.WriteTimeout
 	if drain <= 0 {
 		drain = 10 * time.Second
 	}

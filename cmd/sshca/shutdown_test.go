@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -18,6 +20,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/sshca/sshca/bastion"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/identity/devissuer"
 	"github.com/sshca/sshca/internal/testenv"
@@ -249,4 +252,185 @@ func checkShutdownLog(t *testing.T, log string, loops ...string) {
 func jsonString(s string) string {
 	b, _ := json.Marshal(s) // a string always marshals
 	return string(b)
+}
+
+// agentLoops are the flags of a bastion agent on redis-server with every loop the flags can
+// turn on besides discovery (which needs a CA server): the revocation sources, the sshd log
+// follower, the session recorder and the health listener.
+func agentLoops(t *testing.T, redisAddr string) agentFlags {
+	dir := t.TempDir()
+	return agentFlags{redisURL: "redis://" + redisAddr, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
+		health: "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)), sshdLog: filepath.Join(dir, "sshd.log"),
+		recordSocket: filepath.Join(dir, "record.sock"), recordings: filepath.Join(dir, "recordings"),
+		recordSessionCap: 1 << 20, recordHostCap: 1 << 24, poll: time.Second, caRefresh: time.Second}
+}
+
+// TestAgentStopsEveryLoop: the bastion agent's loops end with its context, each before the
+// agent returns (and so before its Redis client closes, deferred in runAgent), the health and
+// record sockets stop answering, and no goroutine is left.
+func TestAgentStopsEveryLoop(t *testing.T) {
+	r := testenv.StartRedis(t)
+	f := agentLoops(t, r.Addr)
+	leaks := goleak.IgnoreCurrent()
+	logs := &logCapture{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready, done := make(chan *bastion.Agent, 1), make(chan error, 1)
+	go func() {
+		done <- runAgent(ctx, f, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ready)
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("agent: %v", err)
+	}
+	health := &http.Client{Transport: &http.Transport{}}
+	if resp, err := health.Get("http://" + f.health + "/healthz"); err != nil {
+		t.Fatalf("health listener: %v", err)
+	} else {
+		resp.Body.Close()
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("agent after SIGTERM: %v, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent did not stop within 30s")
+	}
+	if c, err := net.Dial("tcp", f.health); err == nil {
+		c.Close()
+		t.Error("the health listener still accepts after the agent returned")
+	}
+	if c, err := net.Dial("unix", f.recordSocket); err == nil {
+		c.Close()
+		t.Error("the record socket still accepts after the agent returned")
+	}
+	log := logs.String()
+	stopped := strings.Index(log, `"msg":"bastion agent stopped"`)
+	if stopped < 0 {
+		t.Errorf("no \"bastion agent stopped\" line:\n%s", log)
+	}
+	for _, l := range []string{"revocation sources", "sshd log follower", "session recorder", "health listener"} {
+		if i := strings.Index(log, `"msg":"background loop ended","loop":"`+l+`"`); i < 0 || i > stopped {
+			t.Errorf("loop %q did not end before the agent returned:\n%s", l, log)
+		}
+	}
+	health.CloseIdleConnections()
+	goleak.VerifyNone(t, leaks)
+}
+
+// TestAgentEndsWhenALoopFails: a loop that cannot go on (the session recorder whose
+// recordings directory cannot be made) ends the agent with an error that names it, after a
+// log line at error level that says so, and the other loops end with it.
+func TestAgentEndsWhenALoopFails(t *testing.T) {
+	r := testenv.StartRedis(t)
+	f := agentLoops(t, r.Addr)
+	notDir := filepath.Join(t.TempDir(), "file")
+	writeFile(t, notDir, "a file, not a directory\n")
+	f.recordings = filepath.Join(notDir, "recordings")
+	leaks := goleak.IgnoreCurrent()
+	logs := &logCapture{}
+	done := make(chan error, 1)
+	go func() {
+		done <- runAgent(context.Background(), f, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent went on for 30s without its session recorder")
+	}
+	if err == nil || !strings.Contains(err.Error(), "session recorder") || !strings.Contains(err.Error(), "recordings directory") {
+		t.Errorf("agent = %v, want the session recorder's error", err)
+	}
+	log := logs.String()
+	if !strings.Contains(log, `"level":"ERROR","msg":"a background loop failed; stopping","loop":"session recorder"`) {
+		t.Errorf("no error line names the failed loop:\n%s", log)
+	}
+	for _, l := range []string{"revocation sources", "sshd log follower", "health listener"} {
+		if !strings.Contains(log, `"msg":"background loop ended","loop":"`+l+`"`) {
+			t.Errorf("loop %q did not end with the failed one:\n%s", l, log)
+		}
+	}
+	goleak.VerifyNone(t, leaks)
+}
+
+// TestServeShutdownTimeoutCutsOff: a request still in flight when shutdown_timeout (1s here)
+// has passed is cut off: serve returns an error that names shutdown_timeout, the client's
+// connection is closed without an answer, and the loops still end before Redis closes.
+func TestServeShutdownTimeoutCutsOff(t *testing.T) {
+	r := testenv.StartRedis(t)
+	idp := startHeldIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	cfg.DiagListen = ""
+	cfg.RequestTimeout, cfg.ShutdownTimeout = 10*time.Second, time.Second
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	token, err := idp.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"public_key": ` + jsonString(readFile(t, keygen(t, t.TempDir(), "user")+".pub")) + `}`
+	logs := &logCapture{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready, errc := make(chan string, 1), make(chan error, 1)
+	go func() {
+		errc <- serve(ctx, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ready)
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-errc:
+		t.Fatalf("serve: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not start within 60s")
+	}
+	answered := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/certs/user", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			err = fmt.Errorf("answered %d %s", resp.StatusCode, b)
+		}
+		answered <- err
+	}()
+	select {
+	case <-idp.asked:
+	case err := <-answered:
+		t.Fatalf("the request ended (%v) before the server fetched the issuer's keys", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server never asked the issuer for its keys")
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "shutdown_timeout") || !strings.Contains(err.Error(), "cut off") {
+			t.Errorf("serve with a request held past shutdown_timeout = %v, want an error naming shutdown_timeout", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("serve did not return within 15s with shutdown_timeout 1s")
+	}
+	select {
+	case err := <-answered:
+		if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "connection reset") {
+			t.Errorf("the request cut off got %v, want its connection closed without an answer", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the request cut off still waits 5s after serve returned")
+	}
+	log := logs.String()
+	notDrained := strings.Index(log, `"msg":"shutdown: requests not drained; stopping the background loops"`)
+	ended := strings.Index(log, `"msg":"background loop ended","loop":"revocation follower"`)
+	closed := strings.Index(log, `"msg":"shutdown: Redis closed"`)
+	if notDrained < 0 || ended < notDrained || closed < ended {
+		t.Errorf("shutdown order after a cut-off drain: not drained at %d, follower ended at %d, Redis closed at %d:\n%s", notDrained, ended, closed, log)
+	}
 }
