@@ -27,19 +27,22 @@ import (
 // before or around sshca-record (issue 18 §1): sshd starts ForceCommand as "$SHELL -c" and
 // Debian's bash then reads ~/.bashrc (SSH_SOURCE_BASHRC); a login shell reads the profile
 // files; sshd runs ~/.ssh/rc unless PermitUserRC is off and reads ~/.ssh/environment when
-// PermitUserEnvironment is on; zsh reads its own. Each is checked whether it exists or not: a
-// missing one that the account could create is as bad as one it could edit.
+// PermitUserEnvironment is on; zsh reads its own; with UsePAM yes, Debian's /etc/pam.d/sshd
+// runs pam_env with user_readenv=1, which reads ~/.pam_environment into the session (BASH_ENV
+// set there is sourced by "bash -c"). Each is checked whether it exists or not: a missing one
+// that the account could create is as bad as one it could edit.
 var DefaultHomeStartupFiles = []string{
 	".bashrc", ".bash_profile", ".bash_login", ".profile", ".bash_logout",
-	".ssh/rc", ".ssh/environment",
+	".ssh/rc", ".ssh/environment", ".pam_environment",
 	".zshenv", ".zprofile", ".zshrc", ".zlogin",
 }
 
 // DefaultSystemStartupFiles are the system-wide files the same shells and sshd read; a
-// directory (/etc/profile.d, whose *.sh /etc/profile sources) is checked with its entries.
+// directory (/etc/profile.d, whose *.sh /etc/profile sources) is checked with its entries;
+// pam_env's configuration and Debian's envfile are read with UsePAM yes.
 var DefaultSystemStartupFiles = []string{
 	"/etc/bash.bashrc", "/etc/profile", "/etc/profile.d", "/etc/environment", "/etc/ssh/sshrc",
-	"/etc/zsh",
+	"/etc/zsh", "/etc/security/pam_env.conf", "/etc/default/locale",
 }
 
 // StartupCheck checks that the start-up files of recorded accounts (DefaultHomeStartupFiles

@@ -418,3 +418,24 @@ func TestStartupFilesPeriodicCheck(t *testing.T) {
 		t.Errorf("recent changes %+v", r)
 	}
 }
+
+// TestStartupFilesPAMEnvironment: with UsePAM yes (a site that takes its accounts from LDAP
+// adds it), Debian's /etc/pam.d/sshd runs pam_env with user_readenv=1, which reads
+// ~/.pam_environment into the session: BASH_ENV set there makes "bash -c sshca-record" source
+// a file of the account's before the recorder starts. An account that owns that file in an
+// otherwise root-owned home is reported.
+func TestStartupFilesPAMEnvironment(t *testing.T) {
+	h := newStartupHost(t)
+	env := filepath.Join(h.home(h.alice), ".pam_environment")
+	writeRoot(t, env, "BASH_ENV DEFAULT=/tmp/x\n", 0o644)
+	if err := os.Chown(env, h.uid[h.alice], 0); err != nil {
+		t.Fatal(err)
+	}
+	got := unsafe(h.check.Check(), h.alice)
+	if len(got) != 1 || !strings.Contains(got[0], ".pam_environment") || !strings.Contains(got[0], "owned by "+h.alice) {
+		t.Fatalf("alice's own ~/.pam_environment: problems %q, want one naming it", got)
+	}
+	if got := unsafe(h.check.Check(), h.bob); len(got) != 0 {
+		t.Fatalf("bob (root-owned home, no ~/.pam_environment): problems %q, want none", got)
+	}
+}
