@@ -19,8 +19,11 @@ secs() {
 row() { # row LABEL REGEX
 	local v
 	v=$(secs "$2")
-	printf '  %-52s %6.2fs %5.1f%%\n' "$1" "$v" "$(awk -v v="$v" -v t="$total" 'BEGIN {print (t > 0) ? 100 * v / t : 0}')"
+	printf '  %-62s %6.2fs %5.1f%%\n' "$1" "$v" "$(awk -v v="$v" -v t="$total" 'BEGIN {print (t > 0) ? 100 * v / t : 0}')"
 }
+# The certificate's signature: Ed25519 in process (softkms), or the PKCS#11 call through
+# crypto11 (C_SignInit and C_Sign in the HSM's library, seen as cgo calls).
+signre='^(crypto/ed25519.PrivateKey.Sign|github.com/ThalesGroup/crypto11.\(\*pkcs11PrivateKey(ECDSA|RSA)\).Sign)$'
 echo "serve CPU profile: $total s of samples"
 row "HTTP handler, whole (promhttp instrumentation down)" '^github.com/prometheus/client_golang/prometheus/promhttp.InstrumentHandlerCounter.func1$'
 row "ca.IssueRequest (authenticate..audit)" '^github.com/sshca/sshca/ca.\(\*Authority\).IssueRequest$'
@@ -31,7 +34,8 @@ row "  refusal check (store Refused)" '^github.com/sshca/sshca/store.\(\*Redis\)
 row "  token ledger (store UseToken)" '^github.com/sshca/sshca/store.\(\*Redis\).UseToken$'
 row "  pre-sign round trip (store Admit)" '^github.com/sshca/sshca/store.\(\*Redis\).Admit$'
 row "  serial reservation (store ReserveSerial)" '^github.com/sshca/sshca/store.\(\*Redis\).ReserveSerial$'
-row "  certificate signature (Ed25519 / PKCS#11)" '^(crypto/ed25519.PrivateKey.Sign|github.com/miekg/pkcs11.\(\*Ctx\).Sign)$'
+row "  certificate signature (Ed25519, or PKCS#11 through crypto11)" "$signre"
+row "    of which PKCS#11 C_SignInit (SoftHSM2)" '^github.com/miekg/pkcs11.\(\*Ctx\).SignInit$'
 row "  inventory (store Record)" '^github.com/sshca/sshca/store.\(\*Redis\).Record$'
 row "  audit record (audit Append)" '^github.com/sshca/sshca/audit.\(\*Log\).Append$'
 row "log lines (slog Logger.log)" '^log/slog.\(\*Logger\).log$'
@@ -43,7 +47,7 @@ row "system calls (Syscall6)" '^internal/runtime/syscall/linux.Syscall6$'
 row "garbage collector (gcBgMarkWorker)" '^runtime.gcBgMarkWorker$'
 row "allocation (mallocgc)" '^runtime.mallocgc$'
 verify=$(secs '^crypto/(ecdsa.VerifyASN1|rsa.VerifyPKCS1v15)$')
-sign=$(secs '^(crypto/ed25519.PrivateKey.Sign|github.com/miekg/pkcs11.\(\*Ctx\).Sign)$')
+sign=$(secs "$signre")
 awk -v v="$verify" -v s="$sign" -v t="$total" 'BEGIN {
 	c = v + s
 	printf "crypto (token signature + certificate signature): %.2fs = %.1f%% of serve CPU\n", c, (t > 0) ? 100 * c / t : 0
