@@ -2,22 +2,44 @@ package ca
 
 import (
 	"context"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
 
 // Admission is the last check before a certificate is signed, in one step: the signing-time
 // refusals of RevocationStore.Refused (a revoked key, a blocked identity or alias, a store that
-// lost its state) and, for a single-use token, TokenLedger.UseToken. A store that holds both
-// answers them in one round trip instead of two (store.Redis: one pipeline).
+// lost its state), for a single-use token TokenLedger.UseToken, and the reservation of the
+// certificate's serial (what the signer would otherwise reserve itself). A store that holds all
+// three answers them in one round trip instead of three (store.Redis: one pipeline).
 //
-// Admit answers the refusal ("" when there is none) and whether the token was fresh (always
-// true for a token that is not single-use; false when it was used before or a rebuild refuses
-// it). When it refuses, the token may have been spent all the same (store.Redis sends the
-// token's SET NX beside the reads, since the token keys live in other hash slots than the
-// refusal's and no script can read both on a Redis Cluster): the holder of a revoked key or
-// identity loses a token it could not have used. A request the policy denies never reaches
-// Admit, so it does not spend its token.
+// When it refuses, the token may have been spent and the serial reserved all the same
+// (store.Redis sends the token's and the serial's SET NX beside the reads, since the token
+// keys live in other hash slots than the refusal's and no script can read both on a Redis
+// Cluster): the holder of a revoked key or identity loses a token it could not have used. A
+// request the policy denies never reaches Admit, so it does not spend its token.
 type Admission interface {
-	Admit(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey, token TokenUse) (refusal string, fresh bool, err error)
+	Admit(ctx context.Context, r AdmissionRequest) (Admitted, error)
+}
+
+// AdmissionRequest is what Admission.Admit checks and writes.
+type AdmissionRequest struct {
+	CAKey      ssh.PublicKey // the key that would sign: its revocation scope
+	Identities []string      // the identity's canonical name, then its aliases
+	Key        ssh.PublicKey // the key to be certified
+	Token      TokenUse      // spent when SingleUse
+	// Serial, when not zero, is reserved until SerialUntil (as signer.SerialReserver does);
+	// Admitted.SerialReserved says whether it was free.
+	Serial      uint64
+	SerialUntil time.Time
+}
+
+// Admitted is Admission.Admit's answer.
+type Admitted struct {
+	// Refusal says why the request must be refused ("" when it need not be).
+	Refusal string
+	// Fresh: the token was not used before (always true for a token that is not single-use).
+	Fresh bool
+	// SerialReserved: AdmissionRequest.Serial is reserved for this certificate.
+	SerialReserved bool
 }

@@ -55,6 +55,16 @@ func (s *tripSigner) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.D
 	return s.Signer.Sign(ctx, tmpl, ttl)
 }
 
+// serialTaken is an Admission whose serial is always found taken (a collision with a live
+// certificate's): the signer must then reserve its own.
+type serialTaken struct{ ca.Admission }
+
+func (s serialTaken) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, error) {
+	res, err := s.Admission.Admit(ctx, q)
+	res.SerialReserved = false
+	return res, err
+}
+
 // denyReason is a policy that denies a request whose reason is "deny" and otherwise grants
 // alice for ten minutes.
 type denyReason struct{}
@@ -67,9 +77,9 @@ func (denyReason) Decide(_ context.Context, in ca.PolicyInput) (ca.Decision, err
 }
 
 // TestAdmissionOneRoundTripBeforeSigning runs issuance against a real redis-server with
-// store.Redis as the Admission: between authentication and the signer, one round trip checks
-// the refusals and spends the token; the signer reserves its serial, and the record and the
-// audit entry are one round trip each after the signature. A replayed token and a revoked
+// store.Redis as the Admission: between authentication and the signature, one round trip checks
+// the refusals, spends the token and reserves the serial (the signer signs with it); the record
+// and the audit entry are one round trip each after the signature. A replayed token and a revoked
 // key or identity are refused without a signature, a request the policy denies keeps its
 // token, and the refusals leave audit records.
 func TestAdmissionOneRoundTripBeforeSigning(t *testing.T) {
@@ -108,8 +118,8 @@ func TestAdmissionOneRoundTripBeforeSigning(t *testing.T) {
 	if pre := sgn.atSign.Load() - before; pre != 1 {
 		t.Errorf("%d Redis round trips before the signer was called, want 1 (the admission)", pre)
 	}
-	if post := tr.n.Load() - sgn.atSign.Load(); post != 3 {
-		t.Errorf("%d Redis round trips from the signer on, want 3 (its serial reservation, inventory, audit)", post)
+	if post := tr.n.Load() - sgn.atSign.Load(); post != 2 {
+		t.Errorf("%d Redis round trips from the signer on, want 2 (inventory, audit): the admission reserved the serial", post)
 	}
 
 	signed := sgn.signatures.Load()
@@ -160,5 +170,47 @@ func TestAdmissionOneRoundTripBeforeSigning(t *testing.T) {
 	}
 	if refused != 2 {
 		t.Errorf("%d refused records in the audit log, want 2 (revoked key, blocked identity)", refused)
+	}
+}
+
+// TestAdmissionSerialTaken: when the serial the admission drew is taken, the certificate is
+// still issued, with another serial that the signer reserved itself, one round trip later.
+func TestAdmissionSerialTaken(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.StartRedis(t)
+	tr := &trips{}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	rdb.AddHook(tr)
+	db := store.NewRedis(rdb, store.RedisOptions{})
+	key, err := kms.Create(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "ca.pem")}, kms.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { key.Close() })
+	sgn := &tripSigner{Signer: signer.New(key.Signer(), db, signer.Options{}), trips: tr}
+	a, err := ca.New(ca.Config{
+		Authenticator: singleUseTokens{ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}},
+		Policy:        denyReason{}, UserSigner: sgn, HostSigner: sgn,
+		Store: db, Revocations: db, Tokens: db, Admission: serialTaken{db},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, userKey := newSSHKey(t)
+	req := ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute}
+	if _, err := a.Issue(ctx, "warm-up", req); err != nil {
+		t.Fatal(err)
+	}
+	before := tr.n.Load()
+	iss, err := a.Issue(ctx, "t1", req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if post := tr.n.Load() - sgn.atSign.Load(); post != 2 || sgn.atSign.Load()-before != 1 {
+		t.Errorf("round trips: %d before the signer, %d from it on; want 1 and 2 (its own serial, the inventory)", sgn.atSign.Load()-before, post)
+	}
+	if ok, err := db.ReserveSerial(ctx, iss.Cert.Serial, time.Now().Add(time.Hour)); err != nil || ok {
+		t.Errorf("serial %d of the certificate is not reserved (%v)", iss.Cert.Serial, err)
 	}
 }

@@ -2,7 +2,9 @@ package ca
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -420,7 +422,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// this and the refusal check come before the signature: replaying a captured token, or
 	// presenting a revoked key, never makes the KMS sign.
 	if a.admission != nil {
-		if err := a.admit(ctx, &rec, signer.PublicKey(), names, req.PublicKey, id.Token); err != nil {
+		if err := a.admit(ctx, &rec, tmpl, ttl, signer.PublicKey(), names, id.Token); err != nil {
 			return Issued{}, err
 		}
 	} else if err := a.spend(ctx, id.Token); err != nil {
@@ -631,23 +633,51 @@ func (a *Authority) spend(ctx context.Context, t TokenUse) error {
 }
 
 // admit asks the Admission whether the request may be signed: not refused (revoked key or
-// identity, lost store state), and its single-use token fresh, in one round trip.
-func (a *Authority) admit(ctx context.Context, rec *AuditRecord, caKey ssh.PublicKey, names []string, key ssh.PublicKey, t TokenUse) error {
+// identity, lost store state), its single-use token fresh, and a serial for tmpl reserved, in
+// one round trip. The serial goes into tmpl (the signer signs with it instead of reserving one);
+// in the unlikely case it was taken, tmpl keeps none and the signer reserves its own.
+func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certificate, ttl time.Duration, caKey ssh.PublicKey, names []string, t TokenUse) error {
 	if t.SingleUse && t.ID == "" {
 		return Unavailable("replay protection is not configured; no certificate issued", nil)
 	}
-	why, fresh, err := a.admission.Admit(ctx, caKey, names, key, t)
+	serial, err := randomSerial()
+	if err != nil {
+		return Unavailable("no serial drawn; no certificate issued", err)
+	}
+	res, err := a.admission.Admit(ctx, AdmissionRequest{CAKey: caKey, Identities: names, Key: tmpl.Key, Token: t,
+		// As long as the certificate lives, with room for the signer's clock skew.
+		Serial: serial, SerialUntil: a.now().Add(ttl + serialSlack)})
 	if err != nil {
 		return storeErr("revocation store or token ledger unavailable; no certificate issued", err)
 	}
-	if why != "" {
+	if res.Refusal != "" {
 		rec.Outcome = "refused"
-		return Denied("revoked", why)
+		return Denied("revoked", res.Refusal)
 	}
-	if !fresh {
+	if !res.Fresh {
 		return Unauthenticated("token already used: a token gives one certificate; get a new one", nil)
 	}
+	if res.SerialReserved {
+		tmpl.Serial = serial
+	}
 	return nil
+}
+
+// serialSlack is how much longer than the certificate's lifetime the admission keeps its
+// serial reserved: the signer's clock may be ahead of the authority's.
+const serialSlack = time.Minute
+
+// randomSerial draws a random non-zero serial (crypto/rand).
+func randomSerial() (uint64, error) {
+	var b [8]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, err
+		}
+		if s := binary.BigEndian.Uint64(b[:]); s != 0 {
+			return s, nil
+		}
+	}
 }
 
 // fillDefaults gives the policy empty lists and objects rather than nulls.

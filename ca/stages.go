@@ -168,9 +168,9 @@ type observedAdmission struct {
 	o    StageObserver
 }
 
-func (w observedAdmission) Admit(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey, t TokenUse) (_ string, _ bool, err error) {
+func (w observedAdmission) Admit(ctx context.Context, r AdmissionRequest) (_ Admitted, err error) {
 	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
-	return w.next.Admit(ctx, caKey, identities, key, t)
+	return w.next.Admit(ctx, r)
 }
 
 type observedAudit struct {

@@ -249,6 +249,9 @@ type Policy interface {
 // "#<serial>" to the template's KeyId, sets the validity to [now-skew, now+ttl], and signs
 // with its CA key.
 type Signer interface {
+	// Sign signs a copy of tmpl valid for ttl. A template with a non-zero Serial carries a
+	// serial the authority has reserved (Admission): the signer signs with it as is; with a
+	// zero Serial the signer draws and reserves one.
 	Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error)
 	PublicKey() ssh.PublicKey
 }

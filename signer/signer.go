@@ -67,7 +67,8 @@ func (s *Signer) PublicKey() ssh.PublicKey { return s.key.PublicKey() }
 
 const maxSerialAttempts = 8
 
-// Sign signs a copy of tmpl valid for ttl. The copy gets a fresh reserved serial, the KeyId
+// Sign signs a copy of tmpl valid for ttl. The copy gets a fresh reserved serial (or tmpl's
+// own when it is not zero: a serial the caller reserved until at least now+ttl), the KeyId
 // tmpl.KeyId + "#<serial>", ValidAfter now-skew and ValidBefore now+ttl. The template is not
 // modified. A template without principals is refused: OpenSSH treats an empty principal list
 // as "any user" or "any host".
@@ -83,9 +84,14 @@ func (s *Signer) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Durat
 	}
 	now := s.now()
 	validBefore := now.Add(ttl)
-	serial, err := s.reserveSerial(ctx, validBefore)
-	if err != nil {
-		return nil, err
+	// A serial in the template was reserved by the caller (the authority's admission, in the
+	// same round trip as its other checks); otherwise draw and reserve one here.
+	serial := tmpl.Serial
+	if serial == 0 {
+		var err error
+		if serial, err = s.reserveSerial(ctx, validBefore); err != nil {
+			return nil, err
+		}
 	}
 	c := *tmpl
 	c.ValidPrincipals = append([]string(nil), tmpl.ValidPrincipals...)

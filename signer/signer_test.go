@@ -162,3 +162,27 @@ func BenchmarkSignEd25519(b *testing.B) {
 	}
 	cpu(ops)
 }
+
+// TestSignWithReservedSerial: a template that carries a serial (reserved by the authority's
+// admission) is signed with it and nothing is reserved again; one without draws and reserves
+// its own.
+func TestSignWithReservedSerial(t *testing.T) {
+	caKey, userKey := newKey(t), newKey(t)
+	r := &fakeReserver{taken: map[uint64]bool{}}
+	s := signer.New(caKey, r, signer.Options{})
+	tmpl := &ssh.Certificate{Key: userKey.PublicKey(), CertType: ssh.UserCert, KeyId: "alice", ValidPrincipals: []string{"alice"}, Serial: 4242}
+	cert, err := s.Sign(context.Background(), tmpl, 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert.Serial != 4242 || cert.KeyId != "alice#4242" || r.calls != 0 {
+		t.Errorf("serial %d, key ID %q, %d reservations; want 4242, alice#4242, none", cert.Serial, cert.KeyId, r.calls)
+	}
+	tmpl.Serial = 0
+	if cert, err = s.Sign(context.Background(), tmpl, 10*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if cert.Serial == 0 || r.calls != 1 || !r.taken[cert.Serial] {
+		t.Errorf("without a serial: serial %d, %d reservations; want a reserved one", cert.Serial, r.calls)
+	}
+}

@@ -6,69 +6,89 @@ import (
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
 )
 
-// Admission: the signing-time refusal check and the spending of a single-use token in one
-// round trip (ca.Admission).
+// Admission: the signing-time refusal check, the spending of a single-use token and the
+// reservation of the serial in one round trip (ca.Admission).
 
 var (
 	_ ca.Admission = (*Redis)(nil)
 	_ ca.Admission = (*Memory)(nil)
 )
 
-// Admit is Refused and, for a single-use token, UseToken, in one pipeline: the reads of the
-// refusal check (and the marks of every tag issuance touches) and the token ledger's script
-// and SET NX travel together. The token is spent even when the answer is a refusal (see
-// ca.Admission); an expired single-use token is not fresh and is not written.
-func (r *Redis) Admit(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey, t ca.TokenUse) (string, bool, error) {
+// Admit is Refused, UseToken for a single-use token and ReserveSerial for a serial, in one
+// pipeline: the reads of the refusal check (and the marks of every tag issuance touches), the
+// token ledger's script and SET NX, and the serial's SET NX travel together. The token is spent
+// and the serial reserved even when the answer is a refusal (see ca.Admission); an expired
+// single-use token is not fresh and is not written.
+func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, error) {
 	if _, err := r.generation(ctx); err != nil {
-		return "", false, fmt.Errorf("store: check: %w", err)
+		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
 	}
+	t := q.Token
 	spend := t.SingleUse && t.Expiry.After(r.now())
 	var mw *MarkedWrite
 	if spend {
 		var err error
 		if mw, err = r.BeginMarked(ctx, TagTokens); err != nil {
-			return "", false, fmt.Errorf("store: token ledger: %w", err)
+			return ca.Admitted{}, fmt.Errorf("store: token ledger: %w", err)
 		}
 	}
 	var rc *refusedCmds
 	var tc *tokenCmds
+	var serial *redis.StatusCmd
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		rc = r.queueRefused(ctx, p, caKey, identities, key)
+		rc = r.queueRefused(ctx, p, q.CAKey, q.Identities, q.Key)
 		if spend {
 			tc = r.queueToken(ctx, p, mw, t.ID, t.IssuedAt, t.Expiry)
+		}
+		if q.Serial != 0 {
+			serial = p.SetArgs(ctx, r.keys.Serial(q.Serial), "1", redis.SetArgs{Mode: "NX", ExpireAt: q.SerialUntil})
 		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return "", false, fmt.Errorf("store: check: %w", err)
+		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
 	}
-	why, err := r.refusedResult(rc)
-	if err != nil {
-		return "", false, err
+	var res ca.Admitted
+	if res.Refusal, err = r.refusedResult(rc); err != nil {
+		return ca.Admitted{}, err
 	}
-	fresh := !t.SingleUse
+	res.Fresh = !t.SingleUse
 	if spend {
-		if fresh, err = r.tokenResult(tc); err != nil {
-			return "", false, err
+		if res.Fresh, err = r.tokenResult(tc); err != nil {
+			return ca.Admitted{}, err
 		}
 	}
-	return why, fresh, nil
+	if serial != nil {
+		ok, err := serial.Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return ca.Admitted{}, fmt.Errorf("store: reserve serial: %w", err)
+		}
+		res.SerialReserved = ok == "OK"
+	}
+	return res, nil
 }
 
-// Admit is Refused, then, unless it refuses, UseToken for a single-use token.
-func (m *Memory) Admit(ctx context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey, t ca.TokenUse) (string, bool, error) {
-	why, err := m.Refused(ctx, caKey, identities, key)
+// Admit is Refused, then, unless it refuses, UseToken for a single-use token, then, unless
+// the token was used, ReserveSerial for a serial.
+func (m *Memory) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, error) {
+	why, err := m.Refused(ctx, q.CAKey, q.Identities, q.Key)
 	if err != nil || why != "" {
-		return why, false, err
+		return ca.Admitted{Refusal: why}, err
 	}
-	if !t.SingleUse {
-		return "", true, nil
+	res := ca.Admitted{Fresh: true}
+	if q.Token.SingleUse {
+		if res.Fresh, err = m.UseToken(ctx, q.Token.ID, q.Token.IssuedAt, q.Token.Expiry); err != nil || !res.Fresh {
+			return res, err
+		}
 	}
-	fresh, err := m.UseToken(ctx, t.ID, t.IssuedAt, t.Expiry)
-	return "", fresh, err
+	if q.Serial != 0 {
+		if res.SerialReserved, err = m.ReserveSerial(ctx, q.Serial, q.SerialUntil); err != nil {
+			return ca.Admitted{}, err
+		}
+	}
+	return res, nil
 }

@@ -46,6 +46,7 @@ row "TLS record reads (crypto/tls Conn.Read)" '^crypto/tls.\(\*Conn\).Read$'
 row "system calls (Syscall6)" '^internal/runtime/syscall/linux.Syscall6$'
 row "garbage collector (gcBgMarkWorker)" '^runtime.gcBgMarkWorker$'
 row "allocation (mallocgc)" '^runtime.mallocgc$'
+row "goroutine stack growth (newstack)" '^runtime.newstack$'
 verify=$(secs '^crypto/(ecdsa.VerifyASN1|rsa.VerifyPKCS1v15)$')
 sign=$(secs "$signre")
 awk -v v="$verify" -v s="$sign" -v t="$total" 'BEGIN {
