@@ -81,9 +81,11 @@ type Log struct {
 	mu    sync.Mutex
 	known string // the head as this replica last saw it
 
-	// qmu guards queue: the records waiting for the next commit, in arrival order.
+	// qmu guards queue, the records waiting for the next commit in arrival order, and spare,
+	// the array of the last batch committed, which the next takes over.
 	qmu   sync.Mutex
 	queue []*pending
+	spare []*pending
 }
 
 // Options tune a Log.
@@ -170,9 +172,11 @@ return {1, ARGV[2]}
 type pending struct {
 	body     []byte
 	rec      *ca.AuditRecord // for the log line
-	logCtx   context.Context // its caller's, for the log line only (the request's ID)
+	ctx      context.Context // its caller's: for the log line (the request's ID), and alone, for the round trip
 	deadline time.Time       // its caller's deadline (zero: none)
 	done     chan error      // receives the outcome once, buffered
+	seq      uint64          // its place in the chain and its MAC, once linked (commit)
+	mac      string
 }
 
 // Append adds rec at the end of the chain, and returns once it is kept (or failed). Records
@@ -190,7 +194,7 @@ func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
-	p := &pending{body: body, rec: &rec, logCtx: ctx, done: make(chan error, 1)}
+	p := &pending{body: body, rec: &rec, ctx: ctx, done: make(chan error, 1)}
 	p.deadline, _ = ctx.Deadline()
 	l.qmu.Lock()
 	l.queue = append(l.queue, p)
@@ -206,37 +210,51 @@ func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 		default:
 		}
 		l.qmu.Lock()
-		n := min(len(l.queue), maxBatch)
-		batch := slices.Clone(l.queue[:n])
-		l.queue = slices.Delete(l.queue, 0, n)
+		var batch []*pending
+		if n := len(l.queue); n <= maxBatch {
+			// The whole queue: take its array and queue into the spare one meanwhile (the
+			// two swap, so a steady load allocates none).
+			batch, l.queue, l.spare = l.queue, l.spare[:0], nil
+		} else {
+			batch = slices.Clone(l.queue[:maxBatch])
+			l.queue = slices.Delete(l.queue, 0, maxBatch)
+		}
 		l.qmu.Unlock()
-		err := l.commit(ctx, batch)
+		err := l.commit(batch)
 		for _, b := range batch {
 			b.done <- err
 		}
+		clear(batch)
+		l.qmu.Lock()
+		l.spare = batch[:0]
+		l.qmu.Unlock()
 	}
 }
 
 // commit appends batch, in order, in one script (retried from the newer head when another
-// replica appended meanwhile). It runs under the latest deadline of the batch's callers (none
-// when one of them has none), not under ctx's cancellation: the caller that happens to commit
-// must not fail the records of the others by giving up on its own.
-func (l *Log) commit(ctx context.Context, batch []*pending) error {
-	var latest time.Time
-	for _, b := range batch {
-		if b.deadline.IsZero() {
-			latest = time.Time{}
-			break
+// replica appended meanwhile). A record alone runs under its caller's context. A batch runs
+// under the latest deadline of its callers (none when one of them has none), not under any
+// one caller's cancellation: the caller that happens to commit must not fail the records of
+// the others by giving up on its own.
+func (l *Log) commit(batch []*pending) error {
+	ctx := batch[0].ctx
+	if len(batch) > 1 {
+		var latest time.Time
+		for _, b := range batch {
+			if b.deadline.IsZero() {
+				latest = time.Time{}
+				break
+			}
+			if b.deadline.After(latest) {
+				latest = b.deadline
+			}
 		}
-		if b.deadline.After(latest) {
-			latest = b.deadline
+		ctx = context.WithoutCancel(ctx)
+		if !latest.IsZero() {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, latest)
+			defer cancel()
 		}
-	}
-	ctx = context.WithoutCancel(ctx)
-	if !latest.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, latest)
-		defer cancel()
 	}
 	for range maxAttempts {
 		prevSeq, prev, err := parseHead(l.known)
@@ -246,14 +264,13 @@ func (l *Log) commit(ctx context.Context, batch []*pending) error {
 		keys := []string{l.head(), l.stream()}
 		args := make([]any, 0, 3+4*len(batch)+3)
 		args = append(args, l.known, "", len(batch))
-		seqs, macs := make([]uint64, len(batch)), make([]string, len(batch))
 		for i, b := range batch {
-			seq := prevSeq + 1 + uint64(i)
-			mac := l.mac(prev, seq, b.body)
-			args = append(args, strconv.FormatUint(seq, 10), prev, mac, b.body)
-			seqs[i], macs[i], prev = seq, mac, mac
+			b.seq = prevSeq + 1 + uint64(i)
+			b.mac = l.mac(prev, b.seq, b.body)
+			args = append(args, strconv.FormatUint(b.seq, 10), prev, b.mac, b.body)
+			prev = b.mac
 		}
-		head := strconv.FormatUint(seqs[len(seqs)-1], 10) + " " + prev
+		head := strconv.FormatUint(batch[len(batch)-1].seq, 10) + " " + prev
 		args[1] = head
 		var mw *store.MarkedWrite
 		if l.marks != nil {
@@ -280,8 +297,8 @@ func (l *Log) commit(ctx context.Context, batch []*pending) error {
 			}
 		}
 		if ok == 1 {
-			for i, b := range batch {
-				l.log.InfoContext(b.logCtx, "audit", "seq", seqs[i], "mac", macs[i], "action", b.rec.Action, "outcome", b.rec.Outcome, "identity", b.rec.Identity)
+			for _, b := range batch {
+				l.log.InfoContext(b.ctx, "audit", "seq", b.seq, "mac", b.mac, "action", b.rec.Action, "outcome", b.rec.Outcome, "identity", b.rec.Identity)
 			}
 			return nil
 		}
