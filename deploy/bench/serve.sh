@@ -17,6 +17,8 @@
 #   PROFILE=1            a CPU profile of serve (pprof) during the middle run at the last
 #                        concurrency, written to $OUT/serve.pprof with its top list
 #   OUT=DIR              where every run's output goes (default: a new temporary directory)
+#   SSHCA=FILE           a sshca binary to measure instead of building this checkout (to
+#                        compare two versions run after run: docs/performance.md)
 # The last lines are the summary: per shape, median [min..max] of certs/s, p50, p99 and the
 # server CPU per certificate (serve + redis-server), and serve's own share.
 set -u
@@ -52,7 +54,11 @@ waitfor() { # waitfor FILE PATTERN what
 	die "$3 did not start"
 }
 
-go build -o "$dir/sshca" ./cmd/sshca || die "build failed"
+if [ -n "${SSHCA:-}" ]; then
+	cp "$SSHCA" "$dir/sshca" || die "SSHCA=$SSHCA: cannot copy it"
+else
+	go build -o "$dir/sshca" ./cmd/sshca || die "build failed"
+fi
 S=$dir/sshca
 mkdir -p "$dir/state/keys" "$dir/dev"
 
