@@ -49,7 +49,7 @@ func TestRefusedFailsClosedOnAFailedRead(t *testing.T) {
 		t.Fatal("Refused with the identity blocks unreadable = not refused, no error: want an error (no certificate)")
 	}
 	reusable := ca.TokenUse{ID: "iss|session"}
-	if why, fresh, err := s.Admit(ctx, caKey, names, key, reusable); err == nil && why == "" {
-		t.Fatalf("Admit with the identity blocks unreadable = not refused (fresh %v), no error: want an error (no certificate)", fresh)
+	if got, err := s.Admit(ctx, ca.AdmissionRequest{CAKey: caKey, Identities: names, Key: key, Token: reusable}); err == nil && got.Refusal == "" {
+		t.Fatalf("Admit with the identity blocks unreadable = not refused (%+v), no error: want an error (no certificate)", got)
 	}
 }
