@@ -68,7 +68,7 @@ func TestGroupCommitKill9(t *testing.T) {
 		}
 	}
 	waitFor("200 records before the kill", func() bool { return n.Load() >= 200 })
-	r.Stop() // SIGKILL, mid-batch: the callers keep appending
+	r.Stop()                           // SIGKILL, mid-batch: the callers keep appending
 	time.Sleep(300 * time.Millisecond) // appends fail meanwhile
 	r.Start()
 	after := n.Load()
