@@ -91,6 +91,32 @@ func TestACLPatternsCoverKeys(t *testing.T) {
 	}
 }
 
+// TestRecordingsACL: the recordings Redis's ACL file (deploy/redis/recordings.acl) lets the CA
+// reach every key of the recordings role and no other key of sshca's, so that a CA whose
+// recordings Redis were pointed at the main one by mistake could not touch revocations there.
+func TestRecordingsACL(t *testing.T) {
+	users := aclKeyPatterns(t, "recordings.acl")
+	if len(users["sshca"]) == 0 {
+		t.Fatalf("recordings.acl declares no key patterns for sshca: %v", users)
+	}
+	n := 0
+	for _, k := range (Keys{}).Layout() {
+		reaches := matchesAny(users["sshca"], k.Example)
+		switch {
+		case k.Role == "recordings" && !reaches:
+			t.Errorf("the recordings user cannot reach %s: patterns %v", k.Example, users["sshca"])
+		case k.Role != "recordings" && reaches:
+			t.Errorf("the recordings user reaches %s (%s), which is not a recording's", k.Example, k.Role)
+		}
+		if k.Role == "recordings" {
+			n++
+		}
+	}
+	if n == 0 {
+		t.Fatal("Layout lists no recordings keys")
+	}
+}
+
 // TestLayoutNamesEveryBuilder: every key builder of Keys appears in Layout, every example
 // carries its hash tag first (the part Redis Cluster hashes), and the tags of DurableTags are
 // those of the layout's durable keys.
@@ -183,6 +209,12 @@ func TestLayoutListsWrittenKeys(t *testing.T) {
 	must(r.BlockIdentity(ctx, "https://idp|u1", exp))
 	must(r.PutDiscovery(ctx, ca.DiscoveryRecord{Host: "web1", Report: []byte(`{"host":"web1"}`)}))
 	must(r.OrderDisable(ctx, exampleHost, "SHA256:x"))
+	// The recordings role lives on a Redis of its own; its keys are checked here all the same.
+	rec := NewRecordings(rdb, "", nil)
+	_, err = rec.AppendRecording(ctx, ca.SessionRecording{ID: exampleSession, Host: exampleHost, Received: 1}, 0, false, [][]byte{[]byte("h")})
+	must(err)
+	_, err = rec.UseRecordProof(ctx, "record|jti", exp)
+	must(err)
 
 	var shapes []*regexp.Regexp
 	placeholders := strings.NewReplacer(

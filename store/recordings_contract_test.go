@@ -3,6 +3,8 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,4 +128,36 @@ func strs(bs [][]byte) []string {
 		out = append(out, string(b))
 	}
 	return out
+}
+
+// TestRecordingsACLOnRedis: a real redis-server run with the shipped recordings ACL
+// (deploy/redis/recordings.acl as its aclfile): the CA's user keeps and reads recordings there,
+// and is refused any other key of sshca's (a revocation scope, the inventory).
+func TestRecordingsACLOnRedis(t *testing.T) {
+	acl, err := filepath.Abs(filepath.Join("..", "deploy", "redis", "recordings.acl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := testenv.WriteFile(t, "recordings.conf", "save \"\"\nappendonly no\naclfile "+acl+"\n")
+	r := testenv.StartRedisConfig(t, conf)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, Username: "sshca", Password: "CHANGE-ME-recordings"})
+	defer rdb.Close()
+	ctx := context.Background()
+	st := store.NewRecordings(rdb, "", nil)
+	rec := ca.SessionRecording{ID: "s1", Host: "b1", Received: 1}
+	if ok, err := st.AppendRecording(ctx, rec, 0, false, [][]byte{[]byte("h")}); !ok || err != nil {
+		t.Fatalf("append as the recordings user: %v %v", ok, err)
+	}
+	if ok, err := st.UseRecordProof(ctx, "record|j", time.Now().Add(time.Minute)); !ok || err != nil {
+		t.Fatalf("spend a proof: %v %v", ok, err)
+	}
+	if recs, err := st.SessionRecordings(ctx, time.Time{}); err != nil || len(recs) != 1 {
+		t.Fatalf("list: %v %v", recs, err)
+	}
+	keys := store.Keys{}
+	for _, k := range []string{keys.LiveCerts(), keys.ScopeEntries("SHA256:x")} {
+		if err := rdb.ZAdd(ctx, k, redis.Z{Score: 1, Member: "x"}).Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+			t.Errorf("write to %s as the recordings user: %v, want NOPERM", k, err)
+		}
+	}
 }
