@@ -119,6 +119,49 @@ func TestRecordingsOnTheirOwnRedis(t *testing.T) {
 		t.Fatalf("shipping state %q, want done", st)
 	}
 
+	// Over HTTP: a renewal proof and a discovery proof ship nothing, a recording proof neither
+	// renews nor reports, and a recording proof is good once.
+	hostSigner, hostCert := parseSigner(t, readFile(t, hostKeyPath)), parseCert(t, hc.Certificate)
+	const probe = "00000000000000000000000c"
+	header, _ := json.Marshal(ca.RecordingHeader{Version: 1, ID: probe, Start: start, User: "root", Kind: "shell"})
+	batch := append(header, '\n')
+	post := func(path, token string, body []byte) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, base+path, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/x-ndjson")
+		if !strings.HasPrefix(path, "/v1/recordings") {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	renewTok, _ := ca.SignRenewToken(hostSigner, hostCert, time.Now(), "r-"+probe)
+	discoverTok, _ := ca.SignDiscoverProof(hostSigner, hostCert, "bastion1.dev.internal", batch, time.Now(), "d-"+probe)
+	recordTok, _ := ca.SignRecordProof(hostSigner, hostCert, "bastion1.dev.internal", probe, 0, batch, time.Now(), "p-"+probe)
+	report := []byte(`{"host":"bastion1.dev.internal","taken":"2026-11-29T10:00:00Z","keys":[],"accounts":0,"password_authentication":false,"kbd_interactive_authentication":false}`)
+	reportTok, _ := ca.SignRecordProof(hostSigner, hostCert, "bastion1.dev.internal", probe, 0, report, time.Now(), "q-"+probe)
+	for _, tt := range []struct {
+		name, path, token string
+		body              []byte
+		want              int
+	}{
+		{"renewal proof ships", "/v1/recordings/" + probe + "?offset=0", renewTok, batch, http.StatusUnauthorized},
+		{"discovery proof ships", "/v1/recordings/" + probe + "?offset=0", discoverTok, batch, http.StatusUnauthorized},
+		{"recording proof renews", "/v1/certs/host/renew", recordTok, nil, http.StatusUnauthorized},
+		{"recording proof reports", "/v1/discovery", reportTok, report, http.StatusUnauthorized},
+		{"recording proof ships", "/v1/recordings/" + probe + "?offset=0", recordTok, batch, http.StatusOK},
+		{"the same proof again", "/v1/recordings/" + probe + "?offset=0", recordTok, batch, http.StatusUnauthorized},
+	} {
+		if got := post(tt.path, tt.token, tt.body); got != tt.want {
+			t.Errorf("%s: HTTP %d, want %d", tt.name, got, tt.want)
+		}
+	}
+
 	auditor := mint(map[string]any{"sub": "carol", "preferred_username": "carol", "groups": []string{"auditors"}})
 	got, err := apiClient(ctx, base).Recording(ctx, auditor, noisy)
 	if err != nil {
@@ -169,7 +212,7 @@ func TestRecordingsOnTheirOwnRedis(t *testing.T) {
 	issueAlice() // issuance goes on
 
 	list, err := apiClient(ctx, base).Recordings(ctx, auditor, client.RecordingQuery{Principal: "root"})
-	if err != nil || len(list) != 1 || list[0].ID != noisy || list[0].Live() {
+	if err != nil || len(list) != 2 || list[0].ID != noisy || list[0].Live() || list[1].ID != probe {
 		t.Fatalf("list: %v %+v", err, list)
 	}
 	// Room again: the batch goes through, and the session is listed as live (no end yet).
@@ -179,7 +222,7 @@ func TestRecordingsOnTheirOwnRedis(t *testing.T) {
 	if err := sh.ShipOnce(ctx); err != nil {
 		t.Fatalf("shipping once there is room: %v", err)
 	}
-	if list, err := apiClient(ctx, base).Recordings(ctx, auditor, client.RecordingQuery{Live: true}); err != nil || len(list) != 1 || list[0].ID != big {
+	if list, err := apiClient(ctx, base).Recordings(ctx, auditor, client.RecordingQuery{Live: true, Since: start.Add(-time.Second)}); err != nil || len(list) != 1 || list[0].ID != big {
 		t.Fatalf("live list: %v %+v", err, list)
 	}
 	user := mint(map[string]any{"sub": "bob", "preferred_username": "bob"})
