@@ -327,16 +327,23 @@ func (a *Authority) DecideAccessRequest(ctx context.Context, token, reqID string
 		return nil
 	})
 	if err != nil {
-		if KindOf(err) == KindInternal {
-			err = storeErr("access request store unavailable; nothing was decided", err)
-		}
-		a.settleAllowed(ctx, rec, err)
-		return AccessRequest{}, err
+		return AccessRequest{}, a.failAllowed(ctx, rec, "access request store unavailable; nothing was decided", err)
 	}
 	a.notify(ctx, rec.Event, updated, id, d.Reason)
 	a.log.InfoContext(ctx, "access request decided", "request", r.ID, "by", id.Name(), "event", rec.Event,
 		"state", updated.Status, "approvals_required", need)
 	return updated, nil
+}
+
+// failAllowed settles rec, recorded as allowed, with the outcome of err, the failure of the
+// change it allowed, and returns err; a failure of the store itself (an error without a kind)
+// becomes unavailable with msg.
+func (a *Authority) failAllowed(ctx context.Context, rec AuditRecord, msg string, err error) error {
+	if KindOf(err) == KindInternal {
+		err = storeErr(msg, err)
+	}
+	a.settleAllowed(ctx, rec, err)
+	return err
 }
 
 // checkDecision is what the service refuses whatever the policy says (DecideAccessRequest).
@@ -466,11 +473,7 @@ func (a *Authority) CancelAccessRequest(ctx context.Context, token, reqID, reaso
 		err = a.revokeSerials(ctx, updated.Serials)
 	}
 	if err != nil {
-		if KindOf(err) == KindInternal {
-			err = storeErr("access request store unavailable", err)
-		}
-		a.settleAllowed(ctx, rec, err)
-		return AccessRequest{}, err
+		return AccessRequest{}, a.failAllowed(ctx, rec, "access request store unavailable", err)
 	}
 	a.notify(ctx, event, updated, id, reason)
 	a.log.InfoContext(ctx, "access request ended", "request", r.ID, "by", id.Name(), "event", event, "certificates", len(updated.Serials))
@@ -610,11 +613,7 @@ func (a *Authority) ReviewAccessRequest(ctx context.Context, token, reqID, reaso
 		return nil
 	})
 	if err != nil {
-		if KindOf(err) == KindInternal {
-			err = storeErr("access request store unavailable", err)
-		}
-		a.settleAllowed(ctx, rec, err)
-		return AccessRequest{}, err
+		return AccessRequest{}, a.failAllowed(ctx, rec, "access request store unavailable", err)
 	}
 	a.notify(ctx, "review", updated, id, reason)
 	return updated, nil

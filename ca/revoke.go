@@ -267,8 +267,13 @@ func (a *Authority) RevocationStates(ctx context.Context) (user, host Revocation
 // UserRevocationStates are the revocation states of every user CA key (active, retired,
 // compromised alike), for the KRL bastions enforce.
 func (a *Authority) UserRevocationStates(ctx context.Context) ([]RevocationState, error) {
-	keys := a.userKeys.Scopes()
-	out := make([]RevocationState, 0, len(keys))
+	return a.scopeStates(ctx, a.userKeys.Scopes(), 0)
+}
+
+// scopeStates reads the revocation state of each CA key in keys, each with its CA key, into a
+// slice with room for extra more.
+func (a *Authority) scopeStates(ctx context.Context, keys []ssh.PublicKey, extra int) ([]RevocationState, error) {
+	out := make([]RevocationState, 0, len(keys)+extra)
 	for _, k := range keys {
 		st, err := a.revocations.State(ctx, k)
 		if err != nil {
@@ -290,17 +295,10 @@ func (a *Authority) UserRevocationStates(ctx context.Context) ([]RevocationState
 // compromised keys, which only grows (there is no un-compromise), so the versions of the
 // states still only grow when a key is compromised.
 func (a *Authority) HostRevocationStates(ctx context.Context) ([]RevocationState, error) {
-	keys, compromised := a.hostKeys.Scopes(), a.hostKeys.Compromised()
-	out := make([]RevocationState, 0, len(keys)+1)
-	for _, k := range keys {
-		st, err := a.revocations.State(ctx, k)
-		if err != nil {
-			return nil, storeErr("revocation store unavailable", err)
-		}
-		if st.CA == nil {
-			st.CA = k
-		}
-		out = append(out, st)
+	compromised := a.hostKeys.Compromised()
+	out, err := a.scopeStates(ctx, a.hostKeys.Scopes(), 1)
+	if err != nil {
+		return nil, err
 	}
 	gone := RevocationState{Version: uint64(len(compromised))}
 	for _, k := range compromised {

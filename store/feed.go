@@ -255,40 +255,8 @@ func (m *Memory) Snapshot(_ context.Context, fp string) (ca.RevocationState, str
 // Changes blocks up to block (0: until ctx ends; negative: not at all) for changes after feed
 // position after, and returns them in order.
 func (m *Memory) Changes(ctx context.Context, fp, after string, block time.Duration) ([]revocation.Change, error) {
-	seq, err := parseFeedPosition(after)
-	if err != nil {
-		return nil, err
-	}
-	var timeout <-chan time.Time
-	if block > 0 {
-		t := time.NewTimer(block)
-		defer t.Stop()
-		timeout = t.C
-	}
-	for {
-		m.mu.Lock()
-		var out []revocation.Change
-		if s := m.scopes[fp]; s != nil {
-			for _, c := range s.feed {
-				if c.seq > seq && len(out) < maxChangesRead {
-					c.Entries = slices.Clone(c.Entries)
-					out = append(out, c.Change)
-				}
-			}
-		}
-		wake := m.changed
-		m.mu.Unlock()
-		if len(out) > 0 || block < 0 {
-			return out, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("store: follow: %w", ctx.Err())
-		case <-timeout:
-			return nil, nil
-		case <-wake:
-		}
-	}
+	changes, err := m.Follow(ctx, map[string]string{fp: after}, block)
+	return changes[fp], err
 }
 
 func parseFeedPosition(pos string) (uint64, error) {
