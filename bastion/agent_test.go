@@ -2,8 +2,6 @@ package bastion_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
@@ -16,7 +14,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/bastion"
 	"github.com/sshca/sshca/ca"
@@ -24,12 +21,6 @@ import (
 	"github.com/sshca/sshca/krl"
 	"github.com/sshca/sshca/store"
 )
-
-func caKey(t *testing.T) ssh.PublicKey {
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	k, _ := ssh.NewPublicKey(pub)
-	return k
-}
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -98,7 +89,7 @@ func TestAgentHTTPSource(t *testing.T) {
 	srv := &krlServer{}
 	src, ts := tlsSource(t, srv)
 	dir := t.TempDir()
-	key := caKey(t)
+	key := testenv.PublicKey(t)
 	encode := func(version uint64, serials ...uint64) []byte {
 		k := &krl.KRL{Version: version, GeneratedDate: time.Now()}
 		k.RevokeSerials(key, serials...)
@@ -186,7 +177,7 @@ func TestAgentRedisFailStatic(t *testing.T) {
 	defer rdb.Close()
 	db := store.NewRedis(rdb, store.RedisOptions{})
 	ctx := context.Background()
-	key := caKey(t)
+	key := testenv.PublicKey(t)
 	if err := db.RegisterCA(ctx, key); err != nil {
 		t.Fatal(err)
 	}

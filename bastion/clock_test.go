@@ -18,6 +18,7 @@ import (
 
 	"github.com/sshca/sshca/bastion"
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/revocation"
 )
 
@@ -276,7 +277,7 @@ func TestAgentRereadsCAsOnItsClock(t *testing.T) {
 	runAgent(t, a)
 	waitUntil(t, "the CA file is written", func() bool { b, _ := os.ReadFile(h.userCA); return len(b) > 0 })
 	blockUntil(t, clk, 2, "after the start") // the guard's ticker and the CA re-read's
-	newCA := caKey(t)
+	newCA := testenv.PublicKey(t)
 	if err := h.mem.RegisterCA(context.Background(), newCA); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/sshca/sshca/bastion"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/krl"
 )
 
@@ -63,7 +64,7 @@ func (s *longPollServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func encodeKRL(t *testing.T, version uint64, serials ...uint64) []byte {
 	t.Helper()
 	k := &krl.KRL{Version: version}
-	k.RevokeSerials(caKey(t), serials...)
+	k.RevokeSerials(testenv.PublicKey(t), serials...)
 	b, err := k.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)

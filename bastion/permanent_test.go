@@ -32,7 +32,7 @@ func TestAgentKeepsBanUntilLifted(t *testing.T) {
 	defer rdb.Close()
 	clock := clockwork.NewFakeClockAt(time.Now())
 	st := store.NewRedis(rdb, store.RedisOptions{Now: clock.Now})
-	userCA, banned := caKey(t), caKey(t)
+	userCA, banned := testenv.PublicKey(t), testenv.PublicKey(t)
 	if err := st.RegisterCA(ctx, userCA); err != nil {
 		t.Fatal(err)
 	}

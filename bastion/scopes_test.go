@@ -97,7 +97,7 @@ func TestAgentFollowsFortyScopesOnOneRead(t *testing.T) {
 	defer rdb.Close()
 	db := store.NewRedis(rdb, store.RedisOptions{})
 	for range 40 {
-		if err := db.RegisterCA(ctx, caKey(t)); err != nil {
+		if err := db.RegisterCA(ctx, testenv.PublicKey(t)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -168,7 +168,7 @@ func TestAgentAddsNewScopeInPlace(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	defer rdb.Close()
 	db := store.NewRedis(rdb, store.RedisOptions{})
-	first := caKey(t)
+	first := testenv.PublicKey(t)
 	if err := db.RegisterCA(ctx, first); err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestAgentAddsNewScopeInPlace(t *testing.T) {
 	waitUntil(t, "the first KRL", func() bool { return a.Status().Connected })
 
 	exp := time.Now().Add(time.Hour)
-	second := caKey(t)
+	second := testenv.PublicKey(t)
 	if err := db.RegisterCA(ctx, second); err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +248,7 @@ func (c *crossSlotFeed) Follow(ctx context.Context, after map[string]string, blo
 func TestAgentFollowsScopesOneAtATimeOnCrossSlot(t *testing.T) {
 	ctx := context.Background()
 	mem := store.NewMemory(time.Now)
-	keys := []ssh.PublicKey{caKey(t), caKey(t), caKey(t)}
+	keys := []ssh.PublicKey{testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)}
 	for _, k := range keys {
 		if err := mem.RegisterCA(ctx, k); err != nil {
 			t.Fatal(err)

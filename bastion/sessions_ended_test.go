@@ -8,6 +8,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 )
 
 // TestSessionsEnded: a live session whose certificate is revoked is ended (its sshd processes
@@ -16,7 +17,7 @@ import (
 // TestSessionsFollowRotation and the cmd/sshca lockdown tests.)
 func TestSessionsEnded(t *testing.T) {
 	s, h := newFakeSessions(t)
-	caKey := testKey(t)
+	caKey := testenv.PublicKey(t)
 	accept := func(port int, serial uint64) {
 		h.set(fmt.Sprintf("127.0.0.1:%d", port), &tcpConn{inode: uint64(port), pids: []int{port, port + 1}, sshd: []int{port, port + 1}})
 		s.Observe(fmt.Sprintf("sshd[%d]: Accepted publickey for alice from 127.0.0.1 port %d ssh2: ED25519-CERT SHA256:x ID alice#%d (serial %d) CA ED25519 %s",

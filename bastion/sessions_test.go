@@ -2,8 +2,6 @@ package bastion
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
@@ -25,19 +23,6 @@ import (
 	"github.com/sshca/sshca/krl"
 	"github.com/sshca/sshca/revocation"
 )
-
-func testKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 // fakeHost is a procfs stand-in: the connections sshd holds (by client address) and the
 // signals sent.
@@ -113,12 +98,12 @@ func (s *Sessions) users() []string {
 // signed them) are ended, by signalling the sshd processes holding their connection, and the
 // others live on.
 func TestEndRevokedBy(t *testing.T) {
-	ca1, ca2, stolen := testKey(t), testKey(t), testKey(t)
+	ca1, ca2, stolen := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 	keys := map[string]ssh.PublicKey{}
 	s, h := newFakeSessions(t)
 	pid := 1000
 	accept := func(name string, port int, serial uint64, id string, caKey ssh.PublicKey) {
-		keys[name] = testKey(t)
+		keys[name] = testenv.PublicKey(t)
 		pid += 2
 		h.set(fmt.Sprintf("192.0.2.1:%d", port), &tcpConn{inode: uint64(port), pids: []int{pid, pid + 1}, sshd: []int{pid, pid + 1}})
 		s.Observe("sshd[1]: " + acceptedLine(name, "192.0.2.1", port, keys[name], id, serial, caKey))
@@ -173,7 +158,7 @@ func TestEndRevokedBy(t *testing.T) {
 	}
 
 	// A session learned after the KRL that revokes it (its line read late) ends at once.
-	late := testKey(t)
+	late := testenv.PublicKey(t)
 	h.set("192.0.2.1:1009", &tcpConn{inode: 1009, pids: []int{2000}, sshd: []int{2000}})
 	s.Observe(acceptedLine("late", "192.0.2.1", 1009, late, "h#450", 450, ca1))
 	if slices.Contains(s.users(), "late") || !slices.Contains(h.signalled(), 2000) {
@@ -184,12 +169,12 @@ func TestEndRevokedBy(t *testing.T) {
 // TestEndRevoked: in Redis mode each change's entries end the sessions they cover, a
 // compromised CA key (a key entry naming it) included.
 func TestEndRevoked(t *testing.T) {
-	caKey, other, userKey := testKey(t), testKey(t), testKey(t)
+	caKey, other, userKey := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 	s, h := newFakeSessions(t)
 	for i, name := range []string{"bykey", "byca", "byserial", "byid", "clean"} {
 		port := 2000 + i
 		h.set(fmt.Sprintf("192.0.2.2:%d", port), &tcpConn{inode: uint64(port), pids: []int{port}, sshd: []int{port}})
-		k, c := testKey(t), other
+		k, c := testenv.PublicKey(t), other
 		switch name {
 		case "bykey":
 			k = userKey
@@ -218,7 +203,7 @@ func TestEndRevoked(t *testing.T) {
 // line for a live session cannot hide it from a revocation of its real certificate. A real
 // close (the connection released) drops the session.
 func TestForgedLines(t *testing.T) {
-	caKey, key := testKey(t), testKey(t)
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
 	s, h := newFakeSessions(t)
 	clk := clockwork.NewFakeClockAt(time.Unix(1_800_000_000, 0))
 	s.clock = clk
@@ -234,7 +219,7 @@ func TestForgedLines(t *testing.T) {
 
 	// The real session, then lines forged about it.
 	s.Observe("Nov 29 22:00:01 bastion sshd[88]: " + acceptedLine("alice", "127.0.0.1", 4002, key, "alice#10", 10, caKey))
-	s.Observe(acceptedLine("decoy", "127.0.0.1", 4002, testKey(t), "decoy#11", 11, caKey))
+	s.Observe(acceptedLine("decoy", "127.0.0.1", 4002, testenv.PublicKey(t), "decoy#11", 11, caKey))
 	for _, forged := range []string{
 		"Connection closed by 127.0.0.1 port 4002 [preauth]",
 		"Received disconnect from 127.0.0.1 port 4002:11: disconnected by user",
@@ -301,7 +286,7 @@ func TestForgedAcceptedLive(t *testing.T) {
 	s := newSessions(slog.New(slog.DiscardHandler), func() (map[string]*tcpConn, error) { return scanConns("/proc", self, uid) })
 	s.kill = func(int, syscall.Signal) error { t.Error("signalled a process"); return nil }
 	port := client.LocalAddr().(*net.TCPAddr).Port
-	s.Observe(acceptedLine("mallory", "127.0.0.1", port, testKey(t), "m#1", 1, testKey(t)))
+	s.Observe(acceptedLine("mallory", "127.0.0.1", port, testenv.PublicKey(t), "m#1", 1, testenv.PublicKey(t)))
 	if s.Live() != 0 {
 		t.Errorf("a connection held by %s (not sshd) vouched for an Accepted line", os.Args[0])
 	}
@@ -312,7 +297,7 @@ func TestForgedAcceptedLive(t *testing.T) {
 // Accepted line read while /proc missed its connection is added at the next sweep that sees
 // it, and ended there when the newest KRL revokes it; one that no sweep confirms is forgotten.
 func TestSessionsSurviveAMissedProcRead(t *testing.T) {
-	caKey, key := testKey(t), testKey(t)
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
 	s, h := newFakeSessions(t)
 	clk := clockwork.NewFakeClockAt(time.Unix(1_800_000_000, 0))
 	s.clock = clk
@@ -364,7 +349,7 @@ func TestSessionsSurviveAMissedProcRead(t *testing.T) {
 // moves): a session whose connection is gone is dropped at the second sweep that misses it,
 // 2×sweepEvery after the connection went, whatever real time passes.
 func TestFollowSweepsOnItsClock(t *testing.T) {
-	caKey, key := testKey(t), testKey(t)
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
 	s, h := newFakeSessions(t)
 	start := time.Unix(1_800_000_000, 0)
 	clk := clockwork.NewFakeClockAt(start)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/store"
 )
@@ -50,7 +51,7 @@ func TestFollowerWakes(t *testing.T) {
 			if cluster {
 				feed = cs
 			}
-			a, b, c := caKey(t), caKey(t), caKey(t)
+			a, b, c := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 			for _, k := range []ssh.PublicKey{a, b} {
 				if err := mem.RegisterCA(ctx, k); err != nil {
 					t.Fatal(err)
@@ -201,7 +202,7 @@ func runFollowerOn(t *testing.T, f *revocation.Follower, clk *clockwork.FakeCloc
 // the waiters (they may have missed changes) and its next failure starts again at 100 ms.
 func TestFollowerBacksOffOnItsClock(t *testing.T) {
 	mem := store.NewMemory(nil)
-	if err := mem.RegisterCA(context.Background(), caKey(t)); err != nil {
+	if err := mem.RegisterCA(context.Background(), testenv.PublicKey(t)); err != nil {
 		t.Fatal(err)
 	}
 	clk := clockwork.NewFakeClockAt(time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC))

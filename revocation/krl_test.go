@@ -1,29 +1,15 @@
 package revocation_test
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/revocation"
 )
-
-func caKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 // TestVersionOrdersGenerations: the version of several scopes keeps the generation in its high
 // bits (a sum of composed versions would carry two scopes of generation 1 into generation 2,
@@ -31,7 +17,7 @@ func caKey(t *testing.T) ssh.PublicKey {
 // every version of a rebuilt store's scopes is above every version of the lost store's, however
 // busy those were; BuildKRL writes the same number into the KRL.
 func TestVersionOrdersGenerations(t *testing.T) {
-	user, host := caKey(t), caKey(t)
+	user, host := testenv.PublicKey(t), testenv.PublicKey(t)
 	st := func(k ssh.PublicKey, gen uint16, n uint64) ca.RevocationState {
 		return ca.RevocationState{CA: k, Version: revocation.ComposeVersion(gen, n)}
 	}
@@ -61,7 +47,7 @@ func TestVersionOrdersGenerations(t *testing.T) {
 // the encoder's clock: the same states encoded at different times are the same bytes, and
 // states that never changed give date 0.
 func TestBuildKRLDateFromState(t *testing.T) {
-	user, retired := caKey(t), caKey(t)
+	user, retired := testenv.PublicKey(t), testenv.PublicKey(t)
 	older := time.Date(2026, 11, 29, 20, 0, 0, 0, time.UTC)
 	newer := older.Add(90*time.Minute + 700*time.Millisecond)
 	states := []ca.RevocationState{

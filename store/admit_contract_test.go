@@ -8,6 +8,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/revocation"
 )
 
@@ -20,7 +21,7 @@ func TestAdmissionContract(t *testing.T) {
 		ctx := context.Background()
 		now := time.Now()
 		s := newStore(t, &clock{t: now})
-		caKey, key, other := pubKey(t), pubKey(t), pubKey(t)
+		caKey, key, other := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 		names := []string{"alice@idp", "alice@example.com"}
 		tok := func(id string) ca.TokenUse {
 			return ca.TokenUse{SingleUse: true, ID: "iss|" + id, IssuedAt: now, Expiry: now.Add(time.Minute)}

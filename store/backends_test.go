@@ -2,8 +2,6 @@ package store_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"sync"
 	"testing"
 	"time"
@@ -89,11 +87,5 @@ func forEachBackend(t *testing.T, contract func(t *testing.T, newStore newStore)
 	})
 }
 
-func pubKey(t testing.TB) ssh.PublicKey {
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
+// pubKey is testenv.PublicKey under the name this package's tests know it by.
+func pubKey(t testing.TB) ssh.PublicKey { return testenv.PublicKey(t) }

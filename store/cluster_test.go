@@ -32,7 +32,7 @@ func TestGenerationSwitchOnCluster(t *testing.T) {
 	defer cc.Close()
 	ctx := context.Background()
 	s := store.NewRedis(cc, store.RedisOptions{})
-	userCA, hostCA, banned := pubKey(t), pubKey(t), pubKey(t)
+	userCA, hostCA, banned := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 	exp := time.Now().Add(time.Hour)
 	n := uint64(0)
 	writeAll := func(s *store.Redis) {

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/revocation"
 )
 
@@ -41,7 +42,7 @@ func testFeed(t *testing.T, newStore func(*testing.T, *clock) feed) {
 
 	t.Run("follow every scope in one read", func(t *testing.T) {
 		s := newStore(t, &clock{t: t0})
-		a, b := pubKey(t), pubKey(t)
+		a, b := testenv.PublicKey(t), testenv.PublicKey(t)
 		fa, fb := ssh.FingerprintSHA256(a), ssh.FingerprintSHA256(b)
 		after := map[string]string{}
 		for _, k := range []ssh.PublicKey{a, b} {
@@ -101,7 +102,7 @@ func testFeed(t *testing.T, newStore func(*testing.T, *clock) feed) {
 
 	t.Run("snapshot and follow", func(t *testing.T) {
 		s := newStore(t, &clock{t: t0})
-		caKey := pubKey(t)
+		caKey := testenv.PublicKey(t)
 		fp := ssh.FingerprintSHA256(caKey)
 		if err := s.RegisterCA(ctx, caKey); err != nil {
 			t.Fatal(err)
@@ -139,7 +140,7 @@ func testFeed(t *testing.T, newStore func(*testing.T, *clock) feed) {
 
 	t.Run("a blocked reader wakes on a change", func(t *testing.T) {
 		s := newStore(t, &clock{t: t0})
-		caKey := pubKey(t)
+		caKey := testenv.PublicKey(t)
 		fp := ssh.FingerprintSHA256(caKey)
 		_ = s.RegisterCA(ctx, caKey)
 		_, pos, _ := s.Snapshot(ctx, fp)
@@ -164,7 +165,7 @@ func testFeed(t *testing.T, newStore func(*testing.T, *clock) feed) {
 
 	t.Run("a trimmed position shows as a version gap", func(t *testing.T) {
 		s := newStore(t, &clock{t: t0})
-		caKey := pubKey(t)
+		caKey := testenv.PublicKey(t)
 		fp := ssh.FingerprintSHA256(caKey)
 		_, _ = s.Revoke(ctx, caKey, serial(1))
 		_, pos, _ := s.Snapshot(ctx, fp) // a consumer at version 1

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 )
 
 // TestIdentityBlockContract: Record refuses a certificate whose identity or one of whose
@@ -84,7 +85,7 @@ func TestIdentityBlockContract(t *testing.T) {
 			t.Errorf("after the block ended: %v", err)
 		}
 		// Refused agrees with Record.
-		if why, err := s.Refused(ctx, pubKey(t), []string{"https://other|dave", "email:carol@example.com"}, pubKey(t)); err != nil || why != "" {
+		if why, err := s.Refused(ctx, testenv.PublicKey(t), []string{"https://other|dave", "email:carol@example.com"}, testenv.PublicKey(t)); err != nil || why != "" {
 			t.Errorf("a block that ended still refuses: %q, %v", why, err)
 		}
 	})

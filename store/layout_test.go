@@ -2,8 +2,6 @@ package store
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"strconv"
@@ -13,7 +11,6 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
@@ -84,18 +81,6 @@ func (o layout1) Record(ctx context.Context, c ca.Certificate) error {
 	return err
 }
 
-func testKey(t *testing.T) ssh.PublicKey {
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
 // TestRollingUpgradeLayout1To2: a store written by replicas of layout 1, then replicas of both
 // layouts side by side, then `sshca store migrate`. Every block written by either kind is
 // honoured by both before signing; blocks written by a replica of layout 2 are also checked
@@ -140,7 +125,7 @@ func TestRollingUpgradeLayout1To2(t *testing.T) {
 
 			// A replica of layout 2 joins: the store still says layout 1.
 			nu := NewRedis(rdb, RedisOptions{})
-			if why, err := nu.Refused(ctx, testKey(t), []string{"https://idp|old-blocked"}, testKey(t)); err != nil || !strings.Contains(why, "were revoked") {
+			if why, err := nu.Refused(ctx, testenv.PublicKey(t), []string{"https://idp|old-blocked"}, testenv.PublicKey(t)); err != nil || !strings.Contains(why, "were revoked") {
 				t.Fatalf("layout 2 before signing, block of layout 1: %q, %v; want refused", why, err)
 			}
 			if live, err := nu.Live(ctx, "https://idp|alice", now); err != nil || len(live) != 1 {
@@ -183,7 +168,7 @@ func TestRollingUpgradeLayout1To2(t *testing.T) {
 				}
 			}
 			must(fresh.BlockIdentity(ctx, "https://idp|after", until))
-			if why, err := fresh.Refused(ctx, testKey(t), []string{"https://idp|after"}, testKey(t)); err != nil || why == "" {
+			if why, err := fresh.Refused(ctx, testenv.PublicKey(t), []string{"https://idp|after"}, testenv.PublicKey(t)); err != nil || why == "" {
 				t.Errorf("a block written after the migration is not refused before signing: %q, %v", why, err)
 			}
 			if old.blocked(ctx, "https://idp|after") {
@@ -203,7 +188,7 @@ func TestRollingUpgradeLayout1To2(t *testing.T) {
 			// A store of a later layout than this code: refused, not written to.
 			must(rdb.Set(ctx, keys.StoreLayout(), LayoutVersion+1, 0).Err())
 			older := NewRedis(rdb, RedisOptions{})
-			if _, err := older.Refused(ctx, testKey(t), []string{"https://idp|x"}, testKey(t)); !errors.Is(err, errNewerLayout) || ca.KindOf(err) != ca.KindUnavailable {
+			if _, err := older.Refused(ctx, testenv.PublicKey(t), []string{"https://idp|x"}, testenv.PublicKey(t)); !errors.Is(err, errNewerLayout) || ca.KindOf(err) != ca.KindUnavailable {
 				t.Errorf("a replica older than the store issues: %v", err)
 			}
 			if _, err := older.Migrate(ctx); !errors.Is(err, errNewerLayout) {

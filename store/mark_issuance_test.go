@@ -51,7 +51,7 @@ func TestMarkOfIssuanceTags(t *testing.T) {
 			t.Run(tag+" "+loss, func(t *testing.T) {
 				rdb.FlushAll(ctx)
 				s := store.NewRedis(rdb, store.RedisOptions{})
-				caKey, key := pubKey(t), pubKey(t)
+				caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
 				markKey := store.Keys{}.Mark(tag)
 				for range 2 {
 					if err := write(s); err != nil {
@@ -111,7 +111,7 @@ func TestMarkOfIssuanceTagsReadBeforeSigning(t *testing.T) {
 	defer rdb.Close()
 	ctx := context.Background()
 	s := store.NewRedis(rdb, store.RedisOptions{})
-	caKey, key := pubKey(t), pubKey(t)
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
 	if err := s.Record(ctx, ca.Certificate{Serial: 1, KeyID: "a#1", Kind: ca.UserCert, Identity: "x", ValidBefore: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}

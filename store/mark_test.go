@@ -30,7 +30,7 @@ func TestMarkDetectsLostState(t *testing.T) {
 	defer rdb.Close()
 	ctx := context.Background()
 	s := store.NewRedis(rdb, store.RedisOptions{})
-	caKey, key := pubKey(t), pubKey(t)
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
 	exp := time.Now().Add(time.Hour)
 	for i := 1; i <= 3; i++ {
 		if _, err := s.Revoke(ctx, caKey, serialEntry(i, exp)); err != nil {
@@ -110,7 +110,7 @@ func TestMarkRollback(t *testing.T) {
 	defer rdb.Close()
 	ctx := context.Background()
 	s := store.NewRedis(rdb, store.RedisOptions{})
-	caKey, key := pubKey(t), pubKey(t)
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
 	exp := time.Now().Add(time.Hour)
 	v1, err := s.Revoke(ctx, caKey, serialEntry(1, exp))
 	if err != nil {
@@ -164,7 +164,7 @@ func TestMarkConcurrentNoFalseLoss(t *testing.T) {
 	defer rdb.Close()
 	ctx := context.Background()
 	s := store.NewRedis(rdb, store.RedisOptions{})
-	caKey, key := pubKey(t), pubKey(t)
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
 	exp := time.Now().Add(time.Hour)
 	var wg sync.WaitGroup
 	errc := make(chan error, 1000)

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/revocation"
 )
 
@@ -23,7 +24,7 @@ func TestPermanentRevocationContract(t *testing.T) {
 		t0 := time.Now().UTC().Truncate(time.Second)
 		c := &clock{t: t0}
 		s := newStore(t, c)
-		userCA, hostCA, otherCA, banned, other := pubKey(t), pubKey(t), pubKey(t), pubKey(t), pubKey(t)
+		userCA, hostCA, otherCA, banned, other := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 		ban := ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(banned)}
 		short := ca.RevocationEntry{Kind: ca.RevokedSerial, Value: "7", Expiry: t0.Add(time.Minute)}
 		if _, err := s.Revoke(ctx, userCA, []ca.RevocationEntry{ban, short}); err != nil {

@@ -24,7 +24,7 @@ func TestRestoreKeyring(t *testing.T) {
 	defer rdb.Close()
 	ctx := context.Background()
 	now := time.Now().UTC().Truncate(time.Second)
-	userPub, nextPub, hostPub := pubKey(t), pubKey(t), pubKey(t)
+	userPub, nextPub, hostPub := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 	line := func(k ssh.PublicKey) string { return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))) }
 	const pinKMS = "pkcs11:token=ssh-ca?pin-value=1234"
 	const redactedKMS = "pkcs11:token=ssh-ca?pin-value=REDACTED" // as kms.Redact shows it

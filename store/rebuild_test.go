@@ -2,8 +2,6 @@ package store_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,19 +17,6 @@ import (
 	"github.com/sshca/sshca/store"
 )
 
-func newPub(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
 // TestRestoreSaysWhatItCannotRestore: records of every kind against redis-server, at a fixed
 // now. Restored: a serial and a key ID with their issuance records, a ban recorded with its
 // key, a ban lifted since, an identity (old record: the block's end from IdentityBlock) with
@@ -46,8 +31,8 @@ func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now().UTC().Truncate(time.Second)
 	st := store.NewRedis(rdb, store.RedisOptions{Now: func() time.Time { return now }})
-	userCA, hostCA := newPub(t), newPub(t)
-	banned, lifted, oldBan := newPub(t), newPub(t), newPub(t)
+	userCA, hostCA := testenv.PublicKey(t), testenv.PublicKey(t)
+	banned, lifted, oldBan := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 	at := func(d time.Duration) time.Time { return now.Add(d) }
 	issued := func(serial uint64, id string, vb time.Time) ca.AuditRecord {
 		return ca.AuditRecord{Time: at(-time.Hour), Action: ca.ActionUser, Outcome: "issued", Identity: id, Serial: serial,
@@ -61,7 +46,7 @@ func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 	banLifted := revoke("public_key:" + ssh.FingerprintSHA256(lifted))
 	banLifted.PublicKey = revocation.KeyEntry(lifted)
 	byIdentity := revoke("identity:https://idp|bob")
-	stillBanned := newPub(t)
+	stillBanned := testenv.PublicKey(t)
 	ban2 := revoke("public_key:" + ssh.FingerprintSHA256(stillBanned))
 	ban2.PublicKey = revocation.KeyEntry(stillBanned)
 	records := []ca.AuditRecord{
@@ -126,7 +111,7 @@ func TestRestoreSaysWhatItCannotRestore(t *testing.T) {
 	if !slices.Equal(got, wantEntries) {
 		t.Errorf("user CA scope %q, want %q", got, wantEntries)
 	}
-	if why, err := st.Refused(ctx, userCA, []string{"https://idp|bob"}, newPub(t)); err != nil || !strings.Contains(why, "revoked") {
+	if why, err := st.Refused(ctx, userCA, []string{"https://idp|bob"}, testenv.PublicKey(t)); err != nil || !strings.Contains(why, "revoked") {
 		t.Errorf("bob refused = %q, %v; want blocked until %s", why, err, byIdentity.Time.Add(time.Hour))
 	}
 	if why, _ := st.Refused(ctx, hostCA, nil, banned); why == "" {
@@ -149,7 +134,7 @@ func TestNextGenerationAndTokenRefusal(t *testing.T) {
 	defer rdb.Close()
 	ctx := context.Background()
 	st := store.NewRedis(rdb, store.RedisOptions{})
-	caKey := newPub(t)
+	caKey := testenv.PublicKey(t)
 	if _, err := st.Revoke(ctx, caKey, []ca.RevocationEntry{{Kind: ca.RevokedSerial, Value: "7", Expiry: time.Now().Add(time.Hour)}}); err != nil {
 		t.Fatal(err)
 	}

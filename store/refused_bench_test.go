@@ -19,7 +19,7 @@ func BenchmarkRefusedRedis(b *testing.B) {
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	defer rdb.Close()
 	ctx := context.Background()
-	caKey, key := pubKey(b), pubKey(b)
+	caKey, key := testenv.PublicKey(b), testenv.PublicKey(b)
 	names := []string{"https://idp|alice", "email:alice@example.com", "username:alice"}
 	for _, layout1 := range []bool{false, true} {
 		name := "current layout"

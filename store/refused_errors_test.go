@@ -29,7 +29,7 @@ func TestRefusedFailsClosedOnAFailedRead(t *testing.T) {
 	}
 	now := time.Now()
 	full := store.NewRedis(admin, store.RedisOptions{Now: func() time.Time { return now }})
-	caKey, key := pubKey(t), pubKey(t)
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
 	names := []string{"alice@idp", "alice@example.com"}
 	// The store is initialised and the identity blocked through a client allowed everything.
 	if _, err := full.Refused(ctx, caKey, names, key); err != nil {

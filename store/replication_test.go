@@ -46,7 +46,7 @@ func TestWaitedWritesOnSentinel(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	st := store.NewRedis(rdb, store.RedisOptions{WaitReplicas: 1, WaitTimeout: timeout})
 	keys := store.Keys{Prefix: store.DefaultPrefix}
-	userCA, banned := pubKey(t), pubKey(t)
+	userCA, banned := testenv.PublicKey(t), testenv.PublicKey(t)
 	exp := time.Now().Add(time.Hour)
 	fp := ssh.FingerprintSHA256(userCA)
 
@@ -72,7 +72,7 @@ func TestWaitedWritesOnSentinel(t *testing.T) {
 			return err == nil && strings.Contains(k, `"version":`+itoa(n))
 		}},
 		{"revocation of a public key", func(n int) error {
-			_, err := st.Revoke(ctx, userCA, []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(pubKey(t)), Expiry: exp}})
+			_, err := st.Revoke(ctx, userCA, []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(testenv.PublicKey(t)), Expiry: exp}})
 			return err
 		}, nil},
 		{"lift of a revoked key", func(n int) error {

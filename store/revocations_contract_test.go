@@ -10,6 +10,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/revocation"
 )
 
@@ -24,7 +25,7 @@ func TestRevocationContract(t *testing.T) {
 func testRevocations(t *testing.T, newStore func(*testing.T, *clock) ca.RevocationStore) {
 	ctx := context.Background()
 	t0 := time.Now().UTC().Truncate(time.Second)
-	caKey, otherCA, userKey := pubKey(t), pubKey(t), pubKey(t)
+	caKey, otherCA, userKey := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 
 	t.Run("revoke, idempotent, versioned, scoped", func(t *testing.T) {
 		c := &clock{t: t0}
@@ -84,13 +85,13 @@ func testRevocations(t *testing.T, newStore func(*testing.T, *clock) ca.Revocati
 			t.Errorf("revoked key: %q", why)
 		}
 		// After a CA key rotation the next CA key signs: the key stays refused.
-		if why, _ := s.Refused(ctx, pubKey(t), []string{"alice"}, userKey); !strings.Contains(why, "public key has been revoked") {
+		if why, _ := s.Refused(ctx, testenv.PublicKey(t), []string{"alice"}, userKey); !strings.Contains(why, "public key has been revoked") {
 			t.Errorf("revoked key, asked of another CA key: %q", why)
 		}
 		if err := s.BlockIdentity(ctx, "bob", t0.Add(time.Hour)); err != nil {
 			t.Fatal(err)
 		}
-		if why, _ := s.Refused(ctx, caKey, []string{"bob"}, pubKey(t)); !strings.Contains(why, "bob were revoked") {
+		if why, _ := s.Refused(ctx, caKey, []string{"bob"}, testenv.PublicKey(t)); !strings.Contains(why, "bob were revoked") {
 			t.Errorf("blocked identity: %q", why)
 		}
 		c.Set(t0.Add(2 * time.Hour))

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 )
 
 // trust is the CA trust registry as keyring.Manager writes it and bastions read it.
@@ -54,7 +55,7 @@ func testTrust(t *testing.T, newStore func(*testing.T, *clock) trust) {
 		if got, err := s.TrustedCAs(ctx); err != nil || len(got) != 0 {
 			t.Fatalf("empty registry: %v %v", got, err)
 		}
-		a, b := pubKey(t), pubKey(t)
+		a, b := testenv.PublicKey(t), testenv.PublicKey(t)
 		for _, k := range []ssh.PublicKey{a, b, a} {
 			if err := s.RegisterCA(ctx, k); err != nil {
 				t.Fatal(err)
@@ -84,7 +85,7 @@ func testTrust(t *testing.T, newStore func(*testing.T, *clock) trust) {
 	// (whose scopes make the user KRL), whether it revoked before or after it was registered.
 	t.Run("host CA keys are not followed for the user KRL", func(t *testing.T) {
 		s := newStore(t, &clock{t: time.Now()})
-		user, host, early := pubKey(t), pubKey(t), pubKey(t)
+		user, host, early := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 		if err := s.RegisterCA(ctx, user); err != nil {
 			t.Fatal(err)
 		}

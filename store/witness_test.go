@@ -22,7 +22,7 @@ func TestWitnessSeededFromRecord(t *testing.T) {
 	defer rdb.Close()
 	ctx := context.Background()
 	s := store.NewRedis(rdb, store.RedisOptions{})
-	caKey := pubKey(t)
+	caKey := testenv.PublicKey(t)
 	exp := time.Now().Add(time.Hour)
 	if _, err := s.Revoke(ctx, caKey, serialEntry(1, exp)); err != nil {
 		t.Fatal(err)
