@@ -16,7 +16,6 @@ import (
 
 	"github.com/sshca/sshca/bastion"
 	"github.com/sshca/sshca/client"
-	"github.com/sshca/sshca/internal/testenv"
 )
 
 // TestAgentDiscoveryOnSchedule: the agent (--discover) reports on its schedule, on a fake
@@ -24,27 +23,10 @@ import (
 // next report, "sshca discover apply" (the disable unit) comments the key out, and the
 // follow-up report a minute later shows it gone and empties the orders file.
 func TestAgentDiscoveryOnSchedule(t *testing.T) {
-	testenv.Need(t, "sshd", "/usr/sbin")
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-		t.Skip("sshd -T needs /run/sshd")
-	}
-	base, _ := startDev(t)
-	dir := t.TempDir()
-	hostKeyPath := keygen(t, dir, "host")
-	userKey := keygen(t, dir, "alice-laptop")
-	ci := devToken(t, base, map[string]any{"sub": "ci-job", "groups": []string{"ci"}})
-	hc := issue(t, base, "host", ci, map[string]any{"public_key": readFile(t, hostKeyPath+".pub"), "hostnames": []string{"web1.dev.internal"}, "ttl": "1h"})
-	writeFile(t, hostKeyPath+"-cert.pub", hc.Certificate+"\n")
-	home := filepath.Join(dir, "home", "alice")
-	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	akf := filepath.Join(home, ".ssh", "authorized_keys")
-	writeFile(t, akf, readFile(t, userKey+".pub"))
-	passwd := filepath.Join(dir, "passwd")
-	writeFile(t, passwd, "alice:x:1000:1000::"+home+":/bin/sh\n")
-	cfg := filepath.Join(dir, "sshd_config")
-	writeFile(t, cfg, "HostKey "+hostKeyPath+"\nAuthorizedKeysFile .ssh/authorized_keys\nUsePAM no\n")
+	h := newDiscoveryHost(t, "")
+	base, dir, hostKeyPath, passwd, cfg := h.base, h.dir, h.hostKey, h.passwd, h.sshdConfig
+	akf := filepath.Join(h.home, ".ssh", "authorized_keys")
+	writeFile(t, akf, readFile(t, h.userKey+".pub"))
 	orders := filepath.Join(dir, "state", "orders.json")
 
 	f := agentFlags{server: base, sshdConfig: cfg, discover: agentDiscoverFlags{on: true, every: time.Hour,

@@ -17,32 +17,46 @@ import (
 	"github.com/sshca/sshca/internal/testenv"
 )
 
+// discoveryHost is a host to inventory: a development CA, the host's key with a host
+// certificate for web1.dev.internal, alice's key (authorized_keys is the test's to write), a
+// passwd file naming her home, and an sshd_config for sshd -T.
+type discoveryHost struct {
+	base, dir, hostKey, userKey, home, passwd, sshdConfig string
+	hostCert                                              issuedCert
+}
+
+// newDiscoveryHost makes one; sshdExtra is appended to its sshd_config.
+func newDiscoveryHost(t *testing.T, sshdExtra string) discoveryHost {
+	t.Helper()
+	testenv.Need(t, "sshd", "/usr/sbin")
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		t.Skip("sshd -T needs /run/sshd")
+	}
+	h := discoveryHost{dir: t.TempDir()}
+	h.base, _ = startDev(t)
+	h.hostKey, h.userKey = keygen(t, h.dir, "host"), keygen(t, h.dir, "alice-laptop")
+	ci := devToken(t, h.base, map[string]any{"sub": "ci-job", "groups": []string{"ci"}})
+	h.hostCert = issue(t, h.base, "host", ci, map[string]any{"public_key": readFile(t, h.hostKey+".pub"), "hostnames": []string{"web1.dev.internal"}, "ttl": "1h"})
+	writeFile(t, h.hostKey+"-cert.pub", h.hostCert.Certificate+"\n")
+	h.home = filepath.Join(h.dir, "home", "alice")
+	if err := os.MkdirAll(filepath.Join(h.home, ".ssh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	h.passwd = filepath.Join(h.dir, "passwd")
+	writeFile(t, h.passwd, "alice:x:1000:1000::"+h.home+":/bin/sh\n")
+	h.sshdConfig = filepath.Join(h.dir, "sshd_config")
+	writeFile(t, h.sshdConfig, "HostKey "+h.hostKey+"\nAuthorizedKeysFile .ssh/authorized_keys\n"+sshdExtra+"UsePAM no\n")
+	return h
+}
+
 // TestDiscoverSendAndReport: a host inventories its keys (sshd -T of its own sshd_config, a
 // passwd file), reports them under its host certificate, and an admin lists them as table,
 // CSV and JSON, filtered by host and by use; a report for a host name its certificate lacks,
 // a body changed after signing, a renewal proof and a non-admin listing are refused.
 func TestDiscoverSendAndReport(t *testing.T) {
-	testenv.Need(t, "sshd", "/usr/sbin")
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-		t.Skip("sshd -T needs /run/sshd")
-	}
-	base, _ := startDev(t)
-	dir := t.TempDir()
-	hostKeyPath := keygen(t, dir, "host")
-	userKey := keygen(t, dir, "alice-laptop")
-	ci := devToken(t, base, map[string]any{"sub": "ci-job", "groups": []string{"ci"}})
-	hc := issue(t, base, "host", ci, map[string]any{"public_key": readFile(t, hostKeyPath+".pub"), "hostnames": []string{"web1.dev.internal"}, "ttl": "1h"})
-	writeFile(t, hostKeyPath+"-cert.pub", hc.Certificate+"\n")
-
-	home := filepath.Join(dir, "home", "alice")
-	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(home, ".ssh", "authorized_keys"), `from="10.0.0.0/8" `+readFile(t, userKey+".pub"))
-	passwd := filepath.Join(dir, "passwd")
-	writeFile(t, passwd, "alice:x:1000:1000::"+home+":/bin/sh\n")
-	cfg := filepath.Join(dir, "sshd_config")
-	writeFile(t, cfg, "HostKey "+hostKeyPath+"\nAuthorizedKeysFile .ssh/authorized_keys\nPasswordAuthentication yes\nUsePAM no\n")
+	h := newDiscoveryHost(t, "PasswordAuthentication yes\n")
+	base, dir, hostKeyPath, hc, home, passwd, cfg := h.base, h.dir, h.hostKey, h.hostCert, h.home, h.passwd, h.sshdConfig
+	writeFile(t, filepath.Join(home, ".ssh", "authorized_keys"), `from="10.0.0.0/8" `+readFile(t, h.userKey+".pub"))
 
 	ctx := context.Background()
 	var out bytes.Buffer
