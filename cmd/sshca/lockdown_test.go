@@ -2,12 +2,8 @@ package main
 
 import (
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -61,14 +57,7 @@ func lockdown(t *testing.T, mode string) {
 	case "redis":
 		flags.redisURL = "redis://" + r.Addr
 	case "https":
-		target, err := url.Parse(base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		front := httptest.NewTLSServer(httputil.NewSingleHostReverseProxy(target))
-		t.Cleanup(front.Close)
-		flags.server, flags.serverCA = front.URL, filepath.Join(dir, "server-ca.pem")
-		writeFile(t, flags.serverCA, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: front.Certificate().Raw})))
+		flags.server, flags.serverCA = tlsFront(t, base, dir)
 	}
 	startAgent(t, flags)
 	sshd, kh := startBastionSSHD(t, base, mint, dir, flags)

@@ -1,11 +1,7 @@
 package main
 
 import (
-	"encoding/pem"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"path/filepath"
 	"testing"
 	"time"
@@ -23,17 +19,10 @@ func TestRevocationHTTPSLockdown(t *testing.T) {
 	r := testenv.StartRedis(t)
 	idp := startIssuer(t, "sshca")
 	base := startServe(t, serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}}))
-	target, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	front := httptest.NewTLSServer(httputil.NewSingleHostReverseProxy(target))
-	t.Cleanup(front.Close)
 	dir := t.TempDir()
-	serverCA := filepath.Join(dir, "server-ca.pem")
-	writeFile(t, serverCA, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: front.Certificate().Raw})))
+	frontURL, serverCA := tlsFront(t, base, dir)
 	mint := minter(t, idp)
-	flags := agentFlags{server: front.URL, serverCA: serverCA, krlPath: filepath.Join(dir, "sshca.krl"),
+	flags := agentFlags{server: frontURL, serverCA: serverCA, krlPath: filepath.Join(dir, "sshca.krl"),
 		userCA: filepath.Join(dir, "user_ca.pub"), health: "127.0.0.1:0", sshdLog: filepath.Join(dir, "sshd.log"), poll: 100 * time.Millisecond}
 	startAgent(t, flags)
 	sshd, kh := startBastionSSHD(t, base, mint, dir, flags)

@@ -3,12 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/pem"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -41,17 +37,10 @@ func TestRevocationHTTPSLongPoll(t *testing.T) {
 	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
 	baseA := startServe(t, cfg)
 	baseB := startServe(t, cfg)
-	target, err := url.Parse(baseB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	front := httptest.NewTLSServer(httputil.NewSingleHostReverseProxy(target))
-	t.Cleanup(front.Close)
 	dir := t.TempDir()
-	serverCA := filepath.Join(dir, "server-ca.pem")
-	writeFile(t, serverCA, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: front.Certificate().Raw})))
+	frontURL, serverCA := tlsFront(t, baseB, dir)
 	mint := minter(t, idp)
-	flags := agentFlags{server: front.URL, serverCA: serverCA, krlPath: filepath.Join(dir, "https.krl"),
+	flags := agentFlags{server: frontURL, serverCA: serverCA, krlPath: filepath.Join(dir, "https.krl"),
 		userCA: filepath.Join(dir, "user_ca.pub"), health: "127.0.0.1:0", sshdLog: filepath.Join(dir, "sshd.log"), poll: 5 * time.Second}
 	httpsAgent := startAgent(t, flags)
 	redisDir := t.TempDir()
