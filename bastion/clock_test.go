@@ -77,21 +77,14 @@ func (c *callTimes) count() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c
 func (c *callTimes) gaps() []time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var ds []time.Duration
-	for i := 1; i < len(c.at); i++ {
-		ds = append(ds, c.at[i].Sub(c.at[i-1]))
-	}
-	return ds
+	return testenv.Gaps(c.at)
 }
 
 // stepUntil advances clk by step, each time once the agent waits again (n waiters), until
 // calls has want entries.
 func stepUntil(t *testing.T, clk *clockwork.FakeClock, n int, step time.Duration, calls *callTimes, want int) {
 	t.Helper()
-	for calls.count() < want {
-		blockUntil(t, clk, n, "between steps")
-		clk.Advance(step)
-	}
+	testenv.Step(t, clk, n, step, func() bool { return calls.count() >= want })
 }
 
 // downFeed is a Redis feed whose every read fails, as with Redis down.

@@ -275,23 +275,9 @@ func TestSignedAuditRetryOnItsClock(t *testing.T) {
 		t.Fatalf("Issue with the audit log failing = %v, want unavailable", err)
 	}
 	lost := func() bool { return strings.Contains(logs.String(), "audit record of a signed certificate lost") }
-	waiting := func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
-		defer cancel()
-		return clk.BlockUntilContext(ctx, 1) == nil
-	}
-	for deadline := time.Now().Add(10 * time.Second); !lost(); {
-		if waiting() {
-			clk.Advance(100 * time.Millisecond)
-		} else if time.Now().After(deadline) {
-			t.Fatalf("the retry neither waits on the authority's clock nor gives up (%d attempts)", len(audit.times()))
-		}
-	}
+	testenv.Step(t, clk, 1, 100*time.Millisecond, lost)
 	at := audit.times()
-	var gaps []time.Duration
-	for i := 1; i < len(at); i++ {
-		gaps = append(gaps, at[i].Sub(at[i-1]))
-	}
+	gaps := testenv.Gaps(at)
 	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond}
 	for len(want) < len(gaps) {
 		want = append(want, 2*time.Second)

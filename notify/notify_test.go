@@ -226,28 +226,6 @@ func TestVerify(t *testing.T) {
 	}
 }
 
-// stepClock advances clk by step each time the code under test waits on it (one waiter), until
-// done says so; it fails the test when the code neither waits nor gets done within 10 s.
-func stepClock(t *testing.T, clk *clockwork.FakeClock, step time.Duration, done func() bool) {
-	t.Helper()
-	waiting := func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
-		defer cancel()
-		return clk.BlockUntilContext(ctx, 1) == nil
-	}
-	for !done() {
-		deadline := time.Now().Add(10 * time.Second)
-		for !done() && !waiting() {
-			if time.Now().After(deadline) {
-				t.Fatal("the dispatcher does not wait on its clock")
-			}
-		}
-		if !done() {
-			clk.Advance(step)
-		}
-	}
-}
-
 // TestWebhookBackoffOnItsClock: a receiver that keeps failing is sent an event again after
 // 200 ms, 600 ms and 1.8 s of the dispatcher's clock (a clockwork.FakeClock advanced 100 ms
 // at a time), then left to the outbox's next hand-out; each send is signed with that clock's
@@ -274,17 +252,13 @@ func TestWebhookBackoffOnItsClock(t *testing.T) {
 		t.Fatal(err)
 	}
 	sends := func() int { mu.Lock(); defer mu.Unlock(); return len(at) }
-	stepClock(t, clk, 100*time.Millisecond, func() bool { return sends() == 4 })
+	testenv.Step(t, clk, 1, 100*time.Millisecond, func() bool { return sends() == 4 })
 	testenv.Eventually(t, 10*time.Second, "the fourth failure is counted", func() bool {
 		return testutil.ToFloat64(d.Metric().WithLabelValues("failed")) == 4
 	})
 	mu.Lock()
 	defer mu.Unlock()
-	var gaps []time.Duration
-	for i := 1; i < len(at); i++ {
-		gaps = append(gaps, at[i].Sub(at[i-1]))
-	}
-	if diff := cmp.Diff([]time.Duration{200 * time.Millisecond, 600 * time.Millisecond, 1800 * time.Millisecond}, gaps); diff != "" {
+	if diff := cmp.Diff([]time.Duration{200 * time.Millisecond, 600 * time.Millisecond, 1800 * time.Millisecond}, testenv.Gaps(at)); diff != "" {
 		t.Errorf("pauses between sends on the dispatcher's clock (-want +got):\n%s", diff)
 	}
 	if stamps[0] != "1800000000" {

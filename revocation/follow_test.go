@@ -159,11 +159,7 @@ func (f *flakyFeed) failedAfter(i int) []int {
 func (f *flakyFeed) gaps() []time.Duration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var ds []time.Duration
-	for i := 1; i < len(f.at); i++ {
-		ds = append(ds, f.at[i].Sub(f.at[i-1]))
-	}
-	return ds
+	return testenv.Gaps(f.at)
 }
 
 // runFollowerOn runs f until the end of the test and returns a function that advances clk by
@@ -174,25 +170,9 @@ func runFollowerOn(t *testing.T, f *revocation.Follower, clk *clockwork.FakeCloc
 	done := make(chan struct{})
 	go func() { f.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waiting := func() bool {
-		wctx, wcancel := context.WithTimeout(ctx, time.Millisecond)
-		defer wcancel()
-		return clk.BlockUntilContext(wctx, 1) == nil
-	}
 	return func(step time.Duration, want int) {
 		t.Helper()
-		for {
-			deadline := time.Now().Add(10 * time.Second)
-			for feed.calls() < want && !waiting() {
-				if time.Now().After(deadline) {
-					t.Fatalf("Run does not wait on its clock (after %d reads of the CA list)", feed.calls())
-				}
-			}
-			if feed.calls() >= want {
-				return
-			}
-			clk.Advance(step)
-		}
+		testenv.Step(t, clk, 1, step, func() bool { return feed.calls() >= want })
 	}
 }
 
