@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sshca/sshca/internal/testenv"
 )
 
 var (
@@ -27,7 +29,7 @@ func TestDeviceVerificationPage(t *testing.T) {
 	home := t.TempDir()
 	t.Setenv("HOME", home)
 	t.Setenv("SSH_AUTH_SOCK", "")
-	msg := &syncBuffer{}
+	msg := &testenv.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- runLogin(context.Background(), &bytes.Buffer{}, msg, loginFlags{server: base, noAgent: true})

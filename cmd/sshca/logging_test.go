@@ -19,7 +19,7 @@ import (
 // and a request's line names its X-Request-ID.
 func TestDevLogFormatJSON(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	var stderr lockedBuffer
+	var stderr testenv.SyncBuffer
 	root := newRootCommand()
 	root.SetOut(&bytes.Buffer{})
 	root.SetErr(&stderr)
@@ -83,7 +83,7 @@ func TestLogFlags(t *testing.T) {
 		}
 	}
 	for _, o := range []logOptions{{format: "xml", level: "info"}, {format: "json", level: "verbose"}} {
-		_, err := newLogger(&lockedBuffer{}, o)
+		_, err := newLogger(&testenv.SyncBuffer{}, o)
 		want := "--log-format \"xml\": want json or text"
 		if o.format == "json" {
 			want = "--log-level \"verbose\": want debug, info, warn or error"
@@ -92,7 +92,7 @@ func TestLogFlags(t *testing.T) {
 			t.Errorf("%+v: err %v, want %q", o, err, want)
 		}
 	}
-	var buf lockedBuffer // newLogger also gives go-redis this logger, for the whole process
+	var buf testenv.SyncBuffer // newLogger also gives go-redis this logger, for the whole process
 	log, err := newLogger(&buf, logOptions{format: "text", level: "warn"})
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +107,7 @@ func TestLogFlags(t *testing.T) {
 // TestRedisLoggerAdapter: go-redis's messages arrive as warn lines marked component=redis,
 // with the request's ID when the context carries one.
 func TestRedisLoggerAdapter(t *testing.T) {
-	var buf lockedBuffer
+	var buf testenv.SyncBuffer
 	log, err := newLogger(&buf, logOptions{format: "json", level: "info"})
 	if err != nil {
 		t.Fatal(err)

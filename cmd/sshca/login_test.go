@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,26 +21,13 @@ import (
 	"github.com/sshca/sshca/internal/testenv"
 )
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader in two goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 var userCodeRE = regexp.MustCompile(`enter the code ([A-Z]{4}-[A-Z]{4})`)
 
 // login runs `sshca login` in the background and answers its device-flow prompt with approve.
 func login(t *testing.T, base string, f loginFlags, approve func(code string)) (string, error) {
 	t.Helper()
 	f.server = base
-	msg := &syncBuffer{}
+	msg := &testenv.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() { done <- runLogin(context.Background(), &bytes.Buffer{}, msg, f) }()
 	deadline := time.Now().Add(20 * time.Second)
@@ -230,7 +216,7 @@ func TestLoginBrowserGivesUpOnItsClock(t *testing.T) {
 	openBrowser = func(authURL string) error { opened <- authURL; return nil } // the user never signs in
 	clk := clockwork.NewFakeClock()
 	done := make(chan error, 1)
-	var msg syncBuffer
+	var msg testenv.SyncBuffer
 	go func() {
 		done <- runLogin(context.Background(), &bytes.Buffer{}, &msg, loginFlags{server: base, browser: true, noAgent: true, clock: clk})
 	}()

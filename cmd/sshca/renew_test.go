@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 )
 
 // TestHostRenewal: a host renews its certificate with a proof of possession signed by its
@@ -81,7 +82,7 @@ func TestHostRenewal(t *testing.T) {
 	t.Setenv("SSHCA_TOKEN", devToken(t, base, map[string]any{"sub": "ci-job", "groups": []string{"ci"}}))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var buf syncBuffer
+	var buf testenv.SyncBuffer
 	waits := make(chan time.Duration, 16)
 	after := func(d time.Duration) <-chan time.Time {
 		waits <- d

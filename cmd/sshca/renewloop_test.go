@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/internal/testenv"
 )
 
 // renewFixture is a host key and its certificate (valid from start-1m until start+life)
@@ -83,7 +84,7 @@ func TestRenewLoopOnFakeClock(t *testing.T) {
 	f := newRenewFixture(t, start, 60*time.Second, time.Hour, 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	done := make(chan error, 1)
 	go func() { done <- renewLoop(ctx, &out, f.srv.URL, f.keyPath, f.certPath, "", clk) }()
 
@@ -154,7 +155,7 @@ func TestRenewLoopGivesUpAtExpiry(t *testing.T) {
 	f := newRenewFixture(t, start, 10*time.Minute, time.Hour, 1<<30)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	done := make(chan error, 1)
 	go func() { done <- renewLoop(ctx, &out, f.srv.URL, f.keyPath, f.certPath, "", clk) }()
 	for {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,32 +19,14 @@ import (
 	"github.com/sshca/sshca/services"
 )
 
-// lockedBuffer collects a server's log lines while it writes them.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startServeLogged runs `sshca serve` with cfg, its log (JSON, info level) into the returned
 // buffer, and returns its base URL.
-func startServeLogged(t *testing.T, cfg *Config) (string, *lockedBuffer) {
+func startServeLogged(t *testing.T, cfg *Config) (string, *testenv.SyncBuffer) {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	buf := &lockedBuffer{}
+	buf := &testenv.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(io.MultiWriter(buf, testWriter{t}), nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)

@@ -91,12 +91,12 @@ func (ca *testCA) issue(t *testing.T, cn string, server bool) (certPEM, keyPEM [
 
 // startServeTLS runs serve with cfg, logging to the test and to the returned buffer, and
 // returns the https base URL.
-func startServeTLS(t *testing.T, cfg *Config) (string, *syncBuffer) {
+func startServeTLS(t *testing.T, cfg *Config) (string, *testenv.SyncBuffer) {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(logs, testWriter{t}), nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, errc := make(chan string, 1), make(chan error, 1)
