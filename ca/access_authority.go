@@ -173,11 +173,7 @@ func (a *Authority) checkNewAccessRequest(nr NewAccessRequest) (time.Duration, e
 // another identity with the same verified e-mail), and anyone the policy allows to decide it
 // (kind "approve", not audited: a read), may see it.
 func (a *Authority) GetAccessRequest(ctx context.Context, token, reqID string) (AccessRequest, error) {
-	id, err := a.auth.Authenticate(ctx, token)
-	if err != nil {
-		return AccessRequest{}, err
-	}
-	r, err := a.loadAccessRequest(ctx, reqID)
+	id, r, err := a.authenticatedRequest(ctx, token, reqID)
 	if err != nil {
 		return AccessRequest{}, err
 	}
@@ -235,6 +231,17 @@ func (a *Authority) approveInput(id Identity, r AccessRequest, reason string) Po
 	return in
 }
 
+// authenticatedRequest authenticates the caller, then loads the request reqID: what every
+// call about one request does first.
+func (a *Authority) authenticatedRequest(ctx context.Context, token, reqID string) (Identity, AccessRequest, error) {
+	id, err := a.auth.Authenticate(ctx, token)
+	if err != nil {
+		return Identity{}, AccessRequest{}, err
+	}
+	r, err := a.loadAccessRequest(ctx, reqID)
+	return id, r, err
+}
+
 func (a *Authority) loadAccessRequest(ctx context.Context, reqID string) (AccessRequest, error) {
 	if a.requests == nil {
 		return AccessRequest{}, Unavailable("access requests are not configured on this server", nil)
@@ -260,11 +267,7 @@ func (a *Authority) loadAccessRequest(ctx context.Context, reqID string) (Access
 // approvals it needs; approvals by identities blocked since no longer count. The request is
 // approved once that many distinct approvers (canonical names) have approved its content.
 func (a *Authority) DecideAccessRequest(ctx context.Context, token, reqID string, d AccessDecision) (AccessRequest, error) {
-	id, err := a.auth.Authenticate(ctx, token)
-	if err != nil {
-		return AccessRequest{}, err
-	}
-	r, err := a.loadAccessRequest(ctx, reqID)
+	id, r, err := a.authenticatedRequest(ctx, token, reqID)
 	if err != nil {
 		return AccessRequest{}, err
 	}
@@ -417,11 +420,7 @@ func approverNames(aps []Approval) []string {
 // end their sessions). A certificate being issued meanwhile is not issued: its record is
 // written only if the request is still approved (RecordUnderRequest).
 func (a *Authority) CancelAccessRequest(ctx context.Context, token, reqID, reason string) (AccessRequest, error) {
-	id, err := a.auth.Authenticate(ctx, token)
-	if err != nil {
-		return AccessRequest{}, err
-	}
-	r, err := a.loadAccessRequest(ctx, reqID)
+	id, r, err := a.authenticatedRequest(ctx, token, reqID)
 	if err != nil {
 		return AccessRequest{}, err
 	}
@@ -568,11 +567,7 @@ func (a *Authority) breakGlassLast24h(ctx context.Context, id Identity, now time
 // policy lets decide the request (kind "approve"), never its requester nor a workload identity,
 // once. Reports show a break-glass request without it as missing its review.
 func (a *Authority) ReviewAccessRequest(ctx context.Context, token, reqID, reason string) (AccessRequest, error) {
-	id, err := a.auth.Authenticate(ctx, token)
-	if err != nil {
-		return AccessRequest{}, err
-	}
-	r, err := a.loadAccessRequest(ctx, reqID)
+	id, r, err := a.authenticatedRequest(ctx, token, reqID)
 	if err != nil {
 		return AccessRequest{}, err
 	}
