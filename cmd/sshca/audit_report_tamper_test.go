@@ -2,16 +2,13 @@ package main
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/internal/testenv"
 )
 
 // TestAccessReportRefusesTamperedChain: `sshca audit report` reads only a verified chain
@@ -20,19 +17,9 @@ import (
 // record is deleted from the middle, the report fails with no grant printed, so an auditor never
 // reads a history an intruder edited.
 func TestAccessReportRefusesTamperedChain(t *testing.T) {
-	r := testenv.StartRedis(t)
+	f := newKeyedAudit(t)
+	r, keyFile, rdb, l := f.redis, f.keyFile, f.rdb, f.log
 	ctx := context.Background()
-	keyFile := filepath.Join(t.TempDir(), "audit.key")
-	if err := writeAuditKey(keyFile); err != nil {
-		t.Fatal(err)
-	}
-	key, err := readAuditKey(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	defer rdb.Close()
-	l := audit.New(rdb, audit.Options{Key: key})
 	now := time.Now().UTC().Add(-time.Hour)
 	for i, rec := range []ca.AuditRecord{
 		{Time: now, Action: ca.ActionUser, Outcome: "issued", Identity: "https://idp|u1", Serial: 10, Ticket: "OPS-1", Principals: []string{"root"}},
