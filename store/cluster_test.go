@@ -3,7 +3,9 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -142,5 +144,39 @@ func TestGenerationSwitchOnCluster(t *testing.T) {
 	writeAll(fresh)
 	if err := s.CheckState(ctx, userCA, hostCA); err != nil {
 		t.Errorf("after writes in the new generation: %v", err)
+	}
+}
+
+// TestFirstUseRaceOnCluster: many processes (each its own witness) first use one empty store
+// on a real Redis Cluster at the same moment, each spending tokens: the generation record and
+// the marks live on different nodes, so one process may read the record missing and then a
+// mark that another created in between. None may take that for lost state.
+func TestFirstUseRaceOnCluster(t *testing.T) {
+	c := testenv.StartRedisCluster(t, 3)
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs})
+	defer cc.Close()
+	ctx := context.Background()
+	for round := range 5 {
+		if err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() }); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for p := range 16 {
+			wg.Go(func() {
+				s := store.NewRedis(cc, store.RedisOptions{})
+				for i := range 4 {
+					if _, err := s.UseToken(ctx, fmt.Sprintf("iss|%d-%d-%d", round, p, i), time.Now(), time.Now().Add(time.Hour)); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("round %d: a first use racing others on an empty store: %v", round, err)
+		}
 	}
 }

@@ -261,10 +261,23 @@ func (r *Redis) generation(ctx context.Context) (Generation, error) {
 	}
 	if cmds[0].Val() == 0 {
 		for i, c := range cmds[1:] {
-			if c.Val() > 0 {
+			if c.Val() == 0 {
+				continue
+			}
+			// On a Cluster the record and the marks live on different nodes and the pipeline
+			// reads them at different instants: another process (or request) that created the
+			// record and wrote a mark in between looked like a lost record, and every
+			// first request of a loaded replica failed closed. A mark is only written once the
+			// record exists, so the record read again after the mark was seen is conclusive.
+			again, err := r.rdb.Exists(ctx, r.keys.Generation()).Result()
+			if err != nil {
+				return Generation{}, fmt.Errorf("store: generation: %w", err)
+			}
+			if again == 0 {
 				r.witness.lose(TagGeneration, "the generation record is missing but "+MarkedTags[i]+" has a mark")
 				return Generation{}, r.witness.Lost()
 			}
+			break
 		}
 	}
 	layout := strconv.Itoa(LayoutVersion)
