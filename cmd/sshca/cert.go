@@ -88,6 +88,10 @@ func runCert(ctx context.Context, out io.Writer, kind string, f certFlags) error
 		}
 	}
 	pub, err := os.ReadFile(f.key)
+	if errors.Is(err, os.ErrNotExist) && kind == "user" {
+		// The default --key is a file many users do not have; say how to get one.
+		return fmt.Errorf("read public key: %w: give --key FILE.pub, or create one with ssh-keygen -t ed25519 -f %s (or let sshca login create ~/.ssh/sshca/id_ed25519)", err, privPath)
+	}
 	if err != nil {
 		return fmt.Errorf("read public key: %w", err)
 	}
@@ -185,9 +189,13 @@ func statusHint(e *client.Error) string {
 		return "the service refused the request as sent: check the flags' values"
 	case c == http.StatusUnauthorized:
 		return "sign in again (sshca login) or get a new token: tokens expire and each is good for one certificate"
-	case c == http.StatusForbidden:
+	case c == http.StatusForbidden && strings.HasPrefix(e.Endpoint, "POST /v1/certs/"):
 		return "the policy refused for the reasons above: ask for less (principals, --ttl), or ask its owners for access"
-	case c == http.StatusNotFound:
+	case c == http.StatusForbidden:
+		return "the policy refused for the reasons above: ask its owners for access"
+	case c == http.StatusNotFound && e.Message == "":
+		// Only an answer without sshca's error body is a wrong URL or an older server: sshca's
+		// own 404s (no such serial, request or session) say what was not found.
 		return "check --server (is it an sshca service, with no extra path?) and that the server's version has this endpoint"
 	case c == http.StatusRequestEntityTooLarge:
 		return "the request is over the service's 64 KiB limit"

@@ -323,8 +323,8 @@ func newDevTokenCommand() *cobra.Command {
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&server, "server", "http://127.0.0.1:8080", "URL of `sshca dev`")
-	cmd.Flags().StringVar(&state, "state", defaultStateDir(), "state directory of `sshca dev` (holds "+devSecretFile+")")
+	cmd.Flags().StringVar(&server, "server", "http://127.0.0.1:8080", "URL of sshca dev")
+	cmd.Flags().StringVar(&state, "state", defaultStateDir(), "state directory of sshca dev (holds "+devSecretFile+")")
 	for _, c := range []string{"sub", "email", "preferred_username"} {
 		claims[c] = new(string)
 		cmd.Flags().StringVar(claims[c], strings.ReplaceAll(c, "_", "-"), "", "the "+c+" claim")

@@ -22,7 +22,10 @@ func newServeCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve --config FILE | --check-config FILE [--offline]",
 		Short: "Run the signing service (production), or check its configuration",
-		Args:  cobra.NoArgs,
+		// The check is a flag of serve (it reads the configuration as serve does), but users
+		// reach for a command of its own.
+		SuggestFor: []string{"check-config", "check", "validate"},
+		Args:       cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if checkPath != "" {
 				return runCheckConfig(cmd.Context(), cmd.OutOrStdout(), checkPath, offline)

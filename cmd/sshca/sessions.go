@@ -74,6 +74,12 @@ func (d dirSource) open(_ context.Context, id string) (*ca.Recording, *ca.Sessio
 }
 
 func (d dirSource) list(ctx context.Context, q client.RecordingQuery) ([]listedSession, []string, error) {
+	// Glob finds nothing in a directory that is not there, so without this a mistyped --dir,
+	// or sessions list run away from a bastion without --server, would print an empty table
+	// as if nobody had been recorded.
+	if fi, err := os.Stat(d.dir); err != nil || !fi.IsDir() {
+		return nil, nil, fmt.Errorf("recordings directory %s: not a readable directory; on a bastion give --dir (the agent's --recordings), elsewhere --server or SSHCA_SERVER to read what agents shipped to the CA", d.dir)
+	}
 	paths, err := filepath.Glob(filepath.Join(d.dir, "*.rec"))
 	if err != nil {
 		return nil, nil, err

@@ -105,3 +105,25 @@ func TestSessionsCommands(t *testing.T) {
 		t.Errorf("list with a changed recording: %v, want it named", err)
 	}
 }
+
+// TestSessionsListMissingDir: a recordings directory that is not there is an error that names
+// it and both ways out, not an empty table; an empty directory that is there is an empty table.
+func TestSessionsListMissingDir(t *testing.T) {
+	t.Setenv("SSHCA_SERVER", "")
+	missing := filepath.Join(t.TempDir(), "nope")
+	out, err := runCLI(t, "", "sessions", "list", "--dir", missing)
+	if err == nil || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "--server") {
+		t.Fatalf("sessions list --dir %s: err %v, out %q; want an error naming the directory and --server", missing, err, out)
+	}
+	file := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCLI(t, "", "sessions", "list", "--dir", file); err == nil {
+		t.Fatal("sessions list --dir FILE: no error")
+	}
+	out, err = runCLI(t, "", "sessions", "list", "--dir", t.TempDir())
+	if err != nil || strings.TrimSpace(out) != "ID  START  HOST  USER  KEY ID  KIND  STATE  COMMAND" {
+		t.Fatalf("sessions list of an empty directory: %v, %q", err, out)
+	}
+}
