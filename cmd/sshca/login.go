@@ -343,6 +343,11 @@ func loadOrCreateKey(path string) (string, any, error) {
 		if errors.As(err, &missing) {
 			return "", nil, fmt.Errorf("the key %s has a passphrase; use a key without one for sshca (its certificate lives minutes), or pass another --key", path)
 		}
+		if _, _, _, _, perr := ssh.ParseAuthorizedKey(b); perr == nil {
+			// sshca cert user takes the public key; login needs the private one, to put it
+			// in the agent beside its certificate.
+			return "", nil, fmt.Errorf("the key %s is a public key: sshca login wants the private key (--key %s)", path, strings.TrimSuffix(path, ".pub"))
+		}
 		return "", nil, fmt.Errorf("the key %s is not an OpenSSH private key: %w", path, err)
 	}
 	return path, raw, nil

@@ -3,6 +3,7 @@ package main
 import (
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -93,5 +94,29 @@ func TestCertUserMissingKeySaysHow(t *testing.T) {
 	_, err := runCLI(t, "", "cert", "user", "--server", "http://127.0.0.1:1", "--key", key)
 	if err == nil || !strings.Contains(err.Error(), "--key") || !strings.Contains(err.Error(), "ssh-keygen -t ed25519 -f "+strings.TrimSuffix(key, ".pub")) {
 		t.Fatalf("cert user with a missing key: %v; want how to give or make one", err)
+	}
+}
+
+// TestLoginKeyGivenThePublicKey: login --key FILE.pub (what cert user takes) says to give the
+// private key; a file that is neither is still "not an OpenSSH private key".
+func TestLoginKeyGivenThePublicKey(t *testing.T) {
+	dir := t.TempDir()
+	priv := filepath.Join(dir, "k")
+	if err := createKey(priv); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := loadOrCreateKey(priv + ".pub")
+	if err == nil || !strings.Contains(err.Error(), "is a public key") || !strings.Contains(err.Error(), "--key "+priv+")") {
+		t.Fatalf("login --key k.pub: %v", err)
+	}
+	junk := filepath.Join(dir, "junk")
+	if err := os.WriteFile(junk, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadOrCreateKey(junk); err == nil || !strings.Contains(err.Error(), "not an OpenSSH private key") {
+		t.Fatalf("login --key junk: %v", err)
+	}
+	if _, _, err := loadOrCreateKey(priv); err != nil {
+		t.Fatalf("login --key k: %v", err)
 	}
 }
