@@ -5,8 +5,8 @@ import rego.v1
 import data.sshca
 
 # Access requests (kinds "request" and "approve") and certificates under an approved request,
-# with the shipped data: developers may ask for root and prod-* (ops, who hold root already,
-# for prod-*); root needs one approval from sre-leads, prod-* two.
+# with the shipped data: developers and ops may ask for root and prod-* (no group holds root
+# standing); root needs one approval from sre-leads, prod-* two.
 
 now := "2026-11-25T10:00:00Z"
 
@@ -158,12 +158,17 @@ test_root_without_request_denied if {
 	d.reasons == ["principal root is not granted to alice@example.com"]
 }
 
-test_ops_may_request_prod_only if {
+# ops held root standing before issue 17; now they ask for it like anyone else.
+test_ops_request_root_and_prod if {
 	ops := object.union(alice, {"groups": ["ops"]})
 	d := sshca.decision with input as asking(ops, ["prod-db"], 1800, "OPS-1 disk full")
 	d.allow
+	d.approvals_required == 2
 	d2 := sshca.decision with input as asking(ops, ["root"], 1800, "OPS-1 disk full")
-	not d2.allow
+	d2.allow
+	d2.approvals_required == 1
+	d3 := sshca.decision with input as asking(ops, ["admin"], 1800, "OPS-1 disk full")
+	not d3.allow
 }
 
 test_other_kinds_need_no_approvals if {

@@ -201,6 +201,10 @@ test_others_may_not_read if {
 
 # --- privileged principals ----------------------------------------------------------------
 
+# The shipped data grants root to no group (issue 17): root comes through an approved access
+# request or break-glass (access_test.rego). The privileged rules below run on a certificate
+# under such a request, and each test checks that an operator's own standing grant (their
+# data.json mapping a group to root) meets the very same rules.
 ops := object.union(alice, {"groups": ["ops"], "amr": ["pwd", "mfa"], "auth_time": 1795000000})
 
 # 2026-11-25T10:00:00Z is 1795600800; auth_time 1795598400 is 40 minutes earlier.
@@ -208,55 +212,110 @@ ops_fresh := object.union(ops, {"auth_time": 1795598400})
 
 with_reason(r, reason) := object.union(r, {"request": object.union(r.request, {"reason": reason})})
 
+lead := {"issuer": "https://idp", "subject": "u7", "email": "lead@example.com", "username": "lead", "groups": ["sre-leads"], "amr": ["pwd", "hwk"], "auth_time": 1795598400, "workload": false, "claims": {}}
+
+# A certificate asked for under an approved request for root by id.
+privileged_req(id, principals, ttl, reason) := object.union(with_reason(req("user", id, principals, ttl), reason), {"access_request": {
+	"id": "req_aaaaaaaaaaaaaaaa", "requester": id, "principals": ["root"], "ttl_seconds": 1800, "reason": "OPS-1 disk full",
+	"approvals": [{"approver": lead, "at": "2026-11-25T09:50:00Z", "reason": "ok"}], "break_glass": false,
+}})
+
+# The same certificate without a request, where the operator's data grants ops root standing.
+standing(r) := d if {
+	d := sshca.decision with input as object.remove(r, ["access_request"])
+		with data.sshca_settings.user.group_principals as {"ops": ["root"]}
+}
+
+test_shipped_data_grants_no_standing_privileged_principal if {
+	standing_grants := {[g, p] |
+		some g, ps in data.sshca_settings.user.group_principals
+		some p in ps
+		sshca.privileged(p)
+	}
+	standing_grants == set()
+}
+
+# Whatever groups an identity has (every group the shipped data names anywhere), root without a
+# request is refused, even with a second factor, a fresh sign-in and a ticket.
+test_no_group_of_shipped_data_gets_root_without_request if {
+	every_group := {g |
+		some section in [
+			data.sshca_settings.user.group_principals, data.sshca_settings.user.group_max_ttl_seconds,
+			data.sshca_settings.user.group_extensions, data.sshca_settings.user.group_source_addresses,
+			data.sshca_settings.access_requests.requestable,
+		]
+		some g, _ in section
+	} | {g | some g in data.sshca_settings.admin_groups} | {g | some g in data.sshca_settings.auditor_groups} | {g | some g in data.sshca_settings.access_requests.default_approver_groups} | {g | some g in data.sshca_settings.access_requests.break_glass.groups}
+	"ops" in every_group
+	everyone := object.union(ops_fresh, {"groups": sort([g | some g in every_group])})
+	d := sshca.decision with input as with_reason(req("user", everyone, ["root"], 300), "OPS-1234 disk full")
+	not d.allow
+	"principal root is not granted to alice@example.com" in d.reasons
+}
+
 test_root_not_in_default_grant if {
-	d := sshca.decision with input as req("user", ops_fresh, [], 0)
+	r := privileged_req(ops_fresh, [], 0, "OPS-1")
+	d := sshca.decision with input as r
 	d.allow
 	d.principals == ["alice"]
+	standing(r) == d
 }
 
 test_root_with_mfa_fresh_and_ticket if {
-	d := sshca.decision with input as with_reason(req("user", ops_fresh, ["root"], 0), "fix OPS-1234 now")
+	r := privileged_req(ops_fresh, ["root"], 0, "fix OPS-1234 now")
+	d := sshca.decision with input as r
 	d.allow
 	d.principals == ["root"]
 	d.ticket == "OPS-1234"
 	d.ttl_seconds == 600
+	standing(r) == d
 }
 
 test_root_ttl_capped_lower if {
-	d := sshca.decision with input as with_reason(req("user", ops_fresh, ["root"], 1800), "OPS-1")
+	r := privileged_req(ops_fresh, ["root"], 1800, "OPS-1")
+	d := sshca.decision with input as r
 	not d.allow
 	d.reasons == ["ttl 1800s exceeds the policy maximum of 900s for this request"]
+	standing(r) == d
 }
 
 test_root_without_mfa if {
-	d := sshca.decision with input as with_reason(req("user", object.union(ops_fresh, {"amr": ["pwd"]}), ["root"], 0), "OPS-1")
+	r := privileged_req(object.union(ops_fresh, {"amr": ["pwd"]}), ["root"], 0, "OPS-1")
+	d := sshca.decision with input as r
+	not d.allow
+	d.reasons == ["principal root needs a second factor: sign in with MFA and give a ticket in --reason"]
+	standing(r) == d
+}
+
+test_root_with_acr if {
+	r := privileged_req(object.union(ops_fresh, {"amr": [], "acr": "phrh"}), ["root"], 0, "OPS-1")
+	d := sshca.decision with input as r
+	d.allow
+	standing(r) == d
+}
+
+test_root_per_issuer_mfa_rule if {
+	r := privileged_req(object.union(ops_fresh, {"amr": ["otp"]}), ["root"], 0, "OPS-1")
+	d := sshca.decision with input as r
+		with data.sshca_settings.user.mfa as {"https://idp": {"acr": ["gold"]}, "*": {"amr": ["otp"]}}
 	not d.allow
 	d.reasons == ["principal root needs a second factor: sign in with MFA and give a ticket in --reason"]
 }
 
-test_root_with_acr if {
-	id := object.union(ops_fresh, {"amr": [], "acr": "phrh"})
-	d := sshca.decision with input as with_reason(req("user", id, ["root"], 0), "OPS-1")
-	d.allow
-}
-
-test_root_per_issuer_mfa_rule if {
-	id := object.union(ops_fresh, {"amr": ["otp"]})
-	d := sshca.decision with input as with_reason(req("user", id, ["root"], 0), "OPS-1")
-		with data.sshca_settings.user.mfa as {"https://idp": {"acr": ["gold"]}, "*": {"amr": ["otp"]}}
-	not d.allow
-}
-
 test_root_stale_sign_in if {
-	d := sshca.decision with input as with_reason(req("user", ops, ["root"], 0), "OPS-1")
+	r := privileged_req(ops, ["root"], 0, "OPS-1")
+	d := sshca.decision with input as r
 	not d.allow
 	d.reasons == ["principal root needs a recent sign-in (within 3600s; yours was 600800s ago): sign in again"]
+	standing(r) == d
 }
 
 test_root_without_ticket if {
-	d := sshca.decision with input as with_reason(req("user", ops_fresh, ["root"], 0), "because")
+	r := privileged_req(ops_fresh, ["root"], 0, "because")
+	d := sshca.decision with input as r
 	not d.allow
 	d.reasons == ["principal root needs a ticket matching [A-Z]+-[0-9]+ in --reason"]
+	standing(r) == d
 }
 
 test_prod_glob_privileged if {

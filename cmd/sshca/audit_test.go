@@ -27,6 +27,7 @@ func TestAuditTrail(t *testing.T) {
 	r := testenv.StartRedis(t)
 	idp := startIssuer(t, "sshca")
 	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	cfg.Policy.DataFile = standingRootData(t) // a privileged certificate without an access request
 	base := startServe(t, cfg)
 	mint := minter(t, idp)
 	userKey := keygen(t, t.TempDir(), "alice")

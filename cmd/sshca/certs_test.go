@@ -13,14 +13,16 @@ import (
 )
 
 // TestCertsListEndToEnd: `sshca certs list` against `sshca serve` on a real redis-server with
-// the shipped policy. An auditor lists everyone's unexpired certificates from the global index,
-// narrows by identity and principal, sees the one an admin revoked flagged (and left out with
-// --live); the auditor cannot revoke, and a plain user cannot list. Every list is in the
-// verified audit chain as a read, none as a revocation.
+// the shipped policy (its data with a standing root grant to ops, standingRootData). An
+// auditor lists everyone's unexpired certificates from the global index, narrows by identity
+// and principal, sees the one an admin revoked flagged (and left out with --live); the auditor
+// cannot revoke, and a plain user cannot list. Every list is in the verified audit chain as a
+// read, none as a revocation.
 func TestCertsListEndToEnd(t *testing.T) {
 	r := testenv.StartRedis(t)
 	idp := startIssuer(t, "sshca")
 	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	cfg.Policy.DataFile = standingRootData(t) // bob's root certificate without an access request
 	base := startServe(t, cfg)
 	mint := minter(t, idp)
 	dir := t.TempDir()

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/policies"
 )
 
 // testLog writes the service's log into the test's log.
@@ -139,4 +140,40 @@ func tlsFront(t *testing.T, base, dir string) (frontURL, caFile string) {
 	caFile = filepath.Join(dir, "server-ca.pem")
 	writeFile(t, caFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: front.Certificate().Raw})))
 	return front.URL, caFile
+}
+
+// standingRootData writes the shipped policy data with one change, a standing grant of root to
+// group ops, and returns its path (for Config.Policy.DataFile). The shipped data grants root
+// only through an access request or break-glass (issue 17); tests of a privileged certificate
+// outside that flow (its audit record, the inventory) run on this test data instead.
+func standingRootData(t *testing.T) string {
+	t.Helper()
+	b, err := policies.Embedded.ReadFile("data.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data struct {
+		Settings map[string]json.RawMessage `json:"sshca_settings"`
+	}
+	if err := json.Unmarshal(b, &data); err != nil {
+		t.Fatal(err)
+	}
+	var user map[string]any
+	if err := json.Unmarshal(data.Settings["user"], &user); err != nil {
+		t.Fatal(err)
+	}
+	grants, ok := user["group_principals"].(map[string]any)
+	if !ok {
+		t.Fatalf("shipped data has no user.group_principals: %s", data.Settings["user"])
+	}
+	grants["ops"] = []string{"root"}
+	if data.Settings["user"], err = json.Marshal(user); err != nil {
+		t.Fatal(err)
+	}
+	if b, err = json.Marshal(data); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "standing-root.json")
+	writeFile(t, path, string(b))
+	return path
 }
