@@ -184,6 +184,19 @@ func (r AccessRequest) Approvers() []string {
 	return out
 }
 
+// auditView is the request as an audit record keeps it (AuditRecord.Access): without its
+// serials and without the identities' token claims.
+func (r AccessRequest) auditView() *AccessRequest {
+	v := r
+	v.Serials = nil
+	v.Requester.Claims = nil
+	v.Approvals = slices.Clone(r.Approvals)
+	for i := range v.Approvals {
+		v.Approvals[i].Approver.Claims = nil
+	}
+	return &v
+}
+
 // PolicyAccessRequest is the policy input's "access_request" object: the request an input is
 // about (kinds "request" and "approve", and "user" when a certificate is asked for under an
 // approved request).

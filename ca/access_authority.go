@@ -121,7 +121,7 @@ func (a *Authority) CreateAccessRequest(ctx context.Context, token string, nr Ne
 		r.Status, r.DecidedAt, r.DecidedBy, r.DecisionReason = RequestApproved, now.UTC(), "break-glass", r.Reason
 		r.NotAfter = now.Add(window).UTC()
 	}
-	rec.Outcome = "allowed"
+	rec.Outcome, rec.Access = "allowed", r.auditView()
 	if err := a.keep(ctx, rec); err != nil {
 		return AccessRequest{}, err
 	}
@@ -298,14 +298,7 @@ func (a *Authority) DecideAccessRequest(ctx context.Context, token, reqID string
 	need := max(dec.ApprovalsRequired, 1)
 	approval := Approval{Approver: id, At: now.UTC(), Reason: d.Reason, ContentHash: r.ContentHash()}
 	approval.Approver.Token = TokenUse{}
-	rec.Outcome = "allowed"
-	if d.Approve {
-		rec.Approvers = approverNames(append(slices.Clone(counting), approval))
-	}
-	if err := a.keep(ctx, rec); err != nil {
-		return AccessRequest{}, err
-	}
-	updated, err := a.requests.UpdateRequest(ctx, r.ID, func(cur *AccessRequest) error {
+	change := func(cur *AccessRequest) error {
 		if err := checkDecision(*cur, id, d, now); err != nil {
 			return err
 		}
@@ -328,7 +321,23 @@ func (a *Authority) DecideAccessRequest(ctx context.Context, token, reqID string
 			cur.NotAfter = now.Add(time.Duration(cur.TTLSeconds) * time.Second).UTC()
 		}
 		return nil
-	})
+	}
+	// The record keeps the request as this decision leaves it, applied to the request as read
+	// (an approval written meanwhile by another approver is in that approver's record).
+	after := r
+	after.Approvals = slices.Clone(r.Approvals)
+	if err := change(&after); err != nil {
+		a.settle(ctx, &rec, err)
+		return AccessRequest{}, err
+	}
+	rec.Outcome, rec.Access = "allowed", after.auditView()
+	if d.Approve {
+		rec.Approvers = approverNames(append(slices.Clone(counting), approval))
+	}
+	if err := a.keep(ctx, rec); err != nil {
+		return AccessRequest{}, err
+	}
+	updated, err := a.requests.UpdateRequest(ctx, r.ID, change)
 	if err != nil {
 		return AccessRequest{}, a.failAllowed(ctx, rec, "access request store unavailable; nothing was decided", err)
 	}
@@ -437,15 +446,30 @@ func (a *Authority) CancelAccessRequest(ctx context.Context, token, reqID, reaso
 			return AccessRequest{}, Invalid("reason is required to revoke someone else's access request (--reason)")
 		}
 		status, event = RequestRevoked, "revoke"
+	}
+	now := a.now()
+	change := func(cur *AccessRequest) error {
+		if st := cur.StateAt(now); st.Final() {
+			return &Error{Kind: KindConflict, Msg: fmt.Sprintf("access request %s is already %s", cur.ID, st)}
+		}
+		cur.Status, cur.DecidedAt, cur.DecidedBy, cur.DecisionReason = status, now.UTC(), id.Name(), reason
+		return nil
+	}
+	// The record keeps the request as this change leaves it (none for a request already ended:
+	// the change is refused below).
+	var view *AccessRequest
+	if after := r; change(&after) == nil {
+		view = after.auditView()
+	}
+	if event == "revoke" {
 		if rec, err = a.authorizeThen(ctx, id, ActionRevoke, reason, "request:"+r.ID, func(rec *AuditRecord) error {
-			rec.Event, rec.AccessRequest = event, r.ID
+			rec.Event, rec.AccessRequest, rec.Access = event, r.ID, view
 			return nil
 		}); err != nil {
 			return AccessRequest{}, err
 		}
 	}
-	rec.Event, rec.AccessRequest = event, r.ID
-	now := a.now()
+	rec.Event, rec.AccessRequest, rec.Access = event, r.ID, view
 	if st := r.StateAt(now); st.Final() {
 		err := &Error{Kind: KindConflict, Msg: fmt.Sprintf("access request %s is already %s", r.ID, st)}
 		if event == "cancel" {
@@ -461,13 +485,7 @@ func (a *Authority) CancelAccessRequest(ctx context.Context, token, reqID, reaso
 			return AccessRequest{}, err
 		}
 	}
-	updated, err := a.requests.UpdateRequest(ctx, r.ID, func(cur *AccessRequest) error {
-		if st := cur.StateAt(now); st.Final() {
-			return &Error{Kind: KindConflict, Msg: fmt.Sprintf("access request %s is already %s", cur.ID, st)}
-		}
-		cur.Status, cur.DecidedAt, cur.DecidedBy, cur.DecisionReason = status, now.UTC(), id.Name(), reason
-		return nil
-	})
+	updated, err := a.requests.UpdateRequest(ctx, r.ID, change)
 	if err == nil {
 		err = a.revokeSerials(ctx, updated.Serials)
 	}
@@ -595,18 +613,21 @@ func (a *Authority) ReviewAccessRequest(ctx context.Context, token, reqID, reaso
 	if _, err := a.decide(ctx, &rec, a.approveInput(id, r, reason), "policy does not let you review this access request"); err != nil {
 		return AccessRequest{}, err
 	}
-	rec.Outcome = "allowed"
-	if err := a.keep(ctx, rec); err != nil {
-		return AccessRequest{}, err
-	}
 	now := a.now()
-	updated, err := a.requests.UpdateRequest(ctx, r.ID, func(cur *AccessRequest) error {
+	change := func(cur *AccessRequest) error {
 		if err := check(*cur); err != nil {
 			return err
 		}
 		cur.ReviewedAt, cur.ReviewedBy, cur.ReviewReason = now.UTC(), id.Name(), reason
 		return nil
-	})
+	}
+	after := r
+	_ = change(&after) // check(r) passed above
+	rec.Outcome, rec.Access = "allowed", after.auditView()
+	if err := a.keep(ctx, rec); err != nil {
+		return AccessRequest{}, err
+	}
+	updated, err := a.requests.UpdateRequest(ctx, r.ID, change)
 	if err != nil {
 		return AccessRequest{}, a.failAllowed(ctx, rec, "access request store unavailable", err)
 	}

@@ -97,6 +97,14 @@ type AuditRecord struct {
 	// "end"), kept on its bastion agent's report. Added in version 3 without raising V (absent:
 	// a record of another kind).
 	Session *SessionAudit `json:"session,omitempty"`
+	// Access is the access request as the change this record allows leaves it (events
+	// create, approve, deny, cancel, revoke and review), so that `sshca store rebuild` restores
+	// requests (store.Restore): without the serials issued under it (their "issued" records
+	// name the request) and with the identities' token claims left out (the audit log keeps
+	// names, e-mail, groups and sign-in facts, not whatever else a token carried). Added in
+	// version 3 without raising V (absent: the record predates it; that request is not
+	// restored).
+	Access *AccessRequest `json:"access,omitempty"`
 }
 
 // StoreWitness is what a store's generation marks said at one moment: the generation's random

@@ -238,6 +238,8 @@ type Restore struct {
 
 	issued  map[uint64]ca.AuditRecord
 	actions []restoreAction
+	// access holds, per access request, the records that changed it (rebuild_requests.go).
+	access map[string]*accessTrail
 	// keyring is the key ring the last key-ring change left (its "done" record); changes are
 	// the allowed key-ring changes seen after it with no record of what they left.
 	keyring *ca.Keyring
@@ -266,6 +268,7 @@ func (s *Restore) Add(rec ca.AuditRecord) {
 	if s.issued == nil {
 		s.issued = map[uint64]ca.AuditRecord{}
 	}
+	s.addAccess(rec)
 	switch {
 	case rec.Outcome == "issued" && rec.Serial != 0:
 		s.issued[rec.Serial] = rec
@@ -327,6 +330,9 @@ type RestoreReport struct {
 	Expired        int // revocation records whose effect has ended (nothing to restore)
 	Blocks         int // identity names blocked again
 	NoAliases      int // live certificates whose record names no alias (found by canonical name only)
+	// AccessRequests counts the access requests written back (those still kept: pending,
+	// in their window, or ended within ca.AccessRequestRetention).
+	AccessRequests int
 }
 
 // caKeyFor is the CA key of an issuance record: the one it names, else the active key of its
@@ -388,7 +394,7 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 		c := ca.Certificate{Serial: n, KeyID: rec.KeyID, Kind: kind, Identity: rec.Identity, Principals: rec.Principals,
 			KeyFingerprint: rec.KeyFingerprint, CAFingerprint: ssh.FingerprintSHA256(k),
 			ValidAfter: rec.Time, ValidBefore: rec.ValidBefore, Ticket: rec.Ticket, Reason: rec.Reason, PolicyRevision: rec.PolicyRevision,
-			Aliases: rec.Aliases, IndexUntil: rec.Time.Add(block)}
+			Aliases: rec.Aliases, IndexUntil: rec.Time.Add(block), AccessRequest: rec.AccessRequest, Approvers: rec.Approvers}
 		if err := r.Record(ctx, c); err != nil {
 			return rep, err
 		}
@@ -527,6 +533,11 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 				rep.Revocations++
 			}
 		}
+	}
+	// Access requests, and the revocation of the certificates of those ended since: that
+	// revocation has no record of its own (the request's cancel or revoke record covers it).
+	if err := s.applyAccess(ctx, r, now, &rep, revokeCert); err != nil {
+		return rep, err
 	}
 	for _, fp := range order {
 		b := bans[fp]

@@ -53,8 +53,10 @@ audit trail: the archives given with --archive, in order, then the chain in Redi
 It restores the live certificates (from the records of issuance), the serials and key IDs
 revoked, the public keys banned and not lifted since, the identities still blocked and the
 certificates their revocation covered, and the key ring as the last key-ring change left it
-(with the user CA keys published to bastions, and compromised ones revoked), and lists every
-record it could not restore, with why. Audit records keep KMS URIs without their PIN: give
+(with the user CA keys published to bastions, and compromised ones revoked), the access
+requests still kept (with their approvals, decisions, reviews and serials; the certificates of
+those cancelled or revoked are revoked again), and lists every record it could not restore,
+with why. Audit records keep KMS URIs without their PIN: give
 --keyring-kms (keyring.kms) to put it back.
 The spent single-use tokens cannot be restored: tokens issued (iat) before the rebuild are
 refused (they may have been spent before the loss), and tokens without iat when they expire
@@ -232,8 +234,8 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	if err := st.SwitchGeneration(ctx, g, append([]ssh.PublicKey{restore.UserCA, restore.HostCA}, restore.OtherCAs...)...); err != nil {
 		return err
 	}
-	summary := fmt.Sprintf("restored %d revocations (%d lifts applied, %d identity names blocked), %d live certificates; %d revocations had expired; could not restore %d",
-		res.Revocations, res.Lifts, res.Blocks, res.Certificates, res.Expired, len(restore.Skipped))
+	summary := fmt.Sprintf("restored %d revocations (%d lifts applied, %d identity names blocked), %d live certificates, %d access requests; %d revocations had expired; could not restore %d",
+		res.Revocations, res.Lifts, res.Blocks, res.Certificates, res.AccessRequests, res.Expired, len(restore.Skipped))
 	if err := al.Append(ctx, ca.AuditRecord{Time: start.UTC(), Action: ca.ActionAdmin, Outcome: "allowed", Identity: "sshca store rebuild",
 		Target: rebuildTargetPrefix + strconv.Itoa(int(g.Epoch)) + " " + g.ID, Reasons: []string{summary}}); err != nil {
 		fmt.Fprintf(out, "WARNING: the rebuild's own audit record was not kept: %v\n", err)
@@ -251,6 +253,7 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	} else {
 		fmt.Fprintf(out, "key ring: unchanged (no recorded key-ring change, or the store holds the same keys)\n")
 	}
+	fmt.Fprintf(out, "access requests: %d restored (pending, in their window, or ended within %s)\n", res.AccessRequests, ca.AccessRequestRetention)
 	fmt.Fprintf(out, "could not restore: %d\n", len(restore.Skipped))
 	for _, s := range restore.Skipped {
 		fmt.Fprintf(out, "  %s %s: %s\n", s.Time.UTC().Format(time.RFC3339), s.Target, s.Why)
