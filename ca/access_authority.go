@@ -341,6 +341,7 @@ func (a *Authority) DecideAccessRequest(ctx context.Context, token, reqID string
 	if err != nil {
 		return AccessRequest{}, a.failAllowed(ctx, rec, "access request store unavailable; nothing was decided", err)
 	}
+	a.accessChanged.signal()
 	a.notify(ctx, rec.Event, updated, id, d.Reason)
 	a.log.InfoContext(ctx, "access request decided", "request", r.ID, "by", id.Name(), "event", rec.Event,
 		"state", updated.Status, "approvals_required", need)
@@ -492,6 +493,7 @@ func (a *Authority) CancelAccessRequest(ctx context.Context, token, reqID, reaso
 	if err != nil {
 		return AccessRequest{}, a.failAllowed(ctx, rec, "access request store unavailable", err)
 	}
+	a.accessChanged.signal()
 	a.notify(ctx, event, updated, id, reason)
 	a.log.InfoContext(ctx, "access request ended", "request", r.ID, "by", id.Name(), "event", event, "certificates", len(updated.Serials))
 	return updated, nil
@@ -631,6 +633,7 @@ func (a *Authority) ReviewAccessRequest(ctx context.Context, token, reqID, reaso
 	if err != nil {
 		return AccessRequest{}, a.failAllowed(ctx, rec, "access request store unavailable", err)
 	}
+	a.accessChanged.signal()
 	a.notify(ctx, "review", updated, id, reason)
 	return updated, nil
 }

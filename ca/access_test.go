@@ -112,6 +112,8 @@ type accessRig struct {
 	now    time.Time
 	mu     sync.Mutex
 	key    ssh.PublicKey
+	// config is r.a's: another authority made from it is another replica on the same store.
+	config ca.Config
 }
 
 func (r *accessRig) clock() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now }
@@ -135,9 +137,10 @@ func newAccessRig(t *testing.T) *accessRig {
 	_, r.key = newSSHKey(t)
 	ids := map[string]ca.Identity{"alice": accAlice, "lead": accLead, "lead2": accLead2, "alice-elsewhere": accAliceElsewhere,
 		"job": accJob, "bob": accBob, "oncall": accOncall}
-	r.a, err = ca.New(ca.Config{Authenticator: tokenAuth{ids: ids, now: r.clock}, Policy: r.policy,
+	r.config = ca.Config{Authenticator: tokenAuth{ids: ids, now: r.clock}, Policy: r.policy,
 		UserSigner: &serialSigner{key: userKey, now: r.clock}, HostSigner: &serialSigner{key: hostKey, now: r.clock},
-		Store: r.st, Revocations: r.st, Requests: r.st, Audit: r.audit, Now: r.clock})
+		Store: r.st, Revocations: r.st, Requests: r.st, Audit: r.audit, Now: r.clock}
+	r.a, err = ca.New(r.config)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,8 @@ type Config struct {
 
 	Limits Limits
 	// Now is the clock (default time.Now), and After its timer (default time.After): the
-	// background retry of a signed certificate's audit record waits on it.
+	// background retry of a signed certificate's audit record waits on it, and so do the
+	// waits for an access request's decision (WaitAccessRequest).
 	Now    func() time.Time
 	After  func(time.Duration) <-chan time.Time
 	Logger *slog.Logger
@@ -106,9 +107,11 @@ type Authority struct {
 	limits      Limits
 	// accessLimits are the caps on access requests.
 	accessLimits AccessRequestLimits
-	now          func() time.Time
-	after        func(time.Duration) <-chan time.Time
-	log          *slog.Logger
+	// accessChanged wakes the waits (WaitAccessRequest) when this authority changes a request.
+	accessChanged *changeNotice
+	now           func() time.Time
+	after         func(time.Duration) <-chan time.Time
+	log           *slog.Logger
 }
 
 // New checks the configuration and returns an Authority.
@@ -147,7 +150,8 @@ func New(c Config) (*Authority, error) {
 	}
 	a := &Authority{requests: c.Requests, notifier: c.Notifier, accessLimits: al, auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
 		userKeys: userKeys, hostKeys: hostKeys,
-		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, admission: c.Admission, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, after: c.After, log: c.Logger}
+		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, admission: c.Admission, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, after: c.After, log: c.Logger,
+		accessChanged: &changeNotice{}}
 	if a.now == nil {
 		a.now = time.Now
 	}

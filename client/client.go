@@ -263,6 +263,15 @@ func (c *Client) keyOp(ctx context.Context, token, op string, req KeyRequest) (c
 // 200 answer is decoded into reply. It is what the typed methods use, for callers of an
 // endpoint they do not name.
 func (c *Client) Do(ctx context.Context, method, path, token string, body, reply any) error {
+	timeout := GetTimeout
+	if method != http.MethodGet {
+		timeout = PostTimeout
+	}
+	return c.do(ctx, method, path, token, body, reply, timeout)
+}
+
+// do is Do with the call's own deadline (a long poll's is its wait and then some).
+func (c *Client) do(ctx context.Context, method, path, token string, body, reply any, timeout time.Duration) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -270,10 +279,6 @@ func (c *Client) Do(ctx context.Context, method, path, token string, body, reply
 			return err
 		}
 		rd = bytes.NewReader(b)
-	}
-	timeout := GetTimeout
-	if method != http.MethodGet {
-		timeout = PostTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strconv"
+	"time"
 )
 
 // Access requests (POST/GET /v1/requests...). Every call carries the caller's bearer token.
@@ -19,6 +21,21 @@ func (c *Client) CreateRequest(ctx context.Context, token string, req NewAccessR
 func (c *Client) Request(ctx context.Context, token, id string) (AccessRequest, error) {
 	var out AccessRequest
 	err := c.Do(ctx, http.MethodGet, "/v1/requests/"+url.PathEscape(id), token, nil, &out)
+	return out, err
+}
+
+// RequestWait is the longest wait WaitRequest asks the server for (its bound of a long poll).
+const RequestWait = 25 * time.Second
+
+// WaitRequest returns the access request once it is no longer as the caller holds it (seen:
+// its state and approvals, AccessRequest.WaitTag), or after wait (at most RequestWait) with the
+// request as it is: GET /v1/requests/{id}?wait=25s&seen=pending/0, a long poll the server
+// holds outside its request deadline. A server without the long poll answers at once.
+func (c *Client) WaitRequest(ctx context.Context, token, id string, wait time.Duration, seen AccessRequest) (AccessRequest, error) {
+	wait = min(max(wait, 0), RequestWait)
+	q := url.Values{"wait": {wait.String()}, "seen": {seen.WaitTag()}}
+	var out AccessRequest
+	err := c.do(ctx, http.MethodGet, "/v1/requests/"+url.PathEscape(id)+"?"+q.Encode(), token, nil, &out, wait+GetTimeout)
 	return out, err
 }
 
@@ -69,3 +86,7 @@ func (c *Client) decide(ctx context.Context, token, id, op string, d AccessDecis
 	err := c.Do(ctx, http.MethodPost, "/v1/requests/"+url.PathEscape(id)+"/"+op, token, d, &out)
 	return out, err
 }
+
+// WaitTag is what the server compares when the caller waits for a change (ca.AccessRequest.WaitTag):
+// the state and the number of approvals that count, "pending/1".
+func (r AccessRequest) WaitTag() string { return r.State + "/" + strconv.Itoa(len(r.Approvals)) }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,12 +45,17 @@ type KRLFeed interface {
 // for is shortened to it. See the package comment on the push channel for why 25 s.
 const MaxLongPollWait = 25 * time.Second
 
-// IsLongPoll reports whether r is a long poll of GET /v1/krl (a wait query parameter). Long polls
+// IsLongPoll reports whether r is a long poll: GET /v1/krl or GET /v1/requests/{id} with a wait
+// query parameter (the second is `sshca request create` waiting for a decision). Long polls
 // wait on purpose: they are exempt from the request deadline (RequestDeadline's exempt hook)
-// and from the in-flight bound of KRL pulls, and capped per source address instead
+// and from the in-flight bounds, and capped per source address instead
 // (RateLimits.LongPollsPerAddress).
 func IsLongPoll(r *http.Request) bool {
-	return r.Method == http.MethodGet && r.URL.Path == "/v1/krl" && r.URL.Query().Has("wait")
+	if r.Method != http.MethodGet || !r.URL.Query().Has("wait") {
+		return false
+	}
+	id, ok := strings.CutPrefix(r.URL.Path, "/v1/requests/")
+	return r.URL.Path == "/v1/krl" || (ok && id != "" && !strings.Contains(id, "/"))
 }
 
 // parseWait reads the wait parameter: a Go duration ("25s") or whole seconds ("25"), at most

@@ -289,3 +289,28 @@ func fetch(url, ifNoneMatch string) (*http.Response, []byte, error) {
 	b, err := io.ReadAll(resp.Body)
 	return resp, b, err
 }
+
+// TestIsLongPoll: the long polls, exempt from the request deadline and the in-flight bounds,
+// are GET /v1/krl and GET /v1/requests/{id} with a wait, and nothing else: not a change of a
+// request, not the list, not a path below an ID.
+func TestIsLongPoll(t *testing.T) {
+	for _, tt := range []struct {
+		method, target string
+		want           bool
+	}{
+		{"GET", "/v1/krl?wait=25s", true},
+		{"GET", "/v1/requests/req_aaaaaaaaaaaaaaaa?wait=25s&seen=pending/0", true},
+		{"GET", "/v1/krl", false},
+		{"GET", "/v1/requests/req_aaaaaaaaaaaaaaaa", false},
+		{"GET", "/v1/requests?wait=25s", false},
+		{"GET", "/v1/requests/?wait=25s", false},
+		{"GET", "/v1/requests/req_aaaaaaaaaaaaaaaa/approve?wait=25s", false},
+		{"POST", "/v1/requests/req_aaaaaaaaaaaaaaaa?wait=25s", false},
+		{"GET", "/v1/certs?wait=25s", false},
+	} {
+		r := httptest.NewRequest(tt.method, tt.target, nil)
+		if got := services.IsLongPoll(r); got != tt.want {
+			t.Errorf("IsLongPoll(%s %s) = %v, want %v", tt.method, tt.target, got, tt.want)
+		}
+	}
+}

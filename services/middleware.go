@@ -206,7 +206,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 // apiMethods are the method labels of sshca_api_calls_total.
 var apiMethods = []string{"issue_user", "issue_host", "renew", "revoke", "unrevoke", "revocations", "inventory", "krl", "host_revocations",
-	"keys_list", "keys_generate", "keys_promote", "keys_retire", "keys_compromised"}
+	"keys_list", "keys_generate", "keys_promote", "keys_retire", "keys_compromised",
+	"request_create", "request_get", "request_wait", "request_list", "request_approve", "request_deny", "request_cancel", "request_review"}
 
 // observe counts and times one call of method.
 func (m *Metrics) observe(method string, begin time.Time, err error) {

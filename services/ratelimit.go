@@ -43,8 +43,8 @@ type RateLimits struct {
 	// KRLInFlight is the same bound for KRL and CA key pulls.
 	InFlight    int
 	KRLInFlight int
-	// LongPollsPerAddress is how many long polls of GET /v1/krl (IsLongPoll) one source
-	// address may hold open at once; more get 429 with Retry-After. Long polls wait on
+	// LongPollsPerAddress is how many long polls (GET /v1/krl and /v1/requests/{id} with a
+	// wait, IsLongPoll) one source address may hold open at once; more get 429 with Retry-After. Long polls wait on
 	// purpose, so they hold no in-flight slot (a fleet of waiting bastions would starve KRL
 	// pulls) but take a token of the KRL rate like any pull.
 	LongPollsPerAddress int
@@ -213,7 +213,7 @@ func (r *RateLimiter) Handler(next http.Handler) http.Handler {
 				r.limited.WithLabelValues("long_poll_address").Inc()
 				// A slot frees when one of the address's polls ends, within MaxLongPollWait.
 				refuse(w, http.StatusTooManyRequests, MaxLongPollWait/5,
-					fmt.Sprintf("too many long polls of /v1/krl open from this address (at most %d)", r.longPollCap))
+					fmt.Sprintf("too many long polls (GET /v1/krl or /v1/requests/{id} with wait) open from this address (at most %d)", r.longPollCap))
 				return
 			}
 			defer r.closeLongPoll(key)

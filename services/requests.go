@@ -20,6 +20,9 @@ import (
 type AccessRequests interface {
 	CreateAccessRequest(ctx context.Context, token string, nr ca.NewAccessRequest) (ca.AccessRequest, error)
 	GetAccessRequest(ctx context.Context, token, id string) (ca.AccessRequest, error)
+	// WaitAccessRequest is GetAccessRequest that waits, at most wait, until the request is no
+	// longer as seen (ca.AccessRequest.WaitTag; "" for as it is now) or has ended.
+	WaitAccessRequest(ctx context.Context, token, id string, wait time.Duration, seen string) (ca.AccessRequest, error)
 	ListAccessRequests(ctx context.Context, token string, mine, pending bool) ([]ca.AccessRequest, error)
 	DecideAccessRequest(ctx context.Context, token, id string, d ca.AccessDecision) (ca.AccessRequest, error)
 	CancelAccessRequest(ctx context.Context, token, id, reason string) (ca.AccessRequest, error)
@@ -31,8 +34,10 @@ var _ AccessRequests = (*ca.Authority)(nil)
 // requestCall is one call of the access request API as decoded: the operation its method and
 // path name, the request ID in the path, the body, the list filters and the bearer token.
 type requestCall struct {
-	op       string // create, get, list, approve, deny, cancel, review
+	op       string // create, get, wait, list, approve, deny, cancel, review
 	id       string
+	wait     time.Duration // op wait: at most MaxLongPollWait
+	seen     string        // op wait: the tag of the request the client holds
 	create   client.NewAccessRequest
 	decision client.AccessDecision
 	mine     bool
@@ -55,7 +60,9 @@ type requestListResponse struct {
 
 func (r requestListResponse) Failed() error { return r.Err }
 
-func makeRequestsEndpoint(s AccessRequests, now func() time.Time) endpoint.Endpoint {
+// makeRequestsEndpoint serves every call of the access request API. A wait ends at once when
+// stop is closed (the server is shutting down: its graceful drain must not wait for it).
+func makeRequestsEndpoint(s AccessRequests, now func() time.Time, stop <-chan struct{}) endpoint.Endpoint {
 	return func(ctx context.Context, request any) (any, error) {
 		c := request.(requestCall)
 		if c.token == "" {
@@ -79,6 +86,19 @@ func makeRequestsEndpoint(s AccessRequests, now func() time.Time) endpoint.Endpo
 				Reason: c.create.Reason, SourceIP: c.sourceIP, BreakGlass: c.create.BreakGlass})
 		case "get":
 			r, err = s.GetAccessRequest(ctx, c.token, c.id)
+		case "wait":
+			wctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			if stop != nil {
+				go func() {
+					select {
+					case <-stop:
+						cancel()
+					case <-wctx.Done():
+					}
+				}()
+			}
+			r, err = s.WaitAccessRequest(wctx, c.token, c.id, c.wait, c.seen)
 		case "approve", "deny":
 			r, err = s.DecideAccessRequest(ctx, c.token, c.id, ca.AccessDecision{Approve: c.op == "approve",
 				ContentHash: c.decision.ContentHash, Reason: c.decision.Reason})
@@ -123,14 +143,25 @@ func AccessRequestView(r ca.AccessRequest, now time.Time) client.AccessRequest {
 }
 
 // mountRequests mounts the access request API: POST and GET /v1/requests, GET
-// /v1/requests/{id}, POST /v1/requests/{id}/approve, /deny, /cancel and /review.
-func mountRequests(mux *http.ServeMux, s AccessRequests, trusted []netip.Prefix, encodeResponse kithttp.EncodeResponseFunc, opts []kithttp.ServerOption) {
-	e := makeRequestsEndpoint(s, time.Now)
+// /v1/requests/{id} (with ?wait=25s&seen=pending/0, a long poll: IsLongPoll), POST
+// /v1/requests/{id}/approve, /deny, /cancel and /review.
+func mountRequests(mux *http.ServeMux, s AccessRequests, trusted []netip.Prefix, stop <-chan struct{}, encodeResponse kithttp.EncodeResponseFunc, opts []kithttp.ServerOption) {
+	e := makeRequestsEndpoint(s, time.Now, stop)
 	decode := func(op string) kithttp.DecodeRequestFunc {
 		return func(_ context.Context, r *http.Request) (any, error) {
 			c := requestCall{op: op, id: r.PathValue("id")}
 			var err error
 			switch op {
+			case "get":
+				if q := r.URL.Query(); q.Has("wait") {
+					if c.wait, err = parseWait(q.Get("wait")); err != nil {
+						return nil, err
+					}
+					if c.seen = q.Get("seen"); c.seen != "" && !ca.ValidWaitTag(c.seen) {
+						return nil, ca.Invalid("seen %q is not a request's state and approvals: send the state and the number of approvals you hold, e.g. seen=pending/0", c.seen)
+					}
+					c.op = "wait"
+				}
 			case "create":
 				err = decodeJSON(r, &c.create)
 			case "approve", "deny", "cancel", "review":

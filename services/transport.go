@@ -110,7 +110,7 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 		mountRecordings(mux, o.Recordings, o.Logger, encodeResponse, opts)
 	}
 	if o.Requests != nil {
-		mountRequests(mux, o.Requests, o.TrustedProxies, encodeResponse, opts)
+		mountRequests(mux, o.Requests, o.TrustedProxies, o.Stop, encodeResponse, opts)
 	}
 	if o.Login != nil {
 		login := *o.Login

@@ -288,8 +288,9 @@ type RateConfig struct {
 	InFlight    int `yaml:"in_flight"`
 	KRLInFlight int `yaml:"krl_in_flight"`
 	// LongPollsPerAddress bounds the long polls of GET /v1/krl (bastion agents in HTTPS mode
-	// waiting for a change) one source address holds open at once; more get 429. They hold
-	// no in-flight slot.
+	// waiting for a change) and of GET /v1/requests/{id} (sshca request create waiting for a
+	// decision) one source address holds open at once; more get 429. They hold no in-flight
+	// slot.
 	LongPollsPerAddress int `yaml:"long_polls_per_address"`
 	// MaxEntries bounds each limiter's map of addresses or identities (least recently seen
 	// dropped first); Idle is how long an unused entry is kept.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -305,12 +306,18 @@ func TestREADMEDevCurlLinesSendTheSecret(t *testing.T) {
 // startDevIn runs `sshca dev` with the given state directory; stop ends it and waits.
 func startDevIn(t *testing.T, state string) (base, banner string, stop func()) {
 	t.Helper()
+	return startDevLogging(t, state, testLog(t))
+}
+
+// startDevLogging is startDevIn with the service's log written to log.
+func startDevLogging(t *testing.T, state string, log *slog.Logger) (base, banner string, stop func()) {
+	t.Helper()
 	var out bytes.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	errc := make(chan error, 1)
 	go func() {
-		errc <- runDev(ctx, devOptions{listen: "127.0.0.1:0", state: state, out: &out, log: testLog(t), ready: ready})
+		errc <- runDev(ctx, devOptions{listen: "127.0.0.1:0", state: state, out: &out, log: log, ready: ready})
 	}()
 	select {
 	case base = <-ready:

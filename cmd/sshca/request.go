@@ -58,11 +58,16 @@ needs. A request that is not decided in time expires; an approved one lasts --tt
 	return cmd
 }
 
-// requestWait is how `sshca request create` waits for a decision: it polls every interval,
-// with after as its timer (nil: time.After; tests inject it).
+// requestWait is how `sshca request create` waits for a decision: a long poll of the request
+// (client.WaitRequest, each holding up to longPoll), asked again at once when it answers; an
+// answer with no change that came sooner than interval (a server without the long poll, or
+// one that failed) is followed by a pause up to interval, so that the CLI never asks faster.
+// after is the timer (nil: time.After; tests inject it).
 type requestWait struct {
 	interval time.Duration
+	longPoll time.Duration // 0: client.RequestWait
 	after    func(time.Duration) <-chan time.Time
+	now      func() time.Time // nil: time.Now
 }
 
 func newRequestCreateCommand() *cobra.Command {
@@ -115,17 +120,24 @@ func newRequestCreateCommand() *cobra.Command {
 	cmd.Flags().StringVar(&reason, "reason", "", "why, with the ticket the policy asks for")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "print the request ID and return at once")
 	cmd.Flags().BoolVar(&breakGlass, "break-glass", false, "emergency access without approval, where the policy allows it: granted at once, reviewed afterwards")
-	cmd.Flags().DurationVar(&wait.interval, "poll", 2*time.Second, "how often to ask whether the request was decided")
+	cmd.Flags().DurationVar(&wait.interval, "poll", 2*time.Second, "the least time between two asks that found no change (the server holds each ask up to 25s until the request changes)")
 	return cmd
 }
 
-// waitForDecision polls the request until it is no longer pending, printing a progress line
-// whenever its approvals change, and fails unless it ends approved.
+// waitForDecision waits for the request (long polls) until it is no longer pending, printing
+// a progress line whenever its approvals change, and fails unless it ends approved.
 func waitForDecision(ctx context.Context, msg io.Writer, c *client.Client, token string, r client.AccessRequest, w requestWait) error {
-	after := w.after
+	after, now, longPoll := w.after, w.now, w.longPoll
 	if after == nil {
 		after = time.After
 	}
+	if now == nil {
+		now = time.Now
+	}
+	if longPoll <= 0 {
+		longPoll = client.RequestWait
+	}
+	var asked time.Time // when the last answer was asked for (zero: none yet)
 	last := ""
 	for {
 		line := fmt.Sprintf("waiting for approval: %d of %d", len(r.Approvals), r.ApprovalsRequired)
@@ -147,18 +159,29 @@ func waitForDecision(ctx context.Context, msg io.Writer, c *client.Client, token
 		default:
 			return fmt.Errorf("access request %s is %s; create a new one if you still need access", r.ID, r.State)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("stopped waiting; the request stays pending: sshca request show %s", r.ID)
-		case <-after(w.interval):
+		if !asked.IsZero() {
+			if rest := w.interval - now().Sub(asked); rest > 0 {
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("stopped waiting; the request stays pending: sshca request show %s", r.ID)
+				case <-after(rest):
+				}
+			}
 		}
-		next, err := c.Request(ctx, token, r.ID)
+		asked = now()
+		next, err := c.WaitRequest(ctx, token, r.ID, longPoll, r)
+		if ctx.Err() != nil {
+			return fmt.Errorf("stopped waiting; the request stays pending: sshca request show %s", r.ID)
+		}
 		if err != nil {
 			var e *client.Error
 			if errors.As(err, &e) && (e.Status == 503 || e.Status == 429) {
 				continue // a passing outage: keep waiting
 			}
 			return requestError(err)
+		}
+		if next.WaitTag() != r.WaitTag() {
+			asked = time.Time{} // a change: ask again at once
 		}
 		r = next
 	}

@@ -230,6 +230,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	if keyManager != nil {
 		keys = services.LoggingKeyAdmin(reqLog)(services.InstrumentingKeyAdmin(metrics)(keyring.Admin{Authority: authority, Manager: keyManager}))
 	}
+	requests := services.LoggingAccessRequests(reqLog)(services.InstrumentingAccessRequests(metrics)(authority))
 
 	// HTTP: the API's routes, /metrics and /readyz on the diagnostics listener when there is one.
 	ready := services.Checks(readyChecks(db, s.rdb, userSigner, hostSigner,
@@ -252,7 +253,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 		Details:           detailsWithFaults,
 		Login:             cfg.Login,
 		Keys:              keys,
-		Requests:          authority,
+		Requests:          requests,
 		Discovery:         ca.DiscoveryDesk{Authority: authority, Store: db},
 		Recordings: recordingDesk(authority, recordings,
 			ca.RecordingLimits{SessionCap: cfg.Recordings.SessionCap, HostCap: cfg.Recordings.HostCap}),
@@ -264,7 +265,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 		// The console calls the authority with the signed-in user's ID token, as the API does
 		// with a bearer token: the same authentication, policy and audit.
 		console, err := ui.New(ui.Options{PublicURL: cfg.Console.PublicURL, Issuer: cfg.Login.Issuer, ClientID: cfg.Login.ClientID,
-			Scopes: cfg.Login.Scopes, Requests: authority, Certificates: authority, Logger: reqLog})
+			Scopes: cfg.Login.Scopes, Requests: requests, Certificates: authority, Logger: reqLog})
 		if err != nil {
 			return nil, fmt.Errorf("console: %w", err)
 		}
