@@ -41,6 +41,9 @@ type allRoles interface {
 	AckEvent(ctx context.Context, id string) error
 	ca.DiscoveryStore
 	ca.Admission
+	PutConsoleSession(ctx context.Context, name string, sealed []byte, expires time.Time) error
+	ConsoleSession(ctx context.Context, name string) ([]byte, bool, error)
+	DeleteConsoleSession(ctx context.Context, name string) error
 }
 
 var (

@@ -227,6 +227,11 @@ func (k Keys) RecordingHostBytes(host string) string { return k.p() + ":rec:host
 // proof (recordings, recordings Redis). Untagged, one key per proof.
 func (k Keys) RecordingProof(sha256Hex string) string { return k.p() + ":rec:proof:" + sha256Hex }
 
+// ConsoleSession is one session of the web console (ui), named by a one-way function of the
+// browser's cookie, its value sealed with a key only that cookie yields (console). One key per
+// session, untagged, expiring at the session's end.
+func (k Keys) ConsoleSession(name string) string { return k.p() + ":console:session:" + name }
+
 // Reader says who reads a key.
 type Reader int
 
@@ -257,6 +262,7 @@ const (
 	exampleRequest  = "req_abcdefghijklmnop"
 	exampleHost     = "web1.example.com"
 	exampleSession  = "0123456789abcdef01234567"
+	exampleConsole  = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 )
 
 // Layout lists every kind of key sshca writes, one example each with the placeholders filled
@@ -313,5 +319,6 @@ func (k Keys) Layout() []KeySpec {
 		{k.RecordingIndex(), "RecordingIndex", "", "recordings", ReadByCA},
 		{k.RecordingHostBytes(exampleHost), "RecordingHostBytes", "", "recordings", ReadByCA},
 		{k.RecordingProof(exampleToken), "RecordingProof", "", "recordings", ReadByCA},
+		{k.ConsoleSession(exampleConsole), "ConsoleSession", "", "console", ReadByCA},
 	}
 }

@@ -28,6 +28,7 @@ type Memory struct {
 	requests  map[string][]byte // access requests by ID, JSON as in Redis
 	outbox    memOutbox         // its own lock: TakeEvents waits without holding mu
 	discovery memDiscovery      // its own lock
+	console   memConsole        // its own lock
 	// changed is closed and replaced whenever a scope's feed grows, waking Changes.
 	changed chan struct{}
 	feedMax int

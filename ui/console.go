@@ -73,6 +73,10 @@ type Options struct {
 	// Certificates, when set, adds the whole inventory to "who holds access now" for those
 	// the policy lets read it.
 	Certificates Certificates
+	// Sessions keeps the sessions where every replica finds them (store.Redis); nil: this
+	// replica's memory only, so that behind a load balancer a browser must keep reaching the
+	// replica it signed in on.
+	Sessions SessionStore
 	// Now is the clock (default time.Now); Logger gets failures (never a token).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -126,7 +130,7 @@ func New(o Options) (*Console, error) {
 		o.HTTPClient = http.DefaultClient
 	}
 	u.Path = ""
-	return &Console{o: o, public: u, cookie: CookieFor(u), sessions: newSessions(o.Now)}, nil
+	return &Console{o: o, public: u, cookie: CookieFor(u), sessions: newSessions(o.Now, o.Sessions)}, nil
 }
 
 // Handler serves every /ui/ path; mount it at "/ui/".
@@ -186,13 +190,24 @@ func (c *Console) fail(w http.ResponseWriter, s session, err error) {
 	c.render(w, code, "error.html", page{Title: "Error", User: s.user, CSRF: s.csrf, Error: msg})
 }
 
-func (c *Console) current(r *http.Request) (string, session, bool) {
+// current is the browser's session: its ID (the cookie's value), the session and whether it
+// is live; an error when the session store failed (logged here: the caller answers 503).
+func (c *Console) current(r *http.Request) (string, session, bool, error) {
 	ck, err := r.Cookie(c.cookie.Name)
 	if err != nil {
-		return "", session{}, false
+		return "", session{}, false, nil
 	}
-	s, ok := c.sessions.get(ck.Value)
-	return ck.Value, s, ok
+	s, ok, err := c.sessions.get(r.Context(), ck.Value)
+	if err != nil {
+		c.o.Logger.Error("ui: session store", "err", err)
+	}
+	return ck.Value, s, ok, err
+}
+
+// unavailable answers when the session store fails.
+func (c *Console) unavailable(w http.ResponseWriter) {
+	c.render(w, http.StatusServiceUnavailable, "error.html", page{Title: "Error",
+		Error: "the console's session store is unavailable; try again in a moment"})
 }
 
 // crossSite says why a POST came from another site, or "" when nothing says so: the browser's
@@ -214,7 +229,11 @@ func (c *Console) crossSite(r *http.Request) string {
 // (crossSite).
 func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, string, session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		id, s, ok := c.current(r)
+		id, s, ok, err := c.current(r)
+		if err != nil {
+			c.unavailable(w)
+			return
+		}
 		if !ok || !s.signedIn() {
 			if r.Method != http.MethodGet {
 				c.render(w, http.StatusUnauthorized, "error.html", page{Title: "Signed out",
@@ -270,12 +289,17 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.render(w, http.StatusServiceUnavailable, "error.html", page{Title: "Error", Error: "cannot reach the identity provider " + c.o.Issuer + "; try again later"})
 		return
 	}
-	old, _, _ := c.current(r)
+	old, _, _, _ := c.current(r)
 	s := session{csrf: randomToken(), expires: c.o.Now().Add(loginTimeout), state: randomToken(),
 		verifier: oauth2.GenerateVerifier(), nonce: randomToken(), returnTo: LocalPath(r.URL.Query().Get("return"))}
-	id, ok := c.sessions.put(old, s)
-	if !ok {
+	id, err := c.sessions.put(r.Context(), old, s)
+	if errors.Is(err, errTooManySessions) {
 		c.render(w, http.StatusServiceUnavailable, "error.html", page{Title: "Error", Error: "too many sign-ins in progress; try again in a few minutes"})
+		return
+	}
+	if err != nil {
+		c.o.Logger.Error("ui: session store", "err", err)
+		c.unavailable(w)
 		return
 	}
 	c.cookie.set(w, id, int(loginTimeout/time.Second))
@@ -286,11 +310,15 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 // its verifier, the ID token verified (issuer, audience, expiry, nonce). The login session is
 // then replaced by a signed-in one under a new ID that lasts as long as the ID token.
 func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
-	old, s, ok := c.current(r)
+	old, s, ok, err := c.current(r)
+	if err != nil {
+		c.unavailable(w)
+		return
+	}
 	q := r.URL.Query()
 	refuse := func(msg string) {
 		if ok {
-			c.sessions.end(old)
+			_ = c.sessions.end(r.Context(), old)
 		}
 		c.cookie.clear(w)
 		c.render(w, http.StatusBadRequest, "error.html", page{Title: "Sign-in failed", Error: msg, Data: "/ui/login"})
@@ -330,9 +358,10 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	_ = idt.Claims(&claims)
 	user := cmpOr(claims.Username, claims.Email, idt.Subject)
-	id, ok2 := c.sessions.put(old, session{csrf: randomToken(), expires: idt.Expiry, idToken: raw, user: user, sub: idt.Subject})
-	if !ok2 {
-		refuse("too many sessions; try again in a few minutes")
+	id, err := c.sessions.put(r.Context(), old, session{csrf: randomToken(), expires: idt.Expiry, idToken: raw, user: user, sub: idt.Subject})
+	if err != nil {
+		c.o.Logger.Error("ui: session store", "err", err)
+		refuse("the console could not keep your session; try again in a moment")
 		return
 	}
 	c.cookie.set(w, id, max(1, int(idt.Expiry.Sub(c.o.Now())/time.Second)))
@@ -348,8 +377,14 @@ func cmpOr(s ...string) string {
 	return ""
 }
 
-func (c *Console) logout(w http.ResponseWriter, r *http.Request, id string, _ session) {
-	c.sessions.end(id)
+func (c *Console) logout(w http.ResponseWriter, r *http.Request, id string, s session) {
+	if err := c.sessions.end(r.Context(), id); err != nil {
+		// Not signed out anywhere: say so rather than pretend.
+		c.o.Logger.Error("ui: session store", "err", err)
+		c.render(w, http.StatusServiceUnavailable, "error.html", page{Title: "Error", User: s.user, CSRF: s.csrf,
+			Error: "the console could not end your session (its store is unavailable); try again in a moment"})
+		return
+	}
 	c.cookie.clear(w)
 	c.render(w, http.StatusOK, "signin.html", page{Title: "Signed out", Data: "/ui/login"})
 }

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -98,6 +99,9 @@ type rig struct {
 	now     time.Time
 	// locations are every redirect target the browser was sent to.
 	locations []string
+	// replicas serve /ui/ when the rig has a shared session store; serving picks one.
+	replicas []http.Handler
+	serving  atomic.Int32
 }
 
 func (r *rig) clock() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now }
@@ -106,6 +110,14 @@ const secret = "dev-secret-for-tests"
 
 // newRig serves the dev issuer under /idp and the console under /ui/ on one loopback server.
 func newRig(t *testing.T, public func(srvURL string) string) *rig {
+	t.Helper()
+	return newRigWith(t, public, nil)
+}
+
+// newRigWith is newRig with the consoles' session store; with one, /ui/ is served by two
+// console replicas on that store, r.replicas, the one r.serving names answering (a load
+// balancer that the test steers).
+func newRigWith(t *testing.T, public func(srvURL string) string, sessions SessionStore) *rig {
 	t.Helper()
 	r := &rig{t: t, now: time.Now()}
 	mux := http.NewServeMux()
@@ -124,11 +136,22 @@ func newRig(t *testing.T, public func(srvURL string) string) *rig {
 	if public != nil {
 		pub = public(r.srv.URL)
 	}
-	r.console, err = New(Options{PublicURL: pub, Issuer: r.srv.URL + "/idp", ClientID: "sshca", Requests: r.reqs, Now: r.clock})
+	r.console, err = New(Options{PublicURL: pub, Issuer: r.srv.URL + "/idp", ClientID: "sshca", Requests: r.reqs, Now: r.clock, Sessions: sessions})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux.Handle("/ui/", r.console.Handler())
+	if sessions == nil {
+		mux.Handle("/ui/", r.console.Handler())
+		return r
+	}
+	second, err := New(Options{PublicURL: pub, Issuer: r.srv.URL + "/idp", ClientID: "sshca", Requests: r.reqs, Now: r.clock, Sessions: sessions})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.replicas = []http.Handler{r.console.Handler(), second.Handler()}
+	mux.Handle("/ui/", http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.replicas[r.serving.Load()].ServeHTTP(w, req)
+	}))
 	return r
 }
 
@@ -215,7 +238,7 @@ func TestSignInApproveSignOut(t *testing.T) {
 		t.Fatalf("after sign-in landed on %s:\n%s", resp.Request.URL, page)
 	}
 	// Rotation: the login session's ID names nothing now.
-	if _, ok := r.console.sessions.get(loginID); ok {
+	if _, ok, err := r.console.sessions.get(context.Background(), loginID); ok || err != nil {
 		t.Fatal("the login session ID still names a session after sign-in")
 	}
 	// No token in any URL: the browser's redirects carried a code, never the ID token.
@@ -285,7 +308,7 @@ func TestSignInApproveSignOut(t *testing.T) {
 	if p := body(t, resp); !strings.Contains(p, `id="signin"`) {
 		t.Fatalf("after sign-out /ui/ still shows:\n%s", p)
 	}
-	if n := len(r.console.sessions.m); n != 0 {
+	if n := len(r.console.sessions.store.(*memorySessions).m); n != 0 {
 		t.Fatalf("%d sessions left after sign-out", n)
 	}
 }

@@ -1,6 +1,16 @@
 package ui
 
 import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -23,65 +33,200 @@ type session struct {
 
 func (s *session) signedIn() bool { return s.idToken != "" }
 
-// maxSessions caps the table: a client that opens sign-ins without finishing them fills it
-// with login sessions, which expire in loginTimeout.
-const (
-	maxSessions  = 10000
-	loginTimeout = 10 * time.Minute
-)
+// sessionRecord is a session as it is sealed into the store.
+type sessionRecord struct {
+	CSRF     string    `json:"csrf"`
+	Expires  time.Time `json:"expires"`
+	State    string    `json:"state,omitempty"`
+	Verifier string    `json:"verifier,omitempty"`
+	Nonce    string    `json:"nonce,omitempty"`
+	ReturnTo string    `json:"return_to,omitempty"`
+	IDToken  string    `json:"id_token,omitempty"`
+	User     string    `json:"user,omitempty"`
+	Sub      string    `json:"sub,omitempty"`
+}
 
-// sessions is the server-side session table of one replica. Sessions are not shared between
-// replicas: behind a load balancer the console needs session affinity (README, approvers).
+// loginTimeout is how long a sign-in may take, from the link to the issuer's callback.
+const loginTimeout = 10 * time.Minute
+
+// SessionStore keeps the console's sessions server-side, where every replica behind a load
+// balancer finds them (store.Redis; sessions started on one replica are used and ended on
+// another). It sees only opaque names and sealed values: the name is derived from the cookie
+// by a one-way function and the value is encrypted with a key derived from the cookie too,
+// so the store holds neither a usable cookie nor an ID token. An entry is kept until expires;
+// Delete of a missing name is not an error.
+type SessionStore interface {
+	PutConsoleSession(ctx context.Context, name string, sealed []byte, expires time.Time) error
+	ConsoleSession(ctx context.Context, name string) (sealed []byte, ok bool, err error)
+	DeleteConsoleSession(ctx context.Context, name string) error
+}
+
+// sessions seals sessions into a SessionStore, under the cookie's ID: the ID (32 random
+// bytes) is the only secret, and HKDF-SHA256 (RFC 5869) derives from it the store name and the
+// AES-256-GCM key of the value (the name is the additional data, so a value moved to another
+// name does not open). A value that does not open, or whose session has ended, is no session.
 type sessions struct {
-	now func() time.Time
-	mu  sync.Mutex
-	m   map[string]*session
+	now   func() time.Time
+	store SessionStore
 }
 
-func newSessions(now func() time.Time) *sessions {
-	return &sessions{now: now, m: map[string]*session{}}
+func newSessions(now func() time.Time, store SessionStore) *sessions {
+	if store == nil {
+		store = newMemorySessions(now)
+	}
+	return &sessions{now: now, store: store}
 }
 
-// get returns a copy of the live session named id, dropping it when it has ended.
-func (t *sessions) get(id string) (session, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s, ok := t.m[id]
-	if !ok {
-		return session{}, false
+// derive returns the store name and the sealing key of the session named id.
+func derive(id string) (name string, key []byte, err error) {
+	n, err := hkdf.Key(sha256.New, []byte(id), nil, "sshca console session name", 32)
+	if err != nil {
+		return "", nil, err
 	}
-	if !t.now().Before(s.expires) {
-		delete(t.m, id)
-		return session{}, false
+	key, err = hkdf.Key(sha256.New, []byte(id), nil, "sshca console session key", 32)
+	return hex.EncodeToString(n), key, err
+}
+
+func gcm(key []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
 	}
-	return *s, true
+	return cipher.NewGCM(b)
+}
+
+// get returns the live session named id; an error only when the store fails.
+func (t *sessions) get(ctx context.Context, id string) (session, bool, error) {
+	if id == "" {
+		return session{}, false, nil
+	}
+	name, key, err := derive(id)
+	if err != nil {
+		return session{}, false, err
+	}
+	sealed, ok, err := t.store.ConsoleSession(ctx, name)
+	if err != nil || !ok {
+		return session{}, false, err
+	}
+	aead, err := gcm(key)
+	if err != nil {
+		return session{}, false, err
+	}
+	if len(sealed) < aead.NonceSize() {
+		return session{}, false, nil
+	}
+	plain, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], []byte(name))
+	if err != nil {
+		return session{}, false, nil // not sealed under this ID: no session
+	}
+	var rec sessionRecord
+	if json.Unmarshal(plain, &rec) != nil {
+		return session{}, false, nil
+	}
+	if !t.now().Before(rec.Expires) {
+		_ = t.store.DeleteConsoleSession(ctx, name)
+		return session{}, false, nil
+	}
+	return session{csrf: rec.CSRF, expires: rec.Expires, state: rec.State, verifier: rec.Verifier, nonce: rec.Nonce,
+		returnTo: rec.ReturnTo, idToken: rec.IDToken, user: rec.User, sub: rec.Sub}, true, nil
 }
 
 // put stores s under a fresh ID and returns it; the caller's old ID, if any, is dropped first
 // (rotation: an ID planted before sign-in never names a signed-in session).
-func (t *sessions) put(old string, s session) (string, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.m, old)
-	if len(t.m) >= maxSessions {
-		now := t.now()
-		for k, v := range t.m {
-			if !now.Before(v.expires) {
-				delete(t.m, k)
-			}
-		}
-		if len(t.m) >= maxSessions {
-			return "", false
+func (t *sessions) put(ctx context.Context, old string, s session) (string, error) {
+	if old != "" {
+		if err := t.end(ctx, old); err != nil {
+			return "", err
 		}
 	}
 	id := randomToken()
-	t.m[id] = &s
-	return id, true
+	name, key, err := derive(id)
+	if err != nil {
+		return "", err
+	}
+	plain, err := json.Marshal(sessionRecord{CSRF: s.csrf, Expires: s.expires, State: s.state, Verifier: s.verifier, Nonce: s.nonce,
+		ReturnTo: s.returnTo, IDToken: s.idToken, User: s.user, Sub: s.sub})
+	if err != nil {
+		return "", err
+	}
+	aead, err := gcm(key)
+	if err != nil {
+		return "", err
+	}
+	nonce := make([]byte, aead.NonceSize())
+	_, _ = rand.Read(nonce) // crypto/rand.Read does not fail (Go 1.24+)
+	if err := t.store.PutConsoleSession(ctx, name, aead.Seal(nonce, nonce, plain, []byte(name)), s.expires); err != nil {
+		return "", err
+	}
+	return id, nil
 }
 
-// end drops a session (sign-out, failed callback).
-func (t *sessions) end(id string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.m, id)
+// end drops a session (sign-out, failed callback), on every replica.
+func (t *sessions) end(ctx context.Context, id string) error {
+	name, _, err := derive(id)
+	if err != nil {
+		return err
+	}
+	return t.store.DeleteConsoleSession(ctx, name)
+}
+
+// errTooManySessions: the in-memory table is full (of sign-ins not finished, which expire in
+// loginTimeout).
+var errTooManySessions = errors.New("ui: too many console sessions on this replica")
+
+// maxMemorySessions caps the in-memory table: a client that opens sign-ins without finishing
+// them fills it with login sessions, which expire in loginTimeout.
+const maxMemorySessions = 10000
+
+// memorySessions is the SessionStore of a console given none: one replica's own table (tests;
+// a single replica).
+type memorySessions struct {
+	now func() time.Time
+	mu  sync.Mutex
+	m   map[string]memorySession
+}
+
+type memorySession struct {
+	sealed  []byte
+	expires time.Time
+}
+
+func newMemorySessions(now func() time.Time) *memorySessions {
+	return &memorySessions{now: now, m: map[string]memorySession{}}
+}
+
+func (m *memorySessions) PutConsoleSession(_ context.Context, name string, sealed []byte, expires time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.m) >= maxMemorySessions {
+		now := m.now()
+		for k, v := range m.m {
+			if !now.Before(v.expires) {
+				delete(m.m, k)
+			}
+		}
+		if len(m.m) >= maxMemorySessions {
+			return fmt.Errorf("%w (at most %d)", errTooManySessions, maxMemorySessions)
+		}
+	}
+	m.m[name] = memorySession{sealed: sealed, expires: expires}
+	return nil
+}
+
+func (m *memorySessions) ConsoleSession(_ context.Context, name string) ([]byte, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.m[name]
+	if ok && !m.now().Before(s.expires) {
+		delete(m.m, name)
+		return nil, false, nil
+	}
+	return s.sealed, ok, nil
+}
+
+func (m *memorySessions) DeleteConsoleSession(_ context.Context, name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.m, name)
+	return nil
 }

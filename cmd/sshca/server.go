@@ -263,9 +263,10 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	})
 	if cfg.Login != nil && cfg.Console.PublicURL != "" {
 		// The console calls the authority with the signed-in user's ID token, as the API does
-		// with a bearer token: the same authentication, policy and audit.
+		// with a bearer token: the same authentication, policy and audit. Its sessions are in
+		// Redis, so that every replica serves every browser.
 		console, err := ui.New(ui.Options{PublicURL: cfg.Console.PublicURL, Issuer: cfg.Login.Issuer, ClientID: cfg.Login.ClientID,
-			Scopes: cfg.Login.Scopes, Requests: requests, Certificates: authority, Logger: reqLog})
+			Scopes: cfg.Login.Scopes, Requests: requests, Certificates: authority, Sessions: db, Logger: reqLog})
 		if err != nil {
 			return nil, fmt.Errorf("console: %w", err)
 		}
