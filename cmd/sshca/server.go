@@ -300,7 +300,8 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 //  3. stop the loops (and the diagnostics listener), and wait for them;
 //  4. close Redis, which the requests and the loops used until then, and the CA keys.
 //
-// Its error is the failed loop's (the server stopped because of it), else the drain's.
+// Its error is the failed loop's (the server stopped because of it), else the listener's, or
+// the drain's when shutdown_timeout cut requests off.
 func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready func()) error {
 	// The loops outlive ctx: they stop only once the requests that read what they keep
 	// current (the KRL feed, the keyring, the policy) are answered.
@@ -323,7 +324,9 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 	} else {
 		s.log.Warn("diag_listen is off: /metrics and the /readyz details are served on the public listener")
 	}
-	goLoops(g, gctx, loopsCtx, s.log, loops)
+	// The loops get loopsCtx, not gctx: when one fails, the others go on until the requests
+	// in flight are drained, as on SIGTERM; gctx only says that one failed.
+	goLoops(g, loopsCtx, loopsCtx, s.log, loops)
 
 	// Serving ends when ctx ends or when a loop failed (gctx ends before loopsCtx then).
 	serveCtx, stopServing := context.WithCancel(ctx)
@@ -340,10 +343,13 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 		ready()
 	}
 	serveErr := serveDraining(serveCtx, srv, l, "", "", s.drain)
-	if serveErr != nil {
+	switch {
+	case errors.Is(serveErr, context.DeadlineExceeded): // the drain's bound, not a listener failure
 		serveErr = fmt.Errorf("shutdown_timeout: %w", serveErr)
 		s.log.Error("shutdown: requests not drained; stopping the background loops", "err", serveErr)
-	} else {
+	case serveErr != nil:
+		s.log.Error("the listener failed; stopping the background loops", "err", serveErr)
+	default:
 		s.log.Info("shutdown: requests drained; stopping the background loops")
 	}
 	stopLoops()
@@ -357,7 +363,7 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 	return serveErr
 }
 
-// goLoops runs every loop in g with ctx (g's context). A loop that returns an error while
+// goLoops runs every loop in g with ctx. A loop that returns an error while
 // lifetime (what the loops live for) has not ended cannot go on: that is logged as the reason
 // the process stops, and its error ends the group. Errors on the way out after lifetime ended
 // are not failures. Each loop's end is logged at debug level, so the order of shutdown can be

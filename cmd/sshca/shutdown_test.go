@@ -434,3 +434,87 @@ func TestServeShutdownTimeoutCutsOff(t *testing.T) {
 		t.Errorf("shutdown order after a cut-off drain: not drained at %d, follower ended at %d, Redis closed at %d:\n%s", notDrained, ended, closed, log)
 	}
 }
+
+// buildTestServer builds the server of serveConfig on a real redis-server, with its log.
+func buildTestServer(t *testing.T) (*server, *logCapture) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	idp := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	cfg.DiagListen = ""
+	logs := &logCapture{}
+	s, err := buildServer(context.Background(), cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, logs
+}
+
+// TestServeStopsWhenALoopFails: a background loop that returns an error (one the server
+// cannot go on without) stops the whole server, SIGTERM or not: the listener closes, the
+// other loops end, Redis closes, the error names the loop, and an error line says why.
+func TestServeStopsWhenALoopFails(t *testing.T) {
+	s, logs := buildTestServer(t)
+	s.loops = append(s.loops, loop{"test loop", func(ctx context.Context) error {
+		return errors.New("cannot go on")
+	}})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	done := make(chan error, 1)
+	go func() { done <- s.run(context.Background(), l, s.api, nil) }()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server went on for 30s after a loop failed")
+	}
+	if err == nil || !strings.Contains(err.Error(), "test loop: cannot go on") {
+		t.Errorf("run = %v, want the failed loop's error", err)
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Error("the listener still accepts after the server stopped")
+	}
+	log := logs.String()
+	if !strings.Contains(log, `"level":"ERROR","msg":"a background loop failed; stopping","loop":"test loop"`) {
+		t.Errorf("no error line names the failed loop:\n%s", log)
+	}
+	// Shutdown logs "not accepting" from its own goroutine: with no request in flight it may
+	// come after the drain's line, so only the steps run itself orders are checked.
+	drained := strings.Index(log, `"msg":"shutdown: requests drained; stopping the background loops"`)
+	ended := strings.Index(log, `"msg":"background loop ended","loop":"revocation follower"`)
+	closed := strings.Index(log, `"msg":"shutdown: Redis closed"`)
+	if drained < 0 || ended < drained || closed < ended {
+		t.Errorf("order after a loop failed: drained at %d, follower ended at %d, Redis closed at %d:\n%s", drained, ended, closed, log)
+	}
+}
+
+// TestServeStopsWhenTheListenerFails: a listener that fails (closed under the server here)
+// stops the server with the listener's error, not a drain's, after its loops and with Redis
+// closed last.
+func TestServeStopsWhenTheListenerFails(t *testing.T) {
+	s, logs := buildTestServer(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.run(context.Background(), l, s.api, func() { l.Close() }) }()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server went on for 30s without its listener")
+	}
+	if err == nil || !strings.Contains(err.Error(), "serve:") || strings.Contains(err.Error(), "shutdown_timeout") {
+		t.Errorf("run = %v, want the listener's error", err)
+	}
+	log := logs.String()
+	failed := strings.Index(log, `"msg":"the listener failed; stopping the background loops"`)
+	ended := strings.Index(log, `"msg":"background loop ended","loop":"revocation follower"`)
+	closed := strings.Index(log, `"msg":"shutdown: Redis closed"`)
+	if failed < 0 || ended < failed || closed < ended {
+		t.Errorf("order after a listener failure: failed at %d, follower ended at %d, Redis closed at %d:\n%s", failed, ended, closed, log)
+	}
+}
