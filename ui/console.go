@@ -73,6 +73,9 @@ type Options struct {
 	// Certificates, when set, adds the whole inventory to "who holds access now" for those
 	// the policy lets read it.
 	Certificates Certificates
+	// Recordings, when set, lists on a request's page the recorded sessions whose key ID
+	// carries it, each linking to its page (output and .cast), for those the policy lets read.
+	Recordings Recordings
 	// Sessions keeps the sessions where every replica finds them (store.Redis); nil: this
 	// replica's memory only, so that behind a load balancer a browser must keep reaching the
 	// replica it signed in on.
@@ -149,6 +152,8 @@ func (c *Console) Handler() http.Handler {
 	mux.HandleFunc("POST /ui/requests/{id}/approve", c.signedIn(c.decide(true)))
 	mux.HandleFunc("POST /ui/requests/{id}/deny", c.signedIn(c.decide(false)))
 	mux.HandleFunc("POST /ui/requests/{id}/revoke", c.signedIn(c.revoke))
+	mux.HandleFunc("GET /ui/recordings/{id}", c.signedIn(c.recording))
+	mux.HandleFunc("GET /ui/recordings/{id}/cast", c.signedIn(c.cast))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		setSecurityHeaders(w.Header())
 		mux.ServeHTTP(w, r)
@@ -398,6 +403,10 @@ type requestView struct {
 	Own       bool
 	Hash      string
 	Decidable bool
+	// Recordings are the sessions recorded under the request (its page only); RecordingsNote
+	// says why they are not shown.
+	Recordings     []recordingRow
+	RecordingsNote string
 }
 
 func (c *Console) view(r ca.AccessRequest, sub string) requestView {
@@ -432,7 +441,12 @@ func (c *Console) request(w http.ResponseWriter, r *http.Request, _ string, s se
 		c.fail(w, s, err)
 		return
 	}
-	c.render(w, http.StatusOK, "request.html", page{Title: "Request " + q.ID, User: s.user, CSRF: s.csrf, Data: c.view(q, s.sub)})
+	v := c.view(q, s.sub)
+	if v.Recordings, v.RecordingsNote, err = c.requestRecordings(r.Context(), s, q.ID); err != nil {
+		c.fail(w, s, err)
+		return
+	}
+	c.render(w, http.StatusOK, "request.html", page{Title: "Request " + q.ID, User: s.user, CSRF: s.csrf, Data: v})
 }
 
 // decide approves or denies through the same domain call as POST /v1/requests/ID/approve,

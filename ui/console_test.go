@@ -340,9 +340,11 @@ func TestForeignReturnPath(t *testing.T) {
 
 func TestSecurityHeadersOnEveryPage(t *testing.T) {
 	r := newRig(t, nil)
+	withRecordings(t, r)
 	c := r.browser()
-	r.signIn(c, "bob", "/ui/")
-	for _, p := range []string{"/ui/", "/ui/access", "/ui/requests/" + r.reqs.req.ID, "/ui/requests/req_NOPE", "/ui/style.css", "/ui/nope", "/ui/callback"} {
+	r.signIn(c, "carol", "/ui/")
+	for _, p := range []string{"/ui/", "/ui/access", "/ui/requests/" + r.reqs.req.ID, "/ui/requests/req_NOPE", "/ui/style.css", "/ui/nope", "/ui/callback",
+		"/ui/recordings/" + recEnded, "/ui/recordings/" + recEnded + "/cast", "/ui/recordings/" + recOther + "0"} {
 		resp, err := c.Get(r.srv.URL + p)
 		if err != nil {
 			t.Fatal(err)

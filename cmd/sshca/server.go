@@ -245,6 +245,8 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 		}
 		ready, detailsWithFaults = services.ReadyStatus(ready), nil
 	}
+	recDesk := recordingDesk(authority, recordings,
+		ca.RecordingLimits{SessionCap: cfg.Recordings.SessionCap, HostCap: cfg.Recordings.HostCap})
 	mux := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{
 		Logger:            reqLog,
 		KnownHostsPattern: cfg.KnownHostsPattern,
@@ -255,18 +257,17 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 		Keys:              keys,
 		Requests:          requests,
 		Discovery:         ca.DiscoveryDesk{Authority: authority, Store: db},
-		Recordings: recordingDesk(authority, recordings,
-			ca.RecordingLimits{SessionCap: cfg.Recordings.SessionCap, HostCap: cfg.Recordings.HostCap}),
-		RenderKRL: revocation.EncodeKRL,
-		KRLFeed:   services.InstrumentKRLFeed(metrics)(follower),
-		Stop:      s.draining,
+		Recordings:        recDesk,
+		RenderKRL:         revocation.EncodeKRL,
+		KRLFeed:           services.InstrumentKRLFeed(metrics)(follower),
+		Stop:              s.draining,
 	})
 	if cfg.Login != nil && cfg.Console.PublicURL != "" {
 		// The console calls the authority with the signed-in user's ID token, as the API does
 		// with a bearer token: the same authentication, policy and audit. Its sessions are in
 		// Redis, so that every replica serves every browser.
 		console, err := ui.New(ui.Options{PublicURL: cfg.Console.PublicURL, Issuer: cfg.Login.Issuer, ClientID: cfg.Login.ClientID,
-			Scopes: cfg.Login.Scopes, Requests: requests, Certificates: authority, Sessions: db, Logger: reqLog})
+			Scopes: cfg.Login.Scopes, Requests: requests, Certificates: authority, Recordings: recDesk, Sessions: db, Logger: reqLog})
 		if err != nil {
 			return nil, fmt.Errorf("console: %w", err)
 		}

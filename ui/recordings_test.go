@@ -1,0 +1,205 @@
+package ui
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sshca/sshca/ca"
+)
+
+// fakeRecordings lets only carol read, as a policy giving auditors kind "read" would.
+type fakeRecordings struct {
+	recs  []ca.SessionRecording
+	lines map[string][][]byte
+}
+
+func (f *fakeRecordings) SessionRecordings(_ context.Context, token string, _ ca.RecordingFilter) ([]ca.SessionRecording, error) {
+	if subjectOf(token) != "carol" {
+		return nil, ca.Denied("you may not list session recordings")
+	}
+	return f.recs, nil
+}
+
+func (f *fakeRecordings) SessionRecordingLines(_ context.Context, token, id string) (ca.SessionRecording, [][]byte, error) {
+	if subjectOf(token) != "carol" {
+		return ca.SessionRecording{}, nil, ca.Denied("you may not read session recording " + id)
+	}
+	for _, r := range f.recs {
+		if r.ID == id {
+			return r, f.lines[id], nil
+		}
+	}
+	return ca.SessionRecording{}, nil, &ca.Error{Kind: ca.KindNotFound, Msg: "no recording of session " + id}
+}
+
+// recordingLines writes a recording in the format the agent ships (a chained header and
+// chunks), each chunk {T µs, kind, data}, and returns its lines and final hash.
+func recordingLines(t *testing.T, h ca.RecordingHeader, chunks []ca.RecordingChunk) ([][]byte, string) {
+	t.Helper()
+	head, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := [][]byte{head}
+	last := ca.RecordingChainStart(head)
+	for _, c := range chunks {
+		last = ca.RecordingChainNext(last, c.Kind, c.T, c.Data)
+		c.Hash = hex.EncodeToString(last[:])
+		b, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, b)
+	}
+	return lines, hex.EncodeToString(last[:])
+}
+
+const (
+	recEnded = "0123456789abcdef01234567"
+	recOpen  = "fedcba9876543210fedcba98"
+	recOther = "aaaaaaaaaaaaaaaaaaaaaaaa"
+)
+
+// hostile is a session's output split across chunks: "é" split in two, an invalid byte, markup
+// that would end the <pre> and start a script, SGR colours, an OSC title and a bell.
+var hostile = []string{"caf\xc3", "\xa9 \xff </pre><script>alert(1)</script>", " \x1b[31mred\x1b[0m \x1b]0;pwned-title\x07done\a\r\n"}
+
+func withRecordings(t *testing.T, r *rig) (*fakeRecordings, string) {
+	t.Helper()
+	req := r.reqs.req.ID
+	start := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	h := ca.RecordingHeader{Version: 1, ID: recEnded, Start: start, Host: "bastion1", User: "root",
+		KeyID: "idp|alice/" + req, Command: "tail -f /var/log/syslog", Kind: "exec", PTY: true}
+	var chunks []ca.RecordingChunk
+	for i, s := range hostile {
+		chunks = append(chunks, ca.RecordingChunk{T: int64(i+1) * 1500000, Kind: ca.ChunkOutput, Data: []byte(s)})
+	}
+	chunks = append(chunks, ca.RecordingChunk{T: 5000000, Kind: ca.ChunkEnd, Data: []byte(`{"exit":0}`)})
+	lines, final := recordingLines(t, h, chunks)
+	openH := h
+	openH.ID, openH.Command = recOpen, ""
+	openLines, _ := recordingLines(t, openH, nil)
+	otherH := h
+	otherH.ID, otherH.KeyID = recOther, "idp|erin/req_BBBBBBBBBBBBBBBB"
+	f := &fakeRecordings{
+		recs: []ca.SessionRecording{
+			{ID: recEnded, Host: "bastion1", Header: h, AccessRequest: req, End: &ca.RecordingEnd{Exit: 0}, Updated: start.Add(5 * time.Second)},
+			{ID: recOpen, Host: "bastion2", Header: openH, AccessRequest: req,
+				Cut: &ca.RecordingCut{Cap: "session", Chunks: 7, Bytes: 9000}},
+			{ID: recOther, Host: "bastion1", Header: otherH, AccessRequest: "req_BBBBBBBBBBBBBBBB"},
+		},
+		lines: map[string][][]byte{recEnded: lines, recOpen: openLines, recOther: lines},
+	}
+	r.console.o.Recordings = f
+	return f, final
+}
+
+func get(t *testing.T, c *http.Client, u string) (*http.Response, string) {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, body(t, resp)
+}
+
+func TestRequestPageListsItsRecordings(t *testing.T) {
+	r := newRig(t, nil)
+	withRecordings(t, r)
+	c := r.browser()
+	_, page := r.signIn(c, "carol", "/ui/requests/"+r.reqs.req.ID)
+	for _, want := range []string{`href="/ui/recordings/` + recEnded + `"`, `href="/ui/recordings/` + recOpen + `"`,
+		"bastion1", "bastion2", "tail -f /var/log/syslog", "ended (exit 0)",
+		"live or unterminated (no end arrived); 7 chunks (9000 bytes) cut past the CA&#39;s session cap", "2026-11-30 01:00:00 UTC"} {
+		if !strings.Contains(page, want) {
+			t.Fatalf("request page lacks %s:\n%s", want, page)
+		}
+	}
+	if strings.Contains(page, recOther) {
+		t.Fatalf("request page lists another request's session:\n%s", page)
+	}
+
+	// A user the policy does not let read sees a note, not the sessions.
+	c = r.browser()
+	_, page = r.signIn(c, "bob", "/ui/requests/"+r.reqs.req.ID)
+	if !strings.Contains(page, "administrators and auditors") || strings.Contains(page, "/ui/recordings/") {
+		t.Fatalf("a non-reader's request page:\n%s", page)
+	}
+}
+
+func TestRecordingPagePlaysInert(t *testing.T) {
+	r := newRig(t, nil)
+	_, final := withRecordings(t, r)
+	c := r.browser()
+	resp, page := r.signIn(c, "carol", "/ui/recordings/"+recEnded)
+	if resp.StatusCode != 200 {
+		t.Fatalf("recording page: %d\n%s", resp.StatusCode, page)
+	}
+	for _, want := range []string{"verified; final hash <code>" + final + "</code>", "ended (exit 0)", "bastion1",
+		"<td>1.500000s</td><td><pre>caf</pre>", "<td>3.000000s</td><td><pre>é \uFFFD &lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;", "<td>4.500000s</td><td><pre> red done\n</pre>",
+		`href="/ui/recordings/` + recEnded + `/cast"`} {
+		if !strings.Contains(page, want) {
+			t.Fatalf("recording page lacks %q:\n%s", want, page)
+		}
+	}
+	for _, bad := range []string{"<script", "\x1b", "\a", "pwned-title", "[31m", "\xc3<", "\r"} {
+		if strings.Contains(page, bad) {
+			t.Fatalf("recording page holds %q:\n%s", bad, page)
+		}
+	}
+	resp, cast := get(t, c, r.srv.URL+"/ui/recordings/"+recEnded+"/cast")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Disposition") != "attachment; filename="+recEnded+".cast" {
+		t.Fatalf("cast: %d %v", resp.StatusCode, resp.Header)
+	}
+	var h struct {
+		Version int    `json:"version"`
+		Command string `json:"command"`
+	}
+	first, rest, _ := strings.Cut(cast, "\n")
+	if err := json.Unmarshal([]byte(first), &h); err != nil || h.Version != 2 || h.Command != "tail -f /var/log/syslog" {
+		t.Fatalf("cast header %q (%v)", first, err)
+	}
+	if !strings.Contains(rest, "[3.000000,\"o\",\"é \uFFFD </pre><script>") {
+		t.Fatalf("cast events:\n%s", rest)
+	}
+}
+
+func TestRecordingRefusedToNonReader(t *testing.T) {
+	r := newRig(t, nil)
+	withRecordings(t, r)
+	c := r.browser()
+	for _, p := range []string{"/ui/recordings/" + recEnded, "/ui/recordings/" + recEnded + "/cast"} {
+		resp, page := r.signIn(c, "bob", p)
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(page, "you may not read session recording "+recEnded) ||
+			strings.Contains(page, "caf") {
+			t.Fatalf("%s for bob: %d\n%s", p, resp.StatusCode, page)
+		}
+	}
+}
+
+func TestRecordingBrokenChain(t *testing.T) {
+	r := newRig(t, nil)
+	f, _ := withRecordings(t, r)
+	// The second output chunk's data changed after it was hashed.
+	var ch ca.RecordingChunk
+	if err := json.Unmarshal(f.lines[recEnded][2], &ch); err != nil {
+		t.Fatal(err)
+	}
+	ch.Data = []byte("forged")
+	b, _ := json.Marshal(ch)
+	f.lines[recEnded] = append(append([][]byte{}, f.lines[recEnded][:2]...), append([][]byte{b}, f.lines[recEnded][3:]...)...)
+	c := r.browser()
+	_, page := r.signIn(c, "carol", "/ui/recordings/"+recEnded)
+	if !strings.Contains(page, "does not verify: read recording: line 3: hash does not follow") || strings.Contains(page, "/cast") || strings.Contains(page, "forged") {
+		t.Fatalf("broken recording's page:\n%s", page)
+	}
+	resp, page := get(t, c, r.srv.URL+"/ui/recordings/"+recEnded+"/cast")
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(page, "does not verify") {
+		t.Fatalf("broken recording's cast: %d\n%s", resp.StatusCode, page)
+	}
+}
