@@ -442,7 +442,7 @@ func (c *Console) request(w http.ResponseWriter, r *http.Request, _ string, s se
 		return
 	}
 	v := c.view(q, s.sub)
-	if v.Recordings, v.RecordingsNote, err = c.requestRecordings(r.Context(), s, q.ID); err != nil {
+	if v.Recordings, v.RecordingsNote, err = c.requestRecordings(r.Context(), s, q.ID, q.CreatedAt); err != nil {
 		c.fail(w, s, err)
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/charmbracelet/x/ansi"
@@ -48,13 +49,19 @@ type recordingRow struct {
 	State string
 }
 
+// bastionClockSkew is how far behind the CA's clock a bastion's may be for its sessions to be
+// listed on a request's page: no session runs under a request before the request was created,
+// so the listing reads only those that started (bastion time) at most this long before.
+const bastionClockSkew = time.Hour
+
 // requestRecordings lists the sessions whose key ID carries request id, or says why not:
 // a user the policy does not let read recordings gets the API's refusal as a note.
-func (c *Console) requestRecordings(ctx context.Context, s session, id string) ([]recordingRow, string, error) {
+// The CA indexes recordings by their start as the bastion timed it.
+func (c *Console) requestRecordings(ctx context.Context, s session, id string, created time.Time) ([]recordingRow, string, error) {
 	if c.o.Recordings == nil {
 		return nil, "", nil
 	}
-	recs, err := c.o.Recordings.SessionRecordings(ctx, s.idToken, ca.RecordingFilter{})
+	recs, err := c.o.Recordings.SessionRecordings(ctx, s.idToken, ca.RecordingFilter{Since: created.Add(-bastionClockSkew)})
 	if ca.KindOf(err) == ca.KindDenied {
 		return nil, "Session recordings are shown to those the policy lets read them (administrators and auditors).", nil
 	}

@@ -14,15 +14,24 @@ import (
 
 // fakeRecordings lets only carol read, as a policy giving auditors kind "read" would.
 type fakeRecordings struct {
+	since []time.Time
 	recs  []ca.SessionRecording
 	lines map[string][][]byte
 }
 
-func (f *fakeRecordings) SessionRecordings(_ context.Context, token string, _ ca.RecordingFilter) ([]ca.SessionRecording, error) {
+func (f *fakeRecordings) SessionRecordings(_ context.Context, token string, q ca.RecordingFilter) ([]ca.SessionRecording, error) {
 	if subjectOf(token) != "carol" {
 		return nil, ca.Denied("you may not list session recordings")
 	}
-	return f.recs, nil
+	// As the store: by the start the bastion wrote.
+	f.since = append(f.since, q.Since)
+	var out []ca.SessionRecording
+	for _, r := range f.recs {
+		if !r.Header.Start.Before(q.Since) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
 }
 
 func (f *fakeRecordings) SessionRecordingLines(_ context.Context, token, id string) (ca.SessionRecording, [][]byte, error) {
@@ -63,6 +72,7 @@ const (
 	recEnded = "0123456789abcdef01234567"
 	recOpen  = "fedcba9876543210fedcba98"
 	recOther = "aaaaaaaaaaaaaaaaaaaaaaaa"
+	recOld   = "bbbbbbbbbbbbbbbbbbbbbbbb"
 )
 
 // hostile is a session's output split across chunks: "é" split in two, an invalid byte, markup
@@ -72,7 +82,9 @@ var hostile = []string{"caf\xc3", "\xa9 \xff </pre><script>alert(1)</script>", "
 func withRecordings(t *testing.T, r *rig) (*fakeRecordings, string) {
 	t.Helper()
 	req := r.reqs.req.ID
-	start := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	// A bastion whose clock is 10 minutes behind the CA's: its session seems to start before
+	// the request was created.
+	start := r.reqs.req.CreatedAt.Add(-10 * time.Minute).Truncate(time.Second)
 	h := ca.RecordingHeader{Version: 1, ID: recEnded, Start: start, Host: "bastion1", User: "root",
 		KeyID: "idp|alice/" + req, Command: "tail -f /var/log/syslog", Kind: "exec", PTY: true}
 	var chunks []ca.RecordingChunk
@@ -86,12 +98,16 @@ func withRecordings(t *testing.T, r *rig) (*fakeRecordings, string) {
 	openLines, _ := recordingLines(t, openH, nil)
 	otherH := h
 	otherH.ID, otherH.KeyID = recOther, "idp|erin/req_BBBBBBBBBBBBBBBB"
+	// A session of this request's requester long before it (the index is by start).
+	oldH := h
+	oldH.ID, oldH.Start = recOld, r.reqs.req.CreatedAt.Add(-2*time.Hour)
 	f := &fakeRecordings{
 		recs: []ca.SessionRecording{
 			{ID: recEnded, Host: "bastion1", Header: h, AccessRequest: req, End: &ca.RecordingEnd{Exit: 0}, Updated: start.Add(5 * time.Second)},
 			{ID: recOpen, Host: "bastion2", Header: openH, AccessRequest: req,
 				Cut: &ca.RecordingCut{Cap: "session", Chunks: 7, Bytes: 9000}},
 			{ID: recOther, Host: "bastion1", Header: otherH, AccessRequest: "req_BBBBBBBBBBBBBBBB"},
+			{ID: recOld, Host: "bastion1", Header: oldH, AccessRequest: req},
 		},
 		lines: map[string][][]byte{recEnded: lines, recOpen: openLines, recOther: lines},
 	}
@@ -110,18 +126,24 @@ func get(t *testing.T, c *http.Client, u string) (*http.Response, string) {
 
 func TestRequestPageListsItsRecordings(t *testing.T) {
 	r := newRig(t, nil)
-	withRecordings(t, r)
+	f, _ := withRecordings(t, r)
 	c := r.browser()
 	_, page := r.signIn(c, "carol", "/ui/requests/"+r.reqs.req.ID)
 	for _, want := range []string{`href="/ui/recordings/` + recEnded + `"`, `href="/ui/recordings/` + recOpen + `"`,
 		"bastion1", "bastion2", "tail -f /var/log/syslog", "ended (exit 0)",
-		"live or unterminated (no end arrived); 7 chunks (9000 bytes) cut past the CA&#39;s session cap", "2026-11-30 01:00:00 UTC"} {
+		"live or unterminated (no end arrived); 7 chunks (9000 bytes) cut past the CA&#39;s session cap",
+		r.reqs.req.CreatedAt.Add(-10 * time.Minute).UTC().Format("2006-01-02 15:04:05 UTC")} {
 		if !strings.Contains(page, want) {
 			t.Fatalf("request page lacks %s:\n%s", want, page)
 		}
 	}
 	if strings.Contains(page, recOther) {
 		t.Fatalf("request page lists another request's session:\n%s", page)
+	}
+	// Only sessions that could be under the request are read: since its creation, less the
+	// bastion's possible clock skew.
+	if strings.Contains(page, recOld) || len(f.since) != 1 || !f.since[0].Equal(r.reqs.req.CreatedAt.Add(-bastionClockSkew)) {
+		t.Fatalf("read since %v (request created %v); page:\n%s", f.since, r.reqs.req.CreatedAt, page)
 	}
 
 	// A user the policy does not let read sees a note, not the sessions.
