@@ -35,6 +35,13 @@ func TestBanAndLiftCLI(t *testing.T) {
 	if err != nil || !strings.Contains(got, "ban lifted") {
 		t.Fatalf("sshca revoke --lift: %v\n%s", err, got)
 	}
+	// The token shown with the banned key was spent by the admission that refused it (the
+	// token's SET NX travels with the refusal check, ca.Admission): it stays spent after the
+	// lift, and a fresh token gets the lifted key its certificate.
+	if code, out := call(t, http.MethodPost, base+"/v1/certs/user", alice, req); code != http.StatusUnauthorized || !strings.Contains(string(out), "already used") {
+		t.Fatalf("the token refused with the banned key, after the lift: %d %s; want 401 token already used", code, out)
+	}
+	alice = devToken(t, base, map[string]any{"sub": "u-alice", "preferred_username": "alice", "email": "alice@example.com", "email_verified": true})
 	if code, out := call(t, http.MethodPost, base+"/v1/certs/user", alice, req); code != http.StatusOK {
 		t.Fatalf("after the lift: %d %s; want 200", code, out)
 	}
