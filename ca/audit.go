@@ -3,6 +3,8 @@ package ca
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 )
 
@@ -212,7 +214,11 @@ func (a *Authority) settleSigned(ctx context.Context, rec AuditRecord, cause err
 	err := a.audit.Append(actx, rec)
 	cancel()
 	if err != nil {
-		go a.retrySigned(ctx, rec)
+		id := a.retries.add(rec)
+		go func() {
+			defer a.retries.done(id)
+			a.retrySigned(ctx, rec)
+		}()
 	}
 }
 
@@ -227,11 +233,91 @@ func (a *Authority) retrySigned(ctx context.Context, rec AuditRecord) {
 			return
 		}
 		if a.now().Add(wait).After(giveUp) {
-			a.log.ErrorContext(ctx, "audit record of a signed certificate lost", "serial", rec.Serial, "key_id", rec.KeyID,
-				"identity", rec.Identity, "outcome", rec.Outcome, "err", err)
+			a.lostSigned(ctx, rec, err)
 			return
 		}
 	}
+}
+
+func (a *Authority) lostSigned(ctx context.Context, rec AuditRecord, err error) {
+	a.log.ErrorContext(ctx, "audit record of a signed certificate lost", "serial", rec.Serial, "key_id", rec.KeyID,
+		"identity", rec.Identity, "outcome", rec.Outcome, "err", err)
+}
+
+// DrainRetries waits, until ctx ends, for the audit records of signed certificates that are
+// still being retried in the background (see settleSigned); a server calls it on shutdown after
+// its requests drained and before it closes the audit log's store. When ctx ends first, each
+// record still pending is logged as lost (as when its retries give up) and the number of them
+// is returned in the error; the retries themselves go on until the process ends.
+func (a *Authority) DrainRetries(ctx context.Context) error {
+	select {
+	case <-a.retries.idle():
+		return nil
+	case <-ctx.Done():
+	}
+	pending := a.retries.pending()
+	if len(pending) == 0 {
+		return nil
+	}
+	for _, rec := range pending {
+		a.lostSigned(ctx, rec, fmt.Errorf("shutdown before the record was kept: %w", context.Cause(ctx)))
+	}
+	return fmt.Errorf("sshca: %d audit record(s) of signed certificates not kept before shutdown", len(pending))
+}
+
+// pendingRecords is the set of records being retried, with a channel closed whenever it is
+// empty.
+type pendingRecords struct {
+	mu    sync.Mutex
+	next  uint64
+	recs  map[uint64]AuditRecord
+	empty chan struct{} // open while recs is not empty; nil while it is
+}
+
+func (p *pendingRecords) add(rec AuditRecord) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.recs == nil {
+		p.recs = map[uint64]AuditRecord{}
+	}
+	if len(p.recs) == 0 {
+		p.empty = make(chan struct{})
+	}
+	p.next++
+	p.recs[p.next] = rec
+	return p.next
+}
+
+func (p *pendingRecords) done(id uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.recs, id)
+	if len(p.recs) == 0 && p.empty != nil {
+		close(p.empty)
+		p.empty = nil
+	}
+}
+
+// idle returns a channel closed once no record is pending.
+func (p *pendingRecords) idle() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.empty == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return p.empty
+}
+
+func (p *pendingRecords) pending() []AuditRecord {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]AuditRecord, 0, len(p.recs))
+	for _, r := range p.recs {
+		out = append(out, r)
+	}
+	return out
 }
 
 // complete fills rec's outcome and reasons, unless set, from the error a request ended with.

@@ -112,6 +112,9 @@ type Authority struct {
 	now           func() time.Time
 	after         func(time.Duration) <-chan time.Time
 	log           *slog.Logger
+	// retries are the records of signed certificates still being retried in the background
+	// (settleSigned), so that shutdown can wait for them before Redis closes (DrainRetries).
+	retries pendingRecords
 }
 
 // New checks the configuration and returns an Authority.

@@ -294,3 +294,101 @@ func TestSignedAuditRetryOnItsClock(t *testing.T) {
 		t.Errorf("%d attempts after giving up", n-len(at))
 	}
 }
+
+// healingAudit fails every append until healed, and keeps what it accepted.
+type healingAudit struct {
+	mu     sync.Mutex
+	healed bool
+	kept   []ca.AuditRecord
+}
+
+func (a *healingAudit) Append(_ context.Context, r ca.AuditRecord) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.healed {
+		return context.DeadlineExceeded
+	}
+	a.kept = append(a.kept, r)
+	return nil
+}
+
+func (a *healingAudit) heal() { a.mu.Lock(); a.healed = true; a.mu.Unlock() }
+
+func (a *healingAudit) signed() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, r := range a.kept {
+		if r.Serial != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// TestDrainRetriesWaitsForSignedRecords: shutdown (DrainRetries) waits for the record of a
+// certificate signed but not handed out, still retried in the background, until it is kept;
+// and when its bound ends first, logs the pending record as lost, naming its serial, and says
+// how many were not kept, instead of letting Redis close under a retry that then vanishes.
+func TestDrainRetriesWaitsForSignedRecords(t *testing.T) {
+	caKey, _ := newSSHKey(t)
+	_, userKey := newSSHKey(t)
+	alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
+	newAuthority := func(audit ca.AuditLog, logs *testenv.SyncBuffer, after func(time.Duration) <-chan time.Time) *ca.Authority {
+		a, err := ca.New(ca.Config{Authenticator: fakeAuth{alice}, Policy: &fakePolicy{dec: deadlineGrant}, UserSigner: &countingSigner{key: caKey},
+			HostSigner: &countingSigner{key: caKey}, Store: &fakeStore{}, Revocations: store.NewMemory(time.Now), Audit: audit,
+			After: after, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	fast := func(time.Duration) <-chan time.Time { return time.After(5 * time.Millisecond) }
+
+	t.Run("kept", func(t *testing.T) {
+		audit := &healingAudit{}
+		var logs testenv.SyncBuffer
+		a := newAuthority(audit, &logs, fast)
+		if _, err := a.Issue(context.Background(), "good", ca.Request{Kind: ca.UserCert, PublicKey: userKey}); ca.KindOf(err) != ca.KindUnavailable {
+			t.Fatalf("Issue with the audit log failing = %v, want unavailable", err)
+		}
+		time.AfterFunc(300*time.Millisecond, audit.heal)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := a.DrainRetries(ctx); err != nil {
+			t.Fatalf("DrainRetries = %v, want the retried record kept", err)
+		}
+		if n := audit.signed(); n != 1 {
+			t.Errorf("DrainRetries returned with %d signed certificate records kept, want 1 (it did not wait)", n)
+		}
+		if strings.Contains(logs.String(), "lost") {
+			t.Errorf("a kept record was logged as lost:\n%s", logs.String())
+		}
+	})
+	t.Run("lost at the bound", func(t *testing.T) {
+		audit := &healingAudit{}
+		var logs testenv.SyncBuffer
+		a := newAuthority(audit, &logs, fast)
+		if _, err := a.Issue(context.Background(), "good", ca.Request{Kind: ca.UserCert, PublicKey: userKey}); ca.KindOf(err) != ca.KindUnavailable {
+			t.Fatalf("Issue with the audit log failing = %v, want unavailable", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		err := a.DrainRetries(ctx)
+		if err == nil || !strings.Contains(err.Error(), "1 audit record") {
+			t.Fatalf("DrainRetries with the audit log down = %v, want 1 record not kept", err)
+		}
+		if !strings.Contains(logs.String(), "audit record of a signed certificate lost") || !strings.Contains(logs.String(), "serial=") {
+			t.Errorf("the pending record is not logged as lost with its serial:\n%s", logs.String())
+		}
+	})
+	t.Run("nothing pending", func(t *testing.T) {
+		var logs testenv.SyncBuffer
+		a := newAuthority(&healingAudit{healed: true}, &logs, fast)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := a.DrainRetries(ctx); err != nil {
+			t.Errorf("DrainRetries with nothing pending = %v", err)
+		}
+	})
+}

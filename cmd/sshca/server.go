@@ -53,6 +53,9 @@ type server struct {
 	// draining is closed when shutdown begins: the long polls of GET /v1/krl answer then,
 	// instead of holding the drain for up to their 25 s.
 	draining chan struct{}
+	// retries is the authority's wait for the audit records of signed certificates still
+	// retried in the background (ca.Authority.DrainRetries), waited for before Redis closes.
+	retries func(context.Context) error
 	// rdb is closed last, once the requests and the loops that use it are done; recRDB, the
 	// recordings' own Redis (recordings.redis), with it.
 	rdb    redis.UniversalClient
@@ -216,6 +219,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	if err != nil {
 		return nil, err
 	}
+	s.retries = authority.DrainRetries
 	if notifier != nil {
 		// The dispatcher's sweep of expired access requests is the authority's: it exists only now.
 		notifier.SetExpire(authority.NotifyExpired)
@@ -298,7 +302,9 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 //     moves them to other replicas), and the long polls of /v1/krl answer;
 //  2. drain: requests in flight finish and get their answers, for at most shutdown_timeout;
 //     those still running then are cut off, and run's error says so;
-//  3. stop the loops (and the diagnostics listener), and wait for them;
+//  3. stop the loops (and the diagnostics listener), and wait for them, and for the audit
+//     records of signed certificates still retried in the background (for at most
+//     shutdown_timeout; those not kept are logged as lost);
 //  4. close Redis, which the requests and the loops used until then, and the CA keys.
 //
 // Its error is the failed loop's (the server stopped because of it), else the listener's, or
@@ -355,6 +361,15 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 	}
 	stopLoops()
 	loopErr := g.Wait()
+	if s.retries != nil {
+		// The records of certificates signed but not handed out are still retried (for up to
+		// ca.SignedAuditRetry); those not kept within shutdown_timeout are logged as lost.
+		rctx, cancel := context.WithTimeout(context.Background(), s.drain)
+		if err := s.retries(rctx); err != nil {
+			s.log.Error("shutdown: audit records still pending", "err", err)
+		}
+		cancel()
+	}
 	s.log.Info("shutdown: background loops ended; closing Redis")
 	s.close()
 	s.log.Info("shutdown: Redis closed")
