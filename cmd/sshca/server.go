@@ -65,6 +65,10 @@ type server struct {
 	about []any
 }
 
+// retriesBound is the most shutdown waits for the audit records still retried in the
+// background, after the drain.
+const retriesBound = 5 * time.Second
+
 // loop is a background loop of the server. run logs and retries what is transient; its error
 // is one the server cannot go on without, and stops the server.
 type loop struct {
@@ -304,7 +308,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 //     those still running then are cut off, and run's error says so;
 //  3. stop the loops (and the diagnostics listener), and wait for them, and for the audit
 //     records of signed certificates still retried in the background (for at most
-//     shutdown_timeout; those not kept are logged as lost);
+//     retriesBound; those not kept are logged as lost);
 //  4. close Redis, which the requests and the loops used until then, and the CA keys.
 //
 // Its error is the failed loop's (the server stopped because of it), else the listener's, or
@@ -363,8 +367,10 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 	loopErr := g.Wait()
 	if s.retries != nil {
 		// The records of certificates signed but not handed out are still retried (for up to
-		// ca.SignedAuditRetry); those not kept within shutdown_timeout are logged as lost.
-		rctx, cancel := context.WithTimeout(context.Background(), s.drain)
+		// ca.SignedAuditRetry); those not kept within retriesBound are logged as lost. The
+		// bound keeps the whole shutdown within shutdown_timeout plus a few seconds, what an
+		// orchestrator's grace period is told to allow (30 s in deploy/kubernetes for 20 s).
+		rctx, cancel := context.WithTimeout(context.Background(), min(s.drain, retriesBound))
 		if err := s.retries(rctx); err != nil {
 			s.log.Error("shutdown: audit records still pending", "err", err)
 		}
