@@ -686,6 +686,12 @@ func (a *Agent) pollOnce(ctx context.Context, h *HTTPSource, wait time.Duration)
 		}
 		h.caRead = a.o.Clock.Now()
 	}
+	if a.o.UserCAPath != "" {
+		// The long poll ends by the next CA re-read: it answers early only on a revocation
+		// change, and a new CA key (generated, then trusted in a second step) is not one, so a
+		// full wait would let it reach TrustedUserCAKeys up to LongPollWait late, not CARefresh.
+		wait = max(0, min(wait, a.o.CARefresh-a.o.Clock.Since(h.caRead)))
+	}
 	begin := a.o.Clock.Now()
 	b, etag, code, waited, err := h.get(ctx, "/v1/krl", h.etag, wait)
 	if err != nil {

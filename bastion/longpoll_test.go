@@ -180,3 +180,48 @@ func TestAgentHTTPReadsCAKeysEveryCARefresh(t *testing.T) {
 	srv.set(encodeKRL(t, 5, 1, 5), 5) // ends the long poll under way; the next poll is due a read
 	waitUntil(t, "the CA keys are read again once CARefresh has passed", func() bool { return caReads.Load() == 2 })
 }
+
+// TestAgentHTTPNewCAKeyWithinCARefresh: over HTTPS a new CA key reaches TrustedUserCAKeys within
+// CARefresh even while the KRL does not change, though each long poll may wait 20 s: a key is
+// generated, then trusted (two steps), and neither step is a revocation change that ends a
+// long poll early, so a poll that waited its whole wait would bring the key up to that late.
+func TestAgentHTTPNewCAKeyWithinCARefresh(t *testing.T) {
+	srv := &longPollServer{changed: make(chan struct{})}
+	srv.krlServer.set(encodeKRL(t, 1, 1), 1)
+	const first, next = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl sshca-user-ca\n",
+		"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL7JvK0kUWPcMhpFxZfO4zL1RZ5bD3xLfO9pK4lqK8QN sshca-user-ca-next\n"
+	var caKeys atomic.Value
+	caKeys.Store(first)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/ca/user.pub" {
+			_, _ = w.Write([]byte(caKeys.Load().(string)))
+			return
+		}
+		srv.ServeHTTP(w, r)
+	})
+	src, _ := tlsSource(t, h)
+	dir := t.TempDir()
+	krlPath, userCA := filepath.Join(dir, "sshca.krl"), filepath.Join(dir, "user_ca.pub")
+	a, err := bastion.NewAgent(bastion.Options{KRLPath: krlPath, UserCAPath: userCA, HTTP: src, PollEvery: time.Hour,
+		LongPollWait: 20 * time.Second, CARefresh: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitUntil(t, "version 1 is installed", func() bool { k := installedKRL(t, krlPath); return k != nil && k.Version == 1 })
+	time.Sleep(100 * time.Millisecond) // the agent is in its long poll now
+	caKeys.Store(first + next)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if b, _ := os.ReadFile(userCA); strings.Contains(string(b), "sshca-user-ca-next") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the new CA key did not reach the CA file within 5 s (CARefresh 300 ms) while the KRL did not change")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
