@@ -2,11 +2,15 @@ package policies
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +37,12 @@ type Reloader struct {
 
 	// clock drives Watch's debounce and Poll's interval.
 	clock clockwork.Clock
+
+	// seen is the fingerprint of the watched files as the last load of a directory read them
+	// (loaded or refused): Watch compares it once its watch is set up, so that a change made
+	// before then (between the first load and the watch, or while a broken watch was set up
+	// again) is not missed.
+	seen atomic.Value // string
 
 	mu      sync.Mutex
 	lastErr error
@@ -98,6 +108,7 @@ func (r *Reloader) start(ctx context.Context, opts []ReloaderOption) (*Reloader,
 }
 
 func (r *Reloader) loadDir(ctx context.Context) (*Engine, error) {
+	r.seen.Store(r.fingerprint()) // before reading: a change during the load is seen as one
 	e, err := LoadDir(ctx, r.dir, r.opts...)
 	if err != nil {
 		return nil, err
@@ -185,6 +196,12 @@ func (r *Reloader) Watch(ctx context.Context) error {
 			debounce.Stop()
 		}
 	}()
+	// Changes made before the watch was set up sent no event: the files are compared with
+	// those last loaded, and a difference is reloaded as an event would be.
+	if seen, _ := r.seen.Load().(string); r.fingerprint() != seen {
+		debounce = r.clock.NewTimer(reloadDebounce)
+		fire = debounce.Chan()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -229,6 +246,40 @@ func (r *Reloader) Poll(ctx context.Context, every time.Duration) {
 			_ = r.Reload(ctx)
 		}
 	}
+}
+
+// fingerprint hashes the names and contents of the files a change of which Watch reloads: the
+// directory's relevant files and the data file ("" when the directory cannot be read).
+func (r *Reloader) fingerprint() string {
+	var o loadOptions
+	for _, opt := range r.opts {
+		opt(&o)
+	}
+	entries, err := os.ReadDir(r.dir)
+	if err != nil {
+		return ""
+	}
+	var names []string
+	for _, e := range entries {
+		if name := filepath.Join(r.dir, e.Name()); !e.IsDir() && relevant(name, o.dataFile) {
+			names = append(names, name)
+		}
+	}
+	if o.dataFile != "" {
+		names = append(names, o.dataFile)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, name := range names {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			fmt.Fprintf(h, "%s\x00unreadable\x00", name) // absent or unreadable: still a state to compare
+			continue
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00", name, len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func relevant(name, dataFile string) bool {

@@ -180,3 +180,56 @@ func TestWatchReloadsOnItsClock(t *testing.T) {
 		t.Errorf("decision after the reload: %+v %v, want the new data's reason", d, err)
 	}
 }
+
+// TestWatchReloadsChangeMadeBeforeIt: a file changed after the policy was loaded but before
+// Watch set up its watch sends the watch no event; Watch still reloads it, reloadDebounce
+// after it starts on the reloader's clock (as sshca serve, which starts watching once it is
+// ready, must not lose a change written in between).
+func TestWatchReloadsChangeMadeBeforeIt(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := copyPolicy(t)
+	clk := clockwork.NewFakeClock()
+	r, err := policies.NewReloader(ctx, dir, nil, policies.WithClock(clk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "broken.rego"), []byte("package sshca\n\ndecision := {"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Watch(ctx) }()
+	defer func() { cancel(); <-done }()
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := clk.BlockUntilContext(wctx, 1); err != nil {
+		t.Fatalf("Watch armed no reload for a change made before it started: %v", err)
+	}
+	clk.Advance(reloadDebounceForTest)
+	testenv.Eventually(t, time.Minute, "the change made before the watch is refused", func() bool {
+		_, err := r.Status()
+		return err != nil
+	})
+}
+
+// TestWatchNoChangeNoReload: without a change since the load, Watch arms nothing when it starts.
+func TestWatchNoChangeNoReload(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := copyPolicy(t)
+	clk := clockwork.NewFakeClock()
+	r, err := policies.NewReloader(ctx, dir, nil, policies.WithClock(clk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Watch(ctx) }()
+	defer func() { cancel(); <-done }()
+	wctx, wcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer wcancel()
+	if err := clk.BlockUntilContext(wctx, 1); err == nil {
+		t.Fatal("Watch armed a reload with no change since the load")
+	}
+}
+
+const reloadDebounceForTest = 200 * time.Millisecond
