@@ -11,13 +11,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/sshca/sshca/internal/testenv"
 )
 
 // trapScript is the session's command: it says which signal reached it, and exits 7 on TERM.
@@ -61,24 +62,6 @@ func (f *recordFixture) recorderPID(want string) int {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// lockedBuffer is the session's output, read while the session writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func waitOutput(t *testing.T, out interface{ String() string }, want string) {
@@ -145,7 +128,7 @@ func TestRecordSignalsRealSSHD(t *testing.T) {
 func TestRecordPTYSignalsRealSSHD(t *testing.T) {
 	f := newRecordFixture(t, fixtureOptions{})
 	certPath := f.cert(nil)
-	dial := func() (*ssh.Client, *ssh.Session, *lockedBuffer, io.WriteCloser) {
+	dial := func() (*ssh.Client, *ssh.Session, *testenv.SyncBuffer, io.WriteCloser) {
 		t.Helper()
 		key, err := os.ReadFile(f.key)
 		if err != nil {
@@ -184,7 +167,7 @@ func TestRecordPTYSignalsRealSSHD(t *testing.T) {
 		if err := s.RequestPty("xterm", 24, 80, ssh.TerminalModes{ssh.ECHO: 0}); err != nil {
 			t.Fatal(err)
 		}
-		out := &lockedBuffer{}
+		out := &testenv.SyncBuffer{}
 		s.Stdout, s.Stderr = out, out
 		in, err := s.StdinPipe()
 		if err != nil {
