@@ -113,18 +113,7 @@ func TestServeShutdownOrder(t *testing.T) {
 	logs := &logCapture{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ready, errc := make(chan string, 1), make(chan error, 1)
-	go func() {
-		errc <- serve(ctx, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ready)
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-errc:
-		t.Fatalf("serve: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("serve did not start within 60s")
-	}
+	addr, errc := serveLogged(t, ctx, cfg, logs)
 
 	type answer struct {
 		code int
@@ -196,6 +185,25 @@ func TestServeShutdownOrder(t *testing.T) {
 	client.CloseIdleConnections()
 	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 	goleak.VerifyNone(t, leaks)
+}
+
+// serveLogged runs serve with cfg until ctx ends, its debug log in logs, and returns its
+// address once it listens and the channel that gets serve's result.
+func serveLogged(t *testing.T, ctx context.Context, cfg *Config, logs *logCapture) (string, <-chan error) {
+	t.Helper()
+	ready, errc := make(chan string, 1), make(chan error, 1)
+	go func() {
+		errc <- serve(ctx, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ready)
+	}()
+	select {
+	case addr := <-ready:
+		return addr, errc
+	case err := <-errc:
+		t.Fatalf("serve: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not start within 60s")
+	}
+	return "", nil
 }
 
 // checkShutdownLog checks the server's JSON log lines for the shutdown order: not accepting,
@@ -377,18 +385,7 @@ func TestServeShutdownTimeoutCutsOff(t *testing.T) {
 	logs := &logCapture{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ready, errc := make(chan string, 1), make(chan error, 1)
-	go func() {
-		errc <- serve(ctx, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ready)
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-errc:
-		t.Fatalf("serve: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("serve did not start within 60s")
-	}
+	addr, errc := serveLogged(t, ctx, cfg, logs)
 	answered := make(chan error, 1)
 	go func() {
 		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/certs/user", strings.NewReader(body))
