@@ -33,6 +33,8 @@ var claimSeeds = []string{
 	`{"iss":"https://idp.example.com","aud":"sshca","sub":"u1","exp":1764000600,"nonce":1}`,
 	`{"iss":"https://idp.example.com","aud":1,"sub":"u1","exp":1764000600}`,
 	`{"iss":"https://idp.example.com","sub":"","exp":1764000600}`,
+	`{"iss":"https://idp.example.com","aud":"sshca","sub":"u1","exp":1764000600,"_claim_names":{"groups":"s"},"_claim_sources":{"s":{"endpoint":"https://x"}}}`,
+	`{"iss":"https://idp.example.com","aud":"sshca","sub":"u1","exp":1764000600,"_claim_names":{"groups":"t"},"_claim_sources":{"s":null}}`,
 	`{"iss":5}`,
 	`{"iss":"x"} {}`,
 	`[]`,
@@ -115,4 +117,24 @@ func checkRefusal(t *testing.T, err error) {
 			t.Errorf("message %q contains %q", err, bad)
 		}
 	}
+}
+
+// FuzzCanonicalSegment: canonicalSegment accepts a segment exactly when encoding its bytes
+// again gives the segment back, and then returns those bytes.
+func FuzzCanonicalSegment(f *testing.F) {
+	for _, s := range []string{"", "A", "AA", "AB", "AAA", "AAE", "AAB", "AAAA", "e30", "e30=", "e3\n0", "e3\r0", "\ne30",
+		"e30\n", "_-8", "/+8", "AA==", "A===", "eyJhbGciOiJFUzI1NiJ9", "eyJhbGciOiJFUzI1NiJ9\r\n", "ey Jh", "AAAAAAA"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, seg string) {
+		b, ok := canonicalSegment(seg, nil)
+		ref, err := base64.RawURLEncoding.Strict().DecodeString(seg)
+		want := err == nil && base64.RawURLEncoding.EncodeToString(ref) == seg
+		if ok != want {
+			t.Fatalf("canonicalSegment(%q) = %v, re-encoding says %v", seg, ok, want)
+		}
+		if ok && string(b) != string(ref) {
+			t.Fatalf("canonicalSegment(%q) = %x, want %x", seg, b, ref)
+		}
+	})
 }

@@ -119,8 +119,11 @@ func parseToken(token string) (*parsedToken, error) {
 }
 
 // canonicalSegment decodes seg into dst (or a new slice when dst is too small) and reports
-// whether seg is the one encoding of the bytes: decoded strictly and encoded again to the same
-// text.
+// whether seg is the one encoding of the bytes. The strict decoder refuses every character
+// outside the alphabet, '=' and non-zero unused bits in the last character; the only text it
+// skips is a line break (\r, \n), which makes seg longer than the encoding of what it
+// decoded. So a strict decode whose encoded length is len(seg) is the encoding itself, and
+// nothing is encoded again to compare (FuzzCanonicalSegment checks the two agree).
 func canonicalSegment(seg string, dst []byte) ([]byte, bool) {
 	if n := strictB64.DecodedLen(len(seg)); n > len(dst) {
 		dst = make([]byte, n)
@@ -129,11 +132,7 @@ func canonicalSegment(seg string, dst []byte) ([]byte, bool) {
 	if err != nil || strictB64.EncodedLen(n) != len(seg) {
 		return nil, false
 	}
-	var buf [2048]byte
-	if len(seg) > len(buf) {
-		return dst[:n], strictB64.EncodeToString(dst[:n]) == seg
-	}
-	return dst[:n], string(strictB64.AppendEncode(buf[:0], dst[:n])) == seg
+	return dst[:n], true
 }
 
 // canonicalSignature is canonicalSegment for the signature, whose bytes are not kept.
@@ -263,7 +262,58 @@ func parseClaims(payload []byte) (*tokenClaims, error) {
 	if !c.exp.set {
 		return nil, unauthenticated("token has no exp claim; the identity provider must set one")
 	}
+	if !claimSourcesHold(m["_claim_names"], m["_claim_sources"]) {
+		return nil, unauthenticated("token claims are not those of an OIDC ID token: check _claim_names and _claim_sources (OIDC Core section 5.6.2)")
+	}
 	return c, nil
+}
+
+// claimSourcesHold reports whether the aggregated and distributed claims markers (OIDC Core
+// section 5.6.2) hold together, as go-oidc's ID token verifier requires: _claim_names absent,
+// null or an object whose every value is a non-empty string naming a member of
+// _claim_sources; _claim_sources absent, null or an object whose members are null or objects
+// whose endpoint and access_token are strings when present. sshca reads no claim from those
+// sources: the check only refuses a token whose markers contradict each other.
+func claimSourcesHold(names, sources any) bool {
+	var srcs map[string]any
+	switch s := sources.(type) {
+	case nil:
+	case map[string]any:
+		for _, src := range s {
+			switch o := src.(type) {
+			case nil:
+			case map[string]any:
+				for _, f := range []string{"endpoint", "access_token"} {
+					switch o[f].(type) {
+					case nil, string:
+					default:
+						return false
+					}
+				}
+			default:
+				return false
+			}
+		}
+		srcs = s
+	default:
+		return false
+	}
+	switch n := names.(type) {
+	case nil:
+		return true
+	case map[string]any:
+		for _, src := range n {
+			name, ok := src.(string)
+			if !ok || name == "" {
+				return false
+			}
+			if _, ok := srcs[name]; !ok {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 func requiredString(m map[string]any, name, what string) (string, error) {
