@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -23,12 +24,19 @@ type callStmt struct {
 
 // callee is a resolved CallStmt target: a planned function or an OPA built-in.
 type callee struct {
-	fn      *ir.Func
-	slot    int // memo slot for functions of (input, data) only; -1 otherwise
-	locals  int
-	builtin topdown.BuiltinFunc
-	name    string
+	fn     *ir.Func
+	slot   int // memo slot for functions of (input, data) only; -1 otherwise
+	locals int
+	// dataOnly: a function of (input, data) that never reads input (dataOnly): its value is
+	// the same for every evaluation of the Program, so the first one to compute it keeps it
+	// in Program.shared for all later ones.
+	dataOnly bool
+	builtin  topdown.BuiltinFunc
+	name     string
 }
+
+// sharedResult is the value of a dataOnly function; v is nil when it is undefined.
+type sharedResult struct{ v *ast.Term }
 
 // Program is a planned query ready to run. It is safe for concurrent use: each evaluation
 // takes its own run from a pool, and nothing an evaluation makes is shared.
@@ -41,6 +49,11 @@ type Program struct {
 	data   *ast.Term
 	locals int
 	memos  int
+	// shared holds, by memo slot, the values of the dataOnly functions once one evaluation
+	// has computed them. They are never written to afterwards: the plan builds a value in the
+	// function that makes it and only reads it after it is returned. The Program is made
+	// afresh on every load, so a value never outlives the data it was computed from.
+	shared []atomic.Pointer[sharedResult]
 	pool   sync.Pool // of *run
 	// termHint is the most terms one run has made: the size of the next runs' slabs.
 	termHint atomic.Int32
@@ -246,7 +259,99 @@ func prepare(p *ir.Policy, data ast.Value) (*Program, error) {
 		}
 		c.locals = max
 	}
+	dataOnly(funcs)
+	prog.shared = make([]atomic.Pointer[sharedResult], prog.memos)
 	return prog, nil
+}
+
+// dataOnly marks the functions of (input, data) whose value does not depend on input: no
+// statement of theirs names the input parameter, except as an argument of a call to a
+// planned function that does not read the parameter it is passed as. Anything else that
+// names it (a copy to another local, a built-in's argument, a lookup, a scan) counts as a
+// read, so a function is marked only when input cannot reach its value. Built-ins the plan
+// evaluator calls are deterministic (refused are those that read the clock, the runtime or
+// randomness), so such a function's value depends on data alone, which a Program never
+// changes. What reads what is settled by iterating until nothing changes: reading spreads
+// from callee to caller, and Rego has no recursion.
+func dataOnly(funcs map[string]*callee) {
+	reads := map[*callee][]bool{}
+	for _, c := range funcs {
+		if c.fn != nil {
+			reads[c] = make([]bool, len(c.fn.Params))
+		}
+	}
+	for changed := true; changed; {
+		changed = false
+		for c, used := range reads {
+			param := map[ir.Local]int{}
+			for i, l := range c.fn.Params {
+				param[l] = i
+			}
+			mark := func(l ir.Local) {
+				if i, ok := param[l]; ok && !used[i] {
+					used[i], changed = true, true
+				}
+			}
+			for _, b := range c.fn.Blocks {
+				localsOf(b, func(s *callStmt, arg int, l ir.Local) {
+					if s != nil && s.callee.fn != nil && arg < len(reads[s.callee]) && !reads[s.callee][arg] {
+						return // passed on to a parameter its callee does not read (yet)
+					}
+					mark(l)
+				})
+			}
+		}
+	}
+	for c, used := range reads {
+		c.dataOnly = c.slot >= 0 && len(used) == 2 && !used[ir.Input]
+	}
+}
+
+// localsOf calls yield with every local that a statement of b, or of a block inside it,
+// names, read or written; for an argument of a call, with the call and the argument's
+// position (s is nil otherwise).
+func localsOf(b *ir.Block, yield func(s *callStmt, arg int, l ir.Local)) {
+	for _, st := range b.Stmts {
+		if c, ok := st.(*callStmt); ok {
+			for i, a := range c.Args {
+				if l, ok := a.Value.(ir.Local); ok {
+					yield(c, i, l)
+				}
+			}
+			yield(nil, 0, c.Result)
+			continue
+		}
+		v := reflect.ValueOf(st)
+		if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+			continue
+		}
+		v = v.Elem()
+		for i := range v.NumField() {
+			if !v.Type().Field(i).IsExported() {
+				continue
+			}
+			switch f := v.Field(i).Interface().(type) {
+			case ir.Local:
+				yield(nil, 0, f)
+			case ir.Operand:
+				if l, ok := f.Value.(ir.Local); ok {
+					yield(nil, 0, l)
+				}
+			case []ir.Operand:
+				for _, o := range f {
+					if l, ok := o.Value.(ir.Local); ok {
+						yield(nil, 0, l)
+					}
+				}
+			case *ir.Block:
+				localsOf(f, yield)
+			case []*ir.Block:
+				for _, nb := range f {
+					localsOf(nb, yield)
+				}
+			}
+		}
+	}
 }
 
 // returning is the break depth that carries a function's return up through every block.
@@ -617,6 +722,12 @@ func (r *run) call(f []*ast.Term, s *callStmt) (*ast.Term, error) {
 	if c.slot >= 0 && r.done[c.slot] {
 		return r.memo[c.slot], nil
 	}
+	if c.dataOnly {
+		if sr := r.p.shared[c.slot].Load(); sr != nil {
+			r.memo[c.slot], r.done[c.slot] = sr.v, true
+			return sr.v, nil
+		}
+	}
 	frame := r.push(c.locals)
 	defer r.pop(frame)
 	for i, p := range c.fn.Params {
@@ -639,6 +750,9 @@ func (r *run) call(f []*ast.Term, s *callStmt) (*ast.Term, error) {
 	}
 	if c.slot >= 0 {
 		r.memo[c.slot], r.done[c.slot] = v, true
+	}
+	if c.dataOnly {
+		r.p.shared[c.slot].CompareAndSwap(nil, &sharedResult{v})
 	}
 	return v, nil
 }

@@ -1,0 +1,57 @@
+package policies_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/policies"
+)
+
+// BenchmarkDecideUser: one decision of the embedded policy and data on the compiled path, for
+// the requests a user certificate's issuance makes (what serve spends per certificate):
+// plain is a login without groups (what `sshca bench` sends), groups one in a few groups
+// asking for its own name, privileged one asking for root with MFA and a ticket.
+func BenchmarkDecideUser(b *testing.B) {
+	ctx := context.Background()
+	e, err := policies.LoadFS(ctx, policies.Embedded, policies.WithEvaluator(policies.EvaluatorCompiled))
+	if err != nil {
+		b.Fatal(err)
+	}
+	id := ca.Identity{Issuer: "https://idp.example", Subject: "u1", Email: "alice@example.com", Username: "alice",
+		AMR: []string{"pwd"}, Claims: map[string]any{"email_verified": true}}
+	req := ca.PolicyRequest{TTLSeconds: 300, KeyType: "ssh-ed25519",
+		KeyFingerprint: "SHA256:1Fhx0GcLqgZQx8VzJ2e8QkXSpYLxTnLJKrYQeYxXqk4", SourceIP: "127.0.0.1"}
+	grouped := id
+	grouped.Groups = []string{"ops", "bastion-users", "backup-operators", "team-7"}
+	privileged := grouped
+	privileged.AMR, privileged.ACR, privileged.AuthTime = []string{"pwd", "mfa"}, "phr", 1764064700
+	for _, c := range []struct {
+		name       string
+		id         ca.Identity
+		principals []string
+		reason     string
+		allow      bool
+	}{
+		{"plain", id, nil, "", true},
+		{"groups", grouped, []string{"alice"}, "", true},
+		{"privileged", privileged, []string{"root"}, "OPS-1234 disk full", false}, // root is requestable, not granted
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			r := req
+			r.Principals, r.Reason = c.principals, c.reason
+			in := ca.PolicyInput{Kind: ca.ActionUser, Identity: c.id, Request: r, Now: "2026-11-25T10:00:00Z"}
+			d, err := e.Decide(ctx, in)
+			if err != nil || d.Allow != c.allow {
+				b.Fatalf("decision %+v %v", d, err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := e.Decide(ctx, in); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
