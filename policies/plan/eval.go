@@ -39,7 +39,9 @@ type callee struct {
 type sharedResult struct{ v *ast.Term }
 
 // Program is a planned query ready to run. It is safe for concurrent use: each evaluation
-// takes its own run from a pool, and nothing an evaluation makes is shared.
+// takes its own run from a pool, and what an evaluation makes is its own, except the values
+// of rules that read data alone (shared), which every evaluation would make the same and
+// none writes to.
 type Program struct {
 	plan   *ir.Plan
 	stmts  map[string]bool // the kinds of statement the plan holds, for Statements
