@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -74,7 +75,11 @@ key, a user certificate, signed by a key of /v1/ca/user.pub) and prints as its l
 where C is the CPU time (user+system, /proc/PID/stat) of the --server-pid processes, summed,
 per certificate issued ("n/a" without --server-pid). Requests are spread over enough identities
 (and, on a loopback server, source addresses 127.0.0.2...) not to meet the rate limits.
-A progress line goes to stderr every second. The exit status is 1 when any request failed.`,
+A progress line goes to stderr every second. The exit status is 1 when any request failed.
+Long runs (more than 100,000 tokens, such as a 10-minute soak) spool their tokens to a
+temporary file and stream it during the window, reuse 100,000 keys in turn and verify a
+sample of the certificates; windows of 5 minutes or more mint tokens that expire
+2×duration+30m after minting (the development issuer's default is 10 minutes).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.concurrencySet = cmd.Flags().Changed("concurrency")
@@ -227,11 +232,14 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 		}
 	}()
 
-	// Up front: the keys, the request bodies and the tokens.
+	// Up front: the keys, the request bodies and the tokens. A long run (a soak) cycles
+	// through a pool of keys, spools its tokens to a file and verifies a sample of the
+	// certificates, so the generator's own memory stays flat (benchLongRun).
 	t0 := time.Now()
-	keys := make([]ssh.PublicKey, n)
-	bodies := make([][]byte, n)
-	for i := range n {
+	long := newBenchLongRun(n)
+	keys := make([]ssh.PublicKey, long.keys)
+	bodies := make([][]byte, long.keys)
+	for i := range long.keys {
 		pub, _, err := ed25519.GenerateKey(rand.Reader)
 		if err != nil {
 			return err
@@ -247,11 +255,25 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 	if tokenURL == "" {
 		tokenURL = u.Scheme + "://" + u.Host + "/dev/token"
 	}
-	tokens, err := mintBenchTokens(ctx, tokenURL, secret, n, identities, tag, tlsConf, progress)
+	// Tokens expire (the development issuer's default lifetime is 10 minutes): a window
+	// longer than that, plus the minutes its tokens take to mint, would be refused at its
+	// end, so a long window's tokens say their own exp.
+	var exp int64
+	if o.duration >= benchLongWindow {
+		exp = time.Now().Add(2*o.duration + 30*time.Minute).Unix()
+	}
+	tokens, err := mintBenchTokens(ctx, tokenURL, secret, n, identities, tag, exp, tlsConf, long.spool, progress)
 	if err != nil {
 		return fmt.Errorf("bench: minting tokens: %w", err)
 	}
-	fmt.Fprintf(out, "bench: minted %d tokens and %d keys in %s\n", n, n, time.Since(t0).Round(time.Millisecond))
+	defer tokens.close()
+	fmt.Fprintf(out, "bench: minted %d tokens and %d keys in %s\n", n, long.keys, time.Since(t0).Round(time.Millisecond))
+	if long.spool {
+		fmt.Fprintf(out, "bench: long run: tokens streamed from a file, %d keys reused in turn, every %d. certificate verified\n", long.keys, long.sampleEvery)
+	}
+	if err := tokens.start(); err != nil {
+		return fmt.Errorf("bench: tokens: %w", err)
+	}
 
 	// The measured window.
 	workers := o.concurrency
@@ -315,8 +337,11 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 				} else if !sendAt.Before(deadline) {
 					return
 				}
-				r := benchPost(ctx, clients[j%len(clients)], base+"/v1/certs/user", tokens[j], bodies[j])
+				r := benchPost(ctx, clients[j%len(clients)], base+"/v1/certs/user", tokens.get(j), bodies[j%len(bodies)])
 				r.latency = time.Since(sendAt)
+				if j%long.sampleEvery != 0 && r.err == nil && r.status == http.StatusOK {
+					r.body = nil // not in the sample: only its status and latency are kept
+				}
 				results[j] = r
 				if r.err != nil || r.status != http.StatusOK {
 					failed.Add(1)
@@ -351,7 +376,7 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 	if caErr != nil {
 		fmt.Fprintf(out, "bench: cannot verify certificates: %v\n", caErr)
 	}
-	var ok int
+	var ok, verified int
 	var lat []time.Duration
 	kinds := map[string]int{}
 	for j := range results[:sent] {
@@ -367,8 +392,11 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 			why = "HTTP " + strconv.Itoa(r.status)
 		case caErr != nil:
 			why = "unverified"
+		case r.body == nil:
+			// outside the verified sample of a long run
 		default:
-			if err := verifyBenchCert(r.body, keys[j], caKeys); err != nil {
+			verified++
+			if err := verifyBenchCert(r.body, keys[j%len(keys)], caKeys); err != nil {
 				why = "invalid certificate"
 				if kinds[why] == 0 {
 					fmt.Fprintf(out, "bench: invalid certificate: %v\n", err)
@@ -402,7 +430,11 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 	if rate > 0 {
 		mode = fmt.Sprintf("open loop at %g/s, at most %d in flight", rate, workers)
 	}
-	fmt.Fprintf(out, "bench: %d requests in %s (%s), %d certificates verified\n", ok+errs, elapsed.Round(time.Millisecond), mode, ok)
+	if verified == ok {
+		fmt.Fprintf(out, "bench: %d requests in %s (%s), %d certificates verified\n", ok+errs, elapsed.Round(time.Millisecond), mode, ok)
+	} else {
+		fmt.Fprintf(out, "bench: %d requests in %s (%s), %d certificates, a sample of %d verified\n", ok+errs, elapsed.Round(time.Millisecond), mode, ok, verified)
+	}
 	if len(kindNames) > 0 {
 		fmt.Fprintf(out, "bench: errors by kind: %s\n", strings.Join(kindNames, ", "))
 	}
@@ -488,9 +520,20 @@ func benchPost(ctx context.Context, c *http.Client, url, token string, body []by
 }
 
 // mintBenchTokens mints n tokens from the dev issuer at url, token i for identity
-// bench-TAG-(i mod identities), eight at a time.
-func mintBenchTokens(ctx context.Context, url, secret string, n, identities int, tag string, tlsConf *tls.Config, progress io.Writer) ([]string, error) {
-	tokens := make([]string, n)
+// bench-TAG-(i mod identities), eight at a time; with exp (Unix seconds, 0: the issuer's
+// default lifetime) as their expiry. With spool they go to a temporary file, one per line,
+// instead of memory.
+func mintBenchTokens(ctx context.Context, url, secret string, n, identities int, tag string, exp int64, tlsConf *tls.Config, spool bool, progress io.Writer) (*benchTokens, error) {
+	tokens := &benchTokens{n: n}
+	if spool {
+		f, err := os.CreateTemp("", "sshca-bench-tokens-*")
+		if err != nil {
+			return nil, err
+		}
+		tokens.file, tokens.w = f, bufio.NewWriterSize(f, 1<<20)
+	} else {
+		tokens.mem = make([]string, n)
+	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf.Clone(), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 8}, Timeout: 30 * time.Second}
 	defer hc.CloseIdleConnections()
 	var next atomic.Int64
@@ -511,7 +554,13 @@ func mintBenchTokens(ctx context.Context, url, secret string, n, identities int,
 					"sub": fmt.Sprintf("bench-%s-%d", tag, id), "preferred_username": fmt.Sprintf("bench%s%d", tag, id),
 					"email": fmt.Sprintf("bench%s%d@example.com", tag, id), "email_verified": true,
 				}
+				if exp != 0 {
+					claims["exp"] = exp
+				}
 				tok, err := mintDevTokenWith(ctx, hc, url, secret, claims)
+				if err == nil {
+					err = tokens.put(i, tok)
+				}
 				if err != nil {
 					mu.Lock()
 					if first == nil {
@@ -521,7 +570,6 @@ func mintBenchTokens(ctx context.Context, url, secret string, n, identities int,
 					mu.Unlock()
 					return
 				}
-				tokens[i] = tok
 				if i > 0 && i%5000 == 0 {
 					fmt.Fprintf(progress, "bench: minted %d of %d tokens\n", i, n)
 				}
@@ -529,7 +577,112 @@ func mintBenchTokens(ctx context.Context, url, secret string, n, identities int,
 		}()
 	}
 	wg.Wait()
-	return tokens, first
+	if first == nil && tokens.w != nil {
+		first = tokens.w.Flush()
+	}
+	if first != nil {
+		tokens.close()
+		return nil, first
+	}
+	return tokens, nil
+}
+
+// benchLongWindow is the window from which tokens carry their own exp (the development
+// issuer's default lifetime is 10 minutes, and minting a long run's tokens takes minutes).
+const benchLongWindow = 5 * time.Minute
+
+// benchLongRun says how a run of n requests keeps the generator's memory bounded: past
+// benchMemTokens tokens (a soak: 10 minutes at 1,600/s is about a million, some 800 MB of
+// tokens, and as much again of answers) the tokens are spooled to a file and streamed during
+// the window, requests cycle through a pool of keys, and one answer in sampleEvery is kept
+// and verified.
+type benchLongRun struct {
+	spool       bool
+	keys        int
+	sampleEvery int
+}
+
+// benchMemTokens is the most tokens (and keys, and verified answers) a run keeps in memory
+// (a variable so that a test can take the long-run path with a few hundred requests).
+var benchMemTokens = 100_000
+
+func newBenchLongRun(n int) benchLongRun {
+	if n <= benchMemTokens {
+		return benchLongRun{keys: n, sampleEvery: 1}
+	}
+	return benchLongRun{spool: true, keys: benchMemTokens, sampleEvery: (n + benchMemTokens - 1) / benchMemTokens}
+}
+
+// benchTokens holds a run's tokens: in memory (mem, token j for request j), or spooled to
+// file during the mint and read back in order through ch during the window (any token for
+// any request: each is used once, and identities were assigned round-robin).
+type benchTokens struct {
+	n   int
+	mem []string
+
+	mu   sync.Mutex // guards w during the mint
+	w    *bufio.Writer
+	file *os.File
+	ch   chan string
+	done chan struct{}
+}
+
+func (t *benchTokens) put(i int, tok string) error {
+	if t.mem != nil {
+		t.mem[i] = tok
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, err := t.w.WriteString(tok + "\n")
+	return err
+}
+
+// start begins streaming a spooled file (a no-op in memory); a read error ends the stream
+// early, and the requests left then get an empty token (refused, counted as errors).
+func (t *benchTokens) start() error {
+	if t.file == nil {
+		return nil
+	}
+	if _, err := t.file.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	t.ch, t.done = make(chan string, 4096), make(chan struct{})
+	go func() {
+		defer close(t.ch)
+		sc := bufio.NewScanner(bufio.NewReaderSize(t.file, 1<<20))
+		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		for sc.Scan() {
+			select {
+			case t.ch <- sc.Text():
+			case <-t.done:
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// get is the token of request j (j < n, each j once).
+func (t *benchTokens) get(j int) string {
+	if t.mem != nil {
+		return t.mem[j]
+	}
+	return <-t.ch
+}
+
+// close stops the stream and removes the spool file.
+func (t *benchTokens) close() {
+	if t.file == nil {
+		return
+	}
+	if t.done != nil {
+		close(t.done)
+		t.done = nil
+	}
+	t.file.Close()
+	os.Remove(t.file.Name())
+	t.file = nil
 }
 
 // mintDevTokenWith is mintDevToken over the given client (the bench's TLS settings, kept-alive

@@ -5,12 +5,17 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -118,5 +123,78 @@ func TestBenchVerify(t *testing.T) {
 	}
 	if err := verifyBenchCert([]byte(`{"certificate":"`+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))+`"}`), key, caKeys); err == nil {
 		t.Error("a plain key was taken for a certificate")
+	}
+}
+
+// TestBenchLongRun takes the long-run path (tokens spooled to a file and streamed, keys
+// reused, a sample verified) with a few hundred requests: every token reaches the server
+// exactly once (a token given twice would be refused as replayed, an error), and the
+// figures line is as for a short run.
+func TestBenchLongRun(t *testing.T) {
+	base, state := startDev(t)
+	old := benchMemTokens
+	benchMemTokens = 50
+	t.Cleanup(func() { benchMemTokens = old })
+
+	// A window long enough for all 300 (which then run out), spread so that no rate limit
+	// refuses any: 3 addresses of 100 (the per-address burst), 20 identities of 15.
+	f, out, _, err := runBenchCLI(t, "--server", base, "--state", state, "--concurrency", "4", "--duration", "20s", "--tokens", "300",
+		"--source-addresses", "3", "--identity-burst", "5")
+	if err != nil {
+		t.Fatalf("long run: %v", err)
+	}
+	if f.errors != 0 || f.certsPerSec <= 0 {
+		t.Errorf("long run figures %+v", f)
+	}
+	for _, want := range []string{"long run: tokens streamed from a file, 50 keys reused in turn, every 6. certificate verified",
+		"300 requests in", "300 certificates, a sample of 50 verified", "tokens ran out"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("long run output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestBenchTokensSpooled: spooled tokens come back each exactly once, with the exp asked
+// for, then the stream ends; the spool file is removed on close.
+func TestBenchTokensSpooled(t *testing.T) {
+	base, state := startDev(t)
+	secret, err := readDevSecret(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(50 * time.Minute).Unix()
+	toks, err := mintBenchTokens(context.Background(), base+"/dev/token", secret, 40, 3, "t", exp, &tls.Config{}, true, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := toks.file.Name()
+	if err := toks.start(); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for j := range 40 {
+		tok := toks.get(j)
+		parts := strings.Split(tok, ".")
+		if len(parts) != 3 || seen[tok] {
+			t.Fatalf("token %d %q: not a JWS, or seen before", j, tok)
+		}
+		seen[tok] = true
+		payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var claims struct {
+			Exp int64 `json:"exp"`
+		}
+		if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp != exp {
+			t.Errorf("token %d: exp %d (%v), want %d", j, claims.Exp, err, exp)
+		}
+	}
+	if tok := toks.get(40); tok != "" {
+		t.Errorf("a 41st token from a spool of 40: %q", tok)
+	}
+	toks.close()
+	if _, err := os.Stat(name); !os.IsNotExist(err) {
+		t.Errorf("spool file %s still there after close: %v", name, err)
 	}
 }
