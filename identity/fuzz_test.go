@@ -1,10 +1,13 @@
 package identity
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"io"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +63,14 @@ func FuzzClaimsToIdentity(f *testing.F) {
 		if err != nil {
 			checkRefusal(t, err)
 			return
+		}
+		// parseClaims decodes into an interface for speed: the claims are those a decode into
+		// a map gives.
+		dec := json.NewDecoder(bytes.NewReader(payload))
+		dec.UseNumber()
+		var ref map[string]any
+		if err := dec.Decode(&ref); err != nil || !reflect.DeepEqual(ref, c.claims) {
+			t.Errorf("claims %#v, a decode into a map gives %#v (%v)", c.claims, ref, err)
 		}
 		if err := c.checkTimes(now, v.maxLifetime); err != nil {
 			checkRefusal(t, err)

@@ -255,7 +255,7 @@ func (v *Verifier) Authenticate(ctx context.Context, token string) (ca.Identity,
 	if !slices.ContainsFunc(t.aud, func(a string) bool { return slices.Contains(is.cfg.Audiences, a) }) {
 		return ca.Identity{}, ca.Unauthenticated(fmt.Sprintf("token audience %q is not accepted by this service; get a token issued for this service's client ID", truncate(strings.Join(t.aud, ","), 100)), nil)
 	}
-	id := v.identity(ctx, is, t.tokenClaims)
+	id := v.identity(ctx, is, &t.tokenClaims)
 	id.Token = ca.TokenUse{SingleUse: is.cfg.ReplayProtection == nil || *is.cfg.ReplayProtection,
 		ID: t.replayKey(), Expiry: t.exp.time()}
 	if t.iat.set {

@@ -38,7 +38,7 @@ type parsedToken struct {
 	payload []byte          // decoded payload (JSON)
 	alg     string          // one of supportedAlgs
 	kid     json.RawMessage // a JSON string, or nil
-	*tokenClaims
+	tokenClaims
 }
 
 // tokenClaims are the claims of a token's payload. Numbers in claims are json.Number, as the
@@ -96,11 +96,14 @@ func parseToken(token string) (*parsedToken, error) {
 		return unauthenticated("token is not canonical base64url: its %s segment must be unpadded base64url (A-Z a-z 0-9 - _) with zero unused bits and no line breaks (RFC 7515 section 2)", segment)
 	}
 	t := &parsedToken{}
+	// One allocation holds the decoded header and payload, which live as long as the token.
+	buf := make([]byte, strictB64.DecodedLen(len(hseg))+strictB64.DecodedLen(len(pseg)))
 	var ok bool
-	if t.header, ok = canonicalSegment(hseg, nil); !ok {
+	if t.header, ok = canonicalSegment(hseg, buf); !ok {
 		return nil, notCanonical("header")
 	}
-	if t.payload, ok = canonicalSegment(pseg, nil); !ok {
+	t.header = t.header[:len(t.header):len(t.header)]
+	if t.payload, ok = canonicalSegment(pseg, buf[len(t.header):]); !ok {
 		return nil, notCanonical("payload")
 	}
 	var sig [512]byte // RSA-4096 and smaller signatures are decoded here, then dropped
@@ -110,11 +113,9 @@ func parseToken(token string) (*parsedToken, error) {
 	if err := t.parseHeader(); err != nil {
 		return nil, err
 	}
-	c, err := parseClaims(t.payload)
-	if err != nil {
+	if err := t.tokenClaims.parse(t.payload); err != nil {
 		return nil, err
 	}
-	t.tokenClaims = c
 	return t, nil
 }
 
@@ -205,29 +206,44 @@ func isObject(b []byte) bool {
 // auth_time are numbers when present (OIDC Core section 2). It judges no value (time, issuer,
 // audience); Authenticate does, once the signature is verified.
 func parseClaims(payload []byte) (*tokenClaims, error) {
+	c := &tokenClaims{}
+	if err := c.parse(payload); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// parse is parseClaims into c.
+func (c *tokenClaims) parse(payload []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil || m == nil {
-		return nil, unauthenticated("token payload is not a JSON object of claims (RFC 7519 section 7.2)")
+	// Into an interface, not a map: encoding/json then builds the map without reflection, and
+	// without two allocations per claim (a new element, then the boxed value).
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return unauthenticated("token payload is not a JSON object of claims (RFC 7519 section 7.2)")
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return unauthenticated("token payload is not a JSON object of claims (RFC 7519 section 7.2)")
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, unauthenticated("token payload has data after its JSON object of claims (RFC 7519 section 7.2)")
+		return unauthenticated("token payload has data after its JSON object of claims (RFC 7519 section 7.2)")
 	}
-	c := &tokenClaims{claims: m}
+	c.claims = m
 	var err error
 	if c.iss, err = requiredString(m, "iss", "the identity provider's issuer URL"); err != nil {
-		return nil, err
+		return err
 	}
 	if c.sub, err = requiredString(m, "sub", "the identity provider's identifier of the user or workload"); err != nil {
-		return nil, err
+		return err
 	}
 	switch a := m["aud"].(type) {
 	case nil:
 		if _, ok := m["aud"]; !ok {
-			return nil, unauthenticated("token has no aud claim; the identity provider must name this service's client ID in aud")
+			return unauthenticated("token has no aud claim; the identity provider must name this service's client ID in aud")
 		}
-		return nil, unauthenticated("token claim aud must be a string or a list of strings (RFC 7519 section 4.1.3)")
+		return unauthenticated("token claim aud must be a string or a list of strings (RFC 7519 section 4.1.3)")
 	case string:
 		c.aud = []string{a}
 	case []any:
@@ -235,19 +251,19 @@ func parseClaims(payload []byte) (*tokenClaims, error) {
 		for _, e := range a {
 			s, ok := e.(string)
 			if !ok {
-				return nil, unauthenticated("token claim aud must be a string or a list of strings (RFC 7519 section 4.1.3)")
+				return unauthenticated("token claim aud must be a string or a list of strings (RFC 7519 section 4.1.3)")
 			}
 			c.aud = append(c.aud, s)
 		}
 	default:
-		return nil, unauthenticated("token claim aud must be a string or a list of strings (RFC 7519 section 4.1.3)")
+		return unauthenticated("token claim aud must be a string or a list of strings (RFC 7519 section 4.1.3)")
 	}
-	// go-oidc reads these into strings: a token with another type would fail there with a
-	// decoder message.
+	// Strings in OIDC Core section 2; go-oidc's ID token verifier, which Authenticate used
+	// before, refused other types, and so do we.
 	for _, name := range []string{"nonce", "at_hash"} {
 		if v, ok := m[name]; ok {
 			if _, ok := v.(string); !ok {
-				return nil, unauthenticated("token claim %s must be a string (OIDC Core section 2)", name)
+				return unauthenticated("token claim %s must be a string (OIDC Core section 2)", name)
 			}
 		}
 	}
@@ -256,16 +272,16 @@ func parseClaims(payload []byte) (*tokenClaims, error) {
 		to   *numericDate
 	}{{"exp", &c.exp}, {"nbf", &c.nbf}, {"iat", &c.iat}, {"auth_time", &c.authTime}} {
 		if *d.to, err = dateClaim(m, d.name); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if !c.exp.set {
-		return nil, unauthenticated("token has no exp claim; the identity provider must set one")
+		return unauthenticated("token has no exp claim; the identity provider must set one")
 	}
 	if !claimSourcesHold(m["_claim_names"], m["_claim_sources"]) {
-		return nil, unauthenticated("token claims are not those of an OIDC ID token: check _claim_names and _claim_sources (OIDC Core section 5.6.2)")
+		return unauthenticated("token claims are not those of an OIDC ID token: check _claim_names and _claim_sources (OIDC Core section 5.6.2)")
 	}
-	return c, nil
+	return nil
 }
 
 // claimSourcesHold reports whether the aggregated and distributed claims markers (OIDC Core
