@@ -7,9 +7,13 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/sshca/sshca/ca"
@@ -156,3 +160,46 @@ func benchmarkSignature(b *testing.B, alg string) {
 
 func BenchmarkSignatureES256(b *testing.B) { benchmarkSignature(b, "ES256") }
 func BenchmarkSignatureRS256(b *testing.B) { benchmarkSignature(b, "RS256") }
+
+// TestKeySetUnreachable: an issuer whose discovery works but whose jwks_uri fails gets 503
+// naming the key set, with none of go-oidc's text in the caller's message; once its key set
+// is back, the same token passes.
+func TestKeySetUnreachable(t *testing.T) {
+	ti := newTestIssuer(t, "ES256")
+	keys := ti.url + "/jwks"
+	var down atomic.Bool
+	down.Store(true)
+	mux := http.NewServeMux()
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]any{"issuer": srv.URL, "jwks_uri": srv.URL + "/jwks"})
+	})
+	mux.HandleFunc("GET /jwks", func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		http.Redirect(w, r, keys, http.StatusFound)
+	})
+	ti.url = srv.URL // ti's tokens now name srv as their issuer; srv serves ti's keys
+	v := ti.verifier(t)
+	tok := ti.mint(t, nil)
+	_, err := v.Authenticate(context.Background(), tok)
+	if ca.KindOf(err) != ca.KindUnavailable || !strings.Contains(err.Error(), "its key set (jwks_uri) is unreachable") {
+		t.Fatalf("err = %v, want 503 naming the key set", err)
+	}
+	var ce *ca.Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err %T is not a *ca.Error", err)
+	}
+	for _, f := range forbidden { // the caller's message; the cause is for the log
+		if strings.Contains(ce.Msg, f) {
+			t.Errorf("message %q contains %q", ce.Msg, f)
+		}
+	}
+	down.Store(false)
+	if _, err := v.Authenticate(context.Background(), tok); err != nil {
+		t.Fatalf("key set back: %v", err)
+	}
+}
