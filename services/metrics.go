@@ -1,12 +1,12 @@
 package services
 
 import (
-	"context"
 	"net/http"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/revocation"
@@ -129,24 +129,108 @@ func (m *Metrics) servedKRL(role string, states []ca.RevocationState, err error)
 	}
 }
 
-type endpointKey struct{}
-
 // InstrumentHTTP counts and times every request that next answers by the route pattern that
 // mux would serve it with ("GET /v1/krl", "POST /v1/certs/user"; "other" when none matches)
 // and its status code: the endpoint is the pattern, never the path, so no host name, serial
 // or identity in a URL becomes a label. Put it outermost, so requests that the rate limits
 // refuse (429) or shed (503) are counted too.
+//
+// The series are sshca_http_requests_total{endpoint,code} and
+// sshca_http_request_duration_seconds{endpoint}, as promhttp's InstrumentHandlerCounter and
+// InstrumentHandlerDuration would give them (a handler that writes no status counts as 200),
+// but the series of a route are looked up once and kept (httpSeries), and the request is
+// passed on as it came: promhttp's label-from-context needs a copy of the request with the
+// pattern in its context, a label map and a response writer wrapper per request, about 10 µs
+// and 9 allocations (docs/performance.md, BenchmarkInstrumentHTTP).
 func (m *Metrics) InstrumentHTTP(mux *http.ServeMux, next http.Handler) http.Handler {
-	endpoint := promhttp.WithLabelFromCtx("endpoint", func(ctx context.Context) string {
-		e, _ := ctx.Value(endpointKey{}).(string)
-		return e
-	})
-	h := promhttp.InstrumentHandlerCounter(m.HTTPRequests, promhttp.InstrumentHandlerDuration(m.HTTPDuration, next, endpoint), endpoint)
+	series := &httpSeries{m: m, duration: map[string]prometheus.Observer{}, requests: map[routeCode]prometheus.Counter{}}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		begin := time.Now()
 		_, pattern := mux.Handler(r)
 		if pattern == "" {
 			pattern = "other"
 		}
-		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), endpointKey{}, pattern)))
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		series.observe(pattern, sw.status(), time.Since(begin))
 	})
+}
+
+// httpSeries are the HTTP series by route and status code, created on first use: the patterns
+// are the mux's, a fixed set, and codes few, so the maps stay small.
+type httpSeries struct {
+	m *Metrics
+
+	mu       sync.RWMutex
+	duration map[string]prometheus.Observer
+	requests map[routeCode]prometheus.Counter
+}
+
+type routeCode struct {
+	pattern string
+	code    int
+}
+
+func (s *httpSeries) observe(pattern string, code int, took time.Duration) {
+	rc := routeCode{pattern, code}
+	s.mu.RLock()
+	d, okD := s.duration[pattern]
+	c, okC := s.requests[rc]
+	s.mu.RUnlock()
+	if !okD || !okC {
+		s.mu.Lock()
+		if d, okD = s.duration[pattern]; !okD {
+			d = s.m.HTTPDuration.WithLabelValues(pattern)
+			s.duration[pattern] = d
+		}
+		if c, okC = s.requests[rc]; !okC {
+			c = s.m.HTTPRequests.WithLabelValues(pattern, strconv.Itoa(code))
+			s.requests[rc] = c
+		}
+		s.mu.Unlock()
+	}
+	d.Observe(took.Seconds())
+	c.Inc()
+}
+
+// statusWriter remembers the status code of the answer. Unwrap gives http.ResponseController
+// the writer underneath (the long poll sets its write deadline through it), and Flush flushes
+// it when it can.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	// 1xx answers are interim; the status that counts comes after them.
+	if w.code == 0 && code >= 200 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *statusWriter) Flush() {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// status is the answer's status code: 200 when the handler wrote none (net/http sends 200).
+func (w *statusWriter) status() int {
+	if w.code == 0 {
+		return http.StatusOK
+	}
+	return w.code
 }

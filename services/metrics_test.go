@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/services"
@@ -71,6 +72,80 @@ func TestInstrumentHTTP(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(m.HTTPRequests); n != 3 {
 		t.Errorf("%d request series, want 3 (no path in a label)", n)
+	}
+}
+
+// TestInstrumentHTTPStatus: the code label is the final status the client gets: 200 for a
+// handler that writes a body without a status, or writes nothing; an interim 1xx is not it;
+// the same route answering two codes is two series, each counted, and the route's histogram
+// counts both.
+func TestInstrumentHTTPStatus(t *testing.T) {
+	m := services.NewMetrics(prometheus.NewRegistry())
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /body", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("x")) })
+	mux.HandleFunc("GET /nothing", func(http.ResponseWriter, *http.Request) {})
+	mux.HandleFunc("GET /hints", func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusEarlyHints)
+		w.WriteHeader(http.StatusCreated)
+	})
+	code := http.StatusNoContent
+	mux.HandleFunc("GET /varies", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(code) })
+	h := m.InstrumentHTTP(mux, mux)
+	for _, path := range []string{"/body", "/nothing", "/hints", "/varies", "/varies"} {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, path, nil))
+	}
+	code = http.StatusConflict
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/varies", nil))
+	for _, tt := range []struct {
+		endpoint, code string
+		want           float64
+	}{{"GET /body", "200", 1}, {"GET /nothing", "200", 1}, {"GET /hints", "201", 1}, {"GET /hints", "103", 0},
+		{"GET /varies", "204", 2}, {"GET /varies", "409", 1}} {
+		if got := testutil.ToFloat64(m.HTTPRequests.WithLabelValues(tt.endpoint, tt.code)); got != tt.want {
+			t.Errorf("requests{%s,%s} = %v, want %v", tt.endpoint, tt.code, got, tt.want)
+		}
+	}
+	if n := testutil.CollectAndCount(m.HTTPDuration); n != 4 {
+		t.Errorf("%d duration series, want 4 (one per route)", n)
+	}
+	if got := histogramCount(t, m.HTTPDuration, "GET /varies"); got != 3 {
+		t.Errorf("duration samples of GET /varies = %d, want 3", got)
+	}
+}
+
+// histogramCount is the sample count of vec's series for endpoint.
+func histogramCount(t *testing.T, vec *prometheus.HistogramVec, endpoint string) uint64 {
+	t.Helper()
+	var d dto.Metric
+	if err := vec.WithLabelValues(endpoint).(prometheus.Histogram).Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetHistogram().GetSampleCount()
+}
+
+// TestInstrumentHTTPResponseController: a handler under InstrumentHTTP, on a real server, can
+// still set its write deadline (the long poll does) and flush through http.ResponseController.
+func TestInstrumentHTTPResponseController(t *testing.T) {
+	m := services.NewMetrics(prometheus.NewRegistry())
+	mux := http.NewServeMux()
+	errs := make(chan error, 2)
+	mux.HandleFunc("GET /poll", func(w http.ResponseWriter, _ *http.Request) {
+		rc := http.NewResponseController(w)
+		errs <- rc.SetWriteDeadline(time.Now().Add(time.Minute))
+		_, _ = w.Write([]byte("x"))
+		errs <- rc.Flush()
+	})
+	srv := httptest.NewServer(m.InstrumentHTTP(mux, mux))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/poll")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("through InstrumentHTTP: %v", err)
+		}
 	}
 }
 
