@@ -297,8 +297,13 @@ func (l *Log) commit(batch []*pending) error {
 			}
 		}
 		if ok == 1 {
+			// At debug level: the record itself, chained and MACed in the stream, is the
+			// durable trace, and the decision it records has its own info line (the
+			// request's, which names the same request ID).
 			for _, b := range batch {
-				l.log.InfoContext(b.ctx, "audit", "seq", b.seq, "mac", b.mac, "action", b.rec.Action, "outcome", b.rec.Outcome, "identity", b.rec.Identity)
+				if l.log.Enabled(b.ctx, slog.LevelDebug) {
+					l.log.DebugContext(b.ctx, "audit", "seq", b.seq, "mac", b.mac, "action", b.rec.Action, "outcome", b.rec.Outcome, "identity", b.rec.Identity)
+				}
 			}
 			return nil
 		}

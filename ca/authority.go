@@ -506,9 +506,14 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		rec.Outcome = ""
 		return Issued{}, err
 	}
-	a.log.InfoContext(ctx, "issued", "kind", req.Kind, "identity", cr.Identity, "serial", cr.Serial,
-		"key_id", cr.KeyID, "principals", cr.Principals, "valid_before", cr.ValidBefore, "ticket", cr.Ticket,
-		"reason", cr.Reason, "policy", dec.Revision)
+	// At debug level: the decision's one info line is the caller's (services' logging
+	// middleware, "issue" or "renew", from the returned record), and the audit record above is
+	// the durable trace. Checked first, so an info-level log boxes none of the arguments.
+	if a.log.Enabled(ctx, slog.LevelDebug) {
+		a.log.DebugContext(ctx, "issued", "kind", req.Kind, "identity", cr.Identity, "serial", cr.Serial,
+			"key_id", cr.KeyID, "principals", cr.Principals, "valid_before", cr.ValidBefore, "ticket", cr.Ticket,
+			"reason", cr.Reason, "policy", dec.Revision)
+	}
 	return Issued{Cert: cert, Record: cr}, nil
 }
 

@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -99,5 +101,47 @@ func BenchmarkIssueHTTP(b *testing.B) {
 		if w.code != http.StatusOK {
 			b.Fatalf("status %d", w.code)
 		}
+	}
+}
+
+// TestIssueOneLogLine: through serve's chain, an issued certificate leaves one log line, the
+// logging middleware's "issue", carrying what an operator needs to find the certificate and
+// its request (request ID, identity, serial, key ID, principals, validity end, policy, result,
+// time taken), and never the bearer token or the public key.
+func TestIssueOneLogLine(t *testing.T) {
+	var logs bytes.Buffer
+	h, body := servedChain(t, &logs)
+	const token = "eyJhbGciOiJFUzI1NiJ9.secret-token-part"
+	req := httptest.NewRequest(http.MethodPost, "/v1/certs/user", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	if w.Code != http.StatusOK {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 1 {
+		t.Fatalf("%d log lines, want one:\n%s", len(lines), logs.String())
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"level": "INFO", "msg": "issue", "kind": "user", "source_ip": "192.0.2.1", "result": "issued",
+		"identity": "alice@example.com", "serial": float64(1234567890123), "key_id": "alice@example.com#1234567890123",
+		"principals": []any{"alice"}, "policy": "r1", "request_id": w.Header().Get(services.RequestIDHeader)}
+	for k, v := range want {
+		if !reflect.DeepEqual(got[k], v) {
+			t.Errorf("%s = %#v, want %#v", k, got[k], v)
+		}
+	}
+	for _, k := range []string{"took", "valid_before", "time"} {
+		if got[k] == nil {
+			t.Errorf("no %s in %v", k, got)
+		}
+	}
+	if strings.Contains(lines[0], "secret-token-part") || strings.Contains(lines[0], "AAAA") {
+		t.Errorf("the line holds the token or the key: %s", lines[0])
 	}
 }

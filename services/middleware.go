@@ -39,27 +39,42 @@ func logCall(ctx context.Context, log *slog.Logger, msg string, begin time.Time,
 	log.InfoContext(ctx, msg, append(attrs, "result", "ok")...)
 }
 
+// IssueRequest and Renew write the one info line of a certificate decision ("issue",
+// "renew"): what an operator needs to find the certificate and its request, without the
+// authority's own line (at debug level) or the audit record's (at debug level; the audit log
+// itself is the durable trace). A refusal carries the error's kind and its message.
 func (m logging) IssueRequest(ctx context.Context, token string, req ca.CertRequest) (issued ca.Issued, err error) {
 	defer func(begin time.Time) {
-		attrs := []any{"kind", req.Kind, "source_ip", req.SourceIP, "took", time.Since(begin)}
-		if err != nil {
-			m.log.InfoContext(ctx, "issue", append(attrs, "result", ca.KindOf(err).String(), "err", err)...)
-			return
-		}
-		m.log.InfoContext(ctx, "issue", append(attrs, "result", "issued", "serial", issued.Record.Serial, "key_id", issued.Record.KeyID)...)
+		logIssued(ctx, m.log, "issue", begin, issued.Record, err, "kind", req.Kind, "source_ip", req.SourceIP)
 	}(time.Now())
 	return m.Service.IssueRequest(ctx, token, req)
 }
 
 func (m logging) Renew(ctx context.Context, token string) (issued ca.Issued, err error) {
-	defer func(begin time.Time) {
-		if err != nil {
-			logCall(ctx, m.log, "renew", begin, err)
-			return
-		}
-		m.log.InfoContext(ctx, "renew", "took", time.Since(begin), "result", "issued", "serial", issued.Record.Serial, "key_id", issued.Record.KeyID)
-	}(time.Now())
+	defer func(begin time.Time) { logIssued(ctx, m.log, "renew", begin, issued.Record, err) }(time.Now())
 	return m.Service.Renew(ctx, token)
+}
+
+// logIssued logs one certificate decision: on success the record's identity, serial, key ID,
+// principals, validity end (RFC 3339), ticket, reason and policy revision; on failure the
+// error. took is the time since begin.
+func logIssued(ctx context.Context, log *slog.Logger, msg string, begin time.Time, rec ca.Certificate, err error, attrs ...any) {
+	if !log.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	attrs = append(attrs, "took", time.Since(begin))
+	if err != nil {
+		log.InfoContext(ctx, msg, append(attrs, "result", ca.KindOf(err).String(), "err", err)...)
+		return
+	}
+	attrs = append(attrs, "result", "issued", "identity", rec.Identity, "serial", rec.Serial, "key_id", rec.KeyID,
+		"principals", rec.Principals, "valid_before", rec.ValidBefore)
+	for _, a := range [...]struct{ k, v string }{{"ticket", rec.Ticket}, {"reason", rec.Reason}, {"access_request", rec.AccessRequest}} {
+		if a.v != "" {
+			attrs = append(attrs, a.k, a.v)
+		}
+	}
+	log.InfoContext(ctx, msg, append(attrs, "policy", rec.PolicyRevision)...)
 }
 
 func (m logging) Revoke(ctx context.Context, token string, req ca.RevokeRequest) (res ca.RevokeResult, err error) {

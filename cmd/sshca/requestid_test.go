@@ -145,23 +145,29 @@ func TestServeRequestID(t *testing.T) {
 				t.Fatalf("X-Request-ID = %q from an untrusted peer, want a new random ID", id)
 			}
 
-			// The log lines of the issue request: the authority's decision and the
-			// middleware's summary, each naming the ID.
-			var msgs []string
+			// One info line per decision (issue 15): the logging middleware's "issue", which
+			// carries what the authority's and the audit log's lines said (those are at debug
+			// level), named by the request ID.
+			var issueLines []map[string]any
 			for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
 				var m map[string]any
 				if err := json.Unmarshal([]byte(line), &m); err != nil {
 					t.Fatalf("log line is not JSON: %v: %s", err, line)
 				}
 				if m["request_id"] == id {
-					msgs = append(msgs, m["msg"].(string))
+					issueLines = append(issueLines, m)
 				}
 				if m["request_id"] == incoming && !tt.trusted {
 					t.Errorf("a log line carries the untrusted peer's ID: %s", line)
 				}
 			}
-			if !contains(msgs, "issued") || !contains(msgs, "issue") {
-				t.Errorf("log lines with request_id %q: %q, want the authority's \"issued\" and the middleware's \"issue\"", id, msgs)
+			if len(issueLines) != 1 {
+				t.Fatalf("%d log lines with request_id %q, want one: %v", len(issueLines), id, issueLines)
+			}
+			l := issueLines[0]
+			if l["msg"] != "issue" || l["result"] != "issued" || l["identity"] == nil || l["identity"] == "" ||
+				l["serial"] == nil || l["key_id"] == nil || l["key_id"] == "" || l["took"] == nil || l["principals"] == nil {
+				t.Errorf("the issue's line %v, want msg issue, result issued, identity, serial, key_id, principals, took", l)
 			}
 
 			// The audit record of the issue names the same ID.
@@ -184,13 +190,4 @@ func TestServeRequestID(t *testing.T) {
 			}
 		})
 	}
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
