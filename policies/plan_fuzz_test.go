@@ -3,6 +3,7 @@ package policies
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -103,7 +104,18 @@ func planSeeds() []string {
 		`{"n": 2.5, "a": null, "b": [1], "xs": [], "obj": {"k": false}, "names": ["a", 7]}`,
 		`{"n": 0, "a": "2026-11-25T10:00:00Z", "xs": [0, 0], "obj": {"k": 1, "j": 2}}`,
 		`{}`,
+		// For shared.rego: names with glob metacharacters, unicode, empty strings; empty and
+		// filled sets and objects.
+		`{"kind": "user", "names": ["*", "a.dev.internal", "x.dev.internal.evil", "", "ünïcode", "[ab]", "b", "a\u0000b", "*.dev.internal"], "xs": [1, 5, 3.5], "obj": {"": 1, "k": 2}}`,
+		`{"kind": "host", "names": [], "xs": [], "obj": {}}`,
+		`{"kind": "", "names": ["never", "never"], "xs": [4, 4.0], "obj": {"k": null}}`,
 	}
+	// A long list: every name, matched or not, and every element of a set that fills.
+	long := make([]string, 2000)
+	for i := range long {
+		long[i] = fmt.Sprintf(`"%c%d.dev.internal"`, 'a'+rune(i%3), i)
+	}
+	seeds = append(seeds, `{"kind": "user", "names": [`+strings.Join(long, ", ")+`], "xs": [`+strings.Repeat("9, ", 999)+`10]}`)
 	for _, kind := range []string{"user", "host", "renew", "revoke", "admin"} {
 		b, err := os.ReadFile(filepath.Join("testdata", "input", kind+".json"))
 		if err == nil {

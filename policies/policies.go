@@ -29,6 +29,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/tester"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
 )
@@ -279,10 +280,16 @@ func inputValue(in ca.PolicyInput) ast.Value {
 		if s == "" {
 			return emptyString
 		}
+		if t, ok := commonStrings[s]; ok {
+			return t
+		}
 		slab = append(slab, ast.Term{Value: ast.String(jsonString(s))})
 		return &slab[len(slab)-1]
 	}
 	list := func(ss []string) *ast.Term {
+		if len(ss) == 0 {
+			return emptyArray
+		}
 		terms := make([]*ast.Term, len(ss))
 		for i, s := range ss {
 			terms[i] = str(s)
@@ -533,6 +540,21 @@ func jsonFloat(f float64) (string, bool) {
 var (
 	emptyString = ast.StringTerm("")
 	emptyObject = ast.NewTerm(ast.NewObject())
+	emptyArray  = ast.ArrayTerm()
+	// commonStrings are values most inputs carry (the kind, the key type): one term each,
+	// shared, instead of one per decision.
+	commonStrings = func() map[string]*ast.Term {
+		m := map[string]*ast.Term{}
+		for _, s := range []string{
+			string(ca.ActionUser), string(ca.ActionHost), string(ca.ActionRenew), string(ca.ActionRevoke),
+			string(ca.ActionAdmin), string(ca.ActionRead), string(ca.ActionRequest), string(ca.ActionApprove),
+			ssh.KeyAlgoED25519, ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521, ssh.KeyAlgoRSA,
+			ssh.KeyAlgoSKED25519, ssh.KeyAlgoSKECDSA256,
+		} {
+			m[s] = ast.StringTerm(s)
+		}
+		return m
+	}()
 )
 
 // inputKeys are the input document's keys, read once from the JSON tags of ca.PolicyInput,

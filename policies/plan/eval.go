@@ -43,14 +43,18 @@ type sharedResult struct{ v *ast.Term }
 // of rules that read data alone (shared), which every evaluation would make the same and
 // none writes to.
 type Program struct {
-	plan   *ir.Plan
-	stmts  map[string]bool // the kinds of statement the plan holds, for Statements
-	strs   []*ast.Term
-	files  []string
-	nums   []*ast.Term
-	data   *ast.Term
-	locals int
-	memos  int
+	plan  *ir.Plan
+	stmts map[string]bool // the kinds of statement the plan holds, for Statements
+	strs  []*ast.Term
+	files []string
+	nums  []*ast.Term
+	data  *ast.Term
+	// emptySet and emptyObject are what MakeSetStmt and MakeObjectStmt put in a new term:
+	// most sets and objects a decision makes stay empty (the deny rules of a request that is
+	// allowed), so one is made only by the first insert (own). They are never written to.
+	emptySet, emptyObject ast.Value
+	locals                int
+	memos                 int
 	// shared holds, by memo slot, the values of the dataOnly functions once one evaluation
 	// has computed them. They are never written to afterwards: the plan builds a value in the
 	// function that makes it and only reads it after it is returned. The Program is made
@@ -76,7 +80,8 @@ func prepare(p *ir.Policy, data ast.Value) (*Program, error) {
 	if p.Plans == nil || len(p.Plans.Plans) != 1 {
 		return nil, fmt.Errorf("%w: expected one plan", ErrUnsupported)
 	}
-	prog := &Program{plan: p.Plans.Plans[0], data: ast.NewTerm(data), stmts: map[string]bool{}}
+	prog := &Program{plan: p.Plans.Plans[0], data: ast.NewTerm(data), stmts: map[string]bool{},
+		emptySet: ast.NewSet(), emptyObject: ast.NewObject()}
 	if p.Static != nil {
 		for _, s := range p.Static.Strings {
 			prog.strs = append(prog.strs, ast.StringTerm(s.Value))
@@ -583,27 +588,26 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 		case *ir.MakeArrayStmt:
 			f[s.Target] = r.term(ast.NewArrayWithCapacity(int(s.Capacity)))
 		case *ir.MakeObjectStmt:
-			f[s.Target] = r.term(ast.NewObject())
+			f[s.Target] = r.term(r.p.emptyObject)
 		case *ir.MakeSetStmt:
-			f[s.Target] = r.term(ast.NewSet())
+			f[s.Target] = r.term(r.p.emptySet)
 		case *ir.ArrayAppendStmt:
 			arr := f[s.Array].Value.(*ast.Array)
 			// In place, as the plan expects: every local holding this array sees the element.
 			*arr = *arr.Append(r.operand(f, s.Value))
 		case *ir.ObjectInsertStmt:
-			f[s.Object].Value.(ast.Object).Insert(r.operand(f, s.Key), r.operand(f, s.Value))
+			r.object(f[s.Object]).Insert(r.operand(f, s.Key), r.operand(f, s.Value))
 		case *ir.ObjectInsertOnceStmt:
-			obj := f[s.Object].Value.(ast.Object)
 			k, v := r.operand(f, s.Key), r.operand(f, s.Value)
-			if cur := obj.Get(k); cur != nil {
+			if cur := f[s.Object].Value.(ast.Object).Get(k); cur != nil {
 				if ast.Compare(cur.Value, v.Value) != 0 {
 					return 0, r.conflict(s.Location, "object keys must be unique")
 				}
 				continue
 			}
-			obj.Insert(k, v)
+			r.object(f[s.Object]).Insert(k, v)
 		case *ir.SetAddStmt:
-			f[s.Set].Value.(ast.Set).Add(r.operand(f, s.Value))
+			r.set(f[s.Set]).Add(r.operand(f, s.Value))
 		case *ir.LenStmt:
 			n, ok := length(r.operand(f, s.Source))
 			if !ok {
@@ -633,6 +637,24 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 		}
 	}
 	return -1, nil
+}
+
+// set is the set t holds, to add to: a set of its own in place of the shared empty one that
+// MakeSetStmt put there. Replacing the value of t (not of the local) keeps what the plan
+// expects: every local holding t sees the element.
+func (r *run) set(t *ast.Term) ast.Set {
+	if t.Value == r.p.emptySet {
+		t.Value = ast.NewSet()
+	}
+	return t.Value.(ast.Set)
+}
+
+// object is the object t holds, to insert into (as set).
+func (r *run) object(t *ast.Term) ast.Object {
+	if t.Value == r.p.emptyObject {
+		t.Value = ast.NewObject()
+	}
+	return t.Value.(ast.Object)
 }
 
 func isArray(v ast.Value) bool  { _, ok := v.(*ast.Array); return ok }
