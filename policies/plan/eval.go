@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"unicode/utf8"
 
+	"github.com/gobwas/glob"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/ir"
 	"github.com/open-policy-agent/opa/v1/topdown"
@@ -33,6 +34,7 @@ type callee struct {
 	dataOnly bool
 	builtin  topdown.BuiltinFunc
 	name     string
+	glob     bool // glob.match: patterns are compiled once per Program (globMatch)
 }
 
 // sharedResult is the value of a dataOnly function; v is nil when it is undefined.
@@ -60,6 +62,7 @@ type Program struct {
 	// function that makes it and only reads it after it is returned. The Program is made
 	// afresh on every load, so a value never outlives the data it was computed from.
 	shared []atomic.Pointer[sharedResult]
+	globs  globCache
 	pool   sync.Pool // of *run
 	// termHint is the most terms one run has made: the size of the next runs' slabs.
 	termHint atomic.Int32
@@ -116,7 +119,7 @@ func prepare(p *ir.Policy, data ast.Value) (*Program, error) {
 		if impl == nil {
 			return nil, fmt.Errorf("%w: built-in %s has no implementation", ErrUnsupported, name)
 		}
-		c := &callee{slot: -1, builtin: impl, name: name}
+		c := &callee{slot: -1, builtin: impl, name: name, glob: name == ast.GlobMatch.Name}
 		funcs[name] = c
 		return c, nil
 	}
@@ -310,7 +313,7 @@ func dataOnly(funcs map[string]*callee) {
 		}
 	}
 	for c, used := range reads {
-		c.dataOnly = c.slot >= 0 && len(used) == 2 && !used[ir.Input]
+		c.dataOnly = c.slot >= 0 && len(used) == 2 && !used[0] // a rule's parameters: input, data
 	}
 }
 
@@ -732,6 +735,11 @@ func (r *run) call(f []*ast.Term, s *callStmt) (*ast.Term, error) {
 				return nil, nil
 			}
 		}
+		if c.glob {
+			if v, ok := r.p.globs.match(args); ok {
+				return v, nil
+			}
+		}
 		r.bout = nil
 		if err := c.builtin(r.bctx, args, r.biter); err != nil {
 			var halt topdown.Halt
@@ -779,6 +787,77 @@ func (r *run) call(f []*ast.Term, s *callStmt) (*ast.Term, error) {
 		r.p.shared[c.slot].CompareAndSwap(nil, &sharedResult{v})
 	}
 	return v, nil
+}
+
+// globCache holds the patterns glob.match was called with, compiled, for the Program's life.
+// OPA's glob.match keeps its own cache, but looks it up under a key it builds on every call
+// and converts the delimiters anew: allocations on every call, several calls a decision.
+type globCache struct {
+	mu sync.RWMutex
+	// m is keyed by the delimiters (UTF-8), a 0xff byte (which UTF-8 never holds) and the
+	// pattern.
+	m map[string]*glob.Pattern
+}
+
+// maxGlobs bounds the cache: patterns can come from input, which must not grow it without
+// end. Past it, a pattern is compiled for the call alone.
+const maxGlobs = 1024
+
+// match is glob.match(pattern, delimiters, s) when its operands are what the built-in takes
+// (strings, and delimiters an array of one-character strings or null), with the built-in's
+// meaning: null is no delimiter, an empty array is "."; ok is false otherwise (and for a
+// pattern that does not compile), and OPA's glob.match decides, with its own errors.
+func (g *globCache) match(args []*ast.Term) (_ *ast.Term, ok bool) {
+	pattern, ok := args[0].Value.(ast.String)
+	if !ok {
+		return nil, false
+	}
+	s, ok := args[2].Value.(ast.String)
+	if !ok {
+		return nil, false
+	}
+	var rbuf [8]rune
+	var kbuf [128]byte
+	delims, key := rbuf[:0], kbuf[:0]
+	switch d := args[1].Value.(type) {
+	case ast.Null:
+	case *ast.Array:
+		for i := range d.Len() {
+			e, ok := d.Elem(i).Value.(ast.String)
+			if !ok || utf8.RuneCountInString(string(e)) != 1 {
+				return nil, false
+			}
+			r, _ := utf8.DecodeRuneInString(string(e)) // invalid UTF-8 is U+FFFD, as []rune(e) makes it
+			delims = append(delims, r)
+		}
+		if len(delims) == 0 {
+			delims = append(delims, '.')
+		}
+	default:
+		return nil, false
+	}
+	for _, r := range delims {
+		key = utf8.AppendRune(key, r)
+	}
+	key = append(append(key, 0xff), pattern...)
+	g.mu.RLock()
+	p, found := g.m[string(key)]
+	g.mu.RUnlock()
+	if !found {
+		var err error
+		if p, err = glob.Compile(string(pattern), slices.Clone(delims)...); err != nil { // a copy: delims stays on the stack
+			return nil, false
+		}
+		g.mu.Lock()
+		if g.m == nil {
+			g.m = map[string]*glob.Pattern{}
+		}
+		if len(g.m) < maxGlobs {
+			g.m[string(key)] = p
+		}
+		g.mu.Unlock()
+	}
+	return ast.InternedTerm(p.Match(string(s))), true
 }
 
 func dot(src, key *ast.Term) *ast.Term {
