@@ -45,7 +45,7 @@ func logCall(ctx context.Context, log *slog.Logger, msg string, begin time.Time,
 // itself is the durable trace). A refusal carries the error's kind and its message.
 func (m logging) IssueRequest(ctx context.Context, token string, req ca.CertRequest) (issued ca.Issued, err error) {
 	defer func(begin time.Time) {
-		logIssued(ctx, m.log, "issue", begin, issued.Record, err, "kind", req.Kind, "source_ip", req.SourceIP)
+		logIssued(ctx, m.log, "issue", begin, issued.Record, err, slog.String("kind", string(req.Kind)), slog.String("source_ip", req.SourceIP))
 	}(time.Now())
 	return m.Service.IssueRequest(ctx, token, req)
 }
@@ -56,25 +56,26 @@ func (m logging) Renew(ctx context.Context, token string) (issued ca.Issued, err
 }
 
 // logIssued logs one certificate decision: on success the record's identity, serial, key ID,
-// principals, validity end (RFC 3339), ticket, reason and policy revision; on failure the
-// error. took is the time since begin.
-func logIssued(ctx context.Context, log *slog.Logger, msg string, begin time.Time, rec ca.Certificate, err error, attrs ...any) {
+// principals, validity end (RFC 3339), ticket, reason, access request and policy revision; on
+// failure the error. took is the time since begin. The attributes are typed (slog.Attr), so
+// that none is boxed into an interface.
+func logIssued(ctx context.Context, log *slog.Logger, msg string, begin time.Time, rec ca.Certificate, err error, attrs ...slog.Attr) {
 	if !log.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
-	attrs = append(attrs, "took", time.Since(begin))
+	attrs = append(attrs, slog.Duration("took", time.Since(begin)))
 	if err != nil {
-		log.InfoContext(ctx, msg, append(attrs, "result", ca.KindOf(err).String(), "err", err)...)
+		log.LogAttrs(ctx, slog.LevelInfo, msg, append(attrs, slog.String("result", ca.KindOf(err).String()), slog.Any("err", err))...)
 		return
 	}
-	attrs = append(attrs, "result", "issued", "identity", rec.Identity, "serial", rec.Serial, "key_id", rec.KeyID,
-		"principals", rec.Principals, "valid_before", rec.ValidBefore)
+	attrs = append(attrs, slog.String("result", "issued"), slog.String("identity", rec.Identity), slog.Uint64("serial", rec.Serial),
+		slog.String("key_id", rec.KeyID), slog.Any("principals", rec.Principals), slog.Time("valid_before", rec.ValidBefore))
 	for _, a := range [...]struct{ k, v string }{{"ticket", rec.Ticket}, {"reason", rec.Reason}, {"access_request", rec.AccessRequest}} {
 		if a.v != "" {
-			attrs = append(attrs, a.k, a.v)
+			attrs = append(attrs, slog.String(a.k, a.v))
 		}
 	}
-	log.InfoContext(ctx, msg, append(attrs, "policy", rec.PolicyRevision)...)
+	log.LogAttrs(ctx, slog.LevelInfo, msg, append(attrs, slog.String("policy", rec.PolicyRevision))...)
 }
 
 func (m logging) Revoke(ctx context.Context, token string, req ca.RevokeRequest) (res ca.RevokeResult, err error) {
