@@ -2,8 +2,8 @@ package services
 
 import (
 	"context"
+	"encoding/base64"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-kit/kit/endpoint"
@@ -96,7 +96,7 @@ func makeRenewEndpoint(s Service) endpoint.Endpoint {
 func issuedResponse(issued ca.Issued) certResponse {
 	c := issued.Cert
 	return certResponse{CertResponse: client.CertResponse{
-		Certificate: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(c))),
+		Certificate: authorizedKeyLine(c),
 		Serial:      strconv.FormatUint(c.Serial, 10),
 		KeyID:       c.KeyId,
 		Principals:  c.ValidPrincipals,
@@ -126,4 +126,10 @@ func toCertRequest(kind ca.CertKind, req certRequest) (ca.CertRequest, error) {
 	}
 	return ca.CertRequest{Kind: kind, PublicKey: req.PublicKey, Principals: principals, TTL: req.TTL, Reason: req.Reason, SourceIP: req.sourceIP,
 		AccessRequest: req.AccessRequest}, nil
+}
+
+// authorizedKeyLine is ssh.MarshalAuthorizedKey(c) without its newline ("<type> <base64>"),
+// built as one string instead of through a buffer, an encoder and two copies.
+func authorizedKeyLine(k ssh.PublicKey) string {
+	return k.Type() + " " + base64.StdEncoding.EncodeToString(k.Marshal())
 }

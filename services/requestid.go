@@ -77,10 +77,13 @@ func validRequestID(s string) bool {
 	return true
 }
 
+// newRequestID is 16 random bytes in hex, built on the stack: the string is its one allocation.
 func newRequestID() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b) // crypto/rand.Read never fails (it crashes the program instead)
-	return hex.EncodeToString(b)
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (it crashes the program instead)
+	var h [32]byte
+	hex.Encode(h[:], b[:])
+	return string(h[:])
 }
 
 // LogRequestIDs returns a logger that adds request_id (ca.RequestID of the context) to every
