@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/services"
 )
 
@@ -93,6 +94,7 @@ func BenchmarkIssueHTTP(b *testing.B) {
 	tmpl.Header.Set("Authorization", "Bearer "+strings.Repeat("eyJhbGciOiJFUzI1NiJ9", 40))
 	w := &discardWriter{h: http.Header{}}
 	b.ReportAllocs()
+	cpu, ops := testenv.CPUPerOp(b), 0
 	for b.Loop() {
 		r := *tmpl
 		r.Body = io.NopCloser(bytes.NewReader(body))
@@ -101,7 +103,9 @@ func BenchmarkIssueHTTP(b *testing.B) {
 		if w.code != http.StatusOK {
 			b.Fatalf("status %d", w.code)
 		}
+		ops++
 	}
+	cpu(ops)
 }
 
 // TestIssueOneLogLine: through serve's chain, an issued certificate leaves one log line, the
