@@ -55,6 +55,9 @@ type benchOptions struct {
 	identityRate, addressRate   float64
 	identityBurst, addressBurst int
 	sourceAddrs                 int
+	// startAt, when not zero, is when the window starts (Unix seconds), so that several
+	// generators (one per replica, deploy/bench/cluster.sh) share one window.
+	startAt int64
 	// concurrencySet says --concurrency was given; with --rate it is otherwise rate/10
 	// (a 100 ms latency budget), at least 8 and at most 512.
 	concurrencySet bool
@@ -102,6 +105,7 @@ sample of the certificates; windows of 5 minutes or more mint tokens that expire
 	f.IntVar(&o.identityBurst, "identity-burst", 20, "the server's limits.rate.identity_burst")
 	f.Float64Var(&o.addressRate, "address-rate", 20, "the server's limits.rate.per_address, requests per second")
 	f.IntVar(&o.addressBurst, "address-burst", 100, "the server's limits.rate.burst")
+	f.Int64Var(&o.startAt, "start-at", 0, "start the measured window at this Unix time (seconds) rather than once the tokens are minted, so that several bench processes share one window (0: at once)")
 	f.IntVar(&o.sourceAddrs, "source-addresses", 0, "source addresses 127.0.0.2... to spread a loopback server's per-address limit over (0: as many as the limit needs, at most 250; 1: the default address)")
 	return cmd
 }
@@ -113,6 +117,9 @@ type benchResult struct {
 	status  int
 	err     error
 	body    []byte
+	// at is when the answer came: its certificate is checked as valid then (a long run's
+	// first certificates have expired by the end of its window).
+	at time.Time
 }
 
 // parseRate reads "500", "500/s" or "500/S" as requests per second.
@@ -275,7 +282,19 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 		return fmt.Errorf("bench: tokens: %w", err)
 	}
 
-	// The measured window.
+	// The measured window, at --start-at when given.
+	if o.startAt != 0 {
+		at := time.Unix(o.startAt, 0)
+		if d := time.Until(at); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		} else {
+			fmt.Fprintf(out, "bench: warning: the window starts %s after --start-at (minting took longer); the generators' windows differ by as much\n", (-d).Round(time.Millisecond))
+		}
+	}
 	workers := o.concurrency
 	if rate > 0 && !o.concurrencySet {
 		workers = min(max(int(math.Ceil(rate/10)), 8), 512)
@@ -396,7 +415,7 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 			// outside the verified sample of a long run
 		default:
 			verified++
-			if err := verifyBenchCert(r.body, keys[j%len(keys)], caKeys); err != nil {
+			if err := verifyBenchCert(r.body, keys[j%len(keys)], caKeys, r.at); err != nil {
 				why = "invalid certificate"
 				if kinds[why] == 0 {
 					fmt.Fprintf(out, "bench: invalid certificate: %v\n", err)
@@ -516,7 +535,7 @@ func benchPost(ctx context.Context, c *http.Client, url, token string, body []by
 	if err != nil {
 		return benchResult{err: err, status: resp.StatusCode}
 	}
-	return benchResult{status: resp.StatusCode, body: data}
+	return benchResult{status: resp.StatusCode, body: data, at: time.Now()}
 }
 
 // mintBenchTokens mints n tokens from the dev issuer at url, token i for identity
@@ -750,9 +769,9 @@ func fetchUserCAKeys(ctx context.Context, c *http.Client, url string) ([]ssh.Pub
 	return keys, nil
 }
 
-// verifyBenchCert checks that body is a CertResponse holding a valid user certificate for
-// key, signed by one of caKeys.
-func verifyBenchCert(body []byte, key ssh.PublicKey, caKeys []ssh.PublicKey) error {
+// verifyBenchCert checks that body is a CertResponse holding a user certificate for key,
+// signed by one of caKeys and valid at the time at (when the answer came).
+func verifyBenchCert(body []byte, key ssh.PublicKey, caKeys []ssh.PublicKey, at time.Time) error {
 	var r client.CertResponse
 	if err := json.Unmarshal(body, &r); err != nil {
 		return fmt.Errorf("answer: %w", err)
@@ -772,7 +791,7 @@ func verifyBenchCert(body []byte, key ssh.PublicKey, caKeys []ssh.PublicKey) err
 	case len(cert.ValidPrincipals) == 0:
 		return errors.New("no principals")
 	}
-	checker := ssh.CertChecker{IsUserAuthority: func(auth ssh.PublicKey) bool {
+	checker := ssh.CertChecker{Clock: func() time.Time { return at }, IsUserAuthority: func(auth ssh.PublicKey) bool {
 		return slices.ContainsFunc(caKeys, func(k ssh.PublicKey) bool { return bytes.Equal(k.Marshal(), auth.Marshal()) })
 	}}
 	if !checker.IsUserAuthority(cert.SignatureKey) {

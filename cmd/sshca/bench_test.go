@@ -112,17 +112,22 @@ func TestBenchVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyBenchCert(body, key, caKeys); err != nil {
+	if err := verifyBenchCert(body, key, caKeys, time.Now()); err != nil {
 		t.Errorf("the real certificate: %v", err)
 	}
-	if err := verifyBenchCert(body, otherKey, caKeys); err == nil || !strings.Contains(err.Error(), "another key") {
+	if err := verifyBenchCert(body, otherKey, caKeys, time.Now()); err == nil || !strings.Contains(err.Error(), "another key") {
 		t.Errorf("for another key: %v", err)
 	}
-	if err := verifyBenchCert(body, key, []ssh.PublicKey{otherKey}); err == nil || !strings.Contains(err.Error(), "not in /v1/ca/user.pub") {
+	if err := verifyBenchCert(body, key, []ssh.PublicKey{otherKey}, time.Now()); err == nil || !strings.Contains(err.Error(), "not in /v1/ca/user.pub") {
 		t.Errorf("another CA: %v", err)
 	}
-	if err := verifyBenchCert([]byte(`{"certificate":"`+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))+`"}`), key, caKeys); err == nil {
+	if err := verifyBenchCert([]byte(`{"certificate":"`+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))+`"}`), key, caKeys, time.Now()); err == nil {
 		t.Error("a plain key was taken for a certificate")
+	}
+	// Checked at the time its answer came: valid then, expired an hour later (a long run's
+	// first certificates have expired by the end of its window, and are not errors).
+	if err := verifyBenchCert(body, key, caKeys, time.Now().Add(time.Hour)); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("an hour later: %v, want expired", err)
 	}
 }
 
@@ -196,5 +201,26 @@ func TestBenchTokensSpooled(t *testing.T) {
 	toks.close()
 	if _, err := os.Stat(name); !os.IsNotExist(err) {
 		t.Errorf("spool file %s still there after close: %v", name, err)
+	}
+}
+
+// TestBenchStartAt: with --start-at the window waits for that time (so two generators share
+// one window), and a time already past starts it at once with a warning.
+func TestBenchStartAt(t *testing.T) {
+	base, state := startDev(t)
+	t0 := time.Now()
+	at := t0.Add(6 * time.Second).Truncate(time.Second)
+	_, out, _, err := runBenchCLI(t, "--server", base, "--state", state, "--concurrency", "2", "--duration", "1s", "--tokens", "10",
+		"--start-at", strconv.FormatInt(at.Unix(), 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end := time.Now(); end.Before(at) || strings.Contains(out, "warning: the window starts") {
+		t.Errorf("bench ended at %s, before --start-at %s, or warned:\n%s", end.Format(time.RFC3339Nano), at.Format(time.RFC3339), out)
+	}
+	_, out, _, err = runBenchCLI(t, "--server", base, "--state", state, "--concurrency", "2", "--duration", "1s", "--tokens", "10",
+		"--start-at", strconv.FormatInt(t0.Add(-time.Minute).Unix(), 10))
+	if err != nil || !strings.Contains(out, "warning: the window starts") {
+		t.Errorf("--start-at a minute ago: err %v, no warning:\n%s", err, out)
 	}
 }

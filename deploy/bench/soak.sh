@@ -50,7 +50,9 @@ fi
 echo "$NAME: minting $TOKENS tokens (the window starts when they are all minted)"
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; } # kB
-heap() { curl -fsS "http://127.0.0.1:$gport/metrics" 2>/dev/null | awk '/^go_memstats_heap_inuse_bytes / {printf "%d", $2}'; }
+# metric NAME: a sample of serve's /metrics (diagnostics listener), as an integer.
+metric() { curl -fsS "http://127.0.0.1:$gport/metrics" 2>/dev/null | awk -v n="$1" '$1 == n {printf "%d", $2}'; }
+heap() { metric go_memstats_heap_inuse_bytes; }
 redisused() { redis-cli -p "$rport" info memory 2>/dev/null | awk -F: '/^used_memory:/ {printf "%d", $2}'; }
 
 run_bench soak --duration "$DURATION" --concurrency "$CONCURRENCY" --tokens "$TOKENS" >/dev/null &
@@ -67,17 +69,24 @@ grep '^bench: minted' "$OUT/soak.txt" || die "bench did not start its window: $(
 samples=$OUT/soak.samples
 : >"$samples"
 t0=$(date +%s)
+alloc0=$(metric go_memstats_alloc_bytes_total)
+gc0=$(metric go_gc_duration_seconds_count)
+reqs0=$(grep -a '^bench: .* requests ' "$OUT/soak.err" | tail -n 1 | awk '{print $3}')
+k=0
 while kill -0 "$bench_pid" 2>/dev/null; do
 	t=$(($(date +%s) - t0))
 	[ "$t" -le "$window" ] || break # after the window bench verifies certificates: serve idles
+	if [ "$t" -ge $((window - INTERVAL)) ]; then # the last sample: what Redis holds, and serve's collector
+		redis-cli -p "$rport" info keyspace | tr -d '\r' | grep '^db0' >"$OUT/soak.keyspace"
+		echo "$(redis-cli -p "$rport" xlen "sshca:{audit}:log") $(redis-cli -p "$rport" memory usage "sshca:{audit}:log" samples 100)" >"$OUT/soak.audit"
+		echo "$(metric go_memstats_alloc_bytes_total) $(metric go_gc_duration_seconds_count) $(metric go_memstats_next_gc_bytes) $t" >"$OUT/soak.gc"
+	fi
 	reqs=$(grep -a '^bench: .* requests ' "$OUT/soak.err" | tail -n 1 | awk '{print $3}')
 	line="$t $(rss "$serve_pid") $(heap) $(rss "$redis_pid") $(redisused) ${reqs:-0}"
 	echo "$line" >>"$samples"
 	echo "$line" | awk -v w="$window" '{printf "  %4ds/%ds  serve RSS %.1f MB, heap in use %.1f MB  redis-server RSS %.1f MB, used_memory %.1f MB  requests %d\n", $1, w, $2/1024, $3/1048576, $4/1024, $5/1048576, $6}'
-	for _ in $(seq "$((INTERVAL * 10))"); do
-		kill -0 "$bench_pid" 2>/dev/null || break
-		sleep 0.1
-	done
+	k=$((k + 1))
+	while kill -0 "$bench_pid" 2>/dev/null && [ "$(date +%s)" -lt $((t0 + k * INTERVAL)) ]; do sleep 0.2; done
 done
 wait "$bench_pid"
 rc=$?
@@ -103,6 +112,18 @@ series 2 "serve RSS" 1024
 series 3 "serve Go heap in use" 1048576
 series 4 "redis-server RSS" 1024
 series 5 "redis-server used_memory" 1048576
-grep -E '^bench: [0-9]+ requests in|^bench: errors by kind|^bench: warning' "$OUT/soak.txt" | sed 's/^/  /'
+if [ -s "$OUT/soak.gc" ]; then
+	# What serve allocated per request and how often it collected, over the window; the live
+	# heap is the collector's goal over 1 + GOGC/100.
+	read -r alloc1 gc1 nextgc t1 <"$OUT/soak.gc"
+	reqs1=$(awk -v t="$t1" '$1 <= t {r = $6} END {print r + 0}' "$samples")
+	awk -v a="$((alloc1 - alloc0))" -v g="$((gc1 - gc0))" -v r="$((reqs1 - ${reqs0:-0}))" -v t="$t1" -v n="$nextgc" \
+		'BEGIN {printf "  serve, garbage collector: %.1f KB allocated per request, %.1f collections/s, heap goal at the end %.1f MB\n", r ? a / r / 1024 : 0, t ? g / t : 0, n / 1048576}'
+fi
+if [ -s "$OUT/soak.audit" ]; then
+	read -r xlen xmem <"$OUT/soak.audit"
+	echo "  redis-server at the end: $(cat "$OUT/soak.keyspace"); the audit stream $xlen entries, $(awk -v m="$xmem" 'BEGIN {printf "%.1f MB", m / 1048576}') (kept until sshca audit archive trims it), the rest mostly keys that expire (inventory records and serials with their certificate, spent tokens with their token)"
+fi
+grep -E '^bench: [0-9]+ requests in|^bench: errors by kind|^bench: warning|^bench: first|^bench: invalid' "$OUT/soak.txt" | sed 's/^/  /'
 echo "  $(tail -n 1 "$OUT/soak.txt")"
 exit "$rc"
