@@ -82,9 +82,10 @@ func (f *singleUseAuth) Authenticate(_ context.Context, token string) (ca.Identi
 }
 
 // BenchmarkIssueUserRedis is BenchmarkIssueUser with the state in a real redis-server (one
-// client, one request at a time): serial reservation, signing-time refusal check with the
-// generation marks, single-use token, inventory record and audit record, each a round trip.
-// It measures what Redis round trips and the marks cost an issuance.
+// client, one request at a time), wired as sshca serve wires it: the admission (signing-time
+// refusal check with the generation marks, single-use token, serial reservation) in one round
+// trip, then the inventory record and the audit record, one round trip each. It measures what
+// Redis round trips and the marks cost an issuance.
 func BenchmarkIssueUserRedis(b *testing.B) {
 	ctx := context.Background()
 	pol, err := policies.LoadFS(ctx, policies.Embedded)
@@ -103,7 +104,7 @@ func BenchmarkIssueUserRedis(b *testing.B) {
 	sgn := signer.New(key.Signer(), db, signer.Options{})
 	a, err := ca.New(ca.Config{
 		Authenticator: &singleUseAuth{id: ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice", Groups: []string{"dev"}}},
-		Policy:        pol, UserSigner: sgn, HostSigner: sgn, Store: db, Revocations: db, Tokens: db,
+		Policy:        pol, UserSigner: sgn, HostSigner: sgn, Store: db, Revocations: db, Tokens: db, Admission: db,
 		Audit: audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db}),
 	})
 	if err != nil {
