@@ -49,7 +49,10 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
+	// Each command's own error is read below (a NOSCRIPT of the ledger's script is retried by
+	// tokenResult); the pipeline's is its first failed command's, redis.Nil when a read finds
+	// nothing.
+	if err != nil && !errors.Is(err, redis.Nil) && !isNoScript(err) {
 		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
 	}
 	var res ca.Admitted
@@ -58,7 +61,7 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	}
 	res.Fresh = !t.SingleUse
 	if spend {
-		if res.Fresh, err = r.tokenResult(tc); err != nil {
+		if res.Fresh, err = r.tokenResult(ctx, tc); err != nil {
 			return ca.Admitted{}, err
 		}
 	}

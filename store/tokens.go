@@ -54,10 +54,11 @@ func (r *Redis) UseToken(ctx context.Context, id string, issued, until time.Time
 		tc = r.queueToken(ctx, p, mw, id, issued, until)
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
+	// Each command's own error is read by tokenResult (a NOSCRIPT is retried there).
+	if err != nil && !errors.Is(err, redis.Nil) && !isNoScript(err) {
 		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
-	return r.tokenResult(tc)
+	return r.tokenResult(ctx, tc)
 }
 
 // tokenCmds are the commands of UseToken, queued on a pipeline (queueToken) and answered by
@@ -67,23 +68,39 @@ type tokenCmds struct {
 	marked        *redis.Cmd
 	set           *redis.StatusCmd
 	issued, until time.Time
+	keys          []string // the script's, for its retry by body (tokenResult)
 }
 
 // queueToken queues the ledger's script (its mark, checked and bumped, and the rebuild's
-// refusal) and the SET NX of the token on p.
+// refusal) and the SET NX of the token on p. The script goes by its SHA (EVALSHA): its body,
+// about a kilobyte, is neither sent nor hashed by Redis on every certificate; a server that
+// does not have it yet answers NOSCRIPT, and tokenResult runs it again by body.
 func (r *Redis) queueToken(ctx context.Context, p redis.Pipeliner, mw *MarkedWrite, id string, issued, until time.Time) *tokenCmds {
 	sum := sha256.Sum256([]byte(id))
+	keys := []string{r.mark(TagTokens), r.fixed.tokensRefused}
 	return &tokenCmds{
 		mw:     mw,
-		marked: tokenScript.Eval(ctx, p, []string{r.keys.Mark(TagTokens), r.keys.TokensRefused()}, mw.Args()...),
+		marked: tokenScript.EvalSha(ctx, p, keys, mw.Args()...),
 		set:    p.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), "1", redis.SetArgs{Mode: "NX", ExpireAt: until}),
-		issued: issued, until: until,
+		issued: issued, until: until, keys: keys,
 	}
 }
 
+// isNoScript: the server does not have the script its SHA names (a restart, a failover, SCRIPT
+// FLUSH).
+func isNoScript(err error) bool {
+	return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
 // tokenResult is UseToken's answer from the commands that queueToken queued, once they ran.
-func (r *Redis) tokenResult(tc *tokenCmds) (bool, error) {
+// A script the server did not have (NOSCRIPT) is run again, alone, by its body: it only checks
+// and bumps the ledger's mark and reads the rebuild's refusal, so running it after the token's
+// SET NX answers the same; the SET NX, which spends the token, ran once.
+func (r *Redis) tokenResult(ctx context.Context, tc *tokenCmds) (bool, error) {
 	res, err := tc.marked.Slice()
+	if isNoScript(err) {
+		res, err = tokenScript.Eval(ctx, r.rdb, tc.keys, tc.mw.Args()...).Slice()
+	}
 	if err != nil {
 		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
@@ -112,12 +129,26 @@ func (r *Redis) tokenResult(tc *tokenCmds) (bool, error) {
 // refusedToken: the rebuild's refusal (since, until: unix ms as strings, "" when there is
 // none) covers a token issued at issued (zero: unknown) that expires at until.
 func refusedToken(sinceV, untilV any, issued, exp time.Time) bool {
-	since, _ := strconv.ParseInt(fmt.Sprint(sinceV), 10, 64)
-	until, _ := strconv.ParseInt(fmt.Sprint(untilV), 10, 64)
 	if !issued.IsZero() {
-		return issued.UnixMilli() < since
+		return issued.UnixMilli() < unixMS(sinceV)
 	}
-	return exp.UnixMilli() < until
+	return exp.UnixMilli() < unixMS(untilV)
+}
+
+// unixMS reads a script's unix ms answer, a string (or a Lua number); "" (none) and anything
+// else are 0.
+func unixMS(v any) int64 {
+	switch v := v.(type) {
+	case int64:
+		return v
+	case string:
+		if v == "" {
+			return 0 // no refusal, the usual answer: a parse would fail and allocate its error
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		return n
+	}
+	return 0
 }
 
 // UseToken records a single-use token until it expires: false when it was used before.
