@@ -75,7 +75,7 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 	}
 	keys := make([]string, 0, 5+len(c.Aliases))
-	keys = append(keys, r.keys.Cert(c.Serial), r.keys.Identity(c.Identity), r.keys.Blocked(), r.keys.Mark(TagInventory), r.keys.LiveCerts())
+	keys = append(keys, r.keys.Cert(c.Serial), r.keys.Identity(c.Identity), r.fixed.blocked, r.mark(TagInventory), r.fixed.live)
 	args := make([]any, 0, 9+len(c.Aliases))
 	args = append(args, now.UnixMilli(), b, c.ValidBefore.UnixMilli(), until.UnixMilli(), strconv.FormatUint(c.Serial, 10))
 	args = append(append(args, mw.Args()...), c.Identity)

@@ -455,7 +455,21 @@ func lostArgs(exp expectation) (Generation, expectation) {
 
 // Args are the script's mark arguments: the generation's id, its epoch, and the counter the
 // mark must be at least at (-1: never seen, a missing mark may be created).
-func (m *MarkedWrite) Args() []any { return markArgs(m.g, m.exp) }
+func (m *MarkedWrite) Args() []any {
+	b := m.r.genArgs.Load()
+	if b == nil || b.g != m.g {
+		b = &boxedGeneration{g: m.g, id: m.g.ID, epoch: strconv.Itoa(int(m.g.Epoch))}
+		m.r.genArgs.Store(b)
+	}
+	return []any{b.id, b.epoch, m.exp.seenArg()}
+}
+
+// boxedGeneration is a generation's id and epoch as script arguments (markArgs), converted
+// once per generation rather than on each of the three marked writes of every certificate.
+type boxedGeneration struct {
+	g         Generation
+	id, epoch any
+}
 
 // Finish takes the mark's reply {status, id, epoch, n} (status "ok": checked and bumped;
 // "newer": a rebuild's generation, adopted; "lost": remembered by the witness, so that
@@ -511,7 +525,7 @@ func (r *Redis) CheckState(ctx context.Context, caKeys ...ssh.PublicKey) error {
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		genCmd = p.HMGet(ctx, r.keys.Generation(), "id", "epoch")
 		for i, tag := range tags {
-			cmds[i] = p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
+			cmds[i] = r.readMark(ctx, p, tag)
 		}
 		return nil
 	})
@@ -544,8 +558,8 @@ func (r *Redis) CheckState(ctx context.Context, caKeys ...ssh.PublicKey) error {
 // whatever it finds; finishTx judges what was found, so a missing or older mark is still
 // remembered as lost, and the write stands.
 func (m *MarkedWrite) markInTx(ctx context.Context, p redis.Pipeliner) *redis.SliceCmd {
-	k := m.r.keys.Mark(m.tag)
-	c := p.HMGet(ctx, k, "id", "epoch", "n")
+	k := m.r.mark(m.tag)
+	c := m.r.readMark(ctx, p, m.tag)
 	p.HSetNX(ctx, k, "id", m.g.ID)
 	p.HSetNX(ctx, k, "epoch", strconv.Itoa(int(m.g.Epoch)))
 	p.HIncrBy(ctx, k, "n", 1)

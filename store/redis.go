@@ -41,6 +41,37 @@ type Redis struct {
 	// waitReplicas and waitTimeout are RedisOptions.WaitReplicas and WaitTimeout.
 	waitReplicas int
 	waitTimeout  time.Duration
+	// marks are the names of the marked tags' marks (Keys.Mark), built once: issuance names
+	// seven marks per certificate, each a string concatenation otherwise. Read-only after
+	// NewRedis.
+	marks map[string]string
+	// markReads are the arguments of HMGET id epoch n on those marks, built once and shared
+	// by every read (readMark): go-redis only reads a command's arguments.
+	markReads map[string][]any
+	// fixed are the names of the untagged-by-argument keys issuance touches on every
+	// certificate, built once.
+	fixed struct{ blocked, live, tokensRefused, revokedKeys string }
+	// genArgs is the generation last passed to a marked write, boxed (MarkedWrite.Args).
+	genArgs atomic.Pointer[boxedGeneration]
+}
+
+// readMark queues HMGET id epoch n of tag's mark on p (parseMark reads its answer).
+func (r *Redis) readMark(ctx context.Context, p redis.Pipeliner, tag string) *redis.SliceCmd {
+	args, ok := r.markReads[tag]
+	if !ok {
+		return p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
+	}
+	cmd := redis.NewSliceCmd(ctx, args...)
+	_ = p.Process(ctx, cmd)
+	return cmd
+}
+
+// mark is Keys.Mark(tag), from the names built once for the marked tags.
+func (r *Redis) mark(tag string) string {
+	if k, ok := r.marks[tag]; ok {
+		return k
+	}
+	return r.keys.Mark(tag)
 }
 
 // NewRedis returns a store on rdb.
@@ -63,6 +94,15 @@ func NewRedis(rdb redis.UniversalClient, o RedisOptions) *Redis {
 	}
 	if r.now == nil {
 		r.now = time.Now
+	}
+	r.fixed.blocked, r.fixed.live = r.keys.Blocked(), r.keys.LiveCerts()
+	r.fixed.tokensRefused, r.fixed.revokedKeys = r.keys.TokensRefused(), r.keys.RevokedKeys()
+	r.marks = make(map[string]string, len(MarkedTags))
+	r.markReads = make(map[string][]any, len(MarkedTags))
+	for _, tag := range MarkedTags {
+		k := r.keys.Mark(tag)
+		r.marks[tag] = k
+		r.markReads[tag] = []any{"hmget", k, "id", "epoch", "n"}
 	}
 	return r
 }

@@ -280,7 +280,7 @@ type refusedCmds struct {
 	tags             []string
 	exps             []expectation
 	markCmds         []*redis.SliceCmd
-	scopeCmd, anyCmd *redis.FloatCmd
+	scopeCmd, anyCmd *redis.FloatSliceCmd
 	idCmd, legacyCmd *redis.FloatSliceCmd
 	layoutCmd        *redis.StringCmd
 }
@@ -302,10 +302,13 @@ func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, caKey ssh.P
 		rc.exps[i] = r.witness.expect(tag)
 	}
 	m := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(key)})
-	rc.scopeCmd = p.ZScore(ctx, r.keys.ScopeEntries(fp), m)
-	rc.anyCmd = p.ZScore(ctx, r.keys.RevokedKeys(), m)
+	// ZMSCORE rather than ZSCORE: a key not revoked, the usual answer, is a nil element (0,
+	// an expiry long past) instead of a nil reply, which go-redis makes the pipeline's error
+	// and runs through its retry classification (about 17 allocations) on every certificate.
+	rc.scopeCmd = p.ZMScore(ctx, r.keys.ScopeEntries(fp), m)
+	rc.anyCmd = p.ZMScore(ctx, r.fixed.revokedKeys, m)
 	if len(identities) > 0 {
-		rc.idCmd = p.ZMScore(ctx, r.keys.Blocked(), identities...)
+		rc.idCmd = p.ZMScore(ctx, r.fixed.blocked, identities...)
 		if legacy {
 			rc.legacyCmd = p.ZMScore(ctx, r.keys.LegacyBlocked(), identities...)
 		}
@@ -314,17 +317,16 @@ func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, caKey ssh.P
 		rc.layoutCmd = p.Get(ctx, r.keys.StoreLayout())
 	}
 	for i, tag := range rc.tags {
-		rc.markCmds[i] = p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
+		rc.markCmds[i] = r.readMark(ctx, p, tag)
 	}
 	return rc
 }
 
 // refusedResult is Refused's answer from the reads that queueRefused queued, once they ran.
 func (r *Redis) refusedResult(rc *refusedCmds) (string, error) {
-	// The pipeline's own error is its first failed command's, redis.Nil whenever the key is not
-	// revoked (the first read finds nothing): a later read that failed (an ACL that refuses it,
-	// a reply cut off) is seen only here, and must fail the check rather than read as nothing
-	// revoked or blocked.
+	// The pipeline's own error is its first failed command's, redis.Nil when a read finds
+	// nothing: a later read that failed (an ACL that refuses it, a reply cut off) is seen only
+	// here, and must fail the check rather than read as nothing revoked or blocked.
 	cmds := []redis.Cmder{rc.scopeCmd, rc.anyCmd}
 	for _, c := range []*redis.FloatSliceCmd{rc.idCmd, rc.legacyCmd} {
 		if c != nil {
@@ -357,10 +359,10 @@ func (r *Redis) refusedResult(rc *refusedCmds) (string, error) {
 			return "", fmt.Errorf("store: check: %w", err)
 		}
 	}
-	keyExp, keyFound := rc.scopeCmd.Val(), rc.scopeCmd.Err() == nil
-	if rc.anyCmd.Err() == nil && (!keyFound || rc.anyCmd.Val() > keyExp) {
-		keyExp, keyFound = rc.anyCmd.Val(), true
-	}
+	// The key's latest expiry under the scope or any other; 0 (ZMSCORE's nil) when it is in
+	// neither, which refuses nothing: refusal asks for an expiry after now.
+	keyExp := max(onlyScore(rc.scopeCmd.Val()), onlyScore(rc.anyCmd.Val()))
+	keyFound := keyExp > 0
 	// ZMSCORE answers nil (0 here) for a name that is not blocked: take the latest block.
 	var idExp float64
 	identity := ""
@@ -375,6 +377,14 @@ func (r *Redis) refusedResult(rc *refusedCmds) (string, error) {
 		}
 	}
 	return refusal(r.now(), keyExp, keyFound, idExp, identity != "", identity), nil
+}
+
+// onlyScore is the one score of a ZMSCORE of one member (0: none).
+func onlyScore(v []float64) float64 {
+	if len(v) != 1 {
+		return 0
+	}
+	return v[0]
 }
 
 // LiftKey removes every revocation of key: from each CA key's scope (CAs lists them), each
