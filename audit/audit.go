@@ -77,9 +77,16 @@ type Log struct {
 	// marks: Options.Marks.
 	marks *store.Redis
 
+	// Key names, built once: every append names them.
+	headKey, streamKey, markKey string
+
 	// mu is held by the one caller that appends (commit) at a time.
 	mu    sync.Mutex
 	known string // the head as this replica last saw it
+	// link and linkBuf compute the MACs of commit's records (linkMAC): one HMAC reset per
+	// record rather than a new one (two SHA-256 states and their pads) each time.
+	link    hash.Hash
+	linkBuf []byte
 
 	// qmu guards queue, the records waiting for the next commit in arrival order, and spare,
 	// the array of the last batch committed, which the next takes over.
@@ -117,12 +124,14 @@ func New(rdb redis.UniversalClient, o Options) *Log {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
+	keys := store.Keys{Prefix: l.prefix}
+	l.headKey, l.streamKey, l.markKey = keys.AuditHead(), keys.AuditLog(), keys.Mark(store.TagAudit)
 	return l
 }
 
 // The chain's keys are named, with every other key of sshca, in store/keys.go.
-func (l *Log) stream() string { return store.Keys{Prefix: l.prefix}.AuditLog() }
-func (l *Log) head() string   { return store.Keys{Prefix: l.prefix}.AuditHead() }
+func (l *Log) stream() string { return l.streamKey }
+func (l *Log) head() string   { return l.headKey }
 
 // base is the base mark "<seq> <mac> <base mac>" of the last record archived and trimmed away
 // (none when none was): where the chain kept in Redis starts.
@@ -134,6 +143,25 @@ func (l *Log) mac(prev string, seq uint64, rec []byte) string {
 	fmt.Fprintf(h, "%s\n%d\n", prev, seq)
 	h.Write(rec)
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// linkMAC is mac, computed with the HMAC and buffer that commit reuses; l.mu must be held.
+func (l *Log) linkMAC(prev string, seq uint64, rec []byte) string {
+	if l.link == nil {
+		l.link = l.hash()
+	}
+	l.link.Reset()
+	b := append(l.linkBuf[:0], prev...)
+	b = append(b, '\n')
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, '\n')
+	l.linkBuf = b
+	l.link.Write(b)
+	l.link.Write(rec)
+	var sum [sha256.Size]byte
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], l.link.Sum(sum[:0]))
+	return string(out[:])
 }
 
 // maxAttempts bounds the retries of an append that keeps losing the race for the head.
@@ -266,7 +294,7 @@ func (l *Log) commit(batch []*pending) error {
 		args = append(args, l.known, "", len(batch))
 		for i, b := range batch {
 			b.seq = prevSeq + 1 + uint64(i)
-			b.mac = l.mac(prev, b.seq, b.body)
+			b.mac = l.linkMAC(prev, b.seq, b.body)
 			args = append(args, strconv.FormatUint(b.seq, 10), prev, b.mac, b.body)
 			prev = b.mac
 		}
@@ -277,7 +305,7 @@ func (l *Log) commit(batch []*pending) error {
 			if mw, err = l.marks.BeginMarked(ctx, store.TagAudit); err != nil {
 				return fmt.Errorf("audit: append: %w", err)
 			}
-			keys = append(keys, store.Keys{Prefix: l.prefix}.Mark(store.TagAudit))
+			keys = append(keys, l.markKey)
 			args = append(args, mw.Args()...)
 		}
 		res, err := appendScript.Run(ctx, l.rdb, keys, args...).Slice()
