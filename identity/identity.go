@@ -197,7 +197,12 @@ func (v *Verifier) discover(ctx context.Context, is *issuer) (*issuerKeys, error
 		is.lastErr = err
 		return nil, err
 	}
-	is.keys = &issuerKeys{issuer: doc.Issuer, set: oidc.NewRemoteKeySet(pctx, doc.JWKSURL)}
+	// The key set gets a client of its own whose fetches are limited (keyFetchLimit): a
+	// forged token makes go-oidc fetch jwks_uri again.
+	kc := *v.client
+	kc.Transport = newKeyFetchLimit(kc.Transport, v.now)
+	kctx := oidc.ClientContext(context.WithoutCancel(ctx), &kc)
+	is.keys = &issuerKeys{issuer: doc.Issuer, set: oidc.NewRemoteKeySet(kctx, doc.JWKSURL)}
 	is.lastErr = nil
 	return is.keys, nil
 }
