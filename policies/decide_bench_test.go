@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/policies"
 )
 
@@ -46,12 +47,14 @@ func BenchmarkDecideUser(b *testing.B) {
 				b.Fatalf("decision %+v %v", d, err)
 			}
 			b.ReportAllocs()
-			b.ResetTimer()
+			cpu, ops := testenv.CPUPerOp(b), 0
 			for b.Loop() {
 				if _, err := e.Decide(ctx, in); err != nil {
 					b.Fatal(err)
 				}
+				ops++
 			}
+			cpu(ops)
 		})
 	}
 }

@@ -306,7 +306,10 @@ func inputValue(in ca.PolicyInput) ast.Value {
 			}
 			claims = ast.NewTerm(v)
 		}
-		identity := ast.NewObject(
+		// The optional members go in with the others, so the object is made at its size once
+		// (an Insert afterwards grows it).
+		var buf [10][2]*ast.Term
+		items := append(buf[:0],
 			ast.Item(k.issuer, str(id.Issuer)),
 			ast.Item(k.subject, str(id.Subject)),
 			ast.Item(k.email, str(id.Email)),
@@ -318,18 +321,19 @@ func inputValue(in ca.PolicyInput) ast.Value {
 		)
 		// omitempty in ca.Identity and ca.PolicyRequest: absent when zero, as in the JSON.
 		if id.ACR != "" {
-			identity.Insert(k.acr, str(id.ACR))
+			items = append(items, ast.Item(k.acr, str(id.ACR)))
 		}
 		if id.AuthTime != 0 {
-			identity.Insert(k.authTime, ast.IntNumberTerm(int(id.AuthTime)))
+			items = append(items, ast.Item(k.authTime, ast.IntNumberTerm(int(id.AuthTime))))
 		}
-		return ast.NewTerm(identity)
+		return ast.NewTerm(ast.NewObject(items...))
 	}
 	identity := identityOf(id)
 	if identity == nil {
 		return nil
 	}
-	request := ast.NewObject(
+	var buf [7][2]*ast.Term
+	items := append(buf[:0],
 		ast.Item(k.principals, list(r.Principals)),
 		ast.Item(k.ttlSeconds, ast.IntNumberTerm(int(r.TTLSeconds))),
 		ast.Item(k.keyType, str(r.KeyType)),
@@ -338,8 +342,9 @@ func inputValue(in ca.PolicyInput) ast.Value {
 		ast.Item(k.reason, str(r.Reason)),
 	)
 	if r.Target != "" {
-		request.Insert(k.target, str(r.Target))
+		items = append(items, ast.Item(k.target, str(r.Target)))
 	}
+	request := ast.NewObject(items...)
 	doc := ast.NewObject(
 		ast.Item(k.kind, str(string(in.Kind))),
 		ast.Item(k.identity, identity),
