@@ -272,6 +272,11 @@ func AddressKey(ip string) string {
 	if err != nil {
 		return ip
 	}
+	if a.Is4() {
+		// ParseAddr takes only the canonical dotted quad (no leading zeros, no zone), so the
+		// key is the string as it came, without building it again for every request.
+		return ip
+	}
 	a = a.Unmap().WithZone("")
 	if a.Is4() {
 		return a.String()

@@ -193,6 +193,10 @@ func TestRateLimitIPv6By64(t *testing.T) {
 			t.Errorf("AddressKey(%q) = %q, want %q", in, got, want)
 		}
 	}
+	// Every request computes it: an IPv4 address is its own key, with no string built.
+	if n := testing.AllocsPerRun(100, func() { _ = services.AddressKey("192.0.2.7") }); n != 0 {
+		t.Errorf("AddressKey of an IPv4 address: %v allocations, want 0", n)
+	}
 }
 
 // TestRateLimitPerIdentity: an identity's bucket is shared by all its requests whatever their
