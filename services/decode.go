@@ -48,10 +48,17 @@ func decodeJSON(r *http.Request, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return ca.Invalid("request body: %s", jsonProblem(err))
 	}
-	if dec.More() {
-		return ca.Invalid("request body: unexpected data after the JSON object")
+	if !onlySpaceAfter(body, dec) {
+		return ca.Invalid("request body: unexpected data after the JSON object; send one JSON object")
 	}
 	return nil
+}
+
+// onlySpaceAfter reports whether nothing but JSON white space follows the value dec decoded
+// last from body (RFC 8259 section 2). Not dec.More(), which answers false before a '}' or ']'
+// and so let `{...}}` through.
+func onlySpaceAfter(body []byte, dec *json.Decoder) bool {
+	return skipSpace(body, int(dec.InputOffset())) == len(body)
 }
 
 var errTooLarge = errors.New("request body exceeds 64 KiB")

@@ -2,8 +2,11 @@ package services
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -169,4 +172,27 @@ func jsonKind(tok json.Token) string {
 		return "null"
 	}
 	return "something else"
+}
+
+// TestDiscoveryReportTrailingData: a discovery report is one JSON object and nothing after it
+// but white space; a '}' or ']' after it (which json.Decoder.More does not see) is refused.
+func TestDiscoveryReportTrailingData(t *testing.T) {
+	for body, want := range map[string]string{
+		`{"host":"h","keys":[]}`:            "",
+		"{\"host\":\"h\",\"keys\":[]} \r\n": "",
+		`{"host":"h","keys":[]}}`:           "unexpected data after the JSON object",
+		`{"host":"h","keys":[]}]`:           "unexpected data after the JSON object",
+		`{"host":"h","keys":[]} {}`:         "unexpected data after the JSON object",
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/v1/discovery", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("Authorization", "Bearer tok")
+		_, err := decodeDiscoveryReport(context.Background(), r)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("%q: %v", body, err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want) || ca.KindOf(err) != ca.KindInvalid):
+			t.Errorf("%q: %v, want 400 %q", body, err, want)
+		}
+	}
 }

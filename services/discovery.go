@@ -107,8 +107,8 @@ func decodeDiscoveryReport(_ context.Context, r *http.Request) (any, error) {
 	if err := dec.Decode(&rep); err != nil {
 		return nil, ca.Invalid("discovery report: %s", jsonProblem(err))
 	}
-	if dec.More() {
-		return nil, ca.Invalid("discovery report: unexpected data after the JSON object")
+	if !onlySpaceAfter(body, dec) {
+		return nil, ca.Invalid("discovery report: unexpected data after the JSON object; send one JSON object")
 	}
 	c := discoveryCall{report: body}
 	if c.token, err = bearer(r); err != nil {
