@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +38,9 @@ func newServeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Here rather than in serve: tests run serve in their own process.
+			gogc, memLimit := applyGCDefault(os.Getenv)
+			log.Info("garbage collector", "gogc", gogc, "gomemlimit_bytes", memLimit)
 			cfg, err := LoadConfig(configPath)
 			if err != nil {
 				return err

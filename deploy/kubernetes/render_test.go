@@ -202,6 +202,22 @@ func checkRendered(t *testing.T, r *rendered) {
 		}
 	}
 
+	// sshca serve collects garbage with GOGC=400 unless told otherwise (cmd/sshca/gc.go): its
+	// heap may grow to five times the live one, and the soft memory limit taken from the
+	// container's is what makes the collector work harder before the kernel's OOM killer would.
+	sc := sshcaContainer(t, d)
+	memLimit := false
+	for _, e := range sc.Env {
+		if e.Name == "GOMEMLIMIT" && e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil &&
+			e.ValueFrom.ResourceFieldRef.Resource == "limits.memory" && e.ValueFrom.ResourceFieldRef.ContainerName == "sshca" &&
+			e.ValueFrom.ResourceFieldRef.Divisor.IsZero() {
+			memLimit = true
+		}
+	}
+	if !memLimit {
+		t.Error("container sshca: GOMEMLIMIT must come from its own limits.memory (resourceFieldRef, no divisor: bytes), the cap of serve's GOGC=400 heap")
+	}
+
 	// Volumes: Secrets are referenced by name; no key material sits in a ConfigMap.
 	secrets := map[string]bool{}
 	for _, v := range pod.Volumes {
