@@ -3,11 +3,17 @@
 # chain) against one redis-server, then against a Redis Cluster of three masters, with
 # `sshca bench` closed loop; RUNS runs of DURATION each, the median and [min..max] printed.
 # server_cpu_us_per_cert sums serve and every redis-server. Not part of `go tool task test`.
-# Variables: RUNS (5), DURATION (10s), CONCURRENCY (16).
+# Variables: RUNS (5), DURATION (10s), CONCURRENCY (16), MODES ("single cluster3"; add
+# "replicas2": two `sshca serve` replicas on one redis-server, each driven by its own
+# `sshca bench` at CONCURRENCY/2 in flight over one shared window (--start-at), so the load
+# in flight is the single run's; it reports the sum of certs/s, the CPU per certificate of
+# both replicas and redis-server over that window, redis-server's alone, and
+# `sshca audit verify` of the one chain both replicas appended to).
 set -u
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-10s}
 CONCURRENCY=${CONCURRENCY:-16}
+MODES=${MODES:-single cluster3}
 dir=$(mktemp -d)
 pids=()
 cleanup() {
@@ -43,9 +49,10 @@ openssl genpkey -algorithm ed25519 -out "$dir/user_ca.pem" 2>/dev/null || die op
 openssl genpkey -algorithm ed25519 -out "$dir/host_ca.pem" 2>/dev/null || die openssl
 "$S" audit genkey --out "$dir/audit.key" >/dev/null || die "audit genkey"
 
-# deployment NAME MASTERS: starts the Redis of the deployment, then serve on it, and benches.
+# deployment NAME MASTERS [REPLICAS]: starts the Redis of the deployment, then serve on it
+# (REPLICAS of them, default 1), and benches.
 deployment() {
-	local name=$1 masters=$2 addrs="" rpids="" redis_line
+	local name=$1 masters=$2 replicas=${3:-1} addrs="" rpids="" redis_line
 	for i in $(seq "$masters"); do
 		local port
 		port=$(freeport)
@@ -71,10 +78,12 @@ deployment() {
 	else
 		redis_line="redis: {addrs: [${addrs%, }]}"
 	fi
-	local sport
+	local sport gport
 	sport=$(freeport)
+	gport=$(freeport) # not the default 9850: others run benchmarks on this machine, and replicas
 	cat >"$dir/$name.yaml" <<EOF
 listen: 127.0.0.1:$sport
+diag_listen: 127.0.0.1:$gport
 user_ca: {kms: "softkms:", key: "softkms:path=$dir/user_ca.pem"}
 host_ca: {kms: "softkms:", key: "softkms:path=$dir/host_ca.pem"}
 $redis_line
@@ -85,6 +94,10 @@ oidc:
       allowed_email_domains: [example.com]
 audit: {key_file: $dir/audit.key}
 EOF
+	if [ "$replicas" -gt 1 ]; then
+		replicas_run "$name" "$replicas" "$sport" "$rpids" "${addrs%%,*}"
+		return
+	fi
 	"$S" serve --config "$dir/$name.yaml" >"$dir/$name-serve.log" 2>&1 &
 	local serve_pid=$!
 	pids+=("$serve_pid")
@@ -103,6 +116,80 @@ EOF
 		" errors $(for f in "${files[@]}"; do field "$f" errors; done | awk '{s+=$1} END {print s+0}')"
 }
 
-echo "bench-cluster: RUNS=$RUNS DURATION=$DURATION CONCURRENCY=$CONCURRENCY (median [min..max])"
-deployment single 1
-deployment cluster3 3
+# replicas_run NAME REPLICAS PORT RPIDS ADDR: REPLICAS serve processes on the Redis just
+# started (config $dir/NAME.yaml, the first on PORT, the others on ports of their own), each
+# driven by its own bench at CONCURRENCY/REPLICAS in flight, all in one window.
+replicas_run() {
+	local name=$1 replicas=$2 port=$3 rpids=$4 addr=$5 spids="" sports=() k
+	for k in $(seq "$replicas"); do
+		local p=$port g
+		[ "$k" -gt 1 ] && p=$(freeport)
+		g=$(freeport)
+		sed "s/^listen: .*/listen: 127.0.0.1:$p/; s/^diag_listen: .*/diag_listen: 127.0.0.1:$g/" "$dir/$name.yaml" >"$dir/$name-r$k.yaml"
+		"$S" serve --config "$dir/$name-r$k.yaml" >"$dir/$name-r$k-serve.log" 2>&1 &
+		pids+=($!)
+		spids="$spids,$!"
+		sports+=("$p")
+		waitfor "$dir/$name-r$k-serve.log" '"sshca serving"' "sshca serve ($name, replica $k)"
+	done
+	local secs=${DURATION%s} per=$((CONCURRENCY / replicas)) i
+	[ "$per" -ge 1 ] || per=1
+	case $DURATION in *s) ;; *) die "DURATION=$DURATION: give seconds for MODES=replicas2, such as 10s" ;; esac
+	# Tokens: 3,000/s of the whole window per generator, minted before the shared window
+	# (the generators mint at the same time, together about 3,000/s here).
+	local tokens=$((3000 * secs))
+	for i in $(seq "$RUNS"); do
+		local at=$(($(date +%s) + 5 + 2 * tokens * replicas / 3000)) bpids=()
+		for k in $(seq "$replicas"); do
+			# Every generator measures the CPU of every replica and redis-server over the
+			# same window; the totals are divided by the certificates of all of them below.
+			"$S" bench --server "http://127.0.0.1:${sports[$((k - 1))]}" --token-url "http://127.0.0.1:$dport/dev/token" --state "$dir/dev" \
+				--server-pid "${spids#,}$rpids" --duration "$DURATION" --concurrency "$per" --tokens "$tokens" --start-at "$at" \
+				>"$dir/$name-$i-r$k.txt" 2>"$dir/$name-$i-r$k.err" &
+			bpids+=($!)
+		done
+		wait "${bpids[@]}"
+		# Per run: the sum of certs/s; the CPU of all replicas and redis-servers over the
+		# window (the first generator's figure times its certificates), per certificate of all.
+		for k in $(seq "$replicas"); do
+			grep -q '^certs/s: ' "$dir/$name-$i-r$k.txt" ||
+				die "$name, run $i, replica $k: bench failed: $(cat "$dir/$name-$i-r$k.txt"; grep -v '^bench: ' "$dir/$name-$i-r$k.err"; tail -n 3 "$dir/$name"-r*-serve.log)"
+			echo "  $name, run $i, replica $k: $(tail -n 1 "$dir/$name-$i-r$k.txt")"
+			grep -h '^bench: warning' "$dir/$name-$i-r$k.txt" | sed 's/^/    /'
+		done
+		local certs=0 cps=0 errs=0 f
+		for k in $(seq "$replicas"); do
+			f=$dir/$name-$i-r$k.txt
+			certs=$((certs + $(sed -n 's/^bench: [0-9]* requests in .*), \([0-9]*\) certificates.*/\1/p' "$f")))
+			cps=$(awk -v a="$cps" -v b="$(field "$f" certs/s)" 'BEGIN {print a + b}')
+			errs=$((errs + $(field "$f" errors)))
+		done
+		f=$dir/$name-$i-r1.txt
+		local mine
+		mine=$(sed -n 's/^bench: [0-9]* requests in .*), \([0-9]*\) certificates.*/\1/p' "$f")
+		# by process: "PID (comm): us, ..." over the shared window, per certificate of the first.
+		grep '^bench: server_cpu_us_per_cert by process' "$f" | sed 's/.*by process: //' | tr ',' '\n' |
+			awk -v mine="$mine" -v all="$certs" -v cps="$cps" -v errs="$errs" '
+				{ v = $NF * mine / all; total += v; if ($2 ~ /redis/) redis += v; else sshca += v }
+				END { printf "%d %.0f %.0f %.0f %d\n", cps, total, sshca, redis, errs }' >"$dir/$name-$i.sum"
+		read -r c t sc r e <"$dir/$name-$i.sum"
+		echo "  $name, run $i, both replicas: certs/s $c  server CPU us/cert $t (sshca replicas $sc, redis-server $r)  errors $e"
+	done
+	echo "bench-cluster $name: certs/s (sum) $(for i in $(seq "$RUNS"); do awk '{print $1}' "$dir/$name-$i.sum"; done | median)" \
+		" server CPU us/cert $(for i in $(seq "$RUNS"); do awk '{print $2}' "$dir/$name-$i.sum"; done | median)" \
+		" of which redis-server $(for i in $(seq "$RUNS"); do awk '{print $4}' "$dir/$name-$i.sum"; done | median)" \
+		" errors $(for i in $(seq "$RUNS"); do awk '{print $5}' "$dir/$name-$i.sum"; done | awk '{s+=$1} END {print s+0}')"
+	# One audit chain holds both replicas' records, intact.
+	echo "bench-cluster $name: audit chain: $("$S" audit verify --redis "redis://${addr//\"/}" --key-file "$dir/audit.key" 2>&1 | tail -n 1)"
+	kill ${spids//,/ } ${rpids//,/ } 2>/dev/null
+}
+
+echo "bench-cluster: RUNS=$RUNS DURATION=$DURATION CONCURRENCY=$CONCURRENCY MODES=\"$MODES\" (median [min..max])"
+for mode in $MODES; do
+	case $mode in
+	single) deployment single 1 ;;
+	cluster3) deployment cluster3 3 ;;
+	replicas2) deployment replicas2 1 2 ;;
+	*) die "MODES: $mode is not single, cluster3 or replicas2" ;;
+	esac
+done
