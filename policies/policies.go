@@ -739,6 +739,9 @@ func stringMap(m ast.Object, k decisionKey) (map[string]string, error) {
 		return nil, fmt.Errorf("policies: decision.%s is not an object", k.name)
 	}
 	out := make(map[string]string, obj.Len())
+	if obj.Len() == 0 {
+		return out, nil // most critical_options: no closure and error to make for nothing
+	}
 	var err error
 	obj.Foreach(func(key, v *ast.Term) {
 		ks, kok := key.Value.(ast.String)
