@@ -68,6 +68,18 @@ type Program struct {
 	termHint atomic.Int32
 }
 
+// readsClock reports whether the built-in name reads the time of the call although OPA marks
+// it deterministic: the x509 chain checks verify validity at the current time (crypto/x509's
+// Verify without CurrentTime). The plan evaluator calls them, but a rule that does is not kept
+// across decisions (dataOnly): its value changes as time passes (a certificate expires).
+func readsClock(name string) bool {
+	switch name {
+	case "crypto.x509.parse_and_verify_certificates", "crypto.x509.parse_and_verify_certificates_with_options":
+		return true
+	}
+	return false
+}
+
 // refused are the built-ins the plan evaluator does not call although OPA marks them
 // deterministic: they read the runtime, print, or are relations (walk).
 func refused(name string) bool {
@@ -280,10 +292,13 @@ func prepare(p *ir.Policy, data ast.Value) (*Program, error) {
 // names it (a copy to another local, a built-in's argument, a lookup, a scan) counts as a
 // read, so a function is marked only when input cannot reach its value. Built-ins the plan
 // evaluator calls are deterministic (refused are those that read the clock, the runtime or
-// randomness), so such a function's value depends on data alone, which a Program never
+// randomness), and a call of one that reads the clock all the same (readsClock) counts as a
+// read of input, so such a function's value depends on data alone, which a Program never
 // changes. What reads what is settled by iterating until nothing changes: reading spreads
 // from callee to caller, and Rego has no recursion.
 func dataOnly(funcs map[string]*callee) {
+	// Whether a function calls a built-in that reads the clock is settled in the same
+	// iteration: such a call counts as a read of input (readsClock).
 	reads := map[*callee][]bool{}
 	for _, c := range funcs {
 		if c.fn != nil {
@@ -304,6 +319,15 @@ func dataOnly(funcs map[string]*callee) {
 			}
 			for _, b := range c.fn.Blocks {
 				localsOf(b, func(s *callStmt, arg int, l ir.Local) {
+					if s != nil && arg < 0 { // the call's result
+						if s.callee.fn == nil && readsClock(s.callee.name) && len(used) > 0 && !used[0] {
+							// Its value changes with the time of the decision, as a read of
+							// input changes with input: counted as one.
+							used[0], changed = true, true
+						}
+						mark(l)
+						return
+					}
 					if s != nil && s.callee.fn != nil && arg < len(reads[s.callee]) && !reads[s.callee][arg] {
 						return // passed on to a parameter its callee does not read (yet)
 					}
@@ -319,7 +343,8 @@ func dataOnly(funcs map[string]*callee) {
 
 // localsOf calls yield with every local that a statement of b, or of a block inside it,
 // names, read or written; for an argument of a call, with the call and the argument's
-// position (s is nil otherwise).
+// position, for its result with the call and -1 (s is nil otherwise). Every call is yielded
+// with its result, also one whose arguments are all constants.
 func localsOf(b *ir.Block, yield func(s *callStmt, arg int, l ir.Local)) {
 	for _, st := range b.Stmts {
 		if c, ok := st.(*callStmt); ok {
@@ -328,7 +353,7 @@ func localsOf(b *ir.Block, yield func(s *callStmt, arg int, l ir.Local)) {
 					yield(c, i, l)
 				}
 			}
-			yield(nil, 0, c.Result)
+			yield(c, -1, c.Result)
 			continue
 		}
 		v := reflect.ValueOf(st)
