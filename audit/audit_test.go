@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -234,7 +235,8 @@ func BenchmarkAppend(b *testing.B) {
 // redis-server on loopback. Every replica links to the head it last saw, so an append that
 // another replica overtook costs one more round trip: the chain's head is one key, and this is
 // where it stops scaling (docs/scaling.md). An append that loses the race for the head more
-// than its attempts allow fails: contention_failures counts them.
+// than its attempts allow fails: contention_failures counts them. p50-us and p99-us are the
+// latency of one Append, what a certificate's answer waits for its audit record.
 func BenchmarkAppendReplicas(b *testing.B) {
 	for _, replicas := range []int{1, 2, 4} {
 		b.Run(fmt.Sprintf("replicas=%d", replicas), func(b *testing.B) {
@@ -248,6 +250,7 @@ func BenchmarkAppendReplicas(b *testing.B) {
 			}
 			const perReplica = 16
 			var next, failed atomic.Int64
+			took := make([][]time.Duration, replicas*perReplica)
 			b.ResetTimer()
 			start := time.Now()
 			var wg sync.WaitGroup
@@ -258,7 +261,10 @@ func BenchmarkAppendReplicas(b *testing.B) {
 						if n > int64(b.N) {
 							return
 						}
-						if err := logs[i%replicas].Append(ctx, record(int(n))); err != nil {
+						began := time.Now()
+						err := logs[i%replicas].Append(ctx, record(int(n)))
+						took[i] = append(took[i], time.Since(began))
+						if err != nil {
 							// Lost the race for the head maxAttempts times: the limit this
 							// measures, counted rather than fatal.
 							if !strings.Contains(err.Error(), "too much contention") {
@@ -274,6 +280,12 @@ func BenchmarkAppendReplicas(b *testing.B) {
 			kept := b.N - int(failed.Load())
 			b.ReportMetric(float64(kept)/time.Since(start).Seconds(), "appends/s")
 			b.ReportMetric(float64(failed.Load()), "contention_failures")
+			all := slices.Concat(took...)
+			slices.Sort(all)
+			if len(all) > 0 {
+				b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-us")
+				b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-us")
+			}
 			b.StopTimer()
 			rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 			defer rdb.Close()
