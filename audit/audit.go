@@ -80,8 +80,10 @@ type Log struct {
 	// Key names, built once: every append names them.
 	headKey, streamKey, markKey string
 
-	// mu is held by the one caller that appends (commit) at a time.
-	mu    sync.Mutex
+	// lock, a channel of one, is held by the one caller that appends (commit) at a time: a
+	// channel, so that a caller waiting for it also waits for its own record's outcome and
+	// returns once a leader kept it, without waiting behind the next leader's round trip.
+	lock  chan struct{}
 	known string // the head as this replica last saw it
 	// link and linkBuf compute the MACs of commit's records (linkMAC): one HMAC reset per
 	// record rather than a new one (two SHA-256 states and their pads) each time.
@@ -117,7 +119,8 @@ const KeySize = 32
 
 // New returns the audit log kept in rdb.
 func New(rdb redis.UniversalClient, o Options) *Log {
-	l := &Log{rdb: rdb, key: o.Key, prefix: o.Prefix, log: o.Logger, acceptLegacy: o.AcceptLegacyBase, marks: o.Marks}
+	l := &Log{rdb: rdb, key: o.Key, prefix: o.Prefix, log: o.Logger, acceptLegacy: o.AcceptLegacyBase, marks: o.Marks,
+		lock: make(chan struct{}, 1)}
 	if l.prefix == "" {
 		l.prefix = "sshca"
 	}
@@ -145,7 +148,7 @@ func (l *Log) mac(prev string, seq uint64, rec []byte) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// linkMAC is mac, computed with the HMAC and buffer that commit reuses; l.mu must be held.
+// linkMAC is mac, computed with the HMAC and buffer that commit reuses; l.lock must be held.
 func (l *Log) linkMAC(prev string, seq uint64, rec []byte) string {
 	if l.link == nil {
 		l.link = l.hash()
@@ -228,35 +231,49 @@ func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 	l.queue = append(l.queue, p)
 	l.qmu.Unlock()
 
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	for {
-		// A leader before this one may have appended p along with its own.
+		// Either a leader keeps p along with its own records, or this caller leads.
 		select {
 		case err := <-p.done:
 			return err
-		default:
+		case l.lock <- struct{}{}:
 		}
-		l.qmu.Lock()
-		var batch []*pending
-		if n := len(l.queue); n <= maxBatch {
-			// The whole queue: take its array and queue into the spare one meanwhile (the
-			// two swap, so a steady load allocates none).
-			batch, l.queue, l.spare = l.queue, l.spare[:0], nil
-		} else {
-			batch = slices.Clone(l.queue[:maxBatch])
-			l.queue = slices.Delete(l.queue, 0, maxBatch)
+		if kept, err := l.lead(p); kept {
+			return err
 		}
-		l.qmu.Unlock()
-		err := l.commit(batch)
-		for _, b := range batch {
-			b.done <- err
-		}
-		clear(batch)
-		l.qmu.Lock()
-		l.spare = batch[:0]
-		l.qmu.Unlock()
 	}
+}
+
+// lead holds the chain's lock (taken by its caller, released here): unless p was kept
+// meanwhile (kept, with its outcome), it commits the records queued, up to maxBatch, and tells
+// each caller its outcome.
+func (l *Log) lead(p *pending) (kept bool, _ error) {
+	defer func() { <-l.lock }()
+	select {
+	case err := <-p.done:
+		return true, err
+	default:
+	}
+	l.qmu.Lock()
+	var batch []*pending
+	if n := len(l.queue); n <= maxBatch {
+		// The whole queue: take its array and queue into the spare one meanwhile (the
+		// two swap, so a steady load allocates none).
+		batch, l.queue, l.spare = l.queue, l.spare[:0], nil
+	} else {
+		batch = slices.Clone(l.queue[:maxBatch])
+		l.queue = slices.Delete(l.queue, 0, maxBatch)
+	}
+	l.qmu.Unlock()
+	err := l.commit(batch)
+	for _, b := range batch {
+		b.done <- err
+	}
+	clear(batch)
+	l.qmu.Lock()
+	l.spare = batch[:0]
+	l.qmu.Unlock()
+	return false, nil
 }
 
 // commit appends batch, in order, in one script (retried from the newer head when another
