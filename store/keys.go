@@ -91,7 +91,8 @@ func (k Keys) Serial(serial uint64) string {
 }
 
 // Token is a spent single-use token, by the hex SHA-256 of its ID, expiring with the token
-// (token ledger). One key per token, so they spread over a Cluster's slots.
+// (token ledger): a string, the ID of the spend that recorded it (16 hex digits; "1" when
+// written before spends were named). One key per token, so they spread over a Cluster's slots.
 func (k Keys) Token(sha256Hex string) string { return k.p() + ":token:" + sha256Hex }
 
 // TokensRefused is a rebuild's refusal of single-use tokens, a hash {since, until} of unix ms

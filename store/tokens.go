@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -67,6 +68,7 @@ type tokenCmds struct {
 	mw            *MarkedWrite
 	marked        *redis.Cmd
 	set           *redis.StatusCmd
+	spend         string // the value this spend records (spendID)
 	issued, until time.Time
 	keys          []string // the script's, for its retry by body (tokenResult)
 }
@@ -78,12 +80,26 @@ type tokenCmds struct {
 func (r *Redis) queueToken(ctx context.Context, p redis.Pipeliner, mw *MarkedWrite, id string, issued, until time.Time) *tokenCmds {
 	sum := sha256.Sum256([]byte(id))
 	keys := []string{r.mark(TagTokens), r.fixed.tokensRefused}
+	spend := spendID()
 	return &tokenCmds{
 		mw:     mw,
 		marked: tokenScript.EvalSha(ctx, p, keys, mw.Args()...),
-		set:    p.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), "1", redis.SetArgs{Mode: "NX", ExpireAt: until}),
+		// SET NX GET: the token's record holds this spend's ID, and the answer is the record
+		// that was there before (nil when none was). go-redis sends a pipeline again when its
+		// reply is lost or late (a read timeout, a closed connection), so the record found can
+		// be this very spend's: the token is then fresh, not used (TestTokenSpendSurvivesLostReply).
+		set:    p.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), spend, redis.SetArgs{Mode: "NX", Get: true, ExpireAt: until}),
+		spend:  spend,
 		issued: issued, until: until, keys: keys,
 	}
+}
+
+// spendID names one spend of a token in its record: 16 random hex digits (crypto/rand), so
+// that no other spend, of this replica or another, records the same.
+func spendID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (it crashes the program instead)
+	return hex.EncodeToString(b[:])
 }
 
 // isNoScript: the server does not have the script its SHA names (a restart, a failover, SCRIPT
@@ -116,14 +132,17 @@ func (r *Redis) tokenResult(ctx context.Context, tc *tokenCmds) (bool, error) {
 	if refusedToken(res[4], res[5], tc.issued, tc.until) {
 		return false, nil
 	}
-	ok, err := tc.set.Result()
+	// No record before (nil): this spend recorded the token. A record of this spend's own: a
+	// pipeline sent again after its reply was lost, whose first run recorded it. Any other
+	// record ("1" before records named their spend): the token was used.
+	before, err := tc.set.Result()
 	if errors.Is(err, redis.Nil) {
-		return false, nil
+		return true, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
-	return ok == "OK", nil
+	return before == tc.spend, nil
 }
 
 // refusedToken: the rebuild's refusal (since, until: unix ms as strings, "" when there is
