@@ -106,6 +106,36 @@ func TestFaultsStalledRedis(t *testing.T) {
 		})
 	})
 
+	// go-redis sent a command again after its read timeout (1 s here), when Redis had run the
+	// first and only its answer was late: the token ledger then found the request's own token
+	// spent, and a token used once got 401 "token already used" after a stall of 1.1 to 1.7 s.
+	// A late answer is an unknown outcome: 503, or 200 when a later step waited it out.
+	t.Run("a command whose answer is late is not sent again", func(t *testing.T) {
+		for _, d := range []time.Duration{1100 * time.Millisecond, 1500 * time.Millisecond} {
+			resume := stall(t, pid)
+			type answer struct {
+				code int
+				out  string
+			}
+			done := make(chan answer, 1)
+			go func() {
+				code, out, _ := timedCall(t, http.MethodPost, base+"/v1/certs/user", mint(), body)
+				done <- answer{code, out}
+			}()
+			time.Sleep(d)
+			resume()
+			a := <-done
+			t.Logf("stall of %v: %d %.120s", d, a.code, a.out)
+			if a.code != http.StatusOK && a.code != http.StatusServiceUnavailable {
+				t.Errorf("issue across a stall of %v = %d %s, want 200 or 503 (the token was used once)", d, a.code, a.out)
+			}
+			waitFor(t, 5*time.Second, "/readyz is 200 after SIGCONT", func() bool {
+				code, _ := call(t, http.MethodGet, base+"/readyz", "", nil)
+				return code == http.StatusOK
+			})
+		}
+	})
+
 	t.Run("inventory and audit agree across a stall under load", func(t *testing.T) {
 		var (
 			mu       sync.Mutex
@@ -157,8 +187,9 @@ func TestFaultsStalledRedis(t *testing.T) {
 		// Writes that timed out in the client land now, and the records of certificates signed
 		// but not handed out are retried until kept: wait for the two to agree.
 		var inventory, audited, issued map[string]bool
+		var issuedTimes map[string]int
 		agree := func() bool {
-			inventory, audited, issued = faultState(t, admin)
+			inventory, audited, issued, issuedTimes = faultState(t, admin)
 			for s := range inventory {
 				if !audited[s] {
 					return false
@@ -176,6 +207,11 @@ func TestFaultsStalledRedis(t *testing.T) {
 				t.Errorf("serial %s is in the inventory without an audit record", s)
 			}
 		}
+		for s, n := range issuedTimes {
+			if n > 1 {
+				t.Errorf("serial %s has %d audit records of its issuance, want one", s, n)
+			}
+		}
 		for s := range issued {
 			if !inventory[s] {
 				t.Errorf("serial %s is audited as issued but not in the inventory", s)
@@ -191,10 +227,11 @@ func TestFaultsStalledRedis(t *testing.T) {
 }
 
 // faultState reads the inventory's serials and the audit log's records straight from Redis.
-func faultState(t *testing.T, admin *redis.Client) (inventory, audited, issued map[string]bool) {
+// issuedTimes counts the "issued" records of each serial.
+func faultState(t *testing.T, admin *redis.Client) (inventory, audited, issued map[string]bool, issuedTimes map[string]int) {
 	t.Helper()
 	ctx := context.Background()
-	inventory, audited, issued = map[string]bool{}, map[string]bool{}, map[string]bool{}
+	inventory, audited, issued, issuedTimes = map[string]bool{}, map[string]bool{}, map[string]bool{}, map[string]int{}
 	keys, err := admin.Keys(ctx, "sshca:{inventory}:cert:*").Result()
 	if err != nil {
 		t.Fatal(err)
@@ -218,9 +255,10 @@ func faultState(t *testing.T, admin *redis.Client) (inventory, audited, issued m
 		audited[s] = true
 		if rec.Outcome == "issued" {
 			issued[s] = true
+			issuedTimes[s]++
 		}
 	}
-	return inventory, audited, issued
+	return inventory, audited, issued, issuedTimes
 }
 
 // TestFaultsRedisAtMaxmemory: Redis at maxmemory (noeviction: every write refused, reads and

@@ -18,8 +18,17 @@ import (
 // deadlines and waits for its own read timeout (3 s by default) up to 3 retries: a stalled
 // Redis then held an issue request for the whole stall. With it, a command ends at the
 // context's deadline; the timeouts below bound the calls that have none (background loops,
-// the CLI) to about one request deadline each, and one retry with a short backoff fits in
-// what a deadline leaves after a dropped connection.
+// the CLI) to about one request deadline each.
+//
+// go-redis retries nothing (MaxRetries -1). Its retry sends a command or pipeline again after a
+// read timeout, when Redis may have run the first one and only its answer is late: the token
+// ledger's SET NX then found the request's own token spent and answered "token already used"
+// for a token used once (a 1.1 s stall gave that 401; TestFaultsStalledRedis), and the audit
+// append, the inventory record and a serial reservation ran twice. A command whose answer did
+// not come is an unknown outcome, answered 503; the callers that may repeat a command decide
+// for themselves (background loops back off and read again; the authority retries the audit
+// record of a certificate it signed). A connection Redis closed while idle is not a retry's
+// business either: the pool checks a connection before handing it out.
 type redisBounds struct {
 	dial, read, write, pool time.Duration
 }
@@ -42,7 +51,8 @@ func newRedisBounds(d, dial, read, write time.Duration) redisBounds {
 }
 
 const (
-	redisMaxRetries = 1
+	// redisMaxRetries turns go-redis's own retries off (see redisBounds).
+	redisMaxRetries = -1
 	redisMinBackoff = 8 * time.Millisecond
 	redisMaxBackoff = 64 * time.Millisecond
 )
