@@ -1,12 +1,7 @@
 package store
 
 import (
-	"bytes"
 	"context"
-	"io"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,90 +10,6 @@ import (
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
 )
-
-// replyDropper is a TCP proxy in front of a redis-server that, while armed, forwards the next
-// request holding a SET ... NX to the server (which runs it) and drops the server's reply to
-// it, closing that connection: what a client sees when a reply is lost or late beyond its
-// read timeout. go-redis then sends the pipeline again on another connection.
-type replyDropper struct {
-	ln     net.Listener
-	target string
-	armed  atomic.Bool
-	wg     sync.WaitGroup
-}
-
-func startReplyDropper(t *testing.T, target string) *replyDropper {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &replyDropper{ln: ln, target: target}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			d.wg.Add(1)
-			go func() { defer d.wg.Done(); d.serve(c) }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); d.wg.Wait() })
-	return d
-}
-
-func (d *replyDropper) serve(c net.Conn) {
-	defer c.Close()
-	s, err := net.Dial("tcp", d.target)
-	if err != nil {
-		return
-	}
-	defer s.Close()
-	var drop atomic.Bool
-	done := make(chan struct{})
-	go func() { // server to client, unless this connection's reply is to be dropped
-		defer close(done)
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := s.Read(buf)
-			if n > 0 && drop.Load() {
-				c.Close() // the request ran; its answer never arrives
-				return
-			}
-			if n > 0 {
-				if _, err := c.Write(buf[:n]); err != nil {
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := c.Read(buf)
-		if n > 0 {
-			if bytes.Contains(buf[:n], []byte("\r\nNX\r\n")) && d.armed.CompareAndSwap(true, false) {
-				drop.Store(true)
-			}
-			if _, werr := s.Write(buf[:n]); werr != nil {
-				break
-			}
-		}
-		if err != nil {
-			if err != io.EOF {
-				break
-			}
-			break
-		}
-	}
-	s.Close()
-	<-done
-}
 
 // TestTokenSpendSurvivesLostReply: a token is spent once even when the reply to its spend is
 // lost and go-redis sends the pipeline again (it retries a pipeline after a read timeout or a
@@ -109,8 +20,8 @@ func (d *replyDropper) serve(c net.Conn) {
 func TestTokenSpendSurvivesLostReply(t *testing.T) {
 	ctx := context.Background()
 	srv := testenv.StartRedis(t)
-	proxy := startReplyDropper(t, srv.Addr)
-	rdb := redis.NewClient(&redis.Options{Addr: proxy.ln.Addr().String(), ReadTimeout: 500 * time.Millisecond,
+	proxy := testenv.DropReply(t, srv.Addr)
+	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: 500 * time.Millisecond,
 		MaxRetries: 3, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 10 * time.Millisecond})
 	defer rdb.Close()
 	now := time.Now()
@@ -129,9 +40,9 @@ func TestTokenSpendSurvivesLostReply(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := "iss|jti:lost-reply-" + tc.name
-			proxy.armed.Store(true)
+			proxy.Arm("\r\nNX\r\n")
 			fresh, err := tc.use(id)
-			if proxy.armed.Load() {
+			if proxy.Armed() {
 				t.Fatal("the proxy dropped no reply: the test does not test the retry")
 			}
 			if err != nil || !fresh {

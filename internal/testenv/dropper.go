@@ -1,0 +1,120 @@
+package testenv
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// ReplyDropper is a TCP proxy on loopback in front of a server (redis-server) that, once
+// armed with a marker, forwards the next request holding the marker to the server, which runs
+// it, and drops the server's answer to it, closing that client connection: what a client sees
+// when an answer is lost or comes after its read timeout. go-redis then sends the command (a
+// pipeline, a script) again on another connection. Everything else passes through.
+type ReplyDropper struct {
+	// Addr is the proxy's address, for the client.
+	Addr   string
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	marker []byte // armed: the next request holding it loses its answer
+	wg     sync.WaitGroup
+}
+
+// DropReply starts a ReplyDropper in front of target (host:port); it stops with the test.
+func DropReply(t testing.TB, target string) *ReplyDropper {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &ReplyDropper{Addr: ln.Addr().String(), ln: ln, target: target}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			d.wg.Add(1)
+			go func() { defer d.wg.Done(); d.serve(c) }()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); d.wg.Wait() })
+	return d
+}
+
+// Arm makes the next request whose bytes hold marker lose its answer.
+func (d *ReplyDropper) Arm(marker string) {
+	d.mu.Lock()
+	d.marker = []byte(marker)
+	d.mu.Unlock()
+}
+
+// Armed reports whether the dropper still waits for its request (no answer dropped yet).
+func (d *ReplyDropper) Armed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.marker != nil
+}
+
+// take reports whether req holds the armed marker, disarming it.
+func (d *ReplyDropper) take(req []byte) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.marker == nil || !bytes.Contains(req, d.marker) {
+		return false
+	}
+	d.marker = nil
+	return true
+}
+
+func (d *ReplyDropper) serve(c net.Conn) {
+	defer c.Close()
+	s, err := net.Dial("tcp", d.target)
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	var drop atomic.Bool
+	done := make(chan struct{})
+	go func() { // the server's answers, unless this connection's is to be dropped
+		defer close(done)
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := s.Read(buf)
+			if n > 0 && drop.Load() {
+				c.Close() // the request ran; its answer never arrives
+				return
+			}
+			if n > 0 {
+				if _, err := c.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if d.take(buf[:n]) {
+				drop.Store(true)
+			}
+			if _, werr := s.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	s.Close()
+	<-done
+}
