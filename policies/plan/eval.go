@@ -828,6 +828,12 @@ type globCache struct {
 // end. Past it, a pattern is compiled for the call alone.
 const maxGlobs = 1024
 
+// maxGlobPattern bounds the patterns kept, in bytes: a compiled pattern can be some twenty
+// times its text (a 36 KB list of alternatives, about 700 KB), so a thousand long patterns
+// from input would hold hundreds of MB. A policy's patterns are short; a longer one is
+// compiled for the call alone.
+const maxGlobPattern = 256
+
 // match is glob.match(pattern, delimiters, s) when its operands are what the built-in takes
 // (strings, and delimiters an array of one-character strings or null), with the built-in's
 // meaning: null is no delimiter, an empty array is "."; ok is false otherwise (and for a
@@ -877,7 +883,7 @@ func (g *globCache) match(args []*ast.Term) (_ *ast.Term, ok bool) {
 		if g.m == nil {
 			g.m = map[string]*glob.Pattern{}
 		}
-		if len(g.m) < maxGlobs {
+		if len(g.m) < maxGlobs && len(pattern) <= maxGlobPattern {
 			g.m[string(key)] = p
 		}
 		g.mu.Unlock()

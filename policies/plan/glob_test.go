@@ -76,4 +76,22 @@ func TestGlobMatchAsOPA(t *testing.T) {
 	if n := len(g.m); n != maxGlobs {
 		t.Errorf("cache holds %d patterns, want the bound %d", n, maxGlobs)
 	}
+	// Nor can long patterns from input fill it with large compiled patterns: one past
+	// maxGlobPattern bytes still matches as OPA's, and is not kept; one of maxGlobPattern is.
+	var h globCache
+	for _, n := range []int{maxGlobPattern, maxGlobPattern + 1} {
+		p := strings.Repeat("a", n-1) + "*"
+		check2 := func(subject string) {
+			args := []*ast.Term{ast.StringTerm(p), ast.NullTerm(), ast.StringTerm(subject)}
+			want, _ := opaGlob(t, args)
+			if got, taken := h.match(args); !taken || ast.Compare(got.Value, want.Value) != 0 {
+				t.Errorf("pattern of %d bytes on %.10q...: %v (taken %v), OPA %v", n, subject, got, taken, want)
+			}
+		}
+		check2(p[:n-1] + "xyz")
+		check2("b" + p)
+	}
+	if len(h.m) != 1 {
+		t.Errorf("cache holds %d patterns, want 1: the one of %d bytes, not the longer one", len(h.m), maxGlobPattern)
+	}
 }
