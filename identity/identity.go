@@ -148,6 +148,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Verifier, error) {
 	for _, o := range opts {
 		o(v)
 	}
+	if v.client == nil { // WithHTTPClient(nil): the key set's client is a copy of this one
+		v.client = &http.Client{Timeout: 10 * time.Second}
+	}
 	for _, r := range cfg.ReservedPrincipals {
 		v.reserved[r] = true
 	}

@@ -70,3 +70,13 @@ func TestForgedTokensBoundKeyFetches(t *testing.T) {
 		t.Fatalf("token of a key rotated in, one interval later: %v", err)
 	}
 }
+
+// TestNilHTTPClient: WithHTTPClient(nil) means the default client; the key set, whose client
+// is a copy of the Verifier's with its fetches limited, still fetches and verifies.
+func TestNilHTTPClient(t *testing.T) {
+	ti := newTestIssuer(t, "ES256")
+	v := ti.verifier(t, identity.WithHTTPClient(nil))
+	if _, err := v.Authenticate(context.Background(), ti.mint(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+}
