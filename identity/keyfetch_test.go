@@ -80,3 +80,29 @@ func TestNilHTTPClient(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestKeyOfAnotherIssuerRefused: a token is checked with the keys of the issuer its iss names,
+// and only those: signed by another trusted issuer's key, it is refused whatever its header
+// says (that key's kid, no kid), and so is that issuer's own token once its iss is made to
+// name the first. The control: each issuer's own token passes.
+func TestKeyOfAnotherIssuerRefused(t *testing.T) {
+	a, b := newTestIssuer(t, "ES256"), newTestIssuer(t, "ES256")
+	v := verifierFor(t, a, b)
+	ctx := context.Background()
+	for name, ti := range map[string]*testIssuer{"a": a, "b": b} {
+		if _, err := v.Authenticate(ctx, ti.mint(t, nil)); err != nil {
+			t.Fatalf("issuer %s's own token: %v", name, err)
+		}
+	}
+	claimsA := a.claims(nil)
+	for name, tok := range map[string]string{
+		"iss a, b's kid, b's key": b.signJSON(t, map[string]any{"alg": "ES256", "kid": b.kid}, claimsA),
+		"iss a, no kid, b's key":  b.signJSON(t, map[string]any{"alg": "ES256"}, claimsA),
+		"iss a, a's kid, b's key": b.signJSON(t, map[string]any{"alg": "ES256", "kid": a.kid}, claimsA),
+	} {
+		_, err := v.Authenticate(ctx, tok)
+		if ca.KindOf(err) != ca.KindUnauthenticated {
+			t.Errorf("%s: %v, want 401", name, err)
+		}
+	}
+}
