@@ -25,7 +25,7 @@ row() { # row LABEL REGEX
 # crypto11 (C_SignInit and C_Sign in the HSM's library, seen as cgo calls).
 signre='^(crypto/ed25519.PrivateKey.Sign|github.com/ThalesGroup/crypto11.\(\*pkcs11PrivateKey(ECDSA|RSA)\).Sign)$'
 echo "serve CPU profile: $total s of samples"
-row "HTTP handler, whole (promhttp instrumentation down)" '^github.com/prometheus/client_golang/prometheus/promhttp.InstrumentHandlerCounter.func1$'
+row "HTTP handler, whole (net/http's serverHandler down)" '^net/http.serverHandler.ServeHTTP$'
 row "ca.IssueRequest (authenticate..audit)" '^github.com/sshca/sshca/ca.\(\*Authority\).IssueRequest$'
 row "  token check (identity Authenticate)" '^github.com/sshca/sshca/identity.\(\*Verifier\).Authenticate$'
 row "    its signature check (ECDSA/RSA verify)" '^crypto/(ecdsa.VerifyASN1|rsa.VerifyPKCS1v15)$'
@@ -38,7 +38,7 @@ row "  certificate signature (Ed25519, or PKCS#11 through crypto11)" "$signre"
 row "    of which PKCS#11 C_SignInit (SoftHSM2)" '^github.com/miekg/pkcs11.\(\*Ctx\).SignInit$'
 row "  inventory (store Record)" '^github.com/sshca/sshca/store.\(\*Redis\).Record$'
 row "  audit record (audit Append)" '^github.com/sshca/sshca/audit.\(\*Log\).Append$'
-row "log lines (slog Logger.log)" '^log/slog.\(\*Logger\).log$'
+row "log lines (slog Logger.log or logAttrs, largest)" '^log/slog.\(\*Logger\).(log|logAttrs)$'
 row "JSON (encoding/json Marshal+Unmarshal, largest)" '^encoding/json.(Marshal|Unmarshal)$'
 row "Redis client (go-redis process + pipelines, largest)" '^github.com/redis/go-redis/v9.\(\*baseClient\).(processPipeline|process)$'
 row "TLS record writes (crypto/tls Conn.Write)" '^crypto/tls.\(\*Conn\).Write$'
