@@ -174,8 +174,8 @@ type RedisConfig struct {
 	TLS    bool   `yaml:"tls"`
 	CAFile string `yaml:"ca_file"`
 	// DialTimeout, ReadTimeout and WriteTimeout bound each Redis command; unset or longer than
-	// half of request_timeout, they are half of request_timeout. A command is never sent
-	// twice: a late answer is an unknown outcome (503).
+	// request_timeout, they are request_timeout. A command is never sent twice: a late answer
+	// is an unknown outcome (503).
 	DialTimeout  time.Duration `yaml:"dial_timeout"`
 	ReadTimeout  time.Duration `yaml:"read_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`

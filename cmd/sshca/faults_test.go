@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+
 	"net/http"
 	"path/filepath"
 	"regexp"
@@ -104,36 +105,6 @@ func TestFaultsStalledRedis(t *testing.T) {
 			code, _ := call(t, http.MethodGet, base+"/readyz", "", nil)
 			return code == http.StatusOK
 		})
-	})
-
-	// go-redis sent a command again after its read timeout (1 s here), when Redis had run the
-	// first and only its answer was late: the token ledger then found the request's own token
-	// spent, and a token used once got 401 "token already used" after a stall of 1.1 to 1.7 s.
-	// A late answer is an unknown outcome: 503, or 200 when a later step waited it out.
-	t.Run("a command whose answer is late is not sent again", func(t *testing.T) {
-		for _, d := range []time.Duration{1100 * time.Millisecond, 1500 * time.Millisecond} {
-			resume := stall(t, pid)
-			type answer struct {
-				code int
-				out  string
-			}
-			done := make(chan answer, 1)
-			go func() {
-				code, out, _ := timedCall(t, http.MethodPost, base+"/v1/certs/user", mint(), body)
-				done <- answer{code, out}
-			}()
-			time.Sleep(d)
-			resume()
-			a := <-done
-			t.Logf("stall of %v: %d %.120s", d, a.code, a.out)
-			if a.code != http.StatusOK && a.code != http.StatusServiceUnavailable {
-				t.Errorf("issue across a stall of %v = %d %s, want 200 or 503 (the token was used once)", d, a.code, a.out)
-			}
-			waitFor(t, 5*time.Second, "/readyz is 200 after SIGCONT", func() bool {
-				code, _ := call(t, http.MethodGet, base+"/readyz", "", nil)
-				return code == http.StatusOK
-			})
-		}
 	})
 
 	t.Run("inventory and audit agree across a stall under load", func(t *testing.T) {
@@ -300,4 +271,55 @@ func TestFaultsRedisAtMaxmemory(t *testing.T) {
 		t.Errorf("/readyz after reset = %d %s", code, out)
 	}
 	issue(t, base, "user", mint(), body)
+}
+
+// TestFaultsLateWriteNotSentAgain: a command whose answer is late is not sent again. go-redis
+// sent a command again after its read timeout (1 s then, half the deadline; set so here),
+// when Redis had run the first and only its answer was late: the token ledger then found the
+// request's own token spent, and a token used once got 401 "token already used" after a stall
+// of 1.1 to 1.7 s (18 in the 10-minute soak; this test at 6048c61 with the retry: all four
+// stalls). The stall must meet the admission's pipeline in flight: since the admission reads
+// first (marks, generation), a stall may be absorbed by a read, which a retry repeats
+// harmlessly, so with the retry back this test fails only when the stall lands on the
+// pipeline (TestRedisBounds checks the setting itself). A late answer is an unknown outcome:
+// 503, or 200 when a later step waited it out.
+func TestFaultsLateWriteNotSentAgain(t *testing.T) {
+	_, admin, pid := faultRedis(t)
+	iss := startIssuer(t, "sshca")
+	cfg := serveConfig(t, "", identity.IssuerConfig{IssuerURL: iss.URL(), Audiences: []string{"sshca"}})
+	cfg.Redis.Addrs = []string{admin.Options().Addr}
+	cfg.Redis.Username, cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
+	cfg.Redis.ReadTimeout = time.Second
+	base := startServe(t, cfg)
+	body := map[string]any{"public_key": readFile(t, keygen(t, t.TempDir(), "user")+".pub")}
+	mint := func() string {
+		tok, err := iss.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	issue(t, base, "user", mint(), body)
+	for _, d := range []time.Duration{1100, 1300, 1500, 1700} {
+		d *= time.Millisecond
+		tok := mint()
+		resume := stall(t, pid)
+		type answer struct {
+			code int
+			out  string
+		}
+		done := make(chan answer, 1)
+		go func() {
+			code, out, _ := timedCall(t, http.MethodPost, base+"/v1/certs/user", tok, body)
+			done <- answer{code, out}
+		}()
+		time.Sleep(d)
+		resume()
+		a := <-done
+		t.Logf("stall of %v: %d %.120s", d, a.code, a.out)
+		if a.code != http.StatusOK && a.code != http.StatusServiceUnavailable {
+			t.Errorf("issue across a stall of %v = %d %s, want 200 or 503 (the token was used once)", d, a.code, a.out)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
 }

@@ -8,17 +8,18 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// TestRedisBounds: every client honours context deadlines, retries nothing itself (a late answer is an unknown outcome, see redisBounds), and no
-// attempt may take more than half a request deadline, whatever the configuration says.
+// TestRedisBounds: every client honours context deadlines, retries nothing itself (a late
+// answer is an unknown outcome, see redisBounds), and no command may take more than a request
+// deadline, whatever the configuration says.
 func TestRedisBounds(t *testing.T) {
 	b := newRedisBounds(2*time.Second, 5*time.Second, 300*time.Millisecond, 0)
 	u := b.universal(&redis.UniversalOptions{})
-	if !u.ContextTimeoutEnabled || u.MaxRetries != -1 || u.DialTimeout != time.Second || u.ReadTimeout != 300*time.Millisecond ||
-		u.WriteTimeout != time.Second || u.PoolTimeout != 2*time.Second || u.MaxRetryBackoff > 100*time.Millisecond {
+	if !u.ContextTimeoutEnabled || u.MaxRetries != -1 || u.DialTimeout != 2*time.Second || u.ReadTimeout != 300*time.Millisecond ||
+		u.WriteTimeout != 2*time.Second || u.PoolTimeout != 2*time.Second || u.MaxRetryBackoff > 100*time.Millisecond {
 		t.Errorf("universal options %+v", u)
 	}
 	o := newRedisBounds(0, 0, 0, 0).single(&redis.Options{})
-	if !o.ContextTimeoutEnabled || o.MaxRetries != -1 || o.ReadTimeout != time.Second || o.DialTimeout != time.Second {
+	if !o.ContextTimeoutEnabled || o.MaxRetries != -1 || o.ReadTimeout != 2*time.Second || o.DialTimeout != 2*time.Second {
 		t.Errorf("single options with defaults %+v", o)
 	}
 }
