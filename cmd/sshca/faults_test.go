@@ -42,6 +42,39 @@ func faultRedis(t *testing.T) (r *testenv.ConfiguredRedis, admin *redis.Client, 
 	return r, admin, pid
 }
 
+// faultServe is serve on a faultRedis, as the shipped sshca ACL user, with an issuer whose
+// tokens name alice, after one certificate was issued (JWKS fetched, scripts loaded).
+type faultServe struct {
+	admin *redis.Client
+	pid   int
+	cfg   *Config
+	base  string
+	body  map[string]any
+	mint  func() string
+}
+
+func startFaultServe(t *testing.T, tweak func(*Config)) faultServe {
+	t.Helper()
+	_, admin, pid := faultRedis(t)
+	iss := startIssuer(t, "sshca")
+	cfg := serveConfig(t, admin.Options().Addr, identity.IssuerConfig{IssuerURL: iss.URL(), Audiences: []string{"sshca"}})
+	cfg.Redis.Username, cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
+	if tweak != nil {
+		tweak(cfg)
+	}
+	f := faultServe{admin: admin, pid: pid, cfg: cfg, base: startServe(t, cfg)}
+	f.body = map[string]any{"public_key": readFile(t, keygen(t, t.TempDir(), "user")+".pub")}
+	f.mint = func() string {
+		tok, err := iss.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	issue(t, f.base, "user", f.mint(), f.body)
+	return f
+}
+
 // stall stops redis-server (SIGSTOP: connections stay open, nothing answers) until the returned
 // func or the end of the test continues it.
 func stall(t *testing.T, pid int) (resume func()) {
@@ -67,22 +100,9 @@ func timedCall(t *testing.T, method, url, token string, body any) (int, string, 
 // every certificate in the inventory has an audit record and every issued audit record its
 // inventory record, and every certificate a client received is in both.
 func TestFaultsStalledRedis(t *testing.T) {
-	_, admin, pid := faultRedis(t)
-	iss := startIssuer(t, "sshca")
-	cfg := serveConfig(t, "", identity.IssuerConfig{IssuerURL: iss.URL(), Audiences: []string{"sshca"}})
-	cfg.Redis.Addrs = []string{admin.Options().Addr}
-	cfg.Redis.Username, cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
-	base := startServe(t, cfg)
-	deadline := cfg.requestTimeout()
-	body := map[string]any{"public_key": readFile(t, keygen(t, t.TempDir(), "user")+".pub")}
-	mint := func() string {
-		tok, err := iss.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
-	}
-	issue(t, base, "user", mint(), body) // works as the shipped sshca user; JWKS fetched
+	f := startFaultServe(t, nil) // works as the shipped sshca user; JWKS fetched
+	admin, pid, base, body, mint := f.admin, f.pid, f.base, f.body, f.mint
+	deadline := f.cfg.requestTimeout()
 	if code, out := call(t, http.MethodGet, base+"/readyz", "", nil); code != http.StatusOK {
 		t.Fatalf("/readyz before the stall = %d %s", code, out)
 	}
@@ -235,20 +255,8 @@ func faultState(t *testing.T, admin *redis.Client) (inventory, audited, issued m
 // TestFaultsRedisAtMaxmemory: Redis at maxmemory (noeviction: every write refused, reads and
 // PING fine) makes /readyz 503 naming the write probe, and issuance 503; reset, both recover.
 func TestFaultsRedisAtMaxmemory(t *testing.T) {
-	_, admin, _ := faultRedis(t)
-	iss := startIssuer(t, "sshca")
-	cfg := serveConfig(t, admin.Options().Addr, identity.IssuerConfig{IssuerURL: iss.URL(), Audiences: []string{"sshca"}})
-	cfg.Redis.Username, cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
-	base := startServe(t, cfg)
-	body := map[string]any{"public_key": readFile(t, keygen(t, t.TempDir(), "user")+".pub")}
-	mint := func() string {
-		tok, err := iss.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
-	}
-	issue(t, base, "user", mint(), body)
+	f := startFaultServe(t, nil)
+	admin, base, body, mint := f.admin, f.base, f.body, f.mint
 	ctx := context.Background()
 	if err := admin.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
 		t.Fatal(err)
@@ -284,22 +292,8 @@ func TestFaultsRedisAtMaxmemory(t *testing.T) {
 // pipeline (TestRedisBounds checks the setting itself). A late answer is an unknown outcome:
 // 503, or 200 when a later step waited it out.
 func TestFaultsLateWriteNotSentAgain(t *testing.T) {
-	_, admin, pid := faultRedis(t)
-	iss := startIssuer(t, "sshca")
-	cfg := serveConfig(t, "", identity.IssuerConfig{IssuerURL: iss.URL(), Audiences: []string{"sshca"}})
-	cfg.Redis.Addrs = []string{admin.Options().Addr}
-	cfg.Redis.Username, cfg.Redis.Password = "sshca", "CHANGE-ME-sshca"
-	cfg.Redis.ReadTimeout = time.Second
-	base := startServe(t, cfg)
-	body := map[string]any{"public_key": readFile(t, keygen(t, t.TempDir(), "user")+".pub")}
-	mint := func() string {
-		tok, err := iss.Mint(map[string]any{"sub": "alice", "preferred_username": "alice"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
-	}
-	issue(t, base, "user", mint(), body)
+	f := startFaultServe(t, func(c *Config) { c.Redis.ReadTimeout = time.Second })
+	pid, base, body, mint := f.pid, f.base, f.body, f.mint
 	for _, d := range []time.Duration{1100, 1300, 1500, 1700} {
 		d *= time.Millisecond
 		tok := mint()
