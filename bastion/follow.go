@@ -132,6 +132,7 @@ func (s *Sessions) sync(path string, rotated bool) int64 {
 			delete(s.live, addr)
 			delete(s.closing, addr)
 			delete(s.missing, addr)
+			s.log.Debug("session closed", "client", addr, "by", "sweep")
 		}
 	}
 	for addr, u := range s.unconfirmed {

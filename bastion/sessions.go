@@ -189,6 +189,7 @@ func (s *Sessions) Observe(line string) {
 		}
 		s.mu.Unlock()
 		if known {
+			s.log.Debug("close line read", "client", addr)
 			s.confirmClosed()
 		}
 	}
@@ -253,6 +254,7 @@ func (s *Sessions) confirmClosed() {
 		if ss == nil || !heldBySSHD(conns[addr], ss.inode) {
 			delete(s.live, addr)
 			delete(s.closing, addr)
+			s.log.Debug("session closed", "client", addr, "by", "close line")
 			continue
 		}
 		if now.Sub(since) > closeGrace {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -193,12 +194,19 @@ func (s *Sessions) addrOf(id string) string {
 }
 
 func followSessions(t *testing.T, path string) *Sessions {
-	s := NewSessions(slog.New(slog.DiscardHandler))
+	s, _ := followSessionsLogged(t, path)
+	return s
+}
+
+// followSessionsLogged is followSessions with the follower's log, debug lines included.
+func followSessionsLogged(t *testing.T, path string) (*Sessions, *testenv.SyncBuffer) {
+	logs := &testenv.SyncBuffer{}
+	s := NewSessions(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = s.Follow(ctx, path); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return s
+	return s, logs
 }
 
 func ended(t *testing.T, ls *liveSession, within time.Duration) {
@@ -228,7 +236,7 @@ func TestSessionsFollowRotation(t *testing.T) {
 	for _, kind := range []string{"rename-and-create", "copytruncate"} {
 		t.Run(kind, func(t *testing.T) {
 			r := startSessionRig(t)
-			s := followSessions(t, r.log.path)
+			s, logs := followSessionsLogged(t, r.log.path)
 			rotate := func(during func()) {
 				switch kind {
 				case "rename-and-create":
@@ -255,12 +263,27 @@ func TestSessionsFollowRotation(t *testing.T) {
 			alive(t, b)
 			alive(t, c)
 
-			// A close after the rotation is followed (sooner than the 5 s sweep would notice:
-			// 4.5 s leaves room for a loaded machine, where 3 s failed once in a full -race run).
+			// A close after the rotation is followed: once the follower has read sshd's close
+			// line, that line (confirmed in /proc) is what drops the session, not the sweep. sshd
+			// under a loaded -race run has logged no close line within 4.5 s (a timed check
+			// failed), so the test waits for the drop and asks the follower's debug log which
+			// path dropped it; with no close line read, the sweep (two sweeps in a row) must.
 			if err := c.cmd.Process.Kill(); err != nil {
 				t.Fatal(err)
 			}
-			testenv.Eventually(t, 4500*time.Millisecond, "the follower drops a closed session", func() bool { return !s.tracks(c.id) })
+			testenv.Eventually(t, 15*time.Second, "the follower drops a closed session", func() bool { return !s.tracks(c.id) })
+			addr := clientAddr(t, r.sshd.Log(), c.id)
+			read := strings.Contains(logs.String(), `msg="close line read" client=`+addr)
+			byLine := strings.Contains(logs.String(), `msg="session closed" client=`+addr+` by="close line"`)
+			bySweep := strings.Contains(logs.String(), `msg="session closed" client=`+addr+` by=sweep`)
+			switch {
+			case read && !byLine:
+				t.Errorf("the follower read the close line of %s but did not drop the session by it (sweep: %v):\n%s", addr, bySweep, logs.String())
+			case !read && !bySweep:
+				t.Errorf("session %s was dropped neither by a close line nor by the sweep:\n%s", addr, logs.String())
+			case !read:
+				t.Logf("sshd logged no close line for %s in time; the sweep dropped the session", addr)
+			}
 
 			rotate(func() {})
 			d := r.open()
@@ -355,4 +378,15 @@ func TestSessionsRebuild(t *testing.T) {
 	alive(t, b)
 	r.revoke(s, b.serial)
 	ended(t, b, 5*time.Second)
+}
+
+// clientAddr is the client address ("127.0.0.1:port") of the session whose certificate has key
+// ID id, from sshd's Accepted line.
+func clientAddr(t *testing.T, sshdLog, id string) string {
+	t.Helper()
+	m := regexp.MustCompile(`Accepted publickey for \S+ from (\S+) port (\d+) ssh2: .* ID ` + regexp.QuoteMeta(id) + ` \(serial`).FindStringSubmatch(sshdLog)
+	if m == nil {
+		t.Fatalf("no Accepted line for %s in sshd's log", id)
+	}
+	return m[1] + ":" + m[2]
 }
