@@ -51,9 +51,9 @@ echo "$NAME: minting $TOKENS tokens (the window starts when they are all minted)
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; } # kB
 # metric NAME: a sample of serve's /metrics (diagnostics listener), as an integer.
-metric() { curl -fsS "http://127.0.0.1:$gport/metrics" 2>/dev/null | awk -v n="$1" '$1 == n {printf "%d", $2}'; }
+metric() { curl -fsS "http://127.0.0.1:$gport/metrics" 2>/dev/null | awk -v n="$1" '$1 == n {printf "%.0f", $2}'; }
 heap() { metric go_memstats_heap_inuse_bytes; }
-redisused() { redis-cli -p "$rport" info memory 2>/dev/null | awk -F: '/^used_memory:/ {printf "%d", $2}'; }
+redisused() { redis-cli -p "$rport" info memory 2>/dev/null | awk -F: '/^used_memory:/ {printf "%.0f", $2}'; }
 
 run_bench soak --duration "$DURATION" --concurrency "$CONCURRENCY" --tokens "$TOKENS" >/dev/null &
 bench_pid=$!
