@@ -1,7 +1,6 @@
 package bastion_test
 
 import (
-	"context"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -80,10 +79,7 @@ func startHTTPAgent(t *testing.T, h http.Handler, poll time.Duration) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runAgent(t, a)
 	return krlPath
 }
 
@@ -161,10 +157,7 @@ func TestAgentHTTPReadsCAKeysEveryCARefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runAgent(t, a)
 	waitUntil(t, "version 1 is installed", func() bool { k := installedKRL(t, krlPath); return k != nil && k.Version == 1 })
 	if b, err := os.ReadFile(userCA); err != nil || !strings.HasPrefix(string(b), "ssh-ed25519 ") {
 		t.Fatalf("the user CA keys were not written: %q %v", b, err)
@@ -207,10 +200,7 @@ func TestAgentHTTPNewCAKeyWithinCARefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runAgent(t, a)
 	waitUntil(t, "version 1 is installed", func() bool { k := installedKRL(t, krlPath); return k != nil && k.Version == 1 })
 	time.Sleep(100 * time.Millisecond) // the agent is in its long poll now
 	caKeys.Store(first + next)
