@@ -136,14 +136,8 @@ func TestWatchReloadsOnItsClock(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	clk := clockwork.NewFakeClock()
-	r, err := policies.NewReloader(ctx, dir, nil, policies.WithClock(clk))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- r.Watch(ctx) }()
-	defer func() { cancel(); <-done }()
+	r, clk := clockedReloader(t, ctx, dir)
+	startWatch(t, ctx, cancel, r)
 	first := r.Revision()
 	changed := `{"reason": "second"}`
 	// Renamed into place: one event for data.json (the temporary's name is ignored). Again
@@ -189,17 +183,11 @@ func TestWatchReloadsChangeMadeBeforeIt(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir := copyPolicy(t)
-	clk := clockwork.NewFakeClock()
-	r, err := policies.NewReloader(ctx, dir, nil, policies.WithClock(clk))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, clk := clockedReloader(t, ctx, dir)
 	if err := os.WriteFile(filepath.Join(dir, "broken.rego"), []byte("package sshca\n\ndecision := {"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- r.Watch(ctx) }()
-	defer func() { cancel(); <-done }()
+	startWatch(t, ctx, cancel, r)
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
 	if err := clk.BlockUntilContext(wctx, 1); err != nil {
@@ -217,14 +205,8 @@ func TestWatchNoChangeNoReload(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir := copyPolicy(t)
-	clk := clockwork.NewFakeClock()
-	r, err := policies.NewReloader(ctx, dir, nil, policies.WithClock(clk))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- r.Watch(ctx) }()
-	defer func() { cancel(); <-done }()
+	r, clk := clockedReloader(t, ctx, dir)
+	startWatch(t, ctx, cancel, r)
 	wctx, wcancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer wcancel()
 	if err := clk.BlockUntilContext(wctx, 1); err == nil {
@@ -233,3 +215,22 @@ func TestWatchNoChangeNoReload(t *testing.T) {
 }
 
 const reloadDebounceForTest = 200 * time.Millisecond
+
+// clockedReloader loads the policy in dir into a reloader on a fake clock that only the test
+// moves.
+func clockedReloader(t *testing.T, ctx context.Context, dir string) (*policies.Reloader, *clockwork.FakeClock) {
+	t.Helper()
+	clk := clockwork.NewFakeClock()
+	r, err := policies.NewReloader(ctx, dir, nil, policies.WithClock(clk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, clk
+}
+
+// startWatch runs r.Watch(ctx) until the end of the test, then cancels it and waits for it.
+func startWatch(t *testing.T, ctx context.Context, cancel context.CancelFunc, r *policies.Reloader) {
+	done := make(chan error, 1)
+	go func() { done <- r.Watch(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
