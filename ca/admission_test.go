@@ -81,21 +81,29 @@ func (denyReason) Decide(_ context.Context, in ca.PolicyInput) (ca.Decision, err
 // the refusals, spends the token and reserves the serial (the signer signs with it); the record
 // and the audit entry are one round trip each after the signature. A replayed token and a revoked
 // key or identity are refused without a signature, a request the policy denies keeps its
-// token, and the refusals leave audit records.
-func TestAdmissionOneRoundTripBeforeSigning(t *testing.T) {
-	ctx := context.Background()
+
+// tripRig is a redis-server whose round trips tr counts, its store, and an Ed25519 softkms
+// signer that notes the count when it signs.
+func tripRig(t *testing.T) (*redis.Client, *store.Redis, *trips, *tripSigner) {
+	t.Helper()
 	srv := testenv.StartRedis(t)
 	tr := &trips{}
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { rdb.Close() })
 	rdb.AddHook(tr)
 	db := store.NewRedis(rdb, store.RedisOptions{})
-	key, err := kms.Create(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "ca.pem")}, kms.Ed25519)
+	key, err := kms.Create(context.Background(), kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "ca.pem")}, kms.Ed25519)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { key.Close() })
-	sgn := &tripSigner{Signer: signer.New(key.Signer(), db, signer.Options{}), trips: tr}
+	return rdb, db, tr, &tripSigner{Signer: signer.New(key.Signer(), db, signer.Options{}), trips: tr}
+}
+
+// token, and the refusals leave audit records.
+func TestAdmissionOneRoundTripBeforeSigning(t *testing.T) {
+	ctx := context.Background()
+	rdb, db, tr, sgn := tripRig(t)
 	al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db})
 	alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
 	a, err := ca.New(ca.Config{
@@ -143,7 +151,7 @@ func TestAdmissionOneRoundTripBeforeSigning(t *testing.T) {
 
 	// Revoked key, then blocked identity: refused before any signature.
 	signed = sgn.signatures.Load()
-	if _, err := db.Revoke(ctx, key.Signer().PublicKey(), []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: keyEntryOf(userKey), Expiry: time.Now().Add(time.Hour)}}); err != nil {
+	if _, err := db.Revoke(ctx, sgn.PublicKey(), []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: keyEntryOf(userKey), Expiry: time.Now().Add(time.Hour)}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.Issue(ctx, "t3", req); ca.KindOf(err) != ca.KindDenied || !strings.Contains(err.Error(), "revoked") {
@@ -177,18 +185,7 @@ func TestAdmissionOneRoundTripBeforeSigning(t *testing.T) {
 // still issued, with another serial that the signer reserved itself, one round trip later.
 func TestAdmissionSerialTaken(t *testing.T) {
 	ctx := context.Background()
-	srv := testenv.StartRedis(t)
-	tr := &trips{}
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb.Close() })
-	rdb.AddHook(tr)
-	db := store.NewRedis(rdb, store.RedisOptions{})
-	key, err := kms.Create(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "ca.pem")}, kms.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { key.Close() })
-	sgn := &tripSigner{Signer: signer.New(key.Signer(), db, signer.Options{}), trips: tr}
+	_, db, tr, sgn := tripRig(t)
 	a, err := ca.New(ca.Config{
 		Authenticator: singleUseTokens{ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}},
 		Policy:        denyReason{}, UserSigner: sgn, HostSigner: sgn,
