@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"testing"
-	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
@@ -23,9 +20,7 @@ func TestAppendSurvivesLostReply(t *testing.T) {
 	ctx := context.Background()
 	srv := testenv.StartRedis(t)
 	proxy := testenv.DropReply(t, srv.Addr)
-	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: 500 * time.Millisecond,
-		MaxRetries: 3, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 10 * time.Millisecond})
-	t.Cleanup(func() { rdb.Close() })
+	rdb := proxy.RetryingClient(t)
 	key := []byte("0123456789abcdef0123456789abcdef")
 	for _, marked := range []bool{false, true} {
 		prefix := fmt.Sprintf("lost%v", marked)

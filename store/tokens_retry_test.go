@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
 )
@@ -21,9 +19,7 @@ func TestTokenSpendSurvivesLostReply(t *testing.T) {
 	ctx := context.Background()
 	srv := testenv.StartRedis(t)
 	proxy := testenv.DropReply(t, srv.Addr)
-	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: 500 * time.Millisecond,
-		MaxRetries: 3, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 10 * time.Millisecond})
-	defer rdb.Close()
+	rdb := proxy.RetryingClient(t)
 	now := time.Now()
 	r := NewRedis(rdb, RedisOptions{Now: func() time.Time { return now }})
 	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)

@@ -6,6 +6,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // ReplyDropper is a TCP proxy on loopback in front of a server (redis-server) that, once
@@ -45,6 +48,17 @@ func DropReply(t testing.TB, target string) *ReplyDropper {
 	}()
 	t.Cleanup(func() { ln.Close(); d.wg.Wait() })
 	return d
+}
+
+// RetryingClient is a go-redis client through the proxy that sends a command again after its
+// answer was lost (read timeout 500 ms, three retries, as go-redis retries by default; serve's
+// own clients retry nothing, MaxRetries -1): what a store's writes must survive. It closes
+// with the test.
+func (d *ReplyDropper) RetryingClient(t testing.TB) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: d.Addr, ReadTimeout: 500 * time.Millisecond,
+		MaxRetries: 3, MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 10 * time.Millisecond})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
 }
 
 // Arm makes the next request whose bytes hold marker lose its answer.
