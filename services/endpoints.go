@@ -3,8 +3,6 @@ package services
 import (
 	"context"
 	"encoding/base64"
-	"encoding/binary"
-	"slices"
 	"strconv"
 	"time"
 
@@ -131,128 +129,8 @@ func toCertRequest(kind ca.CertKind, req certRequest) (ca.CertRequest, error) {
 }
 
 // authorizedKeyLine is ssh.MarshalAuthorizedKey(k) without its newline ("<type> <base64>"),
-// built as one string instead of through a buffer, an encoder and two copies. A signed
-// certificate is encoded by certBytes.
+// built as one string instead of through a buffer, an encoder and two copies. The
+// certificate's bytes are x/crypto's Marshal, the encoding its signature was made over.
 func authorizedKeyLine(k ssh.PublicKey) string {
-	blob := []byte(nil)
-	if c, ok := k.(*ssh.Certificate); ok {
-		blob = certBytes(c)
-	}
-	if blob == nil {
-		blob = k.Marshal()
-	}
-	return k.Type() + " " + base64.StdEncoding.EncodeToString(blob)
-}
-
-// certBytes is c.Marshal() (the wire form of PROTOCOL.certkeys §"Certified keys": type, nonce,
-// the key's public fields, serial, type, key ID, principals, validity, critical options,
-// extensions, reserved, signature key, signature) appended into one buffer. x/crypto's Marshal
-// builds it by reflection, through a dozen intermediate slices: about 16 % of the HTTP layer's
-// CPU per certificate and 25 allocations (BenchmarkIssueHTTP). FuzzCertBytes holds it to
-// c.Marshal(). Nil when c has no signature or a key whose encoding does not start with its
-// type (x/crypto's Marshal is then the one to ask).
-func certBytes(c *ssh.Certificate) []byte {
-	if c.Signature == nil || c.Key == nil || c.SignatureKey == nil {
-		return nil
-	}
-	key := c.Key.Marshal()
-	keyType, keyFields, ok := sshString(key)
-	if !ok || len(keyType) == 0 {
-		return nil
-	}
-	sigKey := c.SignatureKey.Marshal()
-	options, extensions := sortedKeys(c.CriticalOptions), sortedKeys(c.Extensions)
-	n := 4 + len(c.Type()) + 4 + len(c.Nonce) + len(keyFields) + 8 + 4 + 4 + len(c.KeyId) + 4 + 8 + 8 + 4 + 4 + 4 + len(c.Reserved) +
-		4 + len(sigKey) + 4 + 4 + len(c.Signature.Format) + 4 + len(c.Signature.Blob) + len(c.Signature.Rest)
-	for _, p := range c.ValidPrincipals {
-		n += 4 + len(p)
-	}
-	for _, m := range []map[string]string{c.CriticalOptions, c.Extensions} {
-		for k, v := range m {
-			n += 4 + len(k) + 4
-			if v != "" {
-				n += 4 + len(v)
-			}
-		}
-	}
-	b := make([]byte, 0, n)
-	b = appendSSHString(b, c.Type())
-	b = appendSSHString(b, c.Nonce)
-	b = append(b, keyFields...)
-	b = binary.BigEndian.AppendUint64(b, c.Serial)
-	b = binary.BigEndian.AppendUint32(b, c.CertType)
-	b = appendSSHString(b, c.KeyId)
-	b = appendLength(b, func(b []byte) []byte {
-		for _, p := range c.ValidPrincipals {
-			b = appendSSHString(b, p)
-		}
-		return b
-	})
-	b = binary.BigEndian.AppendUint64(b, c.ValidAfter)
-	b = binary.BigEndian.AppendUint64(b, c.ValidBefore)
-	for _, t := range []struct {
-		m    map[string]string
-		keys []string
-	}{{c.CriticalOptions, options}, {c.Extensions, extensions}} {
-		b = appendLength(b, func(b []byte) []byte {
-			// Each option: its name, then its value wrapped as a string in a string (empty
-			// for a flag), names in lexical order.
-			for _, k := range t.keys {
-				b = appendSSHString(b, k)
-				if v := t.m[k]; v != "" {
-					b = binary.BigEndian.AppendUint32(b, uint32(4+len(v)))
-					b = appendSSHString(b, v)
-				} else {
-					b = binary.BigEndian.AppendUint32(b, 0)
-				}
-			}
-			return b
-		})
-	}
-	b = appendSSHString(b, c.Reserved)
-	b = appendSSHString(b, sigKey)
-	b = appendLength(b, func(b []byte) []byte {
-		b = appendSSHString(b, c.Signature.Format)
-		b = appendSSHString(b, c.Signature.Blob)
-		return append(b, c.Signature.Rest...)
-	})
-	return b
-}
-
-// appendSSHString appends s as an SSH string (RFC 4251 §5: uint32 length, then the bytes).
-func appendSSHString[T string | []byte](b []byte, s T) []byte {
-	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
-	return append(b, s...)
-}
-
-// appendLength appends what fill appends, as an SSH string: its length first.
-func appendLength(b []byte, fill func([]byte) []byte) []byte {
-	at := len(b)
-	b = fill(append(b, 0, 0, 0, 0))
-	binary.BigEndian.PutUint32(b[at:], uint32(len(b)-at-4))
-	return b
-}
-
-// sshString splits the SSH string at the start of b from the rest.
-func sshString(b []byte) (s, rest []byte, ok bool) {
-	if len(b) < 4 {
-		return nil, nil, false
-	}
-	n := binary.BigEndian.Uint32(b)
-	if uint64(len(b)-4) < uint64(n) {
-		return nil, nil, false
-	}
-	return b[4 : 4+n], b[4+n:], true
-}
-
-func sortedKeys(m map[string]string) []string {
-	if len(m) == 0 {
-		return nil
-	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
+	return k.Type() + " " + base64.StdEncoding.EncodeToString(k.Marshal())
 }
