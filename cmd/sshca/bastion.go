@@ -173,8 +173,8 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		if err != nil {
 			return fmt.Errorf("--redis: %w", err)
 		}
-		// No request deadline here: each call is bounded by about 4 s (2 s an attempt, one retry);
-		// the stream's blocking read has its own bound.
+		// No request deadline here: each call is bounded by its timeouts (1 s to dial, 2 s to read;
+		// go-redis retries nothing, see redisBounds); the stream's blocking read has its own bound.
 		ro := newRedisBounds(4*time.Second, time.Second, 2*time.Second, 0).single(ropts)
 		// The agent follows every CA key's scope with one blocking XREAD and makes its other
 		// reads (CA set, trusted keys, snapshots) one at a time beside it: two connections, a
