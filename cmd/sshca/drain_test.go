@@ -83,3 +83,25 @@ func TestServeDrainsInFlight(t *testing.T) {
 		t.Fatal("serveUntilDone did not return after the last request was answered")
 	}
 }
+
+// TestServeClosesListenerBeforeReturning: when ctx has ended before the serving goroutine
+// got to run (a loop that failed at once, in CI), serveDraining still returns only once the
+// listener is closed: a dial after it returns is refused. It once returned while Serve's own
+// deferred Close was still to come.
+func TestServeClosesListenerBeforeReturning(t *testing.T) {
+	for i := range 200 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := serveUntilDone(ctx, newHTTPServer(http.NotFoundHandler(), testLog(t)), l, "", ""); err != nil {
+			t.Fatalf("run %d: serveUntilDone: %v", i, err)
+		}
+		if c, err := net.Dial("tcp", l.Addr().String()); err == nil {
+			c.Close()
+			t.Fatalf("run %d: the listener still accepts after serveUntilDone returned", i)
+		}
+	}
+}

@@ -243,6 +243,7 @@ func browserSignIn(ctx context.Context, msg io.Writer, lc client.LoginConfig, cl
 	})}
 	go srv.Serve(l)
 	defer srv.Close()
+	defer l.Close() // srv.Close closes l only once Serve has begun to track it
 	fmt.Fprintf(msg, "To sign in, open %s\n", authURL)
 	if err := openBrowser(authURL); err != nil {
 		fmt.Fprintf(msg, "(could not open a browser: %v; open the address yourself)\n", err)

@@ -530,11 +530,19 @@ func serveDraining(ctx context.Context, srv *http.Server, l net.Listener, certFi
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
-	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	err := srv.Shutdown(shutdown)
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		srv.Close()
-		return fmt.Errorf("shutdown: requests still in flight after %s were cut off: %w", drain, err)
+		err = fmt.Errorf("shutdown: requests still in flight after %s were cut off: %w", drain, err)
+	} else {
+		err = nil
 	}
-	return nil
+	// Shutdown closes only the listeners Serve has begun to track: when ctx ended before the
+	// goroutine above got that far, Serve returns ErrServerClosed at once and closes l on its
+	// way out. Closing l here and waiting for Serve makes "returned" mean "not accepting".
+	l.Close()
+	<-errc
+	return err
 }
 
 type checkFunc func(context.Context) error
