@@ -1,6 +1,8 @@
 package services
 
 import (
+	"bufio"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -67,7 +69,7 @@ func newExtra(buckets []float64) extra {
 		}, []string{"ca"}),
 		HTTPRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sshca_http_requests_total",
-			Help: "HTTP requests by endpoint (the route pattern, \"other\" when none matches) and status code, limited and shed ones included.",
+			Help: "HTTP requests by endpoint (the route pattern, \"other\" when none matches) and status code (\"hijacked\" when the handler took the connection over without one), limited and shed ones included.",
 		}, []string{"endpoint", "code"}),
 		HTTPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "sshca_http_request_duration_seconds",
@@ -137,7 +139,9 @@ func (m *Metrics) servedKRL(role string, states []ca.RevocationState, err error)
 //
 // The series are sshca_http_requests_total{endpoint,code} and
 // sshca_http_request_duration_seconds{endpoint}, as promhttp's InstrumentHandlerCounter and
-// InstrumentHandlerDuration would give them (a handler that writes no status counts as 200),
+// InstrumentHandlerDuration would give them (a handler that writes no status counts as 200; one
+// that takes the connection over, a protocol upgrade, counts as the 101 it wrote through
+// net/http or as "hijacked": what it sent on the connection itself is not seen),
 // but the series of a route are looked up once and kept (httpSeries), and the request is
 // passed on as it came: promhttp's label-from-context needs a copy of the request with the
 // pattern in its context, a label map and a response writer wrapper per request, about 10 µs
@@ -184,7 +188,7 @@ func (s *httpSeries) observe(pattern string, code int, took time.Duration) {
 			s.duration[pattern] = d
 		}
 		if c, okC = s.requests[rc]; !okC {
-			c = s.m.HTTPRequests.WithLabelValues(pattern, strconv.Itoa(code))
+			c = s.m.HTTPRequests.WithLabelValues(pattern, codeLabel(code))
 			s.requests[rc] = c
 		}
 		s.mu.Unlock()
@@ -195,29 +199,37 @@ func (s *httpSeries) observe(pattern string, code int, took time.Duration) {
 
 // statusWriter remembers the status code of the answer. Unwrap gives http.ResponseController
 // the writer underneath (the long poll sets its write deadline through it), and Flush flushes
-// it when it can.
+// it when it can. Hijack is its own, so that a connection taken over by its handler (a
+// protocol upgrade) is counted as what it is, not as a 200 that net/http never sent.
 type statusWriter struct {
 	http.ResponseWriter
-	code int
+	code     int
+	hijacked bool
 }
 
+// codeHijacked is the code of a request whose handler took the connection over without
+// writing a status through net/http first: what went over the connection then (a 101
+// written by hand, anything at all) is out of sight. Its label is "hijacked".
+const codeHijacked = -1
+
 func (w *statusWriter) WriteHeader(code int) {
-	// 1xx answers are interim; the status that counts comes after them.
-	if w.code == 0 && code >= 200 {
+	// 1xx answers are interim, except 101 Switching Protocols: net/http sends it as the final
+	// answer (a handler writes it, then hijacks the connection to speak the new protocol).
+	if w.code == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		w.code = code
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(p []byte) (int, error) {
-	if w.code == 0 {
+	if w.code == 0 && !w.hijacked {
 		w.code = http.StatusOK
 	}
 	return w.ResponseWriter.Write(p)
 }
 
 func (w *statusWriter) Flush() {
-	if w.code == 0 {
+	if w.code == 0 && !w.hijacked {
 		w.code = http.StatusOK
 	}
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
@@ -225,12 +237,35 @@ func (w *statusWriter) Flush() {
 	}
 }
 
+// Hijack takes the connection over through the writer underneath (http.ResponseController
+// reaches it as well through Unwrap, but would find this method first). When it fails (HTTP/2,
+// a recorder) nothing changed and the answer is still net/http's to send.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil {
+		w.hijacked = true
+	}
+	return conn, rw, err
+}
+
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// status is the answer's status code: 200 when the handler wrote none (net/http sends 200).
+// status is the answer's status code: what the handler wrote; codeHijacked when it took the
+// connection over before writing one; 200 when it wrote none (net/http sends 200).
 func (w *statusWriter) status() int {
-	if w.code == 0 {
-		return http.StatusOK
+	switch {
+	case w.code != 0:
+		return w.code
+	case w.hijacked:
+		return codeHijacked
 	}
-	return w.code
+	return http.StatusOK
+}
+
+// codeLabel is the code label of a status: its number, or "hijacked".
+func codeLabel(code int) string {
+	if code == codeHijacked {
+		return "hijacked"
+	}
+	return strconv.Itoa(code)
 }

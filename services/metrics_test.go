@@ -1,7 +1,10 @@
 package services_test
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -145,6 +148,92 @@ func TestInstrumentHTTPResponseController(t *testing.T) {
 	for range 2 {
 		if err := <-errs; err != nil {
 			t.Errorf("through InstrumentHTTP: %v", err)
+		}
+	}
+}
+
+// TestInstrumentHTTPHijack: a handler that takes the connection over (a protocol upgrade,
+// found through http.ResponseController or by asserting http.Hijacker as websocket libraries
+// do) is counted as "hijacked", or as the 101 it wrote through net/http before taking it, never
+// as a 200 that net/http did not send; a hijack that fails (a writer that cannot) leaves the
+// answer net/http's, counted by the status it then gets, and a write after the hijack does
+// not turn the count into a 200.
+func TestInstrumentHTTPHijack(t *testing.T) {
+	m := services.NewMetrics(prometheus.NewRegistry())
+	mux := http.NewServeMux()
+	upgrade := func(conn net.Conn, brw *bufio.ReadWriter, err error) {
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
+		_ = brw.Flush()
+	}
+	mux.HandleFunc("GET /controller", func(w http.ResponseWriter, _ *http.Request) {
+		upgrade(http.NewResponseController(w).Hijack())
+		if _, err := w.Write([]byte("late")); err == nil {
+			t.Error("a write after the hijack succeeded")
+		}
+	})
+	mux.HandleFunc("GET /asserted", func(w http.ResponseWriter, _ *http.Request) {
+		h, ok := w.(http.Hijacker)
+		if !ok {
+			t.Error("the writer under InstrumentHTTP is not an http.Hijacker")
+			w.WriteHeader(http.StatusNotImplemented)
+			return
+		}
+		upgrade(h.Hijack())
+	})
+	mux.HandleFunc("GET /switch", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Upgrade", "test")
+		w.Header().Set("Connection", "Upgrade")
+		w.WriteHeader(http.StatusSwitchingProtocols)
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack after 101: %v", err)
+			return
+		}
+		conn.Close()
+	})
+	mux.HandleFunc("GET /cannot", func(w http.ResponseWriter, _ *http.Request) {
+		if _, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			t.Error("a recorder was hijacked")
+		}
+		w.WriteHeader(http.StatusNotImplemented)
+	})
+	h := m.InstrumentHTTP(mux, mux)
+	done := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		done <- struct{}{} // counted: InstrumentHTTP has returned
+	}))
+	defer srv.Close()
+	for _, path := range []string{"/controller", "/asserted", "/switch"} {
+		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: sshca\r\n\r\n", path)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Errorf("%s: client got %d, want 101", path, resp.StatusCode)
+		}
+		conn.Close()
+		<-done
+	}
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/cannot", nil))
+	for _, tt := range []struct {
+		endpoint, code string
+		want           float64
+	}{{"GET /controller", "hijacked", 1}, {"GET /controller", "200", 0}, {"GET /asserted", "hijacked", 1}, {"GET /asserted", "200", 0},
+		{"GET /switch", "101", 1}, {"GET /switch", "200", 0}, {"GET /switch", "hijacked", 0},
+		{"GET /cannot", "501", 1}, {"GET /cannot", "hijacked", 0}} {
+		if got := testutil.ToFloat64(m.HTTPRequests.WithLabelValues(tt.endpoint, tt.code)); got != tt.want {
+			t.Errorf("requests{%s,%s} = %v, want %v", tt.endpoint, tt.code, got, tt.want)
 		}
 	}
 }
