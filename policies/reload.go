@@ -44,6 +44,9 @@ type Reloader struct {
 	// again) is not missed.
 	seen atomic.Value // string
 
+	// testTimeout bounds each Rego test a load of a directory runs (DefaultTestTimeout).
+	testTimeout time.Duration
+
 	mu      sync.Mutex
 	lastErr error
 
@@ -75,6 +78,11 @@ func WithMetrics(reg prometheus.Registerer) ReloaderOption {
 // clock; tests advance a clockwork.FakeClock).
 func WithClock(c clockwork.Clock) ReloaderOption { return func(r *Reloader) { r.clock = c } }
 
+// WithTestTimeout bounds each Rego test that a load of the directory runs (default
+// DefaultTestTimeout, wall clock): a version with a test that runs longer is refused, the test
+// and the bound named.
+func WithTestTimeout(d time.Duration) ReloaderOption { return func(r *Reloader) { r.testTimeout = d } }
+
 // WithLoadOptions adds options for every load (for a bundle reloader, the only way to give
 // them; WithDataFile does not apply to bundles).
 func WithLoadOptions(opts ...Option) ReloaderOption {
@@ -83,7 +91,7 @@ func WithLoadOptions(opts ...Option) ReloaderOption {
 
 // NewReloader loads and tests the policy in dir; it fails when that first version does.
 func NewReloader(ctx context.Context, dir string, loadOpts []Option, opts ...ReloaderOption) (*Reloader, error) {
-	r := &Reloader{dir: dir, opts: loadOpts, log: slog.New(slog.DiscardHandler), clock: clockwork.NewRealClock()}
+	r := &Reloader{dir: dir, opts: loadOpts, log: slog.New(slog.DiscardHandler), clock: clockwork.NewRealClock(), testTimeout: DefaultTestTimeout}
 	r.loader = r.loadDir
 	return r.start(ctx, opts)
 }
@@ -113,7 +121,7 @@ func (r *Reloader) loadDir(ctx context.Context) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := Test(ctx, r.dir); err != nil && !errors.Is(err, errNoTests) {
+	if err := TestWithin(ctx, r.dir, r.testTimeout); err != nil && !errors.Is(err, errNoTests) {
 		return nil, err
 	}
 	return e, nil

@@ -234,3 +234,82 @@ func startWatch(t *testing.T, ctx context.Context, cancel context.CancelFunc, r 
 	go func() { done <- r.Watch(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 }
+
+// endlessPolicy writes a policy of one rule with two Rego tests: test_quick, which passes at
+// once, and, when endless, test_forever, which would run for hours (10^10 steps of every,
+// allocating nothing).
+func endlessPolicy(t *testing.T, dir string, endless bool) {
+	t.Helper()
+	files := map[string]string{
+		"sshca.rego":      "package sshca\n\nimport rego.v1\n\ndecision := {\"allow\": false, \"reasons\": [\"no\"]}\n",
+		"sshca_test.rego": "package sshca\n\nimport rego.v1\n\ntest_quick if not decision.allow\n",
+	}
+	if endless {
+		files["forever_test.rego"] = "package sshca\n\nimport rego.v1\n\ntest_forever if {\n\ts := numbers.range(1, 100000)\n\tevery a in s {\n\t\tevery b in s {\n\t\t\ta + b > 0\n\t\t}\n\t}\n}\n"
+	} else {
+		os.Remove(filepath.Join(dir, "forever_test.rego"))
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReloadRefusesEndlessRegoTest: a policy with a Rego test that never ends is refused, at
+// start and at reload, once the test has run for the bound on each test, with an error naming
+// the test and the bound (not the test that passed); the policy in force stays. The same
+// directory without that test is put in force.
+func TestReloadRefusesEndlessRegoTest(t *testing.T) {
+	ctx := context.Background()
+	const bound = 300 * time.Millisecond
+	dir := t.TempDir()
+	endlessPolicy(t, dir, true)
+	wantNamed := func(err error) {
+		t.Helper()
+		if err == nil {
+			t.Fatal("a policy with an endless Rego test was accepted")
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, "data.sshca.test_forever: did not finish within 300ms") || strings.Contains(msg, "test_quick") {
+			t.Errorf("error = %q, want it to name data.sshca.test_forever and the bound (300ms), not test_quick", msg)
+		}
+	}
+	_, err := policies.NewReloader(ctx, dir, nil, policies.WithTestTimeout(bound))
+	wantNamed(err)
+
+	endlessPolicy(t, dir, false)
+	r, err := policies.NewReloader(ctx, dir, nil, policies.WithTestTimeout(bound))
+	if err != nil {
+		t.Fatalf("without the endless test: %v", err)
+	}
+	good := r.Revision()
+	endlessPolicy(t, dir, true)
+	wantNamed(r.Reload(ctx))
+	if r.Revision() != good {
+		t.Error("the refused policy is in force")
+	}
+	endlessPolicy(t, dir, false)
+	if err := r.Reload(ctx); err != nil {
+		t.Errorf("reload without the endless test: %v", err)
+	}
+}
+
+// TestTestWithinStopsWithContext: when ctx ends before every Rego test has run, the policy is
+// not tested: an error, not the silence of OPA's runner (which skips the tests left, so that a
+// run stopped early had no failures, or "no tests", which a reload lets pass).
+func TestTestWithinStopsWithContext(t *testing.T) {
+	dir := t.TempDir()
+	endlessPolicy(t, dir, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := policies.TestWithin(ctx, dir, time.Hour)
+	if err == nil || !strings.Contains(err.Error(), "before all had run") {
+		t.Errorf("stopped while test_forever ran: %v, want an error saying not all tests ran", err)
+	}
+	done, cancelDone := context.WithCancel(context.Background())
+	cancelDone()
+	if err := policies.TestWithin(done, dir, time.Hour); err == nil || strings.Contains(err.Error(), "no Rego tests") {
+		t.Errorf("with an ended context: %v, want an error saying not all tests ran", err)
+	}
+}
