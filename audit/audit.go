@@ -2,15 +2,25 @@
 // of the one before it, its own sequence number, and a MAC over both and its body (HMAC-SHA256
 // with the audit key, which lives only on the CA servers; SHA-256 without one). Removing,
 // reordering, inserting or changing a record breaks the chain at that record, and Verify says
-// where. Every CA replica appends to the one chain: appends are serialised optimistically (a
-// script appends only if the head is the one the links were computed from; the replica retries
-// from the newer head otherwise), and within a replica the records appended at the same time
-// share one script (group commit).
+// where. Appends to a chain are serialised optimistically (a script appends only if the head
+// is the one the links were computed from), and within a replica the records appended at the
+// same time share one script (group commit).
 //
-// Layout: <prefix>:{audit}:log is a stream of entries {seq, prev, mac, rec}; <prefix>:{audit}:head
-// is "<seq> <mac>" of the last entry, and <prefix>:{audit}:base the base mark: where the chain
-// kept in Redis starts, after Archive wrote the entries before it to a file and trimmed them.
-// All carry the hash tag {audit}, so the scripts work on Redis Cluster.
+// A log is one chain, or several (stripes, Options.Stripes) so that CA replicas do not all
+// race for one head. With one stripe, a replica that lost the race retries from the newer
+// head; with several, the batch moves to the next stripe instead, so replicas that collide
+// settle each on a stripe of its own. Each stripe is a chain as described here, with its own
+// sequence numbers: an entry is identified by (stripe, seq), and the stripes together are not
+// in time order (records carry their time).
+//
+// Layout of stripe 0, the one chain of a log without stripes: <prefix>:{audit}:log is a stream
+// of entries {seq, prev, mac, rec}; <prefix>:{audit}:head is "<seq> <mac>" of the last entry,
+// and <prefix>:{audit}:base the base mark: where the chain kept in Redis starts, after Archive
+// wrote the entries before it to a file and trimmed them. Stripe i >= 1 has the same three keys
+// under the hash tag {audit:i}. Each stripe's keys share one tag, so the scripts work on Redis
+// Cluster and the stripes spread over its masters. <prefix>:{audit}:stripes is the number of
+// stripes ever appended to (absent: one), raised before a Log first appends beyond it and
+// never lowered, so readers walk every stripe whatever they are configured with.
 //
 // A record's MAC is 64 lowercase hex characters: HMAC-SHA256(key, prev ‖ "\n" ‖ seq in decimal ‖
 // "\n" ‖ rec), prev being the MAC of the record before ("" for the first) and rec the record's
@@ -53,6 +63,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,14 +88,21 @@ type Log struct {
 	// marks: Options.Marks.
 	marks *store.Redis
 
-	// Key names, built once: every append names them.
-	headKey, streamKey, markKey string
+	// stripes are the chains this Log appends to (Options.Stripes, at least one), their key
+	// names built once: every append names them.
+	stripes []*stripe
 
 	// lock, a channel of one, is held by the one caller that appends (commit) at a time: a
 	// channel, so that a caller waiting for it also waits for its own record's outcome and
 	// returns once a leader kept it, without waiting behind the next leader's round trip.
-	lock  chan struct{}
-	known string // the head as this replica last saw it
+	// It also guards cur, raised and each stripe's known head.
+	lock chan struct{}
+	// cur is the stripe the next batch goes to: the home stripe until a batch there loses
+	// the race for the head, then the next one, and so on.
+	cur int
+	// raised: the stripe count kept in Redis (Keys.AuditStripes) is known to be at least
+	// len(stripes), so readers walk every stripe this Log may append to.
+	raised bool
 	// link and linkBuf compute the MACs of commit's records (linkMAC): one HMAC reset per
 	// record rather than a new one (two SHA-256 states and their pads) each time.
 	link    hash.Hash
@@ -112,6 +130,30 @@ type Options struct {
 	// snapshot is then noticed by the process's witness, as every other durable tag is. The
 	// CA service sets it; tools that only read or archive the chain need not.
 	Marks *store.Redis
+	// Stripes is the number of chains (stripes) appends spread over: 0 or 1 is one chain,
+	// the keys and behaviour of a log without stripes. Set it to at least the number of CA
+	// replicas appending at once: each settles on a stripe of its own, instead of all of
+	// them racing for one head (and, on Redis Cluster, one master). Readers (Verify, Archive)
+	// walk every stripe ever appended to, whatever this says.
+	Stripes int
+	// Home is the stripe a Log appends to first (taken modulo Stripes); nil picks one at
+	// random, so replicas started together mostly start apart.
+	Home *int
+}
+
+// stripe is one chain of a striped log: its keys, and its head as this Log last saw it.
+type stripe struct {
+	i                                    int
+	tag                                  string
+	headKey, streamKey, baseKey, markKey string
+	known                                string // "<seq> <mac>"; guarded by Log.lock
+}
+
+func newStripe(prefix string, i int) *stripe {
+	keys := store.Keys{Prefix: prefix}
+	tag := store.TagAuditStripe(i)
+	return &stripe{i: i, tag: tag, headKey: keys.AuditStripeHead(i), streamKey: keys.AuditStripeLog(i),
+		baseKey: keys.AuditStripeBase(i), markKey: keys.Mark(tag)}
 }
 
 // KeySize is the size of a generated audit key.
@@ -127,18 +169,24 @@ func New(rdb redis.UniversalClient, o Options) *Log {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
-	keys := store.Keys{Prefix: l.prefix}
-	l.headKey, l.streamKey, l.markKey = keys.AuditHead(), keys.AuditLog(), keys.Mark(store.TagAudit)
+	n := max(o.Stripes, 1)
+	for i := range n {
+		l.stripes = append(l.stripes, newStripe(l.prefix, i))
+	}
+	switch {
+	case o.Home != nil:
+		l.cur = ((*o.Home % n) + n) % n
+	case n > 1:
+		l.cur = rand.IntN(n)
+	}
+	// One stripe is the chain as it was before stripes: nothing to raise.
+	l.raised = n == 1
 	return l
 }
 
-// The chain's keys are named, with every other key of sshca, in store/keys.go.
-func (l *Log) stream() string { return l.streamKey }
-func (l *Log) head() string   { return l.headKey }
-
-// base is the base mark "<seq> <mac> <base mac>" of the last record archived and trimmed away
-// (none when none was): where the chain kept in Redis starts.
-func (l *Log) base() string { return store.Keys{Prefix: l.prefix}.AuditBase() }
+// The chain's keys are named, with every other key of sshca, in store/keys.go. A stripe's
+// base is the base mark "<seq> <mac> <base mac>" of its last record archived and trimmed away
+// (none when none was): where that stripe kept in Redis starts.
 
 // mac is the chain's link: over the previous MAC, the sequence number and the record.
 func (l *Log) mac(prev string, seq uint64, rec []byte) string {
@@ -208,6 +256,7 @@ type pending struct {
 	done     chan error      // receives the outcome once, buffered
 	seq      uint64          // its place in the chain and its MAC, once linked (commit)
 	mac      string
+	stripe   int // the stripe it was kept in
 }
 
 // Append adds rec at the end of the chain, and returns once it is kept (or failed). Records
@@ -301,14 +350,21 @@ func (l *Log) commit(batch []*pending) error {
 			defer cancel()
 		}
 	}
+	if !l.raised {
+		if err := raiseStripesScript.Run(ctx, l.rdb, []string{store.Keys{Prefix: l.prefix}.AuditStripes()}, len(l.stripes)).Err(); err != nil {
+			return fmt.Errorf("audit: append: raise the stripe count: %w", err)
+		}
+		l.raised = true
+	}
 	for range maxAttempts {
-		prevSeq, prev, err := parseHead(l.known)
+		s := l.stripes[l.cur]
+		prevSeq, prev, err := parseHead(s.known)
 		if err != nil {
 			return err
 		}
-		keys := []string{l.head(), l.stream()}
+		keys := []string{s.headKey, s.streamKey}
 		args := make([]any, 0, 3+4*len(batch)+3)
-		args = append(args, l.known, "", len(batch))
+		args = append(args, s.known, "", len(batch))
 		for i, b := range batch {
 			b.seq = prevSeq + 1 + uint64(i)
 			b.mac = l.linkMAC(prev, b.seq, b.body)
@@ -319,10 +375,10 @@ func (l *Log) commit(batch []*pending) error {
 		args[1] = head
 		var mw *store.MarkedWrite
 		if l.marks != nil {
-			if mw, err = l.marks.BeginMarked(ctx, store.TagAudit); err != nil {
+			if mw, err = l.marks.BeginMarked(ctx, s.tag); err != nil {
 				return fmt.Errorf("audit: append: %w", err)
 			}
-			keys = append(keys, l.markKey)
+			keys = append(keys, s.markKey)
 			args = append(args, mw.Args()...)
 		}
 		res, err := appendScript.Run(ctx, l.rdb, keys, args...).Slice()
@@ -333,8 +389,8 @@ func (l *Log) commit(batch []*pending) error {
 			return fmt.Errorf("audit: append: unexpected answer %v", res)
 		}
 		ok, _ := res[0].(int64)
-		l.known, _ = res[1].(string)
-		if ok == 0 && l.known == head {
+		s.known, _ = res[1].(string)
+		if ok == 0 && s.known == head {
 			// The head is the one this batch makes: its MAC chains these very records from
 			// the head they were linked to. An earlier run of this script appended them and
 			// its answer was lost (go-redis runs a script again after a read timeout), so
@@ -355,15 +411,32 @@ func (l *Log) commit(batch []*pending) error {
 			// durable trace, and the decision it records has its own info line (the
 			// request's, which names the same request ID).
 			for _, b := range batch {
+				b.stripe = s.i
 				if l.log.Enabled(b.ctx, slog.LevelDebug) {
-					l.log.DebugContext(b.ctx, "audit", "seq", b.seq, "mac", b.mac, "action", b.rec.Action, "outcome", b.rec.Outcome, "identity", b.rec.Identity)
+					l.log.DebugContext(b.ctx, "audit", "stripe", s.i, "seq", b.seq, "mac", b.mac, "action", b.rec.Action, "outcome", b.rec.Outcome, "identity", b.rec.Identity)
 				}
 			}
 			return nil
 		}
+		// Another replica moved this stripe's head. With one stripe the batch is linked again
+		// to the head the script answered; with several it moves on to the next stripe, so
+		// replicas that collide settle on different stripes instead of racing for one head.
+		l.cur = (l.cur + 1) % len(l.stripes)
 	}
 	return errors.New("audit: append: too much contention for the head of the chain")
 }
+
+// raiseStripesScript raises the stripe count (Keys.AuditStripes, absent: 1) to ARGV[1] and
+// never lowers it; it answers the count kept.
+var raiseStripesScript = redis.NewScript(`
+local cur = tonumber(redis.call('GET', KEYS[1]) or '1') or 1
+local n = tonumber(ARGV[1])
+if n > cur then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return n
+end
+return cur
+`)
 
 // parseHead reads "<seq> <mac>" ("" is the empty log).
 func parseHead(v string) (uint64, string, error) {
@@ -465,31 +538,36 @@ func (l *Log) checkSigned(b baseMark) error {
 	return nil
 }
 
-func (l *Log) readBase(ctx context.Context) (baseMark, error) {
-	v, err := l.rdb.Get(ctx, l.base()).Result()
-	if errors.Is(err, redis.Nil) {
-		return baseMark{}, nil
-	}
-	if err != nil {
-		return baseMark{}, fmt.Errorf("audit: read: %w", err)
-	}
-	return parseBase(v)
-}
-
 // Report is what Verify found.
 type Report struct {
-	Records int    // entries checked (Archive: entries written to the archive)
-	Head    string // MAC of the last entry ("" when none was checked)
-	// BaseSeq is the record the chain in Redis goes on from (0: it starts at the first record).
+	Records int    // entries checked, over every stripe (Archive: entries written to the archive)
+	Head    string // MAC of stripe 0's last entry ("" when none was checked)
+	// BaseSeq is the record stripe 0 in Redis goes on from (0: it starts at the first record).
 	BaseSeq uint64
-	// LegacyBase: the base mark was of the old unsigned form and was accepted because
+	// LegacyBase: a base mark was of the old unsigned form and was accepted because
 	// Options.AcceptLegacyBase is set; nothing proves that no records before it were removed.
+	LegacyBase bool
+	// Stripes is what each stripe walked held, by stripe number: one for a log without
+	// stripes.
+	Stripes []StripeReport
+}
+
+// StripeReport is what one stripe of the chain held.
+type StripeReport struct {
+	Stripe  int
+	Records int    // entries checked
+	HeadSeq uint64 // the last entry's sequence number (BaseSeq when none was checked)
+	Head    string // the last entry's MAC ("" when none was checked)
+	BaseSeq uint64 // the record the stripe in Redis goes on from (0: its first)
+	// LegacyBase: as Report's, for this stripe.
 	LegacyBase bool
 }
 
-// Entry is one record as kept, with its place in the chain.
+// Entry is one record as kept, with its place in the chain: its stripe and, within the
+// stripe, its sequence number (an entry is identified by both).
 type Entry struct {
 	ID      string
+	Stripe  int
 	Seq     uint64
 	Prev    string
 	MAC     string
@@ -498,12 +576,14 @@ type Entry struct {
 	Record  ca.AuditRecord
 }
 
-// Verify walks the whole chain kept in Redis and reports the first entry that breaks it. each,
-// when not nil, sees every entry that checks out, in order. It checks up to the head it read
-// first, so records appended while it runs do not trouble it. A base mark must be signed
-// (ErrBaseNotSigned); a legacy one is refused (ErrLegacyBase) unless Options.AcceptLegacyBase.
+// Verify walks the whole chain kept in Redis, every stripe ever appended to in turn (stripe
+// 0's entries first, then stripe 1's, and so on: not in time order), and reports the first
+// entry that breaks it. each, when not nil, sees every entry that checks out, in that order.
+// It checks each stripe up to the head it read first, so records appended while it runs do
+// not trouble it. A base mark must be signed (ErrBaseNotSigned); a legacy one is refused
+// (ErrLegacyBase) unless Options.AcceptLegacyBase.
 func (l *Log) Verify(ctx context.Context, each func(Entry)) (Report, error) {
-	return l.walk(ctx, func(b baseMark) (bool, error) { return false, nil }, each)
+	return l.walk(ctx, func(int, baseMark) (bool, error) { return false, nil }, each)
 }
 
 // VerifyAfter is Verify for a chain in Redis that must go on from the latest archive, as
@@ -512,8 +592,8 @@ func (l *Log) Verify(ctx context.Context, each func(Entry)) (Report, error) {
 // moved) fails. A legacy base mark that names exactly that record is accepted, the archive
 // vouching for it. An archive with nothing in it constrains nothing.
 func (l *Log) VerifyAfter(ctx context.Context, ar ArchiveReport, each func(Entry)) (Report, error) {
-	return l.walk(ctx, func(b baseMark) (bool, error) {
-		if !ar.positioned() {
+	return l.walk(ctx, func(stripe int, b baseMark) (bool, error) {
+		if stripe != 0 || !ar.positioned() {
 			return false, nil
 		}
 		if b.seq == 0 {
@@ -526,14 +606,67 @@ func (l *Log) VerifyAfter(ctx context.Context, ar ArchiveReport, each func(Entry
 	}, each)
 }
 
-// walk verifies the chain. start sees the base mark before anything else: it answers whether a
-// legacy mark is vouched for, or an error that ends the walk.
-func (l *Log) walk(ctx context.Context, start func(baseMark) (bool, error), each func(Entry)) (Report, error) {
+// maxStripes bounds the stripe count a reader takes from Redis: a count beyond it is damage,
+// not a deployment.
+const maxStripes = 1024
+
+// parseStripes reads the stripe count kept in Redis (nil: absent, one stripe).
+func parseStripes(v any) (int, error) {
+	str, ok := v.(string)
+	if !ok {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(str)
+	if err != nil || n < 1 || n > maxStripes {
+		return 0, fmt.Errorf("audit: the stripe count of the chain is malformed: %.40q (want 1 to %d)", str, maxStripes)
+	}
+	return n, nil
+}
+
+// walk verifies every stripe of the chain, each in turn. start sees each stripe's base mark
+// before anything else of it: it answers whether a legacy mark is vouched for, or an error
+// that ends the walk.
+func (l *Log) walk(ctx context.Context, start func(stripe int, b baseMark) (bool, error), each func(Entry)) (Report, error) {
 	var rep Report
-	marks, err := l.rdb.MGet(ctx, l.base(), l.head()).Result()
+	s0 := newStripe(l.prefix, 0)
+	// Stripe 0's marks and the stripe count share the tag {audit}: one MGET.
+	vals, err := l.rdb.MGet(ctx, s0.baseKey, s0.headKey, store.Keys{Prefix: l.prefix}.AuditStripes()).Result()
 	if err != nil {
 		return rep, fmt.Errorf("audit: read: %w", err)
 	}
+	n, err := parseStripes(vals[2])
+	if err != nil {
+		return rep, err
+	}
+	n = max(n, len(l.stripes))
+	for i := range n {
+		s, marks := s0, vals[:2]
+		if i > 0 {
+			s = newStripe(l.prefix, i)
+			if marks, err = l.rdb.MGet(ctx, s.baseKey, s.headKey).Result(); err != nil {
+				return rep, fmt.Errorf("audit: read: %w", err)
+			}
+		}
+		sr, err := l.walkStripe(ctx, s, marks, start, each)
+		rep.Stripes = append(rep.Stripes, sr)
+		rep.Records += sr.Records
+		rep.LegacyBase = rep.LegacyBase || sr.LegacyBase
+		if i == 0 {
+			rep.Head, rep.BaseSeq = sr.Head, sr.BaseSeq
+		}
+		if err != nil {
+			if n > 1 {
+				err = fmt.Errorf("stripe %d: %w", i, err)
+			}
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+// walkStripe verifies one stripe, whose base mark and head are marks (as MGET answered them).
+func (l *Log) walkStripe(ctx context.Context, s *stripe, marks []any, start func(int, baseMark) (bool, error), each func(Entry)) (StripeReport, error) {
+	rep := StripeReport{Stripe: s.i}
 	mark := func(v any) string { s, _ := v.(string); return s }
 	b, err := parseBase(mark(marks[0]))
 	if err != nil {
@@ -543,7 +676,7 @@ func (l *Log) walk(ctx context.Context, start func(baseMark) (bool, error), each
 	if err != nil {
 		return rep, err
 	}
-	vouched, err := start(b)
+	vouched, err := start(s.i, b)
 	if err != nil {
 		return rep, err
 	}
@@ -557,11 +690,11 @@ func (l *Log) walk(ctx context.Context, start func(baseMark) (bool, error), each
 			return rep, err
 		}
 	}
-	rep.BaseSeq = b.seq
+	rep.BaseSeq, rep.HeadSeq = b.seq, b.seq
 	seq, prev := b.seq, b.mac
 	from := "-"
 	for seq < headSeq {
-		msgs, err := l.rdb.XRangeN(ctx, l.stream(), from, "+", 1000).Result()
+		msgs, err := l.rdb.XRangeN(ctx, s.streamKey, from, "+", 1000).Result()
 		if err != nil {
 			return rep, fmt.Errorf("audit: read: %w", err)
 		}
@@ -573,12 +706,13 @@ func (l *Log) walk(ctx context.Context, start func(baseMark) (bool, error), each
 			if err != nil {
 				return rep, fmt.Errorf("audit: entry %s (after %d good records): %w", m.ID, rep.Records, err)
 			}
+			e.Stripe = s.i
 			if each != nil {
 				each(e)
 			}
 			prev, seq = e.MAC, e.Seq
 			rep.Records++
-			rep.Head = e.MAC
+			rep.Head, rep.HeadSeq = e.MAC, e.Seq
 		}
 		if len(msgs) < 1000 {
 			break
@@ -664,13 +798,21 @@ return 1
 // accepted when prior ends at exactly its record, or with Options.AcceptLegacyBase; it is
 // replaced by a signed one even when there is nothing to trim.
 func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (Report, error) {
+	// TODO(stripes): archive every stripe; until then a striped chain is refused before
+	// anything is written.
+	if v, err := l.rdb.Get(ctx, store.Keys{Prefix: l.prefix}.AuditStripes()).Result(); err == nil && v != "1" {
+		return Report{}, errors.New("audit: archive: the chain has several stripes, which this version cannot archive yet")
+	} else if err != nil && !errors.Is(err, redis.Nil) {
+		return Report{}, fmt.Errorf("audit: read: %w", err)
+	}
+	s0 := l.stripes[0]
 	pos := prior != nil && prior.positioned()
 	var base baseMark
 	var last Entry
 	written, sawEnd := 0, !pos
 	enc := json.NewEncoder(w)
 	var werr error
-	rep, err := l.walk(ctx, func(b baseMark) (bool, error) {
+	rep, err := l.walk(ctx, func(_ int, b baseMark) (bool, error) {
 		base = b
 		if !pos {
 			return false, nil
@@ -727,7 +869,7 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 			return Report{}, fmt.Errorf("audit: archive: %w", err)
 		}
 	}
-	ok, err := trimScript.Run(ctx, l.rdb, []string{l.base(), l.stream()}, base.raw, newBase, last.ID).Int()
+	ok, err := trimScript.Run(ctx, l.rdb, []string{s0.baseKey, s0.streamKey}, base.raw, newBase, last.ID).Int()
 	if err != nil {
 		return Report{}, fmt.Errorf("audit: trim: %w", err)
 	}

@@ -41,6 +41,17 @@ const (
 	TagGeneration = "{gen}"
 )
 
+// TagAuditStripe is the hash tag of audit chain stripe i (audit.Options.Stripes): stripe 0 is
+// the one chain of a log that has a single stripe, TagAudit, so a single chain's keys are what
+// they were before stripes; stripe i >= 1 is "{audit:i}". One tag per stripe, so the stripes
+// of a Redis Cluster spread over its masters and no append names keys of two stripes.
+func TagAuditStripe(i int) string {
+	if i == 0 {
+		return TagAudit
+	}
+	return "{audit:" + strconv.Itoa(i) + "}"
+}
+
 // TagCA is the hash tag of the revocation scope of the CA key with this SHA256 fingerprint.
 func TagCA(fp string) string { return "{ca:" + fp + "}" }
 
@@ -153,14 +164,31 @@ func (k Keys) StoreLayout() string { return k.p() + ":" + TagGeneration + ":layo
 // expiry in unix ms (revocations: refused at signing time whichever CA key signs).
 func (k Keys) RevokedKeys() string { return k.p() + ":" + TagKeys + ":revoked" }
 
-// AuditLog is the audit chain's stream of entries {seq, prev, mac, rec} (audit/).
-func (k Keys) AuditLog() string { return k.p() + ":" + TagAudit + ":log" }
+// AuditLog is the audit chain's stream of entries {seq, prev, mac, rec} (audit/); stripe 0's
+// (AuditStripeLog).
+func (k Keys) AuditLog() string { return k.AuditStripeLog(0) }
 
-// AuditHead is "<seq> <mac>" of the audit chain's last entry (audit/).
-func (k Keys) AuditHead() string { return k.p() + ":" + TagAudit + ":head" }
+// AuditHead is "<seq> <mac>" of the audit chain's last entry (audit/); stripe 0's.
+func (k Keys) AuditHead() string { return k.AuditStripeHead(0) }
 
-// AuditBase is the audit chain's base mark: where the chain starts (audit/).
-func (k Keys) AuditBase() string { return k.p() + ":" + TagAudit + ":base" }
+// AuditBase is the audit chain's base mark: where the chain starts (audit/); stripe 0's.
+func (k Keys) AuditBase() string { return k.AuditStripeBase(0) }
+
+// AuditStripeLog is the stream of audit chain stripe i (TagAuditStripe): entries {seq, prev,
+// mac, rec}.
+func (k Keys) AuditStripeLog(i int) string { return k.p() + ":" + TagAuditStripe(i) + ":log" }
+
+// AuditStripeHead is "<seq> <mac>" of the last entry of audit chain stripe i.
+func (k Keys) AuditStripeHead(i int) string { return k.p() + ":" + TagAuditStripe(i) + ":head" }
+
+// AuditStripeBase is the base mark of audit chain stripe i: where that stripe starts in Redis.
+func (k Keys) AuditStripeBase(i int) string { return k.p() + ":" + TagAuditStripe(i) + ":base" }
+
+// AuditStripes is the number of audit chain stripes ever appended to, in decimal (absent: one),
+// in stripe 0's tag: only raised (by a script, before a Log first appends to a stripe beyond
+// it), so readers walk every stripe that may hold records even after the configured number
+// was lowered.
+func (k Keys) AuditStripes() string { return k.p() + ":" + TagAudit + ":stripes" }
 
 // Probe is the readiness probe's key in a hash tag ("" for the untagged one), written with a
 // 5 s expiry.
@@ -293,6 +321,12 @@ func (k Keys) Layout() []KeySpec {
 		{k.AuditLog(), "AuditLog", TagAudit, "audit", ReadByCA},
 		{k.AuditHead(), "AuditHead", TagAudit, "audit", ReadByCA},
 		{k.AuditBase(), "AuditBase", TagAudit, "audit", ReadByCA},
+		{k.AuditStripes(), "AuditStripes", TagAudit, "audit", ReadByCA},
+		{k.AuditStripeLog(1), "AuditStripeLog", TagAuditStripe(1), "audit", ReadByCA},
+		{k.AuditStripeHead(1), "AuditStripeHead", TagAuditStripe(1), "audit", ReadByCA},
+		{k.AuditStripeBase(1), "AuditStripeBase", TagAuditStripe(1), "audit", ReadByCA},
+		{k.Probe(TagAuditStripe(1)), "Probe", TagAuditStripe(1), "probe", ReadByCA},
+		{k.Mark(TagAuditStripe(1)), "Mark", TagAuditStripe(1), "mark", ReadByCA},
 		{k.Probe(TagInventory), "Probe", TagInventory, "probe", ReadByCA},
 		{k.Probe(TagAudit), "Probe", TagAudit, "probe", ReadByCA},
 		{k.Probe(TagIdentities), "Probe", TagIdentities, "probe", ReadByCA},

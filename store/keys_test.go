@@ -141,9 +141,9 @@ func TestLayoutNamesEveryBuilder(t *testing.T) {
 		if got := hashTag(k.Example); got != k.Tag {
 			t.Errorf("%s hashes on %q, want %q", k.Example, got, k.Tag)
 		}
-		// A CA key's tags and a recorded session's (on the recordings Redis) are one per key
-		// or session, not fixed.
-		if k.Tag != "" && k.Role != "probe" && !strings.HasPrefix(k.Tag, "{ca:") && !strings.HasPrefix(k.Tag, "{rec:") {
+		// A CA key's tags, a recorded session's (on the recordings Redis) and the audit
+		// chain's stripes beyond the first are one per key, session or stripe, not fixed.
+		if k.Tag != "" && k.Role != "probe" && !strings.HasPrefix(k.Tag, "{ca:") && !strings.HasPrefix(k.Tag, "{rec:") && !strings.HasPrefix(k.Tag, "{audit:") {
 			tags[k.Tag] = true
 		}
 	}

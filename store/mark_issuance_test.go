@@ -123,3 +123,35 @@ func TestMarkOfIssuanceTagsReadBeforeSigning(t *testing.T) {
 		t.Fatalf("inventory mark gone, signing-time check: %v, want ErrStateLost", err)
 	}
 }
+
+// TestMarkOfAuditStripesReadBeforeSigning: with the audit chain in stripes
+// (RedisOptions.AuditStripes), the signing-time check reads the mark of every stripe, not only
+// {audit}'s: a stripe's tag lost alone (a Cluster master rolled back) fails issuance before
+// anything is signed, though no append to that stripe came first. A store told of one stripe
+// does not read it (the control: the same loss passes its check).
+func TestMarkOfAuditStripesReadBeforeSigning(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	w := &store.Witness{}
+	one := store.NewRedis(rdb, store.RedisOptions{Witness: w})
+	three := store.NewRedis(rdb, store.RedisOptions{Witness: w, AuditStripes: 3})
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
+	l := audit.New(rdb, audit.Options{Marks: three, Stripes: 3, Home: new(2)})
+	for i := range 2 {
+		if err := l.Append(ctx, ca.AuditRecord{Time: time.Now(), Action: ca.ActionUser, Outcome: "issued", Serial: uint64(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if why, err := three.Refused(ctx, caKey, nil, key); err != nil || why != "" {
+		t.Fatalf("intact: %q %v", why, err)
+	}
+	rdb.Del(ctx, store.Keys{}.Mark(store.TagAuditStripe(2)))
+	if why, err := one.Refused(ctx, caKey, nil, key); err != nil || why != "" {
+		t.Fatalf("a store told of one stripe: %q %v; the control should not read stripe 2's mark", why, err)
+	}
+	if _, err := three.Refused(ctx, caKey, nil, key); !errors.Is(err, store.ErrStateLost) {
+		t.Fatalf("stripe 2's mark gone, signing-time check: %v, want ErrStateLost", err)
+	}
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +25,12 @@ type RedisOptions struct {
 	// WaitTimeout bounds each WAIT (default DefaultWaitTimeout, and never more than half of
 	// what the request's deadline leaves).
 	WaitTimeout time.Duration
+	// AuditStripes is the number of audit chain stripes this process appends to
+	// (audit.Options.Stripes; 0 or 1: the one chain, {audit}). Refused checks the mark of
+	// each, not only stripe 0's: an append may move to any of them, and on a Redis Cluster
+	// each may sit on another master and be rolled back alone. One more read in the same
+	// round trip per stripe beyond the first.
+	AuditStripes int
 }
 
 // Redis keeps sshca's shared state in Redis, every role in its own file, every key named in
@@ -53,6 +60,9 @@ type Redis struct {
 	fixed struct{ blocked, live, tokensRefused, revokedKeys string }
 	// genArgs is the generation last passed to a marked write, boxed (MarkedWrite.Args).
 	genArgs atomic.Pointer[boxedGeneration]
+	// auditStripeTags are the tags of the audit stripes beyond the first
+	// (RedisOptions.AuditStripes), whose marks Refused checks beside {audit}'s.
+	auditStripeTags []string
 }
 
 // readMark queues HMGET id epoch n of tag's mark on p (parseMark reads its answer).
@@ -99,7 +109,10 @@ func NewRedis(rdb redis.UniversalClient, o RedisOptions) *Redis {
 	r.fixed.tokensRefused, r.fixed.revokedKeys = r.keys.TokensRefused(), r.keys.RevokedKeys()
 	r.marks = make(map[string]string, len(MarkedTags))
 	r.markReads = make(map[string][]any, len(MarkedTags))
-	for _, tag := range MarkedTags {
+	for i := 1; i < o.AuditStripes; i++ {
+		r.auditStripeTags = append(r.auditStripeTags, TagAuditStripe(i))
+	}
+	for _, tag := range slices.Concat(MarkedTags, r.auditStripeTags) {
 		k := r.keys.Mark(tag)
 		r.marks[tag] = k
 		r.markReads[tag] = []any{"hmget", k, "id", "epoch", "n"}

@@ -252,7 +252,8 @@ func (r *Redis) block(ctx context.Context, tag, key string, pairs []any) error {
 // revoked under the signing CA key's scope or under any other (Keys.RevokedKeys; the scope
 // check also covers keys revoked before that set existed), or the identity blocked. The same
 // round trip reads the marks of the tags it depends on, and of the tags issuance writes to
-// (token ledger, audit; the inventory is one of the first): a store that lost any of them is
+// (token ledger, audit, each of its stripes: RedisOptions.AuditStripes; the inventory is one of
+// the first): a store that lost any of them is
 // ErrStateLost (no certificate until it is rebuilt), found before anything is signed. While the store's layout is 1, it also
 // reads the blocks that replicas of layout 1 write (Keys.LegacyBlocked) and the store's
 // layout; once that says the store is migrated, neither is read again. The identity check
@@ -292,6 +293,7 @@ func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, caKey ssh.P
 	// The tags issuance writes (inventory, token ledger, audit) are checked here too, before
 	// anything is signed, at no extra round trip.
 	rc := &refusedCmds{identities: identities, tags: []string{TagCA(fp), TagKeys, TagInventory, TagTokens, TagAudit}}
+	rc.tags = append(rc.tags, r.auditStripeTags...)
 	legacy := !r.migrated.Load()
 	if legacy {
 		rc.tags = append(rc.tags, TagIdentities)
