@@ -125,6 +125,13 @@ func (e *Engine) selfCheck(ctx context.Context, tests checkTests) (SelfCheck, er
 		if err := check("check request", i, inputValue(in)); err != nil {
 			return SelfCheck{}, err
 		}
+		// Decide's own input (lazyInput) must get the same answer as the document it stands
+		// for, error or not.
+		want, werr := e.compiled.Eval(ctx, inputValue(in))
+		got, gerr := e.compiled.Eval(ctx, lazyInput(in))
+		if (werr != nil) != (gerr != nil) || (got == nil) != (want == nil) || (got != nil && ast.Compare(got, want) != 0) {
+			return SelfCheck{}, fmt.Errorf("compiled evaluation of check request %d differs with Decide's input", i)
+		}
 	}
 	for i, in := range tests.inputs {
 		if err := check("Rego test input", i, in); err != nil {

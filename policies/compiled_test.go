@@ -97,6 +97,10 @@ func TestCompiledMatchesTopdown(t *testing.T) {
 		if ast.Compare(c, it) != 0 {
 			t.Fatalf("input %d %+v:\ncompiled    %v\ninterpreted %v", i, in, c, it)
 		}
+		// Decide's own input: its objects made as the plan reads them (lazyInput).
+		if l, err := e.compiled.Eval(context.Background(), lazyInput(in)); err != nil || ast.Compare(l, c) != 0 {
+			t.Fatalf("input %d %+v:\ncompiled on lazyInput %v (%v)\ncompiled            %v", i, in, l, err, c)
+		}
 		if strings.Contains(c.String(), `"allow": true`) {
 			allowed++
 		} else {

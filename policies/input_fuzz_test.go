@@ -14,6 +14,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/policies/plan"
 )
 
 // fuzzKinds are the kinds a fuzzed input draws from; a last choice takes a string from the data.
@@ -235,6 +236,64 @@ func checkInputValue(t *testing.T, in ca.PolicyInput) {
 	}
 	if diff := cmp.Diff(canonical(t, b), canonical(t, seen)); diff != "" {
 		t.Fatalf("inputValue writes values differently from the JSON form (-json +inputValue):\n%s", diff)
+	}
+	checkLazyInput(t, in, got)
+}
+
+// checkLazyInput: lazyInput(in), Decide's input on the compiled path, is want (inputValue(in))
+// member by member, before and after it is made whole, and is nil exactly when want is.
+func checkLazyInput(t *testing.T, in ca.PolicyInput, want ast.Value) {
+	t.Helper()
+	lazy := lazyInput(in)
+	if (lazy == nil) != (want == nil) {
+		t.Fatalf("lazyInput %v, inputValue %v: both or neither must refuse %#v", lazy, want, in)
+	}
+	if lazy == nil {
+		return
+	}
+	sameMembers(t, "input", lazy, want)
+	whole := lazy
+	if o, ok := lazy.(*plan.Object); ok {
+		whole = o.Value()
+	}
+	if whole.Compare(want) != 0 {
+		t.Fatalf("lazyInput made whole differs from inputValue:\n got %v\nwant %v", whole, want)
+	}
+	if _, ok := whole.(ast.Object); !ok {
+		t.Fatalf("lazyInput made whole is a %T", whole)
+	}
+}
+
+// sameMembers: got, a plan.Object or an OPA value, has want's members, each looked up by key
+// and listed by index, and no other.
+func sameMembers(t *testing.T, path string, got, want ast.Value) {
+	t.Helper()
+	o, ok := got.(*plan.Object)
+	if !ok {
+		if got.Compare(want) != 0 {
+			t.Fatalf("%s: %v, want %v", path, got, want)
+		}
+		return
+	}
+	obj, ok := want.(ast.Object)
+	if !ok || o.Fields.Len() != obj.Len() {
+		t.Fatalf("%s: an object of %d members, want %v", path, o.Fields.Len(), want)
+	}
+	for _, k := range obj.Keys() {
+		g := o.Fields.Get(string(k.Value.(ast.String)))
+		if g == nil {
+			t.Fatalf("%s: no member %v", path, k)
+		}
+		sameMembers(t, path+"."+string(k.Value.(ast.String)), g.Value, obj.Get(k).Value)
+	}
+	for i := range o.Fields.Len() {
+		k, v := o.Fields.Member(i)
+		if w := obj.Get(k); w == nil || v != o.Fields.Get(string(k.Value.(ast.String))) {
+			t.Fatalf("%s: member %d, %v, is not the one Get finds, or not in %v", path, i, k, want)
+		}
+	}
+	if o.Fields.Get("no such member") != nil {
+		t.Fatalf("%s: a member that is not there", path)
 	}
 }
 

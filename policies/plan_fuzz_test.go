@@ -84,6 +84,7 @@ func FuzzPlanMatchesTopdown(f *testing.F) {
 			t.Skip()
 		}
 		c, it, cerr, ierr := p.engine.evalBoth(context.Background(), input)
+		sameDeferred(t, p, input, c, cerr)
 		switch {
 		case cerr != nil:
 			return
@@ -109,6 +110,13 @@ func planSeeds() []string {
 		`{"kind": "user", "names": ["*", "a.dev.internal", "x.dev.internal.evil", "", "ünïcode", "[ab]", "b", "a\u0000b", "*.dev.internal"], "xs": [1, 5, 3.5], "obj": {"": 1, "k": 2}}`,
 		`{"kind": "host", "names": [], "xs": [], "obj": {}}`,
 		`{"kind": "", "names": ["never", "never"], "xs": [4, 4.0], "obj": {"k": null}}`,
+		// For whole_objects.rego: objects of the input compared, collected, given to
+		// built-ins, looked up with keys of other types, and a conflict between two.
+		`{"obj": {"k": {"k": 5}}, "obj2": {"k": {"k": 5}}, "key": "k", "n": 1}`,
+		`{"obj": {"k": 1}, "obj2": {"k": 1.0}, "key": 1, "n": 1, "xs": [{"k": 1}]}`,
+		`{"obj": {"k": {"k": 5}, "": {}}, "obj2": {"k": 2}, "key": {"k": 1}, "n": 1}`,
+		`{"obj": {}, "obj2": {}, "key": null, "n": 2}`,
+		`{"obj": [1], "obj2": "x", "key": 0}`,
 	}
 	// A long list: every name, matched or not, and every element of a set that fills.
 	long := make([]string, 2000)
@@ -179,9 +187,69 @@ func TestPlanPolicies(t *testing.T) {
 				t.Fatal(err)
 			}
 			c, it, cerr, ierr := p.engine.evalBoth(context.Background(), v)
+			sameDeferred(t, p, v, c, cerr)
 			if cerr == nil && (ierr != nil || (c == nil) != (it == nil) || (c != nil && ast.Compare(c, it) != 0)) {
 				t.Errorf("%s on %s:\ncompiled    %v\ninterpreted %v (%v)", p.name, in, c, it, ierr)
 			}
 		}
 	}
+}
+
+// sameDeferred: the plan gives input, with each object reached through objects' members (the
+// document itself, input.obj, input.obj.k) as a plan.Object whose members are made as they
+// are looked up (what Decide gives it), the answer it gave the same document as OPA values:
+// compiled and its error cerr (as evalBoth returns them).
+func sameDeferred(t *testing.T, p planPolicy, input ast.Value, compiled ast.Value, cerr error) {
+	t.Helper()
+	v, err := p.engine.compiled.Eval(context.Background(), deferred(input))
+	if err == nil && v != nil {
+		raw, jerr := ast.JSON(v) // as evalBoth turns the answer into its rego API form
+		if jerr == nil {
+			v, jerr = ast.InterfaceToValue(raw)
+		}
+		if jerr != nil {
+			t.Fatalf("%s: the answer on the deferred input has no JSON form: %v", p.name, jerr)
+		}
+	}
+	if (err != nil) != (cerr != nil) || (v == nil) != (compiled == nil) || (v != nil && ast.Compare(v, compiled) != 0) {
+		t.Fatalf("%s on %v:\ndeferred input %v (%v)\nOPA values     %v (%v)", p.name, input, v, err, compiled, cerr)
+	}
+}
+
+// deferred is v with each object reached through objects' members a plan.Object
+// (deferredFields); what sits in arrays and sets stays as it is.
+func deferred(v ast.Value) ast.Value {
+	obj, ok := v.(ast.Object)
+	if !ok {
+		return v
+	}
+	f := &deferredFields{obj: obj, keys: obj.Keys()}
+	f.values = make([]*ast.Term, len(f.keys))
+	return &plan.Object{Fields: f}
+}
+
+// deferredFields are an OPA object's members made on first read, and kept (plan.Fields).
+type deferredFields struct {
+	obj    ast.Object
+	keys   []*ast.Term
+	values []*ast.Term
+}
+
+func (f *deferredFields) Len() int { return len(f.keys) }
+
+func (f *deferredFields) Member(i int) (key, value *ast.Term) {
+	if f.values[i] == nil {
+		f.values[i] = ast.NewTerm(deferred(f.obj.Get(f.keys[i]).Value))
+	}
+	return f.keys[i], f.values[i]
+}
+
+func (f *deferredFields) Get(key string) *ast.Term {
+	for i, k := range f.keys {
+		if s, ok := k.Value.(ast.String); ok && string(s) == key {
+			_, v := f.Member(i)
+			return v
+		}
+	}
+	return nil
 }

@@ -215,7 +215,7 @@ func (e *Engine) Decide(ctx context.Context, in ca.PolicyInput) (ca.Decision, er
 	if err := ctx.Err(); err != nil {
 		return ca.Decision{}, fmt.Errorf("policies: eval: %w", err)
 	}
-	input := inputValue(in)
+	input := lazyInput(in)
 	if input == nil {
 		return ca.Decision{}, errNoInput
 	}

@@ -471,7 +471,8 @@ func (r *run) pop(f []*ast.Term) {
 // undefined. An error is a conflict (a complete rule or an object key with two values), a
 // query with more than one result, a halting built-in error, or a fault of the evaluator
 // itself (recovered): the caller decides the request another way (the policies package asks
-// topdown). Eval never writes to input.
+// topdown). Eval never writes to input, but for the OPA form of an *Object of it (Object),
+// which it puts in place of the *Object in the term that holds it.
 func (p *Program) Eval(ctx context.Context, input ast.Value) (_ ast.Value, err error) {
 	defer func() {
 		// A fault of the evaluator must deny, not take the request down with it.
@@ -539,7 +540,7 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 		case *ir.AssignVarOnceStmt:
 			v := r.operand(f, s.Source)
 			if cur := f[s.Target]; cur != nil {
-				if ast.Compare(cur.Value, v.Value) != 0 {
+				if ast.Compare(concrete(cur).Value, concrete(v).Value) != 0 {
 					return 0, r.conflict(s.Location, "complete rules must not produce multiple outputs")
 				}
 				continue // equal (1 and 1.0 are): the first value stays, as in topdown
@@ -586,12 +587,12 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 			r.ret = f[s.Source]
 			return returning, nil
 		case *ir.EqualStmt:
-			a, b := r.operand(f, s.A), r.operand(f, s.B)
+			a, b := concrete(r.operand(f, s.A)), concrete(r.operand(f, s.B))
 			if a == nil || b == nil || ast.Compare(a.Value, b.Value) != 0 {
 				return 0, nil
 			}
 		case *ir.NotEqualStmt:
-			a, b := r.operand(f, s.A), r.operand(f, s.B)
+			a, b := concrete(r.operand(f, s.A)), concrete(r.operand(f, s.B))
 			if a == nil || b == nil || ast.Compare(a.Value, b.Value) == 0 {
 				return 0, nil
 			}
@@ -622,11 +623,11 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 		case *ir.ArrayAppendStmt:
 			arr := f[s.Array].Value.(*ast.Array)
 			// In place, as the plan expects: every local holding this array sees the element.
-			*arr = *arr.Append(r.operand(f, s.Value))
+			*arr = *arr.Append(concrete(r.operand(f, s.Value)))
 		case *ir.ObjectInsertStmt:
-			r.object(f[s.Object]).Insert(r.operand(f, s.Key), r.operand(f, s.Value))
+			r.object(f[s.Object]).Insert(concrete(r.operand(f, s.Key)), concrete(r.operand(f, s.Value)))
 		case *ir.ObjectInsertOnceStmt:
-			k, v := r.operand(f, s.Key), r.operand(f, s.Value)
+			k, v := concrete(r.operand(f, s.Key)), concrete(r.operand(f, s.Value))
 			if cur := f[s.Object].Value.(ast.Object).Get(k); cur != nil {
 				if ast.Compare(cur.Value, v.Value) != 0 {
 					return 0, r.conflict(s.Location, "object keys must be unique")
@@ -635,7 +636,7 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 			}
 			r.object(f[s.Object]).Insert(k, v)
 		case *ir.SetAddStmt:
-			r.set(f[s.Set]).Add(r.operand(f, s.Value))
+			r.set(f[s.Set]).Add(concrete(r.operand(f, s.Value)))
 		case *ir.LenStmt:
 			n, ok := length(r.operand(f, s.Source))
 			if !ok {
@@ -656,7 +657,7 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 			}
 		case *ir.ResultSetAddStmt:
 			// The result set is a set: the same result twice is one result.
-			if v := f[s.Value]; !slices.ContainsFunc(r.out, func(t *ast.Term) bool { return ast.Compare(t.Value, v.Value) == 0 }) {
+			if v := concrete(f[s.Value]); !slices.ContainsFunc(r.out, func(t *ast.Term) bool { return ast.Compare(t.Value, v.Value) == 0 }) {
 				r.out = append(r.out, v)
 			}
 		case *ir.NopStmt:
@@ -685,16 +686,22 @@ func (r *run) object(t *ast.Term) ast.Object {
 	return t.Value.(ast.Object)
 }
 
-func isArray(v ast.Value) bool  { _, ok := v.(*ast.Array); return ok }
-func isObject(v ast.Value) bool { _, ok := v.(ast.Object); return ok }
-func isSet(v ast.Value) bool    { _, ok := v.(ast.Set); return ok }
+func isArray(v ast.Value) bool { _, ok := v.(*ast.Array); return ok }
+func isObject(v ast.Value) bool {
+	switch v.(type) {
+	case ast.Object, *Object:
+		return true
+	}
+	return false
+}
+func isSet(v ast.Value) bool { _, ok := v.(ast.Set); return ok }
 
 // scan runs s's block for each element of its source. As in OPA's Wasm compilation, a scan is
 // two blocks deep: leaving its block (0) moves to the next element, leaving one more (1) ends
 // the scan. It returns -1 to go on after the scan, or the depth still to leave from the block
 // that holds it.
 func (r *run) scan(f []*ast.Term, s *ir.ScanStmt) (int, error) {
-	src := f[s.Source]
+	src := concrete(f[s.Source])
 	if src == nil {
 		return -1, nil
 	}
@@ -756,7 +763,7 @@ func (r *run) call(f []*ast.Term, s *callStmt) (*ast.Term, error) {
 		}
 		args := r.args[:len(s.Args)]
 		for i, a := range s.Args {
-			if args[i] = r.operand(f, a); args[i] == nil {
+			if args[i] = concrete(r.operand(f, a)); args[i] == nil {
 				return nil, nil
 			}
 		}
@@ -896,8 +903,14 @@ func dot(src, key *ast.Term) *ast.Term {
 		return nil
 	}
 	switch c := src.Value.(type) {
+	case *Object:
+		// Its members' keys are strings: any other key finds nothing, as in its OPA form.
+		if k, ok := key.Value.(ast.String); ok {
+			return c.Fields.Get(string(k))
+		}
+		return nil
 	case ast.Object:
-		return c.Get(key)
+		return c.Get(concrete(key))
 	case *ast.Array:
 		n, ok := key.Value.(ast.Number)
 		if !ok {
@@ -909,7 +922,7 @@ func dot(src, key *ast.Term) *ast.Term {
 		}
 		return c.Elem(i)
 	case ast.Set:
-		if c.Contains(key) {
+		if c.Contains(concrete(key)) {
 			return key
 		}
 	}
@@ -925,6 +938,8 @@ func length(t *ast.Term) (int, bool) {
 		return c.Len(), true
 	case ast.Object:
 		return c.Len(), true
+	case *Object:
+		return c.Fields.Len(), true
 	case ast.Set:
 		return c.Len(), true
 	case ast.String:

@@ -1,0 +1,228 @@
+package policies
+
+import (
+	"github.com/open-policy-agent/opa/v1/ast"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/policies/plan"
+)
+
+// lazyInput is the input document for the compiled path: inputValue's value, with the
+// document, identity and request objects as plan.Objects whose members are made only when
+// the policy reads them. A user certificate's decision reads about a third of the members;
+// inputValue makes all of them, about 45 allocations, where this makes one and then one per
+// string member read. The evaluator turns an object into inputValue's form the first time
+// anything but a member lookup reads it (plan.Object), so what a policy can see is
+// inputValue's document (TestLazyInputIsInputValue, FuzzInputValue; the self-check at load
+// and TestCompiledMatchesTopdown decide through it).
+//
+// An input with an access request is inputValue's as it is (access requests are rare, and
+// their objects nest deeper). It is nil when inputValue is.
+func lazyInput(in ca.PolicyInput) ast.Value {
+	if !in.AccessRequest.IsZero() {
+		return inputValue(in)
+	}
+	d := &lazyDoc{in: in}
+	d.claims = emptyObject
+	if len(in.Identity.Claims) > 0 {
+		// Made at once: claims that have no JSON form must fail the decision before it runs.
+		v, err := claimsValue(in.Identity.Claims)
+		if err != nil {
+			return nil
+		}
+		d.claims = ast.NewTerm(v)
+	}
+	k := &inputKeys
+	d.doc.d, d.identity.d, d.request.d = d, d, d
+	d.doc.add(k.kind, fieldKind)
+	d.doc.add(k.identity, fieldIdentity)
+	d.doc.add(k.request, fieldRequest)
+	d.doc.add(k.now, fieldNow)
+	for _, m := range []struct {
+		key *ast.Term
+		f   inputField
+	}{{k.issuer, fieldIssuer}, {k.subject, fieldSubject}, {k.email, fieldEmail}, {k.username, fieldUsername},
+		{k.groups, fieldGroups}, {k.amr, fieldAMR}, {k.workload, fieldWorkload}, {k.claims, fieldClaims}} {
+		d.identity.add(m.key, m.f)
+	}
+	// omitempty in ca.Identity and ca.PolicyRequest: absent when zero, as in the JSON.
+	if in.Identity.ACR != "" {
+		d.identity.add(k.acr, fieldACR)
+	}
+	if in.Identity.AuthTime != 0 {
+		d.identity.add(k.authTime, fieldAuthTime)
+	}
+	for _, m := range []struct {
+		key *ast.Term
+		f   inputField
+	}{{k.principals, fieldPrincipals}, {k.ttlSeconds, fieldTTLSeconds}, {k.keyType, fieldKeyType},
+		{k.keyFingerprint, fieldKeyFingerprint}, {k.sourceIP, fieldSourceIP}, {k.reason, fieldReason}} {
+		d.request.add(m.key, m.f)
+	}
+	if in.Request.Target != "" {
+		d.request.add(k.target, fieldTarget)
+	}
+	d.docObj.Fields, d.identityObj.Fields, d.requestObj.Fields = &d.doc, &d.identity, &d.request
+	return &d.docObj
+}
+
+// inputField names a member of the input document (lazyDoc.make).
+type inputField uint8
+
+const (
+	fieldKind inputField = iota
+	fieldIdentity
+	fieldRequest
+	fieldNow
+	fieldIssuer
+	fieldSubject
+	fieldEmail
+	fieldUsername
+	fieldGroups
+	fieldAMR
+	fieldWorkload
+	fieldClaims
+	fieldACR
+	fieldAuthTime
+	fieldPrincipals
+	fieldTTLSeconds
+	fieldKeyType
+	fieldKeyFingerprint
+	fieldSourceIP
+	fieldReason
+	fieldTarget
+)
+
+// lazyDoc is one decision's input: one allocation for the objects, their members' terms and
+// the first strings' terms.
+type lazyDoc struct {
+	in                              ca.PolicyInput
+	claims                          *ast.Term
+	doc, identity, request          lazyMembers
+	docObj, identityObj, requestObj plan.Object
+	slab                            [16]ast.Term
+	used                            int
+}
+
+// maxMembers is the most members an object of the document has (the identity: ten).
+const maxMembers = 10
+
+// lazyMembers are one object's members (plan.Fields): their values are made on first read
+// and kept, as plan.Fields requires.
+type lazyMembers struct {
+	d      *lazyDoc
+	n      int
+	names  [maxMembers]string
+	keys   [maxMembers]*ast.Term
+	fields [maxMembers]inputField
+	values [maxMembers]*ast.Term
+}
+
+func (m *lazyMembers) add(key *ast.Term, f inputField) {
+	m.names[m.n], m.keys[m.n], m.fields[m.n] = string(key.Value.(ast.String)), key, f
+	m.n++
+}
+
+func (m *lazyMembers) Len() int { return m.n }
+
+func (m *lazyMembers) Member(i int) (key, value *ast.Term) { return m.keys[i], m.value(i) }
+
+func (m *lazyMembers) Get(key string) *ast.Term {
+	for i := range m.n {
+		if m.names[i] == key {
+			return m.value(i)
+		}
+	}
+	return nil
+}
+
+func (m *lazyMembers) value(i int) *ast.Term {
+	if m.values[i] == nil {
+		m.values[i] = m.d.make(m.fields[i])
+	}
+	return m.values[i]
+}
+
+// make is member f's value, as inputValue makes it.
+func (d *lazyDoc) make(f inputField) *ast.Term {
+	id, r := &d.in.Identity, &d.in.Request
+	switch f {
+	case fieldKind:
+		return d.str(string(d.in.Kind))
+	case fieldIdentity:
+		return d.term(&d.identityObj)
+	case fieldRequest:
+		return d.term(&d.requestObj)
+	case fieldNow:
+		return d.str(d.in.Now)
+	case fieldIssuer:
+		return d.str(id.Issuer)
+	case fieldSubject:
+		return d.str(id.Subject)
+	case fieldEmail:
+		return d.str(id.Email)
+	case fieldUsername:
+		return d.str(id.Username)
+	case fieldGroups:
+		return d.list(id.Groups)
+	case fieldAMR:
+		return d.list(id.AMR)
+	case fieldWorkload:
+		return ast.InternedTerm(id.Workload)
+	case fieldClaims:
+		return d.claims
+	case fieldACR:
+		return d.str(id.ACR)
+	case fieldAuthTime:
+		return ast.IntNumberTerm(int(id.AuthTime))
+	case fieldPrincipals:
+		return d.list(r.Principals)
+	case fieldTTLSeconds:
+		return ast.IntNumberTerm(int(r.TTLSeconds))
+	case fieldKeyType:
+		return d.str(r.KeyType)
+	case fieldKeyFingerprint:
+		return d.str(r.KeyFingerprint)
+	case fieldSourceIP:
+		return d.str(r.SourceIP)
+	case fieldReason:
+		return d.str(r.Reason)
+	case fieldTarget:
+		return d.str(r.Target)
+	}
+	panic("policies: unknown input field")
+}
+
+// term is a term of d's slab (a new one past it) holding v.
+func (d *lazyDoc) term(v ast.Value) *ast.Term {
+	if d.used == len(d.slab) {
+		return ast.NewTerm(v)
+	}
+	t := &d.slab[d.used]
+	d.used++
+	t.Value = v
+	return t
+}
+
+// str is s as inputValue makes it: shared terms for the empty string and common values.
+func (d *lazyDoc) str(s string) *ast.Term {
+	if s == "" {
+		return emptyString
+	}
+	if t, ok := commonStrings[s]; ok {
+		return t
+	}
+	return d.term(ast.String(jsonString(s)))
+}
+
+// list is ss as inputValue makes it: a shared term for the empty list.
+func (d *lazyDoc) list(ss []string) *ast.Term {
+	if len(ss) == 0 {
+		return emptyArray
+	}
+	terms := make([]*ast.Term, len(ss))
+	for i, s := range ss {
+		terms[i] = d.str(s)
+	}
+	return d.term(ast.NewArray(terms...))
+}
