@@ -22,7 +22,7 @@ func lazyInput(in ca.PolicyInput) ast.Value {
 	if !in.AccessRequest.IsZero() {
 		return inputValue(in)
 	}
-	d := &lazyDoc{in: in}
+	d := &lazyDoc{kind: in.Kind, now: in.Now, id: in.Identity, req: in.Request}
 	d.claims = emptyObject
 	if len(in.Identity.Claims) > 0 {
 		// Made at once: claims that have no JSON form must fail the decision before it runs.
@@ -96,7 +96,10 @@ const (
 // lazyDoc is one decision's input: one allocation for the objects, their members' terms and
 // the first strings' terms.
 type lazyDoc struct {
-	in                              ca.PolicyInput
+	kind                            ca.Action
+	now                             string
+	id                              ca.Identity
+	req                             ca.PolicyRequest
 	claims                          *ast.Term
 	doc, identity, request          lazyMembers
 	docObj, identityObj, requestObj plan.Object
@@ -112,14 +115,13 @@ const maxMembers = 10
 type lazyMembers struct {
 	d      *lazyDoc
 	n      int
-	names  [maxMembers]string
 	keys   [maxMembers]*ast.Term
 	fields [maxMembers]inputField
 	values [maxMembers]*ast.Term
 }
 
 func (m *lazyMembers) add(key *ast.Term, f inputField) {
-	m.names[m.n], m.keys[m.n], m.fields[m.n] = string(key.Value.(ast.String)), key, f
+	m.keys[m.n], m.fields[m.n] = key, f
 	m.n++
 }
 
@@ -129,7 +131,7 @@ func (m *lazyMembers) Member(i int) (key, value *ast.Term) { return m.keys[i], m
 
 func (m *lazyMembers) Get(key string) *ast.Term {
 	for i := range m.n {
-		if m.names[i] == key {
+		if string(m.keys[i].Value.(ast.String)) == key {
 			return m.value(i)
 		}
 	}
@@ -145,16 +147,16 @@ func (m *lazyMembers) value(i int) *ast.Term {
 
 // make is member f's value, as inputValue makes it.
 func (d *lazyDoc) make(f inputField) *ast.Term {
-	id, r := &d.in.Identity, &d.in.Request
+	id, r := &d.id, &d.req
 	switch f {
 	case fieldKind:
-		return d.str(string(d.in.Kind))
+		return d.str(string(d.kind))
 	case fieldIdentity:
 		return d.term(&d.identityObj)
 	case fieldRequest:
 		return d.term(&d.requestObj)
 	case fieldNow:
-		return d.str(d.in.Now)
+		return d.str(d.now)
 	case fieldIssuer:
 		return d.str(id.Issuer)
 	case fieldSubject:
