@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -23,6 +22,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/bodylimit"
 	"github.com/sshca/sshca/krl"
 	"github.com/sshca/sshca/revocation"
 )
@@ -580,13 +580,22 @@ func feedAfter(id, pos string) bool {
 type HTTPSource struct {
 	base   string
 	client *http.Client
-	etag   string
+	// maxAnswer bounds what get reads of an answer (0: MaxHTTPAnswerBytes).
+	maxAnswer int64
+	etag      string
 	// caRead is when the user CA keys were last read (zero: not yet).
 	caRead time.Time
 }
 
 // requestTimeout bounds a request that does not wait on purpose.
 const requestTimeout = 10 * time.Second
+
+// MaxHTTPAnswerBytes bounds an answer an HTTPSource reads (a longer one is an error naming the
+// URL and the bound, and the agent keeps its last good KRL): a KRL lists every revoked serial,
+// key ID and key of a CA in force, a few bytes to a few hundred each (PROTOCOL.krl), so 256 MiB
+// is millions of entries, where a server that answers without end would otherwise fill the
+// bastion's memory.
+const MaxHTTPAnswerBytes = 256 << 20
 
 // NewHTTPSource returns a source for the server at base (https only), trusting the PEM CA
 // certificates in caFile and nothing else.
@@ -631,7 +640,11 @@ func (h *HTTPSource) get(ctx context.Context, path, etag string, wait time.Durat
 		return nil, "", 0, false, err
 	}
 	defer resp.Body.Close()
-	b, err = io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	max := h.maxAnswer
+	if max == 0 {
+		max = MaxHTTPAnswerBytes
+	}
+	b, err = bodylimit.ReadAll(resp, max)
 	if err != nil {
 		return nil, "", 0, false, err
 	}

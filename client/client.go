@@ -23,9 +23,10 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/bodylimit"
 )
 
-// MaxAnswerBytes bounds an answer the client reads.
+// MaxAnswerBytes bounds an answer the client reads (a longer one is a *bodylimit.Error).
 const MaxAnswerBytes = 1 << 20
 
 // Default deadlines of one call, when the caller's context has none sooner: a POST may wait for
@@ -335,8 +336,8 @@ func (c *Client) sendMax(req *http.Request, token string, max int64) ([]byte, *h
 	if err != nil {
 		return nil, nil, fmt.Errorf("server unreachable: %w", err)
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, max))
+	// A longer answer is an error naming the URL and the bound, not an answer cut short.
+	data, err := bodylimit.ReadAll(resp, max)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read answer: %w", err)
 	}

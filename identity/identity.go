@@ -19,6 +19,7 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/bodylimit"
 )
 
 // Config is the identity part of the service configuration.
@@ -92,7 +93,9 @@ type Option func(*Verifier)
 // WithClock sets the clock used for expiry and not-before checks.
 func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now = now } }
 
-// WithHTTPClient sets the client used for discovery and key sets.
+// WithHTTPClient sets the client used for discovery and key sets. What it reads of each answer
+// is bounded (bodylimit.Issuer, 1 MiB): a longer one is an error naming its URL and the bound,
+// an unreachable issuer to the token that needed it (503).
 func WithHTTPClient(c *http.Client) Option { return func(v *Verifier) { v.client = c } }
 
 // WithLogger sets the logger.
@@ -151,6 +154,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Verifier, error) {
 	if v.client == nil { // WithHTTPClient(nil): the key set's client is a copy of this one
 		v.client = &http.Client{Timeout: 10 * time.Second}
 	}
+	// go-oidc reads the discovery document and the key set whole, however long: a hostile or
+	// broken issuer could make sshca read gigabytes.
+	v.client = bodylimit.Client(v.client, bodylimit.Issuer)
 	for _, r := range cfg.ReservedPrincipals {
 		v.reserved[r] = true
 	}
@@ -231,6 +237,9 @@ func (v *Verifier) Authenticate(ctx context.Context, token string) (ca.Identity,
 	}
 	keys, err := v.discover(ctx, is)
 	if err != nil {
+		if tooLong := (*bodylimit.Error)(nil); errors.As(err, &tooLong) {
+			return ca.Identity{}, ca.Unavailable(fmt.Sprintf("identity provider %s: %v", is.cfg.IssuerURL, tooLong), err)
+		}
 		return ca.Identity{}, ca.Unavailable(fmt.Sprintf("identity provider %s is unreachable", is.cfg.IssuerURL), err)
 	}
 	if t.iss != keys.issuer {
@@ -288,7 +297,10 @@ func isKeyFetch(err error) bool { return strings.HasPrefix(err.Error(), "fetchin
 func (v *Verifier) verifyError(ctx context.Context, is *issuer, t *parsedToken, err error) error {
 	msg := err.Error()
 	v.log.DebugContext(ctx, "token verification failed", "issuer", is.cfg.IssuerURL, "alg", t.alg, "kid", t.kidString(), "err", msg)
+	tooLong := (*bodylimit.Error)(nil)
 	switch {
+	case errors.As(err, &tooLong):
+		return ca.Unavailable(fmt.Sprintf("identity provider %s: %v", is.cfg.IssuerURL, tooLong), err)
 	case isKeyFetch(err):
 		return ca.Unavailable(fmt.Sprintf("identity provider %s: its key set (jwks_uri) is unreachable", is.cfg.IssuerURL), err)
 	case isBadSignature(err):

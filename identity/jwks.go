@@ -23,10 +23,6 @@ const (
 	keyFetchEvery = 6 * time.Second
 )
 
-// maxKeySetBytes bounds the key set answer kept for the fetches the limit refuses (a key set
-// is a few KiB).
-const maxKeySetBytes = 1 << 20
-
 // keyFetchLimit is the transport of an issuer's key set client: it passes fetches of its
 // jwks_uri on while the limit allows, and keeps the body of the last successful one (status
 // 200). A fetch beyond the limit gets that body again, so the key set keeps the keys it has
@@ -71,16 +67,16 @@ func (l *keyFetchLimit) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		return resp, err
 	}
+	// next bounds the body (bodylimit.Transport, under the Verifier's client): what is kept
+	// is at most bodylimit.Issuer bytes, and a longer answer is its error, not a key set.
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
 		return nil, err
 	}
-	if len(body) <= maxKeySetBytes {
-		l.mu.Lock()
-		l.body, l.header = body, resp.Header.Clone()
-		l.mu.Unlock()
-	}
+	l.mu.Lock()
+	l.body, l.header = body, resp.Header.Clone()
+	l.mu.Unlock()
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	return resp, nil
 }

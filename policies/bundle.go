@@ -5,19 +5,30 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"net/http"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/bundle"
+
+	"github.com/sshca/sshca/internal/bodylimit"
 )
 
 // LoadBundleURL fetches an OPA bundle (the .tar.gz format OPA bundle servers serve) and loads
 // its policy and data. Rego test files in the bundle are not evaluated for decisions; their
 // inputs are run by the self-check. WithDataFile does not apply to bundles.
 func LoadBundleURL(ctx context.Context, url string, client *http.Client, opts ...Option) (*Engine, error) {
+	return loadBundleURL(ctx, url, client, MaxBundleBytes, opts...)
+}
+
+// MaxBundleBytes bounds the bundle LoadBundleURL reads (compressed, as served): a longer one is
+// an error naming the URL and the bound, and the policy in force stays. The shipped policy's
+// bundle is a few KiB; 64 MiB leaves room for large data documents.
+const MaxBundleBytes = 64 << 20
+
+// loadBundleURL is LoadBundleURL reading at most max bytes of the bundle.
+func loadBundleURL(ctx context.Context, url string, client *http.Client, max int64, opts ...Option) (*Engine, error) {
 	var o loadOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -37,7 +48,7 @@ func LoadBundleURL(ctx context.Context, url string, client *http.Client, opts ..
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("policies: bundle %s: HTTP %d", url, resp.StatusCode)
 	}
-	b, err := bundle.NewReader(io.LimitReader(resp.Body, 64<<20)).Read()
+	b, err := bundle.NewReader(bodylimit.Reader(req, resp.Body, max)).Read()
 	if err != nil {
 		return nil, fmt.Errorf("policies: bundle %s: %w", url, err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/internal/bodylimit"
 )
 
 //go:embed templates/*.html static/style.css
@@ -83,7 +84,8 @@ type Options struct {
 	// Now is the clock (default time.Now); Logger gets failures (never a token).
 	Now    func() time.Time
 	Logger *slog.Logger
-	// HTTPClient reaches the issuer (default http.DefaultClient).
+	// HTTPClient reaches the issuer (default http.DefaultClient); what the console reads of its
+	// answers is bounded (bodylimit.Issuer).
 	HTTPClient *http.Client
 }
 
@@ -129,9 +131,9 @@ func New(o Options) (*Console, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if o.HTTPClient == nil {
-		o.HTTPClient = http.DefaultClient
-	}
+	// go-oidc and oauth2 read the issuer's answers (discovery, key set, token) whole, however
+	// long: at most bodylimit.Issuer bytes of each, a longer one an error naming its URL.
+	o.HTTPClient = bodylimit.Client(o.HTTPClient, bodylimit.Issuer)
 	u.Path = ""
 	return &Console{o: o, public: u, cookie: CookieFor(u), sessions: newSessions(o.Now, o.Sessions)}, nil
 }

@@ -31,6 +31,7 @@ import (
 
 	"github.com/sshca/sshca/client"
 	"github.com/sshca/sshca/identity/devissuer"
+	"github.com/sshca/sshca/internal/bodylimit"
 )
 
 // benchOptions are the flags of `sshca bench`.
@@ -489,7 +490,7 @@ func fetchProfile(ctx context.Context, url string, secs int, path string) error 
 		return err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	data, err := bodylimit.ReadAll(resp, 64<<20)
 	if err != nil {
 		return err
 	}
@@ -531,7 +532,7 @@ func benchPost(ctx context.Context, c *http.Client, url, token string, body []by
 		return benchResult{err: err}
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	data, err := bodylimit.ReadAll(resp, 1<<20)
 	if err != nil {
 		return benchResult{err: err, status: resp.StatusCode}
 	}
@@ -722,7 +723,7 @@ func mintDevTokenWith(ctx context.Context, hc *http.Client, url, secret string, 
 		return "", fmt.Errorf("%s unreachable: %w", url, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	data, err := bodylimit.ReadAll(resp, 1<<20)
 	if err != nil {
 		return "", err
 	}
@@ -748,7 +749,7 @@ func fetchUserCAKeys(ctx context.Context, c *http.Client, url string) ([]ssh.Pub
 		return nil, err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	data, err := bodylimit.ReadAll(resp, 1<<20)
 	if err != nil {
 		return nil, err
 	}

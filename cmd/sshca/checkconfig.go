@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"gopkg.in/yaml.v3"
 
+	"github.com/sshca/sshca/internal/bodylimit"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/policies"
 )
@@ -306,7 +307,7 @@ func checkIssuer(ctx context.Context, issuer string) error {
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("GET %s: HTTP %d", url, resp.StatusCode)
 		}
-		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(into); err != nil {
+		if err := json.NewDecoder(bodylimit.Reader(req, resp.Body, bodylimit.Issuer)).Decode(into); err != nil {
 			return fmt.Errorf("GET %s: not JSON: %w", url, err)
 		}
 		return nil

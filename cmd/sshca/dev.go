@@ -22,6 +22,7 @@ import (
 
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/identity/devissuer"
+	"github.com/sshca/sshca/internal/bodylimit"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/services"
 )
@@ -362,7 +363,7 @@ func mintDevToken(ctx context.Context, url, secret string, claims map[string]any
 		return "", fmt.Errorf("server unreachable: %w", err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	data, err := bodylimit.ReadAll(resp, 1<<20)
 	if err != nil {
 		return "", fmt.Errorf("read answer: %w", err)
 	}

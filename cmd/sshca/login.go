@@ -25,6 +25,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/internal/bodylimit"
 	"github.com/sshca/sshca/krl"
 )
 
@@ -196,12 +197,21 @@ func certStillValid(path string, key ssh.PublicKey, now time.Time) (time.Duratio
 	return left, true
 }
 
+// issuerContext is ctx carrying the client that go-oidc and oauth2 reach the identity
+// provider with (its discovery document, key set, device and token answers): the default
+// client, reading at most bodylimit.Issuer bytes of each answer, as the server does. Those
+// libraries read answers whole (oauth2 cuts a token answer at 1 MiB and then misreads it).
+func issuerContext(ctx context.Context) context.Context {
+	return oidc.ClientContext(ctx, bodylimit.Client(http.DefaultClient, bodylimit.Issuer))
+}
+
 // browserSignInWait is how long browserSignIn waits for the browser's redirect.
 const browserSignInWait = 5 * time.Minute
 
 // browserSignIn runs the authorization code flow with PKCE and a loopback redirect, waiting
 // browserSignInWait of clk for the redirect.
 func browserSignIn(ctx context.Context, msg io.Writer, lc client.LoginConfig, clk clockwork.Clock) (string, error) {
+	ctx = issuerContext(ctx)
 	provider, err := oidc.NewProvider(ctx, lc.Issuer)
 	if err != nil {
 		return "", fmt.Errorf("cannot reach the identity provider %s (%v)", lc.Issuer, err)
@@ -278,6 +288,7 @@ func browserSignIn(ctx context.Context, msg io.Writer, lc client.LoginConfig, cl
 // deviceSignIn runs the OAuth 2.0 device authorization flow (RFC 8628) against the issuer
 // and returns the ID token.
 func deviceSignIn(ctx context.Context, msg io.Writer, lc client.LoginConfig) (string, error) {
+	ctx = issuerContext(ctx)
 	provider, err := oidc.NewProvider(ctx, lc.Issuer)
 	if err != nil {
 		return "", fmt.Errorf("cannot reach the identity provider %s (%v)", lc.Issuer, err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -13,6 +12,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/internal/bodylimit"
 )
 
 func newSSHConfigCommand() *cobra.Command {
@@ -73,8 +75,11 @@ func fetchKnownHosts(cmd *cobra.Command, server string) ([]byte, error) {
 		return nil, fmt.Errorf("cannot reach the sshca server at %s (%v)", server, err)
 	}
 	defer resp.Body.Close()
-	kh, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil || resp.StatusCode != http.StatusOK {
+	kh, err := bodylimit.ReadAll(resp, client.MaxAnswerBytes)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s/v1/ca/known_hosts: %w", server, err)
+	}
+	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s/v1/ca/known_hosts: HTTP %d; check --server", server, resp.StatusCode)
 	}
 	return kh, nil
