@@ -203,8 +203,7 @@ func (s *httpSeries) observe(pattern string, code int, took time.Duration) {
 // protocol upgrade) is counted as what it is, not as a 200 that net/http never sent.
 type statusWriter struct {
 	http.ResponseWriter
-	code     int
-	hijacked bool
+	code int // 0 until a status is written, codeHijacked for a connection taken over first
 }
 
 // codeHijacked is the code of a request whose handler took the connection over without
@@ -222,14 +221,14 @@ func (w *statusWriter) WriteHeader(code int) {
 }
 
 func (w *statusWriter) Write(p []byte) (int, error) {
-	if w.code == 0 && !w.hijacked {
+	if w.code == 0 {
 		w.code = http.StatusOK
 	}
 	return w.ResponseWriter.Write(p)
 }
 
 func (w *statusWriter) Flush() {
-	if w.code == 0 && !w.hijacked {
+	if w.code == 0 {
 		w.code = http.StatusOK
 	}
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
@@ -242,8 +241,8 @@ func (w *statusWriter) Flush() {
 // a recorder) nothing changed and the answer is still net/http's to send.
 func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err == nil {
-		w.hijacked = true
+	if err == nil && w.code == 0 {
+		w.code = codeHijacked
 	}
 	return conn, rw, err
 }
@@ -253,13 +252,10 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // status is the answer's status code: what the handler wrote; codeHijacked when it took the
 // connection over before writing one; 200 when it wrote none (net/http sends 200).
 func (w *statusWriter) status() int {
-	switch {
-	case w.code != 0:
-		return w.code
-	case w.hijacked:
-		return codeHijacked
+	if w.code == 0 {
+		return http.StatusOK
 	}
-	return http.StatusOK
+	return w.code
 }
 
 // codeLabel is the code label of a status: its number, or "hijacked".
