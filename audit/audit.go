@@ -22,6 +22,12 @@
 // stripes ever appended to (absent: one), raised before a Log first appends beyond it and
 // never lowered, so readers walk every stripe whatever they are configured with.
 //
+// <prefix>:{audit}:once:<key> says that the record with that Once key (ca.AuditRecord.Once) is
+// kept, for ca.AuditOnceWindow: a caller that appends a record again after an unknown outcome
+// (an answer lost) gives it the same key, and the append script, finding the key, does not
+// keep it twice. A record with a Once key is always kept in stripe 0, so every attempt checks
+// the key in the same slot as the chain it would be appended to.
+//
 // A record's MAC is 64 lowercase hex characters: HMAC-SHA256(key, prev ‖ "\n" ‖ seq in decimal ‖
 // "\n" ‖ rec), prev being the MAC of the record before ("" for the first) and rec the record's
 // JSON (ca.AuditRecord; a record without "v" is version 1, later ones say their version).
@@ -224,28 +230,67 @@ const maxBatch = 128
 
 // appendScript adds a batch of entries only if the head is still the one their links were
 // computed from; otherwise it answers the current head, from which the caller computes the
-// links again. ARGV: the head expected, the new head, the number of entries n, then seq, prev,
-// mac and rec of each entry in chain order. With a third key (the {audit} tag's generation
-// mark) and the three ARGV after the entries (its id, epoch and seen), it checks and bumps the
-// mark once when it appends, and answers the mark's reply after the head (store.MarkLua); the
-// records are appended whatever the mark says.
+// links again. ARGV: the head expected, the new head, the number of entries n, the number k of
+// entries that carry a Once key (ca.AuditRecord.Once), then seq, prev, mac and rec of each entry
+// in chain order, then the place in the batch (1-based) of each of the k entries whose Once key
+// is KEYS[2 + j]. Before anything else it looks those keys up: when any is present (an earlier
+// attempt kept that record and its answer was lost), it appends nothing and answers
+// {2, head, places...}, the caller drops those entries and links the rest again. Otherwise it
+// sets each key to its entry's seq, expiring after ca.AuditOnceWindow, with the entries. With a
+// key after the Once keys (the stripe's generation mark) and the three ARGV after the places
+// (its id, epoch and seen), it checks and bumps the mark once when it appends, and answers the
+// mark's reply after the head (store.MarkLua); the records are appended whatever the mark
+// says.
 var appendScript = redis.NewScript(store.MarkLua + `
-local cur = redis.call('GET', KEYS[1])
+local n = tonumber(ARGV[3])
+local k = tonumber(ARGV[4])
+local places = 5 + n * 4
+local cur
+if k > 0 then
+  local dup = {}
+  for j = 1, k do
+    if redis.call('EXISTS', KEYS[2 + j]) == 1 then dup[#dup + 1] = tonumber(ARGV[places + j - 1]) end
+  end
+  if #dup > 0 then
+    cur = redis.call('GET', KEYS[1])
+    if not cur then cur = '' end
+    return {2, cur, unpack(dup)}
+  end
+end
+cur = redis.call('GET', KEYS[1])
 if not cur then cur = '' end
 if cur ~= ARGV[1] then return {0, cur} end
-local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
-  local b = 4 + i * 4
+  local b = 5 + i * 4
   redis.call('XADD', KEYS[2], '*', 'seq', ARGV[b], 'prev', ARGV[b + 1], 'mac', ARGV[b + 2], 'rec', ARGV[b + 3])
 end
+for j = 1, k do
+  local b = 5 + (tonumber(ARGV[places + j - 1]) - 1) * 4
+  redis.call('SET', KEYS[2 + j], ARGV[b], 'PX', ` + strconv.FormatInt(ca.AuditOnceWindow.Milliseconds(), 10) + `)
+end
 redis.call('SET', KEYS[1], ARGV[2])
-if KEYS[3] then
-  local m = 4 + n * 4
-  local r = bump(KEYS[3], mark(KEYS[3], ARGV[m], ARGV[m + 1], ARGV[m + 2]))
+if KEYS[3 + k] then
+  local m = places + k
+  local r = bump(KEYS[3 + k], mark(KEYS[3 + k], ARGV[m], ARGV[m + 1], ARGV[m + 2]))
   return {1, ARGV[2], r[1], r[2], r[3], r[4]}
 end
 return {1, ARGV[2]}
 `)
+
+// validOnce: 1 to 64 of [A-Za-z0-9_-] (ca.AuditRecord.Once). Nothing else goes into a key name:
+// no ':' (a key must not pass for another kind, such as a mark that a rebuild scans for), no
+// braces (its hash tag must stay {audit}).
+func validOnce(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
 
 // pending is one record waiting to be appended by a group commit.
 type pending struct {
@@ -254,9 +299,13 @@ type pending struct {
 	ctx      context.Context // its caller's: for the log line (the request's ID), and alone, for the round trip
 	deadline time.Time       // its caller's deadline (zero: none)
 	done     chan error      // receives the outcome once, buffered
+	once     string          // its Once key's Redis key ("" for none)
 	seq      uint64          // its place in the chain and its MAC, once linked (commit)
 	mac      string
 	stripe   int // the stripe it was kept in
+	// dup: an earlier attempt kept this record (its Once key was found); it is kept, and
+	// left out of the rest of the commit.
+	dup bool
 }
 
 // Append adds rec at the end of the chain, and returns once it is kept (or failed). Records
@@ -275,6 +324,12 @@ func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 		return fmt.Errorf("audit: %w", err)
 	}
 	p := &pending{body: body, rec: &rec, ctx: ctx, done: make(chan error, 1)}
+	if rec.Once != "" {
+		if !validOnce(rec.Once) {
+			return fmt.Errorf("audit: the record's Once key %.80q is not 1 to 64 of [A-Za-z0-9_-]", rec.Once)
+		}
+		p.once = store.Keys{Prefix: l.prefix}.AuditOnce(rec.Once)
+	}
 	p.deadline, _ = ctx.Deadline()
 	l.qmu.Lock()
 	l.queue = append(l.queue, p)
@@ -316,6 +371,10 @@ func (l *Log) lead(p *pending) (kept bool, _ error) {
 	l.qmu.Unlock()
 	err := l.commit(batch)
 	for _, b := range batch {
+		if b.dup {
+			b.done <- nil // kept by an earlier attempt
+			continue
+		}
 		b.done <- err
 	}
 	clear(batch)
@@ -326,7 +385,8 @@ func (l *Log) lead(p *pending) (kept bool, _ error) {
 }
 
 // commit appends batch, in order, in one script (retried from the newer head when another
-// replica appended meanwhile). A record alone runs under its caller's context. A batch runs
+// replica appended meanwhile, and without the records whose Once key says an earlier attempt
+// kept them: those are marked dup). A record alone runs under its caller's context. A batch runs
 // under the latest deadline of its callers (none when one of them has none), not under any
 // one caller's cancellation: the caller that happens to commit must not fail the records of
 // the others by giving up on its own.
@@ -356,20 +416,40 @@ func (l *Log) commit(batch []*pending) error {
 		}
 		l.raised = true
 	}
+	// A batch that holds a record with a Once key is kept in stripe 0, and stays there when it
+	// loses the race for the head: every attempt at that record checks its key in the slot
+	// of the chain an earlier attempt may have kept it in.
+	keyed := slices.ContainsFunc(batch, func(b *pending) bool { return b.once != "" })
 	for range maxAttempts {
 		s := l.stripes[l.cur]
+		if keyed {
+			s = l.stripes[0]
+		}
 		prevSeq, prev, err := parseHead(s.known)
 		if err != nil {
 			return err
 		}
 		keys := []string{s.headKey, s.streamKey}
-		args := make([]any, 0, 3+4*len(batch)+3)
-		args = append(args, s.known, "", len(batch))
+		args := make([]any, 0, 4+4*len(batch)+3)
+		args = append(args, s.known, "", len(batch), 0)
+		k := 0
 		for i, b := range batch {
 			b.seq = prevSeq + 1 + uint64(i)
 			b.mac = l.linkMAC(prev, b.seq, b.body)
 			args = append(args, strconv.FormatUint(b.seq, 10), prev, b.mac, b.body)
 			prev = b.mac
+			if b.once != "" {
+				keys = append(keys, b.once)
+				k++
+			}
+		}
+		if k > 0 {
+			args[3] = k
+			for i, b := range batch {
+				if b.once != "" {
+					args = append(args, i+1)
+				}
+			}
 		}
 		head := strconv.FormatUint(batch[len(batch)-1].seq, 10) + " " + prev
 		args[1] = head
@@ -390,6 +470,28 @@ func (l *Log) commit(batch []*pending) error {
 		}
 		ok, _ := res[0].(int64)
 		s.known, _ = res[1].(string)
+		if ok == 2 {
+			// Records an earlier attempt kept (its answer lost): they are kept, once; the
+			// others are linked again from the head as it is now, and appended.
+			live := make([]*pending, 0, len(batch))
+			for _, v := range res[2:] {
+				if i, _ := v.(int64); i >= 1 && int(i) <= len(batch) {
+					batch[i-1].dup = true
+				}
+			}
+			for _, b := range batch {
+				if !b.dup {
+					live = append(live, b)
+				}
+			}
+			if len(live) == len(batch) {
+				return fmt.Errorf("audit: append: unexpected answer %v", res)
+			}
+			if batch = live; len(batch) == 0 {
+				return nil
+			}
+			continue
+		}
 		if ok == 0 && s.known == head {
 			// The head is the one this batch makes: its MAC chains these very records from
 			// the head they were linked to. An earlier run of this script appended them and
@@ -420,8 +522,11 @@ func (l *Log) commit(batch []*pending) error {
 		}
 		// Another replica moved this stripe's head. With one stripe the batch is linked again
 		// to the head the script answered; with several it moves on to the next stripe, so
-		// replicas that collide settle on different stripes instead of racing for one head.
-		l.cur = (l.cur + 1) % len(l.stripes)
+		// replicas that collide settle on different stripes instead of racing for one head
+		// (a batch with a Once key stays on stripe 0).
+		if !keyed {
+			l.cur = (l.cur + 1) % len(l.stripes)
+		}
 	}
 	return errors.New("audit: append: too much contention for the head of the chain")
 }

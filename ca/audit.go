@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync"
@@ -107,7 +108,26 @@ type AuditRecord struct {
 	// version 3 without raising V (absent: the record predates it; that request is not
 	// restored).
 	Access *AccessRequest `json:"access,omitempty"`
+
+	// Once is the record's idempotency key, never part of the record kept (not in its JSON,
+	// nor in the chain's MAC): a caller that may append the same record again after an
+	// unknown outcome (an answer lost or late, the append timed out) sets it, random (see
+	// NewOnceKey) and the same on every attempt, and the audit log then keeps the record at
+	// most once within AuditOnceWindow of the first attempt that landed; an attempt that finds
+	// it kept succeeds without appending it again. 1 to 64 of [A-Za-z0-9_-]; "" (every record
+	// appended only once, as a grant's) is appended as before. Two records are never merged
+	// because their content is alike: only their key says they are the same.
+	Once string `json:"-"`
 }
+
+// AuditOnceWindow is how long an AuditLog remembers a record's Once key after keeping it: it
+// covers settleSigned's retries (SignedAuditRetry, the last attempt under SignedCertTimeout)
+// with room for an attempt that a stalled store runs late, and for clocks that disagree.
+const AuditOnceWindow = 10 * time.Minute
+
+// NewOnceKey returns a random Once key (26 characters, 130 bits from crypto/rand): unique to
+// the record it is given to, so that no two distinct records share one.
+func NewOnceKey() string { return rand.Text() }
 
 // StoreWitness is what a store's generation marks said at one moment: the generation's random
 // ID and number, and the counter of each hash tag's mark in that generation (tag → counter).
@@ -160,7 +180,9 @@ func (a *Authority) keep(ctx context.Context, rec AuditRecord) error {
 		return nil
 	}
 	if grant {
-		return storeErr("audit log unavailable; nothing was done", err)
+		// The append's outcome may be unknown (its answer was lost or came too late): the
+		// record may be in the chain. What is sure is that nothing was granted.
+		return storeErr("audit log unavailable: nothing was granted (no certificate handed out, no change made); the record of this request may or may not have been kept", err)
 	}
 	a.log.ErrorContext(ctx, "audit record lost", "action", rec.Action, "outcome", rec.Outcome, "identity", rec.Identity, "err", err)
 	return nil
@@ -201,7 +223,9 @@ const SignedAuditRetry = time.Minute
 // inventory record or its audit record failed): once now, then, if that fails, in the
 // background with backoff for up to SignedAuditRetry, each attempt under SignedCertTimeout. A
 // write that timed out in the client may land later, and then the inventory holds a
-// certificate that only this record explains.
+// certificate that only this record explains. Every attempt carries one Once key: an attempt
+// that failed may still have kept the record (its answer was lost), and the next must not
+// keep it a second time.
 func (a *Authority) settleSigned(ctx context.Context, rec AuditRecord, cause error) {
 	complete(&rec, cause)
 	if a.audit == nil {
@@ -210,6 +234,7 @@ func (a *Authority) settleSigned(ctx context.Context, rec AuditRecord, cause err
 	if rec.RequestID == "" {
 		rec.RequestID = RequestID(ctx)
 	}
+	rec.Once = NewOnceKey()
 	actx, cancel := context.WithTimeout(ctx, SignedCertTimeout)
 	err := a.audit.Append(actx, rec)
 	cancel()

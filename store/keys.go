@@ -190,6 +190,12 @@ func (k Keys) AuditStripeBase(i int) string { return k.p() + ":" + TagAuditStrip
 // was lowered.
 func (k Keys) AuditStripes() string { return k.p() + ":" + TagAudit + ":stripes" }
 
+// AuditOnce is the Once key of an audit record the chain keeps (ca.AuditRecord.Once), a string:
+// the record's sequence number in decimal, expiring ca.AuditOnceWindow after the script that
+// appended the record set it, in the same step (audit/). In stripe 0's tag: a record with a
+// Once key is always kept in stripe 0, so that every attempt checks the same key.
+func (k Keys) AuditOnce(once string) string { return k.p() + ":" + TagAudit + ":once:" + once }
+
 // Probe is the readiness probe's key in a hash tag ("" for the untagged one), written with a
 // 5 s expiry.
 func (k Keys) Probe(tag string) string {
@@ -292,6 +298,7 @@ const (
 	exampleHost     = "web1.example.com"
 	exampleSession  = "0123456789abcdef01234567"
 	exampleConsole  = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	exampleOnce     = "T2WQZ5DLKPN7R4XGV6MHYJ3ABC"
 )
 
 // Layout lists every kind of key sshca writes, one example each with the placeholders filled
@@ -322,6 +329,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.AuditHead(), "AuditHead", TagAudit, "audit", ReadByCA},
 		{k.AuditBase(), "AuditBase", TagAudit, "audit", ReadByCA},
 		{k.AuditStripes(), "AuditStripes", TagAudit, "audit", ReadByCA},
+		{k.AuditOnce(exampleOnce), "AuditOnce", TagAudit, "audit", ReadByCA},
 		{k.AuditStripeLog(1), "AuditStripeLog", TagAuditStripe(1), "audit", ReadByCA},
 		{k.AuditStripeHead(1), "AuditStripeHead", TagAuditStripe(1), "audit", ReadByCA},
 		{k.AuditStripeBase(1), "AuditStripeBase", TagAuditStripe(1), "audit", ReadByCA},

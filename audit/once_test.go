@@ -1,0 +1,218 @@
+package audit_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/audit"
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
+)
+
+// onceRig is redis-server, a dropping proxy in front of it with a client that retries nothing
+// (serve's: an answer lost is an error, and the caller decides), and a direct client for
+// another replica.
+type onceRig struct {
+	proxy           *testenv.ReplyDropper
+	proxied, direct *redis.Client
+}
+
+func newOnceRig(t *testing.T) onceRig {
+	srv := testenv.StartRedis(t)
+	r := onceRig{proxy: testenv.DropReply(t, srv.Addr),
+		direct: redis.NewClient(&redis.Options{Addr: srv.Addr})}
+	r.proxied = redis.NewClient(&redis.Options{Addr: r.proxy.Addr, MaxRetries: -1})
+	t.Cleanup(func() { r.proxied.Close(); r.direct.Close() })
+	return r
+}
+
+// lose appends rec through l with its answer dropped: the append lands and l's caller is told
+// it failed.
+func (r onceRig) lose(t *testing.T, l *audit.Log, rec ca.AuditRecord, marker string) {
+	t.Helper()
+	r.proxy.Arm(marker)
+	if err := l.Append(context.Background(), rec); err == nil {
+		t.Fatalf("append of %s whose answer was dropped succeeded", rec.Identity)
+	}
+	if r.proxy.Armed() {
+		t.Fatal("the proxy dropped no answer: the test does not test a lost answer")
+	}
+}
+
+// count verifies the chain and counts its records by identity.
+func count(t *testing.T, rdb *redis.Client, o audit.Options) map[string]int {
+	t.Helper()
+	seen := map[string]int{}
+	if rep, err := audit.New(rdb, o).Verify(context.Background(), func(e audit.Entry) { seen[e.Record.Identity]++ }); err != nil {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	return seen
+}
+
+// TestAppendOnceAfterLostReplyAndMovedHead: a record with a Once key whose first append
+// landed but whose answer was lost, appended again after another replica moved the head, is
+// in the chain once; the chain verifies; the records around it are kept once each. Its Once
+// key still holds after an archive trimmed the record away, and neither the archive nor the
+// chain in Redis after it is troubled by the key. With and without the generation mark.
+func TestAppendOnceAfterLostReplyAndMovedHead(t *testing.T) {
+	ctx := context.Background()
+	r := newOnceRig(t)
+	key := []byte("0123456789abcdef0123456789abcdef")
+	for _, marked := range []bool{false, true} {
+		prefix := fmt.Sprintf("once%v", marked)
+		o := audit.Options{Key: key, Prefix: prefix}
+		var st *store.Redis
+		if marked {
+			st = store.NewRedis(r.proxied, store.RedisOptions{Prefix: prefix})
+			o.Marks = st
+		}
+		l := audit.New(r.proxied, o)
+		other := audit.New(r.direct, audit.Options{Key: key, Prefix: prefix}) // another replica
+		if err := l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "before"}); err != nil {
+			t.Fatal(err)
+		}
+		lost := ca.AuditRecord{Outcome: "unavailable", Identity: "lost-reply", Serial: 7, Once: ca.NewOnceKey()}
+		r.lose(t, l, lost, lost.Once)
+		if err := other.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "moved-head"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Append(ctx, lost); err != nil {
+			t.Fatalf("the retry: %v", err)
+		}
+		if err := l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "after"}); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]int{"before": 1, "lost-reply": 1, "moved-head": 1, "after": 1}
+		if got := count(t, r.direct, audit.Options{Key: key, Prefix: prefix}); !maps.Equal(got, want) {
+			t.Errorf("records by identity %v, want %v", got, want)
+		}
+		// The key names the record's place in the chain and lasts AuditOnceWindow.
+		onceKey := store.Keys{Prefix: prefix}.AuditOnce(lost.Once)
+		if v, err := r.direct.Get(ctx, onceKey).Result(); err != nil || v != "2" {
+			t.Errorf("%s = %q, %v; want 2, the record's seq", onceKey, v, err)
+		}
+		if ttl, err := r.direct.PTTL(ctx, onceKey).Result(); err != nil || ttl <= ca.AuditOnceWindow-time.Minute || ttl > ca.AuditOnceWindow {
+			t.Errorf("%s expires in %v (%v), want about %v", onceKey, ttl, err, ca.AuditOnceWindow)
+		}
+		if st != nil {
+			if err := st.CheckState(ctx); err != nil {
+				t.Errorf("store state after the lost answer: %v", err)
+			}
+		}
+
+		// Archive and trim, then try once more: still once, and archive and chain verify.
+		var arch bytes.Buffer
+		if _, err := other.Archive(ctx, &arch, nil); err != nil {
+			t.Fatalf("archive: %v", err)
+		}
+		if err := l.Append(ctx, lost); err != nil {
+			t.Fatalf("the retry after an archive: %v", err)
+		}
+		ar, err := other.VerifyArchive(bytes.NewReader(arch.Bytes()), nil)
+		if err != nil || ar.Records != 4 {
+			t.Fatalf("archive: %+v %v, want 4 records", ar, err)
+		}
+		rep, err := other.VerifyAfter(ctx, ar, nil)
+		if err != nil || rep.Records != 0 {
+			t.Errorf("the chain after the archive: %+v %v, want no record", rep, err)
+		}
+	}
+}
+
+// TestAppendOnceInABatch: the retry of a record kept with its answer lost, appended while many
+// other records are (group commit puts it in a batch with some of them), is dropped from its
+// batch, and the rest of the batch is linked again and kept, each record once.
+func TestAppendOnceInABatch(t *testing.T) {
+	ctx := context.Background()
+	r := newOnceRig(t)
+	o := audit.Options{Key: []byte("0123456789abcdef0123456789abcdef")}
+	l := audit.New(r.proxied, o)
+	lost := ca.AuditRecord{Outcome: "unavailable", Identity: "lost-reply", Once: ca.NewOnceKey()}
+	r.lose(t, l, lost, lost.Once)
+	if err := audit.New(r.direct, o).Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "moved-head"}); err != nil {
+		t.Fatal(err)
+	}
+	const callers = 32
+	var wg sync.WaitGroup
+	errs := make(chan error, callers+1)
+	want := map[string]int{"lost-reply": 1, "moved-head": 1}
+	for c := range callers {
+		id := "r" + strconv.Itoa(c)
+		want[id] = 1
+		wg.Go(func() { errs <- l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: id}) })
+		if c == callers/2 {
+			wg.Go(func() { errs <- l.Append(ctx, lost) })
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if got := count(t, r.direct, o); !maps.Equal(got, want) {
+		t.Errorf("records by identity %v, want %v", got, want)
+	}
+}
+
+// TestAppendOnceKeepsDistinctRecords: the key says which records are the same, not their
+// content. Two records alike in every field (two requests that failed the same way in the
+// same second) with their own Once keys, each kept with its answer lost and then retried, are
+// both kept, once each; two alike without a key are both kept too.
+func TestAppendOnceKeepsDistinctRecords(t *testing.T) {
+	ctx := context.Background()
+	r := newOnceRig(t)
+	o := audit.Options{Key: []byte("0123456789abcdef0123456789abcdef")}
+	l := audit.New(r.proxied, o)
+	at := time.Date(2026, 11, 30, 7, 0, 0, 0, time.UTC)
+	twin := func(id, once string) ca.AuditRecord {
+		return ca.AuditRecord{Time: at, Action: ca.ActionUser, Outcome: "unavailable", Identity: id, Serial: 7, KeyID: id + "#7", Once: once}
+	}
+	a, b := twin("twin", ca.NewOnceKey()), twin("twin", ca.NewOnceKey())
+	r.lose(t, l, a, a.Once)
+	r.lose(t, l, b, b.Once)
+	for _, rec := range []ca.AuditRecord{a, b, twin("plain", ""), twin("plain", "")} {
+		if err := l.Append(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := count(t, r.direct, o), map[string]int{"twin": 2, "plain": 2}; !maps.Equal(got, want) {
+		t.Errorf("records by identity %v, want %v", got, want)
+	}
+}
+
+// TestAppendOnceKeyChecked: a Once key becomes part of a Redis key name, so only 1 to 64 of
+// [A-Za-z0-9_-] pass; anything else (a ':' that could make it pass for another kind of key, a
+// brace that would move its hash tag, too long, a space) is refused before anything is sent,
+// and the longest allowed key is taken.
+func TestAppendOnceKeyChecked(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	l := audit.New(rdb, audit.Options{})
+	for _, bad := range []string{"a:mark", "{x}", strings.Repeat("a", 65), "a b", "é"} {
+		err := l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "bad", Once: bad})
+		if err == nil || !strings.Contains(err.Error(), "Once key") {
+			t.Errorf("Once %q: %v, want refused naming the Once key", bad, err)
+		}
+	}
+	ok := strings.Repeat("A-z_9", 12) + "abcd"
+	if err := l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "good", Once: ok}); err != nil {
+		t.Errorf("Once of 64 allowed characters: %v", err)
+	}
+	if got, want := count(t, rdb, audit.Options{}), map[string]int{"good": 1}; !maps.Equal(got, want) {
+		t.Errorf("records by identity %v, want %v", got, want)
+	}
+}
