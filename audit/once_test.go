@@ -229,3 +229,43 @@ func TestAppendOnceKeyChecked(t *testing.T) {
 		t.Errorf("records by identity %v, want %v", got, want)
 	}
 }
+
+// TestAppendOnceStripes: with several stripes, a record with a Once key is kept in stripe 0
+// whatever the Log's home stripe, and its retry after a lost answer, once other records moved
+// stripe 0's head, finds its key there: once in the whole log, in stripe 0. Records without a
+// key still go to the home stripe.
+func TestAppendOnceStripes(t *testing.T) {
+	ctx := context.Background()
+	r := newOnceRig(t)
+	home := 2
+	o := audit.Options{Key: []byte("0123456789abcdef0123456789abcdef"), Stripes: 3}
+	l := audit.New(r.proxied, audit.Options{Key: o.Key, Stripes: 3, Home: &home})
+	zero := 0
+	other := audit.New(r.direct, audit.Options{Key: o.Key, Stripes: 3, Home: &zero})
+	if err := l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "home"}); err != nil {
+		t.Fatal(err)
+	}
+	lost := ca.AuditRecord{Outcome: "unavailable", Identity: "lost-reply", Once: ca.NewOnceKey()}
+	r.lose(t, l, "sshca", lost)
+	// Another replica's record with a Once key of its own: it too stays on stripe 0 (one
+	// without would move on to stripe 1 on finding the head moved), and moves its head.
+	if err := other.Append(ctx, ca.AuditRecord{Outcome: "unavailable", Identity: "moved-head", Once: ca.NewOnceKey()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append(ctx, lost); err != nil {
+		t.Fatalf("the retry: %v", err)
+	}
+	if err := l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "home-again"}); err != nil {
+		t.Fatal(err)
+	}
+	where := map[string][]int{}
+	if rep, err := audit.New(r.direct, o).Verify(ctx, func(e audit.Entry) {
+		where[e.Record.Identity] = append(where[e.Record.Identity], e.Stripe)
+	}); err != nil {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	want := map[string][]int{"home": {2}, "home-again": {2}, "lost-reply": {0}, "moved-head": {0}}
+	if fmt.Sprint(where) != fmt.Sprint(want) {
+		t.Errorf("records by identity, with their stripes: %v, want %v", where, want)
+	}
+}
