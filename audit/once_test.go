@@ -269,3 +269,32 @@ func TestAppendOnceStripes(t *testing.T) {
 		t.Errorf("records by identity, with their stripes: %v, want %v", where, want)
 	}
 }
+
+// TestAppendOnceOnCluster: on a real Redis Cluster of 3 masters, with stripes whose tags sit
+// on other masters than stripe 0's and the generation marks on (serve's), a record with a
+// Once key is kept (its key in the slot of the chain it goes to: no cross-slot script), once
+// however many times it is appended, and records without one go on to the home stripe.
+func TestAppendOnceOnCluster(t *testing.T) {
+	ctx := context.Background()
+	c := testenv.StartRedisCluster(t, 3)
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs})
+	t.Cleanup(func() { cc.Close() })
+	key := []byte("0123456789abcdef0123456789abcdef")
+	home := 1
+	l := audit.New(cc, audit.Options{Key: key, Stripes: 3, Home: &home, Marks: store.NewRedis(cc, store.RedisOptions{AuditStripes: 3})})
+	once := ca.AuditRecord{Outcome: "unavailable", Identity: "once", Once: ca.NewOnceKey()}
+	for _, rec := range []ca.AuditRecord{{Outcome: "issued", Identity: "plain"}, once, once, {Outcome: "issued", Identity: "plain"}, once} {
+		if err := l.Append(ctx, rec); err != nil {
+			t.Fatalf("append %s: %v", rec.Identity, err)
+		}
+	}
+	where := map[string][]int{}
+	if rep, err := audit.New(cc, audit.Options{Key: key}).Verify(ctx, func(e audit.Entry) {
+		where[e.Record.Identity] = append(where[e.Record.Identity], e.Stripe)
+	}); err != nil {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	if want := map[string][]int{"plain": {1, 1}, "once": {0}}; fmt.Sprint(where) != fmt.Sprint(want) {
+		t.Errorf("records by identity, with their stripes: %v, want %v", where, want)
+	}
+}
