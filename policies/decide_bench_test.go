@@ -2,6 +2,7 @@ package policies_test
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 
 	"github.com/sshca/sshca/ca"
@@ -12,7 +13,8 @@ import (
 // BenchmarkDecideUser: one decision of the embedded policy and data on the compiled path, for
 // the requests a user certificate's issuance makes (what serve spends per certificate):
 // plain is a login without groups (what `sshca bench` sends), groups one in a few groups
-// asking for its own name, privileged one asking for root with MFA and a ticket.
+// asking for its own name, privileged one asking for root with MFA and a ticket, token plain
+// with the claims of a development issuer's token.
 func BenchmarkDecideUser(b *testing.B) {
 	ctx := context.Background()
 	e, err := policies.LoadFS(ctx, policies.Embedded, policies.WithEvaluator(policies.EvaluatorCompiled))
@@ -27,6 +29,13 @@ func BenchmarkDecideUser(b *testing.B) {
 	grouped.Groups = []string{"ops", "bastion-users", "backup-operators", "team-7"}
 	privileged := grouped
 	privileged.AMR, privileged.ACR, privileged.AuthTime = []string{"pwd", "mfa"}, "phr", 1764064700
+	// token: plain with every claim of a token from `sshca bench`'s development issuer, as
+	// identity decodes them (numbers as json.Number): what serve's decisions see.
+	token := id
+	token.Claims = map[string]any{"iss": "https://127.0.0.1:8443", "aud": "sshca", "sub": "bench-a-17",
+		"iat": json.Number("1764064700"), "nbf": json.Number("1764064700"), "exp": json.Number("1764068300"),
+		"jti": "9f2c1e0b7a4d4c55b1d3e8f06a7c2b91", "preferred_username": "bencha17",
+		"email": "bencha17@example.com", "email_verified": true}
 	for _, c := range []struct {
 		name       string
 		id         ca.Identity
@@ -37,6 +46,7 @@ func BenchmarkDecideUser(b *testing.B) {
 		{"plain", id, nil, "", true},
 		{"groups", grouped, []string{"alice"}, "", true},
 		{"privileged", privileged, []string{"root"}, "OPS-1234 disk full", false}, // root is requestable, not granted
+		{"token", token, nil, "", true},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			r := req

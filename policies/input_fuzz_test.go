@@ -5,10 +5,12 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -225,6 +227,7 @@ func checkInputValue(t *testing.T, in ca.PolicyInput) {
 		if (err != nil) != (got == nil) {
 			t.Fatalf("JSON form: error %v; inputValue %v: both or neither must refuse %#v", err, got, in)
 		}
+		checkLazyInput(t, in, nil)
 		return
 	}
 	if got.Compare(want) != 0 {
@@ -345,6 +348,32 @@ func TestInputValueRefusesWhatOPARefuses(t *testing.T) {
 }
 
 func nan() float64 { var z float64; return z / z }
+
+// TestLazyInputClaims: claims that lazyInput makes as they are read, and those it converts at
+// once (plainClaims), give inputValue's document, or no input where inputValue gives none.
+func TestLazyInputClaims(t *testing.T) {
+	for name, claims := range map[string]map[string]any{
+		"plain":              {"email_verified": true, "groups": []any{"a", 1.5, nil}, "n": json.Number("42"), "o": map[string]any{"k": "v"}},
+		"empty number":       {"n": json.Number("")},
+		"exponent":           {"n": json.Number("1e5")},
+		"huge exponent":      {"n": json.Number("1e999999")},
+		"nested exponent":    {"o": map[string]any{"n": json.Number("1e999999")}},
+		"not a number":       {"n": json.Number("0x10")},
+		"NaN":                {"n": nan()},
+		"Inf":                {"l": []any{math.Inf(1)}},
+		"big float":          {"f": 1e21, "g": 1e-7},
+		"invalid key":        {"a\xffb": 1.0, "a\uFFFDb": 2.0},
+		"nested invalid key": {"o": map[string]any{"\xff": "x"}},
+		"invalid string":     {"s": "a\xffb"},
+		"other type":         {"t": time.Unix(0, 0).UTC()},
+	} {
+		t.Run(name, func(t *testing.T) {
+			in := goldenInputs()[ca.ActionUser]
+			in.Identity.Claims = claims
+			checkInputValue(t, in)
+		})
+	}
+}
 
 // FuzzInputValue: for inputs of every kind, with any field values and any JSON claims,
 // inputValue(in) equals the value json.Marshal(in) parses to. Seeded from inputCases; the

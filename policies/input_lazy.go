@@ -1,6 +1,12 @@
 package policies
 
 import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+	"unicode/utf8"
+
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/sshca/sshca/ca"
@@ -24,9 +30,17 @@ func lazyInput(in ca.PolicyInput) ast.Value {
 	}
 	d := &lazyDoc{kind: in.Kind, now: in.Now, id: in.Identity, req: in.Request}
 	d.claims = emptyObject
-	if len(in.Identity.Claims) > 0 {
+	switch c := in.Identity.Claims; {
+	case len(c) == 0:
+	case plainClaims(c):
+		// A token's claims (a dozen or more) are read by few policies, and by the shipped one
+		// for host certificates only.
+		d.claimsFields.claims = c
+		d.claimsObj.Fields = &d.claimsFields
+		d.claims = d.term(&d.claimsObj)
+	default:
 		// Made at once: claims that have no JSON form must fail the decision before it runs.
-		v, err := claimsValue(in.Identity.Claims)
+		v, err := claimsValue(c)
 		if err != nil {
 			return nil
 		}
@@ -103,6 +117,8 @@ type lazyDoc struct {
 	claims                          *ast.Term
 	doc, identity, request          lazyMembers
 	docObj, identityObj, requestObj plan.Object
+	claimsFields                    lazyClaims
+	claimsObj                       plan.Object
 	slab                            [16]ast.Term
 	used                            int
 }
@@ -227,4 +243,92 @@ func (d *lazyDoc) list(ss []string) *ast.Term {
 		terms[i] = d.str(s)
 	}
 	return d.term(ast.NewArray(terms...))
+}
+
+// plainClaims reports whether claimValue converts every claim without an error and without
+// falling back to encoding/json: keys valid UTF-8, values nil, booleans, strings, finite
+// float64s, json.Numbers without an exponent (the exponent bound is OPA's to check), and
+// lists and objects of those. Only such claims are made as they are read (lazyClaims): their
+// conversion cannot fail once the decision runs.
+func plainClaims(claims map[string]any) bool {
+	for k, v := range claims {
+		if !utf8.ValidString(k) || !plainClaim(v) {
+			return false
+		}
+	}
+	return true
+}
+
+func plainClaim(v any) bool {
+	switch x := v.(type) {
+	case nil, bool, string:
+		return true
+	case json.Number:
+		return x == "" || (validNumber(string(x)) && !strings.ContainsAny(string(x), "eE"))
+	case float64:
+		return !math.IsNaN(x) && !math.IsInf(x, 0)
+	case []any:
+		for _, e := range x {
+			if !plainClaim(e) {
+				return false
+			}
+		}
+		return true
+	case map[string]any:
+		return plainClaims(x)
+	}
+	return false
+}
+
+// lazyClaims are the claims object's members (plan.Fields), each converted by claimValue when
+// first read and kept. plainClaims holds for claims.
+type lazyClaims struct {
+	claims map[string]any
+	keys   []*ast.Term // in the order of values; made on first read
+	values []*ast.Term
+}
+
+func (c *lazyClaims) Len() int { return len(c.claims) }
+
+func (c *lazyClaims) Member(i int) (key, value *ast.Term) {
+	c.index()
+	return c.keys[i], c.value(i)
+}
+
+func (c *lazyClaims) Get(key string) *ast.Term {
+	if _, ok := c.claims[key]; !ok {
+		return nil
+	}
+	c.index()
+	for i, k := range c.keys {
+		if string(k.Value.(ast.String)) == key {
+			return c.value(i)
+		}
+	}
+	return nil
+}
+
+// index fixes the members' order, the first time a member is read.
+func (c *lazyClaims) index() {
+	if c.keys != nil {
+		return
+	}
+	c.keys = make([]*ast.Term, 0, len(c.claims))
+	for k := range c.claims {
+		c.keys = append(c.keys, ast.StringTerm(k))
+	}
+	c.values = make([]*ast.Term, len(c.keys))
+}
+
+func (c *lazyClaims) value(i int) *ast.Term {
+	if c.values[i] == nil {
+		v, err := claimValue(c.claims[string(c.keys[i].Value.(ast.String))])
+		if err != nil {
+			// plainClaims rules this out; were it to happen, the plan evaluator recovers
+			// and Decide asks topdown, whose input (inputValue) refuses the claims.
+			panic(fmt.Sprintf("policies: claims: %v", err))
+		}
+		c.values[i] = ast.NewTerm(v)
+	}
+	return c.values[i]
 }
