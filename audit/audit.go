@@ -30,14 +30,22 @@
 //
 // A record's MAC is 64 lowercase hex characters: HMAC-SHA256(key, prev ‖ "\n" ‖ seq in decimal ‖
 // "\n" ‖ rec), prev being the MAC of the record before ("" for the first) and rec the record's
-// JSON (ca.AuditRecord; a record without "v" is version 1, later ones say their version).
+// JSON (ca.AuditRecord; a record without "v" is version 1, later ones say their version). In
+// stripe i >= 1 the sequence number is followed by "@" and i in decimal ("17@2"), so a record,
+// or a whole stripe, moved to another stripe no longer verifies.
+//
+// Checkpoints (checkpoint.go) link the stripes: entries whose rec is {"checkpoint":{...}},
+// naming the head of every stripe as one replica read them, which Verify checks against the
+// stripes once it walked them all. They find a stripe cut short, dropped or rewritten, and a
+// stripe count lowered; they are chained like records but never handed to callers as records.
 //
 // The base mark is "<seq> <mac> <base mac>" (single spaces): the sequence number in decimal and
 // the MAC of the last record archived, and
 //
 //	base mac = hex(HMAC-SHA256(key, "sshca-audit-base-v1\x00" ‖ seq as 8 bytes big-endian ‖ mac))
 //
-// where mac is the record MAC's 64 hex characters as bytes. The context string keeps any
+// where mac is the record MAC's 64 hex characters as bytes; in stripe i >= 1, "@" and i in
+// decimal follow the mac. The context string keeps any
 // record's MAC from standing in for a base mac, so deleting the oldest records and pointing the
 // base past them needs the key. Only Archive writes a base mark, and it writes it first as the
 // archive's last line, {"base":"<seq> <mac> <base mac>"}, after the records it covers, so the
@@ -50,7 +58,8 @@
 // rewrite it, and without the key anyone with write access can recompute it (a chain kept
 // without a key, base marks included, is plain SHA-256: it shows accidents, not an attacker).
 // Truncating the tail together with the head goes unseen by Verify: every record since the
-// last archive, or the whole log when there is no archive. Given the latest archive
+// last archive, or the whole log when there is no archive; with stripes, only the records
+// after the last checkpoint of another stripe that names them. Given the latest archive
 // (VerifyAfter), an emptied or shortened log is found as long as the archive holds more than
 // what is left. The service also logs each record's sequence number and MAC, so logs shipped
 // elsewhere anchor the chain.
@@ -74,6 +83,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -109,6 +119,12 @@ type Log struct {
 	// raised: the stripe count kept in Redis (Keys.AuditStripes) is known to be at least
 	// len(stripes), so readers walk every stripe this Log may append to.
 	raised bool
+
+	// every and now: Options.CheckpointEvery and Now. dirty: records were kept since the
+	// last checkpoint (checkpoint.go).
+	every time.Duration
+	now   func() time.Time
+	dirty atomic.Bool
 	// link and linkBuf compute the MACs of commit's records (linkMAC): one HMAC reset per
 	// record rather than a new one (two SHA-256 states and their pads) each time.
 	link    hash.Hash
@@ -145,6 +161,12 @@ type Options struct {
 	// Home is the stripe a Log appends to first (taken modulo Stripes); nil picks one at
 	// random, so replicas started together mostly start apart.
 	Home *int
+	// CheckpointEvery is how often RunCheckpoints appends a checkpoint (the heads of every
+	// stripe, checkpoint.go) when records were kept since the last one; default 1 s. Only
+	// with more than one stripe.
+	CheckpointEvery time.Duration
+	// Now is the clock of checkpoint records' time; default time.Now.
+	Now func() time.Time
 }
 
 // stripe is one chain of a striped log: its keys, and its head as this Log last saw it.
@@ -168,7 +190,13 @@ const KeySize = 32
 // New returns the audit log kept in rdb.
 func New(rdb redis.UniversalClient, o Options) *Log {
 	l := &Log{rdb: rdb, key: o.Key, prefix: o.Prefix, log: o.Logger, acceptLegacy: o.AcceptLegacyBase, marks: o.Marks,
-		lock: make(chan struct{}, 1)}
+		lock: make(chan struct{}, 1), every: o.CheckpointEvery, now: o.Now}
+	if l.every <= 0 {
+		l.every = DefaultCheckpointEvery
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
 	if l.prefix == "" {
 		l.prefix = "sshca"
 	}
@@ -194,16 +222,28 @@ func New(rdb redis.UniversalClient, o Options) *Log {
 // base is the base mark "<seq> <mac> <base mac>" of its last record archived and trimmed away
 // (none when none was): where that stripe kept in Redis starts.
 
-// mac is the chain's link: over the previous MAC, the sequence number and the record.
-func (l *Log) mac(prev string, seq uint64, rec []byte) string {
+// mac is the chain's link: over the previous MAC, the sequence number (with the stripe's
+// number after it beyond stripe 0, so a record cannot be moved to another stripe) and the
+// record.
+func (l *Log) mac(stripe int, prev string, seq uint64, rec []byte) string {
 	h := l.hash()
-	fmt.Fprintf(h, "%s\n%d\n", prev, seq)
+	fmt.Fprintf(h, "%s\n%d%s\n", prev, seq, stripeSuffix(stripe))
 	h.Write(rec)
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// stripeSuffix follows the sequence number in the MAC input of a record of stripe i, and
+// the MAC in a base mark's: nothing for stripe 0 (the chain as it was before stripes), "@i"
+// beyond.
+func stripeSuffix(i int) string {
+	if i == 0 {
+		return ""
+	}
+	return "@" + strconv.Itoa(i)
+}
+
 // linkMAC is mac, computed with the HMAC and buffer that commit reuses; l.lock must be held.
-func (l *Log) linkMAC(prev string, seq uint64, rec []byte) string {
+func (l *Log) linkMAC(stripe int, prev string, seq uint64, rec []byte) string {
 	if l.link == nil {
 		l.link = l.hash()
 	}
@@ -211,6 +251,10 @@ func (l *Log) linkMAC(prev string, seq uint64, rec []byte) string {
 	b := append(l.linkBuf[:0], prev...)
 	b = append(b, '\n')
 	b = strconv.AppendUint(b, seq, 10)
+	if stripe > 0 {
+		b = append(b, '@')
+		b = strconv.AppendInt(b, int64(stripe), 10)
+	}
 	b = append(b, '\n')
 	l.linkBuf = b
 	l.link.Write(b)
@@ -295,7 +339,7 @@ func validOnce(s string) bool {
 // pending is one record waiting to be appended by a group commit.
 type pending struct {
 	body     []byte
-	rec      *ca.AuditRecord // for the log line
+	rec      *ca.AuditRecord // for the log line; nil for a checkpoint
 	ctx      context.Context // its caller's: for the log line (the request's ID), and alone, for the round trip
 	deadline time.Time       // its caller's deadline (zero: none)
 	done     chan error      // receives the outcome once, buffered
@@ -323,11 +367,17 @@ func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
-	p := &pending{body: body, rec: &rec, ctx: ctx, done: make(chan error, 1)}
-	if rec.Once != "" {
-		if !validOnce(rec.Once) {
-			return fmt.Errorf("audit: the record's Once key %.80q is not 1 to 64 of [A-Za-z0-9_-]", rec.Once)
-		}
+	if rec.Once != "" && !validOnce(rec.Once) {
+		return fmt.Errorf("audit: the record's Once key %.80q is not 1 to 64 of [A-Za-z0-9_-]", rec.Once)
+	}
+	return l.append(ctx, body, &rec)
+}
+
+// append queues body (rec: the record it encodes, nil for a checkpoint) for the next group
+// commit and returns its outcome.
+func (l *Log) append(ctx context.Context, body []byte, rec *ca.AuditRecord) error {
+	p := &pending{body: body, rec: rec, ctx: ctx, done: make(chan error, 1)}
+	if rec != nil && rec.Once != "" {
 		p.once = store.Keys{Prefix: l.prefix}.AuditOnce(rec.Once)
 	}
 	p.deadline, _ = ctx.Deadline()
@@ -435,7 +485,7 @@ func (l *Log) commit(batch []*pending) error {
 		k := 0
 		for i, b := range batch {
 			b.seq = prevSeq + 1 + uint64(i)
-			b.mac = l.linkMAC(prev, b.seq, b.body)
+			b.mac = l.linkMAC(s.i, prev, b.seq, b.body)
 			args = append(args, strconv.FormatUint(b.seq, 10), prev, b.mac, b.body)
 			prev = b.mac
 			if b.once != "" {
@@ -514,6 +564,11 @@ func (l *Log) commit(batch []*pending) error {
 			// request's, which names the same request ID).
 			for _, b := range batch {
 				b.stripe = s.i
+				if b.rec == nil {
+					l.log.DebugContext(b.ctx, "audit checkpoint", "stripe", s.i, "seq", b.seq, "mac", b.mac)
+					continue
+				}
+				l.dirty.Store(true)
 				if l.log.Enabled(b.ctx, slog.LevelDebug) {
 					l.log.DebugContext(b.ctx, "audit", "stripe", s.i, "seq", b.seq, "mac", b.mac, "action", b.rec.Action, "outcome", b.rec.Outcome, "identity", b.rec.Identity)
 				}
@@ -574,20 +629,21 @@ func (l *Log) hash() hash.Hash {
 	return sha256.New()
 }
 
-// baseMAC signs a base mark (see the package doc for the exact bytes).
-func (l *Log) baseMAC(seq uint64, recMAC string) string {
+// baseMAC signs a base mark of a stripe (see the package doc for the exact bytes).
+func (l *Log) baseMAC(stripe int, seq uint64, recMAC string) string {
 	h := l.hash()
 	h.Write([]byte(baseContext))
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], seq)
 	h.Write(b[:])
 	h.Write([]byte(recMAC))
+	h.Write([]byte(stripeSuffix(stripe)))
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// signedBase is the base mark for record seq whose MAC is recMAC.
-func (l *Log) signedBase(seq uint64, recMAC string) string {
-	return strconv.FormatUint(seq, 10) + " " + recMAC + " " + l.baseMAC(seq, recMAC)
+// signedBase is the base mark of a stripe for record seq whose MAC is recMAC.
+func (l *Log) signedBase(stripe int, seq uint64, recMAC string) string {
+	return strconv.FormatUint(seq, 10) + " " + recMAC + " " + l.baseMAC(stripe, seq, recMAC)
 }
 
 // baseMark is a parsed base mark; the zero value is "no base" (a log never archived).
@@ -635,9 +691,9 @@ func isMAC(s string) bool {
 	return true
 }
 
-// checkSigned is nil when b carries a valid base MAC.
-func (l *Log) checkSigned(b baseMark) error {
-	if b.sig == "" || !hmac.Equal([]byte(b.sig), []byte(l.baseMAC(b.seq, b.mac))) {
+// checkSigned is nil when b carries a valid base MAC for the stripe.
+func (l *Log) checkSigned(stripe int, b baseMark) error {
+	if b.sig == "" || !hmac.Equal([]byte(b.sig), []byte(l.baseMAC(stripe, b.seq, b.mac))) {
 		return ErrBaseNotSigned
 	}
 	return nil
@@ -645,8 +701,10 @@ func (l *Log) checkSigned(b baseMark) error {
 
 // Report is what Verify found.
 type Report struct {
-	Records int    // entries checked, over every stripe (Archive: entries written to the archive)
-	Head    string // MAC of stripe 0's last entry ("" when none was checked)
+	Records int // audit records checked, over every stripe (Archive: entries written to the archive)
+	// Checkpoints counts the checkpoint entries checked, besides Records (checkpoint.go).
+	Checkpoints int
+	Head        string // MAC of stripe 0's last entry ("" when none was checked)
 	// BaseSeq is the record stripe 0 in Redis goes on from (0: it starts at the first record).
 	BaseSeq uint64
 	// LegacyBase: a base mark was of the old unsigned form and was accepted because
@@ -659,11 +717,12 @@ type Report struct {
 
 // StripeReport is what one stripe of the chain held.
 type StripeReport struct {
-	Stripe  int
-	Records int    // entries checked
-	HeadSeq uint64 // the last entry's sequence number (BaseSeq when none was checked)
-	Head    string // the last entry's MAC ("" when none was checked)
-	BaseSeq uint64 // the record the stripe in Redis goes on from (0: its first)
+	Stripe      int
+	Records     int    // audit records checked
+	Checkpoints int    // checkpoint entries checked
+	HeadSeq     uint64 // the last entry's sequence number (BaseSeq when none was checked)
+	Head        string // the last entry's MAC ("" when none was checked)
+	BaseSeq     uint64 // the record the stripe in Redis goes on from (0: its first)
 	// LegacyBase: as Report's, for this stripe.
 	LegacyBase bool
 }
@@ -679,6 +738,9 @@ type Entry struct {
 	Raw     json.RawMessage // the record as chained
 	Version int             // the record's version: its "v", 1 when it has none
 	Record  ca.AuditRecord
+	// Checkpoint is set, and Record empty, for a checkpoint entry (checkpoint.go): Verify
+	// and VerifyArchive hand only records to their callers, never these.
+	Checkpoint *Checkpoint
 }
 
 // Verify walks the whole chain kept in Redis, every stripe ever appended to in turn (stripe
@@ -688,7 +750,19 @@ type Entry struct {
 // not trouble it. A base mark must be signed (ErrBaseNotSigned); a legacy one is refused
 // (ErrLegacyBase) unless Options.AcceptLegacyBase.
 func (l *Log) Verify(ctx context.Context, each func(Entry)) (Report, error) {
-	return l.walk(ctx, func(int, baseMark) (bool, error) { return false, nil }, each)
+	return l.walk(ctx, func(int, baseMark) (bool, error) { return false, nil }, recordsOnly(each))
+}
+
+// recordsOnly passes each the audit records, not the checkpoints.
+func recordsOnly(each func(Entry)) func(Entry) {
+	if each == nil {
+		return nil
+	}
+	return func(e Entry) {
+		if e.Checkpoint == nil {
+			each(e)
+		}
+	}
 }
 
 // VerifyAfter is Verify for a chain in Redis that must go on from the latest archive, as
@@ -708,7 +782,7 @@ func (l *Log) VerifyAfter(ctx context.Context, ar ArchiveReport, each func(Entry
 			return false, fmt.Errorf("audit: the base mark says the chain in Redis goes on from record %d (%.16s…), the archive ends at record %d (%.16s…): records were removed, or this is not the latest archive, or an archive run was cut short before trimming (run `sshca audit archive` again)", b.seq, b.mac, ar.LastSeq, ar.LastMAC)
 		}
 		return true, nil
-	}, each)
+	}, recordsOnly(each))
 }
 
 // maxStripes bounds the stripe count a reader takes from Redis: a count beyond it is damage,
@@ -744,6 +818,9 @@ func (l *Log) walk(ctx context.Context, start func(stripe int, b baseMark) (bool
 		return rep, err
 	}
 	n = max(n, len(l.stripes))
+	// A log of one stripe keeps no MACs: a checkpoint found in it was taken with more
+	// stripes, which is enough to fail.
+	cps := &claims{keepMACs: n > 1}
 	for i := range n {
 		s, marks := s0, vals[:2]
 		if i > 0 {
@@ -752,9 +829,10 @@ func (l *Log) walk(ctx context.Context, start func(stripe int, b baseMark) (bool
 				return rep, fmt.Errorf("audit: read: %w", err)
 			}
 		}
-		sr, err := l.walkStripe(ctx, s, marks, start, each)
+		sr, err := l.walkStripe(ctx, s, marks, start, each, cps)
 		rep.Stripes = append(rep.Stripes, sr)
 		rep.Records += sr.Records
+		rep.Checkpoints += sr.Checkpoints
 		rep.LegacyBase = rep.LegacyBase || sr.LegacyBase
 		if i == 0 {
 			rep.Head, rep.BaseSeq = sr.Head, sr.BaseSeq
@@ -766,11 +844,15 @@ func (l *Log) walk(ctx context.Context, start func(stripe int, b baseMark) (bool
 			return rep, err
 		}
 	}
+	if err := l.checkClaims(ctx, cps, rep.Stripes); err != nil {
+		return rep, err
+	}
 	return rep, nil
 }
 
 // walkStripe verifies one stripe, whose base mark and head are marks (as MGET answered them).
-func (l *Log) walkStripe(ctx context.Context, s *stripe, marks []any, start func(int, baseMark) (bool, error), each func(Entry)) (StripeReport, error) {
+// It keeps in cps what checkClaims needs: the checkpoints' claims, and its MACs.
+func (l *Log) walkStripe(ctx context.Context, s *stripe, marks []any, start func(int, baseMark) (bool, error), each func(Entry), cps *claims) (StripeReport, error) {
 	rep := StripeReport{Stripe: s.i}
 	mark := func(v any) string { s, _ := v.(string); return s }
 	b, err := parseBase(mark(marks[0]))
@@ -791,12 +873,14 @@ func (l *Log) walkStripe(ctx context.Context, s *stripe, marks []any, start func
 	case b.legacy():
 		rep.LegacyBase = !vouched
 	case b.seq > 0:
-		if err := l.checkSigned(b); err != nil {
+		if err := l.checkSigned(s.i, b); err != nil {
 			return rep, err
 		}
 	}
 	rep.BaseSeq, rep.HeadSeq = b.seq, b.seq
 	seq, prev := b.seq, b.mac
+	cps.base = append(cps.base, b)
+	cps.macs = append(cps.macs, nil)
 	from := "-"
 	for seq < headSeq {
 		msgs, err := l.rdb.XRangeN(ctx, s.streamKey, from, "+", 1000).Result()
@@ -807,7 +891,7 @@ func (l *Log) walkStripe(ctx context.Context, s *stripe, marks []any, start func
 			if seq == headSeq {
 				break // appended after the head was read
 			}
-			e, err := l.check(m, prev, seq+1)
+			e, err := l.check(s.i, m, prev, seq+1)
 			if err != nil {
 				return rep, fmt.Errorf("audit: entry %s (after %d good records): %w", m.ID, rep.Records, err)
 			}
@@ -815,8 +899,13 @@ func (l *Log) walkStripe(ctx context.Context, s *stripe, marks []any, start func
 			if each != nil {
 				each(e)
 			}
+			cps.keep(e)
 			prev, seq = e.MAC, e.Seq
-			rep.Records++
+			if e.Checkpoint != nil {
+				rep.Checkpoints++
+			} else {
+				rep.Records++
+			}
 			rep.Head, rep.HeadSeq = e.MAC, e.Seq
 		}
 		if len(msgs) < 1000 {
@@ -830,7 +919,7 @@ func (l *Log) walkStripe(ctx context.Context, s *stripe, marks []any, start func
 	return rep, nil
 }
 
-func (l *Log) check(m redis.XMessage, prev string, wantSeq uint64) (Entry, error) {
+func (l *Log) check(stripe int, m redis.XMessage, prev string, wantSeq uint64) (Entry, error) {
 	field := func(k string) string { s, _ := m.Values[k].(string); return s }
 	seq, err := strconv.ParseUint(field("seq"), 10, 64)
 	if err != nil {
@@ -844,10 +933,18 @@ func (l *Log) check(m redis.XMessage, prev string, wantSeq uint64) (Entry, error
 	}
 	body := []byte(field("rec"))
 	mac := field("mac")
-	if !hmac.Equal([]byte(mac), []byte(l.mac(prev, seq, body))) {
+	if !hmac.Equal([]byte(mac), []byte(l.mac(stripe, prev, seq, body))) {
 		return Entry{}, errors.New("its MAC does not match its content: the record was changed, or the audit key is not the one it was written with")
 	}
 	e := Entry{ID: m.ID, Seq: seq, Prev: prev, MAC: mac, Raw: body}
+	if isCheckpoint(body) {
+		c, err := parseCheckpoint(body)
+		if err != nil {
+			return Entry{}, err
+		}
+		e.Checkpoint, e.Version = c, 1
+		return e, nil
+	}
 	if err := json.Unmarshal(body, &e.Record); err != nil {
 		return Entry{}, fmt.Errorf("malformed record: %w", err)
 	}
@@ -962,7 +1059,7 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 	if rep.Records == 0 && !base.legacy() {
 		return Report{BaseSeq: base.seq}, nil // nothing to trim, nothing to sign
 	}
-	newBase := l.signedBase(endSeq, endMAC)
+	newBase := l.signedBase(0, endSeq, endMAC)
 	if !(pos && prior.EndsSigned && prior.LastSeq == endSeq) {
 		if err := enc.Encode(archived{Base: newBase}); err != nil {
 			return Report{}, fmt.Errorf("audit: archive: %w", err)
@@ -1006,6 +1103,7 @@ func (r ArchiveReport) positioned() bool { return r.Records > 0 || r.Bases > 0 }
 // Archives written before base marks were signed have none and still verify; every base mark
 // present must be signed and name the record just before it.
 func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error) {
+	each = recordsOnly(each)
 	var rep ArchiveReport
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
@@ -1022,7 +1120,7 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 			if err != nil {
 				return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
 			}
-			if l.checkSigned(b) != nil {
+			if l.checkSigned(0, b) != nil {
 				return rep, fmt.Errorf("audit: archive line %d: the base mark is not signed with the audit key: records before it may have been removed", line)
 			}
 			if rep.positioned() && (b.seq != rep.LastSeq || b.mac != rep.LastMAC) {
@@ -1039,7 +1137,7 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 		if rep.Records == 0 {
 			rep.FirstSeq, rep.FirstPrev = a.Seq, a.Prev
 		}
-		e, err := l.check(redis.XMessage{ID: strconv.Itoa(line), Values: map[string]any{
+		e, err := l.check(0, redis.XMessage{ID: strconv.Itoa(line), Values: map[string]any{
 			"seq": strconv.FormatUint(a.Seq, 10), "prev": a.Prev, "mac": a.MAC, "rec": string(a.Rec)}}, a.Prev, a.Seq)
 		if err != nil {
 			return rep, fmt.Errorf("audit: archive line %d: %w", line, err)

@@ -1,0 +1,255 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/store"
+)
+
+// Checkpoints link the stripes of a log. Each stripe is a chain on its own: deleting the
+// tail of one together with its head (or the whole stripe) leaves a shorter chain that
+// verifies. So every CheckpointEvery, a Log that kept records since its last checkpoint
+// appends to its stripe a checkpoint entry naming the head (sequence number and MAC) of every
+// stripe, read in one pipeline. Chained and MACed like any record, it pins those heads: Verify,
+// having walked every stripe, checks each checkpoint against the stripes it names. A named
+// record beyond a stripe's end is a stripe cut short (or dropped); one that is not the record
+// walked at that place is a stripe rewritten; a checkpoint taken with more stripes than the
+// chain now has is a stripe count lowered. What a checkpoint cannot see: records appended to
+// a stripe after the last checkpoint of every other stripe, which the stripe's own head alone
+// vouches for, as it does for a log without stripes.
+//
+// A checkpoint entry's rec is JSON, {"checkpoint":{"time":RFC 3339,"stripes":n,"heads":
+// [{"stripe":j,"seq":s,"mac":"<64 hex>"},...]}}: the stripe count it was taken with, and the
+// heads of the stripes that had records, in stripe order. Audit records (ca.AuditRecord) never
+// start with {"checkpoint":, so the two cannot be confused.
+
+// DefaultCheckpointEvery is Options.CheckpointEvery's default.
+const DefaultCheckpointEvery = time.Second
+
+// Checkpoint is a checkpoint entry: the heads of the stripes, as a Log read them just before
+// appending it.
+type Checkpoint struct {
+	Time    time.Time        `json:"time"`
+	Stripes int              `json:"stripes"` // the stripe count when it was taken
+	Heads   []CheckpointHead `json:"heads"`   // by stripe, those with records
+}
+
+// CheckpointHead is one stripe's head in a checkpoint.
+type CheckpointHead struct {
+	Stripe int    `json:"stripe"`
+	Seq    uint64 `json:"seq"`
+	MAC    string `json:"mac"`
+}
+
+type checkpointRecord struct {
+	Checkpoint *Checkpoint `json:"checkpoint"`
+}
+
+var checkpointPrefix = []byte(`{"checkpoint":`)
+
+func isCheckpoint(body []byte) bool { return bytes.HasPrefix(body, checkpointPrefix) }
+
+// parseCheckpoint reads a checkpoint entry's record, strictly: a checkpoint is written only by
+// this package.
+func parseCheckpoint(body []byte) (*Checkpoint, error) {
+	var r checkpointRecord
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil || r.Checkpoint == nil {
+		return nil, fmt.Errorf("malformed checkpoint: %v", err)
+	}
+	c := r.Checkpoint
+	if c.Stripes < 1 || c.Stripes > maxStripes {
+		return nil, fmt.Errorf("malformed checkpoint: %d stripes", c.Stripes)
+	}
+	last := -1
+	for _, h := range c.Heads {
+		if h.Stripe <= last || h.Stripe >= c.Stripes || h.Seq == 0 || !isMAC(h.MAC) {
+			return nil, fmt.Errorf("malformed checkpoint: head %+v of %d stripes", h, c.Stripes)
+		}
+		last = h.Stripe
+	}
+	return c, nil
+}
+
+// Checkpoint appends a checkpoint entry if this Log kept records since its last one (and has
+// more than one stripe): the heads of every stripe, read in one pipeline of GETs (one slot
+// each on Redis Cluster), then appended like a record, to whichever stripe the Log appends to.
+// RunCheckpoints calls it every CheckpointEvery; the service calls it once more when it
+// drains, so its last records are pinned too.
+func (l *Log) Checkpoint(ctx context.Context) error {
+	if len(l.stripes) < 2 || !l.dirty.Swap(false) {
+		return nil
+	}
+	body, err := l.readCheckpoint(ctx)
+	if err == nil {
+		err = l.append(ctx, body, nil)
+	}
+	if err != nil {
+		l.dirty.Store(true) // the next one covers these records
+		return fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	return nil
+}
+
+// RunCheckpoints calls Checkpoint on every tick (nil: every CheckpointEvery) until ctx ends.
+// A checkpoint that fails is logged and tried again at the next tick.
+func (l *Log) RunCheckpoints(ctx context.Context, tick <-chan time.Time) {
+	if len(l.stripes) < 2 {
+		return
+	}
+	if tick == nil {
+		t := time.NewTicker(l.every)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+			if err := l.Checkpoint(ctx); err != nil {
+				l.log.Warn("audit checkpoint failed; trying again at the next tick", "err", err)
+			}
+		}
+	}
+}
+
+// readHeads reads the heads of stripes 0 to n-1 and the stripe count, in one pipeline.
+func (l *Log) readHeads(ctx context.Context, n int) (heads []string, count int, err error) {
+	keys := store.Keys{Prefix: l.prefix}
+	cmds := make([]*redis.StringCmd, n)
+	var countCmd *redis.StringCmd
+	_, err = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		countCmd = p.Get(ctx, keys.AuditStripes())
+		for i := range n {
+			cmds[i] = p.Get(ctx, keys.AuditStripeHead(i))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, 0, fmt.Errorf("read the heads: %w", err)
+	}
+	heads = make([]string, n)
+	for i, c := range cmds {
+		if heads[i], err = c.Result(); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, 0, fmt.Errorf("read the heads: %w", err)
+		}
+	}
+	var v any
+	if c, err := countCmd.Result(); err == nil {
+		v = c
+	} else if !errors.Is(err, redis.Nil) {
+		return nil, 0, fmt.Errorf("read the stripe count: %w", err)
+	}
+	count, err = parseStripes(v)
+	return heads, count, err
+}
+
+// readCheckpoint builds a checkpoint's record from the heads as they stand.
+func (l *Log) readCheckpoint(ctx context.Context) ([]byte, error) {
+	heads, count, err := l.readHeads(ctx, len(l.stripes))
+	if err != nil {
+		return nil, err
+	}
+	if count > len(heads) {
+		// Another replica appends to more stripes than this one: name them too.
+		if heads, _, err = l.readHeads(ctx, count); err != nil {
+			return nil, err
+		}
+	}
+	c := &Checkpoint{Time: l.now().UTC(), Stripes: len(heads)}
+	for i, h := range heads {
+		seq, mac, err := parseHead(h)
+		if err != nil {
+			return nil, fmt.Errorf("stripe %d: %w", i, err)
+		}
+		if seq > 0 {
+			c.Heads = append(c.Heads, CheckpointHead{Stripe: i, Seq: seq, MAC: mac})
+		}
+	}
+	return json.Marshal(checkpointRecord{c})
+}
+
+// claims is what a walk keeps to check the checkpoints once every stripe is walked: the
+// checkpoints, and of each stripe its base and, from there on, the first 8 bytes of each
+// entry's MAC (8 bytes an entry: a chain of a million entries keeps 8 MB; matching 64 bits
+// of an HMAC by chance is out of reach, and whoever holds the key can rewrite the whole
+// chain anyway).
+type claims struct {
+	keepMACs bool // more than one stripe is walked
+	cps      []walkedCheckpoint
+	base     []baseMark // by stripe walked
+	macs     [][]uint64 // by stripe walked: entries base.seq+1, base.seq+2, ...
+}
+
+type walkedCheckpoint struct {
+	stripe int
+	seq    uint64
+	c      *Checkpoint
+}
+
+func macPrefix(mac string) uint64 {
+	var b [8]byte
+	_, _ = hex.Decode(b[:], []byte(mac[:16])) // a MAC that checked out: 64 hex characters
+	return binary.BigEndian.Uint64(b[:])
+}
+
+// keep remembers e, an entry of the stripe walked last that checked out.
+func (c *claims) keep(e Entry) {
+	if c.keepMACs {
+		c.macs[e.Stripe] = append(c.macs[e.Stripe], macPrefix(e.MAC))
+	}
+	if e.Checkpoint != nil {
+		c.cps = append(c.cps, walkedCheckpoint{e.Stripe, e.Seq, e.Checkpoint})
+	}
+}
+
+// checkClaims checks every checkpoint walked against the stripes it names, reps being what
+// the walk found of each. The stripes' heads are read again first: a checkpoint walked was
+// taken before the head read at the start of its stripe's walk, and heads only grow, so it
+// names no record beyond the heads read now, however appends interleaved with the walk.
+func (l *Log) checkClaims(ctx context.Context, c *claims, reps []StripeReport) error {
+	n := len(reps)
+	heads, count, err := l.readHeads(ctx, n+1)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	if heads[n] != "" && count <= n {
+		return fmt.Errorf("audit: stripe %d holds records, but the stripe count says %d: the count was lowered, and readers miss stripes", n, count)
+	}
+	for _, cp := range c.cps {
+		if cp.c.Stripes > n {
+			return fmt.Errorf("audit: stripe %d's checkpoint (record %d) was taken with %d stripes, the chain in Redis has %d: the stripe count was lowered, or stripes dropped", cp.stripe, cp.seq, cp.c.Stripes, n)
+		}
+		for _, h := range cp.c.Heads {
+			j := h.Stripe
+			end, _, err := parseHead(heads[j])
+			if err != nil {
+				return err
+			}
+			b := c.base[j]
+			walked := b.seq + uint64(len(c.macs[j]))
+			switch {
+			case h.Seq > end:
+				return fmt.Errorf("audit: stripe %d was cut short: stripe %d's checkpoint (record %d) names its record %d (%.16s…), and it ends at record %d", j, cp.stripe, cp.seq, h.Seq, h.MAC, end)
+			case h.Seq < b.seq:
+				// Archived and trimmed: the archive holds it.
+			case h.Seq == b.seq && h.MAC != b.mac,
+				h.Seq > b.seq && h.Seq <= walked && c.macs[j][h.Seq-b.seq-1] != macPrefix(h.MAC):
+				return fmt.Errorf("audit: stripe %d was rewritten: its record %d is not the one stripe %d's checkpoint (record %d) names (%.16s…)", j, h.Seq, cp.stripe, cp.seq, h.MAC)
+			}
+			// Beyond what was walked: appended while the walk ran, nothing to compare.
+		}
+	}
+	return nil
+}
