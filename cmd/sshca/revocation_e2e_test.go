@@ -230,18 +230,48 @@ func startBastionSSHD(t *testing.T, base string, mint func(map[string]any) strin
 // the session's end. The session is killed when the test ends.
 func startSession(t *testing.T, sshd *testenv.SSHD, key, cert, knownHosts string) <-chan error {
 	t.Helper()
-	before := strings.Count(sshd.Log(), "Starting session: command")
-	session := exec.Command("ssh", sshArgs(sshd, key, cert, knownHosts, "sleep 120")...)
-	if err := session.Start(); err != nil {
-		t.Fatal(err)
+	// A session that ssh could not open is not what the callers measure: on a loaded machine
+	// sshd's preauth child has been seen to lose its monitor ("mm_log_handler: write: Broken
+	// pipe") and ssh to exit before any session began. That is retried, twice at most, with
+	// ssh's own words in the log; waiting 10 s for a session that ssh already gave up on
+	// only hid them.
+	for attempt := 1; ; attempt++ {
+		before := strings.Count(sshd.Log(), "Starting session: command")
+		var stderr testenv.SyncBuffer
+		session := exec.Command("ssh", sshArgs(sshd, key, cert, knownHosts, "sleep 120")...)
+		session.Stderr = &stderr
+		if err := session.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- session.Wait() }()
+		t.Cleanup(func() { _ = session.Process.Kill() })
+		started := func() bool { return strings.Count(sshd.Log(), "Starting session: command") > before }
+		var exited error
+		gone := false // ssh has exited, with exited as its error
+		for deadline := time.Now().Add(10 * time.Second); !gone && !started() && time.Now().Before(deadline); {
+			select {
+			case exited = <-done:
+				gone = true
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		switch {
+		case started() && gone:
+			// It began and already ended: hand its end on to the caller.
+			ended := make(chan error, 1)
+			ended <- exited
+			return ended
+		case started():
+			return done
+		case !gone:
+			t.Fatalf("timed out after 10s waiting until sshd logs the session; ssh said: %s", stderr.String())
+		case attempt == 3:
+			t.Fatalf("ssh exited (%v) before a session began, %d times; last time it said: %s", exited, attempt, stderr.String())
+		default:
+			t.Logf("ssh exited (%v) before a session began, retrying; it said: %s", exited, stderr.String())
+		}
 	}
-	done := make(chan error, 1)
-	go func() { done <- session.Wait() }()
-	t.Cleanup(func() { _ = session.Process.Kill() })
-	waitFor(t, 10*time.Second, "sshd logs the session", func() bool {
-		return strings.Count(sshd.Log(), "Starting session: command") > before
-	})
-	return done
 }
 
 func sshArgs(s *testenv.SSHD, key, cert, knownHosts string, command string) []string {
