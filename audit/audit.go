@@ -66,7 +66,6 @@
 package audit
 
 import (
-	"bufio"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -76,7 +75,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -765,26 +763,6 @@ func recordsOnly(each func(Entry)) func(Entry) {
 	}
 }
 
-// VerifyAfter is Verify for a chain in Redis that must go on from the latest archive, as
-// VerifyArchive found it: the base mark must name the archive's last record (sequence number
-// and MAC), so a log emptied or cut short (the base, head and stream deleted, or the base
-// moved) fails. A legacy base mark that names exactly that record is accepted, the archive
-// vouching for it. An archive with nothing in it constrains nothing.
-func (l *Log) VerifyAfter(ctx context.Context, ar ArchiveReport, each func(Entry)) (Report, error) {
-	return l.walk(ctx, func(stripe int, b baseMark) (bool, error) {
-		if stripe != 0 || !ar.positioned() {
-			return false, nil
-		}
-		if b.seq == 0 {
-			return false, fmt.Errorf("audit: the chain in Redis has no base mark, but the archive ends at record %d: the log was emptied or lost (or the archive is not of this log)", ar.LastSeq)
-		}
-		if b.seq != ar.LastSeq || b.mac != ar.LastMAC {
-			return false, fmt.Errorf("audit: the base mark says the chain in Redis goes on from record %d (%.16s…), the archive ends at record %d (%.16s…): records were removed, or this is not the latest archive, or an archive run was cut short before trimming (run `sshca audit archive` again)", b.seq, b.mac, ar.LastSeq, ar.LastMAC)
-		}
-		return true, nil
-	}, recordsOnly(each))
-}
-
 // maxStripes bounds the stripe count a reader takes from Redis: a count beyond it is damage,
 // not a deployment.
 const maxStripes = 1024
@@ -961,196 +939,4 @@ func (l *Log) check(stripe int, m redis.XMessage, prev string, wantSeq uint64) (
 		e.Version = *v.V
 	}
 	return e, nil
-}
-
-// archived is one line of an archive: an entry with what its link needs, or (Base set, nothing
-// else) the signed base mark of the record before it.
-type archived struct {
-	Seq  uint64          `json:"seq,omitempty"`
-	Prev string          `json:"prev,omitempty"`
-	MAC  string          `json:"mac,omitempty"`
-	Rec  json.RawMessage `json:"rec,omitempty"`
-	Base string          `json:"base,omitempty"`
-}
-
-// trimScript moves the base mark from ARGV[1] (what the archive started from) to ARGV[2] and
-// removes the entries up to and including ARGV[3] (none when it is ""), unless someone else
-// archived in between.
-var trimScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[1])
-if not cur then cur = '' end
-if cur ~= ARGV[1] then return 0 end
-if ARGV[3] ~= '' then
-  redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3])
-  redis.call('XDEL', KEYS[2], ARGV[3])
-end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-`)
-
-// Archive verifies the chain, writes every entry to w (JSON lines that VerifyArchive checks,
-// without Redis) followed by the signed base mark of the last one, syncs w when it can (a
-// file), and then trims the entries from Redis and moves the base mark to the last one. Records
-// appended meanwhile stay. Once trimmed, the archive is the only copy.
-//
-// prior is what VerifyArchive found in what w appends to (nil or empty for a new file). When
-// given, the chain must go on from it: entries it already holds (an earlier run that wrote
-// them but did not trim) are checked against its end and not written again, and an archive
-// that ends before the base mark, or after the head, is refused. A legacy base mark is
-// accepted when prior ends at exactly its record, or with Options.AcceptLegacyBase; it is
-// replaced by a signed one even when there is nothing to trim.
-func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (Report, error) {
-	// TODO(stripes): archive every stripe; until then a striped chain is refused before
-	// anything is written.
-	if v, err := l.rdb.Get(ctx, store.Keys{Prefix: l.prefix}.AuditStripes()).Result(); err == nil && v != "1" {
-		return Report{}, errors.New("audit: archive: the chain has several stripes, which this version cannot archive yet")
-	} else if err != nil && !errors.Is(err, redis.Nil) {
-		return Report{}, fmt.Errorf("audit: read: %w", err)
-	}
-	s0 := l.stripes[0]
-	pos := prior != nil && prior.positioned()
-	var base baseMark
-	var last Entry
-	written, sawEnd := 0, !pos
-	enc := json.NewEncoder(w)
-	var werr error
-	rep, err := l.walk(ctx, func(_ int, b baseMark) (bool, error) {
-		base = b
-		if !pos {
-			return false, nil
-		}
-		switch {
-		case prior.LastSeq < b.seq:
-			return false, fmt.Errorf("audit: archive: the file ends at record %d, the chain in Redis goes on from record %d: the records between are in a later archive; archive to that one or to a new file", prior.LastSeq, b.seq)
-		case prior.LastSeq == b.seq && prior.LastMAC != b.mac:
-			return false, fmt.Errorf("audit: archive: the file ends at record %d (%.16s…), the base mark names another record %d (%.16s…)", prior.LastSeq, prior.LastMAC, b.seq, b.mac)
-		}
-		sawEnd = prior.LastSeq == b.seq
-		return sawEnd, nil
-	}, func(e Entry) {
-		last = e
-		if pos && e.Seq <= prior.LastSeq {
-			if e.Seq == prior.LastSeq {
-				if e.MAC != prior.LastMAC && werr == nil {
-					werr = fmt.Errorf("the file's record %d (%.16s…) is not the chain's (%.16s…)", e.Seq, prior.LastMAC, e.MAC)
-				}
-				sawEnd = true
-			}
-			return
-		}
-		if werr == nil {
-			werr = enc.Encode(archived{Seq: e.Seq, Prev: e.Prev, MAC: e.MAC, Rec: e.Raw})
-			written++
-		}
-	})
-	if err != nil {
-		return Report{}, err
-	}
-	if werr != nil {
-		return Report{}, fmt.Errorf("audit: archive: %w", werr)
-	}
-	if !sawEnd {
-		return Report{}, fmt.Errorf("audit: archive: the file holds records up to %d, the chain in Redis ends at record %d: the log was cut short", prior.LastSeq, base.seq+uint64(rep.Records))
-	}
-	endSeq, endMAC := base.seq, base.mac
-	if rep.Records > 0 {
-		endSeq, endMAC = last.Seq, last.MAC
-	}
-	if rep.Records == 0 && !base.legacy() {
-		return Report{BaseSeq: base.seq}, nil // nothing to trim, nothing to sign
-	}
-	newBase := l.signedBase(0, endSeq, endMAC)
-	if !(pos && prior.EndsSigned && prior.LastSeq == endSeq) {
-		if err := enc.Encode(archived{Base: newBase}); err != nil {
-			return Report{}, fmt.Errorf("audit: archive: %w", err)
-		}
-	}
-	// The archive must be on disk before the records leave Redis.
-	if f, ok := w.(interface{ Sync() error }); ok {
-		if err := f.Sync(); err != nil {
-			return Report{}, fmt.Errorf("audit: archive: %w", err)
-		}
-	}
-	ok, err := trimScript.Run(ctx, l.rdb, []string{s0.baseKey, s0.streamKey}, base.raw, newBase, last.ID).Int()
-	if err != nil {
-		return Report{}, fmt.Errorf("audit: trim: %w", err)
-	}
-	if ok != 1 {
-		return Report{}, errors.New("audit: trim: another archive ran at the same time; nothing was trimmed")
-	}
-	return Report{Records: written, Head: rep.Head, BaseSeq: endSeq, LegacyBase: rep.LegacyBase}, nil
-}
-
-// ArchiveReport is what VerifyArchive found: the records, and where the archive sits in the
-// chain (First's predecessor is the previous archive's Last).
-type ArchiveReport struct {
-	Records   int
-	FirstSeq  uint64
-	FirstPrev string
-	LastSeq   uint64 // the last record, or the base mark after it
-	LastMAC   string
-	// Bases counts the signed base marks; EndsSigned says the archive's last line is one (an
-	// archive written by Archive since base marks are signed ends so; one cut short, or
-	// written before, does not).
-	Bases      int
-	EndsSigned bool
-}
-
-// positioned: the archive says where the chain stands after it.
-func (r ArchiveReport) positioned() bool { return r.Records > 0 || r.Bases > 0 }
-
-// VerifyArchive checks an archive written by Archive (or several, concatenated in order).
-// Archives written before base marks were signed have none and still verify; every base mark
-// present must be signed and name the record just before it.
-func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error) {
-	each = recordsOnly(each)
-	var rep ArchiveReport
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
-	for line := 1; sc.Scan(); line++ {
-		var a archived
-		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
-			return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
-		}
-		if a.Base != "" {
-			if a.Seq != 0 || a.Prev != "" || a.MAC != "" || a.Rec != nil {
-				return rep, fmt.Errorf("audit: archive line %d: a base mark with a record in it", line)
-			}
-			b, err := parseBase(a.Base)
-			if err != nil {
-				return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
-			}
-			if l.checkSigned(0, b) != nil {
-				return rep, fmt.Errorf("audit: archive line %d: the base mark is not signed with the audit key: records before it may have been removed", line)
-			}
-			if rep.positioned() && (b.seq != rep.LastSeq || b.mac != rep.LastMAC) {
-				return rep, fmt.Errorf("audit: archive line %d: the base mark names record %d, the record before it is %d: records were removed, inserted or reordered", line, b.seq, rep.LastSeq)
-			}
-			rep.LastSeq, rep.LastMAC = b.seq, b.mac
-			rep.Bases++
-			rep.EndsSigned = true
-			continue
-		}
-		if rep.positioned() && (a.Seq != rep.LastSeq+1 || a.Prev != rep.LastMAC) {
-			return rep, fmt.Errorf("audit: archive line %d: record %d does not follow record %d: records were removed, inserted or reordered", line, a.Seq, rep.LastSeq)
-		}
-		if rep.Records == 0 {
-			rep.FirstSeq, rep.FirstPrev = a.Seq, a.Prev
-		}
-		e, err := l.check(0, redis.XMessage{ID: strconv.Itoa(line), Values: map[string]any{
-			"seq": strconv.FormatUint(a.Seq, 10), "prev": a.Prev, "mac": a.MAC, "rec": string(a.Rec)}}, a.Prev, a.Seq)
-		if err != nil {
-			return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
-		}
-		if each != nil {
-			each(e)
-		}
-		rep.Records++
-		rep.LastSeq, rep.LastMAC = a.Seq, a.MAC
-		rep.EndsSigned = false
-	}
-	if err := sc.Err(); err != nil {
-		return rep, fmt.Errorf("audit: archive: %w", err)
-	}
-	return rep, nil
 }

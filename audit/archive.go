@@ -1,0 +1,348 @@
+package audit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// archived is one line of an archive: an entry with what its link needs, or (Base set, nothing
+// else) the signed base mark of the record before it; Stripe is the stripe of either (absent:
+// stripe 0, so archives written before stripes read as they did).
+type archived struct {
+	Stripe int             `json:"stripe,omitempty"`
+	Seq    uint64          `json:"seq,omitempty"`
+	Prev   string          `json:"prev,omitempty"`
+	MAC    string          `json:"mac,omitempty"`
+	Rec    json.RawMessage `json:"rec,omitempty"`
+	Base   string          `json:"base,omitempty"`
+}
+
+// stripeSays prefixes a message about stripe i beyond stripe 0 with the stripe, so that the
+// messages of a log without stripes stay what they were.
+func stripeSays(i int) string {
+	if i == 0 {
+		return ""
+	}
+	return "stripe " + strconv.Itoa(i) + ": "
+}
+
+// VerifyAfter is Verify for a chain in Redis that must go on from the latest archive, as
+// VerifyArchive found it: the base mark of each stripe the archive holds must name the
+// archive's last record of that stripe (sequence number and MAC), so a log emptied or cut
+// short (the base, head and stream deleted, or the base moved) fails, as does a stripe the
+// archive holds that the chain in Redis no longer has. A legacy base mark that names exactly
+// that record is accepted, the archive vouching for it. An archive with nothing of a stripe
+// constrains nothing of it.
+func (l *Log) VerifyAfter(ctx context.Context, ar ArchiveReport, each func(Entry)) (Report, error) {
+	rep, err := l.walk(ctx, func(stripe int, b baseMark) (bool, error) {
+		as := ar.stripe(stripe)
+		if !as.positioned() {
+			return false, nil
+		}
+		if b.seq == 0 {
+			return false, fmt.Errorf("audit: %sthe chain in Redis has no base mark, but the archive ends at record %d: the log was emptied or lost (or the archive is not of this log)", stripeSays(stripe), as.LastSeq)
+		}
+		if b.seq != as.LastSeq || b.mac != as.LastMAC {
+			return false, fmt.Errorf("audit: %sthe base mark says the chain in Redis goes on from record %d (%.16s…), the archive ends at record %d (%.16s…): records were removed, or this is not the latest archive, or an archive run was cut short before trimming (run `sshca audit archive` again)", stripeSays(stripe), b.seq, b.mac, as.LastSeq, as.LastMAC)
+		}
+		return true, nil
+	}, recordsOnly(each))
+	if err != nil {
+		return rep, err
+	}
+	for i := len(rep.Stripes); i < len(ar.Stripes); i++ {
+		if ar.Stripes[i].positioned() {
+			return rep, fmt.Errorf("audit: the archive holds stripe %d, the chain in Redis has %d stripes: the stripe count was lowered, or the stripe lost", i, len(rep.Stripes))
+		}
+	}
+	return rep, nil
+}
+
+// trimScript moves the base mark from ARGV[1] (what the archive started from) to ARGV[2] and
+// removes the entries up to and including ARGV[3] (none when it is ""), unless someone else
+// archived in between.
+var trimScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if not cur then cur = '' end
+if cur ~= ARGV[1] then return 0 end
+if ARGV[3] ~= '' then
+  redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3])
+  redis.call('XDEL', KEYS[2], ARGV[3])
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+`)
+
+// archiving is what Archive keeps of one stripe while it walks it.
+type archiving struct {
+	prior  ArchiveStripe // what the file holds of it
+	pos    bool          // prior is positioned
+	base   baseMark
+	last   Entry
+	sawEnd bool
+}
+
+// Archive verifies the chain, writes every entry of every stripe to w (JSON lines that
+// VerifyArchive checks, without Redis, each naming its stripe beyond stripe 0) followed by the
+// signed base mark of each stripe's last one, syncs w when it can (a file), and then trims the
+// entries from Redis and moves each stripe's base mark to its last one, one stripe at a time.
+// Records appended meanwhile stay. Once trimmed, the archive is the only copy.
+//
+// prior is what VerifyArchive found in what w appends to (nil or empty for a new file). When
+// given, each stripe must go on from it: entries it already holds (an earlier run that wrote
+// them but did not trim, or trimmed only some stripes) are checked against its end and not
+// written again, and an archive that ends before the base mark, or after the head, is refused.
+// A legacy base mark is accepted when prior ends at exactly its record, or with
+// Options.AcceptLegacyBase; it is replaced by a signed one even when there is nothing to trim.
+func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (Report, error) {
+	var st []*archiving
+	at := func(i int) *archiving {
+		for len(st) <= i {
+			a := &archiving{}
+			if prior != nil {
+				a.prior = prior.stripe(len(st))
+				a.pos = a.prior.positioned()
+			}
+			a.sawEnd = !a.pos
+			st = append(st, a)
+		}
+		return st[i]
+	}
+	written := make(map[int]int)
+	enc := json.NewEncoder(w)
+	var werr error
+	rep, err := l.walk(ctx, func(i int, b baseMark) (bool, error) {
+		a := at(i)
+		a.base = b
+		if !a.pos {
+			return false, nil
+		}
+		switch {
+		case a.prior.LastSeq < b.seq:
+			return false, fmt.Errorf("audit: archive: %sthe file ends at record %d, the chain in Redis goes on from record %d: the records between are in a later archive; archive to that one or to a new file", stripeSays(i), a.prior.LastSeq, b.seq)
+		case a.prior.LastSeq == b.seq && a.prior.LastMAC != b.mac:
+			return false, fmt.Errorf("audit: archive: %sthe file ends at record %d (%.16s…), the base mark names another record %d (%.16s…)", stripeSays(i), a.prior.LastSeq, a.prior.LastMAC, b.seq, b.mac)
+		}
+		a.sawEnd = a.prior.LastSeq == b.seq
+		return a.sawEnd, nil
+	}, func(e Entry) {
+		a := at(e.Stripe)
+		a.last = e
+		if a.pos && e.Seq <= a.prior.LastSeq {
+			if e.Seq == a.prior.LastSeq {
+				if e.MAC != a.prior.LastMAC && werr == nil {
+					werr = fmt.Errorf("%sthe file's record %d (%.16s…) is not the chain's (%.16s…)", stripeSays(e.Stripe), e.Seq, a.prior.LastMAC, e.MAC)
+				}
+				a.sawEnd = true
+			}
+			return
+		}
+		if werr == nil {
+			werr = enc.Encode(archived{Stripe: e.Stripe, Seq: e.Seq, Prev: e.Prev, MAC: e.MAC, Rec: e.Raw})
+			if e.Checkpoint == nil {
+				written[e.Stripe]++
+			}
+		}
+	})
+	if err != nil {
+		return Report{}, err
+	}
+	if werr != nil {
+		return Report{}, fmt.Errorf("audit: archive: %w", werr)
+	}
+	if prior != nil {
+		for i := len(rep.Stripes); i < len(prior.Stripes); i++ {
+			if prior.Stripes[i].positioned() {
+				return Report{}, fmt.Errorf("audit: archive: the file holds stripe %d, the chain in Redis has %d stripes: the stripe count was lowered, or the stripe lost", i, len(rep.Stripes))
+			}
+		}
+	}
+	type trim struct {
+		stripe        int
+		from, to, end string
+	}
+	var trims []trim
+	out := Report{LegacyBase: rep.LegacyBase}
+	for i, sr := range rep.Stripes {
+		a := at(i)
+		if !a.sawEnd {
+			return Report{}, fmt.Errorf("audit: archive: %sthe file holds records up to %d, the chain in Redis ends at record %d: the log was cut short", stripeSays(i), a.prior.LastSeq, sr.HeadSeq)
+		}
+		entries := sr.Records + sr.Checkpoints
+		endSeq, endMAC := a.base.seq, a.base.mac
+		if entries > 0 {
+			endSeq, endMAC = a.last.Seq, a.last.MAC
+		}
+		out.Records += written[i]
+		out.Stripes = append(out.Stripes, StripeReport{Stripe: i, Records: written[i], HeadSeq: sr.HeadSeq, Head: sr.Head, BaseSeq: endSeq, LegacyBase: sr.LegacyBase})
+		if i == 0 {
+			out.Head, out.BaseSeq = sr.Head, endSeq
+		}
+		if entries == 0 && !a.base.legacy() {
+			continue // nothing to trim, nothing to sign
+		}
+		newBase := l.signedBase(i, endSeq, endMAC)
+		if !(a.pos && a.prior.EndsSigned && a.prior.LastSeq == endSeq) {
+			if err := enc.Encode(archived{Stripe: i, Base: newBase}); err != nil {
+				return Report{}, fmt.Errorf("audit: archive: %w", err)
+			}
+		}
+		trims = append(trims, trim{i, a.base.raw, newBase, a.last.ID})
+	}
+	if len(trims) == 0 {
+		return out, nil
+	}
+	// The archive must be on disk before the records leave Redis.
+	if f, ok := w.(interface{ Sync() error }); ok {
+		if err := f.Sync(); err != nil {
+			return Report{}, fmt.Errorf("audit: archive: %w", err)
+		}
+	}
+	for _, t := range trims {
+		s := newStripe(l.prefix, t.stripe)
+		ok, err := trimScript.Run(ctx, l.rdb, []string{s.baseKey, s.streamKey}, t.from, t.to, t.end).Int()
+		if err != nil {
+			return Report{}, fmt.Errorf("audit: trim: %s%w", stripeSays(t.stripe), err)
+		}
+		if ok != 1 {
+			return Report{}, fmt.Errorf("audit: trim: %sanother archive ran at the same time; nothing was trimmed", stripeSays(t.stripe))
+		}
+	}
+	return out, nil
+}
+
+// ArchiveStripe is what an archive holds of one stripe, and where it sits in that stripe's
+// chain (First's predecessor is the previous archive's Last).
+type ArchiveStripe struct {
+	Entries   int // entries of the chain: records and checkpoints
+	Records   int // of those, audit records
+	FirstSeq  uint64
+	FirstPrev string
+	LastSeq   uint64 // the last entry, or the base mark after it
+	LastMAC   string
+	// Bases counts the signed base marks; EndsSigned says the stripe's last line is one (an
+	// archive written by Archive since base marks are signed ends so; one cut short, or
+	// written before, does not).
+	Bases      int
+	EndsSigned bool
+}
+
+// positioned: the archive says where the stripe stands after it.
+func (r ArchiveStripe) positioned() bool { return r.Entries > 0 || r.Bases > 0 }
+
+// ArchiveReport is what VerifyArchive found: the records, and where the archive sits in the
+// chain. Its fields but Records, Bases and Stripes are stripe 0's (the whole chain of a log
+// without stripes), and what Archive and VerifyAfter take as stripe 0's position.
+type ArchiveReport struct {
+	Records   int // audit records, over every stripe
+	FirstSeq  uint64
+	FirstPrev string
+	LastSeq   uint64 // the last entry, or the base mark after it
+	LastMAC   string
+	// Bases counts the signed base marks, over every stripe; EndsSigned says stripe 0's last
+	// line is one.
+	Bases      int
+	EndsSigned bool
+	// Stripes is what the archive holds of each stripe, by stripe number (none: nothing).
+	Stripes []ArchiveStripe
+}
+
+// stripe is what the archive holds of stripe i (nothing beyond Stripes). Stripe 0's position
+// is the one in r's own fields, which a caller may have set (Stripes[0] repeats them).
+func (r ArchiveReport) stripe(i int) ArchiveStripe {
+	var s ArchiveStripe
+	if i < len(r.Stripes) {
+		s = r.Stripes[i]
+	}
+	if i == 0 {
+		if len(r.Stripes) == 0 {
+			s.Entries, s.Records, s.Bases = r.Records, r.Records, r.Bases
+		}
+		s.FirstSeq, s.FirstPrev, s.LastSeq, s.LastMAC, s.EndsSigned = r.FirstSeq, r.FirstPrev, r.LastSeq, r.LastMAC, r.EndsSigned
+	}
+	return s
+}
+
+// VerifyArchive checks an archive written by Archive (or several, concatenated in order):
+// each stripe's lines form its chain. Archives written before base marks were signed have
+// none and still verify; every base mark present must be signed and name the entry of its
+// stripe just before it. each sees the audit records, not the checkpoints; the checkpoints'
+// claims are checked by Verify, against the chain in Redis, not here.
+func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error) {
+	each = recordsOnly(each)
+	var rep ArchiveReport
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
+	for line := 1; sc.Scan(); line++ {
+		var a archived
+		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
+			return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
+		}
+		if a.Stripe < 0 || a.Stripe >= maxStripes {
+			return rep, fmt.Errorf("audit: archive line %d: stripe %d (want 0 to %d)", line, a.Stripe, maxStripes-1)
+		}
+		for len(rep.Stripes) <= a.Stripe {
+			rep.Stripes = append(rep.Stripes, ArchiveStripe{})
+		}
+		st := &rep.Stripes[a.Stripe]
+		says := stripeSays(a.Stripe)
+		if a.Base != "" {
+			if a.Seq != 0 || a.Prev != "" || a.MAC != "" || a.Rec != nil {
+				return rep, fmt.Errorf("audit: archive line %d: a base mark with a record in it", line)
+			}
+			b, err := parseBase(a.Base)
+			if err != nil {
+				return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
+			}
+			if l.checkSigned(a.Stripe, b) != nil {
+				return rep, fmt.Errorf("audit: archive line %d: %sthe base mark is not signed with the audit key: records before it may have been removed", line, says)
+			}
+			if st.positioned() && (b.seq != st.LastSeq || b.mac != st.LastMAC) {
+				return rep, fmt.Errorf("audit: archive line %d: %sthe base mark names record %d, the record before it is %d: records were removed, inserted or reordered", line, says, b.seq, st.LastSeq)
+			}
+			st.LastSeq, st.LastMAC = b.seq, b.mac
+			st.Bases++
+			st.EndsSigned = true
+			continue
+		}
+		if st.positioned() && (a.Seq != st.LastSeq+1 || a.Prev != st.LastMAC) {
+			return rep, fmt.Errorf("audit: archive line %d: %srecord %d does not follow record %d: records were removed, inserted or reordered", line, says, a.Seq, st.LastSeq)
+		}
+		if st.Entries == 0 {
+			st.FirstSeq, st.FirstPrev = a.Seq, a.Prev
+		}
+		e, err := l.check(a.Stripe, redis.XMessage{ID: strconv.Itoa(line), Values: map[string]any{
+			"seq": strconv.FormatUint(a.Seq, 10), "prev": a.Prev, "mac": a.MAC, "rec": string(a.Rec)}}, a.Prev, a.Seq)
+		if err != nil {
+			return rep, fmt.Errorf("audit: archive line %d: %s%w", line, says, err)
+		}
+		e.Stripe = a.Stripe
+		if each != nil {
+			each(e)
+		}
+		st.Entries++
+		if e.Checkpoint == nil {
+			st.Records++
+		}
+		st.LastSeq, st.LastMAC = a.Seq, a.MAC
+		st.EndsSigned = false
+	}
+	if err := sc.Err(); err != nil {
+		return rep, fmt.Errorf("audit: archive: %w", err)
+	}
+	for _, st := range rep.Stripes {
+		rep.Records += st.Records
+		rep.Bases += st.Bases
+	}
+	if len(rep.Stripes) > 0 {
+		s0 := rep.Stripes[0]
+		rep.FirstSeq, rep.FirstPrev, rep.LastSeq, rep.LastMAC, rep.EndsSigned = s0.FirstSeq, s0.FirstPrev, s0.LastSeq, s0.LastMAC, s0.EndsSigned
+	}
+	return rep, nil
+}
