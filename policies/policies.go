@@ -760,11 +760,12 @@ var errNoTests = errors.New("policies: test: no Rego tests found")
 
 // DefaultTestTimeout bounds each Rego test of a policy (wall clock, from the test's compile to
 // its result, as OPA's runner times it), so that a policy with a test that never ends is
-// refused rather than hanging its reload. OPA's default, 5 s, was only about 300 times the
-// slowest shipped test (17 ms alone, 300 ms with -race) and a loaded machine reached it: TestRego
+// refused rather than hanging its reload. OPA's default, 5 s, was only 16 times the slowest
+// shipped test under -race (312 ms; 17 ms without) and a loaded machine reached it: TestRego
 // timed out, and a server busy signing would have refused an operator's good policy at reload.
-// A minute leaves a correct test thousands of times its cost; the price is that a reload of a
-// policy whose test never ends is refused only after that minute (per such test, two at a time).
+// A minute is 190 times that test under -race (docs/performance.md, "Stop 14 changes"); the
+// price is that a policy whose test never ends is refused only after that minute (per such
+// test, as many at a time as the machine has cores).
 const DefaultTestTimeout = time.Minute
 
 // Test runs the Rego tests (*_test.rego) of the policy in dir with its data.json and returns
