@@ -35,6 +35,8 @@ type callee struct {
 	builtin  topdown.BuiltinFunc
 	name     string
 	glob     bool // glob.match: patterns are compiled once per Program (globMatch)
+	count    bool // count
+	member   bool // internal.member_2 (x in xs)
 }
 
 // sharedResult is the value of a dataOnly function; v is nil when it is undefined.
@@ -131,7 +133,8 @@ func prepare(p *ir.Policy, data ast.Value) (*Program, error) {
 		if impl == nil {
 			return nil, fmt.Errorf("%w: built-in %s has no implementation", ErrUnsupported, name)
 		}
-		c := &callee{slot: -1, builtin: impl, name: name, glob: name == ast.GlobMatch.Name}
+		c := &callee{slot: -1, builtin: impl, name: name, glob: name == ast.GlobMatch.Name,
+			count: name == ast.Count.Name, member: name == ast.Member.Name}
 		funcs[name] = c
 		return c, nil
 	}
@@ -500,7 +503,11 @@ func (p *Program) Eval(ctx context.Context, input ast.Value) (_ ast.Value, err e
 	default:
 		return nil, fmt.Errorf("plan: the query has %d results, want one", len(r.out))
 	}
-	obj, ok := r.out[0].Value.(ast.Object)
+	// The result is an object of one member, the query's value; members are OPA's values.
+	if b, ok := r.out[0].Value.(*strObject); ok && len(b.values) == 1 {
+		return b.values[0].Value, nil
+	}
+	obj, ok := concrete(r.out[0]).Value.(ast.Object)
 	if !ok || obj.Len() != 1 {
 		return nil, errors.New("plan: malformed query result")
 	}
@@ -625,18 +632,18 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 			// In place, as the plan expects: every local holding this array sees the element.
 			*arr = *arr.Append(concrete(r.operand(f, s.Value)))
 		case *ir.ObjectInsertStmt:
-			r.object(f[s.Object]).Insert(concrete(r.operand(f, s.Key)), concrete(r.operand(f, s.Value)))
+			r.insert(f[s.Object], concrete(r.operand(f, s.Key)), concrete(r.operand(f, s.Value)))
 		case *ir.ObjectInsertOnceStmt:
 			k, v := concrete(r.operand(f, s.Key)), concrete(r.operand(f, s.Value))
-			if cur := f[s.Object].Value.(ast.Object).Get(k); cur != nil {
+			if cur := dot(f[s.Object], k); cur != nil {
 				if ast.Compare(cur.Value, v.Value) != 0 {
 					return 0, r.conflict(s.Location, "object keys must be unique")
 				}
 				continue
 			}
-			r.object(f[s.Object]).Insert(k, v)
+			r.insert(f[s.Object], k, v)
 		case *ir.SetAddStmt:
-			r.set(f[s.Set]).Add(concrete(r.operand(f, s.Value)))
+			r.add(f[s.Set], concrete(r.operand(f, s.Value)))
 		case *ir.LenStmt:
 			n, ok := length(r.operand(f, s.Source))
 			if !ok {
@@ -656,8 +663,14 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 				return 0, nil
 			}
 		case *ir.ResultSetAddStmt:
-			// The result set is a set: the same result twice is one result.
-			if v := concrete(f[s.Value]); !slices.ContainsFunc(r.out, func(t *ast.Term) bool { return ast.Compare(t.Value, v.Value) == 0 }) {
+			// The result set is a set: the same result twice is one result. A query has one
+			// result, kept as it is (Eval takes its value out); a second is compared.
+			v := f[s.Value]
+			if len(r.out) > 0 {
+				concrete(v)
+				concrete(r.out[0])
+			}
+			if !slices.ContainsFunc(r.out, func(t *ast.Term) bool { return ast.Compare(t.Value, v.Value) == 0 }) {
 				r.out = append(r.out, v)
 			}
 		case *ir.NopStmt:
@@ -668,42 +681,83 @@ func (r *run) block(f []*ast.Term, b *ir.Block) (int, error) {
 	return -1, nil
 }
 
-// set is the set t holds, to add to: a set of its own in place of the shared empty one that
-// MakeSetStmt put there. Replacing the value of t (not of the local) keeps what the plan
-// expects: every local holding t sees the element.
-func (r *run) set(t *ast.Term) ast.Set {
-	if t.Value == r.p.emptySet {
-		t.Value = ast.NewSet()
+// add adds e to the set t holds. The first element replaces the shared empty set MakeSetStmt
+// put there by a set of its own: a strSet while its elements are strings (build.go), else
+// OPA's. Replacing the value of t (not of the local) keeps what the plan expects: every local
+// holding t sees the element.
+func (r *run) add(t, e *ast.Term) {
+	str, isStr := e.Value.(ast.String)
+	switch c := t.Value.(type) {
+	case *strSet:
+		if isStr && c.add(e, str) {
+			return
+		}
+		t.Value = c.Value() // not a string, or full: OPA's set from here on
+	default:
+		if t.Value == r.p.emptySet {
+			if isStr {
+				s := &strSet{elems: make([]*ast.Term, 0, 4)}
+				s.add(e, str)
+				t.Value = s
+				return
+			}
+			t.Value = ast.NewSet()
+		}
 	}
-	return t.Value.(ast.Set)
+	t.Value.(ast.Set).Add(e)
 }
 
-// object is the object t holds, to insert into (as set).
-func (r *run) object(t *ast.Term) ast.Object {
-	if t.Value == r.p.emptyObject {
-		t.Value = ast.NewObject()
+// insert sets key k to v in the object t holds, as add does for sets (a strObject while its
+// keys are strings).
+func (r *run) insert(t, k, v *ast.Term) {
+	str, isStr := k.Value.(ast.String)
+	switch c := t.Value.(type) {
+	case *strObject:
+		if isStr && c.insert(k, v, str) {
+			return
+		}
+		t.Value = c.Value()
+	default:
+		if t.Value == r.p.emptyObject {
+			if isStr {
+				o := &strObject{keys: make([]*ast.Term, 0, 4), values: make([]*ast.Term, 0, 4)}
+				o.insert(k, v, str)
+				t.Value = o
+				return
+			}
+			t.Value = ast.NewObject()
+		}
 	}
-	return t.Value.(ast.Object)
+	t.Value.(ast.Object).Insert(k, v)
 }
 
 func isArray(v ast.Value) bool { _, ok := v.(*ast.Array); return ok }
 func isObject(v ast.Value) bool {
 	switch v.(type) {
-	case ast.Object, *Object:
+	case ast.Object, *Object, *strObject:
 		return true
 	}
 	return false
 }
-func isSet(v ast.Value) bool { _, ok := v.(ast.Set); return ok }
+func isSet(v ast.Value) bool {
+	switch v.(type) {
+	case ast.Set, *strSet:
+		return true
+	}
+	return false
+}
 
 // scan runs s's block for each element of its source. As in OPA's Wasm compilation, a scan is
 // two blocks deep: leaving its block (0) moves to the next element, leaving one more (1) ends
 // the scan. It returns -1 to go on after the scan, or the depth still to leave from the block
 // that holds it.
 func (r *run) scan(f []*ast.Term, s *ir.ScanStmt) (int, error) {
-	src := concrete(f[s.Source])
+	src := f[s.Source]
 	if src == nil {
 		return -1, nil
+	}
+	if _, ok := src.Value.(*Object); ok {
+		concrete(src) // its members in OPA's order
 	}
 	switch c := src.Value.(type) {
 	case *ast.Array:
@@ -715,6 +769,18 @@ func (r *run) scan(f []*ast.Term, s *ir.ScanStmt) (int, error) {
 	case ast.Set:
 		for _, t := range c.Slice() {
 			if n, err := r.visit(f, s, t, t); n != -1 || err != nil {
+				return scanned(n, err)
+			}
+		}
+	case *strSet: // sorted, as OPA's set iterates
+		for _, t := range c.elems {
+			if n, err := r.visit(f, s, t, t); n != -1 || err != nil {
+				return scanned(n, err)
+			}
+		}
+	case *strObject: // keys sorted, as OPA's object iterates
+		for i, k := range c.keys {
+			if n, err := r.visit(f, s, k, c.values[i]); n != -1 || err != nil {
 				return scanned(n, err)
 			}
 		}
@@ -758,6 +824,17 @@ func scanned(n int, err error) (int, error) {
 func (r *run) call(f []*ast.Term, s *callStmt) (*ast.Term, error) {
 	c := s.callee
 	if c.fn == nil {
+		// count and membership (x in s) of a set or object being built need not make OPA's.
+		switch {
+		case c.count && len(s.Args) == 1:
+			if n, ok := builtLen(r.operand(f, s.Args[0])); ok {
+				return ast.InternedTerm(n), nil
+			}
+		case c.member && len(s.Args) == 2:
+			if v, ok := builtMember(r.operand(f, s.Args[0]), r.operand(f, s.Args[1])); ok {
+				return v, nil
+			}
+		}
 		if cap(r.args) < len(s.Args) {
 			r.args = make([]*ast.Term, len(s.Args))
 		}
@@ -816,7 +893,9 @@ func (r *run) call(f []*ast.Term, s *callStmt) (*ast.Term, error) {
 		r.memo[c.slot], r.done[c.slot] = v, true
 	}
 	if c.dataOnly {
-		r.p.shared[c.slot].CompareAndSwap(nil, &sharedResult{v})
+		// Every later evaluation reads it, concurrently: OPA's form, made now, which none
+		// writes to.
+		r.p.shared[c.slot].CompareAndSwap(nil, &sharedResult{concrete(v)})
 	}
 	return v, nil
 }
@@ -911,6 +990,10 @@ func dot(src, key *ast.Term) *ast.Term {
 		return nil
 	case ast.Object:
 		return c.Get(concrete(key))
+	case *strObject:
+		return c.get(key)
+	case *strSet:
+		return c.get(key)
 	case *ast.Array:
 		n, ok := key.Value.(ast.Number)
 		if !ok {
@@ -940,6 +1023,10 @@ func length(t *ast.Term) (int, bool) {
 		return c.Len(), true
 	case *Object:
 		return c.Fields.Len(), true
+	case *strObject:
+		return len(c.keys), true
+	case *strSet:
+		return len(c.elems), true
 	case ast.Set:
 		return c.Len(), true
 	case ast.String:

@@ -55,12 +55,18 @@ func (o *Object) IsGround() bool                       { return true }
 func (o *Object) String() string                       { return o.Value().String() }
 func (o *Object) StringLength() int                    { return o.Value().StringLength() }
 
-// concrete turns the *Object t holds, if any, into its OPA form in place, and returns t: what
+// concrete turns the value of the evaluator's own that t holds, if any (an *Object of the
+// input, a strSet or strObject being built), into its OPA form in place, and returns t: what
 // reaches OPA's code (built-ins, comparisons, collections, the result) is OPA's values only.
 func concrete(t *ast.Term) *ast.Term {
 	if t != nil {
-		if o, ok := t.Value.(*Object); ok {
-			t.Value = o.Value()
+		switch v := t.Value.(type) {
+		case *Object:
+			t.Value = v.Value()
+		case *strSet:
+			t.Value = v.Value()
+		case *strObject:
+			t.Value = v.Value()
 		}
 	}
 	return t
