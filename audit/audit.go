@@ -348,6 +348,10 @@ type pending struct {
 	// dup: an earlier attempt kept this record (its Once key was found); it is kept, and
 	// left out of the rest of the commit.
 	dup bool
+	// twin: an earlier record of the same batch with the same Once key (two attempts at one
+	// record queued together); this one is left out of the commit and shares its twin's
+	// outcome.
+	twin *pending
 }
 
 // Append adds rec at the end of the chain, and returns once it is kept (or failed). Records
@@ -419,7 +423,11 @@ func (l *Log) lead(p *pending) (kept bool, _ error) {
 	l.qmu.Unlock()
 	err := l.commit(batch)
 	for _, b := range batch {
-		if b.dup {
+		o := b
+		if b.twin != nil {
+			o = b.twin
+		}
+		if o.dup {
 			b.done <- nil // kept by an earlier attempt
 			continue
 		}
@@ -468,6 +476,11 @@ func (l *Log) commit(batch []*pending) error {
 	// loses the race for the head: every attempt at that record checks its key in the slot
 	// of the chain an earlier attempt may have kept it in.
 	keyed := slices.ContainsFunc(batch, func(b *pending) bool { return b.once != "" })
+	if keyed {
+		// The script looks every Once key up before it sets any: two entries with one key
+		// in one batch would both find it absent, and both be kept.
+		batch = withoutTwins(batch)
+	}
 	for range maxAttempts {
 		s := l.stripes[l.cur]
 		if keyed {
@@ -518,6 +531,16 @@ func (l *Log) commit(batch []*pending) error {
 		}
 		ok, _ := res[0].(int64)
 		s.known, _ = res[1].(string)
+		if ok != 1 && s.known == head {
+			// The head is the one this batch makes: its MAC chains these very records from
+			// the head they were linked to. An earlier run of this script appended them and
+			// its answer was lost (go-redis runs a script again after a read timeout), so
+			// they are in, all of them: the Once keys that run set (answer 2) name records of
+			// this batch, not of an earlier attempt, and appending the others again would put
+			// them in the chain twice. (That run's mark answer is lost with it: the witness
+			// reads the mark at the next check.)
+			ok, mw = 1, nil
+		}
 		if ok == 2 {
 			// Records an earlier attempt kept (its answer lost): they are kept, once; the
 			// others are linked again from the head as it is now, and appended.
@@ -539,15 +562,6 @@ func (l *Log) commit(batch []*pending) error {
 				return nil
 			}
 			continue
-		}
-		if ok == 0 && s.known == head {
-			// The head is the one this batch makes: its MAC chains these very records from
-			// the head they were linked to. An earlier run of this script appended them and
-			// its answer was lost (go-redis runs a script again after a read timeout), so
-			// they are in; appending them again would put them in the chain twice. (That
-			// run's mark answer is lost with it: the witness reads the mark at the next
-			// check.)
-			ok, mw = 1, nil
 		}
 		if ok == 1 && mw != nil {
 			// The records are in; a lost mark is the witness's to remember, not this append's
@@ -582,6 +596,24 @@ func (l *Log) commit(batch []*pending) error {
 		}
 	}
 	return errors.New("audit: append: too much contention for the head of the chain")
+}
+
+// withoutTwins returns batch without the records whose Once key an earlier record of batch
+// has (marked with that record as their twin), in a new slice: the caller's stays whole.
+func withoutTwins(batch []*pending) []*pending {
+	first := map[string]*pending{}
+	live := make([]*pending, 0, len(batch))
+	for _, b := range batch {
+		if b.once != "" {
+			if f := first[b.once]; f != nil {
+				b.twin = f
+				continue
+			}
+			first[b.once] = b
+		}
+		live = append(live, b)
+	}
+	return live
 }
 
 // raiseStripesScript raises the stripe count (Keys.AuditStripes, absent: 1) to ARGV[1] and
