@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -114,10 +115,11 @@ type AuditRecord struct {
 	// unknown outcome (an answer lost or late, the append timed out) sets it, random (see
 	// NewOnceKey) and the same on every attempt, and the audit log then keeps the record at
 	// most once within AuditOnceWindow of the first attempt that landed; an attempt that finds
-	// it kept succeeds without appending it again. 1 to 64 of [A-Za-z0-9_-]; "" (every record
-	// appended only once, as a grant's) is appended as before. Two records are never merged
-	// because their content is alike: only their key says they are the same.
-	Once string `json:"-"`
+	// it kept succeeds without appending it again. 0 (every record appended only once, as a
+	// grant's) is appended as before. Two records are never merged because their content is
+	// alike: only their key says they are the same. (64 bits, not a string: the record stays
+	// in its allocation size class, 576 bytes, so that every grant's append costs what it did.)
+	Once uint64 `json:"-"`
 }
 
 // AuditOnceWindow is how long an AuditLog remembers a record's Once key after keeping it: it
@@ -125,9 +127,18 @@ type AuditRecord struct {
 // with room for an attempt that a stalled store runs late, and for clocks that disagree.
 const AuditOnceWindow = 10 * time.Minute
 
-// NewOnceKey returns a random Once key (26 characters, 130 bits from crypto/rand): unique to
-// the record it is given to, so that no two distinct records share one.
-func NewOnceKey() string { return rand.Text() }
+// NewOnceKey returns a random, non-zero Once key from crypto/rand, unique to the record it is
+// given to: two of the keys alive at once (one per record retried within AuditOnceWindow)
+// are the same with a chance of about n²/2⁶⁵, 4·10⁻⁸ for a million.
+func NewOnceKey() uint64 {
+	var b [8]byte
+	for {
+		_, _ = rand.Read(b[:]) // never fails (crypto/rand.Read)
+		if k := binary.BigEndian.Uint64(b[:]); k != 0 {
+			return k
+		}
+	}
+}
 
 // StoreWitness is what a store's generation marks said at one moment: the generation's random
 // ID and number, and the counter of each hash tag's mark in that generation (tag → counter).

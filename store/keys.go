@@ -190,11 +190,13 @@ func (k Keys) AuditStripeBase(i int) string { return k.p() + ":" + TagAuditStrip
 // was lowered.
 func (k Keys) AuditStripes() string { return k.p() + ":" + TagAudit + ":stripes" }
 
-// AuditOnce is the Once key of an audit record the chain keeps (ca.AuditRecord.Once), a string:
-// the record's sequence number in decimal, expiring ca.AuditOnceWindow after the script that
+// AuditOnce is the Once key of an audit record the chain keeps (ca.AuditRecord.Once, in
+// lowercase hex here), a string: the record's sequence number in decimal, expiring ca.AuditOnceWindow after the script that
 // appended the record set it, in the same step (audit/). In stripe 0's tag: a record with a
 // Once key is always kept in stripe 0, so that every attempt checks the same key.
-func (k Keys) AuditOnce(once string) string { return k.p() + ":" + TagAudit + ":once:" + once }
+func (k Keys) AuditOnce(once uint64) string {
+	return k.p() + ":" + TagAudit + ":once:" + strconv.FormatUint(once, 16)
+}
 
 // Probe is the readiness probe's key in a hash tag ("" for the untagged one), written with a
 // 5 s expiry.
@@ -298,7 +300,7 @@ const (
 	exampleHost     = "web1.example.com"
 	exampleSession  = "0123456789abcdef01234567"
 	exampleConsole  = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-	exampleOnce     = "T2WQZ5DLKPN7R4XGV6MHYJ3ABC"
+	exampleOnce     = 0x5eed0f5eed0f5eed
 )
 
 // Layout lists every kind of key sshca writes, one example each with the placeholders filled
