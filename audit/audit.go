@@ -22,11 +22,11 @@
 // stripes ever appended to (absent: one), raised before a Log first appends beyond it and
 // never lowered, so readers walk every stripe whatever they are configured with.
 //
-// <prefix>:{audit}:once:<key> says that the record with that Once key (ca.AuditRecord.Once) is
-// kept, for ca.AuditOnceWindow: a caller that appends a record again after an unknown outcome
-// (an answer lost) gives it the same key, and the append script, finding the key, does not
-// keep it twice. A record with a Once key is always kept in stripe 0, so every attempt checks
-// the key in the same slot as the chain it would be appended to.
+// <prefix>:{audit}:once:<key> says that the record appended with that key (AppendOnce, the key
+// in lowercase hex) is kept, for ca.AuditOnceWindow: a caller that appends a record again after
+// an unknown outcome (an answer lost) gives it the same key, and the script, finding the key,
+// does not keep it twice. Such a record is always kept in stripe 0, so every attempt checks the
+// key in the same slot as the chain it would be appended to.
 //
 // A record's MAC is 64 lowercase hex characters: HMAC-SHA256(key, prev ‖ "\n" ‖ seq in decimal ‖
 // "\n" ‖ rec), prev being the MAC of the record before ("" for the first) and rec the record's
@@ -272,66 +272,44 @@ const maxBatch = 128
 
 // appendScript adds a batch of entries only if the head is still the one their links were
 // computed from; otherwise it answers the current head, from which the caller computes the
-// links again. ARGV: the head expected, the new head, the number of entries n, the number k of
-// entries that carry a Once key (ca.AuditRecord.Once), then seq, prev, mac and rec of each entry
-// in chain order, then the place in the batch (1-based) of each of the k entries whose Once key
-// is KEYS[2 + j]. Before anything else it looks those keys up: when any is present (an earlier
-// attempt kept that record and its answer was lost), it appends nothing and answers
-// {2, head, places...}, the caller drops those entries and links the rest again. Otherwise it
-// sets each key to its entry's seq, expiring after ca.AuditOnceWindow, with the entries. With a
-// key after the Once keys (the stripe's generation mark) and the three ARGV after the places
-// (its id, epoch and seen), it checks and bumps the mark once when it appends, and answers the
-// mark's reply after the head (store.MarkLua); the records are appended whatever the mark
-// says.
-var appendScript = redis.NewScript(store.MarkLua + `
-local n = tonumber(ARGV[3])
-local k = tonumber(ARGV[4])
-local places = 5 + n * 4
-local cur
-if k > 0 then
-  local dup = {}
-  for j = 1, k do
-    if redis.call('EXISTS', KEYS[2 + j]) == 1 then dup[#dup + 1] = tonumber(ARGV[places + j - 1]) end
-  end
-  if #dup > 0 then
-    cur = redis.call('GET', KEYS[1])
-    if not cur then cur = '' end
-    return {2, cur, unpack(dup)}
-  end
-end
-cur = redis.call('GET', KEYS[1])
+// links again. ARGV: the head expected, the new head, the number of entries n, then seq, prev,
+// mac and rec of each entry in chain order. With a third key (the stripe's generation mark)
+// and the three ARGV after the entries (its id, epoch and seen), it checks and bumps the mark
+// once when it appends, and answers the mark's reply after the head (store.MarkLua); the
+// records are appended whatever the mark says.
+var appendScript = redis.NewScript(store.MarkLua + appendLua("KEYS[3]", ""))
+
+// appendOnceScript is appendScript for one entry whose Once key (Keys.AuditOnce) is KEYS[3],
+// the mark, if any, being KEYS[4]. When the key is present (an earlier attempt kept the entry
+// and its answer was lost) it appends nothing and answers {2, head, the seq the key holds};
+// otherwise it sets the key to the entry's seq, expiring after ca.AuditOnceWindow, in the step
+// that appends the entry.
+var appendOnceScript = redis.NewScript(store.MarkLua + `
+local kept = redis.call('GET', KEYS[3])
+if kept then return {2, redis.call('GET', KEYS[1]) or '', kept} end
+` + appendLua("KEYS[4]", `redis.call('SET', KEYS[3], ARGV[4], 'PX', `+strconv.FormatInt(ca.AuditOnceWindow.Milliseconds(), 10)+`)`))
+
+// appendLua is the body of the append scripts: the generation mark is the key named mark, and
+// kept runs in the step that appends, once the head is found to be the one expected.
+func appendLua(mark, kept string) string {
+	return `
+local cur = redis.call('GET', KEYS[1])
 if not cur then cur = '' end
 if cur ~= ARGV[1] then return {0, cur} end
+local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
-  local b = 5 + i * 4
+  local b = 4 + i * 4
   redis.call('XADD', KEYS[2], '*', 'seq', ARGV[b], 'prev', ARGV[b + 1], 'mac', ARGV[b + 2], 'rec', ARGV[b + 3])
 end
-for j = 1, k do
-  local b = 5 + (tonumber(ARGV[places + j - 1]) - 1) * 4
-  redis.call('SET', KEYS[2 + j], ARGV[b], 'PX', ` + strconv.FormatInt(ca.AuditOnceWindow.Milliseconds(), 10) + `)
-end
+` + kept + `
 redis.call('SET', KEYS[1], ARGV[2])
-if KEYS[3 + k] then
-  local m = places + k
-  local r = bump(KEYS[3 + k], mark(KEYS[3 + k], ARGV[m], ARGV[m + 1], ARGV[m + 2]))
+if ` + mark + ` then
+  local m = 4 + n * 4
+  local r = bump(` + mark + `, mark(` + mark + `, ARGV[m], ARGV[m + 1], ARGV[m + 2]))
   return {1, ARGV[2], r[1], r[2], r[3], r[4]}
 end
 return {1, ARGV[2]}
-`)
-
-// validOnce: 1 to 64 of [A-Za-z0-9_-] (ca.AuditRecord.Once). Nothing else goes into a key name:
-// no ':' (a key must not pass for another kind, such as a mark that a rebuild scans for), no
-// braces (its hash tag must stay {audit}).
-func validOnce(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
+`
 }
 
 // pending is one record waiting to be appended by a group commit.
@@ -341,17 +319,9 @@ type pending struct {
 	ctx      context.Context // its caller's: for the log line (the request's ID), and alone, for the round trip
 	deadline time.Time       // its caller's deadline (zero: none)
 	done     chan error      // receives the outcome once, buffered
-	once     string          // its Once key's Redis key ("" for none)
 	seq      uint64          // its place in the chain and its MAC, once linked (commit)
 	mac      string
 	stripe   int // the stripe it was kept in
-	// dup: an earlier attempt kept this record (its Once key was found); it is kept, and
-	// left out of the rest of the commit.
-	dup bool
-	// twin: an earlier record of the same batch with the same Once key (two attempts at one
-	// record queued together); this one is left out of the commit and shares its twin's
-	// outcome.
-	twin *pending
 }
 
 // Append adds rec at the end of the chain, and returns once it is kept (or failed). Records
@@ -369,19 +339,43 @@ func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
-	if rec.Once != "" && !validOnce(rec.Once) {
-		return fmt.Errorf("audit: the record's Once key %.80q is not 1 to 64 of [A-Za-z0-9_-]", rec.Once)
-	}
 	return l.append(ctx, body, &rec)
+}
+
+var _ ca.OnceAuditLog = (*Log)(nil)
+
+// AppendOnce is Append for a record that its caller may append again after an unknown outcome
+// (its answer lost, or late past the caller's deadline, when the record may have been kept):
+// every attempt with the same key, non-zero and unique to the record (ca.NewOnceKey), keeps it
+// at most once within ca.AuditOnceWindow of the attempt that kept it; an attempt that finds it
+// kept returns nil without appending it again. It checks the key in the step that appends
+// (Keys.AuditOnce), appends the record alone rather than in a group commit, and always to
+// stripe 0 (relinked there when it loses the race), so that every attempt checks the same key.
+func (l *Log) AppendOnce(ctx context.Context, rec ca.AuditRecord, once uint64) error {
+	if once == 0 {
+		return errors.New("audit: AppendOnce needs a key other than 0 (ca.NewOnceKey)")
+	}
+	if rec.V == 0 {
+		rec.V = ca.AuditRecordVersion
+	}
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	p := &pending{body: body, rec: &rec, ctx: ctx, done: make(chan error, 1)}
+	select {
+	case l.lock <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("audit: append: %w", context.Cause(ctx))
+	}
+	defer func() { <-l.lock }()
+	return l.commit([]*pending{p}, once)
 }
 
 // append queues body (rec: the record it encodes, nil for a checkpoint) for the next group
 // commit and returns its outcome.
 func (l *Log) append(ctx context.Context, body []byte, rec *ca.AuditRecord) error {
 	p := &pending{body: body, rec: rec, ctx: ctx, done: make(chan error, 1)}
-	if rec != nil && rec.Once != "" {
-		p.once = store.Keys{Prefix: l.prefix}.AuditOnce(rec.Once)
-	}
 	p.deadline, _ = ctx.Deadline()
 	l.qmu.Lock()
 	l.queue = append(l.queue, p)
@@ -421,16 +415,8 @@ func (l *Log) lead(p *pending) (kept bool, _ error) {
 		l.queue = slices.Delete(l.queue, 0, maxBatch)
 	}
 	l.qmu.Unlock()
-	err := l.commit(batch)
+	err := l.commit(batch, 0)
 	for _, b := range batch {
-		o := b
-		if b.twin != nil {
-			o = b.twin
-		}
-		if o.dup {
-			b.done <- nil // kept by an earlier attempt
-			continue
-		}
 		b.done <- err
 	}
 	clear(batch)
@@ -441,12 +427,12 @@ func (l *Log) lead(p *pending) (kept bool, _ error) {
 }
 
 // commit appends batch, in order, in one script (retried from the newer head when another
-// replica appended meanwhile, and without the records whose Once key says an earlier attempt
-// kept them: those are marked dup). A record alone runs under its caller's context. A batch runs
+// replica appended meanwhile). once, when not 0, is the Once key of a batch of one record
+// (AppendOnce): appendOnceScript, in stripe 0. A record alone runs under its caller's context. A batch runs
 // under the latest deadline of its callers (none when one of them has none), not under any
 // one caller's cancellation: the caller that happens to commit must not fail the records of
 // the others by giving up on its own.
-func (l *Log) commit(batch []*pending) error {
+func (l *Log) commit(batch []*pending, once uint64) error {
 	ctx := batch[0].ctx
 	if len(batch) > 1 {
 		var latest time.Time
@@ -472,18 +458,16 @@ func (l *Log) commit(batch []*pending) error {
 		}
 		l.raised = true
 	}
-	// A batch that holds a record with a Once key is kept in stripe 0, and stays there when it
-	// loses the race for the head: every attempt at that record checks its key in the slot
-	// of the chain an earlier attempt may have kept it in.
-	keyed := slices.ContainsFunc(batch, func(b *pending) bool { return b.once != "" })
-	if keyed {
-		// The script looks every Once key up before it sets any: two entries with one key
-		// in one batch would both find it absent, and both be kept.
-		batch = withoutTwins(batch)
+	script := appendScript
+	var onceKey string
+	if once != 0 {
+		script, onceKey = appendOnceScript, store.Keys{Prefix: l.prefix}.AuditOnce(once)
 	}
 	for range maxAttempts {
 		s := l.stripes[l.cur]
-		if keyed {
+		if once != 0 {
+			// Stripe 0, and relinked there when it loses the race: every attempt at the
+			// record checks its key in the slot of the chain an earlier one may have kept it in.
 			s = l.stripes[0]
 		}
 		prevSeq, prev, err := parseHead(s.known)
@@ -491,26 +475,16 @@ func (l *Log) commit(batch []*pending) error {
 			return err
 		}
 		keys := []string{s.headKey, s.streamKey}
-		args := make([]any, 0, 4+4*len(batch)+3)
-		args = append(args, s.known, "", len(batch), 0)
-		k := 0
+		if once != 0 {
+			keys = append(keys, onceKey)
+		}
+		args := make([]any, 0, 3+4*len(batch)+3)
+		args = append(args, s.known, "", len(batch))
 		for i, b := range batch {
 			b.seq = prevSeq + 1 + uint64(i)
 			b.mac = l.linkMAC(s.i, prev, b.seq, b.body)
 			args = append(args, strconv.FormatUint(b.seq, 10), prev, b.mac, b.body)
 			prev = b.mac
-			if b.once != "" {
-				keys = append(keys, b.once)
-				k++
-			}
-		}
-		if k > 0 {
-			args[3] = k
-			for i, b := range batch {
-				if b.once != "" {
-					args = append(args, i+1)
-				}
-			}
 		}
 		head := strconv.FormatUint(batch[len(batch)-1].seq, 10) + " " + prev
 		args[1] = head
@@ -522,7 +496,7 @@ func (l *Log) commit(batch []*pending) error {
 			keys = append(keys, s.markKey)
 			args = append(args, mw.Args()...)
 		}
-		res, err := appendScript.Run(ctx, l.rdb, keys, args...).Slice()
+		res, err := script.Run(ctx, l.rdb, keys, args...).Slice()
 		if err != nil {
 			return fmt.Errorf("audit: append: %w", err)
 		}
@@ -535,33 +509,15 @@ func (l *Log) commit(batch []*pending) error {
 			// The head is the one this batch makes: its MAC chains these very records from
 			// the head they were linked to. An earlier run of this script appended them and
 			// its answer was lost (go-redis runs a script again after a read timeout), so
-			// they are in, all of them: the Once keys that run set (answer 2) name records of
-			// this batch, not of an earlier attempt, and appending the others again would put
-			// them in the chain twice. (That run's mark answer is lost with it: the witness
-			// reads the mark at the next check.)
+			// they are in; appending them again would put them in the chain twice. (An
+			// AppendOnce record's own earlier run answers 2 here, having set its key. That
+			// run's mark answer is lost with it: the witness reads the mark at the next check.)
 			ok, mw = 1, nil
 		}
 		if ok == 2 {
-			// Records an earlier attempt kept (its answer lost): they are kept, once; the
-			// others are linked again from the head as it is now, and appended.
-			live := make([]*pending, 0, len(batch))
-			for _, v := range res[2:] {
-				if i, _ := v.(int64); i >= 1 && int(i) <= len(batch) {
-					batch[i-1].dup = true
-				}
-			}
-			for _, b := range batch {
-				if !b.dup {
-					live = append(live, b)
-				}
-			}
-			if len(live) == len(batch) {
-				return fmt.Errorf("audit: append: unexpected answer %v", res)
-			}
-			if batch = live; len(batch) == 0 {
-				return nil
-			}
-			continue
+			// An earlier attempt kept this record (its answer lost): it is in, once. (That
+			// attempt's mark answer is lost with it, as below.)
+			return nil
 		}
 		if ok == 1 && mw != nil {
 			// The records are in; a lost mark is the witness's to remember, not this append's
@@ -590,30 +546,12 @@ func (l *Log) commit(batch []*pending) error {
 		// Another replica moved this stripe's head. With one stripe the batch is linked again
 		// to the head the script answered; with several it moves on to the next stripe, so
 		// replicas that collide settle on different stripes instead of racing for one head
-		// (a batch with a Once key stays on stripe 0).
-		if !keyed {
+		// (a record with a Once key stays on stripe 0, and moves no batch after it).
+		if once == 0 {
 			l.cur = (l.cur + 1) % len(l.stripes)
 		}
 	}
 	return errors.New("audit: append: too much contention for the head of the chain")
-}
-
-// withoutTwins returns batch without the records whose Once key an earlier record of batch
-// has (marked with that record as their twin), in a new slice: the caller's stays whole.
-func withoutTwins(batch []*pending) []*pending {
-	first := map[string]*pending{}
-	live := make([]*pending, 0, len(batch))
-	for _, b := range batch {
-		if b.once != "" {
-			if f := first[b.once]; f != nil {
-				b.twin = f
-				continue
-			}
-			first[b.once] = b
-		}
-		live = append(live, b)
-	}
-	return live
 }
 
 // raiseStripesScript raises the stripe count (Keys.AuditStripes, absent: 1) to ARGV[1] and

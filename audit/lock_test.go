@@ -36,7 +36,7 @@ func TestAppendReturnsOnceKept(t *testing.T) {
 	}
 	// The leader keeps the queued record and tells its caller, as lead does; the lock stays
 	// held, as by the next leader in its round trip.
-	_, err := l.commit(batch) // no Once keys: every record has err as its outcome
+	err := l.commit(batch, 0)
 	for _, b := range batch {
 		b.done <- err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -32,26 +33,38 @@ func newOnceRig(t *testing.T) onceRig {
 		direct: redis.NewClient(&redis.Options{Addr: srv.Addr})}
 	r.proxied = redis.NewClient(&redis.Options{Addr: r.proxy.Addr, MaxRetries: -1})
 	t.Cleanup(func() { r.proxied.Close(); r.direct.Close() })
-	// Loads the append script: the first run of a script is an EVALSHA that Redis refuses
+	// Loads the append scripts: the first run of a script is an EVALSHA that Redis refuses
 	// (NOSCRIPT) before the EVAL that runs it, and an answer dropped then lands nothing.
-	if err := audit.New(r.direct, audit.Options{Prefix: "warm-up"}).Append(context.Background(), ca.AuditRecord{Identity: "warm-up"}); err != nil {
+	warm := audit.New(r.direct, audit.Options{Prefix: "warm-up"})
+	if err := warm.Append(context.Background(), ca.AuditRecord{Identity: "warm-up"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := warm.AppendOnce(context.Background(), ca.AuditRecord{Identity: "warm-up"}, ca.NewOnceKey()); err != nil {
 		t.Fatal(err)
 	}
 	return r
 }
 
-// lose appends rec through l with its answer dropped: the append lands and l's caller is told
+// keyed is a record and the key it is appended with (AppendOnce).
+type keyed struct {
+	rec  ca.AuditRecord
+	once uint64
+}
+
+func once(rec ca.AuditRecord) keyed { return keyed{rec, ca.NewOnceKey()} }
+
+// lose appends k through l with its answer dropped: the append lands and l's caller is told
 // it failed.
-func (r onceRig) lose(t *testing.T, l *audit.Log, prefix string, rec ca.AuditRecord) {
+func (r onceRig) lose(t *testing.T, l *audit.Log, prefix string, k keyed) {
 	t.Helper()
-	r.proxy.Arm(store.Keys{Prefix: prefix}.AuditOnce(rec.Once))
-	if err := l.Append(context.Background(), rec); err == nil {
-		t.Fatalf("append of %s whose answer was dropped succeeded", rec.Identity)
+	r.proxy.Arm(store.Keys{Prefix: prefix}.AuditOnce(k.once))
+	if err := l.AppendOnce(context.Background(), k.rec, k.once); err == nil {
+		t.Fatalf("append of %s whose answer was dropped succeeded", k.rec.Identity)
 	}
 	if r.proxy.Armed() {
 		t.Fatal("the proxy dropped no answer: the test does not test a lost answer")
 	}
-	if n, err := r.direct.Exists(context.Background(), store.Keys{Prefix: prefix}.AuditOnce(rec.Once)).Result(); err != nil || n != 1 {
+	if n, err := r.direct.Exists(context.Background(), store.Keys{Prefix: prefix}.AuditOnce(k.once)).Result(); err != nil || n != 1 {
 		t.Fatalf("the append whose answer was dropped did not land (%v): the test does not test a lost answer", err)
 	}
 }
@@ -88,12 +101,12 @@ func TestAppendOnceAfterLostReplyAndMovedHead(t *testing.T) {
 		if err := l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "before"}); err != nil {
 			t.Fatal(err)
 		}
-		lost := ca.AuditRecord{Outcome: "unavailable", Identity: "lost-reply", Serial: 7, Once: ca.NewOnceKey()}
+		lost := once(ca.AuditRecord{Outcome: "unavailable", Identity: "lost-reply", Serial: 7})
 		r.lose(t, l, prefix, lost)
 		if err := other.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "moved-head"}); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.Append(ctx, lost); err != nil {
+		if err := l.AppendOnce(ctx, lost.rec, lost.once); err != nil {
 			t.Fatalf("the retry: %v", err)
 		}
 		if err := l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "after"}); err != nil {
@@ -104,7 +117,7 @@ func TestAppendOnceAfterLostReplyAndMovedHead(t *testing.T) {
 			t.Errorf("records by identity %v, want %v", got, want)
 		}
 		// The key names the record's place in the chain and lasts AuditOnceWindow.
-		onceKey := store.Keys{Prefix: prefix}.AuditOnce(lost.Once)
+		onceKey := store.Keys{Prefix: prefix}.AuditOnce(lost.once)
 		if v, err := r.direct.Get(ctx, onceKey).Result(); err != nil || v != "2" {
 			t.Errorf("%s = %q, %v; want 2, the record's seq", onceKey, v, err)
 		}
@@ -122,7 +135,7 @@ func TestAppendOnceAfterLostReplyAndMovedHead(t *testing.T) {
 		if _, err := other.Archive(ctx, &arch, nil); err != nil {
 			t.Fatalf("archive: %v", err)
 		}
-		if err := l.Append(ctx, lost); err != nil {
+		if err := l.AppendOnce(ctx, lost.rec, lost.once); err != nil {
 			t.Fatalf("the retry after an archive: %v", err)
 		}
 		ar, err := other.VerifyArchive(bytes.NewReader(arch.Bytes()), nil)
@@ -136,15 +149,15 @@ func TestAppendOnceAfterLostReplyAndMovedHead(t *testing.T) {
 	}
 }
 
-// TestAppendOnceInABatch: the retry of a record kept with its answer lost, appended while many
-// other records are (group commit puts it in a batch with some of them), is dropped from its
-// batch, and the rest of the batch is linked again and kept, each record once.
-func TestAppendOnceInABatch(t *testing.T) {
+// TestAppendOnceAmongOthers: the retry of a record kept with its answer lost, appended while
+// many other records are (in group commits of their own, before and after it), is kept once,
+// and so is every other record.
+func TestAppendOnceAmongOthers(t *testing.T) {
 	ctx := context.Background()
 	r := newOnceRig(t)
 	o := audit.Options{Key: []byte("0123456789abcdef0123456789abcdef")}
 	l := audit.New(r.proxied, o)
-	lost := ca.AuditRecord{Outcome: "unavailable", Identity: "lost-reply", Once: ca.NewOnceKey()}
+	lost := once(ca.AuditRecord{Outcome: "unavailable", Identity: "lost-reply"})
 	r.lose(t, l, "sshca", lost)
 	if err := audit.New(r.direct, o).Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "moved-head"}); err != nil {
 		t.Fatal(err)
@@ -158,7 +171,7 @@ func TestAppendOnceInABatch(t *testing.T) {
 		want[id] = 1
 		wg.Go(func() { errs <- l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: id}) })
 		if c == callers/2 {
-			wg.Go(func() { errs <- l.Append(ctx, lost) })
+			wg.Go(func() { errs <- l.AppendOnce(ctx, lost.rec, lost.once) })
 		}
 	}
 	wg.Wait()
@@ -183,19 +196,25 @@ func TestAppendOnceKeepsDistinctRecords(t *testing.T) {
 	o := audit.Options{Key: []byte("0123456789abcdef0123456789abcdef")}
 	l := audit.New(r.proxied, o)
 	at := time.Date(2026, 11, 30, 7, 0, 0, 0, time.UTC)
-	twin := func(id string, once uint64) ca.AuditRecord {
-		return ca.AuditRecord{Time: at, Action: ca.ActionUser, Outcome: "unavailable", Identity: id, Serial: 7, KeyID: id + "#7", Once: once}
+	twin := func(id string) ca.AuditRecord {
+		return ca.AuditRecord{Time: at, Action: ca.ActionUser, Outcome: "unavailable", Identity: id, Serial: 7, KeyID: id + "#7"}
 	}
-	a, b := twin("twin", ca.NewOnceKey()), twin("twin", ca.NewOnceKey())
+	a, b := once(twin("twin")), once(twin("twin"))
 	// A record after each lost answer: l learns the head its lost append moved, so the next
 	// one's first run appends (and its answer is the one dropped).
 	r.lose(t, l, "sshca", a)
-	if err := l.Append(ctx, twin("plain", 0)); err != nil {
+	if err := l.Append(ctx, twin("plain")); err != nil {
 		t.Fatal(err)
 	}
 	r.lose(t, l, "sshca", b)
-	for _, rec := range []ca.AuditRecord{a, b, twin("plain", 0)} {
-		if err := l.Append(ctx, rec); err != nil {
+	for _, k := range []keyed{a, b, {twin("plain"), 0}} {
+		var err error
+		if k.once != 0 {
+			err = l.AppendOnce(ctx, k.rec, k.once)
+		} else {
+			err = l.Append(ctx, k.rec)
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -219,14 +238,14 @@ func TestAppendOnceStripes(t *testing.T) {
 	if err := l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "home"}); err != nil {
 		t.Fatal(err)
 	}
-	lost := ca.AuditRecord{Outcome: "unavailable", Identity: "lost-reply", Once: ca.NewOnceKey()}
+	lost := once(ca.AuditRecord{Outcome: "unavailable", Identity: "lost-reply"})
 	r.lose(t, l, "sshca", lost)
 	// Another replica's record with a Once key of its own: it too stays on stripe 0 (one
 	// without would move on to stripe 1 on finding the head moved), and moves its head.
-	if err := other.Append(ctx, ca.AuditRecord{Outcome: "unavailable", Identity: "moved-head", Once: ca.NewOnceKey()}); err != nil {
+	if err := other.AppendOnce(ctx, ca.AuditRecord{Outcome: "unavailable", Identity: "moved-head"}, ca.NewOnceKey()); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Append(ctx, lost); err != nil {
+	if err := l.AppendOnce(ctx, lost.rec, lost.once); err != nil {
 		t.Fatalf("the retry: %v", err)
 	}
 	if err := l.Append(ctx, ca.AuditRecord{Outcome: "issued", Identity: "home-again"}); err != nil {
@@ -256,10 +275,17 @@ func TestAppendOnceOnCluster(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
 	home := 1
 	l := audit.New(cc, audit.Options{Key: key, Stripes: 3, Home: &home, Marks: store.NewRedis(cc, store.RedisOptions{AuditStripes: 3})})
-	once := ca.AuditRecord{Outcome: "unavailable", Identity: "once", Once: ca.NewOnceKey()}
-	for _, rec := range []ca.AuditRecord{{Outcome: "issued", Identity: "plain"}, once, once, {Outcome: "issued", Identity: "plain"}, once} {
-		if err := l.Append(ctx, rec); err != nil {
-			t.Fatalf("append %s: %v", rec.Identity, err)
+	k := once(ca.AuditRecord{Outcome: "unavailable", Identity: "once"})
+	plain := keyed{ca.AuditRecord{Outcome: "issued", Identity: "plain"}, 0}
+	for _, k := range []keyed{plain, k, k, plain, k} {
+		var err error
+		if k.once != 0 {
+			err = l.AppendOnce(ctx, k.rec, k.once)
+		} else {
+			err = l.Append(ctx, k.rec)
+		}
+		if err != nil {
+			t.Fatalf("append %s: %v", k.rec.Identity, err)
 		}
 	}
 	where := map[string][]int{}
@@ -270,5 +296,20 @@ func TestAppendOnceOnCluster(t *testing.T) {
 	}
 	if want := map[string][]int{"plain": {1, 1}, "once": {0}}; fmt.Sprint(where) != fmt.Sprint(want) {
 		t.Errorf("records by identity, with their stripes: %v, want %v", where, want)
+	}
+}
+
+// TestAppendOnceRefusesKeyZero: 0 is no key (the zero value a caller forgot to set); AppendOnce
+// refuses it and appends nothing, rather than treating every such record as one.
+func TestAppendOnceRefusesKeyZero(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	l := audit.New(rdb, audit.Options{})
+	if err := l.AppendOnce(context.Background(), ca.AuditRecord{Identity: "zero"}, 0); err == nil || !strings.Contains(err.Error(), "other than 0") {
+		t.Errorf("AppendOnce with key 0 = %v, want refused", err)
+	}
+	if got := count(t, rdb, audit.Options{}); len(got) != 0 {
+		t.Errorf("records %v, want none", got)
 	}
 }

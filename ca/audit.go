@@ -109,27 +109,16 @@ type AuditRecord struct {
 	// version 3 without raising V (absent: the record predates it; that request is not
 	// restored).
 	Access *AccessRequest `json:"access,omitempty"`
-
-	// Once is the record's idempotency key, never part of the record kept (not in its JSON,
-	// nor in the chain's MAC): a caller that may append the same record again after an
-	// unknown outcome (an answer lost or late, the append timed out) sets it, random (see
-	// NewOnceKey) and the same on every attempt, and the audit log then keeps the record at
-	// most once within AuditOnceWindow of the first attempt that landed; an attempt that finds
-	// it kept succeeds without appending it again. 0 (every record appended only once, as a
-	// grant's) is appended as before. Two records are never merged because their content is
-	// alike: only their key says they are the same. (64 bits, not a string: the record stays
-	// in its allocation size class, 576 bytes, so that every grant's append costs what it did.)
-	Once uint64 `json:"-"`
 }
 
-// AuditOnceWindow is how long an AuditLog remembers a record's Once key after keeping it: it
+// AuditOnceWindow is how long an OnceAuditLog remembers a record's key after keeping it: it
 // covers settleSigned's retries (SignedAuditRetry, the last attempt under SignedCertTimeout)
 // with room for an attempt that a stalled store runs late, and for clocks that disagree.
 const AuditOnceWindow = 10 * time.Minute
 
-// NewOnceKey returns a random, non-zero Once key from crypto/rand, unique to the record it is
-// given to: two of the keys alive at once (one per record retried within AuditOnceWindow)
-// are the same with a chance of about n²/2⁶⁵, 4·10⁻⁸ for a million.
+// NewOnceKey returns a random, non-zero key for OnceAuditLog.AppendOnce, from crypto/rand,
+// unique to the record it is given to: two of the keys alive at once (one per record retried
+// within AuditOnceWindow) are the same with a chance of about n²/2⁶⁵, 4·10⁻⁸ for a million.
 func NewOnceKey() uint64 {
 	var b [8]byte
 	for {
@@ -162,6 +151,19 @@ const OutcomeDone = "done"
 // to issue, revoke or administer takes effect only once its record is kept.
 type AuditLog interface {
 	Append(ctx context.Context, rec AuditRecord) error
+}
+
+// OnceAuditLog is an AuditLog that keeps a record at most once however many times it is
+// appended with the same key: what a caller needs that appends a record again after an
+// unknown outcome (an answer lost or late: the record may be kept). The audit package's Log
+// is one; the authority uses it, when its AuditLog is one, for the records it retries
+// (settleSigned).
+type OnceAuditLog interface {
+	AuditLog
+	// AppendOnce appends rec unless a record appended with the key once (non-zero, random and
+	// unique to the record: NewOnceKey) was kept within AuditOnceWindow; then it returns nil
+	// and appends nothing. Two records with different keys are both kept, however alike.
+	AppendOnce(ctx context.Context, rec AuditRecord, once uint64) error
 }
 
 // auditRecord starts a record for id asking for action.
@@ -245,25 +247,34 @@ func (a *Authority) settleSigned(ctx context.Context, rec AuditRecord, cause err
 	if rec.RequestID == "" {
 		rec.RequestID = RequestID(ctx)
 	}
-	rec.Once = NewOnceKey()
+	once := NewOnceKey()
 	actx, cancel := context.WithTimeout(ctx, SignedCertTimeout)
-	err := a.audit.Append(actx, rec)
+	err := a.appendOnce(actx, rec, once)
 	cancel()
 	if err != nil {
 		id := a.retries.add(rec)
 		go func() {
 			defer a.retries.done(id)
-			a.retrySigned(ctx, rec)
+			a.retrySigned(ctx, rec, once)
 		}()
 	}
 }
 
-func (a *Authority) retrySigned(ctx context.Context, rec AuditRecord) {
+// appendOnce appends rec with the key once when the audit log can keep a record once
+// (OnceAuditLog), else plainly.
+func (a *Authority) appendOnce(ctx context.Context, rec AuditRecord, once uint64) error {
+	if o, ok := a.audit.(OnceAuditLog); ok {
+		return o.AppendOnce(ctx, rec, once)
+	}
+	return a.audit.Append(ctx, rec)
+}
+
+func (a *Authority) retrySigned(ctx context.Context, rec AuditRecord, once uint64) {
 	giveUp := a.now().Add(SignedAuditRetry)
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 		<-a.after(wait)
 		actx, cancel := context.WithTimeout(ctx, SignedCertTimeout)
-		err := a.audit.Append(actx, rec)
+		err := a.appendOnce(actx, rec, once)
 		cancel()
 		if err == nil {
 			return

@@ -183,6 +183,18 @@ func (w observedAudit) Append(ctx context.Context, rec AuditRecord) (err error) 
 	return w.next.Append(ctx, rec)
 }
 
+var _ OnceAuditLog = observedAudit{}
+
+// AppendOnce keeps the wrapped log's AppendOnce visible through the observer (plain Append
+// when it has none).
+func (w observedAudit) AppendOnce(ctx context.Context, rec AuditRecord, once uint64) (err error) {
+	defer func(begin time.Time) { observe(w.o, StageAudit, begin, err) }(time.Now())
+	if o, ok := w.next.(OnceAuditLog); ok {
+		return o.AppendOnce(ctx, rec, once)
+	}
+	return w.next.Append(ctx, rec)
+}
+
 type observedRevocations struct {
 	RevocationStore
 	o StageObserver
