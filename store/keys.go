@@ -190,10 +190,11 @@ func (k Keys) AuditStripeBase(i int) string { return k.p() + ":" + TagAuditStrip
 // was lowered.
 func (k Keys) AuditStripes() string { return k.p() + ":" + TagAudit + ":stripes" }
 
-// AuditOnce is the Once key of an audit record the chain keeps (ca.AuditRecord.Once, in
-// lowercase hex here), a string: the record's sequence number in decimal, expiring ca.AuditOnceWindow after the script that
-// appended the record set it, in the same step (audit/). In stripe 0's tag: a record with a
-// Once key is always kept in stripe 0, so that every attempt checks the same key.
+// AuditOnce marks the audit record appended with this key (audit.Log.AppendOnce, the key in
+// lowercase hex) as kept, a string: the record's sequence number in decimal, set by the script
+// that appends the record, in the same step, and expiring ca.AuditOnceWindow later (audit/).
+// In stripe 0's tag: such a record is always kept in stripe 0, so every attempt checks the
+// same key.
 func (k Keys) AuditOnce(once uint64) string {
 	return k.p() + ":" + TagAudit + ":once:" + strconv.FormatUint(once, 16)
 }
