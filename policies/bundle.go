@@ -1,10 +1,13 @@
 package policies
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -19,7 +22,7 @@ import (
 // its policy and data. Rego test files in the bundle are not evaluated for decisions; their
 // inputs are run by the self-check. WithDataFile does not apply to bundles.
 func LoadBundleURL(ctx context.Context, url string, client *http.Client, opts ...Option) (*Engine, error) {
-	return loadBundleURL(ctx, url, client, MaxBundleBytes, opts...)
+	return loadBundleURL(ctx, url, client, MaxBundleBytes, MaxBundleUnpackedBytes, opts...)
 }
 
 // MaxBundleBytes bounds the bundle LoadBundleURL reads (compressed, as served): a longer one is
@@ -27,8 +30,33 @@ func LoadBundleURL(ctx context.Context, url string, client *http.Client, opts ..
 // bundle is a few KiB; 64 MiB leaves room for large data documents.
 const MaxBundleBytes = 64 << 20
 
-// loadBundleURL is LoadBundleURL reading at most max bytes of the bundle.
-func loadBundleURL(ctx context.Context, url string, client *http.Client, max int64, opts ...Option) (*Engine, error) {
+// checkUnpacked unpacks packed (gzip) without keeping it, and fails when it is longer than
+// limit bytes, or not gzip: what OPA's loader would hold is bounded before it holds any.
+func checkUnpacked(packed []byte, limit int64) error {
+	zr, err := gzip.NewReader(bytes.NewReader(packed))
+	if err != nil {
+		return fmt.Errorf("not a .tar.gz: %w", err)
+	}
+	n, err := io.Copy(io.Discard, io.LimitReader(zr, limit+1))
+	if err != nil {
+		return fmt.Errorf("not a .tar.gz: %w", err)
+	}
+	if n > limit {
+		return fmt.Errorf("it unpacks to more than %d bytes, the most sshca unpacks of a bundle (packed, it is %d bytes): split its data, or serve less", limit, len(packed))
+	}
+	return nil
+}
+
+// MaxBundleUnpackedBytes bounds a bundle once unpacked: its tar stream, headers and files
+// together, and so each file. MaxBundleBytes alone counts what is served, and gzip packs a run
+// of zeros about a thousand to one: 64 MiB served could unpack to 64 GiB, which OPA's loader
+// holds in memory file by file. 256 MiB is four times MaxBundleBytes, room for data documents
+// as JSON packs them.
+const MaxBundleUnpackedBytes = 256 << 20
+
+// loadBundleURL is LoadBundleURL reading at most max bytes of the bundle, unpacking at most
+// unpacked.
+func loadBundleURL(ctx context.Context, url string, client *http.Client, max, unpacked int64, opts ...Option) (*Engine, error) {
 	var o loadOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -48,7 +76,17 @@ func loadBundleURL(ctx context.Context, url string, client *http.Client, max int
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("policies: bundle %s: HTTP %d", url, resp.StatusCode)
 	}
-	b, err := bundle.NewReader(bodylimit.Reader(req, resp.Body, max)).Read()
+	packed, err := io.ReadAll(bodylimit.Reader(req, resp.Body, max))
+	if err != nil {
+		return nil, fmt.Errorf("policies: bundle: %w", err)
+	}
+	if err := checkUnpacked(packed, unpacked); err != nil {
+		return nil, fmt.Errorf("policies: bundle %s: %w", url, err)
+	}
+	// The loader's own bound too: it allocates a file's buffer at the size its tar header
+	// claims, before reading a byte of it (a header of a TiB ended the process).
+	b, err := bundle.NewCustomReader(bundle.NewTarballLoader(bytes.NewReader(packed)).WithSizeLimitBytes(unpacked)).
+		WithSizeLimitBytes(unpacked).Read()
 	if err != nil {
 		return nil, fmt.Errorf("policies: bundle %s: %w", url, err)
 	}

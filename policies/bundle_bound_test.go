@@ -40,10 +40,10 @@ func TestBundleBounded(t *testing.T) {
 	defer srv.Close()
 	ctx := context.Background()
 	size := int64(len(tarball))
-	if _, err := loadBundleURL(ctx, srv.URL+"/b.tar.gz", nil, size); err != nil {
+	if _, err := loadBundleURL(ctx, srv.URL+"/b.tar.gz", nil, size, MaxBundleUnpackedBytes); err != nil {
 		t.Fatalf("bundle of %d bytes with a bound of %d: %v", size, size, err)
 	}
-	_, err := loadBundleURL(ctx, srv.URL+"/b.tar.gz", nil, size/2)
+	_, err := loadBundleURL(ctx, srv.URL+"/b.tar.gz", nil, size/2, MaxBundleUnpackedBytes)
 	want := fmt.Sprintf("the answer of %s/b.tar.gz is longer than %d bytes", srv.URL, size/2)
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("bound of half the bundle: %v, want an error containing %q", err, want)
