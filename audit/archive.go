@@ -284,8 +284,8 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
 			return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
 		}
-		if a.Stripe < 0 || a.Stripe >= maxStripes {
-			return rep, fmt.Errorf("audit: archive line %d: stripe %d (want 0 to %d)", line, a.Stripe, maxStripes-1)
+		if a.Stripe < 0 || a.Stripe >= MaxStripes {
+			return rep, fmt.Errorf("audit: archive line %d: stripe %d (want 0 to %d)", line, a.Stripe, MaxStripes-1)
 		}
 		for len(rep.Stripes) <= a.Stripe {
 			rep.Stripes = append(rep.Stripes, ArchiveStripe{})

@@ -733,9 +733,9 @@ func recordsOnly(each func(Entry)) func(Entry) {
 	}
 }
 
-// maxStripes bounds the stripe count a reader takes from Redis: a count beyond it is damage,
+// MaxStripes bounds the stripe count a reader takes from Redis: a count beyond it is damage,
 // not a deployment.
-const maxStripes = 1024
+const MaxStripes = 1024
 
 // parseStripes reads the stripe count kept in Redis (nil: absent, one stripe).
 func parseStripes(v any) (int, error) {
@@ -744,8 +744,8 @@ func parseStripes(v any) (int, error) {
 		return 1, nil
 	}
 	n, err := strconv.Atoi(str)
-	if err != nil || n < 1 || n > maxStripes {
-		return 0, fmt.Errorf("audit: the stripe count of the chain is malformed: %.40q (want 1 to %d)", str, maxStripes)
+	if err != nil || n < 1 || n > MaxStripes {
+		return 0, fmt.Errorf("audit: the stripe count of the chain is malformed: %.40q (want 1 to %d)", str, MaxStripes)
 	}
 	return n, nil
 }

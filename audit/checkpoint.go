@@ -68,7 +68,7 @@ func parseCheckpoint(body []byte) (*Checkpoint, error) {
 		return nil, fmt.Errorf("malformed checkpoint: %v", err)
 	}
 	c := r.Checkpoint
-	if c.Stripes < 1 || c.Stripes > maxStripes {
+	if c.Stripes < 1 || c.Stripes > MaxStripes {
 		return nil, fmt.Errorf("malformed checkpoint: %d stripes", c.Stripes)
 	}
 	last := -1

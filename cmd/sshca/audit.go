@@ -32,6 +32,15 @@ type AuditConfig struct {
 	// store with that record, so a store restored from a copy older than the archive is found
 	// to have lost state even when no running replica or bastion saw the newer state.
 	ArchiveFile string `yaml:"archive_file"`
+	// Stripes is the number of chains (stripes) the audit log is kept in: 0 or 1 (the
+	// default) is one chain. Set it to at least the number of CA replicas: each replica then
+	// appends to a stripe of its own instead of all of them racing for one head, which caps the
+	// whole fleet at what one chain takes (docs/scaling.md), and on a Redis Cluster the stripes
+	// (hash tags {audit}, {audit:1}, {audit:2}, ...) spread over the masters. Every second a
+	// replica that appended records a checkpoint of every stripe's head, which `sshca audit
+	// verify` checks. Lowering it later loses nothing: readers walk every stripe ever used.
+	// At most 1024.
+	Stripes int `yaml:"stripes"`
 }
 
 // archiveTarget is the target of the record that `sshca audit archive` appends before
@@ -47,16 +56,57 @@ func archiveWitness(al *audit.Log, path string, each func(audit.Entry)) (audit.A
 		return audit.ArchiveReport{}, nil, err
 	}
 	defer f.Close()
-	var w *ca.StoreWitness
+	var w newestWitness
 	ar, err := al.VerifyArchive(f, func(e audit.Entry) {
-		if e.Record.Store != nil && e.Record.Target == archiveTarget {
-			w = e.Record.Store
-		}
+		w.see(e)
 		if each != nil {
 			each(e)
 		}
 	})
-	return ar, w, err
+	return ar, w.store, err
+}
+
+// newestWitness keeps the store witness of the newest archive record seen: by time, since
+// the stripes of a chain are read one after the other (`sshca audit archive` appends its
+// record with one stripe, to stripe 0, but a chain may hold older ones anywhere); of records
+// of the same time, the later read.
+type newestWitness struct {
+	store *ca.StoreWitness
+	at    time.Time
+}
+
+func (w *newestWitness) see(e audit.Entry) {
+	if e.Record.Store != nil && e.Record.Target == archiveTarget && !e.Record.Time.Before(w.at) {
+		w.store, w.at = e.Record.Store, e.Record.Time
+	}
+}
+
+// archiveSpan says which records an archive holds: "records F to L" of a log without
+// stripes, the same per stripe of one with stripes.
+func archiveSpan(ar audit.ArchiveReport) string {
+	if len(ar.Stripes) <= 1 {
+		return fmt.Sprintf("records %d to %d", ar.FirstSeq, ar.LastSeq)
+	}
+	var parts []string
+	for i, s := range ar.Stripes {
+		if s.Entries > 0 || s.Bases > 0 {
+			parts = append(parts, fmt.Sprintf("stripe %d: records %d to %d", i, s.FirstSeq, s.LastSeq))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// chainSpan says what a verification of the chain in Redis walked, after the count: one
+// stripe's head, or each stripe's records and head.
+func chainSpan(rep audit.Report) string {
+	if len(rep.Stripes) <= 1 {
+		return fmt.Sprintf("head %.16s", rep.Head)
+	}
+	var parts []string
+	for _, s := range rep.Stripes {
+		parts = append(parts, fmt.Sprintf("stripe %d: %d records from record %d, head %d (%.16s)", s.Stripe, s.Records, s.BaseSeq+1, s.HeadSeq, s.Head))
+	}
+	return fmt.Sprintf("%d stripes, %d checkpoints (%s)", len(rep.Stripes), rep.Checkpoints, strings.Join(parts, "; "))
 }
 
 // checkAgainstArchive compares the store with an archive's witness (nil: nothing to compare):
@@ -214,11 +264,12 @@ func newAuditCommand() *cobra.Command {
 			if print {
 				each = func(e audit.Entry) {
 					_ = enc.Encode(struct {
+						Stripe int             `json:"stripe,omitempty"`
 						Seq    uint64          `json:"seq"`
 						MAC    string          `json:"mac"`
 						V      int             `json:"v"`
 						Record json.RawMessage `json:"record"`
-					}{e.Seq, e.MAC, e.Version, e.Raw})
+					}{e.Stripe, e.Seq, e.MAC, e.Version, e.Raw})
 				}
 			}
 			var ar audit.ArchiveReport
@@ -227,8 +278,8 @@ func newAuditCommand() *cobra.Command {
 				if ar, witness, err = archiveWitness(al, archiveFile, each); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, records %d to %d, last %.16s\n",
-					plural(ar.Records, "audit record"), keyed(key), ar.FirstSeq, ar.LastSeq, ar.LastMAC)
+				fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, %s, last %.16s\n",
+					plural(ar.Records, "audit record"), keyed(key), archiveSpan(ar), ar.LastMAC)
 				if ar.Records > 0 && !ar.EndsSigned {
 					fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: the archive does not end with a signed base mark: it was written before base marks were signed, or its end was cut off")
 				}
@@ -254,7 +305,7 @@ func newAuditCommand() *cobra.Command {
 			if err != nil {
 				return legacyHint(err)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, head %.16s\n", plural(rep.Records, "audit record"), keyed(key), rep.Head)
+			fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, %s\n", plural(rep.Records, "audit record"), keyed(key), chainSpan(rep))
 			if archiveFile != "" && ar.Records+ar.Bases > 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "the chain in Redis goes on from the archive's last record %d\n", ar.LastSeq)
 			}
@@ -286,12 +337,9 @@ ends at exactly its record, or with --accept-legacy-base.`,
 				return err
 			}
 			defer f.Close()
-			var witness *ca.StoreWitness
-			prior, err := al.VerifyArchive(f, func(e audit.Entry) {
-				if e.Record.Store != nil && e.Record.Target == archiveTarget {
-					witness = e.Record.Store
-				}
-			})
+			var newest newestWitness
+			prior, err := al.VerifyArchive(f, newest.see)
+			witness := newest.store
 			if err != nil {
 				return fmt.Errorf("%s does not verify, so nothing is appended to it: %w", archiveOut, err)
 			}
@@ -315,7 +363,15 @@ ends at exactly its record, or with --accept-legacy-base.`,
 			if err != nil {
 				return legacyHint(err)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "archived %s to %s (%s) and trimmed them from Redis; the chain in Redis goes on from record %d\n", plural(rep.Records, "audit record"), archiveOut, keyed(key), rep.BaseSeq)
+			goesOn := fmt.Sprintf("record %d", rep.BaseSeq)
+			if len(rep.Stripes) > 1 {
+				var parts []string
+				for _, s := range rep.Stripes {
+					parts = append(parts, fmt.Sprintf("stripe %d from record %d", s.Stripe, s.BaseSeq))
+				}
+				goesOn = strings.Join(parts, ", ")
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "archived %s to %s (%s) and trimmed them from Redis; the chain in Redis goes on from %s\n", plural(rep.Records, "audit record"), archiveOut, keyed(key), goesOn)
 			warn(cmd.ErrOrStderr(), key, rep)
 			return nil
 		},

@@ -221,8 +221,10 @@ func newAuditReportCommand() *cobra.Command {
 				defer rdb.Close()
 			}
 			al := audit.New(rdb, audit.Options{Key: key})
-			var recs []ca.AuditRecord
-			each := func(e audit.Entry) { recs = append(recs, e.Record) }
+			// Entries of every stripe, archives first; the report reads them in time order
+			// (a request's creation before its approval), each stripe in chain order.
+			var entries []audit.Entry
+			each := func(e audit.Entry) { entries = append(entries, e) }
 			var ar audit.ArchiveReport
 			if archiveFile != "" {
 				f, err := os.Open(archiveFile)
@@ -246,6 +248,10 @@ func newAuditReportCommand() *cobra.Command {
 			}
 			if key == nil {
 				fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: without --key-file the chain is checked as plain SHA-256, which anyone who can write to Redis can recompute")
+			}
+			recs := make([]ca.AuditRecord, 0, len(entries))
+			for _, e := range audit.InTimeOrder(entries) {
+				recs = append(recs, e.Record)
 			}
 			grants := accessReport(recs, time.Now().Add(-window), identity, principal)
 			return writeReport(cmd.OutOrStdout(), format, grants)

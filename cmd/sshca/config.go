@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"gopkg.in/yaml.v3"
 
+	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/policies"
@@ -437,6 +438,9 @@ func (c *Config) validate(secretFiles bool) error {
 		add("redis.wait_replicas: must not be negative (the number of replicas Sentinel may promote)")
 	case c.Redis.MasterName != "" && c.Redis.WaitReplicas == 0:
 		add("redis.wait_replicas: required with master_name: set it to the number of replicas Sentinel may promote (at least 1), so that a failover cannot lose an acknowledged revocation")
+	}
+	if c.Audit.Stripes < 0 || c.Audit.Stripes > audit.MaxStripes {
+		add("audit.stripes: %d: want 0 or 1 (one chain) up to %d; set it to at least the number of CA replicas", c.Audit.Stripes, audit.MaxStripes)
 	}
 	if c.Redis.WaitTimeout < 0 {
 		add("redis.wait_timeout: must not be negative (e.g. 1s)")

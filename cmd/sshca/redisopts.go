@@ -85,6 +85,9 @@ type redisProbe struct {
 	prefix string
 	// caKeys are the CA keys whose revocation scopes ({ca:<fingerprint>}) are probed.
 	caKeys func() []ssh.PublicKey
+	// auditStripes is audit.stripes: the tags of stripes beyond the first ({audit:i}) are
+	// probed too, each possibly on another Cluster master.
+	auditStripes int
 }
 
 // redisProbeTags are the hash tags of durable state (store/keys.go), besides one
@@ -97,6 +100,9 @@ func (p redisProbe) keys() []string {
 	keys := store.Keys{Prefix: p.prefix}
 	for _, tag := range redisProbeTags {
 		out = append(out, keys.Probe(tag))
+	}
+	for i := 1; i < p.auditStripes; i++ {
+		out = append(out, keys.Probe(store.TagAuditStripe(i)))
 	}
 	seen := map[string]bool{}
 	if p.caKeys != nil {

@@ -56,6 +56,9 @@ type server struct {
 	// retries is the authority's wait for the audit records of signed certificates still
 	// retried in the background (ca.Authority.DrainRetries), waited for before Redis closes.
 	retries func(context.Context) error
+	// checkpoint appends the audit log's last checkpoint (audit.Log.Checkpoint), once the
+	// records above are kept: nil with one audit stripe.
+	checkpoint func(context.Context) error
 	// rdb is closed last, once the requests and the loops that use it are done; recRDB, the
 	// recordings' own Redis (recordings.redis), with it.
 	rdb    redis.UniversalClient
@@ -117,7 +120,10 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	rc := cfg.Redis
 	s.rdb = redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
 	countRedisErrors(s.rdb, reg)
-	db := store.NewRedis(s.rdb, cfg.Redis.StoreOptions())
+	storeOpts := cfg.Redis.StoreOptions()
+	// Issuance checks the mark of every audit stripe this replica may append to.
+	storeOpts.AuditStripes = cfg.Audit.Stripes
+	db := store.NewRedis(s.rdb, storeOpts)
 	// Before anything reads the store: the witness then starts from the archive's record.
 	if err := seedFromArchive(db, cfg, log); err != nil {
 		return nil, err
@@ -135,7 +141,11 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	} else {
 		log.Warn("the audit log is chained with plain SHA-256: anyone who can write to Redis can rewrite it; set audit.key_file (sshca audit genkey)")
 	}
-	auditLog := audit.New(s.rdb, audit.Options{Key: auditKey, Logger: log, Marks: db})
+	auditLog := audit.New(s.rdb, audit.Options{Key: auditKey, Logger: log, Marks: db, Stripes: cfg.Audit.Stripes})
+	if cfg.Audit.Stripes > 1 {
+		s.loops = append(s.loops, forever("audit checkpoints", func(ctx context.Context) { auditLog.RunCheckpoints(ctx, nil) }))
+		s.checkpoint = auditLog.Checkpoint
+	}
 	// Session recordings: on a Redis of their own, with a client and pool of their own, so
 	// that a recordings Redis that is slow or full holds up only the requests that ship or
 	// read recordings. Without one, /v1/recordings is not served.
@@ -241,7 +251,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	requests := services.LoggingAccessRequests(reqLog)(services.InstrumentingAccessRequests(metrics)(authority))
 
 	// HTTP: the API's routes, /metrics and /readyz on the diagnostics listener when there is one.
-	ready := services.Checks(readyChecks(db, s.rdb, userSigner, hostSigner,
+	ready := services.Checks(readyChecks(db, s.rdb, cfg.Audit.Stripes, userSigner, hostSigner,
 		map[string]ca.Checker{"redis": db, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey}))
 	detailsWithFaults := withFaults(details, faults)
 	if cfg.DiagListen != "" {
@@ -376,6 +386,14 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 		}
 		cancel()
 	}
+	if s.checkpoint != nil {
+		// The records since the last tick are pinned by a checkpoint too.
+		cctx, cancel := context.WithTimeout(context.Background(), min(s.drain, retriesBound))
+		if err := s.checkpoint(cctx); err != nil {
+			s.log.Warn("shutdown: the last audit checkpoint was not written", "err", err)
+		}
+		cancel()
+	}
 	s.log.Info("shutdown: background loops ended; closing Redis")
 	s.close()
 	s.log.Info("shutdown: Redis closed")
@@ -451,10 +469,10 @@ func openKeyring(ctx context.Context, cfg *Config, userKey, hostKey *kms.Key, db
 // readyChecks are the checks /readyz runs: the given ones, with Redis probed by a write in
 // every hash tag of durable state (the CA keys' scopes as the signers publish them now), and
 // the store's generation marks compared with what this replica has seen (store_state).
-func readyChecks(state *store.Redis, rdb redis.UniversalClient, user, host ca.Signer, given map[string]ca.Checker) map[string]ca.Checker {
+func readyChecks(state *store.Redis, rdb redis.UniversalClient, auditStripes int, user, host ca.Signer, given map[string]ca.Checker) map[string]ca.Checker {
 	checks := maps.Clone(given)
 	caKeys := func() []ssh.PublicKey { return append(publishedKeys(user), publishedKeys(host)...) }
-	checks["redis"] = redisProbe{rdb: rdb, prefix: "sshca", caKeys: caKeys}
+	checks["redis"] = redisProbe{rdb: rdb, prefix: "sshca", caKeys: caKeys, auditStripes: auditStripes}
 	checks["store_state"] = checkFunc(func(ctx context.Context) error {
 		return state.CheckState(ctx, caKeys()...)
 	})

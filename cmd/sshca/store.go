@@ -146,14 +146,21 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	al := audit.New(rdb, audit.Options{Key: key})
 
 	// The trail: each record once, archives first. A chain in Redis restored from a snapshot
-	// may repeat records an archive holds (same sequence number and MAC): those are skipped.
+	// may repeat records an archive holds (same stripe, sequence number and MAC): those are
+	// skipped. The records are restored in time order once all are read: a ban before its
+	// lift, whichever stripes of the chain they are in (audit.InTimeOrder).
 	var gen uint16 // the newest generation a rebuild or an archive recorded
-	seen := map[uint64]string{}
+	type place struct {
+		stripe int
+		seq    uint64
+	}
+	seen := map[place]string{}
+	var trail []audit.Entry
 	add := func(e audit.Entry) {
-		if mac, ok := seen[e.Seq]; ok && mac == e.MAC {
+		if mac, ok := seen[place{e.Stripe, e.Seq}]; ok && mac == e.MAC {
 			return
 		}
-		seen[e.Seq] = e.MAC
+		seen[place{e.Stripe, e.Seq}] = e.MAC
 		if e.Record.Store != nil { // an archive's record of the store: a generation it had
 			gen = max(gen, e.Record.Store.Epoch)
 		}
@@ -163,7 +170,7 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 			}
 			return
 		}
-		restore.Add(e.Record)
+		trail = append(trail, e)
 	}
 	var last audit.ArchiveReport
 	fromArchives := 0
@@ -181,7 +188,7 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 			last = ar
 		}
 		fromArchives += ar.Records
-		fmt.Fprintf(out, "archive %s: %s verified, records %d to %d\n", p, plural(ar.Records, "audit record"), ar.FirstSeq, ar.LastSeq)
+		fmt.Fprintf(out, "archive %s: %s verified, %s\n", p, plural(ar.Records, "audit record"), archiveSpan(ar))
 	}
 	// The chain in Redis: read into a list first, since a chain that does not go on from the
 	// archive (the log was lost with the store, and started again) is still read, after a
@@ -201,7 +208,7 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	if detached {
 		repeated := 0
 		for _, e := range inRedis {
-			if seen[e.Seq] == e.MAC {
+			if seen[place{e.Stripe, e.Seq}] == e.MAC {
 				repeated++
 			}
 		}
@@ -213,6 +220,9 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	}
 	for _, e := range inRedis {
 		add(e)
+	}
+	for _, e := range audit.InTimeOrder(trail) {
+		restore.Add(e.Record)
 	}
 	fmt.Fprintf(out, "audit chain in Redis: %s verified (from record %d)\n", plural(rep.Records, "audit record"), rep.BaseSeq+1)
 

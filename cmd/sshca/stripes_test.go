@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/audit"
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
+)
+
+// TestStoreRebuildStripesInTimeOrder: `sshca store rebuild` restores the records of a striped
+// audit chain in time order, not in the order the stripes are walked: a ban kept in stripe 1
+// and its lift, a minute later, kept in stripe 0 (walked first) leave the key unbanned. The
+// control: the same two records with the ban the later one leave it banned, so the order is
+// the records' time.
+func TestStoreRebuildStripesInTimeOrder(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	dir := t.TempDir()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	keyFile := filepath.Join(dir, "audit.key")
+	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
+	userCA, hostCA := filepath.Join(dir, "user_ca.pub"), filepath.Join(dir, "host_ca.pub")
+	userKey := testenv.PublicKey(t)
+	writeFile(t, userCA, string(ssh.MarshalAuthorizedKey(userKey)))
+	writeFile(t, hostCA, string(ssh.MarshalAuthorizedKey(testenv.PublicKey(t))))
+
+	for _, banLater := range []bool{false, true} {
+		rdb.FlushAll(ctx)
+		banned := testenv.PublicKey(t)
+		fp := ssh.FingerprintSHA256(banned)
+		t0 := time.Now().Add(-time.Hour).UTC()
+		banAt, liftAt := t0, t0.Add(time.Minute)
+		if banLater {
+			banAt, liftAt = liftAt, banAt
+		}
+		ban := ca.AuditRecord{Time: banAt, Action: ca.ActionRevoke, Outcome: "allowed", Identity: "admin", Reason: "r",
+			Target: "public_key:" + fp, PublicKey: revocation.KeyEntry(banned)}
+		lift := ca.AuditRecord{Time: liftAt, Action: ca.ActionRevoke, Outcome: "allowed", Identity: "admin", Reason: "r",
+			Target: "unrevoke public_key:" + fp}
+		if err := audit.New(rdb, audit.Options{Key: key, Stripes: 2, Home: new(1)}).Append(ctx, ban); err != nil {
+			t.Fatal(err)
+		}
+		if err := audit.New(rdb, audit.Options{Key: key, Stripes: 2, Home: new(0)}).Append(ctx, lift); err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		err := runRebuild(ctx, rebuildFlags{redisURL: "redis://" + srv.Addr, auditKey: keyFile, userCA: userCA, hostCA: hostCA,
+			identityBlock: time.Hour, tokenLifetime: 10 * time.Minute}, &out, time.Now)
+		if err != nil {
+			t.Fatalf("rebuild: %v\n%s", err, out.String())
+		}
+		why, err := store.NewRedis(rdb, store.RedisOptions{}).Refused(ctx, userKey, nil, banned)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case !banLater && (why != "" || !strings.Contains(out.String(), "1 ban lifted")):
+			t.Errorf("the lift a minute after the ban (other stripe): refused %q; want the key unbanned:\n%s", why, out.String())
+		case banLater && why == "":
+			t.Errorf("the ban a minute after the lift: the key is not refused; want it banned:\n%s", out.String())
+		}
+	}
+}
+
+// TestAuditStripesConfig: audit.stripes outside 0 to audit.MaxStripes is refused, naming the
+// field and what to set; the limits themselves pass.
+func TestAuditStripesConfig(t *testing.T) {
+	for _, n := range []int{-1, audit.MaxStripes + 1} {
+		c := Config{Audit: AuditConfig{Stripes: n}}
+		err := c.validate(false)
+		if err == nil || !strings.Contains(err.Error(), "audit.stripes") || !strings.Contains(err.Error(), "number of CA replicas") {
+			t.Errorf("stripes %d: %v; want audit.stripes refused with the fix", n, err)
+		}
+	}
+	for _, n := range []int{0, 1, 3, audit.MaxStripes} {
+		c := Config{Audit: AuditConfig{Stripes: n}}
+		if err := c.validate(false); err != nil && strings.Contains(err.Error(), "audit.stripes") {
+			t.Errorf("stripes %d refused: %v", n, err)
+		}
+	}
+}
+
+// TestServeAuditStripes: two `sshca serve` replicas with audit.stripes 3 on one redis-server
+// keep their records in the stripes (the count raised to 3, each stripe under its own tag),
+// /readyz probes every stripe's tag, and a replica that stops writes a last checkpoint.
+// `sshca audit verify` then walks every stripe and checks the checkpoints, `sshca audit
+// archive` archives and trims every stripe to one file, and `verify --archive` with --redis
+// checks the chain in Redis goes on from it.
+func TestServeAuditStripes(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	idp := startIssuer(t, "sshca")
+	cfgA := serveConfig(t, srv.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	cfgA.Audit.Stripes = 3
+	cfgB := *cfgA
+	baseA, stopA := startServeStoppable(t, cfgA)
+	baseB, stopB := startServeStoppable(t, &cfgB)
+	mint := minter(t, idp)
+	dir := t.TempDir()
+	body := map[string]any{"public_key": readFile(t, keygen(t, dir, "alice")+".pub")}
+	serials := map[string]bool{}
+	for i := range 6 {
+		base := baseA
+		if i%2 == 1 {
+			base = baseB
+		}
+		serials[issue(t, base, "user", mint(map[string]any{"sub": "u-alice", "preferred_username": "alice"}), body).Serial] = true
+	}
+	if v := rdb.Get(ctx, "sshca:{audit}:stripes").Val(); v != "3" {
+		t.Errorf("stripe count %q, want 3", v)
+	}
+	if code, out := getBody(t, baseA+"/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz = %d %s", code, out)
+	}
+	for i := 1; i < 3; i++ {
+		if n, _ := rdb.Exists(ctx, fmt.Sprintf("sshca:{audit:%d}:probe", i)).Result(); n != 1 {
+			t.Errorf("/readyz did not probe stripe %d's tag", i)
+		}
+	}
+	stopA()
+	stopB()
+
+	key, err := readAuditKey(cfgA.Audit.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := map[string]bool{}
+	rep, err := audit.New(rdb, audit.Options{Key: key}).Verify(ctx, func(e audit.Entry) {
+		if e.Record.Serial != 0 {
+			kept[strconv.FormatUint(e.Record.Serial, 10)] = true
+		}
+	})
+	if err != nil || len(rep.Stripes) != 3 || rep.Checkpoints == 0 {
+		t.Fatalf("verify: %+v %v; want 3 stripes and the replicas' last checkpoints", rep, err)
+	}
+	for s := range serials {
+		if !kept[s] {
+			t.Errorf("serial %s has no audit record", s)
+		}
+	}
+	redisURL := "redis://" + srv.Addr
+	out, err := runCLI(t, "", "audit", "verify", "--redis", redisURL, "--key-file", cfgA.Audit.KeyFile)
+	if err != nil || !strings.Contains(out, "3 stripes") {
+		t.Fatalf("audit verify: %v\n%s", err, out)
+	}
+	archive := filepath.Join(dir, "audit.archive")
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", redisURL, "--key-file", cfgA.Audit.KeyFile, "--out", archive); err != nil || !strings.Contains(out, "stripe 2 from record") {
+		t.Fatalf("audit archive: %v\n%s", err, out)
+	}
+	for i := range 3 {
+		if n, _ := rdb.XLen(ctx, store.Keys{}.AuditStripeLog(i)).Result(); n != 0 {
+			t.Errorf("stripe %d holds %d entries after the archive", i, n)
+		}
+	}
+	out, err = runCLI(t, "", "audit", "verify", "--redis", redisURL, "--key-file", cfgA.Audit.KeyFile, "--archive", archive)
+	if err != nil || !strings.Contains(out, "stripe 1: records") {
+		t.Fatalf("audit verify --archive: %v\n%s", err, out)
+	}
+}
