@@ -411,6 +411,31 @@ type run struct {
 	args  []*ast.Term
 	terms []ast.Term // a slab the terms this run makes come from: one allocation, not one each
 	made  int32
+	// sets and objects are the strSets and strObjects this run's evaluations build, reused
+	// from one evaluation to the next: when an evaluation ends nothing refers to them any
+	// more (what leaves it, and what is kept across evaluations, is OPA's values, which copy
+	// their members).
+	sets         []*strSet
+	objects      []*strObject
+	nsets, nobjs int
+}
+
+// newSet is an empty strSet of r's.
+func (r *run) newSet() *strSet {
+	if r.nsets == len(r.sets) {
+		r.sets = append(r.sets, &strSet{elems: make([]*ast.Term, 0, 4)})
+	}
+	r.nsets++
+	return r.sets[r.nsets-1]
+}
+
+// newObject is an empty strObject of r's.
+func (r *run) newObject() *strObject {
+	if r.nobjs == len(r.objects) {
+		r.objects = append(r.objects, &strObject{keys: make([]*ast.Term, 0, 4), values: make([]*ast.Term, 0, 4)})
+	}
+	r.nobjs++
+	return r.objects[r.nobjs-1]
 }
 
 // maxTermHint bounds slabs: one unusual request must not make every later slab large.
@@ -447,6 +472,16 @@ func (p *Program) release(r *run) {
 	if r.made > p.termHint.Load() && r.made <= maxTermHint {
 		p.termHint.Store(r.made) // the next runs' slabs fit what runs make
 	}
+	for _, s := range r.sets[:r.nsets] {
+		clear(s.elems)
+		s.elems, s.set = s.elems[:0], nil
+	}
+	for _, o := range r.objects[:r.nobjs] {
+		clear(o.keys)
+		clear(o.values)
+		o.keys, o.values, o.obj = o.keys[:0], o.values[:0], nil
+	}
+	r.nsets, r.nobjs = 0, 0
 	r.out, r.ret, r.bout, r.sp, r.terms, r.made = r.out[:0], nil, nil, 0, nil, 0
 	r.bctx = topdown.BuiltinContext{}
 	p.pool.Put(r)
@@ -696,7 +731,7 @@ func (r *run) add(t, e *ast.Term) {
 	default:
 		if t.Value == r.p.emptySet {
 			if isStr {
-				s := &strSet{elems: make([]*ast.Term, 0, 4)}
+				s := r.newSet()
 				s.add(e, str)
 				t.Value = s
 				return
@@ -720,7 +755,7 @@ func (r *run) insert(t, k, v *ast.Term) {
 	default:
 		if t.Value == r.p.emptyObject {
 			if isStr {
-				o := &strObject{keys: make([]*ast.Term, 0, 4), values: make([]*ast.Term, 0, 4)}
+				o := r.newObject()
 				o.insert(k, v, str)
 				t.Value = o
 				return
