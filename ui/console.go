@@ -84,10 +84,17 @@ type Options struct {
 	// Now is the clock (default time.Now); Logger gets failures (never a token).
 	Now    func() time.Time
 	Logger *slog.Logger
-	// HTTPClient reaches the issuer (default http.DefaultClient); what the console reads of its
+	// HTTPClient reaches the issuer (default: a client whose Timeout is 10 s, issuerTimeout;
+	// one given should have a Timeout too, see issuerTimeout); what the console reads of its
 	// answers is bounded (bodylimit.Issuer).
 	HTTPClient *http.Client
 }
+
+// issuerTimeout bounds each exchange with the issuer (discovery, key set, token) when
+// Options.HTTPClient is not given. go-oidc fetches the key set without the request's
+// cancellation, and every later verification waits for that fetch: an issuer that accepts
+// the request and never answers would otherwise hold every sign-in from then on.
+const issuerTimeout = 10 * time.Second
 
 // Console serves the pages under /ui/.
 type Console struct {
@@ -133,6 +140,9 @@ func New(o Options) (*Console, error) {
 	}
 	// go-oidc and oauth2 read the issuer's answers (discovery, key set, token) whole, however
 	// long: at most bodylimit.Issuer bytes of each, a longer one an error naming its URL.
+	if o.HTTPClient == nil {
+		o.HTTPClient = &http.Client{Timeout: issuerTimeout}
+	}
 	o.HTTPClient = bodylimit.Client(o.HTTPClient, bodylimit.Issuer)
 	u.Path = ""
 	return &Console{o: o, public: u, cookie: CookieFor(u), sessions: newSessions(o.Now, o.Sessions)}, nil
