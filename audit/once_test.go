@@ -313,3 +313,20 @@ func TestAppendOnceRefusesKeyZero(t *testing.T) {
 		t.Errorf("records %v, want none", got)
 	}
 }
+
+// BenchmarkAppendOnce: the cost of keeping one record with a Once key (AppendOnce: alone, its
+// key looked up and set in the same script), beside BenchmarkAppend's plain record, against a
+// real redis-server on loopback. Only records that may be retried (a signed certificate not
+// handed out) take this path.
+func BenchmarkAppendOnce(b *testing.B) {
+	r := testenv.StartRedis(b)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	l := audit.New(rdb, audit.Options{Key: []byte("k")})
+	ctx := context.Background()
+	for i := 0; b.Loop(); i++ {
+		if err := l.AppendOnce(ctx, ca.AuditRecord{Action: "issue", Outcome: "unavailable", Identity: "user" + strconv.Itoa(i)}, ca.NewOnceKey()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
