@@ -229,69 +229,79 @@ func BenchmarkAppend(b *testing.B) {
 	}
 }
 
-// BenchmarkAppendReplicas: how many records a second one audit chain takes from several CA
+// BenchmarkAppendReplicas: how many records a second the audit log takes from several CA
 // replicas at once (each its own Log and Redis client, as separate sshca processes; 16
 // appenders in each, so group commit shares round trips within a replica), against a real
-// redis-server on loopback. Every replica links to the head it last saw, so an append that
-// another replica overtook costs one more round trip: the chain's head is one key, and this is
-// where it stops scaling (docs/scaling.md). An append that loses the race for the head more
-// than its attempts allow fails: contention_failures counts them. p50-us and p99-us are the
-// latency of one Append, what a certificate's answer waits for its audit record.
+// redis-server on loopback, with one chain (stripes=1) and with four stripes (stripes=4, each
+// replica's home stripe at random, as serve's). With one chain every replica links to the
+// head it last saw, so an append that another replica overtook costs one more round trip: the
+// chain's head is one key, and this is where it stopped scaling (docs/scaling.md). With
+// stripes, a batch that lost the race moves to the next stripe and the replicas settle apart.
+// An append that loses the race for the head more than its attempts allow fails:
+// contention_failures counts them. p50-us and p99-us are the latency of one Append, what a
+// certificate's answer waits for its audit record.
 func BenchmarkAppendReplicas(b *testing.B) {
-	for _, replicas := range []int{1, 2, 4} {
-		b.Run(fmt.Sprintf("replicas=%d", replicas), func(b *testing.B) {
-			r := testenv.StartRedis(b)
-			ctx := context.Background()
-			logs := make([]*audit.Log, replicas)
-			for i := range logs {
-				rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-				defer rdb.Close()
-				logs[i] = audit.New(rdb, audit.Options{Key: []byte("k")})
-			}
-			const perReplica = 16
-			var next, failed atomic.Int64
-			took := make([][]time.Duration, replicas*perReplica)
-			b.ResetTimer()
-			start := time.Now()
-			var wg sync.WaitGroup
-			for i := range replicas * perReplica {
-				wg.Go(func() {
-					for {
-						n := next.Add(1)
-						if n > int64(b.N) {
-							return
-						}
-						began := time.Now()
-						err := logs[i%replicas].Append(ctx, record(int(n)))
-						took[i] = append(took[i], time.Since(began))
-						if err != nil {
-							// Lost the race for the head maxAttempts times: the limit this
-							// measures, counted rather than fatal.
-							if !strings.Contains(err.Error(), "too much contention") {
-								b.Error(err)
-								return
-							}
-							failed.Add(1)
-						}
+	for _, stripes := range []int{1, 4} {
+		for _, replicas := range []int{1, 2, 4} {
+			b.Run(fmt.Sprintf("stripes=%d/replicas=%d", stripes, replicas), func(b *testing.B) {
+				benchmarkAppendReplicas(b, stripes, replicas)
+			})
+		}
+	}
+}
+
+// benchmarkAppendReplicas is one case of BenchmarkAppendReplicas.
+func benchmarkAppendReplicas(b *testing.B, stripes, replicas int) {
+	r := testenv.StartRedis(b)
+	ctx := context.Background()
+	logs := make([]*audit.Log, replicas)
+	for i := range logs {
+		rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+		defer rdb.Close()
+		logs[i] = audit.New(rdb, audit.Options{Key: []byte("k"), Stripes: stripes})
+	}
+	const perReplica = 16
+	var next, failed atomic.Int64
+	took := make([][]time.Duration, replicas*perReplica)
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range replicas * perReplica {
+		wg.Go(func() {
+			for {
+				n := next.Add(1)
+				if n > int64(b.N) {
+					return
+				}
+				began := time.Now()
+				err := logs[i%replicas].Append(ctx, record(int(n)))
+				took[i] = append(took[i], time.Since(began))
+				if err != nil {
+					// Lost the race for the head maxAttempts times: the limit this
+					// measures, counted rather than fatal.
+					if !strings.Contains(err.Error(), "too much contention") {
+						b.Error(err)
+						return
 					}
-				})
-			}
-			wg.Wait()
-			kept := b.N - int(failed.Load())
-			b.ReportMetric(float64(kept)/time.Since(start).Seconds(), "appends/s")
-			b.ReportMetric(float64(failed.Load()), "contention_failures")
-			all := slices.Concat(took...)
-			slices.Sort(all)
-			if len(all) > 0 {
-				b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-us")
-				b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-us")
-			}
-			b.StopTimer()
-			rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-			defer rdb.Close()
-			if rep, err := audit.New(rdb, audit.Options{Key: []byte("k")}).Verify(ctx, nil); err != nil || rep.Records != kept {
-				b.Fatalf("the chain after the run: %d records, %v; want the %d appended, verified", rep.Records, err, kept)
+					failed.Add(1)
+				}
 			}
 		})
+	}
+	wg.Wait()
+	kept := b.N - int(failed.Load())
+	b.ReportMetric(float64(kept)/time.Since(start).Seconds(), "appends/s")
+	b.ReportMetric(float64(failed.Load()), "contention_failures")
+	all := slices.Concat(took...)
+	slices.Sort(all)
+	if len(all) > 0 {
+		b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-us")
+		b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-us")
+	}
+	b.StopTimer()
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	if rep, err := audit.New(rdb, audit.Options{Key: []byte("k")}).Verify(ctx, nil); err != nil || rep.Records != kept {
+		b.Fatalf("the chain after the run: %d records, %v; want the %d appended, verified", rep.Records, err, kept)
 	}
 }
