@@ -120,6 +120,8 @@ type issuer struct {
 	keys    *issuerKeys
 	lastTry time.Time
 	lastErr error
+	// inflight is closed when the discovery running now ends (nil: none runs).
+	inflight chan struct{}
 }
 
 // issuerKeys is what discovery gives: the issuer's published keys (go-oidc's RemoteKeySet,
@@ -179,22 +181,59 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Verifier, error) {
 	return v, nil
 }
 
+// discover returns is's key set, running discovery when there is none yet (and none ran in
+// the last rediscoverAfter). Discovery runs in the background, under the HTTP client's
+// timeout and not the caller's cancellation, once for all the callers that want it then;
+// each caller waits for it until its own ctx ends: an issuer that accepts a request and
+// answers slowly, or never, holds no request past its deadline (TestStalledDiscoveryKeepsDeadlines).
 func (v *Verifier) discover(ctx context.Context, is *issuer) (*issuerKeys, error) {
+	is.mu.Lock()
+	if is.keys != nil {
+		keys := is.keys
+		is.mu.Unlock()
+		return keys, nil
+	}
+	if is.inflight == nil {
+		if is.lastErr != nil && v.now().Sub(is.lastTry) < rediscoverAfter {
+			err := is.lastErr
+			is.mu.Unlock()
+			return nil, err
+		}
+		is.lastTry = v.now()
+		done := make(chan struct{})
+		is.inflight = done
+		// The provider's key set outlives this request: its context is not cancelled with
+		// the request.
+		dctx := context.WithoutCancel(ctx)
+		go func() {
+			keys, err := v.discovery(dctx, is)
+			is.mu.Lock()
+			is.keys, is.lastErr, is.inflight = keys, err, nil
+			is.mu.Unlock()
+			close(done)
+		}()
+	}
+	done := is.inflight
+	is.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("discovery of %s did not answer before the request's deadline: %w", is.cfg.IssuerURL, context.Cause(ctx))
+	}
 	is.mu.Lock()
 	defer is.mu.Unlock()
 	if is.keys != nil {
 		return is.keys, nil
 	}
-	if is.lastErr != nil && v.now().Sub(is.lastTry) < rediscoverAfter {
-		return nil, is.lastErr
-	}
-	is.lastTry = v.now()
-	// The provider's key set outlives this request: give it a context that is not cancelled
-	// with the request, carrying our HTTP client.
-	pctx := oidc.ClientContext(context.WithoutCancel(ctx), v.client)
+	return nil, is.lastErr
+}
+
+// discovery reads is's discovery document (OpenID Connect Discovery 1.0) with ctx, and makes
+// its key set.
+func (v *Verifier) discovery(ctx context.Context, is *issuer) (*issuerKeys, error) {
+	pctx := oidc.ClientContext(ctx, v.client)
 	p, err := oidc.NewProvider(pctx, is.cfg.IssuerURL)
 	if err != nil {
-		is.lastErr = err
 		return nil, err
 	}
 	// NewProvider has checked that the document's issuer is the configured URL.
@@ -203,17 +242,14 @@ func (v *Verifier) discover(ctx context.Context, is *issuer) (*issuerKeys, error
 		JWKSURL string `json:"jwks_uri"`
 	}
 	if err := p.Claims(&doc); err != nil {
-		is.lastErr = err
 		return nil, err
 	}
 	// The key set gets a client of its own whose fetches are limited (keyFetchLimit): a
 	// forged token makes go-oidc fetch jwks_uri again.
 	kc := *v.client
 	kc.Transport = newKeyFetchLimit(kc.Transport, v.now)
-	kctx := oidc.ClientContext(context.WithoutCancel(ctx), &kc)
-	is.keys = &issuerKeys{issuer: doc.Issuer, set: oidc.NewRemoteKeySet(kctx, doc.JWKSURL)}
-	is.lastErr = nil
-	return is.keys, nil
+	kctx := oidc.ClientContext(ctx, &kc)
+	return &issuerKeys{issuer: doc.Issuer, set: oidc.NewRemoteKeySet(kctx, doc.JWKSURL)}, nil
 }
 
 // Authenticate verifies the token and returns the identity it establishes. In order: the
