@@ -148,3 +148,51 @@ func TestGrantAuditLostReplySaysWhatIsTrue(t *testing.T) {
 		t.Errorf("the chain holds %v, want the issued record and the unavailable one, once each", got)
 	}
 }
+
+// TestRecordingAuditKeptOnce: a session's start record whose append landed with its answer
+// lost makes the batch fail (503, saying the record may have been kept), and the agent sends
+// the batch again after another replica moved the chain's head: the session then has one start
+// record, not two, and its end record is kept once too. Two sessions of one host are two
+// start records. Through a real audit.Log on redis-server behind a proxy that drops the first
+// attempt's answer.
+func TestRecordingAuditKeptOnce(t *testing.T) {
+	proxy, al, other := lostReplyAudit(t)
+	f := newRecordingFixtureAudit(t, al)
+	st := f.newStore()
+	rec := newTestRecording(t, sessA, ca.RecordingHeader{User: "root", KeyID: "alice~01#77", Serial: "77", Kind: "exec", Command: "true"})
+	rec.add(ca.ChunkOutput, []byte("ok\n"))
+	rec.end(0)
+	proxy.Arm(`"event":"start"`)
+	_, err := f.ship(t, st, ca.RecordingLimits{}, rec, 0, 1)
+	if proxy.Armed() {
+		t.Fatal("the proxy dropped no answer")
+	}
+	var e *ca.Error
+	if !errors.As(err, &e) || e.Kind != ca.KindUnavailable || !strings.Contains(e.Msg, "may or may not have been") {
+		t.Fatalf("the batch whose start record's answer was lost = %v, want unavailable, saying the record may have been kept", err)
+	}
+	if err := other.Append(context.Background(), ca.AuditRecord{Outcome: "issued", Identity: "bob", Serial: 8}); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range [][2]int{{0, 1}, {1, 3}} {
+		if got, err := f.ship(t, st, ca.RecordingLimits{}, rec, b[0], b[1]); err != nil || got.Received != int64(b[1]) {
+			t.Fatalf("lines %v: %+v %v", b, got, err)
+		}
+	}
+	second := newTestRecording(t, "bbbbbbbbbbbbbbbbbbbbbbbb", ca.RecordingHeader{User: "root", KeyID: "alice~01#77", Serial: "77", Kind: "exec", Command: "true"})
+	if _, err := f.ship(t, st, ca.RecordingLimits{}, second, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	if _, err := other.Verify(context.Background(), func(e audit.Entry) {
+		if s := e.Record.Session; s != nil {
+			got[s.ID+" "+e.Record.Event]++
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{sessA + " start": 1, sessA + " end": 1, "bbbbbbbbbbbbbbbbbbbbbbbb start": 1}
+	if !maps.Equal(got, want) {
+		t.Errorf("session records in the chain %v, want %v", got, want)
+	}
+}

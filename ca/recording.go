@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -463,10 +464,22 @@ func (a *Authority) keepSessionAudit(ctx context.Context, rec SessionRecording, 
 		Identity: rec.Identity, Issuer: "sshca:record", Subject: rec.Host, Workload: true, Serial: serial, KeyID: h.KeyID,
 		AccessRequest: rec.AccessRequest, Principals: []string{h.User},
 		Target: fmt.Sprintf("session %s on %s as %s", rec.ID, rec.Host, h.User), Session: s, RequestID: RequestID(ctx)}
-	if err := a.audit.Append(ctx, ar); err != nil {
-		return storeErr("audit log unavailable: the session's "+event+" record was not kept, nor the batch; send it again", err)
+	// Kept once per session and event (sessionOnce): the agent sends a batch again after any
+	// failure, including one after this record was kept (its answer lost, or the recording
+	// store failing next), and the session is still one start and one end.
+	if err := a.appendOnce(ctx, ar, sessionOnce(rec.Host, rec.ID, event)); err != nil {
+		return storeErr("audit log unavailable: nothing of the batch was kept, and the session's "+event+" record may or may not have been (it is not kept twice); send the batch again", err)
 	}
 	return nil
+}
+
+// sessionOnce is the Once key of a session's start or end record: the first 64 bits of
+// SHA-256 over the host, the session ID and the event, so every attempt at that record
+// (the agent sending a batch again) carries the same key, and two sessions do not (0, no
+// key, is never returned).
+func sessionOnce(host, id, event string) uint64 {
+	h := sha256.Sum256([]byte("sshca-session-audit\x00" + host + "\x00" + id + "\x00" + event))
+	return max(binary.BigEndian.Uint64(h[:8]), 1)
 }
 
 // ansiSequence matches the terminal control sequences a shell's echo carries: CSI (colours,

@@ -75,8 +75,18 @@ type recordingFixture struct {
 
 func newRecordingFixture(t *testing.T) *recordingFixture {
 	t.Helper()
+	return newRecordingFixtureAudit(t, nil)
+}
+
+// newRecordingFixtureAudit is newRecordingFixture with al as the audit log (nil: f.audit, a
+// fakeAudit).
+func newRecordingFixtureAudit(t *testing.T, al ca.AuditLog) *recordingFixture {
+	t.Helper()
 	ctx := context.Background()
 	f := &recordingFixture{now: time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC), audit: &fakeAudit{}}
+	if al == nil {
+		al = f.audit
+	}
 	clock := func() time.Time { return f.now }
 	pol, err := policies.LoadFS(ctx, policies.Embedded)
 	if err != nil {
@@ -86,7 +96,7 @@ func newRecordingFixture(t *testing.T) *recordingFixture {
 	sgn := signer.New(caKey, anySerial{}, signer.Options{Now: clock})
 	auditor := ca.Identity{Issuer: "https://idp", Subject: "admin", Username: "admin", Groups: []string{"sshca-admins"}}
 	f.a, err = ca.New(ca.Config{Authenticator: fakeAuth{id: auditor}, Policy: pol, UserSigner: sgn, HostSigner: sgn,
-		Store: &fakeStore{}, Revocations: nothingRevoked{}, Tokens: &onceLedger{}, Audit: f.audit, Now: clock})
+		Store: &fakeStore{}, Revocations: nothingRevoked{}, Tokens: &onceLedger{}, Audit: al, Now: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
