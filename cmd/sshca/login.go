@@ -198,12 +198,18 @@ func certStillValid(path string, key ssh.PublicKey, now time.Time) (time.Duratio
 }
 
 // issuerContext is ctx carrying the client that go-oidc and oauth2 reach the identity
-// provider with (its discovery document, key set, device and token answers): the default
-// client, reading at most bodylimit.Issuer bytes of each answer, as the server does. Those
-// libraries read answers whole (oauth2 cuts a token answer at 1 MiB and then misreads it).
+// provider with (its discovery document, key set, device and token answers): a client that
+// reads at most bodylimit.Issuer bytes of each answer, as the server does (those libraries
+// read answers whole; oauth2 cuts a token answer at 1 MiB and then misreads it), each
+// exchange within loginIssuerTimeout.
 func issuerContext(ctx context.Context) context.Context {
-	return oidc.ClientContext(ctx, bodylimit.Client(http.DefaultClient, bodylimit.Issuer))
+	return oidc.ClientContext(ctx, bodylimit.Client(&http.Client{Timeout: loginIssuerTimeout}, bodylimit.Issuer))
 }
+
+// loginIssuerTimeout bounds each exchange with the identity provider (discovery, key set,
+// device authorization, each token poll): one it accepts and never answers would otherwise
+// hold sshca login for ever.
+const loginIssuerTimeout = 15 * time.Second
 
 // browserSignInWait is how long browserSignIn waits for the browser's redirect.
 const browserSignInWait = 5 * time.Minute
