@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -32,6 +33,29 @@ func BenchmarkRefusedRedis(b *testing.B) {
 				rdb.ZAdd(ctx, store.Keys{}.LegacyBlocked(), redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: "https://idp|bob"})
 			}
 			s := store.NewRedis(rdb, store.RedisOptions{})
+			for b.Loop() {
+				if why, err := s.Refused(ctx, caKey, names, key); err != nil || why != "" {
+					b.Fatal(why, err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkRefusedAuditStripes is the check before signing with the audit log in 1 and in 4
+// stripes (RedisOptions.AuditStripes): what reading the mark of each stripe beyond the first
+// costs every certificate, on a real redis-server.
+func BenchmarkRefusedAuditStripes(b *testing.B) {
+	r := testenv.StartRedis(b)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	caKey, key := testenv.PublicKey(b), testenv.PublicKey(b)
+	names := []string{"https://idp|alice", "email:alice@example.com", "username:alice"}
+	for _, stripes := range []int{1, 4} {
+		b.Run(fmt.Sprintf("stripes=%d", stripes), func(b *testing.B) {
+			rdb.FlushAll(ctx)
+			s := store.NewRedis(rdb, store.RedisOptions{AuditStripes: stripes})
 			for b.Loop() {
 				if why, err := s.Refused(ctx, caKey, names, key); err != nil || why != "" {
 					b.Fatal(why, err)
