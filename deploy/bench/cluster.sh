@@ -8,7 +8,9 @@
 # `sshca bench` at CONCURRENCY/2 in flight over one shared window (--start-at), so the load
 # in flight is the single run's; it reports the sum of certs/s, the CPU per certificate of
 # both replicas and redis-server over that window, redis-server's alone, and
-# `sshca audit verify` of the one chain both replicas appended to).
+# `sshca audit verify` of the one chain both replicas appended to). A mode with "-sN" after
+# it (cluster3-s3, replicas2-s3) runs the same with audit.stripes N, so one invocation compares
+# one chain with N stripes.
 set -u
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-10s}
@@ -92,7 +94,7 @@ oidc:
     - issuer_url: http://127.0.0.1:$dport/dev/oidc
       audiences: [sshca]
       allowed_email_domains: [example.com]
-audit: {key_file: $dir/audit.key}
+audit: {key_file: $dir/audit.key, stripes: $stripes}
 EOF
 	if [ "$replicas" -gt 1 ]; then
 		replicas_run "$name" "$replicas" "$sport" "$rpids" "${addrs%%,*}"
@@ -186,10 +188,12 @@ replicas_run() {
 
 echo "bench-cluster: RUNS=$RUNS DURATION=$DURATION CONCURRENCY=$CONCURRENCY MODES=\"$MODES\" (median [min..max])"
 for mode in $MODES; do
-	case $mode in
-	single) deployment single 1 ;;
-	cluster3) deployment cluster3 3 ;;
-	replicas2) deployment replicas2 1 2 ;;
-	*) die "MODES: $mode is not single, cluster3 or replicas2" ;;
+	stripes=1
+	case $mode in *-s[0-9]*) stripes=${mode##*-s} ;; esac
+	case ${mode%-s[0-9]*} in
+	single) deployment "$mode" 1 ;;
+	cluster3) deployment "$mode" 3 ;;
+	replicas2) deployment "$mode" 1 2 ;;
+	*) die "MODES: $mode is not single, cluster3 or replicas2 (with -sN for audit.stripes N)" ;;
 	esac
 done
