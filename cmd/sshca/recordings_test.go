@@ -200,6 +200,20 @@ func TestRecordingsOnTheirOwnRedis(t *testing.T) {
 			}
 		}
 	}
+	// Redis frees memory in the background after a fill (client buffers shrink, keys
+	// expire), so a write refused a moment ago can fit again: the test once shipped into the
+	// "full" Redis. Pinning maxmemory under what is now used keeps it full until room is made.
+	info, err := recRDB.InfoMap(ctx, "memory").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	usedMemory, err := strconv.ParseInt(info["Memory"]["used_memory"], 10, 64)
+	if err != nil {
+		t.Fatalf("used_memory: %v", err)
+	}
+	if err := recRDB.ConfigSet(ctx, "maxmemory", strconv.FormatInt(usedMemory/2, 10)).Err(); err != nil {
+		t.Fatal(err)
+	}
 	const big = "00000000000000000000000b"
 	writeRecording(t, recDir, big, ca.RecordingHeader{Start: start, User: "root", Kind: "exec", Command: "cat /dev/urandom"},
 		randomChunks(2, 1<<10), -1)
@@ -217,6 +231,9 @@ func TestRecordingsOnTheirOwnRedis(t *testing.T) {
 	}
 	// Room again: the batch goes through, and the session is listed as live (no end yet).
 	if err := recRDB.FlushDB(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := recRDB.ConfigSet(ctx, "maxmemory", "4mb").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if err := sh.ShipOnce(ctx); err != nil {
