@@ -26,8 +26,15 @@ import (
 	"github.com/sshca/sshca/internal/bodylimit"
 )
 
-// MaxAnswerBytes bounds an answer the client reads (a longer one is a *bodylimit.Error).
+// MaxAnswerBytes bounds an answer the client reads (a longer one is a *bodylimit.Error),
+// a KRL's excepted (MaxKRLBytes).
 const MaxAnswerBytes = 1 << 20
+
+// MaxKRLBytes bounds a KRL the client reads (GET /v1/krl, /v1/krl/host), as the bastion agent
+// bounds its pulls (bastion.MaxHTTPAnswerBytes): a KRL lists every serial, key ID and key
+// revoked, 32 bytes a banned key, so a long list passes 1 MiB, and a client that cannot read
+// the KRL keeps trusting everything revoked since it last could.
+const MaxKRLBytes = 256 << 20
 
 // Default deadlines of one call, when the caller's context has none sooner: a POST may wait for
 // a policy decision and a KMS signature, a GET only reads.
@@ -157,7 +164,7 @@ func (c *Client) LoginConfig(ctx context.Context) (LoginConfig, error) {
 // UserCAKeys are the published user CA keys (GET /v1/ca/user.pub), what TrustedUserCAKeys
 // lists.
 func (c *Client) UserCAKeys(ctx context.Context) ([]ssh.PublicKey, error) {
-	b, _, err := c.get(ctx, "/v1/ca/user.pub", "")
+	b, _, err := c.get(ctx, "/v1/ca/user.pub", "", MaxAnswerBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +183,7 @@ func (c *Client) UserCAKeys(ctx context.Context) ([]ssh.PublicKey, error) {
 // KnownHosts is the known_hosts text of the host CA keys (GET /v1/ca/known_hosts):
 // @cert-authority lines, and @revoked lines for compromised keys.
 func (c *Client) KnownHosts(ctx context.Context) (string, error) {
-	b, _, err := c.get(ctx, "/v1/ca/known_hosts", "")
+	b, _, err := c.get(ctx, "/v1/ca/known_hosts", "", MaxAnswerBytes)
 	return string(b), err
 }
 
@@ -195,7 +202,7 @@ type KRL struct {
 // KRL fetches the current KRL of user certificates (GET /v1/krl). ifNoneMatch is the ETag
 // of the KRL the caller has ("" for none).
 func (c *Client) KRL(ctx context.Context, ifNoneMatch string) (KRL, error) {
-	b, resp, err := c.get(ctx, "/v1/krl", ifNoneMatch)
+	b, resp, err := c.get(ctx, "/v1/krl", ifNoneMatch, MaxKRLBytes)
 	if err != nil {
 		return KRL{}, err
 	}
@@ -211,7 +218,7 @@ func (c *Client) KRL(ctx context.Context, ifNoneMatch string) (KRL, error) {
 // clients' RevokedHostKeys: host certificates revoked by serial or key ID, banned keys and
 // compromised host CA keys.
 func (c *Client) HostKRL(ctx context.Context) ([]byte, error) {
-	b, _, err := c.get(ctx, "/v1/krl/host", "")
+	b, _, err := c.get(ctx, "/v1/krl/host", "", MaxKRLBytes)
 	return b, err
 }
 
@@ -303,8 +310,9 @@ func (c *Client) do(ctx context.Context, method, path, token string, body, reply
 	return nil
 }
 
-// get GETs a non-JSON resource; 304 is an answer too when ifNoneMatch is set.
-func (c *Client) get(ctx context.Context, path, ifNoneMatch string) ([]byte, *http.Response, error) {
+// get GETs a non-JSON resource, reading at most max bytes of it; 304 is an answer too when
+// ifNoneMatch is set.
+func (c *Client) get(ctx context.Context, path, ifNoneMatch string, max int64) ([]byte, *http.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, GetTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+path, nil)
@@ -314,7 +322,7 @@ func (c *Client) get(ctx context.Context, path, ifNoneMatch string) ([]byte, *ht
 	if ifNoneMatch != "" {
 		req.Header.Set("If-None-Match", ifNoneMatch)
 	}
-	return c.send(req, "")
+	return c.sendMax(req, "", max)
 }
 
 // send does req and reads the answer; an answer other than 200 (or 304 to a conditional
