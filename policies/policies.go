@@ -704,23 +704,22 @@ func field(m ast.Object, k decisionKey) ast.Value {
 
 // stringsOf reads a list (or set) of strings.
 func stringsOf(m ast.Object, k decisionKey) ([]string, error) {
-	var elems []*ast.Term
+	var n int
+	var elem func(int) *ast.Term
 	switch c := field(m, k).(type) {
 	case nil, ast.Null:
 		return nil, nil
 	case *ast.Array:
-		elems = make([]*ast.Term, c.Len())
-		for i := range elems {
-			elems[i] = c.Elem(i)
-		}
+		n, elem = c.Len(), c.Elem
 	case ast.Set:
-		elems = c.Slice()
+		elems := c.Slice()
+		n, elem = len(elems), func(i int) *ast.Term { return elems[i] }
 	default:
 		return nil, fmt.Errorf("policies: decision.%s is not a list", k.name)
 	}
-	out := make([]string, 0, len(elems))
-	for _, e := range elems {
-		s, ok := e.Value.(ast.String)
+	out := make([]string, 0, n)
+	for i := range n {
+		s, ok := elem(i).Value.(ast.String)
 		if !ok {
 			return nil, fmt.Errorf("policies: decision.%s holds a non-string", k.name)
 		}

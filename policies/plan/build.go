@@ -73,7 +73,8 @@ func (s *strSet) StringLength() int                    { return s.Value().String
 // a term.
 type strObject struct {
 	keys, values []*ast.Term
-	obj          ast.Object // its OPA form, once made
+	obj          ast.Object     // its OPA form, once made
+	items        [][2]*ast.Term // for making it (ast.NewObject copies them), kept for reuse
 }
 
 // find is where key (an ast.String) is or would go.
@@ -111,11 +112,11 @@ func (o *strObject) get(key *ast.Term) *ast.Term {
 // Value is o as an OPA object.
 func (o *strObject) Value() ast.Object {
 	if o.obj == nil {
-		items := make([][2]*ast.Term, len(o.keys))
+		o.items = o.items[:0]
 		for i := range o.keys {
-			items[i] = [2]*ast.Term{o.keys[i], o.values[i]}
+			o.items = append(o.items, [2]*ast.Term{o.keys[i], o.values[i]})
 		}
-		o.obj = ast.NewObject(items...)
+		o.obj = ast.NewObject(o.items...)
 	}
 	return o.obj
 }

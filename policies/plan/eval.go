@@ -479,6 +479,7 @@ func (p *Program) release(r *run) {
 	for _, o := range r.objects[:r.nobjs] {
 		clear(o.keys)
 		clear(o.values)
+		clear(o.items)
 		o.keys, o.values, o.obj = o.keys[:0], o.values[:0], nil
 	}
 	r.nsets, r.nobjs = 0, 0
@@ -524,7 +525,7 @@ func (p *Program) Eval(ctx context.Context, input ast.Value) (_ ast.Value, err e
 	r.bctx = topdown.BuiltinContext{Context: ctx}
 	frame := r.push(p.locals)
 	defer r.pop(frame)
-	frame[ir.Input] = ast.NewTerm(input)
+	frame[ir.Input] = r.term(input)
 	frame[ir.Data] = p.data
 	for _, b := range p.plan.Blocks {
 		if _, err := r.block(frame, b); err != nil {
