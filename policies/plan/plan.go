@@ -3,6 +3,9 @@
 // statements over numbered locals. It runs that plan itself, on OPA's own values and with
 // OPA's own built-in functions, so a decision means what OPA's topdown evaluator says it
 // means, in a tenth of the time (README.md: semantics, what is not run, known differences).
+// The input's objects (Object) and the sets and objects of strings a plan builds are kept in
+// forms of its own while the plan only looks into them, and become OPA's values on any other
+// read (README.md, "Values of its own").
 //
 // The package holds no state of its own: Compile plans and prepares a query, and the Program
 // it returns is all there is. It knows nothing of sshca; the policies package decides with it
