@@ -4,7 +4,7 @@ import "github.com/open-policy-agent/opa/v1/ast"
 
 // Fields are the members of an object of the input whose values are made only when the plan
 // reads them (Object). A request's input document has a few dozen members; a decision of the
-// shipped policy reads about a third of them, and each member made as an OPA value costs
+// shipped policy reads fewer than half of them, and each member made as an OPA value costs
 // allocations (an object costs five, a string one).
 //
 // An implementation keeps what it makes: Member and Get return the same term for a member
