@@ -408,6 +408,7 @@ type run struct {
 	biter func(*ast.Term) error
 	stack []*ast.Term
 	sp    int
+	top   int // the highest sp of this evaluation: release clears the stack up to it
 	args  []*ast.Term
 	terms []ast.Term // a slab the terms this run makes come from: one allocation, not one each
 	made  int32
@@ -464,7 +465,9 @@ func (p *Program) newRun() *run {
 }
 
 func (p *Program) release(r *run) {
-	clear(r.stack) // frames are cleared as they are popped; this is for a run that panicked
+	// Frames are cleared as they are popped (deferred, so also when a run panics); this is a
+	// guard, as far as this evaluation's frames reached, not the whole stack.
+	clear(r.stack[:min(r.top, len(r.stack))])
 	clear(r.memo)
 	clear(r.done)
 	clear(r.out)
@@ -482,7 +485,7 @@ func (p *Program) release(r *run) {
 		clear(o.items)
 		o.keys, o.values, o.obj = o.keys[:0], o.values[:0], nil
 	}
-	r.nsets, r.nobjs = 0, 0
+	r.nsets, r.nobjs, r.top = 0, 0, 0
 	r.out, r.ret, r.bout, r.sp, r.terms, r.made = r.out[:0], nil, nil, 0, nil, 0
 	r.bctx = topdown.BuiltinContext{}
 	p.pool.Put(r)
@@ -496,6 +499,7 @@ func (r *run) push(n int) []*ast.Term {
 	}
 	f := r.stack[r.sp : r.sp+n : r.sp+n]
 	r.sp += n
+	r.top = max(r.top, r.sp)
 	return f
 }
 
