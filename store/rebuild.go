@@ -240,8 +240,9 @@ type Restore struct {
 	actions []restoreAction
 	// access holds, per access request, the records that changed it (rebuild_requests.go).
 	access map[string]*accessTrail
-	// keyring is the key ring the last key-ring change left (its "done" record); changes are
-	// the allowed key-ring changes seen after it with no record of what they left.
+	// keyring is the key ring the latest key-ring change left (its "done" record, of the
+	// highest version); changes are the allowed key-ring changes seen after it with no record
+	// of what they left.
 	keyring *ca.Keyring
 	changes []ca.AuditRecord
 	// Records counts the records read.
@@ -257,13 +258,31 @@ type Skip struct {
 }
 
 type restoreAction struct {
-	rec  ca.AuditRecord
-	kind string // serial, key_id, ban, lift, identity
-	arg  string
+	rec    ca.AuditRecord
+	kind   string // serial, key_id, ban, lift, identity
+	arg    string
+	stripe int // the audit stripe the record was kept in (AddFrom)
 }
 
-// Add takes one verified audit record, in chain order.
-func (s *Restore) Add(rec ca.AuditRecord) {
+// RestoreClockSkew is the largest difference between the clocks of two CA replicas that a
+// rebuild allows for. Records kept in one audit stripe are in chain order, which is the order
+// they were made in; records of different stripes are ordered only by their time, each taken
+// from its own replica's clock (audit.InTimeOrder), so two of them closer than this may have
+// happened in either order. Where that order decides what is in force, Restore takes the
+// order that revokes more: a lift closer than this after a ban of the same key from another
+// stripe is not applied (listed in Skipped), a certificate issued closer than this after an
+// identity revocation or an access request's end counts as covered by it, and an access
+// request's changes are folded from its creation whatever their times. 30 s, as the
+// signer's allowance for clock skew (signer.Options.Skew).
+const RestoreClockSkew = 30 * time.Second
+
+// Add takes one verified audit record of a log without stripes (stripe 0), in chain order.
+func (s *Restore) Add(rec ca.AuditRecord) { s.AddFrom(0, rec) }
+
+// AddFrom takes one verified audit record kept in the given audit stripe. Records come in
+// chain order within each stripe, and across stripes by time (audit.InTimeOrder): which of
+// two records of different stripes came first is known only up to RestoreClockSkew.
+func (s *Restore) AddFrom(stripe int, rec ca.AuditRecord) {
 	s.Records++
 	if s.issued == nil {
 		s.issued = map[uint64]ca.AuditRecord{}
@@ -273,7 +292,11 @@ func (s *Restore) Add(rec ca.AuditRecord) {
 	case rec.Outcome == "issued" && rec.Serial != 0:
 		s.issued[rec.Serial] = rec
 	case rec.Action == ca.ActionAdmin && rec.Outcome == ca.OutcomeDone && rec.Keyring != nil:
-		s.keyring, s.changes = rec.Keyring, nil // the whole ring as the change left it
+		// The whole ring as the change left it: the one of the highest version, since changes
+		// kept in different stripes are in the order of their replicas' clocks.
+		if s.keyring == nil || rec.Keyring.Version >= s.keyring.Version {
+			s.keyring, s.changes = rec.Keyring, nil
+		}
 	case rec.Action == ca.ActionAdmin && rec.Outcome == "allowed" && keyringChange(rec.Target):
 		s.changes = append(s.changes, rec)
 	case rec.Action == ca.ActionAdmin && keyringChange(rec.Target):
@@ -302,11 +325,11 @@ func (s *Restore) Add(rec ca.AuditRecord) {
 		case !ok:
 			return // a read audited by versions before kind "read" (list revocations, …): nothing to restore
 		case kind == "unrevoke public_key":
-			s.actions = append(s.actions, restoreAction{rec, "lift", arg})
+			s.actions = append(s.actions, restoreAction{rec, "lift", arg, stripe})
 		case kind == "public_key":
-			s.actions = append(s.actions, restoreAction{rec, "ban", arg})
+			s.actions = append(s.actions, restoreAction{rec, "ban", arg, stripe})
 		case kind == "serial" || kind == "key_id" || kind == "identity":
-			s.actions = append(s.actions, restoreAction{rec, kind, arg})
+			s.actions = append(s.actions, restoreAction{rec, kind, arg, stripe})
 		}
 	}
 }
@@ -406,11 +429,15 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 			rep.Assumed++
 		}
 	}
-	// Bans: the last word per fingerprint wins (a lift undoes the ban before it).
+	// Bans: the last word per fingerprint wins (a lift undoes the bans before it), unless a
+	// ban since the last lift came from another stripe less than RestoreClockSkew before the
+	// lift: that ban may have been made after it (a key lifted, then banned again on a
+	// replica whose clock is behind), so the key stays banned.
 	type ban struct {
-		key  ssh.PublicKey
-		a    restoreAction
-		live bool
+		key   ssh.PublicKey
+		a     restoreAction
+		live  bool
+		since []restoreAction // the bans since the last lift applied
 	}
 	bans := map[string]*ban{}
 	var order []string
@@ -484,15 +511,26 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 				skip(a, "the record's public key does not match its target")
 				continue
 			}
-			if bans[a.arg] == nil {
+			b := bans[a.arg]
+			if b == nil {
 				order = append(order, a.arg)
+				b = &ban{}
+				bans[a.arg] = b
 			}
-			bans[a.arg] = &ban{key: k, a: a, live: true}
+			b.key, b.a, b.live, b.since = k, a, true, append(b.since, a)
 		case "lift":
-			if b := bans[a.arg]; b != nil && b.live {
-				b.live = false
-				rep.Lifts++
+			b := bans[a.arg]
+			if b == nil || !b.live {
+				continue
 			}
+			if slices.ContainsFunc(b.since, func(x restoreAction) bool {
+				return x.stripe != a.stripe && a.rec.Time.Sub(x.rec.Time) < RestoreClockSkew
+			}) {
+				skip(a, "not applied: a ban of the key kept in another audit stripe is less than "+RestoreClockSkew.String()+" older, by the clocks of the replicas that kept them, so it may have come after the lift; the key stays banned: lift it again if it should not be")
+				continue
+			}
+			b.live, b.since = false, nil
+			rep.Lifts++
 		case "identity":
 			until := a.rec.BlockedUntil
 			if until.IsZero() {
@@ -516,7 +554,9 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 			n := 0
 			for _, serial := range serials {
 				rec := s.issued[serial]
-				if !slices.Contains(covered, rec.Identity) || !rec.Time.Before(a.rec.Time) || !rec.ValidBefore.After(a.rec.Time) {
+				// Issued before it, allowing for the clocks of the replicas: a certificate
+				// issued on another replica just before the revocation may carry a later time.
+				if !slices.Contains(covered, rec.Identity) || !rec.Time.Before(a.rec.Time.Add(RestoreClockSkew)) || !rec.ValidBefore.After(a.rec.Time) {
 					continue
 				}
 				done, err := revokeCert(a, ca.RevokedSerial, serial, "")

@@ -69,6 +69,12 @@ func sameAccess(a, b *ca.AccessRequest) bool {
 // undone, and a pending request with enough approvals for its content is approved by the
 // one that completed it, as the store's change would have.
 func foldAccess(t *accessTrail) (ca.AccessRequest, bool) {
+	// Its creation first: every other change came after it, but one kept in another audit
+	// stripe by a replica whose clock is behind may carry an earlier time.
+	if i := slices.IndexFunc(t.changes, func(c ca.AuditRecord) bool { return c.Event == "create" }); i > 0 {
+		c := t.changes[i]
+		t.changes = slices.Insert(slices.Delete(t.changes, i, i+1), 0, c)
+	}
 	if len(t.changes) == 0 || t.changes[0].Event != "create" {
 		return ca.AccessRequest{}, false // its creation is not in the trail (an archive not given)
 	}
@@ -142,7 +148,7 @@ func (s *Restore) applyAccess(ctx context.Context, r *Redis, now time.Time, rep 
 			end := t.changes[len(t.changes)-1]
 			for _, serial := range req.Serials {
 				issued, ok := s.issued[serial]
-				if !ok || !issued.Time.Before(req.DecidedAt.Add(time.Second)) {
+				if !ok || !issued.Time.Before(req.DecidedAt.Add(RestoreClockSkew)) {
 					continue
 				}
 				done, err := revokeCert(restoreAction{rec: end, kind: "serial", arg: strconv.FormatUint(serial, 10)}, ca.RevokedSerial, serial, "")

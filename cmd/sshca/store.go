@@ -148,7 +148,9 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	// The trail: each record once, archives first. A chain in Redis restored from a snapshot
 	// may repeat records an archive holds (same stripe, sequence number and MAC): those are
 	// skipped. The records are restored in time order once all are read: a ban before its
-	// lift, whichever stripes of the chain they are in (audit.InTimeOrder).
+	// lift, whichever stripes of the chain they are in (audit.InTimeOrder), each with its
+	// stripe, since records of different stripes are only as well ordered as the replicas'
+	// clocks (store.RestoreClockSkew).
 	var gen uint16 // the newest generation a rebuild or an archive recorded
 	type place struct {
 		stripe int
@@ -222,7 +224,7 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 		add(e)
 	}
 	for _, e := range audit.InTimeOrder(trail) {
-		restore.Add(e.Record)
+		restore.AddFrom(e.Stripe, e.Record)
 	}
 	fmt.Fprintf(out, "audit chain in Redis: %s verified (from record %d)\n", plural(rep.Records, "audit record"), rep.BaseSeq+1)
 
