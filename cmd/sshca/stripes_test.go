@@ -139,6 +139,23 @@ func TestServeAuditStripes(t *testing.T) {
 	}
 	stopA()
 	stopB()
+	// Each replica wrote a last checkpoint after its drain: every stripe with records ends
+	// with one, however the ticks fell.
+	for i := range 3 {
+		last, err := rdb.XRevRangeN(ctx, store.Keys{}.AuditStripeLog(i), "+", "-", 1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec, _ := func() (string, bool) {
+			if len(last) == 0 {
+				return `{"checkpoint":`, true
+			}
+			s, ok := last[0].Values["rec"].(string)
+			return s, ok
+		}(); !strings.HasPrefix(rec, `{"checkpoint":`) {
+			t.Errorf("stripe %d ends with %.80s, not with the replica's last checkpoint", i, rec)
+		}
+	}
 
 	key, err := readAuditKey(cfgA.Audit.KeyFile)
 	if err != nil {
