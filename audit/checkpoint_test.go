@@ -263,3 +263,44 @@ func TestCheckpointsWhileAppending(t *testing.T) {
 	}
 	t.Logf("%d walks; the last: %d records, %d checkpoints", walks, last.Records, last.Checkpoints)
 }
+
+// TestMalformedCheckpoint: a checkpoint entry whose MAC checks out (written with the key) but
+// whose content is not one Checkpoint writes is refused by Verify, not taken at its word: heads
+// out of order or beyond its stripe count, a sequence number 0, a MAC that is not one, a
+// field it does not have. The well-formed one beside them verifies.
+func TestMalformedCheckpoint(t *testing.T) {
+	r := testenv.StartRedis(t)
+	ctx := context.Background()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	mac := strings.Repeat("a", 64)
+	cases := map[string]string{
+		"well formed":       `{"checkpoint":{"time":"2026-11-30T00:00:00Z","stripes":2,"heads":[{"stripe":1,"seq":1,"mac":"` + mac + `"}]}}`,
+		"out of order":      `{"checkpoint":{"time":"2026-11-30T00:00:00Z","stripes":3,"heads":[{"stripe":2,"seq":1,"mac":"` + mac + `"},{"stripe":1,"seq":1,"mac":"` + mac + `"}]}}`,
+		"beyond its count":  `{"checkpoint":{"time":"2026-11-30T00:00:00Z","stripes":2,"heads":[{"stripe":2,"seq":1,"mac":"` + mac + `"}]}}`,
+		"seq 0":             `{"checkpoint":{"time":"2026-11-30T00:00:00Z","stripes":2,"heads":[{"stripe":1,"seq":0,"mac":"` + mac + `"}]}}`,
+		"not a MAC":         `{"checkpoint":{"time":"2026-11-30T00:00:00Z","stripes":2,"heads":[{"stripe":1,"seq":1,"mac":"xyz"}]}}`,
+		"an unknown field":  `{"checkpoint":{"time":"2026-11-30T00:00:00Z","stripes":2,"heads":[],"extra":1}}`,
+		"no stripes at all": `{"checkpoint":{"time":"2026-11-30T00:00:00Z","stripes":0,"heads":[]}}`,
+	}
+	for name, rec := range cases {
+		rdb.FlushAll(ctx)
+		// Stripe 1 holds one record, so the well-formed checkpoint's claim is true.
+		if err := audit.New(rdb, audit.Options{Key: key, Stripes: 2, Home: new(1)}).Append(ctx, record(1)); err != nil {
+			t.Fatal(err)
+		}
+		one := entriesOf(t, rdb, 1)[0]
+		rec = strings.Replace(rec, mac, field(one, "mac"), -1)
+		m := docStripeMAC(key, "", 1, 0, rec)
+		rdb.XAdd(ctx, &redis.XAddArgs{Stream: stripeStream(0), Values: map[string]any{"seq": 1, "prev": "", "mac": m, "rec": rec}})
+		rdb.Set(ctx, stripeHead(0), "1 "+m, 0)
+		rep, err := audit.New(rdb, audit.Options{Key: key}).Verify(ctx, nil)
+		switch {
+		case name == "well formed" && (err != nil || rep.Checkpoints != 1):
+			t.Errorf("%s: %+v %v", name, rep, err)
+		case name != "well formed" && (err == nil || !strings.Contains(err.Error(), "malformed checkpoint")):
+			t.Errorf("%s: %v; want a malformed checkpoint", name, err)
+		}
+	}
+}
