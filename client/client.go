@@ -27,7 +27,7 @@ import (
 )
 
 // MaxAnswerBytes bounds an answer the client reads (a longer one is a *bodylimit.Error),
-// a KRL's excepted (MaxKRLBytes).
+// except a KRL (MaxKRLBytes) and a list (MaxListBytes).
 const MaxAnswerBytes = 1 << 20
 
 // MaxKRLBytes bounds a KRL the client reads (GET /v1/krl, /v1/krl/host), as the bastion agent
@@ -35,6 +35,11 @@ const MaxAnswerBytes = 1 << 20
 // revoked, 32 bytes a banned key, so a long list passes 1 MiB, and a client that cannot read
 // the KRL keeps trusting everything revoked since it last could.
 const MaxKRLBytes = 256 << 20
+
+// MaxListBytes bounds the lists the client reads: the inventory (GET /v1/certs), a few
+// hundred bytes a certificate, and the revocation list (GET /v1/revocations), about a hundred
+// an entry. 64 MiB is some 200,000 certificates; 1 MiB refused a fleet of a few thousand.
+const MaxListBytes = 64 << 20
 
 // Default deadlines of one call, when the caller's context has none sooner: a POST may wait for
 // a policy decision and a KMS signature, a GET only reads.
@@ -121,7 +126,7 @@ func (c *Client) Unrevoke(ctx context.Context, token string, req UnrevokeRequest
 // Revocations lists what is revoked, per CA key (GET /v1/revocations).
 func (c *Client) Revocations(ctx context.Context, token string) (RevocationsResponse, error) {
 	var out RevocationsResponse
-	err := c.Do(ctx, http.MethodGet, "/v1/revocations", token, nil, &out)
+	err := c.do(ctx, http.MethodGet, "/v1/revocations", token, nil, &out, GetTimeout, MaxListBytes)
 	return out, err
 }
 
@@ -150,7 +155,7 @@ func (c *Client) Inventory(ctx context.Context, token string, q CertQuery) ([]Ce
 	if len(v) > 0 {
 		path += "?" + v.Encode()
 	}
-	err := c.Do(ctx, http.MethodGet, path, token, nil, &out)
+	err := c.do(ctx, http.MethodGet, path, token, nil, &out, GetTimeout, MaxListBytes)
 	return out.Certificates, err
 }
 
@@ -275,11 +280,12 @@ func (c *Client) Do(ctx context.Context, method, path, token string, body, reply
 	if method != http.MethodGet {
 		timeout = PostTimeout
 	}
-	return c.do(ctx, method, path, token, body, reply, timeout)
+	return c.do(ctx, method, path, token, body, reply, timeout, MaxAnswerBytes)
 }
 
-// do is Do with the call's own deadline (a long poll's is its wait and then some).
-func (c *Client) do(ctx context.Context, method, path, token string, body, reply any, timeout time.Duration) error {
+// do is Do with the call's own deadline (a long poll's is its wait and then some), reading at
+// most max bytes of the answer.
+func (c *Client) do(ctx context.Context, method, path, token string, body, reply any, timeout time.Duration, max int64) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -297,7 +303,7 @@ func (c *Client) do(ctx context.Context, method, path, token string, body, reply
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	data, _, err := c.send(req, token)
+	data, _, err := c.sendMax(req, token, max)
 	if err != nil {
 		return err
 	}

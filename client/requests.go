@@ -35,7 +35,7 @@ func (c *Client) WaitRequest(ctx context.Context, token, id string, wait time.Du
 	wait = min(max(wait, 0), RequestWait)
 	q := url.Values{"wait": {wait.String()}, "seen": {seen.WaitTag()}}
 	var out AccessRequest
-	err := c.do(ctx, http.MethodGet, "/v1/requests/"+url.PathEscape(id)+"?"+q.Encode(), token, nil, &out, wait+GetTimeout)
+	err := c.do(ctx, http.MethodGet, "/v1/requests/"+url.PathEscape(id)+"?"+q.Encode(), token, nil, &out, wait+GetTimeout, MaxAnswerBytes)
 	return out, err
 }
 
