@@ -145,16 +145,19 @@ type Options struct {
 	// were removed: set it once, to move a log from before base marks were signed, after
 	// checking the base against the archive by other means.
 	AcceptLegacyBase bool
-	// Marks, when set, is the store whose generation mark of the {audit} tag each append
-	// checks and bumps in its own script (store.MarkedTags): a chain that came back from an old
-	// snapshot is then noticed by the process's witness, as every other durable tag is. The
-	// CA service sets it; tools that only read or archive the chain need not.
+	// Marks, when set, is the store whose generation mark of the stripe's tag ({audit}, or
+	// {audit:i}) each append checks and bumps in its own script (store.MarkedTags): a chain
+	// that came back from an old snapshot is then noticed by the process's witness, as every
+	// other durable tag is. The CA service sets it (and store.RedisOptions.AuditStripes, so
+	// that issuance checks every stripe's mark before signing); tools that only read or
+	// archive the chain need not.
 	Marks *store.Redis
 	// Stripes is the number of chains (stripes) appends spread over: 0 or 1 is one chain,
 	// the keys and behaviour of a log without stripes. Set it to at least the number of CA
 	// replicas appending at once: each settles on a stripe of its own, instead of all of
 	// them racing for one head (and, on Redis Cluster, one master). Readers (Verify, Archive)
-	// walk every stripe ever appended to, whatever this says.
+	// walk every stripe ever appended to, whatever this says. At most MaxStripes (more is
+	// taken as MaxStripes).
 	Stripes int
 	// Home is the stripe a Log appends to first (taken modulo Stripes); nil picks one at
 	// random, so replicas started together mostly start apart.
@@ -201,7 +204,7 @@ func New(rdb redis.UniversalClient, o Options) *Log {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
-	n := max(o.Stripes, 1)
+	n := min(max(o.Stripes, 1), MaxStripes) // beyond MaxStripes, readers would refuse the count
 	for i := range n {
 		l.stripes = append(l.stripes, newStripe(l.prefix, i))
 	}
