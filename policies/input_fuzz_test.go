@@ -271,6 +271,18 @@ func checkLazyInput(t *testing.T, in ca.PolicyInput, want ast.Value) {
 // and listed by index, and no other.
 func sameMembers(t *testing.T, path string, got, want ast.Value) {
 	t.Helper()
+	if a, ok := got.(*plan.Array); ok {
+		arr, ok := want.(*ast.Array)
+		if !ok || a.Elems.Len() != arr.Len() {
+			t.Fatalf("%s: an array of %d elements, want %v", path, a.Elems.Len(), want)
+		}
+		for i := range arr.Len() {
+			if e := a.Elems.Elem(i); e != a.Elems.Elem(i) || e.Value.Compare(arr.Elem(i).Value) != 0 {
+				t.Fatalf("%s[%d]: %v (not the same term twice, or not %v)", path, i, e, arr.Elem(i))
+			}
+		}
+		return
+	}
 	o, ok := got.(*plan.Object)
 	if !ok {
 		if got.Compare(want) != 0 {

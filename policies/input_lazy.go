@@ -120,6 +120,7 @@ type lazyDoc struct {
 	docObj, identityObj, requestObj plan.Object
 	claimsFields                    lazyClaims
 	claimsObj                       plan.Object
+	groups, amr, principals         lazyList
 	slab                            [16]ast.Term
 	used                            int
 }
@@ -183,9 +184,9 @@ func (d *lazyDoc) make(f inputField) *ast.Term {
 	case fieldUsername:
 		return d.str(id.Username)
 	case fieldGroups:
-		return d.list(id.Groups)
+		return d.list(&d.groups, id.Groups)
 	case fieldAMR:
-		return d.list(id.AMR)
+		return d.list(&d.amr, id.AMR)
 	case fieldWorkload:
 		return ast.InternedTerm(id.Workload)
 	case fieldClaims:
@@ -195,7 +196,7 @@ func (d *lazyDoc) make(f inputField) *ast.Term {
 	case fieldAuthTime:
 		return ast.IntNumberTerm(int(id.AuthTime))
 	case fieldPrincipals:
-		return d.list(r.Principals)
+		return d.list(&d.principals, r.Principals)
 	case fieldTTLSeconds:
 		return ast.IntNumberTerm(int(r.TTLSeconds))
 	case fieldKeyType:
@@ -234,16 +235,36 @@ func (d *lazyDoc) str(s string) *ast.Term {
 	return d.term(ast.String(jsonString(s)))
 }
 
-// list is ss as inputValue makes it: a shared term for the empty list.
-func (d *lazyDoc) list(ss []string) *ast.Term {
+// list is ss as inputValue makes it (a shared term for the empty list), as l: a plan.Array
+// whose elements are made as the policy reads them.
+func (d *lazyDoc) list(l *lazyList, ss []string) *ast.Term {
 	if len(ss) == 0 {
 		return emptyArray
 	}
-	terms := make([]*ast.Term, len(ss))
-	for i, s := range ss {
-		terms[i] = d.str(s)
+	l.d, l.ss = d, ss
+	l.arr.Elems = l
+	return d.term(&l.arr)
+}
+
+// lazyList is a list of strings of the input (plan.Elems), each element's term made when first
+// read and kept.
+type lazyList struct {
+	d     *lazyDoc
+	ss    []string
+	terms []*ast.Term
+	arr   plan.Array
+}
+
+func (l *lazyList) Len() int { return len(l.ss) }
+
+func (l *lazyList) Elem(i int) *ast.Term {
+	if l.terms == nil {
+		l.terms = make([]*ast.Term, len(l.ss))
 	}
-	return d.term(ast.NewArray(terms...))
+	if l.terms[i] == nil {
+		l.terms[i] = l.d.str(l.ss[i])
+	}
+	return l.terms[i]
 }
 
 // plainClaims reports whether claimValue converts every claim without an error and without

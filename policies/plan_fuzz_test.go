@@ -195,9 +195,9 @@ func TestPlanPolicies(t *testing.T) {
 	}
 }
 
-// sameDeferred: the plan gives input, with each object reached through objects' members (the
-// document itself, input.obj, input.obj.k) as a plan.Object whose members are made as they
-// are looked up (what Decide gives it), the answer it gave the same document as OPA values:
+// sameDeferred: the plan gives input, with each object and array reached through objects'
+// members (the document itself, input.obj, input.obj.k, input.xs) as a plan.Object or
+// plan.Array whose members are made as they are read (what Decide gives it), the answer it gave the same document as OPA values:
 // compiled and its error cerr (as evalBoth returns them).
 func sameDeferred(t *testing.T, p planPolicy, input ast.Value, compiled ast.Value, cerr error) {
 	t.Helper()
@@ -216,9 +216,12 @@ func sameDeferred(t *testing.T, p planPolicy, input ast.Value, compiled ast.Valu
 	}
 }
 
-// deferred is v with each object reached through objects' members a plan.Object
-// (deferredFields); what sits in arrays and sets stays as it is.
+// deferred is v with each object and array reached through objects' members a plan.Object or
+// plan.Array (deferredFields, deferredElems); what sits in arrays and sets stays as it is.
 func deferred(v ast.Value) ast.Value {
+	if arr, ok := v.(*ast.Array); ok {
+		return &plan.Array{Elems: &deferredElems{arr: arr, elems: make([]*ast.Term, arr.Len())}}
+	}
 	obj, ok := v.(ast.Object)
 	if !ok {
 		return v
@@ -226,6 +229,21 @@ func deferred(v ast.Value) ast.Value {
 	f := &deferredFields{obj: obj, keys: obj.Keys()}
 	f.values = make([]*ast.Term, len(f.keys))
 	return &plan.Object{Fields: f}
+}
+
+// deferredElems are an OPA array's elements made on first read, and kept (plan.Elems).
+type deferredElems struct {
+	arr   *ast.Array
+	elems []*ast.Term
+}
+
+func (e *deferredElems) Len() int { return e.arr.Len() }
+
+func (e *deferredElems) Elem(i int) *ast.Term {
+	if e.elems[i] == nil {
+		e.elems[i] = ast.NewTerm(e.arr.Elem(i).Value)
+	}
+	return e.elems[i]
 }
 
 // deferredFields are an OPA object's members made on first read, and kept (plan.Fields).

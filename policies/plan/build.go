@@ -133,7 +133,8 @@ func compareKey(t *ast.Term, s ast.String) int {
 	return strings.Compare(string(t.Value.(ast.String)), string(s))
 }
 
-// builtLen is count(t) of a set or object being built; ok is false for any other value.
+// builtLen is count(t) of a set or object being built, or of an input's Array; ok is false
+// for any other value.
 func builtLen(t *ast.Term) (int, bool) {
 	if t != nil {
 		switch c := t.Value.(type) {
@@ -141,13 +142,16 @@ func builtLen(t *ast.Term) (int, bool) {
 			return len(c.elems), true
 		case *strObject:
 			return len(c.keys), true
+		case *Array:
+			return c.Elems.Len(), true
 		}
 	}
 	return 0, false
 }
 
-// builtMember is internal.member_2(x, t) (x in t) for a set or object being built, with the
-// built-in's meaning: an element of a set, a value of an object. ok is false for any other t,
+// builtMember is internal.member_2(x, t) (x in t) for a set or object being built, or an
+// input's Array, with the built-in's meaning: an element of a set or array, a value of an
+// object. ok is false for any other t,
 // and for an undefined x.
 func builtMember(x, t *ast.Term) (*ast.Term, bool) {
 	if x == nil || t == nil {
@@ -159,6 +163,14 @@ func builtMember(x, t *ast.Term) (*ast.Term, bool) {
 	case *strObject:
 		concrete(x)
 		return ast.InternedTerm(slices.ContainsFunc(c.values, x.Equal)), true
+	case *Array:
+		concrete(x)
+		for i := range c.Elems.Len() {
+			if x.Equal(c.Elems.Elem(i)) {
+				return ast.InternedTerm(true), true
+			}
+		}
+		return ast.InternedTerm(false), true
 	}
 	return nil, false
 }

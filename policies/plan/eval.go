@@ -771,7 +771,13 @@ func (r *run) insert(t, k, v *ast.Term) {
 	t.Value.(ast.Object).Insert(k, v)
 }
 
-func isArray(v ast.Value) bool { _, ok := v.(*ast.Array); return ok }
+func isArray(v ast.Value) bool {
+	switch v.(type) {
+	case *ast.Array, *Array:
+		return true
+	}
+	return false
+}
 func isObject(v ast.Value) bool {
 	switch v.(type) {
 	case ast.Object, *Object, *strObject:
@@ -809,6 +815,12 @@ func (r *run) scan(f []*ast.Term, s *ir.ScanStmt) (int, error) {
 	case ast.Set:
 		for _, t := range c.Slice() {
 			if n, err := r.visit(f, s, t, t); n != -1 || err != nil {
+				return scanned(n, err)
+			}
+		}
+	case *Array:
+		for i := range c.Elems.Len() {
+			if n, err := r.visit(f, s, ast.InternedTerm(i), c.Elems.Elem(i)); n != -1 || err != nil {
 				return scanned(n, err)
 			}
 		}
@@ -1034,6 +1046,16 @@ func dot(src, key *ast.Term) *ast.Term {
 		return c.get(key)
 	case *strSet:
 		return c.get(key)
+	case *Array:
+		n, ok := key.Value.(ast.Number)
+		if !ok {
+			return nil
+		}
+		i, ok := n.Int()
+		if !ok || i < 0 || i >= c.Elems.Len() {
+			return nil
+		}
+		return c.Elems.Elem(i)
 	case *ast.Array:
 		n, ok := key.Value.(ast.Number)
 		if !ok {
@@ -1067,6 +1089,8 @@ func length(t *ast.Term) (int, bool) {
 		return len(c.keys), true
 	case *strSet:
 		return len(c.elems), true
+	case *Array:
+		return c.Elems.Len(), true
 	case ast.Set:
 		return c.Len(), true
 	case ast.String:

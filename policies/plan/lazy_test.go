@@ -8,9 +8,13 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 )
 
-// deferred is v with each object reached through objects' members an *Object whose members are
-// made on first read (deferredFields); what sits in arrays and sets stays as it is.
+// deferred is v with each object and array reached through objects' members an *Object or
+// *Array whose members are made on first read (deferredFields, deferredElems); what sits in
+// arrays and sets stays as it is.
 func deferred(v ast.Value) ast.Value {
+	if arr, ok := v.(*ast.Array); ok {
+		return &Array{Elems: &deferredElems{arr: arr, elems: make([]*ast.Term, arr.Len())}}
+	}
 	obj, ok := v.(ast.Object)
 	if !ok {
 		return v
@@ -18,6 +22,20 @@ func deferred(v ast.Value) ast.Value {
 	f := &deferredFields{obj: obj, keys: obj.Keys()}
 	f.values = make([]*ast.Term, len(f.keys))
 	return &Object{Fields: f}
+}
+
+type deferredElems struct {
+	arr   *ast.Array
+	elems []*ast.Term
+}
+
+func (e *deferredElems) Len() int { return e.arr.Len() }
+
+func (e *deferredElems) Elem(i int) *ast.Term {
+	if e.elems[i] == nil {
+		e.elems[i] = ast.NewTerm(e.arr.Elem(i).Value)
+	}
+	return e.elems[i]
 }
 
 type deferredFields struct {
@@ -88,6 +106,31 @@ func TestObjectReads(t *testing.T) {
 		"d := input.obj if input.n == 1\n\nd := input.obj2 if input.n == 1",
 		"d := x if {\n\tsome x in [input.obj, input.obj2]\n\tx == {\"k\": {\"k\": 5}}\n}",
 		"default d := 0\n\nd := 1 if input.obj == input.obj2",
+		`d := input.xs == [1, {"k": 2}]`,
+		`d := input.xs != [1]`,
+		`d := count(input.xs)`,
+		`d := is_array(input.xs)`,
+		`d := x if input.xs = [x, _]`,
+		`d := x if [_, x] = input.xs`,
+		`d := [x | some x in input.xs]`,
+		`d := [i | some i, _ in input.xs]`,
+		`d := input.xs[input.key]`,
+		`d := input.xs[1].k`,
+		`d := sort(input.xs)`,
+		`d := {input.xs}`,
+		`d := [input.xs]`,
+		`d := {"v": input.xs}`,
+		`d := {input.xs: 1}`,
+		`d := input.xs in {[1, {"k": 2}]}`,
+		`d := 1 in input.xs`,
+		`d := {"k": 2} in input.xs`,
+		`d := json.marshal(input.xs)`,
+		`d := input.xs`,
+		`d := array.concat(input.xs, [3])`,
+		"f(x) := x\n\nd := f(input.xs)",
+		"d := input.xs if input.n == 1\n\nd := input.ys if input.n == 1",
+		"d := [x | some x in input.obj.l]",
+		"d := input.obj == {\"k\": {\"k\": 5}, \"l\": [1]}",
 	}
 	inputs := []string{
 		`{"obj": {"k": {"k": 5}}, "obj2": {"k": {"k": 5}}, "key": "k", "n": 1}`,
@@ -95,6 +138,11 @@ func TestObjectReads(t *testing.T) {
 		`{"obj": {"k": 1}, "obj2": {"k": 1.0}, "key": 1, "n": 1}`,
 		`{"obj": {"k": {}}, "obj2": {}, "key": {"k": {}}, "n": 2}`,
 		`{"obj": [1], "obj2": "x", "key": 0}`,
+		`{"obj": {"k": {"k": 5}, "l": [1]}, "xs": [1, {"k": 2}], "ys": [1, {"k": 2.0}], "key": 1, "n": 1}`,
+		`{"obj": {"l": []}, "xs": [2, 1, "a", null], "ys": [1], "key": 0, "n": 1}`,
+		`{"xs": [], "ys": [], "key": -1, "n": 1}`,
+		`{"xs": [1, 2], "ys": [1, 2], "key": 2, "n": 1}`,
+		`{"xs": "ab", "key": "k"}`,
 		`{}`,
 	}
 	for i, rule := range rules {
