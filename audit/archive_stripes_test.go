@@ -102,8 +102,14 @@ func TestArchiveStripes(t *testing.T) {
 	t.Run("the stripe count lowered", func(t *testing.T) {
 		rdb.Set(ctx, "sshca:{audit}:stripes", "2", 0)
 		defer rdb.Set(ctx, "sshca:{audit}:stripes", "3", 0)
+		// Stripe 2's head, base mark and (trimmed) stream moved away too (else the walk finds
+		// them beyond the count): only the archive still says it was used.
+		rdb.Rename(ctx, "sshca:{audit:2}:log", "movedlog")
+		defer rdb.Rename(ctx, "movedlog", "sshca:{audit:2}:log")
 		rdb.Rename(ctx, "sshca:{audit:2}:head", "moved")
 		defer rdb.Rename(ctx, "moved", "sshca:{audit:2}:head")
+		rdb.Rename(ctx, "sshca:{audit:2}:base", "movedbase")
+		defer rdb.Rename(ctx, "movedbase", "sshca:{audit:2}:base")
 		_, err := reader.VerifyAfter(ctx, ar, nil)
 		if err == nil || !strings.Contains(err.Error(), "the archive holds stripe 2") {
 			t.Errorf("verify after: %v; want the archive's stripe 2 missing in Redis", err)

@@ -20,7 +20,9 @@
 // under the hash tag {audit:i}. Each stripe's keys share one tag, so the scripts work on Redis
 // Cluster and the stripes spread over its masters. <prefix>:{audit}:stripes is the number of
 // stripes ever appended to (absent: one), raised before a Log first appends beyond it and
-// never lowered, so readers walk every stripe whatever they are configured with.
+// never lowered, so readers walk every stripe whatever they are configured with. Since anyone
+// with write access can lower or delete it, Verify also looks for the keys of every stripe
+// beyond it up to MaxStripes (one EXISTS each, pipelined) and fails on any it finds.
 //
 // <prefix>:{audit}:once:<key> says that the record appended with that key (AppendOnce, the key
 // in lowercase hex) is kept, for ca.AuditOnceWindow: a caller that appends a record again after

@@ -197,8 +197,10 @@ func TestCheckpoints(t *testing.T) {
 		if _, err := verify(rdb); err == nil || !strings.Contains(err.Error(), "stripe 2 holds records") {
 			t.Errorf("count 2 of 3: %v; want stripe 2 found beyond the count", err)
 		}
-		// Deleted, and stripe 1 dropped too: stripe 0 alone is walked; its checkpoint says 3.
+		// Deleted, and stripes 1 and 2 dropped too (nothing beyond the count left to find):
+		// stripe 0 alone is walked; its checkpoint says 3.
 		rdb.Del(ctx, "sshca:{audit}:stripes", stripeStream(1), stripeHead(1))
+		rdb.Del(ctx, stripeStream(2), stripeHead(2))
 		if _, err := verify(rdb); err == nil || !strings.Contains(err.Error(), "taken with 3 stripes") {
 			t.Errorf("count gone: %v; want a checkpoint taken with 3 stripes", err)
 		}
