@@ -60,8 +60,13 @@
 // rewrite it, and without the key anyone with write access can recompute it (a chain kept
 // without a key, base marks included, is plain SHA-256: it shows accidents, not an attacker).
 // Truncating the tail together with the head goes unseen by Verify: every record since the
-// last archive, or the whole log when there is no archive; with stripes, only the records
-// after the last checkpoint of another stripe that names them. Given the latest archive
+// last archive, or the whole log when there is no archive. With stripes, checkpoints find one
+// stripe cut short while the others go on (another stripe's checkpoint names its lost
+// records), but not the records of a stripe after the last checkpoint of another stripe that
+// names them (its own replica's checkpoints sit in the tail cut off with them: a log whose
+// other replicas keep nothing is pinned by nothing), nor every stripe cut back together to one
+// moment (a checkpoint names only heads from before it, so the cut leaves none that names a
+// record cut off): that is the single chain's tail again. Given the latest archive
 // (VerifyAfter), an emptied or shortened log is found as long as the archive holds more than
 // what is left. The service also logs each record's sequence number and MAC, so logs shipped
 // elsewhere anchor the chain.

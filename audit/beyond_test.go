@@ -58,3 +58,32 @@ func TestStripeCountHidesNoStripe(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkVerify is Verify of a log of 3 stripes holding 30 records and a checkpoint each,
+// as `sshca audit verify` runs it: what looking for stripes beyond the count adds (one
+// pipeline of EXISTS, MaxStripes-3 of them) beside the walk itself.
+func BenchmarkVerify(b *testing.B) {
+	r := testenv.StartRedis(b)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	b.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	for s := range 3 {
+		l := audit.New(rdb, audit.Options{Key: key, Stripes: 3, Home: new(s)})
+		for i := range 10 {
+			if err := l.Append(ctx, record(s*100+i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := l.Checkpoint(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reader := audit.New(rdb, audit.Options{Key: key})
+	b.ResetTimer()
+	for b.Loop() {
+		if rep, err := reader.Verify(ctx, nil); err != nil || rep.Records != 30 {
+			b.Fatal(rep, err)
+		}
+	}
+}

@@ -25,7 +25,8 @@ import (
 // walked at that place is a stripe rewritten; a checkpoint taken with more stripes than the
 // chain now has is a stripe count lowered. What a checkpoint cannot see: records appended to
 // a stripe after the last checkpoint of every other stripe, which the stripe's own head alone
-// vouches for, as it does for a log without stripes.
+// vouches for, as it does for a log without stripes; and every stripe cut back together to
+// one moment, since the checkpoints before it name only heads from before it.
 //
 // A checkpoint entry's rec is JSON, {"checkpoint":{"time":RFC 3339,"stripes":n,"heads":
 // [{"stripe":j,"seq":s,"mac":"<64 hex>"},...]}}: the stripe count it was taken with, and the
