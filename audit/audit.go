@@ -105,6 +105,8 @@ type Log struct {
 	log    *slog.Logger
 	// acceptLegacy: Options.AcceptLegacyBase.
 	acceptLegacy bool
+	// lost: Options.LostStripes.
+	lost map[int]bool
 
 	// marks: Options.Marks.
 	marks *store.Redis
@@ -175,6 +177,13 @@ type Options struct {
 	CheckpointEvery time.Duration
 	// Now is the clock of checkpoint records' time; default time.Now.
 	Now func() time.Time
+	// LostStripes are stripes known to have been lost (every key of the stripe's tag gone
+	// with a Redis master that came back empty), for `sshca store rebuild --lost-stripe`:
+	// Verify still checks each one's own chain, but sets aside what checkpoints of other
+	// stripes say of it (counted in Report.SetAside), which would otherwise fail the walk
+	// however much of the log is intact. A stripe cut short by someone with write access
+	// looks the same: only the operator, who knows what failed, can say which it was.
+	LostStripes []int
 }
 
 // stripe is one chain of a striped log: its keys, and its head as this Log last saw it.
@@ -204,6 +213,12 @@ func New(rdb redis.UniversalClient, o Options) *Log {
 	}
 	if l.now == nil {
 		l.now = time.Now
+	}
+	for _, i := range o.LostStripes {
+		if l.lost == nil {
+			l.lost = map[int]bool{}
+		}
+		l.lost[i] = true
 	}
 	if l.prefix == "" {
 		l.prefix = "sshca"
@@ -691,7 +706,19 @@ type Report struct {
 	// Stripes is what each stripe walked held, by stripe number: one for a log without
 	// stripes.
 	Stripes []StripeReport
+	// SetAside counts the heads named by checkpoints that were not checked, their stripe
+	// being one of Options.LostStripes.
+	SetAside int
 }
+
+// StripeCutError is Verify's error when a checkpoint names a record of a stripe that the
+// stripe in Redis does not hold as named: cut short, dropped, rewritten, or lost.
+type StripeCutError struct {
+	Stripe int
+	msg    string
+}
+
+func (e *StripeCutError) Error() string { return e.msg }
 
 // StripeReport is what one stripe of the chain held.
 type StripeReport struct {
@@ -802,7 +829,7 @@ func (l *Log) walk(ctx context.Context, start func(stripe int, b baseMark) (bool
 			return rep, err
 		}
 	}
-	if err := l.checkClaims(ctx, cps, rep.Stripes); err != nil {
+	if err := l.checkClaims(ctx, cps, &rep); err != nil {
 		return rep, err
 	}
 	return rep, nil

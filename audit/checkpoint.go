@@ -219,8 +219,8 @@ func (c *claims) keep(e Entry) {
 // the walk found of each. The stripes' heads are read again first: a checkpoint walked was
 // taken before the head read at the start of its stripe's walk, and heads only grow, so it
 // names no record beyond the heads read now, however appends interleaved with the walk.
-func (l *Log) checkClaims(ctx context.Context, c *claims, reps []StripeReport) error {
-	n := len(reps)
+func (l *Log) checkClaims(ctx context.Context, c *claims, rep *Report) error {
+	n := len(rep.Stripes)
 	heads, count, err := l.readHeads(ctx, n)
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
@@ -234,6 +234,16 @@ func (l *Log) checkClaims(ctx context.Context, c *claims, reps []StripeReport) e
 		}
 		for _, h := range cp.c.Heads {
 			j := h.Stripe
+			if l.lost[j] {
+				// Set aside, unless the stripe still holds the very record named: then it
+				// was not lost (its keys gone) but cut short, or not touched at all.
+				b := c.base[j]
+				if h.Seq > b.seq && h.Seq <= b.seq+uint64(len(c.macs[j])) && c.macs[j][h.Seq-b.seq-1] == macPrefix(h.MAC) {
+					return fmt.Errorf("audit: stripe %d is taken as lost, but it holds its record %d that stripe %d's checkpoint (record %d) names: it was cut short, not lost with its keys", j, h.Seq, cp.stripe, cp.seq)
+				}
+				rep.SetAside++
+				continue
+			}
 			end, _, err := parseHead(heads[j])
 			if err != nil {
 				return err
@@ -242,12 +252,12 @@ func (l *Log) checkClaims(ctx context.Context, c *claims, reps []StripeReport) e
 			walked := b.seq + uint64(len(c.macs[j]))
 			switch {
 			case h.Seq > end:
-				return fmt.Errorf("audit: stripe %d was cut short: stripe %d's checkpoint (record %d) names its record %d (%.16s…), and it ends at record %d", j, cp.stripe, cp.seq, h.Seq, h.MAC, end)
+				return &StripeCutError{j, fmt.Sprintf("audit: stripe %d was cut short: stripe %d's checkpoint (record %d) names its record %d (%.16s…), and it ends at record %d", j, cp.stripe, cp.seq, h.Seq, h.MAC, end)}
 			case h.Seq < b.seq:
 				// Archived and trimmed: the archive holds it.
 			case h.Seq == b.seq && h.MAC != b.mac,
 				h.Seq > b.seq && h.Seq <= walked && c.macs[j][h.Seq-b.seq-1] != macPrefix(h.MAC):
-				return fmt.Errorf("audit: stripe %d was rewritten: its record %d is not the one stripe %d's checkpoint (record %d) names (%.16s…)", j, h.Seq, cp.stripe, cp.seq, h.MAC)
+				return &StripeCutError{j, fmt.Sprintf("audit: stripe %d was rewritten: its record %d is not the one stripe %d's checkpoint (record %d) names (%.16s…)", j, h.Seq, cp.stripe, cp.seq, h.MAC)}
 			}
 			// Beyond what was walked: appended while the walk ran, nothing to compare.
 		}

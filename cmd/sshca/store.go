@@ -38,6 +38,7 @@ type rebuildFlags struct {
 	identityBlock time.Duration
 	tokenLifetime time.Duration
 	keyringKMS    string
+	lostStripes   []int
 }
 
 func newStoreCommand() *cobra.Command {
@@ -81,6 +82,7 @@ again, and bastions install the KRLs it publishes.`,
 	fl.DurationVar(&f.identityBlock, "identity-block", ca.DefaultLimits.IdentityBlock, "limits.identity_block of the CA: how long an identity revocation recorded without its end blocks")
 	fl.DurationVar(&f.tokenLifetime, "token-lifetime", identity.DefaultMaxTokenLifetime, "the longest lifetime of the tokens the CA accepts (oidc max_token_lifetime, or the identity provider's shorter one): single-use tokens expiring before now plus this are refused")
 	fl.StringVar(&f.keyringKMS, "keyring-kms", "", "keyring.kms of the CA (with its PIN, if any): the audit records keep KMS URIs with the PIN redacted")
+	fl.IntSliceVar(&f.lostStripes, "lost-stripe", nil, "a stripe of the audit chain lost with its keys (a Redis master that came back empty): what other stripes' checkpoints say of it is set aside, and its records since the last archive are not restored; repeat for several")
 	cmd.AddCommand(rebuild, newStoreMigrateCommand())
 	return cmd
 }
@@ -143,7 +145,7 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	}
 	rdb := redis.NewClient(newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts))
 	defer rdb.Close()
-	al := audit.New(rdb, audit.Options{Key: key})
+	al := audit.New(rdb, audit.Options{Key: key, LostStripes: f.lostStripes})
 
 	// The trail: each record once, archives first. A chain in Redis restored from a snapshot
 	// may repeat records an archive holds (same stripe, sequence number and MAC): those are
@@ -204,8 +206,15 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 		rep, err = al.Verify(ctx, collect)
 		detached = err == nil
 	}
+	var cut *audit.StripeCutError
+	if errors.As(err, &cut) {
+		return fmt.Errorf("the audit chain in Redis does not verify, so nothing was rebuilt: %w; if stripe %d's keys were lost with a Redis master (not cut by someone), run again with --lost-stripe %d: what the other stripes hold is restored, and stripe %d's records since the last archive are not", err, cut.Stripe, cut.Stripe, cut.Stripe)
+	}
 	if err != nil {
 		return fmt.Errorf("the audit chain in Redis does not verify, so nothing was rebuilt: %w", err)
+	}
+	for _, i := range f.lostStripes {
+		fmt.Fprintf(out, "WARNING: stripe %d of the audit chain was taken as lost (--lost-stripe; %d heads named by checkpoints set aside): the records it kept since the last archive are gone, and what they did cannot be restored; revoke again what was revoked since\n", i, rep.SetAside)
 	}
 	if detached {
 		repeated := 0
