@@ -87,3 +87,39 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+// TestBaseMarkStaysInItsStripe: against a real redis-server, after an archive of 3 stripes
+// (each with a signed base mark), someone with write access but not the key makes stripe 2
+// start where stripe 1 does: stripe 1's base mark and head copied over stripe 2's, which hides
+// whatever stripe 2 kept since (here a record appended after the archive) behind a mark signed
+// with the key. Each base MAC names its stripe, so the copied mark does not verify in stripe
+// 2, nor stripe 0's (which names none) in stripe 1. The control: the marks where they were
+// verify.
+func TestBaseMarkStaysInItsStripe(t *testing.T) {
+	r := testenv.StartRedis(t)
+	key := []byte("0123456789abcdef0123456789abcdef")
+	ctx := context.Background()
+	base := func(i int) string { return strings.Replace(stripeStream(i), ":log", ":base", 1) }
+	for _, c := range []struct{ from, to int }{{1, 2}, {0, 1}} {
+		rdb, logs := stripedRig(t, r, key, true)
+		reader := audit.New(rdb, audit.Options{Key: key})
+		if _, err := reader.Archive(ctx, &strings.Builder{}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := logs[c.to].Append(ctx, record(999)); err != nil {
+			t.Fatal(err)
+		}
+		if rep, err := reader.Verify(ctx, nil); err != nil || rep.Records != 1 {
+			t.Fatalf("after the archive: %+v %v; want the one record appended since", rep, err)
+		}
+		b, h := rdb.Get(ctx, base(c.from)).Val(), rdb.Get(ctx, stripeHead(c.from)).Val()
+		if b == "" {
+			t.Fatalf("stripe %d has no base mark after the archive", c.from)
+		}
+		rdb.Set(ctx, base(c.to), b, 0)
+		rdb.Set(ctx, stripeHead(c.to), h, 0)
+		if _, err := reader.Verify(ctx, nil); err == nil || !strings.Contains(err.Error(), "not signed") {
+			t.Errorf("stripe %d's base mark copied to stripe %d: %v; want it refused as not signed", c.from, c.to, err)
+		}
+	}
+}
