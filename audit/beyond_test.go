@@ -123,3 +123,43 @@ func TestBaseMarkStaysInItsStripe(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckpointRaisesCountAgain: a replica remembers that it raised the stripe count, so a
+// count deleted afterwards (or its slot back from an older copy) would leave the stripes it
+// goes on appending to beyond the count. Its next checkpoint raises the count again, and a
+// reader without stripes walks them and verifies. The control: a count above the replica's
+// stripes (another replica's, larger) is left as it is.
+func TestCheckpointRaisesCountAgain(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	l := audit.New(rdb, audit.Options{Key: key, Stripes: 3, Home: new(2)})
+	if err := l.Append(ctx, record(1)); err != nil {
+		t.Fatal(err)
+	}
+	rdb.Del(ctx, "sshca:{audit}:stripes")
+	if err := l.Append(ctx, record(2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := rdb.Get(ctx, "sshca:{audit}:stripes").Val(); v != "3" {
+		t.Errorf("stripe count after the checkpoint %q, want 3", v)
+	}
+	if rep, err := audit.New(rdb, audit.Options{Key: key}).Verify(ctx, nil); err != nil || rep.Records != 2 {
+		t.Errorf("verify: %+v %v; want the 2 records of stripe 2", rep, err)
+	}
+	rdb.Set(ctx, "sshca:{audit}:stripes", "5", 0)
+	if err := l.Append(ctx, record(3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := rdb.Get(ctx, "sshca:{audit}:stripes").Val(); v != "5" {
+		t.Errorf("stripe count %q after a checkpoint of a replica of 3 stripes, want 5 kept", v)
+	}
+}

@@ -162,6 +162,16 @@ func (l *Log) readCheckpoint(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if count < len(heads) {
+		// This Log raised the count before its first append and remembers that it did, so
+		// it would go on appending beyond a count lowered or lost since (deleted by someone,
+		// or its slot back from an older copy): raise it again, so that readers walk the
+		// stripes it appends to.
+		if err := raiseStripesScript.Run(ctx, l.rdb, []string{store.Keys{Prefix: l.prefix}.AuditStripes()}, len(l.stripes)).Err(); err != nil {
+			return nil, fmt.Errorf("raise the stripe count again: %w", err)
+		}
+		l.log.WarnContext(ctx, "audit: the stripe count kept in Redis was below the stripes this replica appends to (lowered or lost); raised again", "found", count, "stripes", len(l.stripes))
+	}
 	if count > len(heads) {
 		// Another replica appends to more stripes than this one: name them too.
 		if heads, _, err = l.readHeads(ctx, count); err != nil {
