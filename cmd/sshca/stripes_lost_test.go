@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,18 +27,9 @@ import (
 // cut short (its tail and head deleted by someone with write access) rather than lost, is
 // refused.
 func TestStoreRebuildLostStripe(t *testing.T) {
-	srv := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb.Close() })
+	e := newRebuildEnv(t)
+	srv, rdb, key, keyFile, userCA, hostCA, userKey := e.srv, e.rdb, e.key, e.keyFile, e.userCA, e.hostCA, e.userKey
 	ctx := context.Background()
-	dir := t.TempDir()
-	key := []byte("0123456789abcdef0123456789abcdef")
-	keyFile := filepath.Join(dir, "audit.key")
-	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
-	userCA, hostCA := filepath.Join(dir, "user_ca.pub"), filepath.Join(dir, "host_ca.pub")
-	userKey := testenv.PublicKey(t)
-	writeFile(t, userCA, string(ssh.MarshalAuthorizedKey(userKey)))
-	writeFile(t, hostCA, string(ssh.MarshalAuthorizedKey(testenv.PublicKey(t))))
 	rebuild := func(lost ...int) (string, error) {
 		var out bytes.Buffer
 		err := runRebuild(ctx, rebuildFlags{redisURL: "redis://" + srv.Addr, auditKey: keyFile, userCA: userCA, hostCA: hostCA,

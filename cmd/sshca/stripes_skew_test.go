@@ -3,15 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/audit"
@@ -38,18 +35,9 @@ import (
 // What should get past the checks: a lift on the ban's own stripe 5 s after it (chain order
 // is the true order) is applied.
 func TestStoreRebuildClockSkew(t *testing.T) {
-	srv := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb.Close() })
+	e := newRebuildEnv(t)
+	srv, rdb, key, keyFile, userCA, hostCA, userKey, hostKey := e.srv, e.rdb, e.key, e.keyFile, e.userCA, e.hostCA, e.userKey, e.hostKey
 	ctx := context.Background()
-	dir := t.TempDir()
-	key := []byte("0123456789abcdef0123456789abcdef")
-	keyFile := filepath.Join(dir, "audit.key")
-	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
-	userCA, hostCA := filepath.Join(dir, "user_ca.pub"), filepath.Join(dir, "host_ca.pub")
-	userKey, hostKey := testenv.PublicKey(t), testenv.PublicKey(t)
-	writeFile(t, userCA, string(ssh.MarshalAuthorizedKey(userKey)))
-	writeFile(t, hostCA, string(ssh.MarshalAuthorizedKey(hostKey)))
 
 	const ahead = 20 * time.Second // replica 0's clock against replica 1's
 	t0 := time.Now().Add(-10 * time.Minute).UTC().Truncate(time.Second)

@@ -29,18 +29,9 @@ import (
 // control: the same two records with the ban the later one leave it banned, so the order is
 // the records' time.
 func TestStoreRebuildStripesInTimeOrder(t *testing.T) {
-	srv := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb.Close() })
+	e := newRebuildEnv(t)
+	srv, rdb, key, keyFile, userCA, hostCA, userKey := e.srv, e.rdb, e.key, e.keyFile, e.userCA, e.hostCA, e.userKey
 	ctx := context.Background()
-	dir := t.TempDir()
-	key := []byte("0123456789abcdef0123456789abcdef")
-	keyFile := filepath.Join(dir, "audit.key")
-	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
-	userCA, hostCA := filepath.Join(dir, "user_ca.pub"), filepath.Join(dir, "host_ca.pub")
-	userKey := testenv.PublicKey(t)
-	writeFile(t, userCA, string(ssh.MarshalAuthorizedKey(userKey)))
-	writeFile(t, hostCA, string(ssh.MarshalAuthorizedKey(testenv.PublicKey(t))))
 
 	for _, banLater := range []bool{false, true} {
 		rdb.FlushAll(ctx)
@@ -198,4 +189,29 @@ func TestServeAuditStripes(t *testing.T) {
 	if err != nil || !strings.Contains(out, "stripe 2: records") {
 		t.Fatalf("audit verify --archive: %v\n%s", err, out)
 	}
+}
+
+// rebuildEnv is what the rebuild tests of a striped chain share: a redis-server, a client of
+// it, an audit key (and its file, 0600) and the user and host CA public keys' files.
+type rebuildEnv struct {
+	srv                     *testenv.Redis
+	rdb                     *redis.Client
+	key                     []byte
+	keyFile, userCA, hostCA string
+	userKey, hostKey        ssh.PublicKey
+}
+
+func newRebuildEnv(t *testing.T) *rebuildEnv {
+	t.Helper()
+	e := &rebuildEnv{srv: testenv.StartRedis(t), key: []byte("0123456789abcdef0123456789abcdef")}
+	e.rdb = redis.NewClient(&redis.Options{Addr: e.srv.Addr})
+	t.Cleanup(func() { e.rdb.Close() })
+	dir := t.TempDir()
+	e.keyFile = filepath.Join(dir, "audit.key")
+	writeFileMode(t, e.keyFile, hex.EncodeToString(e.key)+"\n", 0o600)
+	e.userCA, e.hostCA = filepath.Join(dir, "user_ca.pub"), filepath.Join(dir, "host_ca.pub")
+	e.userKey, e.hostKey = testenv.PublicKey(t), testenv.PublicKey(t)
+	writeFile(t, e.userCA, string(ssh.MarshalAuthorizedKey(e.userKey)))
+	writeFile(t, e.hostCA, string(ssh.MarshalAuthorizedKey(e.hostKey)))
+	return e
 }
