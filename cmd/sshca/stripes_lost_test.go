@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"strings"
 	"testing"
@@ -28,14 +27,9 @@ import (
 // refused.
 func TestStoreRebuildLostStripe(t *testing.T) {
 	e := newRebuildEnv(t)
-	srv, rdb, key, keyFile, userCA, hostCA, userKey := e.srv, e.rdb, e.key, e.keyFile, e.userCA, e.hostCA, e.userKey
+	rdb, key, userKey := e.rdb, e.key, e.userKey
 	ctx := context.Background()
-	rebuild := func(lost ...int) (string, error) {
-		var out bytes.Buffer
-		err := runRebuild(ctx, rebuildFlags{redisURL: "redis://" + srv.Addr, auditKey: keyFile, userCA: userCA, hostCA: hostCA,
-			identityBlock: time.Hour, tokenLifetime: 10 * time.Minute, lostStripes: lost}, &out, time.Now)
-		return out.String(), err
-	}
+	rebuild := e.rebuild
 	banned := testenv.PublicKey(t)
 	ban := ca.AuditRecord{Time: time.Now().UTC(), Action: ca.ActionRevoke, Outcome: "allowed", Identity: "admin", Reason: "r",
 		Target: "public_key:" + ssh.FingerprintSHA256(banned), PublicKey: revocation.KeyEntry(banned)}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"slices"
 	"strconv"
@@ -36,7 +35,7 @@ import (
 // is the true order) is applied.
 func TestStoreRebuildClockSkew(t *testing.T) {
 	e := newRebuildEnv(t)
-	srv, rdb, key, keyFile, userCA, hostCA, userKey, hostKey := e.srv, e.rdb, e.key, e.keyFile, e.userCA, e.hostCA, e.userKey, e.hostKey
+	rdb, key, userKey, hostKey := e.rdb, e.key, e.userKey, e.hostKey
 	ctx := context.Background()
 
 	const ahead = 20 * time.Second // replica 0's clock against replica 1's
@@ -126,10 +125,8 @@ func TestStoreRebuildClockSkew(t *testing.T) {
 	keep(0, ringDone(0, 5*time.Minute, ring(2, userKey)))
 	keep(1, ringDone(1, 5*time.Minute+5*time.Second, ring(3, userKey, nextKey)))
 
-	var out bytes.Buffer
-	err := runRebuild(ctx, rebuildFlags{redisURL: "redis://" + srv.Addr, auditKey: keyFile, userCA: userCA, hostCA: hostCA,
-		identityBlock: time.Hour, tokenLifetime: 10 * time.Minute}, &out, time.Now)
-	t.Logf("store rebuild:\n%s", out.String())
+	out, err := e.rebuild()
+	t.Logf("store rebuild:\n%s", out)
 	if err != nil {
 		t.Fatalf("rebuild: %v", err)
 	}
@@ -137,7 +134,7 @@ func TestStoreRebuildClockSkew(t *testing.T) {
 	if why, err := st.Refused(ctx, userKey, nil, rebanned); err != nil || why == "" {
 		t.Errorf("the key banned again after its lift (on the replica behind) is not refused (%q, %v); want it banned", why, err)
 	}
-	if !strings.Contains(out.String(), "unrevoke public_key:"+ssh.FingerprintSHA256(rebanned)+": not applied") {
+	if !strings.Contains(out, "unrevoke public_key:"+ssh.FingerprintSHA256(rebanned)+": not applied") {
 		t.Errorf("the lift not applied is not listed")
 	}
 	if why, err := st.Refused(ctx, userKey, nil, sameStripe); err != nil || why != "" {

@@ -30,7 +30,7 @@ import (
 // the records' time.
 func TestStoreRebuildStripesInTimeOrder(t *testing.T) {
 	e := newRebuildEnv(t)
-	srv, rdb, key, keyFile, userCA, hostCA, userKey := e.srv, e.rdb, e.key, e.keyFile, e.userCA, e.hostCA, e.userKey
+	rdb, key, userKey := e.rdb, e.key, e.userKey
 	ctx := context.Background()
 
 	for _, banLater := range []bool{false, true} {
@@ -52,21 +52,19 @@ func TestStoreRebuildStripesInTimeOrder(t *testing.T) {
 		if err := audit.New(rdb, audit.Options{Key: key, Stripes: 2, Home: new(0)}).Append(ctx, lift); err != nil {
 			t.Fatal(err)
 		}
-		var out bytes.Buffer
-		err := runRebuild(ctx, rebuildFlags{redisURL: "redis://" + srv.Addr, auditKey: keyFile, userCA: userCA, hostCA: hostCA,
-			identityBlock: time.Hour, tokenLifetime: 10 * time.Minute}, &out, time.Now)
+		out, err := e.rebuild()
 		if err != nil {
-			t.Fatalf("rebuild: %v\n%s", err, out.String())
+			t.Fatalf("rebuild: %v\n%s", err, out)
 		}
 		why, err := store.NewRedis(rdb, store.RedisOptions{}).Refused(ctx, userKey, nil, banned)
 		if err != nil {
 			t.Fatal(err)
 		}
 		switch {
-		case !banLater && (why != "" || !strings.Contains(out.String(), "1 ban lifted")):
-			t.Errorf("the lift a minute after the ban (other stripe): refused %q; want the key unbanned:\n%s", why, out.String())
+		case !banLater && (why != "" || !strings.Contains(out, "1 ban lifted")):
+			t.Errorf("the lift a minute after the ban (other stripe): refused %q; want the key unbanned:\n%s", why, out)
 		case banLater && why == "":
-			t.Errorf("the ban a minute after the lift: the key is not refused; want it banned:\n%s", out.String())
+			t.Errorf("the ban a minute after the lift: the key is not refused; want it banned:\n%s", out)
 		}
 	}
 }
@@ -214,4 +212,13 @@ func newRebuildEnv(t *testing.T) *rebuildEnv {
 	writeFile(t, e.userCA, string(ssh.MarshalAuthorizedKey(e.userKey)))
 	writeFile(t, e.hostCA, string(ssh.MarshalAuthorizedKey(e.hostKey)))
 	return e
+}
+
+// rebuild runs `sshca store rebuild` against the env's Redis (lost: --lost-stripe), and
+// answers what it printed.
+func (e *rebuildEnv) rebuild(lost ...int) (string, error) {
+	var out bytes.Buffer
+	err := runRebuild(context.Background(), rebuildFlags{redisURL: "redis://" + e.srv.Addr, auditKey: e.keyFile, userCA: e.userCA, hostCA: e.hostCA,
+		identityBlock: time.Hour, tokenLifetime: 10 * time.Minute, lostStripes: lost}, &out, time.Now)
+	return out.String(), err
 }
