@@ -36,8 +36,8 @@ func (c *cannedService) IssueRequest(context.Context, string, ca.CertRequest) (c
 }
 
 // servedChain is the handler chain of sshca serve around the API's mux, in the order
-// cmd/sshca/server.go stacks it: metrics outermost, request ID, rate limits, deadline, then the
-// routes; the Service behind the endpoints goes through the logging and instrumenting
+// cmd/sshca/server.go stacks it: panic recovery outermost (newHTTPServer), metrics, request
+// ID, rate limits, deadline, then the routes; the Service behind the endpoints goes through the logging and instrumenting
 // middlewares, and the log is JSON with request IDs, as serve's. Only the Service is canned.
 func servedChain(tb testing.TB, log io.Writer) (http.Handler, []byte) {
 	tb.Helper()
@@ -66,6 +66,7 @@ func servedChain(tb testing.TB, log io.Writer) (http.Handler, []byte) {
 	limiter := services.NewRateLimiter(services.RateLimits{PerAddress: 1e9, Burst: 1e9, TrustedProxies: proxies}, reg)
 	mux := services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{Logger: reqLog, TrustedProxies: proxies})
 	h := metrics.InstrumentHTTP(mux, services.RequestID(proxies, limiter.Handler(services.RequestDeadline(2*time.Second, services.IsLongPoll, mux))))
+	h = services.Recover(reqLog, h) // as newHTTPServer puts it around every server's handler
 	body := []byte(`{"public_key": "` + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))) + ` alice@laptop", "principals": ["alice"], "ttl": "5m"}`)
 	return h, body
 }

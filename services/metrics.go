@@ -69,7 +69,7 @@ func newExtra(buckets []float64) extra {
 		}, []string{"ca"}),
 		HTTPRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sshca_http_requests_total",
-			Help: "HTTP requests by endpoint (the route pattern, \"other\" when none matches) and status code (\"hijacked\" when the handler took the connection over without one), limited and shed ones included.",
+			Help: "HTTP requests by endpoint (the route pattern, \"other\" when none matches) and status code (\"hijacked\" when the handler took the connection over without one; 500 when it panicked), limited and shed ones included.",
 		}, []string{"endpoint", "code"}),
 		HTTPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "sshca_http_request_duration_seconds",
@@ -141,7 +141,8 @@ func (m *Metrics) servedKRL(role string, states []ca.RevocationState, err error)
 // sshca_http_request_duration_seconds{endpoint}, as promhttp's InstrumentHandlerCounter and
 // InstrumentHandlerDuration would give them (a handler that writes no status counts as 200; one
 // that takes the connection over, a protocol upgrade, counts as the 101 it wrote through
-// net/http or as "hijacked": what it sent on the connection itself is not seen),
+// net/http or as "hijacked": what it sent on the connection itself is not seen; one that
+// panics counts as 500, whatever it had written: its answer was cut off, or Recover answers 500),
 // but the series of a route are looked up once and kept (httpSeries), and the request is
 // passed on as it came: promhttp's label-from-context needs a copy of the request with the
 // pattern in its context, a label map and a response writer wrapper per request, about 10 µs
@@ -155,6 +156,14 @@ func (m *Metrics) InstrumentHTTP(mux *http.ServeMux, next http.Handler) http.Han
 			pattern = "other"
 		}
 		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			if v := recover(); v != nil {
+				// A panic that reaches here cut the answer off (Recover, outside, may still
+				// answer it with a 500 when nothing was written): a server error either way.
+				series.observe(pattern, http.StatusInternalServerError, time.Since(begin))
+				panic(v)
+			}
+		}()
 		next.ServeHTTP(sw, r)
 		series.observe(pattern, sw.status(), time.Since(begin))
 	})

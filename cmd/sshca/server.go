@@ -503,10 +503,12 @@ func withFaults(details func() map[string]string, faults *services.PolicyFaults)
 const httpWriteTimeout = 30 * time.Second
 
 // newHTTPServer is an http.Server with every timeout set, so a slow client cannot hold a
-// connection open.
+// connection open, and its handler under services.Recover, so that a handler that panics is
+// answered 500 (or cut off) and logged with its request ID, on every listener of the binary
+// (the API and console, the diagnostics listener, the bastion agent's health listener).
 func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
-		Handler:           h,
+		Handler:           services.Recover(log, h),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      httpWriteTimeout,

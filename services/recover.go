@@ -1,0 +1,61 @@
+package services
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+
+	"github.com/sshca/sshca/client"
+)
+
+// Recover answers for a handler of next that panics, which net/http would otherwise hide: it
+// recovers the panic, closes the connection and logs one line without the request ID, and the
+// client sees a reset. Recover logs the panic value and stack at error level with the method,
+// the path and the request ID (the X-Request-ID header RequestID set on the answer; never a
+// request header or the body, which may hold a token), then:
+//
+//   - when nothing was written yet, answers 500 {"error": "internal error (request ID …)"},
+//     so the caller has the ID to quote and the HTTP metrics count a 500;
+//   - when the answer had begun (a status or a byte sent, the connection hijacked), panics
+//     again with http.ErrAbortHandler: net/http then cuts the connection without logging a
+//     second time, and the client sees a truncated answer rather than a complete-looking one.
+//
+// A handler's own panic(http.ErrAbortHandler) is net/http's deliberate abort: passed on
+// unlogged. InstrumentHTTP, inside or outside Recover, counts a panic that passes it as a 500.
+// Put Recover outermost (newHTTPServer in cmd/sshca does, for every server of the binary).
+func Recover(log *slog.Logger, next http.Handler) http.Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw, ok := w.(*statusWriter)
+		if !ok {
+			sw = &statusWriter{ResponseWriter: w}
+		}
+		defer func() {
+			v := recover()
+			if v == nil {
+				return
+			}
+			if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+				panic(v)
+			}
+			id := w.Header().Get(RequestIDHeader)
+			// Without the context: the ID is given here, whether or not a RequestID inside
+			// put it into the request's context for LogRequestIDs.
+			log.Error("handler panicked", "method", r.Method, "path", r.URL.Path,
+				"request_id", id, "answer_begun", sw.code != 0, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			if sw.code != 0 {
+				panic(http.ErrAbortHandler)
+			}
+			msg := "internal error"
+			if id != "" {
+				msg += " (request ID " + id + ")"
+			}
+			writeJSON(sw, http.StatusInternalServerError, client.ErrorBody{Error: msg})
+		}()
+		next.ServeHTTP(sw, r)
+	})
+}

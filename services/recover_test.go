@@ -1,0 +1,163 @@
+package services_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/services"
+)
+
+// lockedBuffer is a log sink that handlers on several goroutines write to.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// panicLines are the "handler panicked" lines of a JSON log.
+func panicLines(t *testing.T, logs string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if m["msg"] == "handler panicked" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestRecover: on a real server, with serve's order (Recover outermost, as newHTTPServer puts
+// it, then InstrumentHTTP and RequestID), a handler that panics before writing gets a 500 that
+// names its request ID, one log line with that ID, the panic value and the stack, and no header
+// (the bearer token stays out); one that panics after its answer began is cut off (the client
+// cannot take the truncated body for a whole one), logged too; a deliberate
+// http.ErrAbortHandler is not logged as a fault. Each counts as a 500 in the HTTP metrics, none
+// as a 200, net/http logs nothing of its own, and the server goes on serving.
+func TestRecover(t *testing.T) {
+	for _, order := range []string{"recover outermost", "recover inside the metrics"} {
+		t.Run(order, func(t *testing.T) {
+			var logs, serverLog lockedBuffer
+			logger := slog.New(slog.NewJSONHandler(&logs, nil))
+			m := services.NewMetrics(prometheus.NewRegistry())
+			mux := http.NewServeMux()
+			mux.HandleFunc("GET /before", func(http.ResponseWriter, *http.Request) { panic("boom before") })
+			mux.HandleFunc("GET /after", func(w http.ResponseWriter, _ *http.Request) {
+				_, _ = w.Write([]byte(`{"certificates": [`))
+				http.NewResponseController(w).Flush()
+				panic("boom after")
+			})
+			mux.HandleFunc("GET /abort", func(http.ResponseWriter, *http.Request) { panic(http.ErrAbortHandler) })
+			mux.HandleFunc("GET /ok", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+			var h http.Handler
+			if order == "recover outermost" {
+				h = services.Recover(logger, m.InstrumentHTTP(mux, services.RequestID(nil, mux)))
+			} else {
+				h = m.InstrumentHTTP(mux, services.RequestID(nil, services.Recover(logger, mux)))
+			}
+			srv := httptest.NewUnstartedServer(h)
+			srv.Config.ErrorLog = log.New(&serverLog, "", 0)
+			srv.Start()
+			defer srv.Close()
+			const token = "eyJhbGciOiJFUzI1NiJ9.secret-token-part"
+			get := func(path string) (*http.Response, []byte, error) {
+				req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
+				req.Header.Set("Authorization", "Bearer "+token)
+				resp, err := srv.Client().Do(req)
+				if err != nil {
+					return nil, nil, err
+				}
+				defer resp.Body.Close()
+				body, err := io.ReadAll(resp.Body)
+				return resp, body, err
+			}
+
+			resp, body, err := get("/before")
+			if err != nil {
+				t.Fatalf("panic before writing: %v, want a 500", err)
+			}
+			id := resp.Header.Get(services.RequestIDHeader)
+			var eb client.ErrorBody
+			if resp.StatusCode != http.StatusInternalServerError || json.Unmarshal(body, &eb) != nil || id == "" ||
+				eb.Error != "internal error (request ID "+id+")" {
+				t.Errorf("panic before writing: %d %q (request ID %q), want 500 naming the request ID", resp.StatusCode, body, id)
+			}
+			if _, body, err := get("/after"); err == nil {
+				t.Errorf("panic after writing: whole body %q, want the answer cut off", body)
+			}
+			if _, _, err := get("/abort"); err == nil {
+				t.Error("deliberate abort: an answer, want the connection cut")
+			}
+			// The server goes on serving, on new connections and old.
+			for range 3 {
+				if resp, body, err := get("/ok"); err != nil || resp.StatusCode != http.StatusOK || string(body) != "ok" {
+					t.Fatalf("after the panics: %v %v %q", resp, err, body)
+				}
+			}
+
+			for _, tt := range []struct {
+				endpoint, code string
+				want           float64
+			}{{"GET /before", "500", 1}, {"GET /after", "500", 1}, {"GET /after", "200", 0}, {"GET /abort", "500", 1}, {"GET /ok", "200", 3}} {
+				if got := testutil.ToFloat64(m.HTTPRequests.WithLabelValues(tt.endpoint, tt.code)); got != tt.want {
+					t.Errorf("requests{%s,%s} = %v, want %v", tt.endpoint, tt.code, got, tt.want)
+				}
+			}
+			lines := panicLines(t, logs.String())
+			if len(lines) != 2 {
+				t.Fatalf("%d panic lines, want 2 (before, after; not the deliberate abort):\n%s", len(lines), logs.String())
+			}
+			for i, want := range []struct {
+				path, panic string
+				begun       bool
+			}{{"/before", "boom before", false}, {"/after", "boom after", true}} {
+				l := lines[i]
+				if l["level"] != "ERROR" || l["path"] != want.path || l["panic"] != want.panic || l["answer_begun"] != want.begun ||
+					l["request_id"] == "" || l["request_id"] == nil {
+					t.Errorf("line %d: %v", i, l)
+				}
+				if s, _ := l["stack"].(string); !strings.Contains(s, "recover_test.go") {
+					t.Errorf("line %d: no stack through the handler: %q", i, s)
+				}
+			}
+			if lines[0]["request_id"] != id {
+				t.Errorf("logged request ID %v, answered %q", lines[0]["request_id"], id)
+			}
+			if strings.Contains(logs.String(), "secret-token-part") {
+				t.Error("the log holds the bearer token")
+			}
+			if s := serverLog.String(); s != "" {
+				t.Errorf("net/http logged: %s", s)
+			}
+		})
+	}
+}
