@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/procfs"
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sshca/sshca/client"
 	"github.com/sshca/sshca/identity/devissuer"
@@ -56,6 +57,9 @@ type benchOptions struct {
 	identityRate, addressRate   float64
 	identityBurst, addressBurst int
 	sourceAddrs                 int
+	// http1 drives the server over HTTP/1.1 (one request per connection at a time, as
+	// `sshca login` and most one-shot clients do) rather than HTTP/2.
+	http1 bool
 	// startAt, when not zero, is when the window starts (Unix seconds), so that several
 	// generators (one per replica, deploy/bench/cluster.sh) share one window.
 	startAt int64
@@ -71,8 +75,8 @@ func newBenchCommand() *cobra.Command {
 		Short: "Load generator: drive POST /v1/certs/user of a running `sshca dev` with pre-minted tokens and report certs/s, latency and CPU per certificate",
 		Long: `bench pre-mints one unused token per request from the development issuer of a running
 ` + "`sshca dev`" + ` (POST /dev/token with the secret from --state), generates an Ed25519 key per request,
-then for --duration drives POST /v1/certs/user over keep-alive connections (HTTP/2 with TLS),
-closed loop (--concurrency requests in flight) or open loop (--rate R/s, latency measured from
+then for --duration drives POST /v1/certs/user over keep-alive connections opened before the
+window (HTTP/2 with TLS, or HTTP/1.1 with --http1: one connection per request in flight), closed loop (--concurrency requests in flight) or open loop (--rate R/s, latency measured from
 each request's intended send time). After the window it checks every certificate (the submitted
 key, a user certificate, signed by a key of /v1/ca/user.pub) and prints as its last line
   certs/s: N  p50: X ms  p99: Y ms  errors: E  server_cpu_us_per_cert: C
@@ -107,6 +111,7 @@ sample of the certificates; windows of 5 minutes or more mint tokens that expire
 	f.Float64Var(&o.addressRate, "address-rate", 20, "the server's limits.rate.per_address, requests per second")
 	f.IntVar(&o.addressBurst, "address-burst", 100, "the server's limits.rate.burst")
 	f.Int64Var(&o.startAt, "start-at", 0, "start the measured window at this Unix time (seconds) rather than once the tokens are minted, so that several bench processes share one window (0: at once)")
+	f.BoolVar(&o.http1, "http1", false, "HTTP/1.1 over TLS (a connection per request in flight, as one-shot clients such as sshca login use) instead of HTTP/2")
 	f.IntVar(&o.sourceAddrs, "source-addresses", 0, "source addresses 127.0.0.2... to spread a loopback server's per-address limit over (0: as many as the limit needs, at most 250; 1: the default address)")
 	return cmd
 }
@@ -229,8 +234,12 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 			d.LocalAddr = &net.TCPAddr{IP: a}
 		}
 		transports[i] = &http.Transport{
-			DialContext: d.DialContext, TLSClientConfig: tlsConf.Clone(), ForceAttemptHTTP2: true,
+			DialContext: d.DialContext, TLSClientConfig: tlsConf.Clone(), ForceAttemptHTTP2: !o.http1,
 			MaxIdleConns: 0, MaxIdleConnsPerHost: o.concurrency, IdleConnTimeout: 90 * time.Second,
+		}
+		if o.http1 {
+			// A non-nil empty map turns HTTP/2 off (net/http's documented switch).
+			transports[i].TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 		}
 		clients[i] = &http.Client{Transport: transports[i], Timeout: 30 * time.Second}
 	}
@@ -300,6 +309,15 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 	if rate > 0 && !o.concurrencySet {
 		workers = min(max(int(math.Ceil(rate/10)), 8), 512)
 	}
+	// Connections are opened (TLS handshakes done) before the window, as many per source
+	// address as its share of the requests in flight can use: the window measures requests
+	// over kept-alive connections, not a burst of handshakes at its start.
+	http1 := o.http1 || u.Scheme != "https" // without TLS, net/http speaks HTTP/1.1
+	warm, err := warmBenchConns(ctx, clients, base+"/v1/ca/user.pub", workers, http1)
+	if err != nil {
+		return fmt.Errorf("bench: opening connections before the window: %w", err)
+	}
+	fmt.Fprintf(out, "bench: %d connections opened before the window (%s)\n", warm, map[bool]string{false: "HTTP/2", true: "HTTP/1.1"}[http1])
 	results := make([]benchResult, n)
 	var next, done, failed atomic.Int64
 	serverBefore, _, serverErr := processCPU(o.serverPIDs)
@@ -520,6 +538,42 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 }
 
 // benchPost sends one certificate request and keeps the answer.
+// warmBenchConns opens the connections the window will use: per client, one request (HTTP/2
+// multiplexes every request to a host over one connection) or, over HTTP/1.1, as many
+// concurrent requests as the client's share of workers, each holding its connection until all
+// have answered (a connection whose answer was read is reused by the next request, and fewer
+// would be opened), so the transports keep that many idle for the window. It returns the
+// number of connections opened.
+func warmBenchConns(ctx context.Context, clients []*http.Client, url string, workers int, http1 bool) (int, error) {
+	per := 1
+	if http1 {
+		per = max(1, (workers+len(clients)-1)/len(clients))
+	}
+	var answered sync.WaitGroup
+	answered.Add(per * len(clients))
+	g, gctx := errgroup.WithContext(ctx)
+	for _, c := range clients {
+		for range per {
+			g.Go(func() error {
+				req, err := http.NewRequestWithContext(gctx, http.MethodGet, url, nil)
+				if err != nil {
+					answered.Done()
+					return err
+				}
+				resp, err := c.Do(req)
+				answered.Done()
+				if err != nil {
+					return err
+				}
+				answered.Wait()
+				_, err = bodylimit.ReadAll(resp, 1<<20)
+				return err
+			})
+		}
+	}
+	return per * len(clients), g.Wait()
+}
+
 func benchPost(ctx context.Context, c *http.Client, url, token string, body []byte) benchResult {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {

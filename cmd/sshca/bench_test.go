@@ -8,12 +8,19 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -222,5 +229,86 @@ func TestBenchStartAt(t *testing.T) {
 		"--start-at", strconv.FormatInt(t0.Add(-time.Minute).Unix(), 10))
 	if err != nil || !strings.Contains(out, "warning: the window starts") {
 		t.Errorf("--start-at a minute ago: err %v, no warning:\n%s", err, out)
+	}
+}
+
+// TestBenchOpensConnectionsBeforeTheWindow: the window measures requests over kept-alive
+// connections; every connection (and its TLS handshake) is opened before it, one per source
+// address over HTTP/2 and one per request in flight over HTTP/1.1 (--http1). A server behind
+// a TLS proxy that counts the connections it accepts and the protocol each request came by.
+func TestBenchOpensConnectionsBeforeTheWindow(t *testing.T) {
+	base, state := startDev(t)
+	target, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	conns, protos := 0, map[string]int{}
+	// lateConns counts the connections opened after the first certificate request arrived.
+	var firstPost bool
+	lateConns := 0
+	proxy := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		protos[r.Proto]++
+		if r.Method == http.MethodPost {
+			firstPost = true
+		}
+		mu.Unlock()
+		proxy.ServeHTTP(w, r)
+	}))
+	srv.EnableHTTP2 = true
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			conns++
+			if firstPost {
+				lateConns++
+			}
+			mu.Unlock()
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		http1       bool
+		proto       string
+		wantConns   int
+		wantOpening string
+	}{
+		{false, "HTTP/2.0", 1, "1 connections opened before the window (HTTP/2)"},
+		{true, "HTTP/1.1", 4, "4 connections opened before the window (HTTP/1.1)"},
+	} {
+		mu.Lock()
+		conns, protos, firstPost, lateConns = 0, map[string]int{}, false, 0
+		mu.Unlock()
+		args := []string{"--server", srv.URL, "--tls-ca", caFile, "--token-url", base + "/dev/token", "--state", state,
+			"--concurrency", "4", "--duration", "1s", "--tokens", "40", "--source-addresses", "1"}
+		if tc.http1 {
+			args = append(args, "--http1")
+		}
+		f, out, _, err := runBenchCLI(t, args...)
+		if err != nil || f.errors != 0 {
+			t.Fatalf("http1=%v: err %v, figures %+v", tc.http1, err, f)
+		}
+		srv.CloseClientConnections() // the next case starts with none
+		mu.Lock()
+		gotConns, gotProtos, gotLate := conns, protos, lateConns
+		mu.Unlock()
+		if !strings.Contains(out, tc.wantOpening) {
+			t.Errorf("http1=%v: output does not say %q:\n%s", tc.http1, tc.wantOpening, out)
+		}
+		// Every request, the warm-up's included, came by the protocol asked for, and no
+		// connection was opened beyond those of the warm-up (the window's requests reused them).
+		if gotLate != 0 {
+			t.Errorf("http1=%v: %d of %d connections were opened after the first certificate request", tc.http1, gotLate, gotConns)
+		}
+		if gotConns != tc.wantConns || len(gotProtos) != 1 || gotProtos[tc.proto] == 0 {
+			t.Errorf("http1=%v: %d connections accepted (want %d), requests by protocol %v (want only %s)", tc.http1, gotConns, tc.wantConns, gotProtos, tc.proto)
+		}
 	}
 }
