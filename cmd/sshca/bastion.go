@@ -264,7 +264,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		return fmt.Errorf("--health: %w", err)
 	}
 	srv := newHTTPServer(agentHealthHandler(agent, sessions, parts...), log)
-	loops = append(loops, loop{"health listener", func(ctx context.Context) error { return serveUntilDone(ctx, srv, l, "", "") }})
+	loops = append(loops, loop{"health listener", func(ctx context.Context) error { return serveUntilDone(ctx, srv, l, "", "", log) }})
 	// Every loop stops when ctx ends or one of them cannot go on; Redis (deferred above)
 	// closes after the last one ended.
 	g, gctx := errgroup.WithContext(ctx)

@@ -92,9 +92,10 @@ type Config struct {
 
 	// ShutdownTimeout bounds the drain on SIGTERM or SIGINT (default 20s): once the listener
 	// closed, requests in flight get this long to be answered; those still running then are
-	// cut off. The background loops stop and Redis closes after it, so the orchestrator's
-	// grace period (Kubernetes terminationGracePeriodSeconds, systemd TimeoutStopSec) should
-	// exceed it by a few seconds. At most the HTTP write timeout (30s), past which no answer
+	// cut off, and their handlers get at most 5s more to end (a certificate signed just before
+	// is still recorded). The background loops stop and Redis closes after it, so the
+	// orchestrator's grace period (Kubernetes terminationGracePeriodSeconds, systemd
+	// TimeoutStopSec) should exceed it by 10s. At most the HTTP write timeout (30s), past which no answer
 	// could be written anyway.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -27,7 +29,7 @@ func TestServeDrainsInFlight(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- serveUntilDone(ctx, newHTTPServer(h, testLog(t)), l, "", "") }()
+	go func() { done <- serveUntilDone(ctx, newHTTPServer(h, testLog(t)), l, "", "", testLog(t)) }()
 
 	type answer struct {
 		code int
@@ -96,12 +98,53 @@ func TestServeClosesListenerBeforeReturning(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		if err := serveUntilDone(ctx, newHTTPServer(http.NotFoundHandler(), testLog(t)), l, "", ""); err != nil {
+		if err := serveUntilDone(ctx, newHTTPServer(http.NotFoundHandler(), testLog(t)), l, "", "", testLog(t)); err != nil {
 			t.Fatalf("run %d: serveUntilDone: %v", i, err)
 		}
 		if c, err := net.Dial("tcp", l.Addr().String()); err == nil {
 			c.Close()
 			t.Fatalf("run %d: the listener still accepts after serveUntilDone returned", i)
 		}
+	}
+}
+
+// TestServeDrainingBoundsHandlerWait: a handler that ignores its cancelled context past the
+// drain does not hold shutdown for ever: serveDraining waits handlersBound for it, then
+// returns an error that says how many handlers still run, after an error line that says so.
+func TestServeDrainingBoundsHandlerWait(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	h := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		close(entered)
+		<-release
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logCapture{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- serveDraining(ctx, newHTTPServer(h, testLog(t)), l, "", "", 100*time.Millisecond, slog.New(slog.NewJSONHandler(logs, nil)))
+	}()
+	go func() {
+		if resp, err := http.Post("http://"+l.Addr().String()+"/", "application/json", nil); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-entered
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "1 handlers still running") {
+			t.Errorf("serveDraining = %v, want one handler still running", err)
+		}
+	case <-time.After(handlersBound + 20*time.Second):
+		t.Fatal("serveDraining waited beyond its bound")
+	}
+	if !strings.Contains(logs.String(), `"level":"ERROR","msg":"shutdown: handlers still running; what they use closes under them","handlers":1`) {
+		t.Errorf("no error line for the handler left running:\n%s", logs.String())
 	}
 }

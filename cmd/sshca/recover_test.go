@@ -28,7 +28,7 @@ func TestServersRecoverPanics(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serveUntilDone(ctx, srv, l, "", "") }()
+	go func() { done <- serveUntilDone(ctx, srv, l, "", "", slog.New(slog.DiscardHandler)) }()
 	c := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
 	defer c.CloseIdleConnections()
 	for range 2 {

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -315,7 +316,9 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 //  1. stop accepting: the listener closes, new connections are refused (the load balancer
 //     moves them to other replicas), and the long polls of /v1/krl answer;
 //  2. drain: requests in flight finish and get their answers, for at most shutdown_timeout;
-//     those still running then are cut off, and run's error says so;
+//     those still running then are cut off (run's error says so), their handlers' contexts
+//     cancelled, and waited for, at most handlersBound (serveDraining): the records of a
+//     certificate already signed are still kept;
 //  3. stop the loops (and the diagnostics listener), and wait for them, and for the audit
 //     records of signed certificates still retried in the background (for at most
 //     retriesBound; those not kept are logged as lost);
@@ -340,7 +343,7 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 		s.log.Info("sshca diagnostics", "addr", dl.Addr().String(), "paths", "/metrics /readyz /healthz")
 		diag := newHTTPServer(s.diag, s.log)
 		loops = append(loops, loop{"diagnostics listener", func(ctx context.Context) error {
-			return serveUntilDone(ctx, diag, dl, "", "")
+			return serveUntilDone(ctx, diag, dl, "", "", s.log)
 		}})
 	} else {
 		s.log.Warn("diag_listen is off: /metrics and the /readyz details are served on the public listener")
@@ -363,7 +366,7 @@ func (s *server) run(ctx context.Context, l net.Listener, h http.Handler, ready 
 	if ready != nil {
 		ready()
 	}
-	serveErr := serveDraining(serveCtx, srv, l, "", "", s.drain)
+	serveErr := serveDraining(serveCtx, srv, l, "", "", s.drain, s.log)
 	switch {
 	case errors.Is(serveErr, context.DeadlineExceeded): // the drain's bound, not a listener failure
 		serveErr = fmt.Errorf("shutdown_timeout: %w", serveErr)
@@ -520,18 +523,34 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 
 // serveUntilDone is serveDraining with the drain bounded by the server's write timeout, past
 // which no answer could be written anyway (the diagnostics listener, dev's, the agent's).
-func serveUntilDone(ctx context.Context, srv *http.Server, l net.Listener, certFile, keyFile string) error {
-	return serveDraining(ctx, srv, l, certFile, keyFile, srv.WriteTimeout)
+func serveUntilDone(ctx context.Context, srv *http.Server, l net.Listener, certFile, keyFile string, log *slog.Logger) error {
+	return serveDraining(ctx, srv, l, certFile, keyFile, srv.WriteTimeout, log)
 }
+
+// handlersBound is the most serveDraining waits, once the drain's bound has cut connections
+// off, for the handlers still running. Their contexts are cancelled then, so a handler that
+// waits on the store, the KMS or an issuer ends at once; the work left of a certificate
+// already signed (recording it, and auditing a failure to) runs under bounds of its own, at
+// most twice ca.SignedCertTimeout, and is what this waits for before Redis closes.
+const handlersBound = 2*ca.SignedCertTimeout + time.Second
 
 // serveDraining serves on l until ctx ends (SIGTERM or SIGINT in main), then shuts down
 // gracefully: the listener closes at once, so new connections are refused (the load balancer
 // moves them to other replicas), idle keep-alive connections close, and requests in flight
 // finish and get their answers. The drain lasts at most drain (0: 10 s); connections still
-// busy then are closed and the error says so. Orchestrators should allow a little more than
-// that before killing the process. It serves TLS when certFile is set or srv.TLSConfig is
-// (serve's reloading certificate).
-func serveDraining(ctx context.Context, srv *http.Server, l net.Listener, certFile, keyFile string, drain time.Duration) error {
+// busy then are closed and the error says so. http.Server.Close does not wait for the handlers
+// of the connections it closes, so serveDraining then cancels their contexts and waits for
+// them, at most handlersBound (logged, with how many are left if any): when it returns, no
+// handler uses what the caller closes next (Redis), unless one ignored its context for longer
+// than that. Orchestrators should allow a little more than drain plus handlersBound before
+// killing the process. It serves TLS when certFile is set or srv.TLSConfig is (serve's
+// reloading certificate). It sets srv.BaseContext and wraps srv.Handler.
+func serveDraining(ctx context.Context, srv *http.Server, l net.Listener, certFile, keyFile string, drain time.Duration, log *slog.Logger) error {
+	base, cutOff := context.WithCancel(context.Background())
+	defer cutOff()
+	srv.BaseContext = func(net.Listener) context.Context { return base }
+	running := &inFlight{}
+	srv.Handler = running.track(srv.Handler)
 	errc := make(chan error, 1)
 	go func() {
 		if certFile != "" || srv.TLSConfig != nil {
@@ -553,7 +572,20 @@ func serveDraining(ctx context.Context, srv *http.Server, l net.Listener, certFi
 	err := srv.Shutdown(shutdown)
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		srv.Close()
+		cutOff()
 		err = fmt.Errorf("shutdown: requests still in flight after %s were cut off: %w", drain, err)
+		if n := running.count(); n > 0 {
+			log.Warn("shutdown: requests cut off; waiting for their handlers to end", "handlers", n, "bound", handlersBound)
+			wctx, cancel := context.WithTimeout(context.Background(), handlersBound)
+			left := running.wait(wctx)
+			cancel()
+			if left > 0 {
+				log.Error("shutdown: handlers still running; what they use closes under them", "handlers", left, "waited", handlersBound)
+				err = fmt.Errorf("%w; %d handlers still running after a further %s", err, left, handlersBound)
+			} else {
+				log.Info("shutdown: the handlers of the requests cut off have ended")
+			}
+		}
 	} else {
 		err = nil
 	}
@@ -563,6 +595,60 @@ func serveDraining(ctx context.Context, srv *http.Server, l net.Listener, certFi
 	l.Close()
 	<-errc
 	return err
+}
+
+// inFlight counts the handlers running, for serveDraining to wait for after
+// http.Server.Close, which does not.
+type inFlight struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0 while wait waits; nil otherwise
+}
+
+func (f *inFlight) track(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.n++
+		f.mu.Unlock()
+		defer f.done()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (f *inFlight) done() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n--
+	if f.n == 0 && f.idle != nil {
+		close(f.idle)
+		f.idle = nil
+	}
+}
+
+func (f *inFlight) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
+// wait returns 0 once no handler runs, or how many still do when ctx ends.
+func (f *inFlight) wait(ctx context.Context) int {
+	f.mu.Lock()
+	if f.n == 0 {
+		f.mu.Unlock()
+		return 0
+	}
+	if f.idle == nil {
+		f.idle = make(chan struct{})
+	}
+	idle := f.idle
+	f.mu.Unlock()
+	select {
+	case <-idle:
+		return 0
+	case <-ctx.Done():
+		return f.count()
+	}
 }
 
 type checkFunc func(context.Context) error

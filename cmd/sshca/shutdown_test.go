@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/sshca/sshca/bastion"
@@ -514,4 +515,116 @@ func TestServeStopsWhenTheListenerFails(t *testing.T) {
 	if failed < 0 || ended < failed || closed < ended {
 		t.Errorf("order after a listener failure: failed at %d, follower ended at %d, Redis closed at %d:\n%s", failed, ended, closed, log)
 	}
+}
+
+// TestServeWaitsForHandlersCutOff: when shutdown_timeout (1s here) cuts requests off,
+// http.Server.Close does not wait for their handlers, and Redis used to close under them: a
+// handler still finishing a signed certificate's records then failed with "redis: client is
+// closed". Now run cancels the handlers' contexts and waits for them (logged) before the loops
+// stop and Redis closes: a handler that ignores its context for a while (as the records of a
+// signed certificate do) still writes to the real redis-server, one that waits on its context
+// ends at once, the error says requests were cut off, and no goroutine is left.
+func TestServeWaitsForHandlersCutOff(t *testing.T) {
+	r := testenv.StartRedis(t)
+	idp := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	cfg.DiagListen = ""
+	leaks := goleak.IgnoreCurrent()
+	logs := &logCapture{}
+	s, err := buildServer(context.Background(), cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.drain = time.Second
+	entered := make(chan string, 2)
+	release := make(chan struct{})
+	recorded, ctxEnded := make(chan error, 1), make(chan error, 1)
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /signed", func(w http.ResponseWriter, r *http.Request) {
+		entered <- "signed"
+		<-release
+		// What a signed certificate still records, under a bound of its own (ca.SignedCertTimeout).
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Second)
+		defer cancel()
+		recorded <- s.rdb.Set(ctx, "sshca:test:cut-off-record", "kept", time.Minute).Err()
+	})
+	mux.HandleFunc("POST /waiting", func(w http.ResponseWriter, r *http.Request) {
+		entered <- "waiting"
+		<-r.Context().Done()
+		ctxEnded <- r.Context().Err()
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.run(ctx, l, mux, nil) }()
+	hc := &http.Client{Transport: &http.Transport{}}
+	cutOff := make(chan error, 2)
+	for _, path := range []string{"/signed", "/waiting"} {
+		go func() {
+			resp, err := hc.Post("http://"+l.Addr().String()+path, "application/json", nil)
+			if err == nil {
+				resp.Body.Close()
+				err = fmt.Errorf("answered %d", resp.StatusCode)
+			}
+			cutOff <- err
+		}()
+	}
+	for range 2 {
+		select {
+		case <-entered:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the requests never reached their handlers")
+		}
+	}
+	cancel()
+	// Release the held handler once shutdown has gone past the cut-off: it waits for the
+	// handlers, or (the fault) it has closed Redis.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		log := logs.String()
+		if strings.Contains(log, "waiting for their handlers") || strings.Contains(log, `"msg":"shutdown: Redis closed"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shutdown never got past the cut-off:\n%s", log)
+		}
+	}
+	close(release)
+	if err := <-recorded; err != nil {
+		t.Errorf("the handler cut off could not finish its records: %v", err)
+	}
+	if err := <-ctxEnded; !errors.Is(err, context.Canceled) {
+		t.Errorf("the waiting handler's context: %v, want cancelled", err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "cut off") || strings.Contains(err.Error(), "still running") {
+			t.Errorf("run = %v, want requests cut off, none left running", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not return")
+	}
+	for range 2 {
+		if err := <-cutOff; err == nil || strings.Contains(err.Error(), "answered") {
+			t.Errorf("a request cut off: %v, want its connection closed", err)
+		}
+	}
+	check := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer check.Close()
+	if v, err := check.Get(context.Background(), "sshca:test:cut-off-record").Result(); err != nil || v != "kept" {
+		t.Errorf("the record written after the cut-off: %q %v", v, err)
+	}
+	log := logs.String()
+	waiting := strings.Index(log, `"msg":"shutdown: requests cut off; waiting for their handlers to end"`)
+	ended := strings.Index(log, `"msg":"shutdown: the handlers of the requests cut off have ended"`)
+	closed := strings.Index(log, `"msg":"shutdown: Redis closed"`)
+	if waiting < 0 || ended < waiting || closed < ended || strings.Contains(log, "client is closed") {
+		t.Errorf("order: waiting at %d, ended at %d, Redis closed at %d:\n%s", waiting, ended, closed, log)
+	}
+	hc.CloseIdleConnections()
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	goleak.VerifyNone(t, leaks)
 }
