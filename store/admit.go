@@ -45,7 +45,7 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 			tc = r.queueToken(ctx, p, mw, t.ID, t.IssuedAt, t.Expiry)
 		}
 		if q.Serial != 0 {
-			serial = p.SetArgs(ctx, r.keys.Serial(q.Serial), "1", redis.SetArgs{Mode: "NX", ExpireAt: q.SerialUntil})
+			serial = p.SetArgs(ctx, r.serialKey(q.Serial), "1", redis.SetArgs{Mode: "NX", ExpireAt: q.SerialUntil})
 		}
 		return nil
 	})

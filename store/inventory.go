@@ -14,8 +14,9 @@ import (
 	"github.com/sshca/sshca/ca"
 )
 
-// The inventory: who holds access now (ca.CertStore). Every key carries the hash tag
-// {inventory}, so the script of Record works on Redis Cluster: a record (Keys.Cert) expiring at
+// The inventory: who holds access now (ca.CertStore). Every key carries the hash tag of its
+// shard ({inventory}, or {inventory:i} with RedisOptions.InventoryShards: shards.go), so the
+// script of Record works on Redis Cluster: a record (Keys.Cert) expiring at
 // its ValidBefore, a sorted set of serials per identity (Keys.Identity), one of every live
 // serial (Keys.LiveCerts, for "who has access now" without knowing whom to ask about), one of
 // identities per alias (Keys.Alias), and the identity blocks (Keys.Blocked) that Record checks.
@@ -59,7 +60,9 @@ return {'ok', r[1], r[2], r[3], r[4]}
 // Record stores c until its ValidBefore, in one script that first checks the identity blocks:
 // when c's identity or one of its aliases is blocked (BlockIdentity), nothing is written and
 // the answer is a ca.Error of KindDenied that says the identity was revoked. The same script
-// checks and bumps the inventory's generation mark.
+// checks and bumps the inventory's generation mark. With inventory shards the script runs in
+// the shard of c's identity (shards.go), whose blocked set holds every block, after the first
+// record beyond shard 0 has raised the store's layout and copied the blocks (ensureShards).
 func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 	b, err := json.Marshal(c)
 	if err != nil {
@@ -70,17 +73,24 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 	if c.IndexUntil.After(until) {
 		until = c.IndexUntil
 	}
-	mw, err := r.BeginMarked(ctx, TagInventory)
+	shard := r.shardOf(c.Identity)
+	tag := r.shardTags[shard]
+	mw, err := r.BeginMarked(ctx, tag)
 	if err != nil {
 		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 	}
+	if shard > 0 {
+		if err := r.ensureShards(ctx); err != nil {
+			return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+		}
+	}
 	keys := make([]string, 0, 5+len(c.Aliases))
-	keys = append(keys, r.keys.Cert(c.Serial), r.keys.Identity(c.Identity), r.fixed.blocked, r.mark(TagInventory), r.fixed.live)
+	keys = append(keys, r.keys.ShardCert(shard, c.Serial), r.keys.ShardIdentity(shard, c.Identity), r.shardBlocked[shard], r.mark(tag), r.shardLive[shard])
 	args := make([]any, 0, 9+len(c.Aliases))
 	args = append(args, now.UnixMilli(), b, c.ValidBefore.UnixMilli(), until.UnixMilli(), strconv.FormatUint(c.Serial, 10))
 	args = append(append(args, mw.Args()...), c.Identity)
 	for _, a := range c.Aliases {
-		keys = append(keys, r.keys.Alias(a))
+		keys = append(keys, r.keys.ShardAlias(shard, a))
 		args = append(args, a)
 	}
 	res, err := recordScript.Run(ctx, r.rdb, keys, args...).StringSlice()
@@ -125,55 +135,76 @@ func (r *Redis) recordCmds(ctx context.Context, p redis.Pipeliner, c ca.Certific
 	}
 }
 
-// Live returns the identity's certificates still valid at now, by serial.
+// Live returns the identity's certificates still valid at now, by serial, from its index in
+// every shard ever recorded in (its own, and shard 0 for those issued under an access request
+// or while the configured shards were other).
 func (r *Redis) Live(ctx context.Context, identity string, now time.Time) ([]ca.Certificate, error) {
-	return r.liveIn(ctx, r.keys.Identity(identity), now)
+	return r.liveIn(ctx, func(shard int) string { return r.keys.ShardIdentity(shard, identity) }, now)
 }
 
-// AllLive returns every certificate still valid at now, by serial, from the global index
-// (Keys.LiveCerts): one ZRANGEBYSCORE, then the records in MGETs of up to liveBatch keys (one
-// hash tag, so one slot on Redis Cluster).
+// AllLive returns every certificate still valid at now, by serial, from each shard's index
+// (Keys.ShardLiveCerts): one ZRANGEBYSCORE per shard in one pipeline, then the records in
+// MGETs of up to liveBatch keys (each in one shard's hash tag, so one slot on Redis Cluster),
+// again in one pipeline.
 func (r *Redis) AllLive(ctx context.Context, now time.Time) ([]ca.Certificate, error) {
-	return r.liveIn(ctx, r.keys.LiveCerts(), now)
+	return r.liveIn(ctx, r.keys.ShardLiveCerts, now)
 }
 
 // liveBatch bounds the keys of one MGET, so that a large inventory does not make one reply of
 // many megabytes that blocks Redis while it is written.
 const liveBatch = 512
 
-// liveIn reads the records of the serials of the index (a sorted set scored by ValidBefore in
-// unix ms) that are valid at now. A serial whose record has expired meanwhile is skipped.
-func (r *Redis) liveIn(ctx context.Context, index string, now time.Time) ([]ca.Certificate, error) {
-	serials, err := r.rdb.ZRangeByScore(ctx, index, &redis.ZRangeBy{
-		Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf"}).Result()
+// liveIn reads the records of the serials of each shard's index (a sorted set scored by
+// ValidBefore in unix ms, index(shard)) that are valid at now. A serial whose record has
+// expired meanwhile is skipped.
+func (r *Redis) liveIn(ctx context.Context, index func(shard int) string, now time.Time) ([]ca.Certificate, error) {
+	var idx []*redis.StringSliceCmd
+	by := &redis.ZRangeBy{Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf"}
+	_, err := r.inShards(ctx, func(p redis.Pipeliner, shard int) {
+		idx = append(idx, p.ZRangeByScore(ctx, index(shard), by))
+	})
 	if err != nil {
 		return nil, fmt.Errorf("store: live certificates: %w", err)
 	}
-	if len(serials) == 0 {
-		return nil, nil
-	}
-	keys := make([]string, len(serials))
-	for i, s := range serials {
-		n, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("store: live certificates: bad serial %q in index", s)
-		}
-		keys[i] = r.keys.Cert(n)
-	}
-	var out []ca.Certificate
-	for batch := range slices.Chunk(keys, liveBatch) {
-		vals, err := r.rdb.MGet(ctx, batch...).Result()
+	var batches [][]string
+	for shard, cmd := range idx {
+		serials, err := cmd.Result()
 		if err != nil {
 			return nil, fmt.Errorf("store: live certificates: %w", err)
 		}
-		for i, v := range vals {
+		keys := make([]string, len(serials))
+		for i, s := range serials {
+			n, err := strconv.ParseUint(s, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("store: live certificates: bad serial %q in index", s)
+			}
+			keys[i] = r.keys.ShardCert(shard, n)
+		}
+		batches = slices.AppendSeq(batches, slices.Chunk(keys, liveBatch))
+	}
+	if len(batches) == 0 {
+		return nil, nil
+	}
+	gets := make([]*redis.SliceCmd, len(batches))
+	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, b := range batches {
+			gets[i] = p.MGet(ctx, b...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: live certificates: %w", err)
+	}
+	var out []ca.Certificate
+	for j, cmd := range gets {
+		for i, v := range cmd.Val() {
 			s, ok := v.(string)
 			if !ok {
 				continue // expired since the index was read
 			}
 			var c ca.Certificate
 			if err := json.Unmarshal([]byte(s), &c); err != nil {
-				return nil, fmt.Errorf("store: corrupt record %s: %w", batch[i], err)
+				return nil, fmt.Errorf("store: corrupt record %s: %w", batches[j][i], err)
 			}
 			if c.ValidBefore.After(now) {
 				out = append(out, c)
@@ -185,31 +216,53 @@ func (r *Redis) liveIn(ctx context.Context, index string, now time.Time) ([]ca.C
 }
 
 // ResolveAlias returns the canonical names of the identities recorded under alias whose index
-// entries last beyond now, sorted.
+// entries last beyond now, sorted, from every shard ever recorded in.
 func (r *Redis) ResolveAlias(ctx context.Context, alias string, now time.Time) ([]string, error) {
-	ids, err := r.rdb.ZRangeByScore(ctx, r.keys.Alias(alias), &redis.ZRangeBy{
-		Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf"}).Result()
+	var cmds []*redis.StringSliceCmd
+	by := &redis.ZRangeBy{Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf"}
+	_, err := r.inShards(ctx, func(p redis.Pipeliner, shard int) {
+		cmds = append(cmds, p.ZRangeByScore(ctx, r.keys.ShardAlias(shard, alias), by))
+	})
 	if err != nil {
 		return nil, fmt.Errorf("store: resolve identity alias: %w", err)
 	}
+	var ids []string
+	for _, c := range cmds {
+		v, err := c.Result()
+		if err != nil {
+			return nil, fmt.Errorf("store: resolve identity alias: %w", err)
+		}
+		ids = append(ids, v...)
+	}
 	slices.Sort(ids)
-	return ids, nil
+	return slices.Compact(ids), nil
 }
 
-// Get returns the record of a serial, if it is still kept.
+// Get returns the record of a serial, if it is still kept, from whichever shard holds it (every
+// shard ever recorded in is asked, in one pipeline).
 func (r *Redis) Get(ctx context.Context, serial uint64) (ca.Certificate, bool, error) {
-	b, err := r.rdb.Get(ctx, r.keys.Cert(serial)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return ca.Certificate{}, false, nil
-	}
+	var cmds []*redis.StringCmd
+	_, err := r.inShards(ctx, func(p redis.Pipeliner, shard int) {
+		cmds = append(cmds, p.Get(ctx, r.keys.ShardCert(shard, serial)))
+	})
 	if err != nil {
 		return ca.Certificate{}, false, fmt.Errorf("store: get serial %d: %w", serial, err)
 	}
-	var c ca.Certificate
-	if err := json.Unmarshal(b, &c); err != nil {
-		return ca.Certificate{}, false, fmt.Errorf("store: corrupt record for serial %d: %w", serial, err)
+	for _, cmd := range cmds {
+		b, err := cmd.Bytes()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return ca.Certificate{}, false, fmt.Errorf("store: get serial %d: %w", serial, err)
+		}
+		var c ca.Certificate
+		if err := json.Unmarshal(b, &c); err != nil {
+			return ca.Certificate{}, false, fmt.Errorf("store: corrupt record for serial %d: %w", serial, err)
+		}
+		return c, true, nil
 	}
-	return c, true, nil
+	return ca.Certificate{}, false, nil
 }
 
 // Record stores c until its ValidBefore, unless its identity or one of its aliases is blocked

@@ -14,7 +14,17 @@ import (
 // the script recording a certificate checks them in the same atomic step (Redis.Record). While
 // the store's layout is 1, replicas of layout 2 also write and read the blocks of layout 1;
 // `sshca store migrate` (Redis.Migrate) copies the remaining ones over and moves the store to 2.
-const LayoutVersion = 2
+// 3: the inventory in several shards ({inventory:i}, RedisOptions.InventoryShards) and the
+// count of shards ever used (Keys.InventoryShards). New keys only, but a replica of layout 2
+// would read shard 0 alone (lists, revocation by identity, a rebuild would miss certificates),
+// so the replica that first records with more than one shard raises the store to 3 before it
+// does (shards.go) and older replicas then refuse the store. A store whose inventory is one
+// shard stays at 2: nothing needs migrating.
+const LayoutVersion = 3
+
+// unshardedLayout is the layout of a store whose inventory is one shard (the keys of layout 2):
+// an empty store starts there, and Migrate moves a store of layout 1 there.
+const unshardedLayout = 2
 
 // DefaultPrefix is the first part of every key unless configured otherwise.
 const DefaultPrefix = "sshca"
@@ -52,6 +62,17 @@ func TagAuditStripe(i int) string {
 	return "{audit:" + strconv.Itoa(i) + "}"
 }
 
+// TagInventoryShard is the hash tag of inventory shard i (RedisOptions.InventoryShards): shard
+// 0 is TagInventory, so an inventory of one shard has the keys it had before shards; shard i
+// >= 1 is "{inventory:i}". One tag per shard, so the shards of a Redis Cluster spread over its
+// masters while an identity's record, indexes and blocks stay in one slot.
+func TagInventoryShard(i int) string {
+	if i == 0 {
+		return TagInventory
+	}
+	return "{inventory:" + strconv.Itoa(i) + "}"
+}
+
 // TagCA is the hash tag of the revocation scope of the CA key with this SHA256 fingerprint.
 func TagCA(fp string) string { return "{ca:" + fp + "}" }
 
@@ -78,28 +99,59 @@ func (k Keys) p() string {
 	return k.Prefix
 }
 
-// Cert is the JSON record of a certificate, expiring at its ValidBefore (inventory).
-func (k Keys) Cert(serial uint64) string {
-	return k.p() + ":" + TagInventory + ":cert:" + strconv.FormatUint(serial, 10)
+// Cert is the JSON record of a certificate, expiring at its ValidBefore (inventory), in shard
+// 0 (ShardCert).
+func (k Keys) Cert(serial uint64) string { return k.ShardCert(0, serial) }
+
+// ShardCert is Cert in inventory shard i (TagInventoryShard): the shard of the certificate's
+// identity.
+func (k Keys) ShardCert(i int, serial uint64) string {
+	return k.p() + ":" + TagInventoryShard(i) + ":cert:" + strconv.FormatUint(serial, 10)
 }
 
 // Identity is the sorted set of an identity's serials, scored by ValidBefore in unix ms
-// (inventory).
-func (k Keys) Identity(id string) string { return k.p() + ":" + TagInventory + ":id:" + id }
+// (inventory), in shard 0 (ShardIdentity).
+func (k Keys) Identity(id string) string { return k.ShardIdentity(0, id) }
+
+// ShardIdentity is Identity in inventory shard i.
+func (k Keys) ShardIdentity(i int, id string) string {
+	return k.p() + ":" + TagInventoryShard(i) + ":id:" + id
+}
 
 // LiveCerts is the sorted set of the serials of every recorded certificate, scored by
 // ValidBefore in unix ms and pruned up to now by every Record (inventory): "who has access
-// now" across identities (GET /v1/certs without an identity).
-func (k Keys) LiveCerts() string { return k.p() + ":" + TagInventory + ":live" }
+// now" across identities (GET /v1/certs without an identity). Shard 0's (ShardLiveCerts).
+func (k Keys) LiveCerts() string { return k.ShardLiveCerts(0) }
+
+// ShardLiveCerts is LiveCerts of inventory shard i: the serials recorded in that shard.
+func (k Keys) ShardLiveCerts(i int) string { return k.p() + ":" + TagInventoryShard(i) + ":live" }
 
 // Alias is the sorted set of the canonical identities recorded under an alias ("email:…",
-// "username:…"), scored by how long each entry lasts in unix ms (inventory).
-func (k Keys) Alias(alias string) string { return k.p() + ":" + TagInventory + ":alias:" + alias }
+// "username:…"), scored by how long each entry lasts in unix ms (inventory). Shard 0's
+// (ShardAlias).
+func (k Keys) Alias(alias string) string { return k.ShardAlias(0, alias) }
 
-// Serial is a serial's reservation, expiring with it (serials).
-func (k Keys) Serial(serial uint64) string {
-	return k.p() + ":" + TagInventory + ":serial:" + strconv.FormatUint(serial, 10)
+// ShardAlias is Alias in inventory shard i: the identities of that shard recorded under it.
+func (k Keys) ShardAlias(i int, alias string) string {
+	return k.p() + ":" + TagInventoryShard(i) + ":alias:" + alias
 }
+
+// Serial is a serial's reservation, expiring with it (serials), in shard 0 (ShardSerial).
+func (k Keys) Serial(serial uint64) string { return k.ShardSerial(0, serial) }
+
+// ShardSerial is Serial in inventory shard i: the shard is the serial's own (serial mod the
+// configured shards), not its certificate's, so that two replicas with the same shard count
+// reserve a serial in one key whoever the certificate is for.
+func (k Keys) ShardSerial(i int, serial uint64) string {
+	return k.p() + ":" + TagInventoryShard(i) + ":serial:" + strconv.FormatUint(serial, 10)
+}
+
+// InventoryShards is the number of inventory shards ever recorded in, in decimal (absent:
+// one), in shard 0's tag beside its identity blocks: only raised (shards.go), by the script
+// that also reads the blocks to copy into the new shards, so readers walk every shard that may
+// hold records even after the configured number was lowered, and a block writer that read it
+// in the same step as it wrote shard 0 writes every shard in use.
+func (k Keys) InventoryShards() string { return k.p() + ":" + TagInventory + ":shards" }
 
 // Token is a spent single-use token, by the hex SHA-256 of its ID, expiring with the token
 // (token ledger): a string, the ID of the spend that recorded it (16 hex digits; "1" when
@@ -146,8 +198,13 @@ func (k Keys) scope(fp string) string { return k.p() + ":" + TagCA(fp) + ":" }
 
 // Blocked is the sorted set of identities (canonical names and aliases) refused new
 // certificates, scored by the end of the block in unix ms (revocations). It carries the
-// inventory's tag: Record checks it in the script that writes the record (layout 2).
-func (k Keys) Blocked() string { return k.p() + ":" + TagInventory + ":blocked" }
+// inventory's tag: Record checks it in the script that writes the record (layout 2). Shard
+// 0's, which holds every block (ShardBlocked).
+func (k Keys) Blocked() string { return k.ShardBlocked(0) }
+
+// ShardBlocked is Blocked in inventory shard i: every block is written into every shard in
+// use, shard 0 first, so that Record checks it in the script of whichever shard it writes.
+func (k Keys) ShardBlocked(i int) string { return k.p() + ":" + TagInventoryShard(i) + ":blocked" }
 
 // LegacyBlocked is layout 1's set of blocked identities, same members and scores as Blocked.
 // Replicas of layout 2 write and read it too while the store's layout (StoreLayout) is 1, so
@@ -325,6 +382,15 @@ func (k Keys) Layout() []KeySpec {
 		{k.ScopeCA(exampleFP), "ScopeCA", ca, "revocations", ReadByBastion},
 		{k.ScopeStream(exampleFP), "ScopeStream", ca, "feed", ReadByBastion},
 		{k.Blocked(), "Blocked", TagInventory, "revocations", ReadByCA},
+		{k.ShardCert(1, exampleSerial), "ShardCert", TagInventoryShard(1), "inventory", ReadByCA},
+		{k.ShardIdentity(1, exampleIdentity), "ShardIdentity", TagInventoryShard(1), "inventory", ReadByCA},
+		{k.ShardLiveCerts(1), "ShardLiveCerts", TagInventoryShard(1), "inventory", ReadByCA},
+		{k.ShardAlias(1, exampleAlias), "ShardAlias", TagInventoryShard(1), "inventory", ReadByCA},
+		{k.ShardSerial(1, exampleSerial), "ShardSerial", TagInventoryShard(1), "serials", ReadByCA},
+		{k.ShardBlocked(1), "ShardBlocked", TagInventoryShard(1), "revocations", ReadByCA},
+		{k.InventoryShards(), "InventoryShards", TagInventory, "inventory", ReadByCA},
+		{k.Mark(TagInventoryShard(1)), "Mark", TagInventoryShard(1), "mark", ReadByCA},
+		{k.Probe(TagInventoryShard(1)), "Probe", TagInventoryShard(1), "probe", ReadByCA},
 		{k.LegacyBlocked(), "LegacyBlocked", TagIdentities, "revocations", ReadByCA},
 		{k.StoreLayout(), "StoreLayout", TagGeneration, "layout", ReadByCA},
 		{k.RevokedKeys(), "RevokedKeys", TagKeys, "revocations", ReadByCA},

@@ -142,8 +142,9 @@ func TestLayoutNamesEveryBuilder(t *testing.T) {
 			t.Errorf("%s hashes on %q, want %q", k.Example, got, k.Tag)
 		}
 		// A CA key's tags, a recorded session's (on the recordings Redis) and the audit
-		// chain's stripes beyond the first are one per key, session or stripe, not fixed.
-		if k.Tag != "" && k.Role != "probe" && !strings.HasPrefix(k.Tag, "{ca:") && !strings.HasPrefix(k.Tag, "{rec:") && !strings.HasPrefix(k.Tag, "{audit:") {
+		// chain's stripes and the inventory's shards beyond the first are one per key,
+		// session, stripe or shard, not fixed.
+		if k.Tag != "" && k.Role != "probe" && !strings.HasPrefix(k.Tag, "{ca:") && !strings.HasPrefix(k.Tag, "{rec:") && !strings.HasPrefix(k.Tag, "{audit:") && !strings.HasPrefix(k.Tag, "{inventory:") {
 			tags[k.Tag] = true
 		}
 	}

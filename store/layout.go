@@ -31,8 +31,11 @@ import (
 //     block. A replica of layout 1 started after that would not see new blocks: do not
 //     downgrade below the store's layout.
 //
-// A store that a replica of layout 2 creates (no generation record, no marks, no legacy
-// blocks: an empty store) starts at layout 2 (Redis.generation). A store whose layout is newer
+// A store that a replica of layout 2 or later creates (no generation record, no marks, no
+// legacy blocks: an empty store) starts at layout 2 (Redis.generation). Layout 3 adds keys
+// only (inventory shards): a store goes to 3 when a replica first records beyond the first
+// shard (ensureShards, shards.go), which it refuses on a store still at layout 1; nothing is
+// migrated, and Migrate still moves a store of layout 1 to 2. A store whose layout is newer
 // than this code's (LayoutVersion) is refused: issuance answers that sshca must be upgraded.
 
 // errNewerLayout is the answer of a replica older than the store it is given: a ca.Error of
@@ -40,7 +43,7 @@ import (
 var errNewerLayout = &ca.Error{Kind: ca.KindUnavailable, Msg: "the store's layout is newer than this sshca's: upgrade sshca"}
 
 // observeLayout reads the answer of GET Keys.StoreLayout, and remembers once the store is at
-// LayoutVersion: a store's layout only goes up, so it need not be read again.
+// layout 2 or later: a store's layout only goes up, and from 2 on nothing this code does depends on it.
 func (r *Redis) observeLayout(v string, err error) (int, error) {
 	if errors.Is(err, redis.Nil) {
 		return 1, nil
@@ -55,7 +58,7 @@ func (r *Redis) observeLayout(v string, err error) (int, error) {
 	if n > LayoutVersion {
 		return n, fmt.Errorf("%w (store %d, sshca %d)", errNewerLayout, n, LayoutVersion)
 	}
-	if n == LayoutVersion {
+	if n >= unshardedLayout {
 		r.migrated.Store(true)
 	}
 	return n, nil
@@ -87,7 +90,7 @@ func (r *Redis) Migrate(ctx context.Context) (Migration, error) {
 	if err != nil {
 		return Migration{}, fmt.Errorf("store: migrate: %w", err)
 	}
-	if from >= LayoutVersion {
+	if from >= unshardedLayout {
 		return Migration{From: from, To: from}, nil
 	}
 	now := r.now().UnixMilli()
@@ -104,11 +107,11 @@ func (r *Redis) Migrate(ctx context.Context) (Migration, error) {
 		last = max(last, z.Score)
 	}
 	if len(pairs) > 0 {
-		if err := r.block(ctx, TagInventory, r.keys.Blocked(), pairs); err != nil {
+		if err := r.blockAll(ctx, pairs); err != nil {
 			return Migration{}, fmt.Errorf("store: migrate: copy the blocks: %w", err)
 		}
 	}
-	if err := r.rdb.Set(ctx, r.keys.StoreLayout(), LayoutVersion, 0).Err(); err != nil {
+	if err := r.rdb.Set(ctx, r.keys.StoreLayout(), unshardedLayout, 0).Err(); err != nil {
 		return Migration{}, fmt.Errorf("store: migrate: set the layout: %w", err)
 	}
 	r.migrated.Store(true)
@@ -122,5 +125,5 @@ func (r *Redis) Migrate(ctx context.Context) (Migration, error) {
 	if err != nil {
 		return Migration{}, fmt.Errorf("store: migrate: expire the blocks of layout %d: %w", from, err)
 	}
-	return Migration{From: from, To: LayoutVersion, Blocks: len(live)}, nil
+	return Migration{From: from, To: unshardedLayout, Blocks: len(live)}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -280,7 +281,7 @@ func (r *Redis) generation(ctx context.Context) (Generation, error) {
 			break
 		}
 	}
-	layout := strconv.Itoa(LayoutVersion)
+	layout := strconv.Itoa(unshardedLayout) // raised to 3 by the first record beyond shard 0
 	for _, c := range older {
 		if c.Val() > 0 {
 			layout = ""
@@ -506,7 +507,7 @@ func (r *Redis) CheckState(ctx context.Context, caKeys ...ssh.PublicKey) error {
 	if _, err := r.generation(ctx); err != nil {
 		return err
 	}
-	tags := append([]string{}, MarkedTags...)
+	tags := slices.Concat(MarkedTags, r.shardTags[1:])
 	for _, k := range caKeys {
 		tags = append(tags, TagCA(ssh.FingerprintSHA256(k)))
 	}

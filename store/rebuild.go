@@ -111,7 +111,8 @@ return 1
 `)
 
 // SwitchGeneration moves the store to generation g (from NextGeneration), after the rebuild
-// wrote the state back: the marks of MarkedTags, of the scopes of scopes and of the CA keys
+// wrote the state back: the marks of MarkedTags, of every inventory shard in use (the count,
+// or RedisOptions.InventoryShards when higher), of the scopes of scopes and of the CA keys
 // listed in Keys.CAs, and every other mark found, then the generation record. On a single
 // Redis (or Sentinel) one script does it all, so a CA replica never sees half of it; on a
 // Cluster the keys lie in different slots and are written one tag at a time, marks first: a
@@ -128,6 +129,15 @@ func (r *Redis) SwitchGeneration(ctx context.Context, g Generation, scopes ...ss
 	}
 	for _, t := range MarkedTags {
 		marks[r.keys.Mark(t)] = true
+	}
+	// Every inventory shard in use, also one whose master came back empty (its mark is not
+	// found by SCAN): replicas that saw its mark expect one of the new generation.
+	shards, err := parseShards(r.rdb.Get(ctx, r.keys.InventoryShards()).Result())
+	if err != nil {
+		return fmt.Errorf("store: rebuild: %w", err)
+	}
+	for i := 1; i < max(shards, r.invShards); i++ {
+		marks[r.keys.Mark(TagInventoryShard(i))] = true
 	}
 	cas, err := r.CAs(ctx)
 	if err != nil {

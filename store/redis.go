@@ -31,6 +31,13 @@ type RedisOptions struct {
 	// each may sit on another master and be rolled back alone. One more read in the same
 	// round trip per stripe beyond the first.
 	AuditStripes int
+	// InventoryShards is the number of inventory shards this process records in (0 or 1: the
+	// one inventory, {inventory}, as before shards): a certificate goes to the shard of its
+	// identity (a hash of its canonical name mod this number, shards.go), so on a Redis
+	// Cluster the inventory's writes spread over as many slots. Readers walk every shard ever
+	// recorded in (Keys.InventoryShards), whatever this says; Refused checks the mark of each
+	// configured shard (one more read in its round trip per shard beyond the first).
+	InventoryShards int
 }
 
 // Redis keeps sshca's shared state in Redis, every role in its own file, every key named in
@@ -42,8 +49,8 @@ type Redis struct {
 	keys    Keys
 	now     func() time.Time
 	witness *Witness
-	// migrated is set once the store was seen at LayoutVersion (layout.go): from then on the
-	// keys of older layouts are neither written nor read.
+	// migrated is set once the store was seen at layout 2 or later (layout.go): from then on the
+	// keys of layout 1 (the legacy blocks) are neither written nor read.
 	migrated atomic.Bool
 	// waitReplicas and waitTimeout are RedisOptions.WaitReplicas and WaitTimeout.
 	waitReplicas int
@@ -58,6 +65,14 @@ type Redis struct {
 	// fixed are the names of the untagged-by-argument keys issuance touches on every
 	// certificate, built once.
 	fixed struct{ blocked, live, tokensRefused, revokedKeys string }
+	// invShards is RedisOptions.InventoryShards, at least 1; shardBlocked, shardLive and
+	// shardTags are each shard's Keys.ShardBlocked, Keys.ShardLiveCerts and tag, built once.
+	invShards    int
+	shardBlocked []string
+	shardLive    []string
+	shardTags    []string
+	// shards guards the first use of shards beyond the first (ensureShards).
+	shards shardState
 	// genArgs is the generation last passed to a marked write, boxed (MarkedWrite.Args).
 	genArgs atomic.Pointer[boxedGeneration]
 	// auditStripeTags are the tags of the audit stripes beyond the first
@@ -112,7 +127,13 @@ func NewRedis(rdb redis.UniversalClient, o RedisOptions) *Redis {
 	for i := 1; i < o.AuditStripes; i++ {
 		r.auditStripeTags = append(r.auditStripeTags, TagAuditStripe(i))
 	}
-	for _, tag := range slices.Concat(MarkedTags, r.auditStripeTags) {
+	r.invShards = max(o.InventoryShards, 1)
+	for i := range r.invShards {
+		r.shardBlocked = append(r.shardBlocked, r.keys.ShardBlocked(i))
+		r.shardLive = append(r.shardLive, r.keys.ShardLiveCerts(i))
+		r.shardTags = append(r.shardTags, TagInventoryShard(i))
+	}
+	for _, tag := range slices.Concat(MarkedTags, r.auditStripeTags, r.shardTags[1:]) {
 		k := r.keys.Mark(tag)
 		r.marks[tag] = k
 		r.markReads[tag] = []any{"hmget", k, "id", "epoch", "n"}

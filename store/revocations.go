@@ -76,15 +76,19 @@ table.insert(r, tostring(v))
 return r
 `)
 
-// blockScript: KEYS blocked (Keys.Blocked or LegacyBlocked), the mark of its tag; ARGV now,
-// the mark's id, epoch, seen, then until (unix ms), identity pairs. A block only ever
-// lengthens (ZADD GT).
+// blockScript: KEYS blocked (Keys.ShardBlocked or LegacyBlocked), the mark of its tag, and
+// for shard 0 the count of inventory shards (Keys.InventoryShards); ARGV now, the mark's id,
+// epoch, seen, then until (unix ms), identity pairs. A block only ever lengthens (ZADD GT).
+// Answers the mark's reply, then, given the count's key, the count ("1" when absent) read in
+// the same step as the write (shards.go).
 var blockScript = redis.NewScript(markLua + `
 local r = mark(KEYS[2], ARGV[2], ARGV[3], ARGV[4])
 if r[1] == 'newer' then return r end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 for i = 5, #ARGV, 2 do redis.call('ZADD', KEYS[1], 'GT', ARGV[i], ARGV[i+1]) end
-return bump(KEYS[2], r)
+r = bump(KEYS[2], r)
+if KEYS[3] then table.insert(r, redis.call('GET', KEYS[3]) or '1') end
+return r
 `)
 
 // revokeKeysScript: KEYS revoked keys, mark; ARGV now, the mark's id, epoch, seen, then
@@ -221,19 +225,51 @@ func (r *Redis) State(ctx context.Context, caKey ssh.PublicKey) (ca.RevocationSt
 // BlockIdentity refuses new certificates to identity until until: once it has returned, Record
 // refuses every certificate of the identity (the block and the records share the inventory's
 // tag), so a read of the inventory that follows sees every certificate recorded before it.
+// With inventory shards the block goes into every shard in use, shard 0 first (blockAll).
 // While the store's layout is 1 (replicas of layout 1 may still run), the block is also
 // written where they look (Keys.LegacyBlocked); a failure in between refuses more, never less.
 func (r *Redis) BlockIdentity(ctx context.Context, identity string, until time.Time) error {
-	if err := r.block(ctx, TagInventory, r.keys.Blocked(), []any{until.UnixMilli(), identity}); err != nil {
+	if err := r.blockAll(ctx, []any{until.UnixMilli(), identity}); err != nil {
 		return fmt.Errorf("store: block identity: %w", err)
 	}
 	layout, err := r.storeLayout(ctx)
 	if err != nil {
 		return fmt.Errorf("store: block identity: %w", err)
 	}
-	if layout < LayoutVersion {
+	if layout < unshardedLayout {
 		if err := r.block(ctx, TagIdentities, r.keys.LegacyBlocked(), []any{until.UnixMilli(), identity}); err != nil {
 			return fmt.Errorf("store: block identity for replicas of layout %d: %w", layout, err)
+		}
+	}
+	return nil
+}
+
+// blockAll writes until, identity pairs into the blocked set of every inventory shard in use:
+// shard 0's, by the script that reads the count of shards ever used in the same step, then
+// each other shard up to that count or the configured number, whichever is higher (the rules
+// in shards.go). Each write waits for the replicas (runMarked). A failure part way leaves the
+// block in shard 0, which Refused reads before any signature: it refuses more, never less, and
+// running it again finishes it.
+func (r *Redis) blockAll(ctx context.Context, pairs []any) error {
+	now := r.now().UnixMilli()
+	res, err := r.runMarked(ctx, "identity block", TagInventory, blockScript,
+		[]string{r.shardBlocked[0], r.mark(TagInventory), r.keys.InventoryShards()}, func(g Generation, exp expectation) []any {
+			return append(append([]any{now}, markArgs(g, exp)...), pairs...)
+		})
+	if err != nil {
+		return err
+	}
+	n := 1
+	if len(res) == 1 {
+		s, _ := res[0].(string)
+		if n, err = parseShards(s, nil); err != nil {
+			return err
+		}
+	}
+	for i := 1; i < max(n, r.invShards); i++ {
+		tag := TagInventoryShard(i)
+		if err := r.block(ctx, tag, r.keys.ShardBlocked(i), pairs); err != nil {
+			return fmt.Errorf("inventory shard %d: %w", i, err)
 		}
 	}
 	return nil
@@ -294,6 +330,7 @@ func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, caKey ssh.P
 	// anything is signed, at no extra round trip.
 	rc := &refusedCmds{identities: identities, tags: []string{TagCA(fp), TagKeys, TagInventory, TagTokens, TagAudit}}
 	rc.tags = append(rc.tags, r.auditStripeTags...)
+	rc.tags = append(rc.tags, r.shardTags[1:]...)
 	legacy := !r.migrated.Load()
 	if legacy {
 		rc.tags = append(rc.tags, TagIdentities)

@@ -10,11 +10,12 @@ import (
 )
 
 // Serial reservations: a serial is reserved (Keys.Serial, SET NX) before a certificate is
-// signed with it, so serials are unique across replicas (signer.SerialReserver).
+// signed with it, so serials are unique across replicas (signer.SerialReserver). With
+// inventory shards, in the shard of the serial (shards.go).
 
 // ReserveSerial reserves serial until until with SET NX; false when it is already reserved.
 func (r *Redis) ReserveSerial(ctx context.Context, serial uint64, until time.Time) (bool, error) {
-	ok, err := r.rdb.SetArgs(ctx, r.keys.Serial(serial), "1", redis.SetArgs{Mode: "NX", ExpireAt: until}).Result()
+	ok, err := r.rdb.SetArgs(ctx, r.serialKey(serial), "1", redis.SetArgs{Mode: "NX", ExpireAt: until}).Result()
 	if errors.Is(err, redis.Nil) {
 		return false, nil
 	}

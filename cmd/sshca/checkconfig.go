@@ -130,7 +130,7 @@ func checkConfig(ctx context.Context, path string, offline bool) *checkReport {
 		}
 	}
 	if c.Redis.PasswordFile == "" || exists(c.Redis.PasswordFile) { // else reported by validate
-		checkRedis(ctx, c.Redis, r)
+		checkRedis(ctx, c.Redis, redisProbe{auditStripes: c.Audit.Stripes, inventoryShards: c.Inventory.Shards}, r)
 	} else {
 		r.note("redis: not reached without its password_file")
 	}
@@ -183,7 +183,7 @@ func checkPolicy(ctx context.Context, pc PolicyConfig, offline bool, r *checkRep
 // checkRedis reaches Redis as the service would, reads the settings that keep what sshca
 // writes (revocations, serials, spent tokens, the audit chain) across a crash and under memory
 // pressure, and tries what the service's ACL user must be allowed to do.
-func checkRedis(ctx context.Context, rc RedisConfig, r *checkReport) {
+func checkRedis(ctx context.Context, rc RedisConfig, durable redisProbe, r *checkReport) {
 	if len(rc.Addrs) == 0 {
 		return // reported by validate
 	}
@@ -239,7 +239,8 @@ func checkRedis(ctx context.Context, rc RedisConfig, r *checkReport) {
 
 	// What the service does, on its own probe keys: writes in every hash tag of durable state
 	// (the readiness probe), a transaction, a script.
-	if err := (redisProbe{rdb: rdb, prefix: "sshca"}).Check(ctx); err != nil {
+	durable.rdb, durable.prefix = rdb, "sshca"
+	if err := durable.Check(ctx); err != nil {
 		r.problem("redis: %v%s", err, aclHint(err))
 	}
 	probe := "sshca:probe:check-config"

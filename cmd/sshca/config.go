@@ -79,6 +79,8 @@ type Config struct {
 	Limits LimitsConfig `yaml:"limits"`
 	// Audit configures the audit log's hash chain.
 	Audit AuditConfig `yaml:"audit"`
+	// Inventory configures how the inventory of live certificates is kept in Redis.
+	Inventory InventoryConfig `yaml:"inventory"`
 	// Notifications are the webhooks that hear of access requests.
 	Notifications NotificationsConfig `yaml:"notifications"`
 
@@ -196,6 +198,20 @@ type RedisConfig struct {
 }
 
 // StoreOptions are the store's options from the configuration (the replicas it waits for).
+// InventoryConfig configures the inventory (who holds access now) in Redis.
+type InventoryConfig struct {
+	// Shards is the number of hash tags the inventory and the serial reservations are spread
+	// over: 0 or 1 (the default) is one, {inventory}, whose writes all land on one master of a
+	// Redis Cluster, so that adding masters adds no issuance capacity (docs/scaling.md). With
+	// N, a certificate is kept in the shard of its identity ({inventory}, {inventory:1}, ...,
+	// {inventory:N-1}), identity blocks are written into every shard, and readers walk every
+	// shard ever used, so lowering it later loses nothing. The first record beyond the first
+	// shard raises the store's layout to 3: sshca releases older than layout 3 then refuse the
+	// store, so set it only once every replica runs this release. On a single Redis or
+	// Sentinel it gains nothing. At most 64.
+	Shards int `yaml:"shards"`
+}
+
 func (r RedisConfig) StoreOptions() store.RedisOptions {
 	return store.RedisOptions{WaitReplicas: r.WaitReplicas, WaitTimeout: r.WaitTimeout}
 }
@@ -439,6 +455,9 @@ func (c *Config) validate(secretFiles bool) error {
 		add("redis.wait_replicas: must not be negative (the number of replicas Sentinel may promote)")
 	case c.Redis.MasterName != "" && c.Redis.WaitReplicas == 0:
 		add("redis.wait_replicas: required with master_name: set it to the number of replicas Sentinel may promote (at least 1), so that a failover cannot lose an acknowledged revocation")
+	}
+	if c.Inventory.Shards < 0 || c.Inventory.Shards > store.MaxInventoryShards {
+		add("inventory.shards: %d: want 0 or 1 (one shard) up to %d; on a Redis Cluster set it to about the number of masters", c.Inventory.Shards, store.MaxInventoryShards)
 	}
 	if c.Audit.Stripes < 0 || c.Audit.Stripes > audit.MaxStripes {
 		add("audit.stripes: %d: want 0 or 1 (one chain) up to %d; set it to at least the number of CA replicas", c.Audit.Stripes, audit.MaxStripes)

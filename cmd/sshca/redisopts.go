@@ -88,6 +88,9 @@ type redisProbe struct {
 	// auditStripes is audit.stripes: the tags of stripes beyond the first ({audit:i}) are
 	// probed too, each possibly on another Cluster master.
 	auditStripes int
+	// inventoryShards is inventory.shards: the tags of shards beyond the first
+	// ({inventory:i}) are probed too.
+	inventoryShards int
 }
 
 // redisProbeTags are the hash tags of durable state (store/keys.go), besides one
@@ -103,6 +106,9 @@ func (p redisProbe) keys() []string {
 	}
 	for i := 1; i < p.auditStripes; i++ {
 		out = append(out, keys.Probe(store.TagAuditStripe(i)))
+	}
+	for i := 1; i < p.inventoryShards; i++ {
+		out = append(out, keys.Probe(store.TagInventoryShard(i)))
 	}
 	seen := map[string]bool{}
 	if p.caKeys != nil {

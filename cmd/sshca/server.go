@@ -124,6 +124,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	storeOpts := cfg.Redis.StoreOptions()
 	// Issuance checks the mark of every audit stripe this replica may append to.
 	storeOpts.AuditStripes = cfg.Audit.Stripes
+	storeOpts.InventoryShards = cfg.Inventory.Shards
 	db := store.NewRedis(s.rdb, storeOpts)
 	// Before anything reads the store: the witness then starts from the archive's record.
 	if err := seedFromArchive(db, cfg, log); err != nil {
@@ -252,7 +253,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	requests := services.LoggingAccessRequests(reqLog)(services.InstrumentingAccessRequests(metrics)(authority))
 
 	// HTTP: the API's routes, /metrics and /readyz on the diagnostics listener when there is one.
-	ready := services.Checks(readyChecks(db, s.rdb, cfg.Audit.Stripes, userSigner, hostSigner,
+	ready := services.Checks(readyChecks(db, s.rdb, redisProbe{auditStripes: cfg.Audit.Stripes, inventoryShards: cfg.Inventory.Shards}, userSigner, hostSigner,
 		map[string]ca.Checker{"redis": db, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey}))
 	detailsWithFaults := withFaults(details, faults)
 	if cfg.DiagListen != "" {
@@ -472,10 +473,11 @@ func openKeyring(ctx context.Context, cfg *Config, userKey, hostKey *kms.Key, db
 // readyChecks are the checks /readyz runs: the given ones, with Redis probed by a write in
 // every hash tag of durable state (the CA keys' scopes as the signers publish them now), and
 // the store's generation marks compared with what this replica has seen (store_state).
-func readyChecks(state *store.Redis, rdb redis.UniversalClient, auditStripes int, user, host ca.Signer, given map[string]ca.Checker) map[string]ca.Checker {
+func readyChecks(state *store.Redis, rdb redis.UniversalClient, probe redisProbe, user, host ca.Signer, given map[string]ca.Checker) map[string]ca.Checker {
 	checks := maps.Clone(given)
 	caKeys := func() []ssh.PublicKey { return append(publishedKeys(user), publishedKeys(host)...) }
-	checks["redis"] = redisProbe{rdb: rdb, prefix: "sshca", caKeys: caKeys, auditStripes: auditStripes}
+	probe.rdb, probe.prefix, probe.caKeys = rdb, "sshca", caKeys
+	checks["redis"] = probe
 	checks["store_state"] = checkFunc(func(ctx context.Context) error {
 		return state.CheckState(ctx, caKeys()...)
 	})

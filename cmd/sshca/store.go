@@ -39,6 +39,7 @@ type rebuildFlags struct {
 	tokenLifetime time.Duration
 	keyringKMS    string
 	lostStripes   []int
+	invShards     int
 }
 
 func newStoreCommand() *cobra.Command {
@@ -83,6 +84,7 @@ again, and bastions install the KRLs it publishes.`,
 	fl.DurationVar(&f.tokenLifetime, "token-lifetime", identity.DefaultMaxTokenLifetime, "the longest lifetime of the tokens the CA accepts (oidc max_token_lifetime, or the identity provider's shorter one): single-use tokens expiring before now plus this are refused")
 	fl.StringVar(&f.keyringKMS, "keyring-kms", "", "keyring.kms of the CA (with its PIN, if any): the audit records keep KMS URIs with the PIN redacted")
 	fl.IntSliceVar(&f.lostStripes, "lost-stripe", nil, "a stripe of the audit chain lost with its keys (a Redis master that came back empty): what other stripes' checkpoints say of it is set aside, and its records since the last archive are not restored; repeat for several")
+	fl.IntVar(&f.invShards, "inventory-shards", 1, "inventory.shards of the CA: the live certificates are restored into that many shards, and every shard's generation mark is renewed (also when the store lost its count of shards)")
 	cmd.AddCommand(rebuild, newStoreMigrateCommand())
 	return cmd
 }
@@ -238,7 +240,10 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	fmt.Fprintf(out, "audit chain in Redis: %s verified (from record %d)\n", plural(rep.Records, "audit record"), rep.BaseSeq+1)
 
 	start := now()
-	st := store.NewRedis(rdb, store.RedisOptions{Now: now})
+	if f.invShards < 0 || f.invShards > store.MaxInventoryShards {
+		return fmt.Errorf("store rebuild: --inventory-shards %d: want 1 up to %d (inventory.shards of the CA)", f.invShards, store.MaxInventoryShards)
+	}
+	st := store.NewRedis(rdb, store.RedisOptions{Now: now, InventoryShards: f.invShards})
 	res, err := restore.Apply(ctx, st, start)
 	if err != nil {
 		return fmt.Errorf("store rebuild: restoring (run it again: every step is idempotent): %w", err)

@@ -1,0 +1,182 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Inventory shards (RedisOptions.InventoryShards, layout 3): on a Redis Cluster one hash tag
+// is one slot on one master, so an inventory under one tag takes every certificate's writes on
+// one master however many the Cluster has. With N shards a certificate's record, its
+// identity's index, its aliases' entries for it and its live-set entry go to the shard of its
+// identity (TagInventoryShard(shardOf(identity))): one slot, so Record stays one script that
+// checks the blocks and writes. The rest follows from three rules:
+//
+//   - Every identity block is in every shard in use: shard 0 first, by a script that reads the
+//     count of shards ever used (Keys.InventoryShards) in the same step, then the other shards
+//     up to that count. A process that first records beyond shard 0 raises the count and reads
+//     shard 0's blocks in one script, then copies them into its shards before it records
+//     there: a block written before that script is copied, one written after it reads the
+//     raised count and is written into every shard. Blocks are only ever lengthened, so the
+//     copies and the writers never undo each other.
+//   - Readers (Get by serial, Live, AllLive, ResolveAlias) walk every shard ever recorded in,
+//     the count or the configured number, whichever is higher, in one pipeline (split per
+//     master and sent in parallel by go-redis on a Cluster): lowering the configured number,
+//     or a replica configured with fewer, loses nothing.
+//   - A serial is reserved in the shard of the serial (serial mod the configured number),
+//     the same key for every replica with that number. Replicas configured with different
+//     numbers reserve a serial in different keys: there a serial is unique by its 64 random
+//     bits alone (a collision among a million live certificates has odds of about 3·10⁻⁸).
+//
+// Certificates issued under an access request stay in shard 0, beside the request their
+// transaction checks (RecordUnderRequest); readers find them there as any other.
+
+// MaxInventoryShards bounds RedisOptions.InventoryShards: every reader reads every shard, and
+// a block is written into each.
+const MaxInventoryShards = 64
+
+// shardState is the first use of shards beyond the first: ready once the store's layout and
+// the count of shards were raised and the blocks copied (ensureShards).
+type shardState struct {
+	mu    sync.Mutex // held while the first use is under way, so records wait for it
+	ready atomic.Bool
+}
+
+// shardOf is the inventory shard of a canonical identity: FNV-1a (32 bits) of its name mod the
+// configured shards. Stable across processes and releases: it decides where an identity's
+// records are, and Record must find its identity's blocks in the same shard.
+func (r *Redis) shardOf(identity string) int {
+	if r.invShards <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(identity))
+	return int(h.Sum32() % uint32(r.invShards))
+}
+
+// serialKey is the reservation key of a serial (Keys.ShardSerial in the serial's shard).
+func (r *Redis) serialKey(serial uint64) string {
+	return r.keys.ShardSerial(int(serial%uint64(r.invShards)), serial)
+}
+
+// raiseLayoutScript raises the store's layout (KEYS[1], absent: 1) to ARGV[1] unless it is
+// below ARGV[2] (a store of layout 1, not migrated: left as is); answers the layout found.
+var raiseLayoutScript = redis.NewScript(`
+local v = tonumber(redis.call('GET', KEYS[1]) or '1')
+if v < tonumber(ARGV[2]) then return v end
+if v < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return v
+`)
+
+// raiseShardsScript raises the count of shards ever used (KEYS[1], absent: 1) to ARGV[1] and
+// answers shard 0's blocks in force at ARGV[2] (unix ms) with their ends (KEYS[2], ZRANGEBYSCORE
+// WITHSCORES: member, score pairs), in one step: see the rules at the top of this file.
+var raiseShardsScript = redis.NewScript(`
+local c = tonumber(redis.call('GET', KEYS[1]) or '1')
+if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1]) end
+return redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[2], '+inf', 'WITHSCORES')
+`)
+
+// errUnmigratedShards refuses shards on a store of layout 1, whose blocks are not all in
+// shard 0 yet.
+var errUnmigratedShards = errors.New("the store is at layout 1: run sshca store migrate before recording in more than one inventory shard (inventory.shards)")
+
+// ensureShards prepares the first record beyond shard 0: it raises the store's layout to 3
+// (older replicas then refuse the store rather than read shard 0 alone), raises the count of
+// shards to the configured number reading shard 0's blocks in the same script, and copies those
+// blocks into shards 1 and up. Done once per process; records wait for it.
+func (r *Redis) ensureShards(ctx context.Context) error {
+	if r.invShards <= 1 || r.shards.ready.Load() {
+		return nil
+	}
+	r.shards.mu.Lock()
+	defer r.shards.mu.Unlock()
+	if r.shards.ready.Load() {
+		return nil
+	}
+	v, err := raiseLayoutScript.Run(ctx, r.rdb, []string{r.keys.StoreLayout()}, LayoutVersion, unshardedLayout).Int()
+	if err != nil {
+		return fmt.Errorf("store: inventory shards: raise the store's layout: %w", err)
+	}
+	if v < unshardedLayout {
+		return fmt.Errorf("store: inventory shards: %w", errUnmigratedShards)
+	}
+	if v > LayoutVersion {
+		return fmt.Errorf("store: inventory shards: %w (store %d, sshca %d)", errNewerLayout, v, LayoutVersion)
+	}
+	blocks, err := raiseShardsScript.Run(ctx, r.rdb, []string{r.keys.InventoryShards(), r.shardBlocked[0]},
+		r.invShards, r.now().UnixMilli()).StringSlice()
+	if err != nil {
+		return fmt.Errorf("store: inventory shards: raise the count: %w", err)
+	}
+	var pairs []any
+	for i := 0; i+1 < len(blocks); i += 2 {
+		pairs = append(pairs, blocks[i+1], blocks[i])
+	}
+	if len(pairs) > 0 {
+		for i := 1; i < r.invShards; i++ {
+			if err := r.block(ctx, r.shardTags[i], r.shardBlocked[i], pairs); err != nil {
+				return fmt.Errorf("store: inventory shards: copy the identity blocks into shard %d: %w", i, err)
+			}
+		}
+	}
+	r.shards.ready.Store(true)
+	return nil
+}
+
+// parseShards reads the answer of GET Keys.InventoryShards: absent is one shard.
+func parseShards(v string, err error) (int, error) {
+	if errors.Is(err, redis.Nil) {
+		return 1, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("malformed inventory shard count %q", v)
+	}
+	return n, nil
+}
+
+// inShards runs queue for every shard ever recorded in: the configured ones with the count in
+// one pipeline, then, when the count is higher (the configured number was lowered, or another
+// replica has more), the rest in a second. It answers how many shards were read. Each queued
+// command's own error is the caller's to read; a failed read of the count fails it.
+func (r *Redis) inShards(ctx context.Context, queue func(p redis.Pipeliner, shard int)) (int, error) {
+	var cnt *redis.StringCmd
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		cnt = p.Get(ctx, r.keys.InventoryShards())
+		for i := range r.invShards {
+			queue(p, i)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return 0, err
+	}
+	n, err := parseShards(cnt.Result())
+	if err != nil {
+		return 0, err
+	}
+	if n <= r.invShards {
+		return r.invShards, nil
+	}
+	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := r.invShards; i < n; i++ {
+			queue(p, i)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return 0, err
+	}
+	return n, nil
+}

@@ -1,0 +1,343 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
+)
+
+// shardedInventory drives a store of three inventory shards on rdb (a redis-server or a
+// Cluster) against everything that must hold with shards: records of many identities land in
+// more than one shard and every reader (Get, Live, AllLive, ResolveAlias) sees each of them,
+// also through a replica configured with one shard (lowering the number loses nothing); the
+// store's layout is raised to 3 by the first record beyond shard 0; a block refuses a record in
+// every shard, also a block written by a one-shard replica before any shard was used (copied
+// into the new shards) and one it writes after (it reads the count); serials are reserved in
+// their shard; the marks of every shard are checked by CheckState and Refused.
+func shardedInventory(t *testing.T, rdb redis.UniversalClient) {
+	ctx := context.Background()
+	keys := store.Keys{}
+	exp := time.Now().Add(time.Hour)
+	one := store.NewRedis(rdb, store.RedisOptions{})
+	// A block written while the store has one shard only: the sharded replica must copy it.
+	if err := one.BlockIdentity(ctx, "https://idp|early", exp); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := rdb.Get(ctx, keys.StoreLayout()).Result(); v != "2" {
+		t.Fatalf("a store of one shard is at layout %q, want 2", v)
+	}
+	three := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 3})
+	cert := func(serial uint64, id string) ca.Certificate {
+		return ca.Certificate{Serial: serial, KeyID: fmt.Sprintf("%s#%d", id, serial), Kind: ca.UserCert,
+			Identity: id, Aliases: []string{"email:" + id[len("https://idp|"):] + "@example.com", "group:all"}, ValidBefore: exp}
+	}
+	var ids []string
+	for i := range 12 {
+		id := fmt.Sprintf("https://idp|user%d", i)
+		ids = append(ids, id)
+		if err := three.Record(ctx, cert(uint64(100+i), id)); err != nil {
+			t.Fatalf("record %s: %v", id, err)
+		}
+	}
+	if v, _ := rdb.Get(ctx, keys.StoreLayout()).Result(); v != "3" {
+		t.Errorf("the store's layout is %q after records in three shards, want 3", v)
+	}
+	if v, _ := rdb.Get(ctx, keys.InventoryShards()).Result(); v != "3" {
+		t.Errorf("the shard count is %q, want 3", v)
+	}
+	used := map[int]int{}
+	for i := range 12 {
+		for s := range 3 {
+			if n, _ := rdb.Exists(ctx, keys.ShardCert(s, uint64(100+i))).Result(); n == 1 {
+				used[s]++
+			}
+		}
+	}
+	if len(used) < 2 {
+		t.Fatalf("12 identities' records all in one shard: %v", used)
+	}
+
+	for name, r := range map[string]*store.Redis{"three shards": three, "one shard": one} {
+		all, err := r.AllLive(ctx, time.Now())
+		if err != nil || len(all) != 12 {
+			t.Errorf("%s: AllLive = %d records, %v; want 12", name, len(all), err)
+		}
+		for i, id := range ids {
+			if c, ok, err := r.Get(ctx, uint64(100+i)); err != nil || !ok || c.Identity != id {
+				t.Errorf("%s: Get(%d) = %+v %t %v", name, 100+i, c, ok, err)
+			}
+			if live, err := r.Live(ctx, id, time.Now()); err != nil || len(live) != 1 {
+				t.Errorf("%s: Live(%s) = %d, %v", name, id, len(live), err)
+			}
+		}
+		if got, err := r.ResolveAlias(ctx, "group:all", time.Now()); err != nil || !slices.Equal(got, slices.Sorted(slices.Values(ids))) {
+			t.Errorf("%s: ResolveAlias(group:all) = %v, %v", name, got, err)
+		}
+		if _, ok, err := r.Get(ctx, 99999); err != nil || ok {
+			t.Errorf("%s: Get of an unknown serial: %t %v", name, ok, err)
+		}
+	}
+
+	// Blocks: the early one was copied; one written now by the one-shard replica reads the
+	// count and reaches every shard; one written by the sharded replica too.
+	if err := one.BlockIdentity(ctx, ids[0], exp); err != nil {
+		t.Fatal(err)
+	}
+	if err := three.BlockIdentity(ctx, "email:user1@example.com", exp); err != nil {
+		t.Fatal(err)
+	}
+	for s := range 3 {
+		for _, name := range []string{"https://idp|early", ids[0], "email:user1@example.com"} {
+			if _, err := rdb.ZScore(ctx, keys.ShardBlocked(s), name).Result(); err != nil {
+				t.Errorf("the block of %s is not in shard %d: %v", name, s, err)
+			}
+		}
+	}
+	// The attack: an identity of each shard, blocked, recorded again through either replica.
+	blockedInShard := map[int]bool{}
+	for i := range 50 {
+		id := fmt.Sprintf("https://idp|blocked%d", i)
+		if err := one.BlockIdentity(ctx, id, exp); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []*store.Redis{three, one} {
+			if err := r.Record(ctx, cert(uint64(1000+i), id)); ca.KindOf(err) != ca.KindDenied {
+				t.Fatalf("a blocked identity %s was recorded: %v", id, err)
+			}
+		}
+		for s := range 3 {
+			if n, _ := rdb.Exists(ctx, keys.ShardIdentity(s, id)).Result(); n == 0 {
+				continue
+			}
+			t.Fatalf("a refused record left an index in shard %d", s)
+		}
+		blockedInShard[store.ShardOf(three, id)] = true
+	}
+	for _, id := range []string{"https://idp|early", "https://idp|user1"} {
+		if err := three.Record(ctx, cert(2000, id)); ca.KindOf(err) != ca.KindDenied {
+			t.Errorf("%s recorded despite its block: %v", id, err)
+		}
+	}
+	if len(blockedInShard) < 2 {
+		t.Errorf("the blocked identities were tried in shards %v only", blockedInShard)
+	}
+
+	// Serials: reserved once whichever replica of three shards asks, in the serial's shard.
+	for serial := uint64(7); serial < 10; serial++ {
+		if ok, err := three.ReserveSerial(ctx, serial, exp); err != nil || !ok {
+			t.Fatalf("reserve %d: %t %v", serial, ok, err)
+		}
+		if ok, err := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 3}).ReserveSerial(ctx, serial, exp); err != nil || ok {
+			t.Fatalf("serial %d reserved twice: %t %v", serial, ok, err)
+		}
+		if n, _ := rdb.Exists(ctx, keys.ShardSerial(int(serial%3), serial)).Result(); n != 1 {
+			t.Errorf("serial %d not in its shard %d", serial, serial%3)
+		}
+	}
+	adm, err := three.Admit(ctx, ca.AdmissionRequest{CAKey: testenv.PublicKey(t), Identities: []string{ids[2]}, Key: testenv.PublicKey(t),
+		Serial: 11, SerialUntil: exp})
+	if err != nil || adm.Refusal != "" || !adm.SerialReserved {
+		t.Fatalf("admit: %+v %v", adm, err)
+	}
+	if err := three.CheckState(ctx); err != nil {
+		t.Fatalf("state: %v", err)
+	}
+	// One shard's mark rolled back alone (its master restored from an older copy): found, by
+	// the state check and by the admission, which refuses before anything is signed.
+	lost := 0
+	for s := range used {
+		lost = max(lost, s) // a shard beyond 0 that holds records, so its mark was seen
+	}
+	if err := rdb.Del(ctx, keys.Mark(store.TagInventoryShard(lost))).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := three.Admit(ctx, ca.AdmissionRequest{CAKey: testenv.PublicKey(t), Identities: []string{ids[2]}, Key: testenv.PublicKey(t)}); ca.KindOf(err) != ca.KindUnavailable {
+		t.Errorf("admission with shard %d's mark gone: %v, want unavailable", lost, err)
+	}
+}
+
+// TestInventoryShards runs shardedInventory on a redis-server.
+func TestInventoryShards(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	shardedInventory(t, rdb)
+}
+
+// TestInventoryShardsOnCluster runs shardedInventory on a Redis Cluster of three masters: every
+// script and transaction keeps to one slot (CROSSSLOT would fail it), and the shards' tags land
+// on more than one master.
+func TestInventoryShardsOnCluster(t *testing.T) {
+	c := testenv.StartRedisCluster(t, 3)
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs})
+	t.Cleanup(func() { cc.Close() })
+	ctx := context.Background()
+	masters := map[string]bool{}
+	for i := range 3 {
+		m, err := cc.MasterForKey(ctx, store.Keys{}.Mark(store.TagInventoryShard(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		masters[m.Options().Addr] = true
+	}
+	if len(masters) < 2 {
+		t.Errorf("the three shards' tags all hash to one master: %v", masters)
+	}
+	shardedInventory(t, cc)
+}
+
+// TestShardRaiseRacesBlocks: blocks written by a one-shard replica while a replica of four
+// shards makes its first record beyond shard 0 (raising the count and copying the blocks it
+// found) are all honoured in every shard: each block either was in shard 0 when the count was
+// raised (and is copied) or read the raised count (and was written into every shard). Many
+// rounds on a fresh store each, the blocks and the raise started together.
+func TestShardRaiseRacesBlocks(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 32})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	const blocks = 24
+	for round := range 20 {
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		witness := &store.Witness{} // one process's view per round: the store is new each time
+		one := store.NewRedis(rdb, store.RedisOptions{Witness: witness})
+		four := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 4, Witness: witness})
+		if err := one.Record(ctx, ca.Certificate{Serial: 1, Identity: "https://idp|seed", ValidBefore: exp}); err != nil {
+			t.Fatal(err)
+		}
+		// An identity outside shard 0, so that its record raises the count.
+		raiser := ""
+		for i := 0; raiser == ""; i++ {
+			if id := fmt.Sprintf("https://idp|raiser%d", i); store.ShardOf(four, id) != 0 {
+				raiser = id
+			}
+		}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range blocks {
+			wg.Go(func() {
+				<-start
+				if err := one.BlockIdentity(ctx, fmt.Sprintf("https://idp|r%d-b%d", round, i), exp); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Go(func() {
+			<-start
+			if err := four.Record(ctx, ca.Certificate{Serial: 2, Identity: raiser, ValidBefore: exp}); err != nil {
+				t.Error(err)
+			}
+		})
+		close(start)
+		wg.Wait()
+		for i := range blocks {
+			id := fmt.Sprintf("https://idp|r%d-b%d", round, i)
+			for s := range 4 {
+				if _, err := rdb.ZScore(ctx, store.Keys{}.ShardBlocked(s), id).Result(); err != nil {
+					t.Fatalf("round %d: the block of %s is missing from shard %d: %v", round, id, s, err)
+				}
+			}
+			if err := four.Record(ctx, ca.Certificate{Serial: uint64(10 + i), Identity: id, ValidBefore: exp}); ca.KindOf(err) != ca.KindDenied {
+				t.Fatalf("round %d: %s recorded after its block: %v", round, id, err)
+			}
+		}
+	}
+}
+
+// TestRebuildRestoresShards: a store of three inventory shards loses shard 0 (with the count of
+// shards) and another shard that holds records, keys, marks and all, as a Cluster master that
+// came back empty does. The process that wrote them fails closed. The audit trail still holds
+// the records of shard 0's identities (the others' have expired): a rebuild with the
+// configured shards restores them into shard 0, and renews the mark of every shard, also of the
+// lost one that no restored certificate reaches and whose count is gone (SCAN finds no mark of
+// it), so the process that found the loss serves again and reads every certificate.
+func TestRebuildRestoresShards(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Second)
+	clock := func() time.Time { return now }
+	live := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 3, Now: clock})
+	userCA, hostCA := testenv.PublicKey(t), testenv.PublicKey(t)
+	restore := &store.Restore{UserCA: userCA, HostCA: hostCA, IdentityBlock: time.Hour}
+	lost := 0 // the highest shard beyond 0 that holds records
+	restored := 0
+	for i := range 12 {
+		c := ca.Certificate{Serial: uint64(100 + i), KeyID: fmt.Sprintf("u%d#%d", i, 100+i), Kind: ca.UserCert,
+			Identity: fmt.Sprintf("https://idp|u%d", i), Principals: []string{"p"}, ValidBefore: now.Add(time.Hour)}
+		if err := live.Record(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		lost = max(lost, store.ShardOf(live, c.Identity))
+		if store.ShardOf(live, c.Identity) != 0 {
+			continue
+		}
+		restored++
+		restore.Add(ca.AuditRecord{Time: now.Add(-time.Minute), Action: ca.ActionUser, Outcome: "issued", Identity: c.Identity,
+			Serial: c.Serial, KeyID: c.KeyID, ValidBefore: c.ValidBefore, Principals: c.Principals, CAFingerprint: ssh.FingerprintSHA256(userCA)})
+	}
+	if lost == 0 {
+		t.Fatal("no identity outside shard 0")
+	}
+	if err := live.CheckState(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tag := range []string{store.TagInventoryShard(0), store.TagInventoryShard(lost)} {
+		ks, err := rdb.Keys(ctx, "sshca:"+tag+":*").Result()
+		if err != nil || len(ks) == 0 {
+			t.Fatalf("keys of %s: %v %v", tag, ks, err)
+		}
+		if err := rdb.Del(ctx, ks...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := live.CheckState(ctx); !errors.Is(err, store.ErrStateLost) {
+		t.Fatalf("two shards lost: %v, want ErrStateLost", err)
+	}
+
+	rebuilder := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 3, Now: clock})
+	if _, err := restore.Apply(ctx, rebuilder, now); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	g, err := rebuilder.NextGeneration(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rebuilder.SwitchGeneration(ctx, g, userCA, hostCA); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.CheckState(ctx); err != nil {
+		t.Fatalf("after the rebuild: %v", err)
+	}
+	all, err := live.AllLive(ctx, now)
+	survived := 0 // in the third shard, neither 0 nor the lost one
+	for i := range 12 {
+		if s := store.ShardOf(live, fmt.Sprintf("https://idp|u%d", i)); s != 0 && s != lost {
+			survived++
+		}
+	}
+	if err != nil || len(all) != restored+survived {
+		t.Fatalf("after the rebuild %d live certificates, %v; want the %d restored and the %d kept", len(all), err, restored, survived)
+	}
+	for _, c := range all {
+		want := store.ShardOf(live, c.Identity)
+		if n, _ := rdb.Exists(ctx, store.Keys{}.ShardCert(want, c.Serial)).Result(); n != 1 {
+			t.Errorf("serial %d restored outside its identity's shard %d", c.Serial, want)
+		}
+	}
+}
