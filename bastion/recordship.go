@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
@@ -43,9 +44,11 @@ type RecordShipper struct {
 	Key  ssh.Signer
 	Cert func() (*ssh.Certificate, error)
 	// Host is the host name to ship under, one of the certificate's (empty: its first).
-	Host     string
-	Every    time.Duration // 2s when 0
-	MaxBatch int           // bytes of lines per batch; 512 KiB when 0 (the CA takes 1 MiB)
+	Host  string
+	Every time.Duration // 2s when 0
+	// Clock paces the rounds (nil: the real clock); tests pass a clockwork.FakeClock.
+	Clock    clockwork.Clock
+	MaxBatch int // bytes of lines per batch; 512 KiB when 0 (the CA takes 1 MiB)
 	Now      func() time.Time
 	Log      *slog.Logger
 
@@ -105,14 +108,18 @@ func (s *RecordShipper) Run(ctx context.Context) {
 	if s.Every <= 0 {
 		s.Every = 2 * time.Second
 	}
-	t := time.NewTicker(s.Every)
+	clk := s.Clock
+	if clk == nil {
+		clk = clockwork.NewRealClock()
+	}
+	t := clk.NewTicker(s.Every)
 	defer t.Stop()
 	for {
 		s.ShipOnce(ctx)
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.Chan():
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/client"
@@ -158,5 +159,81 @@ func TestRecordShipperResumes(t *testing.T) {
 	_ = newShipper().ShipOnce(ctx)
 	if len(fake.offsets) != n {
 		t.Fatal("a refused recording was sent again")
+	}
+}
+
+// TestRecordShipperShipsOnItsClock: the shipper's rounds are paced by its clock: a line
+// written after a round reaches the CA only once Every has passed on that clock, and then at
+// once. Putting a real ticker back fails here (the fake clock's advance would not start a round).
+func TestRecordShipperShipsOnItsClock(t *testing.T) {
+	dir := t.TempDir()
+	caKey := writeKey(t, filepath.Join(dir, "ca"))
+	hostKey := writeKey(t, filepath.Join(dir, "host"))
+	cert := &ssh.Certificate{Key: hostKey.PublicKey(), CertType: ssh.HostCert, KeyId: "b1", ValidPrincipals: []string{"b1.example.com"},
+		ValidBefore: ssh.CertTimeInfinity}
+	if err := cert.SignCert(rand.Reader, caKey); err != nil {
+		t.Fatal(err)
+	}
+	fake := &fakeRecordingCA{}
+	mux := http.NewServeMux()
+	mux.Handle("POST /v1/recordings/{id}", fake)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	recs := filepath.Join(dir, "recs")
+	if err := os.MkdirAll(recs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const id = "0123456789abcdef01234568"
+	f, err := os.Create(filepath.Join(recs, id+".rec"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cw, err := newChainWriter(f, RecordingHeader{Version: 1, ID: id, Start: time.Now(), User: "root", Kind: "exec"}, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := func() int {
+		fake.mu.Lock()
+		defer fake.mu.Unlock()
+		return len(fake.lines)
+	}
+	waitLines := func(want int, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); lines() != want; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the CA has %d lines, want %d", what, lines(), want)
+			}
+		}
+	}
+	if err := cw.write(ChunkOutput, []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	clk := clockwork.NewFakeClock()
+	const every = 2 * time.Second
+	sh := &RecordShipper{Dir: recs, Client: client.New(srv.URL), Key: hostKey, Every: every, Clock: clk,
+		Cert: func() (*ssh.Certificate, error) { return cert, nil }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); sh.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitLines(2, "the first round, at once") // the header and one chunk
+	for round := range 3 {
+		if err := cw.write(ChunkOutput, []byte(strings.Repeat("z", round+1))); err != nil {
+			t.Fatal(err)
+		}
+		bctx, bcancel := context.WithTimeout(ctx, 10*time.Second)
+		err := clk.BlockUntilContext(bctx, 1) // the shipper waits on its clock's ticker
+		bcancel()
+		if err != nil {
+			t.Fatalf("round %d: the shipper does not wait on its clock: %v", round, err)
+		}
+		clk.Advance(every - time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
+		if n := lines(); n != 2+round {
+			t.Fatalf("round %d: the CA has %d lines before Every passed on the clock, want %d", round, n, 2+round)
+		}
+		clk.Advance(time.Millisecond)
+		waitLines(3+round, "once Every passed on the clock")
 	}
 }
