@@ -30,9 +30,11 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	t := q.Token
 	spend := t.SingleUse && t.Expiry.After(r.now())
 	var mw *MarkedWrite
+	shard := 0
 	if spend {
 		var err error
-		if mw, err = r.BeginMarked(ctx, TagTokens); err != nil {
+		shard = r.tokenShardOf(t.ID)
+		if mw, err = r.BeginMarked(ctx, r.tokenTags[shard]); err != nil {
 			return ca.Admitted{}, fmt.Errorf("store: token ledger: %w", err)
 		}
 	}
@@ -42,7 +44,7 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		rc = r.queueRefused(ctx, p, q.CAKey, q.Identities, q.Key)
 		if spend {
-			tc = r.queueToken(ctx, p, mw, t.ID, t.IssuedAt, t.Expiry)
+			tc = r.queueToken(ctx, p, mw, shard, t.ID, t.IssuedAt, t.Expiry)
 		}
 		if q.Serial != 0 {
 			serial = p.SetArgs(ctx, r.serialKey(q.Serial), "1", redis.SetArgs{Mode: "NX", ExpireAt: q.SerialUntil})

@@ -73,6 +73,17 @@ func TagInventoryShard(i int) string {
 	return "{inventory:" + strconv.Itoa(i) + "}"
 }
 
+// TagTokensShard is the hash tag of the token ledger's shard i (the spends of tokens whose
+// hash falls in it carry its mark, RedisOptions.InventoryShards): shard 0 is TagTokens, shard
+// i >= 1 is "{tokens:i}". Only the marks are sharded: the spent tokens are untagged already,
+// and a rebuild's refusal stays in TagTokens, read beside every spend.
+func TagTokensShard(i int) string {
+	if i == 0 {
+		return TagTokens
+	}
+	return "{tokens:" + strconv.Itoa(i) + "}"
+}
+
 // TagCA is the hash tag of the revocation scope of the CA key with this SHA256 fingerprint.
 func TagCA(fp string) string { return "{ca:" + fp + "}" }
 
@@ -391,6 +402,8 @@ func (k Keys) Layout() []KeySpec {
 		{k.InventoryShards(), "InventoryShards", TagInventory, "inventory", ReadByCA},
 		{k.Mark(TagInventoryShard(1)), "Mark", TagInventoryShard(1), "mark", ReadByCA},
 		{k.Probe(TagInventoryShard(1)), "Probe", TagInventoryShard(1), "probe", ReadByCA},
+		{k.Mark(TagTokensShard(1)), "Mark", TagTokensShard(1), "mark", ReadByCA},
+		{k.Probe(TagTokensShard(1)), "Probe", TagTokensShard(1), "probe", ReadByCA},
 		{k.LegacyBlocked(), "LegacyBlocked", TagIdentities, "revocations", ReadByCA},
 		{k.StoreLayout(), "StoreLayout", TagGeneration, "layout", ReadByCA},
 		{k.RevokedKeys(), "RevokedKeys", TagKeys, "revocations", ReadByCA},

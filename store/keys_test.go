@@ -144,7 +144,7 @@ func TestLayoutNamesEveryBuilder(t *testing.T) {
 		// A CA key's tags, a recorded session's (on the recordings Redis) and the audit
 		// chain's stripes and the inventory's shards beyond the first are one per key,
 		// session, stripe or shard, not fixed.
-		if k.Tag != "" && k.Role != "probe" && !strings.HasPrefix(k.Tag, "{ca:") && !strings.HasPrefix(k.Tag, "{rec:") && !strings.HasPrefix(k.Tag, "{audit:") && !strings.HasPrefix(k.Tag, "{inventory:") {
+		if k.Tag != "" && k.Role != "probe" && !strings.HasPrefix(k.Tag, "{ca:") && !strings.HasPrefix(k.Tag, "{rec:") && !strings.HasPrefix(k.Tag, "{audit:") && !strings.HasPrefix(k.Tag, "{inventory:") && !strings.HasPrefix(k.Tag, "{tokens:") {
 			tags[k.Tag] = true
 		}
 	}

@@ -507,7 +507,7 @@ func (r *Redis) CheckState(ctx context.Context, caKeys ...ssh.PublicKey) error {
 	if _, err := r.generation(ctx); err != nil {
 		return err
 	}
-	tags := slices.Concat(MarkedTags, r.shardTags[1:])
+	tags := slices.Concat(MarkedTags, r.shardTags[1:], r.tokenTags[1:])
 	for _, k := range caKeys {
 		tags = append(tags, TagCA(ssh.FingerprintSHA256(k)))
 	}

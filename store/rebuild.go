@@ -111,7 +111,7 @@ return 1
 `)
 
 // SwitchGeneration moves the store to generation g (from NextGeneration), after the rebuild
-// wrote the state back: the marks of MarkedTags, of every inventory shard in use (the count,
+// wrote the state back: the marks of MarkedTags, of every inventory and token ledger shard in use (the count,
 // or RedisOptions.InventoryShards when higher), of the scopes of scopes and of the CA keys
 // listed in Keys.CAs, and every other mark found, then the generation record. On a single
 // Redis (or Sentinel) one script does it all, so a CA replica never sees half of it; on a
@@ -138,6 +138,7 @@ func (r *Redis) SwitchGeneration(ctx context.Context, g Generation, scopes ...ss
 	}
 	for i := 1; i < max(shards, r.invShards); i++ {
 		marks[r.keys.Mark(TagInventoryShard(i))] = true
+		marks[r.keys.Mark(TagTokensShard(i))] = true
 	}
 	cas, err := r.CAs(ctx)
 	if err != nil {

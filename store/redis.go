@@ -36,7 +36,9 @@ type RedisOptions struct {
 	// identity (a hash of its canonical name mod this number, shards.go), so on a Redis
 	// Cluster the inventory's writes spread over as many slots. Readers walk every shard ever
 	// recorded in (Keys.InventoryShards), whatever this says; Refused checks the mark of each
-	// configured shard (one more read in its round trip per shard beyond the first).
+	// configured shard (one more read in its round trip per shard beyond the first). The token
+	// ledger's mark is sharded the same way ({tokens:i}, by the token's hash): each spend bumps
+	// its shard's mark, and reads the rebuild's refusal in {tokens} beside it.
 	InventoryShards int
 }
 
@@ -71,6 +73,8 @@ type Redis struct {
 	shardBlocked []string
 	shardLive    []string
 	shardTags    []string
+	// tokenTags are the token ledger's shard tags (TagTokensShard), as many as invShards.
+	tokenTags []string
 	// shards guards the first use of shards beyond the first (ensureShards).
 	shards shardState
 	// genArgs is the generation last passed to a marked write, boxed (MarkedWrite.Args).
@@ -132,8 +136,9 @@ func NewRedis(rdb redis.UniversalClient, o RedisOptions) *Redis {
 		r.shardBlocked = append(r.shardBlocked, r.keys.ShardBlocked(i))
 		r.shardLive = append(r.shardLive, r.keys.ShardLiveCerts(i))
 		r.shardTags = append(r.shardTags, TagInventoryShard(i))
+		r.tokenTags = append(r.tokenTags, TagTokensShard(i))
 	}
-	for _, tag := range slices.Concat(MarkedTags, r.auditStripeTags, r.shardTags[1:]) {
+	for _, tag := range slices.Concat(MarkedTags, r.auditStripeTags, r.shardTags[1:], r.tokenTags[1:]) {
 		k := r.keys.Mark(tag)
 		r.marks[tag] = k
 		r.markReads[tag] = []any{"hmget", k, "id", "epoch", "n"}

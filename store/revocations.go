@@ -331,6 +331,7 @@ func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, caKey ssh.P
 	rc := &refusedCmds{identities: identities, tags: []string{TagCA(fp), TagKeys, TagInventory, TagTokens, TagAudit}}
 	rc.tags = append(rc.tags, r.auditStripeTags...)
 	rc.tags = append(rc.tags, r.shardTags[1:]...)
+	rc.tags = append(rc.tags, r.tokenTags[1:]...)
 	legacy := !r.migrated.Load()
 	if legacy {
 		rc.tags = append(rc.tags, TagIdentities)

@@ -173,6 +173,7 @@ func TestInventoryShards(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { rdb.Close() })
 	shardedInventory(t, rdb)
+	shardedTokens(t, rdb)
 }
 
 // TestInventoryShardsOnCluster runs shardedInventory on a Redis Cluster of three masters: every
@@ -195,6 +196,7 @@ func TestInventoryShardsOnCluster(t *testing.T) {
 		t.Errorf("the three shards' tags all hash to one master: %v", masters)
 	}
 	shardedInventory(t, cc)
+	shardedTokens(t, cc)
 }
 
 // TestShardRaiseRacesBlocks: blocks written by a one-shard replica while a replica of four
@@ -339,5 +341,77 @@ func TestRebuildRestoresShards(t *testing.T) {
 		if n, _ := rdb.Exists(ctx, store.Keys{}.ShardCert(want, c.Serial)).Result(); n != 1 {
 			t.Errorf("serial %d restored outside its identity's shard %d", c.Serial, want)
 		}
+	}
+}
+
+// shardedTokens drives the token ledger of a store of three shards on rdb, under a prefix of
+// its own: spends spread their marks over more than one shard's tag ({tokens:i}); a token is
+// spent once whichever replica (three shards or one) sees it again, through UseToken or Admit;
+// a rebuild's refusal, kept once in {tokens}, refuses a token of every shard; and a token
+// shard's mark gone alone (its master back empty) fails admission closed.
+func shardedTokens(t *testing.T, rdb redis.UniversalClient) {
+	ctx := context.Background()
+	keys := store.Keys{Prefix: "tok"}
+	exp := time.Now().Add(10 * time.Minute)
+	three := store.NewRedis(rdb, store.RedisOptions{Prefix: "tok", InventoryShards: 3})
+	one := store.NewRedis(rdb, store.RedisOptions{Prefix: "tok"})
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
+	for i := range 12 {
+		id := fmt.Sprintf("https://idp|jti-%d", i)
+		if i%2 == 0 {
+			if ok, err := three.UseToken(ctx, id, time.Now(), exp); err != nil || !ok {
+				t.Fatalf("spend %s: %t %v", id, ok, err)
+			}
+		} else {
+			adm, err := three.Admit(ctx, ca.AdmissionRequest{CAKey: caKey, Identities: []string{"https://idp|a"}, Key: key,
+				Token: ca.TokenUse{ID: id, SingleUse: true, IssuedAt: time.Now(), Expiry: exp}})
+			if err != nil || !adm.Fresh {
+				t.Fatalf("admit %s: %+v %v", id, adm, err)
+			}
+		}
+		for _, r := range []*store.Redis{three, one} {
+			if ok, err := r.UseToken(ctx, id, time.Now(), exp); err != nil || ok {
+				t.Fatalf("%s spent twice: %t %v", id, ok, err)
+			}
+		}
+	}
+	marked := 0
+	lost := 0
+	for i := range 3 {
+		if n, _ := rdb.Exists(ctx, keys.Mark(store.TagTokensShard(i))).Result(); n == 1 {
+			marked++
+			lost = i
+		}
+	}
+	if marked < 2 {
+		t.Fatalf("12 spends marked %d token shard(s)", marked)
+	}
+	// The rebuild's refusal: tokens issued before since are refused in every shard.
+	since := time.Now()
+	if err := one.RefuseTokens(ctx, since, since.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	shards := map[int]bool{}
+	for i := range 12 {
+		id := fmt.Sprintf("https://idp|old-%d", i)
+		shards[store.TokenShardOf(three, id)] = true
+		if ok, err := three.UseToken(ctx, id, since.Add(-time.Minute), exp); err != nil || ok {
+			t.Fatalf("a token issued before the rebuild was taken (shard %d): %t %v", store.TokenShardOf(three, id), ok, err)
+		}
+		if ok, err := three.UseToken(ctx, fmt.Sprintf("https://idp|new-%d", i), since.Add(time.Second), exp); err != nil || !ok {
+			t.Fatalf("a token issued after the rebuild was refused: %t %v", ok, err)
+		}
+	}
+	if len(shards) < 2 {
+		t.Errorf("the refused tokens fell in shards %v only", shards)
+	}
+	if err := three.CheckState(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(ctx, keys.Mark(store.TagTokensShard(lost))).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := three.Admit(ctx, ca.AdmissionRequest{CAKey: caKey, Identities: []string{"https://idp|a"}, Key: key}); ca.KindOf(err) != ca.KindUnavailable {
+		t.Errorf("admission with token shard %d's mark gone: %v, want unavailable", lost, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -34,6 +35,23 @@ table.insert(r, f[2] or '')
 return r
 `)
 
+// tokenShardScript is tokenScript for a token ledger shard beyond the first (TagTokensShard):
+// KEYS its mark; ARGV the mark's id, epoch, seen. Answers the mark's {status, id, epoch, n}; the
+// rebuild's refusal, in shard 0's tag, is read beside it (queueToken).
+var tokenShardScript = redis.NewScript(markLua + `
+return bump(KEYS[1], mark(KEYS[1], ARGV[1], ARGV[2], ARGV[3]))
+`)
+
+// tokenShardOf is the token ledger shard of a token ID: the first four bytes of its SHA-256 (the
+// hash its key is named by) mod the configured shards.
+func (r *Redis) tokenShardOf(id string) int {
+	if r.invShards <= 1 {
+		return 0
+	}
+	sum := sha256.Sum256([]byte(id))
+	return int(binary.BigEndian.Uint32(sum[:4]) % uint32(r.invShards))
+}
+
 // UseToken records a single-use token until it expires (SET NX): false when it was used
 // before, or when a rebuild's refusal (RefuseTokens) covers it: a token issued (its iat)
 // before the rebuild, or, when issued is zero (a token without iat), one that expires before
@@ -46,13 +64,14 @@ func (r *Redis) UseToken(ctx context.Context, id string, issued, until time.Time
 	if !until.After(r.now()) {
 		return false, nil // expired tokens never get this far; refuse rather than store forever
 	}
-	mw, err := r.BeginMarked(ctx, TagTokens)
+	shard := r.tokenShardOf(id)
+	mw, err := r.BeginMarked(ctx, r.tokenTags[shard])
 	if err != nil {
 		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
 	var tc *tokenCmds
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		tc = r.queueToken(ctx, p, mw, id, issued, until)
+		tc = r.queueToken(ctx, p, mw, shard, id, issued, until)
 		return nil
 	})
 	// Each command's own error is read by tokenResult (a NOSCRIPT is retried there).
@@ -70,19 +89,38 @@ type tokenCmds struct {
 	set           *redis.StatusCmd
 	spend         string // the value this spend records (spendID)
 	issued, until time.Time
-	keys          []string // the script's, for its retry by body (tokenResult)
+	keys          []string      // the script's, for its retry by body (tokenResult)
+	script        *redis.Script // tokenScript, or tokenShardScript beyond shard 0
+	// refused reads the rebuild's refusal beside a spend beyond shard 0 (nil in shard 0, whose
+	// script reads it).
+	refused *redis.SliceCmd
 }
 
 // queueToken queues the ledger's script (its mark, checked and bumped, and the rebuild's
 // refusal) and the SET NX of the token on p. The script goes by its SHA (EVALSHA): its body,
 // about a kilobyte, is neither sent nor hashed by Redis on every certificate; a server that
 // does not have it yet answers NOSCRIPT, and tokenResult runs it again by body.
-func (r *Redis) queueToken(ctx context.Context, p redis.Pipeliner, mw *MarkedWrite, id string, issued, until time.Time) *tokenCmds {
+//
+// Beyond shard 0 (RedisOptions.InventoryShards) the script only checks and bumps that shard's
+// mark, and an HMGET of the refusal in shard 0's tag goes beside it: a refusal written once is
+// read by every shard, whatever shards the rebuild knew of.
+func (r *Redis) queueToken(ctx context.Context, p redis.Pipeliner, mw *MarkedWrite, shard int, id string, issued, until time.Time) *tokenCmds {
 	sum := sha256.Sum256([]byte(id))
-	keys := []string{r.mark(TagTokens), r.fixed.tokensRefused}
 	spend := spendID()
+	if shard > 0 {
+		keys := []string{r.mark(r.tokenTags[shard])}
+		return &tokenCmds{
+			mw: mw, script: tokenShardScript, keys: keys,
+			marked:  tokenShardScript.EvalSha(ctx, p, keys, mw.Args()...),
+			refused: p.HMGet(ctx, r.fixed.tokensRefused, "since", "until"),
+			set:     p.SetArgs(ctx, r.keys.Token(hex.EncodeToString(sum[:])), spend, redis.SetArgs{Mode: "NX", Get: true, ExpireAt: until}),
+			spend:   spend, issued: issued, until: until,
+		}
+	}
+	keys := []string{r.mark(TagTokens), r.fixed.tokensRefused}
 	return &tokenCmds{
 		mw:     mw,
+		script: tokenScript,
 		marked: tokenScript.EvalSha(ctx, p, keys, mw.Args()...),
 		// SET NX GET: the token's record holds this spend's ID, and the answer is the record
 		// that was there before (nil when none was). go-redis sends a pipeline again when its
@@ -115,10 +153,18 @@ func isNoScript(err error) bool {
 func (r *Redis) tokenResult(ctx context.Context, tc *tokenCmds) (bool, error) {
 	res, err := tc.marked.Slice()
 	if isNoScript(err) {
-		res, err = tokenScript.Eval(ctx, r.rdb, tc.keys, tc.mw.Args()...).Slice()
+		res, err = tc.script.Eval(ctx, r.rdb, tc.keys, tc.mw.Args()...).Slice()
 	}
 	if err != nil {
 		return false, fmt.Errorf("store: token ledger: %w", err)
+	}
+	if tc.refused != nil {
+		// A shard beyond the first: the refusal was read beside the script.
+		v, err := tc.refused.Result()
+		if err != nil || len(v) != 2 {
+			return false, fmt.Errorf("store: token ledger: read the rebuild's refusal: %v %w", v, err)
+		}
+		res = append(res, v[0], v[1])
 	}
 	if len(res) != 6 {
 		return false, fmt.Errorf("store: token ledger: unexpected answer %v", res)

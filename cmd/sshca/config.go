@@ -205,7 +205,8 @@ type InventoryConfig struct {
 	// Redis Cluster, so that adding masters adds no issuance capacity (docs/scaling.md). With
 	// N, a certificate is kept in the shard of its identity ({inventory}, {inventory:1}, ...,
 	// {inventory:N-1}), identity blocks are written into every shard, and readers walk every
-	// shard ever used, so lowering it later loses nothing. The first record beyond the first
+	// shard ever used, so lowering it later loses nothing. The token ledger's generation mark,
+	// bumped by every single-use token spent, is spread the same way ({tokens:i}). The first record beyond the first
 	// shard raises the store's layout to 3: sshca releases older than layout 3 then refuse the
 	// store, so set it only once every replica runs this release. On a single Redis or
 	// Sentinel it gains nothing. At most 64.

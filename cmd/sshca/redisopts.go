@@ -89,7 +89,7 @@ type redisProbe struct {
 	// probed too, each possibly on another Cluster master.
 	auditStripes int
 	// inventoryShards is inventory.shards: the tags of shards beyond the first
-	// ({inventory:i}) are probed too.
+	// ({inventory:i}, and the token ledger's {tokens:i}) are probed too.
 	inventoryShards int
 }
 
@@ -108,7 +108,7 @@ func (p redisProbe) keys() []string {
 		out = append(out, keys.Probe(store.TagAuditStripe(i)))
 	}
 	for i := 1; i < p.inventoryShards; i++ {
-		out = append(out, keys.Probe(store.TagInventoryShard(i)))
+		out = append(out, keys.Probe(store.TagInventoryShard(i)), keys.Probe(store.TagTokensShard(i)))
 	}
 	seen := map[string]bool{}
 	if p.caKeys != nil {
