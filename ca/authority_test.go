@@ -82,8 +82,8 @@ func (f *fakeStore) Live(context.Context, string, time.Time) ([]ca.Certificate, 
 func (f *fakeStore) ResolveAlias(context.Context, string, time.Time) ([]string, error) {
 	return nil, nil
 }
-func (f *fakeStore) AllLive(context.Context, time.Time) ([]ca.Certificate, error) {
-	return nil, nil
+func (f *fakeStore) LivePage(context.Context, time.Time, ca.CertCursor, int) ([]ca.Certificate, ca.CertCursor, error) {
+	return nil, ca.CertCursor{}, nil
 }
 func (f *fakeStore) Get(context.Context, uint64) (ca.Certificate, bool, error) {
 	return ca.Certificate{}, false, nil

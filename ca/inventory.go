@@ -22,6 +22,111 @@ type CertQuery struct {
 	Principal string
 	// Live keeps only the certificates that still grant access: not revoked.
 	Live bool
+	// After is where the page starts: after this position (CertPage.Next of the page
+	// before); zero for the first page.
+	After CertCursor
+	// Limit is how many certificates of the inventory one page reads, at most; 0 reads them
+	// all (the console's and in-process callers'; the API always sets it). Principal and Live
+	// are applied to what was read, so a page may hold fewer, even none, and still have a Next.
+	Limit int
+}
+
+// CertCursor is a position in the inventory's order: by ValidBefore (unix ms), then by the
+// serial's decimal digits compared as text (the order of the store's index, a sorted set whose
+// members are the serials). A page after a cursor holds the certificates after that position,
+// so the pages of one listing neither skip nor repeat a certificate that is live throughout,
+// whatever is recorded or expires between them (a certificate recorded meanwhile with an
+// earlier ValidBefore than the cursor's is not listed: it comes before the position). Zero
+// (Serial 0, which no certificate has) is the start.
+type CertCursor struct {
+	ValidBefore int64 // unix ms
+	Serial      uint64
+}
+
+// IsZero reports whether c is the start.
+func (c CertCursor) IsZero() bool { return c.Serial == 0 }
+
+// CursorOf is the position of c.
+func CursorOf(c Certificate) CertCursor {
+	return CertCursor{ValidBefore: c.ValidBefore.UnixMilli(), Serial: c.Serial}
+}
+
+// Compare orders cursors as the inventory's index does: -1 when c comes before d, 0 when they
+// are equal, +1 after.
+func (c CertCursor) Compare(d CertCursor) int {
+	if n := cmp.Compare(c.ValidBefore, d.ValidBefore); n != 0 {
+		return n
+	}
+	return strings.Compare(strconv.FormatUint(c.Serial, 10), strconv.FormatUint(d.Serial, 10))
+}
+
+// cursorVersion prefixes an encoded cursor, so that a later encoding can tell old ones apart.
+const cursorVersion = "c1"
+
+// maxCursorMS is the largest ValidBefore a cursor may name: 2^53 ms, the last integer a sorted
+// set's score (a float64) holds exactly, some 285,000 years from 1970.
+const maxCursorMS = 1 << 53
+
+// String encodes c as the opaque next_cursor of GET /v1/certs: base64url (unpadded) of
+// "c1:<ValidBefore ms>:<serial>"; "" for the start.
+func (c CertCursor) String() string {
+	if c.IsZero() {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(cursorVersion + ":" + strconv.FormatInt(c.ValidBefore, 10) + ":" + strconv.FormatUint(c.Serial, 10)))
+}
+
+// ParseCertCursor decodes what String made; "" is the start. Anything else, malformed or made
+// up (a serial of 0, a time out of range, digits with a sign or leading zeros), is Invalid
+// naming the cursor and what to do: a cursor is only ever one a server gave. A cursor made up
+// with a well-formed position is not refused, and needs not be: it only moves the start of a
+// listing the caller may read whole.
+func ParseCertCursor(s string) (CertCursor, error) {
+	if s == "" {
+		return CertCursor{}, nil
+	}
+	bad := Invalid("cursor %.40q is not one this server gave: pass the next_cursor of the page before as it is, or leave cursor out to start from the first page", s)
+	if len(s) > 64 {
+		return CertCursor{}, bad
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return CertCursor{}, bad
+	}
+	parts := strings.Split(string(b), ":")
+	if len(parts) != 3 || parts[0] != cursorVersion || !canonicalDigits(parts[1]) || !canonicalDigits(parts[2]) {
+		return CertCursor{}, bad
+	}
+	ms, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil || ms > maxCursorMS {
+		return CertCursor{}, bad
+	}
+	serial, err := strconv.ParseUint(parts[2], 10, 64)
+	if err != nil || serial == 0 {
+		return CertCursor{}, bad
+	}
+	return CertCursor{ValidBefore: ms, Serial: serial}, nil
+}
+
+// canonicalDigits: one or more ASCII digits, without a leading zero unless it is "0", so that
+// one position has one encoding.
+func canonicalDigits(s string) bool {
+	if s == "" || len(s) > 20 || (len(s) > 1 && s[0] == '0') {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// CertPage is one page of the inventory: its certificates in CertCursor order, and Next, the
+// position to ask the next page after; zero on the last page.
+type CertPage struct {
+	Certificates []ListedCertificate
+	Next         CertCursor
 }
 
 // Revocation reasons of a ListedCertificate, what makes bastions refuse it.
@@ -45,18 +150,22 @@ type ListedCertificate struct {
 const maxQueryField = 256
 
 // ListCertificates authorizes the caller (kind "read", audited as a read: an auditor may list
-// without being allowed to revoke) and lists the unexpired certificates that q selects, by
-// serial, each flagged when revoked. Without an identity it reads the store's global index of
-// live certificates (CertStore.AllLive), so its cost grows with the number of certificates
-// alive now, not with how many were ever issued. Errors: Invalid for a malformed query,
-// Unauthenticated or Denied from the token and policy, Unavailable when a store does not
-// answer.
-func (a *Authority) ListCertificates(ctx context.Context, token string, q CertQuery) ([]ListedCertificate, error) {
+// without being allowed to revoke) and lists one page of the unexpired certificates that q
+// selects, in CertCursor order (soonest to expire first), each flagged when revoked: at most
+// q.Limit certificates of the inventory after q.After, then filtered by q.Principal and q.Live.
+// Without an identity it reads a page of the store's global index of live certificates
+// (CertStore.LivePage), so a page costs what it holds, not what is alive or was ever issued.
+// Errors: Invalid for a malformed query, Unauthenticated or Denied from the token and policy,
+// Unavailable when a store does not answer.
+func (a *Authority) ListCertificates(ctx context.Context, token string, q CertQuery) (CertPage, error) {
 	if err := checkQueryField("identity", q.Identity); err != nil {
-		return nil, err
+		return CertPage{}, err
 	}
 	if err := checkQueryField("principal", q.Principal); err != nil {
-		return nil, err
+		return CertPage{}, err
+	}
+	if q.Limit < 0 {
+		return CertPage{}, Invalid("limit %d is negative: give how many certificates a page may hold", q.Limit)
 	}
 	target := "list certificates"
 	if q.Identity != "" {
@@ -66,27 +175,28 @@ func (a *Authority) ListCertificates(ctx context.Context, token string, q CertQu
 		target += " with principal " + q.Principal
 	}
 	if err := a.authenticateReader(ctx, token, target); err != nil {
-		return nil, err
+		return CertPage{}, err
 	}
 	now := a.now()
 	var certs []Certificate
+	var next CertCursor
 	if q.Identity == "" {
-		all, err := a.store.AllLive(ctx, now)
+		page, n, err := a.store.LivePage(ctx, now, q.After, q.Limit)
 		if err != nil {
-			return nil, Unavailable("certificate inventory unavailable", err)
+			return CertPage{}, Unavailable("certificate inventory unavailable", err)
 		}
-		certs = all
+		certs, next = page, n
 	} else {
 		matches, err := a.identityMatches(ctx, q.Identity, now)
 		if err != nil {
-			return nil, err
+			return CertPage{}, err
 		}
 		// Also the name as given: records written before identities were canonical.
 		seen := map[uint64]bool{}
 		for _, name := range dedupe(append(matches, q.Identity)) {
 			live, err := a.store.Live(ctx, name, now)
 			if err != nil {
-				return nil, Unavailable("certificate inventory unavailable", err)
+				return CertPage{}, Unavailable("certificate inventory unavailable", err)
 			}
 			for _, c := range live {
 				if !seen[c.Serial] {
@@ -95,13 +205,22 @@ func (a *Authority) ListCertificates(ctx context.Context, token string, q CertQu
 				}
 			}
 		}
+		// One identity's certificates are few: paged here, in the same order as the index.
+		slices.SortFunc(certs, func(x, y Certificate) int { return CursorOf(x).Compare(CursorOf(y)) })
+		if !q.After.IsZero() {
+			certs = slices.DeleteFunc(certs, func(c Certificate) bool { return CursorOf(c).Compare(q.After) <= 0 })
+		}
+		if q.Limit > 0 && len(certs) > q.Limit {
+			certs = certs[:q.Limit]
+			next = CursorOf(certs[len(certs)-1])
+		}
 	}
 	if q.Principal != "" {
 		certs = slices.DeleteFunc(certs, func(c Certificate) bool { return !slices.Contains(c.Principals, q.Principal) })
 	}
 	revoked, err := a.revokedCheck(ctx)
 	if err != nil {
-		return nil, err
+		return CertPage{}, err
 	}
 	out := make([]ListedCertificate, 0, len(certs))
 	for _, c := range certs {
@@ -111,8 +230,7 @@ func (a *Authority) ListCertificates(ctx context.Context, token string, q CertQu
 		}
 		out = append(out, l)
 	}
-	slices.SortFunc(out, func(x, y ListedCertificate) int { return cmp.Compare(x.Serial, y.Serial) })
-	return out, nil
+	return CertPage{Certificates: out, Next: next}, nil
 }
 
 // checkQueryField refuses a filter no certificate could match and that would only fill the

@@ -68,14 +68,15 @@ func TestListCertificates(t *testing.T) {
 
 	list := func(q ca.CertQuery) map[uint64]string {
 		t.Helper()
-		got, err := auditor.ListCertificates(ctx, "good", q)
+		page, err := auditor.ListCertificates(ctx, "good", q)
 		if err != nil {
 			t.Fatalf("list %+v: %v", q, err)
 		}
+		got := page.Certificates
 		out := map[uint64]string{}
 		for i, c := range got {
-			if i > 0 && got[i-1].Serial >= c.Serial {
-				t.Errorf("not sorted by serial: %d after %d", c.Serial, got[i-1].Serial)
+			if i > 0 && ca.CursorOf(got[i-1].Certificate).Compare(ca.CursorOf(c.Certificate)) >= 0 {
+				t.Errorf("not in cursor order: %d after %d", c.Serial, got[i-1].Serial)
 			}
 			out[c.Serial] = c.Revoked
 		}
@@ -93,6 +94,39 @@ func TestListCertificates(t *testing.T) {
 	}
 	if diff := cmp.Diff(map[uint64]string{s(b2): ""}, list(ca.CertQuery{Identity: bob.Name(), Principal: "root"})); diff != "" {
 		t.Errorf("bob's root (-want +got):\n%s", diff)
+	}
+
+	// One certificate a page, across identities (the store's pages) and of one identity (paged
+	// here): every one once, in cursor order, and no next after the last. A negative limit is
+	// refused naming it.
+	for _, q := range []ca.CertQuery{{Limit: 1}, {Identity: "alice@example.com", Limit: 1}, {Principal: "root", Limit: 3}} {
+		var got []uint64
+		for pages := 0; ; pages++ {
+			page, err := auditor.ListCertificates(ctx, "good", q)
+			if err != nil || len(page.Certificates) > q.Limit || pages > 10 {
+				t.Fatalf("page %d of %+v: %v %v", pages, q, page, err)
+			}
+			for _, c := range page.Certificates {
+				got = append(got, c.Serial)
+			}
+			if page.Next.IsZero() {
+				break
+			}
+			q.After = page.Next
+		}
+		q.After, q.Limit = ca.CertQuery{}.After, 0
+		want := list(q)
+		if len(got) != len(want) {
+			t.Errorf("paged %+v: %v, want each of %v once", q, got, want)
+		}
+		for _, sn := range got {
+			if _, ok := want[sn]; !ok {
+				t.Errorf("paged %+v: %d not in %v", q, sn, want)
+			}
+		}
+	}
+	if _, err := auditor.ListCertificates(ctx, "good", ca.CertQuery{Limit: -1}); ca.KindOf(err) != ca.KindInvalid || !strings.HasPrefix(err.Error(), "limit") {
+		t.Errorf("a negative limit: %v", err)
 	}
 
 	// The auditor cannot revoke; the admin revokes a2 by serial, b1 by key ID, b2's public key.
@@ -131,8 +165,8 @@ func TestListCertificates(t *testing.T) {
 			t.Errorf("a read audited as a revocation: %+v", r)
 		}
 	}
-	if reads != 7 {
-		t.Errorf("%d read records, want 7", reads)
+	if reads != 18 { // 7 lists, and 11 for the pages above (each page is a read)
+		t.Errorf("%d read records, want 18", reads)
 	}
 	found := false
 	for _, r := range log.recs {
@@ -163,7 +197,7 @@ func TestListCertificates(t *testing.T) {
 		}
 	}
 	// The longest allowed filter still passes (no certificate has it).
-	if got, err := auditor.ListCertificates(ctx, "good", ca.CertQuery{Principal: strings.Repeat("r", 256)}); err != nil || len(got) != 0 {
+	if got, err := auditor.ListCertificates(ctx, "good", ca.CertQuery{Principal: strings.Repeat("r", 256)}); err != nil || len(got.Certificates) != 0 {
 		t.Errorf("a 256-byte principal: %v %v", got, err)
 	}
 }

@@ -138,9 +138,9 @@ func (w observedCertStore) Live(ctx context.Context, identity string, now time.T
 	return w.CertStore.Live(ctx, identity, now)
 }
 
-func (w observedCertStore) AllLive(ctx context.Context, now time.Time) (_ []Certificate, err error) {
+func (w observedCertStore) LivePage(ctx context.Context, now time.Time, after CertCursor, limit int) (_ []Certificate, _ CertCursor, err error) {
 	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
-	return w.CertStore.AllLive(ctx, now)
+	return w.CertStore.LivePage(ctx, now, after, limit)
 }
 
 func (w observedCertStore) Get(ctx context.Context, serial uint64) (_ Certificate, _ bool, err error) {

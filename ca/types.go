@@ -268,9 +268,14 @@ type Signer interface {
 type CertStore interface {
 	Record(ctx context.Context, c Certificate) error
 	Live(ctx context.Context, identity string, now time.Time) ([]Certificate, error)
-	// AllLive returns every certificate, of any identity, still valid at now, by serial:
-	// "who has access now" (Authority.ListCertificates).
-	AllLive(ctx context.Context, now time.Time) ([]Certificate, error)
+	// LivePage returns the certificates, of any identity, still valid at now that come after
+	// the position after in CertCursor order, at most limit of them (0: all), in that order:
+	// one page of "who has access now" (Authority.ListCertificates). next is where the next
+	// page starts, zero when none is left; a serial of the index whose record expired
+	// meanwhile is skipped but still moves next, so a page may hold fewer than limit. It reads
+	// the index and the position atomically, so successive pages neither skip nor repeat a
+	// certificate live throughout.
+	LivePage(ctx context.Context, now time.Time, after CertCursor, limit int) (page []Certificate, next CertCursor, err error)
 	Get(ctx context.Context, serial uint64) (Certificate, bool, error)
 	// ResolveAlias returns the canonical names of the identities recorded under alias
 	// ("email:…" or "username:…") whose index entries last beyond now, sorted.

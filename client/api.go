@@ -112,11 +112,22 @@ type RevocationsResponse struct {
 	HostCA RevocationScope `json:"host_ca"`
 }
 
-// InventoryResponse is the answer to GET /v1/certs[?identity=…][&principal=…][&live=true]:
-// the unexpired certificates selected, by serial.
+// InventoryResponse is the answer to GET
+// /v1/certs[?identity=…][&principal=…][&live=true][&limit=N][&cursor=…]: one page of the
+// unexpired certificates selected, soonest to expire first. NextCursor, absent on the last page,
+// is the cursor parameter of the next; a page may hold fewer than limit certificates (the
+// filters apply after the page is read), even none, and still have one.
 type InventoryResponse struct {
 	Certificates []Certificate `json:"certificates"`
+	NextCursor   string        `json:"next_cursor,omitempty"`
 }
+
+// DefaultPageLimit is a page's size when a list's query gives no limit, MaxPageLimit the
+// largest limit a server takes (GET /v1/certs?limit=N).
+const (
+	DefaultPageLimit = 1000
+	MaxPageLimit     = 10000
+)
 
 // LoginConfig is the answer to GET /v1/login/config: the OIDC client setting `sshca login`
 // signs users in with. The yaml tags are the server's configuration of it.

@@ -36,9 +36,9 @@ const MaxAnswerBytes = 1 << 20
 // the KRL keeps trusting everything revoked since it last could.
 const MaxKRLBytes = 256 << 20
 
-// MaxListBytes bounds the lists the client reads: the inventory (GET /v1/certs), a few
-// hundred bytes a certificate, and the revocation list (GET /v1/revocations), about a hundred
-// an entry. 64 MiB is some 200,000 certificates; 1 MiB refused a fleet of a few thousand.
+// MaxListBytes bounds the lists the client reads: a page of the inventory (GET /v1/certs), a
+// few hundred bytes a certificate (MaxPageLimit of them is some 5 MiB), and the revocation list
+// (GET /v1/revocations), about a hundred an entry. 1 MiB refused a fleet of a few thousand.
 const MaxListBytes = 64 << 20
 
 // Default deadlines of one call, when the caller's context has none sooner: a POST may wait for
@@ -136,10 +136,43 @@ type CertQuery struct {
 	// certificate names; Live keeps only those not revoked.
 	Identity, Principal string
 	Live                bool
+	// Limit is the size of a page (0: the server's default, DefaultPageLimit).
+	Limit int
+	// OnPage, when set, is called after each page with how many pages and certificates have
+	// come so far (Inventory).
+	OnPage func(pages, certs int)
 }
 
-// Inventory lists the unexpired certificates q selects, revoked ones flagged (GET /v1/certs).
+// Inventory lists the unexpired certificates q selects, revoked ones flagged (GET /v1/certs),
+// soonest to expire first: it asks page after page (q.Limit certificates each, the server's
+// default when 0) until the server gives no next cursor, calling q.OnPage after each.
+// Certificates recorded while it pages may or may not be listed; one live throughout is
+// listed once.
 func (c *Client) Inventory(ctx context.Context, token string, q CertQuery) ([]Certificate, error) {
+	var all []Certificate
+	cursor := ""
+	for pages := 1; ; pages++ {
+		page, err := c.InventoryPage(ctx, token, q, cursor)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page.Certificates...)
+		if q.OnPage != nil {
+			q.OnPage(pages, len(all))
+		}
+		if page.NextCursor == "" {
+			return all, nil
+		}
+		if page.NextCursor == cursor {
+			return nil, fmt.Errorf("sshca: GET /v1/certs: the server gave the same cursor twice")
+		}
+		cursor = page.NextCursor
+	}
+}
+
+// InventoryPage asks for one page of the certificates q selects, after cursor (a NextCursor
+// of the page before; "" for the first).
+func (c *Client) InventoryPage(ctx context.Context, token string, q CertQuery, cursor string) (InventoryResponse, error) {
 	var out InventoryResponse
 	v := url.Values{}
 	if q.Identity != "" {
@@ -151,12 +184,18 @@ func (c *Client) Inventory(ctx context.Context, token string, q CertQuery) ([]Ce
 	if q.Live {
 		v.Set("live", "true")
 	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	if cursor != "" {
+		v.Set("cursor", cursor)
+	}
 	path := "/v1/certs"
 	if len(v) > 0 {
 		path += "?" + v.Encode()
 	}
 	err := c.do(ctx, http.MethodGet, path, token, nil, &out, GetTimeout, MaxListBytes)
-	return out.Certificates, err
+	return out, err
 }
 
 // LoginConfig is what `sshca login` signs users in with (GET /v1/login/config).

@@ -83,12 +83,12 @@ func (a *api) Revocations(_ context.Context, token string) (ca.RevocationState, 
 	return st, ca.RevocationState{CA: a.caKey.PublicKey()}, a.err
 }
 
-func (a *api) ListCertificates(_ context.Context, token string, q ca.CertQuery) ([]ca.ListedCertificate, error) {
+func (a *api) ListCertificates(_ context.Context, token string, q ca.CertQuery) (ca.CertPage, error) {
 	a.token = token
-	if q != (ca.CertQuery{Identity: "alice@example.com", Principal: "alice", Live: true}) {
-		return nil, ca.Invalid("query %+v", q)
+	if q != (ca.CertQuery{Identity: "alice@example.com", Principal: "alice", Live: true, Limit: client.DefaultPageLimit}) {
+		return ca.CertPage{}, ca.Invalid("query %+v", q)
 	}
-	return []ca.ListedCertificate{{Certificate: record, Revoked: ca.RevokedBySerial}}, a.err
+	return ca.CertPage{Certificates: []ca.ListedCertificate{{Certificate: record, Revoked: ca.RevokedBySerial}}}, a.err
 }
 
 func (a *api) UserRevocationStates(context.Context) ([]ca.RevocationState, error) {

@@ -93,8 +93,10 @@ func (m logging) Revocations(ctx context.Context, token string) (user, host ca.R
 	return m.Service.Revocations(ctx, token)
 }
 
-func (m logging) ListCertificates(ctx context.Context, token string, q ca.CertQuery) (certs []ca.ListedCertificate, err error) {
-	defer func(begin time.Time) { logCall(ctx, m.log, "inventory", begin, err, "certificates", len(certs)) }(time.Now())
+func (m logging) ListCertificates(ctx context.Context, token string, q ca.CertQuery) (page ca.CertPage, err error) {
+	defer func(begin time.Time) {
+		logCall(ctx, m.log, "inventory", begin, err, "certificates", len(page.Certificates), "more", !page.Next.IsZero())
+	}(time.Now())
 	return m.Service.ListCertificates(ctx, token, q)
 }
 
@@ -281,7 +283,7 @@ func (mw instrumenting) Revocations(ctx context.Context, token string) (_, _ ca.
 	return mw.Service.Revocations(ctx, token)
 }
 
-func (mw instrumenting) ListCertificates(ctx context.Context, token string, q ca.CertQuery) (_ []ca.ListedCertificate, err error) {
+func (mw instrumenting) ListCertificates(ctx context.Context, token string, q ca.CertQuery) (_ ca.CertPage, err error) {
 	defer func(begin time.Time) { mw.m.observe("inventory", begin, err) }(time.Now())
 	return mw.Service.ListCertificates(ctx, token, q)
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -201,17 +202,17 @@ func makeRevocationsEndpoint(s Service) endpoint.Endpoint {
 func makeInventoryEndpoint(s Service) endpoint.Endpoint {
 	return func(ctx context.Context, request any) (any, error) {
 		req := request.(inventoryRequest)
-		certs, err := s.ListCertificates(ctx, req.token, req.query)
+		page, err := s.ListCertificates(ctx, req.token, req.query)
 		if err != nil {
 			return inventoryResponse{Err: err}, nil
 		}
-		out := make([]client.Certificate, 0, len(certs))
-		for _, c := range certs {
+		out := make([]client.Certificate, 0, len(page.Certificates))
+		for _, c := range page.Certificates {
 			j := certJSON(c.Certificate)
 			j.Revoked = c.Revoked
 			out = append(out, j)
 		}
-		return inventoryResponse{InventoryResponse: client.InventoryResponse{Certificates: out}}, nil
+		return inventoryResponse{InventoryResponse: client.InventoryResponse{Certificates: out, NextCursor: page.Next.String()}}, nil
 	}
 }
 
@@ -296,7 +297,49 @@ func decodeInventoryRequest(_ context.Context, r *http.Request) (any, error) {
 			return nil, ca.Invalid("live %q: want true or false (GET /v1/certs?live=true)", v)
 		}
 	}
+	if req.query.Limit, err = pageLimit(q); err != nil {
+		return nil, err
+	}
+	if req.query.After, err = ca.ParseCertCursor(q.Get("cursor")); err != nil {
+		return nil, err
+	}
 	return req, nil
+}
+
+// DefaultPageLimit and MaxPageLimit bound the pages of a list (GET /v1/certs?limit=N): a page
+// of 10,000 certificates is some 5 MB of JSON, well within what the client reads
+// (client.MaxListBytes), and one Redis script and 20 MGETs to read.
+const (
+	DefaultPageLimit = client.DefaultPageLimit
+	MaxPageLimit     = client.MaxPageLimit
+)
+
+// pageLimit is the limit of a list's query: DefaultPageLimit when absent, else a whole number
+// from 1 to MaxPageLimit, or Invalid naming limit and its range.
+func pageLimit(q url.Values) (int, error) {
+	vs, ok := q["limit"]
+	if !ok {
+		return DefaultPageLimit, nil
+	}
+	if len(vs) == 1 && canonicalInt(vs[0]) {
+		if n, err := strconv.Atoi(vs[0]); err == nil && n >= 1 && n <= MaxPageLimit {
+			return n, nil
+		}
+	}
+	return 0, ca.Invalid("limit %.20q: give a whole number from 1 to %d, or leave it out for %d", strings.Join(vs, ","), MaxPageLimit, DefaultPageLimit)
+}
+
+// canonicalInt: decimal digits without sign or leading zero, at most 6 of them.
+func canonicalInt(s string) bool {
+	if s == "" || len(s) > 6 || s[0] == '0' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // encodeKRL answers with the binary KRL of the states (GET /v1/krl of user CA keys, GET

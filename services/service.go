@@ -32,9 +32,9 @@ type Service interface {
 	Unrevoke(ctx context.Context, token string, req ca.UnrevokeRequest) (ca.UnrevokeResult, error)
 	// Revocations lists what is revoked, per CA key (policy kind "read", audited).
 	Revocations(ctx context.Context, token string) (user, host ca.RevocationState, err error)
-	// ListCertificates lists the unexpired certificates a query selects, flagged when revoked
-	// (policy kind "read", audited).
-	ListCertificates(ctx context.Context, token string, q ca.CertQuery) ([]ca.ListedCertificate, error)
+	// ListCertificates lists a page of the unexpired certificates a query selects, flagged when
+	// revoked (policy kind "read", audited).
+	ListCertificates(ctx context.Context, token string, q ca.CertQuery) (ca.CertPage, error)
 	// UserRevocationStates is the unauthenticated read behind GET /v1/krl: a KRL is public.
 	UserRevocationStates(ctx context.Context) ([]ca.RevocationState, error)
 	// HostRevocationStates is the unauthenticated read behind GET /v1/krl/host and the

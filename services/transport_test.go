@@ -55,8 +55,8 @@ func (f *fakeService) Revoke(context.Context, string, ca.RevokeRequest) (ca.Revo
 func (f *fakeService) Revocations(context.Context, string) (ca.RevocationState, ca.RevocationState, error) {
 	return ca.RevocationState{}, ca.RevocationState{}, f.err
 }
-func (f *fakeService) ListCertificates(context.Context, string, ca.CertQuery) ([]ca.ListedCertificate, error) {
-	return nil, f.err
+func (f *fakeService) ListCertificates(context.Context, string, ca.CertQuery) (ca.CertPage, error) {
+	return ca.CertPage{}, f.err
 }
 func (f *fakeService) UserRevocationStates(context.Context) ([]ca.RevocationState, error) {
 	return []ca.RevocationState{{Version: 3, CA: f.key.PublicKey()}}, f.err

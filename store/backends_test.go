@@ -21,6 +21,7 @@ import (
 // interface its consumer declares.
 type allRoles interface {
 	ca.CertStore
+	AllLive(ctx context.Context, now time.Time) ([]ca.Certificate, error)
 	ca.AccessRequestStore
 	ca.TokenLedger
 	ca.RevocationStore

@@ -150,6 +150,170 @@ func (r *Redis) AllLive(ctx context.Context, now time.Time) ([]ca.Certificate, e
 	return r.liveIn(ctx, r.keys.ShardLiveCerts, now)
 }
 
+// livePageScript: KEYS a live index (Keys.ShardLiveCerts); ARGV now (unix ms), the cursor's
+// score (ValidBefore in unix ms) and member (its serial; "" for the start), the limit (0: all).
+// Answers {more, {member, score, ...}}: the members after the cursor in the index's order
+// (score, then member bytes) whose score is beyond now, at most limit, and 1 when members are
+// left after them. The position is found by rank in the same script as the range is read, so
+// nothing recorded or pruned in between can shift it: the cursor's rank when its member is
+// there with its score; else (pruned with everything up to its score, or in another shard's
+// index) the members before its position counted by score, and among those of its own score by
+// member.
+var livePageScript = redis.NewScript(`
+-- a <= b byte by byte, as Redis orders the members of one score (Lua's own <= follows the locale)
+local function le(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a <= #b
+end
+local key = KEYS[1]
+local start = redis.call('ZCOUNT', key, '-inf', ARGV[1])
+if ARGV[3] ~= '' then
+  local pos
+  local r = redis.call('ZRANK', key, ARGV[3])
+  local sc = redis.call('ZSCORE', key, ARGV[3])
+  if r and tonumber(sc) == tonumber(ARGV[2]) then
+    pos = r + 1
+  else
+    pos = redis.call('ZCOUNT', key, '-inf', '(' .. ARGV[2])
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, ARGV[2], ARGV[2])) do
+      if le(m, ARGV[3]) then
+        pos = pos + 1
+      else
+        break
+      end
+    end
+  end
+  if pos > start then start = pos end
+end
+local limit = tonumber(ARGV[4])
+local stop = -1
+if limit > 0 then stop = start + limit - 1 end
+local page = redis.call('ZRANGE', key, start, stop, 'WITHSCORES')
+local more = 0
+if limit > 0 and redis.call('ZCARD', key) > stop + 1 then more = 1 end
+return {more, page}
+`)
+
+// LivePage returns a page of the certificates still valid at now after the position after,
+// at most limit (0: all), in ca.CertCursor order, and where the next page starts (zero: none
+// is left). Every shard's index (Keys.ShardLiveCerts) answers its first limit members after
+// the position (livePageScript, one EVAL a shard in one pipeline); the page is the first limit
+// of their merge (any shard's members up to its last are among that shard's first limit), and
+// its records are read in MGETs of up to liveBatch keys of one shard. A serial whose record
+// expired meanwhile is skipped, but still moves the position.
+func (r *Redis) LivePage(ctx context.Context, now time.Time, after ca.CertCursor, limit int) ([]ca.Certificate, ca.CertCursor, error) {
+	member := ""
+	if !after.IsZero() {
+		member = strconv.FormatUint(after.Serial, 10)
+	}
+	var cmds []*redis.Cmd
+	_, err := r.inShards(ctx, func(p redis.Pipeliner, shard int) {
+		cmds = append(cmds, livePageScript.Eval(ctx, p, []string{r.keys.ShardLiveCerts(shard)}, now.UnixMilli(), after.ValidBefore, member, limit))
+	})
+	if err != nil {
+		return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: %w", err)
+	}
+	type entry struct {
+		pos   ca.CertCursor
+		shard int
+	}
+	var merged []entry
+	more := false
+	for shard, cmd := range cmds {
+		res, err := cmd.Slice()
+		if err != nil {
+			return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: %w", err)
+		}
+		var flat []any
+		if len(res) == 2 {
+			flat, _ = res[1].([]any)
+		}
+		if len(res) != 2 || len(flat)%2 != 0 {
+			return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: unexpected answer %v", res)
+		}
+		if m, _ := res[0].(int64); m == 1 {
+			more = true
+		}
+		for i := 0; i < len(flat); i += 2 {
+			m, _ := flat[i].(string)
+			sc, _ := flat[i+1].(string)
+			n, err := strconv.ParseUint(m, 10, 64)
+			if err != nil {
+				return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: bad serial %q in index", m)
+			}
+			score, err := strconv.ParseFloat(sc, 64)
+			if err != nil {
+				return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: bad score %q in index", sc)
+			}
+			merged = append(merged, entry{ca.CertCursor{ValidBefore: int64(score), Serial: n}, shard})
+		}
+	}
+	if len(cmds) > 1 {
+		slices.SortFunc(merged, func(x, y entry) int { return x.pos.Compare(y.pos) })
+	}
+	if limit > 0 && len(merged) > limit {
+		merged, more = merged[:limit], true
+	}
+	if len(merged) == 0 {
+		return nil, ca.CertCursor{}, nil
+	}
+	// The records, in the page's order: MGETs of one shard's keys each, in one pipeline.
+	type batch struct {
+		at   []int // positions in merged
+		keys []string
+	}
+	var batches []batch
+	byShard := map[int]int{} // shard -> index in batches of its open batch
+	for i, e := range merged {
+		bi, ok := byShard[e.shard]
+		if !ok || len(batches[bi].keys) == liveBatch {
+			batches = append(batches, batch{})
+			bi = len(batches) - 1
+			byShard[e.shard] = bi
+		}
+		batches[bi].at = append(batches[bi].at, i)
+		batches[bi].keys = append(batches[bi].keys, r.keys.ShardCert(e.shard, e.pos.Serial))
+	}
+	gets := make([]*redis.SliceCmd, len(batches))
+	if _, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, b := range batches {
+			gets[i] = p.MGet(ctx, b.keys...)
+		}
+		return nil
+	}); err != nil {
+		return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: %w", err)
+	}
+	found := make([]*ca.Certificate, len(merged))
+	for j, cmd := range gets {
+		for i, v := range cmd.Val() {
+			s, ok := v.(string)
+			if !ok {
+				continue // expired since the index was read
+			}
+			var c ca.Certificate
+			if err := json.Unmarshal([]byte(s), &c); err != nil {
+				return nil, ca.CertCursor{}, fmt.Errorf("store: corrupt record %s: %w", batches[j].keys[i], err)
+			}
+			if c.ValidBefore.After(now) {
+				found[batches[j].at[i]] = &c
+			}
+		}
+	}
+	out := make([]ca.Certificate, 0, len(merged))
+	for _, c := range found {
+		if c != nil {
+			out = append(out, *c)
+		}
+	}
+	if !more {
+		return out, ca.CertCursor{}, nil
+	}
+	return out, merged[len(merged)-1].pos, nil
+}
+
 // liveBatch bounds the keys of one MGET, so that a large inventory does not make one reply of
 // many megabytes that blocks Redis while it is written.
 const liveBatch = 512
@@ -352,6 +516,25 @@ func (m *Memory) AllLive(_ context.Context, now time.Time) ([]ca.Certificate, er
 	}
 	sortBySerial(out)
 	return out, nil
+}
+
+// LivePage returns a page of the certificates still valid at now after the position after,
+// in ca.CertCursor order (see Redis.LivePage).
+func (m *Memory) LivePage(_ context.Context, now time.Time, after ca.CertCursor, limit int) ([]ca.Certificate, ca.CertCursor, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []ca.Certificate
+	for _, c := range m.certs {
+		if c.ValidBefore.After(now) && (after.IsZero() || ca.CursorOf(c).Compare(after) > 0) {
+			out = append(out, c)
+		}
+	}
+	slices.SortFunc(out, func(x, y ca.Certificate) int { return ca.CursorOf(x).Compare(ca.CursorOf(y)) })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+		return out, ca.CursorOf(out[len(out)-1]), nil
+	}
+	return out, ca.CertCursor{}, nil
 }
 
 // Get returns the record of a serial, if it is still kept.

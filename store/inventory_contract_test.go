@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ func TestInventoryContract(t *testing.T) {
 // inventory is what ca consumes (ca.CertStore), with the readiness check.
 type inventory interface {
 	ca.CertStore
+	AllLive(ctx context.Context, now time.Time) ([]ca.Certificate, error)
 	Check(ctx context.Context) error
 }
 
@@ -102,6 +104,91 @@ func testInventory(t *testing.T, newStore func(*testing.T, *clock) inventory) {
 		}
 		if got, _ := s.AllLive(ctx, t0); len(got) != 3 {
 			t.Errorf("after a refused record: %v, want the 3 recorded", got)
+		}
+	})
+
+	t.Run("pages", func(t *testing.T) {
+		c := &clock{t: t0}
+		s := newStore(t, c)
+		// Seven certificates share one ValidBefore (one second: the second they were signed in,
+		// at a few thousand a second), their serials chosen so that text and number orders differ.
+		var want []ca.Certificate
+		for _, sn := range []uint64{30, 100, 9, 25, 10, 2, 11} {
+			want = append(want, cert(sn, "alice", time.Hour))
+		}
+		want = append(want, cert(40, "bob", 30*time.Minute), cert(41, "bob", 30*time.Minute), cert(5, "carol", 2*time.Hour), cert(6, "carol", 3*time.Hour))
+		for _, x := range want {
+			if err := s.Record(ctx, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+		slices.SortFunc(want, func(x, y ca.Certificate) int { return ca.CursorOf(x).Compare(ca.CursorOf(y)) })
+		if all, next, err := s.LivePage(ctx, t0, ca.CertCursor{}, 0); err != nil || !next.IsZero() || !cmp.Equal(want, all) {
+			t.Fatalf("limit 0: %v %v, want all %d in order and no next:\n%s", next, err, len(want), cmp.Diff(want, all))
+		}
+		if _, next, _ := s.LivePage(ctx, t0, ca.CertCursor{}, len(want)); !next.IsZero() {
+			t.Errorf("a page that holds all: next %v, want none", next)
+		}
+		// Pages of 3, with a certificate recorded between pages after the position (listed once)
+		// and one before it (not listed: it comes before the position).
+		var got []ca.Certificate
+		var after ca.CertCursor
+		later, earlier := cert(50, "dave", 4*time.Hour), cert(51, "dave", time.Minute)
+		for pages := 1; ; pages++ {
+			page, next, err := s.LivePage(ctx, t0, after, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) > 3 {
+				t.Fatalf("page %d holds %d", pages, len(page))
+			}
+			got = append(got, page...)
+			if pages == 2 {
+				for _, x := range []ca.Certificate{later, earlier} {
+					if err := s.Record(ctx, x); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if next.IsZero() {
+				break
+			}
+			if next != ca.CursorOf(page[len(page)-1]) {
+				t.Fatalf("page %d: next %v, want its last certificate's position", pages, next)
+			}
+			after = next
+			if pages > 10 {
+				t.Fatal("no end")
+			}
+		}
+		if diff := cmp.Diff(append(slices.Clone(want), later), got); diff != "" {
+			t.Errorf("paged (-want +got):\n%s", diff)
+		}
+
+		// The cursor's certificate expires and is pruned (with everything of its second)
+		// before the next page: the listing goes on after it, losing nothing.
+		page, next, err := s.LivePage(ctx, t0, ca.CertCursor{}, 3)
+		if err != nil || len(page) != 3 || page[0].Serial != 51 || page[2].Serial != 41 {
+			t.Fatalf("first page: %v %v %v, want dave's short one and bob's two", page, next, err)
+		}
+		gone := t0.Add(31 * time.Minute)
+		c.Set(gone)
+		if err := s.Record(ctx, cert(60, "erin", 5*time.Hour)); err != nil { // prunes up to now
+			t.Fatal(err)
+		}
+		rest, _, err := s.LivePage(ctx, gone, next, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var restWant []ca.Certificate
+		for _, x := range append(slices.Clone(want[2:]), earlier, later, cert(60, "erin", 5*time.Hour)) {
+			if x.ValidBefore.After(gone) {
+				restWant = append(restWant, x)
+			}
+		}
+		slices.SortFunc(restWant, func(x, y ca.Certificate) int { return ca.CursorOf(x).Compare(ca.CursorOf(y)) })
+		if diff := cmp.Diff(restWant, rest); diff != "" {
+			t.Errorf("after the cursor's certificate was pruned (-want +got):\n%s", diff)
 		}
 	})
 
@@ -279,5 +366,55 @@ func TestRedisLiveIndexPruned(t *testing.T) {
 	}
 	if got := rdb.ZRange(ctx, key, 0, -1).Val(); len(got) != 1 || got[0] != "300" {
 		t.Errorf("index after a record under a request: %v, want [300]", got)
+	}
+}
+
+// TestLivePageCursorMemberGone: when the cursor's serial has left the index while others of its
+// ValidBefore are still there (removed by hand here; pruning takes a whole second at once), the
+// next page starts after its position by score and then by the serial's text, as the index
+// orders them, on redis-server and on miniredis: none of the others is skipped or repeated.
+func TestLivePageCursorMemberGone(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, backend := range []string{"redis-server", "miniredis"} {
+		t.Run(backend, func(t *testing.T) {
+			addr := r.Addr
+			if backend == "miniredis" {
+				addr = miniredis.RunT(t).Addr()
+			}
+			rdb := redis.NewClient(&redis.Options{Addr: addr})
+			defer rdb.Close()
+			defer rdb.FlushAll(context.Background())
+			ctx := context.Background()
+			t0 := time.Now().UTC().Truncate(time.Second)
+			s := store.NewRedis(rdb, store.RedisOptions{Now: func() time.Time { return t0 }})
+			// By text: 1, 10, 100, 11, 2, 25, 3, 9.
+			for _, sn := range []uint64{9, 10, 100, 11, 2, 25, 3, 1} {
+				c := ca.Certificate{Serial: sn, KeyID: "a#x", Kind: ca.UserCert, Identity: "alice", Principals: []string{"p"},
+					ValidAfter: t0, ValidBefore: t0.Add(time.Hour)}
+				if err := s.Record(ctx, c); err != nil {
+					t.Fatal(err)
+				}
+			}
+			page, next, err := s.LivePage(ctx, t0, ca.CertCursor{}, 3)
+			if err != nil || len(page) != 3 || next.Serial != 100 {
+				t.Fatalf("first page: %v next %+v %v", page, next, err)
+			}
+			for _, gone := range []string{"100", "10"} {
+				if err := rdb.ZRem(ctx, store.Keys{}.LiveCerts(), gone).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rest, next, err := s.LivePage(ctx, t0, next, 0)
+			if err != nil || !next.IsZero() {
+				t.Fatalf("rest: %v %+v", err, next)
+			}
+			var got []uint64
+			for _, c := range rest {
+				got = append(got, c.Serial)
+			}
+			if want := []uint64{11, 2, 25, 3, 9}; !slices.Equal(got, want) {
+				t.Errorf("after a cursor whose serial left the index: %v, want %v", got, want)
+			}
+		})
 	}
 }

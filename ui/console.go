@@ -55,7 +55,7 @@ var _ Requests = (*ca.Authority)(nil)
 // certificates, each flagged when revoked, for callers the policy lets read (kind "read":
 // administrators and auditors). *ca.Authority implements it.
 type Certificates interface {
-	ListCertificates(ctx context.Context, token string, q ca.CertQuery) ([]ca.ListedCertificate, error)
+	ListCertificates(ctx context.Context, token string, q ca.CertQuery) (ca.CertPage, error)
 }
 
 var _ Certificates = (*ca.Authority)(nil)
@@ -95,6 +95,10 @@ type Options struct {
 // cancellation, and every later verification waits for that fetch: an issuer that accepts
 // the request and never answers would otherwise hold every sign-in from then on.
 const issuerTimeout = 10 * time.Second
+
+// InventoryPageLimit is how many certificates of the inventory the "who holds access now" page
+// reads and shows, at most.
+const InventoryPageLimit = 1000
 
 // Console serves the pages under /ui/.
 type Console struct {
@@ -542,11 +546,15 @@ func (c *Console) access(w http.ResponseWriter, r *http.Request, _ string, s ses
 	}
 	data := map[string]any{"Holdings": hs, "Identity": ident, "Principal": principal}
 	if c.o.Certificates != nil {
-		// The whole inventory for readers; anyone else sees the requests above and a note.
-		certs, err := c.o.Certificates.ListCertificates(r.Context(), s.idToken, ca.CertQuery{Identity: ident, Principal: principal})
+		// The inventory for readers, its first page (a page holds what one browser can show;
+		// `sshca certs list` reads every page); anyone else sees the requests above and a note.
+		page, err := c.o.Certificates.ListCertificates(r.Context(), s.idToken, ca.CertQuery{Identity: ident, Principal: principal, Limit: InventoryPageLimit})
 		switch {
 		case err == nil:
-			data["Inventory"] = certs
+			data["Inventory"] = page.Certificates
+			if !page.Next.IsZero() {
+				data["InventoryMore"] = fmt.Sprintf("The %d certificates soonest to expire are shown; narrow by identity or principal, or list them all with sshca certs list.", InventoryPageLimit)
+			}
 		case ca.KindOf(err) == ca.KindDenied:
 			data["InventoryNote"] = "The whole certificate inventory is shown to those the policy lets read it (administrators and auditors)."
 		default:

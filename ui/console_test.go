@@ -505,17 +505,20 @@ func TestRevokeFromAccessPage(t *testing.T) {
 }
 
 // fakeInventory lets only carol read; it returns one live and one revoked certificate.
-type fakeInventory struct{ queries []ca.CertQuery }
+type fakeInventory struct {
+	queries []ca.CertQuery
+	next    ca.CertCursor
+}
 
-func (f *fakeInventory) ListCertificates(_ context.Context, token string, q ca.CertQuery) ([]ca.ListedCertificate, error) {
+func (f *fakeInventory) ListCertificates(_ context.Context, token string, q ca.CertQuery) (ca.CertPage, error) {
 	if subjectOf(token) != "carol" {
-		return nil, ca.Denied("bob may not read the certificate inventory")
+		return ca.CertPage{}, ca.Denied("bob may not read the certificate inventory")
 	}
 	f.queries = append(f.queries, q)
-	return []ca.ListedCertificate{
+	return ca.CertPage{Certificates: []ca.ListedCertificate{
 		{Certificate: ca.Certificate{Serial: 501, Identity: "idp|dave", Principals: []string{"dave"}, ValidBefore: time.Now().Add(time.Hour)}},
 		{Certificate: ca.Certificate{Serial: 502, Identity: "idp|erin", Principals: []string{"root"}, AccessRequest: "req_BBBBBBBBBBBBBBBB"}, Revoked: ca.RevokedBySerial},
-	}, nil
+	}, Next: f.next}, nil
 }
 
 func TestAccessPageInventory(t *testing.T) {
@@ -534,7 +537,20 @@ func TestAccessPageInventory(t *testing.T) {
 			t.Fatalf("reader's access page lacks %s:\n%s", want, page)
 		}
 	}
-	if len(inv.queries) != 1 || inv.queries[0] != (ca.CertQuery{Identity: "erin", Principal: "root"}) {
+	if len(inv.queries) != 1 || inv.queries[0] != (ca.CertQuery{Identity: "erin", Principal: "root", Limit: InventoryPageLimit}) {
 		t.Fatalf("queries = %+v", inv.queries)
+	}
+	if strings.Contains(page, "soonest to expire are shown") {
+		t.Errorf("the one page said there were more:\n%s", page)
+	}
+	// More than a page: the first is shown, and the page says how to see the rest.
+	inv.next = ca.CertCursor{ValidBefore: 1, Serial: 502}
+	resp, err := c.Get(r.srv.URL + "/ui/access")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page = body(t, resp)
+	if !strings.Contains(page, "The 1000 certificates soonest to expire are shown") || !strings.Contains(page, "<code>501</code>") {
+		t.Errorf("a first page of several:\n%s", page)
 	}
 }

@@ -32,12 +32,24 @@ func newCertsListCommand() *cobra.Command {
 --identity takes a verified e-mail, a username ("username:alice") or 'issuer|subject';
 --principal keeps the certificates that name it (e.g. root); --live leaves out revoked ones,
 so what remains is exactly who can log in now. The policy decides who may read (kind "read":
-the shipped policy's admin_groups and auditor_groups), and every read is audited as such.`,
+the shipped policy's admin_groups and auditor_groups), and every read is audited as such.
+
+Certificates are listed soonest to expire first, read --page-size at a time (each page is one
+request, and one audited read); past a few pages a progress line goes to stderr.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if q.Limit < 1 || q.Limit > client.MaxPageLimit {
+				return fmt.Errorf("--page-size %d: give 1 to %d certificates per request", q.Limit, client.MaxPageLimit)
+			}
 			c, token, err := f.client(cmd.Context())
 			if err != nil {
 				return err
+			}
+			q.OnPage = func(pages, certs int) {
+				// A large inventory takes a while: say so, but not for the usual one page.
+				if pages >= progressAfterPages {
+					fmt.Fprintf(cmd.ErrOrStderr(), "sshca: %d certificates in %d pages so far\n", certs, pages)
+				}
 			}
 			certs, err := c.Inventory(cmd.Context(), token, q)
 			if err != nil {
@@ -57,8 +69,12 @@ the shipped policy's admin_groups and auditor_groups), and every read is audited
 	cmd.Flags().StringVar(&q.Principal, "principal", "", "only certificates for this principal, e.g. root")
 	cmd.Flags().BoolVar(&q.Live, "live", false, "only certificates that still grant access (not revoked)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (the API's certificates)")
+	cmd.Flags().IntVar(&q.Limit, "page-size", client.DefaultPageLimit, fmt.Sprintf("certificates per request, 1 to %d", client.MaxPageLimit))
 	return cmd
 }
+
+// progressAfterPages is the page from which `sshca certs list` reports its progress on stderr.
+const progressAfterPages = 3
 
 // printCerts writes the inventory as a table. Every field but the serial and times comes from
 // an identity provider's claims or a requester's reason, so oneLine keeps each on its line.

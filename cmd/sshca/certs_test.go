@@ -1,15 +1,23 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/client"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
 )
 
 // TestCertsListEndToEnd: `sshca certs list` against `sshca serve` on a real redis-server with
@@ -146,5 +154,144 @@ func TestCertsListEndToEnd(t *testing.T) {
 	}
 	if reads != 7 || denied != 1 {
 		t.Errorf("%d allowed and %d denied reads in the audit chain, want 7 and 1:\n%s", reads, denied, out)
+	}
+}
+
+// TestCertsListPagesEndToEnd: GET /v1/certs on `sshca serve` and a real redis-server pages
+// 2,500 certificates 1,000 at a time while certificates expire and are recorded between pages:
+// the 1,000 of the first page expire (and are pruned, cursor's included) before the second is
+// asked for, 1,500 live throughout (seven to a second, so pages end inside a second) are each
+// listed once, certificates recorded after the position are listed once, those recorded before
+// it not at all, and no serial twice. `sshca certs list` follows every page, with a progress
+// line on stderr and only JSON on stdout.
+func TestCertsListPagesEndToEnd(t *testing.T) {
+	r := testenv.StartRedis(t)
+	idp := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	base := startServe(t, cfg)
+	mint := minter(t, idp)
+	auditor := mint(map[string]any{"sub": "u-audit", "preferred_username": "audit", "email": "audit@example.com",
+		"email_verified": true, "groups": []string{"auditors"}, "auth_time": time.Now().Unix()})
+
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	db := store.NewRedis(rdb, cfg.Redis.StoreOptions())
+	ctx := context.Background()
+	serial := uint64(1000)
+	record := func(validBefore time.Time) string {
+		t.Helper()
+		serial++
+		c := ca.Certificate{Serial: serial, KeyID: fmt.Sprintf("bulk#%d", serial), Kind: ca.UserCert, Identity: "https://idp|bulk",
+			Principals: []string{"bulk"}, KeyFingerprint: "SHA256:k", CAFingerprint: "SHA256:ca", ValidAfter: time.Now().Add(-time.Minute), ValidBefore: validBefore}
+		if err := db.Record(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		return strconv.FormatUint(serial, 10)
+	}
+	now := time.Now().Truncate(time.Second)
+	shortUntil := now.Add(6 * time.Second)
+	short, long := map[string]bool{}, map[string]bool{}
+	for range 1000 {
+		short[record(shortUntil)] = true
+	}
+	for i := range 1500 {
+		long[record(now.Add(time.Hour+time.Duration(i/7)*time.Second))] = true
+	}
+
+	c := client.New(base)
+	seen := map[string]int{}
+	after, before := map[string]bool{}, map[string]bool{}
+	cursor := ""
+	pages := 0
+	for {
+		page, err := c.InventoryPage(ctx, auditor, client.CertQuery{Limit: 1000}, cursor)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages+1, err)
+		}
+		pages++
+		if len(page.Certificates) > 1000 {
+			t.Fatalf("page %d holds %d", pages, len(page.Certificates))
+		}
+		for _, cert := range page.Certificates {
+			seen[cert.Serial]++
+		}
+		switch pages {
+		case 1:
+			// The first page's certificates expire, and the next record prunes them.
+			time.Sleep(time.Until(shortUntil.Add(100 * time.Millisecond)))
+			for range 30 {
+				after[record(now.Add(2*time.Hour))] = true
+			}
+		case 2:
+			for range 30 {
+				after[record(now.Add(3*time.Hour))] = true
+				before[record(now.Add(time.Hour-time.Minute))] = true
+			}
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		cursor = page.NextCursor
+		if pages > 10 {
+			t.Fatal("no last page")
+		}
+	}
+	for s, n := range seen {
+		if n != 1 {
+			t.Errorf("serial %s listed %d times", s, n)
+		}
+	}
+	check := func(what string, set map[string]bool, want bool) {
+		t.Helper()
+		missing, extra := 0, 0
+		for s := range set {
+			switch {
+			case want && seen[s] == 0:
+				missing++
+			case !want && seen[s] > 0:
+				extra++
+			}
+		}
+		if missing+extra > 0 {
+			t.Errorf("%s: %d of %d not listed, %d listed that should not be", what, missing, len(set), extra)
+		}
+	}
+	check("the first page's, live then", short, true)
+	check("live throughout", long, true)
+	check("recorded after the position", after, true)
+	check("recorded before the position", before, false)
+	if pages != 3 {
+		t.Errorf("%d pages, want 3 (the 1,000 short ones, then 1,560 after them, 1,000 a page)", pages)
+	}
+
+	// The CLI follows the pages: every live certificate once, progress on stderr only.
+	cmd := newRootCommand()
+	var stdout, stderr bytes.Buffer
+	cmd.SetOut(&stdout)
+	cmd.SetErr(&stderr)
+	tokenFile := filepath.Join(t.TempDir(), "auditor.token")
+	writeFile(t, tokenFile, auditor)
+	cmd.SetArgs([]string{"certs", "list", "--json", "--page-size", "500", "--server", base, "--token-file", tokenFile})
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		t.Fatalf("certs list: %v\n%s", err, stderr.String())
+	}
+	var listed []client.Certificate
+	if err := json.Unmarshal(stdout.Bytes(), &listed); err != nil {
+		t.Fatalf("certs list --json: %v\n%.300s", err, stdout.String())
+	}
+	ids := map[string]bool{}
+	for _, c := range listed {
+		ids[c.Serial] = true
+	}
+	want := len(long) + len(after) + len(before)
+	if len(listed) != want || len(ids) != want {
+		t.Errorf("certs list: %d certificates (%d distinct), want %d", len(listed), len(ids), want)
+	}
+	if !strings.Contains(stderr.String(), "certificates in 3 pages so far") || !strings.Contains(stderr.String(), "in 4 pages") {
+		t.Errorf("no progress on stderr:\n%s", stderr.String())
+	}
+	if out, err := runCLI(t, "", "certs", "list", "--page-size", "0", "--server", base, "--token-file", tokenFile); err == nil ||
+		!strings.Contains(err.Error(), "--page-size") {
+		t.Errorf("--page-size 0: %v\n%s", err, out)
 	}
 }
