@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -414,6 +415,60 @@ func TestLivePageCursorMemberGone(t *testing.T) {
 			}
 			if want := []uint64{11, 2, 25, 3, 9}; !slices.Equal(got, want) {
 				t.Errorf("after a cursor whose serial left the index: %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+// TestLivePageShards: with the inventory spread over shards (InventoryShards), a page is the
+// merge of every shard's index in cursor order: pages of 1, 4 and 7 over 60 certificates of 12
+// identities (so of every shard) and 5 seconds of expiry list each once, in order, as
+// AllLive's set, on redis-server and miniredis.
+func TestLivePageShards(t *testing.T) {
+	r := testenv.StartRedis(t)
+	for _, backend := range []string{"redis-server", "miniredis"} {
+		t.Run(backend, func(t *testing.T) {
+			addr := r.Addr
+			if backend == "miniredis" {
+				addr = miniredis.RunT(t).Addr()
+			}
+			rdb := redis.NewClient(&redis.Options{Addr: addr})
+			defer rdb.Close()
+			defer rdb.FlushAll(context.Background())
+			ctx := context.Background()
+			t0 := time.Now().UTC().Truncate(time.Second)
+			s := store.NewRedis(rdb, store.RedisOptions{Now: func() time.Time { return t0 }, InventoryShards: 3})
+			var want []ca.Certificate
+			for i := range 60 {
+				c := ca.Certificate{Serial: uint64(1 + i*37%101), KeyID: "x#1", Kind: ca.UserCert, Identity: fmt.Sprintf("https://idp|u%d", i%12),
+					Principals: []string{"p"}, ValidAfter: t0, ValidBefore: t0.Add(time.Hour + time.Duration(i%5)*time.Second)}
+				if err := s.Record(ctx, c); err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, c)
+			}
+			slices.SortFunc(want, func(x, y ca.Certificate) int { return ca.CursorOf(x).Compare(ca.CursorOf(y)) })
+			all, err := s.AllLive(ctx, t0)
+			if err != nil || len(all) != len(want) {
+				t.Fatalf("AllLive: %d %v, want %d", len(all), err, len(want))
+			}
+			for _, limit := range []int{1, 4, 7} {
+				var got []ca.Certificate
+				var after ca.CertCursor
+				for pages := 0; ; pages++ {
+					page, next, err := s.LivePage(ctx, t0, after, limit)
+					if err != nil || len(page) > limit || pages > len(want) {
+						t.Fatalf("limit %d, page %d: %d %v", limit, pages, len(page), err)
+					}
+					got = append(got, page...)
+					if next.IsZero() {
+						break
+					}
+					after = next
+				}
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("limit %d (-want +got):\n%s", limit, diff)
+				}
 			}
 		})
 	}
