@@ -1,0 +1,57 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
+)
+
+// BenchmarkLivePage reads the inventory on a real redis-server holding n live certificates:
+// "page" is the first page of 1,000 (GET /v1/certs?limit=1000), "all" every certificate at once
+// (what GET /v1/certs read before it was paged). A page costs the same whatever n; all grows
+// with n.
+func BenchmarkLivePage(b *testing.B) {
+	r := testenv.StartRedis(b)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	now := time.Now().Truncate(time.Second)
+	s := store.NewRedis(rdb, store.RedisOptions{Now: func() time.Time { return now }})
+	recorded := 0
+	for _, n := range []int{10_000, 50_000} {
+		for ; recorded < n; recorded++ {
+			c := ca.Certificate{Serial: uint64(recorded + 1), KeyID: "bench#" + strconv.Itoa(recorded+1), Kind: ca.UserCert,
+				Identity: fmt.Sprintf("https://idp|u%d", recorded%500), Principals: []string{"p"}, KeyFingerprint: "SHA256:k",
+				CAFingerprint: "SHA256:ca", ValidAfter: now, ValidBefore: now.Add(time.Hour + time.Duration(recorded/7)*time.Millisecond)}
+			if err := s.Record(ctx, c); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(fmt.Sprintf("page/n=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				page, next, err := s.LivePage(ctx, now, ca.CertCursor{}, 1000)
+				if err != nil || len(page) != 1000 || next.IsZero() {
+					b.Fatal(len(page), next, err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("all/n=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				all, err := s.AllLive(ctx, now)
+				if err != nil || len(all) != n {
+					b.Fatal(len(all), err)
+				}
+			}
+		})
+	}
+}
