@@ -62,7 +62,8 @@ return {'ok', r[1], r[2], r[3], r[4]}
 // the answer is a ca.Error of KindDenied that says the identity was revoked. The same script
 // checks and bumps the inventory's generation mark. With inventory shards the script runs in
 // the shard of c's identity (shards.go), whose blocked set holds every block, after the first
-// record beyond shard 0 has raised the store's layout and copied the blocks (ensureShards).
+// record beyond shard 0 (in this generation) has raised the store's layout and copied the
+// blocks (ensureShards).
 func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 	b, err := json.Marshal(c)
 	if err != nil {
@@ -80,7 +81,7 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 	}
 	if shard > 0 {
-		if err := r.ensureShards(ctx); err != nil {
+		if err := r.ensureShards(ctx, mw.g); err != nil {
 			return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 		}
 	}

@@ -112,7 +112,8 @@ return 1
 
 // SwitchGeneration moves the store to generation g (from NextGeneration), after the rebuild
 // wrote the state back: the marks of MarkedTags, of every inventory and token ledger shard in use (the count,
-// or RedisOptions.InventoryShards when higher), of the scopes of scopes and of the CA keys
+// RedisOptions.InventoryShards, or the highest shard whose mark is found, whichever is higher;
+// the count is raised to it), of the scopes of scopes and of the CA keys
 // listed in Keys.CAs, and every other mark found, then the generation record. On a single
 // Redis (or Sentinel) one script does it all, so a CA replica never sees half of it; on a
 // Cluster the keys lie in different slots and are written one tag at a time, marks first: a
@@ -131,14 +132,28 @@ func (r *Redis) SwitchGeneration(ctx context.Context, g Generation, scopes ...ss
 		marks[r.keys.Mark(t)] = true
 	}
 	// Every inventory shard in use, also one whose master came back empty (its mark is not
-	// found by SCAN): replicas that saw its mark expect one of the new generation.
+	// found by SCAN): replicas that saw its mark expect one of the new generation. The count
+	// of shards ever used is put back as high as any shard found still holds a mark: it lives
+	// in shard 0, whose master may be the one that came back empty, and without it a replica
+	// of fewer shards would neither read the shards that survived nor write its blocks there.
 	shards, err := parseShards(r.rdb.Get(ctx, r.keys.InventoryShards()).Result())
 	if err != nil {
 		return fmt.Errorf("store: rebuild: %w", err)
 	}
-	for i := 1; i < max(shards, r.invShards); i++ {
+	shards = max(shards, r.invShards)
+	for _, k := range found {
+		if i, ok := r.shardOfMark(k); ok {
+			shards = max(shards, i+1)
+		}
+	}
+	for i := 1; i < shards; i++ {
 		marks[r.keys.Mark(TagInventoryShard(i))] = true
 		marks[r.keys.Mark(TagTokensShard(i))] = true
+	}
+	if shards > 1 {
+		if err := raiseShardsScript.Run(ctx, r.rdb, []string{r.keys.InventoryShards(), r.shardBlocked[0]}, shards, r.now().UnixMilli()).Err(); err != nil {
+			return fmt.Errorf("store: rebuild: the count of inventory shards: %w", err)
+		}
 	}
 	cas, err := r.CAs(ctx)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -21,7 +22,8 @@ import (
 //
 //   - Every identity block is in every shard in use: shard 0 first, by a script that reads the
 //     count of shards ever used (Keys.InventoryShards) in the same step, then the other shards
-//     up to that count. A process that first records beyond shard 0 raises the count and reads
+//     up to that count. A process that first records beyond shard 0 (in a generation: a
+//     rebuild may follow the loss of the count or of a shard's blocks) raises the count and reads
 //     shard 0's blocks in one script, then copies them into its shards before it records
 //     there: a block written before that script is copied, one written after it reads the
 //     raised count and is written into every shard. Blocks are only ever lengthened, so the
@@ -42,11 +44,15 @@ import (
 // a block is written into each.
 const MaxInventoryShards = 64
 
-// shardState is the first use of shards beyond the first: ready once the store's layout and
-// the count of shards were raised and the blocks copied (ensureShards).
+// shardState is the first use of shards beyond the first in a generation: ready holds the
+// generation in which the store's layout and the count of shards were raised and the blocks
+// copied (ensureShards). A rebuild's new generation makes it start again: the store may have
+// lost the count and the blocks of shards since (a master that came back empty, a rebuild run
+// with fewer shards), and a replica of fewer shards would then write its blocks into fewer
+// shards than this one records in.
 type shardState struct {
 	mu    sync.Mutex // held while the first use is under way, so records wait for it
-	ready atomic.Bool
+	ready atomic.Pointer[Generation]
 }
 
 // shardOf is the inventory shard of a canonical identity: FNV-1a (32 bits) of its name mod the
@@ -91,14 +97,18 @@ var errUnmigratedShards = errors.New("the store is at layout 1: run sshca store 
 // ensureShards prepares the first record beyond shard 0: it raises the store's layout to 3
 // (older replicas then refuse the store rather than read shard 0 alone), raises the count of
 // shards to the configured number reading shard 0's blocks in the same script, and copies those
-// blocks into shards 1 and up. Done once per process; records wait for it.
-func (r *Redis) ensureShards(ctx context.Context) error {
-	if r.invShards <= 1 || r.shards.ready.Load() {
+// blocks into shards 1 and up. Done once per process and generation g (the one the record
+// is written in); records wait for it.
+func (r *Redis) ensureShards(ctx context.Context, g Generation) error {
+	if r.invShards <= 1 {
+		return nil
+	}
+	if p := r.shards.ready.Load(); p != nil && *p == g {
 		return nil
 	}
 	r.shards.mu.Lock()
 	defer r.shards.mu.Unlock()
-	if r.shards.ready.Load() {
+	if p := r.shards.ready.Load(); p != nil && *p == g {
 		return nil
 	}
 	v, err := raiseLayoutScript.Run(ctx, r.rdb, []string{r.keys.StoreLayout()}, LayoutVersion, unshardedLayout).Int()
@@ -127,7 +137,7 @@ func (r *Redis) ensureShards(ctx context.Context) error {
 			}
 		}
 	}
-	r.shards.ready.Store(true)
+	r.shards.ready.Store(&g)
 	return nil
 }
 
@@ -179,4 +189,22 @@ func (r *Redis) inShards(ctx context.Context, queue func(p redis.Pipeliner, shar
 		return 0, err
 	}
 	return n, nil
+}
+
+// shardOfMark is the inventory shard (1 and up) whose mark key is k (Keys.Mark of
+// TagInventoryShard), as SCAN lists it.
+func (r *Redis) shardOfMark(k string) (int, bool) {
+	rest, ok := strings.CutPrefix(k, r.keys.p()+":{inventory:")
+	if !ok {
+		return 0, false
+	}
+	n, ok := strings.CutSuffix(rest, "}:mark")
+	if !ok {
+		return 0, false
+	}
+	i, err := strconv.Atoi(n)
+	if err != nil || i < 1 || i >= MaxInventoryShards || k != r.keys.Mark(TagInventoryShard(i)) {
+		return 0, false
+	}
+	return i, true
 }

@@ -415,3 +415,93 @@ func shardedTokens(t *testing.T, rdb redis.UniversalClient) {
 		t.Errorf("admission with token shard %d's mark gone: %v, want unavailable", lost, err)
 	}
 }
+
+// TestRebuildKeepsShardsInUse: the master of shard 0 comes back empty, with the count of
+// shards ever used, and `sshca store rebuild` runs with its default of one shard; the CA
+// replica of three shards that recorded before keeps running. Then a replica of one shard (a
+// rolling change of inventory.shards) must still read the certificates of the shards that
+// survived, and its identity blocks must still reach the shards the replica of three records
+// in: no certificate of a blocked identity may be recorded. The second case loses the highest
+// shard too, so that nothing left in the store says it was ever used.
+func TestRebuildKeepsShardsInUse(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Second)
+	clock := func() time.Time { return now }
+	for _, alsoHighest := range []bool{false, true} {
+		t.Run(fmt.Sprintf("highest shard lost %t", alsoHighest), func(t *testing.T) {
+			if err := rdb.FlushAll(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			three := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 3, Now: clock})
+			inShard := map[int][]string{}
+			for i := 0; len(inShard[0]) == 0 || len(inShard[1]) < 2 || len(inShard[2]) < 2; i++ {
+				id := fmt.Sprintf("https://idp|u%d", i)
+				s := store.ShardOf(three, id)
+				inShard[s] = append(inShard[s], id)
+			}
+			for s := range 3 {
+				id := inShard[s][0]
+				if err := three.Record(ctx, ca.Certificate{Serial: uint64(100 + s), Identity: id, ValidBefore: now.Add(time.Hour)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			lost := []string{store.TagInventoryShard(0)}
+			if alsoHighest {
+				lost = append(lost, store.TagInventoryShard(2))
+			}
+			for _, tag := range lost {
+				ks, err := rdb.Keys(ctx, "sshca:"+tag+":*").Result()
+				if err != nil || len(ks) == 0 {
+					t.Fatalf("keys of %s: %v %v", tag, ks, err)
+				}
+				if err := rdb.Del(ctx, ks...).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := three.CheckState(ctx); !errors.Is(err, store.ErrStateLost) {
+				t.Fatalf("shard 0 lost: %v, want ErrStateLost", err)
+			}
+			userCA, hostCA := testenv.PublicKey(t), testenv.PublicKey(t)
+			rebuilder := store.NewRedis(rdb, store.RedisOptions{Now: clock}) // sshca store rebuild's default
+			restore := &store.Restore{UserCA: userCA, HostCA: hostCA, IdentityBlock: time.Hour}
+			if _, err := restore.Apply(ctx, rebuilder, now); err != nil {
+				t.Fatal(err)
+			}
+			g, err := rebuilder.NextGeneration(ctx, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := rebuilder.SwitchGeneration(ctx, g, userCA, hostCA); err != nil {
+				t.Fatal(err)
+			}
+			if err := three.CheckState(ctx); err != nil {
+				t.Fatalf("after the rebuild: %v", err)
+			}
+			one := store.NewRedis(rdb, store.RedisOptions{Now: clock})
+			want := []uint64{101}
+			if !alsoHighest {
+				want = append(want, 102)
+			}
+			all, err := one.AllLive(ctx, now)
+			var got []uint64
+			for _, c := range all {
+				got = append(got, c.Serial)
+			}
+			if err != nil || !slices.Equal(got, want) {
+				t.Errorf("a replica of one shard lists %v after the rebuild, %v; want the serials that survived %v", got, err, want)
+			}
+			for s := 1; s < 3; s++ {
+				victim := inShard[s][1]
+				if err := one.BlockIdentity(ctx, victim, now.Add(time.Hour)); err != nil {
+					t.Fatal(err)
+				}
+				if err := three.Record(ctx, ca.Certificate{Serial: uint64(200 + s), Identity: victim, ValidBefore: now.Add(time.Hour)}); ca.KindOf(err) != ca.KindDenied {
+					t.Errorf("%s (shard %d) recorded after a replica of one shard blocked it: %v", victim, s, err)
+				}
+			}
+		})
+	}
+}
