@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -50,6 +51,48 @@ func (r *Redis) DeleteConsoleSession(ctx context.Context, name string) error {
 	return nil
 }
 
+// ConsoleLoginKey returns the key every replica seals sign-ins in progress with: 32 random
+// bytes, created by the first caller (SET NX) and the same for every caller after. Callers
+// cache it; one that finds a cookie it cannot open asks again (a store that lost it has a new
+// one).
+func (r *Redis) ConsoleLoginKey(ctx context.Context) ([]byte, error) {
+	k := r.keys.ConsoleLoginKey()
+	if err := r.rdb.SetNX(ctx, k, rand.Text()+rand.Text(), 0).Err(); err != nil {
+		return nil, fmt.Errorf("store: console login key: %w", err)
+	}
+	b, err := r.rdb.Get(ctx, k).Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("store: console login key: %w", err)
+	}
+	return b, nil
+}
+
+// SpendConsoleLogin marks the sign-in named name as finished until until; first is false when
+// it already was (a replayed callback).
+func (r *Redis) SpendConsoleLogin(ctx context.Context, name string, until time.Time) (first bool, err error) {
+	now := r.now()
+	if !until.After(now) {
+		return false, nil
+	}
+	k := r.keys.ConsoleLogin(name)
+	// miniredis (sshca dev) keeps keys past their expiry: a marker whose end has passed is
+	// overwritten rather than taken as a spend.
+	if b, err := r.rdb.Get(ctx, k).Bytes(); err == nil {
+		if _, live := fromConsoleValue(b, now); live {
+			return false, nil
+		}
+		r.rdb.Del(ctx, k)
+	}
+	err = r.rdb.SetArgs(ctx, k, consoleValue(nil, until), redis.SetArgs{Mode: "NX", ExpireAt: until}).Err()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store: console login: %w", err)
+	}
+	return true, nil
+}
+
 func consoleValue(sealed []byte, expires time.Time) []byte {
 	return append(binary.BigEndian.AppendUint64(nil, uint64(expires.UnixMilli())), sealed...)
 }
@@ -64,8 +107,40 @@ func fromConsoleValue(b []byte, now time.Time) ([]byte, bool) {
 
 // memConsole is Memory's console sessions, under their own lock.
 type memConsole struct {
-	mu sync.Mutex
-	m  map[string][]byte // name → consoleValue
+	mu       sync.Mutex
+	m        map[string][]byte    // name → consoleValue
+	loginKey []byte               // created by the first ConsoleLoginKey
+	spent    map[string]time.Time // sign-in name → end of its marker
+}
+
+// ConsoleLoginKey returns this store's key for sign-ins in progress, created on first use.
+func (m *Memory) ConsoleLoginKey(context.Context) ([]byte, error) {
+	m.console.mu.Lock()
+	defer m.console.mu.Unlock()
+	if m.console.loginKey == nil {
+		m.console.loginKey = []byte(rand.Text() + rand.Text())
+	}
+	return m.console.loginKey, nil
+}
+
+// SpendConsoleLogin marks the sign-in named name as finished until until.
+func (m *Memory) SpendConsoleLogin(_ context.Context, name string, until time.Time) (bool, error) {
+	m.console.mu.Lock()
+	defer m.console.mu.Unlock()
+	now := m.now()
+	if m.console.spent == nil {
+		m.console.spent = map[string]time.Time{}
+	}
+	for k, end := range m.console.spent {
+		if !now.Before(end) {
+			delete(m.console.spent, k)
+		}
+	}
+	if _, ok := m.console.spent[name]; ok || !until.After(now) {
+		return false, nil
+	}
+	m.console.spent[name] = until
+	return true, nil
 }
 
 // PutConsoleSession stores sealed under name until expires.

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -58,6 +59,46 @@ func TestConsoleSessionContract(t *testing.T) {
 		}
 		if err := s.DeleteConsoleSession(ctx, "never"); err != nil {
 			t.Errorf("delete of a missing name: %v", err)
+		}
+	})
+}
+
+// TestConsoleLoginContract: the console's login key is created once (32 bytes or more) and the
+// same for every later call; a finished sign-in is spent once until its end on the store's
+// clock (also on miniredis), then may be marked again; an end already past marks nothing.
+func TestConsoleLoginContract(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newStore newStore) {
+		ctx := context.Background()
+		c := &clock{t: time.Now()}
+		s := newStore(t, c)
+		k1, err := s.ConsoleLoginKey(ctx)
+		if err != nil || len(k1) < 32 {
+			t.Fatalf("login key %d bytes, %v", len(k1), err)
+		}
+		k2, err := s.ConsoleLoginKey(ctx)
+		if err != nil || !bytes.Equal(k1, k2) {
+			t.Fatalf("a second call gave another key (%v)", err)
+		}
+		end := c.Now().Add(10 * time.Minute)
+		if first, err := s.SpendConsoleLogin(ctx, "l1", end); err != nil || !first {
+			t.Fatalf("first spend = %v %v", first, err)
+		}
+		if first, err := s.SpendConsoleLogin(ctx, "l1", end); err != nil || first {
+			t.Fatalf("second spend = %v %v, want refused", first, err)
+		}
+		if first, _ := s.SpendConsoleLogin(ctx, "l2", end); !first {
+			t.Fatal("another sign-in refused")
+		}
+		c.Set(end.Add(-time.Millisecond))
+		if first, _ := s.SpendConsoleLogin(ctx, "l1", end); first {
+			t.Fatal("spent again before its end")
+		}
+		c.Set(end)
+		if first, _ := s.SpendConsoleLogin(ctx, "l1", end.Add(time.Minute)); !first {
+			t.Fatal("a mark past its end still refuses")
+		}
+		if first, _ := s.SpendConsoleLogin(ctx, "l3", c.Now().Add(-time.Second)); first {
+			t.Fatal("a spend with an end already past was taken")
 		}
 	})
 }

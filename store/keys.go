@@ -338,6 +338,17 @@ func (k Keys) RecordingProof(sha256Hex string) string { return k.p() + ":rec:pro
 // session, untagged, expiring at the session's end.
 func (k Keys) ConsoleSession(name string) string { return k.p() + ":console:session:" + name }
 
+// ConsoleLoginKey is the key (32 random bytes) every console replica seals the cookie of a
+// sign-in in progress with (console). One key, untagged, written once by the first replica
+// that needs it (SET NX) and never expiring: an unauthenticated request never writes any
+// other console key, so starting sign-ins cannot fill Redis.
+func (k Keys) ConsoleLoginKey() string { return k.p() + ":console:login-key" }
+
+// ConsoleLogin marks a sign-in as finished, by a one-way function of its state, until the
+// sign-in's cookie expires (console): a callback replayed with the same cookie is refused.
+// Written only after the callback authenticated the user. One key per sign-in, untagged.
+func (k Keys) ConsoleLogin(name string) string { return k.p() + ":console:login:" + name }
+
 // Reader says who reads a key.
 type Reader int
 
@@ -445,5 +456,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.RecordingHostBytes(exampleHost), "RecordingHostBytes", "", "recordings", ReadByCA},
 		{k.RecordingProof(exampleToken), "RecordingProof", "", "recordings", ReadByCA},
 		{k.ConsoleSession(exampleConsole), "ConsoleSession", "", "console", ReadByCA},
+		{k.ConsoleLoginKey(), "ConsoleLoginKey", "", "console", ReadByCA},
+		{k.ConsoleLogin(exampleConsole), "ConsoleLogin", "", "console", ReadByCA},
 	}
 }

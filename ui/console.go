@@ -2,6 +2,7 @@ package ui
 
 import (
 	"context"
+	"crypto/cipher"
 	"embed"
 	"errors"
 	"fmt"
@@ -107,8 +108,9 @@ type Console struct {
 	cookie   Cookie
 	sessions *sessions
 
-	mu       sync.Mutex
-	provider *oidc.Provider // discovered at the first sign-in, kept once found
+	mu        sync.Mutex
+	provider  *oidc.Provider // discovered at the first sign-in, kept once found
+	loginSeal cipher.AEAD    // the login cookie's, from the store's shared key (loginKey)
 }
 
 // ParsePublicURL checks a console public URL: scheme://host[:port], https, or http on a
@@ -299,10 +301,11 @@ func (c *Console) oauth(ctx context.Context) (*oauth2.Config, *oidc.Provider, er
 		RedirectURL: c.public.String() + "/ui/callback"}, p, nil
 }
 
-// login starts the authorization code flow with PKCE (RFC 7636): a fresh login session holds
-// the verifier, state, nonce and the local return path; the browser goes to the issuer. It
-// is a GET reached by a link, not a form: Chromium applies form-action to the redirects
-// that follow a form post, and the issuer is another origin.
+// login starts the authorization code flow with PKCE (RFC 7636): the verifier, state, nonce
+// and the local return path are sealed into the login cookie (loginState), nothing is stored
+// server-side, and the browser goes to the issuer. It is a GET reached by a link, not a form:
+// Chromium applies form-action to the redirects that follow a form post, and the issuer is
+// another origin.
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	conf, _, err := c.oauth(r.Context())
 	if err != nil {
@@ -310,49 +313,68 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.render(w, http.StatusServiceUnavailable, "error.html", page{Title: "Error", Error: "cannot reach the identity provider " + c.o.Issuer + "; try again later"})
 		return
 	}
-	old, _, _, _ := c.current(r)
-	s := session{csrf: randomToken(), expires: c.o.Now().Add(loginTimeout), state: randomToken(),
-		verifier: oauth2.GenerateVerifier(), nonce: randomToken(), returnTo: LocalPath(r.URL.Query().Get("return"))}
-	id, err := c.sessions.put(r.Context(), old, s)
-	if errors.Is(err, errTooManySessions) {
-		c.render(w, http.StatusServiceUnavailable, "error.html", page{Title: "Error", Error: "too many sign-ins in progress; try again in a few minutes"})
-		return
-	}
+	aead, err := c.loginKey(r.Context(), false)
 	if err != nil {
 		c.o.Logger.Error("ui: session store", "err", err)
 		c.unavailable(w)
 		return
 	}
-	c.cookie.set(w, id, int(loginTimeout/time.Second))
-	http.Redirect(w, r, conf.AuthCodeURL(s.state, oauth2.S256ChallengeOption(s.verifier), oidc.Nonce(s.nonce)), http.StatusSeeOther)
-}
-
-// callback ends the flow: the state must be the login session's, the code is exchanged with
-// its verifier, the ID token verified (issuer, audience, expiry, nonce). The login session is
-// then replaced by a signed-in one under a new ID that lasts as long as the ID token.
-func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
-	old, s, ok, err := c.current(r)
+	l := loginState{State: randomToken(), Verifier: oauth2.GenerateVerifier(), Nonce: randomToken(),
+		ReturnTo: LocalPath(r.URL.Query().Get("return")), Expires: c.o.Now().Add(loginTimeout)}
+	value, err := sealLogin(aead, c.cookie.Login, l)
 	if err != nil {
+		c.o.Logger.Error("ui: login cookie", "err", err)
 		c.unavailable(w)
 		return
 	}
+	c.cookie.setLogin(w, value, int(loginTimeout/time.Second))
+	http.Redirect(w, r, conf.AuthCodeURL(l.State, oauth2.S256ChallengeOption(l.Verifier), oidc.Nonce(l.Nonce)), http.StatusSeeOther)
+}
+
+// callback ends the flow: the login cookie must open and be unexpired, the state in the URL
+// must be the cookie's, the code is exchanged with its verifier, the ID token verified
+// (issuer, audience, expiry, nonce), and the sign-in marked finished (a replay is refused).
+// Only then is a session stored: a signed-in one under a new ID that lasts as long as the ID
+// token, replacing any session the browser had.
+func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	refuse := func(msg string) {
-		if ok {
-			_ = c.sessions.end(r.Context(), old)
-		}
-		c.cookie.clear(w)
+		c.cookie.clearLogin(w)
 		c.render(w, http.StatusBadRequest, "error.html", page{Title: "Sign-in failed", Error: msg, Data: "/ui/login"})
 	}
+	ck, err := r.Cookie(c.cookie.Login)
+	if err != nil || ck.Value == "" {
+		refuse("no sign-in is in progress in this browser (its login cookie is missing: the sign-in was started in another browser, or took longer than 10 minutes); start again")
+		return
+	}
+	aead, err := c.loginKey(r.Context(), false)
+	if err != nil {
+		c.o.Logger.Error("ui: session store", "err", err)
+		c.unavailable(w)
+		return
+	}
+	l, err := openLogin(aead, c.cookie.Login, ck.Value)
+	if errors.Is(err, errLoginCookie) {
+		// Perhaps sealed under a key the store has replaced since this replica read it.
+		if aead, err = c.loginKey(r.Context(), true); err != nil {
+			c.o.Logger.Error("ui: session store", "err", err)
+			c.unavailable(w)
+			return
+		}
+		l, err = openLogin(aead, c.cookie.Login, ck.Value)
+	}
 	switch {
-	case !ok || s.signedIn() || s.state == "":
-		refuse("no sign-in is in progress in this browser (or it took longer than 10 minutes); start again")
+	case err != nil:
+		refuse("this browser's login cookie is not one this console sealed (altered, or from another server); start again")
+		return
+	case !c.o.Now().Before(l.Expires):
+		refuse("this sign-in took longer than 10 minutes and has expired; start again")
 		return
 	case q.Get("error") != "":
 		refuse("the identity provider refused the sign-in: " + q.Get("error"))
 		return
-	case !sameToken(q.Get("state"), s.state):
-		refuse("the identity provider's answer does not belong to this sign-in (state); start again")
+	case !sameToken(q.Get("state"), l.State):
+		refuse("the identity provider's answer does not belong to this browser's sign-in (state); start again")
 		return
 	}
 	conf, provider, err := c.oauth(r.Context())
@@ -360,17 +382,29 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 		refuse("cannot reach the identity provider; try again later")
 		return
 	}
-	tok, err := conf.Exchange(oidc.ClientContext(r.Context(), c.o.HTTPClient), q.Get("code"), oauth2.VerifierOption(s.verifier))
+	tok, err := conf.Exchange(oidc.ClientContext(r.Context(), c.o.HTTPClient), q.Get("code"), oauth2.VerifierOption(l.Verifier))
 	if err != nil {
 		c.o.Logger.Warn("ui: code exchange failed", "err", err)
-		refuse("the identity provider did not accept the sign-in code; start again")
+		refuse("the identity provider did not accept the sign-in code (codes are good for one use); start again")
 		return
 	}
 	raw, _ := tok.Extra("id_token").(string)
 	idt, err := provider.Verifier(&oidc.Config{ClientID: c.o.ClientID, Now: c.o.Now,
 		SupportedSigningAlgs: []string{oidc.RS256, oidc.ES256, oidc.ES384, oidc.PS256, oidc.EdDSA}}).Verify(r.Context(), raw)
-	if err != nil || !sameToken(idt.Nonce, s.nonce) {
+	if err != nil || !sameToken(idt.Nonce, l.Nonce) {
 		refuse("the identity provider's ID token does not verify or does not belong to this sign-in (nonce); start again")
+		return
+	}
+	// Authenticated: from here on the store may be written. The sign-in is spent first, so
+	// that the same cookie and callback URL presented again never make a second session.
+	first, err := c.sessions.store.SpendConsoleLogin(r.Context(), spentName(l.State), l.Expires)
+	if err != nil {
+		c.o.Logger.Error("ui: session store", "err", err)
+		c.unavailable(w)
+		return
+	}
+	if !first {
+		refuse("this sign-in was already used (a replayed callback); start again")
 		return
 	}
 	var claims struct {
@@ -379,14 +413,23 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	_ = idt.Claims(&claims)
 	user := cmpOr(claims.Username, claims.Email, idt.Subject)
+	var old string
+	if sc, err := r.Cookie(c.cookie.Name); err == nil {
+		old = sc.Value
+	}
 	id, err := c.sessions.put(r.Context(), old, session{csrf: randomToken(), expires: idt.Expiry, idToken: raw, user: user, sub: idt.Subject})
+	if errors.Is(err, errTooManySessions) {
+		refuse("too many people are signed in to this console replica; try again later")
+		return
+	}
 	if err != nil {
 		c.o.Logger.Error("ui: session store", "err", err)
 		refuse("the console could not keep your session; try again in a moment")
 		return
 	}
+	c.cookie.clearLogin(w)
 	c.cookie.set(w, id, max(1, int(idt.Expiry.Sub(c.o.Now())/time.Second)))
-	http.Redirect(w, r, s.returnTo, http.StatusSeeOther)
+	http.Redirect(w, r, LocalPath(l.ReturnTo), http.StatusSeeOther)
 }
 
 func cmpOr(s ...string) string {

@@ -102,6 +102,8 @@ type rig struct {
 	// replicas serve /ui/ when the rig has a shared session store; serving picks one.
 	replicas []http.Handler
 	serving  atomic.Int32
+	// idp serves /idp/ (the dev issuer); a test may wrap it before its first request.
+	idp http.Handler
 }
 
 func (r *rig) clock() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now }
@@ -127,7 +129,8 @@ func newRigWith(t *testing.T, public func(srvURL string) string, sessions Sessio
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux.Handle("/idp/", http.StripPrefix("/idp", iss.Handler()))
+	r.idp = http.StripPrefix("/idp", iss.Handler())
+	mux.Handle("/idp/", http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { r.idp.ServeHTTP(w, req) }))
 	now := time.Now()
 	r.reqs = &fakeRequests{req: ca.AccessRequest{ID: "req_AAAAAAAAAAAAAAAA", Requester: ca.Identity{Issuer: r.srv.URL + "/idp", Subject: "alice"},
 		Principals: []string{"root"}, TTLSeconds: 1800, Reason: "OPS-1234 disk full", Ticket: "OPS-1234", CreatedAt: now,
@@ -223,23 +226,34 @@ func TestSignInApproveSignOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	u, _ := url.Parse(r.srv.URL)
-	var loginID string
+	var loginCookie string
 	for _, ck := range c.Jar.Cookies(u) {
-		if ck.Name == "sshca-dev" {
-			loginID = ck.Value
+		switch ck.Name {
+		case "sshca-dev-login":
+			loginCookie = ck.Value
+		case "sshca-dev":
+			t.Fatalf("a session cookie before sign-in: %s", ck.Value)
 		}
 	}
-	if loginID == "" {
-		t.Fatal("no login session cookie")
+	if loginCookie == "" {
+		t.Fatal("no login cookie")
+	}
+	if n := len(r.console.sessions.store.(*memorySessions).m); n != 0 {
+		t.Fatalf("%d sessions stored for a sign-in not finished", n)
 	}
 
 	resp, page := r.signIn(c, "bob", "/ui/requests/"+r.reqs.req.ID)
 	if resp.Request.URL.Path != "/ui/requests/"+r.reqs.req.ID || !strings.Contains(page, "needs 1 more approval") || !strings.Contains(page, "OPS-1234 disk full") {
 		t.Fatalf("after sign-in landed on %s:\n%s", resp.Request.URL, page)
 	}
-	// Rotation: the login session's ID names nothing now.
-	if _, ok, err := r.console.sessions.get(context.Background(), loginID); ok || err != nil {
-		t.Fatal("the login session ID still names a session after sign-in")
+	// The login cookie is gone and names no session.
+	for _, ck := range c.Jar.Cookies(u) {
+		if ck.Name == "sshca-dev-login" {
+			t.Fatalf("login cookie kept after sign-in: %s", ck.Value)
+		}
+	}
+	if _, ok, err := r.console.sessions.get(context.Background(), loginCookie); ok || err != nil {
+		t.Fatal("the login cookie names a session after sign-in")
 	}
 	// No token in any URL: the browser's redirects carried a code, never the ID token.
 	tok := r.reqs.tokens[len(r.reqs.tokens)-1]
@@ -401,7 +415,7 @@ func TestDevCookieOnPlainHTTP(t *testing.T) {
 	}
 	resp.Body.Close()
 	sc := resp.Header.Get("Set-Cookie")
-	if !strings.HasPrefix(sc, "sshca-dev=") || !strings.Contains(sc, "HttpOnly") || !strings.Contains(sc, "SameSite=Lax") ||
+	if !strings.HasPrefix(sc, "sshca-dev-login=") || !strings.Contains(sc, "HttpOnly") || !strings.Contains(sc, "SameSite=Lax") ||
 		!strings.Contains(sc, "Path=/") || strings.Contains(sc, "Secure") || strings.Contains(sc, "Domain") {
 		t.Fatalf("dev cookie: %s", sc)
 	}
@@ -423,7 +437,7 @@ func TestHostCookieOnHTTPS(t *testing.T) {
 	if len(ck) != 1 {
 		t.Fatalf("cookies: %v", ck)
 	}
-	if c := ck[0]; c.Name != "__Host-sshca" || !c.Secure || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Path != "/" || c.Domain != "" {
+	if c := ck[0]; c.Name != "__Host-sshca-login" || !c.Secure || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Path != "/" || c.Domain != "" {
 		t.Fatalf("cookie: %s", resp.Header.Get("Set-Cookie"))
 	}
 	if !strings.Contains(resp.Header.Get("Location"), url.QueryEscape("https://ca.example.com/ui/callback")) {

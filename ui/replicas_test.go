@@ -16,7 +16,7 @@ import (
 
 // TestSessionsSharedByReplicas: two console replicas on one real redis-server, behind a load
 // balancer that sends each request where the test says. A sign-in started on replica 0
-// finishes on replica 1 (the login session is shared), the signed-in session made there acts
+// finishes on replica 1 (the login cookie opens on both), the signed-in session made there acts
 // on replica 0 (an approval with its CSRF token), and a sign-out on replica 1 ends it on
 // replica 0 too. Redis holds neither the cookie nor the ID token, in no key name or value.
 func TestSessionsSharedByReplicas(t *testing.T) {
@@ -99,7 +99,7 @@ func TestSessionsSharedByReplicas(t *testing.T) {
 		}
 	}
 	if sessionsFound != 1 {
-		t.Errorf("%d console sessions in Redis, want 1 (the login session is replaced at sign-in): %v", sessionsFound, keys)
+		t.Errorf("%d console sessions in Redis, want 1 (a sign-in in progress stores none): %v", sessionsFound, keys)
 	}
 
 	// Sign-out on replica 1 ends the session on replica 0.

@@ -79,26 +79,38 @@ func LocalPath(p string) string {
 // cookie and refuses the __Host- prefix without it, so the cookie is sshca-dev: the same
 // but not Secure; it is set only for a loopback public URL (NewConsole refuses any other
 // http:// URL), so it never crosses a network.
+//
+// Login is the name of the cookie of a sign-in in progress (loginState), with the same
+// attributes: __Host-sshca-login, or sshca-dev-login on plain HTTP. It is set by /ui/login and
+// cleared by the callback.
 type Cookie struct {
 	Name   string
+	Login  string
 	Secure bool
 }
 
 // CookieFor is the session cookie for the console's public URL.
 func CookieFor(public *url.URL) Cookie {
 	if public.Scheme == "https" {
-		return Cookie{Name: "__Host-sshca", Secure: true}
+		return Cookie{Name: "__Host-sshca", Login: "__Host-sshca-login", Secure: true}
 	}
-	return Cookie{Name: "sshca-dev", Secure: false}
+	return Cookie{Name: "sshca-dev", Login: "sshca-dev-login", Secure: false}
 }
 
 func (c Cookie) set(w http.ResponseWriter, value string, maxAge int) {
-	http.SetCookie(w, &http.Cookie{Name: c.Name, Value: value, Path: "/", MaxAge: maxAge,
-		Secure: c.Secure, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+	c.setNamed(w, c.Name, value, maxAge)
 }
 
-func (c Cookie) clear(w http.ResponseWriter) {
-	http.SetCookie(w, &http.Cookie{Name: c.Name, Value: "", Path: "/", MaxAge: -1,
+func (c Cookie) clear(w http.ResponseWriter) { c.setNamed(w, c.Name, "", -1) }
+
+func (c Cookie) setLogin(w http.ResponseWriter, value string, maxAge int) {
+	c.setNamed(w, c.Login, value, maxAge)
+}
+
+func (c Cookie) clearLogin(w http.ResponseWriter) { c.setNamed(w, c.Login, "", -1) }
+
+func (c Cookie) setNamed(w http.ResponseWriter, name, value string, maxAge int) {
+	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: maxAge,
 		Secure: c.Secure, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 }
 

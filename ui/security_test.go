@@ -55,8 +55,8 @@ func TestCookieFor(t *testing.T) {
 		url  string
 		want Cookie
 	}{
-		{"https://ca.example.com", Cookie{Name: "__Host-sshca", Secure: true}},
-		{"http://127.0.0.1:8089", Cookie{Name: "sshca-dev", Secure: false}},
+		{"https://ca.example.com", Cookie{Name: "__Host-sshca", Login: "__Host-sshca-login", Secure: true}},
+		{"http://127.0.0.1:8089", Cookie{Name: "sshca-dev", Login: "sshca-dev-login", Secure: false}},
 	} {
 		u, _ := url.Parse(tc.url)
 		if got := CookieFor(u); got != tc.want {

@@ -15,17 +15,13 @@ import (
 	"time"
 )
 
-// session is one browser's state, held server-side and named by the cookie's random ID. A
-// login session (idToken empty) carries the authorization request's secrets until the
-// callback; a signed-in one carries the ID token the console acts with.
+// session is one signed-in browser's state, held server-side and named by the cookie's random
+// ID. It exists only once the callback authenticated the user: a sign-in in progress lives in
+// the browser's login cookie (loginState), so no unauthenticated request stores anything.
 type session struct {
 	csrf    string
 	expires time.Time
 
-	// Login state, until the callback.
-	state, verifier, nonce, returnTo string
-
-	// Signed in.
 	idToken string
 	user    string // shown on the pages
 	sub     string
@@ -35,15 +31,11 @@ func (s *session) signedIn() bool { return s.idToken != "" }
 
 // sessionRecord is a session as it is sealed into the store.
 type sessionRecord struct {
-	CSRF     string    `json:"csrf"`
-	Expires  time.Time `json:"expires"`
-	State    string    `json:"state,omitempty"`
-	Verifier string    `json:"verifier,omitempty"`
-	Nonce    string    `json:"nonce,omitempty"`
-	ReturnTo string    `json:"return_to,omitempty"`
-	IDToken  string    `json:"id_token,omitempty"`
-	User     string    `json:"user,omitempty"`
-	Sub      string    `json:"sub,omitempty"`
+	CSRF    string    `json:"csrf"`
+	Expires time.Time `json:"expires"`
+	IDToken string    `json:"id_token,omitempty"`
+	User    string    `json:"user,omitempty"`
+	Sub     string    `json:"sub,omitempty"`
 }
 
 // loginTimeout is how long a sign-in may take, from the link to the issuer's callback.
@@ -59,6 +51,14 @@ type SessionStore interface {
 	PutConsoleSession(ctx context.Context, name string, sealed []byte, expires time.Time) error
 	ConsoleSession(ctx context.Context, name string) (sealed []byte, ok bool, err error)
 	DeleteConsoleSession(ctx context.Context, name string) error
+	// ConsoleLoginKey is the secret (at least 32 bytes) every replica seals login cookies
+	// with: created by the first caller, the same for every caller after, so that a sign-in
+	// started on one replica finishes on another. It is the only thing an unauthenticated
+	// request may cause the store to write, once.
+	ConsoleLoginKey(ctx context.Context) ([]byte, error)
+	// SpendConsoleLogin marks a finished sign-in until until, after its callback
+	// authenticated the user; first is false when it already was (a replayed callback).
+	SpendConsoleLogin(ctx context.Context, name string, until time.Time) (first bool, err error)
 }
 
 // sessions seals sessions into a SessionStore, under the cookie's ID: the ID (32 random
@@ -127,8 +127,7 @@ func (t *sessions) get(ctx context.Context, id string) (session, bool, error) {
 		_ = t.store.DeleteConsoleSession(ctx, name)
 		return session{}, false, nil
 	}
-	return session{csrf: rec.CSRF, expires: rec.Expires, state: rec.State, verifier: rec.Verifier, nonce: rec.Nonce,
-		returnTo: rec.ReturnTo, idToken: rec.IDToken, user: rec.User, sub: rec.Sub}, true, nil
+	return session{csrf: rec.CSRF, expires: rec.Expires, idToken: rec.IDToken, user: rec.User, sub: rec.Sub}, true, nil
 }
 
 // put stores s under a fresh ID and returns it; the caller's old ID, if any, is dropped first
@@ -144,8 +143,7 @@ func (t *sessions) put(ctx context.Context, old string, s session) (string, erro
 	if err != nil {
 		return "", err
 	}
-	plain, err := json.Marshal(sessionRecord{CSRF: s.csrf, Expires: s.expires, State: s.state, Verifier: s.verifier, Nonce: s.nonce,
-		ReturnTo: s.returnTo, IDToken: s.idToken, User: s.user, Sub: s.sub})
+	plain, err := json.Marshal(sessionRecord{CSRF: s.csrf, Expires: s.expires, IDToken: s.idToken, User: s.user, Sub: s.sub})
 	if err != nil {
 		return "", err
 	}
@@ -170,20 +168,22 @@ func (t *sessions) end(ctx context.Context, id string) error {
 	return t.store.DeleteConsoleSession(ctx, name)
 }
 
-// errTooManySessions: the in-memory table is full (of sign-ins not finished, which expire in
-// loginTimeout).
+// errTooManySessions: the in-memory table is full (of signed-in sessions, which end with
+// their ID tokens).
 var errTooManySessions = errors.New("ui: too many console sessions on this replica")
 
-// maxMemorySessions caps the in-memory table: a client that opens sign-ins without finishing
-// them fills it with login sessions, which expire in loginTimeout.
+// maxMemorySessions caps the in-memory table (one replica without a shared store): only
+// signed-in users add to it.
 const maxMemorySessions = 10000
 
 // memorySessions is the SessionStore of a console given none: one replica's own table (tests;
 // a single replica).
 type memorySessions struct {
-	now func() time.Time
-	mu  sync.Mutex
-	m   map[string]memorySession
+	now      func() time.Time
+	loginKey []byte
+	mu       sync.Mutex
+	m        map[string]memorySession
+	spent    map[string]time.Time
 }
 
 type memorySession struct {
@@ -192,7 +192,25 @@ type memorySession struct {
 }
 
 func newMemorySessions(now func() time.Time) *memorySessions {
-	return &memorySessions{now: now, m: map[string]memorySession{}}
+	return &memorySessions{now: now, loginKey: []byte(rand.Text() + rand.Text()), m: map[string]memorySession{}, spent: map[string]time.Time{}}
+}
+
+func (m *memorySessions) ConsoleLoginKey(context.Context) ([]byte, error) { return m.loginKey, nil }
+
+func (m *memorySessions) SpendConsoleLogin(_ context.Context, name string, until time.Time) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	for k, end := range m.spent {
+		if !now.Before(end) {
+			delete(m.spent, k)
+		}
+	}
+	if _, ok := m.spent[name]; ok || !until.After(now) {
+		return false, nil
+	}
+	m.spent[name] = until
+	return true, nil
 }
 
 func (m *memorySessions) PutConsoleSession(_ context.Context, name string, sealed []byte, expires time.Time) error {
