@@ -254,6 +254,8 @@ func (r *Redis) LivePage(ctx context.Context, now time.Time, after ca.CertCursor
 	}
 	if len(cmds) > 1 {
 		slices.SortFunc(merged, func(x, y entry) int { return x.pos.Compare(y.pos) })
+		// One certificate kept in two shards (compactRecords) is listed once.
+		merged = slices.CompactFunc(merged, func(x, y entry) bool { return x.pos == y.pos })
 	}
 	if limit > 0 && len(merged) > limit {
 		merged, more = merged[:limit], true
@@ -377,7 +379,14 @@ func (r *Redis) liveIn(ctx context.Context, index func(shard int) string, now ti
 		}
 	}
 	sortBySerial(out)
-	return out, nil
+	return compactRecords(out), nil
+}
+
+// compactRecords drops the second record of one certificate (the same serial and key ID) from
+// cs, sorted by serial: a certificate may be kept in two shards, its own and the one a rebuild
+// with another number of shards restored it into (sshca store rebuild --inventory-shards).
+func compactRecords(cs []ca.Certificate) []ca.Certificate {
+	return slices.CompactFunc(cs, func(a, b ca.Certificate) bool { return a.Serial == b.Serial && a.KeyID == b.KeyID })
 }
 
 // ResolveAlias returns the canonical names of the identities recorded under alias whose index

@@ -442,11 +442,16 @@ func TestRebuildKeepsShardsInUse(t *testing.T) {
 				s := store.ShardOf(three, id)
 				inShard[s] = append(inShard[s], id)
 			}
+			userCA, hostCA := testenv.PublicKey(t), testenv.PublicKey(t)
+			restore := &store.Restore{UserCA: userCA, HostCA: hostCA, IdentityBlock: time.Hour}
 			for s := range 3 {
-				id := inShard[s][0]
-				if err := three.Record(ctx, ca.Certificate{Serial: uint64(100 + s), Identity: id, ValidBefore: now.Add(time.Hour)}); err != nil {
+				c := ca.Certificate{Serial: uint64(100 + s), KeyID: fmt.Sprintf("%s#%d", inShard[s][0], 100+s), Kind: ca.UserCert,
+					Identity: inShard[s][0], Principals: []string{"p"}, ValidBefore: now.Add(time.Hour)}
+				if err := three.Record(ctx, c); err != nil {
 					t.Fatal(err)
 				}
+				restore.Add(ca.AuditRecord{Time: now.Add(-time.Minute), Action: ca.ActionUser, Outcome: "issued", Identity: c.Identity,
+					Serial: c.Serial, KeyID: c.KeyID, ValidBefore: c.ValidBefore, Principals: c.Principals, CAFingerprint: ssh.FingerprintSHA256(userCA)})
 			}
 			lost := []string{store.TagInventoryShard(0)}
 			if alsoHighest {
@@ -464,9 +469,7 @@ func TestRebuildKeepsShardsInUse(t *testing.T) {
 			if err := three.CheckState(ctx); !errors.Is(err, store.ErrStateLost) {
 				t.Fatalf("shard 0 lost: %v, want ErrStateLost", err)
 			}
-			userCA, hostCA := testenv.PublicKey(t), testenv.PublicKey(t)
 			rebuilder := store.NewRedis(rdb, store.RedisOptions{Now: clock}) // sshca store rebuild's default
-			restore := &store.Restore{UserCA: userCA, HostCA: hostCA, IdentityBlock: time.Hour}
 			if _, err := restore.Apply(ctx, rebuilder, now); err != nil {
 				t.Fatal(err)
 			}
@@ -480,19 +483,42 @@ func TestRebuildKeepsShardsInUse(t *testing.T) {
 			if err := three.CheckState(ctx); err != nil {
 				t.Fatalf("after the rebuild: %v", err)
 			}
+			// Every certificate once: the rebuild restored them all into shard 0, beside the
+			// records that survived in their own shards.
+			want := []uint64{100, 101, 102}
+			for name, r := range map[string]*store.Redis{"one shard": store.NewRedis(rdb, store.RedisOptions{Now: clock}), "three shards": three} {
+				all, err := r.AllLive(ctx, now)
+				var got []uint64
+				for _, c := range all {
+					got = append(got, c.Serial)
+				}
+				if err != nil || !slices.Equal(got, want) {
+					t.Errorf("%s: AllLive = %v after the rebuild, %v; want %v", name, got, err, want)
+				}
+				got = nil
+				for cur := (ca.CertCursor{}); ; {
+					page, next, err := r.LivePage(ctx, now, cur, 2)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, c := range page {
+						got = append(got, c.Serial)
+					}
+					if next.IsZero() {
+						break
+					}
+					cur = next
+				}
+				if !slices.Equal(got, want) {
+					t.Errorf("%s: LivePage lists %v after the rebuild; want %v", name, got, want)
+				}
+				for s := 1; s < 3; s++ {
+					if live, err := r.Live(ctx, inShard[s][0], now); err != nil || len(live) != 1 {
+						t.Errorf("%s: Live(%s) = %d certificates, %v; want 1", name, inShard[s][0], len(live), err)
+					}
+				}
+			}
 			one := store.NewRedis(rdb, store.RedisOptions{Now: clock})
-			want := []uint64{101}
-			if !alsoHighest {
-				want = append(want, 102)
-			}
-			all, err := one.AllLive(ctx, now)
-			var got []uint64
-			for _, c := range all {
-				got = append(got, c.Serial)
-			}
-			if err != nil || !slices.Equal(got, want) {
-				t.Errorf("a replica of one shard lists %v after the rebuild, %v; want the serials that survived %v", got, err, want)
-			}
 			for s := 1; s < 3; s++ {
 				victim := inShard[s][1]
 				if err := one.BlockIdentity(ctx, victim, now.Add(time.Hour)); err != nil {
