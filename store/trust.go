@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -22,6 +23,14 @@ import (
 // key whose revocations bastions do not follow. Every write is idempotent: the next call
 // (every start, every keyring publication) finishes it.
 func (r *Redis) RegisterCA(ctx context.Context, caKey ssh.PublicKey) error {
+	// An empty store gets its generation record, and with it its layout, before its CA sets:
+	// a store whose CA sets are older than its record is taken for one of layout 1
+	// (Redis.generation), and `sshca serve` registers its CA keys first thing, so every store
+	// it created stayed at layout 1 (legacy blocks read on every certificate, inventory shards
+	// refused until `sshca store migrate`). A lost store is registered in all the same.
+	if _, err := r.generation(ctx); err != nil && !errors.Is(err, ErrStateLost) {
+		return fmt.Errorf("store: register CA: %w", err)
+	}
 	line := authorizedLine(caKey)
 	fp := ssh.FingerprintSHA256(caKey)
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {

@@ -10,7 +10,7 @@
 # both replicas and redis-server over that window, redis-server's alone, and
 # `sshca audit verify` of the one chain both replicas appended to). A mode with "-sN" after
 # it (cluster3-s3, replicas2-s3) runs the same with audit.stripes N, so one invocation compares
-# one chain with N stripes.
+# one chain with N stripes; "-iN" (cluster3-i3, cluster3-s3-i3) with inventory.shards N.
 set -u
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-10s}
@@ -95,6 +95,7 @@ oidc:
       audiences: [sshca]
       allowed_email_domains: [example.com]
 audit: {key_file: $dir/audit.key, stripes: $stripes}
+inventory: {shards: $invshards}
 EOF
 	if [ "$replicas" -gt 1 ]; then
 		replicas_run "$name" "$replicas" "$sport" "$rpids" "${addrs%%,*}"
@@ -188,12 +189,13 @@ replicas_run() {
 
 echo "bench-cluster: RUNS=$RUNS DURATION=$DURATION CONCURRENCY=$CONCURRENCY MODES=\"$MODES\" (median [min..max])"
 for mode in $MODES; do
-	stripes=1
-	case $mode in *-s[0-9]*) stripes=${mode##*-s} ;; esac
-	case ${mode%-s[0-9]*} in
+	stripes=1 invshards=1
+	case $mode in *-s[0-9]*) stripes=${mode##*-s} stripes=${stripes%%-*} ;; esac
+	case $mode in *-i[0-9]*) invshards=${mode##*-i} invshards=${invshards%%-*} ;; esac
+	case ${mode%%-*} in
 	single) deployment "$mode" 1 ;;
 	cluster3) deployment "$mode" 3 ;;
 	replicas2) deployment "$mode" 1 2 ;;
-	*) die "MODES: $mode is not single, cluster3 or replicas2 (with -sN for audit.stripes N)" ;;
+	*) die "MODES: $mode is not single, cluster3 or replicas2 (with -sN for audit.stripes N, -iN for inventory.shards N)" ;;
 	esac
 done
