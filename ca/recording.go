@@ -2,6 +2,7 @@ package ca
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -114,8 +115,11 @@ type RecordingStore interface {
 	HostRecordingBytes(ctx context.Context, host string) (int64, error)
 	// RecordingLines are the session's kept lines, in order, without newlines.
 	RecordingLines(ctx context.Context, id string) ([][]byte, error)
-	// SessionRecordings lists the records of sessions started at or after since, oldest first.
-	SessionRecordings(ctx context.Context, since time.Time) ([]SessionRecording, error)
+	// SessionRecordings lists the records of sessions started at or after since, oldest first
+	// (RecordingCursor order), after the position after, at most limit (0: all); next is where
+	// the next page starts, zero when none is left. Pages neither skip nor repeat a recording
+	// kept throughout.
+	SessionRecordings(ctx context.Context, since time.Time, after RecordingCursor, limit int) (page []SessionRecording, next RecordingCursor, err error)
 	// UseRecordProof spends a proof's jti until its expiry: false when it was spent before.
 	UseRecordProof(ctx context.Context, id string, until time.Time) (bool, error)
 }
@@ -543,6 +547,77 @@ type RecordingFilter struct {
 	Principal string
 	Since     time.Time
 	Live      bool
+	// After is where the page starts (RecordingPage.Next of the page before; zero: the first),
+	// Limit how many recordings of the index one page reads (0: all). The other fields are
+	// applied to what was read, so a page may hold fewer, even none, and still have a Next.
+	After RecordingCursor
+	Limit int
+}
+
+// RecordingPage is one page of recorded sessions and where the next starts (zero: none).
+type RecordingPage struct {
+	Sessions []SessionRecording
+	Next     RecordingCursor
+}
+
+// RecordingCursor is a position in the recording index's order: by the session's start (unix
+// ms, Header.Start), then by its ID compared as text. Zero (no ID) is the start.
+type RecordingCursor struct {
+	Start int64 // unix ms
+	ID    string
+}
+
+// IsZero reports whether c is the start.
+func (c RecordingCursor) IsZero() bool { return c.ID == "" }
+
+// RecordingCursorOf is the position of r.
+func RecordingCursorOf(r SessionRecording) RecordingCursor {
+	return RecordingCursor{Start: r.Header.Start.UnixMilli(), ID: r.ID}
+}
+
+// Compare orders cursors as the index does: -1 when c comes before d, 0 equal, +1 after.
+func (c RecordingCursor) Compare(d RecordingCursor) int {
+	if n := cmp.Compare(c.Start, d.Start); n != 0 {
+		return n
+	}
+	return strings.Compare(c.ID, d.ID)
+}
+
+// recordingCursorVersion prefixes an encoded RecordingCursor.
+const recordingCursorVersion = "r1"
+
+// String encodes c as the opaque next_cursor of GET /v1/recordings: base64url (unpadded) of
+// "r1:<start ms>:<session ID>"; "" for the start.
+func (c RecordingCursor) String() string {
+	if c.IsZero() {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(recordingCursorVersion + ":" + strconv.FormatInt(c.Start, 10) + ":" + c.ID))
+}
+
+// ParseRecordingCursor decodes what String made; "" is the start. Anything else is Invalid
+// naming the cursor (as ParseCertCursor).
+func ParseRecordingCursor(s string) (RecordingCursor, error) {
+	if s == "" {
+		return RecordingCursor{}, nil
+	}
+	bad := Invalid("cursor %.40q is not one this server gave: pass the next_cursor of the page before as it is, or leave cursor out to start from the first page", s)
+	if len(s) > 80 {
+		return RecordingCursor{}, bad
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return RecordingCursor{}, bad
+	}
+	parts := strings.Split(string(b), ":")
+	if len(parts) != 3 || parts[0] != recordingCursorVersion || !canonicalDigits(parts[1]) || !sessionIDRE.MatchString(parts[2]) {
+		return RecordingCursor{}, bad
+	}
+	ms, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil || ms > maxCursorMS {
+		return RecordingCursor{}, bad
+	}
+	return RecordingCursor{Start: ms, ID: parts[2]}, nil
 }
 
 func (f RecordingFilter) target() string {
@@ -562,14 +637,18 @@ func (f RecordingFilter) target() string {
 	return t
 }
 
-// SessionRecordings lists the recorded sessions the filter selects (policy kind "read").
-func (a *Authority) SessionRecordings(ctx context.Context, st RecordingStore, token string, f RecordingFilter) ([]SessionRecording, error) {
-	if err := a.Authorize(ctx, token, ActionRead, f.target()); err != nil {
-		return nil, err
+// SessionRecordings lists a page of the recorded sessions the filter selects (policy kind
+// "read"), oldest first: at most f.Limit of the index after f.After, then filtered.
+func (a *Authority) SessionRecordings(ctx context.Context, st RecordingStore, token string, f RecordingFilter) (RecordingPage, error) {
+	if f.Limit < 0 {
+		return RecordingPage{}, Invalid("limit %d is negative: give how many recordings a page may hold", f.Limit)
 	}
-	recs, err := st.SessionRecordings(ctx, f.Since)
+	if err := a.Authorize(ctx, token, ActionRead, f.target()); err != nil {
+		return RecordingPage{}, err
+	}
+	recs, next, err := st.SessionRecordings(ctx, f.Since, f.After, f.Limit)
 	if err != nil {
-		return nil, recordingStoreErr(err)
+		return RecordingPage{}, recordingStoreErr(err)
 	}
 	out := []SessionRecording{}
 	for _, r := range recs {
@@ -580,7 +659,7 @@ func (a *Authority) SessionRecordings(ctx context.Context, st RecordingStore, to
 		r.Pending = ""
 		out = append(out, r)
 	}
-	return out, nil
+	return RecordingPage{Sessions: out, Next: next}, nil
 }
 
 // SessionRecordingLines is one session's record and its kept lines (policy kind "read").
@@ -619,7 +698,7 @@ func (d RecordingDesk) AcceptRecording(ctx context.Context, token, session strin
 }
 
 // SessionRecordings is Authority.SessionRecordings on the desk's store.
-func (d RecordingDesk) SessionRecordings(ctx context.Context, token string, f RecordingFilter) ([]SessionRecording, error) {
+func (d RecordingDesk) SessionRecordings(ctx context.Context, token string, f RecordingFilter) (RecordingPage, error) {
 	return d.Authority.SessionRecordings(ctx, d.Store, token, f)
 }
 

@@ -21,6 +21,9 @@ type RecordingAccepted = ca.RecordingAccepted
 // first, each as the CA keeps it (header, host, how far it arrived, how it ended, commands).
 type RecordingList struct {
 	Sessions []ca.SessionRecording `json:"sessions"`
+	// NextCursor, absent on the last page, is the cursor parameter of the next page
+	// (GET /v1/recordings?limit=N&cursor=…, as GET /v1/certs).
+	NextCursor string `json:"next_cursor,omitempty"`
 }
 
 // RecordingDetail is the answer of GET /v1/recordings/{id}: the session's record and its kept
@@ -38,6 +41,8 @@ type RecordingQuery struct {
 	Principal string
 	Since     time.Time
 	Live      bool
+	// Limit is the size of a page (0: the server's default, DefaultPageLimit).
+	Limit int
 }
 
 // ShipRecording sends one batch of a session's recording (POST /v1/recordings/{id}?offset=N):
@@ -63,8 +68,33 @@ func (c *Client) ShipRecording(ctx context.Context, proof, session string, offse
 	return out, nil
 }
 
-// Recordings lists recorded sessions (GET /v1/recordings; policy kind "read").
+// Recordings lists recorded sessions (GET /v1/recordings; policy kind "read"), oldest first:
+// it asks page after page until the server gives no next cursor.
 func (c *Client) Recordings(ctx context.Context, token string, q RecordingQuery) ([]ca.SessionRecording, error) {
+	var all []ca.SessionRecording
+	cursor := ""
+	for {
+		page, err := c.RecordingsPage(ctx, token, q, cursor)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page.Sessions...)
+		if page.NextCursor == "" {
+			if all == nil {
+				all = []ca.SessionRecording{}
+			}
+			return all, nil
+		}
+		if page.NextCursor == cursor {
+			return nil, fmt.Errorf("sshca: GET /v1/recordings: the server gave the same cursor twice")
+		}
+		cursor = page.NextCursor
+	}
+}
+
+// RecordingsPage asks for one page of the recorded sessions q selects, after cursor (a
+// NextCursor of the page before; "" for the first).
+func (c *Client) RecordingsPage(ctx context.Context, token string, q RecordingQuery, cursor string) (RecordingList, error) {
 	v := url.Values{}
 	if q.Identity != "" {
 		v.Set("identity", q.Identity)
@@ -78,13 +108,19 @@ func (c *Client) Recordings(ctx context.Context, token string, q RecordingQuery)
 	if q.Live {
 		v.Set("live", "true")
 	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	if cursor != "" {
+		v.Set("cursor", cursor)
+	}
 	path := "/v1/recordings"
 	if len(v) > 0 {
 		path += "?" + v.Encode()
 	}
 	var out RecordingList
-	err := c.Do(ctx, http.MethodGet, path, token, nil, &out)
-	return out.Sessions, err
+	err := c.do(ctx, http.MethodGet, path, token, nil, &out, GetTimeout, MaxListBytes)
+	return out, err
 }
 
 // MaxRecordingAnswerBytes bounds the answer of GET /v1/recordings/{id}: a session at the

@@ -96,3 +96,73 @@ func TestInventoryPageParameters(t *testing.T) {
 		}
 	}
 }
+
+// pagedRecordings answers SessionRecordings with an empty page whose Next is next, and keeps
+// the filter.
+type pagedRecordings struct {
+	f    ca.RecordingFilter
+	next ca.RecordingCursor
+}
+
+func (p *pagedRecordings) AcceptRecording(context.Context, string, string, int64, []byte) (ca.RecordingAccepted, error) {
+	return ca.RecordingAccepted{}, nil
+}
+
+func (p *pagedRecordings) SessionRecordings(_ context.Context, _ string, f ca.RecordingFilter) (ca.RecordingPage, error) {
+	p.f = f
+	return ca.RecordingPage{Next: p.next}, nil
+}
+
+func (p *pagedRecordings) SessionRecordingLines(context.Context, string, string) (ca.SessionRecording, [][]byte, error) {
+	return ca.SessionRecording{}, nil, nil
+}
+
+// TestRecordingPageParameters: GET /v1/recordings pages as GET /v1/certs does: limit (default
+// 1000, 1 to 10000), an opaque cursor naming a start and a session ID, next_cursor; bad ones are
+// 400s naming the parameter that never reach the service.
+func TestRecordingPageParameters(t *testing.T) {
+	rec := &pagedRecordings{}
+	srv := httptest.NewServer(services.NewHTTPHandler(services.MakeEndpoints(&fakeService{}), services.HTTPOptions{Recordings: rec}))
+	defer srv.Close()
+	get := func(query string) (int, client.RecordingList, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/recordings?"+query, nil)
+		req.Header.Set("Authorization", "Bearer t")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var out client.RecordingList
+		_ = json.Unmarshal(b, &out)
+		return resp.StatusCode, out, string(b)
+	}
+	pos := ca.RecordingCursor{Start: 1764500000000, ID: "0123456789abcdef01234567"}
+	rec.next = pos
+	code, out, body := get("")
+	if code != http.StatusOK || rec.f.Limit != services.DefaultPageLimit || out.NextCursor != pos.String() {
+		t.Fatalf("no parameters: %d %s, filter %+v", code, body, rec.f)
+	}
+	rec.next = ca.RecordingCursor{}
+	if code, _, body := get("limit=10000&cursor=" + out.NextCursor); code != http.StatusOK || rec.f.After != pos || rec.f.Limit != 10000 || strings.Contains(body, "next_cursor") {
+		t.Errorf("the next, last page: %d %s, filter %+v", code, body, rec.f)
+	}
+	rec.f = ca.RecordingFilter{}
+	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	for _, bad := range []struct{ query, field string }{
+		{"limit=0", "limit"}, {"limit=10001", "limit"}, {"limit=x", "limit"},
+		{"cursor=zz", "cursor"}, {"cursor=" + enc("r1:1:0123456789ABCDEF01234567"), "cursor"}, {"cursor=" + enc("r1:1:../../x"), "cursor"},
+		{"cursor=" + enc("c1:1:7"), "cursor"}, {"cursor=" + enc("r1:-1:0123456789abcdef01234567"), "cursor"},
+	} {
+		code, _, body := get(bad.query)
+		var eb client.ErrorBody
+		_ = json.Unmarshal([]byte(body), &eb)
+		if code != http.StatusBadRequest || !strings.HasPrefix(eb.Error, bad.field) {
+			t.Errorf("%s: %d %s, want 400 naming %s", bad.query, code, body, bad.field)
+		}
+	}
+	if rec.f != (ca.RecordingFilter{}) {
+		t.Errorf("a refused query reached the service: %+v", rec.f)
+	}
+}

@@ -23,7 +23,7 @@ import (
 // kind "read"). ca.RecordingDesk implements it.
 type Recordings interface {
 	AcceptRecording(ctx context.Context, token, session string, offset int64, batch []byte) (ca.RecordingAccepted, error)
-	SessionRecordings(ctx context.Context, token string, f ca.RecordingFilter) ([]ca.SessionRecording, error)
+	SessionRecordings(ctx context.Context, token string, f ca.RecordingFilter) (ca.RecordingPage, error)
 	SessionRecordingLines(ctx context.Context, token, id string) (ca.SessionRecording, [][]byte, error)
 }
 
@@ -69,11 +69,12 @@ func makeRecordingsEndpoint(s Recordings, log *slog.Logger) endpoint.Endpoint {
 			}
 			return recordingAccepted{RecordingAccepted: got, Err: err}, nil
 		case c.list != nil:
-			recs, err := s.SessionRecordings(ctx, c.token, *c.list)
+			page, err := s.SessionRecordings(ctx, c.token, *c.list)
+			recs := page.Sessions
 			if recs == nil {
 				recs = []ca.SessionRecording{}
 			}
-			return recordingList{RecordingList: client.RecordingList{Sessions: recs}, Err: err}, nil
+			return recordingList{RecordingList: client.RecordingList{Sessions: recs, NextCursor: page.Next.String()}, Err: err}, nil
 		}
 		rec, lines, err := s.SessionRecordingLines(ctx, c.token, c.session)
 		out := client.RecordingDetail{Recording: rec, Lines: make([]string, len(lines))}
@@ -131,6 +132,12 @@ func decodeRecordingList(_ context.Context, r *http.Request) (any, error) {
 		if f.Live, err = strconv.ParseBool(v); err != nil {
 			return nil, ca.Invalid("live %q: want true or false (GET /v1/recordings?live=true)", v)
 		}
+	}
+	if f.Limit, err = pageLimit(q); err != nil {
+		return nil, err
+	}
+	if f.After, err = ca.ParseRecordingCursor(q.Get("cursor")); err != nil {
+		return nil, err
 	}
 	return recordingCall{token: token, list: &f}, nil
 }

@@ -151,11 +151,13 @@ func (r *Redis) AllLive(ctx context.Context, now time.Time) ([]ca.Certificate, e
 	return r.liveIn(ctx, r.keys.ShardLiveCerts, now)
 }
 
-// livePageScript: KEYS a live index (Keys.ShardLiveCerts); ARGV now (unix ms), the cursor's
-// score (ValidBefore in unix ms) and member (its serial; "" for the start), the limit (0: all).
-// Answers {more, {member, score, ...}}: the members after the cursor in the index's order
-// (score, then member bytes) whose score is beyond now, at most limit, and 1 when members are
-// left after them. The position is found by rank in the same script as the range is read, so
+// livePageScript reads one page of a sorted set in its order (score, then member bytes): the
+// live index of certificates (Keys.ShardLiveCerts) and the index of recordings
+// (Keys.RecordingIndex). KEYS the index; ARGV the highest score left out whatever the cursor
+// (as ZCOUNT's max: now in unix ms for certificates, expired; "(since" or "-inf" for
+// recordings), the cursor's score and member ("" for the start), the limit (0: all).
+// Answers {more, {member, score, ...}}: the members after the cursor and the left-out head, at
+// most limit, and 1 when members are left after them. The position is found by rank in the same script as the range is read, so
 // nothing recorded or pruned in between can shift it: the cursor's rank when its member is
 // there with its score; else (pruned with everything up to its score, or in another shard's
 // index) the members before its position counted by score, and among those of its own score by

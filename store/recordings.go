@@ -160,27 +160,62 @@ func (r *Recordings) RecordingLines(ctx context.Context, id string) ([][]byte, e
 }
 
 // SessionRecordings lists the records of sessions started (agent clock) at or after since,
-// oldest first.
-func (r *Recordings) SessionRecordings(ctx context.Context, since time.Time) ([]ca.SessionRecording, error) {
-	min := "-inf"
+// oldest first (by start, then ID), after the position after, at most limit (0: all), and
+// where the next page starts (zero: none is left): one script reads the page of the index
+// (livePageScript, the position by rank), one pipeline the records.
+func (r *Recordings) SessionRecordings(ctx context.Context, since time.Time, after ca.RecordingCursor, limit int) ([]ca.SessionRecording, ca.RecordingCursor, error) {
+	head := "-inf"
 	if !since.IsZero() {
-		min = strconv.FormatInt(since.UnixMilli(), 10)
+		head = "(" + strconv.FormatInt(since.UnixMilli(), 10)
 	}
-	ids, err := r.rdb.ZRangeByScore(ctx, r.keys.RecordingIndex(), &redis.ZRangeBy{Min: min, Max: "+inf"}).Result()
+	res, err := livePageScript.Run(ctx, r.rdb, []string{r.keys.RecordingIndex()}, head, after.Start, after.ID, limit).Slice()
 	if err != nil {
-		return nil, fmt.Errorf("store: recording index: %w", err)
+		return nil, ca.RecordingCursor{}, fmt.Errorf("store: recording index: %w", err)
+	}
+	var flat []any
+	if len(res) == 2 {
+		flat, _ = res[1].([]any)
+	}
+	if len(res) != 2 || len(flat)%2 != 0 {
+		return nil, ca.RecordingCursor{}, fmt.Errorf("store: recording index: unexpected answer %v", res)
+	}
+	more, _ := res[0].(int64)
+	var last ca.RecordingCursor
+	cmds := make([]*redis.StringCmd, 0, len(flat)/2)
+	if _, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := 0; i < len(flat); i += 2 {
+			id, _ := flat[i].(string)
+			sc, _ := flat[i+1].(string)
+			score, err := strconv.ParseFloat(sc, 64)
+			if err != nil {
+				return fmt.Errorf("bad score %q in index", sc)
+			}
+			last = ca.RecordingCursor{Start: int64(score), ID: id}
+			cmds = append(cmds, p.HGet(ctx, r.keys.RecordingSession(id), "rec"))
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, ca.RecordingCursor{}, fmt.Errorf("store: recordings: %w", err)
 	}
 	out := []ca.SessionRecording{}
-	for _, id := range ids {
-		rec, ok, err := r.SessionRecording(ctx, id)
+	for _, cmd := range cmds {
+		b, err := cmd.Bytes()
+		if errors.Is(err, redis.Nil) {
+			continue // expired since the index was read
+		}
 		if err != nil {
-			return nil, err
+			return nil, ca.RecordingCursor{}, fmt.Errorf("store: recordings: %w", err)
 		}
-		if ok {
-			out = append(out, rec)
+		var rec ca.SessionRecording
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return nil, ca.RecordingCursor{}, fmt.Errorf("store: corrupt recording record: %w", err)
 		}
+		out = append(out, rec)
 	}
-	return out, nil
+	if more == 0 {
+		last = ca.RecordingCursor{}
+	}
+	return out, last, nil
 }
 
 // UseRecordProof spends a proof's jti until its expiry (SET NX, one key per proof).
@@ -269,27 +304,29 @@ func (m *MemoryRecordings) RecordingLines(_ context.Context, id string) ([][]byt
 	return append([][]byte{}, m.lines[id]...), nil
 }
 
-// SessionRecordings lists the records of sessions started at or after since, oldest first.
-func (m *MemoryRecordings) SessionRecordings(_ context.Context, since time.Time) ([]ca.SessionRecording, error) {
+// SessionRecordings lists the records of sessions started at or after since, oldest first,
+// a page after the position after (see Recordings.SessionRecordings).
+func (m *MemoryRecordings) SessionRecordings(_ context.Context, since time.Time, after ca.RecordingCursor, limit int) ([]ca.SessionRecording, ca.RecordingCursor, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := []ca.SessionRecording{}
 	for _, b := range m.recs {
 		var rec ca.SessionRecording
 		if err := json.Unmarshal(b, &rec); err != nil {
-			return nil, err
+			return nil, ca.RecordingCursor{}, err
 		}
-		if since.IsZero() || rec.Header.Start.UnixMilli() >= since.UnixMilli() {
+		if (since.IsZero() || rec.Header.Start.UnixMilli() >= since.UnixMilli()) && (after.IsZero() || ca.RecordingCursorOf(rec).Compare(after) > 0) {
 			out = append(out, rec)
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].Header.Start.Equal(out[j].Header.Start) {
-			return out[i].Header.Start.Before(out[j].Header.Start)
-		}
-		return out[i].ID < out[j].ID
+		return ca.RecordingCursorOf(out[i]).Compare(ca.RecordingCursorOf(out[j])) < 0
 	})
-	return out, nil
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+		return out, ca.RecordingCursorOf(out[len(out)-1]), nil
+	}
+	return out, ca.RecordingCursor{}, nil
 }
 
 // UseRecordProof spends a proof's jti until its expiry.

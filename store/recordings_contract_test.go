@@ -99,9 +99,9 @@ func TestRecordingsContract(t *testing.T) {
 			since time.Time
 			want  []string
 		}{{time.Time{}, []string{"a", "b"}}, {t0, []string{"a", "b"}}, {t0.Add(time.Minute), []string{"b"}}, {t0.Add(2 * time.Hour), nil}} {
-			recs, err := st.SessionRecordings(ctx, tt.since)
-			if err != nil {
-				t.Fatal(err)
+			recs, next, err := st.SessionRecordings(ctx, tt.since, ca.RecordingCursor{}, 0)
+			if err != nil || !next.IsZero() {
+				t.Fatal(next, err)
 			}
 			var ids []string
 			for _, r := range recs {
@@ -109,6 +109,38 @@ func TestRecordingsContract(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.want, ids); diff != "" {
 				t.Errorf("since %v (-want +got):\n%s", tt.since, diff)
+			}
+		}
+		// Pages of one and of two, with sessions sharing a start (ordered by ID as text) and one
+		// started after the position recorded between pages: each listed once, in order.
+		for _, id := range []string{"d", "c10", "c9"} {
+			if ok, err := st.AppendRecording(ctx, mk(id, t0.Add(30*time.Minute), 1), 0, false, [][]byte{[]byte("h")}); !ok || err != nil {
+				t.Fatal(ok, err)
+			}
+		}
+		for limit, want := range map[int][]string{1: {"a", "c10", "c9", "d", "b", "e"}, 2: {"a", "c10", "c9", "d", "b", "e"}} {
+			var ids []string
+			var after ca.RecordingCursor
+			for pages := 0; ; pages++ {
+				recs, next, err := st.SessionRecordings(ctx, t0, after, limit)
+				if err != nil || len(recs) > limit || pages > 10 {
+					t.Fatalf("limit %d page %d: %v %v", limit, pages, recs, err)
+				}
+				for _, r := range recs {
+					ids = append(ids, r.ID)
+				}
+				if pages == 1 && limit == 1 {
+					if ok, err := st.AppendRecording(ctx, mk("e", t0.Add(90*time.Minute), 1), 0, false, [][]byte{[]byte("h")}); !ok || err != nil {
+						t.Fatal(ok, err)
+					}
+				}
+				if next.IsZero() {
+					break
+				}
+				after = next
+			}
+			if diff := cmp.Diff(want, ids); diff != "" {
+				t.Errorf("pages of %d (-want +got):\n%s", limit, diff)
 			}
 		}
 		for i, want := range []bool{true, false} {
@@ -151,7 +183,7 @@ func TestRecordingsACLOnRedis(t *testing.T) {
 	if ok, err := st.UseRecordProof(ctx, "record|j", time.Now().Add(time.Minute)); !ok || err != nil {
 		t.Fatalf("spend a proof: %v %v", ok, err)
 	}
-	if recs, err := st.SessionRecordings(ctx, time.Time{}); err != nil || len(recs) != 1 {
+	if recs, _, err := st.SessionRecordings(ctx, time.Time{}, ca.RecordingCursor{}, 10); err != nil || len(recs) != 1 {
 		t.Fatalf("list: %v %v", recs, err)
 	}
 	keys := store.Keys{}

@@ -18,7 +18,7 @@ import (
 // Recordings is the session recordings API (GET /v1/recordings[/{id}], policy kind "read"),
 // called with the signed-in user's ID token. ca.RecordingDesk implements it.
 type Recordings interface {
-	SessionRecordings(ctx context.Context, token string, f ca.RecordingFilter) ([]ca.SessionRecording, error)
+	SessionRecordings(ctx context.Context, token string, f ca.RecordingFilter) (ca.RecordingPage, error)
 	SessionRecordingLines(ctx context.Context, token, id string) (ca.SessionRecording, [][]byte, error)
 }
 
@@ -61,7 +61,10 @@ func (c *Console) requestRecordings(ctx context.Context, s session, id string, c
 	if c.o.Recordings == nil {
 		return nil, "", nil
 	}
-	recs, err := c.o.Recordings.SessionRecordings(ctx, s.idToken, ca.RecordingFilter{Since: created.Add(-bastionClockSkew)})
+	// Limit 0: every recording since the request was created (an hour of clock skew before),
+	// read in one call; the list shown is those of this request.
+	page, err := c.o.Recordings.SessionRecordings(ctx, s.idToken, ca.RecordingFilter{Since: created.Add(-bastionClockSkew)})
+	recs := page.Sessions
 	if ca.KindOf(err) == ca.KindDenied {
 		return nil, "Session recordings are shown to those the policy lets read them (administrators and auditors).", nil
 	}

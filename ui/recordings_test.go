@@ -19,9 +19,9 @@ type fakeRecordings struct {
 	lines map[string][][]byte
 }
 
-func (f *fakeRecordings) SessionRecordings(_ context.Context, token string, q ca.RecordingFilter) ([]ca.SessionRecording, error) {
+func (f *fakeRecordings) SessionRecordings(_ context.Context, token string, q ca.RecordingFilter) (ca.RecordingPage, error) {
 	if subjectOf(token) != "carol" {
-		return nil, ca.Denied("you may not list session recordings")
+		return ca.RecordingPage{}, ca.Denied("you may not list session recordings")
 	}
 	// As the store: by the start the bastion wrote.
 	f.since = append(f.since, q.Since)
@@ -31,7 +31,7 @@ func (f *fakeRecordings) SessionRecordings(_ context.Context, token string, q ca
 			out = append(out, r)
 		}
 	}
-	return out, nil
+	return ca.RecordingPage{Sessions: out}, nil
 }
 
 func (f *fakeRecordings) SessionRecordingLines(_ context.Context, token, id string) (ca.SessionRecording, [][]byte, error) {
