@@ -24,7 +24,14 @@ var (
 // and the serial reserved even when the answer is a refusal (see ca.Admission); an expired
 // single-use token is not fresh and is not written.
 func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, error) {
-	if _, err := r.generation(ctx); err != nil {
+	g, err := r.generation(ctx)
+	if err != nil {
+		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
+	}
+	// The first use of inventory shards (once per process and generation) before anything is
+	// spent or signed: a store that cannot take them (layout 1) is refused here, not by Record
+	// after a signature and a spent token.
+	if err := r.ensureShards(ctx, g); err != nil {
 		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
 	}
 	t := q.Token
@@ -41,7 +48,7 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	var rc *refusedCmds
 	var tc *tokenCmds
 	var serial *redis.StatusCmd
-	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		rc = r.queueRefused(ctx, p, q.CAKey, q.Identities, q.Key)
 		if spend {
 			tc = r.queueToken(ctx, p, mw, shard, t.ID, t.IssuedAt, t.Expiry)

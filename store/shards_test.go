@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -574,5 +575,41 @@ func BenchmarkShards(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestShardsRefusedBeforeSigningOnLayout1: a store still at layout 1 (blocks of layout 1 in
+// it, never migrated) cannot take shards: the admission of a replica of three shards refuses,
+// naming the fix, before it spends the token (a refusal found by Record would come after the
+// signature, with the token spent). After `sshca store migrate` the same admission goes through
+// and the store is at layout 3.
+func TestShardsRefusedBeforeSigningOnLayout1(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	keys := store.Keys{}
+	if err := rdb.ZAdd(ctx, keys.LegacyBlocked(), redis.Z{Score: float64(exp.UnixMilli()), Member: "https://idp|old"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	three := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 3})
+	q := ca.AdmissionRequest{CAKey: testenv.PublicKey(t), Identities: []string{"https://idp|alice"}, Key: testenv.PublicKey(t),
+		Token: ca.TokenUse{ID: "iss|jti-1", SingleUse: true, IssuedAt: time.Now(), Expiry: exp}}
+	if _, err := three.Admit(ctx, q); err == nil || !strings.Contains(err.Error(), "sshca store migrate") {
+		t.Fatalf("admission with shards on a store of layout 1: %v; want refused naming sshca store migrate", err)
+	}
+	if ok, err := store.NewRedis(rdb, store.RedisOptions{}).UseToken(ctx, "iss|jti-1", time.Now(), exp); err != nil || !ok {
+		t.Fatalf("the refused admission spent the token: %t %v", ok, err)
+	}
+	if _, err := three.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	q.Token.ID = "iss|jti-2"
+	if adm, err := three.Admit(ctx, q); err != nil || !adm.Fresh || adm.Refusal != "" {
+		t.Fatalf("admission after the migration: %+v %v", adm, err)
+	}
+	if v := rdb.Get(ctx, keys.StoreLayout()).Val(); v != "3" {
+		t.Errorf("layout %q after the first admission with shards, want 3", v)
 	}
 }

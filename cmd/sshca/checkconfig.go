@@ -20,6 +20,7 @@ import (
 	"github.com/sshca/sshca/internal/bodylimit"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/policies"
+	"github.com/sshca/sshca/store"
 )
 
 // checkReport is what `sshca serve --check-config` found: problems (the service would not
@@ -252,6 +253,17 @@ func checkRedis(ctx context.Context, rc RedisConfig, durable redisProbe, r *chec
 	}
 	if err := rdb.Eval(ctx, "return redis.call('SET', KEYS[1], '1', 'EX', 5)", []string{probe}).Err(); err != nil {
 		r.problem("redis: a Lua script (EVAL) was refused: %v%s", err, aclHint(err))
+	}
+	// A store with a generation record but no layout is at layout 1 (a replica of layout 2 or
+	// later writes both at once on an empty store): it cannot take inventory shards, and every
+	// certificate would be refused (503) until it is migrated.
+	if durable.inventoryShards > 1 {
+		keys := store.Keys{Prefix: "sshca"}
+		layout, errL := rdb.Exists(ctx, keys.StoreLayout()).Result()
+		gen, errG := rdb.Exists(ctx, keys.Generation()).Result()
+		if errL == nil && errG == nil && layout == 0 && gen == 1 {
+			r.problem("inventory.shards: %d, but the store is at layout 1: run sshca store migrate first (once no sshca older than layout 2 writes to it); until then no certificate is issued", durable.inventoryShards)
+		}
 	}
 	if v, err := rdb.Info(ctx, "server").Result(); err == nil {
 		if ver := infoField(v, "redis_version"); ver != "" && versionBelow(ver, 6, 2) {

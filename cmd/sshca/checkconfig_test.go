@@ -1,15 +1,19 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
 	"gopkg.in/yaml.v3"
 
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
 )
 
 // writeConfig writes cfg as the YAML file serve reads.
@@ -80,6 +84,29 @@ func TestCheckConfigRedis(t *testing.T) {
 		out, problems, err = checkCLI(t, writeConfig(t, cfg), true)
 		if err != nil || len(problems) != 0 || !strings.Contains(out, "offline: not checked") {
 			t.Errorf("offline: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("shards on a store of layout 1", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+		t.Cleanup(func() { rdb.Close() })
+		cfg := serveConfig(t, r.Addr, good)
+		cfg.Inventory.Shards = 3
+		// An empty store: nothing to say (the first replica creates it at layout 2).
+		if out, problems, _ := checkCLI(t, writeConfig(t, cfg), false); slices.ContainsFunc(problems, func(p string) bool { return strings.Contains(p, "inventory.shards") }) {
+			t.Errorf("an empty store reported:\n%s", out)
+		}
+		rdb.HSet(context.Background(), store.Keys{}.Generation(), "id", "0123456789abcdef", "epoch", 0)
+		out, problems, _ := checkCLI(t, writeConfig(t, cfg), false)
+		if !slices.ContainsFunc(problems, func(p string) bool {
+			return strings.Contains(p, "inventory.shards: 3") && strings.Contains(p, "sshca store migrate")
+		}) {
+			t.Errorf("a store of layout 1 with shards not reported:\n%s", out)
+		}
+		cfg.Inventory.Shards = 1
+		if out, problems, _ := checkCLI(t, writeConfig(t, cfg), false); slices.ContainsFunc(problems, func(p string) bool { return strings.Contains(p, "inventory.shards") }) {
+			t.Errorf("one shard on a store of layout 1 reported:\n%s", out)
 		}
 	})
 
