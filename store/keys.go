@@ -329,6 +329,17 @@ func (k Keys) RecordingIndex() string { return k.p() + ":rec:sessions" }
 // Redis): what the host cap is checked against. Untagged.
 func (k Keys) RecordingHostBytes(host string) string { return k.p() + ":rec:host:" + host + ":bytes" }
 
+// RecordingExpiry is the sorted set of recorded session IDs scored by when their keys expire
+// (unix ms, CA clock: the last batch received plus recordings.retention), which the prune
+// walks to take expired sessions out of RecordingIndex and the host totals (recordings,
+// recordings Redis). Untagged.
+func (k Keys) RecordingExpiry() string { return k.p() + ":rec:expiry" }
+
+// RecordingSizes is the hash of what each recorded session added to its host's total, fields
+// "b:<id>" (bytes, decimal) and "h:<id>" (host name), kept until the session is pruned, when
+// the bytes are taken off RecordingHostBytes (recordings, recordings Redis). Untagged.
+func (k Keys) RecordingSizes() string { return k.p() + ":rec:sizes" }
+
 // RecordingProof is a spent recording proof, by the hex SHA-256 of its jti, expiring with the
 // proof (recordings, recordings Redis). Untagged, one key per proof.
 func (k Keys) RecordingProof(sha256Hex string) string { return k.p() + ":rec:proof:" + sha256Hex }
@@ -455,6 +466,8 @@ func (k Keys) Layout() []KeySpec {
 		{k.RecordingIndex(), "RecordingIndex", "", "recordings", ReadByCA},
 		{k.RecordingHostBytes(exampleHost), "RecordingHostBytes", "", "recordings", ReadByCA},
 		{k.RecordingProof(exampleToken), "RecordingProof", "", "recordings", ReadByCA},
+		{k.RecordingExpiry(), "RecordingExpiry", "", "recordings", ReadByCA},
+		{k.RecordingSizes(), "RecordingSizes", "", "recordings", ReadByCA},
 		{k.ConsoleSession(exampleConsole), "ConsoleSession", "", "console", ReadByCA},
 		{k.ConsoleLoginKey(), "ConsoleLoginKey", "", "console", ReadByCA},
 		{k.ConsoleLogin(exampleConsole), "ConsoleLogin", "", "console", ReadByCA},

@@ -6,6 +6,16 @@ package store
 // {received, rec}: the lines received so far and ca.SessionRecording as JSON) and its kept
 // lines (a list), both under the session's hash tag so that one script appends to them; an
 // index of sessions by start; each host's byte total; and the recording proofs spent.
+//
+// Retention (recordings.retention): with one set, a session's record and lines expire (Redis
+// PEXPIREAT, set by the append script) at retention after the last batch the CA received of it
+// (its end line's batch, or its last line's if it never ended), on the CA's clock, not the
+// agent's. Beside them RecordingExpiry and RecordingSizes say when each session goes and what
+// it added to its host's total; the prune (PruneRecordings, run at most once a minute by the
+// append of a new session) takes expired sessions out of the index and their bytes off their
+// host's total, and deletes their keys itself too (a store whose keys do not expire with real
+// time, miniredis, or a clock ahead of Redis's). The audit records of a session (start and
+// end, on the main Redis) are not touched: the audit log has its own archive.
 
 import (
 	"context"
@@ -26,9 +36,27 @@ import (
 
 // Recordings is the Redis recording store (ca.RecordingStore), on its own client.
 type Recordings struct {
-	rdb  redis.UniversalClient
-	keys Keys
-	now  func() time.Time
+	rdb       redis.UniversalClient
+	keys      Keys
+	now       func() time.Time
+	retention time.Duration
+
+	pruneMu   sync.Mutex
+	lastPrune time.Time // CA clock
+}
+
+// recordingPruneEvery is how often at most an append prunes expired sessions: a prune reads the
+// expiry index, so one per new session would cost a round trip each for nothing.
+const recordingPruneEvery = time.Minute
+
+// recordingPruneBatch is how many expired sessions a prune takes per read of the expiry index.
+const recordingPruneBatch = 500
+
+// WithRetention sets how long a session's keys are kept after its last batch (0: forever, as
+// before) and returns r; call it before the store is used.
+func (r *Recordings) WithRetention(d time.Duration) *Recordings {
+	r.retention = max(0, d)
+	return r
 }
 
 var (
@@ -54,7 +82,8 @@ func (r *Recordings) Check(ctx context.Context) error {
 }
 
 // appendRecording checks the received count and appends in one step. KEYS: record, lines.
-// ARGV: prev received, new received, record JSON, replace last (0/1), lines...
+// ARGV: prev received, new received, record JSON, replace last (0/1), expire at (unix ms, "0":
+// never), lines...
 var appendRecording = redis.NewScript(`
 local cur = redis.call('HGET', KEYS[1], 'received')
 if ARGV[1] == '0' then
@@ -62,16 +91,40 @@ if ARGV[1] == '0' then
 elseif cur ~= ARGV[1] then
   return 0
 end
-local first = 5
-if ARGV[4] == '1' and #ARGV >= 5 then
-  redis.call('LSET', KEYS[2], -1, ARGV[5])
-  first = 6
+local first = 6
+if ARGV[4] == '1' and #ARGV >= 6 then
+  redis.call('LSET', KEYS[2], -1, ARGV[6])
+  first = 7
 end
 for i = first, #ARGV, 1000 do
   redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('HSET', KEYS[1], 'received', ARGV[2], 'rec', ARGV[3])
+if ARGV[5] ~= '0' then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+  redis.call('PEXPIREAT', KEYS[2], ARGV[5])
+end
 return 1
+`)
+
+// takeHostBytes takes a pruned session's bytes off its host's total, and the total away once
+// nothing is left (a host that stopped recording leaves no key). KEYS: host total. ARGV: bytes.
+var takeHostBytes = redis.NewScript(`
+local n = redis.call('DECRBY', KEYS[1], ARGV[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) end
+return n
+`)
+
+// takeExpired removes a session from the expiry index if its score is still at most now, so
+// that of two replicas pruning at once only one takes its bytes off the host's total, and a
+// session whose expiry an append just moved on is left alone. KEYS: expiry. ARGV: id, now ms.
+var takeExpired = redis.NewScript(`
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) <= tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
 `)
 
 // SessionRecording is the session's record; false when none.
@@ -98,7 +151,12 @@ func (r *Recordings) AppendRecording(ctx context.Context, rec ca.SessionRecordin
 	if err != nil {
 		return false, fmt.Errorf("store: recording %s: %w", rec.ID, err)
 	}
-	args := []any{strconv.FormatInt(prev, 10), strconv.FormatInt(rec.Received, 10), b, boolArg(replaceLast)}
+	now := r.now()
+	expireAt := "0"
+	if r.retention > 0 {
+		expireAt = strconv.FormatInt(now.Add(r.retention).UnixMilli(), 10)
+	}
+	args := []any{strconv.FormatInt(prev, 10), strconv.FormatInt(rec.Received, 10), b, boolArg(replaceLast), expireAt}
 	var n int64
 	for i, l := range lines {
 		args = append(args, l)
@@ -124,7 +182,98 @@ func (r *Recordings) AppendRecording(ctx context.Context, rec ca.SessionRecordin
 			return true, fmt.Errorf("store: recording index: %w", err)
 		}
 	}
+	if r.retention == 0 {
+		return true, nil
+	}
+	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAdd(ctx, r.keys.RecordingExpiry(), redis.Z{Score: float64(now.Add(r.retention).UnixMilli()), Member: rec.ID})
+		if n > 0 {
+			p.HIncrBy(ctx, r.keys.RecordingSizes(), "b:"+rec.ID, n)
+		}
+		if prev == 0 {
+			p.HSet(ctx, r.keys.RecordingSizes(), "h:"+rec.ID, rec.Host)
+		}
+		return nil
+	})
+	if err != nil {
+		return true, fmt.Errorf("store: recording expiry: %w", err)
+	}
+	if prev == 0 && r.pruneDue(now) {
+		// Best effort: what is not pruned now is at the next new session's.
+		_, _ = r.PruneRecordings(ctx)
+	}
 	return true, nil
+}
+
+// pruneDue says whether a prune is due at now (at most one per recordingPruneEvery per replica).
+func (r *Recordings) pruneDue(now time.Time) bool {
+	r.pruneMu.Lock()
+	defer r.pruneMu.Unlock()
+	if now.Sub(r.lastPrune) < recordingPruneEvery {
+		return false
+	}
+	r.lastPrune = now
+	return true
+}
+
+// PruneRecordings takes every session whose retention has passed (on the store's clock) out of
+// the index, its bytes off its host's total, and deletes its keys; it returns how many it took.
+// Nothing without a retention.
+func (r *Recordings) PruneRecordings(ctx context.Context) (int, error) {
+	if r.retention == 0 {
+		return 0, nil
+	}
+	now := strconv.FormatInt(r.now().UnixMilli(), 10)
+	taken := 0
+	for {
+		ids, err := r.rdb.ZRangeByScore(ctx, r.keys.RecordingExpiry(), &redis.ZRangeBy{Min: "-inf", Max: now, Count: recordingPruneBatch}).Result()
+		if err != nil {
+			return taken, fmt.Errorf("store: recording expiry: %w", err)
+		}
+		for _, id := range ids {
+			ok, err := takeExpired.Run(ctx, r.rdb, []string{r.keys.RecordingExpiry()}, id, now).Int()
+			if err != nil {
+				return taken, fmt.Errorf("store: recording expiry: %w", err)
+			}
+			if ok != 1 {
+				continue
+			}
+			if err := r.forget(ctx, id); err != nil {
+				return taken, err
+			}
+			taken++
+		}
+		if len(ids) < recordingPruneBatch {
+			return taken, nil
+		}
+	}
+}
+
+// forget drops an expired session: its bytes off its host's total, out of the index, its keys.
+// Each key is its own command: on a Cluster they sit in different slots.
+func (r *Recordings) forget(ctx context.Context, id string) error {
+	v, err := r.rdb.HMGet(ctx, r.keys.RecordingSizes(), "b:"+id, "h:"+id).Result()
+	if err != nil {
+		return fmt.Errorf("store: recording sizes: %w", err)
+	}
+	bs, _ := v[0].(string)
+	host, _ := v[1].(string)
+	if n, _ := strconv.ParseInt(bs, 10, 64); n > 0 && host != "" {
+		if err := takeHostBytes.Run(ctx, r.rdb, []string{r.keys.RecordingHostBytes(host)}, n).Err(); err != nil {
+			return fmt.Errorf("store: recording host total: %w", err)
+		}
+	}
+	for _, c := range []redis.Cmder{
+		r.rdb.HDel(ctx, r.keys.RecordingSizes(), "b:"+id, "h:"+id),
+		r.rdb.ZRem(ctx, r.keys.RecordingIndex(), id),
+		r.rdb.Del(ctx, r.keys.RecordingSession(id)),
+		r.rdb.Del(ctx, r.keys.RecordingLines(id)),
+	} {
+		if err := c.Err(); err != nil {
+			return fmt.Errorf("store: recording %s prune: %w", id, err)
+		}
+	}
+	return nil
 }
 
 func boolArg(b bool) string {
@@ -234,14 +383,17 @@ func (r *Recordings) UseRecordProof(ctx context.Context, id string, until time.T
 
 // MemoryRecordings is the in-memory recording store, for tests and `sshca dev`.
 type MemoryRecordings struct {
-	now func() time.Time
+	now       func() time.Time
+	retention time.Duration
 
-	mu     sync.Mutex
-	recs   map[string][]byte // JSON, as in Redis
-	got    map[string]int64  // received
-	lines  map[string][][]byte
-	hosts  map[string]int64
-	proofs map[string]time.Time
+	mu      sync.Mutex
+	expires map[string]time.Time // with a retention: when the session goes
+	sizes   map[string]int64     // what it added to its host's total
+	recs    map[string][]byte    // JSON, as in Redis
+	got     map[string]int64     // received
+	lines   map[string][][]byte
+	hosts   map[string]int64
+	proofs  map[string]time.Time
 }
 
 // NewMemoryRecordings returns an empty in-memory recording store on the clock now.
@@ -250,13 +402,49 @@ func NewMemoryRecordings(now func() time.Time) *MemoryRecordings {
 		now = time.Now
 	}
 	return &MemoryRecordings{now: now, recs: map[string][]byte{}, got: map[string]int64{}, lines: map[string][][]byte{},
-		hosts: map[string]int64{}, proofs: map[string]time.Time{}}
+		hosts: map[string]int64{}, proofs: map[string]time.Time{}, expires: map[string]time.Time{}, sizes: map[string]int64{}}
+}
+
+// WithRetention is Recordings.WithRetention in memory.
+func (m *MemoryRecordings) WithRetention(d time.Duration) *MemoryRecordings {
+	m.retention = max(0, d)
+	return m
+}
+
+// PruneRecordings is Recordings.PruneRecordings in memory.
+func (m *MemoryRecordings) PruneRecordings(context.Context) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.pruneLocked(), nil
+}
+
+// pruneLocked forgets the sessions whose retention has passed; every method runs it first, so
+// an expired session is gone as it would be from Redis.
+func (m *MemoryRecordings) pruneLocked() int {
+	now, n := m.now(), 0
+	for id, end := range m.expires {
+		if now.Before(end) {
+			continue
+		}
+		var rec ca.SessionRecording
+		if json.Unmarshal(m.recs[id], &rec) == nil {
+			m.hosts[rec.Host] -= m.sizes[id]
+		}
+		delete(m.expires, id)
+		delete(m.sizes, id)
+		delete(m.recs, id)
+		delete(m.got, id)
+		delete(m.lines, id)
+		n++
+	}
+	return n
 }
 
 // SessionRecording is the session's record; false when none.
 func (m *MemoryRecordings) SessionRecording(_ context.Context, id string) (ca.SessionRecording, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.pruneLocked()
 	var rec ca.SessionRecording
 	b, ok := m.recs[id]
 	if !ok {
@@ -273,6 +461,7 @@ func (m *MemoryRecordings) AppendRecording(_ context.Context, rec ca.SessionReco
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.pruneLocked()
 	cur, exists := m.got[rec.ID]
 	if (prev == 0 && exists) || (prev != 0 && cur != prev) {
 		return false, nil
@@ -285,8 +474,12 @@ func (m *MemoryRecordings) AppendRecording(_ context.Context, rec ca.SessionReco
 	for _, l := range lines {
 		kept = append(kept, append([]byte(nil), l...))
 		m.hosts[rec.Host] += int64(len(l))
+		m.sizes[rec.ID] += int64(len(l))
 	}
 	m.lines[rec.ID], m.recs[rec.ID], m.got[rec.ID] = kept, b, rec.Received
+	if m.retention > 0 {
+		m.expires[rec.ID] = m.now().Add(m.retention)
+	}
 	return true, nil
 }
 
@@ -294,6 +487,7 @@ func (m *MemoryRecordings) AppendRecording(_ context.Context, rec ca.SessionReco
 func (m *MemoryRecordings) HostRecordingBytes(_ context.Context, host string) (int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.pruneLocked()
 	return m.hosts[host], nil
 }
 
@@ -301,6 +495,7 @@ func (m *MemoryRecordings) HostRecordingBytes(_ context.Context, host string) (i
 func (m *MemoryRecordings) RecordingLines(_ context.Context, id string) ([][]byte, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.pruneLocked()
 	return append([][]byte{}, m.lines[id]...), nil
 }
 
@@ -309,6 +504,7 @@ func (m *MemoryRecordings) RecordingLines(_ context.Context, id string) ([][]byt
 func (m *MemoryRecordings) SessionRecordings(_ context.Context, since time.Time, after ca.RecordingCursor, limit int) ([]ca.SessionRecording, ca.RecordingCursor, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.pruneLocked()
 	out := []ca.SessionRecording{}
 	for _, b := range m.recs {
 		var rec ca.SessionRecording

@@ -193,3 +193,173 @@ func TestRecordingsACLOnRedis(t *testing.T) {
 		}
 	}
 }
+
+// retentionStore is a recording store with a retention and its prune.
+type retentionStore interface {
+	ca.RecordingStore
+	PruneRecordings(ctx context.Context) (int, error)
+}
+
+// TestRecordingsRetention: with a retention of 90 days, on every backend and the store's
+// clock, a session goes (record, lines, index entry, its bytes off its host's total) 90 days
+// after the last batch received of it, not before; a batch moves that on; the append of a new
+// session prunes (no sweep needed); the same store without a retention keeps everything.
+func TestRecordingsRetention(t *testing.T) {
+	const day = 24 * time.Hour
+	retention := 90 * day
+	run := func(t *testing.T, st retentionStore, c *clock) {
+		ctx := context.Background()
+		t0 := c.Now()
+		mk := func(id, host string, received int64) ca.SessionRecording {
+			return ca.SessionRecording{ID: id, Host: host, Header: ca.RecordingHeader{Version: 1, ID: id, Start: t0, User: "root"},
+				Received: received, Started: t0, Updated: c.Now()}
+		}
+		add := func(id, host string, prev, received int64, lines ...string) {
+			t.Helper()
+			var ls [][]byte
+			for _, l := range lines {
+				ls = append(ls, []byte(l))
+			}
+			if ok, err := st.AppendRecording(ctx, mk(id, host, received), prev, false, ls); !ok || err != nil {
+				t.Fatalf("append %s: %v %v", id, ok, err)
+			}
+		}
+		has := func(id string) bool {
+			t.Helper()
+			_, found, err := st.SessionRecording(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines, _ := st.RecordingLines(ctx, id)
+			all, _ := st.SessionRecordings(ctx, time.Time{})
+			listed := false
+			for _, r := range all {
+				listed = listed || r.ID == id
+			}
+			if found != (len(lines) > 0) || found != listed {
+				t.Fatalf("%s: record %v, %d lines, listed %v: partly gone", id, found, len(lines), listed)
+			}
+			return found
+		}
+		hostBytes := func(h string) int64 {
+			n, err := st.HostRecordingBytes(ctx, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		add("old", "b1", 0, 2, "hdr", "0123456789")  // 13 bytes
+		add("long", "b1", 0, 2, "hdr", "abcdefghij") // 13 bytes
+		c.Set(t0.Add(45 * day))
+		add("long", "b1", 2, 3, "end")    // its last batch: goes at day 135
+		add("late", "b2", 0, 2, "h", "x") // goes at day 135
+		if got := hostBytes("b1"); got != 29 {
+			t.Fatalf("b1 total %d, want 29", got)
+		}
+		c.Set(t0.Add(retention - time.Millisecond))
+		add("n1", "b3", 0, 1, "h") // a new session: prunes, nothing is due yet
+		if !has("old") || !has("long") {
+			t.Fatal("a session went before its retention")
+		}
+		c.Set(t0.Add(retention + time.Minute))
+		add("n2", "b3", 0, 1, "h") // a new session's append prunes
+		if has("old") || !has("long") || !has("late") {
+			t.Fatalf("at day 90: old %v long %v late %v; want only old gone", has("old"), has("long"), has("late"))
+		}
+		if got := hostBytes("b1"); got != 16 {
+			t.Fatalf("b1 total %d after old went, want 16 (long's)", got)
+		}
+		c.Set(t0.Add(45*day + retention + time.Minute))
+		if n, err := st.PruneRecordings(ctx); err != nil || n != 2 {
+			t.Fatalf("prune at day 135 took %d (%v), want 2 (long, late)", n, err)
+		}
+		if has("long") || has("late") || !has("n1") || !has("n2") {
+			t.Fatal("at day 135 long and late should be gone, n1 and n2 (day 90) kept")
+		}
+		c.Set(t0.Add(2*retention + time.Minute))
+		if n, err := st.PruneRecordings(ctx); err != nil || n != 2 {
+			t.Fatalf("prune at day 180 took %d (%v), want 2 (n1, n2)", n, err)
+		}
+		for _, h := range []string{"b1", "b2", "b3"} {
+			if got := hostBytes(h); got != 0 {
+				t.Errorf("%s total %d after all its sessions went", h, got)
+			}
+		}
+		if n, _ := st.PruneRecordings(ctx); n != 0 {
+			t.Errorf("a second prune took %d", n)
+		}
+	}
+	t.Run("memory", func(t *testing.T) {
+		c := &clock{t: time.Now()}
+		run(t, store.NewMemoryRecordings(c.Now).WithRetention(retention), c)
+	})
+	t.Run("redis-server", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+		t.Cleanup(func() { rdb.Close() })
+		c := &clock{t: time.Now()}
+		run(t, store.NewRecordings(rdb, "", c.Now).WithRetention(retention), c)
+		// Nothing of the sessions is left: no index, expiry, sizes or host total.
+		if keys, _ := rdb.Keys(context.Background(), "*").Result(); len(keys) != 0 {
+			t.Errorf("keys left after every session went: %v", keys)
+		}
+	})
+	t.Run("miniredis", func(t *testing.T) {
+		mr := miniredis.RunT(t)
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		t.Cleanup(func() { rdb.Close() })
+		c := &clock{t: time.Now()}
+		run(t, store.NewRecordings(rdb, "", c.Now).WithRetention(retention), c)
+	})
+	t.Run("no retention", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+		t.Cleanup(func() { rdb.Close() })
+		c := &clock{t: time.Now()}
+		st := store.NewRecordings(rdb, "", c.Now)
+		ctx := context.Background()
+		rec := ca.SessionRecording{ID: "s", Host: "b1", Header: ca.RecordingHeader{Version: 1, ID: "s", Start: c.Now()}, Received: 1}
+		if ok, err := st.AppendRecording(ctx, rec, 0, false, [][]byte{[]byte("h")}); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		c.Set(c.Now().Add(10 * 365 * 24 * time.Hour))
+		if n, err := st.PruneRecordings(ctx); n != 0 || err != nil {
+			t.Fatalf("prune without a retention took %d (%v)", n, err)
+		}
+		if ttl := rdb.PTTL(ctx, store.Keys{}.RecordingSession("s")).Val(); ttl != -1 {
+			t.Fatalf("without a retention the record expires (PTTL %v)", ttl)
+		}
+	})
+}
+
+// TestRecordingKeysExpireOnRedis: on a real redis-server the record and lines of a session
+// carry the expiry itself (PEXPIREAT retention after the last batch, on the store's clock),
+// so they go even if no prune ever runs; each batch moves it on.
+func TestRecordingKeysExpireOnRedis(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	c := &clock{t: time.Now().Truncate(time.Millisecond)}
+	st := store.NewRecordings(rdb, "", c.Now).WithRetention(time.Hour)
+	rec := ca.SessionRecording{ID: "s", Host: "b1", Header: ca.RecordingHeader{Version: 1, ID: "s", Start: c.Now()}, Received: 2}
+	if ok, err := st.AppendRecording(ctx, rec, 0, false, [][]byte{[]byte("h"), []byte("l")}); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	k := store.Keys{}
+	check := func(want time.Time) {
+		t.Helper()
+		for _, key := range []string{k.RecordingSession("s"), k.RecordingLines("s")} {
+			if got := rdb.PExpireTime(ctx, key).Val(); got != time.Duration(want.UnixMilli())*time.Millisecond {
+				t.Errorf("%s expires at %v ms, want %d", key, got.Milliseconds(), want.UnixMilli())
+			}
+		}
+	}
+	check(c.Now().Add(time.Hour))
+	c.Set(c.Now().Add(20 * time.Minute))
+	rec.Received = 3
+	if ok, err := st.AppendRecording(ctx, rec, 2, false, [][]byte{[]byte("end")}); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	check(c.Now().Add(time.Hour))
+}

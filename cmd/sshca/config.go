@@ -230,6 +230,16 @@ type RecordingsConfig struct {
 	// that counts what it left out, and the session's end record says so.
 	SessionCap int64 `yaml:"session_cap"`
 	HostCap    int64 `yaml:"host_cap"`
+	// Retention is how long a session's recording is kept after the last batch the CA
+	// received of it (the one with its end, or its last line if it never ended), on the CA's
+	// clock: default 90 days (2160h), at least 24h. Then its record and lines expire in Redis,
+	// and it leaves the list and its host's total (pruned when a new session arrives, at most
+	// once a minute per replica). There is no "forever": a store that only grows reaches its
+	// maxmemory and then refuses every new recording; keep longer by setting a longer
+	// retention and a maxmemory sized for it. The audit records of each session (start and
+	// end: serial, key ID, commands, final hash) stay in the audit log, which has its own
+	// archive, so a session whose recording is gone can still be accounted for.
+	Retention time.Duration `yaml:"retention"`
 }
 
 // PolicyConfig locates the Rego policy. Empty Dir: the embedded default policy; DataFile
@@ -451,6 +461,10 @@ func (c *Config) validate(secretFiles bool) error {
 	}
 	if c.Recordings.SessionCap < 0 || c.Recordings.HostCap < 0 {
 		add("recordings: session_cap and host_cap are bytes, 0 (the default) or more")
+	}
+	if r := c.Recordings.Retention; r != 0 && r < minRecordingRetention {
+		add("recordings.retention: %s: want at least %s (or unset for the default, %s): a session idle for longer would lose its recording while it runs",
+			r, minRecordingRetention, defaultConfig().Recordings.Retention)
 	}
 	switch {
 	case c.Redis.WaitReplicas < 0:

@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestConfigReportsEveryProblem: a file with several faults gets all of them in one error.
@@ -127,6 +128,46 @@ oidc:
 			t.Errorf("%s: refused: %v", tt.redis, err)
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("%s: err = %v, want it to say %q", tt.redis, err, tt.want)
+		}
+	}
+}
+
+// TestConfigRecordingsRetention: recordings.retention defaults to 90 days, takes a longer or
+// shorter one down to 24h, and refuses less (or a negative one) naming the key and the bound.
+func TestConfigRecordingsRetention(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	base := `
+listen: 127.0.0.1:8080
+user_ca: {kms: "softkms:", key: "softkms:path=/tmp/u.pem"}
+host_ca: {kms: "softkms:", key: "softkms:path=/tmp/h.pem"}
+redis: {addrs: ["127.0.0.1:6379"]}
+oidc:
+  issuers:
+    - issuer_url: https://idp.example.com
+      audiences: [sshca]
+recordings:
+  redis: {addrs: ["127.0.0.1:6380"]}
+`
+	for _, tt := range []struct {
+		line string
+		want time.Duration // 0: refused
+		err  string
+	}{
+		{"", 90 * 24 * time.Hour, ""},
+		{"  retention: 24h\n", 24 * time.Hour, ""},
+		{"  retention: 8760h\n", 8760 * time.Hour, ""},
+		{"  retention: 23h\n", 0, "recordings.retention: 23h0m0s: want at least 24h0m0s"},
+		{"  retention: -1h\n", 0, "recordings.retention: -1h0m0s: want at least 24h0m0s"},
+	} {
+		writeFile(t, path, base+tt.line)
+		cfg, err := LoadConfig(path)
+		switch {
+		case tt.want == 0 && (err == nil || !strings.Contains(err.Error(), tt.err)):
+			t.Errorf("%q: err = %v, want it to say %q", tt.line, err, tt.err)
+		case tt.want != 0 && err != nil:
+			t.Errorf("%q: refused: %v", tt.line, err)
+		case tt.want != 0 && cfg.withDefaults().Recordings.Retention != tt.want:
+			t.Errorf("%q: retention %v, want %v", tt.line, cfg.withDefaults().Recordings.Retention, tt.want)
 		}
 	}
 }

@@ -19,6 +19,9 @@ func defaultConfig() Config {
 		DiagListen:     DefaultDiagListen,
 		RequestTimeout: services.DefaultRequestTimeout,
 		Policy:         PolicyConfig{BundlePoll: 30 * time.Second},
+		// Long enough to look into an incident found weeks later; a store that only grows
+		// fills and then refuses recordings (RecordingsConfig.Retention).
+		Recordings: RecordingsConfig{Retention: 90 * 24 * time.Hour},
 		Keyring: KeyringConfig{
 			// At least the interval at which hosts and bastions refresh their trusted keys.
 			TrustRefresh: 15 * time.Minute,
@@ -41,6 +44,7 @@ func (c Config) withDefaults() Config {
 	d := defaultConfig()
 	def(&c.RequestTimeout, d.RequestTimeout)
 	def(&c.Policy.BundlePoll, d.Policy.BundlePoll)
+	def(&c.Recordings.Retention, d.Recordings.Retention)
 	def(&c.Keyring.TrustRefresh, d.Keyring.TrustRefresh)
 	def(&c.Keyring.Refresh, d.Keyring.Refresh)
 	l, dl := &c.Limits, d.Limits
@@ -71,6 +75,11 @@ func def[T int | float64 | time.Duration](v *T, d T) {
 		*v = d
 	}
 }
+
+// minRecordingRetention is the shortest recordings.retention: a recording's keys expire that
+// long after its last batch, so a session quiet for longer would lose its recording while it
+// still runs.
+const minRecordingRetention = 24 * time.Hour
 
 // DefaultDiscoverEvery is the bastion agent's mean interval between discovery reports
 // (--discover-every; each wait is drawn within ± a tenth of it). An hour keeps "last accepted"

@@ -23,6 +23,7 @@ import (
 	"github.com/sshca/sshca/client"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
 )
 
 // writeRecording writes an agent's recording file (header, output chunks, an end) into dir,
@@ -109,11 +110,13 @@ func TestRecordingsOnTheirOwnRedis(t *testing.T) {
 	sh := &bastion.RecordShipper{Dir: recDir, Client: client.New(base), Key: parseSigner(t, readFile(t, hostKeyPath)),
 		Cert: func() (*ssh.Certificate, error) { return readCert(hostKeyPath + "-cert.pub") }}
 	done := make(chan error, 1)
+	shipped := time.Now()
 	go func() { done <- sh.ShipOnce(ctx) }()
 	issueAlice() // while the stream is shipped
 	if err := <-done; err != nil {
 		t.Fatalf("shipping the noisy session: %v", err)
 	}
+	shippedBy := time.Now()
 	issueAlice()
 	if st := readFile(t, filepath.Join(recDir, noisy+".shipped")); !strings.HasSuffix(strings.TrimSpace(st), "done") {
 		t.Fatalf("shipping state %q, want done", st)
@@ -183,11 +186,20 @@ func TestRecordingsOnTheirOwnRedis(t *testing.T) {
 	if keys, err := mainRDB.Keys(ctx, "sshca:rec:*").Result(); err != nil || len(keys) != 0 {
 		t.Fatalf("recording keys on the main Redis: %v %v", keys, err)
 	}
+	recRDB := redis.NewClient(&redis.Options{Addr: recRedis.Addr})
+	defer recRDB.Close()
+	// Kept for the default recordings.retention (90 days) after its last batch, in Redis's own
+	// expiry: the session's record and lines go even if no prune runs.
+	keys := store.Keys{}
+	for _, k := range []string{keys.RecordingSession(noisy), keys.RecordingLines(noisy)} {
+		at := time.UnixMilli(recRDB.PExpireTime(ctx, k).Val().Milliseconds())
+		if at.Before(shipped.Add(90*24*time.Hour).Truncate(time.Millisecond)) || at.After(shippedBy.Add(90*24*time.Hour)) {
+			t.Errorf("%s expires at %v, want 90 days after its last batch (%v..%v)", k, at, shipped.Add(90*24*time.Hour), shippedBy.Add(90*24*time.Hour))
+		}
+	}
 
 	// The recordings Redis reaches its maxmemory (other hosts' sessions, say): a new session's
 	// batch is refused with a 503 that says so, and nothing else is.
-	recRDB := redis.NewClient(&redis.Options{Addr: recRedis.Addr})
-	defer recRDB.Close()
 	// Large values first, then small ones into what the last large one's buffers left.
 	for i, size := 0, 64<<10; size >= 16; size /= 4 {
 		for ; ; i++ {

@@ -158,7 +158,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 			return nil, fmt.Errorf("recordings.redis: %w", err)
 		}
 		s.recRDB = redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(recOpts))
-		recordings = store.NewRecordings(s.recRDB, "", nil)
+		recordings = store.NewRecordings(s.recRDB, "", nil).WithRetention(cfg.Recordings.Retention)
 	}
 
 	// Signers: the configured CA keys, or, with the keyring on, the keyring they seed.
@@ -306,6 +306,9 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	s.about = []any{"tls", cfg.TLS.CertFile != "", "admin_client_certs", cfg.TLS.ClientCAFile != "",
 		"user_ca", userKey.Signer().PublicKey().Type(), "host_ca", hostKey.Signer().PublicKey().Type(),
 		"policy", pol.Revision(), "policy_evaluator", pol.Mode()}
+	if recordings != nil {
+		s.about = append(s.about, "recordings_retention", cfg.Recordings.Retention.String())
+	}
 	return s, nil
 }
 
