@@ -86,10 +86,10 @@ func ParseCertCursor(s string) (CertCursor, error) {
 		return CertCursor{}, nil
 	}
 	bad := Invalid("cursor %.40q is not one this server gave: pass the next_cursor of the page before as it is, or leave cursor out to start from the first page", s)
-	if len(s) > 64 {
+	if len(s) > 64 || !base64URLOnly(s) {
 		return CertCursor{}, bad
 	}
-	b, err := base64.RawURLEncoding.DecodeString(s)
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s) // Strict: one encoding a position, no stray bits
 	if err != nil {
 		return CertCursor{}, bad
 	}
@@ -106,6 +106,18 @@ func ParseCertCursor(s string) (CertCursor, error) {
 		return CertCursor{}, bad
 	}
 	return CertCursor{ValidBefore: ms, Serial: serial}, nil
+}
+
+// base64URLOnly: only the characters of unpadded base64url. The decoder skips CR and LF, which
+// would give one position several encodings.
+func base64URLOnly(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // canonicalDigits: one or more ASCII digits, without a leading zero unless it is "0", so that

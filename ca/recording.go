@@ -602,10 +602,10 @@ func ParseRecordingCursor(s string) (RecordingCursor, error) {
 		return RecordingCursor{}, nil
 	}
 	bad := Invalid("cursor %.40q is not one this server gave: pass the next_cursor of the page before as it is, or leave cursor out to start from the first page", s)
-	if len(s) > 80 {
+	if len(s) > 80 || !base64URLOnly(s) {
 		return RecordingCursor{}, bad
 	}
-	b, err := base64.RawURLEncoding.DecodeString(s)
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s) // Strict: one encoding a position, no stray bits
 	if err != nil {
 		return RecordingCursor{}, bad
 	}

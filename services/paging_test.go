@@ -78,6 +78,8 @@ func TestInventoryPageParameters(t *testing.T) {
 		{"cursor=" + enc("c1:-5:7"), "cursor"}, {"cursor=" + enc("c1:0100:7"), "cursor"}, {"cursor=" + enc("c1:1:18446744073709551616"), "cursor"},
 		{"cursor=" + enc("c1:1:7:8"), "cursor"}, {"cursor=" + base64.URLEncoding.EncodeToString([]byte("c1:1:77")), "cursor"},
 		{"cursor=" + enc("c1:+1:7"), "cursor"}, {"cursor=" + strings.Repeat("A", 100), "cursor"},
+		// Found by FuzzParseCursors: stray bits in the last character, and a CR the decoder skips.
+		{"cursor=YzE6Mzo0OB", "cursor"}, {"cursor=Y%0DzE6Mzo0", "cursor"},
 	} {
 		code, _, body := get(bad.query)
 		var eb client.ErrorBody
