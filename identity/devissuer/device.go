@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"html/template"
 	"net/http"
 	"strings"
@@ -32,6 +33,26 @@ type devices struct {
 
 // DeviceCodeTTL is how long a device code waits for approval.
 var DeviceCodeTTL = 5 * time.Minute
+
+// MaxPendingDevices bounds the device authorizations waiting at once (RFC 8628 §3.1). The
+// endpoint wants only the public client ID, so anyone who reaches it can start one: without a
+// bound, and with expired ones dropped only when polled, a loop of requests grew the issuer's
+// memory without end. Beyond it the endpoint answers 503 until some expire (DeviceCodeTTL).
+const MaxPendingDevices = 1000
+
+// pruneLocked drops the device authorizations and authorization codes that have expired.
+func (d *devices) pruneLocked(now time.Time) {
+	for c, a := range d.byCode {
+		if now.After(a.expires) {
+			delete(d.byCode, c)
+		}
+	}
+	for c, a := range d.codes {
+		if now.After(a.expires) {
+			delete(d.codes, c)
+		}
+	}
+}
 
 func randomCode(n int) string {
 	b := make([]byte, n)
@@ -63,6 +84,13 @@ func (i *Issuer) deviceAuthorization(w http.ResponseWriter, r *http.Request) {
 	i.devices.mu.Lock()
 	if i.devices.byCode == nil {
 		i.devices.byCode = map[string]*deviceAuth{}
+	}
+	i.devices.pruneLocked(i.opt.Now())
+	if len(i.devices.byCode) >= MaxPendingDevices {
+		i.devices.mu.Unlock()
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "temporarily_unavailable",
+			"error_description": fmt.Sprintf("%d device authorizations are pending (the most this issuer keeps, each for %s); try again later", MaxPendingDevices, DeviceCodeTTL)})
+		return
 	}
 	i.devices.byCode[code] = d
 	i.devices.mu.Unlock()
