@@ -26,7 +26,8 @@ import (
 //     rebuild may follow the loss of the count or of a shard's blocks) raises the count and reads
 //     shard 0's blocks in one script, then copies them into its shards before it records
 //     there: a block written before that script is copied, one written after it reads the
-//     raised count and is written into every shard. Blocks are only ever lengthened, so the
+//     raised count and is written into every shard. With RedisOptions.WaitReplicas the raise
+//     and the copies wait for the replicas, as a block does. Blocks are only ever lengthened, so the
 //     copies and the writers never undo each other.
 //   - Readers (Get by serial, Live, AllLive, ResolveAlias) walk every shard ever recorded in,
 //     the count or the configured number, whichever is higher, in one pipeline (split per
@@ -76,9 +77,9 @@ func (r *Redis) serialKey(serial uint64) string {
 // below ARGV[2] (a store of layout 1, not migrated: left as is); answers the layout found.
 var raiseLayoutScript = redis.NewScript(`
 local v = tonumber(redis.call('GET', KEYS[1]) or '1')
-if v < tonumber(ARGV[2]) then return v end
+if v < tonumber(ARGV[2]) then return {v} end
 if v < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-return v
+return {v}
 `)
 
 // raiseShardsScript raises the count of shards ever used (KEYS[1], absent: 1) to ARGV[1] and
@@ -111,9 +112,14 @@ func (r *Redis) ensureShards(ctx context.Context, g Generation) error {
 	if p := r.shards.ready.Load(); p != nil && *p == g {
 		return nil
 	}
-	v, err := raiseLayoutScript.Run(ctx, r.rdb, []string{r.keys.StoreLayout()}, LayoutVersion, unshardedLayout).Int()
+	res, err := r.runRaise(ctx, "raise of the store's layout", TagGeneration, raiseLayoutScript, []string{r.keys.StoreLayout()}, LayoutVersion, unshardedLayout)
 	if err != nil {
 		return fmt.Errorf("store: inventory shards: raise the store's layout: %w", err)
+	}
+	var v int
+	if len(res) == 1 {
+		n, _ := res[0].(int64)
+		v = int(n)
 	}
 	if v < unshardedLayout {
 		return fmt.Errorf("store: inventory shards: %w", errUnmigratedShards)
@@ -121,8 +127,8 @@ func (r *Redis) ensureShards(ctx context.Context, g Generation) error {
 	if v > LayoutVersion {
 		return fmt.Errorf("store: inventory shards: %w (store %d, sshca %d)", errNewerLayout, v, LayoutVersion)
 	}
-	blocks, err := raiseShardsScript.Run(ctx, r.rdb, []string{r.keys.InventoryShards(), r.shardBlocked[0]},
-		r.invShards, r.now().UnixMilli()).StringSlice()
+	blocks, err := r.runRaise(ctx, "raise of the inventory shard count", TagInventory, raiseShardsScript,
+		[]string{r.keys.InventoryShards(), r.shardBlocked[0]}, r.invShards, r.now().UnixMilli())
 	if err != nil {
 		return fmt.Errorf("store: inventory shards: raise the count: %w", err)
 	}
@@ -139,6 +145,18 @@ func (r *Redis) ensureShards(ctx context.Context, g Generation) error {
 	}
 	r.shards.ready.Store(&g)
 	return nil
+}
+
+// runRaise runs one of the raising scripts (the layout, the shard count) and answers its reply;
+// with RedisOptions.WaitReplicas it waits for the replicas as a block does (runWaited): a
+// failover that lost the raised count would let a replica of fewer shards write its blocks
+// into fewer shards than this one records in, so issuance with shards does not start on a
+// count the replicas do not have.
+func (r *Redis) runRaise(ctx context.Context, op, tag string, s *redis.Script, keys []string, args ...any) ([]any, error) {
+	if r.waitReplicas > 0 {
+		return r.runWaited(ctx, op, tag, s, keys, args)
+	}
+	return s.Run(ctx, r.rdb, keys, args...).Slice()
 }
 
 // parseShards reads the answer of GET Keys.InventoryShards: absent is one shard.

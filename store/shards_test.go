@@ -613,3 +613,25 @@ func TestShardsRefusedBeforeSigningOnLayout1(t *testing.T) {
 		t.Errorf("layout %q after the first admission with shards, want 3", v)
 	}
 }
+
+// TestShardCountWaitsForReplicas: with RedisOptions.WaitReplicas, the first use of shards waits
+// for the replicas to have the raised layout and count (a failover that lost them would let a
+// replica of fewer shards write its blocks into fewer shards than this one records in): on a
+// server without the replica it waits for, the admission of a replica of three shards is a
+// 503 that says so, while issuance with one shard, which waits for nothing, goes on.
+func TestShardCountWaitsForReplicas(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	q := ca.AdmissionRequest{CAKey: testenv.PublicKey(t), Identities: []string{"https://idp|alice"}, Key: testenv.PublicKey(t)}
+	o := store.RedisOptions{WaitReplicas: 1, WaitTimeout: 50 * time.Millisecond}
+	if _, err := store.NewRedis(rdb, o).Admit(ctx, q); err != nil {
+		t.Fatalf("one shard waits for replicas at admission: %v", err)
+	}
+	o.InventoryShards = 3
+	_, err := store.NewRedis(rdb, o).Admit(ctx, q)
+	if !errors.Is(err, store.ErrNotReplicated) || ca.KindOf(err) != ca.KindUnavailable {
+		t.Fatalf("the shard count raised without its replica: %v, want ErrNotReplicated", err)
+	}
+}
