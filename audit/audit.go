@@ -121,11 +121,18 @@ type Log struct {
 	// It also guards cur, raised and each stripe's known head.
 	lock chan struct{}
 	// cur is the stripe the next batch goes to: the home stripe until a batch there loses
-	// the race for the head, then the next one, and so on.
-	cur int
+	// the race for the head, then the next one, and so on. home is the home stripe.
+	cur, home int
 	// raised: the stripe count kept in Redis (Keys.AuditStripes) is known to be at least
 	// len(stripes), so readers walk every stripe this Log may append to.
 	raised bool
+	// layouts reads the store's layout before the count is raised (the Marks store, or one
+	// of its own): below store.LayoutStripes, tools and replicas of an older layout that read
+	// stripe 0 alone may still run, so the Log is held to stripe 0 (held) and looks again at
+	// recheck (guarded by lock). held is read by Checkpoint too: a held Log takes none.
+	layouts *store.Redis
+	held    atomic.Bool
+	recheck time.Time
 
 	// every and now: Options.CheckpointEvery and Now. dirty: records were kept since the
 	// last checkpoint (checkpoint.go).
@@ -166,7 +173,10 @@ type Options struct {
 	// replicas appending at once: each settles on a stripe of its own, instead of all of
 	// them racing for one head (and, on Redis Cluster, one master). Readers (Verify, Archive)
 	// walk every stripe ever appended to, whatever this says. At most MaxStripes (more is
-	// taken as MaxStripes).
+	// taken as MaxStripes). The Log appends beyond stripe 0 only once the store's layout is
+	// at least store.LayoutStripes (an empty store starts there; an older one gets there by
+	// `sshca store migrate`): until then it appends to stripe 0 alone, the chain that tools
+	// and replicas of the older layout read, and looks at the layout again every 5 s.
 	Stripes int
 	// Home is the stripe a Log appends to first (taken modulo Stripes); nil picks one at
 	// random, so replicas started together mostly start apart.
@@ -236,9 +246,49 @@ func New(rdb redis.UniversalClient, o Options) *Log {
 	case n > 1:
 		l.cur = rand.IntN(n)
 	}
+	l.home = l.cur
 	// One stripe is the chain as it was before stripes: nothing to raise.
 	l.raised = n == 1
+	l.layouts = o.Marks
+	if l.layouts == nil && n > 1 {
+		l.layouts = store.NewRedis(rdb, store.RedisOptions{Prefix: l.prefix, AuditStripes: n})
+	}
 	return l
+}
+
+// layoutRecheck is how often a Log held to stripe 0 looks at the store's layout again: after
+// `sshca store migrate`, the replicas start striping within this.
+const layoutRecheck = 5 * time.Second
+
+// raise makes sure readers walk every stripe this Log may append to before it appends beyond
+// stripe 0: once the store's layout lets it stripe (store.LayoutStripes, read first, so that a
+// count above 1 never sits in a store that older tools still read as one chain), it raises
+// the stripe count. Until then the Log is held to stripe 0 and looks again every
+// layoutRecheck. l.lock must be held.
+func (l *Log) raise(ctx context.Context) error {
+	if now := l.now(); l.held.Load() && now.Before(l.recheck) {
+		return nil
+	}
+	layout, err := l.layouts.Layout(ctx)
+	if err != nil {
+		return fmt.Errorf("audit: append: %w", err)
+	}
+	if layout < store.LayoutStripes {
+		if !l.held.Swap(true) {
+			l.log.WarnContext(ctx, "audit: the store's layout is older than audit stripes: appending to stripe 0 alone, which sshca of that layout reads, until `sshca store migrate` moves the store to the layout that stripes (run it once every CA replica is upgraded)", "layout", layout, "stripes_layout", store.LayoutStripes, "stripes", len(l.stripes))
+		}
+		l.recheck = l.now().Add(layoutRecheck)
+		return nil
+	}
+	if err := raiseStripesScript.Run(ctx, l.rdb, []string{store.Keys{Prefix: l.prefix}.AuditStripes()}, len(l.stripes)).Err(); err != nil {
+		return fmt.Errorf("audit: append: raise the stripe count: %w", err)
+	}
+	if l.held.Swap(false) {
+		l.log.InfoContext(ctx, "audit: the store's layout lets the chain stripe: appending to every stripe", "layout", layout, "stripes", len(l.stripes))
+		l.cur = l.home
+	}
+	l.raised = true
+	return nil
 }
 
 // The chain's keys are named, with every other key of sshca, in store/keys.go. A stripe's
@@ -478,11 +528,11 @@ func (l *Log) commit(batch []*pending, once uint64) error {
 		}
 	}
 	if !l.raised {
-		if err := raiseStripesScript.Run(ctx, l.rdb, []string{store.Keys{Prefix: l.prefix}.AuditStripes()}, len(l.stripes)).Err(); err != nil {
-			return fmt.Errorf("audit: append: raise the stripe count: %w", err)
+		if err := l.raise(ctx); err != nil {
+			return err
 		}
-		l.raised = true
 	}
+	held := l.held.Load()
 	script := appendScript
 	var onceKey string
 	if once != 0 {
@@ -490,7 +540,7 @@ func (l *Log) commit(batch []*pending, once uint64) error {
 	}
 	for range maxAttempts {
 		s := l.stripes[l.cur]
-		if once != 0 {
+		if once != 0 || held {
 			// Stripe 0, and relinked there when it loses the race: every attempt at the
 			// record checks its key in the slot of the chain an earlier one may have kept it in.
 			s = l.stripes[0]
@@ -572,7 +622,7 @@ func (l *Log) commit(batch []*pending, once uint64) error {
 		// to the head the script answered; with several it moves on to the next stripe, so
 		// replicas that collide settle on different stripes instead of racing for one head
 		// (a record with a Once key stays on stripe 0, and moves no batch after it).
-		if once == 0 {
+		if once == 0 && !held {
 			l.cur = (l.cur + 1) % len(l.stripes)
 		}
 	}
@@ -792,6 +842,12 @@ func parseStripes(v any) (int, error) {
 // that ends the walk.
 func (l *Log) walk(ctx context.Context, start func(stripe int, b baseMark) (bool, error), each func(Entry)) (Report, error) {
 	var rep Report
+	// A store of a layout newer than this code's may keep the chain where this code does not
+	// look (as layout 3's stripes were to layout 2's readers): refuse it rather than verify a
+	// part of it.
+	if _, err := store.ReadLayout(ctx, l.rdb, store.Keys{Prefix: l.prefix}); err != nil {
+		return rep, fmt.Errorf("audit: read: %w", err)
+	}
 	s0 := newStripe(l.prefix, 0)
 	// Stripe 0's marks and the stripe count share the tag {audit}: one MGET.
 	vals, err := l.rdb.MGet(ctx, s0.baseKey, s0.headKey, store.Keys{Prefix: l.prefix}.AuditStripes()).Result()

@@ -88,7 +88,9 @@ func parseCheckpoint(body []byte) (*Checkpoint, error) {
 // RunCheckpoints calls it every CheckpointEvery; the service calls it once more when it
 // drains, so its last records are pinned too.
 func (l *Log) Checkpoint(ctx context.Context) error {
-	if len(l.stripes) < 2 || !l.dirty.Swap(false) {
+	// A Log held to stripe 0 (the store's layout does not let it stripe yet) takes none: it
+	// appends to one chain, and must not raise the stripe count (readCheckpoint).
+	if len(l.stripes) < 2 || l.held.Load() || !l.dirty.Swap(false) {
 		return nil
 	}
 	body, err := l.readCheckpoint(ctx)
@@ -299,16 +301,36 @@ func (l *Log) checkBeyond(ctx context.Context, n, count int) error {
 	if err != nil {
 		return fmt.Errorf("audit: look for stripes beyond the %d walked: %w", n, err)
 	}
-	first, last := -1, -1
-	for j, c := range cmds {
-		if i := n + j; c.Val() > 0 && count <= i {
-			last = i
-			if first < 0 {
-				first = i
+	beyond := func(count int) (first, last int) {
+		first, last = -1, -1
+		for j, c := range cmds {
+			if i := n + j; c.Val() > 0 && count <= i {
+				last = i
+				if first < 0 {
+					first = i
+				}
 			}
 		}
+		return first, last
 	}
+	first, last := beyond(count)
 	if first < 0 {
+		return nil
+	}
+	// A Log raises the count before it first appends beyond it, so a stripe that began
+	// between the count's read and the EXISTS is within the count read after them: read it
+	// again before calling it left out.
+	v, err := l.rdb.Get(ctx, keys.AuditStripes()).Result()
+	var again any = v
+	if errors.Is(err, redis.Nil) {
+		again = nil
+	} else if err != nil {
+		return fmt.Errorf("audit: read the stripe count: %w", err)
+	}
+	if count, err = parseStripes(again); err != nil {
+		return err
+	}
+	if first, last = beyond(count); first < 0 {
 		return nil
 	}
 	return fmt.Errorf("audit: stripe %d holds records, but the stripe count (%s) says %d: the count was lowered or deleted, and readers miss stripes; find out who changed it, then set it to %d", first, keys.AuditStripes(), count, last+1)

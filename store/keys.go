@@ -15,16 +15,28 @@ import (
 // the store's layout is 1, replicas of layout 2 also write and read the blocks of layout 1;
 // `sshca store migrate` (Redis.Migrate) copies the remaining ones over and moves the store to 2.
 // 3: the inventory in several shards ({inventory:i}, RedisOptions.InventoryShards) and the
-// count of shards ever used (Keys.InventoryShards). New keys only, but a replica of layout 2
-// would read shard 0 alone (lists, revocation by identity, a rebuild would miss certificates),
-// so the replica that first records with more than one shard raises the store to 3 before it
-// does (shards.go) and older replicas then refuse the store. A store whose inventory is one
-// shard stays at 2: nothing needs migrating.
+// count of shards ever used (Keys.InventoryShards), and the audit chain in several stripes
+// ({audit:i}, Keys.AuditStripes). New keys only, but a replica or tool of layout 2 reads shard 0
+// and stripe 0 alone (lists, revocation by identity and a rebuild would miss certificates;
+// audit verify would call a striped log intact having read a part of it, and store rebuild
+// drop what the other stripes recorded), so neither is used beyond its first before the store
+// is at 3, which older replicas refuse. The replica that first records with more than one
+// shard raises the store to 3 before it does (shards.go). An audit Log appends beyond stripe 0
+// only once the store is at 3 (LayoutStripes): an empty store that a replica configured with
+// stripes creates starts there; on a store of layout 2 it appends to stripe 0 alone until
+// `sshca store migrate` (or inventory shards) moves the store to 3, so that a rolling upgrade
+// keeps older replicas serving until every one is replaced. A store used with one shard and
+// one stripe stays at 2.
 const LayoutVersion = 3
 
-// unshardedLayout is the layout of a store whose inventory is one shard (the keys of layout 2):
-// an empty store starts there, and Migrate moves a store of layout 1 there.
+// unshardedLayout is the layout of a store whose inventory is one shard and whose audit chain
+// is one stripe (the keys of layout 2): an empty store starts there unless its first replica
+// stripes, and from it on identity blocks are kept in the inventory alone (no legacy blocks).
 const unshardedLayout = 2
+
+// LayoutStripes is the first layout whose replicas read every stripe of the audit chain: an
+// audit Log appends beyond stripe 0 only once the store's layout is at least this (layout.go).
+const LayoutStripes = 3
 
 // DefaultPrefix is the first part of every key unless configured otherwise.
 const DefaultPrefix = "sshca"
@@ -225,7 +237,10 @@ func (k Keys) LegacyBlocked() string { return k.p() + ":" + TagIdentities + ":bl
 
 // StoreLayout is the oldest layout version whose replicas may still write to the store, a
 // decimal string (missing: 1, a store written by layout 1). Written by the replica that
-// creates the generation record of an empty store (LayoutVersion) and by Redis.Migrate.
+// creates the generation record of an empty store (LayoutVersion) and by Redis.Migrate. Read
+// by issuance (until the store is at layout 2), by the audit Log before it stripes (Layout)
+// and by every tool that reads the audit chain (ReadLayout), so that a tool older than the
+// store refuses it rather than reading a part of it.
 func (k Keys) StoreLayout() string { return k.p() + ":" + TagGeneration + ":layout" }
 
 // RevokedKeys is the sorted set of every revoked public key under any CA key, scored by

@@ -149,10 +149,10 @@ func TestRollingUpgradeLayout1To2(t *testing.T) {
 
 			// Every replica is of layout 2: migrate.
 			m, err := nu.Migrate(ctx)
-			if err != nil || m != (Migration{From: 1, To: 2, Blocks: 2}) {
-				t.Fatalf("migrate = %+v, %v; want 1 → 2 with the 2 blocks in force", m, err)
+			if err != nil || m != (Migration{From: 1, To: LayoutVersion, Blocks: 2}) {
+				t.Fatalf("migrate = %+v, %v; want 1 → %d with the 2 blocks in force", m, err, LayoutVersion)
 			}
-			if v, _ := rdb.Get(ctx, keys.StoreLayout()).Result(); v != "2" {
+			if v, _ := rdb.Get(ctx, keys.StoreLayout()).Result(); v != strconv.Itoa(LayoutVersion) {
 				t.Fatalf("store layout %q after the migration", v)
 			}
 			if ttl, _ := rdb.PTTL(ctx, keys.LegacyBlocked()).Result(); ttl <= 0 || ttl > time.Hour+time.Second {
@@ -175,10 +175,10 @@ func TestRollingUpgradeLayout1To2(t *testing.T) {
 				t.Error("after the migration a block was still written where layout 1 reads")
 			}
 			if !fresh.migrated.Load() {
-				t.Error("a replica that read layout 2 keeps reading the legacy blocks")
+				t.Error("a replica that read the migrated layout keeps reading the legacy blocks")
 			}
 			// Again: nothing to do.
-			if m, err := fresh.Migrate(ctx); err != nil || m != (Migration{From: 2, To: 2}) {
+			if m, err := fresh.Migrate(ctx); err != nil || m != (Migration{From: LayoutVersion, To: LayoutVersion}) {
 				t.Errorf("second migrate = %+v, %v", m, err)
 			}
 			if err := fresh.CheckState(ctx); err != nil {
@@ -212,7 +212,7 @@ func TestEmptyStoreStartsAtCurrentLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	if v, _ := rdb.Get(ctx, keys.StoreLayout()).Result(); v != strconv.Itoa(unshardedLayout) {
-		t.Errorf("an empty store's layout = %q, want %d (raised to %d only by inventory shards)", v, unshardedLayout, LayoutVersion)
+		t.Errorf("an empty store's layout = %q, want %d (raised to %d by inventory shards, audit stripes or store migrate)", v, unshardedLayout, LayoutVersion)
 	}
 	if n, _ := rdb.Exists(ctx, keys.LegacyBlocked()).Result(); n != 0 {
 		t.Error("a store at the current layout got legacy blocks")
@@ -229,5 +229,27 @@ func TestEmptyStoreStartsAtCurrentLayout(t *testing.T) {
 	}
 	if n, _ := rdb.ZCard(ctx, keys.LegacyBlocked()).Result(); n != 2 {
 		t.Errorf("legacy blocks = %d, want the new one written there too", n)
+	}
+}
+
+// TestCheckStateReadsAuditStripes: the readiness check of the store's state reads the mark of
+// every audit stripe that issuance checks (RedisOptions.AuditStripes), not only those its
+// witness saw: a stripe's tag back from another generation (on a Cluster, a master restored
+// alone) makes a replica configured with it not ready before its first certificate is refused.
+// A replica with fewer stripes does not read it (the control: the mark is what fails).
+func TestCheckStateReadsAuditStripes(t *testing.T) {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr})
+	defer rdb.Close()
+	if err := NewRedis(rdb, RedisOptions{AuditStripes: 3}).CheckState(ctx); err != nil {
+		t.Fatalf("a new store: %v", err)
+	}
+	keys := Keys{}
+	rdb.HSet(ctx, keys.Mark(TagAuditStripe(2)), "id", "0123456789abcdef", "epoch", 0, "n", 7)
+	if err := NewRedis(rdb, RedisOptions{AuditStripes: 3}).CheckState(ctx); !errors.Is(err, ErrStateLost) || !strings.Contains(err.Error(), "{audit:2}") {
+		t.Errorf("stripe 2's mark of another generation: %v; want ErrStateLost naming {audit:2}", err)
+	}
+	if err := NewRedis(rdb, RedisOptions{AuditStripes: 2}).CheckState(ctx); err != nil {
+		t.Errorf("a replica with 2 stripes: %v; want ready", err)
 	}
 }

@@ -283,7 +283,12 @@ func (r *Redis) generation(ctx context.Context) (Generation, error) {
 			break
 		}
 	}
-	layout := strconv.Itoa(unshardedLayout) // raised to 3 by the first record beyond shard 0
+	// Raised to 3 by the first record beyond shard 0; a replica that stripes the audit chain
+	// starts an empty store there, since its Log appends beyond stripe 0 only at 3.
+	layout := strconv.Itoa(unshardedLayout)
+	if len(r.auditStripeTags) > 0 {
+		layout = strconv.Itoa(LayoutStripes)
+	}
 	for _, c := range older {
 		if c.Val() > 0 {
 			layout = ""

@@ -51,9 +51,11 @@ type Redis struct {
 	keys    Keys
 	now     func() time.Time
 	witness *Witness
-	// migrated is set once the store was seen at layout 2 or later (layout.go): from then on the
-	// keys of layout 1 (the legacy blocks) are neither written nor read.
+	// migrated is set once the store was seen at layout 2 (unshardedLayout) or later (layout.go): from then
+	// on the blocks of layout 1 are neither written nor read. current is set once it was seen
+	// at LayoutVersion: a store's layout only goes up, so it need not be read again.
 	migrated atomic.Bool
+	current  atomic.Bool
 	// waitReplicas and waitTimeout are RedisOptions.WaitReplicas and WaitTimeout.
 	waitReplicas int
 	waitTimeout  time.Duration

@@ -232,6 +232,9 @@ func (r *Redis) BlockIdentity(ctx context.Context, identity string, until time.T
 	if err := r.blockAll(ctx, []any{until.UnixMilli(), identity}); err != nil {
 		return fmt.Errorf("store: block identity: %w", err)
 	}
+	if r.migrated.Load() {
+		return nil
+	}
 	layout, err := r.storeLayout(ctx)
 	if err != nil {
 		return fmt.Errorf("store: block identity: %w", err)

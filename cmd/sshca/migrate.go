@@ -24,12 +24,17 @@ func newStoreMigrateCommand() *cobra.Command {
 		Long: `Finish a rolling upgrade that changed the layout of sshca's keys in Redis.
 
 While the store is at an older layout, CA replicas of this version also write and read what
-older replicas use, so both kinds can run side by side. Once every CA replica runs this
-version, migrate copies what is still in force to the new layout (today: identity blocks
-move into the inventory's hash tag, where recording a certificate checks them in the same
-step) and records the store's new layout; replicas then stop writing and reading the old keys.
-Do not run replicas older than the store's layout afterwards: they would not see the blocks
-written since. It is idempotent; on a store already at this layout it changes nothing.`,
+older replicas use, or hold back what older ones cannot read, so both kinds can run side by
+side. Once every CA replica runs this version, migrate copies what is still in force to the
+new layout and records the store's new layout; replicas then stop writing and reading the old
+keys, and older replicas and tools refuse the store ("upgrade sshca").
+
+From layout 1, identity blocks move into the inventory's hash tag, where recording a
+certificate checks them in the same step. From layout 2, nothing moves: layout 3 lets CA
+replicas configured with audit.stripes append beyond stripe 0 (within 5 s), which sshca of
+layout 2 would not read (its audit verify, archive, report and store rebuild read stripe 0
+alone). Do not run replicas or tools older than the store's layout afterwards. It is
+idempotent; on a store already at this layout it changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runMigrate(cmd.Context(), redisURL, cmd.OutOrStdout())
@@ -58,6 +63,13 @@ func runMigrate(ctx context.Context, redisURL string, out io.Writer) error {
 		fmt.Fprintf(out, "the store is at layout %d already: nothing to do\n", m.To)
 		return nil
 	}
-	fmt.Fprintf(out, "store layout %d → %d: %d identity blocks in force copied\n", m.From, m.To, m.Blocks)
+	fmt.Fprintf(out, "store layout %d → %d", m.From, m.To)
+	if m.From < 2 {
+		fmt.Fprintf(out, ": %d identity blocks in force copied", m.Blocks)
+	}
+	if m.From < store.LayoutStripes && m.To >= store.LayoutStripes {
+		fmt.Fprintf(out, "; CA replicas configured with audit stripes start striping within 5 s, and sshca older than layout %d now refuses this store", store.LayoutStripes)
+	}
+	fmt.Fprintln(out)
 	return nil
 }
