@@ -507,14 +507,16 @@ func (m *MarkedWrite) Finish(reply []any) error {
 func (r *Redis) Witness() *Witness { return r.witness }
 
 // CheckState is the readiness check of the store's state: it reads the generation record and
-// the marks of the marked tags, of the scopes of caKeys, and of every tag the witness has seen,
+// the marks of the marked tags, of the audit stripes that issuance checks
+// (RedisOptions.AuditStripes), of the scopes of caKeys, and of every tag the witness has seen,
 // in one round trip, and fails with ErrStateLost when any is missing or older than the
-// witness.
+// witness. A stripe's tag is read whether or not the witness saw it yet: on a Cluster it may
+// sit on a master that came back from another generation, which issuance would refuse.
 func (r *Redis) CheckState(ctx context.Context, caKeys ...ssh.PublicKey) error {
 	if _, err := r.generation(ctx); err != nil {
 		return err
 	}
-	tags := slices.Concat(MarkedTags, r.shardTags[1:], r.tokenTags[1:])
+	tags := slices.Concat(MarkedTags, r.auditStripeTags, r.shardTags[1:], r.tokenTags[1:])
 	for _, k := range caKeys {
 		tags = append(tags, TagCA(ssh.FingerprintSHA256(k)))
 	}

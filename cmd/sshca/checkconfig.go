@@ -244,6 +244,12 @@ func checkRedis(ctx context.Context, rc RedisConfig, durable redisProbe, r *chec
 	if err := durable.Check(ctx); err != nil {
 		r.problem("redis: %v%s", err, aclHint(err))
 	}
+	keys := store.Keys{Prefix: "sshca"}
+	if layout, err := store.ReadLayout(ctx, rdb, keys); err != nil {
+		r.problem("redis: %v", err)
+	} else if inUse, _ := rdb.Exists(ctx, keys.Generation()).Result(); durable.auditStripes > 1 && layout < store.LayoutStripes && inUse > 0 {
+		r.note("redis: the store is at layout %d: audit.stripes is %d, but the replicas append to stripe 0 alone until `sshca store migrate` moves it to layout %d (run it once every replica and audit tool is upgraded)", layout, durable.auditStripes, store.LayoutStripes)
+	}
 	probe := "sshca:probe:check-config"
 	if _, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, probe, "1", 5*time.Second)
