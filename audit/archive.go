@@ -145,7 +145,7 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 		}
 		if werr == nil {
 			werr = enc.Encode(archived{Stripe: e.Stripe, Seq: e.Seq, Prev: e.Prev, MAC: e.MAC, Rec: e.Raw})
-			if e.Checkpoint == nil {
+			if e.isRecord() {
 				written[e.Stripe]++
 			}
 		}
@@ -174,7 +174,7 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 		if !a.sawEnd {
 			return Report{}, fmt.Errorf("audit: archive: %sthe file holds records up to %d, the chain in Redis ends at record %d: the log was cut short", stripeSays(i), a.prior.LastSeq, sr.HeadSeq)
 		}
-		entries := sr.Records + sr.Checkpoints
+		entries := sr.Records + sr.Checkpoints + sr.StripedMarks
 		endSeq, endMAC := a.base.seq, a.base.mac
 		if entries > 0 {
 			endSeq, endMAC = a.last.Seq, a.last.MAC
@@ -204,6 +204,7 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 			return Report{}, fmt.Errorf("audit: archive: %w", err)
 		}
 	}
+	trimmed0 := false
 	for _, t := range trims {
 		s := newStripe(l.prefix, t.stripe)
 		ok, err := trimScript.Run(ctx, l.rdb, []string{s.baseKey, s.streamKey}, t.from, t.to, t.end).Int()
@@ -212,6 +213,14 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 		}
 		if ok != 1 {
 			return Report{}, fmt.Errorf("audit: trim: %sanother archive ran at the same time; nothing was trimmed", stripeSays(t.stripe))
+		}
+		trimmed0 = trimmed0 || t.stripe == 0
+	}
+	// The chain in Redis of a striped log keeps a striped mark in stripe 0 (striped.go): the
+	// trim took the one there was, or the stripes were appended by replicas that wrote none.
+	if len(rep.Stripes) > 1 && (trimmed0 || rep.Stripes[0].StripedMarks == 0) {
+		if err := l.markStriped(ctx); err != nil {
+			return out, fmt.Errorf("audit: archive: the archive is written and Redis trimmed, but %w", err)
 		}
 	}
 	return out, nil
@@ -327,7 +336,7 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 			each(e)
 		}
 		st.Entries++
-		if e.Checkpoint == nil {
+		if e.isRecord() {
 			st.Records++
 		}
 		st.LastSeq, st.LastMAC = a.Seq, a.MAC

@@ -27,10 +27,18 @@ func TestArchiveStripes(t *testing.T) {
 	if err != nil || rep.Records != 9 || len(rep.Stripes) != 3 {
 		t.Fatalf("archive: %+v %v; want the 9 records of 3 stripes", rep, err)
 	}
-	for i := range 3 {
+	for i := 1; i < 3; i++ {
 		if n, _ := rdb.XLen(ctx, stripeStream(i)).Result(); n != 0 {
 			t.Errorf("stripe %d holds %d entries after the archive, want none (trimmed)", i, n)
 		}
+	}
+	// Stripe 0 keeps a striped mark in Redis (the trim took the first Log's): sshca that
+	// reads stripe 0 alone still finds one to refuse.
+	if n, _ := rdb.XLen(ctx, stripeStream(0)).Result(); n != 1 {
+		t.Errorf("stripe 0 holds %d entries after the archive, want the striped mark appended again", n)
+	}
+	if v, err := reader.Verify(ctx, nil); err != nil || v.StripedMarks != 1 || v.Records != 0 {
+		t.Errorf("after the archive: %+v %v; want one striped mark and no record", v, err)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(file.String()), "\n") {
 		if strings.HasPrefix(line, `{"stripe":0`) {
@@ -43,7 +51,11 @@ func TestArchiveStripes(t *testing.T) {
 		t.Fatalf("verify archive: %+v (%d records seen) %v", ar, len(seen), err)
 	}
 	for i, s := range ar.Stripes {
-		if s.Records != 3 || s.Entries != 4 || !s.EndsSigned || s.LastSeq != 4 {
+		entries := 4
+		if i == 0 {
+			entries = 5 // and the striped mark that the first Log appended before striping
+		}
+		if s.Records != 3 || s.Entries != entries || !s.EndsSigned || s.LastSeq != uint64(entries) {
 			t.Errorf("stripe %d in the archive: %+v; want 3 records and a checkpoint, signed", i, s)
 		}
 	}

@@ -41,6 +41,13 @@
 // stripes once it walked them all. They find a stripe cut short, dropped or rewritten, and a
 // stripe count lowered; they are chained like records but never handed to callers as records.
 //
+// A Log appends beyond stripe 0 only once the store's layout lets it (store.LayoutStripes),
+// and first appends to stripe 0 a striped mark (striped.go), {"striped":{...},"time":"..."}:
+// sshca of an older layout reads stripe 0 alone, and fails to decode the mark with a message
+// that says to upgrade, instead of calling a striped log intact or rebuilding from one stripe.
+// Archive appends another after trimming stripe 0. Marks are chained like records and handed
+// to no caller either.
+//
 // The base mark is "<seq> <mac> <base mac>" (single spaces): the sequence number in decimal and
 // the MAC of the last record archived, and
 //
@@ -133,6 +140,9 @@ type Log struct {
 	layouts *store.Redis
 	held    atomic.Bool
 	recheck time.Time
+	// pin0: the batch being committed goes to stripe 0 (a striped mark, striped.go); guarded
+	// by lock.
+	pin0 bool
 
 	// every and now: Options.CheckpointEvery and Now. dirty: records were kept since the
 	// last checkpoint (checkpoint.go).
@@ -279,6 +289,15 @@ func (l *Log) raise(ctx context.Context) error {
 		}
 		l.recheck = l.now().Add(layoutRecheck)
 		return nil
+	}
+	// Stripe 0 says the log is striped before anything is appended beyond it, so that sshca
+	// reading stripe 0 alone refuses the log (striped.go): when this Log is the first to
+	// stripe, or the store was migrated while it was held (stripes of replicas of layout 2,
+	// which wrote no mark, may be there).
+	if !l.stripedAlready(ctx) || l.held.Load() {
+		if err := l.appendStriped(ctx); err != nil {
+			return fmt.Errorf("audit: append: mark stripe 0 as striped: %w", err)
+		}
 	}
 	if err := raiseStripesScript.Run(ctx, l.rdb, []string{store.Keys{Prefix: l.prefix}.AuditStripes()}, len(l.stripes)).Err(); err != nil {
 		return fmt.Errorf("audit: append: raise the stripe count: %w", err)
@@ -532,7 +551,7 @@ func (l *Log) commit(batch []*pending, once uint64) error {
 			return err
 		}
 	}
-	held := l.held.Load()
+	held := l.held.Load() || l.pin0
 	script := appendScript
 	var onceKey string
 	if once != 0 {
@@ -747,7 +766,9 @@ type Report struct {
 	Records int // audit records checked, over every stripe (Archive: entries written to the archive)
 	// Checkpoints counts the checkpoint entries checked, besides Records (checkpoint.go).
 	Checkpoints int
-	Head        string // MAC of stripe 0's last entry ("" when none was checked)
+	// StripedMarks counts the striped marks checked, besides Records (striped.go).
+	StripedMarks int
+	Head         string // MAC of stripe 0's last entry ("" when none was checked)
 	// BaseSeq is the record stripe 0 in Redis goes on from (0: it starts at the first record).
 	BaseSeq uint64
 	// LegacyBase: a base mark was of the old unsigned form and was accepted because
@@ -773,11 +794,13 @@ func (e *StripeCutError) Error() string { return e.msg }
 // StripeReport is what one stripe of the chain held.
 type StripeReport struct {
 	Stripe      int
-	Records     int    // audit records checked
-	Checkpoints int    // checkpoint entries checked
-	HeadSeq     uint64 // the last entry's sequence number (BaseSeq when none was checked)
-	Head        string // the last entry's MAC ("" when none was checked)
-	BaseSeq     uint64 // the record the stripe in Redis goes on from (0: its first)
+	Records     int // audit records checked
+	Checkpoints int // checkpoint entries checked
+	// StripedMarks counts the striped marks checked (stripe 0 only, striped.go).
+	StripedMarks int
+	HeadSeq      uint64 // the last entry's sequence number (BaseSeq when none was checked)
+	Head         string // the last entry's MAC ("" when none was checked)
+	BaseSeq      uint64 // the record the stripe in Redis goes on from (0: its first)
 	// LegacyBase: as Report's, for this stripe.
 	LegacyBase bool
 }
@@ -796,7 +819,13 @@ type Entry struct {
 	// Checkpoint is set, and Record empty, for a checkpoint entry (checkpoint.go): Verify
 	// and VerifyArchive hand only records to their callers, never these.
 	Checkpoint *Checkpoint
+	// Striped is set, and Record empty, for a striped mark (striped.go), which callers are
+	// not handed either.
+	Striped *StripedMark
 }
+
+// isRecord: e is an audit record, not a checkpoint or a striped mark.
+func (e Entry) isRecord() bool { return e.Checkpoint == nil && e.Striped == nil }
 
 // Verify walks the whole chain kept in Redis, every stripe ever appended to in turn (stripe
 // 0's entries first, then stripe 1's, and so on: not in time order), and reports the first
@@ -814,7 +843,7 @@ func recordsOnly(each func(Entry)) func(Entry) {
 		return nil
 	}
 	return func(e Entry) {
-		if e.Checkpoint == nil {
+		if e.isRecord() {
 			each(e)
 		}
 	}
@@ -874,6 +903,7 @@ func (l *Log) walk(ctx context.Context, start func(stripe int, b baseMark) (bool
 		rep.Stripes = append(rep.Stripes, sr)
 		rep.Records += sr.Records
 		rep.Checkpoints += sr.Checkpoints
+		rep.StripedMarks += sr.StripedMarks
 		rep.LegacyBase = rep.LegacyBase || sr.LegacyBase
 		if i == 0 {
 			rep.Head, rep.BaseSeq = sr.Head, sr.BaseSeq
@@ -942,9 +972,12 @@ func (l *Log) walkStripe(ctx context.Context, s *stripe, marks []any, start func
 			}
 			cps.keep(e)
 			prev, seq = e.MAC, e.Seq
-			if e.Checkpoint != nil {
+			switch {
+			case e.Checkpoint != nil:
 				rep.Checkpoints++
-			} else {
+			case e.Striped != nil:
+				rep.StripedMarks++
+			default:
 				rep.Records++
 			}
 			rep.Head, rep.HeadSeq = e.MAC, e.Seq
@@ -978,6 +1011,14 @@ func (l *Log) check(stripe int, m redis.XMessage, prev string, wantSeq uint64) (
 		return Entry{}, errors.New("its MAC does not match its content: the record was changed, or the audit key is not the one it was written with")
 	}
 	e := Entry{ID: m.ID, Seq: seq, Prev: prev, MAC: mac, Raw: body}
+	if isStriped(body) {
+		m, err := parseStriped(body)
+		if err != nil {
+			return Entry{}, err
+		}
+		e.Striped, e.Version = m, 1
+		return e, nil
+	}
 	if isCheckpoint(body) {
 		c, err := parseCheckpoint(body)
 		if err != nil {

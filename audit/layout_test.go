@@ -2,6 +2,7 @@ package audit_test
 
 import (
 	"context"
+	"encoding/json"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sshca/sshca/audit"
+	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/store"
 )
@@ -95,6 +97,10 @@ func TestStripesWaitForLayout(t *testing.T) {
 		if n, _ := rdb.XLen(ctx, stripeStream(2)).Result(); n != 3 {
 			t.Errorf("the home stripe holds %d entries after the migration, want 3", n)
 		}
+		// Before its first append beyond stripe 0, the Log appended a striped mark to it.
+		if s0 := entriesOf(t, rdb, 0); len(s0) != 7 || !strings.HasPrefix(field(s0[6], "rec"), `{"striped":`) {
+			t.Errorf("stripe 0 holds %d entries; want the 6 records and a striped mark last", len(s0))
+		}
 		if v, _ := rdb.Get(ctx, keys.AuditStripes()).Result(); v != "4" {
 			t.Errorf("stripe count %q after the migration, want 4", v)
 		}
@@ -102,8 +108,8 @@ func TestStripesWaitForLayout(t *testing.T) {
 			t.Fatal(err)
 		}
 		rep, _ := verifyAll(t, rdb, key)
-		if rep.Records != 9 || rep.Checkpoints != 1 {
-			t.Errorf("verify: %d records, %d checkpoints; want 9 and 1", rep.Records, rep.Checkpoints)
+		if rep.Records != 9 || rep.Checkpoints != 1 || rep.StripedMarks != 1 {
+			t.Errorf("verify: %d records, %d checkpoints, %d striped marks; want 9, 1 and 1", rep.Records, rep.Checkpoints, rep.StripedMarks)
 		}
 	})
 
@@ -144,4 +150,83 @@ func TestStripesWaitForLayout(t *testing.T) {
 			t.Errorf("append to a store of a newer layout: %v", err)
 		}
 	})
+}
+
+// TestStripedMark: sshca of layout 2 reads stripe 0 alone and never reads the store's layout
+// before the chain, so stripe 0 of a striped log starts with a striped mark that such a reader
+// cannot decode: its decoding of a record (json.Unmarshal into ca.AuditRecord, as the check of
+// every entry was then and is for records now) fails with a message that says to upgrade,
+// before anything is read or restored. This reader hands it to no caller; the mark is chained
+// and MACed like a record, so one changed without the key fails, and one of another shape
+// written with the key is refused as malformed. A log of one stripe has none.
+func TestStripedMark(t *testing.T) {
+	r := testenv.StartRedis(t)
+	ctx := context.Background()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+
+	if err := audit.New(rdb, audit.Options{Key: key}).Append(ctx, record(0)); err != nil {
+		t.Fatal(err)
+	}
+	if s0 := entriesOf(t, rdb, 0); len(s0) != 1 || strings.Contains(field(s0[0], "rec"), "striped") {
+		t.Fatalf("a log of one stripe got a striped mark: %d entries", len(s0))
+	}
+
+	rdb.FlushAll(ctx)
+	for home := range 3 {
+		if err := audit.New(rdb, audit.Options{Key: key, Stripes: 3, Home: new(home)}).Append(ctx, record(home)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s0 := entriesOf(t, rdb, 0)
+	if len(s0) != 2 {
+		t.Fatalf("stripe 0 holds %d entries, want the striped mark and one record", len(s0))
+	}
+	mark := field(s0[0], "rec")
+	var old ca.AuditRecord
+	if err := json.Unmarshal([]byte(mark), &old); err == nil || !strings.Contains(err.Error(), "upgrade sshca") || !strings.Contains(err.Error(), "striped") {
+		t.Errorf("a one-stripe reader's decoding of the mark: %v; want a failure that says the log is striped and to upgrade", err)
+	}
+	var seen []audit.Entry
+	rep, err := audit.New(rdb, audit.Options{Key: key}).Verify(ctx, func(e audit.Entry) { seen = append(seen, e) })
+	if err != nil || rep.Records != 3 || rep.StripedMarks != 1 || len(seen) != 3 {
+		t.Fatalf("verify: %+v, %d handed out, %v; want 3 records and 1 striped mark", rep, len(seen), err)
+	}
+	for _, e := range seen {
+		if e.Striped != nil || e.Record.Identity == "" {
+			t.Errorf("a caller was handed a striped mark: %+v", e)
+		}
+	}
+
+	// Changed without the key: the MAC fails. Another shape with the key: malformed.
+	for name, rec := range map[string]string{
+		"changed":   strings.Replace(mark, `"layout":3`, `"layout":4`, 1),
+		"malformed": strings.Replace(mark, `"stripes":3`, `"stripes":3,"x":1`, 1),
+	} {
+		mac := field(s0[0], "mac")
+		if name == "malformed" {
+			mac = docStripeMAC(key, "", 1, 0, rec)
+		}
+		rewrite(t, rdb, 0, s0[0], rec, mac)
+		_, err := audit.New(rdb, audit.Options{Key: key}).Verify(ctx, nil)
+		if want := map[string]string{"changed": "MAC does not match", "malformed": "malformed striped mark"}[name]; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s mark: %v; want %q", name, err, want)
+		}
+	}
+}
+
+// rewrite replaces entry m of stripe i with one of rec and mac (same seq and prev), in place.
+func rewrite(t *testing.T, rdb *redis.Client, i int, m redis.XMessage, rec, mac string) {
+	t.Helper()
+	ctx := context.Background()
+	all := entriesOf(t, rdb, i)
+	rdb.Del(ctx, stripeStream(i))
+	for _, e := range all {
+		v := map[string]any{"seq": field(e, "seq"), "prev": field(e, "prev"), "mac": field(e, "mac"), "rec": field(e, "rec")}
+		if e.ID == m.ID {
+			v["rec"], v["mac"] = rec, mac
+		}
+		rdb.XAdd(ctx, &redis.XAddArgs{Stream: stripeStream(i), ID: e.ID, Values: v})
+	}
 }
