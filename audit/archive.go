@@ -21,6 +21,10 @@ type archived struct {
 	MAC    string          `json:"mac,omitempty"`
 	Rec    json.RawMessage `json:"rec,omitempty"`
 	Base   string          `json:"base,omitempty"`
+	// Seal and SealMAC make a seal line (seal.go): the last entry of every stripe the file
+	// holds, signed, written by Archive at the end of each run on a striped log.
+	Seal    []SealHead `json:"seal,omitempty"`
+	SealMAC string     `json:"seal_mac,omitempty"`
 }
 
 // stripeSays prefixes a message about stripe i beyond stripe 0 with the stripe, so that the
@@ -40,7 +44,7 @@ func stripeSays(i int) string {
 // that record is accepted, the archive vouching for it. An archive with nothing of a stripe
 // constrains nothing of it.
 func (l *Log) VerifyAfter(ctx context.Context, ar ArchiveReport, each func(Entry)) (Report, error) {
-	rep, err := l.walk(ctx, func(stripe int, b baseMark) (bool, error) {
+	rep, err := l.walk(ctx, &ar, func(stripe int, b baseMark) (bool, error) {
 		as := ar.stripe(stripe)
 		if !as.positioned() {
 			return false, nil
@@ -86,6 +90,10 @@ type archiving struct {
 	base   baseMark
 	last   Entry
 	sawEnd bool
+	// first is the first entry this run wrote of it (0: none); end, once the run's lines are
+	// written, where the file ends of it (seq 0: the file holds nothing of it), for the seal.
+	first uint64
+	end   baseMark
 }
 
 // Archive verifies the chain, writes every entry of every stripe to w (JSON lines that
@@ -117,7 +125,7 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 	written := make(map[int]int)
 	enc := json.NewEncoder(w)
 	var werr error
-	rep, err := l.walk(ctx, func(i int, b baseMark) (bool, error) {
+	rep, err := l.walk(ctx, prior, func(i int, b baseMark) (bool, error) {
 		a := at(i)
 		a.base = b
 		if !a.pos {
@@ -144,6 +152,9 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 			return
 		}
 		if werr == nil {
+			if a.first == 0 {
+				a.first = e.Seq
+			}
 			werr = enc.Encode(archived{Stripe: e.Stripe, Seq: e.Seq, Prev: e.Prev, MAC: e.MAC, Rec: e.Raw})
 			if e.isRecord() {
 				written[e.Stripe]++
@@ -179,6 +190,12 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 		if entries > 0 {
 			endSeq, endMAC = a.last.Seq, a.last.MAC
 		}
+		if a.pos {
+			a.end = baseMark{seq: a.prior.LastSeq, mac: a.prior.LastMAC}
+		}
+		if entries > 0 {
+			a.end = baseMark{seq: endSeq, mac: endMAC}
+		}
 		out.Records += written[i]
 		out.Stripes = append(out.Stripes, StripeReport{Stripe: i, Records: written[i], HeadSeq: sr.HeadSeq, Head: sr.Head, BaseSeq: endSeq, LegacyBase: sr.LegacyBase})
 		if i == 0 {
@@ -188,12 +205,40 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 			continue // nothing to trim, nothing to sign
 		}
 		newBase := l.signedBase(i, endSeq, endMAC)
+		a.end = baseMark{seq: endSeq, mac: endMAC}
 		if !(a.pos && a.prior.EndsSigned && a.prior.LastSeq == endSeq) {
 			if err := enc.Encode(archived{Stripe: i, Base: newBase}); err != nil {
 				return Report{}, fmt.Errorf("audit: archive: %w", err)
 			}
 		}
 		trims = append(trims, trim{i, a.base.raw, newBase, a.last.ID})
+	}
+	// A striped log's run ends with a seal naming every stripe's end in the file, so that
+	// lines of one stripe cut out, or one stripe cut back, no longer verify (seal.go). It is
+	// written even when nothing else was: it seals a file written before seals.
+	if len(rep.Stripes) > 1 && (len(trims) > 0 || (prior != nil && !prior.Sealed && prior.positioned())) {
+		var heads []SealHead
+		for i := range rep.Stripes {
+			a := at(i)
+			if a.end.seq == 0 {
+				continue
+			}
+			first := a.first
+			if a.pos && a.prior.Entries > 0 {
+				first = a.prior.FirstSeq
+			}
+			heads = append(heads, SealHead{Stripe: i, First: first, Seq: a.end.seq, MAC: a.end.mac})
+		}
+		if err := enc.Encode(archived{Seal: heads, SealMAC: l.sealMAC(heads)}); err != nil {
+			return Report{}, fmt.Errorf("audit: archive: %w", err)
+		}
+		if len(trims) == 0 {
+			if f, ok := w.(interface{ Sync() error }); ok {
+				if err := f.Sync(); err != nil {
+					return Report{}, fmt.Errorf("audit: archive: %w", err)
+				}
+			}
+		}
 	}
 	if len(trims) == 0 {
 		return out, nil
@@ -260,6 +305,26 @@ type ArchiveReport struct {
 	EndsSigned bool
 	// Stripes is what the archive holds of each stripe, by stripe number (none: nothing).
 	Stripes []ArchiveStripe
+	// Seals counts the seal lines checked (seal.go); Sealed says the file ends with one, so
+	// every stripe's end in it is vouched for. A striped archive that does not was written
+	// before seals, or its last run was cut short before its seal.
+	Seals  int
+	Sealed bool
+
+	// cps and macs are the archive's checkpoints and MACs, for VerifyAfter to check claims
+	// that cross from the archive into Redis and back (checkClaims).
+	cps  []walkedCheckpoint
+	macs [][]uint64
+}
+
+// positioned: the archive holds something of some stripe.
+func (r ArchiveReport) positioned() bool {
+	for _, s := range r.Stripes {
+		if s.positioned() {
+			return true
+		}
+	}
+	return r.Records > 0 || r.Bases > 0
 }
 
 // stripe is what the archive holds of stripe i (nothing beyond Stripes). Stripe 0's position
@@ -281,11 +346,19 @@ func (r ArchiveReport) stripe(i int) ArchiveStripe {
 // VerifyArchive checks an archive written by Archive (or several, concatenated in order):
 // each stripe's lines form its chain. Archives written before base marks were signed have
 // none and still verify; every base mark present must be signed and name the entry of its
-// stripe just before it. each sees the audit records, not the checkpoints; the checkpoints'
-// claims are checked by Verify, against the chain in Redis, not here.
+// stripe just before it. Every seal (seal.go) must be signed and name the end, in the file up
+// to it, of every stripe the file holds there. The checkpoints in the file are checked as
+// Verify checks them (checkArchiveClaims): a record they name that the file holds must be the
+// one named; one beyond the file's end of its stripe is an error when the file is sealed and
+// the stripe was walked after the checkpoint's (Archive walks them in order, so nothing was
+// appended to it meanwhile that the checkpoint could name); the rest is for VerifyAfter, in
+// Redis. each sees the audit records, not the checkpoints or striped marks.
 func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error) {
 	each = recordsOnly(each)
 	var rep ArchiveReport
+	// macs[j] are the 8-byte MAC prefixes of stripe j's entries from its first in the file
+	// (FirstSeq) on, for the checkpoints' claims (checkArchiveClaims).
+	var macs [][]uint64
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
 	for line := 1; sc.Scan(); line++ {
@@ -293,11 +366,27 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
 			return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
 		}
+		if a.Seal != nil || a.SealMAC != "" {
+			if a.Stripe != 0 || a.Seq != 0 || a.Prev != "" || a.MAC != "" || a.Rec != nil || a.Base != "" {
+				return rep, fmt.Errorf("audit: archive line %d: a seal with a record in it", line)
+			}
+			if err := l.checkSeal(a, rep.Stripes); err != nil {
+				return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
+			}
+			if err := checkArchiveClaims(rep.cps, rep.Stripes, macs, true); err != nil {
+				return rep, fmt.Errorf("%w (sealed at archive line %d)", err, line)
+			}
+			rep.Seals++
+			rep.Sealed = true
+			continue
+		}
+		rep.Sealed = false
 		if a.Stripe < 0 || a.Stripe >= MaxStripes {
 			return rep, fmt.Errorf("audit: archive line %d: stripe %d (want 0 to %d)", line, a.Stripe, MaxStripes-1)
 		}
 		for len(rep.Stripes) <= a.Stripe {
 			rep.Stripes = append(rep.Stripes, ArchiveStripe{})
+			macs = append(macs, nil)
 		}
 		st := &rep.Stripes[a.Stripe]
 		says := stripeSays(a.Stripe)
@@ -335,6 +424,10 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 		if each != nil {
 			each(e)
 		}
+		macs[a.Stripe] = append(macs[a.Stripe], macPrefix(e.MAC))
+		if e.Checkpoint != nil {
+			rep.cps = append(rep.cps, walkedCheckpoint{e.Stripe, e.Seq, e.Checkpoint})
+		}
 		st.Entries++
 		if e.isRecord() {
 			st.Records++
@@ -352,6 +445,10 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 	if len(rep.Stripes) > 0 {
 		s0 := rep.Stripes[0]
 		rep.FirstSeq, rep.FirstPrev, rep.LastSeq, rep.LastMAC, rep.EndsSigned = s0.FirstSeq, s0.FirstPrev, s0.LastSeq, s0.LastMAC, s0.EndsSigned
+	}
+	rep.macs = macs
+	if err := checkArchiveClaims(rep.cps, rep.Stripes, macs, false); err != nil {
+		return rep, err
 	}
 	return rep, nil
 }

@@ -834,7 +834,7 @@ func (e Entry) isRecord() bool { return e.Checkpoint == nil && e.Striped == nil 
 // not trouble it. A base mark must be signed (ErrBaseNotSigned); a legacy one is refused
 // (ErrLegacyBase) unless Options.AcceptLegacyBase.
 func (l *Log) Verify(ctx context.Context, each func(Entry)) (Report, error) {
-	return l.walk(ctx, func(int, baseMark) (bool, error) { return false, nil }, recordsOnly(each))
+	return l.walk(ctx, nil, func(int, baseMark) (bool, error) { return false, nil }, recordsOnly(each))
 }
 
 // recordsOnly passes each the audit records, not the checkpoints.
@@ -869,7 +869,7 @@ func parseStripes(v any) (int, error) {
 // walk verifies every stripe of the chain, each in turn. start sees each stripe's base mark
 // before anything else of it: it answers whether a legacy mark is vouched for, or an error
 // that ends the walk.
-func (l *Log) walk(ctx context.Context, start func(stripe int, b baseMark) (bool, error), each func(Entry)) (Report, error) {
+func (l *Log) walk(ctx context.Context, ar *ArchiveReport, start func(stripe int, b baseMark) (bool, error), each func(Entry)) (Report, error) {
 	var rep Report
 	// A store of a layout newer than this code's may keep the chain where this code does not
 	// look (as layout 3's stripes were to layout 2's readers): refuse it rather than verify a
@@ -890,7 +890,7 @@ func (l *Log) walk(ctx context.Context, start func(stripe int, b baseMark) (bool
 	n = max(n, len(l.stripes))
 	// A log of one stripe keeps no MACs: a checkpoint found in it was taken with more
 	// stripes, which is enough to fail.
-	cps := &claims{keepMACs: n > 1}
+	cps := &claims{keepMACs: n > 1, archive: ar}
 	for i := range n {
 		s, marks := s0, vals[:2]
 		if i > 0 {

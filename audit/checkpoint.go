@@ -200,9 +200,12 @@ func (l *Log) readCheckpoint(ctx context.Context) ([]byte, error) {
 // chain anyway).
 type claims struct {
 	keepMACs bool // more than one stripe is walked
-	cps      []walkedCheckpoint
-	base     []baseMark // by stripe walked
-	macs     [][]uint64 // by stripe walked: entries base.seq+1, base.seq+2, ...
+	// archive is the archive the chain in Redis goes on from (VerifyAfter; nil: none): its
+	// checkpoints and MACs are checked across, both ways.
+	archive *ArchiveReport
+	cps     []walkedCheckpoint
+	base    []baseMark // by stripe walked
+	macs    [][]uint64 // by stripe walked: entries base.seq+1, base.seq+2, ...
 }
 
 type walkedCheckpoint struct {
@@ -240,12 +243,17 @@ func (l *Log) checkClaims(ctx context.Context, c *claims, rep *Report) error {
 	if err := l.checkBeyond(ctx, n, count); err != nil {
 		return err
 	}
-	for _, cp := range c.cps {
-		if cp.c.Stripes > n {
+	check := func(cp walkedCheckpoint, archived bool) error {
+		// (An archive's checkpoints taken with more stripes than Redis has: VerifyAfter names
+		// the stripe the archive holds and Redis does not.)
+		if cp.c.Stripes > n && !archived {
 			return fmt.Errorf("audit: stripe %d's checkpoint (record %d) was taken with %d stripes, the chain in Redis has %d: the stripe count was lowered, or stripes dropped", cp.stripe, cp.seq, cp.c.Stripes, n)
 		}
 		for _, h := range cp.c.Heads {
 			j := h.Stripe
+			if j >= n {
+				continue // archived only: see above
+			}
 			if l.lost[j] {
 				// Set aside, unless the stripe still holds the very record named: then it
 				// was not lost (its keys gone) but cut short, or not touched at all.
@@ -263,18 +271,49 @@ func (l *Log) checkClaims(ctx context.Context, c *claims, rep *Report) error {
 			b := c.base[j]
 			walked := b.seq + uint64(len(c.macs[j]))
 			switch {
+			case archived && h.Seq <= b.seq:
+				// In the archive (VerifyArchive checked it there), or in an earlier one.
 			case h.Seq > end:
-				return &StripeCutError{j, fmt.Sprintf("audit: stripe %d was cut short: stripe %d's checkpoint (record %d) names its record %d (%.16s…), and it ends at record %d", j, cp.stripe, cp.seq, h.Seq, h.MAC, end)}
+				return &StripeCutError{j, fmt.Sprintf("audit: stripe %d was cut short: stripe %d's checkpoint (record %d%s) names its record %d (%.16s…), and it ends at record %d", j, cp.stripe, cp.seq, inArchive(archived), h.Seq, h.MAC, end)}
 			case h.Seq < b.seq:
-				// Archived and trimmed: the archive holds it.
+				// Archived and trimmed: the archive holds it, when given.
+				if a := c.archive; a != nil && j < len(a.Stripes) && j < len(a.macs) {
+					as, m := a.Stripes[j], a.macs[j]
+					if as.Entries > 0 && h.Seq >= as.FirstSeq && h.Seq < as.FirstSeq+uint64(len(m)) && m[h.Seq-as.FirstSeq] != macPrefix(h.MAC) {
+						return &StripeCutError{j, fmt.Sprintf("audit: stripe %d was rewritten: its record %d in the archive is not the one stripe %d's checkpoint (record %d) names (%.16s…)", j, h.Seq, cp.stripe, cp.seq, h.MAC)}
+					}
+				}
 			case h.Seq == b.seq && h.MAC != b.mac,
 				h.Seq > b.seq && h.Seq <= walked && c.macs[j][h.Seq-b.seq-1] != macPrefix(h.MAC):
-				return &StripeCutError{j, fmt.Sprintf("audit: stripe %d was rewritten: its record %d is not the one stripe %d's checkpoint (record %d) names (%.16s…)", j, h.Seq, cp.stripe, cp.seq, h.MAC)}
+				return &StripeCutError{j, fmt.Sprintf("audit: stripe %d was rewritten: its record %d is not the one stripe %d's checkpoint (record %d%s) names (%.16s…)", j, h.Seq, cp.stripe, cp.seq, inArchive(archived), h.MAC)}
 			}
 			// Beyond what was walked: appended while the walk ran, nothing to compare.
 		}
+		return nil
+	}
+	for _, cp := range c.cps {
+		if err := check(cp, false); err != nil {
+			return err
+		}
+	}
+	// The archive's checkpoints name records that Redis holds now: those appended while the
+	// archive ran, to stripes walked before the checkpoint's (checkArchiveClaims).
+	if c.archive != nil {
+		for _, cp := range c.archive.cps {
+			if err := check(cp, true); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+// inArchive qualifies a checkpoint that an archive holds.
+func inArchive(archived bool) string {
+	if archived {
+		return ", in the archive"
+	}
+	return ""
 }
 
 // checkBeyond looks for keys of the stripes beyond the n walked, up to MaxStripes, in one

@@ -81,6 +81,16 @@ func (w *newestWitness) see(e audit.Entry) {
 	}
 }
 
+// unsealed is the warning for an archive of a striped log that does not end with a seal
+// (audit/seal.go): nothing in it then vouches that no stripe's lines were cut out of its last
+// run. "" when there is nothing to say.
+func unsealed(ar audit.ArchiveReport) string {
+	if len(ar.Stripes) < 2 || ar.Sealed {
+		return ""
+	}
+	return "WARNING: the archive of a striped log does not end with a seal: it was written before seals, or its last run was cut short; lines of a stripe cut out of it would not show (`sshca audit archive` to the same file seals it)"
+}
+
 // archiveSpan says which records an archive holds: "records F to L" of a log without
 // stripes, the same per stripe of one with stripes.
 func archiveSpan(ar audit.ArchiveReport) string {
@@ -282,6 +292,9 @@ func newAuditCommand() *cobra.Command {
 					plural(ar.Records, "audit record"), keyed(key), archiveSpan(ar), ar.LastMAC)
 				if ar.Records > 0 && !ar.EndsSigned {
 					fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: the archive does not end with a signed base mark: it was written before base marks were signed, or its end was cut off")
+				}
+				if w := unsealed(ar); w != "" {
+					fmt.Fprintln(cmd.ErrOrStderr(), w)
 				}
 				if redisURL == "" {
 					warn(cmd.ErrOrStderr(), key, audit.Report{})

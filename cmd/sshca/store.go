@@ -195,6 +195,9 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 		}
 		fromArchives += ar.Records
 		fmt.Fprintf(out, "archive %s: %s verified, %s\n", p, plural(ar.Records, "audit record"), archiveSpan(ar))
+		if w := unsealed(ar); w != "" {
+			fmt.Fprintln(out, w)
+		}
 	}
 	// The chain in Redis: read into a list first, since a chain that does not go on from the
 	// archive (the log was lost with the store, and started again) is still read, after a

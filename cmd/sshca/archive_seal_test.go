@@ -1,0 +1,67 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/audit"
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
+)
+
+// TestAuditVerifyUnsealedArchive: `sshca audit verify --archive` of a striped log's archive as
+// `sshca audit archive` writes it says nothing of seals; with its seal line cut off it still
+// verifies and warns that nothing vouches for its stripes' ends; with one stripe's lines cut
+// out it fails.
+func TestAuditVerifyUnsealedArchive(t *testing.T) {
+	ctx := context.Background()
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "audit.key")
+	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
+	for home := range 3 {
+		if err := audit.New(rdb, audit.Options{Key: key, Stripes: 3, Home: new(home)}).Append(ctx, ca.AuditRecord{Time: time.Now().UTC(), Action: ca.ActionAdmin, Outcome: "allowed", Identity: "test"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	archive := filepath.Join(dir, "audit.jsonl")
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", "redis://"+r.Addr, "--key-file", keyFile, "--out", archive); err != nil {
+		t.Fatalf("archive: %v\n%s", err, out)
+	}
+	text := readFile(t, archive)
+	lines := strings.SplitAfter(strings.TrimSpace(text), "\n")
+	if !strings.HasPrefix(lines[len(lines)-1], `{"seal":`) {
+		t.Fatalf("the archive does not end with a seal:\n%s", text)
+	}
+	verify := func(s string) (string, error) {
+		p := filepath.Join(t.TempDir(), "a.jsonl")
+		writeFile(t, p, s)
+		return runCLI(t, "", "audit", "verify", "--archive", p, "--key-file", keyFile)
+	}
+	if out, err := verify(text); err != nil || strings.Contains(out, "seal") {
+		t.Errorf("the archive as written: %v\n%s", err, out)
+	}
+	unsealed := strings.Join(lines[:len(lines)-1], "")
+	if out, err := verify(unsealed); err != nil || !strings.Contains(out, "does not end with a seal") {
+		t.Errorf("without its seal: %v; want it verified, with a warning\n%s", err, out)
+	}
+	var cut bytes.Buffer
+	for _, l := range lines {
+		if !strings.HasPrefix(l, `{"stripe":2,`) {
+			cut.WriteString(l)
+		}
+	}
+	if out, err := verify(cut.String()); err == nil || !strings.Contains(err.Error()+out, "cut out") {
+		t.Errorf("stripe 2's lines cut out: %v; want it refused\n%s", err, out)
+	}
+}
