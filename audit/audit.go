@@ -46,7 +46,9 @@
 // sshca of an older layout reads stripe 0 alone, and fails to decode the mark with a message
 // that says to upgrade, instead of calling a striped log intact or rebuilding from one stripe.
 // Archive appends another after trimming stripe 0. Marks are chained like records and handed
-// to no caller either.
+// to no caller either. An archive of a striped log ends each run with a seal (seal.go), naming
+// every stripe's first and last entry in the file, and VerifyArchive checks the checkpoints it
+// holds as Verify does those in Redis.
 //
 // The base mark is "<seq> <mac> <base mac>" (single spaces): the sequence number in decimal and
 // the MAC of the last record archived, and
