@@ -177,8 +177,9 @@ type Options struct {
 	// {audit:i}) each append checks and bumps in its own script (store.MarkedTags): a chain
 	// that came back from an old snapshot is then noticed by the process's witness, as every
 	// other durable tag is. The CA service sets it (and store.RedisOptions.AuditStripes, so
-	// that issuance checks every stripe's mark before signing); tools that only read or
-	// archive the chain need not.
+	// that issuance checks every stripe's mark before signing, and so that an empty store it
+	// creates starts at the layout that lets the Log stripe: store.Redis.Layout); tools that
+	// only read or archive the chain need not.
 	Marks *store.Redis
 	// Stripes is the number of chains (stripes) appends spread over: 0 or 1 is one chain,
 	// the keys and behaviour of a log without stripes. Set it to at least the number of CA

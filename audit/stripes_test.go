@@ -53,7 +53,7 @@ func TestStripes(t *testing.T) {
 
 	t.Run("home stripe and its keys", func(t *testing.T) {
 		rdb := fresh(t)
-		st := store.NewRedis(rdb, store.RedisOptions{})
+		st := store.NewRedis(rdb, store.RedisOptions{AuditStripes: 4}) // as serve's
 		l := audit.New(rdb, audit.Options{Key: key, Stripes: 4, Home: new(2), Marks: st})
 		for i := range 3 {
 			if err := l.Append(ctx, record(i)); err != nil {
