@@ -172,12 +172,6 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 		return nil, fmt.Errorf("host CA key: %w", err)
 	}
 	s.keys = append(s.keys, hostKey)
-	// An empty store gets its generation record, at the current layout, before this replica's
-	// first writes (its CA keys) make it look like a store of layout 1, which would stay there
-	// until `sshca store migrate` (and hold audit stripes to stripe 0).
-	if _, err := db.Layout(ctx); err != nil {
-		log.Warn("cannot read the store's layout yet", "err", err)
-	}
 	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
 		log.Warn("cannot publish the user CA to bastions yet; Redis unreachable?", "err", err)
 	}
