@@ -49,8 +49,9 @@ type Recordings struct {
 // expiry index, so one per new session would cost a round trip each for nothing.
 const recordingPruneEvery = time.Minute
 
-// recordingPruneBatch is how many expired sessions a prune takes per read of the expiry index.
-const recordingPruneBatch = 500
+// recordingPruneBatch is how many expired sessions a prune takes per read of the expiry index
+// (and an append's prune at most).
+const recordingPruneBatch = 100
 
 // WithRetention sets how long a session's keys are kept after its last batch (0: forever, as
 // before) and returns r; call it before the store is used.
@@ -199,8 +200,13 @@ func (r *Recordings) AppendRecording(ctx context.Context, rec ca.SessionRecordin
 		return true, fmt.Errorf("store: recording expiry: %w", err)
 	}
 	if prev == 0 && r.pruneDue(now) {
-		// Best effort: what is not pruned now is at the next new session's.
-		_, _ = r.PruneRecordings(ctx)
+		// One batch, best effort: the answer waits for four round trips at most; what is left
+		// goes at the next new session's (at once when the batch was full).
+		if _, full, _ := r.pruneBatch(ctx); full {
+			r.pruneMu.Lock()
+			r.lastPrune = time.Time{}
+			r.pruneMu.Unlock()
+		}
 	}
 	return true, nil
 }
@@ -220,60 +226,75 @@ func (r *Recordings) pruneDue(now time.Time) bool {
 // the index, its bytes off its host's total, and deletes its keys; it returns how many it took.
 // Nothing without a retention.
 func (r *Recordings) PruneRecordings(ctx context.Context) (int, error) {
-	if r.retention == 0 {
-		return 0, nil
-	}
-	now := strconv.FormatInt(r.now().UnixMilli(), 10)
 	taken := 0
 	for {
-		ids, err := r.rdb.ZRangeByScore(ctx, r.keys.RecordingExpiry(), &redis.ZRangeBy{Min: "-inf", Max: now, Count: recordingPruneBatch}).Result()
-		if err != nil {
-			return taken, fmt.Errorf("store: recording expiry: %w", err)
-		}
-		for _, id := range ids {
-			ok, err := takeExpired.Run(ctx, r.rdb, []string{r.keys.RecordingExpiry()}, id, now).Int()
-			if err != nil {
-				return taken, fmt.Errorf("store: recording expiry: %w", err)
-			}
-			if ok != 1 {
-				continue
-			}
-			if err := r.forget(ctx, id); err != nil {
-				return taken, err
-			}
-			taken++
-		}
-		if len(ids) < recordingPruneBatch {
-			return taken, nil
+		n, full, err := r.pruneBatch(ctx)
+		taken += n
+		if err != nil || !full {
+			return taken, err
 		}
 	}
 }
 
-// forget drops an expired session: its bytes off its host's total, out of the index, its keys.
-// Each key is its own command: on a Cluster they sit in different slots.
-func (r *Recordings) forget(ctx context.Context, id string) error {
-	v, err := r.rdb.HMGet(ctx, r.keys.RecordingSizes(), "b:"+id, "h:"+id).Result()
-	if err != nil {
-		return fmt.Errorf("store: recording sizes: %w", err)
+// pruneBatch prunes up to recordingPruneBatch expired sessions in four round trips (the
+// expiry index, then one pipeline per step); full says there may be more.
+func (r *Recordings) pruneBatch(ctx context.Context) (taken int, full bool, err error) {
+	if r.retention == 0 {
+		return 0, false, nil
 	}
-	bs, _ := v[0].(string)
-	host, _ := v[1].(string)
-	if n, _ := strconv.ParseInt(bs, 10, 64); n > 0 && host != "" {
-		if err := takeHostBytes.Run(ctx, r.rdb, []string{r.keys.RecordingHostBytes(host)}, n).Err(); err != nil {
-			return fmt.Errorf("store: recording host total: %w", err)
+	now := strconv.FormatInt(r.now().UnixMilli(), 10)
+	ids, err := r.rdb.ZRangeByScore(ctx, r.keys.RecordingExpiry(), &redis.ZRangeBy{Min: "-inf", Max: now, Count: recordingPruneBatch}).Result()
+	if err != nil || len(ids) == 0 {
+		return 0, false, wrapPrune(err)
+	}
+	full = len(ids) == recordingPruneBatch
+	// Take each out of the expiry index unless an append moved it on; only the replica that
+	// took one forgets it.
+	takes := make([]*redis.Cmd, len(ids))
+	if _, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			takes[i] = takeExpired.Eval(ctx, p, []string{r.keys.RecordingExpiry()}, id, now)
+		}
+		return nil
+	}); err != nil {
+		return 0, full, wrapPrune(err)
+	}
+	var gone []string
+	for i, c := range takes {
+		if n, _ := c.Int(); n == 1 {
+			gone = append(gone, ids[i])
 		}
 	}
-	for _, c := range []redis.Cmder{
-		r.rdb.HDel(ctx, r.keys.RecordingSizes(), "b:"+id, "h:"+id),
-		r.rdb.ZRem(ctx, r.keys.RecordingIndex(), id),
-		r.rdb.Del(ctx, r.keys.RecordingSession(id)),
-		r.rdb.Del(ctx, r.keys.RecordingLines(id)),
-	} {
-		if err := c.Err(); err != nil {
-			return fmt.Errorf("store: recording %s prune: %w", id, err)
-		}
+	if len(gone) == 0 {
+		return 0, full, nil
 	}
-	return nil
+	sizes := make([]*redis.SliceCmd, len(gone))
+	if _, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range gone {
+			sizes[i] = p.HMGet(ctx, r.keys.RecordingSizes(), "b:"+id, "h:"+id)
+		}
+		return nil
+	}); err != nil {
+		return 0, full, wrapPrune(err)
+	}
+	// Each key is its own command: on a Cluster they sit in different slots.
+	if _, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range gone {
+			v := sizes[i].Val()
+			bs, _ := v[0].(string)
+			host, _ := v[1].(string)
+			if n, _ := strconv.ParseInt(bs, 10, 64); n > 0 && host != "" {
+				takeHostBytes.Eval(ctx, p, []string{r.keys.RecordingHostBytes(host)}, n)
+			}
+			p.HDel(ctx, r.keys.RecordingSizes(), "b:"+id, "h:"+id)
+			p.ZRem(ctx, r.keys.RecordingIndex(), id)
+			p.Del(ctx, r.keys.RecordingSession(id), r.keys.RecordingLines(id)) // one tag: one slot
+		}
+		return nil
+	}); err != nil {
+		return 0, full, wrapPrune(err)
+	}
+	return len(gone), full, nil
 }
 
 func boolArg(b bool) string {
@@ -281,6 +302,13 @@ func boolArg(b bool) string {
 		return "1"
 	}
 	return "0"
+}
+
+func wrapPrune(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("store: recordings prune: %w", err)
 }
 
 // HostRecordingBytes is the bytes of lines kept of the host's sessions.

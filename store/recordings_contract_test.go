@@ -366,3 +366,42 @@ func TestRecordingKeysExpireOnRedis(t *testing.T) {
 	}
 	check(c.Now().Add(time.Hour))
 }
+
+// TestRecordingsPruneBatches: on a real redis-server, a new session's append prunes at most
+// 100 expired sessions (its answer waits for four round trips, not for every session that
+// expired at once), the next append prunes the next 100 at once (the batch was full), and
+// PruneRecordings takes the rest.
+func TestRecordingsPruneBatches(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	c := &clock{t: time.Now()}
+	st := store.NewRecordings(rdb, "", c.Now).WithRetention(24 * time.Hour)
+	add := func(id string) {
+		t.Helper()
+		rec := ca.SessionRecording{ID: id, Host: "b1", Header: ca.RecordingHeader{Version: 1, ID: id, Start: c.Now()}, Received: 1}
+		if ok, err := st.AppendRecording(ctx, rec, 0, false, [][]byte{[]byte("h")}); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+	}
+	for i := range 250 {
+		add(fmt.Sprintf("old%03d", i))
+	}
+	indexed := func() int64 { return rdb.ZCard(ctx, store.Keys{}.RecordingIndex()).Val() }
+	c.Set(c.Now().Add(25 * time.Hour))
+	add("new1")
+	if got := indexed(); got != 151 {
+		t.Fatalf("after one append %d indexed, want 151 (100 of 250 pruned, new1 added)", got)
+	}
+	add("new2")
+	if got := indexed(); got != 52 {
+		t.Fatalf("after a second append %d indexed, want 52 (the next 100 pruned at once)", got)
+	}
+	if n, err := st.PruneRecordings(ctx); n != 50 || err != nil {
+		t.Fatalf("PruneRecordings took %d (%v), want the last 50", n, err)
+	}
+	if got, _ := st.HostRecordingBytes(ctx, "b1"); got != 2 {
+		t.Fatalf("b1 total %d, want 2 (new1 and new2)", got)
+	}
+}
