@@ -166,7 +166,7 @@ func strs(bs [][]byte) []string {
 }
 
 // TestRecordingsACLOnRedis: a real redis-server run with the shipped recordings ACL
-// (deploy/redis/recordings.acl as its aclfile): the CA's user keeps and reads recordings there,
+// (deploy/redis/recordings.acl as its aclfile): the CA's user keeps, reads and prunes (recordings.retention) recordings there,
 // and is refused any other key of sshca's (a revocation scope, the inventory).
 func TestRecordingsACLOnRedis(t *testing.T) {
 	acl, err := filepath.Abs(filepath.Join("..", "deploy", "redis", "recordings.acl"))
@@ -178,7 +178,8 @@ func TestRecordingsACLOnRedis(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, Username: "sshca", Password: "CHANGE-ME-recordings"})
 	defer rdb.Close()
 	ctx := context.Background()
-	st := store.NewRecordings(rdb, "", nil)
+	c := &clock{t: time.Now()}
+	st := store.NewRecordings(rdb, "", c.Now).WithRetention(24 * time.Hour)
 	rec := ca.SessionRecording{ID: "s1", Host: "b1", Received: 1}
 	if ok, err := st.AppendRecording(ctx, rec, 0, false, [][]byte{[]byte("h")}); !ok || err != nil {
 		t.Fatalf("append as the recordings user: %v %v", ok, err)
@@ -188,6 +189,11 @@ func TestRecordingsACLOnRedis(t *testing.T) {
 	}
 	if recs, _, err := st.SessionRecordings(ctx, time.Time{}, ca.RecordingCursor{}, 10); err != nil || len(recs) != 1 {
 		t.Fatalf("list: %v %v", recs, err)
+	}
+	// The retention's expiry and prune run as that user too.
+	c.Set(c.Now().Add(25 * time.Hour))
+	if n, err := st.PruneRecordings(ctx); n != 1 || err != nil {
+		t.Fatalf("prune as the recordings user: %d %v", n, err)
 	}
 	keys := store.Keys{}
 	for _, k := range []string{keys.LiveCerts(), keys.ScopeEntries("SHA256:x")} {

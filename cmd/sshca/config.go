@@ -226,7 +226,8 @@ type RecordingsConfig struct {
 	// and issuance goes on.
 	Redis RedisConfig `yaml:"redis"`
 	// SessionCap is the most bytes of recording lines kept per session (default 64 MiB),
-	// HostCap per host over all its sessions (default 4 GiB). Past a cap the CA keeps one line
+	// HostCap per host over all its sessions still kept (default 4 GiB; a session's bytes
+	// leave it with the session, at retention). Past a cap the CA keeps one line
 	// that counts what it left out, and the session's end record says so.
 	SessionCap int64 `yaml:"session_cap"`
 	HostCap    int64 `yaml:"host_cap"`
