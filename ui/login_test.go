@@ -306,3 +306,34 @@ func reusableCodes(h http.Handler) http.Handler {
 		w.Write(rec.Body.Bytes())
 	})
 }
+
+// TestLoginKeyReplaced: the store's login key is replaced (a store that lost its state and was
+// rebuilt) while replica 0 still holds the old one: a sign-in that replica 1 starts under the
+// new key finishes on replica 0, which reads the key again when a cookie does not open under
+// the one it holds; a cookie sealed under the old key is refused.
+func TestLoginKeyReplaced(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	r := newRigWith(t, nil, store.NewRedis(rdb, store.RedisOptions{}))
+	r.serving.Store(0)
+	oldCallback, oldCookie := r.startSignIn(r.browser(), "alice") // replica 0 reads the key
+	if err := rdb.Del(ctx, "sshca:console:login-key").Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.serving.Store(1) // replica 1 has not read a key yet: it makes a new one
+	c := r.browser()
+	callback, _ := r.startSignIn(c, "bob")
+	r.serving.Store(0)
+	resp, err := c.Get(callback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := body(t, resp); resp.Request.URL.Path != "/ui/" || !strings.Contains(p, "Sign out") {
+		t.Fatalf("a sign-in under the new key, finished on the replica that held the old one: %s\n%s", resp.Request.URL, p)
+	}
+	if code, page, _ := r.callWith(oldCallback, oldCookie); code != http.StatusBadRequest || !strings.Contains(page, "not one this console sealed") {
+		t.Fatalf("a cookie sealed under the replaced key: %d\n%s", code, page)
+	}
+}
