@@ -213,6 +213,9 @@ func (s *httpSeries) observe(pattern string, code int, took time.Duration) {
 type statusWriter struct {
 	http.ResponseWriter
 	code int // 0 until a status is written, codeHijacked for a connection taken over first
+	// conn is the connection the handler took over (Hijack), which Recover closes when the
+	// handler panics: net/http no longer owns it, and nothing else would.
+	conn net.Conn
 }
 
 // codeHijacked is the code of a request whose handler took the connection over without
@@ -250,8 +253,11 @@ func (w *statusWriter) Flush() {
 // a recorder) nothing changed and the answer is still net/http's to send.
 func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err == nil && w.code == 0 {
-		w.code = codeHijacked
+	if err == nil {
+		w.conn = conn
+		if w.code == 0 {
+			w.code = codeHijacked
+		}
 	}
 	return conn, rw, err
 }

@@ -20,7 +20,8 @@ import (
 //     so the caller has the ID to quote and the HTTP metrics count a 500;
 //   - when the answer had begun (a status or a byte sent, the connection hijacked), panics
 //     again with http.ErrAbortHandler: net/http then cuts the connection without logging a
-//     second time, and the client sees a truncated answer rather than a complete-looking one.
+//     second time, and the client sees a truncated answer rather than a complete-looking one;
+//     a connection the handler took over is closed by Recover, which net/http would not do.
 //
 // A handler's own panic(http.ErrAbortHandler) is net/http's deliberate abort: passed on
 // unlogged. InstrumentHTTP, inside or outside Recover, counts a panic that passes it as a 500.
@@ -47,6 +48,10 @@ func Recover(log *slog.Logger, next http.Handler) http.Handler {
 			// put it into the request's context for LogRequestIDs.
 			log.Error("handler panicked", "method", r.Method, "path", r.URL.Path,
 				"request_id", id, "answer_begun", sw.code != 0, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			if sw.conn != nil {
+				// Taken over: net/http would leave it open, and the client waiting.
+				sw.conn.Close()
+			}
 			if sw.code != 0 {
 				panic(http.ErrAbortHandler)
 			}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -77,6 +78,13 @@ func TestRecover(t *testing.T) {
 				panic("boom after")
 			})
 			mux.HandleFunc("GET /abort", func(http.ResponseWriter, *http.Request) { panic(http.ErrAbortHandler) })
+			mux.HandleFunc("GET /hijacked", func(w http.ResponseWriter, _ *http.Request) {
+				// Taken over, nothing written: no 500 may go onto a connection net/http no longer owns.
+				if _, _, err := http.NewResponseController(w).Hijack(); err != nil {
+					t.Errorf("hijack: %v", err)
+				}
+				panic("boom hijacked")
+			})
 			mux.HandleFunc("GET /ok", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 			var h http.Handler
 			if order == "recover outermost" {
@@ -92,7 +100,9 @@ func TestRecover(t *testing.T) {
 			get := func(path string) (*http.Response, []byte, error) {
 				req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
 				req.Header.Set("Authorization", "Bearer "+token)
-				resp, err := srv.Client().Do(req)
+				c := srv.Client()
+				c.Timeout = 20 * time.Second // a connection left open fails the test, not hangs it
+				resp, err := c.Do(req)
 				if err != nil {
 					return nil, nil, err
 				}
@@ -117,6 +127,9 @@ func TestRecover(t *testing.T) {
 			if _, _, err := get("/abort"); err == nil {
 				t.Error("deliberate abort: an answer, want the connection cut")
 			}
+			if resp, body, err := get("/hijacked"); err == nil {
+				t.Errorf("panic after a hijack: answered %d %q, want the connection closed", resp.StatusCode, body)
+			}
 			// The server goes on serving, on new connections and old.
 			for range 3 {
 				if resp, body, err := get("/ok"); err != nil || resp.StatusCode != http.StatusOK || string(body) != "ok" {
@@ -127,19 +140,19 @@ func TestRecover(t *testing.T) {
 			for _, tt := range []struct {
 				endpoint, code string
 				want           float64
-			}{{"GET /before", "500", 1}, {"GET /after", "500", 1}, {"GET /after", "200", 0}, {"GET /abort", "500", 1}, {"GET /ok", "200", 3}} {
+			}{{"GET /before", "500", 1}, {"GET /after", "500", 1}, {"GET /after", "200", 0}, {"GET /abort", "500", 1}, {"GET /hijacked", "500", 1}, {"GET /ok", "200", 3}} {
 				if got := testutil.ToFloat64(m.HTTPRequests.WithLabelValues(tt.endpoint, tt.code)); got != tt.want {
 					t.Errorf("requests{%s,%s} = %v, want %v", tt.endpoint, tt.code, got, tt.want)
 				}
 			}
 			lines := panicLines(t, logs.String())
-			if len(lines) != 2 {
-				t.Fatalf("%d panic lines, want 2 (before, after; not the deliberate abort):\n%s", len(lines), logs.String())
+			if len(lines) != 3 {
+				t.Fatalf("%d panic lines, want 3 (before, after, hijacked; not the deliberate abort):\n%s", len(lines), logs.String())
 			}
 			for i, want := range []struct {
 				path, panic string
 				begun       bool
-			}{{"/before", "boom before", false}, {"/after", "boom after", true}} {
+			}{{"/before", "boom before", false}, {"/after", "boom after", true}, {"/hijacked", "boom hijacked", true}} {
 				l := lines[i]
 				if l["level"] != "ERROR" || l["path"] != want.path || l["panic"] != want.panic || l["answer_begun"] != want.begun ||
 					l["request_id"] == "" || l["request_id"] == nil {
