@@ -143,7 +143,8 @@ func (r *Redis) ensureShards(ctx context.Context, g Generation) error {
 			}
 		}
 	}
-	r.shards.ready.Store(&g)
+	ready := g // a copy: taking g's address would move every caller's g to the heap, the early returns too
+	r.shards.ready.Store(&ready)
 	return nil
 }
 
