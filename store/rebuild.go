@@ -110,8 +110,13 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'epoch', ARGV[2])
 return 1
 `)
 
+// maxAuditStripes bounds the stripe count taken from Redis (audit.MaxStripes, which this
+// package cannot import).
+const maxAuditStripes = 1024
+
 // SwitchGeneration moves the store to generation g (from NextGeneration), after the rebuild
-// wrote the state back: the marks of MarkedTags, of every inventory and token ledger shard in use (the count,
+// wrote the state back: the marks of MarkedTags, of every audit stripe in use (the count kept
+// in Redis or RedisOptions.AuditStripes), of every inventory and token ledger shard in use (the count,
 // RedisOptions.InventoryShards, or the highest shard whose mark is found, whichever is higher;
 // the count is raised to it), of the scopes of scopes and of the CA keys
 // listed in Keys.CAs, and every other mark found, then the generation record. On a single
@@ -154,6 +159,19 @@ func (r *Redis) SwitchGeneration(ctx context.Context, g Generation, scopes ...ss
 		if err := raiseShardsScript.Run(ctx, r.rdb, []string{r.keys.InventoryShards(), r.shardBlocked[0]}, shards, r.now().UnixMilli()).Err(); err != nil {
 			return fmt.Errorf("store: rebuild: the count of inventory shards: %w", err)
 		}
+	}
+	// Every audit stripe in use too, also one whose master came back empty (`store rebuild
+	// --lost-stripe`): the stripes ever used (Keys.AuditStripes, in stripe 0's tag, which may
+	// be the one lost) or RedisOptions.AuditStripes, whichever is higher. Replicas that saw a
+	// stripe's mark expect one of the new generation, and fail closed on a missing one.
+	stripes := len(r.auditStripeTags) + 1
+	if v, err := r.rdb.Get(ctx, r.keys.AuditStripes()).Int(); err == nil {
+		stripes = max(stripes, min(v, maxAuditStripes))
+	} else if !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("store: rebuild: the count of audit stripes: %w", err)
+	}
+	for i := 1; i < stripes; i++ {
+		marks[r.keys.Mark(TagAuditStripe(i))] = true
 	}
 	cas, err := r.CAs(ctx)
 	if err != nil {

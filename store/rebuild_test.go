@@ -209,3 +209,57 @@ func TestTokenRefusalAfterRebuild(t *testing.T) {
 		}
 	}
 }
+
+// TestSwitchGenerationRenewsLostStripes: a rebuild after an audit stripe's master came back
+// empty (its keys, mark included, gone) renews that stripe's mark too: a replica that saw it
+// expects one of the new generation and fails closed on a missing one. The stripes come from
+// the count kept in Redis or, when the count went with stripe 0's master, from
+// RedisOptions.AuditStripes; a replica that saw every mark is ready after the switch.
+func TestSwitchGenerationRenewsLostStripes(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	keys := store.Keys{}
+	caKey := testenv.PublicKey(t)
+	for _, countKept := range []bool{true, false} {
+		rdb.FlushAll(ctx)
+		replica := store.NewRedis(rdb, store.RedisOptions{AuditStripes: 3})
+		if _, err := replica.Refused(ctx, caKey, nil, caKey); err != nil { // the generation record
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			mw, err := replica.BeginMarked(ctx, store.TagAuditStripe(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rdb.HSet(ctx, keys.Mark(store.TagAuditStripe(i)), "id", mw.Args()[0], "epoch", mw.Args()[1], "n", 1)
+		}
+		rdb.Set(ctx, keys.AuditStripes(), 3, 0)
+		if err := replica.CheckState(ctx, caKey); err != nil {
+			t.Fatalf("before the loss: %v", err)
+		}
+		// Stripe 2's master comes back empty (and, in the second round, stripe 0's count
+		// with it: the rebuild is told the stripes).
+		rdb.Del(ctx, keys.Mark(store.TagAuditStripe(2)))
+		opts := store.RedisOptions{}
+		if !countKept {
+			rdb.Del(ctx, keys.AuditStripes())
+			opts.AuditStripes = 3
+		}
+		rebuilder := store.NewRedis(rdb, opts)
+		g, err := rebuilder.NextGeneration(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rebuilder.SwitchGeneration(ctx, g, caKey); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := rdb.HMGet(ctx, keys.Mark(store.TagAuditStripe(2)), "id", "epoch").Result(); len(v) != 2 || v[0] != g.ID {
+			t.Errorf("count kept %v: stripe 2's mark after the switch = %v, want of generation %s", countKept, v, g.ID)
+		}
+		if err := replica.CheckState(ctx, caKey); err != nil {
+			t.Errorf("count kept %v: the replica that saw stripe 2's mark, after the switch: %v", countKept, err)
+		}
+	}
+}

@@ -246,7 +246,13 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 	if f.invShards < 0 || f.invShards > store.MaxInventoryShards {
 		return fmt.Errorf("store rebuild: --inventory-shards %d: want 1 up to %d (inventory.shards of the CA)", f.invShards, store.MaxInventoryShards)
 	}
-	st := store.NewRedis(rdb, store.RedisOptions{Now: now, InventoryShards: f.invShards})
+	// Every stripe walked (and every one given as lost) gets its mark renewed by the switch
+	// below, also one whose keys are gone: the replicas that saw its mark expect one.
+	stripes := len(rep.Stripes)
+	for _, i := range f.lostStripes {
+		stripes = max(stripes, i+1)
+	}
+	st := store.NewRedis(rdb, store.RedisOptions{Now: now, InventoryShards: f.invShards, AuditStripes: stripes})
 	res, err := restore.Apply(ctx, st, start)
 	if err != nil {
 		return fmt.Errorf("store rebuild: restoring (run it again: every step is idempotent): %w", err)
