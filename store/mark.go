@@ -509,14 +509,26 @@ func (r *Redis) Witness() *Witness { return r.witness }
 // CheckState is the readiness check of the store's state: it reads the generation record and
 // the marks of the marked tags, of the audit stripes that issuance checks
 // (RedisOptions.AuditStripes), of the scopes of caKeys, and of every tag the witness has seen,
-// in one round trip, and fails with ErrStateLost when any is missing or older than the
-// witness. A stripe's tag is read whether or not the witness saw it yet: on a Cluster it may
-// sit on a master that came back from another generation, which issuance would refuse.
+// in one round trip (after one GET of the count of inventory shards: every shard ever used
+// is read, the configured ones and those beyond), and fails with ErrStateLost when any is
+// missing or older than the witness. A stripe's tag is read whether or not the witness saw it
+// yet: on a Cluster it may sit on a master that came back from another generation, which
+// issuance would refuse.
 func (r *Redis) CheckState(ctx context.Context, caKeys ...ssh.PublicKey) error {
 	if _, err := r.generation(ctx); err != nil {
 		return err
 	}
 	tags := slices.Concat(MarkedTags, r.auditStripeTags, r.shardTags[1:], r.tokenTags[1:])
+	// The inventory shards beyond the configured ones that another replica recorded in (the
+	// count): this replica reads them (lists, revocation by identity), so it watches their
+	// marks too, and a shard rolled back alone fails its readiness as well as the writer's.
+	shards, err := parseShards(r.rdb.Get(ctx, r.keys.InventoryShards()).Result())
+	if err != nil {
+		return fmt.Errorf("store: state check: %w", err)
+	}
+	for i := r.invShards; i < shards; i++ {
+		tags = append(tags, TagInventoryShard(i), TagTokensShard(i))
+	}
 	for _, k := range caKeys {
 		tags = append(tags, TagCA(ssh.FingerprintSHA256(k)))
 	}
@@ -532,7 +544,7 @@ func (r *Redis) CheckState(ctx context.Context, caKeys ...ssh.PublicKey) error {
 	}
 	var genCmd *redis.SliceCmd
 	cmds := make([]*redis.SliceCmd, len(tags))
-	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		genCmd = p.HMGet(ctx, r.keys.Generation(), "id", "epoch")
 		for i, tag := range tags {
 			cmds[i] = r.readMark(ctx, p, tag)

@@ -635,3 +635,35 @@ func TestShardCountWaitsForReplicas(t *testing.T) {
 		t.Fatalf("the shard count raised without its replica: %v, want ErrNotReplicated", err)
 	}
 }
+
+// TestLoweredShardsWatchMarks: a replica configured with one shard reads the certificates of
+// the shards another replica recorded in, so its readiness (CheckState) watches their marks
+// too: once it has seen them, a shard rolled back alone fails it, not only the writer.
+func TestLoweredShardsWatchMarks(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	three := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 3})
+	one := store.NewRedis(rdb, store.RedisOptions{})
+	high := 0
+	for i := range 12 {
+		id := fmt.Sprintf("https://idp|u%d", i)
+		if err := three.Record(ctx, ca.Certificate{Serial: uint64(1 + i), Identity: id, ValidBefore: time.Now().Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		high = max(high, store.ShardOf(three, id))
+	}
+	if high == 0 {
+		t.Fatal("no identity beyond shard 0")
+	}
+	if err := one.CheckState(ctx); err != nil {
+		t.Fatalf("intact: %v", err)
+	}
+	if err := rdb.Del(ctx, store.Keys{}.Mark(store.TagInventoryShard(high))).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := one.CheckState(ctx); !errors.Is(err, store.ErrStateLost) {
+		t.Fatalf("shard %d's mark gone: the replica of one shard says %v, want ErrStateLost", high, err)
+	}
+}
