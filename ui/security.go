@@ -43,12 +43,12 @@ func sameToken(presented, want string) bool {
 }
 
 // LocalPath returns p when it is a path of the console itself ("/ui/..."), with no scheme, no
-// host, no "//" or "\" (which browsers read as a host) and no control character, and "/ui/"
-// otherwise: a return path after sign-in never leads off the console (an open redirect would
+// host, no "//" or "\" (which browsers read as a host), no "#" and no control character, and
+// "/ui/" otherwise: a return path after sign-in never leads off the console (an open redirect would
 // carry a fresh session's user to a look-alike page).
 func LocalPath(p string) string {
 	const home = "/ui/"
-	if p == "" || len(p) > 2048 || !strings.HasPrefix(p, home) || strings.ContainsAny(p, "\\") || strings.Contains(p, "//") {
+	if p == "" || len(p) > 2048 || !strings.HasPrefix(p, home) || strings.ContainsAny(p, "\\#") || strings.Contains(p, "//") {
 		return home
 	}
 	for _, c := range p {
@@ -60,7 +60,9 @@ func LocalPath(p string) string {
 	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" || !strings.HasPrefix(u.Path, home) {
 		return home
 	}
-	// A "/ui/../x" path would leave the console once cleaned by the mux.
+	// A "/ui/../x" path would leave the console once cleaned by the mux. A fragment is refused
+	// whole: http.Redirect cleans all before the first "?", so "/ui/x#/../../v1" led to /v1,
+	// and the console never makes a return path with one (a request URI has none).
 	for _, seg := range strings.Split(u.Path, "/") {
 		if seg == ".." || seg == "." {
 			return home

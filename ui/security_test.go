@@ -1,7 +1,10 @@
 package ui
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -25,15 +28,30 @@ func TestLocalPath(t *testing.T) {
 		{"/v1/requests", "/ui/"},
 		{"", "/ui/"},
 		{"ui/", "/ui/"},
+		// http.Redirect cleans everything before the first "?", a fragment's dot segments too:
+		// these were kept and sent the browser to /v1/certs.
+		{"/ui/x#/../../v1/certs", "/ui/"},
+		{"/ui/#/..", "/ui/"},
+		{"/ui/x?a=b#c", "/ui/"},
 	} {
 		if got := LocalPath(tc.in); got != tc.want {
 			t.Errorf("LocalPath(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+		if loc := redirectTo(tc.in); !strings.HasPrefix(loc, "/ui/") {
+			t.Errorf("a return path %q redirects to %q, off the console", tc.in, loc)
+		}
 	}
 }
 
+// redirectTo is where the callback's http.Redirect sends the browser for the return path p.
+func redirectTo(p string) string {
+	w := httptest.NewRecorder()
+	http.Redirect(w, httptest.NewRequest(http.MethodGet, "/ui/callback", nil), LocalPath(p), http.StatusSeeOther)
+	return w.Header().Get("Location")
+}
+
 func FuzzLocalPath(f *testing.F) {
-	for _, s := range []string{"/ui/", "//evil", "/ui/../x", "/ui/%2e%2e/x", "https://x/ui/", "/ui/a?b=//c"} {
+	for _, s := range []string{"/ui/", "//evil", "/ui/../x", "/ui/%2e%2e/x", "https://x/ui/", "/ui/a?b=//c", "/ui/x#/../../v1"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -46,6 +64,10 @@ func FuzzLocalPath(f *testing.F) {
 		base, _ := url.Parse("https://ca.example.com/ui/x")
 		if r := base.ResolveReference(u); r.Host != "ca.example.com" {
 			t.Fatalf("LocalPath(%q) = %q resolves to host %q", s, got, r.Host)
+		}
+		// And where the callback's redirect really sends the browser stays on the console.
+		if loc := redirectTo(s); !strings.HasPrefix(loc, "/ui/") || strings.HasPrefix(loc, "/ui//") {
+			t.Fatalf("LocalPath(%q) = %q redirects to %q", s, got, loc)
 		}
 	})
 }
