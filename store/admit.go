@@ -28,9 +28,9 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	if err != nil {
 		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
 	}
-	// The first use of inventory shards (once per process and generation) before anything is
-	// spent or signed: a store that cannot take them (layout 1) is refused here, not by Record
-	// after a signature and a spent token.
+	// The first use of inventory shards (once per process and generation: the count raised,
+	// the blocks copied) before anything is spent or signed, so that a failure of it is a
+	// refusal here, not by Record after a signature and a spent token.
 	if err := r.ensureShards(ctx, g); err != nil {
 		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
 	}

@@ -74,7 +74,10 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 	if c.IndexUntil.After(until) {
 		until = c.IndexUntil
 	}
-	shard := r.shardOf(c.Identity)
+	shard, err := r.recordShard(ctx, c.Identity)
+	if err != nil {
+		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+	}
 	tag := r.shardTags[shard]
 	mw, err := r.BeginMarked(ctx, tag)
 	if err != nil {

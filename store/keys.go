@@ -19,19 +19,19 @@ import (
 // ({audit:i}, Keys.AuditStripes). New keys only, but a replica or tool of layout 2 reads shard 0
 // and stripe 0 alone (lists, revocation by identity and a rebuild would miss certificates;
 // audit verify would call a striped log intact having read a part of it, and store rebuild
-// drop what the other stripes recorded), so neither is used beyond its first before the store
-// is at 3, which older replicas refuse. The replica that first records with more than one
-// shard raises the store to 3 before it does (shards.go). An audit Log appends beyond stripe 0
-// only once the store is at 3 (LayoutStripes): an empty store that a replica configured with
-// stripes creates starts there; on a store of layout 2 it appends to stripe 0 alone until
-// `sshca store migrate` (or inventory shards) moves the store to 3, so that a rolling upgrade
-// keeps older replicas serving until every one is replaced. A store used with one shard and
-// one stripe stays at 2.
+// drop what the other stripes recorded), and a replica of layout 2 that has seen the store at 2
+// never reads the layout again, so it would not notice a raise. So neither is used beyond its
+// first before the store is at 3: a replica configured with shards records in shard 0, and an
+// audit Log appends to stripe 0 alone (LayoutStripes), until `sshca store migrate` moves the
+// store to 3 once no replica of layout 2 runs; older replicas started after that refuse it. An
+// empty store that a replica configured with shards or stripes creates starts at 3. A store
+// used with one shard and one stripe stays at 2.
 const LayoutVersion = 3
 
 // unshardedLayout is the layout of a store whose inventory is one shard and whose audit chain
 // is one stripe (the keys of layout 2): an empty store starts there unless its first replica
-// stripes, and from it on identity blocks are kept in the inventory alone (no legacy blocks).
+// shards or stripes, and from it on identity blocks are kept in the inventory alone (no legacy
+// blocks).
 const unshardedLayout = 2
 
 // LayoutStripes is the first layout whose replicas read every stripe of the audit chain: an

@@ -31,11 +31,15 @@ import (
 //     block. A replica of layout 1 started after that would not see new blocks: do not
 //     downgrade below the store's layout.
 //
-// A rolling upgrade from layout 2 to 3 (audit stripes) goes the same way:
+// A rolling upgrade from layout 2 to 3 (audit stripes, inventory shards) goes the same way:
 //
 //  1. Replicas of layout 3 replace those of layout 2. While the store says 2, a replica of
 //     layout 3 configured with audit stripes appends to stripe 0 alone (the one chain that
-//     layout 2 reads), looking at the layout again every few seconds (audit.Options.Stripes).
+//     layout 2 reads), looking at the layout again every few seconds (audit.Options.Stripes);
+//     one configured with inventory shards keeps every certificate in shard 0 (where layout 2
+//     reads and checks blocks), reading the layout at each admission (Refused). A replica of
+//     layout 2 that has seen the store at 2 never reads the layout again, so raising it while
+//     one runs would not stop it: it would go on listing and revoking from shard 0 alone.
 //  2. Once no replica of layout 2 runs, `sshca store migrate` sets the store's layout to 3,
 //     and the replicas start striping at their next look. Replicas and tools of layout 2 then
 //     refuse the store (issuance 503 "upgrade sshca"; audit verify, archive, report and store
@@ -45,12 +49,9 @@ import (
 // A store striped by replicas of layout 2 that already had stripes (before layout 3 existed)
 // stays at 2 until migrated, so run `sshca store migrate` once they are all upgraded.
 //
-// Inventory shards raise the store to 3 themselves: the replica that first records beyond
-// shard 0 does so before it (ensureShards, shards.go; refused on a store still at layout 1).
-//
 // A store that a replica creates (no generation record, no marks, no legacy blocks: an empty
-// store) starts at layout 2, or at 3 when that replica is configured with audit stripes
-// (Redis.generation). A store whose layout is newer than this
+// store) starts at layout 2, or at 3 when that replica is configured with audit stripes or
+// inventory shards (Redis.generation). A store whose layout is newer than this
 // code's (LayoutVersion) is refused: issuance answers that sshca must be upgraded.
 
 // errNewerLayout is the answer of a replica older than the store it is given: a ca.Error of
@@ -89,6 +90,7 @@ func (r *Redis) observeLayout(v string, err error) (int, error) {
 	if n == LayoutVersion {
 		r.current.Store(true)
 	}
+	r.layoutRead.Store(true)
 	return n, nil
 }
 

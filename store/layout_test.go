@@ -199,8 +199,10 @@ func TestRollingUpgradeLayout1To2(t *testing.T) {
 }
 
 // TestEmptyStoreStartsAtCurrentLayout: a replica that creates an empty store's generation
-// sets its layout (2: one inventory shard, which replicas of layout 2 may still write), so it never writes the legacy blocks; one that finds data of
-// layout 1 (here a block) without a generation record leaves the layout at 1.
+// sets its layout (2 with one inventory shard, which replicas of layout 2 may still use; 3
+// with several, which no replica of layout 2 has seen), so it never writes the legacy blocks;
+// one that finds data of layout 1 (here a block) without a generation record leaves the
+// layout at 1.
 func TestEmptyStoreStartsAtCurrentLayout(t *testing.T) {
 	ctx := context.Background()
 	mr := miniredis.RunT(t)
@@ -212,10 +214,18 @@ func TestEmptyStoreStartsAtCurrentLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	if v, _ := rdb.Get(ctx, keys.StoreLayout()).Result(); v != strconv.Itoa(unshardedLayout) {
-		t.Errorf("an empty store's layout = %q, want %d (raised to %d by inventory shards, audit stripes or store migrate)", v, unshardedLayout, LayoutVersion)
+		t.Errorf("an empty store's layout = %q, want %d (raised to %d by sshca store migrate)", v, unshardedLayout, LayoutVersion)
 	}
 	if n, _ := rdb.Exists(ctx, keys.LegacyBlocked()).Result(); n != 0 {
 		t.Error("a store at the current layout got legacy blocks")
+	}
+	mr.FlushAll()
+	three := NewRedis(rdb, RedisOptions{InventoryShards: 3})
+	if err := three.BlockIdentity(ctx, "https://idp|a", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := rdb.Get(ctx, keys.StoreLayout()).Result(); v != strconv.Itoa(LayoutVersion) {
+		t.Errorf("an empty store created by a replica of three inventory shards is at layout %q, want %d", v, LayoutVersion)
 	}
 
 	mr.FlushAll()

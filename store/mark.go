@@ -283,10 +283,10 @@ func (r *Redis) generation(ctx context.Context) (Generation, error) {
 			break
 		}
 	}
-	// Raised to 3 by the first record beyond shard 0; a replica that stripes the audit chain
-	// starts an empty store there, since its Log appends beyond stripe 0 only at 3.
+	// A replica that shards the inventory or stripes the audit chain starts an empty store at
+	// 3, since it uses them only at 3 and no replica of layout 2 has seen the store.
 	layout := strconv.Itoa(unshardedLayout)
-	if len(r.auditStripeTags) > 0 {
+	if len(r.auditStripeTags) > 0 || r.invShards > 1 {
 		layout = strconv.Itoa(LayoutStripes)
 	}
 	for _, c := range older {

@@ -56,6 +56,9 @@ type Redis struct {
 	// at LayoutVersion: a store's layout only goes up, so it need not be read again.
 	migrated atomic.Bool
 	current  atomic.Bool
+	// layoutRead is set once the layout was read at all: until the store is at LayoutVersion
+	// (current) Record keeps certificates in shard 0 (recordShard, shards.go).
+	layoutRead atomic.Bool
 	// waitReplicas and waitTimeout are RedisOptions.WaitReplicas and WaitTimeout.
 	waitReplicas int
 	waitTimeout  time.Duration

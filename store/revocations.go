@@ -356,7 +356,9 @@ func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, caKey ssh.P
 			rc.legacyCmd = p.ZMScore(ctx, r.keys.LegacyBlocked(), identities...)
 		}
 	}
-	if legacy {
+	if legacy || (r.invShards > 1 && !r.current.Load()) {
+		// Until the store is at LayoutVersion a replica of several shards records in shard 0
+		// (shards.go): reading the layout here, at no extra round trip, is how it learns.
 		rc.layoutCmd = p.Get(ctx, r.keys.StoreLayout())
 	}
 	for i, tag := range rc.tags {

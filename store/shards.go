@@ -39,7 +39,9 @@ import (
 //     bits alone (a collision among a million live certificates has odds of about 3·10⁻⁸).
 //
 // Certificates issued under an access request stay in shard 0, beside the request their
-// transaction checks (RecordUnderRequest); readers find them there as any other.
+// transaction checks (RecordUnderRequest); readers find them there as any other. So does every
+// certificate while the store is below layout 3 (recordShard, layout.go): replicas of layout 2
+// read shard 0 alone.
 
 // MaxInventoryShards bounds RedisOptions.InventoryShards: every reader reads every shard, and
 // a block is written into each.
@@ -73,15 +75,6 @@ func (r *Redis) serialKey(serial uint64) string {
 	return r.keys.ShardSerial(int(serial%uint64(r.invShards)), serial)
 }
 
-// raiseLayoutScript raises the store's layout (KEYS[1], absent: 1) to ARGV[1] unless it is
-// below ARGV[2] (a store of layout 1, not migrated: left as is); answers the layout found.
-var raiseLayoutScript = redis.NewScript(`
-local v = tonumber(redis.call('GET', KEYS[1]) or '1')
-if v < tonumber(ARGV[2]) then return {v} end
-if v < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-return {v}
-`)
-
 // raiseShardsScript raises the count of shards ever used (KEYS[1], absent: 1) to ARGV[1] and
 // answers shard 0's blocks in force at ARGV[2] (unix ms) with their ends (KEYS[2], ZRANGEBYSCORE
 // WITHSCORES: member, score pairs), in one step: see the rules at the top of this file.
@@ -91,15 +84,34 @@ if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1]) end
 return redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[2], '+inf', 'WITHSCORES')
 `)
 
-// errUnmigratedShards refuses shards on a store of layout 1, whose blocks are not all in
-// shard 0 yet.
-var errUnmigratedShards = errors.New("the store is at layout 1: run sshca store migrate before recording in more than one inventory shard (inventory.shards)")
+// recordShard is the shard Record writes c's identity's certificates in: shardOf, once the
+// store is at LayoutVersion. Before that (layout.go) shard 0, where replicas of layout 2 read
+// and write: a store whose layout this process never read is read once here (Refused reads it
+// at every admission until it is 3).
+func (r *Redis) recordShard(ctx context.Context, identity string) (int, error) {
+	shard := r.shardOf(identity)
+	if shard == 0 || r.current.Load() {
+		return shard, nil
+	}
+	if !r.layoutRead.Load() {
+		// The generation first: on an empty store it writes the layout it starts at.
+		if _, err := r.generation(ctx); err != nil && !errors.Is(err, ErrStateLost) {
+			return 0, err
+		}
+		if _, err := r.observeLayout(r.rdb.Get(ctx, r.keys.StoreLayout()).Result()); err != nil {
+			return 0, err
+		}
+	}
+	if !r.current.Load() {
+		return 0, nil
+	}
+	return shard, nil
+}
 
-// ensureShards prepares the first record beyond shard 0: it raises the store's layout to 3
-// (older replicas then refuse the store rather than read shard 0 alone), raises the count of
-// shards to the configured number reading shard 0's blocks in the same script, and copies those
-// blocks into shards 1 and up. Done once per process and generation g (the one the record
-// is written in); records wait for it.
+// ensureShards prepares the first record beyond shard 0 (the store at LayoutVersion): it
+// raises the count of shards to the configured number reading shard 0's blocks in the same
+// script, and copies those blocks into shards 1 and up. Done once per process and generation g
+// (the one the record is written in); records wait for it.
 func (r *Redis) ensureShards(ctx context.Context, g Generation) error {
 	if r.invShards <= 1 {
 		return nil
@@ -111,21 +123,6 @@ func (r *Redis) ensureShards(ctx context.Context, g Generation) error {
 	defer r.shards.mu.Unlock()
 	if p := r.shards.ready.Load(); p != nil && *p == g {
 		return nil
-	}
-	res, err := r.runRaise(ctx, "raise of the store's layout", TagGeneration, raiseLayoutScript, []string{r.keys.StoreLayout()}, LayoutVersion, unshardedLayout)
-	if err != nil {
-		return fmt.Errorf("store: inventory shards: raise the store's layout: %w", err)
-	}
-	var v int
-	if len(res) == 1 {
-		n, _ := res[0].(int64)
-		v = int(n)
-	}
-	if v < unshardedLayout {
-		return fmt.Errorf("store: inventory shards: %w", errUnmigratedShards)
-	}
-	if v > LayoutVersion {
-		return fmt.Errorf("store: inventory shards: %w (store %d, sshca %d)", errNewerLayout, v, LayoutVersion)
 	}
 	blocks, err := r.runRaise(ctx, "raise of the inventory shard count", TagInventory, raiseShardsScript,
 		[]string{r.keys.InventoryShards(), r.shardBlocked[0]}, r.invShards, r.now().UnixMilli())
@@ -148,7 +145,7 @@ func (r *Redis) ensureShards(ctx context.Context, g Generation) error {
 	return nil
 }
 
-// runRaise runs one of the raising scripts (the layout, the shard count) and answers its reply;
+// runRaise runs a raising script (the shard count) and answers its reply;
 // with RedisOptions.WaitReplicas it waits for the replicas as a block does (runWaited): a
 // failover that lost the raised count would let a replica of fewer shards write its blocks
 // into fewer shards than this one records in, so issuance with shards does not start on a

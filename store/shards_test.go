@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -43,6 +42,43 @@ func shardedInventory(t *testing.T, rdb redis.UniversalClient) {
 		return ca.Certificate{Serial: serial, KeyID: fmt.Sprintf("%s#%d", id, serial), Kind: ca.UserCert,
 			Identity: id, Aliases: []string{"email:" + id[len("https://idp|"):] + "@example.com", "group:all"}, ValidBefore: exp}
 	}
+	// The rolling upgrade (layout.go): while the store is at layout 2 a replica of layout 2
+	// may still run, reading shard 0 alone (and never the layout again): the replica of three
+	// shards records in shard 0 and leaves the layout and the count as they are.
+	var before []string
+	for i := range 8 {
+		id := fmt.Sprintf("https://idp|before%d", i)
+		if store.ShardOf(three, id) != 0 {
+			before = append(before, id)
+		}
+		c := ca.Certificate{Serial: uint64(50 + i), Identity: id, ValidBefore: exp}
+		if err := three.Record(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := rdb.Exists(ctx, keys.Cert(c.Serial)).Result(); n != 1 {
+			t.Errorf("before the migration %s (shard %d) was not recorded where a replica of layout 2 reads", id, store.ShardOf(three, id))
+		}
+		if n, _ := rdb.Exists(ctx, keys.Identity(id)).Result(); n != 1 {
+			t.Errorf("before the migration %s is not indexed where a replica of layout 2 reads", id)
+		}
+	}
+	if len(before) == 0 {
+		t.Fatal("no identity of shard 1 or 2 was tried before the migration")
+	}
+	if v, _ := rdb.Get(ctx, keys.StoreLayout()).Result(); v != "2" {
+		t.Errorf("the store's layout is %q before sshca store migrate, want 2", v)
+	}
+	if n, _ := rdb.Exists(ctx, keys.InventoryShards()).Result(); n != 0 {
+		t.Error("the count of shards was raised before sshca store migrate")
+	}
+	// sshca store migrate, once no replica of layout 2 runs; the replica of three shards
+	// learns it at its next admission.
+	if m, err := store.NewRedis(rdb, store.RedisOptions{}).Migrate(ctx); err != nil || m != (store.Migration{From: 2, To: store.LayoutVersion}) {
+		t.Fatalf("migrate = %+v, %v; want 2 → %d", m, err, store.LayoutVersion)
+	}
+	if _, err := three.Admit(ctx, ca.AdmissionRequest{CAKey: testenv.PublicKey(t), Identities: []string{"https://idp|x"}, Key: testenv.PublicKey(t)}); err != nil {
+		t.Fatal(err)
+	}
 	var ids []string
 	for i := range 12 {
 		id := fmt.Sprintf("https://idp|user%d", i)
@@ -71,8 +107,8 @@ func shardedInventory(t *testing.T, rdb redis.UniversalClient) {
 
 	for name, r := range map[string]*store.Redis{"three shards": three, "one shard": one} {
 		all, err := r.AllLive(ctx, time.Now())
-		if err != nil || len(all) != 12 {
-			t.Errorf("%s: AllLive = %d records, %v; want 12", name, len(all), err)
+		if err != nil || len(all) != 12+8 {
+			t.Errorf("%s: AllLive = %d records, %v; want 20", name, len(all), err)
 		}
 		for i, id := range ids {
 			if c, ok, err := r.Get(ctx, uint64(100+i)); err != nil || !ok || c.Identity != id {
@@ -220,6 +256,9 @@ func TestShardRaiseRacesBlocks(t *testing.T) {
 		one := store.NewRedis(rdb, store.RedisOptions{Witness: witness})
 		four := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 4, Witness: witness})
 		if err := one.Record(ctx, ca.Certificate{Serial: 1, Identity: "https://idp|seed", ValidBefore: exp}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := one.Migrate(ctx); err != nil { // sshca store migrate: the store goes to layout 3
 			t.Fatal(err)
 		}
 		// An identity outside shard 0, so that its record raises the count.
@@ -578,12 +617,12 @@ func BenchmarkShards(b *testing.B) {
 	}
 }
 
-// TestShardsRefusedBeforeSigningOnLayout1: a store still at layout 1 (blocks of layout 1 in
-// it, never migrated) cannot take shards: the admission of a replica of three shards refuses,
-// naming the fix, before it spends the token (a refusal found by Record would come after the
-// signature, with the token spent). After `sshca store migrate` the same admission goes through
-// and the store is at layout 3.
-func TestShardsRefusedBeforeSigningOnLayout1(t *testing.T) {
+// TestShardsOnLayout1: a store still at layout 1 (blocks of layout 1 in it, never migrated),
+// where replicas of layout 1 may run: a replica of three shards admits (the token spent once)
+// and keeps every certificate in shard 0, where those replicas read, checking the blocks of
+// layout 1 before signing; after `sshca store migrate` the store is at layout 3 and the same
+// replica keeps certificates in their identity's shard from its next admission on.
+func TestShardsOnLayout1(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { rdb.Close() })
@@ -594,23 +633,41 @@ func TestShardsRefusedBeforeSigningOnLayout1(t *testing.T) {
 		t.Fatal(err)
 	}
 	three := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 3})
-	q := ca.AdmissionRequest{CAKey: testenv.PublicKey(t), Identities: []string{"https://idp|alice"}, Key: testenv.PublicKey(t),
+	id := ""
+	for i := 0; id == ""; i++ {
+		if c := fmt.Sprintf("https://idp|u%d", i); store.ShardOf(three, c) != 0 {
+			id = c
+		}
+	}
+	q := ca.AdmissionRequest{CAKey: testenv.PublicKey(t), Identities: []string{id}, Key: testenv.PublicKey(t),
 		Token: ca.TokenUse{ID: "iss|jti-1", SingleUse: true, IssuedAt: time.Now(), Expiry: exp}}
-	if _, err := three.Admit(ctx, q); err == nil || !strings.Contains(err.Error(), "sshca store migrate") {
-		t.Fatalf("admission with shards on a store of layout 1: %v; want refused naming sshca store migrate", err)
+	if adm, err := three.Admit(ctx, q); err != nil || !adm.Fresh || adm.Refusal != "" {
+		t.Fatalf("admission with shards on a store of layout 1: %+v %v", adm, err)
 	}
-	if ok, err := store.NewRedis(rdb, store.RedisOptions{}).UseToken(ctx, "iss|jti-1", time.Now(), exp); err != nil || !ok {
-		t.Fatalf("the refused admission spent the token: %t %v", ok, err)
+	if adm, err := three.Admit(ctx, ca.AdmissionRequest{CAKey: q.CAKey, Identities: []string{"https://idp|old"}, Key: q.Key}); err != nil || adm.Refusal == "" {
+		t.Errorf("a block of layout 1 not refused before signing: %+v %v", adm, err)
 	}
-	if _, err := three.Migrate(ctx); err != nil {
+	if err := three.Record(ctx, ca.Certificate{Serial: 1, Identity: id, ValidBefore: exp}); err != nil {
 		t.Fatal(err)
+	}
+	if n, _ := rdb.Exists(ctx, keys.Cert(1), keys.Identity(id)).Result(); n != 2 {
+		t.Errorf("on a store of layout 1 %s (shard %d) was not recorded in shard 0", id, store.ShardOf(three, id))
+	}
+	if m, err := store.NewRedis(rdb, store.RedisOptions{}).Migrate(ctx); err != nil || m.To != store.LayoutVersion {
+		t.Fatalf("migrate: %+v %v", m, err)
 	}
 	q.Token.ID = "iss|jti-2"
 	if adm, err := three.Admit(ctx, q); err != nil || !adm.Fresh || adm.Refusal != "" {
 		t.Fatalf("admission after the migration: %+v %v", adm, err)
 	}
-	if v := rdb.Get(ctx, keys.StoreLayout()).Val(); v != "3" {
-		t.Errorf("layout %q after the first admission with shards, want 3", v)
+	if err := three.Record(ctx, ca.Certificate{Serial: 2, Identity: id, ValidBefore: exp}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.Exists(ctx, keys.ShardCert(store.ShardOf(three, id), 2)).Result(); n != 1 {
+		t.Errorf("after the migration %s was not recorded in its shard %d", id, store.ShardOf(three, id))
+	}
+	if live, err := three.Live(ctx, id, time.Now()); err != nil || len(live) != 2 {
+		t.Errorf("Live(%s) = %d certificates, %v; want both", id, len(live), err)
 	}
 }
 

@@ -247,8 +247,14 @@ func checkRedis(ctx context.Context, rc RedisConfig, durable redisProbe, r *chec
 	keys := store.Keys{Prefix: "sshca"}
 	if layout, err := store.ReadLayout(ctx, rdb, keys); err != nil {
 		r.problem("redis: %v", err)
-	} else if inUse, _ := rdb.Exists(ctx, keys.Generation()).Result(); durable.auditStripes > 1 && layout < store.LayoutStripes && inUse > 0 {
-		r.note("redis: the store is at layout %d: audit.stripes is %d, but the replicas append to stripe 0 alone until `sshca store migrate` moves it to layout %d (run it once every replica and audit tool is upgraded)", layout, durable.auditStripes, store.LayoutStripes)
+	} else if inUse, _ := rdb.Exists(ctx, keys.Generation()).Result(); layout < store.LayoutStripes && inUse > 0 {
+		if durable.auditStripes > 1 {
+			r.note("redis: the store is at layout %d: audit.stripes is %d, but the replicas append to stripe 0 alone until `sshca store migrate` moves it to layout %d (run it once every replica and audit tool is upgraded)", layout, durable.auditStripes, store.LayoutStripes)
+		}
+		if durable.inventoryShards > 1 {
+			// Replicas of layout 2 read the first shard alone (store/layout.go).
+			r.note("redis: inventory.shards %d: the store is at layout %d, so every certificate is kept in the first shard, where replicas of older releases read; once every CA replica runs this release, run sshca store migrate (layout %d) to use the shards", durable.inventoryShards, layout, store.LayoutVersion)
+		}
 	}
 	probe := "sshca:probe:check-config"
 	if _, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
@@ -259,17 +265,6 @@ func checkRedis(ctx context.Context, rc RedisConfig, durable redisProbe, r *chec
 	}
 	if err := rdb.Eval(ctx, "return redis.call('SET', KEYS[1], '1', 'EX', 5)", []string{probe}).Err(); err != nil {
 		r.problem("redis: a Lua script (EVAL) was refused: %v%s", err, aclHint(err))
-	}
-	// A store with a generation record but no layout is at layout 1 (a replica of layout 2 or
-	// later writes both at once on an empty store): it cannot take inventory shards, and every
-	// certificate would be refused (503) until it is migrated.
-	if durable.inventoryShards > 1 {
-		keys := store.Keys{Prefix: "sshca"}
-		layout, errL := rdb.Exists(ctx, keys.StoreLayout()).Result()
-		gen, errG := rdb.Exists(ctx, keys.Generation()).Result()
-		if errL == nil && errG == nil && layout == 0 && gen == 1 {
-			r.problem("inventory.shards: %d, but the store is at layout 1: run sshca store migrate first (once no sshca older than layout 2 writes to it); until then no certificate is issued", durable.inventoryShards)
-		}
 	}
 	if v, err := rdb.Info(ctx, "server").Result(); err == nil {
 		if ver := infoField(v, "redis_version"); ver != "" && versionBelow(ver, 6, 2) {

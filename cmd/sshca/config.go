@@ -206,11 +206,12 @@ type InventoryConfig struct {
 	// N, a certificate is kept in the shard of its identity ({inventory}, {inventory:1}, ...,
 	// {inventory:N-1}), identity blocks are written into every shard, and readers walk every
 	// shard ever used, so lowering it later loses nothing. The token ledger's generation mark,
-	// bumped by every single-use token spent, is spread the same way ({tokens:i}). The first
-	// admission with more than one shard raises the store's layout to 3: sshca releases older
-	// than layout 3 then refuse the store, so set it only once every replica runs this
-	// release; a store still at layout 1 needs `sshca store migrate` first (check-config says
-	// so). On a single Redis or Sentinel it gains nothing. At most 64.
+	// bumped by every single-use token spent, is spread the same way ({tokens:i}).
+	// Certificates go beyond the first shard only once the store is at layout 3, which `sshca
+	// store migrate` sets once every CA replica runs this release: until then they are kept in
+	// the first, where older replicas (which read no other) find them; a store that a replica
+	// with shards above 1 creates starts at 3. On a single Redis or Sentinel it gains nothing.
+	// At most 64.
 	Shards int `yaml:"shards"`
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -18,8 +19,9 @@ import (
 // changes the store's layout (store/layout.go).
 func newStoreMigrateCommand() *cobra.Command {
 	var redisURL string
+	var cluster bool
 	cmd := &cobra.Command{
-		Use:   "migrate --redis URL",
+		Use:   "migrate --redis URL [--cluster]",
 		Short: "Move the store to this sshca's key layout, once no CA replica of an older version runs",
 		Long: `Finish a rolling upgrade that changed the layout of sshca's keys in Redis.
 
@@ -31,21 +33,24 @@ keys, and older replicas and tools refuse the store ("upgrade sshca").
 
 From layout 1, identity blocks move into the inventory's hash tag, where recording a
 certificate checks them in the same step. From layout 2, nothing moves: layout 3 lets CA
-replicas configured with audit.stripes append beyond stripe 0 (within 5 s), which sshca of
-layout 2 would not read (its audit verify, archive, report and store rebuild read stripe 0
-alone). Do not run replicas or tools older than the store's layout afterwards. It is
+replicas configured with audit.stripes append beyond stripe 0 (within 5 s) and those with
+inventory.shards keep certificates beyond the first shard (from their next certificate),
+which sshca of layout 2 would not read (its audit verify, archive, report and store rebuild
+read stripe 0 alone; its lists and revocations by identity the first shard alone; and a
+running one that has seen layout 2 never reads the layout again). Do not run replicas or tools older than the store's layout afterwards. It is
 idempotent; on a store already at this layout it changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runMigrate(cmd.Context(), redisURL, cmd.OutOrStdout())
+			return runMigrate(cmd.Context(), redisURL, cluster, cmd.OutOrStdout())
 		},
 	}
 	cmd.Flags().StringVar(&redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db of the store (env SSHCA_REDIS_URL)")
+	cmd.Flags().BoolVar(&cluster, "cluster", false, "the store is a Redis Cluster and --redis names one of its nodes")
 	return cmd
 }
 
-// runMigrate is `sshca store migrate`.
-func runMigrate(ctx context.Context, redisURL string, out io.Writer) error {
+// runMigrate is `sshca store migrate` (cluster: --cluster).
+func runMigrate(ctx context.Context, redisURL string, cluster bool, out io.Writer) error {
 	if redisURL == "" {
 		return errors.New("store migrate: --redis URL (the store to migrate) is required")
 	}
@@ -53,10 +58,22 @@ func runMigrate(ctx context.Context, redisURL string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--redis: %w", err)
 	}
-	rdb := redis.NewClient(newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts))
+	o := newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts)
+	var rdb redis.UniversalClient
+	if cluster {
+		rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password,
+			TLSConfig: o.TLSConfig, ContextTimeoutEnabled: o.ContextTimeoutEnabled, DialTimeout: o.DialTimeout,
+			ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, PoolTimeout: o.PoolTimeout,
+			MaxRetries: o.MaxRetries, MinRetryBackoff: o.MinRetryBackoff, MaxRetryBackoff: o.MaxRetryBackoff})
+	} else {
+		rdb = redis.NewClient(o)
+	}
 	defer rdb.Close()
 	m, err := store.NewRedis(rdb, store.RedisOptions{}).Migrate(ctx)
 	if err != nil {
+		if !cluster && strings.Contains(err.Error(), "MOVED ") {
+			return fmt.Errorf("store migrate: %w (the store is a Redis Cluster: add --cluster)", err)
+		}
 		return fmt.Errorf("store migrate: %w", err)
 	}
 	if m.From == m.To {
@@ -68,7 +85,7 @@ func runMigrate(ctx context.Context, redisURL string, out io.Writer) error {
 		fmt.Fprintf(out, ": %d identity blocks in force copied", m.Blocks)
 	}
 	if m.From < store.LayoutStripes && m.To >= store.LayoutStripes {
-		fmt.Fprintf(out, "; CA replicas configured with audit stripes start striping within 5 s, and sshca older than layout %d now refuses this store", store.LayoutStripes)
+		fmt.Fprintf(out, "; CA replicas configured with audit stripes start striping within 5 s, those with inventory shards use them from their next certificate, and sshca older than layout %d now refuses this store", store.LayoutStripes)
 	}
 	fmt.Fprintln(out)
 	return nil

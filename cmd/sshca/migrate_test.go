@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -52,5 +54,43 @@ func TestStoreMigrateCLI(t *testing.T) {
 	t.Setenv("SSHCA_REDIS_URL", "")
 	if out, err := runCLI(t, "", "store", "migrate"); err == nil || !strings.Contains(err.Error(), "--redis URL") {
 		t.Errorf("migrate without --redis: %v\n%s", err, out)
+	}
+}
+
+// TestStoreMigrateOnCluster: `sshca store migrate --cluster` moves a store on a Redis Cluster
+// from layout 2 to 3 (the step that lets replicas keep certificates beyond the first inventory
+// shard) whichever node --redis names, and without --cluster a node that does not hold the
+// layout's slot makes it say to add --cluster.
+func TestStoreMigrateOnCluster(t *testing.T) {
+	ctx := context.Background()
+	c := testenv.StartRedisCluster(t, 3)
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs})
+	defer cc.Close()
+	keys := store.Keys{}
+	if err := cc.Set(ctx, keys.StoreLayout(), "2", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := cc.MasterForKey(ctx, keys.StoreLayout())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := ""
+	for _, a := range c.Addrs {
+		if a != holder.Options().Addr {
+			other = a
+		}
+	}
+	if other == "" {
+		t.Fatalf("no master of %v other than %s", c.Addrs, holder.Options().Addr)
+	}
+	if out, err := runCLI(t, "", "store", "migrate", "--redis", "redis://"+other); err == nil || !strings.Contains(err.Error(), "add --cluster") {
+		t.Errorf("migrate on a Cluster node without --cluster: %v\n%s", err, out)
+	}
+	out, err := runCLI(t, "", "store", "migrate", "--redis", "redis://"+other, "--cluster")
+	if err != nil || !strings.Contains(out, fmt.Sprintf("store layout 2 → %d", store.LayoutVersion)) {
+		t.Fatalf("migrate --cluster: %v\n%s", err, out)
+	}
+	if v, _ := cc.Get(ctx, keys.StoreLayout()).Result(); v != strconv.Itoa(store.LayoutVersion) {
+		t.Errorf("store layout %q after migrate --cluster", v)
 	}
 }

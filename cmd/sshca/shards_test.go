@@ -49,10 +49,11 @@ func TestServeInventoryShards(t *testing.T) {
 	cfgB := *cfgA
 	cfgB.Inventory.Shards = 1
 	baseA, baseB := startServe(t, cfgA), startServe(t, &cfgB)
-	// A store that serve creates starts at layout 2 (its generation record is written before
-	// its CA sets, which a store of layout 1 has too), so shards need no migration.
-	if v := rdb.Get(ctx, store.Keys{}.StoreLayout()).Val(); v != "2" {
-		t.Fatalf("a store created by serve is at layout %q, want 2", v)
+	// The replica of three shards, started first, created the store at layout 3: no replica
+	// of layout 2 can have seen it (below 3 every certificate would stay in shard 0 until
+	// sshca store migrate).
+	if v := rdb.Get(ctx, store.Keys{}.StoreLayout()).Val(); v != "3" {
+		t.Fatalf("a store created by a replica of three shards is at layout %q, want 3", v)
 	}
 	mint := minter(t, idp)
 	admin := mint(map[string]any{"sub": "sre", "preferred_username": "sre", "groups": []string{"sshca-admins"}})
