@@ -65,3 +65,40 @@ func TestAuditVerifyUnsealedArchive(t *testing.T) {
 		t.Errorf("stripe 2's lines cut out: %v; want it refused\n%s", err, out)
 	}
 }
+
+// TestAuditVerifyWarnsUnmarkedStripe0: `sshca audit verify` of a striped log whose stripe 0
+// holds no striped mark (stripes written by sshca of stop 14, which wrote none; here stripe 0
+// emptied) warns that older sshca would read stripe 0 alone; `sshca audit archive` appends a
+// mark, after which verify says nothing of it.
+func TestAuditVerifyWarnsUnmarkedStripe0(t *testing.T) {
+	ctx := context.Background()
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "audit.key")
+	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
+	for home := 1; home < 3; home++ {
+		if err := audit.New(rdb, audit.Options{Key: key, Stripes: 3, Home: new(home)}).Append(ctx, ca.AuditRecord{Time: time.Now().UTC(), Action: ca.ActionAdmin, Outcome: "allowed", Identity: "test"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	redisURL := "redis://" + r.Addr
+	out, err := runCLI(t, "", "audit", "verify", "--redis", redisURL, "--key-file", keyFile)
+	if err != nil || strings.Contains(out, "no striped mark") {
+		t.Fatalf("stripe 0 with its mark: %v\n%s", err, out)
+	}
+	rdb.Del(ctx, "sshca:{audit}:log", "sshca:{audit}:head")
+	out, err = runCLI(t, "", "audit", "verify", "--redis", redisURL, "--key-file", keyFile)
+	if err != nil || !strings.Contains(out, "stripe 0 holds no striped mark") {
+		t.Errorf("stripe 0 without a mark: %v; want a warning\n%s", err, out)
+	}
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", redisURL, "--key-file", keyFile, "--out", filepath.Join(dir, "a.jsonl")); err != nil {
+		t.Fatalf("archive: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "", "audit", "verify", "--redis", redisURL, "--key-file", keyFile)
+	if err != nil || strings.Contains(out, "no striped mark") {
+		t.Errorf("after the archive: %v; want the mark back\n%s", err, out)
+	}
+}

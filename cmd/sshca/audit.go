@@ -323,6 +323,9 @@ func newAuditCommand() *cobra.Command {
 				fmt.Fprintf(cmd.ErrOrStderr(), "the chain in Redis goes on from the archive's last record %d\n", ar.LastSeq)
 			}
 			warn(cmd.ErrOrStderr(), key, rep)
+			if len(rep.Stripes) > 1 && rep.Stripes[0].StripedMarks == 0 {
+				fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: the log is striped and stripe 0 holds no striped mark (audit/striped.go): sshca older than store layout 3 would read stripe 0 alone and take it for the whole log; `sshca audit archive` appends one")
+			}
 			return nil
 		},
 	}
