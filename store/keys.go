@@ -327,8 +327,9 @@ func (k Keys) DiscoveryDisable(host string) string { return k.p() + ":discovery:
 // recordings Redis): its record and its lines, which one script appends to together.
 func TagRecording(session string) string { return "{rec:" + session + "}" }
 
-// RecordingSession is a recorded session's record, a hash {received, rec}: the lines of the
-// agent's file received so far, and ca.SessionRecording as JSON (recordings, recordings Redis).
+// RecordingSession is a recorded session's record, a hash {received, rec, exp}: the lines of
+// the agent's file received so far, ca.SessionRecording as JSON, and with a retention when its
+// keys expire (unix ms) (recordings, recordings Redis).
 func (k Keys) RecordingSession(id string) string {
 	return k.p() + ":rec:" + TagRecording(id) + ":session"
 }

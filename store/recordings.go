@@ -3,9 +3,10 @@ package store
 // Session recordings (issue 18 §1): what bastion agents ship, kept on a Redis of their own
 // (recordings.redis), never on the one issuance and revocation depend on, so that a session
 // that prints without end can at worst fill this one. Per session: its record (a hash
-// {received, rec}: the lines received so far and ca.SessionRecording as JSON) and its kept
-// lines (a list), both under the session's hash tag so that one script appends to them; an
-// index of sessions by start; each host's byte total; and the recording proofs spent.
+// {received, rec, exp}: the lines received so far, ca.SessionRecording as JSON, when its keys
+// expire) and its kept lines (a list), both under the session's hash tag so that one script
+// appends to them; an index of sessions by start; each host's byte total; and the recording
+// proofs spent.
 //
 // Retention (recordings.retention): with one set, a session's record and lines expire (Redis
 // PEXPIREAT, set by the append script) at retention after the last batch the CA received of it
@@ -102,6 +103,7 @@ for i = first, #ARGV, 1000 do
 end
 redis.call('HSET', KEYS[1], 'received', ARGV[2], 'rec', ARGV[3])
 if ARGV[5] ~= '0' then
+  redis.call('HSET', KEYS[1], 'exp', ARGV[5])
   redis.call('PEXPIREAT', KEYS[1], ARGV[5])
   redis.call('PEXPIREAT', KEYS[2], ARGV[5])
 end
@@ -114,6 +116,20 @@ var takeHostBytes = redis.NewScript(`
 local n = redis.call('DECRBY', KEYS[1], ARGV[1])
 if n <= 0 then redis.call('DEL', KEYS[1]) end
 return n
+`)
+
+// dropExpired deletes a session's keys unless the record says they expire after now (its
+// "exp", written by the append script with their PEXPIREAT): the expiry index is moved on only
+// after the script, so a prune between the two finds an old score for a session just
+// extended, and deleted a batch the CA had acknowledged. Answers 1 when the keys are gone
+// (now, or before), else the session's "exp" (unix ms, as text), where the prune moves it on in
+// the expiry index when the append that extended it did not get there. KEYS: record, lines.
+// ARGV: now ms.
+var dropExpired = redis.NewScript(`
+local e = redis.call('HGET', KEYS[1], 'exp')
+if e and tonumber(e) > tonumber(ARGV[1]) then return e end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
 `)
 
 // takeExpired removes a session from the expiry index if its score is still at most now, so
@@ -236,8 +252,10 @@ func (r *Recordings) PruneRecordings(ctx context.Context) (int, error) {
 	}
 }
 
-// pruneBatch prunes up to recordingPruneBatch expired sessions in four round trips (the
-// expiry index, then one pipeline per step); full says there may be more.
+// pruneBatch prunes up to recordingPruneBatch expired sessions in five round trips (the
+// expiry index, then one pipeline per step); full says there may be more. The keys go first,
+// each session's in one step that an append cannot land inside (dropExpired): an append after
+// it finds no record and is refused, one before it extended the session, which is left.
 func (r *Recordings) pruneBatch(ctx context.Context) (taken int, full bool, err error) {
 	if r.retention == 0 {
 		return 0, false, nil
@@ -248,11 +266,43 @@ func (r *Recordings) pruneBatch(ctx context.Context) (taken int, full bool, err 
 		return 0, false, wrapPrune(err)
 	}
 	full = len(ids) == recordingPruneBatch
-	// Take each out of the expiry index unless an append moved it on; only the replica that
-	// took one forgets it.
-	takes := make([]*redis.Cmd, len(ids))
+	drops := make([]*redis.Cmd, len(ids))
 	if _, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, id := range ids {
+			drops[i] = dropExpired.Eval(ctx, p, []string{r.keys.RecordingSession(id), r.keys.RecordingLines(id)}, now)
+		}
+		return nil
+	}); err != nil {
+		return 0, full, wrapPrune(err)
+	}
+	var dropped []string
+	var lives []redis.Z
+	for i, c := range drops {
+		switch v := c.Val().(type) {
+		case int64:
+			dropped = append(dropped, ids[i])
+		case string:
+			// Extended since its score was written: moved on here too (GT: never back), or
+			// an append that failed after its script would leave it to every prune's batch,
+			// which would never be empty of it.
+			if e, err := strconv.ParseInt(v, 10, 64); err == nil {
+				lives = append(lives, redis.Z{Score: float64(e), Member: ids[i]})
+			}
+		}
+	}
+	if len(lives) > 0 {
+		if err := r.rdb.ZAddArgs(ctx, r.keys.RecordingExpiry(), redis.ZAddArgs{GT: true, Members: lives}).Err(); err != nil {
+			return 0, full, wrapPrune(err)
+		}
+	}
+	if len(dropped) == 0 {
+		return 0, full, nil
+	}
+	// Take each out of the expiry index unless an append moved it on; only the replica that
+	// took one forgets it.
+	takes := make([]*redis.Cmd, len(dropped))
+	if _, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range dropped {
 			takes[i] = takeExpired.Eval(ctx, p, []string{r.keys.RecordingExpiry()}, id, now)
 		}
 		return nil
@@ -262,7 +312,7 @@ func (r *Recordings) pruneBatch(ctx context.Context) (taken int, full bool, err 
 	var gone []string
 	for i, c := range takes {
 		if n, _ := c.Int(); n == 1 {
-			gone = append(gone, ids[i])
+			gone = append(gone, dropped[i])
 		}
 	}
 	if len(gone) == 0 {
@@ -288,7 +338,6 @@ func (r *Recordings) pruneBatch(ctx context.Context) (taken int, full bool, err 
 			}
 			p.HDel(ctx, r.keys.RecordingSizes(), "b:"+id, "h:"+id)
 			p.ZRem(ctx, r.keys.RecordingIndex(), id)
-			p.Del(ctx, r.keys.RecordingSession(id), r.keys.RecordingLines(id)) // one tag: one slot
 		}
 		return nil
 	}); err != nil {

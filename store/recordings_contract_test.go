@@ -411,3 +411,97 @@ func TestRecordingsPruneBatches(t *testing.T) {
 		t.Fatalf("b1 total %d, want 2 (new1 and new2)", got)
 	}
 }
+
+// afterScript runs fn once, right after the first script (EVALSHA or EVAL) sent once done is
+// false has answered: another replica's step landing between two round trips of this one.
+type afterScript struct {
+	fn   func()
+	done bool
+}
+
+func (h *afterScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *afterScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *afterScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if !h.done && (cmd.Name() == "evalsha" || cmd.Name() == "eval") {
+			h.done = true
+			h.fn()
+		}
+		return err
+	}
+}
+
+// TestRecordingsPruneRacesAppend: on a real redis-server, a session's batch arrives just as
+// its retention ends (a session idle for as long as the retention; replicas' clocks a second
+// apart), and another replica's prune runs after the append's script extended the session's
+// keys but before the append moved the session on in the expiry index. The batch the CA
+// acknowledged stays kept, listed, and counted in its host's total; before, the prune deleted
+// the session it had just extended, and the host's total kept the new bytes for ever.
+func TestRecordingsPruneRacesAppend(t *testing.T) {
+	r := testenv.StartRedis(t)
+	ctx := context.Background()
+	start := time.Now().Truncate(time.Millisecond)
+	cA, cB := &clock{t: start}, &clock{t: start}
+	rdbB := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdbB.Close() })
+	b := store.NewRecordings(rdbB, "", cB.Now).WithRetention(24 * time.Hour)
+	rdbA := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdbA.Close() })
+	pruned := -1
+	hook := &afterScript{done: true, fn: func() {
+		var err error
+		if pruned, err = b.PruneRecordings(ctx); err != nil {
+			t.Error(err)
+		}
+	}}
+	rdbA.AddHook(hook)
+	a := store.NewRecordings(rdbA, "", cA.Now).WithRetention(24 * time.Hour)
+
+	rec := ca.SessionRecording{ID: "s", Host: "b1", Header: ca.RecordingHeader{Version: 1, ID: "s", Start: start}, Received: 2}
+	if ok, err := a.AppendRecording(ctx, rec, 0, false, [][]byte{[]byte("hdr"), []byte("one")}); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	cA.Set(start.Add(24*time.Hour - time.Millisecond))
+	cB.Set(start.Add(24*time.Hour + time.Second))
+	hook.done = false
+	rec.Received = 3
+	if ok, err := a.AppendRecording(ctx, rec, 2, false, [][]byte{[]byte("two")}); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if !hook.done || pruned < 0 {
+		t.Fatal("the prune did not run between the append's script and its expiry index")
+	}
+	lines, err := a.RecordingLines(ctx, "s")
+	if err != nil || len(lines) != 3 {
+		t.Errorf("after the acknowledged append the session keeps %d lines (%v), want 3", len(lines), err)
+	}
+	list, _, err := a.SessionRecordings(ctx, time.Time{}, ca.RecordingCursor{}, 0)
+	if err != nil || len(list) != 1 {
+		t.Errorf("listed %d sessions (%v), want the one just appended to", len(list), err)
+	}
+	if n, err := a.HostRecordingBytes(ctx, "b1"); n != int64(len("hdronetwo")) || err != nil {
+		t.Errorf("host total %d (%v), want %d", n, err, len("hdronetwo"))
+	}
+	// An append that failed after its script leaves the old score: the prune keeps the session
+	// and moves its score on to the record's expiry, so later batches are not filled with it.
+	k := store.Keys{}
+	extended := float64(start.Add(48*time.Hour - time.Millisecond).UnixMilli())
+	rdbB.ZAdd(ctx, k.RecordingExpiry(), redis.Z{Score: float64(start.Add(24 * time.Hour).UnixMilli()), Member: "s"})
+	if n, err := b.PruneRecordings(ctx); n != 0 || err != nil {
+		t.Errorf("prune of a session extended took %d (%v), want 0", n, err)
+	}
+	if got := rdbB.ZScore(ctx, k.RecordingExpiry(), "s").Val(); got != extended {
+		t.Errorf("expiry index score %v after the prune, want the record's %v", got, extended)
+	}
+	// Once its retention has passed from its last batch, it goes, and its bytes with it.
+	cB.Set(start.Add(48*time.Hour + time.Second))
+	if n, err := b.PruneRecordings(ctx); n != 1 || err != nil {
+		t.Errorf("prune after the new retention took %d (%v), want 1", n, err)
+	}
+	if n, err := b.HostRecordingBytes(ctx, "b1"); n != 0 || err != nil {
+		t.Errorf("host total after the prune %d (%v), want 0", n, err)
+	}
+}
