@@ -370,11 +370,13 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 	case !c.o.Now().Before(l.Expires):
 		refuse("this sign-in took longer than 10 minutes and has expired; start again")
 		return
-	case q.Get("error") != "":
-		refuse("the identity provider refused the sign-in: " + q.Get("error"))
-		return
 	case !sameToken(q.Get("state"), l.State):
+		// Before the error: an answer of another sign-in, a link from any site, is not the
+		// identity provider's word on this one (RFC 6749 §4.1.2.1 sends state with errors).
 		refuse("the identity provider's answer does not belong to this browser's sign-in (state); start again")
+		return
+	case q.Get("error") != "":
+		refuse("the identity provider refused the sign-in: " + oauthErrorCode(q.Get("error")))
 		return
 	}
 	conf, provider, err := c.oauth(r.Context())
@@ -430,6 +432,16 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 	c.cookie.clearLogin(w)
 	c.cookie.set(w, id, max(1, int(idt.Expiry.Sub(c.o.Now())/time.Second)))
 	http.Redirect(w, r, LocalPath(l.ReturnTo), http.StatusSeeOther)
+}
+
+// oauthErrorCode is an error answer's code as the page shows it: the registered codes (RFC
+// 6749 §4.1.2.1, OpenID Connect Core §3.1.2.6) are lower-case words joined by "_"; any other
+// text is not shown, so that the console's page never says what a URL made up says.
+func oauthErrorCode(code string) string {
+	if len(code) > 64 || strings.TrimLeft(code, "abcdefghijklmnopqrstuvwxyz_") != "" {
+		return "an error code this console does not show; the identity provider's log has it"
+	}
+	return code
 }
 
 func cmpOr(s ...string) string {

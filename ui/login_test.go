@@ -337,3 +337,28 @@ func TestLoginKeyReplaced(t *testing.T) {
 		t.Fatalf("a cookie sealed under the replaced key: %d\n%s", code, page)
 	}
 }
+
+// TestCallbackErrorNeedsState: an error answer shows the identity provider's error code only
+// when its state is this browser's sign-in (RFC 6749 §4.1.2.1 sends state with errors too).
+// Before, the error was shown before state was checked, so a link from any site put whatever
+// text it liked on the console's own error page of a browser with a sign-in in progress.
+func TestCallbackErrorNeedsState(t *testing.T) {
+	r := newRig(t, nil)
+	a := r.browser()
+	cb, ck := r.startSignIn(a, "alice")
+	u, _ := url.Parse(cb)
+	state := u.Query().Get("state")
+	lure := "Your account is locked. Call +1 555 0100 to unlock it"
+	forged := r.srv.URL + "/ui/callback?" + url.Values{"error": {lure}, "state": {"not-this-browsers"}}.Encode()
+	if code, page, _ := r.callWith(forged, ck); code != http.StatusBadRequest || strings.Contains(page, "555 0100") || !strings.Contains(page, "sign-in (state)") {
+		t.Errorf("an error answer with another state: %d, want 400 about state without its text:\n%s", code, page)
+	}
+	forged = r.srv.URL + "/ui/callback?" + url.Values{"error": {lure}, "state": {state}}.Encode()
+	if code, page, _ := r.callWith(forged, ck); code != http.StatusBadRequest || strings.Contains(page, "555 0100") || !strings.Contains(page, "refused the sign-in") {
+		t.Errorf("an error that is not an OAuth error code: %d, want 400 without its text:\n%s", code, page)
+	}
+	denied := r.srv.URL + "/ui/callback?" + url.Values{"error": {"access_denied"}, "state": {state}}.Encode()
+	if code, page, _ := r.callWith(denied, ck); code != http.StatusBadRequest || !strings.Contains(page, "refused the sign-in: access_denied") {
+		t.Errorf("the provider's own error: %d, want 400 naming access_denied:\n%s", code, page)
+	}
+}
