@@ -183,14 +183,16 @@ if ARGV[3] ~= '' then
   if r and tonumber(sc) == tonumber(ARGV[2]) then
     pos = r + 1
   else
-    pos = redis.call('ZCOUNT', key, '-inf', '(' .. ARGV[2])
-    for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, ARGV[2], ARGV[2])) do
-      if le(m, ARGV[3]) then
-        pos = pos + 1
-      else
-        break
-      end
+    -- The members of the cursor's score hold ranks lo to hi-1, in member order: the first
+    -- after the cursor's member is found by halving (a certificate's ValidBefore is in whole
+    -- seconds, so one score holds a second's issuance; reading them all cost 28 ms at 20,000).
+    local lo = redis.call('ZCOUNT', key, '-inf', '(' .. ARGV[2])
+    local hi = redis.call('ZCOUNT', key, '-inf', ARGV[2])
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      if le(redis.call('ZRANGE', key, mid, mid)[1], ARGV[3]) then lo = mid + 1 else hi = mid end
     end
+    pos = lo
   end
   if pos > start then start = pos end
 end

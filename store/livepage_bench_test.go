@@ -55,3 +55,35 @@ func BenchmarkLivePage(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPageAfterOneSecond reads a page of 10 after a position whose member is not in the
+// index, among n members of the same score: what every page after the first costs in each
+// inventory shard but the cursor's (a certificate's ValidBefore is in whole seconds, so the
+// certificates issued in one second share a score: n is a second's issuance), and what a
+// made-up cursor costs anyone. Measured on the recordings index, which the same script reads.
+func BenchmarkPageAfterOneSecond(b *testing.B) {
+	r := testenv.StartRedis(b)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	st := store.NewRecordings(rdb, "", nil)
+	const score = 1_700_000_000_000
+	added := 0
+	for _, n := range []int{2_000, 20_000} {
+		var zs []redis.Z
+		for ; added < n; added++ {
+			zs = append(zs, redis.Z{Score: score, Member: fmt.Sprintf("%024x", 2*added)})
+		}
+		if err := rdb.ZAdd(ctx, store.Keys{}.RecordingIndex(), zs...).Err(); err != nil {
+			b.Fatal(err)
+		}
+		after := ca.RecordingCursor{Start: score, ID: fmt.Sprintf("%024x", n-1)} // between two members
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				if _, next, err := st.SessionRecordings(ctx, time.Time{}, after, 10); err != nil || next.ID != fmt.Sprintf("%024x", n+18) {
+					b.Fatal(next, err)
+				}
+			}
+		})
+	}
+}

@@ -505,3 +505,34 @@ func TestRecordingsPruneRacesAppend(t *testing.T) {
 		t.Errorf("host total after the prune %d (%v), want 0", n, err)
 	}
 }
+
+// TestPageAfterAbsentMember: a page after a position whose member is not in the index among
+// members of its own score (another shard's certificate, or one pruned) starts at the first
+// member after it, wherever it falls among them, on redis-server and miniredis.
+func TestPageAfterAbsentMember(t *testing.T) {
+	for name, rdb := range map[string]redis.UniversalClient{
+		"redis-server": redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr}),
+		"miniredis":    redis.NewClient(&redis.Options{Addr: miniredis.RunT(t).Addr()}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			defer rdb.Close()
+			ctx := context.Background()
+			st := store.NewRecordings(rdb, "", nil)
+			const score = 1_700_000_000_000
+			id := func(i int) string { return fmt.Sprintf("%024x", i) }
+			rdb.ZAdd(ctx, store.Keys{}.RecordingIndex(), redis.Z{Score: score - 1, Member: id(999)}, redis.Z{Score: score + 1, Member: id(0)})
+			for i := 2; i <= 200; i += 2 {
+				rdb.ZAdd(ctx, store.Keys{}.RecordingIndex(), redis.Z{Score: score, Member: id(i)})
+			}
+			for _, c := range []struct {
+				after int
+				want  string // where the page of 3 after it ends; "" when it is the last
+			}{{0, id(6)}, {1, id(6)}, {2, id(8)}, {3, id(8)}, {101, id(106)}, {195, id(200)}, {197, ""}, {199, ""}, {200, ""}, {201, ""}} {
+				_, next, err := st.SessionRecordings(ctx, time.Time{}, ca.RecordingCursor{Start: score, ID: id(c.after)}, 3)
+				if err != nil || next.ID != c.want {
+					t.Errorf("after %s: the page of 3 ends at %q (%v), want %q", id(c.after), next.ID, err, c.want)
+				}
+			}
+		})
+	}
+}
