@@ -164,7 +164,7 @@ func (r *Redis) AllLive(ctx context.Context, now time.Time) ([]ca.Certificate, e
 // nothing recorded or pruned in between can shift it: the cursor's rank when its member is
 // there with its score; else (pruned with everything up to its score, or in another shard's
 // index) the members before its position counted by score, and among those of its own score by
-// member.
+// member, found by halving their ranks (O(log² n) where reading them was O(n)).
 var livePageScript = redis.NewScript(`
 -- a <= b byte by byte, as Redis orders the members of one score (Lua's own <= follows the locale)
 local function le(a, b)
