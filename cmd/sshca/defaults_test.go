@@ -71,10 +71,11 @@ func TestDocumentedDefaults(t *testing.T) {
 // keeps every value that is set, and keeps diag_listen "" (the diagnostics listener off).
 func TestWithDefaults(t *testing.T) {
 	d := defaultConfig()
-	if got := (Config{}).withDefaults(); !cmp.Equal(got, Config{RequestTimeout: d.RequestTimeout, Policy: d.Policy, Keyring: d.Keyring, Limits: d.Limits}) {
+	if got := (Config{}).withDefaults(); !cmp.Equal(got, Config{RequestTimeout: d.RequestTimeout, Policy: d.Policy, Keyring: d.Keyring, Limits: d.Limits, Recordings: d.Recordings}) {
 		t.Errorf("empty config with defaults: %+v\nwant %+v", got, d)
 	}
 	set := Config{RequestTimeout: 3 * time.Second, Policy: PolicyConfig{BundlePoll: time.Minute},
+		Recordings: RecordingsConfig{Retention: 48 * time.Hour},
 		Keyring: KeyringConfig{TrustRefresh: time.Hour, Refresh: time.Second},
 		Limits: LimitsConfig{MaxUserTTL: time.Hour, MaxHostTTL: 2 * time.Hour, MaxPrincipals: 3, IdentityBlock: 4 * time.Hour,
 			AccessRequestTimeout: 5 * time.Minute, MaxAccessWindow: 6 * time.Hour,
