@@ -85,6 +85,9 @@ func (f *fakeStore) ResolveAlias(context.Context, string, time.Time) ([]string, 
 func (f *fakeStore) LivePage(context.Context, time.Time, ca.CertCursor, int) ([]ca.Certificate, ca.CertCursor, error) {
 	return nil, ca.CertCursor{}, nil
 }
+func (f *fakeStore) LivePageOf(context.Context, string, time.Time, ca.CertCursor, int) ([]ca.Certificate, ca.CertCursor, error) {
+	return nil, ca.CertCursor{}, nil
+}
 func (f *fakeStore) Get(context.Context, uint64) (ca.Certificate, bool, error) {
 	return ca.Certificate{}, false, nil
 }

@@ -203,24 +203,26 @@ func (a *Authority) ListCertificates(ctx context.Context, token string, q CertQu
 		if err != nil {
 			return CertPage{}, err
 		}
-		// Also the name as given: records written before identities were canonical.
-		seen := map[uint64]bool{}
+		// Also the name as given: records written before identities were canonical. Each
+		// name's page comes from its own index (a workload identity may hold a second's
+		// issuance of thousands), and the page is their merge up to the lowest of their next
+		// positions (a name's certificates beyond its own next were not read), at most Limit.
+		var frontier CertCursor
 		for _, name := range dedupe(append(matches, q.Identity)) {
-			live, err := a.store.Live(ctx, name, now)
+			page, n, err := a.store.LivePageOf(ctx, name, now, q.After, q.Limit)
 			if err != nil {
 				return CertPage{}, Unavailable("certificate inventory unavailable", err)
 			}
-			for _, c := range live {
-				if !seen[c.Serial] {
-					seen[c.Serial] = true
-					certs = append(certs, c)
-				}
+			certs = append(certs, page...)
+			if !n.IsZero() && (frontier.IsZero() || n.Compare(frontier) < 0) {
+				frontier = n
 			}
 		}
-		// One identity's certificates are few: paged here, in the same order as the index.
 		slices.SortFunc(certs, func(x, y Certificate) int { return CursorOf(x).Compare(CursorOf(y)) })
-		if !q.After.IsZero() {
-			certs = slices.DeleteFunc(certs, func(c Certificate) bool { return CursorOf(c).Compare(q.After) <= 0 })
+		certs = slices.CompactFunc(certs, func(x, y Certificate) bool { return x.Serial == y.Serial })
+		if !frontier.IsZero() {
+			certs = slices.DeleteFunc(certs, func(c Certificate) bool { return CursorOf(c).Compare(frontier) > 0 })
+			next = frontier
 		}
 		if q.Limit > 0 && len(certs) > q.Limit {
 			certs = certs[:q.Limit]

@@ -143,6 +143,11 @@ func (w observedCertStore) LivePage(ctx context.Context, now time.Time, after Ce
 	return w.CertStore.LivePage(ctx, now, after, limit)
 }
 
+func (w observedCertStore) LivePageOf(ctx context.Context, identity string, now time.Time, after CertCursor, limit int) (_ []Certificate, _ CertCursor, err error) {
+	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
+	return w.CertStore.LivePageOf(ctx, identity, now, after, limit)
+}
+
 func (w observedCertStore) Get(ctx context.Context, serial uint64) (_ Certificate, _ bool, err error) {
 	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
 	return w.CertStore.Get(ctx, serial)

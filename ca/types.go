@@ -276,6 +276,9 @@ type CertStore interface {
 	// the index and the position atomically, so successive pages neither skip nor repeat a
 	// certificate live throughout.
 	LivePage(ctx context.Context, now time.Time, after CertCursor, limit int) (page []Certificate, next CertCursor, err error)
+	// LivePageOf is LivePage of one identity's certificates (recorded under that name), read
+	// from its own index: a page costs the same however many the identity holds.
+	LivePageOf(ctx context.Context, identity string, now time.Time, after CertCursor, limit int) (page []Certificate, next CertCursor, err error)
 	Get(ctx context.Context, serial uint64) (Certificate, bool, error)
 	// ResolveAlias returns the canonical names of the identities recorded under alias
 	// ("email:…" or "username:…") whose index entries last beyond now, sorted.

@@ -213,13 +213,23 @@ return {more, page}
 // its records are read in MGETs of up to liveBatch keys of one shard. A serial whose record
 // expired meanwhile is skipped, but still moves the position.
 func (r *Redis) LivePage(ctx context.Context, now time.Time, after ca.CertCursor, limit int) ([]ca.Certificate, ca.CertCursor, error) {
+	return r.livePageIn(ctx, r.keys.ShardLiveCerts, now, after, limit)
+}
+
+// LivePageOf is LivePage of one identity's index in each shard (Keys.ShardIdentity), which
+// holds its serials scored as the live index does.
+func (r *Redis) LivePageOf(ctx context.Context, identity string, now time.Time, after ca.CertCursor, limit int) ([]ca.Certificate, ca.CertCursor, error) {
+	return r.livePageIn(ctx, func(shard int) string { return r.keys.ShardIdentity(shard, identity) }, now, after, limit)
+}
+
+func (r *Redis) livePageIn(ctx context.Context, index func(shard int) string, now time.Time, after ca.CertCursor, limit int) ([]ca.Certificate, ca.CertCursor, error) {
 	member := ""
 	if !after.IsZero() {
 		member = strconv.FormatUint(after.Serial, 10)
 	}
 	var cmds []*redis.Cmd
 	_, err := r.inShards(ctx, func(p redis.Pipeliner, shard int) {
-		cmds = append(cmds, livePageScript.Eval(ctx, p, []string{r.keys.ShardLiveCerts(shard)}, now.UnixMilli(), after.ValidBefore, member, limit))
+		cmds = append(cmds, livePageScript.Eval(ctx, p, []string{index(shard)}, now.UnixMilli(), after.ValidBefore, member, limit))
 	})
 	if err != nil {
 		return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: %w", err)
@@ -537,12 +547,21 @@ func (m *Memory) AllLive(_ context.Context, now time.Time) ([]ca.Certificate, er
 
 // LivePage returns a page of the certificates still valid at now after the position after,
 // in ca.CertCursor order (see Redis.LivePage).
-func (m *Memory) LivePage(_ context.Context, now time.Time, after ca.CertCursor, limit int) ([]ca.Certificate, ca.CertCursor, error) {
+func (m *Memory) LivePage(ctx context.Context, now time.Time, after ca.CertCursor, limit int) ([]ca.Certificate, ca.CertCursor, error) {
+	return m.livePageOf(nil, now, after, limit)
+}
+
+// LivePageOf is LivePage of one identity's certificates.
+func (m *Memory) LivePageOf(_ context.Context, identity string, now time.Time, after ca.CertCursor, limit int) ([]ca.Certificate, ca.CertCursor, error) {
+	return m.livePageOf(&identity, now, after, limit)
+}
+
+func (m *Memory) livePageOf(identity *string, now time.Time, after ca.CertCursor, limit int) ([]ca.Certificate, ca.CertCursor, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []ca.Certificate
 	for _, c := range m.certs {
-		if c.ValidBefore.After(now) && (after.IsZero() || ca.CursorOf(c).Compare(after) > 0) {
+		if (identity == nil || c.Identity == *identity) && c.ValidBefore.After(now) && (after.IsZero() || ca.CursorOf(c).Compare(after) > 0) {
 			out = append(out, c)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sshca/sshca/ca"
@@ -468,6 +469,28 @@ func TestLivePageShards(t *testing.T) {
 				}
 				if diff := cmp.Diff(want, got); diff != "" {
 					t.Errorf("limit %d (-want +got):\n%s", limit, diff)
+				}
+			}
+			// One identity's pages, from its own index: its certificates each once, in order.
+			for _, id := range []string{"https://idp|u3", "https://idp|u7", "https://idp|nobody"} {
+				mine := slices.DeleteFunc(slices.Clone(want), func(c ca.Certificate) bool { return c.Identity != id })
+				for _, limit := range []int{1, 2} {
+					var got []ca.Certificate
+					var after ca.CertCursor
+					for pages := 0; ; pages++ {
+						page, next, err := s.LivePageOf(ctx, id, t0, after, limit)
+						if err != nil || len(page) > limit || pages > len(want) {
+							t.Fatalf("%s limit %d, page %d: %d %v", id, limit, pages, len(page), err)
+						}
+						got = append(got, page...)
+						if next.IsZero() {
+							break
+						}
+						after = next
+					}
+					if diff := cmp.Diff(mine, got, cmpopts.EquateEmpty()); diff != "" {
+						t.Errorf("%s limit %d (-want +got):\n%s", id, limit, diff)
+					}
 				}
 			}
 		})

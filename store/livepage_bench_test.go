@@ -87,3 +87,41 @@ func BenchmarkPageAfterOneSecond(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkIdentityPage reads one identity's certificates on a real redis-server when it holds
+// 20,000 (a workload identity's issuance of some seconds): "page" a page of 1,000 from its own
+// index (GET /v1/certs?identity=X&limit=1000 now), "all" every one (what each such page read
+// before, to page them in memory).
+func BenchmarkIdentityPage(b *testing.B) {
+	r := testenv.StartRedis(b)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	now := time.Now().Truncate(time.Second)
+	s := store.NewRedis(rdb, store.RedisOptions{Now: func() time.Time { return now }})
+	const n, id = 20_000, "https://idp|workload"
+	for i := range n {
+		c := ca.Certificate{Serial: uint64(i + 1), KeyID: "bench#" + strconv.Itoa(i+1), Kind: ca.UserCert, Identity: id,
+			Principals: []string{"p"}, KeyFingerprint: "SHA256:k", CAFingerprint: "SHA256:ca", ValidAfter: now,
+			ValidBefore: now.Add(time.Hour + time.Duration(i/2000)*time.Second)}
+		if err := s.Record(ctx, c); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("page", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if page, next, err := s.LivePageOf(ctx, id, now, ca.CertCursor{}, 1000); err != nil || len(page) != 1000 || next.IsZero() {
+				b.Fatal(len(page), next, err)
+			}
+		}
+	})
+	b.Run("all", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if all, err := s.Live(ctx, id, now); err != nil || len(all) != n {
+				b.Fatal(len(all), err)
+			}
+		}
+	})
+}
