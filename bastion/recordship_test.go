@@ -52,27 +52,35 @@ func (f *fakeRecordingCA) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"session": r.PathValue("id"), "received": len(f.lines)})
 }
 
-// TestRecordShipperResumes: the shipper sends only complete lines, resumes after a restart
-// from the line its state file names, follows the CA when the CA has more lines than it
-// thought (an answer lost), stops at the end, and never resends a batch the CA refused.
-func TestRecordShipperResumes(t *testing.T) {
+// newShipperFixture is what a shipper test ships with: a fake CA taking recordings (served
+// until the test ends), an empty recordings directory, and a host key with its certificate.
+func newShipperFixture(t *testing.T) (fake *fakeRecordingCA, url, recs string, hostKey ssh.Signer, cert *ssh.Certificate) {
+	t.Helper()
 	dir := t.TempDir()
 	caKey := writeKey(t, filepath.Join(dir, "ca"))
-	hostKey := writeKey(t, filepath.Join(dir, "host"))
-	cert := &ssh.Certificate{Key: hostKey.PublicKey(), CertType: ssh.HostCert, KeyId: "b1", ValidPrincipals: []string{"b1.example.com"},
+	hostKey = writeKey(t, filepath.Join(dir, "host"))
+	cert = &ssh.Certificate{Key: hostKey.PublicKey(), CertType: ssh.HostCert, KeyId: "b1", ValidPrincipals: []string{"b1.example.com"},
 		ValidBefore: ssh.CertTimeInfinity}
 	if err := cert.SignCert(rand.Reader, caKey); err != nil {
 		t.Fatal(err)
 	}
-	fake := &fakeRecordingCA{}
+	fake = &fakeRecordingCA{}
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/recordings/{id}", fake)
 	srv := httptest.NewServer(mux)
-	defer srv.Close()
-	recs := filepath.Join(dir, "recs")
+	t.Cleanup(srv.Close)
+	recs = filepath.Join(dir, "recs")
 	if err := os.MkdirAll(recs, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	return fake, srv.URL, recs, hostKey, cert
+}
+
+// TestRecordShipperResumes: the shipper sends only complete lines, resumes after a restart
+// from the line its state file names, follows the CA when the CA has more lines than it
+// thought (an answer lost), stops at the end, and never resends a batch the CA refused.
+func TestRecordShipperResumes(t *testing.T) {
+	fake, srvURL, recs, hostKey, cert := newShipperFixture(t)
 	const id = "0123456789abcdef01234567"
 	path := filepath.Join(recs, id+".rec")
 	f, err := os.Create(path)
@@ -85,7 +93,7 @@ func TestRecordShipperResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	newShipper := func() *RecordShipper {
-		return &RecordShipper{Dir: recs, Client: client.New(srv.URL), Key: hostKey, MaxBatch: 200,
+		return &RecordShipper{Dir: recs, Client: client.New(srvURL), Key: hostKey, MaxBatch: 200,
 			Cert: func() (*ssh.Certificate, error) { return cert, nil }}
 	}
 	ctx := context.Background()
@@ -166,23 +174,7 @@ func TestRecordShipperResumes(t *testing.T) {
 // written after a round reaches the CA only once Every has passed on that clock, and then at
 // once. Putting a real ticker back fails here (the fake clock's advance would not start a round).
 func TestRecordShipperShipsOnItsClock(t *testing.T) {
-	dir := t.TempDir()
-	caKey := writeKey(t, filepath.Join(dir, "ca"))
-	hostKey := writeKey(t, filepath.Join(dir, "host"))
-	cert := &ssh.Certificate{Key: hostKey.PublicKey(), CertType: ssh.HostCert, KeyId: "b1", ValidPrincipals: []string{"b1.example.com"},
-		ValidBefore: ssh.CertTimeInfinity}
-	if err := cert.SignCert(rand.Reader, caKey); err != nil {
-		t.Fatal(err)
-	}
-	fake := &fakeRecordingCA{}
-	mux := http.NewServeMux()
-	mux.Handle("POST /v1/recordings/{id}", fake)
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-	recs := filepath.Join(dir, "recs")
-	if err := os.MkdirAll(recs, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	fake, srvURL, recs, hostKey, cert := newShipperFixture(t)
 	const id = "0123456789abcdef01234568"
 	f, err := os.Create(filepath.Join(recs, id+".rec"))
 	if err != nil {
@@ -211,7 +203,7 @@ func TestRecordShipperShipsOnItsClock(t *testing.T) {
 	}
 	clk := clockwork.NewFakeClock()
 	const every = 2 * time.Second
-	sh := &RecordShipper{Dir: recs, Client: client.New(srv.URL), Key: hostKey, Every: every, Clock: clk,
+	sh := &RecordShipper{Dir: recs, Client: client.New(srvURL), Key: hostKey, Every: every, Clock: clk,
 		Cert: func() (*ssh.Certificate, error) { return cert, nil }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -14,24 +14,6 @@ import (
 	"github.com/sshca/sshca/store"
 )
 
-// TestInventoryShardsConfig: inventory.shards is refused below 0 and above
-// store.MaxInventoryShards with the key and the fix named, and taken within.
-func TestInventoryShardsConfig(t *testing.T) {
-	for _, n := range []int{-1, store.MaxInventoryShards + 1} {
-		c := Config{Inventory: InventoryConfig{Shards: n}}
-		err := c.validate(false)
-		if err == nil || !strings.Contains(err.Error(), "inventory.shards") || !strings.Contains(err.Error(), "number of masters") {
-			t.Errorf("shards %d: %v; want inventory.shards refused with the fix", n, err)
-		}
-	}
-	for _, n := range []int{0, 1, 3, store.MaxInventoryShards} {
-		c := Config{Inventory: InventoryConfig{Shards: n}}
-		if err := c.validate(false); err != nil && strings.Contains(err.Error(), "inventory.shards") {
-			t.Errorf("shards %d refused: %v", n, err)
-		}
-	}
-}
-
 // TestServeInventoryShards: a `sshca serve` replica with inventory.shards 3 and one left at 1
 // (a lowered setting) on one redis-server, which they found empty (layout 2). Certificates issued by the first spread over the
 // shards (the count and the store's layout raised to 3); the second lists every one of them

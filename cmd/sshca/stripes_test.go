@@ -69,20 +69,31 @@ func TestStoreRebuildStripesInTimeOrder(t *testing.T) {
 	}
 }
 
-// TestAuditStripesConfig: audit.stripes outside 0 to audit.MaxStripes is refused, naming the
-// field and what to set; the limits themselves pass.
-func TestAuditStripesConfig(t *testing.T) {
-	for _, n := range []int{-1, audit.MaxStripes + 1} {
-		c := Config{Audit: AuditConfig{Stripes: n}}
-		err := c.validate(false)
-		if err == nil || !strings.Contains(err.Error(), "audit.stripes") || !strings.Contains(err.Error(), "number of CA replicas") {
-			t.Errorf("stripes %d: %v; want audit.stripes refused with the fix", n, err)
+// TestCountConfigRanges: audit.stripes and inventory.shards outside 0 to their maximum are
+// refused, naming the field and what to set; the limits themselves pass.
+func TestCountConfigRanges(t *testing.T) {
+	for _, c := range []struct {
+		field, fix string
+		max        int
+		set        func(*Config, int)
+	}{
+		{"audit.stripes", "number of CA replicas", audit.MaxStripes, func(c *Config, n int) { c.Audit.Stripes = n }},
+		{"inventory.shards", "number of masters", store.MaxInventoryShards, func(c *Config, n int) { c.Inventory.Shards = n }},
+	} {
+		for _, n := range []int{-1, c.max + 1} {
+			var cfg Config
+			c.set(&cfg, n)
+			err := cfg.validate(false)
+			if err == nil || !strings.Contains(err.Error(), c.field) || !strings.Contains(err.Error(), c.fix) {
+				t.Errorf("%s %d: %v; want it refused with the fix", c.field, n, err)
+			}
 		}
-	}
-	for _, n := range []int{0, 1, 3, audit.MaxStripes} {
-		c := Config{Audit: AuditConfig{Stripes: n}}
-		if err := c.validate(false); err != nil && strings.Contains(err.Error(), "audit.stripes") {
-			t.Errorf("stripes %d refused: %v", n, err)
+		for _, n := range []int{0, 1, 3, c.max} {
+			var cfg Config
+			c.set(&cfg, n)
+			if err := cfg.validate(false); err != nil && strings.Contains(err.Error(), c.field) {
+				t.Errorf("%s %d refused: %v", c.field, n, err)
+			}
 		}
 	}
 }
