@@ -76,7 +76,7 @@ func TestWithDefaults(t *testing.T) {
 	}
 	set := Config{RequestTimeout: 3 * time.Second, Policy: PolicyConfig{BundlePoll: time.Minute},
 		Recordings: RecordingsConfig{Retention: 48 * time.Hour},
-		Keyring: KeyringConfig{TrustRefresh: time.Hour, Refresh: time.Second},
+		Keyring:    KeyringConfig{TrustRefresh: time.Hour, Refresh: time.Second},
 		Limits: LimitsConfig{MaxUserTTL: time.Hour, MaxHostTTL: 2 * time.Hour, MaxPrincipals: 3, IdentityBlock: 4 * time.Hour,
 			AccessRequestTimeout: 5 * time.Minute, MaxAccessWindow: 6 * time.Hour,
 			Rate: RateConfig{PerAddress: 0.2, Burst: 7, PerIdentity: 0.5, IdentityBurst: 8, KRLPerAddress: 9, KRLBurst: 10,
