@@ -53,6 +53,8 @@ type RecordShipper struct {
 	Log      *slog.Logger
 
 	shipped, failed atomic.Int64
+	// roundDone, when set (tests), is called after each round of Run.
+	roundDone func()
 }
 
 // shipState is <id>.shipped.
@@ -116,6 +118,9 @@ func (s *RecordShipper) Run(ctx context.Context) {
 	defer t.Stop()
 	for {
 		s.ShipOnce(ctx)
+		if s.roundDone != nil {
+			s.roundDone()
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -190,42 +191,61 @@ func TestRecordShipperShipsOnItsClock(t *testing.T) {
 		defer fake.mu.Unlock()
 		return len(fake.lines)
 	}
-	waitLines := func(want int, what string) {
-		t.Helper()
-		for deadline := time.Now().Add(10 * time.Second); lines() != want; time.Sleep(5 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the CA has %d lines, want %d", what, lines(), want)
-			}
-		}
-	}
 	if err := cw.write(ChunkOutput, []byte("first")); err != nil {
 		t.Fatal(err)
 	}
 	clk := clockwork.NewFakeClock()
 	const every = 2 * time.Second
+	// Each round of Run is reported, so that the test writes the next line only once the
+	// round before it is over (a round reads the recording until no complete line is left).
+	rounds := make(chan struct{}, 1)
 	sh := &RecordShipper{Dir: recs, Client: client.New(srvURL), Key: hostKey, Every: every, Clock: clk,
-		Cert: func() (*ssh.Certificate, error) { return cert, nil }}
+		Cert: func() (*ssh.Certificate, error) { return cert, nil }, roundDone: func() { rounds <- struct{}{} }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); sh.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	waitLines(2, "the first round, at once") // the header and one chunk
-	for round := range 3 {
-		if err := cw.write(ChunkOutput, []byte(strings.Repeat("z", round+1))); err != nil {
+	defer func() {
+		cancel()
+		for {
+			select {
+			case <-rounds:
+			case <-done:
+				return
+			}
+		}
+	}()
+	round := func(want int, what string) {
+		t.Helper()
+		select {
+		case <-rounds:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no round", what)
+		}
+		if n := lines(); n != want {
+			t.Fatalf("%s: the CA has %d lines, want %d", what, n, want)
+		}
+	}
+	round(2, "the first round, at once") // the header and one chunk
+	for r := range 3 {
+		if err := cw.write(ChunkOutput, []byte(strings.Repeat("z", r+1))); err != nil {
 			t.Fatal(err)
 		}
 		bctx, bcancel := context.WithTimeout(ctx, 10*time.Second)
 		err := clk.BlockUntilContext(bctx, 1) // the shipper waits on its clock's ticker
 		bcancel()
 		if err != nil {
-			t.Fatalf("round %d: the shipper does not wait on its clock: %v", round, err)
+			t.Fatalf("round %d: the shipper does not wait on its clock: %v", r, err)
 		}
 		clk.Advance(every - time.Millisecond)
-		time.Sleep(200 * time.Millisecond)
-		if n := lines(); n != 2+round {
-			t.Fatalf("round %d: the CA has %d lines before Every passed on the clock, want %d", round, n, 2+round)
+		select {
+		case <-rounds:
+			t.Fatalf("round %d: a round began before Every passed on the clock", r)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if n := lines(); n != 2+r {
+			t.Fatalf("round %d: the CA has %d lines before Every passed on the clock, want %d", r, n, 2+r)
 		}
 		clk.Advance(time.Millisecond)
-		waitLines(3+round, "once Every passed on the clock")
+		round(3+r, fmt.Sprintf("round %d, once Every passed on the clock", r))
 	}
 }
