@@ -13,7 +13,11 @@
 #   RUNS=5               runs per load shape (the figures are medians with min and max)
 #   DURATION=10s         measured window of each run
 #   SHAPES="8 32 open"   closed loop at these concurrencies, then "open": open loop at half
-#                        the peak (the best median of the closed-loop shapes)
+#                        the peak (the best median of the closed-loop shapes); "rN" is open
+#                        loop at N requests a second (SHAPES="32 r200 r500 r1000": latency by
+#                        offered load, docs/performance.md)
+#   HTTP1=1              the generator speaks HTTP/1.1 (sshca bench --http1), as one-shot
+#                        clients such as sshca login do, rather than HTTP/2
 #   PROFILE=1            a CPU profile of serve (pprof) during the middle run at the last
 #                        concurrency, written to $OUT/serve.pprof with its top list
 #   OUT=DIR              where every run's output goes (default: a new temporary directory)
@@ -39,13 +43,18 @@ summary=()
 peak=0
 mid=$(((RUNS + 1) / 2))
 last_closed=""
-for shape in $SHAPES; do [ "$shape" != open ] && last_closed=$shape; done
+for shape in $SHAPES; do case $shape in open | r[0-9]*) ;; *) last_closed=$shape ;; esac; done
+proto=()
+[ "${HTTP1:-0}" = 1 ] && proto=(--http1)
 for shape in $SHAPES; do
 	if [ "$shape" = open ]; then
 		rate=$(awk -v p="$peak" 'BEGIN {printf "%d", p/2}')
 		[ "$rate" -gt 0 ] || die "open loop needs a closed-loop shape before it (its peak)"
 		args=(--rate "$rate")
 		label="open loop at $rate/s (half the peak)"
+	elif [[ $shape =~ ^r([0-9]+)$ ]]; then
+		args=(--rate "${BASH_REMATCH[1]}")
+		label="open loop at ${BASH_REMATCH[1]}/s"
 	else
 		args=(--concurrency "$shape")
 		label="closed loop, concurrency $shape"
@@ -56,7 +65,7 @@ for shape in $SHAPES; do
 		if [ "$PROFILE" = 1 ] && [ "$shape" = "$last_closed" ] && [ "$i" = "$mid" ]; then
 			prof=(--pprof-url "http://127.0.0.1:$gport/debug/pprof/profile" --pprof-out "$OUT/serve.pprof")
 		fi
-		echo "  $label, run $i: $(run_bench "$name" --duration "$DURATION" "${args[@]}" "${prof[@]}")"
+		echo "  $label, run $i: $(run_bench "$name" --duration "$DURATION" "${args[@]}" "${proto[@]}" "${prof[@]}")"
 	done
 	files=()
 	for i in $(seq "$RUNS"); do files+=("$OUT/$shape-$i.txt"); done
@@ -67,7 +76,7 @@ for shape in $SHAPES; do
 	own=$(for f in "${files[@]}"; do serveshare "$f"; done | stats)
 	errs=$(for f in "${files[@]}"; do field "$f" errors; done | awk '{s+=$1} END {print s+0}')
 	summary+=("$label: certs/s $cps  p50 ms $p50  p99 ms $p99  server CPU us/cert $cpu (serve alone $own)  errors $errs")
-	if [ "$shape" != open ]; then
+	if [[ ! $shape =~ ^(open|r[0-9]+)$ ]]; then
 		m=$(for f in "${files[@]}"; do field "$f" certs/s; done | median)
 		peak=$(awk -v a="$peak" -v b="$m" 'BEGIN {print (b > a) ? b : a}')
 	fi
