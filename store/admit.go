@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 
@@ -38,9 +39,11 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	spend := t.SingleUse && t.Expiry.After(r.now())
 	var mw *MarkedWrite
 	shard := 0
+	var sum [sha256.Size]byte
 	if spend {
 		var err error
-		shard = r.tokenShardOf(t.ID)
+		sum = sha256.Sum256([]byte(t.ID))
+		shard = r.tokenShardOf(sum)
 		if mw, err = r.BeginMarked(ctx, r.tokenTags[shard]); err != nil {
 			return ca.Admitted{}, fmt.Errorf("store: token ledger: %w", err)
 		}
@@ -51,7 +54,7 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		rc = r.queueRefused(ctx, p, q.CAKey, q.Identities, q.Key)
 		if spend {
-			tc = r.queueToken(ctx, p, mw, shard, t.ID, t.IssuedAt, t.Expiry)
+			tc = r.queueToken(ctx, p, mw, shard, sum, t.IssuedAt, t.Expiry)
 		}
 		if q.Serial != 0 {
 			serial = p.SetArgs(ctx, r.serialKey(q.Serial), "1", redis.SetArgs{Mode: "NX", ExpireAt: q.SerialUntil})

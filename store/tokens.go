@@ -42,13 +42,12 @@ var tokenShardScript = redis.NewScript(markLua + `
 return bump(KEYS[1], mark(KEYS[1], ARGV[1], ARGV[2], ARGV[3]))
 `)
 
-// tokenShardOf is the token ledger shard of a token ID: the first four bytes of its SHA-256 (the
-// hash its key is named by) mod the configured shards.
-func (r *Redis) tokenShardOf(id string) int {
+// tokenShardOf is the token ledger shard of a token by the SHA-256 of its ID (the hash its key
+// is named by, Keys.Token): its first four bytes mod the configured shards.
+func (r *Redis) tokenShardOf(sum [sha256.Size]byte) int {
 	if r.invShards <= 1 {
 		return 0
 	}
-	sum := sha256.Sum256([]byte(id))
 	return int(binary.BigEndian.Uint32(sum[:4]) % uint32(r.invShards))
 }
 
@@ -64,14 +63,15 @@ func (r *Redis) UseToken(ctx context.Context, id string, issued, until time.Time
 	if !until.After(r.now()) {
 		return false, nil // expired tokens never get this far; refuse rather than store forever
 	}
-	shard := r.tokenShardOf(id)
+	sum := sha256.Sum256([]byte(id))
+	shard := r.tokenShardOf(sum)
 	mw, err := r.BeginMarked(ctx, r.tokenTags[shard])
 	if err != nil {
 		return false, fmt.Errorf("store: token ledger: %w", err)
 	}
 	var tc *tokenCmds
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		tc = r.queueToken(ctx, p, mw, shard, id, issued, until)
+		tc = r.queueToken(ctx, p, mw, shard, sum, issued, until)
 		return nil
 	})
 	// Each command's own error is read by tokenResult (a NOSCRIPT is retried there).
@@ -104,8 +104,8 @@ type tokenCmds struct {
 // Beyond shard 0 (RedisOptions.InventoryShards) the script only checks and bumps that shard's
 // mark, and an HMGET of the refusal in shard 0's tag goes beside it: a refusal written once is
 // read by every shard, whatever shards the rebuild knew of.
-func (r *Redis) queueToken(ctx context.Context, p redis.Pipeliner, mw *MarkedWrite, shard int, id string, issued, until time.Time) *tokenCmds {
-	sum := sha256.Sum256([]byte(id))
+// sum is the SHA-256 of the token's ID, computed once by the caller (it also picks the shard).
+func (r *Redis) queueToken(ctx context.Context, p redis.Pipeliner, mw *MarkedWrite, shard int, sum [sha256.Size]byte, issued, until time.Time) *tokenCmds {
 	spend := spendID()
 	if shard > 0 {
 		keys := []string{r.mark(r.tokenTags[shard])}
@@ -161,8 +161,11 @@ func (r *Redis) tokenResult(ctx context.Context, tc *tokenCmds) (bool, error) {
 	if tc.refused != nil {
 		// A shard beyond the first: the refusal was read beside the script.
 		v, err := tc.refused.Result()
-		if err != nil || len(v) != 2 {
-			return false, fmt.Errorf("store: token ledger: read the rebuild's refusal: %v %w", v, err)
+		if err != nil {
+			return false, fmt.Errorf("store: token ledger: read the rebuild's refusal: %w", err)
+		}
+		if len(v) != 2 {
+			return false, fmt.Errorf("store: token ledger: read the rebuild's refusal: unexpected answer %v", v)
 		}
 		res = append(res, v[0], v[1])
 	}
