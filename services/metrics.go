@@ -155,7 +155,12 @@ func (m *Metrics) InstrumentHTTP(mux *http.ServeMux, next http.Handler) http.Han
 		if pattern == "" {
 			pattern = "other"
 		}
-		sw := &statusWriter{ResponseWriter: w}
+		// Recover, outermost, has wrapped w already: its writer records the same status, so
+		// it is shared rather than wrapped twice (one allocation less per request).
+		sw, ok := w.(*statusWriter)
+		if !ok {
+			sw = &statusWriter{ResponseWriter: w}
+		}
 		defer func() {
 			if v := recover(); v != nil {
 				// A panic that reaches here cut the answer off (Recover, outside, may still
