@@ -3,6 +3,8 @@ package services_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -59,7 +61,7 @@ func panicLines(t *testing.T, logs string) []map[string]any {
 
 // TestRecover: on a real server, with serve's order (Recover outermost, as newHTTPServer puts
 // it, then InstrumentHTTP and RequestID), a handler that panics before writing gets a 500 that
-// names its request ID, one log line with that ID, the panic value and the stack, and no header
+// names its request ID, one log line with that ID, the panic's type and the stack, and no header
 // (the bearer token stays out); one that panics after its answer began is cut off (the client
 // cannot take the truncated body for a whole one), logged too; a deliberate
 // http.ErrAbortHandler is not logged as a fault. Each counts as a 500 in the HTTP metrics, none
@@ -141,7 +143,14 @@ func TestRecover(t *testing.T) {
 				endpoint, code string
 				want           float64
 			}{{"GET /before", "500", 1}, {"GET /after", "500", 1}, {"GET /after", "200", 0}, {"GET /abort", "500", 1}, {"GET /hijacked", "500", 1}, {"GET /ok", "200", 3}} {
-				if got := testutil.ToFloat64(m.HTTPRequests.WithLabelValues(tt.endpoint, tt.code)); got != tt.want {
+				// A connection cut (abort, hijack) reaches the client before the handler's
+				// deferred instrumentation has counted it: wait a little for the count.
+				got := testutil.ToFloat64(m.HTTPRequests.WithLabelValues(tt.endpoint, tt.code))
+				for deadline := time.Now().Add(5 * time.Second); got < tt.want && time.Now().Before(deadline); {
+					time.Sleep(time.Millisecond)
+					got = testutil.ToFloat64(m.HTTPRequests.WithLabelValues(tt.endpoint, tt.code))
+				}
+				if got != tt.want {
 					t.Errorf("requests{%s,%s} = %v, want %v", tt.endpoint, tt.code, got, tt.want)
 				}
 			}
@@ -154,12 +163,16 @@ func TestRecover(t *testing.T) {
 				begun       bool
 			}{{"/before", "boom before", false}, {"/after", "boom after", true}, {"/hijacked", "boom hijacked", true}} {
 				l := lines[i]
-				if l["level"] != "ERROR" || l["path"] != want.path || l["panic"] != want.panic || l["answer_begun"] != want.begun ||
+				p, _ := l["panic"].(map[string]any)
+				if l["level"] != "ERROR" || l["path"] != want.path || p["type"] != "string" || l["answer_begun"] != want.begun ||
 					l["request_id"] == "" || l["request_id"] == nil {
 					t.Errorf("line %d: %v", i, l)
 				}
-				if s, _ := l["stack"].(string); !strings.Contains(s, "recover_test.go") {
+				if s, _ := p["stack"].(string); !strings.Contains(s, "recover_test.go") {
 					t.Errorf("line %d: no stack through the handler: %q", i, s)
+				}
+				if strings.Contains(logs.String(), want.panic) {
+					t.Errorf("the log holds the panic's string %q (it may carry a request's secret)", want.panic)
 				}
 			}
 			if lines[0]["request_id"] != id {
@@ -172,5 +185,123 @@ func TestRecover(t *testing.T) {
 				t.Errorf("net/http logged: %s", s)
 			}
 		})
+	}
+}
+
+// fakeRuntimeError claims to be the runtime's (runtime.Error's method is exported) while its
+// text is whatever its maker put there.
+type fakeRuntimeError struct{ msg string }
+
+func (e fakeRuntimeError) Error() string { return e.msg }
+func (fakeRuntimeError) RuntimeError()   {}
+
+// secretStringer renders a secret when printed with %v.
+type secretStringer struct{ token string }
+
+func (s secretStringer) String() string { return "credentials " + s.token }
+
+// TestRecoverKeepsSecretsOut: a handler that panics with a value carrying a bearer token (a
+// string, an error wrapping a request's text, a Stringer, a type posing as a runtime error, the
+// token passed down as an argument of the frame that panicked) gets a 500 whose body and log
+// line hold neither the token nor its tail; the log names the value's type and the stack. The
+// runtime's own panics (nil map write, index out of range) keep their text, which names no data.
+func TestRecoverKeepsSecretsOut(t *testing.T) {
+	const token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2VjcmV0LXNpZ25hdHVyZS1ieXRlcw"
+	const tail = "c2VjcmV0LXNpZ25hdHVyZS1ieXRlcw"
+	var logs lockedBuffer
+	logger := slog.New(slog.NewJSONHandler(&logs, nil))
+	mux := http.NewServeMux()
+	bearer := func(r *http.Request) string { return strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ") }
+	mux.HandleFunc("GET /string", func(_ http.ResponseWriter, r *http.Request) { panic("bad token " + bearer(r)) })
+	mux.HandleFunc("GET /error", func(_ http.ResponseWriter, r *http.Request) {
+		panic(fmt.Errorf("decode body %q: %w", `{"token":"`+bearer(r)+`"}`, errors.New("unexpected EOF")))
+	})
+	mux.HandleFunc("GET /stringer", func(_ http.ResponseWriter, r *http.Request) { panic(secretStringer{bearer(r)}) })
+	mux.HandleFunc("GET /fake-runtime", func(_ http.ResponseWriter, r *http.Request) { panic(fakeRuntimeError{"index " + bearer(r)}) })
+	mux.HandleFunc("GET /argument", func(_ http.ResponseWriter, r *http.Request) { panicWith(bearer(r)) })
+	mux.HandleFunc("GET /index", func(_ http.ResponseWriter, r *http.Request) {
+		s := []string{bearer(r)}
+		i := len(r.URL.Path) // 6: out of range
+		_ = s[i]
+	})
+	mux.HandleFunc("GET /nil-map", func(_ http.ResponseWriter, r *http.Request) {
+		var m map[string]string
+		m["token"] = bearer(r)
+	})
+	srv := httptest.NewServer(services.Recover(logger, services.RequestID(nil, mux)))
+	defer srv.Close()
+	for _, tt := range []struct{ path, typ, value string }{
+		{"/string", "string", ""},
+		{"/error", "*fmt.wrapError", ""},
+		{"/stringer", "services_test.secretStringer", ""},
+		{"/fake-runtime", "services_test.fakeRuntimeError", ""},
+		{"/argument", "string", ""},
+		{"/index", "runtime.boundsError", "runtime error: index out of range [6] with length 1"},
+		{"/nil-map", "runtime.plainError", "assignment to entry in nil map"},
+	} {
+		t.Run(tt.path, func(t *testing.T) {
+			before := len(logs.String())
+			req, _ := http.NewRequest(http.MethodGet, srv.URL+tt.path, nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusInternalServerError || strings.Contains(string(body), tail) {
+				t.Errorf("answer %d %s, want 500 without the token", resp.StatusCode, body)
+			}
+			logged := logs.String()[before:]
+			if strings.Contains(logged, tail) {
+				t.Errorf("the log line holds the token: %s", logged)
+			}
+			lines := panicLines(t, logged)
+			if len(lines) != 1 {
+				t.Fatalf("%d panic lines, want 1: %s", len(lines), logged)
+			}
+			p, _ := lines[0]["panic"].(map[string]any)
+			value, _ := p["value"].(string)
+			stack, _ := p["stack"].(string)
+			if p["type"] != tt.typ || value != tt.value || !strings.Contains(stack, "recover_test.go") {
+				t.Errorf("logged panic %v, want type %q, value %q and a stack through the handler", p, tt.typ, tt.value)
+			}
+		})
+	}
+}
+
+// panicWith panics in a frame whose argument is the token: the stack shows the argument as
+// words (pointer, length), never the string's bytes.
+//
+//go:noinline
+func panicWith(token string) { panic("with " + token) }
+
+// TestRecoverBoundsTheStack: a panic at the bottom of a deep recursion logs a stack cut at a
+// bound, not every frame.
+func TestRecoverBoundsTheStack(t *testing.T) {
+	var logs lockedBuffer
+	logger := slog.New(slog.NewJSONHandler(&logs, nil))
+	var deep func(int)
+	deep = func(n int) {
+		if n == 0 {
+			panic("deep")
+		}
+		deep(n - 1)
+	}
+	srv := httptest.NewServer(services.Recover(logger, http.HandlerFunc(func(http.ResponseWriter, *http.Request) { deep(2000) })))
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	lines := panicLines(t, logs.String())
+	if len(lines) != 1 {
+		t.Fatalf("%d panic lines, want 1", len(lines))
+	}
+	p, _ := lines[0]["panic"].(map[string]any)
+	stack, _ := p["stack"].(string)
+	if len(stack) > 9<<10 || !strings.HasSuffix(stack, "(cut)") || !strings.Contains(stack, "recover_test.go") {
+		t.Errorf("stack of %d bytes (want at most about 8 KiB, cut, starting at the panic): %.200q", len(stack), stack)
 	}
 }
