@@ -386,7 +386,7 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, err := conf.Exchange(oidc.ClientContext(r.Context(), c.o.HTTPClient), q.Get("code"), oauth2.VerifierOption(l.Verifier))
 	if err != nil {
-		c.o.Logger.Warn("ui: code exchange failed", "err", err)
+		c.o.Logger.Warn("ui: code exchange failed", exchangeFailure(err)...)
 		refuse("the identity provider did not accept the sign-in code (codes are good for one use); start again")
 		return
 	}
@@ -442,6 +442,26 @@ func oauthErrorCode(code string) string {
 		return "an error code this console does not show; the identity provider's log has it"
 	}
 	return code
+}
+
+// exchangeFailure is what the log may keep of a failed code exchange (RFC 6749 §5.2): the
+// token endpoint's status and OAuth error code when it answered, else the error (a transport's,
+// which names the endpoint's URL). Not the answer's body nor its error_description, which
+// oauth2.RetrieveError's text holds: an endpoint (or a proxy before it) may echo the request
+// there, the authorization code and the PKCE verifier with it.
+func exchangeFailure(err error) []any {
+	var re *oauth2.RetrieveError
+	if !errors.As(err, &re) {
+		return []any{"err", err}
+	}
+	attrs := []any{"error_code", oauthErrorCode(re.ErrorCode)}
+	if re.ErrorCode == "" {
+		attrs = []any{"error_code", "none"}
+	}
+	if re.Response != nil {
+		attrs = append(attrs, "status", re.Response.StatusCode)
+	}
+	return attrs
 }
 
 func cmpOr(s ...string) string {

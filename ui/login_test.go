@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -361,4 +363,71 @@ func TestCallbackErrorNeedsState(t *testing.T) {
 	if code, page, _ := r.callWith(denied, ck); code != http.StatusBadRequest || !strings.Contains(page, "refused the sign-in: access_denied") {
 		t.Errorf("the provider's own error: %d, want 400 naming access_denied:\n%s", code, page)
 	}
+}
+
+// TestCodeExchangeFailureLogsNoSecret: a token endpoint (or a proxy before it) that refuses the
+// code exchange and echoes the request in its answer, the authorization code and the PKCE
+// verifier with it, leaves neither in the console's log: the log keeps the status and the
+// OAuth error code, and the browser gets the refusal page.
+func TestCodeExchangeFailureLogsNoSecret(t *testing.T) {
+	for _, tt := range []struct{ name, contentType, body, code string }{
+		{"no error code", "text/plain", "400 Bad Request: you sent %s", "none"},
+		{"with an error code", "application/json", `{"error":"invalid_grant","error_description":"code in %s was used"}`, "invalid_grant"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, nil)
+			var logs lockedLog
+			r.console.o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+			issuer := r.idp
+			r.idp = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				if req.URL.Path != "/idp/token" {
+					issuer.ServeHTTP(w, req)
+					return
+				}
+				b, _ := io.ReadAll(req.Body)
+				w.Header().Set("Content-Type", tt.contentType)
+				w.WriteHeader(http.StatusBadRequest)
+				fmt.Fprintf(w, tt.body, strings.ReplaceAll(string(b), `"`, ""))
+			})
+			c := r.browser()
+			callback, ck := r.startSignIn(c, "alice")
+			u, _ := url.Parse(callback)
+			code := u.Query().Get("code")
+			l, err := openLogin(r.console.loginSeal, r.console.cookie.Login, ck.Value)
+			if err != nil || code == "" {
+				t.Fatalf("code %q, login cookie: %v", code, err)
+			}
+			status, page, _ := r.callWith(callback, ck)
+			if status == http.StatusOK || strings.Contains(page, code) {
+				t.Errorf("callback answered %d %q, want a refusal without the code", status, page)
+			}
+			got := logs.String()
+			if !strings.Contains(got, "code exchange failed") || !strings.Contains(got, `"status":400`) || !strings.Contains(got, `"error_code":"`+tt.code+`"`) {
+				t.Errorf("log %s, want the failure with status 400 and error code %s (page %d %.300s)", got, tt.code, status, page)
+			}
+			for what, secret := range map[string]string{"code": code, "verifier": l.Verifier} {
+				if strings.Contains(got, secret) {
+					t.Errorf("the log holds the %s: %s", what, got)
+				}
+			}
+		})
+	}
+}
+
+// lockedLog is a log sink for handlers on several goroutines.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
