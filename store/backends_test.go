@@ -45,7 +45,7 @@ type allRoles interface {
 	PutConsoleSession(ctx context.Context, name string, sealed []byte, expires time.Time) error
 	ConsoleSession(ctx context.Context, name string) ([]byte, bool, error)
 	DeleteConsoleSession(ctx context.Context, name string) error
-	ConsoleLoginKey(ctx context.Context) ([]byte, error)
+	ConsoleLoginKeys(ctx context.Context, every time.Duration) (current, previous []byte, until time.Time, err error)
 	SpendConsoleLogin(ctx context.Context, name string, until time.Time) (bool, error)
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -51,21 +52,74 @@ func (r *Redis) DeleteConsoleSession(ctx context.Context, name string) error {
 	return nil
 }
 
-// ConsoleLoginKey returns the key every replica seals sign-ins in progress with: 32 random
-// bytes, created by the first caller (SET NX) and the same for every caller after. Callers
-// cache it; one that finds a cookie it cannot open asks again (a store that lost it has a new
-// one).
-func (r *Redis) ConsoleLoginKey(ctx context.Context) ([]byte, error) {
-	k := r.keys.ConsoleLoginKey()
-	if err := r.rdb.SetNX(ctx, k, rand.Text()+rand.Text(), 0).Err(); err != nil {
-		return nil, fmt.Errorf("store: console login key: %w", err)
+// ConsoleLoginKeys returns the keys every replica seals sign-ins in progress with (32 random
+// bytes or more each): current seals, previous (nil before the first rotation, or when current
+// has been in use for two periods or more) still opens what was sealed before the last
+// rotation, and until is when current is due to be replaced (its start on the store's clock
+// plus every), when callers that cache the keys ask again. A call at or after that replaces
+// current with a new key and keeps it as previous, in one script on one key
+// (Keys.ConsoleLoginKeys), so replicas that call at once agree on one new key: the first
+// rotates and the others find its key already young. Before the first rotation the key of
+// Keys.ConsoleLoginKey, which replicas of stop 15 made and never changed, becomes the first
+// current, so that sign-ins a replica of either kind sealed open on both during an upgrade.
+// every must be positive.
+func (r *Redis) ConsoleLoginKeys(ctx context.Context, every time.Duration) (current, previous []byte, until time.Time, err error) {
+	if every <= 0 {
+		return nil, nil, time.Time{}, fmt.Errorf("store: console login keys: rotation period %s must be positive", every)
 	}
-	b, err := r.rdb.Get(ctx, k).Bytes()
+	now := r.now().UnixMilli()
+	res, err := loginKeysScript.Run(ctx, r.rdb, []string{r.keys.ConsoleLoginKeys()}, now, every.Milliseconds(), rand.Text()+rand.Text()).StringSlice()
+	if errors.Is(err, redis.Nil) || (err == nil && len(res) == 1 && res[0] == "seed") {
+		// A store without the key set: its first current is the earlier single key, when
+		// there is one (two round trips, once per store).
+		old, gerr := r.rdb.Get(ctx, r.keys.ConsoleLoginKey()).Result()
+		if gerr != nil && !errors.Is(gerr, redis.Nil) {
+			return nil, nil, time.Time{}, fmt.Errorf("store: console login keys: %w", gerr)
+		}
+		if old == "" {
+			old = rand.Text() + rand.Text()
+		}
+		res, err = loginKeysScript.Run(ctx, r.rdb, []string{r.keys.ConsoleLoginKeys()}, now, every.Milliseconds(), rand.Text()+rand.Text(), old).StringSlice()
+	}
 	if err != nil {
-		return nil, fmt.Errorf("store: console login key: %w", err)
+		return nil, nil, time.Time{}, fmt.Errorf("store: console login keys: %w", err)
 	}
-	return b, nil
+	if len(res) != 3 {
+		return nil, nil, time.Time{}, fmt.Errorf("store: console login keys: the script answered %d values, want 3", len(res))
+	}
+	at, err := strconv.ParseInt(res[2], 10, 64)
+	if err != nil {
+		return nil, nil, time.Time{}, fmt.Errorf("store: console login keys: start %q is not unix milliseconds", res[2])
+	}
+	current = []byte(res[0])
+	if res[1] != "" {
+		previous = []byte(res[1])
+	}
+	return current, previous, time.UnixMilli(at).Add(every), nil
 }
+
+// loginKeysScript reads, creates or rotates the console's login keys in one step (a hash:
+// cur, prev, at in unix ms). KEYS[1] the hash; ARGV: now (unix ms), the period (ms), a fresh
+// key, and the first key when the hash is missing (without it, a missing hash answers "seed":
+// the caller looks for the earlier single key and calls again with it). Answers {cur, prev or
+// "", at}. The previous key goes once current has been in use for two periods: what it sealed
+// is older than a period.
+var loginKeysScript = redis.NewScript(`
+local h = redis.call('HMGET', KEYS[1], 'cur', 'prev', 'at')
+local cur, prev, at = h[1], h[2] or '', tonumber(h[3] or '')
+local now, every = tonumber(ARGV[1]), tonumber(ARGV[2])
+if not cur or not at then
+  if not ARGV[4] then return {'seed'} end
+  cur, prev, at = ARGV[4], '', now
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'cur', cur, 'at', at)
+elseif now - at >= every then
+  if now - at >= 2 * every then prev = '' else prev = cur end
+  cur, at = ARGV[3], now
+  redis.call('HSET', KEYS[1], 'cur', cur, 'prev', prev, 'at', at)
+end
+return {cur, prev, tostring(at)}
+`)
 
 // SpendConsoleLogin marks the sign-in named name as finished until until; first is false when
 // it already was (a replayed callback).
@@ -107,20 +161,21 @@ func fromConsoleValue(b []byte, now time.Time) ([]byte, bool) {
 
 // memConsole is Memory's console sessions, under their own lock.
 type memConsole struct {
-	mu       sync.Mutex
-	m        map[string][]byte    // name → consoleValue
-	loginKey []byte               // created by the first ConsoleLoginKey
-	spent    map[string]time.Time // sign-in name → end of its marker
+	mu        sync.Mutex
+	m         map[string][]byte    // name → consoleValue
+	loginKeys loginKeys            // created by the first ConsoleLoginKeys
+	spent     map[string]time.Time // sign-in name → end of its marker
 }
 
-// ConsoleLoginKey returns this store's key for sign-ins in progress, created on first use.
-func (m *Memory) ConsoleLoginKey(context.Context) ([]byte, error) {
+// ConsoleLoginKeys returns this store's keys for sign-ins in progress, rotated as Redis's.
+func (m *Memory) ConsoleLoginKeys(_ context.Context, every time.Duration) (current, previous []byte, until time.Time, err error) {
+	if every <= 0 {
+		return nil, nil, time.Time{}, fmt.Errorf("store: console login keys: rotation period %s must be positive", every)
+	}
 	m.console.mu.Lock()
 	defer m.console.mu.Unlock()
-	if m.console.loginKey == nil {
-		m.console.loginKey = []byte(rand.Text() + rand.Text())
-	}
-	return m.console.loginKey, nil
+	cur, prev, until := m.console.loginKeys.Keys(m.now(), every)
+	return cur, prev, until, nil
 }
 
 // SpendConsoleLogin marks the sign-in named name as finished until until.
@@ -178,4 +233,33 @@ func (m *Memory) DeleteConsoleSession(_ context.Context, name string) error {
 	defer m.console.mu.Unlock()
 	delete(m.console.m, name)
 	return nil
+}
+
+// loginKeys are the console's login keys of the in-memory store: what loginKeysScript keeps
+// in Redis, rotated the same way.
+type loginKeys struct {
+	cur, prev []byte
+	at        time.Time // when cur became current
+}
+
+// rotate creates the first key, or replaces cur when it has been current for every or more
+// at now (dropping prev too after two periods), as loginKeysScript does.
+func (k *loginKeys) rotate(now time.Time, every time.Duration) {
+	switch age := now.Sub(k.at); {
+	case k.cur == nil:
+		k.cur, k.at = []byte(rand.Text()+rand.Text()), now
+	case age >= every:
+		k.prev = k.cur
+		if age >= 2*every {
+			k.prev = nil
+		}
+		k.cur, k.at = []byte(rand.Text()+rand.Text()), now
+	}
+}
+
+// Keys returns the keys at now for a rotation every every: current, previous (or nil) and
+// when current is due to be replaced.
+func (k *loginKeys) Keys(now time.Time, every time.Duration) (current, previous []byte, until time.Time) {
+	k.rotate(now, every)
+	return k.cur, k.prev, k.at.Add(every)
 }

@@ -365,11 +365,18 @@ func (k Keys) RecordingProof(sha256Hex string) string { return k.p() + ":rec:pro
 // session, untagged, expiring at the session's end.
 func (k Keys) ConsoleSession(name string) string { return k.p() + ":console:session:" + name }
 
-// ConsoleLoginKey is the key (32 random bytes) every console replica seals the cookie of a
-// sign-in in progress with (console). One key, untagged, written once by the first replica
-// that needs it (SET NX) and never expiring: an unauthenticated request never writes any
-// other console key, so starting sign-ins cannot fill Redis.
+// ConsoleLoginKey is the key (32 random bytes) replicas of stop 15 sealed the cookie of a
+// sign-in in progress with, made once and never rotated (console). Read once, as the first
+// current key of ConsoleLoginKeys when that is missing, and never written by this layout.
 func (k Keys) ConsoleLoginKey() string { return k.p() + ":console:login-key" }
+
+// ConsoleLoginKeys are the keys every console replica seals the cookie of a sign-in in
+// progress with (console): a hash of cur (seals), prev (still opens, for one period after a
+// rotation) and at (unix ms when cur became current), rotated by the first replica that finds
+// cur a period old (Redis.ConsoleLoginKeys, one script). One key, untagged, never expiring: an
+// unauthenticated request never writes any other console key, and this one at most once a
+// period, so starting sign-ins cannot fill Redis.
+func (k Keys) ConsoleLoginKeys() string { return k.p() + ":console:login-keys" }
 
 // ConsoleLogin marks a sign-in as finished, by a one-way function of its state, until the
 // sign-in's cookie expires (console): a callback replayed with the same cookie is refused.
@@ -486,6 +493,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.RecordingSizes(), "RecordingSizes", "", "recordings", ReadByCA},
 		{k.ConsoleSession(exampleConsole), "ConsoleSession", "", "console", ReadByCA},
 		{k.ConsoleLoginKey(), "ConsoleLoginKey", "", "console", ReadByCA},
+		{k.ConsoleLoginKeys(), "ConsoleLoginKeys", "", "console", ReadByCA},
 		{k.ConsoleLogin(exampleConsole), "ConsoleLogin", "", "console", ReadByCA},
 	}
 }

@@ -2,7 +2,6 @@ package ui
 
 import (
 	"context"
-	"crypto/cipher"
 	"embed"
 	"errors"
 	"fmt"
@@ -82,6 +81,10 @@ type Options struct {
 	// replica's memory only, so that behind a load balancer a browser must keep reaching the
 	// replica it signed in on.
 	Sessions SessionStore
+	// LoginKeyRotation is how long a key seals login cookies before the store replaces it
+	// (SessionStore.ConsoleLoginKeys); the key before stays good for one more period, so a
+	// sign-in (at most 10 minutes) under way at a rotation finishes. Default (0) a day.
+	LoginKeyRotation time.Duration
 	// Now is the clock (default time.Now); Logger gets failures (never a token).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -108,9 +111,9 @@ type Console struct {
 	cookie   Cookie
 	sessions *sessions
 
-	mu        sync.Mutex
-	provider  *oidc.Provider // discovered at the first sign-in, kept once found
-	loginSeal cipher.AEAD    // the login cookie's, from the store's shared key (loginKey)
+	mu       sync.Mutex
+	provider *oidc.Provider // discovered at the first sign-in, kept once found
+	loginSet *loginKeys     // the login cookie's, from the store's shared keys (loginKeys)
 }
 
 // ParsePublicURL checks a console public URL: scheme://host[:port], https, or http on a
@@ -140,6 +143,9 @@ func New(o Options) (*Console, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.LoginKeyRotation <= 0 {
+		o.LoginKeyRotation = DefaultLoginKeyRotation
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -313,7 +319,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.render(w, http.StatusServiceUnavailable, "error.html", page{Title: "Error", Error: "cannot reach the identity provider " + c.o.Issuer + "; try again later"})
 		return
 	}
-	aead, err := c.loginKey(r.Context(), false)
+	keys, err := c.loginKeys(r.Context(), false)
 	if err != nil {
 		c.o.Logger.Error("ui: session store", "err", err)
 		c.unavailable(w)
@@ -321,7 +327,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	}
 	l := loginState{State: randomToken(), Verifier: oauth2.GenerateVerifier(), Nonce: randomToken(),
 		ReturnTo: LocalPath(r.URL.Query().Get("return")), Expires: c.o.Now().Add(loginTimeout)}
-	value, err := sealLogin(aead, c.cookie.Login, l)
+	value, err := sealLogin(keys.seal, c.cookie.Login, l)
 	if err != nil {
 		c.o.Logger.Error("ui: login cookie", "err", err)
 		c.unavailable(w)
@@ -347,21 +353,21 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 		refuse("no sign-in is in progress in this browser (its login cookie is missing: the sign-in was started in another browser, or took longer than 10 minutes); start again")
 		return
 	}
-	aead, err := c.loginKey(r.Context(), false)
+	keys, err := c.loginKeys(r.Context(), false)
 	if err != nil {
 		c.o.Logger.Error("ui: session store", "err", err)
 		c.unavailable(w)
 		return
 	}
-	l, err := openLogin(aead, c.cookie.Login, ck.Value)
+	l, err := keys.open(c.cookie.Login, ck.Value)
 	if errors.Is(err, errLoginCookie) {
-		// Perhaps sealed under a key the store has replaced since this replica read it.
-		if aead, err = c.loginKey(r.Context(), true); err != nil {
+		// Perhaps sealed under a key another replica made since this one read the store.
+		if keys, err = c.loginKeys(r.Context(), true); err != nil {
 			c.o.Logger.Error("ui: session store", "err", err)
 			c.unavailable(w)
 			return
 		}
-		l, err = openLogin(aead, c.cookie.Login, ck.Value)
+		l, err = keys.open(c.cookie.Login, ck.Value)
 	}
 	switch {
 	case err != nil:

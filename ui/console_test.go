@@ -121,7 +121,13 @@ func newRig(t *testing.T, public func(srvURL string) string) *rig {
 // balancer that the test steers).
 func newRigWith(t *testing.T, public func(srvURL string) string, sessions SessionStore) *rig {
 	t.Helper()
-	r := &rig{t: t, now: time.Now()}
+	return newRigOn(t, &rig{t: t, now: time.Now()}, public, sessions, 0)
+}
+
+// newRigOn is newRigWith on the rig r (its clock set, so that a store can share it) with a
+// login key rotation period (0: the default).
+func newRigOn(t *testing.T, r *rig, public func(srvURL string) string, sessions SessionStore, rotation time.Duration) *rig {
+	t.Helper()
 	mux := http.NewServeMux()
 	r.srv = httptest.NewServer(mux)
 	t.Cleanup(r.srv.Close)
@@ -139,7 +145,7 @@ func newRigWith(t *testing.T, public func(srvURL string) string, sessions Sessio
 	if public != nil {
 		pub = public(r.srv.URL)
 	}
-	r.console, err = New(Options{PublicURL: pub, Issuer: r.srv.URL + "/idp", ClientID: "sshca", Requests: r.reqs, Now: r.clock, Sessions: sessions})
+	r.console, err = New(Options{PublicURL: pub, Issuer: r.srv.URL + "/idp", ClientID: "sshca", Requests: r.reqs, Now: r.clock, Sessions: sessions, LoginKeyRotation: rotation})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +153,7 @@ func newRigWith(t *testing.T, public func(srvURL string) string, sessions Sessio
 		mux.Handle("/ui/", r.console.Handler())
 		return r
 	}
-	second, err := New(Options{PublicURL: pub, Issuer: r.srv.URL + "/idp", ClientID: "sshca", Requests: r.reqs, Now: r.clock, Sessions: sessions})
+	second, err := New(Options{PublicURL: pub, Issuer: r.srv.URL + "/idp", ClientID: "sshca", Requests: r.reqs, Now: r.clock, Sessions: sessions, LoginKeyRotation: rotation})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 // in the store: an unauthenticated request stores nothing server-side (issue 17's leftover;
 // the OAuth 2.0 Security BCP, RFC 9700 §4.7, binds state to the user agent, which a cookie
 // set by the same response does). Sealing (AES-256-GCM under a key every replica shares,
-// SessionStore.ConsoleLoginKey) keeps the PKCE verifier and the nonce unreadable to whoever
+// SessionStore.ConsoleLoginKeys, replaced daily) keeps the PKCE verifier and the nonce unreadable to whoever
 // holds the cookie and makes any altered field fail to open; the callback then requires the
 // state in the URL to be the cookie's, so a callback meant for another browser (whose cookie
 // this one does not have) is refused, and SpendConsoleLogin refuses the same cookie twice.
@@ -81,28 +81,58 @@ func spentName(state string) string {
 	return hex.EncodeToString(h[:])
 }
 
-// loginKey returns the shared sealing key's AEAD, cached; refresh asks the store again (a
-// cookie that does not open may have been sealed by a replica that found the store's key
-// replaced, e.g. after the store was rebuilt).
-func (c *Console) loginKey(ctx context.Context, refresh bool) (cipher.AEAD, error) {
-	c.mu.Lock()
-	a := c.loginSeal
-	c.mu.Unlock()
-	if a != nil && !refresh {
-		return a, nil
+// DefaultLoginKeyRotation is how long a login key seals before it is replaced: a day. A
+// sign-in lasts at most loginTimeout, so the key before, kept one more period, opens every
+// cookie sealed before a rotation that is still alive.
+const DefaultLoginKeyRotation = 24 * time.Hour
+
+// loginKeys are the store's shared login keys as AEADs: seal is the current key's, open tries
+// it and then the previous key's. until is when the store is due to replace the current key:
+// a replica asks again then (on its clock), and whenever a cookie opens under neither (another
+// replica rotated first, or the store lost its keys).
+type loginKeys struct {
+	seal  cipher.AEAD
+	prev  cipher.AEAD // nil before the first rotation
+	until time.Time
+}
+
+// open opens a login cookie sealed under the current or the previous key.
+func (k *loginKeys) open(cookieName, value string) (loginState, error) {
+	l, err := openLogin(k.seal, cookieName, value)
+	if errors.Is(err, errLoginCookie) && k.prev != nil {
+		return openLogin(k.prev, cookieName, value)
 	}
-	secret, err := c.sessions.store.ConsoleLoginKey(ctx)
+	return l, err
+}
+
+// loginKeys returns the shared login keys, cached until the store's rotation is due; refresh
+// asks the store again (a cookie that opens under neither may have been sealed by a replica
+// that rotated first, or found the store's keys replaced, e.g. after the store was rebuilt).
+func (c *Console) loginKeys(ctx context.Context, refresh bool) (*loginKeys, error) {
+	c.mu.Lock()
+	k := c.loginSet
+	c.mu.Unlock()
+	if k != nil && !refresh && c.o.Now().Before(k.until) {
+		return k, nil
+	}
+	cur, prev, until, err := c.sessions.store.ConsoleLoginKeys(ctx, c.o.LoginKeyRotation)
 	if err != nil {
 		return nil, err
 	}
-	if len(secret) < 32 {
+	if len(cur) < 32 || prev != nil && len(prev) < 32 {
 		return nil, errors.New("ui: the store's console login key is shorter than 32 bytes")
 	}
-	if a, err = loginAEAD(secret); err != nil {
+	k = &loginKeys{until: until}
+	if k.seal, err = loginAEAD(cur); err != nil {
 		return nil, err
 	}
+	if prev != nil {
+		if k.prev, err = loginAEAD(prev); err != nil {
+			return nil, err
+		}
+	}
 	c.mu.Lock()
-	c.loginSeal = a
+	c.loginSet = k
 	c.mu.Unlock()
-	return a, nil
+	return k, nil
 }

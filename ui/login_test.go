@@ -118,13 +118,13 @@ func TestSignInStartsStoreNothing(t *testing.T) {
 		t.Fatalf("keys before any sign-in: %v", k)
 	}
 	start()
-	if k := keys(); !slices.Equal(k, []string{"sshca:console:login-key"}) {
+	if k := keys(); !slices.Equal(k, []string{"sshca:console:login-keys"}) {
 		t.Fatalf("after one sign-in started: %v, want only the console's login key", k)
 	}
 	for range 300 {
 		start()
 	}
-	if k := keys(); !slices.Equal(k, []string{"sshca:console:login-key"}) {
+	if k := keys(); !slices.Equal(k, []string{"sshca:console:login-keys"}) {
 		t.Fatalf("after 301 sign-ins started: %d keys, want only the console's login key: %.5v", len(k), k)
 	}
 	// The second replica signs in too (same key), and only now are keys written.
@@ -233,12 +233,12 @@ func TestLoginCookieSealed(t *testing.T) {
 			t.Errorf("the login cookie carries %q readably", secret)
 		}
 	}
-	l, err := openLogin(r.console.loginSeal, r.console.cookie.Login, v)
+	l, err := openLogin(r.console.loginSet.seal, r.console.cookie.Login, v)
 	if err != nil || l.State != state || l.Nonce != nonce || l.ReturnTo != "/ui/requests/req_SECRETPATHXYZ" {
 		t.Fatalf("the cookie does not open to this sign-in: %+v %v", l, err)
 	}
 	// Sealed for the login cookie's name: moved under another name it does not open.
-	if _, err := openLogin(r.console.loginSeal, r.console.cookie.Name, v); err == nil {
+	if _, err := openLogin(r.console.loginSet.seal, r.console.cookie.Name, v); err == nil {
 		t.Fatal("the login cookie's value opens under another cookie name")
 	}
 }
@@ -321,7 +321,7 @@ func TestLoginKeyReplaced(t *testing.T) {
 	r := newRigWith(t, nil, store.NewRedis(rdb, store.RedisOptions{}))
 	r.serving.Store(0)
 	oldCallback, oldCookie := r.startSignIn(r.browser(), "alice") // replica 0 reads the key
-	if err := rdb.Del(ctx, "sshca:console:login-key").Err(); err != nil {
+	if err := rdb.Del(ctx, "sshca:console:login-keys").Err(); err != nil {
 		t.Fatal(err)
 	}
 	r.serving.Store(1) // replica 1 has not read a key yet: it makes a new one
@@ -393,7 +393,7 @@ func TestCodeExchangeFailureLogsNoSecret(t *testing.T) {
 			callback, ck := r.startSignIn(c, "alice")
 			u, _ := url.Parse(callback)
 			code := u.Query().Get("code")
-			l, err := openLogin(r.console.loginSeal, r.console.cookie.Login, ck.Value)
+			l, err := openLogin(r.console.loginSet.seal, r.console.cookie.Login, ck.Value)
 			if err != nil || code == "" {
 				t.Fatalf("code %q, login cookie: %v", code, err)
 			}

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -126,5 +127,101 @@ func TestSessionsSharedByReplicas(t *testing.T) {
 	}
 	if n, _ := rdb.Keys(ctx, "sshca:console:session:*").Result(); len(n) != 0 {
 		t.Errorf("sessions left in Redis after sign-out: %v", n)
+	}
+}
+
+// TestLoginKeyRotates: two console replicas on one real redis-server, sharing the test's clock
+// with the store, the login key replaced every minute. A sign-in whose cookie was sealed before
+// a rotation (made by the other replica) finishes after it, on the replica whose cached key is
+// the one replaced; a cookie sealed two rotations ago, still within its 10 minutes, opens on
+// neither replica (the sign-in page says to start again, and nothing is exchanged); Redis
+// holds one key set, rotated once per period.
+func TestLoginKeyRotates(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	r := &rig{t: t, now: time.Now()}
+	st := store.NewRedis(rdb, store.RedisOptions{Now: r.clock})
+	const every = time.Minute
+	r = newRigOn(t, r, nil, st, every)
+	advance := func(d time.Duration) { r.mu.Lock(); r.now = r.now.Add(d); r.mu.Unlock() }
+	on := func(i int32) { r.serving.Store(i) }
+	// start opens the sign-in link in a new browser on replica i: the login cookie is sealed
+	// now, and the issuer's form is returned for later.
+	start := func(i int32) (*http.Client, *http.Response, string) {
+		t.Helper()
+		on(i)
+		c := r.browser()
+		resp, err := c.Get(r.srv.URL + "/ui/login?return=/ui/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, resp, body(t, resp)
+	}
+	// finish submits the issuer's form (the code is made now) and follows the callback on
+	// replica i, returning where the browser landed and the page.
+	finish := func(c *http.Client, resp *http.Response, page string, i int32) (string, string) {
+		t.Helper()
+		form := url.Values{}
+		for _, m := range regexp.MustCompile(`name="([a-z_]+)" value="([^"]*)"`).FindAllStringSubmatch(page, -1) {
+			form.Set(m[1], htmlUnescape(m[2]))
+		}
+		form.Set("sub", "bob")
+		form.Set("email", "bob@example.com")
+		on(i)
+		resp, err := c.PostForm(resp.Request.URL.String(), form)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Request.URL.Path, body(t, resp)
+	}
+	keyOf := func() string {
+		t.Helper()
+		k, err := rdb.HGet(ctx, store.Keys{}.ConsoleLoginKeys(), "cur").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+
+	c1, resp1, page1 := start(0) // sealed under the first key, cached by replica 0
+	// Two more under the first key, left waiting: one to finish on each replica.
+	type signIn struct {
+		c    *http.Client
+		resp *http.Response
+		page string
+	}
+	var waiting []signIn
+	for range 2 {
+		c, resp, page := start(0)
+		waiting = append(waiting, signIn{c, resp, page})
+	}
+	first := keyOf()
+	advance(every + time.Second)
+	start(1) // replica 1 rotates
+	second := keyOf()
+	if second == first {
+		t.Fatal("the key did not rotate a period after it was made")
+	}
+	if path, page := finish(c1, resp1, page1, 0); path != "/ui/" || !strings.Contains(page, "bob") {
+		t.Fatalf("a cookie sealed before one rotation: landed on %s:\n%.400s", path, page)
+	}
+	if keyOf() != second {
+		t.Fatal("replica 0, refreshing its keys within the period, rotated again")
+	}
+	advance(every + time.Second)
+	start(0) // replica 0 rotates: the first key is two rotations old
+	if k := keyOf(); k == second || k == first {
+		t.Fatal("the key did not rotate a second time")
+	}
+	for i, w := range waiting {
+		path, got := finish(w.c, w.resp, w.page, int32(i))
+		if path != "/ui/callback" || !strings.Contains(got, "not one this console sealed") {
+			t.Errorf("replica %d: a cookie sealed two rotations ago (%s old) landed on %s:\n%.400s", i, 2*every+2*time.Second, path, got)
+		}
+	}
+	if n, err := rdb.Exists(ctx, store.Keys{}.ConsoleLoginKeys()).Result(); err != nil || n != 1 {
+		t.Errorf("login key set: %d keys, %v", n, err)
 	}
 }

@@ -51,11 +51,14 @@ type SessionStore interface {
 	PutConsoleSession(ctx context.Context, name string, sealed []byte, expires time.Time) error
 	ConsoleSession(ctx context.Context, name string) (sealed []byte, ok bool, err error)
 	DeleteConsoleSession(ctx context.Context, name string) error
-	// ConsoleLoginKey is the secret (at least 32 bytes) every replica seals login cookies
-	// with: created by the first caller, the same for every caller after, so that a sign-in
-	// started on one replica finishes on another. It is the only thing an unauthenticated
-	// request may cause the store to write, once.
-	ConsoleLoginKey(ctx context.Context) ([]byte, error)
+	// ConsoleLoginKeys are the secrets (at least 32 bytes each) every replica seals login
+	// cookies with: current seals and previous (nil before the first rotation) still opens;
+	// the same for every caller, so that a sign-in started on one replica finishes on another.
+	// until is when current is due for replacement (its start plus every): the first call at
+	// or after it makes a new current and keeps the old as previous, once however many
+	// replicas call at once. They are the only thing an unauthenticated request may cause the
+	// store to write, at most once a period.
+	ConsoleLoginKeys(ctx context.Context, every time.Duration) (current, previous []byte, until time.Time, err error)
 	// SpendConsoleLogin marks a finished sign-in until until, after its callback
 	// authenticated the user; first is false when it already was (a replayed callback).
 	SpendConsoleLogin(ctx context.Context, name string, until time.Time) (first bool, err error)
@@ -179,11 +182,13 @@ const maxMemorySessions = 10000
 // memorySessions is the SessionStore of a console given none: one replica's own table (tests;
 // a single replica).
 type memorySessions struct {
-	now      func() time.Time
-	loginKey []byte
-	mu       sync.Mutex
-	m        map[string]memorySession
-	spent    map[string]time.Time
+	now   func() time.Time
+	mu    sync.Mutex
+	m     map[string]memorySession
+	spent map[string]time.Time
+	// login is the current login key, since loginAt; loginPrev the one before.
+	login, loginPrev []byte
+	loginAt          time.Time
 }
 
 type memorySession struct {
@@ -192,10 +197,24 @@ type memorySession struct {
 }
 
 func newMemorySessions(now func() time.Time) *memorySessions {
-	return &memorySessions{now: now, loginKey: []byte(rand.Text() + rand.Text()), m: map[string]memorySession{}, spent: map[string]time.Time{}}
+	return &memorySessions{now: now, m: map[string]memorySession{}, spent: map[string]time.Time{}}
 }
 
-func (m *memorySessions) ConsoleLoginKey(context.Context) ([]byte, error) { return m.loginKey, nil }
+// ConsoleLoginKeys rotates as store.Redis does (a new key a period after the current one began;
+// the previous one dropped after two).
+func (m *memorySessions) ConsoleLoginKeys(_ context.Context, every time.Duration) ([]byte, []byte, time.Time, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	if age := now.Sub(m.loginAt); m.login == nil || age >= every {
+		m.loginPrev = m.login
+		if age >= 2*every {
+			m.loginPrev = nil
+		}
+		m.login, m.loginAt = []byte(rand.Text()+rand.Text()), now
+	}
+	return m.login, m.loginPrev, m.loginAt.Add(every), nil
+}
 
 func (m *memorySessions) SpendConsoleLogin(_ context.Context, name string, until time.Time) (bool, error) {
 	m.mu.Lock()
