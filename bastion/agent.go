@@ -649,13 +649,55 @@ func (h *HTTPSource) get(ctx context.Context, path, etag string, wait time.Durat
 		return nil, "", 0, false, err
 	}
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotModified {
-		return nil, "", resp.StatusCode, false, fmt.Errorf("GET %s: HTTP %d", path, resp.StatusCode)
+		return nil, "", resp.StatusCode, false, &httpStatusError{path: path, code: resp.StatusCode, retryAfter: retryAfter(resp.Header.Get("Retry-After"))}
 	}
 	return b, resp.Header.Get("ETag"), resp.StatusCode, resp.Header.Get("X-KRL-Wait") != "", nil
 }
 
+// httpStatusError is an answer other than 200 or 304; retryAfter is the pause its Retry-After
+// asked for (0: none).
+type httpStatusError struct {
+	path       string
+	code       int
+	retryAfter time.Duration
+}
+
+func (e *httpStatusError) Error() string {
+	if e.retryAfter > 0 {
+		return fmt.Sprintf("GET %s: HTTP %d, retry after %s", e.path, e.code, e.retryAfter)
+	}
+	return fmt.Sprintf("GET %s: HTTP %d", e.path, e.code)
+}
+
+// maxRetryAfter bounds the pause a server's Retry-After may impose: the agent fails static
+// meanwhile, so a longer one (a misconfigured proxy) would leave the KRL stale for as long.
+const maxRetryAfter = time.Minute
+
+// retryAfter reads a Retry-After header in seconds (RFC 9110 §10.2.3; the date form is not
+// used by sshca and reads as none), at most maxRetryAfter.
+func retryAfter(h string) time.Duration {
+	n, err := strconv.ParseUint(strings.TrimSpace(h), 10, 32)
+	if err != nil {
+		return 0
+	}
+	return min(time.Duration(n)*time.Second, maxRetryAfter)
+}
+
+// failurePause is the pause after a failed poll: PollEvery, or when the server said when to
+// come back (503 from a replica that holds as many long polls as it may, 429 from a per-address
+// cap) a uniformly random pause between that and half as much again, so that the agents it
+// turned away do not come back in one instant.
+func (a *Agent) failurePause(err error) time.Duration {
+	var se *httpStatusError
+	if errors.As(err, &se) && se.retryAfter > 0 {
+		return max(a.o.PollEvery, se.retryAfter+rand.N(se.retryAfter/2+1))
+	}
+	return a.o.PollEvery
+}
+
 // runHTTP follows the server until ctx ends or until (when not zero): long polls one after
-// the other while the server grants them, else polls every PollEvery.
+// the other while the server grants them, else polls every PollEvery; after a failure it
+// pauses PollEvery, or longer as the server's Retry-After says (failurePause).
 func (a *Agent) runHTTP(ctx context.Context, until time.Time) error {
 	h := a.o.HTTP
 	for {
@@ -673,10 +715,14 @@ func (a *Agent) runHTTP(ctx context.Context, until time.Time) error {
 		if err == nil && waited {
 			continue // the wait was the pause; ask again at once
 		}
+		pause := a.o.PollEvery
+		if err != nil {
+			pause = a.failurePause(err)
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-a.o.Clock.After(a.o.PollEvery):
+		case <-a.o.Clock.After(pause):
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package bastion_test
 
 import (
+	"context"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -214,4 +215,61 @@ func TestAgentHTTPNewCAKeyWithinCARefresh(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestAgentHTTPBacksOffOnRetryAfter: a server that turns the agent away with 503 and
+// Retry-After (a replica holding as many long polls as it may) is not asked again before that
+// pause (on the agent's clock), nor later than half as much again; one without Retry-After is
+// asked again after PollEvery. Once it admits the poll, the KRL is installed.
+func TestAgentHTTPBacksOffOnRetryAfter(t *testing.T) {
+	srv := &longPollServer{changed: make(chan struct{})}
+	srv.krlServer.set(encodeKRL(t, 1, 1), 1)
+	var refuse atomic.Value
+	refuse.Store("7")
+	var asked atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		if ra := refuse.Load().(string); ra != "ok" {
+			if ra != "" {
+				w.Header().Set("Retry-After", ra)
+			}
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		srv.ServeHTTP(w, r)
+	})
+	src, _ := tlsSource(t, h)
+	krlPath := filepath.Join(t.TempDir(), "sshca.krl")
+	clock := clockwork.NewFakeClock()
+	a, err := bastion.NewAgent(bastion.Options{KRLPath: krlPath, HTTP: src, PollEvery: time.Second, LongPollWait: 20 * time.Second, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAgent(t, a)
+	// asks waits until the agent has asked n times and sleeps on its clock again.
+	asks := func(n int64) {
+		t.Helper()
+		waitUntil(t, "the agent asks "+strconv.FormatInt(n, 10)+" times", func() bool { return asked.Load() == n })
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := clock.BlockUntilContext(ctx, 1); err != nil {
+			t.Fatalf("the agent does not pause after %d answers: %v", n, err)
+		}
+	}
+	asks(1)
+	clock.Advance(7*time.Second - time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	if n := asked.Load(); n != 1 {
+		t.Fatalf("asked again %d times before Retry-After (7 s) passed", n-1)
+	}
+	clock.Advance(3500 * time.Millisecond) // 7 s plus half of it, at most
+	asks(2)
+	refuse.Store("") // no Retry-After: PollEvery
+	clock.Advance(11 * time.Second)
+	asks(3)
+	clock.Advance(time.Second)
+	asks(4)
+	refuse.Store("ok")
+	clock.Advance(time.Second)
+	waitUntil(t, "version 1 is installed", func() bool { k := installedKRL(t, krlPath); return k != nil && k.Version == 1 })
 }

@@ -48,8 +48,8 @@ const MaxLongPollWait = 25 * time.Second
 // IsLongPoll reports whether r is a long poll: GET /v1/krl or GET /v1/requests/{id} with a wait
 // query parameter (the second is `sshca request create` waiting for a decision). Long polls
 // wait on purpose: they are exempt from the request deadline (RequestDeadline's exempt hook)
-// and from the in-flight bounds, and capped per source address instead
-// (RateLimits.LongPollsPerAddress).
+// and from the in-flight bounds, and capped per source address and per replica instead
+// (RateLimits.LongPollsPerAddress, KRLLongPolls, RequestLongPolls).
 func IsLongPoll(r *http.Request) bool {
 	if r.Method != http.MethodGet || !r.URL.Query().Has("wait") {
 		return false

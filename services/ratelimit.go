@@ -48,6 +48,16 @@ type RateLimits struct {
 	// purpose, so they hold no in-flight slot (a fleet of waiting bastions would starve KRL
 	// pulls) but take a token of the KRL rate like any pull.
 	LongPollsPerAddress int
+	// KRLLongPolls and RequestLongPolls bound the long polls one replica holds open at once,
+	// from all addresses together, of GET /v1/krl (bastion agents waiting for a revocation) and
+	// of GET /v1/requests/{id} (`sshca request create` waiting for a decision); more get 503
+	// with Retry-After, so that clients behind many addresses cannot hold an unbounded number
+	// of goroutines, connections and (for request waits, one read a second each) Redis reads.
+	// The KRL default lets one replica hold a fleet of 10,000 HTTPS agents alone (each ≈ 2
+	// goroutines, 1.1 file descriptors and 50–100 KiB, docs/scaling.md: ≈ 0.5–1 GiB in all)
+	// when the other replicas are down.
+	KRLLongPolls     int
+	RequestLongPolls int
 	// MaxEntries bounds each limiter map (addresses, KRL addresses, identities): beyond it the
 	// least recently seen entry is dropped. Entries idle for Idle (or for as long as their
 	// bucket takes to refill, if longer) are dropped too; a dropped entry starts again full.
@@ -73,8 +83,11 @@ var DefaultRateLimits = RateLimits{
 	KRLInFlight:   128,
 	// Bastions behind one NAT address each hold one.
 	LongPollsPerAddress: 64,
-	MaxEntries:          100_000,
-	Idle:                10 * time.Minute,
+	KRLLongPolls:        10_000,
+	// People waiting for approval; each wait reads its request from Redis every second.
+	RequestLongPolls: 1_000,
+	MaxEntries:       100_000,
+	Idle:             10 * time.Minute,
 }
 
 // withDefaults is l with every zero field taken from DefaultRateLimits.
@@ -99,6 +112,8 @@ func (l RateLimits) withDefaults() RateLimits {
 	setI(&l.InFlight, d.InFlight)
 	setI(&l.KRLInFlight, d.KRLInFlight)
 	setI(&l.LongPollsPerAddress, d.LongPollsPerAddress)
+	setI(&l.KRLLongPolls, d.KRLLongPolls)
+	setI(&l.RequestLongPolls, d.RequestLongPolls)
 	setI(&l.MaxEntries, d.MaxEntries)
 	if l.Idle == 0 {
 		l.Idle = d.Idle
@@ -124,34 +139,44 @@ type RateLimiter struct {
 	longPollCap int
 	pollsMu     sync.Mutex
 	longPolls   map[string]int
-	limited     *prometheus.CounterVec
+	// krlPolls and requestPolls are the replica's long polls of each kind open (semaphores).
+	krlPolls, requestPolls chan struct{}
+	limited                *prometheus.CounterVec
 }
 
 // NewRateLimiter builds the limiters of l; reg, when not nil, gets the counter
 // sshca_requests_limited_total{limit} (limit: address, identity, krl_address, in_flight,
-// krl_in_flight, long_poll_address).
+// krl_in_flight, long_poll_address, krl_long_polls, request_long_polls) and the gauge
+// sshca_long_polls_open{kind} (kind: krl, request).
 func NewRateLimiter(l RateLimits, reg prometheus.Registerer) *RateLimiter {
 	l = l.withDefaults()
 	r := &RateLimiter{
-		now:         l.Now,
-		trusted:     l.TrustedProxies,
-		addresses:   newBuckets(rate.Limit(l.PerAddress), l.Burst, l.MaxEntries, l.Idle),
-		krl:         newBuckets(rate.Limit(l.KRLPerAddress), l.KRLBurst, l.MaxEntries, l.Idle),
-		identities:  newBuckets(rate.Limit(l.PerIdentity), l.IdentityBurst, l.MaxEntries, l.Idle),
-		slots:       make(chan struct{}, l.InFlight),
-		krlSlots:    make(chan struct{}, l.KRLInFlight),
-		longPollCap: l.LongPollsPerAddress,
-		longPolls:   map[string]int{},
+		now:          l.Now,
+		trusted:      l.TrustedProxies,
+		addresses:    newBuckets(rate.Limit(l.PerAddress), l.Burst, l.MaxEntries, l.Idle),
+		krl:          newBuckets(rate.Limit(l.KRLPerAddress), l.KRLBurst, l.MaxEntries, l.Idle),
+		identities:   newBuckets(rate.Limit(l.PerIdentity), l.IdentityBurst, l.MaxEntries, l.Idle),
+		slots:        make(chan struct{}, l.InFlight),
+		krlSlots:     make(chan struct{}, l.KRLInFlight),
+		longPollCap:  l.LongPollsPerAddress,
+		longPolls:    map[string]int{},
+		krlPolls:     make(chan struct{}, l.KRLLongPolls),
+		requestPolls: make(chan struct{}, l.RequestLongPolls),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sshca_requests_limited_total",
-			Help: "Requests refused by a rate limit (429) or shed by an in-flight limit (503), by limit: address, identity, krl_address, in_flight, krl_in_flight, long_poll_address.",
+			Help: "Requests refused by a rate limit (429) or shed by an in-flight limit (503), by limit: address, identity, krl_address, in_flight, krl_in_flight, long_poll_address, krl_long_polls, request_long_polls.",
 		}, []string{"limit"}),
 	}
-	for _, limit := range []string{"address", "identity", "krl_address", "in_flight", "krl_in_flight"} {
+	for _, limit := range []string{"address", "identity", "krl_address", "in_flight", "krl_in_flight", "krl_long_polls", "request_long_polls"} {
 		r.limited.WithLabelValues(limit) // exported at 0 before the first refusal
 	}
 	if reg != nil {
 		reg.MustRegister(r.limited)
+		open := func(kind string, sem chan struct{}) prometheus.Collector {
+			return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_long_polls_open", Help: "Long polls this replica holds open, by kind (krl: GET /v1/krl, request: GET /v1/requests/{id}, with wait); at limits.rate.krl_long_polls or request_long_polls more are shed with 503.",
+				ConstLabels: prometheus.Labels{"kind": kind}}, func() float64 { return float64(len(sem)) })
+		}
+		reg.MustRegister(open("krl", r.krlPolls), open("request", r.requestPolls))
 	}
 	return r
 }
@@ -189,8 +214,9 @@ func classify(r *http.Request) requestClass {
 
 // Handler limits the requests next serves: per source address first (before any token is
 // looked at), then by the in-flight bound of the request's class, or for a long poll by the
-// long polls its address holds open. A request over a rate or a long poll over the cap gets
-// 429 and one shed gets 503, all with Retry-After in seconds.
+// long polls its address holds open and then by the long polls of its kind the replica holds.
+// A request over a rate or a long poll over its address's cap gets 429 and one shed (in
+// flight, or a long poll over its kind's cap) gets 503, all with Retry-After in seconds.
 func (r *RateLimiter) Handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		class := classify(req)
@@ -217,6 +243,21 @@ func (r *RateLimiter) Handler(next http.Handler) http.Handler {
 				return
 			}
 			defer r.closeLongPoll(key)
+			sem, limit, what := r.krlPolls, "krl_long_polls", "GET /v1/krl"
+			if req.URL.Path != "/v1/krl" {
+				sem, limit, what = r.requestPolls, "request_long_polls", "GET /v1/requests/{id}"
+			}
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			default:
+				r.limited.WithLabelValues(limit).Inc()
+				// Polls end within MaxLongPollWait (request waits within ca.MaxAccessWait):
+				// a fifth of it, which the agent spreads (bastion.HTTPSource).
+				refuse(w, http.StatusServiceUnavailable, MaxLongPollWait/5,
+					fmt.Sprintf("server busy: this replica holds as many long polls of %s with wait as it may (%d, limits.rate.%s)", what, cap(sem), limit))
+				return
+			}
 			next.ServeHTTP(w, req)
 			return
 		}

@@ -292,3 +292,100 @@ func TestRateLimitedErrorIs429(t *testing.T) {
 		t.Errorf("%d Retry-After %q %v, want 429, 3 and the message", resp.StatusCode, resp.Header.Get("Retry-After"), m)
 	}
 }
+
+// TestLongPollCapsPerKind: a replica holds at most KRLLongPolls long polls of GET /v1/krl and
+// RequestLongPolls of GET /v1/requests/{id} at once, whatever their addresses: one more of a
+// kind is shed with 503, Retry-After and the config key to raise, counted in
+// sshca_requests_limited_total{limit}, and leaves no count behind (its address polls again
+// afterwards); a second poll from one address meets the address's cap (429) first; KRL pulls
+// without wait and probes are served meanwhile; once the polls end, new ones are admitted.
+// sshca_long_polls_open{kind} follows.
+func TestLongPollCapsPerKind(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	rl := services.NewRateLimiter(services.RateLimits{KRLLongPolls: 2, RequestLongPolls: 1, LongPollsPerAddress: 1}, reg)
+	release := make(chan struct{})
+	entered := make(chan string, 8)
+	h := rl.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if services.IsLongPoll(r) {
+			entered <- r.URL.Path
+			<-release
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	gauge := func(kind string) float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				if mf.GetName() == "sshca_long_polls_open" && m.GetLabel()[0].GetValue() == kind {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+		t.Fatalf("no sshca_long_polls_open{kind=%q}", kind)
+		return 0
+	}
+	const krl, req = "/v1/krl?wait=25s", "/v1/requests/req_AAAAAAAAAAAAAAAA?wait=25s"
+	var wg sync.WaitGroup
+	hold := func(path, addr string) {
+		wg.Go(func() {
+			if w := do(h, "GET", path, addr, ""); w.Code != http.StatusOK {
+				t.Errorf("held %s from %s answered %d %s", path, addr, w.Code, w.Body)
+			}
+		})
+		<-entered
+	}
+	hold(krl, "192.0.2.1:1")
+	hold(krl, "192.0.2.2:1")
+	hold(req, "192.0.2.3:1")
+	for _, tt := range []struct{ path, key string }{{krl, "limits.rate.krl_long_polls"}, {req, "limits.rate.request_long_polls"}} {
+		w := do(h, "GET", tt.path, "192.0.2.9:1", "")
+		if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), tt.key) {
+			t.Errorf("one more long poll %s: %d %s, want 503 naming %s", tt.path, w.Code, w.Body, tt.key)
+		}
+		retryAfter(t, w, 5, 5)
+	}
+	// The address's own cap (1) refuses first.
+	if w := do(h, "GET", req, "192.0.2.1:1", ""); w.Code != http.StatusTooManyRequests {
+		t.Errorf("a second long poll from one address: %d %s, want 429 (its address's cap before the replica's)", w.Code, w.Body)
+	}
+	if g := gauge("krl"); g != 2 {
+		t.Fatalf("krl polls open %v, want 2", g)
+	}
+	for _, p := range []string{"/v1/krl", "/v1/krl/host", "/healthz"} {
+		if w := do(h, "GET", p, "192.0.2.9:1", ""); w.Code != http.StatusOK {
+			t.Errorf("GET %s while the long polls are full: %d", p, w.Code)
+		}
+	}
+	if g := gauge("request"); g != 1 {
+		t.Errorf("request polls open %v, want 1", g)
+	}
+	close(release)
+	wg.Wait()
+	if g, r := gauge("krl"), gauge("request"); g != 0 || r != 0 {
+		t.Errorf("polls open after they ended: krl %v request %v", g, r)
+	}
+	release = make(chan struct{})
+	close(release)
+	for _, p := range []string{krl, req} {
+		if w := do(h, "GET", p, "192.0.2.9:1", ""); w.Code != http.StatusOK {
+			t.Errorf("a long poll %s after the others ended: %d %s", p, w.Code, w.Body)
+		}
+		<-entered
+	}
+	got := map[string]float64{}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "sshca_requests_limited_total" {
+			for _, m := range mf.GetMetric() {
+				got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if got["krl_long_polls"] != 1 || got["request_long_polls"] != 1 {
+		t.Errorf("sshca_requests_limited_total = %v, want krl_long_polls 1 and request_long_polls 1", got)
+	}
+}

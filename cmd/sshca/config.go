@@ -325,6 +325,15 @@ type RateConfig struct {
 	// decision) one source address holds open at once; more get 429. They hold no in-flight
 	// slot.
 	LongPollsPerAddress int `yaml:"long_polls_per_address"`
+	// KRLLongPolls and RequestLongPolls bound the long polls of GET /v1/krl and of GET
+	// /v1/requests/{id} one replica holds open at once, from all addresses together; more get
+	// 503 with Retry-After (sshca_requests_limited_total{limit="krl_long_polls"} and
+	// {limit="request_long_polls"}; sshca_long_polls_open{kind} shows how many are open). The
+	// KRL default, 10000, lets one replica hold a fleet of 10,000 bastion agents in HTTPS mode
+	// alone (about 1 GiB of memory and 11,000 file descriptors, docs/scaling.md); requests
+	// default to 1000 (each reads Redis once a second while it waits).
+	KRLLongPolls     int `yaml:"krl_long_polls"`
+	RequestLongPolls int `yaml:"request_long_polls"`
 	// MaxEntries bounds each limiter's map of addresses or identities (least recently seen
 	// dropped first); Idle is how long an unused entry is kept.
 	MaxEntries int           `yaml:"max_entries"`
@@ -337,7 +346,8 @@ func (c RateConfig) rateLimits() services.RateLimits {
 	return services.RateLimits{
 		PerAddress: c.PerAddress, Burst: c.Burst, PerIdentity: c.PerIdentity, IdentityBurst: c.IdentityBurst,
 		KRLPerAddress: c.KRLPerAddress, KRLBurst: c.KRLBurst, InFlight: c.InFlight, KRLInFlight: c.KRLInFlight,
-		LongPollsPerAddress: c.LongPollsPerAddress, MaxEntries: c.MaxEntries, Idle: c.Idle,
+		LongPollsPerAddress: c.LongPollsPerAddress, KRLLongPolls: c.KRLLongPolls, RequestLongPolls: c.RequestLongPolls,
+		MaxEntries: c.MaxEntries, Idle: c.Idle,
 	}
 }
 
@@ -356,6 +366,7 @@ func (c RateConfig) validate(add func(format string, args ...any)) {
 		v   int
 	}{{"burst", c.Burst}, {"identity_burst", c.IdentityBurst}, {"krl_burst", c.KRLBurst},
 		{"in_flight", c.InFlight}, {"krl_in_flight", c.KRLInFlight}, {"long_polls_per_address", c.LongPollsPerAddress},
+		{"krl_long_polls", c.KRLLongPolls}, {"request_long_polls", c.RequestLongPolls},
 		{"max_entries", c.MaxEntries}} {
 		if f.v < 0 {
 			add("limits.rate.%s: %d must be a positive number of requests (or unset for the default)", f.key, f.v)

@@ -32,7 +32,8 @@ func defaultConfig() Config {
 			AccessRequestTimeout: al.PendingTimeout, MaxAccessWindow: al.MaxWindow,
 			Rate: RateConfig{PerAddress: r.PerAddress, Burst: r.Burst, PerIdentity: r.PerIdentity, IdentityBurst: r.IdentityBurst,
 				KRLPerAddress: r.KRLPerAddress, KRLBurst: r.KRLBurst, InFlight: r.InFlight, KRLInFlight: r.KRLInFlight,
-				LongPollsPerAddress: r.LongPollsPerAddress, MaxEntries: r.MaxEntries, Idle: r.Idle},
+				LongPollsPerAddress: r.LongPollsPerAddress, KRLLongPolls: r.KRLLongPolls, RequestLongPolls: r.RequestLongPolls,
+				MaxEntries: r.MaxEntries, Idle: r.Idle},
 		},
 	}
 }
@@ -64,6 +65,8 @@ func (c Config) withDefaults() Config {
 	def(&r.InFlight, dr.InFlight)
 	def(&r.KRLInFlight, dr.KRLInFlight)
 	def(&r.LongPollsPerAddress, dr.LongPollsPerAddress)
+	def(&r.KRLLongPolls, dr.KRLLongPolls)
+	def(&r.RequestLongPolls, dr.RequestLongPolls)
 	def(&r.MaxEntries, dr.MaxEntries)
 	def(&r.Idle, dr.Idle)
 	return c

@@ -80,7 +80,7 @@ func TestWithDefaults(t *testing.T) {
 		Limits: LimitsConfig{MaxUserTTL: time.Hour, MaxHostTTL: 2 * time.Hour, MaxPrincipals: 3, IdentityBlock: 4 * time.Hour,
 			AccessRequestTimeout: 5 * time.Minute, MaxAccessWindow: 6 * time.Hour,
 			Rate: RateConfig{PerAddress: 0.2, Burst: 7, PerIdentity: 0.5, IdentityBurst: 8, KRLPerAddress: 9, KRLBurst: 10,
-				InFlight: 11, KRLInFlight: 12, LongPollsPerAddress: 13, MaxEntries: 14, Idle: 15 * time.Minute}}}
+				InFlight: 11, KRLInFlight: 12, LongPollsPerAddress: 13, KRLLongPolls: 16, RequestLongPolls: 17, MaxEntries: 14, Idle: 15 * time.Minute}}}
 	if got := set.withDefaults(); !cmp.Equal(got, set) {
 		t.Errorf("a set value was replaced by its default:\n%s", cmp.Diff(set, got))
 	}

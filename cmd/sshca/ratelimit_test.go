@@ -133,7 +133,8 @@ func TestExampleRateIsDefault(t *testing.T) {
 	d := services.DefaultRateLimits
 	want := RateConfig{PerAddress: d.PerAddress, Burst: d.Burst, PerIdentity: d.PerIdentity, IdentityBurst: d.IdentityBurst,
 		KRLPerAddress: d.KRLPerAddress, KRLBurst: d.KRLBurst, InFlight: d.InFlight, KRLInFlight: d.KRLInFlight,
-		LongPollsPerAddress: d.LongPollsPerAddress, MaxEntries: d.MaxEntries, Idle: d.Idle}
+		LongPollsPerAddress: d.LongPollsPerAddress, KRLLongPolls: d.KRLLongPolls, RequestLongPolls: d.RequestLongPolls,
+		MaxEntries: d.MaxEntries, Idle: d.Idle}
 	if c.Limits.Rate != want {
 		t.Errorf("config.example.yaml limits.rate = %+v, want the defaults %+v", c.Limits.Rate, want)
 	}

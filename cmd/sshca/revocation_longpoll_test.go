@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -296,5 +297,93 @@ func TestServeShutdownEndsLongPolls(t *testing.T) {
 	t.Logf("serve stopped %s after shutdown began, with 3 long polls of 25s waiting", took)
 	if took > 5*time.Second {
 		t.Errorf("shutdown took %s with long polls waiting: the drain waited for them", took)
+	}
+}
+
+// TestServeCapsLongPolls: `sshca serve` on a real redis-server with limits.rate.krl_long_polls
+// 3. Three long polls of GET /v1/krl (from one address, within its own cap) wait; a fourth is
+// shed at once with 503 and Retry-After, counted in sshca_requests_limited_total; a pull
+// without wait is served meanwhile; the three waiting ones answer 304 when their wait ends;
+// then a new long poll is admitted and waits its wait.
+func TestServeCapsLongPolls(t *testing.T) {
+	r := testenv.StartRedis(t)
+	idp := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	const capKRL = 3
+	cfg.Limits.Rate.KRLLongPolls = capKRL
+	base, stop := startServeStoppable(t, cfg)
+	defer stop()
+	c := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 0}, Timeout: 20 * time.Second}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(base + "/v1/krl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	etag := resp.Header.Get("ETag")
+	poll := func(wait string) (*http.Response, error) {
+		req, _ := http.NewRequest(http.MethodGet, base+"/v1/krl?wait="+wait, nil)
+		req.Header.Set("If-None-Match", etag)
+		resp, err := c.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	metric := func(name string) string {
+		resp, err := c.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	codes := make(chan int, capKRL)
+	for range capKRL {
+		go func() {
+			resp, err := poll("3s")
+			if err != nil {
+				t.Error(err)
+				codes <- 0
+				return
+			}
+			codes <- resp.StatusCode
+		}()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for metric(`sshca_long_polls_open{kind="krl"}`) != strconv.Itoa(capKRL) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the %d long polls are not all waiting: open %q", capKRL, metric(`sshca_long_polls_open{kind="krl"}`))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	began := time.Now()
+	resp, err = poll("3s")
+	if err != nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || time.Since(began) > time.Second {
+		t.Fatalf("long poll %d: %v %v after %s, want 503 with Retry-After at once", capKRL+1, resp, err, time.Since(began))
+	}
+	if v := metric(`sshca_requests_limited_total{limit="krl_long_polls"}`); v != "1" {
+		t.Errorf(`sshca_requests_limited_total{limit="krl_long_polls"} = %q, want 1`, v)
+	}
+	if resp, err := c.Get(base + "/v1/krl"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("a pull without wait while the long polls are full: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	for range capKRL {
+		if code := <-codes; code != http.StatusNotModified {
+			t.Errorf("a waiting long poll answered %d, want 304 at the end of its wait", code)
+		}
+	}
+	began = time.Now()
+	resp, err = poll("1s")
+	if err != nil || resp.StatusCode != http.StatusNotModified || time.Since(began) < 900*time.Millisecond {
+		t.Errorf("a long poll after the others ended: %v %v after %s, want 304 after its wait", resp, err, time.Since(began))
 	}
 }
