@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +56,44 @@ type RecordShipper struct {
 	shipped, failed atomic.Int64
 	// roundDone, when set (tests), is called after each round of Run.
 	roundDone func()
+
+	mu     sync.Mutex
+	status ShipperStatus // as of the end of the last round (ShipOnce)
+}
+
+// ShipperStatus is the shipper's state as the agent's /healthz and /metrics show it: the CA
+// going away does not lose recordings (they stay in Dir and are sent when it is back), and
+// this says how far behind it is.
+type ShipperStatus struct {
+	// Shipped is how many batches the CA took, Failed how many rounds of a recording failed
+	// (counters since start); Refused how many recordings the CA refused and stay here only.
+	Shipped, Failed int64
+	Refused         int
+	// LastShipped is when the CA last took a batch (zero: not since start); LastRound when the
+	// last round ended.
+	LastShipped, LastRound time.Time
+	// Backlog is the bytes of recorded lines the CA does not have yet, in BacklogRecordings
+	// recordings (refused ones apart), as of the end of the last round.
+	Backlog           int64
+	BacklogRecordings int
+	// LastError is the first failure of the last round ("" when it shipped everything).
+	LastError string
+}
+
+// Status returns the shipper's state as of the end of its last round.
+func (s *RecordShipper) Status() ShipperStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.status
+	st.Shipped, st.Failed = s.shipped.Load(), s.failed.Load()
+	return st
+}
+
+func (s *RecordShipper) clock() clockwork.Clock {
+	if s.Clock == nil {
+		return clockwork.NewRealClock()
+	}
+	return s.Clock
 }
 
 // shipState is <id>.shipped.
@@ -110,11 +149,7 @@ func (s *RecordShipper) Run(ctx context.Context) {
 	if s.Every <= 0 {
 		s.Every = 2 * time.Second
 	}
-	clk := s.Clock
-	if clk == nil {
-		clk = clockwork.NewRealClock()
-	}
-	t := clk.NewTicker(s.Every)
+	t := s.clock().NewTicker(s.Every)
 	defer t.Stop()
 	for {
 		s.ShipOnce(ctx)
@@ -130,8 +165,9 @@ func (s *RecordShipper) Run(ctx context.Context) {
 }
 
 // ShipOnce ships what every recording of Dir has that the CA lacks, and returns the first
-// error (the other recordings are shipped anyway).
-func (s *RecordShipper) ShipOnce(ctx context.Context) error {
+// error (the other recordings are shipped anyway); Status says what is left.
+func (s *RecordShipper) ShipOnce(ctx context.Context) (err error) {
+	defer func() { s.endRound(err) }()
 	if s.Log == nil {
 		s.Log = slog.New(slog.DiscardHandler)
 	}
@@ -196,6 +232,9 @@ func (s *RecordShipper) shipRecording(ctx context.Context, path string) error {
 			return err
 		}
 		s.shipped.Add(1)
+		s.mu.Lock()
+		s.status.LastShipped = s.clock().Now()
+		s.mu.Unlock()
 		switch {
 		case got.Received == st.lines+int64(n):
 			st.lines += int64(n)
@@ -278,4 +317,35 @@ func lineOffset(f *os.File, n int64) (int64, int64, error) {
 		off += int64(len(line))
 	}
 	return i, off, nil
+}
+
+// endRound records the round's outcome and what the CA still lacks: for each recording that is
+// neither done nor refused, the bytes past what its state file says the CA has (complete lines
+// or not: a line being written is backlog too).
+func (s *RecordShipper) endRound(err error) {
+	var backlog int64
+	waiting, refused := 0, 0
+	paths, _ := filepath.Glob(filepath.Join(s.Dir, "*.rec"))
+	for _, p := range paths {
+		st := readShipState(strings.TrimSuffix(p, ".rec") + ".shipped")
+		if st.refused != "" {
+			refused++
+			continue
+		}
+		if st.done {
+			continue
+		}
+		if fi, serr := os.Stat(p); serr == nil && fi.Size() > st.bytes {
+			backlog += fi.Size() - st.bytes
+			waiting++
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.LastRound = s.clock().Now()
+	s.status.Backlog, s.status.BacklogRecordings, s.status.Refused = backlog, waiting, refused
+	s.status.LastError = ""
+	if err != nil {
+		s.status.LastError = err.Error()
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
+
 	"github.com/sshca/sshca/ca"
 )
 
@@ -91,8 +93,9 @@ type krlHandler struct {
 	// readTimeout bounds each read of the states (requests that wait have no deadline).
 	readTimeout time.Duration
 
-	// now is the clock that ages last (time.Now).
-	now func() time.Time
+	// clock ages last and times each poll's wait (the real clock; tests pass a
+	// clockwork.FakeClock and advance it).
+	clock clockwork.Clock
 
 	mu sync.Mutex
 	// wake is the read made after the change notice woke: the first waiter woken by a notice
@@ -136,9 +139,14 @@ type sharedRead struct {
 	next  <-chan struct{} // the notice taken before the read
 }
 
-func newKRLHandler(feed KRLFeed, render func(...ca.RevocationState) ([]byte, error), log *slog.Logger, stop <-chan struct{}) *krlHandler {
-	return &krlHandler{feed: feed, render: render, log: log, stop: stop, readTimeout: DefaultRequestTimeout, now: time.Now}
+func newKRLHandler(feed KRLFeed, render func(...ca.RevocationState) ([]byte, error), log *slog.Logger, stop <-chan struct{}, clock clockwork.Clock) *krlHandler {
+	if clock == nil {
+		clock = clockwork.NewRealClock()
+	}
+	return &krlHandler{feed: feed, render: render, log: log, stop: stop, readTimeout: DefaultRequestTimeout, clock: clock}
 }
+
+func (h *krlHandler) now() time.Time { return h.clock.Now() }
 
 // remember keeps k, read after notice next was taken at begin, for long polls to reuse.
 func (h *krlHandler) remember(next <-chan struct{}, k renderedKRL, begin time.Time) {
@@ -262,16 +270,17 @@ func (h *krlHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.answer(ctx, w, inm, cur)
 		return
 	}
-	// The server's write timeout would cut the answer off; the wait bounds it instead.
+	// The server's write timeout would cut the answer off; the wait bounds it instead. The
+	// real clock here, not h.clock: a socket's deadline is the runtime's.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 2*h.readTimeout + 5*time.Second))
-	timer := time.NewTimer(wait)
+	timer := h.clock.NewTimer(wait)
 	defer timer.Stop()
 	for cur.err == nil && cur.etag == inm {
 		select {
 		case <-next:
 			cur, next = h.afterWake(next)
 			held = false // read after the notice, so after the poll arrived
-		case <-timer.C:
+		case <-timer.Chan():
 			if held {
 				cur = h.confirmed(arrived)
 			}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
@@ -70,10 +71,8 @@ func TestKRLLongPollReusesRead(t *testing.T) {
 	}
 	feed := &countedFeed{st: ca.RevocationState{CA: signer.PublicKey(), Version: 1}, changed: make(chan struct{})}
 	stop := make(chan struct{})
-	h := newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop)
-	var clock atomic.Int64 // nanoseconds past base
-	base := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
-	h.now = func() time.Time { return base.Add(time.Duration(clock.Load())) }
+	clock := clockwork.NewFakeClockAt(time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC))
+	h := newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop, clock)
 
 	type answer struct {
 		code int
@@ -139,7 +138,7 @@ func TestKRLLongPollReusesRead(t *testing.T) {
 	expectReads(3, "two long polls holding another KRL")
 
 	// Once the read is reuseRead old, an arriving agent reads (and waits: nothing changed).
-	clock.Add(int64(reuseRead))
+	clock.Advance(reuseRead)
 	late := poll(ctx, "?wait=20s", e1)
 	waitNotices(1 + agents + 2 + 1)
 	expectReads(4, "a long poll after the last read aged")
@@ -196,10 +195,21 @@ func TestKRLLongPollHeldReadIsConfirmed(t *testing.T) {
 	}
 	feed := &countedFeed{st: ca.RevocationState{CA: signer.PublicKey(), Version: 1}, changed: make(chan struct{})}
 	stop := make(chan struct{})
-	h := newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop)
-	var clock atomic.Int64
-	base := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
-	h.now = func() time.Time { return base.Add(time.Duration(clock.Add(1))) } // every reading a later instant
+	clock := clockwork.NewFakeClockAt(time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC))
+	h := newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop, clock)
+	// waitOut runs get and ends its wait on the clock once the poll waits.
+	waitOut := func(get func() *httptest.ResponseRecorder) *httptest.ResponseRecorder {
+		t.Helper()
+		done := make(chan *httptest.ResponseRecorder, 1)
+		go func() { done <- get() }()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := clock.BlockUntilContext(ctx, 1); err != nil {
+			t.Fatalf("the long poll does not wait on its clock: %v", err)
+		}
+		clock.Advance(50 * time.Millisecond)
+		return <-done
+	}
 
 	get := func(query, inm string) *httptest.ResponseRecorder {
 		req := httptest.NewRequest(http.MethodGet, "/v1/krl"+query, nil)
@@ -218,7 +228,7 @@ func TestKRLLongPollHeldReadIsConfirmed(t *testing.T) {
 	feed.st.Entries = append(feed.st.Entries, ca.RevocationEntry{Kind: ca.RevokedSerial, Value: "9", Expiry: time.Now().Add(time.Hour)})
 	feed.mu.Unlock()
 
-	rec := get("?wait=50ms", e1)
+	rec := waitOut(func() *httptest.ResponseRecorder { return get("?wait=50ms", e1) })
 	if rec.Code != http.StatusOK || rec.Header().Get("ETag") == e1 {
 		t.Fatalf("long poll sent after an acknowledged revocation = %d %s, want 200 with a new ETag (not %s)", rec.Code, rec.Header().Get("ETag"), e1)
 	}
@@ -231,6 +241,12 @@ func TestKRLLongPollHeldReadIsConfirmed(t *testing.T) {
 	for i := range codes {
 		wg.Go(func() { codes[i] = get("?wait=50ms", e2).Code })
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := clock.BlockUntilContext(ctx, len(codes)); err != nil {
+		t.Fatalf("the long polls do not wait on their clock: %v", err)
+	}
+	clock.Advance(50 * time.Millisecond) // their waits end together
 	wg.Wait()
 	for i, c := range codes {
 		if c != http.StatusNotModified {
@@ -239,5 +255,65 @@ func TestKRLLongPollHeldReadIsConfirmed(t *testing.T) {
 	}
 	if n := feed.reads.Load() - before; n < 1 || n > 10 {
 		t.Fatalf("20 held long polls ending together read the states %d times, want about 1 (more only for polls that arrive after a confirming read began), not one each", n)
+	}
+}
+
+// TestKRLLongPollWaitsOnItsClock: a long poll's wait is timed by the handler's clock, as the
+// recording shipper's rounds are (TestRecordShipperShipsOnItsClock): one holding the current
+// KRL answers nothing while its clock has not reached the wait, whatever time passes, and 304
+// as soon as it has, without a change. Shutting down ends it at once with 304 too.
+func TestKRLLongPollWaitsOnItsClock(t *testing.T) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed := &countedFeed{st: ca.RevocationState{CA: signer.PublicKey(), Version: 1}, changed: make(chan struct{})}
+	stop := make(chan struct{})
+	clock := clockwork.NewFakeClock()
+	h := newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop, clock)
+	get := func(query, inm string) <-chan *httptest.ResponseRecorder {
+		out := make(chan *httptest.ResponseRecorder, 1)
+		go func() {
+			req := httptest.NewRequest(http.MethodGet, "/v1/krl"+query, nil)
+			if inm != "" {
+				req.Header.Set("If-None-Match", inm)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			out <- rec
+		}()
+		return out
+	}
+	etag := (<-get("", "")).Header().Get("ETag")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, end := range []string{"wait", "stop"} {
+		poll := get("?wait=25s", etag)
+		if err := clock.BlockUntilContext(ctx, 1); err != nil {
+			t.Fatalf("the long poll does not wait on its clock: %v", err)
+		}
+		clock.Advance(25*time.Second - time.Millisecond)
+		select {
+		case rec := <-poll:
+			t.Fatalf("answered %d before its wait ended on its clock", rec.Code)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if end == "wait" {
+			clock.Advance(time.Millisecond)
+		} else {
+			close(stop)
+		}
+		select {
+		case rec := <-poll:
+			if rec.Code != http.StatusNotModified || rec.Header().Get("ETag") != etag {
+				t.Fatalf("at the end (%s): %d %s, want 304 with %s", end, rec.Code, rec.Header().Get("ETag"), etag)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no answer 5 s after the end (%s)", end)
+		}
 	}
 }

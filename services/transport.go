@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-kit/kit/transport"
 	kithttp "github.com/go-kit/kit/transport/http"
+	"github.com/jonboulle/clockwork"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
@@ -55,6 +56,9 @@ type HTTPOptions struct {
 	// Stop ends every long poll waiting (with 304) when closed: the server is shutting down,
 	// and its graceful drain must not wait for them.
 	Stop <-chan struct{}
+	// Clock times the waits of GET /v1/krl's long poll and the age of the read it shares
+	// (nil: the real clock; tests pass a clockwork.FakeClock).
+	Clock clockwork.Clock
 }
 
 // LoginConfig is the OIDC client setting the CLI signs users in with (the body of
@@ -94,7 +98,7 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 		mux.Handle("GET /v1/krl/host", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL, o.Logger),
 			append(opts, kithttp.ServerBefore(withIfNoneMatch))...))
 		if o.KRLFeed != nil {
-			mux.Handle("GET /v1/krl", newKRLHandler(o.KRLFeed, o.RenderKRL, o.Logger, o.Stop))
+			mux.Handle("GET /v1/krl", newKRLHandler(o.KRLFeed, o.RenderKRL, o.Logger, o.Stop, o.Clock))
 		} else {
 			mux.Handle("GET /v1/krl", kithttp.NewServer(e.KRL, kithttp.NopRequestDecoder, encodeKRL(o.RenderKRL, o.Logger),
 				append(opts, kithttp.ServerBefore(withIfNoneMatch))...))

@@ -255,6 +255,7 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 			return err
 		}
 		loops = append(loops, forever("recording shipper", sh.Run))
+		parts = append(parts, shipperHealth{sh})
 	}
 	if err := agent.Prepare(); err != nil {
 		return err

@@ -53,3 +53,48 @@ func (d discoveryHealth) health() (string, any, []string) {
 	}
 	return "discovery", detail, nil
 }
+
+// shipperHealth shows the recording shipper (--ship-recordings). A CA that does not take the
+// recordings is no problem for /healthz, which is about the KRL: the agent fails static (the
+// recordings stay on the host and are sent when the CA is back) and says so here and in the
+// metrics, with how far behind it is.
+type shipperHealth struct{ s *bastion.RecordShipper }
+
+func (h shipperHealth) collectors() []prometheus.Collector {
+	st := func(f func(bastion.ShipperStatus) float64) func() float64 {
+		return func() float64 { return f(h.s.Status()) }
+	}
+	return []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sshca_bastion_recording_batches_shipped_total", Help: "Batches of recorded lines the CA took since the agent started (--ship-recordings)."},
+			st(func(s bastion.ShipperStatus) float64 { return float64(s.Shipped) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sshca_bastion_recording_ship_failures_total", Help: "Rounds in which shipping a recording failed, since the agent started (--ship-recordings); the recording stays and is retried."},
+			st(func(s bastion.ShipperStatus) float64 { return float64(s.Failed) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_recording_backlog_bytes", Help: "Bytes of recordings the CA does not have yet, as of the shipper's last round."},
+			st(func(s bastion.ShipperStatus) float64 { return float64(s.Backlog) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_recordings_refused", Help: "Recordings the CA refused (their content); they stay on this host only."},
+			st(func(s bastion.ShipperStatus) float64 { return float64(s.Refused) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sshca_bastion_recording_last_shipped_timestamp_seconds", Help: "Unix time the CA last took a batch of recorded lines; 0 not since the agent started."},
+			st(func(s bastion.ShipperStatus) float64 {
+				if s.LastShipped.IsZero() {
+					return 0
+				}
+				return float64(s.LastShipped.UnixNano()) / 1e9
+			})),
+	}
+}
+
+func (h shipperHealth) health() (string, any, []string) {
+	s := h.s.Status()
+	detail := map[string]any{"shipped": s.Shipped, "failed": s.Failed, "refused": s.Refused,
+		"backlog_bytes": s.Backlog, "backlog_recordings": s.BacklogRecordings}
+	for name, t := range map[string]time.Time{"last_shipped": s.LastShipped, "last_round": s.LastRound} {
+		if !t.IsZero() {
+			detail[name] = t.UTC().Format(time.RFC3339)
+		}
+	}
+	if s.LastError != "" {
+		detail["last_error"] = s.LastError
+		detail["state"] = "failing: the recordings stay on this host and are shipped when the CA takes them again"
+	}
+	return "recording_shipper", detail, nil
+}

@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -235,6 +237,15 @@ func TestRecordingsOnTheirOwnRedis(t *testing.T) {
 		!strings.Contains(ce.Message, "maxmemory") {
 		t.Fatalf("shipping into a full recordings Redis: %v", shipErr)
 	}
+	// The agent fails static and says so: the recording stays, its bytes are the backlog.
+	bigSize := fileSize(t, filepath.Join(recDir, big+".rec"))
+	detail, metrics := shipperHealthOf(t, sh)
+	if detail["backlog_bytes"] != float64(bigSize) || detail["backlog_recordings"] != 1.0 || detail["failed"] != 1.0 ||
+		!strings.Contains(fmt.Sprint(detail["last_error"]), "recording store is full") || !strings.HasPrefix(fmt.Sprint(detail["state"]), "failing") ||
+		detail["last_shipped"] == nil || !strings.Contains(metrics, "sshca_bastion_recording_backlog_bytes "+strconv.FormatInt(bigSize, 10)+"\n") ||
+		!strings.Contains(metrics, "sshca_bastion_recording_ship_failures_total 1\n") {
+		t.Errorf("the agent's health while the CA refuses: %v\n%s", detail, metrics)
+	}
 	issueAlice() // issuance goes on
 
 	list, err := apiClient(ctx, base).Recordings(ctx, auditor, client.RecordingQuery{Principal: "root"})
@@ -251,6 +262,10 @@ func TestRecordingsOnTheirOwnRedis(t *testing.T) {
 	if err := sh.ShipOnce(ctx); err != nil {
 		t.Fatalf("shipping once there is room: %v", err)
 	}
+	if detail, metrics := shipperHealthOf(t, sh); detail["backlog_bytes"] != 0.0 || detail["backlog_recordings"] != 0.0 ||
+		detail["last_error"] != nil || detail["state"] != nil || !strings.Contains(metrics, "sshca_bastion_recording_backlog_bytes 0\n") {
+		t.Errorf("the agent's health once the CA took everything: %v\n%s", detail, metrics)
+	}
 	if list, err := apiClient(ctx, base).Recordings(ctx, auditor, client.RecordingQuery{Live: true, Since: start.Add(-time.Second)}); err != nil || len(list) != 1 || list[0].ID != big {
 		t.Fatalf("live list: %v %+v", err, list)
 	}
@@ -258,4 +273,35 @@ func TestRecordingsOnTheirOwnRedis(t *testing.T) {
 	if _, err := apiClient(ctx, base).Recordings(ctx, user, client.RecordingQuery{}); !errors.As(err, &ce) || ce.Status != http.StatusForbidden {
 		t.Fatalf("a user without read lists recordings: %v", err)
 	}
+}
+
+// shipperHealthOf is the recording shipper's part of the bastion agent's /healthz (its
+// "recording_shipper" object) and the agent's /metrics, as runAgent serves them.
+func shipperHealthOf(t *testing.T, sh *bastion.RecordShipper) (map[string]any, string) {
+	t.Helper()
+	a, err := bastion.NewAgent(bastion.Options{KRLPath: filepath.Join(t.TempDir(), "agent.krl"), Feed: store.NewMemory(time.Now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := agentHealthHandler(a, nil, shipperHealth{sh})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	var body struct {
+		Shipper map[string]any `json:"recording_shipper"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body.Shipper == nil {
+		t.Fatalf("/healthz %s: %v, no recording_shipper", rec.Body, err)
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	return body.Shipper, rec.Body.String()
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
 }
