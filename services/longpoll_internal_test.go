@@ -53,14 +53,10 @@ func (f *countedFeed) revoke(serial string) {
 	f.changed = make(chan struct{})
 }
 
-// TestKRLLongPollReusesRead: after a change every agent of a fleet asks again at once with
-// the KRL it was just given; those long polls wait on the last read instead of each reading
-// the store and encoding the KRL again (one revocation would cost O(agents) reads). What must
-// still read: an agent holding another KRL (behind, or ahead because another replica answered
-// it first), any agent once a change was noticed after the last read (it must get the new KRL
-// at once, not wait on a stale one), and any agent once the read is reuseRead old (a store that
-// stopped answering is told within it).
-func TestKRLLongPollReusesRead(t *testing.T) {
+// newFedKRLHandler is a KRL handler on clock over a countedFeed of one CA's state (version
+// 1), and the channel that stops it.
+func newFedKRLHandler(t *testing.T, clock clockwork.Clock) (*krlHandler, *countedFeed, chan struct{}) {
+	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -71,8 +67,19 @@ func TestKRLLongPollReusesRead(t *testing.T) {
 	}
 	feed := &countedFeed{st: ca.RevocationState{CA: signer.PublicKey(), Version: 1}, changed: make(chan struct{})}
 	stop := make(chan struct{})
+	return newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop, clock), feed, stop
+}
+
+// TestKRLLongPollReusesRead: after a change every agent of a fleet asks again at once with
+// the KRL it was just given; those long polls wait on the last read instead of each reading
+// the store and encoding the KRL again (one revocation would cost O(agents) reads). What must
+// still read: an agent holding another KRL (behind, or ahead because another replica answered
+// it first), any agent once a change was noticed after the last read (it must get the new KRL
+// at once, not wait on a stale one), and any agent once the read is reuseRead old (a store that
+// stopped answering is told within it).
+func TestKRLLongPollReusesRead(t *testing.T) {
 	clock := clockwork.NewFakeClockAt(time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC))
-	h := newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop, clock)
+	h, feed, _ := newFedKRLHandler(t, clock)
 
 	type answer struct {
 		code int
@@ -185,18 +192,8 @@ func TestKRLLongPollReusesRead(t *testing.T) {
 // from the held read would tell the agent "no change" about a revocation the revoker was
 // already told is done, and the agent would stay behind for another whole wait.
 func TestKRLLongPollHeldReadIsConfirmed(t *testing.T) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	feed := &countedFeed{st: ca.RevocationState{CA: signer.PublicKey(), Version: 1}, changed: make(chan struct{})}
-	stop := make(chan struct{})
 	clock := clockwork.NewFakeClockAt(time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC))
-	h := newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop, clock)
+	h, feed, _ := newFedKRLHandler(t, clock)
 	// waitOut runs get and ends its wait on the clock once the poll waits.
 	waitOut := func(get func() *httptest.ResponseRecorder) *httptest.ResponseRecorder {
 		t.Helper()
@@ -263,18 +260,8 @@ func TestKRLLongPollHeldReadIsConfirmed(t *testing.T) {
 // KRL answers nothing while its clock has not reached the wait, whatever time passes, and 304
 // as soon as it has, without a change. Shutting down ends it at once with 304 too.
 func TestKRLLongPollWaitsOnItsClock(t *testing.T) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	feed := &countedFeed{st: ca.RevocationState{CA: signer.PublicKey(), Version: 1}, changed: make(chan struct{})}
-	stop := make(chan struct{})
 	clock := clockwork.NewFakeClock()
-	h := newKRLHandler(feed, revocation.EncodeKRL, slog.New(slog.DiscardHandler), stop, clock)
+	h, _, stop := newFedKRLHandler(t, clock)
 	get := func(query, inm string) <-chan *httptest.ResponseRecorder {
 		out := make(chan *httptest.ResponseRecorder, 1)
 		go func() {
