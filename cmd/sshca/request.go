@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -138,6 +139,8 @@ func waitForDecision(ctx context.Context, msg io.Writer, c *client.Client, token
 		longPoll = client.RequestWait
 	}
 	var asked time.Time // when the last answer was asked for (zero: none yet)
+	// backoff is the pause the server's last refusal asked for (its Retry-After).
+	var backoff time.Duration
 	last := ""
 	for {
 		line := fmt.Sprintf("waiting for approval: %d of %d", len(r.Approvals), r.ApprovalsRequired)
@@ -160,7 +163,7 @@ func waitForDecision(ctx context.Context, msg io.Writer, c *client.Client, token
 			return fmt.Errorf("access request %s is %s; create a new one if you still need access", r.ID, r.State)
 		}
 		if !asked.IsZero() {
-			if rest := w.interval - now().Sub(asked); rest > 0 {
+			if rest := max(w.interval-now().Sub(asked), backoff); rest > 0 {
 				select {
 				case <-ctx.Done():
 					return fmt.Errorf("stopped waiting; the request stays pending: sshca request show %s", r.ID)
@@ -168,6 +171,7 @@ func waitForDecision(ctx context.Context, msg io.Writer, c *client.Client, token
 				}
 			}
 		}
+		backoff = 0
 		asked = now()
 		next, err := c.WaitRequest(ctx, token, r.ID, longPoll, r)
 		if ctx.Err() != nil {
@@ -176,7 +180,12 @@ func waitForDecision(ctx context.Context, msg io.Writer, c *client.Client, token
 		if err != nil {
 			var e *client.Error
 			if errors.As(err, &e) && (e.Status == 503 || e.Status == 429) {
-				continue // a passing outage: keep waiting
+				// A passing outage, or a replica holding as many waits as it may: keep
+				// waiting, no sooner than it asked (at most a minute).
+				if secs, err := strconv.ParseUint(e.RetryAfter, 10, 16); err == nil {
+					backoff = min(time.Duration(secs)*time.Second, time.Minute)
+				}
+				continue
 			}
 			return requestError(err)
 		}

@@ -7,8 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -268,5 +271,48 @@ func TestAccessRequestRoutesLoggedAndCounted(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+}
+
+// TestRequestWaitHonoursRetryAfter: `sshca request create` waiting for a decision, turned away
+// with 503 and Retry-After (a replica holding as many waits as it may, limits.rate.
+// request_long_polls), asks again no sooner than the Retry-After, though its --poll is shorter;
+// without Retry-After, after --poll; then it sees the approval.
+func TestRequestWaitHonoursRetryAfter(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch calls.Add(1) {
+		case 1:
+			w.Header().Set("Retry-After", "5")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"error":"server busy: this replica holds as many long polls as it may"}`))
+		case 2:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"error":"store unavailable"}`))
+		default:
+			_ = json.NewEncoder(w).Encode(client.AccessRequest{ID: "req_aaaaaaaaaaaaaaaa", State: "approved", ApprovalsRequired: 1})
+		}
+	}))
+	defer srv.Close()
+	var mu sync.Mutex
+	var pauses []time.Duration
+	w := requestWait{interval: 2 * time.Second, now: time.Now, after: func(d time.Duration) <-chan time.Time {
+		mu.Lock()
+		pauses = append(pauses, d)
+		mu.Unlock()
+		ch := make(chan time.Time, 1)
+		ch <- time.Now()
+		return ch
+	}}
+	var out testenv.SyncBuffer
+	pending := client.AccessRequest{ID: "req_aaaaaaaaaaaaaaaa", State: "pending", ApprovalsRequired: 1}
+	if err := waitForDecision(context.Background(), &out, client.New(srv.URL), "tok", pending, w); err != nil {
+		t.Fatalf("waitForDecision: %v\n%s", err, out.String())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(pauses) != 2 || pauses[0] < 5*time.Second || pauses[0] > 5*time.Second+time.Millisecond ||
+		pauses[1] > 2*time.Second || pauses[1] < 2*time.Second-500*time.Millisecond {
+		t.Errorf("pauses %v, want the Retry-After (5s) after the first refusal and --poll (2s) after the second", pauses)
 	}
 }
