@@ -18,8 +18,14 @@ import (
 // keys live in other hash slots than the refusal's and no script can read both on a Redis
 // Cluster): the holder of a revoked key or identity loses a token it could not have used. A
 // request the policy denies never reaches Admit, so it does not spend its token.
+//
+// With AdmissionRequest.Record, Admit also records the certificate in the inventory in the same
+// round trip (CertStore.Record's check of the identity's blocks included), before it is signed;
+// Unrecord withdraws that record when the certificate is then not signed or not handed out (a
+// refusal, a spent token, a serial taken, a failed signature).
 type Admission interface {
 	Admit(ctx context.Context, r AdmissionRequest) (Admitted, error)
+	Unrecord(ctx context.Context, c Certificate) error
 }
 
 // AdmissionRequest is what Admission.Admit checks and writes.
@@ -32,6 +38,10 @@ type AdmissionRequest struct {
 	// Admitted.SerialReserved says whether it was free.
 	Serial      uint64
 	SerialUntil time.Time
+	// Record, when not nil, is the inventory record of the certificate about to be signed
+	// (with Serial as its serial): recorded unless the identity is blocked or the serial is
+	// already recorded with another certificate. Admitted.Recorded says whether it was.
+	Record *Certificate
 }
 
 // Admitted is Admission.Admit's answer.
@@ -42,4 +52,7 @@ type Admitted struct {
 	Fresh bool
 	// SerialReserved: AdmissionRequest.Serial is reserved for this certificate.
 	SerialReserved bool
+	// Recorded: AdmissionRequest.Record is in the inventory (whatever the other answers say:
+	// the caller withdraws it with Unrecord when it does not sign).
+	Recorded bool
 }

@@ -2,7 +2,9 @@ package ca_test
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -76,12 +78,6 @@ func (denyReason) Decide(_ context.Context, in ca.PolicyInput) (ca.Decision, err
 	return ca.Decision{Allow: true, Principals: []string{"alice"}, TTL: 10 * time.Minute}, nil
 }
 
-// TestAdmissionOneRoundTripBeforeSigning runs issuance against a real redis-server with
-// store.Redis as the Admission: between authentication and the signature, one round trip checks
-// the refusals, spends the token and reserves the serial (the signer signs with it); the record
-// and the audit entry are one round trip each after the signature. A replayed token and a revoked
-// key or identity are refused without a signature, a request the policy denies keeps its
-
 // tripRig is a redis-server whose round trips tr counts, its store, and an Ed25519 softkms
 // signer that notes the count when it signs.
 func tripRig(t *testing.T) (*redis.Client, *store.Redis, *trips, *tripSigner) {
@@ -100,7 +96,13 @@ func tripRig(t *testing.T) (*redis.Client, *store.Redis, *trips, *tripSigner) {
 	return rdb, db, tr, &tripSigner{Signer: signer.New(key.Signer(), db, signer.Options{}), trips: tr}
 }
 
-// token, and the refusals leave audit records.
+// TestAdmissionOneRoundTripBeforeSigning runs issuance against a real redis-server with
+// store.Redis as the Admission: between authentication and the signature, one round trip checks
+// the refusals, spends the token, reserves the serial (the signer signs with it) and records the
+// certificate in the inventory; the audit entry is the one round trip after the signature. The
+// record is the certificate signed. A replayed token and a revoked key or identity are refused
+// without a signature and leave no record in the inventory; a request the policy denies keeps
+// its token, and the refusals leave audit records.
 func TestAdmissionOneRoundTripBeforeSigning(t *testing.T) {
 	ctx := context.Background()
 	rdb, db, tr, sgn := tripRig(t)
@@ -120,14 +122,23 @@ func TestAdmissionOneRoundTripBeforeSigning(t *testing.T) {
 	}
 
 	before := tr.n.Load()
-	if _, err := a.Issue(ctx, "t1", req); err != nil {
+	iss, err := a.Issue(ctx, "t1", req)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if pre := sgn.atSign.Load() - before; pre != 1 {
 		t.Errorf("%d Redis round trips before the signer was called, want 1 (the admission)", pre)
 	}
-	if post := tr.n.Load() - sgn.atSign.Load(); post != 2 {
-		t.Errorf("%d Redis round trips from the signer on, want 2 (inventory, audit): the admission reserved the serial", post)
+	if post := tr.n.Load() - sgn.atSign.Load(); post != 1 {
+		t.Errorf("%d Redis round trips from the signer on, want 1 (audit): the admission reserved the serial and recorded the certificate", post)
+	}
+	got, ok, err := db.Get(ctx, iss.Cert.Serial)
+	if err != nil || !ok {
+		t.Fatalf("the certificate issued is not in the inventory (%v)", err)
+	}
+	if got.KeyID != iss.Cert.KeyId || got.ValidAfter.Unix() != int64(iss.Cert.ValidAfter) || got.ValidBefore.Unix() != int64(iss.Cert.ValidBefore) ||
+		got.CAFingerprint != ssh.FingerprintSHA256(iss.Cert.SignatureKey) || !slices.Equal(got.Principals, iss.Cert.ValidPrincipals) {
+		t.Errorf("the inventory's record %+v is not the certificate signed (key ID %q, valid %d..%d)", got, iss.Cert.KeyId, iss.Cert.ValidAfter, iss.Cert.ValidBefore)
 	}
 
 	signed := sgn.signatures.Load()
@@ -179,15 +190,27 @@ func TestAdmissionOneRoundTripBeforeSigning(t *testing.T) {
 	if refused != 2 {
 		t.Errorf("%d refused records in the audit log, want 2 (revoked key, blocked identity)", refused)
 	}
+	// Recorded before signing, the refused requests' certificates were withdrawn: the inventory
+	// holds the three signed (warm-up, t1, t2), not the replay's or the refusals'.
+	live, err := db.Live(ctx, alice.Name(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(live) != 3 || int64(len(live)) != sgn.signatures.Load() {
+		t.Errorf("%d certificates in the inventory after %d signatures, want 3 (no record of a refused request)", len(live), sgn.signatures.Load())
+	}
 }
 
 // TestAdmissionSerialTaken: when the serial the admission drew is taken, the certificate is
-// still issued, with another serial that the signer reserved itself, one round trip later.
+// still issued, with another serial that the signer reserved itself: the record made under the
+// drawn serial is withdrawn (a second round trip before the signer), and the certificate is
+// recorded after it (its own serial and the inventory from the signer on).
 func TestAdmissionSerialTaken(t *testing.T) {
 	ctx := context.Background()
 	_, db, tr, sgn := tripRig(t)
+	alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
 	a, err := ca.New(ca.Config{
-		Authenticator: singleUseTokens{ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}},
+		Authenticator: singleUseTokens{alice},
 		Policy:        denyReason{}, UserSigner: sgn, HostSigner: sgn,
 		Store: db, Revocations: db, Tokens: db, Admission: serialTaken{db},
 	})
@@ -196,7 +219,8 @@ func TestAdmissionSerialTaken(t *testing.T) {
 	}
 	_, userKey := newSSHKey(t)
 	req := ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute}
-	if _, err := a.Issue(ctx, "warm-up", req); err != nil {
+	warm, err := a.Issue(ctx, "warm-up", req)
+	if err != nil {
 		t.Fatal(err)
 	}
 	before := tr.n.Load()
@@ -204,10 +228,158 @@ func TestAdmissionSerialTaken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if post := tr.n.Load() - sgn.atSign.Load(); post != 2 || sgn.atSign.Load()-before != 1 {
-		t.Errorf("round trips: %d before the signer, %d from it on; want 1 and 2 (its own serial, the inventory)", sgn.atSign.Load()-before, post)
+	if post := tr.n.Load() - sgn.atSign.Load(); post != 2 || sgn.atSign.Load()-before != 2 {
+		t.Errorf("round trips: %d before the signer, %d from it on; want 2 (admission, withdrawal) and 2 (its own serial, the inventory)", sgn.atSign.Load()-before, post)
+	}
+	live, err := db.Live(ctx, alice.Name(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range live {
+		if c.Serial != iss.Cert.Serial && c.Serial != warm.Cert.Serial {
+			t.Errorf("the inventory holds serial %d, signed neither for the warm-up (%d) nor for t1 (%d)", c.Serial, warm.Cert.Serial, iss.Cert.Serial)
+		}
+	}
+	if len(live) != 2 {
+		t.Errorf("%d certificates in the inventory, want 2", len(live))
 	}
 	if ok, err := db.ReserveSerial(ctx, iss.Cert.Serial, time.Now().Add(time.Hour)); err != nil || ok {
 		t.Errorf("serial %d of the certificate is not reserved (%v)", iss.Cert.Serial, err)
+	}
+}
+
+// failSigner fails every signature, as a KMS that is down.
+type failSigner struct{ ca.Signer }
+
+func (failSigner) Sign(context.Context, *ssh.Certificate, time.Duration) (*ssh.Certificate, error) {
+	return nil, errors.New("kms: unavailable")
+}
+
+// swapSigner says one key is the CA's and signs with another, as a keyring whose active key
+// rotated between the admission and the signature.
+type swapSigner struct {
+	ca.Signer           // what PublicKey says
+	signs     ca.Signer // what signs
+}
+
+func (s swapSigner) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error) {
+	return s.signs.Sign(ctx, tmpl, ttl)
+}
+
+// TestAdmissionRecordFollowsTheSignature: the record the admission makes before signing is
+// withdrawn when the signature fails (the inventory holds no certificate that does not exist),
+// and recorded again as signed when the signer signed otherwise than recorded (here another
+// CA key): the inventory holds exactly the certificates signed, each as it was signed.
+func TestAdmissionRecordFollowsTheSignature(t *testing.T) {
+	ctx := context.Background()
+	_, db, _, sgn := tripRig(t)
+	alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
+	key, err := kms.Create(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "other.pem")}, kms.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { key.Close() })
+	other := signer.New(key.Signer(), db, signer.Options{})
+	authority := func(s ca.Signer) *ca.Authority {
+		a, err := ca.New(ca.Config{Authenticator: singleUseTokens{alice}, Policy: denyReason{}, UserSigner: s, HostSigner: s,
+			Store: db, Revocations: db, Tokens: db, Admission: db})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	_, userKey := newSSHKey(t)
+	req := ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute}
+	if _, err := authority(failSigner{sgn}).Issue(ctx, "t1", req); err == nil {
+		t.Fatal("issued with a signer that fails")
+	}
+	live, err := db.Live(ctx, alice.Name(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(live) != 0 {
+		t.Fatalf("%d certificates in the inventory after a failed signature, want none", len(live))
+	}
+
+	iss, err := authority(swapSigner{sgn, other}).Issue(ctx, "t2", req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if live, err = db.Live(ctx, alice.Name(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if len(live) != 1 || live[0].Serial != iss.Cert.Serial || live[0].CAFingerprint != ssh.FingerprintSHA256(other.PublicKey()) {
+		t.Fatalf("inventory %+v, want only serial %d signed by %s", live, iss.Cert.Serial, ssh.FingerprintSHA256(other.PublicKey()))
+	}
+}
+
+// lostAnswer is an Admission whose answer is lost after it ran (a read timeout under a stalled
+// store), and whose withdrawals fail when failUnrecord is set.
+type lostAnswer struct {
+	ca.Admission
+	failUnrecord bool
+}
+
+func (l lostAnswer) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, error) {
+	if _, err := l.Admission.Admit(ctx, q); err != nil {
+		return ca.Admitted{}, err
+	}
+	return ca.Admitted{}, errors.New("read tcp 127.0.0.1:1->127.0.0.1:2: i/o timeout")
+}
+
+func (l lostAnswer) Unrecord(ctx context.Context, c ca.Certificate) error {
+	if l.failUnrecord {
+		return errors.New("read tcp 127.0.0.1:1->127.0.0.1:2: i/o timeout")
+	}
+	return l.Admission.Unrecord(ctx, c)
+}
+
+// TestAdmissionLostAnswerIsAudited: when the admission ran but its answer was lost, the record
+// it made may land after any withdrawal, so the request's audit record names its serial (kept
+// as a signed certificate's failure is, in the background); when the withdrawal fails too, the
+// inventory keeps that serial, and the audit log explains it: no serial in the inventory
+// without an audit record that names it.
+func TestAdmissionLostAnswerIsAudited(t *testing.T) {
+	for _, failUnrecord := range []bool{false, true} {
+		ctx := context.Background()
+		rdb, db, _, sgn := tripRig(t)
+		al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db})
+		alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
+		a, err := ca.New(ca.Config{Authenticator: singleUseTokens{alice}, Policy: denyReason{}, UserSigner: sgn, HostSigner: sgn,
+			Store: db, Revocations: db, Tokens: db, Admission: lostAnswer{db, failUnrecord}, Audit: al})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, userKey := newSSHKey(t)
+		if _, err := a.Issue(ctx, "t1", ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute}); ca.KindOf(err) != ca.KindUnavailable {
+			t.Fatalf("failUnrecord %v: %v, want unavailable", failUnrecord, err)
+		}
+		if sgn.signatures.Load() != 0 {
+			t.Fatalf("failUnrecord %v: signed after a lost admission", failUnrecord)
+		}
+		// Settled in the background: the caller's answer waited for neither.
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = a.DrainRetries(dctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var serials []uint64
+		if _, err := al.Verify(ctx, func(e audit.Entry) { serials = append(serials, e.Record.Serial) }); err != nil {
+			t.Fatal(err)
+		}
+		if len(serials) != 1 || serials[0] == 0 {
+			t.Fatalf("failUnrecord %v: audit records of serials %v, want one naming the serial recorded", failUnrecord, serials)
+		}
+		live, err := db.Live(ctx, alice.Name(), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case !failUnrecord && len(live) != 0:
+			t.Errorf("withdrawn: %d certificates in the inventory, want none", len(live))
+		case failUnrecord && (len(live) != 1 || live[0].Serial != serials[0]):
+			t.Errorf("not withdrawn: inventory %+v, want serial %d, the one the audit record names", live, serials[0])
+		}
 	}
 }

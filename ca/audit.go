@@ -260,6 +260,32 @@ func (a *Authority) settleSigned(ctx context.Context, rec AuditRecord, cause err
 	}
 }
 
+// settleLost is settleSigned, all in the background, for a request whose admission recorded
+// pre (or may have: its answer was lost, and a stalled store may still carry it out): pre is
+// withdrawn, and rec, naming pre's serial, kept, so that whatever lands the inventory holds no
+// serial the audit log does not explain. The caller's answer waits for neither.
+func (a *Authority) settleLost(ctx context.Context, rec AuditRecord, cause error, pre Certificate) {
+	complete(&rec, cause)
+	if rec.RequestID == "" {
+		rec.RequestID = RequestID(ctx)
+	}
+	id := a.retries.add(rec)
+	go func() {
+		defer a.retries.done(id)
+		a.unrecord(ctx, &pre)
+		if a.audit == nil {
+			return
+		}
+		once := NewOnceKey()
+		actx, cancel := context.WithTimeout(ctx, SignedCertTimeout)
+		err := a.appendOnce(actx, rec, once)
+		cancel()
+		if err != nil {
+			a.retrySigned(ctx, rec, once)
+		}
+	}()
+}
+
 // appendOnce appends rec with the key once when the audit log can keep a record once
 // (OnceAuditLog), else plainly.
 func (a *Authority) appendOnce(ctx context.Context, rec AuditRecord, once uint64) error {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -317,17 +318,23 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// of a signed certificate is audited with its serial under a bound of its own, and retried
 	// in the background until kept (settleSigned): writes that timed out, the inventory's record
 	// among them, may still land once a stalled store resumes, and this record must land beside
-	// them.
+	// them. An admission whose answer was lost after it recorded the certificate (lost) is
+	// settled likewise, all in the background: nothing was signed, and the caller has waited
+	// its deadline already.
+	var lost *Certificate
 	defer func() {
 		if err == nil {
 			return
 		}
 		rec.Late = ctx.Err() != nil
-		if rec.Serial == 0 {
+		switch {
+		case lost != nil:
+			a.settleLost(context.WithoutCancel(ctx), rec, err, *lost)
+		case rec.Serial == 0:
 			a.settle(ctx, &rec, err)
-			return
+		default:
+			a.settleSigned(context.WithoutCancel(ctx), rec, err)
 		}
-		a.settleSigned(context.WithoutCancel(ctx), rec, err)
 	}()
 	if err := a.validate(req); err != nil {
 		return Issued{}, err
@@ -428,8 +435,25 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// Spend a single-use token only now, so that a request the policy denies does not burn it. Both
 	// this and the refusal check come before the signature: replaying a captured token, or
 	// presenting a revoked key, never makes the KMS sign.
+	// Outside an access request the certificate is recorded in that same round trip, before it
+	// is signed (preRecord), and withdrawn if it is then not signed.
+	var pre *Certificate
 	if a.admission != nil {
-		if err := a.admit(ctx, &rec, tmpl, ttl, signer.PublicKey(), names, id.Token); err != nil {
+		if ar.ID == "" {
+			pre = a.preRecord(tmpl, ttl, req, rec, signer.PublicKey(), dec, aliases)
+		}
+		recorded, err := a.admit(ctx, &rec, tmpl, ttl, signer.PublicKey(), names, id.Token, pre)
+		if !recorded {
+			pre = nil
+		}
+		if err != nil {
+			// A refusal or a spent token is the admission's answer; any other error is its
+			// answer lost.
+			if k := KindOf(err); pre != nil && k != KindDenied && k != KindUnauthenticated {
+				lost, rec.Serial, rec.KeyID = pre, pre.Serial, pre.KeyID
+			} else {
+				a.withdraw(ctx, &rec, pre)
+			}
 			return Issued{}, err
 		}
 	} else if err := a.spend(ctx, id.Token); err != nil {
@@ -439,10 +463,12 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// nothing useful by then (or has given up), and a certificate nobody receives only adds
 	// to what is outstanding.
 	if err := ctx.Err(); err != nil {
+		a.withdraw(ctx, &rec, pre)
 		return Issued{}, Unavailable("the request's deadline passed; no certificate issued", err)
 	}
 	cert, err := signer.Sign(ctx, tmpl, ttl)
 	if err != nil {
+		a.withdraw(ctx, &rec, pre)
 		return Issued{}, signErr(err)
 	}
 	// A certificate exists now: record and audit it to completion under a bound of its own,
@@ -467,11 +493,21 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		IndexUntil:     a.now().Add(a.limits.IdentityBlock),
 	}
 	rec.Serial, rec.KeyID = cr.Serial, cr.KeyID
-	// Recording checks the identity's blocks in the same atomic step (CertStore.Record, and
-	// RecordUnderRequest likewise): a revocation that blocked the identity after the check
-	// above refuses the record here, so the certificate is never returned; one that blocked it
-	// after the record reads it among the live certificates and revokes it.
-	if ar.ID == "" {
+	// Recording checks the identity's blocks in the same atomic step (the admission's record,
+	// CertStore.Record, and RecordUnderRequest likewise): a revocation that blocked the identity
+	// before it refuses the record, so the certificate is never returned (never signed, when
+	// recorded by the admission); one that blocked it after the record reads it among the live
+	// certificates and revokes it.
+	switch {
+	case pre != nil && sameRecord(*pre, cr):
+		// Recorded by the admission: what was signed is what was recorded.
+	case ar.ID == "":
+		// Not recorded before signing, or signed otherwise than recorded (a keyring that
+		// rotated its active key meanwhile, a signer that drew its own serial or window).
+		if pre != nil && !a.unrecord(recordCtx, pre) {
+			a.log.WarnContext(ctx, "a certificate recorded before signing and then signed otherwise is still in the inventory as recorded until it would have expired",
+				"serial", pre.Serial, "signed_serial", cr.Serial, "identity", pre.Identity)
+		}
 		if err := a.store.Record(recordCtx, cr); err != nil {
 			if KindOf(err) == KindDenied {
 				rec.Outcome = "refused"
@@ -479,7 +515,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 			}
 			return Issued{}, storeErr("certificate inventory unavailable; no certificate issued", err)
 		}
-	} else {
+	default:
 		cr.AccessRequest, cr.Approvers = ar.ID, rec.Approvers
 		// The request's state is checked in the step that records the certificate: a request
 		// cancelled, revoked or ended while this one was signed yields no certificate.
@@ -647,32 +683,104 @@ func (a *Authority) spend(ctx context.Context, t TokenUse) error {
 // admit asks the Admission whether the request may be signed: not refused (revoked key or
 // identity, lost store state), its single-use token fresh, and a serial for tmpl reserved, in
 // one round trip. The serial goes into tmpl (the signer signs with it instead of reserving one);
-// in the unlikely case it was taken, tmpl keeps none and the signer reserves its own.
-func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certificate, ttl time.Duration, caKey ssh.PublicKey, names []string, t TokenUse) error {
+// in the unlikely case it was taken, tmpl keeps none and the signer reserves its own. With pre
+// (preRecord), the same round trip records the certificate under that serial: recorded says
+// whether it did, whatever the error, so that the caller withdraws a record it does not sign.
+func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certificate, ttl time.Duration, caKey ssh.PublicKey, names []string, t TokenUse, pre *Certificate) (recorded bool, _ error) {
 	if t.SingleUse && t.ID == "" {
-		return Unavailable("replay protection is not configured; no certificate issued", nil)
+		return false, Unavailable("replay protection is not configured; no certificate issued", nil)
 	}
 	serial, err := randomSerial()
 	if err != nil {
-		return Unavailable("no serial drawn; no certificate issued", err)
+		return false, Unavailable("no serial drawn; no certificate issued", err)
+	}
+	if pre != nil {
+		pre.Serial, pre.KeyID = serial, tmpl.KeyId+"#"+strconv.FormatUint(serial, 10)
 	}
 	res, err := a.admission.Admit(ctx, AdmissionRequest{CAKey: caKey, Identities: names, Key: tmpl.Key, Token: t,
 		// As long as the certificate lives, with room for the signer's clock skew.
-		Serial: serial, SerialUntil: a.now().Add(ttl + serialSlack)})
+		Serial: serial, SerialUntil: a.now().Add(ttl + serialSlack), Record: pre})
 	if err != nil {
-		return storeErr("revocation store or token ledger unavailable; no certificate issued", err)
+		// The pipeline may have run all the same (its answer lost or late, as under a stalled
+		// store), the record with it.
+		return pre != nil, storeErr("revocation store or token ledger unavailable; no certificate issued", err)
 	}
 	if res.Refusal != "" {
 		rec.Outcome = "refused"
-		return Denied("revoked", res.Refusal)
+		return res.Recorded, Denied("revoked", res.Refusal)
 	}
 	if !res.Fresh {
-		return Unauthenticated("token already used: a token gives one certificate; get a new one", nil)
+		return res.Recorded, Unauthenticated("token already used: a token gives one certificate; get a new one", nil)
 	}
 	if res.SerialReserved {
 		tmpl.Serial = serial
+	} else if res.Recorded {
+		// Another certificate holds the serial's reservation: the signer draws its own, and
+		// the record made under this one is withdrawn.
+		a.withdraw(ctx, rec, pre)
+		res.Recorded = false
 	}
-	return nil
+	return res.Recorded, nil
+}
+
+// preRecord is the inventory record of the certificate about to be signed from tmpl, made
+// before the signature so that the admission's round trip keeps it (AdmissionRequest.Record):
+// it fixes tmpl's validity window (from now less backdating to now plus ttl, in whole seconds,
+// as the signer would draw it); admit fills in the serial and key ID. What the signer then
+// returns is compared with it (sameRecord) and recorded again when it differs.
+func (a *Authority) preRecord(tmpl *ssh.Certificate, ttl time.Duration, req Request, rec AuditRecord, caKey ssh.PublicKey, dec Decision, aliases []string) *Certificate {
+	now := a.now()
+	tmpl.ValidAfter, tmpl.ValidBefore = uint64(now.Add(-backdating).Unix()), uint64(now.Add(ttl).Unix())
+	return &Certificate{
+		Kind:           req.Kind,
+		Identity:       rec.Identity,
+		Principals:     tmpl.ValidPrincipals,
+		KeyFingerprint: ssh.FingerprintSHA256(tmpl.Key),
+		CAFingerprint:  ssh.FingerprintSHA256(caKey),
+		ValidAfter:     time.Unix(int64(tmpl.ValidAfter), 0).UTC(),
+		ValidBefore:    time.Unix(int64(tmpl.ValidBefore), 0).UTC(),
+		Ticket:         dec.Ticket,
+		Reason:         req.Reason,
+		PolicyRevision: dec.Revision,
+		Aliases:        aliases,
+		IndexUntil:     now.Add(a.limits.IdentityBlock),
+	}
+}
+
+// sameRecord: the signed certificate's record c is the one recorded before signing (pre),
+// IndexUntil aside (not part of the record).
+func sameRecord(pre, c Certificate) bool {
+	return pre.Serial == c.Serial && pre.KeyID == c.KeyID && pre.Kind == c.Kind && pre.Identity == c.Identity &&
+		slices.Equal(pre.Principals, c.Principals) && pre.KeyFingerprint == c.KeyFingerprint &&
+		pre.CAFingerprint == c.CAFingerprint && pre.ValidAfter.Equal(c.ValidAfter) &&
+		pre.ValidBefore.Equal(c.ValidBefore) && pre.Ticket == c.Ticket && pre.Reason == c.Reason &&
+		pre.PolicyRevision == c.PolicyRevision && slices.Equal(pre.Aliases, c.Aliases) &&
+		pre.AccessRequest == c.AccessRequest && slices.Equal(pre.Approvers, c.Approvers)
+}
+
+// withdraw withdraws pre (nil: nothing to withdraw), recorded before a signature that then did
+// not happen. When the withdrawal fails, rec, the request's audit record, names pre's serial
+// and key ID, and is then kept as a signed certificate's failure is (settleSigned: retried
+// until kept): the inventory holds no serial that the audit log does not explain. Such a
+// record is of a certificate that does not exist until its ValidBefore; revoking its serial
+// revokes nothing.
+func (a *Authority) withdraw(ctx context.Context, rec *AuditRecord, pre *Certificate) {
+	if pre != nil && !a.unrecord(ctx, pre) {
+		rec.Serial, rec.KeyID = pre.Serial, pre.KeyID
+	}
+}
+
+// unrecord withdraws pre under a bound of its own (the request's deadline may be what ended
+// it), and says whether it could: false is logged.
+func (a *Authority) unrecord(ctx context.Context, pre *Certificate) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SignedCertTimeout)
+	defer cancel()
+	if err := a.admission.Unrecord(ctx, *pre); err != nil {
+		a.log.WarnContext(ctx, "a certificate recorded before signing and then not signed may still be in the inventory until it would have expired; its serial is in the request's audit record",
+			"serial", pre.Serial, "identity", pre.Identity, "err", err)
+		return false
+	}
+	return true
 }
 
 // serialSlack is how much longer than the certificate's lifetime the admission keeps its

@@ -84,9 +84,9 @@ func (f *singleUseAuth) Authenticate(_ context.Context, token string) (ca.Identi
 
 // BenchmarkIssueUserRedis is BenchmarkIssueUser with the state in a real redis-server (one
 // client, one request at a time), wired as sshca serve wires it: the admission (signing-time
-// refusal check with the generation marks, single-use token, serial reservation) in one round
-// trip, then the inventory record and the audit record, one round trip each. It measures what
-// Redis round trips and the marks cost an issuance.
+// refusal check with the generation marks, single-use token, serial reservation, inventory
+// record) in one round trip, then the audit record in one more. It measures what Redis round
+// trips and the marks cost an issuance.
 func BenchmarkIssueUserRedis(b *testing.B) {
 	ctx := context.Background()
 	pol, err := policies.LoadFS(ctx, policies.Embedded)

@@ -69,10 +69,11 @@ func (a *Authority) Renew(ctx context.Context, token string) (Issued, error) {
 		TTL: a.renewTTL(cert)}, ActionRenew)
 }
 
-// renewBackdating is how far before its signing a certificate becomes valid: the signer's
-// allowance for clock skew (signer.Options.Skew, 30 s by default). A certificate's lifetime
-// as asked for is its validity window less this.
-const renewBackdating = 30 * time.Second
+// backdating is how far before its signing a certificate becomes valid: the signer's
+// allowance for clock skew (signer.Options.Skew, 30 s by default), and the window the
+// authority fixes in the template when it records a certificate before signing it (preRecord).
+// A certificate's lifetime as asked for is its validity window less this.
+const backdating = 30 * time.Second
 
 // renewTTL asks for the lifetime the current certificate was issued with, so that a host that
 // was given minutes keeps minutes, and one given a day keeps a day as far as the policy still
@@ -82,10 +83,10 @@ const renewBackdating = 30 * time.Second
 // access it has.
 func (a *Authority) renewTTL(cert *ssh.Certificate) time.Duration {
 	limit := a.MaxTTL(HostCert)
-	if cert.ValidBefore <= cert.ValidAfter || cert.ValidBefore-cert.ValidAfter > uint64((limit+renewBackdating)/time.Second) {
+	if cert.ValidBefore <= cert.ValidAfter || cert.ValidBefore-cert.ValidAfter > uint64((limit+backdating)/time.Second) {
 		return limit // also a window too long for a time.Duration
 	}
-	ttl := time.Duration(cert.ValidBefore-cert.ValidAfter)*time.Second - renewBackdating
+	ttl := time.Duration(cert.ValidBefore-cert.ValidAfter)*time.Second - backdating
 	return min(max(ttl, MinTTL), limit)
 }
 

@@ -178,6 +178,11 @@ func (w observedAdmission) Admit(ctx context.Context, r AdmissionRequest) (_ Adm
 	return w.next.Admit(ctx, r)
 }
 
+func (w observedAdmission) Unrecord(ctx context.Context, c Certificate) (err error) {
+	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
+	return w.next.Unrecord(ctx, c)
+}
+
 type observedAudit struct {
 	next AuditLog
 	o    StageObserver

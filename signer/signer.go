@@ -69,9 +69,11 @@ const maxSerialAttempts = 8
 
 // Sign signs a copy of tmpl valid for ttl. The copy gets a fresh reserved serial (or tmpl's
 // own when it is not zero: a serial the caller reserved until at least now+ttl), the KeyId
-// tmpl.KeyId + "#<serial>", ValidAfter now-skew and ValidBefore now+ttl. The template is not
-// modified. A template without principals is refused: OpenSSH treats an empty principal list
-// as "any user" or "any host".
+// tmpl.KeyId + "#<serial>", ValidAfter now-skew and ValidBefore now+ttl (or tmpl's own
+// ValidAfter and ValidBefore, in unix seconds, when ValidBefore is not zero and that window is
+// no wider, ends after now and not after now+ttl). The template is not modified. A template
+// without principals is refused: OpenSSH treats an empty principal list as "any user" or "any
+// host".
 func (s *Signer) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error) {
 	if tmpl == nil || tmpl.Key == nil {
 		return nil, errors.New("signer: template has no public key")
@@ -83,13 +85,19 @@ func (s *Signer) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Durat
 		return nil, fmt.Errorf("signer: ttl must be positive, got %s", ttl)
 	}
 	now := s.now()
-	validBefore := now.Add(ttl)
+	validAfter, validBefore := uint64(now.Add(-s.skew).Unix()), uint64(now.Add(ttl).Unix())
+	// A window the caller fixed in the template (the authority, which recorded the certificate
+	// before asking for it) is kept when it is no wider than the one drawn here and ends no
+	// later: never a certificate that lives longer than asked.
+	if va, vb := tmpl.ValidAfter, tmpl.ValidBefore; vb != 0 && va < vb && vb <= validBefore && vb > uint64(now.Unix()) && vb-va <= validBefore-validAfter {
+		validAfter, validBefore = va, vb
+	}
 	// A serial in the template was reserved by the caller (the authority's admission, in the
 	// same round trip as its other checks); otherwise draw and reserve one here.
 	serial := tmpl.Serial
 	if serial == 0 {
 		var err error
-		if serial, err = s.reserveSerial(ctx, validBefore); err != nil {
+		if serial, err = s.reserveSerial(ctx, time.Unix(int64(validBefore), 0)); err != nil {
 			return nil, err
 		}
 	}
@@ -101,8 +109,7 @@ func (s *Signer) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Durat
 	}
 	c.Serial = serial
 	c.KeyId = tmpl.KeyId + "#" + strconv.FormatUint(serial, 10)
-	c.ValidAfter = uint64(now.Add(-s.skew).Unix())
-	c.ValidBefore = uint64(validBefore.Unix())
+	c.ValidAfter, c.ValidBefore = validAfter, validBefore
 	c.Nonce = nil // SignCert draws a fresh nonce
 	if err := c.SignCert(s.rand, s.key); err != nil {
 		return nil, &KeyError{Err: err}

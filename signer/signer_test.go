@@ -186,3 +186,47 @@ func TestSignWithReservedSerial(t *testing.T) {
 		t.Errorf("without a serial: serial %d, %d reservations; want a reserved one", cert.Serial, r.calls)
 	}
 }
+
+// TestSignKeepsFixedWindow: a validity window fixed in the template (the authority recorded
+// the certificate before signing it) is signed as it is; a window wider than the signer's own,
+// ending after now+ttl (the "forever" of PROTOCOL.certkeys among them), already ended, or
+// upside down is not: the signer draws its own, never a certificate longer than asked.
+func TestSignKeepsFixedWindow(t *testing.T) {
+	caKey, userKey := newKey(t), newKey(t)
+	now := time.Unix(1_800_000_000, 0)
+	s := signer.New(caKey, &fakeReserver{taken: map[uint64]bool{}}, signer.Options{Now: func() time.Time { return now }})
+	ttl := 10 * time.Minute
+	own := [2]uint64{uint64(now.Add(-30 * time.Second).Unix()), uint64(now.Add(ttl).Unix())}
+	sec := func(d time.Duration) uint64 { return uint64(now.Add(d).Unix()) }
+	for _, tc := range []struct {
+		name      string
+		va, vb    uint64
+		wantFixed bool
+	}{
+		{"as the authority fixes it, a second earlier", sec(-31 * time.Second), sec(ttl - time.Second), true},
+		{"the signer's own", own[0], own[1], true},
+		{"shorter", sec(0), sec(time.Minute), true},
+		{"ends after now+ttl", sec(-30 * time.Second), sec(ttl + time.Second), false},
+		{"forever", sec(-30 * time.Second), ssh.CertTimeInfinity, false},
+		{"wider than the signer's", sec(-time.Hour), sec(ttl), false},
+		{"from the epoch", 0, sec(ttl), false},
+		{"ended", sec(-time.Hour), sec(-time.Minute), false},
+		{"ends now", sec(-time.Minute), sec(0), false},
+		{"upside down", sec(time.Minute), sec(0), false},
+	} {
+		tmpl := &ssh.Certificate{Key: userKey.PublicKey(), CertType: ssh.UserCert, KeyId: "alice", ValidPrincipals: []string{"alice"},
+			Serial: 7, ValidAfter: tc.va, ValidBefore: tc.vb}
+		cert, err := s.Sign(context.Background(), tmpl, ttl)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		got := [2]uint64{cert.ValidAfter, cert.ValidBefore}
+		want := own
+		if tc.wantFixed {
+			want = [2]uint64{tc.va, tc.vb}
+		}
+		if got != want {
+			t.Errorf("%s: window %d..%d, want %d..%d", tc.name, got[0], got[1], want[0], want[1])
+		}
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"reflect"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -23,7 +25,9 @@ var (
 // pipeline: the reads of the refusal check (and the marks of every tag issuance touches), the
 // token ledger's script and SET NX, and the serial's SET NX travel together. The token is spent
 // and the serial reserved even when the answer is a refusal (see ca.Admission); an expired
-// single-use token is not fresh and is not written.
+// single-use token is not fresh and is not written. With q.Record, recordNewScript runs in the
+// same pipeline, in the shard of the record's identity: recorded unless blocked or its serial
+// is held by another record (ca.AdmissionRequest.Record); a block it finds is the refusal.
 func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, error) {
 	g, err := r.generation(ctx)
 	if err != nil {
@@ -48,6 +52,12 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 			return ca.Admitted{}, fmt.Errorf("store: token ledger: %w", err)
 		}
 	}
+	var rec *recordCall
+	if q.Record != nil {
+		if rec, err = r.prepareRecord(ctx, *q.Record); err != nil {
+			return ca.Admitted{}, err
+		}
+	}
 	var rc *refusedCmds
 	var tc *tokenCmds
 	var serial *redis.StatusCmd
@@ -59,11 +69,14 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 		if q.Serial != 0 {
 			serial = p.SetArgs(ctx, r.serialKey(q.Serial), "1", redis.SetArgs{Mode: "NX", ExpireAt: q.SerialUntil})
 		}
+		if rec != nil {
+			rec.queueNew(ctx, p)
+		}
 		return nil
 	})
 	// Each command's own error is read below (a NOSCRIPT of the ledger's script is retried by
-	// tokenResult); the pipeline's is its first failed command's, redis.Nil when a read finds
-	// nothing.
+	// tokenResult, the record's by newResult); the pipeline's is its first failed command's,
+	// redis.Nil when a read finds nothing.
 	if err != nil && !errors.Is(err, redis.Nil) && !isNoScript(err) {
 		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
 	}
@@ -84,11 +97,21 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 		}
 		res.SerialReserved = ok == "OK"
 	}
+	if rec != nil {
+		var why string
+		if res.Recorded, why, err = r.newResult(ctx, rec); err != nil {
+			return res, err
+		}
+		if res.Refusal == "" {
+			res.Refusal = why
+		}
+	}
 	return res, nil
 }
 
 // Admit is Refused, then, unless it refuses, UseToken for a single-use token, then, unless
-// the token was used, ReserveSerial for a serial.
+// the token was used, ReserveSerial for a serial and Record of q.Record, unless its identity is
+// blocked or its serial is recorded with another record.
 func (m *Memory) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, error) {
 	why, err := m.Refused(ctx, q.CAKey, q.Identities, q.Key)
 	if err != nil || why != "" {
@@ -105,5 +128,31 @@ func (m *Memory) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted,
 			return ca.Admitted{}, err
 		}
 	}
+	if q.Record != nil {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if why := m.blockedWhyLocked(*q.Record); why != "" {
+			res.Refusal = why
+			return res, nil
+		}
+		c := *q.Record
+		c.IndexUntil = time.Time{}
+		if held, ok := m.certs[c.Serial]; !ok || reflect.DeepEqual(held, c) {
+			m.recordLocked(*q.Record)
+			res.Recorded = true
+		}
+	}
 	return res, nil
+}
+
+// Unrecord deletes c's record when it is still c (see Redis.Unrecord).
+func (m *Memory) Unrecord(_ context.Context, c ca.Certificate) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur, ok := m.certs[c.Serial]
+	c.IndexUntil = time.Time{}
+	if ok && reflect.DeepEqual(cur, c) {
+		delete(m.certs, c.Serial)
+	}
+	return nil
 }

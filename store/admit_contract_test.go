@@ -2,6 +2,8 @@ package store_test
 
 import (
 	"context"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -77,6 +79,95 @@ func TestAdmissionContract(t *testing.T) {
 		}
 		if got, err := admit(other, tok("jti-4"), 0); err != nil || got.Refusal == "" {
 			t.Fatalf("blocked alias = %+v %v, want a refusal", got, err)
+		}
+	})
+}
+
+// TestAdmissionRecords: Admit with a record (ca.AdmissionRequest.Record) records it in the
+// same step, on every backend: the record is in the inventory and among the identity's live
+// certificates; the same record again (a pipeline sent twice) stays recorded; another record
+// of a serial already recorded does not overwrite it; an identity or alias blocked is a refusal
+// that records nothing. Unrecord withdraws a record, but never another certificate's of the
+// same serial.
+func TestAdmissionRecords(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newStore newStore) {
+		ctx := context.Background()
+		now := time.Now()
+		s := newStore(t, &clock{t: now})
+		adm, ok := s.(ca.Admission)
+		if !ok {
+			t.Fatalf("%T is not a ca.Admission", s)
+		}
+		caKey := testenv.PublicKey(t)
+		cert := func(serial uint64, identity string, key ssh.PublicKey) *ca.Certificate {
+			return &ca.Certificate{Serial: serial, KeyID: identity + "#" + strconv.FormatUint(serial, 10), Kind: ca.UserCert,
+				Identity: identity, Principals: []string{"alice"}, KeyFingerprint: ssh.FingerprintSHA256(key),
+				CAFingerprint: ssh.FingerprintSHA256(caKey), ValidAfter: now.Add(-30 * time.Second).Truncate(time.Second).UTC(),
+				ValidBefore: now.Add(10 * time.Minute).Truncate(time.Second).UTC(), Aliases: []string{"email:alice@example.com"},
+				IndexUntil: now.Add(time.Hour)}
+		}
+		admit := func(rec *ca.Certificate, token string) (ca.Admitted, error) {
+			return adm.Admit(ctx, ca.AdmissionRequest{CAKey: caKey, Identities: append([]string{rec.Identity}, rec.Aliases...),
+				Key: testenv.PublicKey(t), Token: ca.TokenUse{SingleUse: true, ID: "iss|" + token, IssuedAt: now, Expiry: now.Add(time.Minute)},
+				Serial: rec.Serial, SerialUntil: now.Add(time.Hour), Record: rec})
+		}
+		live := func(identity string) []uint64 {
+			t.Helper()
+			cs, err := s.Live(ctx, identity, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var serials []uint64
+			for _, c := range cs {
+				serials = append(serials, c.Serial)
+			}
+			return serials
+		}
+		mine := cert(11, "alice@idp", testenv.PublicKey(t))
+		if got, err := admit(mine, "t1"); err != nil || !got.Recorded || !got.Fresh || got.Refusal != "" {
+			t.Fatalf("admission with a record = %+v %v, want recorded", got, err)
+		}
+		if c, ok, err := s.Get(ctx, 11); err != nil || !ok || c.KeyID != mine.KeyID || !c.ValidBefore.Equal(mine.ValidBefore) {
+			t.Fatalf("Get(11) = %+v %v %v, want the record", c, ok, err)
+		}
+		if got := live("alice@idp"); !slices.Equal(got, []uint64{11}) {
+			t.Fatalf("live certificates of alice %v, want [11]", got)
+		}
+		if got, err := admit(mine, "t2"); err != nil || !got.Recorded {
+			t.Fatalf("the same record again = %+v %v, want recorded", got, err)
+		}
+		theirs := cert(11, "mallory@idp", testenv.PublicKey(t))
+		if got, err := admit(theirs, "t3"); err != nil || got.Recorded || got.SerialReserved {
+			t.Fatalf("another record of serial 11 = %+v %v, want neither recorded nor reserved", got, err)
+		}
+		if c, _, _ := s.Get(ctx, 11); c.Identity != "alice@idp" {
+			t.Fatalf("serial 11 is now %q's record, want alice's kept", c.Identity)
+		}
+		if err := adm.Unrecord(ctx, *theirs); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, _ := s.Get(ctx, 11); !ok {
+			t.Fatal("Unrecord of another record of serial 11 deleted alice's")
+		}
+		if err := adm.Unrecord(ctx, *mine); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, _ := s.Get(ctx, 11); ok {
+			t.Fatal("Unrecord left the record")
+		}
+		if got := live("alice@idp"); len(got) != 0 {
+			t.Fatalf("live certificates of alice after Unrecord %v, want none", got)
+		}
+
+		if err := s.BlockIdentity(ctx, "email:alice@example.com", now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		blocked := cert(12, "alice@idp", testenv.PublicKey(t))
+		if got, err := admit(blocked, "t4"); err != nil || got.Refusal == "" || got.Recorded {
+			t.Fatalf("blocked alias = %+v %v, want a refusal and no record", got, err)
+		}
+		if _, ok, _ := s.Get(ctx, 12); ok {
+			t.Fatal("a blocked identity's certificate was recorded")
 		}
 	})
 }

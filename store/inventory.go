@@ -37,13 +37,27 @@ var (
 // bumped (markLua; the record is written whatever it says). The check and the write are one
 // step: a block written before it refuses the record, and a read of the inventory after a
 // block sees every record written before it.
-var recordScript = redis.NewScript(scoreLua + markLua + `
+var (
+	recordScript    = redis.NewScript(recordBlocksLua + recordWriteLua)
+	recordNewScript = redis.NewScript(recordBlocksLua + `
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[2] then return {'taken'} end
+` + recordWriteLua)
+)
+
+// recordBlocksLua and recordWriteLua are recordScript's two steps: the check of the blocks,
+// and the writes. recordNewScript puts a third between them (Redis.Admit's record before
+// signing): a serial already recorded with another record is not written over, and answers
+// {'taken'}; the same record (a pipeline sent again after a lost reply) is written again.
+const recordBlocksLua = scoreLua + markLua + `
 local now = tonumber(ARGV[1])
 for i = 9, #ARGV do
   local s = redis.call('ZSCORE', KEYS[3], ARGV[i])
   if s and score(s) > now then return {'blocked', ARGV[i], tostring(s)} end
 end
-redis.call('SET', KEYS[1], ARGV[2])
+`
+
+const recordWriteLua = `redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
@@ -55,7 +69,7 @@ for i = 6, #KEYS do
 end
 local r = bump(KEYS[4], mark(KEYS[4], ARGV[6], ARGV[7], ARGV[8]))
 return {'ok', r[1], r[2], r[3], r[4]}
-`)
+`
 
 // Record stores c until its ValidBefore, in one script that first checks the identity blocks:
 // when c's identity or one of its aliases is blocked (BlockIdentity), nothing is written and
@@ -65,9 +79,36 @@ return {'ok', r[1], r[2], r[3], r[4]}
 // record beyond shard 0 (in this generation) has raised the store's layout and copied the
 // blocks (ensureShards).
 func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
+	rc, err := r.prepareRecord(ctx, c)
+	if err != nil {
+		return err
+	}
+	res, err := recordScript.Run(ctx, r.rdb, rc.keys, rc.args...).StringSlice()
+	if err != nil {
+		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+	}
+	if why := rc.blocked(res); why != "" {
+		return ca.Denied("revoked", why)
+	}
+	return rc.finish(res)
+}
+
+// recordCall is one run of recordScript (or recordNewScript) for a certificate: its shard's
+// marked write, the script's keys and arguments.
+type recordCall struct {
+	serial uint64
+	mw     *MarkedWrite
+	keys   []string
+	args   []any
+	cmd    *redis.Cmd // once queued in a pipeline (Admit)
+}
+
+// prepareRecord finds c's shard and the marked write of its tag, and lays out the record
+// script's keys and arguments.
+func (r *Redis) prepareRecord(ctx context.Context, c ca.Certificate) (*recordCall, error) {
 	b, err := json.Marshal(c)
 	if err != nil {
-		return fmt.Errorf("store: record: %w", err)
+		return nil, fmt.Errorf("store: record: %w", err)
 	}
 	now := r.now()
 	until := c.ValidBefore
@@ -76,16 +117,16 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 	}
 	shard, err := r.recordShard(ctx, c.Identity)
 	if err != nil {
-		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+		return nil, fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 	}
 	tag := r.shardTags[shard]
 	mw, err := r.BeginMarked(ctx, tag)
 	if err != nil {
-		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+		return nil, fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 	}
 	if shard > 0 {
 		if err := r.ensureShards(ctx, mw.g); err != nil {
-			return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+			return nil, fmt.Errorf("store: record serial %d: %w", c.Serial, err)
 		}
 	}
 	keys := make([]string, 0, 5+len(c.Aliases))
@@ -97,18 +138,84 @@ func (r *Redis) Record(ctx context.Context, c ca.Certificate) error {
 		keys = append(keys, r.keys.ShardAlias(shard, a))
 		args = append(args, a)
 	}
-	res, err := recordScript.Run(ctx, r.rdb, keys, args...).StringSlice()
-	if err != nil {
-		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
-	}
+	return &recordCall{serial: c.Serial, mw: mw, keys: keys, args: args}, nil
+}
+
+// blocked is why the script refused the record (an identity or alias blocked), "" when it did
+// not.
+func (rc *recordCall) blocked(res []string) string {
 	if len(res) == 3 && res[0] == "blocked" {
 		until, _ := strconv.ParseFloat(res[2], 64)
-		return blockedErr(res[1], until)
+		return identityRefusal(res[1], until)
 	}
-	if len(res) != 5 {
-		return fmt.Errorf("store: record serial %d: unexpected answer %q", c.Serial, res)
+	return ""
+}
+
+// finish judges the script's answer once it wrote the record ({'ok'} and the mark's reply).
+func (rc *recordCall) finish(res []string) error {
+	if len(res) != 5 || res[0] != "ok" {
+		return fmt.Errorf("store: record serial %d: unexpected answer %q", rc.serial, res)
 	}
-	return mw.Finish([]any{res[1], res[2], res[3], res[4]})
+	return rc.mw.Finish([]any{res[1], res[2], res[3], res[4]})
+}
+
+// queueNew queues recordNewScript on p (Admit's pipeline).
+func (rc *recordCall) queueNew(ctx context.Context, p redis.Pipeliner) {
+	rc.cmd = recordNewScript.EvalSha(ctx, p, rc.keys, rc.args...)
+}
+
+// newResult is the answer of the record queued by queueNew: recorded, or why the identity is
+// refused, or neither (the serial taken by another record). A script the server did not have
+// (NOSCRIPT) never ran: it is run now, alone, by its body.
+func (r *Redis) newResult(ctx context.Context, rc *recordCall) (recorded bool, refusal string, _ error) {
+	res, err := rc.cmd.StringSlice()
+	if isNoScript(err) {
+		res, err = recordNewScript.Eval(ctx, r.rdb, rc.keys, rc.args...).StringSlice()
+	}
+	if err != nil {
+		return false, "", fmt.Errorf("store: record serial %d: %w", rc.serial, err)
+	}
+	if why := rc.blocked(res); why != "" {
+		return false, why, nil
+	}
+	if len(res) == 1 && res[0] == "taken" {
+		return false, "", nil
+	}
+	if err := rc.finish(res); err != nil {
+		return false, "", err
+	}
+	return true, "", nil
+}
+
+// unrecordScript: KEYS record, identity index, live index; ARGV the record's JSON, the serial.
+// Deletes the record and its serial from both indexes only when the record is still that JSON
+// (never another certificate's of the same serial). Answers 1 when it deleted, else 0.
+var unrecordScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+`)
+
+// Unrecord deletes the record of c that Admit wrote before signing (ca.AdmissionRequest.Record)
+// when the certificate was then not signed or not handed out: a refusal, a spent token, a
+// failed signature. The alias index entries stay (they only lead a revocation by alias to the
+// identity, as any earlier certificate's do).
+func (r *Redis) Unrecord(ctx context.Context, c ca.Certificate) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("store: unrecord: %w", err)
+	}
+	shard, err := r.recordShard(ctx, c.Identity)
+	if err != nil {
+		return fmt.Errorf("store: unrecord serial %d: %w", c.Serial, err)
+	}
+	keys := []string{r.keys.ShardCert(shard, c.Serial), r.keys.ShardIdentity(shard, c.Identity), r.shardLive[shard]}
+	if err := unrecordScript.Run(ctx, r.rdb, keys, b, strconv.FormatUint(c.Serial, 10)).Err(); err != nil {
+		return fmt.Errorf("store: unrecord serial %d: %w", c.Serial, err)
+	}
+	return nil
 }
 
 // blockedErr is the refusal of a certificate for an identity blocked until untilMS (unix ms),
@@ -470,16 +577,25 @@ func (m *Memory) Record(_ context.Context, c ca.Certificate) error {
 
 // blockedLocked refuses c when its identity or one of its aliases is blocked (Record).
 func (m *Memory) blockedLocked(c ca.Certificate) error {
+	if why := m.blockedWhyLocked(c); why != "" {
+		return ca.Denied("revoked", why)
+	}
+	return nil
+}
+
+// blockedWhyLocked says why c is refused when its identity or one of its aliases is blocked,
+// "" when it is not.
+func (m *Memory) blockedWhyLocked(c ca.Certificate) string {
 	now := m.now()
 	if t, ok := m.blocked[c.Identity]; ok && t.After(now) {
-		return blockedErr(c.Identity, float64(t.UnixMilli()))
+		return identityRefusal(c.Identity, float64(t.UnixMilli()))
 	}
 	for _, a := range c.Aliases {
 		if t, ok := m.blocked[a]; ok && t.After(now) {
-			return blockedErr(a, float64(t.UnixMilli()))
+			return identityRefusal(a, float64(t.UnixMilli()))
 		}
 	}
-	return nil
+	return ""
 }
 
 func (m *Memory) recordLocked(c ca.Certificate) {
