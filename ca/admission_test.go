@@ -383,3 +383,48 @@ func TestAdmissionLostAnswerIsAudited(t *testing.T) {
 		}
 	}
 }
+
+// slowSigner signs after the request's deadline has passed, as a KMS that hangs until then.
+type slowSigner struct{ ca.Signer }
+
+func (slowSigner) Sign(ctx context.Context, _ *ssh.Certificate, _ time.Duration) (*ssh.Certificate, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestAdmissionDeadlineWithdrawsLater: a signature cut off by the request's deadline leaves
+// the record the admission made to be withdrawn in the background, and the request's audit
+// record names its serial; the answer does not wait for either.
+func TestAdmissionDeadlineWithdrawsLater(t *testing.T) {
+	rdb, db, _, sgn := tripRig(t)
+	al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db})
+	alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
+	a, err := ca.New(ca.Config{Authenticator: singleUseTokens{alice}, Policy: denyReason{}, UserSigner: slowSigner{sgn}, HostSigner: sgn,
+		Store: db, Revocations: db, Tokens: db, Admission: db, Audit: al})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, userKey := newSSHKey(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err = a.Issue(ctx, "t1", ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute})
+	cancel()
+	if ca.KindOf(err) != ca.KindUnavailable {
+		t.Fatalf("%v, want unavailable", err)
+	}
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	if err := a.DrainRetries(dctx); err != nil {
+		t.Fatal(err)
+	}
+	var serials []uint64
+	if _, err := al.Verify(dctx, func(e audit.Entry) { serials = append(serials, e.Record.Serial) }); err != nil {
+		t.Fatal(err)
+	}
+	live, err := db.Live(dctx, alice.Name(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(serials) != 1 || serials[0] == 0 || len(live) != 0 {
+		t.Fatalf("audit records of serials %v and %d certificates in the inventory, want one record naming the serial withdrawn and none", serials, len(live))
+	}
+}

@@ -452,7 +452,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 			if k := KindOf(err); pre != nil && k != KindDenied && k != KindUnauthenticated {
 				lost, rec.Serial, rec.KeyID = pre, pre.Serial, pre.KeyID
 			} else {
-				a.withdraw(ctx, &rec, pre)
+				lost = a.withdraw(ctx, &rec, pre)
 			}
 			return Issued{}, err
 		}
@@ -463,12 +463,12 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// nothing useful by then (or has given up), and a certificate nobody receives only adds
 	// to what is outstanding.
 	if err := ctx.Err(); err != nil {
-		a.withdraw(ctx, &rec, pre)
+		lost = a.withdraw(ctx, &rec, pre)
 		return Issued{}, Unavailable("the request's deadline passed; no certificate issued", err)
 	}
 	cert, err := signer.Sign(ctx, tmpl, ttl)
 	if err != nil {
-		a.withdraw(ctx, &rec, pre)
+		lost = a.withdraw(ctx, &rec, pre)
 		return Issued{}, signErr(err)
 	}
 	// A certificate exists now: record and audit it to completion under a bound of its own,
@@ -717,7 +717,9 @@ func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certi
 	} else if res.Recorded {
 		// Another certificate holds the serial's reservation: the signer draws its own, and
 		// the record made under this one is withdrawn.
-		a.withdraw(ctx, rec, pre)
+		// Signed under another serial, the request's audit record cannot name this one: a
+		// withdrawal that fails is logged (unrecord).
+		_ = a.unrecord(ctx, pre)
 		res.Recorded = false
 	}
 	return res.Recorded, nil
@@ -764,10 +766,20 @@ func sameRecord(pre, c Certificate) bool {
 // until kept): the inventory holds no serial that the audit log does not explain. Such a
 // record is of a certificate that does not exist until its ValidBefore; revoking its serial
 // revokes nothing.
-func (a *Authority) withdraw(ctx context.Context, rec *AuditRecord, pre *Certificate) {
-	if pre != nil && !a.unrecord(ctx, pre) {
+//
+// Once the request's deadline has passed (the caller has waited long enough, and the store may
+// be what is slow), the withdrawal is left to settleLost: rec names pre's serial, and later is
+// pre.
+func (a *Authority) withdraw(ctx context.Context, rec *AuditRecord, pre *Certificate) (later *Certificate) {
+	switch {
+	case pre == nil:
+	case ctx.Err() != nil:
+		rec.Serial, rec.KeyID = pre.Serial, pre.KeyID
+		return pre
+	case !a.unrecord(ctx, pre):
 		rec.Serial, rec.KeyID = pre.Serial, pre.KeyID
 	}
+	return nil
 }
 
 // unrecord withdraws pre under a bound of its own (the request's deadline may be what ended
