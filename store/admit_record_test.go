@@ -81,3 +81,53 @@ func TestAdmissionRecordsOnCluster(t *testing.T) {
 		return cc.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error { return m.ScriptFlush(ctx).Err() })
 	})
 }
+
+// TestUnrecordAcrossLayoutRaise: a replica with inventory shards that admits while the store is
+// still at layout 2 records in shard 0 (recordShard); when the store is raised to the current
+// layout (sshca store migrate) before the withdrawal, Unrecord still finds the record there and
+// withdraws it, instead of looking in the identity's shard alone and leaving, silently, a record
+// of a certificate never signed.
+func TestUnrecordAcrossLayoutRaise(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	now := time.Now()
+	// A replica of one shard creates the store at layout 2.
+	if err := store.NewRedis(rdb, store.RedisOptions{}).BlockIdentity(ctx, "https://idp|nobody", now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	s := store.NewRedis(rdb, store.RedisOptions{InventoryShards: 3})
+	id := ""
+	for i := 0; id == ""; i++ {
+		if n := fmt.Sprintf("https://idp|user%d", i); store.ShardOf(s, n) != 0 {
+			id = n
+		}
+	}
+	caKey := testenv.PublicKey(t)
+	rec := ca.Certificate{Serial: 4242, KeyID: id + "#4242", Kind: ca.UserCert, Identity: id, Principals: []string{"u"},
+		CAFingerprint: ssh.FingerprintSHA256(caKey), ValidBefore: now.Add(10 * time.Minute).Truncate(time.Second).UTC()}
+	got, err := s.Admit(ctx, ca.AdmissionRequest{CAKey: caKey, Identities: []string{id}, Key: testenv.PublicKey(t),
+		Serial: rec.Serial, SerialUntil: now.Add(time.Hour), Record: &rec})
+	if err != nil || !got.Recorded {
+		t.Fatalf("admission = %+v %v, want recorded", got, err)
+	}
+	keys := store.Keys{}
+	if n, err := rdb.Exists(ctx, keys.ShardCert(0, rec.Serial)).Result(); err != nil || n != 1 {
+		t.Fatalf("the record is not in shard 0 at layout 2 (%d, %v): the test shows nothing", n, err)
+	}
+	if _, err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Unrecord(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if n, err := rdb.Exists(ctx, keys.ShardCert(i, rec.Serial)).Result(); err != nil || n != 0 {
+			t.Errorf("serial %d still recorded in shard %d after Unrecord (%v)", rec.Serial, i, err)
+		}
+	}
+	if all, err := s.AllLive(ctx, now); err != nil || len(all) != 0 {
+		t.Errorf("%d live certificates after Unrecord (%v), want none", len(all), err)
+	}
+}

@@ -201,7 +201,10 @@ return 1
 // Unrecord deletes the record of c that Admit wrote before signing (ca.AdmissionRequest.Record)
 // when the certificate was then not signed or not handed out: a refusal, a spent token, a
 // failed signature. The alias index entries stay (they only lead a revocation by alias to the
-// identity, as any earlier certificate's do).
+// identity, as any earlier certificate's do). A record admitted while the store was below
+// LayoutVersion is in shard 0 even when the store was raised since (sshca store migrate, read
+// by this replica between Admit and Unrecord): Unrecord looks there too when the identity's
+// own shard does not hold it, one more round trip on that rare path.
 func (r *Redis) Unrecord(ctx context.Context, c ca.Certificate) error {
 	b, err := json.Marshal(c)
 	if err != nil {
@@ -211,11 +214,17 @@ func (r *Redis) Unrecord(ctx context.Context, c ca.Certificate) error {
 	if err != nil {
 		return fmt.Errorf("store: unrecord serial %d: %w", c.Serial, err)
 	}
-	keys := []string{r.keys.ShardCert(shard, c.Serial), r.keys.ShardIdentity(shard, c.Identity), r.shardLive[shard]}
-	if err := unrecordScript.Run(ctx, r.rdb, keys, b, strconv.FormatUint(c.Serial, 10)).Err(); err != nil {
-		return fmt.Errorf("store: unrecord serial %d: %w", c.Serial, err)
+	for {
+		keys := []string{r.keys.ShardCert(shard, c.Serial), r.keys.ShardIdentity(shard, c.Identity), r.shardLive[shard]}
+		n, err := unrecordScript.Run(ctx, r.rdb, keys, b, strconv.FormatUint(c.Serial, 10)).Int()
+		if err != nil {
+			return fmt.Errorf("store: unrecord serial %d: %w", c.Serial, err)
+		}
+		if n == 1 || shard == 0 {
+			return nil
+		}
+		shard = 0
 	}
-	return nil
 }
 
 // blockedErr is the refusal of a certificate for an identity blocked until untilMS (unix ms),
