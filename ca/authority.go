@@ -476,22 +476,8 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// signed certificate (and a failure to record it is audited with its serial).
 	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SignedCertTimeout)
 	defer cancel()
-	cr := Certificate{
-		Serial:         cert.Serial,
-		KeyID:          cert.KeyId,
-		Kind:           req.Kind,
-		Identity:       rec.Identity,
-		Principals:     cert.ValidPrincipals,
-		KeyFingerprint: ssh.FingerprintSHA256(cert.Key), // the key certified, whatever the signer did
-		CAFingerprint:  ssh.FingerprintSHA256(cert.SignatureKey),
-		ValidAfter:     time.Unix(int64(cert.ValidAfter), 0).UTC(),
-		ValidBefore:    time.Unix(int64(cert.ValidBefore), 0).UTC(),
-		Ticket:         dec.Ticket,
-		Reason:         req.Reason,
-		PolicyRevision: dec.Revision,
-		Aliases:        aliases,
-		IndexUntil:     a.now().Add(a.limits.IdentityBlock),
-	}
+	// The key certified and the CA key that signed, whatever the signer did.
+	cr := a.certRecord(cert, cert.SignatureKey, req, rec, dec, aliases)
 	rec.Serial, rec.KeyID = cr.Serial, cr.KeyID
 	// Recording checks the identity's blocks in the same atomic step (the admission's record,
 	// CertStore.Record, and RecordUnderRequest likewise): a revocation that blocked the identity
@@ -733,19 +719,29 @@ func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certi
 func (a *Authority) preRecord(tmpl *ssh.Certificate, ttl time.Duration, req Request, rec AuditRecord, caKey ssh.PublicKey, dec Decision, aliases []string) *Certificate {
 	now := a.now()
 	tmpl.ValidAfter, tmpl.ValidBefore = uint64(now.Add(-backdating).Unix()), uint64(now.Add(ttl).Unix())
-	return &Certificate{
+	c := a.certRecord(tmpl, caKey, req, rec, dec, aliases)
+	return &c
+}
+
+// certRecord is the inventory record of c (signed, or the template about to be signed by
+// caKey) for rec's identity: one definition for the record made before signing and the one
+// compared with it after.
+func (a *Authority) certRecord(c *ssh.Certificate, caKey ssh.PublicKey, req Request, rec AuditRecord, dec Decision, aliases []string) Certificate {
+	return Certificate{
+		Serial:         c.Serial,
+		KeyID:          c.KeyId,
 		Kind:           req.Kind,
 		Identity:       rec.Identity,
-		Principals:     tmpl.ValidPrincipals,
-		KeyFingerprint: ssh.FingerprintSHA256(tmpl.Key),
+		Principals:     c.ValidPrincipals,
+		KeyFingerprint: ssh.FingerprintSHA256(c.Key),
 		CAFingerprint:  ssh.FingerprintSHA256(caKey),
-		ValidAfter:     time.Unix(int64(tmpl.ValidAfter), 0).UTC(),
-		ValidBefore:    time.Unix(int64(tmpl.ValidBefore), 0).UTC(),
+		ValidAfter:     time.Unix(int64(c.ValidAfter), 0).UTC(),
+		ValidBefore:    time.Unix(int64(c.ValidBefore), 0).UTC(),
 		Ticket:         dec.Ticket,
 		Reason:         req.Reason,
 		PolicyRevision: dec.Revision,
 		Aliases:        aliases,
-		IndexUntil:     now.Add(a.limits.IdentityBlock),
+		IndexUntil:     a.now().Add(a.limits.IdentityBlock),
 	}
 }
 
