@@ -490,9 +490,14 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	case ar.ID == "":
 		// Not recorded before signing, or signed otherwise than recorded (a keyring that
 		// rotated its active key meanwhile, a signer that drew its own serial or window).
-		if pre != nil && !a.unrecord(recordCtx, pre) {
-			a.log.WarnContext(ctx, "a certificate recorded before signing and then signed otherwise is still in the inventory as recorded until it would have expired",
-				"serial", pre.Serial, "signed_serial", cr.Serial, "identity", pre.Identity)
+		if pre != nil && !a.unrecord(recordCtx, pre) && pre.Serial != cr.Serial {
+			// The record below does not replace it, and the request's audit record names the
+			// signed serial: pre's is withdrawn again and audited on its own, in the
+			// background, as a lost admission's is. Under the same serial the record below
+			// replaces it.
+			pr := rec
+			pr.Serial, pr.KeyID = pre.Serial, pre.KeyID
+			a.settleLost(context.WithoutCancel(ctx), pr, Unavailable("recorded before signing, then signed with serial "+strconv.FormatUint(cr.Serial, 10)+"; the record is withdrawn", nil), *pre)
 		}
 		if err := a.store.Record(recordCtx, cr); err != nil {
 			if KindOf(err) == KindDenied {
@@ -702,10 +707,13 @@ func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certi
 		tmpl.Serial = serial
 	} else if res.Recorded {
 		// Another certificate holds the serial's reservation: the signer draws its own, and
-		// the record made under this one is withdrawn.
-		// Signed under another serial, the request's audit record cannot name this one: a
-		// withdrawal that fails is logged (unrecord).
-		_ = a.unrecord(ctx, pre)
+		// the record made under this one is withdrawn. When it cannot be, nothing is signed:
+		// signed under another serial, the request's audit record would not name this one,
+		// left in the inventory unexplained. The caller settles it as a lost admission's
+		// (withdrawn again and audited with this serial, in the background).
+		if !a.unrecord(ctx, pre) {
+			return true, Unavailable("certificate inventory unavailable; no certificate issued", nil)
+		}
 		res.Recorded = false
 	}
 	return res.Recorded, nil

@@ -1,0 +1,141 @@
+package ca_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/audit"
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/store"
+)
+
+// inventoryExplained checks, once the authority's background settling is drained, the
+// invariant TestFaultsStalledRedis checks end to end: every serial in the inventory is named by
+// an audit record, every "issued" record's serial is in the inventory, and every certificate
+// handed out (got) is in both.
+func inventoryExplained(t *testing.T, a *ca.Authority, db *store.Redis, al *audit.Log, got ...uint64) {
+	t.Helper()
+	ctx := context.Background()
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := a.DrainRetries(dctx); err != nil {
+		t.Fatal(err)
+	}
+	live, err := db.AllLive(ctx, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inventory := map[uint64]bool{}
+	for _, c := range live {
+		inventory[c.Serial] = true
+	}
+	audited, issued := map[uint64]bool{}, map[uint64]bool{}
+	if _, err := al.Verify(ctx, func(e audit.Entry) {
+		audited[e.Record.Serial] = true
+		if e.Record.Outcome == "issued" {
+			issued[e.Record.Serial] = true
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for s := range inventory {
+		if !audited[s] {
+			t.Errorf("serial %d is in the inventory without an audit record that names it", s)
+		}
+	}
+	for s := range issued {
+		if !inventory[s] {
+			t.Errorf("serial %d is audited as issued but not in the inventory", s)
+		}
+	}
+	for _, s := range got {
+		if !inventory[s] || !issued[s] {
+			t.Errorf("serial %d was handed out: in the inventory %v, audited as issued %v", s, inventory[s], issued[s])
+		}
+	}
+}
+
+// failingUnrecord is an Admission whose withdrawals fail (Redis unreachable at that moment);
+// with taken, it also finds every serial it drew taken, after recording under it.
+type failingUnrecord struct {
+	ca.Admission
+	taken bool
+}
+
+func (f failingUnrecord) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, error) {
+	res, err := f.Admission.Admit(ctx, q)
+	if f.taken {
+		res.SerialReserved = false
+	}
+	return res, err
+}
+
+func (failingUnrecord) Unrecord(context.Context, ca.Certificate) error {
+	return errors.New("dial tcp 127.0.0.1:6379: connect: connection refused")
+}
+
+// ownSerial is a signer that draws and reserves its own serial whatever the template holds
+// (a ca.Signer other than signer.Signer may): what it signs is not what was recorded.
+type ownSerial struct{ ca.Signer }
+
+func (s ownSerial) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error) {
+	c := *tmpl
+	c.Serial = 0
+	return s.Signer.Sign(ctx, &c, ttl)
+}
+
+// TestPreRecordWithdrawalFailureIsAudited: a record made before signing under a serial that the
+// certificate does not then carry (the serial's reservation found taken; a signer that drew
+// its own) and whose withdrawal fails stays in the inventory: the audit log must name it, as
+// it does when nothing was signed (TestAdmissionLostAnswerIsAudited). Against a real
+// redis-server and audit log.
+func TestPreRecordWithdrawalFailureIsAudited(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		taken  bool
+		signer func(ca.Signer) ca.Signer
+	}{
+		{"serial taken", true, func(s ca.Signer) ca.Signer { return s }},
+		{"signed with another serial", false, func(s ca.Signer) ca.Signer { return ownSerial{s} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			rdb, db, _, sgn := tripRig(t)
+			al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db})
+			alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
+			s := tc.signer(sgn)
+			a, err := ca.New(ca.Config{Authenticator: singleUseTokens{alice}, Policy: denyReason{}, UserSigner: s, HostSigner: s,
+				Store: db, Revocations: db, Tokens: db, Admission: failingUnrecord{db, tc.taken}, Audit: al})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, userKey := newSSHKey(t)
+			var got []uint64
+			iss, err := a.Issue(ctx, "t1", ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute})
+			switch {
+			case err == nil:
+				got = append(got, iss.Cert.Serial)
+			case ca.KindOf(err) != ca.KindUnavailable:
+				t.Fatalf("issue: %v, want a certificate or unavailable", err)
+			}
+			inventoryExplained(t, a, db, al, got...)
+			if n := rdbKeys(t, rdb, "sshca:{inventory}:cert:*"); n == 0 {
+				t.Fatal("nothing in the inventory: the test shows nothing")
+			}
+		})
+	}
+}
+
+func rdbKeys(t *testing.T, rdb *redis.Client, pattern string) int {
+	t.Helper()
+	keys, err := rdb.Keys(context.Background(), pattern).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(keys)
+}
