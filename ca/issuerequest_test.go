@@ -20,6 +20,9 @@ func (noRevocations) Revoke(context.Context, ssh.PublicKey, []ca.RevocationEntry
 func (noRevocations) State(context.Context, ssh.PublicKey) (ca.RevocationState, error) {
 	return ca.RevocationState{}, nil
 }
+func (noRevocations) StatePage(context.Context, ssh.PublicKey, ca.EntryCursor, int) (ca.RevocationState, ca.EntryCursor, error) {
+	return ca.RevocationState{}, ca.EntryCursor{}, nil
+}
 func (noRevocations) BlockIdentity(context.Context, string, time.Time) error { return nil }
 func (noRevocations) LiftKey(context.Context, ssh.PublicKey) (map[string]uint64, error) {
 	return nil, nil

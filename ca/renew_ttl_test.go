@@ -22,6 +22,9 @@ func (nothingRevoked) Revoke(context.Context, ssh.PublicKey, []ca.RevocationEntr
 func (nothingRevoked) State(context.Context, ssh.PublicKey) (ca.RevocationState, error) {
 	return ca.RevocationState{}, nil
 }
+func (nothingRevoked) StatePage(context.Context, ssh.PublicKey, ca.EntryCursor, int) (ca.RevocationState, ca.EntryCursor, error) {
+	return ca.RevocationState{}, ca.EntryCursor{}, nil
+}
 func (nothingRevoked) BlockIdentity(context.Context, string, time.Time) error { return nil }
 func (nothingRevoked) LiftKey(context.Context, ssh.PublicKey) (map[string]uint64, error) {
 	return nil, nil

@@ -58,4 +58,5 @@ type RevocationStore interface {
 	// their KRL) and from the keys refused at signing time. It answers the new versions of the
 	// scopes it changed, by CA fingerprint (none when the key was not revoked).
 	LiftKey(ctx context.Context, key ssh.PublicKey) (versions map[string]uint64, err error)
+	RevocationPager
 }

@@ -106,10 +106,15 @@ type RevocationScope struct {
 	Entries     []RevocationEntry `json:"entries"`
 }
 
-// RevocationsResponse is the answer to GET /v1/revocations.
+// RevocationsResponse is the answer to GET /v1/revocations[?limit=N][&cursor=…]: one page of
+// what is revoked under the active user CA key (every entry of its scope first), then under the
+// active host CA key, each scope's entries soonest to expire first and permanent bans last.
+// Both scopes carry their key and version on every page; a page holds at most limit entries in
+// all. NextCursor, absent on the last page, is the cursor parameter of the next.
 type RevocationsResponse struct {
-	UserCA RevocationScope `json:"user_ca"`
-	HostCA RevocationScope `json:"host_ca"`
+	UserCA     RevocationScope `json:"user_ca"`
+	HostCA     RevocationScope `json:"host_ca"`
+	NextCursor string          `json:"next_cursor,omitempty"`
 }
 
 // InventoryResponse is the answer to GET

@@ -123,11 +123,88 @@ func (c *Client) Unrevoke(ctx context.Context, token string, req UnrevokeRequest
 	return out, err
 }
 
-// Revocations lists what is revoked, per CA key (GET /v1/revocations).
+// Revocations lists what is revoked, per CA key (GET /v1/revocations): it asks page after
+// page (the server's default size) until the server gives no next cursor, and answers every
+// entry of each scope with the key and version of the last page. An entry revoked throughout
+// is listed once; one revoked or lifted while it pages may or may not be.
 func (c *Client) Revocations(ctx context.Context, token string) (RevocationsResponse, error) {
+	return c.RevocationsPaged(ctx, token, 0, nil)
+}
+
+// RevocationsPaged is Revocations with limit entries a page (0: the server's default,
+// DefaultPageLimit), calling onPage, when set, after each page with how many pages and entries
+// have come so far.
+func (c *Client) RevocationsPaged(ctx context.Context, token string, limit int, onPage func(pages, entries int)) (RevocationsResponse, error) {
+	var all RevocationsResponse
+	var user, host []RevocationEntry
+	err := followPages(ctx, "/v1/revocations", func(ctx context.Context, cursor string) (string, error) {
+		page, err := c.RevocationsPage(ctx, token, limit, cursor)
+		if err != nil {
+			return "", err
+		}
+		user, host = append(user, page.UserCA.Entries...), append(host, page.HostCA.Entries...)
+		all = page
+		return page.NextCursor, nil
+	}, func(pages int) {
+		if onPage != nil {
+			onPage(pages, len(user)+len(host))
+		}
+	})
+	if err != nil {
+		return RevocationsResponse{}, err
+	}
+	all.UserCA.Entries, all.HostCA.Entries, all.NextCursor = nonNilEntries(user), nonNilEntries(host), ""
+	return all, nil
+}
+
+func nonNilEntries(es []RevocationEntry) []RevocationEntry {
+	if es == nil {
+		return []RevocationEntry{}
+	}
+	return es
+}
+
+// RevocationsPage asks for one page of GET /v1/revocations after cursor (a NextCursor of the
+// page before; "" for the first), limit entries at most (0: the server's default).
+func (c *Client) RevocationsPage(ctx context.Context, token string, limit int, cursor string) (RevocationsResponse, error) {
 	var out RevocationsResponse
-	err := c.do(ctx, http.MethodGet, "/v1/revocations", token, nil, &out, GetTimeout, MaxListBytes)
+	err := c.do(ctx, http.MethodGet, pagePath("/v1/revocations", url.Values{}, limit, cursor), token, nil, &out, GetTimeout, MaxListBytes)
 	return out, err
+}
+
+// followPages asks for pages of path (page answers the next cursor of the one it read after
+// cursor) until a page has no next cursor, calling onPage after each with how many came so far.
+// A server that gives the same cursor twice would loop for ever: that is an error.
+func followPages(ctx context.Context, path string, page func(ctx context.Context, cursor string) (string, error), onPage func(pages int)) error {
+	cursor := ""
+	for pages := 1; ; pages++ {
+		next, err := page(ctx, cursor)
+		if err != nil {
+			return err
+		}
+		onPage(pages)
+		if next == "" {
+			return nil
+		}
+		if next == cursor {
+			return fmt.Errorf("sshca: GET %s: the server gave the same cursor twice", path)
+		}
+		cursor = next
+	}
+}
+
+// pagePath is path with the query v and a page's limit (when above 0) and cursor (when given).
+func pagePath(path string, v url.Values, limit int, cursor string) string {
+	if limit > 0 {
+		v.Set("limit", strconv.Itoa(limit))
+	}
+	if cursor != "" {
+		v.Set("cursor", cursor)
+	}
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	return path
 }
 
 // CertQuery selects certificates of GET /v1/certs; every field is optional.
@@ -150,24 +227,19 @@ type CertQuery struct {
 // listed once.
 func (c *Client) Inventory(ctx context.Context, token string, q CertQuery) ([]Certificate, error) {
 	var all []Certificate
-	cursor := ""
-	for pages := 1; ; pages++ {
+	err := followPages(ctx, "/v1/certs", func(ctx context.Context, cursor string) (string, error) {
 		page, err := c.InventoryPage(ctx, token, q, cursor)
-		if err != nil {
-			return nil, err
-		}
 		all = append(all, page.Certificates...)
+		return page.NextCursor, err
+	}, func(pages int) {
 		if q.OnPage != nil {
 			q.OnPage(pages, len(all))
 		}
-		if page.NextCursor == "" {
-			return all, nil
-		}
-		if page.NextCursor == cursor {
-			return nil, fmt.Errorf("sshca: GET /v1/certs: the server gave the same cursor twice")
-		}
-		cursor = page.NextCursor
+	})
+	if err != nil {
+		return nil, err
 	}
+	return all, nil
 }
 
 // InventoryPage asks for one page of the certificates q selects, after cursor (a NextCursor
@@ -184,16 +256,7 @@ func (c *Client) InventoryPage(ctx context.Context, token string, q CertQuery, c
 	if q.Live {
 		v.Set("live", "true")
 	}
-	if q.Limit > 0 {
-		v.Set("limit", strconv.Itoa(q.Limit))
-	}
-	if cursor != "" {
-		v.Set("cursor", cursor)
-	}
-	path := "/v1/certs"
-	if len(v) > 0 {
-		path += "?" + v.Encode()
-	}
+	path := pagePath("/v1/certs", v, q.Limit, cursor)
 	err := c.do(ctx, http.MethodGet, path, token, nil, &out, GetTimeout, MaxListBytes)
 	return out, err
 }

@@ -77,10 +77,13 @@ func (a *api) Revoke(_ context.Context, token string, req ca.RevokeRequest) (ca.
 		Certificates: []ca.Certificate{record}, BlockedUntil: validBefore, Matches: []string{"https://idp|alice"}, Version: 42}, nil
 }
 
-func (a *api) Revocations(_ context.Context, token string) (ca.RevocationState, ca.RevocationState, error) {
+func (a *api) RevocationsPage(_ context.Context, token string, after ca.RevocationCursor, limit int) (ca.RevocationPage, error) {
 	a.token = token
+	if !after.IsZero() || limit != client.DefaultPageLimit {
+		return ca.RevocationPage{}, ca.Invalid("page after %+v of %d", after, limit)
+	}
 	st := ca.RevocationState{CA: a.caKey.PublicKey(), Version: 3, Entries: []ca.RevocationEntry{{Kind: ca.RevokedKeyID, Value: "alice#7", Expiry: validBefore}}}
-	return st, ca.RevocationState{CA: a.caKey.PublicKey()}, a.err
+	return ca.RevocationPage{User: st, Host: ca.RevocationState{CA: a.caKey.PublicKey()}}, a.err
 }
 
 func (a *api) ListCertificates(_ context.Context, token string, q ca.CertQuery) (ca.CertPage, error) {

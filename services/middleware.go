@@ -88,9 +88,11 @@ func (m logging) Unrevoke(ctx context.Context, token string, req ca.UnrevokeRequ
 	return m.Service.Unrevoke(ctx, token, req)
 }
 
-func (m logging) Revocations(ctx context.Context, token string) (user, host ca.RevocationState, err error) {
-	defer func(begin time.Time) { logCall(ctx, m.log, "revocations", begin, err) }(time.Now())
-	return m.Service.Revocations(ctx, token)
+func (m logging) RevocationsPage(ctx context.Context, token string, after ca.RevocationCursor, limit int) (page ca.RevocationPage, err error) {
+	defer func(begin time.Time) {
+		logCall(ctx, m.log, "revocations", begin, err, "entries", len(page.User.Entries)+len(page.Host.Entries), "more", !page.Next.IsZero())
+	}(time.Now())
+	return m.Service.RevocationsPage(ctx, token, after, limit)
 }
 
 func (m logging) ListCertificates(ctx context.Context, token string, q ca.CertQuery) (page ca.CertPage, err error) {
@@ -278,9 +280,9 @@ func (mw instrumenting) Unrevoke(ctx context.Context, token string, req ca.Unrev
 	return mw.Service.Unrevoke(ctx, token, req)
 }
 
-func (mw instrumenting) Revocations(ctx context.Context, token string) (_, _ ca.RevocationState, err error) {
+func (mw instrumenting) RevocationsPage(ctx context.Context, token string, after ca.RevocationCursor, limit int) (_ ca.RevocationPage, err error) {
 	defer func(begin time.Time) { mw.m.observe("revocations", begin, err) }(time.Now())
-	return mw.Service.Revocations(ctx, token)
+	return mw.Service.RevocationsPage(ctx, token, after, limit)
 }
 
 func (mw instrumenting) ListCertificates(ctx context.Context, token string, q ca.CertQuery) (_ ca.CertPage, err error) {

@@ -40,17 +40,7 @@ func TestInventoryPageParameters(t *testing.T) {
 	defer srv.Close()
 	get := func(query string) (int, client.InventoryResponse, string) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/certs?"+query, nil)
-		req.Header.Set("Authorization", "Bearer t")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		var out client.InventoryResponse
-		_ = json.Unmarshal(b, &out)
-		return resp.StatusCode, out, string(b)
+		return getPage[client.InventoryResponse](t, srv.URL+"/v1/certs?"+query)
 	}
 	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
 
@@ -128,17 +118,7 @@ func TestRecordingPageParameters(t *testing.T) {
 	defer srv.Close()
 	get := func(query string) (int, client.RecordingList, string) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/recordings?"+query, nil)
-		req.Header.Set("Authorization", "Bearer t")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		var out client.RecordingList
-		_ = json.Unmarshal(b, &out)
-		return resp.StatusCode, out, string(b)
+		return getPage[client.RecordingList](t, srv.URL+"/v1/recordings?"+query)
 	}
 	pos := ca.RecordingCursor{Start: 1764500000000, ID: "0123456789abcdef01234567"}
 	rec.next = pos
@@ -167,4 +147,97 @@ func TestRecordingPageParameters(t *testing.T) {
 	if rec.f != (ca.RecordingFilter{}) {
 		t.Errorf("a refused query reached the service: %+v", rec.f)
 	}
+}
+
+// pagedRevocations answers RevocationsPage with a page whose Next is next, and keeps what it
+// was asked.
+type pagedRevocations struct {
+	fakeService
+	asked bool
+	after ca.RevocationCursor
+	limit int
+	next  ca.RevocationCursor
+}
+
+func (p *pagedRevocations) RevocationsPage(_ context.Context, _ string, after ca.RevocationCursor, limit int) (ca.RevocationPage, error) {
+	p.asked, p.after, p.limit = true, after, limit
+	return ca.RevocationPage{Next: p.next}, nil
+}
+
+// TestRevocationPageParameters: GET /v1/revocations pages as GET /v1/certs does: limit
+// (default 1000, 1 to 10000), an opaque cursor naming a scope, an expiry (or "inf" for a
+// permanent ban) and an entry, next_cursor absent on the last page; bad ones (another version
+// or scope, a user scope without position, an expiry with a sign or leading zero, a member no
+// entry could have) are 400s naming the parameter that never reach the service, and the edges
+// that are allowed pass.
+func TestRevocationPageParameters(t *testing.T) {
+	svc := &pagedRevocations{}
+	srv := httptest.NewServer(services.NewHTTPHandler(services.MakeEndpoints(svc), services.HTTPOptions{}))
+	defer srv.Close()
+	get := func(query string) (int, client.RevocationsResponse, string) {
+		t.Helper()
+		return getPage[client.RevocationsResponse](t, srv.URL+"/v1/revocations?"+query)
+	}
+	code, _, body := get("")
+	if code != http.StatusOK || svc.limit != services.DefaultPageLimit || !svc.after.IsZero() || strings.Contains(body, "next_cursor") {
+		t.Errorf("no parameters: %d %s, asked after %+v limit %d; want the default limit, the start, no next_cursor", code, body, svc.after, svc.limit)
+	}
+	pos := ca.RevocationCursor{Host: true, Entry: ca.EntryCursor{Expiry: ca.PermanentExpiry, Member: "key:AAAAC3NzaC1lZDI1NTE5AAAAIA=="}}
+	svc.next = pos
+	code, out, _ := get("limit=1")
+	if code != http.StatusOK || svc.limit != 1 || out.NextCursor != pos.String() {
+		t.Errorf("limit=1: %d, limit %d, next %q", code, svc.limit, out.NextCursor)
+	}
+	svc.next = ca.RevocationCursor{}
+	if code, _, body := get("limit=10000&cursor=" + url.QueryEscape(out.NextCursor)); code != http.StatusOK || svc.limit != 10000 || svc.after != pos || strings.Contains(body, "next_cursor") {
+		t.Errorf("the next, last page: %d %s, after %+v", code, body, svc.after)
+	}
+
+	svc.asked = false
+	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	for _, bad := range []struct{ query, field string }{
+		{"limit=0", "limit"}, {"limit=10001", "limit"}, {"limit=x", "limit"}, {"limit=01", "limit"},
+		{"cursor=%25%25", "cursor"}, {"cursor=zz", "cursor"}, {"cursor=" + enc("v1:u"), "cursor"}, {"cursor=" + enc("v1"), "cursor"},
+		{"cursor=" + enc("v2:u:1:serial:7"), "cursor"}, {"cursor=" + enc("v1:x:1:serial:7"), "cursor"}, {"cursor=" + enc("v1:u:1"), "cursor"},
+		{"cursor=" + enc("v1:u:-1:serial:7"), "cursor"}, {"cursor=" + enc("v1:u:01:serial:7"), "cursor"}, {"cursor=" + enc("v1:u:+inf:serial:7"), "cursor"},
+		{"cursor=" + enc("v1:u:9007199254740993:serial:7"), "cursor"}, {"cursor=" + enc("v1:u:1:serial:0"), "cursor"},
+		{"cursor=" + enc("v1:u:1:serial:07"), "cursor"}, {"cursor=" + enc("v1:u:1:bogus:7"), "cursor"}, {"cursor=" + enc("v1:u:1:key_id:"), "cursor"},
+		{"cursor=" + enc("v1:u:1:key_id:a\nb"), "cursor"}, {"cursor=" + enc("v1:u:inf:key:!!"), "cursor"}, {"cursor=" + enc("v1:h:1:serial"), "cursor"},
+		{"cursor=" + enc("c1:1:7"), "cursor"}, {"cursor=" + strings.Repeat("A", 5000), "cursor"},
+	} {
+		code, _, body := get(bad.query)
+		var eb client.ErrorBody
+		_ = json.Unmarshal([]byte(body), &eb)
+		if code != http.StatusBadRequest || !strings.HasPrefix(eb.Error, bad.field) {
+			t.Errorf("%s: %d %s, want 400 naming %s", bad.query, code, body, bad.field)
+		}
+	}
+	if svc.asked {
+		t.Errorf("a refused query reached the service: after %+v limit %d", svc.after, svc.limit)
+	}
+	// The edges that pass: the host scope's start, time 0, the largest exact score, a key ID
+	// with a colon and non-ASCII text.
+	for _, c := range []ca.RevocationCursor{{Host: true}, {Entry: ca.EntryCursor{Expiry: 0, Member: "serial:1"}},
+		{Entry: ca.EntryCursor{Expiry: 1 << 53, Member: "key_id:host:web#7"}}, {Host: true, Entry: ca.EntryCursor{Expiry: 5, Member: "key_id:zoë#1"}}} {
+		if code, _, body := get("cursor=" + c.String()); code != http.StatusOK || svc.after != c {
+			t.Errorf("cursor %+v: %d %s, after %+v", c, code, body, svc.after)
+		}
+	}
+}
+
+// getPage GETs url with a bearer token and answers the status, the body decoded as T (zero
+// when it is not), and the body.
+func getPage[T any](t *testing.T, url string) (int, T, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Authorization", "Bearer t")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out T
+	_ = json.Unmarshal(b, &out)
+	return resp.StatusCode, out, string(b)
 }

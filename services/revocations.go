@@ -189,13 +189,38 @@ func decodeUnrevokeRequest(_ context.Context, r *http.Request) (any, error) {
 	return req, nil
 }
 
+// revocationsRequest is GET /v1/revocations as decoded: the bearer token and the page.
+type revocationsRequest struct {
+	token string
+	after ca.RevocationCursor
+	limit int
+}
+
+func decodeRevocationsRequest(ctx context.Context, r *http.Request) (any, error) {
+	t, err := decodeToken(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	q := r.URL.Query()
+	req := revocationsRequest{token: t.(string)}
+	if req.limit, err = pageLimit(q); err != nil {
+		return nil, err
+	}
+	if req.after, err = ca.ParseRevocationCursor(q.Get("cursor")); err != nil {
+		return nil, err
+	}
+	return req, nil
+}
+
 func makeRevocationsEndpoint(s Service) endpoint.Endpoint {
 	return func(ctx context.Context, request any) (any, error) {
-		user, host, err := s.Revocations(ctx, request.(string))
+		req := request.(revocationsRequest)
+		page, err := s.RevocationsPage(ctx, req.token, req.after, req.limit)
 		if err != nil {
 			return revocationsResponse{Err: err}, nil
 		}
-		return revocationsResponse{RevocationsResponse: client.RevocationsResponse{UserCA: scopeOf(user), HostCA: scopeOf(host)}}, nil
+		return revocationsResponse{RevocationsResponse: client.RevocationsResponse{UserCA: scopeOf(page.User), HostCA: scopeOf(page.Host),
+			NextCursor: page.Next.String()}}, nil
 	}
 }
 

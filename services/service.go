@@ -30,8 +30,9 @@ type Service interface {
 	Revoke(ctx context.Context, token string, req ca.RevokeRequest) (ca.RevokeResult, error)
 	// Unrevoke lifts the ban of a public key (policy kind "revoke", audited).
 	Unrevoke(ctx context.Context, token string, req ca.UnrevokeRequest) (ca.UnrevokeResult, error)
-	// Revocations lists what is revoked, per CA key (policy kind "read", audited).
-	Revocations(ctx context.Context, token string) (user, host ca.RevocationState, err error)
+	// RevocationsPage lists a page of what is revoked, per CA key (policy kind "read",
+	// audited): at most limit entries after the position after.
+	RevocationsPage(ctx context.Context, token string, after ca.RevocationCursor, limit int) (ca.RevocationPage, error)
 	// ListCertificates lists a page of the unexpired certificates a query selects, flagged when
 	// revoked (policy kind "read", audited).
 	ListCertificates(ctx context.Context, token string, q ca.CertQuery) (ca.CertPage, error)

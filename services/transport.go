@@ -89,7 +89,7 @@ func NewHTTPHandler(e Endpoints, o HTTPOptions) *http.ServeMux {
 	mux.Handle("GET /v1/ca/user.pub", kithttp.NewServer(e.UserCAKeys, kithttp.NopRequestDecoder, encodeUserCAKeys, opts...))
 	mux.Handle("GET /v1/ca/known_hosts", kithttp.NewServer(e.HostCAKeys, kithttp.NopRequestDecoder, encodeKnownHosts(o.KnownHostsPattern, o.Logger), opts...))
 	mux.Handle("POST /v1/revocations", kithttp.NewServer(e.Revoke, decodeRevokeRequest, encodeResponse, opts...))
-	mux.Handle("GET /v1/revocations", kithttp.NewServer(e.Revocations, decodeToken, encodeResponse, opts...))
+	mux.Handle("GET /v1/revocations", kithttp.NewServer(e.Revocations, decodeRevocationsRequest, encodeResponse, opts...))
 	mux.Handle("POST /v1/revocations/lift", kithttp.NewServer(e.Unrevoke, decodeUnrevokeRequest, encodeResponse, opts...))
 	mux.Handle("GET /v1/certs", kithttp.NewServer(e.Inventory, decodeInventoryRequest, encodeResponse, opts...))
 	if o.RenderKRL != nil {

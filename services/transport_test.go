@@ -52,8 +52,8 @@ func (f *fakeService) Renew(context.Context, string) (ca.Issued, error) { return
 func (f *fakeService) Revoke(context.Context, string, ca.RevokeRequest) (ca.RevokeResult, error) {
 	return ca.RevokeResult{}, f.err
 }
-func (f *fakeService) Revocations(context.Context, string) (ca.RevocationState, ca.RevocationState, error) {
-	return ca.RevocationState{}, ca.RevocationState{}, f.err
+func (f *fakeService) RevocationsPage(context.Context, string, ca.RevocationCursor, int) (ca.RevocationPage, error) {
+	return ca.RevocationPage{}, f.err
 }
 func (f *fakeService) ListCertificates(context.Context, string, ca.CertQuery) (ca.CertPage, error) {
 	return ca.CertPage{}, f.err

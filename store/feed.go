@@ -60,24 +60,9 @@ func (r *Redis) Snapshot(ctx context.Context, fp string) (ca.RevocationState, st
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return ca.RevocationState{}, "", fmt.Errorf("store: snapshot: %w", err)
 	}
-	mk, present, err := parseMark(markCmd.Val())
+	st, err := r.scopeHeader(tag, exp, markCmd, caCmd, verCmd)
 	if err != nil {
 		return ca.RevocationState{}, "", err
-	}
-	r.witness.observe(tag, exp, mk, present)
-	if err := r.witness.Lost(); err != nil {
-		return ca.RevocationState{}, "", err
-	}
-	var st ca.RevocationState
-	if line, err := caCmd.Result(); err == nil {
-		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
-		if err != nil {
-			return ca.RevocationState{}, "", fmt.Errorf("store: snapshot: CA key: %w", err)
-		}
-		st.CA = k
-	}
-	if v, err := verCmd.Uint64(); err == nil {
-		st.Version = revocation.ComposeVersion(mk.Epoch, v)
 	}
 	for _, z := range zCmd.Val() {
 		e, err := parseMember(z.Member.(string), z.Score)
@@ -93,6 +78,32 @@ func (r *Redis) Snapshot(ctx context.Context, fp string) (ca.RevocationState, st
 		st.Changed = streamTime(pos)
 	}
 	return st, pos, nil
+}
+
+// scopeHeader is a scope's state without its entries, from the reads of its mark, CA key
+// and version in one transaction: ErrStateLost (the witness's) when the scope's tag lost its
+// state.
+func (r *Redis) scopeHeader(tag string, exp expectation, markCmd *redis.SliceCmd, caCmd, verCmd *redis.StringCmd) (ca.RevocationState, error) {
+	mk, present, err := parseMark(markCmd.Val())
+	if err != nil {
+		return ca.RevocationState{}, err
+	}
+	r.witness.observe(tag, exp, mk, present)
+	if err := r.witness.Lost(); err != nil {
+		return ca.RevocationState{}, err
+	}
+	var st ca.RevocationState
+	if line, err := caCmd.Result(); err == nil {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+		if err != nil {
+			return ca.RevocationState{}, fmt.Errorf("store: snapshot: CA key: %w", err)
+		}
+		st.CA = k
+	}
+	if v, err := verCmd.Uint64(); err == nil {
+		st.Version = revocation.ComposeVersion(mk.Epoch, v)
+	}
+	return st, nil
 }
 
 // Changes blocks up to block (0: until ctx ends; negative: not at all) for changes after

@@ -394,30 +394,16 @@ func (r *Recordings) SessionRecordings(ctx context.Context, since time.Time, aft
 	if !since.IsZero() {
 		head = "(" + strconv.FormatInt(since.UnixMilli(), 10)
 	}
-	res, err := livePageScript.Run(ctx, r.rdb, []string{r.keys.RecordingIndex()}, head, after.Start, after.ID, limit).Slice()
+	page, more, err := pageAnswer(livePageScript.Run(ctx, r.rdb, []string{r.keys.RecordingIndex()}, head, after.Start, after.ID, limit))
 	if err != nil {
 		return nil, ca.RecordingCursor{}, fmt.Errorf("store: recording index: %w", err)
 	}
-	var flat []any
-	if len(res) == 2 {
-		flat, _ = res[1].([]any)
-	}
-	if len(res) != 2 || len(flat)%2 != 0 {
-		return nil, ca.RecordingCursor{}, fmt.Errorf("store: recording index: unexpected answer %v", res)
-	}
-	more, _ := res[0].(int64)
 	var last ca.RecordingCursor
-	cmds := make([]*redis.StringCmd, 0, len(flat)/2)
+	cmds := make([]*redis.StringCmd, 0, len(page))
 	if _, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i := 0; i < len(flat); i += 2 {
-			id, _ := flat[i].(string)
-			sc, _ := flat[i+1].(string)
-			score, err := strconv.ParseFloat(sc, 64)
-			if err != nil {
-				return fmt.Errorf("bad score %q in index", sc)
-			}
-			last = ca.RecordingCursor{Start: int64(score), ID: id}
-			cmds = append(cmds, p.HGet(ctx, r.keys.RecordingSession(id), "rec"))
+		for _, z := range page {
+			last = ca.RecordingCursor{Start: int64(z.score), ID: z.member}
+			cmds = append(cmds, p.HGet(ctx, r.keys.RecordingSession(z.member), "rec"))
 		}
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
@@ -438,7 +424,7 @@ func (r *Recordings) SessionRecordings(ctx context.Context, since time.Time, aft
 		}
 		out = append(out, rec)
 	}
-	if more == 0 {
+	if !more {
 		last = ca.RecordingCursor{}
 	}
 	return out, last, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -220,6 +221,54 @@ func (r *Redis) Revoke(ctx context.Context, caKey ssh.PublicKey, entries []ca.Re
 func (r *Redis) State(ctx context.Context, caKey ssh.PublicKey) (ca.RevocationState, error) {
 	st, _, err := r.Snapshot(ctx, ssh.FingerprintSHA256(caKey))
 	return st, err
+}
+
+// StatePage is State a page at a time: at most limit unexpired entries (0: all) after the
+// position after, in ca.EntryCursor order, with the scope's CA key and version, and where the
+// next page starts (zero: none is left). One transaction reads the mark, the key, the version
+// and the page (livePageScript on Keys.ScopeEntries: the position by rank, so nothing revoked,
+// lifted or pruned in between shifts it), all in the scope's tag.
+func (r *Redis) StatePage(ctx context.Context, caKey ssh.PublicKey, after ca.EntryCursor, limit int) (ca.RevocationState, ca.EntryCursor, error) {
+	fp := ssh.FingerprintSHA256(caKey)
+	tag := TagCA(fp)
+	exp := r.witness.expect(tag)
+	pos := "+inf"
+	if after.Expiry != ca.PermanentExpiry {
+		pos = strconv.FormatInt(after.Expiry, 10)
+	}
+	var caCmd, verCmd *redis.StringCmd
+	var markCmd *redis.SliceCmd
+	var pageCmd *redis.Cmd
+	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		markCmd = p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
+		caCmd = p.Get(ctx, r.keys.ScopeCA(fp))
+		verCmd = p.Get(ctx, r.keys.ScopeVersion(fp))
+		pageCmd = livePageScript.Eval(ctx, p, []string{r.keys.ScopeEntries(fp)}, r.now().UnixMilli(), pos, after.Member, limit)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return ca.RevocationState{}, ca.EntryCursor{}, fmt.Errorf("store: revocations page: %w", err)
+	}
+	st, err := r.scopeHeader(tag, exp, markCmd, caCmd, verCmd)
+	if err != nil {
+		return ca.RevocationState{}, ca.EntryCursor{}, err
+	}
+	page, more, err := pageAnswer(pageCmd)
+	if err != nil {
+		return ca.RevocationState{}, ca.EntryCursor{}, fmt.Errorf("store: revocations page: %w", err)
+	}
+	for _, z := range page {
+		e, err := parseMember(z.member, z.score)
+		if err != nil {
+			return ca.RevocationState{}, ca.EntryCursor{}, err
+		}
+		st.Entries = append(st.Entries, e)
+	}
+	var next ca.EntryCursor
+	if more && len(st.Entries) > 0 {
+		next = ca.EntryCursorOf(st.Entries[len(st.Entries)-1])
+	}
+	return st, next, nil
 }
 
 // BlockIdentity refuses new certificates to identity until until: once it has returned, Record
@@ -554,6 +603,24 @@ func (m *Memory) State(_ context.Context, caKey ssh.PublicKey) (ca.RevocationSta
 	defer m.mu.Unlock()
 	st, _ := m.snapshotLocked(ssh.FingerprintSHA256(caKey))
 	return st, nil
+}
+
+// StatePage is State a page at a time, in ca.EntryCursor order (as Redis.StatePage).
+func (m *Memory) StatePage(_ context.Context, caKey ssh.PublicKey, after ca.EntryCursor, limit int) (ca.RevocationState, ca.EntryCursor, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st, _ := m.snapshotLocked(ssh.FingerprintSHA256(caKey))
+	slices.SortFunc(st.Entries, func(x, y ca.RevocationEntry) int { return ca.EntryCursorOf(x).Compare(ca.EntryCursorOf(y)) })
+	st.Entries = slices.DeleteFunc(st.Entries, func(e ca.RevocationEntry) bool { return ca.EntryCursorOf(e).Compare(after) <= 0 })
+	var next ca.EntryCursor
+	if limit > 0 && len(st.Entries) > limit {
+		st.Entries = st.Entries[:limit]
+		next = ca.EntryCursorOf(st.Entries[limit-1])
+	}
+	if len(st.Entries) == 0 {
+		st.Entries = nil
+	}
+	return st, next, nil
 }
 
 func (m *Memory) snapshotLocked(fp string) (ca.RevocationState, string) {

@@ -2,6 +2,8 @@ package store_test
 
 import (
 	"context"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -69,6 +71,96 @@ func testRevocations(t *testing.T, newStore func(*testing.T, *clock) ca.Revocati
 			if _, err := s.Revoke(ctx, caKey, []ca.RevocationEntry{e}); err == nil {
 				t.Errorf("%+v accepted", e)
 			}
+		}
+	})
+
+	// Pages of a scope (GET /v1/revocations): entries of several expiries and permanent bans,
+	// read 3 at a time while entries are revoked, lifted and expire between pages: each entry
+	// present throughout is listed once and in order, an entry added after the position is
+	// listed, and a lifted cursor entry (permanent, so its score is +inf) still places the next
+	// page right after it.
+	t.Run("pages", func(t *testing.T) {
+		c := &clock{t: t0}
+		s := newStore(t, c)
+		var all []ca.RevocationEntry
+		for i := range 7 {
+			all = append(all, ca.RevocationEntry{Kind: ca.RevokedSerial, Value: strconv.Itoa(100 + i), Expiry: t0.Add(time.Duration(1+i%3) * time.Hour)})
+			all = append(all, ca.RevocationEntry{Kind: ca.RevokedKeyID, Value: "k" + strconv.Itoa(i), Expiry: t0.Add(time.Duration(1+i%3) * time.Hour)})
+		}
+		var banned []ca.RevocationEntry
+		for range 4 {
+			banned = append(banned, ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(testenv.PublicKey(t))})
+		}
+		soon := ca.RevocationEntry{Kind: ca.RevokedSerial, Value: "9", Expiry: t0.Add(time.Minute)}
+		if _, err := s.Revoke(ctx, caKey, append(append(slices.Clone(all), banned...), soon)); err != nil {
+			t.Fatal(err)
+		}
+		whole, err := s.State(ctx, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := slices.Clone(whole.Entries)
+		slices.SortFunc(want, func(x, y ca.RevocationEntry) int { return ca.EntryCursorOf(x).Compare(ca.EntryCursorOf(y)) })
+		if got, next, err := s.StatePage(ctx, caKey, ca.EntryCursor{}, 0); err != nil || !next.IsZero() || got.Version != whole.Version || !cmp.Equal(want, got.Entries) {
+			t.Fatalf("StatePage of all: %v next %+v version %d (want %d)\n%s", err, next, got.Version, whole.Version, cmp.Diff(want, got.Entries))
+		}
+		var seen []ca.RevocationEntry
+		var after ca.EntryCursor
+		late := ca.RevocationEntry{Kind: ca.RevokedKeyID, Value: "zz-late", Expiry: t0.Add(5 * time.Hour)}
+		for pages := 1; ; pages++ {
+			page, next, err := s.StatePage(ctx, caKey, after, 3)
+			if err != nil || len(page.Entries) > 3 || page.CA == nil || pages > 20 {
+				t.Fatalf("page %d: %d entries, CA %v, %v", pages, len(page.Entries), page.CA, err)
+			}
+			seen = append(seen, page.Entries...)
+			switch pages {
+			case 1:
+				// Between pages: one revoked after the position, the soonest expires, and a
+				// permanent ban not yet listed is lifted.
+				if _, err := s.Revoke(ctx, caKey, []ca.RevocationEntry{late}); err != nil {
+					t.Fatal(err)
+				}
+				c.Set(t0.Add(2 * time.Minute))
+				k, _ := revocation.ParseKeyEntry(banned[3].Value)
+				if _, err := s.LiftKey(ctx, k); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if next.IsZero() {
+				break
+			}
+			if next != ca.EntryCursorOf(page.Entries[len(page.Entries)-1]) {
+				t.Fatalf("page %d: next %+v, want its last entry's position", pages, next)
+			}
+			after = next
+		}
+		lifted := ca.EntryCursorOf(banned[3])
+		expect := slices.DeleteFunc(slices.Clone(want), func(e ca.RevocationEntry) bool {
+			return ca.EntryCursorOf(e) == lifted
+		})
+		expect = append(expect, late)
+		slices.SortFunc(expect, func(x, y ca.RevocationEntry) int { return ca.EntryCursorOf(x).Compare(ca.EntryCursorOf(y)) })
+		if seen[0] != soon {
+			t.Errorf("first entry %+v, want the soonest to expire", seen[0])
+		}
+		if diff := cmp.Diff(expect, seen); diff != "" {
+			t.Errorf("entries over the pages (-want +got):\n%s", diff)
+		}
+
+		// A cursor whose entry is gone (lifted: a permanent one) and a made-up one of the
+		// right shape: the page starts at the first entry after the position.
+		perm := slices.DeleteFunc(slices.Clone(seen), func(e ca.RevocationEntry) bool { return !e.Expiry.IsZero() })
+		k, _ := revocation.ParseKeyEntry(perm[0].Value)
+		if _, err := s.LiftKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		page, _, err := s.StatePage(ctx, caKey, ca.EntryCursorOf(perm[0]), 0)
+		if err != nil || !cmp.Equal(perm[1:], page.Entries) {
+			t.Errorf("after a lifted permanent entry: %v\n%s", err, cmp.Diff(perm[1:], page.Entries))
+		}
+		page, next, err := s.StatePage(ctx, caKey, ca.EntryCursor{Expiry: ca.PermanentExpiry, Member: "\xff"}, 1)
+		if err != nil || len(page.Entries) != 0 || !next.IsZero() || page.Version == 0 {
+			t.Errorf("after the end: %+v next %+v, %v; want no entry, the version", page, next, err)
 		}
 	})
 

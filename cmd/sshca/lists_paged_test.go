@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/client"
+	"github.com/sshca/sshca/identity"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
+)
+
+// TestRevocationsListPagesEndToEnd: GET /v1/revocations against `sshca serve` on a real
+// redis-server, 1,000 entries a page over 2,000 revoked under the user CA key (key IDs of
+// many expiries and permanent bans) and 800 under the host CA key. Between pages, entries are
+// revoked after the position (listed) and before it (not), the first page's short-lived ones
+// expire and a ban not yet listed is lifted (not listed): every entry revoked throughout is
+// listed once, in its own scope. An old client that sends no limit gets the first page (1,000
+// entries and a next_cursor), and the typed client follows every page.
+func TestRevocationsListPagesEndToEnd(t *testing.T) {
+	r := testenv.StartRedis(t)
+	idp := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	base := startServe(t, cfg)
+	auditor := minter(t, idp)(map[string]any{"sub": "u-audit", "preferred_username": "audit", "email": "audit@example.com",
+		"email_verified": true, "groups": []string{"auditors"}, "auth_time": time.Now().Unix()})
+
+	ctx := context.Background()
+	c := client.New(base)
+	userCA, hostCA := caKeys(t, c)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	db := store.NewRedis(rdb, cfg.Redis.StoreOptions())
+	n := 0
+	revoke := func(caKey ssh.PublicKey, count int, expiry func(i int) time.Time) map[string]bool {
+		t.Helper()
+		out := map[string]bool{}
+		var es []ca.RevocationEntry
+		for i := range count {
+			n++
+			e := ca.RevocationEntry{Kind: ca.RevokedKeyID, Value: fmt.Sprintf("bulk-%05d#%d", n, n)}
+			if exp := expiry(i); exp.IsZero() {
+				e = ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(testenv.PublicKey(t))}
+			} else {
+				e.Expiry = exp
+			}
+			es = append(es, e)
+			out[e.Value] = true
+		}
+		if _, err := db.Revoke(ctx, caKey, es); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	now := time.Now().Truncate(time.Second)
+	shortUntil := now.Add(4 * time.Second)
+	short := revoke(userCA, 600, func(int) time.Time { return shortUntil })
+	long := revoke(userCA, 1370, func(i int) time.Time { return now.Add(time.Hour + time.Duration(i/7)*time.Second) })
+	banned := revoke(userCA, 30, func(int) time.Time { return time.Time{} })
+	hosts := revoke(hostCA, 800, func(i int) time.Time { return now.Add(2*time.Hour + time.Duration(i)*time.Second) })
+	var liftLater string
+	for v := range banned {
+		liftLater = v
+		break
+	}
+
+	// An old client: no limit, no cursor.
+	oldPage := getPageJSON[client.RevocationsResponse](t, base+"/v1/revocations", auditor)
+	if got := len(oldPage.UserCA.Entries) + len(oldPage.HostCA.Entries); got != client.DefaultPageLimit || oldPage.NextCursor == "" || oldPage.HostCA.Version == "" {
+		t.Errorf("a request without limit: %d entries, next %q, host version %q; want the first %d and a next_cursor", got, oldPage.NextCursor, oldPage.HostCA.Version, client.DefaultPageLimit)
+	}
+
+	seen := map[string]int{}
+	inScope := map[string]string{}
+	after, before := map[string]bool{}, map[string]bool{}
+	cursor := ""
+	pages := 0
+	for {
+		page, err := c.RevocationsPage(ctx, auditor, 1000, cursor)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages+1, err)
+		}
+		pages++
+		if got := len(page.UserCA.Entries) + len(page.HostCA.Entries); got > 1000 {
+			t.Fatalf("page %d holds %d", pages, got)
+		}
+		if page.UserCA.Fingerprint != ssh.FingerprintSHA256(userCA) || page.HostCA.Fingerprint != ssh.FingerprintSHA256(hostCA) {
+			t.Fatalf("page %d: scopes of %s and %s", pages, page.UserCA.Fingerprint, page.HostCA.Fingerprint)
+		}
+		for scope, es := range map[string][]client.RevocationEntry{"user": page.UserCA.Entries, "host": page.HostCA.Entries} {
+			for _, e := range es {
+				seen[e.Value]++
+				inScope[e.Value] = scope
+			}
+		}
+		switch pages {
+		case 1:
+			// The first page's short-lived entries expire, and the next revocation prunes them.
+			time.Sleep(time.Until(shortUntil.Add(100 * time.Millisecond)))
+			for v := range revoke(userCA, 30, func(int) time.Time { return now.Add(90 * time.Minute) }) {
+				after[v] = true
+			}
+		case 2:
+			for v := range revoke(userCA, 30, func(int) time.Time { return now.Add(30 * time.Minute) }) {
+				before[v] = true
+			}
+			k, err := revocation.ParseKeyEntry(liftLater)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.LiftKey(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		cursor = page.NextCursor
+		if pages > 10 {
+			t.Fatal("no last page")
+		}
+	}
+	for v, k := range seen {
+		if k != 1 {
+			t.Errorf("entry %s listed %d times", v, k)
+		}
+	}
+	check := func(what, scope string, set map[string]bool, want bool) {
+		t.Helper()
+		missing, extra, misplaced := 0, 0, 0
+		for v := range set {
+			switch {
+			case v == liftLater:
+			case want && seen[v] == 0:
+				missing++
+			case !want && seen[v] > 0:
+				extra++
+			case want && inScope[v] != scope:
+				misplaced++
+			}
+		}
+		if missing+extra+misplaced > 0 {
+			t.Errorf("%s: %d of %d not listed, %d listed that should not be, %d in the wrong scope", what, missing, len(set), extra, misplaced)
+		}
+	}
+	check("the first page's, live then", "user", short, true)
+	check("revoked throughout", "user", long, true)
+	check("banned throughout", "user", banned, true)
+	check("the host CA's", "host", hosts, true)
+	check("revoked after the position", "user", after, true)
+	check("revoked before the position", "user", before, false)
+	if seen[liftLater] != 0 {
+		t.Errorf("the ban lifted before its page was listed")
+	}
+	if pages != 3 {
+		t.Errorf("%d pages, want 3 (2,030 user entries then 800 host entries, 1,000 a page)", pages)
+	}
+
+	// The typed client follows the pages: every entry live now, once.
+	all, err := c.Revocations(ctx, auditor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantUser := len(long) + len(banned) - 1 + len(after) + len(before)
+	if len(all.UserCA.Entries) != wantUser || len(all.HostCA.Entries) != len(hosts) || all.NextCursor != "" {
+		t.Errorf("Revocations: %d user and %d host entries, want %d and %d", len(all.UserCA.Entries), len(all.HostCA.Entries), wantUser, len(hosts))
+	}
+}
+
+// caKeys are the user and host CA keys serve publishes (GET /v1/ca/user.pub, the
+// @cert-authority line of GET /v1/ca/known_hosts).
+func caKeys(t *testing.T, c *client.Client) (user, host ssh.PublicKey) {
+	t.Helper()
+	ctx := context.Background()
+	users, err := c.UserCAKeys(ctx)
+	if err != nil || len(users) != 1 {
+		t.Fatalf("user CA keys: %d, %v", len(users), err)
+	}
+	kh, err := c.KnownHosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(kh, "\n") {
+		if rest, ok := strings.CutPrefix(line, "@cert-authority "); ok {
+			_, rest, _ = strings.Cut(rest, " ")
+			if host, _, _, _, err = ssh.ParseAuthorizedKey([]byte(rest)); err != nil {
+				t.Fatalf("known_hosts line %q: %v", line, err)
+			}
+			return users[0], host
+		}
+	}
+	t.Fatalf("no @cert-authority line in\n%s", kh)
+	return nil, nil
+}
+
+// getPageJSON GETs url with the bearer token, as a client that knows nothing of pages would, and
+// decodes the answer.
+func getPageJSON[T any](t *testing.T, url, token string) T {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out T
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &out) != nil {
+		t.Fatalf("GET %s: %d %.300s", url, resp.StatusCode, b)
+	}
+	return out
+}
