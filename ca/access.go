@@ -253,6 +253,9 @@ type AccessRequestStore interface {
 	GetRequest(ctx context.Context, id string) (AccessRequest, bool, error)
 	// ListRequests returns the kept requests, oldest first.
 	ListRequests(ctx context.Context) ([]AccessRequest, error)
+	// RequestsPage returns at most limit kept requests (0: all) after the position after, in
+	// RequestCursor order, and where the next page starts (zero: none is left).
+	RequestsPage(ctx context.Context, after RequestCursor, limit int) (page []AccessRequest, next RequestCursor, err error)
 	// UpdateRequest applies change to the request and writes it; an error from change is
 	// returned as is and nothing is written. KindNotFound when the request is not kept.
 	UpdateRequest(ctx context.Context, id string, change func(*AccessRequest) error) (AccessRequest, error)

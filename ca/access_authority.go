@@ -184,32 +184,45 @@ func (a *Authority) GetAccessRequest(ctx context.Context, token, reqID string) (
 	return AccessRequest{}, &Error{Kind: KindNotFound, Msg: "no access request " + reqID + " that you may see"}
 }
 
-// ListAccessRequests authenticates the caller and lists the requests it may see (its own, and
-// those it may decide), oldest first; mine keeps only its own, pending only the pending ones.
+// ListAccessRequests is AccessRequestsPage of every page at once: the requests the caller may
+// see, mine keeping only its own and pending only the pending ones.
 func (a *Authority) ListAccessRequests(ctx context.Context, token string, mine, pending bool) ([]AccessRequest, error) {
+	page, err := a.AccessRequestsPage(ctx, token, RequestQuery{Mine: mine, Pending: pending})
+	return page.Requests, err
+}
+
+// AccessRequestsPage authenticates the caller and lists one page of the requests it may see
+// (its own, and those it may decide) in RequestCursor order: at most q.Limit kept requests
+// after q.After, then filtered (q.Mine keeps only its own, q.Pending only the pending ones),
+// so a page may hold fewer, even none, and still have a Next. Errors: Invalid for a negative
+// limit, Unauthenticated from the token, Unavailable when the store does not answer.
+func (a *Authority) AccessRequestsPage(ctx context.Context, token string, q RequestQuery) (RequestPage, error) {
+	if q.Limit < 0 {
+		return RequestPage{}, Invalid("limit %d is negative: give how many requests a page may hold", q.Limit)
+	}
 	id, err := a.auth.Authenticate(ctx, token)
 	if err != nil {
-		return nil, err
+		return RequestPage{}, err
 	}
 	if a.requests == nil {
-		return nil, Unavailable("access requests are not configured on this server", nil)
+		return RequestPage{}, Unavailable("access requests are not configured on this server", nil)
 	}
-	all, err := a.requests.ListRequests(ctx)
+	all, next, err := a.requests.RequestsPage(ctx, q.After, q.Limit)
 	if err != nil {
-		return nil, storeErr("access request store unavailable", err)
+		return RequestPage{}, storeErr("access request store unavailable", err)
 	}
 	now := a.now()
 	out := []AccessRequest{}
 	for _, r := range all {
-		if pending && r.StateAt(now) != RequestPending {
+		if q.Pending && r.StateAt(now) != RequestPending {
 			continue
 		}
 		own := r.Requester.Name() == id.Name()
-		if own || (!mine && a.mayDecide(ctx, id, r)) {
+		if own || (!q.Mine && a.mayDecide(ctx, id, r)) {
 			out = append(out, r)
 		}
 	}
-	return out, nil
+	return RequestPage{Requests: out, Next: next}, nil
 }
 
 // mayDecide reports whether the policy would let id decide r (an unaudited read: nothing is

@@ -233,7 +233,13 @@ func (r AccessRequest) Hash() string {
 	return ca.AccessRequestContentHash(r.ID, r.Requester, r.Principals, r.TTLSeconds, r.Reason)
 }
 
-// AccessRequestList is the answer to GET /v1/requests.
+// AccessRequestList is the answer to GET /v1/requests[?mine=true][&pending=true][&limit=N]
+// [&cursor=…]: one page of the kept requests the caller may see, in the order the store keeps
+// them (by the end of their retention, then ID). NextCursor, absent on the last page, is the
+// cursor parameter of the next; the filters apply after the page is read, so a page may hold
+// fewer than limit, even none, and still have one. A request decided while a listing pages may
+// come again on a later page, with its decision.
 type AccessRequestList struct {
-	Requests []AccessRequest `json:"requests"`
+	Requests   []AccessRequest `json:"requests"`
+	NextCursor string          `json:"next_cursor,omitempty"`
 }

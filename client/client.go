@@ -137,19 +137,15 @@ func (c *Client) Revocations(ctx context.Context, token string) (RevocationsResp
 func (c *Client) RevocationsPaged(ctx context.Context, token string, limit int, onPage func(pages, entries int)) (RevocationsResponse, error) {
 	var all RevocationsResponse
 	var user, host []RevocationEntry
-	err := followPages(ctx, "/v1/revocations", func(ctx context.Context, cursor string) (string, error) {
+	err := followPages(ctx, "/v1/revocations", func(ctx context.Context, cursor string) (string, int, error) {
 		page, err := c.RevocationsPage(ctx, token, limit, cursor)
 		if err != nil {
-			return "", err
+			return "", 0, err
 		}
 		user, host = append(user, page.UserCA.Entries...), append(host, page.HostCA.Entries...)
 		all = page
-		return page.NextCursor, nil
-	}, func(pages int) {
-		if onPage != nil {
-			onPage(pages, len(user)+len(host))
-		}
-	})
+		return page.NextCursor, len(user) + len(host), nil
+	}, onPage)
 	if err != nil {
 		return RevocationsResponse{}, err
 	}
@@ -172,17 +168,20 @@ func (c *Client) RevocationsPage(ctx context.Context, token string, limit int, c
 	return out, err
 }
 
-// followPages asks for pages of path (page answers the next cursor of the one it read after
-// cursor) until a page has no next cursor, calling onPage after each with how many came so far.
-// A server that gives the same cursor twice would loop for ever: that is an error.
-func followPages(ctx context.Context, path string, page func(ctx context.Context, cursor string) (string, error), onPage func(pages int)) error {
+// followPages asks for pages of path (page reads the one after cursor and answers the next
+// cursor and how many items have come so far) until a page has no next cursor, calling
+// onPage, when set, after each with how many pages and items came so far. A server that gives
+// the same cursor twice would loop for ever: that is an error.
+func followPages(ctx context.Context, path string, page func(ctx context.Context, cursor string) (next string, items int, err error), onPage func(pages, items int)) error {
 	cursor := ""
 	for pages := 1; ; pages++ {
-		next, err := page(ctx, cursor)
+		next, items, err := page(ctx, cursor)
 		if err != nil {
 			return err
 		}
-		onPage(pages)
+		if onPage != nil {
+			onPage(pages, items)
+		}
 		if next == "" {
 			return nil
 		}
@@ -227,15 +226,11 @@ type CertQuery struct {
 // listed once.
 func (c *Client) Inventory(ctx context.Context, token string, q CertQuery) ([]Certificate, error) {
 	var all []Certificate
-	err := followPages(ctx, "/v1/certs", func(ctx context.Context, cursor string) (string, error) {
+	err := followPages(ctx, "/v1/certs", func(ctx context.Context, cursor string) (string, int, error) {
 		page, err := c.InventoryPage(ctx, token, q, cursor)
 		all = append(all, page.Certificates...)
-		return page.NextCursor, err
-	}, func(pages int) {
-		if q.OnPage != nil {
-			q.OnPage(pages, len(all))
-		}
-	})
+		return page.NextCursor, len(all), err
+	}, q.OnPage)
 	if err != nil {
 		return nil, err
 	}

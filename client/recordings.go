@@ -71,25 +71,16 @@ func (c *Client) ShipRecording(ctx context.Context, proof, session string, offse
 // Recordings lists recorded sessions (GET /v1/recordings; policy kind "read"), oldest first:
 // it asks page after page until the server gives no next cursor.
 func (c *Client) Recordings(ctx context.Context, token string, q RecordingQuery) ([]ca.SessionRecording, error) {
-	var all []ca.SessionRecording
-	cursor := ""
-	for {
+	all := []ca.SessionRecording{}
+	err := followPages(ctx, "/v1/recordings", func(ctx context.Context, cursor string) (string, int, error) {
 		page, err := c.RecordingsPage(ctx, token, q, cursor)
-		if err != nil {
-			return nil, err
-		}
 		all = append(all, page.Sessions...)
-		if page.NextCursor == "" {
-			if all == nil {
-				all = []ca.SessionRecording{}
-			}
-			return all, nil
-		}
-		if page.NextCursor == cursor {
-			return nil, fmt.Errorf("sshca: GET /v1/recordings: the server gave the same cursor twice")
-		}
-		cursor = page.NextCursor
+		return page.NextCursor, len(all), err
+	}, nil)
+	if err != nil {
+		return nil, err
 	}
+	return all, nil
 }
 
 // RecordingsPage asks for one page of the recorded sessions q selects, after cursor (a
@@ -108,16 +99,7 @@ func (c *Client) RecordingsPage(ctx context.Context, token string, q RecordingQu
 	if q.Live {
 		v.Set("live", "true")
 	}
-	if q.Limit > 0 {
-		v.Set("limit", strconv.Itoa(q.Limit))
-	}
-	if cursor != "" {
-		v.Set("cursor", cursor)
-	}
-	path := "/v1/recordings"
-	if len(v) > 0 {
-		path += "?" + v.Encode()
-	}
+	path := pagePath("/v1/recordings", v, q.Limit, cursor)
 	var out RecordingList
 	err := c.do(ctx, http.MethodGet, path, token, nil, &out, GetTimeout, MaxListBytes)
 	return out, err

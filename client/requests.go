@@ -40,22 +40,58 @@ func (c *Client) WaitRequest(ctx context.Context, token, id string, wait time.Du
 }
 
 // Requests lists the access requests the caller may see (GET /v1/requests): its own and those
-// it may decide; mine keeps its own only, pending the pending ones only.
+// it may decide; mine keeps only its own, pending only those waiting for a decision. It asks
+// page after page (the server's default size) until the server gives no next cursor; a request
+// that comes on two pages (decided meanwhile) is listed once, as the later page had it.
 func (c *Client) Requests(ctx context.Context, token string, mine, pending bool) ([]AccessRequest, error) {
-	q := url.Values{}
-	if mine {
-		q.Set("mine", "true")
+	return c.RequestsPaged(ctx, token, RequestQuery{Mine: mine, Pending: pending})
+}
+
+// RequestQuery selects the access requests of GET /v1/requests.
+type RequestQuery struct {
+	Mine, Pending bool
+	// Limit is the size of a page (0: the server's default, DefaultPageLimit).
+	Limit int
+	// OnPage, when set, is called after each page with how many pages and requests have come
+	// so far.
+	OnPage func(pages, requests int)
+}
+
+// RequestsPaged is Requests with q's page size and progress.
+func (c *Client) RequestsPaged(ctx context.Context, token string, q RequestQuery) ([]AccessRequest, error) {
+	all := []AccessRequest{}
+	at := map[string]int{} // ID -> index in all
+	err := followPages(ctx, "/v1/requests", func(ctx context.Context, cursor string) (string, int, error) {
+		page, err := c.RequestsPage(ctx, token, q, cursor)
+		for _, r := range page.Requests {
+			if i, ok := at[r.ID]; ok {
+				all[i] = r
+				continue
+			}
+			at[r.ID] = len(all)
+			all = append(all, r)
+		}
+		return page.NextCursor, len(all), err
+	}, q.OnPage)
+	if err != nil {
+		return nil, err
 	}
-	if pending {
-		q.Set("pending", "true")
+	return all, nil
+}
+
+// RequestsPage asks for one page of GET /v1/requests after cursor (a NextCursor of the page
+// before; "" for the first).
+func (c *Client) RequestsPage(ctx context.Context, token string, q RequestQuery, cursor string) (AccessRequestList, error) {
+	v := url.Values{}
+	if q.Mine {
+		v.Set("mine", "true")
 	}
-	path := "/v1/requests"
-	if len(q) > 0 {
-		path += "?" + q.Encode()
+	if q.Pending {
+		v.Set("pending", "true")
 	}
 	var out AccessRequestList
-	err := c.Do(ctx, http.MethodGet, path, token, nil, &out)
-	return out.Requests, err
+	err := c.do(ctx, http.MethodGet, pagePath("/v1/requests", v, q.Limit, cursor), token, nil, &out, GetTimeout, MaxListBytes)
+	return out, err
 }
 
 // ApproveRequest approves the request whose content hashes to d.ContentHash

@@ -241,3 +241,57 @@ func getPage[T any](t *testing.T, url string) (int, T, string) {
 	_ = json.Unmarshal(b, &out)
 	return resp.StatusCode, out, string(b)
 }
+
+// pagedRequests answers AccessRequestsPage with an empty page whose Next is next, and keeps
+// the query; the other calls are not used.
+type pagedRequests struct {
+	services.AccessRequests
+	asked bool
+	q     ca.RequestQuery
+	next  ca.RequestCursor
+}
+
+func (p *pagedRequests) AccessRequestsPage(_ context.Context, _ string, q ca.RequestQuery) (ca.RequestPage, error) {
+	p.asked, p.q = true, q
+	return ca.RequestPage{Next: p.next}, nil
+}
+
+// TestRequestPageParameters: GET /v1/requests pages as GET /v1/certs does, its filters kept:
+// limit (default 1000, 1 to 10000), an opaque cursor naming a KeepUntil and a request ID,
+// next_cursor absent on the last page; bad ones are 400s naming the parameter that never reach
+// the domain.
+func TestRequestPageParameters(t *testing.T) {
+	reqs := &pagedRequests{}
+	srv := httptest.NewServer(services.NewHTTPHandler(services.MakeEndpoints(&fakeService{}), services.HTTPOptions{Requests: reqs}))
+	defer srv.Close()
+	pos := ca.RequestCursor{KeepUntil: 1764500000000, ID: "req_abcdefghijklmnop"}
+	reqs.next = pos
+	code, out, body := getPage[client.AccessRequestList](t, srv.URL+"/v1/requests?pending=true")
+	if code != http.StatusOK || reqs.q != (ca.RequestQuery{Pending: true, Limit: services.DefaultPageLimit}) || out.NextCursor != pos.String() {
+		t.Fatalf("first page: %d %s, query %+v", code, body, reqs.q)
+	}
+	reqs.next = ca.RequestCursor{}
+	code, _, body = getPage[client.AccessRequestList](t, srv.URL+"/v1/requests?mine=true&limit=10000&cursor="+out.NextCursor)
+	if code != http.StatusOK || reqs.q != (ca.RequestQuery{Mine: true, After: pos, Limit: 10000}) || strings.Contains(body, "next_cursor") {
+		t.Errorf("the next, last page: %d %s, query %+v", code, body, reqs.q)
+	}
+	reqs.asked = false
+	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	for _, bad := range []struct{ query, field string }{
+		{"limit=0", "limit"}, {"limit=10001", "limit"}, {"limit=x", "limit"}, {"pending=true&limit=-3", "limit"},
+		{"cursor=zz", "cursor"}, {"cursor=" + enc("q1:1:req_ABCDEFGHIJKLMNOP"), "cursor"}, {"cursor=" + enc("q1:1:req_abc"), "cursor"},
+		{"cursor=" + enc("q1:1:../../x"), "cursor"}, {"cursor=" + enc("q2:1:req_abcdefghijklmnop"), "cursor"},
+		{"cursor=" + enc("q1:01:req_abcdefghijklmnop"), "cursor"}, {"cursor=" + enc("q1:9007199254740993:req_abcdefghijklmnop"), "cursor"},
+		{"cursor=" + pos.String() + "A", "cursor"}, {"cursor=" + enc("c1:1:7"), "cursor"},
+	} {
+		code, _, body := getPage[client.AccessRequestList](t, srv.URL+"/v1/requests?"+bad.query)
+		var eb client.ErrorBody
+		_ = json.Unmarshal([]byte(body), &eb)
+		if code != http.StatusBadRequest || !strings.HasPrefix(eb.Error, bad.field) {
+			t.Errorf("%s: %d %s, want 400 naming %s", bad.query, code, body, bad.field)
+		}
+	}
+	if reqs.asked {
+		t.Errorf("a refused query reached the domain: %+v", reqs.q)
+	}
+}

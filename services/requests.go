@@ -23,7 +23,8 @@ type AccessRequests interface {
 	// WaitAccessRequest is GetAccessRequest that waits, at most wait, until the request is no
 	// longer as seen (ca.AccessRequest.WaitTag; "" for as it is now) or has ended.
 	WaitAccessRequest(ctx context.Context, token, id string, wait time.Duration, seen string) (ca.AccessRequest, error)
-	ListAccessRequests(ctx context.Context, token string, mine, pending bool) ([]ca.AccessRequest, error)
+	// AccessRequestsPage lists a page of the requests the caller may see (GET /v1/requests).
+	AccessRequestsPage(ctx context.Context, token string, q ca.RequestQuery) (ca.RequestPage, error)
 	DecideAccessRequest(ctx context.Context, token, id string, d ca.AccessDecision) (ca.AccessRequest, error)
 	CancelAccessRequest(ctx context.Context, token, id, reason string) (ca.AccessRequest, error)
 	ReviewAccessRequest(ctx context.Context, token, id, reason string) (ca.AccessRequest, error)
@@ -40,8 +41,7 @@ type requestCall struct {
 	seen     string        // op wait: the tag of the request the client holds
 	create   client.NewAccessRequest
 	decision client.AccessDecision
-	mine     bool
-	pending  bool
+	list     ca.RequestQuery // op list: filters and page
 	token    string
 	sourceIP string
 }
@@ -72,12 +72,12 @@ func makeRequestsEndpoint(s AccessRequests, now func() time.Time, stop <-chan st
 		var err error
 		switch c.op {
 		case "list":
-			rs, err := s.ListAccessRequests(ctx, c.token, c.mine, c.pending)
+			page, err := s.AccessRequestsPage(ctx, c.token, c.list)
 			if err != nil {
 				return requestListResponse{Err: err}, nil
 			}
-			out := client.AccessRequestList{Requests: make([]client.AccessRequest, 0, len(rs))}
-			for _, r := range rs {
+			out := client.AccessRequestList{Requests: make([]client.AccessRequest, 0, len(page.Requests)), NextCursor: page.Next.String()}
+			for _, r := range page.Requests {
 				out.Requests = append(out.Requests, AccessRequestView(r, now()))
 			}
 			return requestListResponse{AccessRequestList: out}, nil
@@ -168,7 +168,11 @@ func mountRequests(mux *http.ServeMux, s AccessRequests, trusted []netip.Prefix,
 				err = decodeJSON(r, &c.decision)
 			case "list":
 				q := r.URL.Query()
-				c.mine, c.pending = q.Get("mine") == "true", q.Get("pending") == "true"
+				c.list.Mine, c.list.Pending = q.Get("mine") == "true", q.Get("pending") == "true"
+				if c.list.Limit, err = pageLimit(q); err != nil {
+					return nil, err
+				}
+				c.list.After, err = ca.ParseRequestCursor(q.Get("cursor"))
 			}
 			if err != nil {
 				return nil, err

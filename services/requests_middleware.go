@@ -50,11 +50,11 @@ func (m requestLogging) WaitAccessRequest(ctx context.Context, token, id string,
 	return m.next.WaitAccessRequest(ctx, token, id, wait, seen)
 }
 
-func (m requestLogging) ListAccessRequests(ctx context.Context, token string, mine, pending bool) (rs []ca.AccessRequest, err error) {
+func (m requestLogging) AccessRequestsPage(ctx context.Context, token string, q ca.RequestQuery) (page ca.RequestPage, err error) {
 	defer func(begin time.Time) {
-		logCall(ctx, m.log, "access request list", begin, err, "mine", mine, "pending", pending, "requests", len(rs))
+		logCall(ctx, m.log, "access request list", begin, err, "mine", q.Mine, "pending", q.Pending, "requests", len(page.Requests), "more", !page.Next.IsZero())
 	}(time.Now())
-	return m.next.ListAccessRequests(ctx, token, mine, pending)
+	return m.next.AccessRequestsPage(ctx, token, q)
 }
 
 func (m requestLogging) DecideAccessRequest(ctx context.Context, token, id string, d ca.AccessDecision) (r ca.AccessRequest, err error) {
@@ -107,9 +107,9 @@ func (mw requestInstrumenting) WaitAccessRequest(ctx context.Context, token, id 
 	return mw.next.WaitAccessRequest(ctx, token, id, wait, seen)
 }
 
-func (mw requestInstrumenting) ListAccessRequests(ctx context.Context, token string, mine, pending bool) (_ []ca.AccessRequest, err error) {
+func (mw requestInstrumenting) AccessRequestsPage(ctx context.Context, token string, q ca.RequestQuery) (_ ca.RequestPage, err error) {
 	defer func(begin time.Time) { mw.m.observe("request_list", begin, err) }(time.Now())
-	return mw.next.ListAccessRequests(ctx, token, mine, pending)
+	return mw.next.AccessRequestsPage(ctx, token, q)
 }
 
 func (mw requestInstrumenting) DecideAccessRequest(ctx context.Context, token, id string, d ca.AccessDecision) (_ ca.AccessRequest, err error) {

@@ -108,6 +108,51 @@ func (r *Redis) ListRequests(ctx context.Context) ([]ca.AccessRequest, error) {
 	return out, nil
 }
 
+// RequestsPage returns at most limit kept requests (0: all) after the position after, in
+// ca.RequestCursor order (KeepUntil, then ID: the index's), and where the next page starts
+// (zero: none is left): one script reads the page of the index (livePageScript, the position
+// by rank, so requests created, decided or pruned in between do not shift it), one MGET the
+// records (one tag, so one slot on Redis Cluster). A request whose record expired meanwhile is
+// skipped, but still moves the position.
+func (r *Redis) RequestsPage(ctx context.Context, after ca.RequestCursor, limit int) ([]ca.AccessRequest, ca.RequestCursor, error) {
+	now := r.now()
+	page, more, err := pageAnswer(livePageScript.Run(ctx, r.rdb, []string{r.keys.Requests()}, now.UnixMilli(), after.KeepUntil, after.ID, limit))
+	if err != nil {
+		return nil, ca.RequestCursor{}, fmt.Errorf("store: list requests: %w", err)
+	}
+	if len(page) == 0 {
+		return nil, ca.RequestCursor{}, nil
+	}
+	keys := make([]string, len(page))
+	for i, z := range page {
+		keys[i] = r.keys.Request(z.member)
+	}
+	vals, err := r.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, ca.RequestCursor{}, fmt.Errorf("store: list requests: %w", err)
+	}
+	var out []ca.AccessRequest
+	for i, v := range vals {
+		b, ok := v.(string)
+		if !ok {
+			continue // expired since the index was read
+		}
+		var req ca.AccessRequest
+		if err := json.Unmarshal([]byte(b), &req); err != nil {
+			return nil, ca.RequestCursor{}, fmt.Errorf("store: corrupt request %s: %w", page[i].member, err)
+		}
+		if req.KeepUntil().After(now) { // a server whose keys do not expire (miniredis)
+			out = append(out, req)
+		}
+	}
+	var next ca.RequestCursor
+	if more {
+		last := page[len(page)-1]
+		next = ca.RequestCursor{KeepUntil: int64(last.score), ID: last.member}
+	}
+	return out, next, nil
+}
+
 // UpdateRequest applies change to the request and writes it, unless the request changed
 // meanwhile (then it starts again, up to maxRequestRetries times).
 func (r *Redis) UpdateRequest(ctx context.Context, id string, change func(*ca.AccessRequest) error) (ca.AccessRequest, error) {
@@ -273,6 +318,20 @@ func (m *Memory) ListRequests(context.Context) ([]ca.AccessRequest, error) {
 	}
 	sortRequests(out)
 	return out, nil
+}
+
+// RequestsPage returns a page of the kept requests in ca.RequestCursor order (as
+// Redis.RequestsPage).
+func (m *Memory) RequestsPage(ctx context.Context, after ca.RequestCursor, limit int) ([]ca.AccessRequest, ca.RequestCursor, error) {
+	all, _ := m.ListRequests(ctx)
+	slices.SortFunc(all, func(x, y ca.AccessRequest) int { return ca.RequestCursorOf(x).Compare(ca.RequestCursorOf(y)) })
+	all = slices.DeleteFunc(all, func(r ca.AccessRequest) bool { return ca.RequestCursorOf(r).Compare(after) <= 0 })
+	var next ca.RequestCursor
+	if limit > 0 && len(all) > limit {
+		all = all[:limit]
+		next = ca.RequestCursorOf(all[limit-1])
+	}
+	return all, next, nil
 }
 
 // UpdateRequest applies change to the request and writes it.

@@ -53,6 +53,79 @@ func testAccessRequests(t *testing.T, newStore func(*testing.T, *clock) requestS
 		return nil
 	}
 
+	// Pages (GET /v1/requests): ten requests of several windows read 3 at a time, in
+	// (KeepUntil, ID) order. Between pages one is created after the position (listed), one
+	// before it (not), the first page's requests expire (the clock passes their retention) and
+	// a listed one is approved, which moves it later: every request kept throughout is listed,
+	// the approved one again with its decision, none other twice.
+	t.Run("pages", func(t *testing.T) {
+		c := &clock{t: t0}
+		s := newStore(t, c)
+		var want []ca.AccessRequest
+		for i := range 10 {
+			r := newRequest(i, t0)
+			r.PendingUntil = t0.Add(time.Duration(1+i/2) * time.Hour)
+			if err := s.CreateRequest(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, r)
+		}
+		if got, next, err := s.RequestsPage(ctx, ca.RequestCursor{}, 0); err != nil || !next.IsZero() || !cmp.Equal(want, got) {
+			t.Fatalf("every request at once: %v next %+v\n%s", err, next, cmp.Diff(want, got))
+		}
+		seen := map[string]int{}
+		var order []string
+		var after ca.RequestCursor
+		for pages := 1; ; pages++ {
+			page, next, err := s.RequestsPage(ctx, after, 3)
+			if err != nil || len(page) > 3 || pages > 10 {
+				t.Fatalf("page %d: %d, %v", pages, len(page), err)
+			}
+			for _, r := range page {
+				seen[r.ID]++
+				order = append(order, r.ID)
+			}
+			if pages == 1 {
+				late, early := newRequest(20, t0), newRequest(21, t0)
+				late.PendingUntil, early.PendingUntil = t0.Add(9*time.Hour), t0.Add(30*time.Minute)
+				for _, r := range []ca.AccessRequest{late, early} {
+					if err := s.CreateRequest(ctx, r); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := s.UpdateRequest(ctx, page[0].ID, func(r *ca.AccessRequest) error {
+					r.Status, r.DecidedAt, r.NotAfter = ca.RequestApproved, t0.Add(time.Minute), t0.Add(8*time.Hour)
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+				// The first page's other two, and the early one, are no longer kept.
+				c.Set(t0.Add(ca.AccessRequestRetention + time.Hour + 30*time.Minute))
+			}
+			if next.IsZero() {
+				break
+			}
+			if last := page[len(page)-1]; next != ca.RequestCursorOf(last) {
+				t.Fatalf("page %d: next %+v, want its last request's position %+v", pages, next, ca.RequestCursorOf(last))
+			}
+			after = next
+		}
+		for _, r := range want {
+			if seen[r.ID] == 0 {
+				t.Errorf("%s (kept throughout or listed before it expired) not listed", r.ID)
+			}
+		}
+		for id, n := range seen {
+			if n != 1 && id != want[0].ID {
+				t.Errorf("%s listed %d times", id, n)
+			}
+		}
+		if seen[newRequest(20, t0).ID] != 1 || seen[newRequest(21, t0).ID] != 0 || seen[want[0].ID] != 2 {
+			t.Errorf("created after the position %d times (want 1), before it %d (want 0), approved after its page %d (want 2); order %v",
+				seen[newRequest(20, t0).ID], seen[newRequest(21, t0).ID], seen[want[0].ID], order)
+		}
+	})
+
 	t.Run("create get list", func(t *testing.T) {
 		s := newStore(t, &clock{t: t0})
 		r1, r2 := newRequest(1, t0.Add(time.Second)), newRequest(2, t0)

@@ -42,7 +42,9 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 // *ca.Authority implements it.
 type Requests interface {
 	GetAccessRequest(ctx context.Context, token, id string) (ca.AccessRequest, error)
-	ListAccessRequests(ctx context.Context, token string, mine, pending bool) ([]ca.AccessRequest, error)
+	// AccessRequestsPage is a page of the requests the signed-in user may see (GET
+	// /v1/requests): the console shows RequestsPageLimit a page and links the next.
+	AccessRequestsPage(ctx context.Context, token string, q ca.RequestQuery) (ca.RequestPage, error)
 	DecideAccessRequest(ctx context.Context, token, id string, d ca.AccessDecision) (ca.AccessRequest, error)
 	// CancelAccessRequest by an administrator (policy kind "revoke") revokes the request: its
 	// live certificates are revoked and their sessions ended like any revocation.
@@ -103,6 +105,29 @@ const issuerTimeout = 10 * time.Second
 // InventoryPageLimit is how many certificates of the inventory the "who holds access now" page
 // reads and shows, at most.
 const InventoryPageLimit = 1000
+
+// RequestsPageLimit is how many kept access requests the pending and "who holds access now"
+// pages read at once; a "next page" link (?cursor=…) reads the next as many.
+const RequestsPageLimit = 1000
+
+// requestsPage reads the page of access requests the query's cursor names (the first page
+// without one), q's filters applied, and answers the link to the next page ("" on the last):
+// the same path with the query as it was and the next cursor. A cursor the console did not
+// give is Invalid, a 400 page.
+func (c *Console) requestsPage(r *http.Request, s session, q ca.RequestQuery) ([]ca.AccessRequest, string, error) {
+	after, err := ca.ParseRequestCursor(r.URL.Query().Get("cursor"))
+	if err != nil {
+		return nil, "", err
+	}
+	q.After, q.Limit = after, RequestsPageLimit
+	page, err := c.o.Requests.AccessRequestsPage(r.Context(), s.idToken, q)
+	if err != nil || page.Next.IsZero() {
+		return page.Requests, "", err
+	}
+	v := r.URL.Query()
+	v.Set("cursor", page.Next.String())
+	return page.Requests, r.URL.Path + "?" + v.Encode(), nil
+}
 
 // Console serves the pages under /ui/.
 type Console struct {
@@ -520,7 +545,7 @@ func (c *Console) view(r ca.AccessRequest, sub string) requestView {
 }
 
 func (c *Console) pending(w http.ResponseWriter, r *http.Request, _ string, s session) {
-	rs, err := c.o.Requests.ListAccessRequests(r.Context(), s.idToken, false, true)
+	rs, next, err := c.requestsPage(r, s, ca.RequestQuery{Pending: true})
 	if err != nil {
 		c.fail(w, s, err)
 		return
@@ -529,7 +554,8 @@ func (c *Console) pending(w http.ResponseWriter, r *http.Request, _ string, s se
 	for _, q := range rs {
 		vs = append(vs, c.view(q, s.sub))
 	}
-	c.render(w, http.StatusOK, "pending.html", page{Title: "Pending requests", User: s.user, CSRF: s.csrf, Data: vs})
+	c.render(w, http.StatusOK, "pending.html", page{Title: "Pending requests", User: s.user, CSRF: s.csrf,
+		Data: map[string]any{"Requests": vs, "Next": next}})
 }
 
 func (c *Console) request(w http.ResponseWriter, r *http.Request, _ string, s session) {
@@ -598,7 +624,7 @@ type holding struct {
 // certificates issued under them, filtered by identity and principal. It shows the requests
 // the signed-in user may see (its own and those it may decide), as the API would.
 func (c *Console) access(w http.ResponseWriter, r *http.Request, _ string, s session) {
-	rs, err := c.o.Requests.ListAccessRequests(r.Context(), s.idToken, false, false)
+	rs, next, err := c.requestsPage(r, s, ca.RequestQuery{})
 	if err != nil {
 		c.fail(w, s, err)
 		return
@@ -625,7 +651,7 @@ func (c *Console) access(w http.ResponseWriter, r *http.Request, _ string, s ses
 		}
 		hs = append(hs, h)
 	}
-	data := map[string]any{"Holdings": hs, "Identity": ident, "Principal": principal}
+	data := map[string]any{"Holdings": hs, "Identity": ident, "Principal": principal, "Next": next}
 	if c.o.Certificates != nil {
 		// The inventory for readers, its first page (a page holds what one browser can show;
 		// `sshca certs list` reads every page); anyone else sees the requests above and a note.

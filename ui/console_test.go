@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,8 +22,11 @@ import (
 // fakeRequests stands in for the authority: it reads the token's subject (verified by the
 // console before, so only parsed here) and refuses self-approval as the domain does.
 type fakeRequests struct {
-	mu      sync.Mutex
-	req     ca.AccessRequest
+	mu  sync.Mutex
+	req ca.AccessRequest
+	// second, when set, is a second page: the first page's Next is its position.
+	second  *ca.AccessRequest
+	queries []ca.RequestQuery
 	tokens  []string
 	decided []ca.AccessDecision
 	cancels int
@@ -54,11 +58,19 @@ func (f *fakeRequests) GetAccessRequest(_ context.Context, token, id string) (ca
 	return f.req, nil
 }
 
-func (f *fakeRequests) ListAccessRequests(_ context.Context, token string, _, _ bool) ([]ca.AccessRequest, error) {
+func (f *fakeRequests) AccessRequestsPage(_ context.Context, token string, q ca.RequestQuery) (ca.RequestPage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.tokens = append(f.tokens, token)
-	return []ca.AccessRequest{f.req}, nil
+	f.tokens, f.queries = append(f.tokens, token), append(f.queries, q)
+	switch {
+	case f.second == nil:
+		return ca.RequestPage{Requests: []ca.AccessRequest{f.req}}, nil
+	case q.After.IsZero():
+		return ca.RequestPage{Requests: []ca.AccessRequest{f.req}, Next: ca.RequestCursorOf(*f.second)}, nil
+	case q.After == ca.RequestCursorOf(*f.second):
+		return ca.RequestPage{Requests: []ca.AccessRequest{*f.second}}, nil
+	}
+	return ca.RequestPage{}, nil
 }
 
 func (f *fakeRequests) DecideAccessRequest(_ context.Context, token, id string, d ca.AccessDecision) (ca.AccessRequest, error) {
@@ -572,5 +584,56 @@ func TestAccessPageInventory(t *testing.T) {
 	page = body(t, resp)
 	if !strings.Contains(page, "The 1000 certificates soonest to expire are shown") || !strings.Contains(page, "<code>501</code>") {
 		t.Errorf("a first page of several:\n%s", page)
+	}
+}
+
+// TestPendingPages: the pending page reads RequestsPageLimit requests at a time and links the
+// next page with its cursor (the filters kept); following the link shows the second page's
+// request and no further link; a cursor the console did not give is a 400 page naming the
+// cursor, never a 500, and never reaches the domain.
+func TestPendingPages(t *testing.T) {
+	r := newRig(t, nil)
+	second := r.reqs.req
+	second.ID, second.Reason = "req_bbbbbbbbbbbbbbbb", "second page"
+	r.reqs.second = &second
+	c := r.browser()
+	r.signIn(c, "bob", "/ui/")
+	r.reqs.mu.Lock()
+	r.reqs.queries = nil // the sign-in's own landing on /ui/
+	r.reqs.mu.Unlock()
+	get := func(path string) (int, string) {
+		resp, err := c.Get(r.srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, body(t, resp)
+	}
+	code, p := get("/ui/")
+	link := "/ui/?cursor=" + ca.RequestCursorOf(second).String()
+	if code != http.StatusOK || !strings.Contains(p, r.reqs.req.ID) || strings.Contains(p, second.ID) || !strings.Contains(p, `href="`+link+`"`) {
+		t.Fatalf("first page: %d\n%s", code, p)
+	}
+	code, p = get(link)
+	if code != http.StatusOK || !strings.Contains(p, second.ID) || strings.Contains(p, `id="next"`) {
+		t.Fatalf("second page: %d\n%s", code, p)
+	}
+	r.reqs.mu.Lock()
+	qs := slices.Clone(r.reqs.queries)
+	r.reqs.mu.Unlock()
+	if len(qs) != 2 || qs[0] != (ca.RequestQuery{Pending: true, Limit: RequestsPageLimit}) || qs[1].After != ca.RequestCursorOf(second) || !qs[1].Pending {
+		t.Errorf("queries %+v", qs)
+	}
+	if code, p := get("/ui/access?principal=root"); code != http.StatusOK || !strings.Contains(p, `href="/ui/access?cursor=`) || !strings.Contains(p, "principal=root") {
+		t.Errorf("access page without its next link, or without its filter in it: %d\n%s", code, p)
+	}
+	for _, bad := range []string{"/ui/?cursor=zz", "/ui/access?cursor=" + ca.CertCursor{ValidBefore: 1, Serial: 7}.String()} {
+		if code, p := get(bad); code != http.StatusBadRequest || !strings.Contains(p, "cursor") {
+			t.Errorf("%s: %d\n%s", bad, code, p)
+		}
+	}
+	r.reqs.mu.Lock()
+	defer r.reqs.mu.Unlock()
+	if len(r.reqs.queries) != 3 {
+		t.Errorf("%d queries reached the domain, want 3 (none for a bad cursor)", len(r.reqs.queries))
 	}
 }

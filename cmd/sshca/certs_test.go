@@ -241,25 +241,10 @@ func TestCertsListPagesEndToEnd(t *testing.T) {
 			t.Errorf("serial %s listed %d times", s, n)
 		}
 	}
-	check := func(what string, set map[string]bool, want bool) {
-		t.Helper()
-		missing, extra := 0, 0
-		for s := range set {
-			switch {
-			case want && seen[s] == 0:
-				missing++
-			case !want && seen[s] > 0:
-				extra++
-			}
-		}
-		if missing+extra > 0 {
-			t.Errorf("%s: %d of %d not listed, %d listed that should not be", what, missing, len(set), extra)
-		}
-	}
-	check("the first page's, live then", short, true)
-	check("live throughout", long, true)
-	check("recorded after the position", after, true)
-	check("recorded before the position", before, false)
+	checkListed(t, seen, "the first page's, live then", short, true)
+	checkListed(t, seen, "live throughout", long, true)
+	checkListed(t, seen, "recorded after the position", after, true)
+	checkListed(t, seen, "recorded before the position", before, false)
 	if pages != 3 {
 		t.Errorf("%d pages, want 3 (the 1,000 short ones, then 1,560 after them, 1,000 a page)", pages)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -221,4 +222,161 @@ func getPageJSON[T any](t *testing.T, url, token string) T {
 		t.Fatalf("GET %s: %d %.300s", url, resp.StatusCode, b)
 	}
 	return out
+}
+
+// TestRequestsListPagesEndToEnd: GET /v1/requests against `sshca serve` on a real
+// redis-server, 1,000 a page over 2,500 kept requests of the caller. Between pages requests
+// are created after the position (listed) and before it (not), and the first page's, at the
+// end of their retention, expire: every request kept throughout is listed once. The filters
+// keep working with pages (pending), an old client gets the first page with a next_cursor,
+// and `sshca request list` follows every page.
+func TestRequestsListPagesEndToEnd(t *testing.T) {
+	r := testenv.StartRedis(t)
+	idp := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	base := startServe(t, cfg)
+	tok := minter(t, idp)(map[string]any{"sub": "u-alice", "preferred_username": "alice", "email": "alice@example.com",
+		"email_verified": true, "groups": []string{"developers"}, "auth_time": time.Now().Unix()})
+	alice := ca.Identity{Issuer: idp.URL(), Subject: "u-alice", Email: "alice@example.com", Username: "alice"}
+
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	db := store.NewRedis(rdb, cfg.Redis.StoreOptions())
+	n := 0
+	create := func(count int, pendingUntil func(i int) time.Time, status ca.AccessRequestState) map[string]bool {
+		t.Helper()
+		out := map[string]bool{}
+		for i := range count {
+			n++
+			id := ca.NewAccessRequestID()
+			pu := pendingUntil(i)
+			req := ca.AccessRequest{ID: id, Requester: alice, Principals: []string{"root"}, TTLSeconds: 1800, Reason: fmt.Sprintf("bulk %d", n),
+				CreatedAt: pu.Add(-time.Hour), PendingUntil: pu, ApprovalsRequired: 1, Status: status}
+			if status == ca.RequestDenied {
+				req.DecidedAt = pu.Add(-time.Minute)
+			}
+			if err := db.CreateRequest(ctx, req); err != nil {
+				t.Fatal(err)
+			}
+			out[id] = true
+		}
+		return out
+	}
+	now := time.Now().Truncate(time.Second)
+	// Kept until a few seconds from now: their retention ends while the listing pages.
+	shortUntil := now.Add(4 * time.Second)
+	short := create(600, func(int) time.Time { return shortUntil.Add(-ca.AccessRequestRetention) }, ca.RequestDenied)
+	long := create(1500, func(i int) time.Time { return now.Add(time.Hour + time.Duration(i/7)*time.Second) }, ca.RequestPending)
+	denied := create(400, func(i int) time.Time {
+		return now.Add(3*time.Hour + time.Duration(i)*time.Second - ca.AccessRequestRetention)
+	}, ca.RequestDenied)
+
+	oldPage := getPageJSON[client.AccessRequestList](t, base+"/v1/requests", tok)
+	if len(oldPage.Requests) != client.DefaultPageLimit || oldPage.NextCursor == "" {
+		t.Errorf("a request without limit: %d requests, next %q; want the first %d and a next_cursor", len(oldPage.Requests), oldPage.NextCursor, client.DefaultPageLimit)
+	}
+
+	c := client.New(base)
+	seen := map[string]int{}
+	after, before := map[string]bool{}, map[string]bool{}
+	cursor := ""
+	pages := 0
+	for {
+		page, err := c.RequestsPage(ctx, tok, client.RequestQuery{Limit: 1000}, cursor)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages+1, err)
+		}
+		pages++
+		if len(page.Requests) > 1000 {
+			t.Fatalf("page %d holds %d", pages, len(page.Requests))
+		}
+		for _, r := range page.Requests {
+			seen[r.ID]++
+		}
+		switch pages {
+		case 1:
+			time.Sleep(time.Until(shortUntil.Add(100 * time.Millisecond)))
+			for id := range create(30, func(int) time.Time { return now.Add(4 * time.Hour) }, ca.RequestPending) {
+				after[id] = true
+			}
+		case 2:
+			for id := range create(30, func(int) time.Time { return now.Add(30 * time.Minute) }, ca.RequestPending) {
+				before[id] = true
+			}
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		cursor = page.NextCursor
+		if pages > 10 {
+			t.Fatal("no last page")
+		}
+	}
+	for id, k := range seen {
+		if k != 1 {
+			t.Errorf("request %s listed %d times", id, k)
+		}
+	}
+	checkListed(t, seen, "the first page's, kept then", short, true)
+	checkListed(t, seen, "kept throughout", long, true)
+	checkListed(t, seen, "denied, kept throughout", denied, true)
+	checkListed(t, seen, "created after the position", after, true)
+	checkListed(t, seen, "created before the position", before, false)
+	if pages != 3 {
+		t.Errorf("%d pages, want 3", pages)
+	}
+
+	// The filter applies to each page: only pending ones, every one of them, each once.
+	pending, err := c.RequestsPaged(ctx, tok, client.RequestQuery{Pending: true, Limit: 700})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, r := range pending {
+		if r.State != "pending" || ids[r.ID] {
+			t.Fatalf("pending list: %s %s (again: %v)", r.ID, r.State, ids[r.ID])
+		}
+		ids[r.ID] = true
+	}
+	if want := len(long) + len(after) + len(before); len(ids) != want {
+		t.Errorf("pending: %d requests, want %d", len(ids), want)
+	}
+
+	// The CLI follows the pages.
+	tokenFile := filepath.Join(t.TempDir(), "alice.token")
+	writeFile(t, tokenFile, tok)
+	out, err := runCLI(t, "", "request", "list", "--json", "--page-size", "400", "--server", base, "--token-file", tokenFile)
+	if err != nil {
+		t.Fatalf("request list: %v\n%.300s", err, out)
+	}
+	var listed []client.AccessRequest
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "["):]), &listed); err != nil {
+		t.Fatalf("request list --json: %v\n%.300s", err, out)
+	}
+	if want := len(long) + len(denied) + len(after) + len(before); len(listed) != want {
+		t.Errorf("request list: %d requests, want %d", len(listed), want)
+	}
+	if out, err := runCLI(t, "", "request", "list", "--page-size", "10001", "--server", base, "--token-file", tokenFile); err == nil ||
+		!strings.Contains(err.Error(), "--page-size") {
+		t.Errorf("--page-size 10001: %v\n%s", err, out)
+	}
+}
+
+// checkListed fails t when a listing that saw seen (how many times each ID came) missed an
+// ID of set (want) or listed one (!want).
+func checkListed(t *testing.T, seen map[string]int, what string, set map[string]bool, want bool) {
+	t.Helper()
+	missing, extra := 0, 0
+	for id := range set {
+		switch {
+		case want && seen[id] == 0:
+			missing++
+		case !want && seen[id] > 0:
+			extra++
+		}
+	}
+	if missing+extra > 0 {
+		t.Errorf("%s: %d of %d not listed, %d listed that should not be", what, missing, len(set), extra)
+	}
 }

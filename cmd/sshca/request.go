@@ -214,17 +214,31 @@ func localTime(rfc string) string {
 
 func newRequestListCommand() *cobra.Command {
 	var f requestFlags
-	var pending, mine, asJSON bool
+	var q client.RequestQuery
+	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "list [--pending] [--mine] [--json]",
+		Use:   "list [--pending] [--mine] [--json] [--page-size N]",
 		Short: "List your access requests and those you may decide",
-		Args:  cobra.NoArgs,
+		Long: `List your access requests and those you may decide (GET /v1/requests).
+
+Requests are read --page-size at a time (each page is one request to the server); past a few
+pages a progress line goes to stderr. A request decided while the list is read is shown once,
+as it is after the decision.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if q.Limit < 1 || q.Limit > client.MaxPageLimit {
+				return fmt.Errorf("--page-size %d: give 1 to %d requests per request to the server", q.Limit, client.MaxPageLimit)
+			}
 			c, token, err := f.client(cmd.Context())
 			if err != nil {
 				return err
 			}
-			rs, err := c.Requests(cmd.Context(), token, mine, pending)
+			q.OnPage = func(pages, requests int) {
+				if pages >= progressAfterPages {
+					fmt.Fprintf(cmd.ErrOrStderr(), "sshca: %d requests in %d pages so far\n", requests, pages)
+				}
+			}
+			rs, err := c.RequestsPaged(cmd.Context(), token, q)
 			if err != nil {
 				return requestError(err)
 			}
@@ -248,9 +262,10 @@ func newRequestListCommand() *cobra.Command {
 		},
 	}
 	f.register(cmd)
-	cmd.Flags().BoolVar(&pending, "pending", false, "only requests waiting for a decision")
-	cmd.Flags().BoolVar(&mine, "mine", false, "only your own requests")
+	cmd.Flags().BoolVar(&q.Pending, "pending", false, "only requests waiting for a decision")
+	cmd.Flags().BoolVar(&q.Mine, "mine", false, "only your own requests")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().IntVar(&q.Limit, "page-size", client.DefaultPageLimit, fmt.Sprintf("requests per request to the server, 1 to %d", client.MaxPageLimit))
 	return cmd
 }
 

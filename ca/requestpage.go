@@ -1,0 +1,91 @@
+package ca
+
+import (
+	"cmp"
+	"encoding/base64"
+	"strconv"
+	"strings"
+)
+
+// RequestQuery selects a page of access requests (Authority.AccessRequestsPage).
+type RequestQuery struct {
+	// Mine keeps only the caller's own requests; Pending only those waiting for a decision.
+	Mine, Pending bool
+	// After is where the page starts (RequestPage.Next of the page before; zero: the first).
+	After RequestCursor
+	// Limit is how many kept requests one page reads, at most; 0 reads them all. The filters
+	// apply to what was read.
+	Limit int
+}
+
+// RequestPage is one page of access requests and where the next starts (zero: none).
+type RequestPage struct {
+	Requests []AccessRequest
+	Next     RequestCursor
+}
+
+// RequestCursor is a position in the order the store keeps access requests in: by KeepUntil
+// (unix ms), then by ID compared as text. A request's KeepUntil only ever moves later (a
+// decision or an approval's window may extend it, nothing shortens it), so a page after a
+// cursor never loses a request kept throughout; one decided while a listing pages may move
+// after the position and come again on a later page (clients keep the later copy). Zero (no
+// ID) is the start.
+type RequestCursor struct {
+	KeepUntil int64 // unix ms
+	ID        string
+}
+
+// IsZero reports whether c is the start.
+func (c RequestCursor) IsZero() bool { return c.ID == "" }
+
+// RequestCursorOf is the position of r.
+func RequestCursorOf(r AccessRequest) RequestCursor {
+	return RequestCursor{KeepUntil: r.KeepUntil().UnixMilli(), ID: r.ID}
+}
+
+// Compare orders cursors as the store does: -1 when c comes before d, 0 equal, +1 after.
+func (c RequestCursor) Compare(d RequestCursor) int {
+	if n := cmp.Compare(c.KeepUntil, d.KeepUntil); n != 0 {
+		return n
+	}
+	return strings.Compare(c.ID, d.ID)
+}
+
+// requestCursorVersion prefixes an encoded RequestCursor.
+const requestCursorVersion = "q1"
+
+// String encodes c as the opaque next_cursor of GET /v1/requests: base64url (unpadded) of
+// "q1:<KeepUntil ms>:<request ID>"; "" for the start.
+func (c RequestCursor) String() string {
+	if c.IsZero() {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(requestCursorVersion + ":" + strconv.FormatInt(c.KeepUntil, 10) + ":" + c.ID))
+}
+
+// ParseRequestCursor decodes what String made; "" is the start. Anything else (not base64url,
+// another version, a time that is not canonical digits within a score's exact range, an ID
+// that NewAccessRequestID could not have made) is Invalid naming the cursor, as
+// ParseCertCursor.
+func ParseRequestCursor(s string) (RequestCursor, error) {
+	if s == "" {
+		return RequestCursor{}, nil
+	}
+	bad := Invalid("cursor %.40q is not one this server gave: pass the next_cursor of the page before as it is, or leave cursor out to start from the first page", s)
+	if len(s) > 64 || !base64URLOnly(s) {
+		return RequestCursor{}, bad
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s) // Strict: one encoding a position
+	if err != nil {
+		return RequestCursor{}, bad
+	}
+	parts := strings.Split(string(b), ":")
+	if len(parts) != 3 || parts[0] != requestCursorVersion || !canonicalDigits(parts[1]) || !ValidAccessRequestID(parts[2]) {
+		return RequestCursor{}, bad
+	}
+	ms, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil || ms > maxCursorMS {
+		return RequestCursor{}, bad
+	}
+	return RequestCursor{KeepUntil: ms, ID: parts[2]}, nil
+}
