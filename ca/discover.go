@@ -66,6 +66,10 @@ type DiscoveryStore interface {
 	PutDiscovery(ctx context.Context, rec DiscoveryRecord) error
 	// Discoveries lists every host's record, by host name.
 	Discoveries(ctx context.Context) ([]DiscoveryRecord, error)
+	// DiscoveryPage lists at most limit records (0: all) of the hosts named after the host
+	// after ("" for the first), by host name, and the last host of the page when hosts are
+	// left after it ("" when none is).
+	DiscoveryPage(ctx context.Context, after string, limit int) (page []DiscoveryRecord, next string, err error)
 	// OrderDisable asks the host to disable the key with this fingerprint; DisableOrders
 	// lists the host's pending orders; DoneDisable drops one.
 	OrderDisable(ctx context.Context, host, fingerprint string) error
@@ -128,16 +132,11 @@ func (a *Authority) AcceptDiscovery(ctx context.Context, st DiscoveryStore, toke
 	return c.Host, pending, nil
 }
 
-// Discoveries lists the last report of every host to an admin (policy kind "admin").
+// Discoveries lists the last report of every host to an admin (policy kind "admin"): every
+// page of DiscoveriesPage at once.
 func (a *Authority) Discoveries(ctx context.Context, st DiscoveryStore, token string) ([]DiscoveryRecord, error) {
-	if err := a.Authorize(ctx, token, ActionAdmin, "list discovered keys"); err != nil {
-		return nil, err
-	}
-	recs, err := st.Discoveries(ctx)
-	if err != nil {
-		return nil, Unavailable("discovery store unavailable", err)
-	}
-	return recs, nil
+	page, err := a.DiscoveriesPage(ctx, st, token, DiscoveryCursor{}, 0)
+	return page.Records, err
 }
 
 // fingerprintRE is OpenSSH's SHA256 fingerprint: "SHA256:" and 43 characters of unpadded
@@ -180,9 +179,4 @@ func (d DiscoveryDesk) AcceptDiscovery(ctx context.Context, token string, report
 // DisableDiscovered is Authority.DisableDiscovered on the desk's store.
 func (d DiscoveryDesk) DisableDiscovered(ctx context.Context, token, host, fingerprint, reason string) error {
 	return d.Authority.DisableDiscovered(ctx, d.Store, token, host, fingerprint, reason)
-}
-
-// Discoveries is Authority.Discoveries on the desk's store.
-func (d DiscoveryDesk) Discoveries(ctx context.Context, token string) ([]DiscoveryRecord, error) {
-	return d.Authority.Discoveries(ctx, d.Store, token)
 }

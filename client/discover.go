@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -68,9 +69,12 @@ type DiscoveryRecord struct {
 	Report   DiscoveryReport `json:"report"`
 }
 
-// DiscoveryList is the answer of GET /v1/discovery: every host's last report, by host name.
+// DiscoveryList is the answer of GET /v1/discovery[?limit=N][&cursor=…]: one page of the
+// hosts' last reports, by host name, at most limit hosts; NextCursor, absent on the last page,
+// is the cursor parameter of the next.
 type DiscoveryList struct {
-	Hosts []DiscoveryRecord `json:"hosts"`
+	Hosts      []DiscoveryRecord `json:"hosts"`
+	NextCursor string            `json:"next_cursor,omitempty"`
 }
 
 // DiscoveryAccepted is the answer to a report: the host it was kept under, and the
@@ -113,9 +117,27 @@ func (c *Client) ReportDiscovery(ctx context.Context, proof string, body []byte)
 	return out, nil
 }
 
-// Discoveries lists every host's last discovery report (GET /v1/discovery; admins).
-func (c *Client) Discoveries(ctx context.Context, token string) ([]DiscoveryRecord, error) {
+// Discoveries lists every host's last discovery report (GET /v1/discovery; admins), by host
+// name: it asks page after page of limit hosts (0: the server's default, DefaultPageLimit)
+// until the server gives no next cursor, calling onPage, when set, after each with how many
+// pages and hosts have come so far.
+func (c *Client) Discoveries(ctx context.Context, token string, limit int, onPage func(pages, hosts int)) ([]DiscoveryRecord, error) {
+	all := []DiscoveryRecord{}
+	err := followPages(ctx, "/v1/discovery", func(ctx context.Context, cursor string) (string, int, error) {
+		page, err := c.DiscoveriesPage(ctx, token, limit, cursor)
+		all = append(all, page.Hosts...)
+		return page.NextCursor, len(all), err
+	}, onPage)
+	if err != nil {
+		return nil, err
+	}
+	return all, nil
+}
+
+// DiscoveriesPage asks for one page of GET /v1/discovery after cursor (a NextCursor of the page
+// before; "" for the first), limit hosts at most (0: the server's default).
+func (c *Client) DiscoveriesPage(ctx context.Context, token string, limit int, cursor string) (DiscoveryList, error) {
 	var out DiscoveryList
-	err := c.Do(ctx, http.MethodGet, "/v1/discovery", token, nil, &out)
-	return out.Hosts, err
+	err := c.do(ctx, http.MethodGet, pagePath("/v1/discovery", url.Values{}, limit, cursor), token, nil, &out, GetTimeout, MaxListBytes)
+	return out, err
 }

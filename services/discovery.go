@@ -22,13 +22,16 @@ import (
 type Discovery interface {
 	AcceptDiscovery(ctx context.Context, token string, report []byte) (string, []string, error)
 	DisableDiscovered(ctx context.Context, token, host, fingerprint, reason string) error
-	Discoveries(ctx context.Context, token string) ([]ca.DiscoveryRecord, error)
+	// DiscoveriesPage lists a page of the hosts' last reports, by host name.
+	DiscoveriesPage(ctx context.Context, token string, after ca.DiscoveryCursor, limit int) (ca.DiscoveryPage, error)
 }
 
 var _ Discovery = ca.DiscoveryDesk{}
 
 type discoveryCall struct {
 	list    bool
+	after   ca.DiscoveryCursor // list: the page
+	limit   int
 	disable *client.DiscoveryDisableRequest
 	token   string
 	report  []byte
@@ -76,9 +79,9 @@ func makeDiscoveryEndpoint(s Discovery, log *slog.Logger) endpoint.Endpoint {
 			}
 			return discoveryAccepted{DiscoveryAccepted: client.DiscoveryAccepted{Host: host, Disable: orders}, Err: err}, nil
 		}
-		recs, err := s.Discoveries(ctx, c.token)
-		out := client.DiscoveryList{Hosts: []client.DiscoveryRecord{}}
-		for _, r := range recs {
+		page, err := s.DiscoveriesPage(ctx, c.token, c.after, c.limit)
+		out := client.DiscoveryList{Hosts: []client.DiscoveryRecord{}, NextCursor: page.Next.String()}
+		for _, r := range page.Records {
 			cr := client.DiscoveryRecord{Host: r.Host, Received: r.Received}
 			// Validated on the way in; a record that no longer reads is shown with its host only.
 			_ = json.Unmarshal(r.Report, &cr.Report)
@@ -128,7 +131,16 @@ func decodeDiscoveryDisable(_ context.Context, r *http.Request) (any, error) {
 
 func decodeDiscoveryList(_ context.Context, r *http.Request) (any, error) {
 	token, err := bearer(r)
-	return discoveryCall{list: true, token: token}, err
+	if err != nil {
+		return nil, err
+	}
+	c := discoveryCall{list: true, token: token}
+	q := r.URL.Query()
+	if c.limit, err = pageLimit(q); err != nil {
+		return nil, err
+	}
+	c.after, err = ca.ParseDiscoveryCursor(q.Get("cursor"))
+	return c, err
 }
 
 // mountDiscovery mounts POST and GET /v1/discovery and POST /v1/discovery/disable.

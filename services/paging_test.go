@@ -295,3 +295,62 @@ func TestRequestPageParameters(t *testing.T) {
 		t.Errorf("a refused query reached the domain: %+v", reqs.q)
 	}
 }
+
+// pagedDiscovery answers DiscoveriesPage with an empty page whose Next is next, and keeps what
+// it was asked; the other calls are not used.
+type pagedDiscovery struct {
+	services.Discovery
+	asked bool
+	after ca.DiscoveryCursor
+	limit int
+	next  ca.DiscoveryCursor
+}
+
+func (p *pagedDiscovery) DiscoveriesPage(_ context.Context, _ string, after ca.DiscoveryCursor, limit int) (ca.DiscoveryPage, error) {
+	p.asked, p.after, p.limit = true, after, limit
+	return ca.DiscoveryPage{Next: p.next}, nil
+}
+
+// TestDiscoveryPageParameters: GET /v1/discovery pages as GET /v1/certs does: limit (default
+// 1000, 1 to 10000), an opaque cursor naming a host, next_cursor absent on the last page; bad
+// ones (a host with spaces or control characters, longer than a DNS name, empty) are 400s
+// naming the parameter that never reach the domain.
+func TestDiscoveryPageParameters(t *testing.T) {
+	d := &pagedDiscovery{}
+	srv := httptest.NewServer(services.NewHTTPHandler(services.MakeEndpoints(&fakeService{}), services.HTTPOptions{Discovery: d}))
+	defer srv.Close()
+	pos := ca.DiscoveryCursor{Host: "web-01.prod.example.com"}
+	d.next = pos
+	code, out, body := getPage[client.DiscoveryList](t, srv.URL+"/v1/discovery")
+	if code != http.StatusOK || d.limit != services.DefaultPageLimit || !d.after.IsZero() || out.NextCursor != pos.String() {
+		t.Fatalf("first page: %d %s, after %+v limit %d", code, body, d.after, d.limit)
+	}
+	d.next = ca.DiscoveryCursor{}
+	code, _, body = getPage[client.DiscoveryList](t, srv.URL+"/v1/discovery?limit=10000&cursor="+out.NextCursor)
+	if code != http.StatusOK || d.after != pos || d.limit != 10000 || strings.Contains(body, "next_cursor") {
+		t.Errorf("the next, last page: %d %s, after %+v", code, body, d.after)
+	}
+	d.asked = false
+	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	for _, bad := range []struct{ query, field string }{
+		{"limit=0", "limit"}, {"limit=10001", "limit"}, {"limit=1.5", "limit"},
+		{"cursor=zz", "cursor"}, {"cursor=" + enc("d1:"), "cursor"}, {"cursor=" + enc("d1:a b"), "cursor"}, {"cursor=" + enc("d1:a\nb"), "cursor"},
+		{"cursor=" + enc("d1:"+strings.Repeat("a", 254)), "cursor"}, {"cursor=" + enc("d2:web"), "cursor"}, {"cursor=" + enc("d1:wéb"), "cursor"},
+		{"cursor=" + enc("c1:1:7"), "cursor"},
+	} {
+		code, _, body := getPage[client.DiscoveryList](t, srv.URL+"/v1/discovery?"+bad.query)
+		var eb client.ErrorBody
+		_ = json.Unmarshal([]byte(body), &eb)
+		if code != http.StatusBadRequest || !strings.HasPrefix(eb.Error, bad.field) {
+			t.Errorf("%s: %d %s, want 400 naming %s", bad.query, code, body, bad.field)
+		}
+	}
+	if d.asked {
+		t.Errorf("a refused query reached the domain: after %+v limit %d", d.after, d.limit)
+	}
+	for _, c := range []ca.DiscoveryCursor{{Host: strings.Repeat("a", 253)}, {Host: "2001:db8::1"}, {Host: "x"}} {
+		if code, _, body := getPage[client.DiscoveryList](t, srv.URL+"/v1/discovery?cursor="+c.String()); code != http.StatusOK || d.after != c {
+			t.Errorf("cursor %+v: %d %s", c, code, body)
+		}
+	}
+}

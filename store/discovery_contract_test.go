@@ -3,12 +3,16 @@ package store_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
 )
 
 // TestDiscoveryContract: the last report of each host on every backend: a new report
@@ -63,4 +67,90 @@ func TestDiscoveryContract(t *testing.T) {
 			t.Errorf("a host without orders: %v %v", got, err)
 		}
 	})
+}
+
+// TestDiscoveryPages: GET /v1/discovery's pages on every backend: 25 hosts read 4 at a time by
+// host name; between pages a host is added after the position (listed), one before it (not),
+// and a listed host reports again (not listed twice): each host reported throughout is listed
+// once, in order, and every page but the last names its last host as the next position.
+func TestDiscoveryPages(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newStore newStore) {
+		ctx := context.Background()
+		s := newStore(t, &clock{t: time.Now()})
+		put := func(host string) {
+			t.Helper()
+			if err := s.PutDiscovery(ctx, ca.DiscoveryRecord{Host: host, Received: time.Now().UTC().Truncate(time.Second), Report: json.RawMessage(`{"host":"` + host + `"}`)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var want []string
+		for i := range 25 {
+			h := fmt.Sprintf("web%02d.example.com", i)
+			put(h)
+			want = append(want, h)
+		}
+		var got []string
+		after := ""
+		for pages := 1; ; pages++ {
+			page, next, err := s.DiscoveryPage(ctx, after, 4)
+			if err != nil || len(page) > 4 || pages > 10 {
+				t.Fatalf("page %d: %d, %v", pages, len(page), err)
+			}
+			for _, r := range page {
+				got = append(got, r.Host)
+			}
+			if pages == 2 {
+				put("zz.example.com")
+				put("aa.example.com")
+				put(page[0].Host)
+			}
+			if next == "" {
+				break
+			}
+			if next != page[len(page)-1].Host {
+				t.Fatalf("page %d: next %q, want its last host", pages, next)
+			}
+			after = next
+		}
+		if diff := cmp.Diff(append(want, "zz.example.com"), got); diff != "" {
+			t.Errorf("hosts over the pages (-want +got):\n%s", diff)
+		}
+		if all, next, err := s.DiscoveryPage(ctx, "", 0); err != nil || next != "" || len(all) != 27 || all[0].Host != "aa.example.com" {
+			t.Errorf("every host at once: %d, next %q, %v", len(all), next, err)
+		}
+	})
+}
+
+// TestDiscoveryIndexRebuilt: hosts that a replica without the index of names reported (in the
+// hash alone) are listed by pages all the same: the index is filled from the hash when it
+// holds fewer names.
+func TestDiscoveryIndexRebuilt(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	s := store.NewRedis(rdb, store.RedisOptions{})
+	ctx := context.Background()
+	keys := store.Keys{}
+	for i := range 30 {
+		h := fmt.Sprintf("old%02d", i)
+		rdb.HSet(ctx, keys.Discovery(), h, `{"host":"`+h+`","received":"2026-11-30T00:00:00Z","report":{}}`)
+	}
+	if err := s.PutDiscovery(ctx, ca.DiscoveryRecord{Host: "new", Report: json.RawMessage(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	n, after := 0, ""
+	for {
+		page, next, err := s.DiscoveryPage(ctx, after, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(page)
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	if n != 31 {
+		t.Errorf("%d hosts listed, want 31 (30 in the hash alone)", n)
+	}
 }

@@ -319,6 +319,11 @@ func (k Keys) Outbox() string { return k.p() + ":outbox" }
 // ca.DiscoveryRecord as JSON) (discovery). One key, untagged.
 func (k Keys) Discovery() string { return k.p() + ":discovery" }
 
+// DiscoveryHosts is the sorted set of the host names of Discovery, every score 0, so that they
+// are listed in byte order (ZRANGEBYLEX) a page at a time (discovery). Derived from
+// Discovery's fields, and rebuilt from them when it holds fewer. One key, untagged.
+func (k Keys) DiscoveryHosts() string { return k.p() + ":discovery-hosts" }
+
 // DiscoveryDisable is the set of fingerprints an admin ordered the host to disable, until a
 // report of the host no longer lists them (discovery). One key, untagged.
 func (k Keys) DiscoveryDisable(host string) string { return k.p() + ":discovery:disable:" + host }
@@ -481,6 +486,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.Requests(), "Requests", TagInventory, "requests", ReadByCA},
 		{k.Outbox(), "Outbox", "", "outbox", ReadByCA},
 		{k.Discovery(), "Discovery", "", "discovery", ReadByCA},
+		{k.DiscoveryHosts(), "DiscoveryHosts", "", "discovery", ReadByCA},
 		{k.Mark(TagAudit), "Mark", TagAudit, "mark", ReadByCA},
 		{k.Mark(TagTokens), "Mark", TagTokens, "mark", ReadByCA},
 		{k.DiscoveryDisable(exampleHost), "DiscoveryDisable", "", "discovery", ReadByCA},

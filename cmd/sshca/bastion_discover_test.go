@@ -62,7 +62,7 @@ func TestAgentDiscoveryOnSchedule(t *testing.T) {
 	admin := devToken(t, base, map[string]any{"sub": "admin", "preferred_username": "admin1", "groups": []string{"sshca-admins"}})
 	reported := func() client.DiscoveryReport {
 		t.Helper()
-		recs, err := apiClient(ctx, base).Discoveries(ctx, admin)
+		recs, err := apiClient(ctx, base).Discoveries(ctx, admin, 0, nil)
 		if err != nil || len(recs) != 1 {
 			t.Fatalf("reports at the CA: %v %+v", err, recs)
 		}

@@ -145,19 +145,23 @@ func discoverSendOnce(ctx context.Context, out io.Writer, f discoverSendFlags) (
 
 type discoverReportFlags struct {
 	server, tokenEnv, tokenFile, host, unusedFor, format string
+	pageSize                                             int
 }
 
 func newDiscoverReportCommand() *cobra.Command {
 	var f discoverReportFlags
 	cmd := &cobra.Command{
-		Use:   "report [--host H] [--unused-for 90d] [--format table|json|csv]",
+		Use:   "report [--host H] [--unused-for 90d] [--format table|json|csv] [--page-size N]",
 		Short: "List the long-lived keys every host reported, and which were used recently",
 		Long: `List the long-lived keys every host reported: the account each opens, its
 fingerprint, type, options and comment, the file and its time, and when sshd last accepted
 it (from the host's sshd log; "never" when its log shows no login with it). --unused-for
 keeps the keys not accepted within that long (e.g. 90d, 12h): the zombie credentials to
 retire. Each host's password and keyboard-interactive authentication, AuthorizedKeysCommand
-and files it could not read safely are listed after the keys (table), or in the JSON.`,
+and files it could not read safely are listed after the keys (table), or in the JSON.
+
+Hosts are read --page-size at a time, by host name (each page is one request to the server);
+past a few pages a progress line goes to stderr.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.server == "" {
@@ -173,11 +177,18 @@ and files it could not read safely are listed after the keys (table), or in the 
 			if f.format != "table" && f.format != "json" && f.format != "csv" {
 				return fmt.Errorf("--format %q: want table, json or csv", f.format)
 			}
+			if f.pageSize < 1 || f.pageSize > client.MaxPageLimit {
+				return fmt.Errorf("--page-size %d: give 1 to %d hosts per request", f.pageSize, client.MaxPageLimit)
+			}
 			token, err := readToken(f.tokenEnv, f.tokenFile)
 			if err != nil {
 				return err
 			}
-			recs, err := apiClient(cmd.Context(), f.server).Discoveries(cmd.Context(), token)
+			recs, err := apiClient(cmd.Context(), f.server).Discoveries(cmd.Context(), token, f.pageSize, func(pages, hosts int) {
+				if pages >= progressAfterPages {
+					fmt.Fprintf(cmd.ErrOrStderr(), "sshca: %d hosts in %d pages so far\n", hosts, pages)
+				}
+			})
 			if err != nil {
 				return cliError(err)
 			}
@@ -190,6 +201,7 @@ and files it could not read safely are listed after the keys (table), or in the 
 	cmd.Flags().StringVar(&f.host, "host", "", "only this host")
 	cmd.Flags().StringVar(&f.unusedFor, "unused-for", "", "only keys not accepted for this long (90d, 12h)")
 	cmd.Flags().StringVar(&f.format, "format", "table", "table, json or csv")
+	cmd.Flags().IntVar(&f.pageSize, "page-size", client.DefaultPageLimit, fmt.Sprintf("hosts per request, 1 to %d", client.MaxPageLimit))
 	return cmd
 }
 

@@ -96,7 +96,7 @@ func TestDiscoverSendAndReport(t *testing.T) {
 	}
 
 	admin := devToken(t, base, map[string]any{"sub": "admin", "preferred_username": "admin1", "groups": []string{"sshca-admins"}})
-	recs, err := apiClient(ctx, base).Discoveries(ctx, admin)
+	recs, err := apiClient(ctx, base).Discoveries(ctx, admin, 0, nil)
 	if err != nil || len(recs) != 1 || len(recs[0].Report.Keys) != 1 {
 		t.Fatalf("list: %v %+v", err, recs)
 	}
@@ -160,7 +160,7 @@ func TestDiscoverSendAndReport(t *testing.T) {
 		!strings.Contains(out.String(), "reported 0 keys") {
 		t.Errorf("after the order: file %q, output:\n%s", akf, out.String())
 	}
-	recs, _ = apiClient(ctx, base).Discoveries(ctx, admin)
+	recs, _ = apiClient(ctx, base).Discoveries(ctx, admin, 0, nil)
 	if len(recs) != 1 || len(recs[0].Report.Keys) != 0 {
 		t.Errorf("the CA's last report still lists the key: %+v", recs)
 	}

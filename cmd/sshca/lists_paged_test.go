@@ -380,3 +380,117 @@ func checkListed(t *testing.T, seen map[string]int, what string, set map[string]
 		t.Errorf("%s: %d of %d not listed, %d listed that should not be", what, missing, len(set), extra)
 	}
 }
+
+// TestDiscoveryListPagesEndToEnd: GET /v1/discovery against `sshca serve` on a real
+// redis-server, 1,000 hosts a page over 2,300: 300 of them reported by a replica that kept no
+// index of names (in the hash alone), the rest through the store. Between pages hosts report
+// after the position (listed), before it (not) and again (listed once): every host reported
+// throughout is listed once, by name. An old client gets the first page with a next_cursor,
+// and `sshca discover report` follows every page.
+func TestDiscoveryListPagesEndToEnd(t *testing.T) {
+	r := testenv.StartRedis(t)
+	idp := startIssuer(t, "sshca")
+	cfg := serveConfig(t, r.Addr, identity.IssuerConfig{IssuerURL: idp.URL(), Audiences: []string{"sshca"}})
+	base := startServe(t, cfg)
+	admin := minter(t, idp)(map[string]any{"sub": "u-admin", "preferred_username": "admin", "email": "admin@example.com",
+		"email_verified": true, "groups": []string{"sshca-admins"}, "auth_time": time.Now().Unix()})
+
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	db := store.NewRedis(rdb, cfg.Redis.StoreOptions())
+	report := func(hosts ...string) {
+		t.Helper()
+		for _, h := range hosts {
+			if err := db.PutDiscovery(ctx, ca.DiscoveryRecord{Host: h, Received: time.Now().UTC(), Report: json.RawMessage(`{"host":"` + h + `","keys":[]}`)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	names := func(prefix string, n int) []string {
+		var out []string
+		for i := range n {
+			out = append(out, fmt.Sprintf("%s%05d.example.com", prefix, i))
+		}
+		return out
+	}
+	old := names("m-old-", 300)
+	for _, h := range old {
+		b, _ := json.Marshal(ca.DiscoveryRecord{Host: h, Received: time.Now().UTC(), Report: json.RawMessage(`{"host":"` + h + `","keys":[]}`)})
+		if err := rdb.HSet(ctx, store.Keys{}.Discovery(), h, b).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fleet := names("web-", 2000)
+	report(fleet...)
+
+	oldPage := getPageJSON[client.DiscoveryList](t, base+"/v1/discovery", admin)
+	if len(oldPage.Hosts) != client.DefaultPageLimit || oldPage.NextCursor == "" {
+		t.Errorf("a request without limit: %d hosts, next %q; want the first %d and a next_cursor", len(oldPage.Hosts), oldPage.NextCursor, client.DefaultPageLimit)
+	}
+	c := client.New(base)
+	seen := map[string]int{}
+	after, before := names("zz-", 20), names("a-", 20)
+	cursor, pages := "", 0
+	for {
+		page, err := c.DiscoveriesPage(ctx, admin, 1000, cursor)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages+1, err)
+		}
+		pages++
+		if len(page.Hosts) > 1000 {
+			t.Fatalf("page %d holds %d", pages, len(page.Hosts))
+		}
+		for _, h := range page.Hosts {
+			seen[h.Host]++
+		}
+		if pages == 1 {
+			report(after...)
+			report(before...)
+			report(page.Hosts[0].Host, page.Hosts[999].Host)
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		cursor = page.NextCursor
+		if pages > 10 {
+			t.Fatal("no last page")
+		}
+	}
+	for h, k := range seen {
+		if k != 1 {
+			t.Errorf("host %s listed %d times", h, k)
+		}
+	}
+	set := func(hs []string) map[string]bool {
+		m := map[string]bool{}
+		for _, h := range hs {
+			m[h] = true
+		}
+		return m
+	}
+	checkListed(t, seen, "reported by a replica without the index", set(old), true)
+	checkListed(t, seen, "reported throughout", set(fleet), true)
+	checkListed(t, seen, "reported after the position", set(after), true)
+	checkListed(t, seen, "reported before the position", set(before), false)
+	if pages != 3 {
+		t.Errorf("%d pages, want 3", pages)
+	}
+
+	tokenFile := filepath.Join(t.TempDir(), "admin.token")
+	writeFile(t, tokenFile, admin)
+	out, err := runCLI(t, "", "discover", "report", "--format", "json", "--page-size", "500", "--server", base, "--token-file", tokenFile)
+	if err != nil {
+		t.Fatalf("discover report: %v\n%.300s", err, out)
+	}
+	var listed struct{ Hosts []client.DiscoveryRecord }
+	if err := json.NewDecoder(strings.NewReader(out[strings.Index(out, "{"):])).Decode(&listed); err != nil {
+		t.Fatalf("discover report --format json: %v\n%.300s", err, out)
+	}
+	if want := len(old) + len(fleet) + len(after) + len(before); len(listed.Hosts) != want {
+		t.Errorf("discover report: %d hosts, want %d", len(listed.Hosts), want)
+	}
+	if !strings.Contains(out, "hosts in 5 pages so far") {
+		t.Errorf("no progress on stderr:\n%.300s", out)
+	}
+}
