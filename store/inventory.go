@@ -271,19 +271,17 @@ func (r *Redis) AllLive(ctx context.Context, now time.Time) ([]ca.Certificate, e
 }
 
 // livePageScript reads one page of a sorted set in its order (score, then member bytes): the
-// live index of certificates (Keys.ShardLiveCerts), the index of recordings
-// (Keys.RecordingIndex) and a revocation scope's entries (Keys.ScopeEntries, permanent ones
-// scored +inf). KEYS the index; ARGV the highest score left out whatever the cursor
-// (as ZCOUNT's max: now in unix ms for certificates and revocations, expired; "(since" or
-// "-inf" for recordings), the cursor's score ("+inf" too) and member ("" for the start), the
-// limit (0: all).
+// live index of certificates (Keys.ShardLiveCerts) and the index of recordings
+// (Keys.RecordingIndex). KEYS the index; ARGV the highest score left out whatever the cursor
+// (as ZCOUNT's max: now in unix ms for certificates, expired; "(since" or "-inf" for
+// recordings), the cursor's score and member ("" for the start), the limit (0: all).
 // Answers {more, {member, score, ...}}: the members after the cursor and the left-out head, at
 // most limit, and 1 when members are left after them. The position is found by rank in the same script as the range is read, so
 // nothing recorded or pruned in between can shift it: the cursor's rank when its member is
 // there with its score; else (pruned with everything up to its score, or in another shard's
 // index) the members before its position counted by score, and among those of its own score by
 // member, found by halving their ranks (O(log² n) where reading them was O(n)).
-var livePageScript = redis.NewScript(scoreLua + `
+var livePageScript = redis.NewScript(`
 -- a <= b byte by byte, as Redis orders the members of one score (Lua's own <= follows the locale)
 local function le(a, b)
   for i = 1, math.min(#a, #b) do
@@ -298,14 +296,13 @@ if ARGV[3] ~= '' then
   local pos
   local r = redis.call('ZRANK', key, ARGV[3])
   local sc = redis.call('ZSCORE', key, ARGV[3])
-  if r and score(sc) == score(ARGV[2]) then
+  if r and tonumber(sc) == tonumber(ARGV[2]) then
     pos = r + 1
   else
     -- The members of the cursor's score hold ranks lo to hi-1, in member order: the first
     -- after the cursor's member is found by halving (a certificate's ValidBefore is in whole
     -- seconds, so one score holds a second's issuance; reading them all cost 28 ms at 20,000).
-    -- lo counts from the top: miniredis reads an exclusive '(+inf' as inclusive.
-    local lo = redis.call('ZCARD', key) - redis.call('ZCOUNT', key, ARGV[2], '+inf')
+    local lo = redis.call('ZCOUNT', key, '-inf', '(' .. ARGV[2])
     local hi = redis.call('ZCOUNT', key, '-inf', ARGV[2])
     while lo < hi do
       local mid = math.floor((lo + hi) / 2)
@@ -323,40 +320,6 @@ local more = 0
 if limit > 0 and redis.call('ZCARD', key) > stop + 1 then more = 1 end
 return {more, page}
 `)
-
-// pageMember is one member of a page that livePageScript read, with its score.
-type pageMember struct {
-	member string
-	score  float64 // +Inf for a permanent revocation entry
-}
-
-// pageAnswer is livePageScript's answer: the page's members in order, and whether members are
-// left after them.
-func pageAnswer(cmd *redis.Cmd) ([]pageMember, bool, error) {
-	res, err := cmd.Slice()
-	if err != nil {
-		return nil, false, err
-	}
-	var flat []any
-	if len(res) == 2 {
-		flat, _ = res[1].([]any)
-	}
-	if len(res) != 2 || len(flat)%2 != 0 {
-		return nil, false, fmt.Errorf("unexpected answer %v", res)
-	}
-	more, _ := res[0].(int64)
-	page := make([]pageMember, 0, len(flat)/2)
-	for i := 0; i < len(flat); i += 2 {
-		m, _ := flat[i].(string)
-		sc, _ := flat[i+1].(string)
-		score, err := strconv.ParseFloat(sc, 64) // "inf" too
-		if err != nil {
-			return nil, false, fmt.Errorf("bad score %q in index", sc)
-		}
-		page = append(page, pageMember{member: m, score: score})
-	}
-	return page, more == 1, nil
-}
 
 // LivePage returns a page of the certificates still valid at now after the position after,
 // at most limit (0: all), in ca.CertCursor order, and where the next page starts (zero: none
@@ -394,17 +357,32 @@ func (r *Redis) livePageIn(ctx context.Context, index func(shard int) string, no
 	var merged []entry
 	more := false
 	for shard, cmd := range cmds {
-		page, m, err := pageAnswer(cmd)
+		res, err := cmd.Slice()
 		if err != nil {
 			return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: %w", err)
 		}
-		more = more || m
-		for _, z := range page {
-			n, err := strconv.ParseUint(z.member, 10, 64)
+		var flat []any
+		if len(res) == 2 {
+			flat, _ = res[1].([]any)
+		}
+		if len(res) != 2 || len(flat)%2 != 0 {
+			return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: unexpected answer %v", res)
+		}
+		if m, _ := res[0].(int64); m == 1 {
+			more = true
+		}
+		for i := 0; i < len(flat); i += 2 {
+			m, _ := flat[i].(string)
+			sc, _ := flat[i+1].(string)
+			n, err := strconv.ParseUint(m, 10, 64)
 			if err != nil {
-				return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: bad serial %q in index", z.member)
+				return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: bad serial %q in index", m)
 			}
-			merged = append(merged, entry{ca.CertCursor{ValidBefore: int64(z.score), Serial: n}, shard})
+			score, err := strconv.ParseFloat(sc, 64)
+			if err != nil {
+				return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: bad score %q in index", sc)
+			}
+			merged = append(merged, entry{ca.CertCursor{ValidBefore: int64(score), Serial: n}, shard})
 		}
 	}
 	if len(cmds) > 1 {

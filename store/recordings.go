@@ -388,13 +388,13 @@ func (r *Recordings) RecordingLines(ctx context.Context, id string) ([][]byte, e
 // SessionRecordings lists the records of sessions started (agent clock) at or after since,
 // oldest first (by start, then ID), after the position after, at most limit (0: all), and
 // where the next page starts (zero: none is left): one script reads the page of the index
-// (livePageScript, the position by rank), one pipeline the records.
+// (pageScript, the position by rank), one pipeline the records.
 func (r *Recordings) SessionRecordings(ctx context.Context, since time.Time, after ca.RecordingCursor, limit int) ([]ca.SessionRecording, ca.RecordingCursor, error) {
 	head := "-inf"
 	if !since.IsZero() {
 		head = "(" + strconv.FormatInt(since.UnixMilli(), 10)
 	}
-	page, more, err := pageAnswer(livePageScript.Run(ctx, r.rdb, []string{r.keys.RecordingIndex()}, head, after.Start, after.ID, limit))
+	page, more, err := pageAnswer(pageScript.Run(ctx, r.rdb, []string{r.keys.RecordingIndex()}, head, after.Start, after.ID, limit))
 	if err != nil {
 		return nil, ca.RecordingCursor{}, fmt.Errorf("store: recording index: %w", err)
 	}

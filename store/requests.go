@@ -110,13 +110,13 @@ func (r *Redis) ListRequests(ctx context.Context) ([]ca.AccessRequest, error) {
 
 // RequestsPage returns at most limit kept requests (0: all) after the position after, in
 // ca.RequestCursor order (KeepUntil, then ID: the index's), and where the next page starts
-// (zero: none is left): one script reads the page of the index (livePageScript, the position
+// (zero: none is left): one script reads the page of the index (pageScript, the position
 // by rank, so requests created, decided or pruned in between do not shift it), one MGET the
 // records (one tag, so one slot on Redis Cluster). A request whose record expired meanwhile is
 // skipped, but still moves the position.
 func (r *Redis) RequestsPage(ctx context.Context, after ca.RequestCursor, limit int) ([]ca.AccessRequest, ca.RequestCursor, error) {
 	now := r.now()
-	page, more, err := pageAnswer(livePageScript.Run(ctx, r.rdb, []string{r.keys.Requests()}, now.UnixMilli(), after.KeepUntil, after.ID, limit))
+	page, more, err := pageAnswer(pageScript.Run(ctx, r.rdb, []string{r.keys.Requests()}, now.UnixMilli(), after.KeepUntil, after.ID, limit))
 	if err != nil {
 		return nil, ca.RequestCursor{}, fmt.Errorf("store: list requests: %w", err)
 	}

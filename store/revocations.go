@@ -226,7 +226,7 @@ func (r *Redis) State(ctx context.Context, caKey ssh.PublicKey) (ca.RevocationSt
 // StatePage is State a page at a time: at most limit unexpired entries (0: all) after the
 // position after, in ca.EntryCursor order, with the scope's CA key and version, and where the
 // next page starts (zero: none is left). One transaction reads the mark, the key, the version
-// and the page (livePageScript on Keys.ScopeEntries: the position by rank, so nothing revoked,
+// and the page (pageScript on Keys.ScopeEntries: the position by rank, so nothing revoked,
 // lifted or pruned in between shifts it), all in the scope's tag.
 func (r *Redis) StatePage(ctx context.Context, caKey ssh.PublicKey, after ca.EntryCursor, limit int) (ca.RevocationState, ca.EntryCursor, error) {
 	fp := ssh.FingerprintSHA256(caKey)
@@ -243,7 +243,7 @@ func (r *Redis) StatePage(ctx context.Context, caKey ssh.PublicKey, after ca.Ent
 		markCmd = p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
 		caCmd = p.Get(ctx, r.keys.ScopeCA(fp))
 		verCmd = p.Get(ctx, r.keys.ScopeVersion(fp))
-		pageCmd = livePageScript.Eval(ctx, p, []string{r.keys.ScopeEntries(fp)}, r.now().UnixMilli(), pos, after.Member, limit)
+		pageCmd = pageScript.Eval(ctx, p, []string{r.keys.ScopeEntries(fp)}, r.now().UnixMilli(), pos, after.Member, limit)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
