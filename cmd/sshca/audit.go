@@ -210,10 +210,11 @@ func newAuditCommand() *cobra.Command {
 	}
 	genkey.Flags().StringVar(&keyOut, "out", "", "the key file to create")
 
-	var redisURL, keyFile, archiveFile string
+	var target redisTarget
+	var keyFile, archiveFile string
 	var print, acceptLegacy bool
 	var opened redis.UniversalClient // the client open made, nil without --redis
-	open := func() (*audit.Log, func(), []byte, error) {
+	open := func(cmd *cobra.Command) (*audit.Log, func(), []byte, error) {
 		var key []byte
 		if keyFile != "" {
 			var err error
@@ -222,15 +223,14 @@ func newAuditCommand() *cobra.Command {
 			}
 		}
 		o := audit.Options{Key: key, AcceptLegacyBase: acceptLegacy}
-		if redisURL == "" {
+		if !target.given() {
 			return audit.New(nil, o), func() {}, key, nil
 		}
-		ropts, err := parseRedisURL(redisURL) // errors never echo the URL: it may hold a password
+		// A command-line tool reads whole logs: 10 s a call unless the URL asks for less.
+		rdb, err := target.open(cmd.Context(), cmd.Flags(), 10*time.Second, nil, nil)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--redis: %w", err)
+			return nil, nil, nil, err
 		}
-		// A command-line tool reads whole logs: 5 s an attempt unless the URL asks for less.
-		rdb := redis.NewClient(newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts))
 		opened = rdb
 		return audit.New(rdb, o), func() { rdb.Close() }, key, nil
 	}
@@ -257,14 +257,14 @@ func newAuditCommand() *cobra.Command {
 		return err
 	}
 	verify := &cobra.Command{
-		Use:   "verify (--redis URL | --archive FILE | both) [--key-file FILE] [--print] [--accept-legacy-base]",
+		Use:   "verify (--redis URL [--cluster | --sentinel-master NAME] | --config FILE | --archive FILE | both) [--key-file FILE] [--print] [--accept-legacy-base]",
 		Short: "Check the audit chain in Redis, an archive, or both in one (the chain in Redis must go on from the archive); exit 1 at the first record that breaks it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if redisURL == "" && archiveFile == "" {
-				return errors.New("give --redis URL (the chain in Redis), --archive FILE (an archive), or both (the chain in Redis after the latest archive)")
+			if !target.given() && archiveFile == "" {
+				return errors.New("give --redis URL or --config FILE (the chain in Redis), --archive FILE (an archive), or both (the chain in Redis after the latest archive)")
 			}
-			al, done, key, err := open()
+			al, done, key, err := open(cmd)
 			if err != nil {
 				return err
 			}
@@ -296,7 +296,7 @@ func newAuditCommand() *cobra.Command {
 				if w := unsealed(ar); w != "" {
 					fmt.Fprintln(cmd.ErrOrStderr(), w)
 				}
-				if redisURL == "" {
+				if !target.given() {
 					warn(cmd.ErrOrStderr(), key, audit.Report{})
 					return nil
 				}
@@ -331,7 +331,7 @@ func newAuditCommand() *cobra.Command {
 	}
 	var archiveOut string
 	archive := &cobra.Command{
-		Use:   "archive --redis URL --key-file FILE --out FILE [--accept-legacy-base]",
+		Use:   "archive (--redis URL [--cluster | --sentinel-master NAME] | --config FILE) --key-file FILE --out FILE [--accept-legacy-base]",
 		Short: "Verify the chain, append its records and a signed base mark to a file (synced), then trim them from Redis",
 		Long: `Verify the chain, append its records and a signed base mark to a file (synced), then trim
 them from Redis. When the file already holds records, they are verified first and the chain
@@ -340,10 +340,10 @@ written twice. A base mark of the old unsigned form is replaced by a signed one 
 ends at exactly its record, or with --accept-legacy-base.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if redisURL == "" || archiveOut == "" {
-				return errors.New("--redis URL and --out FILE are required")
+			if !target.given() || archiveOut == "" {
+				return errors.New("--redis URL (or --config FILE) and --out FILE are required")
 			}
-			al, done, key, err := open()
+			al, done, key, err := open(cmd)
 			if err != nil {
 				return err
 			}
@@ -394,7 +394,7 @@ ends at exactly its record, or with --accept-legacy-base.`,
 	}
 	archive.Flags().StringVar(&archiveOut, "out", "", "the archive file (appended to, mode 0600)")
 	for _, c := range []*cobra.Command{verify, archive} {
-		c.Flags().StringVar(&redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db (env SSHCA_REDIS_URL)")
+		addRedisTargetFlags(c.Flags(), &target, "", "of the store")
 		c.Flags().StringVar(&keyFile, "key-file", "", "the audit key (audit.key_file of the CA)")
 		c.Flags().BoolVar(&acceptLegacy, "accept-legacy-base", false, "accept a base mark of the old unsigned form that no archive vouches for (once, when moving a log from before base marks were signed)")
 	}

@@ -189,14 +189,15 @@ func writeReport(w io.Writer, format string, grants []grant) error {
 }
 
 func newAuditReportCommand() *cobra.Command {
-	var redisURL, keyFile, archiveFile, since, identity, principal, format string
+	var target redisTarget
+	var keyFile, archiveFile, since, identity, principal, format string
 	cmd := &cobra.Command{
-		Use:   "report --redis URL --key-file FILE [--archive FILE] --since 30d [--identity X] [--principal root] [--format table|csv|json]",
+		Use:   "report (--redis URL [--cluster | --sentinel-master NAME] | --config FILE) --key-file FILE [--archive FILE] --since 30d [--identity X] [--principal root] [--format table|csv|json]",
 		Short: "Every privileged grant in a period, from the verified audit chain: requester, approvers, ticket, break-glass, serials, revocations",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if redisURL == "" && archiveFile == "" {
-				return errors.New("give --redis URL (the chain in Redis), --archive FILE, or both")
+			if !target.given() && archiveFile == "" {
+				return errors.New("give --redis URL or --config FILE (the chain in Redis), --archive FILE, or both")
 			}
 			window, err := parseSince(since)
 			if err != nil {
@@ -211,13 +212,11 @@ func newAuditReportCommand() *cobra.Command {
 					return fmt.Errorf("--key-file: %w", err)
 				}
 			}
-			var rdb *redis.Client
-			if redisURL != "" {
-				ropts, err := parseRedisURL(redisURL)
-				if err != nil {
-					return fmt.Errorf("--redis: %w", err)
+			var rdb redis.UniversalClient
+			if target.given() {
+				if rdb, err = target.open(cmd.Context(), cmd.Flags(), 10*time.Second, nil, nil); err != nil {
+					return err
 				}
-				rdb = redis.NewClient(newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts))
 				defer rdb.Close()
 			}
 			al := audit.New(rdb, audit.Options{Key: key})
@@ -257,7 +256,7 @@ func newAuditReportCommand() *cobra.Command {
 			return writeReport(cmd.OutOrStdout(), format, grants)
 		},
 	}
-	cmd.Flags().StringVar(&redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db (env SSHCA_REDIS_URL)")
+	addRedisTargetFlags(cmd.Flags(), &target, "", "of the store")
 	cmd.Flags().StringVar(&keyFile, "key-file", "", "the audit key (audit.key_file of the CA)")
 	cmd.Flags().StringVar(&archiveFile, "archive", "", "an archive to read first (the chain in Redis must go on from it)")
 	cmd.Flags().StringVar(&since, "since", "30d", "the period: days (30d) or a duration (12h)")

@@ -56,8 +56,9 @@ func newSSHDConfigCommand() *cobra.Command {
 }
 
 type agentFlags struct {
-	redisURL, server, serverCA, krlPath, userCA, health, sshdLog string
-	krlLink, userCALink                                          string
+	redis                                              redisTarget
+	server, serverCA, krlPath, userCA, health, sshdLog string
+	krlLink, userCALink                                string
 	// The drift check of sshd's effective configuration (on with sshdConfig).
 	sshdConfig, sshdPrincipals string
 	sshdNoForwarding, sshdX11  bool
@@ -82,7 +83,7 @@ func newBastionAgentCommand() *cobra.Command {
 	f := agentFlags{}
 	var logOpts logOptions
 	cmd := &cobra.Command{
-		Use:   "agent --redis URL | --server URL --server-ca FILE --krl FILE --user-ca FILE",
+		Use:   "agent --redis URL [--cluster | --sentinel-master NAME] | --server URL --server-ca FILE --krl FILE --user-ca FILE",
 		Short: "Follow revocations (Redis stream, else an HTTPS long poll) and rewrite the KRL atomically",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -91,10 +92,11 @@ func newBastionAgentCommand() *cobra.Command {
 				return err
 			}
 			f.longPollSet = cmd.Flags().Changed("long-poll")
+			f.redis.urlSet = cmd.Flags().Changed("redis")
 			return runAgent(cmd.Context(), f, log, nil)
 		},
 	}
-	cmd.Flags().StringVar(&f.redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db with read-only credentials (env SSHCA_REDIS_URL)")
+	addRedisTargetFlags(cmd.Flags(), &f.redis, "", "with read-only credentials")
 	cmd.Flags().StringVar(&f.server, "server", "", "https URL of the CA service: the fallback (or only) source")
 	cmd.Flags().StringVar(&f.serverCA, "server-ca", "", "PEM CA certificate pinned for --server")
 	cmd.Flags().StringVar(&f.krlPath, "krl", "/etc/ssh/sshca.krl", "sshd RevokedKeys file")
@@ -168,14 +170,9 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 	case f.longPoll > 0:
 		o.LongPollWait = f.longPoll
 	}
-	if f.redisURL != "" {
-		ropts, err := parseRedisURL(f.redisURL) // errors never echo the URL: it may hold a password
-		if err != nil {
-			return fmt.Errorf("--redis: %w", err)
-		}
+	if f.redis.given() {
 		// No request deadline here: each call is bounded by its timeouts (1 s to dial, 2 s to read;
 		// go-redis retries nothing, see redisBounds); the stream's blocking read has its own bound.
-		ro := newRedisBounds(4*time.Second, time.Second, 2*time.Second, 0).single(ropts)
 		// The agent follows every CA key's scope with one blocking XREAD and makes its other
 		// reads (CA set, trusted keys, snapshots) one at a time beside it: two connections, a
 		// third while a read left by a reconnect or a new CA set ends (within its 5 s block),
@@ -183,8 +180,17 @@ func runAgent(ctx context.Context, f agentFlags, log *slog.Logger, ready chan<- 
 		// so; a pool sized by the number of scopes would hide a regression to one read per
 		// scope (whose scopes past the pool waited seconds for a connection). Transactions
 		// (snapshots) stay on this pool: go-redis otherwise opens a pool of its own for them.
-		ro.PoolSize, ro.PipelinePoolSize = 4, -1
-		rdb := redis.NewClient(ro)
+		// Through Sentinel (--sentinel-master) the client asks the Sentinels for the master
+		// again after a failover, and the agent's next read reaches the new master.
+		rdb, err := f.redis.open(ctx, nil, 4*time.Second, func(o *redis.UniversalOptions) {
+			o.DialTimeout, o.ReadTimeout = min(o.DialTimeout, time.Second), min(o.ReadTimeout, 2*time.Second)
+			o.PoolSize, o.PipelinePoolSize = 4, -1
+		}, func(err error) {
+			log.Warn("the agent starts without knowing what its Redis is; a Cluster node or a Sentinel given as a plain --redis shows as read errors", "err", err)
+		})
+		if err != nil {
+			return err
+		}
 		defer rdb.Close()
 		o.Feed = store.NewRedis(rdb, store.RedisOptions{})
 	}

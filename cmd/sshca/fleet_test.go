@@ -150,7 +150,7 @@ func TestBastionFleet(t *testing.T) {
 		if i%2 == 1 {
 			mode, f.server, f.serverCA = "https", ca.base, serverCA
 		} else {
-			f.redisURL = "redis://" + r.Addr
+			f.redis.url = "redis://" + r.Addr
 		}
 		fleet[i], flags[i] = &fleetAgent{mode: mode, krlPath: f.krlPath}, f
 	}

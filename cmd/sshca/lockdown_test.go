@@ -55,7 +55,7 @@ func lockdown(t *testing.T, mode string) {
 		health: "127.0.0.1:0", sshdLog: filepath.Join(dir, "sshd.log"), poll: 250 * time.Millisecond, caRefresh: 500 * time.Millisecond}
 	switch mode {
 	case "redis":
-		flags.redisURL = "redis://" + r.Addr
+		flags.redis.url = "redis://" + r.Addr
 	case "https":
 		flags.server, flags.serverCA = tlsFront(t, base, dir)
 	}

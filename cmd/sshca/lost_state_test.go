@@ -133,7 +133,7 @@ func startLostStateRig(t *testing.T, configure ...func(*Config)) *lostStateRig {
 	}
 	r.base, r.stopReplica = startServeStoppable(t, r.cfg)
 	r.dir = t.TempDir()
-	r.flags = agentFlags{redisURL: "redis://bastion:CHANGE-ME-bastion@" + r.srv.Addr, krlPath: filepath.Join(r.dir, "sshca.krl"),
+	r.flags = agentFlags{redis: redisTarget{url: "redis://bastion:CHANGE-ME-bastion@" + r.srv.Addr}, krlPath: filepath.Join(r.dir, "sshca.krl"),
 		userCA: filepath.Join(r.dir, "user_ca.pub"), health: "127.0.0.1:0", poll: time.Second, caRefresh: time.Second}
 	r.agent, r.stopAgent = startAgentStoppable(t, r.flags)
 	return r

@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/sshca/sshca/store"
 )
@@ -18,10 +15,9 @@ import (
 // newStoreMigrateCommand is `sshca store migrate`, the last step of a rolling upgrade that
 // changes the store's layout (store/layout.go).
 func newStoreMigrateCommand() *cobra.Command {
-	var redisURL string
-	var cluster bool
+	var target redisTarget
 	cmd := &cobra.Command{
-		Use:   "migrate --redis URL [--cluster]",
+		Use:   "migrate --redis URL [--cluster | --sentinel-master NAME] | --config FILE",
 		Short: "Move the store to this sshca's key layout, once no CA replica of an older version runs",
 		Long: `Finish a rolling upgrade that changed the layout of sshca's keys in Redis.
 
@@ -41,39 +37,23 @@ running one that has seen layout 2 never reads the layout again). Do not run rep
 idempotent; on a store already at this layout it changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runMigrate(cmd.Context(), redisURL, cluster, cmd.OutOrStdout())
+			return runMigrate(cmd.Context(), &target, cmd.Flags(), cmd.OutOrStdout())
 		},
 	}
-	cmd.Flags().StringVar(&redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db of the store (env SSHCA_REDIS_URL)")
-	cmd.Flags().BoolVar(&cluster, "cluster", false, "the store is a Redis Cluster and --redis names one of its nodes")
+	addRedisTargetFlags(cmd.Flags(), &target, "", "of the store")
 	return cmd
 }
 
-// runMigrate is `sshca store migrate` (cluster: --cluster).
-func runMigrate(ctx context.Context, redisURL string, cluster bool, out io.Writer) error {
-	if redisURL == "" {
-		return errors.New("store migrate: --redis URL (the store to migrate) is required")
-	}
-	ropts, err := parseRedisURL(redisURL) // errors never echo the URL: it may hold a password
+// runMigrate is `sshca store migrate`; fs, when not nil, tells an explicit --redis from the
+// environment's.
+func runMigrate(ctx context.Context, target *redisTarget, fs *pflag.FlagSet, out io.Writer) error {
+	rdb, err := target.open(ctx, fs, 10*time.Second, nil, nil)
 	if err != nil {
-		return fmt.Errorf("--redis: %w", err)
-	}
-	o := newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts)
-	var rdb redis.UniversalClient
-	if cluster {
-		rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password,
-			TLSConfig: o.TLSConfig, ContextTimeoutEnabled: o.ContextTimeoutEnabled, DialTimeout: o.DialTimeout,
-			ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, PoolTimeout: o.PoolTimeout,
-			MaxRetries: o.MaxRetries, MinRetryBackoff: o.MinRetryBackoff, MaxRetryBackoff: o.MaxRetryBackoff})
-	} else {
-		rdb = redis.NewClient(o)
+		return fmt.Errorf("store migrate: %w", err)
 	}
 	defer rdb.Close()
 	m, err := store.NewRedis(rdb, store.RedisOptions{}).Migrate(ctx)
 	if err != nil {
-		if !cluster && strings.Contains(err.Error(), "MOVED ") {
-			return fmt.Errorf("store migrate: %w (the store is a Redis Cluster: add --cluster)", err)
-		}
 		return fmt.Errorf("store migrate: %w", err)
 	}
 	if m.From == m.To {

@@ -96,7 +96,7 @@ func TestAccessRequestEndToEnd(t *testing.T) {
 		return runCLI(t, "", append(args, "--server", base, "--token-file", token(who))...)
 	}
 
-	flags := agentFlags{redisURL: "redis://" + r.Addr, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
+	flags := agentFlags{redis: redisTarget{url: "redis://" + r.Addr}, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
 		health: "127.0.0.1:0", sshdLog: filepath.Join(dir, "sshd.log"), poll: time.Second}
 	startAgent(t, flags)
 	hostKey := keygen(t, dir, "host_key")

@@ -36,7 +36,7 @@ func TestRevocationEndToEnd(t *testing.T) {
 	admin := mint(map[string]any{"sub": "admin", "preferred_username": "admin1", "email": "admin@example.com", "email_verified": true, "groups": []string{"sshca-admins"}})
 
 	// The bastion agent, before sshd starts: it writes the empty KRL and the trusted CA keys.
-	flags := agentFlags{redisURL: "redis://" + r.Addr, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
+	flags := agentFlags{redis: redisTarget{url: "redis://" + r.Addr}, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
 		health: "127.0.0.1:0", sshdLog: filepath.Join(dir, "sshd.log"), poll: time.Second}
 	agent := startAgent(t, flags)
 	sshd, kh := startBastionSSHD(t, base, mint, dir, flags)

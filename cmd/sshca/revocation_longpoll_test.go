@@ -45,7 +45,7 @@ func TestRevocationHTTPSLongPoll(t *testing.T) {
 		userCA: filepath.Join(dir, "user_ca.pub"), health: "127.0.0.1:0", sshdLog: filepath.Join(dir, "sshd.log"), poll: 5 * time.Second}
 	httpsAgent := startAgent(t, flags)
 	redisDir := t.TempDir()
-	redisFlags := agentFlags{redisURL: "redis://" + r.Addr, krlPath: filepath.Join(redisDir, "redis.krl"),
+	redisFlags := agentFlags{redis: redisTarget{url: "redis://" + r.Addr}, krlPath: filepath.Join(redisDir, "redis.krl"),
 		userCA: filepath.Join(redisDir, "user_ca.pub"), health: "127.0.0.1:0", poll: time.Second}
 	redisAgent := startAgent(t, redisFlags)
 	sshd, kh := startBastionSSHD(t, baseA, mint, dir, flags)

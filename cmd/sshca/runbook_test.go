@@ -77,7 +77,7 @@ func TestRunbook(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	agentDone := make(chan error, 1)
-	flags := agentFlags{redisURL: "redis://" + r.Addr, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
+	flags := agentFlags{redis: redisTarget{url: "redis://" + r.Addr}, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
 		health: "127.0.0.1:0", poll: time.Second, caRefresh: 300 * time.Millisecond}
 	go func() { agentDone <- runAgent(ctx, flags, testLog(t), nil) }()
 	t.Cleanup(func() { cancel(); <-agentDone })

@@ -114,7 +114,7 @@ func TestBastionAgentRedisPasswordNeverShown(t *testing.T) {
 			var logs logCapture
 			dir := t.TempDir()
 			health := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-			flags := agentFlags{redisURL: u, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
+			flags := agentFlags{redis: redisTarget{url: u}, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
 				health: health, poll: 100 * time.Millisecond, caRefresh: 100 * time.Millisecond}
 			ctx, cancel := context.WithCancel(context.Background())
 			ready := make(chan *bastion.Agent, 1)
@@ -147,7 +147,7 @@ func TestBastionAgentRedisPasswordNeverShown(t *testing.T) {
 		})
 	}
 	// A URL that does not parse: the error says so, without the URL.
-	err := runAgent(context.Background(), agentFlags{redisURL: "redis://u:" + pw + "/x@" + closed + "/0", krlPath: filepath.Join(t.TempDir(), "k")}, testLog(t), nil)
+	err := runAgent(context.Background(), agentFlags{redis: redisTarget{url: "redis://u:" + pw + "/x@" + closed + "/0"}, krlPath: filepath.Join(t.TempDir(), "k")}, testLog(t), nil)
 	if err == nil || !strings.Contains(err.Error(), "--redis") {
 		t.Errorf("unparseable URL: %v", err)
 	} else {

@@ -12,7 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/sshca/sshca/audit"
@@ -240,7 +239,7 @@ func newSessionsCommand() *cobra.Command {
 
 	var av auditVerifyFlags
 	verify := &cobra.Command{
-		Use:   "verify ID [--audit-redis URL --audit-key-file FILE]",
+		Use:   "verify ID [--audit-redis URL [--audit-cluster | --audit-sentinel-master NAME] | --audit-config FILE] [--audit-key-file FILE]",
 		Short: "Check a recording's hash chain and, with --audit-redis, its start and end records in the verified audit log",
 		Long: `Check a recording's hash chain and print its final hash and whether it ended, was capped
 or spooled. With --audit-redis (the CA's Redis, as for sshca audit report) and --audit-key-file,
@@ -262,14 +261,14 @@ and exit status. A recording changed after the CA kept its end record does not v
 			if meta != nil && meta.Last != r.Final {
 				return fmt.Errorf("the CA's lines end at %s, its record of the session at %s: the recording store was changed", r.Final, meta.Last)
 			}
-			if av.redisURL == "" {
+			if !av.redis.given() {
 				fmt.Fprintln(out, "audit: not checked (give --audit-redis and --audit-key-file)")
 				return nil
 			}
 			return verifySessionAudit(cmd.Context(), out, cmd.ErrOrStderr(), av, r)
 		},
 	}
-	verify.Flags().StringVar(&av.redisURL, "audit-redis", "", "redis://user:password@host:port/db of the CA's Redis, to find the session's audit records (env not read)")
+	addRedisTargetFlags(verify.Flags(), &av.redis, "audit-", "of the CA's store, to find the session's audit records")
 	verify.Flags().StringVar(&av.keyFile, "audit-key-file", "", "the audit key (audit.key_file of the CA)")
 	root.AddCommand(list, play, export, verify)
 	return root
@@ -346,7 +345,10 @@ func dropped(r *bastion.Recording) int64 {
 	return r.End.Dropped
 }
 
-type auditVerifyFlags struct{ redisURL, keyFile string }
+type auditVerifyFlags struct {
+	redis   redisTarget
+	keyFile string
+}
 
 // verifySessionAudit verifies the audit chain and checks the session's start and end records
 // against the recording: the start record must name its certificate (serial, key ID) and
@@ -359,11 +361,10 @@ func verifySessionAudit(ctx context.Context, out, errOut io.Writer, f auditVerif
 			return fmt.Errorf("--audit-key-file: %w", err)
 		}
 	}
-	ropts, err := parseRedisURL(f.redisURL)
+	rdb, err := f.redis.open(ctx, nil, 10*time.Second, nil, nil)
 	if err != nil {
-		return fmt.Errorf("--audit-redis: %w", err)
+		return err
 	}
-	rdb := redis.NewClient(newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts))
 	defer rdb.Close()
 	var start, end *ca.AuditRecord
 	_, err = audit.New(rdb, audit.Options{Key: key}).Verify(ctx, func(e audit.Entry) {

@@ -268,7 +268,7 @@ func jsonString(s string) string {
 // follower, the session recorder and the health listener.
 func agentLoops(t *testing.T, redisAddr string) agentFlags {
 	dir := t.TempDir()
-	return agentFlags{redisURL: "redis://" + redisAddr, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
+	return agentFlags{redis: redisTarget{url: "redis://" + redisAddr}, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca.pub"),
 		health: "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)), sshdLog: filepath.Join(dir, "sshd.log"),
 		recordSocket: filepath.Join(dir, "record.sock"), recordings: filepath.Join(dir, "recordings"),
 		recordSessionCap: 1 << 20, recordHostCap: 1 << 24, poll: time.Second, caRefresh: time.Second}

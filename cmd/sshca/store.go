@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/audit"
@@ -28,7 +28,7 @@ const rebuildTargetPrefix = "store rebuild generation "
 
 // rebuildFlags are the inputs of `sshca store rebuild`.
 type rebuildFlags struct {
-	redisURL      string
+	redis         redisTarget
 	auditKey      string
 	archives      []string
 	userCA        string
@@ -46,7 +46,7 @@ func newStoreCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "store", Short: "The Redis store: rebuild it after it lost its state, migrate it after an upgrade"}
 	var f rebuildFlags
 	rebuild := &cobra.Command{
-		Use:   "rebuild --redis URL --audit-key FILE --user-ca FILE --host-ca FILE [--archive FILE]... [--above-version N]",
+		Use:   "rebuild (--redis URL [--cluster | --sentinel-master NAME] | --config FILE) --audit-key FILE --user-ca FILE --host-ca FILE [--archive FILE]... [--above-version N]",
 		Short: "Restore revocations, bans, identity blocks and the live inventory from the verified audit trail, and start a new generation",
 		Long: `Restore a store that lost its state (an empty restart, a restore from an old snapshot, a
 failover to a lagging replica: the CA then answers "revocation state lost") from the verified
@@ -69,11 +69,11 @@ bastion's installed KRL version, from its status): CA replicas that found the lo
 again, and bastions install the KRLs it publishes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runRebuild(cmd.Context(), f, cmd.OutOrStdout(), time.Now)
+			return runRebuild(cmd.Context(), f, cmd.Flags(), cmd.OutOrStdout(), time.Now)
 		},
 	}
 	fl := rebuild.Flags()
-	fl.StringVar(&f.redisURL, "redis", os.Getenv("SSHCA_REDIS_URL"), "redis://user:password@host:port/db of the store (env SSHCA_REDIS_URL)")
+	addRedisTargetFlags(fl, &f.redis, "", "of the store")
 	fl.StringVar(&f.auditKey, "audit-key", "", "the audit key (audit.key_file of the CA): the trail is verified with it")
 	fl.StringArrayVar(&f.archives, "archive", nil, "an audit archive (sshca audit archive --out), oldest first; repeat for several")
 	fl.StringVar(&f.userCA, "user-ca", "", "the active user CA public key (a file as GET /v1/ca/user.pub serves)")
@@ -103,10 +103,11 @@ func readCAKey(flag, path string) (ssh.PublicKey, error) {
 }
 
 // runRebuild is `sshca store rebuild`: verify the trail, restore, start a new generation.
-func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() time.Time) error {
+// fs, when not nil, tells an explicit --redis from the environment's.
+func runRebuild(ctx context.Context, f rebuildFlags, fs *pflag.FlagSet, out io.Writer, now func() time.Time) error {
 	var missing []string
-	if f.redisURL == "" {
-		missing = append(missing, "--redis URL (the store to rebuild)")
+	if !f.redis.given() {
+		missing = append(missing, "--redis URL or --config FILE (the store to rebuild)")
 	}
 	if f.auditKey == "" {
 		missing = append(missing, "--audit-key FILE (the trail is trusted only once verified with it)")
@@ -141,11 +142,10 @@ func runRebuild(ctx context.Context, f rebuildFlags, out io.Writer, now func() t
 		}
 		restore.OtherCAs = append(restore.OtherCAs, k)
 	}
-	ropts, err := parseRedisURL(f.redisURL) // errors never echo the URL: it may hold a password
+	rdb, err := f.redis.open(ctx, fs, 10*time.Second, nil, nil)
 	if err != nil {
-		return fmt.Errorf("--redis: %w", err)
+		return fmt.Errorf("store rebuild: %w", err)
 	}
-	rdb := redis.NewClient(newRedisBounds(10*time.Second, ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout).single(ropts))
 	defer rdb.Close()
 	al := audit.New(rdb, audit.Options{Key: key, LostStripes: f.lostStripes})
 

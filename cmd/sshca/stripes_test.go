@@ -237,7 +237,7 @@ func newRebuildEnv(t *testing.T) *rebuildEnv {
 // answers what it printed.
 func (e *rebuildEnv) rebuild(lost ...int) (string, error) {
 	var out bytes.Buffer
-	err := runRebuild(context.Background(), rebuildFlags{redisURL: "redis://" + e.srv.Addr, auditKey: e.keyFile, userCA: e.userCA, hostCA: e.hostCA,
-		identityBlock: time.Hour, tokenLifetime: 10 * time.Minute, lostStripes: lost}, &out, time.Now)
+	err := runRebuild(context.Background(), rebuildFlags{redis: redisTarget{url: "redis://" + e.srv.Addr}, auditKey: e.keyFile, userCA: e.userCA, hostCA: e.hostCA,
+		identityBlock: time.Hour, tokenLifetime: 10 * time.Minute, lostStripes: lost}, nil, &out, time.Now)
 	return out.String(), err
 }

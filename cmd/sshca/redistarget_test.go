@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/internal/testenv"
+)
+
+// TestCommandsRefusePlainClusterNode: every command that reads or rewrites the store, given a
+// plain --redis URL that names a node of a Redis Cluster, refuses before it reads anything,
+// naming the flag to add (--cluster): a single-server client there sees one master's share of
+// the keys and would verify, archive, report or rebuild that part as the whole. The archive
+// file is not created. The same commands with --cluster get past the check (they reach the
+// store; what they then find is the other tests' business).
+func TestCommandsRefusePlainClusterNode(t *testing.T) {
+	c := testenv.StartRedisCluster(t, 3)
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "audit.key")
+	writeFileMode(t, keyFile, hex.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))+"\n", 0o600)
+	userCA, hostCA := filepath.Join(dir, "user_ca.pub"), filepath.Join(dir, "host_ca.pub")
+	writeFile(t, userCA, string(ssh.MarshalAuthorizedKey(testenv.PublicKey(t))))
+	writeFile(t, hostCA, string(ssh.MarshalAuthorizedKey(testenv.PublicKey(t))))
+	archive := filepath.Join(dir, "audit.archive")
+	node := "redis://" + c.Addrs[1]
+	commands := map[string][]string{
+		"store rebuild":  {"store", "rebuild", "--redis", node, "--audit-key", keyFile, "--user-ca", userCA, "--host-ca", hostCA},
+		"store migrate":  {"store", "migrate", "--redis", node},
+		"audit verify":   {"audit", "verify", "--redis", node, "--key-file", keyFile},
+		"audit archive":  {"audit", "archive", "--redis", node, "--key-file", keyFile, "--out", archive},
+		"audit report":   {"audit", "report", "--redis", node, "--key-file", keyFile},
+		"sessions audit": nil, // below: sessions verify reads a recording first
+	}
+	for name, args := range commands {
+		if args == nil {
+			continue
+		}
+		out, err := runCLI(t, "", args...)
+		if err == nil || !strings.Contains(err.Error(), "add --cluster") || !strings.Contains(err.Error(), "Redis Cluster") {
+			t.Errorf("%s with a plain URL of a Cluster node: %v\n%s; want a refusal that says to add --cluster", name, err, out)
+		}
+		if _, err := os.Stat(archive); err == nil {
+			t.Fatalf("%s created the archive file before refusing", name)
+		}
+	}
+	ctx := context.Background()
+	av := auditVerifyFlags{redis: redisTarget{prefix: "audit-", url: node}, keyFile: keyFile}
+	if err := verifySessionAudit(ctx, os.Stdout, os.Stderr, av, nil); err == nil || !strings.Contains(err.Error(), "add --audit-cluster") {
+		t.Errorf("sessions verify --audit-redis of a Cluster node: %v; want a refusal naming --audit-cluster", err)
+	}
+	agentCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	err := runAgent(agentCtx, agentFlags{redis: redisTarget{url: node}, krlPath: filepath.Join(dir, "sshca.krl"), userCA: filepath.Join(dir, "user_ca_agent.pub"),
+		health: "127.0.0.1:0"}, testLog(t), nil)
+	if err == nil || !strings.Contains(err.Error(), "add --cluster") {
+		t.Errorf("bastion agent --redis of a Cluster node: %v; want a refusal naming --cluster", err)
+	}
+
+	// The same URL with --cluster passes the check: migrate reaches every slot (an empty
+	// store is created at this layout), and verify finds an empty chain.
+	if out, err := runCLI(t, "", "store", "migrate", "--redis", node, "--cluster"); err != nil {
+		t.Errorf("store migrate --cluster: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, "", "audit", "verify", "--redis", node, "--cluster", "--key-file", keyFile); err != nil {
+		t.Errorf("audit verify --cluster: %v\n%s", err, out)
+	}
+	// --config with the Cluster's addresses reaches it as serve does; the same section with
+	// one address and no cluster_mode is refused, naming the key to set.
+	cfg := serveConfig(t, c.Addrs[0])
+	for _, tc := range []struct {
+		redis RedisConfig
+		want  string // "" passes
+	}{
+		{RedisConfig{Addrs: c.Addrs}, ""},
+		{RedisConfig{Addrs: c.Addrs[:1], ClusterMode: true}, ""},
+		{RedisConfig{Addrs: c.Addrs[:1]}, "redis.cluster_mode: true"},
+	} {
+		cfg.Redis = tc.redis
+		path := writeConfig(t, cfg)
+		out, err := runCLI(t, "", "audit", "verify", "--config", path, "--key-file", keyFile)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("audit verify --config with redis %+v: %v\n%s", tc.redis, err, out)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("audit verify --config with redis %+v: %v; want a refusal naming %s", tc.redis, err, tc.want)
+		}
+	}
+	if _, err := runCLI(t, "", "audit", "verify", "--config", "x.yaml", "--redis", node); err == nil || !strings.Contains(err.Error(), "give it alone") {
+		t.Errorf("--config with --redis: %v; want a refusal", err)
+	}
+	if _, err := runCLI(t, "", "audit", "verify", "--redis", node, "--cluster", "--sentinel-master", "m"); err == nil || !strings.Contains(err.Error(), "give one") {
+		t.Errorf("--cluster with --sentinel-master: %v; want a refusal", err)
+	}
+}
+
+// TestRedisModeWithShippedACL: the mode check works for the users of the shipped ACL, the
+// bastion's read-only one included (HELLO needs only @connection; INFO is @dangerous, which
+// the bastion user lacks), so a bastion agent given a plain URL of a Cluster node is refused
+// rather than let through as "could not tell".
+func TestRedisModeWithShippedACL(t *testing.T) {
+	srv := testenv.StartRedisConfig(t, filepath.Join("..", "..", "deploy", "redis", "redis.conf"), "--appendonly", "no", "--save", "")
+	for _, user := range []string{"sshca", "bastion"} {
+		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: user, Password: "CHANGE-ME-" + user})
+		mode, err := redisMode(context.Background(), rdb)
+		rdb.Close()
+		if err != nil || mode != "standalone" {
+			t.Errorf("the %s user: mode %q, %v; want standalone", user, mode, err)
+		}
+	}
+}
