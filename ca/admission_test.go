@@ -268,8 +268,10 @@ func (s swapSigner) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Du
 
 // TestAdmissionRecordFollowsTheSignature: the record the admission makes before signing is
 // withdrawn when the signature fails (the inventory holds no certificate that does not exist),
-// and recorded again as signed when the signer signed otherwise than recorded (here another
-// CA key): the inventory holds exactly the certificates signed, each as it was signed.
+// and recorded again as signed when the signer signed otherwise than recorded (here its own
+// serial): the inventory holds exactly the certificates signed, each as it was signed. One
+// signed by another CA key than recorded (a promote meanwhile) is not handed out, and its
+// record withdrawn (TestAdmissionRotationRaceRevokeBySerial says why).
 func TestAdmissionRecordFollowsTheSignature(t *testing.T) {
 	ctx := context.Background()
 	_, db, _, sgn := tripRig(t)
@@ -301,15 +303,25 @@ func TestAdmissionRecordFollowsTheSignature(t *testing.T) {
 		t.Fatalf("%d certificates in the inventory after a failed signature, want none", len(live))
 	}
 
-	iss, err := authority(swapSigner{sgn, other}).Issue(ctx, "t2", req)
+	if _, err := authority(swapSigner{sgn, other}).Issue(ctx, "t2", req); ca.KindOf(err) != ca.KindUnavailable {
+		t.Fatalf("signed by another CA key than recorded: %v, want unavailable", err)
+	}
+	if live, err = db.Live(ctx, alice.Name(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if len(live) != 0 {
+		t.Fatalf("%d certificates in the inventory after one signed by another CA key was refused, want none", len(live))
+	}
+
+	iss, err := authority(ownSerial{sgn}).Issue(ctx, "t3", req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if live, err = db.Live(ctx, alice.Name(), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if len(live) != 1 || live[0].Serial != iss.Cert.Serial || live[0].CAFingerprint != ssh.FingerprintSHA256(other.PublicKey()) {
-		t.Fatalf("inventory %+v, want only serial %d signed by %s", live, iss.Cert.Serial, ssh.FingerprintSHA256(other.PublicKey()))
+	if len(live) != 1 || live[0].Serial != iss.Cert.Serial || live[0].CAFingerprint != ssh.FingerprintSHA256(sgn.PublicKey()) {
+		t.Fatalf("inventory %+v, want only serial %d signed by %s", live, iss.Cert.Serial, ssh.FingerprintSHA256(sgn.PublicKey()))
 	}
 }
 

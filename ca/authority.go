@@ -487,17 +487,17 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	switch {
 	case pre != nil && sameRecord(*pre, cr):
 		// Recorded by the admission: what was signed is what was recorded.
+	case pre != nil && pre.CAFingerprint != cr.CAFingerprint:
+		// Signed by another CA key than recorded (a keyring whose active key was promoted
+		// meanwhile): a revocation by serial or key ID that found the record revoked it in the
+		// recorded key's scope, which does not cover this certificate. It is not handed out.
+		a.dropRecorded(ctx, recordCtx, rec, pre, cr.Serial)
+		return Issued{}, Unavailable("the CA key changed (a key rotation) while the certificate was signed; no certificate issued: ask again", nil)
 	case ar.ID == "":
-		// Not recorded before signing, or signed otherwise than recorded (a keyring that
-		// rotated its active key meanwhile, a signer that drew its own serial or window).
-		if pre != nil && !a.unrecord(recordCtx, pre) && pre.Serial != cr.Serial {
-			// The record below does not replace it, and the request's audit record names the
-			// signed serial: pre's is withdrawn again and audited on its own, in the
-			// background, as a lost admission's is. Under the same serial the record below
-			// replaces it.
-			pr := rec
-			pr.Serial, pr.KeyID = pre.Serial, pre.KeyID
-			a.settleLost(context.WithoutCancel(ctx), pr, Unavailable("recorded before signing, then signed with serial "+strconv.FormatUint(cr.Serial, 10)+"; the record is withdrawn", nil), *pre)
+		// Not recorded before signing, or signed otherwise than recorded (a signer that drew
+		// its own serial or window).
+		if pre != nil {
+			a.dropRecorded(ctx, recordCtx, rec, pre, cr.Serial)
 		}
 		if err := a.store.Record(recordCtx, cr); err != nil {
 			if KindOf(err) == KindDenied {
@@ -784,6 +784,18 @@ func (a *Authority) withdraw(ctx context.Context, rec *AuditRecord, pre *Certifi
 		rec.Serial, rec.KeyID = pre.Serial, pre.KeyID
 	}
 	return nil
+}
+
+// dropRecorded withdraws pre, recorded before signing, once the certificate signed (serial
+// signed) is not the one recorded. A withdrawal that fails leaves pre in the inventory: under
+// the signed serial, the request's audit record names it; under another, it is withdrawn again
+// and audited on its own, in the background, as a lost admission's is.
+func (a *Authority) dropRecorded(ctx, recordCtx context.Context, rec AuditRecord, pre *Certificate, signed uint64) {
+	if a.unrecord(recordCtx, pre) || pre.Serial == signed {
+		return
+	}
+	rec.Serial, rec.KeyID = pre.Serial, pre.KeyID
+	a.settleLost(context.WithoutCancel(ctx), rec, Unavailable("recorded before signing, then signed with serial "+strconv.FormatUint(signed, 10)+"; the record is withdrawn", nil), *pre)
 }
 
 // unrecord withdraws pre under a bound of its own (the request's deadline may be what ended

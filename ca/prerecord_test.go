@@ -3,6 +3,8 @@ package ca_test
 import (
 	"context"
 	"errors"
+	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -11,6 +13,8 @@ import (
 
 	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/kms"
+	"github.com/sshca/sshca/signer"
 	"github.com/sshca/sshca/store"
 )
 
@@ -138,4 +142,76 @@ func rdbKeys(t *testing.T, rdb *redis.Client, pattern string) int {
 		t.Fatal(err)
 	}
 	return len(keys)
+}
+
+// rotatingSigner says one key is the CA's (the keyring's active key when the admission
+// recorded the certificate) and signs with another (the active key after a promote), and runs
+// during before it signs: here, an administrator's revocation by serial.
+type rotatingSigner struct {
+	ca.Signer           // what PublicKey says
+	signs     ca.Signer // what signs
+	during    func(tmpl *ssh.Certificate)
+}
+
+func (s rotatingSigner) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error) {
+	s.during(tmpl)
+	return s.signs.Sign(ctx, tmpl, ttl)
+}
+
+// TestAdmissionRotationRaceRevokeBySerial: a revocation by serial (or key ID) that finds the
+// record made before signing revokes the serial in the scope of the CA key recorded. When the
+// keyring's active key changed before the signature, the certificate signed by the new key must
+// not be handed out unrevoked: either it is refused, or its serial is revoked in its own CA
+// key's scope (what a bastion's KRL holds). Against a real redis-server.
+func TestAdmissionRotationRaceRevokeBySerial(t *testing.T) {
+	for _, by := range []string{"serial", "key_id"} {
+		t.Run(by, func(t *testing.T) {
+			ctx := context.Background()
+			rdb, db, _, sgn := tripRig(t)
+			al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db})
+			alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
+			key, err := kms.Create(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "next.pem")}, kms.Ed25519)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { key.Close() })
+			next := signer.New(key.Signer(), db, signer.Options{})
+			var a *ca.Authority
+			var revoked ca.RevokeResult
+			var revokeErr error
+			s := rotatingSigner{Signer: sgn, signs: next, during: func(tmpl *ssh.Certificate) {
+				req := ca.RevokeRequest{Serial: tmpl.Serial, Reason: "compromised laptop"}
+				if by == "key_id" {
+					req = ca.RevokeRequest{KeyID: tmpl.KeyId + "#" + strconv.FormatUint(tmpl.Serial, 10), Reason: "compromised laptop"}
+				}
+				revoked, revokeErr = a.Revoke(ctx, "admin", req)
+			}}
+			if a, err = ca.New(ca.Config{Authenticator: singleUseTokens{alice}, Policy: denyReason{}, UserSigner: s, HostSigner: s,
+				Store: db, Revocations: db, Tokens: db, Admission: db, Audit: al}); err != nil {
+				t.Fatal(err)
+			}
+			_, userKey := newSSHKey(t)
+			iss, err := a.Issue(ctx, "t1", ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute})
+			if revokeErr != nil || len(revoked.Revoked) != 1 {
+				t.Fatalf("the revocation during the signature: %+v %v; the test shows nothing", revoked, revokeErr)
+			}
+			if err != nil {
+				if ca.KindOf(err) != ca.KindUnavailable {
+					t.Fatalf("issue: %v, want a certificate or unavailable", err)
+				}
+				inventoryExplained(t, a, db, al)
+				return
+			}
+			st, err := db.State(ctx, iss.Cert.SignatureKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range st.Entries {
+				if e.Value == strconv.FormatUint(iss.Cert.Serial, 10) || e.Value == iss.Cert.KeyId {
+					return
+				}
+			}
+			t.Errorf("certificate %s handed out after its %s was revoked (%+v), and its CA key's scope %+v does not revoke it", iss.Cert.KeyId, by, revoked.Revoked, st.Entries)
+		})
+	}
 }
