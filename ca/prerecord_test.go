@@ -3,6 +3,7 @@ package ca_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/signer"
 	"github.com/sshca/sshca/store"
@@ -212,6 +214,86 @@ func TestAdmissionRotationRaceRevokeBySerial(t *testing.T) {
 				}
 			}
 			t.Errorf("certificate %s handed out after its %s was revoked (%+v), and its CA key's scope %+v does not revoke it", iss.Cert.KeyId, by, revoked.Revoked, st.Entries)
+		})
+	}
+}
+
+// TestAdmissionLostReplyKeepsInventoryExplained: the admission's pipeline (the record made
+// before signing in it) loses its reply once and go-redis sends it again, as a client that
+// retries does (testenv.ReplyDropper): for a certificate issued, a revoked key, a blocked
+// identity and a replayed token, every serial left in the inventory is named by an audit
+// record, and the certificate issued is in both. Against redis-server.
+func TestAdmissionLostReplyKeepsInventoryExplained(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.StartRedis(t)
+	proxy := testenv.DropReply(t, srv.Addr)
+	rdb := proxy.RetryingClient(t)
+	db := store.NewRedis(rdb, store.RedisOptions{})
+	al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db})
+	key, err := kms.Create(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "ca.pem")}, kms.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { key.Close() })
+	sgn := signer.New(key.Signer(), db, signer.Options{})
+	var got []uint64
+	for i, tc := range []struct {
+		name  string
+		setup func(a *ca.Authority, id ca.Identity, userKey ssh.PublicKey)
+		want  ca.ErrorKind
+	}{
+		{"issued", func(*ca.Authority, ca.Identity, ssh.PublicKey) {}, 0},
+		{"revoked key", func(_ *ca.Authority, _ ca.Identity, k ssh.PublicKey) {
+			if _, err := db.Revoke(ctx, sgn.PublicKey(), []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: keyEntryOf(k), Expiry: time.Now().Add(time.Hour)}}); err != nil {
+				t.Fatal(err)
+			}
+		}, ca.KindDenied},
+		{"blocked identity", func(_ *ca.Authority, id ca.Identity, _ ssh.PublicKey) {
+			if err := db.BlockIdentity(ctx, id.Name(), time.Now().Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+		}, ca.KindDenied},
+		{"replayed token", func(a *ca.Authority, _ ca.Identity, k ssh.PublicKey) {
+			if _, err := a.Issue(ctx, "replayed", ca.Request{Kind: ca.UserCert, PublicKey: k, TTL: 5 * time.Minute}); err != nil {
+				t.Fatal(err)
+			}
+		}, ca.KindUnauthenticated},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := ca.Identity{Issuer: "https://idp", Subject: fmt.Sprintf("u%d", i), Email: fmt.Sprintf("u%d@example.com", i), Username: fmt.Sprintf("u%d", i)}
+			a, err := ca.New(ca.Config{Authenticator: singleUseTokens{id}, Policy: denyReason{}, UserSigner: sgn, HostSigner: sgn,
+				Store: db, Revocations: db, Tokens: db, Admission: db, Audit: al})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, userKey := newSSHKey(t)
+			tc.setup(a, id, userKey)
+			token := "t-" + tc.name
+			if tc.name == "replayed token" {
+				token = "replayed"
+			}
+			proxy.Arm("\r\nNX\r\n") // the token's SET NX: the admission's pipeline
+			iss, err := a.Issue(ctx, token, ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute})
+			if proxy.Armed() {
+				t.Fatal("the proxy dropped no reply: the test does not test the retry")
+			}
+			switch {
+			case tc.want == 0 && err != nil:
+				t.Fatalf("issue, its admission's reply lost once: %v, want a certificate", err)
+			case tc.want == 0:
+				got = append(got, iss.Cert.Serial)
+			case ca.KindOf(err) != tc.want:
+				t.Fatalf("issue: %v, want %v", err, tc.want)
+			}
+			if tc.name == "replayed token" {
+				// The first use of the token issued a certificate.
+				live, err := db.Live(ctx, id.Name(), time.Now())
+				if err != nil || len(live) != 1 {
+					t.Fatalf("%s: %d live certificates (%v), want the first use's", id.Name(), len(live), err)
+				}
+				got = append(got, live[0].Serial)
+			}
+			inventoryExplained(t, a, db, al, got...)
 		})
 	}
 }
