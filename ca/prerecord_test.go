@@ -172,12 +172,7 @@ func TestAdmissionRotationRaceRevokeBySerial(t *testing.T) {
 			rdb, db, _, sgn := tripRig(t)
 			al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db})
 			alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
-			key, err := kms.Create(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "next.pem")}, kms.Ed25519)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { key.Close() })
-			next := signer.New(key.Signer(), db, signer.Options{})
+			next := softkmsSigner(t, db)
 			var a *ca.Authority
 			var revoked ca.RevokeResult
 			var revokeErr error
@@ -188,6 +183,7 @@ func TestAdmissionRotationRaceRevokeBySerial(t *testing.T) {
 				}
 				revoked, revokeErr = a.Revoke(ctx, "admin", req)
 			}}
+			var err error
 			if a, err = ca.New(ca.Config{Authenticator: singleUseTokens{alice}, Policy: denyReason{}, UserSigner: s, HostSigner: s,
 				Store: db, Revocations: db, Tokens: db, Admission: db, Audit: al}); err != nil {
 				t.Fatal(err)
@@ -230,12 +226,7 @@ func TestAdmissionLostReplyKeepsInventoryExplained(t *testing.T) {
 	rdb := proxy.RetryingClient(t)
 	db := store.NewRedis(rdb, store.RedisOptions{})
 	al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db})
-	key, err := kms.Create(ctx, kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "ca.pem")}, kms.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { key.Close() })
-	sgn := signer.New(key.Signer(), db, signer.Options{})
+	sgn := softkmsSigner(t, db)
 	var got []uint64
 	for i, tc := range []struct {
 		name  string
@@ -296,4 +287,15 @@ func TestAdmissionLostReplyKeepsInventoryExplained(t *testing.T) {
 			inventoryExplained(t, a, db, al, got...)
 		})
 	}
+}
+
+// softkmsSigner is a signer of a new Ed25519 softkms key, its serials reserved in db.
+func softkmsSigner(t *testing.T, db *store.Redis) *signer.Signer {
+	t.Helper()
+	key, err := kms.Create(context.Background(), kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(t.TempDir(), "ca.pem")}, kms.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { key.Close() })
+	return signer.New(key.Signer(), db, signer.Options{})
 }
