@@ -299,3 +299,62 @@ func softkmsSigner(t *testing.T, db *store.Redis) *signer.Signer {
 	t.Cleanup(func() { key.Close() })
 	return signer.New(key.Signer(), db, signer.Options{})
 }
+
+// TestAdmissionRecordsPKCS11: with CA keys on a SoftHSM2 token through PKCS#11 (ECDSA, and RSA
+// signing rsa-sha2-512), what the signer signs is what the admission recorded before signing:
+// one round trip before the signature and none to record again, the inventory holding the
+// certificate as signed. A token that fails to sign (its session closed) leaves no record.
+func TestAdmissionRecordsPKCS11(t *testing.T) {
+	uri := testenv.SoftHSMToken(t, "ssh-ca")
+	ctx := context.Background()
+	for _, tc := range []struct {
+		typ kms.KeyType
+		id  string
+	}{{kms.ECDSAP256, "7431"}, {kms.RSA3072, "7433"}} {
+		t.Run(string(tc.typ), func(t *testing.T) {
+			rdb, db, tr, _ := tripRig(t)
+			al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db})
+			k, err := kms.Create(ctx, kms.KeyRef{KMS: uri, Key: "pkcs11:id=" + tc.id + ";object=ssh-ca-" + string(tc.typ)}, tc.typ)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sgn := &tripSigner{Signer: signer.New(k.Signer(), db, signer.Options{}), trips: tr}
+			alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
+			a, err := ca.New(ca.Config{Authenticator: singleUseTokens{alice}, Policy: denyReason{}, UserSigner: sgn, HostSigner: sgn,
+				Store: db, Revocations: db, Tokens: db, Admission: db, Audit: al})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, userKey := newSSHKey(t)
+			req := ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute}
+			if _, err := a.Issue(ctx, "warm-up", req); err != nil {
+				t.Fatal(err)
+			}
+			before := tr.n.Load()
+			iss, err := a.Issue(ctx, "t1", req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := sgn.atSign.Load() - before; n != 1 {
+				t.Errorf("%d round trips before the signature, want 1 (the admission)", n)
+			}
+			if n := tr.n.Load() - sgn.atSign.Load(); n != 1 {
+				t.Errorf("%d round trips after the signature, want 1 (the audit): the certificate was recorded again", n)
+			}
+			got, ok, err := db.Get(ctx, iss.Cert.Serial)
+			if err != nil || !ok || got.CAFingerprint != ssh.FingerprintSHA256(iss.Cert.SignatureKey) ||
+				got.ValidBefore.Unix() != int64(iss.Cert.ValidBefore) || got.ValidAfter.Unix() != int64(iss.Cert.ValidAfter) {
+				t.Errorf("record %+v (%v %v), want certificate %s as signed", got, ok, err, iss.Cert.KeyId)
+			}
+			k.Close()
+			if _, err := a.Issue(ctx, "t2", req); err == nil {
+				t.Fatal("issued with a closed PKCS#11 session")
+			}
+			inventoryExplained(t, a, db, al, iss.Cert.Serial)
+			live, err := db.Live(ctx, alice.Name(), time.Now())
+			if err != nil || len(live) != 2 {
+				t.Errorf("%d live certificates (%v) after a failed signature, want the two signed", len(live), err)
+			}
+		})
+	}
+}
