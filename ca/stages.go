@@ -234,3 +234,8 @@ func (w observedRevocations) LiftKey(ctx context.Context, key ssh.PublicKey) (_ 
 	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
 	return w.RevocationStore.LiftKey(ctx, key)
 }
+
+func (w observedRevocations) StatePage(ctx context.Context, caKey ssh.PublicKey, after EntryCursor, limit int) (_ RevocationState, _ EntryCursor, err error) {
+	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
+	return w.RevocationStore.StatePage(ctx, caKey, after, limit)
+}

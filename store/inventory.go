@@ -270,61 +270,10 @@ func (r *Redis) AllLive(ctx context.Context, now time.Time) ([]ca.Certificate, e
 	return r.liveIn(ctx, r.keys.ShardLiveCerts, now)
 }
 
-// livePageScript reads one page of a sorted set in its order (score, then member bytes): the
-// live index of certificates (Keys.ShardLiveCerts) and the index of recordings
-// (Keys.RecordingIndex). KEYS the index; ARGV the highest score left out whatever the cursor
-// (as ZCOUNT's max: now in unix ms for certificates, expired; "(since" or "-inf" for
-// recordings), the cursor's score and member ("" for the start), the limit (0: all).
-// Answers {more, {member, score, ...}}: the members after the cursor and the left-out head, at
-// most limit, and 1 when members are left after them. The position is found by rank in the same script as the range is read, so
-// nothing recorded or pruned in between can shift it: the cursor's rank when its member is
-// there with its score; else (pruned with everything up to its score, or in another shard's
-// index) the members before its position counted by score, and among those of its own score by
-// member, found by halving their ranks (O(log² n) where reading them was O(n)).
-var livePageScript = redis.NewScript(`
--- a <= b byte by byte, as Redis orders the members of one score (Lua's own <= follows the locale)
-local function le(a, b)
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a <= #b
-end
-local key = KEYS[1]
-local start = redis.call('ZCOUNT', key, '-inf', ARGV[1])
-if ARGV[3] ~= '' then
-  local pos
-  local r = redis.call('ZRANK', key, ARGV[3])
-  local sc = redis.call('ZSCORE', key, ARGV[3])
-  if r and tonumber(sc) == tonumber(ARGV[2]) then
-    pos = r + 1
-  else
-    -- The members of the cursor's score hold ranks lo to hi-1, in member order: the first
-    -- after the cursor's member is found by halving (a certificate's ValidBefore is in whole
-    -- seconds, so one score holds a second's issuance; reading them all cost 28 ms at 20,000).
-    local lo = redis.call('ZCOUNT', key, '-inf', '(' .. ARGV[2])
-    local hi = redis.call('ZCOUNT', key, '-inf', ARGV[2])
-    while lo < hi do
-      local mid = math.floor((lo + hi) / 2)
-      if le(redis.call('ZRANGE', key, mid, mid)[1], ARGV[3]) then lo = mid + 1 else hi = mid end
-    end
-    pos = lo
-  end
-  if pos > start then start = pos end
-end
-local limit = tonumber(ARGV[4])
-local stop = -1
-if limit > 0 then stop = start + limit - 1 end
-local page = redis.call('ZRANGE', key, start, stop, 'WITHSCORES')
-local more = 0
-if limit > 0 and redis.call('ZCARD', key) > stop + 1 then more = 1 end
-return {more, page}
-`)
-
 // LivePage returns a page of the certificates still valid at now after the position after,
 // at most limit (0: all), in ca.CertCursor order, and where the next page starts (zero: none
 // is left). Every shard's index (Keys.ShardLiveCerts) answers its first limit members after
-// the position (livePageScript, one EVAL a shard in one pipeline); the page is the first limit
+// the position (pageScript, one EVAL a shard in one pipeline); the page is the first limit
 // of their merge (any shard's members up to its last are among that shard's first limit), and
 // its records are read in MGETs of up to liveBatch keys of one shard. A serial whose record
 // expired meanwhile is skipped, but still moves the position.
@@ -345,7 +294,7 @@ func (r *Redis) livePageIn(ctx context.Context, index func(shard int) string, no
 	}
 	var cmds []*redis.Cmd
 	_, err := r.inShards(ctx, func(p redis.Pipeliner, shard int) {
-		cmds = append(cmds, livePageScript.Eval(ctx, p, []string{index(shard)}, now.UnixMilli(), after.ValidBefore, member, limit))
+		cmds = append(cmds, pageScript.Eval(ctx, p, []string{index(shard)}, now.UnixMilli(), after.ValidBefore, member, limit))
 	})
 	if err != nil {
 		return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: %w", err)
@@ -357,32 +306,17 @@ func (r *Redis) livePageIn(ctx context.Context, index func(shard int) string, no
 	var merged []entry
 	more := false
 	for shard, cmd := range cmds {
-		res, err := cmd.Slice()
+		page, m, err := pageAnswer(cmd)
 		if err != nil {
 			return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: %w", err)
 		}
-		var flat []any
-		if len(res) == 2 {
-			flat, _ = res[1].([]any)
-		}
-		if len(res) != 2 || len(flat)%2 != 0 {
-			return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: unexpected answer %v", res)
-		}
-		if m, _ := res[0].(int64); m == 1 {
-			more = true
-		}
-		for i := 0; i < len(flat); i += 2 {
-			m, _ := flat[i].(string)
-			sc, _ := flat[i+1].(string)
-			n, err := strconv.ParseUint(m, 10, 64)
+		more = more || m
+		for _, z := range page {
+			n, err := strconv.ParseUint(z.member, 10, 64)
 			if err != nil {
-				return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: bad serial %q in index", m)
+				return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: bad serial %q in index", z.member)
 			}
-			score, err := strconv.ParseFloat(sc, 64)
-			if err != nil {
-				return nil, ca.CertCursor{}, fmt.Errorf("store: live certificates: bad score %q in index", sc)
-			}
-			merged = append(merged, entry{ca.CertCursor{ValidBefore: int64(score), Serial: n}, shard})
+			merged = append(merged, entry{ca.CertCursor{ValidBefore: int64(z.score), Serial: n}, shard})
 		}
 	}
 	if len(cmds) > 1 {

@@ -7,20 +7,22 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// pageScript reads one page of a sorted set in its order (score, then member bytes): the index
-// of recordings (Keys.RecordingIndex), of access requests (Keys.Requests) and a revocation
-// scope's entries (Keys.ScopeEntries, permanent ones scored +inf). It is the inventory's
-// livePageScript, generalised to +inf scores (compared through scoreLua's score, and the
-// members before a score counted from the top: miniredis reads an exclusive "(+inf" as
-// inclusive); the inventory moves onto it once the inventory file is free to change. KEYS the
-// index; ARGV the highest score left out whatever the cursor (as ZCOUNT's max: now in unix ms
-// for expiring entries; "(since" or "-inf" for recordings), the cursor's score ("+inf" too)
-// and member ("" for the start), the limit (0: all). Answers {more, {member, score, ...}}: the
-// members after the cursor and the left-out head, at most limit, and 1 when members are left
-// after them. The position is found by rank in the same script as the range is read, so
-// nothing added or pruned in between can shift it: the cursor's rank when its member is there
-// with its score; else (pruned, or lifted) the members before its position counted by score,
-// and among those of its own score by member, found by halving their ranks.
+// pageScript reads one page of a sorted set in its order (score, then member bytes): the live
+// index of certificates (Keys.ShardLiveCerts, and each identity's), the index of recordings
+// (Keys.RecordingIndex), of access requests (Keys.Requests) and a revocation scope's entries
+// (Keys.ScopeEntries, permanent ones scored +inf: compared through scoreLua's score, and the
+// members before a score counted from the top, as miniredis reads an exclusive "(+inf" as
+// inclusive). KEYS the index; ARGV the highest score left out whatever the cursor (as ZCOUNT's
+// max: now in unix ms for what expires; "(since" or "-inf" for recordings), the cursor's score
+// ("+inf" too) and member ("" for the start), the limit (0: all). Answers {more, {member,
+// score, ...}}: the members after the cursor and the left-out head, at most limit, and 1 when
+// members are left after them. The position is found by rank in the same script as the range
+// is read, so nothing added or pruned in between can shift it: the cursor's rank when its
+// member is there with its score; else (pruned with everything up to its score, lifted, or in
+// another shard's index) the members before its position counted by score, and among those of
+// its own score by member, found by halving their ranks (a certificate's ValidBefore is in
+// whole seconds, so one score holds a second's issuance: O(log² n) where reading them was
+// O(n)).
 var pageScript = redis.NewScript(scoreLua + `
 -- a <= b byte by byte, as Redis orders the members of one score (Lua's own <= follows the locale)
 local function le(a, b)
