@@ -529,6 +529,7 @@ type requestView struct {
 	// says why they are not shown.
 	Recordings     []recordingRow
 	RecordingsNote string
+	RecordingsNext string // the link to the next page of recordings, "" on the last
 }
 
 func (c *Console) view(r ca.AccessRequest, sub string) requestView {
@@ -565,7 +566,7 @@ func (c *Console) request(w http.ResponseWriter, r *http.Request, _ string, s se
 		return
 	}
 	v := c.view(q, s.sub)
-	if v.Recordings, v.RecordingsNote, err = c.requestRecordings(r.Context(), s, q.ID, q.CreatedAt); err != nil {
+	if v.Recordings, v.RecordingsNote, v.RecordingsNext, err = c.requestRecordings(r.Context(), s, q.ID, q.CreatedAt, r.URL.Query().Get("cursor")); err != nil {
 		c.fail(w, s, err)
 		return
 	}

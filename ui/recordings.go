@@ -54,30 +54,44 @@ type recordingRow struct {
 // so the listing reads only those that started (bastion time) at most this long before.
 const bastionClockSkew = time.Hour
 
-// requestRecordings lists the sessions whose key ID carries request id, or says why not:
-// a user the policy does not let read recordings gets the API's refusal as a note.
-// The CA indexes recordings by their start as the bastion timed it.
-func (c *Console) requestRecordings(ctx context.Context, s session, id string, created time.Time) ([]recordingRow, string, error) {
+// RecordingsPageLimit is how many recorded sessions a request's page reads at once (those
+// started since the request was created, of every request); a "next page" link (?cursor=…)
+// reads the next as many.
+const RecordingsPageLimit = 1000
+
+// requestRecordings lists the sessions of one page of recordings (after the position the
+// cursor names, RecordingsPageLimit of them) whose key ID carries request id, and the link to
+// the next page ("" on the last), or says why not: a user the policy does not let read
+// recordings gets the API's refusal as a note. The CA indexes recordings by their start as the
+// bastion timed it. A cursor the console did not give is Invalid, a 400 page.
+func (c *Console) requestRecordings(ctx context.Context, s session, id string, created time.Time, cursor string) ([]recordingRow, string, string, error) {
 	if c.o.Recordings == nil {
-		return nil, "", nil
+		return nil, "", "", nil
 	}
-	// Limit 0: every recording since the request was created (an hour of clock skew before),
-	// read in one call; the list shown is those of this request.
-	page, err := c.o.Recordings.SessionRecordings(ctx, s.idToken, ca.RecordingFilter{Since: created.Add(-bastionClockSkew)})
-	recs := page.Sessions
+	after, err := ca.ParseRecordingCursor(cursor)
+	if err != nil {
+		return nil, "", "", err
+	}
+	// Every recording since the request was created (an hour of clock skew before), a page at
+	// a time; the list shown is those of this request.
+	page, err := c.o.Recordings.SessionRecordings(ctx, s.idToken, ca.RecordingFilter{Since: created.Add(-bastionClockSkew), After: after, Limit: RecordingsPageLimit})
 	if ca.KindOf(err) == ca.KindDenied {
-		return nil, "Session recordings are shown to those the policy lets read them (administrators and auditors).", nil
+		return nil, "Session recordings are shown to those the policy lets read them (administrators and auditors).", "", nil
 	}
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	var rows []recordingRow
-	for _, r := range recs {
+	for _, r := range page.Sessions {
 		if r.AccessRequest == id {
 			rows = append(rows, recordingRow{SessionRecording: r, State: recordingState(r)})
 		}
 	}
-	return rows, "", nil
+	next := ""
+	if !page.Next.IsZero() {
+		next = "/ui/requests/" + url.PathEscape(id) + "?" + url.Values{"cursor": {page.Next.String()}}.Encode()
+	}
+	return rows, "", next, nil
 }
 
 // playLine is one output event of a recording page: its time after the start and its text

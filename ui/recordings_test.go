@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,13 +25,18 @@ func (f *fakeRecordings) SessionRecordings(_ context.Context, token string, q ca
 	if subjectOf(token) != "carol" {
 		return ca.RecordingPage{}, ca.Denied("you may not list session recordings")
 	}
-	// As the store: by the start the bastion wrote.
+	// As the store: by the start the bastion wrote, then ID, a page after q.After.
 	f.since = append(f.since, q.Since)
 	var out []ca.SessionRecording
 	for _, r := range f.recs {
-		if !r.Header.Start.Before(q.Since) {
+		if !r.Header.Start.Before(q.Since) && ca.RecordingCursorOf(r).Compare(q.After) > 0 {
 			out = append(out, r)
 		}
+	}
+	slices.SortFunc(out, func(x, y ca.SessionRecording) int { return ca.RecordingCursorOf(x).Compare(ca.RecordingCursorOf(y)) })
+	if q.Limit > 0 && len(out) > q.Limit {
+		out = out[:q.Limit]
+		return ca.RecordingPage{Sessions: out, Next: ca.RecordingCursorOf(out[len(out)-1])}, nil
 	}
 	return ca.RecordingPage{Sessions: out}, nil
 }
@@ -223,5 +230,40 @@ func TestRecordingBrokenChain(t *testing.T) {
 	resp, page := get(t, c, r.srv.URL+"/ui/recordings/"+recEnded+"/cast")
 	if resp.StatusCode != http.StatusConflict || !strings.Contains(page, "does not verify") {
 		t.Fatalf("broken recording's cast: %d\n%s", resp.StatusCode, page)
+	}
+}
+
+// TestRequestRecordingsPages: the request page reads RecordingsPageLimit recordings at a time
+// (every request's, since the request was created) and links the next page; the sessions of
+// the request on each page are shown, none twice, and a cursor the console did not give is a
+// 400 page naming it.
+func TestRequestRecordingsPages(t *testing.T) {
+	r := newRig(t, nil)
+	f, _ := withRecordings(t, r)
+	base := f.recs[0]
+	// 1,500 sessions of other requests after this request's own, then one more of its own.
+	for i := range RecordingsPageLimit + 500 {
+		o := base
+		o.ID = fmt.Sprintf("%024x", 1000+i)
+		o.Header.Start = base.Header.Start.Add(time.Duration(i+1) * time.Second)
+		o.AccessRequest = "req_BBBBBBBBBBBBBBBB"
+		f.recs = append(f.recs, o)
+	}
+	late := base
+	late.ID, late.Header.Start = fmt.Sprintf("%024x", 999999), base.Header.Start.Add(time.Hour)
+	f.recs = append(f.recs, late)
+	c := r.browser()
+	_, page := r.signIn(c, "carol", "/ui/requests/"+r.reqs.req.ID)
+	if !strings.Contains(page, recEnded) || strings.Contains(page, late.ID) || !strings.Contains(page, `id="recordings-next"`) {
+		t.Fatalf("first page of recordings:\n%.2000s", page)
+	}
+	i := strings.Index(page, `id="recordings-next" href="`) + len(`id="recordings-next" href="`)
+	next := strings.ReplaceAll(page[i:i+strings.IndexByte(page[i:], '"')], "&amp;", "&")
+	resp, page := get(t, c, r.srv.URL+next)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, late.ID) || strings.Contains(page, recEnded) || strings.Contains(page, `id="recordings-next"`) {
+		t.Fatalf("second page of recordings (%s): %d\n%.2000s", next, resp.StatusCode, page)
+	}
+	if resp, page := get(t, c, r.srv.URL+"/ui/requests/"+r.reqs.req.ID+"?cursor=zz"); resp.StatusCode != http.StatusBadRequest || !strings.Contains(page, "cursor") {
+		t.Errorf("a made-up cursor: %d\n%.500s", resp.StatusCode, page)
 	}
 }
