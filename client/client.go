@@ -10,6 +10,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -171,9 +172,12 @@ func (c *Client) RevocationsPage(ctx context.Context, token string, limit int, c
 // followPages asks for pages of path (page reads the one after cursor and answers the next
 // cursor and how many items have come so far) until a page has no next cursor, calling
 // onPage, when set, after each with how many pages and items came so far. A server that gives
-// the same cursor twice would loop for ever: that is an error.
+// a cursor it gave before, at once or pages later (A, B, A), would loop for ever: that is an
+// error. Each cursor is remembered by its SHA-256 (32 bytes a page, where a revocation
+// cursor may be 4 KiB).
 func followPages(ctx context.Context, path string, page func(ctx context.Context, cursor string) (next string, items int, err error), onPage func(pages, items int)) error {
 	cursor := ""
+	seen := map[[sha256.Size]byte]struct{}{}
 	for pages := 1; ; pages++ {
 		next, items, err := page(ctx, cursor)
 		if err != nil {
@@ -185,9 +189,11 @@ func followPages(ctx context.Context, path string, page func(ctx context.Context
 		if next == "" {
 			return nil
 		}
-		if next == cursor {
-			return fmt.Errorf("sshca: GET %s: the server gave the same cursor twice", path)
+		h := sha256.Sum256([]byte(next))
+		if _, again := seen[h]; again {
+			return fmt.Errorf("sshca: GET %s: the server gave a cursor it gave before (page %d): the list would not end; this is a server fault, report it", path, pages)
 		}
+		seen[h] = struct{}{}
 		cursor = next
 	}
 }
