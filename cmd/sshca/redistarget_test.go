@@ -116,3 +116,51 @@ func TestRedisModeWithShippedACL(t *testing.T) {
 		}
 	}
 }
+
+// TestShippedACLOnCluster: with the users of the shipped deploy/redis/users.acl on every node
+// of a Redis Cluster, the commands reach the store with --cluster: a Cluster client learns
+// the slots (CLUSTER SLOTS, which the users were first refused: NOPERM), `sshca store
+// migrate` writes as the sshca user and `sshca audit verify` reads, and the bastion user reads
+// keys of three hash tags, on whichever master, and still may not write.
+func TestShippedACLOnCluster(t *testing.T) {
+	c := testenv.StartRedisCluster(t, 3)
+	ctx := context.Background()
+	acl, err := os.ReadFile(filepath.Join("..", "..", "deploy", "redis", "users.acl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range c.Addrs {
+		node := redis.NewClient(&redis.Options{Addr: addr})
+		for _, line := range strings.Split(strings.TrimSpace(string(acl)), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 || f[0] != "user" || f[1] == "default" {
+				continue // the default user stays on here: the test's own admin connection
+			}
+			args := []any{"ACL", "SETUSER"}
+			for _, a := range f[1:] {
+				args = append(args, a)
+			}
+			if err := node.Do(ctx, args...).Err(); err != nil {
+				t.Fatalf("%s: ACL SETUSER %s: %v", addr, f[1], err)
+			}
+		}
+		node.Close()
+	}
+	node := "redis://sshca:CHANGE-ME-sshca@" + c.Addrs[1]
+	if out, err := runCLI(t, "", "store", "migrate", "--redis", node, "--cluster"); err != nil {
+		t.Errorf("store migrate --cluster as the shipped sshca user: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, "", "audit", "verify", "--redis", node, "--cluster"); err != nil {
+		t.Errorf("audit verify --cluster as the shipped sshca user: %v\n%s", err, out)
+	}
+	bastion := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs[:1], Username: "bastion", Password: "CHANGE-ME-bastion"})
+	defer bastion.Close()
+	for _, k := range []string{"sshca:{audit}:stripes", "sshca:{inventory:1}:live", "sshca:{inventory:2}:live"} {
+		if err := bastion.Get(ctx, k).Err(); err != nil && err != redis.Nil {
+			t.Errorf("the shipped bastion user reads %s on the Cluster: %v", k, err)
+		}
+	}
+	if err := bastion.Set(ctx, "sshca:{inventory:1}:x", "1", 0).Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Errorf("the shipped bastion user wrote on the Cluster: %v; want NOPERM", err)
+	}
+}
