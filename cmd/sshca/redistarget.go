@@ -34,6 +34,8 @@ type redisTarget struct {
 	sentinelMaster string
 	// configFile is --config: serve's configuration file, whose redis: section is used.
 	configFile string
+	// name, when set, names the source in messages instead of the flag (serve: "config").
+	name string
 }
 
 // addRedisTargetFlags declares t's flags on fs; what says what the store is to the command
@@ -57,6 +59,9 @@ func (t *redisTarget) given() bool { return t.url != "" || t.configFile != "" }
 
 // flag is the name of the flag that names the store, for messages.
 func (t *redisTarget) flag() string {
+	if t.name != "" {
+		return t.name
+	}
 	if t.configFile != "" {
 		return "--" + t.prefix + "config"
 	}
@@ -190,12 +195,12 @@ func (t *redisTarget) checkMode(ctx context.Context, rdb redis.UniversalClient, 
 	case "standalone":
 		return nil
 	case "cluster":
-		if t.configFile != "" {
+		if t.configFile != "" || t.name != "" {
 			return fmt.Errorf("%s: redis.addrs names a node of a Redis Cluster: set redis.cluster_mode: true (or list every master in redis.addrs); a single-server client would read one master's share of the store", t.flag())
 		}
 		return fmt.Errorf("%sredis names a node of a Redis Cluster: add %scluster; a single-server client would read one master's share of the store", p, p)
 	case "sentinel":
-		if t.configFile != "" {
+		if t.configFile != "" || t.name != "" {
 			return fmt.Errorf("%s: redis.addrs names a Sentinel: set redis.master_name to the monitored master's name", t.flag())
 		}
 		return fmt.Errorf("%sredis names a Sentinel: add %ssentinel-master NAME (the monitored master's name)", p, p)
@@ -240,3 +245,19 @@ type modeUnknownError struct{ err error }
 
 func (e *modeUnknownError) Error() string { return e.err.Error() }
 func (e *modeUnknownError) Unwrap() error { return e.err }
+
+// checkServeRedis is checkMode for serve's own client: a redis: section of one address
+// without cluster_mode that names a Cluster node (or a Sentinel without master_name) is
+// refused at start, as the commands refuse it. A Redis that cannot be asked at start is no
+// reason not to start (readiness says it is down); log hears of it.
+func checkServeRedis(ctx context.Context, rdb redis.UniversalClient, rc RedisConfig, d time.Duration, log func(error)) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	err := (&redisTarget{name: "config"}).checkMode(ctx, rdb, rc)
+	var u *modeUnknownError
+	if errors.As(err, &u) {
+		log(err)
+		return nil
+	}
+	return err
+}

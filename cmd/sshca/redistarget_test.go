@@ -93,6 +93,11 @@ func TestCommandsRefusePlainClusterNode(t *testing.T) {
 			t.Errorf("audit verify --config with redis %+v: %v; want a refusal naming %s", tc.redis, err, tc.want)
 		}
 	}
+	// serve itself refuses to start on the single-address section that names a Cluster node.
+	cfg.Redis = RedisConfig{Addrs: c.Addrs[:1]}
+	if err := serve(ctx, cfg, testLog(t), nil); err == nil || !strings.Contains(err.Error(), "redis.cluster_mode: true") {
+		t.Errorf("serve with redis.addrs of one Cluster node and no cluster_mode: %v; want a refusal naming redis.cluster_mode", err)
+	}
 	if _, err := runCLI(t, "", "audit", "verify", "--config", "x.yaml", "--redis", node); err == nil || !strings.Contains(err.Error(), "give it alone") {
 		t.Errorf("--config with --redis: %v; want a refusal", err)
 	}

@@ -121,6 +121,11 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	rc := cfg.Redis
 	s.rdb = redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
 	countRedisErrors(s.rdb, reg)
+	if err := checkServeRedis(ctx, s.rdb, rc, cfg.RequestTimeout, func(err error) {
+		log.Warn("sshca starts without knowing what its Redis is (a Cluster node or a Sentinel named as a single server shows as errors)", "err", err)
+	}); err != nil {
+		return nil, err
+	}
 	storeOpts := cfg.Redis.StoreOptions()
 	// Issuance checks the mark of every audit stripe this replica may append to.
 	storeOpts.AuditStripes = cfg.Audit.Stripes
