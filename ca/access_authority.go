@@ -184,13 +184,6 @@ func (a *Authority) GetAccessRequest(ctx context.Context, token, reqID string) (
 	return AccessRequest{}, &Error{Kind: KindNotFound, Msg: "no access request " + reqID + " that you may see"}
 }
 
-// ListAccessRequests is AccessRequestsPage of every page at once: the requests the caller may
-// see, mine keeping only its own and pending only the pending ones.
-func (a *Authority) ListAccessRequests(ctx context.Context, token string, mine, pending bool) ([]AccessRequest, error) {
-	page, err := a.AccessRequestsPage(ctx, token, RequestQuery{Mine: mine, Pending: pending})
-	return page.Requests, err
-}
-
 // AccessRequestsPage authenticates the caller and lists one page of the requests it may see
 // (its own, and those it may decide) in RequestCursor order: at most q.Limit kept requests
 // after q.After, then filtered (q.Mine keeps only its own, q.Pending only the pending ones),

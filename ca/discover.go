@@ -132,13 +132,6 @@ func (a *Authority) AcceptDiscovery(ctx context.Context, st DiscoveryStore, toke
 	return c.Host, pending, nil
 }
 
-// Discoveries lists the last report of every host to an admin (policy kind "admin"): every
-// page of DiscoveriesPage at once.
-func (a *Authority) Discoveries(ctx context.Context, st DiscoveryStore, token string) ([]DiscoveryRecord, error) {
-	page, err := a.DiscoveriesPage(ctx, st, token, DiscoveryCursor{}, 0)
-	return page.Records, err
-}
-
 // fingerprintRE is OpenSSH's SHA256 fingerprint: "SHA256:" and 43 characters of unpadded
 // base64.
 var fingerprintRE = regexp.MustCompile(`^SHA256:[A-Za-z0-9+/]{43}$`)

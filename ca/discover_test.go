@@ -154,10 +154,10 @@ func TestAcceptDiscovery(t *testing.T) {
 	if _, err := a.Renew(ctx, sign(cert, "web1", report("web1"))); err == nil {
 		t.Error("a discovery proof renewed a certificate")
 	}
-	if _, err := a.Discoveries(ctx, &memDiscoveries{}, "bad"); err == nil {
+	if _, err := a.DiscoveriesPage(ctx, &memDiscoveries{}, "bad", ca.DiscoveryCursor{}, 0); err == nil {
 		t.Error("listed discoveries without a valid admin token")
 	}
-	if _, err := a.Discoveries(ctx, &memDiscoveries{}, "good"); err != nil {
+	if _, err := a.DiscoveriesPage(ctx, &memDiscoveries{}, "good", ca.DiscoveryCursor{}, 0); err != nil {
 		t.Errorf("admin listing: %v", err)
 	}
 }

@@ -247,23 +247,6 @@ func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequ
 	return res, nil
 }
 
-// RevocationStates returns the revocation state of the user and host CA keys.
-func (a *Authority) RevocationStates(ctx context.Context) (user, host RevocationState, err error) {
-	if user, err = a.revocations.State(ctx, a.user.PublicKey()); err != nil {
-		return user, host, storeErr("revocation store unavailable", err)
-	}
-	if user.CA == nil {
-		user.CA = a.user.PublicKey()
-	}
-	if host, err = a.revocations.State(ctx, a.host.PublicKey()); err != nil {
-		return user, host, storeErr("revocation store unavailable", err)
-	}
-	if host.CA == nil {
-		host.CA = a.host.PublicKey()
-	}
-	return user, host, nil
-}
-
 // UserRevocationStates are the revocation states of every user CA key (active, retired,
 // compromised alike), for the KRL bastions enforce.
 func (a *Authority) UserRevocationStates(ctx context.Context) ([]RevocationState, error) {
@@ -305,14 +288,6 @@ func (a *Authority) HostRevocationStates(ctx context.Context) ([]RevocationState
 		gone.Entries = append(gone.Entries, RevocationEntry{Kind: RevokedKey, Value: keyEntry(k)})
 	}
 	return append(out, gone), nil
-}
-
-// Revocations authorizes the caller (kind "read") and returns what is revoked.
-func (a *Authority) Revocations(ctx context.Context, token string) (user, host RevocationState, err error) {
-	if err := a.authenticateReader(ctx, token, "list revocations"); err != nil {
-		return user, host, err
-	}
-	return a.RevocationStates(ctx)
 }
 
 // authenticateReader authorizes a read of the inventory or of revocation state (kind
