@@ -177,6 +177,29 @@ func TestRevocationsListPagesEndToEnd(t *testing.T) {
 	if len(all.UserCA.Entries) != wantUser || len(all.HostCA.Entries) != len(hosts) || all.NextCursor != "" {
 		t.Errorf("Revocations: %d user and %d host entries, want %d and %d", len(all.UserCA.Entries), len(all.HostCA.Entries), wantUser, len(hosts))
 	}
+
+	// So does sshca revocations list, with progress on stderr.
+	tokenFile := filepath.Join(t.TempDir(), "auditor.token")
+	writeFile(t, tokenFile, auditor)
+	out, err := runCLI(t, "", "revocations", "list", "--json", "--page-size", "700", "--server", base, "--token-file", tokenFile)
+	if err != nil {
+		t.Fatalf("revocations list: %v\n%.300s", err, out)
+	}
+	var listed client.RevocationsResponse
+	if err := json.NewDecoder(strings.NewReader(out[strings.Index(out, "{"):])).Decode(&listed); err != nil {
+		t.Fatalf("revocations list --json: %v\n%.300s", err, out)
+	}
+	if len(listed.UserCA.Entries) != wantUser || len(listed.HostCA.Entries) != len(hosts) || !strings.Contains(out, "entries in 4 pages so far") {
+		t.Errorf("revocations list: %d user and %d host entries, want %d and %d\n%.300s", len(listed.UserCA.Entries), len(listed.HostCA.Entries), wantUser, len(hosts), out)
+	}
+	table, err := runCLI(t, "", "revocations", "list", "--server", base, "--token-file", tokenFile)
+	if err != nil || !strings.Contains(table, "host  key_id") || !strings.Contains(table, "lifted") {
+		t.Errorf("revocations list (table): %v\n%.500s", err, table)
+	}
+	if out, err := runCLI(t, "", "revocations", "list", "--page-size", "0", "--server", base, "--token-file", tokenFile); err == nil ||
+		!strings.Contains(err.Error(), "--page-size") {
+		t.Errorf("--page-size 0: %v\n%s", err, out)
+	}
 }
 
 // caKeys are the user and host CA keys serve publishes (GET /v1/ca/user.pub, the

@@ -36,6 +36,6 @@ func newRootCommand() *cobra.Command {
 	var tlsFlags cliTLSFlags
 	tlsFlags.register(root)
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return tlsFlags.withHTTPClient(cmd) }
-	root.AddCommand(newServeCommand(), newDevCommand(), newCertCommand(), newRevokeCommand(), newBastionCommand(), newPolicyCommand(), newLoginCommand(), newSSHConfigCommand(), newKeysCommand(), newAuditCommand(), newStoreCommand(), newBenchCommand(), newVersionCommand(), newRequestCommand(), newDiscoverCommand(), newSessionsCommand(), newCertsCommand())
+	root.AddCommand(newServeCommand(), newDevCommand(), newCertCommand(), newRevokeCommand(), newBastionCommand(), newPolicyCommand(), newLoginCommand(), newSSHConfigCommand(), newKeysCommand(), newAuditCommand(), newStoreCommand(), newBenchCommand(), newVersionCommand(), newRequestCommand(), newDiscoverCommand(), newSessionsCommand(), newCertsCommand(), newRevocationsCommand())
 	return root
 }
