@@ -202,6 +202,11 @@ func checkRedis(ctx context.Context, rc RedisConfig, durable redisProbe, r *chec
 		r.problem("redis: cannot reach %s: %v", strings.Join(rc.Addrs, ", "), err)
 		return
 	}
+	// The kind of deployment, as serve and the commands check it at start (checkMode).
+	if err := (&redisTarget{name: "redis"}).checkMode(ctx, rdb, rc); err != nil {
+		r.problem("%v", err)
+		return
+	}
 
 	settings := map[string]string{}
 	if vals, err := rdb.ConfigGet(ctx, "*").Result(); err == nil {

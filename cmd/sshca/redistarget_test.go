@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -97,6 +98,10 @@ func TestCommandsRefusePlainClusterNode(t *testing.T) {
 	cfg.Redis = RedisConfig{Addrs: c.Addrs[:1]}
 	if err := serve(ctx, cfg, testLog(t), nil); err == nil || !strings.Contains(err.Error(), "redis.cluster_mode: true") {
 		t.Errorf("serve with redis.addrs of one Cluster node and no cluster_mode: %v; want a refusal naming redis.cluster_mode", err)
+	}
+	// And sshca serve --check-config says so among its problems.
+	if out, problems, _ := checkCLI(t, writeConfig(t, cfg), false); !slices.ContainsFunc(problems, func(p string) bool { return strings.Contains(p, "redis.cluster_mode: true") }) {
+		t.Errorf("serve --check-config with redis.addrs of one Cluster node: problems %q; want one naming redis.cluster_mode\n%s", problems, out)
 	}
 	if _, err := runCLI(t, "", "audit", "verify", "--config", "x.yaml", "--redis", node); err == nil || !strings.Contains(err.Error(), "give it alone") {
 		t.Errorf("--config with --redis: %v; want a refusal", err)
