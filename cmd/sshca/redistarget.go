@@ -176,8 +176,8 @@ func (t *redisTarget) open(ctx context.Context, fs *pflag.FlagSet, d time.Durati
 // checkMode refuses a single-server client that reached a Cluster node or a Sentinel: it
 // would read one master's keys (and get MOVED for the others) or nothing, and a command that
 // verifies or rebuilds would call that part the whole. It asks the server what it is with
-// HELLO without a protocol version (the connection's protocol is kept; allowed to every user
-// with @connection; its reply's "mode" is standalone, cluster or sentinel), else INFO server (redis_mode). A server that answers neither is
+// HELLO 3 (the connection's protocol is kept; allowed to every user with @connection; its
+// reply's "mode" is standalone, cluster or sentinel), else INFO server (redis_mode). A server that answers neither is
 // refused too: the command cannot tell what it would read.
 func (t *redisTarget) checkMode(ctx context.Context, rdb redis.UniversalClient, rc RedisConfig) error {
 	if rc.MasterName != "" || rc.ClusterMode || len(rc.Addrs) > 1 {
@@ -211,7 +211,10 @@ func (t *redisTarget) checkMode(ctx context.Context, rdb redis.UniversalClient, 
 // redisMode is the server's mode (standalone, cluster, sentinel) from HELLO, or from INFO
 // server when HELLO is refused.
 func redisMode(ctx context.Context, rdb redis.UniversalClient) (string, error) {
-	v, herr := rdb.Do(ctx, "HELLO").Result()
+	// HELLO 3: the protocol go-redis speaks already (it sends HELLO 3 when it connects), so the
+	// connection stays as it was; servers that want the version argument (miniredis, under
+	// sshca dev) answer it too.
+	v, herr := rdb.Do(ctx, "HELLO", 3).Result()
 	if herr == nil {
 		switch r := v.(type) {
 		case map[any]any: // RESP3
