@@ -649,17 +649,28 @@ func (h *HTTPSource) get(ctx context.Context, path, etag string, wait time.Durat
 		return nil, "", 0, false, err
 	}
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotModified {
-		return nil, "", resp.StatusCode, false, &httpStatusError{path: path, code: resp.StatusCode, retryAfter: retryAfter(resp.Header.Get("Retry-After"))}
+		return nil, "", resp.StatusCode, false, &httpStatusError{path: path, code: resp.StatusCode, retryAfter: retryAfter(resp.Header.Get("Retry-After")), longPoll: wait > 0}
 	}
 	return b, resp.Header.Get("ETag"), resp.StatusCode, resp.Header.Get("X-KRL-Wait") != "", nil
 }
 
 // httpStatusError is an answer other than 200 or 304; retryAfter is the pause its Retry-After
-// asked for (0: none).
+// asked for (0: none); longPoll says whether the request asked for a long poll (wait).
 type httpStatusError struct {
 	path       string
 	code       int
 	retryAfter time.Duration
+	longPoll   bool
+}
+
+// shedLongPoll reports whether err is a long poll turned away by a cap on long polls (503 from
+// a replica at limits.rate.krl_long_polls, 429 from an address at long_polls_per_address):
+// the same request would be refused again while the agents holding the slots ask again at
+// once after each answer, so only a pull without wait (which no long poll cap counts) is sure
+// to bring the KRL.
+func shedLongPoll(err error) bool {
+	var se *httpStatusError
+	return errors.As(err, &se) && se.longPoll && (se.code == http.StatusServiceUnavailable || se.code == http.StatusTooManyRequests)
 }
 
 func (e *httpStatusError) Error() string {
@@ -697,15 +708,25 @@ func (a *Agent) failurePause(err error) time.Duration {
 
 // runHTTP follows the server until ctx ends or until (when not zero): long polls one after
 // the other while the server grants them, else polls every PollEvery; after a failure it
-// pauses PollEvery, or longer as the server's Retry-After says (failurePause).
+// pauses PollEvery, or longer as the server's Retry-After says (failurePause). After a long
+// poll shed by a cap (shedLongPoll) the next request, after that pause, is a pull without
+// wait, then a long poll again after PollEvery: the agents holding a full replica's slots
+// take them back the instant each of their polls ends, so an agent that only ever asked to
+// long poll again could be turned away for as long as they stay, and miss every revocation
+// meanwhile.
 func (a *Agent) runHTTP(ctx context.Context, until time.Time) error {
 	h := a.o.HTTP
+	pull := false // the last long poll was shed: pull without wait next
 	for {
 		wait := a.o.LongPollWait
 		if !until.IsZero() {
 			wait = min(wait, until.Sub(a.o.Clock.Now()))
 		}
+		if pull {
+			wait, pull = 0, false
+		}
 		waited, err := a.pollOnce(ctx, h, max(wait, 0))
+		pull = shedLongPoll(err)
 		if err != nil {
 			a.setError("https", err)
 		}

@@ -273,3 +273,73 @@ func TestAgentHTTPBacksOffOnRetryAfter(t *testing.T) {
 	clock.Advance(time.Second)
 	waitUntil(t, "version 1 is installed", func() bool { k := installedKRL(t, krlPath); return k != nil && k.Version == 1 })
 }
+
+// TestAgentPullsAfterShedLongPoll: a replica whose long poll slots stay full (503 with
+// Retry-After: 5 to every GET /v1/krl?wait=, as limits.rate.krl_long_polls does while the
+// agents holding the slots ask again the instant each poll ends) still serves pulls without
+// wait. An agent turned away pulls the KRL without wait once the Retry-After pause is over,
+// and so installs each new KRL within the pause plus PollEvery, where it asked to long poll
+// again and again and installed none; it tries the long poll again after PollEvery. A 503
+// to a pull (no long poll) is not followed by another pull at once.
+func TestAgentPullsAfterShedLongPoll(t *testing.T) {
+	srv := &longPollServer{changed: make(chan struct{})}
+	srv.krlServer.set(encodeKRL(t, 1, 1), 1)
+	var polls, pulls atomic.Int64
+	var down atomic.Bool // every request refused, pulls too
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("wait") {
+			polls.Add(1)
+			w.Header().Set("Retry-After", "5")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		pulls.Add(1)
+		if down.Load() {
+			w.Header().Set("Retry-After", "5")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		srv.ServeHTTP(w, r)
+	})
+	src, _ := tlsSource(t, h)
+	krlPath := filepath.Join(t.TempDir(), "sshca.krl")
+	clock := clockwork.NewFakeClock()
+	a, err := bastion.NewAgent(bastion.Options{KRLPath: krlPath, HTTP: src, PollEvery: time.Second, LongPollWait: 20 * time.Second, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAgent(t, a)
+	sleeps := func(what string, cond func() bool) {
+		t.Helper()
+		waitUntil(t, what, cond)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := clock.BlockUntilContext(ctx, 1); err != nil {
+			t.Fatalf("the agent does not pause after %s: %v", what, err)
+		}
+	}
+	sleeps("a long poll is refused", func() bool { return polls.Load() == 1 })
+	if pulls.Load() != 0 {
+		t.Fatalf("%d pulls before the Retry-After pause", pulls.Load())
+	}
+	clock.Advance(7500 * time.Millisecond) // Retry-After plus half of it, at most
+	waitUntil(t, "version 1 is installed by a pull without wait", func() bool { k := installedKRL(t, krlPath); return k != nil && k.Version == 1 })
+	sleeps("the pull", func() bool { return pulls.Load() == 1 })
+	clock.Advance(time.Second) // PollEvery: a long poll again
+	sleeps("a second long poll is refused", func() bool { return polls.Load() == 2 })
+	srv.set(encodeKRL(t, 2, 1, 2), 2)
+	clock.Advance(7500 * time.Millisecond)
+	waitUntil(t, "version 2 is installed", func() bool { k := installedKRL(t, krlPath); return k != nil && k.Version == 2 })
+	sleeps("the second pull", func() bool { return pulls.Load() == 2 })
+	// A refused pull is not a shed long poll: the agent goes back to long polling.
+	down.Store(true)
+	clock.Advance(time.Second)
+	sleeps("a third long poll is refused", func() bool { return polls.Load() == 3 })
+	clock.Advance(7500 * time.Millisecond)
+	sleeps("the refused pull", func() bool { return pulls.Load() == 3 })
+	clock.Advance(7500 * time.Millisecond)
+	sleeps("a fourth long poll", func() bool { return polls.Load() == 4 })
+	if n := pulls.Load(); n != 3 {
+		t.Errorf("%d pulls, want 3: a refused pull is followed by a long poll", n)
+	}
+}

@@ -197,6 +197,7 @@ func startAgent(t *testing.T, flags agentFlags) *bastion.Agent {
 	select {
 	case agent = <-ready:
 	case err := <-agentDone:
+		agentDone <- err // for the cleanup, which waits for it
 		t.Fatalf("agent: %v", err)
 	}
 	waitFor(t, 10*time.Second, "the agent writes the trusted CA keys", func() bool {
