@@ -48,16 +48,26 @@ type KRLFeed interface {
 const MaxLongPollWait = 25 * time.Second
 
 // IsLongPoll reports whether r is a long poll: GET /v1/krl or GET /v1/requests/{id} with a wait
-// query parameter (the second is `sshca request create` waiting for a decision). Long polls
-// wait on purpose: they are exempt from the request deadline (RequestDeadline's exempt hook)
-// and from the in-flight bounds, and capped per source address and per replica instead
-// (RateLimits.LongPollsPerAddress, KRLLongPolls, RequestLongPolls).
+// query parameter above zero (the second is `sshca request create` waiting for a decision).
+// Long polls wait on purpose: they are exempt from the request deadline (RequestDeadline's
+// exempt hook) and from the in-flight bounds, and capped per source address and per replica
+// instead (RateLimits.LongPollsPerAddress, KRLLongPolls, RequestLongPolls). A wait of zero, or
+// one that does not parse (answered 400 at once), is an ordinary request: it neither takes a
+// long poll's slot nor escapes the bounds of the requests that answer at once.
 func IsLongPoll(r *http.Request) bool {
-	if r.Method != http.MethodGet || !r.URL.Query().Has("wait") {
+	if r.Method != http.MethodGet {
 		return false
 	}
 	id, ok := strings.CutPrefix(r.URL.Path, "/v1/requests/")
-	return r.URL.Path == "/v1/krl" || (ok && id != "" && !strings.Contains(id, "/"))
+	if r.URL.Path != "/v1/krl" && (!ok || id == "" || strings.Contains(id, "/")) {
+		return false
+	}
+	q := r.URL.Query()
+	if !q.Has("wait") {
+		return false
+	}
+	wait, err := parseWait(q.Get("wait"))
+	return err == nil && wait > 0
 }
 
 // parseWait reads the wait parameter: a Go duration ("25s") or whole seconds ("25"), at most

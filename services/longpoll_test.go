@@ -307,6 +307,17 @@ func TestIsLongPoll(t *testing.T) {
 		{"GET", "/v1/requests/req_aaaaaaaaaaaaaaaa/approve?wait=25s", false},
 		{"POST", "/v1/requests/req_aaaaaaaaaaaaaaaa?wait=25s", false},
 		{"GET", "/v1/certs?wait=25s", false},
+		// A wait of zero answers at once, and a wait that does not parse is a 400 at once:
+		// neither is a long poll, so neither takes a long poll's slot nor escapes the
+		// in-flight bounds and the deadline of the requests that answer at once.
+		{"GET", "/v1/krl?wait=0", false},
+		{"GET", "/v1/krl?wait=0s", false},
+		{"GET", "/v1/krl?wait=", false},
+		{"GET", "/v1/krl?wait=-5s", false},
+		{"GET", "/v1/krl?wait=soon", false},
+		{"GET", "/v1/requests/req_aaaaaaaaaaaaaaaa?wait=0", false},
+		{"GET", "/v1/krl?wait=1", true},
+		{"GET", "/v1/krl?wait=1ms", true},
 	} {
 		r := httptest.NewRequest(tt.method, tt.target, nil)
 		if got := services.IsLongPoll(r); got != tt.want {

@@ -355,7 +355,8 @@ func TestLongPollCapsPerKind(t *testing.T) {
 	if g := gauge("krl"); g != 2 {
 		t.Fatalf("krl polls open %v, want 2", g)
 	}
-	for _, p := range []string{"/v1/krl", "/v1/krl/host", "/healthz"} {
+	// A wait of zero answers at once: a plain pull, not a long poll (IsLongPoll).
+	for _, p := range []string{"/v1/krl", "/v1/krl/host", "/healthz", "/v1/krl?wait=0"} {
 		if w := do(h, "GET", p, "192.0.2.9:1", ""); w.Code != http.StatusOK {
 			t.Errorf("GET %s while the long polls are full: %d", p, w.Code)
 		}
