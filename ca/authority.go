@@ -477,7 +477,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SignedCertTimeout)
 	defer cancel()
 	// The key certified and the CA key that signed, whatever the signer did.
-	cr := a.certRecord(cert, cert.SignatureKey, req, rec, dec, aliases)
+	cr := a.certRecord(cert, ssh.FingerprintSHA256(cert.Key), cert.SignatureKey, req, rec, dec, aliases)
 	rec.Serial, rec.KeyID = cr.Serial, cr.KeyID
 	// Recording checks the identity's blocks in the same atomic step (the admission's record,
 	// CertStore.Record, and RecordUnderRequest likewise): a revocation that blocked the identity
@@ -727,21 +727,22 @@ func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certi
 func (a *Authority) preRecord(tmpl *ssh.Certificate, ttl time.Duration, req Request, rec AuditRecord, caKey ssh.PublicKey, dec Decision, aliases []string) *Certificate {
 	now := a.now()
 	tmpl.ValidAfter, tmpl.ValidBefore = uint64(now.Add(-backdating).Unix()), uint64(now.Add(ttl).Unix())
-	c := a.certRecord(tmpl, caKey, req, rec, dec, aliases)
+	// tmpl.Key is req.PublicKey (template), whose fingerprint rec holds already.
+	c := a.certRecord(tmpl, rec.KeyFingerprint, caKey, req, rec, dec, aliases)
 	return &c
 }
 
 // certRecord is the inventory record of c (signed, or the template about to be signed by
-// caKey) for rec's identity: one definition for the record made before signing and the one
-// compared with it after.
-func (a *Authority) certRecord(c *ssh.Certificate, caKey ssh.PublicKey, req Request, rec AuditRecord, dec Decision, aliases []string) Certificate {
+// caKey; keyFP the fingerprint of c.Key) for rec's identity: one definition for the record made
+// before signing and the one compared with it after.
+func (a *Authority) certRecord(c *ssh.Certificate, keyFP string, caKey ssh.PublicKey, req Request, rec AuditRecord, dec Decision, aliases []string) Certificate {
 	return Certificate{
 		Serial:         c.Serial,
 		KeyID:          c.KeyId,
 		Kind:           req.Kind,
 		Identity:       rec.Identity,
 		Principals:     c.ValidPrincipals,
-		KeyFingerprint: ssh.FingerprintSHA256(c.Key),
+		KeyFingerprint: keyFP,
 		CAFingerprint:  ssh.FingerprintSHA256(caKey),
 		ValidAfter:     time.Unix(int64(c.ValidAfter), 0).UTC(),
 		ValidBefore:    time.Unix(int64(c.ValidBefore), 0).UTC(),
