@@ -129,12 +129,25 @@ EOC
 	done
 }
 
+# aof_rewrites prints how many AOF rewrites redis-server has started since it started (INFO
+# persistence). A rewrite forks a child that serialises the whole dataset on one core for a
+# while, so on this machine's two shared cores a run whose window holds one has a worse tail:
+# run_bench says so on its line (docs/performance.md, "The open-loop tail and Redis's AOF
+# rewrite").
+aof_rewrites() {
+	redis-cli -p "$rport" INFO persistence | tr -d '\r' | awk -F: '$1 == "aof_rewrites" {print $2}'
+}
+
 # run_bench NAME ARGS...: one `sshca bench` run against serve (measuring the CPU of serve and
-# redis-server); its output goes to $OUT/NAME.txt and NAME.err; prints its last line.
+# redis-server); its output goes to $OUT/NAME.txt and NAME.err; prints its last line, and after
+# it the AOF rewrites redis-server started during the run (also kept in $OUT/NAME.aof).
 run_bench() {
-	local name=$1
+	local name=$1 before after
 	shift
+	before=$(aof_rewrites)
 	"$S" bench --server "https://127.0.0.1:$sport" --tls-ca "$dir/state/tls.crt" --token-url "http://127.0.0.1:$dport/dev/token" \
 		--state "$dir/dev" --server-pid "$serve_pid,$redis_pid" "$@" >"$OUT/$name.txt" 2>"$OUT/$name.err"
-	tail -n 1 "$OUT/$name.txt"
+	after=$(aof_rewrites)
+	echo "$((${after:-0} - ${before:-0}))" >"$OUT/$name.aof"
+	echo "$(tail -n 1 "$OUT/$name.txt")  aof_rewrites: $((${after:-0} - ${before:-0}))"
 }
