@@ -135,6 +135,9 @@ func checkConfig(ctx context.Context, path string, offline bool) *checkReport {
 	} else {
 		r.note("redis: not reached without its password_file")
 	}
+	if rc := c.Recordings.Redis; len(rc.Addrs) > 0 && (rc.PasswordFile == "" || exists(rc.PasswordFile)) {
+		checkRecordingsRedis(ctx, rc, r)
+	}
 	for i, is := range c.OIDC.Issuers {
 		if err := checkIssuer(ctx, is.IssuerURL); err != nil {
 			r.problem("oidc.issuers[%d] %s: %v", i, is.IssuerURL, err)
@@ -177,6 +180,28 @@ func checkPolicy(ctx context.Context, pc PolicyConfig, offline bool, r *checkRep
 		}
 	}
 	if _, err := loadPolicy(ctx, pc, policies.WithEvaluator(evaluator)); err != nil {
+		r.problem("%v", err)
+	}
+}
+
+// checkRecordingsRedis reaches the recordings' Redis as the service would and checks the kind
+// of deployment it is, as serve does at start (checkServeRedis).
+func checkRecordingsRedis(ctx context.Context, rc RedisConfig, r *checkReport) {
+	opts, err := rc.UniversalOptions()
+	if err != nil {
+		r.problem("recordings.redis: %v", err)
+		return
+	}
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.MaxRetries = checkTimeout, checkTimeout, checkTimeout, -1
+	rdb := redis.NewUniversalClient(opts)
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(ctx, 4*checkTimeout)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		r.problem("recordings.redis: cannot reach %s: %v", strings.Join(rc.Addrs, ", "), err)
+		return
+	}
+	if err := (&redisTarget{name: "recordings.redis", section: "recordings.redis"}).checkMode(ctx, rdb, rc); err != nil {
 		r.problem("%v", err)
 	}
 }

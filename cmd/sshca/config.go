@@ -222,7 +222,9 @@ func (r RedisConfig) StoreOptions() store.RedisOptions {
 // RecordingsConfig is the store of shipped session recordings and its caps.
 type RecordingsConfig struct {
 	// Redis is the recordings' own Redis, configured as redis is (ACL user with the keys
-	// "sshca:rec:*"); none of its addresses may be one of redis.addrs. Give it a maxmemory with
+	// "sshca:rec:*"); none of its addresses may be one of redis.addrs. As for redis, serve
+	// refuses at start one address that names a Cluster node without cluster_mode, or a
+	// Sentinel without master_name. Give it a maxmemory with
 	// noeviction: when it is full, batches are refused (503, the agent keeps them and retries)
 	// and issuance goes on.
 	Redis RedisConfig `yaml:"redis"`

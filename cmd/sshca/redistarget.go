@@ -36,6 +36,10 @@ type redisTarget struct {
 	configFile string
 	// name, when set, names the source in messages instead of the flag (serve: "config").
 	name string
+	// section is the configuration key of the Redis a --config or serve's configuration
+	// describes, named in messages that say what to set: "redis" (the default) or serve's
+	// "recordings.redis".
+	section string
 }
 
 // addRedisTargetFlags declares t's flags on fs; what says what the store is to the command
@@ -191,17 +195,21 @@ func (t *redisTarget) checkMode(ctx context.Context, rdb redis.UniversalClient, 
 		return &modeUnknownError{fmt.Errorf("%s: cannot tell whether the server is a single Redis, a Cluster node or a Sentinel: %w", t.flag(), err)}
 	}
 	p := "--" + t.prefix
+	sec := t.section
+	if sec == "" {
+		sec = "redis"
+	}
 	switch mode {
 	case "standalone":
 		return nil
 	case "cluster":
 		if t.configFile != "" || t.name != "" {
-			return fmt.Errorf("%s: redis.addrs names a node of a Redis Cluster: set redis.cluster_mode: true (or list every master in redis.addrs); a single-server client would read one master's share of the store", t.flag())
+			return fmt.Errorf("%s: %s.addrs names a node of a Redis Cluster: set %s.cluster_mode: true (or list every master in %s.addrs); a single-server client would read one master's share of the store", t.flag(), sec, sec, sec)
 		}
 		return fmt.Errorf("%sredis names a node of a Redis Cluster: add %scluster; a single-server client would read one master's share of the store", p, p)
 	case "sentinel":
 		if t.configFile != "" || t.name != "" {
-			return fmt.Errorf("%s: redis.addrs names a Sentinel: set redis.master_name to the monitored master's name", t.flag())
+			return fmt.Errorf("%s: %s.addrs names a Sentinel: set %s.master_name to the monitored master's name", t.flag(), sec, sec)
 		}
 		return fmt.Errorf("%sredis names a Sentinel: add %ssentinel-master NAME (the monitored master's name)", p, p)
 	}
@@ -249,14 +257,16 @@ type modeUnknownError struct{ err error }
 func (e *modeUnknownError) Error() string { return e.err.Error() }
 func (e *modeUnknownError) Unwrap() error { return e.err }
 
-// checkServeRedis is checkMode for serve's own client: a redis: section of one address
-// without cluster_mode that names a Cluster node (or a Sentinel without master_name) is
-// refused at start, as the commands refuse it. A Redis that cannot be asked at start is no
-// reason not to start (readiness says it is down); log hears of it.
-func checkServeRedis(ctx context.Context, rdb redis.UniversalClient, rc RedisConfig, d time.Duration, log func(error)) error {
+// checkServeRedis is checkMode for serve's own clients: a section (section: "redis", or
+// "recordings.redis" for the recordings' Redis) of one address without cluster_mode that names
+// a Cluster node (or a Sentinel without master_name) is refused at start, as the commands
+// refuse it: the recordings of sessions whose keys hash to another master's slots would be
+// refused with MOVED, or a Sentinel would answer none of them. A Redis that cannot be asked at
+// start is no reason not to start (readiness says it is down); log hears of it.
+func checkServeRedis(ctx context.Context, rdb redis.UniversalClient, rc RedisConfig, section string, d time.Duration, log func(error)) error {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	err := (&redisTarget{name: "config"}).checkMode(ctx, rdb, rc)
+	err := (&redisTarget{name: "config", section: section}).checkMode(ctx, rdb, rc)
 	var u *modeUnknownError
 	if errors.As(err, &u) {
 		log(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/internal/testenv"
 )
 
@@ -103,11 +104,47 @@ func TestCommandsRefusePlainClusterNode(t *testing.T) {
 	if out, problems, _ := checkCLI(t, writeConfig(t, cfg), false); !slices.ContainsFunc(problems, func(p string) bool { return strings.Contains(p, "redis.cluster_mode: true") }) {
 		t.Errorf("serve --check-config with redis.addrs of one Cluster node: problems %q; want one naming redis.cluster_mode\n%s", problems, out)
 	}
+	recordingsRedisModeChecked(t, c)
 	if _, err := runCLI(t, "", "audit", "verify", "--config", "x.yaml", "--redis", node); err == nil || !strings.Contains(err.Error(), "give it alone") {
 		t.Errorf("--config with --redis: %v; want a refusal", err)
 	}
 	if _, err := runCLI(t, "", "audit", "verify", "--redis", node, "--cluster", "--sentinel-master", "m"); err == nil || !strings.Contains(err.Error(), "give one") {
 		t.Errorf("--cluster with --sentinel-master: %v; want a refusal", err)
+	}
+}
+
+// recordingsRedisModeChecked: serve's recordings Redis (recordings.redis) gets the mode check
+// of its store: one address of a Cluster node without cluster_mode is refused at start and by
+// --check-config, naming recordings.redis.cluster_mode (not the store's redis.cluster_mode);
+// the same node with cluster_mode: true, or every node listed, gets past it and serve builds.
+func recordingsRedisModeChecked(t *testing.T, c *testenv.RedisCluster) {
+	ctx := context.Background()
+	iss := startIssuer(t, "sshca")
+	cfg := serveConfig(t, testenv.StartRedis(t).Addr, identity.IssuerConfig{IssuerURL: iss.URL(), Audiences: []string{"sshca"}})
+	for _, tc := range []struct {
+		rec  RedisConfig
+		want string // "" builds
+	}{
+		{RedisConfig{Addrs: c.Addrs[:1]}, "recordings.redis.cluster_mode: true"},
+		{RedisConfig{Addrs: c.Addrs[:1], ClusterMode: true}, ""},
+		{RedisConfig{Addrs: c.Addrs}, ""},
+	} {
+		cfg.Recordings.Redis = tc.rec
+		s, err := buildServer(ctx, cfg, testLog(t))
+		if err == nil {
+			s.close()
+		}
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("serve with recordings.redis %+v: %v", tc.rec, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), " redis.cluster_mode")):
+			t.Errorf("serve with recordings.redis %+v: %v; want a refusal naming %s", tc.rec, err, tc.want)
+		}
+		_, problems, _ := checkCLI(t, writeConfig(t, cfg), false)
+		named := slices.ContainsFunc(problems, func(p string) bool { return strings.Contains(p, "recordings.redis") && strings.Contains(p, "Cluster") })
+		if named != (tc.want != "") {
+			t.Errorf("serve --check-config with recordings.redis %+v: problems %q; want one naming recordings.redis: %t", tc.rec, problems, tc.want != "")
+		}
 	}
 }
 

@@ -121,7 +121,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	rc := cfg.Redis
 	s.rdb = redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
 	countRedisErrors(s.rdb, reg)
-	if err := checkServeRedis(ctx, s.rdb, rc, cfg.RequestTimeout, func(err error) {
+	if err := checkServeRedis(ctx, s.rdb, rc, "redis", cfg.RequestTimeout, func(err error) {
 		log.Warn("sshca starts without knowing what its Redis is (a Cluster node or a Sentinel named as a single server shows as errors)", "err", err)
 	}); err != nil {
 		return nil, err
@@ -163,6 +163,11 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 			return nil, fmt.Errorf("recordings.redis: %w", err)
 		}
 		s.recRDB = redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(recOpts))
+		if err := checkServeRedis(ctx, s.recRDB, rc, "recordings.redis", cfg.RequestTimeout, func(err error) {
+			log.Warn("sshca starts without knowing what its recordings Redis is (a Cluster node or a Sentinel named as a single server shows as errors)", "err", err)
+		}); err != nil {
+			return nil, err
+		}
 		recordings = store.NewRecordings(s.recRDB, "", nil).WithRetention(cfg.Recordings.Retention)
 	}
 
