@@ -257,7 +257,9 @@ type AccessRequestStore interface {
 	// RequestCursor order, and where the next page starts (zero: none is left).
 	RequestsPage(ctx context.Context, after RequestCursor, limit int) (page []AccessRequest, next RequestCursor, err error)
 	// UpdateRequest applies change to the request and writes it; an error from change is
-	// returned as is and nothing is written. KindNotFound when the request is not kept.
+	// returned as is and nothing is written. KindNotFound when the request is not kept. The
+	// request keeps its ID and CreatedAt whatever change sets: they are its place in the
+	// order RequestsPage pages in.
 	UpdateRequest(ctx context.Context, id string, change func(*AccessRequest) error) (AccessRequest, error)
 	// RecordUnderRequest records the certificate c in the inventory (as CertStore.Record)
 	// and appends its serial to the request's Serials, in one atomic step, if check, given the

@@ -21,6 +21,7 @@ func FuzzParseCursors(f *testing.F) {
 		enc("v1:h"), enc("v1:u"), enc("v1:u:1764500000000:serial:42"), enc("v1:h:inf:key:AAAAC3NzaC1lZDI1NTE5AAAAIA=="),
 		enc("v1:u:1:key_id:alice@example.com#7"), enc("v1:u:1:key_id:a:b"), enc("v1:u:inf:key:AAAA="), enc("v1:u:1:serial:0"),
 		enc("q1:1764500000000:req_abcdefghijklmnop"), enc("q1:1:req_ABCDEFGHIJKLMNOP"), enc("q1:0:req_a"),
+		enc("q2:1764500000000:req_abcdefghijklmnop"), enc("q2:1:req_ABCDEFGHIJKLMNOP"), enc("q2:0:req_a"), enc("q2:01:req_abcdefghijklmnop"),
 		enc("d1:web-01.example.com"), enc("d1:"), enc("d1:a b"), enc("d1:2001:db8::1")} {
 		f.Add(seed)
 	}

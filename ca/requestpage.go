@@ -24,14 +24,14 @@ type RequestPage struct {
 	Next     RequestCursor
 }
 
-// RequestCursor is a position in the order the store keeps access requests in: by KeepUntil
-// (unix ms), then by ID compared as text. A request's KeepUntil only ever moves later (a
-// decision or an approval's window may extend it, nothing shortens it), so a page after a
-// cursor never loses a request kept throughout; one decided while a listing pages may move
-// after the position and come again on a later page (clients keep the later copy). Zero (no
-// ID) is the start.
+// RequestCursor is a position in the order the store keeps access requests in: by CreatedAt
+// (unix ms), then by ID compared as text. Both are fixed when a request is created and no
+// change moves them (AccessRequestStore.UpdateRequest keeps them), so a request kept
+// throughout a listing that pages is listed exactly once, whatever is decided, approved,
+// created or pruned between its pages (before stop 17 the order was KeepUntil's, which a
+// decision moves later: such a request came again on a later page). Zero (no ID) is the start.
 type RequestCursor struct {
-	KeepUntil int64 // unix ms
+	CreatedAt int64 // unix ms
 	ID        string
 }
 
@@ -40,31 +40,35 @@ func (c RequestCursor) IsZero() bool { return c.ID == "" }
 
 // RequestCursorOf is the position of r.
 func RequestCursorOf(r AccessRequest) RequestCursor {
-	return RequestCursor{KeepUntil: r.KeepUntil().UnixMilli(), ID: r.ID}
+	return RequestCursor{CreatedAt: r.CreatedAt.UnixMilli(), ID: r.ID}
 }
 
 // Compare orders cursors as the store does: -1 when c comes before d, 0 equal, +1 after.
 func (c RequestCursor) Compare(d RequestCursor) int {
-	if n := cmp.Compare(c.KeepUntil, d.KeepUntil); n != 0 {
+	if n := cmp.Compare(c.CreatedAt, d.CreatedAt); n != 0 {
 		return n
 	}
 	return strings.Compare(c.ID, d.ID)
 }
 
-// requestCursorVersion prefixes an encoded RequestCursor.
-const requestCursorVersion = "q1"
+// requestCursorVersion prefixes an encoded RequestCursor: "q2", creation order. "q1" named a
+// position in KeepUntil order (stop 16), which this server no longer keeps.
+const (
+	requestCursorVersion    = "q2"
+	oldRequestCursorVersion = "q1"
+)
 
 // String encodes c as the opaque next_cursor of GET /v1/requests: base64url (unpadded) of
-// "q1:<KeepUntil ms>:<request ID>"; "" for the start.
+// "q2:<CreatedAt ms>:<request ID>"; "" for the start.
 func (c RequestCursor) String() string {
 	if c.IsZero() {
 		return ""
 	}
-	return base64.RawURLEncoding.EncodeToString([]byte(requestCursorVersion + ":" + strconv.FormatInt(c.KeepUntil, 10) + ":" + c.ID))
+	return base64.RawURLEncoding.EncodeToString([]byte(requestCursorVersion + ":" + strconv.FormatInt(c.CreatedAt, 10) + ":" + c.ID))
 }
 
 // ParseRequestCursor decodes what String made; "" is the start. Anything else (not base64url,
-// another version, a time that is not canonical digits within a score's exact range, an ID
+// another version, q1 included, a time that is not canonical digits within a score's exact range, an ID
 // that NewAccessRequestID could not have made) is Invalid naming the cursor, as
 // ParseCertCursor.
 func ParseRequestCursor(s string) (RequestCursor, error) {
@@ -80,6 +84,11 @@ func ParseRequestCursor(s string) (RequestCursor, error) {
 		return RequestCursor{}, bad
 	}
 	parts := strings.Split(string(b), ":")
+	if len(parts) == 3 && parts[0] == oldRequestCursorVersion {
+		// A listing that began on a replica of stop 16: its position is in another order, so
+		// continuing from it could list a request twice or miss one.
+		return RequestCursor{}, Invalid("cursor %.40q is from a server before an upgrade, which listed requests in another order: list again from the first page (leave cursor out)", s)
+	}
 	if len(parts) != 3 || parts[0] != requestCursorVersion || !canonicalDigits(parts[1]) || !ValidAccessRequestID(parts[2]) {
 		return RequestCursor{}, bad
 	}
@@ -87,5 +96,5 @@ func ParseRequestCursor(s string) (RequestCursor, error) {
 	if err != nil || ms > maxCursorMS {
 		return RequestCursor{}, bad
 	}
-	return RequestCursor{KeepUntil: ms, ID: parts[2]}, nil
+	return RequestCursor{CreatedAt: ms, ID: parts[2]}, nil
 }

@@ -257,14 +257,14 @@ func (p *pagedRequests) AccessRequestsPage(_ context.Context, _ string, q ca.Req
 }
 
 // TestRequestPageParameters: GET /v1/requests pages as GET /v1/certs does, its filters kept:
-// limit (default 1000, 1 to 10000), an opaque cursor naming a KeepUntil and a request ID,
+// limit (default 1000, 1 to 10000), an opaque cursor naming a creation time and a request ID (a stop 16 cursor, in KeepUntil order, is a 400),
 // next_cursor absent on the last page; bad ones are 400s naming the parameter that never reach
 // the domain.
 func TestRequestPageParameters(t *testing.T) {
 	reqs := &pagedRequests{}
 	srv := httptest.NewServer(services.NewHTTPHandler(services.MakeEndpoints(&fakeService{}), services.HTTPOptions{Requests: reqs}))
 	defer srv.Close()
-	pos := ca.RequestCursor{KeepUntil: 1764500000000, ID: "req_abcdefghijklmnop"}
+	pos := ca.RequestCursor{CreatedAt: 1764500000000, ID: "req_abcdefghijklmnop"}
 	reqs.next = pos
 	code, out, body := getPage[client.AccessRequestList](t, srv.URL+"/v1/requests?pending=true")
 	if code != http.StatusOK || reqs.q != (ca.RequestQuery{Pending: true, Limit: services.DefaultPageLimit}) || out.NextCursor != pos.String() {
@@ -279,9 +279,11 @@ func TestRequestPageParameters(t *testing.T) {
 	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
 	for _, bad := range []struct{ query, field string }{
 		{"limit=0", "limit"}, {"limit=10001", "limit"}, {"limit=x", "limit"}, {"pending=true&limit=-3", "limit"},
-		{"cursor=zz", "cursor"}, {"cursor=" + enc("q1:1:req_ABCDEFGHIJKLMNOP"), "cursor"}, {"cursor=" + enc("q1:1:req_abc"), "cursor"},
-		{"cursor=" + enc("q1:1:../../x"), "cursor"}, {"cursor=" + enc("q2:1:req_abcdefghijklmnop"), "cursor"},
-		{"cursor=" + enc("q1:01:req_abcdefghijklmnop"), "cursor"}, {"cursor=" + enc("q1:9007199254740993:req_abcdefghijklmnop"), "cursor"},
+		{"cursor=zz", "cursor"}, {"cursor=" + enc("q2:1:req_ABCDEFGHIJKLMNOP"), "cursor"}, {"cursor=" + enc("q2:1:req_abc"), "cursor"},
+		{"cursor=" + enc("q2:1:../../x"), "cursor"}, {"cursor=" + enc("q3:1:req_abcdefghijklmnop"), "cursor"},
+		{"cursor=" + enc("q2:01:req_abcdefghijklmnop"), "cursor"}, {"cursor=" + enc("q2:9007199254740993:req_abcdefghijklmnop"), "cursor"},
+		// A position in stop 16's KeepUntil order, well formed: refused, not read in the new order.
+		{"cursor=" + enc("q1:1764500000000:req_abcdefghijklmnop"), "cursor"},
 		{"cursor=" + pos.String() + "A", "cursor"}, {"cursor=" + enc("c1:1:7"), "cursor"},
 	} {
 		code, _, body := getPage[client.AccessRequestList](t, srv.URL+"/v1/requests?"+bad.query)

@@ -307,8 +307,16 @@ func (k Keys) Mark(tag string) string { return k.p() + ":" + tag + ":mark" }
 func (k Keys) Request(id string) string { return k.p() + ":" + TagInventory + ":request:" + id }
 
 // Requests is the sorted set of access request IDs, scored by their KeepUntil in unix ms
-// (requests).
+// (requests): what every write prunes up to now. A decision moves a request's score, so lists
+// page RequestOrder instead.
 func (k Keys) Requests() string { return k.p() + ":" + TagInventory + ":requests" }
+
+// RequestOrder is the sorted set of access request IDs, scored by their CreatedAt in unix ms,
+// which no change moves (requests): the order GET /v1/requests pages in (ca.RequestCursor).
+// Added at stop 17 beside Requests, without a layout change: replicas of stop 16 write
+// Requests alone, so a listing's first page adds what Requests holds and this lacks, and takes
+// out what Requests no longer holds (requestsSyncScript).
+func (k Keys) RequestOrder() string { return k.p() + ":" + TagInventory + ":request-order" }
 
 // Outbox is the stream of notification events waiting to be sent (fields "event": JSON),
 // trimmed to about OutboxMaxLen; one consumer group, OutboxGroup, shares it among replicas so
@@ -484,6 +492,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.Mark(TagKeyring), "Mark", TagKeyring, "mark", ReadByCA},
 		{k.Request(exampleRequest), "Request", TagInventory, "requests", ReadByCA},
 		{k.Requests(), "Requests", TagInventory, "requests", ReadByCA},
+		{k.RequestOrder(), "RequestOrder", TagInventory, "requests", ReadByCA},
 		{k.Outbox(), "Outbox", "", "outbox", ReadByCA},
 		{k.Discovery(), "Discovery", "", "discovery", ReadByCA},
 		{k.DiscoveryHosts(), "DiscoveryHosts", "", "discovery", ReadByCA},

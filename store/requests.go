@@ -15,10 +15,12 @@ import (
 )
 
 // Access requests (ca.AccessRequestStore): each a JSON record (Keys.Request) expiring at its
-// KeepUntil, listed in a sorted set scored by KeepUntil (Keys.Requests). Both carry the
-// inventory's hash tag, so that RecordUnderRequest checks the request and records the
-// certificate in one transaction, on Redis Cluster too. Changes are optimistic: WATCH the
-// record, read it, change it, write it in MULTI/EXEC, and start again if it changed meanwhile.
+// KeepUntil, listed in two sorted sets: by KeepUntil (Keys.Requests), which every write prunes
+// up to now, and by CreatedAt (Keys.RequestOrder), which lists page (a decision moves a
+// request's KeepUntil, never its creation). All carry the inventory's hash tag, so that
+// RecordUnderRequest checks the request and records the certificate in one transaction, on
+// Redis Cluster too. Changes are optimistic: WATCH the record, read it, change it, write it in
+// MULTI/EXEC, and start again if it changed meanwhile.
 
 var (
 	_ ca.AccessRequestStore = (*Redis)(nil)
@@ -59,9 +61,73 @@ func (r *Redis) CreateRequest(ctx context.Context, req ca.AccessRequest) error {
 	return nil
 }
 
+// requestIndexScript: KEYS Requests, RequestOrder; ARGV now (unix ms), the request's
+// KeepUntil and CreatedAt (unix ms), its ID. Takes the requests no longer kept out of both
+// indexes, then indexes the request: by its KeepUntil as it is now, by its creation once (NX:
+// whatever a change writes, its place in the order a listing pages stays).
+var requestIndexScript = redis.NewScript(`
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do redis.call('ZREM', KEYS[2], m) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[4])
+return 1
+`)
+
+// indexRequest queues the indexing of req on p, a transaction (EVAL by body: a transaction
+// cannot retry an EVALSHA the server does not know).
 func (r *Redis) indexRequest(ctx context.Context, p redis.Pipeliner, req ca.AccessRequest) {
-	p.ZRemRangeByScore(ctx, r.keys.Requests(), "-inf", strconv.FormatInt(r.now().UnixMilli(), 10))
-	p.ZAdd(ctx, r.keys.Requests(), redis.Z{Score: float64(req.KeepUntil().UnixMilli()), Member: req.ID})
+	requestIndexScript.Eval(ctx, p, []string{r.keys.Requests(), r.keys.RequestOrder()},
+		r.now().UnixMilli(), req.KeepUntil().UnixMilli(), req.CreatedAt.UnixMilli(), req.ID)
+}
+
+// requestsSyncScript: KEYS Requests, RequestOrder; ARGV now (unix ms). Replicas of stop 16
+// index requests in Requests alone: it takes out of RequestOrder what Requests no longer holds
+// (pruned by such a replica) and answers the IDs that Requests keeps beyond now and
+// RequestOrder lacks (created by one, or before the upgrade), for the caller to add with their
+// CreatedAt (syncRequestOrder). One ZSCORE per request kept and one per request ordered.
+var requestsSyncScript = redis.NewScript(`
+for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if not redis.call('ZSCORE', KEYS[1], m) then redis.call('ZREM', KEYS[2], m) end
+end
+local out = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')) do
+  if not redis.call('ZSCORE', KEYS[2], m) then out[#out + 1] = m end
+end
+return out
+`)
+
+// syncRequestOrder adds to RequestOrder the requests that sync (requestsSyncScript's answer)
+// says it lacks, each by the CreatedAt of its record (NX: one a replica indexed meanwhile keeps
+// its place). It answers whether it added any. A record gone meanwhile is not added.
+func (r *Redis) syncRequestOrder(ctx context.Context, sync *redis.Cmd) (bool, error) {
+	ids, err := sync.StringSlice()
+	if err != nil || len(ids) == 0 {
+		return false, err
+	}
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = r.keys.Request(id)
+	}
+	vals, err := r.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return false, err
+	}
+	var add []redis.Z
+	for i, v := range vals {
+		b, ok := v.(string)
+		if !ok {
+			continue
+		}
+		var req ca.AccessRequest
+		if err := json.Unmarshal([]byte(b), &req); err != nil {
+			return false, fmt.Errorf("corrupt request %s: %w", ids[i], err)
+		}
+		add = append(add, redis.Z{Score: float64(req.CreatedAt.UnixMilli()), Member: ids[i]})
+	}
+	if len(add) == 0 {
+		return false, nil
+	}
+	return true, r.rdb.ZAddNX(ctx, r.keys.RequestOrder(), add...).Err()
 }
 
 // GetRequest returns the request, if kept.
@@ -109,14 +175,38 @@ func (r *Redis) ListRequests(ctx context.Context) ([]ca.AccessRequest, error) {
 }
 
 // RequestsPage returns at most limit kept requests (0: all) after the position after, in
-// ca.RequestCursor order (KeepUntil, then ID: the index's), and where the next page starts
-// (zero: none is left): one script reads the page of the index (pageScript, the position
-// by rank, so requests created, decided or pruned in between do not shift it), one MGET the
-// records (one tag, so one slot on Redis Cluster). A request whose record expired meanwhile is
-// skipped, but still moves the position.
+// ca.RequestCursor order (CreatedAt, then ID: Keys.RequestOrder's), and where the next page
+// starts (zero: none is left): one script reads the page of the index (pageScript, the
+// position by rank, so requests created, decided or pruned in between do not shift it), one
+// MGET the records (one tag, so one slot on Redis Cluster). A request whose record expired
+// meanwhile is skipped, but still moves the position. The first page of a listing (after
+// zero) first brings the index up to date with what replicas of stop 16 wrote
+// (requestsSyncScript, in the same round trip as the page when nothing is missing): a request
+// kept throughout is then in the index before the listing starts, and no change moves it.
 func (r *Redis) RequestsPage(ctx context.Context, after ca.RequestCursor, limit int) ([]ca.AccessRequest, ca.RequestCursor, error) {
 	now := r.now()
-	page, more, err := pageAnswer(pageScript.Run(ctx, r.rdb, []string{r.keys.Requests()}, now.UnixMilli(), after.KeepUntil, after.ID, limit))
+	idx := []string{r.keys.Requests(), r.keys.RequestOrder()}
+	var sync, pageCmd *redis.Cmd
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if after.IsZero() {
+			sync = requestsSyncScript.Eval(ctx, p, idx, now.UnixMilli())
+		}
+		pageCmd = pageScript.Eval(ctx, p, idx[1:], "-inf", after.CreatedAt, after.ID, limit)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, ca.RequestCursor{}, fmt.Errorf("store: list requests: %w", err)
+	}
+	if sync != nil {
+		added, err := r.syncRequestOrder(ctx, sync)
+		if err != nil {
+			return nil, ca.RequestCursor{}, fmt.Errorf("store: list requests: index the requests of older replicas: %w", err)
+		}
+		if added { // the page read with them
+			pageCmd = pageScript.Eval(ctx, r.rdb, idx[1:], "-inf", after.CreatedAt, after.ID, limit)
+		}
+	}
+	page, more, err := pageAnswer(pageCmd)
 	if err != nil {
 		return nil, ca.RequestCursor{}, fmt.Errorf("store: list requests: %w", err)
 	}
@@ -148,7 +238,7 @@ func (r *Redis) RequestsPage(ctx context.Context, after ca.RequestCursor, limit 
 	var next ca.RequestCursor
 	if more {
 		last := page[len(page)-1]
-		next = ca.RequestCursor{KeepUntil: int64(last.score), ID: last.member}
+		next = ca.RequestCursor{CreatedAt: int64(last.score), ID: last.member}
 	}
 	return out, next, nil
 }
@@ -158,10 +248,12 @@ func (r *Redis) RequestsPage(ctx context.Context, after ca.RequestCursor, limit 
 func (r *Redis) UpdateRequest(ctx context.Context, id string, change func(*ca.AccessRequest) error) (ca.AccessRequest, error) {
 	var out ca.AccessRequest
 	err := r.changeRequest(ctx, id, func(tx *redis.Tx, req ca.AccessRequest) (func(redis.Pipeliner), error) {
+		was := req
 		if err := change(&req); err != nil {
 			return nil, err
 		}
-		req.ID = id // a change cannot move a request
+		// A change cannot rename a request, nor move it in the order lists page.
+		req.ID, req.CreatedAt = id, was.CreatedAt
 		b, err := json.Marshal(req)
 		if err != nil {
 			return nil, fmt.Errorf("store: update request: %w", err)
@@ -342,10 +434,11 @@ func (m *Memory) UpdateRequest(_ context.Context, id string, change func(*ca.Acc
 	if !ok {
 		return ca.AccessRequest{}, errRequestNotFound(id)
 	}
+	was := req
 	if err := change(&req); err != nil {
 		return ca.AccessRequest{}, err
 	}
-	req.ID = id
+	req.ID, req.CreatedAt = id, was.CreatedAt
 	b, err := json.Marshal(req)
 	if err != nil {
 		return ca.AccessRequest{}, fmt.Errorf("store: update request: %w", err)

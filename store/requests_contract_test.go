@@ -53,18 +53,22 @@ func testAccessRequests(t *testing.T, newStore func(*testing.T, *clock) requestS
 		return nil
 	}
 
-	// Pages (GET /v1/requests): ten requests of several windows read 3 at a time, in
-	// (KeepUntil, ID) order. Between pages one is created after the position (listed), one
-	// before it (not), the first page's requests expire (the clock passes their retention) and
-	// a listed one is approved, which moves it later: every request kept throughout is listed,
-	// the approved one again with its decision, none other twice.
+	// Pages (GET /v1/requests): ten requests created a second apart, their windows in no
+	// relation to their creation, read 3 at a time in (CreatedAt, ID) order. Between pages one
+	// is created after the position (listed), one before it (not); a listed one is approved
+	// with a window that moves its KeepUntil past every other, an unlisted one approved and one
+	// denied (each moves its KeepUntil); then the clock passes the retention of two of the
+	// first page (the cursor's own among them) and of one not yet listed, and a write prunes
+	// them. Every request kept throughout is listed exactly once, in creation order: before
+	// stop 17 the order was KeepUntil's, and the approved one came again on a later page.
 	t.Run("pages", func(t *testing.T) {
 		c := &clock{t: t0}
 		s := newStore(t, c)
+		pending := []time.Duration{9, 1, 2, 8, 7, 6, 5, 4, 1, 3} // hours, by creation
 		var want []ca.AccessRequest
-		for i := range 10 {
-			r := newRequest(i, t0)
-			r.PendingUntil = t0.Add(time.Duration(1+i/2) * time.Hour)
+		for i, h := range pending {
+			r := newRequest(i, t0.Add(time.Duration(i)*time.Second))
+			r.PendingUntil = t0.Add(h * time.Hour)
 			if err := s.CreateRequest(ctx, r); err != nil {
 				t.Fatal(err)
 			}
@@ -73,8 +77,23 @@ func testAccessRequests(t *testing.T, newStore func(*testing.T, *clock) requestS
 		if got, next, err := s.RequestsPage(ctx, ca.RequestCursor{}, 0); err != nil || !next.IsZero() || !cmp.Equal(want, got) {
 			t.Fatalf("every request at once: %v next %+v\n%s", err, next, cmp.Diff(want, got))
 		}
+		late, early, later := newRequest(20, t0.Add(20*time.Second)), newRequest(21, t0.Add(-time.Second)), newRequest(22, t0.Add(21*time.Second))
+		late.PendingUntil, early.PendingUntil, later.PendingUntil = t0.Add(9*time.Hour), t0.Add(9*time.Hour), t0.Add(9*time.Hour)
+		decide := func(id string, st ca.AccessRequestState, until time.Time) {
+			t.Helper()
+			if _, err := s.UpdateRequest(ctx, id, func(r *ca.AccessRequest) error {
+				r.Status, r.DecidedAt = st, t0.Add(time.Minute)
+				if st == ca.RequestApproved {
+					r.NotAfter = until
+				}
+				r.CreatedAt = t0.Add(time.Hour) // a change cannot move a request in the order
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
 		seen := map[string]int{}
-		var order []string
+		var order []ca.AccessRequest
 		var after ca.RequestCursor
 		for pages := 1; ; pages++ {
 			page, next, err := s.RequestsPage(ctx, after, 3)
@@ -83,24 +102,22 @@ func testAccessRequests(t *testing.T, newStore func(*testing.T, *clock) requestS
 			}
 			for _, r := range page {
 				seen[r.ID]++
-				order = append(order, r.ID)
+				order = append(order, r)
 			}
 			if pages == 1 {
-				late, early := newRequest(20, t0), newRequest(21, t0)
-				late.PendingUntil, early.PendingUntil = t0.Add(9*time.Hour), t0.Add(30*time.Minute)
 				for _, r := range []ca.AccessRequest{late, early} {
 					if err := s.CreateRequest(ctx, r); err != nil {
 						t.Fatal(err)
 					}
 				}
-				if _, err := s.UpdateRequest(ctx, page[0].ID, func(r *ca.AccessRequest) error {
-					r.Status, r.DecidedAt, r.NotAfter = ca.RequestApproved, t0.Add(time.Minute), t0.Add(8*time.Hour)
-					return nil
-				}); err != nil {
+				decide(want[0].ID, ca.RequestApproved, t0.Add(12*time.Hour))
+				decide(want[5].ID, ca.RequestApproved, t0.Add(11*time.Hour))
+				decide(want[4].ID, ca.RequestDenied, time.Time{})
+				// want[1], want[2] (the cursor) and want[8] are no longer kept; a write prunes them.
+				c.Set(t0.Add(ca.AccessRequestRetention + 2*time.Hour + 30*time.Minute))
+				if err := s.CreateRequest(ctx, later); err != nil {
 					t.Fatal(err)
 				}
-				// The first page's other two, and the early one, are no longer kept.
-				c.Set(t0.Add(ca.AccessRequestRetention + time.Hour + 30*time.Minute))
 			}
 			if next.IsZero() {
 				break
@@ -110,19 +127,25 @@ func testAccessRequests(t *testing.T, newStore func(*testing.T, *clock) requestS
 			}
 			after = next
 		}
-		for _, r := range want {
-			if seen[r.ID] == 0 {
-				t.Errorf("%s (kept throughout or listed before it expired) not listed", r.ID)
-			}
-		}
 		for id, n := range seen {
-			if n != 1 && id != want[0].ID {
+			if n != 1 {
 				t.Errorf("%s listed %d times", id, n)
 			}
 		}
-		if seen[newRequest(20, t0).ID] != 1 || seen[newRequest(21, t0).ID] != 0 || seen[want[0].ID] != 2 {
-			t.Errorf("created after the position %d times (want 1), before it %d (want 0), approved after its page %d (want 2); order %v",
-				seen[newRequest(20, t0).ID], seen[newRequest(21, t0).ID], seen[want[0].ID], order)
+		for i, r := range want {
+			if i != 8 && seen[r.ID] != 1 {
+				t.Errorf("request %d (kept throughout, or listed before it expired) listed %d times", i, seen[r.ID])
+			}
+		}
+		if seen[want[8].ID] != 0 || seen[late.ID] != 1 || seen[later.ID] != 1 || seen[early.ID] != 0 {
+			t.Errorf("expired before its page %d times (want 0), created after the position %d and %d (want 1), before it %d (want 0)",
+				seen[want[8].ID], seen[late.ID], seen[later.ID], seen[early.ID])
+		}
+		if !slices.IsSortedFunc(order, func(x, y ca.AccessRequest) int { return ca.RequestCursorOf(x).Compare(ca.RequestCursorOf(y)) }) {
+			t.Errorf("not in creation order: %v", order)
+		}
+		if got, _, _ := s.GetRequest(ctx, want[0].ID); !got.CreatedAt.Equal(want[0].CreatedAt) {
+			t.Errorf("a change moved the request's creation to %v", got.CreatedAt)
 		}
 	})
 

@@ -249,8 +249,11 @@ func getPageJSON[T any](t *testing.T, url, token string) T {
 
 // TestRequestsListPagesEndToEnd: GET /v1/requests against `sshca serve` on a real
 // redis-server, 1,000 a page over 2,500 kept requests of the caller. Between pages requests
-// are created after the position (listed) and before it (not), and the first page's, at the
-// end of their retention, expire: every request kept throughout is listed once. The filters
+// are created after the position (listed) and before it (not), the first page's, at the
+// end of their retention, expire, and requests are decided: approved with a window that moves
+// their KeepUntil past every other request's, some already listed, some not yet (before stop
+// 17 the listed ones came again on the last page): every request kept throughout is listed
+// once. The filters
 // keep working with pages (pending), an old client gets the first page with a next_cursor,
 // and `sshca request list` follows every page.
 func TestRequestsListPagesEndToEnd(t *testing.T) {
@@ -302,7 +305,7 @@ func TestRequestsListPagesEndToEnd(t *testing.T) {
 
 	c := client.New(base)
 	seen := map[string]int{}
-	after, before := map[string]bool{}, map[string]bool{}
+	after, before, decided := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	cursor := ""
 	pages := 0
 	for {
@@ -327,6 +330,29 @@ func TestRequestsListPagesEndToEnd(t *testing.T) {
 			for id := range create(30, func(int) time.Time { return now.Add(30 * time.Minute) }, ca.RequestPending) {
 				before[id] = true
 			}
+			// Decisions: 20 requests of this page and 20 not yet listed.
+			var listed []string
+			for _, r := range page.Requests {
+				if long[r.ID] && len(listed) < 20 {
+					listed = append(listed, r.ID)
+				}
+			}
+			for id := range long {
+				if seen[id] == 0 && len(decided) < 20 {
+					decided[id] = true
+				}
+			}
+			for _, id := range listed {
+				decided[id] = true
+			}
+			for id := range decided {
+				if _, err := db.UpdateRequest(ctx, id, func(r *ca.AccessRequest) error {
+					r.Status, r.DecidedAt, r.DecidedBy, r.NotAfter = ca.RequestApproved, time.Now(), "bob", now.Add(5*time.Hour)
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 		if page.NextCursor == "" {
 			break
@@ -346,6 +372,10 @@ func TestRequestsListPagesEndToEnd(t *testing.T) {
 	checkListed(t, seen, "denied, kept throughout", denied, true)
 	checkListed(t, seen, "created after the position", after, true)
 	checkListed(t, seen, "created before the position", before, false)
+	checkListed(t, seen, "decided between pages", decided, true)
+	if len(decided) != 40 {
+		t.Errorf("%d requests decided between pages, want 40", len(decided))
+	}
 	if pages != 3 {
 		t.Errorf("%d pages, want 3", pages)
 	}
@@ -362,7 +392,7 @@ func TestRequestsListPagesEndToEnd(t *testing.T) {
 		}
 		ids[r.ID] = true
 	}
-	if want := len(long) + len(after) + len(before); len(ids) != want {
+	if want := len(long) - len(decided) + len(after) + len(before); len(ids) != want {
 		t.Errorf("pending: %d requests, want %d", len(ids), want)
 	}
 
