@@ -509,6 +509,7 @@ func (a *Agent) installKRL(b []byte, source string) error {
 	a.status.Source, a.status.Connected, a.status.LastError = source, true, ""
 	a.status.Alert, a.status.OfferedVersion = "", 0
 	a.mu.Unlock()
+	a.o.Log.Debug("KRL installed", "version", k.Version, "source", source)
 	if a.o.OnKRL != nil {
 		a.o.OnKRL(k)
 	}
@@ -774,6 +775,7 @@ func (a *Agent) pollOnce(ctx context.Context, h *HTTPSource, wait time.Duration)
 	}
 	begin := a.o.Clock.Now()
 	b, etag, code, waited, err := h.get(ctx, "/v1/krl", h.etag, wait)
+	a.o.Log.Debug("KRL poll answered", "wait", wait, "code", code, "waited", waited, "took", a.o.Clock.Since(begin), "err", err)
 	if err != nil {
 		return false, err
 	}

@@ -227,6 +227,7 @@ func (s *Sessions) add(addr string, inode uint64, c certInfo) {
 	}
 	newest := s.newest
 	s.mu.Unlock()
+	s.log.Debug("session tracked", "client", addr, "key_id", c.keyID)
 	if newest != nil {
 		revoked := revokedBy(newest)
 		s.end(func(c certInfo) bool { return revoked(c) })
@@ -299,7 +300,9 @@ func (s *Sessions) EndRevokedBy(k *krl.KRL) {
 	if s.newest == nil || k.Version >= s.newest.Version {
 		s.newest = k
 	}
+	live := len(s.live)
 	s.mu.Unlock()
+	s.log.Debug("live sessions checked against a KRL", "version", k.Version, "live", live)
 	s.end(revokedBy(k))
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -59,7 +60,16 @@ func lockdown(t *testing.T, mode string) {
 	case "https":
 		flags.server, flags.serverCA = tlsFront(t, base, dir)
 	}
-	startAgent(t, flags)
+	// The agent's own account (debug level: each KRL installed, each session learned and
+	// ended), shown when a trial fails: the ssh client's end alone does not say which step
+	// was late.
+	var agentLog testenv.SyncBuffer
+	startAgentLog(t, flags, slog.New(slog.NewTextHandler(&agentLog, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent log:\n%s", agentLog.String())
+		}
+	})
 	sshd, kh := startBastionSSHD(t, base, mint, dir, flags)
 
 	post := func(path string, body any) []byte {
@@ -141,7 +151,7 @@ func lockdown(t *testing.T, mode string) {
 		case end := <-s.ended:
 			return max(0, end.Sub(at))
 		case <-time.After(10 * time.Second):
-			t.Fatalf("the live session of %s (%s) was not ended within 10s of its revocation", s.c.KeyID, s.email)
+			t.Fatalf("the live session of %s (%s) was not ended within 10s of its revocation at %s", s.c.KeyID, s.email, at.UTC().Format(time.RFC3339Nano))
 			return 0
 		}
 	}

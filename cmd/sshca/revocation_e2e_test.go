@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -188,10 +189,16 @@ func minter(t *testing.T, idp *devissuer.Issuer) func(map[string]any) string {
 // startAgent runs the bastion agent with flags until the test ends.
 func startAgent(t *testing.T, flags agentFlags) *bastion.Agent {
 	t.Helper()
+	return startAgentLog(t, flags, testLog(t))
+}
+
+// startAgentLog is startAgent logging to log.
+func startAgentLog(t *testing.T, flags agentFlags, log *slog.Logger) *bastion.Agent {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan *bastion.Agent, 1)
 	agentDone := make(chan error, 1)
-	go func() { agentDone <- runAgent(ctx, flags, testLog(t), ready) }()
+	go func() { agentDone <- runAgent(ctx, flags, log, ready) }()
 	t.Cleanup(func() { cancel(); <-agentDone })
 	var agent *bastion.Agent
 	select {
