@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -42,22 +43,72 @@ func stripeSays(i int) string {
 // short (the base, head and stream deleted, or the base moved) fails, as does a stripe the
 // archive holds that the chain in Redis no longer has. A legacy base mark that names exactly
 // that record is accepted, the archive vouching for it. An archive with nothing of a stripe
-// constrains nothing of it.
+// constrains nothing of it; but the archive must hold the seal that Redis recorded for the
+// last completed archive run of a striped log (CheckSealed), so a stripe that run archived
+// cannot be cut out of it with the run's seal. Report.SealRecorded says Redis had one.
+//
+// An archive that goes beyond the base marks, its extra records still in Redis as it holds
+// them, is an archive run interrupted before it trimmed (a crash between writing the file and
+// trimming Redis): *UnfinishedArchiveError, which the next Archive to the file clears.
 func (l *Log) VerifyAfter(ctx context.Context, ar ArchiveReport, each func(Entry)) (Report, error) {
+	recorded, err := l.CheckSealed(ctx, ar)
+	if err != nil {
+		return Report{}, err
+	}
+	// ahead: the stripes whose archive goes on beyond the base mark in Redis, and whether
+	// the chain in Redis holds the archive's last record of each (found).
+	type aheadOf struct {
+		seq   uint64
+		mac   string
+		found bool
+	}
+	ahead := map[int]*aheadOf{}
 	rep, err := l.walk(ctx, &ar, func(stripe int, b baseMark) (bool, error) {
 		as := ar.stripe(stripe)
 		if !as.positioned() {
+			return false, nil
+		}
+		if as.LastSeq > b.seq && (b.seq > 0 || as.Entries > 0 && as.FirstSeq == 1) {
+			// Either an interrupted run (Redis still holds the records the file has beyond
+			// the base: the walk finds them) or records removed from Redis (it does not).
+			ahead[stripe] = &aheadOf{seq: as.LastSeq, mac: as.LastMAC}
 			return false, nil
 		}
 		if b.seq == 0 {
 			return false, fmt.Errorf("audit: %sthe chain in Redis has no base mark, but the archive ends at record %d: the log was emptied or lost (or the archive is not of this log)", stripeSays(stripe), as.LastSeq)
 		}
 		if b.seq != as.LastSeq || b.mac != as.LastMAC {
-			return false, fmt.Errorf("audit: %sthe base mark says the chain in Redis goes on from record %d (%.16s…), the archive ends at record %d (%.16s…): records were removed, or this is not the latest archive, or an archive run was cut short before trimming (run `sshca audit archive` again)", stripeSays(stripe), b.seq, b.mac, as.LastSeq, as.LastMAC)
+			return false, fmt.Errorf("audit: %sthe base mark says the chain in Redis goes on from record %d (%.16s…), the archive ends at record %d (%.16s…): records were removed, or this is not the latest archive", stripeSays(stripe), b.seq, b.mac, as.LastSeq, as.LastMAC)
 		}
 		return true, nil
-	}, recordsOnly(each))
+	}, func(e Entry) {
+		if a := ahead[e.Stripe]; a != nil && e.Seq == a.seq && e.MAC == a.mac {
+			a.found = true
+		}
+		if each != nil && e.isRecord() {
+			each(e)
+		}
+	})
+	rep.SealRecorded = recorded
+	// lost is the error for an ahead stripe whose records Redis does not hold.
+	lost := func(i int, a *aheadOf) error {
+		sr := rep.Stripes[i]
+		if sr.BaseSeq == 0 {
+			return fmt.Errorf("audit: %sthe chain in Redis has no base mark, but the archive ends at record %d: the log was emptied or lost (or the archive is not of this log)", stripeSays(i), a.seq)
+		}
+		return fmt.Errorf("audit: %sthe base mark says the chain in Redis goes on from record %d, the archive ends at record %d (%.16s…), which the chain in Redis does not hold (it ends at %d): records were removed from Redis, or the archive is not of this log", stripeSays(i), sr.BaseSeq, a.seq, a.mac, sr.HeadSeq)
+	}
 	if err != nil {
+		// A stripe emptied in Redis also breaks the checkpoints' claims on it; that it was
+		// emptied is the better answer.
+		var cut *StripeCutError
+		if errors.As(err, &cut) {
+			for i := range rep.Stripes {
+				if a := ahead[i]; a != nil && !a.found {
+					return rep, lost(i, a)
+				}
+			}
+		}
 		return rep, err
 	}
 	for i := len(rep.Stripes); i < len(ar.Stripes); i++ {
@@ -65,7 +116,30 @@ func (l *Log) VerifyAfter(ctx context.Context, ar ArchiveReport, each func(Entry
 			return rep, fmt.Errorf("audit: the archive holds stripe %d, the chain in Redis has %d stripes: the stripe count was lowered, or the stripe lost", i, len(rep.Stripes))
 		}
 	}
+	for i := range rep.Stripes {
+		a := ahead[i]
+		if a == nil {
+			continue
+		}
+		if !a.found {
+			return rep, lost(i, a)
+		}
+		return rep, &UnfinishedArchiveError{Stripe: i, Base: rep.Stripes[i].BaseSeq, Last: a.seq}
+	}
 	return rep, nil
+}
+
+// UnfinishedArchiveError is VerifyAfter's error for an archive that goes on beyond the base
+// mark of a stripe in Redis while Redis still holds those records, as the file has them: an
+// archive run wrote (and may have sealed) them and was interrupted before it trimmed Redis.
+// Nothing is lost; Archive to the same file completes the run.
+type UnfinishedArchiveError struct {
+	Stripe     int
+	Base, Last uint64 // the base mark in Redis; the archive's last record of the stripe
+}
+
+func (e *UnfinishedArchiveError) Error() string {
+	return fmt.Sprintf("audit: %sthe archive holds records up to %d, which the chain in Redis still holds after its base mark (record %d): an archive run was interrupted after writing the file and before trimming Redis; nothing is lost: run `sshca audit archive` to this file again to complete it", stripeSays(e.Stripe), e.Last, e.Base)
 }
 
 // trimScript moves the base mark from ARGV[1] (what the archive started from) to ARGV[2] and
@@ -109,6 +183,13 @@ type archiving struct {
 // A legacy base mark is accepted when prior ends at exactly its record, or with
 // Options.AcceptLegacyBase; it is replaced by a signed one even when there is nothing to trim.
 func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (Report, error) {
+	// A file that lacks the seal Redis recorded was cut back before it: appending would seal
+	// the cut. A new (empty) file goes on from another one and holds no seal yet.
+	if prior != nil && (prior.positioned() || prior.Seals > 0) {
+		if _, err := l.CheckSealed(ctx, *prior); err != nil {
+			return Report{}, fmt.Errorf("audit: archive: nothing appended: %w", err)
+		}
+	}
 	var st []*archiving
 	at := func(i int) *archiving {
 		for len(st) <= i {
@@ -216,6 +297,7 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 	// A striped log's run ends with a seal naming every stripe's end in the file, so that
 	// lines of one stripe cut out, or one stripe cut back, no longer verify (seal.go). It is
 	// written even when nothing else was: it seals a file written before seals.
+	var seal *archived
 	if len(rep.Stripes) > 1 && (len(trims) > 0 || (prior != nil && !prior.Sealed && prior.positioned())) {
 		var heads []SealHead
 		for i := range rep.Stripes {
@@ -229,25 +311,32 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 			}
 			heads = append(heads, SealHead{Stripe: i, First: first, Seq: a.end.seq, MAC: a.end.mac})
 		}
-		if err := enc.Encode(archived{Seal: heads, SealMAC: l.sealMAC(heads)}); err != nil {
+		seal = &archived{Seal: heads, SealMAC: l.sealMAC(heads)}
+		if err := enc.Encode(*seal); err != nil {
 			return Report{}, fmt.Errorf("audit: archive: %w", err)
 		}
-		if len(trims) == 0 {
-			if f, ok := w.(interface{ Sync() error }); ok {
-				if err := f.Sync(); err != nil {
-					return Report{}, fmt.Errorf("audit: archive: %w", err)
-				}
-			}
-		}
 	}
-	if len(trims) == 0 {
+	if len(trims) == 0 && seal == nil {
 		return out, nil
 	}
-	// The archive must be on disk before the records leave Redis.
+	// The archive must be on disk before the records leave Redis, and its seal before Redis
+	// records it (a recorded seal the file lacks would refuse the file).
 	if f, ok := w.(interface{ Sync() error }); ok {
 		if err := f.Sync(); err != nil {
 			return Report{}, fmt.Errorf("audit: archive: %w", err)
 		}
+	}
+	// Redis records the seal before it trims anything the seal covers: a record trimmed is
+	// then always under a seal that Redis names, so cutting that seal (and the records) out
+	// of the file is found (CheckSealed). A crash between the two leaves Redis naming an
+	// earlier seal the file still holds, and the records untrimmed.
+	if seal != nil {
+		if err := l.recordSeal(ctx, *seal); err != nil {
+			return Report{}, err
+		}
+	}
+	if len(trims) == 0 {
+		return out, nil
 	}
 	trimmed0 := false
 	for _, t := range trims {
@@ -315,6 +404,8 @@ type ArchiveReport struct {
 	// that cross from the archive into Redis and back (checkClaims).
 	cps  []walkedCheckpoint
 	macs [][]uint64
+	// sealMACs are the MACs of the seals checked, in file order, for CheckSealed.
+	sealMACs []string
 }
 
 // positioned: the archive holds something of some stripe.
@@ -359,11 +450,15 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 	// macs[j] are the 8-byte MAC prefixes of stripe j's entries from its first in the file
 	// (FirstSeq) on, for the checkpoints' claims (checkArchiveClaims).
 	var macs [][]uint64
-	sc := bufio.NewScanner(r)
+	lr := &lastByte{r: r}
+	sc := bufio.NewScanner(lr)
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
 	for line := 1; sc.Scan(); line++ {
 		var a archived
 		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
+			if lr.eof && lr.last != '\n' && !sc.Scan() {
+				return rep, &PartialLineError{Line: line, Err: err}
+			}
 			return rep, fmt.Errorf("audit: archive line %d: %w", line, err)
 		}
 		if a.Seal != nil || a.SealMAC != "" {
@@ -378,6 +473,7 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 			}
 			rep.Seals++
 			rep.Sealed = true
+			rep.sealMACs = append(rep.sealMACs, a.SealMAC)
 			continue
 		}
 		rep.Sealed = false
@@ -451,4 +547,36 @@ func (l *Log) VerifyArchive(r io.Reader, each func(Entry)) (ArchiveReport, error
 		return rep, err
 	}
 	return rep, nil
+}
+
+// PartialLineError is VerifyArchive's error for a last line that does not parse and ends the
+// file without its newline: what a write interrupted mid-line leaves (Archive writes whole
+// lines, each ending in one), or a file truncated. Everything before it verified.
+type PartialLineError struct {
+	Line int
+	Err  error
+}
+
+func (e *PartialLineError) Error() string {
+	return fmt.Sprintf("audit: archive line %d, the last, is cut short (the file ends inside it, without a newline: %v): an archive run was interrupted while writing (then `sshca audit archive` to the file drops the line and completes the run), or the file was truncated", e.Line, e.Err)
+}
+
+func (e *PartialLineError) Unwrap() error { return e.Err }
+
+// lastByte remembers the last byte read from r, and whether r ended.
+type lastByte struct {
+	r    io.Reader
+	last byte
+	eof  bool
+}
+
+func (l *lastByte) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if n > 0 {
+		l.last = p[n-1]
+	}
+	if err == io.EOF {
+		l.eof = true
+	}
+	return n, err
 }

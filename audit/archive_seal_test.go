@@ -169,13 +169,27 @@ func TestArchiveSeal(t *testing.T) {
 	if _, err := reader.VerifyAfter(ctx, ar2, nil); err == nil {
 		t.Error("VerifyAfter takes an archive whose stripe 1 was cut back")
 	}
-	// Archive to the unsealed file seals it, though nothing is left to trim.
+	// Redis recorded the seal that was cut: VerifyAfter and Archive refuse the file.
+	if _, err := reader.VerifyAfter(ctx, ar, nil); err == nil || !strings.Contains(err.Error(), "does not hold that seal") {
+		t.Errorf("VerifyAfter of the archive without the seal Redis recorded: %v", err)
+	}
+	if _, err := reader.Archive(ctx, new(bytes.Buffer), &ar); err == nil || !strings.Contains(err.Error(), "does not hold that seal") {
+		t.Errorf("Archive to the file without the seal Redis recorded: %v", err)
+	}
+	// A file of sshca before stop 17, which recorded no seal in Redis: Archive to the
+	// unsealed file seals it, though nothing is left to trim.
+	rdb.Del(ctx, "sshca:{audit}:sealed")
 	var more bytes.Buffer
 	if _, err := reader.Archive(ctx, &more, &ar); err != nil {
 		t.Fatal(err)
 	}
+	if rdb.Get(ctx, "sshca:{audit}:sealed").Val() == "" {
+		t.Error("sealing the file recorded no seal in Redis")
+	}
 	if ar, err := verify(joinLines(unsealed) + more.String()); err != nil || !ar.Sealed {
 		t.Errorf("after archiving to the unsealed file: %+v %v; want it sealed", ar, err)
+	} else if rep, err := reader.VerifyAfter(ctx, ar, nil); err != nil || !rep.SealRecorded {
+		t.Errorf("VerifyAfter the sealed file: %+v %v; want its seal recorded", rep, err)
 	}
 
 	// The next archive, to a new file, of records kept in stripes 0 and 1 only: stripe 0's

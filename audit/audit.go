@@ -783,6 +783,11 @@ type Report struct {
 	// SetAside counts the heads named by checkpoints that were not checked, their stripe
 	// being one of Options.LostStripes.
 	SetAside int
+	// SealRecorded (VerifyAfter): Redis holds the seal of the last completed archive run
+	// (Keys.AuditSealed), and the archive holds it. Without one (a log archived by sshca
+	// before stop 17, or never archived while striped) only the base marks vouch for the
+	// archive's end.
+	SealRecorded bool
 }
 
 // StripeCutError is Verify's error when a checkpoint names a record of a stripe that the

@@ -1,10 +1,17 @@
 package audit
 
 import (
+	"context"
 	"crypto/hmac"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/store"
 )
 
 // Seals bind the stripes of an archive together. Each stripe's lines in an archive form its
@@ -25,6 +32,14 @@ import (
 // (SHA-256 without a key); the context string keeps it from standing in for a record's or a
 // base mark's MAC. A file whose last run was cut short before its seal is not Sealed; the next
 // `sshca audit archive` to it seals it.
+//
+// A seal vouches for what comes before it, not for itself: the last run's seal deleted, with
+// or without the run's lines, leaves a file that reads as one whose run was cut short, or as
+// the file before that run. So Archive keeps in Redis the seal line it wrote
+// (Keys.AuditSealed), after the file holding it is synced and before it trims any record it
+// seals: every record gone from Redis is then covered by a seal Redis names, and CheckSealed
+// (in VerifyAfter and before Archive appends) requires the archive to hold that seal. Lines
+// after it are a run that did not complete, whose records Redis still holds.
 
 // SealHead is one stripe's place in a seal.
 type SealHead struct {
@@ -45,18 +60,28 @@ func (l *Log) sealMAC(heads []SealHead) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// checkSeal checks a seal line against the stripes as read up to it.
-func (l *Log) checkSeal(a archived, stripes []ArchiveStripe) error {
+// sealSigned checks a seal's MAC and form, not what it names.
+func (l *Log) sealSigned(a archived) error {
 	if !hmac.Equal([]byte(a.SealMAC), []byte(l.sealMAC(a.Seal))) {
 		return fmt.Errorf("the seal is not signed with the audit key: the archive was changed")
 	}
-	named := map[int]SealHead{}
 	last := -1
 	for _, h := range a.Seal {
 		if h.Stripe <= last || h.Stripe >= MaxStripes || !isMAC(h.MAC) || h.Seq == 0 {
 			return fmt.Errorf("malformed seal: head %+v", h)
 		}
 		last = h.Stripe
+	}
+	return nil
+}
+
+// checkSeal checks a seal line against the stripes as read up to it.
+func (l *Log) checkSeal(a archived, stripes []ArchiveStripe) error {
+	if err := l.sealSigned(a); err != nil {
+		return err
+	}
+	named := map[int]SealHead{}
+	for _, h := range a.Seal {
 		named[h.Stripe] = h
 	}
 	for j, st := range stripes {
@@ -121,4 +146,69 @@ func checkArchiveClaims(cps []walkedCheckpoint, stripes []ArchiveStripe, macs []
 		}
 	}
 	return nil
+}
+
+// recordSeal keeps in Redis the seal line a run wrote (Keys.AuditSealed): Archive calls it
+// once the file holding the seal is synced, before it trims.
+func (l *Log) recordSeal(ctx context.Context, line archived) error {
+	b, err := json.Marshal(line)
+	if err != nil {
+		return err
+	}
+	if err := l.rdb.Set(ctx, store.Keys{Prefix: l.prefix}.AuditSealed(), b, 0).Err(); err != nil {
+		return fmt.Errorf("audit: archive: the record of the seal in Redis (nothing was trimmed): %w", err)
+	}
+	return nil
+}
+
+// recordedSeal is the seal the last completed archive run recorded in Redis: nil when there
+// is none; an error when it is malformed or not signed with the key.
+func (l *Log) recordedSeal(ctx context.Context) (*archived, error) {
+	v, err := l.rdb.Get(ctx, store.Keys{Prefix: l.prefix}.AuditSealed()).Result()
+	if err == redis.Nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: read: %w", err)
+	}
+	var a archived
+	if err := json.Unmarshal([]byte(v), &a); err != nil || len(a.Seal) == 0 || a.Stripe != 0 || a.Seq != 0 || a.Rec != nil || a.Base != "" {
+		return nil, fmt.Errorf("audit: the seal of the last archive run recorded in Redis (%s) is malformed: %.120q", store.Keys{Prefix: l.prefix}.AuditSealed(), v)
+	}
+	if err := l.sealSigned(a); err != nil {
+		return nil, fmt.Errorf("audit: the seal of the last archive run recorded in Redis: %w", err)
+	}
+	return &a, nil
+}
+
+// CheckSealed checks that the archive ar (as VerifyArchive found it) holds the seal that the
+// last completed archive run recorded in Redis (Keys.AuditSealed). recorded is false when
+// Redis holds none (archived by sshca before stop 17, or never while striped): then nothing
+// is checked. The error, when ar lacks the seal, says which stripe ends the seal names: the
+// archive was cut back before that seal (the last run's seal deleted, with or without its
+// lines), or it is not the latest archive.
+func (l *Log) CheckSealed(ctx context.Context, ar ArchiveReport) (recorded bool, err error) {
+	rec, err := l.recordedSeal(ctx)
+	if err != nil || rec == nil {
+		return false, err
+	}
+	for _, m := range ar.sealMACs {
+		if m == rec.SealMAC {
+			return true, nil
+		}
+	}
+	var named, holds []string
+	for _, h := range rec.Seal {
+		named = append(named, fmt.Sprintf("stripe %d up to record %d", h.Stripe, h.Seq))
+	}
+	for j, st := range ar.Stripes {
+		if st.positioned() {
+			holds = append(holds, fmt.Sprintf("stripe %d up to record %d", j, st.LastSeq))
+		}
+	}
+	has := "nothing"
+	if len(holds) > 0 {
+		has = strings.Join(holds, ", ")
+	}
+	return true, fmt.Errorf("audit: the last archive run sealed %s (seal %.16s…, as Redis records it), and the archive does not hold that seal (it holds %s, and %d seals): lines were cut from its end (the last run's seal, or the run with it), or this is not the latest archive", strings.Join(named, ", "), rec.SealMAC, has, len(ar.sealMACs))
 }

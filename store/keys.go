@@ -273,6 +273,14 @@ func (k Keys) AuditStripeBase(i int) string { return k.p() + ":" + TagAuditStrip
 // was lowered.
 func (k Keys) AuditStripes() string { return k.p() + ":" + TagAudit + ":stripes" }
 
+// AuditSealed is the seal line (audit/seal.go) that the last completed `sshca audit archive`
+// run of a striped log wrote, as a string in the archive's JSON: set after the archive file
+// holding that seal is synced and before any record it seals is trimmed, so every record
+// trimmed from Redis is covered by a seal Redis names, and an archive cut back before that
+// seal no longer verifies against Redis (audit.Log.VerifyAfter). MACed with the audit key;
+// absent for a log archived by sshca before stop 17, or never archived while striped.
+func (k Keys) AuditSealed() string { return k.p() + ":" + TagAudit + ":sealed" }
+
 // AuditOnce marks the audit record appended with this key (audit.Log.AppendOnce, the key in
 // lowercase hex) as kept, a string: the record's sequence number in decimal, set by the script
 // that appends the record, in the same step, and expiring ca.AuditOnceWindow later (audit/).
@@ -470,6 +478,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.AuditBase(), "AuditBase", TagAudit, "audit", ReadByCA},
 		{k.AuditStripes(), "AuditStripes", TagAudit, "audit", ReadByCA},
 		{k.AuditOnce(exampleOnce), "AuditOnce", TagAudit, "audit", ReadByCA},
+		{k.AuditSealed(), "AuditSealed", TagAudit, "audit", ReadByCA},
 		{k.AuditStripeLog(1), "AuditStripeLog", TagAuditStripe(1), "audit", ReadByCA},
 		{k.AuditStripeHead(1), "AuditStripeHead", TagAuditStripe(1), "audit", ReadByCA},
 		{k.AuditStripeBase(1), "AuditStripeBase", TagAuditStripe(1), "audit", ReadByCA},
