@@ -19,34 +19,15 @@ import (
 type ReplyDropper struct {
 	// Addr is the proxy's address, for the client.
 	Addr   string
-	ln     net.Listener
-	target string
 	mu     sync.Mutex
 	marker []byte // armed: the next request holding it loses its answer
-	wg     sync.WaitGroup
 }
 
 // DropReply starts a ReplyDropper in front of target (host:port); it stops with the test.
 func DropReply(t testing.TB, target string) *ReplyDropper {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &ReplyDropper{Addr: ln.Addr().String(), ln: ln, target: target}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			d.wg.Add(1)
-			go func() { defer d.wg.Done(); d.serve(c) }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); d.wg.Wait() })
+	d := &ReplyDropper{}
+	d.Addr = startProxy(t, target, func(req []byte) (hold, drop bool) { return false, d.take(req) })
 	return d
 }
 
@@ -86,9 +67,50 @@ func (d *ReplyDropper) take(req []byte) bool {
 	return true
 }
 
-func (d *ReplyDropper) serve(c net.Conn) {
+// startProxy starts a TCP proxy on loopback in front of target and returns its address; it
+// stops with the test, closing the connections it relays. decide sees each chunk a client
+// sends: hold, and neither it nor anything after it on the connection reaches the server;
+// drop, and it does, but the connection closes at the server's next answer, which never
+// reaches the client.
+func startProxy(t testing.TB, target string, decide func(req []byte) (hold, drop bool)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() { defer wg.Done(); relay(c, target, decide) }()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close() // a held connection waits for its client, which may still be alive
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+func relay(c net.Conn, target string, decide func(req []byte) (hold, drop bool)) {
 	defer c.Close()
-	s, err := net.Dial("tcp", d.target)
+	s, err := net.Dial("tcp", target)
 	if err != nil {
 		return
 	}
@@ -115,14 +137,19 @@ func (d *ReplyDropper) serve(c net.Conn) {
 		}
 	}()
 	buf := make([]byte, 64<<10)
+	holding := false
 	for {
 		n, err := c.Read(buf)
-		if n > 0 {
-			if d.take(buf[:n]) {
+		if n > 0 && !holding {
+			h, d := decide(buf[:n])
+			holding = h
+			if d {
 				drop.Store(true)
 			}
-			if _, werr := s.Write(buf[:n]); werr != nil {
-				break
+			if !holding {
+				if _, werr := s.Write(buf[:n]); werr != nil {
+					break
+				}
 			}
 		}
 		if err != nil {
