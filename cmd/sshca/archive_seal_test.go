@@ -17,9 +17,11 @@ import (
 )
 
 // TestAuditVerifyUnsealedArchive: `sshca audit verify --archive` of a striped log's archive as
-// `sshca audit archive` writes it says nothing of seals; with its seal line cut off it still
-// verifies and warns that nothing vouches for its stripes' ends; with one stripe's lines cut
-// out it fails.
+// `sshca audit archive` writes it says nothing of seals; with its seal line cut off it is
+// refused alone (nothing vouches for its stripes' ends: before stop 17 it verified with a
+// warning) unless --accept-unsealed-end, which warns, and refused against Redis, which
+// recorded the seal; with one stripe's lines cut out it fails. A log without stripes: an
+// archive without its last base mark, the same.
 func TestAuditVerifyUnsealedArchive(t *testing.T) {
 	ctx := context.Background()
 	r := testenv.StartRedis(t)
@@ -43,17 +45,26 @@ func TestAuditVerifyUnsealedArchive(t *testing.T) {
 	if !strings.HasPrefix(lines[len(lines)-1], `{"seal":`) {
 		t.Fatalf("the archive does not end with a seal:\n%s", text)
 	}
-	verify := func(s string) (string, error) {
+	verify := func(s string, extra ...string) (string, error) {
 		p := filepath.Join(t.TempDir(), "a.jsonl")
 		writeFile(t, p, s)
-		return runCLI(t, "", "audit", "verify", "--archive", p, "--key-file", keyFile)
+		return runCLI(t, "", append([]string{"audit", "verify", "--archive", p, "--key-file", keyFile}, extra...)...)
 	}
 	if out, err := verify(text); err != nil || strings.Contains(out, "seal") {
 		t.Errorf("the archive as written: %v\n%s", err, out)
 	}
+	if out, err := verify(text, "--redis", "redis://"+r.Addr); err != nil || strings.Contains(out, "WARNING") {
+		t.Errorf("the archive as written, against Redis: %v\n%s", err, out)
+	}
 	unsealed := strings.Join(lines[:len(lines)-1], "")
-	if out, err := verify(unsealed); err != nil || !strings.Contains(out, "does not end with a seal") {
-		t.Errorf("without its seal: %v; want it verified, with a warning\n%s", err, out)
+	if out, err := verify(unsealed); err == nil || !strings.Contains(err.Error(), "does not end with a seal") || !strings.Contains(err.Error(), "--accept-unsealed-end") {
+		t.Errorf("without its seal: %v; want it refused, naming --accept-unsealed-end\n%s", err, out)
+	}
+	if out, err := verify(unsealed, "--accept-unsealed-end"); err != nil || !strings.Contains(out, "does not end with a seal, accepted because of --accept-unsealed-end") {
+		t.Errorf("without its seal, --accept-unsealed-end: %v; want it verified, with a warning\n%s", err, out)
+	}
+	if out, err := verify(unsealed, "--redis", "redis://"+r.Addr); err == nil || !strings.Contains(err.Error(), "does not hold that seal") {
+		t.Errorf("without its seal, against Redis: %v; want it refused\n%s", err, out)
 	}
 	var cut bytes.Buffer
 	for _, l := range lines {
@@ -63,6 +74,26 @@ func TestAuditVerifyUnsealedArchive(t *testing.T) {
 	}
 	if out, err := verify(cut.String()); err == nil || !strings.Contains(err.Error()+out, "cut out") {
 		t.Errorf("stripe 2's lines cut out: %v; want it refused\n%s", err, out)
+	}
+
+	// One stripe: the run's last line is its signed base mark.
+	rdb.FlushAll(ctx)
+	for range 2 {
+		if err := audit.New(rdb, audit.Options{Key: key}).Append(ctx, ca.AuditRecord{Time: time.Now().UTC(), Action: ca.ActionAdmin, Outcome: "allowed", Identity: "test"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	single := filepath.Join(dir, "single.jsonl")
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", "redis://"+r.Addr, "--key-file", keyFile, "--out", single); err != nil {
+		t.Fatalf("archive: %v\n%s", err, out)
+	}
+	text = readFile(t, single)
+	if out, err := verify(text); err != nil || strings.Contains(out, "WARNING") {
+		t.Errorf("one stripe, as written: %v\n%s", err, out)
+	}
+	lines = strings.SplitAfter(strings.TrimSpace(text), "\n")
+	if out, err := verify(strings.Join(lines[:len(lines)-2], "")); err == nil || !strings.Contains(err.Error(), "does not end with a signed base mark") {
+		t.Errorf("one stripe, its last record and base mark cut: %v; want it refused\n%s", err, out)
 	}
 }
 

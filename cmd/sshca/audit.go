@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -89,6 +90,73 @@ func unsealed(ar audit.ArchiveReport) string {
 		return ""
 	}
 	return "WARNING: the archive of a striped log does not end with a seal: it was written before seals, or its last run was cut short; lines of a stripe cut out of it would not show (`sshca audit archive` to the same file seals it)"
+}
+
+// unvouchedEnd says why nothing in an archive vouches for its end, "" when something does: a
+// striped log's archive must end with a seal, one of a log without stripes (holding records)
+// with a signed base mark, each written last by every archive run. Without Redis (which
+// records the last run's seal, and the base marks) an archive cut back to a line boundary
+// inside its last run reads as a run interrupted before its seal; so `audit verify --archive`
+// alone refuses such an archive unless --accept-unsealed-end.
+func unvouchedEnd(ar audit.ArchiveReport) string {
+	switch {
+	case len(ar.Stripes) > 1 && !ar.Sealed:
+		return "the archive of a striped log does not end with a seal"
+	case len(ar.Stripes) <= 1 && ar.Records > 0 && !ar.EndsSigned:
+		return "the archive does not end with a signed base mark"
+	}
+	return ""
+}
+
+// unvouchedRisk is what --accept-unsealed-end accepts.
+const unvouchedRisk = "its last run was interrupted before it finished (`sshca audit archive` to the file again completes it), or lines were cut from its end, or it was written by sshca before base marks were signed or before seals (stop 15); alone, nothing shows which: verify it with --redis (the chain in Redis must go on from it, and Redis records the last run's seal), or give --accept-unsealed-end to accept that lines cut from its end would not show"
+
+// priorArchive verifies the archive file f (at path) that a run appends to, and returns what
+// it holds, its newest record of the store, and the offset to truncate it to before
+// appending (its size when nothing is to go). A run interrupted while writing can leave a
+// last line without its newline (Archive writes whole lines, each with one): when the lines
+// before it verify and hold the seal the last completed run recorded in Redis, the line is of
+// a run that never finished, whose records Redis still holds (nothing is trimmed before the
+// file is synced and its seal recorded), and it goes. A line cut short anywhere else, or
+// before that seal, refuses the file.
+func priorArchive(ctx context.Context, al *audit.Log, f *os.File, path string) (audit.ArchiveReport, *ca.StoreWitness, int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return audit.ArchiveReport{}, nil, 0, err
+	}
+	end, err := afterLastNewline(f, st.Size())
+	if err != nil {
+		return audit.ArchiveReport{}, nil, 0, err
+	}
+	var newest newestWitness
+	prior, err := al.VerifyArchive(io.NewSectionReader(f, 0, end), newest.see)
+	if err != nil {
+		return prior, nil, 0, fmt.Errorf("%s does not verify, so nothing is appended to it: %w", path, err)
+	}
+	if end < st.Size() {
+		if _, err := al.CheckSealed(ctx, prior); err != nil {
+			return prior, nil, 0, fmt.Errorf("%s ends inside a line (%d bytes without a newline), and the lines before it do not hold the last archive run's seal, so nothing is appended to it: %w", path, st.Size()-end, err)
+		}
+	}
+	return prior, newest.store, end, nil
+}
+
+// afterLastNewline is the offset just after the last '\n' among the first size bytes of f
+// (0: none; size when the last byte is one).
+func afterLastNewline(f io.ReaderAt, size int64) (int64, error) {
+	buf := make([]byte, 64<<10)
+	for end := size; end > 0; {
+		start := max(end-int64(len(buf)), 0)
+		b := buf[:end-start]
+		if _, err := f.ReadAt(b, start); err != nil && err != io.EOF {
+			return 0, err
+		}
+		if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+			return start + int64(i) + 1, nil
+		}
+		end = start
+	}
+	return 0, nil
 }
 
 // archiveSpan says which records an archive holds: "records F to L" of a log without
@@ -212,7 +280,7 @@ func newAuditCommand() *cobra.Command {
 
 	var target redisTarget
 	var keyFile, archiveFile string
-	var print, acceptLegacy bool
+	var print, acceptLegacy, acceptUnsealed bool
 	var opened redis.UniversalClient // the client open made, nil without --redis
 	open := func(cmd *cobra.Command) (*audit.Log, func(), []byte, error) {
 		var key []byte
@@ -257,7 +325,7 @@ func newAuditCommand() *cobra.Command {
 		return err
 	}
 	verify := &cobra.Command{
-		Use:   "verify (--redis URL [--cluster | --sentinel-master NAME] | --config FILE | --archive FILE | both) [--key-file FILE] [--print] [--accept-legacy-base]",
+		Use:   "verify (--redis URL [--cluster | --sentinel-master NAME] | --config FILE | --archive FILE | both) [--key-file FILE] [--print] [--accept-legacy-base] [--accept-unsealed-end]",
 		Short: "Check the audit chain in Redis, an archive, or both in one (the chain in Redis must go on from the archive); exit 1 at the first record that breaks it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -290,15 +358,21 @@ func newAuditCommand() *cobra.Command {
 				}
 				fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, %s, last %.16s\n",
 					plural(ar.Records, "audit record"), keyed(key), archiveSpan(ar), ar.LastMAC)
+				if !target.given() {
+					// Alone, the archive's last line must vouch for its end.
+					if u := unvouchedEnd(ar); u != "" && !acceptUnsealed {
+						return fmt.Errorf("%s: %s", u, unvouchedRisk)
+					} else if u != "" {
+						fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: %s, accepted because of --accept-unsealed-end: lines cut from its end would not show\n", u)
+					}
+					warn(cmd.ErrOrStderr(), key, audit.Report{})
+					return nil
+				}
 				if ar.Records > 0 && !ar.EndsSigned {
 					fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: the archive does not end with a signed base mark: it was written before base marks were signed, or its end was cut off")
 				}
 				if w := unsealed(ar); w != "" {
 					fmt.Fprintln(cmd.ErrOrStderr(), w)
-				}
-				if !target.given() {
-					warn(cmd.ErrOrStderr(), key, audit.Report{})
-					return nil
 				}
 			}
 			// The archive is a witness of the store: a store older than it was rolled back,
@@ -322,6 +396,9 @@ func newAuditCommand() *cobra.Command {
 			if archiveFile != "" && ar.Records+ar.Bases > 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "the chain in Redis goes on from the archive's last record %d\n", ar.LastSeq)
 			}
+			if archiveFile != "" && ar.Seals > 0 && !rep.SealRecorded {
+				fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: Redis records no seal of the last archive run (archived by sshca before stop 17): only the base marks vouch for the archive's end, so the lines of a stripe that only its last run holds, cut out with its seal, would not show; the next `sshca audit archive` records one")
+			}
 			warn(cmd.ErrOrStderr(), key, rep)
 			if len(rep.Stripes) > 1 && rep.Stripes[0].StripedMarks == 0 {
 				fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: the log is striped and stripe 0 holds no striped mark (audit/striped.go): sshca older than store layout 3 would read stripe 0 alone and take it for the whole log; `sshca audit archive` appends one")
@@ -337,7 +414,13 @@ func newAuditCommand() *cobra.Command {
 them from Redis. When the file already holds records, they are verified first and the chain
 in Redis must go on from them; records an interrupted run wrote but did not trim are not
 written twice. A base mark of the old unsigned form is replaced by a signed one when the file
-ends at exactly its record, or with --accept-legacy-base.`,
+ends at exactly its record, or with --accept-legacy-base.
+
+On a striped log each run ends with a seal line, which Redis records once the file is synced
+and before anything is trimmed; a file that lacks the seal Redis recorded (cut back before
+it) is refused. A run interrupted between writing the file and trimming Redis is completed by
+the next run to the same file; a last line it left without its newline is dropped first, once
+the lines before it hold the recorded seal (Redis still holds that line's records).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !target.given() || archiveOut == "" {
@@ -353,17 +436,23 @@ ends at exactly its record, or with --accept-legacy-base.`,
 				return err
 			}
 			defer f.Close()
-			var newest newestWitness
-			prior, err := al.VerifyArchive(f, newest.see)
-			witness := newest.store
+			prior, witness, end, err := priorArchive(cmd.Context(), al, f, archiveOut)
 			if err != nil {
-				return fmt.Errorf("%s does not verify, so nothing is appended to it: %w", archiveOut, err)
+				return err
 			}
 			// The file's newest record of the store must not be older than the store: an archive
 			// of a rolled-back store would make the older state look like the newest.
 			st := store.NewRedis(opened, store.RedisOptions{})
 			if err := checkAgainstArchive(cmd.Context(), st, witness); err != nil {
 				return fmt.Errorf("nothing archived: %w", err)
+			}
+			if fi, err := f.Stat(); err != nil {
+				return err
+			} else if end < fi.Size() {
+				if err := f.Truncate(end); err != nil {
+					return fmt.Errorf("%s: dropping the line an interrupted run cut short: %w", archiveOut, err)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "dropped the last %d bytes of %s, a line without its newline: an archive run was interrupted while writing it, and Redis still holds its records\n", fi.Size()-end, archiveOut)
 			}
 			// The store's marks as of now go into the chain, and so into this archive.
 			if w, err := st.Witnessed(cmd.Context()); err != nil {
@@ -400,6 +489,7 @@ ends at exactly its record, or with --accept-legacy-base.`,
 	}
 	verify.Flags().StringVar(&archiveFile, "archive", "", "verify an archive file; with --redis, the chain in Redis must go on from its last record")
 	verify.Flags().BoolVar(&print, "print", false, "print each record (JSON lines) as it is checked")
+	verify.Flags().BoolVar(&acceptUnsealed, "accept-unsealed-end", false, "with --archive alone: accept an archive whose last line does not vouch for its end (no seal, or no signed base mark: a run interrupted, lines cut from its end, or written before seals); lines cut from its end would not show")
 	cmd.AddCommand(genkey, verify, archive, newAuditReportCommand())
 	return cmd
 }

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/audit"
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/internal/testenv"
+)
+
+// cliProcessEnv names the JSON list of arguments TestSSHCAProcess runs sshca with.
+const cliProcessEnv = "SSHCA_TEST_CLI_ARGS"
+
+// TestSSHCAProcess is sshca as a process of its own, for tests that kill it: it runs the
+// command line in $SSHCA_TEST_CLI_ARGS and exits 1 when it fails.
+func TestSSHCAProcess(t *testing.T) {
+	v := os.Getenv(cliProcessEnv)
+	if v == "" {
+		t.Skip("sshca as a process of its own, for TestAuditArchiveKilled")
+	}
+	var args []string
+	if err := json.Unmarshal([]byte(v), &args); err != nil {
+		t.Fatal(err)
+	}
+	cmd := newRootCommand()
+	cmd.SetArgs(args)
+	if err := cmd.ExecuteContext(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// respCommand is how go-redis sends the start of a command and its first argument (RESP;
+// go-redis spells command names in lowercase).
+func respCommand(name, arg string) string {
+	return fmt.Sprintf("$%d\r\n%s\r\n$%d\r\n%s\r\n", len(name), name, len(arg), arg)
+}
+
+// TestAuditArchiveKilled: a real `sshca audit archive` process of a striped log, killed with
+// SIGKILL between writing its file and trimming Redis (real redis-server; a proxy holds the
+// process's request at the step, so it is killed exactly there): after the file is synced and
+// before the seal is recorded in Redis, after that and before any trim, between the trims of
+// two stripes, and, the file then cut inside its last line, a write interrupted mid-line.
+// `sshca audit verify` with Redis says the run was interrupted (not that records were cut),
+// the next `sshca audit archive` to the file completes it, and then it verifies, every record
+// appended in the file exactly once.
+func TestAuditArchiveKilled(t *testing.T) {
+	r := testenv.StartRedis(t)
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "audit.key")
+	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
+	sealed := respCommand("set", "sshca:{audit}:sealed")
+	steps := []struct {
+		name, after, hold string
+		midLine           bool // cut the file inside its last line after the kill
+		want              string
+	}{
+		{"after the file is synced, before the seal is recorded", "", sealed, false, "interrupted after writing the file"},
+		{"a write cut mid-line", "", sealed, true, "interrupted while writing"},
+		{"after the seal is recorded, before the trim", sealed, "sshca:{audit}:base", false, "interrupted after writing the file"},
+		{"between the trims of two stripes", sealed, "sshca:{audit:1}:base", false, "interrupted after writing the file"},
+	}
+	for _, step := range steps {
+		t.Run(step.name, func(t *testing.T) {
+			rdb.FlushAll(ctx)
+			var identities []string
+			add := func(n int) {
+				for range n {
+					for home := range 3 {
+						id := fmt.Sprintf("user%d@example.com", len(identities))
+						identities = append(identities, id)
+						if err := audit.New(rdb, audit.Options{Key: key, Stripes: 3, Home: new(home)}).Append(ctx, ca.AuditRecord{Time: time.Now().UTC(), Action: ca.ActionUser, Outcome: "issued", Identity: id}); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+			}
+			add(2)
+			file := filepath.Join(t.TempDir(), "audit.jsonl")
+			archive := []string{"audit", "archive", "--key-file", keyFile, "--out", file}
+			direct := append(append([]string{}, archive...), "--redis", "redis://"+r.Addr)
+			if out, err := runCLI(t, "", direct...); err != nil {
+				t.Fatalf("the first archive: %v\n%s", err, out)
+			}
+			add(2)
+
+			h := testenv.HoldRequest(t, r.Addr, step.after, step.hold)
+			args, _ := json.Marshal(append(archive, "--redis", "redis://"+h.Addr))
+			proc := exec.Command(os.Args[0], "-test.run=^TestSSHCAProcess$", "-test.count=1")
+			proc.Env = append(os.Environ(), cliProcessEnv+"="+string(args))
+			var out testenv.SyncBuffer
+			proc.Stdout, proc.Stderr = &out, &out
+			if err := proc.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- proc.Wait() }()
+			select {
+			case <-h.Held():
+			case err := <-exited:
+				t.Fatalf("the archive process ended before the step: %v\n%s", err, out.String())
+			case <-time.After(60 * time.Second):
+				proc.Process.Kill()
+				<-exited
+				t.Fatalf("the archive process never reached the step\n%s", out.String())
+			}
+			if err := proc.Process.Kill(); err != nil { // SIGKILL
+				t.Fatal(err)
+			}
+			<-exited
+			if step.midLine {
+				b := readFile(t, file)
+				writeFile(t, file, b[:len(b)-25])
+			}
+
+			verify := func() (string, error) {
+				return runCLI(t, "", "audit", "verify", "--redis", "redis://"+r.Addr, "--key-file", keyFile, "--archive", file)
+			}
+			if vout, err := verify(); err == nil || !strings.Contains(err.Error(), step.want) {
+				t.Fatalf("verify after the kill: %v; want %q\n%s", err, step.want, vout)
+			} else {
+				t.Logf("verify after the kill: %v", err)
+			}
+			add(1)
+			if aout, err := runCLI(t, "", direct...); err != nil {
+				t.Fatalf("the next archive: %v\n%s", err, aout)
+			} else if step.midLine && !strings.Contains(aout, "dropped the last") {
+				t.Errorf("the next archive did not say it dropped the cut line:\n%s", aout)
+			}
+			if vout, err := verify(); err != nil || strings.Contains(vout, "WARNING") {
+				t.Fatalf("verify after the next archive: %v\n%s", err, vout)
+			}
+			f, err := os.Open(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			seen := map[string]int{}
+			if _, err := audit.New(nil, audit.Options{Key: key}).VerifyArchive(f, func(e audit.Entry) { seen[e.Record.Identity]++ }); err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range identities {
+				if seen[id] != 1 {
+					t.Errorf("%s is in the archive %d times; want once", id, seen[id])
+				}
+			}
+			if n := seen["sshca audit archive"]; n != 3 {
+				t.Errorf("%d records of archive runs; want 3 (the killed run's too)", n)
+			}
+		})
+	}
+}
