@@ -87,8 +87,8 @@ type AccessRequest struct {
 	ExpiryNotified bool `json:"expiry_notified,omitempty"`
 	// NotAfter is the end of the approved window: approval time plus TTLSeconds.
 	NotAfter time.Time `json:"not_after,omitzero"`
-	// Serials are the certificates issued under the request, recorded in the same atomic step
-	// as their inventory records (AccessRequestStore.RecordUnderRequest).
+	// Serials are the certificates issued under the request, appended once their inventory
+	// records are kept and the request was checked (AccessRequestStore.RecordUnderRequest).
 	Serials        []uint64 `json:"serials,omitempty"`
 	PolicyRevision string   `json:"policy_revision,omitempty"`
 }
@@ -262,8 +262,12 @@ type AccessRequestStore interface {
 	// order RequestsPage pages in.
 	UpdateRequest(ctx context.Context, id string, change func(*AccessRequest) error) (AccessRequest, error)
 	// RecordUnderRequest records the certificate c in the inventory (as CertStore.Record)
-	// and appends its serial to the request's Serials, in one atomic step, if check, given the
-	// request as it is, returns nil; else it records nothing and returns check's error.
+	// and appends its serial to the request's Serials if check, given the request as it is,
+	// returns nil (the append atomic with the check, as UpdateRequest); else it leaves no
+	// record and returns check's error. The record may be written before check runs (the
+	// store may keep the request and the record in different places): whatever ends the
+	// request then finds either the serial in Serials or check refusing; a record whose
+	// take-back failed is of a certificate never handed out.
 	RecordUnderRequest(ctx context.Context, c Certificate, id string, check func(AccessRequest) error) error
 }
 

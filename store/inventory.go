@@ -233,31 +233,10 @@ func blockedErr(name string, untilMS float64) error {
 	return ca.Denied("revoked", identityRefusal(name, untilMS))
 }
 
-// recordCmds queues the writes of Record for c (b its JSON) on p, a transaction, without
-// Record's check of the blocks: the caller checks them under WATCH (RecordUnderRequest).
-func (r *Redis) recordCmds(ctx context.Context, p redis.Pipeliner, c ca.Certificate, b []byte) {
-	now := r.now()
-	idKey := r.keys.Identity(c.Identity)
-	p.Set(ctx, r.keys.Cert(c.Serial), b, 0)
-	p.PExpireAt(ctx, r.keys.Cert(c.Serial), c.ValidBefore)
-	p.ZRemRangeByScore(ctx, idKey, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
-	p.ZAdd(ctx, idKey, redis.Z{Score: float64(c.ValidBefore.UnixMilli()), Member: strconv.FormatUint(c.Serial, 10)})
-	p.ZRemRangeByScore(ctx, r.keys.LiveCerts(), "-inf", strconv.FormatInt(now.UnixMilli(), 10))
-	p.ZAdd(ctx, r.keys.LiveCerts(), redis.Z{Score: float64(c.ValidBefore.UnixMilli()), Member: strconv.FormatUint(c.Serial, 10)})
-	until := c.ValidBefore
-	if c.IndexUntil.After(until) {
-		until = c.IndexUntil
-	}
-	for _, a := range c.Aliases {
-		k := r.keys.Alias(a)
-		p.ZRemRangeByScore(ctx, k, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
-		p.ZAddGT(ctx, k, redis.Z{Score: float64(until.UnixMilli()), Member: c.Identity})
-	}
-}
-
 // Live returns the identity's certificates still valid at now, by serial, from its index in
-// every shard ever recorded in (its own, and shard 0 for those issued under an access request
-// or while the configured shards were other).
+// every shard ever recorded in (its own, and shard 0 for those recorded while the store was
+// below layout 3, or issued under an access request by a replica before stop 17, or while the
+// configured shards were other).
 func (r *Redis) Live(ctx context.Context, identity string, now time.Time) ([]ca.Certificate, error) {
 	return r.liveIn(ctx, func(shard int) string { return r.keys.ShardIdentity(shard, identity) }, now)
 }

@@ -310,8 +310,9 @@ func (k Keys) Generation() string { return k.p() + ":" + TagGeneration }
 func (k Keys) Mark(tag string) string { return k.p() + ":" + tag + ":mark" }
 
 // Request is an access request's JSON record (ca.AccessRequest), expiring at its KeepUntil
-// (requests). In the inventory's tag: a certificate issued under a request is recorded in the
-// same transaction that checks the request (RecordUnderRequest).
+// (requests). In the inventory's first tag, where replicas before stop 17 recorded the
+// certificates issued under it in the transaction that checked it; they are now in their
+// identity's shard, recorded before the request's transaction (RecordUnderRequest).
 func (k Keys) Request(id string) string { return k.p() + ":" + TagInventory + ":request:" + id }
 
 // Requests is the sorted set of access request IDs, scored by their KeepUntil in unix ms

@@ -575,41 +575,6 @@ func (r *Redis) CheckState(ctx context.Context, caKeys ...ssh.PublicKey) error {
 	return r.witness.Lost()
 }
 
-// markInTx is the mark in a MULTI/EXEC of plain commands (no script: the inventory's Record):
-// the mark as found, then created when missing (HSETNX) and bumped. Unlike markLua it writes
-// whatever it finds; finishTx judges what was found, so a missing or older mark is still
-// remembered as lost, and the write stands.
-func (m *MarkedWrite) markInTx(ctx context.Context, p redis.Pipeliner) *redis.SliceCmd {
-	k := m.r.mark(m.tag)
-	c := m.r.readMark(ctx, p, m.tag)
-	p.HSetNX(ctx, k, "id", m.g.ID)
-	p.HSetNX(ctx, k, "epoch", strconv.Itoa(int(m.g.Epoch)))
-	p.HIncrBy(ctx, k, "n", 1)
-	return c
-}
-
-// finishTx judges the mark markInTx found, as Finish does for a script.
-func (m *MarkedWrite) finishTx(found *redis.SliceCmd) error {
-	mk, present, err := parseMark(found.Val())
-	if err != nil {
-		return err
-	}
-	switch {
-	case !present && m.exp.seen:
-		m.r.witness.lose(m.tag, fmt.Sprintf("a write found the mark missing; it was at %d", m.exp.n))
-	case !present:
-		m.r.witness.observe(m.tag, m.exp, Mark{Generation: m.g, N: 1}, true)
-	case mk.Generation == m.g && m.exp.seen && mk.N < m.exp.n:
-		m.r.witness.lose(m.tag, fmt.Sprintf("a write found the mark at %d; it was at %d", mk.N, m.exp.n))
-	case mk.Generation == m.g:
-		mk.N++ // what this write made it
-		m.r.witness.observe(m.tag, m.exp, mk, true)
-	default:
-		m.r.witness.observe(m.tag, m.exp, mk, true) // a newer generation is adopted; another is lost
-	}
-	return nil
-}
-
 // Witnessed reads the store's generation record and every mark it holds (found by SCAN, on
 // each master of a Cluster) of that generation: what an audit archive keeps as a witness
 // outside the store (ca.StoreWitness). Marks of another generation are left out: they are

@@ -17,10 +17,11 @@ import (
 // Access requests (ca.AccessRequestStore): each a JSON record (Keys.Request) expiring at its
 // KeepUntil, listed in two sorted sets: by KeepUntil (Keys.Requests), which every write prunes
 // up to now, and by CreatedAt (Keys.RequestOrder), which lists page (a decision moves a
-// request's KeepUntil, never its creation). All carry the inventory's hash tag, so that
-// RecordUnderRequest checks the request and records the certificate in one transaction, on
-// Redis Cluster too. Changes are optimistic: WATCH the record, read it, change it, write it in
-// MULTI/EXEC, and start again if it changed meanwhile.
+// request's KeepUntil, never its creation). All carry the inventory's first hash tag (shard
+// 0's), so that each change is one transaction on Redis Cluster too; the certificates issued
+// under a request are in their identity's shard (RecordUnderRequest). Changes are optimistic:
+// WATCH the record, read it, change it, write it in MULTI/EXEC, and start again if it changed
+// meanwhile.
 
 var (
 	_ ca.AccessRequestStore = (*Redis)(nil)
@@ -268,31 +269,24 @@ func (r *Redis) UpdateRequest(ctx context.Context, id string, change func(*ca.Ac
 	return out, err
 }
 
-// RecordUnderRequest records c and appends its serial to the request, in one transaction, if
-// check passes on the request as it is and c's identity is not blocked (as Record: the blocks
-// are watched with the request, so a block written meanwhile makes it start again).
+// RecordUnderRequest records c in the inventory shard of its identity, as Record does (the
+// identity's blocks checked in the script that writes), then appends its serial to the request
+// if check passes on the request as it is (an optimistic transaction on the request alone),
+// and takes the record back when check refuses or the request cannot be written. Two steps of
+// one hash slot each: the request is in the inventory's first tag ({inventory}, Keys.Request),
+// the certificate in its identity's ({inventory:i}, shards.go), so that certificates issued
+// under requests spread over a Cluster's masters like every other. The record comes first so
+// that whatever ends the request meanwhile finds the certificate: a revocation of the request
+// after the append reads its serial and revokes it; one before the append makes check refuse,
+// and the certificate is not handed out (ca.Authority). A block of the identity written after
+// the record reads it among the live certificates, as with Record. When the take-back fails
+// (Redis gone between the steps) a record stays of a certificate never handed out, expiring
+// with it, as Admit's record before signing does.
 func (r *Redis) RecordUnderRequest(ctx context.Context, c ca.Certificate, id string, check func(ca.AccessRequest) error) error {
-	cb, err := json.Marshal(c)
-	if err != nil {
-		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
+	if err := r.Record(ctx, c); err != nil {
+		return err
 	}
-	names := append([]string{c.Identity}, c.Aliases...)
-	mw, err := r.BeginMarked(ctx, TagInventory)
-	if err != nil {
-		return fmt.Errorf("store: record serial %d: %w", c.Serial, err)
-	}
-	var mark *redis.SliceCmd
-	err = r.changeRequest(ctx, id, func(tx *redis.Tx, req ca.AccessRequest) (func(redis.Pipeliner), error) {
-		blocks, err := tx.ZMScore(ctx, r.keys.Blocked(), names...).Result()
-		if err != nil {
-			return nil, err
-		}
-		now := float64(r.now().UnixMilli())
-		for i, until := range blocks { // 0 for a name that is not blocked
-			if until > now {
-				return nil, blockedErr(names[i], until)
-			}
-		}
+	err := r.changeRequest(ctx, id, func(tx *redis.Tx, req ca.AccessRequest) (func(redis.Pipeliner), error) {
 		if err := check(req); err != nil {
 			return nil, err
 		}
@@ -302,15 +296,16 @@ func (r *Redis) RecordUnderRequest(ctx context.Context, c ca.Certificate, id str
 			return nil, fmt.Errorf("store: record under request: %w", err)
 		}
 		return func(p redis.Pipeliner) {
-			mark = mw.markInTx(ctx, p)
-			r.recordCmds(ctx, p, c, cb)
 			p.Set(ctx, r.keys.Request(id), b, redis.KeepTTL)
 		}, nil
-	}, r.keys.Blocked())
+	})
 	if err != nil {
+		if uerr := r.Unrecord(context.WithoutCancel(ctx), c); uerr != nil {
+			return errors.Join(err, fmt.Errorf("store: take back the record of serial %d: %w", c.Serial, uerr))
+		}
 		return err
 	}
-	return mw.finishTx(mark)
+	return nil
 }
 
 // changeRequest runs one optimistic change of a request: write, given the request as read

@@ -38,10 +38,12 @@ import (
 //     numbers reserve a serial in different keys: there a serial is unique by its 64 random
 //     bits alone (a collision among a million live certificates has odds of about 3·10⁻⁸).
 //
-// Certificates issued under an access request stay in shard 0, beside the request their
-// transaction checks (RecordUnderRequest); readers find them there as any other. So does every
-// certificate while the store is below layout 3 (recordShard, layout.go): replicas of layout 2
-// read shard 0 alone.
+// Certificates issued under an access request go to their identity's shard too: the request
+// stays in shard 0's tag, and RecordUnderRequest records the certificate (one script in the
+// identity's slot) before it appends the serial to the request (one transaction in shard 0's).
+// Replicas before stop 17 recorded them in shard 0, in the request's transaction; readers walk
+// every shard, so they find those there. Every certificate stays in shard 0 while the store is
+// below layout 3 (recordShard, layout.go): replicas of layout 2 read shard 0 alone.
 
 // MaxInventoryShards bounds RedisOptions.InventoryShards: every reader reads every shard, and
 // a block is written into each.
