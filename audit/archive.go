@@ -10,6 +10,8 @@ import (
 	"strconv"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/store"
 )
 
 // archived is one line of an archive: an entry with what its link needs, or (Base set, nothing
@@ -144,7 +146,8 @@ func (e *UnfinishedArchiveError) Error() string {
 
 // trimScript moves the base mark from ARGV[1] (what the archive started from) to ARGV[2] and
 // removes the entries up to and including ARGV[3] (none when it is ""), unless someone else
-// archived in between.
+// archived in between; given KEYS[3] (Keys.AuditSealed, stripe 0's tag), it records the seal
+// ARGV[4] there in the same step.
 var trimScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if not cur then cur = '' end
@@ -154,6 +157,7 @@ if ARGV[3] ~= '' then
   redis.call('XDEL', KEYS[2], ARGV[3])
 end
 redis.call('SET', KEYS[1], ARGV[2])
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4]) end
 return 1
 `)
 
@@ -326,13 +330,23 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 			return Report{}, fmt.Errorf("audit: archive: %w", err)
 		}
 	}
-	// Redis records the seal before it trims anything the seal covers: a record trimmed is
-	// then always under a seal that Redis names, so cutting that seal (and the records) out
-	// of the file is found (CheckSealed). A crash between the two leaves Redis naming an
-	// earlier seal the file still holds, and the records untrimmed.
+	// Redis records the seal no later than it trims anything the seal covers: a record
+	// trimmed is then always under a seal that Redis names, so cutting that seal (and the
+	// records) out of the file is found (CheckSealed). Stripe 0, trimmed first, records it in
+	// the step that trims it, so a run that another run beat to the trim records nothing
+	// (its seal, recorded, would refuse the other run's file); a run that trims no stripe 0
+	// records it alone, first. A crash before leaves Redis naming an earlier seal the file
+	// still holds, and the records untrimmed.
+	var sealJSON []byte
 	if seal != nil {
-		if err := l.recordSeal(ctx, *seal); err != nil {
-			return Report{}, err
+		var err error
+		if sealJSON, err = json.Marshal(*seal); err != nil {
+			return Report{}, fmt.Errorf("audit: archive: %w", err)
+		}
+		if len(trims) == 0 || trims[0].stripe != 0 {
+			if err := l.rdb.Set(ctx, store.Keys{Prefix: l.prefix}.AuditSealed(), sealJSON, 0).Err(); err != nil {
+				return Report{}, fmt.Errorf("audit: archive: the record of the seal in Redis (nothing was trimmed): %w", err)
+			}
 		}
 	}
 	if len(trims) == 0 {
@@ -341,7 +355,11 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 	trimmed0 := false
 	for _, t := range trims {
 		s := newStripe(l.prefix, t.stripe)
-		ok, err := trimScript.Run(ctx, l.rdb, []string{s.baseKey, s.streamKey}, t.from, t.to, t.end).Int()
+		keys, args := []string{s.baseKey, s.streamKey}, []any{t.from, t.to, t.end}
+		if t.stripe == 0 && sealJSON != nil {
+			keys, args = append(keys, store.Keys{Prefix: l.prefix}.AuditSealed()), append(args, sealJSON)
+		}
+		ok, err := trimScript.Run(ctx, l.rdb, keys, args...).Int()
 		if err != nil {
 			return Report{}, fmt.Errorf("audit: trim: %s%w", stripeSays(t.stripe), err)
 		}

@@ -36,8 +36,9 @@ import (
 // A seal vouches for what comes before it, not for itself: the last run's seal deleted, with
 // or without the run's lines, leaves a file that reads as one whose run was cut short, or as
 // the file before that run. So Archive keeps in Redis the seal line it wrote
-// (Keys.AuditSealed), after the file holding it is synced and before it trims any record it
-// seals: every record gone from Redis is then covered by a seal Redis names, and CheckSealed
+// (Keys.AuditSealed), after the file holding it is synced and no later than it trims any
+// record it seals (in the step that trims stripe 0): every record gone from Redis is then
+// covered by a seal Redis names, and CheckSealed
 // (in VerifyAfter and before Archive appends) requires the archive to hold that seal. Lines
 // after it are a run that did not complete, whose records Redis still holds.
 
@@ -144,19 +145,6 @@ func checkArchiveClaims(cps []walkedCheckpoint, stripes []ArchiveStripe, macs []
 				return &StripeCutError{j, fmt.Sprintf("audit: archive: stripe %d was cut short: stripe %d's checkpoint (record %d) names its record %d (%.16s…), and the archive holds it up to record %d", j, cp.stripe, cp.seq, h.Seq, h.MAC, st.LastSeq)}
 			}
 		}
-	}
-	return nil
-}
-
-// recordSeal keeps in Redis the seal line a run wrote (Keys.AuditSealed): Archive calls it
-// once the file holding the seal is synced, before it trims.
-func (l *Log) recordSeal(ctx context.Context, line archived) error {
-	b, err := json.Marshal(line)
-	if err != nil {
-		return err
-	}
-	if err := l.rdb.Set(ctx, store.Keys{Prefix: l.prefix}.AuditSealed(), b, 0).Err(); err != nil {
-		return fmt.Errorf("audit: archive: the record of the seal in Redis (nothing was trimmed): %w", err)
 	}
 	return nil
 }

@@ -275,8 +275,9 @@ func (k Keys) AuditStripes() string { return k.p() + ":" + TagAudit + ":stripes"
 
 // AuditSealed is the seal line (audit/seal.go) that the last completed `sshca audit archive`
 // run of a striped log wrote, as a string in the archive's JSON: set after the archive file
-// holding that seal is synced and before any record it seals is trimmed, so every record
-// trimmed from Redis is covered by a seal Redis names, and an archive cut back before that
+// holding that seal is synced, in the step that trims stripe 0 (alone, before any trim, when
+// the run trims no stripe 0), so every record trimmed from Redis is covered by a seal Redis
+// names (and a run that another run beat to the trim records none), and an archive cut back before that
 // seal no longer verifies against Redis (audit.Log.VerifyAfter). MACed with the audit key;
 // absent for a log archived by sshca before stop 17, or never archived while striped.
 func (k Keys) AuditSealed() string { return k.p() + ":" + TagAudit + ":sealed" }

@@ -41,17 +41,22 @@ func TestSSHCAProcess(t *testing.T) {
 	}
 }
 
-// respCommand is how go-redis sends the start of a command and its first argument (RESP;
-// go-redis spells command names in lowercase).
-func respCommand(name, arg string) string {
-	return fmt.Sprintf("$%d\r\n%s\r\n$%d\r\n%s\r\n", len(name), name, len(arg), arg)
+// trimOf is what only the request that trims stripe i holds: its base mark's key followed by
+// its stream's (RESP bulk strings, as go-redis sends a script's keys).
+func trimOf(i int) string {
+	tag := "{audit}"
+	if i > 0 {
+		tag = fmt.Sprintf("{audit:%d}", i)
+	}
+	base, log := "sshca:"+tag+":base", "sshca:"+tag+":log"
+	return fmt.Sprintf("%s\r\n$%d\r\n%s\r\n", base, len(log), log)
 }
 
 // TestAuditArchiveKilled: a real `sshca audit archive` process of a striped log, killed with
 // SIGKILL between writing its file and trimming Redis (real redis-server; a proxy holds the
 // process's request at the step, so it is killed exactly there): after the file is synced and
-// before the seal is recorded in Redis, after that and before any trim, between the trims of
-// two stripes, and, the file then cut inside its last line, a write interrupted mid-line.
+// before the first trim (stripe 0's, which records the seal in Redis), between the trims of
+// stripes 0 and 1, and, the file then cut inside its last line, a write interrupted mid-line.
 // `sshca audit verify` with Redis says the run was interrupted (not that records were cut),
 // the next `sshca audit archive` to the file completes it, and then it verifies, every record
 // appended in the file exactly once.
@@ -64,16 +69,14 @@ func TestAuditArchiveKilled(t *testing.T) {
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "audit.key")
 	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
-	sealed := respCommand("set", "sshca:{audit}:sealed")
 	steps := []struct {
-		name, after, hold string
-		midLine           bool // cut the file inside its last line after the kill
-		want              string
+		name, hold string
+		midLine    bool // cut the file inside its last line after the kill
+		want       string
 	}{
-		{"after the file is synced, before the seal is recorded", "", sealed, false, "interrupted after writing the file"},
-		{"a write cut mid-line", "", sealed, true, "interrupted while writing"},
-		{"after the seal is recorded, before the trim", sealed, "sshca:{audit}:base", false, "interrupted after writing the file"},
-		{"between the trims of two stripes", sealed, "sshca:{audit:1}:base", false, "interrupted after writing the file"},
+		{"after the file is synced, before the first trim", trimOf(0), false, "interrupted after writing the file"},
+		{"a write cut mid-line", trimOf(0), true, "interrupted while writing"},
+		{"between the trims of stripes 0 and 1", trimOf(1), false, "interrupted after writing the file"},
 	}
 	for _, step := range steps {
 		t.Run(step.name, func(t *testing.T) {
@@ -99,7 +102,7 @@ func TestAuditArchiveKilled(t *testing.T) {
 			}
 			add(2)
 
-			h := testenv.HoldRequest(t, r.Addr, step.after, step.hold)
+			h := testenv.HoldRequest(t, r.Addr, "", step.hold)
 			args, _ := json.Marshal(append(archive, "--redis", "redis://"+h.Addr))
 			proc := exec.Command(os.Args[0], "-test.run=^TestSSHCAProcess$", "-test.count=1")
 			proc.Env = append(os.Environ(), cliProcessEnv+"="+string(args))

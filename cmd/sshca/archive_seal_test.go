@@ -20,8 +20,9 @@ import (
 // `sshca audit archive` writes it says nothing of seals; with its seal line cut off it is
 // refused alone (nothing vouches for its stripes' ends: before stop 17 it verified with a
 // warning) unless --accept-unsealed-end, which warns, and refused against Redis, which
-// recorded the seal; with one stripe's lines cut out it fails. A log without stripes: an
-// archive without its last base mark, the same.
+// recorded the seal; with one stripe's lines cut out it fails. Against a Redis that recorded
+// no seal (sshca before stop 17) it verifies with a warning until the next archive. A log
+// without stripes: an archive without its last base mark is refused alone.
 func TestAuditVerifyUnsealedArchive(t *testing.T) {
 	ctx := context.Background()
 	r := testenv.StartRedis(t)
@@ -74,6 +75,19 @@ func TestAuditVerifyUnsealedArchive(t *testing.T) {
 	}
 	if out, err := verify(cut.String()); err == nil || !strings.Contains(err.Error()+out, "cut out") {
 		t.Errorf("stripe 2's lines cut out: %v; want it refused\n%s", err, out)
+	}
+
+	// Redis without the record (archived by sshca before stop 17): verified against Redis,
+	// with a warning; the next archive records its seal.
+	rdb.Del(ctx, "sshca:{audit}:sealed")
+	if out, err := verify(text, "--redis", "redis://"+r.Addr); err != nil || !strings.Contains(out, "Redis records no seal of the last archive run") {
+		t.Errorf("no seal recorded: %v; want it verified, with a warning\n%s", err, out)
+	}
+	if out, err := runCLI(t, "", "audit", "archive", "--redis", "redis://"+r.Addr, "--key-file", keyFile, "--out", archive); err != nil {
+		t.Fatalf("archive: %v\n%s", err, out)
+	}
+	if out, err := verify(readFile(t, archive), "--redis", "redis://"+r.Addr); err != nil || strings.Contains(out, "WARNING") {
+		t.Errorf("after the next archive: %v\n%s", err, out)
 	}
 
 	// One stripe: the run's last line is its signed base mark.
