@@ -34,6 +34,9 @@ type AdmissionRequest struct {
 	Identities []string      // the identity's canonical name, then its aliases
 	Key        ssh.PublicKey // the key to be certified
 	Token      TokenUse      // spent when SingleUse
+	// CAFingerprint is ssh.FingerprintSHA256(CAKey), as the key computed it once
+	// (SigningKey.Fingerprint); empty, the store computes it.
+	CAFingerprint string
 	// Serial, when not zero, is reserved until SerialUntil (as signer.SerialReserver does);
 	// Admitted.SerialReserved says whether it was free.
 	Serial      uint64

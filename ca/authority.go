@@ -90,12 +90,18 @@ type Config struct {
 // list, more principals than requested, a longer lifetime than requested, or anything beyond
 // Limits, whatever the policy says.
 type Authority struct {
-	auth        Authenticator
-	policy      Policy
-	user        Signer
-	host        Signer
-	userKeys    Publisher // user's keyring, or its one key
-	hostKeys    Publisher
+	auth     Authenticator
+	policy   Policy
+	user     Signer
+	host     Signer
+	userKeys Publisher // user's keyring, or its one key
+	hostKeys Publisher
+	// userSigning and hostSigning fix the key that signs one certificate (keyerOf).
+	userSigning keyer
+	hostSigning keyer
+	// stages, optional, learns how long each signature takes (the other stages are observed
+	// by wrapping their dependency, Config.observed).
+	stages      StageObserver
 	store       CertStore
 	revocations RevocationStore
 	tokens      TokenLedger
@@ -125,6 +131,7 @@ func New(c Config) (*Authority, error) {
 	}
 	// The keyrings are the signers' own, taken before they are wrapped for observation.
 	userKeys, hostKeys := publisherOf(c.UserSigner), publisherOf(c.HostSigner)
+	userSigning, hostSigning := keyerOf(c.UserSigner), keyerOf(c.HostSigner)
 	c = c.observed()
 	l := c.Limits
 	if l.MaxUserTTL == 0 {
@@ -153,7 +160,7 @@ func New(c Config) (*Authority, error) {
 		al.MaxWindow = DefaultAccessRequestLimits.MaxWindow
 	}
 	a := &Authority{requests: c.Requests, notifier: c.Notifier, accessLimits: al, auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
-		userKeys: userKeys, hostKeys: hostKeys,
+		userKeys: userKeys, hostKeys: hostKeys, userSigning: userSigning, hostSigning: hostSigning, stages: c.Stages,
 		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, admission: c.Admission, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, after: c.After, log: c.Logger,
 		accessChanged: &changeNotice{}}
 	if a.now == nil {
@@ -207,6 +214,61 @@ func publisherOf(s Signer) Publisher {
 		return p
 	}
 	return singleKey{s}
+}
+
+// keyer fixes the key that signs one certificate.
+type keyer interface{ SigningKey() SigningKey }
+
+// keyerOf is s's keyer, taken once by New: s itself when it has several keys (KeyedSigner);
+// s, every time, when it is one key that knows its fingerprint (signer.Signer); else one that
+// asks s for its key each time (unfixed).
+func keyerOf(s Signer) keyer {
+	switch k := s.(type) {
+	case KeyedSigner:
+		return k
+	case SigningKey:
+		return oneKey{k}
+	}
+	return unfixedKeyer{s}
+}
+
+type oneKey struct{ k SigningKey }
+
+func (o oneKey) SigningKey() SigningKey { return o.k }
+
+type unfixedKeyer struct{ s Signer }
+
+func (u unfixedKeyer) SigningKey() SigningKey {
+	pub := u.s.PublicKey()
+	return &unfixed{Signer: u.s, fp: ssh.FingerprintSHA256(pub)}
+}
+
+// unfixed is the key a Signer that cannot fix one (neither a KeyedSigner nor a SigningKey)
+// named when asked: it may sign with another by the time it signs, so what it signs is checked
+// against the record made before (signedBy, sameRecord).
+type unfixed struct {
+	Signer
+	fp string
+}
+
+func (u *unfixed) Fingerprint() string { return u.fp }
+
+// signedBy is the fingerprint of the CA key that signed cert with key and of the key cert
+// certifies: key's own and tmplKeyFP (the template's, which a SigningKey signs as it is, with
+// itself and no other), unless key is unfixed, when cert says.
+func signedBy(key SigningKey, cert *ssh.Certificate, tmplKeyFP string) (caFP, keyFP string) {
+	if _, ok := key.(*unfixed); ok {
+		return ssh.FingerprintSHA256(cert.SignatureKey), ssh.FingerprintSHA256(cert.Key)
+	}
+	return key.Fingerprint(), tmplKeyFP
+}
+
+// sign is key.Sign, observed as StageSign.
+func (a *Authority) sign(ctx context.Context, key SigningKey, tmpl *ssh.Certificate, ttl time.Duration) (_ *ssh.Certificate, err error) {
+	if a.stages != nil {
+		defer func(begin time.Time) { observe(a.stages, StageSign, begin, err) }(time.Now())
+	}
+	return key.Sign(ctx, tmpl, ttl)
 }
 
 // UserCAKeys are the public keys hosts trust for user certificates.
@@ -339,9 +401,13 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	if err := a.validate(req); err != nil {
 		return Issued{}, err
 	}
-	signer := a.user
+	// The CA key is fixed here, once: the revocation scope checked, the key the record names
+	// and the key that signs are one, whatever key rotation lands meanwhile. A key promoted away
+	// from signs on (it is published until its certificates expire); one marked compromised or
+	// withdrawn meanwhile refuses to sign (SigningKey).
+	key := a.userSigning.SigningKey()
 	if req.Kind == HostCert {
-		signer = a.host
+		key = a.hostSigning.SigningKey()
 	}
 	// A revoked key or identity does not get a new certificate.
 	// Under every name the identity goes by: a block given by e-mail or username holds for
@@ -350,7 +416,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	aliases := id.Aliases()
 	names := append([]string{rec.Identity}, aliases...)
 	if a.admission == nil {
-		why, err := a.revocations.Refused(ctx, signer.PublicKey(), names, req.PublicKey)
+		why, err := a.revocations.Refused(ctx, key.PublicKey(), names, req.PublicKey)
 		if err != nil {
 			return Issued{}, storeErr("revocation store unavailable; no certificate issued", err)
 		}
@@ -440,9 +506,9 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	var pre *Certificate
 	if a.admission != nil {
 		if ar.ID == "" {
-			pre = a.preRecord(tmpl, ttl, req, rec, signer.PublicKey(), dec, aliases)
+			pre = a.preRecord(tmpl, ttl, req, rec, key.Fingerprint(), dec, aliases)
 		}
-		recorded, err := a.admit(ctx, &rec, tmpl, ttl, signer.PublicKey(), names, id.Token, pre)
+		recorded, err := a.admit(ctx, &rec, tmpl, ttl, key, names, id.Token, pre)
 		if !recorded {
 			pre = nil
 		}
@@ -466,7 +532,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		lost = a.withdraw(ctx, &rec, pre)
 		return Issued{}, Unavailable("the request's deadline passed; no certificate issued", err)
 	}
-	cert, err := signer.Sign(ctx, tmpl, ttl)
+	cert, err := a.sign(ctx, key, tmpl, ttl)
 	if err != nil {
 		lost = a.withdraw(ctx, &rec, pre)
 		return Issued{}, signErr(err)
@@ -476,8 +542,9 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// signed certificate (and a failure to record it is audited with its serial).
 	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SignedCertTimeout)
 	defer cancel()
-	// The key certified and the CA key that signed, whatever the signer did.
-	cr := a.certRecord(cert, ssh.FingerprintSHA256(cert.Key), cert.SignatureKey, req, rec, dec, aliases)
+	// The key certified and the CA key that signed.
+	caFP, keyFP := signedBy(key, cert, rec.KeyFingerprint)
+	cr := a.certRecord(cert, keyFP, caFP, req, rec, dec, aliases)
 	rec.Serial, rec.KeyID = cr.Serial, cr.KeyID
 	// Recording checks the identity's blocks in the same atomic step (the admission's record,
 	// CertStore.Record, and RecordUnderRequest likewise): a revocation that blocked the identity
@@ -488,8 +555,8 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	case pre != nil && sameRecord(*pre, cr):
 		// Recorded by the admission: what was signed is what was recorded.
 	case pre != nil && pre.CAFingerprint != cr.CAFingerprint:
-		// Signed by another CA key than recorded (a keyring whose active key was promoted
-		// meanwhile): a revocation by serial or key ID that found the record revoked it in the
+		// Signed by another CA key than recorded (a Signer that could not fix its key, whose
+		// active key was promoted meanwhile): a revocation by serial or key ID that found the record revoked it in the
 		// recorded key's scope, which does not cover this certificate. It is not handed out.
 		a.dropRecorded(ctx, recordCtx, rec, pre, cr.Serial)
 		return Issued{}, Unavailable("the CA key changed (a key rotation) while the certificate was signed; no certificate issued: ask again", nil)
@@ -677,7 +744,7 @@ func (a *Authority) spend(ctx context.Context, t TokenUse) error {
 // in the unlikely case it was taken, tmpl keeps none and the signer reserves its own. With pre
 // (preRecord), the same round trip records the certificate under that serial: recorded says
 // whether it did, whatever the error, so that the caller withdraws a record it does not sign.
-func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certificate, ttl time.Duration, caKey ssh.PublicKey, names []string, t TokenUse, pre *Certificate) (recorded bool, _ error) {
+func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certificate, ttl time.Duration, key SigningKey, names []string, t TokenUse, pre *Certificate) (recorded bool, _ error) {
 	if t.SingleUse && t.ID == "" {
 		return false, Unavailable("replay protection is not configured; no certificate issued", nil)
 	}
@@ -688,7 +755,7 @@ func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certi
 	if pre != nil {
 		pre.Serial, pre.KeyID = serial, tmpl.KeyId+"#"+strconv.FormatUint(serial, 10)
 	}
-	res, err := a.admission.Admit(ctx, AdmissionRequest{CAKey: caKey, Identities: names, Key: tmpl.Key, Token: t,
+	res, err := a.admission.Admit(ctx, AdmissionRequest{CAKey: key.PublicKey(), CAFingerprint: key.Fingerprint(), Identities: names, Key: tmpl.Key, Token: t,
 		// As long as the certificate lives, with room for the signer's clock skew.
 		Serial: serial, SerialUntil: a.now().Add(ttl + serialSlack), Record: pre})
 	if err != nil {
@@ -724,18 +791,18 @@ func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certi
 // it fixes tmpl's validity window (from now less backdating to now plus ttl, in whole seconds,
 // as the signer would draw it); admit fills in the serial and key ID. What the signer then
 // returns is compared with it (sameRecord) and recorded again when it differs.
-func (a *Authority) preRecord(tmpl *ssh.Certificate, ttl time.Duration, req Request, rec AuditRecord, caKey ssh.PublicKey, dec Decision, aliases []string) *Certificate {
+func (a *Authority) preRecord(tmpl *ssh.Certificate, ttl time.Duration, req Request, rec AuditRecord, caFP string, dec Decision, aliases []string) *Certificate {
 	now := a.now()
 	tmpl.ValidAfter, tmpl.ValidBefore = uint64(now.Add(-backdating).Unix()), uint64(now.Add(ttl).Unix())
 	// tmpl.Key is req.PublicKey (template), whose fingerprint rec holds already.
-	c := a.certRecord(tmpl, rec.KeyFingerprint, caKey, req, rec, dec, aliases)
+	c := a.certRecord(tmpl, rec.KeyFingerprint, caFP, req, rec, dec, aliases)
 	return &c
 }
 
-// certRecord is the inventory record of c (signed, or the template about to be signed by
-// caKey; keyFP the fingerprint of c.Key) for rec's identity: one definition for the record made
-// before signing and the one compared with it after.
-func (a *Authority) certRecord(c *ssh.Certificate, keyFP string, caKey ssh.PublicKey, req Request, rec AuditRecord, dec Decision, aliases []string) Certificate {
+// certRecord is the inventory record of c (signed, or the template about to be signed by the
+// CA key of fingerprint caFP; keyFP the fingerprint of c.Key) for rec's identity: one
+// definition for the record made before signing and the one compared with it after.
+func (a *Authority) certRecord(c *ssh.Certificate, keyFP, caFP string, req Request, rec AuditRecord, dec Decision, aliases []string) Certificate {
 	return Certificate{
 		Serial:         c.Serial,
 		KeyID:          c.KeyId,
@@ -743,7 +810,7 @@ func (a *Authority) certRecord(c *ssh.Certificate, keyFP string, caKey ssh.Publi
 		Identity:       rec.Identity,
 		Principals:     c.ValidPrincipals,
 		KeyFingerprint: keyFP,
-		CAFingerprint:  ssh.FingerprintSHA256(caKey),
+		CAFingerprint:  caFP,
 		ValidAfter:     time.Unix(int64(c.ValidAfter), 0).UTC(),
 		ValidBefore:    time.Unix(int64(c.ValidBefore), 0).UTC(),
 		Ticket:         dec.Ticket,

@@ -20,7 +20,7 @@ const (
 	StagePolicy Stage = "policy"
 	// StageStore is one call of the inventory, the revocation store or the token ledger.
 	StageStore Stage = "store"
-	// StageSign is Signer.Sign: the serial's reservation in the store and the CA key's
+	// StageSign is SigningKey.Sign: the serial's reservation in the store and the CA key's
 	// signature (KMS).
 	StageSign Stage = "sign"
 	// StageAudit is one append to the audit log.
@@ -39,7 +39,8 @@ type StageObserver interface {
 }
 
 // observed wraps every dependency of c whose calls are a stage with one that reports them to
-// c.Stages. Optional interfaces the Authority asks a Signer for (Publisher) are kept.
+// c.Stages, but the signers: the Authority observes the signature of the key it fixed
+// (Authority.sign), and asks the signers themselves for their keyrings (Publisher, KeyedSigner).
 func (c Config) observed() Config {
 	o := c.Stages
 	if o == nil {
@@ -51,7 +52,6 @@ func (c Config) observed() Config {
 	if c.Policy != nil {
 		c.Policy = observedPolicy{c.Policy, o}
 	}
-	c.UserSigner, c.HostSigner = observeSigner(c.UserSigner, o), observeSigner(c.HostSigner, o)
 	if c.Store != nil {
 		c.Store = observedCertStore{c.Store, o}
 	}
@@ -92,33 +92,6 @@ type observedPolicy struct {
 func (w observedPolicy) Decide(ctx context.Context, in PolicyInput) (_ Decision, err error) {
 	defer func(begin time.Time) { observe(w.o, StagePolicy, begin, err) }(time.Now())
 	return w.next.Decide(ctx, in)
-}
-
-type observedSigner struct {
-	Signer
-	o StageObserver
-}
-
-func (w observedSigner) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (_ *ssh.Certificate, err error) {
-	defer func(begin time.Time) { observe(w.o, StageSign, begin, err) }(time.Now())
-	return w.Signer.Sign(ctx, tmpl, ttl)
-}
-
-// observedPublisher is an observedSigner whose Signer is a Publisher (a keyring).
-type observedPublisher struct {
-	observedSigner
-	Publisher
-}
-
-func observeSigner(s Signer, o StageObserver) Signer {
-	if s == nil {
-		return nil
-	}
-	w := observedSigner{s, o}
-	if p, ok := s.(Publisher); ok {
-		return observedPublisher{w, p}
-	}
-	return w
 }
 
 // observedCertStore and observedRevocations embed what they wrap: a method added to the

@@ -256,6 +256,32 @@ type Signer interface {
 	PublicKey() ssh.PublicKey
 }
 
+// SigningKey is one CA key, fixed for one certificate: the authority names it in the record it
+// keeps before signing (its fingerprint, its revocation scope) and signs with it, so a key
+// rotation that lands in between cannot make the certificate differ from its record. Sign
+// signs as Signer.Sign does (a copy of tmpl, its Key as it is), with this key and no other, or
+// refuses: the authority takes the record's fingerprints from the key and the template, not
+// from the certificate. It refuses with an *Error
+// of KindUnavailable, before any signature, once the key may no longer sign (marked
+// compromised, or withdrawn from publication, since the key was fixed). signer.Signer (one key)
+// is one; a KeyedSigner hands them out.
+type SigningKey interface {
+	Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error)
+	PublicKey() ssh.PublicKey
+	// Fingerprint is ssh.FingerprintSHA256 of PublicKey ("SHA256:" and unpadded base64),
+	// computed once per key: x/crypto/ssh marshals a key by reflection, 7 allocations.
+	Fingerprint() string
+}
+
+// KeyedSigner is a Signer with several keys over time (keyring.CA): SigningKey fixes the key
+// that signs now for one certificate. A Signer that is neither a KeyedSigner nor a SigningKey
+// is asked for its key on every call, and a certificate it signs with another key than it
+// named before is not handed out.
+type KeyedSigner interface {
+	Signer
+	SigningKey() SigningKey
+}
+
 // CertStore is the inventory of issued certificates. Records are kept at least until their
 // ValidBefore; Live returns those of an identity that have not expired at now.
 //

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,10 +39,45 @@ type CA struct {
 
 type view struct {
 	version     uint64
-	active      *signer.Signer
+	active      *signingKey
 	published   []ssh.PublicKey
 	compromised []ssh.PublicKey
 	all         []ssh.PublicKey
+	// publishedFP and compromisedFP are the fingerprints of published and compromised, as
+	// the keyring lists them: what a key fixed earlier checks before it signs (maySign).
+	publishedFP, compromisedFP []string
+}
+
+// signingKey is the active key of one view, as the ca.SigningKey an authority fixes for one
+// certificate. It signs while the CA's current view still lets it (maySign): a rotation that
+// promotes another key meanwhile leaves it signing, published until its certificates expire;
+// one that marks it compromised, or withdraws it, stops it before it signs.
+type signingKey struct {
+	*signer.Signer // PublicKey, Fingerprint (computed once per key), Sign
+	ca             *CA
+}
+
+// Sign signs tmpl with this key, unless the keyring (as this replica last refreshed it) has
+// marked it compromised or withdrawn it since it was fixed: then a *ca.Error of
+// KindUnavailable, and nothing signed.
+func (k *signingKey) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error) {
+	if err := k.ca.cur.Load().maySign(k.ca.kind, k.Fingerprint()); err != nil {
+		return nil, err
+	}
+	return k.Signer.Sign(ctx, tmpl, ttl)
+}
+
+// maySign: the key of fingerprint fp, fixed while it was active, may still sign in v: it is
+// v's active key, or published (retired, whose certificates may still live). A compromised
+// key never signs again, whatever else the keyring says of it.
+func (v *view) maySign(kind ca.CertKind, fp string) error {
+	switch {
+	case slices.Contains(v.compromisedFP, fp):
+		return ca.Unavailable(fmt.Sprintf("the %s CA key %s was marked compromised while this certificate was issued; nothing was signed: ask again with a new token", kind, fp), nil)
+	case v.active.Fingerprint() == fp, slices.Contains(v.publishedFP, fp):
+		return nil
+	}
+	return ca.Unavailable(fmt.Sprintf("the %s CA key %s was withdrawn while this certificate was issued; nothing was signed: ask again with a new token", kind, fp), nil)
 }
 
 // New loads the keyring and opens the CA's active key.
@@ -97,15 +133,16 @@ func (c *CA) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.cur.Store(c.view(r, signer.New(key.Signer(), c.reserver, signer.Options{})))
+	c.cur.Store(c.view(r, &signingKey{Signer: signer.New(key.Signer(), c.reserver, signer.Options{}), ca: c}))
 	return nil
 }
 
-func (c *CA) view(r ca.Keyring, active *signer.Signer) *view {
+func (c *CA) view(r ca.Keyring, active *signingKey) *view {
 	v := &view{version: r.Version, active: active}
 	for _, k := range r.Published(c.kind, c.now()) {
 		if pub, err := k.SSHPublicKey(); err == nil {
 			v.published = append(v.published, pub)
+			v.publishedFP = append(v.publishedFP, k.Fingerprint)
 		}
 	}
 	for _, k := range r.Keys {
@@ -117,6 +154,7 @@ func (c *CA) view(r ca.Keyring, active *signer.Signer) *view {
 		if pub, err := k.SSHPublicKey(); err == nil {
 			v.compromised = append(v.compromised, pub)
 		}
+		v.compromisedFP = append(v.compromisedFP, k.Fingerprint)
 	}
 	return v
 }
@@ -164,6 +202,10 @@ func (c *CA) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration)
 	return c.cur.Load().active.Sign(ctx, tmpl, ttl)
 }
 
+// SigningKey is the active key, fixed: it signs after a promotion too, but not once marked
+// compromised or withdrawn (signingKey.Sign).
+func (c *CA) SigningKey() ca.SigningKey { return c.cur.Load().active }
+
 // PublicKey is the active key.
 func (c *CA) PublicKey() ssh.PublicKey { return c.cur.Load().active.PublicKey() }
 
@@ -179,6 +221,12 @@ func (c *CA) Compromised() []ssh.PublicKey { return c.cur.Load().compromised }
 
 // A CA publishes its keyring to the Authority (trusted keys, @revoked lines, KRL scopes).
 var _ ca.Publisher = (*CA)(nil)
+
+// A CA fixes the key that signs one certificate; a signer.Signer is one such key.
+var (
+	_ ca.KeyedSigner = (*CA)(nil)
+	_ ca.SigningKey  = (*signer.Signer)(nil)
+)
 
 func authorizedLine(k ssh.PublicKey) string {
 	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))

@@ -41,6 +41,7 @@ func (e *KeyError) Unwrap() error { return e.Err }
 // Signer signs certificates with one CA key.
 type Signer struct {
 	key     ssh.Signer
+	fp      string // key's SHA256 fingerprint
 	reserve SerialReserver
 	now     func() time.Time
 	rand    io.Reader
@@ -49,7 +50,7 @@ type Signer struct {
 
 // New returns a Signer for key that reserves serials through r.
 func New(key ssh.Signer, r SerialReserver, o Options) *Signer {
-	s := &Signer{key: key, reserve: r, now: o.Now, rand: o.Rand, skew: o.Skew}
+	s := &Signer{key: key, fp: ssh.FingerprintSHA256(key.PublicKey()), reserve: r, now: o.Now, rand: o.Rand, skew: o.Skew}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -64,6 +65,11 @@ func New(key ssh.Signer, r SerialReserver, o Options) *Signer {
 
 // PublicKey is the CA public key.
 func (s *Signer) PublicKey() ssh.PublicKey { return s.key.PublicKey() }
+
+// Fingerprint is the CA public key's SHA256 fingerprint (ssh.FingerprintSHA256), computed once
+// in New: the authority names it in every certificate's record, and computing it marshals the
+// key by reflection (7 allocations for an Ed25519 key).
+func (s *Signer) Fingerprint() string { return s.fp }
 
 const maxSerialAttempts = 8
 
