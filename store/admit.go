@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
 )
@@ -39,6 +40,11 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	if err := r.ensureShards(ctx, g); err != nil {
 		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
 	}
+	// The scope's fingerprint as the signing key computed it once, not once per certificate.
+	caFP := q.CAFingerprint
+	if caFP == "" {
+		caFP = ssh.FingerprintSHA256(q.CAKey)
+	}
 	t := q.Token
 	spend := t.SingleUse && t.Expiry.After(r.now())
 	var mw *MarkedWrite
@@ -62,7 +68,7 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	var tc *tokenCmds
 	var serial *redis.StatusCmd
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		rc = r.queueRefused(ctx, p, q.CAKey, q.Identities, q.Key)
+		rc = r.queueRefused(ctx, p, caFP, q.Identities, q.Key)
 		if spend {
 			tc = r.queueToken(ctx, p, mw, shard, sum, t.IssuedAt, t.Expiry)
 		}

@@ -353,7 +353,7 @@ func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []s
 	}
 	var rc *refusedCmds
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		rc = r.queueRefused(ctx, p, caKey, identities, key)
+		rc = r.queueRefused(ctx, p, ssh.FingerprintSHA256(caKey), identities, key)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -374,10 +374,9 @@ type refusedCmds struct {
 	layoutCmd        *redis.StringCmd
 }
 
-// queueRefused queues Refused's reads on p. The caller has made sure of the generation
-// (r.generation) first.
-func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, caKey ssh.PublicKey, identities []string, key ssh.PublicKey) *refusedCmds {
-	fp := ssh.FingerprintSHA256(caKey)
+// queueRefused queues Refused's reads on p for the scope of the CA key of fingerprint fp. The
+// caller has made sure of the generation (r.generation) first.
+func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, fp string, identities []string, key ssh.PublicKey) *refusedCmds {
 	// The tags issuance writes (inventory, token ledger, audit) are checked here too, before
 	// anything is signed, at no extra round trip.
 	rc := &refusedCmds{identities: identities, tags: []string{TagCA(fp), TagKeys, TagInventory, TagTokens, TagAudit}}
