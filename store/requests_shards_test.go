@@ -216,6 +216,35 @@ func requestCertsInShards(t *testing.T, rdb redis.UniversalClient) map[string]bo
 		t.Errorf("recorded under an unknown request: %v", err)
 	}
 	nowhere("under an unknown request", c)
+	// The requests listed a page at a time (the order's check and the page in one pipeline,
+	// one slot): each once.
+	all, err := three.ListRequests(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	var after ca.RequestCursor
+	for pages := 0; ; pages++ {
+		page, next, err := three.RequestsPage(ctx, after, 7)
+		if err != nil || pages > 20 {
+			t.Fatalf("requests page %d: %v", pages, err)
+		}
+		for _, r := range page {
+			seen[r.ID]++
+		}
+		if next.IsZero() {
+			break
+		}
+		after = next
+	}
+	for _, r := range all {
+		if seen[r.ID] != 1 {
+			t.Errorf("request %s listed %d times", r.ID, seen[r.ID])
+		}
+	}
+	if len(seen) != len(all) {
+		t.Errorf("%d requests listed, %d kept", len(seen), len(all))
+	}
 	if err := three.CheckState(ctx); err != nil {
 		t.Errorf("state: %v", err)
 	}
