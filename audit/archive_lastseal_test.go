@@ -243,3 +243,61 @@ func TestArchiveInterrupted(t *testing.T) {
 		})
 	}
 }
+
+// TestArchiveRunsOvertaken: two archive runs of the same log, one appending to its file and
+// one starting a new file, on real redis-server, each held (testenv.HoldRequest) just before its first trim, with its file
+// written: the first released trims and records its seal; the second, released after, finds
+// the base moved and trims nothing, and records nothing either, so the first file verifies
+// against Redis. (Recording the seal by a SET of its own before the trims, as first written,
+// left the second run's seal recorded, and the first file refused as cut.)
+func TestArchiveRunsOvertaken(t *testing.T) {
+	r := testenv.StartRedis(t)
+	ctx := context.Background()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	g := newLastSealRig(t, r, key)
+	g.appendTo(t, 0, 1, 2)
+	trim0 := "sshca:{audit}:base\r\n$17\r\nsshca:{audit}:log\r\n"
+	type run struct {
+		file bytes.Buffer
+		hold *testenv.RequestHolder
+		done chan error
+	}
+	runs := make([]*run, 2)
+	for i := range runs {
+		x := &run{hold: testenv.HoldRequest(t, r.Addr, "", trim0), done: make(chan error, 1)}
+		runs[i] = x
+		rdb := redis.NewClient(&redis.Options{Addr: x.hold.Addr})
+		defer rdb.Close()
+		// The first appends to the file, the second starts a new one: their seals differ.
+		var prior *audit.ArchiveReport
+		if i == 0 {
+			ar := g.verify(t, g.run1+g.run2)
+			prior = &ar
+		}
+		go func() {
+			_, err := audit.New(rdb, audit.Options{Key: key}).Archive(ctx, &x.file, prior)
+			x.done <- err
+		}()
+		select {
+		case <-x.hold.Held():
+		case err := <-x.done:
+			t.Fatalf("run %d ended before its trim: %v", i, err)
+		}
+	}
+	runs[0].hold.Release()
+	if err := <-runs[0].done; err != nil {
+		t.Fatalf("the first run released: %v", err)
+	}
+	runs[1].hold.Release()
+	if err := <-runs[1].done; err == nil || !strings.Contains(err.Error(), "another archive ran") {
+		t.Fatalf("the run overtaken: %v; want it to trim nothing", err)
+	}
+	for i, file := range []string{g.run1 + g.run2 + runs[0].file.String(), runs[1].file.String()} {
+		want := i == 0
+		ar := g.verify(t, file)
+		rep, err := g.reader.VerifyAfter(ctx, ar, nil)
+		if (err == nil && rep.SealRecorded) != want {
+			t.Errorf("run %d's file against Redis: %+v %v; want verified: %v", i, rep, err, want)
+		}
+	}
+}
