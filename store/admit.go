@@ -87,7 +87,7 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
 	}
 	var res ca.Admitted
-	if res.Refusal, err = r.refusedResult(rc); err != nil {
+	if res.Refusal, err = r.refusedResult(ctx, rc); err != nil {
 		return ca.Admitted{}, err
 	}
 	res.Fresh = !t.SingleUse

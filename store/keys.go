@@ -176,6 +176,15 @@ func (k Keys) ShardSerial(i int, serial uint64) string {
 // in the same step as it wrote shard 0 writes every shard in use.
 func (k Keys) InventoryShards() string { return k.p() + ":" + TagInventory + ":shards" }
 
+// ShardsAgreed is the number of inventory shards the store is laid out in, in decimal: every
+// CA replica's RedisOptions.InventoryShards (inventory.shards) must be this number, since a
+// serial is reserved in the shard of the serial mod that number (ShardSerial) and replicas
+// with different numbers would reserve one serial in different keys. Absent until the first
+// replica that issues records its own number (SET NX); changed only by `sshca store migrate
+// --inventory-shards N` (Redis.SetShards). In shard 0's tag, which every admission reads
+// already.
+func (k Keys) ShardsAgreed() string { return k.p() + ":" + TagInventory + ":shards-agreed" }
+
 // Token is a spent single-use token, by the hex SHA-256 of its ID, expiring with the token
 // (token ledger): a string, the ID of the spend that recorded it (16 hex digits; "1" when
 // written before spends were named). One key per token, so they spread over a Cluster's slots.
@@ -468,6 +477,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.ShardSerial(1, exampleSerial), "ShardSerial", TagInventoryShard(1), "serials", ReadByCA},
 		{k.ShardBlocked(1), "ShardBlocked", TagInventoryShard(1), "revocations", ReadByCA},
 		{k.InventoryShards(), "InventoryShards", TagInventory, "inventory", ReadByCA},
+		{k.ShardsAgreed(), "ShardsAgreed", TagInventory, "layout", ReadByCA},
 		{k.Mark(TagInventoryShard(1)), "Mark", TagInventoryShard(1), "mark", ReadByCA},
 		{k.Probe(TagInventoryShard(1)), "Probe", TagInventoryShard(1), "probe", ReadByCA},
 		{k.Mark(TagTokensShard(1)), "Mark", TagTokensShard(1), "mark", ReadByCA},

@@ -39,6 +39,12 @@ type RedisOptions struct {
 	// configured shard (one more read in its round trip per shard beyond the first). The token
 	// ledger's mark is sharded the same way ({tokens:i}, by the token's hash): each spend bumps
 	// its shard's mark, and reads the rebuild's refusal in {tokens} beside it.
+	//
+	// Every CA replica of a store must be configured with the same number (Keys.ShardsAgreed,
+	// recorded by the first one that issues): Admit, Refused and ReserveSerial of a replica
+	// configured otherwise fail with a ShardCountError (503), and so does CheckShards, its
+	// start and readiness check. Tools that only read or rebuild (NewRedis with the default)
+	// are not held to it.
 	InventoryShards int
 }
 
@@ -71,7 +77,10 @@ type Redis struct {
 	markReads map[string][]any
 	// fixed are the names of the untagged-by-argument keys issuance touches on every
 	// certificate, built once.
-	fixed struct{ blocked, live, tokensRefused, revokedKeys string }
+	fixed struct{ blocked, live, tokensRefused, revokedKeys, shardsAgreed string }
+	// getAgreed are the arguments of GET Keys.ShardsAgreed, built once and shared by every
+	// admission (readAgreed), as markReads are.
+	getAgreed []any
 	// invShards is RedisOptions.InventoryShards, at least 1; shardBlocked, shardLive and
 	// shardTags are each shard's Keys.ShardBlocked, Keys.ShardLiveCerts and tag, built once.
 	invShards    int
@@ -96,6 +105,13 @@ func (r *Redis) readMark(ctx context.Context, p redis.Pipeliner, tag string) *re
 		return p.HMGet(ctx, r.keys.Mark(tag), "id", "epoch", "n")
 	}
 	cmd := redis.NewSliceCmd(ctx, args...)
+	_ = p.Process(ctx, cmd)
+	return cmd
+}
+
+// readAgreed queues GET Keys.ShardsAgreed on p (parseAgreed reads its answer).
+func (r *Redis) readAgreed(ctx context.Context, p redis.Pipeliner) *redis.StringCmd {
+	cmd := redis.NewStringCmd(ctx, r.getAgreed...)
 	_ = p.Process(ctx, cmd)
 	return cmd
 }
@@ -131,6 +147,8 @@ func NewRedis(rdb redis.UniversalClient, o RedisOptions) *Redis {
 	}
 	r.fixed.blocked, r.fixed.live = r.keys.Blocked(), r.keys.LiveCerts()
 	r.fixed.tokensRefused, r.fixed.revokedKeys = r.keys.TokensRefused(), r.keys.RevokedKeys()
+	r.fixed.shardsAgreed = r.keys.ShardsAgreed()
+	r.getAgreed = []any{"get", r.fixed.shardsAgreed}
 	r.marks = make(map[string]string, len(MarkedTags))
 	r.markReads = make(map[string][]any, len(MarkedTags))
 	for i := 1; i < o.AuditStripes; i++ {

@@ -359,7 +359,7 @@ func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []s
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return "", fmt.Errorf("store: check: %w", err)
 	}
-	return r.refusedResult(rc)
+	return r.refusedResult(ctx, rc)
 }
 
 // refusedCmds are the reads of Refused, queued on a pipeline (queueRefused) and answered by
@@ -372,6 +372,10 @@ type refusedCmds struct {
 	scopeCmd, anyCmd *redis.FloatSliceCmd
 	idCmd, legacyCmd *redis.FloatSliceCmd
 	layoutCmd        *redis.StringCmd
+	// agreedCmd reads the store's number of inventory shards (Keys.ShardsAgreed), which the
+	// configured one must be: the serial this admission reserves goes to a key that depends
+	// on it.
+	agreedCmd *redis.StringCmd
 }
 
 // queueRefused queues Refused's reads on p for the scope of the CA key of fingerprint fp. The
@@ -409,6 +413,7 @@ func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, fp string, 
 		// (shards.go): reading the layout here, at no extra round trip, is how it learns.
 		rc.layoutCmd = p.Get(ctx, r.keys.StoreLayout())
 	}
+	rc.agreedCmd = r.readAgreed(ctx, p)
 	for i, tag := range rc.tags {
 		rc.markCmds[i] = r.readMark(ctx, p, tag)
 	}
@@ -416,11 +421,11 @@ func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, fp string, 
 }
 
 // refusedResult is Refused's answer from the reads that queueRefused queued, once they ran.
-func (r *Redis) refusedResult(rc *refusedCmds) (string, error) {
+func (r *Redis) refusedResult(ctx context.Context, rc *refusedCmds) (string, error) {
 	// The pipeline's own error is its first failed command's, redis.Nil when a read finds
 	// nothing: a later read that failed (an ACL that refuses it, a reply cut off) is seen only
 	// here, and must fail the check rather than read as nothing revoked or blocked.
-	cmds := []redis.Cmder{rc.scopeCmd, rc.anyCmd}
+	cmds := []redis.Cmder{rc.scopeCmd, rc.anyCmd, rc.agreedCmd}
 	for _, c := range []*redis.FloatSliceCmd{rc.idCmd, rc.legacyCmd} {
 		if c != nil {
 			cmds = append(cmds, c)
@@ -451,6 +456,13 @@ func (r *Redis) refusedResult(rc *refusedCmds) (string, error) {
 		if _, err := r.observeLayout(rc.layoutCmd.Result()); err != nil {
 			return "", fmt.Errorf("store: check: %w", err)
 		}
+	}
+	agreed, err := parseAgreed(rc.agreedCmd.Result())
+	if err != nil {
+		return "", fmt.Errorf("store: check: inventory shards: %w", err)
+	}
+	if err := r.agreeShards(ctx, agreed); err != nil {
+		return "", err
 	}
 	// The key's latest expiry under the scope or any other; 0 (ZMSCORE's nil) when it is in
 	// neither, which refuses nothing: refusal asks for an expiry after now.

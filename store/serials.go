@@ -14,8 +14,28 @@ import (
 // inventory shards, in the shard of the serial (shards.go).
 
 // ReserveSerial reserves serial until until with SET NX; false when it is already reserved.
+// The store's number of inventory shards is read in the same round trip: a replica configured
+// with another (whose reservation went to a key the others do not look in) gets a
+// ShardCountError instead of true.
 func (r *Redis) ReserveSerial(ctx context.Context, serial uint64, until time.Time) (bool, error) {
-	ok, err := r.rdb.SetArgs(ctx, r.serialKey(serial), "1", redis.SetArgs{Mode: "NX", ExpireAt: until}).Result()
+	var agreed *redis.StringCmd
+	var set *redis.StatusCmd
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		agreed = r.readAgreed(ctx, p)
+		set = p.SetArgs(ctx, r.serialKey(serial), "1", redis.SetArgs{Mode: "NX", ExpireAt: until})
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return false, fmt.Errorf("store: reserve serial: %w", err)
+	}
+	n, err := parseAgreed(agreed.Result())
+	if err != nil {
+		return false, fmt.Errorf("store: reserve serial: inventory shards: %w", err)
+	}
+	if err := r.agreeShards(ctx, n); err != nil {
+		return false, err
+	}
+	ok, err := set.Result()
 	if errors.Is(err, redis.Nil) {
 		return false, nil
 	}

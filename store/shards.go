@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sshca/sshca/ca"
 )
 
 // Inventory shards (RedisOptions.InventoryShards, layout 3): on a Redis Cluster one hash tag
@@ -35,8 +37,15 @@ import (
 //     or a replica configured with fewer, loses nothing.
 //   - A serial is reserved in the shard of the serial (serial mod the configured number),
 //     the same key for every replica with that number. Replicas configured with different
-//     numbers reserve a serial in different keys: there a serial is unique by its 64 random
-//     bits alone (a collision among a million live certificates has odds of about 3·10⁻⁸).
+//     numbers (a drifted configuration, a half-done rollout) would reserve one serial in
+//     different keys, both successfully, so the store records the number (Keys.ShardsAgreed:
+//     the first replica that issues writes its own, `sshca store migrate --inventory-shards`
+//     changes it) and a replica configured otherwise refuses to start (CheckShards), fails
+//     its readiness, and refuses every admission and reservation (ShardCountError, a 503),
+//     reading the number in the admission's own round trip. A change of the number leaves
+//     the reservations made before it in the old number's keys: a serial drawn again among
+//     those (64 random bits; about 3·10⁻⁸ for a million live certificates) is not caught
+//     until they expire with their certificates (SetShards).
 //
 // Certificates issued under an access request go to their identity's shard too: the request
 // stays in shard 0's tag, and RecordUnderRequest records the certificate (one script in the
@@ -225,4 +234,106 @@ func (r *Redis) shardOfMark(k string) (int, bool) {
 		return 0, false
 	}
 	return i, true
+}
+
+// ShardCountError is the refusal of a CA replica whose configured number of inventory shards
+// (RedisOptions.InventoryShards, inventory.shards) is not the store's (Keys.ShardsAgreed).
+// Redis returns it inside a ca.Error of KindUnavailable (a 503, and /readyz not ready).
+type ShardCountError struct {
+	Configured int    // this replica's number, at least 1
+	Store      int    // the store's
+	Key        string // where the store keeps it
+}
+
+func (e *ShardCountError) Error() string {
+	return fmt.Sprintf("inventory.shards is %d in this replica's configuration, but the store's inventory has %d shards (%s): "+
+		"replicas with different numbers reserve one serial in different keys, so it could be issued twice; "+
+		"set inventory.shards: %d, or change the store's number with sshca store migrate --inventory-shards %d and restart every CA replica with it",
+		e.Configured, e.Store, e.Key, e.Store, e.Configured)
+}
+
+// shardCountError is the ca.Error of a replica configured with n shards on a store of store.
+func (r *Redis) shardCountError(store int) error {
+	return &ca.Error{Kind: ca.KindUnavailable, Msg: "this CA replica's number of inventory shards is not the store's",
+		Err: &ShardCountError{Configured: r.invShards, Store: store, Key: r.fixed.shardsAgreed}}
+}
+
+// parseAgreed reads the answer of GET Keys.ShardsAgreed: 0 when absent.
+func parseAgreed(v string, err error) (int, error) {
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxInventoryShards {
+		return 0, fmt.Errorf("malformed number of inventory shards %q", v)
+	}
+	return n, nil
+}
+
+// agreeShards holds this replica to the store's number of shards n as read (0: absent). An
+// absent number is recorded as this replica's (SET NX GET, so that two replicas starting
+// together on a store without one agree on the first's); the answer is nil when the store's
+// number, found or recorded, is the configured one, else a ShardCountError.
+func (r *Redis) agreeShards(ctx context.Context, n int) error {
+	if n == 0 {
+		prev, err := r.rdb.SetArgs(ctx, r.fixed.shardsAgreed, r.invShards, redis.SetArgs{Mode: "NX", Get: true}).Result()
+		if errors.Is(err, redis.Nil) {
+			return nil // recorded
+		}
+		if err != nil {
+			return fmt.Errorf("store: inventory shards: record the number: %w", err)
+		}
+		if n, err = parseAgreed(prev, nil); err != nil || n == 0 {
+			return fmt.Errorf("store: inventory shards: %s: %w", r.fixed.shardsAgreed, err)
+		}
+	}
+	if n != r.invShards {
+		return r.shardCountError(n)
+	}
+	return nil
+}
+
+// CheckShards is the start and readiness check of the number of inventory shards: nil when
+// the store's (Keys.ShardsAgreed) is the configured one, recording it when the store has none;
+// a ca.Error of KindUnavailable wrapping a ShardCountError when it is another; the error of
+// Redis when it cannot be read.
+func (r *Redis) CheckShards(ctx context.Context) error {
+	n, err := parseAgreed(r.rdb.Get(ctx, r.fixed.shardsAgreed).Result())
+	if err != nil {
+		return fmt.Errorf("store: inventory shards: %w", err)
+	}
+	return r.agreeShards(ctx, n)
+}
+
+// Shards returns the store's number of inventory shards (Keys.ShardsAgreed), 0 when none is
+// recorded yet.
+func (r *Redis) Shards(ctx context.Context) (int, error) {
+	n, err := parseAgreed(r.rdb.Get(ctx, r.fixed.shardsAgreed).Result())
+	if err != nil {
+		return 0, fmt.Errorf("store: inventory shards: %w", err)
+	}
+	return n, nil
+}
+
+// SetShards sets the store's number of inventory shards to n (1 to MaxInventoryShards) and
+// returns the one it replaced (0: none): `sshca store migrate --inventory-shards N`, the one
+// way to change it. CA replicas configured with another number then refuse every admission
+// and fail their readiness until restarted with n; readers walk every shard ever used
+// (Keys.InventoryShards), so lowering it loses no record. The reservations of serials made
+// under the old number stay in its keys until they expire with their certificates (at most
+// the longest TTL): until then a serial reserved under one number is not seen by a reservation
+// under the other, and its uniqueness rests on its 64 random bits.
+func (r *Redis) SetShards(ctx context.Context, n int) (int, error) {
+	if n < 1 || n > MaxInventoryShards {
+		return 0, fmt.Errorf("store: inventory shards: %d: want 1 to %d", n, MaxInventoryShards)
+	}
+	prev, err := r.rdb.SetArgs(ctx, r.fixed.shardsAgreed, n, redis.SetArgs{Get: true}).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return 0, fmt.Errorf("store: inventory shards: set the number: %w", err)
+	}
+	old, _ := parseAgreed(prev, err)
+	return old, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -722,5 +723,101 @@ func TestLoweredShardsWatchMarks(t *testing.T) {
 	}
 	if err := one.CheckState(ctx); !errors.Is(err, store.ErrStateLost) {
 		t.Fatalf("shard %d's mark gone: the replica of one shard says %v, want ErrStateLost", high, err)
+	}
+}
+
+// TestShardCountDrift: two CA replicas of one store configured with 1 and 4 inventory shards
+// (a drifted configuration, a half-done rollout) would reserve one serial in two keys, both
+// successfully. The store records the number of the first that issues; the other refuses to
+// reserve, to admit and to start (CheckShards), with a 503 that names inventory.shards and the
+// store's number, and a replica of the store's number gets past. Two replicas starting together
+// on a store without a number agree on one of theirs. `sshca store migrate --inventory-shards`
+// (SetShards) changes it: then the replica of the old number is the one refused. A malformed
+// number refuses too.
+func TestShardCountDrift(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 16})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	// Each replica its own process: its own witness.
+	replica := func(prefix string, shards int) *store.Redis {
+		return store.NewRedis(rdb, store.RedisOptions{Prefix: prefix, InventoryShards: shards, Witness: &store.Witness{}})
+	}
+	one, four := replica("", 1), replica("", 4)
+	const serial = 4*1000 + 3 // in shard 3 of four, shard 0 of one: two keys
+	refused := func(what string, err error, configured, stored int) {
+		t.Helper()
+		var sc *store.ShardCountError
+		if !errors.As(err, &sc) || sc.Configured != configured || sc.Store != stored || ca.KindOf(err) != ca.KindUnavailable {
+			t.Fatalf("%s by a replica of %d shards on a store of %d: %v; want a ShardCountError (503)", what, configured, stored, err)
+		}
+		for _, want := range []string{"inventory.shards", fmt.Sprintf("has %d shards", stored), "sshca store migrate --inventory-shards"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: %q does not say %q", what, err, want)
+			}
+		}
+	}
+	if ok, err := one.ReserveSerial(ctx, serial, exp); err != nil || !ok {
+		t.Fatalf("first reservation: %t %v", ok, err)
+	}
+	ok, err := four.ReserveSerial(ctx, serial, exp)
+	if ok && err == nil {
+		t.Fatalf("serial %d reserved twice: by a replica of one shard and by one of four", serial)
+	}
+	refused("a reservation", err, 4, 1)
+	refused("the start check", four.CheckShards(ctx), 4, 1)
+	admit := func(r *store.Redis, s uint64) (ca.Admitted, error) {
+		return r.Admit(ctx, ca.AdmissionRequest{CAKey: testenv.PublicKey(t), Identities: []string{"https://idp|u"}, Key: testenv.PublicKey(t),
+			Serial: s, SerialUntil: exp})
+	}
+	_, err = admit(four, serial+4)
+	refused("an admission", err, 4, 1)
+	_, err = four.Refused(ctx, testenv.PublicKey(t), []string{"https://idp|u"}, testenv.PublicKey(t))
+	refused("a refusal check", err, 4, 1)
+	// A replica of the store's number gets past, and sees the serial taken.
+	if err := replica("", 1).CheckShards(ctx); err != nil {
+		t.Fatalf("a replica of the store's number: %v", err)
+	}
+	if ok, err := replica("", 1).ReserveSerial(ctx, serial, exp); err != nil || ok {
+		t.Fatalf("serial %d reserved twice by replicas of one shard: %t %v", serial, ok, err)
+	}
+	if adm, err := admit(one, serial+4); err != nil || !adm.SerialReserved {
+		t.Fatalf("admission by a replica of the store's number: %+v %v", adm, err)
+	}
+
+	// sshca store migrate --inventory-shards 4: the replica of one shard is refused now.
+	if prev, err := replica("", 0).SetShards(ctx, 4); err != nil || prev != 1 {
+		t.Fatalf("set the number: %d %v; want it to replace 1", prev, err)
+	}
+	refused("an admission after the change", func() error { _, err := admit(one, serial+8); return err }(), 1, 4)
+	if adm, err := admit(four, serial+8); err != nil || !adm.SerialReserved {
+		t.Fatalf("admission by a replica of the new number: %+v %v", adm, err)
+	}
+	for _, n := range []int{0, -1, store.MaxInventoryShards + 1} {
+		if _, err := four.SetShards(ctx, n); err == nil {
+			t.Errorf("SetShards(%d) accepted", n)
+		}
+	}
+
+	// Two replicas starting together on a store without a number: exactly one passes.
+	for round := range 20 {
+		prefix := fmt.Sprintf("race%d", round)
+		a, b := replica(prefix, 1), replica(prefix, 4)
+		var errA, errB error
+		var wg sync.WaitGroup
+		wg.Go(func() { errA = a.CheckShards(ctx) })
+		wg.Go(func() { errB = b.CheckShards(ctx) })
+		wg.Wait()
+		if (errA == nil) == (errB == nil) {
+			t.Fatalf("round %d: replicas of 1 and 4 shards starting together: %v, %v; want exactly one refused", round, errA, errB)
+		}
+	}
+	// A number that is not one is refused, not taken as agreement.
+	if err := rdb.Set(ctx, store.Keys{Prefix: "bad"}.ShardsAgreed(), "x", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admit(replica("bad", 1), 5); err == nil || !strings.Contains(err.Error(), "malformed") {
+		t.Errorf("admission on a malformed number of shards: %v", err)
 	}
 }

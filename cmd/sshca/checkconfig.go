@@ -286,6 +286,12 @@ func checkRedis(ctx context.Context, rc RedisConfig, durable redisProbe, r *chec
 			r.note("redis: inventory.shards %d: the store is at layout %d, so every certificate is kept in the first shard, where replicas of older releases read; once every CA replica runs this release, run sshca store migrate (layout %d) to use the shards", durable.inventoryShards, layout, store.LayoutVersion)
 		}
 	}
+	// The store's number of inventory shards, which serve holds this replica to at start.
+	if n, err := store.NewRedis(rdb, store.RedisOptions{Prefix: "sshca"}).Shards(ctx); err != nil {
+		r.problem("redis: %v", err)
+	} else if want := max(durable.inventoryShards, 1); n != 0 && n != want {
+		r.problem("redis: serve refuses to start: %v", &store.ShardCountError{Configured: want, Store: n, Key: keys.ShardsAgreed()})
+	}
 	probe := "sshca:probe:check-config"
 	if _, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, probe, "1", 5*time.Second)

@@ -211,7 +211,10 @@ type InventoryConfig struct {
 	// store migrate` sets once every CA replica runs this release: until then they are kept in
 	// the first, where older replicas (which read no other) find them; a store that a replica
 	// with shards above 1 creates starts at 3. On a single Redis or Sentinel it gains nothing.
-	// At most 64.
+	// At most 64. Every CA replica of a store must have the same number, since a serial is
+	// reserved in the shard of the serial: the store records the first replica's, a replica
+	// with another refuses to start (and, when the store's changes under it, answers 503 and
+	// fails /readyz), and `sshca store migrate --inventory-shards N` changes it.
 	Shards int `yaml:"shards"`
 }
 

@@ -135,6 +135,9 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	if err := seedFromArchive(db, cfg, log); err != nil {
 		return nil, err
 	}
+	if err := checkShardsAtStart(ctx, db, cfg.RequestTimeout, log); err != nil {
+		return nil, err
+	}
 	if cfg.Redis.WaitReplicas > 0 {
 		s.loops = append(s.loops, forever("replicated marks", func(ctx context.Context) {
 			confirmReplicated(ctx, db, time.NewTicker(time.Second), log)
@@ -494,7 +497,28 @@ func readyChecks(state *store.Redis, rdb redis.UniversalClient, probe redisProbe
 	checks["store_state"] = checkFunc(func(ctx context.Context) error {
 		return state.CheckState(ctx, caKeys()...)
 	})
+	// A change of the store's number by sshca store migrate --inventory-shards while this
+	// replica runs with the old one: every admission refuses it, and so does readiness, so
+	// that a load balancer stops sending it requests until it restarts with the new number.
+	checks["inventory_shards"] = checkFunc(state.CheckShards)
 	return checks
+}
+
+// checkShardsAtStart refuses to start a replica whose inventory.shards is not the store's
+// number (store.ShardCountError): it would reserve serials in keys the other replicas do not
+// look in. On a store without a number it records this replica's. A Redis that cannot be
+// asked now is no reason not to start (readiness and every admission ask again); log hears.
+func checkShardsAtStart(ctx context.Context, db *store.Redis, d time.Duration, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	err := db.CheckShards(ctx)
+	if sc := (*store.ShardCountError)(nil); errors.As(err, &sc) {
+		return sc // it names inventory.shards, the store's number and the way to change it
+	}
+	if err != nil {
+		log.Warn("sshca starts without knowing the store's number of inventory shards (every admission checks it)", "err", err)
+	}
+	return nil
 }
 
 func publishedKeys(s ca.Signer) []ssh.PublicKey {
