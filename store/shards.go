@@ -301,9 +301,9 @@ func (r *Redis) agreeShards(ctx context.Context, n int) error {
 // a ca.Error of KindUnavailable wrapping a ShardCountError when it is another; the error of
 // Redis when it cannot be read.
 func (r *Redis) CheckShards(ctx context.Context) error {
-	n, err := parseAgreed(r.rdb.Get(ctx, r.fixed.shardsAgreed).Result())
+	n, err := r.Shards(ctx)
 	if err != nil {
-		return fmt.Errorf("store: inventory shards: %w", err)
+		return err
 	}
 	return r.agreeShards(ctx, n)
 }
