@@ -68,7 +68,7 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	var tc *tokenCmds
 	var serial *redis.StatusCmd
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		rc = r.queueRefused(ctx, p, caFP, q.Identities, q.Key)
+		rc = r.queueRefused(ctx, p, caFP, q.CAKey, q.Identities, q.Key)
 		if spend {
 			tc = r.queueToken(ctx, p, mw, shard, sum, t.IssuedAt, t.Expiry)
 		}

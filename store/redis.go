@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -81,6 +82,9 @@ type Redis struct {
 	// getAgreed are the arguments of GET Keys.ShardsAgreed, built once and shared by every
 	// admission (readAgreed), as markReads are.
 	getAgreed []any
+	// caMembers are the revocation members that would ban each CA key issuance asked about,
+	// by fingerprint (caMember).
+	caMembers sync.Map
 	// invShards is RedisOptions.InventoryShards, at least 1; shardBlocked, shardLive and
 	// shardTags are each shard's Keys.ShardBlocked, Keys.ShardLiveCerts and tag, built once.
 	invShards    int

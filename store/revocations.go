@@ -353,7 +353,7 @@ func (r *Redis) Refused(ctx context.Context, caKey ssh.PublicKey, identities []s
 	}
 	var rc *refusedCmds
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		rc = r.queueRefused(ctx, p, ssh.FingerprintSHA256(caKey), identities, key)
+		rc = r.queueRefused(ctx, p, ssh.FingerprintSHA256(caKey), caKey, identities, key)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -369,8 +369,9 @@ type refusedCmds struct {
 	tags             []string
 	exps             []expectation
 	markCmds         []*redis.SliceCmd
-	scopeCmd, anyCmd *redis.FloatSliceCmd
+	scopeCmd, anyCmd *redis.FloatSliceCmd // anyCmd: the key's score, then the CA key's
 	idCmd, legacyCmd *redis.FloatSliceCmd
+	caFP             string
 	layoutCmd        *redis.StringCmd
 	// agreedCmd reads the store's number of inventory shards (Keys.ShardsAgreed), which the
 	// configured one must be: the serial this admission reserves goes to a key that depends
@@ -378,12 +379,12 @@ type refusedCmds struct {
 	agreedCmd *redis.StringCmd
 }
 
-// queueRefused queues Refused's reads on p for the scope of the CA key of fingerprint fp. The
-// caller has made sure of the generation (r.generation) first.
-func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, fp string, identities []string, key ssh.PublicKey) *refusedCmds {
+// queueRefused queues Refused's reads on p for the scope of the CA key caKey of fingerprint
+// fp. The caller has made sure of the generation (r.generation) first.
+func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, fp string, caKey ssh.PublicKey, identities []string, key ssh.PublicKey) *refusedCmds {
 	// The tags issuance writes (inventory, token ledger, audit) are checked here too, before
 	// anything is signed, at no extra round trip.
-	rc := &refusedCmds{identities: identities, tags: []string{TagCA(fp), TagKeys, TagInventory, TagTokens, TagAudit}}
+	rc := &refusedCmds{identities: identities, caFP: fp, tags: []string{TagCA(fp), TagKeys, TagInventory, TagTokens, TagAudit}}
 	rc.tags = append(rc.tags, r.auditStripeTags...)
 	rc.tags = append(rc.tags, r.shardTags[1:]...)
 	rc.tags = append(rc.tags, r.tokenTags[1:]...)
@@ -401,7 +402,11 @@ func (r *Redis) queueRefused(ctx context.Context, p redis.Pipeliner, fp string, 
 	// an expiry long past) instead of a nil reply, which go-redis makes the pipeline's error
 	// and runs through its retry classification (about 17 allocations) on every certificate.
 	rc.scopeCmd = p.ZMScore(ctx, r.keys.ScopeEntries(fp), m)
-	rc.anyCmd = p.ZMScore(ctx, r.fixed.revokedKeys, m)
+	// The CA key itself in the same read: a key marked compromised (keyring.Manager.Compromised
+	// bans it for good, under the scope of the key promoted in its place) by another replica
+	// still signs on this one until its keyring refreshes (keyring.refresh), unless the
+	// admission refuses it here, before the signature.
+	rc.anyCmd = p.ZMScore(ctx, r.fixed.revokedKeys, m, r.caMember(fp, caKey))
 	if len(identities) > 0 {
 		rc.idCmd = p.ZMScore(ctx, r.fixed.blocked, identities...)
 		if legacy {
@@ -466,7 +471,14 @@ func (r *Redis) refusedResult(ctx context.Context, rc *refusedCmds) (string, err
 	}
 	// The key's latest expiry under the scope or any other; 0 (ZMSCORE's nil) when it is in
 	// neither, which refuses nothing: refusal asks for an expiry after now.
-	keyExp := max(onlyScore(rc.scopeCmd.Val()), onlyScore(rc.anyCmd.Val()))
+	anyExp, caExp := 0.0, 0.0
+	if v := rc.anyCmd.Val(); len(v) == 2 {
+		anyExp, caExp = v[0], v[1]
+	}
+	if caExp > float64(r.now().UnixMilli()) {
+		return "", caBanned(rc.caFP)
+	}
+	keyExp := max(onlyScore(rc.scopeCmd.Val()), anyExp)
 	keyFound := keyExp > 0
 	// ZMSCORE answers nil (0 here) for a name that is not blocked: take the latest block.
 	var idExp float64
@@ -482,6 +494,24 @@ func (r *Redis) refusedResult(ctx context.Context, rc *refusedCmds) (string, err
 		}
 	}
 	return refusal(r.now(), keyExp, keyFound, idExp, identity != "", identity), nil
+}
+
+// caBanned is the refusal of a CA key that is itself revoked (marked compromised): an
+// Unavailable, not the caller's fault, since this replica signs with another key once its
+// keyring refreshes.
+func caBanned(fp string) error {
+	return ca.Unavailable(fmt.Sprintf("the CA key %s was marked compromised and this replica has not yet refreshed its key ring; nothing was signed: ask again with a new token", fp), nil)
+}
+
+// caMember is the revocation member that bans the CA key of fingerprint fp (its KeyEntry),
+// marshalled once per key rather than per certificate.
+func (r *Redis) caMember(fp string, caKey ssh.PublicKey) string {
+	if m, ok := r.caMembers.Load(fp); ok {
+		return m.(string)
+	}
+	m := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(caKey)})
+	r.caMembers.Store(fp, m)
+	return m
 }
 
 // onlyScore is the one score of a ZMSCORE of one member (0: none).
@@ -668,11 +698,19 @@ func (m *Memory) BlockIdentity(_ context.Context, identity string, until time.Ti
 }
 
 // Refused reports why a request must be refused at signing time.
-func (m *Memory) Refused(_ context.Context, _ ssh.PublicKey, identities []string, key ssh.PublicKey) (string, error) {
+func (m *Memory) Refused(_ context.Context, caKey ssh.PublicKey, identities []string, key ssh.PublicKey) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var keyExp, idExp float64
 	var keyFound, idFound bool
+	if caKey != nil {
+		cm := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(caKey)})
+		for _, s := range m.scopes {
+			if e, ok := s.entries[cm]; ok && memScore(e) > float64(m.now().UnixMilli()) {
+				return "", caBanned(ssh.FingerprintSHA256(caKey))
+			}
+		}
+	}
 	// Under any CA key's scope: a rotation must not let a revoked key back in.
 	mk := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(key)})
 	for _, s := range m.scopes {
