@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,10 +15,13 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 // cliProcessEnv names the JSON list of arguments TestSSHCAProcess runs sshca with.
@@ -166,5 +171,54 @@ func TestAuditArchiveKilled(t *testing.T) {
 				t.Errorf("%d records of archive runs; want 3 (the killed run's too)", n)
 			}
 		})
+	}
+}
+
+// failedSync is an archive file whose Sync fails: Archive stops after writing it, as a run
+// killed there would, before anything in Redis changes.
+type failedSync struct{ *os.File }
+
+func (failedSync) Sync() error { return errors.New("the process died") }
+
+// TestStoreRebuildAfterInterruptedArchive: `sshca store rebuild` given an archive whose last
+// run was interrupted before it trimmed (its records in the file and in Redis, real
+// redis-server) restores each record once and says the chain overlaps the archive; before, it
+// warned that the records after the archive were gone, which they were not. The ban in the
+// overlap is in force after the rebuild.
+func TestStoreRebuildAfterInterruptedArchive(t *testing.T) {
+	e := newRebuildEnv(t)
+	ctx := context.Background()
+	e.rdb.FlushAll(ctx)
+	banned := testenv.PublicKey(t)
+	fp := ssh.FingerprintSHA256(banned)
+	for home, rec := range []ca.AuditRecord{
+		{Time: time.Now().Add(-time.Hour).UTC(), Action: ca.ActionUser, Outcome: "issued", Identity: "alice@example.com"},
+		{Time: time.Now().Add(-time.Minute).UTC(), Action: ca.ActionRevoke, Outcome: "allowed", Identity: "admin", Reason: "r",
+			Target: "public_key:" + fp, PublicKey: revocation.KeyEntry(banned)},
+	} {
+		if err := audit.New(e.rdb, audit.Options{Key: e.key, Stripes: 2, Home: new(home)}).Append(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.New(e.rdb, audit.Options{Key: e.key}).Archive(ctx, failedSync{f}, &audit.ArchiveReport{}); err == nil {
+		t.Fatal("Archive went on after its sync failed")
+	}
+	f.Close()
+	var out bytes.Buffer
+	err = runRebuild(ctx, rebuildFlags{redis: redisTarget{url: "redis://" + e.srv.Addr}, auditKey: e.keyFile, userCA: e.userCA, hostCA: e.hostCA,
+		identityBlock: time.Hour, tokenLifetime: 10 * time.Minute, archives: []string{path}}, nil, &out, time.Now)
+	if err != nil {
+		t.Fatalf("rebuild: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "overlaps the last archive") || strings.Contains(out.String(), "are gone") {
+		t.Errorf("rebuild after an interrupted archive run: want the overlap said, no loss:\n%s", out.String())
+	}
+	if why, err := store.NewRedis(e.rdb, store.RedisOptions{}).Refused(ctx, e.userKey, nil, banned); err != nil || why == "" {
+		t.Errorf("the banned key after the rebuild: %q %v; want it refused", why, err)
 	}
 }

@@ -206,6 +206,10 @@ func runRebuild(ctx context.Context, f rebuildFlags, fs *pflag.FlagSet, out io.W
 	collect := func(e audit.Entry) { inRedis = append(inRedis, e) }
 	rep, err := al.VerifyAfter(ctx, last, collect)
 	detached := false
+	// An archive run interrupted before it trimmed left records in both the archive and
+	// Redis: nothing is lost, and add takes each once.
+	var unfinished *audit.UnfinishedArchiveError
+	overlap := errors.As(err, &unfinished)
 	if err != nil && len(f.archives) > 0 {
 		inRedis = nil
 		rep, err = al.Verify(ctx, collect)
@@ -221,7 +225,9 @@ func runRebuild(ctx context.Context, f rebuildFlags, fs *pflag.FlagSet, out io.W
 	for _, i := range f.lostStripes {
 		fmt.Fprintf(out, "WARNING: stripe %d of the audit chain was taken as lost (--lost-stripe; %d heads named by checkpoints set aside): the records it kept since the last archive are gone, and what they did cannot be restored; revoke again what was revoked since\n", i, rep.SetAside)
 	}
-	if detached {
+	if detached && overlap {
+		fmt.Fprintf(out, "the audit chain in Redis overlaps the last archive (%v): the records in both are restored once\n", unfinished)
+	} else if detached {
 		repeated := 0
 		for _, e := range inRedis {
 			if seen[place{e.Stripe, e.Seq}] == e.MAC {
