@@ -70,7 +70,7 @@ func TestShippedAgentUnit(t *testing.T) {
 	}
 	for name, want := range map[string]string{
 		"User": "sshca-bastion", "ProtectSystem": "strict", "NoNewPrivileges": "yes", "PrivateTmp": "yes",
-		"ProtectHome": "read-only", "Restart": "always", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+		"ProtectHome": "read-only", "Restart": "always", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX AF_NETLINK",
 		"Before": "ssh.service sshd.service",
 	} {
 		if got := directive(name); len(got) != 1 || got[0] != want {

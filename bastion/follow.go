@@ -122,10 +122,14 @@ func (s *Sessions) sync(path string, rotated bool) int64 {
 		certs []certInfo
 	}
 	confirmed := map[string]confirmedLine{}
+	revoked := map[string]*session{} // marked revoked, and seen now: ended below
 	s.mu.Lock()
 	for addr, ss := range s.live {
 		if heldBySSHD(conns[addr], ss.inode) {
 			delete(s.missing, addr)
+			if ss.revoked {
+				revoked[addr] = ss
+			}
 			continue
 		}
 		if s.missing[addr]++; s.missing[addr] >= 2 {
@@ -166,7 +170,12 @@ func (s *Sessions) sync(path string, rotated bool) int64 {
 			delete(s.searched, inode)
 		}
 	}
+	for addr := range revoked {
+		delete(s.live, addr)
+		delete(s.closing, addr)
+	}
 	s.mu.Unlock()
+	s.signal(revoked, conns)
 	for addr, u := range confirmed {
 		for _, c := range u.certs {
 			s.add(addr, u.inode, c)

@@ -90,6 +90,10 @@ const (
 type session struct {
 	inode uint64 // of the connection's socket: a reused client port is another connection
 	certs []certInfo
+	// revoked marks a session found revoked whose connection the read of /proc did not show
+	// (or that read failed): each sweep that sees the connection ends it, and two sweeps in a
+	// row that do not drop it, as for any session.
+	revoked bool
 }
 
 // certInfo is what an Accepted line says of a session's certificate.
@@ -109,7 +113,9 @@ const closeGrace = 5 * time.Second
 // processes of the agent's own uid (root on a bastion), and signals with SIGTERM.
 func NewSessions(log *slog.Logger) *Sessions {
 	self, uid := os.Getpid(), os.Geteuid()
-	return newSessions(log, func() (map[string]*tcpConn, error) { return scanConns(procfs.DefaultMountPoint, self, uid) })
+	return newSessions(log, func() (map[string]*tcpConn, error) {
+		return scanConns(procfs.DefaultMountPoint, hostTCP(procfs.DefaultMountPoint), self, uid)
+	})
 }
 
 func newSessions(log *slog.Logger, scan func() (map[string]*tcpConn, error)) *Sessions {
@@ -358,15 +364,14 @@ func revokedBy(k *krl.KRL) func(certInfo) bool {
 	}
 }
 
-// end forgets the live sessions one of whose certificates is revoked and ends their
-// connections: SIGTERM to the sshd processes that hold the same socket as when the session was
-// confirmed (never to another process, nor to a later connection from the same port).
+// end ends the live sessions one of whose certificates is revoked, and those marked revoked
+// already, through signal.
 func (s *Sessions) end(revoked func(certInfo) bool) {
 	s.mu.Lock()
-	victims := map[string]uint64{}
+	victims := map[string]*session{}
 	for addr, ss := range s.live {
-		if slices.ContainsFunc(ss.certs, revoked) {
-			victims[addr] = ss.inode
+		if ss.revoked || slices.ContainsFunc(ss.certs, revoked) {
+			victims[addr] = ss
 			delete(s.live, addr)
 			delete(s.closing, addr)
 		}
@@ -377,13 +382,28 @@ func (s *Sessions) end(revoked func(certInfo) bool) {
 	}
 	conns, err := s.scan()
 	if err != nil {
-		s.log.Error("cannot read /proc to end the sessions of revoked certificates", "sessions", len(victims), "err", err)
-		return
+		s.log.Error("cannot read /proc to end the sessions of revoked certificates; trying again at the next sweep", "sessions", len(victims), "err", err)
 	}
-	for addr, inode := range victims {
+	s.signal(victims, conns)
+}
+
+// signal ends the connections of victims (revoked sessions taken out of the table) as conns
+// shows them: SIGTERM to the sshd processes that hold the same socket as when the session was
+// confirmed (never to another process, nor to a later connection from the same port). A victim
+// whose connection conns does not show goes back into the table marked revoked rather than
+// being forgotten: a read of a busy host's TCP table can miss a connection (TestSessionsSurviveAMissedProcRead),
+// and a session forgotten then would live on. The sweeps end it or drop it.
+func (s *Sessions) signal(victims map[string]*session, conns map[string]*tcpConn) {
+	for addr, ss := range victims {
 		c := conns[addr]
-		if !heldBySSHD(c, inode) {
-			s.log.Debug("revoked session: no live connection", "client", addr)
+		if !heldBySSHD(c, ss.inode) {
+			s.mu.Lock()
+			if s.live[addr] == nil {
+				ss.revoked = true
+				s.live[addr] = ss
+			}
+			s.mu.Unlock()
+			s.log.Debug("revoked session: its connection was not seen; checked again at the next sweep", "client", addr)
 			continue
 		}
 		killed := false

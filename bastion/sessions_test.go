@@ -283,7 +283,7 @@ func TestForgedAcceptedLive(t *testing.T) {
 	}
 	defer server.Close()
 	self, uid := -1, os.Geteuid() // the test process is a candidate holder, of the trusted uid
-	s := newSessions(slog.New(slog.DiscardHandler), func() (map[string]*tcpConn, error) { return scanConns("/proc", self, uid) })
+	s := newSessions(slog.New(slog.DiscardHandler), func() (map[string]*tcpConn, error) { return scanConns("/proc", hostTCP("/proc"), self, uid) })
 	s.kill = func(int, syscall.Signal) error { t.Error("signalled a process"); return nil }
 	port := client.LocalAddr().(*net.TCPAddr).Port
 	s.Observe(acceptedLine("mallory", "127.0.0.1", port, testenv.PublicKey(t), "m#1", 1, testenv.PublicKey(t)))
@@ -430,4 +430,65 @@ func TestFollowSweepsOnItsClock(t *testing.T) {
 	}
 	proceed <- struct{}{}
 	testenv.Eventually(t, 10*time.Second, "the session is dropped at the second sweep", func() bool { return !s.tracks("alice#1") })
+}
+
+// TestEndRetriesAMissedConnection: a session found revoked whose connection the read of /proc
+// does not show at that moment (a busy TCP table, a failed read) is not forgotten: the next
+// sweep that sees its connection ends it, and two sweeps in a row that do not see it drop it.
+func TestEndRetriesAMissedConnection(t *testing.T) {
+	caKey, key := testenv.PublicKey(t), testenv.PublicKey(t)
+	nolog := filepath.Join(t.TempDir(), "sshd.log")
+	revoke := func(s *Sessions, serial uint64, version uint64) {
+		k := &krl.KRL{Version: version}
+		k.RevokeSerials(caKey, serial)
+		s.EndRevokedBy(k)
+	}
+
+	t.Run("missed by the read", func(t *testing.T) {
+		s, h := newFakeSessions(t)
+		conn := &tcpConn{inode: 61, pids: []int{61}, sshd: []int{61}}
+		h.set("127.0.0.1:6001", conn)
+		s.Observe(acceptedLine("alice", "127.0.0.1", 6001, key, "alice#1", 1, caKey))
+		h.set("127.0.0.1:6001", nil) // this read misses it
+		revoke(s, 1, 1)
+		if got := h.signalled(); len(got) != 0 {
+			t.Fatalf("signalled %v for a connection the read did not show", got)
+		}
+		h.set("127.0.0.1:6001", conn) // the next read shows it
+		s.sync(nolog, false)
+		if got := h.signalled(); !slices.Equal(got, []int{61}) || s.tracks("alice#1") {
+			t.Errorf("after the sweep that sees the connection: signalled %v, tracked %v; want [61], false", got, s.tracks("alice#1"))
+		}
+	})
+	t.Run("read failed", func(t *testing.T) {
+		s, h := newFakeSessions(t)
+		h.set("127.0.0.1:6002", &tcpConn{inode: 62, pids: []int{62}, sshd: []int{62}})
+		s.Observe(acceptedLine("bob", "127.0.0.1", 6002, key, "bob#2", 2, caKey))
+		scan := s.scan
+		s.scan = func() (map[string]*tcpConn, error) { return nil, os.ErrPermission }
+		revoke(s, 2, 1)
+		s.scan = scan
+		s.sync(nolog, false)
+		if got := h.signalled(); !slices.Equal(got, []int{62}) {
+			t.Errorf("after a failed read and a sweep: signalled %v, want [62]", got)
+		}
+	})
+	t.Run("gone", func(t *testing.T) {
+		s, h := newFakeSessions(t)
+		h.set("127.0.0.1:6003", &tcpConn{inode: 63, pids: []int{63}, sshd: []int{63}})
+		s.Observe(acceptedLine("carol", "127.0.0.1", 6003, key, "carol#3", 3, caKey))
+		h.set("127.0.0.1:6003", nil) // closed before the revocation
+		revoke(s, 3, 1)
+		s.sync(nolog, false)
+		s.sync(nolog, false)
+		if s.tracks("carol#3") || len(h.signalled()) != 0 {
+			t.Errorf("a revoked session whose connection two sweeps did not see: tracked %v, signalled %v; want dropped, none", s.tracks("carol#3"), h.signalled())
+		}
+		// A later connection from the same client port is another session: not signalled.
+		h.set("127.0.0.1:6003", &tcpConn{inode: 64, pids: []int{64}, sshd: []int{64}})
+		s.sync(nolog, false)
+		if got := h.signalled(); len(got) != 0 {
+			t.Errorf("signalled %v: a later connection from the same port", got)
+		}
+	})
 }

@@ -63,32 +63,78 @@ func normalAddr(addr string) (string, error) {
 	return connAddr(ip, port), nil
 }
 
-// scanConns lists the established TCP connections of the procfs mounted at root by their
-// client end (connAddr), with the processes other than self that hold them (none when no
-// other process we may inspect does); uid is the one an sshd process must run as to count
-// (sshdProcess). IPv4-mapped entries of the IPv6 table are left out (see normalAddr).
-func scanConns(root string, self, uid int) (map[string]*tcpConn, error) {
+// tcpEntry is an established TCP connection: its remote end and its socket's inode.
+type tcpEntry struct {
+	remote net.IP
+	port   uint64
+	inode  uint64
+}
+
+// tcpTable lists the established TCP connections, IPv4 and IPv6.
+type tcpTable func() ([]tcpEntry, error)
+
+// hostTCP lists the established TCP connections of the agent's network namespace: through
+// sock_diag (sockDiagEstablished), and from the procfs at root when the kernel refuses it (a
+// kernel without inet_diag, a seccomp profile that forbids NETLINK_SOCK_DIAG).
+func hostTCP(root string) tcpTable {
+	return func() ([]tcpEntry, error) {
+		if es, err := sockDiagEstablished(); err == nil {
+			return es, nil
+		}
+		return procTCP(root)()
+	}
+}
+
+// procTCP reads the TCP tables of the procfs mounted at root. It formats and parses every
+// socket of the host in every state, TIME_WAIT included; the tables of a busy host hold tens
+// of thousands (BenchmarkScanConns).
+func procTCP(root string) tcpTable {
+	return func() ([]tcpEntry, error) {
+		fs, err := procfs.NewFS(root)
+		if err != nil {
+			return nil, err
+		}
+		var out []tcpEntry
+		for _, table := range []func() (procfs.NetTCP, error){fs.NetTCP, fs.NetTCP6} {
+			// A table that cannot be read (no IPv6) holds nothing we can find.
+			lines, _ := table()
+			for _, l := range lines {
+				if l.St == tcpEstablished {
+					out = append(out, tcpEntry{remote: l.RemAddr, port: l.RemPort, inode: l.Inode})
+				}
+			}
+		}
+		return out, nil
+	}
+}
+
+// scanConns lists the established TCP connections that table gives by their client end
+// (connAddr), with the processes other than self that hold them according to the procfs
+// mounted at root (none when no other process we may inspect does); uid is the one an sshd
+// process must run as to count (sshdProcess). IPv4-mapped entries of the IPv6 table are left
+// out (see normalAddr).
+func scanConns(root string, table tcpTable, self, uid int) (map[string]*tcpConn, error) {
 	fs, err := procfs.NewFS(root)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := table()
 	if err != nil {
 		return nil, err
 	}
 	byInode := map[string]*tcpConn{}
 	conns := map[string]*tcpConn{}
-	for _, table := range []func() (procfs.NetTCP, error){fs.NetTCP, fs.NetTCP6} {
-		// A table that cannot be read (no IPv6) holds nothing we can find.
-		lines, _ := table()
-		for _, l := range lines {
-			if l.St != tcpEstablished || l.Inode == 0 {
-				continue
-			}
-			ip := l.RemAddr
-			if len(ip) == net.IPv6len && ip.To4() != nil {
-				continue // IPv4-mapped: never sshd's (see normalAddr)
-			}
-			c := &tcpConn{inode: l.Inode}
-			byInode["socket:["+strconv.FormatUint(l.Inode, 10)+"]"] = c
-			conns[connAddr(ip, l.RemPort)] = c
+	for _, e := range entries {
+		if e.inode == 0 {
+			continue
 		}
+		ip := e.remote
+		if len(ip) == net.IPv6len && ip.To4() != nil {
+			continue // IPv4-mapped: never sshd's (see normalAddr)
+		}
+		c := &tcpConn{inode: e.inode}
+		byInode["socket:["+strconv.FormatUint(e.inode, 10)+"]"] = c
+		conns[connAddr(ip, e.port)] = c
 	}
 	if len(conns) == 0 {
 		return conns, nil
@@ -140,7 +186,7 @@ func socketOwners(root, addr string, self int) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	conns, err := scanConns(root, self, -1)
+	conns, err := scanConns(root, procTCP(root), self, -1)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -157,7 +158,7 @@ func TestScanConnsTrustsOnlySSHD(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	conns, err := scanConns(root, -1, 0)
+	conns, err := scanConns(root, procTCP(root), -1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,5 +173,90 @@ func TestScanConnsTrustsOnlySSHD(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("scanConns (-want +got):\n%s", diff)
+	}
+}
+
+// TestSockDiagEstablished: on this machine, sock_diag lists the server end of a live loopback
+// connection (IPv4 and IPv6) with the inode /proc/net/tcp gives it, and leaves out a
+// connection that was closed (its client end in TIME_WAIT) and one that only listens; the
+// connection is found by scanConns as held by the test process.
+func TestSockDiagEstablished(t *testing.T) {
+	if _, err := os.Stat("/proc/net/tcp"); err != nil {
+		t.Skipf("no Linux procfs: %v", err)
+	}
+	byAddr := func(table tcpTable) map[string]uint64 {
+		t.Helper()
+		es, err := table()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]uint64{}
+		for _, e := range es {
+			m[connAddr(e.remote, e.port)] = e.inode
+		}
+		return m
+	}
+	for _, network := range []string{"tcp4", "tcp6"} {
+		host := "127.0.0.1"
+		if network == "tcp6" {
+			host = "::1"
+		}
+		ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Logf("%s: no loopback listener: %v", network, err)
+			continue
+		}
+		defer ln.Close()
+		client, err := net.Dial(network, ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		server, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer server.Close()
+		// A second listener whose one connection is closed by its client first: the client
+		// end waits in TIME_WAIT with this listener as its remote end.
+		closedLn, err := net.Listen(network, net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closedLn.Close()
+		gone, err := net.Dial(network, closedLn.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		goneServer, err := closedLn.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = gone.Close()
+		_, _ = goneServer.Read(make([]byte, 1)) // the client's FIN
+		_ = goneServer.Close()
+
+		addr, err := normalAddr(client.LocalAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		diag, proc := byAddr(sockDiagEstablished), byAddr(procTCP("/proc"))
+		if diag[addr] == 0 || diag[addr] != proc[addr] {
+			t.Errorf("%s: the server end of %s: sock_diag inode %d, /proc/net inode %d; want the same, not 0", network, addr, diag[addr], proc[addr])
+		}
+		closedAddr, err := normalAddr(closedLn.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inode, ok := diag[closedAddr]; ok {
+			t.Errorf("%s: sock_diag lists a connection to %s (inode %d), closed by its client: want only established ones", network, closedAddr, inode)
+		}
+		conns, err := scanConns("/proc", sockDiagEstablished, -1, os.Geteuid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := conns[addr]; c == nil || !slices.Contains(c.pids, os.Getpid()) {
+			t.Errorf("%s: scanConns through sock_diag: %s = %+v, want held by this process (%d)", network, addr, c, os.Getpid())
+		}
 	}
 }
