@@ -123,7 +123,12 @@ func scanConns(root string, table tcpTable, self, uid int) (map[string]*tcpConn,
 		return nil, err
 	}
 	byInode := map[string]*tcpConn{}
-	conns := map[string]*tcpConn{}
+	// Every socket by its remote end. Several can share one: a client's address and port are
+	// also a listener's when a process of the host listens on that port of that address (on
+	// loopback, or behind a local proxy, any port a client's connection leaves from), and
+	// every connection to that listener has it as its remote end. Which of them is sshd's
+	// is known only once their holders are.
+	byAddr := map[string][]*tcpConn{}
 	for _, e := range entries {
 		if e.inode == 0 {
 			continue
@@ -134,9 +139,11 @@ func scanConns(root string, table tcpTable, self, uid int) (map[string]*tcpConn,
 		}
 		c := &tcpConn{inode: e.inode}
 		byInode["socket:["+strconv.FormatUint(e.inode, 10)+"]"] = c
-		conns[connAddr(ip, e.port)] = c
+		addr := connAddr(ip, e.port)
+		byAddr[addr] = append(byAddr[addr], c)
 	}
-	if len(conns) == 0 {
+	conns := make(map[string]*tcpConn, len(byAddr))
+	if len(byAddr) == 0 {
 		return conns, nil
 	}
 	procs, err := fs.AllProcs()
@@ -170,9 +177,18 @@ func scanConns(root string, table tcpTable, self, uid int) (map[string]*tcpConn,
 			}
 		}
 	}
-	for _, c := range conns {
-		slices.Sort(c.pids)
-		slices.Sort(c.sshd)
+	for addr, cs := range byAddr {
+		// sshd's socket if one is (a client of a local listener is never sshd's), else one
+		// that some process holds, else the first.
+		best := cs[0]
+		for _, c := range cs[1:] {
+			if len(c.sshd) > 0 && len(best.sshd) == 0 || len(c.pids) > 0 && len(best.pids) == 0 {
+				best = c
+			}
+		}
+		slices.Sort(best.pids)
+		slices.Sort(best.sshd)
+		conns[addr] = best
 	}
 	return conns, nil
 }

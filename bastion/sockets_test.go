@@ -260,3 +260,36 @@ func TestSockDiagEstablished(t *testing.T) {
 		}
 	}
 }
+
+// TestScanConnsSharedRemoteEnd: a client's address and port can also be the remote end of
+// another connection of the host (a process listening on that port of that address, here a
+// local server with one client), whichever the table lists first: the connection that
+// vouches for the client's Accepted line is the one sshd holds.
+func TestScanConnsSharedRemoteEnd(t *testing.T) {
+	root := fakeProc(t, map[int][]string{
+		300: {"socket:[3001]"}, // a local server's client, connected to 127.0.0.1:40720
+		301: {"socket:[3002]"}, // sshd, holding the connection from 127.0.0.1:40720
+	})
+	for pid, comm := range map[int]string{300: "redis-cli", 301: "sshd"} {
+		dir := filepath.Join(root, strconv.Itoa(pid))
+		status := fmt.Sprintf("Name:\t%s\nPid:\t%d\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n", comm, pid)
+		if err := os.WriteFile(filepath.Join(dir, "comm"), []byte(comm+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "status"), []byte(status), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client := tcpEntry{remote: net.ParseIP("127.0.0.1").To4(), port: 40720, inode: 3001}
+	ssh := tcpEntry{remote: net.ParseIP("127.0.0.1").To4(), port: 40720, inode: 3002}
+	for name, entries := range map[string][]tcpEntry{"sshd's first": {ssh, client}, "sshd's last": {client, ssh}} {
+		conns, err := scanConns(root, func() ([]tcpEntry, error) { return entries, nil }, -1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := conns["127.0.0.1:40720"]
+		if got == nil || got.inode != 3002 || !slices.Equal(got.sshd, []int{301}) {
+			t.Errorf("%s: 127.0.0.1:40720 = %+v, want sshd's connection (inode 3002, sshd [301])", name, got)
+		}
+	}
+}
