@@ -267,21 +267,10 @@ func TestForgedAcceptedLive(t *testing.T) {
 	if _, err := os.Stat("/proc/net/tcp"); err != nil {
 		t.Skipf("no Linux procfs: %v", err)
 	}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	client, _, ok := loopbackConn(t, "tcp4")
+	if !ok {
+		t.Fatal("no IPv4 loopback")
 	}
-	defer ln.Close()
-	client, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
 	self, uid := -1, os.Geteuid() // the test process is a candidate holder, of the trusted uid
 	s := newSessions(slog.New(slog.DiscardHandler), func() (map[string]*tcpConn, error) { return scanConns("/proc", hostTCP("/proc"), self, uid) })
 	s.kill = func(int, syscall.Signal) error { t.Error("signalled a process"); return nil }

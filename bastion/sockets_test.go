@@ -50,6 +50,34 @@ func fakeProc(t *testing.T, fds map[int][]string) string {
 	return root
 }
 
+// loopbackConn connects to a new listener on the loopback address of network ("tcp4",
+// "tcp6"), all three closed at the end of the test; ok is false when there is no such
+// loopback address.
+func loopbackConn(t *testing.T, network string) (client, server net.Conn, ok bool) {
+	t.Helper()
+	host := "127.0.0.1"
+	if network == "tcp6" {
+		host = "::1"
+	}
+	ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Logf("%s: no loopback listener: %v", network, err)
+		return nil, nil, false
+	}
+	t.Cleanup(func() { ln.Close() })
+	client, err = net.Dial(network, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return client, server, true
+}
+
 // TestSocketOwnersFakeProc: the processes holding the established connection from a client are
 // found through the TCP table of its address family and the processes' fd links; a connection in
 // another state, or a client with no connection, is an error.
@@ -100,26 +128,10 @@ func TestSocketOwnersLive(t *testing.T) {
 		t.Skipf("no Linux procfs: %v", err)
 	}
 	for _, network := range []string{"tcp4", "tcp6"} {
-		host := "127.0.0.1"
-		if network == "tcp6" {
-			host = "::1"
-		}
-		ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
-		if err != nil {
-			t.Logf("%s: no loopback listener: %v", network, err)
+		client, _, ok := loopbackConn(t, network)
+		if !ok {
 			continue
 		}
-		defer ln.Close()
-		client, err := net.Dial(network, ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer client.Close()
-		server, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer server.Close()
 		addr := client.LocalAddr().String() // the remote end of the server's socket
 		got, err := socketOwners("/proc", addr, -1)
 		if err != nil {
@@ -197,41 +209,13 @@ func TestSockDiagEstablished(t *testing.T) {
 		return m
 	}
 	for _, network := range []string{"tcp4", "tcp6"} {
-		host := "127.0.0.1"
-		if network == "tcp6" {
-			host = "::1"
-		}
-		ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
-		if err != nil {
-			t.Logf("%s: no loopback listener: %v", network, err)
+		client, _, ok := loopbackConn(t, network)
+		if !ok {
 			continue
 		}
-		defer ln.Close()
-		client, err := net.Dial(network, ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer client.Close()
-		server, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer server.Close()
-		// A second listener whose one connection is closed by its client first: the client
-		// end waits in TIME_WAIT with this listener as its remote end.
-		closedLn, err := net.Listen(network, net.JoinHostPort(host, "0"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closedLn.Close()
-		gone, err := net.Dial(network, closedLn.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		goneServer, err := closedLn.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
+		// A second connection, closed by its client first: the client end waits in TIME_WAIT
+		// with the second listener as its remote end.
+		gone, goneServer, _ := loopbackConn(t, network)
 		_ = gone.Close()
 		_, _ = goneServer.Read(make([]byte, 1)) // the client's FIN
 		_ = goneServer.Close()
@@ -244,7 +228,7 @@ func TestSockDiagEstablished(t *testing.T) {
 		if diag[addr] == 0 || diag[addr] != proc[addr] {
 			t.Errorf("%s: the server end of %s: sock_diag inode %d, /proc/net inode %d; want the same, not 0", network, addr, diag[addr], proc[addr])
 		}
-		closedAddr, err := normalAddr(closedLn.Addr().String())
+		closedAddr, err := normalAddr(goneServer.LocalAddr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
