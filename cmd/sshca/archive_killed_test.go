@@ -70,10 +70,7 @@ func TestAuditArchiveKilled(t *testing.T) {
 	ctx := context.Background()
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	defer rdb.Close()
-	key := []byte("0123456789abcdef0123456789abcdef")
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "audit.key")
-	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
+	key, keyFile := auditKeyFile(t)
 	steps := []struct {
 		name, hold string
 		midLine    bool // cut the file inside its last line after the kill
@@ -172,6 +169,16 @@ func TestAuditArchiveKilled(t *testing.T) {
 			}
 		})
 	}
+}
+
+// auditKeyFile writes a fixed audit key (hex, as `sshca audit genkey` does) to a 0600 file in
+// a directory of the test's own, and returns the key and the file.
+func auditKeyFile(t *testing.T) ([]byte, string) {
+	t.Helper()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	keyFile := filepath.Join(t.TempDir(), "audit.key")
+	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
+	return key, keyFile
 }
 
 // failedSync is an archive file whose Sync fails: Archive stops after writing it, as a run

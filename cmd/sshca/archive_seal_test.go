@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,10 +27,8 @@ func TestAuditVerifyUnsealedArchive(t *testing.T) {
 	r := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	defer rdb.Close()
-	key := []byte("0123456789abcdef0123456789abcdef")
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "audit.key")
-	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
+	key, keyFile := auditKeyFile(t)
+	dir := filepath.Dir(keyFile)
 	for home := range 3 {
 		if err := audit.New(rdb, audit.Options{Key: key, Stripes: 3, Home: new(home)}).Append(ctx, ca.AuditRecord{Time: time.Now().UTC(), Action: ca.ActionAdmin, Outcome: "allowed", Identity: "test"}); err != nil {
 			t.Fatal(err)
@@ -120,10 +117,8 @@ func TestAuditVerifyWarnsUnmarkedStripe0(t *testing.T) {
 	r := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	defer rdb.Close()
-	key := []byte("0123456789abcdef0123456789abcdef")
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "audit.key")
-	writeFileMode(t, keyFile, hex.EncodeToString(key)+"\n", 0o600)
+	key, keyFile := auditKeyFile(t)
+	dir := filepath.Dir(keyFile)
 	for home := 1; home < 3; home++ {
 		if err := audit.New(rdb, audit.Options{Key: key, Stripes: 3, Home: new(home)}).Append(ctx, ca.AuditRecord{Time: time.Now().UTC(), Action: ca.ActionAdmin, Outcome: "allowed", Identity: "test"}); err != nil {
 			t.Fatal(err)
