@@ -32,6 +32,13 @@ type redisTarget struct {
 	cluster bool
 	// sentinelMaster is --sentinel-master: the store is behind Sentinel, url names a Sentinel.
 	sentinelMaster string
+	// sentinelUsername is --sentinel-username and sentinelPasswordFile --sentinel-password-file:
+	// the Sentinels' own ACL user and a file holding their password (redis.sentinel_username
+	// and sentinel_password), distinct from the data nodes' user and password in url. The
+	// password may come from the environment instead (SSHCA_SENTINEL_PASSWORD, unprefixed
+	// flags only): never a flag's value, which ps shows.
+	sentinelUsername     string
+	sentinelPasswordFile string
 	// configFile is --config: serve's configuration file, whose redis: section is used.
 	configFile string
 	// name, when set, names the source in messages instead of the flag (serve: "config").
@@ -55,8 +62,18 @@ func addRedisTargetFlags(fs *pflag.FlagSet, t *redisTarget, prefix, what string)
 	fs.StringVar(&t.url, prefix+"redis", def, "redis://user:password@host:port/db "+what+" ("+env+"); with --"+prefix+"cluster any Cluster node, with --"+prefix+"sentinel-master a Sentinel")
 	fs.BoolVar(&t.cluster, prefix+"cluster", false, "the store is a Redis Cluster and --"+prefix+"redis names one of its nodes")
 	fs.StringVar(&t.sentinelMaster, prefix+"sentinel-master", "", "the store is behind Sentinel: the monitored master's name (redis.master_name); --"+prefix+"redis names a Sentinel")
+	sentinelEnv := ""
+	if prefix == "" {
+		sentinelEnv = "; or env " + sentinelPasswordEnv
+	}
+	fs.StringVar(&t.sentinelUsername, prefix+"sentinel-username", "", "with --"+prefix+"sentinel-master: the Sentinels' own ACL user (redis.sentinel_username), when they require one")
+	fs.StringVar(&t.sentinelPasswordFile, prefix+"sentinel-password-file", "", "with --"+prefix+"sentinel-master: a file holding the Sentinels' own password (redis.sentinel_password; not the data nodes' of --"+prefix+"redis)"+sentinelEnv)
 	fs.StringVar(&t.configFile, prefix+"config", "", "reach the store as sshca serve does: the redis: section of this serve configuration file (instead of --"+prefix+"redis)")
 }
+
+// sentinelPasswordEnv names the environment variable that holds the Sentinels' own password
+// for commands given --sentinel-master (the unprefixed flags only, as SSHCA_REDIS_URL).
+const sentinelPasswordEnv = "SSHCA_SENTINEL_PASSWORD"
 
 // given says whether the command was told where the store is.
 func (t *redisTarget) given() bool { return t.url != "" || t.configFile != "" }
@@ -86,8 +103,8 @@ func (t *redisTarget) resolve(fs *pflag.FlagSet) (RedisConfig, error) {
 		return RedisConfig{}, fmt.Errorf("%scluster and %ssentinel-master: give one (a Cluster or a Sentinel deployment)", p, p)
 	}
 	if t.configFile != "" {
-		if t.urlSet || t.cluster || t.sentinelMaster != "" {
-			return RedisConfig{}, fmt.Errorf("%sconfig: give it alone, without %sredis, %scluster or %ssentinel-master (its redis: section says all of it)", p, p, p, p)
+		if t.urlSet || t.cluster || t.sentinelMaster != "" || t.sentinelUsername != "" || t.sentinelPasswordFile != "" {
+			return RedisConfig{}, fmt.Errorf("%sconfig: give it alone, without %sredis, %scluster, %ssentinel-master or the Sentinels' credentials (its redis: section says all of it)", p, p, p, p)
 		}
 		rc, err := loadRedisSection(t.configFile)
 		if err != nil {
@@ -111,7 +128,37 @@ func (t *redisTarget) resolve(fs *pflag.FlagSet) (RedisConfig, error) {
 	if o.TLSConfig != nil {
 		rc.TLS = true
 	}
+	if rc.SentinelUsername, rc.SentinelPassword, err = t.sentinelCredentials(); err != nil {
+		return RedisConfig{}, err
+	}
 	return rc, nil
+}
+
+// sentinelCredentials are the Sentinels' own user and password: --sentinel-username, and the
+// password from --sentinel-password-file or else the environment (unprefixed flags only).
+// Given without --sentinel-master they are an error: there is no Sentinel to give them to. The
+// password is never part of an error.
+func (t *redisTarget) sentinelCredentials() (user, password string, err error) {
+	p := "--" + t.prefix
+	if t.sentinelMaster == "" {
+		if t.sentinelUsername != "" || t.sentinelPasswordFile != "" {
+			return "", "", fmt.Errorf("%ssentinel-username and %ssentinel-password-file are the Sentinels' own credentials: give them with %ssentinel-master NAME", p, p, p)
+		}
+		return "", "", nil
+	}
+	if t.sentinelPasswordFile != "" {
+		b, err := os.ReadFile(t.sentinelPasswordFile)
+		if err != nil {
+			return "", "", fmt.Errorf("%ssentinel-password-file: %w", p, err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+		if password == "" {
+			return "", "", fmt.Errorf("%ssentinel-password-file %s: empty; put the Sentinels' password in it (requirepass of each Sentinel)", p, t.sentinelPasswordFile)
+		}
+	} else if t.prefix == "" {
+		password = os.Getenv(sentinelPasswordEnv)
+	}
+	return t.sentinelUsername, password, nil
 }
 
 // loadRedisSection reads serve's configuration file as serve does (unknown keys are errors)
@@ -165,6 +212,10 @@ func (t *redisTarget) open(ctx context.Context, fs *pflag.FlagSet, d time.Durati
 		tune(opts)
 	}
 	rdb := redis.NewUniversalClient(opts)
+	if err := t.checkSentinelAuth(ctx, rdb, rc, d); err != nil {
+		rdb.Close()
+		return nil, err
+	}
 	if err := t.checkMode(ctx, rdb, rc); err != nil {
 		var u *modeUnknownError
 		if unasked != nil && errors.As(err, &u) {
@@ -214,6 +265,38 @@ func (t *redisTarget) checkMode(ctx context.Context, rdb redis.UniversalClient, 
 		return fmt.Errorf("%sredis names a Sentinel: add %ssentinel-master NAME (the monitored master's name)", p, p)
 	}
 	return fmt.Errorf("%s: the server says its mode is %q: want standalone, cluster or sentinel", t.flag(), mode)
+}
+
+// checkSentinelAuth asks the Sentinels for the master once (a PING through them) and turns
+// their refusal of this command's credentials into an error that says where to give their own
+// password: go-redis answers "all sentinels ... are unreachable: NOAUTH" (or WRONGPASS),
+// which reads like an outage. Any other failure is left to the command, as before (the
+// bastion agent starts without its Redis). The password is never in the error: the servers'
+// refusals do not repeat it.
+func (t *redisTarget) checkSentinelAuth(ctx context.Context, rdb redis.UniversalClient, rc RedisConfig, d time.Duration) error {
+	if rc.MasterName == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	err := rdb.Ping(ctx).Err()
+	if err == nil || !strings.Contains(err.Error(), "sentinels") ||
+		!(strings.Contains(err.Error(), "NOAUTH") || strings.Contains(err.Error(), "WRONGPASS") || strings.Contains(err.Error(), "invalid password")) {
+		return nil
+	}
+	if t.configFile != "" || t.name != "" {
+		sec := t.section
+		if sec == "" {
+			sec = "redis"
+		}
+		return fmt.Errorf("%s: the Sentinels refused their credentials (%v): set %s.sentinel_password (and %s.sentinel_username when they use an ACL user) to the Sentinels' own, not the data nodes'", t.flag(), err, sec, sec)
+	}
+	p := "--" + t.prefix
+	where := p + "sentinel-password-file FILE"
+	if t.prefix == "" {
+		where = sentinelPasswordEnv + " or " + where
+	}
+	return fmt.Errorf("%ssentinel-master: the Sentinels refused this command's credentials for them (%v): give the Sentinels' own password with %s (and %ssentinel-username when they use an ACL user); the user and password of %sredis are the data nodes'", p, err, where, p, p)
 }
 
 // redisMode is the server's mode (standalone, cluster, sentinel) from HELLO, or from INFO

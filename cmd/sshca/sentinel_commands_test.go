@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"os/exec"
@@ -9,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
 )
 
 // TestCommandsThroughSentinel: on a Sentinel deployment (one master, one replica, three
@@ -84,5 +88,65 @@ func TestCommandsThroughSentinel(t *testing.T) {
 	out, err := runCLI(t, "", "audit", "verify", "--redis", sentinelURL, "--sentinel-master", testenv.SentinelMaster, "--key-file", cfg.Audit.KeyFile)
 	if err != nil || !strings.Contains(out, "OK: ") {
 		t.Errorf("audit verify through the Sentinel after the failover: %v\n%s", err, out)
+	}
+}
+
+// TestCommandsSentinelPassword: Sentinels that require a password of their own (not the data
+// nodes', which require none here) are reached by a command given --sentinel-master with that
+// password from SSHCA_SENTINEL_PASSWORD or --sentinel-password-file, never from a flag's value;
+// without it, or with a wrong one, the command fails saying where to give it, and no error or
+// output carries the password. The credentials without --sentinel-master, or beside --config,
+// are refused.
+func TestCommandsSentinelPassword(t *testing.T) {
+	const secret = "s3ntinel-only-Pa55"
+	s := testenv.StartRedisSentinelAuth(t, secret)
+	sentinelURL := "redis://" + s.Sentinels[0]
+	migrate := []string{"store", "migrate", "--redis", sentinelURL, "--sentinel-master", testenv.SentinelMaster}
+	dir := t.TempDir()
+	wrongFile, rightFile := filepath.Join(dir, "wrong"), filepath.Join(dir, "right")
+	writeFileMode(t, wrongFile, "not-"+secret+"\n", 0o600)
+	writeFileMode(t, rightFile, secret+"\n", 0o600)
+	noSecret := func(what, out string, err error) {
+		t.Helper()
+		if strings.Contains(out, secret) || err != nil && strings.Contains(err.Error(), secret) {
+			t.Errorf("%s shows the Sentinels' password: %v\n%s", what, err, out)
+		}
+	}
+
+	t.Setenv(sentinelPasswordEnv, "")
+	out, err := runCLI(t, "", migrate...)
+	noSecret("without the password", out, err)
+	if err == nil || !strings.Contains(err.Error(), sentinelPasswordEnv) || !strings.Contains(err.Error(), "--sentinel-password-file") {
+		t.Errorf("store migrate through Sentinels that require a password, given none: %v\n%s; want a refusal naming %s and --sentinel-password-file", err, out, sentinelPasswordEnv)
+	}
+	out, err = runCLI(t, "", append(migrate, "--sentinel-password-file", wrongFile)...)
+	noSecret("with a wrong password", out, err)
+	if err == nil || !strings.Contains(err.Error(), "Sentinel") || strings.Contains(err.Error(), "not-"+secret) {
+		t.Errorf("store migrate with a wrong Sentinel password: %v\n%s; want a refusal that does not show it", err, out)
+	}
+	out, err = runCLI(t, "", append(migrate, "--sentinel-password-file", rightFile)...)
+	noSecret("with --sentinel-password-file", out, err)
+	if err != nil || !strings.Contains(out, "store layout") {
+		t.Errorf("store migrate with --sentinel-password-file: %v\n%s", err, out)
+	}
+	t.Setenv(sentinelPasswordEnv, secret)
+	out, err = runCLI(t, "", migrate...)
+	noSecret("with "+sentinelPasswordEnv, out, err)
+	if err != nil || !strings.Contains(out, "at layout 3 already") {
+		t.Errorf("store migrate with %s: %v\n%s", sentinelPasswordEnv, err, out)
+	}
+	// The migration reached the master the Sentinels name.
+	master := redis.NewClient(&redis.Options{Addr: s.MasterAddr(t)})
+	defer master.Close()
+	if v, err := master.Get(context.Background(), store.Keys{}.StoreLayout()).Result(); err != nil || v != "3" {
+		t.Errorf("the master's layout after migrate through the Sentinels: %q %v", v, err)
+	}
+	out, err = runCLI(t, "", "store", "migrate", "--help")
+	noSecret("--help with the password in the environment", out, err)
+	if _, err := runCLI(t, "", "store", "migrate", "--redis", sentinelURL, "--sentinel-password-file", rightFile); err == nil || !strings.Contains(err.Error(), "give them with --sentinel-master") {
+		t.Errorf("--sentinel-password-file without --sentinel-master: %v; want a refusal", err)
+	}
+	if _, err := runCLI(t, "", "store", "migrate", "--config", filepath.Join(dir, "x.yaml"), "--sentinel-username", "u"); err == nil || !strings.Contains(err.Error(), "give it alone") {
+		t.Errorf("--sentinel-username with --config: %v; want a refusal", err)
 	}
 }

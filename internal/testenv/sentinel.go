@@ -27,6 +27,9 @@ const SentinelDownAfter = time.Second
 type RedisSentinel struct {
 	// Sentinels are the sentinels' host:port addresses (go-redis's FailoverOptions.SentinelAddrs).
 	Sentinels []string
+	// Password is the sentinels' own password (requirepass of each sentinel, and the
+	// sentinel-pass they give each other), "" when they have none (StartRedisSentinelAuth).
+	Password string
 	// Nodes are the two redis-servers, the first started as the master.
 	Nodes []*RedisNode
 }
@@ -48,8 +51,17 @@ type RedisNode struct {
 // stops them all when the test ends.
 func StartRedisSentinel(t testing.TB) *RedisSentinel {
 	t.Helper()
+	return StartRedisSentinelAuth(t, "")
+}
+
+// StartRedisSentinelAuth is StartRedisSentinel with sentinels that require password (the
+// default user's requirepass; they authenticate to each other with sentinel-pass) while the
+// master and replica require none: a client must give the sentinels' own password, distinct
+// from the data nodes' credentials. An empty password is StartRedisSentinel.
+func StartRedisSentinelAuth(t testing.TB, password string) *RedisSentinel {
+	t.Helper()
 	bin, cli := Need(t, "redis-server"), Need(t, "redis-cli")
-	s := &RedisSentinel{}
+	s := &RedisSentinel{Password: password}
 	var masterPort int
 	for i := range 2 {
 		port := FreePort(t)
@@ -77,6 +89,9 @@ func StartRedisSentinel(t testing.TB) *RedisSentinel {
 			"sentinel failover-timeout %s 10000\n"+
 			"sentinel parallel-syncs %s 1\n",
 			port, dir, SentinelMaster, masterPort, SentinelMaster, SentinelDownAfter.Milliseconds(), SentinelMaster, SentinelMaster)
+		if password != "" {
+			body += fmt.Sprintf("requirepass %q\nsentinel sentinel-pass %q\n", password, password)
+		}
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatalf("testenv: sentinel config: %v", err)
 		}
@@ -87,9 +102,8 @@ func StartRedisSentinel(t testing.TB) *RedisSentinel {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	waitFor := func(addr, what string, args []string, ok func(string) bool) {
-		host, port, _ := strings.Cut(addr, ":")
 		for {
-			out, _ := exec.Command(cli, append([]string{"-h", host, "-p", port}, args...)...).CombinedOutput()
+			out, _ := exec.Command(cli, append(s.cliArgs(addr), args...)...).CombinedOutput()
 			if ok(string(out)) {
 				return
 			}
@@ -122,14 +136,24 @@ func field(f []string, name string) string {
 	return ""
 }
 
+// cliArgs are redis-cli's arguments to reach addr: with the sentinels' password when addr is
+// a sentinel's.
+func (s *RedisSentinel) cliArgs(addr string) []string {
+	host, port, _ := strings.Cut(addr, ":")
+	args := []string{"-h", host, "-p", port}
+	if s.Password != "" && slices.Contains(s.Sentinels, addr) {
+		args = append(args, "--no-auth-warning", "-a", s.Password)
+	}
+	return args
+}
+
 // MasterAddr asks the sentinels which node is the master now (SENTINEL
 // GET-MASTER-ADDR-BY-NAME), "" when none answers.
 func (s *RedisSentinel) MasterAddr(t testing.TB) string {
 	t.Helper()
 	cli := Need(t, "redis-cli")
 	for _, addr := range s.Sentinels {
-		host, port, _ := strings.Cut(addr, ":")
-		out, err := exec.Command(cli, "-h", host, "-p", port, "sentinel", "get-master-addr-by-name", SentinelMaster).Output()
+		out, err := exec.Command(cli, append(s.cliArgs(addr), "sentinel", "get-master-addr-by-name", SentinelMaster)...).Output()
 		if f := strings.Fields(string(out)); err == nil && len(f) == 2 {
 			return f[0] + ":" + f[1]
 		}
