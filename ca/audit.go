@@ -255,6 +255,8 @@ func (a *Authority) settleSigned(ctx context.Context, rec AuditRecord, cause err
 		id := a.retries.add(rec)
 		go func() {
 			defer a.retries.done(id)
+			ctx, cancel := a.retries.background(ctx)
+			defer cancel()
 			a.retrySigned(ctx, rec, once)
 		}()
 	}
@@ -272,14 +274,16 @@ func (a *Authority) settleLost(ctx context.Context, rec AuditRecord, cause error
 	id := a.retries.add(rec)
 	go func() {
 		defer a.retries.done(id)
+		ctx, cancel := a.retries.background(ctx)
+		defer cancel()
 		a.unrecord(ctx, &pre)
 		if a.audit == nil {
 			return
 		}
 		once := NewOnceKey()
-		actx, cancel := context.WithTimeout(ctx, SignedCertTimeout)
+		actx, cancelAttempt := context.WithTimeout(ctx, SignedCertTimeout)
 		err := a.appendOnce(actx, rec, once)
-		cancel()
+		cancelAttempt()
 		if err != nil {
 			a.retrySigned(ctx, rec, once)
 		}
@@ -298,12 +302,19 @@ func (a *Authority) appendOnce(ctx context.Context, rec AuditRecord, once uint64
 func (a *Authority) retrySigned(ctx context.Context, rec AuditRecord, once uint64) {
 	giveUp := a.now().Add(SignedAuditRetry)
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		<-a.after(wait)
+		select {
+		case <-a.after(wait):
+		case <-ctx.Done():
+			return // halted by DrainRetries, which logged rec as lost
+		}
 		actx, cancel := context.WithTimeout(ctx, SignedCertTimeout)
 		err := a.appendOnce(actx, rec, once)
 		cancel()
 		if err == nil {
 			return
+		}
+		if ctx.Err() != nil {
+			return // halted by DrainRetries, which logged rec as lost
 		}
 		if a.now().Add(wait).After(giveUp) {
 			a.lostSigned(ctx, rec, err)
@@ -320,8 +331,10 @@ func (a *Authority) lostSigned(ctx context.Context, rec AuditRecord, err error) 
 // DrainRetries waits, until ctx ends, for the audit records of signed certificates that are
 // still being retried in the background (see settleSigned); a server calls it on shutdown after
 // its requests drained and before it closes the audit log's store. When ctx ends first, each
-// record still pending is logged as lost (as when its retries give up) and the number of them
-// is returned in the error; the retries themselves go on until the process ends.
+// record still pending is logged as lost (as when its retries give up), the number of them is
+// returned in the error, and the retries are stopped: DrainRetries returns once they have
+// (each within its current attempt, at most SignedCertTimeout), so none writes to a store
+// closed after it, or logs, once the server has returned.
 func (a *Authority) DrainRetries(ctx context.Context) error {
 	select {
 	case <-a.retries.idle():
@@ -329,22 +342,64 @@ func (a *Authority) DrainRetries(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	pending := a.retries.pending()
-	if len(pending) == 0 {
-		return nil
-	}
+	a.retries.halt()
 	for _, rec := range pending {
 		a.lostSigned(ctx, rec, fmt.Errorf("shutdown before the record was kept: %w", context.Cause(ctx)))
+	}
+	<-a.retries.idle()
+	if len(pending) == 0 {
+		return nil
 	}
 	return fmt.Errorf("sshca: %d audit record(s) of signed certificates not kept before shutdown", len(pending))
 }
 
 // pendingRecords is the set of records being retried, with a channel closed whenever it is
-// empty.
+// empty, and one closed when shutdown stops the retries.
 type pendingRecords struct {
 	mu    sync.Mutex
 	next  uint64
 	recs  map[uint64]AuditRecord
 	empty chan struct{} // open while recs is not empty; nil while it is
+	stop  chan struct{} // closed by halt; made on first use
+}
+
+// halted returns a channel closed once halt was called.
+func (p *pendingRecords) halted() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stop == nil {
+		p.stop = make(chan struct{})
+	}
+	return p.stop
+}
+
+// halt stops the retries (each returns at its next wait or attempt); idempotent.
+func (p *pendingRecords) halt() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stop == nil {
+		p.stop = make(chan struct{})
+	}
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+	}
+}
+
+// background returns ctx (detached from its request by the caller) ended also by halt, so that
+// a retry's Redis call does not outlive the server's shutdown either.
+func (p *pendingRecords) background(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := p.halted()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 func (p *pendingRecords) add(rec AuditRecord) uint64 {

@@ -297,14 +297,16 @@ func TestSignedAuditRetryOnItsClock(t *testing.T) {
 
 // healingAudit fails every append until healed, and keeps what it accepted.
 type healingAudit struct {
-	mu     sync.Mutex
-	healed bool
-	kept   []ca.AuditRecord
+	mu       sync.Mutex
+	healed   bool
+	kept     []ca.AuditRecord
+	attempts int
 }
 
 func (a *healingAudit) Append(_ context.Context, r ca.AuditRecord) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.attempts++
 	if !a.healed {
 		return context.DeadlineExceeded
 	}
@@ -380,6 +382,17 @@ func TestDrainRetriesWaitsForSignedRecords(t *testing.T) {
 		}
 		if !strings.Contains(logs.String(), "audit record of a signed certificate lost") || !strings.Contains(logs.String(), "serial=") {
 			t.Errorf("the pending record is not logged as lost with its serial:\n%s", logs.String())
+		}
+		// Nothing of the retry outlives DrainRetries: it would write to a store the server
+		// closes next, and log after the server returned (a test's logger panics then).
+		audit.mu.Lock()
+		attempts, logged := audit.attempts, len(logs.String())
+		audit.mu.Unlock()
+		time.Sleep(100 * time.Millisecond) // 20 retry waits of fast
+		audit.mu.Lock()
+		defer audit.mu.Unlock()
+		if audit.attempts != attempts || len(logs.String()) != logged {
+			t.Errorf("after DrainRetries returned, the retry went on: %d more attempts, log now:\n%s", audit.attempts-attempts, logs.String())
 		}
 	})
 	t.Run("nothing pending", func(t *testing.T) {
