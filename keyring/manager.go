@@ -141,8 +141,10 @@ func (m *Manager) Compromised(ctx context.Context, fp string) (ca.CAKey, error) 
 	// One that lapsed after max_user_ttl would let a host that pulls the KRL, but trusts the key
 	// from an earlier user.pub, accept certificates minted with the stolen key.
 	entry := ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(bad)}
-	if _, err := m.Store.Revoke(ctx, scope, []ca.RevocationEntry{entry}); err != nil {
-		return out, ca.Unavailable("marked compromised, but not yet in the KRL: run the command again", err)
+	for _, sc := range revocation.CompromiseScopes(bad, scope) {
+		if _, err := m.Store.Revoke(ctx, sc, []ca.RevocationEntry{entry}); err != nil {
+			return out, ca.Unavailable("marked compromised, but not yet in the KRL: run the command again", err)
+		}
 	}
 	if err := m.Store.UnregisterCA(ctx, out.PublicKey); err != nil {
 		return out, ca.Unavailable("in the KRL, but bastions may trust it until their next refresh", err)

@@ -58,6 +58,9 @@ func Version(states ...ca.RevocationState) uint64 {
 func BuildKRL(states ...ca.RevocationState) (*krl.KRL, error) {
 	k := &krl.KRL{Comment: "sshca", Version: Version(states...)}
 	var newest time.Time
+	// A key is listed once however many scopes revoke it (a compromised CA key is banned in
+	// its own scope and in the active key's: keyring.Manager.Compromised).
+	keys := map[string]bool{}
 	for _, st := range states {
 		if st.Changed.After(newest) {
 			newest = st.Changed
@@ -80,7 +83,10 @@ func BuildKRL(states ...ca.RevocationState) (*krl.KRL, error) {
 				if err != nil {
 					return nil, err
 				}
-				k.RevokeKey(key)
+				if blob := string(key.Marshal()); !keys[blob] {
+					keys[blob] = true
+					k.RevokeKey(key)
+				}
 			default:
 				return nil, fmt.Errorf("revocation: krl: unknown entry kind %q", e.Kind)
 			}

@@ -434,7 +434,8 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 	skip := func(a restoreAction, why string) {
 		s.Skipped = append(s.Skipped, Skip{a.rec.Time, a.rec.Target, why})
 	}
-	// The key ring first: a compromised user CA key is revoked in the active key's scope.
+	// The key ring first: a compromised user CA key is revoked in its own scope and the
+	// active key's (revocation.CompromiseScopes).
 	if err := s.applyKeyring(ctx, r, now, &rep); err != nil {
 		return rep, err
 	}
@@ -647,8 +648,8 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 // store holds the same keys: with a version above both the recorded one and the store's
 // (replicas reload a ring whose version changed), the PINs of KMS URIs put back
 // (KeyringKMS, or the store's own key), the user CA keys published to bastions as the ring
-// says, and each compromised user CA key revoked for good in the active key's scope, as
-// keyring.Manager.Compromised does.
+// says, and each compromised user CA key revoked for good in its own scope and the active key's
+// (revocation.CompromiseScopes), as keyring.Manager.Compromised does.
 func (s *Restore) applyKeyring(ctx context.Context, r *Redis, now time.Time, rep *RestoreReport) error {
 	for _, c := range s.changes {
 		s.Skipped = append(s.Skipped, Skip{c.Time, c.Target, "a key-ring change recorded without the key ring it left (written before records carried it, or that record was not kept): check the key ring with sshca keys list and make the change again"})
@@ -714,8 +715,10 @@ func (s *Restore) applyKeyring(ctx context.Context, r *Redis, now time.Time, rep
 			if err != nil {
 				return fmt.Errorf("store: rebuild: %w", err)
 			}
-			if _, err := r.Revoke(ctx, scope, []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(pub)}}); err != nil {
-				return fmt.Errorf("store: rebuild: compromised CA key: %w", err)
+			for _, sc := range revocation.CompromiseScopes(pub, scope) {
+				if _, err := r.Revoke(ctx, sc, []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(pub)}}); err != nil {
+					return fmt.Errorf("store: rebuild: compromised CA key: %w", err)
+				}
 			}
 		}
 	}
