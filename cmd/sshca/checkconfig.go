@@ -192,18 +192,31 @@ func checkRecordingsRedis(ctx context.Context, rc RedisConfig, r *checkReport) {
 		r.problem("recordings.redis: %v", err)
 		return
 	}
-	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.MaxRetries = checkTimeout, checkTimeout, checkTimeout, -1
-	rdb := redis.NewUniversalClient(opts)
-	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(ctx, 4*checkTimeout)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		r.problem("recordings.redis: cannot reach %s: %v", strings.Join(rc.Addrs, ", "), err)
+	rdb, ctx, done := reachForCheck(ctx, opts, "recordings.redis", rc, r)
+	defer done()
+	if rdb == nil {
 		return
 	}
 	if err := (&redisTarget{name: "recordings.redis", section: "recordings.redis"}).checkMode(ctx, rdb, rc); err != nil {
 		r.problem("%v", err)
 	}
+}
+
+// reachForCheck connects to the Redis of the configuration key section (options opts, made
+// from rc) with the check's timeouts and pings it, under a context of its own bounded to four
+// timeouts: nil, the problem reported, when it does not answer. done closes the client and
+// ends the context.
+func reachForCheck(ctx context.Context, opts *redis.UniversalOptions, section string, rc RedisConfig, r *checkReport) (rdb redis.UniversalClient, _ context.Context, done func()) {
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.MaxRetries = checkTimeout, checkTimeout, checkTimeout, -1
+	rdb = redis.NewUniversalClient(opts)
+	ctx, cancel := context.WithTimeout(ctx, 4*checkTimeout)
+	done = func() { cancel(); rdb.Close() }
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		r.problem("%s: cannot reach %s: %v", section, strings.Join(rc.Addrs, ", "), err)
+		done()
+		return nil, ctx, func() {}
+	}
+	return rdb, ctx, done
 }
 
 // checkRedis reaches Redis as the service would, reads the settings that keep what sshca
@@ -218,13 +231,9 @@ func checkRedis(ctx context.Context, rc RedisConfig, durable redisProbe, r *chec
 		r.problem("%v", err)
 		return
 	}
-	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.MaxRetries = checkTimeout, checkTimeout, checkTimeout, -1
-	rdb := redis.NewUniversalClient(opts)
-	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(ctx, 4*checkTimeout)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		r.problem("redis: cannot reach %s: %v", strings.Join(rc.Addrs, ", "), err)
+	rdb, ctx, done := reachForCheck(ctx, opts, "redis", rc, r)
+	defer done()
+	if rdb == nil {
 		return
 	}
 	// The kind of deployment, as serve and the commands check it at start (checkMode).
