@@ -217,6 +217,12 @@ func TestAgentHTTPNewCAKeyWithinCARefresh(t *testing.T) {
 	}
 }
 
+// pausedWaiters is how many waiters an agent in HTTPS mode has on its clock while it pauses
+// between requests: the file guard's ticker (GuardEvery), always there, and the pause. Waiting
+// for one only waited for the guard, so the test advanced the clock before the pause was
+// registered, under load, and the agent then slept past the test's deadline.
+const pausedWaiters = 2
+
 // TestAgentHTTPBacksOffOnRetryAfter: a server that turns the agent away with 503 and
 // Retry-After (a replica holding as many long polls as it may) is not asked again before that
 // pause (on the agent's clock), nor later than half as much again; one without Retry-After is
@@ -252,7 +258,7 @@ func TestAgentHTTPBacksOffOnRetryAfter(t *testing.T) {
 		waitUntil(t, "the agent asks "+strconv.FormatInt(n, 10)+" times", func() bool { return asked.Load() == n })
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := clock.BlockUntilContext(ctx, 1); err != nil {
+		if err := clock.BlockUntilContext(ctx, pausedWaiters); err != nil {
 			t.Fatalf("the agent does not pause after %d answers: %v", n, err)
 		}
 	}
@@ -314,7 +320,7 @@ func TestAgentPullsAfterShedLongPoll(t *testing.T) {
 		waitUntil(t, what, cond)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := clock.BlockUntilContext(ctx, 1); err != nil {
+		if err := clock.BlockUntilContext(ctx, pausedWaiters); err != nil {
 			t.Fatalf("the agent does not pause after %s: %v", what, err)
 		}
 	}
