@@ -2,20 +2,16 @@ package keyring_test
 
 import (
 	"context"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/keyring"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/revocation"
-	"github.com/sshca/sshca/store"
 )
 
 // TestCompromiseWakesFollowers: a user CA key is marked compromised right after a new key was
@@ -28,21 +24,7 @@ import (
 func TestCompromiseWakesFollowers(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv := testenv.StartRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb.Close() })
-	db := store.NewRedis(rdb, store.RedisOptions{})
-	dir := t.TempDir()
-	ref := kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(dir, "user.pem")}
-	seed, err := kms.Create(ctx, ref, kms.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { seed.Close() })
-	if err := keyring.Bootstrap(ctx, db, ca.UserCert, ref, seed); err != nil {
-		t.Fatal(err)
-	}
-	bad := seed.Signer().PublicKey()
+	srv, _, db, dir, bad := bootstrapUserCA(t)
 	if err := db.RegisterCA(ctx, bad); err != nil { // as serve does at start
 		t.Fatal(err)
 	}
@@ -51,7 +33,7 @@ func TestCompromiseWakesFollowers(t *testing.T) {
 	f.Block = 30 * time.Second
 	done := make(chan struct{})
 	go func() { defer close(done); f.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); srv.Stop(); <-done }) // the stopped server ends its 30 s read
 	// The follower follows the old key's scope once a revocation there wakes it (one made
 	// before its first snapshot does not).
 	for serial := 1; ; serial++ {

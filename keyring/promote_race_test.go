@@ -2,20 +2,16 @@ package keyring_test
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/keyring"
 	"github.com/sshca/sshca/kms"
-	"github.com/sshca/sshca/store"
 )
 
 // singleUse authenticates every token as alice's, single-use (a workload's token).
@@ -79,21 +75,8 @@ func TestPromoteRacesIssuance(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			srv := testenv.StartRedis(t)
-			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-			t.Cleanup(func() { rdb.Close() })
-			db := store.NewRedis(rdb, store.RedisOptions{})
-			dir := t.TempDir()
-			ref := kms.KeyRef{KMS: "softkms:", Key: "softkms:path=" + filepath.Join(dir, "user.pem")}
-			seed, err := kms.Create(ctx, ref, kms.Ed25519)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { seed.Close() })
-			if err := keyring.Bootstrap(ctx, db, ca.UserCert, ref, seed); err != nil {
-				t.Fatal(err)
-			}
-			old := ssh.FingerprintSHA256(seed.Signer().PublicKey())
+			_, rdb, db, dir, first := bootstrapUserCA(t)
+			old := ssh.FingerprintSHA256(first)
 			kr, err := keyring.New(ctx, ca.UserCert, db, db, nil)
 			if err != nil {
 				t.Fatal(err)
