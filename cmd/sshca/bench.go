@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,7 +52,10 @@ type benchOptions struct {
 	// pprofURL and pprofOut: a CPU profile of the server over the measured window, from its
 	// /debug/pprof/profile (diag_pprof), written to pprofOut.
 	pprofURL, pprofOut string
-	tokens             int
+	// selfProfile: a CPU profile of the generator itself over the measured window (its
+	// share of the machine is part of what an open-loop run on the same cores measures).
+	selfProfile string
+	tokens      int
 	// identityRate and identityBurst are the server's per-identity limit (limits.rate.per_identity,
 	// identity_burst); addressRate and addressBurst its per-address limit (per_address, burst).
 	identityRate, addressRate   float64
@@ -105,6 +109,7 @@ sample of the certificates; windows of 5 minutes or more mint tokens that expire
 	f.StringVar(&o.tokenURL, "token-url", "", "the development issuer's POST /dev/token URL (default: /dev/token at the --server's scheme://host), e.g. that of the sshca dev a sshca serve under test trusts")
 	f.StringVar(&o.pprofURL, "pprof-url", "", "the server's CPU profile endpoint (http://DIAG/debug/pprof/profile with diag_pprof on): profile the measured window, less its last second, into --pprof-out")
 	f.StringVar(&o.pprofOut, "pprof-out", "server.pprof", "file for the profile that --pprof-url fetches")
+	f.StringVar(&o.selfProfile, "self-pprof-out", "", "write a CPU profile of this generator over the measured window to this file (what the load generator itself spends, on the same cores as the server)")
 	f.IntVar(&o.tokens, "tokens", 0, "tokens to pre-mint, one per request (0: rate×duration with --rate, else 3000/s×duration); the window ends early when they run out")
 	f.Float64Var(&o.identityRate, "identity-rate", 1, "the server's limits.rate.per_identity, requests per second")
 	f.IntVar(&o.identityBurst, "identity-burst", 20, "the server's limits.rate.identity_burst")
@@ -331,6 +336,17 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 		secs := max(1, int((o.duration-time.Second)/time.Second))
 		go func() { profiled <- fetchProfile(ctx, o.pprofURL, secs, o.pprofOut) }()
 	}
+	if o.selfProfile != "" {
+		f, err := os.Create(o.selfProfile)
+		if err != nil {
+			return fmt.Errorf("bench: --self-pprof-out: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("bench: --self-pprof-out: %w", err)
+		}
+		defer pprof.StopCPUProfile() // a second stop, after the window's, does nothing
+	}
 	start := time.Now()
 	deadline := start.Add(o.duration)
 	stopProgress := make(chan struct{})
@@ -390,6 +406,10 @@ func runBench(ctx context.Context, o benchOptions, out, progress io.Writer) erro
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	if o.selfProfile != "" {
+		pprof.StopCPUProfile()
+		fmt.Fprintf(out, "bench: CPU profile of this generator over the window in %s\n", o.selfProfile)
+	}
 	selfAfter := selfCPU()
 	serverAfter, serverNames, serverErr := processCPU(o.serverPIDs)
 	close(stopProgress)

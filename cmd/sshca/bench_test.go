@@ -82,9 +82,17 @@ func TestBench(t *testing.T) {
 		t.Errorf("no progress line on stderr after a second:\n%s", progress)
 	}
 
-	f, out, _, err = runBenchCLI(t, "--server", base, "--state", state, "--rate", "50/s", "--duration", "1s")
+	genProfile := filepath.Join(t.TempDir(), "gen.pprof")
+	f, out, _, err = runBenchCLI(t, "--server", base, "--state", state, "--rate", "50/s", "--duration", "1s", "--self-pprof-out", genProfile)
 	if err != nil {
 		t.Fatalf("open loop: %v", err)
+	}
+	// The generator's own profile: a gzipped protobuf (runtime/pprof), named on the output.
+	if b, err := os.ReadFile(genProfile); err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Errorf("--self-pprof-out: %v, %d bytes, want a gzipped profile", err, len(b))
+	}
+	if !strings.Contains(out, "CPU profile of this generator over the window in "+genProfile) {
+		t.Errorf("open loop does not name the generator's profile:\n%s", out)
 	}
 	if f.certsPerSec <= 0 || f.errors != 0 || f.p99 < f.p50 || f.serverCPU != "n/a" {
 		t.Errorf("open loop figures %+v", f)

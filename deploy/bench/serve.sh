@@ -19,7 +19,8 @@
 #   HTTP1=1              the generator speaks HTTP/1.1 (sshca bench --http1), as one-shot
 #                        clients such as sshca login do, rather than HTTP/2
 #   PROFILE=1            a CPU profile of serve (pprof) during the middle run at the last
-#                        concurrency, written to $OUT/serve.pprof with its top list
+#                        concurrency, written to $OUT/serve.pprof with its top list, and
+#                        one of the generator (sshca bench) over the same run, $OUT/bench.pprof
 #   OUT=DIR              where every run's output goes (default: a new temporary directory)
 #   SSHCA=FILE           a sshca binary to measure instead of building this checkout (to
 #                        compare two versions run after run: docs/performance.md)
@@ -63,7 +64,7 @@ for shape in $SHAPES; do
 		name="$shape-$i"
 		prof=()
 		if [ "$PROFILE" = 1 ] && [ "$shape" = "$last_closed" ] && [ "$i" = "$mid" ]; then
-			prof=(--pprof-url "http://127.0.0.1:$gport/debug/pprof/profile" --pprof-out "$OUT/serve.pprof")
+			prof=(--pprof-url "http://127.0.0.1:$gport/debug/pprof/profile" --pprof-out "$OUT/serve.pprof" --self-pprof-out "$OUT/bench.pprof")
 		fi
 		echo "  $label, run $i: $(run_bench "$name" --duration "$DURATION" "${args[@]}" "${proto[@]}" "${prof[@]}")"
 	done
