@@ -140,14 +140,21 @@ aof_rewrites() {
 
 # run_bench NAME ARGS...: one `sshca bench` run against serve (measuring the CPU of serve and
 # redis-server); its output goes to $OUT/NAME.txt and NAME.err; prints its last line, and after
-# it the AOF rewrites redis-server started during the run (also kept in $OUT/NAME.aof).
+# it the AOF rewrites redis-server started during the run (also kept in $OUT/NAME.aof) and the
+# p99 of serve's own "took" over the run's requests (NAME.took).
 run_bench() {
-	local name=$1 before after
+	local name=$1 before after lines
 	shift
 	before=$(aof_rewrites)
+	lines=$(wc -l <"$OUT/serve.log")
 	"$S" bench --server "https://127.0.0.1:$sport" --tls-ca "$dir/state/tls.crt" --token-url "http://127.0.0.1:$dport/dev/token" \
 		--state "$dir/dev" --server-pid "$serve_pid,$redis_pid" "$@" >"$OUT/$name.txt" 2>"$OUT/$name.err"
 	after=$(aof_rewrites)
 	echo "$((${after:-0} - ${before:-0}))" >"$OUT/$name.aof"
-	echo "$(tail -n 1 "$OUT/$name.txt")  aof_rewrites: $((${after:-0} - ${before:-0}))"
+	# serve's own view of the same requests: the p99 of its "issue" lines' took (from the
+	# request's decoding to its answer, without TLS, HTTP/2 framing or the generator), kept
+	# in $OUT/NAME.took: what the client's p99 adds is the network stack and the generator.
+	tail -n +"$((lines + 1))" "$OUT/serve.log" | grep '"msg":"issue"' | sed -n 's/.*"took":\([0-9]*\).*/\1/p' |
+		sort -n | awk '{v[NR]=$1} END {if (NR==0) {print "n/a"; exit}; i=int(NR*0.99); if (i<1) i=1; printf "%.2f\n", v[i]/1e6}' >"$OUT/$name.took"
+	echo "$(tail -n 1 "$OUT/$name.txt")  aof_rewrites: $((${after:-0} - ${before:-0}))  serve_p99_ms: $(cat "$OUT/$name.took")"
 }

@@ -77,7 +77,8 @@ for shape in $SHAPES; do
 	own=$(for f in "${files[@]}"; do serveshare "$f"; done | stats)
 	errs=$(for f in "${files[@]}"; do field "$f" errors; done | awk '{s+=$1} END {print s+0}')
 	rewrites=$(for i in $(seq "$RUNS"); do cat "$OUT/$shape-$i.aof"; done | awk '$1 > 0 {n++} END {print n+0}')
-	summary+=("$label: certs/s $cps  p50 ms $p50  p99 ms $p99  server CPU us/cert $cpu (serve alone $own)  errors $errs  runs with an AOF rewrite $rewrites of $RUNS")
+	took=$(for i in $(seq "$RUNS"); do cat "$OUT/$shape-$i.took"; done | grep -v n/a | stats)
+	summary+=("$label: certs/s $cps  p50 ms $p50  p99 ms $p99 (serve's own took $took)  server CPU us/cert $cpu (serve alone $own)  errors $errs  runs with an AOF rewrite $rewrites of $RUNS")
 	if [[ ! $shape =~ ^(open|r[0-9]+)$ ]]; then
 		m=$(for f in "${files[@]}"; do field "$f" certs/s; done | median)
 		peak=$(awk -v a="$peak" -v b="$m" 'BEGIN {print (b > a) ? b : a}')
