@@ -5,13 +5,15 @@
 # diagnostics listener with pprof, and tokens from a `sshca dev` issuer (ES256 or RS256) that
 # serve trusts like any OIDC provider.
 #
-# Before sourcing: NAME (the prefix of messages). Environment read: ALG, CA, OUT, SSHCA (see
-# serve.sh). After start_serve: S (the sshca binary), dir (scratch), OUT, serve_pid, redis_pid,
-# sport (serve's TLS port), gport (its diagnostics port), dport (the issuer's port); run_bench
-# NAME ARGS... runs one `sshca bench` against it. Everything started is stopped on exit.
+# Before sourcing: NAME (the prefix of messages). Environment read: ALG, CA, TLS, OUT, SSHCA
+# (see serve.sh). After start_serve: S (the sshca binary), dir (scratch), OUT, serve_pid,
+# redis_pid, sport (serve's port: TLS, or plain HTTP with TLS=0), gport (its diagnostics port),
+# dport (the issuer's port); run_bench NAME ARGS... runs one `sshca bench` against it.
+# Everything started is stopped on exit.
 set -u
 ALG=${ALG:-ES256}
 CA=${CA:-softkms}
+TLS=${TLS:-1}
 dir=$(mktemp -d)
 OUT=${OUT:-$dir/out}
 mkdir -p "$OUT"
@@ -94,9 +96,7 @@ start_serve() {
 	gport=$(freeport)
 	cat >"$dir/state/config.yaml" <<EOC
 listen: 127.0.0.1:$sport
-tls:
-  cert_file: $dir/state/tls.crt
-  key_file: $dir/state/tls.key
+$(if [ "$TLS" = 1 ]; then printf 'tls:\n  cert_file: %s\n  key_file: %s\n' "$dir/state/tls.crt" "$dir/state/tls.key"; fi)
 diag_listen: 127.0.0.1:$gport
 diag_pprof: true
 user_ca:
@@ -147,7 +147,9 @@ run_bench() {
 	shift
 	before=$(aof_rewrites)
 	lines=$(wc -l <"$OUT/serve.log")
-	"$S" bench --server "https://127.0.0.1:$sport" --tls-ca "$dir/state/tls.crt" --token-url "http://127.0.0.1:$dport/dev/token" \
+	local target=(--server "https://127.0.0.1:$sport" --tls-ca "$dir/state/tls.crt")
+	[ "$TLS" = 1 ] || target=(--server "http://127.0.0.1:$sport") # HTTP/1.1: no h2c
+	"$S" bench "${target[@]}" --token-url "http://127.0.0.1:$dport/dev/token" \
 		--state "$dir/dev" --server-pid "$serve_pid,$redis_pid" "$@" >"$OUT/$name.txt" 2>"$OUT/$name.err"
 	after=$(aof_rewrites)
 	echo "$((${after:-0} - ${before:-0}))" >"$OUT/$name.aof"

@@ -16,6 +16,8 @@
 #                        the peak (the best median of the closed-loop shapes); "rN" is open
 #                        loop at N requests a second (SHAPES="32 r200 r500 r1000": latency by
 #                        offered load, docs/performance.md)
+#   TLS=0                serve listens on plain HTTP (HTTP/1.1 on loopback: the issue's first
+#                        row), not TLS
 #   HTTP1=1              the generator speaks HTTP/1.1 (sshca bench --http1), as one-shot
 #                        clients such as sshca login do, rather than HTTP/2
 #   PROFILE=1            a CPU profile of serve (pprof) during the middle run at the last
@@ -36,7 +38,7 @@ PROFILE=${PROFILE:-1}
 . "$(dirname "$0")/lib.sh"
 start_serve
 
-echo "bench-serve-tls: ALG=$ALG CA=$CA RUNS=$RUNS DURATION=$DURATION; serve pid $serve_pid, redis-server pid $redis_pid; output in $OUT"
+echo "bench-serve-tls: ALG=$ALG CA=$CA TLS=$TLS RUNS=$RUNS DURATION=$DURATION; serve pid $serve_pid, redis-server pid $redis_pid; output in $OUT"
 # serveshare FILE: serve's own CPU per certificate.
 serveshare() { grep 'by process' "$1" | sed -n "s/.*$serve_pid ([^)]*): \([0-9.]*\).*/\1/p"; }
 
@@ -91,5 +93,5 @@ if [ -f "$OUT/serve.pprof" ]; then
 	bash "$(dirname "$0")/stages.sh" "$dir/sshca" "$OUT/serve.pprof" | tee "$OUT/serve.stages"
 	cp "$dir/sshca" "$OUT/sshca" # the binary the profile's symbols come from
 fi
-echo "bench-serve-tls summary (ALG=$ALG CA=$CA, median [min..max] of $RUNS runs of $DURATION):"
+echo "bench-serve-tls summary (ALG=$ALG CA=$CA TLS=$TLS, median [min..max] of $RUNS runs of $DURATION):"
 for l in "${summary[@]}"; do echo "  $l"; done
