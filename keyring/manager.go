@@ -112,9 +112,16 @@ func (m *Manager) Retire(ctx context.Context, fp string, force bool) (ca.CAKey, 
 	return out, nil
 }
 
-// Compromised withdraws a key at once. For the user CA the key itself goes into the KRL, so
-// bastions refuse every certificate it signed within a second; for the host CA,
-// /v1/ca/known_hosts announces it with an @revoked line.
+// Compromised withdraws a key at once, and bans it for good in the store: its public key goes
+// into the revocation scopes revocation.CompromiseScopes names (its own, then the active key's
+// of its kind) and with them into the keys refused at signing time (store.Keys.RevokedKeys),
+// which every replica's admission reads before it signs, so another replica whose key ring has
+// not refreshed yet (keyring.refresh) signs nothing more with it. For the user CA the ban
+// puts the key into the user KRL, so bastions refuse every certificate it signed within a
+// second, and bastions stop trusting it. For the host CA the scopes are host CA keys' (the
+// host KRL, GET /v1/krl/host, and @revoked lines in /v1/ca/known_hosts): both keys are
+// registered as host CA keys first (RegisterHostCA, idempotent), because a scope whose key is
+// not registered so is listed among the user CA keys the user KRL is built from.
 func (m *Manager) Compromised(ctx context.Context, fp string) (ca.CAKey, error) {
 	var out ca.CAKey
 	var active ca.CAKey
@@ -126,9 +133,6 @@ func (m *Manager) Compromised(ctx context.Context, fp string) (ca.CAKey, error) 
 	}); err != nil {
 		return ca.CAKey{}, err
 	}
-	if out.CA != ca.UserCert {
-		return out, nil
-	}
 	bad, err := out.SSHPublicKey()
 	if err != nil {
 		return out, err
@@ -137,14 +141,25 @@ func (m *Manager) Compromised(ctx context.Context, fp string) (ca.CAKey, error) 
 	if err != nil {
 		return out, err
 	}
+	const again = "marked compromised, but not yet banned in the store (other replicas may sign with it until their key ring refreshes): run the command again"
+	if out.CA == ca.HostCert {
+		for _, k := range []ssh.PublicKey{bad, scope} {
+			if err := m.Store.RegisterHostCA(ctx, k); err != nil {
+				return out, ca.Unavailable(again, err)
+			}
+		}
+	}
 	// For as long as the key is marked compromised, which is for good: permanent (zero Expiry).
 	// One that lapsed after max_user_ttl would let a host that pulls the KRL, but trusts the key
 	// from an earlier user.pub, accept certificates minted with the stolen key.
 	entry := ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(bad)}
 	for _, sc := range revocation.CompromiseScopes(bad, scope) {
 		if _, err := m.Store.Revoke(ctx, sc, []ca.RevocationEntry{entry}); err != nil {
-			return out, ca.Unavailable("marked compromised, but not yet in the KRL: run the command again", err)
+			return out, ca.Unavailable(again, err)
 		}
+	}
+	if out.CA != ca.UserCert {
+		return out, nil
 	}
 	if err := m.Store.UnregisterCA(ctx, out.PublicKey); err != nil {
 		return out, ca.Unavailable("in the KRL, but bastions may trust it until their next refresh", err)

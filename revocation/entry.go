@@ -34,13 +34,15 @@ type Change struct {
 // KeyEntry names a public key for a RevokedKey entry.
 func KeyEntry(k ssh.PublicKey) string { return base64.StdEncoding.EncodeToString(k.Marshal()) }
 
-// CompromiseScopes are the revocation scopes a compromised user CA key's permanent ban goes
-// into, in this order: the compromised key's own, which every follower (a replica's long
-// poll of GET /v1/krl, a Redis-mode bastion agent) already follows, so the ban wakes them at
-// once; then the active key's, which outlives the compromised key's in every KRL, though a
-// follower may only start following it after its blocking read ends (a key generated seconds
-// before). One scope when both are the same key. keyring.Manager.Compromised writes the ban
-// there and store rebuild writes it back there.
+// CompromiseScopes are the revocation scopes a compromised CA key's permanent ban goes into,
+// with the active key of the same kind (user scopes feed the user KRL; host scopes, whose keys
+// must be registered as such first, store.Redis.RegisterHostCA, feed the host KRL), in this
+// order: the compromised key's own, which every follower (a replica's long poll of GET
+// /v1/krl, a Redis-mode bastion agent) already follows, so the ban wakes them at once; then
+// the active key's, which outlives the compromised key's in every KRL, though a follower may
+// only start following it after its blocking read ends (a key generated seconds before). One
+// scope when both are the same key. keyring.Manager.Compromised writes the ban there and store
+// rebuild writes it back there.
 func CompromiseScopes(compromised, active ssh.PublicKey) []ssh.PublicKey {
 	if bytes.Equal(compromised.Marshal(), active.Marshal()) {
 		return []ssh.PublicKey{compromised}

@@ -434,8 +434,14 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 	skip := func(a restoreAction, why string) {
 		s.Skipped = append(s.Skipped, Skip{a.rec.Time, a.rec.Target, why})
 	}
-	// The key ring first: a compromised user CA key is revoked in its own scope and the
-	// active key's (revocation.CompromiseScopes).
+	// The host CA key is registered as such before anything is revoked in its scope (the bans
+	// below, the key ring's compromised keys): Revoke lists a scope whose key is not among the
+	// user CA keys the user KRL is built from, where nothing of a host CA key's belongs.
+	if err := r.RegisterHostCA(ctx, s.HostCA); err != nil {
+		return rep, fmt.Errorf("store: rebuild: %w", err)
+	}
+	// The key ring first: a compromised CA key, user or host, is revoked in its own scope and
+	// the active key's of its kind (revocation.CompromiseScopes).
 	if err := s.applyKeyring(ctx, r, now, &rep); err != nil {
 		return rep, err
 	}
@@ -648,7 +654,8 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 // store holds the same keys: with a version above both the recorded one and the store's
 // (replicas reload a ring whose version changed), the PINs of KMS URIs put back
 // (KeyringKMS, or the store's own key), the user CA keys published to bastions as the ring
-// says, and each compromised user CA key revoked for good in its own scope and the active key's
+// says, the host CA keys registered as such (Redis.RegisterHostCA), and each compromised CA key,
+// user or host, revoked for good in its own scope and the active key's of its kind
 // (revocation.CompromiseScopes), as keyring.Manager.Compromised does.
 func (s *Restore) applyKeyring(ctx context.Context, r *Redis, now time.Time, rep *RestoreReport) error {
 	for _, c := range s.changes {
@@ -690,31 +697,46 @@ func (s *Restore) applyKeyring(ctx context.Context, r *Redis, now time.Time, rep
 		rep.KeyringVersion, rep.KeyringKeys = written.Version, len(written.Keys)
 	}
 	published := want.Published(ca.UserCert, now)
-	active, hasActive := want.Active(ca.UserCert)
-	for _, k := range want.Keys {
-		if k.CA != ca.UserCert {
-			continue
+	activeOf := map[ca.CertKind]ssh.PublicKey{}
+	for _, kind := range []ca.CertKind{ca.UserCert, ca.HostCert} {
+		if a, ok := want.Active(kind); ok {
+			pub, err := a.SSHPublicKey()
+			if err != nil {
+				return fmt.Errorf("store: rebuild: active %s CA key: %w", kind, err)
+			}
+			activeOf[kind] = pub
 		}
+	}
+	// Host CA keys are registered as such before anything is revoked in their scopes: Revoke
+	// lists a scope whose key is not among the user CA keys the user KRL is built from.
+	if k := activeOf[ca.HostCert]; k != nil {
+		if err := r.RegisterHostCA(ctx, k); err != nil {
+			return fmt.Errorf("store: rebuild: %w", err)
+		}
+	}
+	for _, k := range want.Keys {
 		pub, err := k.SSHPublicKey()
 		if err != nil {
 			s.Skipped = append(s.Skipped, Skip{now, "CA key " + k.Fingerprint, err.Error()})
 			continue
 		}
-		// Registered first in every case: its scope is followed (Keys.CAs) even when it is
-		// no longer trusted.
-		if err := r.RegisterCA(ctx, pub); err != nil {
+		if k.CA == ca.UserCert {
+			// Registered first in every case: its scope is followed (Keys.CAs) even when it is
+			// no longer trusted.
+			if err := r.RegisterCA(ctx, pub); err != nil {
+				return fmt.Errorf("store: rebuild: %w", err)
+			}
+			if !slices.ContainsFunc(published, func(p ca.CAKey) bool { return p.Fingerprint == k.Fingerprint }) {
+				if err := r.UnregisterCA(ctx, authorizedLine(pub)); err != nil {
+					return fmt.Errorf("store: rebuild: %w", err)
+				}
+			}
+		} else if err := r.RegisterHostCA(ctx, pub); err != nil {
 			return fmt.Errorf("store: rebuild: %w", err)
 		}
-		if !slices.ContainsFunc(published, func(p ca.CAKey) bool { return p.Fingerprint == k.Fingerprint }) {
-			if err := r.UnregisterCA(ctx, authorizedLine(pub)); err != nil {
-				return fmt.Errorf("store: rebuild: %w", err)
-			}
-		}
-		if k.State == ca.KeyCompromised && hasActive {
-			scope, err := active.SSHPublicKey()
-			if err != nil {
-				return fmt.Errorf("store: rebuild: %w", err)
-			}
+		// The ban every replica's admission reads before it signs, for user and host CA keys
+		// alike (keyring.Manager.Compromised).
+		if scope := activeOf[k.CA]; k.State == ca.KeyCompromised && scope != nil {
 			for _, sc := range revocation.CompromiseScopes(pub, scope) {
 				if _, err := r.Revoke(ctx, sc, []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(pub)}}); err != nil {
 					return fmt.Errorf("store: rebuild: compromised CA key: %w", err)
