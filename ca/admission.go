@@ -19,6 +19,13 @@ import (
 // Cluster): the holder of a revoked key or identity loses a token it could not have used. A
 // request the policy denies never reaches Admit, so it does not spend its token.
 //
+// A refusal that is the server's own fault (a KindUnavailable error: the CA key banned before
+// this replica's key ring moved, a replica configured with another number of inventory shards,
+// the signature failing after the admission) must not cost the caller its token: Admitted.Spent
+// names this admission's spend even beside such an error, and ReturnToken gives the token
+// back, so that the same token may be sent once more. The caller's own refusals (a revoked key
+// or identity, a replay) keep it spent.
+//
 // With AdmissionRequest.Record, Admit also records the certificate in the inventory in the same
 // round trip (CertStore.Record's check of the identity's blocks included), before it is signed;
 // Unrecord withdraws that record when the certificate is then not signed or not handed out (a
@@ -26,6 +33,14 @@ import (
 type Admission interface {
 	Admit(ctx context.Context, r AdmissionRequest) (Admitted, error)
 	Unrecord(ctx context.Context, c Certificate) error
+	// ReturnToken undoes the spend of t named spent (Admitted.Spent): the token's record is
+	// deleted only while it is still that spend's (compare and delete, one atomic step), so a
+	// spend by another request, a ledger entry gone with the token's expiry or a store that
+	// lost its state are never undone. It answers true only when this call deleted the record:
+	// the token may then be used once more. false, or an error (the answer lost: the delete
+	// may or may not have run), and the caller must take the token as spent. The caller
+	// returns a token only when it signed nothing with it, and signs nothing after returning.
+	ReturnToken(ctx context.Context, t TokenUse, spent string) (bool, error)
 }
 
 // AdmissionRequest is what Admission.Admit checks and writes.
@@ -53,6 +68,11 @@ type Admitted struct {
 	Refusal string
 	// Fresh: the token was not used before (always true for a token that is not single-use).
 	Fresh bool
+	// Spent names this admission's spend of a single-use token (opaque, unique to the spend):
+	// set when this admission spent it, also beside an error of the store's own
+	// (KindUnavailable), so that the caller can give it back (Admission.ReturnToken); "" when
+	// it spent nothing or cannot tell whether it did (the answer lost).
+	Spent string
 	// SerialReserved: AdmissionRequest.Serial is reserved for this certificate.
 	SerialReserved bool
 	// Recorded: AdmissionRequest.Record is in the inventory (whatever the other answers say:

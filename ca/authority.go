@@ -503,12 +503,16 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// presenting a revoked key, never makes the KMS sign.
 	// Outside an access request the certificate is recorded in that same round trip, before it
 	// is signed (preRecord), and withdrawn if it is then not signed.
+	// Until the signature, a refusal of the server's own (a 503) gives the token back (giveBack):
+	// the caller did nothing wrong and nothing was signed. From the signature on it stays spent.
 	var pre *Certificate
+	var spent string // the admission's spend of the token (Admitted.Spent)
 	if a.admission != nil {
 		if ar.ID == "" {
 			pre = a.preRecord(tmpl, ttl, req, rec, key.Fingerprint(), dec, aliases)
 		}
-		recorded, err := a.admit(ctx, &rec, tmpl, ttl, key, names, id.Token, pre)
+		var recorded bool
+		recorded, spent, err = a.admit(ctx, &rec, tmpl, ttl, key, names, id.Token, pre)
 		if !recorded {
 			pre = nil
 		}
@@ -520,7 +524,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 			} else {
 				lost = a.withdraw(ctx, &rec, pre)
 			}
-			return Issued{}, err
+			return Issued{}, a.giveBack(ctx, id.Token, spent, err)
 		}
 	} else if err := a.spend(ctx, id.Token); err != nil {
 		return Issued{}, err
@@ -530,12 +534,14 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// to what is outstanding.
 	if err := ctx.Err(); err != nil {
 		lost = a.withdraw(ctx, &rec, pre)
-		return Issued{}, Unavailable("the request's deadline passed; no certificate issued", err)
+		return Issued{}, a.giveBack(ctx, id.Token, spent, Unavailable("the request's deadline passed; no certificate issued", err))
 	}
 	cert, err := a.sign(ctx, key, tmpl, ttl)
 	if err != nil {
+		// The signer handed back no certificate: whatever the KMS or HSM did, nobody holds
+		// one signed for this request.
 		lost = a.withdraw(ctx, &rec, pre)
-		return Issued{}, signErr(err)
+		return Issued{}, a.giveBack(ctx, id.Token, spent, signErr(err))
 	}
 	// A certificate exists now: record and audit it to completion under a bound of its own,
 	// even if the request's deadline passes meanwhile, so that the inventory never misses a
@@ -744,13 +750,15 @@ func (a *Authority) spend(ctx context.Context, t TokenUse) error {
 // in the unlikely case it was taken, tmpl keeps none and the signer reserves its own. With pre
 // (preRecord), the same round trip records the certificate under that serial: recorded says
 // whether it did, whatever the error, so that the caller withdraws a record it does not sign.
-func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certificate, ttl time.Duration, key SigningKey, names []string, t TokenUse, pre *Certificate) (recorded bool, _ error) {
+// spent names the admission's spend of the token (Admitted.Spent), also beside an error, so
+// that the caller can give it back (giveBack).
+func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certificate, ttl time.Duration, key SigningKey, names []string, t TokenUse, pre *Certificate) (recorded bool, spent string, _ error) {
 	if t.SingleUse && t.ID == "" {
-		return false, Unavailable("replay protection is not configured; no certificate issued", nil)
+		return false, "", Unavailable("replay protection is not configured; no certificate issued", nil)
 	}
 	serial, err := randomSerial()
 	if err != nil {
-		return false, Unavailable("no serial drawn; no certificate issued", err)
+		return false, "", Unavailable("no serial drawn; no certificate issued", err)
 	}
 	if pre != nil {
 		pre.Serial, pre.KeyID = serial, tmpl.KeyId+"#"+strconv.FormatUint(serial, 10)
@@ -761,14 +769,15 @@ func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certi
 	if err != nil {
 		// The pipeline may have run all the same (its answer lost or late, as under a stalled
 		// store), the record with it.
-		return pre != nil, storeErr("revocation store or token ledger unavailable; no certificate issued", err)
+		return pre != nil, res.Spent, storeErr("revocation store or token ledger unavailable; no certificate issued", err)
 	}
 	if res.Refusal != "" {
 		rec.Outcome = "refused"
-		return res.Recorded, Denied("revoked", res.Refusal)
+		// The caller's refusal: its token stays spent (no spend named for giveBack).
+		return res.Recorded, "", Denied("revoked", res.Refusal)
 	}
 	if !res.Fresh {
-		return res.Recorded, Unauthenticated("token already used: a token gives one certificate; get a new one", nil)
+		return res.Recorded, "", Unauthenticated("token already used: a token gives one certificate; get a new one", nil)
 	}
 	if res.SerialReserved {
 		tmpl.Serial = serial
@@ -779,11 +788,48 @@ func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certi
 		// left in the inventory unexplained. The caller settles it as a lost admission's
 		// (withdrawn again and audited with this serial, in the background).
 		if !a.unrecord(ctx, pre) {
-			return true, Unavailable("certificate inventory unavailable; no certificate issued", nil)
+			return true, res.Spent, Unavailable("certificate inventory unavailable; no certificate issued", nil)
 		}
 		res.Recorded = false
 	}
-	return res.Recorded, nil
+	return res.Recorded, res.Spent, nil
+}
+
+// tokenReturnTimeout bounds giveBack's round trip: the request's deadline may be what ended
+// it, and the caller waits for the answer that says what became of its token.
+const tokenReturnTimeout = time.Second
+
+// giveBack gives the single-use token t back after err, when err is a refusal of the
+// server's own (KindUnavailable: the CA key banned before this replica's key ring moved,
+// another number of inventory shards, a store or signer failure, the deadline) that came once
+// the admission had spent the token (spent, Admitted.Spent) and before anything was signed:
+// the same token may then be sent again. The return is the Admission's compare and delete of
+// that spend, so it never frees a token that another request spent. err comes back with a
+// message that says what became of the token. A refusal of the caller's (a revoked key or
+// identity, a replay) keeps the token spent, as does an error with no spend named (none was
+// made, or the admission's answer was lost): err comes back as it is.
+func (a *Authority) giveBack(ctx context.Context, t TokenUse, spent string, err error) error {
+	var e *Error
+	if !t.SingleUse || spent == "" || !errors.As(err, &e) || e.Kind != KindUnavailable {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tokenReturnTimeout)
+	ok, rerr := a.admission.ReturnToken(rctx, t, spent)
+	cancel()
+	out := *e
+	switch {
+	case ok:
+		out.Msg += "; the token was given back and may be used again"
+	case rerr != nil:
+		// Unknown whether the delete ran: the caller is told the safe answer.
+		a.log.WarnContext(ctx, "a token spent by a request refused for a fault of the server's could not be given back", "err", rerr)
+		out.Msg += "; the token could not be given back and counts as spent: use a new token"
+	default:
+		// Its record is gone (expired with the token, a store that lost its state) or is
+		// another spend's: nothing of this request's to give back.
+		out.Msg += "; the token counts as spent: use a new token"
+	}
+	return &out
 }
 
 // preRecord is the inventory record of the certificate about to be signed from tmpl, made

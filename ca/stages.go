@@ -156,6 +156,11 @@ func (w observedAdmission) Unrecord(ctx context.Context, c Certificate) (err err
 	return w.next.Unrecord(ctx, c)
 }
 
+func (w observedAdmission) ReturnToken(ctx context.Context, t TokenUse, spent string) (_ bool, err error) {
+	defer func(begin time.Time) { observe(w.o, StageStore, begin, err) }(time.Now())
+	return w.next.ReturnToken(ctx, t, spent)
+}
+
 type observedAudit struct {
 	next AuditLog
 	o    StageObserver

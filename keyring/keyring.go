@@ -73,11 +73,11 @@ func (k *signingKey) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.D
 func (v *view) maySign(kind ca.CertKind, fp string) error {
 	switch {
 	case slices.Contains(v.compromisedFP, fp):
-		return ca.Unavailable(fmt.Sprintf("the %s CA key %s was marked compromised while this certificate was issued; nothing was signed: ask again with a new token", kind, fp), nil)
+		return ca.Unavailable(fmt.Sprintf("the %s CA key %s was marked compromised while this certificate was issued; nothing was signed: ask again", kind, fp), nil)
 	case v.active.Fingerprint() == fp, slices.Contains(v.publishedFP, fp):
 		return nil
 	}
-	return ca.Unavailable(fmt.Sprintf("the %s CA key %s was withdrawn while this certificate was issued; nothing was signed: ask again with a new token", kind, fp), nil)
+	return ca.Unavailable(fmt.Sprintf("the %s CA key %s was withdrawn while this certificate was issued; nothing was signed: ask again", kind, fp), nil)
 }
 
 // New loads the keyring and opens the CA's active key.

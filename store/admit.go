@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -26,7 +27,10 @@ var (
 // pipeline: the reads of the refusal check (and the marks of every tag issuance touches), the
 // token ledger's script and SET NX, and the serial's SET NX travel together. The token is spent
 // and the serial reserved even when the answer is a refusal (see ca.Admission); an expired
-// single-use token is not fresh and is not written. With q.Record, recordNewScript runs in the
+// single-use token is not fresh and is not written. Admitted.Spent names the spend when this
+// admission recorded the token, also beside an error that the store read in the same round
+// trip (the CA key banned, another number of inventory shards), which is not the caller's
+// fault: the caller gives the token back (ReturnToken). With q.Record, recordNewScript runs in the
 // same pipeline, in the shard of the record's identity: recorded unless blocked or its serial
 // is held by another record (ca.AdmissionRequest.Record); a block it finds is the refusal.
 func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, error) {
@@ -87,19 +91,27 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
 	}
 	var res ca.Admitted
-	if res.Refusal, err = r.refusedResult(ctx, rc); err != nil {
-		return ca.Admitted{}, err
-	}
+	refusal, refusedErr := r.refusedResult(ctx, rc)
 	res.Fresh = !t.SingleUse
 	if spend {
+		// Read even when the check failed: a failure of the store's own (the CA key banned, a
+		// shard count not the store's) names the spend beside it, so that the caller can give
+		// the token back (ca.Admission.ReturnToken). An answer that cannot be read names none.
 		if res.Fresh, err = r.tokenResult(ctx, tc); err != nil {
-			return ca.Admitted{}, err
+			return ca.Admitted{}, cmp.Or(refusedErr, err)
+		}
+		if res.Fresh {
+			res.Spent = tc.spend
 		}
 	}
+	if refusedErr != nil {
+		return ca.Admitted{Spent: res.Spent}, refusedErr
+	}
+	res.Refusal = refusal
 	if serial != nil {
 		ok, err := serial.Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
-			return ca.Admitted{}, fmt.Errorf("store: reserve serial: %w", err)
+			return ca.Admitted{Spent: res.Spent}, fmt.Errorf("store: reserve serial: %w", err)
 		}
 		res.SerialReserved = ok == "OK"
 	}
@@ -125,9 +137,14 @@ func (m *Memory) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted,
 	}
 	res := ca.Admitted{Fresh: true}
 	if q.Token.SingleUse {
-		if res.Fresh, err = m.UseToken(ctx, q.Token.ID, q.Token.IssuedAt, q.Token.Expiry); err != nil || !res.Fresh {
-			return res, err
+		spend := spendID()
+		m.mu.Lock()
+		res.Fresh = m.useTokenLocked(q.Token.ID, q.Token.Expiry, spend)
+		m.mu.Unlock()
+		if !res.Fresh {
+			return res, nil
 		}
+		res.Spent = spend
 	}
 	if q.Serial != 0 {
 		if res.SerialReserved, err = m.ReserveSerial(ctx, q.Serial, q.SerialUntil); err != nil {

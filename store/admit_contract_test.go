@@ -32,11 +32,15 @@ func TestAdmissionContract(t *testing.T) {
 			return s.Admit(ctx, ca.AdmissionRequest{CAKey: caKey, Identities: names, Key: k, Token: t, Serial: serial, SerialUntil: now.Add(time.Hour)})
 		}
 
-		if got, err := admit(key, tok("jti-1"), 7); err != nil || got != (ca.Admitted{Fresh: true, SerialReserved: true}) {
+		got, err := admit(key, tok("jti-1"), 7)
+		if err != nil || got.Spent == "" {
+			t.Fatalf("first admission = %+v %v, want its spend named", got, err)
+		}
+		if got.Spent = ""; got != (ca.Admitted{Fresh: true, SerialReserved: true}) {
 			t.Fatalf("first admission = %+v %v, want fresh, serial reserved, not refused", got, err)
 		}
-		if got, err := admit(key, tok("jti-1"), 8); err != nil || got.Refusal != "" || got.Fresh {
-			t.Fatalf("replayed token = %+v %v, want not fresh", got, err)
+		if got, err := admit(key, tok("jti-1"), 8); err != nil || got.Refusal != "" || got.Fresh || got.Spent != "" {
+			t.Fatalf("replayed token = %+v %v, want not fresh and no spend named", got, err)
 		}
 		if ok, _ := s.UseToken(ctx, "iss|jti-1", now, now.Add(time.Minute)); ok {
 			t.Fatal("the ledger accepts a token that Admit spent")
@@ -52,7 +56,7 @@ func TestAdmissionContract(t *testing.T) {
 		}
 		reusable := ca.TokenUse{ID: "iss|session"}
 		for range 2 {
-			if got, err := admit(key, reusable, 0); err != nil || got.Refusal != "" || !got.Fresh {
+			if got, err := admit(key, reusable, 0); err != nil || got.Refusal != "" || !got.Fresh || got.Spent != "" {
 				t.Fatalf("token that is not single-use = %+v %v, want fresh every time", got, err)
 			}
 		}

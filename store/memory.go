@@ -19,7 +19,7 @@ type Memory struct {
 	serials   map[uint64]time.Time
 	nextPrune time.Time
 	aliases   map[string]map[string]time.Time // alias → identity → until
-	tokens    map[string]time.Time
+	tokens    map[string]memToken
 	keyring   []byte               // the keyring document, JSON as in Redis
 	scopes    map[string]*memScope // by CA fingerprint; listed by CAs
 	trusted   map[string]bool      // authorized_keys lines of trusted user CA keys

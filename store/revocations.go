@@ -499,9 +499,10 @@ func (r *Redis) refusedResult(ctx context.Context, rc *refusedCmds) (string, err
 // caBanned is the refusal of a CA key that is itself revoked (marked compromised, which bans
 // it for good; or an administrator's ban of its public key, which every KRL carries, so that
 // sshd would refuse what it signs): an Unavailable, not the caller's fault, since a replica
-// signs with another key once its keyring names one.
+// signs with another key once its keyring names one. A token the admission spent beside it is
+// given back (ca.Admission.ReturnToken), and the authority's answer says so.
 func caBanned(fp string) error {
-	return ca.Unavailable(fmt.Sprintf("the CA key %s that would sign is banned (marked compromised, or its public key revoked) and this replica's key ring has not yet moved to another key; nothing was signed: ask again with a new token", fp), nil)
+	return ca.Unavailable(fmt.Sprintf("the CA key %s that would sign is banned (marked compromised, or its public key revoked) and this replica's key ring has not yet moved to another key; nothing was signed: ask again", fp), nil)
 }
 
 // caMember is the revocation member that bans the CA key of fingerprint fp (its KeyEntry),

@@ -223,16 +223,68 @@ func unixMS(v any) int64 {
 func (m *Memory) UseToken(_ context.Context, id string, _, until time.Time) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.useTokenLocked(id, until, ""), nil
+}
+
+// useTokenLocked records the token id until until as spent by spend: false when a record of
+// it that has not expired is there, or when it has expired itself.
+func (m *Memory) useTokenLocked(id string, until time.Time, spend string) bool {
 	now := m.now()
 	if m.tokens == nil {
-		m.tokens = map[string]time.Time{}
+		m.tokens = map[string]memToken{}
 	}
-	if exp, ok := m.tokens[id]; ok && exp.After(now) {
-		return false, nil
+	if t, ok := m.tokens[id]; ok && t.until.After(now) {
+		return false
 	}
 	if !until.After(now) {
+		return false
+	}
+	m.tokens[id] = memToken{until: until, spend: spend}
+	return true
+}
+
+// memToken is Memory's record of a spent token: until when, and which spend wrote it.
+type memToken struct {
+	until time.Time
+	spend string // spendID, "" for UseToken's
+}
+
+// returnTokenScript is ReturnToken's compare and delete: KEYS the token's record (Keys.Token);
+// ARGV the spend that must still hold it. Answers 1 when it deleted the record, 0 when the
+// record is another spend's or gone (expired with its token, or a store that lost its state).
+var returnTokenScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// ReturnToken gives back the single-use token t spent by the admission whose spend was spent
+// (ca.Admitted.Spent): its record is deleted only while it still holds that spend, in one
+// script, so a record written by any other spend, of this replica or another, stays. true
+// when this call deleted it; false (another spend's record, or none: the token expired, or
+// the store lost its state and a rebuild refuses the tokens of before) and any error leave the
+// token spent as far as the caller knows. The delete is not waited for by replicas
+// (RedisOptions.WaitReplicas): a failover that loses it leaves the token spent, which fails
+// closed. A script the server does not have is sent again by body (redis.Script.Run).
+func (r *Redis) ReturnToken(ctx context.Context, t ca.TokenUse, spent string) (bool, error) {
+	if !t.SingleUse || t.ID == "" || spent == "" {
 		return false, nil
 	}
-	m.tokens[id] = until
+	sum := sha256.Sum256([]byte(t.ID))
+	n, err := returnTokenScript.Run(ctx, r.rdb, []string{r.keys.Token(hex.EncodeToString(sum[:]))}, spent).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: token ledger: give the token back: %w", err)
+	}
+	return n == 1, nil
+}
+
+// ReturnToken gives back t when its record is still the spend named spent (see Redis.ReturnToken).
+func (m *Memory) ReturnToken(_ context.Context, t ca.TokenUse, spent string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur, ok := m.tokens[t.ID]
+	if !t.SingleUse || spent == "" || !ok || cur.spend != spent || !cur.until.After(m.now()) {
+		return false, nil
+	}
+	delete(m.tokens, t.ID)
 	return true, nil
 }
