@@ -110,7 +110,8 @@ func wantUnavailable(t *testing.T, what string, err error, note string) {
 // is a 503 that says so, and the same token then gets a certificate, once (a replay after it is
 // refused). Against a real redis-server: the user CA key banned through another replica before
 // this one's key ring moved; the signature failing in the KMS after the admission; the
-// request's deadline passing between the admission and the signature. A refusal of the
+// request's deadline passing between the admission and the signature; a read of the admission
+// answered with an error (an ACL's NOPERM) beside the spend. A refusal of the
 // caller's (a revoked key) keeps the token spent, and so does a server refusal of a token that
 // an earlier request had already spent (nothing of this request's to give back).
 func TestServerRefusalGivesTokenBack(t *testing.T) {
@@ -202,6 +203,30 @@ func TestServerRefusalGivesTokenBack(t *testing.T) {
 		defer dcancel()
 		if err := a.DrainRetries(dctx); err != nil {
 			t.Fatal(err)
+		}
+	})
+
+	t.Run("an error reply beside the spend", func(t *testing.T) {
+		// An ACL that refuses the admission's reads (NOPERM: credentials that no longer let
+		// sshca in, a 503) and lets the token's commands run, in the same pipeline.
+		if err := rdb.Do(ctx, "ACL", "SETUSER", "partial", "on", ">pw", "~*", "&*", "+@all", "-zmscore").Err(); err != nil {
+			t.Fatal(err)
+		}
+		prdb := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "partial", Password: "pw", MaxRetries: -1})
+		t.Cleanup(func() { prdb.Close() })
+		pdb := store.NewRedis(prdb, store.RedisOptions{Witness: &store.Witness{}})
+		sgn := softSigner(t, pdb)
+		a := replica(t, pdb, sgn)
+		_, err := a.Issue(ctx, "ci-5", req)
+		wantUnavailable(t, "a read of the admission refused", err, givenBack)
+		if err := rdb.Do(ctx, "ACL", "SETUSER", "partial", "+zmscore").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Issue(ctx, "ci-5", req); err != nil {
+			t.Fatalf("the token given back: %v", err)
+		}
+		if _, err := a.Issue(ctx, "ci-5", req); ca.KindOf(err) != ca.KindUnauthenticated {
+			t.Fatalf("replay: %v, want already used", err)
 		}
 	})
 

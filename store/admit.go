@@ -88,7 +88,16 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	// tokenResult, the record's by newResult); the pipeline's is its first failed command's,
 	// redis.Nil when a read finds nothing.
 	if err != nil && !errors.Is(err, redis.Nil) && !isNoScript(err) {
-		return ca.Admitted{}, fmt.Errorf("store: check: %w", err)
+		// A command that failed on the server (an error reply: a key of the wrong type, an ACL)
+		// while the token's commands ran: the spend is named, so that the token is given back.
+		// A connection that failed fails the token's commands too, and names none.
+		var res ca.Admitted
+		if spend {
+			if fresh, terr := r.tokenResult(ctx, tc); terr == nil && fresh {
+				res.Spent = tc.spend
+			}
+		}
+		return res, fmt.Errorf("store: check: %w", err)
 	}
 	var res ca.Admitted
 	refusal, refusedErr := r.refusedResult(ctx, rc)
