@@ -310,6 +310,12 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 	t.Run("return answer lost", func(t *testing.T) {
 		proxy := testenv.DropReply(t, srv.Addr)
 		a, sgn := rig(t, proxy.Addr)
+		// A first return loads the script on the server, so that the one whose answer is lost
+		// runs it (EVALSHA) rather than failing NOSCRIPT.
+		sgn.failOnce(nil)
+		if _, err := a.Issue(ctx, "lost-warm", req); !strings.Contains(fmt.Sprint(err), givenBack) {
+			t.Fatalf("warm-up: %v, want the token given back", err)
+		}
 		// The next request naming the token's entry: the return.
 		sgn.failOnce(func() { proxy.Arm(tokenKey("lost-1")) })
 		_, err := a.Issue(ctx, "lost-1", req)
@@ -317,6 +323,9 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 			t.Fatal("no answer was dropped: the test shows nothing")
 		}
 		wantUnavailable(t, "return whose answer was lost", err, "could not be given back and "+countsSpent)
+		if n := direct.Exists(ctx, tokenKey("lost-1")).Val(); n != 0 {
+			t.Fatal("the token's record is still there: the return did not run, and the test shows nothing of a lost answer")
+		}
 		// The delete ran, so the token may serve once more; never twice.
 		certificates(t, a, "lost-1", 3)
 		if n := sgn.signatures.Load(); n > 1 {
