@@ -109,7 +109,7 @@ func TestVerifyAfterChecksClaimsAcross(t *testing.T) {
 			// A checkpoint in Redis (stripe 0) naming stripe 1's record 2, archived.
 			body, _ := json.Marshal(checkpointRecord{checkpoint(CheckpointHead{Stripe: 1, Seq: 2, MAC: mac})})
 			l0 := New(rdb, Options{Key: key, Stripes: 2, Home: new(0)})
-			if err := l0.append(ctx, body, nil); err != nil {
+			if err := l0.append(ctx, &pending{body: body}); err != nil {
 				t.Fatal(err)
 			}
 			_, err := reader.VerifyAfter(ctx, ar, nil)

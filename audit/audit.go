@@ -101,6 +101,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/store"
@@ -117,8 +118,8 @@ type Log struct {
 	// lost: Options.LostStripes.
 	lost map[int]bool
 
-	// marks: Options.Marks.
-	marks *store.Redis
+	// marks: Options.Marks; bans: Options.Bans.
+	marks, bans *store.Redis
 
 	// stripes are the chains this Log appends to (Options.Stripes, at least one), their key
 	// names built once: every append names them.
@@ -181,6 +182,11 @@ type Options struct {
 	// creates starts at the layout that lets the Log stripe: store.Redis.Layout); tools that
 	// only read or archive the chain need not.
 	Marks *store.Redis
+	// Bans, when set, is the store whose CA key bans AppendIssued reads in the round trip of
+	// the append (store.Redis.QueueCABans): the CA service sets it, to the store its admission
+	// reads (the same Redis as rdb). Without it AppendIssued reads nothing and answers "not
+	// banned".
+	Bans *store.Redis
 	// Stripes is the number of chains (stripes) appends spread over: 0 or 1 is one chain,
 	// the keys and behaviour of a log without stripes. Set it to at least the number of CA
 	// replicas appending at once: each settles on a stripe of its own, instead of all of
@@ -229,7 +235,7 @@ const KeySize = 32
 
 // New returns the audit log kept in rdb.
 func New(rdb redis.UniversalClient, o Options) *Log {
-	l := &Log{rdb: rdb, key: o.Key, prefix: o.Prefix, log: o.Logger, acceptLegacy: o.AcceptLegacyBase, marks: o.Marks,
+	l := &Log{rdb: rdb, key: o.Key, prefix: o.Prefix, log: o.Logger, acceptLegacy: o.AcceptLegacyBase, marks: o.Marks, bans: o.Bans,
 		lock: make(chan struct{}, 1), every: o.CheckpointEvery, now: o.Now}
 	if l.every <= 0 {
 		l.every = DefaultCheckpointEvery
@@ -419,6 +425,12 @@ type pending struct {
 	seq      uint64          // its place in the chain and its MAC, once linked (commit)
 	mac      string
 	stripe   int // the stripe it was kept in
+	// caKey, when set (AppendIssued), is the CA key whose ban the commit reads with the
+	// append, and banned its answer once kept.
+	caKey  ssh.PublicKey
+	banAt  int // its CA key's index in the commit's read of bans (Log.run)
+	banned bool
+	banErr error
 }
 
 // Append adds rec at the end of the chain, and returns once it is kept (or failed). Records
@@ -436,7 +448,31 @@ func (l *Log) Append(ctx context.Context, rec ca.AuditRecord) error {
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
-	return l.append(ctx, body, &rec)
+	return l.append(ctx, &pending{body: body, rec: &rec})
+}
+
+var _ ca.BanCheckedAuditLog = (*Log)(nil)
+
+// AppendIssued is Append for the record of an issued certificate, rec.CAFingerprint naming
+// caKey, the CA key that signed it: the round trip that appends it also reads whether caKey is
+// banned now (store.Redis.QueueCABans, with Options.Bans; a batch of records reads the bans of
+// its CA keys in one command, in the pipeline of its one script). banned is meaningful only
+// when err is nil; a ban that could not be read fails the append's answer (the record may be
+// kept).
+func (l *Log) AppendIssued(ctx context.Context, rec ca.AuditRecord, caKey ssh.PublicKey) (banned bool, err error) {
+	if rec.V == 0 {
+		rec.V = ca.AuditRecordVersion
+	}
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return false, fmt.Errorf("audit: %w", err)
+	}
+	p := &pending{body: body, rec: &rec, caKey: caKey}
+	if err := l.append(ctx, p); err != nil {
+		return false, err
+	}
+	// Written by the commit before it sent the outcome that append received.
+	return p.banned, p.banErr
 }
 
 var _ ca.OnceAuditLog = (*Log)(nil)
@@ -469,10 +505,10 @@ func (l *Log) AppendOnce(ctx context.Context, rec ca.AuditRecord, once uint64) e
 	return l.commit([]*pending{p}, once)
 }
 
-// append queues body (rec: the record it encodes, nil for a checkpoint) for the next group
-// commit and returns its outcome.
-func (l *Log) append(ctx context.Context, body []byte, rec *ca.AuditRecord) error {
-	p := &pending{body: body, rec: rec, ctx: ctx, done: make(chan error, 1)}
+// append queues p (its body, and rec: the record it encodes, nil for a checkpoint) for the
+// next group commit and returns its outcome.
+func (l *Log) append(ctx context.Context, p *pending) error {
+	p.ctx, p.done = ctx, make(chan error, 1)
 	p.deadline, _ = ctx.Deadline()
 	l.qmu.Lock()
 	l.queue = append(l.queue, p)
@@ -593,7 +629,7 @@ func (l *Log) commit(batch []*pending, once uint64) error {
 			keys = append(keys, s.markKey)
 			args = append(args, mw.Args()...)
 		}
-		res, err := script.Run(ctx, l.rdb, keys, args...).Slice()
+		res, bans, asked, err := l.run(ctx, script, keys, args, batch)
 		if err != nil {
 			return fmt.Errorf("audit: append: %w", err)
 		}
@@ -623,6 +659,19 @@ func (l *Log) commit(batch []*pending, once uint64) error {
 				return fmt.Errorf("audit: append: %w", err)
 			}
 		}
+		if ok == 1 && asked {
+			// The bans read in this very round trip, after the records were appended. A read
+			// that failed fails the answer of the records that asked for it alone.
+			for _, b := range batch {
+				if b.caKey != nil && b.banAt >= 0 {
+					banned, err := bans.Banned(b.banAt)
+					b.banned = banned
+					if err != nil {
+						b.banErr = fmt.Errorf("audit: append: the record is kept, but %w", err)
+					}
+				}
+			}
+		}
 		if ok == 1 {
 			// At debug level: the record itself, chained and MACed in the stream, is the
 			// durable trace, and the decision it records has its own info line (the
@@ -649,6 +698,62 @@ func (l *Log) commit(batch []*pending, once uint64) error {
 		}
 	}
 	return errors.New("audit: append: too much contention for the head of the chain")
+}
+
+// run runs script once for a commit, alone, or, when records of batch ask for the ban of their
+// CA key (AppendIssued) and the Log has the store (Options.Bans), in one pipeline with the
+// read of those bans queued after it (store.Redis.QueueCABans): one round trip either way.
+// With asked, bans answers each such record by its banAt once run returned. A pipeline cannot
+// fall back from EVALSHA to EVAL by itself: on NOSCRIPT (a Redis that restarted or flushed its
+// scripts) it is sent again with EVAL, which reads the bans again; EVALSHA's NOSCRIPT wrote
+// nothing.
+func (l *Log) run(ctx context.Context, script *redis.Script, keys []string, args []any, batch []*pending) (res []any, bans store.CABanRead, asked bool, err error) {
+	var buf [4]store.CABan
+	checks := buf[:0]
+	if l.bans != nil {
+		for _, b := range batch {
+			b.banAt = -1
+			if b.caKey == nil || b.rec == nil {
+				continue
+			}
+			fp := b.rec.CAFingerprint
+			if fp == "" {
+				fp = ssh.FingerprintSHA256(b.caKey)
+			}
+			b.banAt = len(checks)
+			for j, c := range checks {
+				if c.Fingerprint == fp {
+					b.banAt = j
+				}
+			}
+			if b.banAt == len(checks) {
+				checks = append(checks, store.CABan{Fingerprint: fp, Key: b.caKey})
+			}
+		}
+	}
+	if len(checks) == 0 {
+		res, err = script.Run(ctx, l.rdb, keys, args...).Slice()
+		return res, bans, false, err
+	}
+	for _, sha := range [2]bool{true, false} {
+		p := l.rdb.Pipeline()
+		var cmd *redis.Cmd
+		if sha {
+			cmd = script.EvalSha(ctx, p, keys, args...)
+		} else {
+			cmd = script.Eval(ctx, p, keys, args...)
+		}
+		bans = l.bans.QueueCABans(ctx, p, checks)
+		_, _ = p.Exec(ctx) // each command's own error is read: the script's here, the read's by Banned
+		if e := cmd.Err(); sha && e != nil && redis.HasErrorPrefix(e, "NOSCRIPT") {
+			continue
+		}
+		if res, err = cmd.Slice(); err != nil {
+			return nil, bans, false, err
+		}
+		return res, bans, true, nil
+	}
+	return nil, bans, false, errors.New("NOSCRIPT after EVAL") // not reached: EVAL sends the script
 }
 
 // raiseStripesScript raises the stripe count (Keys.AuditStripes, absent: 1) to ARGV[1] and

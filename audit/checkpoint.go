@@ -95,7 +95,7 @@ func (l *Log) Checkpoint(ctx context.Context) error {
 	}
 	body, err := l.readCheckpoint(ctx)
 	if err == nil {
-		err = l.append(ctx, body, nil)
+		err = l.append(ctx, &pending{body: body})
 	}
 	if err != nil {
 		l.dirty.Store(true) // the next one covers these records

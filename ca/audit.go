@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 )
 
 // AuditRecord is one decision as the audit log keeps it: who asked for what, what the policy
@@ -166,6 +168,23 @@ type OnceAuditLog interface {
 	AppendOnce(ctx context.Context, rec AuditRecord, once uint64) error
 }
 
+// BanCheckedAuditLog is an AuditLog that, in the round trip that keeps the record of an issued
+// certificate, also reads whether the CA key that signed it is banned by now (marked
+// compromised through any replica: keyring.Manager.Compromised; or its public key revoked).
+// The admission reads that ban before the signature; a compromise landing through another
+// replica between the admission and the signature is seen only here, after it, and the
+// authority then withholds the certificate. The audit package's Log is one when given the
+// store (audit.Options.Bans); the authority uses it, when its AuditLog is one, for every
+// certificate it issues.
+type BanCheckedAuditLog interface {
+	AuditLog
+	// AppendIssued appends rec as Append does (rec.CAFingerprint is caKey's SHA256
+	// fingerprint) and, in the same round trip, reads whether caKey is banned: banned is
+	// meaningful only when err is nil. A ban that could not be read is an error, never "not
+	// banned".
+	AppendIssued(ctx context.Context, rec AuditRecord, caKey ssh.PublicKey) (banned bool, err error)
+}
+
 // auditRecord starts a record for id asking for action.
 func (a *Authority) auditRecord(action Action, id Identity) AuditRecord {
 	return AuditRecord{V: AuditRecordVersion, Time: a.now().UTC(), Action: action, Identity: id.Name(), Issuer: id.Issuer,
@@ -175,8 +194,16 @@ func (a *Authority) auditRecord(action Action, id Identity) AuditRecord {
 // keep appends rec. For a grant, failing to keep it is an error (nothing takes effect); for a
 // refusal it is only logged, since the caller is refused anyway.
 func (a *Authority) keep(ctx context.Context, rec AuditRecord) error {
+	_, err := a.keepIssued(ctx, rec, nil)
+	return err
+}
+
+// keepIssued is keep; given caKey, the CA key that signed the certificate rec issues, it also
+// reads in the same round trip whether caKey is banned by now, when the AuditLog can
+// (BanCheckedAuditLog; else banned is false, as before the check existed).
+func (a *Authority) keepIssued(ctx context.Context, rec AuditRecord, caKey ssh.PublicKey) (banned bool, _ error) {
 	if a.audit == nil {
-		return nil
+		return false, nil
 	}
 	if rec.RequestID == "" {
 		rec.RequestID = RequestID(ctx)
@@ -186,19 +213,24 @@ func (a *Authority) keep(ctx context.Context, rec AuditRecord) error {
 		// The request's deadline has passed (the store stalled): the record cannot be written,
 		// and waiting behind other appends would only delay the refusal.
 		a.log.ErrorContext(ctx, "audit record lost", "action", rec.Action, "outcome", rec.Outcome, "identity", rec.Identity, "err", err)
-		return nil
+		return false, nil
 	}
-	err := a.audit.Append(ctx, rec)
+	var err error
+	if c, ok := a.audit.(BanCheckedAuditLog); ok && caKey != nil {
+		banned, err = c.AppendIssued(ctx, rec, caKey)
+	} else {
+		err = a.audit.Append(ctx, rec)
+	}
 	if err == nil {
-		return nil
+		return banned, nil
 	}
 	if grant {
 		// The append's outcome may be unknown (its answer was lost or came too late): the
 		// record may be in the chain. What is sure is that nothing was granted.
-		return storeErr("audit log unavailable: nothing was granted (no certificate handed out, no change made); the record of this request may or may not have been kept", err)
+		return false, storeErr("audit log unavailable: nothing was granted (no certificate handed out, no change made); the record of this request may or may not have been kept", err)
 	}
 	a.log.ErrorContext(ctx, "audit record lost", "action", rec.Action, "outcome", rec.Outcome, "identity", rec.Identity, "err", err)
-	return nil
+	return false, nil
 }
 
 // settle completes rec from the error a request ended with (outcome and reasons, unless set)

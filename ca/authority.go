@@ -557,9 +557,13 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// before it refuses the record, so the certificate is never returned (never signed, when
 	// recorded by the admission); one that blocked it after the record reads it among the live
 	// certificates and revokes it.
+	// The inventory's record of the certificate as kept: withdrawn (Unrecord, compare-and-delete)
+	// if the certificate is then not handed out.
+	kept := cr
 	switch {
 	case pre != nil && sameRecord(*pre, cr):
 		// Recorded by the admission: what was signed is what was recorded.
+		kept = *pre
 	case pre != nil && pre.CAFingerprint != cr.CAFingerprint:
 		// Signed by another CA key than recorded (a Signer that could not fix its key, whose
 		// active key was promoted meanwhile): a revocation by serial or key ID that found the record revoked it in the
@@ -581,6 +585,7 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		}
 	default:
 		cr.AccessRequest, cr.Approvers = ar.ID, rec.Approvers
+		kept = cr
 		// The request's state is checked in the step that records the certificate: a request
 		// cancelled, revoked or ended while this one was signed yields no certificate.
 		err := a.requests.RecordUnderRequest(recordCtx, cr, ar.ID, func(cur AccessRequest) error {
@@ -602,9 +607,27 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 	// The authority cannot know whether its answer reaches the caller; it can say that the
 	// answer left after the request's deadline, when the caller may have stopped listening.
 	rec.Late = ctx.Err() != nil
-	if err := a.keep(recordCtx, rec); err != nil {
+	// The CA key's ban is read again in the audit append's round trip: the admission read it
+	// before the signature, and a compromise through another replica (whose key ring this
+	// replica re-reads only every keyring.refresh) may have landed since.
+	banned, err := a.keepIssued(recordCtx, rec, cert.SignatureKey)
+	if err != nil {
 		rec.Outcome = ""
 		return Issued{}, err
+	}
+	if banned {
+		// Signed, recorded and audited as issued, but not handed out: a certificate of a
+		// banned CA key is refused by every KRL and known_hosts that lists the key, so handing
+		// it out is an outage for its holder, not access. Its record is withdrawn as a failed
+		// signature's is; the deferred settleSigned then keeps a second audit record naming its
+		// serial with this outcome, which tells a rebuild (store.Restore) not to restore it.
+		// (Without an Admission, which serve always has, there is no withdrawal: the record
+		// stays, of a certificate that exists and that every KRL refuses.)
+		rec.Outcome = ""
+		if a.admission != nil {
+			a.unrecord(recordCtx, &kept) // a failure is logged; the audit record names the serial
+		}
+		return Issued{}, Unavailable(fmt.Sprintf("the CA key %s was banned (marked compromised through another replica, or its public key revoked) while this certificate was signed; it was not handed out: ask again with a new token", caFP), nil)
 	}
 	// At debug level: the decision's one info line is the caller's (services' logging
 	// middleware, "issue" or "renew", from the returned record), and the audit record above is

@@ -106,7 +106,7 @@ func BenchmarkIssueUserRedis(b *testing.B) {
 	a, err := ca.New(ca.Config{
 		Authenticator: &singleUseAuth{id: ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice", Groups: []string{"dev"}}},
 		Policy:        pol, UserSigner: sgn, HostSigner: sgn, Store: db, Revocations: db, Tokens: db, Admission: db,
-		Audit: audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db}),
+		Audit: audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db, Bans: db}),
 	})
 	if err != nil {
 		b.Fatal(err)

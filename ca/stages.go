@@ -183,6 +183,18 @@ func (w observedAudit) AppendOnce(ctx context.Context, rec AuditRecord, once uin
 	return w.next.Append(ctx, rec)
 }
 
+var _ BanCheckedAuditLog = observedAudit{}
+
+// AppendIssued keeps the wrapped log's AppendIssued visible through the observer (plain
+// Append, nothing banned, when it has none).
+func (w observedAudit) AppendIssued(ctx context.Context, rec AuditRecord, caKey ssh.PublicKey) (banned bool, err error) {
+	defer func(begin time.Time) { observe(w.o, StageAudit, begin, err) }(time.Now())
+	if c, ok := w.next.(BanCheckedAuditLog); ok {
+		return c.AppendIssued(ctx, rec, caKey)
+	}
+	return false, w.next.Append(ctx, rec)
+}
+
 type observedRevocations struct {
 	RevocationStore
 	o StageObserver

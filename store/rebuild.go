@@ -280,8 +280,14 @@ type Restore struct {
 	// from here, else from the same key in the store's key ring.
 	KMSURIs map[string]string
 
-	issued  map[uint64]ca.AuditRecord
-	actions []restoreAction
+	issued map[uint64]ca.AuditRecord
+	// withheld are certificates signed but not handed out (serial → key ID): a record of the
+	// certificate's action that names its serial with an outcome other than "issued" (the
+	// authority's settleSigned, kept after an "issued" record too when the CA key turned out
+	// banned in the audit append's round trip, or when that append's answer was lost). Their
+	// "issued" record, if any, is not restored, whatever the order the stripes put them in.
+	withheld map[uint64]string
+	actions  []restoreAction
 	// access holds, per access request, the records that changed it (rebuild_requests.go).
 	access map[string]*accessTrail
 	// keyring is the key ring the latest key-ring change left (its "done" record, of the
@@ -335,6 +341,11 @@ func (s *Restore) AddFrom(stripe int, rec ca.AuditRecord) {
 	switch {
 	case rec.Outcome == "issued" && rec.Serial != 0:
 		s.issued[rec.Serial] = rec
+	case rec.Serial != 0 && (rec.Action == ca.ActionUser || rec.Action == ca.ActionHost || rec.Action == ca.ActionRenew):
+		if s.withheld == nil {
+			s.withheld = map[uint64]string{}
+		}
+		s.withheld[rec.Serial] = rec.KeyID
 	case rec.Action == ca.ActionAdmin && rec.Outcome == ca.OutcomeDone && rec.Keyring != nil:
 		// The whole ring as the change left it: the one of the highest version, since changes
 		// kept in different stripes are in the order of their replicas' clocks.
@@ -449,6 +460,9 @@ func (s *Restore) Apply(ctx context.Context, r *Redis, now time.Time) (RestoreRe
 	// operator's next revocation does.
 	serials := make([]uint64, 0, len(s.issued))
 	for n, rec := range s.issued {
+		if keyID, ok := s.withheld[n]; ok && keyID == rec.KeyID {
+			continue
+		}
 		if rec.ValidBefore.After(now) {
 			serials = append(serials, n)
 		}

@@ -263,3 +263,47 @@ func TestSwitchGenerationRenewsLostStripes(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreWithheldCertificate: a certificate signed and audited as issued, then withheld
+// (its CA key found banned in the audit append's round trip, or that append's answer lost: a
+// second record names its serial with the failure) is not written back into the inventory,
+// whichever of the two records comes first (records of different stripes are ordered by the
+// clocks of their replicas). A failure record of the same serial under another key ID (not
+// the same certificate) withholds nothing.
+func TestRestoreWithheldCertificate(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Second)
+	st := store.NewRedis(rdb, store.RedisOptions{Now: func() time.Time { return now }})
+	rec := func(serial uint64, outcome, keyID string) ca.AuditRecord {
+		return ca.AuditRecord{Time: now.Add(-time.Minute), Action: ca.ActionHost, Outcome: outcome, Identity: "https://idp|ci", Serial: serial,
+			KeyID: keyID, ValidBefore: now.Add(time.Hour), Principals: []string{"web1.example.com"}}
+	}
+	r := &store.Restore{UserCA: testenv.PublicKey(t), HostCA: testenv.PublicKey(t), IdentityBlock: time.Hour}
+	for _, x := range []ca.AuditRecord{
+		rec(21, "issued", "ci#21"), rec(21, "unavailable", "ci#21"), // withheld after its record
+		rec(22, "unavailable", "ci#22"), rec(22, "issued", "ci#22"), // the failure's stripe first
+		rec(23, "issued", "ci#23"), rec(23, "unavailable", "other#23"), // not the same certificate
+		rec(24, "issued", "ci#24"),
+	} {
+		r.Add(x)
+	}
+	rep, err := r.Apply(ctx, st, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Certificates != 2 {
+		t.Errorf("restored %d certificates, want 2 (serials 23 and 24)", rep.Certificates)
+	}
+	for serial, want := range map[uint64]bool{21: false, 22: false, 23: true, 24: true} {
+		_, ok, err := st.Get(ctx, serial)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok != want {
+			t.Errorf("serial %d in the inventory: %v, want %v", serial, ok, want)
+		}
+	}
+}

@@ -516,6 +516,46 @@ func (r *Redis) caMember(fp string, caKey ssh.PublicKey) string {
 	return m
 }
 
+// CABan is one CA key whose ban QueueCABans reads: its fingerprint (ssh.FingerprintSHA256, as
+// the key computed it once) and the key.
+type CABan struct {
+	Fingerprint string
+	Key         ssh.PublicKey
+}
+
+// QueueCABans queues on p, a pipeline that carries other commands (the audit append's, after
+// the signature), the read of whether each CA key of keys is banned now: marked compromised
+// (keyring.Manager.Compromised) or its public key revoked, the member of Keys.RevokedKeys the
+// admission reads beside the certified key's (queueRefused). One ZMSCORE, no round trip of its
+// own. Once p ran, the answer says per key, by its index in keys, whether it is banned.
+func (r *Redis) QueueCABans(ctx context.Context, p redis.Pipeliner, keys []CABan) CABanRead {
+	members := make([]string, len(keys))
+	for i, k := range keys {
+		members[i] = r.caMember(k.Fingerprint, k.Key)
+	}
+	return CABanRead{r: r, cmd: p.ZMScore(ctx, r.fixed.revokedKeys, members...)}
+}
+
+// CABanRead is the read QueueCABans queued, answered once its pipeline ran.
+type CABanRead struct {
+	r   *Redis
+	cmd *redis.FloatSliceCmd
+}
+
+// Banned says whether the CA key of index i (in the keys given to QueueCABans) is banned now
+// (a ban's expiry after now: a compromise's is +inf). A read that failed is an error, never
+// "not banned".
+func (c CABanRead) Banned(i int) (bool, error) {
+	v, err := c.cmd.Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return false, fmt.Errorf("store: CA key bans: %w", err)
+	}
+	if i < 0 || i >= len(v) {
+		return false, fmt.Errorf("store: CA key bans: no score for key %d of %d", i, len(v))
+	}
+	return v[i] > float64(c.r.now().UnixMilli()), nil
+}
+
 // onlyScore is the one score of a ZMSCORE of one member (0: none).
 func onlyScore(v []float64) float64 {
 	if len(v) != 1 {

@@ -151,7 +151,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	} else {
 		log.Warn("the audit log is chained with plain SHA-256: anyone who can write to Redis can rewrite it; set audit.key_file (sshca audit genkey)")
 	}
-	auditLog := audit.New(s.rdb, audit.Options{Key: auditKey, Logger: log, Marks: db, Stripes: cfg.Audit.Stripes})
+	auditLog := audit.New(s.rdb, audit.Options{Key: auditKey, Logger: log, Marks: db, Bans: db, Stripes: cfg.Audit.Stripes})
 	if cfg.Audit.Stripes > 1 {
 		s.loops = append(s.loops, forever("audit checkpoints", func(ctx context.Context) { auditLog.RunCheckpoints(ctx, nil) }))
 		s.checkpoint = auditLog.Checkpoint
