@@ -4,10 +4,12 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/internal/testenv"
 	"github.com/sshca/sshca/keyring"
@@ -48,4 +50,55 @@ func bootstrapCA(t *testing.T, kind ca.CertKind) (srv *testenv.Redis, rdb *redis
 		}
 	}
 	return srv, rdb, db, dir, seed.Signer().PublicKey()
+}
+
+// twoReplicas is a CA replica under test, its key ring, audit log and authority on a store of
+// kind's bootstrapped CA key (bootstrapCA), and another replica's administrator: its own store
+// client and key manager on the same redis-server. req asks for a certificate of kind.
+type twoReplicas struct {
+	rdb   *redis.Client
+	db    *store.Redis
+	first ssh.PublicKey // the bootstrapped CA key
+	kr    *keyring.CA
+	al    *audit.Log
+	a     *ca.Authority
+	req   ca.Request
+	db2   *store.Redis     // the other replica's store client
+	m     *keyring.Manager // the other replica's administrator
+}
+
+// newTwoReplicas starts them; admission wraps the authority's Admission (nil: the store's),
+// and bans says whether the audit log reads CA key bans (audit.Options.Bans), as serve's does.
+func newTwoReplicas(t *testing.T, kind ca.CertKind, bans bool, admission func(ca.Admission) ca.Admission) *twoReplicas {
+	t.Helper()
+	ctx := context.Background()
+	srv, rdb, db, dir, first := bootstrapCA(t, kind)
+	r := &twoReplicas{rdb: rdb, db: db, first: first}
+	var err error
+	if r.kr, err = keyring.New(ctx, kind, db, db, nil); err != nil {
+		t.Fatal(err)
+	}
+	o := audit.Options{Key: make([]byte, audit.KeySize), Marks: db}
+	if bans {
+		o.Bans = db
+	}
+	r.al = audit.New(rdb, o)
+	var adm ca.Admission = db
+	if admission != nil {
+		adm = admission(db)
+	}
+	if r.a, err = ca.New(ca.Config{Authenticator: singleUse{}, Policy: grantRequested{}, UserSigner: r.kr, HostSigner: r.kr,
+		Store: db, Revocations: db, Tokens: db, Admission: adm, Audit: r.al}); err != nil {
+		t.Fatal(err)
+	}
+	_, certified, _ := newKey(t)
+	r.req = ca.Request{Kind: kind, PublicKey: certified, TTL: 5 * time.Minute}
+	if kind == ca.HostCert {
+		r.req.Principals = []string{"web1.example.com"}
+	}
+	rdb2 := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb2.Close() })
+	r.db2 = store.NewRedis(rdb2, store.RedisOptions{})
+	r.m = &keyring.Manager{Store: r.db2, KMS: "softkms:", KeyDir: dir, MaxUserTTL: time.Hour, MaxHostTTL: time.Hour}
+	return r
 }

@@ -6,15 +6,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/keyring"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/revocation"
-	"github.com/sshca/sshca/store"
 )
 
 // TestCompromiseMidRequest: the CA key, user or host, is marked compromised through another
@@ -40,30 +37,10 @@ func TestCompromiseMidRequest(t *testing.T) {
 
 func testCompromiseMidRequest(t *testing.T, kind ca.CertKind, compromise bool) {
 	ctx := context.Background()
-	srv, rdb, db, dir, first := bootstrapCA(t, kind)
-	old := ssh.FingerprintSHA256(first)
-	kr, err := keyring.New(ctx, kind, db, db, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db, Bans: db})
 	var step func()
-	a, err := ca.New(ca.Config{Authenticator: singleUse{}, Policy: grantRequested{}, UserSigner: kr, HostSigner: kr,
-		Store: db, Revocations: db, Tokens: db, Admission: stepAfterAdmit{db, &step}, Audit: al})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, certified, _ := newKey(t)
-	req := ca.Request{Kind: kind, PublicKey: certified, TTL: 5 * time.Minute}
-	if kind == ca.HostCert {
-		req.Principals = []string{"web1.example.com"}
-	}
-
-	// Another replica's administrator.
-	rdb2 := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb2.Close() })
-	db2 := store.NewRedis(rdb2, store.RedisOptions{})
-	m := &keyring.Manager{Store: db2, KMS: "softkms:", KeyDir: dir, MaxUserTTL: time.Hour, MaxHostTTL: time.Hour}
+	r := newTwoReplicas(t, kind, true, func(db ca.Admission) ca.Admission { return stepAfterAdmit{db, &step} })
+	db, first, kr, al, a, req, db2, m := r.db, r.first, r.kr, r.al, r.a, r.req, r.db2, r.m
+	old := ssh.FingerprintSHA256(first)
 	next, err := m.Generate(ctx, kind, kms.Ed25519)
 	if err != nil {
 		t.Fatal(err)

@@ -6,12 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/keyring"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/store"
@@ -53,37 +50,19 @@ func TestCompromiseOnAnotherReplica(t *testing.T) {
 
 func testCompromiseOnAnotherReplica(t *testing.T, kind ca.CertKind, registered bool) {
 	ctx := context.Background()
-	srv, rdb, db, dir, first := bootstrapCA(t, kind)
+	r := newTwoReplicas(t, kind, false, nil)
+	db, first, kr, a, req, m := r.db, r.first, r.kr, r.a, r.req, r.m
 	if !registered {
-		if err := rdb.SRem(ctx, store.Keys{}.HostCAs(), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(first)))).Err(); err != nil {
+		if err := r.rdb.SRem(ctx, store.Keys{}.HostCAs(), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(first)))).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	old := ssh.FingerprintSHA256(first)
-	kr, err := keyring.New(ctx, kind, db, db, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	al := audit.New(rdb, audit.Options{Key: make([]byte, audit.KeySize), Marks: db})
-	a, err := ca.New(ca.Config{Authenticator: singleUse{}, Policy: grantRequested{}, UserSigner: kr, HostSigner: kr,
-		Store: db, Revocations: db, Tokens: db, Admission: db, Audit: al})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, certified, _ := newKey(t)
-	req := ca.Request{Kind: kind, PublicKey: certified, TTL: 5 * time.Minute}
-	if kind == ca.HostCert {
-		req.Principals = []string{"web1.example.com"}
-	}
 	if _, err := a.Issue(ctx, "before", req); err != nil {
 		t.Fatalf("issue before the rotation: %v", err)
 	}
 
-	// Another replica's administrator: its own store client, its own manager.
-	rdb2 := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb2.Close() })
-	db2 := store.NewRedis(rdb2, store.RedisOptions{})
-	m := &keyring.Manager{Store: db2, KMS: "softkms:", KeyDir: dir, MaxUserTTL: time.Hour, MaxHostTTL: time.Hour}
+	// Another replica's administrator generates, promotes and marks the old key compromised.
 	next, err := m.Generate(ctx, kind, kms.Ed25519)
 	if err != nil {
 		t.Fatal(err)
