@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -146,8 +147,8 @@ func (e *UnfinishedArchiveError) Error() string {
 
 // trimScript moves the base mark from ARGV[1] (what the archive started from) to ARGV[2] and
 // removes the entries up to and including ARGV[3] (none when it is ""), unless someone else
-// archived in between; given KEYS[3] (Keys.AuditSealed, stripe 0's tag), it records the seal
-// ARGV[4] there in the same step.
+// archived in between; given KEYS[3], KEYS[4], ... (Keys.AuditSealed, Keys.AuditArchiveFile,
+// stripe 0's tag), it sets each to ARGV[4], ARGV[5], ... in the same step.
 var trimScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if not cur then cur = '' end
@@ -157,9 +158,52 @@ if ARGV[3] ~= '' then
   redis.call('XDEL', KEYS[2], ARGV[3])
 end
 redis.call('SET', KEYS[1], ARGV[2])
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4]) end
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1]) end
 return 1
 `)
+
+// ArchiveFile is what Redis records of the file that the last completed archive run wrote
+// (Keys.AuditArchiveFile), so that a run or a verification given that file gone, emptied,
+// cut back or replaced finds out: nothing in a file that is no longer there can say so, and an
+// empty file otherwise reads as a new one. It names a file; it vouches for no record (the
+// chain, the base marks and the seals do).
+type ArchiveFile struct {
+	Path string `json:"path"` // absolute, as given (a symbolic link is not resolved)
+	Host string `json:"host"` // the host the run ran on, whose file system Path is on
+	Size int64  `json:"size"` // bytes, once the run synced it
+	// Tail is the lowercase hex SHA-256 of the file's last line (its newline included) at Size.
+	Tail string    `json:"tail"`
+	Seal string    `json:"seal,omitempty"` // the MAC of the run's seal (striped logs)
+	Seq  uint64    `json:"seq"`            // stripe 0's last record in the file
+	At   time.Time `json:"at"`
+}
+
+// RecordedArchiveFile is the file the last completed archive run wrote, as Redis records it:
+// nil when it records none (never archived, or archived by sshca before stop 18).
+func (l *Log) RecordedArchiveFile(ctx context.Context) (*ArchiveFile, error) {
+	key := store.Keys{Prefix: l.prefix}.AuditArchiveFile()
+	v, err := l.rdb.Get(ctx, key).Bytes()
+	if err == redis.Nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: read %s: %w", key, err)
+	}
+	var f ArchiveFile
+	if err := json.Unmarshal(v, &f); err != nil || f.Path == "" || f.Size <= 0 || len(f.Tail) != 64 {
+		return nil, fmt.Errorf("audit: the record of the last archive run's file in Redis (%s) is malformed: %.200q", key, v)
+	}
+	return &f, nil
+}
+
+// ArchiveOptions are Archive's choices beyond the file.
+type ArchiveOptions struct {
+	// Synced, when not nil, is called once the file is synced and before anything in Redis
+	// changes. An error stops the run, nothing trimmed (the file was replaced while the run
+	// wrote it, say). The file it describes (Path, Host, Size, Tail; Archive fills Seal and
+	// Seq) is recorded in Redis in the step that trims stripe 0, as the seal is.
+	Synced func() (*ArchiveFile, error)
+}
 
 // archiving is what Archive keeps of one stripe while it walks it.
 type archiving struct {
@@ -187,6 +231,11 @@ type archiving struct {
 // A legacy base mark is accepted when prior ends at exactly its record, or with
 // Options.AcceptLegacyBase; it is replaced by a signed one even when there is nothing to trim.
 func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (Report, error) {
+	return l.ArchiveWith(ctx, w, prior, ArchiveOptions{})
+}
+
+// ArchiveWith is Archive with options.
+func (l *Log) ArchiveWith(ctx context.Context, w io.Writer, prior *ArchiveReport, o ArchiveOptions) (Report, error) {
 	// A file that lacks the seal Redis recorded was cut back before it: appending would seal
 	// the cut. A new (empty) file goes on from another one and holds no seal yet.
 	if prior != nil && (prior.positioned() || prior.Seals > 0) {
@@ -337,16 +386,42 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 	// (its seal, recorded, would refuse the other run's file); a run that trims no stripe 0
 	// records it alone, first. A crash before leaves Redis naming an earlier seal the file
 	// still holds, and the records untrimmed.
-	var sealJSON []byte
+	// The file the run wrote is recorded the same way (ArchiveFile), so that it cannot go
+	// (deleted, emptied, cut back) without the next run or verification seeing it.
+	keys := store.Keys{Prefix: l.prefix}
+	var recKeys []string
+	var recVals []any
 	if seal != nil {
-		var err error
-		if sealJSON, err = json.Marshal(*seal); err != nil {
+		sealJSON, err := json.Marshal(*seal)
+		if err != nil {
 			return Report{}, fmt.Errorf("audit: archive: %w", err)
 		}
-		if len(trims) == 0 || trims[0].stripe != 0 {
-			if err := l.rdb.Set(ctx, store.Keys{Prefix: l.prefix}.AuditSealed(), sealJSON, 0).Err(); err != nil {
-				return Report{}, fmt.Errorf("audit: archive: the record of the seal in Redis (nothing was trimmed): %w", err)
+		recKeys, recVals = append(recKeys, keys.AuditSealed()), append(recVals, sealJSON)
+	}
+	if o.Synced != nil {
+		af, err := o.Synced()
+		if err != nil {
+			return Report{}, fmt.Errorf("audit: archive: nothing trimmed: %w", err)
+		}
+		if af != nil {
+			if seal != nil {
+				af.Seal = seal.SealMAC
 			}
+			af.Seq = out.BaseSeq
+			b, err := json.Marshal(af)
+			if err != nil {
+				return Report{}, fmt.Errorf("audit: archive: %w", err)
+			}
+			recKeys, recVals = append(recKeys, keys.AuditArchiveFile()), append(recVals, b)
+		}
+	}
+	if len(recKeys) > 0 && (len(trims) == 0 || trims[0].stripe != 0) {
+		pairs := make([]any, 0, 2*len(recKeys))
+		for i := range recKeys {
+			pairs = append(pairs, recKeys[i], recVals[i])
+		}
+		if err := l.rdb.MSet(ctx, pairs...).Err(); err != nil {
+			return Report{}, fmt.Errorf("audit: archive: the record of the seal and the file in Redis (nothing was trimmed): %w", err)
 		}
 	}
 	if len(trims) == 0 {
@@ -356,8 +431,8 @@ func (l *Log) Archive(ctx context.Context, w io.Writer, prior *ArchiveReport) (R
 	for _, t := range trims {
 		s := newStripe(l.prefix, t.stripe)
 		keys, args := []string{s.baseKey, s.streamKey}, []any{t.from, t.to, t.end}
-		if t.stripe == 0 && sealJSON != nil {
-			keys, args = append(keys, store.Keys{Prefix: l.prefix}.AuditSealed()), append(args, sealJSON)
+		if t.stripe == 0 {
+			keys, args = append(keys, recKeys...), append(args, recVals...)
 		}
 		ok, err := trimScript.Run(ctx, l.rdb, keys, args...).Int()
 		if err != nil {

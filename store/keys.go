@@ -291,6 +291,15 @@ func (k Keys) AuditStripes() string { return k.p() + ":" + TagAudit + ":stripes"
 // absent for a log archived by sshca before stop 17, or never archived while striped.
 func (k Keys) AuditSealed() string { return k.p() + ":" + TagAudit + ":sealed" }
 
+// AuditArchiveFile names the file the last completed `sshca audit archive` run wrote, as JSON
+// (audit.ArchiveFile: its absolute path as given, the host, its size once synced and the
+// SHA-256 of its last line), set with the trim of stripe 0 as AuditSealed is, on every log,
+// striped or not. An archive run to a file that is gone or empty, or a verify given one, while
+// this names it (or names a file that no longer reaches that size and line) is refused: a
+// deleted or emptied archive would otherwise read as a new file. Not MACed (it names a file,
+// it vouches for no record); absent before stop 18.
+func (k Keys) AuditArchiveFile() string { return k.p() + ":" + TagAudit + ":archive-file" }
+
 // AuditOnce marks the audit record appended with this key (audit.Log.AppendOnce, the key in
 // lowercase hex) as kept, a string: the record's sequence number in decimal, set by the script
 // that appends the record, in the same step, and expiring ca.AuditOnceWindow later (audit/).
@@ -491,6 +500,7 @@ func (k Keys) Layout() []KeySpec {
 		{k.AuditStripes(), "AuditStripes", TagAudit, "audit", ReadByCA},
 		{k.AuditOnce(exampleOnce), "AuditOnce", TagAudit, "audit", ReadByCA},
 		{k.AuditSealed(), "AuditSealed", TagAudit, "audit", ReadByCA},
+		{k.AuditArchiveFile(), "AuditArchiveFile", TagAudit, "audit", ReadByCA},
 		{k.AuditStripeLog(1), "AuditStripeLog", TagAuditStripe(1), "audit", ReadByCA},
 		{k.AuditStripeHead(1), "AuditStripeHead", TagAuditStripe(1), "audit", ReadByCA},
 		{k.AuditStripeBase(1), "AuditStripeBase", TagAuditStripe(1), "audit", ReadByCA},

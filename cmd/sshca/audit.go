@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,6 +49,11 @@ type AuditConfig struct {
 // archiving: the store's generation marks at that moment (ca.AuditRecord.Store).
 const archiveTarget = "audit archive"
 
+// archiveLostTarget is the target of the record that `sshca audit archive
+// --accept-lost-archive` appends when the file the last run wrote is lost: its reason says
+// which file, and what Redis recorded of it.
+const archiveLostTarget = "audit archive lost"
+
 // archiveWitness verifies the archive at path with al's key and returns what it found and
 // the store witness of its newest archive record (nil when it holds none: written before
 // archives held one). each, when not nil, sees every record.
@@ -57,8 +63,13 @@ func archiveWitness(al *audit.Log, path string, each func(audit.Entry)) (audit.A
 		return audit.ArchiveReport{}, nil, err
 	}
 	defer f.Close()
+	return archiveWitnessOf(al, f, each)
+}
+
+// archiveWitnessOf is archiveWitness of the open file f, read from its start.
+func archiveWitnessOf(al *audit.Log, f io.ReaderAt, each func(audit.Entry)) (audit.ArchiveReport, *ca.StoreWitness, error) {
 	var w newestWitness
-	ar, err := al.VerifyArchive(f, func(e audit.Entry) {
+	ar, err := al.VerifyArchive(io.NewSectionReader(f, 0, math.MaxInt64), func(e audit.Entry) {
 		w.see(e)
 		if each != nil {
 			each(e)
@@ -353,11 +364,19 @@ func newAuditCommand() *cobra.Command {
 			var ar audit.ArchiveReport
 			var witness *ca.StoreWitness
 			if archiveFile != "" {
-				if ar, witness, err = archiveWitness(al, archiveFile, each); err != nil {
+				af, err := openArchiveToVerify(cmd.Context(), al, archiveFile, target.given())
+				if err != nil {
+					return err
+				}
+				defer af.Close()
+				if ar, witness, err = archiveWitnessOf(al, af, each); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.ErrOrStderr(), "OK: %s, chain intact, %s, %s, last %.16s\n",
 					plural(ar.Records, "audit record"), keyed(key), archiveSpan(ar), ar.LastMAC)
+				if !target.given() && ar.Records == 0 && ar.Bases == 0 && ar.Seals == 0 && !acceptUnsealed {
+					return fmt.Errorf("%s holds nothing: it was emptied (restore it from a backup), or no archive run wrote it yet (every run writes at least its record of the store); with --redis, Redis says which file the last run wrote; --accept-unsealed-end accepts an empty file", archiveFile)
+				}
 				if !target.given() {
 					// Alone, the archive's last line must vouch for its end.
 					if u := unvouchedEnd(ar); u != "" && !acceptUnsealed {
@@ -406,7 +425,8 @@ func newAuditCommand() *cobra.Command {
 			return nil
 		},
 	}
-	var archiveOut string
+	var archiveOut, previousArchive string
+	var acceptLost bool
 	archive := &cobra.Command{
 		Use:   "archive (--redis URL [--cluster | --sentinel-master NAME] | --config FILE) --key-file FILE --out FILE [--accept-legacy-base]",
 		Short: "Verify the chain, append its records and a signed base mark to a file (synced), then trim them from Redis",
@@ -431,18 +451,50 @@ the lines before it hold the recorded seal (Redis still holds that line's record
 				return err
 			}
 			defer done()
+			_, statErr := os.Stat(archiveOut)
+			gone := errors.Is(statErr, fs.ErrNotExist)
 			f, err := os.OpenFile(archiveOut, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
+			// One run writes a file at a time; the lock goes with the process.
+			if err := lockArchive(f, archiveOut, false); err != nil {
+				return err
+			}
+			size, err := f.Seek(0, io.SeekEnd)
+			if err != nil {
+				return err
+			}
+			// The file the last run wrote must still be whole, whether this run appends to it
+			// or starts a new one: an archive deleted or emptied would otherwise read as a new
+			// file, and its records, gone from Redis, would be lost with nobody told.
+			rec, err := al.RecordedArchiveFile(cmd.Context())
+			if err != nil {
+				return err
+			}
+			st := store.NewRedis(opened, store.RedisOptions{})
+			var lost *lostArchiveError
+			if err := checkArchiveRun(rec, f, archiveOut, size, gone, previousArchive); errors.As(err, &lost) && acceptLost && size == 0 {
+				// Loud, and kept: the record goes into the chain, so into the new file.
+				fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: ARCHIVE LOST, ACCEPTED WITH --accept-lost-archive: %v\nWARNING: the records archived there exist nowhere else now; this run starts %s anew and records the loss in the audit log\n", lost, archiveOut)
+				if err := audit.New(opened, audit.Options{Key: key, Marks: st}).Append(cmd.Context(), ca.AuditRecord{Time: time.Now().UTC(),
+					Action: ca.ActionAdmin, Outcome: ca.OutcomeDone, Identity: "sshca audit archive", Target: archiveLostTarget,
+					Reason: lost.Error() + "; accepted with --accept-lost-archive, starting " + archiveOut}); err != nil {
+					return fmt.Errorf("audit archive: the record of the lost archive (nothing archived): %w", err)
+				}
+			} else if err != nil {
+				if gone && stillNamed(f, archiveOut) == nil {
+					os.Remove(archiveOut) // the file this run created: a refused run leaves none
+				}
+				return fmt.Errorf("nothing archived: %w", err)
+			}
 			prior, witness, end, err := priorArchive(cmd.Context(), al, f, archiveOut)
 			if err != nil {
 				return err
 			}
 			// The file's newest record of the store must not be older than the store: an archive
 			// of a rolled-back store would make the older state look like the newest.
-			st := store.NewRedis(opened, store.RedisOptions{})
 			if err := checkAgainstArchive(cmd.Context(), st, witness); err != nil {
 				return fmt.Errorf("nothing archived: %w", err)
 			}
@@ -461,7 +513,7 @@ the lines before it hold the recorded seal (Redis still holds that line's record
 				Action: ca.ActionAdmin, Outcome: ca.OutcomeDone, Identity: "sshca audit archive", Target: archiveTarget, Store: &w}); err != nil {
 				return fmt.Errorf("audit archive: the record of the store's generation: %w", err)
 			}
-			rep, err := al.Archive(cmd.Context(), f, &prior)
+			rep, err := al.ArchiveWith(cmd.Context(), f, &prior, audit.ArchiveOptions{Synced: archiveFileOf(f, archiveOut)})
 			if cerr := f.Close(); err == nil && cerr != nil {
 				err = cerr
 			}
@@ -482,6 +534,8 @@ the lines before it hold the recorded seal (Redis still holds that line's record
 		},
 	}
 	archive.Flags().StringVar(&archiveOut, "out", "", "the archive file (appended to, mode 0600)")
+	archive.Flags().BoolVar(&acceptLost, "accept-lost-archive", false, "start --out anew although the archive file the last run wrote is gone, empty or cut back (Redis records which): the records it held are then lost; the run says so and records the loss in the audit log")
+	archive.Flags().StringVar(&previousArchive, "previous-archive", "", "where the file the last run wrote is now (moved, or a copy from its host), checked before --out starts a new file")
 	for _, c := range []*cobra.Command{verify, archive} {
 		addRedisTargetFlags(c.Flags(), &target, "", "of the store")
 		c.Flags().StringVar(&keyFile, "key-file", "", "the audit key (audit.key_file of the CA)")

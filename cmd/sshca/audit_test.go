@@ -17,6 +17,7 @@ import (
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/identity"
 	"github.com/sshca/sshca/internal/testenv"
+	"github.com/sshca/sshca/store"
 )
 
 // TestAuditTrail: against real redis-server, each decision the service makes (a privileged
@@ -314,6 +315,8 @@ func TestAuditBaseMarkCLI(t *testing.T) {
 	signed, _ = rdb.Get(ctx, base).Result()
 	f := strings.Fields(signed)
 	rdb.Set(ctx, base, f[0]+" "+f[1], 0)
+	// sshca of that time recorded no archive file either (stop 18).
+	rdb.Del(ctx, store.Keys{}.AuditArchiveFile())
 	appendN(l, 10, 12)
 	if out, err := verify(); err == nil || !strings.Contains(err.Error(), "--accept-legacy-base") {
 		t.Fatalf("a legacy base verified: %v\n%s", err, out)
