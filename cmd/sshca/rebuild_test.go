@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -320,10 +321,12 @@ func krlHeaderVersion(t *testing.T, base string) uint64 {
 }
 
 // TestStoreRebuildKeyring: key-ring changes through the API (a user key generated and
-// promoted, the old one marked compromised, a host key generated and promoted, a next user key
-// generated), the audit log archived, the whole store lost (FLUSHALL): `sshca store rebuild`
-// writes back the keyring document byte for byte (keys, states, times, version), the user CA
-// keys bastions trust, and the compromised user key in the KRL; the replicas serve again.
+// promoted, the old one marked compromised, a host key generated and promoted, the old host key
+// marked compromised, a next user key generated), the audit log archived, the whole store lost
+// (FLUSHALL): `sshca store rebuild` writes back the keyring document byte for byte (keys,
+// states, times, version), the user CA keys bastions trust, the compromised user key in the
+// KRL, and the compromised host key's ban that every replica's admission reads (never in the
+// user KRL's list of CA keys); the replicas serve again.
 func TestStoreRebuildKeyring(t *testing.T) {
 	keyDir := t.TempDir()
 	r := startLostStateRig(t, func(c *Config) {
@@ -368,6 +371,8 @@ func TestStoreRebuildKeyring(t *testing.T) {
 	keys("compromised", firstUser.Fingerprint)
 	keys("generate", "--ca", "host")
 	keys("promote", "--ca", "host", "--force")
+	firstHost, _ := oldUser.Active(ca.HostCert)
+	keys("compromised", firstHost.Fingerprint)
 	keys("generate", "--ca", "user")
 	// A change the keyring refuses (promoting with no next key) leaves no key ring to restore,
 	// and must not be reported as lost.
@@ -434,5 +439,21 @@ func TestStoreRebuildKeyring(t *testing.T) {
 	})
 	if list := keys("list"); !strings.Contains(list, activeUser.Fingerprint) || !strings.Contains(list, "compromised") {
 		t.Errorf("keys list after the rebuild:\n%s", list)
+	}
+	// The compromised host CA key is banned again where every replica's admission reads it
+	// (no replica signs host certificates with it before its key ring catches up), and neither
+	// host key is listed among the user CA keys the user KRL is built from.
+	badHost, err := firstHost.SSHPublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if score, err := admin.ZScore(ctx, store.Keys{}.RevokedKeys(), "key:"+revocation.KeyEntry(badHost)).Result(); err != nil || !math.IsInf(score, 1) {
+		t.Errorf("the compromised host CA key's ban after the rebuild: score %v, %v; want +inf (for good)", score, err)
+	}
+	cas, _ := admin.SMembers(ctx, store.Keys{}.CAs()).Result()
+	for _, line := range cas {
+		if line == firstHost.PublicKey || line == activeHost.PublicKey {
+			t.Errorf("host CA key %s is listed among the user CA keys after the rebuild", line)
+		}
 	}
 }
