@@ -43,6 +43,30 @@ type Admission interface {
 	ReturnToken(ctx context.Context, t TokenUse, spent string) (bool, error)
 }
 
+// TokenReturns learns what became of each single-use token that a refusal of the server's own
+// tried to give back (Authority.giveBack): metrics. It is called once per such refusal, after
+// the return, never with the token or its spend.
+type TokenReturns interface {
+	TokenReturn(outcome TokenReturnOutcome)
+}
+
+// TokenReturnOutcome is what a return of a token came to.
+type TokenReturnOutcome string
+
+const (
+	// TokenGivenBack: the token's record was this spend's and is deleted: it may be used again.
+	TokenGivenBack TokenReturnOutcome = "given_back"
+	// TokenKeptSpent: no record of this spend was left to delete (the token expired, or the
+	// store lost its state): the token counts as spent.
+	TokenKeptSpent TokenReturnOutcome = "spent"
+	// TokenReturnUnknown: the store did not answer the return (it may have run): the token
+	// counts as spent.
+	TokenReturnUnknown TokenReturnOutcome = "unknown"
+)
+
+// TokenReturnOutcomes are every TokenReturnOutcome, for metrics that export each at zero.
+var TokenReturnOutcomes = []TokenReturnOutcome{TokenGivenBack, TokenKeptSpent, TokenReturnUnknown}
+
 // AdmissionRequest is what Admission.Admit checks and writes.
 type AdmissionRequest struct {
 	CAKey      ssh.PublicKey // the key that would sign: its revocation scope

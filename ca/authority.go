@@ -65,6 +65,9 @@ type Config struct {
 	Audit AuditLog
 	// Faults, optional, learns of every policy fault (metrics, readiness details).
 	Faults FaultObserver
+	// TokenReturns, optional, learns what became of each token a refusal of the server's own
+	// tried to give back (metrics).
+	TokenReturns TokenReturns
 	// IdentityLimiter, optional, bounds how often one identity may ask for certificates.
 	IdentityLimiter IdentityLimiter
 	// Stages, optional, learns how long each dependency call takes (metrics).
@@ -101,17 +104,18 @@ type Authority struct {
 	hostSigning keyer
 	// stages, optional, learns how long each signature takes (the other stages are observed
 	// by wrapping their dependency, Config.observed).
-	stages      StageObserver
-	store       CertStore
-	revocations RevocationStore
-	tokens      TokenLedger
-	admission   Admission
-	audit       AuditLog
-	faults      FaultObserver
-	idLimiter   IdentityLimiter
-	requests    AccessRequestStore
-	notifier    Notifier
-	limits      Limits
+	stages       StageObserver
+	store        CertStore
+	revocations  RevocationStore
+	tokens       TokenLedger
+	admission    Admission
+	audit        AuditLog
+	faults       FaultObserver
+	tokenReturns TokenReturns
+	idLimiter    IdentityLimiter
+	requests     AccessRequestStore
+	notifier     Notifier
+	limits       Limits
 	// accessLimits are the caps on access requests.
 	accessLimits AccessRequestLimits
 	// accessChanged wakes the waits (WaitAccessRequest) when this authority changes a request.
@@ -161,7 +165,7 @@ func New(c Config) (*Authority, error) {
 	}
 	a := &Authority{requests: c.Requests, notifier: c.Notifier, accessLimits: al, auth: c.Authenticator, policy: c.Policy, user: c.UserSigner, host: c.HostSigner,
 		userKeys: userKeys, hostKeys: hostKeys, userSigning: userSigning, hostSigning: hostSigning, stages: c.Stages,
-		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, admission: c.Admission, audit: c.Audit, faults: c.Faults, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, after: c.After, log: c.Logger,
+		store: c.Store, revocations: c.Revocations, tokens: c.Tokens, admission: c.Admission, audit: c.Audit, faults: c.Faults, tokenReturns: c.TokenReturns, idLimiter: c.IdentityLimiter, limits: l, now: c.Now, after: c.After, log: c.Logger,
 		accessChanged: &changeNotice{}}
 	if a.now == nil {
 		a.now = time.Now
@@ -840,17 +844,23 @@ func (a *Authority) giveBack(ctx context.Context, t TokenUse, spent string, err 
 	ok, rerr := a.admission.ReturnToken(rctx, t, spent)
 	cancel()
 	out := *e
+	outcome := TokenKeptSpent
 	switch {
 	case ok:
+		outcome = TokenGivenBack
 		out.Msg += "; the token was given back and may be used again"
 	case rerr != nil:
 		// Unknown whether the delete ran: the caller is told the safe answer.
+		outcome = TokenReturnUnknown
 		a.log.WarnContext(ctx, "a token spent by a request refused for a fault of the server's could not be given back", "err", rerr)
 		out.Msg += "; the token could not be given back and counts as spent: use a new token"
 	default:
 		// Its record is gone (expired with the token, a store that lost its state) or is
 		// another spend's: nothing of this request's to give back.
 		out.Msg += "; the token counts as spent: use a new token"
+	}
+	if a.tokenReturns != nil {
+		a.tokenReturns.TokenReturn(outcome)
 	}
 	return &out
 }

@@ -74,12 +74,12 @@ func softSigner(t *testing.T, db *store.Redis) *hookSigner {
 }
 
 // replica is a CA replica on db: its own signer, alice's single-use tokens, the store as its
-// Admission.
-func replica(t *testing.T, db *store.Redis, s ca.Signer) *ca.Authority {
+// Admission; obs (optional) learns of its token returns.
+func replica(t *testing.T, db *store.Redis, s ca.Signer, obs ca.TokenReturns) *ca.Authority {
 	t.Helper()
 	alice := ca.Identity{Issuer: "https://idp", Subject: "u1", Email: "alice@example.com", Username: "alice"}
 	a, err := ca.New(ca.Config{Authenticator: singleUseTokens{alice}, Policy: denyReason{}, UserSigner: s, HostSigner: s,
-		Store: db, Revocations: db, Tokens: db, Admission: db})
+		Store: db, Revocations: db, Tokens: db, Admission: db, TokenReturns: obs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +89,31 @@ func replica(t *testing.T, db *store.Redis, s ca.Signer) *ca.Authority {
 		_ = a.DrainRetries(ctx)
 	})
 	return a
+}
+
+// returnCounts counts token returns by outcome (ca.TokenReturns).
+type returnCounts struct {
+	mu sync.Mutex
+	n  map[ca.TokenReturnOutcome]int
+}
+
+func (c *returnCounts) TokenReturn(o ca.TokenReturnOutcome) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[ca.TokenReturnOutcome]int{}
+	}
+	c.n[o]++
+}
+
+// only fails unless o is the one outcome counted, once.
+func (c *returnCounts) only(t *testing.T, o ca.TokenReturnOutcome) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.n) != 1 || c.n[o] != 1 {
+		t.Errorf("token returns counted %v, want one %s", c.n, o)
+	}
 }
 
 // tokenKey is the token ledger's record of the token singleUseTokens names by token.
@@ -125,7 +150,7 @@ func TestServerRefusalGivesTokenBack(t *testing.T) {
 
 	t.Run("CA key banned", func(t *testing.T) {
 		stale, moved := softSigner(t, db), softSigner(t, db)
-		a, b := replica(t, db, stale), replica(t, db, moved)
+		a, b := replica(t, db, stale, nil), replica(t, db, moved, nil)
 		if _, err := a.Issue(ctx, "before-ban", req); err != nil {
 			t.Fatal(err)
 		}
@@ -162,7 +187,7 @@ func TestServerRefusalGivesTokenBack(t *testing.T) {
 	t.Run("signature fails", func(t *testing.T) {
 		sgn := softSigner(t, db)
 		sgn.failOnce(nil)
-		a := replica(t, db, sgn)
+		a := replica(t, db, sgn, nil)
 		_, err := a.Issue(ctx, "ci-2", req)
 		wantUnavailable(t, "a signature that failed", err, givenBack)
 		if e := (*ca.Error)(nil); !errors.As(err, &e) || strings.Contains(e.Msg, "CKR_DEVICE_ERROR") {
@@ -216,7 +241,7 @@ func TestServerRefusalGivesTokenBack(t *testing.T) {
 		t.Cleanup(func() { prdb.Close() })
 		pdb := store.NewRedis(prdb, store.RedisOptions{Witness: &store.Witness{}})
 		sgn := softSigner(t, pdb)
-		a := replica(t, pdb, sgn)
+		a := replica(t, pdb, sgn, nil)
 		_, err := a.Issue(ctx, "ci-5", req)
 		wantUnavailable(t, "a read of the admission refused", err, givenBack)
 		if err := rdb.Do(ctx, "ACL", "SETUSER", "partial", "+zmscore").Err(); err != nil {
@@ -232,7 +257,7 @@ func TestServerRefusalGivesTokenBack(t *testing.T) {
 
 	t.Run("the caller's refusal keeps it", func(t *testing.T) {
 		sgn := softSigner(t, db)
-		a := replica(t, db, sgn)
+		a := replica(t, db, sgn, nil)
 		_, revoked := newSSHKey(t)
 		if _, err := db.Revoke(ctx, sgn.PublicKey(), []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: keyEntryOf(revoked), Expiry: time.Now().Add(time.Hour)}}); err != nil {
 			t.Fatal(err)
@@ -272,12 +297,12 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 	t.Cleanup(func() { direct.Close() })
 	_, userKey := newSSHKey(t)
 	req := ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute}
-	rig := func(t *testing.T, addr string) (*ca.Authority, *hookSigner) {
+	rig := func(t *testing.T, addr string) (*ca.Authority, *hookSigner, *returnCounts) {
 		rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true})
 		t.Cleanup(func() { rdb.Close() })
 		db := store.NewRedis(rdb, store.RedisOptions{})
-		sgn := softSigner(t, db)
-		return replica(t, db, sgn), sgn
+		sgn, counts := softSigner(t, db), &returnCounts{}
+		return replica(t, db, sgn, counts), sgn, counts
 	}
 	// certificates sends the token n times more, after its refusal, and counts the certificates.
 	certificates := func(t *testing.T, a *ca.Authority, token string, n int) int {
@@ -293,7 +318,7 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 	}
 
 	t.Run("ledger entry expired", func(t *testing.T) {
-		a, sgn := rig(t, srv.Addr)
+		a, sgn, counts := rig(t, srv.Addr)
 		sgn.failOnce(func() {
 			// What the entry's expiry (the token's) does once it passes.
 			if err := direct.Del(ctx, tokenKey("exp-1")).Err(); err != nil {
@@ -302,6 +327,7 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 		})
 		_, err := a.Issue(ctx, "exp-1", req)
 		wantUnavailable(t, "return after the entry expired", err, countsSpent)
+		counts.only(t, ca.TokenKeptSpent)
 		if strings.Contains(err.Error(), givenBack) {
 			t.Fatalf("%q claims a token given back that had no entry left", err)
 		}
@@ -309,13 +335,15 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 
 	t.Run("return answer lost", func(t *testing.T) {
 		proxy := testenv.DropReply(t, srv.Addr)
-		a, sgn := rig(t, proxy.Addr)
+		a, sgn, counts := rig(t, proxy.Addr)
 		// A first return loads the script on the server, so that the one whose answer is lost
 		// runs it (EVALSHA) rather than failing NOSCRIPT.
 		sgn.failOnce(nil)
 		if _, err := a.Issue(ctx, "lost-warm", req); !strings.Contains(fmt.Sprint(err), givenBack) {
 			t.Fatalf("warm-up: %v, want the token given back", err)
 		}
+		counts.only(t, ca.TokenGivenBack)
+		counts.n = nil
 		// The next request naming the token's entry: the return.
 		sgn.failOnce(func() { proxy.Arm(tokenKey("lost-1")) })
 		_, err := a.Issue(ctx, "lost-1", req)
@@ -323,6 +351,7 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 			t.Fatal("no answer was dropped: the test shows nothing")
 		}
 		wantUnavailable(t, "return whose answer was lost", err, "could not be given back and "+countsSpent)
+		counts.only(t, ca.TokenReturnUnknown)
 		if n := direct.Exists(ctx, tokenKey("lost-1")).Val(); n != 0 {
 			t.Fatal("the token's record is still there: the return did not run, and the test shows nothing of a lost answer")
 		}
@@ -337,7 +366,7 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 		// The admission's pipeline names the token's entry first; the next request that does is
 		// the return, held until the test ends.
 		hold := testenv.HoldRequest(t, srv.Addr, tokenKey("held-1"), tokenKey("held-1"))
-		a, sgn := rig(t, hold.Addr)
+		a, sgn, counts := rig(t, hold.Addr)
 		sgn.failOnce(nil)
 		_, err := a.Issue(ctx, "held-1", req)
 		select {
@@ -346,6 +375,7 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 			t.Fatal("the return was not held: the test shows nothing")
 		}
 		wantUnavailable(t, "return that never reached Redis", err, "could not be given back and "+countsSpent)
+		counts.only(t, ca.TokenReturnUnknown)
 		if n := certificates(t, a, "held-1", 3); n != 0 {
 			t.Fatalf("%d certificates for a token whose return never ran, want none: it stays spent", n)
 		}
@@ -372,7 +402,8 @@ func TestTokenReturnRaceAcrossReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	goodSgn, driftSgn := softSigner(t, goodDB), softSigner(t, driftDB)
-	good, drift := replica(t, goodDB, goodSgn), replica(t, driftDB, driftSgn)
+	counts := &returnCounts{}
+	good, drift := replica(t, goodDB, goodSgn, nil), replica(t, driftDB, driftSgn, counts)
 	_, userKey := newSSHKey(t)
 	req := ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute}
 	returned := 0
@@ -425,5 +456,8 @@ func TestTokenReturnRaceAcrossReplicas(t *testing.T) {
 	}
 	if returned == 0 {
 		t.Fatal("the drifted replica gave no token back: the test shows nothing")
+	}
+	if got := counts.n[ca.TokenGivenBack]; got != returned || counts.n[ca.TokenReturnUnknown] != 0 {
+		t.Errorf("token returns counted %v, want %d given back (the answers that said so)", counts.n, returned)
 	}
 }

@@ -30,6 +30,9 @@ type extra struct {
 	IsKMSError func(error) bool
 	// Revocations counts entries newly revoked, by entry kind (serial, key_id, key).
 	Revocations *prometheus.CounterVec
+	// TokenReturns counts single-use tokens that a refusal of the server's own tried to give
+	// back, by outcome (ca.TokenReturnOutcomes).
+	TokenReturns *prometheus.CounterVec
 	// KRLVersion is the version of the KRL last served, by CA role (user: /v1/krl, host:
 	// /v1/krl/host and known_hosts).
 	KRLVersion *prometheus.GaugeVec
@@ -63,6 +66,10 @@ func newExtra(buckets []float64) extra {
 			Name: "sshca_revocations_total",
 			Help: "Revocation entries newly added through this replica, by kind (serial, key_id, key).",
 		}, []string{"kind"}),
+		TokenReturns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sshca_token_returns_total",
+			Help: "Single-use tokens spent by a request that then failed for a fault of the server's with nothing signed (a 503), by what became of them: given_back (usable once more), spent (no record of that spend left: the token expired), unknown (the store did not answer the return: counted as spent).",
+		}, []string{"outcome"}),
 		KRLVersion: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sshca_krl_version",
 			Help: "Version of the KRL this replica last served, by CA role (user: /v1/krl; host: /v1/krl/host, known_hosts); 0 until the first.",
@@ -88,11 +95,21 @@ func newExtra(buckets []float64) extra {
 	for _, r := range []string{"user", "host"} {
 		e.KRLVersion.WithLabelValues(r)
 	}
+	for _, o := range ca.TokenReturnOutcomes {
+		e.TokenReturns.WithLabelValues(string(o))
+	}
 	return e
 }
 
 func (e extra) register(reg prometheus.Registerer) {
-	reg.MustRegister(e.Stages, e.StageErrors, e.KMSErrors, e.Revocations, e.KRLVersion, e.HTTPRequests, e.HTTPDuration)
+	reg.MustRegister(e.Stages, e.StageErrors, e.KMSErrors, e.Revocations, e.TokenReturns, e.KRLVersion, e.HTTPRequests, e.HTTPDuration)
+}
+
+var _ ca.TokenReturns = (*Metrics)(nil)
+
+// TokenReturn implements ca.TokenReturns (ca.Config.TokenReturns).
+func (m *Metrics) TokenReturn(outcome ca.TokenReturnOutcome) {
+	m.TokenReturns.WithLabelValues(string(outcome)).Inc()
 }
 
 var _ ca.StageObserver = (*Metrics)(nil)

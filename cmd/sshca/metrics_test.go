@@ -99,7 +99,7 @@ func TestServeMetrics(t *testing.T) {
 
 	before := scrape(t, metrics)
 	for _, name := range []string{"sshca_stage_duration_seconds_count", "sshca_stage_errors_total", "sshca_kms_errors_total",
-		"sshca_redis_errors_total", "sshca_revocations_total", "sshca_krl_version", "sshca_requests_limited_total"} {
+		"sshca_redis_errors_total", "sshca_revocations_total", "sshca_krl_version", "sshca_requests_limited_total", "sshca_token_returns_total"} {
 		if _, ok := value(before, name, nil); !ok {
 			t.Errorf("%s is not exported before its first event: an alert on it could not fire", name)
 		}

@@ -239,7 +239,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	metrics.IsKMSError = isKMSError
 	authority, err := ca.New(ca.Config{
 		Authenticator: auth, Policy: timedPol, UserSigner: userSigner, HostSigner: hostSigner,
-		Store: db, Revocations: db, Tokens: db, Admission: db, Audit: auditLog, Faults: faults, Logger: reqLog,
+		Store: db, Revocations: db, Tokens: db, Admission: db, Audit: auditLog, Faults: faults, TokenReturns: metrics, Logger: reqLog,
 		Limits: ca.Limits{MaxUserTTL: cfg.Limits.MaxUserTTL, MaxHostTTL: cfg.Limits.MaxHostTTL, MaxPrincipals: cfg.Limits.MaxPrincipals,
 			IdentityBlock: cfg.Limits.IdentityBlock},
 		IdentityLimiter: limiter, Stages: metrics, Requests: db, Notifier: notifierOf(notifier),

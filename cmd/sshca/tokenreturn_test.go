@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -14,7 +15,8 @@ import (
 // migrate --inventory-shards 1`) refuses issuance with a 503 after its admission spent the
 // single-use token; the answer says the token was given back, and the same token then gets a
 // certificate from a replica configured right. Once: sent again, to either replica, it is
-// spent, and the refusing replica no longer says it gives it back.
+// spent, and the refusing replica no longer says it gives it back. The refusing replica's
+// sshca_token_returns_total counts the token given back.
 func TestServeGivesTokenBack(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	idp := startIssuer(t, "sshca")
@@ -22,7 +24,22 @@ func TestServeGivesTokenBack(t *testing.T) {
 	cfgA.Inventory.Shards = 3
 	cfgB := *cfgA
 	cfgB.Inventory.Shards = 1
+	cfgA.DiagListen = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	baseA := startServe(t, cfgA)
+	metricsA := "http://" + cfgA.DiagListen + "/metrics"
+	returns := func(outcome string) float64 {
+		t.Helper()
+		n, ok := value(scrape(t, metricsA), "sshca_token_returns_total", map[string]string{"outcome": outcome})
+		if !ok {
+			t.Fatalf("sshca_token_returns_total{outcome=%q} is not exported", outcome)
+		}
+		return n
+	}
+	for _, o := range []string{"given_back", "spent", "unknown"} {
+		if n := returns(o); n != 0 {
+			t.Fatalf("sshca_token_returns_total{outcome=%q} = %v before any refusal", o, n)
+		}
+	}
 	mint := minter(t, idp)
 	body := map[string]any{"public_key": readFile(t, keygen(t, t.TempDir(), "k")+".pub")}
 	user := func(sub string) string {
@@ -37,6 +54,9 @@ func TestServeGivesTokenBack(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(string(out), "inventory shards") ||
 		!strings.Contains(string(out), "the token was given back and may be used again") {
 		t.Fatalf("the replica of three shards on a store of one = %d %s; want 503 naming the shards and giving the token back", code, out)
+	}
+	if n := returns("given_back"); n != 1 {
+		t.Errorf("sshca_token_returns_total{outcome=\"given_back\"} = %v after one token given back, want 1", n)
 	}
 	baseB := startServe(t, &cfgB)
 	if code, out := call(t, http.MethodPost, baseB+"/v1/certs/user", tok, body); code != http.StatusOK {
