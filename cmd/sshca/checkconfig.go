@@ -212,7 +212,11 @@ func reachForCheck(ctx context.Context, opts *redis.UniversalOptions, section st
 	ctx, cancel := context.WithTimeout(ctx, 4*checkTimeout)
 	done = func() { cancel(); rdb.Close() }
 	if err := rdb.Ping(ctx).Err(); err != nil {
-		r.problem("%s: cannot reach %s: %v", section, strings.Join(rc.Addrs, ", "), err)
+		if rc.MasterName != "" && sentinelsRefused(err) {
+			r.problem("%v", sentinelsRefusedConfig(section, section, err))
+		} else {
+			r.problem("%s: cannot reach %s: %v", section, strings.Join(rc.Addrs, ", "), err)
+		}
 		done()
 		return nil, ctx, func() {}
 	}

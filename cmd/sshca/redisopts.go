@@ -91,6 +91,9 @@ type redisProbe struct {
 	// inventoryShards is inventory.shards: the tags of shards beyond the first
 	// ({inventory:i}, and the token ledger's {tokens:i}) are probed too.
 	inventoryShards int
+	// sentinels is the configuration section of a Redis behind Sentinels ("redis"), "" for
+	// others: a probe the Sentinels refused names the section's Sentinel credentials.
+	sentinels string
 }
 
 // redisProbeTags are the hash tags of durable state (store/keys.go), besides one
@@ -134,6 +137,9 @@ func (p redisProbe) Check(ctx context.Context) error {
 	})
 	if err == nil {
 		return nil
+	}
+	if p.sentinels != "" && sentinelsRefused(err) {
+		return sentinelsRefusedConfig("redis", p.sentinels, err)
 	}
 	var failed []string
 	for i, c := range cmds {

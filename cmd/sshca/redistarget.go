@@ -280,8 +280,7 @@ func (t *redisTarget) checkSentinelAuth(ctx context.Context, rdb redis.Universal
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	err := rdb.Ping(ctx).Err()
-	if err == nil || !strings.Contains(err.Error(), "sentinels") ||
-		!(strings.Contains(err.Error(), "NOAUTH") || strings.Contains(err.Error(), "WRONGPASS") || strings.Contains(err.Error(), "invalid password")) {
+	if !sentinelsRefused(err) {
 		return nil
 	}
 	if t.configFile != "" || t.name != "" {
@@ -289,7 +288,7 @@ func (t *redisTarget) checkSentinelAuth(ctx context.Context, rdb redis.Universal
 		if sec == "" {
 			sec = "redis"
 		}
-		return fmt.Errorf("%s: the Sentinels refused their credentials (%v): set %s.sentinel_password (and %s.sentinel_username when they use an ACL user) to the Sentinels' own, not the data nodes'", t.flag(), err, sec, sec)
+		return sentinelsRefusedConfig(t.flag(), sec, err)
 	}
 	p := "--" + t.prefix
 	where := p + "sentinel-password-file FILE"
@@ -297,6 +296,21 @@ func (t *redisTarget) checkSentinelAuth(ctx context.Context, rdb redis.Universal
 		where = sentinelPasswordEnv + " or " + where
 	}
 	return fmt.Errorf("%ssentinel-master: the Sentinels refused this command's credentials for them (%v): give the Sentinels' own password with %s (and %ssentinel-username when they use an ACL user); the user and password of %sredis are the data nodes'", p, err, where, p, p)
+}
+
+// sentinelsRefused says that err is go-redis's answer when every Sentinel refused the
+// credentials given for them ("redis: all sentinels specified in configuration are
+// unreachable: NOAUTH ..." or WRONGPASS), not an outage.
+func sentinelsRefused(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "sentinels") &&
+		(strings.Contains(err.Error(), "NOAUTH") || strings.Contains(err.Error(), "WRONGPASS") || strings.Contains(err.Error(), "invalid password"))
+}
+
+// sentinelsRefusedConfig is the error for the Sentinels' refusal (sentinelsRefused) of the
+// credentials of the configuration section sec, for where (a flag, a file, "config"). The
+// password is not in it: the servers' refusals do not repeat it.
+func sentinelsRefusedConfig(where, sec string, err error) error {
+	return fmt.Errorf("%s: the Sentinels refused their credentials (%v): set %s.sentinel_password (and %s.sentinel_username when they use an ACL user) to the Sentinels' own, not the data nodes'", where, err, sec, sec)
 }
 
 // redisMode is the server's mode (standalone, cluster, sentinel) from HELLO, or from INFO
@@ -347,13 +361,27 @@ func (e *modeUnknownError) Unwrap() error { return e.err }
 // refused with MOVED, or a Sentinel would answer none of them. A Redis that cannot be asked at
 // start is no reason not to start (readiness says it is down); log hears of it.
 func checkServeRedis(ctx context.Context, rdb redis.UniversalClient, rc RedisConfig, section string, d time.Duration, log func(error)) error {
+	t := &redisTarget{name: "config", section: section}
+	// Sentinels that refuse the configured credentials stay so: refused at start, as the
+	// commands refuse them, rather than a replica that is never ready and says "unreachable".
+	if err := t.checkSentinelAuth(ctx, rdb, rc, d); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	err := (&redisTarget{name: "config", section: section}).checkMode(ctx, rdb, rc)
+	err := t.checkMode(ctx, rdb, rc)
 	var u *modeUnknownError
 	if errors.As(err, &u) {
 		log(err)
 		return nil
 	}
 	return err
+}
+
+// sentinelSection is sec when rc reaches its Redis through Sentinels, "" otherwise.
+func sentinelSection(rc RedisConfig, sec string) string {
+	if rc.MasterName == "" {
+		return ""
+	}
+	return sec
 }

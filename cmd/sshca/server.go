@@ -266,7 +266,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 	requests := services.LoggingAccessRequests(reqLog)(services.InstrumentingAccessRequests(metrics)(authority))
 
 	// HTTP: the API's routes, /metrics and /readyz on the diagnostics listener when there is one.
-	ready := services.Checks(readyChecks(db, s.rdb, redisProbe{auditStripes: cfg.Audit.Stripes, inventoryShards: cfg.Inventory.Shards}, userSigner, hostSigner,
+	ready := services.Checks(readyChecks(db, s.rdb, redisProbe{auditStripes: cfg.Audit.Stripes, inventoryShards: cfg.Inventory.Shards, sentinels: sentinelSection(cfg.Redis, "redis")}, userSigner, hostSigner,
 		map[string]ca.Checker{"redis": db, "policy": pol, "kms_user_ca": userKey, "kms_host_ca": hostKey}))
 	detailsWithFaults := withFaults(details, faults)
 	if cfg.DiagListen != "" {
