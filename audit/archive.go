@@ -169,7 +169,7 @@ return 1
 // chain, the base marks and the seals do).
 type ArchiveFile struct {
 	Path string `json:"path"` // absolute, as given (a symbolic link is not resolved)
-	Host string `json:"host"` // the host the run ran on, whose file system Path is on
+	Host string `json:"host"` // the host the run ran on (told in errors, not matched: a container's changes)
 	Size int64  `json:"size"` // bytes, once the run synced it
 	// Tail is the lowercase hex SHA-256 of the file's last line (its newline included) at Size.
 	Tail string    `json:"tail"`

@@ -292,18 +292,29 @@ func TestArchiveFileLost(t *testing.T) {
 
 		t.Run(fmt.Sprintf("%d stripes/the file of the last run on another host", stripes), func(t *testing.T) {
 			e := newArchiveLostEnv(t, r, stripes)
-			nov, dec := e.months()
-			ctx := context.Background()
-			k := store.Keys{}.AuditArchiveFile()
-			v, _ := e.rdb.Get(ctx, k).Result()
-			host, _ := os.Hostname()
-			e.rdb.Set(ctx, k, strings.Replace(v, `"host":"`+host+`"`, `"host":"archiver-2.example"`, 1), 0)
-			e.add(1)
-			// The same path on this host is another file: not the one the run left.
-			if out, err := e.archive(dec); err == nil || !strings.Contains(err.Error(), "archiver-2.example") {
-				t.Fatalf("a new file, the last run's on another host: %v\n%s", err, out)
+			_, dec := e.months()
+			// elsewhere makes the record say the last run ran on another host.
+			elsewhere := func() {
+				ctx, k := context.Background(), store.Keys{}.AuditArchiveFile()
+				v, _ := e.rdb.Get(ctx, k).Result()
+				host, _ := os.Hostname()
+				e.rdb.Set(ctx, k, strings.Replace(v, `"host":"`+host+`"`, `"host":"archiver-2.example"`, 1), 0)
 			}
-			e.mustArchive(dec, "--previous-archive", nov)
+			elsewhere()
+			e.add(1)
+			// The path names the file wherever the run runs (a container's host name changes
+			// with every run): found here, whole, it is the one.
+			e.mustArchive(dec)
+			elsewhere()
+			moved := filepath.Join(t.TempDir(), "copy.jsonl")
+			copyFile(t, dec, moved)
+			os.Remove(dec)
+			jan := filepath.Join(filepath.Dir(dec), "audit-2027-01.jsonl")
+			e.add(1)
+			if out, err := e.archive(jan); err == nil || !strings.Contains(err.Error(), "run the archive on archiver-2.example") || !strings.Contains(err.Error(), "--previous-archive") {
+				t.Fatalf("a new file, the last run's on another host and not here: %v\n%s", err, out)
+			}
+			e.mustArchive(jan, "--previous-archive", moved)
 		})
 
 		t.Run(fmt.Sprintf("%d stripes/the loss accepted", stripes), func(t *testing.T) {

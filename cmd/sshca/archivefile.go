@@ -248,7 +248,9 @@ func checkArchiveRun(rec *audit.ArchiveFile, f io.ReaderAt, path string, size in
 	if err != nil {
 		return err
 	}
-	if rec.Path == abs && rec.Host == host {
+	// The path is the file's name wherever the run runs (a timer's host, a container's
+	// volume: a container's host name changes with every run); the host is told, not matched.
+	if rec.Path == abs {
 		if size == 0 {
 			why := "it is empty"
 			if gone {
@@ -270,14 +272,15 @@ func checkArchiveRun(rec *audit.ArchiveFile, f io.ReaderAt, path string, size in
 	where := rec.Path
 	if previous != "" {
 		where = previous
-	} else if rec.Host != host {
-		return &lostArchiveError{file: path, why: "it is on another host, where this run cannot check that it is still whole before starting a new file", rec: *rec,
-			accept: "give it (a copy) with --previous-archive FILE, or run the archive on " + rec.Host + "; " + acceptLostHint}
 	}
 	pf, err := os.Open(where)
 	if err != nil {
-		return &lostArchiveError{file: path, why: "it cannot be read: " + err.Error() + " (this run starts a new file, " + path + ", and the last run's must be whole first)", rec: *rec,
-			accept: "give where it is now with --previous-archive FILE; " + acceptLostHint}
+		elsewhere := ""
+		if rec.Host != host {
+			elsewhere = ", or run the archive on " + rec.Host + ", where the last run ran"
+		}
+		return &lostArchiveError{file: path, why: "it cannot be read here: " + err.Error() + " (this run starts a new file, " + path + ", and the last run's must be whole first)", rec: *rec,
+			accept: "give where it is now (or a copy) with --previous-archive FILE" + elsewhere + "; " + acceptLostHint}
 	}
 	defer pf.Close()
 	st, err := pf.Stat()
@@ -336,12 +339,12 @@ func openArchiveToVerify(ctx context.Context, al *audit.Log, path string, withRe
 // that holds records (the chain then decides: an older archive does not hold the seal Redis
 // records, or does not reach the base marks).
 func verifyLost(rec *audit.ArchiveFile, path string, f io.ReaderAt, size int64, gone bool) error {
-	abs, host, err := archivePlace(path)
+	abs, _, err := archivePlace(path)
 	if err != nil {
 		return err
 	}
 	accept := "if it is lost for good, `sshca audit archive --accept-lost-archive` starts a new file and records the loss in the audit log"
-	if rec.Path == abs && rec.Host == host {
+	if rec.Path == abs {
 		why := "it is gone"
 		if !gone {
 			why = reaches(f, size, *rec)
