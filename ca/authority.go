@@ -545,7 +545,14 @@ func (a *Authority) issueFor(ctx context.Context, id Identity, req Request, poli
 		// The signer handed back no certificate: whatever the KMS or HSM did, nobody holds
 		// one signed for this request.
 		lost = a.withdraw(ctx, &rec, pre)
-		return Issued{}, a.giveBack(ctx, id.Token, spent, signErr(err))
+		if !refusedBeforeSigning(err) {
+			// The KMS or HSM was asked to sign and failed: the token stays spent. Given back, a
+			// captured token replayed while the HSM fails would make it attempt a signature on
+			// every replay; spent, it makes one (the issue's "replaying one captured token cannot
+			// make an HSM sign" holds for attempts too, TestFailedSignatureKeepsTokenSpent).
+			return Issued{}, keptSpent(id.Token, signErr(err))
+		}
+		return Issued{}, a.giveBack(ctx, id.Token, spent, err)
 	}
 	// A certificate exists now: record and audit it to completion under a bound of its own,
 	// even if the request's deadline passes meanwhile, so that the inventory never misses a
@@ -822,13 +829,34 @@ func (a *Authority) admit(ctx context.Context, rec *AuditRecord, tmpl *ssh.Certi
 	return res.Recorded, res.Spent, nil
 }
 
+// refusedBeforeSigning: err, from SigningKey.Sign, is the key's own refusal made before the KMS
+// was asked (an *Error of KindUnavailable: marked compromised or withdrawn since it was fixed,
+// SigningKey's contract). Any other error may come from the KMS or HSM itself.
+func refusedBeforeSigning(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Kind == KindUnavailable
+}
+
+// keptSpent is err (a *Error, as signErr makes it) with its message saying that t, when
+// single-use, counts as spent, as giveBack says of a token it cannot give back.
+func keptSpent(t TokenUse, err error) error {
+	var e *Error
+	if !t.SingleUse || !errors.As(err, &e) {
+		return err
+	}
+	out := *e
+	out.Msg += "; the token counts as spent: use a new token"
+	return &out
+}
+
 // tokenReturnTimeout bounds giveBack's round trip: the request's deadline may be what ended
 // it, and the caller waits for the answer that says what became of its token.
 const tokenReturnTimeout = time.Second
 
 // giveBack gives the single-use token t back after err, when err is a refusal of the
 // server's own (KindUnavailable: the CA key banned before this replica's key ring moved,
-// another number of inventory shards, a store or signer failure, the deadline) that came once
+// another number of inventory shards, a store failure, the signing key's own refusal before
+// the KMS was asked, the deadline) that came once
 // the admission had spent the token (spent, Admitted.Spent) and before anything was signed:
 // the same token may then be sent again. The return is the Admission's compare and delete of
 // that spend, so it never frees a token that another request spent. err comes back with a

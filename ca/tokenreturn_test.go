@@ -30,26 +30,40 @@ const (
 )
 
 // hookSigner runs before, when set, ahead of each signature; a before that returns an error
-// fails the signature with it (a KMS or HSM that fails after the admission).
+// fails the signature with it: a raw error is a KMS or HSM that was asked and failed
+// (kmsAttempts counts those asks), a *ca.Error of KindUnavailable the signing key's own refusal
+// before the KMS is asked (keyring's maySign: marked compromised or withdrawn meanwhile).
 type hookSigner struct {
 	ca.Signer
-	before     func() error
-	signatures atomic.Int64
+	before      func() error
+	signatures  atomic.Int64
+	kmsAttempts atomic.Int64
 }
 
 func (s *hookSigner) Sign(ctx context.Context, tmpl *ssh.Certificate, ttl time.Duration) (*ssh.Certificate, error) {
 	if s.before != nil {
 		if err := s.before(); err != nil {
+			if ca.KindOf(err) != ca.KindUnavailable {
+				s.kmsAttempts.Add(1)
+			}
 			return nil, err
 		}
 	}
+	s.kmsAttempts.Add(1)
 	s.signatures.Add(1)
 	return s.Signer.Sign(ctx, tmpl, ttl)
 }
 
-// failOnce makes s's next signature fail, as a KMS or HSM that fails after the admission,
-// once then (nil: nothing) has run.
-func (s *hookSigner) failOnce(then func()) {
+// errHSM is what a failing HSM answers a signature.
+var errHSM = errors.New("pkcs11: CKR_DEVICE_ERROR")
+
+// refuseOnce makes s's signing key refuse its next signature before asking the KMS (as keyring's
+// maySign does for a key marked compromised meanwhile), once then (nil: nothing) has run.
+func (s *hookSigner) refuseOnce(then func()) {
+	s.once(then, ca.Unavailable("the user CA key was withdrawn while this certificate was issued; nothing was signed: ask again", nil))
+}
+
+func (s *hookSigner) once(then func(), err error) {
 	var failed atomic.Bool
 	s.before = func() error {
 		if failed.Swap(true) {
@@ -58,7 +72,7 @@ func (s *hookSigner) failOnce(then func()) {
 		if then != nil {
 			then()
 		}
-		return errors.New("pkcs11: CKR_DEVICE_ERROR")
+		return err
 	}
 }
 
@@ -134,7 +148,8 @@ func wantUnavailable(t *testing.T, what string, err error, note string) {
 // admission spent the token and before anything was signed, gives the token back: the answer
 // is a 503 that says so, and the same token then gets a certificate, once (a replay after it is
 // refused). Against a real redis-server: the user CA key banned through another replica before
-// this one's key ring moved; the signature failing in the KMS after the admission; the
+// this one's key ring moved; the signing key refusing before the KMS was asked (marked
+// compromised or withdrawn since the admission); the
 // request's deadline passing between the admission and the signature; a read of the admission
 // answered with an error (an ACL's NOPERM) beside the spend. A refusal of the
 // caller's (a revoked key) keeps the token spent, and so does a server refusal of a token that
@@ -184,15 +199,12 @@ func TestServerRefusalGivesTokenBack(t *testing.T) {
 		}
 	})
 
-	t.Run("signature fails", func(t *testing.T) {
+	t.Run("signing key refuses before the KMS", func(t *testing.T) {
 		sgn := softSigner(t, db)
-		sgn.failOnce(nil)
+		sgn.refuseOnce(nil)
 		a := replica(t, db, sgn, nil)
 		_, err := a.Issue(ctx, "ci-2", req)
-		wantUnavailable(t, "a signature that failed", err, givenBack)
-		if e := (*ca.Error)(nil); !errors.As(err, &e) || strings.Contains(e.Msg, "CKR_DEVICE_ERROR") {
-			t.Errorf("the KMS's error in the message for the caller: %q", err)
-		}
+		wantUnavailable(t, "a signing key that refused", err, givenBack)
 		if _, err := a.Issue(ctx, "ci-2", req); err != nil {
 			t.Fatalf("the token given back: %v", err)
 		}
@@ -271,6 +283,62 @@ func TestServerRefusalGivesTokenBack(t *testing.T) {
 	})
 }
 
+// TestFailedSignatureKeepsTokenSpent: a signature that the KMS or HSM was asked for and failed
+// keeps the token spent, so that a captured token replayed while the HSM fails (an outage, an
+// HSM shedding load) makes it attempt one signature, not one per replay: the issue's cheap
+// refusals before any KMS signature. Against a real redis-server, the HSM failing every time:
+// the first request is a 503 that says the token counts as spent (never "given back") and
+// names no HSM error; five replays are 401 already used with no KMS attempt; once the HSM is
+// back the token is still refused, and a new token is signed. (Given back, the six requests
+// made six HSM attempts: this test failed before.) The key's own refusal before the KMS is
+// asked gives the token back (TestServerRefusalGivesTokenBack).
+func TestFailedSignatureKeepsTokenSpent(t *testing.T) {
+	ctx := context.Background()
+	srv := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
+	t.Cleanup(func() { rdb.Close() })
+	db := store.NewRedis(rdb, store.RedisOptions{})
+	_, userKey := newSSHKey(t)
+	req := ca.Request{Kind: ca.UserCert, PublicKey: userKey, TTL: 5 * time.Minute}
+	sgn := softSigner(t, db)
+	var down atomic.Bool
+	down.Store(true)
+	sgn.before = func() error {
+		if down.Load() {
+			return errHSM
+		}
+		return nil
+	}
+	a := replica(t, db, sgn, nil)
+
+	_, err := a.Issue(ctx, "captured", req)
+	wantUnavailable(t, "a signature the HSM failed", err, countsSpent)
+	if strings.Contains(err.Error(), "given back") {
+		t.Fatalf("%q: the token was not given back", err)
+	}
+	if e := (*ca.Error)(nil); !errors.As(err, &e) || strings.Contains(e.Msg, "CKR_DEVICE_ERROR") {
+		t.Errorf("the HSM's error in the message for the caller: %q", err)
+	}
+	for i := range 5 {
+		if _, err := a.Issue(ctx, "captured", req); ca.KindOf(err) != ca.KindUnauthenticated {
+			t.Fatalf("replay %d while the HSM fails: %v (%v), want already used", i, err, ca.KindOf(err))
+		}
+	}
+	if n := sgn.kmsAttempts.Load(); n != 1 {
+		t.Fatalf("one token made the HSM attempt %d signatures, want 1", n)
+	}
+	down.Store(false)
+	if _, err := a.Issue(ctx, "captured", req); ca.KindOf(err) != ca.KindUnauthenticated {
+		t.Fatalf("the token once the HSM is back: %v, want already used", err)
+	}
+	if _, err := a.Issue(ctx, "fresh", req); err != nil {
+		t.Fatalf("a new token once the HSM is back: %v", err)
+	}
+	if n := sgn.kmsAttempts.Load(); n != 2 {
+		t.Fatalf("%d HSM attempts, want 2 (the failed one, the new token's)", n)
+	}
+}
+
 // afterAdmit is an Admission that runs step once Admit answered.
 type afterAdmit struct {
 	*store.Redis
@@ -285,7 +353,7 @@ func (s afterAdmit) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitt
 
 // TestTokenReturnFailsClosed: when giving the token back does not certainly succeed, the answer
 // says the token counts as spent and asks for a new one, and the token gives at most one
-// certificate whatever follows. Against a real redis-server, the signature failing after the
+// certificate whatever follows. Against a real redis-server, the signing key refusing after the
 // admission each time: the token's ledger entry gone (expired with the token) before the
 // return; the return's answer lost (it ran: the caller cannot know, and is told the safe
 // answer); the return never reaching Redis (the token stays spent: the same token is refused).
@@ -319,7 +387,7 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 
 	t.Run("ledger entry expired", func(t *testing.T) {
 		a, sgn, counts := rig(t, srv.Addr)
-		sgn.failOnce(func() {
+		sgn.refuseOnce(func() {
 			// What the entry's expiry (the token's) does once it passes.
 			if err := direct.Del(ctx, tokenKey("exp-1")).Err(); err != nil {
 				t.Error(err)
@@ -338,14 +406,14 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 		a, sgn, counts := rig(t, proxy.Addr)
 		// A first return loads the script on the server, so that the one whose answer is lost
 		// runs it (EVALSHA) rather than failing NOSCRIPT.
-		sgn.failOnce(nil)
+		sgn.refuseOnce(nil)
 		if _, err := a.Issue(ctx, "lost-warm", req); !strings.Contains(fmt.Sprint(err), givenBack) {
 			t.Fatalf("warm-up: %v, want the token given back", err)
 		}
 		counts.only(t, ca.TokenGivenBack)
 		counts.n = nil
 		// The next request naming the token's entry: the return.
-		sgn.failOnce(func() { proxy.Arm(tokenKey("lost-1")) })
+		sgn.refuseOnce(func() { proxy.Arm(tokenKey("lost-1")) })
 		_, err := a.Issue(ctx, "lost-1", req)
 		if proxy.Armed() {
 			t.Fatal("no answer was dropped: the test shows nothing")
@@ -367,7 +435,7 @@ func TestTokenReturnFailsClosed(t *testing.T) {
 		// the return, held until the test ends.
 		hold := testenv.HoldRequest(t, srv.Addr, tokenKey("held-1"), tokenKey("held-1"))
 		a, sgn, counts := rig(t, hold.Addr)
-		sgn.failOnce(nil)
+		sgn.refuseOnce(nil)
 		_, err := a.Issue(ctx, "held-1", req)
 		select {
 		case <-hold.Held():
