@@ -185,6 +185,14 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 		return nil, fmt.Errorf("host CA key: %w", err)
 	}
 	s.keys = append(s.keys, hostKey)
+	// Two URIs can name one key (another path to the file, a symlink, a PKCS#11 object by id
+	// and by label), which Config.validate's comparison of the URIs cannot see. One key as both
+	// CAs would make every host trusting it for hosts accept user certificates as host
+	// certificates and back, and RegisterHostCA below would take the user CA's scope out of
+	// the user KRL: every user revocation gone from bastions' KRLs.
+	if fp := ssh.FingerprintSHA256(userKey.Signer().PublicKey()); fp == ssh.FingerprintSHA256(hostKey.Signer().PublicKey()) {
+		return nil, fmt.Errorf("user_ca and host_ca name the same key (%s, by %q and %q): the user and the host CA need keys of their own; create a host CA key and name it in host_ca", fp, kms.Redact(cfg.UserCA.Key), kms.Redact(cfg.HostCA.Key))
+	}
 	if err := db.RegisterCA(ctx, userKey.Signer().PublicKey()); err != nil {
 		log.Warn("cannot publish the user CA to bastions yet; Redis unreachable?", "err", err)
 	}
