@@ -15,9 +15,10 @@ import (
 
 // TestPermanentRevocationContract: a permanent entry (a banned key: zero Expiry) survives
 // pruning by later writes however far the clock moves, stays refused at signing time under
-// every CA key, and is carried by the feed; LiftKey removes it from every scope and from the
-// signing-time check, with a version bump and a feed change that a follower applies. On every
-// backend.
+// every CA key, and is carried by the feed; LiftKey removes it from every scope (a host CA
+// key's too: before stop 18 the Redis stores lifted it from the user CA keys' scopes alone, so
+// the host KRL and known_hosts kept listing a lifted key) and from the signing-time check,
+// with a version bump and a feed change that a follower applies. On every backend.
 func TestPermanentRevocationContract(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, newStore newStore) {
 		ctx := context.Background()
@@ -26,6 +27,11 @@ func TestPermanentRevocationContract(t *testing.T) {
 		s := newStore(t, c)
 		userCA, hostCA, otherCA, banned, other := testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t), testenv.PublicKey(t)
 		ban := ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(banned)}
+		// Registered as a host CA key, as serve registers its own: its scope is the host
+		// KRL's, not listed among the user CA keys, and a lift must reach it all the same.
+		if err := s.RegisterHostCA(ctx, hostCA); err != nil {
+			t.Fatal(err)
+		}
 		short := ca.RevocationEntry{Kind: ca.RevokedSerial, Value: "7", Expiry: t0.Add(time.Minute)}
 		if _, err := s.Revoke(ctx, userCA, []ca.RevocationEntry{ban, short}); err != nil {
 			t.Fatal(err)

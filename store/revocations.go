@@ -564,16 +564,23 @@ func onlyScore(v []float64) float64 {
 	return v[0]
 }
 
-// LiftKey removes every revocation of key: from each CA key's scope (CAs lists them), each
-// removal bumping the scope's version and going to its feed in the same script, then from the
-// keys refused at signing time. Scopes first: a failure in between leaves the key refused at
-// signing time, never the other way round; running it again finishes it.
+// LiftKey removes every revocation of key: from each CA key's scope, the user CA keys' (CAs)
+// and the host CA keys' (Keys.HostCAs: a ban goes into the active host key's scope too, and
+// the admission of a host certificate reads that scope), each removal bumping the scope's
+// version and going to its feed in the same script, then from the keys refused at signing
+// time. Scopes first: a failure in between leaves the key refused at signing time, never the
+// other way round; running it again finishes it.
 func (r *Redis) LiftKey(ctx context.Context, key ssh.PublicKey) (map[string]uint64, error) {
 	m := member(ca.RevocationEntry{Kind: ca.RevokedKey, Value: revocation.KeyEntry(key)})
 	cas, err := r.CAs(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store: lift key: %w", err)
 	}
+	hosts, err := r.keySet(ctx, r.keys.HostCAs())
+	if err != nil {
+		return nil, fmt.Errorf("store: lift key: host CA keys: %w", err)
+	}
+	cas = append(cas, hosts...)
 	versions := map[string]uint64{}
 	for _, caKey := range cas {
 		fp := ssh.FingerprintSHA256(caKey)
