@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/audit"
 	"github.com/sshca/sshca/ca"
@@ -215,6 +216,16 @@ func TestArchiveFileLost(t *testing.T) {
 				}
 				if out, err := e.verify(p); err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), abs) {
 					t.Errorf("verify after the harm: %v; want %q naming %s\n%s", err, c.want, abs, out)
+				}
+				// The other readers of an archive with Redis: the report and a rebuild.
+				if out, err := runCLI(t, "", "audit", "report", "--redis", "redis://"+r.Addr, "--key-file", e.keyFile, "--archive", p); err == nil || !strings.Contains(err.Error(), c.want) {
+					t.Errorf("audit report after the harm: %v; want %q\n%s", err, c.want, out)
+				}
+				caFile := filepath.Join(t.TempDir(), "ca.pub")
+				writeFile(t, caFile, string(ssh.MarshalAuthorizedKey(testenv.PublicKey(t))))
+				if out, err := runCLI(t, "", "store", "rebuild", "--redis", "redis://"+r.Addr, "--audit-key", e.keyFile, "--archive", older, "--archive", p,
+					"--user-ca", caFile, "--host-ca", caFile); err == nil || !strings.Contains(err.Error(), c.want) {
+					t.Errorf("store rebuild after the harm: %v; want %q\n%s", err, c.want, out)
 				}
 			})
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -226,7 +225,7 @@ func newAuditReportCommand() *cobra.Command {
 			each := func(e audit.Entry) { entries = append(entries, e) }
 			var ar audit.ArchiveReport
 			if archiveFile != "" {
-				f, err := os.Open(archiveFile)
+				f, err := openArchiveToVerify(cmd.Context(), al, archiveFile, rdb != nil)
 				if err != nil {
 					return err
 				}

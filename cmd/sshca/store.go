@@ -180,8 +180,10 @@ func runRebuild(ctx context.Context, f rebuildFlags, fs *pflag.FlagSet, out io.W
 	}
 	var last audit.ArchiveReport
 	fromArchives := 0
-	for _, p := range f.archives {
-		fh, err := os.Open(p)
+	for i, p := range f.archives {
+		// The last archive given is checked against the file the last archive run wrote, as
+		// Redis records it when it still does (gone, emptied or cut back: refused).
+		fh, err := openArchiveToVerify(ctx, al, p, i == len(f.archives)-1)
 		if err != nil {
 			return fmt.Errorf("--archive: %w", err)
 		}
