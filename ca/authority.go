@@ -203,6 +203,15 @@ type Publisher interface {
 	Scopes() []ssh.PublicKey
 }
 
+// RefreshingPublisher is a Publisher that re-reads the shared key ring when asked (keyring.CA),
+// rather than only at its periodic refresh: a decision that must see a change made through
+// another replica meanwhile (Unrevoke's refusal to lift a compromised CA key) asks first.
+// Refresh's error means the key ring could not be read.
+type RefreshingPublisher interface {
+	Publisher
+	Refresh(ctx context.Context) error
+}
+
 // singleKey is the Publisher of a Signer without a keyring: its one key, never compromised.
 type singleKey struct{ Signer }
 

@@ -220,7 +220,7 @@ func (c *CA) Scopes() []ssh.PublicKey { return c.cur.Load().all }
 func (c *CA) Compromised() []ssh.PublicKey { return c.cur.Load().compromised }
 
 // A CA publishes its keyring to the Authority (trusted keys, @revoked lines, KRL scopes).
-var _ ca.Publisher = (*CA)(nil)
+var _ ca.RefreshingPublisher = (*CA)(nil)
 
 // A CA fixes the key that signs one certificate; a signer.Signer is one such key.
 var (

@@ -1,0 +1,89 @@
+package keyring_test
+
+import (
+	"context"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/kms"
+	"github.com/sshca/sshca/revocation"
+)
+
+// TestUnrevokeCompromisedOnAnotherReplica: a CA key, user or host, marked compromised through
+// another replica is never lifted by an administrator's unrevoke of its public key at this
+// replica, also before this replica's key ring refreshed (keyring.refresh apart): there is no
+// un-compromise. Against a real redis-server. Before, this replica checked only its own view
+// of the key ring: the lift took the key out of the keys refused at signing time and out of
+// both scopes (the KRLs), and this replica then signed a certificate with the compromised key.
+// A ban of a public key that is no compromised key is still lifted, for host certificates too
+// (Redis.LiftKey walked only the user CA keys' scopes before: the key stayed refused for host
+// certificates, in the host KRL and in @revoked lines, after an unrevoke that answered OK).
+func TestUnrevokeCompromisedOnAnotherReplica(t *testing.T) {
+	for _, kind := range []ca.CertKind{ca.UserCert, ca.HostCert} {
+		t.Run(string(kind), func(t *testing.T) {
+			ctx := context.Background()
+			r := newTwoReplicas(t, kind, false, nil)
+			next, err := r.m.Generate(ctx, kind, kms.Ed25519)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.m.Promote(ctx, kind, true); err != nil {
+				t.Fatal(err)
+			}
+			old := ssh.FingerprintSHA256(r.first)
+			if _, err := r.m.Compromised(ctx, old); err != nil {
+				t.Fatal(err)
+			}
+			if got := ssh.FingerprintSHA256(r.kr.PublicKey()); got != old {
+				t.Fatalf("this replica's keyring refreshed by itself (active %s): the test shows nothing", got)
+			}
+
+			_, err = r.a.Unrevoke(ctx, "admin-1", ca.UnrevokeRequest{PublicKey: r.first, Reason: "lift"})
+			if ca.KindOf(err) != ca.KindConflict {
+				t.Errorf("unrevoke of the key compromised through another replica: %v (%v), want a conflict", err, ca.KindOf(err))
+			}
+			nextPub, err := next.SSHPublicKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			entry := revocation.KeyEntry(r.first)
+			for _, scope := range []ssh.PublicKey{r.first, nextPub} {
+				st, err := r.db.State(ctx, scope)
+				if err != nil {
+					t.Fatal(err)
+				}
+				banned := false
+				for _, e := range st.Entries {
+					banned = banned || (e.Kind == ca.RevokedKey && e.Value == entry)
+				}
+				if !banned {
+					t.Errorf("the compromised key's ban is gone from the scope of %s", ssh.FingerprintSHA256(scope))
+				}
+			}
+			// Whatever this replica's view is by now, the compromised key signs nothing.
+			if iss, err := r.a.Issue(ctx, "after-lift", r.req); err == nil && ssh.FingerprintSHA256(iss.Cert.SignatureKey) == old {
+				t.Fatalf("issued a certificate signed by %s, the compromised key, after the unrevoke", old)
+			}
+
+			// A public key banned by an administrator, no CA key: lifted, and a certificate of
+			// it is signed again.
+			_, banned, _ := newKey(t)
+			if _, err := r.db.Revoke(ctx, nextPub, []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(banned)}}); err != nil {
+				t.Fatal(err)
+			}
+			req := r.req
+			req.PublicKey = banned
+			if _, err := r.a.Issue(ctx, "banned-1", req); ca.KindOf(err) != ca.KindDenied {
+				t.Fatalf("a certificate of the banned key: %v, want denied", err)
+			}
+			if _, err := r.a.Unrevoke(ctx, "admin-2", ca.UnrevokeRequest{PublicKey: banned, Reason: "lift"}); err != nil {
+				t.Fatalf("unrevoke of a banned key that is no CA key: %v", err)
+			}
+			if _, err := r.a.Issue(ctx, "banned-2", req); err != nil {
+				t.Fatalf("a certificate of the key whose ban was lifted: %v", err)
+			}
+		})
+	}
+}
