@@ -94,7 +94,7 @@ func TestArchiveRunsLocked(t *testing.T) {
 		second := startArchiveProcess(t, "audit", "archive", "--redis", "redis://"+r.Addr, "--key-file", e.keyFile, "--out", path)
 		err := second.wait(t)
 		out := second.out.String()
-		if err == nil || !strings.Contains(out, "another run ("+pid) || !strings.Contains(out, "nothing archived") {
+		if err == nil || !strings.Contains(out, "("+pid+", ") || !strings.Contains(out, "holds this archive file") || !strings.Contains(out, "nothing archived") {
 			t.Fatalf("a second run to %s while the first holds the file: %v; want a refusal naming %s\n%s", path, err, pid, out)
 		}
 		t.Logf("the second run to %s: %s", path, strings.TrimSpace(out))

@@ -46,7 +46,7 @@ func (e *archiveBusyError) Error() string {
 	if e.shared {
 		return fmt.Sprintf("%s: an archive run (%s) is writing this file now: verify it once that run has ended", e.path, e.holder)
 	}
-	return fmt.Sprintf("%s: another run (%s) holds this archive file: nothing archived; two runs appending to one file at once would interleave their lines. Run again once it has ended (a run killed leaves no lock: the kernel drops it with the process)", e.path, e.holder)
+	return fmt.Sprintf("%s: another archive run, or a verify, (%s) holds this archive file: nothing archived; two runs appending to one file at once would interleave their lines. Run again once it has ended (a run killed leaves no lock: the kernel drops it with the process)", e.path, e.holder)
 }
 
 // lockArchive takes flock(2) on f, the file opened at path: exclusive for a run that writes it,
