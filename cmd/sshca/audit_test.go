@@ -162,21 +162,33 @@ func TestDevAudit(t *testing.T) {
 }
 
 // TestShippedArchiveUnit: the archive unit runs commands this binary has, with flags it knows,
-// and verifies the very file it archived to.
+// and verifies the very file it archived to: the file's name (this month's) is computed once,
+// so that a run that ends after midnight UTC on the 1st does not verify the new month's file
+// (it named the month twice before, once per command).
 func TestShippedArchiveUnit(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "systemd", "sshca-audit-archive.service"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var cmds [][]string
+	months := 0
 	for _, l := range strings.Split(string(b), "\n") {
-		if _, line, ok := strings.Cut(l, "/usr/local/bin/sshca "); ok && strings.HasPrefix(l, "ExecStart") {
-			line = regexp.MustCompile(`\$\([^)]*\)`).ReplaceAllString(line, "MONTH") // the shell's $(date ...)
-			cmds = append(cmds, strings.Fields(strings.TrimSuffix(line, "'")))
+		if !strings.HasPrefix(l, "ExecStart") {
+			continue
+		}
+		months += strings.Count(l, "$(date")
+		for _, c := range strings.Split(l, "/usr/local/bin/sshca ")[1:] {
+			c, _, _ = strings.Cut(c, " && ")
+			c = regexp.MustCompile(`\$\([^)]*\)`).ReplaceAllString(c, "MONTH") // the shell's $(date ...)
+			c = strings.NewReplacer(`"`, "", "'", "").Replace(c)
+			cmds = append(cmds, strings.Fields(c))
 		}
 	}
 	if len(cmds) != 2 {
 		t.Fatalf("%d sshca commands in the unit, want archive and verify", len(cmds))
+	}
+	if months != 1 {
+		t.Errorf("the unit computes the month %d times, want once (the file verified is the file archived to)", months)
 	}
 	files := map[string]string{}
 	for _, args := range cmds {
