@@ -103,3 +103,55 @@ func TestAppendIssuedReadsBans(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendIssuedOnCluster: on a Redis Cluster of three masters, the append's script (in its
+// stripe's slot) and the ban read (in {keys}'s) travel in one pipeline that go-redis splits by
+// slot, some of them on other masters than {keys}: each log still answers its own CA key's ban,
+// also after SCRIPT FLUSH on every master.
+func TestAppendIssuedOnCluster(t *testing.T) {
+	ctx := context.Background()
+	c := testenv.StartRedisCluster(t, 3)
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs})
+	t.Cleanup(func() { cc.Close() })
+	key := []byte("0123456789abcdef0123456789abcdef")
+	st := store.NewRedis(cc, store.RedisOptions{AuditStripes: 3})
+	banned, clean := testenv.PublicKey(t), testenv.PublicKey(t)
+	if _, err := st.Revoke(ctx, banned, []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(banned)}}); err != nil {
+		t.Fatal(err)
+	}
+	keysMaster, err := cc.MasterForKey(ctx, store.Keys{}.RevokedKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := 0
+	for i := range 3 {
+		m, err := cc.MasterForKey(ctx, store.Keys{}.AuditStripeHead(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Options().Addr != keysMaster.Options().Addr {
+			elsewhere++
+		}
+	}
+	if elsewhere == 0 {
+		t.Fatal("every stripe hashes to {keys}'s master: the test shows nothing")
+	}
+	for round := range 2 {
+		if round == 1 {
+			if err := cc.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range 3 {
+			l := audit.New(cc, audit.Options{Key: key, Stripes: 3, Home: new(i), Marks: st, Bans: st})
+			for j, k := range []ssh.PublicKey{banned, clean} {
+				rec := record(round*100 + i*10 + j)
+				rec.CAFingerprint = ssh.FingerprintSHA256(k)
+				got, err := l.AppendIssued(ctx, rec, k)
+				if want := j == 0; err != nil || got != want {
+					t.Errorf("round %d, stripe %d, CA key %s: banned %v, %v; want %v", round, i, rec.CAFingerprint, got, err, want)
+				}
+			}
+		}
+	}
+}
