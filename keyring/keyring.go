@@ -120,9 +120,15 @@ func (c *CA) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if v := c.cur.Load(); v != nil && v.version == r.Version {
+	v := c.cur.Load()
+	if v != nil && r.Version < v.version {
+		// Read before a concurrent Refresh (the periodic one and one on demand,
+		// ca.RefreshingPublisher) installed a newer key ring: that one stays in force.
+		return nil
+	}
+	if v != nil && v.version == r.Version {
 		// Retired keys leave publication with time, not with a new version.
-		c.cur.Store(c.view(r, v.active))
+		c.install(c.view(r, v.active))
 		return nil
 	}
 	active, ok := r.Active(c.kind)
@@ -133,8 +139,23 @@ func (c *CA) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.cur.Store(c.view(r, &signingKey{Signer: signer.New(key.Signer(), c.reserver, signer.Options{}), ca: c}))
+	c.install(c.view(r, &signingKey{Signer: signer.New(key.Signer(), c.reserver, signer.Options{}), ca: c}))
 	return nil
+}
+
+// install puts v in force unless a view of a newer key ring is: two Refreshes that overlap
+// (the periodic one and one on demand) install in any order, and the one that read the older
+// key ring must not bring back a key marked compromised or withdrawn since.
+func (c *CA) install(v *view) {
+	for {
+		cur := c.cur.Load()
+		if cur != nil && cur.version > v.version {
+			return
+		}
+		if c.cur.CompareAndSwap(cur, v) {
+			return
+		}
+	}
 }
 
 func (c *CA) view(r ca.Keyring, active *signingKey) *view {
