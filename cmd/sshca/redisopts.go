@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -64,6 +67,87 @@ func (b redisBounds) universal(o *redis.UniversalOptions) *redis.UniversalOption
 	o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = b.dial, b.read, b.write, b.pool
 	o.MaxRetries, o.MinRetryBackoff, o.MaxRetryBackoff = redisMaxRetries, redisMinBackoff, redisMaxBackoff
 	return o
+}
+
+// newUniversalClient is redis.NewUniversalClient(o) (o made by redisBounds.universal) that
+// sends no command or pipeline twice. MaxRetries -1 is not enough on a Redis Cluster: the
+// Cluster client's own loop (ClusterOptions.MaxRedirects, 3 by default) sends a command or
+// pipeline again after a lost answer (a closed connection, a read timeout), as it follows
+// MOVED and ASK, so an INCR whose answer was dropped ran twice and answered success
+// (TestClusterSendsNothingTwice). Each node client of a Cluster client gets noResend; MOVED,
+// ASK and every other answer of Redis's are still followed, and a connection that was never
+// made (a dial error) is still tried again.
+func newUniversalClient(o *redis.UniversalOptions) redis.UniversalClient {
+	c := redis.NewUniversalClient(o)
+	guardResends(c)
+	return c
+}
+
+// guardResends installs noResend on every node client of c when c is a Cluster client (a
+// single server's or Sentinel's client retries nothing with MaxRetries -1).
+func guardResends(c redis.UniversalClient) {
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		cc.OnNewNode(func(n *redis.Client) { n.AddHook(noResend{}) })
+	}
+}
+
+// noResend refuses to send a command (or a pipeline holding one) that a Cluster client's
+// earlier attempt sent and whose answer was lost: Redis may have run it.
+type noResend struct{}
+
+func (noResend) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (noResend) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if err := answerLost(cmd); err != nil {
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (noResend) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		var lost error
+		for _, c := range cmds {
+			if err := answerLost(c); err != nil {
+				c.SetErr(err)
+				lost = err
+			}
+		}
+		if lost != nil {
+			return lost
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// answerLostError is the error of a command not sent again after its answer was lost. It does
+// not unwrap to the transport error, which go-redis's Cluster loop would take as a reason to
+// try once more.
+type answerLostError struct{ cause error }
+
+func (e *answerLostError) Error() string {
+	return "redis: the answer was lost (" + e.cause.Error() + "); not sent again, since Redis may have run it"
+}
+
+// answerLost is an answerLostError when cmd holds the error of an earlier attempt that sent it
+// and got no answer (end of stream, a read or write failure, a timeout), nil before its first
+// attempt, after an answer of Redis's (MOVED, ASK, TRYAGAIN, any error reply) and after a
+// connection that was never made.
+func answerLost(cmd redis.Cmder) error {
+	err := cmd.Err()
+	var rerr redis.Error
+	var op *net.OpError
+	var ne net.Error
+	switch {
+	case err == nil, errors.As(err, &rerr), errors.As(err, &op) && op.Op == "dial":
+		return nil
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.As(err, &op), errors.As(err, &ne) && ne.Timeout():
+		return &answerLostError{cause: err}
+	}
+	return nil
 }
 
 // single applies the bounds to options for redis.NewClient (dev, the bastion agent, the CLI).

@@ -211,7 +211,7 @@ func (t *redisTarget) open(ctx context.Context, fs *pflag.FlagSet, d time.Durati
 	if tune != nil {
 		tune(opts)
 	}
-	rdb := redis.NewUniversalClient(opts)
+	rdb := newUniversalClient(opts)
 	if err := t.checkSentinelAuth(ctx, rdb, rc, d); err != nil {
 		rdb.Close()
 		return nil, err

@@ -119,7 +119,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 		return nil, err
 	}
 	rc := cfg.Redis
-	s.rdb = redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
+	s.rdb = newUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(ropts))
 	countRedisErrors(s.rdb, reg)
 	if err := checkServeRedis(ctx, s.rdb, rc, "redis", cfg.RequestTimeout, func(err error) {
 		log.Warn("sshca starts without knowing what its Redis is (a Cluster node or a Sentinel named as a single server shows as errors)", "err", err)
@@ -165,7 +165,7 @@ func buildServer(ctx context.Context, cfg *Config, log *slog.Logger, oidc ...ide
 		if err != nil {
 			return nil, fmt.Errorf("recordings.redis: %w", err)
 		}
-		s.recRDB = redis.NewUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(recOpts))
+		s.recRDB = newUniversalClient(newRedisBounds(cfg.RequestTimeout, rc.DialTimeout, rc.ReadTimeout, rc.WriteTimeout).universal(recOpts))
 		if err := checkServeRedis(ctx, s.recRDB, rc, "recordings.redis", cfg.RequestTimeout, func(err error) {
 			log.Warn("sshca starts without knowing what its recordings Redis is (a Cluster node or a Sentinel named as a single server shows as errors)", "err", err)
 		}); err != nil {
