@@ -208,7 +208,7 @@ func checkRecordingsRedis(ctx context.Context, rc RedisConfig, r *checkReport) {
 // ends the context.
 func reachForCheck(ctx context.Context, opts *redis.UniversalOptions, section string, rc RedisConfig, r *checkReport) (rdb redis.UniversalClient, _ context.Context, done func()) {
 	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.MaxRetries = checkTimeout, checkTimeout, checkTimeout, -1
-	rdb = redis.NewUniversalClient(opts)
+	rdb = newUniversalClient(opts)
 	ctx, cancel := context.WithTimeout(ctx, 4*checkTimeout)
 	done = func() { cancel(); rdb.Close() }
 	if err := rdb.Ping(ctx).Err(); err != nil {

@@ -23,7 +23,8 @@ import (
 // context's deadline; the timeouts below bound the calls that have none (background loops,
 // the CLI) to about one request deadline each.
 //
-// go-redis retries nothing (MaxRetries -1). Its retry sends a command or pipeline again after a
+// go-redis retries nothing (MaxRetries -1; on a Cluster also newUniversalClient's hook, since
+// the Cluster client's own loop ignores MaxRetries). Its retry sends a command or pipeline again after a
 // read timeout, when Redis may have run the first one and only its answer is late: the token
 // ledger's SET NX then found the request's own token spent and answered "token already used"
 // for a token used once (a 1.1 s stall gave that 401; TestFaultsStalledRedis), and the audit
