@@ -1,7 +1,9 @@
 package ca
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -212,24 +214,7 @@ func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequ
 	target = "unrevoke " + target
 	fp := ssh.FingerprintSHA256(req.PublicKey)
 	allowed, err := a.authorizeThen(ctx, id, ActionRevoke, req.Reason, target, func(*AuditRecord) error {
-		for _, p := range []Publisher{a.userKeys, a.hostKeys} {
-			// The key ring as the store holds it now: a key marked compromised through another
-			// replica is one this replica's view learns only at its next refresh, and lifting
-			// its ban meanwhile would let this replica sign with it again
-			// (TestUnrevokeCompromisedOnAnotherReplica). A compromise landing between this read
-			// and the lift is not seen (two administrators at once).
-			if rp, ok := p.(RefreshingPublisher); ok {
-				if err := rp.Refresh(ctx); err != nil {
-					return storeErr("the key ring could not be read, so whether this is a compromised CA key is not known; nothing was lifted: run the command again", err)
-				}
-			}
-			for _, k := range p.Compromised() {
-				if ssh.FingerprintSHA256(k) == fp {
-					return &Error{Kind: KindConflict, Msg: "this is a compromised CA key: it stays revoked for good"}
-				}
-			}
-		}
-		return nil
+		return a.notCompromised(ctx, fp, "nothing was lifted")
 	})
 	if err != nil {
 		return UnrevokeResult{}, err
@@ -243,6 +228,13 @@ func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequ
 	if err != nil {
 		return UnrevokeResult{}, storeErr("revocation store unavailable; the ban may be lifted in part: run the command again", err)
 	}
+	// A compromise that landed between the check above and the lift (two administrators at
+	// once) has its ban lifted: read the key ring again, and ban the key again where the lift
+	// took it out (its own scope, which also puts it back among the keys refused at signing
+	// time, and each scope the lift changed).
+	if cerr := a.notCompromised(ctx, fp, "its ban was lifted"); cerr != nil {
+		return UnrevokeResult{}, a.banAgain(ctx, req.PublicKey, versions, cerr)
+	}
 	res.Lifted = len(versions) > 0
 	v, ok := versions[ssh.FingerprintSHA256(a.user.PublicKey())]
 	if !ok {
@@ -255,6 +247,55 @@ func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequ
 	res.Version = v
 	a.log.InfoContext(ctx, "ban lifted", "by", id.Name(), "target", target, "reason", req.Reason, "lifted", res.Lifted)
 	return res, nil
+}
+
+// notCompromised is nil unless the key of fingerprint fp is a compromised CA key, user or host,
+// in the key ring as the store holds it now (re-read: a key marked compromised through another
+// replica is one this replica's view learns only at its next refresh, and lifting its ban
+// meanwhile would let this replica sign with it again, TestUnrevokeCompromisedOnAnotherReplica):
+// then a KindConflict error saying so, then done (what became of the ban). A key ring that cannot
+// be read is a KindUnavailable error.
+func (a *Authority) notCompromised(ctx context.Context, fp, done string) error {
+	for _, p := range []Publisher{a.userKeys, a.hostKeys} {
+		if rp, ok := p.(RefreshingPublisher); ok {
+			if err := rp.Refresh(ctx); err != nil {
+				return storeErr("the key ring could not be read, so whether this is a compromised CA key is not known; "+done+": run the command again", err)
+			}
+		}
+		for _, k := range p.Compromised() {
+			if ssh.FingerprintSHA256(k) == fp {
+				return &Error{Kind: KindConflict, Msg: "this is a compromised CA key: it stays revoked for good; " + done}
+			}
+		}
+	}
+	return nil
+}
+
+// banAgain revokes key again, for good, in its own scope and in each scope a lift just took it
+// out of (versions, by the scope's fingerprint), after a compromise of key raced that lift.
+// It answers cause (a conflict) with what became of the ban.
+func (a *Authority) banAgain(ctx context.Context, key ssh.PublicKey, versions map[string]uint64, cause error) error {
+	entry := []RevocationEntry{{Kind: RevokedKey, Value: keyEntry(key)}}
+	scopes := []ssh.PublicKey{key}
+	for _, p := range []Publisher{a.userKeys, a.hostKeys} {
+		for _, k := range p.Scopes() {
+			if _, ok := versions[ssh.FingerprintSHA256(k)]; ok && !slices.ContainsFunc(scopes, func(s ssh.PublicKey) bool { return bytes.Equal(s.Marshal(), k.Marshal()) }) {
+				scopes = append(scopes, k)
+			}
+		}
+	}
+	for _, sc := range scopes {
+		if _, err := a.revocations.Revoke(ctx, sc, entry); err != nil {
+			return storeErr("this CA key was marked compromised while its ban was lifted, and banning it again failed: run `sshca keys compromised "+ssh.FingerprintSHA256(key)+"` again", err)
+		}
+	}
+	var e *Error
+	if errors.As(cause, &e) {
+		out := *e
+		out.Msg += ", and it was banned again at once"
+		return &out
+	}
+	return cause
 }
 
 // UserRevocationStates are the revocation states of every user CA key (active, retired,

@@ -2,13 +2,17 @@ package keyring_test
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
+	"github.com/sshca/sshca/keyring"
 	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/revocation"
+	"github.com/sshca/sshca/store"
 )
 
 // TestUnrevokeCompromisedOnAnotherReplica: a CA key, user or host, marked compromised through
@@ -83,6 +87,83 @@ func TestUnrevokeCompromisedOnAnotherReplica(t *testing.T) {
 			}
 			if _, err := r.a.Issue(ctx, "banned-2", req); err != nil {
 				t.Fatalf("a certificate of the key whose ban was lifted: %v", err)
+			}
+		})
+	}
+}
+
+// liftAfter is the store, whose LiftKey runs before first: a compromise landing between the
+// unrevoke's check of the key ring and its lift.
+type liftAfter struct {
+	*store.Redis
+	before func()
+}
+
+func (l liftAfter) LiftKey(ctx context.Context, key ssh.PublicKey) (map[string]uint64, error) {
+	l.before()
+	return l.Redis.LiftKey(ctx, key)
+}
+
+// TestUnrevokeRacesCompromise: a CA key, user or host, marked compromised through another
+// replica after an unrevoke of its public key checked the key ring and before it lifted the
+// ban (two administrators at once) is banned again at once, and the unrevoke answers a
+// conflict that says so. Against a real redis-server; before, the lift took the key out of
+// the keys refused at signing time and of both scopes, and this replica signed with it.
+func TestUnrevokeRacesCompromise(t *testing.T) {
+	for _, kind := range []ca.CertKind{ca.UserCert, ca.HostCert} {
+		t.Run(string(kind), func(t *testing.T) {
+			ctx := context.Background()
+			r := newTwoReplicas(t, kind, false, nil)
+			// A third replica whose key ring is read now and never again: the old key active.
+			staleKR, err := keyring.New(ctx, kind, r.db, r.db, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stale, err := ca.New(ca.Config{Authenticator: singleUse{}, Policy: grantRequested{}, UserSigner: staleKR, HostSigner: staleKR,
+				Store: r.db, Revocations: r.db, Tokens: r.db, Admission: r.db})
+			if err != nil {
+				t.Fatal(err)
+			}
+			next, err := r.m.Generate(ctx, kind, kms.Ed25519)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.m.Promote(ctx, kind, true); err != nil {
+				t.Fatal(err)
+			}
+			old := ssh.FingerprintSHA256(r.first)
+			lift := liftAfter{Redis: r.db, before: func() {
+				if _, err := r.m.Compromised(ctx, old); err != nil {
+					t.Error(err)
+				}
+			}}
+			a, err := ca.New(ca.Config{Authenticator: singleUse{}, Policy: grantRequested{}, UserSigner: r.kr, HostSigner: r.kr,
+				Store: r.db, Revocations: lift, Tokens: r.db, Admission: r.db, Audit: r.al})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = a.Unrevoke(ctx, "admin-1", ca.UnrevokeRequest{PublicKey: r.first, Reason: "lift"})
+			if ca.KindOf(err) != ca.KindConflict || !strings.Contains(err.Error(), "banned again") {
+				t.Errorf("unrevoke raced by a compromise: %v (%v), want a conflict saying the key was banned again", err, ca.KindOf(err))
+			}
+			nextPub, err := next.SSHPublicKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			entry := revocation.KeyEntry(r.first)
+			for _, scope := range []ssh.PublicKey{r.first, nextPub} {
+				st, err := r.db.State(ctx, scope)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.ContainsFunc(st.Entries, func(e ca.RevocationEntry) bool { return e.Kind == ca.RevokedKey && e.Value == entry }) {
+					t.Errorf("the compromised key's ban is gone from the scope of %s", ssh.FingerprintSHA256(scope))
+				}
+			}
+			// The replica whose key ring still names the old key active signs nothing with it:
+			// its admission reads the ban.
+			if iss, err := stale.Issue(ctx, "after-lift", r.req); err == nil {
+				t.Fatalf("issued a certificate signed by %s after the unrevoke raced by the compromise of %s", ssh.FingerprintSHA256(iss.Cert.SignatureKey), old)
 			}
 		})
 	}
