@@ -3,7 +3,6 @@ package ca
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -231,8 +230,8 @@ func (a *Authority) Unrevoke(ctx context.Context, token string, req UnrevokeRequ
 	// A compromise that landed between the check above and the lift (two administrators at
 	// once) has its ban lifted: read the key ring again, and ban the key again where the lift
 	// took it out (its own scope, which also puts it back among the keys refused at signing
-	// time, and each scope the lift changed).
-	if cerr := a.notCompromised(ctx, fp, "its ban was lifted"); cerr != nil {
+	// time, and each scope the lift changed); also when the key ring cannot be read then.
+	if cerr := a.notCompromised(ctx, fp, "the lift was undone, the key is banned again"); cerr != nil {
 		return UnrevokeResult{}, a.banAgain(ctx, req.PublicKey, versions, cerr)
 	}
 	res.Lifted = len(versions) > 0
@@ -272,8 +271,9 @@ func (a *Authority) notCompromised(ctx context.Context, fp, done string) error {
 }
 
 // banAgain revokes key again, for good, in its own scope and in each scope a lift just took it
-// out of (versions, by the scope's fingerprint), after a compromise of key raced that lift.
-// It answers cause (a conflict) with what became of the ban.
+// out of (versions, by the scope's fingerprint), after a compromise of key raced that lift (or
+// the key ring could not be read after it). It answers cause, or why the ban could not be put
+// back.
 func (a *Authority) banAgain(ctx context.Context, key ssh.PublicKey, versions map[string]uint64, cause error) error {
 	entry := []RevocationEntry{{Kind: RevokedKey, Value: keyEntry(key)}}
 	scopes := []ssh.PublicKey{key}
@@ -286,14 +286,8 @@ func (a *Authority) banAgain(ctx context.Context, key ssh.PublicKey, versions ma
 	}
 	for _, sc := range scopes {
 		if _, err := a.revocations.Revoke(ctx, sc, entry); err != nil {
-			return storeErr("this CA key was marked compromised while its ban was lifted, and banning it again failed: run `sshca keys compromised "+ssh.FingerprintSHA256(key)+"` again", err)
+			return storeErr("the lift raced a compromise of this CA key (or the key ring could not be read after it), and banning it again failed: if it is compromised, run `sshca keys compromised "+ssh.FingerprintSHA256(key)+"` again", err)
 		}
-	}
-	var e *Error
-	if errors.As(cause, &e) {
-		out := *e
-		out.Msg += ", and it was banned again at once"
-		return &out
 	}
 	return cause
 }

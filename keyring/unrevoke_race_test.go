@@ -143,7 +143,7 @@ func TestUnrevokeRacesCompromise(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err = a.Unrevoke(ctx, "admin-1", ca.UnrevokeRequest{PublicKey: r.first, Reason: "lift"})
-			if ca.KindOf(err) != ca.KindConflict || !strings.Contains(err.Error(), "banned again") {
+			if ca.KindOf(err) != ca.KindConflict || !strings.Contains(err.Error(), "the key is banned again") {
 				t.Errorf("unrevoke raced by a compromise: %v (%v), want a conflict saying the key was banned again", err, ca.KindOf(err))
 			}
 			nextPub, err := next.SSHPublicKey()
