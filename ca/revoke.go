@@ -270,13 +270,18 @@ func (a *Authority) notCompromised(ctx context.Context, fp, done string) error {
 	return nil
 }
 
-// banAgain revokes key again, for good, in its own scope and in each scope a lift just took it
-// out of (versions, by the scope's fingerprint), after a compromise of key raced that lift (or
-// the key ring could not be read after it). It answers cause, or why the ban could not be put
-// back.
+// banAgain revokes key again, for good, in each scope a lift just took it out of (versions, by
+// the scope's fingerprint) and, when cause is a conflict (a compromise of key raced that lift),
+// in its own scope; also when the key ring could not be read after the lift (cause a 503). It
+// answers cause, or why the ban could not be put back.
 func (a *Authority) banAgain(ctx context.Context, key ssh.PublicKey, versions map[string]uint64, cause error) error {
 	entry := []RevocationEntry{{Kind: RevokedKey, Value: keyEntry(key)}}
-	scopes := []ssh.PublicKey{key}
+	var scopes []ssh.PublicKey
+	if KindOf(cause) == KindConflict {
+		// A compromised CA key: its own scope too, as the compromise banned it. A key not
+		// known to be one (the key ring unread) has no scope of its own to write.
+		scopes = append(scopes, key)
+	}
 	for _, p := range []Publisher{a.userKeys, a.hostKeys} {
 		for _, k := range p.Scopes() {
 			if _, ok := versions[ssh.FingerprintSHA256(k)]; ok && !slices.ContainsFunc(scopes, func(s ssh.PublicKey) bool { return bytes.Equal(s.Marshal(), k.Marshal()) }) {

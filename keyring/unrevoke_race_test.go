@@ -2,6 +2,7 @@ package keyring_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -166,5 +167,67 @@ func TestUnrevokeRacesCompromise(t *testing.T) {
 				t.Fatalf("issued a certificate signed by %s after the unrevoke raced by the compromise of %s", ssh.FingerprintSHA256(iss.Cert.SignatureKey), old)
 			}
 		})
+	}
+}
+
+// failingDoc is the store's key ring document, whose reads fail from the read numbered failFrom.
+type failingDoc struct {
+	*store.Redis
+	reads, failFrom int
+}
+
+func (d *failingDoc) Keyring(ctx context.Context) (ca.Keyring, error) {
+	d.reads++
+	if d.failFrom > 0 && d.reads >= d.failFrom {
+		return ca.Keyring{}, errors.New("redis: connection refused")
+	}
+	return d.Redis.Keyring(ctx)
+}
+
+// TestUnrevokeKeyringUnreadAfterLift: an unrevoke of a banned key whose key ring cannot be read
+// after the lift (so whether a compromise raced it is not known) puts the ban back where the
+// lift took it out and answers a 503 that says so, and writes no revocation scope of the
+// banned key's own (which would list a user's key among the CA keys the user KRL is built
+// from). Against a real redis-server.
+func TestUnrevokeKeyringUnreadAfterLift(t *testing.T) {
+	ctx := context.Background()
+	r := newTwoReplicas(t, ca.UserCert, false, nil)
+	doc := &failingDoc{Redis: r.db}
+	kr, err := keyring.New(ctx, ca.UserCert, doc, r.db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ca.New(ca.Config{Authenticator: singleUse{}, Policy: grantRequested{}, UserSigner: kr, HostSigner: kr,
+		Store: r.db, Revocations: r.db, Tokens: r.db, Admission: r.db, Audit: r.al})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, banned, _ := newKey(t)
+	if _, err := r.db.Revoke(ctx, r.first, []ca.RevocationEntry{{Kind: ca.RevokedKey, Value: revocation.KeyEntry(banned)}}); err != nil {
+		t.Fatal(err)
+	}
+	doc.failFrom = doc.reads + 3 // the check before the lift reads it twice (user and host CA, one key ring here); the one after fails
+	_, err = a.Unrevoke(ctx, "admin-1", ca.UnrevokeRequest{PublicKey: banned, Reason: "lift"})
+	if ca.KindOf(err) != ca.KindUnavailable || !strings.Contains(err.Error(), "the key is banned again") {
+		t.Fatalf("unrevoke with the key ring unread after the lift: %v (%v), want a 503 saying the key is banned again", err, ca.KindOf(err))
+	}
+	req := r.req
+	req.PublicKey = banned
+	if _, err := r.a.Issue(ctx, "banned", req); ca.KindOf(err) != ca.KindDenied {
+		t.Errorf("a certificate of the key after the lift was undone: %v, want denied", err)
+	}
+	st, err := r.db.State(ctx, r.first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(st.Entries, func(e ca.RevocationEntry) bool { return e.Value == revocation.KeyEntry(banned) }) {
+		t.Error("the ban is gone from the user CA key's scope")
+	}
+	cas, err := r.db.CAs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(cas, func(k ssh.PublicKey) bool { return ssh.FingerprintSHA256(k) == ssh.FingerprintSHA256(banned) }) {
+		t.Error("the banned user key is listed among the CA keys the user KRL is built from")
 	}
 }
