@@ -136,24 +136,29 @@ func (r *Redis) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, 
 	return res, nil
 }
 
-// Admit is Refused, then, unless it refuses, UseToken for a single-use token, then, unless
-// the token was used, ReserveSerial for a serial and Record of q.Record, unless its identity is
-// blocked or its serial is recorded with another record.
+// Admit is UseToken for a single-use token and Refused, as Redis.Admit's one round trip: the
+// token is spent by a refusal too (and named beside an error of the store's own, so that it can
+// be given back); then, unless refused or the token was used, ReserveSerial for a serial and
+// Record of q.Record, unless its identity is blocked or its serial is recorded with another
+// record.
 func (m *Memory) Admit(ctx context.Context, q ca.AdmissionRequest) (ca.Admitted, error) {
-	why, err := m.Refused(ctx, q.CAKey, q.Identities, q.Key)
-	if err != nil || why != "" {
-		return ca.Admitted{Refusal: why}, err
-	}
 	res := ca.Admitted{Fresh: true}
 	if q.Token.SingleUse {
 		spend := spendID()
 		m.mu.Lock()
 		res.Fresh = m.useTokenLocked(q.Token.ID, q.Token.Expiry, spend)
 		m.mu.Unlock()
-		if !res.Fresh {
-			return res, nil
+		if res.Fresh {
+			res.Spent = spend
 		}
-		res.Spent = spend
+	}
+	why, err := m.Refused(ctx, q.CAKey, q.Identities, q.Key)
+	if err != nil {
+		return ca.Admitted{Spent: res.Spent}, err
+	}
+	if why != "" || !res.Fresh {
+		res.Refusal = why
+		return res, nil
 	}
 	if q.Serial != 0 {
 		if res.SerialReserved, err = m.ReserveSerial(ctx, q.Serial, q.SerialUntil); err != nil {

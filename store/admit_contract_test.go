@@ -17,7 +17,7 @@ import (
 // TestAdmissionContract: Admit answers what Refused, UseToken and ReserveSerial answer apart
 // (ca.Admission), on every backend: a fresh single-use token once, a replay not fresh, a token
 // that is not single-use always fresh and never recorded, a serial reserved once, a revoked
-// key and a blocked identity or alias refused.
+// key and a blocked identity or alias refused, the token spent by the refusal too.
 func TestAdmissionContract(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, newStore newStore) {
 		ctx := context.Background()
@@ -73,6 +73,11 @@ func TestAdmissionContract(t *testing.T) {
 		}
 		if got, err := admit(key, tok("jti-2"), 0); err != nil || got.Refusal == "" {
 			t.Fatalf("revoked key = %+v %v, want a refusal", got, err)
+		}
+		// The refusal spends the token too (the check and the spend are one step): the holder
+		// of a revoked key loses a token it could not have used (ca.Admission).
+		if ok, _ := s.UseToken(ctx, "iss|jti-2", now, now.Add(time.Minute)); ok {
+			t.Fatal("a refused admission left its token unspent")
 		}
 		// The same names with another key: admitted.
 		if got, err := admit(other, tok("jti-3"), 0); err != nil || got.Refusal != "" || !got.Fresh {
