@@ -68,7 +68,7 @@ func newExtra(buckets []float64) extra {
 		}, []string{"kind"}),
 		TokenReturns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sshca_token_returns_total",
-			Help: "Single-use tokens spent by a request that then failed for a fault of the server's with nothing signed (a 503), by what became of them: given_back (usable once more), spent (no record of that spend left: the token expired), unknown (the store did not answer the return: counted as spent).",
+			Help: "Single-use tokens spent by a request that then failed for a fault of the server's before any KMS signature was attempted (a 503; a failed signature keeps its token spent, uncounted), by what became of them: given_back (usable once more), spent (no record of that spend left: the token expired), unknown (the store did not answer the return: counted as spent).",
 		}, []string{"outcome"}),
 		KRLVersion: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sshca_krl_version",
