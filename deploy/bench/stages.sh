@@ -37,7 +37,7 @@ row "  serial reservation (store ReserveSerial)" '^github.com/sshca/sshca/store.
 row "  certificate signature (Ed25519, or PKCS#11 through crypto11)" "$signre"
 row "    of which PKCS#11 C_SignInit (SoftHSM2)" '^github.com/miekg/pkcs11.\(\*Ctx\).SignInit$'
 row "  inventory (store Record)" '^github.com/sshca/sshca/store.\(\*Redis\).Record$'
-row "  audit record (audit Append)" '^github.com/sshca/sshca/audit.\(\*Log\).Append$'
+row "  audit record (audit Append or AppendIssued)" '^github.com/sshca/sshca/audit.\(\*Log\).Append(Issued)?$'
 row "log lines (slog Logger.log or logAttrs, largest)" '^log/slog.\(\*Logger\).(log|logAttrs)$'
 row "JSON (encoding/json Marshal+Unmarshal, largest)" '^encoding/json.(Marshal|Unmarshal)$'
 row "Redis client (go-redis process + pipelines, largest)" '^github.com/redis/go-redis/v9.\(\*baseClient\).(processPipeline|process)$'
