@@ -53,20 +53,7 @@ func TestUnrevokeCompromisedOnAnotherReplica(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			entry := revocation.KeyEntry(r.first)
-			for _, scope := range []ssh.PublicKey{r.first, nextPub} {
-				st, err := r.db.State(ctx, scope)
-				if err != nil {
-					t.Fatal(err)
-				}
-				banned := false
-				for _, e := range st.Entries {
-					banned = banned || (e.Kind == ca.RevokedKey && e.Value == entry)
-				}
-				if !banned {
-					t.Errorf("the compromised key's ban is gone from the scope of %s", ssh.FingerprintSHA256(scope))
-				}
-			}
+			r.checkFirstBanned(t, nextPub)
 			// Whatever this replica's view is by now, the compromised key signs nothing.
 			if iss, err := r.a.Issue(ctx, "after-lift", r.req); err == nil && ssh.FingerprintSHA256(iss.Cert.SignatureKey) == old {
 				t.Fatalf("issued a certificate signed by %s, the compromised key, after the unrevoke", old)
@@ -151,16 +138,7 @@ func TestUnrevokeRacesCompromise(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			entry := revocation.KeyEntry(r.first)
-			for _, scope := range []ssh.PublicKey{r.first, nextPub} {
-				st, err := r.db.State(ctx, scope)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !slices.ContainsFunc(st.Entries, func(e ca.RevocationEntry) bool { return e.Kind == ca.RevokedKey && e.Value == entry }) {
-					t.Errorf("the compromised key's ban is gone from the scope of %s", ssh.FingerprintSHA256(scope))
-				}
-			}
+			r.checkFirstBanned(t, nextPub)
 			// The replica whose key ring still names the old key active signs nothing with it:
 			// its admission reads the ban.
 			if iss, err := stale.Issue(ctx, "after-lift", r.req); err == nil {
@@ -229,5 +207,21 @@ func TestUnrevokeKeyringUnreadAfterLift(t *testing.T) {
 	}
 	if slices.ContainsFunc(cas, func(k ssh.PublicKey) bool { return ssh.FingerprintSHA256(k) == ssh.FingerprintSHA256(banned) }) {
 		t.Error("the banned user key is listed among the CA keys the user KRL is built from")
+	}
+}
+
+// checkFirstBanned fails t unless the bootstrapped CA key's ban (marked compromised) is in its
+// own scope and in that of next, the key promoted in its place (revocation.CompromiseScopes).
+func (r *twoReplicas) checkFirstBanned(t *testing.T, next ssh.PublicKey) {
+	t.Helper()
+	entry := revocation.KeyEntry(r.first)
+	for _, scope := range []ssh.PublicKey{r.first, next} {
+		st, err := r.db.State(context.Background(), scope)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(st.Entries, func(e ca.RevocationEntry) bool { return e.Kind == ca.RevokedKey && e.Value == entry }) {
+			t.Errorf("the compromised key's ban is gone from the scope of %s", ssh.FingerprintSHA256(scope))
+		}
 	}
 }
