@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 
 	"github.com/sshca/sshca/audit"
@@ -118,9 +119,10 @@ func archiveLockHolder(f *os.File) string {
 		if pid == os.Getpid() {
 			return fmt.Sprintf("pid %d, this process", pid)
 		}
-		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		if name := strings.TrimSpace(string(comm)); name != "" {
-			return fmt.Sprintf("pid %d, %s", pid, name)
+		if p, err := procfs.NewProc(pid); err == nil {
+			if name, err := p.Comm(); err == nil && name != "" {
+				return fmt.Sprintf("pid %d, %s", pid, name)
+			}
 		}
 		return fmt.Sprintf("pid %d", pid)
 	}
