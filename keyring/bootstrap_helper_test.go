@@ -102,3 +102,18 @@ func newTwoReplicas(t *testing.T, kind ca.CertKind, bans bool, admission func(ca
 	r.m = &keyring.Manager{Store: r.db2, KMS: "softkms:", KeyDir: dir, MaxUserTTL: time.Hour, MaxHostTTL: time.Hour}
 	return r
 }
+
+// promoteNew has the other replica's administrator generate a key of kind and promote it at
+// once (force: no wait for trust_refresh), and returns it.
+func (r *twoReplicas) promoteNew(t *testing.T, kind ca.CertKind) ca.CAKey {
+	t.Helper()
+	ctx := context.Background()
+	next, err := r.m.Generate(ctx, kind, kms.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.m.Promote(ctx, kind, true); err != nil {
+		t.Fatal(err)
+	}
+	return next
+}

@@ -9,7 +9,6 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sshca/sshca/ca"
-	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/store"
 )
@@ -63,13 +62,7 @@ func testCompromiseOnAnotherReplica(t *testing.T, kind ca.CertKind, registered b
 	}
 
 	// Another replica's administrator generates, promotes and marks the old key compromised.
-	next, err := m.Generate(ctx, kind, kms.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Promote(ctx, kind, true); err != nil {
-		t.Fatal(err)
-	}
+	next := r.promoteNew(t, kind)
 	if _, err := m.Compromised(ctx, old); err != nil {
 		t.Fatal(err)
 	}

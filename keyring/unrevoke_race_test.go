@@ -11,7 +11,6 @@ import (
 
 	"github.com/sshca/sshca/ca"
 	"github.com/sshca/sshca/keyring"
-	"github.com/sshca/sshca/kms"
 	"github.com/sshca/sshca/revocation"
 	"github.com/sshca/sshca/store"
 )
@@ -30,13 +29,7 @@ func TestUnrevokeCompromisedOnAnotherReplica(t *testing.T) {
 		t.Run(string(kind), func(t *testing.T) {
 			ctx := context.Background()
 			r := newTwoReplicas(t, kind, false, nil)
-			next, err := r.m.Generate(ctx, kind, kms.Ed25519)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := r.m.Promote(ctx, kind, true); err != nil {
-				t.Fatal(err)
-			}
+			next := r.promoteNew(t, kind)
 			old := ssh.FingerprintSHA256(r.first)
 			if _, err := r.m.Compromised(ctx, old); err != nil {
 				t.Fatal(err)
@@ -45,7 +38,7 @@ func TestUnrevokeCompromisedOnAnotherReplica(t *testing.T) {
 				t.Fatalf("this replica's keyring refreshed by itself (active %s): the test shows nothing", got)
 			}
 
-			_, err = r.a.Unrevoke(ctx, "admin-1", ca.UnrevokeRequest{PublicKey: r.first, Reason: "lift"})
+			_, err := r.a.Unrevoke(ctx, "admin-1", ca.UnrevokeRequest{PublicKey: r.first, Reason: "lift"})
 			if ca.KindOf(err) != ca.KindConflict {
 				t.Errorf("unrevoke of the key compromised through another replica: %v (%v), want a conflict", err, ca.KindOf(err))
 			}
@@ -112,13 +105,7 @@ func TestUnrevokeRacesCompromise(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			next, err := r.m.Generate(ctx, kind, kms.Ed25519)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := r.m.Promote(ctx, kind, true); err != nil {
-				t.Fatal(err)
-			}
+			next := r.promoteNew(t, kind)
 			old := ssh.FingerprintSHA256(r.first)
 			lift := liftAfter{Redis: r.db, before: func() {
 				if _, err := r.m.Compromised(ctx, old); err != nil {
