@@ -48,6 +48,7 @@ stats() {
 median() { sort -g | awk '{v[NR]=$1} END {if (NR==0) {print 0; exit}; print (NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2}'; }
 
 start_serve() {
+	case $TLS in 0 | 1) ;; *) die "TLS=$TLS: use 1 (TLS on the listener, the default) or 0 (plain HTTP)" ;; esac
 	if [ -n "${SSHCA:-}" ]; then
 		cp "$SSHCA" "$dir/sshca" || die "SSHCA=$SSHCA: cannot copy it"
 	else
