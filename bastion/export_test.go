@@ -5,3 +5,6 @@ func WithoutWatch(o Options) Options {
 	o.noWatch = true
 	return o
 }
+
+// AfterPass makes c run f between each pass and the watches it leads to.
+func AfterPass(c *StartupCheck, f func()) { c.afterPass = f }

@@ -82,6 +82,8 @@ type StartupCheck struct {
 	status  StartupStatus
 	prints  map[string]string   // path -> fingerprint of the last pass
 	readers map[string][]string // path -> the recorded accounts that read it, last pass
+	// afterPass, for tests, runs between a pass and the watches it leads to.
+	afterPass func()
 }
 
 // StartupProblem is one path an account could change.
@@ -268,9 +270,17 @@ func (c *StartupCheck) Run(ctx context.Context) error {
 	}
 	for {
 		c.Check()
+		if c.afterPass != nil {
+			c.afterPass()
+		}
 		var relevant func(string) bool
 		if w != nil {
-			relevant = c.syncWatches(w, watched)
+			var added bool
+			if relevant, added = c.syncWatches(w, watched); added {
+				// A change between the pass and the new watch sent no event: a pass now,
+				// with the watch in place, compares with the one before and sees it.
+				continue
+			}
 		}
 		timer := c.clock().After(every)
 	wait:
@@ -305,8 +315,9 @@ func (c *StartupCheck) Run(ctx context.Context) error {
 
 // syncWatches watches every existing directory the last pass walked through, and returns
 // which event names matter: a component walked (a link, a directory, the file), or an entry
-// of a directory whose entries are start-up files (/etc/profile.d).
-func (c *StartupCheck) syncWatches(w *fsnotify.Watcher, watched map[string]bool) func(string) bool {
+// of a directory whose entries are start-up files (/etc/profile.d); added says a directory
+// is watched now that was not during the pass.
+func (c *StartupCheck) syncWatches(w *fsnotify.Watcher, watched map[string]bool) (relevant func(string) bool, added bool) {
 	c.mu.Lock()
 	dirs, names := map[string]bool{}, map[string]bool{}
 	for p := range c.prints {
@@ -339,10 +350,11 @@ func (c *StartupCheck) syncWatches(w *fsnotify.Watcher, watched map[string]bool)
 		if !watched[d] {
 			if err := w.Add(d); err == nil {
 				watched[d] = true
+				added = true
 			}
 		}
 	}
-	return func(name string) bool { return names[name] || listed[filepath.Dir(name)] }
+	return func(name string) bool { return names[name] || listed[filepath.Dir(name)] }, added
 }
 
 func (c *StartupCheck) clock() clockwork.Clock {

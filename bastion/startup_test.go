@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -386,6 +387,26 @@ func TestStartupFilesChangeAlerts(t *testing.T) {
 	}
 	if st := h.check.Status(); st.Changes != 3 || len(st.Recent) != 3 || st.Recent[1].Path != bashrc {
 		t.Errorf("status after 3 changes: %+v", st)
+	}
+}
+
+// TestStartupFilesChangeBeforeWatch: a change made after a pass but before the watches that
+// pass leads to are in place sends no inotify event; it is still seen at once, not at the
+// hourly re-check, because the check passes again once it added a watch (the window
+// TestAgentHealthStartupFiles fell into under load).
+func TestStartupFilesChangeBeforeWatch(t *testing.T) {
+	h := newStartupHost(t)
+	h.check.Every = time.Hour
+	bashrc := filepath.Join(h.home(h.alice), ".bashrc")
+	var once sync.Once
+	bastion.AfterPass(h.check, func() { once.Do(func() { writeRoot(t, bashrc, "# edited before the watch\n", 0o644) }) })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.check.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	testenv.Eventually(t, 5*time.Second, "the change made before the watch is seen", func() bool { return h.check.Status().Changes == 1 })
+	if st := h.check.Status(); len(st.Recent) != 1 || st.Recent[0].Path != bashrc {
+		t.Errorf("status: %+v, want the one change to %s", st, bashrc)
 	}
 }
 
